@@ -1,0 +1,866 @@
+//! The generic REST handlers: one implementation of get, list, watch, create, update, patch,
+//! delete and the status subresource for every registered resource.
+//!
+//! A request path is resolved against the [`Registry`](super::resource::Registry) the way the
+//! Kubernetes API server's `RequestInfoFactory` does (`/api/v1/namespaces/{ns}/{resource}/{name}
+//! /{subresource}`, `/apis/{group}/{version}/...`), so adding a resource adds its routes.
+
+use super::discovery;
+use super::error::{json_response, ApiError, FieldError};
+use super::resource::{DeleteAction, DeleteOptions, ResourceHandler, ResourceInfo};
+use super::selector::{FieldSelector, LabelSelector};
+use super::table::{self, IncludeObject, TableRequest};
+use super::validation::validate_object_meta;
+use super::{watch, ApiState, RequestLabels};
+use crate::store::{ObjectKey, StoreError, Stored};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Attempts of a read-modify-write before giving up (only without a client precondition).
+const UPDATE_ATTEMPTS: usize = 16;
+/// Alphabet of `generateName` suffixes (Kubernetes': no vowels, no look-alike digits).
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+/// Random characters appended to `generateName`.
+const GENERATED_SUFFIX_LEN: usize = 5;
+
+/// What a request path resolves to.
+pub(super) enum Target {
+    /// `/apis/{group}`.
+    Group(String),
+    /// `/api/{version}` or `/apis/{group}/{version}`.
+    GroupVersion(String, String),
+    /// A resource, collection or object.
+    Resource(ResourceTarget),
+}
+
+/// A resolved resource path.
+pub(super) struct ResourceTarget {
+    pub res: Arc<dyn ResourceHandler>,
+    /// Namespace from the URL (namespaced resources only).
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+    /// The legacy `/api/v1/watch/...` form.
+    pub legacy_watch: bool,
+}
+
+/// Resolves a path under `/api` or `/apis`.
+pub(super) fn parse_target(state: &ApiState, path: &str) -> Result<Target, ApiError> {
+    let trimmed = path.trim_end_matches('/');
+    let segs: Vec<&str> = trimmed.split('/').skip(1).collect();
+    if segs.iter().any(|s| s.is_empty()) {
+        return Err(ApiError::PathNotFound);
+    }
+    let (group, rest) = match segs.as_slice() {
+        ["api", rest @ ..] => ("", rest),
+        ["apis", group] => return Ok(Target::Group(group.to_string())),
+        ["apis", group, rest @ ..] => (*group, rest),
+        _ => return Err(ApiError::PathNotFound),
+    };
+    let Some((version, rest)) = rest.split_first() else {
+        return Err(ApiError::PathNotFound);
+    };
+    if rest.is_empty() {
+        return Ok(Target::GroupVersion(group.to_string(), version.to_string()));
+    }
+    let mut parts = rest;
+    let mut legacy_watch = false;
+    if parts.first() == Some(&"watch") {
+        legacy_watch = true;
+        parts = &parts[1..];
+    }
+    let mut namespace = None;
+    let mut shifted = false;
+    if parts.first() == Some(&"namespaces") && parts.len() > 1 {
+        namespace = Some(parts[1].to_string());
+        if parts.len() > 2 && !matches!(parts[2], "status" | "finalize") {
+            parts = &parts[2..];
+            shifted = true;
+        }
+    }
+    if parts.is_empty() || parts.len() > 3 {
+        return Err(ApiError::PathNotFound);
+    }
+    let res = state
+        .registry
+        .find(group, version, parts[0])
+        .ok_or(ApiError::PathNotFound)?
+        .clone();
+    let info = res.info();
+    let name = parts.get(1).map(|s| s.to_string());
+    let subresource = parts.get(2).map(|s| s.to_string());
+    if info.namespaced {
+        if !shifted {
+            namespace = None;
+        }
+        if namespace.is_none() && name.is_some() {
+            return Err(ApiError::PathNotFound);
+        }
+    } else {
+        if shifted {
+            return Err(ApiError::PathNotFound);
+        }
+        namespace = None;
+    }
+    if let Some(sub) = &subresource {
+        if sub != "status" || !info.status_subresource {
+            return Err(ApiError::PathNotFound);
+        }
+    }
+    Ok(Target::Resource(ResourceTarget {
+        res,
+        namespace,
+        name,
+        subresource,
+        legacy_watch,
+    }))
+}
+
+/// Everything a resource handler needs about one request.
+pub(super) struct Call {
+    pub state: ApiState,
+    pub res: Arc<dyn ResourceHandler>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub status: bool,
+    pub query: HashMap<String, String>,
+    pub headers: HeaderMap,
+}
+
+impl Call {
+    pub fn info(&self) -> &ResourceInfo {
+        self.res.info()
+    }
+
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    fn key(&self) -> ObjectKey {
+        ObjectKey::new(
+            self.info().storage_resource(),
+            self.namespace.clone().unwrap_or_default(),
+            self.name(),
+        )
+    }
+
+    fn store_err(&self, e: StoreError) -> ApiError {
+        ApiError::from_store(e, &self.info().qualified(), self.name())
+    }
+
+    fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.query.get("dryRun").map(String::as_str) {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "invalid dryRun value {other:?}: supported values: \"All\""
+            ))),
+        }
+    }
+
+    /// The table the client asked for, if any.
+    pub fn table(&self) -> Option<TableRequest> {
+        table::wants_table(&self.headers).map(|version| TableRequest {
+            version,
+            include: IncludeObject::from_query(self.query.get("includeObject").map(String::as_str)),
+        })
+    }
+
+    /// The label and field selectors of the query (plus `metadata.name` for watches of one
+    /// object).
+    pub fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ApiError> {
+        let bad = |e: super::selector::SelectorError| ApiError::bad_request(e.to_string());
+        let labels = LabelSelector::parse(self.query.get("labelSelector").map_or("", String::as_str))
+            .map_err(bad)?;
+        let raw_fields = self.query.get("fieldSelector").map_or("", String::as_str);
+        let mut fields = FieldSelector::parse(raw_fields).map_err(bad)?;
+        fields.check_fields(&self.info().field_names()).map_err(|e| {
+            ApiError::bad_request(format!("unable to parse field selector {raw_fields:?}: {e}"))
+        })?;
+        if let Some(name) = &self.name {
+            fields.requirements.push(super::selector::FieldRequirement {
+                field: "metadata.name".into(),
+                negated: false,
+                value: name.clone(),
+            });
+        }
+        Ok((labels, fields))
+    }
+
+    /// Renders one object or a table of one row.
+    fn object_response(&self, code: StatusCode, obj: Value) -> Response {
+        match self.table() {
+            Some(t) => {
+                let now = now_seconds();
+                let table = table::build(
+                    self.res.columns(),
+                    |o| self.res.table_row(o, now),
+                    std::slice::from_ref(&obj),
+                    None,
+                    t,
+                );
+                json_response(code, &table)
+            }
+            None => json_response(code, &obj),
+        }
+    }
+}
+
+/// Seconds since the epoch, now.
+pub(super) fn now_seconds() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// Now as a Kubernetes timestamp (RFC 3339, UTC, second precision).
+pub(super) fn now_rfc3339() -> String {
+    rfc3339(now_seconds())
+}
+
+/// Formats seconds since the epoch as a Kubernetes timestamp.
+pub(super) fn rfc3339(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..GENERATED_SUFFIX_LEN)
+        .map(|_| NAME_ALPHABET[rng.random_range(0..NAME_ALPHABET.len())] as char)
+        .collect()
+}
+
+/// A random (version 4) UUID, as Kubernetes assigns to `metadata.uid`.
+pub fn new_uid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Sets `apiVersion` and `kind` (stored objects have them; this guards hand-written ones).
+pub(super) fn set_type_meta(info: &ResourceInfo, obj: &mut Value) {
+    if let Some(o) = obj.as_object_mut() {
+        o.insert("apiVersion".into(), json!(info.api_version()));
+        o.insert("kind".into(), json!(info.kind));
+    }
+}
+
+fn metadata_mut(obj: &mut Value) -> Option<&mut Map<String, Value>> {
+    obj.as_object_mut()?
+        .entry("metadata")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+}
+
+fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::RequestEntityTooLarge { limit });
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::RequestEntityTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+}
+
+/// Checks `apiVersion`/`kind` of a body, with Kubernetes' messages.
+fn check_type_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the request body must be a JSON object (a {})",
+            info.kind
+        )));
+    }
+    let expected = info.api_version();
+    if let Some(v) = obj.get("apiVersion").and_then(Value::as_str).filter(|v| !v.is_empty()) {
+        if v != expected {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({expected})"
+            )));
+        }
+    }
+    if let Some(k) = obj.get("kind").and_then(Value::as_str).filter(|k| !k.is_empty()) {
+        if k != info.kind {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                info.kind
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Type-checks a body and aligns its namespace (and name, for item URLs) with the URL.
+fn decode_body(call: &Call, raw: Value) -> Result<Value, ApiError> {
+    let info = call.info();
+    check_type_meta(info, &raw)?;
+    let name_hint = raw
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or(call.name())
+        .to_string();
+    let mut obj = call
+        .res
+        .decode(raw)
+        .map_err(|e| e.into_api_error(info, &name_hint))?;
+    set_type_meta(info, &mut obj);
+    let meta = metadata_mut(&mut obj).ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    if info.namespaced {
+        let url_ns = call.namespace.clone().unwrap_or_default();
+        let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
+        if !body_ns.is_empty() && body_ns != url_ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        meta.insert("namespace".into(), json!(url_ns));
+    } else {
+        meta.remove("namespace");
+    }
+    if let Some(url_name) = &call.name {
+        let body_name = meta.get("name").and_then(Value::as_str).unwrap_or("");
+        if body_name.is_empty() {
+            meta.insert("name".into(), json!(url_name));
+        } else if body_name != url_name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({url_name})"
+            )));
+        }
+    }
+    Ok(obj)
+}
+
+fn invalid(info: &ResourceInfo, obj: &Value, errors: Vec<FieldError>) -> ApiError {
+    ApiError::Invalid {
+        kind: info.kind.to_string(),
+        name: meta_str(obj, "name").to_string(),
+        errors,
+    }
+}
+
+/// Metadata rules plus the resource's own validation.
+fn validate(call: &Call, obj: &Value) -> Result<(), ApiError> {
+    let info = call.info();
+    let mut errs = validate_object_meta(obj, info.name_rule, info.namespaced);
+    if let Err(e) = call.res.validate(obj) {
+        errs.extend(e);
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(info, obj, errs))
+    }
+}
+
+/// The `metadata.resourceVersion` of a body as a revision precondition.
+fn resource_version_precondition(obj: &Value) -> Result<Option<u64>, ApiError> {
+    match meta_str(obj, "resourceVersion") {
+        "" => Ok(None),
+        rv => rv.parse().map(Some).map_err(|_| {
+            ApiError::bad_request(format!(
+                "metadata.resourceVersion: Invalid value: {rv:?}: must be a resourceVersion this server issued"
+            ))
+        }),
+    }
+}
+
+fn check_uid(call: &Call, expected: &str, current: &Value) -> Result<(), ApiError> {
+    let actual = meta_str(current, "uid");
+    if !expected.is_empty() && expected != actual {
+        return Err(ApiError::Conflict {
+            resource: call.info().qualified(),
+            name: call.name().to_string(),
+            detail: format!("Precondition failed: UID in precondition: {expected}, UID in object meta: {actual}"),
+        });
+    }
+    Ok(())
+}
+
+fn get_current(call: &Call) -> Result<Stored, ApiError> {
+    match call.state.store.get(&call.key()) {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(call.store_err(StoreError::NotFound(call.key()))),
+        Err(e) => Err(call.store_err(e)),
+    }
+}
+
+pub(super) async fn get(call: &Call) -> Result<Response, ApiError> {
+    let mut current = get_current(call)?;
+    set_type_meta(call.info(), &mut current.value);
+    Ok(call.object_response(StatusCode::OK, current.value))
+}
+
+pub(super) async fn list(call: &Call) -> Result<Response, ApiError> {
+    let info = call.info();
+    let (labels, fields) = call.selectors()?;
+    let (items, rev) = call
+        .state
+        .store
+        .list(&info.storage_resource(), call.namespace.as_deref())
+        .map_err(|e| call.store_err(e))?;
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|s| s.value)
+        .filter(|v| labels.matches(v) && fields.matches(|f| info.field_value(v, f)))
+        .map(|mut v| {
+            set_type_meta(info, &mut v);
+            v
+        })
+        .collect();
+    if let Some(t) = call.table() {
+        let now = now_seconds();
+        let table = table::build(
+            call.res.columns(),
+            |o| call.res.table_row(o, now),
+            &items,
+            Some(rev.to_string()),
+            t,
+        );
+        return Ok(json_response(StatusCode::OK, &table));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "apiVersion": info.api_version(),
+            "kind": info.list_kind(),
+            "metadata": {"resourceVersion": rev.to_string()},
+            "items": items,
+        }),
+    ))
+}
+
+pub(super) async fn create(call: &Call, body: Bytes) -> Result<Response, ApiError> {
+    let info = call.info();
+    let dry_run = call.dry_run()?;
+    let mut obj = decode_body(call, parse_json(&body)?)?;
+    let meta = metadata_mut(&mut obj).ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    for system in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        meta.remove(system);
+    }
+    meta.insert("uid".into(), json!(new_uid()));
+    meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+    let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let generate_base = meta
+        .get("generateName")
+        .and_then(Value::as_str)
+        .filter(|g| name.is_empty() && !g.is_empty())
+        .map(|g| {
+            // Kubernetes trims the base so that base + suffix stays a valid length.
+            let max = info.name_rule.max_len().min(63) - GENERATED_SUFFIX_LEN;
+            g.chars().take(max).collect::<String>()
+        });
+    call.res.default(&mut obj);
+    call.res.prepare_create(&mut obj);
+    let attempts = if generate_base.is_some() { 5 } else { 1 };
+    for attempt in 0..attempts {
+        if let (Some(base), Some(meta)) = (&generate_base, metadata_mut(&mut obj)) {
+            meta.insert("name".into(), json!(format!("{base}{}", random_suffix())));
+        }
+        validate(call, &obj)?;
+        let name = meta_str(&obj, "name").to_string();
+        if dry_run {
+            return Ok(call.object_response(StatusCode::CREATED, obj));
+        }
+        let key = ObjectKey::new(info.storage_resource(), call.namespace.clone().unwrap_or_default(), &name);
+        match call.state.store.create(&key, obj.clone()).await {
+            Ok(stored) => {
+                tracing::info!(resource = %info.plural, namespace = %key.namespace, name = %name, revision = stored.revision, "created");
+                return Ok(call.object_response(StatusCode::CREATED, stored.value));
+            }
+            Err(StoreError::AlreadyExists(_)) if attempt + 1 < attempts => continue,
+            Err(e) => return Err(ApiError::from_store(e, &info.qualified(), &name)),
+        }
+    }
+    Err(ApiError::Internal("could not generate a unique name".into()))
+}
+
+/// Read-modify-write of the object with `build(current)`; retries on conflicts unless the client
+/// gave a resourceVersion precondition.
+async fn update_loop<F>(call: &Call, precondition: Option<u64>, mut build: F) -> Result<Response, ApiError>
+where
+    F: FnMut(&Value) -> Result<Value, ApiError>,
+{
+    let dry_run = call.dry_run()?;
+    let key = call.key();
+    for _ in 0..UPDATE_ATTEMPTS {
+        let current = get_current(call)?;
+        if precondition.is_some_and(|rv| rv != current.revision) {
+            return Err(ApiError::stale(&call.info().qualified(), call.name()));
+        }
+        let mut new = build(&current.value)?;
+        if let Some(meta) = metadata_mut(&mut new) {
+            meta.insert("resourceVersion".into(), json!(current.revision.to_string()));
+        }
+        if new == current.value || dry_run {
+            return Ok(call.object_response(StatusCode::OK, new));
+        }
+        match call.state.store.update(&key, new, Some(current.revision)).await {
+            Ok(stored) => {
+                tracing::info!(resource = %call.info().plural, namespace = %key.namespace, name = %key.name, revision = stored.revision, status = call.status, "updated");
+                return Ok(call.object_response(StatusCode::OK, stored.value));
+            }
+            Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
+            Err(e) => return Err(call.store_err(e)),
+        }
+    }
+    Err(ApiError::Internal(format!(
+        "{} kept changing during {UPDATE_ATTEMPTS} update attempts; retry later",
+        call.key()
+    )))
+}
+
+/// The object a write of `body` (decoded) to the main resource produces from `current`.
+fn build_update(call: &Call, body: &Value, current: &Value) -> Result<Value, ApiError> {
+    let info = call.info();
+    check_uid(call, meta_str(body, "uid"), current)?;
+    let mut new = body.clone();
+    let Some(meta) = metadata_mut(&mut new) else {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    };
+    for system in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+        match current.get("metadata").and_then(|m| m.get(system)) {
+            Some(v) => meta.insert(system.into(), v.clone()),
+            None => meta.remove(system),
+        };
+    }
+    meta.remove("selfLink");
+    if info.status_subresource {
+        if let Some(o) = new.as_object_mut() {
+            match current.get("status") {
+                Some(s) => o.insert("status".into(), s.clone()),
+                None => o.remove("status"),
+            };
+        }
+    }
+    validate(call, &new)?;
+    call.res
+        .validate_update(&new, current)
+        .map_err(|e| invalid(info, &new, e))?;
+    Ok(new)
+}
+
+/// The object a write of `body` (decoded) to `/status` produces: `current` with body's status.
+fn build_status_update(call: &Call, body: &Value, current: &Value) -> Result<Value, ApiError> {
+    check_uid(call, meta_str(body, "uid"), current)?;
+    let mut new = current.clone();
+    if let Some(o) = new.as_object_mut() {
+        match body.get("status") {
+            Some(s) => o.insert("status".into(), s.clone()),
+            None => o.remove("status"),
+        };
+    }
+    call.res
+        .validate_status(&new)
+        .map_err(|e| invalid(call.info(), &new, e))?;
+    Ok(new)
+}
+
+pub(super) async fn update(call: &Call, body: Bytes) -> Result<Response, ApiError> {
+    let mut obj = decode_body(call, parse_json(&body)?)?;
+    let precondition = resource_version_precondition(&obj)?;
+    call.res.default(&mut obj);
+    update_loop(call, precondition, |current| {
+        if call.status {
+            build_status_update(call, &obj, current)
+        } else {
+            build_update(call, &obj, current)
+        }
+    })
+    .await
+}
+
+/// RFC 7386 JSON merge patch.
+pub(super) fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Some(t) = target.as_object_mut() {
+        for (k, v) in patch {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+pub(super) async fn patch(call: &Call, body: Bytes) -> Result<Response, ApiError> {
+    let content_type = call
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if mime != "application/merge-patch+json" {
+        return Err(ApiError::UnsupportedMediaType {
+            accepted: "application/merge-patch+json (strategic merge, JSON and apply patches are not supported)".into(),
+        });
+    }
+    let patch = parse_json(&body)?;
+    if !patch.is_object() {
+        return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+    }
+    let precondition = resource_version_precondition(&patch)?;
+    update_loop(call, precondition, |current| {
+        let mut merged = current.clone();
+        merge_patch(&mut merged, &patch);
+        let mut obj = decode_body(call, merged)?;
+        call.res.default(&mut obj);
+        if call.status {
+            build_status_update(call, &obj, current)
+        } else {
+            build_update(call, &obj, current)
+        }
+    })
+    .await
+}
+
+fn parse_grace(v: &str) -> Result<i64, ApiError> {
+    v.parse()
+        .map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: invalid value {v:?}: must be an integer")))
+}
+
+pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiError> {
+    let info = call.info();
+    let mut dry_run = call.dry_run()?;
+    let mut opts = DeleteOptions {
+        grace_period_seconds: call.query.get("gracePeriodSeconds").map(|v| parse_grace(v)).transpose()?,
+    };
+    let mut pre_rv = None;
+    let mut pre_uid = String::new();
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let raw = parse_json(&body)?;
+        let d: k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions =
+            serde_path_to_error::deserialize(raw).map_err(|e| {
+                let path = e.path().to_string();
+                let msg = e.into_inner().to_string();
+                ApiError::bad_field(format!("DeleteOptions cannot be decoded: {path}: {msg}"), path, msg)
+            })?;
+        if d.grace_period_seconds.is_some() {
+            opts.grace_period_seconds = d.grace_period_seconds;
+        }
+        if let Some(p) = d.preconditions {
+            pre_rv = p.resource_version.filter(|s| !s.is_empty());
+            pre_uid = p.uid.unwrap_or_default();
+        }
+        if d.dry_run.is_some_and(|d| !d.is_empty()) {
+            dry_run = true;
+        }
+    }
+    let key = call.key();
+    for _ in 0..UPDATE_ATTEMPTS {
+        let current = get_current(call)?;
+        if let Some(rv) = &pre_rv {
+            if *rv != current.revision.to_string() {
+                return Err(ApiError::Conflict {
+                    resource: info.qualified(),
+                    name: call.name().to_string(),
+                    detail: format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        current.revision
+                    ),
+                });
+            }
+        }
+        check_uid(call, &pre_uid, &current.value)?;
+        match call.res.on_delete(&current.value, &opts, &now_rfc3339()) {
+            DeleteAction::Unchanged => return Ok(call.object_response(StatusCode::OK, current.value)),
+            DeleteAction::Update(v) => {
+                if dry_run {
+                    return Ok(call.object_response(StatusCode::OK, v));
+                }
+                match call.state.store.update(&key, v, Some(current.revision)).await {
+                    Ok(stored) => {
+                        tracing::info!(resource = %info.plural, namespace = %key.namespace, name = %key.name,
+                            grace = ?stored.value.pointer("/metadata/deletionGracePeriodSeconds"), "marked for graceful deletion");
+                        return Ok(call.object_response(StatusCode::OK, stored.value));
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(call.store_err(e)),
+                }
+            }
+            DeleteAction::Delete => {
+                let deleted = if dry_run {
+                    current
+                } else {
+                    match call.state.store.delete(&key, Some(current.revision)).await {
+                        Ok(s) => s,
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(e) => return Err(call.store_err(e)),
+                    }
+                };
+                tracing::info!(resource = %info.plural, namespace = %key.namespace, name = %key.name, dry_run, "deleted");
+                if info.return_deleted_object {
+                    return Ok(call.object_response(StatusCode::OK, deleted.value));
+                }
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Success",
+                        "details": {"name": call.name(), "kind": info.plural, "uid": meta_str(&deleted.value, "uid")},
+                    }),
+                ));
+            }
+        }
+    }
+    Err(ApiError::Internal(format!(
+        "{key} kept changing during {UPDATE_ATTEMPTS} delete attempts; retry later"
+    )))
+}
+
+/// The verb of a resource request, as Kubernetes names it.
+fn verb_of(method: &Method, t: &ResourceTarget, watch_param: bool) -> &'static str {
+    let has_name = t.name.is_some();
+    let sub = t.subresource.is_some();
+    match (method.as_str(), has_name, sub) {
+        ("GET", _, false) if t.legacy_watch || watch_param => "watch",
+        ("GET", false, _) => "list",
+        ("GET", true, _) => "get",
+        ("POST", false, _) => "create",
+        ("PUT", true, _) => "update",
+        ("PATCH", true, _) => "patch",
+        ("DELETE", true, false) => "delete",
+        ("DELETE", false, _) => "deletecollection",
+        _ => "unsupported",
+    }
+}
+
+fn is_true(v: Option<&String>) -> bool {
+    matches!(v.map(String::as_str), Some("1" | "true" | "True"))
+}
+
+/// Entry point for everything under `/api/` and `/apis/`.
+pub(super) async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let mut labels = RequestLabels {
+        verb: "get",
+        resource: String::new(),
+    };
+    let result = handle(&state, parts, body, &mut labels).await;
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    resp.extensions_mut().insert(labels);
+    resp
+}
+
+async fn handle(
+    state: &ApiState,
+    parts: axum::http::request::Parts,
+    body: Body,
+    labels: &mut RequestLabels,
+) -> Result<Response, ApiError> {
+    let target = parse_target(state, parts.uri.path())?;
+    let t = match target {
+        Target::Group(group) => {
+            require_get(&parts.method)?;
+            return discovery::api_group(&state.registry, &group)
+                .map(|v| json_response(StatusCode::OK, &v))
+                .ok_or(ApiError::PathNotFound);
+        }
+        Target::GroupVersion(group, version) => {
+            require_get(&parts.method)?;
+            return discovery::resource_list(&state.registry, &group, &version)
+                .map(|v| json_response(StatusCode::OK, &v))
+                .ok_or(ApiError::PathNotFound);
+        }
+        Target::Resource(t) => t,
+    };
+    let query: HashMap<String, String> = axum::extract::Query::try_from_uri(&parts.uri)
+        .map(|q: axum::extract::Query<HashMap<String, String>>| q.0)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let verb = verb_of(&parts.method, &t, is_true(query.get("watch")));
+    labels.verb = verb;
+    labels.resource = t.res.info().qualified();
+    let allowed = match (t.subresource.is_some(), verb) {
+        (true, "get" | "update" | "patch") => t.res.info().supports(verb),
+        (true, _) => false,
+        // A namespaced resource without a namespace supports only list and watch.
+        (false, "create") => t.res.info().supports(verb) && (t.namespace.is_some() || !t.res.info().namespaced),
+        (false, v) => t.res.info().supports(v),
+    };
+    if !allowed {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let call = Call {
+        state: state.clone(),
+        res: t.res.clone(),
+        namespace: t.namespace.clone(),
+        name: t.name.clone(),
+        status: t.subresource.is_some(),
+        query,
+        headers: parts.headers,
+    };
+    let limit = state.max_body_bytes;
+    match verb {
+        "get" => get(&call).await,
+        "list" => list(&call).await,
+        "watch" => watch::watch(call).await,
+        "create" => create(&call, read_body(body, &call.headers, limit).await?).await,
+        "update" => update(&call, read_body(body, &call.headers, limit).await?).await,
+        "patch" => patch(&call, read_body(body, &call.headers, limit).await?).await,
+        "delete" => delete(&call, read_body(body, &call.headers, limit).await?).await,
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+fn require_get(method: &Method) -> Result<(), ApiError> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_rfc7386() {
+        let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        merge_patch(&mut t, &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}));
+        assert_eq!(t, json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}}));
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(table::parse_timestamp(&now_rfc3339()).map(|t| (t - now_seconds()).abs() <= 1), Some(true));
+        let uid = new_uid();
+        assert_eq!(uid.len(), 36);
+        assert_eq!(uid.as_bytes()[14], b'4');
+    }
+}

@@ -1,0 +1,188 @@
+//! The Kubernetes REST API of cloudcore: pods and nodes today, built so that more resources are
+//! one registry entry each.
+//!
+//! Layout:
+//! - [`resource`]: the registry ([`ResourceInfo`] + [`ResourceHandler`] per kind);
+//! - [`pods`], [`nodes`]: the per-kind behaviour;
+//! - `handlers`: generic get/list/create/update/patch/delete/status over the [`Store`], with
+//!   Kubernetes' semantics (defaulting, optimistic concurrency, graceful pod deletion);
+//! - `watch`: `?watch=1` streams;
+//! - [`table`]: server-side printing for `kubectl get`;
+//! - [`discovery`]: `/api`, `/apis`, `/version`;
+//! - [`selector`], [`validation`], [`quantity`], [`error`]: the pieces those share.
+//!
+//! [`router`] returns a plain `axum::Router`; the caller serves it (over TLS in production).
+//! Objects are stored as the Kubernetes JSON of the object, under
+//! `ObjectKey::new(storage_resource, namespace_or_empty, name)` — for core resources the
+//! resource is the plural (`pods`, `nodes`). Open the store with [`shard_of`] so that pods are
+//! sharded by the node they are bound to.
+
+pub mod discovery;
+pub mod error;
+mod handlers;
+pub mod nodes;
+pub mod pods;
+pub mod quantity;
+pub mod resource;
+pub mod selector;
+pub mod table;
+pub mod validation;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{ApiError, FieldError};
+pub use handlers::new_uid;
+pub use resource::{DeleteAction, Registry, ResourceHandler, ResourceInfo};
+
+use crate::store::{ObjectKey, Store};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// Kubernetes' request body limit (3 MiB): larger bodies get 413 before they are parsed.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Renders the Prometheus text exposition for `GET /metrics`.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The object store.
+    pub store: Arc<dyn Store>,
+    /// Produces the `GET /metrics` body (the caller owns the metrics recorder).
+    pub metrics_render: MetricsRender,
+    /// The resources served.
+    pub registry: Arc<Registry>,
+    /// Request body limit in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl ApiState {
+    /// State serving the built-in resources (pods, nodes) from `store`, with `metrics_render`
+    /// producing the `/metrics` text.
+    pub fn new(store: Arc<dyn Store>, metrics_render: MetricsRender) -> Self {
+        Self {
+            store,
+            metrics_render,
+            registry: Arc::new(Registry::builtin()),
+            max_body_bytes: MAX_BODY_BYTES,
+        }
+    }
+
+    /// Replaces the registry (tests, or a build serving more resources).
+    pub fn with_registry(mut self, registry: Registry) -> Self {
+        self.registry = Arc::new(registry);
+        self
+    }
+}
+
+/// The shard function to open the store with: a pod belongs to the shard of the node it is
+/// bound to (`spec.nodeName`); nothing else is sharded.
+pub fn shard_of(key: &ObjectKey, value: &Value) -> Option<String> {
+    if key.resource != pods::POD_INFO.plural {
+        return None;
+    }
+    value
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
+/// What the metrics middleware labels a request with; set by the resource handlers as a
+/// response extension.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestLabels {
+    pub verb: &'static str,
+    pub resource: String,
+}
+
+/// The API router: resources under `/api` and `/apis`, discovery, `/version`, `/healthz`,
+/// `/readyz`, `/livez` and `/metrics`. Every error is a Kubernetes `Status`.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(ok))
+        .route("/readyz", get(ok))
+        .route("/livez", get(ok))
+        .route("/metrics", get(metrics_text))
+        .route("/version", get(version))
+        .route("/api", get(api_versions))
+        .route("/apis", get(api_groups))
+        .route("/api/{*rest}", any(handlers::dispatch))
+        .route("/apis/{*rest}", any(handlers::dispatch))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+async fn metrics_text(State(state): State<ApiState>) -> Response {
+    let body = (state.metrics_render)();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn version() -> Response {
+    error::json_response(StatusCode::OK, &discovery::version_info())
+}
+
+async fn api_versions(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    error::json_response(StatusCode::OK, &discovery::api_versions(&state.registry, host))
+}
+
+async fn api_groups(State(state): State<ApiState>) -> Response {
+    error::json_response(StatusCode::OK, &discovery::api_group_list(&state.registry))
+}
+
+async fn not_found() -> Response {
+    ApiError::PathNotFound.into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::MethodNotAllowed.into_response()
+}
+
+/// One span per request (method, path, status) and the request metrics
+/// `skerry_api_requests_total{verb,resource,code}` and
+/// `skerry_api_request_duration_seconds{verb,resource}`.
+async fn observe(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("api", %method, %path, status = tracing::field::Empty);
+    let start = Instant::now();
+    let resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    span.record("status", status);
+    let (verb, resource) = match resp.extensions().get::<RequestLabels>() {
+        Some(l) => (l.verb, l.resource.clone()),
+        None => (if method == axum::http::Method::GET { "get" } else { "other" }, String::new()),
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    metrics::counter!("skerry_api_requests_total", "verb" => verb, "resource" => resource.clone(), "code" => status.to_string())
+        .increment(1);
+    metrics::histogram!("skerry_api_request_duration_seconds", "verb" => verb, "resource" => resource)
+        .record(elapsed);
+    tracing::debug!(parent: &span, elapsed_ms = elapsed * 1000.0, "request done");
+    resp
+}

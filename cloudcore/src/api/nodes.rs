@@ -1,0 +1,212 @@
+//! Nodes: cluster-scoped, created by the join flow (not through this API), edited by admins
+//! (labels, taints, `unschedulable`) and reported on by the edge through the status path.
+
+use super::error::FieldError;
+use super::resource::{decode_as, typed, DecodeError, ResourceHandler, ResourceInfo, SelectableField};
+use super::table::{age, Column};
+use super::validation::{push_invalid, qualified_name, NameRule};
+use k8s_openapi::api::core::v1::Node;
+use serde_json::{json, Value};
+
+const TAINT_EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
+
+/// The node resource. No `create`: nodes come into being when an edge joins.
+pub const NODE_INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    plural: "nodes",
+    singular: "node",
+    kind: "Node",
+    namespaced: false,
+    verbs: &["delete", "get", "list", "patch", "update", "watch"],
+    short_names: &["no"],
+    categories: &[],
+    status_subresource: true,
+    name_rule: NameRule::Subdomain,
+    selectable_fields: &[SelectableField {
+        name: "spec.unschedulable",
+        pointer: "/spec/unschedulable",
+        default: "false",
+    }],
+    return_deleted_object: false,
+};
+
+const COLUMNS: [Column; 9] = [
+    Column { name: "Name", kind: "string", format: "name", description: "Name must be unique within a namespace.", priority: 0 },
+    Column { name: "Status", kind: "string", format: "", description: "The status of the node", priority: 0 },
+    Column { name: "Roles", kind: "string", format: "", description: "The roles of the node", priority: 0 },
+    Column { name: "Age", kind: "string", format: "", description: "CreationTimestamp is a timestamp representing the server time when this object was created.", priority: 0 },
+    Column { name: "Version", kind: "string", format: "", description: "Kubelet Version reported by the node.", priority: 0 },
+    Column { name: "Internal-IP", kind: "string", format: "", description: "List of addresses reachable to the node. Queried from cloud provider, if available.", priority: 1 },
+    Column { name: "OS-Image", kind: "string", format: "", description: "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).", priority: 1 },
+    Column { name: "Kernel-Version", kind: "string", format: "", description: "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).", priority: 1 },
+    Column { name: "Container-Runtime", kind: "string", format: "", description: "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).", priority: 1 },
+];
+
+/// The node [`ResourceHandler`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeHandler;
+
+/// The STATUS column: `Ready`/`NotReady`/`Unknown` from the Ready condition, plus
+/// `SchedulingDisabled` for cordoned nodes.
+pub fn display_status(node: &Value) -> String {
+    let ready = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        .and_then(|c| c.get("status").and_then(Value::as_str));
+    let mut s = match ready {
+        Some("True") => "Ready",
+        Some("False") => "NotReady",
+        _ => "Unknown",
+    }
+    .to_string();
+    if node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        s.push_str(",SchedulingDisabled");
+    }
+    s
+}
+
+/// The ROLES column, from `node-role.kubernetes.io/<role>` and `kubernetes.io/role` labels.
+pub fn roles(node: &Value) -> String {
+    let mut roles: Vec<String> = Vec::new();
+    if let Some(labels) = node.pointer("/metadata/labels").and_then(Value::as_object) {
+        for (k, v) in labels {
+            if let Some(r) = k.strip_prefix("node-role.kubernetes.io/").filter(|r| !r.is_empty()) {
+                roles.push(r.to_string());
+            } else if k == "kubernetes.io/role" {
+                if let Some(v) = v.as_str().filter(|v| !v.is_empty()) {
+                    roles.push(v.to_string());
+                }
+            }
+        }
+    }
+    roles.sort();
+    roles.dedup();
+    if roles.is_empty() {
+        "<none>".into()
+    } else {
+        roles.join(",")
+    }
+}
+
+fn text(node: &Value, pointer: &str) -> Value {
+    match node.pointer(pointer).and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        Some(s) => json!(s),
+        None => json!("<unknown>"),
+    }
+}
+
+impl ResourceHandler for NodeHandler {
+    fn info(&self) -> &ResourceInfo {
+        &NODE_INFO
+    }
+
+    fn decode(&self, obj: Value) -> Result<Value, DecodeError> {
+        decode_as::<Node>(obj)
+    }
+
+    fn validate(&self, obj: &Value) -> Result<(), Vec<FieldError>> {
+        let node: Node = typed(obj)?;
+        let mut errs = Vec::new();
+        for (i, t) in node.spec.iter().flat_map(|s| s.taints.iter().flatten()).enumerate() {
+            let path = format!("spec.taints[{i}]");
+            if t.key.is_empty() {
+                errs.push(FieldError::required(format!("{path}.key"), ""));
+            } else {
+                push_invalid(&mut errs, &format!("{path}.key"), &t.key, qualified_name(&t.key));
+            }
+            if !TAINT_EFFECTS.contains(&t.effect.as_str()) {
+                errs.push(FieldError::not_supported(format!("{path}.effect"), &json!(t.effect), &TAINT_EFFECTS));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn validate_update(&self, new: &Value, old: &Value) -> Result<(), Vec<FieldError>> {
+        // As Kubernetes: podCIDR(s) and providerID may be set once, then never changed.
+        let mut errs = Vec::new();
+        for field in ["podCIDR", "podCIDRs", "providerID"] {
+            let o = old.pointer(&format!("/spec/{field}"));
+            let n = new.pointer(&format!("/spec/{field}"));
+            if o.is_some() && o != n {
+                errs.push(FieldError::forbidden(
+                    format!("spec.{field}"),
+                    format!("node updates may not change {field} except from \"\" to valid"),
+                ));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn columns(&self) -> &'static [Column] {
+        &COLUMNS
+    }
+
+    fn table_row(&self, node: &Value, now: i64) -> Vec<Value> {
+        let internal_ip = node
+            .pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
+            .and_then(|a| a.get("address").and_then(Value::as_str))
+            .unwrap_or("<none>");
+        vec![
+            node.pointer("/metadata/name").cloned().unwrap_or(json!("")),
+            json!(display_status(node)),
+            json!(roles(node)),
+            age(node, now),
+            json!(node.pointer("/status/nodeInfo/kubeletVersion").and_then(Value::as_str).unwrap_or("")),
+            json!(internal_ip),
+            text(node, "/status/nodeInfo/osImage"),
+            text(node, "/status/nodeInfo/kernelVersion"),
+            text(node, "/status/nodeInfo/containerRuntimeVersion"),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows() {
+        let node = json!({"metadata": {"name": "edge-1", "creationTimestamp": "2025-01-01T00:00:00Z",
+                "labels": {"node-role.kubernetes.io/edge": "", "kubernetes.io/role": "agent"}},
+            "spec": {"unschedulable": true},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                "addresses": [{"type": "Hostname", "address": "h"}, {"type": "InternalIP", "address": "192.168.1.9"}],
+                "nodeInfo": {"kubeletVersion": "v1.33.0-skerry", "osImage": "Debian", "kernelVersion": "6.1", "containerRuntimeVersion": "skerry://0.1"}}});
+        let row = NodeHandler.table_row(&node, 1_735_689_600 + 3600);
+        assert_eq!(row, vec![json!("edge-1"), json!("Ready,SchedulingDisabled"), json!("agent,edge"), json!("60m"),
+            json!("v1.33.0-skerry"), json!("192.168.1.9"), json!("Debian"), json!("6.1"), json!("skerry://0.1")]);
+        let bare = json!({"metadata": {"name": "n"}});
+        let row = NodeHandler.table_row(&bare, 0);
+        assert_eq!(row[1], "Unknown");
+        assert_eq!(row[2], "<none>");
+        assert_eq!(row[5], "<none>");
+        assert_eq!(display_status(&json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})), "NotReady");
+    }
+
+    #[test]
+    fn validation() {
+        let n = decode_as::<Node>(json!({"metadata": {"name": "n"}, "spec": {"taints": [{"key": "", "effect": "Sometimes"}]}})).unwrap();
+        let errs = NodeHandler.validate(&n).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        let old = json!({"spec": {"podCIDR": "10.0.0.0/24"}});
+        assert!(NodeHandler.validate_update(&json!({"spec": {"podCIDR": "10.0.1.0/24"}}), &old).is_err());
+        assert!(NodeHandler.validate_update(&old, &old).is_ok());
+        assert!(NodeHandler.validate_update(&old, &json!({})).is_ok());
+    }
+}

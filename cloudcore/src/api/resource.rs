@@ -1,0 +1,378 @@
+//! The resource registry: what each kind is ([`ResourceInfo`]) and how it behaves
+//! ([`ResourceHandler`]).
+//!
+//! Everything generic — routing, decoding, metadata defaulting, optimistic concurrency, lists,
+//! tables, watches, discovery — lives in the handlers and reads this registry. Adding a kind is
+//! one `ResourceInfo` constant plus one small `ResourceHandler` impl registered in
+//! [`Registry::builtin`].
+
+use super::error::{ApiError, FieldError};
+use super::table::Column;
+use super::validation::NameRule;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// A field a field selector may name, and where it lives in the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectableField {
+    /// Name in selectors, e.g. `spec.nodeName`.
+    pub name: &'static str,
+    /// JSON pointer into the object, e.g. `/spec/nodeName`.
+    pub pointer: &'static str,
+    /// Value when the field is absent (`""`, or `"false"` for booleans).
+    pub default: &'static str,
+}
+
+/// The fields every resource can be selected by.
+pub const METADATA_FIELDS: [SelectableField; 2] = [
+    SelectableField { name: "metadata.name", pointer: "/metadata/name", default: "" },
+    SelectableField { name: "metadata.namespace", pointer: "/metadata/namespace", default: "" },
+];
+
+/// Static description of a resource, as discovery advertises it.
+#[derive(Debug, Clone)]
+pub struct ResourceInfo {
+    /// API group, `""` for the core group.
+    pub group: &'static str,
+    /// API version within the group.
+    pub version: &'static str,
+    /// Plural resource name, used in URLs and store keys (`pods`).
+    pub plural: &'static str,
+    /// Singular name (`pod`).
+    pub singular: &'static str,
+    /// Kind (`Pod`).
+    pub kind: &'static str,
+    /// Whether objects live in namespaces.
+    pub namespaced: bool,
+    /// Verbs the resource supports (`get`, `list`, `watch`, `create`, `update`, `patch`,
+    /// `delete`); requests for other verbs get 405.
+    pub verbs: &'static [&'static str],
+    /// Short names for kubectl (`po`).
+    pub short_names: &'static [&'static str],
+    /// Categories (`all`).
+    pub categories: &'static [&'static str],
+    /// Whether the resource has a `/status` subresource; if so, writes to the main resource keep
+    /// the stored `.status` and `/status` writes replace only `.status`.
+    pub status_subresource: bool,
+    /// Rule for `metadata.name`.
+    pub name_rule: NameRule,
+    /// Fields beyond `metadata.name`/`metadata.namespace` that field selectors may use.
+    pub selectable_fields: &'static [SelectableField],
+    /// Whether DELETE answers with the deleted object (pods) or a success Status (nodes), as
+    /// the corresponding Kubernetes registry does.
+    pub return_deleted_object: bool,
+}
+
+impl ResourceInfo {
+    /// The resource string of store keys: the plural, prefixed with `group/` outside the core
+    /// group (`pods`, `apps/deployments`).
+    pub fn storage_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}/{}", self.group, self.plural)
+        }
+    }
+
+    /// The resource as Kubernetes names it in messages (`pods`, `deployments.apps`).
+    pub fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// `apiVersion` of objects (`v1`, `apps/v1`).
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Kind of lists (`PodList`).
+    pub fn list_kind(&self) -> String {
+        format!("{}List", self.kind)
+    }
+
+    /// Whether `verb` is supported.
+    pub fn supports(&self, verb: &str) -> bool {
+        self.verbs.contains(&verb)
+    }
+
+    /// Every field name field selectors may use.
+    pub fn field_names(&self) -> Vec<&'static str> {
+        METADATA_FIELDS
+            .iter()
+            .chain(self.selectable_fields)
+            .map(|f| f.name)
+            .collect()
+    }
+
+    /// The value of a selectable field of `obj` as a string (absent → the field's default).
+    pub fn field_value(&self, obj: &Value, field: &str) -> String {
+        let Some(f) = METADATA_FIELDS
+            .iter()
+            .chain(self.selectable_fields)
+            .find(|f| f.name == field)
+        else {
+            return String::new();
+        };
+        match obj.pointer(f.pointer) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Bool(b)) => b.to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => f.default.to_string(),
+        }
+    }
+}
+
+/// What deleting an object does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeleteAction {
+    /// Remove it from the store now.
+    Delete,
+    /// Store this updated object instead: graceful deletion (deletion timestamp set), finished
+    /// later by whoever observes the termination.
+    Update(Value),
+    /// Nothing changes (already terminating with a grace period at least as short); answer with
+    /// the current object.
+    Unchanged,
+}
+
+/// Options of a delete request, from the query and the `DeleteOptions` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    /// `gracePeriodSeconds`, if the client gave one.
+    pub grace_period_seconds: Option<i64>,
+}
+
+/// Per-kind behaviour. Methods take and return the Kubernetes JSON object; generic code has
+/// already checked the body's type (via [`ResourceHandler::decode`]) and the common metadata.
+pub trait ResourceHandler: Send + Sync + 'static {
+    /// The static description.
+    fn info(&self) -> &ResourceInfo;
+
+    /// Type-checks a body against the k8s-openapi type and returns it re-encoded (which prunes
+    /// unknown fields, as the Kubernetes decoder does). Usually `decode_as::<T>(obj)`.
+    fn decode(&self, obj: Value) -> Result<Value, DecodeError>;
+
+    /// Applies defaults (`restartPolicy: Always`, ...). Runs on create and on update, so that an
+    /// update written from a manifest compares equal to the defaulted stored object.
+    fn default(&self, _obj: &mut Value) {}
+
+    /// Adjusts a new object before creation (e.g. reset status).
+    fn prepare_create(&self, _obj: &mut Value) {}
+
+    /// Semantic validation of a whole object (metadata is checked generically).
+    fn validate(&self, obj: &Value) -> Result<(), Vec<FieldError>>;
+
+    /// Rules about what an update may change (immutable fields); `new` already carries the
+    /// stored status and system metadata.
+    fn validate_update(&self, _new: &Value, _old: &Value) -> Result<(), Vec<FieldError>> {
+        Ok(())
+    }
+
+    /// Validation of a status write (`new` is the stored object with the new `.status`).
+    fn validate_status(&self, _new: &Value) -> Result<(), Vec<FieldError>> {
+        Ok(())
+    }
+
+    /// Decides what a delete does with the current object; `now` is the RFC 3339 time.
+    fn on_delete(&self, _obj: &Value, _opts: &DeleteOptions, _now: &str) -> DeleteAction {
+        DeleteAction::Delete
+    }
+
+    /// Table columns (kubectl's `get` output); priority-1 columns appear with `-o wide`. The
+    /// first column should be the name.
+    fn columns(&self) -> &'static [Column];
+
+    /// One table row, one cell per column; `now` is seconds since the epoch (for ages).
+    fn table_row(&self, obj: &Value, now: i64) -> Vec<Value>;
+}
+
+/// A body that does not fit the resource's type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct DecodeError {
+    /// Path of the offending field (`spec.containers[0].ports[0].containerPort`), empty at the
+    /// root.
+    pub path: String,
+    /// What the decoder expected.
+    pub message: String,
+    /// Set when the error is a missing required field (reported as `Required value` at
+    /// `path.field`, a 422 like Kubernetes, rather than a 400).
+    pub missing_field: Option<String>,
+}
+
+impl DecodeError {
+    /// The API error for a body of `kind`: 422 Required for a missing field, 400 otherwise.
+    pub fn into_api_error(self, info: &ResourceInfo, name: &str) -> ApiError {
+        if let Some(field) = &self.missing_field {
+            let path = if self.path.is_empty() {
+                field.clone()
+            } else {
+                format!("{}.{field}", self.path)
+            };
+            return ApiError::Invalid {
+                kind: info.kind.to_string(),
+                name: name.to_string(),
+                errors: vec![FieldError::required(path, "")],
+            };
+        }
+        let cause = if self.path.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.path, self.message)
+        };
+        ApiError::bad_field(
+            format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: {cause}",
+                kind = info.kind,
+                version = info.version
+            ),
+            self.path,
+            self.message,
+        )
+    }
+}
+
+/// Decodes `obj` as `T` (a k8s-openapi type), naming the path of the first type error, and
+/// returns it re-encoded.
+pub fn decode_as<T: DeserializeOwned + Serialize>(obj: Value) -> Result<Value, DecodeError> {
+    let typed: T = serde_path_to_error::deserialize(obj).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." || path == "?" { String::new() } else { path };
+        let message = e.into_inner().to_string();
+        let missing_field = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'))
+            .map(str::to_string);
+        DecodeError { path, message, missing_field }
+    })?;
+    serde_json::to_value(&typed).map_err(|e| DecodeError {
+        path: String::new(),
+        message: format!("cannot re-encode: {e}"),
+        missing_field: None,
+    })
+}
+
+/// Reads a value back as `T` for typed validation (the value already passed [`decode_as`]).
+pub fn typed<T: DeserializeOwned>(obj: &Value) -> Result<T, Vec<FieldError>> {
+    T::deserialize(obj).map_err(|e| vec![FieldError::invalid("", &Value::Null, e.to_string())])
+}
+
+/// All resources the API serves.
+#[derive(Clone)]
+pub struct Registry {
+    resources: Vec<Arc<dyn ResourceHandler>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self { resources: Vec::new() }
+    }
+
+    /// The resources Skerry serves today: pods and nodes.
+    pub fn builtin() -> Self {
+        let mut r = Self::new();
+        r.register(Arc::new(super::pods::PodHandler));
+        r.register(Arc::new(super::nodes::NodeHandler));
+        r
+    }
+
+    /// Adds a resource (a later registration of the same group/version/plural wins).
+    pub fn register(&mut self, handler: Arc<dyn ResourceHandler>) {
+        let i = handler.info();
+        let (g, v, p) = (i.group, i.version, i.plural);
+        self.resources
+            .retain(|h| !(h.info().group == g && h.info().version == v && h.info().plural == p));
+        self.resources.push(handler);
+    }
+
+    /// Looks up a resource by group, version and plural.
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<dyn ResourceHandler>> {
+        self.resources.iter().find(|h| {
+            let i = h.info();
+            i.group == group && i.version == version && i.plural == plural
+        })
+    }
+
+    /// Every resource, in registration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn ResourceHandler>> {
+        self.resources.iter()
+    }
+
+    /// The versions served for `group`, in registration order, without repeats.
+    pub fn versions_of(&self, group: &str) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for h in &self.resources {
+            let i = h.info();
+            if i.group == group && !out.contains(&i.version) {
+                out.push(i.version);
+            }
+        }
+        out
+    }
+
+    /// The non-core groups, in registration order, without repeats.
+    pub fn groups(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for h in &self.resources {
+            let g = h.info().group;
+            if !g.is_empty() && !out.contains(&g) {
+                out.push(g);
+            }
+        }
+        out
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use serde_json::json;
+
+    #[test]
+    fn decode_errors_name_the_field_path() {
+        let body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
+            "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": "x"}]}]}});
+        let e = decode_as::<Pod>(body).unwrap_err();
+        assert_eq!(e.path, "spec.containers[0].ports[0].containerPort");
+        assert_eq!(
+            e.to_string(),
+            "spec.containers[0].ports[0].containerPort: invalid type: string \"x\", expected i32"
+        );
+        // k8s-openapi defaults missing required fields ("" here), so validation reports them.
+        let v = decode_as::<Pod>(json!({"spec": {"containers": [{"image": "i"}]}})).unwrap();
+        let errs = super::super::pods::PodHandler.validate(&v).unwrap_err();
+        assert_eq!(errs[0].to_string(), "spec.containers[0].name: Required value");
+        // A decoder that does report a missing field gets a 422 Required at the full path.
+        let e = DecodeError { path: "spec.containers[0]".into(), message: "missing field `name`".into(), missing_field: Some("name".into()) };
+        let info = super::super::pods::PodHandler.info().clone();
+        let api = e.into_api_error(&info, "x").status();
+        assert_eq!(api["code"], 422);
+        assert_eq!(api["details"]["causes"][0]["field"], "spec.containers[0].name");
+    }
+
+    #[test]
+    fn decode_prunes_unknown_fields_and_nulls() {
+        let v = decode_as::<Pod>(json!({"metadata": {"name": "x", "bogus": 1, "labels": null},
+            "spec": {"containers": [{"name": "c"}]}}))
+        .unwrap();
+        assert_eq!(v["metadata"], json!({"name": "x"}));
+        assert_eq!(v["kind"], "Pod");
+    }
+}

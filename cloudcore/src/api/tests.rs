@@ -1,0 +1,502 @@
+//! In-process tests of the whole router over a real `SledStore`, driven with `oneshot`.
+
+use super::*;
+use crate::store::{SledStore, Store};
+use axum::body::Body;
+use axum::http::{Method, Request};
+use serde_json::json;
+use tower::ServiceExt;
+
+const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+
+struct Harness {
+    app: Router,
+    store: Arc<SledStore>,
+    _dir: tempfile::TempDir,
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path(), shard_of).unwrap());
+    let state = ApiState::new(store.clone(), Arc::new(|| "skerry_up 1\n".to_string()));
+    Harness {
+        app: router(state),
+        store,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    async fn raw(&self, method: Method, uri: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (StatusCode, Vec<u8>) {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = self.app.clone().oneshot(b.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        (status, bytes.to_vec())
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_with(method, uri, body, &[]).await
+    }
+
+    async fn call_with(&self, method: Method, uri: &str, body: Option<Value>, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+        let (status, out) = self.raw(method, uri, bytes, headers).await;
+        let v = serde_json::from_slice(&out).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&out).into_owned()));
+        (status, v)
+    }
+
+    async fn create_pod(&self, name: &str, extra_spec: Value, labels: Value) -> Value {
+        let mut spec = json!({"containers": [{"name": "app", "image": "nginx:1.25"}]});
+        merge(&mut spec, extra_spec);
+        let (code, v) = self
+            .call(Method::POST, "/api/v1/namespaces/default/pods",
+                Some(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": spec})))
+            .await;
+        assert_eq!(code, StatusCode::CREATED, "{v}");
+        v
+    }
+
+    async fn put_node(&self, name: &str, ready: &str) {
+        let node = json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "uid": new_uid(), "creationTimestamp": "2025-01-01T00:00:00Z"},
+            "status": {"conditions": [{"type": "Ready", "status": ready}], "nodeInfo": {"kubeletVersion": "v1.33.0-skerry"}}});
+        self.store.create(&ObjectKey::new("nodes", "", name), node).await.unwrap();
+    }
+}
+
+fn merge(target: &mut Value, extra: Value) {
+    if let (Some(t), Value::Object(e)) = (target.as_object_mut(), extra) {
+        t.extend(e);
+    }
+}
+
+fn assert_status(v: &Value, code: u16, reason: &str) {
+    assert_eq!(v["kind"], "Status", "{v}");
+    assert_eq!(v["apiVersion"], "v1");
+    assert_eq!(v["status"], "Failure");
+    assert_eq!(v["code"], code, "{v}");
+    assert_eq!(v["reason"], reason, "{v}");
+}
+
+#[tokio::test]
+async fn pod_lifecycle_create_get_list_update_delete() {
+    let h = harness();
+    let created = h.create_pod("web", json!({}), json!({"app": "web"})).await;
+    assert_eq!(created["kind"], "Pod");
+    assert_eq!(created["apiVersion"], "v1");
+    assert_eq!(created["metadata"]["namespace"], "default");
+    assert_eq!(created["metadata"]["uid"].as_str().unwrap().len(), 36);
+    assert!(created["metadata"]["creationTimestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(created["metadata"]["resourceVersion"], "1");
+    assert_eq!(created["spec"]["restartPolicy"], "Always");
+    assert_eq!(created["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(created["status"], json!({"phase": "Pending", "qosClass": "BestEffort"}));
+
+    let (code, got) = h.call(Method::GET, "/api/v1/namespaces/default/pods/web", None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(got, created);
+
+    let (code, list) = h.call(Method::GET, "/api/v1/namespaces/default/pods", None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(list["kind"], "PodList");
+    assert_eq!(list["apiVersion"], "v1");
+    assert_eq!(list["metadata"]["resourceVersion"], "1");
+    assert_eq!(list["items"][0]["kind"], "Pod");
+    let (_, all) = h.call(Method::GET, "/api/v1/pods", None).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 1);
+    let (_, other) = h.call(Method::GET, "/api/v1/namespaces/other/pods", None).await;
+    assert_eq!(other["items"], json!([]));
+
+    // Update: image change allowed; uid/creationTimestamp/status kept whatever the body says.
+    let mut new = got.clone();
+    new["spec"]["containers"][0]["image"] = json!("nginx:1.26");
+    new["metadata"]["labels"]["tier"] = json!("front");
+    new["metadata"]["uid"] = json!("");
+    new["metadata"]["creationTimestamp"] = json!("2000-01-01T00:00:00Z");
+    new["status"] = json!({"phase": "Running"});
+    let (code, updated) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/web", Some(new.clone())).await;
+    assert_eq!(code, StatusCode::OK, "{updated}");
+    assert_eq!(updated["metadata"]["resourceVersion"], "2");
+    assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
+    assert_eq!(updated["metadata"]["creationTimestamp"], created["metadata"]["creationTimestamp"]);
+    assert_eq!(updated["metadata"]["labels"]["tier"], "front");
+    assert_eq!(updated["spec"]["containers"][0]["image"], "nginx:1.26");
+    assert_eq!(updated["status"]["phase"], "Pending");
+
+    // A stale resourceVersion is a conflict.
+    let (code, v) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/web", Some(new)).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert_status(&v, 409, "Conflict");
+    assert_eq!(v["message"], "Operation cannot be fulfilled on pods \"web\": the object has been modified; please apply your changes to the latest version and try again");
+
+    // Spec changes other than images are forbidden.
+    let mut bad = updated.clone();
+    bad["spec"]["restartPolicy"] = json!("Never");
+    let (code, v) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/web", Some(bad)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(v["message"].as_str().unwrap().starts_with("Pod \"web\" is invalid: spec: Forbidden: pod updates may not change fields other than"), "{v}");
+
+    // An unbound pod is deleted at once, and the answer is the pod.
+    let (code, v) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/web", None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(v["metadata"]["name"], "web");
+    let (code, v) = h.call(Method::GET, "/api/v1/namespaces/default/pods/web", None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_status(&v, 404, "NotFound");
+    assert_eq!(v["message"], "pods \"web\" not found");
+    assert_eq!(v["details"], json!({"name": "web", "kind": "pods"}));
+}
+
+#[tokio::test]
+async fn error_statuses() {
+    let h = harness();
+    h.create_pod("a", json!({}), json!({})).await;
+    let (code, v) = h
+        .call(Method::POST, "/api/v1/namespaces/default/pods",
+            Some(json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "c", "image": "i"}]}})))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert_status(&v, 409, "AlreadyExists");
+    assert_eq!(v["message"], "pods \"a\" already exists");
+
+    let (code, v) = h.raw(Method::POST, "/api/v1/namespaces/default/pods", b"{not json".to_vec(), &[]).await;
+    let v: Value = serde_json::from_slice(&v).unwrap();
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert_status(&v, 400, "BadRequest");
+    assert!(v["message"].as_str().unwrap().starts_with("request body is not valid JSON: "), "{v}");
+
+    let (code, v) = h
+        .call(Method::POST, "/api/v1/namespaces/default/pods",
+            Some(json!({"metadata": {"name": "b"}, "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": "x"}]}]}})))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(v["message"].as_str().unwrap().contains("spec.containers[0].ports[0].containerPort: invalid type: string \"x\", expected i32"), "{v}");
+    assert_eq!(v["details"]["causes"][0]["field"], "spec.containers[0].ports[0].containerPort");
+
+    let (code, v) = h
+        .call(Method::POST, "/api/v1/namespaces/default/pods",
+            Some(json!({"metadata": {"name": "b"}, "spec": {"containers": [{"name": "c"}, {"name": "c", "image": "x", "ports": [{"containerPort": 70000}]}]}})))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_status(&v, 422, "Invalid");
+    assert_eq!(v["details"]["name"], "b");
+    assert_eq!(v["details"]["kind"], "Pod");
+    let causes: Vec<(&str, &str)> = v["details"]["causes"].as_array().unwrap().iter()
+        .map(|c| (c["field"].as_str().unwrap(), c["reason"].as_str().unwrap())).collect();
+    assert_eq!(causes, [
+        ("spec.containers[0].image", "FieldValueRequired"),
+        ("spec.containers[1].name", "FieldValueDuplicate"),
+        ("spec.containers[1].ports[0].containerPort", "FieldValueInvalid"),
+    ]);
+    assert!(v["message"].as_str().unwrap().starts_with("Pod \"b\" is invalid: [spec.containers[0].image: Required value, "));
+
+    let (code, v) = h
+        .call(Method::POST, "/api/v1/namespaces/default/pods",
+            Some(json!({"metadata": {"name": "c", "namespace": "other"}, "spec": {"containers": [{"name": "c", "image": "i"}]}})))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+    let (code, v) = h
+        .call(Method::POST, "/api/v1/namespaces/default/pods", Some(json!({"apiVersion": "apps/v1", "kind": "Deployment"})))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+    let (code, v) = h.call(Method::POST, "/api/v1/namespaces/default/pods", Some(json!([1]))).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+    let (code, v) = h.call(Method::POST, "/api/v1/namespaces/default/pods", Some(json!({"spec": {"containers": [{"name": "c", "image": "i"}]}}))).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["details"]["causes"][0]["field"], "metadata.name");
+
+    for path in ["/nope", "/api/v1/widgets", "/api/v2/pods", "/apis/apps/v1", "/api/v1/namespaces/default/pods/a/log", "/api/v1/pods/a", "/openapi/v2", "/openapi/v3"] {
+        let (code, v) = h.call(Method::GET, path, None).await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{path}");
+        assert_status(&v, 404, "NotFound");
+    }
+    let (code, v) = h.call(Method::POST, "/api/v1/nodes", Some(json!({"metadata": {"name": "n"}}))).await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    assert_status(&v, 405, "MethodNotAllowed");
+    let (code, _) = h.call(Method::POST, "/api/v1/pods", Some(json!({}))).await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    let (code, _) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods", None).await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    let (code, v) = h.call(Method::POST, "/healthz", None).await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    assert_status(&v, 405, "MethodNotAllowed");
+
+    let big = vec![b' '; MAX_BODY_BYTES + 1];
+    let (code, v) = h.raw(Method::POST, "/api/v1/namespaces/default/pods", big, &[]).await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(serde_json::from_slice::<Value>(&v).unwrap()["code"], 413);
+
+    let (code, v) = h.call(Method::GET, "/api/v1/pods?labelSelector=a+in+(x", None).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(v["message"].as_str().unwrap().contains("expected: ',' or ')'"), "{v}");
+    let (code, v) = h.call(Method::GET, "/api/v1/pods?fieldSelector=spec.bogus%3Dx", None).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(v["message"].as_str().unwrap().contains("field label not supported: spec.bogus"), "{v}");
+
+    let (code, v) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/zzz",
+        Some(json!({"metadata": {"name": "zzz"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}))).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{v}");
+    let (code, v) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/a",
+        Some(json!({"metadata": {"name": "b"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}))).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test]
+async fn graceful_delete_of_bound_pods() {
+    let h = harness();
+    h.create_pod("bound", json!({"nodeName": "edge-1"}), json!({})).await;
+    let (code, v) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/bound", None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
+    assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 30);
+    // Still there, terminating; the shard log saw the update (the edge will stop it).
+    let (code, got) = h.call_with(Method::GET, "/api/v1/namespaces/default/pods/bound", None, &[("accept", TABLE)]).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(got["rows"][0]["cells"][2], "Terminating");
+    // A shorter grace period shortens it (query parameter), then DeleteOptions grace 0 force-deletes.
+    let (_, v) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/bound?gracePeriodSeconds=5", None).await;
+    assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 5);
+    let (code, _) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/bound",
+        Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"resourceVersion": "1"}}))).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    let (code, v) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/bound",
+        Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "propagationPolicy": "Background"}))).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert!(h.store.get(&ObjectKey::new("pods", "default", "bound")).unwrap().is_none());
+    let (code, _) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/bound", None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, v) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/x", Some(json!({"gracePeriodSeconds": "soon"}))).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test]
+async fn status_subresource() {
+    let h = harness();
+    let pod = h.create_pod("p", json!({"nodeName": "edge-1"}), json!({})).await;
+    let mut body = pod.clone();
+    body["status"] = json!({"phase": "Running", "podIP": "10.1.0.4"});
+    body["spec"]["containers"][0]["image"] = json!("ignored:1");
+    let (code, v) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/p/status", Some(body)).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["status"]["phase"], "Running");
+    assert_eq!(v["spec"]["containers"][0]["image"], "nginx:1.25");
+    let (code, v) = h.call(Method::GET, "/api/v1/namespaces/default/pods/p/status", None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(v["status"]["podIP"], "10.1.0.4");
+    let mut bad = v.clone();
+    bad["status"]["phase"] = json!("Dancing");
+    let (code, _) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/p/status", Some(bad)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn tables_for_kubectl() {
+    let h = harness();
+    h.create_pod("web", json!({"nodeName": "edge-1"}), json!({})).await;
+    let (code, t) = h.call_with(Method::GET, "/api/v1/namespaces/default/pods?limit=500", None, &[("accept", TABLE)]).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(t["kind"], "Table");
+    assert_eq!(t["apiVersion"], "meta.k8s.io/v1");
+    let cols: Vec<&str> = t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(cols, ["Name", "Ready", "Status", "Restarts", "Age", "IP", "Node"]);
+    assert_eq!(t["columnDefinitions"][5]["priority"], 1);
+    let cells = &t["rows"][0]["cells"];
+    assert_eq!(cells[0], "web");
+    assert_eq!(cells[1], "0/1");
+    assert_eq!(cells[2], "Pending");
+    assert_eq!(cells[3], "0");
+    assert_eq!(cells[6], "edge-1");
+    assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(t["rows"][0]["object"]["metadata"]["name"], "web");
+    let (_, t) = h.call_with(Method::GET, "/api/v1/pods?includeObject=Object", None, &[("accept", TABLE)]).await;
+    assert_eq!(t["rows"][0]["object"]["kind"], "Pod");
+
+    h.put_node("edge-1", "True").await;
+    h.put_node("edge-2", "False").await;
+    let (_, t) = h.call_with(Method::GET, "/api/v1/nodes", None, &[("accept", TABLE)]).await;
+    let rows: Vec<(String, String, String)> = t["rows"].as_array().unwrap().iter()
+        .map(|r| (r["cells"][0].as_str().unwrap().into(), r["cells"][1].as_str().unwrap().into(), r["cells"][4].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(rows, [("edge-1".into(), "Ready".into(), "v1.33.0-skerry".into()), ("edge-2".into(), "NotReady".into(), "v1.33.0-skerry".into())]);
+    assert_eq!(t["rows"][0]["cells"][2], "<none>");
+}
+
+#[tokio::test]
+async fn selectors_filter_lists() {
+    let h = harness();
+    h.create_pod("a", json!({"nodeName": "n1"}), json!({"app": "web", "tier": "front"})).await;
+    h.create_pod("b", json!({"nodeName": "n2"}), json!({"app": "web"})).await;
+    h.create_pod("c", json!({}), json!({"app": "db"})).await;
+    let names = |v: Value| -> Vec<String> {
+        v["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+    };
+    for (q, want) in [
+        ("labelSelector=app%3Dweb", vec!["a", "b"]),
+        ("labelSelector=app%3D%3Dweb,tier", vec!["a"]),
+        ("labelSelector=app!%3Dweb", vec!["c"]),
+        ("labelSelector=app%20in%20(db,web),!tier", vec!["b", "c"]),
+        ("labelSelector=tier%20notin%20(front)", vec!["b", "c"]),
+        ("fieldSelector=spec.nodeName%3Dn1", vec!["a"]),
+        ("fieldSelector=spec.nodeName%3D", vec!["c"]),
+        ("fieldSelector=spec.nodeName!%3Dn1,status.phase%3DPending", vec!["b", "c"]),
+        ("fieldSelector=metadata.name%3D%3Db&labelSelector=app", vec!["b"]),
+        ("fieldSelector=metadata.namespace%3Dother", vec![]),
+    ] {
+        let (code, v) = h.call(Method::GET, &format!("/api/v1/pods?{q}"), None).await;
+        assert_eq!(code, StatusCode::OK, "{q}: {v}");
+        assert_eq!(names(v), want, "{q}");
+    }
+}
+
+#[tokio::test]
+async fn nodes_are_edited_not_created() {
+    let h = harness();
+    h.put_node("edge-1", "True").await;
+    let (code, n) = h.call(Method::GET, "/api/v1/nodes/edge-1", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let mut edited = n.clone();
+    edited["metadata"]["labels"] = json!({"site": "north"});
+    edited["status"] = json!({});
+    let (code, v) = h.call(Method::PUT, "/api/v1/nodes/edge-1", Some(edited)).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"]["labels"]["site"], "north");
+    assert_eq!(v["status"]["conditions"][0]["status"], "True", "status kept on the main resource");
+    assert!(v["metadata"].get("namespace").is_none());
+    let mut st = v.clone();
+    st["status"]["conditions"][0]["status"] = json!("False");
+    let (code, v) = h.call(Method::PUT, "/api/v1/nodes/edge-1/status", Some(st)).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["status"]["conditions"][0]["status"], "False");
+    // kubectl label uses a JSON merge patch.
+    let (code, v) = h.call_with(Method::PATCH, "/api/v1/nodes/edge-1", Some(json!({"metadata": {"labels": {"site": null, "role": "edge"}}})),
+        &[("content-type", "application/merge-patch+json")]).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"]["labels"], json!({"role": "edge"}));
+    let (code, _) = h.call_with(Method::PATCH, "/api/v1/nodes/edge-1", Some(json!({})), &[("content-type", "application/strategic-merge-patch+json")]).await;
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (_, list) = h.call(Method::GET, "/api/v1/nodes?labelSelector=role%3Dedge", None).await;
+    assert_eq!(list["kind"], "NodeList");
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let (code, v) = h.call(Method::DELETE, "/api/v1/nodes/edge-1", None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(v["status"], "Success");
+    assert_eq!(v["details"]["name"], "edge-1");
+    let (code, v) = h.call(Method::GET, "/api/v1/nodes/edge-1", None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(v["message"], "nodes \"edge-1\" not found");
+}
+
+#[tokio::test]
+async fn generate_name_and_dry_run() {
+    let h = harness();
+    let (code, v) = h.call(Method::POST, "/api/v1/namespaces/default/pods",
+        Some(json!({"metadata": {"generateName": "job-"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}))).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let name = v["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("job-") && name.len() == 9, "{name}");
+    let (code, _) = h.call(Method::POST, "/api/v1/namespaces/default/pods?dryRun=All",
+        Some(json!({"metadata": {"name": "dry"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    assert!(h.store.get(&ObjectKey::new("pods", "default", "dry")).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn discovery_and_plain_endpoints() {
+    let h = harness();
+    let (code, v) = h.call_with(Method::GET, "/api", None, &[("host", "cloud.example:6443")]).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(v["kind"], "APIVersions");
+    assert_eq!(v["versions"], json!(["v1"]));
+    assert_eq!(v["serverAddressByClientCIDRs"], json!([{"clientCIDR": "0.0.0.0/0", "serverAddress": "cloud.example:6443"}]));
+    let (_, v) = h.call(Method::GET, "/api/v1", None).await;
+    assert_eq!(v["kind"], "APIResourceList");
+    assert_eq!(v["groupVersion"], "v1");
+    assert!(v["resources"].as_array().unwrap().iter().any(|r| r["name"] == "pods/status"));
+    let (_, v) = h.call(Method::GET, "/apis", None).await;
+    assert_eq!(v, json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}));
+    let (_, v) = h.call(Method::GET, "/version", None).await;
+    assert_eq!((v["major"].as_str(), v["minor"].as_str()), (Some("1"), Some("33")));
+    for p in ["/healthz", "/readyz"] {
+        let (code, body) = h.raw(Method::GET, p, vec![], &[]).await;
+        assert_eq!((code, body.as_slice()), (StatusCode::OK, b"ok".as_slice()));
+    }
+    let (code, body) = h.raw(Method::GET, "/metrics", vec![], &[]).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body, b"skerry_up 1\n");
+}
+
+#[tokio::test]
+async fn watch_streams_events() {
+    let h = harness();
+    h.create_pod("before", json!({}), json!({"app": "web"})).await;
+    let app = h.app.clone();
+    let watcher = tokio::spawn(async move {
+        let req = Request::get("/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=2&labelSelector=app%3Dweb")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    h.create_pod("after", json!({}), json!({"app": "web"})).await;
+    h.create_pod("other", json!({}), json!({"app": "db"})).await;
+    let (code, _) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/before", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let body = watcher.await.unwrap();
+    let events: Vec<(String, String)> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_slice(l).unwrap();
+            (v["type"].as_str().unwrap().to_string(), v["object"]["metadata"]["name"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let want: Vec<(String, String)> = [("ADDED", "before"), ("ADDED", "after"), ("DELETED", "before")]
+        .iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    assert_eq!(events, want);
+
+    // From the current resourceVersion: no initial events, then a MODIFIED for a known object.
+    let rv = h.store.revision();
+    let app = h.app.clone();
+    let watcher = tokio::spawn(async move {
+        let req = Request::get(format!("/api/v1/pods?watch=true&timeoutSeconds=1&resourceVersion={rv}"))
+            .header("accept", TABLE)
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, after) = h.call(Method::GET, "/api/v1/namespaces/default/pods/after", None).await;
+    let mut after = after;
+    after["spec"]["containers"][0]["image"] = json!("nginx:2");
+    let (code, _) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/after", Some(after)).await;
+    assert_eq!(code, StatusCode::OK);
+    let body = watcher.await.unwrap();
+    let lines: Vec<Value> = body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["type"], "MODIFIED");
+    assert_eq!(lines[0]["object"]["kind"], "Table");
+    assert_eq!(lines[0]["object"]["rows"][0]["cells"][0], "after");
+}
+
+/// Manual check with a real kubectl: serves the API over plain HTTP on 127.0.0.1 (port from
+/// `SKERRY_API_PORT`, default 18080) for `SKERRY_SERVE_SECS` seconds (default 300), e.g.
+/// `cargo test -p cloudcore --lib api::tests::serve_for_kubectl -- --ignored` and then
+/// `kubectl --server http://127.0.0.1:18080 get pods -A`.
+#[tokio::test]
+#[ignore = "manual: serves the API for kubectl"]
+async fn serve_for_kubectl() {
+    let h = harness();
+    h.put_node("edge-1", "True").await;
+    let port: u16 = std::env::var("SKERRY_API_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(18080);
+    let secs: u64 = std::env::var("SKERRY_SERVE_SECS").ok().and_then(|p| p.parse().ok()).unwrap_or(300);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let serve = axum::serve(listener, h.app.clone());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(secs), serve).await;
+}

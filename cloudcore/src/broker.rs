@@ -1,0 +1,66 @@
+//! The embedded MQTT broker, so that the quickstart needs nothing but cloudcore.
+//!
+//! rumqttd's `Broker::start` blocks forever and has no shutdown handle, so it runs on a thread of
+//! its own for the life of the process. Production sites that already run a broker point
+//! `--mqtt-url` at it instead (mosquitto is tested), and this module is not used.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// Starts rumqttd listening for MQTT 3.1.1 on `listen`, on a thread of its own.
+#[cfg(feature = "embedded-broker")]
+pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
+    use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+    let server = ServerSettings {
+        name: "skerry-v4".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: 1 << 20,
+            max_inflight_count: 500,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 100_000,
+            max_outgoing_packet_count: 1000,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("1".to_string(), server)])),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    };
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded MQTT broker stopped");
+            }
+        })?;
+    // No readiness probe here: a bare TCP probe makes rumqttd log an error, and the ingest
+    // reconnects until the broker accepts anyway. A port that is taken fails `start` above, which
+    // the thread logs.
+    Ok(())
+}
+
+/// Without the `embedded-broker` feature there is no broker to start.
+#[cfg(not(feature = "embedded-broker"))]
+pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
+    anyhow::bail!("this cloudcore was built without the embedded broker; pass --mqtt-url to use an external one (wanted to listen on {listen})")
+}

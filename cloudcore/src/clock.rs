@@ -1,0 +1,32 @@
+//! Time in the forms the API needs: Kubernetes timestamps are RFC 3339 UTC with second precision.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Formats milliseconds since the epoch as a Kubernetes timestamp (`2026-11-25T17:00:00Z`).
+pub fn rfc3339(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}
+
+/// Now, as a Kubernetes timestamp.
+pub fn now_rfc3339() -> String {
+    rfc3339(now_ms())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_like_kubernetes() {
+        assert_eq!(super::rfc3339(1_700_000_000_999), "2023-11-14T22:13:20Z");
+    }
+}

@@ -1,0 +1,18 @@
+//! cloudcore: Skerry's cloud hub.
+//!
+//! A small Kubernetes-compatible control plane ([`api`] over [`store`]), a [`binding`] loop that
+//! places pods on nodes, a [`hub`] that keeps one QUIC connection per edge node and streams that
+//! node's slice of the desired state, an [`ingest`] that applies status reports from MQTT, the
+//! [`pki`] that issues node identities, and an optional embedded MQTT [`broker`]. The binary in
+//! `main.rs` is a thin shell over [`server::run`].
+
+pub mod store;
+pub mod pki;
+pub mod binding;
+pub mod broker;
+pub mod clock;
+pub mod hub;
+pub mod ingest;
+pub mod projection;
+pub mod server;
+pub mod api;

@@ -1,0 +1,159 @@
+//! The `cloudcore` binary: a thin command line over the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use cloudcore::hub::HubConfig;
+use cloudcore::pki::Pki;
+use cloudcore::server::{self, ServeConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "cloudcore", version, about = "Skerry cloud hub: Kubernetes-style API and edge sync")]
+struct Cli {
+    /// Log format: human-readable text, or one JSON object per line for machines.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SKERRY_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Directory of the store and PKI.
+    #[arg(long, default_value = "/var/lib/skerry/cloudcore", global = true, env = "SKERRY_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the cloud hub.
+    Serve {
+        /// HTTPS API address (kubectl --server https://ADDR).
+        #[arg(long, default_value = "0.0.0.0:6443")]
+        api_addr: SocketAddr,
+        /// QUIC address edge nodes connect to (UDP).
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        hub_addr: SocketAddr,
+        /// External MQTT broker (mqtt://HOST:PORT); without it an embedded broker is started.
+        #[arg(long)]
+        mqtt_url: Option<String>,
+        /// Address of the embedded MQTT broker.
+        #[arg(long, default_value = "0.0.0.0:1883")]
+        mqtt_listen: SocketAddr,
+        /// Extra DNS names or IPs for the server certificate (repeatable).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// Seconds of silence after which an edge link is considered dead.
+        #[arg(long, default_value_t = 20)]
+        idle_timeout_secs: u64,
+    },
+    /// Manage bootstrap tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage node identities.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a single-use bootstrap token and print it with the CA hash to join with.
+    Create {
+        /// Lifetime, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Revoke a node: its sessions are refused and closed.
+    Revoke { name: String },
+    /// Lift a revocation (the node must join again).
+    Unrevoke { name: String },
+}
+
+fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("invalid --ttl {s:?}; use e.g. 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" | "" => n * 3600,
+        "d" => n * 86400,
+        _ => anyhow::bail!("invalid --ttl unit in {s:?}; use s, m, h or d"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn,quinn=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Serve { api_addr, hub_addr, mqtt_url, mqtt_listen, server_names, idle_timeout_secs } => {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || recorder.render());
+            let cfg = ServeConfig {
+                data_dir: cli.data_dir,
+                api_addr,
+                hub: HubConfig { listen: hub_addr, idle_timeout: Duration::from_secs(idle_timeout_secs.max(2)), ..HubConfig::default() },
+                mqtt_url,
+                mqtt_listen,
+                server_names,
+            };
+            tokio::runtime::Runtime::new()?.block_on(server::run(cfg, render))
+        }
+        Command::Token { command: TokenCommand::Create { ttl } } => {
+            let pki = Pki::load_or_create(&cli.data_dir, &[])?;
+            let token = pki.create_token(parse_ttl(&ttl)?)?;
+            println!("token:   {token}");
+            println!("ca-hash: {}", pki.ca_hash());
+            println!("join:    edgecore join --server <HOST>:7443 --token {token} --ca-hash {}", pki.ca_hash());
+            Ok(())
+        }
+        Command::Node { command } => {
+            let pki = Pki::load_or_create(&cli.data_dir, &[])?;
+            match command {
+                NodeCommand::Revoke { name } => {
+                    pki.revoke(&name)?;
+                    println!("node {name} revoked; its sessions are closed within 10 seconds");
+                }
+                NodeCommand::Unrevoke { name } => {
+                    pki.unrevoke(&name)?;
+                    println!("revocation of node {name} lifted; it must join again with a new token");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(super::parse_ttl("30m").unwrap().as_secs(), 1800);
+        assert_eq!(super::parse_ttl("2d").unwrap().as_secs(), 172800);
+        assert!(super::parse_ttl("soon").is_err());
+    }
+}

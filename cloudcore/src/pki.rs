@@ -1,0 +1,482 @@
+//! Cloudcore's PKI: the cluster CA, the hub's serving certificate, bootstrap tokens and node
+//! certificates.
+//!
+//! Everything lives as files under `<data-dir>/pki/`, not in the object store, so that
+//! `cloudcore token create` works while the server runs (the store's database is locked by the
+//! server) and so that an operator can back up or inspect the CA with ordinary tools. Every file
+//! is written atomically (temp file, fsync, rename, fsync of the directory).
+//!
+//! Tokens have the kubeadm shape `<id>.<secret>`: the server keeps only the SHA-256 of the
+//! secret. A token is consumed by renaming its file into `used/`, which the filesystem makes
+//! atomic: two joins racing on one token cannot both win.
+//!
+//! A node's identity is the common name of the certificate the CA signed for it; the sync link
+//! takes it from the verified client certificate and never from anything the node says.
+
+use protocol::join::JoinRefusal;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Errors of PKI operations.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Reading or writing a PKI file failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A certificate or key could not be generated or parsed.
+    #[error("certificate error: {0}; if the files under pki/ were edited by hand, restore them from backup")]
+    Cert(String),
+    /// The TLS configuration could not be built.
+    #[error("TLS configuration error: {0}")]
+    Tls(String),
+}
+
+fn cert_err(e: impl std::fmt::Display) -> PkiError {
+    PkiError::Cert(e.to_string())
+}
+
+/// Writes `bytes` to `path` atomically and durably, with `mode` permissions.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |action, source| PkiError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| io("create", e))?;
+        f.write_all(bytes).map_err(|e| io("write", e))?;
+        f.sync_all().map_err(|e| io("sync", e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| io("rename into", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync the directory of", e))?;
+    Ok(())
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// `sha256:<hex>` of a DER certificate: the pin an edge checks the CA against.
+pub fn cert_hash(der: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(der)))
+}
+
+/// Whether `name` is a valid node name: a DNS-1123 subdomain of at most 63 characters (it is
+/// used in MQTT topics and file names, so no `/`, `+`, `#` can slip through).
+pub fn validate_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err("must be 1 to 63 characters".into());
+    }
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let ends_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !ok_chars || !ends_ok(name.as_bytes()[0]) || !ends_ok(name.as_bytes()[name.len() - 1]) {
+        return Err("must consist of lower case alphanumeric characters, '-' or '.', and start and end with an alphanumeric character".into());
+    }
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenRecord {
+    secret_sha256: String,
+    expires_at_unix: u64,
+    created_at_unix: u64,
+}
+
+/// The loaded PKI.
+pub struct Pki {
+    dir: PathBuf,
+    ca_cert_der: CertificateDer<'static>,
+    ca_cert_pem: String,
+    ca_key: KeyPair,
+    server_cert_der: CertificateDer<'static>,
+    server_key_der: Vec<u8>,
+}
+
+impl Pki {
+    /// Loads the PKI from `<data_dir>/pki`, creating the CA and the server certificate on first
+    /// use. `server_names` (DNS names or IPs) are put in the server certificate; when they are not
+    /// all covered by an existing certificate, it is reissued from the same CA.
+    pub fn load_or_create(data_dir: &Path, server_names: &[String]) -> Result<Self, PkiError> {
+        let dir = data_dir.join("pki");
+        let ca_crt = dir.join("ca.crt");
+        let ca_key_path = dir.join("ca.key");
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| PkiError::Io {
+                action: "read",
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        if !ca_crt.exists() {
+            let key = KeyPair::generate().map_err(cert_err)?;
+            let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "skerry-ca");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+            let cert = params.self_signed(&key).map_err(cert_err)?;
+            write_atomic(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
+            write_atomic(&ca_crt, cert.pem().as_bytes(), 0o644)?;
+        }
+        let ca_cert_pem = read(&ca_crt)?;
+        let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(cert_err)?;
+        let ca_cert_der = pem_to_der(&ca_cert_pem)?;
+
+        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        if let Some(h) = hostname() {
+            names.push(h);
+        }
+        for n in server_names {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        let srv_crt = dir.join("server.crt");
+        let srv_key = dir.join("server.key");
+        let names_file = dir.join("server.names");
+        let current_names = std::fs::read_to_string(&names_file).unwrap_or_default();
+        let covered = names
+            .iter()
+            .all(|n| current_names.lines().any(|l| l == n));
+        if !srv_crt.exists() || !covered {
+            let issuer = Issuer::from_ca_cert_der(&ca_cert_der, &ca_key).map_err(cert_err)?;
+            let key = KeyPair::generate().map_err(cert_err)?;
+            let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+            params.subject_alt_names = names
+                .iter()
+                .map(|n| match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => Ok(SanType::IpAddress(ip)),
+                    Err(_) => n.clone().try_into().map(SanType::DnsName).map_err(cert_err),
+                })
+                .collect::<Result<_, _>>()?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "skerry-cloudcore");
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+            let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
+            write_atomic(&srv_key, key.serialize_pem().as_bytes(), 0o600)?;
+            write_atomic(&srv_crt, cert.pem().as_bytes(), 0o644)?;
+            write_atomic(&names_file, names.join("\n").as_bytes(), 0o644)?;
+        }
+        let server_cert_der = pem_to_der(&read(&srv_crt)?)?;
+        let server_key_der = KeyPair::from_pem(&read(&srv_key)?)
+            .map_err(cert_err)?
+            .serialize_der();
+        for sub in ["tokens", "tokens/used", "nodes", "revoked"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|source| PkiError::Io {
+                action: "create",
+                path: dir.join(sub),
+                source,
+            })?;
+        }
+        Ok(Self {
+            dir,
+            ca_cert_der,
+            ca_cert_pem,
+            ca_key,
+            server_cert_der,
+            server_key_der,
+        })
+    }
+
+    /// The CA certificate in PEM, as given to joining nodes and written into kubeconfigs.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_cert_pem
+    }
+
+    /// Path of the CA certificate file.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// The pin that `edgecore join --ca-hash` expects.
+    pub fn ca_hash(&self) -> String {
+        cert_hash(&self.ca_cert_der)
+    }
+
+    /// Creates a single-use bootstrap token valid for `ttl`; returns `<id>.<secret>`.
+    pub fn create_token(&self, ttl: Duration) -> Result<String, PkiError> {
+        use rand::Rng;
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = rand::rng();
+        let mut pick = |n: usize| -> String {
+            (0..n)
+                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+                .collect()
+        };
+        let id = pick(6);
+        let secret = pick(16);
+        let record = TokenRecord {
+            secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+            expires_at_unix: now_unix() + ttl.as_secs(),
+            created_at_unix: now_unix(),
+        };
+        let json = serde_json::to_vec(&record).map_err(cert_err)?;
+        write_atomic(&self.dir.join("tokens").join(format!("{id}.json")), &json, 0o600)?;
+        Ok(format!("{id}.{secret}"))
+    }
+
+    /// Checks a token and consumes it. The token's secret never reaches a log.
+    pub fn consume_token(&self, token: &str) -> Result<(), JoinRefusal> {
+        let (id, secret) = token.split_once('.').ok_or(JoinRefusal::InvalidToken)?;
+        if id.len() != 6 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(JoinRefusal::InvalidToken);
+        }
+        let path = self.dir.join("tokens").join(format!("{id}.json"));
+        let used = self.dir.join("tokens/used").join(format!("{id}.json"));
+        let raw = match std::fs::read(&path) {
+            Ok(raw) => raw,
+            Err(_) if used.exists() => return Err(JoinRefusal::TokenUsed),
+            Err(_) => return Err(JoinRefusal::InvalidToken),
+        };
+        let record: TokenRecord = serde_json::from_slice(&raw).map_err(|e| {
+            tracing::error!(token_id = id, error = %e, "corrupt token file; create a new token");
+            JoinRefusal::InvalidToken
+        })?;
+        let given = hex::encode(Sha256::digest(secret.as_bytes()));
+        if !constant_time_eq(given.as_bytes(), record.secret_sha256.as_bytes()) {
+            return Err(JoinRefusal::InvalidToken);
+        }
+        if now_unix() >= record.expires_at_unix {
+            return Err(JoinRefusal::TokenExpired);
+        }
+        match std::fs::rename(&path, &used) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(JoinRefusal::TokenUsed),
+            Err(e) => Err(JoinRefusal::Internal(format!("cannot consume token: {e}"))),
+        }
+    }
+
+    /// Checks that a CSR parses and is signed by its key, before a token is spent on it.
+    pub fn check_csr(&self, csr_pem: &str) -> Result<(), JoinRefusal> {
+        CertificateSigningRequestParams::from_pem(csr_pem)
+            .map(|_| ())
+            .map_err(|e| JoinRefusal::InvalidCsr(format!("{e}; the edge must send a PEM PKCS#10 request signed by its key")))
+    }
+
+    /// Signs a node's CSR. The certificate's subject is `node` whatever the CSR asks for, and it
+    /// is good for client authentication only.
+    pub fn sign_node(&self, node: &str, csr_pem: &str) -> Result<String, JoinRefusal> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| JoinRefusal::InvalidCsr(format!("{e}; the edge must send a PEM PKCS#10 request signed by its key")))?;
+        let mut params = CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
+        params.distinguished_name.push(DnType::CommonName, node);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "skerry:nodes");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time_now();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(365);
+        csr.params = params;
+        let issuer = Issuer::from_ca_cert_der(&self.ca_cert_der, &self.ca_key)
+            .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
+        let cert = csr
+            .signed_by(&issuer)
+            .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
+        let pem = cert.pem();
+        write_atomic(&self.node_record(node), pem.as_bytes(), 0o644)
+            .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
+        Ok(pem)
+    }
+
+    fn node_record(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(format!("{node}.crt"))
+    }
+
+    /// Whether a certificate was ever issued to `node` by this cloud.
+    pub fn is_known(&self, node: &str) -> bool {
+        validate_node_name(node).is_ok() && self.node_record(node).exists()
+    }
+
+    /// Whether `node` has been revoked.
+    pub fn is_revoked(&self, node: &str) -> bool {
+        validate_node_name(node).is_err() || self.dir.join("revoked").join(node).exists()
+    }
+
+    /// Revokes a node: its connections are refused from now on (a live session is closed by the
+    /// hub's periodic check).
+    pub fn revoke(&self, node: &str) -> Result<(), PkiError> {
+        validate_node_name(node).map_err(PkiError::Cert)?;
+        write_atomic(&self.dir.join("revoked").join(node), b"", 0o644)
+    }
+
+    /// Lifts a revocation; the node must join again with a new token to get a new certificate.
+    pub fn unrevoke(&self, node: &str) -> Result<(), PkiError> {
+        validate_node_name(node).map_err(PkiError::Cert)?;
+        match std::fs::remove_file(self.dir.join("revoked").join(node)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(PkiError::Io {
+                action: "remove",
+                path: self.dir.join("revoked").join(node),
+                source,
+            }),
+        }
+    }
+
+    fn server_chain(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (
+            vec![self.server_cert_der.clone(), self.ca_cert_der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key_der.clone())),
+        )
+    }
+
+    fn roots(&self) -> Result<rustls::RootCertStore, PkiError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.ca_cert_der.clone())
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        Ok(roots)
+    }
+
+    /// TLS for the QUIC hub: server certificate chain (so a joining node can pin the CA), client
+    /// certificates verified against the CA but optional at the TLS layer, because the join ALPN
+    /// has none yet; the hub refuses a sync connection that presents none.
+    pub fn hub_tls(&self) -> Result<rustls::ServerConfig, PkiError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder(self.roots()?.into())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        let (chain, key) = self.server_chain();
+        let mut cfg = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        cfg.alpn_protocols = vec![protocol::ALPN_SYNC.to_vec(), protocol::ALPN_JOIN.to_vec()];
+        Ok(cfg)
+    }
+
+    /// TLS for the HTTPS API (HTTP/2 and HTTP/1.1).
+    pub fn api_tls(&self) -> Result<rustls::ServerConfig, PkiError> {
+        let (chain, key) = self.server_chain();
+        let mut cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(cert_err)
+}
+
+/// The machine's hostname, for certificate names.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Extracts the node name (subject common name) from a verified client certificate.
+pub fn node_name_from_cert(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    validate_node_name(cn).ok()?;
+    Some(cn.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_single_use_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let t = pki.create_token(Duration::from_secs(60)).unwrap();
+        assert_eq!(pki.consume_token("nonsense"), Err(JoinRefusal::InvalidToken));
+        let (id, _) = t.split_once('.').unwrap();
+        assert_eq!(
+            pki.consume_token(&format!("{id}.wrongsecret00000")),
+            Err(JoinRefusal::InvalidToken)
+        );
+        assert_eq!(pki.consume_token(&t), Ok(()));
+        assert_eq!(pki.consume_token(&t), Err(JoinRefusal::TokenUsed));
+        let expired = pki.create_token(Duration::from_secs(0)).unwrap();
+        assert_eq!(pki.consume_token(&expired), Err(JoinRefusal::TokenExpired));
+    }
+
+    #[test]
+    fn node_certificates_carry_the_node_name_not_the_csr_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "admin");
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let pem = pki.sign_node("edge-1", &csr).unwrap();
+        let der = pem_to_der(&pem).unwrap();
+        assert_eq!(node_name_from_cert(&der).as_deref(), Some("edge-1"));
+        assert!(pki.is_known("edge-1"));
+        assert!(!pki.is_known("edge-2"));
+        assert!(matches!(pki.sign_node("edge-1", "garbage"), Err(JoinRefusal::InvalidCsr(_))));
+        // Reloading keeps the same CA.
+        let hash = pki.ca_hash();
+        let again = Pki::load_or_create(dir.path(), &["edge.example".into()]).unwrap();
+        assert_eq!(again.ca_hash(), hash);
+    }
+
+    #[test]
+    fn node_names_are_restricted() {
+        assert!(validate_node_name("edge-1.site").is_ok());
+        for bad in ["", "Edge", "a/b", "+", "#", "-a", &"a".repeat(64)] {
+            assert!(validate_node_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds Skerry, starts a cloudcore and a local edgecore on this machine, and runs a sample pod.
+# Everything lives under ${SKERRY_DEMO_DIR:-/tmp/skerry-demo}; stop it with deploy/quickstart.sh stop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEMO=${SKERRY_DEMO_DIR:-/tmp/skerry-demo}
+API=${SKERRY_API_PORT:-6443}
+HUB=${SKERRY_HUB_PORT:-7443}
+MQTT=${SKERRY_MQTT_PORT:-1883}
+
+stop() {
+  for f in "$DEMO"/*.pid; do
+    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+  # Pods outlive edgecore by design (as with kubelet); stop the demo's pod processes too.
+  pkill -f -- "--container-dir $DEMO/" 2>/dev/null || true
+  for p in /proc/[0-9]*; do
+    case "$(readlink "$p/cwd" 2>/dev/null)" in "$DEMO"/*) kill -9 "${p#/proc/}" 2>/dev/null || true ;; esac
+  done
+}
+if [ "${1:-}" = "stop" ]; then stop; echo "stopped"; exit 0; fi
+
+deploy/setup.sh
+cargo build --release --bins
+BIN=target/release
+stop
+mkdir -p "$DEMO"
+
+"$BIN/cloudcore" --data-dir "$DEMO/cloud" serve --api-addr "127.0.0.1:$API" --hub-addr "127.0.0.1:$HUB" \
+  --mqtt-listen "127.0.0.1:$MQTT" >"$DEMO/cloudcore.log" 2>&1 &
+echo $! >"$DEMO/cloudcore.pid"
+for _ in $(seq 100); do [ -f "$DEMO/cloud/pki/ca.crt" ] && break; sleep 0.1; done
+
+# Authentication is not enforced yet (it comes with the kubectl issue); kubectl needs some
+# credential to not prompt, so the demo kubeconfig carries a placeholder token.
+cat >"$DEMO/kubeconfig" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: skerry
+  cluster: {server: "https://127.0.0.1:$API", certificate-authority: "$DEMO/cloud/pki/ca.crt"}
+users:
+- name: admin
+  user: {token: skerry-quickstart}
+contexts:
+- name: skerry
+  context: {cluster: skerry, user: admin, namespace: default}
+current-context: skerry
+KCFG
+KUBECTL=(kubectl --kubeconfig "$DEMO/kubeconfig")
+for _ in $(seq 100); do "${KUBECTL[@]}" get --raw /healthz >/dev/null 2>&1 && break; sleep 0.1; done
+
+if [ ! -f "$DEMO/edge/edgecore.json" ]; then
+  read -r TOKEN HASH < <("$BIN/cloudcore" --data-dir "$DEMO/cloud" token create --ttl 10m | awk '/^token:/{t=$2} /^ca-hash:/{h=$2} END{print t, h}')
+  "$BIN/edgecore" --data-dir "$DEMO/edge" join --server "127.0.0.1:$HUB" --token "$TOKEN" --ca-hash "$HASH" \
+    --node-name demo-edge --mqtt-url "mqtt://127.0.0.1:$MQTT" --label site=demo
+fi
+"$BIN/edgecore" --data-dir "$DEMO/edge" run --node-ip 127.0.0.1 >"$DEMO/edgecore.log" 2>&1 &
+echo $! >"$DEMO/edgecore.pid"
+
+"${KUBECTL[@]}" get pod hello >/dev/null 2>&1 || "${KUBECTL[@]}" create --validate=false -f deploy/examples/hello-pod.yaml
+for _ in $(seq 150); do
+  [ "$("${KUBECTL[@]}" get pod hello -o jsonpath='{.status.phase}' 2>/dev/null)" = "Running" ] && break
+  sleep 0.2
+done
+"${KUBECTL[@]}" get pods -o wide
+cat <<TXT
+
+Skerry is running: cloudcore (API https://127.0.0.1:$API, hub udp/$HUB, MQTT $MQTT) and edgecore "demo-edge".
+See the pod:    kubectl --kubeconfig $DEMO/kubeconfig get pods -o wide
+                (that is: kubectl --server https://127.0.0.1:$API --certificate-authority $DEMO/cloud/pki/ca.crt --token skerry-quickstart get pods -o wide)
+Its log:        $BIN/edgecore --data-dir $DEMO/edge logs hello
+Logs:           $DEMO/cloudcore.log  $DEMO/edgecore.log
+Stop:           deploy/quickstart.sh stop
+TXT

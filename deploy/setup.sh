@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what building and testing Skerry needs on a fresh Debian 12 machine. Idempotent:
+# packages already present are not touched, so it costs a second on a prepared machine.
+set -euo pipefail
+
+packages=(mosquitto protobuf-compiler ca-certificates procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian package enables a system-wide mosquitto on 1883; tests start their own on private
+# ports, and the quickstart uses cloudcore's embedded broker, so the system one is not needed.
+command -v cargo >/dev/null || { echo "setup: cargo is required (https://rustup.rs)"; exit 1; }

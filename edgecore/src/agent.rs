@@ -1,0 +1,134 @@
+//! `edgecore run`: the agent. Reconciles pods from the cache first, then keeps the link, the
+//! reporter and the heartbeat going. Nothing here waits for the cloud.
+
+use crate::cache::{Cache, DesiredState};
+use crate::config::{self, EdgeConfig};
+use crate::identity::IdentityPaths;
+use crate::link::{self, LinkConfig, LinkState};
+use crate::pods::{PodManager, PodManagerConfig};
+use crate::report::{self, Outbox, PublisherConfig};
+use crate::runtime::process::ProcessRuntime;
+use crate::runtime::Runtime;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+/// Runtime settings of `edgecore run` (beyond the persistent [`EdgeConfig`]).
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Data dir (cache, identity, pods).
+    pub data_dir: PathBuf,
+    /// IP reported for the node and for pods of the process runtime; detected if `None`.
+    pub node_ip: Option<String>,
+    /// Address of the `/metrics` and `/healthz` endpoint.
+    pub metrics_addr: SocketAddr,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Keep-alive of the QUIC link.
+    pub keep_alive: Duration,
+    /// Idle timeout of the QUIC link.
+    pub idle_timeout: Duration,
+    /// First restart back-off of a failed container (kubelet: 10 s).
+    pub restart_backoff_base: Duration,
+}
+
+/// Detects the address this machine uses to reach `server` (no packet is sent).
+async fn detect_ip(server: &str) -> Option<String> {
+    let (addr, _) = link::resolve(server).await.ok()?;
+    let sock = std::net::UdpSocket::bind(if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }).ok()?;
+    sock.connect(addr).ok()?;
+    Some(sock.local_addr().ok()?.ip().to_string())
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Pods keep running after edgecore stops, as with kubelet.
+pub async fn run(cfg: EdgeConfig, opts: AgentOptions, metrics_render: Arc<dyn Fn() -> String + Send + Sync>) -> anyhow::Result<()> {
+    let node = cfg.node_name.clone();
+    let cache = Cache::open(&opts.data_dir.join("cache"))?;
+    let outbox = Outbox::open(cache.db(), &node).context("cannot open the status outbox")?;
+    let host_ip = match &opts.node_ip {
+        Some(ip) => ip.clone(),
+        None => detect_ip(&cfg.server).await.unwrap_or_else(|| "127.0.0.1".into()),
+    };
+    let shim = std::env::current_exe().context("cannot find edgecore's own binary for the process shim")?;
+    let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(opts.data_dir.join("pods"), shim, host_ip.clone()));
+    let runtime_version = runtime.version();
+    let mut pod_config = PodManagerConfig::default();
+    pod_config.backoff.base = opts.restart_backoff_base;
+    let manager = Arc::new(PodManager::with_config(runtime, Arc::new(outbox.clone()), node.clone(), host_ip.clone(), pod_config));
+
+    // Offline autonomy: what the cache holds runs now, before any attempt to reach the cloud.
+    let cached = cache.pods();
+    info!(%node, pods = cached.len(), acked_revision = cache.acked_revision(), %host_ip, "starting pods from the cache");
+    manager.sync(cached).await;
+
+    let changed = Arc::new(Notify::new());
+    let (state_tx, state_rx) = watch::channel(LinkState::Disconnected);
+    tokio::spawn(link::run(
+        LinkConfig {
+            server: cfg.server.clone(),
+            server_name: cfg.server_name.clone(),
+            node_name: node.clone(),
+            keep_alive: opts.keep_alive,
+            idle_timeout: opts.idle_timeout,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+        },
+        IdentityPaths::new(&opts.data_dir),
+        cache.clone(),
+        changed.clone(),
+        state_tx,
+    ));
+
+    {
+        let manager = manager.clone();
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            loop {
+                // Level-triggered: every wake-up hands the whole cached slice to the manager; the
+                // periodic pass heals anything a missed notification could leave behind.
+                let _ = tokio::time::timeout(Duration::from_secs(10), changed.notified()).await;
+                manager.sync(cache.pods()).await;
+                metrics::gauge!("skerry_edge_pod_workers").set(manager.worker_count().await as f64);
+            }
+        });
+    }
+
+    let (mqtt_host, mqtt_port) = config::parse_mqtt_url(&cfg.mqtt_url()).map_err(anyhow::Error::msg)?;
+    tokio::spawn(report::publish(outbox.clone(), PublisherConfig { host: mqtt_host, port: mqtt_port, client_id: format!("skerry-edge-{node}") }));
+    tokio::spawn(report::heartbeat(outbox.clone(), node.clone(), host_ip.clone(), runtime_version, opts.heartbeat));
+    tokio::spawn(serve_metrics(opts.metrics_addr, metrics_render, state_rx));
+
+    shutdown_signal().await;
+    info!("stopping edgecore; pods keep running");
+    manager.shutdown().await;
+    cache.db().flush_async().await.ok();
+    Ok(())
+}
+
+async fn serve_metrics(addr: SocketAddr, render: Arc<dyn Fn() -> String + Send + Sync>, link: watch::Receiver<LinkState>) {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/metrics", get(move || { let r = render.clone(); async move { r() } }))
+        .route("/healthz", get(move || { let s = *link.borrow(); async move { format!("ok (link: {s:?})") } }));
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            info!(%addr, "metrics endpoint listening");
+            if let Err(e) = axum::serve(listener, app).await {
+                warn!(error = %e, "metrics endpoint stopped");
+            }
+        }
+        Err(e) => warn!(%addr, error = %e, "cannot serve metrics; pick another --metrics-addr"),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

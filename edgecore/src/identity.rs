@@ -1,0 +1,183 @@
+//! The node's identity on disk and the TLS configurations built from it.
+//!
+//! `edgecore join` writes `node.key` (0600, never leaves the machine), `node.crt` and `ca.crt`
+//! under `<data-dir>/pki/`. Before the node has a CA to trust, the join connection pins the CA
+//! by its SHA-256 (the `--ca-hash` that `cloudcore token create` prints), like kubeadm's discovery
+//! hash: a man in the middle cannot present another CA's chain.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Errors loading or using the identity.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The files are missing: the node has not joined.
+    #[error("no node identity in {0}; run `edgecore join --server HOST:PORT --token T --ca-hash sha256:...` first")]
+    NotJoined(PathBuf),
+    /// A file could not be read or written.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What.
+        action: &'static str,
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A PEM file is malformed.
+    #[error("invalid {what} in {path}: {reason}; join again to replace it")]
+    Pem {
+        /// What was expected.
+        what: &'static str,
+        /// File.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// TLS could not be configured.
+    #[error("TLS configuration error: {0}")]
+    Tls(String),
+}
+
+/// Paths of the identity files under a data dir.
+#[derive(Debug, Clone)]
+pub struct IdentityPaths {
+    /// Directory.
+    pub dir: PathBuf,
+}
+
+impl IdentityPaths {
+    /// Identity files of `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self { dir: data_dir.join("pki") }
+    }
+    /// Node private key.
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("node.key")
+    }
+    /// Node certificate.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("node.crt")
+    }
+    /// Cluster CA.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+}
+
+/// Writes a file atomically and durably (temp, fsync, rename, fsync dir).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |action, source| IdentityError::Io { action, path: path.to_path_buf(), source };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(|e| io("create", e))?;
+    f.write_all(bytes).map_err(|e| io("write", e))?;
+    f.sync_all().map_err(|e| io("sync", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("rename into", e))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("sync the directory of", e))?;
+    Ok(())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    use rustls::pki_types::pem::PemObject;
+    if !path.exists() {
+        return Err(IdentityError::NotJoined(path.to_path_buf()));
+    }
+    CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| IdentityError::Pem { what: "certificate", path: path.to_path_buf(), reason: e.to_string() })
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS for the sync link: trust only the cluster CA, present the node certificate.
+pub fn sync_client_tls(paths: &IdentityPaths) -> Result<rustls::ClientConfig, IdentityError> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(&paths.ca())? {
+        roots.add(c).map_err(|e| IdentityError::Tls(e.to_string()))?;
+    }
+    let chain = read_certs(&paths.cert())?;
+    let key = PrivateKeyDer::from_pem_file(paths.key())
+        .map_err(|e| IdentityError::Pem { what: "private key", path: paths.key(), reason: e.to_string() })?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| IdentityError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| IdentityError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![protocol::ALPN_SYNC.to_vec()];
+    Ok(cfg)
+}
+
+/// TLS for the join exchange: no client certificate; the server chain must contain a CA whose
+/// SHA-256 equals `ca_hash` (`sha256:<hex>`), and the server certificate must be valid under it.
+pub fn join_client_tls(ca_hash: &str) -> Result<rustls::ClientConfig, IdentityError> {
+    let hex_part = ca_hash
+        .strip_prefix("sha256:")
+        .ok_or_else(|| IdentityError::Tls(format!("--ca-hash {ca_hash:?} must start with sha256:")))?;
+    let pin = hex::decode(hex_part).ok().filter(|p| p.len() == 32).ok_or_else(|| {
+        IdentityError::Tls(format!("--ca-hash {ca_hash:?} is not sha256: followed by 64 hex digits; copy it as `cloudcore token create` printed it"))
+    })?;
+    let verifier = Arc::new(PinnedCa { pin, provider: provider() });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| IdentityError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![protocol::ALPN_JOIN.to_vec()];
+    Ok(cfg)
+}
+
+#[derive(Debug)]
+struct PinnedCa {
+    pin: Vec<u8>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| Sha256::digest(c.as_ref()).as_slice() == self.pin.as_slice())
+            .ok_or_else(|| {
+                rustls::Error::General("no certificate in the server's chain matches --ca-hash: wrong hash, or not the cloudcore you meant to join".into())
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

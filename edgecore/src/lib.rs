@@ -1,0 +1,15 @@
+//! edgecore: Skerry's edge agent.
+//!
+//! It keeps its node's slice of the desired state in a sled [`cache`] so that it runs, restarts
+//! and heals its pods with no cloud at all; the [`link`] keeps that cache current over QUIC; the
+//! [`pods`] workers reconcile each pod against a [`runtime`]; the [`report`] outbox publishes
+//! status over MQTT. The binary in `main.rs` is a thin shell over [`agent::run`].
+
+pub mod agent;
+pub mod cache;
+pub mod config;
+pub mod identity;
+pub mod link;
+pub mod pods;
+pub mod report;
+pub mod runtime;

@@ -1,0 +1,304 @@
+//! The link to the cloud: the one-shot join, and the sync session that keeps the cache current.
+//!
+//! The sync loop connects, says Hello with the revision the cache made durable, applies each
+//! batch to the cache, wakes the pod manager, and acks. It reconnects forever with exponential
+//! back-off and jitter; nothing on the edge waits for it. A dead link is noticed by QUIC's idle
+//! timeout (keep-alives every few seconds), not by a pod failing.
+
+use crate::cache::{Cache, DesiredState};
+use crate::identity::{self, IdentityPaths};
+use protocol::codec;
+use protocol::join::{JoinRequest, JoinResponse};
+use protocol::messages::*;
+use rand::Rng;
+use serde::{de::DeserializeOwned, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+/// Errors of link operations.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The server address could not be resolved.
+    #[error("cannot resolve {0}; pass --server HOST:PORT of cloudcore's hub")]
+    Resolve(String),
+    /// QUIC connect failed.
+    #[error("cannot connect to {server}: {reason}")]
+    Connect {
+        /// Address.
+        server: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection broke.
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Reading failed.
+    #[error("read failed: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    /// Writing failed.
+    #[error("write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The cloud sent bytes that are not a valid message.
+    #[error("bad frame from cloud: {0}")]
+    Codec(#[from] codec::CodecError),
+    /// The cloud refused the session.
+    #[error("the cloud refused this node: {0}")]
+    Rejected(Reject),
+    /// The cloud refused the join.
+    #[error("join refused: {0}")]
+    JoinRefused(protocol::join::JoinRefusal),
+    /// The cloud broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Identity files.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The cache failed; the batch was not acked.
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    /// A timeout.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<Option<T>, LinkError> {
+    let mut header = [0u8; codec::HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let mut payload = vec![0u8; codec::frame_len(header)?];
+    recv.read_exact(&mut payload).await?;
+    Ok(Some(codec::decode(&payload)?))
+}
+
+async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), LinkError> {
+    send.write_all(&codec::encode_frame(msg)?).await?;
+    Ok(())
+}
+
+/// Splits `host:port` and resolves it.
+pub async fn resolve(server: &str) -> Result<(SocketAddr, String), LinkError> {
+    let host = server
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        .ok_or_else(|| LinkError::Resolve(server.to_string()))?;
+    let addr = tokio::net::lookup_host(server)
+        .await
+        .map_err(|_| LinkError::Resolve(server.to_string()))?
+        .next()
+        .ok_or_else(|| LinkError::Resolve(server.to_string()))?;
+    Ok((addr, host))
+}
+
+fn client_endpoint(addr: &SocketAddr, tls: rustls::ClientConfig, keep_alive: Duration, idle: Duration) -> Result<quinn::Endpoint, LinkError> {
+    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse().expect("static") } else { "0.0.0.0:0".parse().expect("static") };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| LinkError::Connect { server: addr.to_string(), reason: e.to_string() })?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| LinkError::Connect { server: addr.to_string(), reason: e.to_string() })?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(keep_alive));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle).map_err(|e| LinkError::Connect { server: addr.to_string(), reason: e.to_string() })?));
+    cfg.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(cfg);
+    Ok(endpoint)
+}
+
+async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, server_name: &str) -> Result<quinn::Connection, LinkError> {
+    let connecting = endpoint
+        .connect(addr, server_name)
+        .map_err(|e| LinkError::Connect { server: addr.to_string(), reason: e.to_string() })?;
+    tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| LinkError::Timeout("connecting"))?
+        .map_err(|e| LinkError::Connect { server: addr.to_string(), reason: e.to_string() })
+}
+
+/// What `join` needs.
+#[derive(Debug, Clone)]
+pub struct JoinParams {
+    /// `host:port` of the hub.
+    pub server: String,
+    /// TLS name of the hub (defaults to the host part of `server`).
+    pub server_name: Option<String>,
+    /// Bootstrap token.
+    pub token: String,
+    /// `sha256:<hex>` of the CA.
+    pub ca_hash: String,
+    /// Node name.
+    pub node_name: String,
+    /// Node labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Joins the cluster: generates the node key, sends a CSR with the token over a CA-pinned
+/// connection, and stores the signed certificate and the CA.
+pub async fn join(paths: &IdentityPaths, params: &JoinParams) -> Result<(), LinkError> {
+    let (addr, host) = resolve(&params.server).await?;
+    let server_name = params.server_name.clone().unwrap_or(host);
+    let key = rcgen::KeyPair::generate().map_err(|e| LinkError::Protocol(e.to_string()))?;
+    let mut cp = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| LinkError::Protocol(e.to_string()))?;
+    cp.distinguished_name.push(rcgen::DnType::CommonName, params.node_name.clone());
+    let csr = cp.serialize_request(&key).and_then(|c| c.pem()).map_err(|e| LinkError::Protocol(e.to_string()))?;
+    let endpoint = client_endpoint(&addr, identity::join_client_tls(&params.ca_hash)?, Duration::from_secs(5), Duration::from_secs(30))?;
+    let conn = connect(&endpoint, addr, &server_name).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, &JoinRequest {
+        protocol_version: protocol::PROTOCOL_VERSION,
+        token: params.token.clone(),
+        node_name: params.node_name.clone(),
+        labels: params.labels.clone(),
+        csr_pem: csr,
+    })
+    .await?;
+    let _ = send.finish();
+    let resp: JoinResponse = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut recv))
+        .await
+        .map_err(|_| LinkError::Timeout("waiting for the join answer"))??
+        .ok_or_else(|| LinkError::Protocol("the cloud closed the join stream without answering".into()))?;
+    conn.close(0u32.into(), b"joined");
+    endpoint.wait_idle().await;
+    match resp {
+        JoinResponse::Accepted { certificate_pem, ca_pem } => {
+            identity::write_atomic(&paths.key(), key.serialize_pem().as_bytes(), 0o600)?;
+            identity::write_atomic(&paths.cert(), certificate_pem.as_bytes(), 0o644)?;
+            identity::write_atomic(&paths.ca(), ca_pem.as_bytes(), 0o644)?;
+            Ok(())
+        }
+        JoinResponse::Refused(r) => Err(LinkError::JoinRefused(r)),
+    }
+}
+
+/// Link state, for metrics and the node report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not connected (never, or lost).
+    Disconnected,
+    /// Session established.
+    Connected,
+    /// The cloud refused the node; retrying slowly.
+    Refused,
+}
+
+/// Settings of the sync loop.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// `host:port` of the hub.
+    pub server: String,
+    /// TLS name of the hub.
+    pub server_name: Option<String>,
+    /// This node's name.
+    pub node_name: String,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+    /// Idle timeout after which the link is dead.
+    pub idle_timeout: Duration,
+    /// First reconnect delay.
+    pub backoff_base: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+/// Exponential back-off with ±50 % jitter, so that a thousand nodes cut off together do not
+/// reconnect in lockstep.
+pub fn backoff_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let jitter = rand::rng().random_range(0.5..1.5);
+    exp.mul_f64(jitter).min(max)
+}
+
+/// Runs the sync loop forever. `changed` is notified after every applied batch.
+pub async fn run(cfg: LinkConfig, paths: IdentityPaths, cache: Cache, changed: Arc<Notify>, state: watch::Sender<LinkState>) {
+    let mut attempt = 0u32;
+    loop {
+        let span = info_span!("link", node = %cfg.node_name, server = %cfg.server);
+        let result = session(&cfg, &paths, &cache, &changed, &state).instrument(span.clone()).await;
+        let _ = state.send(LinkState::Disconnected);
+        let _span = span.enter();
+        match &result {
+            Ok(true) => attempt = 0,
+            Ok(false) => {}
+            Err(LinkError::Rejected(r)) => {
+                error!(reason = %r, "cloud refused this node");
+                let _ = state.send(LinkState::Refused);
+                attempt = attempt.max(6);
+            }
+            Err(e) => warn!(error = %e, "link down; pods keep running from the cache"),
+        }
+        metrics::counter!("skerry_edge_link_reconnects_total").increment(1);
+        let delay = backoff_delay(cfg.backoff_base, cfg.backoff_max, attempt);
+        debug!(?delay, attempt, "reconnecting after back-off");
+        attempt = attempt.saturating_add(1);
+        drop(_span);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// One session; `Ok(true)` if it got as far as Welcome (so the back-off resets).
+async fn session(cfg: &LinkConfig, paths: &IdentityPaths, cache: &Cache, changed: &Notify, state: &watch::Sender<LinkState>) -> Result<bool, LinkError> {
+    let (addr, host) = resolve(&cfg.server).await?;
+    let tls = identity::sync_client_tls(paths)?;
+    let endpoint = client_endpoint(&addr, tls, cfg.keep_alive, cfg.idle_timeout)?;
+    let conn = connect(&endpoint, addr, cfg.server_name.as_deref().unwrap_or(&host)).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let acked = cache.acked_revision();
+    write_frame(&mut send, &EdgeMessage::Hello(Hello { protocol_version: protocol::PROTOCOL_VERSION, node_name: cfg.node_name.clone(), acked_revision: acked })).await?;
+    match tokio::time::timeout(Duration::from_secs(15), read_frame::<CloudMessage>(&mut recv))
+        .await
+        .map_err(|_| LinkError::Timeout("waiting for Welcome"))??
+    {
+        Some(CloudMessage::Welcome(w)) => info!(acked_revision = acked, cloud_version = w.protocol_version, "connected to cloud"),
+        Some(CloudMessage::Reject(r)) => return Err(LinkError::Rejected(r)),
+        Some(other) => return Err(LinkError::Protocol(format!("expected Welcome, got {other:?}"))),
+        None => return Err(LinkError::Protocol("cloud closed the stream before Welcome".into())),
+    }
+    let _ = state.send(LinkState::Connected);
+    metrics::gauge!("skerry_edge_link_connected").set(1.0);
+    let result = async {
+        loop {
+            match read_frame::<CloudMessage>(&mut recv).await? {
+                Some(CloudMessage::Sync(batch)) => {
+                    debug!(revision = batch.revision, upserts = batch.upserts.len(), deletes = batch.deletes.len(), snapshot = batch.snapshot, "applying batch");
+                    cache.apply(&batch).await?;
+                    changed.notify_one();
+                    metrics::gauge!("skerry_edge_acked_revision").set(batch.revision as f64);
+                    write_frame(&mut send, &EdgeMessage::Ack(Ack { revision: batch.revision })).await?;
+                }
+                Some(CloudMessage::Reject(r)) => return Err(LinkError::Rejected(r)),
+                Some(CloudMessage::Welcome(_)) => return Err(LinkError::Protocol("second Welcome".into())),
+                None => return Err(LinkError::Protocol("cloud closed the session".into())),
+            }
+        }
+    }
+    .await;
+    metrics::gauge!("skerry_edge_link_connected").set(0.0);
+    conn.close(0u32.into(), b"bye");
+    result.map(|()| true).or_else(|e| match e {
+        LinkError::Rejected(_) => Err(e),
+        other => {
+            warn!(error = %other, "session ended");
+            Ok(true)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(30);
+        for attempt in 0..40 {
+            let d = backoff_delay(base, max, attempt);
+            let nominal = base.saturating_mul(1 << attempt.min(16)).min(max);
+            assert!(d <= max);
+            assert!(d >= nominal.mul_f64(0.5).min(max) && d <= nominal.mul_f64(1.5), "{attempt}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The `edgecore` binary: a thin command line over the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use edgecore::agent::{self, AgentOptions};
+use edgecore::config::{self, EdgeConfig};
+use edgecore::identity::IdentityPaths;
+use edgecore::link::{self, JoinParams};
+use edgecore::runtime::Runtime;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Skerry's edge agent.
+#[derive(Debug, Parser)]
+#[command(name = "edgecore", version, about = "Skerry edge agent: runs this node's pods, online or not")]
+struct Cli {
+    /// Log format: human-readable text, or one JSON object per line for machines.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SKERRY_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Directory of the cache, identity and pods.
+    #[arg(long, default_value = "/var/lib/skerry/edgecore", global = true, env = "SKERRY_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join a cluster once: trade a bootstrap token for this node's certificate.
+    Join {
+        /// cloudcore hub address, HOST:PORT (UDP, default port 7443).
+        #[arg(long)]
+        server: String,
+        /// Bootstrap token from `cloudcore token create`.
+        #[arg(long, env = "SKERRY_JOIN_TOKEN")]
+        token: String,
+        /// CA pin from `cloudcore token create` (sha256:...).
+        #[arg(long)]
+        ca_hash: String,
+        /// Node name; defaults to the hostname.
+        #[arg(long)]
+        node_name: Option<String>,
+        /// TLS name of the hub if not the host in --server.
+        #[arg(long)]
+        server_name: Option<String>,
+        /// MQTT broker URL; default mqtt://<server host>:1883.
+        #[arg(long)]
+        mqtt_url: Option<String>,
+        /// Node label key=value (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Run the agent.
+    Run {
+        /// Override the hub address from the join.
+        #[arg(long)]
+        server: Option<String>,
+        /// Override the MQTT broker URL.
+        #[arg(long)]
+        mqtt_url: Option<String>,
+        /// IP to report for this node (detected from the route to the server if unset).
+        #[arg(long)]
+        node_ip: Option<String>,
+        /// Address of /metrics and /healthz.
+        #[arg(long, default_value = "127.0.0.1:10350")]
+        metrics_addr: SocketAddr,
+        /// Seconds between node heartbeats.
+        #[arg(long, default_value_t = 10)]
+        heartbeat_secs: u64,
+        /// Seconds of silence after which the cloud link is considered dead.
+        #[arg(long, default_value_t = 20)]
+        idle_timeout_secs: u64,
+        /// First restart back-off of a failed container, in ms (kubelet's is 10 s).
+        #[arg(long, default_value_t = 10_000, env = "SKERRY_RESTART_BACKOFF_BASE_MS", hide = true)]
+        restart_backoff_base_ms: u64,
+        /// Container runtime (only `process` in this version).
+        #[arg(long, default_value = "process")]
+        runtime: String,
+    },
+    /// Print a container's log from this node (works offline and without the agent running).
+    Logs {
+        /// Pod as NAME or NAMESPACE/NAME.
+        pod: String,
+        /// Container name (default: the pod's only or first container).
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Internal: supervises one container of the process runtime (started by edgecore itself).
+    #[command(hide = true)]
+    Shim(edgecore::runtime::process::ShimArgs),
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rumqttc=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The shim must stay minimal: no async runtime, no tracing, no signal handlers.
+    if let Command::Shim(args) = cli.command {
+        return edgecore::runtime::process::shim_main(args);
+    }
+    init_tracing(cli.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgecore: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Join { server, token, ca_hash, node_name, server_name, mqtt_url, labels } => {
+            let node_name = node_name.unwrap_or_else(config::hostname);
+            let labels = config::parse_labels(&labels).map_err(anyhow::Error::msg)?;
+            if let Some(url) = &mqtt_url {
+                config::parse_mqtt_url(url).map_err(anyhow::Error::msg)?;
+            }
+            let params = JoinParams { server: server.clone(), server_name: server_name.clone(), token, ca_hash, node_name: node_name.clone(), labels: labels.clone() };
+            rt.block_on(link::join(&IdentityPaths::new(&cli.data_dir), &params)).context("join failed")?;
+            EdgeConfig { server, server_name, node_name: node_name.clone(), mqtt_url, labels }.save(&cli.data_dir)?;
+            println!("node {node_name} joined; start it with: edgecore --data-dir {} run", cli.data_dir.display());
+            Ok(())
+        }
+        Command::Run { server, mqtt_url, node_ip, metrics_addr, heartbeat_secs, idle_timeout_secs, restart_backoff_base_ms, runtime } => {
+            anyhow::ensure!(runtime == "process", "unknown --runtime {runtime:?}; this version supports `process`");
+            let mut cfg = EdgeConfig::load(&cli.data_dir)?;
+            if let Some(s) = server {
+                cfg.server = s;
+            }
+            if mqtt_url.is_some() {
+                cfg.mqtt_url = mqtt_url;
+            }
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || recorder.render());
+            let opts = AgentOptions {
+                data_dir: cli.data_dir,
+                node_ip,
+                metrics_addr,
+                heartbeat: Duration::from_secs(heartbeat_secs.max(1)),
+                keep_alive: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(idle_timeout_secs.max(3)),
+                restart_backoff_base: Duration::from_millis(restart_backoff_base_ms.max(10)),
+            };
+            rt.block_on(agent::run(cfg, opts, render))
+        }
+        Command::Logs { pod, container, tail } => {
+            let (ns, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
+            let runtime = edgecore::runtime::process::ProcessRuntime::new(cli.data_dir.join("pods"), std::env::current_exe()?, String::new());
+            rt.block_on(async {
+                let pods = runtime.list_pods().await?;
+                let found = pods
+                    .iter()
+                    .find(|p| p.namespace == ns && p.name == name)
+                    .with_context(|| format!("no pod {ns}/{name} on this node"))?;
+                let c = match container {
+                    Some(c) => c,
+                    None => found.containers.first().map(|c| c.name.clone()).with_context(|| format!("pod {ns}/{name} has no containers yet"))?,
+                };
+                print!("{}", runtime.read_log(&found.sandbox, &c, tail).await?);
+                Ok(())
+            })
+        }
+        Command::Shim(_) => unreachable!("dispatched in main"),
+    }
+}

@@ -1,0 +1,438 @@
+//! Pod workers: what turns the node's desired pods into running containers, offline.
+//!
+//! The [`PodManager`] is level-triggered: [`PodManager::sync`] gets the node's complete desired
+//! set (from the local cache, so it works before and without any cloud connection) and makes
+//! reality follow it. Every pod gets one worker, a tokio task owning an explicit state machine
+//! (`state::PodMachine`, Krustlet-style: each state knows the status it reports) that creates the
+//! sandbox, starts the containers, polls their states as kubelet's PLEG does, restarts them per
+//! `restartPolicy` with kubelet's exponential back-off (`CrashLoopBackOff`), and stops them
+//! gracefully (SIGTERM, SIGKILL after the grace period) when the pod is deleted, replaced or no
+//! longer wanted. Status changes go to a [`StatusSink`] (the durable report outbox).
+//!
+//! A restarted edgecore *adopts* what its runtime still runs: the first `sync` lists the
+//! runtime's sandboxes once; a desired pod with a sandbox continues from its containers (running
+//! ones are not restarted, restart counts continue from the recorded attempt numbers), and
+//! sandboxes of pods that are no longer desired (deleted while edgecore was down) are removed.
+//! Shutting edgecore down ([`PodManager::shutdown`]) ends the workers but leaves the containers
+//! running, as kubelet does.
+
+mod backoff;
+mod env;
+mod state;
+mod worker;
+
+pub use backoff::BackoffPolicy;
+
+use crate::runtime::{ExistingPod, Runtime};
+use protocol::pod::EdgePod;
+use protocol::status::PodStatus;
+use state::{Now, PodMachine, Settings};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+use tracing::{error, info, info_span, warn, Instrument};
+use worker::{Command, Worker};
+
+/// Where pod workers send status; implemented by the report outbox (durable, coalescing).
+pub trait StatusSink: Send + Sync + 'static {
+    /// The latest status of a pod (called on every change; the sink coalesces).
+    fn pod_status(&self, status: PodStatus);
+    /// The pod is gone from this node for good (removed from the desired set): drop anything
+    /// queued for it.
+    fn pod_forgotten(&self, namespace: &str, name: &str);
+}
+
+/// Tunables of the pod workers. The defaults are kubelet's; tests shorten them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodManagerConfig {
+    /// How often a worker reads its running containers' states (kubelet's PLEG relists every
+    /// second; 500 ms notices exits sooner at negligible cost for a few local pods).
+    pub poll_interval: Duration,
+    /// Restart back-off: 10 s doubling up to 5 minutes, reset after 10 minutes of running.
+    /// Failed runtime operations (sandbox creation, starts, stops) are retried with it too.
+    pub backoff: BackoffPolicy,
+    /// Grace given to the containers of a sandbox found at start-up that belongs to no desired
+    /// pod (its pod was deleted while edgecore was down, so its own grace is unknown).
+    pub orphan_grace: Duration,
+    /// How long [`PodManager::shutdown`] waits for workers to notice before aborting them (a
+    /// worker may be in the middle of a runtime call, e.g. a graceful stop).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for PodManagerConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(500),
+            backoff: BackoffPolicy::default(),
+            orphan_grace: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Runs the node's pods: one worker per pod (see the module docs).
+pub struct PodManager {
+    runtime: Arc<dyn Runtime>,
+    settings: Arc<Settings>,
+    config: PodManagerConfig,
+    shared: Arc<Shared>,
+    /// Serialises `sync` and `shutdown`, which may wait for the runtime (`list_pods`); the
+    /// registry lock itself is never held across a runtime call.
+    serial: Mutex<()>,
+}
+
+/// What the manager and its workers share.
+pub(crate) struct Shared {
+    /// Status destination.
+    pub sink: Arc<dyn StatusSink>,
+    /// The workers' books.
+    pub registry: Mutex<Registry>,
+}
+
+/// The manager's books, by pod uid.
+#[derive(Default)]
+pub(crate) struct Registry {
+    /// Every pod the manager knows.
+    pub entries: HashMap<String, Entry>,
+    /// Whether the runtime's existing pods were listed (adoption and orphan removal done).
+    adopted: bool,
+    /// Set by `shutdown`: `sync` does nothing any more.
+    shut_down: bool,
+    /// Removals of orphaned sandboxes in progress.
+    cleanups: Vec<JoinHandle<()>>,
+}
+
+/// One pod the manager knows.
+pub(crate) struct Entry {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The version last handed to the worker.
+    pub pod: EdgePod,
+    /// The worker; `None` once a deleted pod was stopped and reported removed.
+    pub worker: Option<WorkerHandle>,
+}
+
+/// A running worker.
+pub(crate) struct WorkerHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    task: JoinHandle<()>,
+    /// Told to forget the pod.
+    forgetting: bool,
+}
+
+impl Registry {
+    /// Whether a pod other than `uid` uses `namespace/name`: then the sink must not be told to
+    /// forget that name (it would drop the other pod's reports; a stale report of the old uid
+    /// is ignored by the cloud anyway).
+    fn name_in_use(&self, uid: Option<&str>, namespace: &str, name: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|(u, e)| Some(u.as_str()) != uid && e.namespace == namespace && e.name == name)
+    }
+
+    /// Drops the pod `uid` from the books and tells the sink to forget it.
+    pub fn forget(&mut self, uid: &str, sink: &dyn StatusSink) {
+        if let Some(entry) = self.entries.remove(uid) {
+            if !self.name_in_use(None, &entry.namespace, &entry.name) {
+                sink.pod_forgotten(&entry.namespace, &entry.name);
+            }
+        }
+    }
+}
+
+impl PodManager {
+    /// A manager running pods on `runtime` for node `node_name` (whose IP is `host_ip`),
+    /// reporting to `sink`, with the default [`PodManagerConfig`].
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        sink: Arc<dyn StatusSink>,
+        node_name: String,
+        host_ip: String,
+    ) -> Self {
+        Self::with_config(
+            runtime,
+            sink,
+            node_name,
+            host_ip,
+            PodManagerConfig::default(),
+        )
+    }
+
+    /// Like [`PodManager::new`] with explicit tunables (tests use short back-offs and polls).
+    pub fn with_config(
+        runtime: Arc<dyn Runtime>,
+        sink: Arc<dyn StatusSink>,
+        node_name: String,
+        host_ip: String,
+        config: PodManagerConfig,
+    ) -> Self {
+        let settings = Arc::new(Settings {
+            node_name,
+            host_ip,
+            backoff: config.backoff,
+            poll_interval: config.poll_interval,
+            config: Arc::new(env::NotSynced),
+        });
+        Self {
+            runtime,
+            settings,
+            config,
+            shared: Arc::new(Shared {
+                sink,
+                registry: Mutex::new(Registry::default()),
+            }),
+            serial: Mutex::new(()),
+        }
+    }
+
+    /// Level-triggered: `desired` is the node's complete current set of pods (from the sled
+    /// cache). Starts workers for new pods (adopting what the runtime already runs for that
+    /// uid), hands changed specs to existing workers, and stops+removes pods that are no longer
+    /// desired. Also removes runtime sandboxes that belong to no desired pod (deleted while
+    /// edgecore was down).
+    pub async fn sync(&self, desired: Vec<EdgePod>) {
+        let _serial = self.serial.lock().await;
+        let (list_needed, first) = {
+            let registry = self.shared.registry.lock().await;
+            if registry.shut_down {
+                return;
+            }
+            // A worker that ended unexpectedly (it should not: it never panics on runtime
+            // errors) is restarted from what the runtime runs, so it is listed again.
+            let died = registry
+                .entries
+                .values()
+                .any(|e| e.worker.as_ref().is_some_and(|w| w.task.is_finished()));
+            (!registry.adopted || died, !registry.adopted)
+        };
+        let mut existing: HashMap<String, ExistingPod> = HashMap::new();
+        let mut listed = false;
+        if list_needed {
+            match self.runtime.list_pods().await {
+                Ok(pods) => {
+                    listed = true;
+                    existing = pods
+                        .into_iter()
+                        .map(|p| (p.sandbox.pod_uid.clone(), p))
+                        .collect();
+                    if first {
+                        info!(
+                            sandboxes = existing.len(),
+                            "listed the runtime's pods for adoption"
+                        );
+                    }
+                }
+                Err(e) => warn!(error = %e,
+                    "cannot list the runtime's pods; starting without adoption, retrying at the next sync"),
+            }
+        }
+
+        // The desired set, by uid (the last of duplicates wins).
+        let mut order: Vec<String> = Vec::new();
+        let mut wanted: HashMap<String, EdgePod> = HashMap::new();
+        for pod in desired {
+            if wanted.insert(pod.uid.clone(), pod.clone()).is_some() {
+                warn!(pod = %pod.key(), uid = %pod.uid, "pod listed twice in the desired set");
+            } else {
+                order.push(pod.uid.clone());
+            }
+        }
+
+        let mut registry = self.shared.registry.lock().await;
+        if registry.shut_down {
+            return;
+        }
+        if listed {
+            registry.adopted = true;
+        }
+        for uid in &order {
+            let pod = &wanted[uid];
+            let spawn = match registry.entries.get_mut(uid) {
+                None => true,
+                Some(entry) => match &mut entry.worker {
+                    // Deleted and reported removed: nothing more to do while the cache holds it.
+                    None => false,
+                    Some(w) if w.task.is_finished() => {
+                        error!(pod = %pod.key(), uid = %pod.uid,
+                               "pod worker ended unexpectedly; restarting it");
+                        true
+                    }
+                    Some(w) => {
+                        if entry.pod != *pod || w.forgetting {
+                            w.forgetting = false;
+                            entry.pod = pod.clone();
+                            // A closed channel means the worker is ending; the next sync sees it.
+                            let _ = w.tx.send(Command::Update(pod.clone()));
+                        }
+                        false
+                    }
+                },
+            };
+            if spawn {
+                let adopt = existing.remove(uid);
+                self.spawn_worker(&mut registry, pod.clone(), adopt);
+            }
+        }
+
+        // Pods no longer desired.
+        let gone: Vec<String> = registry
+            .entries
+            .keys()
+            .filter(|uid| !wanted.contains_key(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            let Some(entry) = registry.entries.get_mut(&uid) else {
+                continue;
+            };
+            let done = match &mut entry.worker {
+                None => true,
+                Some(w) if w.task.is_finished() => {
+                    // Its worker died; what it ran is removed as an orphan at the next listing.
+                    registry.entries.remove(&uid);
+                    continue;
+                }
+                Some(w) => {
+                    if !w.forgetting {
+                        info!(pod = %entry.pod.key(), uid = %uid, "pod no longer desired; stopping it");
+                        w.forgetting = true;
+                        let _ = w.tx.send(Command::Forget);
+                    }
+                    false
+                }
+            };
+            if done {
+                registry.forget(&uid, self.shared.sink.as_ref());
+            }
+        }
+
+        // Sandboxes of pods nobody wants (deleted while edgecore was down).
+        if listed {
+            let known: HashSet<&String> = registry.entries.keys().collect();
+            let orphans: Vec<ExistingPod> = existing
+                .into_values()
+                .filter(|p| {
+                    !wanted.contains_key(&p.sandbox.pod_uid) && !known.contains(&p.sandbox.pod_uid)
+                })
+                .collect();
+            registry.cleanups.retain(|c| !c.is_finished());
+            for orphan in orphans {
+                let task = self.spawn_orphan_removal(orphan);
+                registry.cleanups.push(task);
+            }
+        }
+    }
+
+    /// Starts a worker for `pod`, from `existing` if the runtime already runs it.
+    fn spawn_worker(&self, registry: &mut Registry, pod: EdgePod, existing: Option<ExistingPod>) {
+        let span = info_span!("pod", namespace = %pod.namespace, name = %pod.name, uid = %pod.uid);
+        if let Some(existing) = &existing {
+            let _entered = span.enter();
+            info!(
+                containers = existing.containers.len(),
+                "adopting the pod's existing sandbox"
+            );
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let machine = PodMachine::new(self.settings.clone(), pod.clone(), existing, Now::now());
+        let worker = Worker::new(machine, self.runtime.clone(), self.shared.clone(), rx);
+        // The registry is locked by the caller until the entry is in, so the worker cannot
+        // finish before its entry exists.
+        let task = tokio::spawn(worker.run().instrument(span));
+        registry.entries.insert(
+            pod.uid.clone(),
+            Entry {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                pod,
+                worker: Some(WorkerHandle {
+                    tx,
+                    task,
+                    forgetting: false,
+                }),
+            },
+        );
+    }
+
+    /// Removes an orphaned sandbox in the background, retrying with back-off.
+    fn spawn_orphan_removal(&self, orphan: ExistingPod) -> JoinHandle<()> {
+        let runtime = self.runtime.clone();
+        let shared = self.shared.clone();
+        let grace = self.config.orphan_grace;
+        let backoff = self.config.backoff;
+        let span = info_span!("pod", namespace = %orphan.namespace, name = %orphan.name,
+                              uid = %orphan.sandbox.pod_uid);
+        tokio::spawn(
+            async move {
+                info!("removing a pod that is no longer desired (deleted while edgecore was down)");
+                let mut failures = 0;
+                loop {
+                    match runtime.remove_sandbox(&orphan.sandbox, grace).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            failures += 1;
+                            let delay = backoff.delay(failures);
+                            warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                                  "cannot remove the orphaned pod sandbox");
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                }
+                info!("orphaned pod removed");
+                let registry = shared.registry.lock().await;
+                if !registry.name_in_use(None, &orphan.namespace, &orphan.name) {
+                    shared.sink.pod_forgotten(&orphan.namespace, &orphan.name);
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Number of pod workers alive (for metrics).
+    pub async fn worker_count(&self) -> usize {
+        let registry = self.shared.registry.lock().await;
+        registry
+            .entries
+            .values()
+            .filter(|e| e.worker.as_ref().is_some_and(|w| !w.task.is_finished()))
+            .count()
+    }
+
+    /// Stops the manager's workers WITHOUT stopping containers (edgecore shutdown: pods keep
+    /// running, as kubelet does, and the next edgecore adopts them).
+    pub async fn shutdown(&self) {
+        let _serial = self.serial.lock().await;
+        let (tasks, cleanups) = {
+            let mut registry = self.shared.registry.lock().await;
+            registry.shut_down = true;
+            let mut tasks = Vec::new();
+            for (_, entry) in registry.entries.drain() {
+                if let Some(w) = entry.worker {
+                    let _ = w.tx.send(Command::Shutdown);
+                    tasks.push(w.task);
+                }
+            }
+            (tasks, std::mem::take(&mut registry.cleanups))
+        };
+        // An interrupted orphan removal is redone by the next edgecore.
+        for cleanup in cleanups {
+            cleanup.abort();
+        }
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
+        let count = tasks.len();
+        for mut task in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                warn!("a pod worker did not stop in time; aborting it");
+                task.abort();
+            }
+        }
+        info!(
+            workers = count,
+            "pod workers stopped; containers left running"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! One pod's worker: a tokio task that carries out what its [`PodMachine`] decides.
+//!
+//! The worker is the machine's only I/O: it calls the runtime, feeds the results back, reports
+//! the status when it changed, and listens for the manager's commands while it has nothing else
+//! to do. It never holds a lock while it waits for the runtime.
+
+use super::state::{Action, Event, Failure, Now, Outcome, PodMachine};
+use super::Shared;
+use crate::runtime::{ContainerRunState, Runtime};
+use protocol::pod::EdgePod;
+use protocol::status::PodStatus;
+use std::sync::Arc;
+use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver};
+use tracing::{debug, info, warn};
+
+/// What the manager tells a worker.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A new version of the desired pod (same uid).
+    Update(EdgePod),
+    /// The pod left the desired set: stop it and forget it.
+    Forget,
+    /// edgecore is shutting down: end without touching the containers.
+    Shutdown,
+}
+
+/// How `finish` went.
+enum Finish {
+    /// The worker's job is over.
+    Done,
+    /// Commands arrived meanwhile: go on with these events.
+    Continue(Vec<Event>),
+}
+
+/// A pod worker (see the module docs).
+pub(crate) struct Worker {
+    machine: PodMachine,
+    runtime: Arc<dyn Runtime>,
+    shared: Arc<Shared>,
+    rx: UnboundedReceiver<Command>,
+    last_sent: Option<PodStatus>,
+}
+
+impl Worker {
+    /// A worker for `machine`'s pod, receiving commands on `rx`.
+    pub fn new(
+        machine: PodMachine,
+        runtime: Arc<dyn Runtime>,
+        shared: Arc<Shared>,
+        rx: UnboundedReceiver<Command>,
+    ) -> Self {
+        Self {
+            machine,
+            runtime,
+            shared,
+            rx,
+            last_sent: None,
+        }
+    }
+
+    /// Runs the pod until it is finished or edgecore shuts down.
+    pub async fn run(mut self) {
+        info!(state = self.machine.state().name(), "pod worker started");
+        let mut events = vec![Event::Tick];
+        loop {
+            // Commands that arrived during the last runtime call apply after its result.
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                        debug!("pod worker stopped; the containers keep running");
+                        return;
+                    }
+                    Ok(Command::Update(pod)) => events.push(Event::Update(pod)),
+                    Ok(Command::Forget) => events.push(Event::Forget),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            let now = Now::now();
+            let before = self.machine.state().name();
+            let mut action = Action::Wait(None);
+            for event in events.drain(..) {
+                action = self.machine.step(event, now);
+            }
+            let after = self.machine.state().name();
+            if before != after {
+                info!(from = before, to = after, "pod state changed");
+            }
+            self.report();
+            let next = match action {
+                Action::Finish(outcome) => match self.finish(outcome).await {
+                    Some(Finish::Done) => {
+                        info!(?outcome, "pod worker finished");
+                        return;
+                    }
+                    Some(Finish::Continue(more)) => {
+                        events = more;
+                        continue;
+                    }
+                    None => None,
+                },
+                other => self.execute(other).await,
+            };
+            match next {
+                Some(event) => events.push(event),
+                None => {
+                    debug!("pod worker stopped; the containers keep running");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends the status if it changed since the last report.
+    fn report(&mut self) {
+        let Some(status) = self.machine.status() else {
+            return;
+        };
+        if self.last_sent.as_ref() != Some(&status) {
+            debug!(
+                phase = status.phase.as_str(),
+                removed = status.removed,
+                "pod status changed"
+            );
+            self.shared.sink.pod_status(status.clone());
+            self.last_sent = Some(status);
+        }
+    }
+
+    /// Ends the worker's job in the manager's books, unless commands arrived meanwhile.
+    /// `None` when edgecore is shutting down.
+    async fn finish(&mut self, outcome: Outcome) -> Option<Finish> {
+        let mut registry = self.shared.registry.lock().await;
+        let mut events = Vec::new();
+        loop {
+            match self.rx.try_recv() {
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return None,
+                Ok(Command::Update(pod)) => events.push(Event::Update(pod)),
+                Ok(Command::Forget) => events.push(Event::Forget),
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        if !events.is_empty() {
+            return Some(Finish::Continue(events));
+        }
+        let uid = self.machine.pod().uid.clone();
+        match outcome {
+            // Remember the uid, so that the pod is not started again while the cache still
+            // holds it (until the cloud removes the object).
+            Outcome::Deleted => {
+                if let Some(entry) = registry.entries.get_mut(&uid) {
+                    entry.worker = None;
+                }
+            }
+            Outcome::Forgotten => registry.forget(&uid, self.shared.sink.as_ref()),
+        }
+        Some(Finish::Done)
+    }
+
+    /// Carries out one action and returns its result; `None` when edgecore is shutting down.
+    async fn execute(&mut self, action: Action) -> Option<Event> {
+        let rt = self.runtime.clone();
+        let event = match action {
+            Action::CreateSandbox => {
+                let result = rt.run_sandbox(self.machine.pod()).await;
+                if let Err(e) = &result {
+                    warn!(error = %e, "cannot create the pod sandbox; retrying with back-off");
+                }
+                Event::SandboxCreated(result.map_err(|e| Failure::from(&e)))
+            }
+            Action::StartContainer {
+                index,
+                container,
+                config,
+            } => {
+                let Some(sandbox) = self.machine.sandbox().cloned() else {
+                    return Some(Event::Tick);
+                };
+                let attempt = config.attempt;
+                let result = rt
+                    .start_container(&sandbox, self.machine.pod(), &container, &config)
+                    .await;
+                match &result {
+                    Ok(c) => {
+                        info!(container = %container.name, attempt, id = %c.id, "container started")
+                    }
+                    Err(e) => warn!(container = %container.name, attempt, error = %e,
+                                    "container failed to start; retrying with back-off"),
+                }
+                Event::Started {
+                    index,
+                    attempt,
+                    result: result.map_err(|e| Failure::from(&e)),
+                }
+            }
+            Action::Observe(targets) => {
+                let Some(sandbox) = self.machine.sandbox().cloned() else {
+                    return Some(Event::Tick);
+                };
+                let mut results = Vec::with_capacity(targets.len());
+                for (index, id) in targets {
+                    let result = rt.container_state(&sandbox, &id).await;
+                    let container = self.container_name(index);
+                    match &result {
+                        Ok(ContainerRunState::Exited {
+                            exit_code, signal, ..
+                        }) => {
+                            info!(container, %id, exit_code, ?signal, "container exited")
+                        }
+                        Ok(ContainerRunState::Unknown { message }) => {
+                            warn!(container, %id, %message, "container state unknown; counted as a failure")
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(container, %id, error = %e, "cannot read the container state")
+                        }
+                    }
+                    results.push((index, id, result.map_err(|e| Failure::from(&e))));
+                }
+                Event::Observed(results)
+            }
+            Action::RemoveContainers(ids) => {
+                if let Some(sandbox) = self.machine.sandbox().cloned() {
+                    for id in &ids {
+                        if let Err(e) = rt.remove_container(&sandbox, id).await {
+                            warn!(%id, error = %e,
+                                  "cannot remove an old container instance; the pod's removal will");
+                        }
+                    }
+                }
+                Event::ContainersRemoved(ids)
+            }
+            Action::StopContainers { targets, grace } => {
+                let Some(sandbox) = self.machine.sandbox().cloned() else {
+                    return Some(Event::Tick);
+                };
+                info!(
+                    containers = targets.len(),
+                    grace_ms = grace.as_millis() as u64,
+                    "stopping containers"
+                );
+                let stops = targets.into_iter().map(|(index, id)| {
+                    let rt = rt.clone();
+                    let sandbox = sandbox.clone();
+                    async move {
+                        let result = match rt.stop_container(&sandbox, &id, grace).await {
+                            // Stopped: its state says how it ended; if it cannot be read any
+                            // more, the container is gone all the same.
+                            Ok(()) => {
+                                Ok(rt.container_state(&sandbox, &id).await.unwrap_or_else(|e| {
+                                    ContainerRunState::Unknown {
+                                        message: e.to_string(),
+                                    }
+                                }))
+                            }
+                            Err(e) => Err(e),
+                        };
+                        (index, id, result)
+                    }
+                });
+                let mut results = Vec::new();
+                for (index, id, result) in futures::future::join_all(stops).await {
+                    if let Err(e) = &result {
+                        warn!(container = self.container_name(index), %id, error = %e,
+                              "cannot stop the container; retrying with back-off");
+                    }
+                    results.push((index, id, result.map_err(|e| Failure::from(&e))));
+                }
+                Event::Stopped(results)
+            }
+            Action::RemoveSandbox { sandbox, grace } => {
+                let result = rt.remove_sandbox(&sandbox, grace).await;
+                match &result {
+                    Ok(()) => info!("pod sandbox removed"),
+                    Err(e) => {
+                        warn!(error = %e, "cannot remove the pod sandbox; retrying with back-off")
+                    }
+                }
+                Event::SandboxRemoved(result.map_err(|e| Failure::from(&e)))
+            }
+            Action::Wait(until) => {
+                let timer = async {
+                    match until {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    command = self.rx.recv() => match command {
+                        Some(Command::Update(pod)) => Event::Update(pod),
+                        Some(Command::Forget) => Event::Forget,
+                        Some(Command::Shutdown) | None => return None,
+                    },
+                    () = timer => Event::Tick,
+                }
+            }
+            Action::Finish(_) => Event::Tick,
+        };
+        Some(event)
+    }
+
+    fn container_name(&self, index: usize) -> &str {
+        self.machine
+            .slots()
+            .get(index)
+            .map(|s| s.name.as_str())
+            .unwrap_or("?")
+    }
+}

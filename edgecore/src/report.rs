@@ -1,0 +1,343 @@
+//! Status reporting: a durable, coalescing outbox published to MQTT with QoS 1.
+//!
+//! Pod workers and the heartbeat put reports into the outbox (a sled tree in the cache's
+//! database), keyed by topic: a newer report of the same object replaces an unsent older one, so
+//! an edge that was offline for a day sends one report per pod, not a day of history. Entries are
+//! published oldest first and removed only when the broker acknowledges them (PUBACK), and only if
+//! no newer report replaced them meanwhile: at-least-once, in order, across crashes. Every report
+//! carries a sequence number that grows across restarts, so the cloud drops stale duplicates.
+
+use crate::pods::StatusSink;
+use protocol::codec;
+use protocol::status::*;
+use protocol::topics;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+const SEQ_KEY: &[u8] = b"status_seq";
+/// Most reports published and not yet acknowledged at once.
+const MAX_IN_FLIGHT: usize = 64;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The outbox. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    db: sled::Db,
+    /// topic → encoded [`StatusReport`].
+    entries: sled::Tree,
+    /// seq (big-endian) → topic: publication order.
+    order: sled::Tree,
+    meta: sled::Tree,
+    node: String,
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Opens the outbox trees in the node's database.
+    pub fn open(db: &sled::Db, node: &str) -> Result<Self, sled::Error> {
+        Ok(Self {
+            db: db.clone(),
+            entries: db.open_tree("outbox")?,
+            order: db.open_tree("outbox_order")?,
+            meta: db.open_tree("meta")?,
+            node: node.to_string(),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Next sequence number: at least the last one plus one, and at least the wall clock in
+    /// microseconds-ish units, so that even a node whose cache was wiped keeps counting upward.
+    fn next_seq(&self) -> Result<u64, sled::Error> {
+        let floor = now_ms() << 10;
+        let new = self.meta.update_and_fetch(SEQ_KEY, |old| {
+            let last = old.filter(|o| o.len() == 8).map(|o| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(o);
+                u64::from_be_bytes(b)
+            });
+            Some((last.map(|l| l + 1).unwrap_or(0).max(floor)).to_be_bytes().to_vec())
+        })?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&new.unwrap_or_default()[..8]);
+        Ok(u64::from_be_bytes(b))
+    }
+
+    /// Queues a report for `topic`, replacing an unsent older one. Durable once the next flush
+    /// runs (the publisher flushes before publishing).
+    pub fn put(&self, topic: &str, body: StatusBody) {
+        let res = (|| -> Result<(), String> {
+            let seq = self.next_seq().map_err(|e| e.to_string())?;
+            let report = StatusReport { protocol_version: protocol::PROTOCOL_VERSION, seq, observed_at_ms: now_ms(), body };
+            let bytes = codec::encode(&report).map_err(|e| e.to_string())?;
+            if let Some(old) = self.entries.insert(topic.as_bytes(), bytes).map_err(|e| e.to_string())? {
+                if let Ok(old) = codec::decode::<StatusReport>(&old) {
+                    self.order.remove(old.seq.to_be_bytes()).map_err(|e| e.to_string())?;
+                }
+            }
+            self.order.insert(seq.to_be_bytes(), topic.as_bytes()).map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        match res {
+            Ok(()) => {
+                metrics::gauge!("skerry_edge_outbox_entries").set(self.entries.len() as f64);
+                self.wake.notify_one();
+            }
+            Err(e) => warn!(topic, error = %e, "cannot queue status report; it is re-sent on the next change or heartbeat"),
+        }
+    }
+
+    /// Drops whatever is queued for `topic`.
+    pub fn forget(&self, topic: &str) {
+        if let Ok(Some(old)) = self.entries.remove(topic.as_bytes()) {
+            if let Ok(old) = codec::decode::<StatusReport>(&old) {
+                let _ = self.order.remove(old.seq.to_be_bytes());
+            }
+        }
+    }
+
+    /// Removes `topic`'s entry if it is still the report with `seq` (no newer one replaced it).
+    fn acked(&self, topic: &str, seq: u64) {
+        let current = self.entries.get(topic.as_bytes()).ok().flatten();
+        if let Some(cur) = current {
+            match codec::decode::<StatusReport>(&cur) {
+                Ok(r) if r.seq == seq => {
+                    let _ = self.entries.compare_and_swap(topic.as_bytes(), Some(cur), None::<&[u8]>);
+                    let _ = self.order.remove(seq.to_be_bytes());
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = self.entries.remove(topic.as_bytes());
+                }
+            }
+        }
+        let _ = self.order.remove(seq.to_be_bytes());
+        metrics::gauge!("skerry_edge_outbox_entries").set(self.entries.len() as f64);
+    }
+
+    /// Queued entries, oldest first: `(seq, topic, payload)`. Corrupt entries are dropped.
+    fn pending(&self, limit: usize, skip: &HashMap<String, u64>) -> Vec<(u64, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for item in self.order.iter() {
+            let Ok((seq, topic)) = item else { continue };
+            let topic = String::from_utf8_lossy(&topic).into_owned();
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&seq[..8.min(seq.len())]);
+            let seq = u64::from_be_bytes(b);
+            if skip.get(&topic) == Some(&seq) {
+                continue;
+            }
+            match self.entries.get(topic.as_bytes()) {
+                Ok(Some(payload)) => out.push((seq, topic, payload.to_vec())),
+                _ => {
+                    let _ = self.order.remove(seq.to_be_bytes());
+                    continue;
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Number of queued reports.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl StatusSink for Outbox {
+    fn pod_status(&self, status: PodStatus) {
+        let topic = topics::pod_status(&self.node, &status.namespace, &status.name);
+        self.put(&topic, StatusBody::Pod(status));
+    }
+
+    fn pod_forgotten(&self, namespace: &str, name: &str) {
+        self.forget(&topics::pod_status(&self.node, namespace, name));
+    }
+}
+
+/// Where and how to publish.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id.
+    pub client_id: String,
+}
+
+/// Publishes the outbox forever, reconnecting with back-off.
+pub async fn publish(outbox: Outbox, cfg: PublisherConfig) {
+    let mut attempt = 0u32;
+    loop {
+        match publish_session(&outbox, &cfg).await {
+            Ok(()) => attempt = 0,
+            Err(e) => warn!(error = %e, host = %cfg.host, port = cfg.port, queued = outbox.len(), "MQTT broker unreachable; status stays queued in the outbox"),
+        }
+        let delay = crate::link::backoff_delay(Duration::from_millis(200), Duration::from_secs(10), attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// One broker connection. A fresh client per connection, so nothing stale is re-sent by the
+/// client library behind the outbox's back: after a reconnect the outbox republishes what is
+/// still unacknowledged.
+async fn publish_session(outbox: &Outbox, cfg: &PublisherConfig) -> Result<(), rumqttc::ConnectionError> {
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_clean_session(true);
+    opts.set_inflight(MAX_IN_FLIGHT as u16);
+    let (client, mut eventloop) = AsyncClient::new(opts, MAX_IN_FLIGHT * 2);
+    let mut connected = false;
+    // Publishes handed to the client, waiting for their packet id.
+    let mut requested: VecDeque<(String, u64)> = VecDeque::new();
+    let mut in_flight: HashMap<u16, (String, u64)> = HashMap::new();
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    loop {
+        if connected && requested.len() + in_flight.len() < MAX_IN_FLIGHT {
+            // Make what we are about to publish durable first: a report the broker has is never
+            // one a crash could take back.
+            let batch = outbox.pending(MAX_IN_FLIGHT - requested.len() - in_flight.len(), &sent);
+            if !batch.is_empty() {
+                if let Err(e) = outbox.db.flush_async().await {
+                    warn!(error = %e, "cannot flush the outbox");
+                }
+            }
+            for (seq, topic, payload) in batch {
+                if client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload).is_err() {
+                    break;
+                }
+                sent.insert(topic.clone(), seq);
+                requested.push_back((topic, seq));
+            }
+        }
+        tokio::select! {
+            ev = eventloop.poll() => match ev? {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    info!(host = %cfg.host, port = cfg.port, queued = outbox.len(), "connected to MQTT broker");
+                    connected = true;
+                }
+                Event::Outgoing(Outgoing::Publish(pkid)) => {
+                    if let Some(entry) = requested.pop_front() {
+                        in_flight.insert(pkid, entry);
+                    }
+                }
+                Event::Incoming(Packet::PubAck(ack)) => {
+                    if let Some((topic, seq)) = in_flight.remove(&ack.pkid) {
+                        debug!(%topic, seq, "status report acknowledged");
+                        metrics::counter!("skerry_edge_reports_published_total").increment(1);
+                        outbox.acked(&topic, seq);
+                        if sent.get(&topic) == Some(&seq) {
+                            sent.remove(&topic);
+                        }
+                    }
+                }
+                _ => {}
+            },
+            _ = outbox.wake.notified() => {}
+        }
+    }
+}
+
+/// Facts about this machine for the node report.
+pub fn node_status(node: &str, host_ip: &str, runtime_version: &str, ready: bool, message: &str) -> NodeStatus {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .unwrap_or(0);
+    let capacity = std::collections::BTreeMap::from([
+        ("cpu".to_string(), cpus.to_string()),
+        ("memory".to_string(), format!("{mem_kib}Ki")),
+        ("pods".to_string(), "110".to_string()),
+    ]);
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    let os_image = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        .unwrap_or_else(|| "Linux".into());
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    NodeStatus {
+        node: node.to_string(),
+        ready,
+        message: message.to_string(),
+        addresses: vec![("InternalIP".into(), host_ip.to_string()), ("Hostname".into(), node.to_string())],
+        allocatable: capacity.clone(),
+        capacity,
+        info: NodeInfo {
+            operating_system: "linux".into(),
+            architecture: arch.into(),
+            kernel_version: read("/proc/sys/kernel/osrelease"),
+            os_image,
+            agent_version: format!("v1.33.0-skerry-edgecore-{}", env!("CARGO_PKG_VERSION")),
+            container_runtime_version: runtime_version.to_string(),
+        },
+    }
+}
+
+/// Puts a node heartbeat into the outbox every `period`, forever.
+pub async fn heartbeat(outbox: Outbox, node: String, host_ip: String, runtime_version: String, period: Duration) {
+    let topic = topics::node_status(&node);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        outbox.put(&topic, StatusBody::Node(node_status(&node, &host_ip, &runtime_version, true, "")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_coalesces_per_topic_in_order_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let seqs;
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let o = Outbox::open(&db, "n1").unwrap();
+            o.put("t/a", StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")));
+            o.put("t/b", StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")));
+            o.put("t/a", StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", false, "down")));
+            let p = o.pending(10, &HashMap::new());
+            assert_eq!(p.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>(), vec!["t/b", "t/a"]);
+            seqs = p.iter().map(|(s, _, _)| *s).collect::<Vec<_>>();
+            assert!(seqs[0] < seqs[1]);
+            // An ack for a replaced report does not remove the newer one.
+            o.acked("t/a", seqs[0] - 1);
+            assert_eq!(o.len(), 2);
+            o.acked("t/b", seqs[0]);
+            assert_eq!(o.len(), 1);
+            db.flush().unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let o = Outbox::open(&db, "n1").unwrap();
+        let p = o.pending(10, &HashMap::new());
+        assert_eq!(p.len(), 1);
+        let report: StatusReport = codec::decode(&p[0].2).unwrap();
+        assert!(matches!(report.body, StatusBody::Node(NodeStatus { ready: false, .. })));
+        // Sequence numbers keep growing after a restart.
+        o.put("t/c", StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")));
+        let p = o.pending(10, &HashMap::new());
+        assert!(p[1].0 > seqs[1]);
+    }
+}

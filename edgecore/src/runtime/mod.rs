@@ -1,0 +1,207 @@
+//! The container runtime seam.
+//!
+//! Pod workers (`crate::pods`) drive every runtime through [`Runtime`], so the `process` runtime
+//! (native processes, for hardware-in-the-loop rigs and machines without containerd) and the CRI
+//! runtime (containerd) are interchangeable per node. The trait is shaped after CRI: a pod gets a
+//! sandbox, containers are created and started inside it, their state is polled (as kubelet's PLEG
+//! does), and everything a runtime started can be listed again after edgecore restarts, so that a
+//! restarted edgecore adopts what is running instead of starting duplicates.
+
+pub mod process;
+
+use async_trait::async_trait;
+use protocol::pod::{EdgeContainer, EdgePod};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A pod's sandbox as the runtime created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Runtime id of the sandbox (for `process`: the pod uid).
+    pub id: String,
+    /// Pod uid it belongs to.
+    pub pod_uid: String,
+    /// IP address of the pod (for `process`: the host's).
+    pub ip: String,
+}
+
+/// A container's environment and arguments after the pod worker resolved every reference
+/// (ConfigMap/Secret keys, field refs, `$(VAR)` expansion).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerConfig {
+    /// Environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Restart number of this instance (0 for the first start); runtimes keep it in their
+    /// labels/state so that it survives an edgecore restart.
+    pub attempt: u32,
+}
+
+/// Observed state of one container instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerRunState {
+    /// Created but not started.
+    Created,
+    /// Running since the given time (ms since the epoch).
+    Running {
+        /// Start time.
+        started_at_ms: u64,
+    },
+    /// Exited.
+    Exited {
+        /// Exit code; 128 + signal if killed by a signal.
+        exit_code: i32,
+        /// The signal, if killed by one.
+        signal: Option<i32>,
+        /// `Completed`, `Error` or `OOMKilled`.
+        reason: String,
+        /// Start time.
+        started_at_ms: u64,
+        /// Exit time.
+        finished_at_ms: u64,
+    },
+    /// The runtime lost track of it (for example the host rebooted under it).
+    Unknown {
+        /// Why.
+        message: String,
+    },
+}
+
+/// One container instance as the runtime knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Runtime id (`process://<pid>`-like ids are fine, unique per instance).
+    pub id: String,
+    /// Container name within the pod.
+    pub name: String,
+    /// Restart number of this instance, as given in [`ContainerConfig::attempt`].
+    pub attempt: u32,
+    /// State now.
+    pub state: ContainerRunState,
+}
+
+/// A sandbox found by [`Runtime::list_pods`], with its containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingPod {
+    /// The sandbox.
+    pub sandbox: Sandbox,
+    /// Pod namespace and name, as recorded when the sandbox was created.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Its containers, every instance still known (not removed).
+    pub containers: Vec<ContainerInfo>,
+}
+
+/// Errors of a runtime operation. The `reason` mirrors the Kubernetes waiting reason that the
+/// pod worker reports for it.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The container's configuration cannot be run (bad command, missing working dir, ...).
+    #[error("cannot create container {container:?}: {message}")]
+    CreateContainer {
+        /// Container name.
+        container: String,
+        /// What is wrong and what to fix.
+        message: String,
+    },
+    /// The image is not available and cannot be obtained.
+    #[error("image {image:?} is not available: {message}")]
+    Image {
+        /// Image reference.
+        image: String,
+        /// Kubernetes reason: `ErrImagePull`, `ErrImageNeverPull`, ...
+        reason: String,
+        /// Details.
+        message: String,
+    },
+    /// The runtime itself failed (I/O, daemon unreachable); retried by the worker.
+    #[error("runtime failure during {op}: {message}")]
+    Internal {
+        /// Operation.
+        op: String,
+        /// Details.
+        message: String,
+    },
+}
+
+impl RuntimeError {
+    /// Kubernetes waiting reason for a container whose start failed with this error.
+    pub fn waiting_reason(&self) -> &str {
+        match self {
+            RuntimeError::CreateContainer { .. } => "CreateContainerError",
+            RuntimeError::Image { reason, .. } => reason,
+            RuntimeError::Internal { .. } => "RunContainerError",
+        }
+    }
+}
+
+/// What every runtime offers the pod workers. All methods are idempotent where Kubernetes'
+/// CRI is: stopping a stopped container or removing a removed pod succeeds.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Runtime name and version for the node's `containerRuntimeVersion` (`process://0.1.0`).
+    fn version(&self) -> String;
+
+    /// Creates the pod's sandbox (directories, network); returns the existing one if the pod
+    /// already has a sandbox.
+    async fn run_sandbox(&self, pod: &EdgePod) -> Result<Sandbox, RuntimeError>;
+
+    /// Creates and starts one container instance in the sandbox.
+    async fn start_container(
+        &self,
+        sandbox: &Sandbox,
+        pod: &EdgePod,
+        container: &EdgeContainer,
+        config: &ContainerConfig,
+    ) -> Result<ContainerInfo, RuntimeError>;
+
+    /// The current state of a container instance.
+    async fn container_state(
+        &self,
+        sandbox: &Sandbox,
+        container_id: &str,
+    ) -> Result<ContainerRunState, RuntimeError>;
+
+    /// Stops a container: SIGTERM (or the image's stop signal), then SIGKILL after `grace`.
+    /// Returns once it has exited.
+    async fn stop_container(
+        &self,
+        sandbox: &Sandbox,
+        container_id: &str,
+        grace: Duration,
+    ) -> Result<(), RuntimeError>;
+
+    /// Forgets an exited container instance and frees what it held (keeps its logs until the
+    /// pod is removed).
+    async fn remove_container(
+        &self,
+        sandbox: &Sandbox,
+        container_id: &str,
+    ) -> Result<(), RuntimeError>;
+
+    /// Stops whatever still runs in the sandbox (with `grace`) and removes it with its
+    /// containers, logs and scratch volumes.
+    async fn remove_sandbox(&self, sandbox: &Sandbox, grace: Duration)
+        -> Result<(), RuntimeError>;
+
+    /// Every sandbox this runtime (this edgecore's data) holds, for adoption after a restart.
+    async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError>;
+
+    /// Reads the last `tail` lines (all if `None`) of a container's log, across its instances'
+    /// current one. Used by `edgecore logs`.
+    async fn read_log(
+        &self,
+        sandbox: &Sandbox,
+        container_name: &str,
+        tail: Option<usize>,
+    ) -> Result<String, RuntimeError>;
+}
+
+/// Labels every runtime attaches to what it creates, so that a restarted edgecore can find it.
+pub fn sandbox_labels(pod: &EdgePod) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("io.skerry.pod.namespace".to_string(), pod.namespace.clone()),
+        ("io.skerry.pod.name".to_string(), pod.name.clone()),
+        ("io.skerry.pod.uid".to_string(), pod.uid.clone()),
+    ])
+}

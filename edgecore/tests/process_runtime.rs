@@ -1,0 +1,592 @@
+//! The `process` runtime against real processes, with edgecore's own binary as the shim.
+
+use edgecore::runtime::process::ProcessRuntime;
+use edgecore::runtime::{
+    ContainerConfig, ContainerInfo, ContainerRunState, Runtime, RuntimeError, Sandbox,
+};
+use protocol::pod::{
+    EdgeContainer, EdgePod, Resources, RestartPolicy, Volume, VolumeMount, VolumeSource,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::{sleep, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn runtime(root: &Path) -> ProcessRuntime {
+    ProcessRuntime::new(
+        root.to_path_buf(),
+        PathBuf::from(env!("CARGO_BIN_EXE_edgecore")),
+        "192.0.2.7".to_string(),
+    )
+}
+
+fn container(name: &str, command: &[&str]) -> EdgeContainer {
+    EdgeContainer {
+        name: name.into(),
+        image: "local/none".into(),
+        image_pull_policy: "Never".into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        args: vec![],
+        working_dir: String::new(),
+        env: vec![],
+        ports: vec![],
+        resources: Resources::default(),
+        volume_mounts: vec![],
+    }
+}
+
+fn sh(name: &str, script: &str) -> EdgeContainer {
+    container(name, &["sh", "-c", script])
+}
+
+fn pod(uid: &str, containers: Vec<EdgeContainer>) -> EdgePod {
+    EdgePod {
+        namespace: "rigs".into(),
+        name: format!("pod-{uid}"),
+        uid: uid.into(),
+        labels: BTreeMap::new(),
+        containers,
+        restart_policy: RestartPolicy::Never,
+        termination_grace_period_seconds: 5,
+        volumes: vec![],
+        deletion_grace_period_seconds: None,
+    }
+}
+
+fn config(attempt: u32) -> ContainerConfig {
+    ContainerConfig {
+        env: vec![],
+        attempt,
+    }
+}
+
+/// Sandbox plus the started first container.
+async fn start(rt: &ProcessRuntime, pod: &EdgePod) -> (Sandbox, ContainerInfo) {
+    let sandbox = rt.run_sandbox(pod).await.expect("run_sandbox");
+    let info = rt
+        .start_container(&sandbox, pod, &pod.containers[0], &config(0))
+        .await
+        .expect("start_container");
+    (sandbox, info)
+}
+
+async fn wait_exited(rt: &ProcessRuntime, sandbox: &Sandbox, id: &str) -> ContainerRunState {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let state = rt
+            .container_state(sandbox, id)
+            .await
+            .expect("container_state");
+        if matches!(state, ContainerRunState::Exited { .. }) {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "{id} did not exit: {state:?}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_log(rt: &ProcessRuntime, sandbox: &Sandbox, name: &str, needle: &str) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(log) = rt.read_log(sandbox, name, None).await {
+            if log.contains(needle) {
+                return log;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log of {name} never contained {needle:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn exited(state: &ContainerRunState) -> (i32, Option<i32>, &str) {
+    match state {
+        ContainerRunState::Exited {
+            exit_code,
+            signal,
+            reason,
+            started_at_ms,
+            finished_at_ms,
+        } => {
+            assert!(finished_at_ms >= started_at_ms);
+            (*exit_code, *signal, reason.as_str())
+        }
+        other => panic!("not exited: {other:?}"),
+    }
+}
+
+/// Whether a process is gone (or a zombie nobody reaped yet: it runs nothing any more).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let rest = &stat[stat.rfind(')').expect("stat format") + 1..];
+            rest.split_whitespace().next() == Some("Z")
+        }
+    }
+}
+
+async fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !gone(pid) {
+        assert!(Instant::now() < deadline, "process {pid} is still alive");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn state_pids(root: &Path, id: &str) -> (u32, u32) {
+    let bytes = std::fs::read(
+        root.join(id.replacen('/', "/containers/", 1))
+            .join("state.json"),
+    )
+    .expect("state.json");
+    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("state json");
+    (
+        v["pid"].as_u64().expect("pid") as u32,
+        v["shim_pid"].as_u64().expect("shim_pid") as u32,
+    )
+}
+
+#[tokio::test]
+async fn runs_logs_and_stops_gracefully_with_sigterm() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod("u-term", vec![sh("main", "echo hi; sleep 30")]);
+    let (sandbox, info) = start(&rt, &p).await;
+    assert_eq!(sandbox.ip, "192.0.2.7");
+    assert_eq!(info.id, "u-term/main/0");
+    assert!(matches!(info.state, ContainerRunState::Running { .. }));
+    assert!(matches!(
+        rt.container_state(&sandbox, &info.id).await.expect("state"),
+        ContainerRunState::Running { .. }
+    ));
+    wait_log(&rt, &sandbox, "main", "hi").await;
+
+    let t = Instant::now();
+    rt.stop_container(&sandbox, &info.id, Duration::from_secs(10))
+        .await
+        .expect("stop");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "SIGTERM was not honoured quickly"
+    );
+    let state = rt.container_state(&sandbox, &info.id).await.expect("state");
+    assert_eq!(exited(&state), (143, Some(15), "Error"));
+    // Idempotent.
+    rt.stop_container(&sandbox, &info.id, Duration::from_secs(1))
+        .await
+        .expect("second stop");
+    rt.remove_sandbox(&sandbox, Duration::from_secs(1))
+        .await
+        .expect("remove");
+}
+
+#[tokio::test]
+async fn a_process_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod(
+        "u-kill",
+        vec![sh("main", "trap '' TERM; echo ready; sleep 30")],
+    );
+    let (sandbox, info) = start(&rt, &p).await;
+    wait_log(&rt, &sandbox, "main", "ready").await;
+    let grace = Duration::from_millis(600);
+    let t = Instant::now();
+    rt.stop_container(&sandbox, &info.id, grace)
+        .await
+        .expect("stop");
+    let took = t.elapsed();
+    assert!(
+        took >= grace,
+        "killed before the grace period ended ({took:?})"
+    );
+    assert!(took < grace + Duration::from_secs(5), "stop took {took:?}");
+    let state = rt.container_state(&sandbox, &info.id).await.expect("state");
+    assert_eq!(exited(&state), (137, Some(9), "Error"));
+}
+
+#[tokio::test]
+async fn exit_codes_are_captured() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod("u-exit", vec![sh("fail", "exit 3"), sh("ok", "true")]);
+    let (sandbox, info) = start(&rt, &p).await;
+    let state = wait_exited(&rt, &sandbox, &info.id).await;
+    assert_eq!(exited(&state), (3, None, "Error"));
+
+    let ok = rt
+        .start_container(&sandbox, &p, &p.containers[1], &config(0))
+        .await
+        .expect("start ok");
+    let state = wait_exited(&rt, &sandbox, &ok.id).await;
+    assert_eq!(exited(&state), (0, None, "Completed"));
+}
+
+#[tokio::test]
+async fn environment_is_exactly_the_pods_plus_defaults() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let mut env_c = container("env", &["env"]);
+    env_c.volume_mounts.push(VolumeMount {
+        name: "scratch-data".into(),
+        mount_path: "/data".into(),
+        read_only: false,
+        sub_path: String::new(),
+    });
+    let mut p = pod("u-env", vec![env_c, container("pwd", &["pwd"])]);
+    p.volumes.push(Volume {
+        name: "scratch-data".into(),
+        source: VolumeSource::EmptyDir {
+            memory: false,
+            size_limit_bytes: None,
+        },
+    });
+    let sandbox = rt.run_sandbox(&p).await.expect("sandbox");
+    let cfg = ContainerConfig {
+        env: vec![
+            ("MODE".into(), "edge".into()),
+            ("SPACES".into(), "a b".into()),
+        ],
+        attempt: 0,
+    };
+    let info = rt
+        .start_container(&sandbox, &p, &p.containers[0], &cfg)
+        .await
+        .expect("start");
+    wait_exited(&rt, &sandbox, &info.id).await;
+    let log = rt.read_log(&sandbox, "env", None).await.expect("log");
+    let mut names: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "HOSTNAME",
+            "MODE",
+            "PATH",
+            "SKERRY_VOLUME_SCRATCH_DATA",
+            "SPACES"
+        ],
+        "edgecore's environment leaked or defaults are missing:\n{log}"
+    );
+    assert!(log.contains("MODE=edge\n"));
+    assert!(log.contains("SPACES=a b\n"));
+    assert!(log.contains("HOSTNAME=pod-u-env\n"));
+    assert!(log.contains("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"));
+    let volume = tmp.path().join("u-env/volumes/scratch-data");
+    assert!(volume.is_dir());
+    assert!(log.contains(&format!(
+        "SKERRY_VOLUME_SCRATCH_DATA={}\n",
+        volume.display()
+    )));
+
+    // The default working directory is the pod directory.
+    let pwd = rt
+        .start_container(&sandbox, &p, &p.containers[1], &config(0))
+        .await
+        .expect("start pwd");
+    wait_exited(&rt, &sandbox, &pwd.id).await;
+    let out = rt.read_log(&sandbox, "pwd", None).await.expect("log");
+    let pod_dir = std::fs::canonicalize(tmp.path().join("u-env")).expect("canonical");
+    assert_eq!(out.trim(), pod_dir.display().to_string());
+}
+
+#[tokio::test]
+async fn unrunnable_commands_are_create_container_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod(
+        "u-missing",
+        vec![
+            container("nope", &["skerry-no-such-program-xyz", "--flag"]),
+            container("abs", &["/nonexistent/skerry-prog"]),
+            container("empty", &[]),
+        ],
+    );
+    let sandbox = rt.run_sandbox(&p).await.expect("sandbox");
+    for (c, needle) in [
+        (&p.containers[0], "skerry-no-such-program-xyz"),
+        (&p.containers[1], "/nonexistent/skerry-prog"),
+        (&p.containers[2], "command"),
+    ] {
+        let err = rt
+            .start_container(&sandbox, &p, c, &config(0))
+            .await
+            .expect_err("must fail");
+        match &err {
+            RuntimeError::CreateContainer { container, message } => {
+                assert_eq!(container, &c.name);
+                assert!(message.contains(needle), "{message}");
+            }
+            other => panic!("wrong error: {other:?}"),
+        }
+        assert_eq!(err.waiting_reason(), "CreateContainerError");
+    }
+    // Failed starts leave no instance behind.
+    let pods = rt.list_pods().await.expect("list");
+    assert_eq!(pods.len(), 1);
+    assert!(pods[0].containers.is_empty(), "{:?}", pods[0].containers);
+}
+
+#[tokio::test]
+async fn unsupported_or_invalid_volumes_are_create_container_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let mount = |name: &str| VolumeMount {
+        name: name.into(),
+        mount_path: "/x".into(),
+        read_only: false,
+        sub_path: String::new(),
+    };
+    let mut cm = container("cm", &["true"]);
+    cm.volume_mounts.push(mount("config"));
+    let mut missing = container("missing", &["true"]);
+    missing.volume_mounts.push(mount("absent-dir"));
+    let mut undefined = container("undefined", &["true"]);
+    undefined.volume_mounts.push(mount("nowhere"));
+    let mut create = container("create", &["true"]);
+    create.volume_mounts.push(mount("made"));
+    let mut p = pod("u-vol", vec![cm, missing, undefined, create]);
+    let made = tmp.path().join("host/made");
+    p.volumes = vec![
+        Volume {
+            name: "config".into(),
+            source: VolumeSource::ConfigMap {
+                name: "cfg".into(),
+                items: vec![],
+                default_mode: None,
+                optional: false,
+            },
+        },
+        Volume {
+            name: "absent-dir".into(),
+            source: VolumeSource::HostPath {
+                path: tmp.path().join("does-not-exist").display().to_string(),
+                kind: "Directory".into(),
+            },
+        },
+        Volume {
+            name: "made".into(),
+            source: VolumeSource::HostPath {
+                path: made.display().to_string(),
+                kind: "DirectoryOrCreate".into(),
+            },
+        },
+    ];
+    let sandbox = rt.run_sandbox(&p).await.expect("sandbox");
+    for (i, needle) in [(0, "not support"), (1, "does not exist"), (2, "nowhere")] {
+        match rt
+            .start_container(&sandbox, &p, &p.containers[i], &config(0))
+            .await
+        {
+            Err(RuntimeError::CreateContainer { message, .. }) => {
+                assert!(message.contains(needle), "{message}")
+            }
+            other => panic!("container {i}: {other:?}"),
+        }
+    }
+    let info = rt
+        .start_container(&sandbox, &p, &p.containers[3], &config(0))
+        .await
+        .expect("DirectoryOrCreate");
+    assert!(made.is_dir());
+    wait_exited(&rt, &sandbox, &info.id).await;
+}
+
+#[tokio::test]
+async fn a_restarted_edgecore_adopts_running_containers_and_learns_their_exit() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = pod(
+        "u-adopt",
+        vec![sh(
+            "main",
+            "echo started; while [ ! -e go ]; do sleep 0.05; done; exit 7",
+        )],
+    );
+    let (sandbox, info) = {
+        let first = runtime(tmp.path());
+        start(&first, &p).await
+        // `first` is dropped here, as a killed edgecore would be; its shim keeps running.
+    };
+    wait_log(&runtime(tmp.path()), &sandbox, "main", "started").await;
+
+    let rt = runtime(tmp.path());
+    let pods = rt.list_pods().await.expect("list");
+    assert_eq!(pods.len(), 1);
+    let found = &pods[0];
+    assert_eq!(found.sandbox, sandbox);
+    assert_eq!(
+        (found.namespace.as_str(), found.name.as_str()),
+        ("rigs", "pod-u-adopt")
+    );
+    assert_eq!(found.containers.len(), 1);
+    assert_eq!(found.containers[0].id, info.id);
+    assert_eq!(found.containers[0].attempt, 0);
+    assert_eq!(
+        found.containers[0].state, info.state,
+        "same start time, still running"
+    );
+
+    // Retrying the same start does not start a second process.
+    let again = rt
+        .start_container(&sandbox, &p, &p.containers[0], &config(0))
+        .await
+        .expect("start again");
+    assert_eq!(again.id, info.id);
+    assert_eq!(again.state, info.state);
+    assert_eq!(rt.run_sandbox(&p).await.expect("sandbox again"), sandbox);
+    sleep(Duration::from_millis(300)).await;
+    let log = rt.read_log(&sandbox, "main", None).await.expect("log");
+    assert_eq!(log.matches("started").count(), 1, "{log}");
+
+    std::fs::write(tmp.path().join("u-adopt/go"), b"").expect("trigger");
+    let state = wait_exited(&rt, &sandbox, &info.id).await;
+    assert_eq!(exited(&state), (7, None, "Error"));
+    let pods = rt.list_pods().await.expect("list");
+    assert_eq!(pods[0].containers[0].state, state);
+}
+
+#[tokio::test]
+async fn remove_sandbox_leaves_no_process_and_no_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    // A background child in the container's process group must go too.
+    let p = pod(
+        "u-remove",
+        vec![
+            sh("main", "sleep 30 & echo $! > bg.pid; echo up; wait"),
+            sh("second", "sleep 30"),
+        ],
+    );
+    let (sandbox, info) = start(&rt, &p).await;
+    let second = rt
+        .start_container(&sandbox, &p, &p.containers[1], &config(0))
+        .await
+        .expect("second");
+    wait_log(&rt, &sandbox, "main", "up").await;
+    let bg: u32 = std::fs::read_to_string(tmp.path().join("u-remove/bg.pid"))
+        .expect("bg.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let (pid, shim) = state_pids(tmp.path(), &info.id);
+    let (pid2, shim2) = state_pids(tmp.path(), &second.id);
+    for p in [bg, pid, shim, pid2, shim2] {
+        assert!(!gone(p), "{p} should run");
+    }
+
+    let t = Instant::now();
+    rt.remove_sandbox(&sandbox, Duration::from_secs(10))
+        .await
+        .expect("remove");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "containers were stopped one after another"
+    );
+    assert!(!tmp.path().join("u-remove").exists());
+    for p in [bg, pid, shim, pid2, shim2] {
+        wait_gone(p).await;
+    }
+    rt.remove_sandbox(&sandbox, Duration::from_secs(1))
+        .await
+        .expect("idempotent");
+    assert!(rt.list_pods().await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn remove_container_stops_it_and_keeps_the_log() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod("u-rmc", vec![sh("main", "echo one; sleep 30")]);
+    let (sandbox, info) = start(&rt, &p).await;
+    wait_log(&rt, &sandbox, "main", "one").await;
+    let (pid, _) = state_pids(tmp.path(), &info.id);
+    rt.remove_container(&sandbox, &info.id)
+        .await
+        .expect("remove");
+    wait_gone(pid).await;
+    match rt.container_state(&sandbox, &info.id).await {
+        Err(RuntimeError::Internal { message, .. }) => assert!(message.contains("u-rmc/main/0")),
+        other => panic!("{other:?}"),
+    }
+    rt.remove_container(&sandbox, &info.id)
+        .await
+        .expect("idempotent");
+    rt.stop_container(&sandbox, &info.id, Duration::ZERO)
+        .await
+        .expect("stopping a removed container is fine");
+    assert_eq!(
+        rt.read_log(&sandbox, "main", None).await.expect("log kept"),
+        "one\n"
+    );
+    // The next attempt gets its own log; read_log shows the newest.
+    let next = rt
+        .start_container(&sandbox, &p, &p.containers[0], &config(1))
+        .await
+        .expect("restart");
+    assert_eq!(next.id, "u-rmc/main/1");
+    assert_eq!(next.attempt, 1);
+    wait_log(&rt, &sandbox, "main", "one").await;
+    rt.remove_sandbox(&sandbox, Duration::ZERO)
+        .await
+        .expect("remove sandbox");
+}
+
+#[tokio::test]
+async fn read_log_tails_and_reports_missing_logs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod(
+        "u-log",
+        vec![sh("main", "printf 'a\\nb\\n'; printf 'c\\n' >&2")],
+    );
+    let (sandbox, info) = start(&rt, &p).await;
+    wait_exited(&rt, &sandbox, &info.id).await;
+    assert_eq!(
+        rt.read_log(&sandbox, "main", None).await.expect("all"),
+        "a\nb\nc\n"
+    );
+    assert_eq!(
+        rt.read_log(&sandbox, "main", Some(2)).await.expect("tail"),
+        "b\nc\n"
+    );
+    assert_eq!(
+        rt.read_log(&sandbox, "main", Some(10)).await.expect("tail"),
+        "a\nb\nc\n"
+    );
+    match rt.read_log(&sandbox, "other", None).await {
+        Err(RuntimeError::Internal { message, .. }) => {
+            assert!(message.contains("no log exists"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match rt.container_state(&sandbox, "u-log/other/0").await {
+        Err(RuntimeError::Internal { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(rt.container_state(&sandbox, "garbage").await.is_err());
+    assert!(rt.version().starts_with("process://"));
+}
+
+#[tokio::test]
+async fn list_pods_skips_corrupt_records() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod("u-good", vec![sh("main", "true")]);
+    let (sandbox, info) = start(&rt, &p).await;
+    wait_exited(&rt, &sandbox, &info.id).await;
+    std::fs::create_dir_all(tmp.path().join("u-bad")).expect("mkdir");
+    std::fs::write(tmp.path().join("u-bad/pod.json"), b"{not json").expect("write");
+    std::fs::create_dir_all(tmp.path().join("u-none")).expect("mkdir");
+    let pods = rt.list_pods().await.expect("list");
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].sandbox.pod_uid, "u-good");
+    assert_eq!(pods[0].containers.len(), 1);
+}

@@ -1,0 +1,317 @@
+//! The compact edge projection of a Kubernetes Pod: what an edge node needs to run it, nothing
+//! more. The cloud converts from the full Kubernetes object (see `cloudcore::projection`); the edge
+//! never sees managed fields, scheduling constraints or status.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One pod as the edge runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgePod {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Name of the pod, unique within its namespace.
+    pub name: String,
+    /// Kubernetes uid: a pod deleted and recreated under the same name gets a new uid, and the
+    /// edge treats it as a different pod.
+    pub uid: String,
+    /// Labels, kept so that local tooling and reports can show them.
+    pub labels: BTreeMap<String, String>,
+    /// The containers, started in this order.
+    pub containers: Vec<EdgeContainer>,
+    /// What to do when a container exits.
+    pub restart_policy: RestartPolicy,
+    /// How long a container gets between SIGTERM and SIGKILL when it is stopped.
+    pub termination_grace_period_seconds: u64,
+    /// Volumes the containers may mount.
+    pub volumes: Vec<Volume>,
+    /// Set when the pod is being deleted: the edge stops it (giving each container this many
+    /// seconds of grace) and then reports it gone, after which the cloud removes the object.
+    pub deletion_grace_period_seconds: Option<u64>,
+}
+
+impl EdgePod {
+    /// `namespace/name`, the form used in logs and the cache.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether the cloud asked for this pod to be stopped and removed.
+    pub fn is_deleting(&self) -> bool {
+        self.deletion_grace_period_seconds.is_some()
+    }
+
+    /// Whether two versions of a pod need the running containers replaced: anything but labels and
+    /// the deletion mark. (Kubernetes allows only image changes on a running pod; the edge honours
+    /// whatever arrives by restarting.)
+    pub fn same_runtime_spec(&self, other: &EdgePod) -> bool {
+        self.uid == other.uid
+            && self.containers == other.containers
+            && self.restart_policy == other.restart_policy
+            && self.volumes == other.volumes
+    }
+}
+
+/// Kubernetes `restartPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum RestartPolicy {
+    /// Restart a container whenever it exits.
+    #[default]
+    Always,
+    /// Restart a container only when it exits non-zero.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+impl RestartPolicy {
+    /// Parses the Kubernetes spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Always" => Some(Self::Always),
+            "OnFailure" => Some(Self::OnFailure),
+            "Never" => Some(Self::Never),
+            _ => None,
+        }
+    }
+
+    /// Whether a container that exited with `exit_code` is to be started again.
+    pub fn restarts_after(self, exit_code: i32) -> bool {
+        match self {
+            Self::Always => true,
+            Self::OnFailure => exit_code != 0,
+            Self::Never => false,
+        }
+    }
+}
+
+/// One container of an [`EdgePod`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeContainer {
+    /// Name, unique within the pod.
+    pub name: String,
+    /// Image reference (for the `process` runtime it only labels the container).
+    pub image: String,
+    /// Kubernetes `imagePullPolicy`: `Always`, `IfNotPresent` or `Never`.
+    pub image_pull_policy: String,
+    /// Entrypoint override (`command`); empty means the image's.
+    pub command: Vec<String>,
+    /// Arguments (`args`).
+    pub args: Vec<String>,
+    /// Working directory override; empty means the runtime's default.
+    pub working_dir: String,
+    /// Environment, in order (later entries may refer to earlier ones in Kubernetes; the edge
+    /// applies them in this order).
+    pub env: Vec<EnvVar>,
+    /// Ports the container listens on.
+    pub ports: Vec<ContainerPort>,
+    /// CPU and memory requests and limits.
+    pub resources: Resources,
+    /// Where volumes are mounted.
+    pub volume_mounts: Vec<VolumeMount>,
+}
+
+/// An environment variable and where its value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    /// Variable name.
+    pub name: String,
+    /// The value's source.
+    pub value: EnvValue,
+}
+
+/// Source of an environment variable's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnvValue {
+    /// A literal value.
+    Literal(String),
+    /// A key of a ConfigMap in the pod's namespace.
+    ConfigMapKey {
+        /// ConfigMap name.
+        name: String,
+        /// Key within it.
+        key: String,
+        /// If true, a missing map or key leaves the variable unset instead of failing the pod.
+        optional: bool,
+    },
+    /// A key of a Secret in the pod's namespace.
+    SecretKey {
+        /// Secret name.
+        name: String,
+        /// Key within it.
+        key: String,
+        /// If true, a missing secret or key leaves the variable unset.
+        optional: bool,
+    },
+    /// A field of the pod itself (`metadata.name`, `metadata.namespace`, `metadata.uid`,
+    /// `spec.nodeName`, `status.podIP`, `status.hostIP`).
+    FieldRef(String),
+}
+
+/// A port a container exposes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    /// Optional port name.
+    pub name: String,
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Port on the host, 0 for none.
+    pub host_port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+}
+
+/// Resource requests and limits, in the units the runtimes need.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU request in millicores.
+    pub cpu_request_millis: Option<u64>,
+    /// CPU limit in millicores.
+    pub cpu_limit_millis: Option<u64>,
+    /// Memory request in bytes.
+    pub memory_request_bytes: Option<u64>,
+    /// Memory limit in bytes.
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// Where a volume appears inside a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// Name of the pod volume.
+    pub name: String,
+    /// Path inside the container.
+    pub mount_path: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+    /// Path within the volume to mount instead of its root.
+    pub sub_path: String,
+}
+
+/// A pod volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Name referenced by mounts.
+    pub name: String,
+    /// What backs it.
+    pub source: VolumeSource,
+}
+
+/// The kinds of volume the edge supports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeSource {
+    /// A scratch directory that lives as long as the pod.
+    EmptyDir {
+        /// Backed by memory (tmpfs) instead of disk.
+        memory: bool,
+        /// Size limit in bytes, if any.
+        size_limit_bytes: Option<u64>,
+    },
+    /// A path on the host.
+    HostPath {
+        /// Host path.
+        path: String,
+        /// Kubernetes `type` (`Directory`, `DirectoryOrCreate`, `File`, ...), empty for no check.
+        kind: String,
+    },
+    /// Files from a ConfigMap's keys.
+    ConfigMap {
+        /// ConfigMap name.
+        name: String,
+        /// Selected keys and their file paths; empty means every key under its own name.
+        items: Vec<KeyToPath>,
+        /// File mode, default 0644.
+        default_mode: Option<u32>,
+        /// A missing map is not an error.
+        optional: bool,
+    },
+    /// Files from a Secret's keys.
+    Secret {
+        /// Secret name.
+        name: String,
+        /// Selected keys and their file paths; empty means every key under its own name.
+        items: Vec<KeyToPath>,
+        /// File mode, default 0644 as in Kubernetes (0600 is set by the edge where documented).
+        default_mode: Option<u32>,
+        /// A missing secret is not an error.
+        optional: bool,
+    },
+}
+
+/// One projected key of a ConfigMap or Secret volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyToPath {
+    /// Key in the object.
+    pub key: String,
+    /// Relative file path in the volume.
+    pub path: String,
+    /// File mode for this item.
+    pub mode: Option<u32>,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small but complete pod, shared by the codec tests.
+    pub(crate) fn sample_pod(name: &str) -> EdgePod {
+        EdgePod {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: "0b8f6c1e-uid".into(),
+            labels: BTreeMap::from([("app".into(), "demo".into())]),
+            containers: vec![EdgeContainer {
+                name: "main".into(),
+                image: "busybox:local".into(),
+                image_pull_policy: "IfNotPresent".into(),
+                command: vec!["/bin/sh".into(), "-c".into()],
+                args: vec!["sleep 3600".into()],
+                working_dir: String::new(),
+                env: vec![EnvVar {
+                    name: "MODE".into(),
+                    value: EnvValue::Literal("edge".into()),
+                }],
+                ports: vec![ContainerPort {
+                    name: "http".into(),
+                    container_port: 8080,
+                    host_port: 0,
+                    protocol: "TCP".into(),
+                }],
+                resources: Resources {
+                    memory_limit_bytes: Some(64 << 20),
+                    ..Resources::default()
+                },
+                volume_mounts: vec![],
+            }],
+            restart_policy: RestartPolicy::Always,
+            termination_grace_period_seconds: 30,
+            volumes: vec![Volume {
+                name: "scratch".into(),
+                source: VolumeSource::EmptyDir {
+                    memory: false,
+                    size_limit_bytes: None,
+                },
+            }],
+            deletion_grace_period_seconds: None,
+        }
+    }
+
+    #[test]
+    fn restart_policy_semantics_match_kubernetes() {
+        assert!(RestartPolicy::Always.restarts_after(0));
+        assert!(!RestartPolicy::OnFailure.restarts_after(0));
+        assert!(RestartPolicy::OnFailure.restarts_after(2));
+        assert!(!RestartPolicy::Never.restarts_after(1));
+        assert_eq!(RestartPolicy::parse("Sometimes"), None);
+    }
+
+    #[test]
+    fn labels_and_deletion_do_not_change_the_runtime_spec() {
+        let a = sample_pod("a");
+        let mut b = a.clone();
+        b.labels.insert("x".into(), "y".into());
+        b.deletion_grace_period_seconds = Some(5);
+        assert!(a.same_runtime_spec(&b));
+        b.containers[0].image = "other".into();
+        assert!(!a.same_runtime_spec(&b));
+    }
+}

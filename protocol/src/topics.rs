@@ -1,0 +1,101 @@
+//! The MQTT topic scheme, in one place.
+//!
+//! Every topic lives under `skerry/v1/nodes/{node}/`, so a broker ACL of the form
+//! "client X may publish to `skerry/v1/nodes/X/#`" confines each node to its own reports.
+//!
+//! - `skerry/v1/nodes/{node}/status`: [`crate::status::NodeStatus`] reports (heartbeats);
+//! - `skerry/v1/nodes/{node}/pods/{namespace}/{name}/status`: [`crate::status::PodStatus`] reports.
+//!
+//! Payloads are [`crate::status::StatusReport`]s encoded with [`crate::codec::encode`].
+
+/// Prefix of every topic.
+pub const PREFIX: &str = "skerry/v1/nodes";
+
+/// Subscription filter for every node's heartbeat.
+pub const NODE_STATUS_FILTER: &str = "skerry/v1/nodes/+/status";
+
+/// Subscription filter for every pod status.
+pub const POD_STATUS_FILTER: &str = "skerry/v1/nodes/+/pods/+/+/status";
+
+/// Topic of a node's status.
+pub fn node_status(node: &str) -> String {
+    format!("{PREFIX}/{node}/status")
+}
+
+/// Topic of a pod's status as reported by `node`.
+pub fn pod_status(node: &str, namespace: &str, name: &str) -> String {
+    format!("{PREFIX}/{node}/pods/{namespace}/{name}/status")
+}
+
+/// What a topic is about, as parsed from its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topic {
+    /// A node's status.
+    NodeStatus {
+        /// Node.
+        node: String,
+    },
+    /// A pod's status.
+    PodStatus {
+        /// Reporting node.
+        node: String,
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
+}
+
+/// Parses a topic name; `None` for anything outside the scheme.
+pub fn parse(topic: &str) -> Option<Topic> {
+    let rest = topic.strip_prefix(PREFIX)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    match parts.as_slice() {
+        [node, "status"] => Some(Topic::NodeStatus {
+            node: node.to_string(),
+        }),
+        [node, "pods", ns, name, "status"] => Some(Topic::PodStatus {
+            node: node.to_string(),
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip() {
+        assert_eq!(
+            parse(&node_status("n1")),
+            Some(Topic::NodeStatus { node: "n1".into() })
+        );
+        assert_eq!(
+            parse(&pod_status("n1", "default", "web")),
+            Some(Topic::PodStatus {
+                node: "n1".into(),
+                namespace: "default".into(),
+                name: "web".into()
+            })
+        );
+    }
+
+    #[test]
+    fn foreign_topics_are_ignored() {
+        for t in [
+            "skerry/v1/nodes//status",
+            "skerry/v2/nodes/n1/status",
+            "skerry/v1/nodes/n1/pods/a/status",
+            "other",
+            "skerry/v1/nodes/n1/status/extra",
+        ] {
+            assert_eq!(parse(t), None, "{t}");
+        }
+    }
+}

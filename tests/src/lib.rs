@@ -1,0 +1,452 @@
+//! The end-to-end harness: starts real `cloudcore`, `edgecore` and `mosquitto` processes on
+//! loopback ports and temp dirs, and waits on conditions with deadlines (never fixed sleeps).
+//! Everything it starts is killed when the handle drops, including the pods' processes, which
+//! outlive edgecore by design.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// Directory holding the `cloudcore` and `edgecore` binaries: `$SKERRY_BIN_DIR`, or the cargo
+/// target dir this test binary was built in.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("SKERRY_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+fn bin(name: &str) -> Result<PathBuf> {
+    let p = bin_dir().join(name);
+    if !p.exists() {
+        bail!("{} is missing: run `cargo build --workspace --bins` before the end-to-end tests (deploy/test.sh does)", p.display());
+    }
+    Ok(p)
+}
+
+/// A free TCP port on loopback.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free tcp port")
+}
+
+/// A free UDP port on loopback.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free udp port")
+}
+
+/// Polls `f` until it returns `Some`, or fails after `deadline` with `what` and the last value.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    let mut last_err = String::new();
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = format!("{e:#}"),
+        }
+        if tokio::time::Instant::now() >= end {
+            bail!("timed out after {deadline:?} waiting for {what} {last_err}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn kill(child: &mut Child, signal: i32) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+}
+
+fn stop_child(child: &mut Option<Child>, signal: i32) {
+    if let Some(mut c) = child.take() {
+        kill(&mut c, signal);
+        let end = std::time::SystemTime::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = c.try_wait() {
+                break;
+            }
+            if std::time::SystemTime::now() > end {
+                let _ = c.kill();
+                let _ = c.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Options for a cloud.
+#[derive(Debug, Clone, Default)]
+pub struct CloudOptions {
+    /// Use this external broker port instead of the embedded broker.
+    pub external_mqtt_port: Option<u16>,
+}
+
+/// A running (or stopped) cloudcore.
+pub struct Cloud {
+    /// Data dir.
+    pub dir: TempDir,
+    child: Option<Child>,
+    /// API port.
+    pub api_port: u16,
+    /// Hub port (UDP).
+    pub hub_port: u16,
+    /// MQTT port (embedded or external).
+    pub mqtt_port: u16,
+    opts: CloudOptions,
+    http: Option<reqwest::Client>,
+}
+
+impl Cloud {
+    /// Starts a cloudcore with fresh ports and data dir and waits until its API answers.
+    pub async fn start(opts: CloudOptions) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut cloud = Cloud {
+            dir: tempfile::Builder::new().prefix("skerry-cloud-").tempdir()?,
+            child: None,
+            api_port: free_tcp_port(),
+            hub_port: free_udp_port(),
+            mqtt_port: opts.external_mqtt_port.unwrap_or_else(free_tcp_port),
+            opts,
+            http: None,
+        };
+        cloud.launch().await?;
+        Ok(cloud)
+    }
+
+    /// The hub address edges join.
+    pub fn hub_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.hub_port)
+    }
+
+    /// The broker URL edges publish to.
+    pub fn mqtt_url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.mqtt_port)
+    }
+
+    /// The API base URL.
+    pub fn api_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_port)
+    }
+
+    /// Path of the cluster CA.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("pki/ca.crt")
+    }
+
+    /// (Re)starts the process on the same ports and data dir.
+    pub async fn launch(&mut self) -> Result<()> {
+        let mut cmd = Command::new(bin("cloudcore")?);
+        cmd.arg("--data-dir").arg(self.dir.path()).arg("serve")
+            .arg("--api-addr").arg(format!("127.0.0.1:{}", self.api_port))
+            .arg("--hub-addr").arg(format!("127.0.0.1:{}", self.hub_port))
+            .arg("--idle-timeout-secs").arg("4");
+        match self.opts.external_mqtt_port {
+            Some(p) => cmd.arg("--mqtt-url").arg(format!("mqtt://127.0.0.1:{p}")),
+            None => cmd.arg("--mqtt-listen").arg(format!("127.0.0.1:{}", self.mqtt_port)),
+        };
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("cloudcore.log"))?;
+        cmd.stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,skerry=debug,cloudcore=debug");
+        self.child = Some(cmd.spawn().context("start cloudcore")?);
+        let ca_path = self.ca_path();
+        let ca = eventually("cloudcore's CA", Duration::from_secs(20), || {
+            let p = ca_path.clone();
+            async move { Ok(std::fs::read(&p).ok()) }
+        })
+        .await?;
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let url = format!("{}/healthz", self.api_url());
+        eventually("cloudcore API", Duration::from_secs(20), || {
+            let (h, u) = (http.clone(), url.clone());
+            async move { Ok(h.get(&u).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
+        })
+        .await
+        .with_context(|| self.log_tail())?;
+        self.http = Some(http);
+        Ok(())
+    }
+
+    /// Stops with SIGKILL (a crash).
+    pub fn kill9(&mut self) {
+        stop_child(&mut self.child, 9);
+    }
+
+    /// Pid of the running cloudcore.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last lines of cloudcore's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("cloudcore.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!("\n--- cloudcore log ---\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
+    }
+
+    /// `cloudcore token create`: returns (token, ca-hash).
+    pub fn token(&self, ttl: &str) -> Result<(String, String)> {
+        let out = Command::new(bin("cloudcore")?).arg("--data-dir").arg(self.dir.path()).args(["token", "create", "--ttl", ttl]).output()?;
+        if !out.status.success() {
+            bail!("token create failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8(out.stdout)?;
+        let field = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string())).ok_or_else(|| anyhow!("no {name} in {text}"))
+        };
+        Ok((field("token:")?, field("ca-hash:")?))
+    }
+
+    fn client(&self) -> Result<&reqwest::Client> {
+        self.http.as_ref().ok_or_else(|| anyhow!("cloudcore is not running"))
+    }
+
+    /// One API request; returns status and JSON body.
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+        let mut req = self.client()?.request(method.parse()?, format!("{}{}", self.api_url(), path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    /// GET that must succeed.
+    pub async fn get(&self, path: &str) -> Result<Option<Value>> {
+        let (status, v) = self.api("GET", path, None).await?;
+        match status {
+            200 => Ok(Some(v)),
+            404 => Ok(None),
+            s => bail!("GET {path}: {s} {v}"),
+        }
+    }
+
+    /// Waits until GET `path` satisfies `pred`; returns the object.
+    pub async fn wait_for(&self, what: &str, path: &str, deadline: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        eventually(what, deadline, || async {
+            Ok(self.get(path).await?.filter(|v| pred(v)))
+        })
+        .await
+        .with_context(|| self.log_tail())
+    }
+
+    /// Waits until GET `path` is 404.
+    pub async fn wait_gone(&self, what: &str, path: &str, deadline: Duration) -> Result<()> {
+        eventually(what, deadline, || async { Ok(self.get(path).await?.is_none().then_some(())) }).await.with_context(|| self.log_tail())
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, 9);
+    }
+}
+
+/// A joined edge node.
+pub struct Edge {
+    /// Data dir.
+    pub dir: TempDir,
+    /// Node name.
+    pub name: String,
+    child: Option<Child>,
+    server: String,
+    mqtt_url: String,
+    /// Metrics port.
+    pub metrics_port: u16,
+}
+
+/// Runs `edgecore join`; returns (success, combined output).
+pub fn join_raw(dir: &Path, server: &str, token: &str, ca_hash: &str, name: &str, extra: &[&str]) -> Result<(bool, String)> {
+    let out = Command::new(bin("edgecore")?)
+        .arg("--data-dir").arg(dir)
+        .args(["join", "--server", server, "--token", token, "--ca-hash", ca_hash, "--node-name", name])
+        .args(extra)
+        .output()?;
+    Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+}
+
+impl Edge {
+    /// Joins `cloud` as `name` with `labels` (key=value) and starts the agent.
+    pub async fn join_and_start(cloud: &Cloud, name: &str, labels: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("skerry-edge-").tempdir()?;
+        let (token, hash) = cloud.token("1h")?;
+        let mqtt = cloud.mqtt_url();
+        let mut extra = vec!["--mqtt-url", mqtt.as_str()];
+        let label_args: Vec<String> = labels.iter().flat_map(|l| ["--label".to_string(), l.to_string()]).collect();
+        extra.extend(label_args.iter().map(String::as_str));
+        let (ok, out) = join_raw(dir.path(), &cloud.hub_addr(), &token, &hash, name, &extra)?;
+        if !ok {
+            bail!("join of {name} failed: {out}{}", cloud.log_tail());
+        }
+        let mut edge = Edge { dir, name: name.into(), child: None, server: cloud.hub_addr(), mqtt_url: cloud.mqtt_url(), metrics_port: free_tcp_port() };
+        edge.start()?;
+        Ok(edge)
+    }
+
+    /// Starts (or restarts) the agent.
+    pub fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("edgecore.log"))?;
+        let child = Command::new(bin("edgecore")?)
+            .arg("--data-dir").arg(self.dir.path())
+            .args(["run", "--node-ip", "127.0.0.1", "--heartbeat-secs", "1", "--idle-timeout-secs", "4"])
+            .args(["--server", &self.server, "--mqtt-url", &self.mqtt_url])
+            .arg("--metrics-addr").arg(format!("127.0.0.1:{}", self.metrics_port))
+            .env("SKERRY_RESTART_BACKOFF_BASE_MS", "300")
+            .env("RUST_LOG", "info,edgecore=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Graceful stop (SIGTERM); pods keep running.
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child, 15);
+    }
+
+    /// Crash (SIGKILL); pods keep running.
+    pub fn kill9(&mut self) {
+        stop_child(&mut self.child, 9);
+    }
+
+    /// Pid of the running edgecore.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Pids of processes that belong to this node's pods (their working dir or command line is
+    /// under the data dir).
+    pub fn pod_pids(&self) -> Vec<u32> {
+        pids_under(self.dir.path(), self.child.as_ref().map(|c| c.id()))
+    }
+
+    /// Kills every pod process, as a reboot would.
+    pub fn kill_pods(&self) {
+        for pid in self.pod_pids() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+
+    /// The last lines of edgecore's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("edgecore.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!("\n--- edgecore {} log ---\n{}", self.name, lines[lines.len().saturating_sub(40)..].join("\n"))
+    }
+}
+
+/// Processes whose cwd or command line is under `dir`, except `exclude`.
+pub fn pids_under(dir: &Path, exclude: Option<u32>) -> Vec<u32> {
+    let dir_s = dir.to_string_lossy().to_string();
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if Some(pid) == exclude || pid == std::process::id() {
+            continue;
+        }
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')) {
+            continue;
+        }
+        if cwd.starts_with(&dir_s) || cmdline.contains(&dir_s) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, 9);
+        self.kill_pods();
+    }
+}
+
+/// A mosquitto broker on a private port.
+pub struct Mosquitto {
+    child: Option<Child>,
+    /// Port.
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto (Debian's package) on a free loopback port.
+    pub async fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_tcp_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))?;
+        let child = Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+            .context("cannot start mosquitto; install Debian's mosquitto package (deploy/setup.sh does)")?;
+        eventually("mosquitto to listen", Duration::from_secs(10), || async move {
+            Ok(std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
+        })
+        .await?;
+        Ok(Self { child: Some(child), port, _dir: dir })
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, 9);
+    }
+}
+
+/// A pod manifest running `command` as a native process on `node`.
+pub fn process_pod(name: &str, node: &str, command: &[&str]) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{"name": "main", "image": "busybox:local", "command": command}]
+        }
+    })
+}
+
+/// Phase of a pod object.
+pub fn phase(pod: &Value) -> &str {
+    pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("")
+}
+
+/// Restart count of the first container.
+pub fn restarts(pod: &Value) -> u64 {
+    pod.pointer("/status/containerStatuses/0/restartCount").and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Container id of the first container.
+pub fn container_id(pod: &Value) -> String {
+    pod.pointer("/status/containerStatuses/0/containerID").and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+/// Resident memory of a process in KiB (VmRSS), if it runs.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
