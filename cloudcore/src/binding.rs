@@ -17,7 +17,11 @@ use tracing::{info, warn};
 fn labels(v: &Value, pointer: &str) -> BTreeMap<String, String> {
     v.pointer(pointer)
         .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -25,7 +29,10 @@ fn labels(v: &Value, pointer: &str) -> BTreeMap<String, String> {
 pub fn node_ready(node: &Value) -> bool {
     node.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 /// The placement decision for one unbound pod.
@@ -78,7 +85,9 @@ pub async fn run(store: Arc<dyn Store>) {
                     Ok(ev) if ev.key.resource == "pods" || ev.key.resource == "nodes" => return,
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await
+                    }
                 }
             }
         };
@@ -94,7 +103,11 @@ pub async fn pass(store: &dyn Store) -> Result<(), StoreError> {
     let pending: Vec<&Stored> = pods
         .iter()
         .filter(|p| {
-            p.value.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").is_empty()
+            p.value
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
                 && p.value.pointer("/metadata/deletionTimestamp").is_none()
         })
         .collect();
@@ -104,8 +117,14 @@ pub async fn pass(store: &dyn Store) -> Result<(), StoreError> {
     let (nodes, _) = store.list("nodes", None)?;
     for pod in pending {
         let (ns, name) = (
-            pod.value.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default"),
-            pod.value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
+            pod.value
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default"),
+            pod.value
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
         );
         let key = ObjectKey::new("pods", ns, name);
         let mut next = pod.value.clone();
@@ -127,7 +146,8 @@ pub async fn pass(store: &dyn Store) -> Result<(), StoreError> {
             .unwrap_or_default();
         let existing = conditions.iter().position(|c| c["type"] == "PodScheduled");
         if let Some(i) = existing {
-            let same = conditions[i]["status"] == condition["status"] && conditions[i]["message"] == condition["message"];
+            let same = conditions[i]["status"] == condition["status"]
+                && conditions[i]["message"] == condition["message"];
             if same && next == pod.value {
                 continue; // nothing new to say
             }
@@ -173,6 +193,9 @@ mod tests {
             Decision::Unschedulable(m) => assert!(m.contains("3 node(s) didn't match"), "{m}"),
             d => panic!("{d:?}"),
         }
-        assert!(matches!(decide(&json!({"spec": {}}), &nodes), Decision::Unschedulable(_)));
+        assert!(matches!(
+            decide(&json!({"spec": {}}), &nodes),
+            Decision::Unschedulable(_)
+        ));
     }
 }

@@ -98,7 +98,9 @@ enum SessionError {
     Timeout,
 }
 
-async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<Option<T>, SessionError> {
+async fn read_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<T>, SessionError> {
     let mut header = [0u8; codec::HEADER_LEN];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -111,7 +113,10 @@ async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result
     Ok(Some(codec::decode(&payload)?))
 }
 
-async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), SessionError> {
+async fn write_frame<T: Serialize>(
+    send: &mut quinn::SendStream,
+    msg: &T,
+) -> Result<(), SessionError> {
     let bytes = codec::encode_frame(msg)?;
     send.write_all(&bytes).await?;
     Ok(())
@@ -128,14 +133,23 @@ pub fn endpoint(pki: &Pki, cfg: &HubConfig) -> anyhow::Result<quinn::Endpoint> {
     transport.max_concurrent_bidi_streams(4u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     server.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(server, cfg.listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen for edge nodes on udp {}: {e}; pick another --hub-addr", cfg.listen))
+    quinn::Endpoint::server(server, cfg.listen).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen for edge nodes on udp {}: {e}; pick another --hub-addr",
+            cfg.listen
+        )
+    })
 }
 
 impl Hub {
     /// A hub over `store`, issuing identities from `pki`.
     pub fn new(store: Arc<dyn Store>, pki: Arc<Pki>) -> Arc<Self> {
-        Arc::new(Self { store, pki, sessions: Mutex::new(HashMap::new()), next_session: AtomicU64::new(1) })
+        Arc::new(Self {
+            store,
+            pki,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+        })
     }
 
     /// Names of the nodes with a live session, sorted.
@@ -177,7 +191,10 @@ impl Hub {
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(missed = n, "hub fell behind the store's change feed; waking every session");
+                    warn!(
+                        missed = n,
+                        "hub fell behind the store's change feed; waking every session"
+                    );
                     for s in self.sessions.lock().await.values() {
                         s.notify.notify_one();
                     }
@@ -204,18 +221,31 @@ impl Hub {
             Some(p) if p == protocol::ALPN_SYNC => {
                 let identity = conn
                     .peer_identity()
-                    .and_then(|i| i.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+                    .and_then(|i| {
+                        i.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                            .ok()
+                    })
                     .and_then(|chain| chain.first().and_then(|c| pki::node_name_from_cert(c)));
                 let Some(node) = identity else {
                     warn!(%remote, "sync connection without a valid node certificate; closing");
-                    conn.close(close_codes::REJECTED.into(), b"a node certificate is required: run edgecore join first");
+                    conn.close(
+                        close_codes::REJECTED.into(),
+                        b"a node certificate is required: run edgecore join first",
+                    );
                     return;
                 };
                 let span = info_span!("node_session", node = %node, %remote);
-                match self.clone().session(&conn, &node).instrument(span.clone()).await {
+                match self
+                    .clone()
+                    .session(&conn, &node)
+                    .instrument(span.clone())
+                    .await
+                {
                     Ok(()) => {}
                     Err(SessionError::Codec(e)) => {
-                        span.in_scope(|| warn!(error = %e, "closing connection that sent a bad frame"));
+                        span.in_scope(
+                            || warn!(error = %e, "closing connection that sent a bad frame"),
+                        );
                         metrics::counter!("skerry_hub_protocol_errors_total").increment(1);
                         conn.close(close_codes::PROTOCOL.into(), b"malformed frame");
                     }
@@ -236,7 +266,9 @@ impl Hub {
         let req: JoinRequest = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv))
             .await
             .map_err(|_| SessionError::Timeout)??
-            .ok_or_else(|| SessionError::Protocol("join stream closed before the request".into()))?;
+            .ok_or_else(|| {
+                SessionError::Protocol("join stream closed before the request".into())
+            })?;
         let node = req.node_name.clone();
         let response = match self.handle_join(req).await {
             Ok(resp) => {
@@ -259,10 +291,15 @@ impl Hub {
 
     async fn handle_join(&self, req: JoinRequest) -> Result<JoinResponse, JoinRefusal> {
         if req.protocol_version != protocol::PROTOCOL_VERSION {
-            return Err(JoinRefusal::VersionMismatch { cloud: protocol::PROTOCOL_VERSION, edge: req.protocol_version });
+            return Err(JoinRefusal::VersionMismatch {
+                cloud: protocol::PROTOCOL_VERSION,
+                edge: req.protocol_version,
+            });
         }
-        pki::validate_node_name(&req.node_name)
-            .map_err(|reason| JoinRefusal::InvalidNodeName { name: req.node_name.clone(), reason })?;
+        pki::validate_node_name(&req.node_name).map_err(|reason| JoinRefusal::InvalidNodeName {
+            name: req.node_name.clone(),
+            reason,
+        })?;
         if self.pki.is_revoked(&req.node_name) {
             return Err(JoinRefusal::Revoked(req.node_name.clone()));
         }
@@ -280,11 +317,18 @@ impl Hub {
         self.register_node(&req.node_name, &req.labels)
             .await
             .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
-        Ok(JoinResponse::Accepted { certificate_pem, ca_pem: self.pki.ca_pem().to_string() })
+        Ok(JoinResponse::Accepted {
+            certificate_pem,
+            ca_pem: self.pki.ca_pem().to_string(),
+        })
     }
 
     /// Creates the Node object for a joining node, or merges its labels into an existing one.
-    async fn register_node(&self, node: &str, labels: &std::collections::BTreeMap<String, String>) -> Result<(), StoreError> {
+    async fn register_node(
+        &self,
+        node: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
         let key = ObjectKey::new("nodes", "", node);
         let mut all = labels.clone();
         all.insert("kubernetes.io/hostname".into(), node.into());
@@ -293,7 +337,9 @@ impl Hub {
         if self.store.get(&key)?.is_some() {
             crate::store::update_with(self.store.as_ref(), &key, |v| {
                 let mut v = v.clone();
-                let current = v.pointer_mut("/metadata/labels").and_then(Value::as_object_mut);
+                let current = v
+                    .pointer_mut("/metadata/labels")
+                    .and_then(Value::as_object_mut);
                 match current {
                     Some(m) => all.iter().for_each(|(k, val)| {
                         m.insert(k.clone(), json!(val));
@@ -322,50 +368,94 @@ impl Hub {
         }
     }
 
-    async fn session(self: Arc<Self>, conn: &quinn::Connection, node: &str) -> Result<(), SessionError> {
+    async fn session(
+        self: Arc<Self>,
+        conn: &quinn::Connection,
+        node: &str,
+    ) -> Result<(), SessionError> {
         let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
             .await
             .map_err(|_| SessionError::Timeout)??;
-        let hello = match tokio::time::timeout(Duration::from_secs(10), read_frame::<EdgeMessage>(&mut recv))
-            .await
-            .map_err(|_| SessionError::Timeout)??
+        let hello = match tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame::<EdgeMessage>(&mut recv),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout)??
         {
             Some(EdgeMessage::Hello(h)) => h,
             Some(other) => {
-                let reject = Reject::ProtocolViolation(format!("expected Hello first, got {other:?}"));
+                let reject =
+                    Reject::ProtocolViolation(format!("expected Hello first, got {other:?}"));
                 return self.reject(conn, &mut send, reject).await;
             }
             None => return Err(SessionError::Protocol("stream closed before Hello".into())),
         };
         let reject = if hello.protocol_version != protocol::PROTOCOL_VERSION {
-            Some(Reject::VersionMismatch { cloud: protocol::PROTOCOL_VERSION, edge: hello.protocol_version })
+            Some(Reject::VersionMismatch {
+                cloud: protocol::PROTOCOL_VERSION,
+                edge: hello.protocol_version,
+            })
         } else if hello.node_name != node {
-            Some(Reject::NameMismatch { claimed: hello.node_name.clone(), certified: node.to_string() })
+            Some(Reject::NameMismatch {
+                claimed: hello.node_name.clone(),
+                certified: node.to_string(),
+            })
         } else if self.pki.is_revoked(node) {
-            Some(Reject::Revoked { node: node.to_string() })
+            Some(Reject::Revoked {
+                node: node.to_string(),
+            })
         } else if !self.pki.is_known(node) {
-            Some(Reject::UnknownNode { node: node.to_string() })
+            Some(Reject::UnknownNode {
+                node: node.to_string(),
+            })
         } else {
             None
         };
         if let Some(reject) = reject {
             return self.reject(conn, &mut send, reject).await;
         }
-        write_frame(&mut send, &CloudMessage::Welcome(Welcome { protocol_version: protocol::PROTOCOL_VERSION, node_name: node.to_string() })).await?;
+        write_frame(
+            &mut send,
+            &CloudMessage::Welcome(Welcome {
+                protocol_version: protocol::PROTOCOL_VERSION,
+                node_name: node.to_string(),
+            }),
+        )
+        .await?;
 
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
         let acked = Arc::new(AtomicU64::new(hello.acked_revision));
         if let Some(old) = self.sessions.lock().await.insert(
             node.to_string(),
-            Session { id, notify: notify.clone(), conn: conn.clone(), acked: acked.clone() },
+            Session {
+                id,
+                notify: notify.clone(),
+                conn: conn.clone(),
+                acked: acked.clone(),
+            },
         ) {
             info!("replacing the node's previous session");
-            old.conn.close(close_codes::REPLACED.into(), b"replaced by a newer session");
+            old.conn
+                .close(close_codes::REPLACED.into(), b"replaced by a newer session");
         }
         metrics::gauge!("skerry_hub_connected_nodes").increment(1.0);
-        info!(acked_revision = hello.acked_revision, "node session started");
-        let result = self.stream(conn, node, &mut send, recv, hello.acked_revision, notify, acked).await;
+        info!(
+            acked_revision = hello.acked_revision,
+            "node session started"
+        );
+        let result = self
+            .stream(
+                conn,
+                node,
+                &mut send,
+                recv,
+                hello.acked_revision,
+                notify,
+                acked,
+            )
+            .await;
         metrics::gauge!("skerry_hub_connected_nodes").decrement(1.0);
         let mut sessions = self.sessions.lock().await;
         if sessions.get(node).is_some_and(|s| s.id == id) {
@@ -374,7 +464,12 @@ impl Hub {
         result
     }
 
-    async fn reject(&self, conn: &quinn::Connection, send: &mut quinn::SendStream, reject: Reject) -> Result<(), SessionError> {
+    async fn reject(
+        &self,
+        conn: &quinn::Connection,
+        send: &mut quinn::SendStream,
+        reject: Reject,
+    ) -> Result<(), SessionError> {
         warn!(reason = %reject, "refusing node session");
         metrics::counter!("skerry_hub_rejects_total").increment(1);
         write_frame(send, &CloudMessage::Reject(reject.clone())).await?;
@@ -443,12 +538,25 @@ impl Hub {
     }
 
     /// Sends everything in the node's shard after `sent`; returns the new high-water mark.
-    async fn send_pending(&self, node: &str, sent: u64, send: &mut quinn::SendStream) -> Result<u64, SessionError> {
+    async fn send_pending(
+        &self,
+        node: &str,
+        sent: u64,
+        send: &mut quinn::SendStream,
+    ) -> Result<u64, SessionError> {
         match self.store.read_shard(node, sent)? {
             ShardRead::Snapshot { members, upto } => {
-                let upserts = members.iter().filter_map(|k| self.upsert_for(node, k).ok().flatten()).collect::<Vec<_>>();
+                let upserts = members
+                    .iter()
+                    .filter_map(|k| self.upsert_for(node, k).ok().flatten())
+                    .collect::<Vec<_>>();
                 info!(objects = upserts.len(), revision = upto, "sending snapshot");
-                let batch = SyncBatch { revision: upto, snapshot: true, upserts, deletes: vec![] };
+                let batch = SyncBatch {
+                    revision: upto,
+                    snapshot: true,
+                    upserts,
+                    deletes: vec![],
+                };
                 self.send_batch(send, batch).await?;
                 Ok(upto)
             }
@@ -467,7 +575,11 @@ impl Hub {
                 let n = chunks.len();
                 for (i, chunk) in chunks.into_iter().enumerate() {
                     let mut batch = SyncBatch {
-                        revision: if i + 1 == n { upto } else { chunk.last().map(|(_, r)| *r).unwrap_or(upto) },
+                        revision: if i + 1 == n {
+                            upto
+                        } else {
+                            chunk.last().map(|(_, r)| *r).unwrap_or(upto)
+                        },
                         snapshot: false,
                         upserts: vec![],
                         deletes: vec![],
@@ -475,8 +587,14 @@ impl Hub {
                     for (key, _) in chunk {
                         match self.upsert_for(node, key) {
                             Ok(Some(u)) => batch.upserts.push(u),
-                            Ok(None) => batch.deletes.push(ObjectRef { kind: ObjectKind::Pod, namespace: key.namespace.clone(), name: key.name.clone() }),
-                            Err(e) => error!(error = %e, "skipping object that cannot be projected; fix or delete it"),
+                            Ok(None) => batch.deletes.push(ObjectRef {
+                                kind: ObjectKind::Pod,
+                                namespace: key.namespace.clone(),
+                                name: key.name.clone(),
+                            }),
+                            Err(e) => {
+                                error!(error = %e, "skipping object that cannot be projected; fix or delete it")
+                            }
                         }
                     }
                     self.send_batch(send, batch).await?;
@@ -488,24 +606,46 @@ impl Hub {
 
     /// The current edge form of `key` if it is (still) in `node`'s slice.
     fn upsert_for(&self, node: &str, key: &ObjectKey) -> Result<Option<Upsert>, anyhow::Error> {
-        let Some(stored) = self.store.get(key)? else { return Ok(None) };
+        let Some(stored) = self.store.get(key)? else {
+            return Ok(None);
+        };
         if projection::node_of(key, &stored.value).as_deref() != Some(node) {
             return Ok(None);
         }
         let pod = projection::edge_pod(&stored.value)?;
-        Ok(Some(Upsert { revision: stored.revision, object: EdgeObject::Pod(pod) }))
+        Ok(Some(Upsert {
+            revision: stored.revision,
+            object: EdgeObject::Pod(pod),
+        }))
     }
 
-    async fn send_batch(&self, send: &mut quinn::SendStream, batch: SyncBatch) -> Result<(), SessionError> {
-        debug!(revision = batch.revision, upserts = batch.upserts.len(), deletes = batch.deletes.len(), snapshot = batch.snapshot, "sending batch");
+    async fn send_batch(
+        &self,
+        send: &mut quinn::SendStream,
+        batch: SyncBatch,
+    ) -> Result<(), SessionError> {
+        debug!(
+            revision = batch.revision,
+            upserts = batch.upserts.len(),
+            deletes = batch.deletes.len(),
+            snapshot = batch.snapshot,
+            "sending batch"
+        );
         metrics::counter!("skerry_hub_batches_total").increment(1);
-        metrics::counter!("skerry_hub_objects_sent_total").increment((batch.upserts.len() + batch.deletes.len()) as u64);
+        metrics::counter!("skerry_hub_objects_sent_total")
+            .increment((batch.upserts.len() + batch.deletes.len()) as u64);
         write_frame(send, &CloudMessage::Sync(batch)).await
     }
 
     /// The revision each connected node has acked, for observability.
     pub async fn acked_revisions(&self) -> Vec<(String, u64)> {
-        let mut v: Vec<_> = self.sessions.lock().await.iter().map(|(n, s)| (n.clone(), s.acked.load(Ordering::Relaxed))).collect();
+        let mut v: Vec<_> = self
+            .sessions
+            .lock()
+            .await
+            .iter()
+            .map(|(n, s)| (n.clone(), s.acked.load(Ordering::Relaxed)))
+            .collect();
         v.sort();
         v
     }

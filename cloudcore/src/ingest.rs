@@ -39,13 +39,21 @@ pub struct MqttTarget {
 impl MqttTarget {
     /// Parses `mqtt://host:port` (or `tcp://`, or bare `host:port`).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).unwrap_or(url);
+        let rest = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .unwrap_or(url);
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest
             .rsplit_once(':')
             .ok_or_else(|| format!("MQTT url {url:?} has no port; expected mqtt://HOST:PORT"))?;
-        let port = port.parse().map_err(|_| format!("MQTT url {url:?} has an invalid port"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = port
+            .parse()
+            .map_err(|_| format!("MQTT url {url:?} has an invalid port"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         if host.is_empty() {
             return Err(format!("MQTT url {url:?} has no host"));
         }
@@ -81,7 +89,11 @@ pub async fn run(store: Arc<dyn Store>, target: MqttTarget, client_id: String) {
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let shard = p.topic.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % WORKERS;
+                let shard = p
+                    .topic
+                    .bytes()
+                    .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+                    % WORKERS;
                 if workers[shard].send(p).await.is_err() {
                     return;
                 }
@@ -99,14 +111,18 @@ pub async fn run(store: Arc<dyn Store>, target: MqttTarget, client_id: String) {
 async fn worker(store: Arc<dyn Store>, client: AsyncClient, mut rx: mpsc::Receiver<Publish>) {
     while let Some(p) = rx.recv().await {
         match apply(store.as_ref(), &p.topic, &p.payload).await {
-            Ok(Outcome::Applied) => metrics::counter!("skerry_ingest_reports_total", "result" => "applied").increment(1),
+            Ok(Outcome::Applied) => {
+                metrics::counter!("skerry_ingest_reports_total", "result" => "applied").increment(1)
+            }
             Ok(Outcome::Ignored(why)) => {
                 debug!(topic = %p.topic, why, "status report ignored");
-                metrics::counter!("skerry_ingest_reports_total", "result" => "ignored").increment(1);
+                metrics::counter!("skerry_ingest_reports_total", "result" => "ignored")
+                    .increment(1);
             }
             Err(ApplyError::Invalid(why)) => {
                 warn!(topic = %p.topic, why, "invalid status report dropped");
-                metrics::counter!("skerry_ingest_reports_total", "result" => "invalid").increment(1);
+                metrics::counter!("skerry_ingest_reports_total", "result" => "invalid")
+                    .increment(1);
             }
             Err(ApplyError::Store(e)) => {
                 // Not acked: the broker redelivers after a reconnect; the edge also re-reports.
@@ -144,22 +160,36 @@ pub enum ApplyError {
 /// Applies one MQTT message.
 pub async fn apply(store: &dyn Store, topic: &str, payload: &[u8]) -> Result<Outcome, ApplyError> {
     let Some(parsed) = topics::parse(topic) else {
-        return Err(ApplyError::Invalid(format!("topic {topic:?} is outside the skerry scheme")));
+        return Err(ApplyError::Invalid(format!(
+            "topic {topic:?} is outside the skerry scheme"
+        )));
     };
-    let report: StatusReport = protocol::codec::decode(payload).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+    let report: StatusReport =
+        protocol::codec::decode(payload).map_err(|e| ApplyError::Invalid(e.to_string()))?;
     if report.protocol_version != protocol::PROTOCOL_VERSION {
-        return Err(ApplyError::Invalid(format!("report of protocol v{}, this cloud speaks v{}", report.protocol_version, protocol::PROTOCOL_VERSION)));
+        return Err(ApplyError::Invalid(format!(
+            "report of protocol v{}, this cloud speaks v{}",
+            report.protocol_version,
+            protocol::PROTOCOL_VERSION
+        )));
     }
     match (parsed, report.body) {
         (Topic::NodeStatus { node }, StatusBody::Node(status)) if status.node == node => {
             apply_node(store, &node, report.seq, report.observed_at_ms, &status).await
         }
-        (Topic::PodStatus { node, namespace, name }, StatusBody::Pod(status))
-            if status.node == node && status.namespace == namespace && status.name == name =>
-        {
+        (
+            Topic::PodStatus {
+                node,
+                namespace,
+                name,
+            },
+            StatusBody::Pod(status),
+        ) if status.node == node && status.namespace == namespace && status.name == name => {
             apply_pod(store, report.seq, &status).await
         }
-        _ => Err(ApplyError::Invalid("report body does not match its topic".into())),
+        _ => Err(ApplyError::Invalid(
+            "report body does not match its topic".into(),
+        )),
     }
 }
 
@@ -172,7 +202,9 @@ fn seq_of(v: &Value) -> u64 {
 }
 
 fn set_seq(v: &mut Value, seq: u64) {
-    let meta = v.as_object_mut().map(|o| o.entry("metadata").or_insert_with(|| json!({})));
+    let meta = v
+        .as_object_mut()
+        .map(|o| o.entry("metadata").or_insert_with(|| json!({})));
     if let Some(meta) = meta.and_then(Value::as_object_mut) {
         let ann = meta.entry("annotations").or_insert_with(|| json!({}));
         if !ann.is_object() {
@@ -190,7 +222,13 @@ fn condition_status(b: bool) -> &'static str {
     }
 }
 
-async fn apply_node(store: &dyn Store, node: &str, seq: u64, observed_ms: u64, s: &NodeStatus) -> Result<Outcome, ApplyError> {
+async fn apply_node(
+    store: &dyn Store,
+    node: &str,
+    seq: u64,
+    observed_ms: u64,
+    s: &NodeStatus,
+) -> Result<Outcome, ApplyError> {
     let key = ObjectKey::new("nodes", "", node);
     let mut stale = false;
     let res = update_with(store, &key, |current| {
@@ -243,16 +281,29 @@ async fn apply_node(store: &dyn Store, node: &str, seq: u64, observed_ms: u64, s
         Ok(Some(_)) => Ok(Outcome::Applied),
         Ok(None) if stale => Ok(Outcome::Ignored("stale node report")),
         Ok(None) => Ok(Outcome::Ignored("no change")),
-        Err(StoreError::NotFound(_)) => Ok(Outcome::Ignored("node object does not exist (deleted?)")),
+        Err(StoreError::NotFound(_)) => {
+            Ok(Outcome::Ignored("node object does not exist (deleted?)"))
+        }
         Err(e) => Err(e.into()),
     }
 }
 
 fn container_state(s: &ContainerState, id: &str) -> Value {
     match s {
-        ContainerState::Waiting { reason, message } => json!({"waiting": {"reason": reason, "message": message}}),
-        ContainerState::Running { started_at_ms } => json!({"running": {"startedAt": clock::rfc3339(*started_at_ms)}}),
-        ContainerState::Terminated { exit_code, signal, reason, message, started_at_ms, finished_at_ms } => {
+        ContainerState::Waiting { reason, message } => {
+            json!({"waiting": {"reason": reason, "message": message}})
+        }
+        ContainerState::Running { started_at_ms } => {
+            json!({"running": {"startedAt": clock::rfc3339(*started_at_ms)}})
+        }
+        ContainerState::Terminated {
+            exit_code,
+            signal,
+            reason,
+            message,
+            started_at_ms,
+            finished_at_ms,
+        } => {
             let mut t = json!({
                 "exitCode": exit_code, "reason": reason, "message": message,
                 "startedAt": clock::rfc3339(*started_at_ms), "finishedAt": clock::rfc3339(*finished_at_ms),
@@ -269,12 +320,21 @@ fn container_state(s: &ContainerState, id: &str) -> Value {
 /// The Kubernetes `status` for a pod report, keeping what the edge does not own (e.g. the
 /// `PodScheduled` condition and `qosClass`).
 pub fn pod_status_json(current: &Value, s: &PodStatus) -> Value {
-    let mut status: Map<String, Value> = current.get("status").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut status: Map<String, Value> = current
+        .get("status")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let reported: Vec<&str> = s.conditions.iter().map(|c| c.kind.as_str()).collect();
     let mut conditions: Vec<Value> = status
         .get("conditions")
         .and_then(Value::as_array)
-        .map(|cs| cs.iter().filter(|c| !reported.contains(&c["type"].as_str().unwrap_or(""))).cloned().collect())
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| !reported.contains(&c["type"].as_str().unwrap_or("")))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default();
     for c in &s.conditions {
         conditions.push(json!({
@@ -328,10 +388,22 @@ async fn apply_pod(store: &dyn Store, seq: u64, s: &PodStatus) -> Result<Outcome
         let Some(current) = store.get(&key)? else {
             return Ok(Outcome::Ignored("pod does not exist (deleted?)"));
         };
-        if current.value.pointer("/metadata/uid").and_then(Value::as_str) != Some(s.uid.as_str()) {
-            return Ok(Outcome::Ignored("report is for an older pod of the same name"));
+        if current
+            .value
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            != Some(s.uid.as_str())
+        {
+            return Ok(Outcome::Ignored(
+                "report is for an older pod of the same name",
+            ));
         }
-        if current.value.pointer("/spec/nodeName").and_then(Value::as_str) != Some(s.node.as_str()) {
+        if current
+            .value
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            != Some(s.node.as_str())
+        {
             return Err(ApplyError::Invalid(format!(
                 "node {} reported pod {}/{} that is not bound to it",
                 s.node, s.namespace, s.name
@@ -341,7 +413,11 @@ async fn apply_pod(store: &dyn Store, seq: u64, s: &PodStatus) -> Result<Outcome
             return Ok(Outcome::Ignored("stale pod report"));
         }
         let result = if s.removed {
-            if current.value.pointer("/metadata/deletionTimestamp").is_none() {
+            if current
+                .value
+                .pointer("/metadata/deletionTimestamp")
+                .is_none()
+            {
                 return Err(ApplyError::Invalid(format!(
                     "node {} reported pod {}/{} removed, but it is not being deleted",
                     s.node, s.namespace, s.name

@@ -6,13 +6,13 @@
 //! [`pki`] that issues node identities, and an optional embedded MQTT [`broker`]. The binary in
 //! `main.rs` is a thin shell over [`server::run`].
 
-pub mod store;
-pub mod pki;
+pub mod api;
 pub mod binding;
 pub mod broker;
 pub mod clock;
 pub mod hub;
 pub mod ingest;
+pub mod pki;
 pub mod projection;
 pub mod server;
-pub mod api;
+pub mod store;

@@ -11,13 +11,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "cloudcore", version, about = "Skerry cloud hub: Kubernetes-style API and edge sync")]
+#[command(
+    name = "cloudcore",
+    version,
+    about = "Skerry cloud hub: Kubernetes-style API and edge sync"
+)]
 struct Cli {
     /// Log format: human-readable text, or one JSON object per line for machines.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SKERRY_LOG_FORMAT")]
     log_format: LogFormat,
     /// Directory of the store and PKI.
-    #[arg(long, default_value = "/var/lib/skerry/cloudcore", global = true, env = "SKERRY_DATA_DIR")]
+    #[arg(
+        long,
+        default_value = "/var/lib/skerry/cloudcore",
+        global = true,
+        env = "SKERRY_DATA_DIR"
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -84,7 +93,9 @@ enum NodeCommand {
 
 fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().with_context(|| format!("invalid --ttl {s:?}; use e.g. 30m, 24h or 7d"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("invalid --ttl {s:?}; use e.g. 30m, 24h or 7d"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
@@ -98,10 +109,16 @@ fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn,quinn=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 
@@ -110,25 +127,42 @@ fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
-        Command::Serve { api_addr, hub_addr, mqtt_url, mqtt_listen, server_names, idle_timeout_secs } => {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+        Command::Serve {
+            api_addr,
+            hub_addr,
+            mqtt_url,
+            mqtt_listen,
+            server_names,
+            idle_timeout_secs,
+        } => {
+            let recorder =
+                metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
             let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || recorder.render());
             let cfg = ServeConfig {
                 data_dir: cli.data_dir,
                 api_addr,
-                hub: HubConfig { listen: hub_addr, idle_timeout: Duration::from_secs(idle_timeout_secs.max(2)), ..HubConfig::default() },
+                hub: HubConfig {
+                    listen: hub_addr,
+                    idle_timeout: Duration::from_secs(idle_timeout_secs.max(2)),
+                    ..HubConfig::default()
+                },
                 mqtt_url,
                 mqtt_listen,
                 server_names,
             };
             tokio::runtime::Runtime::new()?.block_on(server::run(cfg, render))
         }
-        Command::Token { command: TokenCommand::Create { ttl } } => {
+        Command::Token {
+            command: TokenCommand::Create { ttl },
+        } => {
             let pki = Pki::load_or_create(&cli.data_dir, &[])?;
             let token = pki.create_token(parse_ttl(&ttl)?)?;
             println!("token:   {token}");
             println!("ca-hash: {}", pki.ca_hash());
-            println!("join:    edgecore join --server <HOST>:7443 --token {token} --ca-hash {}", pki.ca_hash());
+            println!(
+                "join:    edgecore join --server <HOST>:7443 --token {token} --ca-hash {}",
+                pki.ca_hash()
+            );
             Ok(())
         }
         Command::Node { command } => {
@@ -140,7 +174,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 NodeCommand::Unrevoke { name } => {
                     pki.unrevoke(&name)?;
-                    println!("revocation of node {name} lifted; it must join again with a new token");
+                    println!(
+                        "revocation of node {name} lifted; it must join again with a new token"
+                    );
                 }
             }
             Ok(())

@@ -174,9 +174,7 @@ impl Pki {
         let srv_key = dir.join("server.key");
         let names_file = dir.join("server.names");
         let current_names = std::fs::read_to_string(&names_file).unwrap_or_default();
-        let covered = names
-            .iter()
-            .all(|n| current_names.lines().any(|l| l == n));
+        let covered = names.iter().all(|n| current_names.lines().any(|l| l == n));
         if !srv_crt.exists() || !covered {
             let issuer = Issuer::from_ca_cert_der(&ca_cert_der, &ca_key).map_err(cert_err)?;
             let key = KeyPair::generate().map_err(cert_err)?;
@@ -253,7 +251,11 @@ impl Pki {
             created_at_unix: now_unix(),
         };
         let json = serde_json::to_vec(&record).map_err(cert_err)?;
-        write_atomic(&self.dir.join("tokens").join(format!("{id}.json")), &json, 0o600)?;
+        write_atomic(
+            &self.dir.join("tokens").join(format!("{id}.json")),
+            &json,
+            0o600,
+        )?;
         Ok(format!("{id}.{secret}"))
     }
 
@@ -292,14 +294,21 @@ impl Pki {
     pub fn check_csr(&self, csr_pem: &str) -> Result<(), JoinRefusal> {
         CertificateSigningRequestParams::from_pem(csr_pem)
             .map(|_| ())
-            .map_err(|e| JoinRefusal::InvalidCsr(format!("{e}; the edge must send a PEM PKCS#10 request signed by its key")))
+            .map_err(|e| {
+                JoinRefusal::InvalidCsr(format!(
+                    "{e}; the edge must send a PEM PKCS#10 request signed by its key"
+                ))
+            })
     }
 
     /// Signs a node's CSR. The certificate's subject is `node` whatever the CSR asks for, and it
     /// is good for client authentication only.
     pub fn sign_node(&self, node: &str, csr_pem: &str) -> Result<String, JoinRefusal> {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| JoinRefusal::InvalidCsr(format!("{e}; the edge must send a PEM PKCS#10 request signed by its key")))?;
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            JoinRefusal::InvalidCsr(format!(
+                "{e}; the edge must send a PEM PKCS#10 request signed by its key"
+            ))
+        })?;
         let mut params = CertificateParams::new(Vec::<String>::new())
             .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
         params.distinguished_name.push(DnType::CommonName, node);
@@ -382,10 +391,11 @@ impl Pki {
             .build()
             .map_err(|e| PkiError::Tls(e.to_string()))?;
         let (chain, key) = self.server_chain();
-        let mut cfg = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        let mut cfg =
+            rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain, key)
+                .map_err(|e| PkiError::Tls(e.to_string()))?;
         cfg.alpn_protocols = vec![protocol::ALPN_SYNC.to_vec(), protocol::ALPN_JOIN.to_vec()];
         Ok(cfg)
     }
@@ -440,7 +450,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
         let t = pki.create_token(Duration::from_secs(60)).unwrap();
-        assert_eq!(pki.consume_token("nonsense"), Err(JoinRefusal::InvalidToken));
+        assert_eq!(
+            pki.consume_token("nonsense"),
+            Err(JoinRefusal::InvalidToken)
+        );
         let (id, _) = t.split_once('.').unwrap();
         assert_eq!(
             pki.consume_token(&format!("{id}.wrongsecret00000")),
@@ -465,7 +478,10 @@ mod tests {
         assert_eq!(node_name_from_cert(&der).as_deref(), Some("edge-1"));
         assert!(pki.is_known("edge-1"));
         assert!(!pki.is_known("edge-2"));
-        assert!(matches!(pki.sign_node("edge-1", "garbage"), Err(JoinRefusal::InvalidCsr(_))));
+        assert!(matches!(
+            pki.sign_node("edge-1", "garbage"),
+            Err(JoinRefusal::InvalidCsr(_))
+        ));
         // Reloading keeps the same CA.
         let hash = pki.ca_hash();
         let again = Pki::load_or_create(dir.path(), &["edge.example".into()]).unwrap();

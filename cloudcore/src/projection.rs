@@ -38,11 +38,20 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
     let name_of = || {
         format!(
             "{}/{}",
-            value.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("?"),
-            value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?")
+            value
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
+            value
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
         )
     };
-    let err = |reason: String| ProjectionError { pod: name_of(), reason };
+    let err = |reason: String| ProjectionError {
+        pod: name_of(),
+        reason,
+    };
     let pod: core::Pod = serde_json::from_value(value.clone()).map_err(|e| err(e.to_string()))?;
     let meta = pod.metadata;
     let spec = pod.spec.ok_or_else(|| err("no spec".into()))?;
@@ -73,7 +82,8 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
         labels: meta.labels.unwrap_or_default(),
         containers,
         restart_policy,
-        termination_grace_period_seconds: spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64,
+        termination_grace_period_seconds: spec.termination_grace_period_seconds.unwrap_or(30).max(0)
+            as u64,
         volumes,
         deletion_grace_period_seconds: deletion,
     })
@@ -82,11 +92,22 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
 fn container(c: &core::Container) -> Result<EdgeContainer, String> {
     let mut resources = Resources::default();
     if let Some(r) = &c.resources {
-        let get = |m: &Option<std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| {
-            m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
+        let get =
+            |m: &Option<
+                std::collections::BTreeMap<
+                    String,
+                    k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+                >,
+            >,
+             k: &str| { m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone()) };
+        let cpu = |s: Option<String>| {
+            s.map(|s| parse_cpu_millis(&s).map_err(|e| format!("cpu {s:?}: {e}")))
+                .transpose()
         };
-        let cpu = |s: Option<String>| s.map(|s| parse_cpu_millis(&s).map_err(|e| format!("cpu {s:?}: {e}"))).transpose();
-        let mem = |s: Option<String>| s.map(|s| parse_memory_bytes(&s).map_err(|e| format!("memory {s:?}: {e}"))).transpose();
+        let mem = |s: Option<String>| {
+            s.map(|s| parse_memory_bytes(&s).map_err(|e| format!("memory {s:?}: {e}")))
+                .transpose()
+        };
         resources.cpu_request_millis = cpu(get(&r.requests, "cpu"))?;
         resources.cpu_limit_millis = cpu(get(&r.limits, "cpu"))?;
         resources.memory_request_bytes = mem(get(&r.requests, "memory"))?;
@@ -121,8 +142,10 @@ fn container(c: &core::Container) -> Result<EdgeContainer, String> {
         .map(|p| {
             Ok(ContainerPort {
                 name: p.name.clone().unwrap_or_default(),
-                container_port: u16::try_from(p.container_port).map_err(|_| format!("containerPort {}", p.container_port))?,
-                host_port: u16::try_from(p.host_port.unwrap_or(0)).map_err(|_| "hostPort out of range".to_string())?,
+                container_port: u16::try_from(p.container_port)
+                    .map_err(|_| format!("containerPort {}", p.container_port))?,
+                host_port: u16::try_from(p.host_port.unwrap_or(0))
+                    .map_err(|_| "hostPort out of range".to_string())?,
                 protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
             })
         })
@@ -130,7 +153,10 @@ fn container(c: &core::Container) -> Result<EdgeContainer, String> {
     Ok(EdgeContainer {
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),
-        image_pull_policy: c.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into()),
+        image_pull_policy: c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| "IfNotPresent".into()),
         command: c.command.clone().unwrap_or_default(),
         args: c.args.clone().unwrap_or_default(),
         working_dir: c.working_dir.clone().unwrap_or_default(),
@@ -155,7 +181,11 @@ fn items(items: &Option<Vec<core::KeyToPath>>) -> Vec<KeyToPath> {
     items
         .iter()
         .flatten()
-        .map(|i| KeyToPath { key: i.key.clone(), path: i.path.clone(), mode: i.mode.map(|m| m as u32) })
+        .map(|i| KeyToPath {
+            key: i.key.clone(),
+            path: i.path.clone(),
+            mode: i.mode.map(|m| m as u32),
+        })
         .collect()
 }
 
@@ -163,10 +193,18 @@ fn volume(v: &core::Volume) -> Result<Volume, String> {
     let source = if let Some(e) = &v.empty_dir {
         VolumeSource::EmptyDir {
             memory: e.medium.as_deref() == Some("Memory"),
-            size_limit_bytes: e.size_limit.as_ref().map(|q| parse_memory_bytes(&q.0)).transpose().map_err(|e| format!("sizeLimit: {e}"))?,
+            size_limit_bytes: e
+                .size_limit
+                .as_ref()
+                .map(|q| parse_memory_bytes(&q.0))
+                .transpose()
+                .map_err(|e| format!("sizeLimit: {e}"))?,
         }
     } else if let Some(h) = &v.host_path {
-        VolumeSource::HostPath { path: h.path.clone(), kind: h.type_.clone().unwrap_or_default() }
+        VolumeSource::HostPath {
+            path: h.path.clone(),
+            kind: h.type_.clone().unwrap_or_default(),
+        }
     } else if let Some(c) = &v.config_map {
         VolumeSource::ConfigMap {
             name: c.name.clone(),
@@ -182,9 +220,15 @@ fn volume(v: &core::Volume) -> Result<Volume, String> {
             optional: s.optional.unwrap_or(false),
         }
     } else {
-        return Err("only emptyDir, hostPath, configMap and secret volumes are supported on the edge".into());
+        return Err(
+            "only emptyDir, hostPath, configMap and secret volumes are supported on the edge"
+                .into(),
+        );
     };
-    Ok(Volume { name: v.name.clone(), source })
+    Ok(Volume {
+        name: v.name.clone(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -212,6 +256,9 @@ mod tests {
         assert_eq!(c.resources.cpu_limit_millis, Some(250));
         assert_eq!(c.env[1].value, EnvValue::FieldRef("metadata.name".into()));
         assert_eq!(c.ports[0].protocol, "TCP");
-        assert_eq!(node_of(&crate::store::ObjectKey::new("pods", "default", "web"), &v).as_deref(), Some("n1"));
+        assert_eq!(
+            node_of(&crate::store::ObjectKey::new("pods", "default", "web"), &v).as_deref(),
+            Some("n1")
+        );
     }
 }

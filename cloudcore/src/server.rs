@@ -49,14 +49,24 @@ impl Default for ServeConfig {
 
 /// Opens the store of a data dir.
 pub fn open_store(data_dir: &std::path::Path) -> anyhow::Result<SledStore> {
-    Ok(SledStore::open(&data_dir.join("store"), projection::node_of)?)
+    Ok(SledStore::open(
+        &data_dir.join("store"),
+        projection::node_of,
+    )?)
 }
 
 /// Runs cloudcore until the process is stopped. `metrics_render` renders the Prometheus text
 /// for `/metrics`.
-pub async fn run(cfg: ServeConfig, metrics_render: Arc<dyn Fn() -> String + Send + Sync>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data dir {}; pass --data-dir to a writable place", cfg.data_dir.display()))?;
+pub async fn run(
+    cfg: ServeConfig,
+    metrics_render: Arc<dyn Fn() -> String + Send + Sync>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot create data dir {}; pass --data-dir to a writable place",
+            cfg.data_dir.display()
+        )
+    })?;
     let pki = Arc::new(Pki::load_or_create(&cfg.data_dir, &cfg.server_names)?);
     let sled = open_store(&cfg.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(sled.clone());
@@ -67,8 +77,15 @@ pub async fn run(cfg: ServeConfig, metrics_render: Arc<dyn Fn() -> String + Send
         None => {
             broker::start(cfg.mqtt_listen)?;
             info!(listen = %cfg.mqtt_listen, "embedded MQTT broker started");
-            let host = if cfg.mqtt_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { cfg.mqtt_listen.ip().to_string() };
-            MqttTarget { host, port: cfg.mqtt_listen.port() }
+            let host = if cfg.mqtt_listen.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                cfg.mqtt_listen.ip().to_string()
+            };
+            MqttTarget {
+                host,
+                port: cfg.mqtt_listen.port(),
+            }
         }
     };
 
@@ -77,14 +94,23 @@ pub async fn run(cfg: ServeConfig, metrics_render: Arc<dyn Fn() -> String + Send
     let hub = Hub::new(store.clone(), pki.clone());
     tokio::spawn(hub.clone().run(endpoint));
 
-    tokio::spawn(ingest::run(store.clone(), mqtt, format!("skerry-cloudcore-ingest-{}", cfg.api_addr.port())));
+    tokio::spawn(ingest::run(
+        store.clone(),
+        mqtt,
+        format!("skerry-cloudcore-ingest-{}", cfg.api_addr.port()),
+    ));
     tokio::spawn(binding::run(store.clone()));
     tokio::spawn(compact_periodically(sled));
 
     let tls = Arc::new(pki.api_tls()?);
     let listener = tokio::net::TcpListener::bind(cfg.api_addr)
         .await
-        .with_context(|| format!("cannot listen on {} for the API; pick another --api-addr", cfg.api_addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the API; pick another --api-addr",
+                cfg.api_addr
+            )
+        })?;
     info!(listen = %cfg.api_addr, "API listening (HTTPS)");
     let app = router(ApiState::new(store.clone(), metrics_render));
     tokio::spawn(serve_https(listener, tls, app));
@@ -101,7 +127,9 @@ async fn compact_periodically(store: SledStore) {
         let rev = store.revision();
         if rev > SHARD_HISTORY {
             let s = store.clone();
-            match tokio::task::spawn_blocking(move || s.compact_shard_logs(rev - SHARD_HISTORY)).await {
+            match tokio::task::spawn_blocking(move || s.compact_shard_logs(rev - SHARD_HISTORY))
+                .await
+            {
                 Ok(Ok(n)) => info!(removed = n, "compacted shard logs"),
                 Ok(Err(e)) => warn!(error = %e, "shard log compaction failed"),
                 Err(e) => warn!(error = %e, "shard log compaction panicked"),
@@ -110,7 +138,11 @@ async fn compact_periodically(store: SledStore) {
     }
 }
 
-async fn serve_https(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, app: axum::Router) {
+async fn serve_https(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, remote) = match listener.accept().await {
@@ -124,14 +156,15 @@ async fn serve_https(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerC
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let service = hyper_util::service::TowerToHyperService::new(app);
             if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -39,26 +39,48 @@ pub struct AgentOptions {
 /// Detects the address this machine uses to reach `server` (no packet is sent).
 async fn detect_ip(server: &str) -> Option<String> {
     let (addr, _) = link::resolve(server).await.ok()?;
-    let sock = std::net::UdpSocket::bind(if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }).ok()?;
+    let sock = std::net::UdpSocket::bind(if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    })
+    .ok()?;
     sock.connect(addr).ok()?;
     Some(sock.local_addr().ok()?.ip().to_string())
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Pods keep running after edgecore stops, as with kubelet.
-pub async fn run(cfg: EdgeConfig, opts: AgentOptions, metrics_render: Arc<dyn Fn() -> String + Send + Sync>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: EdgeConfig,
+    opts: AgentOptions,
+    metrics_render: Arc<dyn Fn() -> String + Send + Sync>,
+) -> anyhow::Result<()> {
     let node = cfg.node_name.clone();
     let cache = Cache::open(&opts.data_dir.join("cache"))?;
     let outbox = Outbox::open(cache.db(), &node).context("cannot open the status outbox")?;
     let host_ip = match &opts.node_ip {
         Some(ip) => ip.clone(),
-        None => detect_ip(&cfg.server).await.unwrap_or_else(|| "127.0.0.1".into()),
+        None => detect_ip(&cfg.server)
+            .await
+            .unwrap_or_else(|| "127.0.0.1".into()),
     };
-    let shim = std::env::current_exe().context("cannot find edgecore's own binary for the process shim")?;
-    let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(opts.data_dir.join("pods"), shim, host_ip.clone()));
+    let shim = std::env::current_exe()
+        .context("cannot find edgecore's own binary for the process shim")?;
+    let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(
+        opts.data_dir.join("pods"),
+        shim,
+        host_ip.clone(),
+    ));
     let runtime_version = runtime.version();
     let mut pod_config = PodManagerConfig::default();
     pod_config.backoff.base = opts.restart_backoff_base;
-    let manager = Arc::new(PodManager::with_config(runtime, Arc::new(outbox.clone()), node.clone(), host_ip.clone(), pod_config));
+    let manager = Arc::new(PodManager::with_config(
+        runtime,
+        Arc::new(outbox.clone()),
+        node.clone(),
+        host_ip.clone(),
+        pod_config,
+    ));
 
     // Offline autonomy: what the cache holds runs now, before any attempt to reach the cloud.
     let cached = cache.pods();
@@ -97,9 +119,23 @@ pub async fn run(cfg: EdgeConfig, opts: AgentOptions, metrics_render: Arc<dyn Fn
         });
     }
 
-    let (mqtt_host, mqtt_port) = config::parse_mqtt_url(&cfg.mqtt_url()).map_err(anyhow::Error::msg)?;
-    tokio::spawn(report::publish(outbox.clone(), PublisherConfig { host: mqtt_host, port: mqtt_port, client_id: format!("skerry-edge-{node}") }));
-    tokio::spawn(report::heartbeat(outbox.clone(), node.clone(), host_ip.clone(), runtime_version, opts.heartbeat));
+    let (mqtt_host, mqtt_port) =
+        config::parse_mqtt_url(&cfg.mqtt_url()).map_err(anyhow::Error::msg)?;
+    tokio::spawn(report::publish(
+        outbox.clone(),
+        PublisherConfig {
+            host: mqtt_host,
+            port: mqtt_port,
+            client_id: format!("skerry-edge-{node}"),
+        },
+    ));
+    tokio::spawn(report::heartbeat(
+        outbox.clone(),
+        node.clone(),
+        host_ip.clone(),
+        runtime_version,
+        opts.heartbeat,
+    ));
     tokio::spawn(serve_metrics(opts.metrics_addr, metrics_render, state_rx));
 
     shutdown_signal().await;
@@ -109,11 +145,27 @@ pub async fn run(cfg: EdgeConfig, opts: AgentOptions, metrics_render: Arc<dyn Fn
     Ok(())
 }
 
-async fn serve_metrics(addr: SocketAddr, render: Arc<dyn Fn() -> String + Send + Sync>, link: watch::Receiver<LinkState>) {
+async fn serve_metrics(
+    addr: SocketAddr,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+    link: watch::Receiver<LinkState>,
+) {
     use axum::routing::get;
     let app = axum::Router::new()
-        .route("/metrics", get(move || { let r = render.clone(); async move { r() } }))
-        .route("/healthz", get(move || { let s = *link.borrow(); async move { format!("ok (link: {s:?})") } }));
+        .route(
+            "/metrics",
+            get(move || {
+                let r = render.clone();
+                async move { r() }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let s = *link.borrow();
+                async move { format!("ok (link: {s:?})") }
+            }),
+        );
     match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => {
             info!(%addr, "metrics endpoint listening");

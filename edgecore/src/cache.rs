@@ -62,7 +62,10 @@ impl Cache {
     /// Opens the cache database under `dir`.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
         let db = sled::Config::new().path(dir).open().map_err(|e| {
-            CacheError::Backend(format!("cannot open {}: {e}; is another edgecore running on this data dir?", dir.display()))
+            CacheError::Backend(format!(
+                "cannot open {}: {e}; is another edgecore running on this data dir?",
+                dir.display()
+            ))
         })?;
         let pods = db.open_tree("pods").map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
@@ -90,11 +93,16 @@ impl Cache {
                     }
                 }
             }
-            let value = codec::encode(&CachedPod { revision: up.revision, pod: pod.clone() })?;
+            let value = codec::encode(&CachedPod {
+                revision: up.revision,
+                pod: pod.clone(),
+            })?;
             writes.push((key, Some(value)));
         }
         for del in &batch.deletes {
-            let ObjectRef { namespace, name, .. } = del;
+            let ObjectRef {
+                namespace, name, ..
+            } = del;
             writes.push((pod_key(namespace, name), None));
         }
         if batch.snapshot {
@@ -106,20 +114,21 @@ impl Cache {
             }
         }
         let rev = batch.revision;
-        let result: Result<(), TransactionError<()>> = (&self.pods, &self.meta).transaction(|(pods, meta)| {
-            for (k, v) in &writes {
-                match v {
-                    Some(v) => {
-                        pods.insert(k.as_slice(), v.as_slice())?;
-                    }
-                    None => {
-                        pods.remove(k.as_slice())?;
+        let result: Result<(), TransactionError<()>> =
+            (&self.pods, &self.meta).transaction(|(pods, meta)| {
+                for (k, v) in &writes {
+                    match v {
+                        Some(v) => {
+                            pods.insert(k.as_slice(), v.as_slice())?;
+                        }
+                        None => {
+                            pods.remove(k.as_slice())?;
+                        }
                     }
                 }
-            }
-            meta.insert(ACKED_KEY, &rev.to_be_bytes())?;
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
+                meta.insert(ACKED_KEY, &rev.to_be_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
         result.map_err(|e| backend(format!("{e:?}")))?;
         self.db.flush_async().await.map_err(backend)?;
         Ok(())
@@ -152,7 +161,9 @@ impl DesiredState for Cache {
             match entry {
                 Ok((k, v)) => match codec::decode::<CachedPod>(&v) {
                     Ok(c) => out.push(c.pod),
-                    Err(e) => tracing::error!(key = %String::from_utf8_lossy(&k), error = %e, "skipping corrupt cache entry; the next sync from the cloud replaces it"),
+                    Err(e) => {
+                        tracing::error!(key = %String::from_utf8_lossy(&k), error = %e, "skipping corrupt cache entry; the next sync from the cloud replaces it")
+                    }
                 },
                 Err(e) => tracing::error!(error = %e, "cannot read cache entry"),
             }
@@ -193,7 +204,10 @@ mod tests {
     }
 
     fn up(rev: u64, p: EdgePod) -> Upsert {
-        Upsert { revision: rev, object: EdgeObject::Pod(p) }
+        Upsert {
+            revision: rev,
+            object: EdgeObject::Pod(p),
+        }
     }
 
     #[tokio::test]
@@ -202,10 +216,35 @@ mod tests {
         {
             let c = Cache::open(dir.path()).unwrap();
             assert_eq!(c.acked_revision(), 0);
-            c.apply(&SyncBatch { revision: 5, snapshot: true, upserts: vec![up(3, pod("a", "v1")), up(5, pod("b", "v1"))], deletes: vec![] }).await.unwrap();
+            c.apply(&SyncBatch {
+                revision: 5,
+                snapshot: true,
+                upserts: vec![up(3, pod("a", "v1")), up(5, pod("b", "v1"))],
+                deletes: vec![],
+            })
+            .await
+            .unwrap();
             // A resend of an older version does not overwrite a newer one.
-            c.apply(&SyncBatch { revision: 5, snapshot: false, upserts: vec![up(7, pod("a", "v2"))], deletes: vec![] }).await.unwrap();
-            c.apply(&SyncBatch { revision: 7, snapshot: false, upserts: vec![up(3, pod("a", "v1"))], deletes: vec![ObjectRef { kind: ObjectKind::Pod, namespace: "default".into(), name: "b".into() }] }).await.unwrap();
+            c.apply(&SyncBatch {
+                revision: 5,
+                snapshot: false,
+                upserts: vec![up(7, pod("a", "v2"))],
+                deletes: vec![],
+            })
+            .await
+            .unwrap();
+            c.apply(&SyncBatch {
+                revision: 7,
+                snapshot: false,
+                upserts: vec![up(3, pod("a", "v1"))],
+                deletes: vec![ObjectRef {
+                    kind: ObjectKind::Pod,
+                    namespace: "default".into(),
+                    name: "b".into(),
+                }],
+            })
+            .await
+            .unwrap();
         }
         let c = Cache::open(dir.path()).unwrap();
         assert_eq!(c.acked_revision(), 7);
@@ -213,16 +252,35 @@ mod tests {
         assert_eq!(pods.len(), 1);
         assert_eq!(pods[0].containers[0].image, "v2");
         // A snapshot drops what it does not list.
-        c.apply(&SyncBatch { revision: 9, snapshot: true, upserts: vec![up(8, pod("z", "v1"))], deletes: vec![] }).await.unwrap();
-        assert_eq!(c.pods().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["z"]);
+        c.apply(&SyncBatch {
+            revision: 9,
+            snapshot: true,
+            upserts: vec![up(8, pod("z", "v1"))],
+            deletes: vec![],
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            c.pods().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            vec!["z"]
+        );
     }
 
     #[tokio::test]
     async fn corrupt_entries_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let c = Cache::open(dir.path()).unwrap();
-        c.apply(&SyncBatch { revision: 1, snapshot: false, upserts: vec![up(1, pod("a", "v1"))], deletes: vec![] }).await.unwrap();
-        c.pods.insert(b"default/broken", b"\xff\xff".to_vec()).unwrap();
+        c.apply(&SyncBatch {
+            revision: 1,
+            snapshot: false,
+            upserts: vec![up(1, pod("a", "v1"))],
+            deletes: vec![],
+        })
+        .await
+        .unwrap();
+        c.pods
+            .insert(b"default/broken", b"\xff\xff".to_vec())
+            .unwrap();
         assert_eq!(c.pods().len(), 1);
     }
 }

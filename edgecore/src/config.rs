@@ -50,12 +50,18 @@ impl EdgeConfig {
     pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
         let path = data_dir.join(CONFIG_FILE);
         let raw = std::fs::read(&path).map_err(|_| ConfigError::Missing(path.clone()))?;
-        serde_json::from_slice(&raw).map_err(|e| ConfigError::Invalid { path, reason: e.to_string() })
+        serde_json::from_slice(&raw).map_err(|e| ConfigError::Invalid {
+            path,
+            reason: e.to_string(),
+        })
     }
 
     /// Saves it atomically.
     pub fn save(&self, data_dir: &Path) -> Result<(), ConfigError> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| ConfigError::Invalid { path: data_dir.join(CONFIG_FILE), reason: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| ConfigError::Invalid {
+            path: data_dir.join(CONFIG_FILE),
+            reason: e.to_string(),
+        })?;
         crate::identity::write_atomic(&data_dir.join(CONFIG_FILE), &json, 0o644)?;
         Ok(())
     }
@@ -63,7 +69,11 @@ impl EdgeConfig {
     /// The broker URL to use.
     pub fn mqtt_url(&self) -> String {
         self.mqtt_url.clone().unwrap_or_else(|| {
-            let host = self.server.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.server);
+            let host = self
+                .server
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(&self.server);
             format!("mqtt://{host}:1883")
         })
     }
@@ -71,9 +81,17 @@ impl EdgeConfig {
 
 /// Parses `mqtt://host:port` into host and port.
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")).unwrap_or(url).trim_end_matches('/');
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("MQTT url {url:?} has no port; expected mqtt://HOST:PORT"))?;
-    let port = port.parse().map_err(|_| format!("MQTT url {url:?} has an invalid port"))?;
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("MQTT url {url:?} has no port; expected mqtt://HOST:PORT"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("MQTT url {url:?} has an invalid port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("MQTT url {url:?} has no host"));
@@ -86,7 +104,9 @@ pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, String
     items
         .iter()
         .map(|kv| {
-            let (k, v) = kv.split_once('=').ok_or_else(|| format!("label {kv:?} must be key=value"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("label {kv:?} must be key=value"))?;
             if k.is_empty() {
                 return Err(format!("label {kv:?} has an empty key"));
             }
@@ -97,7 +117,9 @@ pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, String
 
 /// The machine's hostname, the default node name.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "edge".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_else(|_| "edge".into())
 }
 
 #[cfg(test)]
@@ -106,9 +128,18 @@ mod tests {
 
     #[test]
     fn mqtt_url_defaults_to_the_server_host() {
-        let c = EdgeConfig { server: "cloud.example:7443".into(), server_name: None, node_name: "n".into(), mqtt_url: None, labels: Default::default() };
+        let c = EdgeConfig {
+            server: "cloud.example:7443".into(),
+            server_name: None,
+            node_name: "n".into(),
+            mqtt_url: None,
+            labels: Default::default(),
+        };
         assert_eq!(c.mqtt_url(), "mqtt://cloud.example:1883");
-        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1884").unwrap(), ("127.0.0.1".into(), 1884));
+        assert_eq!(
+            parse_mqtt_url("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".into(), 1884)
+        );
         assert!(parse_mqtt_url("mqtt://nohost").is_err());
         assert!(parse_labels(&["a=b".into(), "c".into()]).is_err());
     }

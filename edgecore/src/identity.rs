@@ -54,7 +54,9 @@ pub struct IdentityPaths {
 impl IdentityPaths {
     /// Identity files of `data_dir`.
     pub fn new(data_dir: &Path) -> Self {
-        Self { dir: data_dir.join("pki") }
+        Self {
+            dir: data_dir.join("pki"),
+        }
     }
     /// Node private key.
     pub fn key(&self) -> PathBuf {
@@ -74,15 +76,27 @@ impl IdentityPaths {
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |action, source| IdentityError::Io { action, path: path.to_path_buf(), source };
+    let io = |action, source| IdentityError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(|e| io("create", e))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| io("create", e))?;
     f.write_all(bytes).map_err(|e| io("write", e))?;
     f.sync_all().map_err(|e| io("sync", e))?;
     std::fs::rename(&tmp, path).map_err(|e| io("rename into", e))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("sync the directory of", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync the directory of", e))?;
     Ok(())
 }
 
@@ -93,7 +107,11 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError
     }
     CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| IdentityError::Pem { what: "certificate", path: path.to_path_buf(), reason: e.to_string() })
+        .map_err(|e| IdentityError::Pem {
+            what: "certificate",
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -105,11 +123,16 @@ pub fn sync_client_tls(paths: &IdentityPaths) -> Result<rustls::ClientConfig, Id
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in read_certs(&paths.ca())? {
-        roots.add(c).map_err(|e| IdentityError::Tls(e.to_string()))?;
+        roots
+            .add(c)
+            .map_err(|e| IdentityError::Tls(e.to_string()))?;
     }
     let chain = read_certs(&paths.cert())?;
-    let key = PrivateKeyDer::from_pem_file(paths.key())
-        .map_err(|e| IdentityError::Pem { what: "private key", path: paths.key(), reason: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_file(paths.key()).map_err(|e| IdentityError::Pem {
+        what: "private key",
+        path: paths.key(),
+        reason: e.to_string(),
+    })?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| IdentityError::Tls(e.to_string()))?
@@ -123,13 +146,16 @@ pub fn sync_client_tls(paths: &IdentityPaths) -> Result<rustls::ClientConfig, Id
 /// TLS for the join exchange: no client certificate; the server chain must contain a CA whose
 /// SHA-256 equals `ca_hash` (`sha256:<hex>`), and the server certificate must be valid under it.
 pub fn join_client_tls(ca_hash: &str) -> Result<rustls::ClientConfig, IdentityError> {
-    let hex_part = ca_hash
-        .strip_prefix("sha256:")
-        .ok_or_else(|| IdentityError::Tls(format!("--ca-hash {ca_hash:?} must start with sha256:")))?;
+    let hex_part = ca_hash.strip_prefix("sha256:").ok_or_else(|| {
+        IdentityError::Tls(format!("--ca-hash {ca_hash:?} must start with sha256:"))
+    })?;
     let pin = hex::decode(hex_part).ok().filter(|p| p.len() == 32).ok_or_else(|| {
         IdentityError::Tls(format!("--ca-hash {ca_hash:?} is not sha256: followed by 64 hex digits; copy it as `cloudcore token create` printed it"))
     })?;
-    let verifier = Arc::new(PinnedCa { pin, provider: provider() });
+    let verifier = Arc::new(PinnedCa {
+        pin,
+        provider: provider(),
+    });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| IdentityError::Tls(e.to_string()))?
@@ -163,21 +189,46 @@ impl ServerCertVerifier for PinnedCa {
             })?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -64,7 +64,9 @@ pub enum LinkError {
     Timeout(&'static str),
 }
 
-async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<Option<T>, LinkError> {
+async fn read_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<T>, LinkError> {
     let mut header = [0u8; codec::HEADER_LEN];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -95,27 +97,58 @@ pub async fn resolve(server: &str) -> Result<(SocketAddr, String), LinkError> {
     Ok((addr, host))
 }
 
-fn client_endpoint(addr: &SocketAddr, tls: rustls::ClientConfig, keep_alive: Duration, idle: Duration) -> Result<quinn::Endpoint, LinkError> {
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse().expect("static") } else { "0.0.0.0:0".parse().expect("static") };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| LinkError::Connect { server: addr.to_string(), reason: e.to_string() })?;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| LinkError::Connect { server: addr.to_string(), reason: e.to_string() })?;
+fn client_endpoint(
+    addr: &SocketAddr,
+    tls: rustls::ClientConfig,
+    keep_alive: Duration,
+    idle: Duration,
+) -> Result<quinn::Endpoint, LinkError> {
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().expect("static")
+    } else {
+        "0.0.0.0:0".parse().expect("static")
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| LinkError::Connect {
+        server: addr.to_string(),
+        reason: e.to_string(),
+    })?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| LinkError::Connect {
+            server: addr.to_string(),
+            reason: e.to_string(),
+        })?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(keep_alive));
-    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle).map_err(|e| LinkError::Connect { server: addr.to_string(), reason: e.to_string() })?));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle).map_err(|e| {
+        LinkError::Connect {
+            server: addr.to_string(),
+            reason: e.to_string(),
+        }
+    })?));
     cfg.transport_config(Arc::new(transport));
     endpoint.set_default_client_config(cfg);
     Ok(endpoint)
 }
 
-async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, server_name: &str) -> Result<quinn::Connection, LinkError> {
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<quinn::Connection, LinkError> {
     let connecting = endpoint
         .connect(addr, server_name)
-        .map_err(|e| LinkError::Connect { server: addr.to_string(), reason: e.to_string() })?;
+        .map_err(|e| LinkError::Connect {
+            server: addr.to_string(),
+            reason: e.to_string(),
+        })?;
     tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
         .map_err(|_| LinkError::Timeout("connecting"))?
-        .map_err(|e| LinkError::Connect { server: addr.to_string(), reason: e.to_string() })
+        .map_err(|e| LinkError::Connect {
+            server: addr.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// What `join` needs.
@@ -141,29 +174,47 @@ pub async fn join(paths: &IdentityPaths, params: &JoinParams) -> Result<(), Link
     let (addr, host) = resolve(&params.server).await?;
     let server_name = params.server_name.clone().unwrap_or(host);
     let key = rcgen::KeyPair::generate().map_err(|e| LinkError::Protocol(e.to_string()))?;
-    let mut cp = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| LinkError::Protocol(e.to_string()))?;
-    cp.distinguished_name.push(rcgen::DnType::CommonName, params.node_name.clone());
-    let csr = cp.serialize_request(&key).and_then(|c| c.pem()).map_err(|e| LinkError::Protocol(e.to_string()))?;
-    let endpoint = client_endpoint(&addr, identity::join_client_tls(&params.ca_hash)?, Duration::from_secs(5), Duration::from_secs(30))?;
+    let mut cp = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| LinkError::Protocol(e.to_string()))?;
+    cp.distinguished_name
+        .push(rcgen::DnType::CommonName, params.node_name.clone());
+    let csr = cp
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| LinkError::Protocol(e.to_string()))?;
+    let endpoint = client_endpoint(
+        &addr,
+        identity::join_client_tls(&params.ca_hash)?,
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    )?;
     let conn = connect(&endpoint, addr, &server_name).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    write_frame(&mut send, &JoinRequest {
-        protocol_version: protocol::PROTOCOL_VERSION,
-        token: params.token.clone(),
-        node_name: params.node_name.clone(),
-        labels: params.labels.clone(),
-        csr_pem: csr,
-    })
+    write_frame(
+        &mut send,
+        &JoinRequest {
+            protocol_version: protocol::PROTOCOL_VERSION,
+            token: params.token.clone(),
+            node_name: params.node_name.clone(),
+            labels: params.labels.clone(),
+            csr_pem: csr,
+        },
+    )
     .await?;
     let _ = send.finish();
     let resp: JoinResponse = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut recv))
         .await
         .map_err(|_| LinkError::Timeout("waiting for the join answer"))??
-        .ok_or_else(|| LinkError::Protocol("the cloud closed the join stream without answering".into()))?;
+        .ok_or_else(|| {
+            LinkError::Protocol("the cloud closed the join stream without answering".into())
+        })?;
     conn.close(0u32.into(), b"joined");
     endpoint.wait_idle().await;
     match resp {
-        JoinResponse::Accepted { certificate_pem, ca_pem } => {
+        JoinResponse::Accepted {
+            certificate_pem,
+            ca_pem,
+        } => {
             identity::write_atomic(&paths.key(), key.serialize_pem().as_bytes(), 0o600)?;
             identity::write_atomic(&paths.cert(), certificate_pem.as_bytes(), 0o644)?;
             identity::write_atomic(&paths.ca(), ca_pem.as_bytes(), 0o644)?;
@@ -212,11 +263,19 @@ pub fn backoff_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
 }
 
 /// Runs the sync loop forever. `changed` is notified after every applied batch.
-pub async fn run(cfg: LinkConfig, paths: IdentityPaths, cache: Cache, changed: Arc<Notify>, state: watch::Sender<LinkState>) {
+pub async fn run(
+    cfg: LinkConfig,
+    paths: IdentityPaths,
+    cache: Cache,
+    changed: Arc<Notify>,
+    state: watch::Sender<LinkState>,
+) {
     let mut attempt = 0u32;
     loop {
         let span = info_span!("link", node = %cfg.node_name, server = %cfg.server);
-        let result = session(&cfg, &paths, &cache, &changed, &state).instrument(span.clone()).await;
+        let result = session(&cfg, &paths, &cache, &changed, &state)
+            .instrument(span.clone())
+            .await;
         let _ = state.send(LinkState::Disconnected);
         let _span = span.enter();
         match &result {
@@ -239,22 +298,51 @@ pub async fn run(cfg: LinkConfig, paths: IdentityPaths, cache: Cache, changed: A
 }
 
 /// One session; `Ok(true)` if it got as far as Welcome (so the back-off resets).
-async fn session(cfg: &LinkConfig, paths: &IdentityPaths, cache: &Cache, changed: &Notify, state: &watch::Sender<LinkState>) -> Result<bool, LinkError> {
+async fn session(
+    cfg: &LinkConfig,
+    paths: &IdentityPaths,
+    cache: &Cache,
+    changed: &Notify,
+    state: &watch::Sender<LinkState>,
+) -> Result<bool, LinkError> {
     let (addr, host) = resolve(&cfg.server).await?;
     let tls = identity::sync_client_tls(paths)?;
     let endpoint = client_endpoint(&addr, tls, cfg.keep_alive, cfg.idle_timeout)?;
     let conn = connect(&endpoint, addr, cfg.server_name.as_deref().unwrap_or(&host)).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let acked = cache.acked_revision();
-    write_frame(&mut send, &EdgeMessage::Hello(Hello { protocol_version: protocol::PROTOCOL_VERSION, node_name: cfg.node_name.clone(), acked_revision: acked })).await?;
-    match tokio::time::timeout(Duration::from_secs(15), read_frame::<CloudMessage>(&mut recv))
-        .await
-        .map_err(|_| LinkError::Timeout("waiting for Welcome"))??
+    write_frame(
+        &mut send,
+        &EdgeMessage::Hello(Hello {
+            protocol_version: protocol::PROTOCOL_VERSION,
+            node_name: cfg.node_name.clone(),
+            acked_revision: acked,
+        }),
+    )
+    .await?;
+    match tokio::time::timeout(
+        Duration::from_secs(15),
+        read_frame::<CloudMessage>(&mut recv),
+    )
+    .await
+    .map_err(|_| LinkError::Timeout("waiting for Welcome"))??
     {
-        Some(CloudMessage::Welcome(w)) => info!(acked_revision = acked, cloud_version = w.protocol_version, "connected to cloud"),
+        Some(CloudMessage::Welcome(w)) => info!(
+            acked_revision = acked,
+            cloud_version = w.protocol_version,
+            "connected to cloud"
+        ),
         Some(CloudMessage::Reject(r)) => return Err(LinkError::Rejected(r)),
-        Some(other) => return Err(LinkError::Protocol(format!("expected Welcome, got {other:?}"))),
-        None => return Err(LinkError::Protocol("cloud closed the stream before Welcome".into())),
+        Some(other) => {
+            return Err(LinkError::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            )))
+        }
+        None => {
+            return Err(LinkError::Protocol(
+                "cloud closed the stream before Welcome".into(),
+            ))
+        }
     }
     let _ = state.send(LinkState::Connected);
     metrics::gauge!("skerry_edge_link_connected").set(1.0);
@@ -262,14 +350,28 @@ async fn session(cfg: &LinkConfig, paths: &IdentityPaths, cache: &Cache, changed
         loop {
             match read_frame::<CloudMessage>(&mut recv).await? {
                 Some(CloudMessage::Sync(batch)) => {
-                    debug!(revision = batch.revision, upserts = batch.upserts.len(), deletes = batch.deletes.len(), snapshot = batch.snapshot, "applying batch");
+                    debug!(
+                        revision = batch.revision,
+                        upserts = batch.upserts.len(),
+                        deletes = batch.deletes.len(),
+                        snapshot = batch.snapshot,
+                        "applying batch"
+                    );
                     cache.apply(&batch).await?;
                     changed.notify_one();
                     metrics::gauge!("skerry_edge_acked_revision").set(batch.revision as f64);
-                    write_frame(&mut send, &EdgeMessage::Ack(Ack { revision: batch.revision })).await?;
+                    write_frame(
+                        &mut send,
+                        &EdgeMessage::Ack(Ack {
+                            revision: batch.revision,
+                        }),
+                    )
+                    .await?;
                 }
                 Some(CloudMessage::Reject(r)) => return Err(LinkError::Rejected(r)),
-                Some(CloudMessage::Welcome(_)) => return Err(LinkError::Protocol("second Welcome".into())),
+                Some(CloudMessage::Welcome(_)) => {
+                    return Err(LinkError::Protocol("second Welcome".into()))
+                }
                 None => return Err(LinkError::Protocol("cloud closed the session".into())),
             }
         }
@@ -298,7 +400,10 @@ mod tests {
             let d = backoff_delay(base, max, attempt);
             let nominal = base.saturating_mul(1 << attempt.min(16)).min(max);
             assert!(d <= max);
-            assert!(d >= nominal.mul_f64(0.5).min(max) && d <= nominal.mul_f64(1.5), "{attempt}: {d:?}");
+            assert!(
+                d >= nominal.mul_f64(0.5).min(max) && d <= nominal.mul_f64(1.5),
+                "{attempt}: {d:?}"
+            );
         }
     }
 }

@@ -15,13 +15,22 @@ use std::time::Duration;
 
 /// Skerry's edge agent.
 #[derive(Debug, Parser)]
-#[command(name = "edgecore", version, about = "Skerry edge agent: runs this node's pods, online or not")]
+#[command(
+    name = "edgecore",
+    version,
+    about = "Skerry edge agent: runs this node's pods, online or not"
+)]
 struct Cli {
     /// Log format: human-readable text, or one JSON object per line for machines.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SKERRY_LOG_FORMAT")]
     log_format: LogFormat,
     /// Directory of the cache, identity and pods.
-    #[arg(long, default_value = "/var/lib/skerry/edgecore", global = true, env = "SKERRY_DATA_DIR")]
+    #[arg(
+        long,
+        default_value = "/var/lib/skerry/edgecore",
+        global = true,
+        env = "SKERRY_DATA_DIR"
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -80,7 +89,12 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         idle_timeout_secs: u64,
         /// First restart back-off of a failed container, in ms (kubelet's is 10 s).
-        #[arg(long, default_value_t = 10_000, env = "SKERRY_RESTART_BACKOFF_BASE_MS", hide = true)]
+        #[arg(
+            long,
+            default_value_t = 10_000,
+            env = "SKERRY_RESTART_BACKOFF_BASE_MS",
+            hide = true
+        )]
         restart_backoff_base_ms: u64,
         /// Container runtime (only `process` in this version).
         #[arg(long, default_value = "process")]
@@ -105,10 +119,16 @@ enum Command {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rumqttc=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 
@@ -132,20 +152,58 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Command::Join { server, token, ca_hash, node_name, server_name, mqtt_url, labels } => {
+        Command::Join {
+            server,
+            token,
+            ca_hash,
+            node_name,
+            server_name,
+            mqtt_url,
+            labels,
+        } => {
             let node_name = node_name.unwrap_or_else(config::hostname);
             let labels = config::parse_labels(&labels).map_err(anyhow::Error::msg)?;
             if let Some(url) = &mqtt_url {
                 config::parse_mqtt_url(url).map_err(anyhow::Error::msg)?;
             }
-            let params = JoinParams { server: server.clone(), server_name: server_name.clone(), token, ca_hash, node_name: node_name.clone(), labels: labels.clone() };
-            rt.block_on(link::join(&IdentityPaths::new(&cli.data_dir), &params)).context("join failed")?;
-            EdgeConfig { server, server_name, node_name: node_name.clone(), mqtt_url, labels }.save(&cli.data_dir)?;
-            println!("node {node_name} joined; start it with: edgecore --data-dir {} run", cli.data_dir.display());
+            let params = JoinParams {
+                server: server.clone(),
+                server_name: server_name.clone(),
+                token,
+                ca_hash,
+                node_name: node_name.clone(),
+                labels: labels.clone(),
+            };
+            rt.block_on(link::join(&IdentityPaths::new(&cli.data_dir), &params))
+                .context("join failed")?;
+            EdgeConfig {
+                server,
+                server_name,
+                node_name: node_name.clone(),
+                mqtt_url,
+                labels,
+            }
+            .save(&cli.data_dir)?;
+            println!(
+                "node {node_name} joined; start it with: edgecore --data-dir {} run",
+                cli.data_dir.display()
+            );
             Ok(())
         }
-        Command::Run { server, mqtt_url, node_ip, metrics_addr, heartbeat_secs, idle_timeout_secs, restart_backoff_base_ms, runtime } => {
-            anyhow::ensure!(runtime == "process", "unknown --runtime {runtime:?}; this version supports `process`");
+        Command::Run {
+            server,
+            mqtt_url,
+            node_ip,
+            metrics_addr,
+            heartbeat_secs,
+            idle_timeout_secs,
+            restart_backoff_base_ms,
+            runtime,
+        } => {
+            anyhow::ensure!(
+                runtime == "process",
+                "unknown --runtime {runtime:?}; this version supports `process`"
+            );
             let mut cfg = EdgeConfig::load(&cli.data_dir)?;
             if let Some(s) = server {
                 cfg.server = s;
@@ -153,7 +211,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             if mqtt_url.is_some() {
                 cfg.mqtt_url = mqtt_url;
             }
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+            let recorder =
+                metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
             let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || recorder.render());
             let opts = AgentOptions {
                 data_dir: cli.data_dir,
@@ -166,9 +225,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             };
             rt.block_on(agent::run(cfg, opts, render))
         }
-        Command::Logs { pod, container, tail } => {
+        Command::Logs {
+            pod,
+            container,
+            tail,
+        } => {
             let (ns, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
-            let runtime = edgecore::runtime::process::ProcessRuntime::new(cli.data_dir.join("pods"), std::env::current_exe()?, String::new());
+            let runtime = edgecore::runtime::process::ProcessRuntime::new(
+                cli.data_dir.join("pods"),
+                std::env::current_exe()?,
+                String::new(),
+            );
             rt.block_on(async {
                 let pods = runtime.list_pods().await?;
                 let found = pods
@@ -177,7 +244,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("no pod {ns}/{name} on this node"))?;
                 let c = match container {
                     Some(c) => c,
-                    None => found.containers.first().map(|c| c.name.clone()).with_context(|| format!("pod {ns}/{name} has no containers yet"))?,
+                    None => found
+                        .containers
+                        .first()
+                        .map(|c| c.name.clone())
+                        .with_context(|| format!("pod {ns}/{name} has no containers yet"))?,
                 };
                 print!("{}", runtime.read_log(&found.sandbox, &c, tail).await?);
                 Ok(())

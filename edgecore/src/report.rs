@@ -23,7 +23,10 @@ const SEQ_KEY: &[u8] = b"status_seq";
 const MAX_IN_FLIGHT: usize = 64;
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The outbox. Cheap to clone.
@@ -62,7 +65,11 @@ impl Outbox {
                 b.copy_from_slice(o);
                 u64::from_be_bytes(b)
             });
-            Some((last.map(|l| l + 1).unwrap_or(0).max(floor)).to_be_bytes().to_vec())
+            Some(
+                (last.map(|l| l + 1).unwrap_or(0).max(floor))
+                    .to_be_bytes()
+                    .to_vec(),
+            )
         })?;
         let mut b = [0u8; 8];
         b.copy_from_slice(&new.unwrap_or_default()[..8]);
@@ -74,14 +81,27 @@ impl Outbox {
     pub fn put(&self, topic: &str, body: StatusBody) {
         let res = (|| -> Result<(), String> {
             let seq = self.next_seq().map_err(|e| e.to_string())?;
-            let report = StatusReport { protocol_version: protocol::PROTOCOL_VERSION, seq, observed_at_ms: now_ms(), body };
+            let report = StatusReport {
+                protocol_version: protocol::PROTOCOL_VERSION,
+                seq,
+                observed_at_ms: now_ms(),
+                body,
+            };
             let bytes = codec::encode(&report).map_err(|e| e.to_string())?;
-            if let Some(old) = self.entries.insert(topic.as_bytes(), bytes).map_err(|e| e.to_string())? {
+            if let Some(old) = self
+                .entries
+                .insert(topic.as_bytes(), bytes)
+                .map_err(|e| e.to_string())?
+            {
                 if let Ok(old) = codec::decode::<StatusReport>(&old) {
-                    self.order.remove(old.seq.to_be_bytes()).map_err(|e| e.to_string())?;
+                    self.order
+                        .remove(old.seq.to_be_bytes())
+                        .map_err(|e| e.to_string())?;
                 }
             }
-            self.order.insert(seq.to_be_bytes(), topic.as_bytes()).map_err(|e| e.to_string())?;
+            self.order
+                .insert(seq.to_be_bytes(), topic.as_bytes())
+                .map_err(|e| e.to_string())?;
             Ok(())
         })();
         match res {
@@ -89,7 +109,9 @@ impl Outbox {
                 metrics::gauge!("skerry_edge_outbox_entries").set(self.entries.len() as f64);
                 self.wake.notify_one();
             }
-            Err(e) => warn!(topic, error = %e, "cannot queue status report; it is re-sent on the next change or heartbeat"),
+            Err(e) => {
+                warn!(topic, error = %e, "cannot queue status report; it is re-sent on the next change or heartbeat")
+            }
         }
     }
 
@@ -108,7 +130,9 @@ impl Outbox {
         if let Some(cur) = current {
             match codec::decode::<StatusReport>(&cur) {
                 Ok(r) if r.seq == seq => {
-                    let _ = self.entries.compare_and_swap(topic.as_bytes(), Some(cur), None::<&[u8]>);
+                    let _ =
+                        self.entries
+                            .compare_and_swap(topic.as_bytes(), Some(cur), None::<&[u8]>);
                     let _ = self.order.remove(seq.to_be_bytes());
                 }
                 Ok(_) => {}
@@ -186,9 +210,15 @@ pub async fn publish(outbox: Outbox, cfg: PublisherConfig) {
     loop {
         match publish_session(&outbox, &cfg).await {
             Ok(()) => attempt = 0,
-            Err(e) => warn!(error = %e, host = %cfg.host, port = cfg.port, queued = outbox.len(), "MQTT broker unreachable; status stays queued in the outbox"),
+            Err(e) => {
+                warn!(error = %e, host = %cfg.host, port = cfg.port, queued = outbox.len(), "MQTT broker unreachable; status stays queued in the outbox")
+            }
         }
-        let delay = crate::link::backoff_delay(Duration::from_millis(200), Duration::from_secs(10), attempt);
+        let delay = crate::link::backoff_delay(
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+            attempt,
+        );
         attempt = attempt.saturating_add(1);
         tokio::time::sleep(delay).await;
     }
@@ -197,7 +227,10 @@ pub async fn publish(outbox: Outbox, cfg: PublisherConfig) {
 /// One broker connection. A fresh client per connection, so nothing stale is re-sent by the
 /// client library behind the outbox's back: after a reconnect the outbox republishes what is
 /// still unacknowledged.
-async fn publish_session(outbox: &Outbox, cfg: &PublisherConfig) -> Result<(), rumqttc::ConnectionError> {
+async fn publish_session(
+    outbox: &Outbox,
+    cfg: &PublisherConfig,
+) -> Result<(), rumqttc::ConnectionError> {
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_clean_session(true);
@@ -219,7 +252,10 @@ async fn publish_session(outbox: &Outbox, cfg: &PublisherConfig) -> Result<(), r
                 }
             }
             for (seq, topic, payload) in batch {
-                if client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload).is_err() {
+                if client
+                    .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+                    .is_err()
+                {
                     break;
                 }
                 sent.insert(topic.clone(), seq);
@@ -255,21 +291,40 @@ async fn publish_session(outbox: &Outbox, cfg: &PublisherConfig) -> Result<(), r
 }
 
 /// Facts about this machine for the node report.
-pub fn node_status(node: &str, host_ip: &str, runtime_version: &str, ready: bool, message: &str) -> NodeStatus {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+pub fn node_status(
+    node: &str,
+    host_ip: &str,
+    runtime_version: &str,
+    ready: bool,
+    message: &str,
+) -> NodeStatus {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mem_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .unwrap_or(0);
     let capacity = std::collections::BTreeMap::from([
         ("cpu".to_string(), cpus.to_string()),
         ("memory".to_string(), format!("{mem_kib}Ki")),
         ("pods".to_string(), "110".to_string()),
     ]);
-    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
     let os_image = read("/etc/os-release")
         .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        .find_map(|l| {
+            l.strip_prefix("PRETTY_NAME=")
+                .map(|v| v.trim_matches('"').to_string())
+        })
         .unwrap_or_else(|| "Linux".into());
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -280,7 +335,10 @@ pub fn node_status(node: &str, host_ip: &str, runtime_version: &str, ready: bool
         node: node.to_string(),
         ready,
         message: message.to_string(),
-        addresses: vec![("InternalIP".into(), host_ip.to_string()), ("Hostname".into(), node.to_string())],
+        addresses: vec![
+            ("InternalIP".into(), host_ip.to_string()),
+            ("Hostname".into(), node.to_string()),
+        ],
         allocatable: capacity.clone(),
         capacity,
         info: NodeInfo {
@@ -295,12 +353,21 @@ pub fn node_status(node: &str, host_ip: &str, runtime_version: &str, ready: bool
 }
 
 /// Puts a node heartbeat into the outbox every `period`, forever.
-pub async fn heartbeat(outbox: Outbox, node: String, host_ip: String, runtime_version: String, period: Duration) {
+pub async fn heartbeat(
+    outbox: Outbox,
+    node: String,
+    host_ip: String,
+    runtime_version: String,
+    period: Duration,
+) {
     let topic = topics::node_status(&node);
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        outbox.put(&topic, StatusBody::Node(node_status(&node, &host_ip, &runtime_version, true, "")));
+        outbox.put(
+            &topic,
+            StatusBody::Node(node_status(&node, &host_ip, &runtime_version, true, "")),
+        );
     }
 }
 
@@ -315,11 +382,23 @@ mod tests {
         {
             let db = sled::open(dir.path()).unwrap();
             let o = Outbox::open(&db, "n1").unwrap();
-            o.put("t/a", StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")));
-            o.put("t/b", StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")));
-            o.put("t/a", StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", false, "down")));
+            o.put(
+                "t/a",
+                StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")),
+            );
+            o.put(
+                "t/b",
+                StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")),
+            );
+            o.put(
+                "t/a",
+                StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", false, "down")),
+            );
             let p = o.pending(10, &HashMap::new());
-            assert_eq!(p.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>(), vec!["t/b", "t/a"]);
+            assert_eq!(
+                p.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>(),
+                vec!["t/b", "t/a"]
+            );
             seqs = p.iter().map(|(s, _, _)| *s).collect::<Vec<_>>();
             assert!(seqs[0] < seqs[1]);
             // An ack for a replaced report does not remove the newer one.
@@ -334,9 +413,15 @@ mod tests {
         let p = o.pending(10, &HashMap::new());
         assert_eq!(p.len(), 1);
         let report: StatusReport = codec::decode(&p[0].2).unwrap();
-        assert!(matches!(report.body, StatusBody::Node(NodeStatus { ready: false, .. })));
+        assert!(matches!(
+            report.body,
+            StatusBody::Node(NodeStatus { ready: false, .. })
+        ));
         // Sequence numbers keep growing after a restart.
-        o.put("t/c", StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")));
+        o.put(
+            "t/c",
+            StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")),
+        );
         let p = o.pending(10, &HashMap::new());
         assert!(p[1].0 > seqs[1]);
     }

@@ -18,7 +18,10 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 fn bin(name: &str) -> Result<PathBuf> {
@@ -31,12 +34,18 @@ fn bin(name: &str) -> Result<PathBuf> {
 
 /// A free TCP port on loopback.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free tcp port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free tcp port")
 }
 
 /// A free UDP port on loopback.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("free udp port")
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
 }
 
 /// Polls `f` until it returns `Some`, or fails after `deadline` with `what` and the last value.
@@ -61,7 +70,10 @@ where
 }
 
 fn kill(child: &mut Child, signal: i32) {
-    let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status();
 }
 
 fn stop_child(child: &mut Option<Child>, signal: i32) {
@@ -144,16 +156,28 @@ impl Cloud {
     /// (Re)starts the process on the same ports and data dir.
     pub async fn launch(&mut self) -> Result<()> {
         let mut cmd = Command::new(bin("cloudcore")?);
-        cmd.arg("--data-dir").arg(self.dir.path()).arg("serve")
-            .arg("--api-addr").arg(format!("127.0.0.1:{}", self.api_port))
-            .arg("--hub-addr").arg(format!("127.0.0.1:{}", self.hub_port))
-            .arg("--idle-timeout-secs").arg("4");
+        cmd.arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("serve")
+            .arg("--api-addr")
+            .arg(format!("127.0.0.1:{}", self.api_port))
+            .arg("--hub-addr")
+            .arg(format!("127.0.0.1:{}", self.hub_port))
+            .arg("--idle-timeout-secs")
+            .arg("4");
         match self.opts.external_mqtt_port {
             Some(p) => cmd.arg("--mqtt-url").arg(format!("mqtt://127.0.0.1:{p}")),
-            None => cmd.arg("--mqtt-listen").arg(format!("127.0.0.1:{}", self.mqtt_port)),
+            None => cmd
+                .arg("--mqtt-listen")
+                .arg(format!("127.0.0.1:{}", self.mqtt_port)),
         };
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("cloudcore.log"))?;
-        cmd.stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,skerry=debug,cloudcore=debug");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("cloudcore.log"))?;
+        cmd.stdout(Stdio::null())
+            .stderr(log)
+            .env("RUST_LOG", "info,skerry=debug,cloudcore=debug");
         self.child = Some(cmd.spawn().context("start cloudcore")?);
         let ca_path = self.ca_path();
         let ca = eventually("cloudcore's CA", Duration::from_secs(20), || {
@@ -170,7 +194,14 @@ impl Cloud {
         let url = format!("{}/healthz", self.api_url());
         eventually("cloudcore API", Duration::from_secs(20), || {
             let (h, u) = (http.clone(), url.clone());
-            async move { Ok(h.get(&u).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
+            async move {
+                Ok(h.get(&u)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
+            }
         })
         .await
         .with_context(|| self.log_tail())?;
@@ -190,38 +221,58 @@ impl Cloud {
 
     /// The last lines of cloudcore's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("cloudcore.log")).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.dir.path().join("cloudcore.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        format!("\n--- cloudcore log ---\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
+        format!(
+            "\n--- cloudcore log ---\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
     }
 
     /// `cloudcore token create`: returns (token, ca-hash).
     pub fn token(&self, ttl: &str) -> Result<(String, String)> {
-        let out = Command::new(bin("cloudcore")?).arg("--data-dir").arg(self.dir.path()).args(["token", "create", "--ttl", ttl]).output()?;
+        let out = Command::new(bin("cloudcore")?)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["token", "create", "--ttl", ttl])
+            .output()?;
         if !out.status.success() {
-            bail!("token create failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "token create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let text = String::from_utf8(out.stdout)?;
         let field = |name: &str| {
-            text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string())).ok_or_else(|| anyhow!("no {name} in {text}"))
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                .ok_or_else(|| anyhow!("no {name} in {text}"))
         };
         Ok((field("token:")?, field("ca-hash:")?))
     }
 
     fn client(&self) -> Result<&reqwest::Client> {
-        self.http.as_ref().ok_or_else(|| anyhow!("cloudcore is not running"))
+        self.http
+            .as_ref()
+            .ok_or_else(|| anyhow!("cloudcore is not running"))
     }
 
     /// One API request; returns status and JSON body.
     pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
-        let mut req = self.client()?.request(method.parse()?, format!("{}{}", self.api_url(), path));
+        let mut req = self
+            .client()?
+            .request(method.parse()?, format!("{}{}", self.api_url(), path));
         if let Some(b) = body {
             req = req.json(&b);
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     /// GET that must succeed.
@@ -235,7 +286,13 @@ impl Cloud {
     }
 
     /// Waits until GET `path` satisfies `pred`; returns the object.
-    pub async fn wait_for(&self, what: &str, path: &str, deadline: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        path: &str,
+        deadline: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         eventually(what, deadline, || async {
             Ok(self.get(path).await?.filter(|v| pred(v)))
         })
@@ -245,7 +302,11 @@ impl Cloud {
 
     /// Waits until GET `path` is 404.
     pub async fn wait_gone(&self, what: &str, path: &str, deadline: Duration) -> Result<()> {
-        eventually(what, deadline, || async { Ok(self.get(path).await?.is_none().then_some(())) }).await.with_context(|| self.log_tail())
+        eventually(what, deadline, || async {
+            Ok(self.get(path).await?.is_none().then_some(()))
+        })
+        .await
+        .with_context(|| self.log_tail())
     }
 }
 
@@ -269,13 +330,38 @@ pub struct Edge {
 }
 
 /// Runs `edgecore join`; returns (success, combined output).
-pub fn join_raw(dir: &Path, server: &str, token: &str, ca_hash: &str, name: &str, extra: &[&str]) -> Result<(bool, String)> {
+pub fn join_raw(
+    dir: &Path,
+    server: &str,
+    token: &str,
+    ca_hash: &str,
+    name: &str,
+    extra: &[&str],
+) -> Result<(bool, String)> {
     let out = Command::new(bin("edgecore")?)
-        .arg("--data-dir").arg(dir)
-        .args(["join", "--server", server, "--token", token, "--ca-hash", ca_hash, "--node-name", name])
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "join",
+            "--server",
+            server,
+            "--token",
+            token,
+            "--ca-hash",
+            ca_hash,
+            "--node-name",
+            name,
+        ])
         .args(extra)
         .output()?;
-    Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
 }
 
 impl Edge {
@@ -285,25 +371,48 @@ impl Edge {
         let (token, hash) = cloud.token("1h")?;
         let mqtt = cloud.mqtt_url();
         let mut extra = vec!["--mqtt-url", mqtt.as_str()];
-        let label_args: Vec<String> = labels.iter().flat_map(|l| ["--label".to_string(), l.to_string()]).collect();
+        let label_args: Vec<String> = labels
+            .iter()
+            .flat_map(|l| ["--label".to_string(), l.to_string()])
+            .collect();
         extra.extend(label_args.iter().map(String::as_str));
         let (ok, out) = join_raw(dir.path(), &cloud.hub_addr(), &token, &hash, name, &extra)?;
         if !ok {
             bail!("join of {name} failed: {out}{}", cloud.log_tail());
         }
-        let mut edge = Edge { dir, name: name.into(), child: None, server: cloud.hub_addr(), mqtt_url: cloud.mqtt_url(), metrics_port: free_tcp_port() };
+        let mut edge = Edge {
+            dir,
+            name: name.into(),
+            child: None,
+            server: cloud.hub_addr(),
+            mqtt_url: cloud.mqtt_url(),
+            metrics_port: free_tcp_port(),
+        };
         edge.start()?;
         Ok(edge)
     }
 
     /// Starts (or restarts) the agent.
     pub fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("edgecore.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("edgecore.log"))?;
         let child = Command::new(bin("edgecore")?)
-            .arg("--data-dir").arg(self.dir.path())
-            .args(["run", "--node-ip", "127.0.0.1", "--heartbeat-secs", "1", "--idle-timeout-secs", "4"])
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args([
+                "run",
+                "--node-ip",
+                "127.0.0.1",
+                "--heartbeat-secs",
+                "1",
+                "--idle-timeout-secs",
+                "4",
+            ])
             .args(["--server", &self.server, "--mqtt-url", &self.mqtt_url])
-            .arg("--metrics-addr").arg(format!("127.0.0.1:{}", self.metrics_port))
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{}", self.metrics_port))
             .env("SKERRY_RESTART_BACKOFF_BASE_MS", "300")
             .env("RUST_LOG", "info,edgecore=debug")
             .stdout(Stdio::null())
@@ -345,7 +454,11 @@ impl Edge {
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("edgecore.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        format!("\n--- edgecore {} log ---\n{}", self.name, lines[lines.len().saturating_sub(40)..].join("\n"))
+        format!(
+            "\n--- edgecore {} log ---\n{}",
+            self.name,
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
     }
 }
 
@@ -353,14 +466,22 @@ impl Edge {
 pub fn pids_under(dir: &Path, exclude: Option<u32>) -> Vec<u32> {
     let dir_s = dir.to_string_lossy().to_string();
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if Some(pid) == exclude || pid == std::process::id() {
             continue;
         }
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         if state.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')) {
             continue;
@@ -393,14 +514,34 @@ impl Mosquitto {
         let dir = tempfile::tempdir()?;
         let port = free_tcp_port();
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))?;
-        let child = Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
-            .context("cannot start mosquitto; install Debian's mosquitto package (deploy/setup.sh does)")?;
-        eventually("mosquitto to listen", Duration::from_secs(10), || async move {
-            Ok(std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
-        })
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )?;
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context(
+                "cannot start mosquitto; install Debian's mosquitto package (deploy/setup.sh does)",
+            )?;
+        eventually(
+            "mosquitto to listen",
+            Duration::from_secs(10),
+            || async move {
+                Ok(std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ()))
+            },
+        )
         .await?;
-        Ok(Self { child: Some(child), port, _dir: dir })
+        Ok(Self {
+            child: Some(child),
+            port,
+            _dir: dir,
+        })
     }
 }
 
@@ -426,17 +567,24 @@ pub fn process_pod(name: &str, node: &str, command: &[&str]) -> Value {
 
 /// Phase of a pod object.
 pub fn phase(pod: &Value) -> &str {
-    pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("")
+    pod.pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 /// Restart count of the first container.
 pub fn restarts(pod: &Value) -> u64 {
-    pod.pointer("/status/containerStatuses/0/restartCount").and_then(Value::as_u64).unwrap_or(0)
+    pod.pointer("/status/containerStatuses/0/restartCount")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
 }
 
 /// Container id of the first container.
 pub fn container_id(pod: &Value) -> String {
-    pod.pointer("/status/containerStatuses/0/containerID").and_then(Value::as_str).unwrap_or("").to_string()
+    pod.pointer("/status/containerStatuses/0/containerID")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Resident memory of a process in KiB (VmRSS), if it runs.

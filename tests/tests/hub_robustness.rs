@@ -12,14 +12,19 @@ fn node_client_config(edge_dir: &std::path::Path) -> anyhow::Result<quinn::Clien
     for c in CertificateDer::pem_file_iter(pki.join("ca.crt"))? {
         roots.add(c?)?;
     }
-    let chain = CertificateDer::pem_file_iter(pki.join("node.crt"))?.collect::<Result<Vec<_>, _>>()?;
+    let chain =
+        CertificateDer::pem_file_iter(pki.join("node.crt"))?.collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(pki.join("node.key"))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
     tls.alpn_protocols = vec![protocol::ALPN_SYNC.to_vec()];
-    Ok(quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?)))
+    Ok(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    )))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -31,23 +36,56 @@ async fn garbage_frames_close_only_that_connection() -> anyhow::Result<()> {
     a.stop();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     endpoint.set_default_client_config(node_client_config(a.dir.path())?);
-    for garbage in [vec![0u8, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4], vec![0xff, 0xff, 0xff, 0xff, 0]] {
-        let conn = endpoint.connect(cloud.hub_addr().parse()?, "127.0.0.1")?.await?;
+    for garbage in [
+        vec![0u8, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4],
+        vec![0xff, 0xff, 0xff, 0xff, 0],
+    ] {
+        let conn = endpoint
+            .connect(cloud.hub_addr().parse()?, "127.0.0.1")?
+            .await?;
         let (mut send, _recv) = conn.open_bi().await?;
         send.write_all(&garbage).await?;
         let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await?;
         match reason {
-            quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(u64::from(c.error_code), 1, "{c:?}"),
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(u64::from(c.error_code), 1, "{c:?}")
+            }
             other => panic!("expected the hub to close with a protocol error, got {other:?}"),
         }
     }
     // The hub still serves the other node.
-    cloud.api("POST", "/api/v1/namespaces/default/pods", Some(process_pod("still-served", "edge-b", &["sleep", "300"]))).await?;
-    cloud.wait_for("pod on edge-b Running", "/api/v1/namespaces/default/pods/still-served", Duration::from_secs(30), |p| phase(p) == "Running").await?;
+    cloud
+        .api(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(process_pod("still-served", "edge-b", &["sleep", "300"])),
+        )
+        .await?;
+    cloud
+        .wait_for(
+            "pod on edge-b Running",
+            "/api/v1/namespaces/default/pods/still-served",
+            Duration::from_secs(30),
+            |p| phase(p) == "Running",
+        )
+        .await?;
     // And edge-a itself reconnects fine afterwards.
     a.start()?;
-    cloud.api("POST", "/api/v1/namespaces/default/pods", Some(process_pod("back", "edge-a", &["sleep", "300"]))).await?;
-    cloud.wait_for("pod on edge-a Running", "/api/v1/namespaces/default/pods/back", Duration::from_secs(30), |p| phase(p) == "Running").await?;
+    cloud
+        .api(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(process_pod("back", "edge-a", &["sleep", "300"])),
+        )
+        .await?;
+    cloud
+        .wait_for(
+            "pod on edge-a Running",
+            "/api/v1/namespaces/default/pods/back",
+            Duration::from_secs(30),
+            |p| phase(p) == "Running",
+        )
+        .await?;
     Ok(())
 }
 
@@ -58,18 +96,27 @@ async fn connection_without_certificate_is_refused() -> anyhow::Result<()> {
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::pem::PemObject;
     roots.add(rustls::pki_types::CertificateDer::from_pem_slice(&ca)?)?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     tls.alpn_protocols = vec![protocol::ALPN_SYNC.to_vec()];
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?)));
-    let conn = endpoint.connect(cloud.hub_addr().parse()?, "127.0.0.1")?.await?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    )));
+    let conn = endpoint
+        .connect(cloud.hub_addr().parse()?, "127.0.0.1")?
+        .await?;
     match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await? {
         quinn::ConnectionError::ApplicationClosed(c) => {
             assert_eq!(u64::from(c.error_code), 2);
-            assert!(String::from_utf8_lossy(&c.reason).contains("edgecore join"), "{c:?}");
+            assert!(
+                String::from_utf8_lossy(&c.reason).contains("edgecore join"),
+                "{c:?}"
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }

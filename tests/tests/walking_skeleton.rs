@@ -8,27 +8,59 @@ use std::time::Duration;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn running(p: &Value) -> bool {
-    phase(p) == "Running" && p.pointer("/status/containerStatuses/0/state/running").is_some()
+    phase(p) == "Running"
+        && p.pointer("/status/containerStatuses/0/state/running")
+            .is_some()
 }
 
 async fn create_pod_runs_and_delete_removes_it(cloud: &Cloud) -> anyhow::Result<()> {
     let edge = Edge::join_and_start(cloud, "edge-a", &[]).await?;
-    let (code, body) = cloud.api("POST", "/api/v1/namespaces/default/pods", Some(process_pod("sleeper", "edge-a", &["sleep", "300"]))).await?;
+    let (code, body) = cloud
+        .api(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(process_pod("sleeper", "edge-a", &["sleep", "300"])),
+        )
+        .await?;
     assert_eq!(code, 201, "{body}");
-    let pod = cloud.wait_for("pod Running", "/api/v1/namespaces/default/pods/sleeper", DEADLINE, running).await.map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
+    let pod = cloud
+        .wait_for(
+            "pod Running",
+            "/api/v1/namespaces/default/pods/sleeper",
+            DEADLINE,
+            running,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
     assert_eq!(pod["status"]["podIP"], "127.0.0.1", "{pod}");
     assert!(pod["status"]["startTime"].is_string(), "{pod}");
     assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
     assert!(!edge.pod_pids().is_empty(), "the pod's process runs");
-    let node = cloud.wait_for("node Ready", "/api/v1/nodes/edge-a", DEADLINE, |n| {
-        n["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-    }).await?;
+    let node = cloud
+        .wait_for("node Ready", "/api/v1/nodes/edge-a", DEADLINE, |n| {
+            n["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .await?;
     assert!(node["status"]["capacity"]["cpu"].is_string(), "{node}");
 
-    let (code, body) = cloud.api("DELETE", "/api/v1/namespaces/default/pods/sleeper", None).await?;
+    let (code, body) = cloud
+        .api("DELETE", "/api/v1/namespaces/default/pods/sleeper", None)
+        .await?;
     assert_eq!(code, 200, "{body}");
-    cloud.wait_gone("pod object removed after the edge stopped it", "/api/v1/namespaces/default/pods/sleeper", DEADLINE).await?;
-    eventually("pod process gone", DEADLINE, || async { Ok(edge.pod_pids().is_empty().then_some(())) }).await?;
+    cloud
+        .wait_gone(
+            "pod object removed after the edge stopped it",
+            "/api/v1/namespaces/default/pods/sleeper",
+            DEADLINE,
+        )
+        .await?;
+    eventually("pod process gone", DEADLINE, || async {
+        Ok(edge.pod_pids().is_empty().then_some(()))
+    })
+    .await?;
     Ok(())
 }
 
@@ -41,7 +73,10 @@ async fn pod_runs_on_the_edge_and_delete_stops_it_with_embedded_broker() -> anyh
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_runs_on_the_edge_and_delete_stops_it_with_mosquitto() -> anyhow::Result<()> {
     let broker = Mosquitto::start().await?;
-    let cloud = Cloud::start(CloudOptions { external_mqtt_port: Some(broker.port) }).await?;
+    let cloud = Cloud::start(CloudOptions {
+        external_mqtt_port: Some(broker.port),
+    })
+    .await?;
     create_pod_runs_and_delete_removes_it(&cloud).await
 }
 
@@ -49,13 +84,37 @@ async fn pod_runs_on_the_edge_and_delete_stops_it_with_mosquitto() -> anyhow::Re
 async fn failing_container_restarts_with_growing_backoff() -> anyhow::Result<()> {
     let cloud = Cloud::start(CloudOptions::default()).await?;
     let _edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
-    let (code, body) = cloud.api("POST", "/api/v1/namespaces/default/pods", Some(process_pod("crasher", "edge-a", &["sh", "-c", "exit 3"]))).await?;
+    let (code, body) = cloud
+        .api(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(process_pod("crasher", "edge-a", &["sh", "-c", "exit 3"])),
+        )
+        .await?;
     assert_eq!(code, 201, "{body}");
-    let pod = cloud.wait_for("restartCount >= 3", "/api/v1/namespaces/default/pods/crasher", Duration::from_secs(60), |p| restarts(p) >= 3).await?;
-    assert_eq!(pod["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 3, "{pod}");
-    cloud.wait_for("CrashLoopBackOff", "/api/v1/namespaces/default/pods/crasher", DEADLINE, |p| {
-        p.pointer("/status/containerStatuses/0/state/waiting/reason") == Some(&json!("CrashLoopBackOff"))
-    }).await?;
+    let pod = cloud
+        .wait_for(
+            "restartCount >= 3",
+            "/api/v1/namespaces/default/pods/crasher",
+            Duration::from_secs(60),
+            |p| restarts(p) >= 3,
+        )
+        .await?;
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 3,
+        "{pod}"
+    );
+    cloud
+        .wait_for(
+            "CrashLoopBackOff",
+            "/api/v1/namespaces/default/pods/crasher",
+            DEADLINE,
+            |p| {
+                p.pointer("/status/containerStatuses/0/state/waiting/reason")
+                    == Some(&json!("CrashLoopBackOff"))
+            },
+        )
+        .await?;
     Ok(())
 }
 
@@ -63,53 +122,133 @@ async fn failing_container_restarts_with_growing_backoff() -> anyhow::Result<()>
 async fn pods_keep_running_while_cloud_is_down_and_status_catches_up() -> anyhow::Result<()> {
     let mut cloud = Cloud::start(CloudOptions::default()).await?;
     let edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
-    cloud.api("POST", "/api/v1/namespaces/default/pods", Some(process_pod("steady", "edge-a", &["sleep", "300"]))).await?;
-    let before = cloud.wait_for("Running", "/api/v1/namespaces/default/pods/steady", DEADLINE, running).await?;
+    cloud
+        .api(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(process_pod("steady", "edge-a", &["sleep", "300"])),
+        )
+        .await?;
+    let before = cloud
+        .wait_for(
+            "Running",
+            "/api/v1/namespaces/default/pods/steady",
+            DEADLINE,
+            running,
+        )
+        .await?;
     let pids = edge.pod_pids();
     cloud.kill9();
     tokio::time::sleep(Duration::from_secs(2)).await; // the edge notices nothing it must act on
-    assert_eq!(edge.pod_pids(), pids, "pods must keep running without the cloud");
+    assert_eq!(
+        edge.pod_pids(),
+        pids,
+        "pods must keep running without the cloud"
+    );
     cloud.launch().await?;
     // Status catches up: a fresh heartbeat arrives and the pod is unchanged.
-    let hb_before = cloud.get("/api/v1/nodes/edge-a").await?.unwrap()["status"]["conditions"][0]["lastHeartbeatTime"].clone();
-    cloud.wait_for("a newer heartbeat", "/api/v1/nodes/edge-a", DEADLINE, |n| n["status"]["conditions"][0]["lastHeartbeatTime"] != hb_before).await?;
-    let after = cloud.wait_for("Running", "/api/v1/namespaces/default/pods/steady", DEADLINE, running).await?;
+    let hb_before = cloud.get("/api/v1/nodes/edge-a").await?.unwrap()["status"]["conditions"][0]
+        ["lastHeartbeatTime"]
+        .clone();
+    cloud
+        .wait_for("a newer heartbeat", "/api/v1/nodes/edge-a", DEADLINE, |n| {
+            n["status"]["conditions"][0]["lastHeartbeatTime"] != hb_before
+        })
+        .await?;
+    let after = cloud
+        .wait_for(
+            "Running",
+            "/api/v1/namespaces/default/pods/steady",
+            DEADLINE,
+            running,
+        )
+        .await?;
     assert_eq!(container_id(&before), container_id(&after));
     assert_eq!(restarts(&after), 0);
     // And new work reaches the edge over the re-established link.
-    cloud.api("POST", "/api/v1/namespaces/default/pods", Some(process_pod("second", "edge-a", &["sleep", "300"]))).await?;
-    cloud.wait_for("second pod Running", "/api/v1/namespaces/default/pods/second", DEADLINE, running).await?;
+    cloud
+        .api(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(process_pod("second", "edge-a", &["sleep", "300"])),
+        )
+        .await?;
+    cloud
+        .wait_for(
+            "second pod Running",
+            "/api/v1/namespaces/default/pods/second",
+            DEADLINE,
+            running,
+        )
+        .await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn edge_restarted_without_cloud_runs_cached_pods_and_reconnect_restarts_nothing() -> anyhow::Result<()> {
+async fn edge_restarted_without_cloud_runs_cached_pods_and_reconnect_restarts_nothing(
+) -> anyhow::Result<()> {
     let mut cloud = Cloud::start(CloudOptions::default()).await?;
     let mut edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
-    cloud.api("POST", "/api/v1/namespaces/default/pods", Some(process_pod("autonomous", "edge-a", &["sleep", "300"]))).await?;
-    cloud.wait_for("Running", "/api/v1/namespaces/default/pods/autonomous", DEADLINE, running).await?;
+    cloud
+        .api(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(process_pod("autonomous", "edge-a", &["sleep", "300"])),
+        )
+        .await?;
+    cloud
+        .wait_for(
+            "Running",
+            "/api/v1/namespaces/default/pods/autonomous",
+            DEADLINE,
+            running,
+        )
+        .await?;
     // Simulate a power cut: edgecore and its pods die, the cloud is unreachable.
     edge.kill9();
     edge.kill_pods();
     cloud.kill9();
     assert!(edge.pod_pids().is_empty());
     edge.start()?;
-    eventually("cached pod running again with no cloud", Duration::from_secs(15), || async {
-        Ok((!edge.pod_pids().is_empty()).then_some(()))
-    })
+    eventually(
+        "cached pod running again with no cloud",
+        Duration::from_secs(15),
+        || async { Ok((!edge.pod_pids().is_empty()).then_some(())) },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
     let pids = edge.pod_pids();
     cloud.launch().await?;
-    let pod = cloud.wait_for("status converges", "/api/v1/namespaces/default/pods/autonomous", DEADLINE, running).await?;
+    let pod = cloud
+        .wait_for(
+            "status converges",
+            "/api/v1/namespaces/default/pods/autonomous",
+            DEADLINE,
+            running,
+        )
+        .await?;
     // Give the reconnect time to deliver anything it would (wrongly) change.
-    let node_seen = cloud.wait_for("edge heartbeat after reconnect", "/api/v1/nodes/edge-a", DEADLINE, |n| {
-        n["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-    }).await?;
+    let node_seen = cloud
+        .wait_for(
+            "edge heartbeat after reconnect",
+            "/api/v1/nodes/edge-a",
+            DEADLINE,
+            |n| {
+                n["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            },
+        )
+        .await?;
     assert!(node_seen.is_object());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(edge.pod_pids(), pids, "reconnecting must not restart a healthy pod");
-    assert!(container_id(&pod).len() > 0);
+    assert_eq!(
+        edge.pod_pids(),
+        pids,
+        "reconnecting must not restart a healthy pod"
+    );
+    assert!(!container_id(&pod).is_empty());
     Ok(())
 }
 
@@ -118,7 +257,14 @@ async fn bad_and_reused_tokens_are_refused_clearly() -> anyhow::Result<()> {
     let cloud = Cloud::start(CloudOptions::default()).await?;
     let dir = tempfile::tempdir()?;
     let (token, hash) = cloud.token("1h")?;
-    let (ok, out) = join_raw(dir.path(), &cloud.hub_addr(), "abcdef.0000000000000000", &hash, "n1", &[])?;
+    let (ok, out) = join_raw(
+        dir.path(),
+        &cloud.hub_addr(),
+        "abcdef.0000000000000000",
+        &hash,
+        "n1",
+        &[],
+    )?;
     assert!(!ok && out.contains("bootstrap token is not valid"), "{out}");
     let (ok, out) = join_raw(dir.path(), &cloud.hub_addr(), &token, &hash, "n1", &[])?;
     assert!(ok, "{out}");
@@ -140,11 +286,21 @@ async fn invalid_pod_json_gets_a_400_status_naming_the_field() -> anyhow::Result
     let cloud = Cloud::start(CloudOptions::default()).await?;
     let mut pod = process_pod("bad", "edge-a", &["sleep", "1"]);
     pod["spec"]["containers"][0]["ports"] = json!([{"containerPort": "eighty"}]);
-    let (code, body) = cloud.api("POST", "/api/v1/namespaces/default/pods", Some(pod)).await?;
+    let (code, body) = cloud
+        .api("POST", "/api/v1/namespaces/default/pods", Some(pod))
+        .await?;
     assert_eq!(code, 400, "{body}");
     assert_eq!(body["kind"], "Status");
-    assert!(body["message"].as_str().unwrap_or("").contains("spec.containers[0].ports[0].containerPort"), "{body}");
-    let (code, _) = cloud.api("GET", "/api/v1/namespaces/default/pods/bad", None).await?;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("spec.containers[0].ports[0].containerPort"),
+        "{body}"
+    );
+    let (code, _) = cloud
+        .api("GET", "/api/v1/namespaces/default/pods/bad", None)
+        .await?;
     assert_eq!(code, 404, "nothing stored");
     Ok(())
 }
@@ -157,16 +313,37 @@ async fn pod_with_node_selector_is_bound_to_a_matching_ready_node() -> anyhow::R
     let mut pod = process_pod("placed", "", &["sleep", "300"]);
     pod["spec"].as_object_mut().unwrap().remove("nodeName");
     pod["spec"]["nodeSelector"] = json!({"zone": "south"});
-    cloud.api("POST", "/api/v1/namespaces/default/pods", Some(pod)).await?;
-    let p = cloud.wait_for("bound and Running", "/api/v1/namespaces/default/pods/placed", DEADLINE, running).await?;
+    cloud
+        .api("POST", "/api/v1/namespaces/default/pods", Some(pod))
+        .await?;
+    let p = cloud
+        .wait_for(
+            "bound and Running",
+            "/api/v1/namespaces/default/pods/placed",
+            DEADLINE,
+            running,
+        )
+        .await?;
     assert_eq!(p["spec"]["nodeName"], "edge-b");
     let mut nowhere = process_pod("nowhere", "", &["sleep", "300"]);
     nowhere["spec"].as_object_mut().unwrap().remove("nodeName");
     nowhere["spec"]["nodeSelector"] = json!({"zone": "mars"});
-    cloud.api("POST", "/api/v1/namespaces/default/pods", Some(nowhere)).await?;
-    let p = cloud.wait_for("Unschedulable condition", "/api/v1/namespaces/default/pods/nowhere", DEADLINE, |p| {
-        p["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable"))
-    }).await?;
+    cloud
+        .api("POST", "/api/v1/namespaces/default/pods", Some(nowhere))
+        .await?;
+    let p = cloud
+        .wait_for(
+            "Unschedulable condition",
+            "/api/v1/namespaces/default/pods/nowhere",
+            DEADLINE,
+            |p| {
+                p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")
+                })
+            },
+        )
+        .await?;
     assert_eq!(phase(&p), "Pending");
     Ok(())
 }

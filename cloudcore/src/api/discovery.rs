@@ -54,7 +54,11 @@ fn group_doc(registry: &Registry, group: &str) -> Value {
 
 /// `GET /apis`: the non-core groups.
 pub fn api_group_list(registry: &Registry) -> Value {
-    let groups: Vec<Value> = registry.groups().iter().map(|g| group_doc(registry, g)).collect();
+    let groups: Vec<Value> = registry
+        .groups()
+        .iter()
+        .map(|g| group_doc(registry, g))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -119,6 +123,117 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
     }))
 }
 
+/// The OpenAPI v3 path of a group version (`api/v1`, `apis/apps/v1`).
+fn openapi_gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// Every (group, version) served, in registration order.
+fn group_versions(registry: &Registry) -> Vec<(&'static str, &'static str)> {
+    let mut out = Vec::new();
+    for h in registry.iter() {
+        let gv = (h.info().group, h.info().version);
+        if !out.contains(&gv) {
+            out.push(gv);
+        }
+    }
+    out
+}
+
+/// `GET /openapi/v3/{api/v1 | apis/g/v}`: a deliberately minimal OpenAPI v3 document — one
+/// operation per resource carrying its group-version-kind and the `fieldValidation` parameter.
+///
+/// Why not a 404: `kubectl create/replace` (with the default `--validate=strict`) asks the
+/// OpenAPI document whether the server validates fields itself, and refuses to send anything
+/// when neither `/openapi/v3` nor `/openapi/v2` answers. With this document kubectl sends
+/// `?fieldValidation=Strict` and leaves validation to the server, which implements it. There
+/// are no schemas, so `kubectl explain` still does not work.
+pub fn openapi_v3_group_version(registry: &Registry, path: &str) -> Option<Value> {
+    let (group, version) = group_versions(registry)
+        .into_iter()
+        .find(|(g, v)| openapi_gv_path(g, v) == path)?;
+    let mut paths = serde_json::Map::new();
+    let param = |name: &str, description: &str| json!({"name": name, "in": "query", "description": description, "schema": {"type": "string", "uniqueItems": true}});
+    for h in registry.iter() {
+        let i = h.info();
+        if i.group != group || i.version != version {
+            continue;
+        }
+        let gvk = json!({"group": i.group, "version": i.version, "kind": i.kind});
+        let params = json!([
+            param(
+                "dryRun",
+                "When present, indicates that modifications should not be persisted."
+            ),
+            param(
+                "fieldManager",
+                "A name associated with the actor or entity that is making these changes."
+            ),
+            param(
+                "fieldValidation",
+                "Ignore, Warn (default) or Strict: how unknown fields are handled."
+            ),
+        ]);
+        let op = |verb: &str| {
+            json!({
+                "description": format!("{verb} the specified {}", i.kind),
+                "operationId": format!("{verb}{}", i.kind),
+                "parameters": params,
+                "responses": {"200": {"description": "OK"}},
+                "x-kubernetes-action": verb,
+                "x-kubernetes-group-version-kind": gvk,
+            })
+        };
+        let base = format!("/{}", openapi_gv_path(group, version));
+        let collection = if i.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}", i.plural)
+        } else {
+            format!("{base}/{}", i.plural)
+        };
+        if i.supports("create") {
+            paths.insert(collection.clone(), json!({"post": op("post")}));
+        }
+        let mut item = serde_json::Map::new();
+        if i.supports("update") {
+            item.insert("put".into(), op("put"));
+        }
+        if i.supports("patch") {
+            item.insert("patch".into(), op("patch"));
+        }
+        if !item.is_empty() {
+            paths.insert(format!("{collection}/{{name}}"), Value::Object(item));
+        }
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": format!("v1.{KUBE_MINOR}.0")},
+        "paths": paths,
+        "components": {},
+    }))
+}
+
+/// `GET /openapi/v3`: the index of group-version documents.
+pub fn openapi_v3_index(registry: &Registry) -> Value {
+    let mut paths = serde_json::Map::new();
+    for (g, v) in group_versions(registry) {
+        let path = openapi_gv_path(g, v);
+        // The hash lets clients cache a document; it changes whenever the document does.
+        let doc = openapi_v3_group_version(registry, &path).unwrap_or(Value::Null);
+        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            doc.to_string().as_bytes(),
+        ));
+        paths.insert(
+            path.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", hash.to_uppercase())}),
+        );
+    }
+    json!({"paths": paths})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,15 +243,49 @@ mod tests {
         let r = Registry::builtin();
         let v = api_versions(&r, "example:6443");
         assert_eq!(v["versions"], json!(["v1"]));
-        assert_eq!(v["serverAddressByClientCIDRs"][0]["serverAddress"], "example:6443");
+        assert_eq!(
+            v["serverAddressByClientCIDRs"][0]["serverAddress"],
+            "example:6443"
+        );
         let list = resource_list(&r, "", "v1").unwrap();
-        let names: Vec<&str> = list["resources"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = list["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["pods", "pods/status", "nodes", "nodes/status"]);
         assert_eq!(list["resources"][0]["shortNames"], json!(["po"]));
         assert!(resource_list(&r, "", "v2").is_none());
         assert_eq!(api_group_list(&r)["groups"], json!([]));
         assert!(api_group(&r, "apps").is_none());
         assert_eq!(version_info()["minor"], "33");
-        assert!(version_info()["gitVersion"].as_str().unwrap().starts_with("v1.33.0-skerry."));
+        assert!(version_info()["gitVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("v1.33.0-skerry."));
+    }
+
+    #[test]
+    fn openapi_v3_says_fields_are_validated_by_the_server() {
+        let r = Registry::builtin();
+        let index = openapi_v3_index(&r);
+        let url = index["paths"]["api/v1"]["serverRelativeURL"]
+            .as_str()
+            .unwrap();
+        assert!(url.starts_with("/openapi/v3/api/v1?hash="), "{url}");
+        let doc = openapi_v3_group_version(&r, "api/v1").unwrap();
+        let patch = &doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"],
+            json!({"group": "", "version": "v1", "kind": "Pod"})
+        );
+        assert!(patch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "fieldValidation" && p["in"] == "query"));
+        assert!(doc["paths"]["/api/v1/nodes/{name}"]["patch"].is_object());
+        assert!(openapi_v3_group_version(&r, "apis/apps/v1").is_none());
     }
 }

@@ -43,7 +43,12 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(kind: FieldErrorKind, field: impl Into<String>, value: Option<String>, detail: impl Into<String>) -> Self {
+    fn new(
+        kind: FieldErrorKind,
+        field: impl Into<String>,
+        value: Option<String>,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             kind,
             field: field.into(),
@@ -59,18 +64,33 @@ impl FieldError {
 
     /// A malformed value; `value` is shown JSON-encoded.
     pub fn invalid(field: impl Into<String>, value: &Value, detail: impl Into<String>) -> Self {
-        Self::new(FieldErrorKind::Invalid, field, Some(value.to_string()), detail)
+        Self::new(
+            FieldErrorKind::Invalid,
+            field,
+            Some(value.to_string()),
+            detail,
+        )
     }
 
     /// A value outside an enumeration.
     pub fn not_supported(field: impl Into<String>, value: &Value, supported: &[&str]) -> Self {
         let supported = supported.iter().map(|s| s.to_string()).collect();
-        Self::new(FieldErrorKind::NotSupported(supported), field, Some(value.to_string()), "")
+        Self::new(
+            FieldErrorKind::NotSupported(supported),
+            field,
+            Some(value.to_string()),
+            "",
+        )
     }
 
     /// A repeated value that must be unique.
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
-        Self::new(FieldErrorKind::Duplicate, field, Some(value.to_string()), "")
+        Self::new(
+            FieldErrorKind::Duplicate,
+            field,
+            Some(value.to_string()),
+            "",
+        )
     }
 
     /// A reference to something that does not exist.
@@ -104,7 +124,10 @@ impl FieldError {
             FieldErrorKind::Invalid => format!("Invalid value: {value}"),
             FieldErrorKind::NotSupported(supported) => {
                 let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
-                format!("Unsupported value: {value}: supported values: {}", list.join(", "))
+                format!(
+                    "Unsupported value: {value}: supported values: {}",
+                    list.join(", ")
+                )
             }
             FieldErrorKind::Duplicate => format!("Duplicate value: {value}"),
             FieldErrorKind::NotFound => format!("Not found: {value}"),
@@ -216,7 +239,10 @@ fn render_field_errors(errors: &[FieldError]) -> String {
         [one] => one.to_string(),
         many => format!(
             "[{}]",
-            many.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -357,8 +383,10 @@ impl IntoResponse for ApiError {
 pub fn json_response(code: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut resp = (code, bytes).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -371,13 +399,24 @@ mod tests {
     fn field_error_messages_read_like_kubernetes() {
         let e = FieldError::required("spec.containers[0].image", "");
         assert_eq!(e.to_string(), "spec.containers[0].image: Required value");
-        let e = FieldError::not_supported("spec.restartPolicy", &json!("Sometimes"), &["Always", "Never"]);
+        let e = FieldError::not_supported(
+            "spec.restartPolicy",
+            &json!("Sometimes"),
+            &["Always", "Never"],
+        );
         assert_eq!(
             e.to_string(),
             r#"spec.restartPolicy: Unsupported value: "Sometimes": supported values: "Always", "Never""#
         );
-        let e = FieldError::invalid("spec.containers[0].ports[0].containerPort", &json!(0), "must be between 1 and 65535, inclusive");
-        assert_eq!(e.body(), "Invalid value: 0: must be between 1 and 65535, inclusive");
+        let e = FieldError::invalid(
+            "spec.containers[0].ports[0].containerPort",
+            &json!(0),
+            "must be between 1 and 65535, inclusive",
+        );
+        assert_eq!(
+            e.body(),
+            "Invalid value: 0: must be between 1 and 65535, inclusive"
+        );
     }
 
     #[test]
@@ -398,14 +437,24 @@ mod tests {
             r#"Pod "x" is invalid: [spec.containers[0].image: Required value, spec.containers[1].name: Duplicate value: "a"]"#
         );
         assert_eq!(s["details"]["causes"][1]["reason"], "FieldValueDuplicate");
-        assert_eq!(s["details"]["causes"][0]["field"], "spec.containers[0].image");
+        assert_eq!(
+            s["details"]["causes"][0]["field"],
+            "spec.containers[0].image"
+        );
     }
 
     #[test]
     fn not_found_names_resource_and_group() {
-        let s = ApiError::NotFound { resource: "deployments.apps".into(), name: "web".into() }.status();
+        let s = ApiError::NotFound {
+            resource: "deployments.apps".into(),
+            name: "web".into(),
+        }
+        .status();
         assert_eq!(s["message"], r#"deployments.apps "web" not found"#);
-        assert_eq!(s["details"], json!({"name": "web", "kind": "deployments", "group": "apps"}));
+        assert_eq!(
+            s["details"],
+            json!({"name": "web", "kind": "deployments", "group": "apps"})
+        );
         let s = ApiError::stale("pods", "x").status();
         assert_eq!(s["code"], 409);
         assert_eq!(

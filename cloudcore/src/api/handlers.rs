@@ -15,7 +15,7 @@ use super::{watch, ApiState, RequestLabels};
 use crate::store::{ObjectKey, StoreError, Stored};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
@@ -176,13 +176,18 @@ impl Call {
     /// object).
     pub fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ApiError> {
         let bad = |e: super::selector::SelectorError| ApiError::bad_request(e.to_string());
-        let labels = LabelSelector::parse(self.query.get("labelSelector").map_or("", String::as_str))
-            .map_err(bad)?;
+        let labels =
+            LabelSelector::parse(self.query.get("labelSelector").map_or("", String::as_str))
+                .map_err(bad)?;
         let raw_fields = self.query.get("fieldSelector").map_or("", String::as_str);
         let mut fields = FieldSelector::parse(raw_fields).map_err(bad)?;
-        fields.check_fields(&self.info().field_names()).map_err(|e| {
-            ApiError::bad_request(format!("unable to parse field selector {raw_fields:?}: {e}"))
-        })?;
+        fields
+            .check_fields(&self.info().field_names())
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "unable to parse field selector {raw_fields:?}: {e}"
+                ))
+            })?;
         if let Some(name) = &self.name {
             fields.requirements.push(super::selector::FieldRequirement {
                 field: "metadata.name".into(),
@@ -275,7 +280,8 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::RequestEntityTooLarge { limit });
         }
@@ -298,14 +304,22 @@ fn check_type_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
         )));
     }
     let expected = info.api_version();
-    if let Some(v) = obj.get("apiVersion").and_then(Value::as_str).filter(|v| !v.is_empty()) {
+    if let Some(v) = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .filter(|v| !v.is_empty())
+    {
         if v != expected {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({v}) does not match the expected API version ({expected})"
             )));
         }
     }
-    if let Some(k) = obj.get("kind").and_then(Value::as_str).filter(|k| !k.is_empty()) {
+    if let Some(k) = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+    {
         if k != info.kind {
             return Err(ApiError::bad_request(format!(
                 "the kind in the data ({k}) does not match the expected kind ({})",
@@ -316,21 +330,81 @@ fn check_type_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Type-checks a body and aligns its namespace (and name, for item URLs) with the URL.
-fn decode_body(call: &Call, raw: Value) -> Result<Value, ApiError> {
+/// How unknown fields in a body are treated (`?fieldValidation=`), as in Kubernetes: `Warn` (the
+/// default) answers with a `Warning` header per field, `Strict` rejects the request, `Ignore`
+/// drops them silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+fn field_validation(call: &Call) -> Result<FieldValidation, ApiError> {
+    match call.query.get("fieldValidation").map(String::as_str) {
+        None | Some("" | "Warn") => Ok(FieldValidation::Warn),
+        Some("Strict") => Ok(FieldValidation::Strict),
+        Some("Ignore") => Ok(FieldValidation::Ignore),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "fieldValidation: Unsupported value: {other:?}: supported values: \"Ignore\", \"Strict\", \"Warn\""
+        ))),
+    }
+}
+
+/// Adds one `Warning: 299 - "..."` header per warning (what kubectl prints as `Warning: ...`).
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text: String = w
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        let value = format!("299 - {:?}", text);
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+/// Type-checks a body and aligns its namespace (and name, for item URLs) with the URL. Returns
+/// the object and the warnings about unknown fields.
+fn decode_body(call: &Call, raw: Value) -> Result<(Value, Vec<String>), ApiError> {
     let info = call.info();
     check_type_meta(info, &raw)?;
+    let mode = field_validation(call)?;
     let name_hint = raw
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or(call.name())
         .to_string();
+    let raw_copy = (mode != FieldValidation::Ignore).then(|| raw.clone());
     let mut obj = call
         .res
         .decode(raw)
         .map_err(|e| e.into_api_error(info, &name_hint))?;
+    let mut warnings = Vec::new();
+    if let Some(raw) = raw_copy {
+        let unknown: Vec<String> = super::resource::unknown_fields(&raw, &obj)
+            .into_iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
+        if mode == FieldValidation::Strict && !unknown.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                unknown.join(", ")
+            )));
+        }
+        warnings = unknown;
+    }
     set_type_meta(info, &mut obj);
-    let meta = metadata_mut(&mut obj).ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    let meta = metadata_mut(&mut obj)
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
     if info.namespaced {
         let url_ns = call.namespace.clone().unwrap_or_default();
         let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
@@ -353,7 +427,7 @@ fn decode_body(call: &Call, raw: Value) -> Result<Value, ApiError> {
             )));
         }
     }
-    Ok(obj)
+    Ok((obj, warnings))
 }
 
 fn invalid(info: &ResourceInfo, obj: &Value, errors: Vec<FieldError>) -> ApiError {
@@ -458,14 +532,24 @@ pub(super) async fn list(call: &Call) -> Result<Response, ApiError> {
 pub(super) async fn create(call: &Call, body: Bytes) -> Result<Response, ApiError> {
     let info = call.info();
     let dry_run = call.dry_run()?;
-    let mut obj = decode_body(call, parse_json(&body)?)?;
-    let meta = metadata_mut(&mut obj).ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-    for system in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+    let (mut obj, warnings) = decode_body(call, parse_json(&body)?)?;
+    let meta = metadata_mut(&mut obj)
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    for system in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
         meta.remove(system);
     }
     meta.insert("uid".into(), json!(new_uid()));
     meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-    let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let generate_base = meta
         .get("generateName")
         .and_then(Value::as_str)
@@ -485,24 +569,40 @@ pub(super) async fn create(call: &Call, body: Bytes) -> Result<Response, ApiErro
         validate(call, &obj)?;
         let name = meta_str(&obj, "name").to_string();
         if dry_run {
-            return Ok(call.object_response(StatusCode::CREATED, obj));
+            return Ok(with_warnings(
+                call.object_response(StatusCode::CREATED, obj),
+                &warnings,
+            ));
         }
-        let key = ObjectKey::new(info.storage_resource(), call.namespace.clone().unwrap_or_default(), &name);
+        let key = ObjectKey::new(
+            info.storage_resource(),
+            call.namespace.clone().unwrap_or_default(),
+            &name,
+        );
         match call.state.store.create(&key, obj.clone()).await {
             Ok(stored) => {
                 tracing::info!(resource = %info.plural, namespace = %key.namespace, name = %name, revision = stored.revision, "created");
-                return Ok(call.object_response(StatusCode::CREATED, stored.value));
+                return Ok(with_warnings(
+                    call.object_response(StatusCode::CREATED, stored.value),
+                    &warnings,
+                ));
             }
             Err(StoreError::AlreadyExists(_)) if attempt + 1 < attempts => continue,
             Err(e) => return Err(ApiError::from_store(e, &info.qualified(), &name)),
         }
     }
-    Err(ApiError::Internal("could not generate a unique name".into()))
+    Err(ApiError::Internal(
+        "could not generate a unique name".into(),
+    ))
 }
 
 /// Read-modify-write of the object with `build(current)`; retries on conflicts unless the client
 /// gave a resourceVersion precondition.
-async fn update_loop<F>(call: &Call, precondition: Option<u64>, mut build: F) -> Result<Response, ApiError>
+async fn update_loop<F>(
+    call: &Call,
+    precondition: Option<u64>,
+    mut build: F,
+) -> Result<Response, ApiError>
 where
     F: FnMut(&Value) -> Result<Value, ApiError>,
 {
@@ -515,12 +615,20 @@ where
         }
         let mut new = build(&current.value)?;
         if let Some(meta) = metadata_mut(&mut new) {
-            meta.insert("resourceVersion".into(), json!(current.revision.to_string()));
+            meta.insert(
+                "resourceVersion".into(),
+                json!(current.revision.to_string()),
+            );
         }
         if new == current.value || dry_run {
             return Ok(call.object_response(StatusCode::OK, new));
         }
-        match call.state.store.update(&key, new, Some(current.revision)).await {
+        match call
+            .state
+            .store
+            .update(&key, new, Some(current.revision))
+            .await
+        {
             Ok(stored) => {
                 tracing::info!(resource = %call.info().plural, namespace = %key.namespace, name = %key.name, revision = stored.revision, status = call.status, "updated");
                 return Ok(call.object_response(StatusCode::OK, stored.value));
@@ -543,7 +651,12 @@ fn build_update(call: &Call, body: &Value, current: &Value) -> Result<Value, Api
     let Some(meta) = metadata_mut(&mut new) else {
         return Err(ApiError::bad_request("metadata must be an object"));
     };
-    for system in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+    for system in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
         match current.get("metadata").and_then(|m| m.get(system)) {
             Some(v) => meta.insert(system.into(), v.clone()),
             None => meta.remove(system),
@@ -582,17 +695,18 @@ fn build_status_update(call: &Call, body: &Value, current: &Value) -> Result<Val
 }
 
 pub(super) async fn update(call: &Call, body: Bytes) -> Result<Response, ApiError> {
-    let mut obj = decode_body(call, parse_json(&body)?)?;
+    let (mut obj, warnings) = decode_body(call, parse_json(&body)?)?;
     let precondition = resource_version_precondition(&obj)?;
     call.res.default(&mut obj);
-    update_loop(call, precondition, |current| {
+    let resp = update_loop(call, precondition, |current| {
         if call.status {
             build_status_update(call, &obj, current)
         } else {
             build_update(call, &obj, current)
         }
     })
-    .await
+    .await?;
+    Ok(with_warnings(resp, &warnings))
 }
 
 /// RFC 7386 JSON merge patch.
@@ -615,6 +729,19 @@ pub(super) fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Whether a strategic merge patch means the same as a JSON merge patch: it does when it holds
+/// no lists (which strategic merge merges by key) and no `$` directives. That covers
+/// `kubectl cordon`, `label`, `annotate` and map-only `edit`s.
+fn is_plain_merge(patch: &Value) -> bool {
+    match patch {
+        Value::Array(_) => false,
+        Value::Object(m) => m
+            .iter()
+            .all(|(k, v)| !k.starts_with('$') && is_plain_merge(v)),
+        _ => true,
+    }
+}
+
 pub(super) async fn patch(call: &Call, body: Bytes) -> Result<Response, ApiError> {
     let content_type = call
         .headers
@@ -622,20 +749,31 @@ pub(super) async fn patch(call: &Call, body: Bytes) -> Result<Response, ApiError
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
-    if mime != "application/merge-patch+json" {
-        return Err(ApiError::UnsupportedMediaType {
-            accepted: "application/merge-patch+json (strategic merge, JSON and apply patches are not supported)".into(),
-        });
-    }
+    let strategic = match mime {
+        "application/merge-patch+json" => false,
+        "application/strategic-merge-patch+json" => true,
+        _ => {
+            return Err(ApiError::UnsupportedMediaType {
+                accepted: "application/merge-patch+json, application/strategic-merge-patch+json (without lists or directives); JSON and apply patches are not supported".into(),
+            })
+        }
+    };
     let patch = parse_json(&body)?;
     if !patch.is_object() {
         return Err(ApiError::bad_request("a merge patch must be a JSON object"));
     }
+    if strategic && !is_plain_merge(&patch) {
+        return Err(ApiError::UnsupportedMediaType {
+            accepted: "application/merge-patch+json; strategic merge patches are supported only without lists and $-directives (use kubectl replace, or a merge patch)".into(),
+        });
+    }
     let precondition = resource_version_precondition(&patch)?;
-    update_loop(call, precondition, |current| {
+    let mut warnings = Vec::new();
+    let resp = update_loop(call, precondition, |current| {
         let mut merged = current.clone();
         merge_patch(&mut merged, &patch);
-        let mut obj = decode_body(call, merged)?;
+        let (mut obj, w) = decode_body(call, merged)?;
+        warnings = w;
         call.res.default(&mut obj);
         if call.status {
             build_status_update(call, &obj, current)
@@ -643,19 +781,27 @@ pub(super) async fn patch(call: &Call, body: Bytes) -> Result<Response, ApiError
             build_update(call, &obj, current)
         }
     })
-    .await
+    .await?;
+    Ok(with_warnings(resp, &warnings))
 }
 
 fn parse_grace(v: &str) -> Result<i64, ApiError> {
-    v.parse()
-        .map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: invalid value {v:?}: must be an integer")))
+    v.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "gracePeriodSeconds: invalid value {v:?}: must be an integer"
+        ))
+    })
 }
 
 pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiError> {
     let info = call.info();
     let mut dry_run = call.dry_run()?;
     let mut opts = DeleteOptions {
-        grace_period_seconds: call.query.get("gracePeriodSeconds").map(|v| parse_grace(v)).transpose()?,
+        grace_period_seconds: call
+            .query
+            .get("gracePeriodSeconds")
+            .map(|v| parse_grace(v))
+            .transpose()?,
     };
     let mut pre_rv = None;
     let mut pre_uid = String::new();
@@ -665,7 +811,11 @@ pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiErro
             serde_path_to_error::deserialize(raw).map_err(|e| {
                 let path = e.path().to_string();
                 let msg = e.into_inner().to_string();
-                ApiError::bad_field(format!("DeleteOptions cannot be decoded: {path}: {msg}"), path, msg)
+                ApiError::bad_field(
+                    format!("DeleteOptions cannot be decoded: {path}: {msg}"),
+                    path,
+                    msg,
+                )
             })?;
         if d.grace_period_seconds.is_some() {
             opts.grace_period_seconds = d.grace_period_seconds;
@@ -695,12 +845,19 @@ pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiErro
         }
         check_uid(call, &pre_uid, &current.value)?;
         match call.res.on_delete(&current.value, &opts, &now_rfc3339()) {
-            DeleteAction::Unchanged => return Ok(call.object_response(StatusCode::OK, current.value)),
+            DeleteAction::Unchanged => {
+                return Ok(call.object_response(StatusCode::OK, current.value))
+            }
             DeleteAction::Update(v) => {
                 if dry_run {
                     return Ok(call.object_response(StatusCode::OK, v));
                 }
-                match call.state.store.update(&key, v, Some(current.revision)).await {
+                match call
+                    .state
+                    .store
+                    .update(&key, v, Some(current.revision))
+                    .await
+                {
                     Ok(stored) => {
                         tracing::info!(resource = %info.plural, namespace = %key.namespace, name = %key.name,
                             grace = ?stored.value.pointer("/metadata/deletionGracePeriodSeconds"), "marked for graceful deletion");
@@ -808,7 +965,9 @@ async fn handle(
         (true, "get" | "update" | "patch") => t.res.info().supports(verb),
         (true, _) => false,
         // A namespaced resource without a namespace supports only list and watch.
-        (false, "create") => t.res.info().supports(verb) && (t.namespace.is_some() || !t.res.info().namespaced),
+        (false, "create") => {
+            t.res.info().supports(verb) && (t.namespace.is_some() || !t.res.info().namespaced)
+        }
         (false, v) => t.res.info().supports(v),
     };
     if !allowed {
@@ -851,14 +1010,34 @@ mod tests {
     #[test]
     fn merge_patch_rfc7386() {
         let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
-        merge_patch(&mut t, &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}));
-        assert_eq!(t, json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}}));
+        merge_patch(
+            &mut t,
+            &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
+        );
+        assert_eq!(
+            t,
+            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
+        );
+    }
+
+    #[test]
+    fn strategic_patches_without_lists_are_merge_patches() {
+        assert!(is_plain_merge(
+            &json!({"spec": {"unschedulable": true}, "metadata": {"labels": {"a": null}}})
+        ));
+        assert!(!is_plain_merge(
+            &json!({"spec": {"containers": [{"name": "a", "image": "b"}]}})
+        ));
+        assert!(!is_plain_merge(&json!({"metadata": {"$patch": "replace"}})));
     }
 
     #[test]
     fn timestamps() {
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(table::parse_timestamp(&now_rfc3339()).map(|t| (t - now_seconds()).abs() <= 1), Some(true));
+        assert_eq!(
+            table::parse_timestamp(&now_rfc3339()).map(|t| (t - now_seconds()).abs() <= 1),
+            Some(true)
+        );
         let uid = new_uid();
         assert_eq!(uid.len(), 36);
         assert_eq!(uid.as_bytes()[14], b'4');

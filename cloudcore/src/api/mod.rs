@@ -8,7 +8,8 @@
 //!   Kubernetes' semantics (defaulting, optimistic concurrency, graceful pod deletion);
 //! - `watch`: `?watch=1` streams;
 //! - [`table`]: server-side printing for `kubectl get`;
-//! - [`discovery`]: `/api`, `/apis`, `/version`;
+//! - [`discovery`]: `/api`, `/apis`, `/version`, and a minimal `/openapi/v3` (see
+//!   [`discovery::openapi_v3_group_version`] for why it exists);
 //! - [`selector`], [`validation`], [`quantity`], [`error`]: the pieces those share.
 //!
 //! [`router`] returns a plain `axum::Router`; the caller serves it (over TLS in production).
@@ -38,7 +39,7 @@ pub use resource::{DeleteAction, Registry, ResourceHandler, ResourceInfo};
 
 use crate::store::{ObjectKey, Store};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -107,8 +108,9 @@ pub(crate) struct RequestLabels {
     pub resource: String,
 }
 
-/// The API router: resources under `/api` and `/apis`, discovery, `/version`, `/healthz`,
-/// `/readyz`, `/livez` and `/metrics`. Every error is a Kubernetes `Status`.
+/// The API router: resources under `/api` and `/apis`, discovery, `/version`, `/openapi/v3`,
+/// `/healthz`, `/readyz`, `/livez` and `/metrics`. Every error is a Kubernetes `Status`
+/// (`/openapi/v2` is a 404 Status).
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(ok))
@@ -118,6 +120,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/version", get(version))
         .route("/api", get(api_versions))
         .route("/apis", get(api_groups))
+        .route("/openapi/v3", get(openapi_v3_index))
+        .route("/openapi/v3/{*path}", get(openapi_v3_doc))
         .route("/api/{*rest}", any(handlers::dispatch))
         .route("/apis/{*rest}", any(handlers::dispatch))
         .fallback(not_found)
@@ -133,7 +137,10 @@ async fn ok() -> &'static str {
 async fn metrics_text(State(state): State<ApiState>) -> Response {
     let body = (state.metrics_render)();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()
@@ -148,11 +155,29 @@ async fn api_versions(State(state): State<ApiState>, headers: HeaderMap) -> Resp
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    error::json_response(StatusCode::OK, &discovery::api_versions(&state.registry, host))
+    error::json_response(
+        StatusCode::OK,
+        &discovery::api_versions(&state.registry, host),
+    )
 }
 
 async fn api_groups(State(state): State<ApiState>) -> Response {
     error::json_response(StatusCode::OK, &discovery::api_group_list(&state.registry))
+}
+
+async fn openapi_v3_index(State(state): State<ApiState>) -> Response {
+    error::json_response(
+        StatusCode::OK,
+        &discovery::openapi_v3_index(&state.registry),
+    )
+}
+
+async fn openapi_v3_doc(State(state): State<ApiState>, uri: Uri) -> Response {
+    let path = uri.path().strip_prefix("/openapi/v3/").unwrap_or("");
+    match discovery::openapi_v3_group_version(&state.registry, path) {
+        Some(doc) => error::json_response(StatusCode::OK, &doc),
+        None => ApiError::PathNotFound.into_response(),
+    }
 }
 
 async fn not_found() -> Response {
@@ -176,7 +201,14 @@ async fn observe(req: Request, next: Next) -> Response {
     span.record("status", status);
     let (verb, resource) = match resp.extensions().get::<RequestLabels>() {
         Some(l) => (l.verb, l.resource.clone()),
-        None => (if method == axum::http::Method::GET { "get" } else { "other" }, String::new()),
+        None => (
+            if method == axum::http::Method::GET {
+                "get"
+            } else {
+                "other"
+            },
+            String::new(),
+        ),
     };
     let elapsed = start.elapsed().as_secs_f64();
     metrics::counter!("skerry_api_requests_total", "verb" => verb, "resource" => resource.clone(), "code" => status.to_string())

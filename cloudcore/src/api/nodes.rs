@@ -2,7 +2,9 @@
 //! (labels, taints, `unschedulable`) and reported on by the edge through the status path.
 
 use super::error::FieldError;
-use super::resource::{decode_as, typed, DecodeError, ResourceHandler, ResourceInfo, SelectableField};
+use super::resource::{
+    decode_as, typed, DecodeError, ResourceHandler, ResourceInfo, SelectableField,
+};
 use super::table::{age, Column};
 use super::validation::{push_invalid, qualified_name, NameRule};
 use k8s_openapi::api::core::v1::Node;
@@ -74,7 +76,10 @@ pub fn roles(node: &Value) -> String {
     let mut roles: Vec<String> = Vec::new();
     if let Some(labels) = node.pointer("/metadata/labels").and_then(Value::as_object) {
         for (k, v) in labels {
-            if let Some(r) = k.strip_prefix("node-role.kubernetes.io/").filter(|r| !r.is_empty()) {
+            if let Some(r) = k
+                .strip_prefix("node-role.kubernetes.io/")
+                .filter(|r| !r.is_empty())
+            {
                 roles.push(r.to_string());
             } else if k == "kubernetes.io/role" {
                 if let Some(v) = v.as_str().filter(|v| !v.is_empty()) {
@@ -93,7 +98,11 @@ pub fn roles(node: &Value) -> String {
 }
 
 fn text(node: &Value, pointer: &str) -> Value {
-    match node.pointer(pointer).and_then(Value::as_str).filter(|s| !s.is_empty()) {
+    match node
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
         Some(s) => json!(s),
         None => json!("<unknown>"),
     }
@@ -111,15 +120,29 @@ impl ResourceHandler for NodeHandler {
     fn validate(&self, obj: &Value) -> Result<(), Vec<FieldError>> {
         let node: Node = typed(obj)?;
         let mut errs = Vec::new();
-        for (i, t) in node.spec.iter().flat_map(|s| s.taints.iter().flatten()).enumerate() {
+        for (i, t) in node
+            .spec
+            .iter()
+            .flat_map(|s| s.taints.iter().flatten())
+            .enumerate()
+        {
             let path = format!("spec.taints[{i}]");
             if t.key.is_empty() {
                 errs.push(FieldError::required(format!("{path}.key"), ""));
             } else {
-                push_invalid(&mut errs, &format!("{path}.key"), &t.key, qualified_name(&t.key));
+                push_invalid(
+                    &mut errs,
+                    &format!("{path}.key"),
+                    &t.key,
+                    qualified_name(&t.key),
+                );
             }
             if !TAINT_EFFECTS.contains(&t.effect.as_str()) {
-                errs.push(FieldError::not_supported(format!("{path}.effect"), &json!(t.effect), &TAINT_EFFECTS));
+                errs.push(FieldError::not_supported(
+                    format!("{path}.effect"),
+                    &json!(t.effect),
+                    &TAINT_EFFECTS,
+                ));
             }
         }
         if errs.is_empty() {
@@ -167,7 +190,10 @@ impl ResourceHandler for NodeHandler {
             json!(display_status(node)),
             json!(roles(node)),
             age(node, now),
-            json!(node.pointer("/status/nodeInfo/kubeletVersion").and_then(Value::as_str).unwrap_or("")),
+            json!(node
+                .pointer("/status/nodeInfo/kubeletVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("")),
             json!(internal_ip),
             text(node, "/status/nodeInfo/osImage"),
             text(node, "/status/nodeInfo/kernelVersion"),
@@ -189,14 +215,31 @@ mod tests {
                 "addresses": [{"type": "Hostname", "address": "h"}, {"type": "InternalIP", "address": "192.168.1.9"}],
                 "nodeInfo": {"kubeletVersion": "v1.33.0-skerry", "osImage": "Debian", "kernelVersion": "6.1", "containerRuntimeVersion": "skerry://0.1"}}});
         let row = NodeHandler.table_row(&node, 1_735_689_600 + 3600);
-        assert_eq!(row, vec![json!("edge-1"), json!("Ready,SchedulingDisabled"), json!("agent,edge"), json!("60m"),
-            json!("v1.33.0-skerry"), json!("192.168.1.9"), json!("Debian"), json!("6.1"), json!("skerry://0.1")]);
+        assert_eq!(
+            row,
+            vec![
+                json!("edge-1"),
+                json!("Ready,SchedulingDisabled"),
+                json!("agent,edge"),
+                json!("60m"),
+                json!("v1.33.0-skerry"),
+                json!("192.168.1.9"),
+                json!("Debian"),
+                json!("6.1"),
+                json!("skerry://0.1")
+            ]
+        );
         let bare = json!({"metadata": {"name": "n"}});
         let row = NodeHandler.table_row(&bare, 0);
         assert_eq!(row[1], "Unknown");
         assert_eq!(row[2], "<none>");
         assert_eq!(row[5], "<none>");
-        assert_eq!(display_status(&json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})), "NotReady");
+        assert_eq!(
+            display_status(
+                &json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})
+            ),
+            "NotReady"
+        );
     }
 
     #[test]
@@ -205,7 +248,9 @@ mod tests {
         let errs = NodeHandler.validate(&n).unwrap_err();
         assert_eq!(errs.len(), 2);
         let old = json!({"spec": {"podCIDR": "10.0.0.0/24"}});
-        assert!(NodeHandler.validate_update(&json!({"spec": {"podCIDR": "10.0.1.0/24"}}), &old).is_err());
+        assert!(NodeHandler
+            .validate_update(&json!({"spec": {"podCIDR": "10.0.1.0/24"}}), &old)
+            .is_err());
         assert!(NodeHandler.validate_update(&old, &old).is_ok());
         assert!(NodeHandler.validate_update(&old, &json!({})).is_ok());
     }

@@ -31,20 +31,54 @@ pub const POD_INFO: ResourceInfo = ResourceInfo {
     singular: "pod",
     kind: "Pod",
     namespaced: true,
-    verbs: &["create", "delete", "get", "list", "patch", "update", "watch"],
+    verbs: &[
+        "create", "delete", "get", "list", "patch", "update", "watch",
+    ],
     short_names: &["po"],
     categories: &["all"],
     status_subresource: true,
     name_rule: NameRule::Subdomain,
     selectable_fields: &[
-        SelectableField { name: "spec.nodeName", pointer: "/spec/nodeName", default: "" },
-        SelectableField { name: "spec.restartPolicy", pointer: "/spec/restartPolicy", default: "" },
-        SelectableField { name: "spec.schedulerName", pointer: "/spec/schedulerName", default: "" },
-        SelectableField { name: "spec.serviceAccountName", pointer: "/spec/serviceAccountName", default: "" },
-        SelectableField { name: "spec.hostNetwork", pointer: "/spec/hostNetwork", default: "false" },
-        SelectableField { name: "status.phase", pointer: "/status/phase", default: "" },
-        SelectableField { name: "status.podIP", pointer: "/status/podIP", default: "" },
-        SelectableField { name: "status.nominatedNodeName", pointer: "/status/nominatedNodeName", default: "" },
+        SelectableField {
+            name: "spec.nodeName",
+            pointer: "/spec/nodeName",
+            default: "",
+        },
+        SelectableField {
+            name: "spec.restartPolicy",
+            pointer: "/spec/restartPolicy",
+            default: "",
+        },
+        SelectableField {
+            name: "spec.schedulerName",
+            pointer: "/spec/schedulerName",
+            default: "",
+        },
+        SelectableField {
+            name: "spec.serviceAccountName",
+            pointer: "/spec/serviceAccountName",
+            default: "",
+        },
+        SelectableField {
+            name: "spec.hostNetwork",
+            pointer: "/spec/hostNetwork",
+            default: "false",
+        },
+        SelectableField {
+            name: "status.phase",
+            pointer: "/status/phase",
+            default: "",
+        },
+        SelectableField {
+            name: "status.podIP",
+            pointer: "/status/podIP",
+            default: "",
+        },
+        SelectableField {
+            name: "status.nominatedNodeName",
+            pointer: "/status/nominatedNodeName",
+            default: "",
+        },
     ],
     return_deleted_object: true,
 };
@@ -78,13 +112,34 @@ pub fn default_pull_policy(image: &str) -> &'static str {
 
 fn default_container(c: &mut Value) {
     let Some(c) = c.as_object_mut() else { return };
-    let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
+    let image = c
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     c.entry("imagePullPolicy")
         .or_insert_with(|| json!(default_pull_policy(&image)));
     c.entry("terminationMessagePath")
         .or_insert_with(|| json!("/dev/termination-log"));
-    c.entry("terminationMessagePolicy").or_insert_with(|| json!("File"));
-    c.entry("resources").or_insert_with(|| json!({}));
+    c.entry("terminationMessagePolicy")
+        .or_insert_with(|| json!("File"));
+    let resources = c.entry("resources").or_insert_with(|| json!({}));
+    // As Kubernetes: a limit without a request also requests that much.
+    if let Some(r) = resources.as_object_mut() {
+        let limits = r
+            .get("limits")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        if !limits.is_empty() {
+            let requests = r.entry("requests").or_insert_with(|| json!({}));
+            if let Some(req) = requests.as_object_mut() {
+                for (k, v) in limits {
+                    req.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
     if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
             p.entry("protocol").or_insert_with(|| json!("TCP"));
@@ -95,11 +150,12 @@ fn default_container(c: &mut Value) {
 /// Requests and limits of cpu and memory of one container: (cpu request, cpu limit, memory
 /// request, memory limit), unparseable values ignored (validation reports them).
 fn container_resources(c: &Container) -> [Option<u64>; 4] {
-    let get = |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
-               k: &str,
-               parse: fn(&str) -> Result<u64, super::quantity::QuantityError>| {
-        m.and_then(|m| m.get(k)).and_then(|q| parse(&q.0).ok())
-    };
+    let get =
+        |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+         k: &str,
+         parse: fn(&str) -> Result<u64, super::quantity::QuantityError>| {
+            m.and_then(|m| m.get(k)).and_then(|q| parse(&q.0).ok())
+        };
     let r = c.resources.as_ref();
     let req = r.and_then(|r| r.requests.as_ref());
     let lim = r.and_then(|r| r.limits.as_ref());
@@ -123,11 +179,16 @@ pub fn qos_class(spec: &PodSpec) -> &'static str {
     let mut guaranteed = true;
     for c in all {
         let [cpu_req, cpu_lim, mem_req, mem_lim] = container_resources(c);
-        if [cpu_req, cpu_lim, mem_req, mem_lim].iter().any(|v| v.is_some_and(|v| v > 0)) {
+        if [cpu_req, cpu_lim, mem_req, mem_lim]
+            .iter()
+            .any(|v| v.is_some_and(|v| v > 0))
+        {
             any = true;
         }
-        let cpu_ok = cpu_lim.is_some_and(|l| l > 0) && cpu_req.is_none_or(|r| r == cpu_lim.unwrap_or(0));
-        let mem_ok = mem_lim.is_some_and(|l| l > 0) && mem_req.is_none_or(|r| r == mem_lim.unwrap_or(0));
+        let cpu_ok =
+            cpu_lim.is_some_and(|l| l > 0) && cpu_req.is_none_or(|r| r == cpu_lim.unwrap_or(0));
+        let mem_ok =
+            mem_lim.is_some_and(|l| l > 0) && mem_req.is_none_or(|r| r == mem_lim.unwrap_or(0));
         if !(cpu_ok && mem_ok) {
             guaranteed = false;
         }
@@ -144,7 +205,10 @@ pub fn qos_class(spec: &PodSpec) -> &'static str {
 fn validate_resources(c: &Container, path: &str, errs: &mut Vec<FieldError>) {
     let Some(r) = &c.resources else { return };
     let mut parsed: [BTreeMap<&str, u64>; 2] = [BTreeMap::new(), BTreeMap::new()];
-    for (i, (which, map)) in [("requests", &r.requests), ("limits", &r.limits)].into_iter().enumerate() {
+    for (i, (which, map)) in [("requests", &r.requests), ("limits", &r.limits)]
+        .into_iter()
+        .enumerate()
+    {
         for (name, q) in map.iter().flatten() {
             let field = format!("{path}.resources.{which}[{name}]");
             let valid_name = matches!(name.as_str(), "cpu" | "memory" | "ephemeral-storage")
@@ -158,7 +222,11 @@ fn validate_resources(c: &Container, path: &str, errs: &mut Vec<FieldError>) {
                 ));
                 continue;
             }
-            let result = if name == "cpu" { parse_cpu_millis(&q.0) } else { parse_memory_bytes(&q.0) };
+            let result = if name == "cpu" {
+                parse_cpu_millis(&q.0)
+            } else {
+                parse_memory_bytes(&q.0)
+            };
             match result {
                 Ok(v) => {
                     parsed[i].insert(name.as_str(), v);
@@ -202,14 +270,24 @@ fn validate_container(
     if c.name.is_empty() {
         errs.push(FieldError::required(format!("{path}.name"), ""));
     } else {
-        push_invalid(errs, &format!("{path}.name"), &c.name, dns1123_label(&c.name));
+        push_invalid(
+            errs,
+            &format!("{path}.name"),
+            &c.name,
+            dns1123_label(&c.name),
+        );
         if !names.insert(c.name.clone()) {
-            errs.push(FieldError::duplicate(format!("{path}.name"), &json!(c.name)));
+            errs.push(FieldError::duplicate(
+                format!("{path}.name"),
+                &json!(c.name),
+            ));
         }
     }
     match c.image.as_deref() {
         None => errs.push(FieldError::required(format!("{path}.image"), "")),
-        Some(i) if i.trim().is_empty() => errs.push(FieldError::required(format!("{path}.image"), "")),
+        Some(i) if i.trim().is_empty() => {
+            errs.push(FieldError::required(format!("{path}.image"), ""))
+        }
         Some(i) if i.trim() != i => errs.push(FieldError::invalid(
             format!("{path}.image"),
             &json!(i),
@@ -219,7 +297,11 @@ fn validate_container(
     }
     if let Some(p) = &c.image_pull_policy {
         if !PULL_POLICIES.contains(&p.as_str()) {
-            errs.push(FieldError::not_supported(format!("{path}.imagePullPolicy"), &json!(p), &PULL_POLICIES));
+            errs.push(FieldError::not_supported(
+                format!("{path}.imagePullPolicy"),
+                &json!(p),
+                &PULL_POLICIES,
+            ));
         }
     }
     let mut port_names = HashSet::new();
@@ -243,13 +325,18 @@ fn validate_container(
         }
         if let Some(proto) = &p.protocol {
             if !PROTOCOLS.contains(&proto.as_str()) {
-                errs.push(FieldError::not_supported(format!("{pp}.protocol"), &json!(proto), &PROTOCOLS));
+                errs.push(FieldError::not_supported(
+                    format!("{pp}.protocol"),
+                    &json!(proto),
+                    &PROTOCOLS,
+                ));
             }
         }
         if let Some(n) = &p.name {
             let ok = !n.is_empty()
                 && n.len() <= 15
-                && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && n.bytes().any(|b| b.is_ascii_lowercase())
                 && !n.starts_with('-')
                 && !n.ends_with('-')
@@ -287,7 +374,11 @@ fn validate_container(
         if m.mount_path.is_empty() {
             errs.push(FieldError::required(format!("{mp}.mountPath"), ""));
         } else if !mount_paths.insert(m.mount_path.clone()) {
-            errs.push(FieldError::invalid(format!("{mp}.mountPath"), &json!(m.mount_path), "must be unique"));
+            errs.push(FieldError::invalid(
+                format!("{mp}.mountPath"),
+                &json!(m.mount_path),
+                "must be unique",
+            ));
         }
     }
     validate_resources(c, path, errs);
@@ -313,19 +404,39 @@ pub fn validate_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
     }
     let mut names = HashSet::new();
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
-        validate_container(c, &format!("{path}.initContainers[{i}]"), &volumes, &mut names, &mut errs);
+        validate_container(
+            c,
+            &format!("{path}.initContainers[{i}]"),
+            &volumes,
+            &mut names,
+            &mut errs,
+        );
     }
     for (i, c) in spec.containers.iter().enumerate() {
-        validate_container(c, &format!("{path}.containers[{i}]"), &volumes, &mut names, &mut errs);
+        validate_container(
+            c,
+            &format!("{path}.containers[{i}]"),
+            &volumes,
+            &mut names,
+            &mut errs,
+        );
     }
     if let Some(p) = &spec.restart_policy {
         if !RESTART_POLICIES.contains(&p.as_str()) {
-            errs.push(FieldError::not_supported(format!("{path}.restartPolicy"), &json!(p), &RESTART_POLICIES));
+            errs.push(FieldError::not_supported(
+                format!("{path}.restartPolicy"),
+                &json!(p),
+                &RESTART_POLICIES,
+            ));
         }
     }
     if let Some(p) = &spec.dns_policy {
         if !DNS_POLICIES.contains(&p.as_str()) {
-            errs.push(FieldError::not_supported(format!("{path}.dnsPolicy"), &json!(p), &DNS_POLICIES));
+            errs.push(FieldError::not_supported(
+                format!("{path}.dnsPolicy"),
+                &json!(p),
+                &DNS_POLICIES,
+            ));
         }
     }
     if let Some(g) = spec.termination_grace_period_seconds {
@@ -347,7 +458,12 @@ pub fn validate_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
         }
     }
     if let Some(n) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
-        push_invalid(&mut errs, &format!("{path}.nodeName"), n, dns1123_subdomain(n));
+        push_invalid(
+            &mut errs,
+            &format!("{path}.nodeName"),
+            n,
+            dns1123_subdomain(n),
+        );
     }
     errs
 }
@@ -372,7 +488,8 @@ pub fn validate_spec_update(new: &Value, old: &Value) -> Vec<FieldError> {
     if let Some(nm) = n.as_object_mut() {
         for key in ["containers", "initContainers"] {
             let old_list = o.get(key).and_then(Value::as_array);
-            if let (Some(nl), Some(ol)) = (nm.get_mut(key).and_then(Value::as_array_mut), old_list) {
+            if let (Some(nl), Some(ol)) = (nm.get_mut(key).and_then(Value::as_array_mut), old_list)
+            {
                 if nl.len() == ol.len() {
                     for (nc, oc) in nl.iter_mut().zip(ol) {
                         if let Some(nc) = nc.as_object_mut() {
@@ -404,8 +521,16 @@ pub fn validate_spec_update(new: &Value, old: &Value) -> Vec<FieldError> {
             Some(v) => nm.insert("activeDeadlineSeconds".into(), v.clone()),
             None => nm.remove("activeDeadlineSeconds"),
         };
-        let old_tol = o.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
-        let new_tol = nm.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+        let old_tol = o
+            .get("tolerations")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let new_tol = nm
+            .get("tolerations")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if old_tol.iter().all(|t| new_tol.contains(t)) {
             match o.get("tolerations") {
                 Some(v) => nm.insert("tolerations".into(), v.clone()),
@@ -429,13 +554,21 @@ pub fn display_status(pod: &Value) -> String {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    if let Some(r) = status.and_then(|s| s.get("reason")).and_then(Value::as_str).filter(|r| !r.is_empty()) {
+    if let Some(r) = status
+        .and_then(|s| s.get("reason"))
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+    {
         reason = r.to_string();
     }
     let state_reason = |cs: &Value, prefix: &str| -> Option<String> {
         let state = cs.get("state")?;
         if let Some(t) = state.get("terminated") {
-            if let Some(r) = t.get("reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+            if let Some(r) = t
+                .get("reason")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty())
+            {
                 return Some(format!("{prefix}{r}"));
             }
             let signal = t.get("signal").and_then(Value::as_i64).unwrap_or(0);
@@ -445,7 +578,10 @@ pub fn display_status(pod: &Value) -> String {
             let code = t.get("exitCode").and_then(Value::as_i64).unwrap_or(0);
             return Some(format!("{prefix}ExitCode:{code}"));
         }
-        let w = state.get("waiting")?.get("reason").and_then(Value::as_str)?;
+        let w = state
+            .get("waiting")?
+            .get("reason")
+            .and_then(Value::as_str)?;
         (!w.is_empty()).then(|| format!("{prefix}{w}"))
     };
     let empty = Vec::new();
@@ -460,7 +596,11 @@ pub fn display_status(pod: &Value) -> String {
     let mut initializing = false;
     for (i, cs) in init_statuses.iter().enumerate() {
         let terminated = cs.pointer("/state/terminated");
-        if terminated.and_then(|t| t.get("exitCode")).and_then(Value::as_i64) == Some(0) {
+        if terminated
+            .and_then(|t| t.get("exitCode"))
+            .and_then(Value::as_i64)
+            == Some(0)
+        {
             continue;
         }
         if terminated.is_some() {
@@ -499,7 +639,11 @@ pub fn display_status(pod: &Value) -> String {
         }
     }
     if pod.pointer("/metadata/deletionTimestamp").is_some() {
-        reason = if reason == "NodeLost" { "Unknown".into() } else { "Terminating".into() };
+        reason = if reason == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
     }
     if reason.is_empty() {
         reason = "Pending".into();
@@ -516,7 +660,11 @@ fn restarts(pod: &Value, now: i64) -> String {
         .into_iter()
         .flatten()
     {
-        count += cs.get("restartCount").and_then(Value::as_i64).unwrap_or(0);
+        count = cs
+            .get("restartCount")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            .saturating_add(count);
         if let Some(t) = cs
             .pointer("/lastState/terminated/finishedAt")
             .and_then(Value::as_str)
@@ -551,11 +699,14 @@ impl ResourceHandler for PodHandler {
         let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
             return;
         };
-        spec.entry("restartPolicy").or_insert_with(|| json!("Always"));
+        spec.entry("restartPolicy")
+            .or_insert_with(|| json!("Always"));
         spec.entry("terminationGracePeriodSeconds")
             .or_insert_with(|| json!(DEFAULT_GRACE_SECONDS));
-        spec.entry("dnsPolicy").or_insert_with(|| json!("ClusterFirst"));
-        spec.entry("schedulerName").or_insert_with(|| json!("default-scheduler"));
+        spec.entry("dnsPolicy")
+            .or_insert_with(|| json!("ClusterFirst"));
+        spec.entry("schedulerName")
+            .or_insert_with(|| json!("default-scheduler"));
         spec.entry("securityContext").or_insert_with(|| json!({}));
         for key in ["containers", "initContainers"] {
             if let Some(cs) = spec.get_mut(key).and_then(Value::as_array_mut) {
@@ -579,7 +730,10 @@ impl ResourceHandler for PodHandler {
             .and_then(|p| p.spec)
             .map_or("BestEffort", |s| qos_class(&s));
         if let Some(o) = obj.as_object_mut() {
-            o.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
+            o.insert(
+                "status".into(),
+                json!({"phase": "Pending", "qosClass": qos}),
+            );
         }
     }
 
@@ -616,7 +770,10 @@ impl ResourceHandler for PodHandler {
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .is_some_and(|n| !n.is_empty());
-        let phase = obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        let phase = obj
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if !bound || phase == "Succeeded" || phase == "Failed" {
             grace = 0;
         }
@@ -627,13 +784,18 @@ impl ResourceHandler for PodHandler {
         if grace == 0 {
             return DeleteAction::Delete;
         }
-        let current = obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
-        if obj.pointer("/metadata/deletionTimestamp").is_some() && current.is_some_and(|c| c <= grace) {
+        let current = obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        if obj.pointer("/metadata/deletionTimestamp").is_some()
+            && current.is_some_and(|c| c <= grace)
+        {
             return DeleteAction::Unchanged;
         }
         let mut updated = obj.clone();
         if let Some(meta) = updated.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.entry("deletionTimestamp").or_insert_with(|| json!(now));
+            meta.entry("deletionTimestamp")
+                .or_insert_with(|| json!(now));
             meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
         }
         DeleteAction::Update(updated)
@@ -672,7 +834,10 @@ mod tests {
     use super::*;
 
     fn pod(spec: Value) -> Value {
-        let mut p = decode_as::<Pod>(json!({"metadata": {"name": "p", "namespace": "default"}, "spec": spec})).unwrap();
+        let mut p = decode_as::<Pod>(
+            json!({"metadata": {"name": "p", "namespace": "default"}, "spec": spec}),
+        )
+        .unwrap();
         PodHandler.default(&mut p);
         p
     }
@@ -692,18 +857,34 @@ mod tests {
             {"name": "b", "image": "nginx:1.25"},
             {"name": "c", "image": "reg:5000/x"},
             {"name": "d", "image": "x@sha256:abc"},
-            {"name": "e", "image": "x:latest"}],
+            {"name": "e", "image": "x:latest", "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "2", "memory": "1Gi"}}}],
             "volumes": [{"name": "v"}]}));
         let s = &p["spec"];
         assert_eq!(s["restartPolicy"], "Always");
         assert_eq!(s["terminationGracePeriodSeconds"], 30);
         assert_eq!(s["dnsPolicy"], "ClusterFirst");
         assert_eq!(s["schedulerName"], "default-scheduler");
-        let pulls: Vec<&str> = s["containers"].as_array().unwrap().iter().map(|c| c["imagePullPolicy"].as_str().unwrap()).collect();
-        assert_eq!(pulls, ["Always", "IfNotPresent", "Always", "IfNotPresent", "Always"]);
+        let pulls: Vec<&str> = s["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["imagePullPolicy"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            pulls,
+            ["Always", "IfNotPresent", "Always", "IfNotPresent", "Always"]
+        );
         assert_eq!(s["containers"][0]["ports"][0]["protocol"], "TCP");
-        assert_eq!(s["containers"][0]["terminationMessagePath"], "/dev/termination-log");
+        assert_eq!(
+            s["containers"][0]["terminationMessagePath"],
+            "/dev/termination-log"
+        );
         assert_eq!(s["volumes"][0]["emptyDir"], json!({}));
+        assert_eq!(
+            s["containers"][4]["resources"]["requests"],
+            json!({"cpu": "1", "memory": "1Gi"})
+        );
+        assert_eq!(s["containers"][0]["resources"], json!({}));
     }
 
     #[test]
@@ -723,10 +904,19 @@ mod tests {
             ("spec.volumes[1].name", "FieldValueDuplicate"),
             ("spec.volumes[2].name", "FieldValueInvalid"),
             ("spec.containers[0].image", "FieldValueRequired"),
-            ("spec.containers[0].ports[0].containerPort", "FieldValueInvalid"),
+            (
+                "spec.containers[0].ports[0].containerPort",
+                "FieldValueInvalid",
+            ),
             ("spec.containers[0].ports[1].hostPort", "FieldValueInvalid"),
-            ("spec.containers[0].volumeMounts[0].name", "FieldValueNotFound"),
-            ("spec.containers[0].resources.requests[cpu]", "FieldValueInvalid"),
+            (
+                "spec.containers[0].volumeMounts[0].name",
+                "FieldValueNotFound",
+            ),
+            (
+                "spec.containers[0].resources.requests[cpu]",
+                "FieldValueInvalid",
+            ),
             ("spec.containers[0].resources.requests", "FieldValueInvalid"),
             ("spec.containers[1].name", "FieldValueDuplicate"),
             ("spec.containers[2].name", "FieldValueInvalid"),
@@ -735,7 +925,10 @@ mod tests {
         ];
         let want: Vec<(String, &str)> = want.iter().map(|(f, r)| (f.to_string(), *r)).collect();
         assert_eq!(got, want);
-        assert_eq!(fields(PodHandler.validate(&pod(json!({"containers": []})))), [("spec.containers".to_string(), "FieldValueRequired")]);
+        assert_eq!(
+            fields(PodHandler.validate(&pod(json!({"containers": []})))),
+            [("spec.containers".to_string(), "FieldValueRequired")]
+        );
         assert!(PodHandler.validate(&pod(json!({"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "100m", "memory": "1e3"}}}]}))).is_ok());
     }
 
@@ -746,27 +939,44 @@ mod tests {
             qos_class(&p.spec.unwrap())
         };
         assert_eq!(q(json!({"containers": [{"name": "a"}]})), "BestEffort");
-        assert_eq!(q(json!({"containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})), "Guaranteed");
         assert_eq!(
-            q(json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1000m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}}]})),
+            q(
+                json!({"containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
+            ),
             "Guaranteed"
         );
-        assert_eq!(q(json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]})), "Burstable");
+        assert_eq!(
+            q(
+                json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1000m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}}]})
+            ),
+            "Guaranteed"
+        );
+        assert_eq!(
+            q(json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]})),
+            "Burstable"
+        );
     }
 
     #[test]
     fn update_rules() {
-        let old = pod(json!({"containers": [{"name": "a", "image": "x:1"}], "tolerations": [{"key": "k", "operator": "Exists"}]}));
+        let old = pod(
+            json!({"containers": [{"name": "a", "image": "x:1"}], "tolerations": [{"key": "k", "operator": "Exists"}]}),
+        );
         let mut new = old.clone();
         new["spec"]["containers"][0]["image"] = json!("x:2");
         new["spec"]["activeDeadlineSeconds"] = json!(10);
-        new["spec"]["tolerations"].as_array_mut().unwrap().push(json!({"key": "j", "operator": "Exists"}));
+        new["spec"]["tolerations"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": "j", "operator": "Exists"}));
         assert!(validate_spec_update(&new, &old).is_empty());
         let mut bad = old.clone();
         bad["spec"]["restartPolicy"] = json!("Never");
         let errs = validate_spec_update(&bad, &old);
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].to_string().starts_with("spec: Forbidden: pod updates may not change fields other than"));
+        assert!(errs[0]
+            .to_string()
+            .starts_with("spec: Forbidden: pod updates may not change fields other than"));
         let mut bad = old.clone();
         bad["spec"]["tolerations"] = json!([]);
         assert_eq!(validate_spec_update(&bad, &old).len(), 1);
@@ -774,7 +984,10 @@ mod tests {
         with_deadline["spec"]["activeDeadlineSeconds"] = json!(10);
         let mut longer = with_deadline.clone();
         longer["spec"]["activeDeadlineSeconds"] = json!(20);
-        assert_eq!(validate_spec_update(&longer, &with_deadline)[0].field, "spec.activeDeadlineSeconds");
+        assert_eq!(
+            validate_spec_update(&longer, &with_deadline)[0].field,
+            "spec.activeDeadlineSeconds"
+        );
     }
 
     #[test]
@@ -782,34 +995,90 @@ mod tests {
         let now = "2025-01-01T00:00:00Z";
         let mut bound = pod(json!({"nodeName": "n1", "containers": [{"name": "a", "image": "x"}]}));
         bound["status"] = json!({"phase": "Running"});
-        let DeleteAction::Update(t) = PodHandler.on_delete(&bound, &DeleteOptions::default(), now) else { panic!() };
+        let DeleteAction::Update(t) = PodHandler.on_delete(&bound, &DeleteOptions::default(), now)
+        else {
+            panic!()
+        };
         assert_eq!(t["metadata"]["deletionTimestamp"], now);
         assert_eq!(t["metadata"]["deletionGracePeriodSeconds"], 30);
         // Same or longer grace: nothing changes; shorter: shortened; zero: force delete.
-        assert_eq!(PodHandler.on_delete(&t, &DeleteOptions { grace_period_seconds: Some(30) }, now), DeleteAction::Unchanged);
-        let DeleteAction::Update(s) = PodHandler.on_delete(&t, &DeleteOptions { grace_period_seconds: Some(5) }, "later") else { panic!() };
+        assert_eq!(
+            PodHandler.on_delete(
+                &t,
+                &DeleteOptions {
+                    grace_period_seconds: Some(30)
+                },
+                now
+            ),
+            DeleteAction::Unchanged
+        );
+        let DeleteAction::Update(s) = PodHandler.on_delete(
+            &t,
+            &DeleteOptions {
+                grace_period_seconds: Some(5),
+            },
+            "later",
+        ) else {
+            panic!()
+        };
         assert_eq!(s["metadata"]["deletionGracePeriodSeconds"], 5);
         assert_eq!(s["metadata"]["deletionTimestamp"], now);
-        assert_eq!(PodHandler.on_delete(&t, &DeleteOptions { grace_period_seconds: Some(0) }, now), DeleteAction::Delete);
-        let DeleteAction::Update(n) = PodHandler.on_delete(&bound, &DeleteOptions { grace_period_seconds: Some(-3) }, now) else { panic!() };
+        assert_eq!(
+            PodHandler.on_delete(
+                &t,
+                &DeleteOptions {
+                    grace_period_seconds: Some(0)
+                },
+                now
+            ),
+            DeleteAction::Delete
+        );
+        let DeleteAction::Update(n) = PodHandler.on_delete(
+            &bound,
+            &DeleteOptions {
+                grace_period_seconds: Some(-3),
+            },
+            now,
+        ) else {
+            panic!()
+        };
         assert_eq!(n["metadata"]["deletionGracePeriodSeconds"], 1);
         let unbound = pod(json!({"containers": [{"name": "a", "image": "x"}]}));
-        assert_eq!(PodHandler.on_delete(&unbound, &DeleteOptions::default(), now), DeleteAction::Delete);
+        assert_eq!(
+            PodHandler.on_delete(&unbound, &DeleteOptions::default(), now),
+            DeleteAction::Delete
+        );
         bound["status"]["phase"] = json!("Succeeded");
-        assert_eq!(PodHandler.on_delete(&bound, &DeleteOptions::default(), now), DeleteAction::Delete);
+        assert_eq!(
+            PodHandler.on_delete(&bound, &DeleteOptions::default(), now),
+            DeleteAction::Delete
+        );
     }
 
     #[test]
     fn table_rows() {
         let now = 1_735_689_600; // 2025-01-01T00:00:00Z
-        let mut p = pod(json!({"nodeName": "edge-1", "containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}));
+        let mut p = pod(
+            json!({"nodeName": "edge-1", "containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}),
+        );
         p["metadata"]["creationTimestamp"] = json!("2024-12-31T23:55:00Z");
         p["status"] = json!({"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [
             {"name": "a", "ready": true, "restartCount": 0, "state": {"running": {}}},
             {"name": "b", "ready": false, "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
              "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2024-12-31T23:59:00Z"}}}]});
         let row = PodHandler.table_row(&p, now);
-        assert_eq!(row, vec![json!("p"), json!("1/2"), json!("CrashLoopBackOff"), json!("3 (60s ago)"), json!("5m"), json!("10.0.0.5"), json!("edge-1")]);
+        assert_eq!(
+            row,
+            vec![
+                json!("p"),
+                json!("1/2"),
+                json!("CrashLoopBackOff"),
+                json!("3 (60s ago)"),
+                json!("5m"),
+                json!("10.0.0.5"),
+                json!("edge-1")
+            ]
+        );
         p["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
         assert_eq!(PodHandler.table_row(&p, now)[2], "Terminating");
         let fresh = pod(json!({"containers": [{"name": "a", "image": "x"}]}));
@@ -822,7 +1091,9 @@ mod tests {
         let mut done = fresh.clone();
         done["status"] = json!({"phase": "Succeeded", "containerStatuses": [{"name": "a", "ready": false, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]});
         assert_eq!(display_status(&done), "Completed");
-        let mut init = pod(json!({"initContainers": [{"name": "i", "image": "x"}], "containers": [{"name": "a", "image": "x"}]}));
+        let mut init = pod(
+            json!({"initContainers": [{"name": "i", "image": "x"}], "containers": [{"name": "a", "image": "x"}]}),
+        );
         init["status"] = json!({"phase": "Pending", "initContainerStatuses": [{"name": "i", "state": {"running": {}}}]});
         assert_eq!(display_status(&init), "Init:0/1");
     }

@@ -156,7 +156,11 @@ mod tests {
         assert_eq!(parse_cpu_millis("2"), Ok(2000));
         assert_eq!(parse_cpu_millis("+2."), Ok(2000));
         assert_eq!(parse_cpu_millis("1k"), Ok(1_000_000));
-        assert_eq!(parse_cpu_millis("0.0001"), Ok(1), "rounds up like MilliValue");
+        assert_eq!(
+            parse_cpu_millis("0.0001"),
+            Ok(1),
+            "rounds up like MilliValue"
+        );
         assert_eq!(parse_cpu_millis("500u"), Ok(1));
         assert_eq!(parse_cpu_millis("0"), Ok(0));
         assert_eq!(parse_cpu_millis("-0"), Ok(0));
@@ -173,7 +177,11 @@ mod tests {
         assert_eq!(parse_memory_bytes("1E3"), Ok(1000));
         assert_eq!(parse_memory_bytes("1.5Gi"), Ok(3 << 29));
         assert_eq!(parse_memory_bytes("129e6"), Ok(129_000_000));
-        assert_eq!(parse_memory_bytes("100m"), Ok(1), "a tenth of a byte rounds up");
+        assert_eq!(
+            parse_memory_bytes("100m"),
+            Ok(1),
+            "a tenth of a byte rounds up"
+        );
         assert_eq!(parse_memory_bytes("1E"), Ok(1_000_000_000_000_000_000));
         assert_eq!(parse_memory_bytes("16Ei"), Err(QuantityError::TooLarge));
         assert_eq!(parse_memory_bytes("1e1000"), Err(QuantityError::TooLarge));
@@ -193,12 +201,19 @@ mod tests {
     #[test]
     fn syntax_errors() {
         for bad in [
-            "", "-", "+", ".", "1..2", "1.2.3", "abc", "1K", "1ki", "1 Mi", " 1", "1e", "1e+", "1Mi2",
-            "1e3.5", "Mi", "1mm", "١",
+            "", "-", "+", ".", "1..2", "1.2.3", "abc", "1K", "1ki", "1 Mi", " 1", "1e", "1e+",
+            "1Mi2", "1e3.5", "Mi", "1mm", "١",
         ] {
-            assert_eq!(parse_memory_bytes(bad), Err(QuantityError::Syntax), "{bad:?}");
+            assert_eq!(
+                parse_memory_bytes(bad),
+                Err(QuantityError::Syntax),
+                "{bad:?}"
+            );
             assert!(parse_cpu_millis(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(parse_memory_bytes("9".repeat(50).as_str()), Err(QuantityError::TooLarge));
+        assert_eq!(
+            parse_memory_bytes("9".repeat(50).as_str()),
+            Err(QuantityError::TooLarge)
+        );
     }
 }

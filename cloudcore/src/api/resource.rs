@@ -27,8 +27,16 @@ pub struct SelectableField {
 
 /// The fields every resource can be selected by.
 pub const METADATA_FIELDS: [SelectableField; 2] = [
-    SelectableField { name: "metadata.name", pointer: "/metadata/name", default: "" },
-    SelectableField { name: "metadata.namespace", pointer: "/metadata/namespace", default: "" },
+    SelectableField {
+        name: "metadata.name",
+        pointer: "/metadata/name",
+        default: "",
+    },
+    SelectableField {
+        name: "metadata.namespace",
+        pointer: "/metadata/namespace",
+        default: "",
+    },
 ];
 
 /// Static description of a resource, as discovery advertises it.
@@ -246,19 +254,62 @@ impl DecodeError {
 pub fn decode_as<T: DeserializeOwned + Serialize>(obj: Value) -> Result<Value, DecodeError> {
     let typed: T = serde_path_to_error::deserialize(obj).map_err(|e| {
         let path = e.path().to_string();
-        let path = if path == "." || path == "?" { String::new() } else { path };
+        let path = if path == "." || path == "?" {
+            String::new()
+        } else {
+            path
+        };
         let message = e.into_inner().to_string();
         let missing_field = message
             .strip_prefix("missing field `")
             .and_then(|m| m.strip_suffix('`'))
             .map(str::to_string);
-        DecodeError { path, message, missing_field }
+        DecodeError {
+            path,
+            message,
+            missing_field,
+        }
     })?;
     serde_json::to_value(&typed).map_err(|e| DecodeError {
         path: String::new(),
         message: format!("cannot re-encode: {e}"),
         missing_field: None,
     })
+}
+
+/// Paths of the fields of `raw` that decoding dropped because the type does not know them
+/// (`spec.containers[0].imagePullPolicyy`), for `fieldValidation=Strict|Warn` as Kubernetes'
+/// strict decoder reports them. `decoded` is what [`decode_as`] returned for `raw`.
+pub fn unknown_fields(raw: &Value, decoded: &Value) -> Vec<String> {
+    fn walk(raw: &Value, dec: &Value, path: &str, out: &mut Vec<String>) {
+        match (raw, dec) {
+            (Value::Object(r), Value::Object(d)) => {
+                for (k, v) in r {
+                    if v.is_null() {
+                        continue;
+                    }
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    match d.get(k) {
+                        None => out.push(p),
+                        Some(dv) => walk(v, dv, &p, out),
+                    }
+                }
+            }
+            (Value::Array(r), Value::Array(d)) => {
+                for (i, (rv, dv)) in r.iter().zip(d).enumerate() {
+                    walk(rv, dv, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(raw, decoded, "", &mut out);
+    out
 }
 
 /// Reads a value back as `T` for typed validation (the value already passed [`decode_as`]).
@@ -275,7 +326,9 @@ pub struct Registry {
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
-        Self { resources: Vec::new() }
+        Self {
+            resources: Vec::new(),
+        }
     }
 
     /// The resources Skerry serves today: pods and nodes.
@@ -296,7 +349,12 @@ impl Registry {
     }
 
     /// Looks up a resource by group, version and plural.
-    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<dyn ResourceHandler>> {
+    pub fn find(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Option<&Arc<dyn ResourceHandler>> {
         self.resources.iter().find(|h| {
             let i = h.info();
             i.group == group && i.version == version && i.plural == plural
@@ -358,19 +416,42 @@ mod tests {
         // k8s-openapi defaults missing required fields ("" here), so validation reports them.
         let v = decode_as::<Pod>(json!({"spec": {"containers": [{"image": "i"}]}})).unwrap();
         let errs = super::super::pods::PodHandler.validate(&v).unwrap_err();
-        assert_eq!(errs[0].to_string(), "spec.containers[0].name: Required value");
+        assert_eq!(
+            errs[0].to_string(),
+            "spec.containers[0].name: Required value"
+        );
         // A decoder that does report a missing field gets a 422 Required at the full path.
-        let e = DecodeError { path: "spec.containers[0]".into(), message: "missing field `name`".into(), missing_field: Some("name".into()) };
+        let e = DecodeError {
+            path: "spec.containers[0]".into(),
+            message: "missing field `name`".into(),
+            missing_field: Some("name".into()),
+        };
         let info = super::super::pods::PodHandler.info().clone();
         let api = e.into_api_error(&info, "x").status();
         assert_eq!(api["code"], 422);
-        assert_eq!(api["details"]["causes"][0]["field"], "spec.containers[0].name");
+        assert_eq!(
+            api["details"]["causes"][0]["field"],
+            "spec.containers[0].name"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_found() {
+        let raw = json!({"apiVersion": "v1", "metadata": {"name": "x", "labels": {"a": "b"}, "creationTimestamp": null},
+            "spec": {"containers": [{"name": "c", "imagePullPolicyy": "Always", "resources": {}}], "bogus": {"x": 1}}});
+        let dec = decode_as::<Pod>(raw.clone()).unwrap();
+        assert_eq!(
+            unknown_fields(&raw, &dec),
+            ["spec.bogus", "spec.containers[0].imagePullPolicyy"]
+        );
     }
 
     #[test]
     fn decode_prunes_unknown_fields_and_nulls() {
-        let v = decode_as::<Pod>(json!({"metadata": {"name": "x", "bogus": 1, "labels": null},
-            "spec": {"containers": [{"name": "c"}]}}))
+        let v = decode_as::<Pod>(
+            json!({"metadata": {"name": "x", "bogus": 1, "labels": null},
+            "spec": {"containers": [{"name": "c"}]}}),
+        )
         .unwrap();
         assert_eq!(v["metadata"], json!({"name": "x"}));
         assert_eq!(v["kind"], "Pod");

@@ -53,7 +53,9 @@ pub struct LabelRequirement {
 
 impl LabelRequirement {
     fn matches(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
-        let value = labels.and_then(|l| l.get(&self.key)).and_then(Value::as_str);
+        let value = labels
+            .and_then(|l| l.get(&self.key))
+            .and_then(Value::as_str);
         match (&self.op, value) {
             (LabelOp::Equals(v), Some(x)) => v == x,
             (LabelOp::Equals(_), None) => false,
@@ -194,7 +196,10 @@ impl Parser {
                     Err(format!("invalid label key {k:?}: {}", errs.join("; ")))
                 }
             }
-            other => Err(format!("found {}, expected: label key", Self::found(other.as_ref()))),
+            other => Err(format!(
+                "found {}, expected: label key",
+                Self::found(other.as_ref())
+            )),
         }
     }
 
@@ -217,7 +222,10 @@ impl Parser {
         if errs.is_empty() {
             Ok(v)
         } else {
-            Err(format!("invalid label value {v:?} for {key:?}: {}", errs.join("; ")))
+            Err(format!(
+                "invalid label value {v:?} for {key:?}: {}",
+                errs.join("; ")
+            ))
         }
     }
 
@@ -252,7 +260,10 @@ impl Parser {
             Some(Token::Ident(v)) => v
                 .parse()
                 .map_err(|_| format!("value {v:?} for {key:?} must be an integer for '<' and '>'")),
-            other => Err(format!("found {} after {key:?}, expected: integer", Self::found(other.as_ref()))),
+            other => Err(format!(
+                "found {} after {key:?}, expected: integer",
+                Self::found(other.as_ref())
+            )),
         }
     }
 
@@ -260,7 +271,10 @@ impl Parser {
         if self.peek() == Some(&Token::Bang) {
             self.next();
             let key = self.key()?;
-            return Ok(LabelRequirement { key, op: LabelOp::DoesNotExist });
+            return Ok(LabelRequirement {
+                key,
+                op: LabelOp::DoesNotExist,
+            });
         }
         let key = self.key()?;
         let op = match self.peek() {
@@ -308,7 +322,10 @@ impl LabelSelector {
             input: input.to_string(),
             problem,
         };
-        let mut p = Parser { tokens: lex(input), pos: 0 };
+        let mut p = Parser {
+            tokens: lex(input),
+            pos: 0,
+        };
         let mut requirements = Vec::new();
         if p.tokens.is_empty() {
             return Ok(Self { requirements });
@@ -484,12 +501,16 @@ mod tests {
 
     #[test]
     fn parses_all_label_operators() {
-        let s = LabelSelector::parse("a=b, c==d,e!=f,g in (x, y),h notin (z),i,!j,k>5,l<3").unwrap();
+        let s =
+            LabelSelector::parse("a=b, c==d,e!=f,g in (x, y),h notin (z),i,!j,k>5,l<3").unwrap();
         let ops: Vec<&LabelOp> = s.requirements.iter().map(|r| &r.op).collect();
         assert_eq!(ops[0], &LabelOp::Equals("b".into()));
         assert_eq!(ops[1], &LabelOp::Equals("d".into()));
         assert_eq!(ops[2], &LabelOp::NotEquals("f".into()));
-        assert_eq!(ops[3], &LabelOp::In(["x".to_string(), "y".to_string()].into()));
+        assert_eq!(
+            ops[3],
+            &LabelOp::In(["x".to_string(), "y".to_string()].into())
+        );
         assert_eq!(ops[4], &LabelOp::NotIn(["z".to_string()].into()));
         assert_eq!(ops[5], &LabelOp::Exists);
         assert_eq!(ops[6], &LabelOp::DoesNotExist);
@@ -497,9 +518,15 @@ mod tests {
         assert_eq!(ops[8], &LabelOp::LessThan(3));
         assert!(LabelSelector::parse("").unwrap().is_empty());
         assert!(LabelSelector::parse("  ").unwrap().is_empty());
-        assert_eq!(LabelSelector::parse("a=").unwrap().requirements[0].op, LabelOp::Equals(String::new()));
         assert_eq!(
-            LabelSelector::parse("app.kubernetes.io/name=web").unwrap().requirements[0].key,
+            LabelSelector::parse("a=").unwrap().requirements[0].op,
+            LabelOp::Equals(String::new())
+        );
+        assert_eq!(
+            LabelSelector::parse("app.kubernetes.io/name=web")
+                .unwrap()
+                .requirements[0]
+                .key,
             "app.kubernetes.io/name"
         );
     }
@@ -547,7 +574,8 @@ mod tests {
 
     #[test]
     fn field_selectors() {
-        let s = FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed,metadata.name==a\\,b").unwrap();
+        let s = FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed,metadata.name==a\\,b")
+            .unwrap();
         assert_eq!(s.requirements.len(), 3);
         assert_eq!(s.requirements[2].value, "a,b");
         assert!(s.requirements[1].negated);
@@ -558,13 +586,25 @@ mod tests {
             _ => String::new(),
         };
         assert!(s.matches(get));
-        assert!(!FieldSelector::parse("status.phase=Failed").unwrap().matches(get));
-        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(|_| String::new()));
+        assert!(!FieldSelector::parse("status.phase=Failed")
+            .unwrap()
+            .matches(get));
+        assert!(FieldSelector::parse("spec.nodeName=")
+            .unwrap()
+            .matches(|_| String::new()));
         assert!(FieldSelector::parse("").unwrap().is_empty());
-        assert!(FieldSelector::parse("spec.nodeName").unwrap_err().to_string().contains("no operator"));
-        assert!(FieldSelector::parse("=x").unwrap_err().to_string().contains("no field name"));
+        assert!(FieldSelector::parse("spec.nodeName")
+            .unwrap_err()
+            .to_string()
+            .contains("no operator"));
+        assert!(FieldSelector::parse("=x")
+            .unwrap_err()
+            .to_string()
+            .contains("no field name"));
         assert!(FieldSelector::parse("a=x\\").is_err());
-        let e = s.check_fields(&["metadata.name", "spec.nodeName"]).unwrap_err();
+        let e = s
+            .check_fields(&["metadata.name", "spec.nodeName"])
+            .unwrap_err();
         assert!(e.contains("field label not supported: status.phase"), "{e}");
     }
 }

@@ -74,7 +74,9 @@ pub fn wants_table(headers: &HeaderMap) -> Option<&'static str> {
         let json_like = matches!(mime, "application/json" | "*/*" | "application/*");
         match (as_, g, v) {
             (Some("Table"), Some("meta.k8s.io"), Some("v1")) if json_like => return Some("v1"),
-            (Some("Table"), Some("meta.k8s.io"), Some("v1beta1")) if json_like => return Some("v1beta1"),
+            (Some("Table"), Some("meta.k8s.io"), Some("v1beta1")) if json_like => {
+                return Some("v1beta1")
+            }
             (None, _, _) if json_like => return None,
             _ => continue,
         }
@@ -162,7 +164,11 @@ pub fn human_duration(seconds: i64) -> String {
     let minutes = seconds / 60;
     if minutes < 10 {
         let s = seconds % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
     }
     if minutes < 60 * 3 {
         return format!("{minutes}m");
@@ -170,14 +176,22 @@ pub fn human_duration(seconds: i64) -> String {
     let hours = seconds / 3600;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
     }
     if hours < 24 * 365 * 2 {
         return format!("{}d", hours / 24);
@@ -210,9 +224,17 @@ mod tests {
             wants_table(&accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json")),
             Some("v1")
         );
-        assert_eq!(wants_table(&accept("application/json;as=Table;g=meta.k8s.io;v=v1beta1")), Some("v1beta1"));
+        assert_eq!(
+            wants_table(&accept("application/json;as=Table;g=meta.k8s.io;v=v1beta1")),
+            Some("v1beta1")
+        );
         assert_eq!(wants_table(&accept("application/json")), None);
-        assert_eq!(wants_table(&accept("application/json, application/json;as=Table;v=v1;g=meta.k8s.io")), None);
+        assert_eq!(
+            wants_table(&accept(
+                "application/json, application/json;as=Table;v=v1;g=meta.k8s.io"
+            )),
+            None
+        );
         assert_eq!(
             wants_table(&accept("application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1;g=meta.k8s.io")),
             Some("v1")
@@ -238,16 +260,36 @@ mod tests {
 
     #[test]
     fn table_shape() {
-        const COLS: [Column; 1] = [Column { name: "Name", kind: "string", format: "name", description: "", priority: 0 }];
+        const COLS: [Column; 1] = [Column {
+            name: "Name",
+            kind: "string",
+            format: "name",
+            description: "",
+            priority: 0,
+        }];
         let objs = vec![json!({"metadata": {"name": "a", "resourceVersion": "3"}, "spec": {}})];
-        let t = build(&COLS, |o| vec![o["metadata"]["name"].clone()], &objs, Some("7".into()),
-            TableRequest { version: "v1", include: IncludeObject::Metadata });
+        let t = build(
+            &COLS,
+            |o| vec![o["metadata"]["name"].clone()],
+            &objs,
+            Some("7".into()),
+            TableRequest {
+                version: "v1",
+                include: IncludeObject::Metadata,
+            },
+        );
         assert_eq!(t["kind"], "Table");
         assert_eq!(t["metadata"]["resourceVersion"], "7");
         assert_eq!(t["rows"][0]["cells"], json!(["a"]));
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert!(t["rows"][0]["object"].get("spec").is_none());
-        assert_eq!(age(&json!({"metadata": {"creationTimestamp": "2024-01-01T00:00:00Z"}}), 1_704_067_260), "60s");
+        assert_eq!(
+            age(
+                &json!({"metadata": {"creationTimestamp": "2024-01-01T00:00:00Z"}}),
+                1_704_067_260
+            ),
+            "60s"
+        );
         assert_eq!(age(&json!({}), 0), "<unknown>");
     }
 }

@@ -27,14 +27,27 @@ fn harness() -> Harness {
 }
 
 impl Harness {
-    async fn raw(&self, method: Method, uri: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (StatusCode, Vec<u8>) {
+    async fn raw(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Vec<u8>) {
         let mut b = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let resp = self.app.clone().oneshot(b.body(Body::from(body)).unwrap()).await.unwrap();
+        let resp = self
+            .app
+            .clone()
+            .oneshot(b.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
         (status, bytes.to_vec())
     }
 
@@ -42,10 +55,19 @@ impl Harness {
         self.call_with(method, uri, body, &[]).await
     }
 
-    async fn call_with(&self, method: Method, uri: &str, body: Option<Value>, headers: &[(&str, &str)]) -> (StatusCode, Value) {
-        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+    async fn call_with(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
         let (status, out) = self.raw(method, uri, bytes, headers).await;
-        let v = serde_json::from_slice(&out).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&out).into_owned()));
+        let v = serde_json::from_slice(&out)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&out).into_owned()));
         (status, v)
     }
 
@@ -64,7 +86,10 @@ impl Harness {
         let node = json!({"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "uid": new_uid(), "creationTimestamp": "2025-01-01T00:00:00Z"},
             "status": {"conditions": [{"type": "Ready", "status": ready}], "nodeInfo": {"kubeletVersion": "v1.33.0-skerry"}}});
-        self.store.create(&ObjectKey::new("nodes", "", name), node).await.unwrap();
+        self.store
+            .create(&ObjectKey::new("nodes", "", name), node)
+            .await
+            .unwrap();
     }
 }
 
@@ -90,17 +115,30 @@ async fn pod_lifecycle_create_get_list_update_delete() {
     assert_eq!(created["apiVersion"], "v1");
     assert_eq!(created["metadata"]["namespace"], "default");
     assert_eq!(created["metadata"]["uid"].as_str().unwrap().len(), 36);
-    assert!(created["metadata"]["creationTimestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(created["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
     assert_eq!(created["metadata"]["resourceVersion"], "1");
     assert_eq!(created["spec"]["restartPolicy"], "Always");
-    assert_eq!(created["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
-    assert_eq!(created["status"], json!({"phase": "Pending", "qosClass": "BestEffort"}));
+    assert_eq!(
+        created["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    assert_eq!(
+        created["status"],
+        json!({"phase": "Pending", "qosClass": "BestEffort"})
+    );
 
-    let (code, got) = h.call(Method::GET, "/api/v1/namespaces/default/pods/web", None).await;
+    let (code, got) = h
+        .call(Method::GET, "/api/v1/namespaces/default/pods/web", None)
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(got, created);
 
-    let (code, list) = h.call(Method::GET, "/api/v1/namespaces/default/pods", None).await;
+    let (code, list) = h
+        .call(Method::GET, "/api/v1/namespaces/default/pods", None)
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(list["kind"], "PodList");
     assert_eq!(list["apiVersion"], "v1");
@@ -108,7 +146,9 @@ async fn pod_lifecycle_create_get_list_update_delete() {
     assert_eq!(list["items"][0]["kind"], "Pod");
     let (_, all) = h.call(Method::GET, "/api/v1/pods", None).await;
     assert_eq!(all["items"].as_array().unwrap().len(), 1);
-    let (_, other) = h.call(Method::GET, "/api/v1/namespaces/other/pods", None).await;
+    let (_, other) = h
+        .call(Method::GET, "/api/v1/namespaces/other/pods", None)
+        .await;
     assert_eq!(other["items"], json!([]));
 
     // Update: image change allowed; uid/creationTimestamp/status kept whatever the body says.
@@ -118,17 +158,32 @@ async fn pod_lifecycle_create_get_list_update_delete() {
     new["metadata"]["uid"] = json!("");
     new["metadata"]["creationTimestamp"] = json!("2000-01-01T00:00:00Z");
     new["status"] = json!({"phase": "Running"});
-    let (code, updated) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/web", Some(new.clone())).await;
+    let (code, updated) = h
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/default/pods/web",
+            Some(new.clone()),
+        )
+        .await;
     assert_eq!(code, StatusCode::OK, "{updated}");
     assert_eq!(updated["metadata"]["resourceVersion"], "2");
     assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
-    assert_eq!(updated["metadata"]["creationTimestamp"], created["metadata"]["creationTimestamp"]);
+    assert_eq!(
+        updated["metadata"]["creationTimestamp"],
+        created["metadata"]["creationTimestamp"]
+    );
     assert_eq!(updated["metadata"]["labels"]["tier"], "front");
     assert_eq!(updated["spec"]["containers"][0]["image"], "nginx:1.26");
     assert_eq!(updated["status"]["phase"], "Pending");
 
     // A stale resourceVersion is a conflict.
-    let (code, v) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/web", Some(new)).await;
+    let (code, v) = h
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/default/pods/web",
+            Some(new),
+        )
+        .await;
     assert_eq!(code, StatusCode::CONFLICT);
     assert_status(&v, 409, "Conflict");
     assert_eq!(v["message"], "Operation cannot be fulfilled on pods \"web\": the object has been modified; please apply your changes to the latest version and try again");
@@ -136,15 +191,30 @@ async fn pod_lifecycle_create_get_list_update_delete() {
     // Spec changes other than images are forbidden.
     let mut bad = updated.clone();
     bad["spec"]["restartPolicy"] = json!("Never");
-    let (code, v) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/web", Some(bad)).await;
+    let (code, v) = h
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/default/pods/web",
+            Some(bad),
+        )
+        .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(v["message"].as_str().unwrap().starts_with("Pod \"web\" is invalid: spec: Forbidden: pod updates may not change fields other than"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().starts_with(
+            "Pod \"web\" is invalid: spec: Forbidden: pod updates may not change fields other than"
+        ),
+        "{v}"
+    );
 
     // An unbound pod is deleted at once, and the answer is the pod.
-    let (code, v) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/web", None).await;
+    let (code, v) = h
+        .call(Method::DELETE, "/api/v1/namespaces/default/pods/web", None)
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(v["metadata"]["name"], "web");
-    let (code, v) = h.call(Method::GET, "/api/v1/namespaces/default/pods/web", None).await;
+    let (code, v) = h
+        .call(Method::GET, "/api/v1/namespaces/default/pods/web", None)
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert_status(&v, 404, "NotFound");
     assert_eq!(v["message"], "pods \"web\" not found");
@@ -163,19 +233,40 @@ async fn error_statuses() {
     assert_status(&v, 409, "AlreadyExists");
     assert_eq!(v["message"], "pods \"a\" already exists");
 
-    let (code, v) = h.raw(Method::POST, "/api/v1/namespaces/default/pods", b"{not json".to_vec(), &[]).await;
+    let (code, v) = h
+        .raw(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            b"{not json".to_vec(),
+            &[],
+        )
+        .await;
     let v: Value = serde_json::from_slice(&v).unwrap();
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert_status(&v, 400, "BadRequest");
-    assert!(v["message"].as_str().unwrap().starts_with("request body is not valid JSON: "), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("request body is not valid JSON: "),
+        "{v}"
+    );
 
     let (code, v) = h
         .call(Method::POST, "/api/v1/namespaces/default/pods",
             Some(json!({"metadata": {"name": "b"}, "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": "x"}]}]}})))
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
-    assert!(v["message"].as_str().unwrap().contains("spec.containers[0].ports[0].containerPort: invalid type: string \"x\", expected i32"), "{v}");
-    assert_eq!(v["details"]["causes"][0]["field"], "spec.containers[0].ports[0].containerPort");
+    assert!(
+        v["message"].as_str().unwrap().contains(
+            "spec.containers[0].ports[0].containerPort: invalid type: string \"x\", expected i32"
+        ),
+        "{v}"
+    );
+    assert_eq!(
+        v["details"]["causes"][0]["field"],
+        "spec.containers[0].ports[0].containerPort"
+    );
 
     let (code, v) = h
         .call(Method::POST, "/api/v1/namespaces/default/pods",
@@ -185,14 +276,27 @@ async fn error_statuses() {
     assert_status(&v, 422, "Invalid");
     assert_eq!(v["details"]["name"], "b");
     assert_eq!(v["details"]["kind"], "Pod");
-    let causes: Vec<(&str, &str)> = v["details"]["causes"].as_array().unwrap().iter()
-        .map(|c| (c["field"].as_str().unwrap(), c["reason"].as_str().unwrap())).collect();
-    assert_eq!(causes, [
-        ("spec.containers[0].image", "FieldValueRequired"),
-        ("spec.containers[1].name", "FieldValueDuplicate"),
-        ("spec.containers[1].ports[0].containerPort", "FieldValueInvalid"),
-    ]);
-    assert!(v["message"].as_str().unwrap().starts_with("Pod \"b\" is invalid: [spec.containers[0].image: Required value, "));
+    let causes: Vec<(&str, &str)> = v["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["field"].as_str().unwrap(), c["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            ("spec.containers[0].image", "FieldValueRequired"),
+            ("spec.containers[1].name", "FieldValueDuplicate"),
+            (
+                "spec.containers[1].ports[0].containerPort",
+                "FieldValueInvalid"
+            ),
+        ]
+    );
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Pod \"b\" is invalid: [spec.containers[0].image: Required value, "));
 
     let (code, v) = h
         .call(Method::POST, "/api/v1/namespaces/default/pods",
@@ -200,42 +304,97 @@ async fn error_statuses() {
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
     let (code, v) = h
-        .call(Method::POST, "/api/v1/namespaces/default/pods", Some(json!({"apiVersion": "apps/v1", "kind": "Deployment"})))
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some(json!({"apiVersion": "apps/v1", "kind": "Deployment"})),
+        )
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
-    let (code, v) = h.call(Method::POST, "/api/v1/namespaces/default/pods", Some(json!([1]))).await;
+    let (code, v) = h
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some(json!([1])),
+        )
+        .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
-    let (code, v) = h.call(Method::POST, "/api/v1/namespaces/default/pods", Some(json!({"spec": {"containers": [{"name": "c", "image": "i"}]}}))).await;
+    let (code, v) = h
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some(json!({"spec": {"containers": [{"name": "c", "image": "i"}]}})),
+        )
+        .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(v["details"]["causes"][0]["field"], "metadata.name");
 
-    for path in ["/nope", "/api/v1/widgets", "/api/v2/pods", "/apis/apps/v1", "/api/v1/namespaces/default/pods/a/log", "/api/v1/pods/a", "/openapi/v2", "/openapi/v3"] {
+    for path in [
+        "/nope",
+        "/api/v1/widgets",
+        "/api/v2/pods",
+        "/apis/apps/v1",
+        "/api/v1/namespaces/default/pods/a/log",
+        "/api/v1/pods/a",
+        "/openapi/v2",
+        "/openapi/v3/apis/apps/v1",
+    ] {
         let (code, v) = h.call(Method::GET, path, None).await;
         assert_eq!(code, StatusCode::NOT_FOUND, "{path}");
         assert_status(&v, 404, "NotFound");
     }
-    let (code, v) = h.call(Method::POST, "/api/v1/nodes", Some(json!({"metadata": {"name": "n"}}))).await;
+    let (code, v) = h
+        .call(
+            Method::POST,
+            "/api/v1/nodes",
+            Some(json!({"metadata": {"name": "n"}})),
+        )
+        .await;
     assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
     assert_status(&v, 405, "MethodNotAllowed");
     let (code, _) = h.call(Method::POST, "/api/v1/pods", Some(json!({}))).await;
     assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
-    let (code, _) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods", None).await;
+    let (code, _) = h
+        .call(Method::DELETE, "/api/v1/namespaces/default/pods", None)
+        .await;
     assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
     let (code, v) = h.call(Method::POST, "/healthz", None).await;
     assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
     assert_status(&v, 405, "MethodNotAllowed");
 
     let big = vec![b' '; MAX_BODY_BYTES + 1];
-    let (code, v) = h.raw(Method::POST, "/api/v1/namespaces/default/pods", big, &[]).await;
+    let (code, v) = h
+        .raw(Method::POST, "/api/v1/namespaces/default/pods", big, &[])
+        .await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(serde_json::from_slice::<Value>(&v).unwrap()["code"], 413);
 
-    let (code, v) = h.call(Method::GET, "/api/v1/pods?labelSelector=a+in+(x", None).await;
+    let (code, v) = h
+        .call(Method::GET, "/api/v1/pods?labelSelector=a+in+(x", None)
+        .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
-    assert!(v["message"].as_str().unwrap().contains("expected: ',' or ')'"), "{v}");
-    let (code, v) = h.call(Method::GET, "/api/v1/pods?fieldSelector=spec.bogus%3Dx", None).await;
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected: ',' or ')'"),
+        "{v}"
+    );
+    let (code, v) = h
+        .call(
+            Method::GET,
+            "/api/v1/pods?fieldSelector=spec.bogus%3Dx",
+            None,
+        )
+        .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
-    assert!(v["message"].as_str().unwrap().contains("field label not supported: spec.bogus"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("field label not supported: spec.bogus"),
+        "{v}"
+    );
 
     let (code, v) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/zzz",
         Some(json!({"metadata": {"name": "zzz"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}))).await;
@@ -248,17 +407,37 @@ async fn error_statuses() {
 #[tokio::test]
 async fn graceful_delete_of_bound_pods() {
     let h = harness();
-    h.create_pod("bound", json!({"nodeName": "edge-1"}), json!({})).await;
-    let (code, v) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/bound", None).await;
+    h.create_pod("bound", json!({"nodeName": "edge-1"}), json!({}))
+        .await;
+    let (code, v) = h
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/pods/bound",
+            None,
+        )
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
     assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 30);
     // Still there, terminating; the shard log saw the update (the edge will stop it).
-    let (code, got) = h.call_with(Method::GET, "/api/v1/namespaces/default/pods/bound", None, &[("accept", TABLE)]).await;
+    let (code, got) = h
+        .call_with(
+            Method::GET,
+            "/api/v1/namespaces/default/pods/bound",
+            None,
+            &[("accept", TABLE)],
+        )
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(got["rows"][0]["cells"][2], "Terminating");
     // A shorter grace period shortens it (query parameter), then DeleteOptions grace 0 force-deletes.
-    let (_, v) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/bound?gracePeriodSeconds=5", None).await;
+    let (_, v) = h
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/pods/bound?gracePeriodSeconds=5",
+            None,
+        )
+        .await;
     assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 5);
     let (code, _) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/bound",
         Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"resourceVersion": "1"}}))).await;
@@ -266,43 +445,103 @@ async fn graceful_delete_of_bound_pods() {
     let (code, v) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/bound",
         Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "propagationPolicy": "Background"}))).await;
     assert_eq!(code, StatusCode::OK, "{v}");
-    assert!(h.store.get(&ObjectKey::new("pods", "default", "bound")).unwrap().is_none());
-    let (code, _) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/bound", None).await;
+    assert!(h
+        .store
+        .get(&ObjectKey::new("pods", "default", "bound"))
+        .unwrap()
+        .is_none());
+    let (code, _) = h
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/pods/bound",
+            None,
+        )
+        .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
-    let (code, v) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/x", Some(json!({"gracePeriodSeconds": "soon"}))).await;
+    let (code, _) = h
+        .call(
+            Method::GET,
+            "/api/v1/pods?watch=1&resourceVersion=abc",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    let (code, v) = h
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/pods/x",
+            Some(json!({"gracePeriodSeconds": "soon"})),
+        )
+        .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
 }
 
 #[tokio::test]
 async fn status_subresource() {
     let h = harness();
-    let pod = h.create_pod("p", json!({"nodeName": "edge-1"}), json!({})).await;
+    let pod = h
+        .create_pod("p", json!({"nodeName": "edge-1"}), json!({}))
+        .await;
     let mut body = pod.clone();
     body["status"] = json!({"phase": "Running", "podIP": "10.1.0.4"});
     body["spec"]["containers"][0]["image"] = json!("ignored:1");
-    let (code, v) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/p/status", Some(body)).await;
+    let (code, v) = h
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/default/pods/p/status",
+            Some(body),
+        )
+        .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["status"]["phase"], "Running");
     assert_eq!(v["spec"]["containers"][0]["image"], "nginx:1.25");
-    let (code, v) = h.call(Method::GET, "/api/v1/namespaces/default/pods/p/status", None).await;
+    let (code, v) = h
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/pods/p/status",
+            None,
+        )
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(v["status"]["podIP"], "10.1.0.4");
     let mut bad = v.clone();
     bad["status"]["phase"] = json!("Dancing");
-    let (code, _) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/p/status", Some(bad)).await;
+    let (code, _) = h
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/default/pods/p/status",
+            Some(bad),
+        )
+        .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 #[tokio::test]
 async fn tables_for_kubectl() {
     let h = harness();
-    h.create_pod("web", json!({"nodeName": "edge-1"}), json!({})).await;
-    let (code, t) = h.call_with(Method::GET, "/api/v1/namespaces/default/pods?limit=500", None, &[("accept", TABLE)]).await;
+    h.create_pod("web", json!({"nodeName": "edge-1"}), json!({}))
+        .await;
+    let (code, t) = h
+        .call_with(
+            Method::GET,
+            "/api/v1/namespaces/default/pods?limit=500",
+            None,
+            &[("accept", TABLE)],
+        )
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(t["kind"], "Table");
     assert_eq!(t["apiVersion"], "meta.k8s.io/v1");
-    let cols: Vec<&str> = t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(cols, ["Name", "Ready", "Status", "Restarts", "Age", "IP", "Node"]);
+    let cols: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cols,
+        ["Name", "Ready", "Status", "Restarts", "Age", "IP", "Node"]
+    );
     assert_eq!(t["columnDefinitions"][5]["priority"], 1);
     let cells = &t["rows"][0]["cells"];
     assert_eq!(cells[0], "web");
@@ -312,27 +551,62 @@ async fn tables_for_kubectl() {
     assert_eq!(cells[6], "edge-1");
     assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
     assert_eq!(t["rows"][0]["object"]["metadata"]["name"], "web");
-    let (_, t) = h.call_with(Method::GET, "/api/v1/pods?includeObject=Object", None, &[("accept", TABLE)]).await;
+    let (_, t) = h
+        .call_with(
+            Method::GET,
+            "/api/v1/pods?includeObject=Object",
+            None,
+            &[("accept", TABLE)],
+        )
+        .await;
     assert_eq!(t["rows"][0]["object"]["kind"], "Pod");
 
     h.put_node("edge-1", "True").await;
     h.put_node("edge-2", "False").await;
-    let (_, t) = h.call_with(Method::GET, "/api/v1/nodes", None, &[("accept", TABLE)]).await;
-    let rows: Vec<(String, String, String)> = t["rows"].as_array().unwrap().iter()
-        .map(|r| (r["cells"][0].as_str().unwrap().into(), r["cells"][1].as_str().unwrap().into(), r["cells"][4].as_str().unwrap().into()))
+    let (_, t) = h
+        .call_with(Method::GET, "/api/v1/nodes", None, &[("accept", TABLE)])
+        .await;
+    let rows: Vec<(String, String, String)> = t["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["cells"][0].as_str().unwrap().into(),
+                r["cells"][1].as_str().unwrap().into(),
+                r["cells"][4].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert_eq!(rows, [("edge-1".into(), "Ready".into(), "v1.33.0-skerry".into()), ("edge-2".into(), "NotReady".into(), "v1.33.0-skerry".into())]);
+    assert_eq!(
+        rows,
+        [
+            ("edge-1".into(), "Ready".into(), "v1.33.0-skerry".into()),
+            ("edge-2".into(), "NotReady".into(), "v1.33.0-skerry".into())
+        ]
+    );
     assert_eq!(t["rows"][0]["cells"][2], "<none>");
 }
 
 #[tokio::test]
 async fn selectors_filter_lists() {
     let h = harness();
-    h.create_pod("a", json!({"nodeName": "n1"}), json!({"app": "web", "tier": "front"})).await;
-    h.create_pod("b", json!({"nodeName": "n2"}), json!({"app": "web"})).await;
+    h.create_pod(
+        "a",
+        json!({"nodeName": "n1"}),
+        json!({"app": "web", "tier": "front"}),
+    )
+    .await;
+    h.create_pod("b", json!({"nodeName": "n2"}), json!({"app": "web"}))
+        .await;
     h.create_pod("c", json!({}), json!({"app": "db"})).await;
     let names = |v: Value| -> Vec<String> {
-        v["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
     };
     for (q, want) in [
         ("labelSelector=app%3Dweb", vec!["a", "b"]),
@@ -342,11 +616,19 @@ async fn selectors_filter_lists() {
         ("labelSelector=tier%20notin%20(front)", vec!["b", "c"]),
         ("fieldSelector=spec.nodeName%3Dn1", vec!["a"]),
         ("fieldSelector=spec.nodeName%3D", vec!["c"]),
-        ("fieldSelector=spec.nodeName!%3Dn1,status.phase%3DPending", vec!["b", "c"]),
-        ("fieldSelector=metadata.name%3D%3Db&labelSelector=app", vec!["b"]),
+        (
+            "fieldSelector=spec.nodeName!%3Dn1,status.phase%3DPending",
+            vec!["b", "c"],
+        ),
+        (
+            "fieldSelector=metadata.name%3D%3Db&labelSelector=app",
+            vec!["b"],
+        ),
         ("fieldSelector=metadata.namespace%3Dother", vec![]),
     ] {
-        let (code, v) = h.call(Method::GET, &format!("/api/v1/pods?{q}"), None).await;
+        let (code, v) = h
+            .call(Method::GET, &format!("/api/v1/pods?{q}"), None)
+            .await;
         assert_eq!(code, StatusCode::OK, "{q}: {v}");
         assert_eq!(names(v), want, "{q}");
     }
@@ -361,24 +643,66 @@ async fn nodes_are_edited_not_created() {
     let mut edited = n.clone();
     edited["metadata"]["labels"] = json!({"site": "north"});
     edited["status"] = json!({});
-    let (code, v) = h.call(Method::PUT, "/api/v1/nodes/edge-1", Some(edited)).await;
+    let (code, v) = h
+        .call(Method::PUT, "/api/v1/nodes/edge-1", Some(edited))
+        .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["metadata"]["labels"]["site"], "north");
-    assert_eq!(v["status"]["conditions"][0]["status"], "True", "status kept on the main resource");
+    assert_eq!(
+        v["status"]["conditions"][0]["status"], "True",
+        "status kept on the main resource"
+    );
     assert!(v["metadata"].get("namespace").is_none());
     let mut st = v.clone();
     st["status"]["conditions"][0]["status"] = json!("False");
-    let (code, v) = h.call(Method::PUT, "/api/v1/nodes/edge-1/status", Some(st)).await;
+    let (code, v) = h
+        .call(Method::PUT, "/api/v1/nodes/edge-1/status", Some(st))
+        .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["status"]["conditions"][0]["status"], "False");
     // kubectl label uses a JSON merge patch.
-    let (code, v) = h.call_with(Method::PATCH, "/api/v1/nodes/edge-1", Some(json!({"metadata": {"labels": {"site": null, "role": "edge"}}})),
-        &[("content-type", "application/merge-patch+json")]).await;
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            "/api/v1/nodes/edge-1",
+            Some(json!({"metadata": {"labels": {"site": null, "role": "edge"}}})),
+            &[("content-type", "application/merge-patch+json")],
+        )
+        .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["metadata"]["labels"], json!({"role": "edge"}));
-    let (code, _) = h.call_with(Method::PATCH, "/api/v1/nodes/edge-1", Some(json!({})), &[("content-type", "application/strategic-merge-patch+json")]).await;
+    // kubectl cordon: a strategic merge patch without lists.
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            "/api/v1/nodes/edge-1",
+            Some(json!({"spec": {"unschedulable": true}})),
+            &[("content-type", "application/strategic-merge-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["unschedulable"], true);
+    let (code, _) = h
+        .call_with(
+            Method::PATCH,
+            "/api/v1/nodes/edge-1",
+            Some(json!({"spec": {"taints": []}})),
+            &[("content-type", "application/strategic-merge-patch+json")],
+        )
+        .await;
     assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let (_, list) = h.call(Method::GET, "/api/v1/nodes?labelSelector=role%3Dedge", None).await;
+    let (code, _) = h
+        .call_with(
+            Method::PATCH,
+            "/api/v1/nodes/edge-1",
+            Some(json!([])),
+            &[("content-type", "application/json-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (_, list) = h
+        .call(Method::GET, "/api/v1/nodes?labelSelector=role%3Dedge", None)
+        .await;
     assert_eq!(list["kind"], "NodeList");
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     let (code, v) = h.call(Method::DELETE, "/api/v1/nodes/edge-1", None).await;
@@ -401,25 +725,44 @@ async fn generate_name_and_dry_run() {
     let (code, _) = h.call(Method::POST, "/api/v1/namespaces/default/pods?dryRun=All",
         Some(json!({"metadata": {"name": "dry"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}))).await;
     assert_eq!(code, StatusCode::CREATED);
-    assert!(h.store.get(&ObjectKey::new("pods", "default", "dry")).unwrap().is_none());
+    assert!(h
+        .store
+        .get(&ObjectKey::new("pods", "default", "dry"))
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
 async fn discovery_and_plain_endpoints() {
     let h = harness();
-    let (code, v) = h.call_with(Method::GET, "/api", None, &[("host", "cloud.example:6443")]).await;
+    let (code, v) = h
+        .call_with(Method::GET, "/api", None, &[("host", "cloud.example:6443")])
+        .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(v["kind"], "APIVersions");
     assert_eq!(v["versions"], json!(["v1"]));
-    assert_eq!(v["serverAddressByClientCIDRs"], json!([{"clientCIDR": "0.0.0.0/0", "serverAddress": "cloud.example:6443"}]));
+    assert_eq!(
+        v["serverAddressByClientCIDRs"],
+        json!([{"clientCIDR": "0.0.0.0/0", "serverAddress": "cloud.example:6443"}])
+    );
     let (_, v) = h.call(Method::GET, "/api/v1", None).await;
     assert_eq!(v["kind"], "APIResourceList");
     assert_eq!(v["groupVersion"], "v1");
-    assert!(v["resources"].as_array().unwrap().iter().any(|r| r["name"] == "pods/status"));
+    assert!(v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["name"] == "pods/status"));
     let (_, v) = h.call(Method::GET, "/apis", None).await;
-    assert_eq!(v, json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}));
+    assert_eq!(
+        v,
+        json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+    );
     let (_, v) = h.call(Method::GET, "/version", None).await;
-    assert_eq!((v["major"].as_str(), v["minor"].as_str()), (Some("1"), Some("33")));
+    assert_eq!(
+        (v["major"].as_str(), v["minor"].as_str()),
+        (Some("1"), Some("33"))
+    );
     for p in ["/healthz", "/readyz"] {
         let (code, body) = h.raw(Method::GET, p, vec![], &[]).await;
         assert_eq!((code, body.as_slice()), (StatusCode::OK, b"ok".as_slice()));
@@ -432,20 +775,32 @@ async fn discovery_and_plain_endpoints() {
 #[tokio::test]
 async fn watch_streams_events() {
     let h = harness();
-    h.create_pod("before", json!({}), json!({"app": "web"})).await;
+    h.create_pod("before", json!({}), json!({"app": "web"}))
+        .await;
     let app = h.app.clone();
     let watcher = tokio::spawn(async move {
-        let req = Request::get("/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=2&labelSelector=app%3Dweb")
-            .body(Body::empty())
-            .unwrap();
+        let req = Request::get(
+            "/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=2&labelSelector=app%3Dweb",
+        )
+        .body(Body::empty())
+        .unwrap();
         let resp = app.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    h.create_pod("after", json!({}), json!({"app": "web"})).await;
+    h.create_pod("after", json!({}), json!({"app": "web"}))
+        .await;
     h.create_pod("other", json!({}), json!({"app": "db"})).await;
-    let (code, _) = h.call(Method::DELETE, "/api/v1/namespaces/default/pods/before", None).await;
+    let (code, _) = h
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/pods/before",
+            None,
+        )
+        .await;
     assert_eq!(code, StatusCode::OK);
     let body = watcher.await.unwrap();
     let events: Vec<(String, String)> = body
@@ -453,32 +808,68 @@ async fn watch_streams_events() {
         .filter(|l| !l.is_empty())
         .map(|l| {
             let v: Value = serde_json::from_slice(l).unwrap();
-            (v["type"].as_str().unwrap().to_string(), v["object"]["metadata"]["name"].as_str().unwrap().to_string())
+            (
+                v["type"].as_str().unwrap().to_string(),
+                v["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
         })
         .collect();
-    let want: Vec<(String, String)> = [("ADDED", "before"), ("ADDED", "after"), ("DELETED", "before")]
-        .iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let want: Vec<(String, String)> = [
+        ("ADDED", "before"),
+        ("ADDED", "after"),
+        ("DELETED", "before"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
     assert_eq!(events, want);
+
+    // An absurd timeout is no timeout (and no panic); the stream is dropped unread.
+    let req = Request::get("/api/v1/pods?watch=1&timeoutSeconds=18446744073709551615")
+        .body(Body::empty())
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(resp);
 
     // From the current resourceVersion: no initial events, then a MODIFIED for a known object.
     let rv = h.store.revision();
     let app = h.app.clone();
     let watcher = tokio::spawn(async move {
-        let req = Request::get(format!("/api/v1/pods?watch=true&timeoutSeconds=1&resourceVersion={rv}"))
-            .header("accept", TABLE)
-            .body(Body::empty())
-            .unwrap();
+        let req = Request::get(format!(
+            "/api/v1/pods?watch=true&timeoutSeconds=1&resourceVersion={rv}"
+        ))
+        .header("accept", TABLE)
+        .body(Body::empty())
+        .unwrap();
         let resp = app.oneshot(req).await.unwrap();
-        axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (_, after) = h.call(Method::GET, "/api/v1/namespaces/default/pods/after", None).await;
+    let (_, after) = h
+        .call(Method::GET, "/api/v1/namespaces/default/pods/after", None)
+        .await;
     let mut after = after;
     after["spec"]["containers"][0]["image"] = json!("nginx:2");
-    let (code, _) = h.call(Method::PUT, "/api/v1/namespaces/default/pods/after", Some(after)).await;
+    let (code, _) = h
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/default/pods/after",
+            Some(after),
+        )
+        .await;
     assert_eq!(code, StatusCode::OK);
     let body = watcher.await.unwrap();
-    let lines: Vec<Value> = body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    let lines: Vec<Value> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["type"], "MODIFIED");
     assert_eq!(lines[0]["object"]["kind"], "Table");
@@ -494,9 +885,91 @@ async fn watch_streams_events() {
 async fn serve_for_kubectl() {
     let h = harness();
     h.put_node("edge-1", "True").await;
-    let port: u16 = std::env::var("SKERRY_API_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(18080);
-    let secs: u64 = std::env::var("SKERRY_SERVE_SECS").ok().and_then(|p| p.parse().ok()).unwrap_or(300);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let port: u16 = std::env::var("SKERRY_API_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(18080);
+    let secs: u64 = std::env::var("SKERRY_SERVE_SECS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(300);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let serve = axum::serve(listener, h.app.clone());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(secs), serve).await;
+}
+
+#[tokio::test]
+async fn odd_input_gets_a_status_never_a_panic_or_500() {
+    let h = harness();
+    h.create_pod("p", json!({"nodeName": "n1"}), json!({}))
+        .await;
+    h.put_node("n1", "True").await;
+    let deep = format!("{}{}", "{\"a\":".repeat(300), "}".repeat(300));
+    let bodies: Vec<String> = [
+        "", "null", "1", "\"s\"", "[]", "{}", "{\"metadata\": 1}", "{\"metadata\": {\"name\": 1}}",
+        "{\"metadata\": {\"name\": \"p\", \"namespace\": 5}}", "{\"spec\": null}", "{\"spec\": {\"containers\": null}}",
+        "{\"spec\": {\"containers\": [null]}}", "{\"metadata\": {\"labels\": {\"a\": 1}}}", "{\"apiVersion\": 5}",
+        "{\"metadata\": {\"generateName\": \"X\"}, \"spec\": {\"containers\": [{\"name\": \"a\", \"image\": \"b\"}]}}",
+        "{\"metadata\": {\"name\": \"p\", \"resourceVersion\": \"-1\"}}",
+        "{\"metadata\": {\"name\": \"p\", \"uid\": \"other\"}, \"spec\": {\"containers\": [{\"name\": \"app\", \"image\": \"b\"}]}}",
+        "{\"metadata\": {\"name\": \"q\"}, \"spec\": {\"containers\": [{\"name\": \"a\", \"image\": \"b\", \"resources\": {\"limits\": {\"cpu\": \"1e999999999999\", \"memory\": \"-1\"}}}]}}",
+        "{\"metadata\": {\"name\": \"q\", \"creationTimestamp\": \"yesterday\"}}",
+        "{\"gracePeriodSeconds\": 9223372036854775807, \"preconditions\": {\"uid\": \"x\"}}",
+        "\u{0}\u{1}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([deep])
+    .collect();
+    let targets = [
+        (Method::POST, "/api/v1/namespaces/default/pods"),
+        (Method::PUT, "/api/v1/namespaces/default/pods/p"),
+        (Method::PUT, "/api/v1/namespaces/default/pods/p/status"),
+        (Method::PATCH, "/api/v1/namespaces/default/pods/p"),
+        (Method::PUT, "/api/v1/nodes/n1"),
+        (Method::PUT, "/api/v1/nodes/n1/status"),
+        (Method::PATCH, "/api/v1/nodes/n1/status"),
+        (Method::DELETE, "/api/v1/namespaces/default/pods/zz"),
+    ];
+    for (method, uri) in &targets {
+        for body in &bodies {
+            let (code, out) = h
+                .raw(
+                    method.clone(),
+                    uri,
+                    body.as_bytes().to_vec(),
+                    &[("content-type", "application/merge-patch+json")],
+                )
+                .await;
+            assert!(!code.is_server_error(), "{method} {uri} {body:?}: {code}");
+            if !code.is_success() {
+                let v: Value = serde_json::from_slice(&out)
+                    .unwrap_or_else(|e| panic!("{method} {uri} {body:?}: {e}"));
+                assert_eq!(v["kind"], "Status", "{method} {uri} {body:?}");
+                assert_eq!(v["code"], code.as_u16());
+            }
+        }
+    }
+    for path in [
+        "/api/v1/namespaces",
+        "/api/v1/namespaces/default",
+        "/api/v1/namespaces/default/pods/p/status/x",
+        "/api//v1/pods",
+        "/api/v1/watch",
+        "/api/v1/watch/namespaces/default/pods/p?timeoutSeconds=0",
+        "/apis/x",
+        "/apis/x/y/z",
+        "/api/v1/pods?labelSelector=%ff",
+        "/api/v1/pods?labelSelector=a%20in%20()",
+        "/api/v1/nodes/n1/status?watch=1",
+    ] {
+        let (code, out) = h.raw(Method::GET, path, vec![], &[]).await;
+        assert!(!code.is_server_error(), "{path}: {code}");
+        if !code.is_success() {
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["kind"], "Status", "{path}");
+        }
+    }
 }

@@ -46,7 +46,8 @@ impl NameRule {
 fn is_label_body(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -55,7 +56,9 @@ fn is_label_body(s: &str) -> bool {
 pub fn dns1123_label(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.len() > DNS1123_LABEL_MAX {
-        errs.push(format!("must be no more than {DNS1123_LABEL_MAX} characters"));
+        errs.push(format!(
+            "must be no more than {DNS1123_LABEL_MAX} characters"
+        ));
     }
     if !is_label_body(s) {
         errs.push(LABEL_FMT.to_string());
@@ -67,7 +70,9 @@ pub fn dns1123_label(s: &str) -> Vec<String> {
 pub fn dns1123_subdomain(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.len() > DNS1123_SUBDOMAIN_MAX {
-        errs.push(format!("must be no more than {DNS1123_SUBDOMAIN_MAX} characters"));
+        errs.push(format!(
+            "must be no more than {DNS1123_SUBDOMAIN_MAX} characters"
+        ));
     }
     if !s.split('.').all(is_label_body) {
         errs.push(SUBDOMAIN_FMT.to_string());
@@ -78,7 +83,8 @@ pub fn dns1123_subdomain(s: &str) -> Vec<String> {
 fn is_qualified_part(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
@@ -95,14 +101,20 @@ pub fn qualified_name(s: &str) -> Vec<String> {
         if prefix.is_empty() {
             errs.push("prefix part must be non-empty".to_string());
         } else {
-            errs.extend(dns1123_subdomain(prefix).into_iter().map(|e| format!("prefix part {e}")));
+            errs.extend(
+                dns1123_subdomain(prefix)
+                    .into_iter()
+                    .map(|e| format!("prefix part {e}")),
+            );
         }
     }
     if name.is_empty() {
         errs.push("name part must be non-empty".to_string());
     } else {
         if name.len() > QUALIFIED_NAME_MAX {
-            errs.push(format!("name part must be no more than {QUALIFIED_NAME_MAX} characters"));
+            errs.push(format!(
+                "name part must be no more than {QUALIFIED_NAME_MAX} characters"
+            ));
         }
         if !is_qualified_part(name) {
             errs.push(QUALIFIED_FMT.to_string());
@@ -126,7 +138,11 @@ pub fn label_value(s: &str) -> Vec<String> {
 /// Pushes one `Invalid` error per problem.
 pub fn push_invalid(errs: &mut Vec<FieldError>, field: &str, value: &str, problems: Vec<String>) {
     for p in problems {
-        errs.push(FieldError::invalid(field, &Value::String(value.to_string()), p));
+        errs.push(FieldError::invalid(
+            field,
+            &Value::String(value.to_string()),
+            p,
+        ));
     }
 }
 
@@ -134,10 +150,16 @@ pub fn push_invalid(errs: &mut Vec<FieldError>, field: &str, value: &str, proble
 pub fn validate_object_meta(obj: &Value, name_rule: NameRule, namespaced: bool) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let empty = Map::new();
-    let meta = obj.get("metadata").and_then(Value::as_object).unwrap_or(&empty);
+    let meta = obj
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     let name = meta.get("name").and_then(Value::as_str).unwrap_or("");
     if name.is_empty() {
-        errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+        errs.push(FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else {
         push_invalid(&mut errs, "metadata.name", name, name_rule.check(name));
     }
@@ -149,13 +171,21 @@ pub fn validate_object_meta(obj: &Value, name_rule: NameRule, namespaced: bool) 
             push_invalid(&mut errs, "metadata.namespace", ns, dns1123_label(ns));
         }
     } else if !ns.is_empty() {
-        errs.push(FieldError::forbidden("metadata.namespace", "not allowed on this type"));
+        errs.push(FieldError::forbidden(
+            "metadata.namespace",
+            "not allowed on this type",
+        ));
     }
     if let Some(labels) = meta.get("labels").and_then(Value::as_object) {
         for (k, v) in labels {
             push_invalid(&mut errs, "metadata.labels", k, qualified_name(k));
             let v = v.as_str().unwrap_or("");
-            push_invalid(&mut errs, &format!("metadata.labels[{k}]"), v, label_value(v));
+            push_invalid(
+                &mut errs,
+                &format!("metadata.labels[{k}]"),
+                v,
+                label_value(v),
+            );
         }
     }
     if let Some(annotations) = meta.get("annotations").and_then(Value::as_object) {
@@ -217,9 +247,21 @@ mod tests {
             true,
         );
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["metadata.name", "metadata.namespace", "metadata.labels[ok]"]);
-        let errs = validate_object_meta(&json!({"metadata": {"name": "n", "namespace": "x"}}), NameRule::Subdomain, false);
+        assert_eq!(
+            fields,
+            ["metadata.name", "metadata.namespace", "metadata.labels[ok]"]
+        );
+        let errs = validate_object_meta(
+            &json!({"metadata": {"name": "n", "namespace": "x"}}),
+            NameRule::Subdomain,
+            false,
+        );
         assert_eq!(errs.len(), 1);
-        assert!(validate_object_meta(&json!({"metadata": {"name": "n", "namespace": "x"}}), NameRule::Subdomain, true).is_empty());
+        assert!(validate_object_meta(
+            &json!({"metadata": {"name": "n", "namespace": "x"}}),
+            NameRule::Subdomain,
+            true
+        )
+        .is_empty());
     }
 }

@@ -65,11 +65,18 @@ impl WatchState {
         let object = match self.table {
             Some(t) => {
                 let now = now_seconds();
-                table::build(self.res.columns(), |o| self.res.table_row(o, now), &[obj], None, t)
+                table::build(
+                    self.res.columns(),
+                    |o| self.res.table_row(o, now),
+                    &[obj],
+                    None,
+                    t,
+                )
             }
             None => obj,
         };
-        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         self.pending.push_back(line);
     }
@@ -80,7 +87,10 @@ impl WatchState {
         }
         self.seen_rev = ev.revision;
         if ev.key.resource != self.storage_resource
-            || self.namespace.as_ref().is_some_and(|ns| *ns != ev.key.namespace)
+            || self
+                .namespace
+                .as_ref()
+                .is_some_and(|ns| *ns != ev.key.namespace)
         {
             return;
         }
@@ -106,7 +116,8 @@ impl WatchState {
                     }
                     self.push("DELETED", last);
                 } else if self.labels.is_empty() && self.fields.is_empty() {
-                    let mut meta = json!({"name": ev.key.name, "resourceVersion": ev.revision.to_string()});
+                    let mut meta =
+                        json!({"name": ev.key.name, "resourceVersion": ev.revision.to_string()});
                     if !ev.key.namespace.is_empty() {
                         meta["namespace"] = json!(ev.key.namespace);
                     }
@@ -128,7 +139,12 @@ impl WatchState {
                 current.insert(key_of(&s.value), s);
             }
         }
-        let gone: Vec<Key> = self.known.keys().filter(|k| !current.contains_key(*k)).cloned().collect();
+        let gone: Vec<Key> = self
+            .known
+            .keys()
+            .filter(|k| !current.contains_key(*k))
+            .cloned()
+            .collect();
         for k in gone {
             if let Some((_, last)) = self.known.remove(&k) {
                 self.push("DELETED", last);
@@ -197,7 +213,9 @@ pub(super) async fn watch(call: Call) -> Result<Response, ApiError> {
     let timeout = match call.query.get("timeoutSeconds") {
         None => None,
         Some(t) => Some(t.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("timeoutSeconds: Invalid value: {t:?}: must be a non-negative integer"))
+            ApiError::bad_request(format!(
+                "timeoutSeconds: Invalid value: {t:?}: must be a non-negative integer"
+            ))
         })?),
     };
     let rx = call.state.store.subscribe();
@@ -219,7 +237,8 @@ pub(super) async fn watch(call: Call) -> Result<Response, ApiError> {
         known: HashMap::new(),
         seen_rev: rev,
         pending: VecDeque::new(),
-        deadline: timeout.map(|t| Instant::now() + std::time::Duration::from_secs(t)),
+        deadline: timeout
+            .and_then(|t| Instant::now().checked_add(std::time::Duration::from_secs(t))),
     };
     for s in items {
         if !st.matches(&s.value) {
@@ -236,8 +255,10 @@ pub(super) async fn watch(call: Call) -> Result<Response, ApiError> {
     });
     let mut resp = json_response(StatusCode::OK, &Value::Null);
     *resp.body_mut() = Body::from_stream(stream);
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp.headers_mut().remove(header::CONTENT_LENGTH);
     Ok(resp)
 }
@@ -250,7 +271,8 @@ mod tests {
 
     fn state(labels: &str) -> (WatchState, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(dir.path(), |_, _| None).unwrap());
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::SledStore::open(dir.path(), |_, _| None).unwrap());
         let st = WatchState {
             rx: store.subscribe(),
             store,
@@ -269,13 +291,23 @@ mod tests {
     }
 
     fn ev(rev: u64, ns: &str, name: &str, value: Option<Value>) -> Event {
-        Event { revision: rev, key: ObjectKey::new("pods", ns, name), value, shards: vec![] }
+        Event {
+            revision: rev,
+            key: ObjectKey::new("pods", ns, name),
+            value,
+            shards: vec![],
+        }
     }
 
     fn types(st: &mut WatchState) -> Vec<String> {
         st.pending
             .drain(..)
-            .map(|l| serde_json::from_slice::<Value>(&l).unwrap()["type"].as_str().unwrap().to_string())
+            .map(|l| {
+                serde_json::from_slice::<Value>(&l).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect()
     }
 
@@ -292,7 +324,10 @@ mod tests {
         st.apply(ev(6, "default", "a", None)); // stale revision: ignored
         st.apply(ev(7, "default", "a", None));
         st.apply(ev(8, "default", "b", None)); // never seen, selector set: nothing
-        assert_eq!(types(&mut st), ["ADDED", "MODIFIED", "DELETED", "ADDED", "DELETED"]);
+        assert_eq!(
+            types(&mut st),
+            ["ADDED", "MODIFIED", "DELETED", "ADDED", "DELETED"]
+        );
         let (mut all, _dir2) = state("");
         all.apply(ev(9, "default", "gone", None));
         let line: Value = serde_json::from_slice(&all.pending[0]).unwrap();

@@ -48,7 +48,8 @@ impl ObjectKey {
     /// The byte form used as a database key: fields joined by NUL, which no valid name contains,
     /// so that prefixes (`resource\0namespace\0`) select exactly one collection.
     pub fn encode(&self) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.resource.len() + self.namespace.len() + self.name.len() + 2);
+        let mut k =
+            Vec::with_capacity(self.resource.len() + self.namespace.len() + self.name.len() + 2);
         k.extend_from_slice(self.resource.as_bytes());
         k.push(0);
         k.extend_from_slice(self.namespace.as_bytes());
@@ -204,7 +205,11 @@ pub trait Store: Send + Sync + 'static {
 
 /// Applies `f` to the current value of `key` and writes the result with an optimistic
 /// revision check, retrying on conflicts. `f` returning `None` means "no change".
-pub async fn update_with<S, F>(store: &S, key: &ObjectKey, mut f: F) -> Result<Option<Stored>, StoreError>
+pub async fn update_with<S, F>(
+    store: &S,
+    key: &ObjectKey,
+    mut f: F,
+) -> Result<Option<Stored>, StoreError>
 where
     S: Store + ?Sized,
     F: FnMut(&Value) -> Option<Value> + Send,

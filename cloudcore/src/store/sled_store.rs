@@ -77,7 +77,10 @@ fn decode_stored(key: &[u8], raw: &[u8]) -> Result<Stored, StoreError> {
         reason,
     };
     if raw.len() < 8 {
-        return Err(corrupt(format!("value of {} bytes is too short", raw.len())));
+        return Err(corrupt(format!(
+            "value of {} bytes is too short",
+            raw.len()
+        )));
     }
     let mut rev = [0u8; 8];
     rev.copy_from_slice(&raw[..8]);
@@ -109,10 +112,12 @@ enum Write {
 impl SledStore {
     /// Opens (or creates) a store in `dir`.
     pub fn open(dir: &Path, shard_of: ShardFn) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|e| StoreError::Backend(format!("cannot open store at {}: {e}; is another cloudcore using this data dir?", dir.display())))?;
+        let db = sled::Config::new().path(dir).open().map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot open store at {}: {e}; is another cloudcore using this data dir?",
+                dir.display()
+            ))
+        })?;
         let objects = db.open_tree("objects").map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
         let shard_log = db.open_tree("shard_log").map_err(backend)?;
@@ -123,7 +128,12 @@ impl SledStore {
                 b.copy_from_slice(&v);
                 u64::from_be_bytes(b)
             }
-            Some(_) => return Err(StoreError::Corrupt { key: "meta/revision".into(), reason: "not 8 bytes".into() }),
+            Some(_) => {
+                return Err(StoreError::Corrupt {
+                    key: "meta/revision".into(),
+                    reason: "not 8 bytes".into(),
+                })
+            }
             None => 0,
         };
         let (events, _) = broadcast::channel(4096);
@@ -174,14 +184,16 @@ impl SledStore {
     }
 
     fn shard_floor(&self, shard: &str) -> Result<u64, StoreError> {
-        Ok(match self.inner.meta.get(floor_key(shard)).map_err(backend)? {
-            Some(v) if v.len() == 8 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&v);
-                u64::from_be_bytes(b)
-            }
-            _ => 0,
-        })
+        Ok(
+            match self.inner.meta.get(floor_key(shard)).map_err(backend)? {
+                Some(v) if v.len() == 8 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&v);
+                    u64::from_be_bytes(b)
+                }
+                _ => 0,
+            },
+        )
     }
 
     async fn write(&self, key: &ObjectKey, op: Write) -> Result<Stored, StoreError> {
@@ -198,7 +210,9 @@ impl SledStore {
             (Write::Update(..) | Write::Delete(_), None) => {
                 return Err(StoreError::NotFound(key.clone()))
             }
-            (Write::Update(_, Some(exp)) | Write::Delete(Some(exp)), Some(o)) if *exp != o.revision => {
+            (Write::Update(_, Some(exp)) | Write::Delete(Some(exp)), Some(o))
+                if *exp != o.revision =>
+            {
                 return Err(StoreError::Conflict {
                     key: key.clone(),
                     expected: *exp,
@@ -225,32 +239,35 @@ impl SledStore {
                 shards.push(s.clone());
             }
         }
-        let result: Result<(), TransactionError<()>> =
-            (&inner.objects, &inner.meta, &inner.shard_log, &inner.shard_members).transaction(
-                |(objects, meta, log, members)| {
-                    match &encoded {
-                        Some(raw) => {
-                            objects.insert(kbytes.as_slice(), raw.as_slice())?;
-                        }
-                        None => {
-                            objects.remove(kbytes.as_slice())?;
-                        }
+        let result: Result<(), TransactionError<()>> = (
+            &inner.objects,
+            &inner.meta,
+            &inner.shard_log,
+            &inner.shard_members,
+        )
+            .transaction(|(objects, meta, log, members)| {
+                match &encoded {
+                    Some(raw) => {
+                        objects.insert(kbytes.as_slice(), raw.as_slice())?;
                     }
-                    meta.insert(REVISION_KEY, &rev.to_be_bytes())?;
-                    for s in &shards {
-                        log.insert(shard_log_key(s, rev), kbytes.as_slice())?;
+                    None => {
+                        objects.remove(kbytes.as_slice())?;
                     }
-                    if let Some(s) = &old_shard {
-                        if new_shard.as_ref() != Some(s) {
-                            members.remove(member_key(s, &kbytes))?;
-                        }
+                }
+                meta.insert(REVISION_KEY, &rev.to_be_bytes())?;
+                for s in &shards {
+                    log.insert(shard_log_key(s, rev), kbytes.as_slice())?;
+                }
+                if let Some(s) = &old_shard {
+                    if new_shard.as_ref() != Some(s) {
+                        members.remove(member_key(s, &kbytes))?;
                     }
-                    if let Some(s) = &new_shard {
-                        members.insert(member_key(s, &kbytes), &rev.to_be_bytes())?;
-                    }
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                },
-            );
+                }
+                if let Some(s) = &new_shard {
+                    members.insert(member_key(s, &kbytes), &rev.to_be_bytes())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
         result.map_err(|e| backend(format!("transaction for {key} failed: {e:?}")))?;
         inner.assigned.store(rev, Ordering::SeqCst);
         drop(guard);
@@ -266,7 +283,10 @@ impl SledStore {
         });
         metrics::counter!("skerry_store_writes_total").increment(1);
         Ok(match new_value {
-            Some(value) => Stored { revision: rev, value },
+            Some(value) => Stored {
+                revision: rev,
+                value,
+            },
             None => {
                 let mut last = old.expect("delete of an existing object");
                 last.revision = rev;
@@ -290,7 +310,11 @@ impl Store for SledStore {
         }
     }
 
-    fn list(&self, resource: &str, namespace: Option<&str>) -> Result<(Vec<Stored>, u64), StoreError> {
+    fn list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Stored>, u64), StoreError> {
         let rev = self.revision();
         let mut prefix = resource.as_bytes().to_vec();
         prefix.push(0);
@@ -303,7 +327,9 @@ impl Store for SledStore {
             let (k, v) = entry.map_err(backend)?;
             match decode_stored(&k, &v) {
                 Ok(s) => out.push(s),
-                Err(e) => tracing::error!(error = %e, "skipping corrupt object in listing; delete and recreate it"),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping corrupt object in listing; delete and recreate it")
+                }
             }
         }
         Ok((out, rev))
@@ -313,7 +339,12 @@ impl Store for SledStore {
         self.write(key, Write::Create(value)).await
     }
 
-    async fn update(&self, key: &ObjectKey, value: Value, expected: Option<u64>) -> Result<Stored, StoreError> {
+    async fn update(
+        &self,
+        key: &ObjectKey,
+        value: Value,
+        expected: Option<u64>,
+    ) -> Result<Stored, StoreError> {
         self.write(key, Write::Update(value, expected)).await
     }
 
@@ -344,7 +375,10 @@ impl Store for SledStore {
             let mut b = [0u8; 8];
             b.copy_from_slice(&k[k.len() - 8..]);
             match ObjectKey::decode(&v) {
-                Some(key) => changes.push(ShardChange { revision: u64::from_be_bytes(b), key }),
+                Some(key) => changes.push(ShardChange {
+                    revision: u64::from_be_bytes(b),
+                    key,
+                }),
                 None => tracing::error!(shard, "skipping undecodable shard log entry"),
             }
         }
@@ -375,15 +409,29 @@ mod tests {
     async fn revisions_are_global_and_set_resource_version() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), by_node).unwrap();
-        let a = s.create(&ObjectKey::new("pods", "default", "a"), pod("a", None)).await.unwrap();
-        let b = s.create(&ObjectKey::new("pods", "default", "b"), pod("b", None)).await.unwrap();
+        let a = s
+            .create(&ObjectKey::new("pods", "default", "a"), pod("a", None))
+            .await
+            .unwrap();
+        let b = s
+            .create(&ObjectKey::new("pods", "default", "b"), pod("b", None))
+            .await
+            .unwrap();
         assert_eq!((a.revision, b.revision), (1, 2));
         assert_eq!(b.value["metadata"]["resourceVersion"], "2");
         assert_eq!(s.revision(), 2);
-        let err = s.update(&ObjectKey::new("pods", "default", "a"), pod("a", None), Some(7)).await.unwrap_err();
+        let err = s
+            .update(
+                &ObjectKey::new("pods", "default", "a"),
+                pod("a", None),
+                Some(7),
+            )
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Conflict { actual: 1, .. }));
         assert!(matches!(
-            s.create(&ObjectKey::new("pods", "default", "a"), pod("a", None)).await,
+            s.create(&ObjectKey::new("pods", "default", "a"), pod("a", None))
+                .await,
             Err(StoreError::AlreadyExists(_))
         ));
     }
@@ -401,7 +449,13 @@ mod tests {
         match s.read_shard("n1", 1).unwrap() {
             ShardRead::Delta { changes, upto } => {
                 assert_eq!(upto, 4);
-                assert_eq!(changes, vec![ShardChange { revision: 3, key: ka.clone() }]);
+                assert_eq!(
+                    changes,
+                    vec![ShardChange {
+                        revision: 3,
+                        key: ka.clone()
+                    }]
+                );
             }
             other => panic!("expected delta, got {other:?}"),
         }
@@ -415,12 +469,21 @@ mod tests {
         // A fresh node (revision 0) gets the current members.
         assert_eq!(
             s.read_shard("n2", 0).unwrap(),
-            ShardRead::Snapshot { members: vec![ka.clone()], upto: 4 }
+            ShardRead::Snapshot {
+                members: vec![ka.clone()],
+                upto: 4
+            }
         );
         // After compaction, old revisions get a snapshot too.
         s.compact_shard_logs(3).unwrap();
-        assert!(matches!(s.read_shard("n2", 2).unwrap(), ShardRead::Snapshot { .. }));
-        assert!(matches!(s.read_shard("n2", 3).unwrap(), ShardRead::Delta { .. }));
+        assert!(matches!(
+            s.read_shard("n2", 2).unwrap(),
+            ShardRead::Snapshot { .. }
+        ));
+        assert!(matches!(
+            s.read_shard("n2", 3).unwrap(),
+            ShardRead::Delta { .. }
+        ));
     }
 
     #[tokio::test]
@@ -428,18 +491,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path(), by_node).unwrap();
-            s.create(&ObjectKey::new("pods", "default", "a"), pod("a", Some("n1"))).await.unwrap();
-            s.create(&ObjectKey::new("pods", "default", "b"), pod("b", Some("n1"))).await.unwrap();
+            s.create(
+                &ObjectKey::new("pods", "default", "a"),
+                pod("a", Some("n1")),
+            )
+            .await
+            .unwrap();
+            s.create(
+                &ObjectKey::new("pods", "default", "b"),
+                pod("b", Some("n1")),
+            )
+            .await
+            .unwrap();
             // Corrupt one value behind the store's back.
-            s.inner.objects.insert(ObjectKey::new("pods", "default", "b").encode(), b"xx".to_vec()).unwrap();
+            s.inner
+                .objects
+                .insert(
+                    ObjectKey::new("pods", "default", "b").encode(),
+                    b"xx".to_vec(),
+                )
+                .unwrap();
             s.inner.db.flush().unwrap();
         }
         let s = SledStore::open(dir.path(), by_node).unwrap();
         assert_eq!(s.revision(), 2);
         let (items, _) = s.list("pods", Some("default")).unwrap();
         assert_eq!(items.len(), 1);
-        assert!(matches!(s.get(&ObjectKey::new("pods", "default", "b")), Err(StoreError::Corrupt { .. })));
-        let c = s.create(&ObjectKey::new("pods", "default", "c"), pod("c", None)).await.unwrap();
+        assert!(matches!(
+            s.get(&ObjectKey::new("pods", "default", "b")),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let c = s
+            .create(&ObjectKey::new("pods", "default", "c"), pod("c", None))
+            .await
+            .unwrap();
         assert_eq!(c.revision, 3);
     }
 }

@@ -226,8 +226,16 @@ impl PodManager {
                         );
                     }
                 }
+                Err(e) if first => {
+                    // Starting pods without knowing what already runs could start duplicates
+                    // of adopted containers; a runtime that cannot list would not start them
+                    // either. The next sync tries again.
+                    warn!(error = %e,
+                          "cannot list the runtime's pods; no pod is started until it answers");
+                    return;
+                }
                 Err(e) => warn!(error = %e,
-                    "cannot list the runtime's pods; starting without adoption, retrying at the next sync"),
+                    "cannot list the runtime's pods; restarting a dead worker without adoption"),
             }
         }
 
@@ -338,7 +346,7 @@ impl PodManager {
             );
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let machine = PodMachine::new(self.settings.clone(), pod.clone(), existing, Now::now());
+        let machine = PodMachine::new(self.settings.clone(), pod.clone(), existing, Now::current());
         let worker = Worker::new(machine, self.runtime.clone(), self.shared.clone(), rx);
         // The registry is locked by the caller until the entry is in, so the worker cannot
         // finish before its entry exists.
@@ -434,5 +442,258 @@ impl PodManager {
             workers = count,
             "pod workers stopped; containers left running"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{
+        ContainerConfig, ContainerInfo, ContainerRunState, RuntimeError, Sandbox,
+    };
+    use async_trait::async_trait;
+    use protocol::pod::{EdgeContainer, Resources, RestartPolicy};
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::time::Instant;
+
+    /// An in-memory runtime whose containers run until stopped.
+    #[derive(Default)]
+    struct FakeRuntime {
+        list_fails: AtomicBool,
+        /// (uid, container id, running)
+        containers: Mutex<Vec<(String, String, bool)>>,
+        removed: Mutex<Vec<String>>,
+    }
+
+    fn sandbox_of(uid: &str) -> Sandbox {
+        Sandbox {
+            id: uid.into(),
+            pod_uid: uid.into(),
+            ip: "10.0.0.1".into(),
+        }
+    }
+
+    #[async_trait]
+    impl Runtime for FakeRuntime {
+        fn version(&self) -> String {
+            "fake://0".into()
+        }
+        async fn run_sandbox(&self, pod: &EdgePod) -> Result<Sandbox, RuntimeError> {
+            Ok(sandbox_of(&pod.uid))
+        }
+        async fn start_container(
+            &self,
+            sandbox: &Sandbox,
+            _pod: &EdgePod,
+            container: &EdgeContainer,
+            config: &ContainerConfig,
+        ) -> Result<ContainerInfo, RuntimeError> {
+            let id = format!("{}/{}/{}", sandbox.pod_uid, container.name, config.attempt);
+            self.containers
+                .lock()
+                .await
+                .push((sandbox.pod_uid.clone(), id.clone(), true));
+            Ok(ContainerInfo {
+                id,
+                name: container.name.clone(),
+                attempt: config.attempt,
+                state: ContainerRunState::Running { started_at_ms: 1 },
+            })
+        }
+        async fn container_state(
+            &self,
+            _sandbox: &Sandbox,
+            id: &str,
+        ) -> Result<ContainerRunState, RuntimeError> {
+            let containers = self.containers.lock().await;
+            match containers.iter().find(|(_, c, _)| c == id) {
+                Some((_, _, true)) => Ok(ContainerRunState::Running { started_at_ms: 1 }),
+                Some(_) => Ok(ContainerRunState::Exited {
+                    exit_code: 143,
+                    signal: Some(15),
+                    reason: "Error".into(),
+                    started_at_ms: 1,
+                    finished_at_ms: 2,
+                }),
+                None => Err(RuntimeError::Internal {
+                    op: "state".into(),
+                    message: format!("no {id}"),
+                }),
+            }
+        }
+        async fn stop_container(
+            &self,
+            _sandbox: &Sandbox,
+            id: &str,
+            _grace: Duration,
+        ) -> Result<(), RuntimeError> {
+            for c in self.containers.lock().await.iter_mut() {
+                if c.1 == id {
+                    c.2 = false;
+                }
+            }
+            Ok(())
+        }
+        async fn remove_container(&self, _sandbox: &Sandbox, id: &str) -> Result<(), RuntimeError> {
+            self.containers.lock().await.retain(|c| c.1 != id);
+            Ok(())
+        }
+        async fn remove_sandbox(
+            &self,
+            sandbox: &Sandbox,
+            _grace: Duration,
+        ) -> Result<(), RuntimeError> {
+            self.containers
+                .lock()
+                .await
+                .retain(|c| c.0 != sandbox.pod_uid);
+            self.removed.lock().await.push(sandbox.pod_uid.clone());
+            Ok(())
+        }
+        async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError> {
+            if self.list_fails.load(Ordering::SeqCst) {
+                return Err(RuntimeError::Internal {
+                    op: "list".into(),
+                    message: "runtime down".into(),
+                });
+            }
+            Ok(Vec::new())
+        }
+        async fn read_log(
+            &self,
+            _sandbox: &Sandbox,
+            _container: &str,
+            _tail: Option<usize>,
+        ) -> Result<String, RuntimeError> {
+            Ok(String::new())
+        }
+    }
+
+    #[derive(Debug)]
+    enum Seen {
+        Status(Box<PodStatus>),
+        Forgotten(String),
+    }
+
+    struct Sink(mpsc::UnboundedSender<Seen>);
+
+    impl StatusSink for Sink {
+        fn pod_status(&self, status: PodStatus) {
+            let _ = self.0.send(Seen::Status(Box::new(status)));
+        }
+        fn pod_forgotten(&self, _namespace: &str, name: &str) {
+            let _ = self.0.send(Seen::Forgotten(name.into()));
+        }
+    }
+
+    fn pod(uid: &str, name: &str) -> EdgePod {
+        EdgePod {
+            namespace: "rigs".into(),
+            name: name.into(),
+            uid: uid.into(),
+            labels: BTreeMap::new(),
+            containers: vec![EdgeContainer {
+                name: "main".into(),
+                image: "local".into(),
+                image_pull_policy: "Never".into(),
+                command: vec!["sleep".into()],
+                args: vec![],
+                working_dir: String::new(),
+                env: vec![],
+                ports: vec![],
+                resources: Resources::default(),
+                volume_mounts: vec![],
+            }],
+            restart_policy: RestartPolicy::Always,
+            termination_grace_period_seconds: 1,
+            volumes: vec![],
+            deletion_grace_period_seconds: None,
+        }
+    }
+
+    fn manager(rt: Arc<FakeRuntime>) -> (PodManager, mpsc::UnboundedReceiver<Seen>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let config = PodManagerConfig {
+            poll_interval: Duration::from_millis(10),
+            ..PodManagerConfig::default()
+        };
+        let m = PodManager::with_config(
+            rt,
+            Arc::new(Sink(tx)),
+            "n".into(),
+            "10.0.0.1".into(),
+            config,
+        );
+        (m, rx)
+    }
+
+    async fn wait_seen(rx: &mut mpsc::UnboundedReceiver<Seen>, pred: impl Fn(&Seen) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(seen)) if pred(&seen) => return,
+                Ok(Some(_)) => {}
+                other => panic!("not seen: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_pod_starts_before_the_runtime_can_list_what_runs() {
+        let rt = Arc::new(FakeRuntime::default());
+        rt.list_fails.store(true, Ordering::SeqCst);
+        let (m, mut rx) = manager(rt.clone());
+        m.sync(vec![pod("u1", "a")]).await;
+        assert_eq!(m.worker_count().await, 0);
+        assert!(rt.containers.lock().await.is_empty());
+        rt.list_fails.store(false, Ordering::SeqCst);
+        m.sync(vec![pod("u1", "a")]).await;
+        assert_eq!(m.worker_count().await, 1);
+        wait_seen(
+            &mut rx,
+            |s| matches!(s, Seen::Status(st) if st.phase == protocol::status::PodPhase::Running),
+        )
+        .await;
+        m.shutdown().await;
+        assert_eq!(m.worker_count().await, 0);
+        // Shutdown leaves the containers running.
+        assert!(rt.containers.lock().await.iter().all(|c| c.2));
+        // And a shut-down manager starts nothing.
+        m.sync(vec![pod("u2", "b")]).await;
+        assert_eq!(m.worker_count().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_recreated_pod_does_not_make_the_sink_forget_its_name() {
+        let rt = Arc::new(FakeRuntime::default());
+        let (m, mut rx) = manager(rt.clone());
+        m.sync(vec![pod("old", "a")]).await;
+        wait_seen(&mut rx, |s| {
+            matches!(s, Seen::Status(st) if st.uid == "old" && st.phase == protocol::status::PodPhase::Running)
+        })
+        .await;
+        // Same name, new uid, in one sync: the old one is stopped, the new one runs.
+        m.sync(vec![pod("new", "a")]).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !rt.removed.lock().await.contains(&"old".to_string()) {
+            assert!(Instant::now() < deadline, "old pod never removed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        wait_seen(&mut rx, |s| {
+            matches!(s, Seen::Status(st) if st.uid == "new" && st.phase == protocol::status::PodPhase::Running)
+        })
+        .await;
+        // Wait until the old worker is gone from the books.
+        while m.worker_count().await != 1 {
+            assert!(Instant::now() < deadline, "old worker never ended");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        while let Ok(seen) = rx.try_recv() {
+            assert!(!matches!(seen, Seen::Forgotten(_)), "{seen:?}");
+        }
+        // Dropping the new one forgets the name.
+        m.sync(vec![]).await;
+        wait_seen(&mut rx, |s| matches!(s, Seen::Forgotten(n) if n == "a")).await;
     }
 }

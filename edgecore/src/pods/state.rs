@@ -45,7 +45,7 @@ pub(crate) struct Now {
 
 impl Now {
     /// The current moment.
-    pub fn now() -> Self {
+    pub fn current() -> Self {
         Self {
             mono: Instant::now(),
             wall_ms: wall_ms(),

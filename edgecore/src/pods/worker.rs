@@ -75,7 +75,7 @@ impl Worker {
                     Err(TryRecvError::Empty) => break,
                 }
             }
-            let now = Now::now();
+            let now = Now::current();
             let before = self.machine.state().name();
             let mut action = Action::Wait(None);
             for event in events.drain(..) {

@@ -181,8 +181,7 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Stops whatever still runs in the sandbox (with `grace`) and removes it with its
     /// containers, logs and scratch volumes.
-    async fn remove_sandbox(&self, sandbox: &Sandbox, grace: Duration)
-        -> Result<(), RuntimeError>;
+    async fn remove_sandbox(&self, sandbox: &Sandbox, grace: Duration) -> Result<(), RuntimeError>;
 
     /// Every sandbox this runtime (this edgecore's data) holds, for adoption after a restart.
     async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError>;

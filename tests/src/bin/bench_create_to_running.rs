@@ -19,9 +19,19 @@ async fn main() -> anyhow::Result<()> {
         edges.push(Edge::join_and_start(&cloud, &format!("bench-{i}"), &[]).await?);
     }
     for i in 0..nodes {
-        cloud.wait_for("node Ready", &format!("/api/v1/nodes/bench-{i}"), Duration::from_secs(60), |n| {
-            n["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-        }).await?;
+        cloud
+            .wait_for(
+                "node Ready",
+                &format!("/api/v1/nodes/bench-{i}"),
+                Duration::from_secs(60),
+                |n| {
+                    n["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                },
+            )
+            .await?;
     }
     // Create all pods as fast as the API takes them, timestamping each create.
     let mut created: HashMap<String, Instant> = HashMap::new();
@@ -30,7 +40,9 @@ async fn main() -> anyhow::Result<()> {
         let name = format!("p{i}");
         let pod = process_pod(&name, &format!("bench-{}", i % nodes), &["sleep", "3600"]);
         let start = Instant::now();
-        let (code, body) = cloud.api("POST", "/api/v1/namespaces/default/pods", Some(pod)).await?;
+        let (code, body) = cloud
+            .api("POST", "/api/v1/namespaces/default/pods", Some(pod))
+            .await?;
         anyhow::ensure!(code == 201, "create failed: {body}");
         created.insert(name, start);
     }
@@ -39,7 +51,10 @@ async fn main() -> anyhow::Result<()> {
     let mut latency: HashMap<String, Duration> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while latency.len() < pods && Instant::now() < deadline {
-        let list = cloud.get("/api/v1/namespaces/default/pods").await?.unwrap_or(Value::Null);
+        let list = cloud
+            .get("/api/v1/namespaces/default/pods")
+            .await?
+            .unwrap_or(Value::Null);
         let now = Instant::now();
         for p in list["items"].as_array().into_iter().flatten() {
             let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -51,22 +66,39 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    anyhow::ensure!(latency.len() == pods, "only {} of {pods} pods reached Running", latency.len());
+    anyhow::ensure!(
+        latency.len() == pods,
+        "only {} of {pods} pods reached Running",
+        latency.len()
+    );
     let mut ms: Vec<f64> = latency.values().map(|d| d.as_secs_f64() * 1000.0).collect();
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
     // Idle memory after things settle.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let edge_rss: Vec<u64> = edges.iter().filter_map(|e| e.pid().and_then(rss_kib)).collect();
+    let edge_rss: Vec<u64> = edges
+        .iter()
+        .filter_map(|e| e.pid().and_then(rss_kib))
+        .collect();
     let cloud_rss = cloud.pid().and_then(rss_kib).unwrap_or(0);
     println!("| figure | value |");
     println!("|---|---|");
     println!("| pods / nodes | {pods} / {nodes} |");
-    println!("| API create rate | {:.0} pods/s |", pods as f64 / create_secs);
+    println!(
+        "| API create rate | {:.0} pods/s |",
+        pods as f64 / create_secs
+    );
     println!("| Create → Running p50 | {:.0} ms |", pct(0.50));
     println!("| Create → Running p99 | {:.0} ms |", pct(0.99));
     println!("| Create → Running max | {:.0} ms |", ms[ms.len() - 1]);
-    println!("| edgecore RSS, {} pods each (max over nodes) | {:.1} MiB |", pods / nodes, edge_rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0);
-    println!("| cloudcore RSS with {nodes} nodes, {pods} pods | {:.1} MiB |", cloud_rss as f64 / 1024.0);
+    println!(
+        "| edgecore RSS, {} pods each (max over nodes) | {:.1} MiB |",
+        pods / nodes,
+        edge_rss.iter().max().copied().unwrap_or(0) as f64 / 1024.0
+    );
+    println!(
+        "| cloudcore RSS with {nodes} nodes, {pods} pods | {:.1} MiB |",
+        cloud_rss as f64 / 1024.0
+    );
     Ok(())
 }

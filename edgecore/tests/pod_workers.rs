@@ -1,0 +1,765 @@
+//! Pod workers against the real `process` runtime (real processes, edgecore's binary as shim),
+//! with a recording status sink.
+
+use edgecore::pods::{BackoffPolicy, PodManager, PodManagerConfig, StatusSink};
+use edgecore::runtime::process::ProcessRuntime;
+use edgecore::runtime::{ContainerConfig, Runtime};
+use protocol::pod::{EdgeContainer, EdgePod, EnvValue, EnvVar, Resources, RestartPolicy};
+use protocol::status::{ContainerState, ContainerStatus, PodPhase, PodStatus};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout_at, Instant};
+
+const HOST_IP: &str = "192.0.2.7";
+const TIMEOUT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+const BASE: Duration = Duration::from_millis(200);
+
+/// What the sink saw.
+#[derive(Debug, Clone)]
+enum Record {
+    Status(Box<PodStatus>),
+    Forgotten(String, String),
+}
+
+/// A sink that forwards everything to the test, timestamped.
+struct Sink(mpsc::UnboundedSender<(Instant, Record)>);
+
+impl StatusSink for Sink {
+    fn pod_status(&self, status: PodStatus) {
+        let _ = self
+            .0
+            .send((Instant::now(), Record::Status(Box::new(status))));
+    }
+
+    fn pod_forgotten(&self, namespace: &str, name: &str) {
+        let _ = self.0.send((
+            Instant::now(),
+            Record::Forgotten(namespace.into(), name.into()),
+        ));
+    }
+}
+
+/// The records received so far, and the means to wait for more.
+struct Recorder {
+    rx: mpsc::UnboundedReceiver<(Instant, Record)>,
+    history: Vec<(Instant, Record)>,
+}
+
+impl Recorder {
+    /// Waits (with a deadline) until a record satisfying `pred` has arrived; returns the first.
+    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Record) -> bool) -> (Instant, Record) {
+        self.wait_for_since(None, what, pred).await
+    }
+
+    /// Like `wait_for`, among the records received at or after `since`.
+    async fn wait_for_since(
+        &mut self,
+        since: Option<Instant>,
+        what: &str,
+        pred: impl Fn(&Record) -> bool,
+    ) -> (Instant, Record) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(hit) = self
+                .history
+                .iter()
+                .find(|(t, r)| since.is_none_or(|since| *t >= since) && pred(r))
+            {
+                return hit.clone();
+            }
+            match timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(record)) => self.history.push(record),
+                Ok(None) => panic!("sink closed while waiting for {what}"),
+                Err(_) => panic!(
+                    "timed out waiting for {what}; records:\n{:#?}",
+                    self.history.iter().map(|(_, r)| r).collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    /// Waits for a status of pod `uid` satisfying `pred`.
+    async fn status(
+        &mut self,
+        uid: &str,
+        what: &str,
+        pred: impl Fn(&PodStatus) -> bool,
+    ) -> PodStatus {
+        let (_, record) = self
+            .wait_for(
+                what,
+                |r| matches!(r, Record::Status(s) if s.uid == uid && pred(s)),
+            )
+            .await;
+        match record {
+            Record::Status(s) => *s,
+            Record::Forgotten(..) => unreachable!(),
+        }
+    }
+
+    /// Waits for a status of pod `uid` satisfying `pred` that arrived at or after `since`.
+    async fn status_since(
+        &mut self,
+        uid: &str,
+        since: Instant,
+        what: &str,
+        pred: impl Fn(&PodStatus) -> bool,
+    ) -> PodStatus {
+        let (_, record) = self
+            .wait_for_since(
+                Some(since),
+                what,
+                |r| matches!(r, Record::Status(s) if s.uid == uid && pred(s)),
+            )
+            .await;
+        match record {
+            Record::Status(s) => *s,
+            Record::Forgotten(..) => unreachable!(),
+        }
+    }
+
+    async fn forgotten(&mut self, name: &str) {
+        self.wait_for(
+            &format!("{name} forgotten"),
+            |r| matches!(r, Record::Forgotten(ns, n) if ns == "rigs" && n == name),
+        )
+        .await;
+    }
+
+    /// Takes whatever arrived without waiting.
+    fn drain(&mut self) {
+        while let Ok(record) = self.rx.try_recv() {
+            self.history.push(record);
+        }
+    }
+
+    fn statuses(&self, uid: &str) -> Vec<(Instant, PodStatus)> {
+        self.history
+            .iter()
+            .filter_map(|(t, r)| match r {
+                Record::Status(s) if s.uid == uid => Some((*t, (**s).clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn runtime(root: &Path) -> Arc<ProcessRuntime> {
+    Arc::new(ProcessRuntime::new(
+        root.to_path_buf(),
+        PathBuf::from(env!("CARGO_BIN_EXE_edgecore")),
+        HOST_IP.to_string(),
+    ))
+}
+
+fn config() -> PodManagerConfig {
+    PodManagerConfig {
+        poll_interval: POLL,
+        backoff: BackoffPolicy {
+            base: BASE,
+            cap: Duration::from_secs(2),
+            reset_after: Duration::from_secs(60),
+        },
+        orphan_grace: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(5),
+    }
+}
+
+fn manager(rt: Arc<ProcessRuntime>) -> (PodManager, Recorder) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let m = PodManager::with_config(
+        rt,
+        Arc::new(Sink(tx)),
+        "rig-7".into(),
+        HOST_IP.into(),
+        config(),
+    );
+    (
+        m,
+        Recorder {
+            rx,
+            history: Vec::new(),
+        },
+    )
+}
+
+fn sh(name: &str, script: &str) -> EdgeContainer {
+    EdgeContainer {
+        name: name.into(),
+        image: "local/none".into(),
+        image_pull_policy: "Never".into(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        args: vec![],
+        working_dir: String::new(),
+        env: vec![],
+        ports: vec![],
+        resources: Resources::default(),
+        volume_mounts: vec![],
+    }
+}
+
+fn pod(uid: &str, policy: RestartPolicy, containers: Vec<EdgeContainer>) -> EdgePod {
+    EdgePod {
+        namespace: "rigs".into(),
+        name: format!("pod-{uid}"),
+        uid: uid.into(),
+        labels: BTreeMap::from([("app".into(), "test".into())]),
+        containers,
+        restart_policy: policy,
+        termination_grace_period_seconds: 1,
+        volumes: vec![],
+        deletion_grace_period_seconds: None,
+    }
+}
+
+fn is_running(c: &ContainerStatus) -> bool {
+    matches!(c.state, ContainerState::Running { .. })
+}
+
+fn condition(s: &PodStatus, kind: &str) -> bool {
+    s.conditions
+        .iter()
+        .find(|c| c.kind == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {s:?}"))
+        .status
+}
+
+/// pid of a container instance, from the shim's state file.
+fn pid_of(root: &Path, uid: &str, container: &str, attempt: u32) -> u32 {
+    let path = root
+        .join(uid)
+        .join("containers")
+        .join(container)
+        .join(attempt.to_string())
+        .join("state.json");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("state json");
+    v["pid"].as_u64().expect("pid") as u32
+}
+
+/// Attempt directories of a container.
+fn attempts(root: &Path, uid: &str, container: &str) -> Vec<String> {
+    let dir = root.join(uid).join("containers").join(container);
+    let mut out: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let rest = &stat[stat.rfind(')').expect("stat format") + 1..];
+            rest.split_whitespace().next() != Some("Z")
+        }
+    }
+}
+
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_log(rt: &ProcessRuntime, uid: &str, container: &str, needle: &str) -> String {
+    let sandbox = edgecore::runtime::Sandbox {
+        id: uid.into(),
+        pod_uid: uid.into(),
+        ip: HOST_IP.into(),
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(log) = rt.read_log(&sandbox, container, None).await {
+            if log.contains(needle) {
+                return log;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log of {uid}/{container} never contained {needle:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_workers(m: &PodManager, n: usize) {
+    let deadline = Instant::now() + TIMEOUT;
+    while m.worker_count().await != n {
+        assert!(Instant::now() < deadline, "never {n} workers");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Drops every pod and waits until `names` are forgotten, so that no process outlives a test.
+async fn clean_up(m: &PodManager, rec: &mut Recorder, names: &[&str]) {
+    m.sync(vec![]).await;
+    for name in names {
+        rec.forgotten(name).await;
+    }
+    assert_eq!(m.worker_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_sleeping_pod_runs_and_is_ready() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let p = pod("w-run", RestartPolicy::Always, vec![sh("main", "sleep 60")]);
+    m.sync(vec![p.clone()]).await;
+    assert_eq!(m.worker_count().await, 1);
+    let s = rec
+        .status("w-run", "Running", |s| {
+            s.phase == PodPhase::Running && s.containers.iter().all(is_running)
+        })
+        .await;
+    assert!(condition(&s, "Ready") && condition(&s, "ContainersReady"));
+    assert!(condition(&s, "Initialized") && condition(&s, "PodScheduled"));
+    assert_eq!(s.node, "rig-7");
+    assert_eq!((s.pod_ip.as_str(), s.host_ip.as_str()), (HOST_IP, HOST_IP));
+    assert!(s.start_time_ms > 0);
+    let c = &s.containers[0];
+    assert_eq!(c.container_id, "w-run/main/0");
+    assert!(c.ready);
+    assert_eq!(c.restart_count, 0);
+    // It went through Pending with the container being created.
+    let first = &rec.statuses("w-run")[0].1;
+    assert_eq!(first.phase, PodPhase::Pending);
+    assert!(alive(pid_of(tmp.path(), "w-run", "main", 0)));
+    // The same desired set again changes nothing.
+    m.sync(vec![p]).await;
+    assert_eq!(m.worker_count().await, 1);
+    clean_up(&m, &mut rec, &["pod-w-run"]).await;
+}
+
+#[tokio::test]
+async fn a_crashing_container_restarts_with_growing_back_off() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let p = pod("w-crash", RestartPolicy::Always, vec![sh("main", "exit 1")]);
+    m.sync(vec![p]).await;
+    let s = rec
+        .status("w-crash", "restart 3", |s| {
+            s.containers[0].restart_count >= 3
+        })
+        .await;
+    assert_eq!(s.phase, PodPhase::Running);
+    let statuses = rec.statuses("w-crash");
+    // Back-off messages double: 200ms, 400ms, 800ms.
+    for delay in ["200ms", "400ms", "800ms"] {
+        let want = format!(
+            "back-off {delay} restarting failed container=main pod=pod-w-crash_rigs(w-crash)"
+        );
+        let seen = statuses.iter().any(|(_, s)| {
+            let c = &s.containers[0];
+            matches!(&c.state, ContainerState::Waiting { reason, message }
+                if reason == "CrashLoopBackOff" && *message == want)
+                && matches!(
+                    c.last_state,
+                    Some(ContainerState::Terminated { exit_code: 1, .. })
+                )
+                && !c.ready
+                && !condition(s, "Ready")
+        });
+        assert!(seen, "no status with {want:?}: {statuses:#?}");
+    }
+    // The restarts are spaced by at least the growing delays.
+    let first_with = |n: u32| {
+        statuses
+            .iter()
+            .find(|(_, s)| s.containers[0].restart_count >= n)
+            .map(|(t, _)| *t)
+            .expect("restart seen")
+    };
+    let (t1, t2, t3) = (first_with(1), first_with(2), first_with(3));
+    assert!(t2 - t1 >= 2 * BASE, "restart 1 -> 2 after {:?}", t2 - t1);
+    assert!(t3 - t2 >= 4 * BASE, "restart 2 -> 3 after {:?}", t3 - t2);
+    // restart_count never goes down.
+    let counts: Vec<u32> = statuses
+        .iter()
+        .map(|(_, s)| s.containers[0].restart_count)
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    clean_up(&m, &mut rec, &["pod-w-crash"]).await;
+}
+
+#[tokio::test]
+async fn on_failure_with_exit_zero_succeeds_without_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let p = pod("w-ok", RestartPolicy::OnFailure, vec![sh("main", "exit 0")]);
+    m.sync(vec![p]).await;
+    let s = rec
+        .status("w-ok", "Succeeded", |s| s.phase == PodPhase::Succeeded)
+        .await;
+    let c = &s.containers[0];
+    assert!(matches!(
+        &c.state,
+        ContainerState::Terminated { exit_code: 0, reason, .. } if reason == "Completed"
+    ));
+    assert_eq!(c.restart_count, 0);
+    assert!(!condition(&s, "Ready"));
+    // Several back-off periods later it still was not restarted (a negative check needs time).
+    sleep(5 * BASE).await;
+    rec.drain();
+    assert!(rec
+        .statuses("w-ok")
+        .iter()
+        .all(|(_, s)| s.containers[0].restart_count == 0));
+    assert_eq!(attempts(tmp.path(), "w-ok", "main"), ["0"]);
+    clean_up(&m, &mut rec, &["pod-w-ok"]).await;
+}
+
+#[tokio::test]
+async fn never_with_a_failure_fails() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let p = pod("w-fail", RestartPolicy::Never, vec![sh("main", "exit 2")]);
+    m.sync(vec![p]).await;
+    let s = rec
+        .status("w-fail", "Failed", |s| s.phase == PodPhase::Failed)
+        .await;
+    assert!(matches!(
+        &s.containers[0].state,
+        ContainerState::Terminated { exit_code: 2, reason, .. } if reason == "Error"
+    ));
+    assert_eq!(s.containers[0].restart_count, 0);
+    clean_up(&m, &mut rec, &["pod-w-fail"]).await;
+}
+
+#[tokio::test]
+async fn deletion_stops_a_term_ignoring_process_after_the_grace_and_reports_removed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let mut p = pod(
+        "w-del",
+        RestartPolicy::Always,
+        vec![sh(
+            "main",
+            "trap '' TERM; echo ready; while true; do sleep 0.1; done",
+        )],
+    );
+    p.termination_grace_period_seconds = 30;
+    m.sync(vec![p.clone()]).await;
+    rec.status("w-del", "Running", |s| s.phase == PodPhase::Running)
+        .await;
+    wait_log(&rt, "w-del", "main", "ready").await;
+    let pid = pid_of(tmp.path(), "w-del", "main", 0);
+
+    p.deletion_grace_period_seconds = Some(1);
+    let t = Instant::now();
+    m.sync(vec![p.clone()]).await;
+    let s = rec.status("w-del", "removed", |s| s.removed).await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "killed before the grace period ended ({took:?})"
+    );
+    assert!(took < Duration::from_secs(15), "deletion took {took:?}");
+    assert!(matches!(
+        s.containers[0].state,
+        ContainerState::Terminated {
+            exit_code: 137,
+            signal: Some(9),
+            ..
+        }
+    ));
+    assert!(!alive(pid));
+    assert!(!tmp.path().join("w-del").exists());
+    // The phase stayed what it was while stopping.
+    let during: Vec<PodPhase> = rec
+        .statuses("w-del")
+        .iter()
+        .filter(|(at, _)| *at >= t)
+        .map(|(_, s)| s.phase)
+        .collect();
+    assert!(
+        !during.is_empty() && during.iter().all(|p| *p == PodPhase::Running),
+        "{during:?}"
+    );
+    wait_workers(&m, 0).await;
+
+    // While the cache still holds the deleting pod nothing happens again.
+    let before = rec.history.len();
+    m.sync(vec![p.clone()]).await;
+    m.sync(vec![p]).await;
+    sleep(5 * POLL).await;
+    rec.drain();
+    assert_eq!(rec.history.len(), before, "{:#?}", &rec.history[before..]);
+    assert!(!tmp.path().join("w-del").exists());
+    assert_eq!(m.worker_count().await, 0);
+    // Once the cloud removed the object, the sink forgets it.
+    m.sync(vec![]).await;
+    rec.forgotten("pod-w-del").await;
+}
+
+#[tokio::test]
+async fn a_pod_dropped_from_the_desired_set_is_stopped_and_removed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let p = pod(
+        "w-drop",
+        RestartPolicy::Always,
+        vec![sh("main", "sleep 60")],
+    );
+    m.sync(vec![p]).await;
+    rec.status("w-drop", "Running", |s| {
+        s.phase == PodPhase::Running && is_running(&s.containers[0])
+    })
+    .await;
+    let pid = pid_of(tmp.path(), "w-drop", "main", 0);
+    m.sync(vec![]).await;
+    rec.forgotten("pod-w-drop").await;
+    assert!(!tmp.path().join("w-drop").exists());
+    wait_until("the process is gone", || !alive(pid)).await;
+    assert_eq!(m.worker_count().await, 0);
+    // No removed report: the cloud no longer has the pod.
+    assert!(rec.statuses("w-drop").iter().all(|(_, s)| !s.removed));
+}
+
+#[tokio::test]
+async fn a_restarted_manager_adopts_running_containers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = pod(
+        "w-adopt",
+        RestartPolicy::Always,
+        vec![sh(
+            "main",
+            "if [ -e crashed-once ]; then echo started; sleep 60; else touch crashed-once; exit 1; fi",
+        )],
+    );
+    let (id, pid, started_at) = {
+        let (m, mut rec) = manager(runtime(tmp.path()));
+        m.sync(vec![p.clone()]).await;
+        let s = rec
+            .status("w-adopt", "running after one restart", |s| {
+                s.containers[0].restart_count == 1 && is_running(&s.containers[0])
+            })
+            .await;
+        m.shutdown().await;
+        assert_eq!(m.worker_count().await, 0);
+        let c = &s.containers[0];
+        let ContainerState::Running { started_at_ms } = c.state else {
+            unreachable!()
+        };
+        (
+            c.container_id.clone(),
+            pid_of(tmp.path(), "w-adopt", "main", 1),
+            started_at_ms,
+        )
+    };
+    assert_eq!(id, "w-adopt/main/1");
+    // The manager is gone; the container is not.
+    assert!(alive(pid));
+
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    m.sync(vec![p.clone()]).await;
+    let s = rec
+        .status("w-adopt", "adopted", |s| s.phase == PodPhase::Running)
+        .await;
+    let c = &s.containers[0];
+    assert_eq!(c.container_id, id);
+    assert_eq!(c.restart_count, 1);
+    assert_eq!(
+        c.state,
+        ContainerState::Running {
+            started_at_ms: started_at
+        }
+    );
+    assert!(condition(&s, "Ready"));
+    assert!(s.start_time_ms > 0 && s.start_time_ms <= started_at);
+    // A few polls later: the same process, no new instance, started once.
+    sleep(5 * POLL).await;
+    rec.drain();
+    assert!(alive(pid));
+    assert_eq!(pid_of(tmp.path(), "w-adopt", "main", 1), pid);
+    assert_eq!(attempts(tmp.path(), "w-adopt", "main"), ["1"]);
+    let log = wait_log(&rt, "w-adopt", "main", "started").await;
+    assert_eq!(log.matches("started").count(), 1, "{log}");
+    assert!(rec
+        .statuses("w-adopt")
+        .iter()
+        .all(|(_, s)| s.containers[0].container_id == id));
+    clean_up(&m, &mut rec, &["pod-w-adopt"]).await;
+    assert!(!alive(pid));
+}
+
+#[tokio::test]
+async fn labels_only_changes_do_not_restart_but_spec_changes_do() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let p = pod(
+        "w-label",
+        RestartPolicy::Always,
+        vec![sh("main", "sleep 60")],
+    );
+    m.sync(vec![p.clone()]).await;
+    let s = rec
+        .status("w-label", "Running", |s| is_running(&s.containers[0]))
+        .await;
+    let pid = pid_of(tmp.path(), "w-label", "main", 0);
+
+    let mut relabelled = p.clone();
+    relabelled.labels.insert("tier".into(), "edge".into());
+    m.sync(vec![relabelled.clone()]).await;
+    sleep(5 * POLL).await;
+    rec.drain();
+    assert!(alive(pid), "a labels change restarted the container");
+    assert_eq!(pid_of(tmp.path(), "w-label", "main", 0), pid);
+    assert_eq!(attempts(tmp.path(), "w-label", "main"), ["0"]);
+    let last = rec.statuses("w-label").last().expect("status").1.clone();
+    assert_eq!(last, s, "the status did not change");
+
+    // A spec change replaces the container.
+    let mut changed = relabelled;
+    changed.containers[0] = sh("main", "echo replaced; sleep 60");
+    let t = Instant::now();
+    m.sync(vec![changed]).await;
+    let s = rec
+        .status_since("w-label", t, "running again", |new| {
+            // A new start: not the old pod's status while it was being stopped.
+            is_running(&new.containers[0]) && new.start_time_ms > last.start_time_ms
+        })
+        .await;
+    assert!(!alive(pid), "the old process still runs");
+    wait_log(&rt, "w-label", "main", "replaced").await;
+    assert_eq!(s.containers[0].restart_count, 0);
+    assert_ne!(pid_of(tmp.path(), "w-label", "main", 0), pid);
+    clean_up(&m, &mut rec, &["pod-w-label"]).await;
+}
+
+#[tokio::test]
+async fn sandboxes_of_pods_no_longer_desired_are_removed_at_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    // Left behind by an earlier edgecore; deleted from the cloud while it was down.
+    let orphan = pod(
+        "w-orphan",
+        RestartPolicy::Always,
+        vec![sh("main", "sleep 60")],
+    );
+    let sandbox = rt.run_sandbox(&orphan).await.expect("sandbox");
+    rt.start_container(
+        &sandbox,
+        &orphan,
+        &orphan.containers[0],
+        &ContainerConfig {
+            env: vec![],
+            attempt: 0,
+        },
+    )
+    .await
+    .expect("start");
+    let pid = pid_of(tmp.path(), "w-orphan", "main", 0);
+
+    let (m, mut rec) = manager(rt.clone());
+    let kept = pod(
+        "w-kept",
+        RestartPolicy::Always,
+        vec![sh("main", "sleep 60")],
+    );
+    m.sync(vec![kept]).await;
+    rec.forgotten("pod-w-orphan").await;
+    assert!(!tmp.path().join("w-orphan").exists());
+    wait_until("the orphan's process is gone", || !alive(pid)).await;
+    rec.status("w-kept", "Running", |s| s.phase == PodPhase::Running)
+        .await;
+    assert_eq!(m.worker_count().await, 1);
+    clean_up(&m, &mut rec, &["pod-w-kept"]).await;
+}
+
+#[tokio::test]
+async fn the_environment_is_resolved_and_missing_config_maps_wait() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let mut env_c = sh("env", "env; echo \"arg: $1\"");
+    env_c.args = vec!["sh".into(), "$(GREETING)".into()];
+    env_c.env = vec![
+        EnvVar {
+            name: "POD".into(),
+            value: EnvValue::FieldRef("metadata.name".into()),
+        },
+        EnvVar {
+            name: "NODE".into(),
+            value: EnvValue::FieldRef("spec.nodeName".into()),
+        },
+        EnvVar {
+            name: "IP".into(),
+            value: EnvValue::FieldRef("status.podIP".into()),
+        },
+        EnvVar {
+            name: "GREETING".into(),
+            value: EnvValue::Literal("hi $(POD) on $(NODE) at $$(IP)".into()),
+        },
+        EnvVar {
+            name: "OPTIONAL".into(),
+            value: EnvValue::SecretKey {
+                name: "creds".into(),
+                key: "k".into(),
+                optional: true,
+            },
+        },
+    ];
+    let ok = pod("w-env", RestartPolicy::Never, vec![env_c]);
+    let mut cm_c = sh("main", "sleep 60");
+    cm_c.env = vec![EnvVar {
+        name: "SETTING".into(),
+        value: EnvValue::ConfigMapKey {
+            name: "settings".into(),
+            key: "level".into(),
+            optional: false,
+        },
+    }];
+    let waiting = pod("w-cm", RestartPolicy::Always, vec![cm_c]);
+    m.sync(vec![ok, waiting]).await;
+
+    rec.status("w-env", "Succeeded", |s| s.phase == PodPhase::Succeeded)
+        .await;
+    let log = wait_log(&rt, "w-env", "env", "arg:").await;
+    assert!(log.contains("POD=pod-w-env\n"), "{log}");
+    assert!(log.contains("NODE=rig-7\n"), "{log}");
+    assert!(log.contains(&format!("IP={HOST_IP}\n")), "{log}");
+    assert!(
+        log.contains("GREETING=hi pod-w-env on rig-7 at $(IP)\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("arg: hi pod-w-env on rig-7 at $(IP)\n"),
+        "{log}"
+    );
+    assert!(!log.contains("OPTIONAL="), "{log}");
+
+    let s = rec
+        .status("w-cm", "CreateContainerConfigError", |s| {
+            matches!(&s.containers[0].state,
+                ContainerState::Waiting { reason, .. } if reason == "CreateContainerConfigError")
+        })
+        .await;
+    assert_eq!(s.phase, PodPhase::Pending);
+    let ContainerState::Waiting { message, .. } = &s.containers[0].state else {
+        unreachable!()
+    };
+    assert!(message.contains("configmap \"settings\""), "{message}");
+    assert!(message.contains("not available on this node"), "{message}");
+    clean_up(&m, &mut rec, &["pod-w-env", "pod-w-cm"]).await;
+}
