@@ -39,24 +39,7 @@ pub struct MqttTarget {
 impl MqttTarget {
     /// Parses `mqtt://host:port` (or `tcp://`, or bare `host:port`).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-            .unwrap_or(url);
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| format!("MQTT url {url:?} has no port; expected mqtt://HOST:PORT"))?;
-        let port = port
-            .parse()
-            .map_err(|_| format!("MQTT url {url:?} has an invalid port"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        if host.is_empty() {
-            return Err(format!("MQTT url {url:?} has no host"));
-        }
+        let (host, port) = topics::parse_broker_url(url)?;
         Ok(Self { host, port })
     }
 }

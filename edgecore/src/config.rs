@@ -81,22 +81,7 @@ impl EdgeConfig {
 
 /// Parses `mqtt://host:port` into host and port.
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url)
-        .trim_end_matches('/');
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("MQTT url {url:?} has no port; expected mqtt://HOST:PORT"))?;
-    let port = port
-        .parse()
-        .map_err(|_| format!("MQTT url {url:?} has an invalid port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("MQTT url {url:?} has no host"));
-    }
-    Ok((host.to_string(), port))
+    protocol::topics::parse_broker_url(url)
 }
 
 /// Parses `key=value` labels.

@@ -27,6 +27,27 @@ pub fn pod_status(node: &str, namespace: &str, name: &str) -> String {
     format!("{PREFIX}/{node}/pods/{namespace}/{name}/status")
 }
 
+/// Parses a broker URL (`mqtt://host:port`, `tcp://host:port` or bare `host:port`) into host
+/// and port. Shared by the cloud's ingest and the edge's reporter so both accept the same forms.
+pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("MQTT url {url:?} has no port; expected mqtt://HOST:PORT"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("MQTT url {url:?} has an invalid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("MQTT url {url:?} has no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
 /// What a topic is about, as parsed from its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topic {
