@@ -33,6 +33,26 @@ pub fn node_of(key: &crate::store::ObjectKey, value: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The store's shard function: a pod belongs to the node it is bound to, with the digest of its
+/// edge projection, so that only writes that change what the node runs (not status reports)
+/// are logged to the node's shard and sent down.
+pub fn shard(key: &crate::store::ObjectKey, value: &Value) -> Option<crate::store::Shard> {
+    let name = node_of(key, value)?;
+    let digest = match edge_pod(value).map(|p| protocol::codec::encode(&p)) {
+        Ok(Ok(bytes)) => {
+            use std::hash::{Hash, Hasher};
+            // Compared only within one process (old vs new value of one write): the std hasher
+            // with fixed keys is enough, no stability across versions is needed.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            h.finish()
+        }
+        // A pod that cannot be projected is logged on every write, so the hub reports it.
+        _ => rand::random(),
+    };
+    Some(crate::store::Shard { name, digest })
+}
+
 /// Projects a stored pod.
 pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
     let name_of = || {

@@ -49,10 +49,7 @@ impl Default for ServeConfig {
 
 /// Opens the store of a data dir.
 pub fn open_store(data_dir: &std::path::Path) -> anyhow::Result<SledStore> {
-    Ok(SledStore::open(
-        &data_dir.join("store"),
-        projection::node_of,
-    )?)
+    Ok(SledStore::open(&data_dir.join("store"), projection::shard)?)
 }
 
 /// Runs cloudcore until the process is stopped. `metrics_render` renders the Prometheus text

@@ -15,7 +15,7 @@
 //! [`router`] returns a plain `axum::Router`; the caller serves it (over TLS in production).
 //! Objects are stored as the Kubernetes JSON of the object, under
 //! `ObjectKey::new(storage_resource, namespace_or_empty, name)` — for core resources the
-//! resource is the plural (`pods`, `nodes`). Open the store with [`shard_of`] so that pods are
+//! resource is the plural (`pods`, `nodes`). Open the store with [`crate::projection::shard`] so that pods are
 //! sharded by the node they are bound to.
 
 pub mod discovery;
@@ -37,14 +37,13 @@ pub use error::{ApiError, FieldError};
 pub use handlers::new_uid;
 pub use resource::{DeleteAction, Registry, ResourceHandler, ResourceInfo};
 
-use crate::store::{ObjectKey, Store};
+use crate::store::Store;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -85,19 +84,6 @@ impl ApiState {
         self.registry = Arc::new(registry);
         self
     }
-}
-
-/// The shard function to open the store with: a pod belongs to the shard of the node it is
-/// bound to (`spec.nodeName`); nothing else is sharded.
-pub fn shard_of(key: &ObjectKey, value: &Value) -> Option<String> {
-    if key.resource != pods::POD_INFO.plural {
-        return None;
-    }
-    value
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .map(str::to_string)
 }
 
 /// What the metrics middleware labels a request with; set by the resource handlers as a

@@ -1,10 +1,11 @@
 //! In-process tests of the whole router over a real `SledStore`, driven with `oneshot`.
 
 use super::*;
-use crate::store::{SledStore, Store};
+use crate::store::{ObjectKey, SledStore, Store};
 use axum::body::Body;
 use axum::http::{Method, Request};
 use serde_json::json;
+use serde_json::Value;
 use tower::ServiceExt;
 
 const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
@@ -17,7 +18,7 @@ struct Harness {
 
 fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path(), shard_of).unwrap());
+    let store = Arc::new(SledStore::open(dir.path(), crate::projection::shard).unwrap());
     let state = ApiState::new(store.clone(), Arc::new(|| "skerry_up 1\n".to_string()));
     Harness {
         app: router(state),

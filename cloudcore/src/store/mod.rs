@@ -85,9 +85,21 @@ pub struct Stored {
     pub value: Value,
 }
 
+/// Where an object belongs and a digest of what that shard's reader sees of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// Shard name (for cloudcore: the node a pod is bound to).
+    pub name: String,
+    /// Digest of the part of the object the shard's reader consumes (for a pod: its edge
+    /// projection). A write that changes neither the shard nor the digest, such as a status
+    /// update, is not logged to the shard: otherwise every status report an edge sends up would
+    /// echo back down to it as an unchanged upsert.
+    pub digest: u64,
+}
+
 /// Which shard an object belongs to, if any. Given to the store at open so that the store can
 /// maintain shard logs without knowing what a pod is.
-pub type ShardFn = fn(&ObjectKey, &Value) -> Option<String>;
+pub type ShardFn = fn(&ObjectKey, &Value) -> Option<Shard>;
 
 /// One entry of a shard's change log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +139,7 @@ pub struct Event {
     pub key: ObjectKey,
     /// Value after the write; `None` for a delete.
     pub value: Option<Value>,
-    /// Shards the write touched (left and/or entered).
+    /// Shards whose view the write changed (left, entered, or changed within).
     pub shards: Vec<String>,
 }
 

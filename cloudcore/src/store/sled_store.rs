@@ -234,11 +234,15 @@ impl SledStore {
             raw
         });
         let mut shards: Vec<String> = Vec::new();
-        for s in [&old_shard, &new_shard].into_iter().flatten() {
-            if !shards.contains(s) {
-                shards.push(s.clone());
+        if old_shard != new_shard {
+            for s in [&old_shard, &new_shard].into_iter().flatten() {
+                if !shards.contains(&s.name) {
+                    shards.push(s.name.clone());
+                }
             }
         }
+        let old_shard = old_shard.map(|s| s.name);
+        let new_shard = new_shard.map(|s| s.name);
         let result: Result<(), TransactionError<()>> = (
             &inner.objects,
             &inner.meta,
@@ -264,7 +268,9 @@ impl SledStore {
                     }
                 }
                 if let Some(s) = &new_shard {
-                    members.insert(member_key(s, &kbytes), &rev.to_be_bytes())?;
+                    if !shards.is_empty() {
+                        members.insert(member_key(s, &kbytes), &rev.to_be_bytes())?;
+                    }
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
@@ -395,10 +401,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn by_node(key: &ObjectKey, v: &Value) -> Option<String> {
-        (key.resource == "pods")
+    fn by_node(key: &ObjectKey, v: &Value) -> Option<super::super::Shard> {
+        let name = (key.resource == "pods")
             .then(|| v.pointer("/spec/nodeName")?.as_str().map(str::to_string))
-            .flatten()
+            .flatten()?;
+        let digest = v
+            .pointer("/spec/image")
+            .map(|i| i.to_string().len() as u64)
+            .unwrap_or(0);
+        Some(super::super::Shard { name, digest })
     }
 
     fn pod(name: &str, node: Option<&str>) -> Value {
@@ -484,6 +495,32 @@ mod tests {
             s.read_shard("n2", 3).unwrap(),
             ShardRead::Delta { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn writes_that_do_not_change_the_shard_view_are_not_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), by_node).unwrap();
+        let k = ObjectKey::new("pods", "default", "a");
+        let mut v = pod("a", Some("n1"));
+        s.create(&k, v.clone()).await.unwrap(); // 1
+        v["status"] = json!({"phase": "Running"});
+        let mut events = s.subscribe();
+        s.update(&k, v.clone(), None).await.unwrap(); // 2: status only
+        assert!(events.recv().await.unwrap().shards.is_empty());
+        v["spec"]["image"] = json!("longer-image-name");
+        s.update(&k, v, None).await.unwrap(); // 3: the view changes
+        assert_eq!(events.recv().await.unwrap().shards, vec!["n1".to_string()]);
+        match s.read_shard("n1", 1).unwrap() {
+            ShardRead::Delta { changes, upto } => {
+                assert_eq!(upto, 3);
+                assert_eq!(
+                    changes.iter().map(|c| c.revision).collect::<Vec<_>>(),
+                    vec![3]
+                );
+            }
+            other => panic!("expected delta, got {other:?}"),
+        }
     }
 
     #[tokio::test]
