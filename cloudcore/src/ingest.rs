@@ -2,7 +2,8 @@
 //!
 //! Delivery up is at-least-once end to end: cloudcore subscribes with QoS 1 on a persistent
 //! session and acknowledges a message to the broker only after the store write it caused is
-//! durable, so a crash between the two makes the broker deliver it again. Applying is idempotent:
+//! durable, so a crash between the two makes the broker deliver it again. Acks go out in
+//! receive order (MQTT 3.1.1, 4.6) although several workers apply reports in parallel. Applying is idempotent:
 //! each object remembers the sequence number of the last report applied (annotation
 //! [`STATUS_SEQ_ANNOTATION`]) and older or repeated reports are dropped.
 //!
@@ -19,7 +20,7 @@ use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Annotation holding the sequence number of the last status report applied to an object.
 pub const STATUS_SEQ_ANNOTATION: &str = "skerry.io/status-seq";
@@ -53,31 +54,45 @@ pub async fn run(store: Arc<dyn Store>, target: MqttTarget, client_id: String) {
     opts.set_manual_acks(true);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Applied>();
+    tokio::spawn(ack_in_order(client.clone(), done_rx));
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
-        let (tx, rx) = mpsc::channel::<Publish>(1024);
-        tokio::spawn(worker(store.clone(), client.clone(), rx));
+        let (tx, rx) = mpsc::channel::<Applied>(1024);
+        tokio::spawn(worker(store.clone(), rx, done_tx.clone()));
         workers.push(tx);
     }
     let mut backoff = Duration::from_millis(200);
+    // Connection generation and per-connection receive index: acks are only valid on the
+    // connection that delivered the message, and must follow its receive order.
+    let (mut generation, mut next_index) = (0u64, 0u64);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 info!(host = %target.host, port = target.port, "connected to MQTT broker");
+                metrics::counter!("skerry_ingest_broker_connections_total").increment(1);
                 backoff = Duration::from_millis(200);
+                generation += 1;
+                next_index = 0;
                 for filter in [topics::NODE_STATUS_FILTER, topics::POD_STATUS_FILTER] {
                     if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
                         warn!(error = %e, filter, "cannot subscribe");
                     }
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let shard = p
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let shard = publish
                     .topic
                     .bytes()
                     .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
                     % WORKERS;
-                if workers[shard].send(p).await.is_err() {
+                let item = Applied {
+                    generation,
+                    index: next_index,
+                    publish,
+                };
+                next_index += 1;
+                if workers[shard].send(item).await.is_err() {
                     return;
                 }
             }
@@ -91,9 +106,58 @@ pub async fn run(store: Arc<dyn Store>, target: MqttTarget, client_id: String) {
     }
 }
 
-async fn worker(store: Arc<dyn Store>, client: AsyncClient, mut rx: mpsc::Receiver<Publish>) {
-    while let Some(p) = rx.recv().await {
-        match apply(store.as_ref(), &p.topic, &p.payload).await {
+/// A received message, tagged with where it stands in its connection's receive order.
+struct Applied {
+    generation: u64,
+    index: u64,
+    publish: Publish,
+}
+
+/// Sends PUBACKs in the order the messages were received, as MQTT 3.1.1 (4.6) requires: the
+/// workers finish out of order, and a broker may drop a client that acks out of order (rumqttd
+/// does). A message is acked only once it and every message received before it are applied.
+async fn ack_in_order(client: AsyncClient, mut done: mpsc::UnboundedReceiver<Applied>) {
+    let mut generation = 0u64;
+    let mut expected = 0u64;
+    let mut finished: std::collections::BTreeMap<u64, Publish> = Default::default();
+    while let Some(item) = done.recv().await {
+        if item.generation < generation {
+            continue; // delivered on a connection that is gone; the broker redelivers it
+        }
+        if item.generation > generation {
+            generation = item.generation;
+            expected = 0;
+            finished.clear();
+        }
+        finished.insert(item.index, item.publish);
+        while let Some(p) = finished.remove(&expected) {
+            expected += 1;
+            if let Err(e) = client.ack(&p).await {
+                warn!(error = %e, "cannot ack status report");
+            }
+        }
+    }
+}
+
+async fn worker(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Applied>,
+    done: mpsc::UnboundedSender<Applied>,
+) {
+    while let Some(item) = rx.recv().await {
+        let p = &item.publish;
+        let started = tokio::time::Instant::now();
+        let mut outcome = apply(store.as_ref(), &p.topic, &p.payload).await;
+        // A store failure is retried here rather than left unacked: acks must stay in order, so
+        // one unacked message would hold back every later one.
+        let mut delay = Duration::from_millis(50);
+        while matches!(outcome, Err(ApplyError::Store(_))) && delay <= Duration::from_secs(2) {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            outcome = apply(store.as_ref(), &p.topic, &p.payload).await;
+        }
+        metrics::histogram!("skerry_ingest_apply_seconds").record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(Outcome::Applied) => {
                 metrics::counter!("skerry_ingest_reports_total", "result" => "applied").increment(1)
             }
@@ -108,14 +172,13 @@ async fn worker(store: Arc<dyn Store>, client: AsyncClient, mut rx: mpsc::Receiv
                     .increment(1);
             }
             Err(ApplyError::Store(e)) => {
-                // Not acked: the broker redelivers after a reconnect; the edge also re-reports.
-                warn!(topic = %p.topic, error = %e, "status report not applied; it will be redelivered");
+                // The edge reports again on the next change and with every heartbeat.
+                error!(topic = %p.topic, error = %e, "status report could not be stored after retries; dropped");
                 metrics::counter!("skerry_ingest_reports_total", "result" => "error").increment(1);
-                continue;
             }
         }
-        if let Err(e) = client.ack(&p).await {
-            warn!(error = %e, "cannot ack status report");
+        if done.send(item).is_err() {
+            return;
         }
     }
 }
@@ -149,6 +212,10 @@ pub async fn apply(store: &dyn Store, topic: &str, payload: &[u8]) -> Result<Out
     };
     let report: StatusReport =
         protocol::codec::decode(payload).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+    // How long after the edge observed it a report reaches the store: the status lag an admin
+    // sees (clocks of edge and cloud are assumed roughly in sync).
+    metrics::histogram!("skerry_ingest_report_age_seconds")
+        .record(clock::now_ms().saturating_sub(report.observed_at_ms) as f64 / 1000.0);
     if report.protocol_version != protocol::PROTOCOL_VERSION {
         return Err(ApplyError::Invalid(format!(
             "report of protocol v{}, this cloud speaks v{}",

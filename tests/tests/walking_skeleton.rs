@@ -347,3 +347,44 @@ async fn pod_with_node_selector_is_bound_to_a_matching_ready_node() -> anyhow::R
     assert_eq!(phase(&p), "Pending");
     Ok(())
 }
+
+/// MQTT 3.1.1 (4.6) wants PUBACKs in receive order, and rumqttd drops a client that breaks it.
+/// The ingest's parallel workers once acked out of order: the embedded broker dropped the
+/// session at every burst and replayed it, and status reached the cloud 20 s late.
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_acks_in_order_so_the_embedded_broker_keeps_its_session() -> anyhow::Result<()> {
+    let cloud = Cloud::start(CloudOptions::default()).await?;
+    let edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
+    for i in 0..40 {
+        let pod = process_pod(&format!("burst-{i}"), "edge-a", &["sleep", "300"]);
+        let (code, body) = cloud
+            .api("POST", "/api/v1/namespaces/default/pods", Some(pod))
+            .await?;
+        assert_eq!(code, 201, "{body}");
+    }
+    eventually("40 pods Running", DEADLINE, || async {
+        let list = cloud
+            .get("/api/v1/namespaces/default/pods")
+            .await?
+            .unwrap_or_default();
+        let n = list["items"]
+            .as_array()
+            .map(|items| items.iter().filter(|p| running(p)).count());
+        Ok((n == Some(40)).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}{}{}", cloud.log_tail(), edge.log_tail()))?;
+    let (_, metrics) = cloud.api("GET", "/metrics", None).await?;
+    let text = metrics.as_str().unwrap_or_default();
+    let connections = text
+        .lines()
+        .find_map(|l| l.strip_prefix("skerry_ingest_broker_connections_total "))
+        .unwrap_or("missing");
+    assert_eq!(
+        connections,
+        "1",
+        "the ingest lost its broker session{}",
+        cloud.log_tail()
+    );
+    Ok(())
+}
