@@ -300,6 +300,66 @@ impl Cloud {
         .with_context(|| self.log_tail())
     }
 
+    /// Creates a pod in `default` and checks that the API accepted it.
+    pub async fn create_pod(&self, pod: Value) -> Result<Value> {
+        let (code, body) = self
+            .api("POST", "/api/v1/namespaces/default/pods", Some(pod))
+            .await?;
+        if code != 201 {
+            bail!("pod create answered {code}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// Waits until pod `default/name` runs (phase Running, first container running).
+    pub async fn wait_running(&self, name: &str, deadline: Duration) -> Result<Value> {
+        let path = format!("/api/v1/namespaces/default/pods/{name}");
+        self.wait_for(&format!("pod {name} Running"), &path, deadline, pod_running)
+            .await
+    }
+
+    /// Waits until node `name` reports Ready.
+    pub async fn wait_node_ready(&self, name: &str, deadline: Duration) -> Result<Value> {
+        let path = format!("/api/v1/nodes/{name}");
+        self.wait_for(&format!("node {name} Ready"), &path, deadline, node_ready)
+            .await
+    }
+
+    /// Runs the real kubectl against this cloud; returns (success, stdout + stderr).
+    pub fn kubectl(&self, args: &[&str]) -> Result<(bool, String)> {
+        let out = Command::new("kubectl")
+            .arg("--server")
+            .arg(self.api_url())
+            .arg("--certificate-authority")
+            .arg(self.ca_path())
+            .args(["--token", "skerry-tests"])
+            .args(args)
+            .env("KUBECONFIG", "/dev/null")
+            .output()
+            .context("cannot run kubectl (it is expected at /usr/bin/kubectl)")?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+
+    /// The value of a metric (first sample, labels ignored) from cloudcore's `/metrics`.
+    pub async fn metric(&self, name: &str) -> Result<Option<f64>> {
+        let (_, body) = self.api("GET", "/metrics", None).await?;
+        let text = body.as_str().unwrap_or_default().to_string();
+        Ok(text.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = rest.rsplit(' ').next()?;
+            (rest.starts_with(' ') || rest.starts_with('{'))
+                .then(|| value.parse().ok())
+                .flatten()
+        }))
+    }
+
     /// Waits until GET `path` is 404.
     pub async fn wait_gone(&self, what: &str, path: &str, deadline: Duration) -> Result<()> {
         eventually(what, deadline, || async {
@@ -430,6 +490,16 @@ impl Edge {
     /// Crash (SIGKILL); pods keep running.
     pub fn kill9(&mut self) {
         stop_child(&mut self.child, 9);
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the running edgecore.
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(c.id().to_string())
+                .status();
+        }
     }
 
     /// Pid of the running edgecore.
@@ -563,6 +633,24 @@ pub fn process_pod(name: &str, node: &str, command: &[&str]) -> Value {
             "containers": [{"name": "main", "image": "busybox:local", "command": command}]
         }
     })
+}
+
+/// Whether a pod is Running with its first container running.
+pub fn pod_running(pod: &Value) -> bool {
+    phase(pod) == "Running"
+        && pod
+            .pointer("/status/containerStatuses/0/state/running")
+            .is_some()
+}
+
+/// Whether a Node object's Ready condition is True.
+pub fn node_ready(node: &Value) -> bool {
+    node.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 /// Phase of a pod object.

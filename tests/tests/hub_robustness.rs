@@ -55,11 +55,7 @@ async fn garbage_frames_close_only_that_connection() -> anyhow::Result<()> {
     }
     // The hub still serves the other node.
     cloud
-        .api(
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            Some(process_pod("still-served", "edge-b", &["sleep", "300"])),
-        )
+        .create_pod(process_pod("still-served", "edge-b", &["sleep", "300"]))
         .await?;
     cloud
         .wait_for(
@@ -72,11 +68,7 @@ async fn garbage_frames_close_only_that_connection() -> anyhow::Result<()> {
     // And edge-a itself reconnects fine afterwards.
     a.start()?;
     cloud
-        .api(
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            Some(process_pod("back", "edge-a", &["sleep", "300"])),
-        )
+        .create_pod(process_pod("back", "edge-a", &["sleep", "300"]))
         .await?;
     cloud
         .wait_for(

@@ -1,49 +1,26 @@
 //! End-to-end scenarios of the walking skeleton: real cloudcore, edgecore, brokers and
 //! processes on loopback. Each test starts its own cluster on private ports and temp dirs.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use skerry_tests::*;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn running(p: &Value) -> bool {
-    phase(p) == "Running"
-        && p.pointer("/status/containerStatuses/0/state/running")
-            .is_some()
-}
-
 async fn create_pod_runs_and_delete_removes_it(cloud: &Cloud) -> anyhow::Result<()> {
     let edge = Edge::join_and_start(cloud, "edge-a", &[]).await?;
-    let (code, body) = cloud
-        .api(
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            Some(process_pod("sleeper", "edge-a", &["sleep", "300"])),
-        )
+    cloud
+        .create_pod(process_pod("sleeper", "edge-a", &["sleep", "300"]))
         .await?;
-    assert_eq!(code, 201, "{body}");
     let pod = cloud
-        .wait_for(
-            "pod Running",
-            "/api/v1/namespaces/default/pods/sleeper",
-            DEADLINE,
-            running,
-        )
+        .wait_running("sleeper", DEADLINE)
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
     assert_eq!(pod["status"]["podIP"], "127.0.0.1", "{pod}");
     assert!(pod["status"]["startTime"].is_string(), "{pod}");
     assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
     assert!(!edge.pod_pids().is_empty(), "the pod's process runs");
-    let node = cloud
-        .wait_for("node Ready", "/api/v1/nodes/edge-a", DEADLINE, |n| {
-            n["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
-        .await?;
+    let node = cloud.wait_node_ready("edge-a", DEADLINE).await?;
     assert!(node["status"]["capacity"]["cpu"].is_string(), "{node}");
 
     let (code, body) = cloud
@@ -84,14 +61,9 @@ async fn pod_runs_on_the_edge_and_delete_stops_it_with_mosquitto() -> anyhow::Re
 async fn failing_container_restarts_with_growing_backoff() -> anyhow::Result<()> {
     let cloud = Cloud::start(CloudOptions::default()).await?;
     let _edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
-    let (code, body) = cloud
-        .api(
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            Some(process_pod("crasher", "edge-a", &["sh", "-c", "exit 3"])),
-        )
+    cloud
+        .create_pod(process_pod("crasher", "edge-a", &["sh", "-c", "exit 3"]))
         .await?;
-    assert_eq!(code, 201, "{body}");
     let pod = cloud
         .wait_for(
             "restartCount >= 3",
@@ -123,20 +95,9 @@ async fn pods_keep_running_while_cloud_is_down_and_status_catches_up() -> anyhow
     let mut cloud = Cloud::start(CloudOptions::default()).await?;
     let edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
     cloud
-        .api(
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            Some(process_pod("steady", "edge-a", &["sleep", "300"])),
-        )
+        .create_pod(process_pod("steady", "edge-a", &["sleep", "300"]))
         .await?;
-    let before = cloud
-        .wait_for(
-            "Running",
-            "/api/v1/namespaces/default/pods/steady",
-            DEADLINE,
-            running,
-        )
-        .await?;
+    let before = cloud.wait_running("steady", DEADLINE).await?;
     let pids = edge.pod_pids();
     cloud.kill9();
     tokio::time::sleep(Duration::from_secs(2)).await; // the edge notices nothing it must act on
@@ -155,32 +116,14 @@ async fn pods_keep_running_while_cloud_is_down_and_status_catches_up() -> anyhow
             n["status"]["conditions"][0]["lastHeartbeatTime"] != hb_before
         })
         .await?;
-    let after = cloud
-        .wait_for(
-            "Running",
-            "/api/v1/namespaces/default/pods/steady",
-            DEADLINE,
-            running,
-        )
-        .await?;
+    let after = cloud.wait_running("steady", DEADLINE).await?;
     assert_eq!(container_id(&before), container_id(&after));
     assert_eq!(restarts(&after), 0);
     // And new work reaches the edge over the re-established link.
     cloud
-        .api(
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            Some(process_pod("second", "edge-a", &["sleep", "300"])),
-        )
+        .create_pod(process_pod("second", "edge-a", &["sleep", "300"]))
         .await?;
-    cloud
-        .wait_for(
-            "second pod Running",
-            "/api/v1/namespaces/default/pods/second",
-            DEADLINE,
-            running,
-        )
-        .await?;
+    cloud.wait_running("second", DEADLINE).await?;
     Ok(())
 }
 
@@ -190,20 +133,9 @@ async fn edge_restarted_without_cloud_runs_cached_pods_and_reconnect_restarts_no
     let mut cloud = Cloud::start(CloudOptions::default()).await?;
     let mut edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
     cloud
-        .api(
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            Some(process_pod("autonomous", "edge-a", &["sleep", "300"])),
-        )
+        .create_pod(process_pod("autonomous", "edge-a", &["sleep", "300"]))
         .await?;
-    cloud
-        .wait_for(
-            "Running",
-            "/api/v1/namespaces/default/pods/autonomous",
-            DEADLINE,
-            running,
-        )
-        .await?;
+    cloud.wait_running("autonomous", DEADLINE).await?;
     // Simulate a power cut: edgecore and its pods die, the cloud is unreachable.
     edge.kill9();
     edge.kill_pods();
@@ -219,28 +151,9 @@ async fn edge_restarted_without_cloud_runs_cached_pods_and_reconnect_restarts_no
     .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
     let pids = edge.pod_pids();
     cloud.launch().await?;
-    let pod = cloud
-        .wait_for(
-            "status converges",
-            "/api/v1/namespaces/default/pods/autonomous",
-            DEADLINE,
-            running,
-        )
-        .await?;
+    let pod = cloud.wait_running("autonomous", DEADLINE).await?;
     // Give the reconnect time to deliver anything it would (wrongly) change.
-    let node_seen = cloud
-        .wait_for(
-            "edge heartbeat after reconnect",
-            "/api/v1/nodes/edge-a",
-            DEADLINE,
-            |n| {
-                n["status"]["conditions"].as_array().is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-            },
-        )
-        .await?;
+    let node_seen = cloud.wait_node_ready("edge-a", DEADLINE).await?;
     assert!(node_seen.is_object());
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -313,24 +226,13 @@ async fn pod_with_node_selector_is_bound_to_a_matching_ready_node() -> anyhow::R
     let mut pod = process_pod("placed", "", &["sleep", "300"]);
     pod["spec"].as_object_mut().unwrap().remove("nodeName");
     pod["spec"]["nodeSelector"] = json!({"zone": "south"});
-    cloud
-        .api("POST", "/api/v1/namespaces/default/pods", Some(pod))
-        .await?;
-    let p = cloud
-        .wait_for(
-            "bound and Running",
-            "/api/v1/namespaces/default/pods/placed",
-            DEADLINE,
-            running,
-        )
-        .await?;
+    cloud.create_pod(pod).await?;
+    let p = cloud.wait_running("placed", DEADLINE).await?;
     assert_eq!(p["spec"]["nodeName"], "edge-b");
     let mut nowhere = process_pod("nowhere", "", &["sleep", "300"]);
     nowhere["spec"].as_object_mut().unwrap().remove("nodeName");
     nowhere["spec"]["nodeSelector"] = json!({"zone": "mars"});
-    cloud
-        .api("POST", "/api/v1/namespaces/default/pods", Some(nowhere))
-        .await?;
+    cloud.create_pod(nowhere).await?;
     let p = cloud
         .wait_for(
             "Unschedulable condition",
@@ -357,10 +259,7 @@ async fn ingest_acks_in_order_so_the_embedded_broker_keeps_its_session() -> anyh
     let edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
     for i in 0..40 {
         let pod = process_pod(&format!("burst-{i}"), "edge-a", &["sleep", "300"]);
-        let (code, body) = cloud
-            .api("POST", "/api/v1/namespaces/default/pods", Some(pod))
-            .await?;
-        assert_eq!(code, 201, "{body}");
+        cloud.create_pod(pod).await?;
     }
     eventually("40 pods Running", DEADLINE, || async {
         let list = cloud
@@ -369,7 +268,7 @@ async fn ingest_acks_in_order_so_the_embedded_broker_keeps_its_session() -> anyh
             .unwrap_or_default();
         let n = list["items"]
             .as_array()
-            .map(|items| items.iter().filter(|p| running(p)).count());
+            .map(|items| items.iter().filter(|p| pod_running(p)).count());
         Ok((n == Some(40)).then_some(()))
     })
     .await

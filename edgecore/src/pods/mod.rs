@@ -337,7 +337,7 @@ impl PodManager {
 
     /// Starts a worker for `pod`, from `existing` if the runtime already runs it.
     fn spawn_worker(&self, registry: &mut Registry, pod: EdgePod, existing: Option<ExistingPod>) {
-        let span = info_span!("pod", namespace = %pod.namespace, name = %pod.name, uid = %pod.uid);
+        let span = info_span!("pod", namespace = %pod.namespace, pod = %pod.name, uid = %pod.uid);
         if let Some(existing) = &existing {
             let _entered = span.enter();
             info!(
@@ -372,7 +372,7 @@ impl PodManager {
         let shared = self.shared.clone();
         let grace = self.config.orphan_grace;
         let backoff = self.config.backoff;
-        let span = info_span!("pod", namespace = %orphan.namespace, name = %orphan.name,
+        let span = info_span!("pod", namespace = %orphan.namespace, pod = %orphan.name,
                               uid = %orphan.sandbox.pod_uid);
         tokio::spawn(
             async move {

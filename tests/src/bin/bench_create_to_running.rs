@@ -20,17 +20,7 @@ async fn main() -> anyhow::Result<()> {
     }
     for i in 0..nodes {
         cloud
-            .wait_for(
-                "node Ready",
-                &format!("/api/v1/nodes/bench-{i}"),
-                Duration::from_secs(60),
-                |n| {
-                    n["status"]["conditions"].as_array().is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-                },
-            )
+            .wait_node_ready(&format!("bench-{i}"), Duration::from_secs(60))
             .await?;
     }
     // Create all pods as fast as the API takes them, timestamping each create.
@@ -40,10 +30,7 @@ async fn main() -> anyhow::Result<()> {
         let name = format!("p{i}");
         let pod = process_pod(&name, &format!("bench-{}", i % nodes), &["sleep", "3600"]);
         let start = Instant::now();
-        let (code, body) = cloud
-            .api("POST", "/api/v1/namespaces/default/pods", Some(pod))
-            .await?;
-        anyhow::ensure!(code == 201, "create failed: {body}");
+        cloud.create_pod(pod).await?;
         created.insert(name, start);
     }
     let create_secs = t0.elapsed().as_secs_f64();
