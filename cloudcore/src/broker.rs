@@ -2,15 +2,28 @@
 //!
 //! rumqttd's `Broker::start` blocks forever and has no shutdown handle, so it runs on a thread of
 //! its own for the life of the process. Production sites that already run a broker point
-//! `--mqtt-url` at it instead (mosquitto is tested), and this module is not used.
+//! `--mqtt-url` at it instead (mosquitto is tested), and this module is not used; reports are
+//! authenticated end to end by their MAC either way (see `protocol::status::seal`), and an
+//! external broker should be configured with the same logins (node name, derived password).
 
+use crate::pki::Pki;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Starts rumqttd listening for MQTT 3.1.1 on `listen`, on a thread of its own.
 #[cfg(feature = "embedded-broker")]
-pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
+pub fn start(listen: SocketAddr, pki: Arc<Pki>) -> anyhow::Result<()> {
     use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+    // Every login is checked against the PKI: cloudcore's ingest with its secret, a node with
+    // the password derived from its report key and its own client id; revoked nodes are out.
+    let auth: rumqttd::AuthHandler = Arc::new(move |client_id, user, pass| {
+        let allowed = pki.mqtt_login_allowed(&client_id, &user, &pass);
+        if !allowed {
+            tracing::warn!(%client_id, %user, "MQTT login refused: unknown or revoked node, wrong password, or a client id that is not the node's");
+        }
+        Box::pin(async move { allowed })
+    });
     let server = ServerSettings {
         name: "skerry-v4".into(),
         listen,
@@ -21,7 +34,7 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
             max_payload_size: 1 << 20,
             max_inflight_count: 500,
             auth: None,
-            external_auth: None,
+            external_auth: Some(auth),
             dynamic_filters: true,
         },
     };
@@ -61,6 +74,6 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
 
 /// Without the `embedded-broker` feature there is no broker to start.
 #[cfg(not(feature = "embedded-broker"))]
-pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
+pub fn start(listen: SocketAddr, _pki: Arc<Pki>) -> anyhow::Result<()> {
     anyhow::bail!("this cloudcore was built without the embedded broker; pass --mqtt-url to use an external one (wanted to listen on {listen})")
 }

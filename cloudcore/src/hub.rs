@@ -317,7 +317,12 @@ impl Hub {
         self.register_node(&req.node_name, &req.labels)
             .await
             .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
+        let report_key = self
+            .pki
+            .issue_report_key(&req.node_name)
+            .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
         Ok(JoinResponse::Accepted {
+            report_key,
             certificate_pem,
             ca_pem: self.pki.ca_pem().to_string(),
         })

@@ -12,11 +12,15 @@
 //! name comes from the topic; see the issue notes.)
 
 use crate::clock;
+use crate::pki::Pki;
 use crate::store::{update_with, ObjectKey, Store, StoreError};
+use protocol::status as seal;
+use protocol::status::SealError;
 use protocol::status::*;
 use protocol::topics::{self, Topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -47,8 +51,15 @@ impl MqttTarget {
 
 /// Runs the ingest until the process ends: connects (and reconnects) to the broker, subscribes
 /// to every node's status topics and applies what arrives.
-pub async fn run(store: Arc<dyn Store>, target: MqttTarget, client_id: String) {
+pub async fn run(store: Arc<dyn Store>, pki: Arc<Pki>, target: MqttTarget, client_id: String) {
     let mut opts = MqttOptions::new(client_id, target.host.clone(), target.port);
+    match pki.ingest_password() {
+        Ok(password) => {
+            opts.set_credentials(crate::pki::INGEST_MQTT_USER, password);
+        }
+        Err(e) => warn!(error = %e, "no ingest MQTT secret; connecting without credentials"),
+    }
+    let keys = Arc::new(KeyRing::new(pki));
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
@@ -59,7 +70,7 @@ pub async fn run(store: Arc<dyn Store>, target: MqttTarget, client_id: String) {
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
         let (tx, rx) = mpsc::channel::<Applied>(1024);
-        tokio::spawn(worker(store.clone(), rx, done_tx.clone()));
+        tokio::spawn(worker(store.clone(), keys.clone(), rx, done_tx.clone()));
         workers.push(tx);
     }
     let mut backoff = Duration::from_millis(200);
@@ -141,20 +152,21 @@ async fn ack_in_order(client: AsyncClient, mut done: mpsc::UnboundedReceiver<App
 
 async fn worker(
     store: Arc<dyn Store>,
+    keys: Arc<KeyRing>,
     mut rx: mpsc::Receiver<Applied>,
     done: mpsc::UnboundedSender<Applied>,
 ) {
     while let Some(item) = rx.recv().await {
         let p = &item.publish;
         let started = tokio::time::Instant::now();
-        let mut outcome = apply(store.as_ref(), &p.topic, &p.payload).await;
+        let mut outcome = apply(store.as_ref(), &keys, &p.topic, &p.payload).await;
         // A store failure is retried here rather than left unacked: acks must stay in order, so
         // one unacked message would hold back every later one.
         let mut delay = Duration::from_millis(50);
         while matches!(outcome, Err(ApplyError::Store(_))) && delay <= Duration::from_secs(2) {
             tokio::time::sleep(delay).await;
             delay *= 2;
-            outcome = apply(store.as_ref(), &p.topic, &p.payload).await;
+            outcome = apply(store.as_ref(), &keys, &p.topic, &p.payload).await;
         }
         metrics::histogram!("skerry_ingest_apply_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
@@ -203,15 +215,70 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
-/// Applies one MQTT message.
-pub async fn apply(store: &dyn Store, topic: &str, payload: &[u8]) -> Result<Outcome, ApplyError> {
+/// The nodes' report keys, cached in memory and re-read from the PKI when a key does not
+/// verify (the node may have joined again and got a new one).
+pub struct KeyRing {
+    pki: Arc<Pki>,
+    cache: tokio::sync::Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl KeyRing {
+    /// A key ring over `pki`.
+    pub fn new(pki: Arc<Pki>) -> Self {
+        Self {
+            pki,
+            cache: Default::default(),
+        }
+    }
+
+    /// Authenticates and decodes a payload that `node`'s topic carried.
+    pub async fn open(
+        &self,
+        node: &str,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<StatusReport, ApplyError> {
+        if self.pki.is_revoked(node) {
+            return Err(ApplyError::Invalid(format!(
+                "node {node} is revoked; its reports are refused"
+            )));
+        }
+        let cached = self.cache.lock().await.get(node).cloned();
+        if let Some(key) = cached {
+            match seal::open(&key, topic, payload) {
+                Ok(report) => return Ok(report),
+                Err(SealError::BadMac) => {}
+                Err(e) => return Err(ApplyError::Invalid(e.to_string())),
+            }
+        }
+        let key = self.pki.report_key(node).ok_or_else(|| {
+            ApplyError::Invalid(format!(
+                "node {node} has no report key: it never joined this cloud"
+            ))
+        })?;
+        let report =
+            seal::open(&key, topic, payload).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        self.cache.lock().await.insert(node.to_string(), key);
+        Ok(report)
+    }
+}
+
+/// Applies one MQTT message, after checking that the node its topic names made it.
+pub async fn apply(
+    store: &dyn Store,
+    keys: &KeyRing,
+    topic: &str,
+    payload: &[u8],
+) -> Result<Outcome, ApplyError> {
     let Some(parsed) = topics::parse(topic) else {
         return Err(ApplyError::Invalid(format!(
             "topic {topic:?} is outside the skerry scheme"
         )));
     };
-    let report: StatusReport =
-        protocol::codec::decode(payload).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+    let node = match &parsed {
+        Topic::NodeStatus { node } | Topic::PodStatus { node, .. } => node.clone(),
+    };
+    let report = keys.open(&node, topic, payload).await?;
     // How long after the edge observed it a report reaches the store: the status lag an admin
     // sees (clocks of edge and cloud are assumed roughly in sync).
     metrics::histogram!("skerry_ingest_report_age_seconds")

@@ -25,6 +25,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// MQTT user name of cloudcore's status ingest.
+pub const INGEST_MQTT_USER: &str = "skerry-cloudcore";
+
 /// Errors of PKI operations.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -332,6 +335,61 @@ impl Pki {
         Ok(pem)
     }
 
+    /// Issues a fresh report key for `node` (replacing any earlier one: a re-joined node's old
+    /// key stops working) and returns it.
+    pub fn issue_report_key(&self, node: &str) -> Result<Vec<u8>, PkiError> {
+        let key: [u8; protocol::status::REPORT_KEY_LEN] = rand::random();
+        write_atomic(&self.report_key_path(node), &key, 0o600)?;
+        Ok(key.to_vec())
+    }
+
+    /// The report key of `node`, if it has joined.
+    pub fn report_key(&self, node: &str) -> Option<Vec<u8>> {
+        validate_node_name(node).ok()?;
+        std::fs::read(self.report_key_path(node))
+            .ok()
+            .filter(|k| k.len() == protocol::status::REPORT_KEY_LEN)
+    }
+
+    fn report_key_path(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(format!("{node}.report-key"))
+    }
+
+    /// The MQTT password of cloudcore's own ingest client on the embedded broker, created on
+    /// first use.
+    pub fn ingest_password(&self) -> Result<String, PkiError> {
+        let path = self.dir.join("ingest.secret");
+        if let Ok(secret) = std::fs::read_to_string(&path) {
+            if secret.len() == 64 {
+                return Ok(secret);
+            }
+        }
+        let secret: [u8; 32] = rand::random();
+        let secret = hex::encode(secret);
+        write_atomic(&path, secret.as_bytes(), 0o600)?;
+        Ok(secret)
+    }
+
+    /// Decides an MQTT login on the embedded broker: cloudcore's ingest with its own secret, or
+    /// a joined, unrevoked node with the password derived from its report key and its own
+    /// client id.
+    pub fn mqtt_login_allowed(&self, client_id: &str, username: &str, password: &str) -> bool {
+        if username == INGEST_MQTT_USER {
+            return self
+                .ingest_password()
+                .is_ok_and(|p| constant_time_eq(p.as_bytes(), password.as_bytes()));
+        }
+        if self.is_revoked(username) || client_id != protocol::status::mqtt_client_id(username) {
+            return false;
+        }
+        self.report_key(username).is_some_and(|key| {
+            constant_time_eq(
+                protocol::status::mqtt_password(&key).as_bytes(),
+                password.as_bytes(),
+            )
+        })
+    }
+
     fn node_record(&self, node: &str) -> PathBuf {
         self.dir.join("nodes").join(format!("{node}.crt"))
     }
@@ -477,6 +535,16 @@ mod tests {
         let der = pem_to_der(&pem).unwrap();
         assert_eq!(node_name_from_cert(&der).as_deref(), Some("edge-1"));
         assert!(pki.is_known("edge-1"));
+        let key = pki.issue_report_key("edge-1").unwrap();
+        assert_eq!(pki.report_key("edge-1"), Some(key.clone()));
+        let password = protocol::status::mqtt_password(&key);
+        assert!(pki.mqtt_login_allowed("skerry-edge-edge-1", "edge-1", &password));
+        assert!(!pki.mqtt_login_allowed("skerry-edge-edge-2", "edge-1", &password));
+        assert!(!pki.mqtt_login_allowed("skerry-edge-edge-1", "edge-1", "guess"));
+        let ingest = pki.ingest_password().unwrap();
+        assert!(pki.mqtt_login_allowed("any", INGEST_MQTT_USER, &ingest));
+        pki.revoke("edge-1").unwrap();
+        assert!(!pki.mqtt_login_allowed("skerry-edge-edge-1", "edge-1", &password));
         assert!(!pki.is_known("edge-2"));
         assert!(matches!(
             pki.sign_node("edge-1", "garbage"),

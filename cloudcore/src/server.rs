@@ -72,7 +72,7 @@ pub async fn run(
     let mqtt = match &cfg.mqtt_url {
         Some(url) => MqttTarget::parse(url).map_err(anyhow::Error::msg)?,
         None => {
-            broker::start(cfg.mqtt_listen)?;
+            broker::start(cfg.mqtt_listen, pki.clone())?;
             info!(listen = %cfg.mqtt_listen, "embedded MQTT broker started");
             let host = if cfg.mqtt_listen.ip().is_unspecified() {
                 "127.0.0.1".to_string()
@@ -93,6 +93,7 @@ pub async fn run(
 
     tokio::spawn(ingest::run(
         store.clone(),
+        pki.clone(),
         mqtt,
         format!("skerry-cloudcore-ingest-{}", cfg.api_addr.port()),
     ));

@@ -56,6 +56,7 @@ pub async fn run(
     metrics_render: Arc<dyn Fn() -> String + Send + Sync>,
 ) -> anyhow::Result<()> {
     let node = cfg.node_name.clone();
+    let report_key = crate::identity::read_report_key(&IdentityPaths::new(&opts.data_dir))?;
     let cache = Cache::open(&opts.data_dir.join("cache"))?;
     let outbox = Outbox::open(cache.db(), &node).context("cannot open the status outbox")?;
     let host_ip = match &opts.node_ip {
@@ -126,7 +127,8 @@ pub async fn run(
         PublisherConfig {
             host: mqtt_host,
             port: mqtt_port,
-            client_id: format!("skerry-edge-{node}"),
+            node: node.clone(),
+            report_key,
         },
     ));
     tokio::spawn(report::heartbeat(

@@ -29,7 +29,7 @@ pub enum IdentityError {
         /// Cause.
         source: std::io::Error,
     },
-    /// A PEM file is malformed.
+    /// An identity file is malformed.
     #[error("invalid {what} in {path}: {reason}; join again to replace it")]
     Pem {
         /// What was expected.
@@ -70,6 +70,28 @@ impl IdentityPaths {
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.crt")
     }
+    /// Key that authenticates this node's status reports.
+    pub fn report_key(&self) -> PathBuf {
+        self.dir.join("report.key")
+    }
+}
+
+/// Reads the node's report key written by the join.
+pub fn read_report_key(paths: &IdentityPaths) -> Result<Vec<u8>, IdentityError> {
+    let path = paths.report_key();
+    let key = std::fs::read(&path).map_err(|_| IdentityError::NotJoined(path.clone()))?;
+    if key.len() != protocol::status::REPORT_KEY_LEN {
+        return Err(IdentityError::Pem {
+            what: "report key",
+            path,
+            reason: format!(
+                "{} bytes instead of {}",
+                key.len(),
+                protocol::status::REPORT_KEY_LEN
+            ),
+        });
+    }
+    Ok(key)
 }
 
 /// Writes a file atomically and durably (temp, fsync, rename, fsync dir).

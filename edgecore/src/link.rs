@@ -214,7 +214,9 @@ pub async fn join(paths: &IdentityPaths, params: &JoinParams) -> Result<(), Link
         JoinResponse::Accepted {
             certificate_pem,
             ca_pem,
+            report_key,
         } => {
+            identity::write_atomic(&paths.report_key(), &report_key, 0o600)?;
             identity::write_atomic(&paths.key(), key.serialize_pem().as_bytes(), 0o600)?;
             identity::write_atomic(&paths.cert(), certificate_pem.as_bytes(), 0o644)?;
             identity::write_atomic(&paths.ca(), ca_pem.as_bytes(), 0o644)?;

@@ -9,7 +9,7 @@
 
 use crate::pods::StatusSink;
 use protocol::codec;
-use protocol::status::*;
+use protocol::status::{self, *};
 use protocol::topics;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
@@ -200,8 +200,10 @@ pub struct PublisherConfig {
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// MQTT client id.
-    pub client_id: String,
+    /// This node's name: the MQTT user name, and the source of the client id.
+    pub node: String,
+    /// The report key from the join: seals every report and derives the MQTT password.
+    pub report_key: Vec<u8>,
 }
 
 /// Publishes the outbox forever, reconnecting with back-off.
@@ -231,7 +233,12 @@ async fn publish_session(
     outbox: &Outbox,
     cfg: &PublisherConfig,
 ) -> Result<(), rumqttc::ConnectionError> {
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    let mut opts = MqttOptions::new(
+        status::mqtt_client_id(&cfg.node),
+        cfg.host.clone(),
+        cfg.port,
+    );
+    opts.set_credentials(cfg.node.clone(), status::mqtt_password(&cfg.report_key));
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_clean_session(true);
     opts.set_inflight(MAX_IN_FLIGHT as u16);
@@ -251,7 +258,21 @@ async fn publish_session(
                     warn!(error = %e, "cannot flush the outbox");
                 }
             }
-            for (seq, topic, payload) in batch {
+            for (seq, topic, report) in batch {
+                // The outbox holds plain reports; sealing happens here so that a new key after a
+                // re-join applies to what is still queued.
+                let payload = match codec::decode::<StatusReport>(&report)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| {
+                        status::seal(&cfg.report_key, &topic, &r).map_err(|e| e.to_string())
+                    }) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(%topic, error = %e, "dropping an outbox entry that cannot be sealed");
+                        outbox.acked(&topic, seq);
+                        continue;
+                    }
+                };
                 if client
                     .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
                     .is_err()

@@ -20,7 +20,7 @@ pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
 pub const HEADER_LEN: usize = 4;
 
 /// Why bytes could not be turned into a value (or a value into bytes).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
     /// The length prefix announces more than [`MAX_FRAME_LEN`]; the peer is broken or hostile,
     /// and the connection should be closed.
@@ -180,6 +180,7 @@ mod tests {
             let _ = decode::<CloudMessage>(&bytes);
             let _ = decode::<EdgeMessage>(&bytes);
             let _ = decode::<StatusReport>(&bytes);
+            let _ = crate::status::open(&[0u8; 32], "t", &bytes);
             let _ = decode::<crate::join::JoinRequest>(&bytes);
             let _ = decode::<crate::join::JoinResponse>(&bytes);
             let mut d = FrameDecoder::new();

@@ -31,6 +31,9 @@ pub enum JoinResponse {
         certificate_pem: String,
         /// CA certificate (PEM) to trust for the sync link.
         ca_pem: String,
+        /// The node's secret for authenticating its status reports (see
+        /// [`crate::status::seal`]); 32 random bytes, known only to this node and the cloud.
+        report_key: Vec<u8>,
     },
     /// The join was refused.
     Refused(JoinRefusal),

@@ -7,6 +7,85 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Length of a node's report key.
+pub const REPORT_KEY_LEN: usize = 32;
+
+/// The MQTT payload: an encoded [`StatusReport`] and its HMAC-SHA256 under the node's report
+/// key, computed over the topic and the report bytes.
+///
+/// Why a MAC and not only broker authentication: MQTT does not tell a subscriber who published a
+/// message, and brokers differ in how (and whether) they restrict topics per client. With the
+/// MAC the cloud itself checks that a report on `skerry/v1/nodes/X/...` was made by node X,
+/// whatever broker carries it; binding the topic stops a report being replayed under another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedReport {
+    /// The encoded [`StatusReport`].
+    pub report: Vec<u8>,
+    /// HMAC-SHA256(key, topic || 0x00 || report).
+    pub mac: Vec<u8>,
+}
+
+/// Why a sealed payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// The payload or the report inside is not a valid encoding.
+    #[error(transparent)]
+    Codec(#[from] crate::codec::CodecError),
+    /// The MAC does not match: not made by the node the topic names, or altered.
+    #[error("report is not authenticated by the node its topic names (bad MAC); it is forged, altered, or the node's key changed after a new join")]
+    BadMac,
+}
+
+fn mac_key(key: &[u8]) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key)
+}
+
+fn mac_input(topic: &str, report: &[u8]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(topic.len() + 1 + report.len());
+    input.extend_from_slice(topic.as_bytes());
+    input.push(0);
+    input.extend_from_slice(report);
+    input
+}
+
+/// Encodes and authenticates a report for publication on `topic`.
+pub fn seal(
+    key: &[u8],
+    topic: &str,
+    report: &StatusReport,
+) -> Result<Vec<u8>, crate::codec::CodecError> {
+    let bytes = crate::codec::encode(report)?;
+    let mac = ring::hmac::sign(&mac_key(key), &mac_input(topic, &bytes))
+        .as_ref()
+        .to_vec();
+    crate::codec::encode(&SealedReport { report: bytes, mac })
+}
+
+/// Checks and decodes a payload received on `topic`, with the key of the node the topic names.
+pub fn open(key: &[u8], topic: &str, payload: &[u8]) -> Result<StatusReport, SealError> {
+    let sealed: SealedReport = crate::codec::decode(payload)?;
+    ring::hmac::verify(
+        &mac_key(key),
+        &mac_input(topic, &sealed.report),
+        &sealed.mac,
+    )
+    .map_err(|_| SealError::BadMac)?;
+    Ok(crate::codec::decode(&sealed.report)?)
+}
+
+/// The MQTT password a node logs in with: derived from its report key, so that a password
+/// sniffed off a plain-TCP broker link does not let anyone forge reports.
+pub fn mqtt_password(key: &[u8]) -> String {
+    let tag = ring::hmac::sign(&mac_key(key), b"skerry mqtt login v1");
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The MQTT client id of a node: the embedded broker only accepts this id for that node's
+/// login, so one node cannot take over another's session.
+pub fn mqtt_client_id(node: &str) -> String {
+    format!("skerry-edge-{node}")
+}
+
 /// Envelope of every MQTT status payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -189,4 +268,58 @@ pub struct PodStatus {
     /// True once the edge has stopped everything of a pod that is being deleted: the cloud may
     /// now remove the object.
     pub removed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            protocol_version: crate::PROTOCOL_VERSION,
+            seq: 7,
+            observed_at_ms: 1,
+            body: StatusBody::Node(NodeStatus {
+                node: "n1".into(),
+                ready: true,
+                message: String::new(),
+                addresses: vec![],
+                capacity: BTreeMap::new(),
+                allocatable: BTreeMap::new(),
+                info: NodeInfo::default(),
+            }),
+        }
+    }
+
+    #[test]
+    fn sealed_reports_open_only_with_the_right_key_and_topic() {
+        let key = [7u8; REPORT_KEY_LEN];
+        let topic = crate::topics::node_status("n1");
+        let payload = seal(&key, &topic, &report()).unwrap();
+        assert_eq!(open(&key, &topic, &payload), Ok(report()));
+        assert_eq!(
+            open(&[8u8; REPORT_KEY_LEN], &topic, &payload),
+            Err(SealError::BadMac)
+        );
+        assert_eq!(
+            open(&key, &crate::topics::node_status("n2"), &payload),
+            Err(SealError::BadMac)
+        );
+        let mut altered = payload.clone();
+        let last = altered.len() - 40;
+        altered[last] ^= 1;
+        assert!(open(&key, &topic, &altered).is_err());
+        assert!(matches!(
+            open(&key, &topic, b"garbage"),
+            Err(SealError::Codec(_))
+        ));
+    }
+
+    #[test]
+    fn login_password_is_not_the_key() {
+        let key = [1u8; REPORT_KEY_LEN];
+        let p = mqtt_password(&key);
+        assert_eq!(p.len(), 64);
+        assert_ne!(p, "01".repeat(32));
+    }
 }

@@ -252,6 +252,22 @@ impl Cloud {
         Ok((field("token:")?, field("ca-hash:")?))
     }
 
+    /// `cloudcore node revoke NAME`.
+    pub fn revoke(&self, node: &str) -> Result<()> {
+        let out = Command::new(bin("cloudcore")?)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["node", "revoke", node])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "node revoke failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     fn client(&self) -> Result<&reqwest::Client> {
         self.http
             .as_ref()
