@@ -529,6 +529,19 @@ impl Edge {
         pids_under(self.dir.path(), self.child.as_ref().map(|c| c.id()))
     }
 
+    /// Pids of the containers' own processes (not their shims) whose command line starts with
+    /// `program`.
+    pub fn container_pids(&self, program: &str) -> Vec<u32> {
+        self.pod_pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| c.split(|b| *b == 0).next() == Some(program.as_bytes()))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
     /// Kills every pod process, as a reboot would.
     pub fn kill_pods(&self) {
         for pid in self.pod_pids() {

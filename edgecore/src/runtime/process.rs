@@ -102,6 +102,9 @@ const STATE_FILE: &str = "state.json";
 const EXIT_FILE: &str = "exit.json";
 const START_ERROR_FILE: &str = "start-error.json";
 const SHIM_LOG_FILE: &str = "shim.log";
+const SHIM_LOCK_FILE: &str = "shim.lock";
+/// How long a freshly spawned shim may take to take its lock.
+const SHIM_LOCK_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs containers as native processes, each supervised by a shim (see the module docs).
 #[derive(Debug, Clone)]
@@ -956,6 +959,20 @@ fn run_shim(dir: &Path) -> Result<ExitCode, ShimError> {
         let op = op.to_string();
         move |source| ShimError::Io { op, source }
     };
+    // Held for the shim's whole life: whoever finds an instance without `state.json` can tell a
+    // shim that is still starting (lock held) from one that never ran or died (lock free).
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(SHIM_LOCK_FILE))
+        .map_err(io_err("open the shim lock"))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(
+        |(_, errno)| ShimError::Io {
+            op: "lock the shim lock".into(),
+            source: std::io::Error::from(errno),
+        },
+    )?;
     let spec_path = dir.join(SPEC_FILE);
     let spec: ShimSpec = std::fs::read(&spec_path)
         .map_err(|e| e.to_string())
@@ -1241,6 +1258,21 @@ async fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
     }
 }
 
+/// Whether a shim holds the instance's lock (it is alive).
+fn shim_lock_held(dir: &Path) -> bool {
+    let Ok(file) = OpenOptions::new()
+        .write(true)
+        .open(dir.join(SHIM_LOCK_FILE))
+    else {
+        return false;
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(_released_on_drop) => false,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => true,
+        Err(_) => false,
+    }
+}
+
 /// State of an instance with no `state.json`.
 async fn observe_unstarted(dir: &Path) -> ContainerRunState {
     if let Ok(Some(err)) = read_json::<StartError>(&dir.join(START_ERROR_FILE)).await {
@@ -1253,8 +1285,13 @@ async fn observe_unstarted(dir: &Path) -> ContainerRunState {
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok());
+    // A shim holds its lock from its first instant to its exit: a free lock on an instance
+    // older than the grace means no shim will ever report this start (edgecore died between
+    // writing the spec and spawning the shim, or the shim was killed).
+    let shim_alive = shim_lock_held(dir);
     match age {
-        Some(age) if age < STALE_CREATED_AFTER => ContainerRunState::Created,
+        Some(age) if shim_alive && age < STALE_CREATED_AFTER => ContainerRunState::Created,
+        Some(age) if age < SHIM_LOCK_GRACE => ContainerRunState::Created,
         _ => ContainerRunState::Unknown {
             message: "the shim never reported the process started (edgecore or the shim died \
                       during the start)"
