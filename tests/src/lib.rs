@@ -32,6 +32,17 @@ fn bin(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// A temp dir for a daemon; with `SKERRY_KEEP_DIRS=1` it (and its logs) outlive the run, for
+/// post-mortems of failed tests and benchmark traces.
+fn temp_dir(prefix: &str) -> Result<TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    if std::env::var_os("SKERRY_KEEP_DIRS").is_some() {
+        b.disable_cleanup(true);
+    }
+    Ok(b.tempdir()?)
+}
+
 /// A free TCP port on loopback.
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -121,7 +132,7 @@ impl Cloud {
     pub async fn start(opts: CloudOptions) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut cloud = Cloud {
-            dir: tempfile::Builder::new().prefix("skerry-cloud-").tempdir()?,
+            dir: temp_dir("skerry-cloud-")?,
             child: None,
             api_port: free_tcp_port(),
             hub_port: free_udp_port(),
@@ -443,7 +454,7 @@ pub fn join_raw(
 impl Edge {
     /// Joins `cloud` as `name` with `labels` (key=value) and starts the agent.
     pub async fn join_and_start(cloud: &Cloud, name: &str, labels: &[&str]) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("skerry-edge-").tempdir()?;
+        let dir = temp_dir("skerry-edge-")?;
         let (token, hash) = cloud.token("1h")?;
         let mqtt = cloud.mqtt_url();
         let mut extra = vec!["--mqtt-url", mqtt.as_str()];
@@ -714,4 +725,14 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the command name; the
+    // kernel counts them in clock ticks of 1/100 s on Linux.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }

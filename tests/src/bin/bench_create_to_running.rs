@@ -2,6 +2,7 @@
 //! loopback, and idle memory of the daemons. Prints a Markdown table for BENCHMARKS.md.
 //!
 //! `cargo build --release --workspace --bins && SKERRY_BIN_DIR=target/release target/release/bench_create_to_running [NODES] [PODS]`
+//! (`SKERRY_BENCH_TRACE=1` prints wall-clock create/Running times per pod; `SKERRY_KEEP_DIRS=1` keeps the daemons' logs.)
 
 use serde_json::Value;
 use skerry_tests::*;
@@ -23,36 +24,53 @@ async fn main() -> anyhow::Result<()> {
             .wait_node_ready(&format!("bench-{i}"), Duration::from_secs(60))
             .await?;
     }
-    // Create all pods as fast as the API takes them, timestamping each create.
-    let mut created: HashMap<String, Instant> = HashMap::new();
+    // Create all pods as fast as the API takes them, timestamping each create, while an
+    // observer polls the pod list every 10 ms and timestamps the first sighting of each pod as
+    // Running. Both run at once, so no pod waits for the others' creation to be observed.
+    let trace = std::env::var_os("SKERRY_BENCH_TRACE").is_some();
+    let created: tokio::sync::Mutex<HashMap<String, Instant>> = Default::default();
     let t0 = Instant::now();
-    for i in 0..pods {
-        let name = format!("p{i}");
-        let pod = process_pod(&name, &format!("bench-{}", i % nodes), &["sleep", "3600"]);
-        let start = Instant::now();
-        cloud.create_pod(pod).await?;
-        created.insert(name, start);
-    }
-    let create_secs = t0.elapsed().as_secs_f64();
-    // Observe Running by polling the list; the first time a pod is seen Running is its latency.
-    let mut latency: HashMap<String, Duration> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while latency.len() < pods && Instant::now() < deadline {
-        let list = cloud
-            .get("/api/v1/namespaces/default/pods")
-            .await?
-            .unwrap_or(Value::Null);
-        let now = Instant::now();
-        for p in list["items"].as_array().into_iter().flatten() {
-            let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
-            if phase(p) == "Running" && !latency.contains_key(&name) {
-                if let Some(start) = created.get(&name) {
-                    latency.insert(name, now - *start);
+    let create = async {
+        for i in 0..pods {
+            let name = format!("p{i}");
+            let pod = process_pod(&name, &format!("bench-{}", i % nodes), &["sleep", "3600"]);
+            if trace {
+                eprintln!("create {name} {:?}", std::time::SystemTime::now());
+            }
+            created.lock().await.insert(name, Instant::now());
+            cloud.create_pod(pod).await?;
+        }
+        anyhow::Ok(t0.elapsed().as_secs_f64())
+    };
+    let observe = async {
+        let mut seen: HashMap<String, Instant> = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while seen.len() < pods && Instant::now() < deadline {
+            let list = cloud
+                .get("/api/v1/namespaces/default/pods")
+                .await?
+                .unwrap_or(Value::Null);
+            let now = Instant::now();
+            for p in list["items"].as_array().into_iter().flatten() {
+                let name = p["metadata"]["name"].as_str().unwrap_or("").to_string();
+                if phase(p) == "Running" && !seen.contains_key(&name) {
+                    if trace {
+                        eprintln!("running {name} {:?}", std::time::SystemTime::now());
+                    }
+                    seen.insert(name, now);
                 }
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        anyhow::Ok(seen)
+    };
+    let (create_secs, seen) = tokio::join!(create, observe);
+    let (create_secs, seen) = (create_secs?, seen?);
+    let created = created.into_inner();
+    let latency: HashMap<&String, Duration> = seen
+        .iter()
+        .filter_map(|(name, at)| Some((name, at.saturating_duration_since(*created.get(name)?))))
+        .collect();
     anyhow::ensure!(
         latency.len() == pods,
         "only {} of {pods} pods reached Running",
@@ -61,6 +79,11 @@ async fn main() -> anyhow::Result<()> {
     let mut ms: Vec<f64> = latency.values().map(|d| d.as_secs_f64() * 1000.0).collect();
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pct = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    let cloud_cpu = cloud.pid().and_then(cpu_seconds).unwrap_or(0.0);
+    let edge_cpu: f64 = edges
+        .iter()
+        .filter_map(|e| e.pid().and_then(cpu_seconds))
+        .sum();
     // Idle memory after things settle.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let edge_rss: Vec<u64> = edges
@@ -78,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| Create → Running p50 | {:.0} ms |", pct(0.50));
     println!("| Create → Running p99 | {:.0} ms |", pct(0.99));
     println!("| Create → Running max | {:.0} ms |", ms[ms.len() - 1]);
+    println!("| CPU used from start until all Running: cloudcore / all edgecores | {cloud_cpu:.2} s / {edge_cpu:.2} s |");
     println!(
         "| edgecore RSS, {} pods each (max over nodes) | {:.1} MiB |",
         pods / nodes,
