@@ -71,18 +71,38 @@ pub fn decide(pod: &Value, nodes: &[Stored]) -> Decision {
     ))
 }
 
-/// Runs binding passes whenever pods or nodes change (and every few seconds as a safety net).
+/// Whether a store event can change a placement decision, given how many pods were left
+/// unbound by the last pass. Node heartbeats arrive all the time and matter only while some pod
+/// waits for a node; pod events matter when they concern an unbound pod.
+fn relevant(ev: &crate::store::Event, pending: usize) -> bool {
+    match ev.key.resource.as_str() {
+        "nodes" => pending > 0,
+        "pods" => ev.value.as_ref().is_some_and(|v| {
+            v.pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+        }),
+        _ => false,
+    }
+}
+
+/// Runs binding passes whenever an unbound pod or (while pods wait) a node changes, and every
+/// few seconds as a safety net.
 pub async fn run(store: Arc<dyn Store>) {
     let mut events = store.subscribe();
     loop {
-        if let Err(e) = pass(store.as_ref()).await {
-            warn!(error = %e, "binding pass failed; retrying");
-        }
-        // Wait for a relevant change, then let a burst settle.
+        let pending = match pass(store.as_ref()).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "binding pass failed; retrying");
+                1
+            }
+        };
         let wait = async {
             loop {
                 match events.recv().await {
-                    Ok(ev) if ev.key.resource == "pods" || ev.key.resource == "nodes" => return,
+                    Ok(ev) if relevant(&ev, pending) => return,
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
@@ -92,13 +112,14 @@ pub async fn run(store: Arc<dyn Store>) {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+        // Let a burst settle, then take it in one pass.
         tokio::time::sleep(Duration::from_millis(20)).await;
         while events.try_recv().is_ok() {}
     }
 }
 
-/// One pass over all unbound pods.
-pub async fn pass(store: &dyn Store) -> Result<(), StoreError> {
+/// One pass over all unbound pods; returns how many are still unbound.
+pub async fn pass(store: &dyn Store) -> Result<usize, StoreError> {
     let (pods, _) = store.list("pods", None)?;
     let pending: Vec<&Stored> = pods
         .iter()
@@ -112,8 +133,9 @@ pub async fn pass(store: &dyn Store) -> Result<(), StoreError> {
         })
         .collect();
     if pending.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
+    let mut still_pending = 0;
     let (nodes, _) = store.list("nodes", None)?;
     for pod in pending {
         let (ns, name) = (
@@ -134,10 +156,13 @@ pub async fn pass(store: &dyn Store) -> Result<(), StoreError> {
                 next["spec"]["nodeName"] = json!(node);
                 json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": clock::now_rfc3339()})
             }
-            Decision::Unschedulable(message) => json!({
-                "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
-                "lastProbeTime": null, "lastTransitionTime": clock::now_rfc3339(),
-            }),
+            Decision::Unschedulable(message) => {
+                still_pending += 1;
+                json!({
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+                    "lastProbeTime": null, "lastTransitionTime": clock::now_rfc3339(),
+                })
+            }
         };
         let mut conditions: Vec<Value> = next
             .pointer("/status/conditions")
@@ -164,7 +189,7 @@ pub async fn pass(store: &dyn Store) -> Result<(), StoreError> {
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(still_pending)
 }
 
 #[cfg(test)]
@@ -177,6 +202,25 @@ mod tests {
             value: json!({"metadata": {"name": name, "labels": labels},
                           "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}}),
         }
+    }
+
+    #[test]
+    fn heartbeats_wake_the_binder_only_while_pods_wait() {
+        let ev = |resource: &str, value: Option<Value>| crate::store::Event {
+            revision: 1,
+            key: crate::store::ObjectKey::new(resource, "", "x"),
+            value,
+            shards: vec![],
+        };
+        let node = ev("nodes", Some(json!({})));
+        assert!(!relevant(&node, 0));
+        assert!(relevant(&node, 1));
+        assert!(relevant(&ev("pods", Some(json!({"spec": {}}))), 0));
+        assert!(!relevant(
+            &ev("pods", Some(json!({"spec": {"nodeName": "n1"}}))),
+            0
+        ));
+        assert!(!relevant(&ev("pods", None), 0));
     }
 
     #[test]

@@ -66,9 +66,19 @@ impl Default for HubConfig {
 
 struct Session {
     id: u64,
-    notify: Arc<Notify>,
+    signals: Arc<Signals>,
     conn: quinn::Connection,
-    acked: Arc<AtomicU64>,
+}
+
+/// What the rest of the hub tells a running session, and what it reports back.
+#[derive(Default)]
+struct Signals {
+    /// The node's shard changed.
+    changed: Notify,
+    /// The node was revoked: the session sends Reject and closes.
+    revoked: Notify,
+    /// Highest revision the edge acked.
+    acked: AtomicU64,
 }
 
 /// The hub. Cheap to share: clone the `Arc`.
@@ -186,7 +196,7 @@ impl Hub {
                     let sessions = self.sessions.lock().await;
                     for shard in &ev.shards {
                         if let Some(s) = sessions.get(shard) {
-                            s.notify.notify_one();
+                            s.signals.changed.notify_one();
                         }
                     }
                 }
@@ -196,7 +206,7 @@ impl Hub {
                         "hub fell behind the store's change feed; waking every session"
                     );
                     for s in self.sessions.lock().await.values() {
-                        s.notify.notify_one();
+                        s.signals.changed.notify_one();
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -430,15 +440,14 @@ impl Hub {
         .await?;
 
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let notify = Arc::new(Notify::new());
-        let acked = Arc::new(AtomicU64::new(hello.acked_revision));
+        let signals = Arc::new(Signals::default());
+        signals.acked.store(hello.acked_revision, Ordering::Relaxed);
         if let Some(old) = self.sessions.lock().await.insert(
             node.to_string(),
             Session {
                 id,
-                notify: notify.clone(),
+                signals: signals.clone(),
                 conn: conn.clone(),
-                acked: acked.clone(),
             },
         ) {
             info!("replacing the node's previous session");
@@ -451,15 +460,7 @@ impl Hub {
             "node session started"
         );
         let result = self
-            .stream(
-                conn,
-                node,
-                &mut send,
-                recv,
-                hello.acked_revision,
-                notify,
-                acked,
-            )
+            .stream(conn, node, &mut send, recv, hello.acked_revision, &signals)
             .await;
         metrics::gauge!("skerry_hub_connected_nodes").decrement(1.0);
         let mut sessions = self.sessions.lock().await;
@@ -484,7 +485,6 @@ impl Hub {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn stream(
         &self,
         conn: &quinn::Connection,
@@ -492,8 +492,7 @@ impl Hub {
         send: &mut quinn::SendStream,
         mut recv: quinn::RecvStream,
         from: u64,
-        notify: Arc<Notify>,
-        acked: Arc<AtomicU64>,
+        signals: &Signals,
     ) -> Result<(), SessionError> {
         // Reads run in their own task: read_exact is not cancel-safe, so it must not sit in a
         // select! that may drop it halfway through a frame.
@@ -509,17 +508,16 @@ impl Hub {
         });
         let _abort_reader = AbortOnDrop(reader);
         let mut sent = from;
-        let mut revocation_check = tokio::time::interval(Duration::from_secs(10));
         loop {
             sent = self.send_pending(node, sent, send).await?;
             tokio::select! {
-                _ = notify.notified() => {}
+                _ = signals.changed.notified() => {}
                 msg = rx.recv() => match msg {
                     Some(Ok(Some(EdgeMessage::Ack(a)))) => {
                         if a.revision > sent {
                             return Err(SessionError::Protocol(format!("ack of revision {} that was never sent (sent up to {sent})", a.revision)));
                         }
-                        acked.fetch_max(a.revision, Ordering::Relaxed);
+                        signals.acked.fetch_max(a.revision, Ordering::Relaxed);
                         metrics::counter!("skerry_hub_acks_total").increment(1);
                         debug!(revision = a.revision, "ack");
                     }
@@ -529,13 +527,13 @@ impl Hub {
                     Some(Ok(None)) | None => return Ok(()),
                     Some(Err(e)) => return Err(e),
                 },
-                _ = revocation_check.tick() => {
-                    if self.pki.is_revoked(node) {
-                        write_frame(send, &CloudMessage::Reject(Reject::Revoked { node: node.to_string() })).await?;
-                        let _ = send.finish();
-                        conn.close(close_codes::REJECTED.into(), b"node revoked");
-                        return Ok(());
-                    }
+                _ = signals.revoked.notified() => {
+                    warn!("node revoked; closing its session");
+                    write_frame(send, &CloudMessage::Reject(Reject::Revoked { node: node.to_string() })).await?;
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                    conn.close(close_codes::REJECTED.into(), b"node revoked");
+                    return Ok(());
                 }
                 reason = conn.closed() => return Err(reason.into()),
             }
@@ -642,6 +640,14 @@ impl Hub {
         write_frame(send, &CloudMessage::Sync(batch)).await
     }
 
+    /// Closes the live session of a node that was just revoked (the node is told why). Its
+    /// reconnects are then refused at Hello.
+    pub async fn revoke_session(&self, node: &str) {
+        if let Some(s) = self.sessions.lock().await.get(node) {
+            s.signals.revoked.notify_one();
+        }
+    }
+
     /// The revision each connected node has acked, for observability.
     pub async fn acked_revisions(&self) -> Vec<(String, u64)> {
         let mut v: Vec<_> = self
@@ -649,7 +655,7 @@ impl Hub {
             .lock()
             .await
             .iter()
-            .map(|(n, s)| (n.clone(), s.acked.load(Ordering::Relaxed)))
+            .map(|(n, s)| (n.clone(), s.signals.acked.load(Ordering::Relaxed)))
             .collect();
         v.sort();
         v

@@ -125,6 +125,10 @@ pub struct Pki {
     ca_key: KeyPair,
     server_cert_der: CertificateDer<'static>,
     server_key_der: Vec<u8>,
+    /// Revoked node names, mirrored from `revoked/` so that the per-report and per-login checks
+    /// cost no file system call; [`Pki::refresh_revocations`] picks up `cloudcore node revoke`
+    /// run from another process.
+    revoked: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl Pki {
@@ -211,6 +215,8 @@ impl Pki {
                 source,
             })?;
         }
+        let revoked =
+            std::sync::RwLock::new(read_revoked(&dir.join("revoked")).unwrap_or_default());
         Ok(Self {
             dir,
             ca_cert_der,
@@ -218,7 +224,19 @@ impl Pki {
             ca_key,
             server_cert_der,
             server_key_der,
+            revoked,
         })
+    }
+
+    /// Re-reads the revocation list; returns the nodes revoked since the last look.
+    pub fn refresh_revocations(&self) -> Vec<String> {
+        let Some(now) = read_revoked(&self.dir.join("revoked")) else {
+            return Vec::new();
+        };
+        let mut set = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        let added: Vec<String> = now.difference(&set).cloned().collect();
+        *set = now;
+        added
     }
 
     /// The CA certificate in PEM, as given to joining nodes and written into kubeconfigs.
@@ -399,21 +417,35 @@ impl Pki {
         validate_node_name(node).is_ok() && self.node_record(node).exists()
     }
 
-    /// Whether `node` has been revoked.
+    /// Whether `node` has been revoked (an invalid name counts as revoked).
     pub fn is_revoked(&self, node: &str) -> bool {
-        validate_node_name(node).is_err() || self.dir.join("revoked").join(node).exists()
+        validate_node_name(node).is_err()
+            || self
+                .revoked
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(node)
     }
 
-    /// Revokes a node: its connections are refused from now on (a live session is closed by the
-    /// hub's periodic check).
+    /// Revokes a node: its connections are refused from now on; a running cloudcore closes its
+    /// live session within seconds (see [`Pki::refresh_revocations`]).
     pub fn revoke(&self, node: &str) -> Result<(), PkiError> {
         validate_node_name(node).map_err(PkiError::Cert)?;
-        write_atomic(&self.dir.join("revoked").join(node), b"", 0o644)
+        write_atomic(&self.dir.join("revoked").join(node), b"", 0o644)?;
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_string());
+        Ok(())
     }
 
     /// Lifts a revocation; the node must join again with a new token to get a new certificate.
     pub fn unrevoke(&self, node: &str) -> Result<(), PkiError> {
         validate_node_name(node).map_err(PkiError::Cert)?;
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
         match std::fs::remove_file(self.dir.join("revoked").join(node)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -468,6 +500,19 @@ impl Pki {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(cfg)
     }
+}
+
+fn read_revoked(dir: &Path) -> Option<std::collections::HashSet<String>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| tracing::error!(dir = %dir.display(), error = %e, "cannot read the revocation list; keeping the last one"))
+        .ok()?;
+    Some(
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| validate_node_name(n).is_ok())
+            .collect(),
+    )
 }
 
 fn time_now() -> time::OffsetDateTime {

@@ -90,6 +90,7 @@ pub async fn run(
     info!(listen = %endpoint.local_addr()?, "hub listening for edge nodes (QUIC)");
     let hub = Hub::new(store.clone(), pki.clone());
     tokio::spawn(hub.clone().run(endpoint));
+    tokio::spawn(watch_revocations(pki.clone(), hub.clone()));
 
     tokio::spawn(ingest::run(
         store.clone(),
@@ -116,6 +117,19 @@ pub async fn run(
     shutdown_signal().await;
     info!("shutting down");
     Ok(())
+}
+
+/// Picks up `cloudcore node revoke` (run from another process) and closes the revoked nodes'
+/// sessions. Logins and reports are refused from the refreshed list at once.
+async fn watch_revocations(pki: Arc<Pki>, hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        for node in pki.refresh_revocations() {
+            warn!(%node, "node revoked");
+            hub.revoke_session(&node).await;
+        }
+    }
 }
 
 async fn compact_periodically(store: SledStore) {

@@ -139,7 +139,7 @@ async fn a_revoked_node_is_cut_off_from_sync_and_status() -> anyhow::Result<()> 
     })
     .await?;
     cloud.revoke("edge-a")?;
-    // The hub checks revocations every 10 s.
+    // cloudcore picks up revocations every 2 s.
     eventually(
         "hub closes the revoked node's session",
         Duration::from_secs(25),
