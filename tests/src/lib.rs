@@ -553,6 +553,23 @@ impl Edge {
             .collect()
     }
 
+    /// `edgecore logs POD` on this node: (success, output).
+    pub fn logs(&self, pod: &str) -> Result<(bool, String)> {
+        let out = Command::new(bin("edgecore")?)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["logs", pod])
+            .output()?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+
     /// Kills every pod process, as a reboot would.
     pub fn kill_pods(&self) {
         for pid in self.pod_pids() {

@@ -10,7 +10,11 @@ const DEADLINE: Duration = Duration::from_secs(30);
 async fn create_pod_runs_and_delete_removes_it(cloud: &Cloud) -> anyhow::Result<()> {
     let edge = Edge::join_and_start(cloud, "edge-a", &[]).await?;
     cloud
-        .create_pod(process_pod("sleeper", "edge-a", &["sleep", "300"]))
+        .create_pod(process_pod(
+            "sleeper",
+            "edge-a",
+            &["sh", "-c", "echo hello from $HOSTNAME; exec sleep 300"],
+        ))
         .await?;
     let pod = cloud
         .wait_running("sleeper", DEADLINE)
@@ -20,6 +24,12 @@ async fn create_pod_runs_and_delete_removes_it(cloud: &Cloud) -> anyhow::Result<
     assert!(pod["status"]["startTime"].is_string(), "{pod}");
     assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
     assert!(!edge.pod_pids().is_empty(), "the pod's process runs");
+    // Its output is readable on the node, without the cloud.
+    eventually("container log", DEADLINE, || async {
+        let (ok, out) = edge.logs("sleeper")?;
+        Ok((ok && out.contains("hello from sleeper")).then_some(()))
+    })
+    .await?;
     let node = cloud.wait_node_ready("edge-a", DEADLINE).await?;
     assert!(node["status"]["capacity"]["cpu"].is_string(), "{node}");
 
