@@ -28,6 +28,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Mutex, Notify};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+/// Largest frame the hub accepts from an edge.
+const MAX_INBOUND_FRAME: usize = 64 * 1024;
+
+/// Joins handled at once; more are turned away (the edge retries), so a flood of
+/// unauthenticated join connections cannot pile up.
+const MAX_CONCURRENT_JOINS: usize = 64;
+
 /// Largest number of objects in one delta batch; larger deltas are split.
 const MAX_BATCH_OBJECTS: usize = 256;
 
@@ -87,6 +94,7 @@ pub struct Hub {
     pki: Arc<Pki>,
     sessions: Mutex<HashMap<String, Session>>,
     next_session: AtomicU64,
+    join_slots: tokio::sync::Semaphore,
 }
 
 /// Errors that end one connection (never the hub).
@@ -118,6 +126,16 @@ async fn read_frame<T: DeserializeOwned>(
         Err(e) => return Err(e.into()),
     }
     let len = codec::frame_len(header)?;
+    // Edges send only small messages (Hello, Ack, a join request with a CSR); refusing anything
+    // larger before allocating keeps unauthenticated join connections from costing megabytes.
+    if len > MAX_INBOUND_FRAME {
+        return Err(SessionError::Codec(codec::CodecError::Malformed {
+            what: "frame",
+            reason: format!(
+                "{len} bytes exceed the hub's {MAX_INBOUND_FRAME}-byte limit for edge messages"
+            ),
+        }));
+    }
     let mut payload = vec![0u8; len];
     recv.read_exact(&mut payload).await?;
     Ok(Some(codec::decode(&payload)?))
@@ -127,7 +145,10 @@ async fn write_frame<T: Serialize>(
     send: &mut quinn::SendStream,
     msg: &T,
 ) -> Result<(), SessionError> {
-    let bytes = codec::encode_frame(msg)?;
+    // An encoding failure is ours (e.g. a batch over the frame limit), not the peer's fault.
+    let bytes = codec::encode_frame(msg).map_err(|e| {
+        SessionError::Protocol(format!("cannot encode a message for the edge: {e}"))
+    })?;
     send.write_all(&bytes).await?;
     Ok(())
 }
@@ -159,6 +180,7 @@ impl Hub {
             pki,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            join_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_JOINS),
         })
     }
 
@@ -223,6 +245,14 @@ impl Hub {
         match alpn.as_deref() {
             Some(p) if p == protocol::ALPN_JOIN => {
                 let span = info_span!("join", %remote);
+                let Ok(_slot) = self.join_slots.try_acquire() else {
+                    span.in_scope(|| warn!("too many joins at once; turning this one away"));
+                    conn.close(
+                        close_codes::REJECTED.into(),
+                        b"cloudcore is busy with other joins; retry in a few seconds",
+                    );
+                    return;
+                };
                 if let Err(e) = self.join(&conn).instrument(span.clone()).await {
                     span.in_scope(|| warn!(error = %e, "join connection failed"));
                     conn.close(close_codes::PROTOCOL.into(), b"protocol error");
@@ -235,8 +265,11 @@ impl Hub {
                         i.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
                             .ok()
                     })
-                    .and_then(|chain| chain.first().and_then(|c| pki::node_name_from_cert(c)));
-                let Some(node) = identity else {
+                    .and_then(|chain| {
+                        let cert = chain.first()?;
+                        Some((pki::node_name_from_cert(cert)?, cert.as_ref().to_vec()))
+                    });
+                let Some((node, cert_der)) = identity else {
                     warn!(%remote, "sync connection without a valid node certificate; closing");
                     conn.close(
                         close_codes::REJECTED.into(),
@@ -247,7 +280,7 @@ impl Hub {
                 let span = info_span!("node_session", node = %node, %remote);
                 match self
                     .clone()
-                    .session(&conn, &node)
+                    .session(&conn, &node, &cert_der)
                     .instrument(span.clone())
                     .await
                 {
@@ -310,9 +343,6 @@ impl Hub {
             name: req.node_name.clone(),
             reason,
         })?;
-        if self.pki.is_revoked(&req.node_name) {
-            return Err(JoinRefusal::Revoked(req.node_name.clone()));
-        }
         for (k, v) in &req.labels {
             if k.is_empty() || k.len() > 253 || v.len() > 63 {
                 return Err(JoinRefusal::InvalidNodeName {
@@ -322,8 +352,23 @@ impl Hub {
             }
         }
         self.pki.check_csr(&req.csr_pem)?;
-        self.pki.consume_token(&req.token)?;
+        self.pki.consume_token(&req.token, &req.node_name)?;
         let certificate_pem = self.pki.sign_node(&req.node_name, &req.csr_pem)?;
+        // A re-join supersedes the node's old certificate: close a session that still uses it
+        // (it is refused as superseded when it tries again).
+        if let Some(old) = self.sessions.lock().await.remove(&req.node_name) {
+            old.conn.close(
+                close_codes::REPLACED.into(),
+                b"superseded by a newer join of this node",
+            );
+        }
+        if self.pki.is_revoked(&req.node_name) {
+            // Only a token made for this node gets here: its join re-admits the node, and the
+            // new certificate supersedes the revoked one.
+            self.pki
+                .unrevoke(&req.node_name)
+                .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
+        }
         self.register_node(&req.node_name, &req.labels)
             .await
             .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
@@ -387,6 +432,7 @@ impl Hub {
         self: Arc<Self>,
         conn: &quinn::Connection,
         node: &str,
+        cert_der: &[u8],
     ) -> Result<(), SessionError> {
         let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
             .await
@@ -424,6 +470,10 @@ impl Hub {
             Some(Reject::UnknownNode {
                 node: node.to_string(),
             })
+        } else if !self.pki.is_current_cert(node, cert_der) {
+            Some(Reject::Superseded {
+                node: node.to_string(),
+            })
         } else {
             None
         };
@@ -453,6 +503,11 @@ impl Hub {
             info!("replacing the node's previous session");
             old.conn
                 .close(close_codes::REPLACED.into(), b"replaced by a newer session");
+        }
+        // A revocation that landed between the checks above and this registration would have
+        // found no session to close; look again now that the session can be found.
+        if self.pki.is_revoked(node) {
+            signals.revoked.notify_one();
         }
         metrics::gauge!("skerry_hub_connected_nodes").increment(1.0);
         info!(
@@ -549,10 +604,19 @@ impl Hub {
     ) -> Result<u64, SessionError> {
         match self.store.read_shard(node, sent)? {
             ShardRead::Snapshot { members, upto } => {
-                let upserts = members
-                    .iter()
-                    .filter_map(|k| self.upsert_for(node, k).ok().flatten())
-                    .collect::<Vec<_>>();
+                let mut upserts = Vec::with_capacity(members.len());
+                for key in &members {
+                    match self.upsert_for(node, key) {
+                        Ok(Some(u)) => upserts.push(u),
+                        Ok(None) => {}
+                        Err(e) => {
+                            error!(error = %e, "skipping object that cannot be projected; fix or delete it")
+                        }
+                    }
+                }
+                self.store
+                    .wait_durable(self.store.assigned_revision())
+                    .await?;
                 info!(objects = upserts.len(), revision = upto, "sending snapshot");
                 let batch = SyncBatch {
                     revision: upto,
@@ -600,6 +664,11 @@ impl Hub {
                             }
                         }
                     }
+                    // What was just read may include writes committed after `upto` but not yet
+                    // flushed; never hand a node a state that a crash could take back.
+                    self.store
+                        .wait_durable(self.store.assigned_revision())
+                        .await?;
                     self.send_batch(send, batch).await?;
                 }
                 Ok(upto)

@@ -80,6 +80,10 @@ enum TokenCommand {
         /// Lifetime, e.g. 30m, 24h, 7d.
         #[arg(long, default_value = "24h")]
         ttl: String,
+        /// Make the token for this node only: needed to re-join a registered node (after
+        /// reinstalling it) or to re-admit a revoked one.
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -153,10 +157,10 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(server::run(cfg, render))
         }
         Command::Token {
-            command: TokenCommand::Create { ttl },
+            command: TokenCommand::Create { ttl, node },
         } => {
             let pki = Pki::load_or_create(&cli.data_dir, &[])?;
-            let token = pki.create_token(parse_ttl(&ttl)?)?;
+            let token = pki.create_token(parse_ttl(&ttl)?, node.as_deref())?;
             println!("token:   {token}");
             println!("ca-hash: {}", pki.ca_hash());
             println!(

@@ -115,6 +115,9 @@ struct TokenRecord {
     secret_sha256: String,
     expires_at_unix: u64,
     created_at_unix: u64,
+    /// The node this token admits, if it was made for one (`token create --node`).
+    #[serde(default)]
+    node: Option<String>,
 }
 
 /// The loaded PKI.
@@ -255,7 +258,15 @@ impl Pki {
     }
 
     /// Creates a single-use bootstrap token valid for `ttl`; returns `<id>.<secret>`.
-    pub fn create_token(&self, ttl: Duration) -> Result<String, PkiError> {
+    ///
+    /// A token made `for_node` admits only that node, and is the only kind that admits a node
+    /// that is already registered (a re-join after reinstalling the edge) or revoked (its
+    /// re-admission): an ordinary token cannot take over an existing node's name.
+    pub fn create_token(&self, ttl: Duration, for_node: Option<&str>) -> Result<String, PkiError> {
+        if let Some(n) = for_node {
+            validate_node_name(n)
+                .map_err(|r| PkiError::Cert(format!("invalid node name {n:?}: {r}")))?;
+        }
         use rand::Rng;
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
         let mut rng = rand::rng();
@@ -270,6 +281,7 @@ impl Pki {
             secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
             expires_at_unix: now_unix() + ttl.as_secs(),
             created_at_unix: now_unix(),
+            node: for_node.map(str::to_string),
         };
         let json = serde_json::to_vec(&record).map_err(cert_err)?;
         write_atomic(
@@ -280,8 +292,9 @@ impl Pki {
         Ok(format!("{id}.{secret}"))
     }
 
-    /// Checks a token and consumes it. The token's secret never reaches a log.
-    pub fn consume_token(&self, token: &str) -> Result<(), JoinRefusal> {
+    /// Checks a token for the join of `node` and consumes it. The token's secret never reaches
+    /// a log. A refused token is not consumed.
+    pub fn consume_token(&self, token: &str, node: &str) -> Result<(), JoinRefusal> {
         let (id, secret) = token.split_once('.').ok_or(JoinRefusal::InvalidToken)?;
         if id.len() != 6 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(JoinRefusal::InvalidToken);
@@ -303,6 +316,17 @@ impl Pki {
         }
         if now_unix() >= record.expires_at_unix {
             return Err(JoinRefusal::TokenExpired);
+        }
+        match &record.node {
+            Some(bound) if bound != node => {
+                return Err(JoinRefusal::TokenForOtherNode {
+                    token_node: bound.clone(),
+                })
+            }
+            Some(_) => {}
+            None if self.is_revoked(node) => return Err(JoinRefusal::Revoked(node.to_string())),
+            None if self.is_known(node) => return Err(JoinRefusal::NameTaken(node.to_string())),
+            None => {}
         }
         match std::fs::rename(&path, &used) {
             Ok(()) => Ok(()),
@@ -410,6 +434,16 @@ impl Pki {
 
     fn node_record(&self, node: &str) -> PathBuf {
         self.dir.join("nodes").join(format!("{node}.crt"))
+    }
+
+    /// Whether `der` is the certificate most recently issued to `node`: a re-join supersedes
+    /// the node's older certificates (a stolen one stops working).
+    pub fn is_current_cert(&self, node: &str, der: &[u8]) -> bool {
+        validate_node_name(node).is_ok()
+            && std::fs::read_to_string(self.node_record(node))
+                .ok()
+                .and_then(|pem| pem_to_der(&pem).ok())
+                .is_some_and(|current| current.as_ref() == der)
     }
 
     /// Whether a certificate was ever issued to `node` by this cloud.
@@ -552,20 +586,52 @@ mod tests {
     fn tokens_are_single_use_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
-        let t = pki.create_token(Duration::from_secs(60)).unwrap();
+        let t = pki.create_token(Duration::from_secs(60), None).unwrap();
         assert_eq!(
-            pki.consume_token("nonsense"),
+            pki.consume_token("nonsense", "n1"),
             Err(JoinRefusal::InvalidToken)
         );
         let (id, _) = t.split_once('.').unwrap();
         assert_eq!(
-            pki.consume_token(&format!("{id}.wrongsecret00000")),
+            pki.consume_token(&format!("{id}.wrongsecret00000"), "n1"),
             Err(JoinRefusal::InvalidToken)
         );
-        assert_eq!(pki.consume_token(&t), Ok(()));
-        assert_eq!(pki.consume_token(&t), Err(JoinRefusal::TokenUsed));
-        let expired = pki.create_token(Duration::from_secs(0)).unwrap();
-        assert_eq!(pki.consume_token(&expired), Err(JoinRefusal::TokenExpired));
+        assert_eq!(pki.consume_token(&t, "n1"), Ok(()));
+        assert_eq!(pki.consume_token(&t, "n1"), Err(JoinRefusal::TokenUsed));
+        let expired = pki.create_token(Duration::from_secs(0), None).unwrap();
+        assert_eq!(
+            pki.consume_token(&expired, "n1"),
+            Err(JoinRefusal::TokenExpired)
+        );
+        // n1 now has a certificate record: an ordinary token cannot take its name, a token made
+        // for it can, and a token made for another node admits nobody else.
+        std::fs::write(pki.node_record("n1"), "x").unwrap();
+        let plain = pki.create_token(Duration::from_secs(60), None).unwrap();
+        assert_eq!(
+            pki.consume_token(&plain, "n1"),
+            Err(JoinRefusal::NameTaken("n1".into()))
+        );
+        let bound = pki
+            .create_token(Duration::from_secs(60), Some("n1"))
+            .unwrap();
+        assert_eq!(
+            pki.consume_token(&bound, "n2"),
+            Err(JoinRefusal::TokenForOtherNode {
+                token_node: "n1".into()
+            })
+        );
+        assert_eq!(pki.consume_token(&bound, "n1"), Ok(()));
+        pki.revoke("n3").unwrap();
+        let plain2 = pki.create_token(Duration::from_secs(60), None).unwrap();
+        assert_eq!(
+            pki.consume_token(&plain2, "n3"),
+            Err(JoinRefusal::Revoked("n3".into()))
+        );
+        assert_eq!(
+            pki.consume_token(&plain2, "n4"),
+            Ok(()),
+            "a refused token is not consumed"
+        );
     }
 
     #[test]

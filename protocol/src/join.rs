@@ -71,8 +71,17 @@ pub enum JoinRefusal {
         edge: u32,
     },
     /// The node name is revoked.
-    #[error("node {0:?} has been revoked; an administrator must lift the revocation (`cloudcore node unrevoke`) before it can join again")]
+    #[error("node {0:?} has been revoked; to re-admit it, join with a token made for it: `cloudcore token create --node {0}`")]
     Revoked(String),
+    /// The name belongs to a registered node and the token was not made for it.
+    #[error("node {0:?} is already registered; to replace it (e.g. after reinstalling the edge), join with a token made for it: `cloudcore token create --node {0}`")]
+    NameTaken(String),
+    /// The token was made for another node.
+    #[error("this bootstrap token was made for node {token_node:?}; use that node name, or create a token for this one")]
+    TokenForOtherNode {
+        /// The node the token admits.
+        token_node: String,
+    },
     /// The cloud failed internally; retrying later may work.
     #[error("the cloud could not complete the join: {0}; retry, and check cloudcore's log if it persists")]
     Internal(String),

@@ -73,6 +73,13 @@ pub enum Reject {
         /// Node name from the certificate.
         node: String,
     },
+    /// The certificate is not the node's current one: the node joined again since, so this
+    /// certificate (perhaps a stolen copy) is superseded.
+    #[error("this certificate of node {node:?} was superseded by a newer join; use the node's current identity or join again")]
+    Superseded {
+        /// Node name from the certificate.
+        node: String,
+    },
     /// The Hello named another node than the certificate does.
     #[error("hello names node {claimed:?} but the certificate is for {certified:?}; fix the edge's node name or join again")]
     NameMismatch {

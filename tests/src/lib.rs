@@ -243,10 +243,20 @@ impl Cloud {
 
     /// `cloudcore token create`: returns (token, ca-hash).
     pub fn token(&self, ttl: &str) -> Result<(String, String)> {
+        self.token_with(&["--ttl", ttl])
+    }
+
+    /// `cloudcore token create --node NODE`: a token that admits only `node`.
+    pub fn token_for(&self, node: &str) -> Result<(String, String)> {
+        self.token_with(&["--ttl", "1h", "--node", node])
+    }
+
+    fn token_with(&self, args: &[&str]) -> Result<(String, String)> {
         let out = Command::new(bin("cloudcore")?)
             .arg("--data-dir")
             .arg(self.dir.path())
-            .args(["token", "create", "--ttl", ttl])
+            .args(["token", "create"])
+            .args(args)
             .output()?;
         if !out.status.success() {
             bail!(
@@ -454,8 +464,17 @@ pub fn join_raw(
 impl Edge {
     /// Joins `cloud` as `name` with `labels` (key=value) and starts the agent.
     pub async fn join_and_start(cloud: &Cloud, name: &str, labels: &[&str]) -> Result<Self> {
+        Self::join_and_start_with(cloud, name, labels, cloud.token("1h")?).await
+    }
+
+    /// Like [`Edge::join_and_start`] with a given `(token, ca-hash)`.
+    pub async fn join_and_start_with(
+        cloud: &Cloud,
+        name: &str,
+        labels: &[&str],
+        (token, hash): (String, String),
+    ) -> Result<Self> {
         let dir = temp_dir("skerry-edge-")?;
-        let (token, hash) = cloud.token("1h")?;
         let mqtt = cloud.mqtt_url();
         let mut extra = vec!["--mqtt-url", mqtt.as_str()];
         let label_args: Vec<String> = labels

@@ -114,3 +114,41 @@ async fn connection_without_certificate_is_refused() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// An ordinary token cannot take over a registered node's name; a token made for the node can
+/// (re-join after a reinstall), and then the old certificate (perhaps stolen) stops working.
+#[tokio::test(flavor = "multi_thread")]
+async fn rejoin_needs_a_token_for_the_node_and_supersedes_the_old_identity() -> anyhow::Result<()> {
+    let cloud = Cloud::start(CloudOptions::default()).await?;
+    let old = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
+    cloud
+        .wait_node_ready("edge-a", Duration::from_secs(30))
+        .await?;
+    let (token, hash) = cloud.token("1h")?;
+    let dir = tempfile::tempdir()?;
+    let (ok, out) = join_raw(dir.path(), &cloud.hub_addr(), &token, &hash, "edge-a", &[])?;
+    assert!(
+        !ok && out.contains("already registered") && out.contains("--node edge-a"),
+        "{out}"
+    );
+
+    let new = Edge::join_and_start_with(&cloud, "edge-a", &[], cloud.token_for("edge-a")?).await?;
+    cloud
+        .create_pod(process_pod("after-rejoin", "edge-a", &["sleep", "300"]))
+        .await?;
+    cloud
+        .wait_running("after-rejoin", Duration::from_secs(30))
+        .await?;
+    assert!(
+        !new.pod_pids().is_empty(),
+        "the re-joined node runs the pod"
+    );
+    assert!(old.pod_pids().is_empty(), "the superseded node does not");
+    eventually(
+        "the old identity is refused",
+        Duration::from_secs(30),
+        || async { Ok(old.log_tail().contains("superseded").then_some(())) },
+    )
+    .await?;
+    Ok(())
+}

@@ -663,6 +663,23 @@ fn build_update(call: &Call, body: &Value, current: &Value) -> Result<Value, Api
         };
     }
     meta.remove("selfLink");
+    // The ingest's replay guard is system state, like the fields above: a client that drops or
+    // edits it must not make old status reports applicable again, or stall new ones.
+    let seq = current
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get(crate::ingest::STATUS_SEQ_ANNOTATION))
+        .cloned();
+    let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+    if let Some(a) = annotations.as_object_mut() {
+        match seq {
+            Some(v) => a.insert(crate::ingest::STATUS_SEQ_ANNOTATION.into(), v),
+            None => a.remove(crate::ingest::STATUS_SEQ_ANNOTATION),
+        };
+        if a.is_empty() {
+            meta.remove("annotations");
+        }
+    }
     if info.status_subresource {
         if let Some(o) = new.as_object_mut() {
             match current.get("status") {

@@ -792,10 +792,17 @@ impl ResourceHandler for PodHandler {
         {
             return DeleteAction::Unchanged;
         }
+        // As Kubernetes: the timestamp is the deadline (now + grace), moved earlier when a later
+        // delete shortens the grace.
+        let deadline = now
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .and_then(|t| t.checked_add(jiff::SignedDuration::from_secs(grace)).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| now.to_string());
         let mut updated = obj.clone();
         if let Some(meta) = updated.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.entry("deletionTimestamp")
-                .or_insert_with(|| json!(now));
+            meta.insert("deletionTimestamp".into(), json!(deadline));
             meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
         }
         DeleteAction::Update(updated)
@@ -999,7 +1006,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(t["metadata"]["deletionTimestamp"], now);
+        assert_eq!(t["metadata"]["deletionTimestamp"], "2025-01-01T00:00:30Z");
         assert_eq!(t["metadata"]["deletionGracePeriodSeconds"], 30);
         // Same or longer grace: nothing changes; shorter: shortened; zero: force delete.
         assert_eq!(
@@ -1017,12 +1024,12 @@ mod tests {
             &DeleteOptions {
                 grace_period_seconds: Some(5),
             },
-            "later",
+            "2025-01-01T00:00:10Z",
         ) else {
             panic!()
         };
         assert_eq!(s["metadata"]["deletionGracePeriodSeconds"], 5);
-        assert_eq!(s["metadata"]["deletionTimestamp"], now);
+        assert_eq!(s["metadata"]["deletionTimestamp"], "2025-01-01T00:00:15Z");
         assert_eq!(
             PodHandler.on_delete(
                 &t,

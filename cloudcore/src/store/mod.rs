@@ -210,8 +210,17 @@ pub trait Store: Send + Sync + 'static {
     /// What changed in `shard` after revision `after`.
     fn read_shard(&self, shard: &str, after: u64) -> Result<ShardRead, StoreError>;
 
-    /// Subscribes to committed writes. Lagging receivers get `RecvError::Lagged` and must
-    /// re-read from the store (level-triggered consumers do anyway).
+    /// Revision of the latest committed write, durable or not yet.
+    fn assigned_revision(&self) -> u64;
+
+    /// Returns once every write up to `revision` is durable (flushing if needed). Readers that
+    /// pass on what they read (the hub) call it first, so they never hand out a state a crash
+    /// could take back.
+    async fn wait_durable(&self, revision: u64) -> Result<(), StoreError>;
+
+    /// Subscribes to committed writes, announced in revision order once durable. Lagging
+    /// receivers get `RecvError::Lagged` and must re-read from the store (level-triggered
+    /// consumers do anyway).
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event>;
 }
 

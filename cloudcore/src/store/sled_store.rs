@@ -38,6 +38,10 @@ struct Inner {
     write_lock: Mutex<()>,
     /// Held by the one writer that is flushing (see [`SledStore::make_durable`]).
     flush_lock: Mutex<()>,
+    /// Committed writes not yet announced; the flusher announces them in revision order once
+    /// they are durable, so watchers never see a write out of order or one that a crash could
+    /// take back, and a cancelled request cannot swallow its write's event.
+    pending_events: Mutex<std::collections::BTreeMap<u64, Event>>,
     /// Last assigned revision (may not be flushed yet).
     assigned: AtomicU64,
     /// Last revision known to be durable; what readers are told.
@@ -149,6 +153,7 @@ impl SledStore {
                 shard_of,
                 write_lock: Mutex::new(()),
                 flush_lock: Mutex::new(()),
+                pending_events: Mutex::new(Default::default()),
                 assigned: AtomicU64::new(rev),
                 durable: AtomicU64::new(rev),
                 events,
@@ -173,6 +178,11 @@ impl SledStore {
             inner.db.flush_async().await.map_err(backend)?;
             inner.durable.fetch_max(upto, Ordering::SeqCst);
             metrics::counter!("skerry_store_flushes_total").increment(1);
+            let mut pending = inner.pending_events.lock().await;
+            let later = pending.split_off(&(upto + 1));
+            for (_, event) in std::mem::replace(&mut *pending, later) {
+                let _ = inner.events.send(event);
+            }
         }
         Ok(())
     }
@@ -181,27 +191,36 @@ impl SledStore {
     /// whose acked revision is older then gets a snapshot instead of a delta.
     pub fn compact_shard_logs(&self, revision: u64) -> Result<usize, StoreError> {
         let inner = &self.inner;
-        let mut removed = 0;
-        let mut shards = std::collections::BTreeSet::new();
-        for entry in inner.shard_log.iter() {
-            let (k, _) = entry.map_err(backend)?;
-            if k.len() < 9 {
-                continue;
-            }
-            let (shard, rev) = k.split_at(k.len() - 8);
+        let entry_rev = |k: &[u8]| {
             let mut b = [0u8; 8];
-            b.copy_from_slice(rev);
-            if u64::from_be_bytes(b) <= revision {
-                inner.shard_log.remove(&k).map_err(backend)?;
-                shards.insert(String::from_utf8_lossy(&shard[..shard.len() - 1]).into_owned());
-                removed += 1;
+            b.copy_from_slice(&k[k.len() - 8..]);
+            u64::from_be_bytes(b)
+        };
+        // Raise the floors first and make them durable: a reader that looks while entries are
+        // being removed then gets a snapshot, never a delta with holes.
+        let mut shards = std::collections::BTreeSet::new();
+        for entry in inner.shard_log.iter().keys() {
+            let k = entry.map_err(backend)?;
+            if k.len() >= 9 && entry_rev(&k) <= revision {
+                shards.insert(String::from_utf8_lossy(&k[..k.len() - 9]).into_owned());
             }
         }
-        for shard in shards {
-            inner
-                .meta
-                .insert(floor_key(&shard), &revision.to_be_bytes())
-                .map_err(backend)?;
+        for shard in &shards {
+            if self.shard_floor(shard)? < revision {
+                inner
+                    .meta
+                    .insert(floor_key(shard), &revision.to_be_bytes())
+                    .map_err(backend)?;
+            }
+        }
+        inner.db.flush().map_err(backend)?;
+        let mut removed = 0;
+        for entry in inner.shard_log.iter().keys() {
+            let k = entry.map_err(backend)?;
+            if k.len() >= 9 && entry_rev(&k) <= revision {
+                inner.shard_log.remove(&k).map_err(backend)?;
+                removed += 1;
+            }
         }
         inner.db.flush().map_err(backend)?;
         Ok(removed)
@@ -299,16 +318,24 @@ impl SledStore {
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         result.map_err(|e| backend(format!("transaction for {key} failed: {e:?}")))?;
+        inner.pending_events.lock().await.insert(
+            rev,
+            Event {
+                revision: rev,
+                key: key.clone(),
+                value: new_value.clone(),
+                shards,
+            },
+        );
         inner.assigned.store(rev, Ordering::SeqCst);
         drop(guard);
-        self.make_durable(rev).await?;
-        let _ = inner.events.send(Event {
-            revision: rev,
-            key: key.clone(),
-            value: new_value.clone(),
-            shards,
-        });
         metrics::counter!("skerry_store_writes_total").increment(1);
+        // In a task of its own, so that a caller that goes away (a client hanging up) cannot
+        // leave a committed write unflushed and unannounced.
+        let this = self.clone();
+        tokio::spawn(async move { this.make_durable(rev).await })
+            .await
+            .map_err(|e| backend(format!("flush task failed: {e}")))??;
         Ok(match new_value {
             Some(value) => Stored {
                 revision: rev,
@@ -409,11 +436,24 @@ impl Store for SledStore {
                 None => tracing::error!(shard, "skipping undecodable shard log entry"),
             }
         }
+        // Compaction may have raised the floor while we scanned; then the scan may have holes.
+        if self.shard_floor(shard)? > after {
+            return self.read_shard(shard, 0);
+        }
         Ok(ShardRead::Delta { changes, upto })
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
+    }
+
+    fn assigned_revision(&self) -> u64 {
+        self.inner.assigned.load(Ordering::SeqCst)
+    }
+
+    async fn wait_durable(&self, revision: u64) -> Result<(), StoreError> {
+        self.make_durable(revision.min(self.assigned_revision()))
+            .await
     }
 }
 
