@@ -763,3 +763,134 @@ async fn the_environment_is_resolved_and_missing_config_maps_wait() {
     assert!(message.contains("not available on this node"), "{message}");
     clean_up(&m, &mut rec, &["pod-w-env", "pod-w-cm"]).await;
 }
+
+/// A shim that takes `delay` (seconds, as `sleep` takes them) before it even starts: a script
+/// that sleeps, then runs edgecore's shim. A child process writes it, so that this
+/// multi-threaded test process never holds it open for writing (a concurrent fork could inherit
+/// that descriptor and make exec-ing the script fail with ETXTBSY).
+fn slow_shim(dir: &Path, delay: &str) -> PathBuf {
+    let path = dir.join("slow-shim");
+    let script = format!(
+        "#!/bin/sh\n/bin/sleep {delay}\nexec '{}' \"$@\"\n",
+        env!("CARGO_BIN_EXE_edgecore")
+    );
+    let status = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"",
+            "sh",
+            &script,
+            path.to_str().expect("utf-8 path"),
+        ])
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    path
+}
+
+#[tokio::test]
+async fn a_pod_with_a_huge_grace_period_is_still_stopped() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let mut p = pod(
+        "w-huge",
+        RestartPolicy::Always,
+        vec![sh("main", "sleep 60")],
+    );
+    p.termination_grace_period_seconds = i64::MAX as u64;
+    m.sync(vec![p]).await;
+    rec.status("w-huge", "Running", |s| {
+        s.phase == PodPhase::Running && is_running(&s.containers[0])
+    })
+    .await;
+    let pid = pid_of(tmp.path(), "w-huge", "main", 0);
+    m.sync(vec![]).await;
+    rec.forgotten("pod-w-huge").await;
+    wait_until("the process is gone", || !alive(pid)).await;
+    assert!(!tmp.path().join("w-huge").exists());
+    assert_eq!(m.worker_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_forced_deletion_cuts_a_graceful_stop_short() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let mut p = pod(
+        "w-force",
+        RestartPolicy::Always,
+        vec![sh(
+            "main",
+            "trap '' TERM; echo ready; while true; do sleep 0.1; done",
+        )],
+    );
+    p.termination_grace_period_seconds = 30;
+    m.sync(vec![p.clone()]).await;
+    rec.status("w-force", "Running", |s| s.phase == PodPhase::Running)
+        .await;
+    wait_log(&rt, "w-force", "main", "ready").await;
+    let pid = pid_of(tmp.path(), "w-force", "main", 0);
+
+    // A graceful deletion: SIGTERM is ignored, so the stop would take its 30 s.
+    p.deletion_grace_period_seconds = Some(30);
+    m.sync(vec![p.clone()]).await;
+    sleep(Duration::from_millis(500)).await;
+    assert!(alive(pid));
+    // `kubectl delete --grace-period=0 --force` meanwhile.
+    p.deletion_grace_period_seconds = Some(0);
+    let t = Instant::now();
+    m.sync(vec![p.clone()]).await;
+    let s = rec.status("w-force", "removed", |s| s.removed).await;
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    assert!(matches!(
+        s.containers[0].state,
+        ContainerState::Terminated {
+            exit_code: 137,
+            signal: Some(9),
+            ..
+        }
+    ));
+    assert!(!alive(pid));
+    wait_workers(&m, 0).await;
+    m.sync(vec![]).await;
+    rec.forgotten("pod-w-force").await;
+}
+
+#[tokio::test]
+async fn a_start_slower_than_the_timeout_is_adopted_not_run_twice() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("pods");
+    let rt = Arc::new(
+        ProcessRuntime::new(root.clone(), slow_shim(tmp.path(), "0.8"), HOST_IP.into())
+            .with_shim_start_timeout(Duration::from_millis(200)),
+    );
+    let (m, mut rec) = manager(rt.clone());
+    let p = pod(
+        "w-slow",
+        RestartPolicy::Always,
+        vec![sh("main", "echo started; sleep 60")],
+    );
+    m.sync(vec![p]).await;
+    let s = rec
+        .status("w-slow", "Running", |s| {
+            s.phase == PodPhase::Running && is_running(&s.containers[0])
+        })
+        .await;
+    // The start timed out first (and was retried), yet only one instance ever ran.
+    assert!(rec.statuses("w-slow").iter().any(|(_, s)| matches!(
+        &s.containers[0].state,
+        ContainerState::Waiting { reason, .. } if reason == "RunContainerError"
+    )));
+    assert_eq!(s.containers[0].container_id, "w-slow/main/0");
+    assert_eq!(s.containers[0].restart_count, 0);
+    let pid = pid_of(&root, "w-slow", "main", 0);
+    sleep(5 * POLL).await;
+    let log = wait_log(&rt, "w-slow", "main", "started").await;
+    assert_eq!(log.matches("started").count(), 1, "{log}");
+    assert_eq!(attempts(&root, "w-slow", "main"), ["0"]);
+    assert!(alive(pid));
+    clean_up(&m, &mut rec, &["pod-w-slow"]).await;
+    assert!(!alive(pid));
+}

@@ -590,3 +590,273 @@ async fn list_pods_skips_corrupt_records() {
     assert_eq!(pods[0].sandbox.pod_uid, "u-good");
     assert_eq!(pods[0].containers.len(), 1);
 }
+
+/// A shim that takes `delay` (seconds, as `sleep` takes them) before it even starts: a script
+/// that sleeps, then runs edgecore's shim. A child process writes it, so that this
+/// multi-threaded test process never holds it open for writing (a concurrent fork could inherit
+/// that descriptor and make exec-ing the script fail with ETXTBSY).
+fn slow_shim(dir: &Path, delay: &str) -> PathBuf {
+    let path = dir.join("slow-shim");
+    let script = format!(
+        "#!/bin/sh\n/bin/sleep {delay}\nexec '{}' \"$@\"\n",
+        env!("CARGO_BIN_EXE_edgecore")
+    );
+    let status = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"",
+            "sh",
+            &script,
+            path.to_str().expect("utf-8 path"),
+        ])
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    path
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("kill");
+}
+
+#[tokio::test]
+async fn a_huge_grace_period_still_stops_containers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    // terminationGracePeriodSeconds: 9223372036854775807
+    let huge = Duration::from_secs(i64::MAX as u64);
+    let p = pod(
+        "u-huge",
+        vec![sh("main", "echo up; sleep 30"), sh("other", "sleep 30")],
+    );
+    let (sandbox, info) = start(&rt, &p).await;
+    let other = rt
+        .start_container(&sandbox, &p, &p.containers[1], &config(0))
+        .await
+        .expect("start other");
+    wait_log(&rt, &sandbox, "main", "up").await;
+    rt.stop_container(&sandbox, &info.id, huge)
+        .await
+        .expect("stop");
+    let state = rt.container_state(&sandbox, &info.id).await.expect("state");
+    assert_eq!(exited(&state), (143, Some(15), "Error"));
+    let (pid, _) = state_pids(tmp.path(), &other.id);
+    rt.remove_sandbox(&sandbox, huge).await.expect("remove");
+    wait_gone(pid).await;
+    assert!(!tmp.path().join("u-huge").exists());
+}
+
+#[tokio::test]
+async fn a_start_that_timed_out_is_adopted_by_its_retry_and_runs_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = ProcessRuntime::new(
+        tmp.path().join("pods"),
+        slow_shim(tmp.path(), "0.8"),
+        "192.0.2.7".to_string(),
+    )
+    .with_shim_start_timeout(Duration::from_millis(200));
+    let p = pod("u-slow", vec![sh("main", "echo started; sleep 30")]);
+    let sandbox = rt.run_sandbox(&p).await.expect("sandbox");
+    match rt
+        .start_container(&sandbox, &p, &p.containers[0], &config(0))
+        .await
+    {
+        Err(RuntimeError::Internal { message, .. }) => {
+            assert!(message.contains("did not report"), "{message}")
+        }
+        other => panic!("the slow shim must time out: {other:?}"),
+    }
+    // The shim was left to finish the start; retrying the same start adopts its process.
+    let deadline = Instant::now() + TIMEOUT;
+    let info = loop {
+        match rt
+            .start_container(&sandbox, &p, &p.containers[0], &config(0))
+            .await
+        {
+            Ok(info) => break info,
+            Err(RuntimeError::Internal { message, .. }) => {
+                assert!(Instant::now() < deadline, "never adopted: {message}");
+                sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(info.id, "u-slow/main/0");
+    assert!(matches!(info.state, ContainerRunState::Running { .. }));
+    wait_log(&rt, &sandbox, "main", "started").await;
+    // Later retries adopt it too, and nothing else was started.
+    let again = rt
+        .start_container(&sandbox, &p, &p.containers[0], &config(0))
+        .await
+        .expect("start again");
+    assert_eq!(again, info);
+    sleep(Duration::from_millis(300)).await;
+    let log = rt.read_log(&sandbox, "main", None).await.expect("log");
+    assert_eq!(log.matches("started").count(), 1, "{log}");
+    let (pid, _) = state_pids(&tmp.path().join("pods"), &info.id);
+    rt.remove_sandbox(&sandbox, Duration::from_secs(5))
+        .await
+        .expect("remove");
+    wait_gone(pid).await;
+}
+
+#[tokio::test]
+async fn a_vanished_process_is_reported_without_waiting_for_its_shim() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod("u-vanish", vec![sh("main", "echo up; sleep 30")]);
+    let (sandbox, info) = start(&rt, &p).await;
+    wait_log(&rt, &sandbox, "main", "up").await;
+    let (pid, shim) = state_pids(tmp.path(), &info.id);
+    // The process is gone, but its (stopped) shim has not reaped it nor recorded the exit.
+    signal(shim, nix::sys::signal::Signal::SIGSTOP);
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pid).await;
+    let t = Instant::now();
+    let state = rt.container_state(&sandbox, &info.id).await;
+    let took = t.elapsed();
+    signal(shim, nix::sys::signal::Signal::SIGCONT);
+    assert!(
+        matches!(state, Ok(ContainerRunState::Running { .. })),
+        "{state:?}"
+    );
+    assert!(took < Duration::from_millis(500), "the poll took {took:?}");
+    // Once the shim recorded it, the exit is seen.
+    let state = wait_exited(&rt, &sandbox, &info.id).await;
+    assert_eq!(exited(&state), (137, Some(9), "Error"));
+}
+
+#[tokio::test]
+async fn list_pods_skips_a_pod_whose_containers_cannot_be_listed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod("u-fine", vec![sh("main", "true")]);
+    let (sandbox, info) = start(&rt, &p).await;
+    wait_exited(&rt, &sandbox, &info.id).await;
+    let broken = pod("u-broken", vec![sh("main", "true")]);
+    rt.run_sandbox(&broken).await.expect("sandbox");
+    // `containers` cannot be listed (even by root): it is not a directory.
+    let containers = tmp.path().join("u-broken/containers");
+    std::fs::remove_dir(&containers).expect("rmdir");
+    std::fs::write(&containers, b"").expect("write");
+    let pods = rt.list_pods().await.expect("list");
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0].sandbox.pod_uid, "u-fine");
+}
+
+#[tokio::test]
+async fn sandboxes_report_the_hosts_current_ip() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = pod("u-ip", vec![sh("main", "true")]);
+    let before = runtime(tmp.path()).run_sandbox(&p).await.expect("sandbox");
+    assert_eq!(before.ip, "192.0.2.7");
+    // The host's address changed, and edgecore restarted with the new one.
+    let rt = ProcessRuntime::new(
+        tmp.path().to_path_buf(),
+        PathBuf::from(env!("CARGO_BIN_EXE_edgecore")),
+        "198.51.100.9".to_string(),
+    );
+    let after = rt.run_sandbox(&p).await.expect("sandbox again");
+    assert_eq!(after.ip, "198.51.100.9");
+    let pods = rt.list_pods().await.expect("list");
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].sandbox, after);
+}
+
+#[tokio::test]
+async fn volumes_sharing_an_environment_variable_are_a_create_container_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let mount = |name: &str| VolumeMount {
+        name: name.into(),
+        mount_path: format!("/{name}"),
+        read_only: false,
+        sub_path: String::new(),
+    };
+    let mut clash = container("clash", &["env"]);
+    clash.volume_mounts = vec![mount("data-1"), mount("data.1")];
+    let mut twice = container("twice", &["env"]);
+    twice.volume_mounts = vec![mount("data-1"), mount("data-1")];
+    let mut p = pod("u-clash", vec![clash, twice]);
+    for name in ["data-1", "data.1"] {
+        p.volumes.push(Volume {
+            name: name.into(),
+            source: VolumeSource::EmptyDir {
+                memory: false,
+                size_limit_bytes: None,
+            },
+        });
+    }
+    let sandbox = rt.run_sandbox(&p).await.expect("sandbox");
+    match rt
+        .start_container(&sandbox, &p, &p.containers[0], &config(0))
+        .await
+    {
+        Err(RuntimeError::CreateContainer { container, message }) => {
+            assert_eq!(container, "clash");
+            for needle in ["\"data-1\"", "\"data.1\"", "SKERRY_VOLUME_DATA_1"] {
+                assert!(message.contains(needle), "{message}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same volume mounted twice is fine.
+    let info = rt
+        .start_container(&sandbox, &p, &p.containers[1], &config(0))
+        .await
+        .expect("start");
+    wait_exited(&rt, &sandbox, &info.id).await;
+    let log = rt.read_log(&sandbox, "twice", None).await.expect("log");
+    assert_eq!(log.matches("SKERRY_VOLUME_DATA_1=").count(), 1, "{log}");
+}
+
+#[tokio::test]
+async fn a_reused_instance_id_is_observed_afresh() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod("u-reuse", vec![sh("main", "sleep 30")]);
+    let (sandbox, first) = start(&rt, &p).await;
+    assert_eq!(
+        rt.container_state(&sandbox, &first.id)
+            .await
+            .expect("state"),
+        first.state
+    );
+    // The same id again after the instance was removed, then after the sandbox was.
+    rt.remove_container(&sandbox, &first.id)
+        .await
+        .expect("remove");
+    sleep(Duration::from_millis(5)).await;
+    let second = rt
+        .start_container(&sandbox, &p, &p.containers[0], &config(0))
+        .await
+        .expect("start again");
+    assert_eq!(second.id, first.id);
+    assert_ne!(second.state, first.state, "a new start time");
+    assert_eq!(
+        rt.container_state(&sandbox, &second.id)
+            .await
+            .expect("state"),
+        second.state
+    );
+    rt.remove_sandbox(&sandbox, Duration::ZERO)
+        .await
+        .expect("remove sandbox");
+    sleep(Duration::from_millis(5)).await;
+    let (sandbox, third) = start(&rt, &p).await;
+    assert_eq!(third.id, first.id);
+    assert_eq!(
+        rt.container_state(&sandbox, &third.id)
+            .await
+            .expect("state"),
+        third.state
+    );
+    rt.stop_container(&sandbox, &third.id, Duration::from_secs(5))
+        .await
+        .expect("stop");
+    let state = rt
+        .container_state(&sandbox, &third.id)
+        .await
+        .expect("state");
+    assert_eq!(exited(&state), (143, Some(15), "Error"));
+}

@@ -196,19 +196,24 @@ impl PodManager {
     /// edgecore was down).
     pub async fn sync(&self, desired: Vec<EdgePod>) {
         let _serial = self.serial.lock().await;
-        let (list_needed, first) = {
+        let (dead, first) = {
             let registry = self.shared.registry.lock().await;
             if registry.shut_down {
                 return;
             }
-            // A worker that ended unexpectedly (it should not: it never panics on runtime
-            // errors) is restarted from what the runtime runs, so it is listed again.
-            let died = registry
+            // Workers that ended unexpectedly (they should not: they never panic on runtime
+            // errors). What such a worker ran may still run, so it is dealt with only from a
+            // listing of the runtime made after it died: restarted and adopting what runs if
+            // its pod is still desired, removed as an orphan if not.
+            let dead: HashSet<String> = registry
                 .entries
-                .values()
-                .any(|e| e.worker.as_ref().is_some_and(|w| w.task.is_finished()));
-            (!registry.adopted || died, !registry.adopted)
+                .iter()
+                .filter(|(_, e)| e.worker.as_ref().is_some_and(|w| w.task.is_finished()))
+                .map(|(uid, _)| uid.clone())
+                .collect();
+            (dead, !registry.adopted)
         };
+        let list_needed = first || !dead.is_empty();
         let mut existing: HashMap<String, ExistingPod> = HashMap::new();
         let mut listed = false;
         if list_needed {
@@ -235,7 +240,8 @@ impl PodManager {
                     return;
                 }
                 Err(e) => warn!(error = %e,
-                    "cannot list the runtime's pods; restarting a dead worker without adoption"),
+                    "cannot list the runtime's pods; a dead pod worker is restarted (or its pod \
+                     removed) once it answers"),
             }
         }
 
@@ -264,11 +270,17 @@ impl PodManager {
                 Some(entry) => match &mut entry.worker {
                     // Deleted and reported removed: nothing more to do while the cache holds it.
                     None => false,
-                    Some(w) if w.task.is_finished() => {
+                    // Restarted only from a listing made after it died: a worker restarted
+                    // without adopting what the dead one ran would start duplicates of its
+                    // containers.
+                    Some(w) if w.task.is_finished() && listed && dead.contains(uid) => {
                         error!(pod = %pod.key(), uid = %pod.uid,
                                "pod worker ended unexpectedly; restarting it");
                         true
                     }
+                    // Until such a listing succeeds, the entry stays dead, so that the next
+                    // sync lists again.
+                    Some(w) if w.task.is_finished() => false,
                     Some(w) => {
                         if entry.pod != *pod || w.forgetting {
                             w.forgetting = false;
@@ -300,9 +312,15 @@ impl PodManager {
             let done = match &mut entry.worker {
                 None => true,
                 Some(w) if w.task.is_finished() => {
-                    // Its worker died; what it ran is removed as an orphan at the next listing.
-                    registry.entries.remove(&uid);
-                    continue;
+                    // Its worker died. What it ran is removed as an orphan below, from a listing
+                    // made after it died; until there is one, the dead entry stays so that the
+                    // next sync lists again.
+                    if !(listed && dead.contains(&uid)) {
+                        continue;
+                    }
+                    error!(pod = %entry.pod.key(), uid = %uid,
+                           "pod worker ended unexpectedly; removing what it ran");
+                    true
                 }
                 Some(w) => {
                     if !w.forgetting {
@@ -430,7 +448,10 @@ impl PodManager {
         for cleanup in cleanups {
             cleanup.abort();
         }
-        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
+        let deadline = crate::runtime::deadline_after(
+            tokio::time::Instant::now(),
+            self.config.shutdown_timeout,
+        );
         let count = tasks.len();
         for mut task in tasks {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
@@ -461,9 +482,26 @@ mod tests {
     #[derive(Default)]
     struct FakeRuntime {
         list_fails: AtomicBool,
+        /// Makes `container_state` panic, which ends the worker calling it.
+        state_panics: AtomicBool,
         /// (uid, container id, running)
         containers: Mutex<Vec<(String, String, bool)>>,
+        /// Pod names by uid, from `run_sandbox`.
+        names: Mutex<HashMap<String, String>>,
         removed: Mutex<Vec<String>>,
+    }
+
+    impl FakeRuntime {
+        /// Container ids ever started for pod `uid` and not removed.
+        async fn ids_of(&self, uid: &str) -> Vec<String> {
+            self.containers
+                .lock()
+                .await
+                .iter()
+                .filter(|c| c.0 == uid)
+                .map(|c| c.1.clone())
+                .collect()
+        }
     }
 
     fn sandbox_of(uid: &str) -> Sandbox {
@@ -480,6 +518,10 @@ mod tests {
             "fake://0".into()
         }
         async fn run_sandbox(&self, pod: &EdgePod) -> Result<Sandbox, RuntimeError> {
+            self.names
+                .lock()
+                .await
+                .insert(pod.uid.clone(), pod.name.clone());
             Ok(sandbox_of(&pod.uid))
         }
         async fn start_container(
@@ -506,6 +548,10 @@ mod tests {
             _sandbox: &Sandbox,
             id: &str,
         ) -> Result<ContainerRunState, RuntimeError> {
+            assert!(
+                !self.state_panics.load(Ordering::SeqCst),
+                "simulated crash of the pod worker"
+            );
             let containers = self.containers.lock().await;
             match containers.iter().find(|(_, c, _)| c == id) {
                 Some((_, _, true)) => Ok(ContainerRunState::Running { started_at_ms: 1 }),
@@ -558,7 +604,39 @@ mod tests {
                     message: "runtime down".into(),
                 });
             }
-            Ok(Vec::new())
+            let names = self.names.lock().await;
+            let mut pods: BTreeMap<String, ExistingPod> = BTreeMap::new();
+            for (uid, id, running) in self.containers.lock().await.iter() {
+                let mut parts = id.split('/').skip(1);
+                let name = parts.next().unwrap_or_default().to_string();
+                let attempt = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+                let state = if *running {
+                    ContainerRunState::Running { started_at_ms: 1 }
+                } else {
+                    ContainerRunState::Exited {
+                        exit_code: 143,
+                        signal: Some(15),
+                        reason: "Error".into(),
+                        started_at_ms: 1,
+                        finished_at_ms: 2,
+                    }
+                };
+                pods.entry(uid.clone())
+                    .or_insert_with(|| ExistingPod {
+                        sandbox: sandbox_of(uid),
+                        namespace: "rigs".into(),
+                        name: names.get(uid).cloned().unwrap_or_default(),
+                        containers: Vec::new(),
+                    })
+                    .containers
+                    .push(ContainerInfo {
+                        id: id.clone(),
+                        name,
+                        attempt,
+                        state,
+                    });
+            }
+            Ok(pods.into_values().collect())
         }
         async fn read_log(
             &self,
@@ -695,5 +773,82 @@ mod tests {
         // Dropping the new one forgets the name.
         m.sync(vec![]).await;
         wait_seen(&mut rx, |s| matches!(s, Seen::Forgotten(n) if n == "a")).await;
+    }
+
+    /// Ends the worker of the manager's only pod as a panic would, and waits until it is dead.
+    async fn kill_the_worker(m: &PodManager, rt: &FakeRuntime) {
+        rt.state_panics.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while m.worker_count().await != 0 {
+            assert!(Instant::now() < deadline, "the worker never died");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        rt.state_panics.store(false, Ordering::SeqCst);
+    }
+
+    fn running(uid: &'static str) -> impl Fn(&Seen) -> bool {
+        move |s| {
+            matches!(s, Seen::Status(st)
+                if st.uid == uid && st.phase == protocol::status::PodPhase::Running)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_worker_is_restarted_only_from_a_fresh_listing_of_the_runtime() {
+        let rt = Arc::new(FakeRuntime::default());
+        let (m, mut rx) = manager(rt.clone());
+        let p = pod("u1", "a");
+        m.sync(vec![p.clone()]).await;
+        wait_seen(&mut rx, running("u1")).await;
+        kill_the_worker(&m, &rt).await;
+
+        // The runtime cannot say what the dead worker left running: a worker started now could
+        // not adopt it and would start attempt 0 a second time.
+        rt.list_fails.store(true, Ordering::SeqCst);
+        m.sync(vec![p.clone()]).await;
+        assert_eq!(m.worker_count().await, 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(rt.ids_of("u1").await, ["u1/main/0"]);
+
+        // Once it answers, the worker is restarted and adopts the running container.
+        rt.list_fails.store(false, Ordering::SeqCst);
+        m.sync(vec![p.clone()]).await;
+        assert_eq!(m.worker_count().await, 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(rt.ids_of("u1").await, ["u1/main/0"]);
+        assert!(rt.containers.lock().await.iter().all(|c| c.2));
+        m.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn what_a_dead_worker_ran_is_removed_once_its_pod_is_no_longer_desired() {
+        let rt = Arc::new(FakeRuntime::default());
+        let (m, mut rx) = manager(rt.clone());
+        m.sync(vec![pod("u1", "a")]).await;
+        wait_seen(&mut rx, running("u1")).await;
+        kill_the_worker(&m, &rt).await;
+
+        // Dropped while the runtime cannot list: nothing can be cleaned up yet, but the pod is
+        // not forgotten either.
+        rt.list_fails.store(true, Ordering::SeqCst);
+        m.sync(vec![]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rt.removed.lock().await.is_empty());
+        assert_eq!(rt.ids_of("u1").await, ["u1/main/0"]);
+
+        // The next sync lists again and removes what the dead worker left running.
+        rt.list_fails.store(false, Ordering::SeqCst);
+        m.sync(vec![]).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !rt.removed.lock().await.contains(&"u1".to_string()) {
+            assert!(
+                Instant::now() < deadline,
+                "the dead worker's pod was never removed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(rt.ids_of("u1").await.is_empty());
+        wait_seen(&mut rx, |s| matches!(s, Seen::Forgotten(n) if n == "a")).await;
+        m.shutdown().await;
     }
 }

@@ -20,7 +20,9 @@
 
 use super::backoff::{go_duration, BackoffPolicy};
 use super::env::{expand_command, resolve_env, ConfigLookup, PodFields};
-use crate::runtime::{ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Sandbox};
+use crate::runtime::{
+    deadline_after, ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Sandbox,
+};
 use protocol::pod::{EdgeContainer, EdgePod};
 use protocol::status::{ContainerState, ContainerStatus, PodCondition, PodPhase, PodStatus};
 use std::collections::HashMap;
@@ -639,7 +641,7 @@ impl PodMachine {
                     Err(failure) => {
                         let failures = failures.saturating_add(1);
                         self.state = PodState::Creating {
-                            retry_at: Some(now.mono + backoff.delay(failures)),
+                            retry_at: Some(deadline_after(now.mono, backoff.delay(failures))),
                             failures,
                             error: Some(failure),
                         };
@@ -694,13 +696,16 @@ impl PodMachine {
                         slot.phase = ContainerPhase::Waiting {
                             reason: failure.reason,
                             message: failure.message,
-                            retry_at: Some(now.mono + backoff.delay(slot.start_failures)),
+                            retry_at: Some(deadline_after(
+                                now.mono,
+                                backoff.delay(slot.start_failures),
+                            )),
                         };
                     }
                 }
             }
             Event::Observed(results) => {
-                self.next_poll = now.mono + self.settings.poll_interval;
+                self.next_poll = deadline_after(now.mono, self.settings.poll_interval);
                 for (index, id, result) in results {
                     let Some(slot) = self.slots.get_mut(index) else {
                         continue;
@@ -780,7 +785,7 @@ impl PodMachine {
                 {
                     if failed {
                         *failures = failures.saturating_add(1);
-                        *retry_at = Some(now.mono + backoff.delay(*failures));
+                        *retry_at = Some(deadline_after(now.mono, backoff.delay(*failures)));
                     } else {
                         *failures = 0;
                         *retry_at = None;
@@ -827,7 +832,7 @@ impl PodMachine {
                         } = &mut self.state
                         {
                             *f = failures.saturating_add(1);
-                            *retry_at = Some(now.mono + backoff.delay(*f));
+                            *retry_at = Some(deadline_after(now.mono, backoff.delay(*f)));
                         }
                     }
                 }
@@ -860,11 +865,12 @@ impl PodMachine {
             }
             PodState::Terminating { then, grace, .. } => {
                 if pod.is_deleting() {
-                    if *then != AfterStop::Report {
-                        *then = AfterStop::Report;
-                        let g = Duration::from_secs(pod.deletion_grace_period_seconds.unwrap_or(0));
-                        *grace = (*grace).min(g);
-                    }
+                    // A grace only ever shortens: a forced deletion (`--grace-period=0 --force`)
+                    // arriving during a graceful one cuts the stop short (the worker restarts a
+                    // stop in progress with the shorter grace).
+                    *then = AfterStop::Report;
+                    let g = Duration::from_secs(pod.deletion_grace_period_seconds.unwrap_or(0));
+                    *grace = (*grace).min(g);
                     self.pod.deletion_grace_period_seconds = pod.deletion_grace_period_seconds;
                     self.pod.labels = pod.labels;
                 } else if *then != AfterStop::Report {
@@ -1035,7 +1041,10 @@ impl PodMachine {
                             slot.previous_instance = Some(id.clone());
                         }
                         slot.start_failures = slot.start_failures.saturating_add(1);
-                        let at = now.mono + self.settings.backoff.delay(slot.start_failures);
+                        let at = deadline_after(
+                            now.mono,
+                            self.settings.backoff.delay(slot.start_failures),
+                        );
                         slot.phase = ContainerPhase::Waiting {
                             reason: "CreateContainerConfigError".into(),
                             message,
@@ -1194,7 +1203,7 @@ fn on_exit(
         let delay = backoff.delay(slot.crashes);
         // Time since the exit counts (it may have happened while edgecore was down).
         let since_exit = Duration::from_millis(now.wall_ms.saturating_sub(*finished_at_ms));
-        let until = now.mono + delay.saturating_sub(since_exit);
+        let until = deadline_after(now.mono, delay.saturating_sub(since_exit));
         slot.last_state = Some(terminated);
         slot.phase = ContainerPhase::BackOff {
             id,
@@ -1316,6 +1325,20 @@ mod tests {
         Now {
             mono: base.mono + Duration::from_millis(ms),
             wall_ms: base.wall_ms + ms,
+        }
+    }
+
+    fn at_secs(base: Now, secs: u64) -> Instant {
+        base.mono + Duration::from_secs(secs)
+    }
+
+    fn clone_settings(s: &Settings) -> Settings {
+        Settings {
+            node_name: s.node_name.clone(),
+            host_ip: s.host_ip.clone(),
+            backoff: s.backoff,
+            poll_interval: s.poll_interval,
+            config: s.config.clone(),
         }
     }
 
@@ -1618,6 +1641,93 @@ mod tests {
             Action::StartContainer { config, .. } => assert_eq!(config.attempt, 0),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn huge_delays_saturate_instead_of_panicking() {
+        let now = t0();
+        let huge = Settings {
+            backoff: BackoffPolicy {
+                base: Duration::MAX,
+                cap: Duration::MAX,
+                reset_after: Duration::MAX,
+            },
+            poll_interval: Duration::MAX,
+            ..clone_settings(&settings())
+        };
+        let mut m = PodMachine::new(
+            Arc::new(huge),
+            pod(RestartPolicy::Always, &["a"]),
+            None,
+            now,
+        );
+        m.step(Event::Tick, now);
+        let failed = m.step(
+            Event::SandboxCreated(Err(Failure {
+                reason: "RunContainerError".into(),
+                message: "disk full".into(),
+            })),
+            now,
+        );
+        match failed {
+            Action::Wait(Some(at)) => assert!(at > at_secs(now, 86_400 * 365)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_forced_deletion_shortens_a_graceful_one_in_progress() {
+        let (mut m, now) = started(RestartPolicy::Always, &["a"]);
+        let mut deleting = m.pod().clone();
+        deleting.deletion_grace_period_seconds = Some(30);
+        assert_eq!(
+            m.step(Event::Update(deleting.clone()), now),
+            Action::StopContainers {
+                targets: vec![(0, "u1/a/0".into())],
+                grace: Duration::from_secs(30)
+            }
+        );
+        // `kubectl delete --grace-period=0 --force` while the 30 s stop runs.
+        deleting.deletion_grace_period_seconds = Some(0);
+        assert_eq!(
+            m.step(Event::Update(deleting.clone()), now),
+            Action::StopContainers {
+                targets: vec![(0, "u1/a/0".into())],
+                grace: Duration::ZERO
+            }
+        );
+        // A longer one does not lengthen it again.
+        deleting.deletion_grace_period_seconds = Some(60);
+        assert_eq!(
+            m.step(Event::Update(deleting), now),
+            Action::StopContainers {
+                targets: vec![(0, "u1/a/0".into())],
+                grace: Duration::ZERO
+            }
+        );
+    }
+
+    #[test]
+    fn a_deletion_shortens_the_stop_of_a_replacement() {
+        let (mut m, now) = started(RestartPolicy::Always, &["a"]);
+        let mut changed = m.pod().clone();
+        changed.containers[0].command = vec!["sleep".into(), "5".into()];
+        assert!(matches!(
+            m.step(Event::Update(changed.clone()), now),
+            Action::StopContainers { grace, .. } if grace == Duration::from_secs(30)
+        ));
+        changed.deletion_grace_period_seconds = Some(2);
+        assert!(matches!(
+            m.step(Event::Update(changed), now),
+            Action::StopContainers { grace, .. } if grace == Duration::from_secs(2)
+        ));
+        assert!(matches!(
+            m.state(),
+            PodState::Terminating {
+                then: AfterStop::Report,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -2,14 +2,16 @@
 //!
 //! The worker is the machine's only I/O: it calls the runtime, feeds the results back, reports
 //! the status when it changed, and listens for the manager's commands while it has nothing else
-//! to do. It never holds a lock while it waits for the runtime.
+//! to do, and while it stops containers (a stop may last the whole grace period, and a forced
+//! deletion meanwhile shortens it). It never holds a lock while it waits for the runtime.
 
 use super::state::{Action, Event, Failure, Now, Outcome, PodMachine};
 use super::Shared;
-use crate::runtime::{ContainerRunState, Runtime};
+use crate::runtime::{ContainerRunState, Runtime, RuntimeError, Sandbox};
 use protocol::pod::EdgePod;
 use protocol::status::PodStatus;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver};
 use tracing::{debug, info, warn};
 
@@ -238,27 +240,46 @@ impl Worker {
                     grace_ms = grace.as_millis() as u64,
                     "stopping containers"
                 );
-                let stops = targets.into_iter().map(|(index, id)| {
-                    let rt = rt.clone();
-                    let sandbox = sandbox.clone();
-                    async move {
-                        let result = match rt.stop_container(&sandbox, &id, grace).await {
-                            // Stopped: its state says how it ended; if it cannot be read any
-                            // more, the container is gone all the same.
-                            Ok(()) => {
-                                Ok(rt.container_state(&sandbox, &id).await.unwrap_or_else(|e| {
-                                    ContainerRunState::Unknown {
-                                        message: e.to_string(),
-                                    }
-                                }))
+                // A stop may take the whole grace: the manager's commands are heard meanwhile,
+                // and one that shortens the grace (a forced deletion during a graceful one)
+                // restarts the stop with the shorter grace. Dropping a stop in progress only
+                // stops waiting for it; the new one signals again.
+                let mut current = grace;
+                let mut stop = Box::pin(stop_all(rt.clone(), sandbox.clone(), targets, grace));
+                let stopped = loop {
+                    tokio::select! {
+                        stopped = &mut stop => break stopped,
+                        command = self.rx.recv() => {
+                            let event = match command {
+                                Some(Command::Update(pod)) => Event::Update(pod),
+                                Some(Command::Forget) => Event::Forget,
+                                Some(Command::Shutdown) | None => return None,
+                            };
+                            // The machine stays in `Terminating`: its next action is this stop
+                            // again, possibly with a shorter grace.
+                            let next = self.machine.step(event, Now::current());
+                            self.report();
+                            if let Action::StopContainers { targets, grace } = next {
+                                if grace < current {
+                                    info!(
+                                        containers = targets.len(),
+                                        grace_ms = grace.as_millis() as u64,
+                                        "grace period shortened; stopping containers again"
+                                    );
+                                    current = grace;
+                                    stop = Box::pin(stop_all(
+                                        rt.clone(),
+                                        sandbox.clone(),
+                                        targets,
+                                        grace,
+                                    ));
+                                }
                             }
-                            Err(e) => Err(e),
-                        };
-                        (index, id, result)
+                        }
                     }
-                });
+                };
                 let mut results = Vec::new();
-                for (index, id, result) in futures::future::join_all(stops).await {
+                for (index, id, result) in stopped {
                     if let Err(e) = &result {
                         warn!(container = self.container_name(index), %id, error = %e,
                               "cannot stop the container; retrying with back-off");
@@ -305,4 +326,31 @@ impl Worker {
             .map(|s| s.name.as_str())
             .unwrap_or("?")
     }
+}
+
+/// Stops `targets` in parallel, each with `grace`, and reads the state each ended in.
+async fn stop_all(
+    rt: Arc<dyn Runtime>,
+    sandbox: Sandbox,
+    targets: Vec<(usize, String)>,
+    grace: Duration,
+) -> Vec<(usize, String, Result<ContainerRunState, RuntimeError>)> {
+    let stops = targets.into_iter().map(|(index, id)| {
+        let rt = rt.clone();
+        let sandbox = sandbox.clone();
+        async move {
+            let result = match rt.stop_container(&sandbox, &id, grace).await {
+                // Stopped: its state says how it ended; if it cannot be read any more, the
+                // container is gone all the same.
+                Ok(()) => Ok(rt.container_state(&sandbox, &id).await.unwrap_or_else(|e| {
+                    ContainerRunState::Unknown {
+                        message: e.to_string(),
+                    }
+                })),
+                Err(e) => Err(e),
+            };
+            (index, id, result)
+        }
+    });
+    futures::future::join_all(stops).await
 }

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use protocol::pod::{EdgeContainer, EdgePod};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// A pod's sandbox as the runtime created it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +197,20 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<String, RuntimeError>;
 }
 
+/// How far away a deadline is put when the wanted one does not fit in an [`Instant`]: about 30
+/// years, as tokio does for its own "never" timers.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `from + after`, saturating: a duration too large to add (a pod may well ask for
+/// `terminationGracePeriodSeconds: 9223372036854775807`) gives a deadline so far away that it
+/// never comes, instead of the panic of `Instant + Duration`. Every deadline the pod workers and
+/// the runtimes compute goes through it.
+pub(crate) fn deadline_after(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after)
+        .or_else(|| from.checked_add(FAR_FUTURE))
+        .unwrap_or(from)
+}
+
 /// Labels every runtime attaches to what it creates, so that a restarted edgecore can find it.
 pub fn sandbox_labels(pod: &EdgePod) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -203,4 +218,23 @@ pub fn sandbox_labels(pod: &EdgePod) -> BTreeMap<String, String> {
         ("io.skerry.pod.name".to_string(), pod.name.clone()),
         ("io.skerry.pod.uid".to_string(), pod.uid.clone()),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_saturate_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(3)),
+            now + Duration::from_secs(3)
+        );
+        // `now + grace` panics for these.
+        for huge in [Duration::from_secs(i64::MAX as u64), Duration::MAX] {
+            let far = deadline_after(now, huge);
+            assert!(far >= now + Duration::from_secs(86_400 * 365), "{far:?}");
+        }
+    }
 }

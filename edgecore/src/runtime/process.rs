@@ -25,6 +25,11 @@
 //! exits, whatever it left running in its process group is killed, as the death of a container's
 //! init process ends the container.
 //!
+//! A shim that does not report within the start timeout is not killed (it may have started the
+//! process already, in a group of its own that would outlive it untracked) and its instance is
+//! kept: the start fails, and its retry with the same attempt number waits for that shim and
+//! adopts what it reports instead of starting a second process.
+//!
 //! # Layout
 //!
 //! Under the runtime's root (`<data-dir>/pods`):
@@ -63,7 +68,8 @@
 //! `FileOrCreate` create the path); ConfigMap and Secret volumes are not supported yet.
 
 use super::{
-    ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Runtime, RuntimeError, Sandbox,
+    deadline_after, ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Runtime,
+    RuntimeError, Sandbox,
 };
 use async_trait::async_trait;
 use nix::errno::Errno;
@@ -71,13 +77,16 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use protocol::pod::{EdgeContainer, EdgePod, VolumeSource};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
 use tokio::time::{sleep, Instant};
 use tracing::{debug, info, warn};
 
@@ -112,6 +121,12 @@ pub struct ProcessRuntime {
     root: PathBuf,
     shim_program: PathBuf,
     host_ip: String,
+    /// How long `start_container` waits for a shim to report the process running.
+    start_timeout: Duration,
+    /// Parsed `state.json` of the instances seen, by container id: the file never changes once
+    /// written, so a poll only has to look for `exit.json` and at `/proc`. An entry is dropped
+    /// whenever this runtime removes the instance's directory (the id may then be reused).
+    states: Arc<Mutex<HashMap<String, ShimState>>>,
 }
 
 impl ProcessRuntime {
@@ -124,7 +139,17 @@ impl ProcessRuntime {
             root,
             shim_program,
             host_ip,
+            start_timeout: SHIM_START_TIMEOUT,
+            states: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Sets how long `start_container` waits for a freshly spawned shim to report the process
+    /// running (10 s by default). A shim that is slower is left alone, and its instance kept: a
+    /// retry of the same start adopts the process once the shim reports it.
+    pub fn with_shim_start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
     }
 
     /// The directory this runtime keeps its pods in.
@@ -180,17 +205,26 @@ impl ProcessRuntime {
         container: &EdgeContainer,
     ) -> Result<Vec<(String, String)>, RuntimeError> {
         let mut vars = Vec::new();
+        // (variable, volume) of the volumes prepared so far.
+        let mut seen: Vec<(String, String)> = Vec::new();
         for mount in &container.volume_mounts {
-            if vars
-                .iter()
-                .any(|(k, _): &(String, String)| *k == volume_env_name(&mount.name))
-            {
-                continue;
-            }
             let create_err = |message: String| RuntimeError::CreateContainer {
                 container: container.name.clone(),
                 message,
             };
+            let var = volume_env_name(&mount.name);
+            if let Some((_, other)) = seen.iter().find(|(k, _)| *k == var) {
+                if *other == mount.name {
+                    continue; // The same volume mounted twice: one variable is enough.
+                }
+                return Err(create_err(format!(
+                    "volumes {other:?} and {:?} would both be passed in the environment \
+                     variable {var}; rename one of them (every character other than a letter \
+                     or digit becomes `_`)",
+                    mount.name
+                )));
+            }
+            seen.push((var, mount.name.clone()));
             let volume = pod
                 .volumes
                 .iter()
@@ -244,16 +278,47 @@ impl ProcessRuntime {
         Ok(vars)
     }
 
+    /// The instance's `state.json`: `Ok(None)` while there is none (the process has not been
+    /// started), `Err` if it is corrupt. Parsed once, then served from the cache.
+    async fn shim_state(&self, id: &InstanceId, dir: &Path) -> Result<Option<ShimState>, String> {
+        let key = id.to_string();
+        // Held across the read, so that an entry is never inserted after `forget_state` dropped
+        // it for a directory removed meanwhile.
+        let mut states = self.states.lock().await;
+        if let Some(state) = states.get(&key) {
+            return Ok(Some(*state));
+        }
+        let read = read_json::<ShimState>(&dir.join(STATE_FILE)).await;
+        if let Ok(Some(state)) = &read {
+            states.insert(key, *state);
+        }
+        read
+    }
+
+    /// Drops the cached state of an instance whose directory was removed.
+    async fn forget_state(&self, id: &InstanceId) {
+        self.states.lock().await.remove(&id.to_string());
+    }
+
+    /// Drops the cached states of every instance of a pod whose directory was removed.
+    async fn forget_pod_states(&self, pod_uid: &str) {
+        let prefix = format!("{pod_uid}/");
+        self.states
+            .lock()
+            .await
+            .retain(|key, _| !key.starts_with(&prefix));
+    }
+
     /// Observes one instance directory (which must exist).
-    async fn observe(&self, dir: &Path) -> ContainerRunState {
+    async fn observe(&self, id: &InstanceId, dir: &Path) -> ContainerRunState {
         if let Some(state) = read_exit_state(dir).await {
             return state;
         }
-        let state_path = dir.join(STATE_FILE);
-        let state: ShimState = match read_json(&state_path).await {
+        let state = match self.shim_state(id, dir).await {
             Ok(Some(state)) => state,
             Ok(None) => return observe_unstarted(dir).await,
             Err(message) => {
+                let state_path = dir.join(STATE_FILE);
                 warn!(path = %state_path.display(), %message, "corrupt container state file");
                 return ContainerRunState::Unknown {
                     message: format!("state file {} is corrupt: {message}", state_path.display()),
@@ -265,18 +330,16 @@ impl ProcessRuntime {
                 started_at_ms: state.started_at_ms,
             };
         }
-        // The process is gone. If its shim still lives, it is about to record the exit.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while proc_alive(state.shim_pid, state.shim_start_time).await {
-            if let Some(exited) = read_exit_state(dir).await {
-                return exited;
-            }
-            if Instant::now() >= deadline {
-                return ContainerRunState::Running {
-                    started_at_ms: state.started_at_ms,
-                };
-            }
-            sleep(STOP_POLL).await;
+        // The process is gone. Its shim records the exit as soon as it reaped it; until then the
+        // last known state stands (the next poll sees the record: waiting for it here would hold
+        // up every poll of every container).
+        if let Some(exited) = read_exit_state(dir).await {
+            return exited;
+        }
+        if proc_alive(state.shim_pid, state.shim_start_time).await {
+            return ContainerRunState::Running {
+                started_at_ms: state.started_at_ms,
+            };
         }
         // The shim may have written the record and exited between the two checks above.
         if let Some(exited) = read_exit_state(dir).await {
@@ -326,8 +389,19 @@ impl ProcessRuntime {
         if read_exit_state(dir).await.is_some() {
             return Ok(());
         }
-        let state: ShimState = match read_json(&dir.join(STATE_FILE)).await {
+        let state: ShimState = match self.shim_state(id, dir).await {
             Ok(Some(state)) => state,
+            // A shim is still starting it (an earlier start timed out): its process could not be
+            // found again once the directory is gone, so the stop is retried later.
+            Ok(None) if shim_lock_held(dir) && read_exit_state(dir).await.is_none() => {
+                return Err(internal(
+                    "stop container",
+                    format!(
+                        "the shim of container {id} is still starting its process; stopping it \
+                         once it has"
+                    ),
+                ));
+            }
             // Never started, or unreadable: there is no process we could signal.
             Ok(None) | Err(_) => return Ok(()),
         };
@@ -336,9 +410,9 @@ impl ProcessRuntime {
             info!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt,
                   grace_ms = grace.as_millis() as u64, "stopping container");
             signal_group(state.pid, Signal::SIGTERM)?;
-            let deadline = Instant::now() + grace;
+            let deadline = deadline_after(Instant::now(), grace);
             while running().await && Instant::now() < deadline {
-                if dir.join(EXIT_FILE).exists() {
+                if exists(&dir.join(EXIT_FILE)).await {
                     return Ok(());
                 }
                 sleep(STOP_POLL).await;
@@ -350,9 +424,9 @@ impl ProcessRuntime {
             }
         }
         // Wait for the shim to record the exit (if the shim is still around to do it).
-        let deadline = Instant::now() + EXIT_RECORD_TIMEOUT;
+        let deadline = deadline_after(Instant::now(), EXIT_RECORD_TIMEOUT);
         loop {
-            if dir.join(EXIT_FILE).exists() {
+            if exists(&dir.join(EXIT_FILE)).await {
                 return Ok(());
             }
             let process = running().await;
@@ -380,79 +454,156 @@ impl ProcessRuntime {
         }
     }
 
-    /// Waits for the freshly spawned shim to report the process running or failing to start.
+    /// Waits for a shim to report the process running or failing to start: the one just
+    /// spawned (`shim`), or, with `None`, the shim of an earlier start of the same instance
+    /// that is still starting it.
     async fn await_shim_start(
         &self,
-        shim: &mut tokio::process::Child,
+        mut shim: Option<&mut tokio::process::Child>,
+        id: &InstanceId,
         dir: &Path,
         container: &EdgeContainer,
         program: &str,
         path_var: &str,
-    ) -> Result<ShimState, RuntimeError> {
-        let deadline = Instant::now() + SHIM_START_TIMEOUT;
-        let mut shim_exited = None;
+    ) -> StartWait {
+        let deadline = deadline_after(Instant::now(), self.start_timeout);
+        // How the shim ended, once it did without a record.
+        let mut shim_gone: Option<String> = None;
         loop {
-            match read_json::<ShimState>(&dir.join(STATE_FILE)).await {
-                Ok(Some(state)) => return Ok(state),
+            match self.shim_state(id, dir).await {
+                Ok(Some(state)) => return StartWait::Started(state),
                 Ok(None) => {}
-                Err(message) => return Err(internal("start container", message)),
+                // The process may run: keep the instance, whoever retries finds it again.
+                Err(message) => return StartWait::Pending(internal("start container", message)),
             }
             match read_json::<StartError>(&dir.join(START_ERROR_FILE)).await {
                 Ok(Some(err)) => {
-                    let message = if err.not_found {
-                        if program.contains('/') {
-                            format!(
-                                "program {program:?} does not exist on this node; the process \
-                                 runtime runs host programs (images have no entrypoint here), so \
-                                 `command` must name a program installed on the node"
-                            )
-                        } else {
-                            format!(
-                                "program {program:?} was not found in PATH ({path_var}); install \
-                                 it on the node or give its absolute path in `command`"
-                            )
-                        }
-                    } else {
-                        format!("cannot start program {program:?}: {}", err.message)
-                    };
-                    return Err(RuntimeError::CreateContainer {
+                    return StartWait::Failed(RuntimeError::CreateContainer {
                         container: container.name.clone(),
-                        message,
+                        message: start_error_message(&err, program, path_var),
                     });
                 }
                 Ok(None) => {}
-                Err(message) => return Err(internal("start container", message)),
+                Err(message) => return StartWait::Failed(internal("start container", message)),
             }
-            if let Some(status) = shim_exited {
+            if let Some(how) = shim_gone {
                 let log = tokio::fs::read_to_string(dir.join(SHIM_LOG_FILE))
                     .await
                     .unwrap_or_default();
-                return Err(internal(
+                return StartWait::Failed(internal(
                     "start container",
                     format!(
-                        "the shim ({}) exited with {status} before starting the process: {}",
+                        "the shim ({}) {how} before starting the process: {}",
                         self.shim_program.display(),
                         log.trim()
                     ),
                 ));
             }
             // Check the files once more after the shim exited, in case it wrote them just before.
-            shim_exited = shim.try_wait().map_err(|e| {
-                internal("start container", format!("cannot wait for the shim: {e}"))
-            })?;
-            if shim_exited.is_none() && Instant::now() >= deadline {
-                let _ = shim.start_kill();
-                return Err(internal(
+            match shim.as_deref_mut() {
+                Some(child) => match child.try_wait() {
+                    Ok(Some(status)) => {
+                        shim_gone = Some(format!("exited with {status}"));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        return StartWait::Pending(internal(
+                            "start container",
+                            format!("cannot wait for the shim: {e}"),
+                        ))
+                    }
+                },
+                None => {
+                    if let ContainerRunState::Unknown { .. } = observe_unstarted(dir).await {
+                        shim_gone = Some("of an earlier start died".to_string());
+                        continue;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                // Not killed: it may have started the process already (in a process group of
+                // its own, which would outlive it untracked). Whoever retries this start finds
+                // the instance and adopts what the shim reports by then.
+                return StartWait::Pending(internal(
                     "start container",
                     format!(
                         "the shim did not report the process started within {}s; the node may \
-                         be overloaded",
-                        SHIM_START_TIMEOUT.as_secs()
+                         be overloaded (the start is adopted once the shim reports it)",
+                        self.start_timeout.as_secs_f64()
                     ),
                 ));
             }
             sleep(START_POLL).await;
         }
+    }
+
+    /// Turns the outcome of [`Self::await_shim_start`] into the result of a start.
+    async fn finish_start(
+        &self,
+        id: &InstanceId,
+        dir: &Path,
+        wait: StartWait,
+    ) -> Result<ContainerInfo, RuntimeError> {
+        match wait {
+            StartWait::Started(state) => {
+                info!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt,
+                      pid = state.pid, shim_pid = state.shim_pid, "container started");
+                Ok(ContainerInfo {
+                    id: id.to_string(),
+                    name: id.container.clone(),
+                    attempt: id.attempt,
+                    state: ContainerRunState::Running {
+                        started_at_ms: state.started_at_ms,
+                    },
+                })
+            }
+            StartWait::Failed(err) => {
+                warn!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt,
+                      error = %err, "container failed to start");
+                // The instance never ran: forget it (the log keeps the shim's explanation).
+                if let Err(e) = remove_dir_all_idempotent(dir).await {
+                    warn!(path = %dir.display(), error = %e, "cannot remove a failed instance");
+                }
+                self.forget_state(id).await;
+                Err(err)
+            }
+            StartWait::Pending(err) => {
+                warn!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt,
+                      error = %err, "container start not confirmed; keeping the instance");
+                Err(err)
+            }
+        }
+    }
+}
+
+/// How waiting for a shim to start the process ended.
+enum StartWait {
+    /// The process runs.
+    Started(ShimState),
+    /// It could not be started; nothing runs, the instance can go.
+    Failed(RuntimeError),
+    /// Not known yet: the shim may still start it, so the instance must stay.
+    Pending(RuntimeError),
+}
+
+/// What to tell the user about a program the shim could not start.
+fn start_error_message(err: &StartError, program: &str, path_var: &str) -> String {
+    if err.not_found {
+        if program.contains('/') {
+            format!(
+                "program {program:?} does not exist on this node; the process runtime runs host \
+                 programs (images have no entrypoint here), so `command` must name a program \
+                 installed on the node"
+            )
+        } else {
+            format!(
+                "program {program:?} was not found in PATH ({path_var}); install it on the node \
+                 or give its absolute path in `command`"
+            )
+        }
+    } else {
+        format!("cannot start program {program:?}: {}", err.message)
     }
 }
 
@@ -481,11 +632,12 @@ impl Runtime for ProcessRuntime {
         }
         let pod_file = dir.join(POD_FILE);
         match read_json::<PodRecord>(&pod_file).await {
+            // The IP is the host's as it is now (it may have changed since the record was made).
             Ok(Some(record)) => {
                 return Ok(Sandbox {
                     id: record.uid.clone(),
                     pod_uid: record.uid,
-                    ip: record.ip,
+                    ip: self.host_ip.clone(),
                 })
             }
             Ok(None) => {}
@@ -533,7 +685,7 @@ impl Runtime for ProcessRuntime {
         };
         let dir = self.instance_dir(&id);
         let pod_dir = self.pod_dir(&sandbox.pod_uid);
-        if !pod_dir.join(POD_FILE).exists() {
+        if !exists(&pod_dir.join(POD_FILE)).await {
             return Err(internal(
                 "start container",
                 format!(
@@ -544,9 +696,10 @@ impl Runtime for ProcessRuntime {
             ));
         }
 
-        // Never start an instance twice: a restarted edgecore may retry a start that happened.
-        if dir.exists() {
-            match self.observe(&dir).await {
+        // Never start an instance twice: a restarted edgecore, or a worker whose earlier start
+        // timed out, may retry a start that happened (or is still happening).
+        if exists(&dir).await {
+            match self.observe(&id, &dir).await {
                 ContainerRunState::Running { started_at_ms } => {
                     info!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt,
                           "container instance already running; adopting it");
@@ -557,12 +710,60 @@ impl Runtime for ProcessRuntime {
                         state: ContainerRunState::Running { started_at_ms },
                     });
                 }
-                previous => {
+                exited @ ContainerRunState::Exited { .. } => {
+                    // It ran and ended before its start was confirmed: that is its start's
+                    // result (running it again would run the attempt twice).
+                    info!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt,
+                          "container instance already ran; reporting its exit");
+                    return Ok(ContainerInfo {
+                        id: id.to_string(),
+                        name: id.container.clone(),
+                        attempt: id.attempt,
+                        state: exited,
+                    });
+                }
+                ContainerRunState::Created => {
+                    // The shim of an earlier start is still starting it: wait for that shim
+                    // instead of starting a second process.
+                    info!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt,
+                          "container instance still being started; waiting for its shim");
+                    let (program, path_var) =
+                        match read_json::<ShimSpec>(&dir.join(SPEC_FILE)).await {
+                            Ok(Some(spec)) => {
+                                let path_var = spec
+                                    .env
+                                    .iter()
+                                    .find(|(k, _)| k == "PATH")
+                                    .map(|(_, v)| v.clone())
+                                    .unwrap_or_default();
+                                (spec.program, path_var)
+                            }
+                            _ => (
+                                container.command.first().cloned().unwrap_or_default(),
+                                String::new(),
+                            ),
+                        };
+                    let wait = self
+                        .await_shim_start(None, &id, &dir, container, &program, &path_var)
+                        .await;
+                    return self.finish_start(&id, &dir, wait).await;
+                }
+                previous @ ContainerRunState::Unknown { .. } => {
+                    if shim_lock_held(&dir) {
+                        return Err(internal(
+                            "start container",
+                            format!(
+                                "the shim of an earlier start of container {id} still runs \
+                                 ({previous:?}); retrying once it ended"
+                            ),
+                        ));
+                    }
                     warn!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt,
                           ?previous, "replacing a stale instance with the same attempt number");
                     remove_dir_all_idempotent(&dir)
                         .await
                         .map_err(|e| internal("start container", e))?;
+                    self.forget_state(&id).await;
                 }
             }
         }
@@ -639,6 +840,8 @@ impl Runtime for ProcessRuntime {
         write_json_atomic_async(dir.join(SPEC_FILE), &spec, 0o600)
             .await
             .map_err(|e| internal("start container", e))?;
+        // Nothing cached may describe an earlier instance with this id.
+        self.forget_state(&id).await;
 
         // Shim.
         let shim_log = tokio::fs::OpenOptions::new()
@@ -680,35 +883,13 @@ impl Runtime for ProcessRuntime {
             )
         })?;
         let started = self
-            .await_shim_start(&mut shim, &dir, container, &program, &path_var)
+            .await_shim_start(Some(&mut shim), &id, &dir, container, &program, &path_var)
             .await;
         // Reap the shim whenever it exits, so that it does not linger as a zombie.
         tokio::spawn(async move {
             let _ = shim.wait().await;
         });
-        match started {
-            Ok(state) => {
-                info!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt,
-                      pid = state.pid, shim_pid = state.shim_pid, "container started");
-                Ok(ContainerInfo {
-                    id: id.to_string(),
-                    name: id.container.clone(),
-                    attempt: id.attempt,
-                    state: ContainerRunState::Running {
-                        started_at_ms: state.started_at_ms,
-                    },
-                })
-            }
-            Err(err) => {
-                warn!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt,
-                      error = %err, "container failed to start");
-                // The instance never ran: forget it (the log keeps the shim's explanation).
-                if let Err(e) = remove_dir_all_idempotent(&dir).await {
-                    warn!(path = %dir.display(), error = %e, "cannot remove a failed instance");
-                }
-                Err(err)
-            }
-        }
+        self.finish_start(&id, &dir, started).await
     }
 
     async fn container_state(
@@ -718,7 +899,7 @@ impl Runtime for ProcessRuntime {
     ) -> Result<ContainerRunState, RuntimeError> {
         let id = self.parse_id(sandbox, container_id)?;
         let dir = self.instance_dir(&id);
-        if !dir.is_dir() {
+        if !is_dir(&dir).await {
             return Err(internal(
                 "container state",
                 format!(
@@ -728,7 +909,7 @@ impl Runtime for ProcessRuntime {
                 ),
             ));
         }
-        Ok(self.observe(&dir).await)
+        Ok(self.observe(&id, &dir).await)
     }
 
     async fn stop_container(
@@ -739,7 +920,7 @@ impl Runtime for ProcessRuntime {
     ) -> Result<(), RuntimeError> {
         let id = self.parse_id(sandbox, container_id)?;
         let dir = self.instance_dir(&id);
-        if !dir.is_dir() {
+        if !is_dir(&dir).await {
             debug!(
                 container = container_id,
                 "stop of an unknown container: nothing to do"
@@ -756,15 +937,19 @@ impl Runtime for ProcessRuntime {
     ) -> Result<(), RuntimeError> {
         let id = self.parse_id(sandbox, container_id)?;
         let dir = self.instance_dir(&id);
-        if !dir.is_dir() {
+        if !is_dir(&dir).await {
             return Ok(());
         }
-        if matches!(self.observe(&dir).await, ContainerRunState::Running { .. }) {
+        if matches!(
+            self.observe(&id, &dir).await,
+            ContainerRunState::Running { .. }
+        ) {
             self.stop_instance(&id, &dir, Duration::ZERO).await?;
         }
         remove_dir_all_idempotent(&dir)
             .await
             .map_err(|e| internal("remove container", e))?;
+        self.forget_state(&id).await;
         debug!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt, "container removed");
         Ok(())
     }
@@ -777,7 +962,7 @@ impl Runtime for ProcessRuntime {
             ));
         }
         let pod_dir = self.pod_dir(&sandbox.pod_uid);
-        if !pod_dir.exists() {
+        if !exists(&pod_dir).await {
             return Ok(());
         }
         let instances = self.instances(&sandbox.pod_uid).await?;
@@ -791,6 +976,7 @@ impl Runtime for ProcessRuntime {
         remove_dir_all_idempotent(&pod_dir)
             .await
             .map_err(|e| internal("remove sandbox", e))?;
+        self.forget_pod_states(&sandbox.pod_uid).await;
         info!(pod = %sandbox.pod_uid, "sandbox removed");
         Ok(())
     }
@@ -815,9 +1001,18 @@ impl Runtime for ProcessRuntime {
                       "pod record names another uid than its directory; skipped");
                 continue;
             }
+            // One unreadable pod must not keep every other pod on the node from starting.
+            let instances = match self.instances(&uid).await {
+                Ok(instances) => instances,
+                Err(e) => {
+                    warn!(path = %dir.join("containers").display(), error = %e,
+                          "cannot list the pod's containers; pod skipped");
+                    continue;
+                }
+            };
             let mut containers = Vec::new();
-            for (id, instance_dir) in self.instances(&uid).await? {
-                let state = self.observe(&instance_dir).await;
+            for (id, instance_dir) in instances {
+                let state = self.observe(&id, &instance_dir).await;
                 containers.push(ContainerInfo {
                     id: id.to_string(),
                     name: id.container,
@@ -829,7 +1024,8 @@ impl Runtime for ProcessRuntime {
                 sandbox: Sandbox {
                     id: record.uid.clone(),
                     pod_uid: record.uid,
-                    ip: record.ip,
+                    // The host's IP as it is now, not as it was when the record was made.
+                    ip: self.host_ip.clone(),
                 },
                 namespace: record.namespace,
                 name: record.name,
@@ -973,6 +1169,19 @@ fn run_shim(dir: &Path) -> Result<ExitCode, ShimError> {
             source: std::io::Error::from(errno),
         },
     )?;
+    // A shim that got the lock only after another one ran this instance (it was slow to start,
+    // and the instance was replaced meanwhile) must not run it a second time.
+    if let Some(record) = [STATE_FILE, EXIT_FILE, START_ERROR_FILE]
+        .into_iter()
+        .find(|name| dir.join(name).exists())
+    {
+        return Err(ShimError::Io {
+            op: "start the container".into(),
+            source: io::Error::other(format!(
+                "another shim already ran this instance ({record} exists); not running it again"
+            )),
+        });
+    }
     let spec_path = dir.join(SPEC_FILE);
     let spec: ShimSpec = std::fs::read(&spec_path)
         .map_err(|e| e.to_string())
@@ -1094,7 +1303,7 @@ struct ShimSpec {
 
 /// `state.json`. Start times (field 22 of `/proc/<pid>/stat`, 0 if unknown) guard against pid
 /// reuse after the process is gone.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct ShimState {
     shim_pid: u32,
     shim_start_time: u64,
@@ -1391,6 +1600,19 @@ async fn remove_dir_all_idempotent(dir: &Path) -> Result<(), String> {
             Err(e) => return Err(format!("cannot remove {}: {e}", dir.display())),
         }
     }
+}
+
+/// Whether `path` exists (without blocking the async thread).
+async fn exists(path: &Path) -> bool {
+    tokio::fs::try_exists(path).await.unwrap_or(false)
+}
+
+/// Whether `path` is a directory (without blocking the async thread).
+async fn is_dir(path: &Path) -> bool {
+    tokio::fs::metadata(path)
+        .await
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
 }
 
 /// Subdirectories of `dir` with their names (none if `dir` does not exist).
