@@ -51,17 +51,24 @@ KCFG
 KUBECTL=(kubectl --kubeconfig "$DEMO/kubeconfig")
 for _ in $(seq 100); do "${KUBECTL[@]}" get --raw /healthz >/dev/null 2>&1 && break; sleep 0.1; done
 
-if [ ! -f "$DEMO/edge/edgecore.json" ]; then
-  read -r TOKEN HASH < <("$BIN/cloudcore" --data-dir "$DEMO/cloud" token create --ttl 10m | awk '/^token:/{t=$2} /^ca-hash:/{h=$2} END{print t, h}')
+if [ ! -f "$DEMO/edge/pki/report.key" ]; then
+  # A token made for demo-edge also re-joins it when an older demo left it registered.
+  read -r TOKEN HASH < <("$BIN/cloudcore" --data-dir "$DEMO/cloud" token create --ttl 10m --node demo-edge | awk '/^token:/{t=$2} /^ca-hash:/{h=$2} END{print t, h}')
   "$BIN/edgecore" --data-dir "$DEMO/edge" join --server "127.0.0.1:$HUB" --token "$TOKEN" --ca-hash "$HASH" \
     --node-name demo-edge --mqtt-url "mqtt://127.0.0.1:$MQTT" --label site=demo
 fi
 "$BIN/edgecore" --data-dir "$DEMO/edge" run --node-ip 127.0.0.1 >"$DEMO/edgecore.log" 2>&1 &
 echo $! >"$DEMO/edgecore.pid"
+sleep 1
+if ! kill -0 "$(cat "$DEMO/edgecore.pid")" 2>/dev/null; then
+  echo "edgecore did not start:"; tail -5 "$DEMO/edgecore.log"; exit 1
+fi
 
 "${KUBECTL[@]}" get pod hello >/dev/null 2>&1 || "${KUBECTL[@]}" create --validate=false -f deploy/examples/hello-pod.yaml
+# Wait until its container runs and is ready (a pod left over from an earlier demo, whose
+# process the last `stop` killed, comes back after the usual restart back-off).
 for _ in $(seq 150); do
-  [ "$("${KUBECTL[@]}" get pod hello -o jsonpath='{.status.phase}' 2>/dev/null)" = "Running" ] && break
+  [ "$("${KUBECTL[@]}" get pod hello -o jsonpath='{.status.containerStatuses[0].ready}' 2>/dev/null)" = "true" ] && break
   sleep 0.2
 done
 "${KUBECTL[@]}" get pods -o wide
