@@ -189,12 +189,7 @@ mod tests {
                 image: image.into(),
                 image_pull_policy: "Never".into(),
                 command: vec!["sleep".into(), "1".into()],
-                args: vec![],
-                working_dir: String::new(),
-                env: vec![],
-                ports: vec![],
-                resources: Default::default(),
-                volume_mounts: vec![],
+                ..Default::default()
             }],
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 1,

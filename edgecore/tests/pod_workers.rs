@@ -4,7 +4,7 @@
 use edgecore::pods::{BackoffPolicy, PodManager, PodManagerConfig, StatusSink};
 use edgecore::runtime::process::ProcessRuntime;
 use edgecore::runtime::{ContainerConfig, Runtime};
-use protocol::pod::{EdgeContainer, EdgePod, EnvValue, EnvVar, Resources, RestartPolicy};
+use protocol::pod::{EdgeContainer, EdgePod, EnvValue, EnvVar, RestartPolicy};
 use protocol::status::{ContainerState, ContainerStatus, PodPhase, PodStatus};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -193,12 +193,7 @@ fn sh(name: &str, script: &str) -> EdgeContainer {
         image: "local/none".into(),
         image_pull_policy: "Never".into(),
         command: vec!["sh".into(), "-c".into(), script.into()],
-        args: vec![],
-        working_dir: String::new(),
-        env: vec![],
-        ports: vec![],
-        resources: Resources::default(),
-        volume_mounts: vec![],
+        ..Default::default()
     }
 }
 

@@ -4,9 +4,7 @@ use edgecore::runtime::process::ProcessRuntime;
 use edgecore::runtime::{
     ContainerConfig, ContainerInfo, ContainerRunState, Runtime, RuntimeError, Sandbox,
 };
-use protocol::pod::{
-    EdgeContainer, EdgePod, Resources, RestartPolicy, Volume, VolumeMount, VolumeSource,
-};
+use protocol::pod::{EdgeContainer, EdgePod, RestartPolicy, Volume, VolumeMount, VolumeSource};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,12 +26,7 @@ fn container(name: &str, command: &[&str]) -> EdgeContainer {
         image: "local/none".into(),
         image_pull_policy: "Never".into(),
         command: command.iter().map(|s| s.to_string()).collect(),
-        args: vec![],
-        working_dir: String::new(),
-        env: vec![],
-        ports: vec![],
-        resources: Resources::default(),
-        volume_mounts: vec![],
+        ..Default::default()
     }
 }
 

@@ -85,8 +85,9 @@ impl RestartPolicy {
     }
 }
 
-/// One container of an [`EdgePod`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One container of an [`EdgePod`]. `Default` is an empty container, for building one field by
+/// field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeContainer {
     /// Name, unique within the pod.
     pub name: String,

@@ -397,6 +397,15 @@ impl Cloud {
         }))
     }
 
+    /// Waits until the hub has exactly `n` live node sessions.
+    pub async fn wait_hub_sessions(&self, n: u32, deadline: Duration) -> Result<()> {
+        eventually(&format!("{n} hub session(s)"), deadline, || async {
+            let live = self.metric("skerry_hub_connected_nodes").await?;
+            Ok((live == Some(f64::from(n))).then_some(()))
+        })
+        .await
+    }
+
     /// Waits until GET `path` is 404.
     pub async fn wait_gone(&self, what: &str, path: &str, deadline: Duration) -> Result<()> {
         eventually(what, deadline, || async {

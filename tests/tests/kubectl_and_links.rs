@@ -55,20 +55,10 @@ async fn silent_link_is_detected_and_work_created_meanwhile_is_delivered() -> an
     let cloud = Cloud::start(CloudOptions::default()).await?;
     let edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
     cloud.wait_node_ready("edge-a", DEADLINE).await?;
-    eventually("hub session up", DEADLINE, || async {
-        Ok((cloud.metric("skerry_hub_connected_nodes").await? == Some(1.0)).then_some(()))
-    })
-    .await?;
+    cloud.wait_hub_sessions(1, DEADLINE).await?;
     edge.signal("STOP");
     // The harness runs cloudcore with a 4 s idle timeout.
-    eventually(
-        "hub notices the dead link",
-        Duration::from_secs(15),
-        || async {
-            Ok((cloud.metric("skerry_hub_connected_nodes").await? == Some(0.0)).then_some(()))
-        },
-    )
-    .await?;
+    cloud.wait_hub_sessions(0, Duration::from_secs(15)).await?;
     cloud
         .create_pod(process_pod("late", "edge-a", &["sleep", "300"]))
         .await?;

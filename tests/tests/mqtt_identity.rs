@@ -134,20 +134,10 @@ async fn a_revoked_node_is_cut_off_from_sync_and_status() -> anyhow::Result<()> 
     let cloud = Cloud::start(CloudOptions::default()).await?;
     let edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
     cloud.wait_node_ready("edge-a", DEADLINE).await?;
-    eventually("hub session up", DEADLINE, || async {
-        Ok((cloud.metric("skerry_hub_connected_nodes").await? == Some(1.0)).then_some(()))
-    })
-    .await?;
+    cloud.wait_hub_sessions(1, DEADLINE).await?;
     cloud.revoke("edge-a")?;
     // cloudcore picks up revocations every 2 s.
-    eventually(
-        "hub closes the revoked node's session",
-        Duration::from_secs(25),
-        || async {
-            Ok((cloud.metric("skerry_hub_connected_nodes").await? == Some(0.0)).then_some(()))
-        },
-    )
-    .await?;
+    cloud.wait_hub_sessions(0, Duration::from_secs(25)).await?;
     let heartbeat =
         |n: &serde_json::Value| n["status"]["conditions"][0]["lastHeartbeatTime"].clone();
     let before = heartbeat(&cloud.get("/api/v1/nodes/edge-a").await?.unwrap_or_default());

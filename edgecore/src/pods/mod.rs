@@ -473,7 +473,7 @@ mod tests {
         ContainerConfig, ContainerInfo, ContainerRunState, RuntimeError, Sandbox,
     };
     use async_trait::async_trait;
-    use protocol::pod::{EdgeContainer, Resources, RestartPolicy};
+    use protocol::pod::{EdgeContainer, RestartPolicy};
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::time::Instant;
@@ -676,12 +676,7 @@ mod tests {
                 image: "local".into(),
                 image_pull_policy: "Never".into(),
                 command: vec!["sleep".into()],
-                args: vec![],
-                working_dir: String::new(),
-                env: vec![],
-                ports: vec![],
-                resources: Resources::default(),
-                volume_mounts: vec![],
+                ..Default::default()
             }],
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 1,

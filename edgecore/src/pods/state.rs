@@ -1244,7 +1244,7 @@ pub(crate) fn containers_phase(slots: &[ContainerSlot]) -> PodPhase {
 mod tests {
     use super::*;
     use crate::pods::env::NotSynced;
-    use protocol::pod::{EnvValue, EnvVar, Resources, RestartPolicy};
+    use protocol::pod::{EnvValue, EnvVar, RestartPolicy};
     use std::collections::BTreeMap;
 
     fn settings() -> Arc<Settings> {
@@ -1267,12 +1267,7 @@ mod tests {
             image: "local".into(),
             image_pull_policy: "Never".into(),
             command: vec!["sleep".into(), "60".into()],
-            args: vec![],
-            working_dir: String::new(),
-            env: vec![],
-            ports: vec![],
-            resources: Resources::default(),
-            volume_mounts: vec![],
+            ..Default::default()
         }
     }
 
