@@ -4,7 +4,9 @@
 use edgecore::pods::{BackoffPolicy, PodManager, PodManagerConfig, StatusSink};
 use edgecore::runtime::process::ProcessRuntime;
 use edgecore::runtime::{ContainerConfig, Runtime};
-use protocol::pod::{EdgeContainer, EdgePod, EnvValue, EnvVar, RestartPolicy};
+use protocol::pod::{
+    EdgeContainer, EdgePod, EnvValue, EnvVar, RestartPolicy, Volume, VolumeMount, VolumeSource,
+};
 use protocol::status::{ContainerState, ContainerStatus, PodPhase, PodStatus};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -624,8 +626,10 @@ async fn labels_only_changes_do_not_restart_but_spec_changes_do() {
     let last = rec.statuses("w-label").last().expect("status").1.clone();
     assert_eq!(last, s, "the status did not change");
 
-    // A spec change replaces the container.
+    // A pod-level spec change (here the restart policy) replaces the pod; a change of the
+    // container alone would restart just it (see `an_image_change_restarts_only_that_container`).
     let mut changed = relabelled;
+    changed.restart_policy = RestartPolicy::OnFailure;
     changed.containers[0] = sh("main", "echo replaced; sleep 60");
     let t = Instant::now();
     m.sync(vec![changed]).await;
@@ -888,4 +892,144 @@ async fn a_start_slower_than_the_timeout_is_adopted_not_run_twice() {
     assert!(alive(pid));
     clean_up(&m, &mut rec, &["pod-w-slow"]).await;
     assert!(!alive(pid));
+}
+
+#[tokio::test]
+async fn an_image_change_restarts_only_that_container() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let mut a = sh(
+        "a",
+        "echo kept > \"$SKERRY_VOLUME_SCRATCH/kept\"; echo a-started; sleep 60",
+    );
+    a.volume_mounts.push(VolumeMount {
+        name: "scratch".into(),
+        mount_path: "/scratch".into(),
+        read_only: false,
+        sub_path: String::new(),
+    });
+    let mut p = pod(
+        "w-image",
+        RestartPolicy::Always,
+        vec![a, sh("b", "echo b-started; sleep 60")],
+    );
+    p.volumes.push(Volume {
+        name: "scratch".into(),
+        source: VolumeSource::EmptyDir {
+            memory: false,
+            size_limit_bytes: None,
+        },
+    });
+    m.sync(vec![p.clone()]).await;
+    let before = rec
+        .status("w-image", "Running", |s| {
+            s.phase == PodPhase::Running && s.containers.iter().all(is_running)
+        })
+        .await;
+    let kept = tmp.path().join("w-image/volumes/scratch/kept");
+    wait_until("a wrote to its volume", || kept.exists()).await;
+    let pid_a = pid_of(tmp.path(), "w-image", "a", 0);
+    let pid_b = pid_of(tmp.path(), "w-image", "b", 0);
+
+    let mut changed = p.clone();
+    changed.containers[1].image = "local/none:v2".into();
+    let t = Instant::now();
+    m.sync(vec![changed]).await;
+    let s = rec
+        .status_since("w-image", t, "b restarted", |s| {
+            s.containers[1].restart_count == 1 && is_running(&s.containers[1])
+        })
+        .await;
+    assert_eq!(s.phase, PodPhase::Running);
+    assert_eq!(
+        s.start_time_ms, before.start_time_ms,
+        "the pod was not replaced"
+    );
+    let (ca, cb) = (&s.containers[0], &s.containers[1]);
+    assert_eq!(
+        (ca.container_id.as_str(), ca.restart_count),
+        ("w-image/a/0", 0)
+    );
+    assert_eq!(cb.container_id, "w-image/b/1");
+    assert_eq!(cb.image, "local/none:v2");
+    assert!(matches!(
+        cb.last_state,
+        Some(ContainerState::Terminated { .. })
+    ));
+    assert!(!alive(pid_b), "b's old process still runs");
+    let new_b = pid_of(tmp.path(), "w-image", "b", 1);
+    assert_ne!(new_b, pid_b);
+    assert!(alive(new_b));
+    // a, the sandbox and its volume are untouched.
+    assert!(alive(pid_a));
+    assert_eq!(pid_of(tmp.path(), "w-image", "a", 0), pid_a);
+    assert_eq!(attempts(tmp.path(), "w-image", "a"), ["0"]);
+    assert!(kept.exists(), "the emptyDir volume was recreated");
+    wait_until("b's old instance removed", || {
+        attempts(tmp.path(), "w-image", "b") == ["1"]
+    })
+    .await;
+    let log = wait_log(&rt, "w-image", "a", "a-started").await;
+    assert_eq!(log.matches("a-started").count(), 1, "{log}");
+    // The pod ran throughout.
+    sleep(5 * POLL).await;
+    rec.drain();
+    for (at, s) in rec.statuses("w-image") {
+        if at >= t {
+            assert_eq!(s.phase, PodPhase::Running, "{s:?}");
+        }
+    }
+    clean_up(&m, &mut rec, &["pod-w-image"]).await;
+    assert!(!alive(pid_a) && !alive(new_b));
+}
+
+#[tokio::test]
+async fn a_restarted_manager_restarts_containers_whose_spec_changed_meanwhile() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = pod(
+        "w-respec",
+        RestartPolicy::Always,
+        vec![sh("main", "echo v1; sleep 60")],
+    );
+    let pid = {
+        let (m, mut rec) = manager(runtime(tmp.path()));
+        m.sync(vec![p.clone()]).await;
+        rec.status("w-respec", "Running", |s| is_running(&s.containers[0]))
+            .await;
+        m.shutdown().await;
+        pid_of(tmp.path(), "w-respec", "main", 0)
+    };
+    assert!(alive(pid));
+
+    let mut changed = p.clone();
+    changed.containers[0] = sh("main", "echo v2; sleep 60");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    m.sync(vec![changed]).await;
+    let s = rec
+        .status("w-respec", "restarted with the new command", |s| {
+            s.containers[0].restart_count == 1 && is_running(&s.containers[0])
+        })
+        .await;
+    assert_eq!(s.containers[0].container_id, "w-respec/main/1");
+    assert!(!alive(pid), "the old command still runs");
+    let new_pid = pid_of(tmp.path(), "w-respec", "main", 1);
+    assert_ne!(new_pid, pid);
+    wait_log(&rt, "w-respec", "main", "v2").await;
+    // Once: the new instance is taken to match and left running.
+    sleep(10 * POLL).await;
+    rec.drain();
+    assert!(alive(new_pid));
+    assert_eq!(pid_of(tmp.path(), "w-respec", "main", 1), new_pid);
+    wait_until("the old instance removed", || {
+        attempts(tmp.path(), "w-respec", "main") == ["1"]
+    })
+    .await;
+    assert!(rec
+        .statuses("w-respec")
+        .iter()
+        .all(|(_, s)| s.containers[0].restart_count <= 1));
+    clean_up(&m, &mut rec, &["pod-w-respec"]).await;
+    assert!(!alive(new_pid));
 }

@@ -297,3 +297,59 @@ async fn ingest_acks_in_order_so_the_embedded_broker_keeps_its_session() -> anyh
     );
     Ok(())
 }
+
+/// Kubernetes lets a running pod change its containers' images; like kubelet, the edge restarts
+/// only the changed container and keeps the pod (and its other containers) running.
+#[tokio::test(flavor = "multi_thread")]
+async fn image_update_restarts_only_that_container() -> anyhow::Result<()> {
+    let cloud = Cloud::start(CloudOptions::default()).await?;
+    let _edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
+    let mut pod = process_pod("two", "edge-a", &["sleep", "300"]);
+    let second = json!({"name": "side", "image": "busybox:v1", "command": ["sleep", "301"]});
+    pod["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(second);
+    cloud.create_pod(pod).await?;
+    let both_running = |p: &serde_json::Value| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|cs| cs.len() == 2 && cs.iter().all(|c| c["state"]["running"].is_object()))
+    };
+    let path = "/api/v1/namespaces/default/pods/two";
+    let before = cloud
+        .wait_for("both containers running", path, DEADLINE, both_running)
+        .await?;
+    let id = |p: &serde_json::Value, name: &str| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .map(|c| (c["containerID"].clone(), c["restartCount"].clone()))
+    };
+    let mut updated = before.clone();
+    updated["spec"]["containers"][1]["image"] = json!("busybox:v2");
+    let (code, body) = cloud.api("PUT", path, Some(updated)).await?;
+    assert_eq!(code, 200, "{body}");
+    let after = cloud
+        .wait_for("side restarted with the new image", path, DEADLINE, |p| {
+            both_running(p)
+                && p["status"]["containerStatuses"]
+                    .as_array()
+                    .is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c["name"] == "side"
+                                && c["restartCount"] == 1
+                                && c["image"] == "busybox:v2"
+                        })
+                    })
+        })
+        .await?;
+    assert_eq!(
+        id(&before, "main"),
+        id(&after, "main"),
+        "the unchanged container keeps running"
+    );
+    assert_ne!(id(&before, "side"), id(&after, "side"));
+    assert_eq!(phase(&after), "Running");
+    Ok(())
+}

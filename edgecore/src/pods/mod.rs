@@ -541,6 +541,7 @@ mod tests {
                 name: container.name.clone(),
                 attempt: config.attempt,
                 state: ContainerRunState::Running { started_at_ms: 1 },
+                spec_digest: None,
             })
         }
         async fn container_state(
@@ -634,6 +635,7 @@ mod tests {
                         name,
                         attempt,
                         state,
+                        spec_digest: None,
                     });
             }
             Ok(pods.into_values().collect())

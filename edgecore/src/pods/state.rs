@@ -8,7 +8,9 @@
 //!
 //! ```text
 //!   Creating ──sandbox ok──▶ Running ──every container exited for good──▶ Completed
-//!      │  ▲                    │ (containers: Waiting → Running → BackOff → Running ...)
+//!      │  ▲                    │ (containers: Waiting → Running → BackOff → Running ...;
+//!      │  │                    │  a container whose fields alone changed: Running → stop
+//!      │  │                    │  (grace) → Waiting → Running, next attempt, new spec)
 //!      │  └── spec change ──┐  │                                          │
 //!      ▼                    │  ▼                                          ▼
 //!   Terminating(delete | forget | replace) ◀──── delete / forget / spec change
@@ -20,6 +22,7 @@
 
 use super::backoff::{go_duration, BackoffPolicy};
 use super::env::{expand_command, resolve_env, ConfigLookup, PodFields};
+use crate::runtime::process::container_digest;
 use crate::runtime::{
     deadline_after, ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Sandbox,
 };
@@ -243,6 +246,60 @@ pub(crate) struct ContainerSlot {
     pub previous_instance: Option<String>,
     /// Instances to remove from the runtime (superseded or unknown ones).
     pub garbage: Vec<String>,
+    /// Set while the running instance is to be restarted because its spec changed (only the
+    /// container's fields did; see [`spec_change`]).
+    pub spec_restart: Option<SpecRestart>,
+}
+
+/// A restart of a running container whose spec changed: stop it (with the pod's termination
+/// grace), then start its next attempt with the new spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct SpecRestart {
+    /// When to retry a failed stop.
+    pub retry_at: Option<Instant>,
+    /// Consecutive failed stops.
+    pub failures: u32,
+}
+
+/// How a new version of a pod (same uid) differs from the running one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SpecChange {
+    /// Nothing the runtime sees (labels, grace periods).
+    Same,
+    /// Only the fields of these containers (slot indices) changed: restart just them, as
+    /// kubelet does for a changed `image` (the only change the Kubernetes API allows).
+    Containers(Vec<usize>),
+    /// Containers added, removed, renamed or reordered, or volumes or the restart policy
+    /// changed: the whole pod is replaced.
+    Replace,
+}
+
+/// What it takes to go from `old` to `new`.
+pub(crate) fn spec_change(old: &EdgePod, new: &EdgePod) -> SpecChange {
+    if old.same_runtime_spec(new) {
+        return SpecChange::Same;
+    }
+    let same_shape = old.uid == new.uid
+        && old.restart_policy == new.restart_policy
+        && old.volumes == new.volumes
+        && old.containers.len() == new.containers.len()
+        && old
+            .containers
+            .iter()
+            .zip(&new.containers)
+            .all(|(a, b)| a.name == b.name);
+    if !same_shape {
+        return SpecChange::Replace;
+    }
+    SpecChange::Containers(
+        old.containers
+            .iter()
+            .zip(&new.containers)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, _)| i)
+            .collect(),
+    )
 }
 
 impl ContainerSlot {
@@ -265,6 +322,7 @@ impl ContainerSlot {
             readiness: None,
             previous_instance: None,
             garbage: Vec::new(),
+            spec_restart: None,
         }
     }
 
@@ -558,7 +616,10 @@ impl PodMachine {
             }
         }
         let mut earliest: Option<u64> = None;
-        for slot in &mut self.slots {
+        let desired: Vec<Option<String>> = (0..self.slots.len())
+            .map(|index| self.desired_digest(index))
+            .collect();
+        for (slot, desired) in self.slots.iter_mut().zip(desired) {
             let Some(mut instances) = by_name.remove(&slot.name) else {
                 continue;
             };
@@ -574,6 +635,14 @@ impl PodMachine {
             // The crash count before the restart is not known; the attempt number is the best
             // estimate (every restart followed a crash).
             slot.crashes = newest.attempt;
+            // An instance started from another spec (changed while edgecore was down) is
+            // restarted with the desired one, as after an update; an unknown digest (an
+            // instance from before digests were recorded) is taken to match.
+            if let (Some(running), Some(desired)) = (&newest.spec_digest, &desired) {
+                if running != desired {
+                    slot.spec_restart = Some(SpecRestart::default());
+                }
+            }
             match &newest.state {
                 ContainerRunState::Running { started_at_ms } => {
                     earliest = Some(earliest.map_or(*started_at_ms, |e| e.min(*started_at_ms)));
@@ -613,6 +682,26 @@ impl PodMachine {
         }
         self.start_time_ms = Some(earliest.unwrap_or(now.wall_ms));
         self.settle();
+    }
+
+    /// Digest of the container the worker would hand the runtime for slot `index` now (its
+    /// `$(VAR)` expanded), to compare with [`ContainerInfo::spec_digest`]; `None` if its
+    /// environment cannot be resolved now.
+    fn desired_digest(&self, index: usize) -> Option<String> {
+        let spec = self.pod.containers.get(index)?;
+        let sandbox_ip = self
+            .sandbox
+            .as_ref()
+            .map(|s| s.ip.clone())
+            .unwrap_or_default();
+        let fields = PodFields {
+            pod: &self.pod,
+            node_name: &self.settings.node_name,
+            pod_ip: &sandbox_ip,
+            host_ip: &self.settings.host_ip,
+        };
+        let env = resolve_env(spec, &fields, self.settings.config.as_ref()).ok()?;
+        Some(container_digest(&expand_command(spec, &env)))
     }
 
     /// Applies `event` and decides what to do next: the machine's single transition function.
@@ -756,6 +845,7 @@ impl PodMachine {
                 }
             }
             Event::Stopped(results) => {
+                let restarting = self.state == PodState::Running;
                 let mut failed = false;
                 for (index, id, result) in results {
                     let Some(slot) = self.slots.get_mut(index) else {
@@ -767,6 +857,33 @@ impl PodMachine {
                     let ContainerPhase::Running { attempt, .. } = slot.phase else {
                         continue;
                     };
+                    if restarting {
+                        // A restart for a changed spec (the only stop of a running pod).
+                        let Some(restart) = slot.spec_restart.as_mut() else {
+                            continue;
+                        };
+                        match result.map(|state| terminated_state(&state, now)) {
+                            Ok(Some(terminated)) => {
+                                // Not a crash: no back-off. The next attempt starts at once
+                                // with the new spec and the stopped instance is removed once
+                                // it runs.
+                                slot.spec_restart = None;
+                                slot.last_state = Some(terminated);
+                                slot.previous_instance = Some(id);
+                                slot.phase = ContainerPhase::Waiting {
+                                    reason: "ContainerCreating".into(),
+                                    message: String::new(),
+                                    retry_at: None,
+                                };
+                            }
+                            Ok(None) | Err(_) => {
+                                restart.failures = restart.failures.saturating_add(1);
+                                restart.retry_at =
+                                    Some(deadline_after(now.mono, backoff.delay(restart.failures)));
+                            }
+                        }
+                        continue;
+                    }
                     match result.map(|state| terminated_state(&state, now)) {
                         Ok(Some(terminated)) => {
                             slot.phase = ContainerPhase::Exited {
@@ -847,6 +964,13 @@ impl PodMachine {
                 }
             },
         }
+        for slot in &mut self.slots {
+            // An instance that exited meanwhile needs no stop: its next start (if any) uses the
+            // new spec anyway.
+            if slot.running_id().is_none() {
+                slot.spec_restart = None;
+            }
+        }
         self.settle();
     }
 
@@ -888,12 +1012,31 @@ impl PodMachine {
             self.pod.deletion_grace_period_seconds = pod.deletion_grace_period_seconds;
             self.pod.labels = pod.labels;
             self.terminate(grace, AfterStop::Report);
-        } else if !self.pod.same_runtime_spec(&pod) {
-            let grace = Duration::from_secs(self.pod.termination_grace_period_seconds);
-            self.terminate(grace, AfterStop::Replace(Box::new(pod)));
         } else {
-            // Labels (or the grace period): nothing to restart.
-            self.pod = pod;
+            match spec_change(&self.pod, &pod) {
+                SpecChange::Same => {
+                    // Labels (or the grace period): nothing to restart.
+                    self.pod = pod;
+                }
+                SpecChange::Containers(changed) => {
+                    // The sandbox and every other container stay; a changed container that
+                    // runs is stopped and started again with the new spec (`decide_running`).
+                    // One that does not run starts with the new spec when it next starts; one
+                    // that exited for good stays so.
+                    for index in changed {
+                        if let Some(slot) = self.slots.get_mut(index) {
+                            if slot.running_id().is_some() && slot.spec_restart.is_none() {
+                                slot.spec_restart = Some(SpecRestart::default());
+                            }
+                        }
+                    }
+                    self.pod = pod;
+                }
+                SpecChange::Replace => {
+                    let grace = Duration::from_secs(self.pod.termination_grace_period_seconds);
+                    self.terminate(grace, AfterStop::Replace(Box::new(pod)));
+                }
+            }
         }
     }
 
@@ -986,6 +1129,24 @@ impl PodMachine {
             wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
         };
         if self.state == PodState::Running {
+            // Containers whose spec changed are stopped first (all at once), then started again
+            // below like any other waiting container.
+            let mut targets = Vec::new();
+            for (index, slot) in self.slots.iter().enumerate() {
+                let (Some(restart), Some(id)) = (&slot.spec_restart, slot.running_id()) else {
+                    continue;
+                };
+                match restart.retry_at {
+                    Some(at) if at > now.mono => earliest(at),
+                    _ => targets.push((index, id.to_string())),
+                }
+            }
+            if !targets.is_empty() {
+                return Action::StopContainers {
+                    targets,
+                    grace: Duration::from_secs(self.pod.termination_grace_period_seconds),
+                };
+            }
             let sandbox_ip = self
                 .sandbox
                 .as_ref()
@@ -1026,6 +1187,8 @@ impl PodMachine {
                         if let ContainerPhase::BackOff { id, .. } = &slot.phase {
                             slot.previous_instance = Some(id.clone());
                         }
+                        // The image reported is that of the newest instance.
+                        slot.image.clone_from(&spec.image);
                         return Action::StartContainer {
                             index,
                             container: Box::new(expand_command(spec, &env)),
@@ -1299,6 +1462,7 @@ mod tests {
             name: name.into(),
             attempt,
             state,
+            spec_digest: None,
         }
     }
 
@@ -1706,7 +1870,7 @@ mod tests {
     fn a_deletion_shortens_the_stop_of_a_replacement() {
         let (mut m, now) = started(RestartPolicy::Always, &["a"]);
         let mut changed = m.pod().clone();
-        changed.containers[0].command = vec!["sleep".into(), "5".into()];
+        changed.restart_policy = RestartPolicy::OnFailure;
         assert!(matches!(
             m.step(Event::Update(changed.clone()), now),
             Action::StopContainers { grace, .. } if grace == Duration::from_secs(30)
@@ -1913,7 +2077,7 @@ mod tests {
     }
 
     #[test]
-    fn labels_only_changes_restart_nothing_but_spec_changes_replace() {
+    fn labels_only_changes_restart_nothing_but_pod_spec_changes_replace() {
         let (mut m, now) = started(RestartPolicy::Always, &["a"]);
         let mut relabelled = m.pod().clone();
         relabelled.labels.insert("tier".into(), "edge".into());
@@ -1925,8 +2089,9 @@ mod tests {
         assert_eq!(m.state(), &PodState::Running);
         assert_eq!(m.pod().labels.len(), 1);
 
+        // A pod-level change (here the restart policy): the pod is replaced.
         let mut changed = m.pod().clone();
-        changed.containers[0].command = vec!["sleep".into(), "5".into()];
+        changed.restart_policy = RestartPolicy::OnFailure;
         let action = m.step(Event::Update(changed.clone()), now);
         assert_eq!(
             action,
@@ -1946,6 +2111,189 @@ mod tests {
         );
         assert_eq!(m.pod(), &changed);
         assert_eq!(m.slots()[0].restart_count, 0);
+    }
+
+    #[test]
+    fn only_changed_containers_restart_but_other_changes_replace_the_pod() {
+        let old = pod(RestartPolicy::Always, &["a", "b"]);
+        let mut images = old.clone();
+        images.containers[1].image = "local:v2".into();
+        assert_eq!(spec_change(&old, &images), SpecChange::Containers(vec![1]));
+        let mut relabelled = old.clone();
+        relabelled.labels.insert("tier".into(), "edge".into());
+        assert_eq!(spec_change(&old, &relabelled), SpecChange::Same);
+        let added = pod(RestartPolicy::Always, &["a", "b", "c"]);
+        assert_eq!(spec_change(&old, &added), SpecChange::Replace);
+        let reordered = pod(RestartPolicy::Always, &["b", "a"]);
+        assert_eq!(spec_change(&old, &reordered), SpecChange::Replace);
+        let renamed = pod(RestartPolicy::Always, &["a", "c"]);
+        assert_eq!(spec_change(&old, &renamed), SpecChange::Replace);
+        let policy = pod(RestartPolicy::Never, &["a", "b"]);
+        assert_eq!(spec_change(&old, &policy), SpecChange::Replace);
+        let mut volumes = old.clone();
+        volumes.volumes.push(protocol::pod::Volume {
+            name: "v".into(),
+            source: protocol::pod::VolumeSource::EmptyDir {
+                memory: false,
+                size_limit_bytes: None,
+            },
+        });
+        assert_eq!(spec_change(&old, &volumes), SpecChange::Replace);
+
+        // Only b's image changed: b alone is stopped, with the pod's grace, and restarted as
+        // its next attempt; the pod keeps running.
+        let (mut m, now) = started(RestartPolicy::Always, &["a", "b"]);
+        let mut changed = m.pod().clone();
+        changed.containers[1].image = "local:v2".into();
+        let action = m.step(Event::Update(changed.clone()), now);
+        assert_eq!(
+            action,
+            Action::StopContainers {
+                targets: vec![(1, "u1/b/0".into())],
+                grace: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(m.state(), &PodState::Running);
+        assert_eq!(m.phase(), PodPhase::Running);
+        let action = m.step(
+            Event::Stopped(vec![(1, "u1/b/0".into(), Ok(exited(143, 0, now.wall_ms)))]),
+            now,
+        );
+        match action {
+            Action::StartContainer {
+                index,
+                container,
+                config,
+            } => {
+                assert_eq!((index, config.attempt), (1, 1));
+                assert_eq!(container.image, "local:v2");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.phase(), PodPhase::Running);
+        let action = m.step(
+            Event::Started {
+                index: 1,
+                attempt: 1,
+                result: Ok(info("b", 1, running(now.wall_ms))),
+            },
+            now,
+        );
+        assert_eq!(action, Action::RemoveContainers(vec!["u1/b/0".into()]));
+        m.step(Event::ContainersRemoved(vec!["u1/b/0".into()]), now);
+        let st = m.status().expect("status");
+        assert_eq!(st.phase, PodPhase::Running);
+        assert_eq!(st.containers[0].container_id, "u1/a/0");
+        assert_eq!(st.containers[0].restart_count, 0);
+        assert_eq!(st.containers[1].container_id, "u1/b/1");
+        assert_eq!(st.containers[1].restart_count, 1);
+        assert_eq!(st.containers[1].image, "local:v2");
+        assert!(matches!(
+            st.containers[1].last_state,
+            Some(ContainerState::Terminated { exit_code: 143, .. })
+        ));
+        assert_eq!(m.pod(), &changed);
+
+        // The list of containers changed: the whole pod is replaced.
+        let mut more = m.pod().clone();
+        more.containers.push(container("c"));
+        assert!(matches!(
+            m.step(Event::Update(more), now),
+            Action::StopContainers { targets, .. } if targets.len() == 2
+        ));
+        assert!(matches!(
+            m.state(),
+            PodState::Terminating {
+                then: AfterStop::Replace(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_failed_restart_stop_is_retried_and_a_deletion_takes_over() {
+        let (mut m, now) = started(RestartPolicy::Always, &["a"]);
+        let mut changed = m.pod().clone();
+        changed.containers[0].image = "local:v2".into();
+        m.step(Event::Update(changed), now);
+        let fail = Failure {
+            reason: "RunContainerError".into(),
+            message: "stuck".into(),
+        };
+        let action = m.step(Event::Stopped(vec![(0, "u1/a/0".into(), Err(fail))]), now);
+        // Not stopped again before the back-off; the pod is still watched meanwhile.
+        assert_eq!(action, Action::Observe(vec![(0, "u1/a/0".into())]));
+        let action = m.step(
+            Event::Observed(vec![(0, "u1/a/0".into(), Ok(running(now.wall_ms)))]),
+            now,
+        );
+        assert_eq!(
+            action,
+            Action::Wait(Some(now.mono + Duration::from_millis(500)))
+        );
+        let t = at(now, 10_000);
+        assert!(matches!(
+            m.step(Event::Tick, t),
+            Action::StopContainers { .. }
+        ));
+        let mut deleting = m.pod().clone();
+        deleting.deletion_grace_period_seconds = Some(0);
+        assert_eq!(
+            m.step(Event::Update(deleting), t),
+            Action::StopContainers {
+                targets: vec![(0, "u1/a/0".into())],
+                grace: Duration::ZERO
+            }
+        );
+        m.step(
+            Event::Stopped(vec![(0, "u1/a/0".into(), Ok(exited(137, 0, 1)))]),
+            t,
+        );
+        assert_eq!(
+            m.step(Event::SandboxRemoved(Ok(())), t),
+            Action::Finish(Outcome::Deleted)
+        );
+    }
+
+    #[test]
+    fn adoption_restarts_instances_of_another_spec() {
+        let now = t0();
+        let p = pod(RestartPolicy::Always, &["a", "b", "c"]);
+        let digest_of = |c: &EdgeContainer| Some(container_digest(c));
+        let mut older = p.containers[1].clone();
+        older.command = vec!["sleep".into(), "1".into()];
+        let with = |mut i: ContainerInfo, digest| {
+            i.spec_digest = digest;
+            i
+        };
+        let existing = ExistingPod {
+            sandbox: sandbox(),
+            namespace: "rigs".into(),
+            name: "p".into(),
+            containers: vec![
+                with(info("a", 0, running(100)), digest_of(&p.containers[0])),
+                with(info("b", 2, running(100)), digest_of(&older)),
+                // Started before digests were recorded: taken to match.
+                info("c", 0, running(100)),
+            ],
+        };
+        let mut m = PodMachine::new(settings(), p, Some(existing), now);
+        assert_eq!(
+            m.step(Event::Tick, now),
+            Action::StopContainers {
+                targets: vec![(1, "u1/b/2".into())],
+                grace: Duration::from_secs(30)
+            }
+        );
+        match m.step(
+            Event::Stopped(vec![(1, "u1/b/2".into(), Ok(exited(143, 100, 200)))]),
+            now,
+        ) {
+            Action::StartContainer { index, config, .. } => {
+                assert_eq!((index, config.attempt), (1, 3))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

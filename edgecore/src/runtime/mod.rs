@@ -78,6 +78,10 @@ pub struct ContainerInfo {
     pub attempt: u32,
     /// State now.
     pub state: ContainerRunState,
+    /// Digest of the container the instance was started from, as
+    /// [`process::container_digest`] computes it; `None` when the runtime does not know it
+    /// (an instance started before digests were recorded): taken to match the desired spec.
+    pub spec_digest: Option<String>,
 }
 
 /// A sandbox found by [`Runtime::list_pods`], with its containers.

@@ -36,7 +36,7 @@
 //!
 //! ```text
 //! <pod-uid>/pod.json                                    namespace, name, uid, ip
-//! <pod-uid>/containers/<name>/<attempt>/spec.json       what the shim runs (mode 0600: env may hold secrets)
+//! <pod-uid>/containers/<name>/<attempt>/spec.json       what the shim runs, and its spec digest (mode 0600: env may hold secrets)
 //! <pod-uid>/containers/<name>/<attempt>/state.json      pids and start times, once running
 //! <pod-uid>/containers/<name>/<attempt>/exit.json       exit code and time, once exited
 //! <pod-uid>/containers/<name>/<attempt>/start-error.json  why the program could not be started
@@ -556,6 +556,7 @@ impl ProcessRuntime {
                     state: ContainerRunState::Running {
                         started_at_ms: state.started_at_ms,
                     },
+                    spec_digest: recorded_digest(dir).await,
                 })
             }
             StartWait::Failed(err) => {
@@ -708,6 +709,7 @@ impl Runtime for ProcessRuntime {
                         name: id.container.clone(),
                         attempt: id.attempt,
                         state: ContainerRunState::Running { started_at_ms },
+                        spec_digest: recorded_digest(&dir).await,
                     });
                 }
                 exited @ ContainerRunState::Exited { .. } => {
@@ -720,6 +722,7 @@ impl Runtime for ProcessRuntime {
                         name: id.container.clone(),
                         attempt: id.attempt,
                         state: exited,
+                        spec_digest: recorded_digest(&dir).await,
                     });
                 }
                 ContainerRunState::Created => {
@@ -836,6 +839,7 @@ impl Runtime for ProcessRuntime {
             env,
             cwd,
             log_path,
+            spec_digest: Some(container_digest(container)),
         };
         write_json_atomic_async(dir.join(SPEC_FILE), &spec, 0o600)
             .await
@@ -1018,6 +1022,7 @@ impl Runtime for ProcessRuntime {
                     name: id.container,
                     attempt: id.attempt,
                     state,
+                    spec_digest: recorded_digest(&instance_dir).await,
                 });
             }
             pods.push(ExistingPod {
@@ -1299,6 +1304,29 @@ struct ShimSpec {
     env: Vec<(String, String)>,
     cwd: PathBuf,
     log_path: PathBuf,
+    /// [`container_digest`] of the container the instance was started from; absent in the
+    /// spec.json of instances started before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spec_digest: Option<String>,
+}
+
+/// Digest of a container spec: the hex SHA-256 of its JSON. Instances record the digest of the
+/// container they were started from (in spec.json), so that a restarted edgecore can tell an
+/// instance of an older spec from one of the desired spec.
+pub fn container_digest(container: &EdgeContainer) -> String {
+    use sha2::{Digest, Sha256};
+    // Serializing plain structs and vectors cannot fail; an empty input would still be stable.
+    let json = serde_json::to_vec(container).unwrap_or_default();
+    hex::encode(Sha256::digest(&json))
+}
+
+/// The digest recorded in an instance's spec.json, if any.
+async fn recorded_digest(dir: &Path) -> Option<String> {
+    read_json::<ShimSpec>(&dir.join(SPEC_FILE))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|spec| spec.spec_digest)
 }
 
 /// `state.json`. Start times (field 22 of `/proc/<pid>/stat`, 0 if unknown) guard against pid
