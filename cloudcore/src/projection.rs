@@ -194,6 +194,7 @@ fn container(c: &core::Container) -> Result<EdgeContainer, String> {
                 sub_path: m.sub_path.clone().unwrap_or_default(),
             })
             .collect(),
+        ..EdgeContainer::default()
     })
 }
 

@@ -83,7 +83,9 @@ impl Cache {
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut kept = std::collections::HashSet::new();
         for up in &batch.upserts {
-            let EdgeObject::Pod(pod) = &up.object;
+            let EdgeObject::Pod(pod) = &up.object else {
+                continue; // ConfigMaps and Secrets: cached by the config sync (in progress).
+            };
             let key = pod_key(&pod.namespace, &pod.name);
             kept.insert(key.clone());
             if let Some(existing) = self.pods.get(&key).map_err(backend)? {

@@ -664,6 +664,7 @@ async fn sandboxes_of_pods_no_longer_desired_are_removed_at_start() {
         &ContainerConfig {
             env: vec![],
             attempt: 0,
+            mounts: vec![],
         },
     )
     .await

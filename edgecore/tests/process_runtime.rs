@@ -52,6 +52,7 @@ fn config(attempt: u32) -> ContainerConfig {
     ContainerConfig {
         env: vec![],
         attempt,
+        mounts: vec![],
     }
 }
 
@@ -246,6 +247,7 @@ async fn environment_is_exactly_the_pods_plus_defaults() {
             ("SPACES".into(), "a b".into()),
         ],
         attempt: 0,
+        mounts: vec![],
     };
     let info = rt
         .start_container(&sandbox, &p, &p.containers[0], &cfg)

@@ -7,6 +7,7 @@
 //! [`codec`]).
 
 pub mod codec;
+pub mod config;
 pub mod join;
 pub mod messages;
 pub mod pod;
@@ -18,7 +19,7 @@ pub mod topics;
 /// Bumped whenever an encoded type changes shape: bincode is not self-describing, so both ends
 /// must agree exactly. A peer with another version is refused with
 /// [`messages::Reject::VersionMismatch`] rather than misreading bytes.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN protocol id of the mTLS sync link (desired state down, acks up).
 pub const ALPN_SYNC: &[u8] = b"skerry-sync/1";

@@ -6,6 +6,7 @@
 //! cache. Delivery is at-least-once and every batch is idempotent on receipt, so a reconnect
 //! simply resumes from the last ack.
 
+use crate::config::{EdgeConfigMap, EdgeSecret};
 use crate::pod::EdgePod;
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +116,10 @@ impl std::fmt::Display for ObjectRef {
 pub enum ObjectKind {
     /// A pod bound to the node.
     Pod,
+    /// A ConfigMap that a pod bound to the node references.
+    ConfigMap,
+    /// A Secret that a pod bound to the node references.
+    Secret,
 }
 
 /// An object of the slice, in its edge projection.
@@ -122,6 +127,10 @@ pub enum ObjectKind {
 pub enum EdgeObject {
     /// A pod.
     Pod(EdgePod),
+    /// A ConfigMap referenced by one of the node's pods.
+    ConfigMap(EdgeConfigMap),
+    /// A Secret referenced by one of the node's pods.
+    Secret(EdgeSecret),
 }
 
 impl EdgeObject {
@@ -132,6 +141,16 @@ impl EdgeObject {
                 kind: ObjectKind::Pod,
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
+            },
+            EdgeObject::ConfigMap(c) => ObjectRef {
+                kind: ObjectKind::ConfigMap,
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+            },
+            EdgeObject::Secret(c) => ObjectRef {
+                kind: ObjectKind::Secret,
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
             },
         }
     }

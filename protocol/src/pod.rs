@@ -110,6 +110,100 @@ pub struct EdgeContainer {
     pub resources: Resources,
     /// Where volumes are mounted.
     pub volume_mounts: Vec<VolumeMount>,
+    /// Whole ConfigMaps and Secrets whose keys become environment variables (`envFrom`),
+    /// applied before `env`, in order (later sources win, and `env` wins over all of them).
+    pub env_from: Vec<EnvFromSource>,
+    /// Host devices the container gets (hardware-in-the-loop rigs), from the pod's
+    /// `devices.skerry.io/<container>` annotation.
+    pub devices: Vec<DeviceMapping>,
+    /// Restarts the container when it fails.
+    pub liveness_probe: Option<Probe>,
+    /// Decides whether the container is Ready (and with all containers, the pod).
+    pub readiness_probe: Option<Probe>,
+    /// Holds back liveness and readiness probes until it first succeeds.
+    pub startup_probe: Option<Probe>,
+}
+
+/// One `envFrom` source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvFromSource {
+    /// Prefix put before every key.
+    pub prefix: String,
+    /// Where the keys come from.
+    pub source: EnvFromKind,
+    /// A missing object is not an error.
+    pub optional: bool,
+}
+
+/// The object an `envFrom` source reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnvFromKind {
+    /// Every key of a ConfigMap of the pod's namespace.
+    ConfigMap(String),
+    /// Every key of a Secret of the pod's namespace.
+    Secret(String),
+}
+
+/// A host device made available in a container (CRI `Device`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceMapping {
+    /// Device path on the host, e.g. `/dev/ttyUSB0`.
+    pub host_path: String,
+    /// Path inside the container (the host path when not given).
+    pub container_path: String,
+    /// cgroup permissions: a combination of `r`, `w` and `m` (default `rwm`).
+    pub permissions: String,
+}
+
+/// A Kubernetes probe, with the port already resolved to a number (the cloud resolves named
+/// ports against the container's ports when it projects the pod).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    /// What the probe does.
+    pub action: ProbeAction,
+    /// Seconds after the container started before the first probe.
+    pub initial_delay_seconds: u32,
+    /// Seconds between probes (Kubernetes default 10).
+    pub period_seconds: u32,
+    /// Seconds after which one attempt counts as failed (default 1).
+    pub timeout_seconds: u32,
+    /// Consecutive successes after a failure to count as passing (default 1; must be 1 for
+    /// liveness and startup probes).
+    pub success_threshold: u32,
+    /// Consecutive failures to count as failing (default 3).
+    pub failure_threshold: u32,
+    /// Grace for the kill after a failed liveness or startup probe, overriding the pod's.
+    pub termination_grace_period_seconds: Option<u64>,
+}
+
+/// What a probe does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeAction {
+    /// Runs a command in the container; exit code 0 passes.
+    Exec {
+        /// The command (not run through a shell).
+        command: Vec<String>,
+    },
+    /// Opens a TCP connection; connecting passes.
+    TcpSocket {
+        /// Host; empty means the pod IP.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// Sends an HTTP GET; a status from 200 to 399 passes.
+    HttpGet {
+        /// Host; empty means the pod IP.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Path, starting with `/`.
+        path: String,
+        /// `HTTP` or `HTTPS` (HTTPS does not verify certificates, as kubelet).
+        scheme: String,
+        /// Extra request headers.
+        headers: Vec<(String, String)>,
+    },
 }
 
 /// An environment variable and where its value comes from.
@@ -282,6 +376,7 @@ pub(crate) mod tests {
                     ..Resources::default()
                 },
                 volume_mounts: vec![],
+                ..EdgeContainer::default()
             }],
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,

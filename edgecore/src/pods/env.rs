@@ -262,6 +262,7 @@ mod tests {
                 ports: vec![],
                 resources: Resources::default(),
                 volume_mounts: vec![],
+                ..EdgeContainer::default()
             }],
             restart_policy: RestartPolicy::Always,
             termination_grace_period_seconds: 30,

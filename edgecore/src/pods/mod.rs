@@ -598,6 +598,15 @@ mod tests {
             self.removed.lock().await.push(sandbox.pod_uid.clone());
             Ok(())
         }
+        async fn exec_sync(
+            &self,
+            _sandbox: &Sandbox,
+            _container_id: &str,
+            _command: &[String],
+            _timeout: Duration,
+        ) -> Result<crate::runtime::ExecOutput, RuntimeError> {
+            Ok(crate::runtime::ExecOutput::default())
+        }
         async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError> {
             if self.list_fails.load(Ordering::SeqCst) {
                 return Err(RuntimeError::Internal {

@@ -1195,6 +1195,7 @@ impl PodMachine {
                             config: ContainerConfig {
                                 env,
                                 attempt: slot.next_attempt,
+                                mounts: vec![],
                             },
                         };
                     }

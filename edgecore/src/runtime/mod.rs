@@ -35,6 +35,35 @@ pub struct ContainerConfig {
     /// Restart number of this instance (0 for the first start); runtimes keep it in their
     /// labels/state so that it survives an edgecore restart.
     pub attempt: u32,
+    /// The container's volume mounts, prepared on the host by the pod worker (see
+    /// `crate::volumes`), in the order of the container's `volumeMounts`.
+    pub mounts: Vec<Mount>,
+}
+
+/// A prepared volume mount: a host path that appears at `container_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Name of the pod volume it comes from.
+    pub volume: String,
+    /// Host path (the volume's directory, or a file or directory within it for `subPath`).
+    pub host_path: std::path::PathBuf,
+    /// Path inside the container.
+    pub container_path: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// What a command run in a container ([`Runtime::exec_sync`]) did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecOutput {
+    /// Exit code (meaningless when `timed_out`).
+    pub exit_code: i32,
+    /// Standard output, truncated to a few KiB.
+    pub stdout: Vec<u8>,
+    /// Standard error, truncated to a few KiB.
+    pub stderr: Vec<u8>,
+    /// The command did not finish within the timeout (it was killed).
+    pub timed_out: bool,
 }
 
 /// Observed state of one container instance.
@@ -187,6 +216,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// Stops whatever still runs in the sandbox (with `grace`) and removes it with its
     /// containers, logs and scratch volumes.
     async fn remove_sandbox(&self, sandbox: &Sandbox, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// Runs `command` inside a running container and waits for it, at most `timeout` (exec
+    /// probes; CRI `ExecSync`).
+    async fn exec_sync(
+        &self,
+        sandbox: &Sandbox,
+        container_id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError>;
 
     /// Every sandbox this runtime (this edgecore's data) holds, for adoption after a restart.
     async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError>;

@@ -985,6 +985,20 @@ impl Runtime for ProcessRuntime {
         Ok(())
     }
 
+    async fn exec_sync(
+        &self,
+        _sandbox: &Sandbox,
+        _container_id: &str,
+        _command: &[String],
+        _timeout: Duration,
+    ) -> Result<super::ExecOutput, RuntimeError> {
+        // PLACEHOLDER(probes helper): run the command as a child in the container's context.
+        Err(RuntimeError::Internal {
+            op: "exec".into(),
+            message: "exec is being implemented".into(),
+        })
+    }
+
     async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError> {
         let mut pods = Vec::new();
         for (uid, dir) in list_dirs(&self.root).await? {
