@@ -3,6 +3,8 @@
 //! Everything it starts is killed when the handle drops, including the pods' processes, which
 //! outlive edgecore by design.
 
+pub mod containerd;
+
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::net::{TcpListener, UdpSocket};
