@@ -1400,7 +1400,8 @@ async fn exec_in_context(
             });
         }
     };
-    let pid = child.id();
+    // Also when this future is dropped mid-way (a probe cancelled with its container).
+    let group = KillGroupOnDrop(child.id());
     let (stdout_pipe, stderr_pipe) = (child.stdout.take(), child.stderr.take());
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
@@ -1423,9 +1424,7 @@ async fn exec_in_context(
             }
         };
         // Its group goes too: on timeout the command and its children, otherwise what it left.
-        if let Some(pid) = pid {
-            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
+        drop(group);
         let (status, timed_out) = match ended {
             Some(status) => (status, false),
             None => (child.wait().await, true),
@@ -1455,6 +1454,17 @@ async fn exec_in_context(
         stderr,
         timed_out,
     })
+}
+
+/// SIGKILLs the process group led by the pid it holds when dropped.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
 }
 
 /// Reads `pipe` to its end, keeping the first [`EXEC_OUTPUT_LIMIT`] bytes in `keep`.
@@ -2102,6 +2112,32 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         while proc_alive(pid, 0).await {
             assert!(Instant::now() < deadline, "the exec's child {pid} survived");
+            sleep(Duration::from_millis(20)).await;
+        }
+
+        // The same when the exec is cancelled (its probe was) before the timeout.
+        std::fs::remove_file(&pid_file).expect("remove");
+        let exec = tokio::spawn(async move {
+            let command = words(&["sh", "-c", &script]);
+            exec_in_context(&spec, &command, Duration::from_secs(60)).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let pid: u32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the exec never ran");
+            sleep(Duration::from_millis(20)).await;
+        };
+        exec.abort();
+        while proc_alive(pid, 0).await {
+            assert!(
+                Instant::now() < deadline,
+                "the child {pid} of a cancelled exec survived"
+            );
             sleep(Duration::from_millis(20)).await;
         }
     }
