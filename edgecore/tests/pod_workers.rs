@@ -341,6 +341,320 @@ async fn a_sleeping_pod_runs_and_is_ready() {
     clean_up(&m, &mut rec, &["pod-w-run"]).await;
 }
 
+/// Probes through the pod workers, against processes on the host.
+mod probes {
+    use super::*;
+    use protocol::pod::{Probe, ProbeAction};
+
+    fn probe(action: ProbeAction, period: u32, failure_threshold: u32) -> Probe {
+        Probe {
+            action,
+            initial_delay_seconds: 0,
+            period_seconds: period,
+            timeout_seconds: 1,
+            success_threshold: 1,
+            failure_threshold,
+            termination_grace_period_seconds: None,
+        }
+    }
+
+    fn exec(command: &[&str]) -> ProbeAction {
+        ProbeAction::Exec {
+            command: command.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn tcp(port: u16) -> ProbeAction {
+        ProbeAction::TcpSocket {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    /// A local port nothing listens on (for now).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    }
+
+    fn lines(path: &Path) -> usize {
+        std::fs::read_to_string(path)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn killed_by_probe(c: &ContainerStatus, kind: &str) -> bool {
+        matches!(&c.last_state, Some(ContainerState::Terminated { message, .. })
+            if message.contains(&format!("failed {kind} probe")))
+            || matches!(&c.state, ContainerState::Terminated { message, .. }
+            if message.contains(&format!("failed {kind} probe")))
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_an_exec_probe_and_probing_ends_with_the_pod() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = tempfile::tempdir().expect("tempdir");
+        let marker = files.path().join("ready");
+        let attempts = files.path().join("attempts");
+        let rt = runtime(tmp.path());
+        let (m, mut rec) = manager(rt.clone());
+        let script = format!(
+            "echo x >> {}; test -f {}",
+            attempts.display(),
+            marker.display()
+        );
+        let mut main = sh("main", "sleep 60");
+        main.readiness_probe = Some(probe(exec(&["sh", "-c", &script]), 1, 1));
+        m.sync(vec![pod("w-ready", RestartPolicy::Always, vec![main])])
+            .await;
+        let s = rec
+            .status("w-ready", "running", |s| {
+                s.phase == PodPhase::Running && is_running(&s.containers[0])
+            })
+            .await;
+        assert!(!s.containers[0].ready);
+        assert!(!condition(&s, "Ready") && !condition(&s, "ContainersReady"));
+        let ready = s
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Ready")
+            .expect("Ready");
+        assert_eq!(ready.message, "containers with unready status: [main]");
+        // Failing attempts keep it unready.
+        wait_until("two failed attempts", || lines(&attempts) >= 2).await;
+        rec.drain();
+        assert!(rec
+            .statuses("w-ready")
+            .iter()
+            .all(|(_, s)| !condition(s, "Ready")));
+
+        std::fs::write(&marker, "").expect("marker");
+        let since = Instant::now();
+        let s = rec
+            .status_since("w-ready", since, "ready", |s| condition(s, "Ready"))
+            .await;
+        assert!(condition(&s, "ContainersReady"));
+        assert!(s.containers[0].ready);
+        assert_eq!(s.containers[0].restart_count, 0);
+
+        std::fs::remove_file(&marker).expect("marker");
+        let since = Instant::now();
+        let s = rec
+            .status_since("w-ready", since, "unready again", |s| {
+                !condition(s, "Ready")
+            })
+            .await;
+        assert!(!s.containers[0].ready && is_running(&s.containers[0]));
+        assert_eq!(s.containers[0].restart_count, 0, "readiness never restarts");
+
+        clean_up(&m, &mut rec, &["pod-w-ready"]).await;
+        // No probe outlives its pod.
+        let seen = lines(&attempts);
+        sleep(Duration::from_millis(2_500)).await;
+        assert_eq!(
+            lines(&attempts),
+            seen,
+            "a probe ran after the pod was removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_probes_reach_processes_listening_on_the_host() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let www = tempfile::tempdir().expect("tempdir");
+        std::fs::write(www.path().join("index.html"), "hello").expect("index");
+        let rt = runtime(tmp.path());
+        let (m, mut rec) = manager(rt.clone());
+        let (web_port, other_port) = (free_port(), free_port());
+        let mut web = EdgeContainer {
+            name: "web".into(),
+            image: "local/none".into(),
+            image_pull_policy: "Never".into(),
+            command: vec![
+                "busybox".into(),
+                "httpd".into(),
+                "-f".into(),
+                "-p".into(),
+                format!("127.0.0.1:{web_port}"),
+                "-h".into(),
+                www.path().display().to_string(),
+            ],
+            ..Default::default()
+        };
+        web.readiness_probe = Some(probe(
+            ProbeAction::HttpGet {
+                host: "127.0.0.1".into(),
+                port: web_port,
+                path: "/index.html".into(),
+                scheme: "HTTP".into(),
+                headers: vec![],
+            },
+            1,
+            1,
+        ));
+        web.liveness_probe = Some(probe(tcp(web_port), 1, 3));
+        let mut other = sh("other", "sleep 60");
+        other.readiness_probe = Some(probe(tcp(other_port), 1, 1));
+        m.sync(vec![pod("w-net", RestartPolicy::Always, vec![web, other])])
+            .await;
+        let s = rec
+            .status("w-net", "web ready", |s| s.containers[0].ready)
+            .await;
+        assert!(!s.containers[1].ready, "nothing listens on {other_port}");
+        assert!(!condition(&s, "Ready"));
+        let ready = s
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Ready")
+            .expect("Ready");
+        assert_eq!(ready.message, "containers with unready status: [other]");
+
+        // Something starts listening on the other port.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", other_port))
+            .await
+            .expect("bind the other port");
+        let since = Instant::now();
+        let s = rec
+            .status_since("w-net", since, "pod ready", |s| condition(s, "Ready"))
+            .await;
+        assert!(s.containers.iter().all(|c| c.ready && c.restart_count == 0));
+        // The passing tcp liveness probe restarts nothing.
+        sleep(Duration::from_millis(2_500)).await;
+        rec.drain();
+        let (_, last) = rec.statuses("w-net").pop().expect("status");
+        assert!(condition(&last, "Ready"));
+        assert_eq!(last.containers[0].restart_count, 0);
+        drop(listener);
+        clean_up(&m, &mut rec, &["pod-w-net"]).await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_liveness_probe_restarts_the_container() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = tempfile::tempdir().expect("tempdir");
+        let alive = files.path().join("alive");
+        std::fs::write(&alive, "").expect("alive");
+        let rt = runtime(tmp.path());
+        let (m, mut rec) = manager(rt.clone());
+        let mut main = sh("main", "sleep 60");
+        let mut liveness = probe(exec(&["test", "-f", &alive.display().to_string()]), 1, 1);
+        // The restarted instance gets a second before its first probe.
+        liveness.initial_delay_seconds = 1;
+        main.liveness_probe = Some(liveness);
+        m.sync(vec![pod("w-live", RestartPolicy::Always, vec![main])])
+            .await;
+        rec.status("w-live", "running and ready", |s| {
+            s.containers[0].ready && condition(s, "Ready")
+        })
+        .await;
+
+        std::fs::remove_file(&alive).expect("alive");
+        let s = rec
+            .status("w-live", "killed by its liveness probe", |s| {
+                killed_by_probe(&s.containers[0], "liveness")
+            })
+            .await;
+        std::fs::write(&alive, "").expect("alive");
+        let c = &s.containers[0];
+        assert!(!c.ready && !condition(&s, "Ready"));
+        match &c.last_state {
+            Some(ContainerState::Terminated {
+                exit_code, message, ..
+            }) => {
+                assert_eq!(*exit_code, 143, "SIGTERM ends `sleep`");
+                assert!(
+                    message.starts_with(
+                        "Container main failed liveness probe, will be restarted: command exited with code 1"
+                    ),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = rec
+            .status("w-live", "restarted", |s| {
+                is_running(&s.containers[0]) && s.containers[0].restart_count == 1
+            })
+            .await;
+        assert_eq!(s.containers[0].container_id, "w-live/main/1");
+        assert!(killed_by_probe(&s.containers[0], "liveness"));
+        rec.status("w-live", "ready again", |s| {
+            s.containers[0].restart_count == 1 && condition(s, "Ready")
+        })
+        .await;
+        // Alive again: no further restart.
+        sleep(Duration::from_millis(2_500)).await;
+        rec.drain();
+        let (_, last) = rec.statuses("w-live").pop().expect("status");
+        assert_eq!(last.containers[0].restart_count, 1);
+        assert!(condition(&last, "Ready"));
+        clean_up(&m, &mut rec, &["pod-w-live"]).await;
+    }
+
+    #[tokio::test]
+    async fn a_startup_probe_holds_back_liveness_and_kills_when_it_fails() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = tempfile::tempdir().expect("tempdir");
+        let started = files.path().join("started");
+        let rt = runtime(tmp.path());
+        let (m, mut rec) = manager(rt.clone());
+        // A liveness probe that always fails, held back by a startup probe.
+        let mut slow = sh("main", "sleep 60");
+        slow.startup_probe = Some(probe(
+            exec(&["test", "-f", &started.display().to_string()]),
+            1,
+            60,
+        ));
+        slow.liveness_probe = Some(probe(exec(&["false"]), 1, 1));
+        // A startup probe that never passes, under Never.
+        let mut stuck = sh("main", "sleep 60");
+        stuck.startup_probe = Some(probe(exec(&["false"]), 1, 2));
+        m.sync(vec![
+            pod("w-slow", RestartPolicy::Always, vec![slow]),
+            pod("w-stuck", RestartPolicy::Never, vec![stuck]),
+        ])
+        .await;
+        let s = rec
+            .status("w-slow", "running", |s| is_running(&s.containers[0]))
+            .await;
+        assert!(!s.containers[0].ready, "not started yet");
+
+        let s = rec
+            .status("w-stuck", "killed by its startup probe", |s| {
+                s.phase == PodPhase::Failed
+            })
+            .await;
+        match &s.containers[0].state {
+            ContainerState::Terminated { message, .. } => {
+                assert_eq!(
+                    message,
+                    "Container main failed startup probe: command exited with code 1"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.containers[0].restart_count, 0);
+
+        // Meanwhile (2 s and more), the failing liveness probe of w-slow did not run.
+        sleep(Duration::from_millis(1_000)).await;
+        rec.drain();
+        assert!(rec.statuses("w-slow").iter().all(|(_, s)| {
+            s.containers[0].restart_count == 0 && s.containers[0].last_state.is_none()
+        }));
+
+        std::fs::write(&started, "").expect("started");
+        let s = rec
+            .status("w-slow", "killed by liveness once started", |s| {
+                killed_by_probe(&s.containers[0], "liveness")
+            })
+            .await;
+        assert_eq!(s.phase, PodPhase::Running);
+        clean_up(&m, &mut rec, &["pod-w-slow", "pod-w-stuck"]).await;
+    }
+}
+
 #[tokio::test]
 async fn a_crashing_container_restarts_with_growing_back_off() {
     let tmp = tempfile::tempdir().expect("tempdir");

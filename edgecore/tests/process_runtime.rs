@@ -855,3 +855,63 @@ async fn a_reused_instance_id_is_observed_afresh() {
         .expect("state");
     assert_eq!(exited(&state), (143, Some(15), "Error"));
 }
+
+#[tokio::test]
+async fn exec_runs_beside_a_running_container_only() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let mut main = sh("main", "sleep 60");
+    main.env = vec![protocol::pod::EnvVar {
+        name: "MODE".into(),
+        value: protocol::pod::EnvValue::Literal("edge".into()),
+    }];
+    let p = pod("exec", vec![main]);
+    let sandbox = rt.run_sandbox(&p).await.expect("run_sandbox");
+    let config = ContainerConfig {
+        env: vec![("MODE".into(), "edge".into())],
+        ..config(0)
+    };
+    let info = rt
+        .start_container(&sandbox, &p, &p.containers[0], &config)
+        .await
+        .expect("start_container");
+    let command: Vec<String> = ["sh", "-c", "echo $MODE $HOSTNAME; pwd"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = rt
+        .exec_sync(&sandbox, &info.id, &command, Duration::from_secs(10))
+        .await
+        .expect("exec_sync");
+    assert_eq!(out.exit_code, 0);
+    let pod_dir = tmp.path().join("exec").canonicalize().expect("pod dir");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("edge pod-exec\n{}\n", pod_dir.display())
+    );
+    // Another pod's container, or one that no longer runs: an error, not an exit code.
+    let other = Sandbox {
+        id: "other".into(),
+        pod_uid: "other".into(),
+        ip: String::new(),
+    };
+    assert!(rt
+        .exec_sync(&other, &info.id, &command, Duration::from_secs(1))
+        .await
+        .is_err());
+    rt.stop_container(&sandbox, &info.id, Duration::from_secs(1))
+        .await
+        .expect("stop");
+    match rt
+        .exec_sync(&sandbox, &info.id, &command, Duration::from_secs(1))
+        .await
+    {
+        Err(RuntimeError::Internal { message, .. }) => {
+            assert!(message.contains("is not running"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    rt.remove_sandbox(&sandbox, Duration::from_secs(1))
+        .await
+        .expect("remove");
+}

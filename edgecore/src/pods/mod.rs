@@ -18,6 +18,8 @@
 
 mod backoff;
 mod env;
+mod prober;
+mod probes;
 mod state;
 mod worker;
 

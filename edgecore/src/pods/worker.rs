@@ -4,7 +4,12 @@
 //! the status when it changed, and listens for the manager's commands while it has nothing else
 //! to do, and while it stops containers (a stop may last the whole grace period, and a forced
 //! deletion meanwhile shortens it). It never holds a lock while it waits for the runtime.
+//!
+//! It also owns the pod's probe tasks (`super::probes`): after every step they are made to
+//! follow the machine's running containers, and their verdicts are fed to the machine like any
+//! other event, so a readiness change is reported as soon as it is decided.
 
+use super::probes::ProbeSupervisor;
 use super::state::{Action, Event, Failure, Now, Outcome, PodMachine};
 use super::Shared;
 use crate::runtime::{ContainerRunState, Runtime, RuntimeError, Sandbox};
@@ -41,6 +46,8 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     rx: UnboundedReceiver<Command>,
     last_sent: Option<PodStatus>,
+    /// Probe tasks of the running containers; dropping the worker aborts them.
+    probes: ProbeSupervisor,
 }
 
 impl Worker {
@@ -52,6 +59,7 @@ impl Worker {
         rx: UnboundedReceiver<Command>,
     ) -> Self {
         Self {
+            probes: ProbeSupervisor::new(runtime.clone()),
             machine,
             runtime,
             shared,
@@ -77,6 +85,9 @@ impl Worker {
                     Err(TryRecvError::Empty) => break,
                 }
             }
+            while let Some(verdict) = self.probes.try_next() {
+                events.push(Event::Probe(verdict));
+            }
             let now = Now::current();
             let before = self.machine.state().name();
             let mut action = Action::Wait(None);
@@ -88,6 +99,7 @@ impl Worker {
                 info!(from = before, to = after, "pod state changed");
             }
             self.report();
+            self.probes.sync(&self.machine);
             let next = match action {
                 Action::Finish(outcome) => match self.finish(outcome).await {
                     Some(Finish::Done) => {
@@ -311,6 +323,7 @@ impl Worker {
                         Some(Command::Forget) => Event::Forget,
                         Some(Command::Shutdown) | None => return None,
                     },
+                    verdict = self.probes.next() => Event::Probe(verdict),
                     () = timer => Event::Tick,
                 }
             }

@@ -987,16 +987,49 @@ impl Runtime for ProcessRuntime {
 
     async fn exec_sync(
         &self,
-        _sandbox: &Sandbox,
-        _container_id: &str,
-        _command: &[String],
-        _timeout: Duration,
+        sandbox: &Sandbox,
+        container_id: &str,
+        command: &[String],
+        timeout: Duration,
     ) -> Result<super::ExecOutput, RuntimeError> {
-        // PLACEHOLDER(probes helper): run the command as a child in the container's context.
-        Err(RuntimeError::Internal {
-            op: "exec".into(),
-            message: "exec is being implemented".into(),
-        })
+        let id = self.parse_id(sandbox, container_id)?;
+        let dir = self.instance_dir(&id);
+        if !is_dir(&dir).await {
+            return Err(internal(
+                "exec",
+                format!(
+                    "no container instance {container_id:?} under {}; it was removed or never \
+                     started by this node's process runtime",
+                    self.root.display()
+                ),
+            ));
+        }
+        // As in a container runtime, a command runs only beside a running container.
+        match self.observe(&id, &dir).await {
+            ContainerRunState::Running { .. } => {}
+            other => {
+                return Err(internal(
+                    "exec",
+                    format!("container {id} is not running ({other:?}); nothing to exec in"),
+                ))
+            }
+        }
+        let spec = match read_json::<ShimSpec>(&dir.join(SPEC_FILE)).await {
+            Ok(Some(spec)) => spec,
+            Ok(None) => {
+                return Err(internal(
+                    "exec",
+                    format!("container {id} has no spec.json; its instance directory is damaged"),
+                ))
+            }
+            Err(message) => {
+                return Err(internal(
+                    "exec",
+                    format!("cannot read the spec of container {id}: {message}"),
+                ))
+            }
+        };
+        exec_in_context(&spec, command, timeout).await
     }
 
     async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError> {
@@ -1292,6 +1325,164 @@ fn run_shim(dir: &Path) -> Result<ExitCode, ShimError> {
     };
     write_json_atomic(&dir.join(EXIT_FILE), &record, 0o644).map_err(io_err("write exit.json"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exec.
+
+/// Output `exec_sync` keeps of each stream: plenty for a probe's message, and a command that
+/// prints without end cannot fill edgecore's memory.
+const EXEC_OUTPUT_LIMIT: usize = 4096;
+/// How long `exec_sync` waits, after the command ended, for the rest of its output (a process
+/// that left the command's process group may hold the pipes open).
+const EXEC_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Runs `command` in the context of the container described by `spec`, as `exec_sync` does:
+/// exactly the container's environment (so `PATH` lookups match the container's) and its working
+/// directory, stdin on `/dev/null`, in a process group of its own. Without namespaces this is as
+/// close to "inside the container" as the process runtime gets.
+///
+/// At `timeout` the whole group is killed (a probe such as `sh -c 'sleep 100'` leaves nothing
+/// behind) and the output is marked timed out. Whatever the command itself left running in its
+/// group is killed as well once it exited: an exec does not outlive its command here, since no
+/// container would hold it. A program that cannot be started yields exit code 127 (not found)
+/// or 126 (not executable), as a shell reports it, so that a misspelt probe command fails the
+/// probe visibly instead of being an error the prober ignores.
+async fn exec_in_context(
+    spec: &ShimSpec,
+    command: &[String],
+    timeout: Duration,
+) -> Result<super::ExecOutput, RuntimeError> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(internal(
+            "exec",
+            format!(
+                "empty command for container {}/{}; give at least a program",
+                spec.pod_uid, spec.container
+            ),
+        ));
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let exit_code = match e.kind() {
+                io::ErrorKind::NotFound => 127,
+                io::ErrorKind::PermissionDenied => 126,
+                _ => {
+                    return Err(internal(
+                        "exec",
+                        format!(
+                            "cannot run {program:?} in container {}: {e}",
+                            spec.container
+                        ),
+                    ))
+                }
+            };
+            return Ok(super::ExecOutput {
+                exit_code,
+                stdout: Vec::new(),
+                stderr: format!(
+                    "cannot run {program:?} (PATH and working directory {} of the container): {e}",
+                    spec.cwd.display()
+                )
+                .into_bytes(),
+                timed_out: false,
+            });
+        }
+    };
+    // Also when this future is dropped mid-way (a probe cancelled with its container).
+    let group = KillGroupOnDrop(child.id());
+    let (stdout_pipe, stderr_pipe) = (child.stdout.take(), child.stderr.take());
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let (status, timed_out) = {
+        // The pipes are read while waiting: a command printing more than a pipe holds would
+        // otherwise block forever.
+        let mut drained = false;
+        let mut drain = std::pin::pin!(async {
+            tokio::join!(
+                read_limited(stdout_pipe, &mut stdout),
+                read_limited(stderr_pipe, &mut stderr)
+            )
+        });
+        let deadline = deadline_after(Instant::now(), timeout);
+        let ended = loop {
+            tokio::select! {
+                status = child.wait() => break Some(status),
+                _ = &mut drain, if !drained => drained = true,
+                () = tokio::time::sleep_until(deadline) => break None,
+            }
+        };
+        // Its group goes too: on timeout the command and its children, otherwise what it left.
+        drop(group);
+        let (status, timed_out) = match ended {
+            Some(status) => (status, false),
+            None => (child.wait().await, true),
+        };
+        if !drained {
+            let _ = tokio::time::timeout(EXEC_DRAIN_TIMEOUT, &mut drain).await;
+        }
+        (status, timed_out)
+    };
+    let status = status.map_err(|e| {
+        internal(
+            "exec",
+            format!(
+                "cannot wait for {program:?} in container {}: {e}",
+                spec.container
+            ),
+        )
+    })?;
+    let exit_code = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 255,
+    };
+    Ok(super::ExecOutput {
+        exit_code,
+        stdout,
+        stderr,
+        timed_out,
+    })
+}
+
+/// SIGKILLs the process group led by the pid it holds when dropped.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Reads `pipe` to its end, keeping the first [`EXEC_OUTPUT_LIMIT`] bytes in `keep`.
+async fn read_limited(pipe: Option<impl tokio::io::AsyncRead + Unpin>, keep: &mut Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let Some(mut pipe) = pipe else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let room = EXEC_OUTPUT_LIMIT.saturating_sub(keep.len());
+                keep.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1837,5 +2028,132 @@ mod tests {
             tail_file(&path, Some(2)).expect("tail"),
             "line 99998\nline 99999\n"
         );
+    }
+
+    fn exec_spec(cwd: &Path, env: &[(&str, &str)]) -> ShimSpec {
+        ShimSpec {
+            pod_uid: "uid".into(),
+            container: "main".into(),
+            attempt: 0,
+            image: "local".into(),
+            program: "sleep".into(),
+            args: vec![],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cwd: cwd.to_path_buf(),
+            log_path: cwd.join("log"),
+            spec_digest: None,
+        }
+    }
+
+    fn words(command: &[&str]) -> Vec<String> {
+        command.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn exec_runs_with_the_containers_environment_and_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = exec_spec(dir.path(), &[("PATH", DEFAULT_PATH), ("GREETING", "hi")]);
+        let out = exec_in_context(
+            &spec,
+            &words(&["sh", "-c", "echo $GREETING; pwd; echo oops >&2; exit 3"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+        assert_eq!(out.exit_code, 3);
+        assert!(!out.timed_out);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let cwd = dir.path().canonicalize().expect("canonical");
+        assert_eq!(stdout, format!("hi\n{}\n", cwd.display()));
+        assert_eq!(out.stderr, b"oops\n");
+        // edgecore's own environment does not leak in.
+        let out = exec_in_context(&spec, &words(&["env"]), Duration::from_secs(10))
+            .await
+            .expect("exec");
+        let env = String::from_utf8_lossy(&out.stdout);
+        assert!(env.contains("GREETING=hi"), "{env}");
+        assert!(!env.contains("CARGO"), "{env}");
+    }
+
+    #[tokio::test]
+    async fn exec_truncates_output_and_kills_the_group_at_the_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = exec_spec(dir.path(), &[("PATH", DEFAULT_PATH)]);
+        let out = exec_in_context(
+            &spec,
+            &words(&["sh", "-c", "head -c 100000 /dev/zero"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+        assert_eq!((out.exit_code, out.stdout.len()), (0, EXEC_OUTPUT_LIMIT));
+
+        // A child of the command, writing its pid first, is killed with it.
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+        let started = Instant::now();
+        let out = exec_in_context(
+            &spec,
+            &words(&["sh", "-c", &script]),
+            Duration::from_millis(300),
+        )
+        .await
+        .expect("exec");
+        assert!(out.timed_out);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proc_alive(pid, 0).await {
+            assert!(Instant::now() < deadline, "the exec's child {pid} survived");
+            sleep(Duration::from_millis(20)).await;
+        }
+
+        // The same when the exec is cancelled (its probe was) before the timeout.
+        std::fs::remove_file(&pid_file).expect("remove");
+        let exec = tokio::spawn(async move {
+            let command = words(&["sh", "-c", &script]);
+            exec_in_context(&spec, &command, Duration::from_secs(60)).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let pid: u32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the exec never ran");
+            sleep(Duration::from_millis(20)).await;
+        };
+        exec.abort();
+        while proc_alive(pid, 0).await {
+            assert!(
+                Instant::now() < deadline,
+                "the child {pid} of a cancelled exec survived"
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_of_a_missing_program_fails_like_a_shell() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The container's PATH is used, not edgecore's: `sh` is not found in an empty one.
+        let spec = exec_spec(dir.path(), &[("PATH", "/nonexistent")]);
+        let out = exec_in_context(&spec, &words(&["sh", "-c", "true"]), Duration::from_secs(5))
+            .await
+            .expect("exec");
+        assert_eq!(out.exit_code, 127);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run \"sh\""));
+        assert!(exec_in_context(&spec, &[], Duration::from_secs(5))
+            .await
+            .is_err());
     }
 }
