@@ -4,10 +4,15 @@
 //! the status when it changed, and listens for the manager's commands while it has nothing else
 //! to do, and while it stops containers (a stop may last the whole grace period, and a forced
 //! deletion meanwhile shortens it). It never holds a lock while it waits for the runtime.
+//!
+//! It also prepares the volumes a container mounts before starting it, tears the pod's volumes
+//! down after its sandbox, and brings materialised configMap and secret volumes up to date when
+//! the manager says the pod's objects changed (and once when it starts, for an adopted pod whose
+//! objects changed while edgecore was down).
 
 use super::state::{Action, Event, Failure, Now, Outcome, PodMachine};
 use super::Shared;
-use crate::runtime::{ContainerRunState, Runtime, RuntimeError, Sandbox};
+use crate::runtime::{ContainerConfig, ContainerRunState, Runtime, RuntimeError, Sandbox};
 use protocol::pod::EdgePod;
 use protocol::status::PodStatus;
 use std::sync::Arc;
@@ -22,6 +27,8 @@ pub(crate) enum Command {
     Update(EdgePod),
     /// The pod left the desired set: stop it and forget it.
     Forget,
+    /// A ConfigMap or Secret the pod uses changed (or arrived, or went).
+    ConfigChanged,
     /// edgecore is shutting down: end without touching the containers.
     Shutdown,
 }
@@ -41,6 +48,8 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     rx: UnboundedReceiver<Command>,
     last_sent: Option<PodStatus>,
+    /// The pod's configMap and secret volumes may be out of date.
+    volumes_stale: bool,
 }
 
 impl Worker {
@@ -57,6 +66,7 @@ impl Worker {
             shared,
             rx,
             last_sent: None,
+            volumes_stale: true,
         }
     }
 
@@ -74,8 +84,20 @@ impl Worker {
                     }
                     Ok(Command::Update(pod)) => events.push(Event::Update(pod)),
                     Ok(Command::Forget) => events.push(Event::Forget),
+                    Ok(Command::ConfigChanged) => {
+                        self.volumes_stale = true;
+                        events.push(Event::ConfigChanged);
+                    }
                     Err(TryRecvError::Empty) => break,
                 }
+            }
+            if self.volumes_stale {
+                self.volumes_stale = false;
+                let configs = self.shared.configs.borrow().clone();
+                self.shared
+                    .volumes
+                    .refresh(self.machine.pod(), configs)
+                    .await;
             }
             let now = Now::current();
             let before = self.machine.state().name();
@@ -138,6 +160,8 @@ impl Worker {
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return None,
                 Ok(Command::Update(pod)) => events.push(Event::Update(pod)),
                 Ok(Command::Forget) => events.push(Event::Forget),
+                // The pod is done: its volumes are gone or going.
+                Ok(Command::ConfigChanged) => {}
                 Err(TryRecvError::Empty) => break,
             }
         }
@@ -178,20 +202,40 @@ impl Worker {
                     return Some(Event::Tick);
                 };
                 let attempt = config.attempt;
-                let result = rt
-                    .start_container(&sandbox, self.machine.pod(), &container, &config)
-                    .await;
-                match &result {
-                    Ok(c) => {
-                        info!(container = %container.name, attempt, id = %c.id, "container started")
+                let configs = self.shared.configs.borrow().clone();
+                let result = match self
+                    .shared
+                    .volumes
+                    .prepare(self.machine.pod(), &container, configs)
+                    .await
+                {
+                    Ok(mounts) => {
+                        let config = ContainerConfig { mounts, ..config };
+                        let result = rt
+                            .start_container(&sandbox, self.machine.pod(), &container, &config)
+                            .await;
+                        match &result {
+                            Ok(c) => {
+                                info!(container = %container.name, attempt, id = %c.id, "container started")
+                            }
+                            Err(e) => warn!(container = %container.name, attempt, error = %e,
+                                            "container failed to start; retrying with back-off"),
+                        }
+                        result.map_err(|e| Failure::from(&e))
                     }
-                    Err(e) => warn!(container = %container.name, attempt, error = %e,
-                                    "container failed to start; retrying with back-off"),
-                }
+                    Err(e) => {
+                        warn!(container = %container.name, attempt, error = %e,
+                              "cannot prepare the container's volumes; retrying with back-off");
+                        Err(Failure {
+                            reason: e.waiting_reason().to_string(),
+                            message: e.to_string(),
+                        })
+                    }
+                };
                 Event::Started {
                     index,
                     attempt,
-                    result: result.map_err(|e| Failure::from(&e)),
+                    result,
                 }
             }
             Action::Observe(targets) => {
@@ -253,6 +297,10 @@ impl Worker {
                             let event = match command {
                                 Some(Command::Update(pod)) => Event::Update(pod),
                                 Some(Command::Forget) => Event::Forget,
+                                Some(Command::ConfigChanged) => {
+                                    self.volumes_stale = true;
+                                    Event::ConfigChanged
+                                }
                                 Some(Command::Shutdown) | None => return None,
                             };
                             // The machine stays in `Terminating`: its next action is this stop
@@ -289,14 +337,27 @@ impl Worker {
                 Event::Stopped(results)
             }
             Action::RemoveSandbox { sandbox, grace } => {
-                let result = rt.remove_sandbox(&sandbox, grace).await;
+                // The volumes go once nothing runs that may use them.
+                let result = match rt.remove_sandbox(&sandbox, grace).await {
+                    Ok(()) => self
+                        .shared
+                        .volumes
+                        .teardown(&sandbox.pod_uid)
+                        .await
+                        .map_err(|e| Failure {
+                            reason: e.waiting_reason().to_string(),
+                            message: e.to_string(),
+                        }),
+                    Err(e) => Err(Failure::from(&e)),
+                };
                 match &result {
-                    Ok(()) => info!("pod sandbox removed"),
+                    Ok(()) => info!("pod sandbox and volumes removed"),
                     Err(e) => {
-                        warn!(error = %e, "cannot remove the pod sandbox; retrying with back-off")
+                        warn!(error = %e.message,
+                              "cannot remove the pod sandbox or its volumes; retrying with back-off")
                     }
                 }
-                Event::SandboxRemoved(result.map_err(|e| Failure::from(&e)))
+                Event::SandboxRemoved(result)
             }
             Action::Wait(until) => {
                 let timer = async {
@@ -309,6 +370,10 @@ impl Worker {
                     command = self.rx.recv() => match command {
                         Some(Command::Update(pod)) => Event::Update(pod),
                         Some(Command::Forget) => Event::Forget,
+                        Some(Command::ConfigChanged) => {
+                            self.volumes_stale = true;
+                            Event::ConfigChanged
+                        }
                         Some(Command::Shutdown) | None => return None,
                     },
                     () = timer => Event::Tick,
