@@ -203,39 +203,40 @@ impl Worker {
                 };
                 let attempt = config.attempt;
                 let configs = self.shared.configs.borrow().clone();
-                let result = match self
+                let config = match self
                     .shared
                     .volumes
                     .prepare(self.machine.pod(), &container, configs)
                     .await
                 {
-                    Ok(mounts) => {
-                        let config = ContainerConfig { mounts, ..config };
-                        let result = rt
-                            .start_container(&sandbox, self.machine.pod(), &container, &config)
-                            .await;
-                        match &result {
-                            Ok(c) => {
-                                info!(container = %container.name, attempt, id = %c.id, "container started")
-                            }
-                            Err(e) => warn!(container = %container.name, attempt, error = %e,
-                                            "container failed to start; retrying with back-off"),
-                        }
-                        result.map_err(|e| Failure::from(&e))
-                    }
+                    Ok(mounts) => ContainerConfig { mounts, ..config },
                     Err(e) => {
                         warn!(container = %container.name, attempt, error = %e,
                               "cannot prepare the container's volumes; retrying with back-off");
-                        Err(Failure {
-                            reason: e.waiting_reason().to_string(),
-                            message: e.to_string(),
-                        })
+                        return Some(Event::Started {
+                            index,
+                            attempt,
+                            result: Err(Failure {
+                                reason: e.waiting_reason().to_string(),
+                                message: e.to_string(),
+                            }),
+                        });
                     }
                 };
+                let result = rt
+                    .start_container(&sandbox, self.machine.pod(), &container, &config)
+                    .await;
+                match &result {
+                    Ok(c) => {
+                        info!(container = %container.name, attempt, id = %c.id, "container started")
+                    }
+                    Err(e) => warn!(container = %container.name, attempt, error = %e,
+                                    "container failed to start; retrying with back-off"),
+                }
                 Event::Started {
                     index,
                     attempt,
-                    result,
+                    result: result.map_err(|e| Failure::from(&e)),
                 }
             }
             Action::Observe(targets) => {
