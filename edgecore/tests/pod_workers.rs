@@ -1,11 +1,15 @@
 //! Pod workers against the real `process` runtime (real processes, edgecore's binary as shim),
 //! with a recording status sink.
 
-use edgecore::pods::{BackoffPolicy, PodManager, PodManagerConfig, StatusSink};
+use edgecore::cache::ConfigSet;
+use edgecore::pods::{BackoffPolicy, Desired, PodManager, PodManagerConfig, StatusSink};
 use edgecore::runtime::process::ProcessRuntime;
 use edgecore::runtime::{ContainerConfig, Runtime};
+use edgecore::volumes::Volumes;
+use protocol::config::{EdgeConfigMap, EdgeSecret};
 use protocol::pod::{
-    EdgeContainer, EdgePod, EnvValue, EnvVar, RestartPolicy, Volume, VolumeMount, VolumeSource,
+    EdgeContainer, EdgePod, EnvFromKind, EnvFromSource, EnvValue, EnvVar, RestartPolicy, Volume,
+    VolumeMount, VolumeSource,
 };
 use protocol::status::{ContainerState, ContainerStatus, PodPhase, PodStatus};
 use std::collections::BTreeMap;
@@ -171,15 +175,19 @@ fn config() -> PodManagerConfig {
     }
 }
 
+/// A manager on `rt` that keeps the pods' volumes where the runtime keeps its pods, as edgecore
+/// does.
 fn manager(rt: Arc<ProcessRuntime>) -> (PodManager, Recorder) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let volumes = Volumes::new(rt.root().to_path_buf());
     let m = PodManager::with_config(
         rt,
         Arc::new(Sink(tx)),
         "rig-7".into(),
         HOST_IP.into(),
         config(),
-    );
+    )
+    .with_volumes(volumes);
     (
         m,
         Recorder {
@@ -1347,4 +1355,266 @@ async fn a_restarted_manager_restarts_containers_whose_spec_changed_meanwhile() 
         .all(|(_, s)| s.containers[0].restart_count <= 1));
     clean_up(&m, &mut rec, &["pod-w-respec"]).await;
     assert!(!alive(new_pid));
+}
+
+fn config_map(name: &str, data: &[(&str, &str)]) -> EdgeConfigMap {
+    EdgeConfigMap {
+        namespace: "rigs".into(),
+        name: name.into(),
+        data: data
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        binary_data: BTreeMap::new(),
+    }
+}
+
+fn volume_mount(name: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: format!("/etc/{name}"),
+        read_only: false,
+        sub_path: String::new(),
+    }
+}
+
+/// Mount points at or under `dir`, from `/proc/self/mountinfo` (escapes aside: the test paths
+/// have none).
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = std::fs::canonicalize(dir).expect("canonical");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(&dir))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A pod with a configMap volume, a secret volume and its env from the secret runs; a
+/// ConfigMap update reaches the file without a container restart; a pod whose ConfigMap is
+/// missing waits with CreateContainerConfigError and starts once it arrives; removal leaves
+/// nothing mounted and no pod directory.
+#[tokio::test]
+async fn config_map_and_secret_volumes_and_env_follow_the_node_configs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+
+    let mut main = sh(
+        "main",
+        "echo \"token=$S_TOKEN user=$USER_NAME\"; \
+         while true; do echo \"level=$(cat \"$SKERRY_VOLUME_SETTINGS/level\")\"; sleep 0.1; done",
+    );
+    main.env_from = vec![EnvFromSource {
+        prefix: "S_".into(),
+        source: EnvFromKind::Secret("creds".into()),
+        optional: false,
+    }];
+    main.env = vec![EnvVar {
+        name: "USER_NAME".into(),
+        value: EnvValue::SecretKey {
+            name: "creds".into(),
+            key: "USER".into(),
+            optional: false,
+        },
+    }];
+    main.volume_mounts = vec![volume_mount("settings"), volume_mount("tls")];
+    let mut p = pod("w-cfg", RestartPolicy::Always, vec![main]);
+    p.volumes = vec![
+        Volume {
+            name: "settings".into(),
+            source: VolumeSource::ConfigMap {
+                name: "settings".into(),
+                items: vec![],
+                default_mode: None,
+                optional: false,
+            },
+        },
+        Volume {
+            name: "tls".into(),
+            source: VolumeSource::Secret {
+                name: "creds".into(),
+                items: vec![],
+                default_mode: None,
+                optional: false,
+            },
+        },
+    ];
+    let mut waiting_c = sh("main", "echo started; sleep 60");
+    waiting_c.volume_mounts = vec![volume_mount("later")];
+    let mut waiting = pod("w-later", RestartPolicy::Always, vec![waiting_c]);
+    waiting.volumes = vec![Volume {
+        name: "later".into(),
+        source: VolumeSource::ConfigMap {
+            name: "later".into(),
+            items: vec![],
+            default_mode: None,
+            optional: false,
+        },
+    }];
+
+    let mut configs = ConfigSet::default();
+    configs.insert_config_map(config_map("settings", &[("level", "1")]));
+    configs.insert_secret(EdgeSecret {
+        namespace: "rigs".into(),
+        name: "creds".into(),
+        kind: "Opaque".into(),
+        data: BTreeMap::from([
+            ("TOKEN".into(), b"s3cr3t-t0ken".to_vec()),
+            ("USER".into(), b"robot".to_vec()),
+        ]),
+    });
+    let desired = |pods: Vec<EdgePod>, configs: &ConfigSet| Desired {
+        pods,
+        configs: configs.clone(),
+    };
+    m.sync(desired(vec![p.clone(), waiting.clone()], &configs))
+        .await;
+
+    rec.status("w-cfg", "Running", |s| is_running(&s.containers[0]))
+        .await;
+    let log = wait_log(&rt, "w-cfg", "main", "level=1").await;
+    assert!(log.contains("token=s3cr3t-t0ken user=robot\n"), "{log}");
+    let volumes = tmp.path().join("w-cfg/volumes");
+    assert_eq!(
+        std::fs::read_to_string(volumes.join("settings/level")).expect("level"),
+        "1"
+    );
+    assert_eq!(
+        std::fs::read(volumes.join("tls/TOKEN")).expect("token"),
+        b"s3cr3t-t0ken"
+    );
+    if nix::unistd::geteuid().is_root() {
+        // As root, the secret volume is a tmpfs: secrets never reach the disk.
+        assert_eq!(
+            mounts_under(&volumes).len(),
+            1,
+            "{:?}",
+            mounts_under(&volumes)
+        );
+    }
+    let pid = pid_of(tmp.path(), "w-cfg", "main", 0);
+
+    // The pod whose ConfigMap is not on the node waits, saying which one.
+    let s = rec
+        .status("w-later", "CreateContainerConfigError", |s| {
+            matches!(&s.containers[0].state,
+                ContainerState::Waiting { reason, .. } if reason == "CreateContainerConfigError")
+        })
+        .await;
+    let ContainerState::Waiting { message, .. } = &s.containers[0].state else {
+        unreachable!()
+    };
+    assert!(message.contains("configmap \"later\""), "{message}");
+    assert!(message.contains("volume \"later\""), "{message}");
+
+    // An update of the ConfigMap reaches the running container's file; it is not restarted.
+    configs.insert_config_map(config_map("settings", &[("level", "2")]));
+    m.sync(desired(vec![p.clone(), waiting.clone()], &configs))
+        .await;
+    wait_log(&rt, "w-cfg", "main", "level=2").await;
+    assert_eq!(
+        std::fs::read_to_string(volumes.join("settings/level")).expect("level"),
+        "2"
+    );
+    assert_eq!(pid_of(tmp.path(), "w-cfg", "main", 0), pid);
+    assert!(alive(pid));
+    assert_eq!(attempts(tmp.path(), "w-cfg", "main"), ["0"]);
+
+    // The missing ConfigMap arrives: the waiting pod starts.
+    configs.insert_config_map(config_map("later", &[("x", "y")]));
+    m.sync(desired(vec![p.clone(), waiting.clone()], &configs))
+        .await;
+    rec.status("w-later", "Running", |s| is_running(&s.containers[0]))
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("w-later/volumes/later/x")).expect("x"),
+        "y"
+    );
+    rec.drain();
+    for (_, s) in rec.statuses("w-cfg") {
+        assert!(
+            !format!("{s:?}").contains("s3cr3t"),
+            "a secret in a status: {s:?}"
+        );
+    }
+    assert_eq!(
+        rec.statuses("w-cfg").last().expect("status").1.containers[0].restart_count,
+        0
+    );
+
+    // Removal: nothing stays mounted, no pod directory stays.
+    m.sync(desired(vec![], &configs)).await;
+    rec.forgotten("pod-w-cfg").await;
+    rec.forgotten("pod-w-later").await;
+    wait_until("the process is gone", || !alive(pid)).await;
+    assert!(!tmp.path().join("w-cfg").exists());
+    assert!(!tmp.path().join("w-later").exists());
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+}
+
+/// Volumes left by pods that were removed while edgecore was down (after their sandbox was)
+/// are removed at start, and those of pods that are still wanted are reused: an emptyDir keeps
+/// its contents across an edgecore restart.
+#[tokio::test]
+async fn volumes_survive_a_restart_and_leftovers_are_removed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut c = sh(
+        "main",
+        "echo run >> \"$SKERRY_VOLUME_SCRATCH/runs\"; echo up; sleep 60",
+    );
+    c.volume_mounts = vec![volume_mount("scratch")];
+    let mut p = pod("w-keep", RestartPolicy::Always, vec![c]);
+    p.volumes = vec![Volume {
+        name: "scratch".into(),
+        source: VolumeSource::EmptyDir {
+            memory: true,
+            size_limit_bytes: Some(1 << 20),
+        },
+    }];
+    let runs = tmp.path().join("w-keep/volumes/scratch/runs");
+    {
+        let (m, mut rec) = manager(runtime(tmp.path()));
+        m.sync(vec![p.clone()]).await;
+        rec.status("w-keep", "Running", |s| is_running(&s.containers[0]))
+            .await;
+        wait_until("the container wrote to its volume", || runs.exists()).await;
+        m.shutdown().await;
+    }
+    // A leftover: volumes (here a tmpfs, as root) of a pod that no longer runs or is wanted.
+    let leftover = tmp.path().join("gone-uid/volumes/mem");
+    std::fs::create_dir_all(&leftover).expect("leftover");
+    if nix::unistd::geteuid().is_root() {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&leftover)
+            .status()
+            .expect("mount");
+        assert!(status.success());
+        assert_eq!(mounts_under(&tmp.path().join("gone-uid")).len(), 1);
+    }
+
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    m.sync(vec![p.clone()]).await;
+    wait_until("the leftover volumes are removed", || {
+        !tmp.path().join("gone-uid").exists()
+    })
+    .await;
+    assert!(mounts_under(tmp.path())
+        .iter()
+        .all(|m| m.contains("w-keep")));
+    let s = rec
+        .status("w-keep", "adopted", |s| is_running(&s.containers[0]))
+        .await;
+    assert_eq!(s.containers[0].restart_count, 0);
+    assert_eq!(
+        std::fs::read_to_string(&runs).expect("runs"),
+        "run\n",
+        "the emptyDir lost its contents"
+    );
+    clean_up(&m, &mut rec, &["pod-w-keep"]).await;
+    assert!(!tmp.path().join("w-keep").exists());
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
 }

@@ -761,7 +761,7 @@ mod tests {
                 reset_after: Duration::from_secs(60),
             },
             poll_interval: Duration::from_millis(500),
-            config: Arc::new(super::super::env::NotSynced),
+            config: Arc::new(crate::cache::ConfigSet::default()),
         })
     }
 

@@ -521,6 +521,9 @@ pub(crate) enum Event {
     Forget,
     /// A probe's verdict on a running instance changed.
     Probe(ProbeVerdict),
+    /// A ConfigMap or Secret the pod uses changed: containers waiting for their configuration
+    /// are retried now rather than after their back-off.
+    ConfigChanged,
 }
 
 /// One pod's state machine.
@@ -989,6 +992,18 @@ impl PodMachine {
                     return; // Stale: about an instance that is gone.
                 }
                 probes::apply_verdict(slot, &self.pod, &verdict, may_kill);
+            }
+            Event::ConfigChanged => {
+                for slot in &mut self.slots {
+                    if let ContainerPhase::Waiting {
+                        reason, retry_at, ..
+                    } = &mut slot.phase
+                    {
+                        if reason == "CreateContainerConfigError" {
+                            *retry_at = None;
+                        }
+                    }
+                }
             }
             Event::Forget => match &mut self.state {
                 PodState::Terminating { then, .. } => *then = AfterStop::Forget,
@@ -1464,7 +1479,7 @@ pub(crate) fn containers_phase(slots: &[ContainerSlot]) -> PodPhase {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pods::env::NotSynced;
+    use crate::cache::ConfigSet;
     use protocol::pod::{EnvValue, EnvVar, RestartPolicy};
     use std::collections::BTreeMap;
 
@@ -1478,7 +1493,7 @@ mod tests {
                 reset_after: Duration::from_secs(600),
             },
             poll_interval: Duration::from_millis(500),
-            config: Arc::new(NotSynced),
+            config: Arc::new(ConfigSet::default()),
         })
     }
 
@@ -2283,6 +2298,64 @@ mod tests {
             ContainerState::Waiting { reason, message } => {
                 assert_eq!(reason, "CreateContainerConfigError");
                 assert!(message.contains("configmap \"cfg\""), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_config_change_retries_at_once_the_containers_waiting_for_their_configuration() {
+        let now = t0();
+        let (configs, view) = tokio::sync::watch::channel(Arc::new(ConfigSet::default()));
+        let mut s = clone_settings(&settings());
+        s.config = Arc::new(super::super::ConfigView(view));
+        let mut p = pod(RestartPolicy::Always, &["a", "b"]);
+        p.containers[0].env.push(EnvVar {
+            name: "X".into(),
+            value: EnvValue::ConfigMapKey {
+                name: "cfg".into(),
+                key: "k".into(),
+                optional: false,
+            },
+        });
+        let mut m = PodMachine::new(Arc::new(s), p, None, now);
+        m.step(Event::Tick, now);
+        assert!(matches!(
+            m.step(Event::SandboxCreated(Ok(sandbox())), now),
+            Action::StartContainer { index: 1, .. }
+        ));
+        m.step(
+            Event::Started {
+                index: 1,
+                attempt: 0,
+                result: Ok(info("b", 0, running(now.wall_ms))),
+            },
+            now,
+        );
+        let action = m.step(
+            Event::Observed(vec![(1, "u1/b/0".into(), Ok(running(now.wall_ms)))]),
+            now,
+        );
+        assert_eq!(
+            action,
+            Action::Wait(Some(now.mono + Duration::from_millis(500)))
+        );
+        // A change that does not bring the map: still waiting, with a fresh back-off.
+        assert!(matches!(m.step(Event::ConfigChanged, now), Action::Wait(_)));
+        // The map arrives: `a` starts now, not after its back-off.
+        let mut set = ConfigSet::default();
+        set.insert_config_map(protocol::config::EdgeConfigMap {
+            namespace: "rigs".into(),
+            name: "cfg".into(),
+            data: BTreeMap::from([("k".into(), "v".into())]),
+            binary_data: BTreeMap::new(),
+        });
+        configs.send_replace(Arc::new(set));
+        let t = at(now, 100);
+        match m.step(Event::ConfigChanged, t) {
+            Action::StartContainer { index, config, .. } => {
+                assert_eq!(index, 0);
+                assert_eq!(config.env, [("X".to_string(), "v".to_string())]);
             }
             other => panic!("{other:?}"),
         }

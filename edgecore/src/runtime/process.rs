@@ -42,8 +42,13 @@
 //! <pod-uid>/containers/<name>/<attempt>/start-error.json  why the program could not be started
 //! <pod-uid>/containers/<name>/<attempt>/shim.log        the shim's own diagnostics
 //! <pod-uid>/logs/<name>/<attempt>.log                   the container's stdout and stderr
-//! <pod-uid>/volumes/<volume>/                           emptyDir volumes
+//! <pod-uid>/volumes/<volume>/                           the pod's volumes (`crate::volumes`, not this runtime's)
 //! ```
+//!
+//! The pod's `volumes/` directory belongs to the pod worker, which prepares the volumes before a
+//! container starts and tears them down (unmounting tmpfs mounts) after the sandbox is removed:
+//! [`Runtime::remove_sandbox`] removes everything else in the pod's directory, and the directory
+//! itself only if no volumes are left in it.
 //!
 //! Container ids are `<pod-uid>/<name>/<attempt>`, unique per instance.
 //!
@@ -57,15 +62,16 @@
 //!
 //! # Volumes
 //!
-//! Without mount namespaces a volume cannot appear at its `mountPath`, so mounts are exposed
-//! differently: the process runs in the pod directory by default (unless the container sets
-//! `workingDir`; a relative one is taken relative to the pod directory), and for every volume it
-//! mounts the environment variable `SKERRY_VOLUME_<NAME>` (the volume name upper-cased, every
-//! character other than a letter or digit replaced by `_`) holds the volume's host path.
-//! `mountPath`, `subPath` and `readOnly` are ignored. `emptyDir` volumes are plain directories
-//! under `volumes/<name>` (a memory-backed one is not a tmpfs here and size limits are not
-//! enforced); `hostPath` volumes are checked against their `type` (`DirectoryOrCreate` and
-//! `FileOrCreate` create the path); ConfigMap and Secret volumes are not supported yet.
+//! The pod worker prepares every volume a container mounts (emptyDir, hostPath, configMap and
+//! secret; see `crate::volumes`) and passes the mounts in [`ContainerConfig::mounts`]. Without
+//! mount namespaces a volume cannot appear at its `mountPath`, so mounts are exposed differently:
+//! the process runs in the pod directory by default (unless the container sets `workingDir`; a
+//! relative one is taken relative to the pod directory), and for every volume it mounts the
+//! environment variable `SKERRY_VOLUME_<NAME>` (the volume name upper-cased, every character
+//! other than a letter or digit replaced by `_`) holds the mount's host path: the volume's
+//! directory, or the path within it for a mount with `subPath`. `mountPath` and `readOnly` are
+//! ignored (nothing stops the process from writing, as it runs with edgecore's rights). A volume
+//! mounted twice must be mounted at the same host path, since it gets one variable.
 
 use super::{
     deadline_after, ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Runtime,
@@ -75,12 +81,12 @@ use async_trait::async_trait;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use protocol::pod::{EdgeContainer, EdgePod, VolumeSource};
+use protocol::pod::{EdgeContainer, EdgePod};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -196,86 +202,6 @@ impl ProcessRuntime {
             ));
         }
         Ok(id)
-    }
-
-    /// Prepares the volumes `container` mounts and returns the `SKERRY_VOLUME_*` variables.
-    async fn prepare_volumes(
-        &self,
-        pod: &EdgePod,
-        container: &EdgeContainer,
-    ) -> Result<Vec<(String, String)>, RuntimeError> {
-        let mut vars = Vec::new();
-        // (variable, volume) of the volumes prepared so far.
-        let mut seen: Vec<(String, String)> = Vec::new();
-        for mount in &container.volume_mounts {
-            let create_err = |message: String| RuntimeError::CreateContainer {
-                container: container.name.clone(),
-                message,
-            };
-            let var = volume_env_name(&mount.name);
-            if let Some((_, other)) = seen.iter().find(|(k, _)| *k == var) {
-                if *other == mount.name {
-                    continue; // The same volume mounted twice: one variable is enough.
-                }
-                return Err(create_err(format!(
-                    "volumes {other:?} and {:?} would both be passed in the environment \
-                     variable {var}; rename one of them (every character other than a letter \
-                     or digit becomes `_`)",
-                    mount.name
-                )));
-            }
-            seen.push((var, mount.name.clone()));
-            let volume = pod
-                .volumes
-                .iter()
-                .find(|v| v.name == mount.name)
-                .ok_or_else(|| {
-                    create_err(format!(
-                        "it mounts volume {:?}, which the pod does not define; add it to the \
-                         pod's volumes or remove the mount",
-                        mount.name
-                    ))
-                })?;
-            let host_path = match &volume.source {
-                VolumeSource::EmptyDir { .. } => {
-                    if !is_safe_component(&volume.name) {
-                        return Err(create_err(format!(
-                            "volume name {:?} is not usable as a directory name",
-                            volume.name
-                        )));
-                    }
-                    let dir = self.pod_dir(&pod.uid).join("volumes").join(&volume.name);
-                    tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-                        internal(
-                            "prepare volume",
-                            format!("cannot create emptyDir {}: {e}", dir.display()),
-                        )
-                    })?;
-                    dir
-                }
-                VolumeSource::HostPath { path, kind } => {
-                    check_host_path(Path::new(path), kind)
-                        .await
-                        .map_err(|message| {
-                            create_err(format!("hostPath volume {:?}: {message}", volume.name))
-                        })?;
-                    PathBuf::from(path)
-                }
-                VolumeSource::ConfigMap { .. } | VolumeSource::Secret { .. } => {
-                    return Err(create_err(format!(
-                        "volume {:?} is a ConfigMap or Secret volume, which the process runtime \
-                         does not support yet; pass the values as environment variables or run \
-                         the pod on a node with the CRI runtime",
-                        volume.name
-                    )));
-                }
-            };
-            vars.push((
-                volume_env_name(&mount.name),
-                host_path.to_string_lossy().into_owned(),
-            ));
-        }
-        Ok(vars)
     }
 
     /// The instance's `state.json`: `Ok(None)` while there is none (the process has not been
@@ -622,7 +548,7 @@ impl Runtime for ProcessRuntime {
             ));
         }
         let dir = self.pod_dir(&pod.uid);
-        for sub in ["containers", "logs", "volumes"] {
+        for sub in ["containers", "logs"] {
             let path = dir.join(sub);
             tokio::fs::create_dir_all(&path).await.map_err(|e| {
                 internal(
@@ -811,7 +737,7 @@ impl Runtime for ProcessRuntime {
         }
 
         // Environment.
-        let volume_vars = self.prepare_volumes(pod, container).await?;
+        let volume_vars = volume_vars(&config.mounts).map_err(create_err)?;
         let env = build_env(&config.env, volume_vars, &pod.name);
         let path_var = env
             .iter()
@@ -977,9 +903,57 @@ impl Runtime for ProcessRuntime {
             // Keep the directory while something may still run: it is how we find it again.
             result?;
         }
-        remove_dir_all_idempotent(&pod_dir)
-            .await
-            .map_err(|e| internal("remove sandbox", e))?;
+        // Everything but the volumes, which the pod worker tears down (they may be mounts);
+        // the pod record last, so that an interrupted removal is found and redone.
+        let mut entries = tokio::fs::read_dir(&pod_dir).await.map_err(|e| {
+            internal(
+                "remove sandbox",
+                format!("cannot list {}: {e}", pod_dir.display()),
+            )
+        })?;
+        let mut doomed = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(|e| {
+            internal(
+                "remove sandbox",
+                format!("cannot list {}: {e}", pod_dir.display()),
+            )
+        })? {
+            let name = entry.file_name();
+            if name != "volumes" && name != POD_FILE {
+                doomed.push(entry.path());
+            }
+        }
+        doomed.push(pod_dir.join(POD_FILE));
+        for path in doomed {
+            let is_dir = tokio::fs::symlink_metadata(&path)
+                .await
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            let result = if is_dir {
+                remove_dir_all_idempotent(&path).await
+            } else {
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
+                }
+            };
+            result.map_err(|e| internal("remove sandbox", e))?;
+        }
+        match tokio::fs::remove_dir(&pod_dir).await {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                ) => {}
+            Err(e) => {
+                return Err(internal(
+                    "remove sandbox",
+                    format!("cannot remove {}: {e}", pod_dir.display()),
+                ))
+            }
+        }
         self.forget_pod_states(&sandbox.pod_uid).await;
         info!(pod = %sandbox.pod_uid, "sandbox removed");
         Ok(())
@@ -1602,6 +1576,39 @@ fn is_safe_component(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
 }
 
+/// The `SKERRY_VOLUME_*` variables of a container's mounts (see the module docs); the message
+/// of a `CreateContainerError` when two cannot be told apart.
+fn volume_vars(mounts: &[super::Mount]) -> Result<Vec<(String, String)>, String> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    // (variable, volume) of the mounts seen so far.
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for mount in mounts {
+        let var = volume_env_name(&mount.volume);
+        let value = mount.host_path.to_string_lossy().into_owned();
+        if let Some((_, other)) = seen.iter().find(|(k, _)| *k == var) {
+            if *other != mount.volume {
+                return Err(format!(
+                    "volumes {other:?} and {:?} would both be passed in the environment \
+                     variable {var}; rename one of them (every character other than a letter \
+                     or digit becomes `_`)",
+                    mount.volume
+                ));
+            }
+            if vars.iter().any(|(k, v)| *k == var && *v == value) {
+                continue; // The same volume mounted twice: one variable is enough.
+            }
+            return Err(format!(
+                "volume {:?} is mounted twice with different subPaths, but the process runtime \
+                 passes one path per volume (in {var}); mount it once",
+                mount.volume
+            ));
+        }
+        seen.push((var.clone(), &mount.volume));
+        vars.push((var, value));
+    }
+    Ok(vars)
+}
+
 fn volume_env_name(volume: &str) -> String {
     let name: String = volume
         .chars()
@@ -1641,63 +1648,6 @@ fn build_env(
         }
     }
     env
-}
-
-/// Checks (or creates) a hostPath volume according to its Kubernetes `type`.
-async fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
-    if !path.is_absolute() {
-        return Err(format!("path {} must be absolute", path.display()));
-    }
-    let meta = tokio::fs::metadata(path).await.ok();
-    let ft = meta.as_ref().map(|m| m.file_type());
-    let want = |ok: bool, what: &str| {
-        if ok {
-            Ok(())
-        } else if meta.is_none() {
-            Err(format!(
-                "{} does not exist; type {kind} requires an existing {what}",
-                path.display()
-            ))
-        } else {
-            Err(format!(
-                "{} is not a {what}, as type {kind} requires",
-                path.display()
-            ))
-        }
-    };
-    match kind {
-        "" => Ok(()),
-        "Directory" => want(ft.is_some_and(|t| t.is_dir()), "directory"),
-        "File" => want(ft.is_some_and(|t| t.is_file()), "regular file"),
-        "Socket" => want(ft.is_some_and(|t| t.is_socket()), "socket"),
-        "CharDevice" => want(ft.is_some_and(|t| t.is_char_device()), "character device"),
-        "BlockDevice" => want(ft.is_some_and(|t| t.is_block_device()), "block device"),
-        "DirectoryOrCreate" => match ft {
-            Some(t) if t.is_dir() => Ok(()),
-            Some(_) => Err(format!("{} exists but is not a directory", path.display())),
-            None => tokio::fs::create_dir_all(path)
-                .await
-                .map_err(|e| format!("cannot create {}: {e}", path.display())),
-        },
-        "FileOrCreate" => match ft {
-            Some(t) if t.is_file() => Ok(()),
-            Some(_) => Err(format!(
-                "{} exists but is not a regular file",
-                path.display()
-            )),
-            None => tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .await
-                .map(drop)
-                .map_err(|e| format!("cannot create {}: {e}", path.display())),
-        },
-        other => Err(format!(
-            "unknown hostPath type {other:?}; use Directory, DirectoryOrCreate, File, \
-             FileOrCreate, Socket, CharDevice, BlockDevice or leave it empty"
-        )),
-    }
 }
 
 /// Whether a shim holds the instance's lock (it is alive).
