@@ -786,9 +786,20 @@ impl PodMachine {
                     Err(failure) => {
                         slot.start_failures = slot.start_failures.saturating_add(1);
                         slot.next_attempt = attempt;
+                        // As kubelet: the first failed pull shows `ErrImagePull`; once pulls
+                        // keep failing, the container waits in `ImagePullBackOff`.
+                        let (reason, message) =
+                            if failure.reason == "ErrImagePull" && slot.start_failures > 1 {
+                                (
+                                    "ImagePullBackOff".to_string(),
+                                    format!("Back-off pulling image: {}", failure.message),
+                                )
+                            } else {
+                                (failure.reason, failure.message)
+                            };
                         slot.phase = ContainerPhase::Waiting {
-                            reason: failure.reason,
-                            message: failure.message,
+                            reason,
+                            message,
                             retry_at: Some(deadline_after(
                                 now.mono,
                                 backoff.delay(slot.start_failures),
@@ -2162,6 +2173,35 @@ mod tests {
             Action::StartContainer { config, .. } => assert_eq!(config.attempt, 0),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn repeated_pull_failures_wait_in_image_pull_back_off() {
+        let now = t0();
+        let mut m = PodMachine::new(settings(), pod(RestartPolicy::Always, &["a"]), None, now);
+        m.step(Event::Tick, now);
+        m.step(Event::SandboxCreated(Ok(sandbox())), now);
+        let pull_failed = || Event::Started {
+            index: 0,
+            attempt: 0,
+            result: Err(Failure {
+                reason: "ErrImagePull".into(),
+                message: "no registry".into(),
+            }),
+        };
+        let reason = |m: &PodMachine| match &m.status().expect("status").containers[0].state {
+            ContainerState::Waiting { reason, .. } => reason.clone(),
+            other => panic!("{other:?}"),
+        };
+        m.step(pull_failed(), now);
+        assert_eq!(reason(&m), "ErrImagePull");
+        let later = at(now, 10_000);
+        assert!(matches!(
+            m.step(Event::Tick, later),
+            Action::StartContainer { .. }
+        ));
+        m.step(pull_failed(), later);
+        assert_eq!(reason(&m), "ImagePullBackOff");
     }
 
     #[test]
