@@ -19,7 +19,7 @@
 //! rely on that: every write of a pod replaces its entry.
 
 use crate::projection;
-use crate::store::ObjectKey;
+use crate::store::{ObjectKey, Store, StoreError};
 use protocol::messages::{ObjectKind, ObjectRef};
 use protocol::pod::{EdgePod, EnvFromKind, EnvValue, VolumeSource};
 use serde_json::Value;
@@ -70,6 +70,23 @@ pub fn config_refs(pod: &EdgePod) -> BTreeSet<ObjectRef> {
         }
     }
     out
+}
+
+/// The node of a stored pod and the configs it references (`value` `None`: deleted). Computed
+/// outside the index's lock; [`ConfigIndex::set_pod`] records it.
+pub fn pod_refs(key: &ObjectKey, value: Option<&Value>) -> (Option<String>, BTreeSet<ObjectRef>) {
+    let Some(value) = value else {
+        return (None, BTreeSet::new());
+    };
+    match projection::node_of(key, value) {
+        Some(node) => {
+            let refs = projection::edge_pod(value)
+                .map(|p| config_refs(&p))
+                .unwrap_or_default();
+            (Some(node), refs)
+        }
+        None => (None, BTreeSet::new()),
+    }
 }
 
 /// The config a store key names, if it is a ConfigMap or Secret.
@@ -171,17 +188,7 @@ impl ConfigIndex {
         if key.resource != "pods" {
             return;
         }
-        let Some(value) = value else {
-            self.set_pod(key, None, BTreeSet::new());
-            return;
-        };
-        let node = projection::node_of(key, value);
-        let refs = match &node {
-            Some(_) => projection::edge_pod(value)
-                .map(|p| config_refs(&p))
-                .unwrap_or_default(),
-            None => BTreeSet::new(),
-        };
+        let (node, refs) = pod_refs(key, value);
         self.set_pod(key, node.as_deref(), refs);
     }
 
@@ -219,6 +226,26 @@ impl ConfigIndex {
         let mut v: Vec<ObjectRef> = self.by_config.keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Every referenced config written after revision `since`, or gone, with the nodes that
+    /// reference it: what must be re-sent after the hub lost change events newer than `since`.
+    pub fn changed_since(
+        &self,
+        store: &dyn Store,
+        since: u64,
+    ) -> Result<Vec<(ObjectRef, Vec<String>)>, StoreError> {
+        let mut out = Vec::new();
+        for config in self.configs() {
+            let Some(key) = store_key(&config) else {
+                continue;
+            };
+            if store.get(&key)?.is_none_or(|s| s.revision > since) {
+                let nodes = self.nodes_referencing(&config);
+                out.push((config, nodes));
+            }
+        }
+        Ok(out)
     }
 
     /// Number of indexed pods (bound, with at least one reference).
@@ -320,6 +347,46 @@ mod tests {
         assert!(!index.references("n1", &s));
         assert_eq!(index.configs_of("n3"), std::slice::from_ref(&s));
         assert!(index.configs_of("n1").is_empty());
+    }
+
+    #[tokio::test]
+    async fn after_lost_events_configs_written_since_or_gone_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path(), projection::shard).unwrap();
+        let put = |name: &str, kind: &str| {
+            let key = ObjectKey::new(kind, "default", name);
+            let value = json!({"metadata": {"name": name, "namespace": "default"}});
+            let store = store.clone();
+            async move { store.create(&key, value).await.unwrap().revision }
+        };
+        put("old", CONFIG_MAPS).await;
+        let since = put("old-secret", SECRETS).await;
+        put("new", CONFIG_MAPS).await;
+        let mut index = ConfigIndex::new();
+        let refs: BTreeSet<ObjectRef> = [
+            cfg(ObjectKind::ConfigMap, "old"),
+            cfg(ObjectKind::Secret, "old-secret"),
+            cfg(ObjectKind::ConfigMap, "new"),
+            cfg(ObjectKind::Secret, "gone"),
+        ]
+        .into();
+        index.set_pod(&pod_key("a"), Some("n1"), refs);
+        index.set_pod(
+            &pod_key("b"),
+            Some("n2"),
+            [cfg(ObjectKind::ConfigMap, "new")].into(),
+        );
+        let found = index.changed_since(&store, since).unwrap();
+        assert_eq!(
+            found,
+            [
+                (
+                    cfg(ObjectKind::ConfigMap, "new"),
+                    vec!["n1".to_string(), "n2".to_string()]
+                ),
+                (cfg(ObjectKind::Secret, "gone"), vec!["n1".to_string()]),
+            ]
+        );
     }
 
     /// The index after any sequence of pod writes equals one built from the final state.

@@ -16,7 +16,7 @@
 //! store's change feed, in revision order: for each event it updates the index (pods), marks the
 //! config on the sessions of the nodes that reference it (ConfigMaps, Secrets), wakes the
 //! sessions whose shard changed, and only then records the event's revision as `handled`. What
-//! goes into batches is decided in [`plan`]. Why nothing is lost or leaked:
+//! goes into batches is decided in `plan`. Why nothing is lost or leaked:
 //!
 //! - **Never before its pod.** The edge applies a batch atomically and, at batch boundaries,
 //!   drops configs that no cached pod references. So a pod upsert carries the current version
@@ -299,17 +299,10 @@ impl Hub {
                 Some(&p.value),
             );
         }
-        let mut marks = Vec::new();
-        if let Some(since) = since {
-            for config in index.configs() {
-                let Some(key) = config_index::store_key(&config) else {
-                    continue;
-                };
-                if self.store.get(&key)?.is_none_or(|s| s.revision > since) {
-                    marks.push((index.nodes_referencing(&config), config));
-                }
-            }
-        }
+        let marks = match since {
+            Some(since) => index.changed_since(self.store.as_ref(), since)?,
+            None => Vec::new(),
+        };
         info!(
             pods = index.pod_count(),
             configs = index.configs().len(),
@@ -319,7 +312,7 @@ impl Hub {
         *self.index.write().await = index;
         if since.is_some() {
             let sessions = self.sessions.lock().await;
-            for (nodes, config) in marks {
+            for (config, nodes) in marks {
                 for node in nodes {
                     if let Some(s) = sessions.get(&node) {
                         s.signals.mark(config.clone(), 0).await;
@@ -361,7 +354,11 @@ impl Hub {
             return;
         }
         if ev.key.resource == "pods" {
-            self.index.write().await.apply(&ev.key, ev.value.as_ref());
+            let (node, refs) = config_index::pod_refs(&ev.key, ev.value.as_ref());
+            self.index
+                .write()
+                .await
+                .set_pod(&ev.key, node.as_deref(), refs);
         }
         let config = config_index::config_ref_of(&ev.key);
         if config.is_some() || !ev.shards.is_empty() {
