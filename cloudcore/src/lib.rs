@@ -2,7 +2,8 @@
 //!
 //! A small Kubernetes-compatible control plane ([`api`] over [`store`]), a [`binding`] loop that
 //! places pods on nodes, a [`hub`] that keeps one QUIC connection per edge node and streams that
-//! node's slice of the desired state, an [`ingest`] that applies status reports from MQTT, the
+//! node's slice of the desired state (its pods, and through the [`config_index`] the ConfigMaps
+//! and Secrets they reference), an [`ingest`] that applies status reports from MQTT, the
 //! [`pki`] that issues node identities, and an optional embedded MQTT [`broker`]. The binary in
 //! `main.rs` is a thin shell over [`server::run`].
 
@@ -10,6 +11,8 @@ pub mod api;
 pub mod binding;
 pub mod broker;
 pub mod clock;
+pub mod config_index;
+pub mod devices;
 pub mod hub;
 pub mod ingest;
 pub mod kubeconfig;

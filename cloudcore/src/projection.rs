@@ -1,23 +1,45 @@
-//! Turns the full Kubernetes Pod into the compact [`EdgePod`] that goes over the wire.
+//! Turns the full Kubernetes Pod into the compact [`EdgePod`] that goes over the wire, and
+//! ConfigMaps and Secrets into [`EdgeConfigMap`] and [`EdgeSecret`].
 //!
-//! The edge needs what it runs (containers, volumes, restart policy, grace periods) and nothing
-//! of scheduling, status or managed fields: bandwidth is the scarce resource on an edge link.
-//! The API validated the pod on write, so a failure here means a stored object is corrupt; the
-//! hub reports it and skips that object rather than stalling the node's whole slice.
+//! The edge needs what it runs (containers, volumes, restart policy, grace periods, probes with
+//! their ports resolved to numbers, devices) and nothing of scheduling, status or managed
+//! fields: bandwidth is the scarce resource on an edge link. Kubernetes' defaults are applied
+//! here too (probe timings, httpGet path and scheme), so the edge never has to know them and an
+//! object stored before the API defaulted it projects the same. The API validated every object
+//! on write, so a failure here means a stored object is corrupt; the hub reports it and skips
+//! that object rather than stalling the node's whole slice.
 
 use crate::api::quantity::{parse_cpu_millis, parse_memory_bytes};
+use crate::devices;
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use protocol::config::{EdgeConfigMap, EdgeSecret};
 use protocol::pod::*;
 use serde_json::Value;
 
-/// Why a stored pod could not be projected.
+/// Why a stored object could not be projected.
 #[derive(Debug, thiserror::Error)]
-#[error("pod {pod} cannot be sent to its node: {reason}")]
+#[error("{object} cannot be sent to its node: {reason}")]
 pub struct ProjectionError {
-    /// `namespace/name`.
-    pub pod: String,
-    /// What is wrong.
+    /// Kind and `namespace/name` (`pod default/web`).
+    pub object: String,
+    /// What is wrong (never a Secret value).
     pub reason: String,
+}
+
+/// `namespace/name` of a stored object, for messages.
+fn name_of(value: &Value) -> String {
+    format!(
+        "{}/{}",
+        value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("?"),
+        value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+    )
 }
 
 /// The node a stored object belongs to: a pod's `spec.nodeName`. Used as the store's shard
@@ -55,21 +77,8 @@ pub fn shard(key: &crate::store::ObjectKey, value: &Value) -> Option<crate::stor
 
 /// Projects a stored pod.
 pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
-    let name_of = || {
-        format!(
-            "{}/{}",
-            value
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("?"),
-            value
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-        )
-    };
     let err = |reason: String| ProjectionError {
-        pod: name_of(),
+        object: format!("pod {}", name_of(value)),
         reason,
     };
     let pod: core::Pod = serde_json::from_value(value.clone()).map_err(|e| err(e.to_string()))?;
@@ -82,7 +91,10 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
     let containers = spec
         .containers
         .iter()
-        .map(|c| container(c).map_err(|r| err(format!("container {:?}: {r}", c.name))))
+        .map(|c| {
+            container(c, meta.annotations.as_ref())
+                .map_err(|r| err(format!("container {:?}: {r}", c.name)))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let volumes = spec
         .volumes
@@ -109,7 +121,98 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
     })
 }
 
-fn container(c: &core::Container) -> Result<EdgeContainer, String> {
+/// A probe port as a number: numbers pass (in range), names are looked up among the
+/// container's ports (then, as kubelet does, tried as a number written as a string).
+fn probe_port(port: &IntOrString, c: &core::Container) -> Result<u16, String> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("probe port {n} is out of range")),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .or_else(|| name.parse::<u16>().ok().filter(|n| *n > 0))
+            .ok_or_else(|| format!("probe port {name:?} names no port of the container")),
+    }
+}
+
+/// A probe with Kubernetes' defaults applied (period 10, timeout 1, success 1, failure 3;
+/// httpGet path `/`, scheme `HTTP`) and its port resolved.
+fn probe(p: &core::Probe, c: &core::Container) -> Result<Probe, String> {
+    let action = if let Some(e) = &p.exec {
+        ProbeAction::Exec {
+            command: e.command.clone().unwrap_or_default(),
+        }
+    } else if let Some(t) = &p.tcp_socket {
+        ProbeAction::TcpSocket {
+            host: t.host.clone().unwrap_or_default(),
+            port: probe_port(&t.port, c)?,
+        }
+    } else if let Some(h) = &p.http_get {
+        let or_default = |v: &Option<String>, d: &str| {
+            v.clone()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| d.to_string())
+        };
+        ProbeAction::HttpGet {
+            host: h.host.clone().unwrap_or_default(),
+            port: probe_port(&h.port, c)?,
+            path: or_default(&h.path, "/"),
+            scheme: or_default(&h.scheme, "HTTP"),
+            headers: h
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+        }
+    } else if p.grpc.is_some() {
+        return Err(
+            "grpc probes are not supported on edge nodes; use exec, tcpSocket or httpGet".into(),
+        );
+    } else {
+        return Err("probe has no handler".into());
+    };
+    // Zero or negative (only in objects the API did not default) means the default.
+    let positive = |v: Option<i32>, default: u32| match v {
+        Some(v) if v > 0 => v as u32,
+        _ => default,
+    };
+    Ok(Probe {
+        action,
+        initial_delay_seconds: p.initial_delay_seconds.unwrap_or(0).max(0) as u32,
+        period_seconds: positive(p.period_seconds, 10),
+        timeout_seconds: positive(p.timeout_seconds, 1),
+        success_threshold: positive(p.success_threshold, 1),
+        failure_threshold: positive(p.failure_threshold, 3),
+        termination_grace_period_seconds: p
+            .termination_grace_period_seconds
+            .filter(|g| *g > 0)
+            .map(|g| g as u64),
+    })
+}
+
+fn env_from(e: &core::EnvFromSource) -> Result<EnvFromSource, String> {
+    let (source, optional) = match (&e.config_map_ref, &e.secret_ref) {
+        (Some(c), None) => (EnvFromKind::ConfigMap(c.name.clone()), c.optional),
+        (None, Some(s)) => (EnvFromKind::Secret(s.name.clone()), s.optional),
+        _ => return Err("envFrom needs exactly one of configMapRef and secretRef".into()),
+    };
+    Ok(EnvFromSource {
+        prefix: e.prefix.clone().unwrap_or_default(),
+        source,
+        optional: optional.unwrap_or(false),
+    })
+}
+
+fn container(
+    c: &core::Container,
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<EdgeContainer, String> {
     let mut resources = Resources::default();
     if let Some(r) = &c.resources {
         let get =
@@ -194,7 +297,91 @@ fn container(c: &core::Container) -> Result<EdgeContainer, String> {
                 sub_path: m.sub_path.clone().unwrap_or_default(),
             })
             .collect(),
-        ..EdgeContainer::default()
+        env_from: c
+            .env_from
+            .iter()
+            .flatten()
+            .map(env_from)
+            .collect::<Result<_, _>>()?,
+        devices: devices::for_container(annotations, &c.name).map_err(|e| e.to_string())?,
+        liveness_probe: c
+            .liveness_probe
+            .as_ref()
+            .map(|p| probe(p, c).map_err(|e| format!("livenessProbe: {e}")))
+            .transpose()?,
+        readiness_probe: c
+            .readiness_probe
+            .as_ref()
+            .map(|p| probe(p, c).map_err(|e| format!("readinessProbe: {e}")))
+            .transpose()?,
+        startup_probe: c
+            .startup_probe
+            .as_ref()
+            .map(|p| probe(p, c).map_err(|e| format!("startupProbe: {e}")))
+            .transpose()?,
+    })
+}
+
+/// Projects a stored ConfigMap or Secret (`kind` says which) into what goes in an upsert.
+pub fn edge_config(
+    kind: protocol::messages::ObjectKind,
+    value: &Value,
+) -> Result<protocol::messages::EdgeObject, ProjectionError> {
+    use protocol::messages::{EdgeObject, ObjectKind};
+    match kind {
+        ObjectKind::ConfigMap => edge_config_map(value).map(EdgeObject::ConfigMap),
+        ObjectKind::Secret => edge_secret(value).map(EdgeObject::Secret),
+        ObjectKind::Pod => edge_pod(value).map(EdgeObject::Pod),
+    }
+}
+
+/// Projects a stored ConfigMap: `data` as is, `binaryData` decoded.
+pub fn edge_config_map(value: &Value) -> Result<EdgeConfigMap, ProjectionError> {
+    let cm: core::ConfigMap =
+        serde_json::from_value(value.clone()).map_err(|e| ProjectionError {
+            object: format!("ConfigMap {}", name_of(value)),
+            reason: e.to_string(),
+        })?;
+    Ok(EdgeConfigMap {
+        namespace: cm.metadata.namespace.unwrap_or_default(),
+        name: cm.metadata.name.unwrap_or_default(),
+        data: cm.data.unwrap_or_default(),
+        binary_data: cm
+            .binary_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect(),
+    })
+}
+
+/// Projects a stored Secret: `data` decoded (with any `stringData` folded in, should a stored
+/// object carry one), `type` defaulted to `Opaque`. Errors name the field, never the value.
+pub fn edge_secret(value: &Value) -> Result<EdgeSecret, ProjectionError> {
+    let s: core::Secret = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        ProjectionError {
+            object: format!("Secret {}", name_of(value)),
+            // The decoder's message may quote the offending value: keep only where it failed.
+            reason: format!("field {} does not decode", e.path()),
+        }
+    })?;
+    let mut data: std::collections::BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    for (k, v) in s.string_data.unwrap_or_default() {
+        data.insert(k, v.into_bytes());
+    }
+    Ok(EdgeSecret {
+        namespace: s.metadata.namespace.unwrap_or_default(),
+        name: s.metadata.name.unwrap_or_default(),
+        kind: s
+            .type_
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| crate::api::secrets::DEFAULT_TYPE.into()),
+        data,
     })
 }
 
@@ -281,5 +468,157 @@ mod tests {
             node_of(&crate::store::ObjectKey::new("pods", "default", "web"), &v).as_deref(),
             Some("n1")
         );
+        // No probes, devices or envFrom asked for: none sent.
+        assert_eq!(c.liveness_probe, None);
+        assert!(c.devices.is_empty() && c.env_from.is_empty());
+    }
+
+    fn one_container(
+        container: serde_json::Value,
+        annotations: serde_json::Value,
+    ) -> EdgeContainer {
+        let v = json!({"metadata": {"name": "p", "namespace": "default", "annotations": annotations},
+            "spec": {"nodeName": "n1", "containers": [container]}});
+        edge_pod(&v).unwrap().containers.remove(0)
+    }
+
+    #[test]
+    fn probes_get_defaults_and_named_ports_resolve() {
+        let c = one_container(
+            json!({"name": "web", "image": "x",
+                "ports": [{"name": "http", "containerPort": 8080}, {"name": "admin", "containerPort": 9090}],
+                "livenessProbe": {"httpGet": {"port": "http", "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
+                    "initialDelaySeconds": 5, "terminationGracePeriodSeconds": 3},
+                "readinessProbe": {"tcpSocket": {"port": "admin", "host": "10.0.0.1"}, "periodSeconds": 2,
+                    "successThreshold": 2, "failureThreshold": 5, "timeoutSeconds": 4},
+                "startupProbe": {"exec": {"command": ["cat", "/ready"]}}}),
+            json!({}),
+        );
+        assert_eq!(
+            c.liveness_probe,
+            Some(Probe {
+                action: ProbeAction::HttpGet {
+                    host: String::new(),
+                    port: 8080,
+                    path: "/".into(),
+                    scheme: "HTTP".into(),
+                    headers: vec![("X-Probe".into(), "1".into())],
+                },
+                initial_delay_seconds: 5,
+                period_seconds: 10,
+                timeout_seconds: 1,
+                success_threshold: 1,
+                failure_threshold: 3,
+                termination_grace_period_seconds: Some(3),
+            })
+        );
+        let r = c.readiness_probe.unwrap();
+        assert_eq!(
+            r.action,
+            ProbeAction::TcpSocket {
+                host: "10.0.0.1".into(),
+                port: 9090
+            }
+        );
+        assert_eq!(
+            (
+                r.period_seconds,
+                r.timeout_seconds,
+                r.success_threshold,
+                r.failure_threshold
+            ),
+            (2, 4, 2, 5)
+        );
+        assert_eq!(
+            c.startup_probe.unwrap().action,
+            ProbeAction::Exec {
+                command: vec!["cat".into(), "/ready".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_named_ports_and_grpc_are_projection_errors() {
+        let v = |probe: serde_json::Value| {
+            json!({"metadata": {"name": "p", "namespace": "default"},
+                "spec": {"nodeName": "n1", "containers": [{"name": "web", "image": "x",
+                    "ports": [{"name": "http", "containerPort": 80}], "livenessProbe": probe}]}})
+        };
+        let e = edge_pod(&v(json!({"tcpSocket": {"port": "metrics"}}))).unwrap_err();
+        assert!(e.to_string().contains("\"metrics\" names no port"), "{e}");
+        assert!(
+            e.to_string().starts_with("pod default/p cannot be sent"),
+            "{e}"
+        );
+        let e = edge_pod(&v(json!({"grpc": {"port": 80}}))).unwrap_err();
+        assert!(e.reason.contains("grpc probes are not supported"), "{e}");
+        // A number written as a string still works, as kubelet allows.
+        let ok = edge_pod(&v(json!({"tcpSocket": {"port": "8081"}}))).unwrap();
+        assert!(matches!(
+            ok.containers[0].liveness_probe.as_ref().unwrap().action,
+            ProbeAction::TcpSocket { port: 8081, .. }
+        ));
+    }
+
+    #[test]
+    fn env_from_and_devices_are_projected() {
+        let c = one_container(
+            json!({"name": "reader", "image": "x",
+                "envFrom": [{"configMapRef": {"name": "settings"}},
+                            {"secretRef": {"name": "creds", "optional": true}, "prefix": "DB_"}]}),
+            json!({"devices.skerry.io/reader": "/dev/ttyUSB0, /dev/ttyACM0:/dev/ttyS1:r",
+                   "devices.skerry.io/other": "/dev/video0"}),
+        );
+        assert_eq!(
+            c.env_from,
+            [
+                EnvFromSource {
+                    prefix: String::new(),
+                    source: EnvFromKind::ConfigMap("settings".into()),
+                    optional: false
+                },
+                EnvFromSource {
+                    prefix: "DB_".into(),
+                    source: EnvFromKind::Secret("creds".into()),
+                    optional: true
+                },
+            ]
+        );
+        assert_eq!(
+            c.devices,
+            [
+                DeviceMapping {
+                    host_path: "/dev/ttyUSB0".into(),
+                    container_path: "/dev/ttyUSB0".into(),
+                    permissions: "rwm".into()
+                },
+                DeviceMapping {
+                    host_path: "/dev/ttyACM0".into(),
+                    container_path: "/dev/ttyS1".into(),
+                    permissions: "r".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn config_maps_and_secrets_are_projected_decoded() {
+        let cm = edge_config_map(&json!({"metadata": {"name": "cfg", "namespace": "ns"},
+            "data": {"a": "1"}, "binaryData": {"b": "AAE="}}))
+        .unwrap();
+        assert_eq!(cm.namespace, "ns");
+        assert_eq!(cm.get("a"), Some(&b"1"[..]));
+        assert_eq!(cm.get("b"), Some(&[0u8, 1][..]));
+        // "aHVudGVyMg==" is "hunter2".
+        let s = edge_secret(&json!({"metadata": {"name": "db", "namespace": "ns"},
+            "data": {"password": "aHVudGVyMg=="}}))
+        .unwrap();
+        assert_eq!(s.kind, "Opaque");
+        assert_eq!(s.data["password"], b"hunter2");
+        let e = edge_secret(&json!({"metadata": {"name": "db", "namespace": "ns"},
+            "data": {"password": "hunter2!"}}))
+        .unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("data"), "{e}");
     }
 }

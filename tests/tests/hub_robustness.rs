@@ -4,29 +4,6 @@ use skerry_tests::*;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn node_client_config(edge_dir: &std::path::Path) -> anyhow::Result<quinn::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let pki = edge_dir.join("pki");
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(pki.join("ca.crt"))? {
-        roots.add(c?)?;
-    }
-    let chain =
-        CertificateDer::pem_file_iter(pki.join("node.crt"))?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(pki.join("node.key"))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)?;
-    tls.alpn_protocols = vec![protocol::ALPN_SYNC.to_vec()];
-    Ok(quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
-    )))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_frames_close_only_that_connection() -> anyhow::Result<()> {
     let cloud = Cloud::start(CloudOptions::default()).await?;

@@ -137,3 +137,106 @@ async fn api_refuses_anonymous_and_unknown_callers_and_admits_issued_credentials
     );
     Ok(())
 }
+
+/// ConfigMaps and Secrets through the real kubectl: imperative create, apply of a manifest
+/// with `stringData`, the table columns, describe, a server-side 422, delete.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_manages_config_maps_and_secrets() -> anyhow::Result<()> {
+    let cloud = Cloud::start(CloudOptions::default()).await?;
+    let ok = |args: &[&str]| -> anyhow::Result<String> {
+        let (ok, out) = cloud.kubectl(args)?;
+        anyhow::ensure!(ok, "kubectl {}: {out}", args.join(" "));
+        Ok(out)
+    };
+    let (ok_api, resources) = cloud.kubectl(&["api-resources", "--api-group="])?;
+    assert!(ok_api, "{resources}");
+    assert!(
+        resources
+            .lines()
+            .any(|l| l.starts_with("configmaps") && l.contains(" cm ") && l.contains("ConfigMap")),
+        "{resources}"
+    );
+    ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=edge",
+        "--from-literal=level=3",
+    ])?;
+    let out = ok(&["get", "cm"])?;
+    assert!(
+        out.lines().next().unwrap_or_default().starts_with("NAME"),
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("settings "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.get(1), Some(&"2"), "DATA column: {out}");
+    ok(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=hunter2",
+    ])?;
+    let out = ok(&["get", "secrets"])?;
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "TYPE", "DATA", "AGE"], "{out}");
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("db "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1..3], ["Opaque", "1"], "{out}");
+    let out = ok(&["describe", "secret", "db"])?;
+    assert!(
+        out.contains("password:  7 bytes") && !out.contains("hunter2"),
+        "{out}"
+    );
+    let out = ok(&["describe", "configmap", "settings"])?;
+    assert!(out.contains("mode") && out.contains("edge"), "{out}");
+
+    let dir = tempfile::tempdir()?;
+    let manifest = dir.path().join("secret.yaml");
+    let write = |token: &str| {
+        std::fs::write(
+            &manifest,
+            format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: api-key\nstringData:\n  token: {token}\n"),
+        )
+    };
+    write("first")?;
+    let path = manifest.to_str().unwrap_or_default();
+    assert!(ok(&["apply", "-f", path])?.contains("created"));
+    write("second")?;
+    assert!(ok(&["apply", "-f", path])?.contains("configured"));
+    let token = ok(&["get", "secret", "api-key", "-o", "jsonpath={.data.token}"])?;
+    assert_eq!(token.trim(), "c2Vjb25k", "base64 of \"second\"");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\ndata:\n  \"a/b\": x\n",
+    )?;
+    let (created, out) = cloud.kubectl(&["apply", "-f", bad.to_str().unwrap_or_default()])?;
+    assert!(
+        !created && out.contains("is invalid") && out.contains("data[a/b]"),
+        "{out}"
+    );
+    ok(&["delete", "configmap", "settings"])?;
+    ok(&["delete", "secret", "db", "api-key"])?;
+    let out = ok(&["get", "cm,secrets"])?;
+    assert!(
+        !out.contains("settings") && !out.contains("api-key"),
+        "{out}"
+    );
+    Ok(())
+}

@@ -254,7 +254,19 @@ mod tests {
             .iter()
             .map(|x| x["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["pods", "pods/status", "nodes", "nodes/status"]);
+        assert_eq!(
+            names,
+            [
+                "pods",
+                "pods/status",
+                "nodes",
+                "nodes/status",
+                "configmaps",
+                "secrets",
+                "events"
+            ]
+        );
+        assert_eq!(list["resources"][4]["shortNames"], json!(["cm"]));
         assert_eq!(list["resources"][0]["shortNames"], json!(["po"]));
         assert!(resource_list(&r, "", "v2").is_none());
         assert_eq!(api_group_list(&r)["groups"], json!([]));

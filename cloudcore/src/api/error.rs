@@ -27,6 +27,8 @@ pub enum FieldErrorKind {
     NotFound,
     /// The change is not allowed (e.g. an immutable field).
     Forbidden,
+    /// The value is longer than the limit (in bytes).
+    TooLong(usize),
 }
 
 /// One semantic problem with one field of an object.
@@ -103,6 +105,11 @@ impl FieldError {
         Self::new(FieldErrorKind::Forbidden, field, None, detail)
     }
 
+    /// A value over a size limit of `max` bytes (`ConfigMap` and `Secret` data).
+    pub fn too_long(field: impl Into<String>, max: usize) -> Self {
+        Self::new(FieldErrorKind::TooLong(max), field, None, "")
+    }
+
     /// The `reason` of the Status cause (`FieldValueRequired`, ...).
     pub fn reason(&self) -> &'static str {
         match self.kind {
@@ -112,6 +119,7 @@ impl FieldError {
             FieldErrorKind::Duplicate => "FieldValueDuplicate",
             FieldErrorKind::NotFound => "FieldValueNotFound",
             FieldErrorKind::Forbidden => "FieldValueForbidden",
+            FieldErrorKind::TooLong(_) => "FieldValueTooLong",
         }
     }
 
@@ -132,6 +140,7 @@ impl FieldError {
             FieldErrorKind::Duplicate => format!("Duplicate value: {value}"),
             FieldErrorKind::NotFound => format!("Not found: {value}"),
             FieldErrorKind::Forbidden => "Forbidden".to_string(),
+            FieldErrorKind::TooLong(max) => format!("Too long: may not be more than {max} bytes"),
         };
         if !self.detail.is_empty() {
             s.push_str(": ");

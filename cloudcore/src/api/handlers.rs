@@ -295,6 +295,30 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
 }
 
+/// Parses a create or update body: JSON, or Kubernetes protobuf for kinds that decode it.
+fn parse_body(call: &Call, body: &[u8]) -> Result<Value, ApiError> {
+    let mime = call
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .unwrap_or("");
+    if mime != super::protobuf::CONTENT_TYPE {
+        return parse_json(body);
+    }
+    match call.res.decode_protobuf(body) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(ApiError::bad_request(e.to_string())),
+        None => Err(ApiError::UnsupportedMediaType {
+            accepted: format!(
+                "application/json (this server does not decode protobuf {} bodies)",
+                call.info().kind
+            ),
+        }),
+    }
+}
+
 /// Checks `apiVersion`/`kind` of a body, with Kubernetes' messages.
 fn check_type_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     if !obj.is_object() {
@@ -532,7 +556,7 @@ pub(super) async fn list(call: &Call) -> Result<Response, ApiError> {
 pub(super) async fn create(call: &Call, body: Bytes) -> Result<Response, ApiError> {
     let info = call.info();
     let dry_run = call.dry_run()?;
-    let (mut obj, warnings) = decode_body(call, parse_json(&body)?)?;
+    let (mut obj, warnings) = decode_body(call, parse_body(call, &body)?)?;
     let meta = metadata_mut(&mut obj)
         .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
     for system in [
@@ -712,7 +736,7 @@ fn build_status_update(call: &Call, body: &Value, current: &Value) -> Result<Val
 }
 
 pub(super) async fn update(call: &Call, body: Bytes) -> Result<Response, ApiError> {
-    let (mut obj, warnings) = decode_body(call, parse_json(&body)?)?;
+    let (mut obj, warnings) = decode_body(call, parse_body(call, &body)?)?;
     let precondition = resource_version_precondition(&obj)?;
     call.res.default(&mut obj);
     let resp = update_loop(call, precondition, |current| {

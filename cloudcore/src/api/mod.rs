@@ -1,16 +1,17 @@
-//! The Kubernetes REST API of cloudcore: pods and nodes today, built so that more resources are
-//! one registry entry each.
+//! The Kubernetes REST API of cloudcore: pods, nodes, ConfigMaps, Secrets and events today,
+//! built so that more resources are one registry entry each.
 //!
 //! Layout:
 //! - [`resource`]: the registry ([`ResourceInfo`] + [`ResourceHandler`] per kind);
-//! - [`pods`], [`nodes`]: the per-kind behaviour;
+//! - [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`]: the per-kind behaviour;
 //! - `handlers`: generic get/list/create/update/patch/delete/status over the [`Store`], with
 //!   Kubernetes' semantics (defaulting, optimistic concurrency, graceful pod deletion);
 //! - `watch`: `?watch=1` streams;
 //! - [`table`]: server-side printing for `kubectl get`;
 //! - [`discovery`]: `/api`, `/apis`, `/version`, and a minimal `/openapi/v3` (see
 //!   [`discovery::openapi_v3_group_version`] for why it exists);
-//! - [`selector`], [`validation`], [`quantity`], [`error`]: the pieces those share.
+//! - [`selector`], [`validation`], [`quantity`], [`error`]: the pieces those share;
+//! - [`protobuf`]: the protobuf bodies kubectl's typed clients send (ConfigMaps, Secrets).
 //!
 //! [`router`] returns a plain `axum::Router`; the caller serves it (over TLS in production).
 //! Objects are stored as the Kubernetes JSON of the object, under
@@ -19,13 +20,17 @@
 //! sharded by the node they are bound to.
 
 pub mod auth;
+pub mod configmaps;
 pub mod discovery;
 pub mod error;
+pub mod events;
 mod handlers;
 pub mod nodes;
 pub mod pods;
+pub mod protobuf;
 pub mod quantity;
 pub mod resource;
+pub mod secrets;
 pub mod selector;
 pub mod table;
 pub mod validation;
@@ -69,7 +74,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// State serving the built-in resources (pods, nodes) from `store`, with `metrics_render`
+    /// State serving the built-in resources (pods, nodes, ConfigMaps, Secrets, events) from `store`, with `metrics_render`
     /// producing the `/metrics` text.
     pub fn new(store: Arc<dyn Store>, metrics_render: MetricsRender) -> Self {
         Self {

@@ -9,8 +9,10 @@ use super::resource::{
     SelectableField,
 };
 use super::table::{age, Column};
-use super::validation::{dns1123_label, dns1123_subdomain, push_invalid, NameRule};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use super::validation::{config_key, dns1123_label, dns1123_subdomain, push_invalid, NameRule};
+use crate::devices;
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, PodSpec, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 
@@ -22,6 +24,19 @@ const DNS_POLICIES: [&str; 4] = ["ClusterFirstWithHostNet", "ClusterFirst", "Def
 const PULL_POLICIES: [&str; 3] = ["Always", "IfNotPresent", "Never"];
 const PROTOCOLS: [&str; 3] = ["TCP", "UDP", "SCTP"];
 const PHASES: [&str; 5] = ["Pending", "Running", "Succeeded", "Failed", "Unknown"];
+const PROBE_SCHEMES: [&str; 2] = ["HTTP", "HTTPS"];
+/// The probes of a container, by field name.
+const PROBES: [&str; 3] = ["livenessProbe", "readinessProbe", "startupProbe"];
+/// Kubernetes' probe defaults (`SetDefaults_Probe`): a missing or zero value takes these.
+pub const PROBE_DEFAULTS: [(&str, i64); 4] = [
+    ("timeoutSeconds", 1),
+    ("periodSeconds", 10),
+    ("successThreshold", 1),
+    ("failureThreshold", 3),
+];
+const GRPC_UNSUPPORTED: &str =
+    "grpc probes are not supported on edge nodes; use exec, tcpSocket or httpGet";
+const HEADER_NAME_FMT: &str = "a valid HTTP header must consist of alphanumeric characters or '-' (e.g. 'X-Header-Name', regex used for validation is '[-A-Za-z0-9]+')";
 
 /// The pod resource.
 pub const POD_INFO: ResourceInfo = ResourceInfo {
@@ -145,6 +160,32 @@ fn default_container(c: &mut Value) {
             p.entry("protocol").or_insert_with(|| json!("TCP"));
         }
     }
+    for probe in PROBES {
+        if let Some(p) = c.get_mut(probe).and_then(Value::as_object_mut) {
+            default_probe(p);
+        }
+    }
+}
+
+/// Kubernetes' probe defaulting: thresholds and timings that are missing or zero take their
+/// defaults, and an httpGet gets path `/` and scheme `HTTP`.
+fn default_probe(p: &mut serde_json::Map<String, Value>) {
+    for (field, default) in PROBE_DEFAULTS {
+        if p.get(field).and_then(Value::as_i64).unwrap_or(0) == 0 {
+            p.insert(field.into(), json!(default));
+        }
+    }
+    if let Some(h) = p.get_mut("httpGet").and_then(Value::as_object_mut) {
+        for (field, default) in [("path", "/"), ("scheme", "HTTP")] {
+            if h.get(field)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+            {
+                h.insert(field.into(), json!(default));
+            }
+        }
+    }
 }
 
 /// Requests and limits of cpu and memory of one container: (cpu request, cpu limit, memory
@@ -260,6 +301,330 @@ fn validate_resources(c: &Container, path: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// Whether `n` is a valid port name (IANA service name: at most 15 lowercase alphanumerics or
+/// '-', at least one letter, no leading, trailing or repeated '-').
+fn is_port_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.bytes().any(|b| b.is_ascii_lowercase())
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+        && !n.contains("--")
+}
+
+const PORT_NAME_FMT: &str = "must be no more than 15 characters, contain only lowercase alphanumerics and '-' with at least one letter, and not start, end or repeat '-'";
+
+/// A probe's port: a number in range, or the name of one of the container's ports (the edge
+/// gets the number; the projection resolves names, so an unknown name must not get stored).
+fn validate_probe_port(
+    port: &IntOrString,
+    field: String,
+    c: &Container,
+    errs: &mut Vec<FieldError>,
+) {
+    match port {
+        IntOrString::Int(n) if !(1..=65535).contains(n) => errs.push(FieldError::invalid(
+            field,
+            &json!(n),
+            "must be between 1 and 65535, inclusive",
+        )),
+        IntOrString::Int(_) => {}
+        IntOrString::String(name) if !is_port_name(name) => {
+            errs.push(FieldError::invalid(field, &json!(name), PORT_NAME_FMT))
+        }
+        IntOrString::String(name) => {
+            let known = c
+                .ports
+                .iter()
+                .flatten()
+                .any(|p| p.name.as_deref() == Some(name.as_str()));
+            if !known {
+                errs.push(FieldError::invalid(
+                    field,
+                    &json!(name),
+                    "must be the name of one of the container's ports",
+                ));
+            }
+        }
+    }
+}
+
+/// Kubernetes' probe rules (one handler, non-negative numbers, `successThreshold` 1 for
+/// liveness and startup) plus what the edge cannot run (grpc).
+fn validate_probe(
+    probe: &Probe,
+    path: &str,
+    which: &str,
+    c: &Container,
+    errs: &mut Vec<FieldError>,
+) {
+    let handlers: Vec<&str> = [
+        ("exec", probe.exec.is_some()),
+        ("httpGet", probe.http_get.is_some()),
+        ("tcpSocket", probe.tcp_socket.is_some()),
+        ("grpc", probe.grpc.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    match handlers.as_slice() {
+        [] => errs.push(FieldError::required(path, "must specify a handler type")),
+        [_] => {}
+        [_, second, ..] => errs.push(FieldError::forbidden(
+            format!("{path}.{second}"),
+            "may not specify more than 1 handler type",
+        )),
+    }
+    if probe.grpc.is_some() {
+        errs.push(FieldError::forbidden(
+            format!("{path}.grpc"),
+            GRPC_UNSUPPORTED,
+        ));
+    }
+    if let Some(e) = &probe.exec {
+        if e.command.as_ref().is_none_or(Vec::is_empty) {
+            errs.push(FieldError::required(format!("{path}.exec.command"), ""));
+        }
+    }
+    if let Some(h) = &probe.http_get {
+        validate_probe_port(&h.port, format!("{path}.httpGet.port"), c, errs);
+        if h.path.as_deref().unwrap_or("").is_empty() {
+            errs.push(FieldError::required(format!("{path}.httpGet.path"), ""));
+        }
+        if let Some(scheme) = h.scheme.as_deref() {
+            if !PROBE_SCHEMES.contains(&scheme) {
+                errs.push(FieldError::not_supported(
+                    format!("{path}.httpGet.scheme"),
+                    &json!(scheme),
+                    &PROBE_SCHEMES,
+                ));
+            }
+        }
+        for (i, header) in h.http_headers.iter().flatten().enumerate() {
+            let n = &header.name;
+            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                errs.push(FieldError::invalid(
+                    format!("{path}.httpGet.httpHeaders[{i}].name"),
+                    &json!(n),
+                    HEADER_NAME_FMT,
+                ));
+            }
+        }
+    }
+    if let Some(t) = &probe.tcp_socket {
+        validate_probe_port(&t.port, format!("{path}.tcpSocket.port"), c, errs);
+    }
+    for (field, value) in [
+        ("initialDelaySeconds", probe.initial_delay_seconds),
+        ("timeoutSeconds", probe.timeout_seconds),
+        ("periodSeconds", probe.period_seconds),
+        ("successThreshold", probe.success_threshold),
+        ("failureThreshold", probe.failure_threshold),
+    ] {
+        if let Some(v) = value.filter(|v| *v < 0) {
+            errs.push(FieldError::invalid(
+                format!("{path}.{field}"),
+                &json!(v),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if which != "readinessProbe" {
+        if let Some(v) = probe.success_threshold.filter(|v| *v != 1) {
+            errs.push(FieldError::invalid(
+                format!("{path}.successThreshold"),
+                &json!(v),
+                "must be 1",
+            ));
+        }
+    }
+    if let Some(g) = probe.termination_grace_period_seconds {
+        if which == "readinessProbe" {
+            errs.push(FieldError::invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                &json!(g),
+                "must not be set for readinessProbes",
+            ));
+        } else if g <= 0 {
+            errs.push(FieldError::invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                &json!(g),
+                "must be greater than 0",
+            ));
+        }
+    }
+}
+
+/// The name and key of a `configMapKeyRef`/`secretKeyRef` (`path` is the selector's path).
+fn validate_key_ref(name: &str, key: &str, path: &str, errs: &mut Vec<FieldError>) {
+    if name.is_empty() {
+        errs.push(FieldError::required(format!("{path}.name"), ""));
+    } else {
+        push_invalid(errs, &format!("{path}.name"), name, dns1123_subdomain(name));
+    }
+    if key.is_empty() {
+        errs.push(FieldError::required(format!("{path}.key"), ""));
+    } else {
+        push_invalid(errs, &format!("{path}.key"), key, config_key(key));
+    }
+}
+
+/// The name of a referenced ConfigMap or Secret (envFrom, volumes).
+fn validate_ref_name(name: &str, path: String, errs: &mut Vec<FieldError>) {
+    if name.is_empty() {
+        errs.push(FieldError::required(path, ""));
+    } else {
+        push_invalid(errs, &path, name, dns1123_subdomain(name));
+    }
+}
+
+/// A valid environment variable name (or envFrom prefix): printable ASCII other than '='.
+fn is_env_name(n: &str) -> bool {
+    !n.contains('=') && !n.chars().any(|ch| ch.is_control())
+}
+
+fn validate_env_sources(c: &Container, path: &str, errs: &mut Vec<FieldError>) {
+    for (i, e) in c.env.iter().flatten().enumerate() {
+        let Some(from) = &e.value_from else { continue };
+        let fp = format!("{path}.env[{i}].valueFrom");
+        if e.value.as_deref().is_some_and(|v| !v.is_empty()) {
+            errs.push(FieldError::invalid(
+                fp.clone(),
+                &json!(""),
+                "may not be specified when `value` is not empty",
+            ));
+        }
+        let sources = [
+            from.field_ref.is_some(),
+            from.resource_field_ref.is_some(),
+            from.config_map_key_ref.is_some(),
+            from.secret_key_ref.is_some(),
+        ]
+        .into_iter()
+        .filter(|s| *s)
+        .count();
+        match sources {
+            0 => errs.push(FieldError::invalid(
+                fp.clone(),
+                &json!(""),
+                "must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`",
+            )),
+            1 => {}
+            _ => errs.push(FieldError::invalid(
+                fp.clone(),
+                &json!(""),
+                "may not have more than one field specified at a time",
+            )),
+        }
+        if from.resource_field_ref.is_some() {
+            errs.push(FieldError::forbidden(
+                format!("{fp}.resourceFieldRef"),
+                "resourceFieldRef is not supported on edge nodes; use fieldRef, configMapKeyRef or secretKeyRef",
+            ));
+        }
+        if let Some(k) = &from.config_map_key_ref {
+            validate_key_ref(&k.name, &k.key, &format!("{fp}.configMapKeyRef"), errs);
+        }
+        if let Some(k) = &from.secret_key_ref {
+            validate_key_ref(&k.name, &k.key, &format!("{fp}.secretKeyRef"), errs);
+        }
+    }
+    for (i, ef) in c.env_from.iter().flatten().enumerate() {
+        let fp = format!("{path}.envFrom[{i}]");
+        if let Some(prefix) = ef.prefix.as_deref().filter(|p| !is_env_name(p)) {
+            errs.push(FieldError::invalid(
+                format!("{fp}.prefix"),
+                &json!(prefix),
+                "a valid environment variable name must consist only of printable ASCII characters other than '='",
+            ));
+        }
+        match (&ef.config_map_ref, &ef.secret_ref) {
+            (None, None) => errs.push(FieldError::invalid(
+                fp,
+                &json!(""),
+                "must specify one of: `configMapRef` or `secretRef`",
+            )),
+            (Some(_), Some(_)) => errs.push(FieldError::forbidden(
+                fp,
+                "may not have more than one field specified at a time",
+            )),
+            (Some(r), None) => validate_ref_name(&r.name, format!("{fp}.configMapRef.name"), errs),
+            (None, Some(r)) => validate_ref_name(&r.name, format!("{fp}.secretRef.name"), errs),
+        }
+    }
+}
+
+/// The keys and relative paths of a ConfigMap or Secret volume's `items`.
+fn validate_items(items: &Option<Vec<KeyToPath>>, path: &str, errs: &mut Vec<FieldError>) {
+    for (i, item) in items.iter().flatten().enumerate() {
+        let ip = format!("{path}.items[{i}]");
+        if item.key.is_empty() {
+            errs.push(FieldError::required(format!("{ip}.key"), ""));
+        } else {
+            push_invalid(errs, &format!("{ip}.key"), &item.key, config_key(&item.key));
+        }
+        if item.path.is_empty() {
+            errs.push(FieldError::required(format!("{ip}.path"), ""));
+        } else if item.path.starts_with('/') {
+            errs.push(FieldError::invalid(
+                format!("{ip}.path"),
+                &json!(item.path),
+                "must be a relative path",
+            ));
+        } else if item.path.split('/').any(|c| c == "..") {
+            errs.push(FieldError::invalid(
+                format!("{ip}.path"),
+                &json!(item.path),
+                "must not contain '..'",
+            ));
+        }
+    }
+}
+
+/// The `devices.skerry.io/<container>` annotations: each names a container of the pod and is
+/// a well-formed device list (see [`crate::devices`]).
+fn validate_device_annotations(pod: &Pod) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let containers: HashSet<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| c.name.as_str())
+        .collect();
+    for (key, value) in pod.metadata.annotations.iter().flatten() {
+        let Some(container) = key.strip_prefix(devices::ANNOTATION_PREFIX) else {
+            continue;
+        };
+        let field = format!("metadata.annotations[{key}]");
+        if !containers.contains(container) {
+            errs.push(FieldError::invalid(
+                field,
+                &json!(value),
+                format!(
+                    "names no container of this pod; use {}<container-name>",
+                    devices::ANNOTATION_PREFIX
+                ),
+            ));
+        } else if let Err(e) = devices::parse(value) {
+            errs.push(FieldError::invalid(field, &json!(value), e.to_string()));
+        }
+    }
+    errs
+}
+
+/// The device annotations of a pod object, for the update rule.
+fn device_annotations(obj: &Value) -> BTreeMap<String, Value> {
+    obj.pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(devices::ANNOTATION_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 fn validate_container(
     c: &Container,
     path: &str,
@@ -333,19 +698,11 @@ fn validate_container(
             }
         }
         if let Some(n) = &p.name {
-            let ok = !n.is_empty()
-                && n.len() <= 15
-                && n.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && n.bytes().any(|b| b.is_ascii_lowercase())
-                && !n.starts_with('-')
-                && !n.ends_with('-')
-                && !n.contains("--");
-            if !ok {
+            if !is_port_name(n) {
                 errs.push(FieldError::invalid(
                     format!("{pp}.name"),
                     &json!(n),
-                    "must be no more than 15 characters, contain only lowercase alphanumerics and '-' with at least one letter, and not start, end or repeat '-'",
+                    PORT_NAME_FMT,
                 ));
             } else if !port_names.insert(n.clone()) {
                 errs.push(FieldError::duplicate(format!("{pp}.name"), &json!(n)));
@@ -355,7 +712,7 @@ fn validate_container(
     for (i, e) in c.env.iter().flatten().enumerate() {
         if e.name.is_empty() {
             errs.push(FieldError::required(format!("{path}.env[{i}].name"), ""));
-        } else if e.name.contains('=') || e.name.chars().any(|ch| ch.is_control()) {
+        } else if !is_env_name(&e.name) {
             errs.push(FieldError::invalid(
                 format!("{path}.env[{i}].name"),
                 &json!(e.name),
@@ -381,6 +738,16 @@ fn validate_container(
             ));
         }
     }
+    validate_env_sources(c, path, errs);
+    for (which, probe) in [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+        ("startupProbe", &c.startup_probe),
+    ] {
+        if let Some(p) = probe {
+            validate_probe(p, &format!("{path}.{which}"), which, c, errs);
+        }
+    }
     validate_resources(c, path, errs);
 }
 
@@ -397,6 +764,17 @@ pub fn validate_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
         push_invalid(&mut errs, &vp, &v.name, dns1123_label(&v.name));
         if !volumes.insert(v.name.as_str()) {
             errs.push(FieldError::duplicate(vp, &json!(v.name)));
+        }
+        if let Some(cm) = &v.config_map {
+            let sp = format!("{path}.volumes[{i}].configMap");
+            validate_ref_name(&cm.name, format!("{sp}.name"), &mut errs);
+            validate_items(&cm.items, &sp, &mut errs);
+        }
+        if let Some(secret) = &v.secret {
+            let sp = format!("{path}.volumes[{i}].secret");
+            let name = secret.secret_name.as_deref().unwrap_or("");
+            validate_ref_name(name, format!("{sp}.secretName"), &mut errs);
+            validate_items(&secret.items, &sp, &mut errs);
         }
     }
     if spec.containers.is_empty() {
@@ -739,14 +1117,32 @@ impl ResourceHandler for PodHandler {
 
     fn validate(&self, obj: &Value) -> Result<(), Vec<FieldError>> {
         let pod: Pod = typed(obj)?;
+        let mut errs = validate_device_annotations(&pod);
         match &pod.spec {
-            Some(spec) => result(validate_spec(spec, "spec")),
-            None => result(vec![FieldError::required("spec.containers", "")]),
+            Some(spec) => errs.extend(validate_spec(spec, "spec")),
+            None => errs.push(FieldError::required("spec.containers", "")),
         }
+        result(errs)
     }
 
     fn validate_update(&self, new: &Value, old: &Value) -> Result<(), Vec<FieldError>> {
-        result(validate_spec_update(new, old))
+        let mut errs = validate_spec_update(new, old);
+        // Devices are part of what the edge runs, like the spec: changing them would restart
+        // the containers behind the user's back.
+        let (n, o) = (device_annotations(new), device_annotations(old));
+        for key in n
+            .keys()
+            .chain(o.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            if n.get(key) != o.get(key) {
+                errs.push(FieldError::forbidden(
+                    format!("metadata.annotations[{key}]"),
+                    "device annotations cannot change once the pod exists; delete and recreate the pod",
+                ));
+            }
+        }
+        result(errs)
     }
 
     fn validate_status(&self, new: &Value) -> Result<(), Vec<FieldError>> {
@@ -937,6 +1333,180 @@ mod tests {
             [("spec.containers".to_string(), "FieldValueRequired")]
         );
         assert!(PodHandler.validate(&pod(json!({"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "100m", "memory": "1e3"}}}]}))).is_ok());
+    }
+
+    #[test]
+    fn probes_are_defaulted_like_kubernetes() {
+        let p = pod(json!({"containers": [{"name": "a", "image": "x",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "livenessProbe": {"httpGet": {"port": "http"}, "periodSeconds": 0},
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "failureThreshold": 7}}]}));
+        let c = &p["spec"]["containers"][0];
+        assert_eq!(
+            c["livenessProbe"],
+            json!({"httpGet": {"port": "http", "path": "/", "scheme": "HTTP"},
+                "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3})
+        );
+        assert_eq!(c["readinessProbe"]["failureThreshold"], 7);
+        assert!(PodHandler.validate(&p).is_ok());
+    }
+
+    #[test]
+    fn probes_the_edge_cannot_run_are_refused() {
+        let p = pod(json!({"containers": [{"name": "a", "image": "x",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "livenessProbe": {"grpc": {"port": 9000}, "successThreshold": 2},
+            "readinessProbe": {"httpGet": {"port": "metrics"}, "initialDelaySeconds": -1,
+                "terminationGracePeriodSeconds": 5},
+            "startupProbe": {"tcpSocket": {"port": 70000}, "exec": {"command": ["true"]},
+                "timeoutSeconds": -2}}]}));
+        let got = fields(PodHandler.validate(&p));
+        let want = [
+            (
+                "spec.containers[0].livenessProbe.grpc",
+                "FieldValueForbidden",
+            ),
+            (
+                "spec.containers[0].livenessProbe.successThreshold",
+                "FieldValueInvalid",
+            ),
+            (
+                "spec.containers[0].readinessProbe.httpGet.port",
+                "FieldValueInvalid",
+            ),
+            (
+                "spec.containers[0].readinessProbe.initialDelaySeconds",
+                "FieldValueInvalid",
+            ),
+            (
+                "spec.containers[0].readinessProbe.terminationGracePeriodSeconds",
+                "FieldValueInvalid",
+            ),
+            (
+                "spec.containers[0].startupProbe.tcpSocket",
+                "FieldValueForbidden",
+            ),
+            (
+                "spec.containers[0].startupProbe.tcpSocket.port",
+                "FieldValueInvalid",
+            ),
+            (
+                "spec.containers[0].startupProbe.timeoutSeconds",
+                "FieldValueInvalid",
+            ),
+        ];
+        let want: Vec<(String, &str)> = want.iter().map(|(f, r)| (f.to_string(), *r)).collect();
+        assert_eq!(got, want);
+        let errs = PodHandler.validate(&p).unwrap_err();
+        assert!(
+            errs[0].to_string().contains(GRPC_UNSUPPORTED),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[2].to_string().contains("\"metrics\""), "{}", errs[2]);
+        let none = pod(
+            json!({"containers": [{"name": "a", "image": "x", "livenessProbe": {"periodSeconds": 5}}]}),
+        );
+        assert_eq!(
+            fields(PodHandler.validate(&none)),
+            [(
+                "spec.containers[0].livenessProbe".to_string(),
+                "FieldValueRequired"
+            )]
+        );
+    }
+
+    #[test]
+    fn config_references_are_checked() {
+        let p = pod(json!({"containers": [{"name": "a", "image": "x",
+            "env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "", "key": ".."}}},
+                    {"name": "B", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+                    {"name": "C", "value": "v", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+            "envFrom": [{"prefix": "P_"}, {"configMapRef": {"name": "c"}, "secretRef": {"name": "s"}},
+                        {"secretRef": {"name": "Bad_Name"}}]}],
+            "volumes": [{"name": "v", "secret": {"items": [{"key": "k", "path": "/abs"}]}},
+                        {"name": "w", "configMap": {"name": "c", "items": [{"key": "k", "path": "a/../../b"}]}}]}));
+        let got = fields(PodHandler.validate(&p));
+        let want = [
+            ("spec.volumes[0].secret.secretName", "FieldValueRequired"),
+            ("spec.volumes[0].secret.items[0].path", "FieldValueInvalid"),
+            (
+                "spec.volumes[1].configMap.items[0].path",
+                "FieldValueInvalid",
+            ),
+            (
+                "spec.containers[0].env[0].valueFrom.configMapKeyRef.name",
+                "FieldValueRequired",
+            ),
+            (
+                "spec.containers[0].env[0].valueFrom.configMapKeyRef.key",
+                "FieldValueInvalid",
+            ),
+            (
+                "spec.containers[0].env[1].valueFrom.resourceFieldRef",
+                "FieldValueForbidden",
+            ),
+            ("spec.containers[0].env[2].valueFrom", "FieldValueInvalid"),
+            ("spec.containers[0].envFrom[0]", "FieldValueInvalid"),
+            ("spec.containers[0].envFrom[1]", "FieldValueForbidden"),
+            (
+                "spec.containers[0].envFrom[2].secretRef.name",
+                "FieldValueInvalid",
+            ),
+        ];
+        let want: Vec<(String, &str)> = want.iter().map(|(f, r)| (f.to_string(), *r)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn device_annotations_are_checked_and_frozen() {
+        let with = |annotations: Value| {
+            let mut p = decode_as::<Pod>(json!({"metadata": {"name": "p", "namespace": "default",
+                "annotations": annotations},
+                "spec": {"containers": [{"name": "reader", "image": "x"}]}}))
+            .unwrap();
+            PodHandler.default(&mut p);
+            p
+        };
+        let ok =
+            with(json!({"devices.skerry.io/reader": "/dev/ttyUSB0,/dev/ttyACM0:/dev/ttyS0:rw"}));
+        assert!(PodHandler.validate(&ok).is_ok());
+        for bad in [
+            "/etc/passwd",
+            "/dev/ttyUSB0:/dev/ttyUSB0:rwx",
+            "ttyUSB0",
+            "/dev/a,,/dev/b",
+        ] {
+            let p = with(json!({"devices.skerry.io/reader": bad}));
+            assert_eq!(
+                fields(PodHandler.validate(&p)),
+                [(
+                    "metadata.annotations[devices.skerry.io/reader]".to_string(),
+                    "FieldValueInvalid"
+                )],
+                "{bad}"
+            );
+        }
+        let stray = with(json!({"devices.skerry.io/writer": "/dev/ttyUSB0"}));
+        let errs = PodHandler.validate(&stray).unwrap_err();
+        assert!(
+            errs[0].to_string().contains("names no container"),
+            "{}",
+            errs[0]
+        );
+        // Other annotations may change; device annotations may not.
+        let mut relabelled = ok.clone();
+        relabelled["metadata"]["annotations"]["note"] = json!("x");
+        assert!(PodHandler.validate_update(&relabelled, &ok).is_ok());
+        let mut moved = ok.clone();
+        moved["metadata"]["annotations"]["devices.skerry.io/reader"] = json!("/dev/ttyUSB1");
+        assert_eq!(
+            fields(PodHandler.validate_update(&moved, &ok)),
+            [(
+                "metadata.annotations[devices.skerry.io/reader]".to_string(),
+                "FieldValueForbidden"
+            )]
+        );
     }
 
     #[test]

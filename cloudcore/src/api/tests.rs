@@ -974,3 +974,177 @@ async fn odd_input_gets_a_status_never_a_panic_or_500() {
         }
     }
 }
+
+#[tokio::test]
+async fn config_maps_and_secrets_through_the_api() {
+    let h = harness();
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (code, cm) = h
+        .call(
+            Method::POST,
+            cms,
+            Some(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+                "data": {"mode": "edge"}, "binaryData": {"blob": "AAE="}}),
+            ),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{cm}");
+    let (code, table) = h
+        .call_with(Method::GET, cms, None, &[("accept", TABLE)])
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let headers: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(headers, ["Name", "Data", "Age"]);
+    assert_eq!(
+        table["rows"][0]["cells"].as_array().unwrap()[..2],
+        [json!("settings"), json!(2)]
+    );
+
+    // Invalid keys and duplicates are 422s naming each field.
+    let (code, v) = h
+        .call(
+            Method::POST,
+            cms,
+            Some(
+                json!({"metadata": {"name": "Bad_Name"}, "data": {"a/b": "x", "dup": "1"},
+                "binaryData": {"dup": "AAE="}}),
+            ),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_status(&v, 422, "Invalid");
+    let causes: Vec<&str> = v["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(causes, ["metadata.name", "data[a/b]", "binaryData[dup]"]);
+
+    // Secrets: stringData lands in data (base64), is not stored, and the type defaults.
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let (code, s) = h
+        .call(
+            Method::POST,
+            secrets,
+            Some(
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+                "stringData": {"password": "hunter2"}, "immutable": true}),
+            ),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+    assert_eq!(s["type"], "Opaque");
+    assert_eq!(s["data"], json!({"password": "aHVudGVyMg=="}));
+    let stored = h
+        .store
+        .get(&ObjectKey::new("secrets", "default", "db"))
+        .unwrap()
+        .unwrap();
+    assert!(stored.value.get("stringData").is_none());
+    let (_, table) = h
+        .call_with(Method::GET, secrets, None, &[("accept", TABLE)])
+        .await;
+    assert_eq!(
+        table["rows"][0]["cells"].as_array().unwrap()[..3],
+        [json!("db"), json!("Opaque"), json!(1)]
+    );
+    // Immutable: data may not change, even through a merge patch of stringData.
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            "/api/v1/namespaces/default/secrets/db",
+            Some(json!({"stringData": {"password": "changed"}})),
+            &[("content-type", "application/merge-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["details"]["causes"][0]["field"], "data");
+    assert!(!v.to_string().contains("changed"), "{v}");
+    // Labels may change; the type may not.
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            "/api/v1/namespaces/default/secrets/db",
+            Some(json!({"metadata": {"labels": {"a": "b"}}})),
+            &[("content-type", "application/merge-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            "/api/v1/namespaces/default/secrets/db",
+            Some(json!({"type": "example.com/custom"})),
+            &[("content-type", "application/merge-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["details"]["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["field"] == "type"
+                && c["message"] == "Invalid value: \"example.com/custom\": field is immutable"),
+        "{v}"
+    );
+    // Deleting answers with a success Status, as Kubernetes does for these kinds.
+    let (code, v) = h
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/configmaps/settings",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(v["status"], "Success");
+}
+
+/// kubectl's typed clients (`kubectl create configmap|secret`) send protobuf bodies.
+#[tokio::test]
+async fn protobuf_bodies_from_typed_clients() {
+    fn field(n: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![(n << 3) | 2, bytes.len() as u8];
+        out.extend_from_slice(bytes);
+        out
+    }
+    let h = harness();
+    let meta = field(1, b"from-kubectl");
+    let entry = [field(1, b"mode"), field(2, b"edge")].concat();
+    let object = [field(1, &meta), field(2, &entry), vec![4 << 3, 1]].concat();
+    let type_meta = [field(1, b"v1"), field(2, b"ConfigMap")].concat();
+    let body = [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &object)].concat();
+    let headers = [("content-type", "application/vnd.kubernetes.protobuf")];
+    let (code, out) = h
+        .raw(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            body.clone(),
+            &headers,
+        )
+        .await;
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    assert_eq!(v["data"], json!({"mode": "edge"}));
+    assert_eq!(v["immutable"], true);
+    assert_eq!(v["metadata"]["name"], "from-kubectl");
+    // Kinds without a protobuf decoder say so with a 415, not a JSON parse error.
+    let (code, out) = h
+        .raw(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            body,
+            &headers,
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_status(&v, 415, "UnsupportedMediaType");
+}

@@ -14,6 +14,8 @@ const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
 const LABEL_FMT: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const SUBDOMAIN_FMT: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const QUALIFIED_FMT: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+const CONFIG_KEY_MAX: usize = 253;
+const CONFIG_KEY_FMT: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
 const LABEL_VALUE_FMT: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
 
 /// Which rule an object's name must follow.
@@ -135,6 +137,31 @@ pub fn label_value(s: &str) -> Vec<String> {
     errs
 }
 
+/// Problems with `s` as a key of a ConfigMap or Secret (`[-._a-zA-Z0-9]+`, at most 253
+/// characters, not `.` or `..` nor starting with `..`): keys become file names in volumes, so
+/// they must not walk out of the volume directory. Empty if valid.
+pub fn config_key(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > CONFIG_KEY_MAX {
+        errs.push(format!("must be no more than {CONFIG_KEY_MAX} characters"));
+    }
+    if s.is_empty()
+        || !s
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    {
+        errs.push(CONFIG_KEY_FMT.to_string());
+    }
+    if s == "." {
+        errs.push("must not be '.'".to_string());
+    } else if s == ".." {
+        errs.push("must not be '..'".to_string());
+    } else if s.starts_with("..") {
+        errs.push("must not start with '..'".to_string());
+    }
+    errs
+}
+
 /// Pushes one `Invalid` error per problem.
 pub fn push_invalid(errs: &mut Vec<FieldError>, field: &str, value: &str, problems: Vec<String>) {
     for p in problems {
@@ -237,6 +264,25 @@ mod tests {
         assert!(label_value("v1.2_3").is_empty());
         assert!(!label_value("-x").is_empty());
         assert!(!label_value("a b").is_empty());
+    }
+
+    #[test]
+    fn config_keys() {
+        for ok in [
+            "a",
+            "KEY_NAME",
+            "key.name",
+            "key-name",
+            ".hidden",
+            "a..b",
+            &"k".repeat(253),
+        ] {
+            assert!(config_key(ok).is_empty(), "{ok}");
+        }
+        for bad in ["", ".", "..", "..a", "a/b", "a b", "ä", &"k".repeat(254)] {
+            assert!(!config_key(bad).is_empty(), "{bad}");
+        }
+        assert_eq!(config_key(".."), ["must not be '..'"]);
     }
 
     #[test]

@@ -1,20 +1,65 @@
 //! The hub: one QUIC connection per edge node, streaming that node's slice of the desired state.
 //!
-//! Per connected node the hub holds a small session (a task, a `Notify`, the last revision sent);
-//! there is no thread per node and no per-(node, object) record. A session starts from the
-//! revision the edge says it made durable and reads the node's shard log after it (see
-//! [`crate::store`]), so a reconnect costs what changed while the node was away, and a node
-//! that is new or too far behind gets one snapshot. Acks only advance what the hub reports; the
-//! edge's Hello is the source of truth after any reconnect, which makes delivery at-least-once
-//! and idempotent on the edge.
+//! Per connected node the hub holds a small session (a task, a `Notify`, the last revision sent,
+//! the configs marked for it); there is no thread per node and no per-(node, object) record. A
+//! session starts from the revision the edge says it made durable and reads the node's shard
+//! log after it (see [`crate::store`]), so a reconnect costs what changed while the node was
+//! away, and a node that is new or too far behind gets one snapshot. Acks only advance what the
+//! hub reports; the edge's Hello is the source of truth after any reconnect, which makes
+//! delivery at-least-once and idempotent on the edge.
+//!
+//! # ConfigMaps and Secrets
+//!
+//! A node's slice also holds the ConfigMaps and Secrets its pods reference, and no others. They
+//! are not in the shard log (that holds pods only); the hub finds them through the
+//! [`ConfigIndex`] (config → nodes), which one task, the dispatcher, keeps current from the
+//! store's change feed, in revision order: for each event it updates the index (pods), marks the
+//! config on the sessions of the nodes that reference it (ConfigMaps, Secrets), wakes the
+//! sessions whose shard changed, and only then records the event's revision as `handled`. What
+//! goes into batches is decided in `plan`. Why nothing is lost or leaked:
+//!
+//! - **Never before its pod.** The edge applies a batch atomically and, at batch boundaries,
+//!   drops configs that no cached pod references. So a pod upsert carries the current version
+//!   of every config it references (or a delete for a missing one) in the same batch; a config
+//!   marked for the node is sent on its own only when no pod of this round carries it, i.e. its
+//!   referencing pods were sent in earlier batches of this ordered stream.
+//! - **The invariant behind resuming.** When the edge acks batch revision R, it holds every
+//!   config its pods reference at a version no older than the config's last write at or before
+//!   R. Deltas keep it because a round first reads `cap = handled`, then takes the marked
+//!   configs, then reads the shard, and claims at most `max(sent, min(shard upto, cap))`: every
+//!   config write at or below the claim was handled, hence marked before the round took the
+//!   marks (the dispatcher marks before it publishes `handled`) or taken by an earlier round,
+//!   whose batches precede this one. Marked configs go in the round's first batches, so no
+//!   batch claims a revision before the configs it vouches for were sent. Pod changes above the
+//!   cap wait for the next round, which the dispatcher triggers when it handles them. A
+//!   snapshot keeps it without the cap: it carries the current version of every config its
+//!   pods reference.
+//! - **Resuming.** A session that starts from acked revision A marks every config its node
+//!   references, to be sent only if its store revision is above A (the invariant says the edge
+//!   has the others), and as a delete if it no longer exists (its delete revision is unknown,
+//!   and the edge may hold a stale copy). Marks are set after the session is registered, so a
+//!   write handled in between is marked twice at worst, never missed.
+//! - **Revisions.** A config-only batch claims the session's watermark (or the round's claim),
+//!   so batch revisions never go down and never vouch for pod changes that were not sent.
+//!   Upserts carry the config's own store revision (the edge ignores older ones).
+//! - **No leaks.** Configs reach a node only from its pods' projections (pod upserts,
+//!   snapshots) or from marks, which are filtered through the index ("does a pod of this node
+//!   reference it?") when the round starts. A node may briefly get a config whose newly bound
+//!   pod is one round behind; it references it by then.
+//! - **Durability.** Everything read from the store is sent only after `wait_durable`.
+//! - **Lag.** If the dispatcher falls behind the change feed it rebuilds the index from a
+//!   listing and marks every referenced config written after the last handled revision (or
+//!   missing) on the sessions of its nodes, then wakes every session.
 //!
 //! The same endpoint serves the join exchange (ALPN `skerry-join/1`): a bootstrap token and a CSR
 //! in, a node certificate out.
 
+mod plan;
+
 use crate::clock;
+use crate::config_index::{self, ConfigIndex};
 use crate::pki::{self, Pki};
-use crate::projection;
-use crate::store::{ObjectKey, ShardRead, Store, StoreError};
+use crate::store::{Event, ObjectKey, ShardRead, Store, StoreError};
 use protocol::codec;
 use protocol::join::{JoinRefusal, JoinRequest, JoinResponse};
 use protocol::messages::*;
@@ -25,7 +70,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Mutex, Notify};
+use tokio::sync::{mpsc, Mutex, Notify, RwLock};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 /// Largest frame the hub accepts from an edge.
@@ -34,9 +79,6 @@ const MAX_INBOUND_FRAME: usize = 64 * 1024;
 /// Joins handled at once; more are turned away (the edge retries), so a flood of
 /// unauthenticated join connections cannot pile up.
 const MAX_CONCURRENT_JOINS: usize = 64;
-
-/// Largest number of objects in one delta batch; larger deltas are split.
-const MAX_BATCH_OBJECTS: usize = 256;
 
 /// QUIC application error codes the hub closes connections with.
 pub mod close_codes {
@@ -80,12 +122,24 @@ struct Session {
 /// What the rest of the hub tells a running session, and what it reports back.
 #[derive(Default)]
 struct Signals {
-    /// The node's shard changed.
+    /// The node's shard changed, or a config was marked.
     changed: Notify,
     /// The node was revoked: the session sends Reject and closes.
     revoked: Notify,
     /// Highest revision the edge acked.
     acked: AtomicU64,
+    /// ConfigMaps and Secrets to send: each only if its store revision is above the value
+    /// (0: always), or as a delete if it does not exist.
+    marked: Mutex<HashMap<ObjectRef, u64>>,
+}
+
+impl Signals {
+    /// Marks `config` to be sent if newer than `newer_than` (the lowest bound wins).
+    async fn mark(&self, config: ObjectRef, newer_than: u64) {
+        let mut marked = self.marked.lock().await;
+        let bound = marked.entry(config).or_insert(newer_than);
+        *bound = (*bound).min(newer_than);
+    }
 }
 
 /// The hub. Cheap to share: clone the `Arc`.
@@ -95,6 +149,11 @@ pub struct Hub {
     sessions: Mutex<HashMap<String, Session>>,
     next_session: AtomicU64,
     join_slots: tokio::sync::Semaphore,
+    /// Which nodes reference which ConfigMaps and Secrets.
+    index: RwLock<ConfigIndex>,
+    /// Highest store revision whose change event the dispatcher has fully handled (index
+    /// updated, configs marked, sessions woken); rounds claim no more than this.
+    handled: AtomicU64,
 }
 
 /// Errors that end one connection (never the hub).
@@ -181,6 +240,8 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             join_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_JOINS),
+            index: RwLock::new(ConfigIndex::new()),
+            handled: AtomicU64::new(0),
         })
     }
 
@@ -192,9 +253,13 @@ impl Hub {
     }
 
     /// Accepts connections until the endpoint is closed, and wakes sessions when their shard
-    /// changes.
+    /// or a config they reference changes. Builds the config index first, so that no session
+    /// starts before the hub knows which configs its node needs.
     pub async fn run(self: Arc<Self>, endpoint: quinn::Endpoint) {
-        tokio::spawn(self.clone().dispatch_changes());
+        // Subscribe before listing: every write after the listing's revision is then seen.
+        let events = self.store.subscribe();
+        self.resync_until_done(None).await;
+        tokio::spawn(self.clone().dispatch_changes(events));
         while let Some(incoming) = endpoint.accept().await {
             let hub = self.clone();
             tokio::spawn(async move {
@@ -207,33 +272,116 @@ impl Hub {
         }
     }
 
-    async fn dispatch_changes(self: Arc<Self>) {
-        let mut events = self.store.subscribe();
-        loop {
-            match events.recv().await {
-                Ok(ev) => {
-                    if ev.shards.is_empty() {
-                        continue;
-                    }
-                    let sessions = self.sessions.lock().await;
-                    for shard in &ev.shards {
-                        if let Some(s) = sessions.get(shard) {
-                            s.signals.changed.notify_one();
-                        }
+    /// [`Hub::resync`], retried until the store answers.
+    async fn resync_until_done(&self, since: Option<u64>) {
+        while let Err(e) = self.resync(since).await {
+            error!(error = %e, "cannot list pods and configs to index config references; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Rebuilds the config index from a listing of every pod. With `since` (after the change
+    /// feed lagged, events after `since` were lost), also marks on the live sessions every
+    /// referenced config written after `since` or missing, and wakes every session.
+    async fn resync(&self, since: Option<u64>) -> Result<(), StoreError> {
+        let (pods, listed) = self.store.list("pods", None)?;
+        let mut index = ConfigIndex::new();
+        for p in &pods {
+            let meta = |f: &str| {
+                p.value
+                    .pointer(&format!("/metadata/{f}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            index.apply(
+                &ObjectKey::new("pods", meta("namespace"), meta("name")),
+                Some(&p.value),
+            );
+        }
+        let marks = match since {
+            Some(since) => index.changed_since(self.store.as_ref(), since)?,
+            None => Vec::new(),
+        };
+        info!(
+            pods = index.pod_count(),
+            configs = index.configs().len(),
+            revision = listed,
+            "indexed the ConfigMaps and Secrets that pods reference"
+        );
+        *self.index.write().await = index;
+        if since.is_some() {
+            let sessions = self.sessions.lock().await;
+            for (config, nodes) in marks {
+                for node in nodes {
+                    if let Some(s) = sessions.get(&node) {
+                        s.signals.mark(config.clone(), 0).await;
                     }
                 }
+            }
+            for s in sessions.values() {
+                s.signals.changed.notify_one();
+            }
+        }
+        self.handled.fetch_max(listed, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn dispatch_changes(
+        self: Arc<Self>,
+        mut events: tokio::sync::broadcast::Receiver<Event>,
+    ) {
+        loop {
+            match events.recv().await {
+                Ok(ev) => self.handle_event(ev).await,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     warn!(
                         missed = n,
-                        "hub fell behind the store's change feed; waking every session"
+                        "hub fell behind the store's change feed; re-indexing and waking every session"
                     );
-                    for s in self.sessions.lock().await.values() {
-                        s.signals.changed.notify_one();
-                    }
+                    let since = self.handled.load(Ordering::SeqCst);
+                    self.resync_until_done(Some(since)).await;
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
+    }
+
+    /// Handles one committed write (see the module docs for why the order matters).
+    async fn handle_event(&self, ev: Event) {
+        // Writes up to `handled` are in the listing the index was (re)built from.
+        if ev.revision <= self.handled.load(Ordering::SeqCst) {
+            return;
+        }
+        if ev.key.resource == "pods" {
+            let (node, refs) = config_index::pod_refs(&ev.key, ev.value.as_ref());
+            self.index
+                .write()
+                .await
+                .set_pod(&ev.key, node.as_deref(), refs);
+        }
+        let config = config_index::config_ref_of(&ev.key);
+        if config.is_some() || !ev.shards.is_empty() {
+            let nodes = match &config {
+                Some(c) => self.index.read().await.nodes_referencing(c),
+                None => Vec::new(),
+            };
+            let sessions = self.sessions.lock().await;
+            if let Some(config) = config {
+                for node in &nodes {
+                    if let Some(s) = sessions.get(node) {
+                        s.signals.mark(config.clone(), 0).await;
+                        s.signals.changed.notify_one();
+                    }
+                }
+            }
+            for shard in &ev.shards {
+                if let Some(s) = sessions.get(shard) {
+                    s.signals.changed.notify_one();
+                }
+            }
+        }
+        self.handled.fetch_max(ev.revision, Ordering::SeqCst);
     }
 
     async fn handle_connection(self: Arc<Self>, conn: quinn::Connection) {
@@ -509,6 +657,11 @@ impl Hub {
         if self.pki.is_revoked(node) {
             signals.revoked.notify_one();
         }
+        // Configs written while the node was away (see the module docs, "Resuming").
+        let configs = self.index.read().await.configs_of(node);
+        for config in configs {
+            signals.mark(config, hello.acked_revision).await;
+        }
         metrics::gauge!("skerry_hub_connected_nodes").increment(1.0);
         info!(
             acked_revision = hello.acked_revision,
@@ -564,7 +717,7 @@ impl Hub {
         let _abort_reader = AbortOnDrop(reader);
         let mut sent = from;
         loop {
-            sent = self.send_pending(node, sent, send).await?;
+            sent = self.send_pending(node, sent, send, signals).await?;
             tokio::select! {
                 _ = signals.changed.notified() => {}
                 msg = rx.recv() => match msg {
@@ -595,100 +748,53 @@ impl Hub {
         }
     }
 
-    /// Sends everything in the node's shard after `sent`; returns the new high-water mark.
+    /// Sends everything in the node's shard after `sent`, with the configs its pods reference,
+    /// and the configs marked for the node; returns the new high-water mark.
     async fn send_pending(
         &self,
         node: &str,
         sent: u64,
         send: &mut quinn::SendStream,
+        signals: &Signals,
     ) -> Result<u64, SessionError> {
-        match self.store.read_shard(node, sent)? {
+        // Order matters (module docs): the cap, then the marks, then the shard.
+        let cap = self.handled.load(Ordering::SeqCst);
+        let marked = std::mem::take(&mut *signals.marked.lock().await);
+        let (batches, new_sent) = match self.store.read_shard(node, sent)? {
             ShardRead::Snapshot { members, upto } => {
-                let mut upserts = Vec::with_capacity(members.len());
-                for key in &members {
-                    match self.upsert_for(node, key) {
-                        Ok(Some(u)) => upserts.push(u),
-                        Ok(None) => {}
-                        Err(e) => {
-                            error!(error = %e, "skipping object that cannot be projected; fix or delete it")
-                        }
-                    }
-                }
-                self.store
-                    .wait_durable(self.store.assigned_revision())
-                    .await?;
-                info!(objects = upserts.len(), revision = upto, "sending snapshot");
-                let batch = SyncBatch {
-                    revision: upto,
-                    snapshot: true,
-                    upserts,
-                    deletes: vec![],
-                };
-                self.send_batch(send, batch).await?;
-                Ok(upto)
+                // A snapshot carries every config its pods reference: the marks are covered.
+                let batch = plan::snapshot(self.store.as_ref(), node, &members, upto)?;
+                info!(
+                    objects = batch.upserts.len(),
+                    revision = upto,
+                    "sending snapshot"
+                );
+                (vec![batch], upto)
             }
             ShardRead::Delta { changes, upto } => {
-                if changes.is_empty() {
-                    return Ok(upto.max(sent));
-                }
-                // Latest change per object, in revision order of that latest change.
-                let mut last: HashMap<&ObjectKey, u64> = HashMap::new();
-                for c in &changes {
-                    last.insert(&c.key, c.revision);
-                }
-                let mut keys: Vec<(&ObjectKey, u64)> = last.into_iter().collect();
-                keys.sort_by_key(|(_, r)| *r);
-                let chunks: Vec<_> = keys.chunks(MAX_BATCH_OBJECTS).collect();
-                let n = chunks.len();
-                for (i, chunk) in chunks.into_iter().enumerate() {
-                    let mut batch = SyncBatch {
-                        revision: if i + 1 == n {
-                            upto
-                        } else {
-                            chunk.last().map(|(_, r)| *r).unwrap_or(upto)
-                        },
-                        snapshot: false,
-                        upserts: vec![],
-                        deletes: vec![],
-                    };
-                    for (key, _) in chunk {
-                        match self.upsert_for(node, key) {
-                            Ok(Some(u)) => batch.upserts.push(u),
-                            Ok(None) => batch.deletes.push(ObjectRef {
-                                kind: ObjectKind::Pod,
-                                namespace: key.namespace.clone(),
-                                name: key.name.clone(),
-                            }),
-                            Err(e) => {
-                                error!(error = %e, "skipping object that cannot be projected; fix or delete it")
-                            }
-                        }
-                    }
-                    // What was just read may include writes committed after `upto` but not yet
-                    // flushed; never hand a node a state that a crash could take back.
-                    self.store
-                        .wait_durable(self.store.assigned_revision())
-                        .await?;
-                    self.send_batch(send, batch).await?;
-                }
-                Ok(upto)
+                let upto = sent.max(upto.min(cap));
+                let marked: Vec<(ObjectRef, u64)> = if marked.is_empty() {
+                    Vec::new()
+                } else {
+                    let index = self.index.read().await;
+                    marked
+                        .into_iter()
+                        .filter(|(c, _)| index.references(node, c))
+                        .collect()
+                };
+                let batches = plan::delta(self.store.as_ref(), node, sent, upto, &changes, marked)?;
+                (batches, upto)
             }
-        }
-    }
-
-    /// The current edge form of `key` if it is (still) in `node`'s slice.
-    fn upsert_for(&self, node: &str, key: &ObjectKey) -> Result<Option<Upsert>, anyhow::Error> {
-        let Some(stored) = self.store.get(key)? else {
-            return Ok(None);
         };
-        if projection::node_of(key, &stored.value).as_deref() != Some(node) {
-            return Ok(None);
+        for batch in batches {
+            // What was just read may include writes not yet flushed; never hand a node a
+            // state that a crash could take back.
+            self.store
+                .wait_durable(self.store.assigned_revision())
+                .await?;
+            self.send_batch(send, batch).await?;
         }
-        let pod = projection::edge_pod(&stored.value)?;
-        Ok(Some(Upsert {
-            revision: stored.revision,
-            object: EdgeObject::Pod(pod),
-        }))
+        Ok(new_sent)
     }
 
     async fn send_batch(
@@ -706,6 +812,22 @@ impl Hub {
         metrics::counter!("skerry_hub_batches_total").increment(1);
         metrics::counter!("skerry_hub_objects_sent_total")
             .increment((batch.upserts.len() + batch.deletes.len()) as u64);
+        for u in &batch.upserts {
+            let kind = match &u.object {
+                EdgeObject::Pod(_) => continue,
+                EdgeObject::ConfigMap(_) => "ConfigMap",
+                EdgeObject::Secret(_) => "Secret",
+            };
+            metrics::counter!("skerry_hub_configs_sent_total", "kind" => kind).increment(1);
+        }
+        for d in &batch.deletes {
+            let kind = match d.kind {
+                ObjectKind::Pod => continue,
+                ObjectKind::ConfigMap => "ConfigMap",
+                ObjectKind::Secret => "Secret",
+            };
+            metrics::counter!("skerry_hub_config_deletes_sent_total", "kind" => kind).increment(1);
+        }
         write_frame(send, &CloudMessage::Sync(batch)).await
     }
 

@@ -1,0 +1,542 @@
+//! What a node is sent next: turns one read of the node's shard (its pods) and the configs
+//! marked for it into [`SyncBatch`]es.
+//!
+//! Planning only reads the store (synchronously) and returns batches; the session sends them.
+//! Tests drive it against a real store without a network. The rules it implements (why they
+//! hold is argued in the hub's module docs):
+//!
+//! - every pod upsert travels with the current version of each ConfigMap and Secret it
+//!   references (or a delete, when one does not exist) in the *same* batch, at most once per
+//!   round: the edge applies a batch atomically and drops, at batch boundaries, configs no
+//!   cached pod references, so a config must never arrive before its pod;
+//! - configs marked for the node that no pod of this round carries (their pods are already on
+//!   the edge) go first, in batches that claim the revision the node already had;
+//! - a batch holds at most [`MAX_BATCH_OBJECTS`] objects and about [`MAX_BATCH_BYTES`] bytes,
+//!   counting configs, and a pod is never split from its configs;
+//! - batch revisions never go down, and only the last batch claims the round's revision.
+
+use crate::config_index::{config_refs, store_key};
+use crate::projection;
+use crate::store::{ObjectKey, ShardChange, Store, StoreError};
+use protocol::codec;
+use protocol::messages::*;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use tracing::error;
+
+/// Largest number of objects (pods and configs) in one delta batch; larger deltas are split.
+pub const MAX_BATCH_OBJECTS: usize = 256;
+
+/// Bytes of objects after which a delta batch is closed: well under the codec's frame limit,
+/// since ConfigMaps and Secrets may be up to 1 MiB each.
+pub const MAX_BATCH_BYTES: usize = 3 * 1024 * 1024;
+
+/// Room left for the batch envelope when deciding whether a pod and its configs can travel at
+/// all (they must share one frame).
+const FRAME_HEADROOM: usize = 64 * 1024;
+
+/// One object to send.
+enum Change {
+    Upsert(Upsert),
+    Delete(ObjectRef),
+}
+
+/// What the store holds for a pod of the node's shard.
+enum PodRead {
+    /// Still on the node: its upsert and the configs it references.
+    Present(Box<Upsert>, BTreeSet<ObjectRef>),
+    /// Deleted, or moved to another node.
+    Gone,
+    /// Cannot be projected (reported; skipped).
+    Broken,
+}
+
+fn read_pod(store: &dyn Store, node: &str, key: &ObjectKey) -> Result<PodRead, StoreError> {
+    let Some(stored) = store.get(key)? else {
+        return Ok(PodRead::Gone);
+    };
+    if projection::node_of(key, &stored.value).as_deref() != Some(node) {
+        return Ok(PodRead::Gone);
+    }
+    match projection::edge_pod(&stored.value) {
+        Ok(pod) => {
+            let refs = config_refs(&pod);
+            Ok(PodRead::Present(
+                Box::new(Upsert {
+                    revision: stored.revision,
+                    object: EdgeObject::Pod(pod),
+                }),
+                refs,
+            ))
+        }
+        Err(e) => {
+            error!(error = %e, "skipping object that cannot be projected; fix or delete it");
+            Ok(PodRead::Broken)
+        }
+    }
+}
+
+/// The current state of a config for the node: its upsert, a delete if it does not exist, or
+/// nothing if its revision is not above `newer_than` (the node has it) or it cannot be
+/// projected (reported).
+fn read_config(
+    store: &dyn Store,
+    r: &ObjectRef,
+    newer_than: u64,
+) -> Result<Option<Change>, StoreError> {
+    let Some(key) = store_key(r) else {
+        return Ok(None);
+    };
+    match store.get(&key)? {
+        None => Ok(Some(Change::Delete(r.clone()))),
+        Some(s) if s.revision <= newer_than => Ok(None),
+        Some(s) => match projection::edge_config(r.kind, &s.value) {
+            Ok(object) => Ok(Some(Change::Upsert(Upsert {
+                revision: s.revision,
+                object,
+            }))),
+            Err(e) => {
+                error!(error = %e, "skipping object that cannot be projected; fix or delete it");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Objects that must travel in one batch (a pod and its configs), and the revision a batch
+/// ending with them may claim.
+struct Unit {
+    claim: u64,
+    what: String,
+    upserts: Vec<Upsert>,
+    deletes: Vec<ObjectRef>,
+    bytes: usize,
+}
+
+impl Unit {
+    fn new(claim: u64, what: String) -> Self {
+        Self {
+            claim,
+            what,
+            upserts: Vec::new(),
+            deletes: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, change: Change) {
+        match change {
+            Change::Upsert(u) => {
+                // An upsert too large to encode can never travel: count it as over any limit.
+                self.bytes = self
+                    .bytes
+                    .saturating_add(codec::encode(&u).map_or(usize::MAX, |b| b.len()));
+                self.upserts.push(u);
+            }
+            Change::Delete(r) => {
+                self.bytes += r.namespace.len() + r.name.len() + 32;
+                self.deletes.push(r);
+            }
+        }
+    }
+
+    fn objects(&self) -> usize {
+        self.upserts.len() + self.deletes.len()
+    }
+}
+
+/// Packs units into batches under both budgets; the last batch claims `upto`.
+fn chunk(units: Vec<Unit>, upto: u64) -> Vec<SyncBatch> {
+    let mut out = Vec::new();
+    let mut current: Option<(SyncBatch, usize, usize)> = None;
+    for unit in units {
+        if unit.bytes > codec::MAX_FRAME_LEN - FRAME_HEADROOM {
+            error!(object = %unit.what, bytes = unit.bytes,
+                "not sent: with the ConfigMaps and Secrets it references it exceeds one sync frame; reference fewer or smaller ones");
+            metrics::counter!("skerry_hub_objects_too_large_total").increment(1);
+            continue;
+        }
+        if let Some((_, n, bytes)) = &current {
+            if n + unit.objects() > MAX_BATCH_OBJECTS || bytes + unit.bytes > MAX_BATCH_BYTES {
+                out.extend(current.take().map(|(b, ..)| b));
+            }
+        }
+        let (batch, n, bytes) = current.get_or_insert_with(|| {
+            (
+                SyncBatch {
+                    revision: 0,
+                    snapshot: false,
+                    upserts: Vec::new(),
+                    deletes: Vec::new(),
+                },
+                0,
+                0,
+            )
+        });
+        batch.revision = unit.claim;
+        *n += unit.objects();
+        *bytes += unit.bytes;
+        batch.upserts.extend(unit.upserts);
+        batch.deletes.extend(unit.deletes);
+    }
+    if let Some((mut last, ..)) = current {
+        last.revision = upto;
+        out.push(last);
+    }
+    out
+}
+
+/// The snapshot of `node`'s slice: every member pod and every config they reference. Missing
+/// configs need no delete: a snapshot replaces everything the edge holds.
+pub fn snapshot(
+    store: &dyn Store,
+    node: &str,
+    members: &[ObjectKey],
+    upto: u64,
+) -> Result<SyncBatch, StoreError> {
+    let mut batch = SyncBatch {
+        revision: upto,
+        snapshot: true,
+        upserts: Vec::new(),
+        deletes: Vec::new(),
+    };
+    let mut refs = BTreeSet::new();
+    for key in members {
+        if let PodRead::Present(u, r) = read_pod(store, node, key)? {
+            batch.upserts.push(*u);
+            refs.extend(r);
+        }
+    }
+    for r in &refs {
+        if let Some(Change::Upsert(u)) = read_config(store, r, 0)? {
+            batch.upserts.push(u);
+        }
+    }
+    Ok(batch)
+}
+
+/// The delta batches of one round for `node`, which has everything up to `sent`: the pod
+/// `changes` up to `upto` with their configs, and the `marked` configs (each sent only if its
+/// revision is above the given one, or deleted if it does not exist). `marked` must hold only
+/// configs the node references.
+pub fn delta(
+    store: &dyn Store,
+    node: &str,
+    sent: u64,
+    upto: u64,
+    changes: &[ShardChange],
+    marked: Vec<(ObjectRef, u64)>,
+) -> Result<Vec<SyncBatch>, StoreError> {
+    // Latest change per pod, in revision order of that latest change.
+    let mut last: HashMap<&ObjectKey, u64> = HashMap::new();
+    for c in changes.iter().filter(|c| c.revision <= upto) {
+        last.insert(&c.key, c.revision);
+    }
+    let mut keys: Vec<(&ObjectKey, u64)> = last.into_iter().collect();
+    keys.sort_by_key(|(_, r)| *r);
+    let mut pods = Vec::with_capacity(keys.len());
+    for (key, rev) in keys {
+        pods.push((key, rev, read_pod(store, node, key)?));
+    }
+    let with_pods: HashSet<ObjectRef> = pods
+        .iter()
+        .filter_map(|(_, _, read)| match read {
+            PodRead::Present(_, refs) => Some(refs.iter().cloned()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut included: HashSet<ObjectRef> = HashSet::new();
+    let mut units = Vec::new();
+    let mut marked = marked;
+    marked.sort();
+    for (r, newer_than) in marked {
+        if with_pods.contains(&r) || !included.insert(r.clone()) {
+            continue;
+        }
+        if let Some(change) = read_config(store, &r, newer_than)? {
+            let mut unit = Unit::new(sent, r.to_string());
+            unit.push(change);
+            units.push(unit);
+        }
+    }
+    for (key, rev, read) in pods {
+        let mut unit = Unit::new(rev, format!("pod {}/{}", key.namespace, key.name));
+        match read {
+            PodRead::Present(upsert, refs) => {
+                unit.push(Change::Upsert(*upsert));
+                for r in refs {
+                    if included.insert(r.clone()) {
+                        if let Some(change) = read_config(store, &r, 0)? {
+                            unit.push(change);
+                        }
+                    }
+                }
+            }
+            PodRead::Gone => unit.push(Change::Delete(ObjectRef {
+                kind: ObjectKind::Pod,
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            })),
+            PodRead::Broken => continue,
+        }
+        units.push(unit);
+    }
+    Ok(chunk(units, upto))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ShardRead, SledStore};
+    use protocol::config::EdgeSecret;
+    use serde_json::{json, Value};
+
+    struct Fixture {
+        store: SledStore,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), projection::shard).unwrap();
+        Fixture { store, _dir: dir }
+    }
+
+    fn pod(name: &str, node: &str, secrets: &[&str], config_maps: &[&str]) -> Value {
+        let env: Vec<Value> = secrets
+            .iter()
+            .map(|s| json!({"name": format!("E_{}", s.replace('-', "_")), "valueFrom": {"secretKeyRef": {"name": s, "key": "k"}}}))
+            .collect();
+        let volumes: Vec<Value> = config_maps
+            .iter()
+            .map(|c| json!({"name": c, "configMap": {"name": c}}))
+            .collect();
+        json!({"metadata": {"name": name, "namespace": "default", "uid": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x", "env": env}], "volumes": volumes}})
+    }
+
+    fn secret(name: &str, bytes: usize) -> Value {
+        let value = k8s_openapi::ByteString(vec![b's'; bytes]);
+        json!({"metadata": {"name": name, "namespace": "default"}, "type": "Opaque", "data": {"k": value}})
+    }
+
+    fn config_map(name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "default"}, "data": {"a": "1"}})
+    }
+
+    fn r(kind: ObjectKind, name: &str) -> ObjectRef {
+        ObjectRef {
+            kind,
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    impl Fixture {
+        async fn put(&self, resource: &str, value: Value) -> u64 {
+            let name = value["metadata"]["name"].as_str().unwrap().to_string();
+            let key = ObjectKey::new(resource, "default", name);
+            match self.store.get(&key).unwrap() {
+                Some(_) => self.store.update(&key, value, None).await.unwrap().revision,
+                None => self.store.create(&key, value).await.unwrap().revision,
+            }
+        }
+
+        fn changes(&self, node: &str, after: u64) -> (Vec<ShardChange>, u64) {
+            match self.store.read_shard(node, after).unwrap() {
+                ShardRead::Delta { changes, upto } => (changes, upto),
+                ShardRead::Snapshot { .. } => panic!("expected a delta"),
+            }
+        }
+    }
+
+    fn refs_of(b: &SyncBatch) -> Vec<ObjectRef> {
+        b.upserts.iter().map(|u| u.object.object_ref()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_pod_carries_its_configs_or_their_deletes_in_its_batch() {
+        let f = fixture();
+        let s_rev = f.put("secrets", secret("db", 8)).await;
+        let start = f.put("configmaps", config_map("unrelated")).await;
+        f.put("pods", pod("web", "n1", &["db"], &["missing"])).await;
+        let (changes, upto) = f.changes("n1", start);
+        let batches = delta(&f.store, "n1", start, upto, &changes, vec![]).unwrap();
+        assert_eq!(batches.len(), 1);
+        let b = &batches[0];
+        assert_eq!(b.revision, upto);
+        assert_eq!(
+            refs_of(b),
+            [r(ObjectKind::Pod, "web"), r(ObjectKind::Secret, "db")]
+        );
+        assert_eq!(
+            b.upserts[1].revision, s_rev,
+            "a config carries its own revision"
+        );
+        let EdgeObject::Secret(EdgeSecret { data, .. }) = &b.upserts[1].object else {
+            panic!()
+        };
+        assert_eq!(data["k"], vec![b's'; 8]);
+        assert_eq!(b.deletes, [r(ObjectKind::ConfigMap, "missing")]);
+    }
+
+    #[tokio::test]
+    async fn marked_configs_are_sent_once_only_if_newer_and_deleted_if_gone() {
+        let f = fixture();
+        let old = f.put("configmaps", config_map("old")).await;
+        let new = f.put("configmaps", config_map("new")).await;
+        let (changes, upto) = f.changes("n1", new);
+        assert!(changes.is_empty());
+        let marked = vec![
+            (r(ObjectKind::ConfigMap, "old"), old),
+            (r(ObjectKind::ConfigMap, "new"), old),
+            (r(ObjectKind::ConfigMap, "new"), 0),
+            (r(ObjectKind::Secret, "gone"), old),
+        ];
+        let batches = delta(&f.store, "n1", new, upto, &changes, marked).unwrap();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].revision, upto);
+        assert_eq!(refs_of(&batches[0]), [r(ObjectKind::ConfigMap, "new")]);
+        assert_eq!(batches[0].deletes, [r(ObjectKind::Secret, "gone")]);
+        // Nothing to send: no batch at all.
+        let none = delta(
+            &f.store,
+            "n1",
+            new,
+            upto,
+            &changes,
+            vec![(r(ObjectKind::ConfigMap, "old"), old)],
+        )
+        .unwrap();
+        assert!(none.is_empty());
+    }
+
+    /// A marked config whose pod is in the same round must not go ahead of it: the edge would
+    /// drop it at the batch boundary (no cached pod references it yet) and, deduplicated, it
+    /// would then be missing from the pod's batch.
+    #[tokio::test]
+    async fn a_marked_config_waits_for_its_pod_across_chunks() {
+        let f = fixture();
+        f.put("secrets", secret("late", 4)).await;
+        let start = f.store.revision();
+        for i in 0..(MAX_BATCH_OBJECTS + 10) {
+            f.put("pods", pod(&format!("p{i}"), "n1", &[], &[])).await;
+        }
+        f.put("pods", pod("user", "n1", &["late"], &[])).await;
+        let (changes, upto) = f.changes("n1", start);
+        let batches = delta(
+            &f.store,
+            "n1",
+            start,
+            upto,
+            &changes,
+            vec![(r(ObjectKind::Secret, "late"), 0)],
+        )
+        .unwrap();
+        assert_eq!(batches.len(), 2);
+        assert!(batches[0].upserts.len() <= MAX_BATCH_OBJECTS);
+        assert!(batches[0].revision < batches[1].revision);
+        assert_eq!(batches[1].revision, upto);
+        let first = refs_of(&batches[0]);
+        let second = refs_of(&batches[1]);
+        assert!(!first.contains(&r(ObjectKind::Secret, "late")));
+        let at = second
+            .iter()
+            .position(|x| *x == r(ObjectKind::Pod, "user"))
+            .unwrap();
+        assert_eq!(second[at + 1], r(ObjectKind::Secret, "late"));
+        let total: usize = batches.iter().map(|b| b.upserts.len()).sum();
+        assert_eq!(
+            total,
+            MAX_BATCH_OBJECTS + 12,
+            "every pod and the secret, once"
+        );
+    }
+
+    #[tokio::test]
+    async fn shared_configs_travel_once_and_big_ones_split_batches_by_bytes() {
+        let f = fixture();
+        let start = f.put("configmaps", config_map("shared")).await;
+        for i in 0..5 {
+            f.put("secrets", secret(&format!("big{i}"), 900 * 1024))
+                .await;
+            f.put(
+                "pods",
+                pod(&format!("p{i}"), "n1", &[&format!("big{i}")], &["shared"]),
+            )
+            .await;
+        }
+        let (changes, upto) = f.changes("n1", start);
+        let batches = delta(&f.store, "n1", start, upto, &changes, vec![]).unwrap();
+        assert!(batches.len() >= 2, "{} batches", batches.len());
+        let mut last_rev = start;
+        let mut shared = 0;
+        for b in &batches {
+            let size = codec::encode_frame(&CloudMessage::Sync(b.clone()))
+                .unwrap()
+                .len();
+            assert!(size <= MAX_BATCH_BYTES + FRAME_HEADROOM, "{size} bytes");
+            assert!(b.revision >= last_rev);
+            last_rev = b.revision;
+            let refs = refs_of(b);
+            shared += refs
+                .iter()
+                .filter(|x| **x == r(ObjectKind::ConfigMap, "shared"))
+                .count();
+            // Each pod's secret is in the pod's batch.
+            for x in &refs {
+                if x.kind == ObjectKind::Pod {
+                    let i = &x.name[1..];
+                    assert!(refs.contains(&r(ObjectKind::Secret, &format!("big{i}"))));
+                }
+            }
+        }
+        assert_eq!(shared, 1);
+        assert_eq!(last_rev, upto);
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_left_the_node_is_deleted_without_its_configs() {
+        let f = fixture();
+        f.put("secrets", secret("mine", 4)).await;
+        let start = f.put("pods", pod("web", "n1", &["mine"], &[])).await;
+        f.put("pods", pod("web", "n2", &["mine"], &[])).await;
+        let (changes, upto) = f.changes("n1", start);
+        let batches = delta(&f.store, "n1", start, upto, &changes, vec![]).unwrap();
+        assert_eq!(batches.len(), 1);
+        assert!(batches[0].upserts.is_empty());
+        assert_eq!(batches[0].deletes, [r(ObjectKind::Pod, "web")]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_holds_every_referenced_config_and_no_deletes() {
+        let f = fixture();
+        f.put("secrets", secret("s", 4)).await;
+        f.put("configmaps", config_map("c")).await;
+        f.put("configmaps", config_map("not-referenced")).await;
+        f.put("pods", pod("a", "n1", &["s"], &["c", "missing"]))
+            .await;
+        f.put("pods", pod("b", "n1", &["s"], &[])).await;
+        f.put("pods", pod("other", "n2", &[], &["not-referenced"]))
+            .await;
+        let (members, upto) = match f.store.read_shard("n1", 0).unwrap() {
+            ShardRead::Snapshot { members, upto } => (members, upto),
+            ShardRead::Delta { .. } => panic!("expected a snapshot"),
+        };
+        let b = snapshot(&f.store, "n1", &members, upto).unwrap();
+        assert!(b.snapshot);
+        assert_eq!(b.revision, upto);
+        let mut refs = refs_of(&b);
+        refs.sort();
+        assert_eq!(
+            refs,
+            [
+                r(ObjectKind::Pod, "a"),
+                r(ObjectKind::Pod, "b"),
+                r(ObjectKind::ConfigMap, "c"),
+                r(ObjectKind::Secret, "s"),
+            ]
+        );
+        assert!(b.deletes.is_empty());
+    }
+}
