@@ -24,6 +24,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 const ACKED_KEY: &[u8] = b"acked_revision";
+/// Layout version of the cache. Version 2 added ConfigMaps and Secrets: a cache written by an
+/// older edgecore has none, and its acked revision would make the hub skip every config written
+/// before it, so opening such a cache forgets the acked revision and the node resyncs in full.
+const SCHEMA_KEY: &[u8] = b"schema";
+const SCHEMA: u32 = 2;
 
 /// Errors of the cache.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +244,24 @@ impl Cache {
         let config_maps = db.open_tree("configmaps").map_err(backend)?;
         let secrets = db.open_tree("secrets").map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
+        let schema = meta
+            .get(SCHEMA_KEY)
+            .map_err(backend)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(u32::from_be_bytes);
+        if schema != Some(SCHEMA) {
+            if meta.get(ACKED_KEY).map_err(backend)?.is_some() {
+                tracing::info!(
+                    from = ?schema,
+                    to = SCHEMA,
+                    "cache layout upgraded; the node resyncs its slice in full once"
+                );
+            }
+            meta.remove(ACKED_KEY).map_err(backend)?;
+            meta.insert(SCHEMA_KEY, &SCHEMA.to_be_bytes())
+                .map_err(backend)?;
+            db.flush().map_err(backend)?;
+        }
         Ok(Self {
             db,
             pods,
@@ -843,6 +866,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(c.configs().secret("default", "s").unwrap().data["k"], b"ok");
+    }
+
+    #[test]
+    fn a_cache_from_before_configs_forgets_its_acked_revision_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert(ACKED_KEY, &42u64.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        // sled's flusher thread lets go of the file lock a moment after the last handle drops.
+        let reopen = || {
+            for _ in 0..100 {
+                if let Ok(c) = Cache::open(dir.path()) {
+                    return c;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            panic!("cache did not reopen");
+        };
+        let c = reopen();
+        assert_eq!(c.acked_revision(), 0, "an old layout resyncs in full");
+        c.meta.insert(ACKED_KEY, &7u64.to_be_bytes()).unwrap();
+        c.db.flush().unwrap();
+        drop(c);
+        let c = reopen();
+        assert_eq!(
+            c.acked_revision(),
+            7,
+            "the current layout keeps its revision"
+        );
     }
 
     #[test]
