@@ -131,6 +131,14 @@ async fn sandbox_details(ctrd: &Containerd, id: &str) -> (String, i64) {
     (netns, json["pid"].as_i64().unwrap_or(0))
 }
 
+/// The address this host uses towards the outside (no packet is sent).
+fn host_ip() -> Option<std::net::IpAddr> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect("192.0.2.1:9").ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
 fn containerd_pid(ctrd: &Containerd) -> Option<i32> {
     let config = ctrd
         .dir()
@@ -198,6 +206,14 @@ async fn cri_runtime_runs_pods_in_containerd() {
         "logger",
         "for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; printf 'no newline'",
     );
+    let mut web = web;
+    let host_port = skerry_tests::free_tcp_port();
+    web.ports = vec![protocol::pod::ContainerPort {
+        name: "http".into(),
+        container_port: 8080,
+        host_port,
+        protocol: "TCP".into(),
+    }];
     let p = pod("web-1", vec![web.clone(), logger.clone()]);
     let t0 = Instant::now();
     let sb = rt.run_sandbox(&p).await.expect("run_sandbox");
@@ -252,6 +268,24 @@ async fn cri_runtime_runs_pods_in_containerd() {
     .await
     .expect("http");
     assert!(body.starts_with("HTTP/1."), "{body}");
+    // hostPort: the portmap plugin forwards the host's port to the pod.
+    match host_ip() {
+        Some(host) => {
+            let via_host = format!("{host}:{host_port}");
+            eventually("httpd to answer on the host port", WAIT, || {
+                let addr = via_host.clone();
+                async move {
+                    Ok(http_get(&addr)
+                        .await
+                        .ok()
+                        .filter(|b| b.contains("hello-skerry")))
+                }
+            })
+            .await
+            .expect("hostPort");
+        }
+        None => println!("SKIPPED (hostPort): this host has no default route to find its own IP"),
+    }
 
     // --- exec_sync: output, exit codes, timeouts.
     let out = rt
@@ -328,6 +362,32 @@ async fn cri_runtime_runs_pods_in_containerd() {
         ]
     );
     assert!(data.path().join("pods/web-1/logs/logger/0.log").exists());
+
+    // `edgecore logs` finds the pod through containerd with the data dir's instance id.
+    std::fs::write(data.path().join("runtime-instance"), "inst-a\n").expect("instance file");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgecore"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args([
+            "logs",
+            "edge/pod-web-1",
+            "-c",
+            "logger",
+            "--tail",
+            "3",
+            "--runtime",
+            "cri",
+        ])
+        .arg("--cri-socket")
+        .arg(&ctrd.socket)
+        .output()
+        .expect("edgecore logs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), log);
 
     // --- list_pods: this instance's pods only.
     let pods = rt.list_pods().await.expect("list_pods");

@@ -163,3 +163,85 @@ pub fn status_text(status: &tonic::Status) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn conn() -> Conn {
+        Conn::new(
+            Path::new("/nonexistent/containerd.sock"),
+            Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test]
+    async fn broken_connections_are_retried_once_for_idempotent_calls_only() {
+        let conn = conn();
+        let calls = AtomicU32::new(0);
+        let flaky = || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Err(tonic::Status::unavailable("connection reset"))
+                } else {
+                    Ok(tonic::Response::new(n))
+                }
+            }
+        };
+        assert_eq!(conn.call(conn.timeout, true, flaky).await.ok(), Some(1));
+        calls.store(0, Ordering::SeqCst);
+        let once = conn.call(conn.timeout, false, flaky).await;
+        assert_eq!(once.err().and_then(|e| e.code()), Some(Code::Unavailable));
+        // Other errors are final, and a second Unavailable too.
+        calls.store(0, Ordering::SeqCst);
+        let not_found = conn
+            .call(conn.timeout, true, || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err::<tonic::Response<()>, _>(tonic::Status::not_found("gone")) }
+            })
+            .await;
+        assert!(not_found.err().is_some_and(|e| e.is_not_found()));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        calls.store(0, Ordering::SeqCst);
+        let down = conn
+            .call(conn.timeout, true, || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err::<tonic::Response<()>, _>(tonic::Status::unavailable("down")) }
+            })
+            .await;
+        assert_eq!(down.err().and_then(|e| e.code()), Some(Code::Unavailable));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_never_answers_ends_at_its_deadline_naming_the_socket() {
+        let conn = conn();
+        let result = conn
+            .call(Duration::from_millis(100), true, || {
+                std::future::pending::<Result<tonic::Response<()>, tonic::Status>>()
+            })
+            .await;
+        let err = result.expect_err("timed out");
+        assert!(matches!(err, CallError::Timeout(d) if d == Duration::from_millis(100)));
+        let text = conn.describe("ListContainers", &err);
+        assert!(text.contains("/nonexistent/containerd.sock"), "{text}");
+        assert!(text.contains("ListContainers"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_reported_as_unreachable() {
+        let conn = conn();
+        let result = conn
+            .call(conn.timeout, true, || {
+                let mut client = conn.runtime();
+                async move { client.version(k8s_cri::v1::VersionRequest::default()).await }
+            })
+            .await;
+        let err = result.expect_err("no containerd there");
+        assert_eq!(err.code(), Some(Code::Unavailable), "{err:?}");
+        let text = conn.describe("Version", &err);
+        assert!(text.contains("is containerd running"), "{text}");
+    }
+}
