@@ -2,14 +2,17 @@
 //! and CNI bridge/subnet) from the harness in `skerry-tests`, with the registry-free images of
 //! `deploy/images/build.sh`. Skipped, with a message, only when containerd is not installed.
 
+use edgecore::pods::{BackoffPolicy, PodManager, PodManagerConfig, StatusSink};
 use edgecore::runtime::cri::{CriConfig, CriRuntime};
 use edgecore::runtime::{ContainerConfig, ContainerRunState, Runtime, RuntimeError, Sandbox};
 use protocol::pod::{EdgeContainer, EdgePod, Resources, RestartPolicy};
+use protocol::status::{ContainerState, PodPhase, PodStatus};
 use skerry_tests::containerd::{self, Containerd, BUSYBOX_IMAGE};
 use skerry_tests::eventually;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -693,4 +696,150 @@ async fn cri_runtime_runs_pods_in_containerd() {
     assert!(rt.list_pods().await.expect("list").is_empty());
     let left = ctrd.leftovers().await.expect("leftovers");
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Statuses and removals the pod workers report, for the workers test below.
+struct Sink(tokio::sync::mpsc::UnboundedSender<Result<PodStatus, String>>);
+
+impl StatusSink for Sink {
+    fn pod_status(&self, status: PodStatus) {
+        let _ = self.0.send(Ok(status));
+    }
+
+    fn pod_forgotten(&self, _namespace: &str, name: &str) {
+        let _ = self.0.send(Err(name.to_string()));
+    }
+}
+
+type Reports = tokio::sync::mpsc::UnboundedReceiver<Result<PodStatus, String>>;
+
+fn manager(rt: CriRuntime) -> (PodManager, Reports) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = PodManagerConfig {
+        poll_interval: Duration::from_millis(100),
+        backoff: BackoffPolicy {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(2),
+            reset_after: Duration::from_secs(60),
+        },
+        orphan_grace: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(5),
+    };
+    let m = PodManager::with_config(
+        Arc::new(rt),
+        Arc::new(Sink(tx)),
+        "edge-1".into(),
+        "192.0.2.7".into(),
+        config,
+    );
+    (m, rx)
+}
+
+/// Waits for a report satisfying `pred`.
+async fn report<T>(
+    rx: &mut Reports,
+    what: &str,
+    pred: impl Fn(&Result<PodStatus, String>) -> Option<T>,
+) -> T {
+    let end = Instant::now() + WAIT;
+    let mut last = None;
+    loop {
+        match tokio::time::timeout_at(end, rx.recv()).await {
+            Ok(Some(r)) => {
+                if let Some(v) = pred(&r) {
+                    return v;
+                }
+                last = Some(r);
+            }
+            Ok(None) => panic!("sink closed while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}; last report: {last:#?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_workers_restart_and_adopt_containers_over_cri() {
+    if !containerd::available() {
+        eprintln!(
+            "SKIPPED: containerd, runc or the CNI plugins are not installed; run deploy/setup.sh"
+        );
+        return;
+    }
+    let ctrd = Containerd::start().await.expect("containerd starts");
+    let data = tempfile::tempdir().expect("data dir");
+    // Crashes once, then serves: /dev/shm belongs to the sandbox, so it outlives the instance.
+    let mut p = pod(
+        "w-crash",
+        vec![container(
+            "main",
+            "if [ -e /dev/shm/crashed ]; then echo serving; exec sleep 3600; fi; \
+             touch /dev/shm/crashed; exit 1",
+        )],
+    );
+    p.restart_policy = RestartPolicy::Always;
+
+    let (m, mut rx) =
+        manager(runtime(&ctrd.socket, data.path(), "inst-w", Duration::from_secs(20)).await);
+    m.sync(vec![p.clone()]).await;
+    let first = report(&mut rx, "running after one restart", |r| {
+        r.as_ref()
+            .ok()
+            .filter(|s| {
+                s.containers.first().is_some_and(|c| {
+                    c.restart_count == 1 && matches!(c.state, ContainerState::Running { .. })
+                })
+            })
+            .cloned()
+    })
+    .await;
+    let prefix = ctrd
+        .subnet
+        .rsplit_once('.')
+        .map(|(p, _)| p)
+        .unwrap_or_default();
+    assert!(
+        first.pod_ip.starts_with(prefix),
+        "pod IP {:?}",
+        first.pod_ip
+    );
+    assert_eq!(first.phase, PodPhase::Running);
+    let id = first.containers[0].container_id.clone();
+    assert!(
+        matches!(
+            first.containers[0].last_state,
+            Some(ContainerState::Terminated { exit_code: 1, .. })
+        ),
+        "{:?}",
+        first.containers[0].last_state
+    );
+    m.shutdown().await;
+
+    // A new edgecore (manager and runtime) adopts the running instance: same id, same restarts.
+    let rt = runtime(&ctrd.socket, data.path(), "inst-w", Duration::from_secs(20)).await;
+    let listed = rt.list_pods().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    // The crashed instance was removed once its successor ran.
+    assert_eq!(listed[0].containers.len(), 1, "{:?}", listed[0].containers);
+    let (m, mut rx) = manager(rt);
+    m.sync(vec![p.clone()]).await;
+    let adopted = report(&mut rx, "adopted", |r| {
+        r.as_ref()
+            .ok()
+            .filter(|s| s.phase == PodPhase::Running)
+            .cloned()
+    })
+    .await;
+    assert_eq!(adopted.containers[0].container_id, id);
+    assert_eq!(adopted.containers[0].restart_count, 1);
+    assert_eq!(adopted.pod_ip, first.pod_ip);
+
+    // Dropped from the desired set: stopped, removed, nothing left.
+    m.sync(vec![]).await;
+    report(&mut rx, "the pod forgotten", |r| {
+        r.as_ref().err().filter(|n| *n == "pod-w-crash").map(|_| ())
+    })
+    .await;
+    let left = ctrd.leftovers().await.expect("leftovers");
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!data.path().join("pods/w-crash").exists());
 }
