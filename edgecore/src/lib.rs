@@ -9,6 +9,7 @@ pub mod agent;
 pub mod cache;
 pub mod config;
 pub mod identity;
+pub mod images;
 pub mod link;
 pub mod pods;
 pub mod report;

@@ -112,6 +112,9 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Manage container images without a registry.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Internal: supervises one container of the process runtime (started by edgecore itself).
     #[command(hide = true)]
     Shim(edgecore::runtime::process::ShimArgs),
@@ -145,6 +148,30 @@ impl RuntimeArgs {
             },
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Load OCI image archives (deploy/images/build.sh, `docker save`, `ctr images export`)
+    /// into containerd, for air-gapped edges.
+    Import {
+        /// Image archive(s) (.tar).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// containerd's socket.
+        #[arg(
+            long,
+            default_value = "/run/containerd/containerd.sock",
+            env = "SKERRY_CONTAINERD_SOCKET"
+        )]
+        containerd_socket: std::path::PathBuf,
+        /// containerd namespace (CRI uses k8s.io).
+        #[arg(long, default_value = "k8s.io")]
+        namespace: String,
+        /// Snapshotter to unpack into (CRI's default is overlayfs).
+        #[arg(long, default_value = "overlayfs")]
+        snapshotter: String,
+    },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -294,6 +321,34 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                         .with_context(|| format!("pod {ns}/{name} has no containers yet"))?,
                 };
                 print!("{}", runtime.read_log(&found.sandbox, &c, tail).await?);
+                Ok(())
+            })
+        }
+        Command::Image(ImageCommand::Import {
+            files,
+            containerd_socket,
+            namespace,
+            snapshotter,
+        }) => {
+            let opts = edgecore::images::ImportOptions {
+                socket: containerd_socket,
+                namespace,
+                snapshotter,
+                ..Default::default()
+            };
+            rt.block_on(async {
+                for file in &files {
+                    let started = std::time::Instant::now();
+                    for image in edgecore::images::import(file, &opts).await? {
+                        println!(
+                            "imported {} ({}) from {} in {} ms",
+                            image.name,
+                            image.digest,
+                            file.display(),
+                            started.elapsed().as_millis()
+                        );
+                    }
+                }
                 Ok(())
             })
         }

@@ -187,9 +187,29 @@ impl Containerd {
         .await
         .map_err(|e| anyhow!("{e}; containerd log:\n{}", me.log_tail()))?;
         for image in ["pause.tar", "busybox.tar"] {
-            me.ctr(&["images", "import", &images.join(image).to_string_lossy()])?;
+            me.import(&images.join(image))?;
         }
         Ok(me)
+    }
+
+    /// Imports an image archive with `edgecore image import`, as an air-gapped edge would;
+    /// returns its output, or fails with it.
+    pub fn import(&self, archive: &Path) -> Result<String> {
+        let out = Command::new(crate::bin_dir().join("edgecore"))
+            .args(["image", "import", "--containerd-socket"])
+            .arg(&self.socket)
+            .arg(archive)
+            .output()
+            .context("cannot run edgecore (build it with `cargo build --workspace --bins`)")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            bail!("edgecore image import {} failed: {text}", archive.display());
+        }
+        Ok(text)
     }
 
     /// Runs `ctr -n k8s.io` against this containerd; fails with its output on error.

@@ -435,6 +435,8 @@ pub struct Edge {
     mqtt_url: String,
     /// Metrics port.
     pub metrics_port: u16,
+    /// Extra arguments of `edgecore run` (the runtime selection).
+    run_args: Vec<String>,
 }
 
 /// Runs `edgecore join`; returns (success, combined output).
@@ -483,7 +485,32 @@ impl Edge {
         cloud: &Cloud,
         name: &str,
         labels: &[&str],
+        token: (String, String),
+    ) -> Result<Self> {
+        Self::join_and_start_opts(cloud, name, labels, token, vec![]).await
+    }
+
+    /// Joins and starts an agent that runs real containers through `ctrd`'s CRI.
+    pub async fn join_and_start_cri(
+        cloud: &Cloud,
+        name: &str,
+        ctrd: &containerd::Containerd,
+    ) -> Result<Self> {
+        let run_args = vec![
+            "--runtime".to_string(),
+            "cri".to_string(),
+            "--cri-socket".to_string(),
+            ctrd.socket.to_string_lossy().into_owned(),
+        ];
+        Self::join_and_start_opts(cloud, name, &[], cloud.token("1h")?, run_args).await
+    }
+
+    async fn join_and_start_opts(
+        cloud: &Cloud,
+        name: &str,
+        labels: &[&str],
         (token, hash): (String, String),
+        run_args: Vec<String>,
     ) -> Result<Self> {
         let dir = temp_dir("skerry-edge-")?;
         let mqtt = cloud.mqtt_url();
@@ -504,6 +531,7 @@ impl Edge {
             server: cloud.hub_addr(),
             mqtt_url: cloud.mqtt_url(),
             metrics_port: free_tcp_port(),
+            run_args,
         };
         edge.start()?;
         Ok(edge)
@@ -530,6 +558,7 @@ impl Edge {
             .args(["--server", &self.server, "--mqtt-url", &self.mqtt_url])
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
+            .args(&self.run_args)
             .env("SKERRY_RESTART_BACKOFF_BASE_MS", "300")
             .env("RUST_LOG", "info,edgecore=debug")
             .stdout(Stdio::null())
