@@ -116,7 +116,12 @@ pub async fn run(
                 host_ip.clone(),
             ))
         }
-        RuntimeKind::Cri { socket } => Arc::new(connect_cri(&opts.data_dir, socket).await?),
+        RuntimeKind::Cri { socket } => {
+            let cri = connect_cri(&opts.data_dir, socket).await?;
+            // containerd appends to container logs forever; kubelet's rotation, here.
+            cri.spawn_log_rotation(cri::LogRotation::default());
+            Arc::new(cri)
+        }
     };
     let runtime_version = runtime.version();
     let mut pod_config = PodManagerConfig::default();

@@ -167,7 +167,11 @@ struct Restarted(Option<Child>);
 impl Drop for Restarted {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
+            // Its own process group (see the spawn): containerd and anything it left in it.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let _ = child.wait();
         }
     }
@@ -391,6 +395,56 @@ async fn cri_runtime_runs_pods_in_containerd() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), log);
+
+    // --- Log rotation: a log over the limit moves to `.1` and containerd opens a fresh one.
+    let chatty = container(
+        "chatty",
+        "i=0; while [ $i -lt 20000 ]; do echo \"chatty line $i\"; i=$((i+1)); done; exec sleep 3600",
+    );
+    let cp = pod("chatty-1", vec![chatty.clone()]);
+    let csb = rt.run_sandbox(&cp).await.expect("sandbox");
+    rt.start_container(&csb, &cp, &chatty, &config(0, &[]))
+        .await
+        .expect("chatty");
+    let chatty_log = data.path().join("pods/chatty-1/logs/chatty/0.log");
+    eventually("the chatty log to grow", WAIT, || {
+        let path = chatty_log.clone();
+        async move {
+            Ok(std::fs::metadata(&path)
+                .ok()
+                .filter(|m| m.len() >= 64 * 1024)
+                .map(|_| ()))
+        }
+    })
+    .await
+    .expect("log grows");
+    assert_eq!(rt.rotate_logs(64 * 1024).await.expect("rotate"), 1);
+    assert!(data
+        .path()
+        .join("pods/chatty-1/logs/chatty/0.log.1")
+        .exists());
+    let tail = eventually("the last lines after the rotation", WAIT, || {
+        let (rt, csb) = (&rt, &csb);
+        async move {
+            let text = rt.read_log(csb, "chatty", Some(3)).await?;
+            Ok(text.contains("chatty line 19999").then_some(text))
+        }
+    })
+    .await
+    .expect("tail");
+    assert_eq!(
+        tail,
+        "chatty line 19997\nchatty line 19998\nchatty line 19999\n"
+    );
+    let reopened = std::fs::metadata(&chatty_log).expect("a fresh log").len();
+    let previous = std::fs::metadata(data.path().join("pods/chatty-1/logs/chatty/0.log.1"))
+        .expect("rotated")
+        .len();
+    assert!(previous >= 64 * 1024, "{previous}");
+    println!("rotation: previous generation {previous} bytes, fresh log {reopened} bytes");
+    rt.remove_sandbox(&csb, Duration::from_secs(1))
+        .await
+        .expect("remove chatty");
 
     // --- list_pods: this instance's pods only.
     let pods = rt.list_pods().await.expect("list_pods");

@@ -23,7 +23,11 @@
 //!
 //! Logs live under the edgecore data dir, not containerd's: `<data-dir>/pods/<uid>/logs` is the
 //! sandbox's log directory and `<name>/<attempt>.log` each instance's log, in the CRI log format
-//! (see [`logs`]); `edgecore logs` reads them without containerd's help.
+//! (see [`logs`]); `edgecore logs` reads them without containerd's help. containerd appends to
+//! them forever, so the agent rotates them ([`CriRuntime::spawn_log_rotation`], as kubelet does):
+//! a log over its size limit becomes `<attempt>.log.1` (replacing the previous one) and
+//! containerd reopens a fresh `<attempt>.log`, so a chatty container holds at most about twice
+//! the limit of disk.
 //!
 //! # Images
 //!
@@ -67,6 +71,31 @@ const CRI_API_VERSION: &str = "0.1.0";
 const EXEC_OUTPUT_LIMIT: usize = 10 * 1024;
 /// cgroup v1 file that exists when the kernel accounts swap per cgroup.
 const MEMSW_FILE: &str = "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes";
+
+/// How container logs are rotated (see [`CriRuntime::spawn_log_rotation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    /// A log larger than this is rotated (kubelet's default: 10 MiB).
+    pub max_bytes: u64,
+    /// How often the logs are checked.
+    pub period: Duration,
+}
+
+impl Default for LogRotation {
+    fn default() -> Self {
+        Self {
+            max_bytes: 10 * 1024 * 1024,
+            period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The previous generation of a rotated log: `<attempt>.log.1` beside `<attempt>.log`.
+fn rotated_path(log: &Path) -> PathBuf {
+    let mut name = log.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
 
 /// Settings of a [`CriRuntime`].
 #[derive(Debug, Clone)]
@@ -184,6 +213,83 @@ impl CriRuntime {
     /// This edgecore's instance id, on every sandbox and container it creates.
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// Rotates, every `rotation.period`, the logs of this edgecore's running containers that
+    /// outgrew `rotation.max_bytes`, until the returned task is aborted (or the runtime ends).
+    /// Failures are logged and retried at the next pass.
+    pub fn spawn_log_rotation(&self, rotation: LogRotation) -> tokio::task::JoinHandle<()> {
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(rotation.period).await;
+                if let Err(e) = runtime.rotate_logs(rotation.max_bytes).await {
+                    warn!(error = %e, "cannot rotate container logs; retrying later");
+                }
+            }
+        })
+    }
+
+    /// One rotation pass: every running container of this edgecore whose log is at least
+    /// `max_bytes` long gets a fresh log (the old one kept as `<attempt>.log.1`). Returns how
+    /// many logs were rotated.
+    pub async fn rotate_logs(&self, max_bytes: u64) -> Result<usize, RuntimeError> {
+        const OP: &str = "rotate logs";
+        let mut rotated = 0;
+        for c in self.containers(OP, None, &[]).await? {
+            if c.state != cri::ContainerState::ContainerRunning as i32 {
+                continue;
+            }
+            let Some(status) = self.container_status(OP, &c.id).await? else {
+                continue;
+            };
+            if status.log_path.is_empty() {
+                continue;
+            }
+            let log = PathBuf::from(&status.log_path);
+            // Only logs under our data dir: never move files edgecore does not own.
+            if !log.starts_with(&self.pods_root) {
+                continue;
+            }
+            match tokio::fs::metadata(&log).await {
+                Ok(meta) if meta.len() >= max_bytes => {}
+                _ => continue,
+            }
+            let old = rotated_path(&log);
+            let io_err = |e: std::io::Error| RuntimeError::Internal {
+                op: OP.into(),
+                message: format!("cannot rotate {}: {e}", log.display()),
+            };
+            tokio::fs::rename(&log, &old).await.map_err(io_err)?;
+            let request = cri::ReopenContainerLogRequest {
+                container_id: c.id.clone(),
+            };
+            let reopened = self
+                .conn
+                .call(self.conn.timeout, true, || {
+                    let mut client = self.conn.runtime();
+                    let request = request.clone();
+                    async move { client.reopen_container_log(request).await }
+                })
+                .await;
+            match reopened {
+                Ok(_) => {
+                    debug!(container = %c.id, log = %log.display(), "log rotated");
+                    rotated += 1;
+                }
+                Err(e) => {
+                    // containerd still writes to the renamed file: put it back, as kubelet does,
+                    // unless it has created a new one meanwhile.
+                    if !tokio::fs::try_exists(&log).await.unwrap_or(false) {
+                        tokio::fs::rename(&old, &log).await.map_err(io_err)?;
+                    }
+                    if !e.is_not_found() {
+                        return Err(self.internal(OP, "ReopenContainerLog", &e));
+                    }
+                }
+            }
+        }
+        Ok(rotated)
     }
 
     /// `<pods_root>/<uid>/logs`: the pod's log directory.
@@ -1069,10 +1175,24 @@ pub async fn read_newest_log(
     }
     let (_, path) = newest.ok_or_else(no_log)?;
     tokio::task::spawn_blocking(move || {
-        logs::read_tail(&path, tail).map_err(|e| RuntimeError::Internal {
-            op: "read log".into(),
-            message: format!("cannot read {}: {e}", path.display()),
-        })
+        let read = |path: &Path, tail| {
+            logs::read_tail(path, tail).map_err(|e| RuntimeError::Internal {
+                op: "read log".into(),
+                message: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        let current = read(&path, tail)?;
+        // Just rotated: the rest of the wanted lines are in the previous generation.
+        let wanted_more = match tail {
+            Some(n) => n.saturating_sub(current.lines().count()),
+            None => usize::MAX,
+        };
+        let previous = rotated_path(&path);
+        if wanted_more == 0 || !previous.exists() {
+            return Ok(current);
+        }
+        let older = read(&previous, tail.map(|_| wanted_more))?;
+        Ok(older + &current)
     })
     .await
     .map_err(|e| err(format!("log reader failed: {e}")))?
@@ -1120,6 +1240,20 @@ mod tests {
             .await
             .expect("log");
         assert_eq!(text, "b\n");
+        // After a rotation the tail continues into the previous generation.
+        std::fs::write(
+            dir.join("10.log.1"),
+            format!("{t} stdout F z1\n{t} stdout F z2\n"),
+        )
+        .expect("write");
+        let text = read_newest_log(root.path(), "uid-1", "main", Some(3))
+            .await
+            .expect("log");
+        assert_eq!(text, "z2\na\nb\n");
+        let all = read_newest_log(root.path(), "uid-1", "main", None)
+            .await
+            .expect("log");
+        assert_eq!(all, "z1\nz2\na\nb\n");
         assert!(read_newest_log(root.path(), "uid-1", "other", None)
             .await
             .is_err());
