@@ -618,10 +618,23 @@ impl CriRuntime {
         }
     }
 
-    /// The state of a container, `Unknown` when containerd no longer knows it.
+    /// The state of a container, `Unknown` when containerd no longer knows it, or when it was
+    /// created long ago and never started (edgecore stopped between creating and starting it:
+    /// nobody will start it, and the pod worker must not wait for it forever).
     async fn observe(&self, op: &str, id: &str) -> Result<ContainerRunState, RuntimeError> {
         Ok(match self.container_status(op, id).await? {
-            Some(status) => spec::run_state(&status),
+            Some(status) => match spec::run_state(&status) {
+                ContainerRunState::Created if stale_created(status.created_at) => {
+                    ContainerRunState::Unknown {
+                        message: format!(
+                            "container {id} was created {}s ago and never started (edgecore \
+                             stopped while starting it)",
+                            STALE_CREATED_AFTER.as_secs()
+                        ),
+                    }
+                }
+                state => state,
+            },
             None => ContainerRunState::Unknown {
                 message: format!(
                     "container {id} no longer exists in containerd at {}",
@@ -658,6 +671,15 @@ impl CriRuntime {
                     &CallError::Status(status),
                 )),
             Err(CallError::Status(status)) => {
+                // A start retried after a timed-out one may find it starting or started already.
+                // (A failed start leaves it exited without a start time: that is not one.)
+                match self.observe("start container", id).await {
+                    Ok(ContainerRunState::Running { .. }) => return Ok(()),
+                    Ok(ContainerRunState::Exited { started_at_ms, .. }) if started_at_ms > 0 => {
+                        return Ok(())
+                    }
+                    _ => {}
+                }
                 if let Err(e) = self.remove("start container", id).await {
                     warn!(container = %container.name, %id, error = %e,
                           "cannot remove a container that failed to start");
@@ -672,6 +694,21 @@ impl CriRuntime {
             }
         }
     }
+}
+
+/// How long a container may stay created-but-not-started before it is reported `Unknown`
+/// (the process runtime's rule too).
+const STALE_CREATED_AFTER: Duration = Duration::from_secs(60);
+
+/// Whether a container created at `created_at_ns` (CRI nanoseconds) has waited too long for its
+/// start.
+fn stale_created(created_at_ns: i64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let created = u128::try_from(created_at_ns).unwrap_or(0);
+    created > 0 && now.saturating_sub(created) > STALE_CREATED_AFTER.as_nanos()
 }
 
 /// `d` in whole seconds, rounded up, as CRI timeouts want them.
@@ -1201,6 +1238,19 @@ pub async fn read_newest_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_long_unstarted_containers_are_stale() {
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        assert!(!stale_created(now_ns));
+        assert!(!stale_created(now_ns - 30_000_000_000));
+        assert!(stale_created(now_ns - 61_000_000_000));
+        // Unknown creation time: not judged.
+        assert!(!stale_created(0));
+    }
 
     #[test]
     fn cri_timeouts_round_up_to_whole_seconds() {
