@@ -32,22 +32,15 @@ mkdir -p "$DEMO"
 echo $! >"$DEMO/cloudcore.pid"
 for _ in $(seq 100); do [ -f "$DEMO/cloud/pki/ca.crt" ] && break; sleep 0.1; done
 
-# Authentication is not enforced yet (it comes with the kubectl issue); kubectl needs some
-# credential to not prompt, so the demo kubeconfig carries a placeholder token.
-cat >"$DEMO/kubeconfig" <<KCFG
-apiVersion: v1
-kind: Config
-clusters:
-- name: skerry
-  cluster: {server: "https://127.0.0.1:$API", certificate-authority: "$DEMO/cloud/pki/ca.crt"}
-users:
-- name: admin
-  user: {token: skerry-quickstart}
-contexts:
-- name: skerry
-  context: {cluster: skerry, user: admin, namespace: default}
-current-context: skerry
-KCFG
+# Wait for the API (its /healthz is public), then write an admin kubeconfig with a client
+# certificate from cloudcore's CA: anonymous requests are refused.
+for _ in $(seq 100); do
+  KUBECONFIG=/dev/null kubectl --server "https://127.0.0.1:$API" --certificate-authority "$DEMO/cloud/pki/ca.crt" \
+    get --raw /healthz >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$BIN/cloudcore" --data-dir "$DEMO/cloud" kubeconfig --user admin --server "https://127.0.0.1:$API" \
+  --out "$DEMO/kubeconfig"
 KUBECTL=(kubectl --kubeconfig "$DEMO/kubeconfig")
 for _ in $(seq 100); do "${KUBECTL[@]}" get --raw /healthz >/dev/null 2>&1 && break; sleep 0.1; done
 
@@ -76,7 +69,7 @@ cat <<TXT
 
 Skerry is running: cloudcore (API https://127.0.0.1:$API, hub udp/$HUB, MQTT $MQTT) and edgecore "demo-edge".
 See the pod:    kubectl --kubeconfig $DEMO/kubeconfig get pods -o wide
-                (that is: kubectl --server https://127.0.0.1:$API --certificate-authority $DEMO/cloud/pki/ca.crt --token skerry-quickstart get pods -o wide)
+                (an admin kubeconfig: $BIN/cloudcore --data-dir $DEMO/cloud kubeconfig --user admin --server https://127.0.0.1:$API)
 Its log:        $BIN/edgecore --data-dir $DEMO/edge logs hello
 Logs:           $DEMO/cloudcore.log  $DEMO/edgecore.log
 Stop:           deploy/quickstart.sh stop

@@ -12,6 +12,7 @@ pub mod broker;
 pub mod clock;
 pub mod hub;
 pub mod ingest;
+pub mod kubeconfig;
 pub mod pki;
 pub mod projection;
 pub mod server;

@@ -71,6 +71,27 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Write a kubeconfig for an API user (client certificate by default, or a bearer token).
+    Kubeconfig {
+        /// User name (the certificate's CN).
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// Groups (certificate O values); members of system:masters may do everything.
+        #[arg(long = "group", default_value = "system:masters")]
+        groups: Vec<String>,
+        /// API URL the kubeconfig points at.
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        server: String,
+        /// Use a bearer token instead of a client certificate.
+        #[arg(long)]
+        token: bool,
+        /// Lifetime of the client certificate, e.g. 30d.
+        #[arg(long, default_value = "365d")]
+        ttl: String,
+        /// Write to this file (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +188,31 @@ fn main() -> anyhow::Result<()> {
                 "join:    edgecore join --server <HOST>:7443 --token {token} --ca-hash {}",
                 pki.ca_hash()
             );
+            Ok(())
+        }
+        Command::Kubeconfig {
+            user,
+            groups,
+            server,
+            token,
+            ttl,
+            out,
+        } => {
+            let pki = Pki::load_or_create(&cli.data_dir, &[])?;
+            let credential = if token {
+                cloudcore::kubeconfig::Credential::Token(pki.create_api_token(&user, &groups)?)
+            } else {
+                let (cert_pem, key_pem) = pki.issue_user_cert(&user, &groups, parse_ttl(&ttl)?)?;
+                cloudcore::kubeconfig::Credential::Certificate { cert_pem, key_pem }
+            };
+            let text = cloudcore::kubeconfig::render(&server, pki.ca_pem(), &user, &credential);
+            match out {
+                Some(path) => {
+                    cloudcore::pki::write_atomic(&path, text.as_bytes(), 0o600)?;
+                    eprintln!("kubeconfig for {user} written to {}", path.display());
+                }
+                None => print!("{text}"),
+            }
             Ok(())
         }
         Command::Node { command } => {

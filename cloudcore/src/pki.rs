@@ -47,6 +47,9 @@ pub enum PkiError {
     /// The TLS configuration could not be built.
     #[error("TLS configuration error: {0}")]
     Tls(String),
+    /// A request for a credential that cannot be issued.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 fn cert_err(e: impl std::fmt::Display) -> PkiError {
@@ -132,6 +135,8 @@ pub struct Pki {
     /// cost no file system call; [`Pki::refresh_revocations`] picks up `cloudcore node revoke`
     /// run from another process.
     revoked: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// API bearer tokens seen so far: SHA-256 of the token → user.
+    api_tokens: std::sync::RwLock<std::collections::HashMap<String, UserInfo>>,
 }
 
 impl Pki {
@@ -228,6 +233,7 @@ impl Pki {
             server_cert_der,
             server_key_der,
             revoked,
+            api_tokens: Default::default(),
         })
     }
 
@@ -359,7 +365,7 @@ impl Pki {
         params.distinguished_name.push(DnType::CommonName, node);
         params
             .distinguished_name
-            .push(DnType::OrganizationName, "skerry:nodes");
+            .push(DnType::OrganizationName, NODE_GROUP);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time_now();
@@ -491,6 +497,84 @@ impl Pki {
         }
     }
 
+    /// Issues a client certificate for an API user (`cloudcore kubeconfig`): subject CN =
+    /// `user`, one O per group, as Kubernetes reads them; returns (certificate PEM, key PEM).
+    /// Node certificates come from [`Pki::sign_node`] instead and always carry the
+    /// `skerry:nodes` organisation, so a node can never present itself as an admin.
+    pub fn issue_user_cert(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<(String, String), PkiError> {
+        if user.is_empty() || groups.iter().any(|g| g == NODE_GROUP) {
+            return Err(PkiError::Invalid(format!(
+                "user {user:?} with groups {groups:?}: a user needs a name and may not be in {NODE_GROUP}"
+            )));
+        }
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        for g in groups {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, g.as_str());
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = time_now();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::seconds(ttl.as_secs().min(i64::MAX as u64) as i64);
+        let issuer = Issuer::from_ca_cert_der(&self.ca_cert_der, &self.ca_key).map_err(cert_err)?;
+        let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// Creates a bearer token for an API user. Only its SHA-256 is kept (in
+    /// `pki/api-tokens/`), so a copy of the data directory does not leak usable tokens; the token
+    /// itself is shown once.
+    pub fn create_api_token(&self, user: &str, groups: &[String]) -> Result<String, PkiError> {
+        if user.is_empty() || groups.iter().any(|g| g == NODE_GROUP) {
+            return Err(PkiError::Invalid(format!(
+                "user {user:?} with groups {groups:?}: a user needs a name and may not be in {NODE_GROUP}"
+            )));
+        }
+        let secret: [u8; 24] = rand::random();
+        let token = format!("skerry-api.{}", hex::encode(secret));
+        let record = ApiTokenRecord {
+            user: user.to_string(),
+            groups: groups.to_vec(),
+            created_at_unix: now_unix(),
+        };
+        let dir = self.dir.join("api-tokens");
+        let bytes = serde_json::to_vec(&record).map_err(|e| PkiError::Invalid(e.to_string()))?;
+        write_atomic(&dir.join(sha256_hex(token.as_bytes())), &bytes, 0o600)?;
+        Ok(token)
+    }
+
+    /// The user a bearer token belongs to. One small file read per lookup of a token not seen
+    /// before; known tokens are answered from memory. Deleting the token's file (named by its
+    /// SHA-256) revokes it at the next restart.
+    pub fn api_token_user(&self, token: &str) -> Option<UserInfo> {
+        if !token.starts_with("skerry-api.") || token.len() > 128 {
+            return None;
+        }
+        let hash = sha256_hex(token.as_bytes());
+        if let Some(u) = self.api_tokens.read().ok()?.get(&hash) {
+            return Some(u.clone());
+        }
+        let bytes = std::fs::read(self.dir.join("api-tokens").join(&hash)).ok()?;
+        let record: ApiTokenRecord = serde_json::from_slice(&bytes).ok()?;
+        let user = UserInfo {
+            name: record.user,
+            groups: record.groups,
+        };
+        if let Ok(mut cache) = self.api_tokens.write() {
+            cache.insert(hash, user.clone());
+        }
+        Some(user)
+    }
+
     fn server_chain(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         (
             vec![self.server_cert_der.clone(), self.ca_cert_der.clone()],
@@ -524,11 +608,17 @@ impl Pki {
         Ok(cfg)
     }
 
-    /// TLS for the HTTPS API (HTTP/2 and HTTP/1.1).
+    /// TLS for the HTTPS API (HTTP/2 and HTTP/1.1). Client certificates issued by the CA are
+    /// verified when presented but not required: bearer tokens are the other way in, and the
+    /// API refuses requests that bring neither (see `api::auth`).
     pub fn api_tls(&self) -> Result<rustls::ServerConfig, PkiError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder(self.roots()?.into())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
         let (chain, key) = self.server_chain();
         let mut cfg = rustls::ServerConfig::builder()
-            .with_no_client_auth()
+            .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(|e| PkiError::Tls(e.to_string()))?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -568,6 +658,48 @@ pub fn hostname() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
+}
+
+/// The organisation every node certificate carries.
+pub const NODE_GROUP: &str = "skerry:nodes";
+
+/// An authenticated API user, as Kubernetes' authenticators describe one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    /// User name (certificate CN, or the token's user).
+    pub name: String,
+    /// Groups (certificate O values, or the token's groups).
+    pub groups: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ApiTokenRecord {
+    user: String,
+    groups: Vec<String>,
+    created_at_unix: u64,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The user of a verified client certificate: CN is the name, O values are the groups.
+pub fn user_from_cert(der: &[u8]) -> Option<UserInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let groups = cert
+        .subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok())
+        .map(str::to_string)
+        .collect();
+    Some(UserInfo { name, groups })
 }
 
 /// Extracts the node name (subject common name) from a verified client certificate.

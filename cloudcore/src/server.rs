@@ -111,7 +111,13 @@ pub async fn run(
             )
         })?;
     info!(listen = %cfg.api_addr, "API listening (HTTPS)");
-    let app = router(ApiState::new(store.clone(), metrics_render));
+    let auth = crate::api::auth::Auth::new(
+        pki.clone(),
+        Arc::new(crate::api::auth::GroupAuthorizer::default()),
+    );
+    let app = router(ApiState::new(store.clone(), metrics_render)).layer(
+        axum::middleware::from_fn_with_state(auth, crate::api::auth::guard),
+    );
     tokio::spawn(serve_https(listener, tls, app));
 
     shutdown_signal().await;
@@ -177,6 +183,22 @@ async fn serve_https(
                     }
                     Err(_) => return,
                 };
+            // The client certificate (verified by rustls against the CA) names the user for
+            // every request on this connection; `api::auth` decides what it may do.
+            let peer = crate::api::auth::PeerCert(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|der| crate::pki::user_from_cert(der)),
+            );
+            let app = tower::ServiceBuilder::new()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    req
+                })
+                .service(app);
             let service = hyper_util::service::TowerToHyperService::new(app);
             if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -5,11 +5,12 @@ use crate::cache::{Cache, DesiredState};
 use crate::config::{self, EdgeConfig};
 use crate::identity::IdentityPaths;
 use crate::link::{self, LinkConfig, LinkState};
-use crate::pods::{PodManager, PodManagerConfig};
+use crate::pods::{Desired, PodManager, PodManagerConfig};
 use crate::report::{self, Outbox, PublisherConfig};
 use crate::runtime::cri::{self, CriConfig, CriRuntime};
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::Runtime;
+use crate::volumes::Volumes;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,6 +78,14 @@ async fn connect_cri(
     }
 }
 
+/// The cached slice as the pod manager takes it.
+fn desired(cache: &Cache) -> Desired {
+    Desired {
+        pods: cache.pods(),
+        configs: cache.configs(),
+    }
+}
+
 /// Detects the address this machine uses to reach `server` (no packet is sent).
 async fn detect_ip(server: &str) -> Option<String> {
     let (addr, _) = link::resolve(server).await.ok()?;
@@ -126,17 +135,21 @@ pub async fn run(
     let runtime_version = runtime.version();
     let mut pod_config = PodManagerConfig::default();
     pod_config.backoff.base = opts.restart_backoff_base;
-    let manager = Arc::new(PodManager::with_config(
-        runtime,
-        Arc::new(outbox.clone()),
-        node.clone(),
-        host_ip.clone(),
-        pod_config,
-    ));
+    let manager = Arc::new(
+        PodManager::with_config(
+            runtime,
+            Arc::new(outbox.clone()),
+            node.clone(),
+            host_ip.clone(),
+            pod_config,
+        )
+        .with_volumes(Volumes::new(opts.data_dir.join("pods"))),
+    );
 
     // Offline autonomy: what the cache holds runs now, before any attempt to reach the cloud.
-    let cached = cache.pods();
-    info!(%node, pods = cached.len(), acked_revision = cache.acked_revision(), %host_ip, "starting pods from the cache");
+    let cached = desired(&cache);
+    info!(%node, pods = cached.pods.len(), configs = cached.configs.len(),
+          acked_revision = cache.acked_revision(), %host_ip, "starting pods from the cache");
     manager.sync(cached).await;
 
     let changed = Arc::new(Notify::new());
@@ -165,7 +178,7 @@ pub async fn run(
                 // Level-triggered: every wake-up hands the whole cached slice to the manager; the
                 // periodic pass heals anything a missed notification could leave behind.
                 let _ = tokio::time::timeout(Duration::from_secs(10), changed.notified()).await;
-                manager.sync(cache.pods()).await;
+                manager.sync(desired(&cache)).await;
                 metrics::gauge!("skerry_edge_pod_workers").set(manager.worker_count().await as f64);
             }
         });

@@ -2,8 +2,9 @@
 //!
 //! It keeps its node's slice of the desired state in a sled [`cache`] so that it runs, restarts
 //! and heals its pods with no cloud at all; the [`link`] keeps that cache current over QUIC; the
-//! [`pods`] workers reconcile each pod against a [`runtime`]; the [`report`] outbox publishes
-//! status over MQTT. The binary in `main.rs` is a thin shell over [`agent::run`].
+//! [`pods`] workers reconcile each pod against a [`runtime`], with its [`volumes`] prepared on the
+//! host; the [`report`] outbox publishes status over MQTT. The binary in `main.rs` is a thin
+//! shell over [`agent::run`].
 
 pub mod agent;
 pub mod cache;
@@ -14,3 +15,4 @@ pub mod link;
 pub mod pods;
 pub mod report;
 pub mod runtime;
+pub mod volumes;

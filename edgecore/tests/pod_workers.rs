@@ -1,11 +1,15 @@
 //! Pod workers against the real `process` runtime (real processes, edgecore's binary as shim),
 //! with a recording status sink.
 
-use edgecore::pods::{BackoffPolicy, PodManager, PodManagerConfig, StatusSink};
+use edgecore::cache::ConfigSet;
+use edgecore::pods::{BackoffPolicy, Desired, PodManager, PodManagerConfig, StatusSink};
 use edgecore::runtime::process::ProcessRuntime;
 use edgecore::runtime::{ContainerConfig, Runtime};
+use edgecore::volumes::Volumes;
+use protocol::config::{EdgeConfigMap, EdgeSecret};
 use protocol::pod::{
-    EdgeContainer, EdgePod, EnvValue, EnvVar, RestartPolicy, Volume, VolumeMount, VolumeSource,
+    EdgeContainer, EdgePod, EnvFromKind, EnvFromSource, EnvValue, EnvVar, RestartPolicy, Volume,
+    VolumeMount, VolumeSource,
 };
 use protocol::status::{ContainerState, ContainerStatus, PodPhase, PodStatus};
 use std::collections::BTreeMap;
@@ -171,15 +175,19 @@ fn config() -> PodManagerConfig {
     }
 }
 
+/// A manager on `rt` that keeps the pods' volumes where the runtime keeps its pods, as edgecore
+/// does.
 fn manager(rt: Arc<ProcessRuntime>) -> (PodManager, Recorder) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let volumes = Volumes::new(rt.root().to_path_buf());
     let m = PodManager::with_config(
         rt,
         Arc::new(Sink(tx)),
         "rig-7".into(),
         HOST_IP.into(),
         config(),
-    );
+    )
+    .with_volumes(volumes);
     (
         m,
         Recorder {
@@ -339,6 +347,320 @@ async fn a_sleeping_pod_runs_and_is_ready() {
     m.sync(vec![p]).await;
     assert_eq!(m.worker_count().await, 1);
     clean_up(&m, &mut rec, &["pod-w-run"]).await;
+}
+
+/// Probes through the pod workers, against processes on the host.
+mod probes {
+    use super::*;
+    use protocol::pod::{Probe, ProbeAction};
+
+    fn probe(action: ProbeAction, period: u32, failure_threshold: u32) -> Probe {
+        Probe {
+            action,
+            initial_delay_seconds: 0,
+            period_seconds: period,
+            timeout_seconds: 1,
+            success_threshold: 1,
+            failure_threshold,
+            termination_grace_period_seconds: None,
+        }
+    }
+
+    fn exec(command: &[&str]) -> ProbeAction {
+        ProbeAction::Exec {
+            command: command.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn tcp(port: u16) -> ProbeAction {
+        ProbeAction::TcpSocket {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    /// A local port nothing listens on (for now).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    }
+
+    fn lines(path: &Path) -> usize {
+        std::fs::read_to_string(path)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn killed_by_probe(c: &ContainerStatus, kind: &str) -> bool {
+        matches!(&c.last_state, Some(ContainerState::Terminated { message, .. })
+            if message.contains(&format!("failed {kind} probe")))
+            || matches!(&c.state, ContainerState::Terminated { message, .. }
+            if message.contains(&format!("failed {kind} probe")))
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_an_exec_probe_and_probing_ends_with_the_pod() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = tempfile::tempdir().expect("tempdir");
+        let marker = files.path().join("ready");
+        let attempts = files.path().join("attempts");
+        let rt = runtime(tmp.path());
+        let (m, mut rec) = manager(rt.clone());
+        let script = format!(
+            "echo x >> {}; test -f {}",
+            attempts.display(),
+            marker.display()
+        );
+        let mut main = sh("main", "sleep 60");
+        main.readiness_probe = Some(probe(exec(&["sh", "-c", &script]), 1, 1));
+        m.sync(vec![pod("w-ready", RestartPolicy::Always, vec![main])])
+            .await;
+        let s = rec
+            .status("w-ready", "running", |s| {
+                s.phase == PodPhase::Running && is_running(&s.containers[0])
+            })
+            .await;
+        assert!(!s.containers[0].ready);
+        assert!(!condition(&s, "Ready") && !condition(&s, "ContainersReady"));
+        let ready = s
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Ready")
+            .expect("Ready");
+        assert_eq!(ready.message, "containers with unready status: [main]");
+        // Failing attempts keep it unready.
+        wait_until("two failed attempts", || lines(&attempts) >= 2).await;
+        rec.drain();
+        assert!(rec
+            .statuses("w-ready")
+            .iter()
+            .all(|(_, s)| !condition(s, "Ready")));
+
+        std::fs::write(&marker, "").expect("marker");
+        let since = Instant::now();
+        let s = rec
+            .status_since("w-ready", since, "ready", |s| condition(s, "Ready"))
+            .await;
+        assert!(condition(&s, "ContainersReady"));
+        assert!(s.containers[0].ready);
+        assert_eq!(s.containers[0].restart_count, 0);
+
+        std::fs::remove_file(&marker).expect("marker");
+        let since = Instant::now();
+        let s = rec
+            .status_since("w-ready", since, "unready again", |s| {
+                !condition(s, "Ready")
+            })
+            .await;
+        assert!(!s.containers[0].ready && is_running(&s.containers[0]));
+        assert_eq!(s.containers[0].restart_count, 0, "readiness never restarts");
+
+        clean_up(&m, &mut rec, &["pod-w-ready"]).await;
+        // No probe outlives its pod.
+        let seen = lines(&attempts);
+        sleep(Duration::from_millis(2_500)).await;
+        assert_eq!(
+            lines(&attempts),
+            seen,
+            "a probe ran after the pod was removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_probes_reach_processes_listening_on_the_host() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let www = tempfile::tempdir().expect("tempdir");
+        std::fs::write(www.path().join("index.html"), "hello").expect("index");
+        let rt = runtime(tmp.path());
+        let (m, mut rec) = manager(rt.clone());
+        let (web_port, other_port) = (free_port(), free_port());
+        let mut web = EdgeContainer {
+            name: "web".into(),
+            image: "local/none".into(),
+            image_pull_policy: "Never".into(),
+            command: vec![
+                "busybox".into(),
+                "httpd".into(),
+                "-f".into(),
+                "-p".into(),
+                format!("127.0.0.1:{web_port}"),
+                "-h".into(),
+                www.path().display().to_string(),
+            ],
+            ..Default::default()
+        };
+        web.readiness_probe = Some(probe(
+            ProbeAction::HttpGet {
+                host: "127.0.0.1".into(),
+                port: web_port,
+                path: "/index.html".into(),
+                scheme: "HTTP".into(),
+                headers: vec![],
+            },
+            1,
+            1,
+        ));
+        web.liveness_probe = Some(probe(tcp(web_port), 1, 3));
+        let mut other = sh("other", "sleep 60");
+        other.readiness_probe = Some(probe(tcp(other_port), 1, 1));
+        m.sync(vec![pod("w-net", RestartPolicy::Always, vec![web, other])])
+            .await;
+        let s = rec
+            .status("w-net", "web ready", |s| s.containers[0].ready)
+            .await;
+        assert!(!s.containers[1].ready, "nothing listens on {other_port}");
+        assert!(!condition(&s, "Ready"));
+        let ready = s
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Ready")
+            .expect("Ready");
+        assert_eq!(ready.message, "containers with unready status: [other]");
+
+        // Something starts listening on the other port.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", other_port))
+            .await
+            .expect("bind the other port");
+        let since = Instant::now();
+        let s = rec
+            .status_since("w-net", since, "pod ready", |s| condition(s, "Ready"))
+            .await;
+        assert!(s.containers.iter().all(|c| c.ready && c.restart_count == 0));
+        // The passing tcp liveness probe restarts nothing.
+        sleep(Duration::from_millis(2_500)).await;
+        rec.drain();
+        let (_, last) = rec.statuses("w-net").pop().expect("status");
+        assert!(condition(&last, "Ready"));
+        assert_eq!(last.containers[0].restart_count, 0);
+        drop(listener);
+        clean_up(&m, &mut rec, &["pod-w-net"]).await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_liveness_probe_restarts_the_container() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = tempfile::tempdir().expect("tempdir");
+        let alive = files.path().join("alive");
+        std::fs::write(&alive, "").expect("alive");
+        let rt = runtime(tmp.path());
+        let (m, mut rec) = manager(rt.clone());
+        let mut main = sh("main", "sleep 60");
+        let mut liveness = probe(exec(&["test", "-f", &alive.display().to_string()]), 1, 1);
+        // The restarted instance gets a second before its first probe.
+        liveness.initial_delay_seconds = 1;
+        main.liveness_probe = Some(liveness);
+        m.sync(vec![pod("w-live", RestartPolicy::Always, vec![main])])
+            .await;
+        rec.status("w-live", "running and ready", |s| {
+            s.containers[0].ready && condition(s, "Ready")
+        })
+        .await;
+
+        std::fs::remove_file(&alive).expect("alive");
+        let s = rec
+            .status("w-live", "killed by its liveness probe", |s| {
+                killed_by_probe(&s.containers[0], "liveness")
+            })
+            .await;
+        std::fs::write(&alive, "").expect("alive");
+        let c = &s.containers[0];
+        assert!(!c.ready && !condition(&s, "Ready"));
+        match &c.last_state {
+            Some(ContainerState::Terminated {
+                exit_code, message, ..
+            }) => {
+                assert_eq!(*exit_code, 143, "SIGTERM ends `sleep`");
+                assert!(
+                    message.starts_with(
+                        "Container main failed liveness probe, will be restarted: command exited with code 1"
+                    ),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = rec
+            .status("w-live", "restarted", |s| {
+                is_running(&s.containers[0]) && s.containers[0].restart_count == 1
+            })
+            .await;
+        assert_eq!(s.containers[0].container_id, "w-live/main/1");
+        assert!(killed_by_probe(&s.containers[0], "liveness"));
+        rec.status("w-live", "ready again", |s| {
+            s.containers[0].restart_count == 1 && condition(s, "Ready")
+        })
+        .await;
+        // Alive again: no further restart.
+        sleep(Duration::from_millis(2_500)).await;
+        rec.drain();
+        let (_, last) = rec.statuses("w-live").pop().expect("status");
+        assert_eq!(last.containers[0].restart_count, 1);
+        assert!(condition(&last, "Ready"));
+        clean_up(&m, &mut rec, &["pod-w-live"]).await;
+    }
+
+    #[tokio::test]
+    async fn a_startup_probe_holds_back_liveness_and_kills_when_it_fails() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = tempfile::tempdir().expect("tempdir");
+        let started = files.path().join("started");
+        let rt = runtime(tmp.path());
+        let (m, mut rec) = manager(rt.clone());
+        // A liveness probe that always fails, held back by a startup probe.
+        let mut slow = sh("main", "sleep 60");
+        slow.startup_probe = Some(probe(
+            exec(&["test", "-f", &started.display().to_string()]),
+            1,
+            60,
+        ));
+        slow.liveness_probe = Some(probe(exec(&["false"]), 1, 1));
+        // A startup probe that never passes, under Never.
+        let mut stuck = sh("main", "sleep 60");
+        stuck.startup_probe = Some(probe(exec(&["false"]), 1, 2));
+        m.sync(vec![
+            pod("w-slow", RestartPolicy::Always, vec![slow]),
+            pod("w-stuck", RestartPolicy::Never, vec![stuck]),
+        ])
+        .await;
+        let s = rec
+            .status("w-slow", "running", |s| is_running(&s.containers[0]))
+            .await;
+        assert!(!s.containers[0].ready, "not started yet");
+
+        let s = rec
+            .status("w-stuck", "killed by its startup probe", |s| {
+                s.phase == PodPhase::Failed
+            })
+            .await;
+        match &s.containers[0].state {
+            ContainerState::Terminated { message, .. } => {
+                assert_eq!(
+                    message,
+                    "Container main failed startup probe: command exited with code 1"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.containers[0].restart_count, 0);
+
+        // Meanwhile (2 s and more), the failing liveness probe of w-slow did not run.
+        sleep(Duration::from_millis(1_000)).await;
+        rec.drain();
+        assert!(rec.statuses("w-slow").iter().all(|(_, s)| {
+            s.containers[0].restart_count == 0 && s.containers[0].last_state.is_none()
+        }));
+
+        std::fs::write(&started, "").expect("started");
+        let s = rec
+            .status("w-slow", "killed by liveness once started", |s| {
+                killed_by_probe(&s.containers[0], "liveness")
+            })
+            .await;
+        assert_eq!(s.phase, PodPhase::Running);
+        clean_up(&m, &mut rec, &["pod-w-slow", "pod-w-stuck"]).await;
+    }
 }
 
 #[tokio::test]
@@ -1033,4 +1355,266 @@ async fn a_restarted_manager_restarts_containers_whose_spec_changed_meanwhile() 
         .all(|(_, s)| s.containers[0].restart_count <= 1));
     clean_up(&m, &mut rec, &["pod-w-respec"]).await;
     assert!(!alive(new_pid));
+}
+
+fn config_map(name: &str, data: &[(&str, &str)]) -> EdgeConfigMap {
+    EdgeConfigMap {
+        namespace: "rigs".into(),
+        name: name.into(),
+        data: data
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        binary_data: BTreeMap::new(),
+    }
+}
+
+fn volume_mount(name: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: format!("/etc/{name}"),
+        read_only: false,
+        sub_path: String::new(),
+    }
+}
+
+/// Mount points at or under `dir`, from `/proc/self/mountinfo` (escapes aside: the test paths
+/// have none).
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = std::fs::canonicalize(dir).expect("canonical");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(&dir))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A pod with a configMap volume, a secret volume and its env from the secret runs; a
+/// ConfigMap update reaches the file without a container restart; a pod whose ConfigMap is
+/// missing waits with CreateContainerConfigError and starts once it arrives; removal leaves
+/// nothing mounted and no pod directory.
+#[tokio::test]
+async fn config_map_and_secret_volumes_and_env_follow_the_node_configs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+
+    let mut main = sh(
+        "main",
+        "echo \"token=$S_TOKEN user=$USER_NAME\"; \
+         while true; do echo \"level=$(cat \"$SKERRY_VOLUME_SETTINGS/level\")\"; sleep 0.1; done",
+    );
+    main.env_from = vec![EnvFromSource {
+        prefix: "S_".into(),
+        source: EnvFromKind::Secret("creds".into()),
+        optional: false,
+    }];
+    main.env = vec![EnvVar {
+        name: "USER_NAME".into(),
+        value: EnvValue::SecretKey {
+            name: "creds".into(),
+            key: "USER".into(),
+            optional: false,
+        },
+    }];
+    main.volume_mounts = vec![volume_mount("settings"), volume_mount("tls")];
+    let mut p = pod("w-cfg", RestartPolicy::Always, vec![main]);
+    p.volumes = vec![
+        Volume {
+            name: "settings".into(),
+            source: VolumeSource::ConfigMap {
+                name: "settings".into(),
+                items: vec![],
+                default_mode: None,
+                optional: false,
+            },
+        },
+        Volume {
+            name: "tls".into(),
+            source: VolumeSource::Secret {
+                name: "creds".into(),
+                items: vec![],
+                default_mode: None,
+                optional: false,
+            },
+        },
+    ];
+    let mut waiting_c = sh("main", "echo started; sleep 60");
+    waiting_c.volume_mounts = vec![volume_mount("later")];
+    let mut waiting = pod("w-later", RestartPolicy::Always, vec![waiting_c]);
+    waiting.volumes = vec![Volume {
+        name: "later".into(),
+        source: VolumeSource::ConfigMap {
+            name: "later".into(),
+            items: vec![],
+            default_mode: None,
+            optional: false,
+        },
+    }];
+
+    let mut configs = ConfigSet::default();
+    configs.insert_config_map(config_map("settings", &[("level", "1")]));
+    configs.insert_secret(EdgeSecret {
+        namespace: "rigs".into(),
+        name: "creds".into(),
+        kind: "Opaque".into(),
+        data: BTreeMap::from([
+            ("TOKEN".into(), b"s3cr3t-t0ken".to_vec()),
+            ("USER".into(), b"robot".to_vec()),
+        ]),
+    });
+    let desired = |pods: Vec<EdgePod>, configs: &ConfigSet| Desired {
+        pods,
+        configs: configs.clone(),
+    };
+    m.sync(desired(vec![p.clone(), waiting.clone()], &configs))
+        .await;
+
+    rec.status("w-cfg", "Running", |s| is_running(&s.containers[0]))
+        .await;
+    let log = wait_log(&rt, "w-cfg", "main", "level=1").await;
+    assert!(log.contains("token=s3cr3t-t0ken user=robot\n"), "{log}");
+    let volumes = tmp.path().join("w-cfg/volumes");
+    assert_eq!(
+        std::fs::read_to_string(volumes.join("settings/level")).expect("level"),
+        "1"
+    );
+    assert_eq!(
+        std::fs::read(volumes.join("tls/TOKEN")).expect("token"),
+        b"s3cr3t-t0ken"
+    );
+    if nix::unistd::geteuid().is_root() {
+        // As root, the secret volume is a tmpfs: secrets never reach the disk.
+        assert_eq!(
+            mounts_under(&volumes).len(),
+            1,
+            "{:?}",
+            mounts_under(&volumes)
+        );
+    }
+    let pid = pid_of(tmp.path(), "w-cfg", "main", 0);
+
+    // The pod whose ConfigMap is not on the node waits, saying which one.
+    let s = rec
+        .status("w-later", "CreateContainerConfigError", |s| {
+            matches!(&s.containers[0].state,
+                ContainerState::Waiting { reason, .. } if reason == "CreateContainerConfigError")
+        })
+        .await;
+    let ContainerState::Waiting { message, .. } = &s.containers[0].state else {
+        unreachable!()
+    };
+    assert!(message.contains("configmap \"later\""), "{message}");
+    assert!(message.contains("volume \"later\""), "{message}");
+
+    // An update of the ConfigMap reaches the running container's file; it is not restarted.
+    configs.insert_config_map(config_map("settings", &[("level", "2")]));
+    m.sync(desired(vec![p.clone(), waiting.clone()], &configs))
+        .await;
+    wait_log(&rt, "w-cfg", "main", "level=2").await;
+    assert_eq!(
+        std::fs::read_to_string(volumes.join("settings/level")).expect("level"),
+        "2"
+    );
+    assert_eq!(pid_of(tmp.path(), "w-cfg", "main", 0), pid);
+    assert!(alive(pid));
+    assert_eq!(attempts(tmp.path(), "w-cfg", "main"), ["0"]);
+
+    // The missing ConfigMap arrives: the waiting pod starts.
+    configs.insert_config_map(config_map("later", &[("x", "y")]));
+    m.sync(desired(vec![p.clone(), waiting.clone()], &configs))
+        .await;
+    rec.status("w-later", "Running", |s| is_running(&s.containers[0]))
+        .await;
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("w-later/volumes/later/x")).expect("x"),
+        "y"
+    );
+    rec.drain();
+    for (_, s) in rec.statuses("w-cfg") {
+        assert!(
+            !format!("{s:?}").contains("s3cr3t"),
+            "a secret in a status: {s:?}"
+        );
+    }
+    assert_eq!(
+        rec.statuses("w-cfg").last().expect("status").1.containers[0].restart_count,
+        0
+    );
+
+    // Removal: nothing stays mounted, no pod directory stays.
+    m.sync(desired(vec![], &configs)).await;
+    rec.forgotten("pod-w-cfg").await;
+    rec.forgotten("pod-w-later").await;
+    wait_until("the process is gone", || !alive(pid)).await;
+    assert!(!tmp.path().join("w-cfg").exists());
+    assert!(!tmp.path().join("w-later").exists());
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+}
+
+/// Volumes left by pods that were removed while edgecore was down (after their sandbox was)
+/// are removed at start, and those of pods that are still wanted are reused: an emptyDir keeps
+/// its contents across an edgecore restart.
+#[tokio::test]
+async fn volumes_survive_a_restart_and_leftovers_are_removed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut c = sh(
+        "main",
+        "echo run >> \"$SKERRY_VOLUME_SCRATCH/runs\"; echo up; sleep 60",
+    );
+    c.volume_mounts = vec![volume_mount("scratch")];
+    let mut p = pod("w-keep", RestartPolicy::Always, vec![c]);
+    p.volumes = vec![Volume {
+        name: "scratch".into(),
+        source: VolumeSource::EmptyDir {
+            memory: true,
+            size_limit_bytes: Some(1 << 20),
+        },
+    }];
+    let runs = tmp.path().join("w-keep/volumes/scratch/runs");
+    {
+        let (m, mut rec) = manager(runtime(tmp.path()));
+        m.sync(vec![p.clone()]).await;
+        rec.status("w-keep", "Running", |s| is_running(&s.containers[0]))
+            .await;
+        wait_until("the container wrote to its volume", || runs.exists()).await;
+        m.shutdown().await;
+    }
+    // A leftover: volumes (here a tmpfs, as root) of a pod that no longer runs or is wanted.
+    let leftover = tmp.path().join("gone-uid/volumes/mem");
+    std::fs::create_dir_all(&leftover).expect("leftover");
+    if nix::unistd::geteuid().is_root() {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&leftover)
+            .status()
+            .expect("mount");
+        assert!(status.success());
+        assert_eq!(mounts_under(&tmp.path().join("gone-uid")).len(), 1);
+    }
+
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    m.sync(vec![p.clone()]).await;
+    wait_until("the leftover volumes are removed", || {
+        !tmp.path().join("gone-uid").exists()
+    })
+    .await;
+    assert!(mounts_under(tmp.path())
+        .iter()
+        .all(|m| m.contains("w-keep")));
+    let s = rec
+        .status("w-keep", "adopted", |s| is_running(&s.containers[0]))
+        .await;
+    assert_eq!(s.containers[0].restart_count, 0);
+    assert_eq!(
+        std::fs::read_to_string(&runs).expect("runs"),
+        "run\n",
+        "the emptyDir lost its contents"
+    );
+    clean_up(&m, &mut rec, &["pod-w-keep"]).await;
+    assert!(!tmp.path().join("w-keep").exists());
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
 }

@@ -2,9 +2,9 @@
 
 use edgecore::runtime::process::ProcessRuntime;
 use edgecore::runtime::{
-    ContainerConfig, ContainerInfo, ContainerRunState, Runtime, RuntimeError, Sandbox,
+    ContainerConfig, ContainerInfo, ContainerRunState, Mount, Runtime, RuntimeError, Sandbox,
 };
-use protocol::pod::{EdgeContainer, EdgePod, RestartPolicy, Volume, VolumeMount, VolumeSource};
+use protocol::pod::{EdgeContainer, EdgePod, RestartPolicy};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -221,33 +221,33 @@ async fn exit_codes_are_captured() {
     assert_eq!(exited(&state), (0, None, "Completed"));
 }
 
+/// A mount of volume `volume` from `host_path`, as the pod worker prepares them.
+fn mount(volume: &str, host_path: &Path) -> Mount {
+    Mount {
+        volume: volume.into(),
+        host_path: host_path.to_path_buf(),
+        container_path: format!("/mnt/{volume}"),
+        read_only: false,
+    }
+}
+
 #[tokio::test]
 async fn environment_is_exactly_the_pods_plus_defaults() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(tmp.path());
-    let mut env_c = container("env", &["env"]);
-    env_c.volume_mounts.push(VolumeMount {
-        name: "scratch-data".into(),
-        mount_path: "/data".into(),
-        read_only: false,
-        sub_path: String::new(),
-    });
-    let mut p = pod("u-env", vec![env_c, container("pwd", &["pwd"])]);
-    p.volumes.push(Volume {
-        name: "scratch-data".into(),
-        source: VolumeSource::EmptyDir {
-            memory: false,
-            size_limit_bytes: None,
-        },
-    });
+    let rt = runtime(tmp.path().join("pods").as_path());
+    let p = pod(
+        "u-env",
+        vec![container("env", &["env"]), container("pwd", &["pwd"])],
+    );
     let sandbox = rt.run_sandbox(&p).await.expect("sandbox");
+    let volume = tmp.path().join("scratch-data");
     let cfg = ContainerConfig {
         env: vec![
             ("MODE".into(), "edge".into()),
             ("SPACES".into(), "a b".into()),
         ],
         attempt: 0,
-        mounts: vec![],
+        mounts: vec![mount("scratch-data", &volume)],
     };
     let info = rt
         .start_container(&sandbox, &p, &p.containers[0], &cfg)
@@ -275,8 +275,6 @@ async fn environment_is_exactly_the_pods_plus_defaults() {
     assert!(log.contains("SPACES=a b\n"));
     assert!(log.contains("HOSTNAME=pod-u-env\n"));
     assert!(log.contains("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"));
-    let volume = tmp.path().join("u-env/volumes/scratch-data");
-    assert!(volume.is_dir());
     assert!(log.contains(&format!(
         "SKERRY_VOLUME_SCRATCH_DATA={}\n",
         volume.display()
@@ -289,7 +287,7 @@ async fn environment_is_exactly_the_pods_plus_defaults() {
         .expect("start pwd");
     wait_exited(&rt, &sandbox, &pwd.id).await;
     let out = rt.read_log(&sandbox, "pwd", None).await.expect("log");
-    let pod_dir = std::fs::canonicalize(tmp.path().join("u-env")).expect("canonical");
+    let pod_dir = std::fs::canonicalize(tmp.path().join("pods/u-env")).expect("canonical");
     assert_eq!(out.trim(), pod_dir.display().to_string());
 }
 
@@ -330,69 +328,98 @@ async fn unrunnable_commands_are_create_container_errors() {
     assert!(pods[0].containers.is_empty(), "{:?}", pods[0].containers);
 }
 
+/// The runtime takes the mounts the pod worker prepared, not the pod's volume definitions: a
+/// mount with `subPath` passes the path within its volume.
 #[tokio::test]
-async fn unsupported_or_invalid_volumes_are_create_container_errors() {
+async fn mounts_are_passed_as_volume_variables() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path().join("pods").as_path());
+    let p = pod(
+        "u-vol",
+        vec![container("env", &["env"]), container("twice", &["true"])],
+    );
+    let sandbox = rt.run_sandbox(&p).await.expect("sandbox");
+    let data = tmp.path().join("data");
+    let cfg = ContainerConfig {
+        mounts: vec![
+            mount("data", &data.join("sub/dir")),
+            mount("conf", &tmp.path().join("conf/app.conf")),
+        ],
+        ..config(0)
+    };
+    let info = rt
+        .start_container(&sandbox, &p, &p.containers[0], &cfg)
+        .await
+        .expect("start");
+    wait_exited(&rt, &sandbox, &info.id).await;
+    let log = rt.read_log(&sandbox, "env", None).await.expect("log");
+    assert!(
+        log.contains(&format!("SKERRY_VOLUME_DATA={}/sub/dir\n", data.display())),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "SKERRY_VOLUME_CONF={}/conf/app.conf\n",
+            tmp.path().display()
+        )),
+        "{log}"
+    );
+    // The runtime prepares nothing itself.
+    assert!(!data.exists());
+    assert!(!tmp.path().join("pods/u-vol/volumes").exists());
+
+    // One volume at two different paths cannot be one variable.
+    let cfg = ContainerConfig {
+        mounts: vec![
+            mount("data", &data.join("a")),
+            mount("data", &data.join("b")),
+        ],
+        ..config(0)
+    };
+    match rt
+        .start_container(&sandbox, &p, &p.containers[1], &cfg)
+        .await
+    {
+        Err(RuntimeError::CreateContainer { container, message }) => {
+            assert_eq!(container, "twice");
+            assert!(message.contains("different subPaths"), "{message}");
+            assert!(message.contains("SKERRY_VOLUME_DATA"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The pod's `volumes/` directory belongs to the pod worker (it may hold tmpfs mounts): the
+/// sandbox removal leaves it, and the pod directory with it, for the volumes' teardown.
+#[tokio::test]
+async fn remove_sandbox_leaves_the_pods_volumes_for_their_teardown() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let rt = runtime(tmp.path());
-    let mount = |name: &str| VolumeMount {
-        name: name.into(),
-        mount_path: "/x".into(),
-        read_only: false,
-        sub_path: String::new(),
-    };
-    let mut cm = container("cm", &["true"]);
-    cm.volume_mounts.push(mount("config"));
-    let mut missing = container("missing", &["true"]);
-    missing.volume_mounts.push(mount("absent-dir"));
-    let mut undefined = container("undefined", &["true"]);
-    undefined.volume_mounts.push(mount("nowhere"));
-    let mut create = container("create", &["true"]);
-    create.volume_mounts.push(mount("made"));
-    let mut p = pod("u-vol", vec![cm, missing, undefined, create]);
-    let made = tmp.path().join("host/made");
-    p.volumes = vec![
-        Volume {
-            name: "config".into(),
-            source: VolumeSource::ConfigMap {
-                name: "cfg".into(),
-                items: vec![],
-                default_mode: None,
-                optional: false,
-            },
-        },
-        Volume {
-            name: "absent-dir".into(),
-            source: VolumeSource::HostPath {
-                path: tmp.path().join("does-not-exist").display().to_string(),
-                kind: "Directory".into(),
-            },
-        },
-        Volume {
-            name: "made".into(),
-            source: VolumeSource::HostPath {
-                path: made.display().to_string(),
-                kind: "DirectoryOrCreate".into(),
-            },
-        },
-    ];
-    let sandbox = rt.run_sandbox(&p).await.expect("sandbox");
-    for (i, needle) in [(0, "not support"), (1, "does not exist"), (2, "nowhere")] {
-        match rt
-            .start_container(&sandbox, &p, &p.containers[i], &config(0))
-            .await
-        {
-            Err(RuntimeError::CreateContainer { message, .. }) => {
-                assert!(message.contains(needle), "{message}")
-            }
-            other => panic!("container {i}: {other:?}"),
-        }
-    }
-    let info = rt
-        .start_container(&sandbox, &p, &p.containers[3], &config(0))
-        .await
-        .expect("DirectoryOrCreate");
-    assert!(made.is_dir());
+    let p = pod("u-keep", vec![sh("main", "echo junk > junk.txt; echo up")]);
+    let (sandbox, info) = start(&rt, &p).await;
     wait_exited(&rt, &sandbox, &info.id).await;
+    let volume = tmp.path().join("u-keep/volumes/data");
+    std::fs::create_dir_all(&volume).expect("volume");
+    std::fs::write(volume.join("kept"), "x").expect("write");
+    assert!(tmp.path().join("u-keep/junk.txt").exists());
+    rt.remove_sandbox(&sandbox, Duration::from_secs(1))
+        .await
+        .expect("remove");
+    let mut left: Vec<String> = std::fs::read_dir(tmp.path().join("u-keep"))
+        .expect("pod dir kept")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["volumes"]);
+    assert!(volume.join("kept").exists());
+    assert!(rt.list_pods().await.expect("list").is_empty());
+    // Once the volumes are gone, a repeated removal takes the directory.
+    std::fs::remove_dir_all(tmp.path().join("u-keep/volumes")).expect("rm");
+    rt.remove_sandbox(&sandbox, Duration::from_secs(1))
+        .await
+        .expect("idempotent");
+    assert!(!tmp.path().join("u-keep").exists());
 }
 
 #[tokio::test]
@@ -762,29 +789,20 @@ async fn sandboxes_report_the_hosts_current_ip() {
 async fn volumes_sharing_an_environment_variable_are_a_create_container_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let rt = runtime(tmp.path());
-    let mount = |name: &str| VolumeMount {
-        name: name.into(),
-        mount_path: format!("/{name}"),
-        read_only: false,
-        sub_path: String::new(),
-    };
-    let mut clash = container("clash", &["env"]);
-    clash.volume_mounts = vec![mount("data-1"), mount("data.1")];
-    let mut twice = container("twice", &["env"]);
-    twice.volume_mounts = vec![mount("data-1"), mount("data-1")];
-    let mut p = pod("u-clash", vec![clash, twice]);
-    for name in ["data-1", "data.1"] {
-        p.volumes.push(Volume {
-            name: name.into(),
-            source: VolumeSource::EmptyDir {
-                memory: false,
-                size_limit_bytes: None,
-            },
-        });
-    }
+    let p = pod(
+        "u-clash",
+        vec![container("clash", &["env"]), container("twice", &["env"])],
+    );
     let sandbox = rt.run_sandbox(&p).await.expect("sandbox");
+    let clash = ContainerConfig {
+        mounts: vec![
+            mount("data-1", &tmp.path().join("d1")),
+            mount("data.1", &tmp.path().join("d2")),
+        ],
+        ..config(0)
+    };
     match rt
-        .start_container(&sandbox, &p, &p.containers[0], &config(0))
+        .start_container(&sandbox, &p, &p.containers[0], &clash)
         .await
     {
         Err(RuntimeError::CreateContainer { container, message }) => {
@@ -795,9 +813,16 @@ async fn volumes_sharing_an_environment_variable_are_a_create_container_error() 
         }
         other => panic!("{other:?}"),
     }
-    // The same volume mounted twice is fine.
+    // The same volume mounted twice (at one host path) is fine.
+    let twice = ContainerConfig {
+        mounts: vec![
+            mount("data-1", &tmp.path().join("d1")),
+            mount("data-1", &tmp.path().join("d1")),
+        ],
+        ..config(0)
+    };
     let info = rt
-        .start_container(&sandbox, &p, &p.containers[1], &config(0))
+        .start_container(&sandbox, &p, &p.containers[1], &twice)
         .await
         .expect("start");
     wait_exited(&rt, &sandbox, &info.id).await;
@@ -854,4 +879,64 @@ async fn a_reused_instance_id_is_observed_afresh() {
         .await
         .expect("state");
     assert_eq!(exited(&state), (143, Some(15), "Error"));
+}
+
+#[tokio::test]
+async fn exec_runs_beside_a_running_container_only() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let mut main = sh("main", "sleep 60");
+    main.env = vec![protocol::pod::EnvVar {
+        name: "MODE".into(),
+        value: protocol::pod::EnvValue::Literal("edge".into()),
+    }];
+    let p = pod("exec", vec![main]);
+    let sandbox = rt.run_sandbox(&p).await.expect("run_sandbox");
+    let config = ContainerConfig {
+        env: vec![("MODE".into(), "edge".into())],
+        ..config(0)
+    };
+    let info = rt
+        .start_container(&sandbox, &p, &p.containers[0], &config)
+        .await
+        .expect("start_container");
+    let command: Vec<String> = ["sh", "-c", "echo $MODE $HOSTNAME; pwd"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = rt
+        .exec_sync(&sandbox, &info.id, &command, Duration::from_secs(10))
+        .await
+        .expect("exec_sync");
+    assert_eq!(out.exit_code, 0);
+    let pod_dir = tmp.path().join("exec").canonicalize().expect("pod dir");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("edge pod-exec\n{}\n", pod_dir.display())
+    );
+    // Another pod's container, or one that no longer runs: an error, not an exit code.
+    let other = Sandbox {
+        id: "other".into(),
+        pod_uid: "other".into(),
+        ip: String::new(),
+    };
+    assert!(rt
+        .exec_sync(&other, &info.id, &command, Duration::from_secs(1))
+        .await
+        .is_err());
+    rt.stop_container(&sandbox, &info.id, Duration::from_secs(1))
+        .await
+        .expect("stop");
+    match rt
+        .exec_sync(&sandbox, &info.id, &command, Duration::from_secs(1))
+        .await
+    {
+        Err(RuntimeError::Internal { message, .. }) => {
+            assert!(message.contains("is not running"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    rt.remove_sandbox(&sandbox, Duration::from_secs(1))
+        .await
+        .expect("remove");
 }

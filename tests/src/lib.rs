@@ -218,8 +218,67 @@ impl Cloud {
         })
         .await
         .with_context(|| self.log_tail())?;
+        // The API refuses anonymous requests: the harness is an admin with a bearer token, and
+        // kubectl uses the kubeconfig `cloudcore kubeconfig` wrote (created once per data dir,
+        // after the API answered, so the PKI is complete).
+        if !self.kubeconfig_path().exists() {
+            self.write_kubeconfig(&self.kubeconfig_path(), &["--token"])?;
+        }
+        let kubeconfig = std::fs::read_to_string(self.kubeconfig_path())?;
+        let token = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token: "))
+            .ok_or_else(|| anyhow!("no token in the harness kubeconfig"))?
+            .to_string();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+            .default_headers(headers)
+            .timeout(Duration::from_secs(10))
+            .build()?;
         self.http = Some(http);
         Ok(())
+    }
+
+    /// The admin kubeconfig the harness uses (a bearer token).
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// `cloudcore kubeconfig --user admin --server <api> --out PATH` plus `extra` arguments.
+    pub fn write_kubeconfig(&self, path: &Path, extra: &[&str]) -> Result<()> {
+        let out = Command::new(bin("cloudcore")?)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["kubeconfig", "--user", "admin", "--server", &self.api_url()])
+            .arg("--out")
+            .arg(path)
+            .args(extra)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "cloudcore kubeconfig failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// A client that trusts the CA but presents no credentials, for refusal tests.
+    pub fn anonymous_client(&self) -> Result<reqwest::Client> {
+        let ca = std::fs::read(self.ca_path())?;
+        Ok(reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+            .timeout(Duration::from_secs(10))
+            .build()?)
     }
 
     /// Stops with SIGKILL (a crash).
@@ -367,13 +426,9 @@ impl Cloud {
     /// Runs the real kubectl against this cloud; returns (success, stdout + stderr).
     pub fn kubectl(&self, args: &[&str]) -> Result<(bool, String)> {
         let out = Command::new("kubectl")
-            .arg("--server")
-            .arg(self.api_url())
-            .arg("--certificate-authority")
-            .arg(self.ca_path())
-            .args(["--token", "skerry-tests"])
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig_path())
             .args(args)
-            .env("KUBECONFIG", "/dev/null")
             .output()
             .context("cannot run kubectl (it is expected at /usr/bin/kubectl)")?;
         Ok((

@@ -70,3 +70,70 @@ async fn silent_link_is_detected_and_work_created_meanwhile_is_delivered() -> an
     assert_eq!(cloud.metric("skerry_hub_connected_nodes").await?, Some(1.0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_refuses_anonymous_and_unknown_callers_and_admits_issued_credentials(
+) -> anyhow::Result<()> {
+    let cloud = Cloud::start(CloudOptions::default()).await?;
+    let anon = cloud.anonymous_client()?;
+    let url = format!("{}/api/v1/namespaces/default/pods", cloud.api_url());
+    let resp = anon.get(&url).send().await?;
+    assert_eq!(resp.status().as_u16(), 401);
+    let body: serde_json::Value = resp.json().await?;
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "Unauthorized");
+    let forged = anon
+        .get(&url)
+        .bearer_auth("skerry-api.0123456789abcdef0123456789abcdef0123456789abcdef")
+        .send()
+        .await?;
+    assert_eq!(forged.status().as_u16(), 401);
+    // Health stays public, as in Kubernetes.
+    assert_eq!(
+        anon.get(format!("{}/healthz", cloud.api_url()))
+            .send()
+            .await?
+            .status()
+            .as_u16(),
+        200
+    );
+
+    // kubectl with a token nobody issued is refused ...
+    let (ok, out) = {
+        let o = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", "/dev/null")
+            .arg("--server")
+            .arg(cloud.api_url())
+            .arg("--certificate-authority")
+            .arg(cloud.ca_path())
+            .args(["--token", "skerry-api.guessed", "get", "pods"])
+            .output()?;
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    assert!(!ok, "{out}");
+    assert!(out.contains("You must be logged in"), "{out}");
+
+    // ... and the kubeconfig `cloudcore kubeconfig --user admin` writes (a client certificate)
+    // works as is.
+    let cert_config = cloud.dir.path().join("admin-cert.kubeconfig");
+    cloud.write_kubeconfig(&cert_config, &[])?;
+    let o = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&cert_config)
+        .args(["get", "nodes"])
+        .output()?;
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(())
+}

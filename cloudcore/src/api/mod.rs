@@ -18,6 +18,7 @@
 //! resource is the plural (`pods`, `nodes`). Open the store with [`crate::projection::shard`] so that pods are
 //! sharded by the node they are bound to.
 
+pub mod auth;
 pub mod discovery;
 pub mod error;
 mod handlers;

@@ -15,22 +15,35 @@
 //! sandboxes of pods that are no longer desired (deleted while edgecore was down) are removed.
 //! Shutting edgecore down ([`PodManager::shutdown`]) ends the workers but leaves the containers
 //! running, as kubelet does.
+//!
+//! `sync` also gets the node's ConfigMaps and Secrets ([`Desired::configs`]). Workers read them
+//! from the set of the latest sync, never from a mix of two (environment, configMap and secret
+//! volumes). The manager compares each set with the one before: the workers of pods that use a
+//! changed object are told, and update their pods' volumes atomically (running containers see the
+//! new files; their environment stays, as in Kubernetes) and retry at once the containers that
+//! waited for configuration (`CreateContainerConfigError`). Volumes ([`crate::volumes`]) are
+//! prepared by the worker before each container start and torn down with the pod's sandbox; what
+//! pods that no longer exist left behind is removed at the first sync.
 
 mod backoff;
 mod env;
+mod prober;
+mod probes;
 mod state;
 mod worker;
 
 pub use backoff::BackoffPolicy;
 
+use crate::cache::{config_refs, ConfigSet};
 use crate::runtime::{ExistingPod, Runtime};
+use crate::volumes::Volumes;
 use protocol::pod::EdgePod;
 use protocol::status::PodStatus;
 use state::{Now, PodMachine, Settings};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{error, info, info_span, warn, Instrument};
 use worker::{Command, Worker};
@@ -42,6 +55,34 @@ pub trait StatusSink: Send + Sync + 'static {
     /// The pod is gone from this node for good (removed from the desired set): drop anything
     /// queued for it.
     fn pod_forgotten(&self, namespace: &str, name: &str);
+}
+
+/// What [`PodManager::sync`] makes reality follow: the node's pods and the ConfigMaps and Secrets
+/// they use. A plain `Vec<EdgePod>` converts into a set without ConfigMaps or Secrets.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    /// Every pod of the node.
+    pub pods: Vec<EdgePod>,
+    /// Every ConfigMap and Secret of the node.
+    pub configs: ConfigSet,
+}
+
+impl From<Vec<EdgePod>> for Desired {
+    fn from(pods: Vec<EdgePod>) -> Self {
+        Self {
+            pods,
+            configs: ConfigSet::default(),
+        }
+    }
+}
+
+/// The configs of the latest sync, as the pod machines read them.
+struct ConfigView(watch::Receiver<Arc<ConfigSet>>);
+
+impl env::ConfigLookup for ConfigView {
+    fn configs(&self) -> Arc<ConfigSet> {
+        self.0.borrow().clone()
+    }
 }
 
 /// Tunables of the pod workers. The defaults are kubelet's; tests shorten them.
@@ -89,6 +130,10 @@ pub(crate) struct Shared {
     pub sink: Arc<dyn StatusSink>,
     /// The workers' books.
     pub registry: Mutex<Registry>,
+    /// The pods' volumes on the host.
+    pub volumes: Volumes,
+    /// The ConfigMaps and Secrets of the latest sync.
+    pub configs: watch::Sender<Arc<ConfigSet>>,
 }
 
 /// The manager's books, by pod uid.
@@ -170,12 +215,13 @@ impl PodManager {
         host_ip: String,
         config: PodManagerConfig,
     ) -> Self {
+        let (configs, view) = watch::channel(Arc::new(ConfigSet::default()));
         let settings = Arc::new(Settings {
             node_name,
             host_ip,
             backoff: config.backoff,
             poll_interval: config.poll_interval,
-            config: Arc::new(env::NotSynced),
+            config: Arc::new(ConfigView(view)),
         });
         Self {
             runtime,
@@ -184,17 +230,38 @@ impl PodManager {
             shared: Arc::new(Shared {
                 sink,
                 registry: Mutex::new(Registry::default()),
+                volumes: Volumes::without_root(),
+                configs,
             }),
             serial: Mutex::new(()),
         }
     }
 
-    /// Level-triggered: `desired` is the node's complete current set of pods (from the sled
-    /// cache). Starts workers for new pods (adopting what the runtime already runs for that
-    /// uid), hands changed specs to existing workers, and stops+removes pods that are no longer
-    /// desired. Also removes runtime sandboxes that belong to no desired pod (deleted while
-    /// edgecore was down).
-    pub async fn sync(&self, desired: Vec<EdgePod>) {
+    /// Keeps the pods' volumes in `volumes` (`<data-dir>/pods`). A manager built without it
+    /// can run pods whose only volumes are hostPath volumes; any other volume fails its
+    /// container's start with a message saying so.
+    pub fn with_volumes(self, volumes: Volumes) -> Self {
+        // Called before the first sync: no worker shares these yet.
+        let shared = Arc::new(Shared {
+            sink: self.shared.sink.clone(),
+            registry: Mutex::new(Registry::default()),
+            volumes,
+            configs: self.shared.configs.clone(),
+        });
+        Self { shared, ..self }
+    }
+
+    /// Level-triggered: `desired` is the node's complete current set of pods and their
+    /// ConfigMaps and Secrets (from the sled cache). Starts workers for new pods (adopting what
+    /// the runtime already runs for that uid), hands changed specs to existing workers, tells the
+    /// workers of pods whose ConfigMaps or Secrets changed, and stops+removes pods that are no
+    /// longer desired. Also removes runtime sandboxes and volumes that belong to no desired pod
+    /// (deleted while edgecore was down).
+    pub async fn sync(&self, desired: impl Into<Desired>) {
+        let Desired {
+            pods: desired,
+            configs,
+        } = desired.into();
         let _serial = self.serial.lock().await;
         let (dead, first) = {
             let registry = self.shared.registry.lock().await;
@@ -213,6 +280,11 @@ impl PodManager {
                 .collect();
             (dead, !registry.adopted)
         };
+        // Published before any worker is told or started, so that each reads this set.
+        let changed_configs = configs.changes_from(&self.shared.configs.borrow());
+        if !changed_configs.is_empty() {
+            self.shared.configs.send_replace(Arc::new(configs));
+        }
         let list_needed = first || !dead.is_empty();
         let mut existing: HashMap<String, ExistingPod> = HashMap::new();
         let mut listed = false;
@@ -244,6 +316,15 @@ impl PodManager {
                      removed) once it answers"),
             }
         }
+
+        let listed_uids: HashSet<String> = existing.keys().cloned().collect();
+        // Volumes of pods that neither run nor are wanted (removed while edgecore was down,
+        // after their sandbox was).
+        let leftover_volumes = if listed && first {
+            self.shared.volumes.pods_with_volumes().await
+        } else {
+            Vec::new()
+        };
 
         // The desired set, by uid (the last of duplicates wins).
         let mut order: Vec<String> = Vec::new();
@@ -287,6 +368,11 @@ impl PodManager {
                             entry.pod = pod.clone();
                             // A closed channel means the worker is ending; the next sync sees it.
                             let _ = w.tx.send(Command::Update(pod.clone()));
+                        }
+                        if !changed_configs.is_empty()
+                            && config_refs(pod).iter().any(|r| changed_configs.contains(r))
+                        {
+                            let _ = w.tx.send(Command::ConfigChanged);
                         }
                         false
                     }
@@ -350,7 +436,38 @@ impl PodManager {
                 let task = self.spawn_orphan_removal(orphan);
                 registry.cleanups.push(task);
             }
+            for uid in leftover_volumes {
+                if wanted.contains_key(&uid)
+                    || registry.entries.contains_key(&uid)
+                    || listed_uids.contains(&uid)
+                {
+                    continue;
+                }
+                let task = self.spawn_volume_removal(uid);
+                registry.cleanups.push(task);
+            }
         }
+    }
+
+    /// Removes the volumes of a pod that is gone, in the background, retrying with back-off.
+    fn spawn_volume_removal(&self, uid: String) -> JoinHandle<()> {
+        let volumes = self.shared.volumes.clone();
+        let backoff = self.config.backoff;
+        let span = info_span!("pod", uid = %uid);
+        tokio::spawn(
+            async move {
+                info!("removing the volumes of a pod that no longer exists");
+                let mut failures = 0;
+                while let Err(e) = volumes.teardown(&uid).await {
+                    failures += 1;
+                    let delay = backoff.delay(failures);
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                          "cannot remove the volumes of a pod that no longer exists");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            .instrument(span),
+        )
     }
 
     /// Starts a worker for `pod`, from `existing` if the runtime already runs it.
@@ -388,6 +505,7 @@ impl PodManager {
     fn spawn_orphan_removal(&self, orphan: ExistingPod) -> JoinHandle<()> {
         let runtime = self.runtime.clone();
         let shared = self.shared.clone();
+        let volumes = self.shared.volumes.clone();
         let grace = self.config.orphan_grace;
         let backoff = self.config.backoff;
         let span = info_span!("pod", namespace = %orphan.namespace, pod = %orphan.name,
@@ -397,7 +515,15 @@ impl PodManager {
                 info!("removing a pod that is no longer desired (deleted while edgecore was down)");
                 let mut failures = 0;
                 loop {
-                    match runtime.remove_sandbox(&orphan.sandbox, grace).await {
+                    // The volumes go once nothing runs that may use them.
+                    let result = match runtime.remove_sandbox(&orphan.sandbox, grace).await {
+                        Ok(()) => volumes
+                            .teardown(&orphan.sandbox.pod_uid)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match result {
                         Ok(()) => break,
                         Err(e) => {
                             failures += 1;

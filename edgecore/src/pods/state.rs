@@ -22,6 +22,7 @@
 
 use super::backoff::{go_duration, BackoffPolicy};
 use super::env::{expand_command, resolve_env, ConfigLookup, PodFields};
+use super::probes::{self, ProbeKill, ProbeVerdict};
 use crate::runtime::process::container_digest;
 use crate::runtime::{
     deadline_after, ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Sandbox,
@@ -239,9 +240,11 @@ pub(crate) struct ContainerSlot {
     pub start_failures: u32,
     /// Consecutive failures to read the state.
     pub observe_errors: u32,
-    /// Readiness verdict of a readiness probe; `None` (no probe) means ready while running.
-    /// Probes set it.
+    /// Readiness verdict of the probes; `None` (no readiness or startup probe) means ready
+    /// while running. Reset for every new instance (see `probes::reset_for_new_instance`).
     pub readiness: Option<bool>,
+    /// Set while the running instance is to be killed for a failed liveness or startup probe.
+    pub probe_kill: Option<ProbeKill>,
     /// The exited instance to remove once its successor runs.
     pub previous_instance: Option<String>,
     /// Instances to remove from the runtime (superseded or unknown ones).
@@ -320,6 +323,7 @@ impl ContainerSlot {
             start_failures: 0,
             observe_errors: 0,
             readiness: None,
+            probe_kill: None,
             previous_instance: None,
             garbage: Vec::new(),
             spec_restart: None,
@@ -515,6 +519,11 @@ pub(crate) enum Event {
     Update(EdgePod),
     /// The pod left the desired set.
     Forget,
+    /// A probe's verdict on a running instance changed.
+    Probe(ProbeVerdict),
+    /// A ConfigMap or Secret the pod uses changed: containers waiting for their configuration
+    /// are retried now rather than after their back-off.
+    ConfigChanged,
 }
 
 /// One pod's state machine.
@@ -590,15 +599,6 @@ impl PodMachine {
         &self.slots
     }
 
-    /// Sets a container's readiness verdict (for readiness probes); `None` removes it.
-    #[allow(dead_code)] // The probes (next issue) call it.
-    pub fn set_readiness(&mut self, index: usize, ready: Option<bool>, now: Now) {
-        if let Some(slot) = self.slots.get_mut(index) {
-            slot.readiness = ready;
-        }
-        self.refresh_conditions(now);
-    }
-
     /// Takes over what the runtime runs for this pod.
     fn adopt(&mut self, existing: ExistingPod, now: Now) {
         let policy = self.pod.restart_policy;
@@ -619,7 +619,8 @@ impl PodMachine {
         let desired: Vec<Option<String>> = (0..self.slots.len())
             .map(|index| self.desired_digest(index))
             .collect();
-        for (slot, desired) in self.slots.iter_mut().zip(desired) {
+        for ((slot, desired), spec) in self.slots.iter_mut().zip(desired).zip(&self.pod.containers)
+        {
             let Some(mut instances) = by_name.remove(&slot.name) else {
                 continue;
             };
@@ -651,6 +652,7 @@ impl PodMachine {
                         attempt: newest.attempt,
                         started_at_ms: *started_at_ms,
                     };
+                    probes::reset_for_new_instance(slot, Some(spec));
                 }
                 ContainerRunState::Created => {
                     slot.phase = ContainerPhase::Running {
@@ -658,6 +660,7 @@ impl PodMachine {
                         attempt: newest.attempt,
                         started_at_ms: now.wall_ms,
                     };
+                    probes::reset_for_new_instance(slot, Some(spec));
                 }
                 exited => {
                     if let ContainerRunState::Exited { started_at_ms, .. } = exited {
@@ -767,6 +770,7 @@ impl PodMachine {
                             attempt: info.attempt,
                             started_at_ms,
                         };
+                        probes::reset_for_new_instance(slot, self.pod.containers.get(index));
                         if let Some(terminated) = terminated_state(&info.state, now) {
                             on_exit(
                                 slot,
@@ -782,9 +786,20 @@ impl PodMachine {
                     Err(failure) => {
                         slot.start_failures = slot.start_failures.saturating_add(1);
                         slot.next_attempt = attempt;
+                        // As kubelet: the first failed pull shows `ErrImagePull`; once pulls
+                        // keep failing, the container waits in `ImagePullBackOff`.
+                        let (reason, message) =
+                            if failure.reason == "ErrImagePull" && slot.start_failures > 1 {
+                                (
+                                    "ImagePullBackOff".to_string(),
+                                    format!("Back-off pulling image: {}", failure.message),
+                                )
+                            } else {
+                                (failure.reason, failure.message)
+                            };
                         slot.phase = ContainerPhase::Waiting {
-                            reason: failure.reason,
-                            message: failure.message,
+                            reason,
+                            message,
                             retry_at: Some(deadline_after(
                                 now.mono,
                                 backoff.delay(slot.start_failures),
@@ -858,7 +873,31 @@ impl PodMachine {
                         continue;
                     };
                     if restarting {
-                        // A restart for a changed spec (the only stop of a running pod).
+                        // A kill for a failed probe: an exit like any other, restarted (unless
+                        // the policy is Never) after the usual back-off.
+                        if let (None, Some(kill)) = (&slot.spec_restart, &mut slot.probe_kill) {
+                            match result.map(|state| terminated_state(&state, now)) {
+                                Ok(Some(mut terminated)) => {
+                                    if let ContainerState::Terminated { message, .. } =
+                                        &mut terminated
+                                    {
+                                        message.clone_from(&kill.message);
+                                    }
+                                    slot.probe_kill = None;
+                                    let policy = probes::policy_after_kill(policy);
+                                    on_exit(slot, policy, backoff, id, attempt, terminated, now);
+                                }
+                                Ok(None) | Err(_) => {
+                                    kill.failures = kill.failures.saturating_add(1);
+                                    kill.retry_at = Some(deadline_after(
+                                        now.mono,
+                                        backoff.delay(kill.failures),
+                                    ));
+                                }
+                            }
+                            continue;
+                        }
+                        // A restart for a changed spec.
                         let Some(restart) = slot.spec_restart.as_mut() else {
                             continue;
                         };
@@ -955,6 +994,28 @@ impl PodMachine {
                 }
             }
             Event::Update(pod) => self.update(pod, now),
+            Event::Probe(verdict) => {
+                let may_kill = self.state == PodState::Running;
+                let Some(slot) = self.slots.get_mut(verdict.index) else {
+                    return;
+                };
+                if slot.running_id() != Some(verdict.instance.as_str()) {
+                    return; // Stale: about an instance that is gone.
+                }
+                probes::apply_verdict(slot, &self.pod, &verdict, may_kill);
+            }
+            Event::ConfigChanged => {
+                for slot in &mut self.slots {
+                    if let ContainerPhase::Waiting {
+                        reason, retry_at, ..
+                    } = &mut slot.phase
+                    {
+                        if reason == "CreateContainerConfigError" {
+                            *retry_at = None;
+                        }
+                    }
+                }
+            }
             Event::Forget => match &mut self.state {
                 PodState::Terminating { then, .. } => *then = AfterStop::Forget,
                 PodState::Terminated { outcome, .. } => *outcome = Outcome::Forgotten,
@@ -969,6 +1030,7 @@ impl PodMachine {
             // new spec anyway.
             if slot.running_id().is_none() {
                 slot.spec_restart = None;
+                slot.probe_kill = None;
             }
         }
         self.settle();
@@ -1146,6 +1208,27 @@ impl PodMachine {
                     targets,
                     grace: Duration::from_secs(self.pod.termination_grace_period_seconds),
                 };
+            }
+            // Then those that failed a liveness or startup probe, with the probe's grace (one
+            // grace per stop: a kill with another grace waits for the next one).
+            let mut kill_grace = None;
+            for (index, slot) in self.slots.iter().enumerate() {
+                let (None, Some(kill), Some(id)) =
+                    (&slot.spec_restart, &slot.probe_kill, slot.running_id())
+                else {
+                    continue;
+                };
+                match kill.retry_at {
+                    Some(at) if at > now.mono => earliest(at),
+                    _ if kill_grace.is_none_or(|g| g == kill.grace) => {
+                        kill_grace = Some(kill.grace);
+                        targets.push((index, id.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(grace) = kill_grace {
+                return Action::StopContainers { targets, grace };
             }
             let sandbox_ip = self
                 .sandbox
@@ -1407,7 +1490,7 @@ pub(crate) fn containers_phase(slots: &[ContainerSlot]) -> PodPhase {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pods::env::NotSynced;
+    use crate::cache::ConfigSet;
     use protocol::pod::{EnvValue, EnvVar, RestartPolicy};
     use std::collections::BTreeMap;
 
@@ -1421,7 +1504,7 @@ mod tests {
                 reset_after: Duration::from_secs(600),
             },
             poll_interval: Duration::from_millis(500),
-            config: Arc::new(NotSynced),
+            config: Arc::new(ConfigSet::default()),
         })
     }
 
@@ -1562,19 +1645,308 @@ mod tests {
         assert!(st.conditions.iter().all(|c| c.status));
     }
 
-    #[test]
-    fn readiness_can_be_plugged_in() {
-        let (mut m, now) = started(RestartPolicy::Always, &["a", "b"]);
-        m.set_readiness(1, Some(false), now);
-        let st = m.status().expect("status");
-        let ready = st
+    fn probe(action: protocol::pod::ProbeAction) -> protocol::pod::Probe {
+        protocol::pod::Probe {
+            action,
+            initial_delay_seconds: 0,
+            period_seconds: 10,
+            timeout_seconds: 1,
+            success_threshold: 1,
+            failure_threshold: 3,
+            termination_grace_period_seconds: None,
+        }
+    }
+
+    fn exec_probe() -> protocol::pod::Probe {
+        probe(protocol::pod::ProbeAction::Exec {
+            command: vec!["true".into()],
+        })
+    }
+
+    /// Drives a fresh machine for `p` until every container runs.
+    fn started_pod(p: EdgePod) -> (PodMachine, Now) {
+        let now = t0();
+        let names: Vec<String> = p.containers.iter().map(|c| c.name.clone()).collect();
+        let mut m = PodMachine::new(settings(), p, None, now);
+        m.step(Event::Tick, now);
+        let mut action = m.step(Event::SandboxCreated(Ok(sandbox())), now);
+        for (i, name) in names.iter().enumerate() {
+            assert!(matches!(action, Action::StartContainer { index, .. } if index == i));
+            action = m.step(
+                Event::Started {
+                    index: i,
+                    attempt: 0,
+                    result: Ok(info(name, 0, running(now.wall_ms))),
+                },
+                now,
+            );
+        }
+        (m, now)
+    }
+
+    fn verdict(index: usize, instance: &str, kind: ProbeKind, passed: bool) -> Event {
+        Event::Probe(ProbeVerdict {
+            index,
+            instance: instance.into(),
+            kind,
+            passed,
+            message: if passed { "" } else { "boom" }.into(),
+        })
+    }
+
+    fn ready_condition(m: &PodMachine) -> PodCondition {
+        m.status()
+            .expect("status")
             .conditions
-            .iter()
+            .into_iter()
             .find(|c| c.kind == "Ready")
-            .expect("Ready");
+            .expect("Ready")
+    }
+
+    use crate::pods::probes::ProbeKind;
+
+    /// Answers polls of running containers (all still running) until the machine wants
+    /// something else.
+    fn past_polls(m: &mut PodMachine, mut action: Action, t: Now) -> Action {
+        while let Action::Observe(targets) = action {
+            let results = targets
+                .into_iter()
+                .map(|(i, id)| (i, id, Ok(running(t.wall_ms))))
+                .collect();
+            action = m.step(Event::Observed(results), t);
+        }
+        action
+    }
+
+    #[test]
+    fn readiness_verdicts_drive_container_and_pod_readiness() {
+        let mut p = pod(RestartPolicy::Always, &["a", "b"]);
+        p.containers[1].readiness_probe = Some(exec_probe());
+        let (mut m, now) = started_pod(p);
+        // A readiness probe: not ready until it passes; the other container is.
+        let st = m.status().expect("status");
+        assert!(st.containers[0].ready && !st.containers[1].ready);
+        let ready = ready_condition(&m);
         assert!(!ready.status);
         assert_eq!(ready.message, "containers with unready status: [b]");
-        assert!(st.containers[0].ready && !st.containers[1].ready);
+        let contains_ready = |m: &PodMachine| {
+            m.status()
+                .expect("status")
+                .conditions
+                .iter()
+                .any(|c| c.kind == "ContainersReady" && c.status)
+        };
+        assert!(!contains_ready(&m));
+
+        let t = at(now, 2_000);
+        m.step(verdict(1, "u1/b/0", ProbeKind::Readiness, true), t);
+        assert!(m.status().expect("status").containers[1].ready);
+        assert!(ready_condition(&m).status);
+        assert_eq!(ready_condition(&m).last_transition_ms, t.wall_ms);
+        assert!(contains_ready(&m));
+
+        // A verdict about another instance changes nothing.
+        let t2 = at(now, 3_000);
+        m.step(verdict(1, "u1/b/7", ProbeKind::Readiness, false), t2);
+        assert!(ready_condition(&m).status);
+
+        m.step(verdict(1, "u1/b/0", ProbeKind::Readiness, false), t2);
+        let ready = ready_condition(&m);
+        assert_eq!(
+            (ready.status, ready.last_transition_ms),
+            (false, t2.wall_ms)
+        );
+        assert!(!contains_ready(&m));
+        assert_eq!(m.state(), &PodState::Running, "readiness never restarts");
+    }
+
+    #[test]
+    fn a_passed_startup_probe_makes_a_container_without_readiness_probe_ready() {
+        let mut p = pod(RestartPolicy::Always, &["a", "b"]);
+        p.containers[0].startup_probe = Some(exec_probe());
+        p.containers[1].startup_probe = Some(exec_probe());
+        p.containers[1].readiness_probe = Some(exec_probe());
+        let (mut m, now) = started_pod(p);
+        let st = m.status().expect("status");
+        assert!(!st.containers[0].ready && !st.containers[1].ready);
+        m.step(verdict(0, "u1/a/0", ProbeKind::Startup, true), now);
+        m.step(verdict(1, "u1/b/0", ProbeKind::Startup, true), now);
+        let st = m.status().expect("status");
+        assert!(st.containers[0].ready);
+        assert!(!st.containers[1].ready, "b waits for its readiness probe");
+    }
+
+    #[test]
+    fn a_failed_liveness_probe_kills_with_its_grace_and_restarts_with_back_off() {
+        let mut p = pod(RestartPolicy::Always, &["a", "b"]);
+        let mut liveness = exec_probe();
+        liveness.termination_grace_period_seconds = Some(5);
+        p.containers[0].liveness_probe = Some(liveness);
+        p.containers[0].readiness_probe = Some(exec_probe());
+        let (mut m, now) = started_pod(p);
+        m.step(verdict(0, "u1/a/0", ProbeKind::Readiness, true), now);
+        assert!(ready_condition(&m).status);
+
+        let action = m.step(verdict(0, "u1/a/0", ProbeKind::Liveness, false), now);
+        assert_eq!(
+            action,
+            Action::StopContainers {
+                targets: vec![(0, "u1/a/0".into())],
+                grace: Duration::from_secs(5)
+            }
+        );
+        // Another failure meanwhile asks for nothing more.
+        assert_eq!(
+            m.step(verdict(0, "u1/a/0", ProbeKind::Liveness, false), now),
+            action
+        );
+        let t = at(now, 1_000);
+        let killed = ContainerRunState::Exited {
+            exit_code: 143,
+            signal: Some(15),
+            reason: "Error".into(),
+            started_at_ms: now.wall_ms,
+            finished_at_ms: t.wall_ms,
+        };
+        let action = m.step(Event::Stopped(vec![(0, "u1/a/0".into(), Ok(killed))]), t);
+        // The usual restart back-off (b is still polled meanwhile).
+        let action = past_polls(&mut m, action, t);
+        assert_eq!(
+            action,
+            Action::Wait(Some(t.mono + Duration::from_millis(500)))
+        );
+        assert!(matches!(m.slots()[0].phase,
+            ContainerPhase::BackOff { until, .. } if until == t.mono + Duration::from_secs(10)));
+        let st = m.status().expect("status");
+        let c = &st.containers[0];
+        assert!(!c.ready);
+        assert!(!ready_condition(&m).status);
+        assert!(
+            matches!(&c.state, ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff")
+        );
+        match &c.last_state {
+            Some(ContainerState::Terminated {
+                exit_code, message, ..
+            }) => {
+                assert_eq!(*exit_code, 143);
+                assert_eq!(
+                    message,
+                    "Container a failed liveness probe, will be restarted: boom"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            st.containers[1].state,
+            ContainerState::Running { .. }
+        ));
+
+        let t = at(t, 10_000);
+        match m.step(Event::Tick, t) {
+            Action::StartContainer { index, config, .. } => {
+                assert_eq!((index, config.attempt), (0, 1))
+            }
+            other => panic!("{other:?}"),
+        }
+        m.step(
+            Event::Started {
+                index: 0,
+                attempt: 1,
+                result: Ok(info("a", 1, running(t.wall_ms))),
+            },
+            t,
+        );
+        let c = &m.status().expect("status").containers[0];
+        assert_eq!(c.restart_count, 1);
+        assert!(matches!(c.state, ContainerState::Running { .. }));
+        // The new instance is not ready until its readiness probe passes again, and verdicts
+        // about the killed one are ignored.
+        assert!(!c.ready);
+        m.step(verdict(0, "u1/a/0", ProbeKind::Readiness, true), t);
+        assert!(!m.status().expect("status").containers[0].ready);
+        m.step(verdict(0, "u1/a/1", ProbeKind::Readiness, true), t);
+        assert!(m.status().expect("status").containers[0].ready);
+    }
+
+    #[test]
+    fn a_failed_startup_probe_kills_and_never_means_no_restart() {
+        let mut p = pod(RestartPolicy::Never, &["a"]);
+        p.containers[0].startup_probe = Some(exec_probe());
+        let (mut m, now) = started_pod(p);
+        let action = m.step(verdict(0, "u1/a/0", ProbeKind::Startup, false), now);
+        assert_eq!(
+            action,
+            Action::StopContainers {
+                targets: vec![(0, "u1/a/0".into())],
+                grace: Duration::from_secs(30)
+            }
+        );
+        m.step(
+            Event::Stopped(vec![(0, "u1/a/0".into(), Ok(exited(137, 0, 1)))]),
+            now,
+        );
+        assert_eq!(m.phase(), PodPhase::Failed);
+        match &m.status().expect("status").containers[0].state {
+            ContainerState::Terminated { message, .. } => {
+                assert_eq!(message, "Container a failed startup probe: boom")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn on_failure_restarts_a_killed_container_that_exited_zero() {
+        let mut p = pod(RestartPolicy::OnFailure, &["a"]);
+        p.containers[0].liveness_probe = Some(exec_probe());
+        let (mut m, now) = started_pod(p);
+        m.step(verdict(0, "u1/a/0", ProbeKind::Liveness, false), now);
+        m.step(
+            Event::Stopped(vec![(0, "u1/a/0".into(), Ok(exited(0, 0, 1)))]),
+            now,
+        );
+        assert!(matches!(m.slots()[0].phase, ContainerPhase::BackOff { .. }));
+        assert_eq!(m.phase(), PodPhase::Running);
+    }
+
+    #[test]
+    fn a_failed_kill_is_retried_with_back_off() {
+        let mut p = pod(RestartPolicy::Always, &["a"]);
+        p.containers[0].liveness_probe = Some(exec_probe());
+        let (mut m, now) = started_pod(p);
+        m.step(verdict(0, "u1/a/0", ProbeKind::Liveness, false), now);
+        let fail = Failure {
+            reason: "RunContainerError".into(),
+            message: "stuck".into(),
+        };
+        let action = m.step(Event::Stopped(vec![(0, "u1/a/0".into(), Err(fail))]), now);
+        let action = past_polls(&mut m, action, now);
+        assert!(matches!(action, Action::Wait(_)), "{action:?}");
+        let t = at(now, 9_999);
+        let action = m.step(Event::Tick, t);
+        assert!(matches!(past_polls(&mut m, action, t), Action::Wait(_)));
+        assert!(matches!(
+            m.step(Event::Tick, at(now, 10_000)),
+            Action::StopContainers { grace, .. } if grace == Duration::from_secs(30)
+        ));
+    }
+
+    #[test]
+    fn probe_failures_do_not_kill_containers_of_a_pod_being_stopped() {
+        let mut p = pod(RestartPolicy::Always, &["a"]);
+        p.containers[0].liveness_probe = Some(exec_probe());
+        let (mut m, now) = started_pod(p);
+        let mut deleting = m.pod().clone();
+        deleting.deletion_grace_period_seconds = Some(3);
+        m.step(Event::Update(deleting), now);
+        let action = m.step(verdict(0, "u1/a/0", ProbeKind::Liveness, false), now);
+        assert_eq!(
+            action,
+            Action::StopContainers {
+                targets: vec![(0, "u1/a/0".into())],
+                grace: Duration::from_secs(3)
+            }
+        );
+        assert!(m.slots()[0].probe_kill.is_none());
     }
 
     #[test]
@@ -1804,6 +2176,35 @@ mod tests {
     }
 
     #[test]
+    fn repeated_pull_failures_wait_in_image_pull_back_off() {
+        let now = t0();
+        let mut m = PodMachine::new(settings(), pod(RestartPolicy::Always, &["a"]), None, now);
+        m.step(Event::Tick, now);
+        m.step(Event::SandboxCreated(Ok(sandbox())), now);
+        let pull_failed = || Event::Started {
+            index: 0,
+            attempt: 0,
+            result: Err(Failure {
+                reason: "ErrImagePull".into(),
+                message: "no registry".into(),
+            }),
+        };
+        let reason = |m: &PodMachine| match &m.status().expect("status").containers[0].state {
+            ContainerState::Waiting { reason, .. } => reason.clone(),
+            other => panic!("{other:?}"),
+        };
+        m.step(pull_failed(), now);
+        assert_eq!(reason(&m), "ErrImagePull");
+        let later = at(now, 10_000);
+        assert!(matches!(
+            m.step(Event::Tick, later),
+            Action::StartContainer { .. }
+        ));
+        m.step(pull_failed(), later);
+        assert_eq!(reason(&m), "ImagePullBackOff");
+    }
+
+    #[test]
     fn huge_delays_saturate_instead_of_panicking() {
         let now = t0();
         let huge = Settings {
@@ -1937,6 +2338,64 @@ mod tests {
             ContainerState::Waiting { reason, message } => {
                 assert_eq!(reason, "CreateContainerConfigError");
                 assert!(message.contains("configmap \"cfg\""), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_config_change_retries_at_once_the_containers_waiting_for_their_configuration() {
+        let now = t0();
+        let (configs, view) = tokio::sync::watch::channel(Arc::new(ConfigSet::default()));
+        let mut s = clone_settings(&settings());
+        s.config = Arc::new(super::super::ConfigView(view));
+        let mut p = pod(RestartPolicy::Always, &["a", "b"]);
+        p.containers[0].env.push(EnvVar {
+            name: "X".into(),
+            value: EnvValue::ConfigMapKey {
+                name: "cfg".into(),
+                key: "k".into(),
+                optional: false,
+            },
+        });
+        let mut m = PodMachine::new(Arc::new(s), p, None, now);
+        m.step(Event::Tick, now);
+        assert!(matches!(
+            m.step(Event::SandboxCreated(Ok(sandbox())), now),
+            Action::StartContainer { index: 1, .. }
+        ));
+        m.step(
+            Event::Started {
+                index: 1,
+                attempt: 0,
+                result: Ok(info("b", 0, running(now.wall_ms))),
+            },
+            now,
+        );
+        let action = m.step(
+            Event::Observed(vec![(1, "u1/b/0".into(), Ok(running(now.wall_ms)))]),
+            now,
+        );
+        assert_eq!(
+            action,
+            Action::Wait(Some(now.mono + Duration::from_millis(500)))
+        );
+        // A change that does not bring the map: still waiting, with a fresh back-off.
+        assert!(matches!(m.step(Event::ConfigChanged, now), Action::Wait(_)));
+        // The map arrives: `a` starts now, not after its back-off.
+        let mut set = ConfigSet::default();
+        set.insert_config_map(protocol::config::EdgeConfigMap {
+            namespace: "rigs".into(),
+            name: "cfg".into(),
+            data: BTreeMap::from([("k".into(), "v".into())]),
+            binary_data: BTreeMap::new(),
+        });
+        configs.send_replace(Arc::new(set));
+        let t = at(now, 100);
+        match m.step(Event::ConfigChanged, t) {
+            Action::StartContainer { index, config, .. } => {
+                assert_eq!(index, 0);
+                assert_eq!(config.env, [("X".to_string(), "v".to_string())]);
             }
             other => panic!("{other:?}"),
         }

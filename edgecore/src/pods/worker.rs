@@ -4,10 +4,20 @@
 //! the status when it changed, and listens for the manager's commands while it has nothing else
 //! to do, and while it stops containers (a stop may last the whole grace period, and a forced
 //! deletion meanwhile shortens it). It never holds a lock while it waits for the runtime.
+//!
+//! It also owns the pod's probe tasks (`super::probes`): after every step they are made to
+//! follow the machine's running containers, and their verdicts are fed to the machine like any
+//! other event, so a readiness change is reported as soon as it is decided.
+//!
+//! It also prepares the volumes a container mounts before starting it, tears the pod's volumes
+//! down after its sandbox, and brings materialised configMap and secret volumes up to date when
+//! the manager says the pod's objects changed (and once when it starts, for an adopted pod whose
+//! objects changed while edgecore was down).
 
+use super::probes::ProbeSupervisor;
 use super::state::{Action, Event, Failure, Now, Outcome, PodMachine};
 use super::Shared;
-use crate::runtime::{ContainerRunState, Runtime, RuntimeError, Sandbox};
+use crate::runtime::{ContainerConfig, ContainerRunState, Runtime, RuntimeError, Sandbox};
 use protocol::pod::EdgePod;
 use protocol::status::PodStatus;
 use std::sync::Arc;
@@ -22,6 +32,8 @@ pub(crate) enum Command {
     Update(EdgePod),
     /// The pod left the desired set: stop it and forget it.
     Forget,
+    /// A ConfigMap or Secret the pod uses changed (or arrived, or went).
+    ConfigChanged,
     /// edgecore is shutting down: end without touching the containers.
     Shutdown,
 }
@@ -41,6 +53,10 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     rx: UnboundedReceiver<Command>,
     last_sent: Option<PodStatus>,
+    /// Probe tasks of the running containers; dropping the worker aborts them.
+    probes: ProbeSupervisor,
+    /// The pod's configMap and secret volumes may be out of date.
+    volumes_stale: bool,
 }
 
 impl Worker {
@@ -52,11 +68,13 @@ impl Worker {
         rx: UnboundedReceiver<Command>,
     ) -> Self {
         Self {
+            probes: ProbeSupervisor::new(runtime.clone()),
             machine,
             runtime,
             shared,
             rx,
             last_sent: None,
+            volumes_stale: true,
         }
     }
 
@@ -74,8 +92,23 @@ impl Worker {
                     }
                     Ok(Command::Update(pod)) => events.push(Event::Update(pod)),
                     Ok(Command::Forget) => events.push(Event::Forget),
+                    Ok(Command::ConfigChanged) => {
+                        self.volumes_stale = true;
+                        events.push(Event::ConfigChanged);
+                    }
                     Err(TryRecvError::Empty) => break,
                 }
+            }
+            while let Some(verdict) = self.probes.try_next() {
+                events.push(Event::Probe(verdict));
+            }
+            if self.volumes_stale {
+                self.volumes_stale = false;
+                let configs = self.shared.configs.borrow().clone();
+                self.shared
+                    .volumes
+                    .refresh(self.machine.pod(), configs)
+                    .await;
             }
             let now = Now::current();
             let before = self.machine.state().name();
@@ -88,6 +121,7 @@ impl Worker {
                 info!(from = before, to = after, "pod state changed");
             }
             self.report();
+            self.probes.sync(&self.machine);
             let next = match action {
                 Action::Finish(outcome) => match self.finish(outcome).await {
                     Some(Finish::Done) => {
@@ -138,6 +172,8 @@ impl Worker {
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return None,
                 Ok(Command::Update(pod)) => events.push(Event::Update(pod)),
                 Ok(Command::Forget) => events.push(Event::Forget),
+                // The pod is done: its volumes are gone or going.
+                Ok(Command::ConfigChanged) => {}
                 Err(TryRecvError::Empty) => break,
             }
         }
@@ -178,6 +214,27 @@ impl Worker {
                     return Some(Event::Tick);
                 };
                 let attempt = config.attempt;
+                let configs = self.shared.configs.borrow().clone();
+                let config = match self
+                    .shared
+                    .volumes
+                    .prepare(self.machine.pod(), &container, configs)
+                    .await
+                {
+                    Ok(mounts) => ContainerConfig { mounts, ..config },
+                    Err(e) => {
+                        warn!(container = %container.name, attempt, error = %e,
+                              "cannot prepare the container's volumes; retrying with back-off");
+                        return Some(Event::Started {
+                            index,
+                            attempt,
+                            result: Err(Failure {
+                                reason: e.waiting_reason().to_string(),
+                                message: e.to_string(),
+                            }),
+                        });
+                    }
+                };
                 let result = rt
                     .start_container(&sandbox, self.machine.pod(), &container, &config)
                     .await;
@@ -253,6 +310,10 @@ impl Worker {
                             let event = match command {
                                 Some(Command::Update(pod)) => Event::Update(pod),
                                 Some(Command::Forget) => Event::Forget,
+                                Some(Command::ConfigChanged) => {
+                                    self.volumes_stale = true;
+                                    Event::ConfigChanged
+                                }
                                 Some(Command::Shutdown) | None => return None,
                             };
                             // The machine stays in `Terminating`: its next action is this stop
@@ -289,14 +350,27 @@ impl Worker {
                 Event::Stopped(results)
             }
             Action::RemoveSandbox { sandbox, grace } => {
-                let result = rt.remove_sandbox(&sandbox, grace).await;
+                // The volumes go once nothing runs that may use them.
+                let result = match rt.remove_sandbox(&sandbox, grace).await {
+                    Ok(()) => self
+                        .shared
+                        .volumes
+                        .teardown(&sandbox.pod_uid)
+                        .await
+                        .map_err(|e| Failure {
+                            reason: e.waiting_reason().to_string(),
+                            message: e.to_string(),
+                        }),
+                    Err(e) => Err(Failure::from(&e)),
+                };
                 match &result {
-                    Ok(()) => info!("pod sandbox removed"),
+                    Ok(()) => info!("pod sandbox and volumes removed"),
                     Err(e) => {
-                        warn!(error = %e, "cannot remove the pod sandbox; retrying with back-off")
+                        warn!(error = %e.message,
+                              "cannot remove the pod sandbox or its volumes; retrying with back-off")
                     }
                 }
-                Event::SandboxRemoved(result.map_err(|e| Failure::from(&e)))
+                Event::SandboxRemoved(result)
             }
             Action::Wait(until) => {
                 let timer = async {
@@ -309,8 +383,13 @@ impl Worker {
                     command = self.rx.recv() => match command {
                         Some(Command::Update(pod)) => Event::Update(pod),
                         Some(Command::Forget) => Event::Forget,
+                        Some(Command::ConfigChanged) => {
+                            self.volumes_stale = true;
+                            Event::ConfigChanged
+                        }
                         Some(Command::Shutdown) | None => return None,
                     },
+                    verdict = self.probes.next() => Event::Probe(verdict),
                     () = timer => Event::Tick,
                 }
             }

@@ -42,8 +42,13 @@
 //! <pod-uid>/containers/<name>/<attempt>/start-error.json  why the program could not be started
 //! <pod-uid>/containers/<name>/<attempt>/shim.log        the shim's own diagnostics
 //! <pod-uid>/logs/<name>/<attempt>.log                   the container's stdout and stderr
-//! <pod-uid>/volumes/<volume>/                           emptyDir volumes
+//! <pod-uid>/volumes/<volume>/                           the pod's volumes (`crate::volumes`, not this runtime's)
 //! ```
+//!
+//! The pod's `volumes/` directory belongs to the pod worker, which prepares the volumes before a
+//! container starts and tears them down (unmounting tmpfs mounts) after the sandbox is removed:
+//! [`Runtime::remove_sandbox`] removes everything else in the pod's directory, and the directory
+//! itself only if no volumes are left in it.
 //!
 //! Container ids are `<pod-uid>/<name>/<attempt>`, unique per instance.
 //!
@@ -57,15 +62,16 @@
 //!
 //! # Volumes
 //!
-//! Without mount namespaces a volume cannot appear at its `mountPath`, so mounts are exposed
-//! differently: the process runs in the pod directory by default (unless the container sets
-//! `workingDir`; a relative one is taken relative to the pod directory), and for every volume it
-//! mounts the environment variable `SKERRY_VOLUME_<NAME>` (the volume name upper-cased, every
-//! character other than a letter or digit replaced by `_`) holds the volume's host path.
-//! `mountPath`, `subPath` and `readOnly` are ignored. `emptyDir` volumes are plain directories
-//! under `volumes/<name>` (a memory-backed one is not a tmpfs here and size limits are not
-//! enforced); `hostPath` volumes are checked against their `type` (`DirectoryOrCreate` and
-//! `FileOrCreate` create the path); ConfigMap and Secret volumes are not supported yet.
+//! The pod worker prepares every volume a container mounts (emptyDir, hostPath, configMap and
+//! secret; see `crate::volumes`) and passes the mounts in [`ContainerConfig::mounts`]. Without
+//! mount namespaces a volume cannot appear at its `mountPath`, so mounts are exposed differently:
+//! the process runs in the pod directory by default (unless the container sets `workingDir`; a
+//! relative one is taken relative to the pod directory), and for every volume it mounts the
+//! environment variable `SKERRY_VOLUME_<NAME>` (the volume name upper-cased, every character
+//! other than a letter or digit replaced by `_`) holds the mount's host path: the volume's
+//! directory, or the path within it for a mount with `subPath`. `mountPath` and `readOnly` are
+//! ignored (nothing stops the process from writing, as it runs with edgecore's rights). A volume
+//! mounted twice must be mounted at the same host path, since it gets one variable.
 
 use super::{
     deadline_after, ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Runtime,
@@ -75,12 +81,12 @@ use async_trait::async_trait;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use protocol::pod::{EdgeContainer, EdgePod, VolumeSource};
+use protocol::pod::{EdgeContainer, EdgePod};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -196,86 +202,6 @@ impl ProcessRuntime {
             ));
         }
         Ok(id)
-    }
-
-    /// Prepares the volumes `container` mounts and returns the `SKERRY_VOLUME_*` variables.
-    async fn prepare_volumes(
-        &self,
-        pod: &EdgePod,
-        container: &EdgeContainer,
-    ) -> Result<Vec<(String, String)>, RuntimeError> {
-        let mut vars = Vec::new();
-        // (variable, volume) of the volumes prepared so far.
-        let mut seen: Vec<(String, String)> = Vec::new();
-        for mount in &container.volume_mounts {
-            let create_err = |message: String| RuntimeError::CreateContainer {
-                container: container.name.clone(),
-                message,
-            };
-            let var = volume_env_name(&mount.name);
-            if let Some((_, other)) = seen.iter().find(|(k, _)| *k == var) {
-                if *other == mount.name {
-                    continue; // The same volume mounted twice: one variable is enough.
-                }
-                return Err(create_err(format!(
-                    "volumes {other:?} and {:?} would both be passed in the environment \
-                     variable {var}; rename one of them (every character other than a letter \
-                     or digit becomes `_`)",
-                    mount.name
-                )));
-            }
-            seen.push((var, mount.name.clone()));
-            let volume = pod
-                .volumes
-                .iter()
-                .find(|v| v.name == mount.name)
-                .ok_or_else(|| {
-                    create_err(format!(
-                        "it mounts volume {:?}, which the pod does not define; add it to the \
-                         pod's volumes or remove the mount",
-                        mount.name
-                    ))
-                })?;
-            let host_path = match &volume.source {
-                VolumeSource::EmptyDir { .. } => {
-                    if !is_safe_component(&volume.name) {
-                        return Err(create_err(format!(
-                            "volume name {:?} is not usable as a directory name",
-                            volume.name
-                        )));
-                    }
-                    let dir = self.pod_dir(&pod.uid).join("volumes").join(&volume.name);
-                    tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-                        internal(
-                            "prepare volume",
-                            format!("cannot create emptyDir {}: {e}", dir.display()),
-                        )
-                    })?;
-                    dir
-                }
-                VolumeSource::HostPath { path, kind } => {
-                    check_host_path(Path::new(path), kind)
-                        .await
-                        .map_err(|message| {
-                            create_err(format!("hostPath volume {:?}: {message}", volume.name))
-                        })?;
-                    PathBuf::from(path)
-                }
-                VolumeSource::ConfigMap { .. } | VolumeSource::Secret { .. } => {
-                    return Err(create_err(format!(
-                        "volume {:?} is a ConfigMap or Secret volume, which the process runtime \
-                         does not support yet; pass the values as environment variables or run \
-                         the pod on a node with the CRI runtime",
-                        volume.name
-                    )));
-                }
-            };
-            vars.push((
-                volume_env_name(&mount.name),
-                host_path.to_string_lossy().into_owned(),
-            ));
-        }
-        Ok(vars)
     }
 
     /// The instance's `state.json`: `Ok(None)` while there is none (the process has not been
@@ -622,7 +548,7 @@ impl Runtime for ProcessRuntime {
             ));
         }
         let dir = self.pod_dir(&pod.uid);
-        for sub in ["containers", "logs", "volumes"] {
+        for sub in ["containers", "logs"] {
             let path = dir.join(sub);
             tokio::fs::create_dir_all(&path).await.map_err(|e| {
                 internal(
@@ -811,7 +737,7 @@ impl Runtime for ProcessRuntime {
         }
 
         // Environment.
-        let volume_vars = self.prepare_volumes(pod, container).await?;
+        let volume_vars = volume_vars(&config.mounts).map_err(create_err)?;
         let env = build_env(&config.env, volume_vars, &pod.name);
         let path_var = env
             .iter()
@@ -977,9 +903,57 @@ impl Runtime for ProcessRuntime {
             // Keep the directory while something may still run: it is how we find it again.
             result?;
         }
-        remove_dir_all_idempotent(&pod_dir)
-            .await
-            .map_err(|e| internal("remove sandbox", e))?;
+        // Everything but the volumes, which the pod worker tears down (they may be mounts);
+        // the pod record last, so that an interrupted removal is found and redone.
+        let mut entries = tokio::fs::read_dir(&pod_dir).await.map_err(|e| {
+            internal(
+                "remove sandbox",
+                format!("cannot list {}: {e}", pod_dir.display()),
+            )
+        })?;
+        let mut doomed = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(|e| {
+            internal(
+                "remove sandbox",
+                format!("cannot list {}: {e}", pod_dir.display()),
+            )
+        })? {
+            let name = entry.file_name();
+            if name != "volumes" && name != POD_FILE {
+                doomed.push(entry.path());
+            }
+        }
+        doomed.push(pod_dir.join(POD_FILE));
+        for path in doomed {
+            let is_dir = tokio::fs::symlink_metadata(&path)
+                .await
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            let result = if is_dir {
+                remove_dir_all_idempotent(&path).await
+            } else {
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
+                }
+            };
+            result.map_err(|e| internal("remove sandbox", e))?;
+        }
+        match tokio::fs::remove_dir(&pod_dir).await {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                ) => {}
+            Err(e) => {
+                return Err(internal(
+                    "remove sandbox",
+                    format!("cannot remove {}: {e}", pod_dir.display()),
+                ))
+            }
+        }
         self.forget_pod_states(&sandbox.pod_uid).await;
         info!(pod = %sandbox.pod_uid, "sandbox removed");
         Ok(())
@@ -987,16 +961,49 @@ impl Runtime for ProcessRuntime {
 
     async fn exec_sync(
         &self,
-        _sandbox: &Sandbox,
-        _container_id: &str,
-        _command: &[String],
-        _timeout: Duration,
+        sandbox: &Sandbox,
+        container_id: &str,
+        command: &[String],
+        timeout: Duration,
     ) -> Result<super::ExecOutput, RuntimeError> {
-        // PLACEHOLDER(probes helper): run the command as a child in the container's context.
-        Err(RuntimeError::Internal {
-            op: "exec".into(),
-            message: "exec is being implemented".into(),
-        })
+        let id = self.parse_id(sandbox, container_id)?;
+        let dir = self.instance_dir(&id);
+        if !is_dir(&dir).await {
+            return Err(internal(
+                "exec",
+                format!(
+                    "no container instance {container_id:?} under {}; it was removed or never \
+                     started by this node's process runtime",
+                    self.root.display()
+                ),
+            ));
+        }
+        // As in a container runtime, a command runs only beside a running container.
+        match self.observe(&id, &dir).await {
+            ContainerRunState::Running { .. } => {}
+            other => {
+                return Err(internal(
+                    "exec",
+                    format!("container {id} is not running ({other:?}); nothing to exec in"),
+                ))
+            }
+        }
+        let spec = match read_json::<ShimSpec>(&dir.join(SPEC_FILE)).await {
+            Ok(Some(spec)) => spec,
+            Ok(None) => {
+                return Err(internal(
+                    "exec",
+                    format!("container {id} has no spec.json; its instance directory is damaged"),
+                ))
+            }
+            Err(message) => {
+                return Err(internal(
+                    "exec",
+                    format!("cannot read the spec of container {id}: {message}"),
+                ))
+            }
+        };
+        exec_in_context(&spec, command, timeout).await
     }
 
     async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError> {
@@ -1295,6 +1302,164 @@ fn run_shim(dir: &Path) -> Result<ExitCode, ShimError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Exec.
+
+/// Output `exec_sync` keeps of each stream: plenty for a probe's message, and a command that
+/// prints without end cannot fill edgecore's memory.
+const EXEC_OUTPUT_LIMIT: usize = 4096;
+/// How long `exec_sync` waits, after the command ended, for the rest of its output (a process
+/// that left the command's process group may hold the pipes open).
+const EXEC_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Runs `command` in the context of the container described by `spec`, as `exec_sync` does:
+/// exactly the container's environment (so `PATH` lookups match the container's) and its working
+/// directory, stdin on `/dev/null`, in a process group of its own. Without namespaces this is as
+/// close to "inside the container" as the process runtime gets.
+///
+/// At `timeout` the whole group is killed (a probe such as `sh -c 'sleep 100'` leaves nothing
+/// behind) and the output is marked timed out. Whatever the command itself left running in its
+/// group is killed as well once it exited: an exec does not outlive its command here, since no
+/// container would hold it. A program that cannot be started yields exit code 127 (not found)
+/// or 126 (not executable), as a shell reports it, so that a misspelt probe command fails the
+/// probe visibly instead of being an error the prober ignores.
+async fn exec_in_context(
+    spec: &ShimSpec,
+    command: &[String],
+    timeout: Duration,
+) -> Result<super::ExecOutput, RuntimeError> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(internal(
+            "exec",
+            format!(
+                "empty command for container {}/{}; give at least a program",
+                spec.pod_uid, spec.container
+            ),
+        ));
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let exit_code = match e.kind() {
+                io::ErrorKind::NotFound => 127,
+                io::ErrorKind::PermissionDenied => 126,
+                _ => {
+                    return Err(internal(
+                        "exec",
+                        format!(
+                            "cannot run {program:?} in container {}: {e}",
+                            spec.container
+                        ),
+                    ))
+                }
+            };
+            return Ok(super::ExecOutput {
+                exit_code,
+                stdout: Vec::new(),
+                stderr: format!(
+                    "cannot run {program:?} (PATH and working directory {} of the container): {e}",
+                    spec.cwd.display()
+                )
+                .into_bytes(),
+                timed_out: false,
+            });
+        }
+    };
+    // Also when this future is dropped mid-way (a probe cancelled with its container).
+    let group = KillGroupOnDrop(child.id());
+    let (stdout_pipe, stderr_pipe) = (child.stdout.take(), child.stderr.take());
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let (status, timed_out) = {
+        // The pipes are read while waiting: a command printing more than a pipe holds would
+        // otherwise block forever.
+        let mut drained = false;
+        let mut drain = std::pin::pin!(async {
+            tokio::join!(
+                read_limited(stdout_pipe, &mut stdout),
+                read_limited(stderr_pipe, &mut stderr)
+            )
+        });
+        let deadline = deadline_after(Instant::now(), timeout);
+        let ended = loop {
+            tokio::select! {
+                status = child.wait() => break Some(status),
+                _ = &mut drain, if !drained => drained = true,
+                () = tokio::time::sleep_until(deadline) => break None,
+            }
+        };
+        // Its group goes too: on timeout the command and its children, otherwise what it left.
+        drop(group);
+        let (status, timed_out) = match ended {
+            Some(status) => (status, false),
+            None => (child.wait().await, true),
+        };
+        if !drained {
+            let _ = tokio::time::timeout(EXEC_DRAIN_TIMEOUT, &mut drain).await;
+        }
+        (status, timed_out)
+    };
+    let status = status.map_err(|e| {
+        internal(
+            "exec",
+            format!(
+                "cannot wait for {program:?} in container {}: {e}",
+                spec.container
+            ),
+        )
+    })?;
+    let exit_code = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 255,
+    };
+    Ok(super::ExecOutput {
+        exit_code,
+        stdout,
+        stderr,
+        timed_out,
+    })
+}
+
+/// SIGKILLs the process group led by the pid it holds when dropped.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Reads `pipe` to its end, keeping the first [`EXEC_OUTPUT_LIMIT`] bytes in `keep`.
+async fn read_limited(pipe: Option<impl tokio::io::AsyncRead + Unpin>, keep: &mut Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let Some(mut pipe) = pipe else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let room = EXEC_OUTPUT_LIMIT.saturating_sub(keep.len());
+                keep.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Records and helpers.
 
 /// `pod.json`.
@@ -1404,6 +1569,39 @@ fn is_safe_component(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
 }
 
+/// The `SKERRY_VOLUME_*` variables of a container's mounts (see the module docs); the message
+/// of a `CreateContainerError` when two cannot be told apart.
+fn volume_vars(mounts: &[super::Mount]) -> Result<Vec<(String, String)>, String> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    // (variable, volume) of the mounts seen so far.
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for mount in mounts {
+        let var = volume_env_name(&mount.volume);
+        let value = mount.host_path.to_string_lossy().into_owned();
+        if let Some((_, other)) = seen.iter().find(|(k, _)| *k == var) {
+            if *other != mount.volume {
+                return Err(format!(
+                    "volumes {other:?} and {:?} would both be passed in the environment \
+                     variable {var}; rename one of them (every character other than a letter \
+                     or digit becomes `_`)",
+                    mount.volume
+                ));
+            }
+            if vars.iter().any(|(k, v)| *k == var && *v == value) {
+                continue; // The same volume mounted twice: one variable is enough.
+            }
+            return Err(format!(
+                "volume {:?} is mounted twice with different subPaths, but the process runtime \
+                 passes one path per volume (in {var}); mount it once",
+                mount.volume
+            ));
+        }
+        seen.push((var.clone(), &mount.volume));
+        vars.push((var, value));
+    }
+    Ok(vars)
+}
+
 fn volume_env_name(volume: &str) -> String {
     let name: String = volume
         .chars()
@@ -1443,63 +1641,6 @@ fn build_env(
         }
     }
     env
-}
-
-/// Checks (or creates) a hostPath volume according to its Kubernetes `type`.
-async fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
-    if !path.is_absolute() {
-        return Err(format!("path {} must be absolute", path.display()));
-    }
-    let meta = tokio::fs::metadata(path).await.ok();
-    let ft = meta.as_ref().map(|m| m.file_type());
-    let want = |ok: bool, what: &str| {
-        if ok {
-            Ok(())
-        } else if meta.is_none() {
-            Err(format!(
-                "{} does not exist; type {kind} requires an existing {what}",
-                path.display()
-            ))
-        } else {
-            Err(format!(
-                "{} is not a {what}, as type {kind} requires",
-                path.display()
-            ))
-        }
-    };
-    match kind {
-        "" => Ok(()),
-        "Directory" => want(ft.is_some_and(|t| t.is_dir()), "directory"),
-        "File" => want(ft.is_some_and(|t| t.is_file()), "regular file"),
-        "Socket" => want(ft.is_some_and(|t| t.is_socket()), "socket"),
-        "CharDevice" => want(ft.is_some_and(|t| t.is_char_device()), "character device"),
-        "BlockDevice" => want(ft.is_some_and(|t| t.is_block_device()), "block device"),
-        "DirectoryOrCreate" => match ft {
-            Some(t) if t.is_dir() => Ok(()),
-            Some(_) => Err(format!("{} exists but is not a directory", path.display())),
-            None => tokio::fs::create_dir_all(path)
-                .await
-                .map_err(|e| format!("cannot create {}: {e}", path.display())),
-        },
-        "FileOrCreate" => match ft {
-            Some(t) if t.is_file() => Ok(()),
-            Some(_) => Err(format!(
-                "{} exists but is not a regular file",
-                path.display()
-            )),
-            None => tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .await
-                .map(drop)
-                .map_err(|e| format!("cannot create {}: {e}", path.display())),
-        },
-        other => Err(format!(
-            "unknown hostPath type {other:?}; use Directory, DirectoryOrCreate, File, \
-             FileOrCreate, Socket, CharDevice, BlockDevice or leave it empty"
-        )),
-    }
 }
 
 /// Whether a shim holds the instance's lock (it is alive).
@@ -1830,5 +1971,132 @@ mod tests {
             tail_file(&path, Some(2)).expect("tail"),
             "line 99998\nline 99999\n"
         );
+    }
+
+    fn exec_spec(cwd: &Path, env: &[(&str, &str)]) -> ShimSpec {
+        ShimSpec {
+            pod_uid: "uid".into(),
+            container: "main".into(),
+            attempt: 0,
+            image: "local".into(),
+            program: "sleep".into(),
+            args: vec![],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cwd: cwd.to_path_buf(),
+            log_path: cwd.join("log"),
+            spec_digest: None,
+        }
+    }
+
+    fn words(command: &[&str]) -> Vec<String> {
+        command.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn exec_runs_with_the_containers_environment_and_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = exec_spec(dir.path(), &[("PATH", DEFAULT_PATH), ("GREETING", "hi")]);
+        let out = exec_in_context(
+            &spec,
+            &words(&["sh", "-c", "echo $GREETING; pwd; echo oops >&2; exit 3"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+        assert_eq!(out.exit_code, 3);
+        assert!(!out.timed_out);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let cwd = dir.path().canonicalize().expect("canonical");
+        assert_eq!(stdout, format!("hi\n{}\n", cwd.display()));
+        assert_eq!(out.stderr, b"oops\n");
+        // edgecore's own environment does not leak in.
+        let out = exec_in_context(&spec, &words(&["env"]), Duration::from_secs(10))
+            .await
+            .expect("exec");
+        let env = String::from_utf8_lossy(&out.stdout);
+        assert!(env.contains("GREETING=hi"), "{env}");
+        assert!(!env.contains("CARGO"), "{env}");
+    }
+
+    #[tokio::test]
+    async fn exec_truncates_output_and_kills_the_group_at_the_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = exec_spec(dir.path(), &[("PATH", DEFAULT_PATH)]);
+        let out = exec_in_context(
+            &spec,
+            &words(&["sh", "-c", "head -c 100000 /dev/zero"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+        assert_eq!((out.exit_code, out.stdout.len()), (0, EXEC_OUTPUT_LIMIT));
+
+        // A child of the command, writing its pid first, is killed with it.
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+        let started = Instant::now();
+        let out = exec_in_context(
+            &spec,
+            &words(&["sh", "-c", &script]),
+            Duration::from_millis(300),
+        )
+        .await
+        .expect("exec");
+        assert!(out.timed_out);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proc_alive(pid, 0).await {
+            assert!(Instant::now() < deadline, "the exec's child {pid} survived");
+            sleep(Duration::from_millis(20)).await;
+        }
+
+        // The same when the exec is cancelled (its probe was) before the timeout.
+        std::fs::remove_file(&pid_file).expect("remove");
+        let exec = tokio::spawn(async move {
+            let command = words(&["sh", "-c", &script]);
+            exec_in_context(&spec, &command, Duration::from_secs(60)).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let pid: u32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the exec never ran");
+            sleep(Duration::from_millis(20)).await;
+        };
+        exec.abort();
+        while proc_alive(pid, 0).await {
+            assert!(
+                Instant::now() < deadline,
+                "the child {pid} of a cancelled exec survived"
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_of_a_missing_program_fails_like_a_shell() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The container's PATH is used, not edgecore's: `sh` is not found in an empty one.
+        let spec = exec_spec(dir.path(), &[("PATH", "/nonexistent")]);
+        let out = exec_in_context(&spec, &words(&["sh", "-c", "true"]), Duration::from_secs(5))
+            .await
+            .expect("exec");
+        assert_eq!(out.exit_code, 127);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run \"sh\""));
+        assert!(exec_in_context(&spec, &[], Duration::from_secs(5))
+            .await
+            .is_err());
     }
 }

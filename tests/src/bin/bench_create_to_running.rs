@@ -3,6 +3,10 @@
 //!
 //! `cargo build --release --workspace --bins && SKERRY_BIN_DIR=target/release target/release/bench_create_to_running [NODES] [PODS]`
 //! (`SKERRY_BENCH_TRACE=1` prints wall-clock create/Running times per pod; `SKERRY_KEEP_DIRS=1` keeps the daemons' logs.)
+//!
+//! With `SKERRY_BENCH_RUNTIME=cri` the edges run real containers (busybox) through a private
+//! containerd that the bench starts, as the tests do; `... bench_create_to_running 1 20` is the
+//! figure of issue #3.
 
 use serde_json::Value;
 use skerry_tests::*;
@@ -14,10 +18,20 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let nodes: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let pods: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(100);
+    let cri = std::env::var("SKERRY_BENCH_RUNTIME").as_deref() == Ok("cri");
+    let ctrd = if cri {
+        Some(containerd::Containerd::start().await?)
+    } else {
+        None
+    };
     let cloud = Cloud::start(CloudOptions::default()).await?;
     let mut edges = Vec::new();
     for i in 0..nodes {
-        edges.push(Edge::join_and_start(&cloud, &format!("bench-{i}"), &[]).await?);
+        let name = format!("bench-{i}");
+        edges.push(match &ctrd {
+            Some(c) => Edge::join_and_start_cri(&cloud, &name, c).await?,
+            None => Edge::join_and_start(&cloud, &name, &[]).await?,
+        });
     }
     for i in 0..nodes {
         cloud
@@ -33,7 +47,10 @@ async fn main() -> anyhow::Result<()> {
     let create = async {
         for i in 0..pods {
             let name = format!("p{i}");
-            let pod = process_pod(&name, &format!("bench-{}", i % nodes), &["sleep", "3600"]);
+            let mut pod = process_pod(&name, &format!("bench-{}", i % nodes), &["sleep", "3600"]);
+            if cri {
+                pod["spec"]["containers"][0]["image"] = containerd::BUSYBOX_IMAGE.into();
+            }
             if trace {
                 eprintln!("create {name} {:?}", std::time::SystemTime::now());
             }
@@ -93,6 +110,10 @@ async fn main() -> anyhow::Result<()> {
     let cloud_rss = cloud.pid().and_then(rss_kib).unwrap_or(0);
     println!("| figure | value |");
     println!("|---|---|");
+    println!(
+        "| runtime | {} |",
+        if cri { "cri (containerd)" } else { "process" }
+    );
     println!("| pods / nodes | {pods} / {nodes} |");
     println!(
         "| API create rate | {:.0} pods/s |",
@@ -111,5 +132,21 @@ async fn main() -> anyhow::Result<()> {
         "| cloudcore RSS with {nodes} nodes, {pods} pods | {:.1} MiB |",
         cloud_rss as f64 / 1024.0
     );
+    if let Some(c) = &ctrd {
+        // Remove the containers before the harness stops containerd, as an admin would.
+        for i in 0..pods {
+            cloud
+                .api(
+                    "DELETE",
+                    &format!("/api/v1/namespaces/default/pods/p{i}"),
+                    None,
+                )
+                .await?;
+        }
+        eventually("pods removed", Duration::from_secs(120), || async {
+            Ok(c.leftovers().await?.is_empty().then_some(()))
+        })
+        .await?;
+    }
     Ok(())
 }

@@ -1044,16 +1044,27 @@ impl Runtime for CriRuntime {
         for id in &ids {
             self.discard_sandbox(OP, id).await?;
         }
+        // The logs are ours; the volumes beside them are the pod worker's (they may be mounts,
+        // which it unmounts), so the pod's directory goes only once nothing else is in it.
         let dir = self.pods_root.join(&sandbox.pod_uid);
-        match tokio::fs::remove_dir_all(&dir).await {
+        let logs = self.log_dir(&sandbox.pod_uid);
+        let remove_err = |path: &Path, e: std::io::Error| RuntimeError::Internal {
+            op: OP.into(),
+            message: format!("cannot remove {}: {e}", path.display()),
+        };
+        match tokio::fs::remove_dir_all(&logs).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(RuntimeError::Internal {
-                    op: OP.into(),
-                    message: format!("cannot remove the pod's directory {}: {e}", dir.display()),
-                })
-            }
+            Err(e) => return Err(remove_err(&logs, e)),
+        }
+        match tokio::fs::remove_dir(&dir).await {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                ) => {}
+            Err(e) => return Err(remove_err(&dir, e)),
         }
         info!(pod = %sandbox.pod_uid, sandboxes = ids.len(), "sandbox removed");
         Ok(())
