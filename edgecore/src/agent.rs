@@ -7,6 +7,7 @@ use crate::identity::IdentityPaths;
 use crate::link::{self, LinkConfig, LinkState};
 use crate::pods::{Desired, PodManager, PodManagerConfig};
 use crate::report::{self, Outbox, PublisherConfig};
+use crate::runtime::cri::{self, CriConfig, CriRuntime};
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::Runtime;
 use crate::volumes::Volumes;
@@ -35,6 +36,46 @@ pub struct AgentOptions {
     pub idle_timeout: Duration,
     /// First restart back-off of a failed container (kubelet: 10 s).
     pub restart_backoff_base: Duration,
+    /// The container runtime that runs the pods.
+    pub runtime: RuntimeKind,
+}
+
+/// Which container runtime runs the pods. One per node: pods started by one are not seen by
+/// the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Native processes supervised by edgecore's shims (no containerd needed).
+    Process,
+    /// containerd over CRI, at this socket.
+    Cri {
+        /// containerd's socket.
+        socket: PathBuf,
+    },
+}
+
+/// Connects to containerd for `data_dir`'s edgecore, waiting (with back-off, until
+/// SIGTERM/SIGINT) while containerd is not up yet: on boot the two start together, and without
+/// a runtime there is nothing to run.
+async fn connect_cri(
+    data_dir: &std::path::Path,
+    socket: &std::path::Path,
+) -> anyhow::Result<CriRuntime> {
+    let instance = cri::load_instance_id(data_dir)?;
+    let config = CriConfig::new(socket.to_path_buf(), data_dir.join("pods"), instance);
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match CriRuntime::connect(config.clone()).await {
+            Ok(runtime) => return Ok(runtime),
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "containerd is not answering yet");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown_signal() => anyhow::bail!("stopped while waiting for containerd at {}", socket.display()),
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
 }
 
 /// The cached slice as the pod manager takes it.
@@ -74,13 +115,23 @@ pub async fn run(
             .await
             .unwrap_or_else(|| "127.0.0.1".into()),
     };
-    let shim = std::env::current_exe()
-        .context("cannot find edgecore's own binary for the process shim")?;
-    let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(
-        opts.data_dir.join("pods"),
-        shim,
-        host_ip.clone(),
-    ));
+    let runtime: Arc<dyn Runtime> = match &opts.runtime {
+        RuntimeKind::Process => {
+            let shim = std::env::current_exe()
+                .context("cannot find edgecore's own binary for the process shim")?;
+            Arc::new(ProcessRuntime::new(
+                opts.data_dir.join("pods"),
+                shim,
+                host_ip.clone(),
+            ))
+        }
+        RuntimeKind::Cri { socket } => {
+            let cri = connect_cri(&opts.data_dir, socket).await?;
+            // containerd appends to container logs forever; kubelet's rotation, here.
+            cri.spawn_log_rotation(cri::LogRotation::default());
+            Arc::new(cri)
+        }
+    };
     let runtime_version = runtime.version();
     let mut pod_config = PodManagerConfig::default();
     pod_config.backoff.base = opts.restart_backoff_base;

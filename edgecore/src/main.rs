@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use edgecore::agent::{self, AgentOptions};
+use edgecore::agent::{self, AgentOptions, RuntimeKind};
 use edgecore::config::{self, EdgeConfig};
 use edgecore::identity::IdentityPaths;
 use edgecore::link::{self, JoinParams};
@@ -96,9 +96,8 @@ enum Command {
             hide = true
         )]
         restart_backoff_base_ms: u64,
-        /// Container runtime (only `process` in this version).
-        #[arg(long, default_value = "process")]
-        runtime: String,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
     /// Print a container's log from this node (works offline and without the agent running).
     Logs {
@@ -110,6 +109,8 @@ enum Command {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
     /// Manage container images without a registry.
     #[command(subcommand)]
@@ -117,6 +118,36 @@ enum Command {
     /// Internal: supervises one container of the process runtime (started by edgecore itself).
     #[command(hide = true)]
     Shim(edgecore::runtime::process::ShimArgs),
+}
+
+/// Which runtime runs (or ran) this node's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeName {
+    /// Native processes, no containerd needed.
+    Process,
+    /// containerd over CRI.
+    Cri,
+}
+
+#[derive(Debug, clap::Args)]
+struct RuntimeArgs {
+    /// Container runtime: `process` (native processes) or `cri` (containerd).
+    #[arg(long, value_enum, default_value_t = RuntimeName::Process, env = "SKERRY_RUNTIME")]
+    runtime: RuntimeName,
+    /// containerd's socket, for `--runtime cri`.
+    #[arg(long, default_value = edgecore::runtime::cri::DEFAULT_SOCKET, env = "SKERRY_CRI_SOCKET")]
+    cri_socket: PathBuf,
+}
+
+impl RuntimeArgs {
+    fn kind(&self) -> RuntimeKind {
+        match self.runtime {
+            RuntimeName::Process => RuntimeKind::Process,
+            RuntimeName::Cri => RuntimeKind::Cri {
+                socket: self.cri_socket.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,10 +258,6 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             restart_backoff_base_ms,
             runtime,
         } => {
-            anyhow::ensure!(
-                runtime == "process",
-                "unknown --runtime {runtime:?}; this version supports `process`"
-            );
             let mut cfg = EdgeConfig::load(&cli.data_dir)?;
             if let Some(s) = server {
                 cfg.server = s;
@@ -249,6 +276,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 keep_alive: Duration::from_secs(2),
                 idle_timeout: Duration::from_secs(idle_timeout_secs.max(3)),
                 restart_backoff_base: Duration::from_millis(restart_backoff_base_ms.max(10)),
+                runtime: runtime.kind(),
             };
             rt.block_on(agent::run(cfg, opts, render))
         }
@@ -256,14 +284,29 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             pod,
             container,
             tail,
+            runtime,
         } => {
             let (ns, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
-            let runtime = edgecore::runtime::process::ProcessRuntime::new(
-                cli.data_dir.join("pods"),
-                std::env::current_exe()?,
-                String::new(),
-            );
             rt.block_on(async {
+                let runtime: Box<dyn Runtime> = match runtime.kind() {
+                    RuntimeKind::Process => {
+                        Box::new(edgecore::runtime::process::ProcessRuntime::new(
+                            cli.data_dir.join("pods"),
+                            std::env::current_exe()?,
+                            String::new(),
+                        ))
+                    }
+                    RuntimeKind::Cri { socket } => {
+                        let instance = edgecore::runtime::cri::load_instance_id(&cli.data_dir)?;
+                        let mut config = edgecore::runtime::cri::CriConfig::new(
+                            socket,
+                            cli.data_dir.join("pods"),
+                            instance,
+                        );
+                        config.rpc_timeout = Duration::from_secs(10);
+                        Box::new(edgecore::runtime::cri::CriRuntime::connect(config).await?)
+                    }
+                };
                 let pods = runtime.list_pods().await?;
                 let found = pods
                     .iter()

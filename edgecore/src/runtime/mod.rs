@@ -7,6 +7,7 @@
 //! does), and everything a runtime started can be listed again after edgecore restarts, so that a
 //! restarted edgecore adopts what is running instead of starting duplicates.
 
+pub mod cri;
 pub mod process;
 
 use async_trait::async_trait;
@@ -108,7 +109,7 @@ pub struct ContainerInfo {
     /// State now.
     pub state: ContainerRunState,
     /// Digest of the container the instance was started from, as
-    /// [`process::container_digest`] computes it; `None` when the runtime does not know it
+    /// [`container_digest`] computes it; `None` when the runtime does not know it
     /// (an instance started before digests were recorded): taken to match the desired spec.
     pub spec_digest: Option<String>,
 }
@@ -252,6 +253,17 @@ pub(crate) fn deadline_after(from: Instant, after: Duration) -> Instant {
     from.checked_add(after)
         .or_else(|| from.checked_add(FAR_FUTURE))
         .unwrap_or(from)
+}
+
+/// Digest of a container spec: the hex SHA-256 of its JSON. Every runtime records the digest of
+/// the container an instance was started from (the process runtime in its spec.json, the CRI
+/// runtime in a container label), so that a restarted edgecore can tell an instance of an older
+/// spec from one of the desired spec.
+pub fn container_digest(container: &EdgeContainer) -> String {
+    use sha2::{Digest, Sha256};
+    // Serializing plain structs and vectors cannot fail; an empty input would still be stable.
+    let json = serde_json::to_vec(container).unwrap_or_default();
+    hex::encode(Sha256::digest(&json))
 }
 
 /// Labels every runtime attaches to what it creates, so that a restarted edgecore can find it.

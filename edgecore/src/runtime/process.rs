@@ -1489,15 +1489,8 @@ struct ShimSpec {
     spec_digest: Option<String>,
 }
 
-/// Digest of a container spec: the hex SHA-256 of its JSON. Instances record the digest of the
-/// container they were started from (in spec.json), so that a restarted edgecore can tell an
-/// instance of an older spec from one of the desired spec.
-pub fn container_digest(container: &EdgeContainer) -> String {
-    use sha2::{Digest, Sha256};
-    // Serializing plain structs and vectors cannot fail; an empty input would still be stable.
-    let json = serde_json::to_vec(container).unwrap_or_default();
-    hex::encode(Sha256::digest(&json))
-}
+/// Re-exported from [`super::container_digest`], where it moved when a second runtime needed it.
+pub use super::container_digest;
 
 /// The digest recorded in an instance's spec.json, if any.
 async fn recorded_digest(dir: &Path) -> Option<String> {
