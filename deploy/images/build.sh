@@ -19,7 +19,8 @@ set -euo pipefail
 
 out="${1:-target/images}"
 busybox="${BUSYBOX:-/bin/busybox}"
-version="$("$busybox" 2>&1 | head -1 | sed -n 's/^BusyBox v\([0-9.]*\).*/\1/p')"
+# sed reads all of busybox's output (a `head` would leave it to die of SIGPIPE under pipefail).
+version="$("$busybox" 2>&1 | sed -n '1s/^BusyBox v\([0-9.]*\).*/\1/p')"
 if ! "$busybox" --list >/dev/null 2>&1; then
   echo "images: $busybox is not a busybox binary; install Debian's busybox-static (deploy/setup.sh does)" >&2
   exit 1
@@ -87,9 +88,13 @@ build_image() {
   # docker load reads this instead of index.json.
   printf '[{"Config":"blobs/sha256/%s","RepoTags":["%s"],"Layers":["blobs/sha256/%s"]}]' \
     "$config_digest" "$ref" "$layer_digest" >"$dir/manifest.json"
+  # Written aside and renamed: concurrent builds (parallel test binaries) never see half a tar.
+  local partial
+  partial="$(mktemp "$out/.$name.XXXXXX")"
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$dir" \
-    -cf "$out/$name.tar.partial" oci-layout index.json manifest.json blobs
-  mv "$out/$name.tar.partial" "$out/$name.tar"
+    -cf "$partial" oci-layout index.json manifest.json blobs
+  chmod 0644 "$partial"
+  mv "$partial" "$out/$name.tar"
   echo "images: $out/$name.tar  $ref  sha256:$manifest_digest"
 }
 

@@ -152,11 +152,14 @@ impl Target {
             .runtime
             .exec_sync(&self.sandbox, &self.container_id, &command, timeout);
         match tokio::time::timeout(timeout.saturating_add(EXEC_ANSWER_SLACK), call).await {
-            Err(_) => Outcome::Unknown(format!(
+            // As kubelet: an exec the runtime could not run or finish is a failed probe (a
+            // misspelt probe command must not pass silently forever). A verdict about an
+            // instance that exited meanwhile is dropped by the machine, which knows it is gone.
+            Err(_) => Outcome::Failure(format!(
                 "the runtime did not finish exec {command:?} within {}s",
                 timeout.saturating_add(EXEC_ANSWER_SLACK).as_secs()
             )),
-            Ok(Err(e)) => Outcome::Unknown(e.to_string()),
+            Ok(Err(e)) => Outcome::Failure(format!("probe errored: {e}")),
             Ok(Ok(out)) => {
                 let mut combined = out.stdout;
                 combined.extend_from_slice(&out.stderr);
@@ -909,9 +912,12 @@ mod tests {
             matches!(&outcome, Outcome::Failure(m) if m.contains("timed out after 1s")),
             "{outcome:?}"
         );
-        // The runtime could not exec (the container just exited): not a verdict.
+        // The runtime could not exec (no such program in the image): a failure, as in kubelet.
         let (outcome, _) = exec_with(|| Err(unused())).await;
-        assert!(matches!(outcome, Outcome::Unknown(_)), "{outcome:?}");
+        assert!(
+            matches!(&outcome, Outcome::Failure(m) if m.starts_with("probe errored")),
+            "{outcome:?}"
+        );
     }
 
     #[test]

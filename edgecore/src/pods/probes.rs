@@ -18,8 +18,9 @@
 //! instance starts with fresh probes: not ready until its readiness probe passes again.
 //!
 //! Like kubelet, a liveness or startup probe that failed stops probing its instance (it is about
-//! to be killed), a startup probe that passed is not run again for that instance, and results
-//! the prober cannot decide (the runtime could not exec) are ignored. A container adopted after
+//! to be killed), a startup probe that passed is not run again for that instance, and an exec
+//! the runtime could not run counts as a failure; only a probe with nothing to probe yet (no pod
+//! IP) is undecided and ignored. A container adopted after
 //! an edgecore restart gets its probes afresh, startup probe included.
 
 use super::prober::{Outcome, Target};
