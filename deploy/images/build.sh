@@ -19,7 +19,7 @@ set -euo pipefail
 
 out="${1:-target/images}"
 busybox="${BUSYBOX:-/bin/busybox}"
-version="$("$busybox" 2>&1 | head -1 | sed -n 's/^BusyBox v\([0-9.]*\).*/\1/p')"
+version="$("$busybox" 2>&1 | sed -n '1s/^BusyBox v\([0-9.]*\).*/\1/p')"
 if ! "$busybox" --list >/dev/null 2>&1; then
   echo "images: $busybox is not a busybox binary; install Debian's busybox-static (deploy/setup.sh does)" >&2
   exit 1
@@ -49,7 +49,7 @@ for applet in $("$busybox" --list-full); do
   [ "$applet" = "bin/busybox" ] && continue
   mkdir -p "$root/$(dirname "$applet")"
   # Relative links keep the layer usable wherever it is unpacked.
-  target="$(realpath -m --relative-to="/$(dirname "$applet")" /bin/busybox)"
+  target="$(realpath -m -s --relative-to="/$(dirname "$applet")" /bin/busybox)"
   ln -sf "$target" "$root/$applet"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
