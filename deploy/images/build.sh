@@ -50,7 +50,7 @@ for applet in $("$busybox" --list-full); do
   [ "$applet" = "bin/busybox" ] && continue
   mkdir -p "$root/$(dirname "$applet")"
   # Relative links keep the layer usable wherever it is unpacked.
-  target="$(realpath -m --relative-to="/$(dirname "$applet")" /bin/busybox)"
+  target="$(realpath -m -s --relative-to="/$(dirname "$applet")" /bin/busybox)"
   ln -sf "$target" "$root/$applet"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"

@@ -5,7 +5,7 @@
 use edgecore::pods::{BackoffPolicy, PodManager, PodManagerConfig, StatusSink};
 use edgecore::runtime::cri::{CriConfig, CriRuntime};
 use edgecore::runtime::{ContainerConfig, ContainerRunState, Runtime, RuntimeError, Sandbox};
-use protocol::pod::{EdgeContainer, EdgePod, Resources, RestartPolicy};
+use protocol::pod::{EdgeContainer, EdgePod, Probe, ProbeAction, Resources, RestartPolicy};
 use protocol::status::{ContainerState, PodPhase, PodStatus};
 use skerry_tests::containerd::{self, Containerd, BUSYBOX_IMAGE};
 use skerry_tests::eventually;
@@ -887,12 +887,55 @@ async fn pod_workers_restart_and_adopt_containers_over_cri() {
     assert_eq!(adopted.containers[0].restart_count, 1);
     assert_eq!(adopted.pod_ip, first.pod_ip);
 
-    // Dropped from the desired set: stopped, removed, nothing left.
-    m.sync(vec![]).await;
-    report(&mut rx, "the pod forgotten", |r| {
-        r.as_ref().err().filter(|n| *n == "pod-w-crash").map(|_| ())
+    // A failing exec liveness probe (ExecSync through CRI) restarts the container.
+    let mut flaky = container(
+        "main",
+        "touch /tmp/healthy; sleep 2; rm /tmp/healthy; exec sleep 600",
+    );
+    flaky.liveness_probe = Some(Probe {
+        action: ProbeAction::Exec {
+            // /usr/bin/test: an applet link outside /bin, found through the image's PATH.
+            command: vec!["test".into(), "-f".into(), "/tmp/healthy".into()],
+        },
+        initial_delay_seconds: 0,
+        period_seconds: 1,
+        timeout_seconds: 1,
+        success_threshold: 1,
+        failure_threshold: 2,
+        termination_grace_period_seconds: Some(1),
+    });
+    let mut lp = pod("w-live", vec![flaky]);
+    lp.restart_policy = RestartPolicy::Always;
+    m.sync(vec![p.clone(), lp.clone()]).await;
+    let restarted = report(&mut rx, "a liveness restart", |r| {
+        r.as_ref()
+            .ok()
+            .filter(|s| {
+                s.uid == "w-live" && s.containers.first().is_some_and(|c| c.restart_count >= 1)
+            })
+            .cloned()
     })
     .await;
+    assert!(
+        matches!(
+            restarted.containers[0].last_state,
+            Some(ContainerState::Terminated { .. })
+        ),
+        "{:?}",
+        restarted.containers[0].last_state
+    );
+
+    // Dropped from the desired set: stopped, removed, nothing left.
+    m.sync(vec![]).await;
+    let mut gone = std::collections::BTreeSet::new();
+    while gone.len() < 2 {
+        let name = report(&mut rx, "the pods forgotten", |r| r.as_ref().err().cloned()).await;
+        gone.insert(name);
+    }
+    assert_eq!(
+        gone,
+        ["pod-w-crash".to_string(), "pod-w-live".to_string()].into()
+    );
     let left = ctrd.leftovers().await.expect("leftovers");
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!data.path().join("pods/w-crash").exists());
