@@ -1,31 +1,63 @@
 #!/usr/bin/env bash
-# Builds Skerry, starts a cloudcore and a local edgecore on this machine, and runs a sample pod.
+# Builds Skerry, starts a cloudcore, a private containerd and a local edgecore on this machine,
+# loads the registry-free images, and runs a sample pod in a real container.
 # Everything lives under ${SKERRY_DEMO_DIR:-/tmp/skerry-demo}; stop it with deploy/quickstart.sh stop.
+# Needs root (containerd, CNI networking), as kubelet does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=${SKERRY_DEMO_DIR:-/tmp/skerry-demo}
 API=${SKERRY_API_PORT:-6443}
 HUB=${SKERRY_HUB_PORT:-7443}
 MQTT=${SKERRY_MQTT_PORT:-1883}
+CTRD="$DEMO/containerd"
+BRIDGE=skerrydemo0
+NETWORK=skerry-demo
+BIN=target/release
 
 stop() {
+  # Delete the demo's pods while the cloud and the edge still run, so edgecore stops the
+  # containers and CNI releases their network (pods outlive edgecore by design, as with kubelet).
+  if [ -f "$DEMO/kubeconfig" ] && [ -f "$DEMO/edgecore.pid" ] && kill -0 "$(cat "$DEMO/edgecore.pid")" 2>/dev/null; then
+    kubectl --kubeconfig "$DEMO/kubeconfig" delete pods --all --wait --timeout=30s >/dev/null 2>&1 || true
+  fi
+  # Without a running edge nothing removes the containers: kill them through containerd.
+  if [ -S "$CTRD/containerd.sock" ]; then
+    for t in $(ctr -a "$CTRD/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
+      ctr -a "$CTRD/containerd.sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+    done
+  fi
   for f in "$DEMO"/*.pid; do
-    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    [ -f "$f" ] || continue
+    pid="$(cat "$f")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     rm -f "$f"
   done
-  # Pods outlive edgecore by design (as with kubelet); stop the demo's pod processes too.
-  pkill -f -- "--container-dir $DEMO/" 2>/dev/null || true
-  for p in /proc/[0-9]*; do
-    case "$(readlink "$p/cwd" 2>/dev/null)" in "$DEMO"/*) kill -9 "${p#/proc/}" 2>/dev/null || true ;; esac
-  done
+  # Whatever is left of containerd's shims and containers, its mounts and the demo network.
+  pkill -9 -f -- "$CTRD/containerd.sock" 2>/dev/null || true
+  grep -o " $DEMO/[^ ]*" /proc/self/mountinfo 2>/dev/null | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  ip link del "$BRIDGE" 2>/dev/null || true
+  rm -rf "/var/lib/cni/networks/$NETWORK"
 }
 if [ "${1:-}" = "stop" ]; then stop; echo "stopped"; exit 0; fi
+[ "$(id -u)" -eq 0 ] || { echo "quickstart: run as root (containerd and pod networking need it)"; exit 1; }
 
 deploy/setup.sh
 cargo build --release --bins
-BIN=target/release
+deploy/images/build.sh target/images
 stop
-mkdir -p "$DEMO"
+mkdir -p "$DEMO" "$CTRD/cni"
+
+# containerd: the edge node configuration of deploy/containerd/, with private paths.
+sed -e "s#^version = 2#version = 2\nroot = \"$CTRD/root\"\nstate = \"$CTRD/state\"\n[grpc]\n  address = \"$CTRD/containerd.sock\"\n[ttrpc]\n  address = \"$CTRD/containerd.sock.ttrpc\"#" \
+  -e "s#/etc/cni/net.d#$CTRD/cni#" deploy/containerd/config.toml >"$CTRD/config.toml"
+sed -e "s#\"skerry0\"#\"$BRIDGE\"#" -e "s#\"name\": \"skerry\"#\"name\": \"$NETWORK\"#" -e "s#10.88.0.0/16#10.188.0.0/24#" \
+  deploy/containerd/10-skerry.conflist >"$CTRD/cni/10-skerry.conflist"
+setsid containerd --config "$CTRD/config.toml" >"$DEMO/containerd.log" 2>&1 &
+echo $! >"$DEMO/containerd.pid"
+for _ in $(seq 100); do [ -S "$CTRD/containerd.sock" ] && break; sleep 0.1; done
+# Air-gapped style: load the images from files, no registry.
+"$BIN/edgecore" image import --containerd-socket "$CTRD/containerd.sock" target/images/pause.tar target/images/busybox.tar
 
 "$BIN/cloudcore" --data-dir "$DEMO/cloud" serve --api-addr "127.0.0.1:$API" --hub-addr "127.0.0.1:$HUB" \
   --mqtt-listen "127.0.0.1:$MQTT" >"$DEMO/cloudcore.log" 2>&1 &
@@ -42,7 +74,6 @@ done
 "$BIN/cloudcore" --data-dir "$DEMO/cloud" kubeconfig --user admin --server "https://127.0.0.1:$API" \
   --out "$DEMO/kubeconfig"
 KUBECTL=(kubectl --kubeconfig "$DEMO/kubeconfig")
-for _ in $(seq 100); do "${KUBECTL[@]}" get --raw /healthz >/dev/null 2>&1 && break; sleep 0.1; done
 
 if [ ! -f "$DEMO/edge/pki/report.key" ]; then
   # A token made for demo-edge also re-joins it when an older demo left it registered.
@@ -50,27 +81,33 @@ if [ ! -f "$DEMO/edge/pki/report.key" ]; then
   "$BIN/edgecore" --data-dir "$DEMO/edge" join --server "127.0.0.1:$HUB" --token "$TOKEN" --ca-hash "$HASH" \
     --node-name demo-edge --mqtt-url "mqtt://127.0.0.1:$MQTT" --label site=demo
 fi
-"$BIN/edgecore" --data-dir "$DEMO/edge" run --node-ip 127.0.0.1 >"$DEMO/edgecore.log" 2>&1 &
+"$BIN/edgecore" --data-dir "$DEMO/edge" run --node-ip 127.0.0.1 \
+  --runtime cri --cri-socket "$CTRD/containerd.sock" >"$DEMO/edgecore.log" 2>&1 &
 echo $! >"$DEMO/edgecore.pid"
 sleep 1
 if ! kill -0 "$(cat "$DEMO/edgecore.pid")" 2>/dev/null; then
   echo "edgecore did not start:"; tail -5 "$DEMO/edgecore.log"; exit 1
 fi
 
-"${KUBECTL[@]}" get pod hello >/dev/null 2>&1 || "${KUBECTL[@]}" create --validate=false -f deploy/examples/hello-pod.yaml
-# Wait until its container runs and is ready (a pod left over from an earlier demo, whose
-# process the last `stop` killed, comes back after the usual restart back-off).
-for _ in $(seq 150); do
-  [ "$("${KUBECTL[@]}" get pod hello -o jsonpath='{.status.containerStatuses[0].ready}' 2>/dev/null)" = "true" ] && break
+"${KUBECTL[@]}" get pod hello >/dev/null 2>&1 || "${KUBECTL[@]}" create -f deploy/examples/hello-pod.yaml
+# Wait until its container runs and is ready.
+ready=""
+for _ in $(seq 300); do
+  ready="$("${KUBECTL[@]}" get pod hello -o jsonpath='{.status.containerStatuses[0].ready}' 2>/dev/null || true)"
+  [ "$ready" = "true" ] && break
   sleep 0.2
 done
 "${KUBECTL[@]}" get pods -o wide
+if [ "$ready" != "true" ]; then
+  echo "the sample pod did not become ready; see $DEMO/edgecore.log and $DEMO/containerd.log"; exit 1
+fi
 cat <<TXT
 
-Skerry is running: cloudcore (API https://127.0.0.1:$API, hub udp/$HUB, MQTT $MQTT) and edgecore "demo-edge".
+Skerry is running: cloudcore (API https://127.0.0.1:$API, hub udp/$HUB, MQTT $MQTT), containerd
+($CTRD/containerd.sock) and edgecore "demo-edge"; the pod "hello" runs in a busybox container.
 See the pod:    kubectl --kubeconfig $DEMO/kubeconfig get pods -o wide
-                (an admin kubeconfig: $BIN/cloudcore --data-dir $DEMO/cloud kubeconfig --user admin --server https://127.0.0.1:$API)
-Its log:        $BIN/edgecore --data-dir $DEMO/edge logs hello
-Logs:           $DEMO/cloudcore.log  $DEMO/edgecore.log
+Its log:        $BIN/edgecore --data-dir $DEMO/edge logs hello --runtime cri --cri-socket $CTRD/containerd.sock
+Admin access:   $BIN/cloudcore --data-dir $DEMO/cloud kubeconfig --user admin --server https://127.0.0.1:$API
+Logs:           $DEMO/cloudcore.log  $DEMO/edgecore.log  $DEMO/containerd.log
 Stop:           deploy/quickstart.sh stop
 TXT

@@ -391,3 +391,36 @@ async fn missing_image_with_policy_never_waits_with_err_image_never_pull() -> Re
         .await?;
     delete_all_and_check_clean(&cloud, &ctrd, &["ghost", "unpullable"]).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_device_from_the_annotation_appears_in_the_container() -> Result<()> {
+    let Some((ctrd, cloud, _edge)) = setup("cri-dev").await? else {
+        return Ok(());
+    };
+    // /dev/urandom stands in for a rig's serial adapter: mapped to another path, read-only.
+    cloud
+        .create_pod(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "rig",
+                         "annotations": {"devices.skerry.io/reader": "/dev/urandom:/dev/ttyRIG0:r"}},
+            "spec": {"nodeName": "cri-dev", "terminationGracePeriodSeconds": 1,
+                     "restartPolicy": "Never",
+                     "containers": [{"name": "reader", "image": BUSYBOX_IMAGE,
+                                     "command": ["/bin/sh", "-c",
+                                        "test -c /dev/ttyRIG0 && head -c 16 /dev/ttyRIG0 | wc -c | grep -qx 16 \
+                                         && ! test -e /dev/ttyUSB9"]}]}
+        }))
+        .await?;
+    let pod = cloud
+        .wait_for("rig to finish", &pod_path("rig"), LONG, |p| {
+            p.pointer("/status/containerStatuses/0/state/terminated")
+                .is_some()
+        })
+        .await?;
+    assert_eq!(
+        pod.pointer("/status/containerStatuses/0/state/terminated/exitCode"),
+        Some(&json!(0)),
+        "the device was readable at its container path: {pod}"
+    );
+    delete_all_and_check_clean(&cloud, &ctrd, &["rig"]).await
+}
