@@ -21,7 +21,7 @@
 use crate::projection;
 use crate::store::{ObjectKey, Store, StoreError};
 use protocol::messages::{ObjectKind, ObjectRef};
-use protocol::pod::{EdgePod, EnvFromKind, EnvValue, VolumeSource};
+use protocol::pod::EdgePod;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 
@@ -30,46 +30,10 @@ pub const CONFIG_MAPS: &str = "configmaps";
 /// Store resource of Secrets.
 pub const SECRETS: &str = "secrets";
 
-/// Every ConfigMap and Secret `pod` references, in its namespace. Optional references count:
-/// the edge must be told about the object if it appears later.
+/// Every ConfigMap and Secret `pod` references (see [`EdgePod::config_refs`], shared with the
+/// edge so that both ends agree on a node's configs).
 pub fn config_refs(pod: &EdgePod) -> BTreeSet<ObjectRef> {
-    let r = |kind, name: &str| ObjectRef {
-        kind,
-        namespace: pod.namespace.clone(),
-        name: name.to_string(),
-    };
-    let mut out = BTreeSet::new();
-    for c in &pod.containers {
-        for e in &c.env {
-            match &e.value {
-                EnvValue::ConfigMapKey { name, .. } => {
-                    out.insert(r(ObjectKind::ConfigMap, name));
-                }
-                EnvValue::SecretKey { name, .. } => {
-                    out.insert(r(ObjectKind::Secret, name));
-                }
-                EnvValue::Literal(_) | EnvValue::FieldRef(_) => {}
-            }
-        }
-        for e in &c.env_from {
-            match &e.source {
-                EnvFromKind::ConfigMap(name) => out.insert(r(ObjectKind::ConfigMap, name)),
-                EnvFromKind::Secret(name) => out.insert(r(ObjectKind::Secret, name)),
-            };
-        }
-    }
-    for v in &pod.volumes {
-        match &v.source {
-            VolumeSource::ConfigMap { name, .. } => {
-                out.insert(r(ObjectKind::ConfigMap, name));
-            }
-            VolumeSource::Secret { name, .. } => {
-                out.insert(r(ObjectKind::Secret, name));
-            }
-            VolumeSource::EmptyDir { .. } | VolumeSource::HostPath { .. } => {}
-        }
-    }
-    out
+    pod.config_refs()
 }
 
 /// The node of a stored pod and the configs it references (`value` `None`: deleted). Computed

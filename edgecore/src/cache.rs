@@ -17,7 +17,7 @@
 use protocol::codec;
 use protocol::config::{EdgeConfigMap, EdgeSecret};
 use protocol::messages::{EdgeObject, ObjectKind, ObjectRef, SyncBatch};
-use protocol::pod::{EdgePod, EnvFromKind, EnvValue, VolumeSource};
+use protocol::pod::EdgePod;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -142,50 +142,10 @@ impl ConfigSet {
     }
 }
 
-/// Every ConfigMap and Secret `pod` references: env `valueFrom`, `envFrom`, and configMap and
-/// secret volumes (optional references included: the object is used when it exists).
+/// Every ConfigMap and Secret `pod` references (see [`EdgePod::config_refs`], shared with the
+/// hub so that both ends agree on a node's configs).
 pub fn config_refs(pod: &EdgePod) -> BTreeSet<ObjectRef> {
-    let reference = |kind, name: &str| ObjectRef {
-        kind,
-        namespace: pod.namespace.clone(),
-        name: name.to_string(),
-    };
-    let mut out = BTreeSet::new();
-    for container in &pod.containers {
-        for var in &container.env {
-            match &var.value {
-                EnvValue::ConfigMapKey { name, .. } => {
-                    out.insert(reference(ObjectKind::ConfigMap, name));
-                }
-                EnvValue::SecretKey { name, .. } => {
-                    out.insert(reference(ObjectKind::Secret, name));
-                }
-                EnvValue::Literal(_) | EnvValue::FieldRef(_) => {}
-            }
-        }
-        for source in &container.env_from {
-            match &source.source {
-                EnvFromKind::ConfigMap(name) => {
-                    out.insert(reference(ObjectKind::ConfigMap, name));
-                }
-                EnvFromKind::Secret(name) => {
-                    out.insert(reference(ObjectKind::Secret, name));
-                }
-            }
-        }
-    }
-    for volume in &pod.volumes {
-        match &volume.source {
-            VolumeSource::ConfigMap { name, .. } => {
-                out.insert(reference(ObjectKind::ConfigMap, name));
-            }
-            VolumeSource::Secret { name, .. } => {
-                out.insert(reference(ObjectKind::Secret, name));
-            }
-            VolumeSource::EmptyDir { .. } | VolumeSource::HostPath { .. } => {}
-        }
-    }
-    out
+    pod.config_refs()
 }
 
 /// The desired-state seam: what the link writes and the pod manager reads.
@@ -490,6 +450,7 @@ mod tests {
     use super::*;
     use protocol::messages::Upsert;
     use protocol::pod::RestartPolicy;
+    use protocol::pod::{EnvFromKind, EnvValue, VolumeSource};
 
     fn pod(name: &str, image: &str) -> EdgePod {
         EdgePod {

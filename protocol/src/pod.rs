@@ -36,6 +36,55 @@ impl EdgePod {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// Every ConfigMap and Secret this pod references (env `valueFrom`, `envFrom`, configMap and
+    /// secret volumes), in its namespace; optional references included, since the object is used
+    /// when it exists. One definition for both ends: the hub sends a node exactly these objects
+    /// and the edge keeps exactly these, so the two must never disagree.
+    pub fn config_refs(&self) -> std::collections::BTreeSet<crate::messages::ObjectRef> {
+        use crate::messages::{ObjectKind, ObjectRef};
+        let reference = |kind, name: &str| ObjectRef {
+            kind,
+            namespace: self.namespace.clone(),
+            name: name.to_string(),
+        };
+        let mut out = std::collections::BTreeSet::new();
+        for container in &self.containers {
+            for var in &container.env {
+                match &var.value {
+                    EnvValue::ConfigMapKey { name, .. } => {
+                        out.insert(reference(ObjectKind::ConfigMap, name));
+                    }
+                    EnvValue::SecretKey { name, .. } => {
+                        out.insert(reference(ObjectKind::Secret, name));
+                    }
+                    EnvValue::Literal(_) | EnvValue::FieldRef(_) => {}
+                }
+            }
+            for source in &container.env_from {
+                match &source.source {
+                    EnvFromKind::ConfigMap(name) => {
+                        out.insert(reference(ObjectKind::ConfigMap, name));
+                    }
+                    EnvFromKind::Secret(name) => {
+                        out.insert(reference(ObjectKind::Secret, name));
+                    }
+                }
+            }
+        }
+        for volume in &self.volumes {
+            match &volume.source {
+                VolumeSource::ConfigMap { name, .. } => {
+                    out.insert(reference(ObjectKind::ConfigMap, name));
+                }
+                VolumeSource::Secret { name, .. } => {
+                    out.insert(reference(ObjectKind::Secret, name));
+                }
+                VolumeSource::EmptyDir { .. } | VolumeSource::HostPath { .. } => {}
+            }
+        }
+        out
+    }
+
     /// Whether the cloud asked for this pod to be stopped and removed.
     pub fn is_deleting(&self) -> bool {
         self.deletion_grace_period_seconds.is_some()
