@@ -35,7 +35,9 @@ stop() {
   done
   # Whatever is left of containerd's shims and containers, its mounts and the demo network.
   pkill -9 -f -- "$CTRD/containerd.sock" 2>/dev/null || true
-  grep -o " $DEMO/[^ ]*" /proc/self/mountinfo 2>/dev/null | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $DEMO/[^ ]*" /proc/self/mountinfo 2>/dev/null || true; } | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
   ip link del "$BRIDGE" 2>/dev/null || true
   rm -rf "/var/lib/cni/networks/$NETWORK"
 }
