@@ -5,7 +5,11 @@
 use edgecore::pods::{BackoffPolicy, PodManager, PodManagerConfig, StatusSink};
 use edgecore::runtime::cri::{CriConfig, CriRuntime};
 use edgecore::runtime::{ContainerConfig, ContainerRunState, Runtime, RuntimeError, Sandbox};
-use protocol::pod::{EdgeContainer, EdgePod, Probe, ProbeAction, Resources, RestartPolicy};
+use edgecore::volumes::Volumes;
+use protocol::pod::{
+    EdgeContainer, EdgePod, Probe, ProbeAction, Resources, RestartPolicy, Volume, VolumeMount,
+    VolumeSource,
+};
 use protocol::status::{ContainerState, PodPhase, PodStatus};
 use skerry_tests::containerd::{self, Containerd, BUSYBOX_IMAGE};
 use skerry_tests::eventually;
@@ -768,6 +772,11 @@ impl StatusSink for Sink {
 type Reports = tokio::sync::mpsc::UnboundedReceiver<Result<PodStatus, String>>;
 
 fn manager(rt: CriRuntime) -> (PodManager, Reports) {
+    manager_with_volumes(rt, None)
+}
+
+/// Like [`manager`], keeping the pods' volumes in `volumes` (`<data-dir>/pods`) if given.
+fn manager_with_volumes(rt: CriRuntime, volumes: Option<&Path>) -> (PodManager, Reports) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let config = PodManagerConfig {
         poll_interval: Duration::from_millis(100),
@@ -786,7 +795,10 @@ fn manager(rt: CriRuntime) -> (PodManager, Reports) {
         "192.0.2.7".into(),
         config,
     );
-    (m, rx)
+    match volumes {
+        Some(root) => (m.with_volumes(Volumes::new(root.to_path_buf())), rx),
+        None => (m, rx),
+    }
 }
 
 /// Waits for a report satisfying `pred`.
@@ -939,4 +951,126 @@ async fn pod_workers_restart_and_adopt_containers_over_cri() {
     let left = ctrd.leftovers().await.expect("leftovers");
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!data.path().join("pods/w-crash").exists());
+}
+
+/// Every sandbox containerd holds for pod `uid`: (id, attempt, ready).
+async fn sandboxes_of(ctrd: &Containerd, uid: &str) -> Vec<(String, u32, bool)> {
+    let mut cri = ctrd.cri().await.expect("cri");
+    cri.list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest::default())
+        .await
+        .expect("list sandboxes")
+        .into_inner()
+        .items
+        .into_iter()
+        .filter_map(|s| {
+            let m = s.metadata?;
+            let ready = s.state == k8s_cri::v1::PodSandboxState::SandboxReady as i32;
+            (m.uid == uid).then_some((s.id, m.attempt, ready))
+        })
+        .collect()
+}
+
+/// kubelet's behaviour for a sandbox that dies under a running pod (its pause process killed):
+/// the pod's containers are stopped and started again in a new sandbox (attempt + 1), with a new
+/// IP and their restart counts up by one; the pod's emptyDir keeps its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_workers_replace_a_sandbox_that_died_over_cri() {
+    if !containerd::available() {
+        eprintln!(
+            "SKIPPED: containerd, runc or the CNI plugins are not installed; run deploy/setup.sh"
+        );
+        return;
+    }
+    let ctrd = Containerd::start().await.expect("containerd starts");
+    let data = tempfile::tempdir().expect("data dir");
+    let pods_root = data.path().join("pods");
+    // `sleep` as the container's init ignores SIGTERM: the stop kills it after the grace.
+    let mut main = container("main", "echo run >> /scratch/runs; exec sleep 3600");
+    main.volume_mounts = vec![VolumeMount {
+        name: "scratch".into(),
+        mount_path: "/scratch".into(),
+        read_only: false,
+        sub_path: String::new(),
+    }];
+    let mut p = pod("w-sbx", vec![main]);
+    p.restart_policy = RestartPolicy::Always;
+    p.termination_grace_period_seconds = 1;
+    p.volumes = vec![Volume {
+        name: "scratch".into(),
+        source: VolumeSource::EmptyDir {
+            memory: false,
+            size_limit_bytes: None,
+        },
+    }];
+    let running = |restarts: u32| {
+        move |r: &Result<PodStatus, String>| {
+            r.as_ref()
+                .ok()
+                .filter(|s| {
+                    !s.pod_ip.is_empty()
+                        && s.containers.first().is_some_and(|c| {
+                            c.restart_count == restarts
+                                && matches!(c.state, ContainerState::Running { .. })
+                        })
+                })
+                .cloned()
+        }
+    };
+
+    let rt = runtime(&ctrd.socket, data.path(), "inst-s", Duration::from_secs(20)).await;
+    let (m, mut rx) = manager_with_volumes(rt, Some(&pods_root));
+    m.sync(vec![p.clone()]).await;
+    let first = report(&mut rx, "the pod running", running(0)).await;
+    let old = sandboxes_of(&ctrd, "w-sbx").await;
+    assert_eq!(old.len(), 1, "{old:?}");
+    let (old_id, old_attempt, _) = old[0].clone();
+    let runs = pods_root.join("w-sbx/volumes/scratch/runs");
+    assert_eq!(std::fs::read_to_string(&runs).expect("runs"), "run\n");
+
+    let (_, pause) = sandbox_details(&ctrd, &old_id).await;
+    assert!(pause > 0);
+    signal(pause as i32, nix::sys::signal::Signal::SIGKILL);
+    let second = report(&mut rx, "the pod running in a new sandbox", running(1)).await;
+
+    assert_eq!(second.phase, PodPhase::Running);
+    assert_ne!(second.pod_ip, first.pod_ip, "the new sandbox has a new IP");
+    let prefix = ctrd
+        .subnet
+        .rsplit_once('.')
+        .map(|(p, _)| p)
+        .unwrap_or_default();
+    assert!(second.pod_ip.starts_with(prefix), "{}", second.pod_ip);
+    let c = &second.containers[0];
+    assert_ne!(c.container_id, first.containers[0].container_id);
+    assert!(
+        matches!(
+            c.last_state,
+            Some(ContainerState::Terminated { exit_code: 137, .. })
+        ),
+        "{:?}",
+        c.last_state
+    );
+    // One sandbox: the new one, ready, the next attempt; the dead one is gone.
+    let now = sandboxes_of(&ctrd, "w-sbx").await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0].0, old_id);
+    assert_eq!((now[0].1, now[0].2), (old_attempt + 1, true));
+    // The emptyDir outlived the sandbox; both instances' logs are there.
+    assert_eq!(std::fs::read_to_string(&runs).expect("runs"), "run\nrun\n");
+    for attempt in ["0.log", "1.log"] {
+        assert!(
+            pods_root.join("w-sbx/logs/main").join(attempt).exists(),
+            "no {attempt}"
+        );
+    }
+
+    // Removed: nothing left in containerd, on the network or in the data dir.
+    m.sync(vec![]).await;
+    report(&mut rx, "the pod forgotten", |r| {
+        r.as_ref().err().filter(|n| *n == "pod-w-sbx").cloned()
+    })
+    .await;
+    let left = ctrd.leftovers().await.expect("leftovers");
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!pods_root.join("w-sbx").exists());
 }

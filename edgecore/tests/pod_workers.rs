@@ -853,6 +853,66 @@ async fn a_pod_dropped_from_the_desired_set_is_stopped_and_removed() {
     assert!(rec.statuses("w-drop").iter().all(|(_, s)| !s.removed));
 }
 
+/// The process runtime's sandbox is the pod's directory: wiped under a running pod (a cleaner
+/// run amok, a disk restored from a backup), it is made anew and the containers start again in
+/// it, as kubelet restarts a pod whose sandbox died; the processes of the wiped one are stopped,
+/// not left running unseen.
+#[tokio::test]
+async fn a_pod_whose_directory_was_wiped_starts_again_in_a_new_sandbox() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let (m, mut rec) = manager(rt.clone());
+    let p = pod(
+        "w-wiped",
+        RestartPolicy::Always,
+        vec![sh("main", "echo up; sleep 60")],
+    );
+    m.sync(vec![p]).await;
+    rec.status("w-wiped", "Running", |s| is_running(&s.containers[0]))
+        .await;
+    let pid = pid_of(tmp.path(), "w-wiped", "main", 0);
+
+    let since = Instant::now();
+    std::fs::remove_dir_all(tmp.path().join("w-wiped")).expect("wipe the pod directory");
+    let s = rec
+        .status_since("w-wiped", since, "running again", |s| {
+            s.containers[0].restart_count == 1 && is_running(&s.containers[0])
+        })
+        .await;
+    assert!(!alive(pid), "the process of the wiped sandbox still runs");
+    let c = &s.containers[0];
+    assert_eq!(c.container_id, "w-wiped/main/1");
+    // Its exit record went with the directory.
+    assert!(
+        matches!(&c.last_state, Some(ContainerState::Terminated { reason, .. })
+            if reason == "ContainerStatusUnknown"),
+        "{:?}",
+        c.last_state
+    );
+    assert!(condition(&s, "Ready"));
+    assert_eq!((s.phase, s.pod_ip.as_str()), (PodPhase::Running, HOST_IP));
+    assert!(tmp.path().join("w-wiped/pod.json").exists());
+    assert!(alive(pid_of(tmp.path(), "w-wiped", "main", 1)));
+    wait_log(&rt, "w-wiped", "main", "up").await;
+    // Meanwhile the pod stayed Running (no Pending, as for a new pod), without an IP.
+    rec.drain();
+    let meanwhile: Vec<PodStatus> = rec
+        .statuses("w-wiped")
+        .into_iter()
+        .filter(|(t, _)| *t >= since)
+        .map(|(_, s)| s)
+        .collect();
+    assert!(
+        meanwhile.iter().all(|s| s.phase == PodPhase::Running),
+        "{meanwhile:#?}"
+    );
+    assert!(meanwhile
+        .iter()
+        .any(|s| s.pod_ip.is_empty() && !condition(s, "Ready")));
+    clean_up(&m, &mut rec, &["pod-w-wiped"]).await;
+    assert!(!tmp.path().join("w-wiped").exists());
+}
+
 #[tokio::test]
 async fn a_restarted_manager_adopts_running_containers() {
     let tmp = tempfile::tempdir().expect("tempdir");

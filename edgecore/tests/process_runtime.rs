@@ -476,6 +476,50 @@ async fn a_restarted_edgecore_adopts_running_containers_and_learns_their_exit() 
 }
 
 #[tokio::test]
+async fn a_wiped_pod_directory_is_a_sandbox_that_is_not_ready() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod("u-wiped", vec![sh("main", "sleep 30")]);
+    let (sandbox, info) = start(&rt, &p).await;
+    assert!(rt.sandbox_ready(&sandbox).await.expect("ready"));
+    let (pid, shim) = state_pids(tmp.path(), &info.id);
+
+    std::fs::remove_dir_all(tmp.path().join("u-wiped")).expect("wipe");
+    assert!(!rt.sandbox_ready(&sandbox).await.expect("not ready"));
+    match rt
+        .start_container(&sandbox, &p, &p.containers[0], &config(1))
+        .await
+    {
+        Err(RuntimeError::SandboxNotReady { sandbox: id, .. }) => assert_eq!(id, sandbox.id),
+        other => panic!("{other:?}"),
+    }
+    // Its process is not lost with its directory: the stop still finds and ends it.
+    assert!(!gone(pid));
+    rt.stop_container(&sandbox, &info.id, Duration::from_secs(5))
+        .await
+        .expect("stop");
+    for p in [pid, shim] {
+        wait_gone(p).await;
+    }
+    rt.remove_container(&sandbox, &info.id)
+        .await
+        .expect("remove");
+
+    // run_sandbox makes it anew.
+    let again = rt.run_sandbox(&p).await.expect("run_sandbox");
+    assert!(rt.sandbox_ready(&again).await.expect("ready again"));
+    let next = rt
+        .start_container(&again, &p, &p.containers[0], &config(1))
+        .await
+        .expect("start in the new sandbox");
+    assert!(matches!(next.state, ContainerRunState::Running { .. }));
+    rt.remove_sandbox(&again, Duration::from_secs(1))
+        .await
+        .expect("remove");
+    assert!(!tmp.path().join("u-wiped").exists());
+}
+
+#[tokio::test]
 async fn remove_sandbox_leaves_no_process_and_no_directory() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let rt = runtime(tmp.path());

@@ -615,6 +615,12 @@ mod tests {
         /// Pod names by uid, from `run_sandbox`.
         names: Mutex<HashMap<String, String>>,
         removed: Mutex<Vec<String>>,
+        /// Sandboxes made by `run_sandbox`, by pod uid (the n-th has IP 10.0.0.n).
+        sandboxes: Mutex<HashMap<String, u8>>,
+        /// Pod uids whose sandbox died: not ready, and nothing starts in it.
+        dead: Mutex<HashSet<String>>,
+        /// Every start, as (pod uid, result was `SandboxNotReady`).
+        starts: Mutex<Vec<(String, bool)>>,
     }
 
     impl FakeRuntime {
@@ -648,15 +654,36 @@ mod tests {
                 .lock()
                 .await
                 .insert(pod.uid.clone(), pod.name.clone());
-            Ok(sandbox_of(&pod.uid))
+            let mut sandboxes = self.sandboxes.lock().await;
+            let n = sandboxes.entry(pod.uid.clone()).or_insert(0);
+            // A ready one is returned; a dead one is replaced.
+            if *n == 0 || self.dead.lock().await.remove(&pod.uid) {
+                *n += 1;
+            }
+            Ok(Sandbox {
+                ip: format!("10.0.0.{n}"),
+                ..sandbox_of(&pod.uid)
+            })
+        }
+        async fn sandbox_ready(&self, sandbox: &Sandbox) -> Result<bool, RuntimeError> {
+            Ok(!self.dead.lock().await.contains(&sandbox.pod_uid))
         }
         async fn start_container(
             &self,
             sandbox: &Sandbox,
-            _pod: &EdgePod,
+            pod: &EdgePod,
             container: &EdgeContainer,
             config: &ContainerConfig,
         ) -> Result<ContainerInfo, RuntimeError> {
+            let dead = self.dead.lock().await.contains(&sandbox.pod_uid);
+            self.starts.lock().await.push((pod.uid.clone(), dead));
+            if dead {
+                return Err(RuntimeError::SandboxNotReady {
+                    sandbox: sandbox.id.clone(),
+                    pod: pod.key(),
+                    message: "killed by the test".into(),
+                });
+            }
             let id = format!("{}/{}/{}", sandbox.pod_uid, container.name, config.attempt);
             self.containers
                 .lock()
@@ -682,12 +709,14 @@ mod tests {
             let containers = self.containers.lock().await;
             match containers.iter().find(|(_, c, _)| c == id) {
                 Some((_, _, true)) => Ok(ContainerRunState::Running { started_at_ms: 1 }),
+                // Exited just now (seen at the first poll after it stopped), so that a restart
+                // waits for its whole back-off.
                 Some(_) => Ok(ContainerRunState::Exited {
                     exit_code: 143,
                     signal: Some(15),
                     reason: "Error".into(),
                     started_at_ms: 1,
-                    finished_at_ms: 2,
+                    finished_at_ms: state::wall_ms(),
                 }),
                 None => Err(RuntimeError::Internal {
                     op: "state".into(),
@@ -823,11 +852,20 @@ mod tests {
     }
 
     fn manager(rt: Arc<FakeRuntime>) -> (PodManager, mpsc::UnboundedReceiver<Seen>) {
+        manager_with(
+            rt,
+            PodManagerConfig {
+                poll_interval: Duration::from_millis(10),
+                ..PodManagerConfig::default()
+            },
+        )
+    }
+
+    fn manager_with(
+        rt: Arc<FakeRuntime>,
+        config: PodManagerConfig,
+    ) -> (PodManager, mpsc::UnboundedReceiver<Seen>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let config = PodManagerConfig {
-            poll_interval: Duration::from_millis(10),
-            ..PodManagerConfig::default()
-        };
         let m = PodManager::with_config(
             rt,
             Arc::new(Sink(tx)),
@@ -981,6 +1019,118 @@ mod tests {
         }
         assert!(rt.ids_of("u1").await.is_empty());
         wait_seen(&mut rx, |s| matches!(s, Seen::Forgotten(n) if n == "a")).await;
+        m.shutdown().await;
+    }
+
+    /// Waits for a status of `uid` whose only container runs as its `restarts`-th restart, and
+    /// returns it.
+    async fn running_again(
+        rx: &mut mpsc::UnboundedReceiver<Seen>,
+        uid: &str,
+        restarts: u32,
+    ) -> PodStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Seen::Status(st)))
+                    if st.uid == uid
+                        && st.containers[0].restart_count == restarts
+                        && matches!(
+                            st.containers[0].state,
+                            protocol::status::ContainerState::Running { .. }
+                        ) =>
+                {
+                    return *st
+                }
+                Ok(Some(_)) => {}
+                other => panic!("{uid} never ran its restart {restarts}: {other:?}"),
+            }
+        }
+    }
+
+    /// Waits until the fake holds exactly `ids` for pod `uid`.
+    async fn wait_ids(rt: &FakeRuntime, uid: &str, ids: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rt.ids_of(uid).await != ids {
+            assert!(
+                Instant::now() < deadline,
+                "{uid} holds {:?}, not {ids:?}",
+                rt.ids_of(uid).await
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_that_dies_under_running_containers_is_replaced() {
+        let rt = Arc::new(FakeRuntime::default());
+        let (m, mut rx) = manager(rt.clone());
+        m.sync(vec![pod("u1", "a")]).await;
+        let before = running_again(&mut rx, "u1", 0).await;
+        assert_eq!(before.pod_ip, "10.0.0.1");
+
+        rt.dead.lock().await.insert("u1".into());
+        let after = running_again(&mut rx, "u1", 1).await;
+        // A new sandbox (found by the poll, not by a failed start), a new IP, the container
+        // stopped in the old one and started again in the new one.
+        assert_eq!(rt.sandboxes.lock().await.get("u1"), Some(&2));
+        assert!(rt.starts.lock().await.iter().all(|(_, dead)| !dead));
+        assert_eq!(after.pod_ip, "10.0.0.2");
+        assert_eq!(after.phase, protocol::status::PodPhase::Running);
+        assert!(matches!(
+            after.containers[0].last_state,
+            Some(protocol::status::ContainerState::Terminated { exit_code: 143, .. })
+        ));
+        wait_ids(&rt, "u1", &["u1/main/1"]).await;
+        // Replacing the sandbox is not removing the pod: no `remove_sandbox` (which would tear
+        // the volumes down too).
+        assert!(rt.removed.lock().await.is_empty());
+        m.sync(vec![]).await;
+        wait_seen(&mut rx, |s| matches!(s, Seen::Forgotten(n) if n == "a")).await;
+        assert_eq!(*rt.removed.lock().await, ["u1"]);
+    }
+
+    #[tokio::test]
+    async fn a_start_into_a_dead_sandbox_replaces_it_instead_of_failing() {
+        let rt = Arc::new(FakeRuntime::default());
+        let (m, mut rx) = manager_with(
+            rt.clone(),
+            PodManagerConfig {
+                poll_interval: Duration::from_millis(10),
+                backoff: BackoffPolicy {
+                    base: Duration::from_secs(1),
+                    cap: Duration::from_secs(2),
+                    reset_after: Duration::from_secs(60),
+                },
+                ..PodManagerConfig::default()
+            },
+        );
+        m.sync(vec![pod("u1", "a")]).await;
+        running_again(&mut rx, "u1", 0).await;
+        // The container exits; while it waits in back-off, nothing is polled, and the sandbox
+        // dies.
+        for c in rt.containers.lock().await.iter_mut() {
+            c.2 = false;
+        }
+        wait_seen(&mut rx, |s| {
+            matches!(s, Seen::Status(st) if matches!(&st.containers[0].state,
+                protocol::status::ContainerState::Waiting { reason, .. }
+                    if reason == "CrashLoopBackOff"))
+        })
+        .await;
+        rt.dead.lock().await.insert("u1".into());
+        let after = running_again(&mut rx, "u1", 1).await;
+        assert_eq!(after.pod_ip, "10.0.0.2");
+        // The start that found the sandbox dead was not retried in it with back-off: the next
+        // start went to the new sandbox.
+        assert_eq!(
+            *rt.starts.lock().await,
+            [
+                ("u1".to_string(), false),
+                ("u1".into(), true),
+                ("u1".into(), false)
+            ]
+        );
         m.shutdown().await;
     }
 }

@@ -792,6 +792,9 @@ mod tests {
         async fn run_sandbox(&self, _: &EdgePod) -> Result<Sandbox, RuntimeError> {
             Err(unused())
         }
+        async fn sandbox_ready(&self, _: &Sandbox) -> Result<bool, RuntimeError> {
+            Err(unused())
+        }
         async fn start_container(
             &self,
             _: &Sandbox,

@@ -8,9 +8,13 @@
 //!
 //! ```text
 //!   Creating ──sandbox ok──▶ Running ──every container exited for good──▶ Completed
-//!      │  ▲                    │ (containers: Waiting → Running → BackOff → Running ...;
-//!      │  │                    │  a container whose fields alone changed: Running → stop
-//!      │  │                    │  (grace) → Waiting → Running, next attempt, new spec)
+//!      │  ▲ ▲                  │ (containers: Waiting → Running → BackOff → Running ...;
+//!      │  │ │                  │  a container whose fields alone changed: Running → stop
+//!      │  │ │                  │  (grace) → Waiting → Running, next attempt, new spec)
+//!      │  │ │   sandbox not ready (poll or start)                        ▲
+//!      │  │ │                  ▼                                        │
+//!      │  │ └─ something ── SandboxLost: stop what runs (grace) ── nothing to run
+//!      │  │    to run          │
 //!      │  └── spec change ──┐  │                                          │
 //!      ▼                    │  ▼                                          ▼
 //!   Terminating(delete | forget | replace) ◀──── delete / forget / spec change
@@ -19,6 +23,16 @@
 //!   Terminated ── worker ends (delete: reports removed=true; forget: the sink forgets the pod)
 //!                 (replace: back to Creating with the new spec)
 //! ```
+//!
+//! A sandbox that dies under a running pod is replaced as kubelet replaces it: the worker learns
+//! it from `Runtime::sandbox_ready` (polled with the running containers' states) or from a start
+//! failing with `RuntimeError::SandboxNotReady`. Whatever still runs is stopped with the pod's
+//! grace; each stopped container then starts again in the new sandbox (its next attempt: its
+//! restart count goes up by one, its last state is how the stop ended it) unless its restart
+//! policy keeps an instance that ended so ended. Containers in back-off keep their back-off. The
+//! pod keeps its phase, is not ready meanwhile, reports no IP until the new sandbox has one, and
+//! keeps its volumes (only a pod's removal tears them down). If nothing is left to run, no new
+//! sandbox is made: the pod is `Completed`, and the dead sandbox goes with the pod.
 
 use super::backoff::{go_duration, BackoffPolicy};
 use super::env::{expand_command, resolve_env, ConfigLookup, PodFields};
@@ -123,7 +137,8 @@ pub(crate) enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum PodState {
     /// The sandbox is being created (again at `retry_at` after a failure). Reports `Pending`
-    /// with every container `ContainerCreating`.
+    /// with every container `ContainerCreating`; a pod whose sandbox is being replaced keeps the
+    /// phase its containers give it (`Running`), without a pod IP.
     Creating {
         /// When to try again after a failure.
         retry_at: Option<Instant>,
@@ -135,6 +150,16 @@ pub(crate) enum PodState {
     /// The sandbox exists; containers are started, supervised and restarted. Reports `Pending`
     /// until every container started once, then `Running`.
     Running,
+    /// The sandbox is not ready any more: what still runs of the pod is stopped, then a new
+    /// sandbox is made (`Creating`) if anything is to run again, else the pod is `Completed`
+    /// (the dead sandbox then goes with the pod). Reports the phase from the containers, not
+    /// ready, and no pod IP.
+    SandboxLost {
+        /// When to retry a failed stop.
+        retry_at: Option<Instant>,
+        /// Consecutive failed stops.
+        failures: u32,
+    },
     /// Every container exited and none will restart. Reports `Succeeded` or `Failed`.
     Completed,
     /// Everything is being stopped. Reports the phase the pod had when this began.
@@ -166,6 +191,7 @@ impl PodState {
         match self {
             PodState::Creating { .. } => "Creating",
             PodState::Running => "Running",
+            PodState::SandboxLost { .. } => "SandboxLost",
             PodState::Completed => "Completed",
             PodState::Terminating { .. } => "Terminating",
             PodState::Terminated { .. } => "Terminated",
@@ -497,6 +523,12 @@ pub(crate) enum Event {
     Tick,
     /// Result of `run_sandbox`.
     SandboxCreated(Result<Sandbox, Failure>),
+    /// The runtime says the sandbox `sandbox_id` is not ready any more (`sandbox_ready` was
+    /// false, or a start failed with `SandboxNotReady`).
+    SandboxNotReady {
+        /// The sandbox it is about (an event about an earlier sandbox is ignored).
+        sandbox_id: String,
+    },
     /// Result of `start_container` for a slot.
     Started {
         /// Slot index.
@@ -740,6 +772,28 @@ impl PodMachine {
                     }
                 }
             }
+            Event::SandboxNotReady { sandbox_id } => {
+                let current = self.sandbox.as_ref().map(|s| s.id.as_str());
+                if self.state != PodState::Running || current != Some(sandbox_id.as_str()) {
+                    return;
+                }
+                for slot in &mut self.slots {
+                    // The stop that comes supersedes a restart for a changed spec (the next
+                    // start uses the new spec anyway) and a kill for a failed probe.
+                    slot.spec_restart = None;
+                    slot.probe_kill = None;
+                }
+                // The dead sandbox is kept, to stop what still runs in it and to remove it with
+                // the pod, but its IP went with its network: it is the pod's no more (and may
+                // soon be another pod's), so none is reported until a new sandbox has one.
+                if let Some(sandbox) = &mut self.sandbox {
+                    sandbox.ip.clear();
+                }
+                self.state = PodState::SandboxLost {
+                    retry_at: None,
+                    failures: 0,
+                };
+            }
             Event::Started {
                 index,
                 attempt,
@@ -861,6 +915,7 @@ impl PodMachine {
             }
             Event::Stopped(results) => {
                 let restarting = self.state == PodState::Running;
+                let replacing = matches!(self.state, PodState::SandboxLost { .. });
                 let mut failed = false;
                 for (index, id, result) in results {
                     let Some(slot) = self.slots.get_mut(index) else {
@@ -872,6 +927,16 @@ impl PodMachine {
                     let ContainerPhase::Running { attempt, .. } = slot.phase else {
                         continue;
                     };
+                    if replacing {
+                        match result.map(|state| terminated_state(&state, now)) {
+                            Ok(Some(terminated)) => {
+                                on_sandbox_loss(slot, policy, id, attempt, terminated)
+                            }
+                            // Still running: stop again (with back-off) before a new sandbox.
+                            Ok(None) | Err(_) => failed = true,
+                        }
+                        continue;
+                    }
                     if restarting {
                         // A kill for a failed probe: an exit like any other, restarted (unless
                         // the policy is Never) after the usual back-off.
@@ -937,7 +1002,8 @@ impl PodMachine {
                 }
                 if let PodState::Terminating {
                     retry_at, failures, ..
-                } = &mut self.state
+                }
+                | PodState::SandboxLost { retry_at, failures } = &mut self.state
                 {
                     if failed {
                         *failures = failures.saturating_add(1);
@@ -1147,6 +1213,45 @@ impl PodMachine {
                 _ => Action::CreateSandbox,
             },
             PodState::Running | PodState::Completed => self.decide_running(now),
+            PodState::SandboxLost { retry_at, .. } => {
+                if let Some(at) = retry_at.filter(|at| *at > now.mono) {
+                    return Action::Wait(Some(at));
+                }
+                let targets = self.running_targets();
+                if !targets.is_empty() {
+                    return Action::StopContainers {
+                        targets,
+                        grace: Duration::from_secs(self.pod.termination_grace_period_seconds),
+                    };
+                }
+                // Nothing of the pod runs any more. As kubelet, a new sandbox only if something
+                // is to run in it.
+                let to_run = self.slots.iter().any(|s| {
+                    matches!(
+                        s.phase,
+                        ContainerPhase::Waiting { .. } | ContainerPhase::BackOff { .. }
+                    )
+                });
+                if to_run {
+                    for slot in &mut self.slots {
+                        // A start that failed may have failed for the dead sandbox: the new one
+                        // is tried at once. (Crash back-offs stand.)
+                        if let ContainerPhase::Waiting { retry_at, .. } = &mut slot.phase {
+                            *retry_at = None;
+                        }
+                    }
+                    // The dead sandbox stays known until the new one replaces it, so that a
+                    // deletion meanwhile still removes it (and the volumes).
+                    self.state = PodState::Creating {
+                        retry_at: None,
+                        failures: 0,
+                        error: None,
+                    };
+                } else {
+                    self.state = PodState::Completed;
+                }
+                self.decide(now)
+            }
             PodState::Terminating {
                 grace, retry_at, ..
             } => {
@@ -1154,12 +1259,7 @@ impl PodMachine {
                 if let Some(at) = retry_at.filter(|at| *at > now.mono) {
                     return Action::Wait(Some(at));
                 }
-                let targets: Vec<(usize, String)> = self
-                    .slots
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, s)| s.running_id().map(|id| (i, id.to_string())))
-                    .collect();
+                let targets = self.running_targets();
                 if !targets.is_empty() {
                     return Action::StopContainers { targets, grace };
                 }
@@ -1302,12 +1402,7 @@ impl PodMachine {
                 }
             }
         }
-        let running: Vec<(usize, String)> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.running_id().map(|id| (i, id.to_string())))
-            .collect();
+        let running = self.running_targets();
         if !running.is_empty() {
             if self.next_poll <= now.mono {
                 return Action::Observe(running);
@@ -1317,11 +1412,24 @@ impl PodMachine {
         Action::Wait(wake)
     }
 
+    /// (slot index, instance id) of every running container.
+    fn running_targets(&self) -> Vec<(usize, String)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.running_id().map(|id| (i, id.to_string())))
+            .collect()
+    }
+
     /// The pod phase, from the state and the containers.
     pub fn phase(&self) -> PodPhase {
         match &self.state {
-            PodState::Creating { .. } => PodPhase::Pending,
-            PodState::Running | PodState::Completed => containers_phase(&self.slots),
+            // `Pending` for a new pod (no container ran yet); a pod whose sandbox is replaced
+            // stays `Running`.
+            PodState::Creating { .. }
+            | PodState::Running
+            | PodState::SandboxLost { .. }
+            | PodState::Completed => containers_phase(&self.slots),
             PodState::Terminating { phase, .. } | PodState::Terminated { phase, .. } => *phase,
         }
     }
@@ -1457,6 +1565,38 @@ fn on_exit(
             attempt,
             until,
             delay,
+        };
+    } else {
+        slot.phase = ContainerPhase::Exited {
+            id,
+            attempt,
+            terminated,
+        };
+    }
+}
+
+/// A running container was stopped because its sandbox is not ready any more. This was no crash
+/// of its own, so there is no back-off: it starts again in the new sandbox (as its next attempt,
+/// its stopped instance as its last state, removed once its successor runs) unless the policy
+/// keeps an instance that ended so ended (`Never`; `OnFailure` after a clean exit on SIGTERM).
+fn on_sandbox_loss(
+    slot: &mut ContainerSlot,
+    policy: protocol::pod::RestartPolicy,
+    id: String,
+    attempt: u32,
+    terminated: ContainerState,
+) {
+    let exit_code = match &terminated {
+        ContainerState::Terminated { exit_code, .. } => *exit_code,
+        _ => UNKNOWN_EXIT_CODE,
+    };
+    if policy.restarts_after(exit_code) {
+        slot.last_state = Some(terminated);
+        slot.previous_instance = Some(id);
+        slot.phase = ContainerPhase::Waiting {
+            reason: "ContainerCreating".into(),
+            message: String::new(),
+            retry_at: None,
         };
     } else {
         slot.phase = ContainerPhase::Exited {
@@ -2944,5 +3084,366 @@ mod tests {
             retry_at: None,
         };
         assert_eq!(containers_phase(&[a, b]), PodPhase::Running);
+    }
+
+    /// The sandbox made to replace a dead one.
+    fn new_sandbox() -> Sandbox {
+        Sandbox {
+            id: "u1-attempt-1".into(),
+            pod_uid: "u1".into(),
+            ip: "10.88.0.9".into(),
+        }
+    }
+
+    /// The sandbox that died, as the machine keeps it: without its IP.
+    fn dead_sandbox() -> Sandbox {
+        Sandbox {
+            ip: String::new(),
+            ..sandbox()
+        }
+    }
+
+    fn lost() -> Event {
+        Event::SandboxNotReady {
+            sandbox_id: sandbox().id,
+        }
+    }
+
+    #[test]
+    fn a_lost_sandbox_is_replaced_and_its_containers_start_again_in_the_new_one() {
+        let (mut m, now) = started(RestartPolicy::Always, &["a", "b"]);
+        // b crashed and waits in back-off (10 s) when the sandbox dies.
+        m.step(
+            Event::Observed(vec![(
+                1,
+                "u1/b/0".into(),
+                Ok(exited(1, now.wall_ms, now.wall_ms)),
+            )]),
+            now,
+        );
+        let t = at(now, 1_000);
+        let action = m.step(lost(), t);
+        assert_eq!(m.state().name(), "SandboxLost");
+        assert_eq!(
+            action,
+            Action::StopContainers {
+                targets: vec![(0, "u1/a/0".into())],
+                grace: Duration::from_secs(30)
+            }
+        );
+        let st = m.status().expect("status");
+        assert_eq!(st.phase, PodPhase::Running);
+        assert_eq!(st.pod_ip, "", "a dead sandbox's IP is not reported");
+        assert!(!ready_condition(&m).status);
+        // Another report of the same loss changes nothing.
+        assert_eq!(m.step(lost(), t), action);
+
+        let killed = ContainerRunState::Exited {
+            exit_code: 143,
+            signal: Some(15),
+            reason: "Error".into(),
+            started_at_ms: now.wall_ms,
+            finished_at_ms: t.wall_ms,
+        };
+        let action = m.step(Event::Stopped(vec![(0, "u1/a/0".into(), Ok(killed))]), t);
+        assert_eq!(action, Action::CreateSandbox);
+        let st = m.status().expect("status");
+        assert_eq!(
+            st.phase,
+            PodPhase::Running,
+            "a replaced sandbox is no new pod"
+        );
+        assert_eq!(st.pod_ip, "");
+        let a = &st.containers[0];
+        assert_eq!(a.restart_count, 0);
+        assert!(
+            matches!(&a.state, ContainerState::Waiting { reason, .. } if reason == "ContainerCreating")
+        );
+        assert!(matches!(
+            &a.last_state,
+            Some(ContainerState::Terminated { exit_code: 143, reason, .. }) if reason == "Error"
+        ));
+
+        // The new sandbox: a starts at once as its next attempt; b keeps its back-off.
+        let action = m.step(Event::SandboxCreated(Ok(new_sandbox())), t);
+        match action {
+            Action::StartContainer { index, config, .. } => {
+                assert_eq!((index, config.attempt), (0, 1))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.sandbox(), Some(&new_sandbox()));
+        let action = m.step(
+            Event::Started {
+                index: 0,
+                attempt: 1,
+                result: Ok(info("a", 1, running(t.wall_ms))),
+            },
+            t,
+        );
+        // The instance stopped in the dead sandbox goes once its successor runs.
+        assert_eq!(action, Action::RemoveContainers(vec!["u1/a/0".into()]));
+        let action = m.step(Event::ContainersRemoved(vec!["u1/a/0".into()]), t);
+        assert!(matches!(action, Action::Observe(ref targets) if targets.len() == 1));
+        let st = m.status().expect("status");
+        assert_eq!(st.pod_ip, "10.88.0.9");
+        assert_eq!(st.start_time_ms, now.wall_ms, "the pod's start time stays");
+        let a = &st.containers[0];
+        assert_eq!((a.restart_count, a.container_id.as_str()), (1, "u1/a/1"));
+        assert!(matches!(a.state, ContainerState::Running { .. }) && a.ready);
+        assert!(matches!(
+            a.last_state,
+            Some(ContainerState::Terminated { exit_code: 143, .. })
+        ));
+        assert!(matches!(
+            &st.containers[1].state,
+            ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff"
+        ));
+        // A late report about the old sandbox is about nothing that runs now.
+        let action = past_polls(&mut m, action, t);
+        assert_eq!(m.step(lost(), t), action);
+        assert_eq!(m.state(), &PodState::Running);
+
+        let t = at(now, 10_000);
+        match m.step(Event::Tick, t) {
+            Action::StartContainer { index, config, .. } => {
+                assert_eq!((index, config.attempt), (1, 1))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_restart_policy_decides_which_stopped_containers_run_in_the_new_sandbox() {
+        // (policy, exit code of the stop, starts again)
+        for (policy, code, again) in [
+            (RestartPolicy::Always, 0, true),
+            (RestartPolicy::Always, 137, true),
+            (RestartPolicy::OnFailure, 143, true),
+            (RestartPolicy::OnFailure, 0, false),
+            (RestartPolicy::Never, 143, false),
+        ] {
+            let (mut m, now) = started(policy, &["a"]);
+            m.step(lost(), now);
+            let action = m.step(
+                Event::Stopped(vec![(0, "u1/a/0".into(), Ok(exited(code, 0, 1)))]),
+                now,
+            );
+            if again {
+                assert_eq!(action, Action::CreateSandbox, "{policy:?} {code}");
+                assert!(matches!(
+                    m.slots()[0].phase,
+                    ContainerPhase::Waiting { retry_at: None, .. }
+                ));
+                continue;
+            }
+            // Nothing to run: no new sandbox; the dead one goes with the pod.
+            assert_eq!(action, Action::Wait(None), "{policy:?} {code}");
+            assert_eq!(m.state(), &PodState::Completed);
+            assert_eq!(m.status().expect("status").pod_ip, "");
+            let expected = if code == 0 {
+                PodPhase::Succeeded
+            } else {
+                PodPhase::Failed
+            };
+            assert_eq!(m.phase(), expected, "{policy:?} {code}");
+            let mut deleting = m.pod().clone();
+            deleting.deletion_grace_period_seconds = Some(0);
+            assert_eq!(
+                m.step(Event::Update(deleting), now),
+                Action::RemoveSandbox {
+                    sandbox: dead_sandbox(),
+                    grace: Duration::ZERO
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn with_never_only_containers_that_never_ran_get_a_new_sandbox() {
+        let (mut m, now) = started(RestartPolicy::Never, &["a", "b"]);
+        // a exited before the sandbox died; b runs.
+        m.step(
+            Event::Observed(vec![(0, "u1/a/0".into(), Ok(exited(0, 0, 1)))]),
+            now,
+        );
+        let action = m.step(lost(), now);
+        assert_eq!(
+            action,
+            Action::StopContainers {
+                targets: vec![(1, "u1/b/0".into())],
+                grace: Duration::from_secs(30)
+            }
+        );
+        let action = m.step(
+            Event::Stopped(vec![(1, "u1/b/0".into(), Ok(exited(137, 0, 1)))]),
+            now,
+        );
+        assert_eq!(action, Action::Wait(None));
+        assert_eq!(m.phase(), PodPhase::Failed);
+
+        // A container that never ran (its start kept failing) is still to run.
+        let mut p = pod(RestartPolicy::Never, &["a", "b"]);
+        p.containers[1].command = vec![];
+        let mut m = PodMachine::new(settings(), p, None, now);
+        m.step(Event::Tick, now);
+        m.step(Event::SandboxCreated(Ok(sandbox())), now);
+        m.step(
+            Event::Started {
+                index: 0,
+                attempt: 0,
+                result: Ok(info("a", 0, running(now.wall_ms))),
+            },
+            now,
+        );
+        let failure = Failure {
+            reason: "CreateContainerError".into(),
+            message: "no command".into(),
+        };
+        m.step(
+            Event::Started {
+                index: 1,
+                attempt: 0,
+                result: Err(failure),
+            },
+            now,
+        );
+        assert_eq!(m.phase(), PodPhase::Pending);
+        m.step(lost(), now);
+        let action = m.step(
+            Event::Stopped(vec![(0, "u1/a/0".into(), Ok(exited(143, 0, 1)))]),
+            now,
+        );
+        assert_eq!(action, Action::CreateSandbox);
+        // Its start back-off is not waited for in the new sandbox; a stays exited.
+        let action = m.step(Event::SandboxCreated(Ok(new_sandbox())), now);
+        assert!(
+            matches!(action, Action::StartContainer { index: 1, ref config, .. } if config.attempt == 0),
+            "{action:?}"
+        );
+        assert!(matches!(m.slots()[0].phase, ContainerPhase::Exited { .. }));
+    }
+
+    #[test]
+    fn a_start_that_finds_the_sandbox_dead_replaces_it_at_once() {
+        let (mut m, now) = started(RestartPolicy::Always, &["a"]);
+        m.step(
+            Event::Observed(vec![(
+                0,
+                "u1/a/0".into(),
+                Ok(exited(1, now.wall_ms, now.wall_ms)),
+            )]),
+            now,
+        );
+        let t = at(now, 10_000);
+        assert!(matches!(
+            m.step(Event::Tick, t),
+            Action::StartContainer { .. }
+        ));
+        // The worker feeds a start failing with `SandboxNotReady` as this event: nothing runs,
+        // so a new sandbox at once, and the start is not counted as a failure.
+        assert_eq!(m.step(lost(), t), Action::CreateSandbox);
+        let action = m.step(Event::SandboxCreated(Ok(new_sandbox())), t);
+        match action {
+            Action::StartContainer { index, config, .. } => {
+                assert_eq!((index, config.attempt), (0, 1))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.slots()[0].start_failures, 0);
+    }
+
+    #[test]
+    fn a_failed_stop_in_a_lost_sandbox_is_retried_before_a_new_one_is_made() {
+        let (mut m, now) = started(RestartPolicy::Always, &["a"]);
+        m.step(lost(), now);
+        let fail = Failure {
+            reason: "RunContainerError".into(),
+            message: "stuck".into(),
+        };
+        let action = m.step(Event::Stopped(vec![(0, "u1/a/0".into(), Err(fail))]), now);
+        assert_eq!(
+            action,
+            Action::Wait(Some(now.mono + Duration::from_secs(10)))
+        );
+        // Still running after a stop that succeeded: stopped again too.
+        let t = at(now, 10_000);
+        assert!(matches!(
+            m.step(Event::Tick, t),
+            Action::StopContainers { .. }
+        ));
+        let action = m.step(
+            Event::Stopped(vec![(0, "u1/a/0".into(), Ok(running(0)))]),
+            t,
+        );
+        assert_eq!(action, Action::Wait(Some(t.mono + Duration::from_secs(20))));
+        let t = at(t, 20_000);
+        m.step(Event::Tick, t);
+        let action = m.step(
+            Event::Stopped(vec![(0, "u1/a/0".into(), Ok(exited(137, 0, 1)))]),
+            t,
+        );
+        assert_eq!(action, Action::CreateSandbox);
+    }
+
+    #[test]
+    fn a_pod_deleted_while_its_sandbox_is_replaced_just_finishes_deleting() {
+        // Deleted while its containers are stopped for the replacement: the stop goes on with
+        // the deletion's (shorter) grace, and the dead sandbox is removed.
+        let (mut m, now) = started(RestartPolicy::Always, &["a"]);
+        m.step(lost(), now);
+        let mut deleting = m.pod().clone();
+        deleting.deletion_grace_period_seconds = Some(3);
+        assert_eq!(
+            m.step(Event::Update(deleting.clone()), now),
+            Action::StopContainers {
+                targets: vec![(0, "u1/a/0".into())],
+                grace: Duration::from_secs(3)
+            }
+        );
+        let action = m.step(
+            Event::Stopped(vec![(0, "u1/a/0".into(), Ok(exited(143, 0, 1)))]),
+            now,
+        );
+        assert_eq!(
+            action,
+            Action::RemoveSandbox {
+                sandbox: dead_sandbox(),
+                grace: Duration::from_secs(3)
+            }
+        );
+        assert_eq!(
+            m.step(Event::SandboxRemoved(Ok(())), now),
+            Action::Finish(Outcome::Deleted)
+        );
+        assert!(matches!(
+            m.status().expect("status").containers[0].state,
+            ContainerState::Terminated { exit_code: 143, .. }
+        ));
+
+        // Deleted while the new sandbox is being made: the dead one is still removed (with the
+        // pod's volumes), not skipped as if the pod never had one.
+        let (mut m, now) = started(RestartPolicy::Always, &["a"]);
+        m.step(lost(), now);
+        let action = m.step(
+            Event::Stopped(vec![(0, "u1/a/0".into(), Ok(exited(143, 0, 1)))]),
+            now,
+        );
+        assert_eq!(action, Action::CreateSandbox);
+        let fail = Failure {
+            reason: "RunContainerError".into(),
+            message: "no network".into(),
+        };
+        m.step(Event::SandboxCreated(Err(fail)), now);
+        assert_eq!(m.phase(), PodPhase::Running);
+        assert_eq!(
+            m.step(Event::Update(deleting), now),
+            Action::RemoveSandbox {
+                sandbox: dead_sandbox(),
+                grace: Duration::from_secs(3)
+            }
+        );
+        // A loss reported now is about a pod that is going anyway.
+        assert!(matches!(m.step(lost(), now), Action::RemoveSandbox { .. }));
     }
 }

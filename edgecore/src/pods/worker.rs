@@ -10,9 +10,10 @@
 //! other event, so a readiness change is reported as soon as it is decided.
 //!
 //! It also prepares the volumes a container mounts before starting it, tears the pod's volumes
-//! down after its sandbox, and brings materialised configMap and secret volumes up to date when
-//! the manager says the pod's objects changed (and once when it starts, for an adopted pod whose
-//! objects changed while edgecore was down).
+//! down after its sandbox (only when the pod goes: a sandbox replaced because it died keeps
+//! them), and brings materialised configMap and secret volumes up to date when the manager says
+//! the pod's objects changed (and once when it starts, for an adopted pod whose objects changed
+//! while edgecore was down).
 
 use super::probes::ProbeSupervisor;
 use super::state::{Action, Event, Failure, Now, Outcome, PodMachine};
@@ -242,6 +243,14 @@ impl Worker {
                     Ok(c) => {
                         info!(container = %container.name, attempt, id = %c.id, "container started")
                     }
+                    // Not the container's failure: the pod needs a new sandbox first.
+                    Err(e @ RuntimeError::SandboxNotReady { .. }) => {
+                        warn!(container = %container.name, attempt, error = %e,
+                              "pod sandbox is not ready; replacing it");
+                        return Some(Event::SandboxNotReady {
+                            sandbox_id: sandbox.id,
+                        });
+                    }
                     Err(e) => warn!(container = %container.name, attempt, error = %e,
                                     "container failed to start; retrying with back-off"),
                 }
@@ -255,6 +264,22 @@ impl Worker {
                 let Some(sandbox) = self.machine.sandbox().cloned() else {
                     return Some(Event::Tick);
                 };
+                // The sandbox first, as kubelet's PLEG relists sandboxes with containers: in a
+                // dead one, the containers' states no longer matter. A runtime that cannot tell
+                // now is asked again at the next poll.
+                match rt.sandbox_ready(&sandbox).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        warn!(sandbox = %sandbox.id,
+                              "pod sandbox is not ready any more; stopping the pod's containers \
+                               to start them again in a new sandbox");
+                        return Some(Event::SandboxNotReady {
+                            sandbox_id: sandbox.id,
+                        });
+                    }
+                    Err(e) => warn!(sandbox = %sandbox.id, error = %e,
+                                    "cannot read the pod sandbox's state"),
+                }
                 let mut results = Vec::with_capacity(targets.len());
                 for (index, id) in targets {
                     let result = rt.container_state(&sandbox, &id).await;
@@ -316,8 +341,9 @@ impl Worker {
                                 }
                                 Some(Command::Shutdown) | None => return None,
                             };
-                            // The machine stays in `Terminating`: its next action is this stop
-                            // again, possibly with a shorter grace.
+                            // The machine still stops these containers (a deletion during a
+                            // restart or a sandbox replacement makes it `Terminating`): its next
+                            // action is this stop again, possibly with a shorter grace.
                             let next = self.machine.step(event, Now::current());
                             self.report();
                             if let Action::StopContainers { targets, grace } = next {

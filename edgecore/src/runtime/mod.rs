@@ -6,6 +6,16 @@
 //! sandbox, containers are created and started inside it, their state is polled (as kubelet's PLEG
 //! does), and everything a runtime started can be listed again after edgecore restarts, so that a
 //! restarted edgecore adopts what is running instead of starting duplicates.
+//!
+//! A sandbox can die under a running pod (its sandbox process is killed, its network namespace
+//! goes, its directory is wiped). The runtime says so in two ways, both leading the pod worker to
+//! replace the sandbox as kubelet does (stop what still runs, [`Runtime::run_sandbox`] anew,
+//! start the containers again): [`Runtime::sandbox_ready`], which the worker polls with its
+//! running containers' states (kubelet's PLEG relists sandboxes with containers), and
+//! [`RuntimeError::SandboxNotReady`] from [`Runtime::start_container`], so that a start due while
+//! nothing runs (every container in back-off) replaces the sandbox at once instead of failing
+//! until the next poll. Dead sandboxes are not an error of the containers: the runtime reports
+//! them as a fact about the sandbox, and the decision stays in the pod state machine.
 
 pub mod cri;
 pub mod process;
@@ -149,6 +159,19 @@ pub enum RuntimeError {
         /// Details.
         message: String,
     },
+    /// The sandbox a container was to start in is not ready any more (see the module docs):
+    /// nothing can run in it until the pod worker replaces it.
+    #[error(
+        "the sandbox {sandbox} of pod {pod} is not ready any more ({message}); a new one is needed"
+    )]
+    SandboxNotReady {
+        /// Runtime id of the sandbox.
+        sandbox: String,
+        /// The pod (`namespace/name`).
+        pod: String,
+        /// What the runtime saw.
+        message: String,
+    },
     /// The runtime itself failed (I/O, daemon unreachable); retried by the worker.
     #[error("runtime failure during {op}: {message}")]
     Internal {
@@ -165,7 +188,9 @@ impl RuntimeError {
         match self {
             RuntimeError::CreateContainer { .. } => "CreateContainerError",
             RuntimeError::Image { reason, .. } => reason,
-            RuntimeError::Internal { .. } => "RunContainerError",
+            RuntimeError::SandboxNotReady { .. } | RuntimeError::Internal { .. } => {
+                "RunContainerError"
+            }
         }
     }
 }
@@ -178,10 +203,19 @@ pub trait Runtime: Send + Sync + 'static {
     fn version(&self) -> String;
 
     /// Creates the pod's sandbox (directories, network); returns the existing one if the pod
-    /// already has a sandbox.
+    /// already has a ready sandbox. One that is not ready (see [`Runtime::sandbox_ready`]) is
+    /// replaced: it goes with its containers, but not with their logs nor the pod's volumes,
+    /// which the new sandbox's containers find again.
     async fn run_sandbox(&self, pod: &EdgePod) -> Result<Sandbox, RuntimeError>;
 
-    /// Creates and starts one container instance in the sandbox.
+    /// Whether `sandbox` can still run containers: `Ok(false)` once it is gone or not ready (its
+    /// sandbox process died, its network namespace is gone, its directory vanished), which makes
+    /// the pod worker replace it; `Err` when the runtime cannot tell now (the worker then leaves
+    /// the pod alone until the next poll).
+    async fn sandbox_ready(&self, sandbox: &Sandbox) -> Result<bool, RuntimeError>;
+
+    /// Creates and starts one container instance in the sandbox; fails with
+    /// [`RuntimeError::SandboxNotReady`] when the sandbox cannot run it any more.
     async fn start_container(
         &self,
         sandbox: &Sandbox,

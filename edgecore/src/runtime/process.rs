@@ -50,6 +50,11 @@
 //! [`Runtime::remove_sandbox`] removes everything else in the pod's directory, and the directory
 //! itself only if no volumes are left in it.
 //!
+//! The sandbox is ready while its `pod.json` exists ([`Runtime::sandbox_ready`]). A pod directory
+//! wiped under a running pod makes the pod worker replace the sandbox: its processes are still
+//! stopped (found through the state cached when they started), and `run_sandbox` makes the
+//! directory anew.
+//!
 //! Container ids are `<pod-uid>/<name>/<attempt>`, unique per instance.
 //!
 //! # Environment
@@ -589,6 +594,22 @@ impl Runtime for ProcessRuntime {
         })
     }
 
+    /// Ready while its pod record exists: the record is what `run_sandbox` makes (and what
+    /// `remove_sandbox` removes last), so a pod directory that was wiped, or a removal that was
+    /// interrupted, is a sandbox to make anew.
+    async fn sandbox_ready(&self, sandbox: &Sandbox) -> Result<bool, RuntimeError> {
+        if !is_safe_component(&sandbox.pod_uid) {
+            return Ok(false);
+        }
+        let record = self.pod_dir(&sandbox.pod_uid).join(POD_FILE);
+        tokio::fs::try_exists(&record).await.map_err(|e| {
+            internal(
+                "sandbox state",
+                format!("cannot tell whether {} exists: {e}", record.display()),
+            )
+        })
+    }
+
     async fn start_container(
         &self,
         sandbox: &Sandbox,
@@ -612,15 +633,15 @@ impl Runtime for ProcessRuntime {
         };
         let dir = self.instance_dir(&id);
         let pod_dir = self.pod_dir(&sandbox.pod_uid);
-        if !exists(&pod_dir.join(POD_FILE)).await {
-            return Err(internal(
-                "start container",
-                format!(
-                    "pod {:?} has no sandbox under {}; run_sandbox must come first",
-                    sandbox.pod_uid,
-                    self.root.display()
+        if !self.sandbox_ready(sandbox).await? {
+            return Err(RuntimeError::SandboxNotReady {
+                sandbox: sandbox.id.clone(),
+                pod: pod.key(),
+                message: format!(
+                    "there is no pod record {}",
+                    pod_dir.join(POD_FILE).display()
                 ),
-            ));
+            });
         }
 
         // Never start an instance twice: a restarted edgecore, or a worker whose earlier start
@@ -850,13 +871,9 @@ impl Runtime for ProcessRuntime {
     ) -> Result<(), RuntimeError> {
         let id = self.parse_id(sandbox, container_id)?;
         let dir = self.instance_dir(&id);
-        if !is_dir(&dir).await {
-            debug!(
-                container = container_id,
-                "stop of an unknown container: nothing to do"
-            );
-            return Ok(());
-        }
+        // Also when its directory is gone (the pod's directory was wiped under it): the state
+        // cached when it started still finds its process, which must not be left running.
+        // Without directory nor cached state there is nothing to signal, and the stop succeeds.
         self.stop_instance(&id, &dir, grace).await
     }
 
@@ -868,6 +885,7 @@ impl Runtime for ProcessRuntime {
         let id = self.parse_id(sandbox, container_id)?;
         let dir = self.instance_dir(&id);
         if !is_dir(&dir).await {
+            self.forget_state(&id).await;
             return Ok(());
         }
         if matches!(

@@ -17,7 +17,9 @@
 //! - **Dead sandboxes are replaced.** A sandbox that is not ready (its host rebooted, or its
 //!   sandbox process died) cannot run containers. [`Runtime::list_pods`] does not report it (so
 //!   the pod is started afresh) and both it and [`Runtime::run_sandbox`] remove it, with its
-//!   containers, before a new sandbox is made.
+//!   containers (not their logs), before a new sandbox is made. While edgecore runs,
+//!   [`Runtime::sandbox_ready`] and [`RuntimeError::SandboxNotReady`] from
+//!   [`Runtime::start_container`] tell the pod worker, which then replaces it.
 //!
 //! # Layout
 //!
@@ -831,6 +833,15 @@ impl Runtime for CriRuntime {
         })
     }
 
+    async fn sandbox_ready(&self, sandbox: &Sandbox) -> Result<bool, RuntimeError> {
+        // containerd turns a sandbox NotReady when its sandbox (pause) process exits, for
+        // whatever reason; one it no longer knows is not ready either.
+        Ok(self
+            .sandbox_status("sandbox state", &sandbox.id)
+            .await?
+            .is_some_and(|s| s.state == cri::PodSandboxState::SandboxReady as i32))
+    }
+
     async fn start_container(
         &self,
         sandbox: &Sandbox,
@@ -856,15 +867,15 @@ impl Runtime for CriRuntime {
             Some(s) if s.state == cri::PodSandboxState::SandboxReady as i32 => {
                 s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0)
             }
-            _ => {
-                return Err(RuntimeError::Internal {
-                    op: OP.into(),
-                    message: format!(
-                        "the sandbox {} of pod {} is gone or no longer ready; the pod needs a new \
-                         sandbox",
-                        sandbox.id,
-                        pod.key()
-                    ),
+            other => {
+                return Err(RuntimeError::SandboxNotReady {
+                    sandbox: sandbox.id.clone(),
+                    pod: pod.key(),
+                    message: match other {
+                        Some(_) => "containerd reports it not ready (its sandbox process died)",
+                        None => "containerd no longer knows it",
+                    }
+                    .into(),
                 })
             }
         };
