@@ -1056,7 +1056,17 @@ async fn pod_workers_replace_a_sandbox_that_died_over_cri() {
     assert_ne!(now[0].0, old_id);
     assert_eq!((now[0].1, now[0].2), (old_attempt + 1, true));
     // The emptyDir outlived the sandbox; both instances' logs are there.
-    assert_eq!(std::fs::read_to_string(&runs).expect("runs"), "run\nrun\n");
+    // (`Running` is reported when the container started, maybe before its shell appended.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    while std::time::Instant::now() < deadline {
+        seen = std::fs::read_to_string(&runs).unwrap_or_default();
+        if seen == "run\nrun\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, "run\nrun\n", "the emptyDir kept the first run's line");
     for attempt in ["0.log", "1.log"] {
         assert!(
             pods_root.join("w-sbx/logs/main").join(attempt).exists(),

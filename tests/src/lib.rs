@@ -673,6 +673,8 @@ impl Edge {
             .arg("--data-dir")
             .arg(self.dir.path())
             .args(["logs", pod])
+            // The runtime selection of `run` (`logs` takes the same flags).
+            .args(&self.run_args)
             .output()?;
         Ok((
             out.status.success(),
