@@ -155,7 +155,9 @@ async fn edge_restarted_without_cloud_runs_cached_pods_and_reconnect_restarts_no
     eventually(
         "cached pod running again with no cloud",
         Duration::from_secs(15),
-        || async { Ok((!edge.pod_pids().is_empty()).then_some(())) },
+        // The container's own process, not only its shim: the shim appears first, and pids
+        // taken before the container started would look like a restart later.
+        || async { Ok((!edge.container_pids("sleep").is_empty()).then_some(())) },
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;

@@ -307,7 +307,10 @@ pub fn run_state(status: &cri::ContainerStatus) -> ContainerRunState {
                 signal: None,
                 reason: reason.to_string(),
                 started_at_ms: ns_to_ms(status.started_at),
-                finished_at_ms: ns_to_ms(status.finished_at),
+                // containerd stamps the start after the start call returns and the exit from
+                // the shim's exit event, so a container that exits at once can show an exit a
+                // few milliseconds *before* its start: never report a negative run time.
+                finished_at_ms: ns_to_ms(status.finished_at).max(ns_to_ms(status.started_at)),
             }
         }
         Ok(cri::ContainerState::ContainerUnknown) | Err(_) => ContainerRunState::Unknown {
@@ -621,6 +624,20 @@ mod tests {
         assert_eq!(exited(137, "OOMKilled").1, "OOMKilled");
         // containerd's own wording does not leak: only OOMKilled is taken from it.
         assert_eq!(exited(128, "StartError").1, "Error");
+        // An exit stamped before the start (a container that exited at once) is clamped.
+        let quick = cri::ContainerStatus {
+            started_at: 1_500_000_000,
+            finished_at: 1_497_000_000,
+            ..status(cri::ContainerState::ContainerExited, 3, "")
+        };
+        match run_state(&quick) {
+            ContainerRunState::Exited {
+                started_at_ms,
+                finished_at_ms,
+                ..
+            } => assert_eq!((started_at_ms, finished_at_ms), (1500, 1500)),
+            other => panic!("{other:?}"),
+        }
         match run_state(&status(cri::ContainerState::ContainerUnknown, 0, "")) {
             ContainerRunState::Unknown { message } => assert!(message.contains("c1"), "{message}"),
             other => panic!("{other:?}"),
