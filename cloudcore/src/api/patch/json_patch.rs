@@ -94,9 +94,11 @@ fn decode(patch: &Value) -> Result<Vec<Op>, JsonPatchError> {
                     path,
                 },
                 "test" => Op::Test(path, value()?),
-                other => return Err(bad(&format!(
+                other => {
+                    return Err(bad(&format!(
                     "unknown op {other:?}: supported ops: add, remove, replace, move, copy, test"
-                ))),
+                )))
+                }
             })
         })
         .collect()
