@@ -238,6 +238,20 @@ pub enum ApiError {
         /// Media types that would be accepted.
         accepted: String,
     },
+    /// A well-formed patch that does not apply to the object (a failed JSON patch `test`, a
+    /// path that does not exist): 422, as kube-apiserver answers.
+    #[error("{0}")]
+    PatchNotApplicable(String),
+    /// A server-side apply would change fields other managers own: 409 with one
+    /// `FieldManagerConflict` cause per field, which kubectl prints with its `--force-conflicts`
+    /// advice.
+    #[error("{message}")]
+    ApplyConflict {
+        /// Kubernetes' `Apply failed with N conflict(s): ...` message.
+        message: String,
+        /// One cause per conflicting field.
+        causes: Vec<Cause>,
+    },
     /// The server failed (store backend error, corrupt object).
     #[error("Internal error occurred: {0}")]
     Internal(String),
@@ -307,8 +321,12 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } | ApiError::PathNotFound => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::ApplyConflict { .. } => StatusCode::CONFLICT,
+            ApiError::Invalid { .. } | ApiError::PatchNotApplicable(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RequestEntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -322,8 +340,8 @@ impl ApiError {
             ApiError::BadRequest { .. } => "BadRequest",
             ApiError::NotFound { .. } | ApiError::PathNotFound => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
-            ApiError::Invalid { .. } => "Invalid",
+            ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
+            ApiError::Invalid { .. } | ApiError::PatchNotApplicable(_) => "Invalid",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::RequestEntityTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
@@ -346,7 +364,9 @@ impl ApiError {
                     .collect();
                 (None, json!({"name": name, "kind": kind, "causes": causes}))
             }
-            ApiError::BadRequest { causes, .. } if !causes.is_empty() => {
+            ApiError::BadRequest { causes, .. } | ApiError::ApplyConflict { causes, .. }
+                if !causes.is_empty() =>
+            {
                 let causes: Vec<Value> = causes
                     .iter()
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))

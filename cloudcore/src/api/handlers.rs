@@ -554,9 +554,14 @@ pub(super) async fn list(call: &Call) -> Result<Response, ApiError> {
 }
 
 pub(super) async fn create(call: &Call, body: Bytes) -> Result<Response, ApiError> {
+    create_object(call, parse_body(call, &body)?).await
+}
+
+/// Creates the object `raw` (a parsed body, or what a server-side apply builds).
+async fn create_object(call: &Call, raw: Value) -> Result<Response, ApiError> {
     let info = call.info();
     let dry_run = call.dry_run()?;
-    let (mut obj, warnings) = decode_body(call, parse_body(call, &body)?)?;
+    let (mut obj, warnings) = decode_body(call, raw)?;
     let meta = metadata_mut(&mut obj)
         .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
     for system in [
@@ -687,6 +692,12 @@ fn build_update(call: &Call, body: &Value, current: &Value) -> Result<Value, Api
         };
     }
     meta.remove("selfLink");
+    // As in Kubernetes, an update that does not mention managedFields keeps them.
+    if !meta.contains_key("managedFields") {
+        if let Some(m) = current.pointer("/metadata/managedFields") {
+            meta.insert("managedFields".into(), m.clone());
+        }
+    }
     // The ingest's replay guard is system state, like the fields above: a client that drops or
     // edits it must not make old status reports applicable again, or stall new ones.
     let seq = current
@@ -770,49 +781,94 @@ pub(super) fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Whether a strategic merge patch means the same as a JSON merge patch: it does when it holds
-/// no lists (which strategic merge merges by key) and no `$` directives. That covers
-/// `kubectl cordon`, `label`, `annotate` and map-only `edit`s.
-fn is_plain_merge(patch: &Value) -> bool {
-    match patch {
-        Value::Array(_) => false,
-        Value::Object(m) => m
-            .iter()
-            .all(|(k, v)| !k.starts_with('$') && is_plain_merge(v)),
-        _ => true,
-    }
+/// The patch formats `PATCH` accepts, by `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PatchType {
+    /// RFC 7386.
+    Merge,
+    /// RFC 6902.
+    Json,
+    /// Strategic merge patch (built-in kinds only).
+    Strategic,
+    /// Server-side apply.
+    Apply,
 }
 
+const PATCH_TYPES: &str = "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json";
+
+/// The `PATCH` handler: picks the algorithm of [`super::patch`] by media type and runs it in
+/// the read-modify-write loop; the patched object then goes through the same decoding,
+/// defaulting and validation as an update.
 pub(super) async fn patch(call: &Call, body: Bytes) -> Result<Response, ApiError> {
-    let content_type = call
+    let info = call.info();
+    let mime = call
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
         .unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim();
-    let strategic = match mime {
-        "application/merge-patch+json" => false,
-        "application/strategic-merge-patch+json" => true,
+    let kind = match mime {
+        "application/merge-patch+json" => PatchType::Merge,
+        "application/json-patch+json" => PatchType::Json,
+        "application/strategic-merge-patch+json" => PatchType::Strategic,
+        "application/apply-patch+yaml" => PatchType::Apply,
         _ => {
             return Err(ApiError::UnsupportedMediaType {
-                accepted: "application/merge-patch+json, application/strategic-merge-patch+json (without lists or directives); JSON and apply patches are not supported".into(),
+                accepted: PATCH_TYPES.into(),
             })
         }
     };
-    let patch = parse_json(&body)?;
-    if !patch.is_object() {
-        return Err(ApiError::bad_request("a merge patch must be a JSON object"));
-    }
-    if strategic && !is_plain_merge(&patch) {
+    let schema = super::patch::schema::schema_for(info.group, info.kind);
+    if kind == PatchType::Strategic && schema.is_none() {
+        // Kubernetes answers the same for custom resources: no Go struct, no merge keys.
         return Err(ApiError::UnsupportedMediaType {
-            accepted: "application/merge-patch+json; strategic merge patches are supported only without lists and $-directives (use kubectl replace, or a merge patch)".into(),
+            accepted: "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".into(),
         });
     }
-    let precondition = resource_version_precondition(&patch)?;
+    if kind == PatchType::Apply {
+        return server_side_apply(call, &body, schema).await;
+    }
+    let patch = parse_json(&body)?;
+    let precondition = match kind {
+        PatchType::Json => {
+            if !patch.is_array() {
+                return Err(ApiError::bad_request(
+                    "a JSON patch must be a JSON array of operations",
+                ));
+            }
+            None
+        }
+        _ => {
+            if !patch.is_object() {
+                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+            }
+            resource_version_precondition(&patch)?
+        }
+    };
     let mut warnings = Vec::new();
     let resp = update_loop(call, precondition, |current| {
-        let mut merged = current.clone();
-        merge_patch(&mut merged, &patch);
+        let merged = match (kind, &schema) {
+            (PatchType::Json, _) => {
+                super::patch::json_patch::apply(current, &patch).map_err(|e| match e {
+                    super::patch::json_patch::JsonPatchError::Malformed(_) => {
+                        ApiError::bad_request(e.to_string())
+                    }
+                    super::patch::json_patch::JsonPatchError::Failed { .. } => {
+                        ApiError::PatchNotApplicable(e.to_string())
+                    }
+                })?
+            }
+            (PatchType::Strategic, Some(schema)) => {
+                super::patch::strategic::apply(current, &patch, schema)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?
+            }
+            _ => {
+                let mut merged = current.clone();
+                merge_patch(&mut merged, &patch);
+                merged
+            }
+        };
         let (mut obj, w) = decode_body(call, merged)?;
         warnings = w;
         call.res.default(&mut obj);
@@ -824,6 +880,132 @@ pub(super) async fn patch(call: &Call, body: Bytes) -> Result<Response, ApiError
     })
     .await?;
     Ok(with_warnings(resp, &warnings))
+}
+
+/// Server-side apply: creates the object from the configuration if it does not exist, else
+/// merges it in with field ownership (see [`super::patch::apply`]).
+async fn server_side_apply(
+    call: &Call,
+    body: &[u8],
+    schema: Option<super::patch::schema::Schema>,
+) -> Result<Response, ApiError> {
+    use super::patch::apply::{self as ssa, ApplyError, ApplyRequest};
+    let info = call.info();
+    // Without merge keys every list is atomic, as for a custom resource without a schema.
+    let schema = schema.unwrap_or_else(super::patch::schema::Schema::atomic);
+    let manager = call
+        .query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::Invalid {
+            kind: "PatchOptions.meta.k8s.io".into(),
+            name: String::new(),
+            errors: vec![FieldError::required(
+                "fieldManager",
+                "is required for apply patch",
+            )],
+        })?
+        .clone();
+    let force = is_true(call.query.get("force"));
+    let mut config = parse_apply_body(body)?;
+    check_type_meta(info, &config)?;
+    for field in ["apiVersion", "kind"] {
+        if config
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
+            return Err(ApiError::bad_request(format!(
+                "{field} is required in an applied configuration"
+            )));
+        }
+    }
+    if let Some(meta) = metadata_mut(&mut config) {
+        if meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
+            meta.insert("name".into(), json!(call.name()));
+        }
+    }
+    let api_version = info.api_version();
+    let now = now_rfc3339();
+    let req = ApplyRequest {
+        manager: &manager,
+        force,
+        api_version: &api_version,
+        now: &now,
+        status_subresource: info.status_subresource && !call.status,
+    };
+    let to_api = |e: ApplyError| match e {
+        ApplyError::Conflicts(conflicts) => ApiError::ApplyConflict {
+            message: ApplyError::Conflicts(conflicts.clone()).to_string(),
+            causes: conflicts
+                .into_iter()
+                .map(|c| super::error::Cause {
+                    reason: "FieldManagerConflict".into(),
+                    field: c.field,
+                    message: format!("conflict with {:?}", c.manager),
+                })
+                .collect(),
+        },
+        ApplyError::Merge(_) => ApiError::bad_request(e.to_string()),
+    };
+    for _ in 0..2 {
+        let exists = call
+            .state
+            .store
+            .get(&call.key())
+            .map_err(|e| call.store_err(e))?
+            .is_some();
+        let result = if exists {
+            let mut warnings = Vec::new();
+            update_loop(call, None, |current| {
+                let merged = ssa::apply(Some(current), &config, &schema, &req).map_err(to_api)?;
+                let (mut obj, w) = decode_body(call, merged)?;
+                warnings = w;
+                call.res.default(&mut obj);
+                if call.status {
+                    build_status_update(call, &obj, current)
+                } else {
+                    build_update(call, &obj, current)
+                }
+            })
+            .await
+            .map(|r| with_warnings(r, &warnings))
+        } else {
+            if call.status {
+                return Err(call.store_err(StoreError::NotFound(call.key())));
+            }
+            let obj = ssa::apply(None, &config, &schema, &req).map_err(to_api)?;
+            create_object(call, obj).await
+        };
+        match result {
+            // Created or deleted by someone else meanwhile: take the other path once.
+            Err(ApiError::AlreadyExists { .. } | ApiError::NotFound { .. }) => continue,
+            other => return other,
+        }
+    }
+    Err(ApiError::stale(&info.qualified(), call.name()))
+}
+
+/// Parses an `application/apply-patch+yaml` body. kubectl sends JSON (which is YAML); other
+/// YAML is refused with a message saying so.
+fn parse_apply_body(body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the apply configuration must be JSON-compatible YAML (as kubectl sends it): {e}"
+        ))
+    })?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "an apply configuration must be an object",
+        ));
+    }
+    Ok(v)
 }
 
 fn parse_grace(v: &str) -> Result<i64, ApiError> {
@@ -1059,17 +1241,6 @@ mod tests {
             t,
             json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
         );
-    }
-
-    #[test]
-    fn strategic_patches_without_lists_are_merge_patches() {
-        assert!(is_plain_merge(
-            &json!({"spec": {"unschedulable": true}, "metadata": {"labels": {"a": null}}})
-        ));
-        assert!(!is_plain_merge(
-            &json!({"spec": {"containers": [{"name": "a", "image": "b"}]}})
-        ));
-        assert!(!is_plain_merge(&json!({"metadata": {"$patch": "replace"}})));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`discovery`]: `/api`, `/apis`, `/version`, and a minimal `/openapi/v3` (see
 //!   [`discovery::openapi_v3_group_version`] for why it exists);
 //! - [`selector`], [`validation`], [`quantity`], [`error`]: the pieces those share;
+//! - [`patch`]: JSON patch, strategic merge patch and server-side apply;
 //! - [`protobuf`]: the protobuf bodies kubectl's typed clients send (ConfigMaps, Secrets).
 //!
 //! [`router`] returns a plain `axum::Router`; the caller serves it (over TLS in production).
@@ -26,6 +27,7 @@ pub mod error;
 pub mod events;
 mod handlers;
 pub mod nodes;
+pub mod patch;
 pub mod pods;
 pub mod protobuf;
 pub mod quantity;

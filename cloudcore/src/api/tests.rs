@@ -683,21 +683,33 @@ async fn nodes_are_edited_not_created() {
         .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["spec"]["unschedulable"], true);
-    let (code, _) = h
+    // Taints have no merge key: the list is replaced.
+    let (code, v) = h
         .call_with(
             Method::PATCH,
             "/api/v1/nodes/edge-1",
-            Some(json!({"spec": {"taints": []}})),
+            Some(json!({"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}})),
             &[("content-type", "application/strategic-merge-patch+json")],
         )
         .await;
-    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["taints"][0]["key"], "k");
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            "/api/v1/nodes/edge-1",
+            Some(json!([{"op": "remove", "path": "/spec/taints"}])),
+            &[("content-type", "application/json-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert!(v["spec"].get("taints").is_none(), "{v}");
     let (code, _) = h
         .call_with(
             Method::PATCH,
             "/api/v1/nodes/edge-1",
-            Some(json!([])),
-            &[("content-type", "application/json-patch+json")],
+            Some(json!({})),
+            &[("content-type", "text/plain")],
         )
         .await;
     assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
@@ -1147,4 +1159,162 @@ async fn protobuf_bodies_from_typed_clients() {
     assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_status(&v, 415, "UnsupportedMediaType");
+}
+
+#[tokio::test]
+async fn json_patch_applies_atomically_and_names_the_failing_operation() {
+    let h = harness();
+    h.create_pod("p", json!({}), json!({"app": "web"})).await;
+    let uri = "/api/v1/namespaces/default/pods/p";
+    let jp = [("content-type", "application/json-patch+json")];
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            uri,
+            Some(json!([
+                {"op": "add", "path": "/metadata/labels/tier", "value": "fe"},
+                {"op": "test", "path": "/metadata/labels/app", "value": "db"},
+            ])),
+            &jp,
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["reason"], "Invalid");
+    assert_eq!(
+        v["message"],
+        r#"JSON patch operation 1 (test) on path "/metadata/labels/app" failed: test failed: the value is "web", not "db""#
+    );
+    let (_, pod) = h.call(Method::GET, uri, None).await;
+    assert!(
+        pod["metadata"]["labels"].get("tier").is_none(),
+        "nothing applied"
+    );
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            uri,
+            Some(json!([{"op": "jump", "path": "/a"}])),
+            &jp,
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            uri,
+            Some(
+                json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "nginx:2"}]),
+            ),
+            &jp,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["containers"][0]["image"], "nginx:2");
+}
+
+#[tokio::test]
+async fn strategic_merge_patch_merges_containers_by_name() {
+    let h = harness();
+    h.create_pod("p", json!({"containers": [{"name": "app", "image": "nginx:1.25"}, {"name": "side", "image": "envoy:1"}]}), json!({})).await;
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            "/api/v1/namespaces/default/pods/p",
+            Some(json!({"spec": {"containers": [{"name": "side", "image": "envoy:2"}]}})),
+            &[("content-type", "application/strategic-merge-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["containers"][0]["image"], "nginx:1.25");
+    assert_eq!(v["spec"]["containers"][1]["image"], "envoy:2");
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            "/api/v1/namespaces/default/pods/p",
+            Some(json!({"spec": {"containers": [{"image": "x"}]}})),
+            &[("content-type", "application/strategic-merge-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_updates_and_reports_conflicts() {
+    let h = harness();
+    let uri = "/api/v1/namespaces/default/configmaps/cfg";
+    let ssa = [("content-type", "application/apply-patch+yaml")];
+    let cm = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"k": v}});
+    let (code, v) = h.call_with(Method::PATCH, uri, Some(cm("1")), &ssa).await;
+    assert_eq!(
+        code,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "fieldManager is required: {v}"
+    );
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            &format!("{uri}?fieldManager=alice"),
+            Some(cm("1")),
+            &ssa,
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    assert_eq!(v["metadata"]["managedFields"][0]["manager"], "alice");
+    assert_eq!(
+        v["metadata"]["managedFields"][0]["fieldsV1"],
+        json!({"f:data": {"f:k": {}}})
+    );
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            &format!("{uri}?fieldManager=alice"),
+            Some(cm("2")),
+            &ssa,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["k"], "2");
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            &format!("{uri}?fieldManager=bob"),
+            Some(cm("3")),
+            &ssa,
+        )
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["reason"], "Conflict");
+    assert_eq!(
+        v["message"],
+        r#"Apply failed with 1 conflict: conflict with "alice": .data.k"#
+    );
+    assert_eq!(v["details"]["causes"][0]["reason"], "FieldManagerConflict");
+    assert_eq!(v["details"]["causes"][0]["field"], ".data.k");
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            &format!("{uri}?fieldManager=bob&force=true"),
+            Some(cm("3")),
+            &ssa,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["k"], "3");
+    let managers: Vec<&str> = v["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(managers, ["bob"], "alice lost her only field");
+    // A later update that omits managedFields keeps them.
+    let mut put = v.clone();
+    put["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("managedFields");
+    put["data"]["other"] = json!("x");
+    let (code, v) = h.call(Method::PUT, uri, Some(put)).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"]["managedFields"][0]["manager"], "bob");
 }
