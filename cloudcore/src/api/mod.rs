@@ -1,9 +1,10 @@
-//! The Kubernetes REST API of cloudcore: pods, nodes, ConfigMaps, Secrets and events today,
+//! The Kubernetes REST API of cloudcore: namespaces, pods, nodes, ConfigMaps, Secrets and events
 //! built so that more resources are one registry entry each.
 //!
 //! Layout:
 //! - [`resource`]: the registry ([`ResourceInfo`] + [`ResourceHandler`] per kind);
-//! - [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`]: the per-kind behaviour;
+//! - [`namespaces`], [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`]: the per-kind
+//!   behaviour;
 //! - `handlers`: generic get/list/create/update/patch/delete/status over the [`Store`], with
 //!   Kubernetes' semantics (defaulting, optimistic concurrency, graceful pod deletion);
 //! - `watch`: `?watch=1` streams, resumable from the [`history`] of recent events;
