@@ -1,4 +1,4 @@
-//! The Kubernetes REST API of cloudcore: namespaces, pods, nodes, ConfigMaps, Secrets and events
+//! The Kubernetes REST API of cloudcore: namespaces, pods, nodes, ConfigMaps, Secrets and events,
 //! built so that more resources are one registry entry each.
 //!
 //! Layout:
