@@ -210,6 +210,7 @@ mod tests {
             revision: 1,
             key: crate::store::ObjectKey::new(resource, "", "x"),
             value,
+            previous: None,
             shards: vec![],
         };
         let node = ev("nodes", Some(json!({})));

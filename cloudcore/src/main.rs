@@ -60,6 +60,11 @@ enum Command {
         /// Seconds of silence after which an edge link is considered dead.
         #[arg(long, default_value_t = 20)]
         idle_timeout_secs: u64,
+        /// Store events kept in memory so that watches resume from a resourceVersion; a watch
+        /// from further back gets 410 Gone and its client re-lists.
+        #[arg(long, default_value_t = cloudcore::api::history::DEFAULT_CAPACITY as u64, env = "SKERRY_WATCH_HISTORY",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        watch_history: u64,
     },
     /// Manage bootstrap tokens.
     Token {
@@ -159,6 +164,7 @@ fn main() -> anyhow::Result<()> {
             mqtt_listen,
             server_names,
             idle_timeout_secs,
+            watch_history,
         } => {
             let recorder =
                 metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
@@ -174,6 +180,7 @@ fn main() -> anyhow::Result<()> {
                 mqtt_url,
                 mqtt_listen,
                 server_names,
+                watch_history: usize::try_from(watch_history).unwrap_or(usize::MAX),
             };
             tokio::runtime::Runtime::new()?.block_on(server::run(cfg, render))
         }

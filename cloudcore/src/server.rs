@@ -32,6 +32,9 @@ pub struct ServeConfig {
     pub mqtt_listen: SocketAddr,
     /// Extra names (DNS or IP) for the server certificate, as edges and kubectl reach it.
     pub server_names: Vec<String>,
+    /// Store events kept in memory for watches that resume from a resourceVersion; a watch
+    /// from further back gets 410 and re-lists.
+    pub watch_history: usize,
 }
 
 impl Default for ServeConfig {
@@ -43,6 +46,7 @@ impl Default for ServeConfig {
             mqtt_url: None,
             mqtt_listen: "0.0.0.0:1883".parse().expect("static"),
             server_names: vec![],
+            watch_history: crate::api::history::DEFAULT_CAPACITY,
         }
     }
 }
@@ -115,9 +119,18 @@ pub async fn run(
         pki.clone(),
         Arc::new(crate::api::auth::GroupAuthorizer::default()),
     );
-    let app = router(ApiState::new(store.clone(), metrics_render)).layer(
-        axum::middleware::from_fn_with_state(auth, crate::api::auth::guard),
-    );
+    crate::api::namespaces::ensure_builtin(store.as_ref())
+        .await
+        .context("cannot create the built-in namespaces")?;
+    let api = ApiState::with_watch_history(store.clone(), metrics_render, cfg.watch_history);
+    tokio::spawn(crate::api::namespaces::run_controller(
+        api.clone(),
+        crate::api::namespaces::RESYNC,
+    ));
+    let app = router(api).layer(axum::middleware::from_fn_with_state(
+        auth,
+        crate::api::auth::guard,
+    ));
     tokio::spawn(serve_https(listener, tls, app));
 
     shutdown_signal().await;

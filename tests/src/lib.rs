@@ -112,6 +112,8 @@ fn stop_child(child: &mut Option<Child>, signal: i32) {
 pub struct CloudOptions {
     /// Use this external broker port instead of the embedded broker.
     pub external_mqtt_port: Option<u16>,
+    /// `--watch-history`: store events kept for resuming watches (cloudcore's default if unset).
+    pub watch_history: Option<usize>,
 }
 
 /// A running (or stopped) cloudcore.
@@ -178,6 +180,9 @@ impl Cloud {
             .arg(format!("127.0.0.1:{}", self.hub_port))
             .arg("--idle-timeout-secs")
             .arg("4");
+        if let Some(n) = self.opts.watch_history {
+            cmd.arg("--watch-history").arg(n.to_string());
+        }
         match self.opts.external_mqtt_port {
             Some(p) => cmd.arg("--mqtt-url").arg(format!("mqtt://127.0.0.1:{p}")),
             None => cmd

@@ -62,6 +62,7 @@ async fn pod_runs_on_the_edge_and_delete_stops_it_with_mosquitto() -> anyhow::Re
     let broker = Mosquitto::start().await?;
     let cloud = Cloud::start(CloudOptions {
         external_mqtt_port: Some(broker.port),
+        ..CloudOptions::default()
     })
     .await?;
     create_pod_runs_and_delete_removes_it(&cloud).await

@@ -257,6 +257,8 @@ mod tests {
         assert_eq!(
             names,
             [
+                "namespaces",
+                "namespaces/status",
                 "pods",
                 "pods/status",
                 "nodes",
@@ -266,8 +268,10 @@ mod tests {
                 "events"
             ]
         );
-        assert_eq!(list["resources"][4]["shortNames"], json!(["cm"]));
-        assert_eq!(list["resources"][0]["shortNames"], json!(["po"]));
+        assert_eq!(list["resources"][6]["shortNames"], json!(["cm"]));
+        assert_eq!(list["resources"][2]["shortNames"], json!(["po"]));
+        assert_eq!(list["resources"][0]["shortNames"], json!(["ns"]));
+        assert_eq!(list["resources"][0]["namespaced"], false);
         assert!(resource_list(&r, "", "v2").is_none());
         assert_eq!(api_group_list(&r)["groups"], json!([]));
         assert!(api_group(&r, "apps").is_none());

@@ -223,6 +223,26 @@ pub enum ApiError {
         /// The problems, one cause each.
         errors: Vec<FieldError>,
     },
+    /// The request is understood but refused by a policy (a protected or terminating
+    /// namespace), as Kubernetes' admission answers it.
+    #[error("{resource} \"{name}\" is forbidden: {reason}")]
+    Forbidden {
+        /// Qualified resource.
+        resource: String,
+        /// Object name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A watch asked to resume from a revision older than the retained history; clients
+    /// re-list on it.
+    #[error("too old resource version: {requested} ({oldest})")]
+    Expired {
+        /// The revision asked for.
+        requested: u64,
+        /// The oldest revision the history can resume from.
+        oldest: u64,
+    },
     /// The resource does not support this verb.
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
@@ -327,6 +347,8 @@ impl ApiError {
             ApiError::Invalid { .. } | ApiError::PatchNotApplicable(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Expired { .. } => StatusCode::GONE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RequestEntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -342,6 +364,8 @@ impl ApiError {
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Invalid { .. } | ApiError::PatchNotApplicable(_) => "Invalid",
+            ApiError::Forbidden { .. } => "Forbidden",
+            ApiError::Expired { .. } => "Expired",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::RequestEntityTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
@@ -354,7 +378,8 @@ impl ApiError {
         let (group_kind, details) = match self {
             ApiError::NotFound { resource, name }
             | ApiError::AlreadyExists { resource, name }
-            | ApiError::Conflict { resource, name, .. } => {
+            | ApiError::Conflict { resource, name, .. }
+            | ApiError::Forbidden { resource, name, .. } => {
                 (Some(resource.as_str()), json!({"name": name}))
             }
             ApiError::Invalid { kind, name, errors } => {

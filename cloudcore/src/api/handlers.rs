@@ -489,11 +489,20 @@ fn resource_version_precondition(obj: &Value) -> Result<Option<u64>, ApiError> {
 }
 
 fn check_uid(call: &Call, expected: &str, current: &Value) -> Result<(), ApiError> {
+    check_uid_of(call.info(), call.name(), expected, current)
+}
+
+fn check_uid_of(
+    info: &ResourceInfo,
+    name: &str,
+    expected: &str,
+    current: &Value,
+) -> Result<(), ApiError> {
     let actual = meta_str(current, "uid");
     if !expected.is_empty() && expected != actual {
         return Err(ApiError::Conflict {
-            resource: call.info().qualified(),
-            name: call.name().to_string(),
+            resource: info.qualified(),
+            name: name.to_string(),
             detail: format!("Precondition failed: UID in precondition: {expected}, UID in object meta: {actual}"),
         });
     }
@@ -590,6 +599,9 @@ async fn create_object(call: &Call, raw: Value) -> Result<Response, ApiError> {
         });
     call.res.default(&mut obj);
     call.res.prepare_create(&mut obj);
+    if let Some(ns) = call.namespace.as_deref().filter(|_| info.namespaced) {
+        super::namespaces::admit_create(call.state.store.as_ref(), ns, info, &name)?;
+    }
     let attempts = if generate_base.is_some() { 5 } else { 1 };
     for attempt in 0..attempts {
         if let (Some(base), Some(meta)) = (&generate_base, metadata_mut(&mut obj)) {
@@ -1051,14 +1063,73 @@ pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiErro
             dry_run = true;
         }
     }
-    let key = call.key();
+    let req = DeleteRequest {
+        opts,
+        pre_rv,
+        pre_uid,
+        dry_run,
+    };
+    match delete_object(&call.state, &call.res, &call.key(), &req).await? {
+        Deletion::Terminating(v) => Ok(call.object_response(StatusCode::OK, v)),
+        Deletion::Gone(deleted) => {
+            if info.return_deleted_object {
+                return Ok(call.object_response(StatusCode::OK, deleted.value));
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {"name": call.name(), "kind": info.plural, "uid": meta_str(&deleted.value, "uid")},
+                }),
+            ))
+        }
+    }
+}
+
+/// A delete, as the client asked for it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct DeleteRequest {
+    pub opts: DeleteOptions,
+    /// `preconditions.resourceVersion`.
+    pub pre_rv: Option<String>,
+    /// `preconditions.uid` (empty: none).
+    pub pre_uid: String,
+    pub dry_run: bool,
+}
+
+/// What a delete did.
+pub(super) enum Deletion {
+    /// The object is gone (or would be, in a dry run); its last value.
+    Gone(Stored),
+    /// The object stays, terminating (graceful deletion), possibly unchanged.
+    Terminating(Value),
+}
+
+/// Deletes one object with its kind's semantics (graceful pod deletion, protected namespaces):
+/// what the DELETE verb does, shared with the namespace controller so that emptying a
+/// namespace deletes each object exactly as a client would.
+pub(super) async fn delete_object(
+    state: &ApiState,
+    res: &Arc<dyn ResourceHandler>,
+    key: &ObjectKey,
+    req: &DeleteRequest,
+) -> Result<Deletion, ApiError> {
+    let info = res.info();
+    let store_err = |e| ApiError::from_store(e, &info.qualified(), &key.name);
     for _ in 0..UPDATE_ATTEMPTS {
-        let current = get_current(call)?;
-        if let Some(rv) = &pre_rv {
+        let current = match state.store.get(key) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(store_err(StoreError::NotFound(key.clone()))),
+            Err(e) => return Err(store_err(e)),
+        };
+        if let Some(rv) = &req.pre_rv {
             if *rv != current.revision.to_string() {
                 return Err(ApiError::Conflict {
                     resource: info.qualified(),
-                    name: call.name().to_string(),
+                    name: key.name.clone(),
                     detail: format!(
                         "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
                         current.revision
@@ -1066,54 +1137,42 @@ pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiErro
                 });
             }
         }
-        check_uid(call, &pre_uid, &current.value)?;
-        match call.res.on_delete(&current.value, &opts, &now_rfc3339()) {
-            DeleteAction::Unchanged => {
-                return Ok(call.object_response(StatusCode::OK, current.value))
-            }
+        check_uid_of(info, &key.name, &req.pre_uid, &current.value)?;
+        if let Some(reason) = res.forbid_delete(&current.value) {
+            return Err(ApiError::Forbidden {
+                resource: info.qualified(),
+                name: key.name.clone(),
+                reason,
+            });
+        }
+        match res.on_delete(&current.value, &req.opts, &now_rfc3339()) {
+            DeleteAction::Unchanged => return Ok(Deletion::Terminating(current.value)),
             DeleteAction::Update(v) => {
-                if dry_run {
-                    return Ok(call.object_response(StatusCode::OK, v));
+                if req.dry_run {
+                    return Ok(Deletion::Terminating(v));
                 }
-                match call
-                    .state
-                    .store
-                    .update(&key, v, Some(current.revision))
-                    .await
-                {
+                match state.store.update(key, v, Some(current.revision)).await {
                     Ok(stored) => {
                         tracing::info!(resource = %info.plural, namespace = %key.namespace, name = %key.name,
                             grace = ?stored.value.pointer("/metadata/deletionGracePeriodSeconds"), "marked for graceful deletion");
-                        return Ok(call.object_response(StatusCode::OK, stored.value));
+                        return Ok(Deletion::Terminating(stored.value));
                     }
                     Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(call.store_err(e)),
+                    Err(e) => return Err(store_err(e)),
                 }
             }
             DeleteAction::Delete => {
-                let deleted = if dry_run {
+                let deleted = if req.dry_run {
                     current
                 } else {
-                    match call.state.store.delete(&key, Some(current.revision)).await {
+                    match state.store.delete(key, Some(current.revision)).await {
                         Ok(s) => s,
                         Err(StoreError::Conflict { .. }) => continue,
-                        Err(e) => return Err(call.store_err(e)),
+                        Err(e) => return Err(store_err(e)),
                     }
                 };
-                tracing::info!(resource = %info.plural, namespace = %key.namespace, name = %key.name, dry_run, "deleted");
-                if info.return_deleted_object {
-                    return Ok(call.object_response(StatusCode::OK, deleted.value));
-                }
-                return Ok(json_response(
-                    StatusCode::OK,
-                    &json!({
-                        "kind": "Status",
-                        "apiVersion": "v1",
-                        "metadata": {},
-                        "status": "Success",
-                        "details": {"name": call.name(), "kind": info.plural, "uid": meta_str(&deleted.value, "uid")},
-                    }),
-                ));
+                tracing::info!(resource = %info.plural, namespace = %key.namespace, name = %key.name, dry_run = req.dry_run, "deleted");
+                return Ok(Deletion::Gone(deleted));
             }
         }
     }
@@ -1139,7 +1198,7 @@ fn verb_of(method: &Method, t: &ResourceTarget, watch_param: bool) -> &'static s
     }
 }
 
-fn is_true(v: Option<&String>) -> bool {
+pub(super) fn is_true(v: Option<&String>) -> bool {
     matches!(v.map(String::as_str), Some("1" | "true" | "True"))
 }
 

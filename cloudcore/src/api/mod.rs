@@ -1,12 +1,15 @@
-//! The Kubernetes REST API of cloudcore: pods, nodes, ConfigMaps, Secrets and events today,
+//! The Kubernetes REST API of cloudcore: namespaces, pods, nodes, ConfigMaps, Secrets and events,
 //! built so that more resources are one registry entry each.
 //!
 //! Layout:
 //! - [`resource`]: the registry ([`ResourceInfo`] + [`ResourceHandler`] per kind);
-//! - [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`]: the per-kind behaviour;
+//! - [`namespaces`], [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`]: the per-kind
+//!   behaviour;
 //! - `handlers`: generic get/list/create/update/patch/delete/status over the [`Store`], with
 //!   Kubernetes' semantics (defaulting, optimistic concurrency, graceful pod deletion);
-//! - `watch`: `?watch=1` streams;
+//! - `watch`: `?watch=1` streams, resumable from the [`history`] of recent events;
+//! - [`namespaces`]: the Namespace kind, the checks on creating into one, and the controller
+//!   that empties and removes deleted ones;
 //! - [`table`]: server-side printing for `kubectl get`;
 //! - [`discovery`]: `/api`, `/apis`, `/version`, and a minimal `/openapi/v3` (see
 //!   [`discovery::openapi_v3_group_version`] for why it exists);
@@ -26,6 +29,8 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 mod handlers;
+pub mod history;
+pub mod namespaces;
 pub mod nodes;
 pub mod patch;
 pub mod pods;
@@ -73,13 +78,26 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     /// Request body limit in bytes.
     pub max_body_bytes: usize,
+    /// Recent store events, for watches that resume from a resourceVersion.
+    pub history: Arc<history::History>,
 }
 
 impl ApiState {
-    /// State serving the built-in resources (pods, nodes, ConfigMaps, Secrets, events) from `store`, with `metrics_render`
-    /// producing the `/metrics` text.
+    /// State serving the built-in resources (namespaces, pods, nodes, ConfigMaps, Secrets,
+    /// events) from `store`, with `metrics_render` producing the `/metrics` text and the default
+    /// watch history. Needs a tokio runtime (the history is fed by a task).
     pub fn new(store: Arc<dyn Store>, metrics_render: MetricsRender) -> Self {
+        Self::with_watch_history(store, metrics_render, history::DEFAULT_CAPACITY)
+    }
+
+    /// As [`ApiState::new`], keeping the last `events` store events for resuming watches.
+    pub fn with_watch_history(
+        store: Arc<dyn Store>,
+        metrics_render: MetricsRender,
+        events: usize,
+    ) -> Self {
         Self {
+            history: history::History::start(store.clone(), events),
             store,
             metrics_render,
             registry: Arc::new(Registry::builtin()),

@@ -200,6 +200,12 @@ pub trait ResourceHandler: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Why this object may not be deleted at all (a protected namespace), as the reason of a
+    /// 403; `None` lets the delete proceed to [`ResourceHandler::on_delete`].
+    fn forbid_delete(&self, _obj: &Value) -> Option<String> {
+        None
+    }
+
     /// Decides what a delete does with the current object; `now` is the RFC 3339 time.
     fn on_delete(&self, _obj: &Value, _opts: &DeleteOptions, _now: &str) -> DeleteAction {
         DeleteAction::Delete
@@ -341,9 +347,11 @@ impl Registry {
         }
     }
 
-    /// The resources Skerry serves today: pods, nodes, ConfigMaps, Secrets and events.
+    /// The resources Skerry serves today: namespaces, pods, nodes, ConfigMaps, Secrets and
+    /// events.
     pub fn builtin() -> Self {
         let mut r = Self::new();
+        r.register(Arc::new(super::namespaces::NamespaceHandler));
         r.register(Arc::new(super::pods::PodHandler));
         r.register(Arc::new(super::nodes::NodeHandler));
         r.register(Arc::new(super::configmaps::ConfigMapHandler));

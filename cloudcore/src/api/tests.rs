@@ -13,14 +13,31 @@ const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/js
 struct Harness {
     app: Router,
     store: Arc<SledStore>,
+    history: Arc<history::History>,
     _dir: tempfile::TempDir,
 }
 
-fn harness() -> Harness {
+async fn harness() -> Harness {
+    harness_with_history(history::DEFAULT_CAPACITY).await
+}
+
+/// A router over a fresh store with the built-in namespaces, the namespace controller, and a
+/// watch history of `events`.
+async fn harness_with_history(events: usize) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(dir.path(), crate::projection::shard).unwrap());
-    let state = ApiState::new(store.clone(), Arc::new(|| "skerry_up 1\n".to_string()));
+    namespaces::ensure_builtin(store.as_ref()).await.unwrap();
+    let state = ApiState::with_watch_history(
+        store.clone(),
+        Arc::new(|| "skerry_up 1\n".to_string()),
+        events,
+    );
+    tokio::spawn(namespaces::run_controller(
+        state.clone(),
+        std::time::Duration::from_secs(1),
+    ));
     Harness {
+        history: state.history.clone(),
         app: router(state),
         store,
         _dir: dir,
@@ -110,7 +127,7 @@ fn assert_status(v: &Value, code: u16, reason: &str) {
 
 #[tokio::test]
 async fn pod_lifecycle_create_get_list_update_delete() {
-    let h = harness();
+    let h = harness().await;
     let created = h.create_pod("web", json!({}), json!({"app": "web"})).await;
     assert_eq!(created["kind"], "Pod");
     assert_eq!(created["apiVersion"], "v1");
@@ -120,7 +137,8 @@ async fn pod_lifecycle_create_get_list_update_delete() {
         .as_str()
         .unwrap()
         .ends_with('Z'));
-    assert_eq!(created["metadata"]["resourceVersion"], "1");
+    // Revisions 1 to 4 created the built-in namespaces.
+    assert_eq!(created["metadata"]["resourceVersion"], "5");
     assert_eq!(created["spec"]["restartPolicy"], "Always");
     assert_eq!(
         created["spec"]["containers"][0]["imagePullPolicy"],
@@ -143,7 +161,7 @@ async fn pod_lifecycle_create_get_list_update_delete() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(list["kind"], "PodList");
     assert_eq!(list["apiVersion"], "v1");
-    assert_eq!(list["metadata"]["resourceVersion"], "1");
+    assert_eq!(list["metadata"]["resourceVersion"], "5");
     assert_eq!(list["items"][0]["kind"], "Pod");
     let (_, all) = h.call(Method::GET, "/api/v1/pods", None).await;
     assert_eq!(all["items"].as_array().unwrap().len(), 1);
@@ -167,7 +185,7 @@ async fn pod_lifecycle_create_get_list_update_delete() {
         )
         .await;
     assert_eq!(code, StatusCode::OK, "{updated}");
-    assert_eq!(updated["metadata"]["resourceVersion"], "2");
+    assert_eq!(updated["metadata"]["resourceVersion"], "6");
     assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
     assert_eq!(
         updated["metadata"]["creationTimestamp"],
@@ -224,7 +242,7 @@ async fn pod_lifecycle_create_get_list_update_delete() {
 
 #[tokio::test]
 async fn error_statuses() {
-    let h = harness();
+    let h = harness().await;
     h.create_pod("a", json!({}), json!({})).await;
     let (code, v) = h
         .call(Method::POST, "/api/v1/namespaces/default/pods",
@@ -407,7 +425,7 @@ async fn error_statuses() {
 
 #[tokio::test]
 async fn graceful_delete_of_bound_pods() {
-    let h = harness();
+    let h = harness().await;
     h.create_pod("bound", json!({"nodeName": "edge-1"}), json!({}))
         .await;
     let (code, v) = h
@@ -479,7 +497,7 @@ async fn graceful_delete_of_bound_pods() {
 
 #[tokio::test]
 async fn status_subresource() {
-    let h = harness();
+    let h = harness().await;
     let pod = h
         .create_pod("p", json!({"nodeName": "edge-1"}), json!({}))
         .await;
@@ -519,7 +537,7 @@ async fn status_subresource() {
 
 #[tokio::test]
 async fn tables_for_kubectl() {
-    let h = harness();
+    let h = harness().await;
     h.create_pod("web", json!({"nodeName": "edge-1"}), json!({}))
         .await;
     let (code, t) = h
@@ -591,7 +609,7 @@ async fn tables_for_kubectl() {
 
 #[tokio::test]
 async fn selectors_filter_lists() {
-    let h = harness();
+    let h = harness().await;
     h.create_pod(
         "a",
         json!({"nodeName": "n1"}),
@@ -637,7 +655,7 @@ async fn selectors_filter_lists() {
 
 #[tokio::test]
 async fn nodes_are_edited_not_created() {
-    let h = harness();
+    let h = harness().await;
     h.put_node("edge-1", "True").await;
     let (code, n) = h.call(Method::GET, "/api/v1/nodes/edge-1", None).await;
     assert_eq!(code, StatusCode::OK);
@@ -729,7 +747,7 @@ async fn nodes_are_edited_not_created() {
 
 #[tokio::test]
 async fn generate_name_and_dry_run() {
-    let h = harness();
+    let h = harness().await;
     let (code, v) = h.call(Method::POST, "/api/v1/namespaces/default/pods",
         Some(json!({"metadata": {"generateName": "job-"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}))).await;
     assert_eq!(code, StatusCode::CREATED, "{v}");
@@ -747,7 +765,7 @@ async fn generate_name_and_dry_run() {
 
 #[tokio::test]
 async fn discovery_and_plain_endpoints() {
-    let h = harness();
+    let h = harness().await;
     let (code, v) = h
         .call_with(Method::GET, "/api", None, &[("host", "cloud.example:6443")])
         .await;
@@ -787,7 +805,7 @@ async fn discovery_and_plain_endpoints() {
 
 #[tokio::test]
 async fn watch_streams_events() {
-    let h = harness();
+    let h = harness().await;
     h.create_pod("before", json!({}), json!({"app": "web"}))
         .await;
     let app = h.app.clone();
@@ -896,7 +914,7 @@ async fn watch_streams_events() {
 #[tokio::test]
 #[ignore = "manual: serves the API for kubectl"]
 async fn serve_for_kubectl() {
-    let h = harness();
+    let h = harness().await;
     h.put_node("edge-1", "True").await;
     let port: u16 = std::env::var("SKERRY_API_PORT")
         .ok()
@@ -915,7 +933,7 @@ async fn serve_for_kubectl() {
 
 #[tokio::test]
 async fn odd_input_gets_a_status_never_a_panic_or_500() {
-    let h = harness();
+    let h = harness().await;
     h.create_pod("p", json!({"nodeName": "n1"}), json!({}))
         .await;
     h.put_node("n1", "True").await;
@@ -989,7 +1007,7 @@ async fn odd_input_gets_a_status_never_a_panic_or_500() {
 
 #[tokio::test]
 async fn config_maps_and_secrets_through_the_api() {
-    let h = harness();
+    let h = harness().await;
     let cms = "/api/v1/namespaces/default/configmaps";
     let (code, cm) = h
         .call(
@@ -1127,7 +1145,7 @@ async fn protobuf_bodies_from_typed_clients() {
         out.extend_from_slice(bytes);
         out
     }
-    let h = harness();
+    let h = harness().await;
     let meta = field(1, b"from-kubectl");
     let entry = [field(1, b"mode"), field(2, b"edge")].concat();
     let object = [field(1, &meta), field(2, &entry), vec![4 << 3, 1]].concat();
@@ -1163,7 +1181,7 @@ async fn protobuf_bodies_from_typed_clients() {
 
 #[tokio::test]
 async fn json_patch_applies_atomically_and_names_the_failing_operation() {
-    let h = harness();
+    let h = harness().await;
     h.create_pod("p", json!({}), json!({"app": "web"})).await;
     let uri = "/api/v1/namespaces/default/pods/p";
     let jp = [("content-type", "application/json-patch+json")];
@@ -1214,7 +1232,7 @@ async fn json_patch_applies_atomically_and_names_the_failing_operation() {
 
 #[tokio::test]
 async fn strategic_merge_patch_merges_containers_by_name() {
-    let h = harness();
+    let h = harness().await;
     h.create_pod("p", json!({"containers": [{"name": "app", "image": "nginx:1.25"}, {"name": "side", "image": "envoy:1"}]}), json!({})).await;
     let (code, v) = h
         .call_with(
@@ -1240,7 +1258,7 @@ async fn strategic_merge_patch_merges_containers_by_name() {
 
 #[tokio::test]
 async fn server_side_apply_creates_updates_and_reports_conflicts() {
-    let h = harness();
+    let h = harness().await;
     let uri = "/api/v1/namespaces/default/configmaps/cfg";
     let ssa = [("content-type", "application/apply-patch+yaml")];
     let cm = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"k": v}});
@@ -1317,4 +1335,272 @@ async fn server_side_apply_creates_updates_and_reports_conflicts() {
     let (code, v) = h.call(Method::PUT, uri, Some(put)).await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["metadata"]["managedFields"][0]["manager"], "bob");
+}
+
+impl Harness {
+    /// Runs a watch to its end (callers pass `timeoutSeconds`) and returns its events.
+    async fn watch_lines(&self, uri: &str) -> Vec<Value> {
+        let (code, body) = self.raw(Method::GET, uri, vec![], &[]).await;
+        assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        body.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    /// Waits (10 s at most) until GET `uri` answers `code`.
+    async fn wait_code(&self, uri: &str, code: StatusCode) -> Value {
+        let end = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (c, v) = self.call(Method::GET, uri, None).await;
+            if c == code {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "{uri} still answers {c}: {v}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn create_cm(&self, ns: &str, name: &str, labels: Value) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/namespaces/{ns}/configmaps"),
+            Some(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})),
+        )
+        .await
+    }
+}
+
+fn event_summary(lines: &[Value]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .map(|l| {
+            (
+                l["type"].as_str().unwrap_or("").to_string(),
+                l["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn namespaces_gate_creation_and_are_emptied_then_removed_on_delete() {
+    let h = harness().await;
+    let (code, list) = h.call(Method::GET, "/api/v1/namespaces", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["default", "kube-node-lease", "kube-public", "kube-system"]
+    );
+
+    let (code, ns) = h
+        .call(
+            Method::POST,
+            "/api/v1/namespaces",
+            Some(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{ns}");
+    assert_eq!(ns["status"]["phase"], "Active");
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "team-a"
+    );
+    let (code, v) = h.create_cm("team-a", "cfg", json!({})).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+
+    // Into a namespace that does not exist: NotFound naming the namespace, as Kubernetes.
+    let (code, v) = h.create_cm("nowhere", "cfg", json!({})).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_status(&v, 404, "NotFound");
+    assert_eq!(v["message"], r#"namespaces "nowhere" not found"#);
+    assert_eq!(v["details"]["kind"], "namespaces");
+
+    // A bound pod there is deleted gracefully when the namespace goes.
+    let (code, v) = h
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/team-a/pods",
+            Some(
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+                "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "nginx"}]}}),
+            ),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+
+    let (code, v) = h
+        .call(Method::DELETE, "/api/v1/namespaces/default", None)
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_status(&v, 403, "Forbidden");
+    assert_eq!(
+        v["message"],
+        r#"namespaces "default" is forbidden: this namespace may not be deleted"#
+    );
+
+    let (code, v) = h
+        .call(Method::DELETE, "/api/v1/namespaces/team-a", None)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["status"]["phase"], "Terminating");
+    assert!(v["metadata"]["deletionTimestamp"].is_string());
+    let (code, v) = h.create_cm("team-a", "late", json!({})).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(
+        v["message"],
+        r#"configmaps "late" is forbidden: unable to create new content in namespace team-a because it is being terminated"#
+    );
+
+    // The controller deletes the ConfigMap; the pod waits for its edge; so does the namespace.
+    h.wait_code(
+        "/api/v1/namespaces/team-a/configmaps/cfg",
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let (code, pod) = h
+        .call(Method::GET, "/api/v1/namespaces/team-a/pods/web", None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(pod["metadata"]["deletionTimestamp"].is_string(), "{pod}");
+    let (code, table) = h
+        .call_with(
+            Method::GET,
+            "/api/v1/namespaces",
+            None,
+            &[("accept", TABLE)],
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let cols: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cols, ["Name", "Status", "Age"]);
+    let row = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cells"][0] == "team-a")
+        .unwrap();
+    assert_eq!(row["cells"][1], "Terminating");
+
+    // The edge reports the pod gone (the ingest removes it): the namespace goes too.
+    h.store
+        .delete(&ObjectKey::new("pods", "team-a", "web"), None)
+        .await
+        .unwrap();
+    h.wait_code("/api/v1/namespaces/team-a", StatusCode::NOT_FOUND)
+        .await;
+}
+
+#[tokio::test]
+async fn watches_resume_from_a_resource_version_and_expire_when_too_old() {
+    let h = harness_with_history(6).await;
+    for name in ["a", "b"] {
+        let (code, v) = h.create_cm("default", name, json!({"app": "x"})).await;
+        assert_eq!(code, StatusCode::CREATED, "{v}");
+    }
+    let (_, list) = h
+        .call(Method::GET, "/api/v1/namespaces/default/configmaps", None)
+        .await;
+    let rv: u64 = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(rv, h.store.revision(), "a list is at the store's revision");
+
+    // Between the list and the watch: a delete and a relabel.
+    let (code, _) = h
+        .call(
+            Method::DELETE,
+            "/api/v1/namespaces/default/configmaps/a",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = h
+        .call_with(
+            Method::PATCH,
+            "/api/v1/namespaces/default/configmaps/b",
+            Some(json!({"metadata": {"labels": {"app": "y"}}})),
+            &[("content-type", "application/merge-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+
+    let base = "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=1";
+    let all = h.watch_lines(&format!("{base}&resourceVersion={rv}")).await;
+    assert_eq!(
+        event_summary(&all),
+        [
+            ("DELETED".into(), "a".into()),
+            ("MODIFIED".into(), "b".into())
+        ]
+    );
+    assert_eq!(
+        all[0]["object"]["metadata"]["resourceVersion"],
+        (rv + 1).to_string()
+    );
+    // For a watcher of app=x, b leaving the selector is a delete.
+    let selected = h
+        .watch_lines(&format!(
+            "{base}&resourceVersion={rv}&labelSelector=app%3Dx"
+        ))
+        .await;
+    assert_eq!(
+        event_summary(&selected),
+        [
+            ("DELETED".into(), "a".into()),
+            ("DELETED".into(), "b".into())
+        ]
+    );
+    assert_eq!(selected[1]["object"]["metadata"]["labels"]["app"], "x");
+    // Without a resourceVersion: today's behaviour, the current objects as ADDED.
+    let fresh = h.watch_lines(base).await;
+    assert_eq!(event_summary(&fresh), [("ADDED".into(), "b".into())]);
+
+    // Push the list's revision out of the history (6 events): 410 Expired, as an ERROR event.
+    for i in 0..8 {
+        let (code, _) = h.create_cm("default", &format!("c{i}"), json!({})).await;
+        assert_eq!(code, StatusCode::CREATED);
+    }
+    let head = h.store.revision();
+    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.history.head() < head {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the history never caught up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let gone = h.watch_lines(&format!("{base}&resourceVersion={rv}")).await;
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(gone[0]["type"], "ERROR");
+    assert_status(&gone[0]["object"], 410, "Expired");
+    assert_eq!(
+        gone[0]["object"]["message"],
+        format!("too old resource version: {rv} ({})", head - 6)
+    );
+    // From the head: nothing to replay.
+    let quiet = h
+        .watch_lines(&format!("{base}&resourceVersion={head}"))
+        .await;
+    assert!(quiet.is_empty(), "{quiet:?}");
 }

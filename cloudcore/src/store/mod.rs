@@ -139,6 +139,9 @@ pub struct Event {
     pub key: ObjectKey,
     /// Value after the write; `None` for a delete.
     pub value: Option<Value>,
+    /// Value before the write; `None` for a create. Watchers need it to tell when an object
+    /// stops matching a selector (a DELETED for them) and what a deleted object last was.
+    pub previous: Option<Value>,
     /// Shards whose view the write changed (left, entered, or changed within).
     pub shards: Vec<String>,
 }

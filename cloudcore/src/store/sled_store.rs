@@ -324,6 +324,7 @@ impl SledStore {
                 revision: rev,
                 key: key.clone(),
                 value: new_value.clone(),
+                previous: old.as_ref().map(|o| o.value.clone()),
                 shards,
             },
         );

@@ -1,0 +1,421 @@
+//! Namespaces: the kind, the admission rules Kubernetes' `NamespaceLifecycle` plugin applies
+//! to everything created into one, and the controller that empties a deleted namespace.
+//!
+//! Deleting a namespace does not remove it at once: it is marked (`deletionTimestamp`,
+//! `status.phase: Terminating`), creations into it are refused with 403, and the
+//! [`run_controller`] loop deletes every namespaced object in it through the ordinary delete
+//! path — so bound pods terminate gracefully on their edge — and removes the namespace once a
+//! pass finds it empty. `default`, `kube-system` and `kube-public` cannot be deleted; they and
+//! `kube-node-lease` are created at start by [`ensure_builtin`].
+
+use super::error::{ApiError, FieldError};
+use super::handlers::{delete_object, new_uid, now_rfc3339, DeleteRequest, Deletion};
+use super::protobuf::{self, Field, ProtobufError};
+use super::resource::{
+    decode_as, DecodeError, DeleteAction, DeleteOptions, ResourceHandler, ResourceInfo,
+    SelectableField,
+};
+use super::table::{age, Column};
+use super::validation::NameRule;
+use super::ApiState;
+use crate::store::{Event, ObjectKey, Store, StoreError, Stored};
+use k8s_openapi::api::core::v1::Namespace;
+use serde_json::{json, Map, Value};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Store resource of namespaces.
+pub const RESOURCE: &str = "namespaces";
+
+/// Namespaces that exist from the start.
+pub const BUILTIN: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Namespaces that may not be deleted (Kubernetes' immortal namespaces).
+pub const PROTECTED: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// How often the controller re-checks terminating namespaces without being woken by an event:
+/// the safety net of a level-triggered loop (a missed or lagged event only delays it).
+pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// The label Kubernetes puts on every namespace (its own name), for namespace selectors.
+const NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// The namespace resource.
+pub const NAMESPACE_INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    plural: "namespaces",
+    singular: "namespace",
+    kind: "Namespace",
+    namespaced: false,
+    verbs: &[
+        "create", "delete", "get", "list", "patch", "update", "watch",
+    ],
+    short_names: &["ns"],
+    categories: &[],
+    status_subresource: true,
+    name_rule: NameRule::Label,
+    selectable_fields: &[SelectableField {
+        name: "status.phase",
+        pointer: "/status/phase",
+        default: "",
+    }],
+    return_deleted_object: false,
+};
+
+const COLUMNS: [Column; 3] = [
+    Column { name: "Name", kind: "string", format: "name", description: "Name must be unique within a namespace.", priority: 0 },
+    Column { name: "Status", kind: "string", format: "", description: "The status of the namespace", priority: 0 },
+    Column { name: "Age", kind: "string", format: "", description: "CreationTimestamp is a timestamp representing the server time when this object was created.", priority: 0 },
+];
+
+/// The namespace [`ResourceHandler`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NamespaceHandler;
+
+/// Whether a namespace object is being deleted.
+pub fn is_terminating(ns: &Value) -> bool {
+    ns.pointer("/metadata/deletionTimestamp").is_some()
+        || ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
+}
+
+impl ResourceHandler for NamespaceHandler {
+    fn info(&self) -> &ResourceInfo {
+        &NAMESPACE_INFO
+    }
+
+    fn decode(&self, obj: Value) -> Result<Value, DecodeError> {
+        decode_as::<Namespace>(obj)
+    }
+
+    fn decode_protobuf(&self, body: &[u8]) -> Option<Result<Value, ProtobufError>> {
+        // `kubectl create namespace` sends protobuf. Namespace: metadata = 1, spec = 2
+        // (finalizers = 1); the status of a new namespace is the server's to set.
+        Some(protobuf::decode_object(body, "Namespace", |obj, n, f| {
+            if let (2, Field::Bytes(spec)) = (n, f) {
+                let mut finalizers = Vec::new();
+                for (m, g) in protobuf::fields(spec)? {
+                    if m == 1 {
+                        finalizers.push(json!(protobuf::string(g)?));
+                    }
+                }
+                let mut s = Map::new();
+                if !finalizers.is_empty() {
+                    s.insert("finalizers".into(), Value::Array(finalizers));
+                }
+                obj.insert("spec".into(), Value::Object(s));
+            }
+            Ok(())
+        }))
+    }
+
+    fn default(&self, obj: &mut Value) {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if name.is_empty() {
+            return;
+        }
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            let labels = meta.entry("labels").or_insert_with(|| json!({}));
+            if let Some(l) = labels.as_object_mut() {
+                l.insert(NAME_LABEL.into(), json!(name));
+            }
+        }
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("status".into(), json!({"phase": "Active"}));
+        }
+    }
+
+    fn validate(&self, _obj: &Value) -> Result<(), Vec<FieldError>> {
+        // The name (a DNS label) is checked generically; spec.finalizers are free-form here
+        // because nothing in Skerry acts on them.
+        Ok(())
+    }
+
+    fn validate_status(&self, new: &Value) -> Result<(), Vec<FieldError>> {
+        match new.pointer("/status/phase") {
+            None => Ok(()),
+            Some(p) if p == "Active" || p == "Terminating" => Ok(()),
+            Some(p) => Err(vec![FieldError::not_supported(
+                "status.phase",
+                p,
+                &["Active", "Terminating"],
+            )]),
+        }
+    }
+
+    fn forbid_delete(&self, obj: &Value) -> Option<String> {
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str)?;
+        PROTECTED
+            .contains(&name)
+            .then(|| "this namespace may not be deleted".to_string())
+    }
+
+    fn on_delete(&self, obj: &Value, _opts: &DeleteOptions, now: &str) -> DeleteAction {
+        if obj.pointer("/metadata/deletionTimestamp").is_some() {
+            return DeleteAction::Unchanged;
+        }
+        let mut v = obj.clone();
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("deletionTimestamp".into(), json!(now));
+            meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+        }
+        if let Some(o) = v.as_object_mut() {
+            let status = o.entry("status").or_insert_with(|| json!({}));
+            status["phase"] = json!("Terminating");
+        }
+        DeleteAction::Update(v)
+    }
+
+    fn columns(&self) -> &'static [Column] {
+        &COLUMNS
+    }
+
+    fn table_row(&self, obj: &Value, now: i64) -> Vec<Value> {
+        vec![
+            obj.pointer("/metadata/name").cloned().unwrap_or(json!("")),
+            obj.pointer("/status/phase")
+                .cloned()
+                .unwrap_or(json!("Active")),
+            age(obj, now),
+        ]
+    }
+}
+
+/// Creates the [`BUILTIN`] namespaces that do not exist (idempotent; run at every start).
+pub async fn ensure_builtin(store: &dyn Store) -> Result<(), StoreError> {
+    for name in BUILTIN {
+        let key = ObjectKey::new(RESOURCE, "", name);
+        if store.get(&key)?.is_some() {
+            continue;
+        }
+        let mut obj = json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "uid": new_uid(), "creationTimestamp": now_rfc3339()},
+            "spec": {},
+        });
+        NamespaceHandler.default(&mut obj);
+        NamespaceHandler.prepare_create(&mut obj);
+        match store.create(&key, obj).await {
+            Ok(_) => tracing::info!(namespace = name, "created built-in namespace"),
+            Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The `NamespaceLifecycle` admission rule for creating object `name` of `info` in namespace
+/// `ns`: 404 if the namespace does not exist, 403 if it is being deleted.
+pub(super) fn admit_create(
+    store: &dyn Store,
+    ns: &str,
+    info: &ResourceInfo,
+    name: &str,
+) -> Result<(), ApiError> {
+    match store.get(&ObjectKey::new(RESOURCE, "", ns)) {
+        Ok(None) => Err(ApiError::NotFound {
+            resource: RESOURCE.into(),
+            name: ns.into(),
+        }),
+        Ok(Some(s)) if is_terminating(&s.value) => Err(ApiError::Forbidden {
+            resource: info.qualified(),
+            name: name.into(),
+            reason: format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        }),
+        Ok(Some(_)) => Ok(()),
+        Err(e) => Err(ApiError::Internal(format!(
+            "cannot read namespace {ns}: {e}"
+        ))),
+    }
+}
+
+/// Empties and removes terminating namespaces until the store closes: a level-triggered loop
+/// that reconciles every terminating namespace, then sleeps until a namespace changes, an object
+/// in a terminating namespace changes, or `resync` passes.
+pub async fn run_controller(state: ApiState, resync: Duration) {
+    let mut rx = state.store.subscribe();
+    let mut tick = tokio::time::interval(resync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let terminating = reconcile_all(&state).await;
+        loop {
+            let wake = tokio::select! {
+                _ = tick.tick() => true,
+                r = rx.recv() => match r {
+                    Ok(ev) => relevant(&ev, &terminating),
+                    Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            if wake {
+                break;
+            }
+        }
+    }
+}
+
+/// Whether an event may change what the controller should do.
+fn relevant(ev: &Event, terminating: &HashSet<String>) -> bool {
+    ev.key.resource == RESOURCE || terminating.contains(&ev.key.namespace)
+}
+
+/// One pass over all namespaces; returns the names still terminating.
+async fn reconcile_all(state: &ApiState) -> HashSet<String> {
+    let mut still = HashSet::new();
+    let namespaces = match state.store.list(RESOURCE, None) {
+        Ok((items, _)) => items,
+        Err(e) => {
+            tracing::warn!(error = %e, "namespace controller cannot list namespaces; retrying at the next resync");
+            return still;
+        }
+    };
+    for ns in namespaces.into_iter().filter(|n| is_terminating(&n.value)) {
+        let name = ns
+            .value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        match reconcile(state, &name, &ns).await {
+            Ok(true) => {}
+            Ok(false) => {
+                still.insert(name);
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %name, error = %e, "emptying a terminating namespace failed; will retry");
+                still.insert(name);
+            }
+        }
+    }
+    still
+}
+
+/// Deletes what is in terminating namespace `name` (each object as a client's DELETE would)
+/// and removes the namespace once a pass finds nothing left. Returns whether it is gone.
+async fn reconcile(state: &ApiState, name: &str, ns: &Stored) -> Result<bool, ApiError> {
+    let mut found = 0usize;
+    let mut done = HashSet::new();
+    let resources: Vec<Arc<dyn ResourceHandler>> = state
+        .registry
+        .iter()
+        .filter(|r| r.info().namespaced && done.insert(r.info().storage_resource()))
+        .cloned()
+        .collect();
+    for res in &resources {
+        let storage = res.info().storage_resource();
+        let (items, _) = state
+            .store
+            .list(&storage, Some(name))
+            .map_err(|e| ApiError::from_store(e, &res.info().qualified(), ""))?;
+        for item in items {
+            found += 1;
+            if item.value.pointer("/metadata/deletionTimestamp").is_some() {
+                continue; // graceful deletion under way: wait for it
+            }
+            let obj_name = item
+                .value
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let key = ObjectKey::new(storage.clone(), name, obj_name);
+            match delete_object(state, res, &key, &DeleteRequest::default()).await {
+                Ok(Deletion::Gone(_) | Deletion::Terminating(_))
+                | Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if found > 0 {
+        return Ok(false);
+    }
+    // Empty: remove the namespace, unless it changed meanwhile (then the next pass decides).
+    let key = ObjectKey::new(RESOURCE, "", name);
+    match state.store.delete(&key, Some(ns.revision)).await {
+        Ok(_) => {
+            tracing::info!(namespace = %name, "namespace emptied and removed");
+            Ok(true)
+        }
+        Err(StoreError::NotFound(_)) => Ok(true),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletion_marks_terminating_once_and_protects_system_namespaces() {
+        let ns = json!({"metadata": {"name": "team-a"}, "status": {"phase": "Active"}});
+        let DeleteAction::Update(marked) =
+            NamespaceHandler.on_delete(&ns, &DeleteOptions::default(), "2025-01-01T00:00:00Z")
+        else {
+            panic!("a namespace delete must mark it terminating");
+        };
+        assert_eq!(marked["status"]["phase"], "Terminating");
+        assert_eq!(
+            marked["metadata"]["deletionTimestamp"],
+            "2025-01-01T00:00:00Z"
+        );
+        assert!(is_terminating(&marked) && !is_terminating(&ns));
+        assert_eq!(
+            NamespaceHandler.on_delete(&marked, &DeleteOptions::default(), "2025-01-01T00:00:09Z"),
+            DeleteAction::Unchanged
+        );
+        assert_eq!(NamespaceHandler.forbid_delete(&ns), None);
+        for name in PROTECTED {
+            assert_eq!(
+                NamespaceHandler
+                    .forbid_delete(&json!({"metadata": {"name": name}}))
+                    .as_deref(),
+                Some("this namespace may not be deleted")
+            );
+        }
+        assert_eq!(
+            NamespaceHandler.forbid_delete(&json!({"metadata": {"name": "kube-node-lease"}})),
+            None
+        );
+    }
+
+    #[test]
+    fn defaults_label_the_name_and_rows_show_the_phase() {
+        let mut ns =
+            json!({"metadata": {"name": "team-a", "creationTimestamp": "2025-01-01T00:00:00Z"}});
+        NamespaceHandler.default(&mut ns);
+        NamespaceHandler.prepare_create(&mut ns);
+        assert_eq!(ns["metadata"]["labels"][NAME_LABEL], "team-a");
+        assert_eq!(
+            NamespaceHandler.table_row(&ns, 1_735_689_600 + 60),
+            vec![json!("team-a"), json!("Active"), json!("60s")]
+        );
+    }
+
+    #[test]
+    fn the_controller_wakes_for_namespaces_and_terminating_content_only() {
+        let ev = |resource: &str, ns: &str| Event {
+            revision: 1,
+            key: ObjectKey::new(resource, ns, "x"),
+            value: None,
+            previous: None,
+            shards: vec![],
+        };
+        let terminating: HashSet<String> = ["team-a".to_string()].into();
+        assert!(relevant(&ev("namespaces", ""), &terminating));
+        assert!(relevant(&ev("pods", "team-a"), &terminating));
+        assert!(!relevant(&ev("pods", "default"), &terminating));
+        assert!(!relevant(&ev("nodes", ""), &terminating));
+    }
+}
