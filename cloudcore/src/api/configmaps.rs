@@ -81,13 +81,7 @@ pub(super) fn check_immutable(
     errs
 }
 
-fn result(errs: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(errs)
-    }
-}
+use super::validation::errors_to_result as result;
 
 impl ResourceHandler for ConfigMapHandler {
     fn info(&self) -> &ResourceInfo {

@@ -846,13 +846,7 @@ pub fn validate_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
     errs
 }
 
-fn result(errs: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(errs)
-    }
-}
+use super::validation::errors_to_result as result;
 
 /// The fields a pod update may change, in Kubernetes' words.
 const UPDATE_FORBIDDEN: &str = "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";

@@ -112,13 +112,7 @@ fn validate_type(s: &Secret, data: &BTreeMap<String, ByteString>, errs: &mut Vec
     }
 }
 
-fn result(errs: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(errs)
-    }
-}
+use super::validation::errors_to_result as result;
 
 impl ResourceHandler for SecretHandler {
     fn info(&self) -> &ResourceInfo {

@@ -162,6 +162,15 @@ pub fn config_key(s: &str) -> Vec<String> {
     errs
 }
 
+/// `Ok` when validation found nothing, else the errors: what every handler's validate returns.
+pub fn errors_to_result(errs: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}
+
 /// Pushes one `Invalid` error per problem.
 pub fn push_invalid(errs: &mut Vec<FieldError>, field: &str, value: &str, problems: Vec<String>) {
     for p in problems {
