@@ -147,9 +147,10 @@ async fn scheduler_spreads_replicas_respects_taints_and_explains_unschedulable_p
         p["spec"]["nodeName"].as_str().unwrap_or("").is_empty(),
         "{p}"
     );
+    // Taints are checked before affinity (Kubernetes' filter order), so edge-c counts as tainted.
     assert_eq!(
         unschedulable(&p).unwrap()["message"],
-        "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+        "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: lab}, 2 node(s) didn't match Pod's node affinity/selector."
     );
     let b = cloud
         .wait_for(
