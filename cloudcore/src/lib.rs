@@ -1,6 +1,6 @@
 //! cloudcore: Skerry's cloud hub.
 //!
-//! A small Kubernetes-compatible control plane ([`api`] over [`store`]), a [`binding`] loop that
+//! A small Kubernetes-compatible control plane ([`api`] over [`store`]), a [`scheduler`] that
 //! places pods on nodes, a [`hub`] that keeps one QUIC connection per edge node and streams that
 //! node's slice of the desired state (its pods, and through the [`config_index`] the ConfigMaps
 //! and Secrets they reference), an [`ingest`] that applies status reports from MQTT, the
@@ -8,7 +8,6 @@
 //! `main.rs` is a thin shell over [`server::run`].
 
 pub mod api;
-pub mod binding;
 pub mod broker;
 pub mod clock;
 pub mod config_index;
@@ -18,5 +17,6 @@ pub mod ingest;
 pub mod kubeconfig;
 pub mod pki;
 pub mod projection;
+pub mod scheduler;
 pub mod server;
 pub mod store;

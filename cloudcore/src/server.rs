@@ -1,11 +1,11 @@
-//! `cloudcore serve`: wires the store, PKI, API, hub, ingest, binder and broker together.
+//! `cloudcore serve`: wires the store, PKI, API, hub, ingest, scheduler and broker together.
 
 use crate::api::{router, ApiState};
 use crate::hub::{self, Hub, HubConfig};
 use crate::ingest::{self, MqttTarget};
 use crate::pki::Pki;
 use crate::store::{SledStore, Store};
-use crate::{binding, broker, projection};
+use crate::{broker, projection, scheduler};
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
@@ -102,7 +102,7 @@ pub async fn run(
         mqtt,
         format!("skerry-cloudcore-ingest-{}", cfg.api_addr.port()),
     ));
-    tokio::spawn(binding::run(store.clone()));
+    tokio::spawn(scheduler::run(store.clone()));
     tokio::spawn(compact_periodically(sled));
 
     let tls = Arc::new(pki.api_tls()?);

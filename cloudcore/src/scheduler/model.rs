@@ -1,0 +1,720 @@
+//! What the scheduler reads from Node and Pod objects, parsed once into plain structs.
+//!
+//! Scheduling one pod evaluates it against every node, so nothing on that path may touch JSON:
+//! a node is parsed when its object changes (labels, taints, readiness, allocatable) and a pod
+//! when it enters the queue. Malformed parts never panic: an unparsable quantity counts as zero
+//! on a node (it offers nothing) and a malformed affinity term matches no node, as in Kubernetes.
+
+use crate::api::quantity::{parse_cpu_millis, parse_memory_bytes};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+/// Requests a container without one is scored as having (Kubernetes' non-zero defaults), so
+/// that best-effort pods still spread by least-allocated instead of piling onto one node.
+pub const DEFAULT_SCORE_CPU_MILLIS: u64 = 100;
+/// Memory counterpart of [`DEFAULT_SCORE_CPU_MILLIS`]: 200 MiB.
+pub const DEFAULT_SCORE_MEMORY: u64 = 200 * 1024 * 1024;
+
+/// Taints the node lifecycle puts on nodes that are not ready or not heard from; such nodes are
+/// never chosen (DESIGN.md principle 4 keeps their pods where they are, but new pods go elsewhere).
+pub const NOT_READY_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
+
+/// An amount of schedulable resources: what a node offers or what pods request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// CPU in millicores.
+    pub cpu_millis: u64,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// Extended resources (`skerry.io/...`, `hugepages-*`, any domain-qualified name) as counts.
+    pub scalars: BTreeMap<String, u64>,
+}
+
+impl Resources {
+    /// Adds `other` to `self`, saturating.
+    pub fn add(&mut self, other: &Resources) {
+        self.cpu_millis = self.cpu_millis.saturating_add(other.cpu_millis);
+        self.memory = self.memory.saturating_add(other.memory);
+        for (k, v) in &other.scalars {
+            let e = self.scalars.entry(k.clone()).or_default();
+            *e = e.saturating_add(*v);
+        }
+    }
+
+    /// Subtracts `other` from `self`, saturating at zero; entries that reach zero are dropped.
+    pub fn sub(&mut self, other: &Resources) {
+        self.cpu_millis = self.cpu_millis.saturating_sub(other.cpu_millis);
+        self.memory = self.memory.saturating_sub(other.memory);
+        for (k, v) in &other.scalars {
+            if let Some(e) = self.scalars.get_mut(k) {
+                *e = e.saturating_sub(*v);
+                if *e == 0 {
+                    self.scalars.remove(k);
+                }
+            }
+        }
+    }
+
+    /// Takes, per resource, the larger of `self` and `other` (init containers run one at a time,
+    /// so a pod needs the largest of them, not their sum).
+    fn max_with(&mut self, other: &Resources) {
+        self.cpu_millis = self.cpu_millis.max(other.cpu_millis);
+        self.memory = self.memory.max(other.memory);
+        for (k, v) in &other.scalars {
+            let e = self.scalars.entry(k.clone()).or_default();
+            *e = (*e).max(*v);
+        }
+    }
+}
+
+/// Whether a resource name is an extended (scalar) resource the scheduler counts. Kubernetes
+/// counts every domain-qualified name outside `kubernetes.io/` and hugepages; `ephemeral-storage`
+/// is not counted because edge nodes do not report it.
+fn is_scalar(name: &str) -> bool {
+    name.starts_with("hugepages-")
+        || (name.contains('/')
+            && !name.starts_with("kubernetes.io/")
+            && !name.starts_with("requests."))
+}
+
+fn quantity_str(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Parses a `ResourceList` (`{"cpu": "500m", "memory": "1Gi", "skerry.io/gpio": "2"}`).
+/// Returns the resources and, separately, which of cpu/memory were named at all.
+fn resource_list(v: Option<&Value>) -> (Resources, bool, bool) {
+    let mut r = Resources::default();
+    let (mut has_cpu, mut has_mem) = (false, false);
+    let Some(map) = v.and_then(Value::as_object) else {
+        return (r, false, false);
+    };
+    for (k, v) in map {
+        let Some(q) = quantity_str(v) else { continue };
+        match k.as_str() {
+            "cpu" => {
+                has_cpu = true;
+                r.cpu_millis = parse_cpu_millis(&q).unwrap_or(0);
+            }
+            "memory" => {
+                has_mem = true;
+                r.memory = parse_memory_bytes(&q).unwrap_or(0);
+            }
+            name if is_scalar(name) => {
+                let n = parse_memory_bytes(&q).unwrap_or(0);
+                if n > 0 {
+                    r.scalars.insert(name.to_string(), n);
+                }
+            }
+            _ => {}
+        }
+    }
+    (r, has_cpu, has_mem)
+}
+
+/// What a pod asks of a node's resources.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRequests {
+    /// Effective requests: max(sum of containers, largest init container) plus overhead.
+    pub fit: Resources,
+    /// CPU for scoring: like `fit`, but a container without a cpu request counts
+    /// [`DEFAULT_SCORE_CPU_MILLIS`].
+    pub score_cpu_millis: u64,
+    /// Memory for scoring, with [`DEFAULT_SCORE_MEMORY`] for containers without a request.
+    pub score_memory: u64,
+}
+
+impl PodRequests {
+    /// Reads the requests of a Pod object.
+    pub fn of(pod: &Value) -> Self {
+        let containers = |field: &str| -> Vec<(Resources, bool, bool)> {
+            pod.pointer(&format!("/spec/{field}"))
+                .and_then(Value::as_array)
+                .map(|cs| {
+                    cs.iter()
+                        .map(|c| resource_list(c.pointer("/resources/requests")))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut fit = Resources::default();
+        let (mut score_cpu, mut score_mem) = (0u64, 0u64);
+        for (r, has_cpu, has_mem) in containers("containers") {
+            fit.add(&r);
+            score_cpu += if has_cpu {
+                r.cpu_millis
+            } else {
+                DEFAULT_SCORE_CPU_MILLIS
+            };
+            score_mem += if has_mem {
+                r.memory
+            } else {
+                DEFAULT_SCORE_MEMORY
+            };
+        }
+        for (r, has_cpu, has_mem) in containers("initContainers") {
+            fit.max_with(&r);
+            if has_cpu {
+                score_cpu = score_cpu.max(r.cpu_millis);
+            }
+            if has_mem {
+                score_mem = score_mem.max(r.memory);
+            }
+        }
+        let (overhead, _, _) = resource_list(pod.pointer("/spec/overhead"));
+        fit.add(&overhead);
+        Self {
+            score_cpu_millis: score_cpu.saturating_add(overhead.cpu_millis),
+            score_memory: score_mem.saturating_add(overhead.memory),
+            fit,
+        }
+    }
+}
+
+/// A taint's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// New pods that do not tolerate it are not placed.
+    NoSchedule,
+    /// New pods that do not tolerate it are placed there only if nothing better fits.
+    PreferNoSchedule,
+    /// Like `NoSchedule` for placement (eviction is the node lifecycle's business).
+    NoExecute,
+}
+
+impl Effect {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "NoSchedule" => Some(Self::NoSchedule),
+            "PreferNoSchedule" => Some(Self::PreferNoSchedule),
+            "NoExecute" => Some(Self::NoExecute),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NoSchedule => "NoSchedule",
+            Self::PreferNoSchedule => "PreferNoSchedule",
+            Self::NoExecute => "NoExecute",
+        }
+    }
+}
+
+/// A node taint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taint {
+    /// Key.
+    pub key: String,
+    /// Value (may be empty).
+    pub value: String,
+    /// Effect.
+    pub effect: Effect,
+}
+
+/// A pod toleration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toleration {
+    /// Key; empty with `exists` tolerates every key.
+    pub key: String,
+    /// `Exists` (any value) rather than `Equal`.
+    pub exists: bool,
+    /// Value compared by `Equal`.
+    pub value: String,
+    /// Effect it applies to; `None` tolerates every effect.
+    pub effect: Option<String>,
+}
+
+impl Toleration {
+    /// Whether this toleration tolerates `taint` (Kubernetes `ToleratesTaint`).
+    pub fn tolerates(&self, taint: &Taint) -> bool {
+        if let Some(e) = &self.effect {
+            if e != taint.effect.as_str() {
+                return false;
+            }
+        }
+        if self.key.is_empty() {
+            return self.exists;
+        }
+        self.key == taint.key && (self.exists || self.value == taint.value)
+    }
+}
+
+/// Whether any of `tolerations` tolerates `taint`.
+pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| t.tolerates(taint))
+}
+
+/// A node selector requirement operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// The label's value is one of the values.
+    In(Vec<String>),
+    /// The label is absent or its value is none of the values.
+    NotIn(Vec<String>),
+    /// The label is present.
+    Exists,
+    /// The label is absent.
+    DoesNotExist,
+    /// The label's value, as an integer, is greater.
+    Gt(i64),
+    /// The label's value, as an integer, is less.
+    Lt(i64),
+}
+
+/// One `matchExpressions` / `matchFields` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// Label key (or field name for `matchFields`).
+    pub key: String,
+    /// Operator with its operands.
+    pub op: Op,
+}
+
+impl Requirement {
+    fn parse(v: &Value) -> Option<Self> {
+        let key = v.get("key")?.as_str()?.to_string();
+        let values: Vec<String> = v
+            .get("values")
+            .and_then(Value::as_array)
+            .map(|vs| {
+                vs.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let single_int = || -> Option<i64> {
+            match values.as_slice() {
+                [one] => one.parse().ok(),
+                _ => None,
+            }
+        };
+        let op = match v.get("operator")?.as_str()? {
+            "In" if !values.is_empty() => Op::In(values),
+            "NotIn" if !values.is_empty() => Op::NotIn(values),
+            "Exists" if values.is_empty() => Op::Exists,
+            "DoesNotExist" if values.is_empty() => Op::DoesNotExist,
+            "Gt" => Op::Gt(single_int()?),
+            "Lt" => Op::Lt(single_int()?),
+            _ => return None,
+        };
+        Some(Self { key, op })
+    }
+
+    /// Whether a value found under the key (or its absence) satisfies the requirement.
+    pub fn matches(&self, found: Option<&str>) -> bool {
+        match (&self.op, found) {
+            (Op::In(vs), Some(v)) => vs.iter().any(|x| x == v),
+            (Op::In(_), None) => false,
+            (Op::NotIn(vs), Some(v)) => !vs.iter().any(|x| x == v),
+            (Op::NotIn(_), None) => true,
+            (Op::Exists, f) => f.is_some(),
+            (Op::DoesNotExist, f) => f.is_none(),
+            (Op::Gt(n), Some(v)) => v.parse::<i64>().is_ok_and(|x| x > *n),
+            (Op::Lt(n), Some(v)) => v.parse::<i64>().is_ok_and(|x| x < *n),
+            (Op::Gt(_) | Op::Lt(_), None) => false,
+        }
+    }
+}
+
+/// One `nodeSelectorTerms` entry: all expressions and fields must match. `None` parts mark a
+/// malformed term, which matches no node (Kubernetes treats a term it cannot parse the same way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    /// Label requirements, or `None` if any was malformed.
+    pub expressions: Option<Vec<Requirement>>,
+    /// Field requirements (`metadata.name` only), or `None` if any was malformed.
+    pub fields: Option<Vec<Requirement>>,
+}
+
+impl Term {
+    fn parse(v: &Value) -> Self {
+        let reqs = |field: &str, fields_only: bool| -> Option<Vec<Requirement>> {
+            v.get(field)
+                .and_then(Value::as_array)
+                .map(|rs| {
+                    rs.iter()
+                        .map(|r| {
+                            let req = Requirement::parse(r)?;
+                            let field_ok = !fields_only
+                                || (req.key == "metadata.name"
+                                    && matches!(req.op, Op::In(_) | Op::NotIn(_)));
+                            field_ok.then_some(req)
+                        })
+                        .collect()
+                })
+                .unwrap_or(Some(Vec::new()))
+        };
+        Self {
+            expressions: reqs("matchExpressions", false),
+            fields: reqs("matchFields", true),
+        }
+    }
+
+    /// Whether the node with this name and labels satisfies the term. A term with no
+    /// requirement at all matches nothing, as in Kubernetes.
+    pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        let (Some(exprs), Some(fields)) = (&self.expressions, &self.fields) else {
+            return false;
+        };
+        if exprs.is_empty() && fields.is_empty() {
+            return false;
+        }
+        exprs
+            .iter()
+            .all(|r| r.matches(labels.get(&r.key).map(String::as_str)))
+            && fields.iter().all(|r| r.matches(Some(name)))
+    }
+}
+
+/// A Node as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Taints with a known effect.
+    pub taints: Vec<Taint>,
+    /// Ready condition True and no not-ready/unreachable taint.
+    pub ready: bool,
+    /// `spec.unschedulable` (cordoned).
+    pub unschedulable: bool,
+    /// `status.allocatable` cpu, memory and extended resources.
+    pub allocatable: Resources,
+    /// `status.allocatable.pods`: how many pods the node takes.
+    pub max_pods: u64,
+}
+
+fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Whether a Node object's Ready condition is True.
+pub fn ready_condition(node: &Value) -> bool {
+    node.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+impl NodeInfo {
+    /// Parses a Node object.
+    pub fn of(node: &Value) -> Self {
+        let taints: Vec<Taint> = node
+            .pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .map(|ts| {
+                ts.iter()
+                    .filter_map(|t| {
+                        Some(Taint {
+                            key: t.get("key")?.as_str()?.to_string(),
+                            value: t.get("value").and_then(Value::as_str).unwrap_or("").into(),
+                            effect: Effect::parse(t.get("effect")?.as_str()?)?,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let tainted_not_ready = taints.iter().any(|t| {
+            NOT_READY_TAINTS.contains(&t.key.as_str()) && t.effect != Effect::PreferNoSchedule
+        });
+        let alloc = node.pointer("/status/allocatable");
+        let (allocatable, _, _) = resource_list(alloc);
+        let max_pods = alloc
+            .and_then(|a| a.get("pods"))
+            .and_then(quantity_str)
+            .and_then(|q| parse_memory_bytes(&q).ok())
+            .unwrap_or(0);
+        Self {
+            name: str_at(node, "/metadata/name").to_string(),
+            labels: string_map(node.pointer("/metadata/labels")),
+            ready: ready_condition(node) && !tainted_not_ready,
+            unschedulable: node.pointer("/spec/unschedulable").and_then(Value::as_bool)
+                == Some(true),
+            taints,
+            allocatable,
+            max_pods,
+        }
+    }
+}
+
+/// A pod waiting for a node, as the filters and scores see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    /// `spec.nodeSelector`.
+    pub node_selector: Vec<(String, String)>,
+    /// Required node affinity terms (ORed); `None` when the pod has none.
+    pub affinity: Option<Vec<Term>>,
+    /// Tolerations.
+    pub tolerations: Vec<Toleration>,
+    /// Resource requests.
+    pub requests: PodRequests,
+    /// Replicas with the same key are spread across nodes (see [`spread_key`]).
+    pub spread: Option<u64>,
+}
+
+/// The group a pod is spread with: its controller's uid, or, for a pod without a controller,
+/// its namespace and labels (pods created alike by one client). Unlabelled pods without an owner
+/// are not spread.
+pub fn spread_key(pod: &Value) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let controller = pod
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .and_then(|os| {
+            os.iter()
+                .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
+        })
+        .and_then(|o| o.get("uid")?.as_str());
+    if let Some(uid) = controller {
+        ("owner", uid).hash(&mut h);
+        return Some(h.finish());
+    }
+    let labels = pod.pointer("/metadata/labels").and_then(Value::as_object)?;
+    if labels.is_empty() {
+        return None;
+    }
+    ("labels", str_at(pod, "/metadata/namespace")).hash(&mut h);
+    for (k, v) in labels {
+        (k, v.as_str().unwrap_or("")).hash(&mut h);
+    }
+    Some(h.finish())
+}
+
+fn tolerations(v: Option<&Value>) -> Vec<Toleration> {
+    v.and_then(Value::as_array)
+        .map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                    let effect = s("effect");
+                    Toleration {
+                        key: s("key"),
+                        exists: s("operator") == "Exists",
+                        value: s("value"),
+                        effect: (!effect.is_empty()).then_some(effect),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl PodInfo {
+    /// Parses a Pod object.
+    pub fn of(pod: &Value) -> Self {
+        let affinity = pod
+            .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution")
+            .filter(|v| v.is_object())
+            .map(|req| {
+                req.get("nodeSelectorTerms")
+                    .and_then(Value::as_array)
+                    .map(|ts| ts.iter().map(Term::parse).collect())
+                    .unwrap_or_default()
+            });
+        Self {
+            node_selector: string_map(pod.pointer("/spec/nodeSelector"))
+                .into_iter()
+                .collect(),
+            affinity,
+            tolerations: tolerations(pod.pointer("/spec/tolerations")),
+            requests: PodRequests::of(pod),
+            spread: spread_key(pod),
+        }
+    }
+}
+
+/// Whether a pod has finished for good (its requests no longer hold resources).
+pub fn terminated(pod: &Value) -> bool {
+    matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
+}
+
+/// The node a pod is bound to, if any.
+pub fn bound_node(pod: &Value) -> Option<&str> {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether this scheduler is the one to place the pod: unbound, not being deleted, and asking
+/// for the default scheduler (a pod naming another scheduler is left to it).
+pub fn wants_scheduling(pod: &Value) -> bool {
+    bound_node(pod).is_none()
+        && pod.pointer("/metadata/deletionTimestamp").is_none()
+        && matches!(str_at(pod, "/spec/schedulerName"), "" | "default-scheduler")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_sum_containers_take_largest_init_and_add_overhead() {
+        let pod = json!({"spec": {
+            "containers": [
+                {"resources": {"requests": {"cpu": "250m", "memory": "64Mi", "skerry.io/gpio": "1"}}},
+                {"resources": {"requests": {"cpu": "250m"}}},
+            ],
+            "initContainers": [{"resources": {"requests": {"cpu": "2", "memory": "1Mi"}}}],
+            "overhead": {"cpu": "10m"},
+        }});
+        let r = PodRequests::of(&pod);
+        assert_eq!(r.fit.cpu_millis, 2010);
+        assert_eq!(r.fit.memory, 64 << 20);
+        assert_eq!(r.fit.scalars["skerry.io/gpio"], 1);
+        // The second container has no memory request: scored as the non-zero default.
+        assert_eq!(r.score_memory, (64 << 20) + DEFAULT_SCORE_MEMORY);
+        assert_eq!(r.score_cpu_millis, 2010);
+        let none = PodRequests::of(&json!({"spec": {"containers": [{}]}}));
+        assert_eq!(none.fit, Resources::default());
+        assert_eq!(none.score_cpu_millis, DEFAULT_SCORE_CPU_MILLIS);
+    }
+
+    #[test]
+    fn tolerations_follow_kubernetes_matching() {
+        let taint = Taint {
+            key: "dedicated".into(),
+            value: "gpu".into(),
+            effect: Effect::NoSchedule,
+        };
+        let t = |v: Value| tolerations(Some(&json!([v])));
+        let ok = |v: Value| tolerated(&t(v), &taint);
+        assert!(ok(
+            json!({"key": "dedicated", "operator": "Equal", "value": "gpu"})
+        ));
+        assert!(
+            ok(json!({"key": "dedicated", "value": "gpu"})),
+            "Equal is the default"
+        );
+        assert!(!ok(json!({"key": "dedicated", "value": "cpu"})));
+        assert!(ok(json!({"key": "dedicated", "operator": "Exists"})));
+        assert!(
+            ok(json!({"operator": "Exists"})),
+            "empty key + Exists tolerates all"
+        );
+        assert!(
+            !ok(json!({"operator": "Equal"})),
+            "empty key + Equal tolerates nothing"
+        );
+        assert!(ok(
+            json!({"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"})
+        ));
+        assert!(!ok(
+            json!({"key": "dedicated", "operator": "Exists", "effect": "NoExecute"})
+        ));
+    }
+
+    #[test]
+    fn requirements_cover_every_operator() {
+        let r = |v: Value| Requirement::parse(&v).unwrap();
+        let in_ = r(json!({"key": "k", "operator": "In", "values": ["a", "b"]}));
+        assert!(in_.matches(Some("b")) && !in_.matches(Some("c")) && !in_.matches(None));
+        let not_in = r(json!({"key": "k", "operator": "NotIn", "values": ["a"]}));
+        assert!(not_in.matches(Some("b")) && !not_in.matches(Some("a")) && not_in.matches(None));
+        let exists = r(json!({"key": "k", "operator": "Exists"}));
+        assert!(exists.matches(Some("")) && !exists.matches(None));
+        let dne = r(json!({"key": "k", "operator": "DoesNotExist"}));
+        assert!(!dne.matches(Some("x")) && dne.matches(None));
+        let gt = r(json!({"key": "k", "operator": "Gt", "values": ["4"]}));
+        assert!(gt.matches(Some("5")) && !gt.matches(Some("4")) && !gt.matches(Some("x")));
+        let lt = r(json!({"key": "k", "operator": "Lt", "values": ["4"]}));
+        assert!(lt.matches(Some("-1")) && !lt.matches(Some("4")) && !lt.matches(None));
+        for bad in [
+            json!({"key": "k", "operator": "Gt", "values": ["a"]}),
+            json!({"key": "k", "operator": "In", "values": []}),
+            json!({"key": "k", "operator": "Exists", "values": ["a"]}),
+            json!({"key": "k", "operator": "Near"}),
+        ] {
+            assert!(Requirement::parse(&bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn terms_and_their_fields() {
+        let labels = BTreeMap::from([("zone".to_string(), "north".to_string())]);
+        let term = Term::parse(&json!({
+            "matchExpressions": [{"key": "zone", "operator": "In", "values": ["north"]}],
+            "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["a"]}],
+        }));
+        assert!(term.matches("a", &labels));
+        assert!(!term.matches("b", &labels));
+        assert!(!Term::parse(&json!({})).matches("a", &labels), "empty term");
+        let bad_field = Term::parse(
+            &json!({"matchFields": [{"key": "metadata.uid", "operator": "In", "values": ["a"]}]}),
+        );
+        assert!(!bad_field.matches("a", &labels));
+    }
+
+    #[test]
+    fn node_readiness_taints_and_allocatable() {
+        let node = json!({
+            "metadata": {"name": "n", "labels": {"a": "b"}},
+            "spec": {"taints": [{"key": "x", "effect": "PreferNoSchedule"}, {"key": "y", "effect": "Bogus"}]},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                       "allocatable": {"cpu": "2", "memory": "1Gi", "pods": "110", "skerry.io/gpio": "3", "ephemeral-storage": "1Gi"}},
+        });
+        let n = NodeInfo::of(&node);
+        assert!(n.ready && !n.unschedulable);
+        assert_eq!(n.taints.len(), 1);
+        assert_eq!(
+            (n.allocatable.cpu_millis, n.allocatable.memory, n.max_pods),
+            (2000, 1 << 30, 110)
+        );
+        assert_eq!(n.allocatable.scalars.len(), 1);
+        let mut tainted = node.clone();
+        tainted["spec"]["taints"] =
+            json!([{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]);
+        assert!(!NodeInfo::of(&tainted).ready);
+        let mut not_ready = node;
+        not_ready["status"]["conditions"][0]["status"] = json!("Unknown");
+        assert!(!NodeInfo::of(&not_ready).ready);
+    }
+
+    #[test]
+    fn spread_groups_by_controller_then_labels() {
+        let owned = |uid: &str, app: &str| {
+            json!({"metadata": {"namespace": "d", "labels": {"app": app},
+            "ownerReferences": [{"uid": uid, "controller": true}]}})
+        };
+        assert_eq!(spread_key(&owned("u1", "a")), spread_key(&owned("u1", "b")));
+        assert_ne!(spread_key(&owned("u1", "a")), spread_key(&owned("u2", "a")));
+        let loose = |ns: &str| json!({"metadata": {"namespace": ns, "labels": {"app": "a"}}});
+        assert_eq!(spread_key(&loose("d")), spread_key(&loose("d")));
+        assert_ne!(spread_key(&loose("d")), spread_key(&loose("e")));
+        assert_eq!(spread_key(&json!({"metadata": {}})), None);
+    }
+
+    #[test]
+    fn only_unbound_live_default_scheduler_pods_are_scheduled() {
+        assert!(wants_scheduling(&json!({"spec": {}})));
+        assert!(!wants_scheduling(&json!({"spec": {"nodeName": "n"}})));
+        assert!(!wants_scheduling(
+            &json!({"spec": {"schedulerName": "other"}})
+        ));
+        assert!(!wants_scheduling(
+            &json!({"metadata": {"deletionTimestamp": "x"}, "spec": {}})
+        ));
+    }
+}
