@@ -45,20 +45,35 @@ fn temp_dir(prefix: &str) -> Result<TempDir> {
     Ok(b.tempdir()?)
 }
 
+/// Ports handed to daemons come from below the kernel's ephemeral range (32768 and up on
+/// Linux): a port from that range, freed when a test kills a daemon to restart it, can be taken
+/// meanwhile by any outgoing connection of a parallel test, and the restarted daemon then cannot
+/// listen. Ports here are only ever taken by explicit binds.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+fn pick_port(free: impl Fn(u16) -> bool) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0u32..10_000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(attempt);
+        h.write_u32(std::process::id());
+        let span = u64::from(PORT_RANGE.end - PORT_RANGE.start);
+        let port = PORT_RANGE.start + (h.finish() % span) as u16;
+        if free(port) {
+            return port;
+        }
+    }
+    panic!("no free port in {PORT_RANGE:?}")
+}
+
 /// A free TCP port on loopback.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free tcp port")
+    pick_port(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// A free UDP port on loopback.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
+    pick_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// Polls `f` until it returns `Some`, or fails after `deadline` with `what` and the last value.
@@ -300,7 +315,16 @@ impl Cloud {
     pub fn log_tail(&self) -> String {
         let log =
             std::fs::read_to_string(self.dir.path().join("cloudcore.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
+        // Without backtrace frames, which would push the error itself out of the tail.
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                let t = l.trim_start();
+                !(t.starts_with("at ")
+                    || t.split_once(": ")
+                        .is_some_and(|(n, _)| n.parse::<u32>().is_ok()))
+            })
+            .collect();
         format!(
             "\n--- cloudcore log ---\n{}",
             lines[lines.len().saturating_sub(40)..].join("\n")
