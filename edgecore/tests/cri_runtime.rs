@@ -23,6 +23,18 @@ use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The content of `path` once it equals `want`, or what it holds after [`WAIT`].
+async fn file_becomes(path: &Path, want: &str) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let seen = std::fs::read_to_string(path).unwrap_or_default();
+        if seen == want || std::time::Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn container(name: &str, script: &str) -> EdgeContainer {
     EdgeContainer {
         name: name.into(),
@@ -1025,7 +1037,8 @@ async fn pod_workers_replace_a_sandbox_that_died_over_cri() {
     assert_eq!(old.len(), 1, "{old:?}");
     let (old_id, old_attempt, _) = old[0].clone();
     let runs = pods_root.join("w-sbx/volumes/scratch/runs");
-    assert_eq!(std::fs::read_to_string(&runs).expect("runs"), "run\n");
+    // (`Running` is reported when the container started, maybe before its shell appended.)
+    assert_eq!(file_becomes(&runs, "run\n").await, "run\n");
 
     let (_, pause) = sandbox_details(&ctrd, &old_id).await;
     assert!(pause > 0);
@@ -1056,17 +1069,11 @@ async fn pod_workers_replace_a_sandbox_that_died_over_cri() {
     assert_ne!(now[0].0, old_id);
     assert_eq!((now[0].1, now[0].2), (old_attempt + 1, true));
     // The emptyDir outlived the sandbox; both instances' logs are there.
-    // (`Running` is reported when the container started, maybe before its shell appended.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut seen = String::new();
-    while std::time::Instant::now() < deadline {
-        seen = std::fs::read_to_string(&runs).unwrap_or_default();
-        if seen == "run\nrun\n" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(seen, "run\nrun\n", "the emptyDir kept the first run's line");
+    assert_eq!(
+        file_becomes(&runs, "run\nrun\n").await,
+        "run\nrun\n",
+        "the emptyDir kept the first run's line"
+    );
     for attempt in ["0.log", "1.log"] {
         assert!(
             pods_root.join("w-sbx/logs/main").join(attempt).exists(),
