@@ -542,50 +542,32 @@ impl Containerd {
             Err(s) if s.code() == Code::NotFound => {}
             Err(s) => return Err(self.err("stat content", s)),
         }
-        let data = match archive.small.get(&desc.digest) {
-            Some(bytes) => bytes.clone(),
-            None => read_blob(path, &desc.digest).await?,
+        // The blob is streamed from the archive in chunks, hashed on the way: a layer of
+        // hundreds of megabytes never sits in memory on a small edge device.
+        let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
+        let producer = {
+            let small = archive.small.get(&desc.digest).cloned();
+            let path = path.to_path_buf();
+            let desc = desc.clone();
+            tokio::task::spawn_blocking(move || match small {
+                Some(bytes) => send_blob(&path, &desc, labels, &mut bytes.as_slice(), &tx),
+                None => with_blob_reader(&path, &desc.digest, |reader| {
+                    send_blob(&path, &desc, labels, reader, &tx)
+                }),
+            })
         };
-        if sha256(&data) != desc.digest {
-            return Err(ImportError::Archive {
-                path: path.display().to_string(),
-                reason: format!(
-                    "blob {} does not match its digest (the file is damaged)",
-                    desc.digest
-                ),
-            });
-        }
-        let total = data.len() as i64;
-        let reference = format!("skerry-import-{}", desc.digest);
-        let digest = desc.digest.clone();
-        let mut msgs = Vec::new();
-        let mut offset = 0usize;
-        for chunk in data.chunks(WRITE_CHUNK) {
-            msgs.push(WriteContentRequest {
-                action: WriteAction::Write as i32,
-                r#ref: reference.clone(),
-                total,
-                expected: digest.clone(),
-                offset: offset as i64,
-                data: chunk.to_vec(),
-                labels: HashMap::new(),
-            });
-            offset += chunk.len();
-        }
-        msgs.push(WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            r#ref: reference,
-            total,
-            expected: digest,
-            offset: total,
-            data: vec![],
-            labels,
-        });
-        let stream = futures::stream::iter(msgs);
-        let resp = content
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let written = content
             .write(self.request(stream, Some(lease)))
             .await
-            .map_err(|e| self.err(&format!("write blob {}", desc.digest), e))?;
+            .map_err(|e| self.err(&format!("write blob {}", desc.digest), e));
+        // A damaged archive is the error to report (its stream ended without a commit).
+        producer.await.map_err(|e| ImportError::Archive {
+            path: path.display().to_string(),
+            reason: format!("reader failed: {e}"),
+        })??;
+        let resp = written?;
         let mut resp = resp.into_inner();
         loop {
             match resp.message().await {
@@ -800,44 +782,104 @@ impl Containerd {
     }
 }
 
-/// Second pass for one large blob (layers): reads it from the archive.
-async fn read_blob(path: &Path, digest: &str) -> Result<Vec<u8>, ImportError> {
-    let path = path.to_path_buf();
+/// Second pass for one large blob (layers): finds it in the archive and hands `f` a reader of
+/// its bytes. Blocking: run it on a blocking thread.
+fn with_blob_reader<T>(
+    path: &Path,
+    digest: &str,
+    f: impl FnOnce(&mut dyn Read) -> Result<T, ImportError>,
+) -> Result<T, ImportError> {
     let want = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
     let shown = path.display().to_string();
-    tokio::task::spawn_blocking(move || {
-        let bad = |reason: String| ImportError::Archive {
-            path: shown.clone(),
-            reason,
-        };
-        let file = std::fs::File::open(&path).map_err(|source| ImportError::Io {
-            path: shown.clone(),
-            source,
-        })?;
-        let mut tar = tar::Archive::new(std::io::BufReader::new(file));
-        for entry in tar.entries().map_err(|e| bad(e.to_string()))? {
-            let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-            let name = entry
-                .path()
-                .map_err(|e| bad(e.to_string()))?
-                .to_string_lossy()
-                .trim_start_matches("./")
-                .to_string();
-            if name == want {
-                let mut buf = Vec::with_capacity(entry.size() as usize);
-                entry
-                    .read_to_end(&mut buf)
-                    .map_err(|e| bad(format!("cannot read {name}: {e}")))?;
-                return Ok(buf);
-            }
+    let bad = |reason: String| ImportError::Archive {
+        path: shown.clone(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|source| ImportError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let mut tar = tar::Archive::new(std::io::BufReader::new(file));
+    for entry in tar.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let name = entry
+            .path()
+            .map_err(|e| bad(e.to_string()))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if name == want {
+            return f(&mut entry);
         }
-        Err(bad(format!("blob {want} vanished between two reads")))
-    })
-    .await
-    .map_err(|e| ImportError::Archive {
-        path: String::new(),
-        reason: format!("reader failed: {e}"),
-    })?
+    }
+    Err(bad(format!("blob {want} vanished between two reads")))
+}
+
+/// Sends one blob to containerd's content store as Write messages of [`WRITE_CHUNK`] bytes,
+/// then the Commit carrying `labels`, checking its SHA-256 on the way: a blob that does not
+/// match its digest is never committed (the stream ends without a commit and the lease's
+/// garbage collection takes what was written). Blocking: run it on a blocking thread.
+fn send_blob(
+    path: &Path,
+    desc: &Desc,
+    labels: HashMap<String, String>,
+    reader: &mut dyn Read,
+    tx: &tokio::sync::mpsc::Sender<WriteContentRequest>,
+) -> Result<(), ImportError> {
+    let bad = |reason: String| ImportError::Archive {
+        path: path.display().to_string(),
+        reason,
+    };
+    let reference = format!("skerry-import-{}", desc.digest);
+    let mut hasher = Sha256::new();
+    let mut offset: i64 = 0;
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = reader
+                .read(&mut buf[filled..])
+                .map_err(|e| bad(format!("cannot read blob {}: {e}", desc.digest)))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        hasher.update(&buf[..filled]);
+        let message = WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: reference.clone(),
+            total: desc.size,
+            expected: desc.digest.clone(),
+            offset,
+            data: buf[..filled].to_vec(),
+            labels: HashMap::new(),
+        };
+        if tx.blocking_send(message).is_err() {
+            return Ok(()); // The RPC ended early; its own error is reported.
+        }
+        offset += filled as i64;
+    }
+    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if got != desc.digest || offset != desc.size {
+        return Err(bad(format!(
+            "blob {} does not match its digest or size (the file is damaged)",
+            desc.digest
+        )));
+    }
+    let _ = tx.blocking_send(WriteContentRequest {
+        action: WriteAction::Commit as i32,
+        r#ref: reference,
+        total: desc.size,
+        expected: desc.digest.clone(),
+        offset,
+        data: vec![],
+        labels,
+    });
+    Ok(())
 }
 
 /// RFC 3339 in UTC, for containerd's lease expiry label.
@@ -908,6 +950,56 @@ mod tests {
         }
         b.finish().expect("finish");
         f
+    }
+
+    #[test]
+    fn blobs_stream_in_chunks_and_a_damaged_one_is_never_committed() {
+        let data = vec![7u8; WRITE_CHUNK + 10];
+        let desc = Desc {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: sha256(&data),
+            size: data.len() as i64,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        send_blob(
+            Path::new("x.tar"),
+            &desc,
+            HashMap::new(),
+            &mut data.as_slice(),
+            &tx,
+        )
+        .expect("sent");
+        let mut got = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            got.push(m);
+        }
+        assert_eq!(got.len(), 3, "two chunks and the commit");
+        assert_eq!(got[1].offset, WRITE_CHUNK as i64);
+        assert_eq!(got[2].action, WriteAction::Commit as i32);
+
+        let mut flipped = data.clone();
+        flipped[5] ^= 1;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let err = send_blob(
+            Path::new("x.tar"),
+            &desc,
+            HashMap::new(),
+            &mut flipped.as_slice(),
+            &tx,
+        )
+        .expect_err("damaged");
+        assert!(
+            err.to_string().contains("does not match its digest"),
+            "{err}"
+        );
+        let mut actions = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            actions.push(m.action);
+        }
+        assert!(
+            !actions.contains(&(WriteAction::Commit as i32)),
+            "{actions:?}"
+        );
     }
 
     #[test]
