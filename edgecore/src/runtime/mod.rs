@@ -300,6 +300,34 @@ pub fn container_digest(container: &EdgeContainer) -> String {
     hex::encode(Sha256::digest(&json))
 }
 
+/// The newest instance log in a container's log directory: `<attempt>.log` with the highest
+/// attempt. `Ok(None)` when the directory does not exist or holds none. Both runtimes keep
+/// their logs in this layout, so `edgecore logs` reads them the same way.
+pub(crate) async fn newest_attempt_log(
+    dir: &std::path::Path,
+) -> std::io::Result<Option<std::path::PathBuf>> {
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut newest: Option<(u32, std::path::PathBuf)> = None;
+    while let Some(entry) = entries.next_entry().await? {
+        let name = entry.file_name();
+        let Some(attempt) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if newest.as_ref().is_none_or(|(a, _)| attempt > *a) {
+            newest = Some((attempt, entry.path()));
+        }
+    }
+    Ok(newest.map(|(_, path)| path))
+}
+
 /// Labels every runtime attaches to what it creates, so that a restarted edgecore can find it.
 pub fn sandbox_labels(pod: &EdgePod) -> BTreeMap<String, String> {
     BTreeMap::from([

@@ -1102,35 +1102,10 @@ impl Runtime for ProcessRuntime {
             .pod_dir(&sandbox.pod_uid)
             .join("logs")
             .join(container_name);
-        let mut newest: Option<(u32, PathBuf)> = None;
-        let mut entries = match tokio::fs::read_dir(&dir).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(no_log()),
-            Err(e) => {
-                return Err(internal(
-                    "read log",
-                    format!("cannot list {}: {e}", dir.display()),
-                ))
-            }
-        };
-        while let Some(entry) = entries
-            .next_entry()
+        let path = super::newest_attempt_log(&dir)
             .await
             .map_err(|e| internal("read log", format!("cannot list {}: {e}", dir.display())))?
-        {
-            let name = entry.file_name();
-            let Some(attempt) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".log"))
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if newest.as_ref().is_none_or(|(a, _)| attempt > *a) {
-                newest = Some((attempt, entry.path()));
-            }
-        }
-        let (_, path) = newest.ok_or_else(no_log)?;
+            .ok_or_else(no_log)?;
         tokio::task::spawn_blocking(move || {
             tail_file(&path, tail)
                 .map_err(|e| internal("read log", format!("cannot read {}: {e}", path.display())))

@@ -299,6 +299,21 @@ impl CriRuntime {
         self.pods_root.join(uid).join("logs")
     }
 
+    /// The outcome of a teardown call, where NotFound means the work is already done (CRI's
+    /// stops and removals are idempotent, as the `Runtime` trait promises).
+    fn done_if_absent<T>(
+        &self,
+        result: Result<T, CallError>,
+        op: &str,
+        rpc: &str,
+    ) -> Result<(), RuntimeError> {
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(self.internal(op, rpc, &e)),
+        }
+    }
+
     fn internal(&self, op: &str, rpc: &str, error: &CallError) -> RuntimeError {
         RuntimeError::Internal {
             op: op.to_string(),
@@ -423,19 +438,15 @@ impl CriRuntime {
             timeout: whole_seconds(grace),
         };
         let deadline = grace.saturating_add(self.conn.timeout);
-        match self
+        let result = self
             .conn
             .call(deadline, true, || {
                 let mut client = self.conn.runtime();
                 let request = request.clone();
                 async move { client.stop_container(request).await }
             })
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(self.internal(op, "StopContainer", &e)),
-        }
+            .await;
+        self.done_if_absent(result, op, "StopContainer")
     }
 
     /// Removes a container (stopping it at once if it runs); a missing one is removed.
@@ -443,19 +454,15 @@ impl CriRuntime {
         let request = cri::RemoveContainerRequest {
             container_id: id.to_string(),
         };
-        match self
+        let result = self
             .conn
             .call(self.conn.timeout, true, || {
                 let mut client = self.conn.runtime();
                 let request = request.clone();
                 async move { client.remove_container(request).await }
             })
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(self.internal(op, "RemoveContainer", &e)),
-        }
+            .await;
+        self.done_if_absent(result, op, "RemoveContainer")
     }
 
     /// Stops and removes a sandbox with whatever still runs in it (killed at once: callers stop
@@ -480,19 +487,15 @@ impl CriRuntime {
         let remove = cri::RemovePodSandboxRequest {
             pod_sandbox_id: id.to_string(),
         };
-        match self
+        let result = self
             .conn
             .call(self.conn.timeout, true, || {
                 let mut client = self.conn.runtime();
                 let request = remove.clone();
                 async move { client.remove_pod_sandbox(request).await }
             })
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(self.internal(op, "RemovePodSandbox", &e)),
-        }
+            .await;
+        self.done_if_absent(result, op, "RemovePodSandbox")
     }
 
     /// The id of `image` if containerd has it.
@@ -1209,30 +1212,10 @@ pub async fn read_newest_log(
         return Err(no_log());
     }
     let dir = pods_root.join(pod_uid).join("logs").join(container_name);
-    let mut entries = match tokio::fs::read_dir(&dir).await {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_log()),
-        Err(e) => return Err(err(format!("cannot list {}: {e}", dir.display()))),
-    };
-    let mut newest: Option<(u32, PathBuf)> = None;
-    while let Some(entry) = entries
-        .next_entry()
+    let path = crate::runtime::newest_attempt_log(&dir)
         .await
         .map_err(|e| err(format!("cannot list {}: {e}", dir.display())))?
-    {
-        let name = entry.file_name();
-        let Some(attempt) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".log"))
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if newest.as_ref().is_none_or(|(a, _)| attempt > *a) {
-            newest = Some((attempt, entry.path()));
-        }
-    }
-    let (_, path) = newest.ok_or_else(no_log)?;
+        .ok_or_else(no_log)?;
     tokio::task::spawn_blocking(move || {
         let read = |path: &Path, tail| {
             logs::read_tail(path, tail).map_err(|e| RuntimeError::Internal {
