@@ -66,9 +66,15 @@ pub const NAMESPACE_INFO: ResourceInfo = ResourceInfo {
 };
 
 const COLUMNS: [Column; 3] = [
-    Column { name: "Name", kind: "string", format: "name", description: "Name must be unique within a namespace.", priority: 0 },
-    Column { name: "Status", kind: "string", format: "", description: "The status of the namespace", priority: 0 },
-    Column { name: "Age", kind: "string", format: "", description: "CreationTimestamp is a timestamp representing the server time when this object was created.", priority: 0 },
+    super::table::NAME_COLUMN,
+    Column {
+        name: "Status",
+        kind: "string",
+        format: "",
+        description: "The status of the namespace",
+        priority: 0,
+    },
+    super::table::AGE_COLUMN,
 ];
 
 /// The namespace [`ResourceHandler`].

@@ -34,10 +34,10 @@ pub const NODE_INFO: ResourceInfo = ResourceInfo {
 };
 
 const COLUMNS: [Column; 9] = [
-    Column { name: "Name", kind: "string", format: "name", description: "Name must be unique within a namespace.", priority: 0 },
+    super::table::NAME_COLUMN,
     Column { name: "Status", kind: "string", format: "", description: "The status of the node", priority: 0 },
     Column { name: "Roles", kind: "string", format: "", description: "The roles of the node", priority: 0 },
-    Column { name: "Age", kind: "string", format: "", description: "CreationTimestamp is a timestamp representing the server time when this object was created.", priority: 0 },
+    super::table::AGE_COLUMN,
     Column { name: "Version", kind: "string", format: "", description: "Kubelet Version reported by the node.", priority: 0 },
     Column { name: "Internal-IP", kind: "string", format: "", description: "List of addresses reachable to the node. Queried from cloud provider, if available.", priority: 1 },
     Column { name: "OS-Image", kind: "string", format: "", description: "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).", priority: 1 },

@@ -99,11 +99,11 @@ pub const POD_INFO: ResourceInfo = ResourceInfo {
 };
 
 const COLUMNS: [Column; 7] = [
-    Column { name: "Name", kind: "string", format: "name", description: "Name must be unique within a namespace.", priority: 0 },
+    super::table::NAME_COLUMN,
     Column { name: "Ready", kind: "string", format: "", description: "The aggregate readiness state of this pod for accepting traffic.", priority: 0 },
     Column { name: "Status", kind: "string", format: "", description: "The aggregate status of the containers in this pod.", priority: 0 },
     Column { name: "Restarts", kind: "string", format: "", description: "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.", priority: 0 },
-    Column { name: "Age", kind: "string", format: "", description: "CreationTimestamp is a timestamp representing the server time when this object was created.", priority: 0 },
+    super::table::AGE_COLUMN,
     Column { name: "IP", kind: "string", format: "", description: "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.", priority: 1 },
     Column { name: "Node", kind: "string", format: "", description: "NodeName is a request to schedule this pod onto a specific node.", priority: 1 },
 ];

@@ -47,10 +47,10 @@ pub const SECRET_INFO: ResourceInfo = ResourceInfo {
 };
 
 const COLUMNS: [Column; 4] = [
-    Column { name: "Name", kind: "string", format: "name", description: "Name must be unique within a namespace.", priority: 0 },
+    super::table::NAME_COLUMN,
     Column { name: "Type", kind: "string", format: "", description: "Used to facilitate programmatic handling of secret data.", priority: 0 },
     Column { name: "Data", kind: "string", format: "", description: "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' or '.'.", priority: 0 },
-    Column { name: "Age", kind: "string", format: "", description: "CreationTimestamp is a timestamp representing the server time when this object was created.", priority: 0 },
+    super::table::AGE_COLUMN,
 ];
 
 /// The Secret [`ResourceHandler`].

@@ -20,6 +20,24 @@ pub struct Column {
     pub priority: u8,
 }
 
+/// The `Name` column every kind's table starts with, as Kubernetes defines it.
+pub const NAME_COLUMN: Column = Column {
+    name: "Name",
+    kind: "string",
+    format: "name",
+    description: "Name must be unique within a namespace.",
+    priority: 0,
+};
+
+/// The `Age` column, as Kubernetes defines it.
+pub const AGE_COLUMN: Column = Column {
+    name: "Age",
+    kind: "string",
+    format: "",
+    description: "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    priority: 0,
+};
+
 /// What each row carries besides its cells (`?includeObject=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IncludeObject {
