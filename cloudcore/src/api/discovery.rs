@@ -273,8 +273,23 @@ mod tests {
         assert_eq!(list["resources"][0]["shortNames"], json!(["ns"]));
         assert_eq!(list["resources"][0]["namespaced"], false);
         assert!(resource_list(&r, "", "v2").is_none());
-        assert_eq!(api_group_list(&r)["groups"], json!([]));
-        assert!(api_group(&r, "apps").is_none());
+        assert_eq!(api_group_list(&r)["groups"][0]["name"], "apps");
+        assert_eq!(
+            api_group(&r, "apps").unwrap()["preferredVersion"]["groupVersion"],
+            "apps/v1"
+        );
+        assert!(api_group(&r, "batch").is_none());
+        let apps = resource_list(&r, "apps", "v1").unwrap();
+        let names: Vec<&str> = apps["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        for kind in ["deployments", "replicasets", "daemonsets", "statefulsets"] {
+            assert!(names.contains(&kind), "{kind} in {names:?}");
+            assert!(names.contains(&format!("{kind}/status").as_str()));
+        }
         assert_eq!(version_info()["minor"], "33");
         assert!(version_info()["gitVersion"]
             .as_str()
@@ -302,6 +317,7 @@ mod tests {
             .iter()
             .any(|p| p["name"] == "fieldValidation" && p["in"] == "query"));
         assert!(doc["paths"]["/api/v1/nodes/{name}"]["patch"].is_object());
-        assert!(openapi_v3_group_version(&r, "apis/apps/v1").is_none());
+        assert!(openapi_v3_group_version(&r, "apis/apps/v1").is_some());
+        assert!(openapi_v3_group_version(&r, "apis/batch/v1").is_none());
     }
 }

@@ -583,6 +583,7 @@ async fn create_object(call: &Call, raw: Value) -> Result<Response, ApiError> {
     }
     meta.insert("uid".into(), json!(new_uid()));
     meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+    meta.insert("generation".into(), json!(1));
     let name = meta
         .get("name")
         .and_then(Value::as_str)
@@ -697,6 +698,7 @@ fn build_update(call: &Call, body: &Value, current: &Value) -> Result<Value, Api
         "creationTimestamp",
         "deletionTimestamp",
         "deletionGracePeriodSeconds",
+        "generation",
     ] {
         match current.get("metadata").and_then(|m| m.get(system)) {
             Some(v) => meta.insert(system.into(), v.clone()),
@@ -735,11 +737,41 @@ fn build_update(call: &Call, body: &Value, current: &Value) -> Result<Value, Api
             };
         }
     }
+    bump_generation(&mut new, current);
     validate(call, &new)?;
     call.res
         .validate_update(&new, current)
         .map_err(|e| invalid(info, &new, e))?;
     Ok(new)
+}
+
+/// `metadata.generation` counts changes to the desired state, as in Kubernetes: it starts at 1
+/// and goes up by one whenever anything outside `metadata` and `status` changes, so controllers
+/// report `status.observedGeneration` and `kubectl rollout status` can tell when a change was
+/// seen. Metadata-only writes (labels, annotations) keep it.
+fn bump_generation(new: &mut Value, current: &Value) {
+    let desired = |v: &Value| -> Map<String, Value> {
+        v.as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let old = current
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let next = if desired(new) != desired(current) {
+        old + 1
+    } else {
+        old
+    };
+    if let Some(meta) = metadata_mut(new) {
+        meta.insert("generation".into(), json!(next));
+    }
 }
 
 /// The object a write of `body` (decoded) to `/status` produces: `current` with body's status.

@@ -3,8 +3,9 @@
 //!
 //! Layout:
 //! - [`resource`]: the registry ([`ResourceInfo`] + [`ResourceHandler`] per kind);
-//! - [`namespaces`], [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`]: the per-kind
-//!   behaviour;
+//! - [`namespaces`], [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`],
+//!   [`workloads`] (apps/v1): the per-kind behaviour;
+//! - [`client`]: the in-process client controllers write through, with the HTTP path's semantics;
 //! - `handlers`: generic get/list/create/update/patch/delete/status over the [`Store`], with
 //!   Kubernetes' semantics (defaulting, optimistic concurrency, graceful pod deletion);
 //! - `watch`: `?watch=1` streams, resumable from the [`history`] of recent events;
@@ -24,6 +25,7 @@
 //! sharded by the node they are bound to.
 
 pub mod auth;
+pub mod client;
 pub mod configmaps;
 pub mod discovery;
 pub mod error;
@@ -42,6 +44,7 @@ pub mod selector;
 pub mod table;
 pub mod validation;
 mod watch;
+pub mod workloads;
 
 #[cfg(test)]
 mod tests;

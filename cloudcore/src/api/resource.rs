@@ -347,8 +347,8 @@ impl Registry {
         }
     }
 
-    /// The resources Skerry serves today: namespaces, pods, nodes, ConfigMaps, Secrets and
-    /// events.
+    /// The resources Skerry serves today: namespaces, pods, nodes, ConfigMaps, Secrets,
+    /// events, and the apps/v1 workloads.
     pub fn builtin() -> Self {
         let mut r = Self::new();
         r.register(Arc::new(super::namespaces::NamespaceHandler));
@@ -357,6 +357,9 @@ impl Registry {
         r.register(Arc::new(super::configmaps::ConfigMapHandler));
         r.register(Arc::new(super::secrets::SecretHandler));
         r.register(Arc::new(super::events::EventHandler));
+        for w in super::workloads::Workload::ALL {
+            r.register(Arc::new(super::workloads::WorkloadHandler(w)));
+        }
         r
     }
 
@@ -380,6 +383,13 @@ impl Registry {
             let i = h.info();
             i.group == group && i.version == version && i.plural == plural
         })
+    }
+
+    /// Looks up a resource by its storage resource (`pods`, `apps/deployments`).
+    pub fn by_storage_resource(&self, resource: &str) -> Option<&Arc<dyn ResourceHandler>> {
+        self.resources
+            .iter()
+            .find(|h| h.info().storage_resource() == resource)
     }
 
     /// Every resource, in registration order.

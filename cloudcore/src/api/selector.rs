@@ -346,6 +346,66 @@ impl LabelSelector {
         self.requirements.is_empty()
     }
 
+    /// Converts the structured selector of workload specs (`matchLabels` and
+    /// `matchExpressions`, as in `metav1.LabelSelectorAsSelector`). An operator other than
+    /// `In`, `NotIn`, `Exists` and `DoesNotExist`, or `In`/`NotIn` without values, is an error
+    /// naming the field (`matchExpressions[0].operator`).
+    pub fn from_meta(
+        sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    ) -> Result<Self, SelectorError> {
+        let err = |problem: String| SelectorError {
+            what: "label selector",
+            input: String::new(),
+            problem,
+        };
+        let mut requirements = Vec::new();
+        for (k, v) in sel.match_labels.iter().flatten() {
+            requirements.push(LabelRequirement {
+                key: k.clone(),
+                op: LabelOp::Equals(v.clone()),
+            });
+        }
+        for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
+            let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
+            let op = match e.operator.as_str() {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(err(format!(
+                        "matchExpressions[{i}].values: must be specified when `operator` is 'In' or 'NotIn'"
+                    )))
+                }
+                "In" => LabelOp::In(values),
+                "NotIn" => LabelOp::NotIn(values),
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err(err(format!(
+                        "matchExpressions[{i}].values: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+                    )))
+                }
+                "Exists" => LabelOp::Exists,
+                "DoesNotExist" => LabelOp::DoesNotExist,
+                other => {
+                    return Err(err(format!(
+                        "matchExpressions[{i}].operator: Unsupported value: {other:?}: supported values: \"In\", \"NotIn\", \"Exists\", \"DoesNotExist\""
+                    )))
+                }
+            };
+            requirements.push(LabelRequirement {
+                key: e.key.clone(),
+                op,
+            });
+        }
+        Ok(Self { requirements })
+    }
+
+    /// Whether a label map satisfies every requirement (for pod templates, whose labels are
+    /// not at `metadata.labels` of the object being checked).
+    pub fn matches_labels(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        let map: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        self.requirements.iter().all(|r| r.matches(Some(&map)))
+    }
+
     /// Whether an object's `metadata.labels` satisfy every requirement.
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
@@ -487,6 +547,31 @@ impl FieldSelector {
         self.requirements
             .iter()
             .all(|r| (value_of(&r.field) == r.value) != r.negated)
+    }
+}
+
+impl std::fmt::Display for LabelSelector {
+    /// The selector in query syntax (`app=web,tier in (a,b),!legacy`), as `/scale` reports
+    /// it in `status.selector` and as it can be passed back as `?labelSelector=`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
+        for (i, r) in self.requirements.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            let k = &r.key;
+            match &r.op {
+                LabelOp::Equals(v) => write!(f, "{k}={v}")?,
+                LabelOp::NotEquals(v) => write!(f, "{k}!={v}")?,
+                LabelOp::In(s) => write!(f, "{k} in ({})", set(s))?,
+                LabelOp::NotIn(s) => write!(f, "{k} notin ({})", set(s))?,
+                LabelOp::Exists => write!(f, "{k}")?,
+                LabelOp::DoesNotExist => write!(f, "!{k}")?,
+                LabelOp::GreaterThan(n) => write!(f, "{k}>{n}")?,
+                LabelOp::LessThan(n) => write!(f, "{k}<{n}")?,
+            }
+        }
+        Ok(())
     }
 }
 

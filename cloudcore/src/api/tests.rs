@@ -352,11 +352,11 @@ async fn error_statuses() {
         "/nope",
         "/api/v1/widgets",
         "/api/v2/pods",
-        "/apis/apps/v1",
+        "/apis/batch/v1",
         "/api/v1/namespaces/default/pods/a/log",
         "/api/v1/pods/a",
         "/openapi/v2",
-        "/openapi/v3/apis/apps/v1",
+        "/openapi/v3/apis/batch/v1",
     ] {
         let (code, v) = h.call(Method::GET, path, None).await;
         assert_eq!(code, StatusCode::NOT_FOUND, "{path}");
@@ -785,10 +785,8 @@ async fn discovery_and_plain_endpoints() {
         .iter()
         .any(|r| r["name"] == "pods/status"));
     let (_, v) = h.call(Method::GET, "/apis", None).await;
-    assert_eq!(
-        v,
-        json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
-    );
+    assert_eq!(v["kind"], "APIGroupList");
+    assert_eq!(v["groups"][0]["name"], "apps");
     let (_, v) = h.call(Method::GET, "/version", None).await;
     assert_eq!(
         (v["major"].as_str(), v["minor"].as_str()),

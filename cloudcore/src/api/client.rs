@@ -1,0 +1,213 @@
+//! An in-process API client for cloudcore's own controllers.
+//!
+//! Controllers (ReplicaSet, Deployment, DaemonSet, StatefulSet, garbage collector, node
+//! lifecycle) must write exactly as a `kubectl` user would: the same decoding, defaulting,
+//! validation, namespace admission, generation bookkeeping and graceful pod deletion. So this
+//! client does not write to the store itself: it builds the same [`Call`] an HTTP request
+//! produces and runs the same handler, then reads the JSON answer back. Reads go straight to
+//! the store (they have no semantics beyond the stored object).
+//!
+//! Resources are named by their storage resource (`pods`, `apps/replicasets`); cluster-scoped
+//! objects take an empty namespace.
+
+use super::error::ApiError;
+use super::handlers::{self, Call};
+use super::resource::ResourceHandler;
+use super::ApiState;
+use crate::store::{ObjectKey, Stored};
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// How a delete treats the object's dependents (`DeleteOptions.propagationPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// Delete the owner now; the garbage collector deletes dependents afterwards.
+    Background,
+    /// Delete dependents first; the owner goes once they are gone.
+    Foreground,
+    /// Leave dependents, removing their owner references.
+    Orphan,
+}
+
+impl Propagation {
+    /// The name Kubernetes uses in `DeleteOptions`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Propagation::Background => "Background",
+            Propagation::Foreground => "Foreground",
+            Propagation::Orphan => "Orphan",
+        }
+    }
+}
+
+/// The in-process client; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    state: ApiState,
+}
+
+impl Client {
+    /// A client writing through `state`'s registry and store.
+    pub fn new(state: ApiState) -> Self {
+        Self { state }
+    }
+
+    /// The API state the client writes through (its store, for watching).
+    pub fn state(&self) -> &ApiState {
+        &self.state
+    }
+
+    fn handler(&self, resource: &str) -> Result<Arc<dyn ResourceHandler>, ApiError> {
+        self.state
+            .registry
+            .by_storage_resource(resource)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::Internal(format!(
+                    "resource {resource:?} is not served; register it in Registry::builtin"
+                ))
+            })
+    }
+
+    fn call(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: Option<&str>,
+        status: bool,
+    ) -> Result<Call, ApiError> {
+        let res = self.handler(resource)?;
+        let namespace =
+            (res.info().namespaced && !namespace.is_empty()).then(|| namespace.to_string());
+        Ok(Call {
+            state: self.state.clone(),
+            res,
+            namespace,
+            name: name.map(str::to_string),
+            status,
+            query: HashMap::new(),
+            headers: HeaderMap::new(),
+        })
+    }
+
+    /// Reads one object; `None` if it does not exist.
+    pub fn get(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        self.state
+            .store
+            .get(&ObjectKey::new(resource, namespace, name))
+            .map(|s| s.map(|s| s.value))
+            .map_err(|e| ApiError::from_store(e, resource, name))
+    }
+
+    /// Lists a resource in one namespace, or in all with `None`; corrupt entries are skipped
+    /// by the store (and reported there).
+    pub fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Vec<Value>, ApiError> {
+        self.list_stored(resource, namespace)
+            .map(|items| items.into_iter().map(|s| s.value).collect())
+    }
+
+    /// As [`Client::list`], with each object's revision.
+    pub fn list_stored(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Stored>, ApiError> {
+        self.state
+            .store
+            .list(resource, namespace)
+            .map(|(items, _)| items)
+            .map_err(|e| ApiError::from_store(e, resource, ""))
+    }
+
+    /// Creates `obj` (its `metadata.name` or `generateName` names it) as a client's POST would;
+    /// returns the stored object.
+    pub async fn create(
+        &self,
+        resource: &str,
+        namespace: &str,
+        obj: Value,
+    ) -> Result<Value, ApiError> {
+        let call = self.call(resource, namespace, None, false)?;
+        body_of(handlers::create(&call, to_bytes(&obj)?).await?).await
+    }
+
+    /// Replaces `obj` as a client's PUT would. With `metadata.resourceVersion` set, the write
+    /// fails with a conflict if the object changed since (the caller re-reads and retries).
+    pub async fn update(
+        &self,
+        resource: &str,
+        namespace: &str,
+        obj: Value,
+    ) -> Result<Value, ApiError> {
+        let name = name_of(&obj)?;
+        let call = self.call(resource, namespace, Some(&name), false)?;
+        body_of(handlers::update(&call, to_bytes(&obj)?).await?).await
+    }
+
+    /// Replaces the status of `obj` as a PUT to `/status` would (same precondition rule).
+    pub async fn update_status(
+        &self,
+        resource: &str,
+        namespace: &str,
+        obj: Value,
+    ) -> Result<Value, ApiError> {
+        let name = name_of(&obj)?;
+        let call = self.call(resource, namespace, Some(&name), true)?;
+        body_of(handlers::update(&call, to_bytes(&obj)?).await?).await
+    }
+
+    /// Deletes an object as a client's DELETE would (pods terminate gracefully), with
+    /// `propagation` for its dependents and, if given, a uid precondition so that a
+    /// same-named successor is never deleted by mistake. A missing object is a `NotFound`.
+    pub async fn delete(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        propagation: Propagation,
+        uid: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let call = self.call(resource, namespace, Some(name), false)?;
+        let mut opts = json!({
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": propagation.as_str(),
+        });
+        if let Some(uid) = uid {
+            opts["preconditions"] = json!({ "uid": uid });
+        }
+        handlers::delete(&call, to_bytes(&opts)?).await?;
+        Ok(())
+    }
+}
+
+fn name_of(obj: &Value) -> Result<String, ApiError> {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_request("metadata.name is required for an update"))
+}
+
+fn to_bytes(obj: &Value) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(obj)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(format!("cannot encode a request body: {e}")))
+}
+
+async fn body_of(resp: Response) -> Result<Value, ApiError> {
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot read a handler's answer: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::Internal(format!("a handler answered with invalid JSON: {e}")))
+}
