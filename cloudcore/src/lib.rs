@@ -11,6 +11,7 @@ pub mod api;
 pub mod broker;
 pub mod clock;
 pub mod config_index;
+pub mod controllers;
 pub mod devices;
 pub mod hub;
 pub mod ingest;

@@ -2,8 +2,13 @@
 //!
 //! `kubectl describe` lists the events of the object it describes (a field selector on
 //! `involvedObject.*`) and fails outright when the server has no `events` resource. Skerry
-//! itself writes no events yet; clients may. Validation follows Kubernetes' core rule that an
-//! event lives in the namespace of the object it is about.
+//! Validation follows Kubernetes' core rule that an event lives in the namespace of the object
+//! it is about.
+//!
+//! [`record`] is how cloudcore's own components (scheduler, controllers, node lifecycle) write
+//! events: repeats with the same message bump one Event's `count` and `lastTimestamp` instead of
+//! piling up copies (Kubernetes' event aggregation). The Event is named after the object and a
+//! digest of (object uid, reason, message), so a new object with the same name starts afresh.
 
 use super::error::FieldError;
 use super::resource::{
@@ -11,8 +16,11 @@ use super::resource::{
 };
 use super::table::{human_duration, parse_timestamp, Column};
 use super::validation::NameRule;
+use crate::clock;
+use crate::store::{ObjectKey, Store, StoreError, Stored};
 use k8s_openapi::api::core::v1::Event;
 use serde_json::{json, Value};
+use std::hash::{Hash, Hasher};
 
 const fn field(name: &'static str, pointer: &'static str) -> SelectableField {
     SelectableField {
@@ -150,6 +158,110 @@ impl ResourceHandler for EventHandler {
     }
 }
 
+/// Whether an event reports normal progress or something to look at (`kubectl describe`
+/// shows both; `kubectl get events --field-selector type=Warning` filters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Normal progress (`Scheduled`, `SuccessfulCreate`).
+    Normal,
+    /// Something went wrong or needs attention (`FailedScheduling`).
+    Warning,
+}
+
+impl EventType {
+    /// The `type` field value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The name of the Event about `object` for `reason` and `message`.
+pub fn event_name(object: &Value, reason: &str, message: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (str_at(object, "/metadata/uid"), reason, message).hash(&mut h);
+    let name = str_at(object, "/metadata/name");
+    // 253 characters at most: 17 for the suffix, the rest from the object name.
+    let prefix = name[..name.len().min(236)].trim_end_matches(['.', '-']);
+    format!("{prefix}.{:016x}", h.finish())
+}
+
+/// A new Event about `object` (any kind: its `apiVersion` and `kind` are copied).
+fn new_event(
+    object: &Value,
+    name: &str,
+    event_type: EventType,
+    reason: &str,
+    message: &str,
+    component: &str,
+) -> Value {
+    let now = clock::now_rfc3339();
+    // Cluster-scoped objects (nodes) have their events in `default`, as in Kubernetes.
+    let ns = match str_at(object, "/metadata/namespace") {
+        "" => "default",
+        ns => ns,
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": ns, "uid": uuid::Uuid::new_v4().to_string(),
+                     "creationTimestamp": now},
+        "involvedObject": {"apiVersion": str_at(object, "/apiVersion"), "kind": str_at(object, "/kind"),
+                           "namespace": str_at(object, "/metadata/namespace"),
+                           "name": str_at(object, "/metadata/name"), "uid": str_at(object, "/metadata/uid"),
+                           "resourceVersion": str_at(object, "/metadata/resourceVersion")},
+        "reason": reason, "message": message, "type": event_type.as_str(), "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now,
+        "source": {"component": component},
+        "reportingComponent": component, "reportingInstance": component,
+    })
+}
+
+/// Records an Event about `object` from `component`: creates it, or bumps the count of the
+/// same (object, reason, message) Event.
+pub async fn record(
+    store: &dyn Store,
+    object: &Value,
+    event_type: EventType,
+    reason: &str,
+    message: &str,
+    component: &str,
+) -> Result<Stored, StoreError> {
+    let name = event_name(object, reason, message);
+    let probe = new_event(object, &name, event_type, reason, message, component);
+    let ns = str_at(&probe, "/metadata/namespace").to_string();
+    let key = ObjectKey::new("events", ns, &name);
+    let rv = str_at(object, "/metadata/resourceVersion").to_string();
+    for _ in 0..4 {
+        let bumped = crate::store::update_with(store, &key, |ev| {
+            let mut ev = ev.clone();
+            ev["count"] = json!(ev["count"].as_u64().unwrap_or(1) + 1);
+            ev["lastTimestamp"] = json!(clock::now_rfc3339());
+            ev["involvedObject"]["resourceVersion"] = json!(rv);
+            Some(ev)
+        })
+        .await;
+        match bumped {
+            Ok(Some(s)) => return Ok(s),
+            // (The closure always writes, so `Ok(None)` does not occur; creating is harmless.)
+            Ok(None) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        match store.create(&key, probe.clone()).await {
+            Err(StoreError::AlreadyExists(_)) => continue,
+            other => return other,
+        }
+    }
+    Err(StoreError::Backend(format!(
+        "{key} kept appearing and disappearing while recording it; the next attempt retries"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +292,17 @@ mod tests {
         let mut elsewhere = ev.clone();
         elsewhere["involvedObject"]["namespace"] = json!("other");
         assert!(EventHandler.validate(&elsewhere).is_err());
+    }
+
+    #[test]
+    fn event_names_are_stable_per_pod_and_message_and_valid() {
+        let pod = |uid: &str| json!({"metadata": {"name": "web", "uid": uid}});
+        let a = event_name(&pod("u1"), "FailedScheduling", "m");
+        assert_eq!(a, event_name(&pod("u1"), "FailedScheduling", "m"));
+        assert_ne!(a, event_name(&pod("u2"), "FailedScheduling", "m"));
+        assert_ne!(a, event_name(&pod("u1"), "FailedScheduling", "n"));
+        assert!(a.starts_with("web."));
+        let long = json!({"metadata": {"name": format!("{}-x", "a".repeat(240)), "uid": "u"}});
+        assert!(event_name(&long, "r", "m").len() <= 253);
     }
 }

@@ -12,6 +12,7 @@ const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/js
 
 struct Harness {
     app: Router,
+    state: ApiState,
     store: Arc<SledStore>,
     history: Arc<history::History>,
     _dir: tempfile::TempDir,
@@ -38,7 +39,8 @@ async fn harness_with_history(events: usize) -> Harness {
     ));
     Harness {
         history: state.history.clone(),
-        app: router(state),
+        app: router(state.clone()),
+        state,
         store,
         _dir: dir,
     }
@@ -1601,4 +1603,94 @@ async fn watches_resume_from_a_resource_version_and_expire_when_too_old() {
         .watch_lines(&format!("{base}&resourceVersion={head}"))
         .await;
     assert!(quiet.is_empty(), "{quiet:?}");
+}
+
+#[tokio::test]
+async fn the_in_process_client_writes_with_the_api_semantics() {
+    use super::client::{Client, Propagation};
+    let h = harness().await;
+    let c = Client::new(h.state.clone());
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox:1.35"}]}}}});
+    let created = c
+        .create("apps/deployments", "default", deploy)
+        .await
+        .unwrap();
+    assert_eq!(created["metadata"]["generation"], 1);
+    assert_eq!(created["metadata"]["namespace"], "default");
+    assert_eq!(created["spec"]["replicas"], 1);
+    // Validation runs as for kubectl: a selector that does not match is a 422.
+    let mut bad = created.clone();
+    bad["metadata"] = json!({"name": "bad"});
+    bad["spec"]["selector"] = json!({"matchLabels": {"app": "other"}});
+    let err = c
+        .create("apps/deployments", "default", bad)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status()["code"], 422);
+    // A spec change bumps the generation; a label change does not.
+    let mut scaled = created.clone();
+    scaled["spec"]["replicas"] = json!(3);
+    let scaled = c
+        .update("apps/deployments", "default", scaled)
+        .await
+        .unwrap();
+    assert_eq!(scaled["metadata"]["generation"], 2);
+    let mut labelled = scaled.clone();
+    labelled["metadata"]["labels"] = json!({"team": "a"});
+    let labelled = c
+        .update("apps/deployments", "default", labelled)
+        .await
+        .unwrap();
+    assert_eq!(labelled["metadata"]["generation"], 2);
+    // A stale resourceVersion is a conflict, not a lost update.
+    let err = c
+        .update("apps/deployments", "default", scaled)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status()["code"], 409);
+    let mut status = labelled.clone();
+    status["status"] = json!({"observedGeneration": 2, "replicas": 0});
+    let written = c
+        .update_status("apps/deployments", "default", status)
+        .await
+        .unwrap();
+    assert_eq!(written["status"]["observedGeneration"], 2);
+    assert_eq!(written["metadata"]["generation"], 2);
+    assert_eq!(
+        c.list("apps/deployments", Some("default")).unwrap().len(),
+        1
+    );
+    let err = c
+        .delete(
+            "apps/deployments",
+            "default",
+            "web",
+            Propagation::Background,
+            Some("not-the-uid"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status()["code"], 409);
+    c.delete(
+        "apps/deployments",
+        "default",
+        "web",
+        Propagation::Background,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(c
+        .get("apps/deployments", "default", "web")
+        .unwrap()
+        .is_none());
+    let err = c
+        .create("apps/widgets", "default", json!({}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not served"), "{err}");
 }

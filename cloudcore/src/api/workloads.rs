@@ -848,10 +848,7 @@ mod tests {
             {"key": "tier", "operator": "In", "values": ["fe", "be"]}]}}));
         assert!(errors(h, &set_based).is_empty());
         let empty = deployment(json!({"selector": {}}));
-        assert_eq!(
-            errors(h, &empty),
-            ["spec.selector: Required value"]
-        );
+        assert_eq!(errors(h, &empty), ["spec.selector: Required value"]);
         let bad_op = deployment(json!({"selector": {"matchExpressions": [
             {"key": "tier", "operator": "Near"}]}}));
         assert!(errors(h, &bad_op)[0].contains("Unsupported value: \"Near\""));

@@ -1,0 +1,199 @@
+//! What the workload controllers share about the objects they own: owner references (who
+//! controls a pod), stamping a pod out of a template, and the pod states that count as
+//! active, ready and available. One definition, so a ReplicaSet and a StatefulSet never
+//! disagree about whether a pod is available.
+
+use crate::api::table::parse_timestamp;
+use serde_json::{json, Value};
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The owner reference that makes `owner` the controller of a dependent (what Kubernetes'
+/// `metav1.NewControllerRef` builds): deleting the owner in the foreground waits for the
+/// dependent, and only one controller may own it.
+pub fn controller_ref(owner: &Value) -> Value {
+    json!({
+        "apiVersion": str_at(owner, "/apiVersion"),
+        "kind": str_at(owner, "/kind"),
+        "name": str_at(owner, "/metadata/name"),
+        "uid": str_at(owner, "/metadata/uid"),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
+}
+
+/// The owner reference of `obj` marked `controller: true`, if any.
+pub fn controller_of(obj: &Value) -> Option<&Value> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+}
+
+/// Whether `obj` is controlled by the object with `uid`.
+pub fn is_controlled_by(obj: &Value, uid: &str) -> bool {
+    controller_of(obj).is_some_and(|r| str_at(r, "/uid") == uid)
+}
+
+/// A pod made from `template` (a `PodTemplateSpec`), controlled by `owner`: the template's
+/// labels, annotations and spec, the owner's namespace, and either `name` or a generated name
+/// starting with `generate_name`.
+pub fn pod_from_template(template: &Value, owner: &Value, name: PodName<'_>) -> Value {
+    let mut meta = json!({
+        "namespace": str_at(owner, "/metadata/namespace"),
+        "ownerReferences": [controller_ref(owner)],
+    });
+    for field in ["labels", "annotations"] {
+        if let Some(v) = template.pointer(&format!("/metadata/{field}")) {
+            meta[field] = v.clone();
+        }
+    }
+    match name {
+        PodName::Exact(n) => meta["name"] = json!(n),
+        PodName::Generate(prefix) => meta["generateName"] = json!(prefix),
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+/// How a new pod is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodName<'a> {
+    /// Exactly this name (StatefulSet's `web-0`).
+    Exact(&'a str),
+    /// This prefix plus a random suffix (ReplicaSet's `web-7d4b9-`).
+    Generate(&'a str),
+}
+
+/// Whether a pod still counts toward its controller's replicas: not being deleted, and not
+/// finished (`Succeeded`/`Failed` pods are replaced, as Kubernetes' `IsPodActive`).
+pub fn is_active(pod: &Value) -> bool {
+    pod.pointer("/metadata/deletionTimestamp").is_none()
+        && !matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
+}
+
+/// Whether a pod is terminating (has a deletion timestamp).
+pub fn is_terminating(pod: &Value) -> bool {
+    pod.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+/// The pod's `Ready` condition, if it is `True`: its last transition time in seconds.
+fn ready_since(pod: &Value) -> Option<i64> {
+    let cond = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|c| c["type"] == "Ready" && c["status"] == "True")?;
+    Some(parse_timestamp(str_at(cond, "/lastTransitionTime")).unwrap_or(0))
+}
+
+/// Whether the pod is Ready.
+pub fn is_ready(pod: &Value) -> bool {
+    ready_since(pod).is_some()
+}
+
+/// Whether the pod has been Ready for at least `min_ready_seconds` at `now` (seconds since the
+/// epoch): Kubernetes' `IsPodAvailable`.
+pub fn is_available(pod: &Value, min_ready_seconds: i64, now: i64) -> bool {
+    match ready_since(pod) {
+        Some(_) if min_ready_seconds <= 0 => true,
+        Some(since) => since + min_ready_seconds <= now,
+        None => false,
+    }
+}
+
+/// Seconds until a Ready pod becomes available, if it is Ready but not yet available: when the
+/// controller should look again.
+pub fn seconds_until_available(pod: &Value, min_ready_seconds: i64, now: i64) -> Option<i64> {
+    let since = ready_since(pod)?;
+    let left = since + min_ready_seconds - now;
+    (left > 0).then_some(left)
+}
+
+/// A short stable digest of a pod template, in Kubernetes' safe alphabet (no vowels, no
+/// look-alike digits), as `pod-template-hash` and `controller-revision-hash` labels carry it.
+/// Stable across restarts and builds: FNV-1a over the canonical JSON (object keys sorted).
+pub fn template_hash(template: &Value) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut out = String::with_capacity(10);
+    for _ in 0..10 {
+        out.push(ALPHABET[(h % ALPHABET.len() as u64) as usize] as char);
+        h /= ALPHABET.len() as u64;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "web-abc", "namespace": "prod", "uid": "u-1"}})
+    }
+
+    #[test]
+    fn pods_from_templates_carry_labels_and_a_controller_reference() {
+        let template = json!({"metadata": {"labels": {"app": "web"}, "annotations": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let pod = pod_from_template(&template, &owner(), PodName::Generate("web-abc-"));
+        assert_eq!(pod["metadata"]["generateName"], "web-abc-");
+        assert_eq!(pod["metadata"]["namespace"], "prod");
+        assert_eq!(pod["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(pod["spec"]["containers"][0]["image"], "i");
+        assert!(is_controlled_by(&pod, "u-1"));
+        assert!(!is_controlled_by(&pod, "u-2"));
+        assert_eq!(controller_of(&pod).unwrap()["kind"], "ReplicaSet");
+        let named = pod_from_template(&template, &owner(), PodName::Exact("web-0"));
+        assert_eq!(named["metadata"]["name"], "web-0");
+    }
+
+    #[test]
+    fn readiness_and_availability_follow_the_ready_condition() {
+        let pod = |status: &str, at: &str| {
+            json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": status, "lastTransitionTime": at}]}})
+        };
+        let t = 1_735_689_600; // 2025-01-01T00:00:00Z
+        let ready = pod("True", "2025-01-01T00:00:00Z");
+        assert!(is_ready(&ready));
+        assert!(is_available(&ready, 0, t));
+        assert!(!is_available(&ready, 10, t + 5));
+        assert_eq!(seconds_until_available(&ready, 10, t + 5), Some(5));
+        assert!(is_available(&ready, 10, t + 10));
+        assert_eq!(seconds_until_available(&ready, 10, t + 10), None);
+        assert!(!is_ready(&pod("False", "2025-01-01T00:00:00Z")));
+        assert!(is_active(&ready));
+        let mut done = ready.clone();
+        done["status"]["phase"] = json!("Failed");
+        assert!(!is_active(&done));
+        let mut deleting = ready;
+        deleting["metadata"] = json!({"deletionTimestamp": "2025-01-01T00:00:00Z"});
+        assert!(!is_active(&deleting));
+        assert!(is_terminating(&deleting));
+    }
+
+    #[test]
+    fn template_hashes_are_stable_and_sensitive() {
+        let a = json!({"spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}});
+        let b = json!({"spec": {"containers": [{"name": "c", "image": "nginx:1.26"}]}});
+        assert_eq!(template_hash(&a), template_hash(&a.clone()));
+        assert_ne!(template_hash(&a), template_hash(&b));
+        assert_eq!(template_hash(&a).len(), 10);
+        assert!(template_hash(&a)
+            .chars()
+            .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
+    }
+}
