@@ -623,6 +623,15 @@ async fn create_object(call: &Call, raw: Value) -> Result<Response, ApiError> {
         );
         match call.state.store.create(&key, obj.clone()).await {
             Ok(stored) => {
+                if info.namespaced {
+                    super::namespaces::recheck_after_create(
+                        call.state.store.as_ref(),
+                        info,
+                        &key,
+                        stored.revision,
+                    )
+                    .await?;
+                }
                 tracing::info!(resource = %info.plural, namespace = %key.namespace, name = %name, revision = stored.revision, "created");
                 return Ok(with_warnings(
                     call.object_response(StatusCode::CREATED, stored.value),

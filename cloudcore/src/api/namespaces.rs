@@ -247,6 +247,39 @@ pub(super) fn admit_create(
     }
 }
 
+/// Closes the race between a create and the deletion of its namespace: the admission check
+/// ([`admit_create`]) runs before the write, so the namespace controller may find the namespace
+/// empty and remove it between that check and the write, leaving an object no namespace owns.
+/// Checking again after the write closes it: the namespace is marked terminating before the
+/// controller's last emptiness check, so an object written after that check always finds the
+/// namespace terminating or gone here, and is taken back (the client gets the same 403 or 404
+/// as if it had come later). An object written before that check is seen and deleted by the
+/// controller. Kubernetes closes the same window with the namespace's `kubernetes` finalizer
+/// and repeated content sweeps; this keeps one sweep and needs no finalizer.
+pub(super) async fn recheck_after_create(
+    store: &dyn Store,
+    info: &ResourceInfo,
+    key: &ObjectKey,
+    revision: u64,
+) -> Result<(), ApiError> {
+    match admit_create(store, &key.namespace, info, &key.name) {
+        Err(e @ (ApiError::NotFound { .. } | ApiError::Forbidden { .. })) => {
+            match store.delete(key, None).await {
+                Ok(_) | Err(StoreError::NotFound(_)) => {
+                    tracing::info!(object = %key, revision, "namespace went away during the create; object taken back");
+                    Err(e)
+                }
+                Err(del) => Err(ApiError::Internal(format!(
+                    "{key} was created while its namespace was being deleted, and removing it again failed ({del}); delete it by hand"
+                ))),
+            }
+        }
+        // A failed read is not evidence that the namespace is gone: keep the object (the
+        // controller sweeps a terminating namespace again while anything is left in it).
+        _ => Ok(()),
+    }
+}
+
 /// Empties and removes terminating namespaces until the store closes: a level-triggered loop
 /// that reconciles every terminating namespace, then sleeps until a namespace changes, an object
 /// in a terminating namespace changes, or `resync` passes.
@@ -423,5 +456,48 @@ mod tests {
         assert!(relevant(&ev("pods", "team-a"), &terminating));
         assert!(!relevant(&ev("pods", "default"), &terminating));
         assert!(!relevant(&ev("nodes", ""), &terminating));
+    }
+
+    #[tokio::test]
+    async fn an_object_created_as_its_namespace_goes_is_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path(), crate::projection::shard).unwrap();
+        ensure_builtin(&store).await.unwrap();
+        let info = super::super::configmaps::CONFIG_MAP_INFO;
+        let ns = |name: &str, terminating: bool| {
+            let mut v =
+                json!({"metadata": {"name": name}, "spec": {}, "status": {"phase": "Active"}});
+            if terminating {
+                v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                v["status"]["phase"] = json!("Terminating");
+            }
+            v
+        };
+        store
+            .create(&ObjectKey::new(RESOURCE, "", "live"), ns("live", false))
+            .await
+            .unwrap();
+        store
+            .create(&ObjectKey::new(RESOURCE, "", "ending"), ns("ending", true))
+            .await
+            .unwrap();
+        for (namespace, code) in [("live", None), ("ending", Some(403)), ("gone", Some(404))] {
+            let key = ObjectKey::new("configmaps", namespace, "cfg");
+            let s = store
+                .create(&key, json!({"metadata": {"name": "cfg"}}))
+                .await
+                .unwrap();
+            let r = recheck_after_create(&store, &info, &key, s.revision).await;
+            assert_eq!(
+                r.err().map(|e| e.status()["code"].as_u64().unwrap()),
+                code,
+                "{namespace}"
+            );
+            assert_eq!(
+                store.get(&key).unwrap().is_some(),
+                code.is_none(),
+                "{namespace}"
+            );
+        }
     }
 }
