@@ -21,7 +21,6 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,33 +55,13 @@ fn cert_err(e: impl std::fmt::Display) -> PkiError {
     PkiError::Cert(e.to_string())
 }
 
-/// Writes `bytes` to `path` atomically and durably, with `mode` permissions.
+/// Writes a file atomically and durably (see `skerry_wire::durable`).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |action, source| PkiError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| io("create", e))?;
-        f.write_all(bytes).map_err(|e| io("write", e))?;
-        f.sync_all().map_err(|e| io("sync", e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| io("rename into", e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("sync the directory of", e))?;
-    Ok(())
+    wire::durable::write_atomic(path, bytes, mode).map_err(|e| PkiError::Io {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 fn now_unix() -> u64 {

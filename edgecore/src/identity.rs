@@ -94,32 +94,13 @@ pub fn read_report_key(paths: &IdentityPaths) -> Result<Vec<u8>, IdentityError> 
     Ok(key)
 }
 
-/// Writes a file atomically and durably (temp, fsync, rename, fsync dir).
+/// Writes a file atomically and durably (see `skerry_wire::durable`).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |action, source| IdentityError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io("create", e))?;
-    f.write_all(bytes).map_err(|e| io("write", e))?;
-    f.sync_all().map_err(|e| io("sync", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("rename into", e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("sync the directory of", e))?;
-    Ok(())
+    wire::durable::write_atomic(path, bytes, mode).map_err(|e| IdentityError::Io {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {

@@ -64,23 +64,26 @@ pub enum LinkError {
     Timeout(&'static str),
 }
 
+impl From<wire::frames::FrameError> for LinkError {
+    fn from(e: wire::frames::FrameError) -> Self {
+        use wire::frames::FrameError;
+        match e {
+            FrameError::Read(e) => LinkError::Read(e),
+            FrameError::Write(e) => LinkError::Write(e),
+            FrameError::Codec(e) => LinkError::Codec(e),
+            e @ FrameError::TooLarge { .. } => LinkError::Protocol(e.to_string()),
+        }
+    }
+}
+
 async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<T>, LinkError> {
-    let mut header = [0u8; codec::HEADER_LEN];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let mut payload = vec![0u8; codec::frame_len(header)?];
-    recv.read_exact(&mut payload).await?;
-    Ok(Some(codec::decode(&payload)?))
+    Ok(wire::frames::read_frame(recv, codec::MAX_FRAME_LEN).await?)
 }
 
 async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), LinkError> {
-    send.write_all(&codec::encode_frame(msg)?).await?;
-    Ok(())
+    Ok(wire::frames::write_frame(send, msg).await?)
 }
 
 /// Splits `host:port` and resolves it.

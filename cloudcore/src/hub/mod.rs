@@ -175,41 +175,39 @@ enum SessionError {
     Timeout,
 }
 
+impl From<wire::frames::FrameError> for SessionError {
+    fn from(e: wire::frames::FrameError) -> Self {
+        use wire::frames::FrameError;
+        match e {
+            FrameError::Read(e) => SessionError::Read(e),
+            FrameError::Write(e) => SessionError::Write(e),
+            // An encoding failure is ours (e.g. a batch over the frame limit), not the peer's.
+            FrameError::Codec(e @ codec::CodecError::Encode { .. }) => {
+                SessionError::Protocol(format!("cannot encode a message for the edge: {e}"))
+            }
+            FrameError::Codec(e) => SessionError::Codec(e),
+            e @ FrameError::TooLarge { .. } => SessionError::Codec(codec::CodecError::Malformed {
+                what: "frame",
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Reads one edge message. Edges send only small messages (Hello, Ack, a join request with a
+/// CSR); refusing anything larger before allocating keeps unauthenticated join connections from
+/// costing megabytes.
 async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<T>, SessionError> {
-    let mut header = [0u8; codec::HEADER_LEN];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = codec::frame_len(header)?;
-    // Edges send only small messages (Hello, Ack, a join request with a CSR); refusing anything
-    // larger before allocating keeps unauthenticated join connections from costing megabytes.
-    if len > MAX_INBOUND_FRAME {
-        return Err(SessionError::Codec(codec::CodecError::Malformed {
-            what: "frame",
-            reason: format!(
-                "{len} bytes exceed the hub's {MAX_INBOUND_FRAME}-byte limit for edge messages"
-            ),
-        }));
-    }
-    let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload).await?;
-    Ok(Some(codec::decode(&payload)?))
+    Ok(wire::frames::read_frame(recv, MAX_INBOUND_FRAME).await?)
 }
 
 async fn write_frame<T: Serialize>(
     send: &mut quinn::SendStream,
     msg: &T,
 ) -> Result<(), SessionError> {
-    // An encoding failure is ours (e.g. a batch over the frame limit), not the peer's fault.
-    let bytes = codec::encode_frame(msg).map_err(|e| {
-        SessionError::Protocol(format!("cannot encode a message for the edge: {e}"))
-    })?;
-    send.write_all(&bytes).await?;
-    Ok(())
+    Ok(wire::frames::write_frame(send, msg).await?)
 }
 
 /// Builds the QUIC server endpoint with the hub's TLS and transport settings.
