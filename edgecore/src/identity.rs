@@ -5,11 +5,9 @@
 //! by its SHA-256 (the `--ca-hash` that `cloudcore token create` prints), like kubeadm's discovery
 //! hash: a man in the middle cannot present another CA's chain.
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use crate::server_trust::{PolicyVerifier, TrustPolicy};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -155,10 +153,7 @@ pub fn join_client_tls(ca_hash: &str) -> Result<rustls::ClientConfig, IdentityEr
     let pin = hex::decode(hex_part).ok().filter(|p| p.len() == 32).ok_or_else(|| {
         IdentityError::Tls(format!("--ca-hash {ca_hash:?} is not sha256: followed by 64 hex digits; copy it as `cloudcore token create` printed it"))
     })?;
-    let verifier = Arc::new(PinnedCa {
-        pin,
-        provider: provider(),
-    });
+    let verifier = Arc::new(PolicyVerifier::new(TrustPolicy::PinnedCa(pin), provider()));
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| IdentityError::Tls(e.to_string()))?
@@ -167,71 +162,4 @@ pub fn join_client_tls(ca_hash: &str) -> Result<rustls::ClientConfig, IdentityEr
         .with_no_client_auth();
     cfg.alpn_protocols = vec![protocol::ALPN_JOIN.to_vec()];
     Ok(cfg)
-}
-
-#[derive(Debug)]
-struct PinnedCa {
-    pin: Vec<u8>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCa {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| Sha256::digest(c.as_ref()).as_slice() == self.pin.as_slice())
-            .ok_or_else(|| {
-                rustls::Error::General("no certificate in the server's chain matches --ca-hash: wrong hash, or not the cloudcore you meant to join".into())
-            })?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

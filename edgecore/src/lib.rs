@@ -15,4 +15,5 @@ pub mod link;
 pub mod pods;
 pub mod report;
 pub mod runtime;
+pub mod server_trust;
 pub mod volumes;
