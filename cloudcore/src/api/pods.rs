@@ -780,6 +780,14 @@ pub fn validate_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
     if spec.containers.is_empty() {
         errs.push(FieldError::required(format!("{path}.containers"), ""));
     }
+    // Refused rather than dropped: the edge would start the main containers without the steps
+    // they depend on, and the user would find out only from broken pods.
+    if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+        errs.push(FieldError::forbidden(
+            format!("{path}.initContainers"),
+            "init containers are not run by Skerry edges yet; run the step at the start of a container's command instead",
+        ));
+    }
     let mut names = HashSet::new();
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         validate_container(
@@ -1667,5 +1675,16 @@ mod tests {
         );
         init["status"] = json!({"phase": "Pending", "initContainerStatuses": [{"name": "i", "state": {"running": {}}}]});
         assert_eq!(display_status(&init), "Init:0/1");
+    }
+
+    #[test]
+    fn init_containers_are_refused_until_edges_run_them() {
+        let v = pod(json!({"initContainers": [{"name": "i", "image": "x"}],
+            "containers": [{"name": "a", "image": "x"}]}));
+        let errs = PodHandler.validate(&v).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].to_string().starts_with(
+            "spec.initContainers: Forbidden: init containers are not run by Skerry edges yet"
+        ));
     }
 }
