@@ -488,6 +488,7 @@ mod tests {
             c.apply(&SyncBatch {
                 revision: 5,
                 snapshot: true,
+                more: false,
                 upserts: vec![up(3, pod("a", "v1")), up(5, pod("b", "v1"))],
                 deletes: vec![],
             })
@@ -497,6 +498,7 @@ mod tests {
             c.apply(&SyncBatch {
                 revision: 5,
                 snapshot: false,
+                more: false,
                 upserts: vec![up(7, pod("a", "v2"))],
                 deletes: vec![],
             })
@@ -505,6 +507,7 @@ mod tests {
             c.apply(&SyncBatch {
                 revision: 7,
                 snapshot: false,
+                more: false,
                 upserts: vec![up(3, pod("a", "v1"))],
                 deletes: vec![ObjectRef {
                     kind: ObjectKind::Pod,
@@ -524,6 +527,7 @@ mod tests {
         c.apply(&SyncBatch {
             revision: 9,
             snapshot: true,
+            more: false,
             upserts: vec![up(8, pod("z", "v1"))],
             deletes: vec![],
         })
@@ -542,6 +546,7 @@ mod tests {
         c.apply(&SyncBatch {
             revision: 1,
             snapshot: false,
+            more: false,
             upserts: vec![up(1, pod("a", "v1"))],
             deletes: vec![],
         })
@@ -617,6 +622,7 @@ mod tests {
         SyncBatch {
             revision,
             snapshot: false,
+            more: false,
             upserts,
             deletes,
         }
@@ -723,6 +729,7 @@ mod tests {
         c.apply(&SyncBatch {
             revision: 12,
             snapshot: true,
+            more: false,
             upserts: vec![
                 up(1, both),
                 cm_up(1, config_map("a", "stale")),

@@ -352,9 +352,17 @@ async fn session(
     let _ = state.send(LinkState::Connected);
     metrics::gauge!("skerry_edge_link_connected").set(1.0);
     let result = async {
+        let mut assembler = protocol::assembly::SnapshotAssembler::new();
         loop {
             match read_frame::<CloudMessage>(&mut recv).await? {
-                Some(CloudMessage::Sync(batch)) => {
+                Some(CloudMessage::Sync(part)) => {
+                    let Some(batch) = assembler
+                        .push(part)
+                        .map_err(|e| LinkError::Protocol(e.to_string()))?
+                    else {
+                        debug!("holding a snapshot part until the rest arrives");
+                        continue;
+                    };
                     debug!(
                         revision = batch.revision,
                         upserts = batch.upserts.len(),

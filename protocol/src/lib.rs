@@ -6,6 +6,7 @@
 //! so every rule in it can be tested with plain function calls (see the property tests in
 //! [`codec`]).
 
+pub mod assembly;
 pub mod codec;
 pub mod config;
 pub mod join;
@@ -19,7 +20,7 @@ pub mod topics;
 /// Bumped whenever an encoded type changes shape: bincode is not self-describing, so both ends
 /// must agree exactly. A peer with another version is refused with
 /// [`messages::Reject::VersionMismatch`] rather than misreading bytes.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// ALPN protocol id of the mTLS sync link (desired state down, acks up).
 pub const ALPN_SYNC: &[u8] = b"skerry-sync/1";

@@ -175,6 +175,10 @@ pub struct SyncBatch {
     /// in `upserts` is gone. Sent when the edge's revision is unknown to the cloud (fresh node,
     /// compacted history, cloud data reset). Objects that are unchanged are kept running.
     pub snapshot: bool,
+    /// Set on every part of a snapshot but the last, when the slice does not fit one frame: the
+    /// edge holds the parts (see [`crate::assembly::SnapshotAssembler`]) and applies and acks
+    /// them as one snapshot when the part without `more` arrives. Never set on a delta.
+    pub more: bool,
     /// Objects created or changed.
     pub upserts: Vec<Upsert>,
     /// Objects removed from the slice (deleted, or moved to another node).
@@ -196,6 +200,7 @@ pub(crate) mod tests {
         CloudMessage::Sync(SyncBatch {
             revision: 17,
             snapshot: false,
+            more: false,
             upserts: vec![Upsert {
                 revision: 16,
                 object: EdgeObject::Pod(crate::pod::tests::sample_pod("web")),

@@ -761,13 +761,14 @@ impl Hub {
         let (batches, new_sent) = match self.store.read_shard(node, sent)? {
             ShardRead::Snapshot { members, upto } => {
                 // A snapshot carries every config its pods reference: the marks are covered.
-                let batch = plan::snapshot(self.store.as_ref(), node, &members, upto)?;
+                let parts = plan::snapshot(self.store.as_ref(), node, &members, upto)?;
                 info!(
-                    objects = batch.upserts.len(),
+                    objects = parts.iter().map(|p| p.upserts.len()).sum::<usize>(),
+                    parts = parts.len(),
                     revision = upto,
                     "sending snapshot"
                 );
-                (vec![batch], upto)
+                (parts, upto)
             }
             ShardRead::Delta { changes, upto } => {
                 let upto = sent.max(upto.min(cap));

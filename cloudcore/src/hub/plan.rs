@@ -165,6 +165,7 @@ fn chunk(units: Vec<Unit>, upto: u64) -> Vec<SyncBatch> {
                 SyncBatch {
                     revision: 0,
                     snapshot: false,
+                    more: false,
                     upserts: Vec::new(),
                     deletes: Vec::new(),
                 },
@@ -185,33 +186,66 @@ fn chunk(units: Vec<Unit>, upto: u64) -> Vec<SyncBatch> {
     out
 }
 
-/// The snapshot of `node`'s slice: every member pod and every config they reference. Missing
-/// configs need no delete: a snapshot replaces everything the edge holds.
+/// The snapshot of `node`'s slice: every member pod and every config they reference, in as
+/// many parts as the frame budget needs (all flagged `snapshot`, all but the last `more`; the
+/// edge applies them as one, see `protocol::assembly`). Missing configs need no delete: a
+/// snapshot replaces everything the edge holds. An object too large for any frame is skipped
+/// with an error and a metric, as in deltas.
 pub fn snapshot(
     store: &dyn Store,
     node: &str,
     members: &[ObjectKey],
     upto: u64,
-) -> Result<SyncBatch, StoreError> {
-    let mut batch = SyncBatch {
-        revision: upto,
-        snapshot: true,
-        upserts: Vec::new(),
-        deletes: Vec::new(),
-    };
+) -> Result<Vec<SyncBatch>, StoreError> {
+    let mut upserts = Vec::new();
     let mut refs = BTreeSet::new();
     for key in members {
         if let PodRead::Present(u, r) = read_pod(store, node, key)? {
-            batch.upserts.push(*u);
+            upserts.push((key.to_string(), *u));
             refs.extend(r);
         }
     }
     for r in &refs {
         if let Some(Change::Upsert(u)) = read_config(store, r, 0)? {
-            batch.upserts.push(u);
+            upserts.push((format!("{r:?}"), u));
         }
     }
-    Ok(batch)
+    Ok(split_snapshot(upserts, upto, MAX_BATCH_BYTES))
+}
+
+/// Packs a snapshot's upserts into parts of at most `budget` encoded bytes each.
+fn split_snapshot(upserts: Vec<(String, Upsert)>, upto: u64, budget: usize) -> Vec<SyncBatch> {
+    let part = || SyncBatch {
+        revision: upto,
+        snapshot: true,
+        more: true,
+        upserts: Vec::new(),
+        deletes: Vec::new(),
+    };
+    let mut parts = vec![part()];
+    let mut bytes = 0usize;
+    for (what, u) in upserts {
+        let size = codec::encode(&u).map_or(usize::MAX, |b| b.len());
+        if size > codec::MAX_FRAME_LEN - FRAME_HEADROOM {
+            error!(object = %what, bytes = size,
+                "not sent: larger than one sync frame; make it smaller");
+            metrics::counter!("skerry_hub_objects_too_large_total").increment(1);
+            continue;
+        }
+        let current_empty = parts.last().is_some_and(|p| p.upserts.is_empty());
+        if !current_empty && bytes + size > budget {
+            parts.push(part());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(p) = parts.last_mut() {
+            p.upserts.push(u);
+        }
+    }
+    if let Some(last) = parts.last_mut() {
+        last.more = false;
+    }
+    parts
 }
 
 /// The delta batches of one round for `node`, which has everything up to `sent`: the pod
@@ -523,10 +557,12 @@ mod tests {
             ShardRead::Snapshot { members, upto } => (members, upto),
             ShardRead::Delta { .. } => panic!("expected a snapshot"),
         };
-        let b = snapshot(&f.store, "n1", &members, upto).unwrap();
-        assert!(b.snapshot);
+        let parts = snapshot(&f.store, "n1", &members, upto).unwrap();
+        assert_eq!(parts.len(), 1, "a small slice fits one frame");
+        let b = &parts[0];
+        assert!(b.snapshot && !b.more);
         assert_eq!(b.revision, upto);
-        let mut refs = refs_of(&b);
+        let mut refs = refs_of(b);
         refs.sort();
         assert_eq!(
             refs,
@@ -538,5 +574,23 @@ mod tests {
             ]
         );
         assert!(b.deletes.is_empty());
+
+        // Over the budget, the same snapshot comes in parts that reassemble to the whole.
+        let upserts: Vec<(String, Upsert)> = b
+            .upserts
+            .iter()
+            .map(|u| (String::new(), u.clone()))
+            .collect();
+        let parts = split_snapshot(upserts, upto, 1);
+        assert_eq!(parts.len(), 4, "one object per part at a 1-byte budget");
+        assert!(parts.iter().all(|p| p.snapshot && p.revision == upto));
+        assert!(parts[..3].iter().all(|p| p.more));
+        assert!(!parts[3].more);
+        let mut assembler = protocol::assembly::SnapshotAssembler::new();
+        let mut whole = None;
+        for p in parts {
+            whole = assembler.push(p).unwrap();
+        }
+        assert_eq!(whole.as_ref(), Some(b));
     }
 }
