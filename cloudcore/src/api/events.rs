@@ -1,9 +1,15 @@
 //! Events (core/v1): stored and listed, so that `kubectl describe` works.
 //!
 //! `kubectl describe` lists the events of the object it describes (a field selector on
-//! `involvedObject.*`) and fails outright when the server has no `events` resource. Skerry
-//! itself writes no events yet; clients may. Validation follows Kubernetes' core rule that an
-//! event lives in the namespace of the object it is about.
+//! `involvedObject.*`) and fails outright when the server has no `events` resource. Clients may
+//! write events; cloudcore's own components (the scheduler, the controllers) write theirs with
+//! [`record`]. Validation follows Kubernetes' core rule that an event lives in the namespace of
+//! the object it is about (events about cluster-scoped objects, such as nodes, go to `default`,
+//! as Kubernetes' recorders put them).
+//!
+//! Repeated occurrences bump one Event's `count` and `lastTimestamp` instead of piling up copies
+//! (Kubernetes' event aggregation); the Event is named after the object and a digest of (object
+//! uid, reason, message), so a new object with the same name starts afresh.
 
 use super::error::FieldError;
 use super::resource::{
@@ -11,8 +17,11 @@ use super::resource::{
 };
 use super::table::{human_duration, parse_timestamp, Column};
 use super::validation::NameRule;
+use crate::clock;
+use crate::store::{ObjectKey, Store, StoreError, Stored};
 use k8s_openapi::api::core::v1::Event;
 use serde_json::{json, Value};
+use std::hash::{Hash, Hasher};
 
 const fn field(name: &'static str, pointer: &'static str) -> SelectableField {
     SelectableField {
@@ -150,6 +159,97 @@ impl ResourceHandler for EventHandler {
     }
 }
 
+/// Namespace of events about cluster-scoped objects (nodes), as Kubernetes' recorders use.
+const CLUSTER_EVENTS_NAMESPACE: &str = "default";
+
+/// What an Event says: who reports it, its type (`Normal` or `Warning`), reason and message.
+#[derive(Debug, Clone, Copy)]
+pub struct Occurrence<'a> {
+    /// Reporting component, e.g. `default-scheduler` or `node-controller`.
+    pub component: &'a str,
+    /// `Normal` or `Warning`.
+    pub kind: &'a str,
+    /// Machine-readable reason, e.g. `FailedScheduling`.
+    pub reason: &'a str,
+    /// Human-readable message.
+    pub message: &'a str,
+}
+
+/// The name of the Event about `about` for `reason` and `message`.
+pub fn event_name(about: &Value, reason: &str, message: &str) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (text(about, "/metadata/uid"), reason, message).hash(&mut h);
+    let name = text(about, "/metadata/name");
+    // 253 characters at most: 17 for the suffix, the rest from the object name.
+    let prefix = name[..name.len().min(236)].trim_end_matches(['.', '-']);
+    format!("{prefix}.{:016x}", h.finish())
+}
+
+/// The namespace an Event about `about` lives in.
+fn event_namespace(about: &Value) -> &str {
+    match text(about, "/metadata/namespace") {
+        "" => CLUSTER_EVENTS_NAMESPACE,
+        ns => ns,
+    }
+}
+
+/// A new Event about `about`, an object of `kind` (core/v1).
+fn new_event(about: &Value, kind: &str, name: &str, what: &Occurrence<'_>) -> Value {
+    let now = clock::now_rfc3339();
+    json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": event_namespace(about),
+                     "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now},
+        "involvedObject": {"apiVersion": "v1", "kind": kind,
+                           "namespace": text(about, "/metadata/namespace"),
+                           "name": text(about, "/metadata/name"), "uid": text(about, "/metadata/uid"),
+                           "resourceVersion": text(about, "/metadata/resourceVersion")},
+        "reason": what.reason, "message": what.message, "type": what.kind, "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now,
+        "source": {"component": what.component},
+        "reportingComponent": what.component, "reportingInstance": what.component,
+    })
+}
+
+/// Records an Event about `about`, a core/v1 object of `kind` (`Pod`, `Node`): creates it, or
+/// bumps the count of the same event (same object, reason and message).
+pub async fn record(
+    store: &dyn Store,
+    about: &Value,
+    kind: &str,
+    what: &Occurrence<'_>,
+) -> Result<Stored, StoreError> {
+    let name = event_name(about, what.reason, what.message);
+    let key = ObjectKey::new("events", event_namespace(about), &name);
+    let rv = text(about, "/metadata/resourceVersion").to_string();
+    for _ in 0..4 {
+        let bumped = crate::store::update_with(store, &key, |ev| {
+            let mut ev = ev.clone();
+            ev["count"] = json!(ev["count"].as_u64().unwrap_or(1) + 1);
+            ev["lastTimestamp"] = json!(clock::now_rfc3339());
+            ev["involvedObject"]["resourceVersion"] = json!(rv);
+            Some(ev)
+        })
+        .await;
+        match bumped {
+            Ok(Some(s)) => return Ok(s),
+            // (The closure always writes, so `Ok(None)` does not occur; creating is harmless.)
+            Ok(None) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        match store
+            .create(&key, new_event(about, kind, &name, what))
+            .await
+        {
+            Err(StoreError::AlreadyExists(_)) => continue,
+            other => return other,
+        }
+    }
+    Err(StoreError::Backend(format!(
+        "{key} kept appearing and disappearing while recording it; the next attempt retries"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +280,35 @@ mod tests {
         let mut elsewhere = ev.clone();
         elsewhere["involvedObject"]["namespace"] = json!("other");
         assert!(EventHandler.validate(&elsewhere).is_err());
+    }
+
+    #[test]
+    fn event_names_are_stable_per_object_and_message_and_valid() {
+        let pod = |uid: &str| json!({"metadata": {"name": "web", "uid": uid}});
+        let a = event_name(&pod("u1"), "FailedScheduling", "m");
+        assert_eq!(a, event_name(&pod("u1"), "FailedScheduling", "m"));
+        assert_ne!(a, event_name(&pod("u2"), "FailedScheduling", "m"));
+        assert_ne!(a, event_name(&pod("u1"), "FailedScheduling", "n"));
+        assert!(a.starts_with("web."));
+        let long = json!({"metadata": {"name": format!("{}-x", "a".repeat(240)), "uid": "u"}});
+        assert!(event_name(&long, "r", "m").len() <= 253);
+    }
+
+    #[test]
+    fn events_about_nodes_live_in_default_and_name_the_node() {
+        let node = json!({"metadata": {"name": "edge-1", "uid": "n1", "resourceVersion": "7"}});
+        let what = Occurrence {
+            component: "node-controller",
+            kind: "Normal",
+            reason: "NodeNotReady",
+            message: "Node edge-1 status is now: NodeNotReady",
+        };
+        let ev = new_event(&node, "Node", "edge-1.x", &what);
+        assert_eq!(ev["metadata"]["namespace"], "default");
+        assert_eq!(ev["involvedObject"]["kind"], "Node");
+        assert_eq!(ev["involvedObject"]["namespace"], "");
+        assert_eq!(ev["source"]["component"], "node-controller");
+        let decoded = decode_as::<Event>(ev).unwrap();
+        assert!(EventHandler.validate(&decoded).is_ok());
     }
 }

@@ -47,6 +47,7 @@ mod watch;
 mod tests;
 
 pub use error::{ApiError, FieldError};
+pub(crate) use handlers::delete_for_controller;
 pub use handlers::new_uid;
 pub use resource::{DeleteAction, Registry, ResourceHandler, ResourceInfo};
 

@@ -187,9 +187,14 @@ impl Scheduler {
                         None => None,
                     };
                     let about = written.as_ref().map_or(&pod.value, |s| &s.value);
+                    let what = crate::api::events::Occurrence {
+                        component: report::COMPONENT,
+                        kind: "Warning",
+                        reason: "FailedScheduling",
+                        message: &message,
+                    };
                     if let Err(e) =
-                        report::record_warning(store.as_ref(), about, "FailedScheduling", &message)
-                            .await
+                        crate::api::events::record(store.as_ref(), about, "Pod", &what).await
                     {
                         warn!(pod = %key, error = %e, "could not record the FailedScheduling event");
                     }

@@ -1,22 +1,13 @@
-//! What the scheduler writes besides the binding: the `PodScheduled` condition and, for a pod
-//! that fits nowhere, a core/v1 `FailedScheduling` Event, so that `kubectl describe pod` says why
-//! it is Pending, as on Kubernetes.
-//!
-//! Repeated failures with the same message bump one Event's `count` and `lastTimestamp` instead
-//! of piling up copies (Kubernetes' event aggregation); the Event is named after the pod and a
-//! digest of (pod uid, reason, message), so a new pod with the same name starts afresh.
+//! What the scheduler writes besides the binding: the `PodScheduled` condition. For a pod that
+//! fits nowhere it also records a core/v1 `FailedScheduling` Event through
+//! [`crate::api::events::record`], so that `kubectl describe pod` says why it is Pending, as on
+//! Kubernetes.
 
 use crate::clock;
-use crate::store::{ObjectKey, Store, StoreError, Stored};
 use serde_json::{json, Value};
-use std::hash::{Hash, Hasher};
 
 /// The component name Kubernetes' scheduler reports as; tools filter events by it.
 pub const COMPONENT: &str = "default-scheduler";
-
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
 
 /// `pod` with `condition` as its PodScheduled condition; `None` if it already says the same
 /// (same status, reason and message), so that retries do not rewrite the pod.
@@ -67,72 +58,6 @@ pub fn unschedulable(pod: &Value, message: &str) -> Option<Value> {
     )
 }
 
-/// The name of the Event about `pod` for `reason` and `message`.
-pub fn event_name(pod: &Value, reason: &str, message: &str) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (str_at(pod, "/metadata/uid"), reason, message).hash(&mut h);
-    let name = str_at(pod, "/metadata/name");
-    // 253 characters at most: 17 for the suffix, the rest from the pod name.
-    let prefix = name[..name.len().min(236)].trim_end_matches(['.', '-']);
-    format!("{prefix}.{:016x}", h.finish())
-}
-
-/// A new Event about `pod`.
-fn new_event(pod: &Value, name: &str, reason: &str, message: &str) -> Value {
-    let now = clock::now_rfc3339();
-    let ns = str_at(pod, "/metadata/namespace");
-    json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": name, "namespace": ns, "uid": uuid::Uuid::new_v4().to_string(),
-                     "creationTimestamp": now},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns,
-                           "name": str_at(pod, "/metadata/name"), "uid": str_at(pod, "/metadata/uid"),
-                           "resourceVersion": str_at(pod, "/metadata/resourceVersion")},
-        "reason": reason, "message": message, "type": "Warning", "count": 1,
-        "firstTimestamp": now, "lastTimestamp": now,
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT, "reportingInstance": COMPONENT,
-    })
-}
-
-/// Records a Warning Event with `reason` about `pod`: creates it, or bumps its count.
-pub async fn record_warning(
-    store: &dyn Store,
-    pod: &Value,
-    reason: &str,
-    message: &str,
-) -> Result<Stored, StoreError> {
-    let name = event_name(pod, reason, message);
-    let key = ObjectKey::new("events", str_at(pod, "/metadata/namespace"), &name);
-    let rv = str_at(pod, "/metadata/resourceVersion").to_string();
-    for _ in 0..4 {
-        let bumped = crate::store::update_with(store, &key, |ev| {
-            let mut ev = ev.clone();
-            ev["count"] = json!(ev["count"].as_u64().unwrap_or(1) + 1);
-            ev["lastTimestamp"] = json!(clock::now_rfc3339());
-            ev["involvedObject"]["resourceVersion"] = json!(rv);
-            Some(ev)
-        })
-        .await;
-        match bumped {
-            Ok(Some(s)) => return Ok(s),
-            // (The closure always writes, so `Ok(None)` does not occur; creating is harmless.)
-            Ok(None) | Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-        match store
-            .create(&key, new_event(pod, &name, reason, message))
-            .await
-        {
-            Err(StoreError::AlreadyExists(_)) => continue,
-            other => return other,
-        }
-    }
-    Err(StoreError::Backend(format!(
-        "{key} kept appearing and disappearing while recording it; the next attempt retries"
-    )))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,17 +75,5 @@ mod tests {
         let conds = b["status"]["conditions"].as_array().unwrap();
         assert_eq!(conds.len(), 1);
         assert_eq!(conds[0]["status"], "True");
-    }
-
-    #[test]
-    fn event_names_are_stable_per_pod_and_message_and_valid() {
-        let pod = |uid: &str| json!({"metadata": {"name": "web", "uid": uid}});
-        let a = event_name(&pod("u1"), "FailedScheduling", "m");
-        assert_eq!(a, event_name(&pod("u1"), "FailedScheduling", "m"));
-        assert_ne!(a, event_name(&pod("u2"), "FailedScheduling", "m"));
-        assert_ne!(a, event_name(&pod("u1"), "FailedScheduling", "n"));
-        assert!(a.starts_with("web."));
-        let long = json!({"metadata": {"name": format!("{}-x", "a".repeat(240)), "uid": "u"}});
-        assert!(event_name(&long, "r", "m").len() <= 253);
     }
 }
