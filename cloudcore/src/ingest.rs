@@ -12,6 +12,7 @@
 //! name comes from the topic; see the issue notes.)
 
 use crate::clock;
+use crate::controllers::node_lifecycle::NODE_STATUS_UNKNOWN;
 use crate::pki::Pki;
 use crate::store::{update_with, ObjectKey, Store, StoreError};
 use protocol::status as seal;
@@ -369,10 +370,18 @@ async fn apply_node(
             "message": if s.ready { "edgecore is posting ready status".to_string() } else { s.message.clone() },
             "lastHeartbeatTime": heartbeat, "lastTransitionTime": transition,
         });
+        // A fresh report replaces the node lifecycle controller's verdict: its Ready is rewritten
+        // below, and the other conditions it marked Unknown (which edgecore does not report)
+        // are dropped rather than left Unknown for ever.
         let mut conditions: Vec<Value> = v
             .pointer("/status/conditions")
             .and_then(Value::as_array)
-            .map(|cs| cs.iter().filter(|c| c["type"] != "Ready").cloned().collect())
+            .map(|cs| {
+                cs.iter()
+                    .filter(|c| c["type"] != "Ready" && c["reason"] != NODE_STATUS_UNKNOWN)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         conditions.push(ready);
         let status = v.as_object_mut()?.entry("status").or_insert_with(|| json!({}));

@@ -1,7 +1,7 @@
 //! cloudcore: Skerry's cloud hub.
 //!
 //! A small Kubernetes-compatible control plane ([`api`] over [`store`]), a [`scheduler`] that
-//! places pods on nodes, a [`hub`] that keeps one QUIC connection per edge node and streams that
+//! places pods on nodes, [`controllers`] (the node lifecycle controller), a [`hub`] that keeps one QUIC connection per edge node and streams that
 //! node's slice of the desired state (its pods, and through the [`config_index`] the ConfigMaps
 //! and Secrets they reference), an [`ingest`] that applies status reports from MQTT, the
 //! [`pki`] that issues node identities, and an optional embedded MQTT [`broker`]. The binary in

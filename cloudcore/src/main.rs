@@ -65,6 +65,15 @@ enum Command {
         #[arg(long, default_value_t = cloudcore::api::history::DEFAULT_CAPACITY as u64, env = "SKERRY_WATCH_HISTORY",
               value_parser = clap::value_parser!(u64).range(1..))]
         watch_history: u64,
+        /// Seconds a node may go without a heartbeat before it is marked Unknown and tainted
+        /// unreachable (Kubernetes' node-monitor-grace-period). Its pods stay unless they
+        /// tolerate the taint only for a limited time.
+        #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
+        node_monitor_grace_period: u64,
+        /// Seconds between the node lifecycle controller's passes over every node
+        /// (Kubernetes' node-monitor-period).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        node_monitor_period: u64,
     },
     /// Manage bootstrap tokens.
     Token {
@@ -165,6 +174,8 @@ fn main() -> anyhow::Result<()> {
             server_names,
             idle_timeout_secs,
             watch_history,
+            node_monitor_grace_period,
+            node_monitor_period,
         } => {
             let recorder =
                 metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
@@ -181,6 +192,10 @@ fn main() -> anyhow::Result<()> {
                 mqtt_listen,
                 server_names,
                 watch_history: usize::try_from(watch_history).unwrap_or(usize::MAX),
+                node_lifecycle: cloudcore::controllers::node_lifecycle::Config {
+                    grace_period: Duration::from_secs(node_monitor_grace_period),
+                    monitor_period: Duration::from_secs(node_monitor_period),
+                },
             };
             tokio::runtime::Runtime::new()?.block_on(server::run(cfg, render))
         }

@@ -1,4 +1,5 @@
-//! `cloudcore serve`: wires the store, PKI, API, hub, ingest, scheduler and broker together.
+//! `cloudcore serve`: wires the store, PKI, API, hub, ingest, scheduler, controllers and broker
+//! together.
 
 use crate::api::{router, ApiState};
 use crate::hub::{self, Hub, HubConfig};
@@ -35,6 +36,8 @@ pub struct ServeConfig {
     /// Store events kept in memory for watches that resume from a resourceVersion; a watch
     /// from further back gets 410 and re-lists.
     pub watch_history: usize,
+    /// Node lifecycle controller: grace period of silent nodes and the period of its passes.
+    pub node_lifecycle: crate::controllers::node_lifecycle::Config,
 }
 
 impl Default for ServeConfig {
@@ -47,6 +50,7 @@ impl Default for ServeConfig {
             mqtt_listen: "0.0.0.0:1883".parse().expect("static"),
             server_names: vec![],
             watch_history: crate::api::history::DEFAULT_CAPACITY,
+            node_lifecycle: crate::controllers::node_lifecycle::Config::default(),
         }
     }
 }
@@ -126,6 +130,10 @@ pub async fn run(
     tokio::spawn(crate::api::namespaces::run_controller(
         api.clone(),
         crate::api::namespaces::RESYNC,
+    ));
+    tokio::spawn(crate::controllers::node_lifecycle::run(
+        api.clone(),
+        cfg.node_lifecycle,
     ));
     let app = router(api).layer(axum::middleware::from_fn_with_state(
         auth,

@@ -129,6 +129,10 @@ pub struct CloudOptions {
     pub external_mqtt_port: Option<u16>,
     /// `--watch-history`: store events kept for resuming watches (cloudcore's default if unset).
     pub watch_history: Option<usize>,
+    /// `--node-monitor-grace-period` in seconds: how long a silent node stays Ready (cloudcore's
+    /// default of 40 s if unset). Setting it also makes the controller's periodic pass run every
+    /// second (`--node-monitor-period 1`).
+    pub node_monitor_grace_period_secs: Option<u64>,
 }
 
 /// A running (or stopped) cloudcore.
@@ -197,6 +201,11 @@ impl Cloud {
             .arg("4");
         if let Some(n) = self.opts.watch_history {
             cmd.arg("--watch-history").arg(n.to_string());
+        }
+        if let Some(secs) = self.opts.node_monitor_grace_period_secs {
+            cmd.arg("--node-monitor-grace-period")
+                .arg(secs.to_string())
+                .args(["--node-monitor-period", "1"]);
         }
         match self.opts.external_mqtt_port {
             Some(p) => cmd.arg("--mqtt-url").arg(format!("mqtt://127.0.0.1:{p}")),

@@ -305,4 +305,24 @@ mod tests {
         let long = json!({"metadata": {"name": format!("{}-x", "a".repeat(240)), "uid": "u"}});
         assert!(event_name(&long, "r", "m").len() <= 253);
     }
+
+    #[test]
+    fn events_about_nodes_live_in_default_and_name_the_node() {
+        let node = json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "edge-1", "uid": "n1", "resourceVersion": "7"}});
+        let ev = new_event(
+            &node,
+            "edge-1.x",
+            EventType::Normal,
+            "NodeNotReady",
+            "Node edge-1 status is now: NodeNotReady",
+            "node-controller",
+        );
+        assert_eq!(ev["metadata"]["namespace"], "default");
+        assert_eq!(ev["involvedObject"]["kind"], "Node");
+        assert_eq!(ev["involvedObject"]["namespace"], "");
+        assert_eq!(ev["source"]["component"], "node-controller");
+        let decoded = decode_as::<Event>(ev).unwrap();
+        assert!(EventHandler.validate(&decoded).is_ok());
+    }
 }

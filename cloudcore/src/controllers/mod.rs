@@ -1,11 +1,14 @@
 //! The cloudcore controllers: level-triggered reconcile loops over the store.
 //!
-//! Each controller is a [`runner::Reconciler`]: it says which objects a store event concerns and
-//! how to bring one object's world to its desired state; the [`runner`] owns the work queue,
-//! deduplication, error backoff and the periodic resync that makes a missed event harmless.
-//! Controllers write through [`crate::api::client::Client`], so every object they create or
+//! Each controller re-reads what it acts on from the store on every pass and is woken by store
+//! events and by a periodic resync, so a missed or lagged event only delays it. The workload
+//! controllers are [`runner::Reconciler`]s: each says which objects a store event concerns and
+//! how to bring one object's world to its desired state, and the [`runner`] owns the work
+//! queue, deduplication, error backoff and resync. Controllers write through
+//! [`crate::api::client::Client`] (or the API's own delete path), so every object they create or
 //! change goes through the same defaulting, validation and graceful deletion as a `kubectl`
 //! request. [`owned`] holds what the workload controllers share about the pods they own.
 
+pub mod node_lifecycle;
 pub mod owned;
 pub mod runner;
