@@ -6,6 +6,11 @@
 //! published oldest first and removed only when the broker acknowledges them (PUBACK), and only if
 //! no newer report replaced them meanwhile: at-least-once, in order, across crashes. Every report
 //! carries a sequence number that grows across restarts, so the cloud drops stale duplicates.
+//!
+//! The last acknowledged report of every pod is kept too, and queued again whenever the broker
+//! connection is re-established: while the node was unreachable the cloud may have rewritten
+//! what it shows (the node lifecycle controller marks the pods of a silent node not ready), and
+//! a pod whose state did not change would otherwise never correct it.
 
 use crate::pods::StatusSink;
 use protocol::codec;
@@ -37,6 +42,8 @@ pub struct Outbox {
     entries: sled::Tree,
     /// seq (big-endian) → topic: publication order.
     order: sled::Tree,
+    /// topic → the last acknowledged pod [`StatusReport`], re-queued after a reconnect.
+    published: sled::Tree,
     meta: sled::Tree,
     node: String,
     wake: Arc<Notify>,
@@ -49,6 +56,7 @@ impl Outbox {
             db: db.clone(),
             entries: db.open_tree("outbox")?,
             order: db.open_tree("outbox_order")?,
+            published: db.open_tree("outbox_published")?,
             meta: db.open_tree("meta")?,
             node: node.to_string(),
             wake: Arc::new(Notify::new()),
@@ -115,8 +123,9 @@ impl Outbox {
         }
     }
 
-    /// Drops whatever is queued for `topic`.
+    /// Drops whatever is queued for `topic`, and its last acknowledged report.
     pub fn forget(&self, topic: &str) {
+        let _ = self.published.remove(topic.as_bytes());
         if let Ok(Some(old)) = self.entries.remove(topic.as_bytes()) {
             if let Ok(old) = codec::decode::<StatusReport>(&old) {
                 let _ = self.order.remove(old.seq.to_be_bytes());
@@ -130,6 +139,9 @@ impl Outbox {
         if let Some(cur) = current {
             match codec::decode::<StatusReport>(&cur) {
                 Ok(r) if r.seq == seq => {
+                    if matches!(r.body, StatusBody::Pod(_)) {
+                        let _ = self.published.insert(topic.as_bytes(), cur.clone());
+                    }
                     let _ =
                         self.entries
                             .compare_and_swap(topic.as_bytes(), Some(cur), None::<&[u8]>);
@@ -169,6 +181,30 @@ impl Outbox {
             }
         }
         out
+    }
+
+    /// Queues again the last acknowledged report of every pod that has nothing newer queued
+    /// (with a fresh sequence number, so the cloud takes it as news). Returns how many.
+    pub fn requeue_published(&self) -> usize {
+        let mut n = 0;
+        for item in self.published.iter() {
+            let Ok((topic, report)) = item else { continue };
+            let topic = String::from_utf8_lossy(&topic).into_owned();
+            if self.entries.contains_key(topic.as_bytes()).unwrap_or(true) {
+                continue;
+            }
+            match codec::decode::<StatusReport>(&report) {
+                Ok(r) => {
+                    self.put(&topic, r.body);
+                    n += 1;
+                }
+                Err(e) => {
+                    warn!(%topic, error = %e, "dropping an unreadable last report");
+                    let _ = self.published.remove(topic.as_bytes());
+                }
+            }
+        }
+        n
     }
 
     /// Number of queued reports.
@@ -286,7 +322,8 @@ async fn publish_session(
         tokio::select! {
             ev = eventloop.poll() => match ev? {
                 Event::Incoming(Packet::ConnAck(_)) => {
-                    info!(host = %cfg.host, port = cfg.port, queued = outbox.len(), "connected to MQTT broker");
+                    let requeued = outbox.requeue_published();
+                    info!(host = %cfg.host, port = cfg.port, queued = outbox.len(), requeued, "connected to MQTT broker");
                     connected = true;
                 }
                 Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -445,5 +482,59 @@ mod tests {
         );
         let p = o.pending(10, &HashMap::new());
         assert!(p[1].0 > seqs[1]);
+    }
+
+    #[test]
+    fn acknowledged_pod_reports_are_queued_again_after_a_reconnect() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let o = Outbox::open(&db, "n1").unwrap();
+        let pod = |name: &str| PodStatus {
+            node: "n1".into(),
+            namespace: "default".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            phase: PodPhase::Running,
+            conditions: vec![],
+            containers: vec![],
+            pod_ip: String::new(),
+            host_ip: String::new(),
+            start_time_ms: 0,
+            reason: String::new(),
+            message: String::new(),
+            removed: false,
+        };
+        o.pod_status(pod("a"));
+        o.pod_status(pod("b"));
+        o.put(
+            "t/node",
+            StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")),
+        );
+        for (seq, topic, _) in o.pending(10, &HashMap::new()) {
+            o.acked(&topic, seq);
+        }
+        assert!(o.is_empty());
+        // A newer report of `b` is still queued: only `a` comes back (node reports are periodic
+        // anyway and are not kept).
+        o.pod_status(pod("b"));
+        assert_eq!(o.requeue_published(), 1);
+        let topics: Vec<String> = o
+            .pending(10, &HashMap::new())
+            .into_iter()
+            .map(|(_, t, _)| t)
+            .collect();
+        assert_eq!(topics.len(), 2);
+        assert!(
+            topics
+                .iter()
+                .all(|t| t.ends_with("/a/status") || t.ends_with("/b/status")),
+            "{topics:?}"
+        );
+        // A forgotten pod is never reported again.
+        o.pod_forgotten("default", "a");
+        for (seq, topic, _) in o.pending(10, &HashMap::new()) {
+            o.acked(&topic, seq);
+        }
+        assert_eq!(o.requeue_published(), 1, "only b");
     }
 }
