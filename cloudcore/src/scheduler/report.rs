@@ -1,6 +1,7 @@
-//! What the scheduler writes besides the binding: the `PodScheduled` condition and, for a pod
-//! that fits nowhere, a core/v1 `FailedScheduling` Event, so that `kubectl describe pod` says why
-//! it is Pending, as on Kubernetes.
+//! What the scheduler writes besides the binding: the `PodScheduled` condition, a `Scheduled`
+//! Event for a bound pod and, for a pod that fits nowhere, a core/v1 `FailedScheduling` Event,
+//! so that `kubectl describe pod` says why it is Pending, as on Kubernetes; for preemption, the
+//! preemptor's `status.nominatedNodeName` and a `Preempted` Event on each victim.
 //!
 //! Repeated failures with the same message bump one Event's `count` and `lastTimestamp` instead
 //! of piling up copies (Kubernetes' event aggregation); the Event is named after the pod and a
@@ -47,10 +48,13 @@ fn with_condition(pod: &Value, condition: Value) -> Option<Value> {
     Some(next)
 }
 
-/// The pod bound to `node`, with `PodScheduled=True`.
+/// The pod bound to `node`, with `PodScheduled=True` (and no nomination left).
 pub fn bound(pod: &Value, node: &str) -> Value {
     let mut next = pod.clone();
     next["spec"]["nodeName"] = json!(node);
+    if let Some(status) = next.get_mut("status").and_then(Value::as_object_mut) {
+        status.remove("nominatedNodeName");
+    }
     let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
                       "lastTransitionTime": clock::now_rfc3339()});
     with_condition(&next, cond).unwrap_or(next)
@@ -67,6 +71,30 @@ pub fn unschedulable(pod: &Value, message: &str) -> Option<Value> {
     )
 }
 
+/// The pod with `status.nominatedNodeName` set to `node` (where preemption makes room for it).
+pub fn nominated(pod: &Value, node: &str) -> Value {
+    let mut next = pod.clone();
+    if !next["status"].is_object() {
+        next["status"] = json!({"phase": "Pending"});
+    }
+    next["status"]["nominatedNodeName"] = json!(node);
+    next
+}
+
+/// The message of the `Scheduled` Event, as Kubernetes words it.
+pub fn scheduled_message(pod: &Value, node: &str) -> String {
+    format!(
+        "Successfully assigned {}/{} to {node}",
+        str_at(pod, "/metadata/namespace"),
+        str_at(pod, "/metadata/name")
+    )
+}
+
+/// The message of the `Preempted` Event on a victim, as Kubernetes words it.
+pub fn preempted_message(preemptor_uid: &str, node: &str) -> String {
+    format!("Preempted by pod {preemptor_uid} on node {node}")
+}
+
 /// The name of the Event about `pod` for `reason` and `message`.
 pub fn event_name(pod: &Value, reason: &str, message: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -78,7 +106,7 @@ pub fn event_name(pod: &Value, reason: &str, message: &str) -> String {
 }
 
 /// A new Event about `pod`.
-fn new_event(pod: &Value, name: &str, reason: &str, message: &str) -> Value {
+fn new_event(pod: &Value, name: &str, kind: &str, reason: &str, message: &str) -> Value {
     let now = clock::now_rfc3339();
     let ns = str_at(pod, "/metadata/namespace");
     json!({
@@ -88,7 +116,7 @@ fn new_event(pod: &Value, name: &str, reason: &str, message: &str) -> Value {
         "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns,
                            "name": str_at(pod, "/metadata/name"), "uid": str_at(pod, "/metadata/uid"),
                            "resourceVersion": str_at(pod, "/metadata/resourceVersion")},
-        "reason": reason, "message": message, "type": "Warning", "count": 1,
+        "reason": reason, "message": message, "type": kind, "count": 1,
         "firstTimestamp": now, "lastTimestamp": now,
         "source": {"component": COMPONENT},
         "reportingComponent": COMPONENT, "reportingInstance": COMPONENT,
@@ -102,10 +130,30 @@ pub async fn record_warning(
     reason: &str,
     message: &str,
 ) -> Result<Stored, StoreError> {
+    record(store, pod, "Warning", reason, message).await
+}
+
+/// Records an Event of type `kind` (`Normal`, `Warning`) with `reason` about `pod`: creates it,
+/// or, when the same pod already has it with the same message, bumps its count.
+pub async fn record(
+    store: &dyn Store,
+    pod: &Value,
+    kind: &str,
+    reason: &str,
+    message: &str,
+) -> Result<Stored, StoreError> {
     let name = event_name(pod, reason, message);
     let key = ObjectKey::new("events", str_at(pod, "/metadata/namespace"), &name);
     let rv = str_at(pod, "/metadata/resourceVersion").to_string();
     for _ in 0..4 {
+        // Most events are new (one Scheduled per pod): try the create first.
+        match store
+            .create(&key, new_event(pod, &name, kind, reason, message))
+            .await
+        {
+            Err(StoreError::AlreadyExists(_)) => {}
+            other => return other,
+        }
         let bumped = crate::store::update_with(store, &key, |ev| {
             let mut ev = ev.clone();
             ev["count"] = json!(ev["count"].as_u64().unwrap_or(1) + 1);
@@ -116,16 +164,10 @@ pub async fn record_warning(
         .await;
         match bumped {
             Ok(Some(s)) => return Ok(s),
-            // (The closure always writes, so `Ok(None)` does not occur; creating is harmless.)
+            // (The closure always writes, so `Ok(None)` does not occur; creating again is
+            // harmless.)
             Ok(None) | Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),
-        }
-        match store
-            .create(&key, new_event(pod, &name, reason, message))
-            .await
-        {
-            Err(StoreError::AlreadyExists(_)) => continue,
-            other => return other,
         }
     }
     Err(StoreError::Backend(format!(
@@ -150,6 +192,18 @@ mod tests {
         let conds = b["status"]["conditions"].as_array().unwrap();
         assert_eq!(conds.len(), 1);
         assert_eq!(conds[0]["status"], "True");
+        let n = nominated(&once, "n2");
+        assert_eq!(n["status"]["nominatedNodeName"], "n2");
+        assert!(bound(&n, "n2")["status"].get("nominatedNodeName").is_none());
+        let named = json!({"metadata": {"name": "web", "namespace": "shop"}});
+        assert_eq!(
+            scheduled_message(&named, "edge-a"),
+            "Successfully assigned shop/web to edge-a"
+        );
+        assert_eq!(
+            preempted_message("u1", "edge-a"),
+            "Preempted by pod u1 on node edge-a"
+        );
     }
 
     #[test]
