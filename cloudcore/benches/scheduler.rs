@@ -64,6 +64,9 @@ fn spread_pod(i: usize) -> Value {
     p
 }
 
+/// A workload: its name, the pod it makes for each index, and whether to run it on the store.
+type Workload = (&'static str, fn(usize) -> Value, bool);
+
 fn core(nodes: usize, pods: usize, make: fn(usize) -> Value) -> (f64, usize) {
     let mut cache = Cache::default();
     for i in 0..nodes {
@@ -128,7 +131,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     println!("| scheduler ({nodes} nodes, {pods} pending pods) | pods bound | seconds | pods/s |");
     println!("|---|---:|---:|---:|");
-    let workloads: [(&str, fn(usize) -> Value, bool); 3] = [
+    let workloads: [Workload; 3] = [
         ("plain", pod, true),
         ("hostname anti-affinity, groups of 10", anti_pod, true),
         ("zone spread constraint, groups of 100", spread_pod, false),

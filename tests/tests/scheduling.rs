@@ -320,7 +320,10 @@ async fn a_high_priority_pod_preempts_a_low_priority_one_on_a_full_node() -> any
     let mut high = hungry("high");
     high["spec"]["priorityClassName"] = json!("system-cluster-critical");
     let created = cloud.create_pod(high).await?;
-    let high_uid = created["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let high_uid = created["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     // The victim is told why it goes, and goes.
     let preempted = event_about(&cloud, "low", "Preempted").await?;
     assert_eq!(preempted["type"], "Normal", "{preempted}");
