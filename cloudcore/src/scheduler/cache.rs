@@ -112,12 +112,18 @@ struct Nominee {
 type LabelIndex = HashMap<String, HashMap<String, HashSet<ObjectKey>>>;
 
 fn index_add(index: &mut LabelIndex, k: &str, v: &str, key: &ObjectKey) {
-    index
-        .entry(k.to_string())
-        .or_default()
-        .entry(v.to_string())
-        .or_default()
-        .insert(key.clone());
+    if !index.contains_key(k) {
+        index.insert(k.to_string(), HashMap::new());
+    }
+    let values = index.get_mut(k).expect("just ensured");
+    match values.get_mut(v) {
+        Some(keys) => {
+            keys.insert(key.clone());
+        }
+        None => {
+            values.insert(v.to_string(), HashSet::from([key.clone()]));
+        }
+    }
 }
 
 fn index_remove(index: &mut LabelIndex, k: &str, v: &str, key: &ObjectKey) {
@@ -257,6 +263,7 @@ impl PodView for Cache {
 }
 
 /// Every filter, in Kubernetes' order: the node-local ones, topology spread, inter-pod.
+#[inline]
 fn filter_node(
     pod: &PodInfo,
     node: &NodeInfo,
@@ -515,7 +522,10 @@ impl Cache {
             let Some((info, _)) = &e.info else { continue };
             error.nodes += 1;
             let reserved;
-            let usage = match held.get(name.as_str()) {
+            let usage = match (!held.is_empty())
+                .then(|| held.get(name.as_str()))
+                .flatten()
+            {
                 Some((r, n)) => {
                     let mut u = e.usage.clone();
                     u.requested.add(r);
@@ -529,7 +539,7 @@ impl Cache {
                 Ok(()) => {
                     let mut r = score::raw(pod, info, usage);
                     if let Some(s) = &inter {
-                        r.inter_pod = s.score(info);
+                        r.inter_pod = Some(s.score(info));
                     }
                     if let Some(s) = &spread {
                         r.spread = s.score(info);

@@ -47,8 +47,9 @@ pub struct Raw {
     pub resources: u64,
     /// Sum of the weights of the preferred node affinity terms the node matches.
     pub node_affinity: u64,
-    /// Inter-pod affinity raw score (see [`super::interpod::State::score`]).
-    pub inter_pod: i64,
+    /// Inter-pod affinity raw score (see [`super::interpod::State::score`]); `None` when the
+    /// pod has no inter-pod preferences to score.
+    pub inter_pod: Option<i64>,
     /// Topology spread raw score (see [`super::spread::State::score`]).
     pub spread: Option<u64>,
 }
@@ -74,8 +75,10 @@ impl Bounds {
         self.max_replicas = self.max_replicas.max(r.replicas);
         self.max_prefer_no_schedule = self.max_prefer_no_schedule.max(r.prefer_no_schedule);
         self.max_node_affinity = self.max_node_affinity.max(r.node_affinity);
-        let (lo, hi) = self.inter_pod.unwrap_or((r.inter_pod, r.inter_pod));
-        self.inter_pod = Some((lo.min(r.inter_pod), hi.max(r.inter_pod)));
+        if let Some(s) = r.inter_pod {
+            let (lo, hi) = self.inter_pod.unwrap_or((s, s));
+            self.inter_pod = Some((lo.min(s), hi.max(s)));
+        }
         if let Some(s) = r.spread {
             let (lo, hi) = self.spread.unwrap_or((s, s));
             self.spread = Some((lo.min(s), hi.max(s)));
@@ -117,7 +120,7 @@ pub fn raw(pod: &PodInfo, node: &NodeInfo, usage: &Usage) -> Raw {
         prefer_no_schedule,
         resources: least * LEAST_ALLOCATED_WEIGHT + balanced * BALANCED_WEIGHT,
         node_affinity,
-        inter_pod: 0,
+        inter_pod: None,
         spread: None,
     }
 }
@@ -145,9 +148,10 @@ pub fn total(r: Raw, b: &Bounds) -> u64 {
         0 => 0,
         max => r.node_affinity * 100 / max,
     };
-    let inter_pod = b.inter_pod.map_or(0, |(lo, hi)| {
-        super::interpod::normalize(r.inter_pod, lo, hi)
-    });
+    let inter_pod = match (r.inter_pod, b.inter_pod) {
+        (Some(s), Some((lo, hi))) => super::interpod::normalize(s, lo, hi),
+        _ => 0,
+    };
     let spread = b
         .spread
         .map_or(0, |(lo, hi)| super::spread::normalize(r.spread, lo, hi));
@@ -220,7 +224,7 @@ mod tests {
             prefer_no_schedule,
             resources: 0,
             node_affinity: 0,
-            inter_pod: 0,
+            inter_pod: None,
             spread: None,
         };
         let b = |max_replicas, max_prefer_no_schedule| Bounds {
