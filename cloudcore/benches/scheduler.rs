@@ -1,8 +1,11 @@
 //! Scheduler throughput: pods bound per second with 1,000 nodes and 10,000 pending pods.
 //!
-//! Two figures: the placement core alone (cache + filters + scores, no I/O), and the whole
-//! scheduler against a real sled store in a temp dir (listing, binding writes with revision
-//! preconditions, durable flushes). Prints a Markdown table.
+//! Two figures per workload: the placement core alone (cache + filters + scores, no I/O), and
+//! the whole scheduler against a real sled store in a temp dir (listing, binding writes with
+//! revision preconditions, `Scheduled` events, durable flushes). Three workloads: plain pods
+//! (no inter-pod terms), pods in groups of 10 with required hostname anti-affinity against
+//! their own group, and pods in groups of 100 with a zone topology spread constraint
+//! (`maxSkew: 1`, `DoNotSchedule`). Prints a Markdown table.
 //!
 //! Run: `cargo bench -p cloudcore --bench scheduler` (optional args: nodes pods).
 
@@ -16,7 +19,8 @@ use tokio::time::Instant;
 
 fn node(i: usize) -> Value {
     json!({"apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": format!("edge-{i:05}"), "labels": {"zone": format!("z{}", i % 10), "gen": (i % 4).to_string()}},
+        "metadata": {"name": format!("edge-{i:05}"), "labels": {"zone": format!("z{}", i % 10), "gen": (i % 4).to_string(),
+                                                         "kubernetes.io/hostname": format!("edge-{i:05}")}},
         "spec": if i.is_multiple_of(50) { json!({"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]}) } else { json!({}) },
         "status": {"conditions": [{"type": "Ready", "status": "True"}],
                    "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110", "skerry.io/gpio": "4"}}})
@@ -40,14 +44,37 @@ fn pod(i: usize) -> Value {
         "spec": spec, "status": {"phase": "Pending"}})
 }
 
-fn core(nodes: usize, pods: usize) -> (f64, usize) {
+/// Groups of 10 replicas, each replica refusing a node that runs another of its group.
+fn anti_pod(i: usize) -> Value {
+    let group = format!("g{}", i / 10);
+    let mut p = pod(i);
+    p["metadata"]["labels"] = json!({"app": group});
+    p["metadata"]["ownerReferences"][0]["uid"] = json!(format!("rs-uid-{group}"));
+    p["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": group}}, "topologyKey": "kubernetes.io/hostname"}]}});
+    p
+}
+
+/// Groups of 100 replicas spread evenly over the zones.
+fn spread_pod(i: usize) -> Value {
+    let mut p = pod(i);
+    p["spec"].as_object_mut().map(|s| s.remove("nodeSelector"));
+    p["spec"]["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": "zone",
+        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": format!("a{}", i % 100)}}}]);
+    p
+}
+
+/// A workload: its name, the pod it makes for each index, and whether to run it on the store.
+type Workload = (&'static str, fn(usize) -> Value, bool);
+
+fn core(nodes: usize, pods: usize, make: fn(usize) -> Value) -> (f64, usize) {
     let mut cache = Cache::default();
     for i in 0..nodes {
         cache.set_node(i as u64 + 1, Some(&node(i)));
     }
     let parsed: Vec<(ObjectKey, PodInfo)> = (0..pods)
         .map(|i| {
-            let p = pod(i);
+            let p = make(i);
             (pod_key(&p), PodInfo::of(&p))
         })
         .collect();
@@ -62,7 +89,7 @@ fn core(nodes: usize, pods: usize) -> (f64, usize) {
     (start.elapsed().as_secs_f64(), bound)
 }
 
-async fn with_store(nodes: usize, pods: usize) -> (f64, u64) {
+async fn with_store(nodes: usize, pods: usize, make: fn(usize) -> Value) -> (f64, u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn Store> =
         Arc::new(SledStore::open(dir.path(), cloudcore::projection::shard).expect("open store"));
@@ -75,7 +102,7 @@ async fn with_store(nodes: usize, pods: usize) -> (f64, u64) {
     for i in 0..pods {
         let store = store.clone();
         creates.spawn(async move {
-            let p = pod(i);
+            let p = make(i);
             store.create(&pod_key(&p), p).await.map(|_| ())
         });
         if creates.len() >= 256 {
@@ -101,17 +128,26 @@ fn main() {
         .collect();
     let nodes = args.first().copied().unwrap_or(1000);
     let pods = args.get(1).copied().unwrap_or(10_000);
-    let (core_secs, core_bound) = core(nodes, pods);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (store_secs, store_bound) = rt.block_on(with_store(nodes, pods));
     println!("| scheduler ({nodes} nodes, {pods} pending pods) | pods bound | seconds | pods/s |");
     println!("|---|---:|---:|---:|");
-    println!(
-        "| placement core (cache, filters, scores; no I/O) | {core_bound} | {core_secs:.2} | {:.0} |",
-        core_bound as f64 / core_secs
-    );
-    println!(
-        "| full scheduler on sled store (list, bind writes, flushes) | {store_bound} | {store_secs:.2} | {:.0} |",
-        store_bound as f64 / store_secs
-    );
+    let workloads: [Workload; 3] = [
+        ("plain", pod, true),
+        ("hostname anti-affinity, groups of 10", anti_pod, true),
+        ("zone spread constraint, groups of 100", spread_pod, false),
+    ];
+    for (name, make, full) in workloads {
+        let (secs, bound) = core(nodes, pods, make);
+        println!(
+            "| {name}: placement core (cache, filters, scores; no I/O) | {bound} | {secs:.2} | {:.0} |",
+            bound as f64 / secs
+        );
+        if full {
+            let (secs, bound) = rt.block_on(with_store(nodes, pods, make));
+            println!(
+                "| {name}: full scheduler on sled store (list, bind writes, events, flushes) | {bound} | {secs:.2} | {:.0} |",
+                bound as f64 / secs
+            );
+        }
+    }
 }

@@ -191,3 +191,174 @@ async fn scheduler_spreads_replicas_respects_taints_and_explains_unschedulable_p
     assert!(ok && out.contains("FailedScheduling"), "{out}");
     Ok(())
 }
+
+/// The first Event about pod `name` with `reason`.
+async fn event_about(cloud: &Cloud, name: &str, reason: &str) -> anyhow::Result<Value> {
+    eventually(&format!("{reason} event for {name}"), DEADLINE, || async {
+        let list = cloud
+            .get(&format!(
+                "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{name}"
+            ))
+            .await?
+            .unwrap_or(Value::Null);
+        Ok(list["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|e| e["reason"] == reason).cloned()))
+    })
+    .await
+}
+
+/// The PodScheduled=False condition of a pod, if it has one.
+fn unschedulable_condition(p: &Value) -> Option<Value> {
+    p["status"]["conditions"].as_array().and_then(|cs| {
+        cs.iter()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+            .cloned()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn required_hostname_anti_affinity_spreads_a_group_and_leaves_the_extra_pod_pending(
+) -> anyhow::Result<()> {
+    let cloud = Cloud::start(CloudOptions::default()).await?;
+    let mut edges = Vec::new();
+    for name in ["edge-a", "edge-b", "edge-c"] {
+        edges.push(Edge::join_and_start(&cloud, name, &[]).await?);
+        cloud.wait_node_ready(name, DEADLINE).await?;
+    }
+    let names: Vec<String> = (0..4).map(|i| format!("solo-{i}")).collect();
+    for name in &names {
+        let mut pod = unplaced(name);
+        pod["metadata"]["labels"] = json!({"app": "solo"});
+        pod["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "solo"}}, "topologyKey": "kubernetes.io/hostname"}]}});
+        cloud.create_pod(pod).await?;
+    }
+    // Three are bound, one per node; the fourth stays Pending and says why.
+    let (bound, pending) = eventually("3 solo pods bound, 1 unschedulable", DEADLINE, || async {
+        let mut bound = BTreeSet::new();
+        let mut pending = Vec::new();
+        for name in &names {
+            let Some(p) = cloud
+                .get(&format!("/api/v1/namespaces/default/pods/{name}"))
+                .await?
+            else {
+                return Ok(None);
+            };
+            match p["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                Some(n) => {
+                    bound.insert(n.to_string());
+                }
+                None if unschedulable_condition(&p).is_some() => pending.push(p),
+                None => return Ok(None),
+            }
+        }
+        Ok((bound.len() + pending.len() == 4).then_some((bound, pending)))
+    })
+    .await?;
+    assert_eq!(bound.len(), 3, "one per node: {bound:?}");
+    assert_eq!(pending.len(), 1);
+    let p = &pending[0];
+    assert_eq!(phase(p), "Pending");
+    assert_eq!(
+        unschedulable_condition(p).unwrap()["message"],
+        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+    );
+    let name = p["metadata"]["name"].as_str().unwrap_or("");
+    let event = event_about(&cloud, name, "FailedScheduling").await?;
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("didn't match pod anti-affinity rules"),
+        "{event}"
+    );
+    // Every bound pod got a Scheduled event, worded as Kubernetes does.
+    for n in names.iter().filter(|n| n.as_str() != name) {
+        let e = event_about(&cloud, n, "Scheduled").await?;
+        assert_eq!(e["type"], "Normal", "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(&format!("Successfully assigned default/{n} to edge-")),
+            "{e}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_high_priority_pod_preempts_a_low_priority_one_on_a_full_node() -> anyhow::Result<()> {
+    let cloud = Cloud::start(CloudOptions::default()).await?;
+    let _edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
+    let node = cloud.wait_node_ready("edge-a", DEADLINE).await?;
+    // Each pod asks for all the cpu the node offers: two cannot share it.
+    let cpu = node["status"]["allocatable"]["cpu"].clone();
+    assert!(cpu.is_string(), "{node}");
+    let hungry = |name: &str| {
+        let mut pod = unplaced(name);
+        pod["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": cpu.clone()}});
+        pod
+    };
+    let low = hungry("low");
+    cloud.create_pod(low).await?;
+    let low = cloud.wait_running("low", DEADLINE).await?;
+    let low_uid = low["metadata"]["uid"].as_str().unwrap_or("").to_string();
+
+    // A pod of the same priority does not preempt: it waits.
+    cloud.create_pod(hungry("peer")).await?;
+    cloud
+        .wait_for(
+            "peer unschedulable",
+            "/api/v1/namespaces/default/pods/peer",
+            DEADLINE,
+            |p| unschedulable_condition(p).is_some(),
+        )
+        .await?;
+
+    let mut high = hungry("high");
+    high["spec"]["priorityClassName"] = json!("system-cluster-critical");
+    let created = cloud.create_pod(high).await?;
+    let high_uid = created["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    // The victim is told why it goes, and goes.
+    let preempted = event_about(&cloud, "low", "Preempted").await?;
+    assert_eq!(preempted["type"], "Normal", "{preempted}");
+    assert_eq!(
+        preempted["message"],
+        format!("Preempted by pod {high_uid} on node edge-a")
+    );
+    assert_eq!(preempted["involvedObject"]["uid"], low_uid.as_str());
+    cloud
+        .wait_gone(
+            "low deleted",
+            "/api/v1/namespaces/default/pods/low",
+            DEADLINE,
+        )
+        .await?;
+    // The preemptor takes the room, ahead of the peer that waited longer.
+    assert_eq!(node_of(&cloud, "high").await?, "edge-a");
+    let scheduled = event_about(&cloud, "high", "Scheduled").await?;
+    assert_eq!(
+        scheduled["message"],
+        "Successfully assigned default/high to edge-a"
+    );
+    let peer = cloud
+        .get("/api/v1/namespaces/default/pods/peer")
+        .await?
+        .unwrap_or(Value::Null);
+    assert!(
+        peer["spec"]["nodeName"].as_str().unwrap_or("").is_empty(),
+        "{peer}"
+    );
+    assert_eq!(
+        cloud
+            .metric("skerry_scheduler_preemption_victims_total")
+            .await?,
+        Some(1.0)
+    );
+    Ok(())
+}

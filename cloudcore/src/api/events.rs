@@ -238,6 +238,11 @@ pub async fn record(
     let key = ObjectKey::new("events", ns, &name);
     let rv = str_at(object, "/metadata/resourceVersion").to_string();
     for _ in 0..4 {
+        // Most events are new (one Scheduled per pod): try the create first.
+        match store.create(&key, probe.clone()).await {
+            Err(StoreError::AlreadyExists(_)) => {}
+            other => return other,
+        }
         let bumped = crate::store::update_with(store, &key, |ev| {
             let mut ev = ev.clone();
             ev["count"] = json!(ev["count"].as_u64().unwrap_or(1) + 1);
@@ -248,13 +253,10 @@ pub async fn record(
         .await;
         match bumped {
             Ok(Some(s)) => return Ok(s),
-            // (The closure always writes, so `Ok(None)` does not occur; creating is harmless.)
+            // (The closure always writes, so `Ok(None)` does not occur; creating again is
+            // harmless.)
             Ok(None) | Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),
-        }
-        match store.create(&key, probe.clone()).await {
-            Err(StoreError::AlreadyExists(_)) => continue,
-            other => return other,
         }
     }
     Err(StoreError::Backend(format!(

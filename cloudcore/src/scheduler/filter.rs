@@ -3,7 +3,9 @@
 //! `0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 2 Insufficient cpu.`
 //!
 //! Filters run in Kubernetes' order and the first that rejects a node gives its reasons (the
-//! resource filter may give several: `Insufficient cpu` and `Insufficient memory`).
+//! resource filter may give several: `Insufficient cpu` and `Insufficient memory`). The filters
+//! here look at one node; the topology spread ([`super::spread`]) and inter-pod affinity
+//! ([`super::interpod`]) filters, which look at other pods, run after them, in that order.
 
 use super::cache::Usage;
 use super::model::{tolerated, Effect, NodeInfo, PodInfo};
@@ -30,6 +32,32 @@ pub enum Reason {
     TooManyPods,
     /// Not enough of a resource left (`cpu`, `memory`, an extended resource).
     Insufficient(String),
+    /// Topology spread: the node lacks a constraint's topology label.
+    SpreadMissingLabel,
+    /// Topology spread: placing the pod here would exceed a `maxSkew`.
+    Spread,
+    /// Required pod affinity is not satisfied in the node's domain.
+    PodAffinity,
+    /// The pod's required anti-affinity matches a pod in the node's domain.
+    PodAntiAffinity,
+    /// A pod in the node's domain has required anti-affinity against this pod.
+    ExistingAntiAffinity,
+}
+
+impl Reason {
+    /// Whether evicting pods from the node can remove this reason (Kubernetes' `Unschedulable`
+    /// as opposed to `UnschedulableAndUnresolvable`): only those nodes are preemption
+    /// candidates.
+    pub fn resolvable_by_preemption(&self) -> bool {
+        matches!(
+            self,
+            Self::TooManyPods
+                | Self::Insufficient(_)
+                | Self::Spread
+                | Self::PodAntiAffinity
+                | Self::ExistingAntiAffinity
+        )
+    }
 }
 
 impl fmt::Display for Reason {
@@ -43,6 +71,15 @@ impl fmt::Display for Reason {
             Self::NodeAffinity => f.write_str("node(s) didn't match Pod's node affinity/selector"),
             Self::TooManyPods => f.write_str("Too many pods"),
             Self::Insufficient(r) => write!(f, "Insufficient {r}"),
+            Self::SpreadMissingLabel => f.write_str(
+                "node(s) didn't match pod topology spread constraints (missing required label)",
+            ),
+            Self::Spread => f.write_str("node(s) didn't match pod topology spread constraints"),
+            Self::PodAffinity => f.write_str("node(s) didn't match pod affinity rules"),
+            Self::PodAntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
+            Self::ExistingAntiAffinity => {
+                f.write_str("node(s) didn't satisfy existing pods anti-affinity rules")
+            }
         }
     }
 }

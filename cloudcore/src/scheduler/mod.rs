@@ -1,15 +1,33 @@
 //! The scheduler: places every unbound pod on a node, as Kubernetes' default scheduler does.
 //!
-//! - [`model`] parses nodes and pods once into what the filters and scores need;
+//! - [`model`] parses nodes and pods once into what the filters and scores need (including the
+//!   pod's priority);
 //! - [`filter`] decides where a pod may go (node readiness, cordon, taints and tolerations,
 //!   nodeSelector and required node affinity, resource fit) and words the refusal like
 //!   Kubernetes;
+//! - [`spread`] and [`interpod`] are the plugins that look at other pods: topology spread
+//!   constraints, and pod affinity and anti-affinity (both filter and score);
 //! - [`score`] ranks the feasible nodes (replica spread, PreferNoSchedule taints, least
-//!   allocated, balanced allocation), ties to the first node by name;
-//! - [`cache`] holds nodes and per-node allocated requests, updated from store events, so one
-//!   placement is O(nodes);
-//! - [`queue`] orders the pending pods and backs off the ones that fit nowhere;
-//! - [`report`] writes the `PodScheduled` condition and `FailedScheduling` Events.
+//!   allocated, balanced allocation, preferred node affinity, inter-pod preferences, soft
+//!   spread constraints), ties to the first node by name;
+//! - [`cache`] holds nodes, per-node allocated requests and the placed pods indexed by label,
+//!   updated from store events, so one placement is O(nodes) plus the pods a term may select;
+//!   it also works out preemption;
+//! - [`queue`] orders the pending pods (priority, then FIFO) and backs off the ones that fit
+//!   nowhere;
+//! - [`report`] writes the `PodScheduled` condition, `nominatedNodeName`, and the `Scheduled`,
+//!   `FailedScheduling` and `Preempted` Events.
+//!
+//! **Preemption**: a pod that fits nowhere (and whose `preemptionPolicy` is not `Never`) looks
+//! for a node where evicting pods of strictly lower priority makes it fit ([`Cache::preempt`]).
+//! The victims are deleted as `DELETE` would (the pod kind's graceful-deletion rule, so the
+//! edge stops them within their grace period), each gets a `Preempted` Event, and the preemptor
+//! gets `status.nominatedNodeName`; the room is held for it until the victims are gone and it is
+//! placed.
+//!
+//! Metrics: `skerry_scheduler_schedule_attempts_total{result=scheduled|unschedulable|error}`,
+//! `skerry_scheduler_scheduling_duration_seconds{result}` (from the attempt to the end of its
+//! writes), `skerry_scheduler_pending_pods`, `skerry_scheduler_preemption_victims_total`.
 //!
 //! The loop here is level-triggered (STYLE.md, kube-rs): the cache follows store events, a
 //! lagged subscription or a timer (every [`RESYNC_PERIOD`]) rebuilds it from full listings. A
@@ -23,14 +41,22 @@
 
 pub mod cache;
 pub mod filter;
+pub mod interpod;
 pub mod model;
 pub mod queue;
 pub mod report;
 pub mod score;
+pub mod spread;
 
+use crate::api::events::EventType;
+use crate::api::pods::PodHandler;
+use crate::api::resource::DeleteOptions;
+use crate::api::{DeleteAction, ResourceHandler};
+use crate::clock;
 use crate::store::{Event, ObjectKey, Store, StoreError, Stored};
-use cache::{pod_key, Cache};
+use cache::{pod_key, Cache, Preemption, Victim};
 use queue::{Attempt, Queue};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -59,7 +85,7 @@ pub struct Scheduler {
     store: Arc<dyn Store>,
     cache: Cache,
     queue: Queue,
-    flights: JoinSet<(ObjectKey, Outcome)>,
+    flights: JoinSet<(ObjectKey, Outcome, Instant)>,
     /// Revision the last resync listed; events up to it are already in the cache.
     synced: u64,
     bound: u64,
@@ -164,25 +190,55 @@ impl Scheduler {
 
     fn attempt(&mut self, Attempt { key, pod, info }: Attempt) {
         let store = self.store.clone();
+        let started = Instant::now();
         match self.cache.schedule(&info) {
             Ok(node) => {
                 self.cache.assume(&key, &node, &info);
                 let next = report::bound(&pod.value, &node);
                 self.flights.spawn(async move {
                     let out = match store.update(&key, next, Some(pod.revision)).await {
-                        Ok(s) => Outcome::Bound(s),
+                        Ok(s) => {
+                            let message = report::scheduled_message(&s.value, &node);
+                            if let Err(e) =
+                                report::record(store.as_ref(), &s.value, EventType::Normal, "Scheduled", &message)
+                                    .await
+                            {
+                                warn!(pod = %key, error = %e, "could not record the Scheduled event");
+                            }
+                            Outcome::Bound(s)
+                        }
                         Err(e) => Outcome::Failed(e),
                     };
-                    (key, out)
+                    (key, out, started)
                 });
             }
             Err(fit) => {
                 let message = fit.to_string();
+                let preemption = self.cache.preempt(&key, &info);
+                if let Some(p) = &preemption {
+                    self.cache.nominate(&key, &p.node, &info);
+                    metrics::counter!("skerry_scheduler_preemption_victims_total")
+                        .increment(p.victims.len() as u64);
+                    let victims: Vec<String> =
+                        p.victims.iter().map(|v| v.key.to_string()).collect();
+                    info!(pod = %key, node = %p.node, ?victims, "preempting lower-priority pods");
+                }
                 self.flights.spawn(async move {
-                    let written = match report::unschedulable(&pod.value, &message) {
+                    let mut next = report::unschedulable(&pod.value, &message);
+                    if let Some(Preemption { node, victims }) = &preemption {
+                        let uid = pod.value.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+                        for v in victims {
+                            if let Err(e) = evict(store.as_ref(), v, uid, node).await {
+                                warn!(pod = %key, victim = %v.key, error = %e, "could not evict a preemption victim; the next attempt retries");
+                            }
+                        }
+                        let nominated = report::nominated(next.as_ref().unwrap_or(&pod.value), node);
+                        next = (nominated != pod.value).then_some(nominated);
+                    }
+                    let written = match next {
                         Some(next) => match store.update(&key, next, Some(pod.revision)).await {
                             Ok(s) => Some(s),
-                            Err(e) => return (key, Outcome::Failed(e)),
+                            Err(e) => return (key, Outcome::Failed(e), started),
                         },
                         None => None,
                     };
@@ -193,15 +249,25 @@ impl Scheduler {
                     {
                         warn!(pod = %key, error = %e, "could not record the FailedScheduling event");
                     }
-                    (key, Outcome::Unschedulable(written))
+                    (key, Outcome::Unschedulable(written), started)
                 });
             }
         }
+        metrics::gauge!("skerry_scheduler_pending_pods").set(self.queue.len() as f64);
     }
 
     /// Takes in the result of one write.
-    fn complete(&mut self, key: ObjectKey, outcome: Outcome) {
+    fn complete(&mut self, key: ObjectKey, outcome: Outcome, started: Instant) {
         let now = Instant::now();
+        let result = match &outcome {
+            Outcome::Bound(_) => "scheduled",
+            Outcome::Unschedulable(_) => "unschedulable",
+            Outcome::Failed(_) => "error",
+        };
+        metrics::counter!("skerry_scheduler_schedule_attempts_total", "result" => result)
+            .increment(1);
+        metrics::histogram!("skerry_scheduler_scheduling_duration_seconds", "result" => result)
+            .record(now.duration_since(started).as_secs_f64());
         match outcome {
             Outcome::Bound(s) => {
                 debug!(pod = %key, node = model::bound_node(&s.value).unwrap_or(""), "bound");
@@ -211,6 +277,9 @@ impl Scheduler {
             }
             Outcome::Unschedulable(written) => {
                 self.cache.forget(&key);
+                if let Some(w) = &written {
+                    self.cache.set_pod(&key, w.revision, Some(&w.value));
+                }
                 self.queue.unschedulable(&key, written, now);
             }
             Outcome::Failed(e) => {
@@ -236,6 +305,7 @@ impl Scheduler {
                 }
             }
         }
+        metrics::gauge!("skerry_scheduler_pending_pods").set(self.queue.len() as f64);
     }
 
     /// Schedules until no pod is active and no write is in flight (pods that fit nowhere are
@@ -244,12 +314,70 @@ impl Scheduler {
         loop {
             self.schedule_active();
             match self.flights.join_next().await {
-                Some(Ok((key, out))) => self.complete(key, out),
+                Some(Ok((key, out, started))) => self.complete(key, out, started),
                 Some(Err(e)) => warn!(error = %e, "a scheduling write task failed"),
                 None => return,
             }
         }
     }
+}
+
+/// Evicts a preemption victim exactly as `DELETE` would: the pod kind's own rule
+/// ([`PodHandler`]'s `on_delete`, so graceful deletion stays defined in one place) gives the
+/// object to write, which is written with the revision read as precondition. Then records the
+/// `Preempted` Event on the victim. A victim already gone, or replaced by a new pod of the same
+/// name, is left alone.
+async fn evict(
+    store: &dyn Store,
+    victim: &Victim,
+    preemptor_uid: &str,
+    node: &str,
+) -> Result<(), StoreError> {
+    for _ in 0..4 {
+        let Some(current) = store.get(&victim.key)? else {
+            return Ok(());
+        };
+        if current
+            .value
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            != Some(&victim.uid)
+        {
+            return Ok(());
+        }
+        let action = PodHandler.on_delete(
+            &current.value,
+            &DeleteOptions::default(),
+            &clock::now_rfc3339(),
+        );
+        let written = match action {
+            DeleteAction::Unchanged => current.value,
+            DeleteAction::Update(next) => {
+                match store
+                    .update(&victim.key, next, Some(current.revision))
+                    .await
+                {
+                    Ok(s) => s.value,
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(StoreError::NotFound(_)) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+            DeleteAction::Delete => match store.delete(&victim.key, Some(current.revision)).await {
+                Ok(s) => s.value,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            },
+        };
+        let message = report::preempted_message(preemptor_uid, node);
+        report::record(store, &written, EventType::Normal, "Preempted", &message).await?;
+        return Ok(());
+    }
+    Err(StoreError::Backend(format!(
+        "{} kept changing while it was being evicted",
+        victim.key
+    )))
 }
 
 /// Runs the scheduler until the process ends.
@@ -290,7 +418,7 @@ pub async fn run(store: Arc<dyn Store>) {
                 Err(RecvError::Closed) => std::future::pending::<()>().await,
             },
             Some(done) = s.flights.join_next(), if !s.flights.is_empty() => match done {
-                Ok((key, out)) => s.complete(key, out),
+                Ok((key, out, started)) => s.complete(key, out, started),
                 Err(e) => warn!(error = %e, "a scheduling write task failed"),
             },
             _ = tokio::time::sleep_until(wake) => {}
@@ -371,8 +499,17 @@ mod tests {
         s.queue.activate_waiting();
         s.drain().await;
         let (events, _) = store.list("events", Some("default")).unwrap();
-        assert_eq!(events.len(), 2, "{events:?}");
-        for e in &events {
+        let (failed, scheduled): (Vec<_>, Vec<_>) = events
+            .iter()
+            .partition(|e| e.value["reason"] == "FailedScheduling");
+        assert_eq!(failed.len(), 2, "{events:?}");
+        assert_eq!(
+            scheduled.len(),
+            1,
+            "one Scheduled event for the bound pod: {events:?}"
+        );
+        assert_eq!(scheduled[0].value["reason"], "Scheduled");
+        for e in &failed {
             assert_eq!(e.value["reason"], "FailedScheduling");
             assert_eq!(e.value["type"], "Warning");
             assert_eq!(e.value["count"], 2);
@@ -392,5 +529,89 @@ mod tests {
         let l = get(&late);
         assert_eq!(l["metadata"]["labels"]["touched"], "yes", "{l}");
         assert_eq!(l["spec"]["nodeName"], "a", "{l}");
+    }
+
+    #[tokio::test]
+    async fn preemption_evicts_gracefully_records_events_and_nominates_the_preemptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SledStore::open(dir.path(), crate::projection::shard).unwrap());
+        store
+            .create(&ObjectKey::new("nodes", "", "a"), node("a", json!({})))
+            .await
+            .unwrap();
+        let full = |name: &str, extra: Value| {
+            let mut p = pod(
+                name,
+                json!({"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "1"}}}]}),
+            );
+            for (k, v) in extra.as_object().unwrap() {
+                p["spec"][k] = v.clone();
+            }
+            p
+        };
+        let low = full("low", json!({}));
+        store.create(&pod_key(&low), low.clone()).await.unwrap();
+        let mut s = Scheduler::new(store.clone());
+        s.resync().unwrap();
+        s.drain().await;
+        let get = |p: &Value| store.get(&pod_key(p)).unwrap().unwrap().value;
+        assert_eq!(get(&low)["spec"]["nodeName"], "a");
+        let events = |name: &str| -> Vec<Value> {
+            let (all, _) = store.list("events", Some("default")).unwrap();
+            all.into_iter()
+                .map(|e| e.value)
+                .filter(|e| e["involvedObject"]["name"] == name)
+                .collect()
+        };
+        let scheduled = events("low");
+        assert_eq!(scheduled.len(), 1);
+        assert_eq!(scheduled[0]["reason"], "Scheduled");
+        assert_eq!(scheduled[0]["type"], "Normal");
+        assert_eq!(
+            scheduled[0]["message"],
+            "Successfully assigned default/low to a"
+        );
+
+        let high = full("high", json!({"priorityClassName": "system-node-critical"}));
+        let never = full(
+            "never",
+            json!({"priority": 5000, "preemptionPolicy": "Never"}),
+        );
+        for p in [&never, &high] {
+            store.create(&pod_key(p), p.clone()).await.unwrap();
+        }
+        s.resync().unwrap();
+        s.drain().await;
+        // The victim is terminating (graceful deletion, as DELETE does) and told why.
+        let victim = get(&low);
+        assert!(
+            victim["metadata"]["deletionTimestamp"].is_string(),
+            "{victim}"
+        );
+        assert_eq!(victim["metadata"]["deletionGracePeriodSeconds"], 30);
+        let preempted: Vec<Value> = events("low")
+            .into_iter()
+            .filter(|e| e["reason"] == "Preempted")
+            .collect();
+        assert_eq!(preempted.len(), 1, "{preempted:?}");
+        assert_eq!(
+            preempted[0]["message"],
+            "Preempted by pod uid-high on node a"
+        );
+        let h = get(&high);
+        assert_eq!(h["status"]["nominatedNodeName"], "a", "{h}");
+        assert!(h["spec"]["nodeName"].is_null());
+        let n = get(&never);
+        assert!(n["status"].get("nominatedNodeName").is_none(), "{n}");
+
+        // The victim goes: the preemptor is placed, ahead of the other (lower) pending pod.
+        store.delete(&pod_key(&low), None).await.unwrap();
+        s.resync().unwrap();
+        s.drain().await;
+        let h = get(&high);
+        assert_eq!(h["spec"]["nodeName"], "a");
+        assert!(h["status"].get("nominatedNodeName").is_none(), "{h}");
+        assert!(get(&never)["spec"]["nodeName"].is_null());
     }
 }

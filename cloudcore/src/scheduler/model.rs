@@ -9,6 +9,7 @@ use crate::api::quantity::{parse_cpu_millis, parse_memory_bytes};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 /// Requests a container without one is scored as having (Kubernetes' non-zero defaults), so
 /// that best-effort pods still spread by least-allocated instead of piling onto one node.
@@ -462,16 +463,315 @@ impl NodeInfo {
 /// A pod waiting for a node, as the filters and scores see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
+    /// Identity, labels and inter-pod terms, shared with the cache once the pod is placed.
+    pub meta: Arc<PodMeta>,
     /// `spec.nodeSelector`.
     pub node_selector: Vec<(String, String)>,
     /// Required node affinity terms (ORed); `None` when the pod has none.
     pub affinity: Option<Vec<Term>>,
+    /// Preferred node affinity terms with their weights (1..=100).
+    pub preferred_affinity: Vec<(i64, Term)>,
     /// Tolerations.
     pub tolerations: Vec<Toleration>,
     /// Resource requests.
     pub requests: PodRequests,
     /// Replicas with the same key are spread across nodes (see [`spread_key`]).
     pub spread: Option<u64>,
+    /// `topologySpreadConstraints`.
+    pub spread_constraints: Vec<SpreadConstraint>,
+    /// Resolved priority (see [`priority`]).
+    pub priority: i32,
+    /// Whether the pod may preempt lower-priority pods (`preemptionPolicy` is not `Never`).
+    pub preempts: bool,
+}
+
+/// What the inter-pod plugins need of a pod, placed or pending: shared behind an `Arc` between
+/// the queue and the cache so that placing a pod copies no labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodMeta {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Uid.
+    pub uid: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Pod affinity and anti-affinity, if the pod has any.
+    pub inter_pod: Option<InterPod>,
+}
+
+/// A metav1 `LabelSelector` (`matchLabels` and `matchExpressions`, all must hold).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    /// The requirements; `None` when the selector is absent or malformed, which selects
+    /// nothing (Kubernetes: a nil selector matches no pod), while `Some(empty)` selects all.
+    pub requirements: Option<Vec<Requirement>>,
+}
+
+impl Selector {
+    /// Parses a `LabelSelector` object; `None` or `null` selects nothing.
+    pub fn parse(v: Option<&Value>) -> Self {
+        let Some(obj) = v.and_then(Value::as_object) else {
+            return Self { requirements: None };
+        };
+        let mut reqs: Vec<Requirement> = string_map(obj.get("matchLabels"))
+            .into_iter()
+            .map(|(key, v)| Requirement {
+                key,
+                op: Op::In(vec![v]),
+            })
+            .collect();
+        let exprs: Option<Vec<Requirement>> = obj
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| {
+                        Requirement::parse(r).filter(|r| {
+                            matches!(
+                                r.op,
+                                Op::In(_) | Op::NotIn(_) | Op::Exists | Op::DoesNotExist
+                            )
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or(Some(Vec::new()));
+        let requirements = exprs.map(|e| {
+            reqs.extend(e);
+            reqs
+        });
+        Self { requirements }
+    }
+
+    /// Whether labels looked up through `get` satisfy every requirement.
+    pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.requirements
+            .as_ref()
+            .is_some_and(|rs| rs.iter().all(|r| r.matches(get(&r.key))))
+    }
+
+    /// Whether `labels` satisfy the selector.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_with(|k| labels.get(k).map(String::as_str))
+    }
+
+    /// A label key and the values one of which every selected pod must carry (the first `In`
+    /// or `matchLabels` requirement), so that an index by label finds the candidates; `None`
+    /// when the selector has no such requirement (all pods are candidates).
+    pub fn index_hint(&self) -> Option<(&str, &[String])> {
+        self.requirements
+            .as_ref()?
+            .iter()
+            .find_map(|r| match &r.op {
+                Op::In(vs) => Some((r.key.as_str(), vs.as_slice())),
+                _ => None,
+            })
+    }
+}
+
+/// The namespaces a pod affinity term looks at: those listed, plus those its
+/// `namespaceSelector` selects. Namespace labels are not cached by the scheduler, so a
+/// `namespaceSelector` is evaluated against the one label every namespace carries,
+/// `kubernetes.io/metadata.name`; `{}` selects every namespace. With neither, the term looks
+/// at the pod's own namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespaces {
+    /// Listed names (the pod's own when nothing else is given).
+    pub names: Vec<String>,
+    /// `namespaceSelector`, if given.
+    pub selector: Option<Selector>,
+}
+
+impl Namespaces {
+    /// Whether a pod in namespace `ns` is in scope.
+    pub fn contains(&self, ns: &str) -> bool {
+        self.names.iter().any(|n| n == ns)
+            || self.selector.as_ref().is_some_and(|s| {
+                s.matches_with(|k| (k == "kubernetes.io/metadata.name").then_some(ns))
+            })
+    }
+}
+
+/// One `podAffinityTerm`: pods selected by `selector` in `namespaces`, counted per value of the
+/// nodes' `topology_key` label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AffinityTerm {
+    /// Which pods.
+    pub selector: Selector,
+    /// In which namespaces.
+    pub namespaces: Namespaces,
+    /// The node label that defines a topology domain (`kubernetes.io/hostname`, a zone).
+    pub topology_key: String,
+}
+
+impl AffinityTerm {
+    fn parse(v: &Value, own_namespace: &str) -> Self {
+        let names: Vec<String> = v
+            .get("namespaces")
+            .and_then(Value::as_array)
+            .map(|ns| {
+                ns.iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let selector = v
+            .get("namespaceSelector")
+            .filter(|s| s.is_object())
+            .map(|s| Selector::parse(Some(s)));
+        let names = if names.is_empty() && selector.is_none() {
+            vec![own_namespace.to_string()]
+        } else {
+            names
+        };
+        Self {
+            selector: Selector::parse(v.get("labelSelector")),
+            namespaces: Namespaces { names, selector },
+            topology_key: v
+                .get("topologyKey")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        }
+    }
+
+    /// Whether a pod in `ns` with `labels` is one this term selects.
+    pub fn selects(&self, ns: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.namespaces.contains(ns) && self.selector.matches(labels)
+    }
+}
+
+/// A pod's `podAffinity` and `podAntiAffinity`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterPod {
+    /// Required affinity: every term must be satisfied by a pod in the node's domain.
+    pub affinity: Vec<AffinityTerm>,
+    /// Required anti-affinity: no term may be matched by a pod in the node's domain.
+    pub anti_affinity: Vec<AffinityTerm>,
+    /// Preferred affinity terms with weights.
+    pub preferred: Vec<(i64, AffinityTerm)>,
+    /// Preferred anti-affinity terms with weights.
+    pub preferred_anti: Vec<(i64, AffinityTerm)>,
+}
+
+impl InterPod {
+    fn parse(pod: &Value, ns: &str) -> Option<Self> {
+        let required = |p: &str| -> Vec<AffinityTerm> {
+            pod.pointer(p)
+                .and_then(Value::as_array)
+                .map(|ts| ts.iter().map(|t| AffinityTerm::parse(t, ns)).collect())
+                .unwrap_or_default()
+        };
+        let preferred = |p: &str| -> Vec<(i64, AffinityTerm)> {
+            pod.pointer(p)
+                .and_then(Value::as_array)
+                .map(|ts| {
+                    ts.iter()
+                        .filter_map(|t| {
+                            let w = t.get("weight")?.as_i64()?;
+                            Some((w, AffinityTerm::parse(t.get("podAffinityTerm")?, ns)))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let a = "/spec/affinity/podAffinity";
+        let x = "/spec/affinity/podAntiAffinity";
+        let r = "requiredDuringSchedulingIgnoredDuringExecution";
+        let w = "preferredDuringSchedulingIgnoredDuringExecution";
+        let ip = Self {
+            affinity: required(&format!("{a}/{r}")),
+            anti_affinity: required(&format!("{x}/{r}")),
+            preferred: preferred(&format!("{a}/{w}")),
+            preferred_anti: preferred(&format!("{x}/{w}")),
+        };
+        (ip != Self::default()).then_some(ip)
+    }
+}
+
+/// One `topologySpreadConstraints` entry. `nodeAffinityPolicy` and `nodeTaintsPolicy` take
+/// Kubernetes' defaults (Honor and Ignore); `matchLabelKeys` is not supported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpreadConstraint {
+    /// Largest allowed difference between a domain's matching pods and the emptiest domain's.
+    pub max_skew: u32,
+    /// The node label that defines a domain.
+    pub topology_key: String,
+    /// `DoNotSchedule` (a filter) rather than `ScheduleAnyway` (a score).
+    pub hard: bool,
+    /// Which pods (in the pod's own namespace) count.
+    pub selector: Selector,
+    /// With fewer eligible domains than this, the emptiest domain counts as 0 (hard only).
+    pub min_domains: u32,
+}
+
+fn spread_constraints(pod: &Value) -> Vec<SpreadConstraint> {
+    pod.pointer("/spec/topologySpreadConstraints")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| {
+                    Some(SpreadConstraint {
+                        max_skew: u32::try_from(c.get("maxSkew")?.as_u64()?).ok()?.max(1),
+                        topology_key: c.get("topologyKey")?.as_str()?.to_string(),
+                        hard: c.get("whenUnsatisfiable").and_then(Value::as_str)
+                            != Some("ScheduleAnyway"),
+                        selector: Selector::parse(c.get("labelSelector")),
+                        min_domains: c
+                            .get("minDomains")
+                            .and_then(Value::as_u64)
+                            .and_then(|n| u32::try_from(n).ok())
+                            .unwrap_or(1),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Priority of the built-in class `system-node-critical`.
+pub const SYSTEM_NODE_CRITICAL: i32 = 2_000_001_000;
+/// Priority of the built-in class `system-cluster-critical`.
+pub const SYSTEM_CLUSTER_CRITICAL: i32 = 2_000_000_000;
+
+/// A pod's priority: `spec.priority` if set; otherwise the value of its `priorityClassName`
+/// when that is one of the two built-in classes; otherwise 0. Skerry has no PriorityClass
+/// objects, so any other class name counts as 0 (Kubernetes' admission would reject it).
+pub fn priority(pod: &Value) -> i32 {
+    if let Some(p) = pod.pointer("/spec/priority").and_then(Value::as_i64) {
+        return p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+    }
+    match str_at(pod, "/spec/priorityClassName") {
+        "system-node-critical" => SYSTEM_NODE_CRITICAL,
+        "system-cluster-critical" => SYSTEM_CLUSTER_CRITICAL,
+        _ => 0,
+    }
+}
+
+/// The pod's identity, labels and inter-pod terms.
+pub fn pod_meta(pod: &Value) -> PodMeta {
+    let namespace = str_at(pod, "/metadata/namespace").to_string();
+    PodMeta {
+        inter_pod: InterPod::parse(pod, &namespace),
+        name: str_at(pod, "/metadata/name").to_string(),
+        uid: str_at(pod, "/metadata/uid").to_string(),
+        labels: string_map(pod.pointer("/metadata/labels")),
+        namespace,
+    }
+}
+
+/// `status.nominatedNodeName`, if set.
+pub fn nominated_node(pod: &Value) -> Option<&str> {
+    pod.pointer("/status/nominatedNodeName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether the pod is being deleted (graceful deletion in progress).
+pub fn terminating(pod: &Value) -> bool {
+    pod.pointer("/metadata/deletionTimestamp").is_some()
 }
 
 /// The group a pod is spread with: its controller's uid, or, for a pod without a controller,
@@ -533,14 +833,31 @@ impl PodInfo {
                     .map(|ts| ts.iter().map(Term::parse).collect())
                     .unwrap_or_default()
             });
+        let preferred_affinity = pod
+            .pointer("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
+            .and_then(Value::as_array)
+            .map(|ts| {
+                ts.iter()
+                    .filter_map(|t| {
+                        let w = t.get("weight")?.as_i64()?;
+                        Some((w, Term::parse(t.get("preference")?)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Self {
+            meta: Arc::new(pod_meta(pod)),
             node_selector: string_map(pod.pointer("/spec/nodeSelector"))
                 .into_iter()
                 .collect(),
             affinity,
+            preferred_affinity,
             tolerations: tolerations(pod.pointer("/spec/tolerations")),
             requests: PodRequests::of(pod),
             spread: spread_key(pod),
+            spread_constraints: spread_constraints(pod),
+            priority: priority(pod),
+            preempts: str_at(pod, "/spec/preemptionPolicy") != "Never",
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The scheduling queue: pods waiting for a node, in arrival order, with back-off for the ones
-//! that fit nowhere.
+//! The scheduling queue: pods waiting for a node, highest priority first and in arrival order
+//! within a priority, with back-off for the ones that fit nowhere.
 //!
-//! Each pod is in one of three states. **Active** pods are tried in FIFO order. A pod being bound
+//! Each pod is in one of three states. **Active** pods are tried by priority (see
+//! [`super::model::priority`]), then in the order they became active. A pod being bound
 //! or reported is **in flight** and not tried again until that write resolves. A pod that fits
 //! nowhere **waits**: until its back-off expires (1 s, doubling to 60 s), until something that
 //! can make room happens (a node appears or changes, a bound pod goes away: see
@@ -9,7 +10,8 @@
 
 use super::model::{wants_scheduling, PodInfo};
 use crate::store::{ObjectKey, Stored};
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -51,7 +53,22 @@ pub struct Attempt {
 #[derive(Debug, Default)]
 pub struct Queue {
     entries: HashMap<ObjectKey, Entry>,
-    active: VecDeque<ObjectKey>,
+    /// Active pods by (priority, earliest activation); may hold keys no longer active, which
+    /// [`Queue::pop`] skips.
+    active: BinaryHeap<(i32, Reverse<u64>, ObjectKey)>,
+    /// Activation counter: FIFO order within a priority.
+    seq: u64,
+}
+
+/// Makes `key` active (its entry's state is set by the caller).
+fn push(
+    active: &mut BinaryHeap<(i32, Reverse<u64>, ObjectKey)>,
+    seq: &mut u64,
+    e: &Entry,
+    key: &ObjectKey,
+) {
+    *seq += 1;
+    active.push((e.info.priority, Reverse(*seq), key.clone()));
 }
 
 /// Back-off after `attempts` failed attempts.
@@ -82,22 +99,20 @@ impl Queue {
                     State::InFlight { .. } => e.state = State::InFlight { dirty: true },
                     State::Waiting(_) => {
                         e.state = State::Active;
-                        self.active.push_back(key.clone());
+                        push(&mut self.active, &mut self.seq, e, key);
                     }
                 }
             }
             None => {
                 let info = PodInfo::of(&pod.value);
-                self.entries.insert(
-                    key.clone(),
-                    Entry {
-                        pod,
-                        info,
-                        attempts: 0,
-                        state: State::Active,
-                    },
-                );
-                self.active.push_back(key.clone());
+                let e = Entry {
+                    pod,
+                    info,
+                    attempts: 0,
+                    state: State::Active,
+                };
+                push(&mut self.active, &mut self.seq, &e, key);
+                self.entries.insert(key.clone(), e);
             }
         }
     }
@@ -121,7 +136,7 @@ impl Queue {
 
     /// The next active pod, now in flight.
     pub fn pop(&mut self) -> Option<Attempt> {
-        while let Some(key) = self.active.pop_front() {
+        while let Some((_, _, key)) = self.active.pop() {
             let Some(e) = self.entries.get_mut(&key) else {
                 continue;
             };
@@ -147,12 +162,13 @@ impl Queue {
         };
         if let Some(w) = written {
             if w.revision > e.pod.revision {
+                e.info = PodInfo::of(&w.value);
                 e.pod = w;
             }
         }
         e.state = match e.state {
             State::InFlight { dirty: true } => {
-                self.active.push_back(key.clone());
+                push(&mut self.active, &mut self.seq, e, key);
                 State::Active
             }
             _ => State::Waiting(now + backoff(e.attempts)),
@@ -165,7 +181,7 @@ impl Queue {
         if let Some(e) = self.entries.get_mut(key) {
             e.state = match e.state {
                 State::InFlight { dirty: true } => {
-                    self.active.push_back(key.clone());
+                    push(&mut self.active, &mut self.seq, e, key);
                     State::Active
                 }
                 _ => State::Waiting(now + backoff(e.attempts).min(INITIAL_BACKOFF)),
@@ -178,7 +194,7 @@ impl Queue {
         for (key, e) in &mut self.entries {
             if matches!(e.state, State::Waiting(_)) {
                 e.state = State::Active;
-                self.active.push_back(key.clone());
+                push(&mut self.active, &mut self.seq, e, key);
             }
         }
     }
@@ -190,7 +206,7 @@ impl Queue {
             if let State::Waiting(at) = e.state {
                 if at <= now {
                     e.state = State::Active;
-                    self.active.push_back(key.clone());
+                    push(&mut self.active, &mut self.seq, e, key);
                 } else {
                     next = Some(next.map_or(at, |n| n.min(at)));
                 }
@@ -201,7 +217,7 @@ impl Queue {
 
     /// Whether any pod is ready to be tried.
     pub fn has_active(&self) -> bool {
-        self.active.iter().any(|k| {
+        self.active.iter().any(|(_, _, k)| {
             self.entries
                 .get(k)
                 .is_some_and(|e| e.state == State::Active)
@@ -263,5 +279,20 @@ mod tests {
         // Bound elsewhere: gone.
         q.upsert(&key, stored(4, "n1"));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn higher_priority_goes_first_then_arrival_order() {
+        let pod = |name: &str, priority: i64| Stored {
+            revision: 1,
+            value: json!({"metadata": {"name": name, "namespace": "d"},
+                          "spec": {"priority": priority}}),
+        };
+        let mut q = Queue::default();
+        for (name, p) in [("low", 0), ("high-1", 100), ("mid", 10), ("high-2", 100)] {
+            q.upsert(&ObjectKey::new("pods", "d", name), pod(name, p));
+        }
+        let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|a| a.key.name)).collect();
+        assert_eq!(order, ["high-1", "high-2", "mid", "low"]);
     }
 }

@@ -1,6 +1,7 @@
-//! What the scheduler writes besides the binding: the `PodScheduled` condition and, for a pod
-//! that fits nowhere, a core/v1 `FailedScheduling` Event, so that `kubectl describe pod` says why
-//! it is Pending, as on Kubernetes.
+//! What the scheduler writes besides the binding: the `PodScheduled` condition, a `Scheduled`
+//! Event for a bound pod and, for a pod that fits nowhere, a core/v1 `FailedScheduling` Event,
+//! so that `kubectl describe pod` says why it is Pending, as on Kubernetes; for preemption, the
+//! preemptor's `status.nominatedNodeName` and a `Preempted` Event on each victim.
 //!
 //! Events are written by [`crate::api::events::record`], which aggregates repeats.
 
@@ -8,6 +9,10 @@ use crate::api::events::EventType;
 use crate::clock;
 use crate::store::{Store, StoreError, Stored};
 use serde_json::{json, Value};
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
 
 /// The component name Kubernetes' scheduler reports as; tools filter events by it.
 pub const COMPONENT: &str = "default-scheduler";
@@ -41,10 +46,13 @@ fn with_condition(pod: &Value, condition: Value) -> Option<Value> {
     Some(next)
 }
 
-/// The pod bound to `node`, with `PodScheduled=True`.
+/// The pod bound to `node`, with `PodScheduled=True` (and no nomination left).
 pub fn bound(pod: &Value, node: &str) -> Value {
     let mut next = pod.clone();
     next["spec"]["nodeName"] = json!(node);
+    if let Some(status) = next.get_mut("status").and_then(Value::as_object_mut) {
+        status.remove("nominatedNodeName");
+    }
     let cond = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
                       "lastTransitionTime": clock::now_rfc3339()});
     with_condition(&next, cond).unwrap_or(next)
@@ -61,6 +69,30 @@ pub fn unschedulable(pod: &Value, message: &str) -> Option<Value> {
     )
 }
 
+/// The pod with `status.nominatedNodeName` set to `node` (where preemption makes room for it).
+pub fn nominated(pod: &Value, node: &str) -> Value {
+    let mut next = pod.clone();
+    if !next["status"].is_object() {
+        next["status"] = json!({"phase": "Pending"});
+    }
+    next["status"]["nominatedNodeName"] = json!(node);
+    next
+}
+
+/// The message of the `Scheduled` Event, as Kubernetes words it.
+pub fn scheduled_message(pod: &Value, node: &str) -> String {
+    format!(
+        "Successfully assigned {}/{} to {node}",
+        str_at(pod, "/metadata/namespace"),
+        str_at(pod, "/metadata/name")
+    )
+}
+
+/// The message of the `Preempted` Event on a victim, as Kubernetes words it.
+pub fn preempted_message(preemptor_uid: &str, node: &str) -> String {
+    format!("Preempted by pod {preemptor_uid} on node {node}")
+}
+
 /// Records a Warning Event with `reason` about `pod`, as the scheduler: creates it, or bumps
 /// its count.
 pub async fn record_warning(
@@ -70,6 +102,17 @@ pub async fn record_warning(
     message: &str,
 ) -> Result<Stored, StoreError> {
     crate::api::events::record(store, pod, EventType::Warning, reason, message, COMPONENT).await
+}
+
+/// Records an Event of `event_type` with `reason` about `pod`, as the scheduler.
+pub async fn record(
+    store: &dyn Store,
+    pod: &Value,
+    event_type: EventType,
+    reason: &str,
+    message: &str,
+) -> Result<Stored, StoreError> {
+    crate::api::events::record(store, pod, event_type, reason, message, COMPONENT).await
 }
 
 #[cfg(test)]
@@ -89,5 +132,17 @@ mod tests {
         let conds = b["status"]["conditions"].as_array().unwrap();
         assert_eq!(conds.len(), 1);
         assert_eq!(conds[0]["status"], "True");
+        let n = nominated(&once, "n2");
+        assert_eq!(n["status"]["nominatedNodeName"], "n2");
+        assert!(bound(&n, "n2")["status"].get("nominatedNodeName").is_none());
+        let named = json!({"metadata": {"name": "web", "namespace": "shop"}});
+        assert_eq!(
+            scheduled_message(&named, "edge-a"),
+            "Successfully assigned shop/web to edge-a"
+        );
+        assert_eq!(
+            preempted_message("u1", "edge-a"),
+            "Preempted by pod u1 on node edge-a"
+        );
     }
 }
