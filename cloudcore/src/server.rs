@@ -129,12 +129,16 @@ pub async fn run(
     ));
     let client = crate::api::client::Client::new(api.clone());
     tokio::spawn(controllers::runner::run(
-        Arc::new(controllers::garbage_collector::GarbageCollector::new(client.clone())),
+        Arc::new(controllers::garbage_collector::GarbageCollector::new(
+            client.clone(),
+        )),
         store.clone(),
         controllers::garbage_collector::RESYNC,
     ));
     tokio::spawn(controllers::runner::run(
-        Arc::new(controllers::daemonset::DaemonSetController::new(client.clone())),
+        Arc::new(controllers::daemonset::DaemonSetController::new(
+            client.clone(),
+        )),
         store.clone(),
         controllers::daemonset::RESYNC,
     ));

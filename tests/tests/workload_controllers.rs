@@ -48,9 +48,10 @@ async fn pods_of(cloud: &Cloud, app: &str) -> anyhow::Result<Vec<Value>> {
 
 fn ready(pod: &Value) -> bool {
     pod_running(pod)
-        && pod["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        && pod["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 fn name(v: &Value) -> &str {
@@ -65,16 +66,25 @@ async fn wait_daemons(
     nodes: &[&str],
 ) -> anyhow::Result<BTreeMap<String, Value>> {
     let want: BTreeSet<String> = nodes.iter().map(|n| n.to_string()).collect();
-    eventually(&format!("one running {app} pod on each of {nodes:?}"), DEADLINE, || async {
-        let pods = pods_of(cloud, app).await?;
-        let by_node: BTreeMap<String, Value> = pods
-            .iter()
-            .filter(|p| pod_running(p) && p["metadata"]["deletionTimestamp"].is_null())
-            .map(|p| (p["spec"]["nodeName"].as_str().unwrap_or("").to_string(), p.clone()))
-            .collect();
-        let nodes: BTreeSet<String> = by_node.keys().cloned().collect();
-        Ok((pods.len() == want.len() && nodes == want).then_some(by_node))
-    })
+    eventually(
+        &format!("one running {app} pod on each of {nodes:?}"),
+        DEADLINE,
+        || async {
+            let pods = pods_of(cloud, app).await?;
+            let by_node: BTreeMap<String, Value> = pods
+                .iter()
+                .filter(|p| pod_running(p) && p["metadata"]["deletionTimestamp"].is_null())
+                .map(|p| {
+                    (
+                        p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                        p.clone(),
+                    )
+                })
+                .collect();
+            let nodes: BTreeSet<String> = by_node.keys().cloned().collect();
+            Ok((pods.len() == want.len() && nodes == want).then_some(by_node))
+        },
+    )
     .await
 }
 
@@ -95,9 +105,15 @@ async fn daemonset_runs_one_pod_per_node_follows_new_nodes_and_rolls_out() -> an
     let first = wait_daemons(&cloud, "agent", &["edge-a", "edge-b"]).await?;
     for pod in first.values() {
         assert!(name(pod).starts_with("agent-"), "{pod}");
-        assert!(pod["metadata"]["labels"]["controller-revision-hash"].is_string(), "{pod}");
+        assert!(
+            pod["metadata"]["labels"]["controller-revision-hash"].is_string(),
+            "{pod}"
+        );
         let tolerations = pod["spec"]["tolerations"].to_string();
-        assert!(tolerations.contains("node.kubernetes.io/unreachable"), "{pod}");
+        assert!(
+            tolerations.contains("node.kubernetes.io/unreachable"),
+            "{pod}"
+        );
     }
     kubectl_ok(&cloud, &["rollout", "status", "ds/agent", "--timeout=60s"])?;
 
@@ -108,19 +124,35 @@ async fn daemonset_runs_one_pod_per_node_follows_new_nodes_and_rolls_out() -> an
     let out = kubectl_ok(&cloud, &["rollout", "status", "ds/agent", "--timeout=60s"])?;
     assert!(out.contains("successfully rolled out"), "{out}");
     let (ok, out) = cloud.kubectl(&["get", "ds", "agent"])?;
-    assert!(ok && out.lines().nth(1).is_some_and(|l| l.split_whitespace().filter(|c| *c == "3").count() >= 4), "{out}");
+    assert!(
+        ok && out.lines().nth(1).is_some_and(|l| l
+            .split_whitespace()
+            .filter(|c| *c == "3")
+            .count()
+            >= 4),
+        "{out}"
+    );
 
     // A template change replaces every pod, node by node, and rollout status waits for it.
     kubectl_ok(
         &cloud,
-        &["patch", "ds", "agent", "--type=merge", "-p",
-          r#"{"spec":{"template":{"spec":{"containers":[{"name":"main","image":"busybox:local","command":["sleep","301"]}]}}}}"#],
+        &[
+            "patch",
+            "ds",
+            "agent",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"main","image":"busybox:local","command":["sleep","301"]}]}}}}"#,
+        ],
     )?;
     kubectl_ok(&cloud, &["rollout", "status", "ds/agent", "--timeout=90s"])?;
     let rolled = wait_daemons(&cloud, "agent", &["edge-a", "edge-b", "edge-c"]).await?;
     for pod in rolled.values() {
         assert_eq!(pod["spec"]["containers"][0]["command"][1], "301", "{pod}");
-        assert!(!first.values().any(|p| name(p) == name(pod)), "{pod} was not replaced");
+        assert!(
+            !first.values().any(|p| name(p) == name(pod)),
+            "{pod} was not replaced"
+        );
     }
 
     // Deleting the DaemonSet (kubectl's default, background) takes its pods with it.
@@ -168,26 +200,48 @@ async fn statefulset_creates_in_order_after_readiness_and_scales_down_from_the_t
         .unwrap_or("")
         .to_string();
     let created1 = web1["metadata"]["creationTimestamp"].as_str().unwrap_or("");
-    assert!(!ready_at.is_empty() && created1 >= ready_at.as_str(), "web-0 ready at {ready_at}, web-1 created at {created1}");
+    assert!(
+        !ready_at.is_empty() && created1 >= ready_at.as_str(),
+        "web-0 ready at {ready_at}, web-1 created at {created1}"
+    );
     for p in [web0, web1] {
         assert_eq!(p["spec"]["hostname"], p["metadata"]["name"], "{p}");
         assert_eq!(p["spec"]["subdomain"], "web", "{p}");
-        assert_eq!(p["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"], p["metadata"]["name"]);
+        assert_eq!(
+            p["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"],
+            p["metadata"]["name"]
+        );
     }
-    assert_eq!(web1["metadata"]["labels"]["apps.kubernetes.io/pod-index"], "1");
+    assert_eq!(
+        web1["metadata"]["labels"]["apps.kubernetes.io/pod-index"],
+        "1"
+    );
     kubectl_ok(&cloud, &["rollout", "status", "sts/web", "--timeout=60s"])?;
 
     // A deleted pod comes back with its name.
     let old_uid = web0["metadata"]["uid"].clone();
     kubectl_ok(&cloud, &["delete", "pod", "web-0"])?;
     cloud
-        .wait_for("web-0 recreated", "/api/v1/namespaces/default/pods/web-0", DEADLINE, |p| {
-            p["metadata"]["uid"] != old_uid && ready(p)
-        })
+        .wait_for(
+            "web-0 recreated",
+            "/api/v1/namespaces/default/pods/web-0",
+            DEADLINE,
+            |p| p["metadata"]["uid"] != old_uid && ready(p),
+        )
         .await?;
 
     // Scale to 0: web-1 is gone before web-0 starts terminating.
-    kubectl_ok(&cloud, &["patch", "sts", "web", "--type=merge", "-p", r#"{"spec":{"replicas":0}}"#])?;
+    kubectl_ok(
+        &cloud,
+        &[
+            "patch",
+            "sts",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":0}}"#,
+        ],
+    )?;
     eventually("both pods gone, web-1 first", DEADLINE, || async {
         let pods = pods_of(&cloud, "web").await?;
         let get = |n: &str| pods.iter().find(|p| name(p) == n).cloned();
@@ -199,10 +253,14 @@ async fn statefulset_creates_in_order_after_readiness_and_scales_down_from_the_t
         Ok(pods.is_empty().then_some(()))
     })
     .await?;
-    let sts = cloud.get("/apis/apps/v1/namespaces/default/statefulsets/web").await?;
+    let sts = cloud
+        .get("/apis/apps/v1/namespaces/default/statefulsets/web")
+        .await?;
     let sts = sts.ok_or_else(|| anyhow::anyhow!("the StatefulSet vanished"))?;
     eventually("status replicas 0", DEADLINE, || async {
-        let s = cloud.get("/apis/apps/v1/namespaces/default/statefulsets/web").await?;
+        let s = cloud
+            .get("/apis/apps/v1/namespaces/default/statefulsets/web")
+            .await?;
         Ok(s.filter(|s| s["status"]["replicas"] == 0).map(|_| ()))
     })
     .await
@@ -219,8 +277,11 @@ async fn garbage_collector_deletes_orphans_in_background_and_foreground_and_orph
         let cloud = &cloud;
         async move {
             let (code, v) = cloud
-                .api("POST", "/api/v1/namespaces/default/configmaps",
-                     Some(json!({"metadata": {"name": name}})))
+                .api(
+                    "POST",
+                    "/api/v1/namespaces/default/configmaps",
+                    Some(json!({"metadata": {"name": name}})),
+                )
                 .await?;
             anyhow::ensure!(code == 201, "{v}");
             Ok::<Value, anyhow::Error>(v)
@@ -232,9 +293,12 @@ async fn garbage_collector_deletes_orphans_in_background_and_foreground_and_orph
             let r = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": owner["metadata"]["name"],
                            "uid": owner["metadata"]["uid"], "blockOwnerDeletion": block});
             let (code, v) = cloud
-                .api("POST", "/api/v1/namespaces/default/configmaps",
-                     Some(json!({"metadata": {"name": name, "ownerReferences": [r],
-                                              "finalizers": finalizers}})))
+                .api(
+                    "POST",
+                    "/api/v1/namespaces/default/configmaps",
+                    Some(json!({"metadata": {"name": name, "ownerReferences": [r],
+                                              "finalizers": finalizers}})),
+                )
                 .await?;
             anyhow::ensure!(code == 201, "{v}");
             Ok::<Value, anyhow::Error>(v)
@@ -246,40 +310,90 @@ async fn garbage_collector_deletes_orphans_in_background_and_foreground_and_orph
     create_dependent("bg-dep-1", owner.clone(), true, json!([])).await?;
     create_dependent("bg-dep-2", owner.clone(), false, json!([])).await?;
     // A same-named object with another uid is not the owner: its "dependent" goes at once.
-    let impostor = json!({"metadata": {"name": "bg-owner", "uid": "00000000-0000-4000-8000-000000000000"}});
+    let impostor =
+        json!({"metadata": {"name": "bg-owner", "uid": "00000000-0000-4000-8000-000000000000"}});
     create_dependent("fake-dep", impostor, false, json!([])).await?;
-    cloud.wait_gone("fake-dep collected", &cm_path("fake-dep"), DEADLINE).await?;
+    cloud
+        .wait_gone("fake-dep collected", &cm_path("fake-dep"), DEADLINE)
+        .await?;
     assert!(cloud.get(&cm_path("bg-dep-1")).await?.is_some());
     kubectl_ok(&cloud, &["delete", "configmap", "bg-owner"])?;
     for dep in ["bg-dep-1", "bg-dep-2"] {
-        cloud.wait_gone(&format!("{dep} collected"), &cm_path(dep), DEADLINE).await?;
+        cloud
+            .wait_gone(&format!("{dep} collected"), &cm_path(dep), DEADLINE)
+            .await?;
     }
 
     // Foreground: the owner stays, terminating, until its blocking dependent is gone.
     let owner = create_owner("fg-owner").await?;
     create_dependent("fg-dep", owner, true, json!(["example.com/hold"])).await?;
-    kubectl_ok(&cloud, &["delete", "configmap", "fg-owner", "--cascade=foreground", "--wait=false"])?;
+    kubectl_ok(
+        &cloud,
+        &[
+            "delete",
+            "configmap",
+            "fg-owner",
+            "--cascade=foreground",
+            "--wait=false",
+        ],
+    )?;
     let dep = cloud
-        .wait_for("fg-dep deleted in the foreground", &cm_path("fg-dep"), DEADLINE, |d| {
-            !d["metadata"]["deletionTimestamp"].is_null()
-        })
+        .wait_for(
+            "fg-dep deleted in the foreground",
+            &cm_path("fg-dep"),
+            DEADLINE,
+            |d| !d["metadata"]["deletionTimestamp"].is_null(),
+        )
         .await?;
     // (The collector may already have finished the dependent's own foreground deletion: it
     // has no dependents.)
-    assert_eq!(dep["metadata"]["finalizers"][0], "example.com/hold", "{dep}");
+    assert_eq!(
+        dep["metadata"]["finalizers"][0], "example.com/hold",
+        "{dep}"
+    );
     let held = cloud.get(&cm_path("fg-owner")).await?;
     let held = held.ok_or_else(|| anyhow::anyhow!("fg-owner went before its dependent"))?;
     assert!(!held["metadata"]["deletionTimestamp"].is_null(), "{held}");
-    assert_eq!(held["metadata"]["finalizers"], json!(["foregroundDeletion"]), "{held}");
-    kubectl_ok(&cloud, &["patch", "configmap", "fg-dep", "--type=json", "-p",
-                         r#"[{"op":"remove","path":"/metadata/finalizers/0"}]"#])?;
-    cloud.wait_gone("fg-dep gone", &cm_path("fg-dep"), DEADLINE).await?;
-    cloud.wait_gone("fg-owner gone after its dependent", &cm_path("fg-owner"), DEADLINE).await?;
+    assert_eq!(
+        held["metadata"]["finalizers"],
+        json!(["foregroundDeletion"]),
+        "{held}"
+    );
+    kubectl_ok(
+        &cloud,
+        &[
+            "patch",
+            "configmap",
+            "fg-dep",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers/0"}]"#,
+        ],
+    )?;
+    cloud
+        .wait_gone("fg-dep gone", &cm_path("fg-dep"), DEADLINE)
+        .await?;
+    cloud
+        .wait_gone(
+            "fg-owner gone after its dependent",
+            &cm_path("fg-owner"),
+            DEADLINE,
+        )
+        .await?;
 
     // Orphan: the owner goes, the dependent stays without the reference.
     let owner = create_owner("or-owner").await?;
     create_dependent("or-dep", owner, true, json!([])).await?;
-    kubectl_ok(&cloud, &["delete", "configmap", "or-owner", "--cascade=orphan", "--timeout=30s"])?;
+    kubectl_ok(
+        &cloud,
+        &[
+            "delete",
+            "configmap",
+            "or-owner",
+            "--cascade=orphan",
+            "--timeout=30s",
+        ],
+    )?;
     assert!(cloud.get(&cm_path("or-owner")).await?.is_none());
     let dep = cloud.get(&cm_path("or-dep")).await?;
     let dep = dep.ok_or_else(|| anyhow::anyhow!("or-dep was deleted instead of orphaned"))?;

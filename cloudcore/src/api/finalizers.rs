@@ -144,7 +144,8 @@ pub fn with_gc_finalizers(obj: &Value, req: PropagationRequest) -> Value {
 /// `deletionTimestamp` if it had none, and `deletionGracePeriodSeconds: 0`.
 pub fn mark_deleting(obj: &mut Value, now: &str) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.entry("deletionTimestamp").or_insert_with(|| json!(now));
+        meta.entry("deletionTimestamp")
+            .or_insert_with(|| json!(now));
         meta.insert("deletionGracePeriodSeconds".into(), json!(0));
     }
 }
@@ -199,9 +200,18 @@ mod tests {
         let bg = with_gc_finalizers(&or, req(Some("Background"), None));
         assert_eq!(finalizers(&bg), ["example.com/keep"]);
         // No request keeps what the object asked for; the legacy flag still works.
-        assert_eq!(finalizers(&with_gc_finalizers(&or, req(None, None))), ["example.com/keep", ORPHAN]);
-        assert_eq!(finalizers(&with_gc_finalizers(&custom, req(None, Some(true)))), ["example.com/keep", ORPHAN]);
-        assert_eq!(finalizers(&with_gc_finalizers(&or, req(None, Some(false)))), ["example.com/keep"]);
+        assert_eq!(
+            finalizers(&with_gc_finalizers(&or, req(None, None))),
+            ["example.com/keep", ORPHAN]
+        );
+        assert_eq!(
+            finalizers(&with_gc_finalizers(&custom, req(None, Some(true)))),
+            ["example.com/keep", ORPHAN]
+        );
+        assert_eq!(
+            finalizers(&with_gc_finalizers(&or, req(None, Some(false)))),
+            ["example.com/keep"]
+        );
         let none = with_gc_finalizers(&obj(&[]), req(Some("Background"), None));
         assert!(none["metadata"].get("finalizers").is_none());
     }
@@ -209,9 +219,15 @@ mod tests {
     #[test]
     fn unknown_policies_and_both_fields_are_refused() {
         let e = PropagationRequest::parse(Some("Sideways"), None).unwrap_err();
-        assert!(e.to_string().contains("Unsupported value: \"Sideways\""), "{e}");
+        assert!(
+            e.to_string().contains("Unsupported value: \"Sideways\""),
+            "{e}"
+        );
         assert!(PropagationRequest::parse(Some("Orphan"), Some(true)).is_err());
-        assert_eq!(PropagationRequest::parse(Some(""), None).unwrap(), PropagationRequest::default());
+        assert_eq!(
+            PropagationRequest::parse(Some(""), None).unwrap(),
+            PropagationRequest::default()
+        );
     }
 
     #[test]
@@ -227,7 +243,10 @@ mod tests {
         assert!(!removes_on_update(&pod, &without_finalizer(&pod, "a")));
         // Marking again keeps the first timestamp.
         mark_deleting(&mut marked, "2030-01-01T00:00:00Z");
-        assert_eq!(marked["metadata"]["deletionTimestamp"], "2025-01-01T00:00:00Z");
+        assert_eq!(
+            marked["metadata"]["deletionTimestamp"],
+            "2025-01-01T00:00:00Z"
+        );
         // Not a finalizer removal: nothing to do.
         assert!(!removes_on_update(&cleared, &cleared));
     }

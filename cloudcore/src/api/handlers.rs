@@ -669,12 +669,7 @@ where
         if !call.res.removed_by_controller() && finalizers::removes_on_update(&current.value, &new)
         {
             // The last finalizer of a terminating object is gone: the object goes with it.
-            match call
-                .state
-                .store
-                .delete(&key, Some(current.revision))
-                .await
-            {
+            match call.state.store.delete(&key, Some(current.revision)).await {
                 Ok(_) => {
                     tracing::info!(resource = %call.info().plural, namespace = %key.namespace, name = %key.name, "last finalizer removed; deleted");
                     return Ok(call.object_response(StatusCode::OK, new));
@@ -1114,10 +1109,8 @@ pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiErro
         if d.grace_period_seconds.is_some() {
             opts.grace_period_seconds = d.grace_period_seconds;
         }
-        propagation = PropagationRequest::parse(
-            d.propagation_policy.as_deref(),
-            d.orphan_dependents,
-        )?;
+        propagation =
+            PropagationRequest::parse(d.propagation_policy.as_deref(), d.orphan_dependents)?;
         if let Some(p) = d.preconditions {
             pre_rv = p.resource_version.filter(|s| !s.is_empty());
             pre_uid = p.uid.unwrap_or_default();
@@ -1255,7 +1248,11 @@ pub(super) async fn delete_object(
 /// graceful for pods) composed with finalizers and propagation ([`finalizers`]). An object
 /// with finalizers is marked and stays; a marked object whose finalizers are gone and whose
 /// graceful termination is over is removed.
-fn deletion_action(res: &dyn ResourceHandler, current: &Value, req: &DeleteRequest) -> DeleteAction {
+fn deletion_action(
+    res: &dyn ResourceHandler,
+    current: &Value,
+    req: &DeleteRequest,
+) -> DeleteAction {
     let now = now_rfc3339();
     let base = finalizers::with_gc_finalizers(current, req.propagation);
     let pending = !finalizers::finalizers(&base).is_empty();

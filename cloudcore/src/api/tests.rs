@@ -1704,7 +1704,11 @@ async fn finalizers_hold_deleted_objects_until_removed_and_propagation_sets_them
     };
     let base = "/api/v1/namespaces/default/configmaps";
     let (code, v) = h
-        .call(Method::POST, base, Some(cm("held", json!(["example.com/hold"]))))
+        .call(
+            Method::POST,
+            base,
+            Some(cm("held", json!(["example.com/hold"]))),
+        )
         .await;
     assert_eq!(code, StatusCode::CREATED, "{v}");
     // DELETE marks it and answers with the object; it stays.
@@ -1717,15 +1721,28 @@ async fn finalizers_hold_deleted_objects_until_removed_and_propagation_sets_them
     // No new finalizer while terminating; the deletion timestamp cannot be unset.
     let mut more = got.clone();
     more["metadata"]["finalizers"] = json!(["example.com/hold", "example.com/more"]);
-    let (_, v) = h.call(Method::PUT, &format!("{base}/held"), Some(more)).await;
+    let (_, v) = h
+        .call(Method::PUT, &format!("{base}/held"), Some(more))
+        .await;
     assert_status(&v, 422, "Invalid");
-    assert!(v["message"].as_str().unwrap().contains("no new finalizers"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("no new finalizers"),
+        "{v}"
+    );
     let mut unmark = got.clone();
-    unmark["metadata"].as_object_mut().unwrap().remove("deletionTimestamp");
+    unmark["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("deletionTimestamp");
     unmark["data"] = json!({"a": "c"});
-    let (code, v) = h.call(Method::PUT, &format!("{base}/held"), Some(unmark)).await;
+    let (code, v) = h
+        .call(Method::PUT, &format!("{base}/held"), Some(unmark))
+        .await;
     assert_eq!(code, StatusCode::OK, "{v}");
-    assert_eq!(v["metadata"]["deletionTimestamp"], got["metadata"]["deletionTimestamp"]);
+    assert_eq!(
+        v["metadata"]["deletionTimestamp"],
+        got["metadata"]["deletionTimestamp"]
+    );
     // Removing the last finalizer removes the object.
     let (code, v) = h
         .call_with(
@@ -1741,13 +1758,19 @@ async fn finalizers_hold_deleted_objects_until_removed_and_propagation_sets_them
 
     // Foreground and Orphan add the collector's finalizers; Background removes them at once.
     for (name, opts, finalizer) in [
-        ("fg", json!({"propagationPolicy": "Foreground"}), "foregroundDeletion"),
+        (
+            "fg",
+            json!({"propagationPolicy": "Foreground"}),
+            "foregroundDeletion",
+        ),
         ("or", json!({"propagationPolicy": "Orphan"}), "orphan"),
         ("legacy", json!({"orphanDependents": true}), "orphan"),
     ] {
         let (code, _) = h.call(Method::POST, base, Some(cm(name, json!([])))).await;
         assert_eq!(code, StatusCode::CREATED);
-        let (code, v) = h.call(Method::DELETE, &format!("{base}/{name}"), Some(opts)).await;
+        let (code, v) = h
+            .call(Method::DELETE, &format!("{base}/{name}"), Some(opts))
+            .await;
         assert_eq!(code, StatusCode::OK, "{v}");
         assert_eq!(v["metadata"]["finalizers"], json!([finalizer]), "{v}");
         assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
@@ -1801,16 +1824,25 @@ async fn a_pod_leaves_once_both_its_finalizers_and_its_termination_are_done() {
     assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 30);
     let patch = |f: Value| json!({"metadata": {"finalizers": f}});
     let merge = [("content-type", "application/merge-patch+json")];
-    let (code, v) = h.call_with(Method::PATCH, path, Some(patch(json!(null))), &merge).await;
+    let (code, v) = h
+        .call_with(Method::PATCH, path, Some(patch(json!(null))), &merge)
+        .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert!(h.call(Method::GET, path, None).await.0 == StatusCode::OK);
     // Termination over (as the ingest records it when finalizers remain, or a force delete):
     // with no finalizer left, the pod goes.
     let (code, v) = h
-        .call(Method::DELETE, &format!("{path}?gracePeriodSeconds=0"), None)
+        .call(
+            Method::DELETE,
+            &format!("{path}?gracePeriodSeconds=0"),
+            None,
+        )
         .await;
     assert_eq!(code, StatusCode::OK, "{v}");
-    assert_eq!(h.call(Method::GET, path, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        h.call(Method::GET, path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
 
     // The other order: a force delete with a finalizer keeps the pod (grace 0), and removing
     // the finalizer then removes it.
@@ -1822,12 +1854,21 @@ async fn a_pod_leaves_once_both_its_finalizers_and_its_termination_are_done() {
         .await;
     assert_eq!(code, StatusCode::CREATED);
     let (code, v) = h
-        .call(Method::DELETE, &format!("{path}?gracePeriodSeconds=0"), None)
+        .call(
+            Method::DELETE,
+            &format!("{path}?gracePeriodSeconds=0"),
+            None,
+        )
         .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 0, "{v}");
     assert_eq!(h.call(Method::GET, path, None).await.0, StatusCode::OK);
-    let (code, v) = h.call_with(Method::PATCH, path, Some(patch(json!([]))), &merge).await;
+    let (code, v) = h
+        .call_with(Method::PATCH, path, Some(patch(json!([]))), &merge)
+        .await;
     assert_eq!(code, StatusCode::OK, "{v}");
-    assert_eq!(h.call(Method::GET, path, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        h.call(Method::GET, path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
 }

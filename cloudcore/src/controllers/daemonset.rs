@@ -316,7 +316,10 @@ pub fn plan(
             }
         }
         let budget = max.saturating_sub(unavailable).min(candidates.len());
-        for p in replace.into_iter().chain(candidates.into_iter().take(budget)) {
+        for p in replace
+            .into_iter()
+            .chain(candidates.into_iter().take(budget))
+        {
             delete(p, &mut out);
         }
     }
@@ -460,7 +463,9 @@ impl Reconciler for DaemonSetController {
         let now = jiff::Timestamp::now().as_second();
         let template = ds.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let hash = owned::template_hash(&template);
-        let probe = with_daemon_tolerations(&json!({"spec": template.get("spec").cloned().unwrap_or(json!({}))}));
+        let probe = with_daemon_tolerations(
+            &json!({"spec": template.get("spec").cloned().unwrap_or(json!({}))}),
+        );
         let nodes: Vec<(String, NodeFit)> = self
             .client
             .list("nodes", None)?
@@ -473,7 +478,10 @@ impl Reconciler for DaemonSetController {
             .into_iter()
             .filter(|p| owned::is_controlled_by(p, &uid))
             .collect();
-        let pods: Vec<PodView> = raw_pods.iter().map(|p| PodView::of(p, min_ready, now)).collect();
+        let pods: Vec<PodView> = raw_pods
+            .iter()
+            .map(|p| PodView::of(p, min_ready, now))
+            .collect();
         let rolling = match str_at(&ds, "/spec/updateStrategy/type") {
             "OnDelete" => None,
             _ => Some(
@@ -488,7 +496,13 @@ impl Reconciler for DaemonSetController {
             for (name, pod_uid) in &plan.delete {
                 match self
                     .client
-                    .delete("pods", &key.namespace, name, Propagation::Background, Some(pod_uid))
+                    .delete(
+                        "pods",
+                        &key.namespace,
+                        name,
+                        Propagation::Background,
+                        Some(pod_uid),
+                    )
                     .await
                 {
                     Ok(()) => {
@@ -573,28 +587,55 @@ mod tests {
         let tpl = with_daemon_tolerations(&json!({"spec": {"nodeSelector": {"role": "edge"}}}));
         let edge = node("a", json!({"role": "edge"}), json!([]));
         assert_eq!(node_fit(&tpl, &edge), fit(true, true));
-        assert_eq!(node_fit(&tpl, &node("b", json!({}), json!([]))), fit(false, false));
+        assert_eq!(
+            node_fit(&tpl, &node("b", json!({}), json!([]))),
+            fit(false, false)
+        );
         // Automatic tolerations: not-ready and cordoned nodes still run the daemon.
-        let not_ready = node("a", json!({"role": "edge"}), json!([
+        let not_ready = node(
+            "a",
+            json!({"role": "edge"}),
+            json!([
             {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"},
-            {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]));
+            {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]),
+        );
         assert_eq!(node_fit(&tpl, &not_ready), fit(true, true));
         // A foreign NoSchedule taint keeps a running pod but starts none; NoExecute evicts.
-        let no_sched = node("a", json!({"role": "edge"}), json!([{"key": "gpu", "effect": "NoSchedule"}]));
+        let no_sched = node(
+            "a",
+            json!({"role": "edge"}),
+            json!([{"key": "gpu", "effect": "NoSchedule"}]),
+        );
         assert_eq!(node_fit(&tpl, &no_sched), fit(false, true));
-        let no_exec = node("a", json!({"role": "edge"}), json!([{"key": "gpu", "effect": "NoExecute"}]));
+        let no_exec = node(
+            "a",
+            json!({"role": "edge"}),
+            json!([{"key": "gpu", "effect": "NoExecute"}]),
+        );
         assert_eq!(node_fit(&tpl, &no_exec), fit(false, false));
         // network-unavailable only for host-network pods.
-        let net = node("a", json!({"role": "edge"}), json!([{"key": "node.kubernetes.io/network-unavailable", "effect": "NoSchedule"}]));
+        let net = node(
+            "a",
+            json!({"role": "edge"}),
+            json!([{"key": "node.kubernetes.io/network-unavailable", "effect": "NoSchedule"}]),
+        );
         assert_eq!(node_fit(&tpl, &net), fit(false, true));
-        let host = with_daemon_tolerations(&json!({"spec": {"hostNetwork": true, "nodeSelector": {"role": "edge"}}}));
+        let host = with_daemon_tolerations(
+            &json!({"spec": {"hostNetwork": true, "nodeSelector": {"role": "edge"}}}),
+        );
         assert_eq!(node_fit(&host, &net), fit(true, true));
         // Required node affinity.
         let aff = with_daemon_tolerations(&json!({"spec": {"affinity": {"nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                 {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["north"]}]}]}}}}}));
-        assert_eq!(node_fit(&aff, &node("a", json!({"zone": "north"}), json!([]))), fit(true, true));
-        assert_eq!(node_fit(&aff, &node("a", json!({"zone": "south"}), json!([]))), fit(false, false));
+        assert_eq!(
+            node_fit(&aff, &node("a", json!({"zone": "north"}), json!([]))),
+            fit(true, true)
+        );
+        assert_eq!(
+            node_fit(&aff, &node("a", json!({"zone": "south"}), json!([]))),
+            fit(false, false)
+        );
     }
 
     #[test]
@@ -640,7 +681,14 @@ mod tests {
         assert_eq!(deleted, vec!["x-1", "x-2", "x-3"]);
         assert_eq!(
             p.counts,
-            Counts { desired: 2, current: 1, misscheduled: 1, ready: 1, updated: 1, available: 1 }
+            Counts {
+                desired: 2,
+                current: 1,
+                misscheduled: 1,
+                ready: 1,
+                updated: 1,
+                available: 1
+            }
         );
     }
 
@@ -662,8 +710,10 @@ mod tests {
 
     #[test]
     fn rolling_update_replaces_node_by_node_within_max_unavailable() {
-        let nodes: Vec<(String, NodeFit)> =
-            ["a", "b", "c"].iter().map(|n| (n.to_string(), fit(true, true))).collect();
+        let nodes: Vec<(String, NodeFit)> = ["a", "b", "c"]
+            .iter()
+            .map(|n| (n.to_string(), fit(true, true)))
+            .collect();
         let old: Vec<PodView> = ["a", "b", "c"]
             .iter()
             .map(|n| pod(&format!("x-{n}"), n, "old", "t0"))
@@ -681,15 +731,37 @@ mod tests {
         // A new pod not yet available still counts against the budget.
         next[0] = pod("y-a", "a", "new", "t1");
         next[0].available = false;
-        assert!(plan(&nodes, &next, "new", Some(&IntOrString::Int(1))).delete.is_empty());
+        assert!(plan(&nodes, &next, "new", Some(&IntOrString::Int(1)))
+            .delete
+            .is_empty());
         next[0].available = true;
-        assert_eq!(plan(&nodes, &next, "new", Some(&IntOrString::Int(1))).delete.len(), 1);
+        assert_eq!(
+            plan(&nodes, &next, "new", Some(&IntOrString::Int(1)))
+                .delete
+                .len(),
+            1
+        );
         // A larger budget replaces more at once; unavailable old pods go regardless.
-        assert_eq!(plan(&nodes, &old, "new", Some(&IntOrString::String("100%".into()))).delete.len(), 3);
+        assert_eq!(
+            plan(
+                &nodes,
+                &old,
+                "new",
+                Some(&IntOrString::String("100%".into()))
+            )
+            .delete
+            .len(),
+            3
+        );
         let mut sick = old.clone();
         sick[2].available = false;
         // (As upstream: an unavailable old pod is replaced without using the budget.)
-        assert_eq!(plan(&nodes, &sick, "new", Some(&IntOrString::Int(1))).delete.len(), 2);
+        assert_eq!(
+            plan(&nodes, &sick, "new", Some(&IntOrString::Int(1)))
+                .delete
+                .len(),
+            2
+        );
         // OnDelete leaves outdated pods.
         assert!(plan(&nodes, &old, "new", None).delete.is_empty());
     }

@@ -74,7 +74,11 @@ impl Kinds {
             .by_kind
             .get(&(group.to_string(), str_at(owner_ref, "/kind").to_string()))?;
         let ns = if *namespaced { namespace } else { "" };
-        Some(ObjectKey::new(resource.clone(), ns, str_at(owner_ref, "/name")))
+        Some(ObjectKey::new(
+            resource.clone(),
+            ns,
+            str_at(owner_ref, "/name"),
+        ))
     }
 
     /// Every resource served (what a rebuild lists).
@@ -201,7 +205,10 @@ impl Graph {
                 .filter(|u| !u.is_empty())
         };
         let (prev_uid, new_uid) = (uid_of(&ev.previous), uid_of(&ev.value));
-        if let Some(prev) = prev_uid.as_deref().filter(|p| new_uid.as_deref() != Some(*p)) {
+        if let Some(prev) = prev_uid
+            .as_deref()
+            .filter(|p| new_uid.as_deref() != Some(*p))
+        {
             keys.extend(self.dependents_of(prev).into_iter().map(|(_, k)| k));
             keys.extend(self.remove(prev).into_iter().filter_map(|o| o.key));
         }
@@ -284,7 +291,13 @@ impl GarbageCollector {
         let uid = str_at(obj, "/metadata/uid");
         match self
             .client
-            .delete(&key.resource, &key.namespace, &key.name, propagation, Some(uid))
+            .delete(
+                &key.resource,
+                &key.namespace,
+                &key.name,
+                propagation,
+                Some(uid),
+            )
             .await
         {
             Ok(()) => {
@@ -300,11 +313,7 @@ impl GarbageCollector {
 
     /// Writes `obj` back (with its resourceVersion as precondition).
     async fn update(&self, key: &ObjectKey, obj: Value) -> Result<(), ApiError> {
-        match self
-            .client
-            .update(&key.resource, &key.namespace, obj)
-            .await
-        {
+        match self.client.update(&key.resource, &key.namespace, obj).await {
             Ok(_) | Err(ApiError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -335,7 +344,10 @@ impl GarbageCollector {
 
     /// The current dependents of `owner_uid` (fresh reads; the graph only says where to look),
     /// with this owner's reference in each.
-    fn live_dependents(&self, owner_uid: &str) -> Result<Vec<(ObjectKey, Value, OwnerRef)>, ApiError> {
+    fn live_dependents(
+        &self,
+        owner_uid: &str,
+    ) -> Result<Vec<(ObjectKey, Value, OwnerRef)>, ApiError> {
         let candidates = self.graph().dependents_of(owner_uid);
         let mut out = Vec::new();
         for (uid, key) in candidates {
@@ -510,12 +522,19 @@ mod tests {
     fn owner_references_resolve_to_store_keys_by_group_and_kind() {
         let k = kinds();
         let refs = owner_refs(
-            &obj("p", "u-p", json!([ds_ref("agent", "u-ds", true),
+            &obj(
+                "p",
+                "u-p",
+                json!([ds_ref("agent", "u-ds", true),
                 {"apiVersion": "v1", "kind": "Node", "name": "edge-a", "uid": "u-n"},
-                {"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "uid": "u-w"}])),
+                {"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "uid": "u-w"}]),
+            ),
             &k,
         );
-        assert_eq!(refs[0].key, Some(ObjectKey::new("apps/daemonsets", "default", "agent")));
+        assert_eq!(
+            refs[0].key,
+            Some(ObjectKey::new("apps/daemonsets", "default", "agent"))
+        );
         assert!(refs[0].block);
         // Cluster-scoped owners are looked up without a namespace.
         assert_eq!(refs[1].key, Some(ObjectKey::new("nodes", "", "edge-a")));
@@ -531,20 +550,39 @@ mod tests {
         let pod_key = ObjectKey::new("pods", "default", "agent-x");
         let ds = obj("agent", "u-ds", json!([]));
         let pod = obj("agent-x", "u-p", json!([ds_ref("agent", "u-ds", true)]));
-        assert!(g.apply(&ev(ds_key.clone(), Some(ds.clone()), None), &k).is_empty());
+        assert!(g
+            .apply(&ev(ds_key.clone(), Some(ds.clone()), None), &k)
+            .is_empty());
         // A new dependent is looked at (its owner may already be gone).
-        assert_eq!(g.apply(&ev(pod_key.clone(), Some(pod.clone()), None), &k), vec![pod_key.clone()]);
-        assert_eq!(g.dependents_of("u-ds"), vec![("u-p".to_string(), pod_key.clone())]);
+        assert_eq!(
+            g.apply(&ev(pod_key.clone(), Some(pod.clone()), None), &k),
+            vec![pod_key.clone()]
+        );
+        assert_eq!(
+            g.dependents_of("u-ds"),
+            vec![("u-p".to_string(), pod_key.clone())]
+        );
         assert!(g.dangling().is_empty());
         // A status-only change of the dependent costs nothing.
         let mut running = pod.clone();
         running["status"] = json!({"phase": "Running"});
-        assert!(g.apply(&ev(pod_key.clone(), Some(running.clone()), Some(pod.clone())), &k).is_empty());
+        assert!(g
+            .apply(
+                &ev(pod_key.clone(), Some(running.clone()), Some(pod.clone())),
+                &k
+            )
+            .is_empty());
         // The owner going makes its dependents candidates.
-        assert_eq!(g.apply(&ev(ds_key.clone(), None, Some(ds.clone())), &k), vec![pod_key.clone()]);
+        assert_eq!(
+            g.apply(&ev(ds_key.clone(), None, Some(ds.clone())), &k),
+            vec![pod_key.clone()]
+        );
         assert_eq!(g.dangling(), vec![pod_key.clone()]);
         // The dependent going wakes its owner (a foreground deletion may finish).
-        assert_eq!(g.apply(&ev(pod_key.clone(), None, Some(running)), &k), vec![ds_key.clone()]);
+        assert_eq!(
+            g.apply(&ev(pod_key.clone(), None, Some(running)), &k),
+            vec![ds_key.clone()]
+        );
         assert!(g.dependents_of("u-ds").is_empty());
         assert!(!g.exists("u-p"));
     }
@@ -575,9 +613,16 @@ mod tests {
 
     #[test]
     fn dangling_references_are_stripped_by_uid() {
-        let d = obj("p", "u", json!([ds_ref("a", "u-a", true), ds_ref("b", "u-b", true)]));
+        let d = obj(
+            "p",
+            "u",
+            json!([ds_ref("a", "u-a", true), ds_ref("b", "u-b", true)]),
+        );
         let out = GarbageCollector::without_owners(&d, &["u-a"]);
-        assert_eq!(out["metadata"]["ownerReferences"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            out["metadata"]["ownerReferences"].as_array().unwrap().len(),
+            1
+        );
         assert_eq!(out["metadata"]["ownerReferences"][0]["uid"], "u-b");
         let none = GarbageCollector::without_owners(&d, &["u-a", "u-b"]);
         assert!(none["metadata"].get("ownerReferences").is_none());

@@ -159,7 +159,12 @@ pub fn plan(replicas: usize, pods: &[PodView], update: &str, policy: Policy) -> 
             return actions;
         }
     } else {
-        actions.extend(condemned.iter().filter(|p| !p.terminating).map(|p| delete(p)));
+        actions.extend(
+            condemned
+                .iter()
+                .filter(|p| !p.terminating)
+                .map(|p| delete(p)),
+        );
     }
     if !actions.is_empty() || !condemned.is_empty() {
         return actions;
@@ -326,7 +331,8 @@ impl Reconciler for StatefulSetController {
             .pointer("/spec/replicas")
             .and_then(Value::as_u64)
             .unwrap_or(1) as usize;
-        let update = owned::template_hash(&sts.pointer("/spec/template").cloned().unwrap_or(json!({})));
+        let update =
+            owned::template_hash(&sts.pointer("/spec/template").cloned().unwrap_or(json!({})));
         let raw_pods: Vec<Value> = self
             .client
             .list("pods", Some(&key.namespace))?
@@ -373,7 +379,13 @@ impl Reconciler for StatefulSetController {
                     Action::Delete(name, pod_uid) => {
                         match self
                             .client
-                            .delete("pods", &key.namespace, &name, Propagation::Background, Some(&pod_uid))
+                            .delete(
+                                "pods",
+                                &key.namespace,
+                                &name,
+                                Propagation::Background,
+                                Some(&pod_uid),
+                            )
                             .await
                         {
                             Ok(()) => {
@@ -381,7 +393,10 @@ impl Reconciler for StatefulSetController {
                                 self.event(
                                     &sts,
                                     "SuccessfulDelete",
-                                    &format!("delete Pod {name} in StatefulSet {} successful", key.name),
+                                    &format!(
+                                        "delete Pod {name} in StatefulSet {} successful",
+                                        key.name
+                                    ),
                                 )
                                 .await;
                             }
@@ -480,7 +495,10 @@ mod tests {
         let mut starting = pod(0, "r");
         starting.healthy = false;
         assert!(plan(3, &[starting.clone()], "r", ORDERED).is_empty());
-        assert_eq!(plan(3, &[pod(0, "r")], "r", ORDERED), vec![Action::Create(1)]);
+        assert_eq!(
+            plan(3, &[pod(0, "r")], "r", ORDERED),
+            vec![Action::Create(1)]
+        );
         // Parallel creates everything at once.
         assert_eq!(
             plan(3, &[starting], "r", PARALLEL),
@@ -505,7 +523,10 @@ mod tests {
         failed[0].failed = true;
         failed[0].healthy = false;
         assert_eq!(plan(2, &failed, "r", ORDERED), vec![del(0)]);
-        assert_eq!(plan(2, &[pod(1, "r")], "r", ORDERED), vec![Action::Create(0)]);
+        assert_eq!(
+            plan(2, &[pod(1, "r")], "r", ORDERED),
+            vec![Action::Create(0)]
+        );
     }
 
     #[test]
@@ -518,9 +539,15 @@ mod tests {
         assert!(plan(3, &next, "b", PARALLEL).is_empty());
         next[2].healthy = true;
         assert_eq!(plan(3, &next, "b", ORDERED), vec![del(1)]);
-        let partitioned = Policy { parallel: false, partition: Some(2) };
+        let partitioned = Policy {
+            parallel: false,
+            partition: Some(2),
+        };
         assert!(plan(3, &next, "b", partitioned).is_empty());
-        let on_delete = Policy { parallel: false, partition: None };
+        let on_delete = Policy {
+            parallel: false,
+            partition: None,
+        };
         assert!(plan(3, &old, "b", on_delete).is_empty());
     }
 
