@@ -549,7 +549,16 @@ async fn apply_pod(store: &dyn Store, seq: u64, s: &PodStatus) -> Result<Outcome
                     s.node, s.namespace, s.name
                 )));
             }
-            store.delete(&key, Some(current.revision)).await
+            if crate::api::finalizers::finalizers(&current.value).is_empty() {
+                store.delete(&key, Some(current.revision)).await
+            } else {
+                // Graceful termination is over, but finalizers hold the object: record that
+                // (a zero grace period), and the removal of the last finalizer deletes it.
+                let mut next = current.value.clone();
+                next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                set_seq(&mut next, seq);
+                store.update(&key, next, Some(current.revision)).await
+            }
         } else {
             let mut next = current.value.clone();
             next["status"] = pod_status_json(&current.value, s);
@@ -559,7 +568,7 @@ async fn apply_pod(store: &dyn Store, seq: u64, s: &PodStatus) -> Result<Outcome
         match result {
             Ok(_) => {
                 if s.removed {
-                    info!(pod = %format!("{}/{}", s.namespace, s.name), "pod removed by its node; object deleted");
+                    info!(pod = %format!("{}/{}", s.namespace, s.name), held_by_finalizers = !crate::api::finalizers::finalizers(&current.value).is_empty(), "pod removed by its node");
                 }
                 return Ok(Outcome::Applied);
             }

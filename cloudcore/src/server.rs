@@ -6,7 +6,7 @@ use crate::hub::{self, Hub, HubConfig};
 use crate::ingest::{self, MqttTarget};
 use crate::pki::Pki;
 use crate::store::{SledStore, Store};
-use crate::{broker, projection, scheduler};
+use crate::{broker, controllers, projection, scheduler};
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
@@ -134,6 +134,26 @@ pub async fn run(
     tokio::spawn(crate::controllers::node_lifecycle::run(
         api.clone(),
         cfg.node_lifecycle,
+    ));
+    let client = crate::api::client::Client::new(api.clone());
+    tokio::spawn(controllers::runner::run(
+        Arc::new(controllers::garbage_collector::GarbageCollector::new(
+            client.clone(),
+        )),
+        store.clone(),
+        controllers::garbage_collector::RESYNC,
+    ));
+    tokio::spawn(controllers::runner::run(
+        Arc::new(controllers::daemonset::DaemonSetController::new(
+            client.clone(),
+        )),
+        store.clone(),
+        controllers::daemonset::RESYNC,
+    ));
+    tokio::spawn(controllers::runner::run(
+        Arc::new(controllers::statefulset::StatefulSetController::new(client)),
+        store.clone(),
+        controllers::statefulset::RESYNC,
     ));
     let app = router(api).layer(axum::middleware::from_fn_with_state(
         auth,

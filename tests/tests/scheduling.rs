@@ -72,9 +72,19 @@ async fn scheduler_spreads_replicas_respects_taints_and_explains_unschedulable_p
         cloud.wait_node_ready(name, DEADLINE).await?;
     }
 
-    // Three replicas of one owner go to three different nodes.
-    let owner = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d4f",
-                        "uid": "6a3f1f7e-0000-4000-8000-000000000001", "controller": true}]);
+    // Three replicas of one owner go to three different nodes. The owner exists (the garbage
+    // collector deletes the dependents of a missing owner); a ConfigMap keeps this test free of
+    // any workload controller.
+    let (code, cm) = cloud
+        .api(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(json!({"metadata": {"name": "web-5d4f"}})),
+        )
+        .await?;
+    assert_eq!(code, 201, "{cm}");
+    let owner = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "web-5d4f",
+                        "uid": cm["metadata"]["uid"], "controller": true}]);
     let mut placed = BTreeSet::new();
     for i in 0..3 {
         let mut pod = unplaced(&format!("web-{i}"));

@@ -42,6 +42,16 @@ impl Propagation {
             Propagation::Orphan => "Orphan",
         }
     }
+
+    /// The policy named `s` in `DeleteOptions`, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Background" => Some(Propagation::Background),
+            "Foreground" => Some(Propagation::Foreground),
+            "Orphan" => Some(Propagation::Orphan),
+            _ => None,
+        }
+    }
 }
 
 /// The in-process client; cheap to clone.

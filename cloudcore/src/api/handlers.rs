@@ -7,6 +7,7 @@
 
 use super::discovery;
 use super::error::{json_response, ApiError, FieldError};
+use super::finalizers::{self, PropagationRequest};
 use super::resource::{DeleteAction, DeleteOptions, ResourceHandler, ResourceInfo};
 use super::selector::{FieldSelector, LabelSelector};
 use super::table::{self, IncludeObject, TableRequest};
@@ -674,6 +675,18 @@ where
         if new == current.value || dry_run {
             return Ok(call.object_response(StatusCode::OK, new));
         }
+        if !call.res.removed_by_controller() && finalizers::removes_on_update(&current.value, &new)
+        {
+            // The last finalizer of a terminating object is gone: the object goes with it.
+            match call.state.store.delete(&key, Some(current.revision)).await {
+                Ok(_) => {
+                    tracing::info!(resource = %call.info().plural, namespace = %key.namespace, name = %key.name, "last finalizer removed; deleted");
+                    return Ok(call.object_response(StatusCode::OK, new));
+                }
+                Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
+                Err(e) => return Err(call.store_err(e)),
+            }
+        }
         match call
             .state
             .store
@@ -748,6 +761,7 @@ fn build_update(call: &Call, body: &Value, current: &Value) -> Result<Value, Api
     }
     bump_generation(&mut new, current);
     validate(call, &new)?;
+    finalizers::check_update(&new, current).map_err(|e| invalid(info, &new, vec![e]))?;
     call.res
         .validate_update(&new, current)
         .map_err(|e| invalid(info, &new, e))?;
@@ -1081,6 +1095,14 @@ pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiErro
     };
     let mut pre_rv = None;
     let mut pre_uid = String::new();
+    let mut propagation = PropagationRequest::parse(
+        call.query.get("propagationPolicy").map(String::as_str),
+        call.query
+            .get("orphanDependents")
+            .map(|v| v.parse::<bool>())
+            .transpose()
+            .map_err(|_| ApiError::bad_request("orphanDependents must be true or false"))?,
+    )?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let raw = parse_json(&body)?;
         let d: k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions =
@@ -1096,6 +1118,8 @@ pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiErro
         if d.grace_period_seconds.is_some() {
             opts.grace_period_seconds = d.grace_period_seconds;
         }
+        propagation =
+            PropagationRequest::parse(d.propagation_policy.as_deref(), d.orphan_dependents)?;
         if let Some(p) = d.preconditions {
             pre_rv = p.resource_version.filter(|s| !s.is_empty());
             pre_uid = p.uid.unwrap_or_default();
@@ -1109,8 +1133,13 @@ pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiErro
         pre_rv,
         pre_uid,
         dry_run,
+        propagation,
     };
     match delete_object(&call.state, &call.res, &call.key(), &req).await? {
+        // As Kubernetes: 202 only for the legacy `orphanDependents: false` that stays.
+        Deletion::Terminating(v) if propagation.orphan_dependents == Some(false) => {
+            Ok(call.object_response(StatusCode::ACCEPTED, v))
+        }
         Deletion::Terminating(v) => Ok(call.object_response(StatusCode::OK, v)),
         Deletion::Gone(deleted) => {
             if info.return_deleted_object {
@@ -1139,6 +1168,8 @@ pub(super) struct DeleteRequest {
     /// `preconditions.uid` (empty: none).
     pub pre_uid: String,
     pub dry_run: bool,
+    /// `propagationPolicy` / `orphanDependents`.
+    pub propagation: PropagationRequest,
 }
 
 /// What a delete did.
@@ -1186,7 +1217,7 @@ pub(super) async fn delete_object(
                 reason,
             });
         }
-        match res.on_delete(&current.value, &req.opts, &now_rfc3339()) {
+        match deletion_action(res.as_ref(), &current.value, req) {
             DeleteAction::Unchanged => return Ok(Deletion::Terminating(current.value)),
             DeleteAction::Update(v) => {
                 if req.dry_run {
@@ -1252,6 +1283,38 @@ pub(crate) async fn delete_for_controller(
     match delete_object(state, &res, &key, &req).await? {
         Deletion::Gone(_) => Ok(None),
         Deletion::Terminating(v) => Ok(Some(v)),
+    }
+}
+
+/// What a delete does with `current`: the kind's own deletion ([`ResourceHandler::on_delete`],
+/// graceful for pods) composed with finalizers and propagation ([`finalizers`]). An object
+/// with finalizers is marked and stays; a marked object whose finalizers are gone and whose
+/// graceful termination is over is removed.
+fn deletion_action(
+    res: &dyn ResourceHandler,
+    current: &Value,
+    req: &DeleteRequest,
+) -> DeleteAction {
+    let now = now_rfc3339();
+    let base = finalizers::with_gc_finalizers(current, req.propagation);
+    let pending = !finalizers::finalizers(&base).is_empty();
+    let next = match res.on_delete(&base, &req.opts, &now) {
+        DeleteAction::Delete if !pending => return DeleteAction::Delete,
+        DeleteAction::Delete => {
+            let mut v = base;
+            finalizers::mark_deleting(&mut v, &now);
+            v
+        }
+        DeleteAction::Update(v) => v,
+        DeleteAction::Unchanged => base,
+    };
+    if !res.removed_by_controller() && finalizers::ready_to_remove(&next) {
+        return DeleteAction::Delete;
+    }
+    if next == *current {
+        DeleteAction::Unchanged
+    } else {
+        DeleteAction::Update(next)
     }
 }
 

@@ -30,6 +30,7 @@ pub mod configmaps;
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod finalizers;
 mod handlers;
 pub mod history;
 pub mod namespaces;

@@ -165,6 +165,10 @@ impl ResourceHandler for NamespaceHandler {
             .then(|| "this namespace may not be deleted".to_string())
     }
 
+    fn removed_by_controller(&self) -> bool {
+        true
+    }
+
     fn on_delete(&self, obj: &Value, _opts: &DeleteOptions, now: &str) -> DeleteAction {
         if obj.pointer("/metadata/deletionTimestamp").is_some() {
             return DeleteAction::Unchanged;
@@ -377,6 +381,11 @@ async fn reconcile(state: &ApiState, name: &str, ns: &Stored) -> Result<bool, Ap
         }
     }
     if found > 0 {
+        return Ok(false);
+    }
+    // Finalizers (a foreground deletion, a client's own) hold the emptied namespace; their
+    // removal is a namespace event, which brings the controller back here.
+    if !super::finalizers::finalizers(&ns.value).is_empty() {
         return Ok(false);
     }
     // Empty: remove the namespace, unless it changed meanwhile (then the next pass decides).

@@ -211,6 +211,13 @@ pub trait ResourceHandler: Send + Sync + 'static {
         DeleteAction::Delete
     }
 
+    /// Whether a controller of this kind removes terminating objects itself once its own work
+    /// is done (namespaces: the namespace controller, after emptying them). Then removing the
+    /// last finalizer leaves the object for that controller instead of deleting it.
+    fn removed_by_controller(&self) -> bool {
+        false
+    }
+
     /// Table columns (kubectl's `get` output); priority-1 columns appear with `-o wide`. The
     /// first column should be the name.
     fn columns(&self) -> &'static [Column];

@@ -1694,3 +1694,181 @@ async fn the_in_process_client_writes_with_the_api_semantics() {
         .unwrap_err();
     assert!(err.to_string().contains("not served"), "{err}");
 }
+
+#[tokio::test]
+async fn finalizers_hold_deleted_objects_until_removed_and_propagation_sets_them() {
+    let h = harness().await;
+    let cm = |name: &str, finalizers: Value| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "finalizers": finalizers}, "data": {"a": "b"}})
+    };
+    let base = "/api/v1/namespaces/default/configmaps";
+    let (code, v) = h
+        .call(
+            Method::POST,
+            base,
+            Some(cm("held", json!(["example.com/hold"]))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    // DELETE marks it and answers with the object; it stays.
+    let (code, v) = h.call(Method::DELETE, &format!("{base}/held"), None).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
+    assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 0);
+    let (code, got) = h.call(Method::GET, &format!("{base}/held"), None).await;
+    assert_eq!(code, StatusCode::OK);
+    // No new finalizer while terminating; the deletion timestamp cannot be unset.
+    let mut more = got.clone();
+    more["metadata"]["finalizers"] = json!(["example.com/hold", "example.com/more"]);
+    let (_, v) = h
+        .call(Method::PUT, &format!("{base}/held"), Some(more))
+        .await;
+    assert_status(&v, 422, "Invalid");
+    assert!(
+        v["message"].as_str().unwrap().contains("no new finalizers"),
+        "{v}"
+    );
+    let mut unmark = got.clone();
+    unmark["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("deletionTimestamp");
+    unmark["data"] = json!({"a": "c"});
+    let (code, v) = h
+        .call(Method::PUT, &format!("{base}/held"), Some(unmark))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["metadata"]["deletionTimestamp"],
+        got["metadata"]["deletionTimestamp"]
+    );
+    // Removing the last finalizer removes the object.
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            &format!("{base}/held"),
+            Some(json!({"metadata": {"finalizers": null}})),
+            &[("content-type", "application/merge-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let (code, _) = h.call(Method::GET, &format!("{base}/held"), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    // Foreground and Orphan add the collector's finalizers; Background removes them at once.
+    for (name, opts, finalizer) in [
+        (
+            "fg",
+            json!({"propagationPolicy": "Foreground"}),
+            "foregroundDeletion",
+        ),
+        ("or", json!({"propagationPolicy": "Orphan"}), "orphan"),
+        ("legacy", json!({"orphanDependents": true}), "orphan"),
+    ] {
+        let (code, _) = h.call(Method::POST, base, Some(cm(name, json!([])))).await;
+        assert_eq!(code, StatusCode::CREATED);
+        let (code, v) = h
+            .call(Method::DELETE, &format!("{base}/{name}"), Some(opts))
+            .await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        assert_eq!(v["metadata"]["finalizers"], json!([finalizer]), "{v}");
+        assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
+        let (code, v) = h
+            .call(
+                Method::DELETE,
+                &format!("{base}/{name}"),
+                Some(json!({"propagationPolicy": "Background"})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        let (code, _) = h.call(Method::GET, &format!("{base}/{name}"), None).await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{name}");
+    }
+    let (code, _) = h.call(Method::POST, base, Some(cm("bad", json!([])))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (_, v) = h
+        .call(
+            Method::DELETE,
+            &format!("{base}/bad"),
+            Some(json!({"propagationPolicy": "Sideways"})),
+        )
+        .await;
+    assert_status(&v, 400, "BadRequest");
+    assert!(v["message"].as_str().unwrap().contains("Sideways"), "{v}");
+    let (_, v) = h
+        .call(
+            Method::DELETE,
+            &format!("{base}/bad"),
+            Some(json!({"propagationPolicy": "Orphan", "orphanDependents": true})),
+        )
+        .await;
+    assert_status(&v, 400, "BadRequest");
+}
+
+#[tokio::test]
+async fn a_pod_leaves_once_both_its_finalizers_and_its_termination_are_done() {
+    let h = harness().await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "finalizers": ["example.com/hold"]},
+        "spec": {"nodeName": "edge-1", "containers": [{"name": "c", "image": "i"}]}});
+    let path = "/api/v1/namespaces/default/pods/p";
+    let (code, v) = h
+        .call(Method::POST, "/api/v1/namespaces/default/pods", Some(pod))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    // Graceful deletion starts; removing the finalizer while the edge has not confirmed keeps
+    // the pod.
+    let (code, v) = h.call(Method::DELETE, path, None).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 30);
+    let patch = |f: Value| json!({"metadata": {"finalizers": f}});
+    let merge = [("content-type", "application/merge-patch+json")];
+    let (code, v) = h
+        .call_with(Method::PATCH, path, Some(patch(json!(null))), &merge)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert!(h.call(Method::GET, path, None).await.0 == StatusCode::OK);
+    // Termination over (as the ingest records it when finalizers remain, or a force delete):
+    // with no finalizer left, the pod goes.
+    let (code, v) = h
+        .call(
+            Method::DELETE,
+            &format!("{path}?gracePeriodSeconds=0"),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(
+        h.call(Method::GET, path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // The other order: a force delete with a finalizer keeps the pod (grace 0), and removing
+    // the finalizer then removes it.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "finalizers": ["example.com/hold"]},
+        "spec": {"nodeName": "edge-1", "containers": [{"name": "c", "image": "i"}]}});
+    let (code, _) = h
+        .call(Method::POST, "/api/v1/namespaces/default/pods", Some(pod))
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, v) = h
+        .call(
+            Method::DELETE,
+            &format!("{path}?gracePeriodSeconds=0"),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], 0, "{v}");
+    assert_eq!(h.call(Method::GET, path, None).await.0, StatusCode::OK);
+    let (code, v) = h
+        .call_with(Method::PATCH, path, Some(patch(json!([]))), &merge)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(
+        h.call(Method::GET, path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+}

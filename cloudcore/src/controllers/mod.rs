@@ -9,6 +9,9 @@
 //! change goes through the same defaulting, validation and graceful deletion as a `kubectl`
 //! request. [`owned`] holds what the workload controllers share about the pods they own.
 
+pub mod daemonset;
+pub mod garbage_collector;
 pub mod node_lifecycle;
 pub mod owned;
 pub mod runner;
+pub mod statefulset;
