@@ -127,6 +127,7 @@ pub async fn run(
         api.clone(),
         crate::api::namespaces::RESYNC,
     ));
+    spawn_workload_controllers(&api);
     let app = router(api).layer(axum::middleware::from_fn_with_state(
         auth,
         crate::api::auth::guard,
@@ -136,6 +137,25 @@ pub async fn run(
     shutdown_signal().await;
     info!("shutting down");
     Ok(())
+}
+
+/// How often the workload controllers reconcile every object even without events.
+const CONTROLLER_RESYNC: Duration = Duration::from_secs(30);
+
+/// Starts the ReplicaSet and Deployment controllers, writing through the in-process client.
+pub fn spawn_workload_controllers(api: &ApiState) {
+    use crate::controllers::{deployment, replicaset, runner};
+    let client = crate::api::client::Client::new(api.clone());
+    tokio::spawn(runner::run(
+        Arc::new(replicaset::ReplicaSetController::new(client.clone())),
+        api.store.clone(),
+        CONTROLLER_RESYNC,
+    ));
+    tokio::spawn(runner::run(
+        Arc::new(deployment::DeploymentController::new(client)),
+        api.store.clone(),
+        CONTROLLER_RESYNC,
+    ));
 }
 
 /// Picks up `cloudcore node revoke` (run from another process) and closes the revoked nodes'
