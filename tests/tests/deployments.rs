@@ -108,7 +108,11 @@ fn deployment_path(name: &str) -> String {
 }
 
 /// Samples the pods of `app` until `stop`, returning every sample.
-fn sample_pods(cloud: Arc<Cloud>, app: &'static str, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Result<Vec<Vec<Value>>>> {
+fn sample_pods(
+    cloud: Arc<Cloud>,
+    app: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Result<Vec<Vec<Value>>>> {
     tokio::spawn(async move {
         let mut samples = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -131,23 +135,34 @@ async fn kubectl_rolls_deployments_out_back_and_scales_them() -> Result<()> {
     let dir = tempfile::tempdir()?;
 
     // (a) Three replicas, one per edge, rolled out.
-    apply(&cloud, dir.path(), &manifest("web", 3, "nginx:1.25", "", ""))?;
+    apply(
+        &cloud,
+        dir.path(),
+        &manifest("web", 3, "nginx:1.25", "", ""),
+    )?;
     let first = wait_pods(&cloud, "web", 3, "nginx:1.25").await?;
     let nodes: BTreeSet<&str> = first
         .iter()
         .filter_map(|p| p.pointer("/spec/nodeName").and_then(Value::as_str))
         .collect();
     assert_eq!(nodes.len(), 3, "pods not spread: {nodes:?}");
-    kubectl_ok(&cloud, &["rollout", "status", "deployment/web", "--timeout=90s"])?;
+    kubectl_ok(
+        &cloud,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    )?;
     let out = kubectl_ok(&cloud, &["get", "deploy", "web"])?;
     assert!(
-        out.lines().any(|l| l.starts_with("web ") && l.contains(" 3/3 ")),
+        out.lines()
+            .any(|l| l.starts_with("web ") && l.contains(" 3/3 ")),
         "{out}"
     );
     for p in &first {
         let owner = &p["metadata"]["ownerReferences"][0];
         assert_eq!(owner["kind"], "ReplicaSet", "{p}");
-        assert!(owner["name"].as_str().unwrap_or("").starts_with("web-"), "{p}");
+        assert!(
+            owner["name"].as_str().unwrap_or("").starts_with("web-"),
+            "{p}"
+        );
     }
 
     // (b) A new image rolls out; availability never drops below replicas - maxUnavailable
@@ -155,8 +170,15 @@ async fn kubectl_rolls_deployments_out_back_and_scales_them() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample_pods(cloud.clone(), "web", stop.clone());
     let annotated = r#", "annotations": {"kubernetes.io/change-cause": "image 1.26"}"#;
-    apply(&cloud, dir.path(), &manifest("web", 3, "nginx:1.26", annotated, ""))?;
-    kubectl_ok(&cloud, &["rollout", "status", "deployment/web", "--timeout=90s"])?;
+    apply(
+        &cloud,
+        dir.path(),
+        &manifest("web", 3, "nginx:1.26", annotated, ""),
+    )?;
+    kubectl_ok(
+        &cloud,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    )?;
     let second = wait_pods(&cloud, "web", 3, "nginx:1.26").await?;
     stop.store(true, Ordering::SeqCst);
     let samples = sampler.await??;
@@ -171,9 +193,17 @@ async fn kubectl_rolls_deployments_out_back_and_scales_them() -> Result<()> {
         .max()
         .unwrap_or(0);
     assert!(samples.len() > 5, "too few samples: {}", samples.len());
-    assert!(min_available >= 3, "availability dropped to {min_available}");
-    assert!(max_pods <= 4, "more than replicas + maxSurge pods: {max_pods}");
-    assert!(second.iter().all(|p| !first.iter().any(|f| f["metadata"]["uid"] == p["metadata"]["uid"])));
+    assert!(
+        min_available >= 3,
+        "availability dropped to {min_available}"
+    );
+    assert!(
+        max_pods <= 4,
+        "more than replicas + maxSurge pods: {max_pods}"
+    );
+    assert!(second.iter().all(|p| !first
+        .iter()
+        .any(|f| f["metadata"]["uid"] == p["metadata"]["uid"])));
     let history = kubectl_ok(&cloud, &["rollout", "history", "deployment/web"])?;
     let revisions: Vec<&str> = history
         .lines()
@@ -182,19 +212,29 @@ async fn kubectl_rolls_deployments_out_back_and_scales_them() -> Result<()> {
         .collect();
     assert_eq!(revisions, ["1", "2"], "{history}");
     assert!(
-        history.lines().any(|l| l.starts_with('2') && l.contains("image 1.26")),
+        history
+            .lines()
+            .any(|l| l.starts_with('2') && l.contains("image 1.26")),
         "{history}"
     );
     let events = kubectl_ok(
         &cloud,
-        &["get", "events", "--field-selector", "involvedObject.kind=Deployment,reason=ScalingReplicaSet"],
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=Deployment,reason=ScalingReplicaSet",
+        ],
     )?;
     assert!(events.contains("Scaled up replica set web-"), "{events}");
     assert!(events.contains("Scaled down replica set web-"), "{events}");
 
     // (c) Undo brings the previous template back, to the Deployment and its pods.
     kubectl_ok(&cloud, &["rollout", "undo", "deployment/web"])?;
-    kubectl_ok(&cloud, &["rollout", "status", "deployment/web", "--timeout=90s"])?;
+    kubectl_ok(
+        &cloud,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    )?;
     let d = cloud.get(&deployment_path("web")).await?.context("web")?;
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.25",
@@ -213,7 +253,10 @@ async fn kubectl_rolls_deployments_out_back_and_scales_them() -> Result<()> {
     kubectl_ok(&cloud, &["scale", "deployment", "web", "--replicas=5"])?;
     let five = wait_pods(&cloud, "web", 5, "nginx:1.25").await?;
     assert!(five.iter().all(pod_running));
-    kubectl_ok(&cloud, &["rollout", "status", "deployment/web", "--timeout=90s"])?;
+    kubectl_ok(
+        &cloud,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    )?;
     let scale = cloud
         .get("/apis/apps/v1/namespaces/default/deployments/web/scale")
         .await?
@@ -224,19 +267,32 @@ async fn kubectl_rolls_deployments_out_back_and_scales_them() -> Result<()> {
     kubectl_ok(&cloud, &["scale", "deployment", "web", "--replicas=2"])?;
     wait_pods(&cloud, "web", 2, "nginx:1.25").await?;
     let out = kubectl_ok(&cloud, &["get", "deploy", "web"])?;
-    assert!(out.lines().any(|l| l.starts_with("web ") && l.contains(" 2/2 ")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("web ") && l.contains(" 2/2 ")),
+        "{out}"
+    );
 
     // (e) Paused: a template change is recorded but not rolled out; resumed, it is.
     kubectl_ok(&cloud, &["rollout", "pause", "deployment/web"])?;
-    kubectl_ok(&cloud, &["set", "image", "deployment/web", "nginx=nginx:1.27"])?;
+    kubectl_ok(
+        &cloud,
+        &["set", "image", "deployment/web", "nginx=nginx:1.27"],
+    )?;
     let paused = cloud
-        .wait_for("the paused change observed", &deployment_path("web"), DEADLINE, |d| {
-            d["status"]["observedGeneration"] == d["metadata"]["generation"]
-                && d["status"]["conditions"].as_array().is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Progressing" && c["reason"] == "DeploymentPaused")
-                })
-        })
+        .wait_for(
+            "the paused change observed",
+            &deployment_path("web"),
+            DEADLINE,
+            |d| {
+                d["status"]["observedGeneration"] == d["metadata"]["generation"]
+                    && d["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c["type"] == "Progressing" && c["reason"] == "DeploymentPaused"
+                        })
+                    })
+            },
+        )
         .await?;
     assert_eq!(paused["spec"]["paused"], true);
     let rs = cloud
@@ -244,26 +300,43 @@ async fn kubectl_rolls_deployments_out_back_and_scales_them() -> Result<()> {
         .await?
         .context("replicasets")?;
     assert!(
-        rs["items"].as_array().is_some_and(|items| items.iter().all(|r| {
-            r["spec"]["template"]["spec"]["containers"][0]["image"] != "nginx:1.27"
-        })),
+        rs["items"].as_array().is_some_and(|items| items
+            .iter()
+            .all(|r| { r["spec"]["template"]["spec"]["containers"][0]["image"] != "nginx:1.27" })),
         "a paused Deployment created a ReplicaSet: {rs}"
     );
     let still = pods(&cloud, "web").await?;
     assert!(still.iter().all(|p| image(p) == "nginx:1.25"), "{still:?}");
     kubectl_ok(&cloud, &["rollout", "resume", "deployment/web"])?;
-    kubectl_ok(&cloud, &["rollout", "status", "deployment/web", "--timeout=90s"])?;
+    kubectl_ok(
+        &cloud,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    )?;
     wait_pods(&cloud, "web", 2, "nginx:1.27").await?;
 
     // (f) Recreate: the new pods appear only once every old pod is gone.
     let recreate = r#""strategy": {"type": "Recreate"},"#;
-    apply(&cloud, dir.path(), &manifest("batch", 2, "busybox:1", "", recreate))?;
-    kubectl_ok(&cloud, &["rollout", "status", "deployment/batch", "--timeout=90s"])?;
+    apply(
+        &cloud,
+        dir.path(),
+        &manifest("batch", 2, "busybox:1", "", recreate),
+    )?;
+    kubectl_ok(
+        &cloud,
+        &["rollout", "status", "deployment/batch", "--timeout=90s"],
+    )?;
     wait_pods(&cloud, "batch", 2, "busybox:1").await?;
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample_pods(cloud.clone(), "batch", stop.clone());
-    apply(&cloud, dir.path(), &manifest("batch", 2, "busybox:2", "", recreate))?;
-    kubectl_ok(&cloud, &["rollout", "status", "deployment/batch", "--timeout=90s"])?;
+    apply(
+        &cloud,
+        dir.path(),
+        &manifest("batch", 2, "busybox:2", "", recreate),
+    )?;
+    kubectl_ok(
+        &cloud,
+        &["rollout", "status", "deployment/batch", "--timeout=90s"],
+    )?;
     wait_pods(&cloud, "batch", 2, "busybox:2").await?;
     stop.store(true, Ordering::SeqCst);
     let samples = sampler.await??;
@@ -273,7 +346,9 @@ async fn kubectl_rolls_deployments_out_back_and_scales_them() -> Result<()> {
         assert!(old == 0 || new == 0, "old and new pods together: {s:?}");
     }
     assert!(
-        samples.iter().any(|s| s.iter().any(|p| image(p) == "busybox:1")),
+        samples
+            .iter()
+            .any(|s| s.iter().any(|p| image(p) == "busybox:1")),
         "the sampler never saw the old pods"
     );
     drop(edges);

@@ -314,10 +314,18 @@ mod tests {
         let scale_names: Vec<&str> = scales.iter().filter_map(|r| r["name"].as_str()).collect();
         assert_eq!(
             scale_names,
-            ["deployments/scale", "replicasets/scale", "statefulsets/scale"]
+            [
+                "deployments/scale",
+                "replicasets/scale",
+                "statefulsets/scale"
+            ]
         );
         assert_eq!(
-            (&scales[0]["group"], &scales[0]["version"], &scales[0]["kind"]),
+            (
+                &scales[0]["group"],
+                &scales[0]["version"],
+                &scales[0]["kind"]
+            ),
             (&json!("autoscaling"), &json!("v1"), &json!("Scale"))
         );
         assert_eq!(version_info()["minor"], "33");

@@ -233,11 +233,16 @@ mod tests {
         assert_eq!(s["spec"]["replicas"], 3);
         assert_eq!(s["status"]["replicas"], 2);
         assert_eq!(s["status"]["selector"], "app=web,tier in (fe)");
-        assert_eq!(desired_replicas(&json!({"spec": {"replicas": 5}}), "web").unwrap(), 5);
+        assert_eq!(
+            desired_replicas(&json!({"spec": {"replicas": 5}}), "web").unwrap(),
+            5
+        );
         assert!(desired_replicas(&json!({"spec": {"replicas": -1}}), "web").is_err());
         assert!(desired_replicas(&json!({"spec": {"replicas": "x"}}), "web").is_err());
         assert!(check_scale_type(&json!({"apiVersion": "apps/v1", "kind": "Scale"})).is_err());
         assert!(check_scale_type(&json!({"kind": "Deployment"})).is_err());
-        assert!(check_scale_type(&json!({"apiVersion": "autoscaling/v1", "kind": "Scale"})).is_ok());
+        assert!(
+            check_scale_type(&json!({"apiVersion": "autoscaling/v1", "kind": "Scale"})).is_ok()
+        );
     }
 }

@@ -462,9 +462,10 @@ pub fn rollout_conditions(
             c["reason"] == "ProgressDeadlineExceeded"
                 || (c["reason"] != "NewReplicaSetAvailable" && progress_deadline_at(d, c) < now)
         }) {
-            let msg = named(format!("Deployment {name:?} has timed out progressing."), &|rs| {
-                format!("ReplicaSet {rs:?} has timed out progressing.")
-            });
+            let msg = named(
+                format!("Deployment {name:?} has timed out progressing."),
+                &|rs| format!("ReplicaSet {rs:?} has timed out progressing."),
+            );
             set_condition(
                 &mut status,
                 condition(
@@ -492,7 +493,10 @@ pub fn rollout_conditions(
 /// Copies the Deployment's annotations (but [`NOT_COPIED`]) to `rs`; whether anything changed.
 fn copy_annotations(d: &Value, rs: &mut Value) -> bool {
     let mut changed = false;
-    if let Some(anns) = d.pointer("/metadata/annotations").and_then(Value::as_object) {
+    if let Some(anns) = d
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
         for (k, v) in anns {
             if NOT_COPIED.contains(&k.as_str()) || annotation(rs, k) == v.as_str() {
                 continue;
@@ -522,7 +526,10 @@ fn set_replicas_annotations(rs: &mut Value, desired: i32, max: i32) -> bool {
 fn set_new_rs_annotations(d: &Value, rs: &mut Value, revision: i64) -> bool {
     let mut changed = copy_annotations(d, rs);
     let old = annotation(rs, REVISION).map(str::to_string);
-    let old_n = old.as_deref().and_then(|r| r.parse::<i64>().ok()).unwrap_or(0);
+    let old_n = old
+        .as_deref()
+        .and_then(|r| r.parse::<i64>().ok())
+        .unwrap_or(0);
     if old_n < revision {
         set_annotation(rs, REVISION, &revision.to_string());
         changed = true;
@@ -550,9 +557,8 @@ fn pruned(v: &Value) -> Option<Value> {
                 .collect();
             (!m.is_empty()).then_some(Value::Object(m))
         }
-        Value::Array(a) => {
-            (!a.is_empty()).then(|| Value::Array(a.iter().map(|v| pruned(v).unwrap_or(Value::Null)).collect()))
-        }
+        Value::Array(a) => (!a.is_empty())
+            .then(|| Value::Array(a.iter().map(|v| pruned(v).unwrap_or(Value::Null)).collect())),
         other => Some(other.clone()),
     }
 }
@@ -667,8 +673,15 @@ impl DeploymentController {
 
     async fn event(&self, d: &Value, reason: &str, message: &str) {
         let store = self.client.state().store.clone();
-        if let Err(e) =
-            events::record(store.as_ref(), d, EventType::Normal, reason, message, COMPONENT).await
+        if let Err(e) = events::record(
+            store.as_ref(),
+            d,
+            EventType::Normal,
+            reason,
+            message,
+            COMPONENT,
+        )
+        .await
         {
             tracing::warn!(error = %e, reason, "cannot record a Deployment event");
         }
@@ -687,7 +700,10 @@ impl DeploymentController {
         }
         updated["spec"]["replicas"] = json!(size);
         let ns = str_at(d, "/metadata/namespace");
-        let written = self.client.update(replicaset::RESOURCE, ns, updated).await?;
+        let written = self
+            .client
+            .update(replicaset::RESOURCE, ns, updated)
+            .await?;
         if resize {
             let way = if size > from { "up" } else { "down" };
             let msg = format!(
@@ -706,10 +722,7 @@ impl DeploymentController {
         let mut updated = d.clone();
         updated["status"] = status;
         let ns = str_at(d, "/metadata/namespace").to_string();
-        *d = self
-            .client
-            .update_status(RESOURCE, &ns, updated)
-            .await?;
+        *d = self.client.update_status(RESOURCE, &ns, updated).await?;
         Ok(())
     }
 
@@ -736,8 +749,15 @@ impl DeploymentController {
         if let Some(rs) = existing {
             let mut updated = rs.clone();
             let mut changed = set_new_rs_annotations(&ro.d, &mut updated, revision);
-            let min_ready = ro.d.pointer("/spec/minReadySeconds").cloned().unwrap_or(json!(0));
-            if updated.pointer("/spec/minReadySeconds").unwrap_or(&json!(0)) != &min_ready {
+            let min_ready =
+                ro.d.pointer("/spec/minReadySeconds")
+                    .cloned()
+                    .unwrap_or(json!(0));
+            if updated
+                .pointer("/spec/minReadySeconds")
+                .unwrap_or(&json!(0))
+                != &min_ready
+            {
                 updated["spec"]["minReadySeconds"] = min_ready;
                 changed = true;
             }
@@ -750,7 +770,11 @@ impl DeploymentController {
             };
             self.sync_revision(&mut ro.d, &rs).await?;
             if has_progress_deadline(&ro.d)
-                && ro.d.get("status").and_then(|s| condition_of(s, "Progressing")).is_none()
+                && ro
+                    .d
+                    .get("status")
+                    .and_then(|s| condition_of(s, "Progressing"))
+                    .is_none()
             {
                 let msg = format!("Found new replica set {:?}", str_at(&rs, "/metadata/name"));
                 let mut status = ro.d.get("status").cloned().unwrap_or_else(|| json!({}));
@@ -767,8 +791,14 @@ impl DeploymentController {
         if !create {
             return Ok(ro);
         }
-        let collisions = ro.d.pointer("/status/collisionCount").and_then(Value::as_i64).unwrap_or(0);
-        let template = ro.d.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+        let collisions =
+            ro.d.pointer("/status/collisionCount")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+        let template =
+            ro.d.pointer("/spec/template")
+                .cloned()
+                .unwrap_or(Value::Null);
         let hash = pod_template_hash(&template, collisions);
         let total: i32 = ro.old.iter().map(replicas_of).sum();
         let size = if is_rolling(&ro.d) {
@@ -904,14 +934,17 @@ impl DeploymentController {
     /// Deletes old ReplicaSets beyond `revisionHistoryLimit`, oldest revision first, if they
     /// are scaled to 0 and have no pod left.
     async fn cleanup(&self, ro: &Rollout) -> Result<(), ApiError> {
-        let Some(limit) = ro
-            .d
-            .pointer("/spec/revisionHistoryLimit")
-            .and_then(Value::as_i64)
+        let Some(limit) =
+            ro.d.pointer("/spec/revisionHistoryLimit")
+                .and_then(Value::as_i64)
         else {
             return Ok(());
         };
-        let mut cleanable: Vec<&Value> = ro.old.iter().filter(|rs| !owned::is_terminating(rs)).collect();
+        let mut cleanable: Vec<&Value> = ro
+            .old
+            .iter()
+            .filter(|rs| !owned::is_terminating(rs))
+            .collect();
         let excess = cleanable.len() as i64 - limit;
         if excess <= 0 {
             return Ok(());
@@ -924,7 +957,8 @@ impl DeploymentController {
             let busy = int_at(rs, "/status/replicas") != 0
                 || replicas_of(rs) != 0
                 || rs.pointer("/metadata/generation").and_then(Value::as_i64)
-                    > rs.pointer("/status/observedGeneration").and_then(Value::as_i64)
+                    > rs.pointer("/status/observedGeneration")
+                        .and_then(Value::as_i64)
                 || pods.iter().any(|p| owned::is_controlled_by(p, uid));
             if busy {
                 continue;
@@ -957,7 +991,10 @@ impl DeploymentController {
             .into_iter()
             .filter(|rs| owned::is_controlled_by(rs, uid))
             .collect();
-        let new_uid = ro.new.as_ref().map(|n| str_at(n, "/metadata/uid").to_string());
+        let new_uid = ro
+            .new
+            .as_ref()
+            .map(|n| str_at(n, "/metadata/uid").to_string());
         let (new, mut old): (Vec<Value>, Vec<Value>) = fresh
             .into_iter()
             .partition(|rs| Some(str_at(rs, "/metadata/uid").to_string()) == new_uid);
@@ -1010,9 +1047,21 @@ impl DeploymentController {
         let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
         let now = crate::clock::now_rfc3339();
         let cond = if paused && !paused_cond {
-            condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused", &now)
+            condition(
+                "Progressing",
+                "Unknown",
+                "DeploymentPaused",
+                "Deployment is paused",
+                &now,
+            )
         } else if !paused && paused_cond {
-            condition("Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed", &now)
+            condition(
+                "Progressing",
+                "Unknown",
+                "DeploymentResumed",
+                "Deployment is resumed",
+                &now,
+            )
         } else {
             return Ok(());
         };
@@ -1079,7 +1128,11 @@ impl DeploymentController {
             return self.sync_rollout_status(&mut ro).await;
         }
         // Wait until no pod of an old ReplicaSet is left, terminating ones included.
-        let old_uids: Vec<&str> = ro.old.iter().map(|rs| str_at(rs, "/metadata/uid")).collect();
+        let old_uids: Vec<&str> = ro
+            .old
+            .iter()
+            .map(|rs| str_at(rs, "/metadata/uid"))
+            .collect();
         let old_running = ro.old.iter().any(|rs| int_at(rs, "/status/replicas") > 0)
             || self
                 .client
@@ -1154,7 +1207,9 @@ impl Reconciler for DeploymentController {
                         self.client
                             .get(replicaset::RESOURCE, ns, str_at(r, "/name"))
                     {
-                        if let Some(d) = controller_of(&rs).filter(|d| str_at(d, "/kind") == "Deployment") {
+                        if let Some(d) =
+                            controller_of(&rs).filter(|d| str_at(d, "/kind") == "Deployment")
+                        {
                             push(str_at(d, "/name"));
                         }
                     }
@@ -1197,8 +1252,14 @@ impl Reconciler for DeploymentController {
         let candidates = self
             .client
             .list(replicaset::RESOURCE, Some(&key.namespace))?;
-        let owned =
-            claim::claim_all(&self.client, replicaset::RESOURCE, &d, &selector, candidates).await?;
+        let owned = claim::claim_all(
+            &self.client,
+            replicaset::RESOURCE,
+            &d,
+            &selector,
+            candidates,
+        )
+        .await?;
         if owned::is_terminating(&d) {
             let mut ro = self.split(d, owned, false).await?;
             return self.sync_status_only(&mut ro).await;
@@ -1299,18 +1360,33 @@ mod tests {
         let sizes = scale_down_old(
             3,
             0,
-            Sizes { replicas: 1, available: 0 },
-            &[Sizes { replicas: 3, available: 3 }],
+            Sizes {
+                replicas: 1,
+                available: 0,
+            },
+            &[Sizes {
+                replicas: 3,
+                available: 3,
+            }],
         );
         assert_eq!(sizes, [3]);
         // Unhealthy old replicas go first, before any healthy one, oldest ReplicaSet first.
         let sizes = scale_down_old(
             4,
             1,
-            Sizes { replicas: 1, available: 1 },
+            Sizes {
+                replicas: 1,
+                available: 1,
+            },
             &[
-                Sizes { replicas: 2, available: 1 },
-                Sizes { replicas: 2, available: 2 },
+                Sizes {
+                    replicas: 2,
+                    available: 1,
+                },
+                Sizes {
+                    replicas: 2,
+                    available: 2,
+                },
             ],
         );
         // all = 5, min available = 3, max scaled down = 2: one unhealthy from the oldest,
@@ -1320,8 +1396,14 @@ mod tests {
         let sizes = scale_down_old(
             4,
             2,
-            Sizes { replicas: 0, available: 0 },
-            &[Sizes { replicas: 4, available: 4 }],
+            Sizes {
+                replicas: 0,
+                available: 0,
+            },
+            &[Sizes {
+                replicas: 4,
+                available: 4,
+            }],
         );
         assert_eq!(sizes, [2]);
     }
@@ -1342,15 +1424,23 @@ mod tests {
         let hash = pod_template_hash(&d["spec"]["template"], 0);
         let rs = new_replica_set(&d, &hash, 1, 2);
         assert_eq!(rs["metadata"]["name"], format!("web-{hash}"));
-        assert_eq!(rs["spec"]["selector"]["matchLabels"][HASH_LABEL], json!(hash));
-        assert_eq!(rs["spec"]["template"]["metadata"]["labels"][HASH_LABEL], json!(hash));
+        assert_eq!(
+            rs["spec"]["selector"]["matchLabels"][HASH_LABEL],
+            json!(hash)
+        );
+        assert_eq!(
+            rs["spec"]["template"]["metadata"]["labels"][HASH_LABEL],
+            json!(hash)
+        );
         assert_eq!(rs["metadata"]["labels"]["app"], "web");
         let anns = &rs["metadata"]["annotations"];
         assert_eq!(anns[REVISION], "2");
         assert_eq!(anns[DESIRED_REPLICAS], "3");
         assert_eq!(anns[MAX_REPLICAS], "4");
         assert_eq!(anns["kubernetes.io/change-cause"], "v2");
-        assert!(anns.get("kubectl.kubernetes.io/last-applied-configuration").is_none());
+        assert!(anns
+            .get("kubectl.kubernetes.io/last-applied-configuration")
+            .is_none());
         assert!(owned::is_controlled_by(&rs, "d-1"));
         assert!(runs_template(&d, &rs));
         // The hash ignores the label, and a collision changes it.
@@ -1400,7 +1490,10 @@ mod tests {
         assert_eq!(available["message"], "Deployment has minimum availability.");
         let progressing = condition_of(&status, "Progressing").unwrap();
         assert_eq!(progressing["reason"], "ReplicaSetUpdated");
-        assert_eq!(progressing["message"], "ReplicaSet \"web-new\" is progressing.");
+        assert_eq!(
+            progressing["message"],
+            "ReplicaSet \"web-new\" is progressing."
+        );
         assert_eq!(progressing["lastTransitionTime"], "2025-01-01T00:00:00Z");
         assert_eq!(progressing["lastUpdateTime"], "2025-01-01T00:00:10Z");
         assert_eq!(requeue, Some(601));
@@ -1411,7 +1504,10 @@ mod tests {
         let progressing = condition_of(&stuck, "Progressing").unwrap();
         assert_eq!(progressing["reason"], "ProgressDeadlineExceeded");
         assert_eq!(progressing["status"], "False");
-        assert_eq!(progressing["message"], "ReplicaSet \"web-new\" has timed out progressing.");
+        assert_eq!(
+            progressing["message"],
+            "ReplicaSet \"web-new\" has timed out progressing."
+        );
         assert_eq!(requeue, None);
 
         // Complete: every replica updated and available.

@@ -230,8 +230,7 @@ impl ReplicaSetController {
 
     async fn event(&self, rs: &Value, kind: EventType, reason: &str, message: &str) {
         let store = self.client.state().store.clone();
-        if let Err(e) = events::record(store.as_ref(), rs, kind, reason, message, COMPONENT).await
-        {
+        if let Err(e) = events::record(store.as_ref(), rs, kind, reason, message, COMPONENT).await {
             tracing::warn!(error = %e, reason, "cannot record a ReplicaSet event");
         }
     }
@@ -436,7 +435,12 @@ mod tests {
     fn victims_are_ranked_as_kubernetes_ranks_them() {
         let ready = Some("2025-01-01T00:01:00Z");
         let pods = vec![
-            pod("running-old-ready", "n1", "Running", Some("2025-01-01T00:00:10Z")),
+            pod(
+                "running-old-ready",
+                "n1",
+                "Running",
+                Some("2025-01-01T00:00:10Z"),
+            ),
             pod("running-ready", "n2", "Running", ready),
             pod("unassigned", "", "Pending", None),
             pod("pending", "n3", "Pending", None),
