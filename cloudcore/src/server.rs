@@ -6,7 +6,7 @@ use crate::hub::{self, Hub, HubConfig};
 use crate::ingest::{self, MqttTarget};
 use crate::pki::Pki;
 use crate::store::{SledStore, Store};
-use crate::{broker, controllers, projection, scheduler};
+use crate::{broker, projection, scheduler};
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
@@ -135,26 +135,7 @@ pub async fn run(
         api.clone(),
         cfg.node_lifecycle,
     ));
-    let client = crate::api::client::Client::new(api.clone());
-    tokio::spawn(controllers::runner::run(
-        Arc::new(controllers::garbage_collector::GarbageCollector::new(
-            client.clone(),
-        )),
-        store.clone(),
-        controllers::garbage_collector::RESYNC,
-    ));
-    tokio::spawn(controllers::runner::run(
-        Arc::new(controllers::daemonset::DaemonSetController::new(
-            client.clone(),
-        )),
-        store.clone(),
-        controllers::daemonset::RESYNC,
-    ));
-    tokio::spawn(controllers::runner::run(
-        Arc::new(controllers::statefulset::StatefulSetController::new(client)),
-        store.clone(),
-        controllers::statefulset::RESYNC,
-    ));
+    spawn_workload_controllers(&api);
     let app = router(api).layer(axum::middleware::from_fn_with_state(
         auth,
         crate::api::auth::guard,
@@ -164,6 +145,42 @@ pub async fn run(
     shutdown_signal().await;
     info!("shutting down");
     Ok(())
+}
+
+/// How often the workload controllers reconcile every object even without events.
+const CONTROLLER_RESYNC: Duration = Duration::from_secs(30);
+
+/// Starts the ReplicaSet and Deployment controllers, writing through the in-process client.
+pub fn spawn_workload_controllers(api: &ApiState) {
+    use crate::controllers::{
+        daemonset, deployment, garbage_collector, replicaset, runner, statefulset,
+    };
+    let client = crate::api::client::Client::new(api.clone());
+    tokio::spawn(runner::run(
+        Arc::new(garbage_collector::GarbageCollector::new(client.clone())),
+        api.store.clone(),
+        garbage_collector::RESYNC,
+    ));
+    tokio::spawn(runner::run(
+        Arc::new(replicaset::ReplicaSetController::new(client.clone())),
+        api.store.clone(),
+        CONTROLLER_RESYNC,
+    ));
+    tokio::spawn(runner::run(
+        Arc::new(deployment::DeploymentController::new(client.clone())),
+        api.store.clone(),
+        CONTROLLER_RESYNC,
+    ));
+    tokio::spawn(runner::run(
+        Arc::new(daemonset::DaemonSetController::new(client.clone())),
+        api.store.clone(),
+        daemonset::RESYNC,
+    ));
+    tokio::spawn(runner::run(
+        Arc::new(statefulset::StatefulSetController::new(client)),
+        api.store.clone(),
+        statefulset::RESYNC,
+    ));
 }
 
 /// Picks up `cloudcore node revoke` (run from another process) and closes the revoked nodes'

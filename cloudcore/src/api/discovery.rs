@@ -106,6 +106,21 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
                 "verbs": verbs,
             }));
         }
+        if h.scale_subresource() {
+            let verbs: Vec<&str> = ["get", "patch", "update"]
+                .into_iter()
+                .filter(|v| i.supports(v))
+                .collect();
+            resources.push(json!({
+                "name": format!("{}/scale", i.plural),
+                "singularName": "",
+                "namespaced": i.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": verbs,
+            }));
+        }
     }
     if resources.is_empty() {
         return None;
@@ -290,6 +305,29 @@ mod tests {
             assert!(names.contains(&kind), "{kind} in {names:?}");
             assert!(names.contains(&format!("{kind}/status").as_str()));
         }
+        let scales: Vec<&Value> = apps["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["name"].as_str().is_some_and(|n| n.ends_with("/scale")))
+            .collect();
+        let scale_names: Vec<&str> = scales.iter().filter_map(|r| r["name"].as_str()).collect();
+        assert_eq!(
+            scale_names,
+            [
+                "deployments/scale",
+                "replicasets/scale",
+                "statefulsets/scale"
+            ]
+        );
+        assert_eq!(
+            (
+                &scales[0]["group"],
+                &scales[0]["version"],
+                &scales[0]["kind"]
+            ),
+            (&json!("autoscaling"), &json!("v1"), &json!("Scale"))
+        );
         assert_eq!(version_info()["minor"], "33");
         assert!(version_info()["gitVersion"]
             .as_str()

@@ -110,7 +110,12 @@ pub(super) fn parse_target(state: &ApiState, path: &str) -> Result<Target, ApiEr
         namespace = None;
     }
     if let Some(sub) = &subresource {
-        if sub != "status" || !info.status_subresource {
+        let served = match sub.as_str() {
+            "status" => info.status_subresource,
+            "scale" => res.scale_subresource(),
+            _ => false,
+        };
+        if !served {
             return Err(ApiError::PathNotFound);
         }
     }
@@ -510,7 +515,7 @@ fn check_uid_of(
     Ok(())
 }
 
-fn get_current(call: &Call) -> Result<Stored, ApiError> {
+pub(super) fn get_current(call: &Call) -> Result<Stored, ApiError> {
     match call.state.store.get(&call.key()) {
         Ok(Some(s)) => Ok(s),
         Ok(None) => Err(call.store_err(StoreError::NotFound(call.key()))),
@@ -650,7 +655,7 @@ async fn create_object(call: &Call, raw: Value) -> Result<Response, ApiError> {
 
 /// Read-modify-write of the object with `build(current)`; retries on conflicts unless the client
 /// gave a resourceVersion precondition.
-async fn update_loop<F>(
+pub(super) async fn update_loop<F>(
     call: &Call,
     precondition: Option<u64>,
     mut build: F,
@@ -708,7 +713,7 @@ where
 }
 
 /// The object a write of `body` (decoded) to the main resource produces from `current`.
-fn build_update(call: &Call, body: &Value, current: &Value) -> Result<Value, ApiError> {
+pub(super) fn build_update(call: &Call, body: &Value, current: &Value) -> Result<Value, ApiError> {
     let info = call.info();
     check_uid(call, meta_str(body, "uid"), current)?;
     let mut new = body.clone();
@@ -1397,11 +1402,15 @@ async fn handle(
         res: t.res.clone(),
         namespace: t.namespace.clone(),
         name: t.name.clone(),
-        status: t.subresource.is_some(),
+        status: t.subresource.as_deref() == Some("status"),
         query,
         headers: parts.headers,
     };
     let limit = state.max_body_bytes;
+    if t.subresource.as_deref() == Some("scale") {
+        let body = read_body(body, &call.headers, limit).await?;
+        return super::scale::serve(verb, &call, body).await;
+    }
     match verb {
         "get" => get(&call).await,
         "list" => list(&call).await,

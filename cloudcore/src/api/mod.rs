@@ -40,6 +40,7 @@ pub mod pods;
 pub mod protobuf;
 pub mod quantity;
 pub mod resource;
+pub mod scale;
 pub mod secrets;
 pub mod selector;
 pub mod table;

@@ -218,6 +218,12 @@ pub trait ResourceHandler: Send + Sync + 'static {
         false
     }
 
+    /// Whether the kind has a `/scale` subresource (an `autoscaling/v1` Scale over
+    /// `spec.replicas`; see [`super::scale`]).
+    fn scale_subresource(&self) -> bool {
+        false
+    }
+
     /// Table columns (kubectl's `get` output); priority-1 columns appear with `-o wide`. The
     /// first column should be the name.
     fn columns(&self) -> &'static [Column];

@@ -1872,3 +1872,76 @@ async fn a_pod_leaves_once_both_its_finalizers_and_its_termination_are_done() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn the_scale_subresource_reads_and_writes_spec_replicas() {
+    let h = harness().await;
+    let base = "/apis/apps/v1/namespaces/default/deployments";
+    let (code, d) = h
+        .call(
+            Method::POST,
+            base,
+            Some(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}}}})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{d}");
+    let scale_uri = format!("{base}/web/scale");
+    let (code, scale) = h.call(Method::GET, &scale_uri, None).await;
+    assert_eq!(code, StatusCode::OK, "{scale}");
+    assert_eq!(scale["apiVersion"], "autoscaling/v1");
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 2);
+    assert_eq!(scale["status"]["selector"], "app=web");
+    assert_eq!(scale["metadata"]["uid"], d["metadata"]["uid"]);
+    // What `kubectl scale` sends: a merge patch of the Scale.
+    let (code, scaled) = h
+        .call_with(
+            Method::PATCH,
+            &scale_uri,
+            Some(json!({"spec": {"replicas": 5}})),
+            &[("content-type", "application/merge-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{scaled}");
+    assert_eq!(scaled["spec"]["replicas"], 5);
+    let (_, d5) = h.call(Method::GET, &format!("{base}/web"), None).await;
+    assert_eq!(d5["spec"]["replicas"], 5);
+    assert_eq!(d5["metadata"]["generation"], 2);
+    // A PUT with the resourceVersion it read wins once; a stale one conflicts.
+    let mut put = scale.clone();
+    put["spec"]["replicas"] = json!(1);
+    let (code, v) = h.call(Method::PUT, &scale_uri, Some(put)).await;
+    assert_status(&v, 409, "Conflict");
+    assert_eq!(code, StatusCode::CONFLICT);
+    let mut put = scaled.clone();
+    put["spec"]["replicas"] = json!(1);
+    let (code, v) = h.call(Method::PUT, &scale_uri, Some(put)).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["replicas"], 1);
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            &scale_uri,
+            Some(json!([{"op": "replace", "path": "/spec/replicas", "value": -1}])),
+            &[("content-type", "application/json-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (code, _) = h
+        .call(
+            Method::GET,
+            "/apis/apps/v1/namespaces/default/daemonsets/web/scale",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, v) = h
+        .call(Method::GET, &format!("{base}/nothing/scale"), None)
+        .await;
+    assert_status(&v, 404, "NotFound");
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}

@@ -708,6 +708,10 @@ impl ResourceHandler for WorkloadHandler {
         errors_to_result(errs)
     }
 
+    fn scale_subresource(&self) -> bool {
+        self.0.has_replicas()
+    }
+
     fn columns(&self) -> &'static [Column] {
         match self.0 {
             Workload::Deployment => &DEPLOYMENT_COLUMNS,

@@ -9,9 +9,13 @@
 //! change goes through the same defaulting, validation and graceful deletion as a `kubectl`
 //! request. [`owned`] holds what the workload controllers share about the pods they own.
 
+pub mod claim;
 pub mod daemonset;
+pub mod deployment;
 pub mod garbage_collector;
 pub mod node_lifecycle;
 pub mod owned;
+pub mod replicaset;
 pub mod runner;
+pub mod selector_index;
 pub mod statefulset;
