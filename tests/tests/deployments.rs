@@ -351,6 +351,37 @@ async fn kubectl_rolls_deployments_out_back_and_scales_them() -> Result<()> {
             .any(|s| s.iter().any(|p| image(p) == "busybox:1")),
         "the sampler never saw the old pods"
     );
+
+    // (g) `kubectl delete -f` of the manifest: the Deployment goes, and the garbage collector
+    // takes its ReplicaSets and their pods (kubectl waits for the Deployment only).
+    let path = dir.path().join("deployment.json");
+    kubectl_ok(&cloud, &["delete", "-f", &path.to_string_lossy()])?;
+    eventually(
+        "the batch ReplicaSets and pods to be collected",
+        DEADLINE,
+        || {
+            let cloud = cloud.clone();
+            async move {
+                let sets = cloud
+                    .get("/apis/apps/v1/namespaces/default/replicasets")
+                    .await?
+                    .context("replicaset list")?;
+                let left = sets["items"].as_array().map_or(0, |l| {
+                    l.iter()
+                        .filter(|r| {
+                            r.pointer("/metadata/name")
+                                .and_then(Value::as_str)
+                                .is_some_and(|n| n.starts_with("batch-"))
+                        })
+                        .count()
+                });
+                let pods = pods(&cloud, "batch").await?;
+                Ok((left == 0 && pods.is_empty()).then_some(()))
+            }
+        },
+    )
+    .await?;
+    assert!(cloud.get(&deployment_path("batch")).await?.is_none());
     drop(edges);
     Ok(())
 }
