@@ -1258,39 +1258,6 @@ pub(super) async fn delete_object(
     )))
 }
 
-/// Deletes `namespace/name` of the stored resource `resource` (e.g. `pods`) exactly as a
-/// client's DELETE would, for in-process controllers: pods are marked for graceful deletion
-/// (`deletionTimestamp`) and their edge terminates them. A non-empty `uid` is a precondition, so
-/// that an object recreated under the same name is never hit; `grace` overrides the object's
-/// own grace period. Returns the object as left (terminating), or `None` once it is gone.
-pub(crate) async fn delete_for_controller(
-    state: &ApiState,
-    resource: &str,
-    namespace: &str,
-    name: &str,
-    uid: &str,
-    grace: Option<i64>,
-) -> Result<Option<Value>, ApiError> {
-    let res = state
-        .registry
-        .iter()
-        .find(|h| h.info().storage_resource() == resource)
-        .cloned()
-        .ok_or_else(|| ApiError::Internal(format!("no resource {resource} is served")))?;
-    let req = DeleteRequest {
-        opts: DeleteOptions {
-            grace_period_seconds: grace,
-        },
-        pre_uid: uid.to_string(),
-        ..DeleteRequest::default()
-    };
-    let key = ObjectKey::new(resource, namespace, name);
-    match delete_object(state, &res, &key, &req).await? {
-        Deletion::Gone(_) => Ok(None),
-        Deletion::Terminating(v) => Ok(Some(v)),
-    }
-}
-
 /// What a delete does with `current`: the kind's own deletion ([`ResourceHandler::on_delete`],
 /// graceful for pods) composed with finalizers and propagation ([`finalizers`]). An object
 /// with finalizers is marked and stays; a marked object whose finalizers are gone and whose

@@ -52,7 +52,6 @@ pub mod workloads;
 mod tests;
 
 pub use error::{ApiError, FieldError};
-pub(crate) use handlers::delete_for_controller;
 pub use handlers::new_uid;
 pub use resource::{DeleteAction, Registry, ResourceHandler, ResourceInfo};
 

@@ -41,8 +41,9 @@
 //! decision itself is the pure function [`decide`]. Metrics:
 //! `skerry_node_lifecycle_unreachable_nodes` (gauge) and `skerry_node_lifecycle_evictions_total`.
 
+use crate::api::client::{Client, Propagation};
 use crate::api::events::{self, EventType};
-use crate::api::{self, ApiError, ApiState};
+use crate::api::{ApiError, ApiState};
 use crate::clock;
 use crate::store::{update_with, Event, ObjectKey, StoreError};
 use serde_json::{json, Value};
@@ -641,15 +642,15 @@ impl Controller {
 
     async fn evict(&self, pod: &PodRef, taint: &str, current: &Value) {
         let full = format!("{}/{}", pod.namespace, pod.name);
-        let res = api::delete_for_controller(
-            &self.state,
-            "pods",
-            &pod.namespace,
-            &pod.name,
-            &pod.uid,
-            None,
-        )
-        .await;
+        let res = Client::new(self.state.clone())
+            .delete(
+                "pods",
+                &pod.namespace,
+                &pod.name,
+                Propagation::Background,
+                Some(&pod.uid),
+            )
+            .await;
         match res {
             Ok(_) => {
                 metrics::counter!("skerry_node_lifecycle_evictions_total").increment(1);

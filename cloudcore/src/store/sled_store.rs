@@ -612,7 +612,21 @@ mod tests {
                 .unwrap();
             s.inner.db.flush().unwrap();
         }
-        let s = SledStore::open(dir.path(), by_node).unwrap();
+        // A durability task spawned by the last write may still hold the database for a moment
+        // after the store is dropped; the file lock goes with it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let s = loop {
+            match SledStore::open(dir.path(), by_node) {
+                Ok(s) => break s,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         assert_eq!(s.revision(), 2);
         let (items, _) = s.list("pods", Some("default")).unwrap();
         assert_eq!(items.len(), 1);
