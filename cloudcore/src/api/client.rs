@@ -158,9 +158,7 @@ impl Client {
         namespace: &str,
         obj: Value,
     ) -> Result<Value, ApiError> {
-        let name = name_of(&obj)?;
-        let call = self.call(resource, namespace, Some(&name), false)?;
-        body_of(handlers::update(&call, to_bytes(&obj)?).await?).await
+        self.put(resource, namespace, obj, false).await
     }
 
     /// Replaces the status of `obj` as a PUT to `/status` would (same precondition rule).
@@ -170,9 +168,44 @@ impl Client {
         namespace: &str,
         obj: Value,
     ) -> Result<Value, ApiError> {
+        self.put(resource, namespace, obj, true).await
+    }
+
+    async fn put(
+        &self,
+        resource: &str,
+        namespace: &str,
+        obj: Value,
+        status: bool,
+    ) -> Result<Value, ApiError> {
         let name = name_of(&obj)?;
-        let call = self.call(resource, namespace, Some(&name), true)?;
+        let call = self.call(resource, namespace, Some(&name), status)?;
         body_of(handlers::update(&call, to_bytes(&obj)?).await?).await
+    }
+
+    /// Writes `status` as the status of `obj` unless it already says exactly that (controllers
+    /// compute their status on every pass; an unchanged one is not a write). An object deleted
+    /// meanwhile is not an error: there is nothing left to report on.
+    pub async fn write_status_if_changed(
+        &self,
+        resource: &str,
+        obj: &Value,
+        status: Value,
+    ) -> Result<(), ApiError> {
+        if obj.get("status") == Some(&status) {
+            return Ok(());
+        }
+        let namespace = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let mut next = obj.clone();
+        next["status"] = status;
+        match self.update_status(resource, &namespace, next).await {
+            Ok(_) | Err(ApiError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes an object as a client's DELETE would (pods terminate gracefully), with

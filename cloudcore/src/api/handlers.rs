@@ -170,6 +170,16 @@ impl Call {
         }
     }
 
+    /// The request's media type, without parameters (`application/merge-patch+json`).
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::trim)
+            .unwrap_or("")
+    }
+
     /// The table the client asked for, if any.
     pub fn table(&self) -> Option<TableRequest> {
         table::wants_table(&self.headers).map(|version| TableRequest {
@@ -296,20 +306,14 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     Ok(Bytes::from(buf))
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
 }
 
 /// Parses a create or update body: JSON, or Kubernetes protobuf for kinds that decode it.
 fn parse_body(call: &Call, body: &[u8]) -> Result<Value, ApiError> {
-    let mime = call
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::trim)
-        .unwrap_or("");
+    let mime = call.content_type();
     if mime != super::protobuf::CONTENT_TYPE {
         return parse_json(body);
     }
@@ -873,13 +877,7 @@ const PATCH_TYPES: &str = "application/json-patch+json, application/merge-patch+
 /// defaulting and validation as an update.
 pub(super) async fn patch(call: &Call, body: Bytes) -> Result<Response, ApiError> {
     let info = call.info();
-    let mime = call
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::trim)
-        .unwrap_or("");
+    let mime = call.content_type();
     let kind = match mime {
         "application/merge-patch+json" => PatchType::Merge,
         "application/json-patch+json" => PatchType::Json,

@@ -10,10 +10,10 @@
 //! parent's resourceVersion.
 
 use super::error::{json_response, ApiError, FieldError};
-use super::handlers::{self, Call};
+use super::handlers::{self, parse_json, Call};
 use super::selector::LabelSelector;
 use axum::body::Bytes;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as MetaSelector;
 use serde_json::{json, Value};
@@ -123,25 +123,15 @@ pub(super) async fn serve(verb: &str, call: &Call, body: Bytes) -> Result<Respon
             Ok(json_response(StatusCode::OK, &scale_of(&current.value)))
         }
         "update" => {
-            let sent: Value = serde_json::from_slice(&body).map_err(|e| {
-                ApiError::bad_request(format!("request body is not valid JSON: {e}"))
-            })?;
+            let sent = parse_json(&body)?;
             check_scale_type(&sent)?;
             let replicas = desired_replicas(&sent, &name)?;
             let precondition = precondition_of(&sent)?;
             write(call, precondition, |_| Ok(replicas)).await
         }
         "patch" => {
-            let mime = call
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(';').next())
-                .map(str::trim)
-                .unwrap_or("");
-            let patch: Value = serde_json::from_slice(&body).map_err(|e| {
-                ApiError::bad_request(format!("request body is not valid JSON: {e}"))
-            })?;
+            let mime = call.content_type();
+            let patch = parse_json(&body)?;
             let json_patch = match mime {
                 "application/json-patch+json" => true,
                 // A Scale has no lists, so a strategic merge patch is a merge patch.

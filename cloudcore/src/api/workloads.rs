@@ -279,6 +279,28 @@ fn default_field(obj: &mut Map<String, Value>, key: &str, value: Value) {
     obj.entry(key).or_insert(value);
 }
 
+/// Defaults an update strategy (`strategy` or `updateStrategy`) to `RollingUpdate`, and the
+/// fields of its `rollingUpdate` to `rolling` when the type is `RollingUpdate`.
+fn default_strategy(spec: &mut Map<String, Value>, field: &str, rolling: &[(&str, Value)]) {
+    let strategy = spec.entry(field).or_insert_with(|| json!({}));
+    let Some(s) = strategy.as_object_mut() else {
+        return;
+    };
+    default_field(s, "type", json!("RollingUpdate"));
+    if s.get("type") != Some(&json!("RollingUpdate")) {
+        return;
+    }
+    if let Some(ru) = s
+        .entry("rollingUpdate")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+    {
+        for (k, v) in rolling {
+            default_field(ru, k, v.clone());
+        }
+    }
+}
+
 impl WorkloadHandler {
     fn default_template(spec: &mut Map<String, Value>) {
         if let Some(t) = spec.get_mut("template") {
@@ -598,32 +620,20 @@ impl ResourceHandler for WorkloadHandler {
             Workload::Deployment => {
                 default_field(spec, "revisionHistoryLimit", json!(10));
                 default_field(spec, "progressDeadlineSeconds", json!(600));
-                let strategy = spec.entry("strategy").or_insert_with(|| json!({}));
-                if let Some(s) = strategy.as_object_mut() {
-                    default_field(s, "type", json!("RollingUpdate"));
-                    if s.get("type") == Some(&json!("RollingUpdate")) {
-                        let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
-                        if let Some(ru) = ru.as_object_mut() {
-                            default_field(ru, "maxUnavailable", json!("25%"));
-                            default_field(ru, "maxSurge", json!("25%"));
-                        }
-                    }
-                }
+                default_strategy(
+                    spec,
+                    "strategy",
+                    &[("maxUnavailable", json!("25%")), ("maxSurge", json!("25%"))],
+                );
             }
             Workload::ReplicaSet => {}
             Workload::DaemonSet => {
                 default_field(spec, "revisionHistoryLimit", json!(10));
-                let strategy = spec.entry("updateStrategy").or_insert_with(|| json!({}));
-                if let Some(s) = strategy.as_object_mut() {
-                    default_field(s, "type", json!("RollingUpdate"));
-                    if s.get("type") == Some(&json!("RollingUpdate")) {
-                        let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
-                        if let Some(ru) = ru.as_object_mut() {
-                            default_field(ru, "maxUnavailable", json!(1));
-                            default_field(ru, "maxSurge", json!(0));
-                        }
-                    }
-                }
+                default_strategy(
+                    spec,
+                    "updateStrategy",
+                    &[("maxUnavailable", json!(1)), ("maxSurge", json!(0))],
+                );
             }
             Workload::StatefulSet => {
                 default_field(spec, "revisionHistoryLimit", json!(10));
@@ -633,16 +643,7 @@ impl ResourceHandler for WorkloadHandler {
                     "persistentVolumeClaimRetentionPolicy",
                     json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
                 );
-                let strategy = spec.entry("updateStrategy").or_insert_with(|| json!({}));
-                if let Some(s) = strategy.as_object_mut() {
-                    default_field(s, "type", json!("RollingUpdate"));
-                    if s.get("type") == Some(&json!("RollingUpdate")) {
-                        let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
-                        if let Some(ru) = ru.as_object_mut() {
-                            default_field(ru, "partition", json!(0));
-                        }
-                    }
-                }
+                default_strategy(spec, "updateStrategy", &[("partition", json!(0))]);
             }
         }
     }

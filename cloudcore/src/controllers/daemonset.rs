@@ -529,26 +529,12 @@ impl Reconciler for DaemonSetController {
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
             .unwrap_or(1);
-        let status = status_json(plan.counts, generation);
-        if ds.get("status") != Some(&status) {
-            let mut next = ds.clone();
-            next["status"] = status;
-            match self
-                .client
-                .update_status(RESOURCE, &key.namespace, next)
-                .await
-            {
-                Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let wait = raw_pods
-            .iter()
-            .filter_map(|p| owned::seconds_until_available(p, min_ready, now))
-            .min();
-        Ok(wait.map_or(Requeue::No, |s| {
-            Requeue::After(Duration::from_secs(s.max(1) as u64))
-        }))
+        self.client
+            .write_status_if_changed(RESOURCE, &ds, status_json(plan.counts, generation))
+            .await?;
+        Ok(Requeue::after_seconds(owned::next_available_in(
+            &raw_pods, min_ready, now,
+        )))
     }
 }
 

@@ -49,7 +49,6 @@ use crate::store::{Event, ObjectKey};
 use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 /// Storage resource of Deployments.
 pub const RESOURCE: &str = "apps/deployments";
@@ -1012,9 +1011,7 @@ impl DeploymentController {
         let mut d = ro.d.clone();
         self.write_status(&mut d, status).await?;
         ro.d = d;
-        Ok(requeue.map_or(Requeue::No, |s| {
-            Requeue::After(Duration::from_secs(s as u64))
-        }))
+        Ok(Requeue::after_seconds(requeue))
     }
 
     /// Writes the status without touching `Progressing` (paused, scaling, deleting).

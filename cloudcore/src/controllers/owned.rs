@@ -116,6 +116,17 @@ pub fn seconds_until_available(pod: &Value, min_ready_seconds: i64, now: i64) ->
     (left > 0).then_some(left)
 }
 
+/// Seconds until the first of `pods` that is Ready but not yet available becomes available.
+pub fn next_available_in<'a>(
+    pods: impl IntoIterator<Item = &'a Value>,
+    min_ready_seconds: i64,
+    now: i64,
+) -> Option<i64> {
+    pods.into_iter()
+        .filter_map(|p| seconds_until_available(p, min_ready_seconds, now))
+        .min()
+}
+
 /// A short stable digest of a pod template, in Kubernetes' safe alphabet (no vowels, no
 /// look-alike digits), as `pod-template-hash` and `controller-revision-hash` labels carry it.
 /// Stable across restarts and builds: FNV-1a over the canonical JSON (object keys sorted).

@@ -36,7 +36,6 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::time::Duration;
 
 /// Storage resource of ReplicaSets.
 pub const RESOURCE: &str = "apps/replicasets";
@@ -187,10 +186,7 @@ pub fn replica_set_status(rs: &Value, active: &[Value], now: i64) -> (Value, Opt
         .iter()
         .filter(|p| owned::is_available(p, min_ready, now))
         .count();
-    let next = active
-        .iter()
-        .filter_map(|p| owned::seconds_until_available(p, min_ready, now))
-        .min();
+    let next = owned::next_available_in(active, min_ready, now);
     let mut status = Map::new();
     status.insert("replicas".into(), json!(active.len()));
     // Kubernetes omits the zero counts (`omitempty`).
@@ -387,18 +383,11 @@ impl Reconciler for ReplicaSetController {
             self.manage(&rs, &active).await
         };
         let (status, next) = replica_set_status(&rs, &active, now_seconds());
-        if rs.get("status") != Some(&status) {
-            let mut updated = rs.clone();
-            updated["status"] = status;
-            self.client
-                .update_status(RESOURCE, &key.namespace, updated)
-                .await?;
-        }
+        self.client
+            .write_status_if_changed(RESOURCE, &rs, status)
+            .await?;
         managed?;
-        Ok(match next {
-            Some(s) => Requeue::After(Duration::from_secs(s.max(1) as u64)),
-            None => Requeue::No,
-        })
+        Ok(Requeue::after_seconds(next))
     }
 }
 

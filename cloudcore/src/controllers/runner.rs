@@ -37,6 +37,17 @@ pub enum Requeue {
     After(Duration),
 }
 
+impl Requeue {
+    /// Again after `seconds` (at least one second), or not at all for `None`: what a workload
+    /// controller asks for when a pod becomes available after `minReadySeconds`.
+    pub fn after_seconds(seconds: Option<i64>) -> Self {
+        match seconds {
+            Some(s) => Requeue::After(Duration::from_secs(s.max(1) as u64)),
+            None => Requeue::No,
+        }
+    }
+}
+
 /// One controller: which keys an event concerns, and how to reconcile one key.
 #[async_trait]
 pub trait Reconciler: Send + Sync + 'static {

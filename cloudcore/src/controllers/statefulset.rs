@@ -427,25 +427,12 @@ impl Reconciler for StatefulSetController {
         ] {
             next_status[k] = v;
         }
-        if sts.get("status") != Some(&next_status) {
-            let mut next = sts.clone();
-            next["status"] = next_status;
-            match self
-                .client
-                .update_status(RESOURCE, &key.namespace, next)
-                .await
-            {
-                Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let wait = raw_pods
-            .iter()
-            .filter_map(|p| owned::seconds_until_available(p, min_ready, now))
-            .min();
-        Ok(wait.map_or(Requeue::No, |s| {
-            Requeue::After(Duration::from_secs(s.max(1) as u64))
-        }))
+        self.client
+            .write_status_if_changed(RESOURCE, &sts, next_status)
+            .await?;
+        Ok(Requeue::after_seconds(owned::next_available_in(
+            &raw_pods, min_ready, now,
+        )))
     }
 }
 
