@@ -65,6 +65,20 @@ enum Command {
         #[arg(long, default_value_t = cloudcore::api::history::DEFAULT_CAPACITY as u64, env = "SKERRY_WATCH_HISTORY",
               value_parser = clap::value_parser!(u64).range(1..))]
         watch_history: u64,
+        /// IPv4 CIDR Services get their cluster IPs from.
+        #[arg(
+            long,
+            default_value = "10.96.0.0/12",
+            env = "SKERRY_SERVICE_CLUSTER_IP_RANGE"
+        )]
+        service_cluster_ip_range: cloudcore::api::services::ServiceCidr,
+        /// Ports NodePort and LoadBalancer Services get their node ports from.
+        #[arg(
+            long,
+            default_value = "30000-32767",
+            env = "SKERRY_SERVICE_NODE_PORT_RANGE"
+        )]
+        service_node_port_range: cloudcore::api::services::NodePortRange,
     },
     /// Manage bootstrap tokens.
     Token {
@@ -165,6 +179,8 @@ fn main() -> anyhow::Result<()> {
             server_names,
             idle_timeout_secs,
             watch_history,
+            service_cluster_ip_range,
+            service_node_port_range,
         } => {
             let recorder =
                 metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
@@ -181,6 +197,10 @@ fn main() -> anyhow::Result<()> {
                 mqtt_listen,
                 server_names,
                 watch_history: usize::try_from(watch_history).unwrap_or(usize::MAX),
+                services: cloudcore::api::services::ServiceNetwork {
+                    cidr: service_cluster_ip_range,
+                    node_ports: service_node_port_range,
+                },
             };
             tokio::runtime::Runtime::new()?.block_on(server::run(cfg, render))
         }

@@ -35,6 +35,8 @@ pub struct ServeConfig {
     /// Store events kept in memory for watches that resume from a resourceVersion; a watch
     /// from further back gets 410 and re-lists.
     pub watch_history: usize,
+    /// Where Services get cluster IPs and node ports.
+    pub services: crate::api::services::ServiceNetwork,
 }
 
 impl Default for ServeConfig {
@@ -47,6 +49,7 @@ impl Default for ServeConfig {
             mqtt_listen: "0.0.0.0:1883".parse().expect("static"),
             server_names: vec![],
             watch_history: crate::api::history::DEFAULT_CAPACITY,
+            services: crate::api::services::ServiceNetwork::default(),
         }
     }
 }
@@ -122,7 +125,13 @@ pub async fn run(
     crate::api::namespaces::ensure_builtin(store.as_ref())
         .await
         .context("cannot create the built-in namespaces")?;
-    let api = ApiState::with_watch_history(store.clone(), metrics_render, cfg.watch_history);
+    let mut registry = crate::api::Registry::builtin();
+    registry.register(Arc::new(crate::api::services::ServiceHandler::new(
+        cfg.services,
+    )));
+    info!(service_cidr = %cfg.services.cidr, node_ports = %cfg.services.node_ports, "Service address pools");
+    let api = ApiState::with_watch_history(store.clone(), metrics_render, cfg.watch_history)
+        .with_registry(registry);
     tokio::spawn(crate::api::namespaces::run_controller(
         api.clone(),
         crate::api::namespaces::RESYNC,

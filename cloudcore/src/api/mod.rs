@@ -1,11 +1,12 @@
-//! The Kubernetes REST API of cloudcore: namespaces, pods, nodes, ConfigMaps, Secrets and events,
-//! built so that more resources are one registry entry each.
+//! The Kubernetes REST API of cloudcore: namespaces, pods, nodes, ConfigMaps, Secrets, events and
+//! Services, built so that more resources are one registry entry each.
 //!
 //! Layout:
 //! - [`resource`]: the registry ([`ResourceInfo`] + [`ResourceHandler`] per kind);
-//! - [`namespaces`], [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`]: the per-kind
-//!   behaviour;
-//! - `handlers`: generic get/list/create/update/patch/delete/status over the [`Store`], with
+//! - [`namespaces`], [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`], [`services`]:
+//!   the per-kind behaviour;
+//! - `handlers`: generic get/list/create/update/patch/delete/deletecollection/status over the
+//!   [`Store`], with
 //!   Kubernetes' semantics (defaulting, optimistic concurrency, graceful pod deletion);
 //! - `watch`: `?watch=1` streams, resumable from the [`history`] of recent events;
 //! - [`namespaces`]: the Namespace kind, the checks on creating into one, and the controller
@@ -39,6 +40,7 @@ pub mod quantity;
 pub mod resource;
 pub mod secrets;
 pub mod selector;
+pub mod services;
 pub mod table;
 pub mod validation;
 mod watch;
