@@ -74,6 +74,20 @@ enum Command {
         /// (Kubernetes' node-monitor-period).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         node_monitor_period: u64,
+        /// IPv4 CIDR Services get their cluster IPs from.
+        #[arg(
+            long,
+            default_value = "10.96.0.0/12",
+            env = "SKERRY_SERVICE_CLUSTER_IP_RANGE"
+        )]
+        service_cluster_ip_range: cloudcore::api::services::ServiceCidr,
+        /// Ports NodePort and LoadBalancer Services get their node ports from.
+        #[arg(
+            long,
+            default_value = "30000-32767",
+            env = "SKERRY_SERVICE_NODE_PORT_RANGE"
+        )]
+        service_node_port_range: cloudcore::api::services::NodePortRange,
     },
     /// Manage bootstrap tokens.
     Token {
@@ -176,6 +190,8 @@ fn main() -> anyhow::Result<()> {
             watch_history,
             node_monitor_grace_period,
             node_monitor_period,
+            service_cluster_ip_range,
+            service_node_port_range,
         } => {
             let recorder =
                 metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
@@ -195,6 +211,10 @@ fn main() -> anyhow::Result<()> {
                 node_lifecycle: cloudcore::controllers::node_lifecycle::Config {
                     grace_period: Duration::from_secs(node_monitor_grace_period),
                     monitor_period: Duration::from_secs(node_monitor_period),
+                },
+                services: cloudcore::api::services::ServiceNetwork {
+                    cidr: service_cluster_ip_range,
+                    node_ports: service_node_port_range,
                 },
             };
             tokio::runtime::Runtime::new()?.block_on(server::run(cfg, render))

@@ -38,6 +38,8 @@ pub struct ServeConfig {
     pub watch_history: usize,
     /// Node lifecycle controller: grace period of silent nodes and the period of its passes.
     pub node_lifecycle: crate::controllers::node_lifecycle::Config,
+    /// Where Services get cluster IPs and node ports.
+    pub services: crate::api::services::ServiceNetwork,
 }
 
 impl Default for ServeConfig {
@@ -51,6 +53,7 @@ impl Default for ServeConfig {
             server_names: vec![],
             watch_history: crate::api::history::DEFAULT_CAPACITY,
             node_lifecycle: crate::controllers::node_lifecycle::Config::default(),
+            services: crate::api::services::ServiceNetwork::default(),
         }
     }
 }
@@ -126,7 +129,13 @@ pub async fn run(
     crate::api::namespaces::ensure_builtin(store.as_ref())
         .await
         .context("cannot create the built-in namespaces")?;
-    let api = ApiState::with_watch_history(store.clone(), metrics_render, cfg.watch_history);
+    let mut registry = crate::api::Registry::builtin();
+    registry.register(Arc::new(crate::api::services::ServiceHandler::new(
+        cfg.services,
+    )));
+    info!(service_cidr = %cfg.services.cidr, node_ports = %cfg.services.node_ports, "Service address pools");
+    let api = ApiState::with_watch_history(store.clone(), metrics_render, cfg.watch_history)
+        .with_registry(registry);
     tokio::spawn(crate::api::namespaces::run_controller(
         api.clone(),
         crate::api::namespaces::RESYNC,

@@ -280,13 +280,25 @@ mod tests {
                 "nodes/status",
                 "configmaps",
                 "secrets",
-                "events"
+                "events",
+                "services",
+                "services/status"
             ]
         );
         assert_eq!(list["resources"][6]["shortNames"], json!(["cm"]));
         assert_eq!(list["resources"][2]["shortNames"], json!(["po"]));
         assert_eq!(list["resources"][0]["shortNames"], json!(["ns"]));
         assert_eq!(list["resources"][0]["namespaced"], false);
+        assert_eq!(list["resources"][9]["shortNames"], json!(["svc"]));
+        assert_eq!(list["resources"][9]["categories"], json!(["all"]));
+        assert!(list["resources"][2]["verbs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("deletecollection")));
+        assert!(!list["resources"][0]["verbs"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("deletecollection")));
         assert!(resource_list(&r, "", "v2").is_none());
         assert_eq!(api_group_list(&r)["groups"][0]["name"], "apps");
         assert_eq!(

@@ -1,5 +1,5 @@
 //! The generic REST handlers: one implementation of get, list, watch, create, update, patch,
-//! delete and the status subresource for every registered resource.
+//! delete, deletecollection and the status subresource for every registered resource.
 //!
 //! A request path is resolved against the [`Registry`](super::resource::Registry) the way the
 //! Kubernetes API server's `RequestInfoFactory` does (`/api/v1/namespaces/{ns}/{resource}/{name}
@@ -620,18 +620,23 @@ async fn create_object(call: &Call, raw: Value) -> Result<Response, ApiError> {
         }
         validate(call, &obj)?;
         let name = meta_str(&obj, "name").to_string();
+        let key = ObjectKey::new(
+            info.storage_resource(),
+            call.namespace.clone().unwrap_or_default(),
+            &name,
+        );
+        let mut obj = obj.clone();
+        let _allocation = call
+            .res
+            .allocate(call.state.store.as_ref(), &key, &mut obj, None)
+            .await?;
         if dry_run {
             return Ok(with_warnings(
                 call.object_response(StatusCode::CREATED, obj),
                 &warnings,
             ));
         }
-        let key = ObjectKey::new(
-            info.storage_resource(),
-            call.namespace.clone().unwrap_or_default(),
-            &name,
-        );
-        match call.state.store.create(&key, obj.clone()).await {
+        match call.state.store.create(&key, obj).await {
             Ok(stored) => {
                 if info.namespaced {
                     super::namespaces::recheck_after_create(
@@ -681,6 +686,15 @@ where
                 json!(current.revision.to_string()),
             );
         }
+        let _allocation = if call.status {
+            super::resource::Allocation::none()
+        } else {
+            let store = call.state.store.as_ref();
+            (call
+                .res
+                .allocate(store, &key, &mut new, Some(&current.value)))
+            .await?
+        };
         if new == current.value || dry_run {
             return Ok(call.object_response(StatusCode::OK, new));
         }
@@ -768,6 +782,7 @@ pub(super) fn build_update(call: &Call, body: &Value, current: &Value) -> Result
             };
         }
     }
+    call.res.prepare_update(&mut new, current);
     bump_generation(&mut new, current);
     validate(call, &new)?;
     finalizers::check_update(&new, current).map_err(|e| invalid(info, &new, vec![e]))?;
@@ -1088,6 +1103,97 @@ fn parse_grace(v: &str) -> Result<i64, ApiError> {
 
 pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiError> {
     let info = call.info();
+    let req = delete_request(call, &body)?;
+    match delete_object(&call.state, &call.res, &call.key(), &req).await? {
+        // As Kubernetes: 202 only for the legacy `orphanDependents: false` that stays.
+        Deletion::Terminating(v) if req.propagation.orphan_dependents == Some(false) => {
+            Ok(call.object_response(StatusCode::ACCEPTED, v))
+        }
+        Deletion::Terminating(v) => Ok(call.object_response(StatusCode::OK, v)),
+        Deletion::Gone(deleted) => {
+            if info.return_deleted_object {
+                return Ok(call.object_response(StatusCode::OK, deleted.value));
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {"name": call.name(), "kind": info.plural, "uid": meta_str(&deleted.value, "uid")},
+                }),
+            ))
+        }
+    }
+}
+
+/// Objects a delete collection works on at once (Kubernetes' `DeleteCollectionWorkers`
+/// defaults to 1; more overlap the store's flushes).
+const DELETE_COLLECTION_WORKERS: usize = 16;
+
+/// `DELETE` on a collection: deletes every object the label and field selectors match, each
+/// through [`delete_object`] exactly as a DELETE of it would (graceful pod deletion, dry run,
+/// grace period and preconditions from the query or the `DeleteOptions` body). Answers with
+/// the list of what was deleted, as Kubernetes does: objects gone, or marked for graceful
+/// deletion. An object deleted by someone else meanwhile is skipped; any other failure ends
+/// the request with that error (objects already deleted stay deleted).
+pub(super) async fn delete_collection(call: &Call, body: Bytes) -> Result<Response, ApiError> {
+    let info = call.info();
+    let req = delete_request(call, &body)?;
+    let (labels, fields) = call.selectors()?;
+    let (items, _) = call
+        .state
+        .store
+        .list(&info.storage_resource(), call.namespace.as_deref())
+        .map_err(|e| call.store_err(e))?;
+    let keys: Vec<ObjectKey> = items
+        .into_iter()
+        .map(|s| s.value)
+        .filter(|v| labels.matches(v) && fields.matches(|f| info.field_value(v, f)))
+        .map(|v| {
+            ObjectKey::new(
+                info.storage_resource(),
+                meta_str(&v, "namespace"),
+                meta_str(&v, "name"),
+            )
+        })
+        .collect();
+    let results: Vec<Result<Deletion, ApiError>> = futures::stream::iter(keys)
+        .map(|key| {
+            let req = &req;
+            async move { delete_object(&call.state, &call.res, &key, req).await }
+        })
+        .buffered(DELETE_COLLECTION_WORKERS)
+        .collect()
+        .await;
+    let mut deleted = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok(Deletion::Gone(s)) => deleted.push(s.value),
+            Ok(Deletion::Terminating(v)) => deleted.push(v),
+            Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for v in &mut deleted {
+        set_type_meta(info, v);
+    }
+    tracing::info!(resource = %info.plural, namespace = ?call.namespace, count = deleted.len(), dry_run = req.dry_run, "deleted collection");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "apiVersion": info.api_version(),
+            "kind": info.list_kind(),
+            "metadata": {"resourceVersion": call.state.store.revision().to_string()},
+            "items": deleted,
+        }),
+    ))
+}
+
+/// The delete options of a request: `dryRun` and `gracePeriodSeconds` from the query, then the
+/// `DeleteOptions` body (which wins), with its preconditions.
+fn delete_request(call: &Call, body: &[u8]) -> Result<DeleteRequest, ApiError> {
     let mut dry_run = call.dry_run()?;
     let mut opts = DeleteOptions {
         grace_period_seconds: call
@@ -1107,7 +1213,7 @@ pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiErro
             .map_err(|_| ApiError::bad_request("orphanDependents must be true or false"))?,
     )?;
     if !body.iter().all(u8::is_ascii_whitespace) {
-        let raw = parse_json(&body)?;
+        let raw = parse_json(body)?;
         let d: k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions =
             serde_path_to_error::deserialize(raw).map_err(|e| {
                 let path = e.path().to_string();
@@ -1131,35 +1237,13 @@ pub(super) async fn delete(call: &Call, body: Bytes) -> Result<Response, ApiErro
             dry_run = true;
         }
     }
-    let req = DeleteRequest {
+    Ok(DeleteRequest {
         opts,
         pre_rv,
         pre_uid,
         dry_run,
         propagation,
-    };
-    match delete_object(&call.state, &call.res, &call.key(), &req).await? {
-        // As Kubernetes: 202 only for the legacy `orphanDependents: false` that stays.
-        Deletion::Terminating(v) if propagation.orphan_dependents == Some(false) => {
-            Ok(call.object_response(StatusCode::ACCEPTED, v))
-        }
-        Deletion::Terminating(v) => Ok(call.object_response(StatusCode::OK, v)),
-        Deletion::Gone(deleted) => {
-            if info.return_deleted_object {
-                return Ok(call.object_response(StatusCode::OK, deleted.value));
-            }
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Success",
-                    "details": {"name": call.name(), "kind": info.plural, "uid": meta_str(&deleted.value, "uid")},
-                }),
-            ))
-        }
-    }
+    })
 }
 
 /// A delete, as the client asked for it.
@@ -1354,7 +1438,7 @@ async fn handle(
         (true, "get" | "update" | "patch") => t.res.info().supports(verb),
         (true, _) => false,
         // A namespaced resource without a namespace supports only list and watch.
-        (false, "create") => {
+        (false, "create" | "deletecollection") => {
             t.res.info().supports(verb) && (t.namespace.is_some() || !t.res.info().namespaced)
         }
         (false, v) => t.res.info().supports(v),
@@ -1384,6 +1468,9 @@ async fn handle(
         "update" => update(&call, read_body(body, &call.headers, limit).await?).await,
         "patch" => patch(&call, read_body(body, &call.headers, limit).await?).await,
         "delete" => delete(&call, read_body(body, &call.headers, limit).await?).await,
+        "deletecollection" => {
+            delete_collection(&call, read_body(body, &call.headers, limit).await?).await
+        }
         _ => Err(ApiError::MethodNotAllowed),
     }
 }

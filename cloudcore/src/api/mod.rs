@@ -1,13 +1,15 @@
-//! The Kubernetes REST API of cloudcore: namespaces, pods, nodes, ConfigMaps, Secrets and events,
-//! built so that more resources are one registry entry each.
+//! The Kubernetes REST API of cloudcore: namespaces, pods, nodes, ConfigMaps, Secrets, events,
+//! Services and the apps/v1 workloads, built so that more resources are one registry entry each.
 //!
 //! Layout:
 //! - [`resource`]: the registry ([`ResourceInfo`] + [`ResourceHandler`] per kind);
 //! - [`namespaces`], [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`],
-//!   [`workloads`] (apps/v1): the per-kind behaviour;
+//!   [`services`], [`workloads`] (apps/v1): the per-kind behaviour;
 //! - [`client`]: the in-process client controllers write through, with the HTTP path's semantics;
-//! - `handlers`: generic get/list/create/update/patch/delete/status over the [`Store`], with
-//!   Kubernetes' semantics (defaulting, optimistic concurrency, graceful pod deletion);
+//! - `handlers`: generic get/list/create/update/patch/delete/deletecollection/status over the
+//!   [`Store`], with Kubernetes' semantics (defaulting, optimistic concurrency, graceful pod
+//!   deletion, finalizers and propagation; [`finalizers`]);
+//! - [`scale`]: the `/scale` subresource of the workloads;
 //! - `watch`: `?watch=1` streams, resumable from the [`history`] of recent events;
 //! - [`namespaces`]: the Namespace kind, the checks on creating into one, and the controller
 //!   that empties and removes deleted ones;
@@ -43,6 +45,7 @@ pub mod resource;
 pub mod scale;
 pub mod secrets;
 pub mod selector;
+pub mod services;
 pub mod table;
 pub mod validation;
 mod watch;

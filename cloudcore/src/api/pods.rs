@@ -47,7 +47,14 @@ pub const POD_INFO: ResourceInfo = ResourceInfo {
     kind: "Pod",
     namespaced: true,
     verbs: &[
-        "create", "delete", "get", "list", "patch", "update", "watch",
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
     ],
     short_names: &["po"],
     categories: &["all"],
@@ -303,7 +310,7 @@ fn validate_resources(c: &Container, path: &str, errs: &mut Vec<FieldError>) {
 
 /// Whether `n` is a valid port name (IANA service name: at most 15 lowercase alphanumerics or
 /// '-', at least one letter, no leading, trailing or repeated '-').
-fn is_port_name(n: &str) -> bool {
+pub(super) fn is_port_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 15
         && n.bytes()
@@ -314,7 +321,7 @@ fn is_port_name(n: &str) -> bool {
         && !n.contains("--")
 }
 
-const PORT_NAME_FMT: &str = "must be no more than 15 characters, contain only lowercase alphanumerics and '-' with at least one letter, and not start, end or repeat '-'";
+pub(super) const PORT_NAME_FMT: &str = "must be no more than 15 characters, contain only lowercase alphanumerics and '-' with at least one letter, and not start, end or repeat '-'";
 
 /// A probe's port: a number in range, or the name of one of the container's ports (the edge
 /// gets the number; the projection resolves names, so an unknown name must not get stored).

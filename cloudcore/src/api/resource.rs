@@ -9,6 +9,8 @@
 use super::error::{ApiError, FieldError};
 use super::table::Column;
 use super::validation::NameRule;
+use crate::store::{ObjectKey, Store};
+use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -55,7 +57,7 @@ pub struct ResourceInfo {
     /// Whether objects live in namespaces.
     pub namespaced: bool,
     /// Verbs the resource supports (`get`, `list`, `watch`, `create`, `update`, `patch`,
-    /// `delete`); requests for other verbs get 405.
+    /// `delete`, `deletecollection`); requests for other verbs get 405.
     pub verbs: &'static [&'static str],
     /// Short names for kubectl (`po`).
     pub short_names: &'static [&'static str],
@@ -189,6 +191,27 @@ pub trait ResourceHandler: Send + Sync + 'static {
     /// Semantic validation of a whole object (metadata is checked generically).
     fn validate(&self, obj: &Value) -> Result<(), Vec<FieldError>>;
 
+    /// Adjusts an update before validation, knowing the stored object: carries over what the
+    /// server allocated and the client left out (a Service's cluster IP), drops what the new
+    /// shape no longer has. `new` already carries the stored status and system metadata.
+    fn prepare_update(&self, _new: &mut Value, _old: &Value) {}
+
+    /// Takes what the object needs from pools shared by every object of the kind (a Service's
+    /// cluster IP and node ports), checking requested values against the stored objects, and
+    /// writes it into `obj`. Runs on create and on update (`old` = the stored object) after
+    /// validation, also in dry runs. The returned [`Allocation`] must be held until the write
+    /// of `obj` is done: the stored objects are the pools' only record, so nobody may allocate
+    /// between the check and the write.
+    fn allocate<'a>(
+        &'a self,
+        _store: &'a dyn Store,
+        _key: &'a ObjectKey,
+        _obj: &'a mut Value,
+        _old: Option<&'a Value>,
+    ) -> BoxFuture<'a, Result<Allocation, ApiError>> {
+        Box::pin(std::future::ready(Ok(Allocation::none())))
+    }
+
     /// Rules about what an update may change (immutable fields); `new` already carries the
     /// stored status and system metadata.
     fn validate_update(&self, _new: &Value, _old: &Value) -> Result<(), Vec<FieldError>> {
@@ -230,6 +253,27 @@ pub trait ResourceHandler: Send + Sync + 'static {
 
     /// One table row, one cell per column; `now` is seconds since the epoch (for ages).
     fn table_row(&self, obj: &Value, now: i64) -> Vec<Value>;
+}
+
+/// Keeps what [`ResourceHandler::allocate`] handed out reserved while it is held; dropped once
+/// the object carrying it is written (or the request fails).
+#[must_use = "the allocation is only reserved while this is held"]
+pub struct Allocation {
+    _guard: Option<tokio::sync::MutexGuard<'static, ()>>,
+}
+
+impl Allocation {
+    /// Nothing was allocated.
+    pub fn none() -> Self {
+        Self { _guard: None }
+    }
+
+    /// An allocation reserved by holding `guard` (the kind's allocation lock).
+    pub fn held(guard: tokio::sync::MutexGuard<'static, ()>) -> Self {
+        Self {
+            _guard: Some(guard),
+        }
+    }
 }
 
 /// A body that does not fit the resource's type.
@@ -361,7 +405,10 @@ impl Registry {
     }
 
     /// The resources Skerry serves today: namespaces, pods, nodes, ConfigMaps, Secrets,
-    /// events, and the apps/v1 workloads.
+    /// events, the apps/v1 workloads, and Services (allocating from the default
+    /// [`ServiceNetwork`]; replace the entry to use another one).
+    ///
+    /// [`ServiceNetwork`]: super::services::ServiceNetwork
     pub fn builtin() -> Self {
         let mut r = Self::new();
         r.register(Arc::new(super::namespaces::NamespaceHandler));
@@ -373,6 +420,9 @@ impl Registry {
         for w in super::workloads::Workload::ALL {
             r.register(Arc::new(super::workloads::WorkloadHandler(w)));
         }
+        r.register(Arc::new(super::services::ServiceHandler::new(
+            super::services::ServiceNetwork::default(),
+        )));
         r
     }
 

@@ -375,10 +375,12 @@ async fn error_statuses() {
     assert_status(&v, 405, "MethodNotAllowed");
     let (code, _) = h.call(Method::POST, "/api/v1/pods", Some(json!({}))).await;
     assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
-    let (code, _) = h
-        .call(Method::DELETE, "/api/v1/namespaces/default/pods", None)
-        .await;
-    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    // deletecollection: namespaced kinds only within a namespace (as Kubernetes routes it),
+    // and never for namespaces.
+    for uri in ["/api/v1/pods", "/api/v1/namespaces"] {
+        let (code, _) = h.call(Method::DELETE, uri, None).await;
+        assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED, "{uri}");
+    }
     let (code, v) = h.call(Method::POST, "/healthz", None).await;
     assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
     assert_status(&v, 405, "MethodNotAllowed");
@@ -1944,4 +1946,291 @@ async fn the_scale_subresource_reads_and_writes_spec_replicas() {
         .await;
     assert_status(&v, 404, "NotFound");
     assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+fn service(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
+}
+
+const SERVICES: &str = "/api/v1/namespaces/default/services";
+
+#[tokio::test]
+async fn services_get_cluster_ips_that_never_collide_and_survive_restarts() {
+    let h = harness().await;
+    let web = service(
+        "web",
+        json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}),
+    );
+    let (code, v) = h.call(Method::POST, SERVICES, Some(web.clone())).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let ip = v["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let cidr = services::ServiceNetwork::default().cidr;
+    assert!(cidr.contains(ip.parse().unwrap()), "{ip}");
+    assert_eq!(v["spec"]["clusterIPs"], json!([ip]));
+    assert_eq!(v["spec"]["ports"][0]["targetPort"], 80);
+    assert_eq!(v["spec"]["ipFamilies"], json!(["IPv4"]));
+    assert_eq!(v["status"], json!({"loadBalancer": {}}));
+
+    // Asking for a held address, or one outside the range: 422.
+    let taken = service("taken", json!({"clusterIP": ip, "ports": [{"port": 80}]}));
+    let (code, v) = h.call(Method::POST, SERVICES, Some(taken.clone())).await;
+    assert_status(&v, 422, "Invalid");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("provided IP is already allocated"),
+        "{v}"
+    );
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, v) = h
+        .call(
+            Method::POST,
+            SERVICES,
+            Some(service(
+                "far",
+                json!({"clusterIP": "192.168.0.1", "ports": [{"port": 80}]}),
+            )),
+        )
+        .await;
+    assert_status(&v, 422, "Invalid");
+    // Node ports: requested and allocated, never shared between Services.
+    let np = service(
+        "np",
+        json!({"type": "NodePort", "ports": [{"name": "a", "port": 80, "nodePort": 30080}, {"name": "b", "port": 81}]}),
+    );
+    let (code, v) = h.call(Method::POST, SERVICES, Some(np)).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let second_port = v["spec"]["ports"][1]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&second_port) && second_port != 30080);
+    let np2 = service(
+        "np2",
+        json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+    );
+    let (_, v) = h.call(Method::POST, SERVICES, Some(np2)).await;
+    assert_status(&v, 422, "Invalid");
+    assert_eq!(
+        v["details"]["causes"][0]["message"],
+        "Invalid value: 30080: provided port is already allocated"
+    );
+
+    // Concurrent creates get distinct addresses.
+    let creates = (0..20).map(|i| {
+        h.call(
+            Method::POST,
+            SERVICES,
+            Some(service(&format!("s{i}"), json!({"ports": [{"port": 80}]}))),
+        )
+    });
+    let mut ips = std::collections::HashSet::from([ip.clone()]);
+    for (code, v) in futures::future::join_all(creates).await {
+        assert_eq!(code, StatusCode::CREATED, "{v}");
+        assert!(ips.insert(v["spec"]["clusterIP"].as_str().unwrap().to_string()));
+    }
+
+    // Replacing with the original manifest keeps the address; changing it is refused.
+    let (code, v) = h
+        .call(Method::PUT, &format!("{SERVICES}/web"), Some(web.clone()))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["clusterIP"], ip.as_str());
+    let mut moved = web.clone();
+    moved["spec"]["clusterIP"] = json!("10.96.0.99");
+    let (_, v) = h
+        .call(Method::PUT, &format!("{SERVICES}/web"), Some(moved))
+        .await;
+    assert_status(&v, 422, "Invalid");
+    assert_eq!(v["details"]["causes"][0]["field"], "spec.clusterIPs[0]");
+    // Strategic merge patch merges ports by port.
+    let (code, v) = h
+        .call_with(
+            Method::PATCH,
+            &format!("{SERVICES}/web"),
+            Some(json!({"spec": {"ports": [{"name": "https", "port": 443}, {"name": "http", "port": 80}]}})),
+            &[("content-type", "application/strategic-merge-patch+json")],
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["ports"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["spec"]["clusterIP"], ip.as_str());
+
+    // A fresh router over the same store (a restart) sees what is held.
+    let restarted = router(ApiState::new(h.store.clone(), Arc::new(String::new)));
+    let resp = restarted
+        .oneshot(
+            Request::builder()
+                .method(Method::POST)
+                .uri(SERVICES)
+                .body(Body::from(serde_json::to_vec(&taken).unwrap()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Deleting frees the address.
+    let (code, _) = h
+        .call(Method::DELETE, &format!("{SERVICES}/web"), None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, v) = h.call(Method::POST, SERVICES, Some(taken)).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+
+    // Headless: no address; kubectl's columns.
+    let (code, _) = h
+        .call(
+            Method::POST,
+            SERVICES,
+            Some(service(
+                "headless",
+                json!({"clusterIP": "None", "selector": {"app": "db"}}),
+            )),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (_, t) = h
+        .call_with(
+            Method::GET,
+            &format!("{SERVICES}?labelSelector="),
+            None,
+            &[("accept", TABLE)],
+        )
+        .await;
+    let names: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Name",
+            "Type",
+            "Cluster-IP",
+            "External-IP",
+            "Port(s)",
+            "Age",
+            "Selector"
+        ]
+    );
+    let row = |name: &str| {
+        t["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["cells"][0] == name)
+            .map(|r| r["cells"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        row("headless").as_array().unwrap()[1..5],
+        [
+            json!("ClusterIP"),
+            json!("None"),
+            json!("<none>"),
+            json!("<none>")
+        ]
+    );
+    assert_eq!(row("headless")[6], "app=db");
+    assert_eq!(
+        row("np")[4],
+        json!(format!("80:30080/TCP,81:{second_port}/TCP"))
+    );
+}
+
+#[tokio::test]
+async fn delete_collection_deletes_the_matching_objects_through_the_delete_path() {
+    let h = harness().await;
+    h.create_pod("a", json!({}), json!({"app": "x"})).await;
+    h.create_pod("b", json!({"nodeName": "edge-1"}), json!({"app": "x"}))
+        .await;
+    h.create_pod("c", json!({}), json!({"app": "y"})).await;
+    let pods = "/api/v1/namespaces/default/pods";
+    let exists = |name: &str| {
+        h.store
+            .get(&ObjectKey::new("pods", "default", name))
+            .unwrap()
+            .map(|s| s.value)
+    };
+    // A dry run lists what would go and changes nothing.
+    let (code, v) = h
+        .call(
+            Method::DELETE,
+            &format!("{pods}?labelSelector=app%3Dx&dryRun=All"),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["kind"], "PodList");
+    assert_eq!(v["items"].as_array().unwrap().len(), 2);
+    assert!(exists("a").is_some() && exists("b").is_some());
+    // The unbound pod goes at once; the bound one terminates gracefully, as a DELETE of it would.
+    let (code, v) = h
+        .call(
+            Method::DELETE,
+            &format!("{pods}?labelSelector=app%3Dx"),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let names: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(v["items"][1]["kind"], "Pod");
+    assert!(exists("a").is_none());
+    let b = exists("b").unwrap();
+    assert_eq!(b["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert!(exists("c").is_some());
+    // DeleteOptions in the body: grace 0 removes the terminating pod; a field selector narrows.
+    let (code, v) = h
+        .call(
+            Method::DELETE,
+            &format!("{pods}?fieldSelector=metadata.name%3Db"),
+            Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    assert!(exists("b").is_none() && exists("c").is_some());
+    // Bad selectors are a 400, as for a list.
+    let (code, _) = h
+        .call(
+            Method::DELETE,
+            &format!("{pods}?fieldSelector=spec.bogus%3D1"),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    // Cluster-scoped kinds: the whole collection.
+    h.put_node("edge-1", "True").await;
+    h.put_node("edge-2", "True").await;
+    let (code, v) = h
+        .call(
+            Method::DELETE,
+            "/api/v1/nodes?fieldSelector=metadata.name%3Dedge-2",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["kind"], "NodeList");
+    assert_eq!(v["items"][0]["metadata"]["name"], "edge-2");
+    assert!(h
+        .store
+        .get(&ObjectKey::new("nodes", "", "edge-1"))
+        .unwrap()
+        .is_some());
+    // Nothing matching: an empty list.
+    let (code, v) = h
+        .call(
+            Method::DELETE,
+            &format!("{pods}?labelSelector=app%3Dnone"),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(v["items"], json!([]));
 }

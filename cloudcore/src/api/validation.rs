@@ -12,6 +12,7 @@ const LABEL_VALUE_MAX: usize = 63;
 const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
 
 const LABEL_FMT: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1035_LABEL_FMT: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 const SUBDOMAIN_FMT: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const QUALIFIED_FMT: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
 const CONFIG_KEY_MAX: usize = 253;
@@ -23,8 +24,11 @@ const LABEL_VALUE_FMT: &str = "a valid label must be an empty string or consist 
 pub enum NameRule {
     /// RFC 1123 subdomain (pods, nodes, most resources).
     Subdomain,
-    /// RFC 1123 label (namespaces, services).
+    /// RFC 1123 label (namespaces).
     Label,
+    /// RFC 1035 label: an RFC 1123 label that starts with a letter (services, whose names
+    /// become DNS names and environment variable prefixes).
+    Dns1035Label,
 }
 
 impl NameRule {
@@ -33,6 +37,7 @@ impl NameRule {
         match self {
             NameRule::Subdomain => dns1123_subdomain(name),
             NameRule::Label => dns1123_label(name),
+            NameRule::Dns1035Label => dns1035_label(name),
         }
     }
 
@@ -40,7 +45,7 @@ impl NameRule {
     pub fn max_len(self) -> usize {
         match self {
             NameRule::Subdomain => DNS1123_SUBDOMAIN_MAX,
-            NameRule::Label => DNS1123_LABEL_MAX,
+            NameRule::Label | NameRule::Dns1035Label => DNS1123_LABEL_MAX,
         }
     }
 }
@@ -64,6 +69,20 @@ pub fn dns1123_label(s: &str) -> Vec<String> {
     }
     if !is_label_body(s) {
         errs.push(LABEL_FMT.to_string());
+    }
+    errs
+}
+
+/// Problems with `s` as an RFC 1035 label (service names); empty if valid.
+pub fn dns1035_label(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > DNS1123_LABEL_MAX {
+        errs.push(format!(
+            "must be no more than {DNS1123_LABEL_MAX} characters"
+        ));
+    }
+    if !is_label_body(s) || !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        errs.push(DNS1035_LABEL_FMT.to_string());
     }
     errs
 }
@@ -253,6 +272,9 @@ mod tests {
         assert!(!dns1123_label("a.b").is_empty());
         assert!(!dns1123_label("").is_empty());
         assert!(!dns1123_label(&"a".repeat(64)).is_empty());
+        assert!(dns1035_label("web-1").is_empty());
+        assert!(!dns1035_label("1web").is_empty());
+        assert!(!dns1035_label("web-").is_empty());
         assert!(dns1123_subdomain("a.b-c.d").is_empty());
         assert!(!dns1123_subdomain("a..b").is_empty());
         assert!(!dns1123_subdomain("a.-b").is_empty());

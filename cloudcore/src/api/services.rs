@@ -1,0 +1,1499 @@
+//! Services (core/v1 `services`): Kubernetes' defaulting and validation
+//! (`pkg/apis/core/v1/defaults.go`, `ValidateService`, `ValidateServiceUpdate`) and the
+//! allocation of cluster IPs and node ports (`pkg/registry/core/service`).
+//!
+//! **Services are stored only.** Nothing routes traffic to them yet: there is no kube-proxy on
+//! the edges, no Endpoints/EndpointSlices and no cluster DNS, and the hub does not send Services
+//! to edges. A Service here is a durable, validated record with a stable cluster IP, ready for
+//! that work.
+//!
+//! Allocation guarantees:
+//! - A cluster IP comes from the configured service CIDR ([`ServiceNetwork`], default
+//!   `10.96.0.0/12`, IPv4 single-stack), never the network or broadcast address. A node port
+//!   comes from the node port range (default 30000-32767).
+//! - No two Services ever hold the same cluster IP or node port. The state of the pools is the
+//!   stored Services themselves (no separate bitmap that could drift from them, and nothing to
+//!   repair after a crash): an allocation scans the stored Services and is held, under one
+//!   process-wide lock, until the Service carrying it is written (see
+//!   [`ResourceHandler::allocate`]). Deleting a Service frees what it held. This relies on one
+//!   cloudcore writing the store, which holds for the embedded store.
+//! - A requested cluster IP must be in range and free (else 422 `provided IP is already
+//!   allocated`); `clusterIP: None` makes a headless Service and takes nothing. The same holds
+//!   for requested node ports.
+//! - Updates keep what was allocated: `clusterIP` may not change, and an update that leaves
+//!   `clusterIP` or a `nodePort` out keeps the allocated value (as `kubectl replace` with the
+//!   original manifest expects).
+//!
+//! Dynamic cluster IPs come from the upper part of the range first and node ports likewise,
+//! as Kubernetes does, so that the lower part stays free for Services that ask for a specific
+//! address.
+
+use super::error::{ApiError, FieldError};
+use super::protobuf::{self, Field, ProtobufError};
+use super::resource::{decode_as, typed, Allocation, DecodeError, ResourceHandler, ResourceInfo};
+use super::table::{age, Column};
+use super::validation::{
+    dns1123_label, dns1123_subdomain, errors_to_result as result, label_value, push_invalid,
+    qualified_name, NameRule,
+};
+use crate::store::{ObjectKey, Store};
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// The Service resource.
+pub const SERVICE_INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    plural: "services",
+    singular: "service",
+    kind: "Service",
+    namespaced: true,
+    verbs: &[
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ],
+    short_names: &["svc"],
+    categories: &["all"],
+    status_subresource: true,
+    name_rule: NameRule::Dns1035Label,
+    selectable_fields: &[],
+    return_deleted_object: true,
+};
+
+const COLUMNS: [Column; 7] = [
+    super::table::NAME_COLUMN,
+    Column {
+        name: "Type",
+        kind: "string",
+        format: "",
+        description: "The type of service.",
+        priority: 0,
+    },
+    Column {
+        name: "Cluster-IP",
+        kind: "string",
+        format: "",
+        description: "The IP address of the service.",
+        priority: 0,
+    },
+    Column {
+        name: "External-IP",
+        kind: "string",
+        format: "",
+        description: "The external IP address of the service.",
+        priority: 0,
+    },
+    Column {
+        name: "Port(s)",
+        kind: "string",
+        format: "",
+        description: "The ports of the service.",
+        priority: 0,
+    },
+    super::table::AGE_COLUMN,
+    Column {
+        name: "Selector",
+        kind: "string",
+        format: "",
+        description:
+            "Route service traffic to pods with label keys and values matching this selector.",
+        priority: 1,
+    },
+];
+
+const TYPES: [&str; 4] = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
+const PROTOCOLS: [&str; 3] = ["SCTP", "TCP", "UDP"];
+const AFFINITIES: [&str; 2] = ["ClientIP", "None"];
+const TRAFFIC_POLICIES: [&str; 2] = ["Cluster", "Local"];
+const FAMILY_POLICIES: [&str; 3] = ["PreferDualStack", "RequireDualStack", "SingleStack"];
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+const DEFAULT_AFFINITY_TIMEOUT: i64 = 10_800;
+
+/// An IPv4 service CIDR (`10.96.0.0/12`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceCidr {
+    network: u32,
+    prefix: u8,
+}
+
+/// A service CIDR or node port range that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkConfigError {
+    /// Not `a.b.c.d/n` with the host bits zero, or too large or small.
+    #[error("invalid service CIDR {value:?}: {reason}")]
+    Cidr {
+        /// What was given.
+        value: String,
+        /// Why it does not work.
+        reason: String,
+    },
+    /// Not `first-last` within 1-65535.
+    #[error("invalid node port range {value:?}: {reason}")]
+    NodePorts {
+        /// What was given.
+        value: String,
+        /// Why it does not work.
+        reason: String,
+    },
+}
+
+impl ServiceCidr {
+    /// Number of addresses in the range, network and broadcast included.
+    fn size(&self) -> u64 {
+        1u64 << (32 - self.prefix)
+    }
+
+    /// Whether `ip` is an address Services may hold (in range, not network or broadcast).
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let offset = u64::from(u32::from(ip).wrapping_sub(self.network));
+        (u32::from(ip) & self.mask()) == self.network && offset > 0 && offset < self.size() - 1
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - self.prefix)
+    }
+
+    fn nth(&self, offset: u64) -> Ipv4Addr {
+        Ipv4Addr::from(self.network + offset as u32)
+    }
+}
+
+impl fmt::Display for ServiceCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.network), self.prefix)
+    }
+}
+
+impl FromStr for ServiceCidr {
+    type Err = NetworkConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| NetworkConfigError::Cidr {
+            value: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| err("expected an IPv4 CIDR such as 10.96.0.0/12"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| {
+            err("expected an IPv4 CIDR such as 10.96.0.0/12 (IPv6 is not supported yet)")
+        })?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| err("the prefix length must be a number"))?;
+        if !(12..=30).contains(&prefix) {
+            return Err(err(
+                "the prefix length must be between 12 and 30 (at most 2^20 and at least 2 Service addresses)",
+            ));
+        }
+        let cidr = ServiceCidr {
+            network: u32::from(ip),
+            prefix,
+        };
+        if cidr.network & !cidr.mask() != 0 {
+            return Err(err("host bits must be zero (give the network address)"));
+        }
+        Ok(cidr)
+    }
+}
+
+/// The node port range (`30000-32767`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodePortRange {
+    first: u16,
+    last: u16,
+}
+
+impl NodePortRange {
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: i64) -> bool {
+        (i64::from(self.first)..=i64::from(self.last)).contains(&port)
+    }
+}
+
+impl fmt::Display for NodePortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl FromStr for NodePortRange {
+    type Err = NetworkConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| NetworkConfigError::NodePorts {
+            value: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| err("expected FIRST-LAST, such as 30000-32767"))?;
+        let (first, last): (u16, u16) = match (a.trim().parse(), b.trim().parse()) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return Err(err("ports must be numbers between 1 and 65535")),
+        };
+        if first == 0 || first > last {
+            return Err(err("expected 1 <= FIRST <= LAST <= 65535"));
+        }
+        Ok(NodePortRange { first, last })
+    }
+}
+
+/// Where Services get their addresses: one typed piece of cloudcore's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceNetwork {
+    /// Cluster IPs come from here.
+    pub cidr: ServiceCidr,
+    /// Node ports come from here.
+    pub node_ports: NodePortRange,
+}
+
+impl Default for ServiceNetwork {
+    fn default() -> Self {
+        Self {
+            cidr: ServiceCidr {
+                network: u32::from(Ipv4Addr::new(10, 96, 0, 0)),
+                prefix: 12,
+            },
+            node_ports: NodePortRange {
+                first: 30000,
+                last: 32767,
+            },
+        }
+    }
+}
+
+/// Serializes allocations: held from the scan of the stored Services until the Service carrying
+/// the allocation is written. Process-wide rather than per handler so that two registries over
+/// one store (an in-process client and the router) cannot hand out the same address.
+static ALLOCATION_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The Service [`ResourceHandler`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceHandler {
+    network: ServiceNetwork,
+}
+
+impl ServiceHandler {
+    /// A handler allocating from `network`.
+    pub fn new(network: ServiceNetwork) -> Self {
+        Self { network }
+    }
+}
+
+fn spec_str<'a>(obj: &'a Value, field: &str) -> &'a str {
+    obj.get("spec")
+        .and_then(|s| s.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn svc_type(obj: &Value) -> &str {
+    match spec_str(obj, "type") {
+        "" => "ClusterIP",
+        t => t,
+    }
+}
+
+fn needs_cluster_ip(obj: &Value) -> bool {
+    svc_type(obj) != "ExternalName"
+}
+
+fn needs_node_ports(obj: &Value) -> bool {
+    matches!(svc_type(obj), "NodePort" | "LoadBalancer")
+}
+
+fn ports(obj: &Value) -> Vec<&Map<String, Value>> {
+    obj.pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object)
+        .collect()
+}
+
+fn port_key(p: &Map<String, Value>) -> (i64, String) {
+    (
+        p.get("port").and_then(Value::as_i64).unwrap_or(0),
+        p.get("protocol")
+            .and_then(Value::as_str)
+            .unwrap_or("TCP")
+            .to_string(),
+    )
+}
+
+fn node_port(p: &Map<String, Value>) -> i64 {
+    p.get("nodePort").and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// What a Service holds: its cluster IPs and node ports.
+fn held(obj: &Value) -> (Vec<Ipv4Addr>, Vec<i64>) {
+    let mut ips: Vec<Ipv4Addr> = obj
+        .pointer("/spec/clusterIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    if let Ok(ip) = spec_str(obj, "clusterIP").parse() {
+        ips.push(ip);
+    }
+    let ports = ports(obj)
+        .into_iter()
+        .map(node_port)
+        .filter(|p| *p > 0)
+        .collect();
+    (ips, ports)
+}
+
+/// Picks a free offset in `1..size-1`, from the upper band first (`lower` offsets are kept for
+/// requested values, as Kubernetes does), starting at a random point.
+fn pick(size: u64, lower: u64, taken: impl Fn(u64) -> bool) -> Option<u64> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let usable = 1..size.saturating_sub(1);
+    let bands = [(lower.max(1), usable.end), (usable.start, lower.max(1))];
+    for (lo, hi) in bands {
+        if lo >= hi {
+            continue;
+        }
+        let n = hi - lo;
+        let start = rng.random_range(0..n);
+        if let Some(o) = (0..n).map(|i| lo + (start + i) % n).find(|o| !taken(*o)) {
+            return Some(o);
+        }
+    }
+    None
+}
+
+/// Kubernetes' size of the band kept for requested values: `min(max(16, size/16), 256)`.
+fn static_band(size: u64) -> u64 {
+    (size / 16).clamp(16, 256).min(size / 2)
+}
+
+impl ServiceHandler {
+    /// Checks requested values and fills in the missing ones against `used` (what the other
+    /// stored Services hold). `old` is the stored object on update.
+    fn assign(
+        &self,
+        obj: &mut Value,
+        old: Option<&Value>,
+        used_ips: &HashSet<Ipv4Addr>,
+        used_ports: &HashSet<i64>,
+    ) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let cidr = self.network.cidr;
+        let (old_ips, old_ports) = old.map(held).unwrap_or_default();
+        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+            return errs;
+        };
+        if spec.get("type").and_then(Value::as_str) != Some("ExternalName") {
+            let requested = spec
+                .get("clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let ip = match requested.as_str() {
+                "None" => None,
+                "" => {
+                    let size = cidr.size();
+                    match pick(size, static_band(size), |o| used_ips.contains(&cidr.nth(o))) {
+                        Some(o) => Some(cidr.nth(o)),
+                        None => {
+                            errs.push(FieldError::invalid(
+                                "spec.clusterIPs",
+                                &json!([]),
+                                format!("failed to allocate IP: range is full (the service CIDR {cidr} has no free address; delete unused Services or configure a larger --service-cluster-ip-range)"),
+                            ));
+                            None
+                        }
+                    }
+                }
+                s => match s.parse::<Ipv4Addr>() {
+                    // Kept from the stored object: already held by this Service.
+                    Ok(ip) if old_ips.contains(&ip) => Some(ip),
+                    Ok(ip) if !cidr.contains(ip) => {
+                        errs.push(FieldError::invalid(
+                            "spec.clusterIPs",
+                            &json!([s]),
+                            format!("failed to allocate IP {s}: the provided IP ({s}) is not in the valid range. The range of valid IPs is {cidr}"),
+                        ));
+                        None
+                    }
+                    Ok(ip) if used_ips.contains(&ip) => {
+                        errs.push(FieldError::invalid(
+                            "spec.clusterIPs",
+                            &json!([s]),
+                            format!("failed to allocate IP {s}: provided IP is already allocated"),
+                        ));
+                        None
+                    }
+                    Ok(ip) => Some(ip),
+                    // Validation has reported it.
+                    Err(_) => None,
+                },
+            };
+            if let Some(ip) = ip {
+                spec.insert("clusterIP".into(), json!(ip.to_string()));
+                spec.insert("clusterIPs".into(), json!([ip.to_string()]));
+            } else if requested == "None" {
+                spec.insert("clusterIPs".into(), json!(["None"]));
+            }
+        }
+        let node_ports = matches!(
+            spec.get("type").and_then(Value::as_str),
+            Some("NodePort" | "LoadBalancer")
+        );
+        let range = self.network.node_ports;
+        if node_ports {
+            // Ports this Service takes in this request, so that two of its ports do not get
+            // the same one (one port number serving TCP and UDP may share, as in Kubernetes).
+            let mut mine: BTreeMap<i64, i64> = BTreeMap::new();
+            let ports = spec
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let mut out = Vec::with_capacity(ports.len());
+            for (i, mut p) in ports.into_iter().enumerate() {
+                let field = format!("spec.ports[{i}].nodePort");
+                let Some(pm) = p.as_object_mut() else {
+                    out.push(p);
+                    continue;
+                };
+                let wanted = node_port(pm);
+                let port = pm.get("port").and_then(Value::as_i64).unwrap_or(0);
+                if wanted == 0 {
+                    let size = u64::from(range.last - range.first) + 1;
+                    let first = i64::from(range.first);
+                    let reuse = mine.get(&port).copied();
+                    let chosen = reuse.or_else(|| {
+                        pick(size + 2, static_band(size) + 1, |o| {
+                            let n = first + o as i64 - 1;
+                            used_ports.contains(&n) || mine.values().any(|m| *m == n)
+                        })
+                        .map(|o| first + o as i64 - 1)
+                    });
+                    match chosen {
+                        Some(n) => {
+                            pm.insert("nodePort".into(), json!(n));
+                            mine.insert(port, n);
+                        }
+                        None => errs.push(FieldError::invalid(
+                            field,
+                            &json!(0),
+                            format!("failed to allocate a node port: range is full (no free port in {range}; delete unused NodePort Services)"),
+                        )),
+                    }
+                } else if old_ports.contains(&wanted) {
+                    mine.insert(port, wanted);
+                } else if !range.contains(wanted) {
+                    errs.push(FieldError::invalid(
+                        field,
+                        &json!(wanted),
+                        format!("provided port is not in the valid range. The range of valid ports is {range}"),
+                    ));
+                } else if used_ports.contains(&wanted) {
+                    errs.push(FieldError::invalid(
+                        field,
+                        &json!(wanted),
+                        "provided port is already allocated",
+                    ));
+                } else {
+                    mine.insert(port, wanted);
+                }
+                out.push(p);
+            }
+            spec.insert("ports".into(), Value::Array(out));
+        }
+        errs
+    }
+}
+
+/// Whether writing `obj` over `old` takes anything new from the pools.
+fn takes_something(obj: &Value, old: Option<&Value>) -> bool {
+    let (old_ips, old_ports) = old.map(held).unwrap_or_default();
+    let ip = spec_str(obj, "clusterIP");
+    let new_ip = needs_cluster_ip(obj)
+        && ip != "None"
+        && ip
+            .parse::<Ipv4Addr>()
+            .map_or(true, |ip| !old_ips.contains(&ip));
+    let new_port = needs_node_ports(obj)
+        && ports(obj).iter().any(|p| {
+            let n = node_port(p);
+            n == 0 || !old_ports.contains(&n)
+        });
+    new_ip || new_port
+}
+
+fn is_port_name(n: &str) -> bool {
+    super::pods::is_port_name(n)
+}
+
+fn validate_port(p: &ServicePort, i: usize, many: bool, errs: &mut Vec<FieldError>) {
+    let path = format!("spec.ports[{i}]");
+    match p.name.as_deref().unwrap_or("") {
+        "" if many => errs.push(FieldError::required(format!("{path}.name"), "")),
+        "" => {}
+        name => push_invalid(errs, &format!("{path}.name"), name, dns1123_label(name)),
+    }
+    if !(1..=65535).contains(&p.port) {
+        errs.push(FieldError::invalid(
+            format!("{path}.port"),
+            &json!(p.port),
+            "must be between 1 and 65535, inclusive",
+        ));
+    }
+    let protocol = p.protocol.as_deref().unwrap_or("TCP");
+    if !PROTOCOLS.contains(&protocol) {
+        errs.push(FieldError::not_supported(
+            format!("{path}.protocol"),
+            &json!(protocol),
+            &PROTOCOLS,
+        ));
+    }
+    match &p.target_port {
+        Some(IntOrString::Int(n)) if !(1..=65535).contains(n) => errs.push(FieldError::invalid(
+            format!("{path}.targetPort"),
+            &json!(n),
+            "must be between 1 and 65535, inclusive",
+        )),
+        Some(IntOrString::String(s)) if !is_port_name(s) => errs.push(FieldError::invalid(
+            format!("{path}.targetPort"),
+            &json!(s),
+            super::pods::PORT_NAME_FMT,
+        )),
+        _ => {}
+    }
+    if let Some(n) = p.node_port.filter(|n| *n != 0) {
+        if !(1..=65535).contains(&n) {
+            errs.push(FieldError::invalid(
+                format!("{path}.nodePort"),
+                &json!(n),
+                "must be between 1 and 65535, inclusive",
+            ));
+        }
+    }
+}
+
+fn one_of(field: &str, v: Option<&String>, allowed: &[&str], errs: &mut Vec<FieldError>) {
+    if let Some(v) = v {
+        if !allowed.contains(&v.as_str()) {
+            errs.push(FieldError::not_supported(field, &json!(v), allowed));
+        }
+    }
+}
+
+/// A non-empty string field as a JSON string; `None` for the empty string (Kubernetes' proto2
+/// messages carry unset optional strings as empty ones, which JSON omits).
+fn proto_string(f: Field<'_>) -> Result<Option<Value>, ProtobufError> {
+    let s = protobuf::string(f)?;
+    Ok((!s.is_empty()).then(|| json!(s)))
+}
+
+/// A non-zero int32 field.
+fn proto_int(f: Field<'_>) -> Result<Option<Value>, ProtobufError> {
+    match f {
+        // int32 travels as a sign-extended varint: truncating gives the value back.
+        Field::Varint(v) => Ok((v != 0).then(|| json!(v as i64 as i32))),
+        _ => Err(ProtobufError("expected an integer".into())),
+    }
+}
+
+fn push(obj: &mut Map<String, Value>, name: &str, v: Value) {
+    if let Some(list) = obj
+        .entry(name.to_string())
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+    {
+        list.push(v);
+    }
+}
+
+/// `ServicePort`: name = 1, protocol = 2, port = 3, targetPort = 4 (IntOrString: type = 1,
+/// intVal = 2, strVal = 3), nodePort = 5, appProtocol = 6.
+fn proto_port(body: &[u8]) -> Result<Value, ProtobufError> {
+    let mut port = Map::new();
+    for (n, f) in protobuf::fields(body)? {
+        let (name, v) = match n {
+            1 => ("name", proto_string(f)?),
+            2 => ("protocol", proto_string(f)?),
+            3 => ("port", proto_int(f)?),
+            5 => ("nodePort", proto_int(f)?),
+            6 => ("appProtocol", proto_string(f)?),
+            4 => {
+                let Field::Bytes(b) = f else {
+                    return Err(ProtobufError("targetPort: expected a message".into()));
+                };
+                let (mut is_string, mut int, mut string) = (false, json!(0), json!(""));
+                for (m, g) in protobuf::fields(b)? {
+                    match (m, g) {
+                        (1, Field::Varint(t)) => is_string = t == 1,
+                        (2, g) => int = proto_int(g)?.unwrap_or(json!(0)),
+                        (3, g) => string = json!(protobuf::string(g)?),
+                        _ => {}
+                    }
+                }
+                ("targetPort", Some(if is_string { string } else { int }))
+            }
+            _ => continue,
+        };
+        if let Some(v) = v {
+            port.insert(name.into(), v);
+        }
+    }
+    Ok(Value::Object(port))
+}
+
+/// `ServiceSpec`, the fields a client sets (`kubectl create service` and typed clients).
+fn proto_spec(body: &[u8]) -> Result<Value, ProtobufError> {
+    let mut spec = Map::new();
+    for (n, f) in protobuf::fields(body)? {
+        let name = match n {
+            1 => {
+                let Field::Bytes(b) = f else {
+                    return Err(ProtobufError("ports: expected a message".into()));
+                };
+                push(&mut spec, "ports", proto_port(b)?);
+                continue;
+            }
+            2 => {
+                protobuf::insert_string_entry(&mut spec, "selector", f)?;
+                continue;
+            }
+            5 | 9 | 18 | 19 => {
+                let list = match n {
+                    5 => "externalIPs",
+                    9 => "loadBalancerSourceRanges",
+                    18 => "clusterIPs",
+                    _ => "ipFamilies",
+                };
+                push(&mut spec, list, json!(protobuf::string(f)?));
+                continue;
+            }
+            12 => {
+                if let Some(v) = proto_int(f)? {
+                    spec.insert("healthCheckNodePort".into(), v);
+                }
+                continue;
+            }
+            13 | 20 => {
+                let flag = protobuf::boolean(f)?;
+                if n == 20 {
+                    spec.insert("allocateLoadBalancerNodePorts".into(), json!(flag));
+                } else if flag {
+                    spec.insert("publishNotReadyAddresses".into(), json!(true));
+                }
+                continue;
+            }
+            3 => "clusterIP",
+            4 => "type",
+            7 => "sessionAffinity",
+            8 => "loadBalancerIP",
+            10 => "externalName",
+            11 => "externalTrafficPolicy",
+            17 => "ipFamilyPolicy",
+            21 => "loadBalancerClass",
+            22 => "internalTrafficPolicy",
+            _ => continue,
+        };
+        if let Some(v) = proto_string(f)? {
+            spec.insert(name.into(), v);
+        }
+    }
+    Ok(Value::Object(spec))
+}
+
+impl ResourceHandler for ServiceHandler {
+    fn info(&self) -> &ResourceInfo {
+        &SERVICE_INFO
+    }
+
+    fn decode(&self, obj: Value) -> Result<Value, DecodeError> {
+        decode_as::<Service>(obj)
+    }
+
+    fn decode_protobuf(&self, body: &[u8]) -> Option<Result<Value, ProtobufError>> {
+        // Service: metadata = 1, spec = 2, status = 3 (the server's; dropped on create).
+        Some(protobuf::decode_object(body, "Service", |obj, n, f| {
+            if let (2, Field::Bytes(b)) = (n, f) {
+                obj.insert("spec".into(), proto_spec(b)?);
+            }
+            Ok(())
+        }))
+    }
+
+    fn default(&self, obj: &mut Value) {
+        let Some(o) = obj.as_object_mut() else {
+            return;
+        };
+        let spec = o.entry("spec").or_insert_with(|| json!({}));
+        let Some(spec) = spec.as_object_mut() else {
+            return;
+        };
+        let ty = spec
+            .entry("type")
+            .or_insert_with(|| json!("ClusterIP"))
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let affinity = spec
+            .entry("sessionAffinity")
+            .or_insert_with(|| json!("None"))
+            .clone();
+        if affinity == "ClientIP" {
+            let cfg = spec
+                .entry("sessionAffinityConfig")
+                .or_insert_with(|| json!({}));
+            if let Some(cfg) = cfg.as_object_mut() {
+                let ip = cfg.entry("clientIP").or_insert_with(|| json!({}));
+                if let Some(ip) = ip.as_object_mut() {
+                    ip.entry("timeoutSeconds")
+                        .or_insert_with(|| json!(DEFAULT_AFFINITY_TIMEOUT));
+                }
+            }
+        }
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                p.entry("protocol").or_insert_with(|| json!("TCP"));
+                let unset = match p.get("targetPort") {
+                    None | Some(Value::Null) => true,
+                    Some(Value::Number(n)) => n.as_i64() == Some(0),
+                    Some(Value::String(s)) => s.is_empty(),
+                    Some(_) => false,
+                };
+                if unset {
+                    let port = p.get("port").cloned().unwrap_or(json!(0));
+                    p.insert("targetPort".into(), port);
+                }
+            }
+        }
+        // clusterIP and clusterIPs[0] are one value in two fields; fill whichever is missing.
+        let ip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("");
+        let first = spec
+            .get("clusterIPs")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if ip.is_empty() && !first.is_empty() {
+            spec.insert("clusterIP".into(), json!(first));
+        } else if !ip.is_empty() && first.is_empty() {
+            spec.insert("clusterIPs".into(), json!([ip]));
+        }
+        if ty == "ExternalName" {
+            return;
+        }
+        spec.entry("internalTrafficPolicy")
+            .or_insert_with(|| json!("Cluster"));
+        spec.entry("ipFamilyPolicy")
+            .or_insert_with(|| json!("SingleStack"));
+        spec.entry("ipFamilies").or_insert_with(|| json!(["IPv4"]));
+        if ty == "NodePort" || ty == "LoadBalancer" {
+            spec.entry("externalTrafficPolicy")
+                .or_insert_with(|| json!("Cluster"));
+        }
+        if ty == "LoadBalancer" {
+            spec.entry("allocateLoadBalancerNodePorts")
+                .or_insert_with(|| json!(true));
+        }
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
+        // Status is written by whoever implements the load balancer, never on create.
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("status".into(), json!({"loadBalancer": {}}));
+        }
+    }
+
+    fn prepare_update(&self, new: &mut Value, old: &Value) {
+        let keep_ip = needs_cluster_ip(old) && needs_cluster_ip(new);
+        let keep_ports = needs_node_ports(old) && needs_node_ports(new);
+        let to_external_name = !needs_cluster_ip(new) && needs_cluster_ip(old);
+        let away_from_node_ports = needs_node_ports(old) && !needs_node_ports(new);
+        let old_ports: Vec<Map<String, Value>> = ports(old).into_iter().cloned().collect();
+        let old_spec = old.get("spec").cloned().unwrap_or(json!({}));
+        let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let unchanged = |spec: &Map<String, Value>, f: &str| spec.get(f) == old_spec.get(f);
+        if keep_ip
+            && spec
+                .get("clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+        {
+            for f in ["clusterIP", "clusterIPs"] {
+                if let Some(v) = old_spec.get(f) {
+                    spec.insert(f.into(), v.clone());
+                }
+            }
+        }
+        if to_external_name {
+            // What only a cluster IP needs goes with it, unless the client changed it.
+            for f in [
+                "clusterIP",
+                "clusterIPs",
+                "ipFamilies",
+                "ipFamilyPolicy",
+                "internalTrafficPolicy",
+            ] {
+                if unchanged(spec, f) {
+                    spec.remove(f);
+                }
+            }
+        }
+        if away_from_node_ports && unchanged(spec, "externalTrafficPolicy") {
+            spec.remove("externalTrafficPolicy");
+        }
+        let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) else {
+            return;
+        };
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            let key = port_key(p);
+            let was = old_ports
+                .iter()
+                .find(|o| port_key(o) == key)
+                .map(node_port)
+                .filter(|n| *n > 0);
+            match (was, node_port(p)) {
+                (Some(n), 0) if keep_ports => {
+                    p.insert("nodePort".into(), json!(n));
+                }
+                (Some(n), m) if away_from_node_ports && n == m => {
+                    p.remove("nodePort");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn validate(&self, obj: &Value) -> Result<(), Vec<FieldError>> {
+        let svc: Service = typed(obj)?;
+        let spec = svc.spec.unwrap_or_default();
+        let mut errs = Vec::new();
+        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if !TYPES.contains(&ty) {
+            errs.push(FieldError::not_supported("spec.type", &json!(ty), &TYPES));
+        }
+        let ip = spec.cluster_ip.as_deref().unwrap_or("");
+        let ips = spec.cluster_ips.clone().unwrap_or_default();
+        if ty == "ExternalName" {
+            if !ip.is_empty() || !ips.is_empty() {
+                errs.push(FieldError::forbidden(
+                    "spec.clusterIPs",
+                    "may not be set for ExternalName services",
+                ));
+            }
+            if spec.ip_family_policy.is_some() {
+                errs.push(FieldError::forbidden(
+                    "spec.ipFamilyPolicy",
+                    "may not be set for ExternalName services",
+                ));
+            }
+            if spec.ip_families.as_ref().is_some_and(|f| !f.is_empty()) {
+                errs.push(FieldError::forbidden(
+                    "spec.ipFamilies",
+                    "may not be set for ExternalName services",
+                ));
+            }
+            match spec.external_name.as_deref().unwrap_or("") {
+                "" => errs.push(FieldError::required("spec.externalName", "")),
+                n => {
+                    let n = n.strip_suffix('.').unwrap_or(n);
+                    push_invalid(&mut errs, "spec.externalName", n, dns1123_subdomain(n));
+                }
+            }
+        } else {
+            if !ips.is_empty() && ips[0] != ip {
+                errs.push(FieldError::invalid(
+                    "spec.clusterIPs",
+                    &json!(ips),
+                    "element [0] must match clusterIP",
+                ));
+            }
+            if ips.len() > 1 {
+                errs.push(FieldError::invalid(
+                    "spec.clusterIPs",
+                    &json!(ips),
+                    "may specify no more than one IP: this cluster is single-stack IPv4",
+                ));
+            }
+            if !ip.is_empty() && ip != "None" && ip.parse::<Ipv4Addr>().is_err() {
+                errs.push(FieldError::invalid(
+                    "spec.clusterIPs[0]",
+                    &json!(ip),
+                    "must be a valid IPv4 address, (e.g. 10.9.8.7); this cluster is single-stack IPv4",
+                ));
+            }
+            if ip == "None" && ty != "ClusterIP" {
+                errs.push(FieldError::invalid(
+                    "spec.clusterIPs[0]",
+                    &json!(ip),
+                    format!("may not be set to 'None' for {ty} services"),
+                ));
+            }
+            one_of(
+                "spec.ipFamilyPolicy",
+                spec.ip_family_policy.as_ref(),
+                &FAMILY_POLICIES,
+                &mut errs,
+            );
+            if spec.ip_family_policy.as_deref() == Some("RequireDualStack") {
+                errs.push(FieldError::invalid(
+                    "spec.ipFamilyPolicy",
+                    &json!("RequireDualStack"),
+                    "this cluster is not configured for dual-stack services",
+                ));
+            }
+            for (i, f) in spec.ip_families.iter().flatten().enumerate() {
+                if f != "IPv4" {
+                    errs.push(FieldError::invalid(
+                        format!("spec.ipFamilies[{i}]"),
+                        &json!(f),
+                        "not configured on this cluster: the service CIDR is IPv4 only",
+                    ));
+                }
+            }
+        }
+        let ports = spec.ports.clone().unwrap_or_default();
+        if ports.is_empty() && ty != "ExternalName" && ip != "None" {
+            errs.push(FieldError::required("spec.ports", ""));
+        }
+        let mut names = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        let mut node_ports = BTreeSet::new();
+        for (i, p) in ports.iter().enumerate() {
+            validate_port(p, i, ports.len() > 1, &mut errs);
+            if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                if !names.insert(n.to_string()) {
+                    errs.push(FieldError::duplicate(
+                        format!("spec.ports[{i}].name"),
+                        &json!(n),
+                    ));
+                }
+            }
+            let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            if !keys.insert((p.port, protocol.clone())) {
+                errs.push(FieldError::duplicate(
+                    format!("spec.ports[{i}]"),
+                    &json!({"port": p.port, "protocol": protocol}),
+                ));
+            }
+            if let Some(n) = p.node_port.filter(|n| *n != 0) {
+                if !matches!(ty, "NodePort" | "LoadBalancer") {
+                    errs.push(FieldError::forbidden(
+                        format!("spec.ports[{i}].nodePort"),
+                        format!("may not be used when `type` is '{ty}'"),
+                    ));
+                } else if !node_ports.insert((n, protocol.clone())) {
+                    errs.push(FieldError::duplicate(
+                        format!("spec.ports[{i}].nodePort"),
+                        &json!(n),
+                    ));
+                }
+            }
+        }
+        for (k, v) in spec.selector.iter().flatten() {
+            push_invalid(&mut errs, "spec.selector", k, qualified_name(k));
+            push_invalid(&mut errs, "spec.selector", v, label_value(v));
+        }
+        one_of(
+            "spec.sessionAffinity",
+            spec.session_affinity.as_ref(),
+            &AFFINITIES,
+            &mut errs,
+        );
+        one_of(
+            "spec.internalTrafficPolicy",
+            spec.internal_traffic_policy.as_ref(),
+            &TRAFFIC_POLICIES,
+            &mut errs,
+        );
+        match (&spec.external_traffic_policy, ty) {
+            (Some(p), "NodePort" | "LoadBalancer") => one_of(
+                "spec.externalTrafficPolicy",
+                Some(p),
+                &TRAFFIC_POLICIES,
+                &mut errs,
+            ),
+            (Some(_), _) => errs.push(FieldError::invalid(
+                "spec.externalTrafficPolicy",
+                &json!(spec.external_traffic_policy),
+                "may only be set for externally-accessible services",
+            )),
+            _ => {}
+        }
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                errs.push(FieldError::invalid(
+                    format!("spec.externalIPs[{i}]"),
+                    &json!(ip),
+                    "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                ));
+            }
+        }
+        result(errs)
+    }
+
+    fn validate_update(&self, new: &Value, old: &Value) -> Result<(), Vec<FieldError>> {
+        // prepare_update has carried the allocated address over when the client left it out;
+        // what remains different is a change the client asked for.
+        let (n, o) = (spec_str(new, "clusterIP"), spec_str(old, "clusterIP"));
+        if needs_cluster_ip(new) && needs_cluster_ip(old) && n != o {
+            return Err(vec![FieldError::invalid(
+                "spec.clusterIPs[0]",
+                &json!(n),
+                "may not change once set",
+            )]);
+        }
+        Ok(())
+    }
+
+    fn allocate<'a>(
+        &'a self,
+        store: &'a dyn Store,
+        key: &'a ObjectKey,
+        obj: &'a mut Value,
+        old: Option<&'a Value>,
+    ) -> BoxFuture<'a, Result<Allocation, ApiError>> {
+        Box::pin(async move {
+            if !takes_something(obj, old) {
+                return Ok(Allocation::none());
+            }
+            let guard = ALLOCATION_LOCK.lock().await;
+            let (others, _) = store
+                .list(&SERVICE_INFO.storage_resource(), None)
+                .map_err(|e| ApiError::from_store(e, &SERVICE_INFO.qualified(), &key.name))?;
+            let mut used_ips = HashSet::new();
+            let mut used_ports = HashSet::new();
+            for s in others {
+                let name = s.value.pointer("/metadata/name").and_then(Value::as_str);
+                let ns = s
+                    .value
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str);
+                if name == Some(key.name.as_str()) && ns == Some(key.namespace.as_str()) {
+                    continue;
+                }
+                let (ips, ports) = held(&s.value);
+                used_ips.extend(ips);
+                used_ports.extend(ports);
+            }
+            let errs = self.assign(obj, old, &used_ips, &used_ports);
+            if !errs.is_empty() {
+                return Err(ApiError::Invalid {
+                    kind: SERVICE_INFO.kind.to_string(),
+                    name: key.name.clone(),
+                    errors: errs,
+                });
+            }
+            Ok(Allocation::held(guard))
+        })
+    }
+
+    fn columns(&self) -> &'static [Column] {
+        &COLUMNS
+    }
+
+    fn table_row(&self, obj: &Value, now: i64) -> Vec<Value> {
+        vec![
+            obj.pointer("/metadata/name").cloned().unwrap_or(json!("")),
+            json!(svc_type(obj)),
+            json!(match spec_str(obj, "clusterIP") {
+                "" => "<none>",
+                ip => ip,
+            }),
+            json!(external_ip(obj)),
+            json!(port_string(obj)),
+            age(obj, now),
+            json!(selector_string(obj)),
+        ]
+    }
+}
+
+/// kubectl's EXTERNAL-IP cell (`getServiceExternalIP` of the Kubernetes printers).
+fn external_ip(obj: &Value) -> String {
+    let external: Vec<&str> = obj
+        .pointer("/spec/externalIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    match svc_type(obj) {
+        "ClusterIP" | "NodePort" if external.is_empty() => "<none>".into(),
+        "ClusterIP" | "NodePort" => external.join(","),
+        "LoadBalancer" => {
+            let lb: Vec<&str> = obj
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| {
+                    i.get("ip")
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .or_else(|| i.get("hostname").and_then(Value::as_str))
+                })
+                .collect();
+            if lb.is_empty() {
+                if external.is_empty() {
+                    "<pending>".into()
+                } else {
+                    external.join(",")
+                }
+            } else {
+                external.into_iter().chain(lb).collect::<Vec<_>>().join(",")
+            }
+        }
+        "ExternalName" => spec_str(obj, "externalName").to_string(),
+        _ => "<unknown>".into(),
+    }
+}
+
+/// kubectl's PORT(S) cell: `80/TCP`, `80:30080/TCP`, comma-separated; `<none>` without ports.
+fn port_string(obj: &Value) -> String {
+    let cells: Vec<String> = ports(obj)
+        .into_iter()
+        .map(|p| {
+            let (port, protocol) = port_key(p);
+            match node_port(p) {
+                0 => format!("{port}/{protocol}"),
+                n => format!("{port}:{n}/{protocol}"),
+            }
+        })
+        .collect();
+    if cells.is_empty() {
+        "<none>".into()
+    } else {
+        cells.join(",")
+    }
+}
+
+/// kubectl's SELECTOR cell: `k=v` pairs sorted by key, `<none>` when empty.
+fn selector_string(obj: &Value) -> String {
+    let pairs: Vec<String> = obj
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    if pairs.is_empty() {
+        "<none>".into()
+    } else {
+        pairs.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(spec: Value) -> Value {
+        let mut v = decode_as::<Service>(
+            json!({"metadata": {"name": "web", "namespace": "default"}, "spec": spec}),
+        )
+        .unwrap();
+        ServiceHandler::new(ServiceNetwork::default()).default(&mut v);
+        v
+    }
+
+    fn fields(r: Result<(), Vec<FieldError>>) -> Vec<String> {
+        r.err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_kubernetes() {
+        let v = svc(
+            json!({"selector": {"app": "web"}, "ports": [{"port": 80}, {"name": "x", "port": 81, "targetPort": "http"}]}),
+        );
+        let spec = &v["spec"];
+        assert_eq!(spec["type"], "ClusterIP");
+        assert_eq!(spec["sessionAffinity"], "None");
+        assert_eq!(spec["internalTrafficPolicy"], "Cluster");
+        assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
+        assert_eq!(spec["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(spec["ports"][0]["protocol"], "TCP");
+        assert_eq!(spec["ports"][0]["targetPort"], 80);
+        assert_eq!(spec["ports"][1]["targetPort"], "http");
+        assert!(spec.get("externalTrafficPolicy").is_none());
+        let np = svc(json!({"type": "NodePort", "ports": [{"port": 80}]}));
+        assert_eq!(np["spec"]["externalTrafficPolicy"], "Cluster");
+        let ext = svc(json!({"type": "ExternalName", "externalName": "db.example.com"}));
+        assert!(ext["spec"].get("ipFamilies").is_none());
+        assert!(ext["spec"].get("internalTrafficPolicy").is_none());
+        assert!(ServiceHandler::new(ServiceNetwork::default())
+            .validate(&ext)
+            .is_ok());
+        let sticky = svc(json!({"sessionAffinity": "ClientIP", "ports": [{"port": 80}]}));
+        assert_eq!(
+            sticky["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
+            10800
+        );
+    }
+
+    #[test]
+    fn validation_reports_each_field() {
+        let h = ServiceHandler::new(ServiceNetwork::default());
+        assert!(h
+            .validate(&svc(
+                json!({"ports": [{"port": 80}], "selector": {"app": "web"}})
+            ))
+            .is_ok());
+        let bad = svc(json!({"type": "Bogus", "selector": {"-bad": "ok"},
+            "ports": [{"port": 0, "protocol": "ICMP"}, {"name": "Web", "port": 80},
+                      {"name": "a", "port": 81, "nodePort": 30001}, {"name": "a", "port": 81}]}));
+        assert_eq!(
+            fields(h.validate(&bad)),
+            [
+                "spec.type: Unsupported value: \"Bogus\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"",
+                "spec.ports[0].name: Required value",
+                "spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
+                "spec.ports[0].protocol: Unsupported value: \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\"",
+                // Defaulted from the port, as in Kubernetes, so reported too.
+                "spec.ports[0].targetPort: Invalid value: 0: must be between 1 and 65535, inclusive",
+                "spec.ports[1].name: Invalid value: \"Web\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+                "spec.ports[2].nodePort: Forbidden: may not be used when `type` is 'Bogus'",
+                "spec.ports[3].name: Duplicate value: \"a\"",
+                "spec.ports[3]: Duplicate value: {\"port\":81,\"protocol\":\"TCP\"}",
+                "spec.selector: Invalid value: \"-bad\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
+            ]
+        );
+        let no_ports = svc(json!({}));
+        assert_eq!(
+            fields(h.validate(&no_ports)),
+            ["spec.ports: Required value"]
+        );
+        // A headless Service needs no ports.
+        assert!(h.validate(&svc(json!({"clusterIP": "None"}))).is_ok());
+        let headless_np =
+            svc(json!({"type": "NodePort", "clusterIP": "None", "ports": [{"port": 1}]}));
+        assert_eq!(
+            fields(h.validate(&headless_np)),
+            ["spec.clusterIPs[0]: Invalid value: \"None\": may not be set to 'None' for NodePort services"]
+        );
+        let ext = svc(json!({"type": "ExternalName", "clusterIP": "10.96.0.9"}));
+        assert_eq!(
+            fields(h.validate(&ext)),
+            [
+                "spec.clusterIPs: Forbidden: may not be set for ExternalName services",
+                "spec.externalName: Required value",
+            ]
+        );
+    }
+
+    #[test]
+    fn cidrs_and_ranges_parse_with_clear_errors() {
+        let c: ServiceCidr = "10.96.0.0/12".parse().unwrap();
+        assert_eq!(c, ServiceNetwork::default().cidr);
+        assert!(c.contains("10.96.0.1".parse().unwrap()));
+        assert!(c.contains("10.111.255.254".parse().unwrap()));
+        assert!(!c.contains("10.96.0.0".parse().unwrap()));
+        assert!(!c.contains("10.111.255.255".parse().unwrap()));
+        assert!(!c.contains("10.112.0.1".parse().unwrap()));
+        for bad in [
+            "10.96.0.1/12",
+            "10.96.0.0",
+            "fd00::/108",
+            "10.0.0.0/8",
+            "10.0.0.0/31",
+        ] {
+            assert!(bad.parse::<ServiceCidr>().is_err(), "{bad}");
+        }
+        let r: NodePortRange = "30000-32767".parse().unwrap();
+        assert_eq!(r, ServiceNetwork::default().node_ports);
+        assert!("3-2".parse::<NodePortRange>().is_err());
+        assert_eq!(
+            "x".parse::<NodePortRange>().unwrap_err().to_string(),
+            "invalid node port range \"x\": expected FIRST-LAST, such as 30000-32767"
+        );
+    }
+
+    #[test]
+    fn assignment_never_hands_out_a_held_value() {
+        // A /29 has 6 usable addresses; with 5 held, the sixth is the only answer.
+        let h = ServiceHandler::new(ServiceNetwork {
+            cidr: "10.0.0.0/29".parse().unwrap(),
+            node_ports: "30000-30002".parse().unwrap(),
+        });
+        let used: HashSet<Ipv4Addr> = (1..=5).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+        let ports: HashSet<i64> = [30000, 30002].into();
+        let mut v = svc(
+            json!({"type": "NodePort", "ports": [{"port": 80}, {"name": "u", "port": 80, "protocol": "UDP"}]}),
+        );
+        assert!(h.assign(&mut v, None, &used, &ports).is_empty());
+        assert_eq!(v["spec"]["clusterIP"], "10.0.0.6");
+        assert_eq!(v["spec"]["clusterIPs"], json!(["10.0.0.6"]));
+        // One port number over TCP and UDP shares its node port, as in Kubernetes.
+        assert_eq!(v["spec"]["ports"][0]["nodePort"], 30001);
+        assert_eq!(v["spec"]["ports"][1]["nodePort"], 30001);
+        let all: HashSet<Ipv4Addr> = (1..=6).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+        let mut full = svc(json!({"ports": [{"port": 80}]}));
+        let errs = h.assign(&mut full, None, &all, &ports);
+        assert!(errs[0].to_string().contains("range is full"), "{errs:?}");
+        let mut taken = svc(json!({"clusterIP": "10.0.0.5", "ports": [{"port": 80}]}));
+        assert_eq!(
+            h.assign(&mut taken, None, &used, &ports)[0].to_string(),
+            "spec.clusterIPs: Invalid value: [\"10.0.0.5\"]: failed to allocate IP 10.0.0.5: provided IP is already allocated"
+        );
+        let mut outside = svc(
+            json!({"type": "NodePort", "clusterIP": "10.1.0.5", "ports": [{"port": 80, "nodePort": 30002}, {"name": "b", "port": 81, "nodePort": 80}]}),
+        );
+        assert_eq!(
+            fields(result(h.assign(&mut outside, None, &used, &ports))),
+            [
+                "spec.clusterIPs: Invalid value: [\"10.1.0.5\"]: failed to allocate IP 10.1.0.5: the provided IP (10.1.0.5) is not in the valid range. The range of valid IPs is 10.0.0.0/29",
+                "spec.ports[0].nodePort: Invalid value: 30002: provided port is already allocated",
+                "spec.ports[1].nodePort: Invalid value: 80: provided port is not in the valid range. The range of valid ports is 30000-30002",
+            ]
+        );
+        // A headless Service takes nothing.
+        let mut headless = svc(json!({"clusterIP": "None"}));
+        assert!(h.assign(&mut headless, None, &all, &ports).is_empty());
+        assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
+        assert!(!takes_something(&headless, None));
+    }
+
+    #[test]
+    fn updates_keep_what_was_allocated() {
+        let h = ServiceHandler::new(ServiceNetwork::default());
+        let mut old = svc(json!({"type": "NodePort", "ports": [{"port": 80}]}));
+        assert!(h
+            .assign(&mut old, None, &HashSet::new(), &HashSet::new())
+            .is_empty());
+        let ip = old["spec"]["clusterIP"].clone();
+        let np = old["spec"]["ports"][0]["nodePort"].clone();
+        // A replace from the original manifest.
+        let mut new =
+            svc(json!({"type": "NodePort", "ports": [{"port": 80}], "selector": {"a": "b"}}));
+        h.prepare_update(&mut new, &old);
+        assert_eq!(new["spec"]["clusterIP"], ip);
+        assert_eq!(new["spec"]["ports"][0]["nodePort"], np);
+        assert!(h.validate_update(&new, &old).is_ok());
+        assert!(!takes_something(&new, Some(&old)));
+        // Back to ClusterIP: the node ports go, the address stays.
+        let mut back = old.clone();
+        back["spec"]["type"] = json!("ClusterIP");
+        h.prepare_update(&mut back, &old);
+        assert!(back["spec"]["ports"][0].get("nodePort").is_none());
+        assert!(back["spec"].get("externalTrafficPolicy").is_none());
+        assert!(h.validate(&back).is_ok());
+        // To ExternalName: the address goes too.
+        let mut ext = old.clone();
+        ext["spec"]["type"] = json!("ExternalName");
+        ext["spec"]["externalName"] = json!("db.example.com");
+        h.prepare_update(&mut ext, &old);
+        assert!(ext["spec"].get("clusterIP").is_none());
+        assert!(h.validate(&ext).is_ok(), "{:?}", h.validate(&ext));
+        let mut moved = old.clone();
+        moved["spec"]["clusterIP"] = json!("10.96.0.77");
+        moved["spec"]["clusterIPs"] = json!(["10.96.0.77"]);
+        assert_eq!(
+            fields(h.validate_update(&moved, &old)),
+            ["spec.clusterIPs[0]: Invalid value: \"10.96.0.77\": may not change once set"]
+        );
+    }
+
+    #[test]
+    fn protobuf_bodies_decode_to_the_manifest_json() {
+        fn field(n: u8, wire: u8, body: &[u8]) -> Vec<u8> {
+            let mut out = vec![(n << 3) | wire];
+            if wire == 2 {
+                out.push(body.len() as u8);
+            }
+            out.extend_from_slice(body);
+            out
+        }
+        // targetPort 8080 (IntOrString{type: 0, intVal: 8080}), port 80, nodePort 30080.
+        let target = [field(1, 0, &[0]), field(2, 0, &[0x90, 0x3f])].concat();
+        let port = [
+            field(1, 2, b"80-8080"),
+            field(2, 2, b"TCP"),
+            field(3, 0, &[80]),
+            field(4, 2, &target),
+            field(5, 0, &[0x80, 0xeb, 0x01]),
+        ]
+        .concat();
+        let selector = [field(1, 2, b"app"), field(2, 2, b"np")].concat();
+        let spec = [
+            field(1, 2, &port),
+            field(2, 2, &selector),
+            field(3, 2, b""),
+            field(4, 2, b"NodePort"),
+            field(13, 0, &[0]),
+        ]
+        .concat();
+        let raw = [field(1, 2, &field(1, 2, b"np")), field(2, 2, &spec)].concat();
+        let type_meta = [field(1, 2, b"v1"), field(2, 2, b"Service")].concat();
+        let body = [
+            b"k8s\0".to_vec(),
+            field(1, 2, &type_meta),
+            field(2, 2, &raw),
+        ]
+        .concat();
+        let v = ServiceHandler::new(ServiceNetwork::default())
+            .decode_protobuf(&body)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np"},
+                "spec": {"type": "NodePort", "selector": {"app": "np"}, "ports": [{"name": "80-8080",
+                "protocol": "TCP", "port": 80, "targetPort": 8080, "nodePort": 30080}]}})
+        );
+    }
+
+    #[test]
+    fn table_rows_look_like_kubectl() {
+        let h = ServiceHandler::new(ServiceNetwork::default());
+        let mut v = svc(
+            json!({"type": "NodePort", "clusterIP": "10.96.0.10", "selector": {"b": "2", "a": "1"},
+            "ports": [{"port": 80, "nodePort": 30080}, {"name": "dns", "port": 53, "protocol": "UDP"}]}),
+        );
+        v["metadata"]["creationTimestamp"] = json!("2025-01-01T00:00:00Z");
+        assert_eq!(
+            h.table_row(&v, 1_735_689_600 + 60),
+            vec![
+                json!("web"),
+                json!("NodePort"),
+                json!("10.96.0.10"),
+                json!("<none>"),
+                json!("80:30080/TCP,53/UDP"),
+                json!("60s"),
+                json!("a=1,b=2"),
+            ]
+        );
+        let lb = svc(json!({"type": "LoadBalancer", "ports": [{"port": 443}]}));
+        assert_eq!(external_ip(&lb), "<pending>");
+        let ext = svc(json!({"type": "ExternalName", "externalName": "db.example.com"}));
+        let row = h.table_row(&ext, 0);
+        assert_eq!(
+            (&row[2], &row[3], &row[4]),
+            (&json!("<none>"), &json!("db.example.com"), &json!("<none>"))
+        );
+        let headless = svc(json!({"clusterIP": "None"}));
+        assert_eq!(h.table_row(&headless, 0)[2], "None");
+    }
+}
