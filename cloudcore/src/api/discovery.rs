@@ -106,6 +106,15 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
                 "verbs": verbs,
             }));
         }
+        if h.binding_subresource() {
+            resources.push(json!({
+                "name": format!("{}/binding", i.plural),
+                "singularName": "",
+                "namespaced": i.namespaced,
+                "kind": "Binding",
+                "verbs": ["create"],
+            }));
+        }
         if h.scale_subresource() {
             let verbs: Vec<&str> = ["get", "patch", "update"]
                 .into_iter()
@@ -276,6 +285,7 @@ mod tests {
                 "namespaces/status",
                 "pods",
                 "pods/status",
+                "pods/binding",
                 "nodes",
                 "nodes/status",
                 "configmaps",
@@ -285,12 +295,12 @@ mod tests {
                 "services/status"
             ]
         );
-        assert_eq!(list["resources"][6]["shortNames"], json!(["cm"]));
+        assert_eq!(list["resources"][7]["shortNames"], json!(["cm"]));
         assert_eq!(list["resources"][2]["shortNames"], json!(["po"]));
         assert_eq!(list["resources"][0]["shortNames"], json!(["ns"]));
         assert_eq!(list["resources"][0]["namespaced"], false);
-        assert_eq!(list["resources"][9]["shortNames"], json!(["svc"]));
-        assert_eq!(list["resources"][9]["categories"], json!(["all"]));
+        assert_eq!(list["resources"][10]["shortNames"], json!(["svc"]));
+        assert_eq!(list["resources"][10]["categories"], json!(["all"]));
         assert!(list["resources"][2]["verbs"]
             .as_array()
             .unwrap()

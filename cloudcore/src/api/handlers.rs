@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Attempts of a read-modify-write before giving up (only without a client precondition).
-const UPDATE_ATTEMPTS: usize = 16;
+pub(super) const UPDATE_ATTEMPTS: usize = 16;
 /// Alphabet of `generateName` suffixes (Kubernetes': no vowels, no look-alike digits).
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 /// Random characters appended to `generateName`.
@@ -113,6 +113,7 @@ pub(super) fn parse_target(state: &ApiState, path: &str) -> Result<Target, ApiEr
         let served = match sub.as_str() {
             "status" => info.status_subresource,
             "scale" => res.scale_subresource(),
+            super::binding::SUBRESOURCE => res.binding_subresource(),
             _ => false,
         };
         if !served {
@@ -148,7 +149,7 @@ impl Call {
         self.name.as_deref().unwrap_or("")
     }
 
-    fn key(&self) -> ObjectKey {
+    pub(super) fn key(&self) -> ObjectKey {
         ObjectKey::new(
             self.info().storage_resource(),
             self.namespace.clone().unwrap_or_default(),
@@ -156,11 +157,11 @@ impl Call {
         )
     }
 
-    fn store_err(&self, e: StoreError) -> ApiError {
+    pub(super) fn store_err(&self, e: StoreError) -> ApiError {
         ApiError::from_store(e, &self.info().qualified(), self.name())
     }
 
-    fn dry_run(&self) -> Result<bool, ApiError> {
+    pub(super) fn dry_run(&self) -> Result<bool, ApiError> {
         match self.query.get("dryRun").map(String::as_str) {
             None | Some("") => Ok(false),
             Some("All") => Ok(true),
@@ -1381,6 +1382,7 @@ fn verb_of(method: &Method, t: &ResourceTarget, watch_param: bool) -> &'static s
         ("GET", false, _) => "list",
         ("GET", true, _) => "get",
         ("POST", false, _) => "create",
+        ("POST", true, true) => "create",
         ("PUT", true, _) => "update",
         ("PATCH", true, _) => "patch",
         ("DELETE", true, false) => "delete",
@@ -1434,7 +1436,10 @@ async fn handle(
     let verb = verb_of(&parts.method, &t, is_true(query.get("watch")));
     labels.verb = verb;
     labels.resource = t.res.info().qualified();
+    let binding = t.subresource.as_deref() == Some(super::binding::SUBRESOURCE);
     let allowed = match (t.subresource.is_some(), verb) {
+        (true, "create") => binding,
+        (true, _) if binding => false,
         (true, "get" | "update" | "patch") => t.res.info().supports(verb),
         (true, _) => false,
         // A namespaced resource without a namespace supports only list and watch.
@@ -1456,6 +1461,10 @@ async fn handle(
         headers: parts.headers,
     };
     let limit = state.max_body_bytes;
+    if binding {
+        let body = read_body(body, &call.headers, limit).await?;
+        return super::binding::create(&call, body).await;
+    }
     if t.subresource.as_deref() == Some("scale") {
         let body = read_body(body, &call.headers, limit).await?;
         return super::scale::serve(verb, &call, body).await;

@@ -9,7 +9,7 @@
 //! - `handlers`: generic get/list/create/update/patch/delete/deletecollection/status over the
 //!   [`Store`], with Kubernetes' semantics (defaulting, optimistic concurrency, graceful pod
 //!   deletion, finalizers and propagation; [`finalizers`]);
-//! - [`scale`]: the `/scale` subresource of the workloads;
+//! - [`scale`]: the `/scale` subresource of the workloads; [`binding`]: pods' `/binding`;
 //! - `watch`: `?watch=1` streams, resumable from the [`history`] of recent events;
 //! - [`namespaces`]: the Namespace kind, the checks on creating into one, and the controller
 //!   that empties and removes deleted ones;
@@ -27,6 +27,7 @@
 //! sharded by the node they are bound to.
 
 pub mod auth;
+pub mod binding;
 pub mod client;
 pub mod configmaps;
 pub mod discovery;

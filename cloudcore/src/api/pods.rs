@@ -1074,6 +1074,10 @@ fn none_if_empty(v: Option<&Value>) -> Value {
 }
 
 impl ResourceHandler for PodHandler {
+    fn binding_subresource(&self) -> bool {
+        true
+    }
+
     fn info(&self) -> &ResourceInfo {
         &POD_INFO
     }

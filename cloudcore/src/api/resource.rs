@@ -247,6 +247,12 @@ pub trait ResourceHandler: Send + Sync + 'static {
         false
     }
 
+    /// Whether the kind has a `/binding` subresource (pods: assigning one to a node; see
+    /// [`super::binding`]).
+    fn binding_subresource(&self) -> bool {
+        false
+    }
+
     /// Table columns (kubectl's `get` output); priority-1 columns appear with `-o wide`. The
     /// first column should be the name.
     fn columns(&self) -> &'static [Column];

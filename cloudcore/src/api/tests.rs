@@ -2234,3 +2234,80 @@ async fn delete_collection_deletes_the_matching_objects_through_the_delete_path(
     assert_eq!(code, StatusCode::OK);
     assert_eq!(v["items"], json!([]));
 }
+
+#[tokio::test]
+async fn the_binding_subresource_assigns_a_pod_once() {
+    let h = harness().await;
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.35"}]}});
+    let (code, created) = h.call(Method::POST, pods, Some(pod)).await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let binding = |node: &str, kind: &str| {
+        json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"},
+               "target": {"apiVersion": "v1", "kind": kind, "name": node}})
+    };
+    let path = format!("{pods}/p/binding");
+    // Wrong target kind and a missing node name are field errors.
+    let (code, v) = h
+        .call(Method::POST, &path, Some(binding("n1", "Service")))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["details"]["causes"][0]["field"], "target.kind");
+    let (code, _) = h.call(Method::POST, &path, Some(binding("", "Node"))).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    // A uid precondition that does not hold is a conflict.
+    let mut stale = binding("n1", "Node");
+    stale["metadata"]["uid"] = json!("someone-else");
+    let (code, _) = h.call(Method::POST, &path, Some(stale)).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    // Bound: nodeName and PodScheduled=True, as the scheduler writes them.
+    let (code, v) = h
+        .call(Method::POST, &path, Some(binding("n1", "Node")))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    assert_eq!(v["status"], "Success");
+    let (_, p) = h.call(Method::GET, &format!("{pods}/p"), None).await;
+    assert_eq!(p["spec"]["nodeName"], "n1");
+    assert_eq!(p["status"]["conditions"][0]["type"], "PodScheduled");
+    assert_eq!(p["status"]["conditions"][0]["status"], "True");
+    // Once only.
+    let (code, v) = h
+        .call(Method::POST, &path, Some(binding("n2", "Node")))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("is already assigned to node \"n1\""),
+        "{v}"
+    );
+    // Missing pods are 404; other verbs on the subresource are 405; discovery lists it.
+    let mut other = binding("n1", "Node");
+    other["metadata"]["name"] = json!("nope");
+    let (code, _) = h
+        .call(Method::POST, &format!("{pods}/nope/binding"), Some(other))
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, v) = h
+        .call(
+            Method::POST,
+            &format!("{pods}/nope/binding"),
+            Some(binding("n1", "Node")),
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the Binding names pod p: {v}"
+    );
+    let (code, _) = h.call(Method::GET, &path, None).await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    let (_, v) = h.call(Method::GET, "/api/v1", None).await;
+    assert!(v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["name"] == "pods/binding" && r["verbs"] == json!(["create"])));
+}
