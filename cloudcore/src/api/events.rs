@@ -38,16 +38,7 @@ pub const EVENT_INFO: ResourceInfo = ResourceInfo {
     singular: "event",
     kind: "Event",
     namespaced: true,
-    verbs: &[
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
-    ],
+    verbs: super::resource::ALL_VERBS,
     short_names: &["ev"],
     categories: &[],
     status_subresource: false,
@@ -269,6 +260,29 @@ pub async fn record(
     Err(StoreError::Backend(format!(
         "{key} kept appearing and disappearing while recording it; the next attempt retries"
     )))
+}
+
+/// As [`record`], for callers to whom an event is a courtesy, not part of their work (the
+/// controllers, the node lifecycle): a failure is logged with the object and reason, and
+/// otherwise ignored, since the state the event describes is already in the object.
+pub async fn record_best_effort(
+    store: &dyn Store,
+    object: &Value,
+    event_type: EventType,
+    reason: &str,
+    message: &str,
+    component: &str,
+) {
+    if let Err(e) = record(store, object, event_type, reason, message, component).await {
+        tracing::warn!(
+            kind = str_at(object, "/kind"),
+            namespace = str_at(object, "/metadata/namespace"),
+            name = str_at(object, "/metadata/name"),
+            reason,
+            error = %e,
+            "cannot record an event"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,18 @@ pub struct SelectableField {
     pub default: &'static str,
 }
 
+/// The verbs of a resource with every standard verb (what most Kubernetes kinds serve).
+pub const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
 /// The fields every resource can be selected by.
 pub const METADATA_FIELDS: [SelectableField; 2] = [
     SelectableField {

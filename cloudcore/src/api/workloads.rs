@@ -22,18 +22,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as MetaSelecto
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Map, Value};
 
-/// The verbs every workload kind serves.
-const VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-
 const fn info(
     plural: &'static str,
     singular: &'static str,
@@ -47,7 +35,7 @@ const fn info(
         singular,
         kind,
         namespaced: true,
-        verbs: VERBS,
+        verbs: super::resource::ALL_VERBS,
         short_names,
         categories: &["all"],
         status_subresource: true,

@@ -384,18 +384,16 @@ impl DaemonSetController {
     }
 
     async fn event(&self, ds: &Value, reason: &str, message: &str) {
-        if let Err(e) = events::record(
-            self.client.state().store.as_ref(),
+        let store = self.client.state().store.clone();
+        events::record_best_effort(
+            store.as_ref(),
             ds,
             EventType::Normal,
             reason,
             message,
             COMPONENT,
         )
-        .await
-        {
-            tracing::warn!(error = %e, reason, "cannot record an event about a DaemonSet");
-        }
+        .await;
     }
 }
 

@@ -672,7 +672,7 @@ impl DeploymentController {
 
     async fn event(&self, d: &Value, reason: &str, message: &str) {
         let store = self.client.state().store.clone();
-        if let Err(e) = events::record(
+        events::record_best_effort(
             store.as_ref(),
             d,
             EventType::Normal,
@@ -680,10 +680,7 @@ impl DeploymentController {
             message,
             COMPONENT,
         )
-        .await
-        {
-            tracing::warn!(error = %e, reason, "cannot record a Deployment event");
-        }
+        .await;
     }
 
     /// Sizes `rs` to `size` (and refreshes its replicas annotations); returns whether the size

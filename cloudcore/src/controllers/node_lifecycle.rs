@@ -671,18 +671,8 @@ impl Controller {
     }
 
     async fn record(&self, about: &Value, event_type: EventType, reason: &str, msg: &str) {
-        if let Err(e) = events::record(
-            self.state.store.as_ref(),
-            about,
-            event_type,
-            reason,
-            msg,
-            COMPONENT,
-        )
-        .await
-        {
-            warn!(reason, error = %e, "could not record event");
-        }
+        let store = self.state.store.as_ref();
+        events::record_best_effort(store, about, event_type, reason, msg, COMPONENT).await;
     }
 
     /// The node whose decision a store event may change: the node itself, or the node of a

@@ -226,9 +226,7 @@ impl ReplicaSetController {
 
     async fn event(&self, rs: &Value, kind: EventType, reason: &str, message: &str) {
         let store = self.client.state().store.clone();
-        if let Err(e) = events::record(store.as_ref(), rs, kind, reason, message, COMPONENT).await {
-            tracing::warn!(error = %e, reason, "cannot record a ReplicaSet event");
-        }
+        events::record_best_effort(store.as_ref(), rs, kind, reason, message, COMPONENT).await;
     }
 
     /// Creates or deletes pods so that `active` reaches `spec.replicas`.

@@ -262,18 +262,16 @@ impl StatefulSetController {
     }
 
     async fn event(&self, sts: &Value, reason: &str, message: &str) {
-        if let Err(e) = events::record(
-            self.client.state().store.as_ref(),
+        let store = self.client.state().store.clone();
+        events::record_best_effort(
+            store.as_ref(),
             sts,
             EventType::Normal,
             reason,
             message,
             COMPONENT,
         )
-        .await
-        {
-            tracing::warn!(error = %e, reason, "cannot record an event about a StatefulSet");
-        }
+        .await;
     }
 }
 
