@@ -117,6 +117,18 @@ async fn kubectl_selects_watches_and_describes_pods() -> anyhow::Result<()> {
         assert!(out.contains(needle), "{needle} missing from:\n{out}");
     }
 
+    // `kubectl explain` renders fields from the served OpenAPI schemas.
+    let (ok, out) = cloud.kubectl(&["explain", "pods.spec.containers.ports"])?;
+    assert!(
+        ok && out.contains("FIELD: ports <[]ContainerPort>") && out.contains("containerPort"),
+        "{out}"
+    );
+    let (ok, out) = cloud.kubectl(&["explain", "deployment.spec.strategy.rollingUpdate"])?;
+    assert!(
+        ok && out.contains("maxSurge") && out.contains("maxUnavailable"),
+        "{out}"
+    );
+
     // `kubectl get -w` sees a pod come, and go.
     let mut watch = Command::new("kubectl")
         .arg("--kubeconfig")

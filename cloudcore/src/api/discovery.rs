@@ -168,14 +168,15 @@ fn group_versions(registry: &Registry) -> Vec<(&'static str, &'static str)> {
     out
 }
 
-/// `GET /openapi/v3/{api/v1 | apis/g/v}`: a deliberately minimal OpenAPI v3 document — one
-/// operation per resource carrying its group-version-kind and the `fieldValidation` parameter.
+/// `GET /openapi/v3/{api/v1 | apis/g/v}`: the OpenAPI v3 document of a group-version — one
+/// operation per resource carrying its group-version-kind and the `fieldValidation` parameter,
+/// and the schemas of its kinds ([`super::schemas`]).
 ///
-/// Why not a 404: `kubectl create/replace` (with the default `--validate=strict`) asks the
-/// OpenAPI document whether the server validates fields itself, and refuses to send anything
-/// when neither `/openapi/v3` nor `/openapi/v2` answers. With this document kubectl sends
-/// `?fieldValidation=Strict` and leaves validation to the server, which implements it. There
-/// are no schemas, so `kubectl explain` still does not work.
+/// `kubectl create/replace` (with the default `--validate=strict`) asks this document whether
+/// the server validates fields itself, and refuses to send anything when neither `/openapi/v3`
+/// nor `/openapi/v2` answers; with it kubectl sends `?fieldValidation=Strict` and leaves
+/// validation to the server. The schemas serve `kubectl explain` and `kubectl apply`'s
+/// client-side patches.
 pub fn openapi_v3_group_version(registry: &Registry, path: &str) -> Option<Value> {
     let (group, version) = group_versions(registry)
         .into_iter()
@@ -232,11 +233,17 @@ pub fn openapi_v3_group_version(registry: &Registry, path: &str) -> Option<Value
             paths.insert(format!("{collection}/{{name}}"), Value::Object(item));
         }
     }
+    let kinds: Vec<(&str, &str, &str)> = registry
+        .iter()
+        .map(|h| h.info())
+        .filter(|i| i.group == group && i.version == version)
+        .map(|i| (i.group, i.version, i.kind))
+        .collect();
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v1.{KUBE_MINOR}.0")},
         "paths": paths,
-        "components": {},
+        "components": {"schemas": super::schemas::components(&kinds)},
     }))
 }
 

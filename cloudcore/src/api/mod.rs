@@ -44,6 +44,7 @@ pub mod protobuf;
 pub mod quantity;
 pub mod resource;
 pub mod scale;
+pub mod schemas;
 pub mod secrets;
 pub mod selector;
 pub mod services;
