@@ -172,6 +172,22 @@ fn containerd_pid(ctrd: &Containerd) -> Option<i32> {
     })
 }
 
+/// Whether every thread of `pid` is stopped (state `T` in each `/proc/PID/task/*/stat`).
+fn process_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string))
+            })
+            .is_some_and(|state| state == "T" || state == "t")
+    })
+}
+
 fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
@@ -670,6 +686,13 @@ async fn cri_runtime_runs_pods_in_containerd() {
     let quick = runtime(&ctrd.socket, data.path(), "inst-a", Duration::from_secs(2)).await;
     let pid = containerd_pid(&ctrd).expect("containerd pid");
     signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    // The kernel stops every thread asynchronously; call only once it reports them stopped, or
+    // a thread still running on a loaded machine can answer.
+    eventually("containerd to be stopped", WAIT, || async {
+        Ok(process_stopped(pid).then_some(()))
+    })
+    .await
+    .expect("containerd stops");
     let t = Instant::now();
     let hung = quick.container_state(&sb, &info.id).await;
     signal(pid, nix::sys::signal::Signal::SIGCONT);
