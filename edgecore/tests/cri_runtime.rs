@@ -2,6 +2,8 @@
 //! and CNI bridge/subnet) from the harness in `skerry-tests`, with the registry-free images of
 //! `deploy/images/build.sh`. Skipped, with a message, only when containerd is not installed.
 
+mod support;
+
 use edgecore::pods::{BackoffPolicy, PodManager, PodManagerConfig, StatusSink};
 use edgecore::runtime::cri::{CriConfig, CriRuntime};
 use edgecore::runtime::{ContainerConfig, ContainerRunState, Runtime, RuntimeError, Sandbox};
@@ -13,7 +15,6 @@ use protocol::pod::{
 use protocol::status::{ContainerState, PodPhase, PodStatus};
 use skerry_tests::containerd::{self, Containerd, BUSYBOX_IMAGE};
 use skerry_tests::eventually;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -36,26 +37,13 @@ async fn file_becomes(path: &Path, want: &str) -> String {
 }
 
 fn container(name: &str, script: &str) -> EdgeContainer {
-    EdgeContainer {
-        name: name.into(),
-        image: BUSYBOX_IMAGE.into(),
-        image_pull_policy: "Never".into(),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        ..Default::default()
-    }
+    support::sh(name, BUSYBOX_IMAGE, script)
 }
 
 fn pod(uid: &str, containers: Vec<EdgeContainer>) -> EdgePod {
     EdgePod {
         namespace: "edge".into(),
-        name: format!("pod-{uid}"),
-        uid: uid.into(),
-        labels: BTreeMap::new(),
-        containers,
-        restart_policy: RestartPolicy::Never,
-        termination_grace_period_seconds: 5,
-        volumes: vec![],
-        deletion_grace_period_seconds: None,
+        ..support::pod(uid, containers)
     }
 }
 

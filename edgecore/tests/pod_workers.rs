@@ -1,6 +1,8 @@
 //! Pod workers against the real `process` runtime (real processes, edgecore's binary as shim),
 //! with a recording status sink.
 
+mod support;
+
 use edgecore::cache::ConfigSet;
 use edgecore::pods::{BackoffPolicy, Desired, PodManager, PodManagerConfig, StatusSink};
 use edgecore::runtime::process::ProcessRuntime;
@@ -16,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use support::slow_shim;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout_at, Instant};
 
@@ -198,26 +201,15 @@ fn manager(rt: Arc<ProcessRuntime>) -> (PodManager, Recorder) {
 }
 
 fn sh(name: &str, script: &str) -> EdgeContainer {
-    EdgeContainer {
-        name: name.into(),
-        image: "local/none".into(),
-        image_pull_policy: "Never".into(),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        ..Default::default()
-    }
+    support::sh(name, "local/none", script)
 }
 
 fn pod(uid: &str, policy: RestartPolicy, containers: Vec<EdgeContainer>) -> EdgePod {
     EdgePod {
-        namespace: "rigs".into(),
-        name: format!("pod-{uid}"),
-        uid: uid.into(),
         labels: BTreeMap::from([("app".into(), "test".into())]),
-        containers,
         restart_policy: policy,
         termination_grace_period_seconds: 1,
-        volumes: vec![],
-        deletion_grace_period_seconds: None,
+        ..support::pod(uid, containers)
     }
 }
 
@@ -1144,30 +1136,6 @@ async fn the_environment_is_resolved_and_missing_config_maps_wait() {
     assert!(message.contains("configmap \"settings\""), "{message}");
     assert!(message.contains("not available on this node"), "{message}");
     clean_up(&m, &mut rec, &["pod-w-env", "pod-w-cm"]).await;
-}
-
-/// A shim that takes `delay` (seconds, as `sleep` takes them) before it even starts: a script
-/// that sleeps, then runs edgecore's shim. A child process writes it, so that this
-/// multi-threaded test process never holds it open for writing (a concurrent fork could inherit
-/// that descriptor and make exec-ing the script fail with ETXTBSY).
-fn slow_shim(dir: &Path, delay: &str) -> PathBuf {
-    let path = dir.join("slow-shim");
-    let script = format!(
-        "#!/bin/sh\n/bin/sleep {delay}\nexec '{}' \"$@\"\n",
-        env!("CARGO_BIN_EXE_edgecore")
-    );
-    let status = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"",
-            "sh",
-            &script,
-            path.to_str().expect("utf-8 path"),
-        ])
-        .status()
-        .expect("sh");
-    assert!(status.success());
-    path
 }
 
 #[tokio::test]

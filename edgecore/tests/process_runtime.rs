@@ -1,13 +1,15 @@
 //! The `process` runtime against real processes, with edgecore's own binary as the shim.
 
+mod support;
+
 use edgecore::runtime::process::ProcessRuntime;
 use edgecore::runtime::{
     ContainerConfig, ContainerInfo, ContainerRunState, Mount, Runtime, RuntimeError, Sandbox,
 };
-use protocol::pod::{EdgeContainer, EdgePod, RestartPolicy};
-use std::collections::BTreeMap;
+use protocol::pod::{EdgeContainer, EdgePod};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use support::{pod, slow_shim};
 use tokio::time::{sleep, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -32,20 +34,6 @@ fn container(name: &str, command: &[&str]) -> EdgeContainer {
 
 fn sh(name: &str, script: &str) -> EdgeContainer {
     container(name, &["sh", "-c", script])
-}
-
-fn pod(uid: &str, containers: Vec<EdgeContainer>) -> EdgePod {
-    EdgePod {
-        namespace: "rigs".into(),
-        name: format!("pod-{uid}"),
-        uid: uid.into(),
-        labels: BTreeMap::new(),
-        containers,
-        restart_policy: RestartPolicy::Never,
-        termination_grace_period_seconds: 5,
-        volumes: vec![],
-        deletion_grace_period_seconds: None,
-    }
 }
 
 fn config(attempt: u32) -> ContainerConfig {
@@ -655,30 +643,6 @@ async fn list_pods_skips_corrupt_records() {
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0].sandbox.pod_uid, "u-good");
     assert_eq!(pods[0].containers.len(), 1);
-}
-
-/// A shim that takes `delay` (seconds, as `sleep` takes them) before it even starts: a script
-/// that sleeps, then runs edgecore's shim. A child process writes it, so that this
-/// multi-threaded test process never holds it open for writing (a concurrent fork could inherit
-/// that descriptor and make exec-ing the script fail with ETXTBSY).
-fn slow_shim(dir: &Path, delay: &str) -> PathBuf {
-    let path = dir.join("slow-shim");
-    let script = format!(
-        "#!/bin/sh\n/bin/sleep {delay}\nexec '{}' \"$@\"\n",
-        env!("CARGO_BIN_EXE_edgecore")
-    );
-    let status = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"",
-            "sh",
-            &script,
-            path.to_str().expect("utf-8 path"),
-        ])
-        .status()
-        .expect("sh");
-    assert!(status.success());
-    path
 }
 
 fn signal(pid: u32, signal: nix::sys::signal::Signal) {
