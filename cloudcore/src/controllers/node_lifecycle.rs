@@ -69,6 +69,9 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(40);
 /// Default period of the full pass (Kubernetes' `node-monitor-period`).
 pub const DEFAULT_MONITOR_PERIOD: Duration = Duration::from_secs(5);
 
+/// Reason of the `Ready=False` this controller writes on the pods of a node that is not Ready;
+/// it marks the conditions to restore when the node comes back (see [`restored_ready`]).
+pub const POD_NODE_NOT_READY: &str = "NodeNotReady";
 const NO_SCHEDULE: &str = "NoSchedule";
 const NO_EXECUTE: &str = "NoExecute";
 
@@ -393,7 +396,39 @@ fn marked_not_ready(pod: &Value, uid: &str, node: &str, now: &str) -> Option<Val
         .iter_mut()
         .find(|c| c["type"] == "Ready" && c["status"] != "False")?;
     cond["status"] = json!("False");
+    cond["reason"] = json!(POD_NODE_NOT_READY);
+    cond["message"] = json!(format!("Node {node} is not ready"));
     cond["lastTransitionTime"] = json!(now);
+    Some(next)
+}
+
+/// The pod with the `Ready` condition this controller marked not ready set back to what its
+/// edge last reported (Ready exactly when every container reported ready), if it still carries
+/// the mark. A node that comes back usually re-reports its pods anyway (edgecore re-sends after
+/// reconnecting), which replaces the mark; this covers a pod whose report does not arrive, so it
+/// does not stay not-ready for ever while running fine.
+fn restored_ready(pod: &Value, now: &str) -> Option<Value> {
+    let containers_ready = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["ready"] == true));
+    let mut next = pod.clone();
+    let cond = next
+        .pointer_mut("/status/conditions")
+        .and_then(Value::as_array_mut)?
+        .iter_mut()
+        .find(|c| c["type"] == "Ready" && c["reason"] == POD_NODE_NOT_READY)?;
+    let obj = cond.as_object_mut()?;
+    if containers_ready {
+        obj.insert("status".into(), json!("True"));
+        obj.remove("reason");
+        obj.remove("message");
+    } else {
+        obj.insert("status".into(), json!("False"));
+        obj.insert("reason".into(), json!("ContainersNotReady"));
+        obj.remove("message");
+    }
+    obj.insert("lastTransitionTime".into(), json!(now));
     Some(next)
 }
 
@@ -575,6 +610,9 @@ impl Controller {
             )
             .await;
         }
+        if health == Health::Ready && previous != Some(Health::Ready) {
+            self.restore_pods(&name, pods).await;
+        }
         let bound: Vec<Value> = if health == Health::Ready {
             Vec::new()
         } else {
@@ -611,6 +649,49 @@ impl Controller {
                     self.evict(&r, &taint, pod).await
                 }
                 (PodAction::Evict { .. }, None) => {}
+            }
+        }
+    }
+
+    /// Restores the readiness this controller took from the pods of `node` (now Ready again).
+    async fn restore_pods(&self, node: &str, pods: &mut Option<PodsByNode>) {
+        if pods.is_none() {
+            match list_pods(&self.state) {
+                Ok(p) => *pods = Some(p),
+                Err(e) => {
+                    warn!(error = %e, "cannot list pods to restore their readiness; a fresh report from the edge restores it");
+                    return;
+                }
+            }
+        }
+        let marked: Vec<ObjectKey> = pods
+            .as_ref()
+            .and_then(|p| p.get(node))
+            .into_iter()
+            .flatten()
+            .filter(|p| restored_ready(p, "").is_some())
+            .map(|p| {
+                ObjectKey::new(
+                    "pods",
+                    text(p, "/metadata/namespace"),
+                    text(p, "/metadata/name"),
+                )
+            })
+            .collect();
+        let now = clock::now_rfc3339();
+        for key in marked {
+            match update_with(self.state.store.as_ref(), &key, |cur| {
+                (text(cur, "/spec/nodeName") == node)
+                    .then(|| restored_ready(cur, &now))
+                    .flatten()
+            })
+            .await
+            {
+                Ok(Some(_)) => info!(pod = %key, "pod readiness restored from its last report"),
+                Ok(None) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => {
+                    warn!(pod = %key, error = %e, "cannot restore pod readiness; a fresh report from the edge restores it")
+                }
             }
         }
     }
@@ -1045,7 +1126,35 @@ mod tests {
             marked["status"]["conditions"][0]["lastTransitionTime"],
             "2025-01-01T00:01:00Z"
         );
+        assert_eq!(
+            marked["status"]["conditions"][0]["reason"],
+            POD_NODE_NOT_READY
+        );
         assert_eq!(marked_not_ready(&marked, "uid-p", "edge-1", "x"), None);
+        // Back: Ready again exactly when every container last reported ready.
+        let mut ready = marked.clone();
+        ready["status"]["containerStatuses"] = json!([{"name": "c", "ready": true}]);
+        let restored = restored_ready(&ready, "2025-01-01T00:02:00Z").unwrap();
+        assert_eq!(restored["status"]["conditions"][0]["status"], "True");
+        assert!(restored["status"]["conditions"][0].get("reason").is_none());
+        assert_eq!(
+            restored_ready(&restored, "x"),
+            None,
+            "nothing left to restore"
+        );
+        let mut unready = marked.clone();
+        unready["status"]["containerStatuses"] = json!([{"name": "c", "ready": false}]);
+        let restored = restored_ready(&unready, "x").unwrap();
+        assert_eq!(restored["status"]["conditions"][0]["status"], "False");
+        assert_eq!(
+            restored["status"]["conditions"][0]["reason"],
+            "ContainersNotReady"
+        );
+        assert_eq!(
+            restored_ready(&p, "x"),
+            None,
+            "a pod this controller did not mark"
+        );
         assert_eq!(marked_not_ready(&p, "another-uid", "edge-1", "x"), None);
         assert!(decide(&tainted, &[&marked], now, T0, GRACE).pods.is_empty());
     }
