@@ -125,6 +125,16 @@ impl Client {
             .map(|items| items.into_iter().map(|s| s.value).collect())
     }
 
+    /// Every object of `resource`, for a controller's resync; a failure is logged (the next
+    /// resync tries again) and gives `None`, so that the caller keeps what it knew.
+    pub fn list_for_resync(&self, resource: &str) -> Option<Vec<Value>> {
+        self.list(resource, None)
+            .map_err(|e| {
+                tracing::warn!(%resource, error = %e, "cannot list for a resync; retrying at the next one");
+            })
+            .ok()
+    }
+
     /// As [`Client::list`], with each object's revision.
     pub fn list_stored(
         &self,

@@ -431,22 +431,8 @@ impl Reconciler for DaemonSetController {
     }
 
     fn all_keys(&self) -> Vec<ObjectKey> {
-        match self.client.list(RESOURCE, None) {
-            Ok(items) => items
-                .iter()
-                .map(|d| {
-                    ObjectKey::new(
-                        RESOURCE,
-                        str_at(d, "/metadata/namespace"),
-                        str_at(d, "/metadata/name"),
-                    )
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list DaemonSets; retrying at the next resync");
-                Vec::new()
-            }
-        }
+        let all = self.client.list_for_resync(RESOURCE).unwrap_or_default();
+        owned::keys_of(RESOURCE, &all)
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ApiError> {

@@ -1215,24 +1215,11 @@ impl Reconciler for DeploymentController {
     }
 
     fn all_keys(&self) -> Vec<ObjectKey> {
-        match self.client.list(RESOURCE, None) {
-            Ok(all) => {
-                self.index.replace_all(&all);
-                all.iter()
-                    .map(|d| {
-                        ObjectKey::new(
-                            RESOURCE,
-                            str_at(d, "/metadata/namespace"),
-                            str_at(d, "/metadata/name"),
-                        )
-                    })
-                    .collect()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list Deployments for a resync");
-                vec![]
-            }
-        }
+        let Some(all) = self.client.list_for_resync(RESOURCE) else {
+            return Vec::new();
+        };
+        self.index.replace_all(&all);
+        owned::keys_of(RESOURCE, &all)
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ApiError> {

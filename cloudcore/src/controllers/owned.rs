@@ -127,6 +127,20 @@ pub fn next_available_in<'a>(
         .min()
 }
 
+/// The store keys of `objects` of `resource` (what a controller's resync queues).
+pub fn keys_of(resource: &str, objects: &[Value]) -> Vec<crate::store::ObjectKey> {
+    objects
+        .iter()
+        .map(|o| {
+            crate::store::ObjectKey::new(
+                resource,
+                str_at(o, "/metadata/namespace"),
+                str_at(o, "/metadata/name"),
+            )
+        })
+        .collect()
+}
+
 /// A short stable digest of a pod template, in Kubernetes' safe alphabet (no vowels, no
 /// look-alike digits), as `pod-template-hash` and `controller-revision-hash` labels carry it.
 /// Stable across restarts and builds: FNV-1a over the canonical JSON (object keys sorted).

@@ -344,24 +344,11 @@ impl Reconciler for ReplicaSetController {
     }
 
     fn all_keys(&self) -> Vec<ObjectKey> {
-        match self.client.list(RESOURCE, None) {
-            Ok(all) => {
-                self.index.replace_all(&all);
-                all.iter()
-                    .map(|rs| {
-                        ObjectKey::new(
-                            RESOURCE,
-                            str_at(rs, "/metadata/namespace"),
-                            str_at(rs, "/metadata/name"),
-                        )
-                    })
-                    .collect()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list ReplicaSets for a resync");
-                vec![]
-            }
-        }
+        let Some(all) = self.client.list_for_resync(RESOURCE) else {
+            return Vec::new();
+        };
+        self.index.replace_all(&all);
+        owned::keys_of(RESOURCE, &all)
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ApiError> {

@@ -297,22 +297,8 @@ impl Reconciler for StatefulSetController {
     }
 
     fn all_keys(&self) -> Vec<ObjectKey> {
-        match self.client.list(RESOURCE, None) {
-            Ok(items) => items
-                .iter()
-                .map(|s| {
-                    ObjectKey::new(
-                        RESOURCE,
-                        str_at(s, "/metadata/namespace"),
-                        str_at(s, "/metadata/name"),
-                    )
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list StatefulSets; retrying at the next resync");
-                Vec::new()
-            }
-        }
+        let all = self.client.list_for_resync(RESOURCE).unwrap_or_default();
+        owned::keys_of(RESOURCE, &all)
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ApiError> {
