@@ -12,14 +12,21 @@ MQTT=${SKERRY_MQTT_PORT:-1883}
 CTRD="$DEMO/containerd"
 BRIDGE=skerrydemo0
 NETWORK=skerry-demo
+# Pod addresses of the demo network (10.188.0.0/24), to find its leftovers.
+SUBNET_PREFIX=10.188.0.
 BIN=target/release
 
 stop() {
-  # Delete the demo's pods while the cloud and the edge still run, so edgecore stops the
-  # containers and CNI releases their network (pods outlive edgecore by design, as with kubelet).
+  # Delete the demo's workloads, then its pods, while the cloud and the edge still run, so
+  # edgecore stops the containers and CNI releases their network (pods outlive edgecore by
+  # design, as with kubelet). Workloads first: their controllers would replace deleted pods.
   if [ -f "$DEMO/kubeconfig" ] && [ -f "$DEMO/edgecore.pid" ] && kill -0 "$(cat "$DEMO/edgecore.pid")" 2>/dev/null; then
-    kubectl --kubeconfig "$DEMO/kubeconfig" delete pods --all --wait --timeout=30s >/dev/null 2>&1 || true
+    kubectl --kubeconfig "$DEMO/kubeconfig" delete deployments,replicasets,daemonsets,statefulsets \
+      --all --all-namespaces --wait --timeout=30s >/dev/null 2>&1 || true
+    kubectl --kubeconfig "$DEMO/kubeconfig" delete pods --all --all-namespaces --wait --timeout=30s >/dev/null 2>&1 || true
   fi
+  # From here on nothing may start a container: stop the edge before sweeping what is left.
+  stop_pid "$DEMO/edgecore.pid"
   # Without a running edge nothing removes the containers: kill them through containerd.
   if [ -S "$CTRD/containerd.sock" ]; then
     for t in $(ctr -a "$CTRD/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
@@ -27,19 +34,31 @@ stop() {
     done
   fi
   for f in "$DEMO"/*.pid; do
-    [ -f "$f" ] || continue
-    pid="$(cat "$f")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    rm -f "$f"
+    [ -f "$f" ] && stop_pid "$f"
   done
-  # Whatever is left of containerd's shims and containers, its mounts and the demo network.
+  # Whatever is left of containerd's shims and containers, its mounts and the demo network
+  # (a pod network namespace that CNI never tore down holds an address of the demo subnet).
   pkill -9 -f -- "$CTRD/containerd.sock" 2>/dev/null || true
   { grep -o " $DEMO/[^ ]*" /proc/self/mountinfo 2>/dev/null || true; } | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
   done
+  for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do
+    if ip -n "$ns" -4 addr show 2>/dev/null | grep -q "inet $SUBNET_PREFIX"; then
+      ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+      ip netns delete "$ns" 2>/dev/null || true
+    fi
+  done
   ip link del "$BRIDGE" 2>/dev/null || true
   rm -rf "/var/lib/cni/networks/$NETWORK"
+}
+# Stops the process whose pid file is $1 (TERM, then up to 5 s) and removes the file.
+stop_pid() {
+  [ -f "$1" ] || return 0
+  local pid
+  pid="$(cat "$1")"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$1"
 }
 if [ "${1:-}" = "stop" ]; then stop; echo "stopped"; exit 0; fi
 [ "$(id -u)" -eq 0 ] || { echo "quickstart: run as root (containerd and pod networking need it)"; exit 1; }
