@@ -215,6 +215,24 @@ impl Call {
         Ok((labels, fields))
     }
 
+    /// The objects of the request's collection (one namespace, or all) that its label and
+    /// field selectors match, with the revision the listing is consistent with.
+    fn selected(&self) -> Result<(Vec<Value>, u64), ApiError> {
+        let info = self.info();
+        let (labels, fields) = self.selectors()?;
+        let (items, rev) = self
+            .state
+            .store
+            .list(&info.storage_resource(), self.namespace.as_deref())
+            .map_err(|e| self.store_err(e))?;
+        let items = items
+            .into_iter()
+            .map(|s| s.value)
+            .filter(|v| labels.matches(v) && fields.matches(|f| info.field_value(v, f)))
+            .collect();
+        Ok((items, rev))
+    }
+
     /// Renders one object or a table of one row.
     fn object_response(&self, code: StatusCode, obj: Value) -> Response {
         match self.table() {
@@ -536,21 +554,10 @@ pub(super) async fn get(call: &Call) -> Result<Response, ApiError> {
 
 pub(super) async fn list(call: &Call) -> Result<Response, ApiError> {
     let info = call.info();
-    let (labels, fields) = call.selectors()?;
-    let (items, rev) = call
-        .state
-        .store
-        .list(&info.storage_resource(), call.namespace.as_deref())
-        .map_err(|e| call.store_err(e))?;
-    let items: Vec<Value> = items
-        .into_iter()
-        .map(|s| s.value)
-        .filter(|v| labels.matches(v) && fields.matches(|f| info.field_value(v, f)))
-        .map(|mut v| {
-            set_type_meta(info, &mut v);
-            v
-        })
-        .collect();
+    let (mut items, rev) = call.selected()?;
+    for v in &mut items {
+        set_type_meta(info, v);
+    }
     if let Some(t) = call.table() {
         let now = now_seconds();
         let table = table::build(
@@ -1142,16 +1149,9 @@ const DELETE_COLLECTION_WORKERS: usize = 16;
 pub(super) async fn delete_collection(call: &Call, body: Bytes) -> Result<Response, ApiError> {
     let info = call.info();
     let req = delete_request(call, &body)?;
-    let (labels, fields) = call.selectors()?;
-    let (items, _) = call
-        .state
-        .store
-        .list(&info.storage_resource(), call.namespace.as_deref())
-        .map_err(|e| call.store_err(e))?;
+    let (items, _) = call.selected()?;
     let keys: Vec<ObjectKey> = items
         .into_iter()
-        .map(|s| s.value)
-        .filter(|v| labels.matches(v) && fields.matches(|f| info.field_value(v, f)))
         .map(|v| {
             ObjectKey::new(
                 info.storage_resource(),

@@ -417,14 +417,7 @@ impl Reconciler for DaemonSetController {
     fn keys_for_event(&self, ev: &Event) -> Vec<ObjectKey> {
         match ev.key.resource.as_str() {
             RESOURCE => vec![ev.key.clone()],
-            "pods" => [&ev.value, &ev.previous]
-                .into_iter()
-                .flatten()
-                .filter_map(owned::controller_of)
-                .filter(|r| r["kind"] == "DaemonSet")
-                .map(|r| ObjectKey::new(RESOURCE, &ev.key.namespace, str_at(r, "/name")))
-                .take(1)
-                .collect(),
+            "pods" => owned::controller_keys(ev, "DaemonSet", RESOURCE),
             "nodes" if node_eligibility_changed(ev) => self.all_keys(),
             _ => Vec::new(),
         }

@@ -127,6 +127,29 @@ pub fn next_available_in<'a>(
         .min()
 }
 
+/// The keys of the `kind` objects (stored under `resource`) that control the object of a store
+/// event, before or after the write: what a controller reconciles when one of its pods changes.
+pub fn controller_keys(
+    event: &crate::store::Event,
+    kind: &str,
+    resource: &str,
+) -> Vec<crate::store::ObjectKey> {
+    let mut keys = Vec::new();
+    for obj in [&event.value, &event.previous].into_iter().flatten() {
+        if let Some(r) = controller_of(obj).filter(|r| str_at(r, "/kind") == kind) {
+            let key = crate::store::ObjectKey::new(
+                resource,
+                event.key.namespace.as_str(),
+                str_at(r, "/name"),
+            );
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
 /// The store keys of `objects` of `resource` (what a controller's resync queues).
 pub fn keys_of(resource: &str, objects: &[Value]) -> Vec<crate::store::ObjectKey> {
     objects

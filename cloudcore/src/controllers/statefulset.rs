@@ -284,14 +284,7 @@ impl Reconciler for StatefulSetController {
     fn keys_for_event(&self, ev: &Event) -> Vec<ObjectKey> {
         match ev.key.resource.as_str() {
             RESOURCE => vec![ev.key.clone()],
-            "pods" => [&ev.value, &ev.previous]
-                .into_iter()
-                .flatten()
-                .filter_map(owned::controller_of)
-                .filter(|r| r["kind"] == "StatefulSet")
-                .map(|r| ObjectKey::new(RESOURCE, &ev.key.namespace, str_at(r, "/name")))
-                .take(1)
-                .collect(),
+            "pods" => owned::controller_keys(ev, "StatefulSet", RESOURCE),
             _ => Vec::new(),
         }
     }

@@ -380,6 +380,25 @@ impl CriRuntime {
         Ok(response.containers)
     }
 
+    /// Runs an idempotent read RPC (`rpc` names it in errors); `None` when containerd answers
+    /// that the object does not exist.
+    async fn read_optional<R, F, Fut>(
+        &self,
+        op: &str,
+        rpc: &str,
+        call: F,
+    ) -> Result<Option<R>, RuntimeError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        match self.conn.call(self.conn.timeout, true, call).await {
+            Ok(response) => Ok(Some(response)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(self.internal(op, rpc, &e)),
+        }
+    }
+
     /// A sandbox's status; `None` if it does not exist.
     async fn sandbox_status(
         &self,
@@ -390,19 +409,14 @@ impl CriRuntime {
             pod_sandbox_id: id.to_string(),
             verbose: false,
         };
-        match self
-            .conn
-            .call(self.conn.timeout, true, || {
+        let response = self
+            .read_optional(op, "PodSandboxStatus", || {
                 let mut client = self.conn.runtime();
                 let request = request.clone();
                 async move { client.pod_sandbox_status(request).await }
             })
-            .await
-        {
-            Ok(response) => Ok(response.status),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(self.internal(op, "PodSandboxStatus", &e)),
-        }
+            .await?;
+        Ok(response.and_then(|r| r.status))
     }
 
     /// A container's status; `None` if it does not exist.
@@ -415,19 +429,14 @@ impl CriRuntime {
             container_id: id.to_string(),
             verbose: false,
         };
-        match self
-            .conn
-            .call(self.conn.timeout, true, || {
+        let response = self
+            .read_optional(op, "ContainerStatus", || {
                 let mut client = self.conn.runtime();
                 let request = request.clone();
                 async move { client.container_status(request).await }
             })
-            .await
-        {
-            Ok(response) => Ok(response.status),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(self.internal(op, "ContainerStatus", &e)),
-        }
+            .await?;
+        Ok(response.and_then(|r| r.status))
     }
 
     /// Stops a container, giving it `grace` between SIGTERM and SIGKILL; a container that does
