@@ -226,3 +226,50 @@ async fn silent_edge_goes_unknown_and_keeps_its_pods_unless_they_tolerate_only_a
     .await?;
     Ok(())
 }
+
+/// A node that only goes quiet (edgecore frozen, as on a link that stalls) and comes back
+/// without restarting: its pods, marked not ready while it was silent, are Ready again although
+/// nothing about them changed on the edge, and they were never restarted.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_marked_not_ready_while_their_node_was_silent_are_ready_again_when_it_returns(
+) -> anyhow::Result<()> {
+    let cloud = Cloud::start(CloudOptions {
+        node_monitor_grace_period_secs: Some(4),
+        ..CloudOptions::default()
+    })
+    .await?;
+    let edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
+    cloud.wait_node_ready("edge-a", DEADLINE).await?;
+    let cmd = ["sleep", "303"];
+    cloud
+        .create_pod(process_pod("quiet", "edge-a", &cmd))
+        .await?;
+    let path = "/api/v1/namespaces/default/pods/quiet";
+    let before = cloud
+        .wait_for("pod quiet Ready", path, DEADLINE, |p| {
+            status_of(p, "Ready") == "True"
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
+    let pid = pid_running(&edge, &cmd).expect("the pod's process runs");
+
+    edge.signal("STOP");
+    let marked = cloud
+        .wait_for("pod quiet marked not ready", path, DEADLINE, |p| {
+            status_of(p, "Ready") == "False"
+        })
+        .await;
+    edge.signal("CONT");
+    marked?;
+    let after = cloud
+        .wait_for("pod quiet Ready again", path, DEADLINE, |p| {
+            status_of(p, "Ready") == "True"
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
+    cloud.wait_node_ready("edge-a", DEADLINE).await?;
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    assert_eq!(restarts(&after), restarts(&before), "no container restart");
+    assert_eq!(pid_running(&edge, &cmd), Some(pid), "the same process");
+    Ok(())
+}
