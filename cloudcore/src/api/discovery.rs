@@ -247,22 +247,39 @@ pub fn openapi_v3_group_version(registry: &Registry, path: &str) -> Option<Value
     }))
 }
 
-/// `GET /openapi/v3`: the index of group-version documents.
-pub fn openapi_v3_index(registry: &Registry) -> Value {
-    let mut paths = serde_json::Map::new();
-    for (g, v) in group_versions(registry) {
-        let path = openapi_gv_path(g, v);
-        // The hash lets clients cache a document; it changes whenever the document does.
-        let doc = openapi_v3_group_version(registry, &path).unwrap_or(Value::Null);
-        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-            doc.to_string().as_bytes(),
-        ));
-        paths.insert(
-            path.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", hash.to_uppercase())}),
-        );
+/// The OpenAPI v3 documents of a registry: built once, since they do not change while it
+/// serves and each carries every schema of its group-version.
+#[derive(Debug, Clone)]
+pub struct OpenApiDocs {
+    /// `GET /openapi/v3`: the index of group-version documents.
+    pub index: Value,
+    /// `GET /openapi/v3/{path}`, by path (`api/v1`, `apis/apps/v1`).
+    pub documents: std::collections::HashMap<String, Value>,
+}
+
+impl OpenApiDocs {
+    /// The index and every group-version document of `registry`.
+    pub fn build(registry: &Registry) -> Self {
+        let mut paths = serde_json::Map::new();
+        let mut documents = std::collections::HashMap::new();
+        for (g, v) in group_versions(registry) {
+            let path = openapi_gv_path(g, v);
+            let doc = openapi_v3_group_version(registry, &path).unwrap_or(Value::Null);
+            // The hash lets clients cache a document; it changes whenever the document does.
+            let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                doc.to_string().as_bytes(),
+            ));
+            paths.insert(
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", hash.to_uppercase())}),
+            );
+            documents.insert(path, doc);
+        }
+        Self {
+            index: json!({"paths": paths}),
+            documents,
+        }
     }
-    json!({"paths": paths})
 }
 
 #[cfg(test)]
@@ -367,7 +384,7 @@ mod tests {
     #[test]
     fn openapi_v3_says_fields_are_validated_by_the_server() {
         let r = Registry::builtin();
-        let index = openapi_v3_index(&r);
+        let index = OpenApiDocs::build(&r).index;
         let url = index["paths"]["api/v1"]["serverRelativeURL"]
             .as_str()
             .unwrap();

@@ -90,6 +90,9 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Recent store events, for watches that resume from a resourceVersion.
     pub history: Arc<history::History>,
+    /// The OpenAPI v3 documents of `registry`, built on first use (they carry every kind's
+    /// schema, and kubectl fetches the index before most writes).
+    openapi: Arc<std::sync::OnceLock<discovery::OpenApiDocs>>,
 }
 
 impl ApiState {
@@ -112,12 +115,20 @@ impl ApiState {
             metrics_render,
             registry: Arc::new(Registry::builtin()),
             max_body_bytes: MAX_BODY_BYTES,
+            openapi: Arc::default(),
         }
+    }
+
+    /// The OpenAPI v3 documents of the served resources.
+    fn openapi(&self) -> &discovery::OpenApiDocs {
+        self.openapi
+            .get_or_init(|| discovery::OpenApiDocs::build(&self.registry))
     }
 
     /// Replaces the registry (tests, or a build serving more resources).
     pub fn with_registry(mut self, registry: Registry) -> Self {
         self.registry = Arc::new(registry);
+        self.openapi = Arc::default();
         self
     }
 }
@@ -188,16 +199,13 @@ async fn api_groups(State(state): State<ApiState>) -> Response {
 }
 
 async fn openapi_v3_index(State(state): State<ApiState>) -> Response {
-    error::json_response(
-        StatusCode::OK,
-        &discovery::openapi_v3_index(&state.registry),
-    )
+    error::json_response(StatusCode::OK, &state.openapi().index)
 }
 
 async fn openapi_v3_doc(State(state): State<ApiState>, uri: Uri) -> Response {
     let path = uri.path().strip_prefix("/openapi/v3/").unwrap_or("");
-    match discovery::openapi_v3_group_version(&state.registry, path) {
-        Some(doc) => error::json_response(StatusCode::OK, &doc),
+    match state.openapi().documents.get(path) {
+        Some(doc) => error::json_response(StatusCode::OK, doc),
         None => ApiError::PathNotFound.into_response(),
     }
 }
