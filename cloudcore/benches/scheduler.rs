@@ -116,7 +116,7 @@ async fn with_store(nodes: usize, pods: usize, make: fn(usize) -> Value) -> (f64
     }
     let start = Instant::now();
     let mut s = Scheduler::new(store);
-    s.resync().expect("resync");
+    s.resync().await.expect("resync");
     s.drain().await;
     (start.elapsed().as_secs_f64(), s.bound())
 }

@@ -194,7 +194,7 @@ impl ConfigIndex {
 
     /// Every referenced config written after revision `since`, or gone, with the nodes that
     /// reference it: what must be re-sent after the hub lost change events newer than `since`.
-    pub fn changed_since(
+    pub async fn changed_since(
         &self,
         store: &dyn Store,
         since: u64,
@@ -204,7 +204,7 @@ impl ConfigIndex {
             let Some(key) = store_key(&config) else {
                 continue;
             };
-            if store.get(&key)?.is_none_or(|s| s.revision > since) {
+            if store.get(&key).await?.is_none_or(|s| s.revision > since) {
                 let nodes = self.nodes_referencing(&config);
                 out.push((config, nodes));
             }
@@ -340,7 +340,7 @@ mod tests {
             Some("n2"),
             [cfg(ObjectKind::ConfigMap, "new")].into(),
         );
-        let found = index.changed_since(&store, since).unwrap();
+        let found = index.changed_since(&store, since).await.unwrap();
         assert_eq!(
             found,
             [

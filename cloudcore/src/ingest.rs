@@ -511,7 +511,7 @@ async fn apply_pod(store: &dyn Store, seq: u64, s: &PodStatus) -> Result<Outcome
     // Optimistic concurrency: another writer (the API, the binder) may update the pod between
     // our read and write; re-read and re-check rather than leave the report unapplied.
     for _ in 0..16 {
-        let Some(current) = store.get(&key)? else {
+        let Some(current) = store.get(&key).await? else {
             return Ok(Outcome::Ignored("pod does not exist (deleted?)"));
         };
         if current

@@ -164,31 +164,34 @@ pub fn spawn_workload_controllers(api: &ApiState) {
     use crate::controllers::{
         daemonset, deployment, garbage_collector, replicaset, runner, statefulset,
     };
+    use runner::Options;
     let client = crate::api::client::Client::new(api.clone());
+    let events = || api.store.subscribe();
+    // Workers per controller, as kube-controller-manager's defaults (`--concurrent-*-syncs`).
     tokio::spawn(runner::run(
         Arc::new(garbage_collector::GarbageCollector::new(client.clone())),
-        api.store.clone(),
-        garbage_collector::RESYNC,
+        events(),
+        Options::resync(garbage_collector::RESYNC).with_concurrency(20),
     ));
     tokio::spawn(runner::run(
         Arc::new(replicaset::ReplicaSetController::new(client.clone())),
-        api.store.clone(),
-        CONTROLLER_RESYNC,
+        events(),
+        Options::resync(CONTROLLER_RESYNC).with_concurrency(5),
     ));
     tokio::spawn(runner::run(
         Arc::new(deployment::DeploymentController::new(client.clone())),
-        api.store.clone(),
-        CONTROLLER_RESYNC,
+        events(),
+        Options::resync(CONTROLLER_RESYNC).with_concurrency(5),
     ));
     tokio::spawn(runner::run(
         Arc::new(daemonset::DaemonSetController::new(client.clone())),
-        api.store.clone(),
-        daemonset::RESYNC,
+        events(),
+        Options::resync(daemonset::RESYNC).with_concurrency(2),
     ));
     tokio::spawn(runner::run(
         Arc::new(statefulset::StatefulSetController::new(client)),
-        api.store.clone(),
-        statefulset::RESYNC,
+        events(),
+        Options::resync(statefulset::RESYNC).with_concurrency(5),
     ));
 }
 

@@ -87,6 +87,7 @@ pub(super) async fn create(call: &Call, body: Bytes) -> Result<Response, ApiErro
             .state
             .store
             .get(&key)
+            .await
             .map_err(|e| call.store_err(e))?
             .ok_or_else(|| call.store_err(StoreError::NotFound(key.clone())))?;
         let pod = &current.value;

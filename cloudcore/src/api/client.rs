@@ -105,7 +105,7 @@ impl Client {
     }
 
     /// Reads one object; `None` if it does not exist.
-    pub fn get(
+    pub async fn get(
         &self,
         resource: &str,
         namespace: &str,
@@ -114,21 +114,28 @@ impl Client {
         self.state
             .store
             .get(&ObjectKey::new(resource, namespace, name))
+            .await
             .map(|s| s.map(|s| s.value))
             .map_err(|e| ApiError::from_store(e, resource, name))
     }
 
     /// Lists a resource in one namespace, or in all with `None`; corrupt entries are skipped
     /// by the store (and reported there).
-    pub fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Vec<Value>, ApiError> {
+    pub async fn list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Value>, ApiError> {
         self.list_stored(resource, namespace)
+            .await
             .map(|items| items.into_iter().map(|s| s.value).collect())
     }
 
     /// Every object of `resource`, for a controller's resync; a failure is logged (the next
     /// resync tries again) and gives `None`, so that the caller keeps what it knew.
-    pub fn list_for_resync(&self, resource: &str) -> Option<Vec<Value>> {
+    pub async fn list_for_resync(&self, resource: &str) -> Option<Vec<Value>> {
         self.list(resource, None)
+            .await
             .map_err(|e| {
                 tracing::warn!(%resource, error = %e, "cannot list for a resync; retrying at the next one");
             })
@@ -136,7 +143,7 @@ impl Client {
     }
 
     /// As [`Client::list`], with each object's revision.
-    pub fn list_stored(
+    pub async fn list_stored(
         &self,
         resource: &str,
         namespace: Option<&str>,
@@ -144,6 +151,7 @@ impl Client {
         self.state
             .store
             .list(resource, namespace)
+            .await
             .map(|(items, _)| items)
             .map_err(|e| ApiError::from_store(e, resource, ""))
     }

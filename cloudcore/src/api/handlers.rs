@@ -217,13 +217,14 @@ impl Call {
 
     /// The objects of the request's collection (one namespace, or all) that its label and
     /// field selectors match, with the revision the listing is consistent with.
-    fn selected(&self) -> Result<(Vec<Value>, u64), ApiError> {
+    async fn selected(&self) -> Result<(Vec<Value>, u64), ApiError> {
         let info = self.info();
         let (labels, fields) = self.selectors()?;
         let (items, rev) = self
             .state
             .store
             .list(&info.storage_resource(), self.namespace.as_deref())
+            .await
             .map_err(|e| self.store_err(e))?;
         let items = items
             .into_iter()
@@ -538,8 +539,8 @@ fn check_uid_of(
     Ok(())
 }
 
-pub(super) fn get_current(call: &Call) -> Result<Stored, ApiError> {
-    match call.state.store.get(&call.key()) {
+pub(super) async fn get_current(call: &Call) -> Result<Stored, ApiError> {
+    match call.state.store.get(&call.key()).await {
         Ok(Some(s)) => Ok(s),
         Ok(None) => Err(call.store_err(StoreError::NotFound(call.key()))),
         Err(e) => Err(call.store_err(e)),
@@ -547,14 +548,14 @@ pub(super) fn get_current(call: &Call) -> Result<Stored, ApiError> {
 }
 
 pub(super) async fn get(call: &Call) -> Result<Response, ApiError> {
-    let mut current = get_current(call)?;
+    let mut current = get_current(call).await?;
     set_type_meta(call.info(), &mut current.value);
     Ok(call.object_response(StatusCode::OK, current.value))
 }
 
 pub(super) async fn list(call: &Call) -> Result<Response, ApiError> {
     let info = call.info();
-    let (mut items, rev) = call.selected()?;
+    let (mut items, rev) = call.selected().await?;
     for v in &mut items {
         set_type_meta(info, v);
     }
@@ -619,7 +620,7 @@ async fn create_object(call: &Call, raw: Value) -> Result<Response, ApiError> {
     call.res.default(&mut obj);
     call.res.prepare_create(&mut obj);
     if let Some(ns) = call.namespace.as_deref().filter(|_| info.namespaced) {
-        super::namespaces::admit_create(call.state.store.as_ref(), ns, info, &name)?;
+        super::namespaces::admit_create(call.state.store.as_ref(), ns, info, &name).await?;
     }
     let attempts = if generate_base.is_some() { 5 } else { 1 };
     for attempt in 0..attempts {
@@ -683,7 +684,7 @@ where
     let dry_run = call.dry_run()?;
     let key = call.key();
     for _ in 0..UPDATE_ATTEMPTS {
-        let current = get_current(call)?;
+        let current = get_current(call).await?;
         if precondition.is_some_and(|rv| rv != current.revision) {
             return Err(ApiError::stale(&call.info().qualified(), call.name()));
         }
@@ -1052,6 +1053,7 @@ async fn server_side_apply(
             .state
             .store
             .get(&call.key())
+            .await
             .map_err(|e| call.store_err(e))?
             .is_some();
         let result = if exists {
@@ -1149,7 +1151,7 @@ const DELETE_COLLECTION_WORKERS: usize = 16;
 pub(super) async fn delete_collection(call: &Call, body: Bytes) -> Result<Response, ApiError> {
     let info = call.info();
     let req = delete_request(call, &body)?;
-    let (items, _) = call.selected()?;
+    let (items, _) = call.selected().await?;
     let keys: Vec<ObjectKey> = items
         .into_iter()
         .map(|v| {
@@ -1280,7 +1282,7 @@ pub(super) async fn delete_object(
     let info = res.info();
     let store_err = |e| ApiError::from_store(e, &info.qualified(), &key.name);
     for _ in 0..UPDATE_ATTEMPTS {
-        let current = match state.store.get(key) {
+        let current = match state.store.get(key).await {
             Ok(Some(s)) => s,
             Ok(None) => return Err(store_err(StoreError::NotFound(key.clone()))),
             Err(e) => return Err(store_err(e)),

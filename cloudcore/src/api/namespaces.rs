@@ -204,7 +204,7 @@ impl ResourceHandler for NamespaceHandler {
 pub async fn ensure_builtin(store: &dyn Store) -> Result<(), StoreError> {
     for name in BUILTIN {
         let key = ObjectKey::new(RESOURCE, "", name);
-        if store.get(&key)?.is_some() {
+        if store.get(&key).await?.is_some() {
             continue;
         }
         let mut obj = json!({
@@ -226,13 +226,13 @@ pub async fn ensure_builtin(store: &dyn Store) -> Result<(), StoreError> {
 
 /// The `NamespaceLifecycle` admission rule for creating object `name` of `info` in namespace
 /// `ns`: 404 if the namespace does not exist, 403 if it is being deleted.
-pub(super) fn admit_create(
+pub(super) async fn admit_create(
     store: &dyn Store,
     ns: &str,
     info: &ResourceInfo,
     name: &str,
 ) -> Result<(), ApiError> {
-    match store.get(&ObjectKey::new(RESOURCE, "", ns)) {
+    match store.get(&ObjectKey::new(RESOURCE, "", ns)).await {
         Ok(None) => Err(ApiError::NotFound {
             resource: RESOURCE.into(),
             name: ns.into(),
@@ -266,7 +266,7 @@ pub(super) async fn recheck_after_create(
     key: &ObjectKey,
     revision: u64,
 ) -> Result<(), ApiError> {
-    match admit_create(store, &key.namespace, info, &key.name) {
+    match admit_create(store, &key.namespace, info, &key.name).await {
         Err(e @ (ApiError::NotFound { .. } | ApiError::Forbidden { .. })) => {
             match store.delete(key, None).await {
                 Ok(_) | Err(StoreError::NotFound(_)) => {
@@ -317,7 +317,7 @@ fn relevant(ev: &Event, terminating: &HashSet<String>) -> bool {
 /// One pass over all namespaces; returns the names still terminating.
 async fn reconcile_all(state: &ApiState) -> HashSet<String> {
     let mut still = HashSet::new();
-    let namespaces = match state.store.list(RESOURCE, None) {
+    let namespaces = match state.store.list(RESOURCE, None).await {
         Ok((items, _)) => items,
         Err(e) => {
             tracing::warn!(error = %e, "namespace controller cannot list namespaces; retrying at the next resync");
@@ -361,6 +361,7 @@ async fn reconcile(state: &ApiState, name: &str, ns: &Stored) -> Result<bool, Ap
         let (items, _) = state
             .store
             .list(&storage, Some(name))
+            .await
             .map_err(|e| ApiError::from_store(e, &res.info().qualified(), ""))?;
         for item in items {
             found += 1;
@@ -503,7 +504,7 @@ mod tests {
                 "{namespace}"
             );
             assert_eq!(
-                store.get(&key).unwrap().is_some(),
+                store.get(&key).await.unwrap().is_some(),
                 code.is_none(),
                 "{namespace}"
             );

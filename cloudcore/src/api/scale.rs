@@ -119,7 +119,7 @@ pub(super) async fn serve(verb: &str, call: &Call, body: Bytes) -> Result<Respon
     let name = call.name.clone().unwrap_or_default();
     match verb {
         "get" => {
-            let current = handlers::get_current(call)?;
+            let current = handlers::get_current(call).await?;
             Ok(json_response(StatusCode::OK, &scale_of(&current.value)))
         }
         "update" => {

@@ -1071,6 +1071,7 @@ impl ResourceHandler for ServiceHandler {
             let guard = ALLOCATION_LOCK.lock().await;
             let (others, _) = store
                 .list(&SERVICE_INFO.storage_resource(), None)
+                .await
                 .map_err(|e| ApiError::from_store(e, &SERVICE_INFO.qualified(), &key.name))?;
             let mut used_ips = HashSet::new();
             let mut used_ports = HashSet::new();

@@ -471,6 +471,7 @@ async fn graceful_delete_of_bound_pods() {
     assert!(h
         .store
         .get(&ObjectKey::new("pods", "default", "bound"))
+        .await
         .unwrap()
         .is_none());
     let (code, _) = h
@@ -763,6 +764,7 @@ async fn generate_name_and_dry_run() {
     assert!(h
         .store
         .get(&ObjectKey::new("pods", "default", "dry"))
+        .await
         .unwrap()
         .is_none());
 }
@@ -1077,6 +1079,7 @@ async fn config_maps_and_secrets_through_the_api() {
     let stored = h
         .store
         .get(&ObjectKey::new("secrets", "default", "db"))
+        .await
         .unwrap()
         .unwrap();
     assert!(stored.value.get("stringData").is_none());
@@ -1663,7 +1666,10 @@ async fn the_in_process_client_writes_with_the_api_semantics() {
     assert_eq!(written["status"]["observedGeneration"], 2);
     assert_eq!(written["metadata"]["generation"], 2);
     assert_eq!(
-        c.list("apps/deployments", Some("default")).unwrap().len(),
+        c.list("apps/deployments", Some("default"))
+            .await
+            .unwrap()
+            .len(),
         1
     );
     let err = c
@@ -1688,6 +1694,7 @@ async fn the_in_process_client_writes_with_the_api_semantics() {
     .unwrap();
     assert!(c
         .get("apps/deployments", "default", "web")
+        .await
         .unwrap()
         .is_none());
     let err = c
@@ -2146,9 +2153,10 @@ async fn delete_collection_deletes_the_matching_objects_through_the_delete_path(
         .await;
     h.create_pod("c", json!({}), json!({"app": "y"})).await;
     let pods = "/api/v1/namespaces/default/pods";
-    let exists = |name: &str| {
+    let exists = async |name: &str| {
         h.store
             .get(&ObjectKey::new("pods", "default", name))
+            .await
             .unwrap()
             .map(|s| s.value)
     };
@@ -2163,7 +2171,7 @@ async fn delete_collection_deletes_the_matching_objects_through_the_delete_path(
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["kind"], "PodList");
     assert_eq!(v["items"].as_array().unwrap().len(), 2);
-    assert!(exists("a").is_some() && exists("b").is_some());
+    assert!(exists("a").await.is_some() && exists("b").await.is_some());
     // The unbound pod goes at once; the bound one terminates gracefully, as a DELETE of it would.
     let (code, v) = h
         .call(
@@ -2181,10 +2189,10 @@ async fn delete_collection_deletes_the_matching_objects_through_the_delete_path(
         .collect();
     assert_eq!(names, ["a", "b"]);
     assert_eq!(v["items"][1]["kind"], "Pod");
-    assert!(exists("a").is_none());
-    let b = exists("b").unwrap();
+    assert!(exists("a").await.is_none());
+    let b = exists("b").await.unwrap();
     assert_eq!(b["metadata"]["deletionGracePeriodSeconds"], 30);
-    assert!(exists("c").is_some());
+    assert!(exists("c").await.is_some());
     // DeleteOptions in the body: grace 0 removes the terminating pod; a field selector narrows.
     let (code, v) = h
         .call(
@@ -2195,7 +2203,7 @@ async fn delete_collection_deletes_the_matching_objects_through_the_delete_path(
         .await;
     assert_eq!(code, StatusCode::OK, "{v}");
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
-    assert!(exists("b").is_none() && exists("c").is_some());
+    assert!(exists("b").await.is_none() && exists("c").await.is_some());
     // Bad selectors are a 400, as for a list.
     let (code, _) = h
         .call(
@@ -2221,6 +2229,7 @@ async fn delete_collection_deletes_the_matching_objects_through_the_delete_path(
     assert!(h
         .store
         .get(&ObjectKey::new("nodes", "", "edge-1"))
+        .await
         .unwrap()
         .is_some());
     // Nothing matching: an empty list.

@@ -296,6 +296,7 @@ pub(super) async fn watch(call: Call) -> Result<Response, ApiError> {
             let store = &call.state.store;
             let (items, rev) = store
                 .list(&st.storage_resource, call.namespace.as_deref())
+                .await
                 .map_err(|e| ApiError::from_store(e, &info.qualified(), ""))?;
             let mut listing = Listing {
                 listed: HashMap::new(),

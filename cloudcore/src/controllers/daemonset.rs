@@ -22,6 +22,7 @@
 
 use super::owned::{self, PodName};
 use super::runner::{Reconciler, Requeue};
+use super::ControllerError;
 use crate::api::client::{Client, Propagation};
 use crate::api::events::{self, EventType};
 use crate::api::workloads::scaled_value;
@@ -414,22 +415,26 @@ impl Reconciler for DaemonSetController {
         "daemonset"
     }
 
-    fn keys_for_event(&self, ev: &Event) -> Vec<ObjectKey> {
+    async fn keys_for_event(&self, ev: &Event) -> Vec<ObjectKey> {
         match ev.key.resource.as_str() {
             RESOURCE => vec![ev.key.clone()],
             "pods" => owned::controller_keys(ev, "DaemonSet", RESOURCE),
-            "nodes" if node_eligibility_changed(ev) => self.all_keys(),
+            "nodes" if node_eligibility_changed(ev) => self.all_keys().await,
             _ => Vec::new(),
         }
     }
 
-    fn all_keys(&self) -> Vec<ObjectKey> {
-        let all = self.client.list_for_resync(RESOURCE).unwrap_or_default();
+    async fn all_keys(&self) -> Vec<ObjectKey> {
+        let all = self
+            .client
+            .list_for_resync(RESOURCE)
+            .await
+            .unwrap_or_default();
         owned::keys_of(RESOURCE, &all)
     }
 
-    async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ApiError> {
-        let Some(ds) = self.client.get(RESOURCE, &key.namespace, &key.name)? else {
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
+        let Some(ds) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
         let uid = str_at(&ds, "/metadata/uid").to_string();
@@ -445,13 +450,15 @@ impl Reconciler for DaemonSetController {
         );
         let nodes: Vec<(String, NodeFit)> = self
             .client
-            .list("nodes", None)?
+            .list("nodes", None)
+            .await?
             .iter()
             .map(|n| (str_at(n, "/metadata/name").to_string(), node_fit(&probe, n)))
             .collect();
         let raw_pods: Vec<Value> = self
             .client
-            .list("pods", Some(&key.namespace))?
+            .list("pods", Some(&key.namespace))
+            .await?
             .into_iter()
             .filter(|p| owned::is_controlled_by(p, &uid))
             .collect();
@@ -488,7 +495,7 @@ impl Reconciler for DaemonSetController {
                             .await;
                     }
                     Err(ApiError::NotFound { .. } | ApiError::Conflict { .. }) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
             }
             for node in &plan.create {

@@ -40,6 +40,7 @@ use super::owned::{self, controller_of, controller_ref};
 use super::replicaset::{self, now_seconds};
 use super::runner::{Reconciler, Requeue};
 use super::selector_index::SelectorIndex;
+use super::ControllerError;
 use crate::api::client::{Client, Propagation};
 use crate::api::events::{self, EventType};
 use crate::api::table::parse_timestamp;
@@ -947,7 +948,7 @@ impl DeploymentController {
         }
         cleanable.sort_by_key(|rs| (revision_of(rs), created_at(rs)));
         let ns = str_at(&ro.d, "/metadata/namespace");
-        let pods = self.client.list("pods", Some(ns))?;
+        let pods = self.client.list("pods", Some(ns)).await?;
         for rs in cleanable.into_iter().take(excess as usize) {
             let uid = str_at(rs, "/metadata/uid");
             let busy = int_at(rs, "/status/replicas") != 0
@@ -978,12 +979,13 @@ impl DeploymentController {
     }
 
     /// Re-reads the Deployment's ReplicaSets after this pass's writes, for the status.
-    fn refresh(&self, ro: &mut Rollout) -> Result<(), ApiError> {
+    async fn refresh(&self, ro: &mut Rollout) -> Result<(), ApiError> {
         let ns = str_at(&ro.d, "/metadata/namespace");
         let uid = str_at(&ro.d, "/metadata/uid");
         let fresh: Vec<Value> = self
             .client
-            .list(replicaset::RESOURCE, Some(ns))?
+            .list(replicaset::RESOURCE, Some(ns))
+            .await?
             .into_iter()
             .filter(|rs| owned::is_controlled_by(rs, uid))
             .collect();
@@ -1002,7 +1004,7 @@ impl DeploymentController {
 
     /// Writes the status with the rollout conditions; returns when to look again.
     async fn sync_rollout_status(&self, ro: &mut Rollout) -> Result<Requeue, ApiError> {
-        self.refresh(ro)?;
+        self.refresh(ro).await?;
         let (status, requeue) =
             rollout_conditions(&ro.d, &ro.all(), ro.new.as_ref(), now_seconds());
         let mut d = ro.d.clone();
@@ -1013,7 +1015,7 @@ impl DeploymentController {
 
     /// Writes the status without touching `Progressing` (paused, scaling, deleting).
     async fn sync_status_only(&self, ro: &mut Rollout) -> Result<Requeue, ApiError> {
-        self.refresh(ro)?;
+        self.refresh(ro).await?;
         let status = calculate_status(
             &ro.d,
             &ro.all(),
@@ -1130,7 +1132,8 @@ impl DeploymentController {
         let old_running = ro.old.iter().any(|rs| int_at(rs, "/status/replicas") > 0)
             || self
                 .client
-                .list("pods", Some(str_at(&d, "/metadata/namespace")))?
+                .list("pods", Some(str_at(&d, "/metadata/namespace")))
+                .await?
                 .iter()
                 .any(|p| {
                     controller_of(p).is_some_and(|r| old_uids.contains(&str_at(r, "/uid")))
@@ -1162,7 +1165,7 @@ impl Reconciler for DeploymentController {
         "deployment"
     }
 
-    fn keys_for_event(&self, event: &Event) -> Vec<ObjectKey> {
+    async fn keys_for_event(&self, event: &Event) -> Vec<ObjectKey> {
         let ns = &event.key.namespace;
         let mut keys: Vec<ObjectKey> = Vec::new();
         let mut push = |name: &str| {
@@ -1197,9 +1200,10 @@ impl Reconciler for DeploymentController {
                     .and_then(controller_of)
                     .filter(|r| str_at(r, "/kind") == "ReplicaSet");
                 if let Some(r) = rs_ref {
-                    if let Ok(Some(rs)) =
-                        self.client
-                            .get(replicaset::RESOURCE, ns, str_at(r, "/name"))
+                    if let Ok(Some(rs)) = self
+                        .client
+                        .get(replicaset::RESOURCE, ns, str_at(r, "/name"))
+                        .await
                     {
                         if let Some(d) =
                             controller_of(&rs).filter(|d| str_at(d, "/kind") == "Deployment")
@@ -1214,16 +1218,16 @@ impl Reconciler for DeploymentController {
         keys
     }
 
-    fn all_keys(&self) -> Vec<ObjectKey> {
-        let Some(all) = self.client.list_for_resync(RESOURCE) else {
+    async fn all_keys(&self) -> Vec<ObjectKey> {
+        let Some(all) = self.client.list_for_resync(RESOURCE).await else {
             return Vec::new();
         };
         self.index.replace_all(&all);
         owned::keys_of(RESOURCE, &all)
     }
 
-    async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ApiError> {
-        let Some(mut d) = self.client.get(RESOURCE, &key.namespace, &key.name)? else {
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
+        let Some(mut d) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
         let Some(selector) = selector_of(&d) else {
@@ -1232,7 +1236,8 @@ impl Reconciler for DeploymentController {
         };
         let candidates = self
             .client
-            .list(replicaset::RESOURCE, Some(&key.namespace))?;
+            .list(replicaset::RESOURCE, Some(&key.namespace))
+            .await?;
         let owned = claim::claim_all(
             &self.client,
             replicaset::RESOURCE,
@@ -1243,7 +1248,7 @@ impl Reconciler for DeploymentController {
         .await?;
         if owned::is_terminating(&d) {
             let mut ro = self.split(d, owned, false).await?;
-            return self.sync_status_only(&mut ro).await;
+            return Ok(self.sync_status_only(&mut ro).await?);
         }
         self.check_paused(&mut d).await?;
         let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
@@ -1253,13 +1258,13 @@ impl Reconciler for DeploymentController {
             if paused {
                 self.cleanup(&ro).await?;
             }
-            return self.sync_status_only(&mut ro).await;
+            return Ok(self.sync_status_only(&mut ro).await?);
         }
         let owned: Vec<Value> = ro.old.into_iter().chain(ro.new).collect();
         if is_rolling(&ro.d) {
-            self.rollout_rolling(ro.d, owned).await
+            Ok(self.rollout_rolling(ro.d, owned).await?)
         } else {
-            self.rollout_recreate(ro.d, owned).await
+            Ok(self.rollout_recreate(ro.d, owned).await?)
         }
     }
 }

@@ -21,6 +21,7 @@
 //! apply exactly as to a `kubectl delete`.
 
 use super::runner::{Reconciler, Requeue};
+use super::ControllerError;
 use crate::api::client::{Client, Propagation};
 use crate::api::finalizers::{self, FOREGROUND, ORPHAN};
 use crate::api::{ApiError, Registry};
@@ -264,16 +265,18 @@ impl GarbageCollector {
         self.graph.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, key: &ObjectKey) -> Result<Option<Value>, ApiError> {
-        self.client.get(&key.resource, &key.namespace, &key.name)
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, ApiError> {
+        self.client
+            .get(&key.resource, &key.namespace, &key.name)
+            .await
     }
 
-    fn owner_state(&self, owner: &OwnerRef) -> Result<OwnerState, ApiError> {
+    async fn owner_state(&self, owner: &OwnerRef) -> Result<OwnerState, ApiError> {
         let Some(key) = &owner.key else {
             // A kind this server does not serve cannot be checked: never judged absent.
             return Ok(OwnerState::Present);
         };
-        Ok(match self.get(key)? {
+        Ok(match self.get(key).await? {
             Some(o) if str_at(&o, "/metadata/uid") == owner.uid => OwnerState::Present,
             _ => OwnerState::Absent,
         })
@@ -344,14 +347,16 @@ impl GarbageCollector {
 
     /// The current dependents of `owner_uid` (fresh reads; the graph only says where to look),
     /// with this owner's reference in each.
-    fn live_dependents(
+    async fn live_dependents(
         &self,
         owner_uid: &str,
     ) -> Result<Vec<(ObjectKey, Value, OwnerRef)>, ApiError> {
         let candidates = self.graph().dependents_of(owner_uid);
         let mut out = Vec::new();
         for (uid, key) in candidates {
-            let Some(d) = self.get(&key)? else { continue };
+            let Some(d) = self.get(&key).await? else {
+                continue;
+            };
             if str_at(&d, "/metadata/uid") != uid {
                 continue;
             }
@@ -367,7 +372,7 @@ impl GarbageCollector {
 
     async fn orphan(&self, key: &ObjectKey, owner: &Value) -> Result<(), ApiError> {
         let uid = str_at(owner, "/metadata/uid");
-        for (dkey, d, _) in self.live_dependents(uid)? {
+        for (dkey, d, _) in self.live_dependents(uid).await? {
             self.update(&dkey, Self::without_owners(&d, &[uid])).await?;
             tracing::info!(object = %dkey, owner = %key, "garbage collector orphaned a dependent");
         }
@@ -378,7 +383,7 @@ impl GarbageCollector {
     async fn foreground(&self, key: &ObjectKey, owner: &Value) -> Result<(), ApiError> {
         let uid = str_at(owner, "/metadata/uid");
         let mut blocking = 0usize;
-        for (dkey, d, r) in self.live_dependents(uid)? {
+        for (dkey, d, r) in self.live_dependents(uid).await? {
             if r.block {
                 blocking += 1;
             }
@@ -408,7 +413,7 @@ impl GarbageCollector {
         }
         let mut absent = Vec::new();
         for r in &refs {
-            if let OwnerState::Absent = self.owner_state(r)? {
+            if let OwnerState::Absent = self.owner_state(r).await? {
                 absent.push(r.uid.as_str());
             }
         }
@@ -431,21 +436,21 @@ impl Reconciler for GarbageCollector {
         "garbagecollector"
     }
 
-    fn keys_for_event(&self, event: &Event) -> Vec<ObjectKey> {
+    async fn keys_for_event(&self, event: &Event) -> Vec<ObjectKey> {
         if IGNORED.contains(&event.key.resource.as_str()) {
             return Vec::new();
         }
         self.graph().apply(event, &self.kinds)
     }
 
-    fn all_keys(&self) -> Vec<ObjectKey> {
+    async fn all_keys(&self) -> Vec<ObjectKey> {
         let mut graph = Graph::default();
         let mut keys = Vec::new();
         for resource in self.kinds.resources() {
             if IGNORED.contains(&resource.as_str()) {
                 continue;
             }
-            let items = match self.client.list(&resource, None) {
+            let items = match self.client.list(&resource, None).await {
                 Ok(items) => items,
                 Err(e) => {
                     tracing::warn!(%resource, error = %e, "garbage collector cannot list; the graph misses these until the next resync");
@@ -476,8 +481,8 @@ impl Reconciler for GarbageCollector {
         keys
     }
 
-    async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ApiError> {
-        let Some(obj) = self.get(key)? else {
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
+        let Some(obj) = self.get(key).await? else {
             return Ok(Requeue::No);
         };
         if finalizers::is_deleting(&obj) && finalizers::has_finalizer(&obj, ORPHAN) {

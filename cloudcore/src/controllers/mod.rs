@@ -12,6 +12,7 @@
 pub mod claim;
 pub mod daemonset;
 pub mod deployment;
+pub mod error;
 pub mod garbage_collector;
 pub mod node_lifecycle;
 pub mod owned;
@@ -19,3 +20,5 @@ pub mod replicaset;
 pub mod runner;
 pub mod selector_index;
 pub mod statefulset;
+
+pub use error::ControllerError;

@@ -456,8 +456,8 @@ impl Heartbeats {
 /// Pods grouped by the node they are bound to.
 type PodsByNode = HashMap<String, Vec<Value>>;
 
-fn list_pods(state: &ApiState) -> Result<PodsByNode, StoreError> {
-    let (pods, _) = state.store.list("pods", None)?;
+async fn list_pods(state: &ApiState) -> Result<PodsByNode, StoreError> {
+    let (pods, _) = state.store.list("pods", None).await?;
     let mut by_node: PodsByNode = HashMap::new();
     for p in pods {
         let node = text(&p.value, "/spec/nodeName");
@@ -485,7 +485,7 @@ impl Controller {
 
     /// One pass over every node.
     async fn reconcile_all(&mut self) {
-        let nodes = match self.state.store.list("nodes", None) {
+        let nodes = match self.state.store.list("nodes", None).await {
             Ok((items, _)) => items,
             Err(e) => {
                 warn!(error = %e, "node lifecycle controller cannot list nodes; retrying at the next period");
@@ -512,7 +512,12 @@ impl Controller {
 
     /// One pass over node `name` only.
     async fn reconcile_named(&mut self, name: &str) {
-        let node = match self.state.store.get(&ObjectKey::new("nodes", "", name)) {
+        let node = match self
+            .state
+            .store
+            .get(&ObjectKey::new("nodes", "", name))
+            .await
+        {
             Ok(Some(n)) => n,
             Ok(None) => {
                 self.forget(name);
@@ -574,7 +579,7 @@ impl Controller {
             .await;
             match written {
                 Ok(Some(stored)) => node = stored.value,
-                Ok(None) => match self.state.store.get(&key) {
+                Ok(None) => match self.state.store.get(&key).await {
                     Ok(Some(s)) => node = s.value,
                     Ok(None) => {
                         self.forget(&name);
@@ -617,7 +622,7 @@ impl Controller {
             Vec::new()
         } else {
             if pods.is_none() {
-                match list_pods(&self.state) {
+                match list_pods(&self.state).await {
                     Ok(p) => *pods = Some(p),
                     Err(e) => {
                         warn!(error = %e, "cannot list pods; the next pass retries");
@@ -656,7 +661,7 @@ impl Controller {
     /// Restores the readiness this controller took from the pods of `node` (now Ready again).
     async fn restore_pods(&self, node: &str, pods: &mut Option<PodsByNode>) {
         if pods.is_none() {
-            match list_pods(&self.state) {
+            match list_pods(&self.state).await {
                 Ok(p) => *pods = Some(p),
                 Err(e) => {
                     warn!(error = %e, "cannot list pods to restore their readiness; a fresh report from the edge restores it");

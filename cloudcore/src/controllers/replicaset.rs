@@ -26,6 +26,7 @@ use super::claim;
 use super::owned::{self, controller_of, PodName};
 use super::runner::{Reconciler, Requeue};
 use super::selector_index::SelectorIndex;
+use super::ControllerError;
 use crate::api::client::{Client, Propagation};
 use crate::api::events::{self, EventType};
 use crate::api::table::parse_timestamp;
@@ -313,7 +314,7 @@ impl Reconciler for ReplicaSetController {
         "replicaset"
     }
 
-    fn keys_for_event(&self, event: &Event) -> Vec<ObjectKey> {
+    async fn keys_for_event(&self, event: &Event) -> Vec<ObjectKey> {
         match event.key.resource.as_str() {
             RESOURCE => {
                 self.index.observe(event);
@@ -343,23 +344,23 @@ impl Reconciler for ReplicaSetController {
         }
     }
 
-    fn all_keys(&self) -> Vec<ObjectKey> {
-        let Some(all) = self.client.list_for_resync(RESOURCE) else {
+    async fn all_keys(&self) -> Vec<ObjectKey> {
+        let Some(all) = self.client.list_for_resync(RESOURCE).await else {
             return Vec::new();
         };
         self.index.replace_all(&all);
         owned::keys_of(RESOURCE, &all)
     }
 
-    async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ApiError> {
-        let Some(rs) = self.client.get(RESOURCE, &key.namespace, &key.name)? else {
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
+        let Some(rs) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
         let Some(selector) = selector_of(&rs) else {
             tracing::warn!(%key, "ReplicaSet has no valid selector; nothing to manage");
             return Ok(Requeue::No);
         };
-        let candidates = self.client.list("pods", Some(&key.namespace))?;
+        let candidates = self.client.list("pods", Some(&key.namespace)).await?;
         let pods = claim::claim_all(&self.client, "pods", &rs, &selector, candidates).await?;
         let active: Vec<Value> = pods.into_iter().filter(owned::is_active).collect();
         let managed = if owned::is_terminating(&rs) {

@@ -25,6 +25,7 @@
 
 use super::owned::{self, PodName};
 use super::runner::{Reconciler, Requeue};
+use super::ControllerError;
 use crate::api::client::{Client, Propagation};
 use crate::api::events::{self, EventType};
 use crate::api::ApiError;
@@ -281,7 +282,7 @@ impl Reconciler for StatefulSetController {
         "statefulset"
     }
 
-    fn keys_for_event(&self, ev: &Event) -> Vec<ObjectKey> {
+    async fn keys_for_event(&self, ev: &Event) -> Vec<ObjectKey> {
         match ev.key.resource.as_str() {
             RESOURCE => vec![ev.key.clone()],
             "pods" => owned::controller_keys(ev, "StatefulSet", RESOURCE),
@@ -289,13 +290,17 @@ impl Reconciler for StatefulSetController {
         }
     }
 
-    fn all_keys(&self) -> Vec<ObjectKey> {
-        let all = self.client.list_for_resync(RESOURCE).unwrap_or_default();
+    async fn all_keys(&self) -> Vec<ObjectKey> {
+        let all = self
+            .client
+            .list_for_resync(RESOURCE)
+            .await
+            .unwrap_or_default();
         owned::keys_of(RESOURCE, &all)
     }
 
-    async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ApiError> {
-        let Some(sts) = self.client.get(RESOURCE, &key.namespace, &key.name)? else {
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
+        let Some(sts) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
         let uid = str_at(&sts, "/metadata/uid").to_string();
@@ -312,7 +317,8 @@ impl Reconciler for StatefulSetController {
             owned::template_hash(&sts.pointer("/spec/template").cloned().unwrap_or(json!({})));
         let raw_pods: Vec<Value> = self
             .client
-            .list("pods", Some(&key.namespace))?
+            .list("pods", Some(&key.namespace))
+            .await?
             .into_iter()
             .filter(|p| owned::is_controlled_by(p, &uid))
             .collect();
@@ -378,7 +384,7 @@ impl Reconciler for StatefulSetController {
                                 .await;
                             }
                             Err(ApiError::NotFound { .. } | ApiError::Conflict { .. }) => {}
-                            Err(e) => return Err(e),
+                            Err(e) => return Err(e.into()),
                         }
                     }
                 }

@@ -282,7 +282,7 @@ impl Hub {
     /// feed lagged, events after `since` were lost), also marks on the live sessions every
     /// referenced config written after `since` or missing, and wakes every session.
     async fn resync(&self, since: Option<u64>) -> Result<(), StoreError> {
-        let (pods, listed) = self.store.list("pods", None)?;
+        let (pods, listed) = self.store.list("pods", None).await?;
         let mut index = ConfigIndex::new();
         for p in &pods {
             let meta = |f: &str| {
@@ -298,7 +298,7 @@ impl Hub {
             );
         }
         let marks = match since {
-            Some(since) => index.changed_since(self.store.as_ref(), since)?,
+            Some(since) => index.changed_since(self.store.as_ref(), since).await?,
             None => Vec::new(),
         };
         info!(
@@ -540,7 +540,7 @@ impl Hub {
         all.insert("kubernetes.io/hostname".into(), node.into());
         all.insert("kubernetes.io/os".into(), "linux".into());
         all.insert("node-role.kubernetes.io/edge".into(), String::new());
-        if self.store.get(&key)?.is_some() {
+        if self.store.get(&key).await?.is_some() {
             crate::store::update_with(self.store.as_ref(), &key, |v| {
                 let mut v = v.clone();
                 let current = v
@@ -758,10 +758,10 @@ impl Hub {
         // Order matters (module docs): the cap, then the marks, then the shard.
         let cap = self.handled.load(Ordering::SeqCst);
         let marked = std::mem::take(&mut *signals.marked.lock().await);
-        let (batches, new_sent) = match self.store.read_shard(node, sent)? {
+        let (batches, new_sent) = match self.store.read_shard(node, sent).await? {
             ShardRead::Snapshot { members, upto } => {
                 // A snapshot carries every config its pods reference: the marks are covered.
-                let parts = plan::snapshot(self.store.as_ref(), node, &members, upto)?;
+                let parts = plan::snapshot(self.store.as_ref(), node, &members, upto).await?;
                 info!(
                     objects = parts.iter().map(|p| p.upserts.len()).sum::<usize>(),
                     parts = parts.len(),
@@ -781,7 +781,8 @@ impl Hub {
                         .filter(|(c, _)| index.references(node, c))
                         .collect()
                 };
-                let batches = plan::delta(self.store.as_ref(), node, sent, upto, &changes, marked)?;
+                let batches =
+                    plan::delta(self.store.as_ref(), node, sent, upto, &changes, marked).await?;
                 (batches, upto)
             }
         };

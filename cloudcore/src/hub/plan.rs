@@ -50,8 +50,8 @@ enum PodRead {
     Broken,
 }
 
-fn read_pod(store: &dyn Store, node: &str, key: &ObjectKey) -> Result<PodRead, StoreError> {
-    let Some(stored) = store.get(key)? else {
+async fn read_pod(store: &dyn Store, node: &str, key: &ObjectKey) -> Result<PodRead, StoreError> {
+    let Some(stored) = store.get(key).await? else {
         return Ok(PodRead::Gone);
     };
     if projection::node_of(key, &stored.value).as_deref() != Some(node) {
@@ -78,7 +78,7 @@ fn read_pod(store: &dyn Store, node: &str, key: &ObjectKey) -> Result<PodRead, S
 /// The current state of a config for the node: its upsert, a delete if it does not exist, or
 /// nothing if its revision is not above `newer_than` (the node has it) or it cannot be
 /// projected (reported).
-fn read_config(
+async fn read_config(
     store: &dyn Store,
     r: &ObjectRef,
     newer_than: u64,
@@ -86,7 +86,7 @@ fn read_config(
     let Some(key) = store_key(r) else {
         return Ok(None);
     };
-    match store.get(&key)? {
+    match store.get(&key).await? {
         None => Ok(Some(Change::Delete(r.clone()))),
         Some(s) if s.revision <= newer_than => Ok(None),
         Some(s) => match projection::edge_config(r.kind, &s.value) {
@@ -191,7 +191,7 @@ fn chunk(units: Vec<Unit>, upto: u64) -> Vec<SyncBatch> {
 /// edge applies them as one, see `protocol::assembly`). Missing configs need no delete: a
 /// snapshot replaces everything the edge holds. An object too large for any frame is skipped
 /// with an error and a metric, as in deltas.
-pub fn snapshot(
+pub async fn snapshot(
     store: &dyn Store,
     node: &str,
     members: &[ObjectKey],
@@ -200,13 +200,13 @@ pub fn snapshot(
     let mut upserts = Vec::new();
     let mut refs = BTreeSet::new();
     for key in members {
-        if let PodRead::Present(u, r) = read_pod(store, node, key)? {
+        if let PodRead::Present(u, r) = read_pod(store, node, key).await? {
             upserts.push((key.to_string(), *u));
             refs.extend(r);
         }
     }
     for r in &refs {
-        if let Some(Change::Upsert(u)) = read_config(store, r, 0)? {
+        if let Some(Change::Upsert(u)) = read_config(store, r, 0).await? {
             upserts.push((format!("{r:?}"), u));
         }
     }
@@ -252,7 +252,7 @@ fn split_snapshot(upserts: Vec<(String, Upsert)>, upto: u64, budget: usize) -> V
 /// `changes` up to `upto` with their configs, and the `marked` configs (each sent only if its
 /// revision is above the given one, or deleted if it does not exist). `marked` must hold only
 /// configs the node references.
-pub fn delta(
+pub async fn delta(
     store: &dyn Store,
     node: &str,
     sent: u64,
@@ -269,7 +269,7 @@ pub fn delta(
     keys.sort_by_key(|(_, r)| *r);
     let mut pods = Vec::with_capacity(keys.len());
     for (key, rev) in keys {
-        pods.push((key, rev, read_pod(store, node, key)?));
+        pods.push((key, rev, read_pod(store, node, key).await?));
     }
     let with_pods: HashSet<ObjectRef> = pods
         .iter()
@@ -287,7 +287,7 @@ pub fn delta(
         if with_pods.contains(&r) || !included.insert(r.clone()) {
             continue;
         }
-        if let Some(change) = read_config(store, &r, newer_than)? {
+        if let Some(change) = read_config(store, &r, newer_than).await? {
             let mut unit = Unit::new(sent, r.to_string());
             unit.push(change);
             units.push(unit);
@@ -300,7 +300,7 @@ pub fn delta(
                 unit.push(Change::Upsert(*upsert));
                 for r in refs {
                     if included.insert(r.clone()) {
-                        if let Some(change) = read_config(store, &r, 0)? {
+                        if let Some(change) = read_config(store, &r, 0).await? {
                             unit.push(change);
                         }
                     }
@@ -370,14 +370,14 @@ mod tests {
         async fn put(&self, resource: &str, value: Value) -> u64 {
             let name = value["metadata"]["name"].as_str().unwrap().to_string();
             let key = ObjectKey::new(resource, "default", name);
-            match self.store.get(&key).unwrap() {
+            match self.store.get(&key).await.unwrap() {
                 Some(_) => self.store.update(&key, value, None).await.unwrap().revision,
                 None => self.store.create(&key, value).await.unwrap().revision,
             }
         }
 
-        fn changes(&self, node: &str, after: u64) -> (Vec<ShardChange>, u64) {
-            match self.store.read_shard(node, after).unwrap() {
+        async fn changes(&self, node: &str, after: u64) -> (Vec<ShardChange>, u64) {
+            match self.store.read_shard(node, after).await.unwrap() {
                 ShardRead::Delta { changes, upto } => (changes, upto),
                 ShardRead::Snapshot { .. } => panic!("expected a delta"),
             }
@@ -394,8 +394,10 @@ mod tests {
         let s_rev = f.put("secrets", secret("db", 8)).await;
         let start = f.put("configmaps", config_map("unrelated")).await;
         f.put("pods", pod("web", "n1", &["db"], &["missing"])).await;
-        let (changes, upto) = f.changes("n1", start);
-        let batches = delta(&f.store, "n1", start, upto, &changes, vec![]).unwrap();
+        let (changes, upto) = f.changes("n1", start).await;
+        let batches = delta(&f.store, "n1", start, upto, &changes, vec![])
+            .await
+            .unwrap();
         assert_eq!(batches.len(), 1);
         let b = &batches[0];
         assert_eq!(b.revision, upto);
@@ -419,7 +421,7 @@ mod tests {
         let f = fixture();
         let old = f.put("configmaps", config_map("old")).await;
         let new = f.put("configmaps", config_map("new")).await;
-        let (changes, upto) = f.changes("n1", new);
+        let (changes, upto) = f.changes("n1", new).await;
         assert!(changes.is_empty());
         let marked = vec![
             (r(ObjectKind::ConfigMap, "old"), old),
@@ -427,7 +429,9 @@ mod tests {
             (r(ObjectKind::ConfigMap, "new"), 0),
             (r(ObjectKind::Secret, "gone"), old),
         ];
-        let batches = delta(&f.store, "n1", new, upto, &changes, marked).unwrap();
+        let batches = delta(&f.store, "n1", new, upto, &changes, marked)
+            .await
+            .unwrap();
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].revision, upto);
         assert_eq!(refs_of(&batches[0]), [r(ObjectKind::ConfigMap, "new")]);
@@ -441,6 +445,7 @@ mod tests {
             &changes,
             vec![(r(ObjectKind::ConfigMap, "old"), old)],
         )
+        .await
         .unwrap();
         assert!(none.is_empty());
     }
@@ -457,7 +462,7 @@ mod tests {
             f.put("pods", pod(&format!("p{i}"), "n1", &[], &[])).await;
         }
         f.put("pods", pod("user", "n1", &["late"], &[])).await;
-        let (changes, upto) = f.changes("n1", start);
+        let (changes, upto) = f.changes("n1", start).await;
         let batches = delta(
             &f.store,
             "n1",
@@ -466,6 +471,7 @@ mod tests {
             &changes,
             vec![(r(ObjectKind::Secret, "late"), 0)],
         )
+        .await
         .unwrap();
         assert_eq!(batches.len(), 2);
         assert!(batches[0].upserts.len() <= MAX_BATCH_OBJECTS);
@@ -500,8 +506,10 @@ mod tests {
             )
             .await;
         }
-        let (changes, upto) = f.changes("n1", start);
-        let batches = delta(&f.store, "n1", start, upto, &changes, vec![]).unwrap();
+        let (changes, upto) = f.changes("n1", start).await;
+        let batches = delta(&f.store, "n1", start, upto, &changes, vec![])
+            .await
+            .unwrap();
         assert!(batches.len() >= 2, "{} batches", batches.len());
         let mut last_rev = start;
         let mut shared = 0;
@@ -535,8 +543,10 @@ mod tests {
         f.put("secrets", secret("mine", 4)).await;
         let start = f.put("pods", pod("web", "n1", &["mine"], &[])).await;
         f.put("pods", pod("web", "n2", &["mine"], &[])).await;
-        let (changes, upto) = f.changes("n1", start);
-        let batches = delta(&f.store, "n1", start, upto, &changes, vec![]).unwrap();
+        let (changes, upto) = f.changes("n1", start).await;
+        let batches = delta(&f.store, "n1", start, upto, &changes, vec![])
+            .await
+            .unwrap();
         assert_eq!(batches.len(), 1);
         assert!(batches[0].upserts.is_empty());
         assert_eq!(batches[0].deletes, [r(ObjectKind::Pod, "web")]);
@@ -553,11 +563,11 @@ mod tests {
         f.put("pods", pod("b", "n1", &["s"], &[])).await;
         f.put("pods", pod("other", "n2", &[], &["not-referenced"]))
             .await;
-        let (members, upto) = match f.store.read_shard("n1", 0).unwrap() {
+        let (members, upto) = match f.store.read_shard("n1", 0).await.unwrap() {
             ShardRead::Snapshot { members, upto } => (members, upto),
             ShardRead::Delta { .. } => panic!("expected a snapshot"),
         };
-        let parts = snapshot(&f.store, "n1", &members, upto).unwrap();
+        let parts = snapshot(&f.store, "n1", &members, upto).await.unwrap();
         assert_eq!(parts.len(), 1, "a small slice fits one frame");
         let b = &parts[0];
         assert!(b.snapshot && !b.more);

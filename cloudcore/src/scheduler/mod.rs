@@ -115,9 +115,9 @@ impl Scheduler {
     }
 
     /// Rebuilds cache and queue from full listings of nodes and pods.
-    pub fn resync(&mut self) -> Result<(), StoreError> {
-        let (nodes, nodes_rev) = self.store.list("nodes", None)?;
-        let (pods, pods_rev) = self.store.list("pods", None)?;
+    pub async fn resync(&mut self) -> Result<(), StoreError> {
+        let (nodes, nodes_rev) = self.store.list("nodes", None).await?;
+        let (pods, pods_rev) = self.store.list("pods", None).await?;
         self.cache.resync(&nodes, &pods);
         let mut listed = std::collections::HashSet::with_capacity(pods.len());
         for p in pods {
@@ -257,7 +257,7 @@ impl Scheduler {
     }
 
     /// Takes in the result of one write.
-    fn complete(&mut self, key: ObjectKey, outcome: Outcome, started: Instant) {
+    async fn complete(&mut self, key: ObjectKey, outcome: Outcome, started: Instant) {
         let now = Instant::now();
         let result = match &outcome {
             Outcome::Bound(_) => "scheduled",
@@ -288,7 +288,7 @@ impl Scheduler {
                     StoreError::NotFound(_) => self.queue.remove(&key),
                     StoreError::Conflict { .. } => {
                         // Someone changed the pod: read it again (it may be bound already).
-                        match self.store.get(&key) {
+                        match self.store.get(&key).await {
                             Ok(Some(s)) => {
                                 self.cache.set_pod(&key, s.revision, Some(&s.value));
                                 self.queue.upsert(&key, s);
@@ -314,7 +314,7 @@ impl Scheduler {
         loop {
             self.schedule_active();
             match self.flights.join_next().await {
-                Some(Ok((key, out, started))) => self.complete(key, out, started),
+                Some(Ok((key, out, started))) => self.complete(key, out, started).await,
                 Some(Err(e)) => warn!(error = %e, "a scheduling write task failed"),
                 None => return,
             }
@@ -334,7 +334,7 @@ async fn evict(
     node: &str,
 ) -> Result<(), StoreError> {
     for _ in 0..4 {
-        let Some(current) = store.get(&victim.key)? else {
+        let Some(current) = store.get(&victim.key).await? else {
             return Ok(());
         };
         if current
@@ -393,7 +393,7 @@ pub async fn run(store: Arc<dyn Store>) {
                 events.try_recv(),
                 Err(TryRecvError::Empty | TryRecvError::Closed)
             ) {}
-            if let Err(e) = s.resync() {
+            if let Err(e) = s.resync().await {
                 warn!(error = %e, "scheduler resync failed; retrying");
                 resync_at = Instant::now() + Duration::from_secs(1);
             } else {
@@ -418,7 +418,7 @@ pub async fn run(store: Arc<dyn Store>) {
                 Err(RecvError::Closed) => std::future::pending::<()>().await,
             },
             Some(done) = s.flights.join_next(), if !s.flights.is_empty() => match done {
-                Ok((key, out, started)) => s.complete(key, out, started),
+                Ok((key, out, started)) => s.complete(key, out, started).await,
                 Err(e) => warn!(error = %e, "a scheduling write task failed"),
             },
             _ = tokio::time::sleep_until(wake) => {}
@@ -478,27 +478,27 @@ mod tests {
             store.create(&pod_key(p), p.clone()).await.unwrap();
         }
         let mut s = Scheduler::new(store.clone());
-        s.resync().unwrap();
+        s.resync().await.unwrap();
         s.drain().await;
         assert_eq!(s.bound(), 1);
-        let get = |p: &Value| store.get(&pod_key(p)).unwrap().unwrap().value;
-        let p = get(&placed);
+        let get = async |p: &Value| store.get(&pod_key(p)).await.unwrap().unwrap().value;
+        let p = get(&placed).await;
         assert_eq!(p["spec"]["nodeName"], "b");
         assert_eq!(condition(&p)["status"], "True");
-        let n = get(&nowhere);
+        let n = get(&nowhere).await;
         assert_eq!(condition(&n)["reason"], "Unschedulable");
         assert_eq!(
             condition(&n)["message"],
             "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
         );
         assert_eq!(
-            condition(&get(&hungry))["message"],
+            condition(&get(&hungry).await)["message"],
             "0/2 nodes are available: 2 Insufficient cpu."
         );
         // A second attempt bumps the same event instead of adding one.
         s.queue.activate_waiting();
         s.drain().await;
-        let (events, _) = store.list("events", Some("default")).unwrap();
+        let (events, _) = store.list("events", Some("default")).await.unwrap();
         let (failed, scheduled): (Vec<_>, Vec<_>) = events
             .iter()
             .partition(|e| e.value["reason"] == "FailedScheduling");
@@ -518,7 +518,7 @@ mod tests {
         // A binding never overwrites a concurrent change: the pod is re-read and re-placed.
         let late = pod("late", json!({}));
         let created = store.create(&pod_key(&late), late.clone()).await.unwrap();
-        s.resync().unwrap();
+        s.resync().await.unwrap();
         let mut changed = created.value.clone();
         changed["metadata"]["labels"] = json!({"touched": "yes"});
         store
@@ -526,7 +526,7 @@ mod tests {
             .await
             .unwrap();
         s.drain().await;
-        let l = get(&late);
+        let l = get(&late).await;
         assert_eq!(l["metadata"]["labels"]["touched"], "yes", "{l}");
         assert_eq!(l["spec"]["nodeName"], "a", "{l}");
     }
@@ -553,18 +553,18 @@ mod tests {
         let low = full("low", json!({}));
         store.create(&pod_key(&low), low.clone()).await.unwrap();
         let mut s = Scheduler::new(store.clone());
-        s.resync().unwrap();
+        s.resync().await.unwrap();
         s.drain().await;
-        let get = |p: &Value| store.get(&pod_key(p)).unwrap().unwrap().value;
-        assert_eq!(get(&low)["spec"]["nodeName"], "a");
-        let events = |name: &str| -> Vec<Value> {
-            let (all, _) = store.list("events", Some("default")).unwrap();
+        let get = async |p: &Value| store.get(&pod_key(p)).await.unwrap().unwrap().value;
+        assert_eq!(get(&low).await["spec"]["nodeName"], "a");
+        let events = async |name: &str| -> Vec<Value> {
+            let (all, _) = store.list("events", Some("default")).await.unwrap();
             all.into_iter()
                 .map(|e| e.value)
                 .filter(|e| e["involvedObject"]["name"] == name)
                 .collect()
         };
-        let scheduled = events("low");
+        let scheduled = events("low").await;
         assert_eq!(scheduled.len(), 1);
         assert_eq!(scheduled[0]["reason"], "Scheduled");
         assert_eq!(scheduled[0]["type"], "Normal");
@@ -581,16 +581,17 @@ mod tests {
         for p in [&never, &high] {
             store.create(&pod_key(p), p.clone()).await.unwrap();
         }
-        s.resync().unwrap();
+        s.resync().await.unwrap();
         s.drain().await;
         // The victim is terminating (graceful deletion, as DELETE does) and told why.
-        let victim = get(&low);
+        let victim = get(&low).await;
         assert!(
             victim["metadata"]["deletionTimestamp"].is_string(),
             "{victim}"
         );
         assert_eq!(victim["metadata"]["deletionGracePeriodSeconds"], 30);
         let preempted: Vec<Value> = events("low")
+            .await
             .into_iter()
             .filter(|e| e["reason"] == "Preempted")
             .collect();
@@ -599,19 +600,19 @@ mod tests {
             preempted[0]["message"],
             "Preempted by pod uid-high on node a"
         );
-        let h = get(&high);
+        let h = get(&high).await;
         assert_eq!(h["status"]["nominatedNodeName"], "a", "{h}");
         assert!(h["spec"]["nodeName"].is_null());
-        let n = get(&never);
+        let n = get(&never).await;
         assert!(n["status"].get("nominatedNodeName").is_none(), "{n}");
 
         // The victim goes: the preemptor is placed, ahead of the other (lower) pending pod.
         store.delete(&pod_key(&low), None).await.unwrap();
-        s.resync().unwrap();
+        s.resync().await.unwrap();
         s.drain().await;
-        let h = get(&high);
+        let h = get(&high).await;
         assert_eq!(h["spec"]["nodeName"], "a");
         assert!(h["status"].get("nominatedNodeName").is_none(), "{h}");
-        assert!(get(&never)["spec"]["nodeName"].is_null());
+        assert!(get(&never).await["spec"]["nodeName"].is_null());
     }
 }

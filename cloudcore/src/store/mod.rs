@@ -10,6 +10,28 @@
 //!
 //! Writes are durable (flushed) before they return: an API response or a hub batch never
 //! mentions a revision that a crash could lose.
+//!
+//! ## The trait in etcd's terms
+//! Every operation that may touch a disk or a network is `async`, so that a backend whose
+//! reads are remote (etcd) implements [`Store`] without blocking a runtime worker, and the
+//! semantics are stated in what etcd v3 provides, so that such a backend is a drop-in:
+//!
+//! | operation | etcd v3 |
+//! |---|---|
+//! | [`Store::get`] | `Range(key)`; `Stored::revision` is the key's `mod_revision` |
+//! | [`Store::list`] | `Range(prefix)`; the returned revision is the response header's revision |
+//! | [`Store::create`] | `Txn(If create_revision(key) == 0, Then Put, Else Range)` |
+//! | [`Store::update`] | `Txn(If mod_revision(key) == expected, Then Put)`, a plain `Put` without `expected` |
+//! | [`Store::delete`] | `Txn(If mod_revision(key) == expected, Then DeleteRange(prev_kv))` |
+//! | shard log | the entries under `/shardlog/<shard>/<revision>` and the member marks under `/shardmembers/<shard>/`, written in the same `Txn` as the object, so a node's log can never disagree with the objects |
+//! | [`Store::read_shard`] | `Range` over the shard's log after the asked revision; a revision below the shard's floor (compacted) gives the snapshot: a `Range` over its members |
+//! | [`Store::wait_durable`] | nothing to wait for: an etcd write is durable (raft quorum, fsync) when its `Txn` returns |
+//! | [`Store::subscribe`] | one `Watch(prefix, start_revision)` fanned out into the broadcast; `ErrCompacted` becomes the API's `410 Expired` for watches from too old a revision |
+//! | [`Store::revision`], [`Store::assigned_revision`] | the highest header revision seen on any response or watch event, kept in an atomic (cheap, and monotonic as etcd's is) |
+//!
+//! The sled backend answers reads from sled's page cache on the calling task: a miss costs
+//! one disk read, which is what sled's own API does too; writes are ordered and made durable
+//! by a writer task (see [`sled_store`]).
 
 pub mod sled_store;
 
@@ -185,11 +207,11 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self) -> u64;
 
     /// Reads one object.
-    fn get(&self, key: &ObjectKey) -> Result<Option<Stored>, StoreError>;
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Stored>, StoreError>;
 
     /// Lists a resource, in one namespace or (with `None`) all; returns the objects in key order
     /// and the revision the listing is consistent with. Corrupt entries are logged and skipped.
-    fn list(
+    async fn list(
         &self,
         resource: &str,
         namespace: Option<&str>,
@@ -211,7 +233,7 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, key: &ObjectKey, expected: Option<u64>) -> Result<Stored, StoreError>;
 
     /// What changed in `shard` after revision `after`.
-    fn read_shard(&self, shard: &str, after: u64) -> Result<ShardRead, StoreError>;
+    async fn read_shard(&self, shard: &str, after: u64) -> Result<ShardRead, StoreError>;
 
     /// Revision of the latest committed write, durable or not yet.
     fn assigned_revision(&self) -> u64;
@@ -239,7 +261,7 @@ where
     F: FnMut(&Value) -> Option<Value> + Send,
 {
     for _ in 0..16 {
-        let Some(current) = store.get(key)? else {
+        let Some(current) = store.get(key).await? else {
             return Err(StoreError::NotFound(key.clone()));
         };
         let Some(next) = f(&current.value) else {

@@ -349,6 +349,43 @@ impl SledStore {
             }
         })
     }
+    /// [`Store::read_shard`], synchronously: sled serves the scan from its page cache.
+    fn read_shard_now(&self, shard: &str, after: u64) -> Result<ShardRead, StoreError> {
+        let upto = self.revision();
+        let floor = self.shard_floor(shard)?;
+        if after < floor || after > upto || after == 0 {
+            let prefix = shard_prefix(shard);
+            let mut members = Vec::new();
+            for entry in self.inner.shard_members.scan_prefix(&prefix) {
+                let (k, _) = entry.map_err(backend)?;
+                match ObjectKey::decode(&k[prefix.len()..]) {
+                    Some(key) => members.push(key),
+                    None => tracing::error!(shard, "skipping undecodable shard member key"),
+                }
+            }
+            return Ok(ShardRead::Snapshot { members, upto });
+        }
+        let start = shard_log_key(shard, after + 1);
+        let end = shard_log_key(shard, upto.saturating_add(1));
+        let mut changes = Vec::new();
+        for entry in self.inner.shard_log.range(start..end) {
+            let (k, v) = entry.map_err(backend)?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k[k.len() - 8..]);
+            match ObjectKey::decode(&v) {
+                Some(key) => changes.push(ShardChange {
+                    revision: u64::from_be_bytes(b),
+                    key,
+                }),
+                None => tracing::error!(shard, "skipping undecodable shard log entry"),
+            }
+        }
+        // Compaction may have raised the floor while we scanned; then the scan may have holes.
+        if self.shard_floor(shard)? > after {
+            return self.read_shard_now(shard, 0);
+        }
+        Ok(ShardRead::Delta { changes, upto })
+    }
 }
 
 #[async_trait]
@@ -357,7 +394,7 @@ impl Store for SledStore {
         self.inner.durable.load(Ordering::SeqCst)
     }
 
-    fn get(&self, key: &ObjectKey) -> Result<Option<Stored>, StoreError> {
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Stored>, StoreError> {
         let k = key.encode();
         match self.inner.objects.get(&k).map_err(backend)? {
             Some(raw) => decode_stored(&k, &raw).map(Some),
@@ -365,7 +402,7 @@ impl Store for SledStore {
         }
     }
 
-    fn list(
+    async fn list(
         &self,
         resource: &str,
         namespace: Option<&str>,
@@ -407,41 +444,8 @@ impl Store for SledStore {
         self.write(key, Write::Delete(expected)).await
     }
 
-    fn read_shard(&self, shard: &str, after: u64) -> Result<ShardRead, StoreError> {
-        let upto = self.revision();
-        let floor = self.shard_floor(shard)?;
-        if after < floor || after > upto || after == 0 {
-            let prefix = shard_prefix(shard);
-            let mut members = Vec::new();
-            for entry in self.inner.shard_members.scan_prefix(&prefix) {
-                let (k, _) = entry.map_err(backend)?;
-                match ObjectKey::decode(&k[prefix.len()..]) {
-                    Some(key) => members.push(key),
-                    None => tracing::error!(shard, "skipping undecodable shard member key"),
-                }
-            }
-            return Ok(ShardRead::Snapshot { members, upto });
-        }
-        let start = shard_log_key(shard, after + 1);
-        let end = shard_log_key(shard, upto.saturating_add(1));
-        let mut changes = Vec::new();
-        for entry in self.inner.shard_log.range(start..end) {
-            let (k, v) = entry.map_err(backend)?;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&k[k.len() - 8..]);
-            match ObjectKey::decode(&v) {
-                Some(key) => changes.push(ShardChange {
-                    revision: u64::from_be_bytes(b),
-                    key,
-                }),
-                None => tracing::error!(shard, "skipping undecodable shard log entry"),
-            }
-        }
-        // Compaction may have raised the floor while we scanned; then the scan may have holes.
-        if self.shard_floor(shard)? > after {
-            return self.read_shard(shard, 0);
-        }
-        Ok(ShardRead::Delta { changes, upto })
+    async fn read_shard(&self, shard: &str, after: u64) -> Result<ShardRead, StoreError> {
+        self.read_shard_now(shard, after)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -519,7 +523,7 @@ mod tests {
         s.create(&kb, pod("b", Some("n2"))).await.unwrap(); // 2
         s.update(&ka, pod("a", Some("n2")), None).await.unwrap(); // 3: moves n1 -> n2
         s.delete(&kb, None).await.unwrap(); // 4
-        match s.read_shard("n1", 1).unwrap() {
+        match s.read_shard("n1", 1).await.unwrap() {
             ShardRead::Delta { changes, upto } => {
                 assert_eq!(upto, 4);
                 assert_eq!(
@@ -532,7 +536,7 @@ mod tests {
             }
             other => panic!("expected delta, got {other:?}"),
         }
-        match s.read_shard("n2", 2).unwrap() {
+        match s.read_shard("n2", 2).await.unwrap() {
             ShardRead::Delta { changes, .. } => {
                 let revs: Vec<u64> = changes.iter().map(|c| c.revision).collect();
                 assert_eq!(revs, vec![3, 4]);
@@ -541,7 +545,7 @@ mod tests {
         }
         // A fresh node (revision 0) gets the current members.
         assert_eq!(
-            s.read_shard("n2", 0).unwrap(),
+            s.read_shard("n2", 0).await.unwrap(),
             ShardRead::Snapshot {
                 members: vec![ka.clone()],
                 upto: 4
@@ -550,11 +554,11 @@ mod tests {
         // After compaction, old revisions get a snapshot too.
         s.compact_shard_logs(3).unwrap();
         assert!(matches!(
-            s.read_shard("n2", 2).unwrap(),
+            s.read_shard("n2", 2).await.unwrap(),
             ShardRead::Snapshot { .. }
         ));
         assert!(matches!(
-            s.read_shard("n2", 3).unwrap(),
+            s.read_shard("n2", 3).await.unwrap(),
             ShardRead::Delta { .. }
         ));
     }
@@ -573,7 +577,7 @@ mod tests {
         v["spec"]["image"] = json!("longer-image-name");
         s.update(&k, v, None).await.unwrap(); // 3: the view changes
         assert_eq!(events.recv().await.unwrap().shards, vec!["n1".to_string()]);
-        match s.read_shard("n1", 1).unwrap() {
+        match s.read_shard("n1", 1).await.unwrap() {
             ShardRead::Delta { changes, upto } => {
                 assert_eq!(upto, 3);
                 assert_eq!(
@@ -628,10 +632,10 @@ mod tests {
             }
         };
         assert_eq!(s.revision(), 2);
-        let (items, _) = s.list("pods", Some("default")).unwrap();
+        let (items, _) = s.list("pods", Some("default")).await.unwrap();
         assert_eq!(items.len(), 1);
         assert!(matches!(
-            s.get(&ObjectKey::new("pods", "default", "b")),
+            s.get(&ObjectKey::new("pods", "default", "b")).await,
             Err(StoreError::Corrupt { .. })
         ));
         let c = s
