@@ -415,6 +415,10 @@ impl Reconciler for DaemonSetController {
         "daemonset"
     }
 
+    async fn on_permanent_error(&self, key: &ObjectKey, error: &ControllerError) {
+        owned::report_permanent_error(&self.client, key, error, COMPONENT).await;
+    }
+
     async fn keys_for_event(&self, ev: &Event) -> Vec<ObjectKey> {
         match ev.key.resource.as_str() {
             RESOURCE => vec![ev.key.clone()],

@@ -1165,6 +1165,10 @@ impl Reconciler for DeploymentController {
         "deployment"
     }
 
+    async fn on_permanent_error(&self, key: &ObjectKey, error: &ControllerError) {
+        owned::report_permanent_error(&self.client, key, error, COMPONENT).await;
+    }
+
     async fn keys_for_event(&self, event: &Event) -> Vec<ObjectKey> {
         let ns = &event.key.namespace;
         let mut keys: Vec<ObjectKey> = Vec::new();

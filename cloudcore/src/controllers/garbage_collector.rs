@@ -20,6 +20,7 @@
 //! All writes go through [`Client`], so finalizers, graceful pod deletion and preconditions
 //! apply exactly as to a `kubectl delete`.
 
+use super::owned;
 use super::runner::{Reconciler, Requeue};
 use super::ControllerError;
 use crate::api::client::{Client, Propagation};
@@ -34,6 +35,9 @@ use std::time::Duration;
 
 /// How often the graph is rebuilt from a full listing and every candidate rechecked.
 pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// The name the garbage collector signs its Events with, as kube-controller-manager's.
+pub const COMPONENT: &str = "garbage-collector-controller";
 
 /// Resources the collector never looks at: events are never owners in practice, and the
 /// busiest writers.
@@ -434,6 +438,10 @@ impl GarbageCollector {
 impl Reconciler for GarbageCollector {
     fn name(&self) -> &'static str {
         "garbagecollector"
+    }
+
+    async fn on_permanent_error(&self, key: &ObjectKey, error: &ControllerError) {
+        owned::report_permanent_error(&self.client, key, error, COMPONENT).await;
     }
 
     async fn keys_for_event(&self, event: &Event) -> Vec<ObjectKey> {

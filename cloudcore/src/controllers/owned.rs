@@ -3,7 +3,11 @@
 //! active, ready and available. One definition, so a ReplicaSet and a StatefulSet never
 //! disagree about whether a pod is available.
 
+use super::ControllerError;
+use crate::api::client::Client;
+use crate::api::events::{self, EventType};
 use crate::api::table::parse_timestamp;
+use crate::store::ObjectKey;
 use serde_json::{json, Value};
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
@@ -181,6 +185,31 @@ pub fn template_hash(template: &Value) -> String {
         h /= ALPHABET.len() as u64;
     }
     out
+}
+
+/// Tells whoever watches `key` why its controller stopped retrying it: one Warning Event
+/// `ReconcileError` on the object, which `kubectl describe` shows. The runner calls this once
+/// each time the key is parked; the object may be gone already, then there is no one to tell.
+pub async fn report_permanent_error(
+    client: &Client,
+    key: &ObjectKey,
+    error: &ControllerError,
+    component: &str,
+) {
+    let Ok(Some(object)) = client.get(&key.resource, &key.namespace, &key.name).await else {
+        return;
+    };
+    let store = client.state().store.clone();
+    let message = error.to_string();
+    events::record_best_effort(
+        store.as_ref(),
+        &object,
+        EventType::Warning,
+        "ReconcileError",
+        &message,
+        component,
+    )
+    .await;
 }
 
 #[cfg(test)]

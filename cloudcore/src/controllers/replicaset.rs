@@ -314,6 +314,10 @@ impl Reconciler for ReplicaSetController {
         "replicaset"
     }
 
+    async fn on_permanent_error(&self, key: &ObjectKey, error: &ControllerError) {
+        owned::report_permanent_error(&self.client, key, error, COMPONENT).await;
+    }
+
     async fn keys_for_event(&self, event: &Event) -> Vec<ObjectKey> {
         match event.key.resource.as_str() {
             RESOURCE => {
