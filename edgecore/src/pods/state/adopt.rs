@@ -2,7 +2,8 @@
 //! containers. The machine takes them over rather than starting again, so that a restart of the
 //! agent does not restart the workloads.
 
-use super::{on_exit, terminated_state, unknown_termination, ContainerPhase, Now, PodMachine};
+use super::PodMachine;
+use super::{on_exit, terminated_state, unknown_termination, ContainerPhase, ContainerSlot, Now};
 use super::{PodState, SpecRestart};
 use crate::pods::env::{expand_command, resolve_env, PodFields};
 use crate::pods::probes;
@@ -51,28 +52,21 @@ impl PodMachine {
             // An instance started from another spec (changed while edgecore was down) is
             // restarted with the desired one, as after an update; an unknown digest (an
             // instance from before digests were recorded) is taken to match.
-            if let (Some(running), Some(desired)) = (&newest.spec_digest, &desired) {
-                if running != desired {
-                    slot.spec_restart = Some(SpecRestart::default());
-                }
-            }
+            let stale_spec = matches!((&newest.spec_digest, &desired),
+                (Some(running), Some(desired)) if running != desired);
             match &newest.state {
                 ContainerRunState::Running { started_at_ms } => {
                     earliest = Some(earliest.map_or(*started_at_ms, |e| e.min(*started_at_ms)));
-                    slot.phase = ContainerPhase::Running {
-                        id: newest.id.clone(),
-                        attempt: newest.attempt,
-                        started_at_ms: *started_at_ms,
-                    };
+                    slot.phase =
+                        ContainerPhase::running(newest.id.clone(), newest.attempt, *started_at_ms);
                     probes::reset_for_new_instance(slot, Some(spec));
+                    restart_if_stale(slot, stale_spec);
                 }
                 ContainerRunState::Created => {
-                    slot.phase = ContainerPhase::Running {
-                        id: newest.id.clone(),
-                        attempt: newest.attempt,
-                        started_at_ms: now.wall_ms,
-                    };
+                    slot.phase =
+                        ContainerPhase::running(newest.id.clone(), newest.attempt, now.wall_ms);
                     probes::reset_for_new_instance(slot, Some(spec));
+                    restart_if_stale(slot, stale_spec);
                 }
                 exited => {
                     if let ContainerRunState::Exited { started_at_ms, .. } = exited {
@@ -117,5 +111,15 @@ impl PodMachine {
         };
         let env = resolve_env(spec, &fields, self.settings.config.as_ref()).ok()?;
         Some(container_digest(&expand_command(spec, &env)))
+    }
+}
+
+/// Marks an adopted running instance started from another spec for a restart with the desired
+/// one (an instance that exited starts with the desired spec anyway).
+fn restart_if_stale(slot: &mut ContainerSlot, stale_spec: bool) {
+    if let ContainerPhase::Running { spec_restart, .. } = &mut slot.phase {
+        if stale_spec {
+            *spec_restart = Some(SpecRestart::default());
+        }
     }
 }

@@ -25,7 +25,8 @@ pub(crate) enum ContainerPhase {
         /// Not before this.
         retry_at: Option<Instant>,
     },
-    /// Running.
+    /// Running. What is only known about a running instance (its readiness, a pending kill or
+    /// restart) lives here, so that it goes when the instance does.
     Running {
         /// Runtime id of the instance.
         id: String,
@@ -33,6 +34,14 @@ pub(crate) enum ContainerPhase {
         attempt: u32,
         /// When it started.
         started_at_ms: u64,
+        /// Readiness verdict of the probes; `None` (no readiness or startup probe) means ready.
+        /// Set for every new instance (see `probes::reset_for_new_instance`).
+        readiness: Option<bool>,
+        /// Set while the instance is to be killed for a failed liveness or startup probe.
+        probe_kill: Option<ProbeKill>,
+        /// Set while the instance is to be restarted because its spec changed (only the
+        /// container's fields did; see [`super::spec_change`]).
+        spec_restart: Option<SpecRestart>,
     },
     /// Exited and restarts at `until` (`CrashLoopBackOff`).
     BackOff {
@@ -54,6 +63,20 @@ pub(crate) enum ContainerPhase {
         /// The reported `Terminated` state.
         terminated: ContainerState,
     },
+}
+
+impl ContainerPhase {
+    /// A freshly started instance: no probe verdict yet, nothing pending.
+    pub(crate) fn running(id: String, attempt: u32, started_at_ms: u64) -> Self {
+        ContainerPhase::Running {
+            id,
+            attempt,
+            started_at_ms,
+            readiness: None,
+            probe_kill: None,
+            spec_restart: None,
+        }
+    }
 }
 
 /// One container of the pod and everything the worker knows about it.
@@ -79,18 +102,10 @@ pub(crate) struct ContainerSlot {
     pub start_failures: u32,
     /// Consecutive failures to read the state.
     pub observe_errors: u32,
-    /// Readiness verdict of the probes; `None` (no readiness or startup probe) means ready
-    /// while running. Reset for every new instance (see `probes::reset_for_new_instance`).
-    pub readiness: Option<bool>,
-    /// Set while the running instance is to be killed for a failed liveness or startup probe.
-    pub probe_kill: Option<ProbeKill>,
     /// The exited instance to remove once its successor runs.
     pub previous_instance: Option<String>,
     /// Instances to remove from the runtime (superseded or unknown ones).
     pub garbage: Vec<String>,
-    /// Set while the running instance is to be restarted because its spec changed (only the
-    /// container's fields did; see [`spec_change`]).
-    pub spec_restart: Option<SpecRestart>,
 }
 
 /// A restart of a running container whose spec changed: stop it (with the pod's termination
@@ -120,17 +135,23 @@ impl ContainerSlot {
             crashes: 0,
             start_failures: 0,
             observe_errors: 0,
-            readiness: None,
-            probe_kill: None,
             previous_instance: None,
             garbage: Vec::new(),
-            spec_restart: None,
         }
     }
 
     /// Whether it counts as ready: running and passing readiness (if probed).
     pub fn ready(&self) -> bool {
-        matches!(self.phase, ContainerPhase::Running { .. }) && self.readiness.unwrap_or(true)
+        matches!(self.phase, ContainerPhase::Running { readiness, .. } if readiness.unwrap_or(true))
+    }
+
+    /// The kill pending for a failed probe of the running instance, if any.
+    #[cfg(test)]
+    pub fn probe_kill(&self) -> Option<&ProbeKill> {
+        match &self.phase {
+            ContainerPhase::Running { probe_kill, .. } => probe_kill.as_ref(),
+            _ => None,
+        }
     }
 
     /// The running instance's id.

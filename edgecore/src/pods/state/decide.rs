@@ -98,7 +98,12 @@ impl PodMachine {
             // below like any other waiting container.
             let mut targets = Vec::new();
             for (index, slot) in self.slots.iter().enumerate() {
-                let (Some(restart), Some(id)) = (&slot.spec_restart, slot.running_id()) else {
+                let ContainerPhase::Running {
+                    id,
+                    spec_restart: Some(restart),
+                    ..
+                } = &slot.phase
+                else {
                     continue;
                 };
                 match restart.retry_at {
@@ -116,8 +121,12 @@ impl PodMachine {
             // grace per stop: a kill with another grace waits for the next one).
             let mut kill_grace = None;
             for (index, slot) in self.slots.iter().enumerate() {
-                let (None, Some(kill), Some(id)) =
-                    (&slot.spec_restart, &slot.probe_kill, slot.running_id())
+                let ContainerPhase::Running {
+                    id,
+                    spec_restart: None,
+                    probe_kill: Some(kill),
+                    ..
+                } = &slot.phase
                 else {
                     continue;
                 };

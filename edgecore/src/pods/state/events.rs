@@ -121,14 +121,6 @@ impl PodMachine {
                 return;
             }
         }
-        for slot in &mut self.slots {
-            // An instance that exited meanwhile needs no stop: its next start (if any) uses the
-            // new spec anyway.
-            if slot.running_id().is_none() {
-                slot.spec_restart = None;
-                slot.probe_kill = None;
-            }
-        }
         self.settle();
     }
 
@@ -171,8 +163,15 @@ impl PodMachine {
         for slot in &mut self.slots {
             // The stop that comes supersedes a restart for a changed spec (the next start uses
             // the new spec anyway) and a kill for a failed probe.
-            slot.spec_restart = None;
-            slot.probe_kill = None;
+            if let ContainerPhase::Running {
+                spec_restart,
+                probe_kill,
+                ..
+            } = &mut slot.phase
+            {
+                *spec_restart = None;
+                *probe_kill = None;
+            }
         }
         // The dead sandbox is kept, to stop what still runs in it and to remove it with the
         // pod, but its IP went with its network: it is the pod's no more (and may soon be
@@ -256,11 +255,7 @@ impl PodMachine {
                     ContainerRunState::Exited { started_at_ms, .. } => *started_at_ms,
                     _ => now.wall_ms,
                 };
-                slot.phase = ContainerPhase::Running {
-                    id: info.id.clone(),
-                    attempt: info.attempt,
-                    started_at_ms,
-                };
+                slot.phase = ContainerPhase::running(info.id.clone(), info.attempt, started_at_ms);
                 probes::reset_for_new_instance(slot, spec);
                 if let Some(terminated) = terminated_state(&info.state, now) {
                     on_exit(
@@ -357,21 +352,30 @@ impl PodMachine {
             let Some(slot) = self.slots.get_mut(index) else {
                 continue;
             };
-            if slot.running_id() != Some(id.as_str()) {
-                continue;
-            }
-            let ContainerPhase::Running { attempt, .. } = slot.phase else {
+            let ContainerPhase::Running {
+                id: running,
+                attempt,
+                probe_kill,
+                spec_restart,
+                ..
+            } = &mut slot.phase
+            else {
                 continue;
             };
+            if *running != id {
+                continue;
+            }
+            let attempt = *attempt;
+            let stopped = result.map(|state| terminated_state(&state, now));
             // A kill for a failed probe: an exit like any other, restarted (unless the policy
             // is Never) after the usual back-off.
-            if let (None, Some(kill)) = (&slot.spec_restart, &mut slot.probe_kill) {
-                match result.map(|state| terminated_state(&state, now)) {
+            if let (None, Some(kill)) = (&spec_restart, probe_kill.as_mut()) {
+                match stopped {
                     Ok(Some(mut terminated)) => {
                         if let ContainerState::Terminated { message, .. } = &mut terminated {
                             message.clone_from(&kill.message);
                         }
-                        slot.probe_kill = None;
+                        *probe_kill = None;
                         let policy = probes::policy_after_kill(policy);
                         on_exit(slot, policy, backoff, id, attempt, terminated, now);
                     }
@@ -384,14 +388,13 @@ impl PodMachine {
                 continue;
             }
             // A restart for a changed spec.
-            let Some(restart) = slot.spec_restart.as_mut() else {
+            let Some(restart) = spec_restart.as_mut() else {
                 continue;
             };
-            match result.map(|state| terminated_state(&state, now)) {
+            match stopped {
                 Ok(Some(terminated)) => {
                     // Not a crash: no back-off. The next attempt starts at once with the new
                     // spec and the stopped instance is removed once it runs.
-                    slot.spec_restart = None;
                     slot.last_state = Some(terminated);
                     slot.previous_instance = Some(id);
                     slot.phase = ContainerPhase::Waiting {

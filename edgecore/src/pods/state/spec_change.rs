@@ -3,7 +3,7 @@
 //! the pod when its shape changed" reads in one place. The manager keys workers by uid, so an
 //! update for another uid is another pod's and is ignored (see `events`).
 
-use super::{AfterStop, Now, Outcome, PodMachine, PodState, SpecRestart};
+use super::{AfterStop, ContainerPhase, Now, Outcome, PodMachine, PodState, SpecRestart};
 use protocol::pod::EdgePod;
 use std::time::Duration;
 
@@ -71,10 +71,12 @@ impl PodMachine {
                 // not run starts with the new spec when it next starts; one that exited for
                 // good stays so.
                 for index in changed {
-                    if let Some(slot) = self.slots.get_mut(index) {
-                        if slot.running_id().is_some() && slot.spec_restart.is_none() {
-                            slot.spec_restart = Some(SpecRestart::default());
-                        }
+                    if let Some(ContainerPhase::Running {
+                        spec_restart: restart @ None,
+                        ..
+                    }) = self.slots.get_mut(index).map(|s| &mut s.phase)
+                    {
+                        *restart = Some(SpecRestart::default());
                     }
                 }
                 self.pod = pod;

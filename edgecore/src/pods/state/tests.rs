@@ -462,7 +462,7 @@ fn probe_failures_do_not_kill_containers_of_a_pod_being_stopped() {
             grace: Duration::from_secs(3)
         }
     );
-    assert!(m.slots()[0].probe_kill.is_none());
+    assert!(m.slots()[0].probe_kill().is_none());
 }
 
 #[test]
@@ -1422,11 +1422,7 @@ fn phase_follows_the_containers() {
         PodPhase::Pending
     );
     a.ever_started = true;
-    a.phase = ContainerPhase::Running {
-        id: "x".into(),
-        attempt: 0,
-        started_at_ms: 0,
-    };
+    a.phase = ContainerPhase::running("x".into(), 0, 0);
     assert_eq!(
         containers_phase(std::slice::from_ref(&a)),
         PodPhase::Running
