@@ -5,6 +5,7 @@
 use super::*;
 
 impl ProcessRuntime {
+    /// [`Runtime::exec_sync`]: runs `command` beside a running instance, in its context.
     pub(super) async fn exec_instance(
         &self,
         sandbox: &Sandbox,

@@ -5,6 +5,8 @@
 use super::*;
 
 impl ProcessRuntime {
+    /// [`Runtime::start_container`]: writes the instance's spec, spawns its shim and waits for
+    /// the shim to report the process (or adopts what an earlier shim of the attempt reports).
     pub(super) async fn start_instance(
         &self,
         sandbox: &Sandbox,
