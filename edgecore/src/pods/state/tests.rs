@@ -1818,3 +1818,110 @@ fn a_pod_deleted_while_its_sandbox_is_replaced_just_finishes_deleting() {
     // A loss reported now is about a pod that is going anyway.
     assert!(matches!(m.step(lost(), now), Action::RemoveSandbox { .. }));
 }
+
+/// Counts the `skerry_pod_events_ignored_total` increments made while it is the local recorder.
+#[derive(Default)]
+struct IgnoredEvents(std::cell::RefCell<Vec<(metrics::Key, Arc<std::sync::atomic::AtomicU64>)>>);
+
+impl IgnoredEvents {
+    /// The count for (state, event).
+    fn count(&self, state: &str, event: &str) -> u64 {
+        self.0
+            .borrow()
+            .iter()
+            .filter(|(key, _)| {
+                key.name() == "skerry_pod_events_ignored_total"
+                    && key
+                        .labels()
+                        .any(|l| l.key() == "state" && l.value() == state)
+                    && key
+                        .labels()
+                        .any(|l| l.key() == "event" && l.value() == event)
+            })
+            .map(|(_, n)| n.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl metrics::Recorder for IgnoredEvents {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.0.borrow_mut().push((key.clone(), n.clone()));
+        metrics::Counter::from_arc(n)
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+#[test]
+fn events_that_mean_nothing_in_the_state_are_ignored_and_counted() {
+    let (mut m, now) = started(RestartPolicy::Always, &["a"]);
+    let before = m.status();
+    let recorder = IgnoredEvents::default();
+    metrics::with_local_recorder(&recorder, || {
+        // A late sandbox result, a removal outside Terminating, a stale sandbox, another uid's
+        // update, a verdict on an instance that is gone, a start for a slot that does not exist.
+        m.step(Event::SandboxCreated(Ok(sandbox())), now);
+        m.step(Event::SandboxRemoved(Ok(())), now);
+        m.step(
+            Event::SandboxNotReady {
+                sandbox_id: "an-earlier-sandbox".into(),
+            },
+            now,
+        );
+        let mut other = pod(RestartPolicy::Always, &["a"]);
+        other.uid = "u2".into();
+        m.step(Event::Update(other), now);
+        m.step(verdict(0, "u1/a/41", ProbeKind::Readiness, false), now);
+        m.step(
+            Event::Started {
+                index: 7,
+                attempt: 0,
+                result: Ok(info("z", 0, running(now.wall_ms))),
+            },
+            now,
+        );
+    });
+    assert_eq!(m.state(), &PodState::Running);
+    assert_eq!(m.status(), before, "ignored events change nothing");
+    for event in [
+        "SandboxCreated",
+        "SandboxRemoved",
+        "SandboxNotReady",
+        "Update",
+        "Probe",
+        "Started",
+    ] {
+        assert_eq!(recorder.count("Running", event), 1, "{event}");
+    }
+    assert_eq!(recorder.count("Running", "Tick"), 0);
+}
