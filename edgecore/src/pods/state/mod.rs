@@ -33,6 +33,13 @@
 //! pod keeps its phase, is not ready meanwhile, reports no IP until the new sandbox has one, and
 //! keeps its volumes (only a pod's removal tears them down). If nothing is left to run, no new
 //! sandbox is made: the pod is `Completed`, and the dead sandbox goes with the pod.
+//!
+//! # Where the pieces are
+//!
+//! A step is `events` (apply: one match over every legal (state, event) pair, anything else
+//! ignored and counted) then `decide` (the next [`Action`]) then `status` (conditions). What a
+//! container's exit does is in `container`, how an update is taken in is in `spec_change`, and
+//! taking over what the runtime already runs is in `adopt`.
 
 mod adopt;
 mod container;
@@ -359,6 +366,7 @@ impl PodMachine {
     pub fn slots(&self) -> &[ContainerSlot] {
         &self.slots
     }
+
     /// Applies `event` and decides what to do next: the machine's single transition function.
     pub fn step(&mut self, event: Event, now: Now) -> Action {
         self.apply(event, now);
