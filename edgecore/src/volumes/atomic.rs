@@ -2,7 +2,15 @@
 //! old payload or the new one, never a mix, because the whole payload is swapped with one rename
 //! of the `..data` symlink (see the parent module's docs).
 
-use super::*;
+use super::payload::{Payload, PayloadFile};
+use super::{CONFIG_DIR_MODE, DATA_LINK, DATA_LINK_TMP};
+use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+use std::{fs, io};
 
 /// Whether a configMap or secret volume has been written (its `..data` link exists).
 pub(super) fn has_payload(dir: &Path) -> bool {

@@ -66,23 +66,21 @@ mod payload;
 #[cfg(test)]
 mod tests;
 
-use atomic::*;
-use mounts::*;
-use paths::*;
-use payload::*;
+use atomic::{has_payload, write_atomic};
+use mounts::{is_mount_point, mount_points_under, unmount};
+use paths::{check_host_path, is_safe_component, sub_path};
+use payload::volume_payload;
 
 use crate::cache::ConfigSet;
 use crate::runtime::Mount;
-use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags};
-use protocol::pod::{EdgeContainer, EdgePod, KeyToPath, Volume, VolumeSource};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use nix::mount::MsFlags;
+use protocol::pod::{EdgeContainer, EdgePod, Volume, VolumeSource};
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 /// Default file mode of a ConfigMap volume (Kubernetes' default).

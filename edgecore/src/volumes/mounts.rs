@@ -2,7 +2,12 @@
 //! mount points under a pod's directory from `/proc/self/mountinfo`, so that a teardown never
 //! deletes through a mount or leaves one behind.
 
-use super::*;
+use super::{io_err, VolumeError};
+use nix::errno::Errno;
+use nix::mount::MntFlags;
+use std::path::{Path, PathBuf};
+use std::{fs, io};
+use tracing::warn;
 
 /// Unmounts `path`; one that is busy (a process still uses it) is detached lazily, so that
 /// nothing stays mounted.

@@ -2,7 +2,11 @@
 //! volume, a hostPath must be of the `type` the pod asked for, and names used as path
 //! components cannot climb out of their parent.
 
-use super::*;
+use super::{io_err, VolumeError};
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Component, Path, PathBuf};
+use std::{fs, io};
 
 /// The host path of a mount's `subPath` within the volume at `base`. `create` makes a missing
 /// one a directory (emptyDir, hostPath).

@@ -2,7 +2,11 @@
 //! modes (`items`, `defaultMode`, optional objects), checked as kubelet checks them. Pure: the
 //! atomic writer puts a payload on disk.
 
-use super::*;
+use super::{VolumeError, CONFIG_MAP_DEFAULT_MODE, SECRET_DEFAULT_MODE};
+use crate::cache::ConfigSet;
+use protocol::pod::{KeyToPath, Volume, VolumeSource};
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 
 /// One file of a payload.
 #[derive(Debug, Clone, PartialEq, Eq)]

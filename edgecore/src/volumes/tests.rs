@@ -1,8 +1,15 @@
 //! Unit tests of the volumes: payloads, the atomic writer, path checks, mounts and teardown.
 
+use super::atomic::{timestamp, write_atomic};
+use super::mounts::{mount_points_under, parse_mount_points};
+use super::paths::{check_host_path, sub_path};
+use super::payload::{volume_payload, Payload, PayloadFile};
 use super::*;
 use protocol::config::{EdgeConfigMap, EdgeSecret};
+use protocol::pod::KeyToPath;
 use protocol::pod::{RestartPolicy, VolumeMount};
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 fn file(bytes: &str, mode: u32) -> PayloadFile {

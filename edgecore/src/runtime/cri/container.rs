@@ -1,7 +1,17 @@
 //! Containers: created (or found again by pod uid, name and attempt, so that a retried start
 //! adopts what an earlier one created), started, stopped with a grace and removed.
 
-use super::*;
+use super::conn::CallError;
+use super::spec::{LABEL_CONTAINER_NAME, LABEL_POD_UID};
+use super::{conn, is_safe_component, spec, whole_seconds, CriRuntime};
+use crate::runtime::{ContainerConfig, ContainerInfo, ContainerRunState, RuntimeError, Sandbox};
+use k8s_cri::v1 as cri;
+use protocol::pod::{EdgeContainer, EdgePod};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::Code;
+use tracing::{info, warn};
 
 impl CriRuntime {
     /// [`Runtime::start_container`]: adopts the instance an earlier start of the same attempt

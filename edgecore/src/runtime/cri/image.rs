@@ -1,7 +1,14 @@
 //! Images: what a container's `imagePullPolicy` asks for, pulled with its own (long) deadline,
 //! so that a slow registry fails the start with `ErrImagePull` instead of hanging the worker.
 
-use super::*;
+use super::conn::CallError;
+use super::spec::PullPolicy;
+use super::CriRuntime;
+use crate::runtime::RuntimeError;
+use k8s_cri::v1 as cri;
+use protocol::pod::EdgeContainer;
+use tokio::time::Instant;
+use tracing::{info, warn};
 
 impl CriRuntime {
     /// The id of `image` if containerd has it.

@@ -51,12 +51,12 @@ mod status;
 #[cfg(test)]
 mod tests;
 
+use rotation::rotated_path;
 pub use rotation::LogRotation;
-use rotation::*;
-use sandbox::*;
+use sandbox::{ip_of, ready};
 
 use self::conn::{CallError, Conn};
-use self::spec::{PullPolicy, LABEL_CONTAINER_NAME, LABEL_DIGEST, LABEL_INSTANCE, LABEL_POD_UID};
+use self::spec::LABEL_POD_UID;
 use super::{
     ContainerConfig, ContainerInfo, ContainerRunState, ExecOutput, ExistingPod, Runtime,
     RuntimeError, Sandbox,
@@ -67,9 +67,8 @@ use protocol::pod::{EdgeContainer, EdgePod};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::time::Instant;
 use tonic::Code;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// containerd's socket where Debian and upstream packages put it.
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";

@@ -2,7 +2,12 @@
 //! kubelet does, edgecore moves a log that outgrew its limit to `<attempt>.log.1` and has
 //! containerd reopen it (`ReopenContainerLog`). Readers see both generations.
 
-use super::*;
+use super::CriRuntime;
+use crate::runtime::RuntimeError;
+use k8s_cri::v1 as cri;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tracing::{debug, warn};
 
 /// How container logs are rotated (see [`CriRuntime::spawn_log_rotation`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,15 @@
 //! containers. Kept apart from the containers because a sandbox's rules (one per pod, dead ones
 //! discarded first) are the pod's, not a container's.
 
-use super::*;
+use super::spec::LABEL_POD_UID;
+use super::{is_safe_component, spec, CriRuntime};
+use crate::runtime::{RuntimeError, Sandbox};
+use k8s_cri::v1 as cri;
+use protocol::pod::EdgePod;
+use std::path::Path;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, info};
 
 impl CriRuntime {
     /// [`Runtime::run_sandbox`]: finds this pod's ready sandbox again, or discards dead ones

@@ -2,7 +2,12 @@
 //! statuses (a missing one is `None`, not an error), and a container's state as the pod machine
 //! sees it. Every listing filters on the instance label, so other owners' pods are never seen.
 
-use super::*;
+use super::spec::{LABEL_CONTAINER_NAME, LABEL_DIGEST, LABEL_INSTANCE, LABEL_POD_UID};
+use super::{spec, CriRuntime};
+use crate::runtime::{ContainerInfo, ContainerRunState, RuntimeError};
+use k8s_cri::v1 as cri;
+use std::collections::HashMap;
+use std::time::Duration;
 
 impl CriRuntime {
     /// This instance's sandboxes, of one pod if `uid` is given.

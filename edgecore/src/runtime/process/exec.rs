@@ -2,7 +2,17 @@
 //! working directory) the container's program got, with bounded output and a timeout. Used by
 //! exec probes; kept apart from the shim because no shim is involved.
 
-use super::*;
+use super::layout::is_dir;
+use super::record::{read_json, ShimSpec, SPEC_FILE};
+use super::{internal, ProcessRuntime};
+use crate::runtime::{deadline_after, ContainerRunState, RuntimeError, Sandbox};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::time::Instant;
 
 impl ProcessRuntime {
     /// [`Runtime::exec_sync`]: runs `command` beside a running instance, in its context.

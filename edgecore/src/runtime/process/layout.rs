@@ -2,7 +2,13 @@
 //! which names are safe as path components, and the directory helpers the runtime uses to list
 //! and remove pods and instances without blocking the async threads.
 
-use super::*;
+use super::internal;
+use crate::runtime::RuntimeError;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::sleep;
+use tracing::{debug, warn};
 
 /// A parsed container id, `<pod-uid>/<container-name>/<attempt>`.
 #[derive(Debug, Clone, PartialEq, Eq)]

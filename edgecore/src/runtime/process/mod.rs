@@ -92,34 +92,21 @@ mod tests;
 pub use record::container_digest;
 pub use shim::{shim_main, ShimArgs, ShimError};
 
-use env::*;
-use layout::*;
-use procfs::*;
-use record::*;
-use shim::*;
-use supervise::*;
+use layout::{exists, is_dir, is_safe_component, list_dirs, remove_dir_all_idempotent, InstanceId};
+use record::{read_json, recorded_digest, write_json_atomic_async, PodRecord, ShimState, POD_FILE};
 
 use super::{
-    deadline_after, ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Runtime,
-    RuntimeError, Sandbox,
+    ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Runtime, RuntimeError, Sandbox,
 };
 use async_trait::async_trait;
-use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use protocol::pod::{EdgeContainer, EdgePod};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
-use tokio::time::{sleep, Instant};
 use tracing::{debug, info, warn};
 
 /// How long `start_container` waits for the shim to report that the process runs. Generous,

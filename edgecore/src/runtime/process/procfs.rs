@@ -1,7 +1,11 @@
 //! `/proc` probing and process-group signals: whether a recorded pid is still the process it
 //! was (its start time guards against pid reuse), and signalling a container's whole group.
 
-use super::*;
+use super::internal;
+use crate::runtime::RuntimeError;
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 
 /// Sends `signal` to the process group led by `pid`; a group that is gone is fine.
 pub(super) fn signal_group(pid: u32, signal: Signal) -> Result<(), RuntimeError> {

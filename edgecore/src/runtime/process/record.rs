@@ -2,7 +2,13 @@
 //! `exit.json`, `start-error.json`) and how they are read and written: atomically (temporary
 //! file, fsync, rename, fsync of the directory), so that a crash never leaves half a record.
 
-use super::*;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 pub(super) const POD_FILE: &str = "pod.json";
 pub(super) const SPEC_FILE: &str = "spec.json";

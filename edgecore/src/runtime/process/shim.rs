@@ -2,7 +2,22 @@
 //! `<edgecore> shim --container-dir <dir>` (see the parent module's docs). It outlives edgecore,
 //! waits for the program and records its start and exit, so an edgecore restart loses nothing.
 
-use super::*;
+use super::now_ms;
+use super::procfs::proc_start_time_sync;
+use super::record::{
+    write_json_atomic, ExitRecord, ShimSpec, ShimState, StartError, EXIT_FILE, SPEC_FILE,
+    START_ERROR_FILE, STATE_FILE,
+};
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::fs::OpenOptions;
+use std::io;
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
 
 pub(super) const SHIM_LOCK_FILE: &str = "shim.lock";
 /// How long a freshly spawned shim may take to take its lock.

@@ -2,7 +2,24 @@
 //! to report the process running (or adopting what an earlier, slow shim of the same attempt
 //! reports). Apart from the rest because a start is the one multi-step protocol with the shim.
 
-use super::*;
+use super::env::{build_env, volume_vars};
+use super::layout::{exists, is_safe_component, remove_dir_all_idempotent, InstanceId};
+use super::record::{
+    read_json, recorded_digest, write_json_atomic_async, ShimSpec, ShimState, StartError, POD_FILE,
+    SHIM_LOG_FILE, SPEC_FILE, START_ERROR_FILE,
+};
+use super::shim::shim_lock_held;
+use super::supervise::observe_unstarted;
+use super::{container_digest, internal, ProcessRuntime, START_POLL};
+use crate::runtime::{
+    deadline_after, ContainerConfig, ContainerInfo, ContainerRunState, Runtime, RuntimeError,
+    Sandbox,
+};
+use protocol::pod::{EdgeContainer, EdgePod};
+use std::path::Path;
+use std::process::Stdio;
+use tokio::time::{sleep, Instant};
+use tracing::{info, warn};
 
 impl ProcessRuntime {
     /// [`Runtime::start_container`]: writes the instance's spec, spawns its shim and waits for

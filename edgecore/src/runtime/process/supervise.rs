@@ -2,7 +2,20 @@
 //! listing a pod's instances, and stopping one (SIGTERM, grace, SIGKILL, then waiting for the
 //! shim to record the exit). The shim waits for the process; this side only reads what it wrote.
 
-use super::*;
+use super::layout::{exists, list_dirs, InstanceId};
+use super::procfs::{proc_alive, signal_group};
+use super::record::{
+    read_json, ExitRecord, ShimState, StartError, EXIT_FILE, SPEC_FILE, START_ERROR_FILE,
+    STATE_FILE,
+};
+use super::shim::{shim_lock_held, SHIM_LOCK_GRACE};
+use super::{internal, ProcessRuntime, EXIT_RECORD_TIMEOUT, STALE_CREATED_AFTER, STOP_POLL};
+use crate::runtime::{deadline_after, ContainerRunState, RuntimeError};
+use nix::sys::signal::Signal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use tokio::time::{sleep, Instant};
+use tracing::{info, warn};
 
 impl ProcessRuntime {
     /// The instance's `state.json`: `Ok(None)` while there is none (the process has not been

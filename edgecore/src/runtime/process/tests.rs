@@ -1,7 +1,12 @@
 //! Unit tests of the process runtime's pure parts: ids, `/proc` parsing, the environment.
 
+use super::env::{build_env, volume_env_name, DEFAULT_PATH};
 use super::exec::{exec_in_context, EXEC_OUTPUT_LIMIT};
+use super::layout::InstanceId;
+use super::procfs::{parse_stat, proc_alive};
+use super::record::ShimSpec;
 use super::*;
+use tokio::time::{sleep, Instant};
 
 #[test]
 fn stat_parsing_survives_odd_command_names() {
