@@ -197,10 +197,17 @@ pub(crate) struct ProbeKill {
 /// Resets a slot's probe results for a new instance of `spec`: with a readiness or startup
 /// probe it is not ready until they pass; without, it is ready while it runs.
 pub(crate) fn reset_for_new_instance(slot: &mut ContainerSlot, spec: Option<&EdgeContainer>) {
-    slot.readiness = spec
-        .filter(|c| c.readiness_probe.is_some() || c.startup_probe.is_some())
-        .map(|_| false);
-    slot.probe_kill = None;
+    if let ContainerPhase::Running {
+        readiness,
+        probe_kill,
+        ..
+    } = &mut slot.phase
+    {
+        *readiness = spec
+            .filter(|c| c.readiness_probe.is_some() || c.startup_probe.is_some())
+            .map(|_| false);
+        *probe_kill = None;
+    }
 }
 
 /// Applies a verdict on the slot's running instance (the caller checked it is that one).
@@ -215,18 +222,27 @@ pub(crate) fn apply_verdict(
     let Some(spec) = pod.containers.get(verdict.index) else {
         return;
     };
+    let ContainerPhase::Running {
+        readiness,
+        probe_kill,
+        spec_restart,
+        ..
+    } = &mut slot.phase
+    else {
+        return;
+    };
     match (verdict.kind, verdict.passed) {
-        (ProbeKind::Readiness, passed) => slot.readiness = Some(passed),
+        (ProbeKind::Readiness, passed) => *readiness = Some(passed),
         // Without a readiness probe, a started container is ready.
         (ProbeKind::Startup, true) => {
             if spec.readiness_probe.is_none() {
-                slot.readiness = Some(true);
+                *readiness = Some(true);
             }
         }
         (ProbeKind::Liveness, true) => {}
         (kind @ (ProbeKind::Startup | ProbeKind::Liveness), false) => {
             // A restart for a changed spec already replaces the instance.
-            if !may_kill || slot.probe_kill.is_some() || slot.spec_restart.is_some() {
+            if !may_kill || probe_kill.is_some() || spec_restart.is_some() {
                 return;
             }
             let grace = kind
@@ -248,7 +264,7 @@ pub(crate) fn apply_verdict(
                 message.push_str(": ");
                 message.push_str(&verdict.message);
             }
-            slot.probe_kill = Some(ProbeKill {
+            *probe_kill = Some(ProbeKill {
                 grace: Duration::from_secs(grace),
                 message,
                 retry_at: None,

@@ -1,0 +1,125 @@
+//! Adoption: after an edgecore restart the runtime may already run a pod's sandbox and
+//! containers. The machine takes them over rather than starting again, so that a restart of the
+//! agent does not restart the workloads.
+
+use super::PodMachine;
+use super::{on_exit, terminated_state, unknown_termination, ContainerPhase, ContainerSlot, Now};
+use super::{PodState, SpecRestart};
+use crate::pods::env::{expand_command, resolve_env, PodFields};
+use crate::pods::probes;
+use crate::runtime::process::container_digest;
+use crate::runtime::{ContainerInfo, ContainerRunState, ExistingPod};
+use std::collections::HashMap;
+
+impl PodMachine {
+    /// Takes over what the runtime runs for this pod.
+    pub(super) fn adopt(&mut self, existing: ExistingPod, now: Now) {
+        let policy = self.pod.restart_policy;
+        let backoff = self.settings.backoff;
+        self.sandbox = Some(existing.sandbox);
+        self.state = PodState::Running;
+        let mut by_name: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
+        let mut strays = Vec::new();
+        for info in existing.containers {
+            if self.slots.iter().any(|s| s.name == info.name) {
+                by_name.entry(info.name.clone()).or_default().push(info);
+            } else {
+                // A container of an older spec: not ours any more.
+                strays.push(info.id);
+            }
+        }
+        let mut earliest: Option<u64> = None;
+        let desired: Vec<Option<String>> = (0..self.slots.len())
+            .map(|index| self.desired_digest(index))
+            .collect();
+        for ((slot, desired), spec) in self.slots.iter_mut().zip(desired).zip(&self.pod.containers)
+        {
+            let Some(mut instances) = by_name.remove(&slot.name) else {
+                continue;
+            };
+            instances.sort_by_key(|i| i.attempt);
+            let Some(newest) = instances.pop() else {
+                continue;
+            };
+            // Older instances are leftovers of restarts interrupted by the edgecore restart.
+            slot.garbage.extend(instances.into_iter().map(|i| i.id));
+            slot.ever_started = true;
+            slot.restart_count = newest.attempt;
+            slot.next_attempt = newest.attempt.saturating_add(1);
+            // The crash count before the restart is not known; the attempt number is the best
+            // estimate (every restart followed a crash).
+            slot.crashes = newest.attempt;
+            // An instance started from another spec (changed while edgecore was down) is
+            // restarted with the desired one, as after an update; an unknown digest (an
+            // instance from before digests were recorded) is taken to match.
+            let stale_spec = matches!((&newest.spec_digest, &desired),
+                (Some(running), Some(desired)) if running != desired);
+            match &newest.state {
+                ContainerRunState::Running { started_at_ms } => {
+                    earliest = Some(earliest.map_or(*started_at_ms, |e| e.min(*started_at_ms)));
+                    slot.phase =
+                        ContainerPhase::running(newest.id.clone(), newest.attempt, *started_at_ms);
+                    probes::reset_for_new_instance(slot, Some(spec));
+                    restart_if_stale(slot, stale_spec);
+                }
+                ContainerRunState::Created => {
+                    slot.phase =
+                        ContainerPhase::running(newest.id.clone(), newest.attempt, now.wall_ms);
+                    probes::reset_for_new_instance(slot, Some(spec));
+                    restart_if_stale(slot, stale_spec);
+                }
+                exited => {
+                    if let ContainerRunState::Exited { started_at_ms, .. } = exited {
+                        earliest = Some(earliest.map_or(*started_at_ms, |e| e.min(*started_at_ms)));
+                    }
+                    let terminated = terminated_state(exited, now)
+                        .unwrap_or_else(|| unknown_termination(String::new()));
+                    on_exit(
+                        slot,
+                        policy,
+                        backoff,
+                        newest.id.clone(),
+                        newest.attempt,
+                        terminated,
+                        now,
+                    );
+                }
+            }
+        }
+        if let Some(first) = self.slots.first_mut() {
+            first.garbage.extend(strays);
+        }
+        self.start_time_ms = Some(earliest.unwrap_or(now.wall_ms));
+        self.settle();
+    }
+
+    /// Digest of the container the worker would hand the runtime for slot `index` now (its
+    /// `$(VAR)` expanded), to compare with [`ContainerInfo::spec_digest`]; `None` if its
+    /// environment cannot be resolved now.
+    fn desired_digest(&self, index: usize) -> Option<String> {
+        let spec = self.pod.containers.get(index)?;
+        let sandbox_ip = self
+            .sandbox
+            .as_ref()
+            .map(|s| s.ip.clone())
+            .unwrap_or_default();
+        let fields = PodFields {
+            pod: &self.pod,
+            node_name: &self.settings.node_name,
+            pod_ip: &sandbox_ip,
+            host_ip: &self.settings.host_ip,
+        };
+        let env = resolve_env(spec, &fields, self.settings.config.as_ref()).ok()?;
+        Some(container_digest(&expand_command(spec, &env)))
+    }
+}
+
+/// Marks an adopted running instance started from another spec for a restart with the desired
+/// one (an instance that exited starts with the desired spec anyway).
+fn restart_if_stale(slot: &mut ContainerSlot, stale_spec: bool) {
+    if let ContainerPhase::Running { spec_restart, .. } = &mut slot.phase {
+        if stale_spec {
+            *spec_restart = Some(SpecRestart::default());
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The `process` runtime: every container is a native process on the host.
+//!
+//! It exists for hardware-in-the-loop rigs and small machines without containerd: the workload is a
+//! program installed on the node, started with the pod's environment and arguments, supervised
+//! like a container (state, exit codes, logs, graceful stop, adoption after an edgecore restart).
+//! There is no isolation: no namespaces, no cgroup limits, no image (the image reference only
+//! labels the container).
+//!
+//! # Shims
+//!
+//! Like `containerd-shim`, every container instance is supervised by a small process of its own,
+//! the *shim*: edgecore's own binary run as `<edgecore> shim --container-dir <dir>` (see
+//! [`ShimArgs`] and [`shim_main`]). The shim runs in its own process group, outside edgecore's, so
+//! that a signal to edgecore's group does not reach it, and it outlives edgecore: an edgecore that
+//! is killed and restarted finds its containers still running, adopts them (by reading the files
+//! below) and still learns their exit codes, because the shim, not edgecore, waits for the process.
+//! When edgecore runs under systemd, its unit needs `KillMode=process` (as containerd's does) so
+//! that stopping the service does not kill the shims in its cgroup.
+//!
+//! The shim starts the container's program in a new process group (the group id is the container
+//! pid, so the whole tree the program starts can be signalled at once), with stdin on `/dev/null`
+//! and stdout and stderr appended to the instance's log file. It records `state.json` once the
+//! process runs and `exit.json` once it exited, both written atomically (temporary file, fsync,
+//! rename, fsync of the directory) so that a crash never leaves half a record. When the program
+//! exits, whatever it left running in its process group is killed, as the death of a container's
+//! init process ends the container.
+//!
+//! A shim that does not report within the start timeout is not killed (it may have started the
+//! process already, in a group of its own that would outlive it untracked) and its instance is
+//! kept: the start fails, and its retry with the same attempt number waits for that shim and
+//! adopts what it reports instead of starting a second process.
+//!
+//! # Layout
+//!
+//! Under the runtime's root (`<data-dir>/pods`):
+//!
+//! ```text
+//! <pod-uid>/pod.json                                    namespace, name, uid, ip
+//! <pod-uid>/containers/<name>/<attempt>/spec.json       what the shim runs, and its spec digest (mode 0600: env may hold secrets)
+//! <pod-uid>/containers/<name>/<attempt>/state.json      pids and start times, once running
+//! <pod-uid>/containers/<name>/<attempt>/exit.json       exit code and time, once exited
+//! <pod-uid>/containers/<name>/<attempt>/start-error.json  why the program could not be started
+//! <pod-uid>/containers/<name>/<attempt>/shim.log        the shim's own diagnostics
+//! <pod-uid>/logs/<name>/<attempt>.log                   the container's stdout and stderr
+//! <pod-uid>/volumes/<volume>/                           the pod's volumes (`crate::volumes`, not this runtime's)
+//! ```
+//!
+//! The pod's `volumes/` directory belongs to the pod worker, which prepares the volumes before a
+//! container starts and tears them down (unmounting tmpfs mounts) after the sandbox is removed:
+//! [`Runtime::remove_sandbox`] removes everything else in the pod's directory, and the directory
+//! itself only if no volumes are left in it.
+//!
+//! The sandbox is ready while its `pod.json` exists ([`Runtime::sandbox_ready`]). A pod directory
+//! wiped under a running pod makes the pod worker replace the sandbox: its processes are still
+//! stopped (found through the state cached when they started), and `run_sandbox` makes the
+//! directory anew.
+//!
+//! Container ids are `<pod-uid>/<name>/<attempt>`, unique per instance.
+//!
+//! # Environment
+//!
+//! The process gets exactly the environment the pod worker resolved ([`ContainerConfig::env`]),
+//! plus `PATH` (a standard system path) and `HOSTNAME` (the pod name) unless the pod sets them.
+//! edgecore's own environment is *not* inherited: it holds the agent's configuration and possibly
+//! credentials, which must not leak into workloads, and a pod must behave the same whichever way
+//! edgecore was started. The program is looked up in the `PATH` of that environment.
+//!
+//! # Volumes
+//!
+//! The pod worker prepares every volume a container mounts (emptyDir, hostPath, configMap and
+//! secret; see `crate::volumes`) and passes the mounts in [`ContainerConfig::mounts`]. Without
+//! mount namespaces a volume cannot appear at its `mountPath`, so mounts are exposed differently:
+//! the process runs in the pod directory by default (unless the container sets `workingDir`; a
+//! relative one is taken relative to the pod directory), and for every volume it mounts the
+//! environment variable `SKERRY_VOLUME_<NAME>` (the volume name upper-cased, every character
+//! other than a letter or digit replaced by `_`) holds the mount's host path: the volume's
+//! directory, or the path within it for a mount with `subPath`. `mountPath` and `readOnly` are
+//! ignored (nothing stops the process from writing, as it runs with edgecore's rights). A volume
+//! mounted twice must be mounted at the same host path, since it gets one variable.
+
+mod env;
+mod exec;
+mod layout;
+mod procfs;
+mod record;
+mod shim;
+mod start;
+mod supervise;
+#[cfg(test)]
+mod tests;
+
+pub use record::container_digest;
+pub use shim::{shim_main, ShimArgs, ShimError};
+
+use layout::{exists, is_dir, is_safe_component, list_dirs, remove_dir_all_idempotent, InstanceId};
+use record::{read_json, recorded_digest, write_json_atomic_async, PodRecord, ShimState, POD_FILE};
+
+use super::{
+    ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Runtime, RuntimeError, Sandbox,
+};
+use async_trait::async_trait;
+use protocol::pod::{EdgeContainer, EdgePod};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+/// How long `start_container` waits for the shim to report that the process runs. Generous,
+/// because the shim is a fresh process that may be slow to start on a loaded two-core node.
+const SHIM_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the shim to record the exit after SIGKILL, or after the process vanished.
+const EXIT_RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Poll interval while waiting for the shim during a start.
+const START_POLL: Duration = Duration::from_millis(5);
+/// Poll interval while waiting for a process to exit.
+const STOP_POLL: Duration = Duration::from_millis(20);
+/// An instance without `state.json` whose spec is older than this is reported `Unknown`: its shim
+/// died (or edgecore did, mid-start) before the process ran.
+const STALE_CREATED_AFTER: Duration = Duration::from_secs(60);
+
+/// Runs containers as native processes, each supervised by a shim (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    root: PathBuf,
+    shim_program: PathBuf,
+    host_ip: String,
+    /// How long `start_container` waits for a shim to report the process running.
+    start_timeout: Duration,
+    /// Parsed `state.json` of the instances seen, by container id: the file never changes once
+    /// written, so a poll only has to look for `exit.json` and at `/proc`. An entry is dropped
+    /// whenever this runtime removes the instance's directory (the id may then be reused).
+    states: Arc<Mutex<HashMap<String, ShimState>>>,
+}
+
+impl ProcessRuntime {
+    /// A runtime keeping its pods under `root` (`<data-dir>/pods`), starting shims as
+    /// `<shim_program> shim ...` (the daemon passes `std::env::current_exe()`, whose `shim`
+    /// subcommand calls [`shim_main`]), and reporting `host_ip` as every pod's IP, since processes
+    /// share the host's network.
+    pub fn new(root: PathBuf, shim_program: PathBuf, host_ip: String) -> Self {
+        Self {
+            root,
+            shim_program,
+            host_ip,
+            start_timeout: SHIM_START_TIMEOUT,
+            states: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Sets how long `start_container` waits for a freshly spawned shim to report the process
+    /// running (10 s by default). A shim that is slower is left alone, and its instance kept: a
+    /// retry of the same start adopts the process once the shim reports it.
+    pub fn with_shim_start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// The directory this runtime keeps its pods in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join(uid)
+    }
+
+    fn instance_dir(&self, id: &InstanceId) -> PathBuf {
+        self.pod_dir(&id.pod_uid)
+            .join("containers")
+            .join(&id.container)
+            .join(id.attempt.to_string())
+    }
+
+    fn log_path(&self, pod_uid: &str, container: &str, attempt: u32) -> PathBuf {
+        self.pod_dir(pod_uid)
+            .join("logs")
+            .join(container)
+            .join(format!("{attempt}.log"))
+    }
+
+    /// Parses a container id and checks it belongs to `sandbox`.
+    fn parse_id(&self, sandbox: &Sandbox, container_id: &str) -> Result<InstanceId, RuntimeError> {
+        let id = InstanceId::parse(container_id).ok_or_else(|| {
+            internal(
+                "container lookup",
+                format!(
+                    "{container_id:?} is not a process-runtime container id \
+                     (expected <pod-uid>/<container-name>/<attempt>)"
+                ),
+            )
+        })?;
+        if id.pod_uid != sandbox.pod_uid {
+            return Err(internal(
+                "container lookup",
+                format!(
+                    "container {container_id:?} does not belong to pod {:?}",
+                    sandbox.pod_uid
+                ),
+            ));
+        }
+        Ok(id)
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    fn version(&self) -> String {
+        format!("process://{}", env!("CARGO_PKG_VERSION"))
+    }
+
+    async fn run_sandbox(&self, pod: &EdgePod) -> Result<Sandbox, RuntimeError> {
+        if !is_safe_component(&pod.uid) {
+            return Err(internal(
+                "run sandbox",
+                format!("pod uid {:?} is not usable as a directory name", pod.uid),
+            ));
+        }
+        let dir = self.pod_dir(&pod.uid);
+        for sub in ["containers", "logs"] {
+            let path = dir.join(sub);
+            tokio::fs::create_dir_all(&path).await.map_err(|e| {
+                internal(
+                    "run sandbox",
+                    format!("cannot create {}: {e}", path.display()),
+                )
+            })?;
+        }
+        let pod_file = dir.join(POD_FILE);
+        match read_json::<PodRecord>(&pod_file).await {
+            // The IP is the host's as it is now (it may have changed since the record was made).
+            Ok(Some(record)) => {
+                return Ok(Sandbox {
+                    id: record.uid.clone(),
+                    pod_uid: record.uid,
+                    ip: self.host_ip.clone(),
+                })
+            }
+            Ok(None) => {}
+            Err(message) => {
+                warn!(path = %pod_file.display(), %message, "corrupt pod record; rewriting it")
+            }
+        }
+        let record = PodRecord {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+            ip: self.host_ip.clone(),
+        };
+        write_json_atomic_async(pod_file, &record, 0o644)
+            .await
+            .map_err(|e| internal("run sandbox", e))?;
+        info!(pod = %pod.key(), uid = %pod.uid, "sandbox created");
+        Ok(Sandbox {
+            id: pod.uid.clone(),
+            pod_uid: pod.uid.clone(),
+            ip: self.host_ip.clone(),
+        })
+    }
+
+    /// Ready while its pod record exists: the record is what `run_sandbox` makes (and what
+    /// `remove_sandbox` removes last), so a pod directory that was wiped, or a removal that was
+    /// interrupted, is a sandbox to make anew.
+    async fn sandbox_ready(&self, sandbox: &Sandbox) -> Result<bool, RuntimeError> {
+        if !is_safe_component(&sandbox.pod_uid) {
+            return Ok(false);
+        }
+        let record = self.pod_dir(&sandbox.pod_uid).join(POD_FILE);
+        tokio::fs::try_exists(&record).await.map_err(|e| {
+            internal(
+                "sandbox state",
+                format!("cannot tell whether {} exists: {e}", record.display()),
+            )
+        })
+    }
+
+    async fn start_container(
+        &self,
+        sandbox: &Sandbox,
+        pod: &EdgePod,
+        container: &EdgeContainer,
+        config: &ContainerConfig,
+    ) -> Result<ContainerInfo, RuntimeError> {
+        self.start_instance(sandbox, pod, container, config).await
+    }
+
+    async fn container_state(
+        &self,
+        sandbox: &Sandbox,
+        container_id: &str,
+    ) -> Result<ContainerRunState, RuntimeError> {
+        let id = self.parse_id(sandbox, container_id)?;
+        let dir = self.instance_dir(&id);
+        if !is_dir(&dir).await {
+            return Err(internal(
+                "container state",
+                format!(
+                    "no container instance {container_id:?} under {}; it was removed or never \
+                     started by this node's process runtime",
+                    self.root.display()
+                ),
+            ));
+        }
+        Ok(self.observe(&id, &dir).await)
+    }
+
+    async fn stop_container(
+        &self,
+        sandbox: &Sandbox,
+        container_id: &str,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let id = self.parse_id(sandbox, container_id)?;
+        let dir = self.instance_dir(&id);
+        // Also when its directory is gone (the pod's directory was wiped under it): the state
+        // cached when it started still finds its process, which must not be left running.
+        // Without directory nor cached state there is nothing to signal, and the stop succeeds.
+        self.stop_instance(&id, &dir, grace).await
+    }
+
+    async fn remove_container(
+        &self,
+        sandbox: &Sandbox,
+        container_id: &str,
+    ) -> Result<(), RuntimeError> {
+        let id = self.parse_id(sandbox, container_id)?;
+        let dir = self.instance_dir(&id);
+        if !is_dir(&dir).await {
+            self.forget_state(&id).await;
+            return Ok(());
+        }
+        if matches!(
+            self.observe(&id, &dir).await,
+            ContainerRunState::Running { .. }
+        ) {
+            self.stop_instance(&id, &dir, Duration::ZERO).await?;
+        }
+        remove_dir_all_idempotent(&dir)
+            .await
+            .map_err(|e| internal("remove container", e))?;
+        self.forget_state(&id).await;
+        debug!(pod = %id.pod_uid, container = %id.container, attempt = id.attempt, "container removed");
+        Ok(())
+    }
+
+    async fn remove_sandbox(&self, sandbox: &Sandbox, grace: Duration) -> Result<(), RuntimeError> {
+        if !is_safe_component(&sandbox.pod_uid) {
+            return Err(internal(
+                "remove sandbox",
+                format!("pod uid {:?} is not a directory name", sandbox.pod_uid),
+            ));
+        }
+        let pod_dir = self.pod_dir(&sandbox.pod_uid);
+        if !exists(&pod_dir).await {
+            return Ok(());
+        }
+        let instances = self.instances(&sandbox.pod_uid).await?;
+        let stops = instances
+            .iter()
+            .map(|(id, dir)| self.stop_instance(id, dir, grace));
+        for result in futures::future::join_all(stops).await {
+            // Keep the directory while something may still run: it is how we find it again.
+            result?;
+        }
+        // Everything but the volumes, which the pod worker tears down (they may be mounts);
+        // the pod record last, so that an interrupted removal is found and redone.
+        let mut entries = tokio::fs::read_dir(&pod_dir).await.map_err(|e| {
+            internal(
+                "remove sandbox",
+                format!("cannot list {}: {e}", pod_dir.display()),
+            )
+        })?;
+        let mut doomed = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(|e| {
+            internal(
+                "remove sandbox",
+                format!("cannot list {}: {e}", pod_dir.display()),
+            )
+        })? {
+            let name = entry.file_name();
+            if name != "volumes" && name != POD_FILE {
+                doomed.push(entry.path());
+            }
+        }
+        doomed.push(pod_dir.join(POD_FILE));
+        for path in doomed {
+            let is_dir = tokio::fs::symlink_metadata(&path)
+                .await
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            let result = if is_dir {
+                remove_dir_all_idempotent(&path).await
+            } else {
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
+                }
+            };
+            result.map_err(|e| internal("remove sandbox", e))?;
+        }
+        match tokio::fs::remove_dir(&pod_dir).await {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                ) => {}
+            Err(e) => {
+                return Err(internal(
+                    "remove sandbox",
+                    format!("cannot remove {}: {e}", pod_dir.display()),
+                ))
+            }
+        }
+        self.forget_pod_states(&sandbox.pod_uid).await;
+        info!(pod = %sandbox.pod_uid, "sandbox removed");
+        Ok(())
+    }
+
+    async fn exec_sync(
+        &self,
+        sandbox: &Sandbox,
+        container_id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<crate::runtime::ExecOutput, RuntimeError> {
+        self.exec_instance(sandbox, container_id, command, timeout)
+            .await
+    }
+
+    async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError> {
+        let mut pods = Vec::new();
+        for (uid, dir) in list_dirs(&self.root).await? {
+            let pod_file = dir.join(POD_FILE);
+            let record = match read_json::<PodRecord>(&pod_file).await {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    warn!(path = %pod_file.display(), "pod directory without a pod record; skipped");
+                    continue;
+                }
+                Err(message) => {
+                    warn!(path = %pod_file.display(), %message, "corrupt pod record; skipped");
+                    continue;
+                }
+            };
+            if record.uid != uid {
+                warn!(path = %pod_file.display(), record_uid = %record.uid,
+                      "pod record names another uid than its directory; skipped");
+                continue;
+            }
+            // One unreadable pod must not keep every other pod on the node from starting.
+            let instances = match self.instances(&uid).await {
+                Ok(instances) => instances,
+                Err(e) => {
+                    warn!(path = %dir.join("containers").display(), error = %e,
+                          "cannot list the pod's containers; pod skipped");
+                    continue;
+                }
+            };
+            let mut containers = Vec::new();
+            for (id, instance_dir) in instances {
+                let state = self.observe(&id, &instance_dir).await;
+                containers.push(ContainerInfo {
+                    id: id.to_string(),
+                    name: id.container,
+                    attempt: id.attempt,
+                    state,
+                    spec_digest: recorded_digest(&instance_dir).await,
+                });
+            }
+            pods.push(ExistingPod {
+                sandbox: Sandbox {
+                    id: record.uid.clone(),
+                    pod_uid: record.uid,
+                    // The host's IP as it is now, not as it was when the record was made.
+                    ip: self.host_ip.clone(),
+                },
+                namespace: record.namespace,
+                name: record.name,
+                containers,
+            });
+        }
+        Ok(pods)
+    }
+
+    async fn read_log(
+        &self,
+        sandbox: &Sandbox,
+        container_name: &str,
+        tail: Option<usize>,
+    ) -> Result<String, RuntimeError> {
+        let no_log = || {
+            internal(
+                "read log",
+                format!(
+                    "no log exists for container {container_name:?} of pod {:?}; it has not \
+                     been started on this node (or the pod was removed)",
+                    sandbox.pod_uid
+                ),
+            )
+        };
+        if !is_safe_component(container_name) || !is_safe_component(&sandbox.pod_uid) {
+            return Err(no_log());
+        }
+        let dir = self
+            .pod_dir(&sandbox.pod_uid)
+            .join("logs")
+            .join(container_name);
+        let path = crate::runtime::newest_attempt_log(&dir)
+            .await
+            .map_err(|e| internal("read log", format!("cannot list {}: {e}", dir.display())))?
+            .ok_or_else(no_log)?;
+        tokio::task::spawn_blocking(move || {
+            tail_file(&path, tail)
+                .map_err(|e| internal("read log", format!("cannot read {}: {e}", path.display())))
+        })
+        .await
+        .map_err(|e| internal("read log", format!("log reader failed: {e}")))?
+    }
+}
+
+fn internal(op: &str, message: impl Into<String>) -> RuntimeError {
+    RuntimeError::Internal {
+        op: op.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The last `tail` lines of a file (all of it if `None`).
+fn tail_file(path: &Path, tail: Option<usize>) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let Some(n) = tail else {
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        return Ok(String::from_utf8_lossy(&buf).into_owned());
+    };
+    if n == 0 {
+        return Ok(String::new());
+    }
+    const CHUNK: u64 = 64 * 1024;
+    let mut pos = f.metadata()?.len();
+    let mut buf: Vec<u8> = Vec::new();
+    let start = loop {
+        // Newlines that end one of the wanted lines: all but a final one at the end of the file.
+        let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        if let Some(i) = body
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(n - 1)
+            .map(|(i, _)| i)
+        {
+            break i + 1;
+        }
+        if pos == 0 {
+            break 0;
+        }
+        let len = CHUNK.min(pos);
+        pos -= len;
+        f.seek(SeekFrom::Start(pos))?;
+        let mut chunk = vec![0; len as usize];
+        f.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
+    };
+    Ok(String::from_utf8_lossy(&buf[start..]).into_owned())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

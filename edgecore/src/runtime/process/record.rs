@@ -1,0 +1,134 @@
+//! The on-disk records of a pod and its instances (`pod.json`, `spec.json`, `state.json`,
+//! `exit.json`, `start-error.json`) and how they are read and written: atomically (temporary
+//! file, fsync, rename, fsync of the directory), so that a crash never leaves half a record.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub(super) const POD_FILE: &str = "pod.json";
+pub(super) const SPEC_FILE: &str = "spec.json";
+pub(super) const STATE_FILE: &str = "state.json";
+pub(super) const EXIT_FILE: &str = "exit.json";
+pub(super) const START_ERROR_FILE: &str = "start-error.json";
+pub(super) const SHIM_LOG_FILE: &str = "shim.log";
+
+/// `pod.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct PodRecord {
+    pub(super) namespace: String,
+    pub(super) name: String,
+    pub(super) uid: String,
+    pub(super) ip: String,
+}
+
+/// `spec.json`: everything the shim needs.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ShimSpec {
+    pub(super) pod_uid: String,
+    pub(super) container: String,
+    pub(super) attempt: u32,
+    pub(super) image: String,
+    pub(super) program: String,
+    pub(super) args: Vec<String>,
+    pub(super) env: Vec<(String, String)>,
+    pub(super) cwd: PathBuf,
+    pub(super) log_path: PathBuf,
+    /// [`container_digest`] of the container the instance was started from; absent in the
+    /// spec.json of instances started before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) spec_digest: Option<String>,
+}
+
+/// Re-exported from [`super::container_digest`], where it moved when a second runtime needed it.
+pub use crate::runtime::container_digest;
+
+/// The digest recorded in an instance's spec.json, if any.
+pub(super) async fn recorded_digest(dir: &Path) -> Option<String> {
+    read_json::<ShimSpec>(&dir.join(SPEC_FILE))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|spec| spec.spec_digest)
+}
+
+/// `state.json`. Start times (field 22 of `/proc/<pid>/stat`, 0 if unknown) guard against pid
+/// reuse after the process is gone.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(super) struct ShimState {
+    pub(super) shim_pid: u32,
+    pub(super) shim_start_time: u64,
+    pub(super) pid: u32,
+    pub(super) proc_start_time: u64,
+    pub(super) started_at_ms: u64,
+}
+
+/// `exit.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ExitRecord {
+    pub(super) exit_code: i32,
+    pub(super) signal: Option<i32>,
+    pub(super) started_at_ms: u64,
+    pub(super) finished_at_ms: u64,
+}
+
+/// `start-error.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct StartError {
+    pub(super) message: String,
+    pub(super) not_found: bool,
+}
+
+/// Reads a JSON record: `Ok(None)` if the file does not exist, `Err` naming the problem if it
+/// cannot be read or parsed.
+pub(super) async fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically: temporary file, fsync, rename, fsync of the
+/// directory.
+pub(super) fn write_json_atomic<T: Serialize>(path: &Path, value: &T, mode: u32) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp"));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+pub(super) async fn write_json_atomic_async<T: Serialize>(
+    path: PathBuf,
+    value: &T,
+    mode: u32,
+) -> Result<(), String> {
+    let bytes = serde_json::to_value(value).map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        write_json_atomic(&path, &bytes, mode)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    })
+    .await
+    .map_err(|e| format!("writer task failed: {e}"))?
+}
