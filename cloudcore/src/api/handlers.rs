@@ -330,22 +330,30 @@ pub(super) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
 }
 
-/// Parses a create or update body: JSON, or Kubernetes protobuf for kinds that decode it.
+/// Parses a create or update body of the endpoint's kind: JSON or Kubernetes protobuf.
 fn parse_body(call: &Call, body: &[u8]) -> Result<Value, ApiError> {
-    let mime = call.content_type();
-    if mime != super::protobuf::CONTENT_TYPE {
+    let info = call.info();
+    parse_body_as(call, body, &info.api_version(), info.kind)
+}
+
+/// Parses a body of `api_version`/`kind` (a subresource's own kind: `Scale`, `Binding`,
+/// `DeleteOptions`): JSON, or Kubernetes protobuf (what kubectl's typed clients send), which
+/// becomes the JSON a manifest would give.
+pub(super) fn parse_body_as(
+    call: &Call,
+    body: &[u8],
+    api_version: &str,
+    kind: &str,
+) -> Result<Value, ApiError> {
+    if call.content_type() != super::protobuf::CONTENT_TYPE {
         return parse_json(body);
     }
-    match call.res.decode_protobuf(body) {
-        Some(Ok(v)) => Ok(v),
-        Some(Err(e)) => Err(ApiError::bad_request(e.to_string())),
-        None => Err(ApiError::UnsupportedMediaType {
-            accepted: format!(
-                "application/json (this server does not decode protobuf {} bodies)",
-                call.info().kind
-            ),
-        }),
-    }
+    super::protobuf::decode(body, api_version, kind).map_err(|e| match e {
+        super::protobuf::ProtobufError::Unsupported { .. } => ApiError::UnsupportedMediaType {
+            accepted: format!("application/json ({e})"),
+        },
+        e => ApiError::bad_request(e.to_string()),
+    })
 }
 
 /// Checks `apiVersion`/`kind` of a body, with Kubernetes' messages.
@@ -1214,7 +1222,7 @@ fn delete_request(call: &Call, body: &[u8]) -> Result<DeleteRequest, ApiError> {
             .map_err(|_| ApiError::bad_request("orphanDependents must be true or false"))?,
     )?;
     if !body.iter().all(u8::is_ascii_whitespace) {
-        let raw = parse_json(body)?;
+        let raw = parse_body_as(call, body, &call.info().api_version(), "DeleteOptions")?;
         let d: k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions =
             serde_path_to_error::deserialize(raw).map_err(|e| {
                 let path = e.path().to_string();

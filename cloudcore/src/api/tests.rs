@@ -1139,7 +1139,8 @@ async fn config_maps_and_secrets_through_the_api() {
     assert_eq!(v["status"], "Success");
 }
 
-/// kubectl's typed clients (`kubectl create configmap|secret`) send protobuf bodies.
+/// kubectl's typed clients (`kubectl create configmap|secret|deployment|...`) send protobuf
+/// bodies.
 #[tokio::test]
 async fn protobuf_bodies_from_typed_clients() {
     fn field(n: u8, bytes: &[u8]) -> Vec<u8> {
@@ -1167,7 +1168,7 @@ async fn protobuf_bodies_from_typed_clients() {
     assert_eq!(v["data"], json!({"mode": "edge"}));
     assert_eq!(v["immutable"], true);
     assert_eq!(v["metadata"]["name"], "from-kubectl");
-    // Kinds without a protobuf decoder say so with a 415, not a JSON parse error.
+    // A body of another kind is a 400 with a Status, as Kubernetes answers.
     let (code, out) = h
         .raw(
             Method::POST,
@@ -1176,9 +1177,16 @@ async fn protobuf_bodies_from_typed_clients() {
             &headers,
         )
         .await;
-    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(code, StatusCode::BAD_REQUEST);
     let v: Value = serde_json::from_slice(&out).unwrap();
-    assert_status(&v, 415, "UnsupportedMediaType");
+    assert_status(&v, 400, "BadRequest");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected a Pod, got a ConfigMap"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
