@@ -58,7 +58,19 @@ async fn every_kubectl_create_generator_for_a_served_kind_makes_its_object() -> 
         Ok(p.to_string_lossy().into_owned())
     };
 
-    kubectl(&cloud, &["create", "namespace", "team-a"])?;
+    // What travels: protobuf both ways (kubectl -v=8 prints the headers).
+    let out = kubectl(&cloud, &["create", "namespace", "team-a", "-v=8"])?;
+    let content_types: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.trim().split_once("Content-Type: ").map(|(_, v)| v))
+        .collect();
+    assert!(
+        content_types.len() >= 2
+            && content_types
+                .iter()
+                .all(|t| t.starts_with("application/vnd.kubernetes.protobuf")),
+        "request and answer should both be protobuf: {content_types:?}\n{out}"
+    );
     let ns = get(&cloud, &["namespace", "team-a"])?;
     assert_has(
         &ns,

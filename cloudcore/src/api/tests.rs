@@ -1168,6 +1168,41 @@ async fn protobuf_bodies_from_typed_clients() {
     assert_eq!(v["data"], json!({"mode": "edge"}));
     assert_eq!(v["immutable"], true);
     assert_eq!(v["metadata"]["name"], "from-kubectl");
+    // A client that prefers protobuf (client-go's typed clients) gets it, errors included.
+    let pb_accept = [("accept", "application/vnd.kubernetes.protobuf, */*")];
+    let (code, out) = h
+        .raw(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/from-kubectl",
+            Vec::new(),
+            &pb_accept,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let v = crate::api::protobuf::decode(&out, "v1", "ConfigMap").unwrap();
+    assert_eq!(v["data"], json!({"mode": "edge"}));
+    let (code, out) = h
+        .raw(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/missing",
+            Vec::new(),
+            &pb_accept,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let v = crate::api::protobuf::decode(&out, "v1", "Status").unwrap();
+    assert_status(&v, 404, "NotFound");
+    let (code, out) = h
+        .raw(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps",
+            Vec::new(),
+            &pb_accept,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let v = crate::api::protobuf::decode(&out, "v1", "ConfigMapList").unwrap();
+    assert_eq!(v["items"][0]["metadata"]["name"], "from-kubectl");
     // A body of another kind is a 400 with a Status, as Kubernetes answers.
     let (code, out) = h
         .raw(

@@ -370,8 +370,15 @@ pub fn check_field<M, T: Wire>(
 }
 
 /// Describes one k8s-pb message: `tag rust_field: mode "jsonName"`, one line per field (see
-/// the module documentation for the modes). Generates [`ToJson`] and [`Wire`] for it.
+/// the module documentation for the modes). Generates [`ToJson`], [`FromJson`] and [`Wire`]
+/// for it: one table for both directions.
 macro_rules! message {
+    (@from inline $v:ident $obj:ident $json:literal) => {
+        $crate::api::protobuf::json::from_inline($v)?
+    };
+    (@from $mode:ident $v:ident $obj:ident $json:literal) => {
+        $crate::api::protobuf::json::from_field($obj, $json)?
+    };
     ($ty:path { $($tag:literal $field:ident: $mode:ident $json:literal),* $(,)? }) => {
         impl $crate::api::protobuf::json::ToJson for $ty {
             fn to_json(&self) -> Result<serde_json::Value, $crate::api::protobuf::json::FieldError> {
@@ -382,6 +389,21 @@ macro_rules! message {
                 let mut obj = serde_json::Map::new();
                 $( $crate::api::protobuf::json::$mode(&mut obj, $json, $field)?; )*
                 Ok(serde_json::Value::Object(obj))
+            }
+        }
+
+        impl $crate::api::protobuf::json::FromJson for $ty {
+            fn from_json(
+                v: &serde_json::Value,
+            ) -> Result<Self, $crate::api::protobuf::json::FieldError> {
+                let Some(obj) = v.as_object() else {
+                    return Err($crate::api::protobuf::json::FieldError::new(format!(
+                        "expected an object, got {v}"
+                    )));
+                };
+                Ok(Self {
+                    $( $field: $crate::api::protobuf::json::message!(@from $mode v obj $json), )*
+                })
             }
         }
 
@@ -442,4 +464,185 @@ pub fn inline<T: ToJson>(obj: &mut Map<String, Value>, _: &str, v: &T) -> Result
         }
     }
     Ok(())
+}
+
+/// A value that can be built from its Kubernetes JSON form (for protobuf responses).
+pub trait FromJson: Sized {
+    /// The value of `v`.
+    fn from_json(v: &Value) -> Result<Self, FieldError>;
+}
+
+fn expected(what: &str, v: &Value) -> FieldError {
+    FieldError::new(format!("expected {what}, got {v}"))
+}
+
+impl FromJson for String {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| expected("a string", v))
+    }
+}
+
+impl FromJson for bool {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        v.as_bool().ok_or_else(|| expected("a boolean", v))
+    }
+}
+
+impl FromJson for i32 {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        v.as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| expected("a 32-bit integer", v))
+    }
+}
+
+impl FromJson for i64 {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        v.as_i64().ok_or_else(|| expected("an integer", v))
+    }
+}
+
+impl FromJson for f64 {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        v.as_f64().ok_or_else(|| expected("a number", v))
+    }
+}
+
+impl FromJson for Vec<u8> {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        let s = v.as_str().ok_or_else(|| expected("a base64 string", v))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|e| FieldError::new(format!("not base64: {e}")))
+    }
+}
+
+impl<T: FromJson> FromJson for Option<T> {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        match v {
+            Value::Null => Ok(None),
+            v => T::from_json(v).map(Some),
+        }
+    }
+}
+
+impl<T: FromJson> FromJson for Vec<T> {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        match v {
+            Value::Null => Ok(Vec::new()),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| T::from_json(v).map_err(|e| e.at_index(i)))
+                .collect(),
+            v => Err(expected("a list", v)),
+        }
+    }
+}
+
+impl<T: FromJson> FromJson for BTreeMap<String, T> {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        match v {
+            Value::Null => Ok(BTreeMap::new()),
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    T::from_json(v)
+                        .map(|v| (k.clone(), v))
+                        .map_err(|e| e.at(&format!("[{k}]")))
+                })
+                .collect(),
+            v => Err(expected("an object", v)),
+        }
+    }
+}
+
+fn parse_time(v: &Value) -> Result<jiff::Timestamp, FieldError> {
+    let s = v.as_str().ok_or_else(|| expected("an RFC 3339 time", v))?;
+    s.parse()
+        .map_err(|e| FieldError::new(format!("{s:?} is not an RFC 3339 time: {e}")))
+}
+
+impl FromJson for Time {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        let t = parse_time(v)?;
+        Ok(Time {
+            seconds: Some(t.as_second()),
+            nanos: Some(0),
+        })
+    }
+}
+
+impl FromJson for MicroTime {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        let t = parse_time(v)?;
+        Ok(MicroTime {
+            seconds: Some(t.as_second()),
+            nanos: Some(t.subsec_nanosecond()),
+        })
+    }
+}
+
+impl FromJson for Quantity {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        let string = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            v => return Err(expected("a quantity", v)),
+        };
+        Ok(Quantity {
+            string: Some(string),
+        })
+    }
+}
+
+impl FromJson for IntOrString {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        match v {
+            Value::String(s) => Ok(IntOrString {
+                r#type: Some(1),
+                int_val: Some(0),
+                str_val: Some(s.clone()),
+            }),
+            v => Ok(IntOrString {
+                r#type: Some(0),
+                int_val: Some(i32::from_json(v)?),
+                str_val: Some(String::new()),
+            }),
+        }
+    }
+}
+
+impl FromJson for FieldsV1 {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        Ok(FieldsV1 {
+            raw: Some(v.to_string().into_bytes()),
+        })
+    }
+}
+
+impl FromJson for RawExtension {
+    fn from_json(v: &Value) -> Result<Self, FieldError> {
+        Ok(RawExtension {
+            raw: Some(v.to_string().into_bytes()),
+        })
+    }
+}
+
+/// The field `name` of the JSON object `obj`, or the empty value when it is absent.
+pub fn from_field<T: FromJson + Default>(
+    obj: &Map<String, Value>,
+    name: &str,
+) -> Result<T, FieldError> {
+    match obj.get(name) {
+        None => Ok(T::default()),
+        Some(v) => T::from_json(v).map_err(|e| e.at(name)),
+    }
+}
+
+/// An inline field: built from the parent's own object.
+pub fn from_inline<T: FromJson>(parent: &Value) -> Result<T, FieldError> {
+    T::from_json(parent)
 }

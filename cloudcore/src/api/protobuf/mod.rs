@@ -20,10 +20,10 @@ mod json;
 mod schema;
 mod wire;
 
-use json::{FieldError, ToJson, Wire};
+use json::{FieldError, FromJson, ToJson, Wire};
 use k8s_pb::api::{apps::v1 as apps, autoscaling::v1 as autoscaling, core::v1 as core};
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
-use k8s_pb::apimachinery::pkg::runtime::Unknown;
+use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
 use prost::Message;
 use serde_json::{Map, Value};
 
@@ -74,32 +74,63 @@ pub enum ProtobufError {
     },
 }
 
-/// Decodes an enveloped body for the endpoint of `api_version`/`kind` into the object's JSON,
-/// with `apiVersion` and `kind` set. `DeleteOptions` is accepted for any API version (clients
-/// send it in the group of the resource they delete).
-pub fn decode(body: &[u8], api_version: &str, kind: &str) -> Result<Value, ProtobufError> {
-    let convert: fn(&[u8]) -> Result<Value, FieldError> = match (api_version, kind) {
-        ("v1", "Namespace") => object::<core::Namespace>,
-        ("v1", "Node") => object::<core::Node>,
-        ("v1", "Pod") => object::<core::Pod>,
-        ("v1", "ConfigMap") => object::<core::ConfigMap>,
-        ("v1", "Secret") => object::<core::Secret>,
-        ("v1", "Service") => object::<core::Service>,
-        ("v1", "Event") => object::<core::Event>,
-        ("v1", "Binding") => object::<core::Binding>,
-        ("apps/v1", "Deployment") => object::<apps::Deployment>,
-        ("apps/v1", "ReplicaSet") => object::<apps::ReplicaSet>,
-        ("apps/v1", "DaemonSet") => object::<apps::DaemonSet>,
-        ("apps/v1", "StatefulSet") => object::<apps::StatefulSet>,
-        ("autoscaling/v1", "Scale") => object::<autoscaling::Scale>,
-        (_, "DeleteOptions") => object::<meta::DeleteOptions>,
-        _ => {
-            return Err(ProtobufError::Unsupported {
-                api_version: api_version.into(),
-                kind: kind.into(),
-            })
+/// The kinds with a protobuf form, by `apiVersion` and `kind`: the served kinds (request and
+/// response bodies), their lists and `Status` (responses), and `DeleteOptions` (requests, in
+/// any API version: clients send it in the group of the resource they delete).
+macro_rules! kinds {
+    ($($version:pat, $kind:literal => $ty:ty;)*) => {
+        fn decoder(api_version: &str, kind: &str) -> Option<fn(&[u8]) -> Result<Value, FieldError>> {
+            match (api_version, kind) {
+                $(($version, $kind) => Some(object::<$ty>),)*
+                _ => None,
+            }
+        }
+
+        fn encoder(api_version: &str, kind: &str) -> Option<fn(&Value) -> Result<Vec<u8>, FieldError>> {
+            match (api_version, kind) {
+                $(($version, $kind) => Some(message::<$ty>),)*
+                _ => None,
+            }
         }
     };
+}
+
+kinds! {
+    "v1", "Namespace" => core::Namespace;
+    "v1", "Node" => core::Node;
+    "v1", "Pod" => core::Pod;
+    "v1", "ConfigMap" => core::ConfigMap;
+    "v1", "Secret" => core::Secret;
+    "v1", "Service" => core::Service;
+    "v1", "Event" => core::Event;
+    "v1", "Binding" => core::Binding;
+    "apps/v1", "Deployment" => apps::Deployment;
+    "apps/v1", "ReplicaSet" => apps::ReplicaSet;
+    "apps/v1", "DaemonSet" => apps::DaemonSet;
+    "apps/v1", "StatefulSet" => apps::StatefulSet;
+    "autoscaling/v1", "Scale" => autoscaling::Scale;
+    _, "DeleteOptions" => meta::DeleteOptions;
+    "v1", "NamespaceList" => core::NamespaceList;
+    "v1", "NodeList" => core::NodeList;
+    "v1", "PodList" => core::PodList;
+    "v1", "ConfigMapList" => core::ConfigMapList;
+    "v1", "SecretList" => core::SecretList;
+    "v1", "ServiceList" => core::ServiceList;
+    "v1", "EventList" => core::EventList;
+    "apps/v1", "DeploymentList" => apps::DeploymentList;
+    "apps/v1", "ReplicaSetList" => apps::ReplicaSetList;
+    "apps/v1", "DaemonSetList" => apps::DaemonSetList;
+    "apps/v1", "StatefulSetList" => apps::StatefulSetList;
+    "v1", "Status" => meta::Status;
+}
+
+/// Decodes an enveloped body for the endpoint of `api_version`/`kind` into the object's JSON,
+/// with `apiVersion` and `kind` set.
+pub fn decode(body: &[u8], api_version: &str, kind: &str) -> Result<Value, ProtobufError> {
+    let convert = decoder(api_version, kind).ok_or_else(|| ProtobufError::Unsupported {
+        api_version: api_version.into(),
+        kind: kind.into(),
+    })?;
     let envelope = body
         .strip_prefix(MAGIC)
         .ok_or_else(|| ProtobufError::Envelope("missing the k8s protobuf magic prefix".into()))?;
@@ -161,11 +192,67 @@ fn object<M: Message + Default + ToJson + Wire>(raw: &[u8]) -> Result<Value, Fie
         .to_json()
 }
 
+/// Builds `M` from its JSON and encodes it.
+fn message<M: Message + FromJson>(obj: &Value) -> Result<Vec<u8>, FieldError> {
+    Ok(M::from_json(obj)?.encode_to_vec())
+}
+
+/// Encodes the JSON object `obj` (a served kind, a list of one, or a `Status`) as an enveloped
+/// protobuf body. `None`: its kind has no protobuf form here (a `Table`, discovery documents).
+pub fn encode(obj: &Value) -> Option<Result<Vec<u8>, ProtobufError>> {
+    let api_version = obj.get("apiVersion").and_then(Value::as_str)?;
+    let kind = obj.get("kind").and_then(Value::as_str)?;
+    let convert = encoder(api_version, kind)?;
+    Some(
+        convert(obj)
+            .map(|raw| {
+                let unknown = Unknown {
+                    type_meta: Some(TypeMeta {
+                        api_version: Some(api_version.into()),
+                        kind: Some(kind.into()),
+                    }),
+                    raw: Some(raw),
+                    content_encoding: Some(String::new()),
+                    content_type: Some(String::new()),
+                };
+                [MAGIC.as_slice(), &unknown.encode_to_vec()].concat()
+            })
+            .map_err(|e| ProtobufError::Field {
+                kind: kind.into(),
+                path: e.path(),
+                message: e.message,
+            }),
+    )
+}
+
+/// Whether a request's `Accept` asks for protobuf first: only protobuf, or protobuf ahead of
+/// the alternatives (client-go's typed clients send `application/vnd.kubernetes.protobuf, */*`).
+/// Table requests (`;as=Table`) and watch streams are not plain objects and stay JSON.
+pub fn preferred(accept: &str) -> bool {
+    let mut best: Option<(f32, bool)> = None;
+    for media in accept.split(',') {
+        let mut parts = media.split(';').map(str::trim);
+        let mime = parts.next().unwrap_or("");
+        let mut q = 1.0f32;
+        let mut plain = true;
+        for p in parts {
+            match p.split_once('=') {
+                Some(("q", v)) => q = v.trim().parse().unwrap_or(0.0),
+                _ => plain = false,
+            }
+        }
+        if q <= 0.0 || best.is_some_and(|(b, _)| b >= q) {
+            continue;
+        }
+        best = Some((q, mime == CONTENT_TYPE && plain));
+    }
+    best.is_some_and(|(_, pb)| pb)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_pb::apimachinery::pkg::api::resource::Quantity;
-    use k8s_pb::apimachinery::pkg::runtime::TypeMeta;
     use k8s_pb::apimachinery::pkg::util::intstr::IntOrString;
     use proptest::prelude::*;
     use serde_json::json;
@@ -553,6 +640,70 @@ mod tests {
                 "spec": {"type": "NodePort", "selector": {"app": "np"}, "ports": [{"name": "80-8080",
                 "protocol": "TCP", "port": 80, "targetPort": 8080, "nodePort": 30080}]}})
         );
+    }
+
+    /// JSON -> k8s-pb -> JSON gives the JSON back, for objects as the server stores them,
+    /// lists and Status: the same tables serve both directions.
+    #[test]
+    fn responses_round_trip_through_protobuf() {
+        let objects = [
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "default", "uid": "u-1",
+                    "resourceVersion": "7", "generation": 1,
+                    "creationTimestamp": "2025-01-01T00:00:00Z", "labels": {"app": "web"},
+                    "managedFields": [{"manager": "kubectl", "operation": "Update",
+                        "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+                "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                        "containers": [{"name": "web", "image": "busybox",
+                            "resources": {"requests": {"cpu": "100m"}},
+                            "livenessProbe": {"tcpSocket": {"port": 8080}}}],
+                        "volumes": [{"name": "tmp", "emptyDir": {}}]}},
+                    "strategy": {"type": "RollingUpdate",
+                        "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}}},
+                "status": {"observedGeneration": 1, "conditions": [{"type": "Available",
+                    "status": "True", "lastUpdateTime": "2025-01-01T00:00:01Z"}]}}),
+            json!({"apiVersion": "v1", "kind": "SecretList",
+                "metadata": {"resourceVersion": "9"},
+                "items": [{"metadata": {"name": "db"}, "data": {"k": "/wD+"},
+                    "type": "Opaque"}]}),
+            json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "message": "pods \"x\" not found", "reason": "NotFound",
+                "details": {"name": "x", "kind": "pods"}, "code": 404}),
+            json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e"},
+                "involvedObject": {"kind": "Pod", "name": "p"},
+                "eventTime": "2025-01-01T00:00:00.123456Z"}),
+        ];
+        for obj in objects {
+            let pb = encode(&obj).unwrap().unwrap();
+            let kind = obj["kind"].as_str().unwrap();
+            let version = obj["apiVersion"].as_str().unwrap();
+            assert_eq!(decode(&pb, version, kind).unwrap(), obj, "{kind}");
+        }
+        // Tables and discovery documents have no protobuf form here: they stay JSON.
+        assert!(encode(&json!({"apiVersion": "meta.k8s.io/v1", "kind": "Table"})).is_none());
+        let e = encode(&json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": 3}}));
+        assert_eq!(
+            e.unwrap().unwrap_err().to_string(),
+            "protobuf Pod body: field spec.containers: expected a list, got 3"
+        );
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        assert!(preferred("application/vnd.kubernetes.protobuf, */*"));
+        assert!(preferred("application/vnd.kubernetes.protobuf"));
+        assert!(preferred(
+            "application/json;q=0.5, application/vnd.kubernetes.protobuf"
+        ));
+        assert!(!preferred(
+            "application/json, application/vnd.kubernetes.protobuf"
+        ));
+        assert!(!preferred("application/json"));
+        assert!(!preferred(""));
+        assert!(!preferred(
+            "application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ));
     }
 
     #[test]

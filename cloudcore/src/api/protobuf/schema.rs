@@ -15,6 +15,10 @@ message!(pb::api::apps::v1::DaemonSetCondition {
     4 reason: val "reason",
     5 message: val "message",
 });
+message!(pb::api::apps::v1::DaemonSetList {
+    1 metadata: val "metadata",
+    2 items: val "items",
+});
 message!(pb::api::apps::v1::DaemonSetSpec {
     1 selector: ptr "selector",
     2 template: val "template",
@@ -50,6 +54,10 @@ message!(pb::api::apps::v1::DeploymentCondition {
     7 last_transition_time: val "lastTransitionTime",
     4 reason: val "reason",
     5 message: val "message",
+});
+message!(pb::api::apps::v1::DeploymentList {
+    1 metadata: val "metadata",
+    2 items: val "items",
 });
 message!(pb::api::apps::v1::DeploymentSpec {
     1 replicas: ptr "replicas",
@@ -87,6 +95,10 @@ message!(pb::api::apps::v1::ReplicaSetCondition {
     3 last_transition_time: val "lastTransitionTime",
     4 reason: val "reason",
     5 message: val "message",
+});
+message!(pb::api::apps::v1::ReplicaSetList {
+    1 metadata: val "metadata",
+    2 items: val "items",
 });
 message!(pb::api::apps::v1::ReplicaSetSpec {
     1 replicas: ptr "replicas",
@@ -126,6 +138,10 @@ message!(pb::api::apps::v1::StatefulSetCondition {
     3 last_transition_time: val "lastTransitionTime",
     4 reason: val "reason",
     5 message: val "message",
+});
+message!(pb::api::apps::v1::StatefulSetList {
+    1 metadata: val "metadata",
+    2 items: val "items",
 });
 message!(pb::api::apps::v1::StatefulSetOrdinals {
     1 start: val "start",
@@ -260,6 +276,10 @@ message!(pb::api::core::v1::ConfigMapKeySelector {
     1 local_object_reference: inline "",
     2 key: val "key",
     3 optional: ptr "optional",
+});
+message!(pb::api::core::v1::ConfigMapList {
+    1 metadata: val "metadata",
+    2 items: val "items",
 });
 message!(pb::api::core::v1::ConfigMapNodeConfigSource {
     1 namespace: val "namespace",
@@ -463,6 +483,10 @@ message!(pb::api::core::v1::Event {
     14 reporting_component: val "reportingComponent",
     15 reporting_instance: val "reportingInstance",
 });
+message!(pb::api::core::v1::EventList {
+    1 metadata: val "metadata",
+    2 items: val "items",
+});
 message!(pb::api::core::v1::EventSeries {
     1 count: val "count",
     2 last_observed_time: val "lastObservedTime",
@@ -606,6 +630,10 @@ message!(pb::api::core::v1::NamespaceCondition {
     5 reason: val "reason",
     6 message: val "message",
 });
+message!(pb::api::core::v1::NamespaceList {
+    1 metadata: val "metadata",
+    2 items: val "items",
+});
 message!(pb::api::core::v1::NamespaceSpec {
     1 finalizers: val "finalizers",
 });
@@ -653,6 +681,10 @@ message!(pb::api::core::v1::NodeDaemonEndpoints {
 });
 message!(pb::api::core::v1::NodeFeatures {
     1 supplemental_groups_policy: ptr "supplementalGroupsPolicy",
+});
+message!(pb::api::core::v1::NodeList {
+    1 metadata: val "metadata",
+    2 items: val "items",
 });
 message!(pb::api::core::v1::NodeRuntimeHandler {
     1 name: val "name",
@@ -828,6 +860,10 @@ message!(pb::api::core::v1::PodExtendedResourceClaimStatus {
 });
 message!(pb::api::core::v1::PodIp {
     1 ip: val "ip",
+});
+message!(pb::api::core::v1::PodList {
+    1 metadata: val "metadata",
+    2 items: val "items",
 });
 message!(pb::api::core::v1::PodOs {
     1 name: val "name",
@@ -1043,6 +1079,10 @@ message!(pb::api::core::v1::SecretKeySelector {
     2 key: val "key",
     3 optional: ptr "optional",
 });
+message!(pb::api::core::v1::SecretList {
+    1 metadata: val "metadata",
+    2 items: val "items",
+});
 message!(pb::api::core::v1::SecretProjection {
     1 local_object_reference: inline "",
     2 items: val "items",
@@ -1077,6 +1117,10 @@ message!(pb::api::core::v1::ServiceAccountTokenProjection {
     1 audience: val "audience",
     2 expiration_seconds: ptr "expirationSeconds",
     3 path: val "path",
+});
+message!(pb::api::core::v1::ServiceList {
+    1 metadata: val "metadata",
+    2 items: val "items",
 });
 message!(pb::api::core::v1::ServicePort {
     1 name: val "name",
@@ -1280,6 +1324,12 @@ message!(pb::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
     2 operator: val "operator",
     3 values: val "values",
 });
+message!(pb::apimachinery::pkg::apis::meta::v1::ListMeta {
+    1 self_link: val "selfLink",
+    2 resource_version: val "resourceVersion",
+    3 r#continue: val "continue",
+    4 remaining_item_count: ptr "remainingItemCount",
+});
 message!(pb::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
     1 manager: val "manager",
     2 operation: val "operation",
@@ -1317,4 +1367,25 @@ message!(pb::apimachinery::pkg::apis::meta::v1::OwnerReference {
 message!(pb::apimachinery::pkg::apis::meta::v1::Preconditions {
     1 uid: ptr "uid",
     2 resource_version: ptr "resourceVersion",
+});
+message!(pb::apimachinery::pkg::apis::meta::v1::Status {
+    1 metadata: val "metadata",
+    2 status: val "status",
+    3 message: val "message",
+    4 reason: val "reason",
+    5 details: ptr "details",
+    6 code: val "code",
+});
+message!(pb::apimachinery::pkg::apis::meta::v1::StatusCause {
+    1 reason: val "reason",
+    2 message: val "message",
+    3 field: val "field",
+});
+message!(pb::apimachinery::pkg::apis::meta::v1::StatusDetails {
+    1 name: val "name",
+    2 group: val "group",
+    3 kind: val "kind",
+    6 uid: val "uid",
+    4 causes: val "causes",
+    5 retry_after_seconds: val "retryAfterSeconds",
 });

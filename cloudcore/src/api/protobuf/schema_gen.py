@@ -27,6 +27,11 @@ ROOTS = [('api/core/v1', k) for k in
          ['Namespace', 'Node', 'Pod', 'ConfigMap', 'Secret', 'Service', 'Event', 'Binding']]
 ROOTS += [('api/apps/v1', k) for k in ['Deployment', 'ReplicaSet', 'DaemonSet', 'StatefulSet']]
 ROOTS += [('api/autoscaling/v1', 'Scale'), ('apimachinery/pkg/apis/meta/v1', 'DeleteOptions')]
+# What responses carry: the lists of the served kinds, and Status.
+ROOTS += [('api/core/v1', k + 'List') for k in
+          ['Namespace', 'Node', 'Pod', 'ConfigMap', 'Secret', 'Service', 'Event']]
+ROOTS += [('api/apps/v1', k + 'List') for k in ['Deployment', 'ReplicaSet', 'DaemonSet', 'StatefulSet']]
+ROOTS += [('apimachinery/pkg/apis/meta/v1', 'Status')]
 ROOTS += [(m, k) for m, k in (a.split(':') for a in sys.argv[4:])]
 
 def pb_structs(mod):
