@@ -10,7 +10,7 @@
 //! sends the pod to its node.
 
 use super::error::{json_response, ApiError, FieldError};
-use super::handlers::{parse_json, Call};
+use super::handlers::{parse_body_as, Call};
 use crate::store::StoreError;
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -32,7 +32,7 @@ fn invalid(name: &str, errors: Vec<FieldError>) -> ApiError {
 /// Serves a `create` of the binding subresource of pod `call.name`.
 pub(super) async fn create(call: &Call, body: Bytes) -> Result<Response, ApiError> {
     let pod_name = call.name.clone().unwrap_or_default();
-    let raw = parse_json(&body)?;
+    let raw = parse_body_as(call, &body, "v1", "Binding")?;
     let binding: Binding = serde_path_to_error::deserialize(raw).map_err(|e| {
         let path = e.path().to_string();
         let msg = e.into_inner().to_string();

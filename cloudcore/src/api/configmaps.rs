@@ -5,7 +5,6 @@
 //! [`crate::config_index`]); the API only stores it.
 
 use super::error::FieldError;
-use super::protobuf::{self, ProtobufError};
 use super::resource::{decode_as, typed, DecodeError, ResourceHandler, ResourceInfo};
 use super::table::{age, Column};
 use super::validation::{config_key, push_invalid, NameRule};
@@ -88,21 +87,6 @@ impl ResourceHandler for ConfigMapHandler {
 
     fn decode(&self, obj: Value) -> Result<Value, DecodeError> {
         decode_as::<ConfigMap>(obj)
-    }
-
-    fn decode_protobuf(&self, body: &[u8]) -> Option<Result<Value, ProtobufError>> {
-        // ConfigMap: metadata = 1, data = 2, binaryData = 3, immutable = 4.
-        Some(protobuf::decode_object(body, "ConfigMap", |obj, n, f| {
-            match n {
-                2 => protobuf::insert_string_entry(obj, "data", f)?,
-                3 => protobuf::insert_bytes_entry(obj, "binaryData", f)?,
-                4 => {
-                    obj.insert("immutable".into(), json!(protobuf::boolean(f)?));
-                }
-                _ => {}
-            }
-            Ok(())
-        }))
     }
 
     fn validate(&self, obj: &Value) -> Result<(), Vec<FieldError>> {

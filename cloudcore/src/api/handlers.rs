@@ -331,22 +331,30 @@ pub(super) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
 }
 
-/// Parses a create or update body: JSON, or Kubernetes protobuf for kinds that decode it.
+/// Parses a create or update body of the endpoint's kind: JSON or Kubernetes protobuf.
 fn parse_body(call: &Call, body: &[u8]) -> Result<Value, ApiError> {
-    let mime = call.content_type();
-    if mime != super::protobuf::CONTENT_TYPE {
+    let info = call.info();
+    parse_body_as(call, body, &info.api_version(), info.kind)
+}
+
+/// Parses a body of `api_version`/`kind` (a subresource's own kind: `Scale`, `Binding`,
+/// `DeleteOptions`): JSON, or Kubernetes protobuf (what kubectl's typed clients send), which
+/// becomes the JSON a manifest would give.
+pub(super) fn parse_body_as(
+    call: &Call,
+    body: &[u8],
+    api_version: &str,
+    kind: &str,
+) -> Result<Value, ApiError> {
+    if call.content_type() != super::protobuf::CONTENT_TYPE {
         return parse_json(body);
     }
-    match call.res.decode_protobuf(body) {
-        Some(Ok(v)) => Ok(v),
-        Some(Err(e)) => Err(ApiError::bad_request(e.to_string())),
-        None => Err(ApiError::UnsupportedMediaType {
-            accepted: format!(
-                "application/json (this server does not decode protobuf {} bodies)",
-                call.info().kind
-            ),
-        }),
-    }
+    super::protobuf::decode(body, api_version, kind).map_err(|e| match e {
+        super::protobuf::ProtobufError::Unsupported { .. } => ApiError::UnsupportedMediaType {
+            accepted: format!("application/json ({e})"),
+        },
+        e => ApiError::bad_request(e.to_string()),
+    })
 }
 
 /// Checks `apiVersion`/`kind` of a body, with Kubernetes' messages.
@@ -1216,7 +1224,7 @@ fn delete_request(call: &Call, body: &[u8]) -> Result<DeleteRequest, ApiError> {
             .map_err(|_| ApiError::bad_request("orphanDependents must be true or false"))?,
     )?;
     if !body.iter().all(u8::is_ascii_whitespace) {
-        let raw = parse_json(body)?;
+        let raw = parse_body_as(call, body, &call.info().api_version(), "DeleteOptions")?;
         let d: k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions =
             serde_path_to_error::deserialize(raw).map_err(|e| {
                 let path = e.path().to_string();
@@ -1400,14 +1408,75 @@ pub(super) fn is_true(v: Option<&String>) -> bool {
 /// Entry point for everything under `/api/` and `/apis/`.
 pub(super) async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let protobuf = wants_protobuf(&parts);
     let mut labels = RequestLabels {
         verb: "get",
         resource: String::new(),
     };
     let result = handle(&state, parts, body, &mut labels).await;
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    if protobuf {
+        resp = protobuf_response(resp).await;
+    }
     resp.extensions_mut().insert(labels);
     resp
+}
+
+/// Whether the client prefers protobuf answers (client-go's typed clients do). Watch streams
+/// stay JSON: they are framed differently.
+fn wants_protobuf(parts: &axum::http::request::Parts) -> bool {
+    let watch = parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|kv| matches!(kv.split_once('='), Some(("watch", "1" | "true" | "True"))));
+    !watch
+        && parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(super::protobuf::preferred)
+}
+
+/// Re-encodes a complete JSON answer (an object, a list or a Status) as protobuf. Anything
+/// else (a Table, a stream, a kind without a protobuf form) is left as it is: the clients that
+/// prefer protobuf also accept JSON.
+async fn protobuf_response(resp: Response) -> Response {
+    use hyper::body::Body as _;
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/json");
+    if !json || resp.body().size_hint().exact().is_none() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot buffer a JSON answer to re-encode it");
+            return ApiError::Internal(format!("cannot buffer the answer: {e}")).into_response();
+        }
+    };
+    let encoded = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| super::protobuf::encode(&v));
+    match encoded {
+        Some(Ok(pb)) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(super::protobuf::CONTENT_TYPE),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(pb))
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "answering in JSON: the object has no protobuf form");
+            Response::from_parts(parts, Body::from(bytes))
+        }
+        None => Response::from_parts(parts, Body::from(bytes)),
+    }
 }
 
 async fn handle(

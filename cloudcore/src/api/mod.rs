@@ -18,7 +18,7 @@
 //!   [`discovery::openapi_v3_group_version`] for why it exists);
 //! - [`selector`], [`validation`], [`quantity`], [`error`]: the pieces those share;
 //! - [`patch`]: JSON patch, strategic merge patch and server-side apply;
-//! - [`protobuf`]: the protobuf bodies kubectl's typed clients send (ConfigMaps, Secrets).
+//! - [`protobuf`]: the protobuf bodies kubectl's typed clients send, for every served kind.
 //!
 //! [`router`] returns a plain `axum::Router`; the caller serves it (over TLS in production).
 //! Objects are stored as the Kubernetes JSON of the object, under

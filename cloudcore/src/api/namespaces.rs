@@ -10,7 +10,6 @@
 
 use super::error::{ApiError, FieldError};
 use super::handlers::{delete_object, new_uid, now_rfc3339, DeleteRequest, Deletion};
-use super::protobuf::{self, Field, ProtobufError};
 use super::resource::{
     decode_as, DecodeError, DeleteAction, DeleteOptions, ResourceHandler, ResourceInfo,
     SelectableField,
@@ -20,7 +19,7 @@ use super::validation::NameRule;
 use super::ApiState;
 use crate::store::{Event, ObjectKey, Store, StoreError, Stored};
 use k8s_openapi::api::core::v1::Namespace;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,27 +93,6 @@ impl ResourceHandler for NamespaceHandler {
 
     fn decode(&self, obj: Value) -> Result<Value, DecodeError> {
         decode_as::<Namespace>(obj)
-    }
-
-    fn decode_protobuf(&self, body: &[u8]) -> Option<Result<Value, ProtobufError>> {
-        // `kubectl create namespace` sends protobuf. Namespace: metadata = 1, spec = 2
-        // (finalizers = 1); the status of a new namespace is the server's to set.
-        Some(protobuf::decode_object(body, "Namespace", |obj, n, f| {
-            if let (2, Field::Bytes(spec)) = (n, f) {
-                let mut finalizers = Vec::new();
-                for (m, g) in protobuf::fields(spec)? {
-                    if m == 1 {
-                        finalizers.push(json!(protobuf::string(g)?));
-                    }
-                }
-                let mut s = Map::new();
-                if !finalizers.is_empty() {
-                    s.insert("finalizers".into(), Value::Array(finalizers));
-                }
-                obj.insert("spec".into(), Value::Object(s));
-            }
-            Ok(())
-        }))
     }
 
     fn default(&self, obj: &mut Value) {

@@ -183,16 +183,6 @@ pub trait ResourceHandler: Send + Sync + 'static {
     /// unknown fields, as the Kubernetes decoder does). Usually `decode_as::<T>(obj)`.
     fn decode(&self, obj: Value) -> Result<Value, DecodeError>;
 
-    /// Decodes a Kubernetes protobuf body (what kubectl's typed clients send, e.g. `kubectl
-    /// create configmap`) into the JSON object, which is then decoded as any JSON body. `None`:
-    /// this kind accepts JSON only (the request gets 415).
-    fn decode_protobuf(
-        &self,
-        _body: &[u8],
-    ) -> Option<Result<Value, super::protobuf::ProtobufError>> {
-        None
-    }
-
     /// Applies defaults (`restartPolicy: Always`, ...). Runs on create and on update, so that an
     /// update written from a manifest compares equal to the defaulted stored object.
     fn default(&self, _obj: &mut Value) {}

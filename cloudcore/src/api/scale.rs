@@ -10,7 +10,7 @@
 //! parent's resourceVersion.
 
 use super::error::{json_response, ApiError, FieldError};
-use super::handlers::{self, parse_json, Call};
+use super::handlers::{self, parse_body_as, parse_json, Call};
 use super::selector::LabelSelector;
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -123,7 +123,7 @@ pub(super) async fn serve(verb: &str, call: &Call, body: Bytes) -> Result<Respon
             Ok(json_response(StatusCode::OK, &scale_of(&current.value)))
         }
         "update" => {
-            let sent = parse_json(&body)?;
+            let sent = parse_body_as(call, &body, SCALE_API_VERSION, "Scale")?;
             check_scale_type(&sent)?;
             let replicas = desired_replicas(&sent, &name)?;
             let precondition = precondition_of(&sent)?;

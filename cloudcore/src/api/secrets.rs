@@ -8,7 +8,6 @@
 
 use super::configmaps::{check_immutable, check_keys, MAX_DATA_BYTES};
 use super::error::FieldError;
-use super::protobuf::{self, ProtobufError};
 use super::resource::{decode_as, typed, DecodeError, ResourceHandler, ResourceInfo};
 use super::table::{age, Column};
 use super::validation::NameRule;
@@ -119,24 +118,6 @@ impl ResourceHandler for SecretHandler {
 
     fn decode(&self, obj: Value) -> Result<Value, DecodeError> {
         decode_as::<Secret>(obj)
-    }
-
-    fn decode_protobuf(&self, body: &[u8]) -> Option<Result<Value, ProtobufError>> {
-        // Secret: metadata = 1, data = 2, type = 3, stringData = 4, immutable = 5.
-        Some(protobuf::decode_object(body, "Secret", |obj, n, f| {
-            match n {
-                2 => protobuf::insert_bytes_entry(obj, "data", f)?,
-                3 => {
-                    obj.insert("type".into(), json!(protobuf::string(f)?));
-                }
-                4 => protobuf::insert_string_entry(obj, "stringData", f)?,
-                5 => {
-                    obj.insert("immutable".into(), json!(protobuf::boolean(f)?));
-                }
-                _ => {}
-            }
-            Ok(())
-        }))
     }
 
     /// `type` defaults to `Opaque`; `stringData` is a write-only convenience: its entries replace

@@ -29,7 +29,6 @@
 //! address.
 
 use super::error::{ApiError, FieldError};
-use super::protobuf::{self, Field, ProtobufError};
 use super::resource::{decode_as, typed, Allocation, DecodeError, ResourceHandler, ResourceInfo};
 use super::table::{age, Column};
 use super::validation::{
@@ -589,126 +588,6 @@ fn one_of(field: &str, v: Option<&String>, allowed: &[&str], errs: &mut Vec<Fiel
     }
 }
 
-/// A non-empty string field as a JSON string; `None` for the empty string (Kubernetes' proto2
-/// messages carry unset optional strings as empty ones, which JSON omits).
-fn proto_string(f: Field<'_>) -> Result<Option<Value>, ProtobufError> {
-    let s = protobuf::string(f)?;
-    Ok((!s.is_empty()).then(|| json!(s)))
-}
-
-/// A non-zero int32 field.
-fn proto_int(f: Field<'_>) -> Result<Option<Value>, ProtobufError> {
-    match f {
-        // int32 travels as a sign-extended varint: truncating gives the value back.
-        Field::Varint(v) => Ok((v != 0).then(|| json!(v as i64 as i32))),
-        _ => Err(ProtobufError("expected an integer".into())),
-    }
-}
-
-fn push(obj: &mut Map<String, Value>, name: &str, v: Value) {
-    if let Some(list) = obj
-        .entry(name.to_string())
-        .or_insert_with(|| json!([]))
-        .as_array_mut()
-    {
-        list.push(v);
-    }
-}
-
-/// `ServicePort`: name = 1, protocol = 2, port = 3, targetPort = 4 (IntOrString: type = 1,
-/// intVal = 2, strVal = 3), nodePort = 5, appProtocol = 6.
-fn proto_port(body: &[u8]) -> Result<Value, ProtobufError> {
-    let mut port = Map::new();
-    for (n, f) in protobuf::fields(body)? {
-        let (name, v) = match n {
-            1 => ("name", proto_string(f)?),
-            2 => ("protocol", proto_string(f)?),
-            3 => ("port", proto_int(f)?),
-            5 => ("nodePort", proto_int(f)?),
-            6 => ("appProtocol", proto_string(f)?),
-            4 => {
-                let Field::Bytes(b) = f else {
-                    return Err(ProtobufError("targetPort: expected a message".into()));
-                };
-                let (mut is_string, mut int, mut string) = (false, json!(0), json!(""));
-                for (m, g) in protobuf::fields(b)? {
-                    match (m, g) {
-                        (1, Field::Varint(t)) => is_string = t == 1,
-                        (2, g) => int = proto_int(g)?.unwrap_or(json!(0)),
-                        (3, g) => string = json!(protobuf::string(g)?),
-                        _ => {}
-                    }
-                }
-                ("targetPort", Some(if is_string { string } else { int }))
-            }
-            _ => continue,
-        };
-        if let Some(v) = v {
-            port.insert(name.into(), v);
-        }
-    }
-    Ok(Value::Object(port))
-}
-
-/// `ServiceSpec`, the fields a client sets (`kubectl create service` and typed clients).
-fn proto_spec(body: &[u8]) -> Result<Value, ProtobufError> {
-    let mut spec = Map::new();
-    for (n, f) in protobuf::fields(body)? {
-        let name = match n {
-            1 => {
-                let Field::Bytes(b) = f else {
-                    return Err(ProtobufError("ports: expected a message".into()));
-                };
-                push(&mut spec, "ports", proto_port(b)?);
-                continue;
-            }
-            2 => {
-                protobuf::insert_string_entry(&mut spec, "selector", f)?;
-                continue;
-            }
-            5 | 9 | 18 | 19 => {
-                let list = match n {
-                    5 => "externalIPs",
-                    9 => "loadBalancerSourceRanges",
-                    18 => "clusterIPs",
-                    _ => "ipFamilies",
-                };
-                push(&mut spec, list, json!(protobuf::string(f)?));
-                continue;
-            }
-            12 => {
-                if let Some(v) = proto_int(f)? {
-                    spec.insert("healthCheckNodePort".into(), v);
-                }
-                continue;
-            }
-            13 | 20 => {
-                let flag = protobuf::boolean(f)?;
-                if n == 20 {
-                    spec.insert("allocateLoadBalancerNodePorts".into(), json!(flag));
-                } else if flag {
-                    spec.insert("publishNotReadyAddresses".into(), json!(true));
-                }
-                continue;
-            }
-            3 => "clusterIP",
-            4 => "type",
-            7 => "sessionAffinity",
-            8 => "loadBalancerIP",
-            10 => "externalName",
-            11 => "externalTrafficPolicy",
-            17 => "ipFamilyPolicy",
-            21 => "loadBalancerClass",
-            22 => "internalTrafficPolicy",
-            _ => continue,
-        };
-        if let Some(v) = proto_string(f)? {
-            spec.insert(name.into(), v);
-        }
-    }
-    Ok(Value::Object(spec))
-}
-
 impl ResourceHandler for ServiceHandler {
     fn info(&self) -> &ResourceInfo {
         &SERVICE_INFO
@@ -716,16 +595,6 @@ impl ResourceHandler for ServiceHandler {
 
     fn decode(&self, obj: Value) -> Result<Value, DecodeError> {
         decode_as::<Service>(obj)
-    }
-
-    fn decode_protobuf(&self, body: &[u8]) -> Option<Result<Value, ProtobufError>> {
-        // Service: metadata = 1, spec = 2, status = 3 (the server's; dropped on create).
-        Some(protobuf::decode_object(body, "Service", |obj, n, f| {
-            if let (2, Field::Bytes(b)) = (n, f) {
-                obj.insert("spec".into(), proto_spec(b)?);
-            }
-            Ok(())
-        }))
     }
 
     fn default(&self, obj: &mut Value) {
@@ -1405,55 +1274,6 @@ mod tests {
         assert_eq!(
             fields(h.validate_update(&moved, &old)),
             ["spec.clusterIPs[0]: Invalid value: \"10.96.0.77\": may not change once set"]
-        );
-    }
-
-    #[test]
-    fn protobuf_bodies_decode_to_the_manifest_json() {
-        fn field(n: u8, wire: u8, body: &[u8]) -> Vec<u8> {
-            let mut out = vec![(n << 3) | wire];
-            if wire == 2 {
-                out.push(body.len() as u8);
-            }
-            out.extend_from_slice(body);
-            out
-        }
-        // targetPort 8080 (IntOrString{type: 0, intVal: 8080}), port 80, nodePort 30080.
-        let target = [field(1, 0, &[0]), field(2, 0, &[0x90, 0x3f])].concat();
-        let port = [
-            field(1, 2, b"80-8080"),
-            field(2, 2, b"TCP"),
-            field(3, 0, &[80]),
-            field(4, 2, &target),
-            field(5, 0, &[0x80, 0xeb, 0x01]),
-        ]
-        .concat();
-        let selector = [field(1, 2, b"app"), field(2, 2, b"np")].concat();
-        let spec = [
-            field(1, 2, &port),
-            field(2, 2, &selector),
-            field(3, 2, b""),
-            field(4, 2, b"NodePort"),
-            field(13, 0, &[0]),
-        ]
-        .concat();
-        let raw = [field(1, 2, &field(1, 2, b"np")), field(2, 2, &spec)].concat();
-        let type_meta = [field(1, 2, b"v1"), field(2, 2, b"Service")].concat();
-        let body = [
-            b"k8s\0".to_vec(),
-            field(1, 2, &type_meta),
-            field(2, 2, &raw),
-        ]
-        .concat();
-        let v = ServiceHandler::new(ServiceNetwork::default())
-            .decode_protobuf(&body)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            v,
-            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np"},
-                "spec": {"type": "NodePort", "selector": {"app": "np"}, "ports": [{"name": "80-8080",
-                "protocol": "TCP", "port": 80, "targetPort": 8080, "nodePort": 30080}]}})
         );
     }
 

@@ -1142,7 +1142,8 @@ async fn config_maps_and_secrets_through_the_api() {
     assert_eq!(v["status"], "Success");
 }
 
-/// kubectl's typed clients (`kubectl create configmap|secret`) send protobuf bodies.
+/// kubectl's typed clients (`kubectl create configmap|secret|deployment|...`) send protobuf
+/// bodies.
 #[tokio::test]
 async fn protobuf_bodies_from_typed_clients() {
     fn field(n: u8, bytes: &[u8]) -> Vec<u8> {
@@ -1170,7 +1171,42 @@ async fn protobuf_bodies_from_typed_clients() {
     assert_eq!(v["data"], json!({"mode": "edge"}));
     assert_eq!(v["immutable"], true);
     assert_eq!(v["metadata"]["name"], "from-kubectl");
-    // Kinds without a protobuf decoder say so with a 415, not a JSON parse error.
+    // A client that prefers protobuf (client-go's typed clients) gets it, errors included.
+    let pb_accept = [("accept", "application/vnd.kubernetes.protobuf, */*")];
+    let (code, out) = h
+        .raw(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/from-kubectl",
+            Vec::new(),
+            &pb_accept,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let v = crate::api::protobuf::decode(&out, "v1", "ConfigMap").unwrap();
+    assert_eq!(v["data"], json!({"mode": "edge"}));
+    let (code, out) = h
+        .raw(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/missing",
+            Vec::new(),
+            &pb_accept,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let v = crate::api::protobuf::decode(&out, "v1", "Status").unwrap();
+    assert_status(&v, 404, "NotFound");
+    let (code, out) = h
+        .raw(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps",
+            Vec::new(),
+            &pb_accept,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let v = crate::api::protobuf::decode(&out, "v1", "ConfigMapList").unwrap();
+    assert_eq!(v["items"][0]["metadata"]["name"], "from-kubectl");
+    // A body of another kind is a 400 with a Status, as Kubernetes answers.
     let (code, out) = h
         .raw(
             Method::POST,
@@ -1179,9 +1215,16 @@ async fn protobuf_bodies_from_typed_clients() {
             &headers,
         )
         .await;
-    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(code, StatusCode::BAD_REQUEST);
     let v: Value = serde_json::from_slice(&out).unwrap();
-    assert_status(&v, 415, "UnsupportedMediaType");
+    assert_status(&v, 400, "BadRequest");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected a Pod, got a ConfigMap"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
