@@ -136,10 +136,6 @@ pub async fn run(
     info!(service_cidr = %cfg.services.cidr, node_ports = %cfg.services.node_ports, "Service address pools");
     let api = ApiState::with_watch_history(store.clone(), metrics_render, cfg.watch_history)
         .with_registry(registry);
-    tokio::spawn(crate::api::namespaces::run_controller(
-        api.clone(),
-        crate::api::namespaces::RESYNC,
-    ));
     tokio::spawn(crate::controllers::node_lifecycle::run(
         api.clone(),
         cfg.node_lifecycle,
@@ -159,14 +155,20 @@ pub async fn run(
 /// How often the workload controllers reconcile every object even without events.
 const CONTROLLER_RESYNC: Duration = Duration::from_secs(30);
 
-/// Starts the ReplicaSet and Deployment controllers, writing through the in-process client.
+/// Starts the controllers that run on the shared runner (namespace, garbage collector and the
+/// workload controllers), writing through the in-process client.
 pub fn spawn_workload_controllers(api: &ApiState) {
     use crate::controllers::{
-        daemonset, deployment, garbage_collector, replicaset, runner, statefulset,
+        daemonset, deployment, garbage_collector, namespace, replicaset, runner, statefulset,
     };
     use runner::Options;
     let client = crate::api::client::Client::new(api.clone());
     let events = || api.store.subscribe();
+    tokio::spawn(runner::run(
+        Arc::new(namespace::NamespaceController::new(client.clone())),
+        events(),
+        Options::resync(namespace::RESYNC).with_concurrency(5),
+    ));
     // Workers per controller, as kube-controller-manager's defaults (`--concurrent-*-syncs`).
     tokio::spawn(runner::run(
         Arc::new(garbage_collector::GarbageCollector::new(client.clone())),

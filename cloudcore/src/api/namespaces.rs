@@ -3,27 +3,22 @@
 //!
 //! Deleting a namespace does not remove it at once: it is marked (`deletionTimestamp`,
 //! `status.phase: Terminating`), creations into it are refused with 403, and the
-//! [`run_controller`] loop deletes every namespaced object in it through the ordinary delete
+//! namespace controller ([`crate::controllers::namespace`]) deletes every namespaced object in it through the ordinary delete
 //! path — so bound pods terminate gracefully on their edge — and removes the namespace once a
 //! pass finds it empty. `default`, `kube-system` and `kube-public` cannot be deleted; they and
 //! `kube-node-lease` are created at start by [`ensure_builtin`].
 
 use super::error::{ApiError, FieldError};
-use super::handlers::{delete_object, new_uid, now_rfc3339, DeleteRequest, Deletion};
+use super::handlers::{new_uid, now_rfc3339};
 use super::resource::{
     decode_as, DecodeError, DeleteAction, DeleteOptions, ResourceHandler, ResourceInfo,
     SelectableField,
 };
 use super::table::{age, Column};
 use super::validation::NameRule;
-use super::ApiState;
-use crate::store::{Event, ObjectKey, Store, StoreError, Stored};
+use crate::store::{ObjectKey, Store, StoreError};
 use k8s_openapi::api::core::v1::Namespace;
 use serde_json::{json, Value};
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 
 /// Store resource of namespaces.
 pub const RESOURCE: &str = "namespaces";
@@ -33,10 +28,6 @@ pub const BUILTIN: [&str; 4] = ["default", "kube-system", "kube-public", "kube-n
 
 /// Namespaces that may not be deleted (Kubernetes' immortal namespaces).
 pub const PROTECTED: [&str; 3] = ["default", "kube-system", "kube-public"];
-
-/// How often the controller re-checks terminating namespaces without being woken by an event:
-/// the safety net of a level-triggered loop (a missed or lagged event only delays it).
-pub const RESYNC: Duration = Duration::from_secs(30);
 
 /// The label Kubernetes puts on every namespace (its own name), for namespace selectors.
 const NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -262,124 +253,6 @@ pub(super) async fn recheck_after_create(
     }
 }
 
-/// Empties and removes terminating namespaces until the store closes: a level-triggered loop
-/// that reconciles every terminating namespace, then sleeps until a namespace changes, an object
-/// in a terminating namespace changes, or `resync` passes.
-pub async fn run_controller(state: ApiState, resync: Duration) {
-    let mut rx = state.store.subscribe();
-    let mut tick = tokio::time::interval(resync);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let terminating = reconcile_all(&state).await;
-        loop {
-            let wake = tokio::select! {
-                _ = tick.tick() => true,
-                r = rx.recv() => match r {
-                    Ok(ev) => relevant(&ev, &terminating),
-                    Err(RecvError::Lagged(_)) => true,
-                    Err(RecvError::Closed) => return,
-                },
-            };
-            if wake {
-                break;
-            }
-        }
-    }
-}
-
-/// Whether an event may change what the controller should do.
-fn relevant(ev: &Event, terminating: &HashSet<String>) -> bool {
-    ev.key.resource == RESOURCE || terminating.contains(&ev.key.namespace)
-}
-
-/// One pass over all namespaces; returns the names still terminating.
-async fn reconcile_all(state: &ApiState) -> HashSet<String> {
-    let mut still = HashSet::new();
-    let namespaces = match state.store.list(RESOURCE, None).await {
-        Ok((items, _)) => items,
-        Err(e) => {
-            tracing::warn!(error = %e, "namespace controller cannot list namespaces; retrying at the next resync");
-            return still;
-        }
-    };
-    for ns in namespaces.into_iter().filter(|n| is_terminating(&n.value)) {
-        let name = ns
-            .value
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        match reconcile(state, &name, &ns).await {
-            Ok(true) => {}
-            Ok(false) => {
-                still.insert(name);
-            }
-            Err(e) => {
-                tracing::warn!(namespace = %name, error = %e, "emptying a terminating namespace failed; will retry");
-                still.insert(name);
-            }
-        }
-    }
-    still
-}
-
-/// Deletes what is in terminating namespace `name` (each object as a client's DELETE would)
-/// and removes the namespace once a pass finds nothing left. Returns whether it is gone.
-async fn reconcile(state: &ApiState, name: &str, ns: &Stored) -> Result<bool, ApiError> {
-    let mut found = 0usize;
-    let mut done = HashSet::new();
-    let resources: Vec<Arc<dyn ResourceHandler>> = state
-        .registry
-        .iter()
-        .filter(|r| r.info().namespaced && done.insert(r.info().storage_resource()))
-        .cloned()
-        .collect();
-    for res in &resources {
-        let storage = res.info().storage_resource();
-        let (items, _) = state
-            .store
-            .list(&storage, Some(name))
-            .await
-            .map_err(|e| ApiError::from_store(e, &res.info().qualified(), ""))?;
-        for item in items {
-            found += 1;
-            if item.value.pointer("/metadata/deletionTimestamp").is_some() {
-                continue; // graceful deletion under way: wait for it
-            }
-            let obj_name = item
-                .value
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let key = ObjectKey::new(storage.clone(), name, obj_name);
-            match delete_object(state, res, &key, &DeleteRequest::default()).await {
-                Ok(Deletion::Gone(_) | Deletion::Terminating(_))
-                | Err(ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    if found > 0 {
-        return Ok(false);
-    }
-    // Finalizers (a foreground deletion, a client's own) hold the emptied namespace; their
-    // removal is a namespace event, which brings the controller back here.
-    if !super::finalizers::finalizers(&ns.value).is_empty() {
-        return Ok(false);
-    }
-    // Empty: remove the namespace, unless it changed meanwhile (then the next pass decides).
-    let key = ObjectKey::new(RESOURCE, "", name);
-    match state.store.delete(&key, Some(ns.revision)).await {
-        Ok(_) => {
-            tracing::info!(namespace = %name, "namespace emptied and removed");
-            Ok(true)
-        }
-        Err(StoreError::NotFound(_)) => Ok(true),
-        Err(StoreError::Conflict { .. }) => Ok(false),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,22 +301,6 @@ mod tests {
             NamespaceHandler.table_row(&ns, 1_735_689_600 + 60),
             vec![json!("team-a"), json!("Active"), json!("60s")]
         );
-    }
-
-    #[test]
-    fn the_controller_wakes_for_namespaces_and_terminating_content_only() {
-        let ev = |resource: &str, ns: &str| Event {
-            revision: 1,
-            key: ObjectKey::new(resource, ns, "x"),
-            value: None,
-            previous: None,
-            shards: vec![],
-        };
-        let terminating: HashSet<String> = ["team-a".to_string()].into();
-        assert!(relevant(&ev("namespaces", ""), &terminating));
-        assert!(relevant(&ev("pods", "team-a"), &terminating));
-        assert!(!relevant(&ev("pods", "default"), &terminating));
-        assert!(!relevant(&ev("nodes", ""), &terminating));
     }
 
     #[tokio::test]

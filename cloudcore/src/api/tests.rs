@@ -33,9 +33,12 @@ async fn harness_with_history(events: usize) -> Harness {
         Arc::new(|| "skerry_up 1\n".to_string()),
         events,
     );
-    tokio::spawn(namespaces::run_controller(
-        state.clone(),
-        std::time::Duration::from_secs(1),
+    tokio::spawn(crate::controllers::runner::run(
+        Arc::new(crate::controllers::namespace::NamespaceController::new(
+            crate::api::client::Client::new(state.clone()),
+        )),
+        store.subscribe(),
+        crate::controllers::runner::Options::resync(std::time::Duration::from_secs(1)),
     ));
     Harness {
         history: state.history.clone(),
