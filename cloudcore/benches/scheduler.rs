@@ -1,8 +1,8 @@
 //! Scheduler throughput: pods bound per second with 1,000 nodes and 10,000 pending pods.
 //!
 //! Two figures per workload: the placement core alone (cache + filters + scores, no I/O), and
-//! the whole scheduler against a real sled store in a temp dir (listing, binding writes with
-//! revision preconditions, `Scheduled` events, durable flushes). Three workloads: plain pods
+//! the whole scheduler against a real sled store in a temp dir, writing through the in-process
+//! API as the server does (listing, `pods/binding` creates with uid and revision preconditions, `Scheduled` events, durable flushes). Three workloads: plain pods
 //! (no inter-pod terms), pods in groups of 10 with required hostname anti-affinity against
 //! their own group, and pods in groups of 100 with a zone topology spread constraint
 //! (`maxSkew: 1`, `DoNotSchedule`). Prints a Markdown table.
@@ -115,7 +115,13 @@ async fn with_store(nodes: usize, pods: usize, make: fn(usize) -> Value) -> (f64
         r.expect("task").expect("create pod");
     }
     let start = Instant::now();
-    let mut s = Scheduler::new(store);
+    // Through the API, as the server runs it: bindings are `pods/binding` creates.
+    let api = cloudcore::api::ApiState::with_watch_history(
+        store,
+        Arc::new(String::new),
+        cloudcore::api::history::DEFAULT_CAPACITY,
+    );
+    let mut s = Scheduler::new(cloudcore::api::client::Client::new(api));
     s.resync().await.expect("resync");
     s.drain().await;
     (start.elapsed().as_secs_f64(), s.bound())

@@ -109,7 +109,6 @@ pub async fn run(
         mqtt,
         format!("skerry-cloudcore-ingest-{}", cfg.api_addr.port()),
     ));
-    tokio::spawn(scheduler::run(store.clone()));
     tokio::spawn(compact_periodically(sled));
 
     let tls = Arc::new(pki.api_tls()?);
@@ -136,6 +135,7 @@ pub async fn run(
     info!(service_cidr = %cfg.services.cidr, node_ports = %cfg.services.node_ports, "Service address pools");
     let api = ApiState::with_watch_history(store.clone(), metrics_render, cfg.watch_history)
         .with_registry(registry);
+    tokio::spawn(scheduler::run(crate::api::client::Client::new(api.clone())));
     tokio::spawn(crate::controllers::node_lifecycle::run(
         api.clone(),
         cfg.node_lifecycle,

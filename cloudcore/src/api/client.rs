@@ -249,6 +249,29 @@ impl Client {
         handlers::delete(&call, to_bytes(&opts)?).await?;
         Ok(())
     }
+
+    /// Assigns pod `namespace/name` to `node` through the `binding` subresource, as
+    /// kube-scheduler does against kube-apiserver: the pod's `uid` and `resource_version` are
+    /// preconditions, so a binding never lands on a successor of the same name or on a pod that
+    /// changed since it was placed (a `Conflict`, after which the caller re-reads).
+    pub async fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        resource_version: u64,
+        node: &str,
+    ) -> Result<(), ApiError> {
+        let call = self.call("pods", namespace, Some(name), false)?;
+        let binding = json!({
+            "kind": "Binding", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid,
+                         "resourceVersion": resource_version.to_string()},
+            "target": {"kind": "Node", "apiVersion": "v1", "name": node},
+        });
+        super::binding::create(&call, to_bytes(&binding)?).await?;
+        Ok(())
+    }
 }
 
 fn name_of(obj: &Value) -> Result<String, ApiError> {

@@ -30,9 +30,13 @@
 //! writes), `skerry_scheduler_pending_pods`, `skerry_scheduler_preemption_victims_total`.
 //!
 //! The loop here is level-triggered (STYLE.md, kube-rs): the cache follows store events, a
-//! lagged subscription or a timer (every [`RESYNC_PERIOD`]) rebuilds it from full listings. A
-//! binding is a write of `spec.nodeName` with the pod's revision as precondition, so it never
-//! overwrites a concurrent change; on conflict the pod is tried again with its new version.
+//! lagged subscription or a timer (every [`RESYNC_PERIOD`]) rebuilds it from full listings.
+//! Every write goes through the API, as kube-scheduler's go through kube-apiserver: a binding
+//! is a `create` of the pod's `binding` subresource with its uid and resourceVersion as
+//! preconditions, so it never overwrites a concurrent change (on conflict the pod is tried
+//! again with its new version); the `PodScheduled` condition and `nominatedNodeName` are
+//! `/status` updates with the same precondition; preemption victims are deleted as a client's
+//! `DELETE` would.
 //! Bindings are written concurrently (up to [`MAX_IN_FLIGHT`]) while the next pods are placed
 //! against the cache, which counts a pod on its node as soon as it is chosen.
 //!
@@ -48,16 +52,13 @@ pub mod report;
 pub mod score;
 pub mod spread;
 
+use crate::api::client::{Client, Propagation};
 use crate::api::events::EventType;
-use crate::api::pods::PodHandler;
-use crate::api::resource::DeleteOptions;
-use crate::api::{DeleteAction, ResourceHandler};
-use crate::clock;
-use crate::store::{Event, ObjectKey, Store, StoreError, Stored};
+use crate::api::ApiError;
+use crate::store::{Event, ObjectKey, StoreError, Stored};
 use cache::{pod_key, Cache, Preemption, Victim};
 use queue::{Attempt, Queue};
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::task::JoinSet;
@@ -77,12 +78,12 @@ enum Outcome {
     /// The pod fits nowhere; carries the pod as written with its condition, if it was.
     Unschedulable(Option<Stored>),
     /// The write failed (conflict, pod gone, store error).
-    Failed(StoreError),
+    Failed(ApiError),
 }
 
 /// The scheduler's state: cache, queue and the writes in flight.
 pub struct Scheduler {
-    store: Arc<dyn Store>,
+    client: Client,
     cache: Cache,
     queue: Queue,
     flights: JoinSet<(ObjectKey, Outcome, Instant)>,
@@ -92,10 +93,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler over `store`; call [`Scheduler::resync`] (or [`run`]) to load it.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// A scheduler reading and writing through `client`; call [`Scheduler::resync`] (or
+    /// [`run`]) to load it.
+    pub fn new(client: Client) -> Self {
         Self {
-            store,
+            client,
             cache: Cache::default(),
             queue: Queue::default(),
             flights: JoinSet::new(),
@@ -116,8 +118,9 @@ impl Scheduler {
 
     /// Rebuilds cache and queue from full listings of nodes and pods.
     pub async fn resync(&mut self) -> Result<(), StoreError> {
-        let (nodes, nodes_rev) = self.store.list("nodes", None).await?;
-        let (pods, pods_rev) = self.store.list("pods", None).await?;
+        let store = &self.client.state().store;
+        let (nodes, nodes_rev) = store.list("nodes", None).await?;
+        let (pods, pods_rev) = store.list("pods", None).await?;
         self.cache.resync(&nodes, &pods);
         let mut listed = std::collections::HashSet::with_capacity(pods.len());
         for p in pods {
@@ -189,15 +192,15 @@ impl Scheduler {
     }
 
     fn attempt(&mut self, Attempt { key, pod, info }: Attempt) {
-        let store = self.store.clone();
+        let client = self.client.clone();
         let started = Instant::now();
         match self.cache.schedule(&info) {
             Ok(node) => {
                 self.cache.assume(&key, &node, &info);
-                let next = report::bound(&pod.value, &node);
                 self.flights.spawn(async move {
-                    let out = match store.update(&key, next, Some(pod.revision)).await {
+                    let out = match bind(&client, &key, &pod, &node).await {
                         Ok(s) => {
+                            let store = client.state().store.clone();
                             let message = report::scheduled_message(&s.value, &node);
                             if let Err(e) =
                                 report::record(store.as_ref(), &s.value, EventType::Normal, "Scheduled", &message)
@@ -224,11 +227,12 @@ impl Scheduler {
                     info!(pod = %key, node = %p.node, ?victims, "preempting lower-priority pods");
                 }
                 self.flights.spawn(async move {
+                    let store = client.state().store.clone();
                     let mut next = report::unschedulable(&pod.value, &message);
                     if let Some(Preemption { node, victims }) = &preemption {
                         let uid = pod.value.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
                         for v in victims {
-                            if let Err(e) = evict(store.as_ref(), v, uid, node).await {
+                            if let Err(e) = evict(&client, v, uid, node).await {
                                 warn!(pod = %key, victim = %v.key, error = %e, "could not evict a preemption victim; the next attempt retries");
                             }
                         }
@@ -236,7 +240,7 @@ impl Scheduler {
                         next = (nominated != pod.value).then_some(nominated);
                     }
                     let written = match next {
-                        Some(next) => match store.update(&key, next, Some(pod.revision)).await {
+                        Some(next) => match write_status(&client, &key, next, pod.revision).await {
                             Ok(s) => Some(s),
                             Err(e) => return (key, Outcome::Failed(e), started),
                         },
@@ -285,10 +289,10 @@ impl Scheduler {
             Outcome::Failed(e) => {
                 self.cache.forget(&key);
                 match e {
-                    StoreError::NotFound(_) => self.queue.remove(&key),
-                    StoreError::Conflict { .. } => {
+                    ApiError::NotFound { .. } => self.queue.remove(&key),
+                    ApiError::Conflict { .. } => {
                         // Someone changed the pod: read it again (it may be bound already).
-                        match self.store.get(&key).await {
+                        match self.client.state().store.get(&key).await {
                             Ok(Some(s)) => {
                                 self.cache.set_pod(&key, s.revision, Some(&s.value));
                                 self.queue.upsert(&key, s);
@@ -322,68 +326,104 @@ impl Scheduler {
     }
 }
 
-/// Evicts a preemption victim exactly as `DELETE` would: the pod kind's own rule
-/// ([`PodHandler`]'s `on_delete`, so graceful deletion stays defined in one place) gives the
-/// object to write, which is written with the revision read as precondition. Then records the
-/// `Preempted` Event on the victim. A victim already gone, or replaced by a new pod of the same
-/// name, is left alone.
+/// Binds `pod` (as read at its revision) to `node` through the API, then reads back the pod
+/// as written (the binding answers with a `Status`, the cache wants the object and its
+/// revision).
+async fn bind(
+    client: &Client,
+    key: &ObjectKey,
+    pod: &Stored,
+    node: &str,
+) -> Result<Stored, ApiError> {
+    let uid = pod
+        .value
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    client
+        .bind(&key.namespace, &key.name, uid, pod.revision, node)
+        .await?;
+    read_back(client, key).await
+}
+
+/// Writes `next` (the pod with its new scheduling status) as a `/status` update with the pod's
+/// `revision` as precondition, and returns it as stored.
+async fn write_status(
+    client: &Client,
+    key: &ObjectKey,
+    mut next: Value,
+    revision: u64,
+) -> Result<Stored, ApiError> {
+    next["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+    let written = client.update_status("pods", &key.namespace, next).await?;
+    let revision = written
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| {
+            ApiError::Internal(format!("{key} was written without a resourceVersion"))
+        })?;
+    Ok(Stored {
+        revision,
+        value: written,
+    })
+}
+
+async fn read_back(client: &Client, key: &ObjectKey) -> Result<Stored, ApiError> {
+    client
+        .state()
+        .store
+        .get(key)
+        .await
+        .map_err(|e| ApiError::from_store(e, "pods", &key.name))?
+        .ok_or_else(|| ApiError::from_store(StoreError::NotFound(key.clone()), "pods", &key.name))
+}
+
+/// Evicts a preemption victim exactly as a client's `DELETE` would (graceful deletion, with
+/// the victim's uid as precondition so that a new pod of the same name is left alone), then
+/// records the `Preempted` Event on it. A victim already gone is not an error.
 async fn evict(
-    store: &dyn Store,
+    client: &Client,
     victim: &Victim,
     preemptor_uid: &str,
     node: &str,
-) -> Result<(), StoreError> {
-    for _ in 0..4 {
-        let Some(current) = store.get(&victim.key).await? else {
-            return Ok(());
-        };
-        if current
-            .value
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            != Some(&victim.uid)
-        {
-            return Ok(());
-        }
-        let action = PodHandler.on_delete(
-            &current.value,
-            &DeleteOptions::default(),
-            &clock::now_rfc3339(),
-        );
-        let written = match action {
-            DeleteAction::Unchanged => current.value,
-            DeleteAction::Update(next) => {
-                match store
-                    .update(&victim.key, next, Some(current.revision))
-                    .await
-                {
-                    Ok(s) => s.value,
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(StoreError::NotFound(_)) => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-            }
-            DeleteAction::Delete => match store.delete(&victim.key, Some(current.revision)).await {
-                Ok(s) => s.value,
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(StoreError::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            },
-        };
-        let message = report::preempted_message(preemptor_uid, node);
-        report::record(store, &written, EventType::Normal, "Preempted", &message).await?;
+) -> Result<(), ApiError> {
+    let key = &victim.key;
+    let Some(current) = client.get("pods", &key.namespace, &key.name).await? else {
         return Ok(());
+    };
+    let deleted = client
+        .delete(
+            "pods",
+            &key.namespace,
+            &key.name,
+            Propagation::Background,
+            Some(&victim.uid),
+        )
+        .await;
+    match deleted {
+        Ok(()) => {}
+        Err(ApiError::NotFound { .. } | ApiError::Conflict { .. }) => return Ok(()),
+        Err(e) => return Err(e),
     }
-    Err(StoreError::Backend(format!(
-        "{} kept changing while it was being evicted",
-        victim.key
-    )))
+    let message = report::preempted_message(preemptor_uid, node);
+    let store = client.state().store.clone();
+    report::record(
+        store.as_ref(),
+        &current,
+        EventType::Normal,
+        "Preempted",
+        &message,
+    )
+    .await
+    .map_err(|e| ApiError::from_store(e, "events", &key.name))?;
+    Ok(())
 }
 
 /// Runs the scheduler until the process ends.
-pub async fn run(store: Arc<dyn Store>) {
-    let mut events = store.subscribe();
-    let mut s = Scheduler::new(store);
+pub async fn run(client: Client) {
+    let mut events = client.state().store.subscribe();
+    let mut s = Scheduler::new(client);
     let mut resync_at = Instant::now();
     info!("scheduler started");
     loop {
@@ -429,8 +469,18 @@ pub async fn run(store: Arc<dyn Store>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SledStore;
+    use crate::store::{SledStore, Store};
     use serde_json::{json, Value};
+    use std::sync::Arc;
+
+    /// A client over `store`, as the server gives the scheduler.
+    fn client(store: &Arc<dyn Store>) -> Client {
+        Client::new(crate::api::ApiState::with_watch_history(
+            store.clone(),
+            Arc::new(String::new),
+            crate::api::history::DEFAULT_CAPACITY,
+        ))
+    }
 
     fn node(name: &str, labels: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
@@ -477,7 +527,7 @@ mod tests {
         for p in [&placed, &nowhere, &hungry] {
             store.create(&pod_key(p), p.clone()).await.unwrap();
         }
-        let mut s = Scheduler::new(store.clone());
+        let mut s = Scheduler::new(client(&store));
         s.resync().await.unwrap();
         s.drain().await;
         assert_eq!(s.bound(), 1);
@@ -552,7 +602,7 @@ mod tests {
         };
         let low = full("low", json!({}));
         store.create(&pod_key(&low), low.clone()).await.unwrap();
-        let mut s = Scheduler::new(store.clone());
+        let mut s = Scheduler::new(client(&store));
         s.resync().await.unwrap();
         s.drain().await;
         let get = async |p: &Value| store.get(&pod_key(p)).await.unwrap().unwrap().value;
