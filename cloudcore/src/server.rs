@@ -99,9 +99,6 @@ pub async fn run(
 
     let endpoint = hub::endpoint(&pki, &cfg.hub)?;
     info!(listen = %endpoint.local_addr()?, "hub listening for edge nodes (QUIC)");
-    let hub = Hub::new(store.clone(), pki.clone());
-    tokio::spawn(hub.clone().run(endpoint));
-    tokio::spawn(watch_revocations(pki.clone(), hub.clone()));
 
     tokio::spawn(ingest::run(
         store.clone(),
@@ -136,6 +133,9 @@ pub async fn run(
     let api = ApiState::with_watch_history(store.clone(), metrics_render, cfg.watch_history)
         .with_registry(registry);
     tokio::spawn(scheduler::run(crate::api::client::Client::new(api.clone())));
+    let hub = Hub::new(crate::api::client::Client::new(api.clone()), pki.clone());
+    tokio::spawn(hub.clone().run(endpoint));
+    tokio::spawn(watch_revocations(pki.clone(), hub.clone()));
     tokio::spawn(crate::controllers::node_lifecycle::run(
         api.clone(),
         cfg.node_lifecycle,

@@ -56,6 +56,8 @@
 
 mod plan;
 
+use crate::api::client::Client;
+use crate::api::ApiError;
 use crate::clock;
 use crate::config_index::{self, ConfigIndex};
 use crate::pki::{self, Pki};
@@ -142,9 +144,15 @@ impl Signals {
     }
 }
 
+/// Tries of a node registration that races other writers of the Node (a re-join while ingest
+/// writes its status) before the join is refused with a retryable error.
+const REGISTER_ATTEMPTS: usize = 8;
+
 /// The hub. Cheap to share: clone the `Arc`.
 pub struct Hub {
     store: Arc<dyn Store>,
+    /// Writes (node registration) go through the API, as every in-process writer's do.
+    api: Client,
     pki: Arc<Pki>,
     sessions: Mutex<HashMap<String, Session>>,
     next_session: AtomicU64,
@@ -231,9 +239,10 @@ pub fn endpoint(pki: &Pki, cfg: &HubConfig) -> anyhow::Result<quinn::Endpoint> {
 
 impl Hub {
     /// A hub over `store`, issuing identities from `pki`.
-    pub fn new(store: Arc<dyn Store>, pki: Arc<Pki>) -> Arc<Self> {
+    pub fn new(api: Client, pki: Arc<Pki>) -> Arc<Self> {
         Arc::new(Self {
-            store,
+            store: api.state().store.clone(),
+            api,
             pki,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -529,49 +538,56 @@ impl Hub {
         })
     }
 
-    /// Creates the Node object for a joining node, or merges its labels into an existing one.
+    /// Creates the Node object for a joining node, or merges its labels into an existing one,
+    /// through the API (as kubelet registers itself with kube-apiserver), so the node kind's
+    /// defaulting and validation apply and the write is one the API can authorize.
     async fn register_node(
         &self,
         node: &str,
         labels: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
-        let key = ObjectKey::new("nodes", "", node);
+    ) -> Result<(), ApiError> {
         let mut all = labels.clone();
         all.insert("kubernetes.io/hostname".into(), node.into());
         all.insert("kubernetes.io/os".into(), "linux".into());
         all.insert("node-role.kubernetes.io/edge".into(), String::new());
-        if self.store.get(&key).await?.is_some() {
-            crate::store::update_with(self.store.as_ref(), &key, |v| {
-                let mut v = v.clone();
-                let current = v
+        for _ in 0..REGISTER_ATTEMPTS {
+            if let Some(mut v) = self.api.get("nodes", "", node).await? {
+                // The read's resourceVersion stays in `v`: the update is conditional on it.
+                match v
                     .pointer_mut("/metadata/labels")
-                    .and_then(Value::as_object_mut);
-                match current {
+                    .and_then(Value::as_object_mut)
+                {
                     Some(m) => all.iter().for_each(|(k, val)| {
                         m.insert(k.clone(), json!(val));
                     }),
                     None => v["metadata"]["labels"] = json!(all),
                 }
-                Some(v)
-            })
-            .await?;
-            return Ok(());
+                match self.api.update("nodes", "", v).await {
+                    Ok(_) => return Ok(()),
+                    Err(ApiError::Conflict { .. } | ApiError::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let now = clock::now_rfc3339();
+            let obj = json!({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": node, "labels": all},
+                "spec": {},
+                "status": {"conditions": [{
+                    "type": "Ready", "status": "Unknown", "reason": "NodeStatusNeverUpdated",
+                    "message": "edgecore has not reported status yet", "lastHeartbeatTime": now, "lastTransitionTime": now
+                }]}
+            });
+            match self.api.create("nodes", "", obj).await {
+                Ok(_) => return Ok(()),
+                Err(ApiError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e),
+            }
         }
-        let now = clock::now_rfc3339();
-        let obj = json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": node, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now, "labels": all},
-            "spec": {},
-            "status": {"conditions": [{
-                "type": "Ready", "status": "Unknown", "reason": "NodeStatusNeverUpdated",
-                "message": "edgecore has not reported status yet", "lastHeartbeatTime": now, "lastTransitionTime": now
-            }]}
-        });
-        match self.store.create(&key, obj).await {
-            Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        Err(ApiError::Internal(format!(
+            "node {node} kept changing while it was registered; join again"
+        )))
     }
 
     async fn session(
