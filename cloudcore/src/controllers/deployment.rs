@@ -36,7 +36,8 @@
 //! Deleting a Deployment's ReplicaSets with it is the garbage collector's job.
 
 use super::claim;
-use super::owned::{self, controller_of, controller_ref};
+use super::decode::{owner_selector, typed};
+use super::owned::{self, controller_of, controller_ref, meta_of};
 use super::replicaset::{self, now_seconds};
 use super::runner::{Reconciler, Requeue};
 use super::selector_index::SelectorIndex;
@@ -44,10 +45,11 @@ use super::ControllerError;
 use crate::api::client::{Client, Propagation};
 use crate::api::events::{self, EventType};
 use crate::api::table::parse_timestamp;
-use crate::api::workloads::{scaled_value, selector_of};
+use crate::api::workloads::scaled_value;
 use crate::api::ApiError;
 use crate::store::{Event, ObjectKey};
 use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
@@ -621,7 +623,10 @@ pub fn new_replica_set(d: &Value, hash: &str, replicas: i32, revision: i64) -> V
             "name": name,
             "namespace": str_at(d, "/metadata/namespace"),
             "labels": template["metadata"]["labels"].clone(),
-            "ownerReferences": [controller_ref(d)],
+            "ownerReferences": [controller_ref(&Deployment {
+                metadata: meta_of(d),
+                ..Default::default()
+            })],
         },
         "spec": {
             "replicas": replicas,
@@ -940,7 +945,7 @@ impl DeploymentController {
         let mut cleanable: Vec<&Value> = ro
             .old
             .iter()
-            .filter(|rs| !owned::is_terminating(rs))
+            .filter(|rs| !owned::is_terminating(&meta_of(rs)))
             .collect();
         let excess = cleanable.len() as i64 - limit;
         if excess <= 0 {
@@ -956,7 +961,9 @@ impl DeploymentController {
                 || rs.pointer("/metadata/generation").and_then(Value::as_i64)
                     > rs.pointer("/status/observedGeneration")
                         .and_then(Value::as_i64)
-                || pods.iter().any(|p| owned::is_controlled_by(p, uid));
+                || pods
+                    .iter()
+                    .any(|p| owned::is_controlled_by(&meta_of(p), uid));
             if busy {
                 continue;
             }
@@ -987,7 +994,7 @@ impl DeploymentController {
             .list(replicaset::RESOURCE, Some(ns))
             .await?
             .into_iter()
-            .filter(|rs| owned::is_controlled_by(rs, uid))
+            .filter(|rs| owned::is_controlled_by(&meta_of(rs), uid))
             .collect();
         let new_uid = ro
             .new
@@ -1136,7 +1143,7 @@ impl DeploymentController {
                 .await?
                 .iter()
                 .any(|p| {
-                    controller_of(p).is_some_and(|r| old_uids.contains(&str_at(r, "/uid")))
+                    controller_of(&meta_of(p)).is_some_and(|r| old_uids.contains(&r.uid.as_str()))
                         && !matches!(str_at(p, "/status/phase"), "Succeeded" | "Failed")
                 });
         if old_running {
@@ -1185,8 +1192,8 @@ impl Reconciler for DeploymentController {
             }
             replicaset::RESOURCE => {
                 for rs in [&event.value, &event.previous].into_iter().flatten() {
-                    match controller_of(rs) {
-                        Some(r) if str_at(r, "/kind") == "Deployment" => push(str_at(r, "/name")),
+                    match controller_of(&meta_of(rs)) {
+                        Some(r) if r.kind == "Deployment" => push(&r.name),
                         Some(_) => {}
                         None => {
                             for n in self.index.matching(ns, rs) {
@@ -1198,21 +1205,14 @@ impl Reconciler for DeploymentController {
             }
             // A pod gone: a Recreate rollout may be waiting for exactly that.
             "pods" if event.value.is_none() => {
-                let rs_ref = event
-                    .previous
-                    .as_ref()
-                    .and_then(controller_of)
-                    .filter(|r| str_at(r, "/kind") == "ReplicaSet");
+                let pod_meta = event.previous.as_ref().map(meta_of).unwrap_or_default();
+                let rs_ref = controller_of(&pod_meta).filter(|r| r.kind == "ReplicaSet");
                 if let Some(r) = rs_ref {
-                    if let Ok(Some(rs)) = self
-                        .client
-                        .get(replicaset::RESOURCE, ns, str_at(r, "/name"))
-                        .await
-                    {
-                        if let Some(d) =
-                            controller_of(&rs).filter(|d| str_at(d, "/kind") == "Deployment")
+                    if let Ok(Some(rs)) = self.client.get(replicaset::RESOURCE, ns, &r.name).await {
+                        let rs_meta = meta_of(&rs);
+                        if let Some(d) = controller_of(&rs_meta).filter(|d| d.kind == "Deployment")
                         {
-                            push(str_at(d, "/name"));
+                            push(&d.name);
                         }
                     }
                 }
@@ -1234,10 +1234,12 @@ impl Reconciler for DeploymentController {
         let Some(mut d) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
-        let Some(selector) = selector_of(&d) else {
-            tracing::warn!(%key, "Deployment has no valid selector; nothing to roll out");
-            return Ok(Requeue::No);
-        };
+        let typed_d: Deployment = typed(&d)?;
+        let selector = owner_selector(
+            "Deployment",
+            &typed_d.metadata,
+            typed_d.spec.as_ref().map(|s| &s.selector),
+        )?;
         let candidates = self
             .client
             .list(replicaset::RESOURCE, Some(&key.namespace))
@@ -1245,12 +1247,12 @@ impl Reconciler for DeploymentController {
         let owned = claim::claim_all(
             &self.client,
             replicaset::RESOURCE,
-            &d,
+            &typed_d,
             &selector,
             candidates,
         )
         .await?;
-        if owned::is_terminating(&d) {
+        if owned::is_terminating(&typed_d.metadata) {
             let mut ro = self.split(d, owned, false).await?;
             return Ok(self.sync_status_only(&mut ro).await?);
         }
@@ -1431,7 +1433,7 @@ mod tests {
         assert!(anns
             .get("kubectl.kubernetes.io/last-applied-configuration")
             .is_none());
-        assert!(owned::is_controlled_by(&rs, "d-1"));
+        assert!(owned::is_controlled_by(&meta_of(&rs), "d-1"));
         assert!(runs_template(&d, &rs));
         // The hash ignores the label, and a collision changes it.
         assert_eq!(pod_template_hash(&rs["spec"]["template"], 0), hash);
