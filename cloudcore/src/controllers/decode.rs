@@ -36,6 +36,20 @@ pub fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, ControllerError> {
     })
 }
 
+/// The metadata of a stored object of any kind (what the garbage collector reads of every
+/// object); metadata that does not decode is [`ControllerError::Invalid`], as in [`typed`].
+pub fn metadata(v: &Value) -> Result<ObjectMeta, ControllerError> {
+    let meta = v.get("metadata").unwrap_or(&Value::Null);
+    serde_path_to_error::deserialize(meta).map_err(|e| ControllerError::Invalid {
+        key: key_of(v),
+        reason: format!(
+            "the stored metadata does not decode at metadata.{}: {}; fix that field",
+            e.path(),
+            e.inner()
+        ),
+    })
+}
+
 /// The label selector `sel` of the object with metadata `meta`, parsed as Kubernetes'
 /// `metav1.LabelSelectorAsSelector` does. A missing, empty or malformed selector is
 /// [`ControllerError::Invalid`]: the owner selects nothing (as in Kubernetes, where a selector
