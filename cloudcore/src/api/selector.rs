@@ -52,10 +52,8 @@ pub struct LabelRequirement {
 }
 
 impl LabelRequirement {
-    fn matches(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
-        let value = labels
-            .and_then(|l| l.get(&self.key))
-            .and_then(Value::as_str);
+    /// Whether the label value found under the key (or its absence) satisfies the requirement.
+    pub fn matches_value(&self, value: Option<&str>) -> bool {
         match (&self.op, value) {
             (LabelOp::Equals(v), Some(x)) => v == x,
             (LabelOp::Equals(_), None) => false,
@@ -396,20 +394,34 @@ impl LabelSelector {
         Ok(Self { requirements })
     }
 
+    /// Whether the labels looked up through `get` satisfy every requirement.
+    pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.requirements
+            .iter()
+            .all(|r| r.matches_value(get(&r.key)))
+    }
+
     /// Whether a label map satisfies every requirement (for pod templates, whose labels are
     /// not at `metadata.labels` of the object being checked).
     pub fn matches_labels(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
-        let map: serde_json::Map<String, Value> = labels
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        self.requirements.iter().all(|r| r.matches(Some(&map)))
+        self.matches_with(|k| labels.get(k).map(String::as_str))
     }
 
     /// Whether an object's `metadata.labels` satisfy every requirement.
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
-        self.requirements.iter().all(|r| r.matches(labels))
+        self.matches_with(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
+    }
+
+    /// A label key and the values one of which every selected object must carry (the first
+    /// `=` or `in` requirement), so that an index by label finds the candidates; `None` when
+    /// the selector has no such requirement (every object is a candidate).
+    pub fn index_hint(&self) -> Option<(&str, Vec<&str>)> {
+        self.requirements.iter().find_map(|r| match &r.op {
+            LabelOp::Equals(v) => Some((r.key.as_str(), vec![v.as_str()])),
+            LabelOp::In(vs) => Some((r.key.as_str(), vs.iter().map(String::as_str).collect())),
+            _ => None,
+        })
     }
 }
 

@@ -20,7 +20,8 @@
 //! The decisions are a pure function ([`plan`]) of the nodes' eligibility and the pods, so they
 //! are tested without a store; [`DaemonSetController::reconcile`] only reads, plans and writes.
 
-use super::owned::{self, PodName};
+use super::decode::typed;
+use super::owned::{self, meta_of, PodName};
 use super::runner::{Reconciler, Requeue};
 use super::ControllerError;
 use crate::api::client::{Client, Propagation};
@@ -31,6 +32,8 @@ use crate::scheduler::filter;
 use crate::scheduler::model::{tolerated, Effect, NodeInfo, PodInfo};
 use crate::store::{Event, ObjectKey};
 use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -44,10 +47,6 @@ pub const RESYNC: Duration = Duration::from_secs(60);
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 /// Component name in events.
 const COMPONENT: &str = "daemonset-controller";
-
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
 
 /// The tolerations Kubernetes gives every DaemonSet pod, so that a daemon keeps running (and
 /// can start) on not-ready, unreachable, pressured or cordoned nodes; `network-unavailable`
@@ -132,21 +131,23 @@ pub fn node_fit(pod: &Value, node: &Value) -> NodeFit {
 
 /// The node a DaemonSet pod is for: where it is bound, or the node its
 /// `matchFields metadata.name` affinity pins it to.
-pub fn target_node(pod: &Value) -> Option<&str> {
-    if let Some(n) = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-    {
+pub fn target_node(pod: &Pod) -> Option<&str> {
+    let spec = pod.spec.as_ref()?;
+    if let Some(n) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
         return Some(n);
     }
-    pod.pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
-        .and_then(Value::as_array)?
+    spec.affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms
         .iter()
-        .flat_map(|t| t.get("matchFields").and_then(Value::as_array).into_iter().flatten())
-        .find(|r| r["key"] == "metadata.name" && r["operator"] == "In")
-        .and_then(|r| r.pointer("/values/0"))
-        .and_then(Value::as_str)
+        .flat_map(|t| t.match_fields.iter().flatten())
+        .find(|r| r.key == "metadata.name" && r.operator == "In")
+        .and_then(|r| r.values.as_ref()?.first())
+        .map(String::as_str)
 }
 
 /// What the controller needs to know about one of its pods.
@@ -174,15 +175,25 @@ pub struct PodView {
 
 impl PodView {
     /// Reads a pod at `now` (seconds) with the DaemonSet's `minReadySeconds`.
-    pub fn of(pod: &Value, min_ready: i64, now: i64) -> Self {
+    pub fn of(pod: &Pod, min_ready: i64, now: i64) -> Self {
+        let meta = &pod.metadata;
         Self {
-            name: str_at(pod, "/metadata/name").into(),
-            uid: str_at(pod, "/metadata/uid").into(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
             node: target_node(pod).unwrap_or("").into(),
-            hash: str_at(pod, &format!("/metadata/labels/{REVISION_LABEL}")).into(),
-            created: str_at(pod, "/metadata/creationTimestamp").into(),
-            terminating: owned::is_terminating(pod),
-            failed: str_at(pod, "/status/phase") == "Failed",
+            hash: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(REVISION_LABEL))
+                .cloned()
+                .unwrap_or_default(),
+            created: meta
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default(),
+            terminating: owned::is_terminating(meta),
+            failed: owned::phase(pod) == "Failed",
             ready: owned::is_ready(pod),
             available: owned::is_available(pod, min_ready, now),
         }
@@ -341,16 +352,12 @@ fn status_json(counts: Counts, generation: i64) -> Value {
     })
 }
 
-/// A new pod of `ds` for `node`.
-pub fn new_pod(ds: &Value, node: &str, hash: &str) -> Value {
-    let name = str_at(ds, "/metadata/name");
-    let template = ds.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    let mut pod = owned::pod_from_template(&template, ds, PodName::Generate(&format!("{name}-")));
+/// A new pod of `ds` for `node`, from `template` (the stored `spec.template`, copied verbatim).
+pub fn new_pod(ds: &DaemonSet, template: &Value, node: &str, hash: &str) -> Value {
+    let name = ds.metadata.name.as_deref().unwrap_or("");
+    let mut pod = owned::pod_from_template(template, ds, PodName::Generate(&format!("{name}-")));
     pod = with_daemon_tolerations(&pod);
-    let generation = ds
-        .pointer("/metadata/generation")
-        .and_then(Value::as_i64)
-        .unwrap_or(1);
+    let generation = ds.metadata.generation.unwrap_or(1);
     let meta = &mut pod["metadata"];
     if !meta["labels"].is_object() {
         meta["labels"] = json!({});
@@ -438,16 +445,15 @@ impl Reconciler for DaemonSetController {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
-        let Some(ds) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
+        let Some(raw) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
-        let uid = str_at(&ds, "/metadata/uid").to_string();
-        let min_ready = ds
-            .pointer("/spec/minReadySeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
+        let ds: DaemonSet = typed(&raw)?;
+        let uid = ds.metadata.uid.clone().unwrap_or_default();
+        let spec = ds.spec.as_ref();
+        let min_ready = i64::from(spec.and_then(|s| s.min_ready_seconds).unwrap_or(0));
         let now = jiff::Timestamp::now().as_second();
-        let template = ds.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let template = raw.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let hash = owned::template_hash(&template);
         let probe = with_daemon_tolerations(
             &json!({"spec": template.get("spec").cloned().unwrap_or(json!({}))}),
@@ -457,29 +463,30 @@ impl Reconciler for DaemonSetController {
             .list("nodes", None)
             .await?
             .iter()
-            .map(|n| (str_at(n, "/metadata/name").to_string(), node_fit(&probe, n)))
+            .map(|n| (meta_of(n).name.unwrap_or_default(), node_fit(&probe, n)))
             .collect();
-        let raw_pods: Vec<Value> = self
-            .client
-            .list("pods", Some(&key.namespace))
-            .await?
-            .into_iter()
-            .filter(|p| owned::is_controlled_by(p, &uid))
-            .collect();
-        let pods: Vec<PodView> = raw_pods
+        let mut own_pods: Vec<Pod> = Vec::new();
+        for p in self.client.list("pods", Some(&key.namespace)).await? {
+            if owned::is_controlled_by(&meta_of(&p), &uid) {
+                own_pods.push(typed(&p)?);
+            }
+        }
+        let pods: Vec<PodView> = own_pods
             .iter()
             .map(|p| PodView::of(p, min_ready, now))
             .collect();
-        let rolling = match str_at(&ds, "/spec/updateStrategy/type") {
-            "OnDelete" => None,
+        let strategy = spec.and_then(|s| s.update_strategy.as_ref());
+        let rolling = match strategy.and_then(|s| s.type_.as_deref()) {
+            Some("OnDelete") => None,
             _ => Some(
-                ds.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable")
-                    .and_then(|v| serde_json::from_value::<IntOrString>(v.clone()).ok())
+                strategy
+                    .and_then(|s| s.rolling_update.as_ref())
+                    .and_then(|r| r.max_unavailable.clone())
                     .unwrap_or(IntOrString::Int(1)),
             ),
         };
         let plan = plan(&nodes, &pods, &hash, rolling.as_ref());
-        let deleting = owned::is_terminating(&ds);
+        let deleting = owned::is_terminating(&ds.metadata);
         if !deleting {
             for (name, pod_uid) in &plan.delete {
                 match self
@@ -495,7 +502,7 @@ impl Reconciler for DaemonSetController {
                 {
                     Ok(()) => {
                         tracing::info!(daemonset = %key, pod = %name, "deleted a daemon pod");
-                        self.event(&ds, "SuccessfulDelete", &format!("Deleted pod: {name}"))
+                        self.event(&raw, "SuccessfulDelete", &format!("Deleted pod: {name}"))
                             .await;
                     }
                     Err(ApiError::NotFound { .. } | ApiError::Conflict { .. }) => {}
@@ -505,23 +512,20 @@ impl Reconciler for DaemonSetController {
             for node in &plan.create {
                 let created = self
                     .client
-                    .create("pods", &key.namespace, new_pod(&ds, node, &hash))
+                    .create("pods", &key.namespace, new_pod(&ds, &template, node, &hash))
                     .await?;
-                let name = str_at(&created, "/metadata/name");
+                let name = meta_of(&created).name.unwrap_or_default();
                 tracing::info!(daemonset = %key, pod = %name, %node, "created a daemon pod");
-                self.event(&ds, "SuccessfulCreate", &format!("Created pod: {name}"))
+                self.event(&raw, "SuccessfulCreate", &format!("Created pod: {name}"))
                     .await;
             }
         }
-        let generation = ds
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
+        let generation = ds.metadata.generation.unwrap_or(1);
         self.client
-            .write_status_if_changed(RESOURCE, &ds, status_json(plan.counts, generation))
+            .write_status_if_changed(RESOURCE, &raw, status_json(plan.counts, generation))
             .await?;
         Ok(Requeue::after_seconds(owned::next_available_in(
-            &raw_pods, min_ready, now,
+            &own_pods, min_ready, now,
         )))
     }
 }
@@ -619,20 +623,21 @@ mod tests {
             "spec": {"template": {"metadata": {"labels": {"app": "agent"}},
                 "spec": {"containers": [{"name": "c", "image": "i"}],
                          "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}}}});
-        let p = new_pod(&ds, "edge-a", "h1");
+        let typed_ds: DaemonSet = typed(&ds).unwrap();
+        let p = new_pod(&typed_ds, &ds["spec"]["template"], "edge-a", "h1");
         assert_eq!(p["metadata"]["generateName"], "agent-");
         assert_eq!(p["metadata"]["labels"]["app"], "agent");
         assert_eq!(p["metadata"]["labels"][REVISION_LABEL], "h1");
         assert_eq!(p["metadata"]["labels"]["pod-template-generation"], "3");
-        assert!(owned::is_controlled_by(&p, "u-ds"));
-        assert_eq!(target_node(&p), Some("edge-a"));
+        assert!(owned::is_controlled_by(&meta_of(&p), "u-ds"));
+        assert_eq!(target_node(&typed(&p).unwrap()), Some("edge-a"));
         let tols = p["spec"]["tolerations"].as_array().unwrap();
         assert_eq!(tols.len(), 6, "{tols:?}");
         // The template's own toleration of the same key and effect wins.
         assert_eq!(tols[0]["tolerationSeconds"], 5);
         let mut bound = p.clone();
         bound["spec"]["nodeName"] = json!("edge-b");
-        assert_eq!(target_node(&bound), Some("edge-b"));
+        assert_eq!(target_node(&typed(&bound).unwrap()), Some("edge-b"));
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! All writes go through [`Client`], so finalizers, graceful pod deletion and preconditions
 //! apply exactly as to a `kubectl delete`.
 
-use super::owned;
+use super::decode;
+use super::owned::{self, meta_of};
 use super::runner::{Reconciler, Requeue};
 use super::ControllerError;
 use crate::api::client::{Client, Propagation};
@@ -28,6 +29,7 @@ use crate::api::finalizers::{self, FOREGROUND, ORPHAN};
 use crate::api::{ApiError, Registry};
 use crate::store::{Event, ObjectKey};
 use async_trait::async_trait;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -42,10 +44,6 @@ pub const COMPONENT: &str = "garbage-collector-controller";
 /// Resources the collector never looks at: events are never owners in practice, and the
 /// busiest writers.
 const IGNORED: &[&str] = &["events"];
-
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
 
 /// Where objects of a kind live: from `(group, kind)` of an owner reference to the store
 /// resource and whether it is namespaced.
@@ -72,18 +70,16 @@ impl Kinds {
 
     /// The key of the object an owner reference of a dependent in `namespace` names; `None`
     /// for a kind this server does not serve (such an owner is never judged absent).
-    pub fn owner_key(&self, owner_ref: &Value, namespace: &str) -> Option<ObjectKey> {
-        let api_version = str_at(owner_ref, "/apiVersion");
-        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    pub fn owner_key(&self, owner_ref: &OwnerReference, namespace: &str) -> Option<ObjectKey> {
+        let group = owner_ref
+            .api_version
+            .rsplit_once('/')
+            .map_or("", |(g, _)| g);
         let (resource, namespaced) = self
             .by_kind
-            .get(&(group.to_string(), str_at(owner_ref, "/kind").to_string()))?;
+            .get(&(group.to_string(), owner_ref.kind.clone()))?;
         let ns = if *namespaced { namespace } else { "" };
-        Some(ObjectKey::new(
-            resource.clone(),
-            ns,
-            str_at(owner_ref, "/name"),
-        ))
+        Some(ObjectKey::new(resource.clone(), ns, &owner_ref.name))
     }
 
     /// Every resource served (what a rebuild lists).
@@ -103,22 +99,19 @@ pub struct OwnerRef {
     pub block: bool,
 }
 
-/// The owner references of `obj`.
-pub fn owner_refs(obj: &Value, kinds: &Kinds) -> Vec<OwnerRef> {
-    let ns = str_at(obj, "/metadata/namespace");
-    obj.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .map(|refs| {
-            refs.iter()
-                .filter(|r| !str_at(r, "/uid").is_empty())
-                .map(|r| OwnerRef {
-                    uid: str_at(r, "/uid").to_string(),
-                    key: kinds.owner_key(r, ns),
-                    block: r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true),
-                })
-                .collect()
+/// The owner references in the metadata `meta` of an object.
+pub fn owner_refs(meta: &ObjectMeta, kinds: &Kinds) -> Vec<OwnerRef> {
+    let ns = meta.namespace.as_deref().unwrap_or("");
+    meta.owner_references
+        .iter()
+        .flatten()
+        .filter(|r| !r.uid.is_empty())
+        .map(|r| OwnerRef {
+            uid: r.uid.clone(),
+            key: kinds.owner_key(r, ns),
+            block: r.block_owner_deletion == Some(true),
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// The owner graph: which uids exist, and who depends on whom.
@@ -206,7 +199,7 @@ impl Graph {
         let mut keys = Vec::new();
         let uid_of = |v: &Option<Value>| {
             v.as_ref()
-                .map(|v| str_at(v, "/metadata/uid").to_string())
+                .and_then(|v| meta_of(v).uid)
                 .filter(|u| !u.is_empty())
         };
         let (prev_uid, new_uid) = (uid_of(&ev.previous), uid_of(&ev.value));
@@ -218,7 +211,7 @@ impl Graph {
             keys.extend(self.remove(prev).into_iter().filter_map(|o| o.key));
         }
         if let (Some(uid), Some(value)) = (new_uid.as_deref(), &ev.value) {
-            let owners = owner_refs(value, kinds);
+            let owners = owner_refs(&meta_of(value), kinds);
             let had = self.keys.contains_key(uid);
             let old = self.upsert(uid, ev.key.clone(), owners.clone());
             if old != owners || !had {
@@ -281,21 +274,22 @@ impl GarbageCollector {
             return Ok(OwnerState::Present);
         };
         Ok(match self.get(key).await? {
-            Some(o) if str_at(&o, "/metadata/uid") == owner.uid => OwnerState::Present,
+            Some(o) if meta_of(&o).uid.as_deref() == Some(owner.uid.as_str()) => {
+                OwnerState::Present
+            }
             _ => OwnerState::Absent,
         })
     }
 
-    /// Deletes `obj` with `propagation`, its uid as precondition; a vanished or replaced object
-    /// is not an error (there is nothing left to do for this one).
+    /// Deletes the object at `key` with `propagation`, its `uid` as precondition; a vanished
+    /// or replaced object is not an error (there is nothing left to do for this one).
     async fn delete(
         &self,
         key: &ObjectKey,
-        obj: &Value,
+        uid: &str,
         propagation: Propagation,
         why: &str,
     ) -> Result<(), ApiError> {
-        let uid = str_at(obj, "/metadata/uid");
         match self
             .client
             .delete(
@@ -334,7 +328,10 @@ impl GarbageCollector {
             .and_then(Value::as_array)
             .map(|refs| {
                 refs.iter()
-                    .filter(|r| !uids.contains(&str_at(r, "/uid")))
+                    .filter(|r| {
+                        let uid = r.get("uid").and_then(Value::as_str).unwrap_or("");
+                        !uids.contains(&uid)
+                    })
                     .cloned()
                     .collect()
             })
@@ -361,10 +358,11 @@ impl GarbageCollector {
             let Some(d) = self.get(&key).await? else {
                 continue;
             };
-            if str_at(&d, "/metadata/uid") != uid {
+            let meta = meta_of(&d);
+            if meta.uid.as_deref() != Some(uid.as_str()) {
                 continue;
             }
-            if let Some(r) = owner_refs(&d, &self.kinds)
+            if let Some(r) = owner_refs(&meta, &self.kinds)
                 .into_iter()
                 .find(|r| r.uid == owner_uid)
             {
@@ -374,8 +372,7 @@ impl GarbageCollector {
         Ok(out)
     }
 
-    async fn orphan(&self, key: &ObjectKey, owner: &Value) -> Result<(), ApiError> {
-        let uid = str_at(owner, "/metadata/uid");
+    async fn orphan(&self, key: &ObjectKey, owner: &Value, uid: &str) -> Result<(), ApiError> {
         for (dkey, d, _) in self.live_dependents(uid).await? {
             self.update(&dkey, Self::without_owners(&d, &[uid])).await?;
             tracing::info!(object = %dkey, owner = %key, "garbage collector orphaned a dependent");
@@ -384,8 +381,7 @@ impl GarbageCollector {
             .await
     }
 
-    async fn foreground(&self, key: &ObjectKey, owner: &Value) -> Result<(), ApiError> {
-        let uid = str_at(owner, "/metadata/uid");
+    async fn foreground(&self, key: &ObjectKey, owner: &Value, uid: &str) -> Result<(), ApiError> {
         let mut blocking = 0usize;
         for (dkey, d, r) in self.live_dependents(uid).await? {
             if r.block {
@@ -397,8 +393,14 @@ impl GarbageCollector {
                 } else {
                     Propagation::Background
                 };
-                self.delete(&dkey, &d, policy, "owner is deleted in the foreground")
-                    .await?;
+                let dependent_uid = meta_of(&d).uid.unwrap_or_default();
+                self.delete(
+                    &dkey,
+                    &dependent_uid,
+                    policy,
+                    "owner is deleted in the foreground",
+                )
+                .await?;
             }
         }
         if blocking > 0 {
@@ -410,8 +412,13 @@ impl GarbageCollector {
             .await
     }
 
-    async fn collect(&self, key: &ObjectKey, obj: &Value) -> Result<(), ApiError> {
-        let refs = owner_refs(obj, &self.kinds);
+    async fn collect(
+        &self,
+        key: &ObjectKey,
+        obj: &Value,
+        meta: &ObjectMeta,
+    ) -> Result<(), ApiError> {
+        let refs = owner_refs(meta, &self.kinds);
         if refs.is_empty() || finalizers::is_deleting(obj) {
             return Ok(());
         }
@@ -426,7 +433,12 @@ impl GarbageCollector {
         }
         if absent.len() == refs.len() {
             return self
-                .delete(key, obj, Propagation::Background, "all owners are gone")
+                .delete(
+                    key,
+                    meta.uid.as_deref().unwrap_or(""),
+                    Propagation::Background,
+                    "all owners are gone",
+                )
                 .await;
         }
         tracing::info!(object = %key, dangling = ?absent, "garbage collector removed dangling owner references");
@@ -466,14 +478,15 @@ impl Reconciler for GarbageCollector {
                 }
             };
             for obj in items {
-                let uid = str_at(&obj, "/metadata/uid");
+                let meta = meta_of(&obj);
+                let uid = meta.uid.as_deref().unwrap_or("");
                 if uid.is_empty() {
                     continue;
                 }
                 let key = ObjectKey::new(
                     resource.clone(),
-                    str_at(&obj, "/metadata/namespace"),
-                    str_at(&obj, "/metadata/name"),
+                    meta.namespace.as_deref().unwrap_or(""),
+                    meta.name.as_deref().unwrap_or(""),
                 );
                 if finalizers::is_deleting(&obj)
                     && (finalizers::has_finalizer(&obj, ORPHAN)
@@ -481,7 +494,7 @@ impl Reconciler for GarbageCollector {
                 {
                     keys.push(key.clone());
                 }
-                graph.upsert(uid, key, owner_refs(&obj, &self.kinds));
+                graph.upsert(uid, key, owner_refs(&meta, &self.kinds));
             }
         }
         keys.extend(graph.dangling());
@@ -493,12 +506,14 @@ impl Reconciler for GarbageCollector {
         let Some(obj) = self.get(key).await? else {
             return Ok(Requeue::No);
         };
+        let meta = decode::metadata(&obj)?;
+        let uid = meta.uid.as_deref().unwrap_or("");
         if finalizers::is_deleting(&obj) && finalizers::has_finalizer(&obj, ORPHAN) {
-            self.orphan(key, &obj).await?;
+            self.orphan(key, &obj, uid).await?;
         } else if finalizers::is_deleting(&obj) && finalizers::has_finalizer(&obj, FOREGROUND) {
-            self.foreground(key, &obj).await?;
+            self.foreground(key, &obj, uid).await?;
         } else {
-            self.collect(key, &obj).await?;
+            self.collect(key, &obj, &meta).await?;
         }
         Ok(Requeue::No)
     }
@@ -535,13 +550,13 @@ mod tests {
     fn owner_references_resolve_to_store_keys_by_group_and_kind() {
         let k = kinds();
         let refs = owner_refs(
-            &obj(
+            &meta_of(&obj(
                 "p",
                 "u-p",
                 json!([ds_ref("agent", "u-ds", true),
                 {"apiVersion": "v1", "kind": "Node", "name": "edge-a", "uid": "u-n"},
                 {"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "uid": "u-w"}]),
-            ),
+            )),
             &k,
         );
         assert_eq!(

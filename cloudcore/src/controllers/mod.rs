@@ -11,6 +11,7 @@
 
 pub mod claim;
 pub mod daemonset;
+pub mod decode;
 pub mod deployment;
 pub mod error;
 pub mod garbage_collector;

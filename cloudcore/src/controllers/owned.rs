@@ -6,47 +6,60 @@
 use super::ControllerError;
 use crate::api::client::Client;
 use crate::api::events::{self, EventType};
-use crate::api::table::parse_timestamp;
 use crate::store::ObjectKey;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::{Metadata, Resource};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+/// The metadata of a stored object, for reading owner references and names off objects a
+/// controller only routes (store events, resync lists); metadata that does not decode reads as
+/// empty, which routes the object nowhere.
+pub fn meta_of(obj: &Value) -> ObjectMeta {
+    obj.get("metadata")
+        .and_then(|m| ObjectMeta::deserialize(m).ok())
+        .unwrap_or_default()
 }
 
 /// The owner reference that makes `owner` the controller of a dependent (what Kubernetes'
 /// `metav1.NewControllerRef` builds): deleting the owner in the foreground waits for the
 /// dependent, and only one controller may own it.
-pub fn controller_ref(owner: &Value) -> Value {
-    json!({
-        "apiVersion": str_at(owner, "/apiVersion"),
-        "kind": str_at(owner, "/kind"),
-        "name": str_at(owner, "/metadata/name"),
-        "uid": str_at(owner, "/metadata/uid"),
-        "controller": true,
-        "blockOwnerDeletion": true,
-    })
+pub fn controller_ref<K: Resource + Metadata<Ty = ObjectMeta>>(owner: &K) -> OwnerReference {
+    let meta = owner.metadata();
+    OwnerReference {
+        api_version: K::API_VERSION.to_string(),
+        kind: K::KIND.to_string(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
 }
 
-/// The owner reference of `obj` marked `controller: true`, if any.
-pub fn controller_of(obj: &Value) -> Option<&Value> {
-    obj.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)?
+/// The owner reference of `meta` marked `controller: true`, if any.
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
         .iter()
-        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+        .flatten()
+        .find(|r| r.controller == Some(true))
 }
 
-/// Whether `obj` is controlled by the object with `uid`.
-pub fn is_controlled_by(obj: &Value, uid: &str) -> bool {
-    controller_of(obj).is_some_and(|r| str_at(r, "/uid") == uid)
+/// Whether the object with `meta` is controlled by the object with `uid`.
+pub fn is_controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    controller_of(meta).is_some_and(|r| r.uid == uid)
 }
 
-/// A pod made from `template` (a `PodTemplateSpec`), controlled by `owner`: the template's
-/// labels, annotations and spec, the owner's namespace, and either `name` or a generated name
-/// starting with `generate_name`.
-pub fn pod_from_template(template: &Value, owner: &Value, name: PodName<'_>) -> Value {
+/// A pod made from `template` (a `PodTemplateSpec`, kept as JSON so that it is copied
+/// verbatim), controlled by `owner`: the template's labels, annotations and spec, the owner's
+/// namespace, and either `name` or a generated name starting with `generate_name`.
+pub fn pod_from_template<K: Resource + Metadata<Ty = ObjectMeta>>(
+    template: &Value,
+    owner: &K,
+    name: PodName<'_>,
+) -> Value {
     let mut meta = json!({
-        "namespace": str_at(owner, "/metadata/namespace"),
+        "namespace": owner.metadata().namespace.as_deref().unwrap_or(""),
         "ownerReferences": [controller_ref(owner)],
     });
     for field in ["labels", "annotations"] {
@@ -75,36 +88,50 @@ pub enum PodName<'a> {
     Generate(&'a str),
 }
 
+/// The pod's `status.phase`, or `""`.
+pub fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
 /// Whether a pod still counts toward its controller's replicas: not being deleted, and not
 /// finished (`Succeeded`/`Failed` pods are replaced, as Kubernetes' `IsPodActive`).
-pub fn is_active(pod: &Value) -> bool {
-    pod.pointer("/metadata/deletionTimestamp").is_none()
-        && !matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
+pub fn is_active(pod: &Pod) -> bool {
+    !is_terminating(&pod.metadata) && !matches!(phase(pod), "Succeeded" | "Failed")
 }
 
-/// Whether a pod is terminating (has a deletion timestamp).
-pub fn is_terminating(pod: &Value) -> bool {
-    pod.pointer("/metadata/deletionTimestamp").is_some()
+/// Whether an object is terminating (has a deletion timestamp).
+pub fn is_terminating(meta: &ObjectMeta) -> bool {
+    meta.deletion_timestamp.is_some()
 }
 
-/// The pod's `Ready` condition, if it is `True`: its last transition time in seconds.
-fn ready_since(pod: &Value) -> Option<i64> {
+/// The pod's `Ready` condition, if it is `True`: its last transition time in seconds (0 when
+/// the condition carries none).
+pub fn ready_since(pod: &Pod) -> Option<i64> {
     let cond = pod
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)?
+        .status
+        .as_ref()?
+        .conditions
         .iter()
-        .find(|c| c["type"] == "Ready" && c["status"] == "True")?;
-    Some(parse_timestamp(str_at(cond, "/lastTransitionTime")).unwrap_or(0))
+        .flatten()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    Some(
+        cond.last_transition_time
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+    )
 }
 
 /// Whether the pod is Ready.
-pub fn is_ready(pod: &Value) -> bool {
+pub fn is_ready(pod: &Pod) -> bool {
     ready_since(pod).is_some()
 }
 
 /// Whether the pod has been Ready for at least `min_ready_seconds` at `now` (seconds since the
 /// epoch): Kubernetes' `IsPodAvailable`.
-pub fn is_available(pod: &Value, min_ready_seconds: i64, now: i64) -> bool {
+pub fn is_available(pod: &Pod, min_ready_seconds: i64, now: i64) -> bool {
     match ready_since(pod) {
         Some(_) if min_ready_seconds <= 0 => true,
         Some(since) => since + min_ready_seconds <= now,
@@ -114,7 +141,7 @@ pub fn is_available(pod: &Value, min_ready_seconds: i64, now: i64) -> bool {
 
 /// Seconds until a Ready pod becomes available, if it is Ready but not yet available: when the
 /// controller should look again.
-pub fn seconds_until_available(pod: &Value, min_ready_seconds: i64, now: i64) -> Option<i64> {
+pub fn seconds_until_available(pod: &Pod, min_ready_seconds: i64, now: i64) -> Option<i64> {
     let since = ready_since(pod)?;
     let left = since + min_ready_seconds - now;
     (left > 0).then_some(left)
@@ -122,7 +149,7 @@ pub fn seconds_until_available(pod: &Value, min_ready_seconds: i64, now: i64) ->
 
 /// Seconds until the first of `pods` that is Ready but not yet available becomes available.
 pub fn next_available_in<'a>(
-    pods: impl IntoIterator<Item = &'a Value>,
+    pods: impl IntoIterator<Item = &'a Pod>,
     min_ready_seconds: i64,
     now: i64,
 ) -> Option<i64> {
@@ -140,12 +167,9 @@ pub fn controller_keys(
 ) -> Vec<crate::store::ObjectKey> {
     let mut keys = Vec::new();
     for obj in [&event.value, &event.previous].into_iter().flatten() {
-        if let Some(r) = controller_of(obj).filter(|r| str_at(r, "/kind") == kind) {
-            let key = crate::store::ObjectKey::new(
-                resource,
-                event.key.namespace.as_str(),
-                str_at(r, "/name"),
-            );
+        let meta = meta_of(obj);
+        if let Some(r) = controller_of(&meta).filter(|r| r.kind == kind) {
+            let key = crate::store::ObjectKey::new(resource, event.key.namespace.as_str(), &r.name);
             if !keys.contains(&key) {
                 keys.push(key);
             }
@@ -159,10 +183,11 @@ pub fn keys_of(resource: &str, objects: &[Value]) -> Vec<crate::store::ObjectKey
     objects
         .iter()
         .map(|o| {
+            let meta = meta_of(o);
             crate::store::ObjectKey::new(
                 resource,
-                str_at(o, "/metadata/namespace"),
-                str_at(o, "/metadata/name"),
+                meta.namespace.as_deref().unwrap_or(""),
+                meta.name.as_deref().unwrap_or(""),
             )
         })
         .collect()
@@ -216,9 +241,10 @@ pub async fn report_permanent_error(
 mod tests {
     use super::*;
 
-    fn owner() -> Value {
-        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
-            "metadata": {"name": "web-abc", "namespace": "prod", "uid": "u-1"}})
+    fn owner() -> k8s_openapi::api::apps::v1::ReplicaSet {
+        serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "web-abc", "namespace": "prod", "uid": "u-1"}}))
+        .unwrap()
     }
 
     #[test]
@@ -230,18 +256,24 @@ mod tests {
         assert_eq!(pod["metadata"]["namespace"], "prod");
         assert_eq!(pod["metadata"]["labels"], json!({"app": "web"}));
         assert_eq!(pod["spec"]["containers"][0]["image"], "i");
-        assert!(is_controlled_by(&pod, "u-1"));
-        assert!(!is_controlled_by(&pod, "u-2"));
-        assert_eq!(controller_of(&pod).unwrap()["kind"], "ReplicaSet");
+        assert_eq!(
+            pod["metadata"]["ownerReferences"][0]["apiVersion"],
+            "apps/v1"
+        );
+        let meta = meta_of(&pod);
+        assert!(is_controlled_by(&meta, "u-1"));
+        assert!(!is_controlled_by(&meta, "u-2"));
+        assert_eq!(controller_of(&meta).unwrap().kind, "ReplicaSet");
         let named = pod_from_template(&template, &owner(), PodName::Exact("web-0"));
         assert_eq!(named["metadata"]["name"], "web-0");
     }
 
     #[test]
     fn readiness_and_availability_follow_the_ready_condition() {
-        let pod = |status: &str, at: &str| {
-            json!({"status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": status, "lastTransitionTime": at}]}})
+        let pod = |status: &str, at: &str| -> Pod {
+            serde_json::from_value(json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": status, "lastTransitionTime": at}]}}))
+            .unwrap()
         };
         let t = 1_735_689_600; // 2025-01-01T00:00:00Z
         let ready = pod("True", "2025-01-01T00:00:00Z");
@@ -254,12 +286,13 @@ mod tests {
         assert!(!is_ready(&pod("False", "2025-01-01T00:00:00Z")));
         assert!(is_active(&ready));
         let mut done = ready.clone();
-        done["status"]["phase"] = json!("Failed");
+        done.status.as_mut().unwrap().phase = Some("Failed".into());
         assert!(!is_active(&done));
         let mut deleting = ready;
-        deleting["metadata"] = json!({"deletionTimestamp": "2025-01-01T00:00:00Z"});
+        deleting.metadata =
+            meta_of(&json!({"metadata": {"deletionTimestamp": "2025-01-01T00:00:00Z"}}));
         assert!(!is_active(&deleting));
-        assert!(is_terminating(&deleting));
+        assert!(is_terminating(&deleting.metadata));
     }
 
     #[test]

@@ -23,17 +23,18 @@
 //! Deleting a ReplicaSet's pods with it is the garbage collector's job, not this controller's.
 
 use super::claim;
-use super::owned::{self, controller_of, PodName};
+use super::decode::{owner_selector, typed};
+use super::owned::{self, controller_of, meta_of, PodName};
 use super::runner::{Reconciler, Requeue};
 use super::selector_index::SelectorIndex;
 use super::ControllerError;
 use crate::api::client::{Client, Propagation};
 use crate::api::events::{self, EventType};
-use crate::api::table::parse_timestamp;
-use crate::api::workloads::selector_of;
 use crate::api::ApiError;
 use crate::store::{Event, ObjectKey};
 use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Map, Value};
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -44,14 +45,6 @@ pub const RESOURCE: &str = "apps/replicasets";
 pub const COMPONENT: &str = "replicaset-controller";
 /// Most pods created or deleted in one reconcile (Kubernetes' `BurstReplicas`).
 pub const BURST_REPLICAS: usize = 500;
-
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
-fn int_at(v: &Value, pointer: &str) -> i64 {
-    v.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
-}
 
 /// Seconds since the epoch, now.
 pub(super) fn now_seconds() -> i64 {
@@ -70,39 +63,38 @@ pub fn slow_start_batches(n: usize) -> Vec<usize> {
     out
 }
 
-fn phase_ordinal(pod: &Value) -> u8 {
-    match str_at(pod, "/status/phase") {
+fn phase_ordinal(pod: &Pod) -> u8 {
+    match owned::phase(pod) {
         "Unknown" => 1,
         "Running" => 2,
         _ => 0,
     }
 }
 
-fn ready_time(pod: &Value) -> Option<i64> {
-    pod.pointer("/status/conditions")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|c| c["type"] == "Ready" && c["status"] == "True")
-        .map(|c| parse_timestamp(str_at(c, "/lastTransitionTime")).unwrap_or(0))
+fn max_restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().map(|c| c.restart_count).max())
+        .unwrap_or(0)
 }
 
-fn max_restarts(pod: &Value) -> i64 {
-    pod.pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .map(|cs| {
-            cs.iter()
-                .map(|c| int_at(c, "/restartCount"))
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
+fn node_name(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("")
+}
+
+fn pod_name(pod: &Pod) -> &str {
+    pod.metadata.name.as_deref().unwrap_or("")
 }
 
 /// Kubernetes' `ActivePodsWithRanks` order: `Less` when `a` should be deleted before `b`.
 /// `rank_*` is the number of the owner's active pods on the pod's node (doubled-up pods go
 /// first).
-pub fn delete_first(a: &Value, rank_a: usize, b: &Value, rank_b: usize) -> Ordering {
-    let (node_a, node_b) = (str_at(a, "/spec/nodeName"), str_at(b, "/spec/nodeName"));
+pub fn delete_first(a: &Pod, rank_a: usize, b: &Pod, rank_b: usize) -> Ordering {
+    let (node_a, node_b) = (node_name(a), node_name(b));
     if node_a != node_b && (node_a.is_empty() || node_b.is_empty()) {
         return if node_a.is_empty() {
             Ordering::Less
@@ -114,7 +106,7 @@ pub fn delete_first(a: &Value, rank_a: usize, b: &Value, rank_b: usize) -> Order
     if by_phase != Ordering::Equal {
         return by_phase;
     }
-    let (ready_a, ready_b) = (ready_time(a), ready_time(b));
+    let (ready_a, ready_b) = (owned::ready_since(a), owned::ready_since(b));
     if ready_a.is_some() != ready_b.is_some() {
         return if ready_a.is_none() {
             Ordering::Less
@@ -135,7 +127,7 @@ pub fn delete_first(a: &Value, rank_a: usize, b: &Value, rank_b: usize) -> Order
     if by_restarts != Ordering::Equal {
         return by_restarts;
     }
-    let created = |p: &Value| parse_timestamp(str_at(p, "/metadata/creationTimestamp"));
+    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
     match (created(a), created(b)) {
         (None, Some(_)) => Ordering::Less,
         (Some(_), None) => Ordering::Greater,
@@ -145,38 +137,36 @@ pub fn delete_first(a: &Value, rank_a: usize, b: &Value, rank_b: usize) -> Order
 }
 
 /// The `n` pods of `active` to delete first.
-pub fn pods_to_delete(active: &[Value], n: usize) -> Vec<&Value> {
+pub fn pods_to_delete(active: &[Pod], n: usize) -> Vec<&Pod> {
     let mut per_node: HashMap<&str, usize> = HashMap::new();
     for p in active {
-        let node = str_at(p, "/spec/nodeName");
+        let node = node_name(p);
         if !node.is_empty() {
             *per_node.entry(node).or_default() += 1;
         }
     }
-    let rank = |p: &Value| {
-        per_node
-            .get(str_at(p, "/spec/nodeName"))
-            .copied()
-            .unwrap_or(0)
-    };
-    let mut ranked: Vec<(&Value, usize)> = active.iter().map(|p| (p, rank(p))).collect();
+    let rank = |p: &Pod| per_node.get(node_name(p)).copied().unwrap_or(0);
+    let mut ranked: Vec<(&Pod, usize)> = active.iter().map(|p| (p, rank(p))).collect();
     ranked.sort_by(|(a, ra), (b, rb)| delete_first(a, *ra, b, *rb));
     ranked.into_iter().take(n).map(|(p, _)| p).collect()
 }
 
-/// The status of `rs` given its active pods at `now`, and the seconds after which a Ready
-/// pod becomes available (when to look again), if any.
-pub fn replica_set_status(rs: &Value, active: &[Value], now: i64) -> (Value, Option<i64>) {
-    let min_ready = int_at(rs, "/spec/minReadySeconds");
-    let template_labels = rs
-        .pointer("/spec/template/metadata/labels")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+/// The status of `rs` given its active pods at `now` (without `conditions`, which the
+/// controller copies from the stored object), and the seconds after which a Ready pod becomes
+/// available (when to look again), if any.
+pub fn replica_set_status(rs: &ReplicaSet, active: &[Pod], now: i64) -> (Value, Option<i64>) {
+    let spec = rs.spec.as_ref();
+    let min_ready = i64::from(spec.and_then(|s| s.min_ready_seconds).unwrap_or(0));
+    let no_labels = Default::default();
+    let template_labels = spec
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref())
+        .unwrap_or(&no_labels);
     let fully_labeled = active
         .iter()
         .filter(|p| {
-            let labels = p.pointer("/metadata/labels").and_then(Value::as_object);
+            let labels = p.metadata.labels.as_ref();
             template_labels
                 .iter()
                 .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
@@ -202,11 +192,8 @@ pub fn replica_set_status(rs: &Value, active: &[Value], now: i64) -> (Value, Opt
     }
     status.insert(
         "observedGeneration".into(),
-        json!(int_at(rs, "/metadata/generation")),
+        json!(rs.metadata.generation.unwrap_or(0)),
     );
-    if let Some(c) = rs.pointer("/status/conditions") {
-        status.insert("conditions".into(), c.clone());
-    }
     (Value::Object(status), next)
 }
 
@@ -225,24 +212,24 @@ impl ReplicaSetController {
         }
     }
 
-    async fn event(&self, rs: &Value, kind: EventType, reason: &str, message: &str) {
+    async fn event(&self, raw: &Value, kind: EventType, reason: &str, message: &str) {
         let store = self.client.state().store.clone();
-        events::record_best_effort(store.as_ref(), rs, kind, reason, message, COMPONENT).await;
+        events::record_best_effort(store.as_ref(), raw, kind, reason, message, COMPONENT).await;
     }
 
-    /// Creates or deletes pods so that `active` reaches `spec.replicas`.
-    async fn manage(&self, rs: &Value, active: &[Value]) -> Result<(), ApiError> {
-        let ns = str_at(rs, "/metadata/namespace");
-        let name = str_at(rs, "/metadata/name");
-        let want = usize::try_from(
-            rs.pointer("/spec/replicas")
-                .and_then(Value::as_i64)
-                .unwrap_or(1),
-        )
-        .unwrap_or(0);
+    /// Creates or deletes pods so that `active` reaches `spec.replicas`. `raw` is the stored
+    /// ReplicaSet, whose template is copied verbatim into new pods.
+    async fn manage(&self, raw: &Value, rs: &ReplicaSet, active: &[Pod]) -> Result<(), ApiError> {
+        let ns = rs.metadata.namespace.as_deref().unwrap_or("");
+        let name = rs.metadata.name.as_deref().unwrap_or("");
+        let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let want = usize::try_from(replicas).unwrap_or(0);
         if active.len() < want {
             let missing = (want - active.len()).min(BURST_REPLICAS);
-            let template = rs.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+            let template = raw
+                .pointer("/spec/template")
+                .cloned()
+                .unwrap_or(Value::Null);
             let prefix = format!("{name}-");
             for batch in slow_start_batches(missing) {
                 let pod = owned::pod_from_template(&template, rs, PodName::Generate(&prefix));
@@ -254,13 +241,14 @@ impl ReplicaSetController {
                 for r in results {
                     match r {
                         Ok(p) => {
-                            let msg = format!("Created pod: {}", str_at(&p, "/metadata/name"));
-                            self.event(rs, EventType::Normal, "SuccessfulCreate", &msg)
+                            let created = meta_of(&p).name.unwrap_or_default();
+                            let msg = format!("Created pod: {created}");
+                            self.event(raw, EventType::Normal, "SuccessfulCreate", &msg)
                                 .await;
                         }
                         Err(e) => {
                             let msg = format!("Error creating: {e}");
-                            self.event(rs, EventType::Warning, "FailedCreate", &msg)
+                            self.event(raw, EventType::Warning, "FailedCreate", &msg)
                                 .await;
                             failure.get_or_insert(e);
                         }
@@ -277,24 +265,24 @@ impl ReplicaSetController {
                 self.client.delete(
                     "pods",
                     ns,
-                    str_at(p, "/metadata/name"),
+                    pod_name(p),
                     Propagation::Background,
-                    Some(str_at(p, "/metadata/uid")),
+                    p.metadata.uid.as_deref(),
                 )
             }))
             .await;
             let mut failure = None;
             for (p, r) in victims.iter().zip(results) {
-                let pod = str_at(p, "/metadata/name");
+                let pod = pod_name(p);
                 match r {
                     Ok(()) | Err(ApiError::NotFound { .. }) => {
                         let msg = format!("Deleted pod: {pod}");
-                        self.event(rs, EventType::Normal, "SuccessfulDelete", &msg)
+                        self.event(raw, EventType::Normal, "SuccessfulDelete", &msg)
                             .await;
                     }
                     Err(e) => {
                         let msg = format!("Error deleting: {e}");
-                        self.event(rs, EventType::Warning, "FailedDelete", &msg)
+                        self.event(raw, EventType::Warning, "FailedDelete", &msg)
                             .await;
                         failure.get_or_insert(e);
                     }
@@ -328,10 +316,9 @@ impl Reconciler for ReplicaSetController {
                 let ns = &event.key.namespace;
                 let mut keys: Vec<ObjectKey> = Vec::new();
                 for pod in [&event.value, &event.previous].into_iter().flatten() {
-                    let names = match controller_of(pod) {
-                        Some(r) if str_at(r, "/kind") == "ReplicaSet" => {
-                            vec![str_at(r, "/name").to_string()]
-                        }
+                    let meta = meta_of(pod);
+                    let names = match controller_of(&meta) {
+                        Some(r) if r.kind == "ReplicaSet" => vec![r.name.clone()],
                         Some(_) => vec![],
                         None => self.index.matching(ns, pod),
                     };
@@ -357,24 +344,35 @@ impl Reconciler for ReplicaSetController {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
-        let Some(rs) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
+        let Some(raw) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
-        let Some(selector) = selector_of(&rs) else {
-            tracing::warn!(%key, "ReplicaSet has no valid selector; nothing to manage");
-            return Ok(Requeue::No);
-        };
+        let rs: ReplicaSet = typed(&raw)?;
+        let selector = owner_selector(
+            "ReplicaSet",
+            &rs.metadata,
+            rs.spec.as_ref().map(|s| &s.selector),
+        )?;
         let candidates = self.client.list("pods", Some(&key.namespace)).await?;
         let pods = claim::claim_all(&self.client, "pods", &rs, &selector, candidates).await?;
-        let active: Vec<Value> = pods.into_iter().filter(owned::is_active).collect();
-        let managed = if owned::is_terminating(&rs) {
+        let mut active = Vec::with_capacity(pods.len());
+        for p in &pods {
+            let pod: Pod = typed(p)?;
+            if owned::is_active(&pod) {
+                active.push(pod);
+            }
+        }
+        let managed = if owned::is_terminating(&rs.metadata) {
             Ok(())
         } else {
-            self.manage(&rs, &active).await
+            self.manage(&raw, &rs, &active).await
         };
-        let (status, next) = replica_set_status(&rs, &active, now_seconds());
+        let (mut status, next) = replica_set_status(&rs, &active, now_seconds());
+        if let Some(c) = raw.pointer("/status/conditions") {
+            status["conditions"] = c.clone();
+        }
         self.client
-            .write_status_if_changed(RESOURCE, &rs, status)
+            .write_status_if_changed(RESOURCE, &raw, status)
             .await?;
         managed?;
         Ok(Requeue::after_seconds(next))
@@ -385,10 +383,10 @@ impl Reconciler for ReplicaSetController {
 mod tests {
     use super::*;
 
-    fn pod(name: &str, node: &str, phase: &str, ready_at: Option<&str>) -> Value {
+    fn pod_json(name: &str, node: &str, phase: &str, ready_at: Option<&str>) -> Value {
         let mut p = json!({"metadata": {"name": name, "creationTimestamp": "2025-01-01T00:00:00Z",
                 "labels": {"app": "web"}},
-            "spec": {"nodeName": node}, "status": {"phase": phase}});
+            "spec": {"containers": [], "nodeName": node}, "status": {"phase": phase}});
         if let Some(at) = ready_at {
             p["status"]["conditions"] =
                 json!([{"type": "Ready", "status": "True", "lastTransitionTime": at}]);
@@ -396,10 +394,18 @@ mod tests {
         p
     }
 
-    fn names(v: &[&Value]) -> Vec<String> {
-        v.iter()
-            .map(|p| str_at(p, "/metadata/name").to_string())
-            .collect()
+    fn pod(name: &str, node: &str, phase: &str, ready_at: Option<&str>) -> Pod {
+        typed(&pod_json(name, node, phase, ready_at)).unwrap()
+    }
+
+    fn edit(p: Pod, f: impl FnOnce(&mut Value)) -> Pod {
+        let mut v = serde_json::to_value(p).unwrap();
+        f(&mut v);
+        typed(&v).unwrap()
+    }
+
+    fn names(v: &[&Pod]) -> Vec<String> {
+        v.iter().map(|p| pod_name(p).to_string()).collect()
     }
 
     #[test]
@@ -445,9 +451,13 @@ mod tests {
             names(&pods_to_delete(&[a.clone(), b.clone(), c.clone()], 1)),
             ["twin-1"]
         );
-        a["status"]["containerStatuses"] = json!([{"restartCount": 4}]);
-        let mut newer = pod("newer", "n3", "Running", ready);
-        newer["metadata"]["creationTimestamp"] = json!("2025-01-02T00:00:00Z");
+        a = edit(a, |v| {
+            v["status"]["containerStatuses"] = json!([{"name": "c", "image": "i", "imageID": "",
+                "ready": true, "restartCount": 4}])
+        });
+        let newer = edit(pod("newer", "n3", "Running", ready), |v| {
+            v["metadata"]["creationTimestamp"] = json!("2025-01-02T00:00:00Z")
+        });
         let old = pod("old", "n4", "Running", ready);
         assert_eq!(
             names(&pods_to_delete(&[old, newer, a], 3)),
@@ -457,11 +467,15 @@ mod tests {
 
     #[test]
     fn status_counts_labeled_ready_and_available_pods() {
-        let rs = json!({"metadata": {"generation": 4},
-            "spec": {"minReadySeconds": 10, "template": {"metadata": {"labels": {"app": "web", "v": "2"}}}}});
+        let rs: ReplicaSet = typed(&json!({"metadata": {"generation": 4},
+            "spec": {"minReadySeconds": 10, "selector": {},
+                "template": {"metadata": {"labels": {"app": "web", "v": "2"}}}}}))
+        .unwrap();
         let t = 1_735_689_600; // 2025-01-01T00:00:00Z
-        let mut full = pod("a", "n1", "Running", Some("2025-01-01T00:00:00Z"));
-        full["metadata"]["labels"]["v"] = json!("2");
+        let full = edit(
+            pod("a", "n1", "Running", Some("2025-01-01T00:00:00Z")),
+            |v| v["metadata"]["labels"]["v"] = json!("2"),
+        );
         let recent = pod("b", "n1", "Running", Some("2025-01-01T00:00:25Z"));
         let unready = pod("c", "n1", "Pending", None);
         let (status, next) = replica_set_status(&rs, &[full, recent, unready], t + 30);

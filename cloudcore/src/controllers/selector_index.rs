@@ -6,6 +6,7 @@
 //! The index follows the owners' store events and is rebuilt from a full list at each resync,
 //! so a missed event only delays an adoption until the next resync.
 
+use super::owned::meta_of;
 use crate::api::selector::LabelSelector;
 use crate::api::workloads::selector_of;
 use crate::store::Event;
@@ -17,10 +18,6 @@ use std::sync::RwLock;
 #[derive(Debug, Default)]
 pub struct SelectorIndex {
     by_namespace: RwLock<HashMap<String, BTreeMap<String, LabelSelector>>>,
-}
-
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
 impl SelectorIndex {
@@ -43,10 +40,11 @@ impl SelectorIndex {
         let mut fresh: HashMap<String, BTreeMap<String, LabelSelector>> = HashMap::new();
         for o in owners {
             if let Some(sel) = selector_of(o) {
+                let meta = meta_of(o);
                 fresh
-                    .entry(str_at(o, "/metadata/namespace").to_string())
+                    .entry(meta.namespace.unwrap_or_default())
                     .or_default()
-                    .insert(str_at(o, "/metadata/name").to_string(), sel);
+                    .insert(meta.name.unwrap_or_default(), sel);
             }
         }
         *self.by_namespace.write().unwrap_or_else(|e| e.into_inner()) = fresh;

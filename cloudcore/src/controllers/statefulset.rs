@@ -23,7 +23,8 @@
 //!
 //! The decisions are a pure function ([`plan`]) of the pods; the reconcile reads, plans, writes.
 
-use super::owned::{self, PodName};
+use super::decode::typed;
+use super::owned::{self, meta_of, PodName};
 use super::runner::{Reconciler, Requeue};
 use super::ControllerError;
 use crate::api::client::{Client, Propagation};
@@ -31,6 +32,8 @@ use crate::api::events::{self, EventType};
 use crate::api::ApiError;
 use crate::store::{Event, ObjectKey};
 use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,10 +49,6 @@ pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 /// Label with the template digest of the pod.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 const COMPONENT: &str = "statefulset-controller";
-
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
 
 /// The ordinal of pod `pod` of StatefulSet `sts` (`web-3` → 3).
 pub fn ordinal_of(sts: &str, pod: &str) -> Option<usize> {
@@ -84,16 +83,22 @@ pub struct PodView {
 impl PodView {
     /// Reads pod `pod` of StatefulSet `sts` at `now` with `min_ready` seconds; `None` for a
     /// pod whose name carries no ordinal of this set.
-    pub fn of(sts: &str, pod: &Value, min_ready: i64, now: i64) -> Option<Self> {
-        let name = str_at(pod, "/metadata/name");
+    pub fn of(sts: &str, pod: &Pod, min_ready: i64, now: i64) -> Option<Self> {
+        let meta = &pod.metadata;
+        let name = meta.name.as_deref().unwrap_or("");
         Some(Self {
             ordinal: ordinal_of(sts, name)?,
             name: name.into(),
-            uid: str_at(pod, "/metadata/uid").into(),
-            revision: str_at(pod, &format!("/metadata/labels/{REVISION_LABEL}")).into(),
-            terminating: owned::is_terminating(pod),
-            failed: str_at(pod, "/status/phase") == "Failed",
-            healthy: str_at(pod, "/status/phase") == "Running" && owned::is_ready(pod),
+            uid: meta.uid.clone().unwrap_or_default(),
+            revision: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(REVISION_LABEL))
+                .cloned()
+                .unwrap_or_default(),
+            terminating: owned::is_terminating(meta),
+            failed: owned::phase(pod) == "Failed",
+            healthy: owned::phase(pod) == "Running" && owned::is_ready(pod),
             available: owned::is_available(pod, min_ready, now),
         })
     }
@@ -230,12 +235,11 @@ pub fn status(pods: &[PodView], recorded: &str, update: &str, rolling: bool) -> 
     }
 }
 
-/// Pod `ordinal` of `sts`.
-pub fn new_pod(sts: &Value, ordinal: usize, revision: &str) -> Value {
-    let set = str_at(sts, "/metadata/name");
+/// Pod `ordinal` of `sts`, from `template` (the stored `spec.template`, copied verbatim).
+pub fn new_pod(sts: &StatefulSet, template: &Value, ordinal: usize, revision: &str) -> Value {
+    let set = sts.metadata.name.as_deref().unwrap_or("");
     let name = format!("{set}-{ordinal}");
-    let template = sts.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    let mut pod = owned::pod_from_template(&template, sts, PodName::Exact(&name));
+    let mut pod = owned::pod_from_template(template, sts, PodName::Exact(&name));
     let meta = &mut pod["metadata"];
     if !meta["labels"].is_object() {
         meta["labels"] = json!({});
@@ -244,7 +248,11 @@ pub fn new_pod(sts: &Value, ordinal: usize, revision: &str) -> Value {
     meta["labels"][POD_INDEX_LABEL] = json!(ordinal.to_string());
     meta["labels"][REVISION_LABEL] = json!(revision);
     pod["spec"]["hostname"] = json!(name);
-    let service = str_at(sts, "/spec/serviceName");
+    let service = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_name.as_deref())
+        .unwrap_or("");
     if !service.is_empty() {
         pod["spec"]["subdomain"] = json!(service);
     }
@@ -304,48 +312,46 @@ impl Reconciler for StatefulSetController {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
-        let Some(sts) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
+        let Some(raw) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
-        let uid = str_at(&sts, "/metadata/uid").to_string();
-        let min_ready = sts
-            .pointer("/spec/minReadySeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
+        let sts: StatefulSet = typed(&raw)?;
+        let uid = sts.metadata.uid.clone().unwrap_or_default();
+        let spec = sts.spec.as_ref();
+        let min_ready = i64::from(spec.and_then(|s| s.min_ready_seconds).unwrap_or(0));
         let now = jiff::Timestamp::now().as_second();
-        let replicas = sts
-            .pointer("/spec/replicas")
-            .and_then(Value::as_u64)
-            .unwrap_or(1) as usize;
-        let update =
-            owned::template_hash(&sts.pointer("/spec/template").cloned().unwrap_or(json!({})));
-        let raw_pods: Vec<Value> = self
-            .client
-            .list("pods", Some(&key.namespace))
-            .await?
-            .into_iter()
-            .filter(|p| owned::is_controlled_by(p, &uid))
-            .collect();
-        let pods: Vec<PodView> = raw_pods
+        let replicas = usize::try_from(spec.and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(1);
+        let template = raw.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let update = owned::template_hash(&template);
+        let mut own_pods: Vec<Pod> = Vec::new();
+        for p in self.client.list("pods", Some(&key.namespace)).await? {
+            if owned::is_controlled_by(&meta_of(&p), &uid) {
+                own_pods.push(typed(&p)?);
+            }
+        }
+        let pods: Vec<PodView> = own_pods
             .iter()
             .filter_map(|p| PodView::of(&key.name, p, min_ready, now))
             .collect();
-        let rolling = str_at(&sts, "/spec/updateStrategy/type") != "OnDelete";
+        let strategy = spec.and_then(|s| s.update_strategy.as_ref());
+        let rolling = strategy.and_then(|s| s.type_.as_deref()) != Some("OnDelete");
         let policy = Policy {
-            parallel: str_at(&sts, "/spec/podManagementPolicy") == "Parallel",
+            parallel: spec.and_then(|s| s.pod_management_policy.as_deref()) == Some("Parallel"),
             partition: rolling.then(|| {
-                sts.pointer("/spec/updateStrategy/rollingUpdate/partition")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0) as usize
+                let partition = strategy
+                    .and_then(|s| s.rolling_update.as_ref())
+                    .and_then(|r| r.partition)
+                    .unwrap_or(0);
+                usize::try_from(partition).unwrap_or(0)
             }),
         };
-        if !owned::is_terminating(&sts) {
+        if !owned::is_terminating(&sts.metadata) {
             for action in plan(replicas, &pods, &update, policy) {
                 match action {
                     Action::Create(i) => {
                         let created = self
                             .client
-                            .create("pods", &key.namespace, new_pod(&sts, i, &update))
+                            .create("pods", &key.namespace, new_pod(&sts, &template, i, &update))
                             .await
                             .map_err(|e| match e {
                                 ApiError::AlreadyExists { .. } => ApiError::Internal(format!(
@@ -354,10 +360,10 @@ impl Reconciler for StatefulSetController {
                                 )),
                                 e => e,
                             })?;
-                        let name = str_at(&created, "/metadata/name");
+                        let name = meta_of(&created).name.unwrap_or_default();
                         tracing::info!(statefulset = %key, pod = %name, "created a pod");
                         self.event(
-                            &sts,
+                            &raw,
                             "SuccessfulCreate",
                             &format!("create Pod {name} in StatefulSet {} successful", key.name),
                         )
@@ -378,7 +384,7 @@ impl Reconciler for StatefulSetController {
                             Ok(()) => {
                                 tracing::info!(statefulset = %key, pod = %name, "deleted a pod");
                                 self.event(
-                                    &sts,
+                                    &raw,
                                     "SuccessfulDelete",
                                     &format!(
                                         "delete Pod {name} in StatefulSet {} successful",
@@ -394,13 +400,15 @@ impl Reconciler for StatefulSetController {
                 }
             }
         }
-        let recorded = str_at(&sts, "/status/currentRevision");
+        let recorded = sts
+            .status
+            .as_ref()
+            .and_then(|s| s.current_revision.as_deref())
+            .unwrap_or("");
         let s = status(&pods, recorded, &update, rolling);
-        let generation = sts
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        let mut next_status = sts.get("status").cloned().unwrap_or(json!({}));
+        let generation = sts.metadata.generation.unwrap_or(1);
+        // The stored status, as written (with fields this controller does not own).
+        let mut next_status = raw.get("status").cloned().unwrap_or(json!({}));
         for (k, v) in [
             ("observedGeneration", json!(generation)),
             ("replicas", json!(s.replicas)),
@@ -415,10 +423,10 @@ impl Reconciler for StatefulSetController {
             next_status[k] = v;
         }
         self.client
-            .write_status_if_changed(RESOURCE, &sts, next_status)
+            .write_status_if_changed(RESOURCE, &raw, next_status)
             .await?;
         Ok(Requeue::after_seconds(owned::next_available_in(
-            &raw_pods, min_ready, now,
+            &own_pods, min_ready, now,
         )))
     }
 }
@@ -545,7 +553,7 @@ mod tests {
             "metadata": {"name": "web", "namespace": "default", "uid": "u-sts"},
             "spec": {"serviceName": "web-svc", "template": {"metadata": {"labels": {"app": "web"}},
                 "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
-        let p = new_pod(&sts, 1, "r1");
+        let p = new_pod(&typed(&sts).unwrap(), &sts["spec"]["template"], 1, "r1");
         assert_eq!(p["metadata"]["name"], "web-1");
         assert_eq!(p["metadata"]["labels"][POD_NAME_LABEL], "web-1");
         assert_eq!(p["metadata"]["labels"][POD_INDEX_LABEL], "1");
@@ -553,6 +561,6 @@ mod tests {
         assert_eq!(p["metadata"]["labels"]["app"], "web");
         assert_eq!(p["spec"]["hostname"], "web-1");
         assert_eq!(p["spec"]["subdomain"], "web-svc");
-        assert!(owned::is_controlled_by(&p, "u-sts"));
+        assert!(owned::is_controlled_by(&meta_of(&p), "u-sts"));
     }
 }

@@ -147,11 +147,11 @@ fn anti_hints(meta: &PodMeta) -> (Vec<(&str, &str)>, bool) {
     let mut hints = Vec::new();
     let mut any = false;
     for t in meta.inter_pod.iter().flat_map(|ip| &ip.anti_affinity) {
-        if t.selector.requirements.is_none() {
-            continue; // selects nothing
+        if t.selector.selects_nothing() {
+            continue;
         }
         match t.selector.index_hint() {
-            Some((k, vs)) => hints.extend(vs.iter().map(|v| (k, v.as_str()))),
+            Some((k, vs)) => hints.extend(vs.into_iter().map(|v| (k, v))),
             None => any = true,
         }
     }
@@ -216,7 +216,7 @@ pub struct Cache {
 
 impl PodView for Cache {
     fn candidates(&self, selector: &Selector, f: &mut dyn FnMut(Existing<'_>)) {
-        if selector.requirements.is_none() {
+        if selector.selects_nothing() {
             return;
         }
         match selector.index_hint() {

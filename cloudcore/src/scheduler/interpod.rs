@@ -168,7 +168,7 @@ mod tests {
             }
         }
         fn anti_affine(&self, _: &BTreeMap<String, String>, f: &mut dyn FnMut(Existing<'_>)) {
-            self.candidates(&Selector { requirements: None }, f);
+            self.candidates(&Selector::NOTHING, f);
         }
         fn nodes(&self, f: &mut dyn FnMut(&NodeInfo)) {
             for (_, n) in &self.0 {

@@ -6,6 +6,9 @@
 //! on a node (it offers nothing) and a malformed affinity term matches no node, as in Kubernetes.
 
 use crate::api::quantity::{parse_cpu_millis, parse_memory_bytes};
+use crate::api::selector::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as MetaSelector;
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -501,55 +504,47 @@ pub struct PodMeta {
     pub inter_pod: Option<InterPod>,
 }
 
-/// A metav1 `LabelSelector` (`matchLabels` and `matchExpressions`, all must hold).
+/// A metav1 `LabelSelector` in a pod's affinity or spread terms, parsed by the API's
+/// [`LabelSelector`] (one grammar and one set of error messages for the whole of cloudcore).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selector {
-    /// The requirements; `None` when the selector is absent or malformed, which selects
-    /// nothing (Kubernetes: a nil selector matches no pod), while `Some(empty)` selects all.
-    pub requirements: Option<Vec<Requirement>>,
+    /// The parsed selector; `None` when it is absent or does not parse, which selects nothing
+    /// (Kubernetes: a nil selector matches no pod, and a term whose selector fails to parse
+    /// matches nothing), while an empty selector selects all.
+    pub parsed: Option<LabelSelector>,
 }
 
 impl Selector {
-    /// Parses a `LabelSelector` object; `None` or `null` selects nothing.
+    /// A selector that selects nothing.
+    pub const NOTHING: Selector = Selector { parsed: None };
+
+    /// Parses a `LabelSelector` object; `None`, `null` or a malformed selector (a
+    /// `matchLabels` value that is not a string, an unknown operator, `In` without values)
+    /// selects nothing, and the reason is logged: never a selector with the bad part dropped.
     pub fn parse(v: Option<&Value>) -> Self {
-        let Some(obj) = v.and_then(Value::as_object) else {
-            return Self { requirements: None };
+        let Some(v) = v.filter(|v| v.is_object()) else {
+            return Self::NOTHING;
         };
-        let mut reqs: Vec<Requirement> = string_map(obj.get("matchLabels"))
-            .into_iter()
-            .map(|(key, v)| Requirement {
-                key,
-                op: Op::In(vec![v]),
-            })
-            .collect();
-        let exprs: Option<Vec<Requirement>> = obj
-            .get("matchExpressions")
-            .and_then(Value::as_array)
-            .map(|rs| {
-                rs.iter()
-                    .map(|r| {
-                        Requirement::parse(r).filter(|r| {
-                            matches!(
-                                r.op,
-                                Op::In(_) | Op::NotIn(_) | Op::Exists | Op::DoesNotExist
-                            )
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or(Some(Vec::new()));
-        let requirements = exprs.map(|e| {
-            reqs.extend(e);
-            reqs
-        });
-        Self { requirements }
+        let parsed = MetaSelector::deserialize(v)
+            .map_err(|e| e.to_string())
+            .and_then(|m| LabelSelector::from_meta(&m).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(sel) => Self { parsed: Some(sel) },
+            Err(e) => {
+                tracing::warn!(selector = %v, error = %e, "label selector in a pod's scheduling terms does not parse; it selects no pod");
+                Self::NOTHING
+            }
+        }
+    }
+
+    /// Whether the selector selects nothing at all.
+    pub fn selects_nothing(&self) -> bool {
+        self.parsed.is_none()
     }
 
     /// Whether labels looked up through `get` satisfy every requirement.
     pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
-        self.requirements
-            .as_ref()
-            .is_some_and(|rs| rs.iter().all(|r| r.matches(get(&r.key))))
+        self.parsed.as_ref().is_some_and(|s| s.matches_with(get))
     }
 
     /// Whether `labels` satisfy the selector.
@@ -557,17 +552,10 @@ impl Selector {
         self.matches_with(|k| labels.get(k).map(String::as_str))
     }
 
-    /// A label key and the values one of which every selected pod must carry (the first `In`
-    /// or `matchLabels` requirement), so that an index by label finds the candidates; `None`
-    /// when the selector has no such requirement (all pods are candidates).
-    pub fn index_hint(&self) -> Option<(&str, &[String])> {
-        self.requirements
-            .as_ref()?
-            .iter()
-            .find_map(|r| match &r.op {
-                Op::In(vs) => Some((r.key.as_str(), vs.as_slice())),
-                _ => None,
-            })
+    /// A label key and the values one of which every selected pod must carry (see
+    /// [`LabelSelector::index_hint`]); `None` when all pods are candidates.
+    pub fn index_hint(&self) -> Option<(&str, Vec<&str>)> {
+        self.parsed.as_ref()?.index_hint()
     }
 }
 
@@ -966,6 +954,31 @@ mod tests {
         ] {
             assert!(Requirement::parse(&bad).is_none(), "{bad}");
         }
+    }
+
+    /// Kubernetes: a label selector that fails to parse matches nothing. The scheduler's old
+    /// private selector could keep the valid part of a selector with a bad `matchLabels`
+    /// value; now one parser (the API's) decides, and a bad part empties the whole selector.
+    #[test]
+    fn a_malformed_label_selector_selects_no_pod() {
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        let good = Selector::parse(Some(&json!({"matchLabels": {"app": "web"}})));
+        assert!(good.matches(&labels));
+        assert_eq!(good.index_hint(), Some(("app", vec!["web"])));
+        assert!(Selector::parse(Some(&json!({}))).matches(&labels));
+        for bad in [
+            json!({"matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "tier", "operator": "Near", "values": ["a"]}]}),
+            json!({"matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": []}]}),
+            json!({"matchLabels": {"app": "web", "tier": 3}}),
+        ] {
+            let sel = Selector::parse(Some(&bad));
+            assert!(sel.selects_nothing(), "{bad}");
+            assert!(!sel.matches(&labels), "{bad}");
+        }
+        assert!(Selector::parse(None).selects_nothing());
+        assert!(Selector::parse(Some(&Value::Null)).selects_nothing());
     }
 
     #[test]
