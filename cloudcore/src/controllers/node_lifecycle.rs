@@ -684,16 +684,18 @@ impl Controller {
             })
             .collect();
         let now = clock::now_rfc3339();
+        let client = Client::new(self.state.clone());
         for key in marked {
-            match update_with(self.state.store.as_ref(), &key, |cur| {
-                (text(cur, "/spec/nodeName") == node)
-                    .then(|| restored_ready(cur, &now))
-                    .flatten()
-            })
-            .await
+            match client
+                .update_status_with("pods", &key.namespace, &key.name, |cur| {
+                    (text(cur, "/spec/nodeName") == node)
+                        .then(|| restored_ready(cur, &now))
+                        .flatten()
+                })
+                .await
             {
                 Ok(Some(_)) => info!(pod = %key, "pod readiness restored from its last report"),
-                Ok(None) | Err(StoreError::NotFound(_)) => {}
+                Ok(None) | Err(ApiError::NotFound { .. }) => {}
                 Err(e) => {
                     warn!(pod = %key, error = %e, "cannot restore pod readiness; a fresh report from the edge restores it")
                 }
@@ -702,24 +704,24 @@ impl Controller {
     }
 
     async fn mark_not_ready(&self, pod: &PodRef, node: &str) {
-        let key = ObjectKey::new("pods", &pod.namespace, &pod.name);
         let now = clock::now_rfc3339();
-        let res = update_with(self.state.store.as_ref(), &key, |cur| {
-            marked_not_ready(cur, &pod.uid, node, &now)
-        })
-        .await;
+        let res = Client::new(self.state.clone())
+            .update_status_with("pods", &pod.namespace, &pod.name, |cur| {
+                marked_not_ready(cur, &pod.uid, node, &now)
+            })
+            .await;
         match res {
-            Ok(Some(stored)) => {
+            Ok(Some(written)) => {
                 info!(pod = %format!("{}/{}", pod.namespace, pod.name), "pod marked not ready");
                 self.record(
-                    &stored.value,
+                    &written,
                     EventType::Warning,
                     "NodeNotReady",
                     "Node is not ready",
                 )
                 .await;
             }
-            Ok(None) | Err(StoreError::NotFound(_)) => {}
+            Ok(None) | Err(ApiError::NotFound { .. }) => {}
             Err(e) => {
                 warn!(pod = %format!("{}/{}", pod.namespace, pod.name), error = %e, "cannot mark pod not ready; the next pass retries")
             }
