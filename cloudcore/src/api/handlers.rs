@@ -869,30 +869,10 @@ pub(super) async fn update(call: &Call, body: Bytes) -> Result<Response, ApiErro
     Ok(with_warnings(resp, &warnings))
 }
 
-/// RFC 7386 JSON merge patch.
-pub(super) fn merge_patch(target: &mut Value, patch: &Value) {
-    let Some(patch) = patch.as_object() else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    if let Some(t) = target.as_object_mut() {
-        for (k, v) in patch {
-            if v.is_null() {
-                t.remove(k);
-            } else {
-                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-    }
-}
-
 /// The patch formats `PATCH` accepts, by `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PatchType {
-    /// RFC 7386.
+    /// RFC 7396.
     Merge,
     /// RFC 6902.
     Json,
@@ -967,7 +947,7 @@ pub(super) async fn patch(call: &Call, body: Bytes) -> Result<Response, ApiError
             }
             _ => {
                 let mut merged = current.clone();
-                merge_patch(&mut merged, &patch);
+                super::patch::merge::apply(&mut merged, &patch);
                 merged
             }
         };
@@ -1566,19 +1546,6 @@ fn require_get(method: &Method) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn merge_patch_rfc7386() {
-        let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
-        merge_patch(
-            &mut t,
-            &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
-        );
-        assert_eq!(
-            t,
-            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
-        );
-    }
 
     #[test]
     fn timestamps() {
