@@ -253,22 +253,7 @@ impl Call {
     }
 }
 
-/// Seconds since the epoch, now.
-pub(super) fn now_seconds() -> i64 {
-    jiff::Timestamp::now().as_second()
-}
-
-/// Now as a Kubernetes timestamp (RFC 3339, UTC, second precision).
-pub(super) fn now_rfc3339() -> String {
-    rfc3339(now_seconds())
-}
-
-/// Formats seconds since the epoch as a Kubernetes timestamp.
-pub(super) fn rfc3339(secs: i64) -> String {
-    jiff::Timestamp::from_second(secs)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
+pub(super) use crate::clock::{now_rfc3339, now_seconds};
 
 fn random_suffix() -> String {
     use rand::Rng;
@@ -1549,7 +1534,10 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            protocol::timestamp::format(1_700_000_000),
+            "2023-11-14T22:13:20Z"
+        );
         assert_eq!(
             table::parse_timestamp(&now_rfc3339()).map(|t| (t - now_seconds()).abs() <= 1),
             Some(true)

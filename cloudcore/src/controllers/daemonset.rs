@@ -446,7 +446,7 @@ impl Reconciler for DaemonSetController {
             .pointer("/spec/minReadySeconds")
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        let now = jiff::Timestamp::now().as_second();
+        let now = crate::clock::now_seconds();
         let template = ds.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let hash = owned::template_hash(&template);
         let probe = with_daemon_tolerations(

@@ -312,7 +312,7 @@ impl Reconciler for StatefulSetController {
             .pointer("/spec/minReadySeconds")
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        let now = jiff::Timestamp::now().as_second();
+        let now = crate::clock::now_seconds();
         let replicas = sts
             .pointer("/spec/replicas")
             .and_then(Value::as_u64)
