@@ -1,4 +1,5 @@
-//! Time in the forms the API needs: Kubernetes timestamps are RFC 3339 UTC with second precision.
+//! The clock, in the forms the API needs: Kubernetes timestamps are RFC 3339 UTC with second
+//! precision, formatted by [`protocol::timestamp`].
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,12 +11,14 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Seconds since the Unix epoch, now.
+pub fn now_seconds() -> i64 {
+    (now_ms() / 1000) as i64
+}
+
 /// Formats milliseconds since the epoch as a Kubernetes timestamp (`2026-11-25T17:00:00Z`).
 pub fn rfc3339(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    jiff::Timestamp::from_second(secs)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+    protocol::timestamp::format((ms / 1000) as i64)
 }
 
 /// Now, as a Kubernetes timestamp.

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
+use wire::backoff::Backoff;
 
 /// Annotation holding the sequence number of the last status report applied to an object.
 pub const STATUS_SEQ_ANNOTATION: &str = "skerry.io/status-seq";
@@ -74,7 +75,7 @@ pub async fn run(store: Arc<dyn Store>, pki: Arc<Pki>, target: MqttTarget, clien
         tokio::spawn(worker(store.clone(), keys.clone(), rx, done_tx.clone()));
         workers.push(tx);
     }
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     // Connection generation and per-connection receive index: acks are only valid on the
     // connection that delivered the message, and must follow its receive order.
     let (mut generation, mut next_index) = (0u64, 0u64);
@@ -83,7 +84,7 @@ pub async fn run(store: Arc<dyn Store>, pki: Arc<Pki>, target: MqttTarget, clien
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 info!(host = %target.host, port = target.port, "connected to MQTT broker");
                 metrics::counter!("skerry_ingest_broker_connections_total").increment(1);
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 generation += 1;
                 next_index = 0;
                 for filter in [topics::NODE_STATUS_FILTER, topics::POD_STATUS_FILTER] {
@@ -111,8 +112,7 @@ pub async fn run(store: Arc<dyn Store>, pki: Arc<Pki>, target: MqttTarget, clien
             Ok(_) => {}
             Err(e) => {
                 warn!(error = %e, host = %target.host, port = target.port, "MQTT connection failed; status ingest retries (check that the broker runs and --mqtt-url is right)");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
@@ -163,10 +163,10 @@ async fn worker(
         let mut outcome = apply(store.as_ref(), &keys, &p.topic, &p.payload).await;
         // A store failure is retried here rather than left unacked: acks must stay in order, so
         // one unacked message would hold back every later one.
-        let mut delay = Duration::from_millis(50);
-        while matches!(outcome, Err(ApplyError::Store(_))) && delay <= Duration::from_secs(2) {
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+        // Six retries, 50 ms to 1.6 s apart.
+        let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        while matches!(outcome, Err(ApplyError::Store(_))) && retry.attempts() < 6 {
+            tokio::time::sleep(retry.next_delay()).await;
             outcome = apply(store.as_ref(), &keys, &p.topic, &p.payload).await;
         }
         metrics::histogram!("skerry_ingest_apply_seconds").record(started.elapsed().as_secs_f64());

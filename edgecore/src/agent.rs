@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
+use wire::backoff::Backoff;
 
 /// Runtime settings of `edgecore run` (beyond the persistent [`EdgeConfig`]).
 #[derive(Debug, Clone)]
@@ -62,19 +63,20 @@ async fn connect_cri(
 ) -> anyhow::Result<CriRuntime> {
     let instance = cri::load_instance_id(data_dir)?;
     let config = CriConfig::new(socket.to_path_buf(), data_dir.join("pods"), instance);
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     loop {
-        match CriRuntime::connect(config.clone()).await {
+        let delay = match CriRuntime::connect(config.clone()).await {
             Ok(runtime) => return Ok(runtime),
             Err(e) => {
+                let delay = backoff.next_delay();
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "containerd is not answering yet");
+                delay
             }
-        }
+        };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown_signal() => anyhow::bail!("stopped while waiting for containerd at {}", socket.display()),
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

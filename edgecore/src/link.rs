@@ -10,13 +10,13 @@ use crate::identity::{self, IdentityPaths};
 use protocol::codec;
 use protocol::join::{JoinRequest, JoinResponse};
 use protocol::messages::*;
-use rand::Rng;
 use serde::{de::DeserializeOwned, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, info_span, warn, Instrument};
+use wire::backoff::Backoff;
 
 /// Errors of link operations.
 #[derive(Debug, thiserror::Error)]
@@ -259,12 +259,10 @@ pub struct LinkConfig {
     pub backoff_max: Duration,
 }
 
-/// Exponential back-off with ±50 % jitter, so that a thousand nodes cut off together do not
-/// reconnect in lockstep.
-pub fn backoff_delay(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(max);
-    let jitter = rand::rng().random_range(0.5..1.5);
-    exp.mul_f64(jitter).min(max)
+/// Exponential back-off from `base` to `max` with ±50 % jitter, so that a thousand nodes cut off
+/// together do not reconnect in lockstep.
+pub fn reconnect_backoff(base: Duration, max: Duration) -> Backoff {
+    Backoff::new(base, max).jitter(0.5, rand::random())
 }
 
 /// Runs the sync loop forever. `changed` is notified after every applied batch.
@@ -275,7 +273,7 @@ pub async fn run(
     changed: Arc<Notify>,
     state: watch::Sender<LinkState>,
 ) {
-    let mut attempt = 0u32;
+    let mut backoff = reconnect_backoff(cfg.backoff_base, cfg.backoff_max);
     loop {
         let span = info_span!("link", node = %cfg.node_name, server = %cfg.server);
         let result = session(&cfg, &paths, &cache, &changed, &state)
@@ -284,19 +282,19 @@ pub async fn run(
         let _ = state.send(LinkState::Disconnected);
         let _span = span.enter();
         match &result {
-            Ok(true) => attempt = 0,
+            Ok(true) => backoff.reset(),
             Ok(false) => {}
             Err(LinkError::Rejected(r)) => {
                 error!(reason = %r, "cloud refused this node");
                 let _ = state.send(LinkState::Refused);
-                attempt = attempt.max(6);
+                backoff.skip_to(6);
             }
             Err(e) => warn!(error = %e, "link down; pods keep running from the cache"),
         }
         metrics::counter!("skerry_edge_link_reconnects_total").increment(1);
-        let delay = backoff_delay(cfg.backoff_base, cfg.backoff_max, attempt);
+        let attempt = backoff.attempts();
+        let delay = backoff.next_delay();
         debug!(?delay, attempt, "reconnecting after back-off");
-        attempt = attempt.saturating_add(1);
         drop(_span);
         tokio::time::sleep(delay).await;
     }
@@ -409,8 +407,9 @@ mod tests {
     fn backoff_grows_with_jitter_and_is_capped() {
         let base = Duration::from_millis(100);
         let max = Duration::from_secs(30);
+        let mut backoff = reconnect_backoff(base, max);
         for attempt in 0..40 {
-            let d = backoff_delay(base, max, attempt);
+            let d = backoff.next_delay();
             let nominal = base.saturating_mul(1 << attempt.min(16)).min(max);
             assert!(d <= max);
             assert!(

@@ -244,21 +244,16 @@ pub struct PublisherConfig {
 
 /// Publishes the outbox forever, reconnecting with back-off.
 pub async fn publish(outbox: Outbox, cfg: PublisherConfig) {
-    let mut attempt = 0u32;
+    let mut backoff =
+        crate::link::reconnect_backoff(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match publish_session(&outbox, &cfg).await {
-            Ok(()) => attempt = 0,
+            Ok(()) => backoff.reset(),
             Err(e) => {
                 warn!(error = %e, host = %cfg.host, port = cfg.port, queued = outbox.len(), "MQTT broker unreachable; status stays queued in the outbox")
             }
         }
-        let delay = crate::link::backoff_delay(
-            Duration::from_millis(200),
-            Duration::from_secs(10),
-            attempt,
-        );
-        attempt = attempt.saturating_add(1);
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

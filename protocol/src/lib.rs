@@ -13,6 +13,7 @@ pub mod join;
 pub mod messages;
 pub mod pod;
 pub mod status;
+pub mod timestamp;
 pub mod topics;
 
 /// Version of the edge protocol spoken on the QUIC link and in MQTT payloads.

@@ -253,22 +253,7 @@ impl Call {
     }
 }
 
-/// Seconds since the epoch, now.
-pub(super) fn now_seconds() -> i64 {
-    jiff::Timestamp::now().as_second()
-}
-
-/// Now as a Kubernetes timestamp (RFC 3339, UTC, second precision).
-pub(super) fn now_rfc3339() -> String {
-    rfc3339(now_seconds())
-}
-
-/// Formats seconds since the epoch as a Kubernetes timestamp.
-pub(super) fn rfc3339(secs: i64) -> String {
-    jiff::Timestamp::from_second(secs)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
+pub(super) use crate::clock::{now_rfc3339, now_seconds};
 
 fn random_suffix() -> String {
     use rand::Rng;
@@ -869,30 +854,10 @@ pub(super) async fn update(call: &Call, body: Bytes) -> Result<Response, ApiErro
     Ok(with_warnings(resp, &warnings))
 }
 
-/// RFC 7386 JSON merge patch.
-pub(super) fn merge_patch(target: &mut Value, patch: &Value) {
-    let Some(patch) = patch.as_object() else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    if let Some(t) = target.as_object_mut() {
-        for (k, v) in patch {
-            if v.is_null() {
-                t.remove(k);
-            } else {
-                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-    }
-}
-
 /// The patch formats `PATCH` accepts, by `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PatchType {
-    /// RFC 7386.
+    /// RFC 7396.
     Merge,
     /// RFC 6902.
     Json,
@@ -967,7 +932,7 @@ pub(super) async fn patch(call: &Call, body: Bytes) -> Result<Response, ApiError
             }
             _ => {
                 let mut merged = current.clone();
-                merge_patch(&mut merged, &patch);
+                super::patch::merge::apply(&mut merged, &patch);
                 merged
             }
         };
@@ -1568,21 +1533,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn merge_patch_rfc7386() {
-        let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
-        merge_patch(
-            &mut t,
-            &json!({"a": "z", "c": {"f": null}, "l": [3], "n": {"x": 1}}),
-        );
-        assert_eq!(
-            t,
-            json!({"a": "z", "c": {"d": "e"}, "l": [3], "n": {"x": 1}})
-        );
-    }
-
-    #[test]
     fn timestamps() {
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            protocol::timestamp::format(1_700_000_000),
+            "2023-11-14T22:13:20Z"
+        );
         assert_eq!(
             table::parse_timestamp(&now_rfc3339()).map(|t| (t - now_seconds()).abs() <= 1),
             Some(true)

@@ -1194,11 +1194,9 @@ impl ResourceHandler for PodHandler {
         }
         // As Kubernetes: the timestamp is the deadline (now + grace), moved earlier when a later
         // delete shortens the grace.
-        let deadline = now
-            .parse::<jiff::Timestamp>()
-            .ok()
-            .and_then(|t| t.checked_add(jiff::SignedDuration::from_secs(grace)).ok())
-            .map(|t| t.to_string())
+        let deadline = protocol::timestamp::parse(now)
+            .and_then(|t| t.checked_add(grace))
+            .and_then(protocol::timestamp::checked_format)
             .unwrap_or_else(|| now.to_string());
         let mut updated = obj.clone();
         if let Some(meta) = updated.get_mut("metadata").and_then(Value::as_object_mut) {

@@ -168,7 +168,7 @@ pub(super) async fn serve(verb: &str, call: &Call, body: Bytes) -> Result<Respon
                     })?
                 } else {
                     let mut s = scale;
-                    handlers::merge_patch(&mut s, &patch);
+                    super::patch::merge::apply(&mut s, &patch);
                     s
                 };
                 check_scale_type(&patched)?;

@@ -152,9 +152,7 @@ pub fn build(
 }
 
 /// Seconds since the epoch of an RFC 3339 timestamp.
-pub fn parse_timestamp(s: &str) -> Option<i64> {
-    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
-}
+pub use protocol::timestamp::parse as parse_timestamp;
 
 /// The AGE cell: time since `metadata.creationTimestamp`, `<unknown>` without one.
 pub fn age(obj: &Value, now: i64) -> Value {

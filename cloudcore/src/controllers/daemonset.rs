@@ -452,7 +452,7 @@ impl Reconciler for DaemonSetController {
         let uid = ds.metadata.uid.clone().unwrap_or_default();
         let spec = ds.spec.as_ref();
         let min_ready = i64::from(spec.and_then(|s| s.min_ready_seconds).unwrap_or(0));
-        let now = jiff::Timestamp::now().as_second();
+        let now = crate::clock::now_seconds();
         let template = raw.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let hash = owned::template_hash(&template);
         let probe = with_daemon_tolerations(

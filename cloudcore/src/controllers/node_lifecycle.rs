@@ -147,10 +147,7 @@ fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
-fn parse_ms(ts: &str) -> Option<u64> {
-    let t: jiff::Timestamp = ts.parse().ok()?;
-    u64::try_from(t.as_millisecond()).ok()
-}
+use protocol::timestamp::parse_ms;
 
 fn ready_condition(obj: &Value) -> Option<&Value> {
     obj.pointer("/status/conditions")

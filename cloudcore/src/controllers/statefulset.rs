@@ -319,7 +319,7 @@ impl Reconciler for StatefulSetController {
         let uid = sts.metadata.uid.clone().unwrap_or_default();
         let spec = sts.spec.as_ref();
         let min_ready = i64::from(spec.and_then(|s| s.min_ready_seconds).unwrap_or(0));
-        let now = jiff::Timestamp::now().as_second();
+        let now = crate::clock::now_seconds();
         let replicas = usize::try_from(spec.and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(1);
         let template = raw.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let update = owned::template_hash(&template);

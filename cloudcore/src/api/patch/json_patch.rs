@@ -3,7 +3,15 @@
 //! The operations apply to a copy, in order; the first failure discards them all, so a patch is
 //! atomic. Errors name the operation's index and path, because a client holding a long patch
 //! needs to know which step did not hold.
+//!
+//! The operations themselves are the `json-patch` crate's; this module is the adapter that
+//! keeps Kubernetes' answers: a document that is not a list of well-formed operations is a 400
+//! ([`JsonPatchError::Malformed`]), an operation that does not fit the object (a `test` that
+//! does not hold, a path that does not exist) is a 422 ([`JsonPatchError::Failed`]), and `test`
+//! compares numbers by value as Kubernetes does.
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{PatchErrorKind, PatchOperation};
 use serde_json::Value;
 
 /// Why a JSON patch was not applied.
@@ -27,37 +35,32 @@ pub enum JsonPatchError {
     },
 }
 
-/// One decoded operation.
-enum Op {
-    Add(String, Value),
-    Remove(String),
-    Replace(String, Value),
-    Move { from: String, path: String },
-    Copy { from: String, path: String },
-    Test(String, Value),
+/// One decoded operation, or the first pointer in it that is not a JSON pointer.
+///
+/// A bad pointer is reported when the patch reaches its operation, as a failure of that
+/// operation (422), not as a malformed document (400): the operation itself is well-formed.
+enum Step {
+    Op(PatchOperation),
+    BadPointer {
+        op: String,
+        path: String,
+        reason: String,
+    },
 }
 
-impl Op {
-    fn name(&self) -> &'static str {
-        match self {
-            Op::Add(..) => "add",
-            Op::Remove(_) => "remove",
-            Op::Replace(..) => "replace",
-            Op::Move { .. } => "move",
-            Op::Copy { .. } => "copy",
-            Op::Test(..) => "test",
-        }
-    }
-
-    fn path(&self) -> &str {
-        match self {
-            Op::Add(p, _) | Op::Remove(p) | Op::Replace(p, _) | Op::Test(p, _) => p,
-            Op::Move { path, .. } | Op::Copy { path, .. } => path,
-        }
+fn name(op: &PatchOperation) -> &'static str {
+    match op {
+        PatchOperation::Add(_) => "add",
+        PatchOperation::Remove(_) => "remove",
+        PatchOperation::Replace(_) => "replace",
+        PatchOperation::Move(_) => "move",
+        PatchOperation::Copy(_) => "copy",
+        PatchOperation::Test(_) => "test",
     }
 }
 
-fn decode(patch: &Value) -> Result<Vec<Op>, JsonPatchError> {
+/// Decodes every operation before any applies, so a malformed one anywhere rejects the patch.
+fn decode(patch: &Value) -> Result<Vec<Step>, JsonPatchError> {
     let Some(list) = patch.as_array() else {
         return Err(JsonPatchError::Malformed(
             "a JSON patch must be a JSON array of operations".into(),
@@ -66,152 +69,55 @@ fn decode(patch: &Value) -> Result<Vec<Op>, JsonPatchError> {
     list.iter()
         .enumerate()
         .map(|(i, raw)| {
-            let bad = |what: &str| JsonPatchError::Malformed(format!("operation {i}: {what}"));
-            let obj = raw.as_object().ok_or_else(|| bad("not a JSON object"))?;
-            let string = |field: &str| {
-                obj.get(field)
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .ok_or_else(|| bad(&format!("missing string field {field:?}")))
+            let malformed = |e: serde_json::Error| {
+                JsonPatchError::Malformed(format!(
+                    "operation {i}: {e}: each operation needs \"op\" (add, remove, replace, \
+                     move, copy or test), \"path\", and \"value\" or \"from\" as the op requires"
+                ))
             };
-            // `value` may legitimately be `null`, so presence is what counts.
-            let value = || {
-                obj.get("value")
-                    .cloned()
-                    .ok_or_else(|| bad("missing field \"value\""))
+            let obj = raw.as_object().ok_or_else(|| {
+                JsonPatchError::Malformed(format!("operation {i}: not a JSON object"))
+            })?;
+            let error = match serde_json::from_value::<PatchOperation>(raw.clone()) {
+                Ok(op) => return Ok(Step::Op(op)),
+                Err(e) => e,
             };
-            let path = string("path")?;
-            Ok(match string("op")?.as_str() {
-                "add" => Op::Add(path, value()?),
-                "remove" => Op::Remove(path),
-                "replace" => Op::Replace(path, value()?),
-                "move" => Op::Move {
-                    from: string("from")?,
-                    path,
-                },
-                "copy" => Op::Copy {
-                    from: string("from")?,
-                    path,
-                },
-                "test" => Op::Test(path, value()?),
-                other => {
-                    return Err(bad(&format!(
-                    "unknown op {other:?}: supported ops: add, remove, replace, move, copy, test"
-                )))
-                }
-            })
-        })
-        .collect()
-}
-
-/// Splits a JSON pointer into unescaped reference tokens (`~1` is `/`, `~0` is `~`).
-fn tokens(pointer: &str) -> Result<Vec<String>, String> {
-    if pointer.is_empty() {
-        return Ok(Vec::new());
-    }
-    let Some(rest) = pointer.strip_prefix('/') else {
-        return Err("a JSON pointer must be empty or start with \"/\"".into());
-    };
-    rest.split('/')
-        .map(|t| {
-            let mut out = String::with_capacity(t.len());
-            let mut chars = t.chars();
-            while let Some(c) = chars.next() {
-                if c != '~' {
-                    out.push(c);
-                    continue;
-                }
-                match chars.next() {
-                    Some('0') => out.push('~'),
-                    Some('1') => out.push('/'),
-                    _ => return Err(format!("invalid escape in token {t:?}: use ~0 or ~1")),
+            // Tell a bad pointer in a well-formed operation from a malformed operation: with
+            // the bad pointers replaced by valid ones, the operation must decode.
+            let mut fixed = obj.clone();
+            let mut bad = None;
+            for field in ["path", "from"] {
+                if let Some(Value::String(s)) = obj.get(field) {
+                    if let Err(e) = PointerBuf::parse(s.as_str()) {
+                        bad.get_or_insert_with(|| {
+                            format!(
+                                "{field} {s:?} is not a JSON pointer ({e}): it must be empty or \
+                                 start with \"/\", and ~ is an invalid escape unless ~0 or ~1"
+                            )
+                        });
+                        fixed.insert(field.into(), Value::String(String::new()));
+                    }
                 }
             }
-            Ok(out)
+            match (
+                bad,
+                serde_json::from_value::<PatchOperation>(Value::Object(fixed)),
+            ) {
+                (Some(reason), Ok(op)) => Ok(Step::BadPointer {
+                    op: name(&op).into(),
+                    path: obj["path"].as_str().unwrap_or_default().into(),
+                    reason,
+                }),
+                _ => Err(malformed(error)),
+            }
         })
         .collect()
-}
-
-/// An array index token: digits without leading zeros, below `bound`.
-fn index(token: &str, bound: usize) -> Result<usize, String> {
-    let valid = !token.is_empty()
-        && token.bytes().all(|b| b.is_ascii_digit())
-        && (token == "0" || !token.starts_with('0'));
-    let i: usize = token
-        .parse()
-        .ok()
-        .filter(|_| valid)
-        .ok_or_else(|| format!("{token:?} is not an array index"))?;
-    if i >= bound {
-        return Err(format!("index {i} is out of bounds (length {})", bound));
-    }
-    Ok(i)
-}
-
-fn get<'a>(doc: &'a Value, toks: &[String]) -> Result<&'a Value, String> {
-    let mut cur = doc;
-    for t in toks {
-        cur = match cur {
-            Value::Object(m) => m.get(t).ok_or_else(|| format!("key {t:?} not found"))?,
-            Value::Array(a) => &a[index(t, a.len())?],
-            _ => return Err(format!("cannot look up {t:?} in a scalar")),
-        };
-    }
-    Ok(cur)
-}
-
-fn get_mut<'a>(doc: &'a mut Value, toks: &[String]) -> Result<&'a mut Value, String> {
-    let mut cur = doc;
-    for t in toks {
-        cur = match cur {
-            Value::Object(m) => m.get_mut(t).ok_or_else(|| format!("key {t:?} not found"))?,
-            Value::Array(a) => {
-                let i = index(t, a.len())?;
-                &mut a[i]
-            }
-            _ => return Err(format!("cannot look up {t:?} in a scalar")),
-        };
-    }
-    Ok(cur)
-}
-
-fn add(doc: &mut Value, toks: &[String], value: Value) -> Result<(), String> {
-    let Some((last, parent)) = toks.split_last() else {
-        *doc = value;
-        return Ok(());
-    };
-    match get_mut(doc, parent)? {
-        Value::Object(m) => {
-            m.insert(last.clone(), value);
-        }
-        Value::Array(a) if last == "-" => a.push(value),
-        Value::Array(a) => {
-            // Inserting at the length appends.
-            let i = index(last, a.len() + 1)?;
-            a.insert(i, value);
-        }
-        _ => return Err("the parent of the target is not an object or array".into()),
-    }
-    Ok(())
-}
-
-fn remove(doc: &mut Value, toks: &[String]) -> Result<Value, String> {
-    let Some((last, parent)) = toks.split_last() else {
-        return Err("cannot remove the whole document".into());
-    };
-    match get_mut(doc, parent)? {
-        Value::Object(m) => m
-            .remove(last)
-            .ok_or_else(|| format!("key {last:?} not found")),
-        Value::Array(a) => {
-            let i = index(last, a.len())?;
-            Ok(a.remove(i))
-        }
-        _ => Err("the parent of the target is not an object or array".into()),
-    }
 }
 
 /// RFC 6902 equality: numbers compare by value (1 equals 1.0), objects regardless of order.
+///
+/// Kubernetes decodes numbers to float64 before it tests them, so `9` and `9.0` are equal;
+/// the `json-patch` crate compares `serde_json` numbers as they are, hence our own `test`.
 fn equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
@@ -225,53 +131,57 @@ fn equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn apply_op(doc: &mut Value, op: Op) -> Result<(), String> {
+/// What did not hold, in words, for one failed operation.
+fn reason(kind: &PatchErrorKind) -> String {
+    match kind {
+        PatchErrorKind::InvalidPointer => "the path does not exist in the object (a missing key, \
+            or an array index that is not a number without leading zeros or is out of bounds)"
+            .into(),
+        PatchErrorKind::InvalidFromPointer => {
+            "the \"from\" path does not exist in the object".into()
+        }
+        PatchErrorKind::CannotMoveInsideItself => "cannot move a value into its own child".into(),
+        other => other.to_string(),
+    }
+}
+
+fn apply_op(doc: &mut Value, op: &PatchOperation) -> Result<(), String> {
     match op {
-        Op::Add(path, value) => add(doc, &tokens(&path)?, value),
-        Op::Remove(path) => remove(doc, &tokens(&path)?).map(drop),
-        Op::Replace(path, value) => {
-            *get_mut(doc, &tokens(&path)?)? = value;
-            Ok(())
-        }
-        Op::Move { from, path } => {
-            let (f, t) = (tokens(&from)?, tokens(&path)?);
-            if t.len() > f.len() && t.starts_with(&f) {
-                return Err(format!("cannot move {from:?} into its own child"));
-            }
-            let value = remove(doc, &f).map_err(|e| format!("from {from:?}: {e}"))?;
-            add(doc, &t, value)
-        }
-        Op::Copy { from, path } => {
-            let value = get(doc, &tokens(&from)?)
-                .map_err(|e| format!("from {from:?}: {e}"))?
-                .clone();
-            add(doc, &tokens(&path)?, value)
-        }
-        Op::Test(path, expected) => {
-            let actual = get(doc, &tokens(&path)?)?;
-            if equal(actual, &expected) {
+        PatchOperation::Test(t) => {
+            let actual = doc
+                .pointer(t.path.as_str())
+                .ok_or_else(|| reason(&PatchErrorKind::InvalidPointer))?;
+            if equal(actual, &t.value) {
                 Ok(())
             } else {
                 Err(format!(
-                    "test failed: the value is {actual}, not {expected}"
+                    "test failed: the value is {actual}, not {}",
+                    t.value
                 ))
             }
         }
+        // The whole patch works on a copy that a failure discards, so no undo log is needed.
+        _ => json_patch::patch_unsafe(doc, std::slice::from_ref(op)).map_err(|e| reason(&e.kind)),
     }
 }
 
 /// Applies `patch` (a JSON array of operations) to `doc`.
 pub fn apply(doc: &Value, patch: &Value) -> Result<Value, JsonPatchError> {
-    let ops = decode(patch)?;
+    let steps = decode(patch)?;
     let mut out = doc.clone();
-    for (i, op) in ops.into_iter().enumerate() {
-        let (name, path) = (op.name(), op.path().to_string());
-        apply_op(&mut out, op).map_err(|reason| JsonPatchError::Failed {
-            index: i,
-            op: name.into(),
+    for (index, step) in steps.into_iter().enumerate() {
+        let failed = |op: &str, path: String, reason| JsonPatchError::Failed {
+            index,
+            op: op.into(),
             path,
             reason,
-        })?;
+        };
+        match step {
+            Step::Op(op) => {
+                apply_op(&mut out, &op).map_err(|r| failed(name(&op), op.path().to_string(), r))?
+            }
+            Step::BadPointer { op, path, reason } => return Err(failed(&op, path, reason)),
+        }
     }
     Ok(out)
 }
@@ -379,7 +289,7 @@ mod tests {
             json!([{"op": "add", "path": "/baz/bat", "value": "qux"}]),
         );
         assert_eq!((i, op.as_str()), (0, "add"));
-        assert!(reason.contains("\"baz\" not found"), "{reason}");
+        assert!(reason.contains("does not exist"), "{reason}");
         // A.14: ~ escaping, and numeric equality.
         assert_eq!(
             ok(
@@ -427,12 +337,12 @@ mod tests {
         );
         let (i, op, reason) = failed(doc.clone(), json!([{"op": "remove", "path": "/spec/x"}]));
         assert_eq!((i, op.as_str()), (0, "remove"));
-        assert!(reason.contains("\"spec\" not found"));
+        assert!(reason.contains("does not exist"), "{reason}");
         let (_, _, reason) = failed(
             json!({"a": [1]}),
             json!([{"op": "replace", "path": "/a/01", "value": 2}]),
         );
-        assert!(reason.contains("not an array index"), "{reason}");
+        assert!(reason.contains("leading zeros"), "{reason}");
         let (_, _, reason) = failed(json!({"a": [1]}), json!([{"op": "remove", "path": "/a/1"}]));
         assert!(reason.contains("out of bounds"), "{reason}");
         let (_, _, reason) = failed(
@@ -469,6 +379,26 @@ mod tests {
             ),
             json!({"a": null})
         );
-        assert_eq!(tokens("/a~1b~0c").unwrap(), ["a/b~c"]);
+        // ~1 is `/` and ~0 is `~` in a pointer token.
+        assert_eq!(
+            ok(
+                json!({"a/b~c": 1}),
+                json!([{"op": "replace", "path": "/a~1b~0c", "value": 2}])
+            ),
+            json!({"a/b~c": 2})
+        );
+        // A bad pointer is a failed operation, but only once the whole patch is well-formed.
+        assert!(matches!(
+            apply(
+                &json!({}),
+                &json!([{"op": "add", "path": "a", "value": 1}, {"op": "add", "path": "/b"}])
+            ),
+            Err(JsonPatchError::Malformed(_))
+        ));
+        let (i, op, reason) = failed(
+            json!({"a": 1}),
+            json!([{"op": "test", "path": "/a", "value": 1.0}, {"op": "copy", "from": "/a", "path": "b"}]),
+        );
+        assert_eq!((i, op.as_str()), (1, "copy"), "{reason}");
     }
 }

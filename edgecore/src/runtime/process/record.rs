@@ -4,10 +4,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub(super) const POD_FILE: &str = "pod.json";
@@ -95,28 +92,10 @@ pub(super) async fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option
     }
 }
 
-/// Writes `value` as JSON to `path` atomically: temporary file, fsync, rename, fsync of the
-/// directory.
+/// Writes `value` as JSON to `path` atomically and durably (see `skerry_wire::durable`).
 pub(super) fn write_json_atomic<T: Serialize>(path: &Path, value: &T, mode: u32) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    wire::durable::write_atomic(path, &bytes, mode).map_err(|e| io::Error::new(e.source.kind(), e))
 }
 
 pub(super) async fn write_json_atomic_async<T: Serialize>(
