@@ -28,8 +28,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use wire::backoff::Backoff;
 
-/// Annotation holding the sequence number of the last status report applied to an object.
-pub const STATUS_SEQ_ANNOTATION: &str = "skerry.io/status-seq";
+pub use crate::annotations::STATUS_SEQ_ANNOTATION;
 
 /// Number of parallel appliers; reports of one topic always go to the same one, in order.
 const WORKERS: usize = 4;

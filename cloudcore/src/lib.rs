@@ -7,6 +7,7 @@
 //! [`pki`] that issues node identities, and an optional embedded MQTT [`broker`]. The binary in
 //! `main.rs` is a thin shell over [`server::run`].
 
+pub mod annotations;
 pub mod api;
 pub mod broker;
 pub mod clock;
