@@ -36,6 +36,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteErr
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| err("create the directory of", e))?;
+    write_in_place(path, bytes, mode)
+}
+
+/// As [`write_atomic`], but only into a directory that exists: a directory that is gone is an
+/// error (`NotFound`), never made anew. For writers whose directory's existence means
+/// something, such as a process record in a pod directory that may have been wiped under it
+/// (the runtime then starts the pod in a fresh sandbox, which a late record must not recreate).
+pub fn write_atomic_existing_dir(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+    write_in_place(path, bytes, mode)
+}
+
+fn write_in_place(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+    let err = |action, source| WriteError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
     let (tmp, mut f) =
         create_temp(path, mode).map_err(|e| err("create a temporary file for", e))?;
     let written = f
@@ -115,6 +133,18 @@ mod tests {
                 .starts_with("cannot create the directory of /proc/nope/x"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_write_into_a_directory_that_is_gone_fails_and_does_not_recreate_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("pod");
+        let e = write_atomic_existing_dir(&gone.join("exit.json"), b"{}", 0o600).unwrap_err();
+        assert_eq!(e.source.kind(), std::io::ErrorKind::NotFound);
+        assert!(!gone.exists(), "the wiped directory must stay gone");
+        std::fs::create_dir(&gone).unwrap();
+        write_atomic_existing_dir(&gone.join("exit.json"), b"{}", 0o600).unwrap();
+        assert_eq!(std::fs::read(gone.join("exit.json")).unwrap(), b"{}");
     }
 
     #[test]

@@ -92,10 +92,13 @@ pub(super) async fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option
     }
 }
 
-/// Writes `value` as JSON to `path` atomically and durably (see `skerry_wire::durable`).
+/// Writes `value` as JSON to `path` atomically and durably (see `skerry_wire::durable`), into
+/// a directory that must exist: a pod directory wiped under a running pod is not brought back
+/// by a late record (the runtime makes a fresh sandbox for it instead).
 pub(super) fn write_json_atomic<T: Serialize>(path: &Path, value: &T, mode: u32) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    wire::durable::write_atomic(path, &bytes, mode).map_err(|e| io::Error::new(e.source.kind(), e))
+    wire::durable::write_atomic_existing_dir(path, &bytes, mode)
+        .map_err(|e| io::Error::new(e.source.kind(), e))
 }
 
 pub(super) async fn write_json_atomic_async<T: Serialize>(
