@@ -1,7 +1,7 @@
 //! The one conversion from k8s-pb messages to the Kubernetes JSON model.
 //!
 //! k8s-pb's structs have no serde and their field names lose JSON's case (`podIPs` becomes
-//! `pod_i_ps`), so each message is described once, by a [`message!`] table in `schema.rs` that
+//! `pod_i_ps`), so each message is described once, by a [`message!`] table in `schema/` that
 //! lists `tag rust_field: mode "jsonName"` for every field. The macro destructures the struct
 //! exhaustively, so a k8s-pb field missing from its table does not compile: nothing is dropped
 //! silently. Fields on the wire that k8s-pb does not know are refused by [`Wire::check`], which
