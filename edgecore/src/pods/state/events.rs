@@ -8,8 +8,8 @@
 //! without reading the machine.
 
 use super::{
-    on_exit, on_sandbox_loss, terminated_state, AfterStop, ContainerPhase, Event, Failure, Now,
-    Outcome, PodMachine, PodState, MAX_OBSERVE_ERRORS,
+    on_exit, on_sandbox_loss, terminated_state, AfterStop, ContainerPhase, ContainerSlot, Event,
+    Failure, Now, Outcome, PodMachine, PodState, MAX_OBSERVE_ERRORS,
 };
 use crate::pods::probes::{self, ProbeVerdict};
 use crate::runtime::{deadline_after, ContainerInfo, ContainerRunState, Sandbox};
@@ -418,13 +418,7 @@ impl PodMachine {
         let policy = self.pod.restart_policy;
         let mut failed = false;
         for (index, id, result) in results {
-            let Some(slot) = self.slots.get_mut(index) else {
-                continue;
-            };
-            if slot.running_id() != Some(id.as_str()) {
-                continue;
-            }
-            let ContainerPhase::Running { attempt, .. } = slot.phase else {
+            let Some((slot, attempt)) = running_instance(&mut self.slots, index, &id) else {
                 continue;
             };
             match result.map(|state| terminated_state(&state, now)) {
@@ -440,13 +434,7 @@ impl PodMachine {
     fn stopped_for_good(&mut self, results: RunStates, now: Now) {
         let mut failed = false;
         for (index, id, result) in results {
-            let Some(slot) = self.slots.get_mut(index) else {
-                continue;
-            };
-            if slot.running_id() != Some(id.as_str()) {
-                continue;
-            }
-            let ContainerPhase::Running { attempt, .. } = slot.phase else {
+            let Some((slot, attempt)) = running_instance(&mut self.slots, index, &id) else {
                 continue;
             };
             match result.map(|state| terminated_state(&state, now)) {
@@ -513,4 +501,21 @@ fn ignored(state: &PodState, event: &Event) {
     metrics::counter!("skerry_pod_events_ignored_total", "state" => state, "event" => event)
         .increment(1);
     tracing::debug!(state, event, "pod event ignored in this state");
+}
+
+/// The slot at `index` if instance `id` is the one it runs, with that instance's attempt: what
+/// a stop result applies to (a result for an instance the slot has moved on from is stale).
+fn running_instance<'a>(
+    slots: &'a mut [ContainerSlot],
+    index: usize,
+    id: &str,
+) -> Option<(&'a mut ContainerSlot, u32)> {
+    let slot = slots.get_mut(index)?;
+    if slot.running_id() != Some(id) {
+        return None;
+    }
+    match slot.phase {
+        ContainerPhase::Running { attempt, .. } => Some((slot, attempt)),
+        _ => None,
+    }
 }
