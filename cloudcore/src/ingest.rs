@@ -10,11 +10,20 @@
 //! A report is applied only to the object the reporting node owns: a node's own Node object, or
 //! a pod bound to it with the same uid. (Until the broker enforces per-node topic ACLs, the node
 //! name comes from the topic; see the issue notes.)
+//!
+//! Every write goes through the in-process API client as [`identity::INGEST`], as kubelet's go
+//! through kube-apiserver: reports are `/status` updates conditional on the revision read (the
+//! API validates them, and its `/status` path is where the sequence guard is enforced, see
+//! [`crate::annotations::status_seq_write`]); a pod the edge has stopped for good is deleted
+//! with grace period 0 and a uid precondition, kubelet's final `DELETE`, so the API's own
+//! finalizer rule decides whether it goes now or waits for its finalizers.
 
+use crate::annotations::{set_status_seq, status_seq};
+use crate::api::client::{identity, Client, DeleteOptions};
+use crate::api::ApiError;
 use crate::clock;
 use crate::controllers::node_lifecycle::NODE_STATUS_UNKNOWN;
 use crate::pki::Pki;
-use crate::store::{update_with, ObjectKey, Store, StoreError};
 use protocol::status as seal;
 use protocol::status::SealError;
 use protocol::status::*;
@@ -52,7 +61,8 @@ impl MqttTarget {
 
 /// Runs the ingest until the process ends: connects (and reconnects) to the broker, subscribes
 /// to every node's status topics and applies what arrives.
-pub async fn run(store: Arc<dyn Store>, pki: Arc<Pki>, target: MqttTarget, client_id: String) {
+pub async fn run(api: crate::api::ApiState, pki: Arc<Pki>, target: MqttTarget, client_id: String) {
+    let client = Client::with_identity(api, identity::INGEST);
     let mut opts = MqttOptions::new(client_id, target.host.clone(), target.port);
     match pki.ingest_password() {
         Ok(password) => {
@@ -65,13 +75,13 @@ pub async fn run(store: Arc<dyn Store>, pki: Arc<Pki>, target: MqttTarget, clien
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
     opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let (mqtt, mut eventloop) = AsyncClient::new(opts, 1024);
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Applied>();
-    tokio::spawn(ack_in_order(client.clone(), done_rx));
+    tokio::spawn(ack_in_order(mqtt.clone(), done_rx));
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
         let (tx, rx) = mpsc::channel::<Applied>(1024);
-        tokio::spawn(worker(store.clone(), keys.clone(), rx, done_tx.clone()));
+        tokio::spawn(worker(client.clone(), keys.clone(), rx, done_tx.clone()));
         workers.push(tx);
     }
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -87,7 +97,7 @@ pub async fn run(store: Arc<dyn Store>, pki: Arc<Pki>, target: MqttTarget, clien
                 generation += 1;
                 next_index = 0;
                 for filter in [topics::NODE_STATUS_FILTER, topics::POD_STATUS_FILTER] {
-                    if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                    if let Err(e) = mqtt.subscribe(filter, QoS::AtLeastOnce).await {
                         warn!(error = %e, filter, "cannot subscribe");
                     }
                 }
@@ -151,7 +161,7 @@ async fn ack_in_order(client: AsyncClient, mut done: mpsc::UnboundedReceiver<App
 }
 
 async fn worker(
-    store: Arc<dyn Store>,
+    client: Client,
     keys: Arc<KeyRing>,
     mut rx: mpsc::Receiver<Applied>,
     done: mpsc::UnboundedSender<Applied>,
@@ -159,14 +169,14 @@ async fn worker(
     while let Some(item) = rx.recv().await {
         let p = &item.publish;
         let started = tokio::time::Instant::now();
-        let mut outcome = apply(store.as_ref(), &keys, &p.topic, &p.payload).await;
+        let mut outcome = apply(&client, &keys, &p.topic, &p.payload).await;
         // A store failure is retried here rather than left unacked: acks must stay in order, so
         // one unacked message would hold back every later one.
         // Six retries, 50 ms to 1.6 s apart.
         let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        while matches!(outcome, Err(ApplyError::Store(_))) && retry.attempts() < 6 {
+        while matches!(outcome, Err(ApplyError::Write(_))) && retry.attempts() < 6 {
             tokio::time::sleep(retry.next_delay()).await;
-            outcome = apply(store.as_ref(), &keys, &p.topic, &p.payload).await;
+            outcome = apply(&client, &keys, &p.topic, &p.payload).await;
         }
         metrics::histogram!("skerry_ingest_apply_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
@@ -183,7 +193,7 @@ async fn worker(
                 metrics::counter!("skerry_ingest_reports_total", "result" => "invalid")
                     .increment(1);
             }
-            Err(ApplyError::Store(e)) => {
+            Err(ApplyError::Write(e)) => {
                 // The edge reports again on the next change and with every heartbeat.
                 error!(topic = %p.topic, error = %e, "status report could not be stored after retries; dropped");
                 metrics::counter!("skerry_ingest_reports_total", "result" => "error").increment(1);
@@ -198,7 +208,7 @@ async fn worker(
 /// What happened to a report.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Written to the store.
+    /// Written through the API.
     Applied,
     /// Valid, but stale or about an object that is not there (any more).
     Ignored(&'static str),
@@ -210,9 +220,23 @@ pub enum ApplyError {
     /// The report is malformed or contradicts its topic; it is dropped.
     #[error("{0}")]
     Invalid(String),
-    /// The store failed; the report should be retried.
+    /// The write failed for a reason that may pass (the store, a conflict that kept
+    /// recurring); the report should be retried.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Write(ApiError),
+}
+
+impl From<ApiError> for ApplyError {
+    /// The API refusing the report itself (it would make an invalid object) is final: retrying
+    /// the same bytes cannot help, and the edge reports afresh on its next change.
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::Invalid { .. } | ApiError::BadRequest { .. } | ApiError::Forbidden { .. } => {
+                ApplyError::Invalid(e.to_string())
+            }
+            e => ApplyError::Write(e),
+        }
+    }
 }
 
 /// The nodes' report keys, cached in memory and re-read from the PKI when a key does not
@@ -265,7 +289,7 @@ impl KeyRing {
 
 /// Applies one MQTT message, after checking that the node its topic names made it.
 pub async fn apply(
-    store: &dyn Store,
+    client: &Client,
     keys: &KeyRing,
     topic: &str,
     payload: &[u8],
@@ -292,7 +316,7 @@ pub async fn apply(
     }
     match (parsed, report.body) {
         (Topic::NodeStatus { node }, StatusBody::Node(status)) if status.node == node => {
-            apply_node(store, &node, report.seq, report.observed_at_ms, &status).await
+            apply_node(client, &node, report.seq, report.observed_at_ms, &status).await
         }
         (
             Topic::PodStatus {
@@ -302,32 +326,11 @@ pub async fn apply(
             },
             StatusBody::Pod(status),
         ) if status.node == node && status.namespace == namespace && status.name == name => {
-            apply_pod(store, report.seq, &status).await
+            apply_pod(client, report.seq, &status).await
         }
         _ => Err(ApplyError::Invalid(
             "report body does not match its topic".into(),
         )),
-    }
-}
-
-fn seq_of(v: &Value) -> u64 {
-    v.pointer("/metadata/annotations")
-        .and_then(|a| a.get(STATUS_SEQ_ANNOTATION))
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-fn set_seq(v: &mut Value, seq: u64) {
-    let meta = v
-        .as_object_mut()
-        .map(|o| o.entry("metadata").or_insert_with(|| json!({})));
-    if let Some(meta) = meta.and_then(Value::as_object_mut) {
-        let ann = meta.entry("annotations").or_insert_with(|| json!({}));
-        if !ann.is_object() {
-            *ann = json!({});
-        }
-        ann[STATUS_SEQ_ANNOTATION] = json!(seq.to_string());
     }
 }
 
@@ -340,16 +343,15 @@ fn condition_status(b: bool) -> &'static str {
 }
 
 async fn apply_node(
-    store: &dyn Store,
+    client: &Client,
     node: &str,
     seq: u64,
     observed_ms: u64,
     s: &NodeStatus,
 ) -> Result<Outcome, ApplyError> {
-    let key = ObjectKey::new("nodes", "", node);
     let mut stale = false;
-    let res = update_with(store, &key, |current| {
-        if seq <= seq_of(current) {
+    let res = client.update_status_with("nodes", "", node, |current| {
+        if seq <= status_seq(current) {
             stale = true;
             return None;
         }
@@ -398,7 +400,7 @@ async fn apply_node(
             "kubeletVersion": s.info.agent_version, "kubeProxyVersion": "",
             "operatingSystem": s.info.operating_system, "architecture": s.info.architecture,
         });
-        set_seq(&mut v, seq);
+        set_status_seq(&mut v, seq);
         Some(v)
     })
     .await;
@@ -406,7 +408,7 @@ async fn apply_node(
         Ok(Some(_)) => Ok(Outcome::Applied),
         Ok(None) if stale => Ok(Outcome::Ignored("stale node report")),
         Ok(None) => Ok(Outcome::Ignored("no change")),
-        Err(StoreError::NotFound(_)) => {
+        Err(ApiError::NotFound { .. }) => {
             Ok(Outcome::Ignored("node object does not exist (deleted?)"))
         }
         Err(e) => Err(e.into()),
@@ -505,79 +507,304 @@ pub fn pod_status_json(current: &Value, s: &PodStatus) -> Value {
     Value::Object(status)
 }
 
-async fn apply_pod(store: &dyn Store, seq: u64, s: &PodStatus) -> Result<Outcome, ApplyError> {
-    let key = ObjectKey::new("pods", &s.namespace, &s.name);
-    // Optimistic concurrency: another writer (the API, the binder) may update the pod between
-    // our read and write; re-read and re-check rather than leave the report unapplied.
-    for _ in 0..16 {
-        let Some(current) = store.get(&key).await? else {
-            return Ok(Outcome::Ignored("pod does not exist (deleted?)"));
-        };
-        if current
-            .value
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            != Some(s.uid.as_str())
-        {
-            return Ok(Outcome::Ignored(
-                "report is for an older pod of the same name",
-            ));
-        }
-        if current
-            .value
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            != Some(s.node.as_str())
-        {
-            return Err(ApplyError::Invalid(format!(
-                "node {} reported pod {}/{} that is not bound to it",
-                s.node, s.namespace, s.name
-            )));
-        }
-        if seq <= seq_of(&current.value) {
-            return Ok(Outcome::Ignored("stale pod report"));
-        }
-        let result = if s.removed {
-            if current
-                .value
-                .pointer("/metadata/deletionTimestamp")
-                .is_none()
-            {
-                return Err(ApplyError::Invalid(format!(
-                    "node {} reported pod {}/{} removed, but it is not being deleted",
-                    s.node, s.namespace, s.name
-                )));
-            }
-            if crate::api::finalizers::finalizers(&current.value).is_empty() {
-                store.delete(&key, Some(current.revision)).await
-            } else {
-                // Graceful termination is over, but finalizers hold the object: record that
-                // (a zero grace period), and the removal of the last finalizer deletes it.
-                let mut next = current.value.clone();
-                next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                set_seq(&mut next, seq);
-                store.update(&key, next, Some(current.revision)).await
-            }
-        } else {
-            let mut next = current.value.clone();
-            next["status"] = pod_status_json(&current.value, s);
-            set_seq(&mut next, seq);
-            store.update(&key, next, Some(current.revision)).await
-        };
-        match result {
-            Ok(_) => {
-                if s.removed {
-                    info!(pod = %format!("{}/{}", s.namespace, s.name), held_by_finalizers = !crate::api::finalizers::finalizers(&current.value).is_empty(), "pod removed by its node");
-                }
-                return Ok(Outcome::Applied);
-            }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(StoreError::NotFound(_)) => return Ok(Outcome::Ignored("pod deleted meanwhile")),
-            Err(e) => return Err(e.into()),
+/// Whether pod report `s` (sequence `seq`) may be applied over `current`: it must be about this
+/// very pod (same uid), bound to the reporting node, and newer than what was applied.
+/// Why a pod report does not apply: the `Err` of what [`apply`] answers, or its `Ok`.
+type NotApplied = Result<Outcome, ApplyError>;
+
+fn pod_report_applies(current: &Value, seq: u64, s: &PodStatus) -> Result<(), NotApplied> {
+    if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(s.uid.as_str()) {
+        return Err(Ok(Outcome::Ignored(
+            "report is for an older pod of the same name",
+        )));
+    }
+    if current.pointer("/spec/nodeName").and_then(Value::as_str) != Some(s.node.as_str()) {
+        return Err(Err(ApplyError::Invalid(format!(
+            "node {} reported pod {}/{} that is not bound to it",
+            s.node, s.namespace, s.name
+        ))));
+    }
+    if seq <= status_seq(current) {
+        return Err(Ok(Outcome::Ignored("stale pod report")));
+    }
+    Ok(())
+}
+
+async fn apply_pod(client: &Client, seq: u64, s: &PodStatus) -> Result<Outcome, ApplyError> {
+    if s.removed {
+        remove_pod(client, seq, s).await
+    } else {
+        let mut verdict = Ok(());
+        let res = client
+            .update_status_with("pods", &s.namespace, &s.name, |current| {
+                verdict = pod_report_applies(current, seq, s);
+                verdict.as_ref().ok()?;
+                let mut next = current.clone();
+                next["status"] = pod_status_json(current, s);
+                set_status_seq(&mut next, seq);
+                Some(next)
+            })
+            .await;
+        match res {
+            Ok(Some(_)) => Ok(Outcome::Applied),
+            Ok(None) => verdict.map_or_else(|not| not, |()| Ok(Outcome::Ignored("no change"))),
+            Err(ApiError::NotFound { .. }) => Ok(Outcome::Ignored("pod does not exist (deleted?)")),
+            Err(e) => Err(e.into()),
         }
     }
-    Err(ApplyError::Store(StoreError::Backend(format!(
-        "pod {}/{} kept changing while its status was applied",
-        s.namespace, s.name
-    ))))
+}
+
+/// A pod the edge has stopped for good: the edge's final delete, as kubelet's. Graceful
+/// termination is over (grace period 0), and the uid precondition keeps the delete off a
+/// successor of the same name. Finalizers, if any, hold the object with a zero grace period,
+/// and the removal of the last one deletes it (the API's rule, not one of the ingest's own).
+async fn remove_pod(client: &Client, seq: u64, s: &PodStatus) -> Result<Outcome, ApplyError> {
+    let Some(current) = client.get("pods", &s.namespace, &s.name).await? else {
+        return Ok(Outcome::Ignored("pod does not exist (deleted?)"));
+    };
+    if let Err(not) = pod_report_applies(&current, seq, s) {
+        return not;
+    }
+    if current.pointer("/metadata/deletionTimestamp").is_none() {
+        return Err(ApplyError::Invalid(format!(
+            "node {} reported pod {}/{} removed, but it is not being deleted",
+            s.node, s.namespace, s.name
+        )));
+    }
+    let opts = DeleteOptions {
+        propagation: None,
+        uid: Some(&s.uid),
+        grace_period_seconds: Some(0),
+    };
+    match client
+        .delete_with("pods", &s.namespace, &s.name, opts)
+        .await
+    {
+        Ok(()) => {
+            let held = !crate::api::finalizers::finalizers(&current).is_empty();
+            info!(pod = %format!("{}/{}", s.namespace, s.name), held_by_finalizers = held, "pod removed by its node");
+            Ok(Outcome::Applied)
+        }
+        Err(ApiError::NotFound { .. }) => Ok(Outcome::Ignored("pod deleted meanwhile")),
+        // The uid precondition failed: a successor of the same name took its place meanwhile.
+        Err(ApiError::Conflict { .. }) => Ok(Outcome::Ignored(
+            "report is for an older pod of the same name",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::client::Propagation;
+    use crate::api::ApiState;
+    use crate::store::{SledStore, Store};
+    use std::collections::BTreeMap;
+
+    async fn api(dir: &std::path::Path) -> ApiState {
+        let store: Arc<dyn Store> =
+            Arc::new(SledStore::open(dir, crate::projection::shard).unwrap());
+        crate::api::namespaces::ensure_builtin(store.as_ref())
+            .await
+            .unwrap();
+        ApiState::new(store, Arc::new(String::new))
+    }
+
+    fn node_report(ready: bool) -> NodeStatus {
+        NodeStatus {
+            node: "edge-1".into(),
+            ready,
+            message: if ready {
+                String::new()
+            } else {
+                "runtime down".into()
+            },
+            addresses: vec![("InternalIP".into(), "10.0.0.5".into())],
+            capacity: BTreeMap::from([("pods".into(), "110".into())]),
+            allocatable: BTreeMap::from([("pods".into(), "110".into())]),
+            info: NodeInfo::default(),
+        }
+    }
+
+    fn pod_report(uid: &str, removed: bool) -> PodStatus {
+        PodStatus {
+            node: "edge-1".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: uid.into(),
+            phase: PodPhase::Running,
+            conditions: vec![],
+            containers: vec![],
+            pod_ip: "10.1.0.7".into(),
+            host_ip: "10.0.0.5".into(),
+            start_time_ms: 1_700_000_000_000,
+            reason: String::new(),
+            message: String::new(),
+            removed,
+        }
+    }
+
+    async fn bound_pod(client: &Client, finalizers: Value) -> String {
+        let created = client
+            .create(
+                "pods",
+                "default",
+                json!({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": "web", "namespace": "default", "finalizers": finalizers},
+                       "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+            )
+            .await
+            .unwrap();
+        let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+        let rv: u64 = created["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        client
+            .bind("default", "web", &uid, rv, "edge-1")
+            .await
+            .unwrap();
+        uid
+    }
+
+    #[tokio::test]
+    async fn node_reports_go_through_the_status_path_in_sequence_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = api(dir.path()).await;
+        let ingest = Client::with_identity(state.clone(), identity::INGEST);
+        let admin = Client::new(state);
+        admin
+            .create(
+                "nodes",
+                "",
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "edge-1"}}),
+            )
+            .await
+            .unwrap();
+        let applied = apply_node(&ingest, "edge-1", 5, 1_000, &node_report(true)).await;
+        assert_eq!(applied.unwrap(), Outcome::Applied);
+        let node = admin.get("nodes", "", "edge-1").await.unwrap().unwrap();
+        assert_eq!(status_seq(&node), 5);
+        assert_eq!(node["status"]["conditions"][0]["status"], "True");
+        assert_eq!(node["status"]["addresses"][0]["address"], "10.0.0.5");
+        // An older report (redelivered after a reconnect) changes nothing.
+        let stale = apply_node(&ingest, "edge-1", 4, 2_000, &node_report(false)).await;
+        assert_eq!(stale.unwrap(), Outcome::Ignored("stale node report"));
+        // The API itself refuses to move the guard backwards, whoever computed the write.
+        let mut old = admin.get("nodes", "", "edge-1").await.unwrap().unwrap();
+        set_status_seq(&mut old, 3);
+        let refused = ingest.update_status("nodes", "", old.clone()).await;
+        assert!(
+            matches!(refused, Err(ApiError::Conflict { .. })),
+            "{refused:?}"
+        );
+        // Another writer's status write neither moves nor drops it.
+        set_status_seq(&mut old, 99);
+        admin.update_status("nodes", "", old).await.unwrap();
+        let node = admin.get("nodes", "", "edge-1").await.unwrap().unwrap();
+        assert_eq!(status_seq(&node), 5);
+        let newer = apply_node(&ingest, "edge-1", 6, 3_000, &node_report(false)).await;
+        assert_eq!(newer.unwrap(), Outcome::Applied);
+        let node = admin.get("nodes", "", "edge-1").await.unwrap().unwrap();
+        assert_eq!(node["status"]["conditions"][0]["status"], "False");
+        assert_eq!(node["status"]["conditions"][0]["message"], "runtime down");
+        let gone = apply_node(&ingest, "edge-2", 1, 1, &node_report(true)).await;
+        assert_eq!(
+            gone.unwrap(),
+            Outcome::Ignored("node object does not exist (deleted?)")
+        );
+    }
+
+    #[tokio::test]
+    async fn pod_reports_apply_only_to_the_bound_pod_and_removal_is_the_apis_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = api(dir.path()).await;
+        let ingest = Client::with_identity(state.clone(), identity::INGEST);
+        let admin = Client::new(state);
+        let uid = bound_pod(&admin, json!(["example.com/hold"])).await;
+        assert_eq!(
+            apply_pod(&ingest, 10, &pod_report(&uid, false))
+                .await
+                .unwrap(),
+            Outcome::Applied
+        );
+        let pod = admin.get("pods", "default", "web").await.unwrap().unwrap();
+        assert_eq!(pod["status"]["phase"], "Running");
+        assert_eq!(pod["status"]["podIP"], "10.1.0.7");
+        assert_eq!(
+            apply_pod(&ingest, 9, &pod_report(&uid, false))
+                .await
+                .unwrap(),
+            Outcome::Ignored("stale pod report")
+        );
+        assert_eq!(
+            apply_pod(&ingest, 11, &pod_report("someone-else", false))
+                .await
+                .unwrap(),
+            Outcome::Ignored("report is for an older pod of the same name")
+        );
+        let mut elsewhere = pod_report(&uid, false);
+        elsewhere.node = "edge-2".into();
+        assert!(matches!(
+            apply_pod(&ingest, 12, &elsewhere).await,
+            Err(ApplyError::Invalid(_))
+        ));
+        // "Removed" for a pod nobody deletes is refused.
+        assert!(matches!(
+            apply_pod(&ingest, 13, &pod_report(&uid, true)).await,
+            Err(ApplyError::Invalid(_))
+        ));
+        admin
+            .delete("pods", "default", "web", Propagation::Background, None)
+            .await
+            .unwrap();
+        // The edge stopped it: its finalizer holds the object with a zero grace period ...
+        assert_eq!(
+            apply_pod(&ingest, 14, &pod_report(&uid, true))
+                .await
+                .unwrap(),
+            Outcome::Applied
+        );
+        let held = admin.get("pods", "default", "web").await.unwrap().unwrap();
+        assert_eq!(held["metadata"]["deletionGracePeriodSeconds"], 0);
+        // ... and the removal of the last finalizer deletes it (the API's rule).
+        admin
+            .update_with("pods", "default", "web", |p| {
+                let mut p = p.clone();
+                p["metadata"]["finalizers"] = json!([]);
+                Some(p)
+            })
+            .await
+            .unwrap();
+        assert!(admin.get("pods", "default", "web").await.unwrap().is_none());
+        assert_eq!(
+            apply_pod(&ingest, 15, &pod_report(&uid, true))
+                .await
+                .unwrap(),
+            Outcome::Ignored("pod does not exist (deleted?)")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_removed_pod_without_finalizers_is_gone_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = api(dir.path()).await;
+        let ingest = Client::with_identity(state.clone(), identity::INGEST);
+        let admin = Client::new(state);
+        let uid = bound_pod(&admin, json!([])).await;
+        admin
+            .delete("pods", "default", "web", Propagation::Background, None)
+            .await
+            .unwrap();
+        assert!(admin.get("pods", "default", "web").await.unwrap().is_some());
+        assert_eq!(
+            apply_pod(&ingest, 1, &pod_report(&uid, true))
+                .await
+                .unwrap(),
+            Outcome::Applied
+        );
+        assert!(admin.get("pods", "default", "web").await.unwrap().is_none());
+    }
 }

@@ -1,6 +1,7 @@
 //! `cloudcore serve`: wires the store, PKI, API, hub, ingest, scheduler, controllers and broker
 //! together.
 
+use crate::api::client::{identity, Client};
 use crate::api::{router, ApiState};
 use crate::hub::{self, Hub, HubConfig};
 use crate::ingest::{self, MqttTarget};
@@ -100,12 +101,6 @@ pub async fn run(
     let endpoint = hub::endpoint(&pki, &cfg.hub)?;
     info!(listen = %endpoint.local_addr()?, "hub listening for edge nodes (QUIC)");
 
-    tokio::spawn(ingest::run(
-        store.clone(),
-        pki.clone(),
-        mqtt,
-        format!("skerry-cloudcore-ingest-{}", cfg.api_addr.port()),
-    ));
     tokio::spawn(compact_periodically(sled));
 
     let tls = Arc::new(pki.api_tls()?);
@@ -132,8 +127,20 @@ pub async fn run(
     info!(service_cidr = %cfg.services.cidr, node_ports = %cfg.services.node_ports, "Service address pools");
     let api = ApiState::with_watch_history(store.clone(), metrics_render, cfg.watch_history)
         .with_registry(registry);
-    tokio::spawn(scheduler::run(crate::api::client::Client::new(api.clone())));
-    let hub = Hub::new(crate::api::client::Client::new(api.clone()), pki.clone());
+    tokio::spawn(ingest::run(
+        api.clone(),
+        pki.clone(),
+        mqtt,
+        format!("skerry-cloudcore-ingest-{}", cfg.api_addr.port()),
+    ));
+    tokio::spawn(scheduler::run(Client::with_identity(
+        api.clone(),
+        identity::SCHEDULER,
+    )));
+    let hub = Hub::new(
+        Client::with_identity(api.clone(), identity::HUB),
+        pki.clone(),
+    );
     tokio::spawn(hub.clone().run(endpoint));
     tokio::spawn(watch_revocations(pki.clone(), hub.clone()));
     tokio::spawn(crate::controllers::node_lifecycle::run(

@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::handlers::{self, Call};
 use super::resource::ResourceHandler;
 use super::ApiState;
+use crate::pki::UserInfo;
 use crate::store::{ObjectKey, Stored};
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -54,16 +55,61 @@ impl Propagation {
     }
 }
 
+/// The `DeleteOptions` an in-process delete can carry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeleteOptions<'a> {
+    /// `propagationPolicy`; `None` keeps what the object's finalizers already say.
+    pub propagation: Option<Propagation>,
+    /// `preconditions.uid`: never delete a same-named successor.
+    pub uid: Option<&'a str>,
+    /// `gracePeriodSeconds`; `None` for the kind's default (the pod's own grace period).
+    pub grace_period_seconds: Option<i64>,
+}
+
+/// The identities cloudcore's in-process writers use, named as Kubernetes names its own
+/// components where there is one, so that logs (and RBAC, when it comes) tell the writers apart.
+pub mod identity {
+    /// The group every in-process writer is in.
+    pub const GROUP: &str = "system:skerry:components";
+    /// The workload, namespace and garbage-collection controllers.
+    pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
+    /// The scheduler.
+    pub const SCHEDULER: &str = "system:kube-scheduler";
+    /// The node lifecycle controller.
+    pub const NODE_CONTROLLER: &str = "system:serviceaccount:kube-system:node-controller";
+    /// The hub (node registration).
+    pub const HUB: &str = "system:skerry:hub";
+    /// The status ingest: what edges report over MQTT, written as their kubelet would.
+    pub const INGEST: &str = "system:skerry:ingest";
+}
+
 /// The in-process client; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     state: ApiState,
+    user: UserInfo,
 }
 
 impl Client {
-    /// A client writing through `state`'s registry and store.
+    /// A client writing through `state`'s registry and store, as the controller manager.
     pub fn new(state: ApiState) -> Self {
-        Self { state }
+        Self::with_identity(state, identity::CONTROLLER_MANAGER)
+    }
+
+    /// A client writing as the component `name` (one of [`identity`]).
+    pub fn with_identity(state: ApiState, name: &str) -> Self {
+        Self {
+            state,
+            user: UserInfo {
+                name: name.to_string(),
+                groups: vec![identity::GROUP.to_string()],
+            },
+        }
+    }
+
+    /// The identity this client writes as.
+    pub fn user(&self) -> &UserInfo {
+        &self.user
     }
 
     /// The API state the client writes through (its store, for watching).
@@ -101,6 +147,7 @@ impl Client {
             status,
             query: HashMap::new(),
             headers: HeaderMap::new(),
+            user: Some(self.user.clone()),
         })
     }
 
@@ -201,6 +248,23 @@ impl Client {
         body_of(handlers::update(&call, to_bytes(&obj)?).await?).await
     }
 
+    /// Read-modify-write of an object through the API, as a client's GET then PUT with the
+    /// read `resourceVersion`: `f` gets the current object and returns the new one, or `None`
+    /// for "no change"; retried on conflict. Returns the object as written, `None` if `f`
+    /// declined; a missing object is a `NotFound`.
+    pub async fn update_with<F>(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        f: F,
+    ) -> Result<Option<Value>, ApiError>
+    where
+        F: FnMut(&Value) -> Option<Value> + Send,
+    {
+        self.put_with(resource, namespace, name, false, f).await
+    }
+
     /// Read-modify-write of a status through the API: `f` gets the current object and returns
     /// the object with its new status, or `None` for "no change"; the write is conditional on
     /// the revision read and is retried on conflict (the API-side twin of
@@ -211,6 +275,20 @@ impl Client {
         resource: &str,
         namespace: &str,
         name: &str,
+        f: F,
+    ) -> Result<Option<Value>, ApiError>
+    where
+        F: FnMut(&Value) -> Option<Value> + Send,
+    {
+        self.put_with(resource, namespace, name, true, f).await
+    }
+
+    async fn put_with<F>(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        status: bool,
         mut f: F,
     ) -> Result<Option<Value>, ApiError>
     where
@@ -228,13 +306,13 @@ impl Client {
                 return Ok(None);
             };
             next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-            match self.update_status(resource, namespace, next).await {
+            match self.put(resource, namespace, next, status).await {
                 Err(ApiError::Conflict { .. }) => continue,
                 other => return other.map(Some),
             }
         }
         Err(ApiError::Internal(format!(
-            "{resource} {namespace}/{name} kept changing while its status was written; retry later"
+            "{resource} {namespace}/{name} kept changing while it was written; retry later"
         )))
     }
 
@@ -274,17 +352,52 @@ impl Client {
         propagation: Propagation,
         uid: Option<&str>,
     ) -> Result<(), ApiError> {
+        let opts = DeleteOptions {
+            propagation: Some(propagation),
+            uid,
+            grace_period_seconds: None,
+        };
+        self.delete_with(resource, namespace, name, opts).await
+    }
+
+    /// Deletes an object with full [`DeleteOptions`]: what the edge's final delete of a pod it
+    /// has stopped uses (grace period 0, uid precondition, no propagation policy so that the
+    /// pod's own finalizers decide), as kubelet's final `DELETE` does.
+    pub async fn delete_with(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        opts: DeleteOptions<'_>,
+    ) -> Result<(), ApiError> {
         let call = self.call(resource, namespace, Some(name), false)?;
-        let mut opts = json!({
-            "kind": "DeleteOptions",
-            "apiVersion": "v1",
-            "propagationPolicy": propagation.as_str(),
-        });
-        if let Some(uid) = uid {
-            opts["preconditions"] = json!({ "uid": uid });
+        let mut body = json!({"kind": "DeleteOptions", "apiVersion": "v1"});
+        if let Some(p) = opts.propagation {
+            body["propagationPolicy"] = json!(p.as_str());
         }
-        handlers::delete(&call, to_bytes(&opts)?).await?;
+        if let Some(uid) = opts.uid {
+            body["preconditions"] = json!({ "uid": uid });
+        }
+        if let Some(grace) = opts.grace_period_seconds {
+            body["gracePeriodSeconds"] = json!(grace);
+        }
+        handlers::delete(&call, to_bytes(&body)?).await?;
         Ok(())
+    }
+
+    /// Removes an object whose deletion a controller finishes (an emptied namespace), if it is
+    /// still at `revision`, marked for deletion and free of finalizers; `Ok(false)` when it
+    /// changed meanwhile and the controller should look again. A missing object is a
+    /// `NotFound`.
+    pub async fn finalize(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        revision: u64,
+    ) -> Result<bool, ApiError> {
+        let call = self.call(resource, namespace, Some(name), false)?;
+        handlers::finalize(&self.state, &call.res, &call.key(), revision).await
     }
 
     /// Assigns pod `namespace/name` to `node` through the `binding` subresource, as

@@ -10,14 +10,14 @@
 //! piling up copies (Kubernetes' event aggregation). The Event is named after the object and a
 //! digest of (object uid, reason, message), so a new object with the same name starts afresh.
 
-use super::error::FieldError;
+use super::client::Client;
+use super::error::{ApiError, FieldError};
 use super::resource::{
     decode_as, typed, DecodeError, ResourceHandler, ResourceInfo, SelectableField,
 };
 use super::table::{human_duration, parse_timestamp, Column};
 use super::validation::NameRule;
 use crate::clock;
-use crate::store::{ObjectKey, Store, StoreError, Stored};
 use k8s_openapi::api::core::v1::Event;
 use serde_json::{json, Value};
 use std::hash::{Hash, Hasher};
@@ -176,15 +176,11 @@ impl EventType {
     }
 }
 
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
 /// The name of the Event about `object` for `reason` and `message`.
 pub fn event_name(object: &Value, reason: &str, message: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (str_at(object, "/metadata/uid"), reason, message).hash(&mut h);
-    let name = str_at(object, "/metadata/name");
+    (text(object, "/metadata/uid"), reason, message).hash(&mut h);
+    let name = text(object, "/metadata/name");
     // 253 characters at most: 17 for the suffix, the rest from the object name.
     let prefix = name[..name.len().min(236)].trim_end_matches(['.', '-']);
     format!("{prefix}.{:016x}", h.finish())
@@ -201,7 +197,7 @@ fn new_event(
 ) -> Value {
     let now = clock::now_rfc3339();
     // Cluster-scoped objects (nodes) have their events in `default`, as in Kubernetes.
-    let ns = match str_at(object, "/metadata/namespace") {
+    let ns = match text(object, "/metadata/namespace") {
         "" => "default",
         ns => ns,
     };
@@ -209,10 +205,10 @@ fn new_event(
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": name, "namespace": ns, "uid": uuid::Uuid::new_v4().to_string(),
                      "creationTimestamp": now},
-        "involvedObject": {"apiVersion": str_at(object, "/apiVersion"), "kind": str_at(object, "/kind"),
-                           "namespace": str_at(object, "/metadata/namespace"),
-                           "name": str_at(object, "/metadata/name"), "uid": str_at(object, "/metadata/uid"),
-                           "resourceVersion": str_at(object, "/metadata/resourceVersion")},
+        "involvedObject": {"apiVersion": text(object, "/apiVersion"), "kind": text(object, "/kind"),
+                           "namespace": text(object, "/metadata/namespace"),
+                           "name": text(object, "/metadata/name"), "uid": text(object, "/metadata/uid"),
+                           "resourceVersion": text(object, "/metadata/resourceVersion")},
         "reason": reason, "message": message, "type": event_type.as_str(), "count": 1,
         "firstTimestamp": now, "lastTimestamp": now,
         "source": {"component": component},
@@ -220,45 +216,45 @@ fn new_event(
     })
 }
 
-/// Records an Event about `object` from `component`: creates it, or bumps the count of the
-/// same (object, reason, message) Event.
+/// Records an Event about `object` from `component` through the API (as `client`'s
+/// identity): creates it, or bumps the count of the same (object, reason, message) Event.
 pub async fn record(
-    store: &dyn Store,
+    client: &Client,
     object: &Value,
     event_type: EventType,
     reason: &str,
     message: &str,
     component: &str,
-) -> Result<Stored, StoreError> {
+) -> Result<Value, ApiError> {
     let name = event_name(object, reason, message);
     let probe = new_event(object, &name, event_type, reason, message, component);
-    let ns = str_at(&probe, "/metadata/namespace").to_string();
-    let key = ObjectKey::new("events", ns, &name);
-    let rv = str_at(object, "/metadata/resourceVersion").to_string();
+    let ns = text(&probe, "/metadata/namespace").to_string();
+    let rv = text(object, "/metadata/resourceVersion").to_string();
     for _ in 0..4 {
         // Most events are new (one Scheduled per pod): try the create first.
-        match store.create(&key, probe.clone()).await {
-            Err(StoreError::AlreadyExists(_)) => {}
+        match client.create("events", &ns, probe.clone()).await {
+            Err(ApiError::AlreadyExists { .. }) => {}
             other => return other,
         }
-        let bumped = crate::store::update_with(store, &key, |ev| {
-            let mut ev = ev.clone();
-            ev["count"] = json!(ev["count"].as_u64().unwrap_or(1) + 1);
-            ev["lastTimestamp"] = json!(clock::now_rfc3339());
-            ev["involvedObject"]["resourceVersion"] = json!(rv);
-            Some(ev)
-        })
-        .await;
+        let bumped = client
+            .update_with("events", &ns, &name, |ev| {
+                let mut ev = ev.clone();
+                ev["count"] = json!(ev["count"].as_u64().unwrap_or(1) + 1);
+                ev["lastTimestamp"] = json!(clock::now_rfc3339());
+                ev["involvedObject"]["resourceVersion"] = json!(rv);
+                Some(ev)
+            })
+            .await;
         match bumped {
-            Ok(Some(s)) => return Ok(s),
+            Ok(Some(ev)) => return Ok(ev),
             // (The closure always writes, so `Ok(None)` does not occur; creating again is
             // harmless.)
-            Ok(None) | Err(StoreError::NotFound(_)) => {}
+            Ok(None) | Err(ApiError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Backend(format!(
-        "{key} kept appearing and disappearing while recording it; the next attempt retries"
+    Err(ApiError::Internal(format!(
+        "event {ns}/{name} kept appearing and disappearing while recording it; the next attempt retries"
     )))
 }
 
@@ -266,18 +262,18 @@ pub async fn record(
 /// controllers, the node lifecycle): a failure is logged with the object and reason, and
 /// otherwise ignored, since the state the event describes is already in the object.
 pub async fn record_best_effort(
-    store: &dyn Store,
+    client: &Client,
     object: &Value,
     event_type: EventType,
     reason: &str,
     message: &str,
     component: &str,
 ) {
-    if let Err(e) = record(store, object, event_type, reason, message, component).await {
+    if let Err(e) = record(client, object, event_type, reason, message, component).await {
         tracing::warn!(
-            kind = str_at(object, "/kind"),
-            namespace = str_at(object, "/metadata/namespace"),
-            name = str_at(object, "/metadata/name"),
+            kind = text(object, "/kind"),
+            namespace = text(object, "/metadata/namespace"),
+            name = text(object, "/metadata/name"),
             reason,
             error = %e,
             "cannot record an event"

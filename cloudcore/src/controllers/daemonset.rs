@@ -392,9 +392,8 @@ impl DaemonSetController {
     }
 
     async fn event(&self, ds: &Value, reason: &str, message: &str) {
-        let store = self.client.state().store.clone();
         events::record_best_effort(
-            store.as_ref(),
+            &self.client,
             ds,
             EventType::Normal,
             reason,

@@ -15,7 +15,7 @@ use crate::api::finalizers;
 use crate::api::namespaces::{is_terminating, RESOURCE};
 use crate::api::resource::ResourceHandler;
 use crate::api::ApiError;
-use crate::store::{Event, ObjectKey, StoreError, Stored};
+use crate::store::{Event, ObjectKey, Stored};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -169,14 +169,15 @@ async fn empty_and_remove(client: &Client, name: &str, ns: &Stored) -> Result<bo
         return Ok(false);
     }
     // Empty: remove the namespace, unless it changed meanwhile (then the next pass decides).
-    match state.store.delete(&key(name), Some(ns.revision)).await {
-        Ok(_) => {
-            tracing::info!(namespace = %name, "namespace emptied and removed");
-            Ok(true)
+    match client.finalize(RESOURCE, "", name, ns.revision).await {
+        Ok(gone) => {
+            if gone {
+                tracing::info!(namespace = %name, "namespace emptied and removed");
+            }
+            Ok(gone)
         }
-        Err(StoreError::NotFound(_)) => Ok(true),
-        Err(StoreError::Conflict { .. }) => Ok(false),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
+        Err(ApiError::NotFound { .. }) => Ok(true),
+        Err(e) => Err(e),
     }
 }
 

@@ -41,7 +41,7 @@
 //! decision itself is the pure function [`decide`]. Metrics:
 //! `skerry_node_lifecycle_unreachable_nodes` (gauge) and `skerry_node_lifecycle_evictions_total`.
 
-use crate::api::client::{Client, Propagation};
+use crate::api::client::{identity, Client, Propagation};
 use crate::api::events::{self, EventType};
 use crate::api::{ApiError, ApiState};
 use crate::clock;
@@ -756,8 +756,8 @@ impl Controller {
     }
 
     async fn record(&self, about: &Value, event_type: EventType, reason: &str, msg: &str) {
-        let store = self.state.store.as_ref();
-        events::record_best_effort(store, about, event_type, reason, msg, COMPONENT).await;
+        let client = Client::with_identity(self.state.clone(), identity::NODE_CONTROLLER);
+        events::record_best_effort(&client, about, event_type, reason, msg, COMPONENT).await;
     }
 
     /// The node whose decision a store event may change: the node itself, or the node of a

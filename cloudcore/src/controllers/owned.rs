@@ -224,10 +224,9 @@ pub async fn report_permanent_error(
     let Ok(Some(object)) = client.get(&key.resource, &key.namespace, &key.name).await else {
         return;
     };
-    let store = client.state().store.clone();
     let message = error.to_string();
     events::record_best_effort(
-        store.as_ref(),
+        client,
         &object,
         EventType::Warning,
         "ReconcileError",

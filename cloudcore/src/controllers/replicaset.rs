@@ -213,8 +213,7 @@ impl ReplicaSetController {
     }
 
     async fn event(&self, raw: &Value, kind: EventType, reason: &str, message: &str) {
-        let store = self.client.state().store.clone();
-        events::record_best_effort(store.as_ref(), raw, kind, reason, message, COMPONENT).await;
+        events::record_best_effort(&self.client, raw, kind, reason, message, COMPONENT).await;
     }
 
     /// Creates or deletes pods so that `active` reaches `spec.replicas`. `raw` is the stored

@@ -271,9 +271,8 @@ impl StatefulSetController {
     }
 
     async fn event(&self, sts: &Value, reason: &str, message: &str) {
-        let store = self.client.state().store.clone();
         events::record_best_effort(
-            store.as_ref(),
+            &self.client,
             sts,
             EventType::Normal,
             reason,

@@ -200,10 +200,9 @@ impl Scheduler {
                 self.flights.spawn(async move {
                     let out = match bind(&client, &key, &pod, &node).await {
                         Ok(s) => {
-                            let store = client.state().store.clone();
                             let message = report::scheduled_message(&s.value, &node);
                             if let Err(e) =
-                                report::record(store.as_ref(), &s.value, EventType::Normal, "Scheduled", &message)
+                                report::record(&client, &s.value, EventType::Normal, "Scheduled", &message)
                                     .await
                             {
                                 warn!(pod = %key, error = %e, "could not record the Scheduled event");
@@ -227,7 +226,6 @@ impl Scheduler {
                     info!(pod = %key, node = %p.node, ?victims, "preempting lower-priority pods");
                 }
                 self.flights.spawn(async move {
-                    let store = client.state().store.clone();
                     let mut next = report::unschedulable(&pod.value, &message);
                     if let Some(Preemption { node, victims }) = &preemption {
                         let uid = pod.value.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
@@ -248,7 +246,7 @@ impl Scheduler {
                     };
                     let about = written.as_ref().map_or(&pod.value, |s| &s.value);
                     if let Err(e) =
-                        report::record_warning(store.as_ref(), about, "FailedScheduling", &message)
+                        report::record_warning(&client, about, "FailedScheduling", &message)
                             .await
                     {
                         warn!(pod = %key, error = %e, "could not record the FailedScheduling event");
@@ -407,16 +405,7 @@ async fn evict(
         Err(e) => return Err(e),
     }
     let message = report::preempted_message(preemptor_uid, node);
-    let store = client.state().store.clone();
-    report::record(
-        store.as_ref(),
-        &current,
-        EventType::Normal,
-        "Preempted",
-        &message,
-    )
-    .await
-    .map_err(|e| ApiError::from_store(e, "events", &key.name))?;
+    report::record(client, &current, EventType::Normal, "Preempted", &message).await?;
     Ok(())
 }
 
@@ -510,6 +499,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(SledStore::open(dir.path(), crate::projection::shard).unwrap());
+        crate::api::namespaces::ensure_builtin(store.as_ref())
+            .await
+            .unwrap();
         for (n, zone) in [("a", "north"), ("b", "south")] {
             let key = ObjectKey::new("nodes", "", n);
             store
@@ -586,6 +578,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(SledStore::open(dir.path(), crate::projection::shard).unwrap());
+        crate::api::namespaces::ensure_builtin(store.as_ref())
+            .await
+            .unwrap();
         store
             .create(&ObjectKey::new("nodes", "", "a"), node("a", json!({})))
             .await

@@ -5,14 +5,11 @@
 //!
 //! Events are written by [`crate::api::events::record`], which aggregates repeats.
 
+use crate::api::client::Client;
 use crate::api::events::EventType;
+use crate::api::ApiError;
 use crate::clock;
-use crate::store::{Store, StoreError, Stored};
 use serde_json::{json, Value};
-
-fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
 
 /// The component name Kubernetes' scheduler reports as; tools filter events by it.
 pub const COMPONENT: &str = "default-scheduler";
@@ -81,10 +78,11 @@ pub fn nominated(pod: &Value, node: &str) -> Value {
 
 /// The message of the `Scheduled` Event, as Kubernetes words it.
 pub fn scheduled_message(pod: &Value, node: &str) -> String {
+    let meta = |field: &str| pod["metadata"][field].as_str().unwrap_or("");
     format!(
         "Successfully assigned {}/{} to {node}",
-        str_at(pod, "/metadata/namespace"),
-        str_at(pod, "/metadata/name")
+        meta("namespace"),
+        meta("name")
     )
 }
 
@@ -96,23 +94,23 @@ pub fn preempted_message(preemptor_uid: &str, node: &str) -> String {
 /// Records a Warning Event with `reason` about `pod`, as the scheduler: creates it, or bumps
 /// its count.
 pub async fn record_warning(
-    store: &dyn Store,
+    client: &Client,
     pod: &Value,
     reason: &str,
     message: &str,
-) -> Result<Stored, StoreError> {
-    crate::api::events::record(store, pod, EventType::Warning, reason, message, COMPONENT).await
+) -> Result<Value, ApiError> {
+    crate::api::events::record(client, pod, EventType::Warning, reason, message, COMPONENT).await
 }
 
 /// Records an Event of `event_type` with `reason` about `pod`, as the scheduler.
 pub async fn record(
-    store: &dyn Store,
+    client: &Client,
     pod: &Value,
     event_type: EventType,
     reason: &str,
     message: &str,
-) -> Result<Stored, StoreError> {
-    crate::api::events::record(store, pod, event_type, reason, message, COMPONENT).await
+) -> Result<Value, ApiError> {
+    crate::api::events::record(client, pod, event_type, reason, message, COMPONENT).await
 }
 
 #[cfg(test)]

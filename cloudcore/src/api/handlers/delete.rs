@@ -259,6 +259,48 @@ pub(in crate::api) async fn delete_object(
     )))
 }
 
+/// The last step of a deletion that a controller finishes (a namespace, once emptied): the
+/// object goes if it is still the revision the controller looked at, is marked for deletion,
+/// and no finalizer holds it. The rule lives here, beside the ordinary delete, so that a
+/// controller never removes an object the API would keep. `Ok(false)`: it changed meanwhile (or
+/// a finalizer holds it), and the controller's next pass decides again.
+pub(in crate::api) async fn finalize(
+    state: &ApiState,
+    res: &Arc<dyn ResourceHandler>,
+    key: &ObjectKey,
+    revision: u64,
+) -> Result<bool, ApiError> {
+    let info = res.info();
+    let store_err = |e| ApiError::from_store(e, &info.qualified(), &key.name);
+    if !res.removed_by_controller() {
+        return Err(ApiError::Internal(format!(
+            "{} are not removed by a controller; delete them",
+            info.plural
+        )));
+    }
+    let current = match state.store.get(key).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(store_err(StoreError::NotFound(key.clone()))),
+        Err(e) => return Err(store_err(e)),
+    };
+    let marked = current
+        .value
+        .pointer("/metadata/deletionTimestamp")
+        .is_some();
+    if current.revision != revision || !marked || !finalizers::finalizers(&current.value).is_empty()
+    {
+        return Ok(false);
+    }
+    match state.store.delete(key, Some(revision)).await {
+        Ok(_) => {
+            tracing::info!(resource = %info.plural, namespace = %key.namespace, name = %key.name, "finalized and removed");
+            Ok(true)
+        }
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(store_err(e)),
+    }
+}
+
 /// What a delete does with `current`: the kind's own deletion ([`ResourceHandler::on_delete`],
 /// graceful for pods) composed with finalizers and propagation ([`finalizers`]). An object
 /// with finalizers is marked and stays; a marked object whose finalizers are gone and whose

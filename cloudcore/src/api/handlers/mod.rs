@@ -27,7 +27,7 @@ mod validate;
 
 pub(super) use body::{parse_body_as, parse_json};
 pub(super) use create::create;
-pub(super) use delete::delete;
+pub(super) use delete::{delete, finalize};
 pub(super) use get::get_current;
 pub use meta::new_uid;
 pub(super) use meta::{now_rfc3339, now_seconds, set_type_meta};
@@ -116,6 +116,7 @@ async fn handle(
         name: t.name.clone(),
         status: t.subresource.as_deref() == Some("status"),
         query,
+        user: parts.extensions.get::<crate::pki::UserInfo>().cloned(),
         headers: parts.headers,
     };
     let limit = state.max_body_bytes;

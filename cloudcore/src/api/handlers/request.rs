@@ -7,6 +7,7 @@ use crate::api::error::{json_response, ApiError};
 use crate::api::resource::{ResourceHandler, ResourceInfo};
 use crate::api::table::{self, IncludeObject, TableRequest};
 use crate::api::ApiState;
+use crate::pki::UserInfo;
 use crate::store::{ObjectKey, StoreError};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::Response;
@@ -122,11 +123,26 @@ pub(in crate::api) struct Call {
     pub status: bool,
     pub query: HashMap<String, String>,
     pub headers: HeaderMap,
+    /// Who makes the request: the authenticated user of an HTTP request, or the identity of
+    /// the in-process writer ([`crate::api::client::Client`]); `None` only for requests the
+    /// authentication layer lets through unauthenticated (none that write).
+    pub user: Option<UserInfo>,
 }
 
 impl Call {
     pub fn info(&self) -> &ResourceInfo {
         self.res.info()
+    }
+
+    /// The requesting user's name, for logs ("" when unauthenticated).
+    pub fn user_name(&self) -> &str {
+        self.user.as_ref().map_or("", |u| u.name.as_str())
+    }
+
+    /// Whether the request comes from cloudcore's status ingest, the one writer that may move
+    /// the status report sequence.
+    pub fn is_status_ingest(&self) -> bool {
+        self.user_name() == crate::api::client::identity::INGEST
     }
 
     pub(super) fn name(&self) -> &str {

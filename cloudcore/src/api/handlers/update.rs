@@ -8,6 +8,7 @@ use super::meta::{meta_str, metadata_mut};
 use super::preconditions::{check_uid, resource_version_precondition};
 use super::request::Call;
 use super::validate::{invalid, validate};
+use crate::annotations::{self, SeqWrite};
 use crate::api::error::ApiError;
 use crate::api::finalizers::{self};
 use crate::store::StoreError;
@@ -74,7 +75,13 @@ where
             .await
         {
             Ok(stored) => {
-                tracing::info!(resource = %call.info().plural, namespace = %key.namespace, name = %key.name, revision = stored.revision, status = call.status, "updated");
+                // Status writes are the edges' heartbeats and reports: many a minute per node,
+                // so they are not worth a line each at the default level.
+                if call.status {
+                    tracing::debug!(resource = %call.info().plural, namespace = %key.namespace, name = %key.name, revision = stored.revision, user = call.user_name(), "status updated");
+                } else {
+                    tracing::info!(resource = %call.info().plural, namespace = %key.namespace, name = %key.name, revision = stored.revision, user = call.user_name(), "updated");
+                }
                 return Ok(call.object_response(StatusCode::OK, stored.value));
             }
             Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
@@ -195,6 +202,27 @@ pub(super) fn build_status_update(
             Some(s) => o.insert("status".into(), s.clone()),
             None => o.remove("status"),
         };
+    }
+    // The status report sequence is the one piece of metadata a status write moves: it
+    // belongs to the status it guards (see `annotations::status_seq_write`).
+    let seq = if call.is_status_ingest() {
+        annotations::status_seq_write(body, current)
+    } else {
+        // Anyone else's status write keeps it, as an update keeps `resourceVersion`.
+        SeqWrite::Keep
+    };
+    match seq {
+        SeqWrite::Keep => {}
+        SeqWrite::Advance(seq) => annotations::set_status_seq(&mut new, seq),
+        SeqWrite::Stale { written, applied } => {
+            return Err(ApiError::Conflict {
+                resource: call.info().qualified(),
+                name: call.name().to_string(),
+                detail: format!(
+                    "status report {written} is older than report {applied}, already applied"
+                ),
+            })
+        }
     }
     call.res
         .validate_status(&new)

@@ -167,9 +167,8 @@ impl DeploymentController {
     }
 
     async fn event(&self, d: &Value, reason: &str, message: &str) {
-        let store = self.client.state().store.clone();
         events::record_best_effort(
-            store.as_ref(),
+            &self.client,
             d,
             EventType::Normal,
             reason,
