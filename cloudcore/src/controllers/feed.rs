@@ -1,6 +1,6 @@
 //! Following the store: its change broadcast, with a relist whenever the broadcast may have
-//! lost something and at a fixed period (kube-rs' watcher with a resync, reduced to what a
-//! level-triggered loop needs).
+//! lost something and at a fixed period (client-go's informer with its resync period, reduced
+//! to what a level-triggered loop needs).
 //!
 //! Both loops that follow the store use this: the controller [runner](super::runner), which
 //! maps events to keys and reconciles them, and the [scheduler](crate::scheduler), which
