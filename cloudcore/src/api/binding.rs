@@ -11,7 +11,7 @@
 
 use super::error::{json_response, ApiError, FieldError};
 use super::handlers::{parse_body_as, Call};
-use crate::store::StoreError;
+use crate::store::{StoreError, Stored};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -29,8 +29,17 @@ fn invalid(name: &str, errors: Vec<FieldError>) -> ApiError {
     }
 }
 
-/// Serves a `create` of the binding subresource of pod `call.name`.
+/// Serves a `create` of the binding subresource of pod `call.name`: answers a `Status`, as
+/// kube-apiserver does.
 pub(super) async fn create(call: &Call, body: Bytes) -> Result<Response, ApiError> {
+    bind(call, body).await?;
+    Ok(success())
+}
+
+/// Binds pod `call.name` as [`create`] does, and returns the pod as written (`None` for a dry
+/// run), so that an in-process caller (the scheduler, through
+/// [`crate::api::client::Client::bind`]) needs no second read for the object and its revision.
+pub(super) async fn bind(call: &Call, body: Bytes) -> Result<Option<Stored>, ApiError> {
     let pod_name = call.name.clone().unwrap_or_default();
     let raw = parse_body_as(call, &body, "v1", "Binding")?;
     let binding: Binding = serde_path_to_error::deserialize(raw).map_err(|e| {
@@ -80,7 +89,7 @@ pub(super) async fn create(call: &Call, body: Bytes) -> Result<Response, ApiErro
         detail,
     };
     if call.dry_run()? {
-        return Ok(success());
+        return Ok(None);
     }
     for _ in 0..super::handlers::UPDATE_ATTEMPTS {
         let current = call
@@ -123,9 +132,9 @@ pub(super) async fn create(call: &Call, body: Bytes) -> Result<Response, ApiErro
             .update(&key, next, Some(current.revision))
             .await
         {
-            Ok(_) => {
+            Ok(written) => {
                 tracing::info!(pod = %key, node = %node, "bound through the binding subresource");
-                return Ok(success());
+                return Ok(Some(written));
             }
             Err(StoreError::Conflict { .. }) if want_rv.is_none() => continue,
             Err(StoreError::Conflict { .. }) => return Err(ApiError::stale(&resource, &pod_name)),

@@ -404,6 +404,10 @@ impl Client {
     /// kube-scheduler does against kube-apiserver: the pod's `uid` and `resource_version` are
     /// preconditions, so a binding never lands on a successor of the same name or on a pod that
     /// changed since it was placed (a `Conflict`, after which the caller re-reads).
+    ///
+    /// Returns the pod as written. An HTTP client gets a `Status` for the same write, as from
+    /// kube-apiserver; an in-process caller gets the object and its revision without reading
+    /// it again.
     pub async fn bind(
         &self,
         namespace: &str,
@@ -411,7 +415,7 @@ impl Client {
         uid: &str,
         resource_version: u64,
         node: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Stored, ApiError> {
         let call = self.call("pods", namespace, Some(name), false)?;
         let binding = json!({
             "kind": "Binding", "apiVersion": "v1",
@@ -419,8 +423,11 @@ impl Client {
                          "resourceVersion": resource_version.to_string()},
             "target": {"kind": "Node", "apiVersion": "v1", "name": node},
         });
-        super::binding::create(&call, to_bytes(&binding)?).await?;
-        Ok(())
+        super::binding::bind(&call, to_bytes(&binding)?)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Internal(format!("binding {namespace}/{name} was not written"))
+            })
     }
 }
 

@@ -14,6 +14,7 @@ pub mod daemonset;
 pub mod decode;
 pub mod deployment;
 pub mod error;
+pub mod feed;
 pub mod garbage_collector;
 pub mod namespace;
 pub mod node_lifecycle;

@@ -51,36 +51,45 @@
 //!   listing and marks every referenced config written after the last handled revision (or
 //!   missing) on the sessions of its nodes, then wakes every session.
 //!
-//! The same endpoint serves the join exchange (ALPN `skerry-join/1`): a bootstrap token and a CSR
-//! in, a node certificate out.
+//! # Layout
+//!
+//! One endpoint, two entrances told apart by ALPN, which share only the endpoint and the table
+//! of live sessions; each has its own file so that the unauthenticated path can be read (and
+//! audited) apart from the authenticated one:
+//!
+//! - `join` (ALPN `skerry-join/1`): first contact. A bootstrap token and a CSR in, a node
+//!   certificate out, and the Node object registered; it runs before the edge has an identity.
+//! - `session` (ALPN `skerry-sync/1`): a node with its certificate (mTLS). The Hello checks,
+//!   then the stream of batches and acks described above.
+//! - `dispatch`: the one task that follows the store's change feed, keeps the config index and
+//!   wakes the sessions.
+//! - `plan`: what goes into each batch.
+//!
+//! This file holds the [`Hub`] itself, its settings and endpoint, the accept loop and the
+//! choice between the two entrances.
 
+mod dispatch;
+mod join;
 mod plan;
+mod session;
 
 use crate::api::client::Client;
-use crate::api::ApiError;
-use crate::clock;
-use crate::config_index::{self, ConfigIndex};
+use crate::config_index::ConfigIndex;
 use crate::pki::{self, Pki};
-use crate::store::{Event, ObjectKey, ShardRead, Store, StoreError};
+use crate::store::{Store, StoreError};
 use protocol::codec;
-use protocol::join::{JoinRefusal, JoinRequest, JoinResponse};
-use protocol::messages::*;
 use serde::{de::DeserializeOwned, Serialize};
-use serde_json::{json, Value};
+use session::Session;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Mutex, Notify, RwLock};
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tokio::sync::{Mutex, RwLock};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Largest frame the hub accepts from an edge.
 const MAX_INBOUND_FRAME: usize = 64 * 1024;
-
-/// Joins handled at once; more are turned away (the edge retries), so a flood of
-/// unauthenticated join connections cannot pile up.
-const MAX_CONCURRENT_JOINS: usize = 64;
 
 /// QUIC application error codes the hub closes connections with.
 pub mod close_codes {
@@ -114,39 +123,6 @@ impl Default for HubConfig {
         }
     }
 }
-
-struct Session {
-    id: u64,
-    signals: Arc<Signals>,
-    conn: quinn::Connection,
-}
-
-/// What the rest of the hub tells a running session, and what it reports back.
-#[derive(Default)]
-struct Signals {
-    /// The node's shard changed, or a config was marked.
-    changed: Notify,
-    /// The node was revoked: the session sends Reject and closes.
-    revoked: Notify,
-    /// Highest revision the edge acked.
-    acked: AtomicU64,
-    /// ConfigMaps and Secrets to send: each only if its store revision is above the value
-    /// (0: always), or as a delete if it does not exist.
-    marked: Mutex<HashMap<ObjectRef, u64>>,
-}
-
-impl Signals {
-    /// Marks `config` to be sent if newer than `newer_than` (the lowest bound wins).
-    async fn mark(&self, config: ObjectRef, newer_than: u64) {
-        let mut marked = self.marked.lock().await;
-        let bound = marked.entry(config).or_insert(newer_than);
-        *bound = (*bound).min(newer_than);
-    }
-}
-
-/// Tries of a node registration that races other writers of the Node (a re-join while ingest
-/// writes its status) before the join is refused with a retryable error.
-const REGISTER_ATTEMPTS: usize = 8;
 
 /// The hub. Cheap to share: clone the `Arc`.
 pub struct Hub {
@@ -246,7 +222,7 @@ impl Hub {
             pki,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
-            join_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_JOINS),
+            join_slots: tokio::sync::Semaphore::new(join::MAX_CONCURRENT_JOINS),
             index: RwLock::new(ConfigIndex::new()),
             handled: AtomicU64::new(0),
         })
@@ -277,118 +253,6 @@ impl Hub {
                 }
             });
         }
-    }
-
-    /// [`Hub::resync`], retried until the store answers.
-    async fn resync_until_done(&self, since: Option<u64>) {
-        while let Err(e) = self.resync(since).await {
-            error!(error = %e, "cannot list pods and configs to index config references; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    /// Rebuilds the config index from a listing of every pod. With `since` (after the change
-    /// feed lagged, events after `since` were lost), also marks on the live sessions every
-    /// referenced config written after `since` or missing, and wakes every session.
-    async fn resync(&self, since: Option<u64>) -> Result<(), StoreError> {
-        let (pods, listed) = self.store.list("pods", None).await?;
-        let mut index = ConfigIndex::new();
-        for p in &pods {
-            let meta = |f: &str| {
-                p.value
-                    .pointer(&format!("/metadata/{f}"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string()
-            };
-            index.apply(
-                &ObjectKey::new("pods", meta("namespace"), meta("name")),
-                Some(&p.value),
-            );
-        }
-        let marks = match since {
-            Some(since) => index.changed_since(self.store.as_ref(), since).await?,
-            None => Vec::new(),
-        };
-        info!(
-            pods = index.pod_count(),
-            configs = index.configs().len(),
-            revision = listed,
-            "indexed the ConfigMaps and Secrets that pods reference"
-        );
-        *self.index.write().await = index;
-        if since.is_some() {
-            let sessions = self.sessions.lock().await;
-            for (config, nodes) in marks {
-                for node in nodes {
-                    if let Some(s) = sessions.get(&node) {
-                        s.signals.mark(config.clone(), 0).await;
-                    }
-                }
-            }
-            for s in sessions.values() {
-                s.signals.changed.notify_one();
-            }
-        }
-        self.handled.fetch_max(listed, Ordering::SeqCst);
-        Ok(())
-    }
-
-    async fn dispatch_changes(
-        self: Arc<Self>,
-        mut events: tokio::sync::broadcast::Receiver<Event>,
-    ) {
-        loop {
-            match events.recv().await {
-                Ok(ev) => self.handle_event(ev).await,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(
-                        missed = n,
-                        "hub fell behind the store's change feed; re-indexing and waking every session"
-                    );
-                    let since = self.handled.load(Ordering::SeqCst);
-                    self.resync_until_done(Some(since)).await;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    }
-
-    /// Handles one committed write (see the module docs for why the order matters).
-    async fn handle_event(&self, ev: Event) {
-        // Writes up to `handled` are in the listing the index was (re)built from.
-        if ev.revision <= self.handled.load(Ordering::SeqCst) {
-            return;
-        }
-        if ev.key.resource == "pods" {
-            let (node, refs) = config_index::pod_refs(&ev.key, ev.value.as_ref());
-            self.index
-                .write()
-                .await
-                .set_pod(&ev.key, node.as_deref(), refs);
-        }
-        let config = config_index::config_ref_of(&ev.key);
-        if config.is_some() || !ev.shards.is_empty() {
-            let nodes = match &config {
-                Some(c) => self.index.read().await.nodes_referencing(c),
-                None => Vec::new(),
-            };
-            let sessions = self.sessions.lock().await;
-            if let Some(config) = config {
-                for node in &nodes {
-                    if let Some(s) = sessions.get(node) {
-                        s.signals.mark(config.clone(), 0).await;
-                        s.signals.changed.notify_one();
-                    }
-                }
-            }
-            for shard in &ev.shards {
-                if let Some(s) = sessions.get(shard) {
-                    s.signals.changed.notify_one();
-                }
-            }
-        }
-        self.handled.fetch_max(ev.revision, Ordering::SeqCst);
     }
 
     async fn handle_connection(self: Arc<Self>, conn: quinn::Connection) {
@@ -455,424 +319,5 @@ impl Hub {
                 conn.close(close_codes::PROTOCOL.into(), b"unknown protocol");
             }
         }
-    }
-
-    async fn join(&self, conn: &quinn::Connection) -> Result<(), SessionError> {
-        let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
-            .await
-            .map_err(|_| SessionError::Timeout)??;
-        let req: JoinRequest = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv))
-            .await
-            .map_err(|_| SessionError::Timeout)??
-            .ok_or_else(|| {
-                SessionError::Protocol("join stream closed before the request".into())
-            })?;
-        let node = req.node_name.clone();
-        let response = match self.handle_join(req).await {
-            Ok(resp) => {
-                info!(%node, "node joined");
-                metrics::counter!("skerry_hub_joins_total", "result" => "accepted").increment(1);
-                resp
-            }
-            Err(refusal) => {
-                warn!(%node, reason = %refusal, "join refused");
-                metrics::counter!("skerry_hub_joins_total", "result" => "refused").increment(1);
-                JoinResponse::Refused(refusal)
-            }
-        };
-        write_frame(&mut send, &response).await?;
-        let _ = send.finish();
-        // Let the edge read the answer and close; don't hold the connection forever.
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
-        Ok(())
-    }
-
-    async fn handle_join(&self, req: JoinRequest) -> Result<JoinResponse, JoinRefusal> {
-        if req.protocol_version != protocol::PROTOCOL_VERSION {
-            return Err(JoinRefusal::VersionMismatch {
-                cloud: protocol::PROTOCOL_VERSION,
-                edge: req.protocol_version,
-            });
-        }
-        pki::validate_node_name(&req.node_name).map_err(|reason| JoinRefusal::InvalidNodeName {
-            name: req.node_name.clone(),
-            reason,
-        })?;
-        for (k, v) in &req.labels {
-            if k.is_empty() || k.len() > 253 || v.len() > 63 {
-                return Err(JoinRefusal::InvalidNodeName {
-                    name: req.node_name.clone(),
-                    reason: format!("label {k:?}={v:?} is not a valid Kubernetes label"),
-                });
-            }
-        }
-        self.pki.check_csr(&req.csr_pem)?;
-        self.pki.consume_token(&req.token, &req.node_name)?;
-        let certificate_pem = self.pki.sign_node(&req.node_name, &req.csr_pem)?;
-        // A re-join supersedes the node's old certificate: close a session that still uses it
-        // (it is refused as superseded when it tries again).
-        if let Some(old) = self.sessions.lock().await.remove(&req.node_name) {
-            old.conn.close(
-                close_codes::REPLACED.into(),
-                b"superseded by a newer join of this node",
-            );
-        }
-        if self.pki.is_revoked(&req.node_name) {
-            // Only a token made for this node gets here: its join re-admits the node, and the
-            // new certificate supersedes the revoked one.
-            self.pki
-                .unrevoke(&req.node_name)
-                .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
-        }
-        self.register_node(&req.node_name, &req.labels)
-            .await
-            .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
-        let report_key = self
-            .pki
-            .issue_report_key(&req.node_name)
-            .map_err(|e| JoinRefusal::Internal(e.to_string()))?;
-        Ok(JoinResponse::Accepted {
-            report_key,
-            certificate_pem,
-            ca_pem: self.pki.ca_pem().to_string(),
-        })
-    }
-
-    /// Creates the Node object for a joining node, or merges its labels into an existing one,
-    /// through the API (as kubelet registers itself with kube-apiserver), so the node kind's
-    /// defaulting and validation apply and the write is one the API can authorize.
-    async fn register_node(
-        &self,
-        node: &str,
-        labels: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), ApiError> {
-        let mut all = labels.clone();
-        all.insert("kubernetes.io/hostname".into(), node.into());
-        all.insert("kubernetes.io/os".into(), "linux".into());
-        all.insert("node-role.kubernetes.io/edge".into(), String::new());
-        for _ in 0..REGISTER_ATTEMPTS {
-            if let Some(mut v) = self.api.get("nodes", "", node).await? {
-                // The read's resourceVersion stays in `v`: the update is conditional on it.
-                match v
-                    .pointer_mut("/metadata/labels")
-                    .and_then(Value::as_object_mut)
-                {
-                    Some(m) => all.iter().for_each(|(k, val)| {
-                        m.insert(k.clone(), json!(val));
-                    }),
-                    None => v["metadata"]["labels"] = json!(all),
-                }
-                match self.api.update("nodes", "", v).await {
-                    Ok(_) => return Ok(()),
-                    Err(ApiError::Conflict { .. } | ApiError::NotFound { .. }) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            let now = clock::now_rfc3339();
-            let obj = json!({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": node, "labels": all},
-                "spec": {},
-                "status": {"conditions": [{
-                    "type": "Ready", "status": "Unknown", "reason": "NodeStatusNeverUpdated",
-                    "message": "edgecore has not reported status yet", "lastHeartbeatTime": now, "lastTransitionTime": now
-                }]}
-            });
-            match self.api.create("nodes", "", obj).await {
-                Ok(_) => return Ok(()),
-                Err(ApiError::AlreadyExists { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ApiError::Internal(format!(
-            "node {node} kept changing while it was registered; join again"
-        )))
-    }
-
-    async fn session(
-        self: Arc<Self>,
-        conn: &quinn::Connection,
-        node: &str,
-        cert_der: &[u8],
-    ) -> Result<(), SessionError> {
-        let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
-            .await
-            .map_err(|_| SessionError::Timeout)??;
-        let hello = match tokio::time::timeout(
-            Duration::from_secs(10),
-            read_frame::<EdgeMessage>(&mut recv),
-        )
-        .await
-        .map_err(|_| SessionError::Timeout)??
-        {
-            Some(EdgeMessage::Hello(h)) => h,
-            Some(other) => {
-                let reject =
-                    Reject::ProtocolViolation(format!("expected Hello first, got {other:?}"));
-                return self.reject(conn, &mut send, reject).await;
-            }
-            None => return Err(SessionError::Protocol("stream closed before Hello".into())),
-        };
-        let reject = if hello.protocol_version != protocol::PROTOCOL_VERSION {
-            Some(Reject::VersionMismatch {
-                cloud: protocol::PROTOCOL_VERSION,
-                edge: hello.protocol_version,
-            })
-        } else if hello.node_name != node {
-            Some(Reject::NameMismatch {
-                claimed: hello.node_name.clone(),
-                certified: node.to_string(),
-            })
-        } else if self.pki.is_revoked(node) {
-            Some(Reject::Revoked {
-                node: node.to_string(),
-            })
-        } else if !self.pki.is_known(node) {
-            Some(Reject::UnknownNode {
-                node: node.to_string(),
-            })
-        } else if !self.pki.is_current_cert(node, cert_der) {
-            Some(Reject::Superseded {
-                node: node.to_string(),
-            })
-        } else {
-            None
-        };
-        if let Some(reject) = reject {
-            return self.reject(conn, &mut send, reject).await;
-        }
-        write_frame(
-            &mut send,
-            &CloudMessage::Welcome(Welcome {
-                protocol_version: protocol::PROTOCOL_VERSION,
-                node_name: node.to_string(),
-            }),
-        )
-        .await?;
-
-        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let signals = Arc::new(Signals::default());
-        signals.acked.store(hello.acked_revision, Ordering::Relaxed);
-        if let Some(old) = self.sessions.lock().await.insert(
-            node.to_string(),
-            Session {
-                id,
-                signals: signals.clone(),
-                conn: conn.clone(),
-            },
-        ) {
-            info!("replacing the node's previous session");
-            old.conn
-                .close(close_codes::REPLACED.into(), b"replaced by a newer session");
-        }
-        // A revocation that landed between the checks above and this registration would have
-        // found no session to close; look again now that the session can be found.
-        if self.pki.is_revoked(node) {
-            signals.revoked.notify_one();
-        }
-        // Configs written while the node was away (see the module docs, "Resuming").
-        let configs = self.index.read().await.configs_of(node);
-        for config in configs {
-            signals.mark(config, hello.acked_revision).await;
-        }
-        metrics::gauge!("skerry_hub_connected_nodes").increment(1.0);
-        info!(
-            acked_revision = hello.acked_revision,
-            "node session started"
-        );
-        let result = self
-            .stream(conn, node, &mut send, recv, hello.acked_revision, &signals)
-            .await;
-        metrics::gauge!("skerry_hub_connected_nodes").decrement(1.0);
-        let mut sessions = self.sessions.lock().await;
-        if sessions.get(node).is_some_and(|s| s.id == id) {
-            sessions.remove(node);
-        }
-        result
-    }
-
-    async fn reject(
-        &self,
-        conn: &quinn::Connection,
-        send: &mut quinn::SendStream,
-        reject: Reject,
-    ) -> Result<(), SessionError> {
-        warn!(reason = %reject, "refusing node session");
-        metrics::counter!("skerry_hub_rejects_total").increment(1);
-        write_frame(send, &CloudMessage::Reject(reject.clone())).await?;
-        let _ = send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-        conn.close(close_codes::REJECTED.into(), reject.to_string().as_bytes());
-        Ok(())
-    }
-
-    async fn stream(
-        &self,
-        conn: &quinn::Connection,
-        node: &str,
-        send: &mut quinn::SendStream,
-        mut recv: quinn::RecvStream,
-        from: u64,
-        signals: &Signals,
-    ) -> Result<(), SessionError> {
-        // Reads run in their own task: read_exact is not cancel-safe, so it must not sit in a
-        // select! that may drop it halfway through a frame.
-        let (tx, mut rx) = mpsc::channel::<Result<Option<EdgeMessage>, SessionError>>(16);
-        let reader = tokio::spawn(async move {
-            loop {
-                let msg = read_frame::<EdgeMessage>(&mut recv).await;
-                let end = !matches!(msg, Ok(Some(_)));
-                if tx.send(msg).await.is_err() || end {
-                    return;
-                }
-            }
-        });
-        let _abort_reader = AbortOnDrop(reader);
-        let mut sent = from;
-        loop {
-            sent = self.send_pending(node, sent, send, signals).await?;
-            tokio::select! {
-                _ = signals.changed.notified() => {}
-                msg = rx.recv() => match msg {
-                    Some(Ok(Some(EdgeMessage::Ack(a)))) => {
-                        if a.revision > sent {
-                            return Err(SessionError::Protocol(format!("ack of revision {} that was never sent (sent up to {sent})", a.revision)));
-                        }
-                        signals.acked.fetch_max(a.revision, Ordering::Relaxed);
-                        metrics::counter!("skerry_hub_acks_total").increment(1);
-                        debug!(revision = a.revision, "ack");
-                    }
-                    Some(Ok(Some(EdgeMessage::Hello(_)))) => {
-                        return Err(SessionError::Protocol("Hello in the middle of a session".into()));
-                    }
-                    Some(Ok(None)) | None => return Ok(()),
-                    Some(Err(e)) => return Err(e),
-                },
-                _ = signals.revoked.notified() => {
-                    warn!("node revoked; closing its session");
-                    write_frame(send, &CloudMessage::Reject(Reject::Revoked { node: node.to_string() })).await?;
-                    let _ = send.finish();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-                    conn.close(close_codes::REJECTED.into(), b"node revoked");
-                    return Ok(());
-                }
-                reason = conn.closed() => return Err(reason.into()),
-            }
-        }
-    }
-
-    /// Sends everything in the node's shard after `sent`, with the configs its pods reference,
-    /// and the configs marked for the node; returns the new high-water mark.
-    async fn send_pending(
-        &self,
-        node: &str,
-        sent: u64,
-        send: &mut quinn::SendStream,
-        signals: &Signals,
-    ) -> Result<u64, SessionError> {
-        // Order matters (module docs): the cap, then the marks, then the shard.
-        let cap = self.handled.load(Ordering::SeqCst);
-        let marked = std::mem::take(&mut *signals.marked.lock().await);
-        let (batches, new_sent) = match self.store.read_shard(node, sent).await? {
-            ShardRead::Snapshot { members, upto } => {
-                // A snapshot carries every config its pods reference: the marks are covered.
-                let parts = plan::snapshot(self.store.as_ref(), node, &members, upto).await?;
-                info!(
-                    objects = parts.iter().map(|p| p.upserts.len()).sum::<usize>(),
-                    parts = parts.len(),
-                    revision = upto,
-                    "sending snapshot"
-                );
-                (parts, upto)
-            }
-            ShardRead::Delta { changes, upto } => {
-                let upto = sent.max(upto.min(cap));
-                let marked: Vec<(ObjectRef, u64)> = if marked.is_empty() {
-                    Vec::new()
-                } else {
-                    let index = self.index.read().await;
-                    marked
-                        .into_iter()
-                        .filter(|(c, _)| index.references(node, c))
-                        .collect()
-                };
-                let batches =
-                    plan::delta(self.store.as_ref(), node, sent, upto, &changes, marked).await?;
-                (batches, upto)
-            }
-        };
-        for batch in batches {
-            // What was just read may include writes not yet flushed; never hand a node a
-            // state that a crash could take back.
-            self.store
-                .wait_durable(self.store.assigned_revision())
-                .await?;
-            self.send_batch(send, batch).await?;
-        }
-        Ok(new_sent)
-    }
-
-    async fn send_batch(
-        &self,
-        send: &mut quinn::SendStream,
-        batch: SyncBatch,
-    ) -> Result<(), SessionError> {
-        debug!(
-            revision = batch.revision,
-            upserts = batch.upserts.len(),
-            deletes = batch.deletes.len(),
-            snapshot = batch.snapshot,
-            "sending batch"
-        );
-        metrics::counter!("skerry_hub_batches_total").increment(1);
-        metrics::counter!("skerry_hub_objects_sent_total")
-            .increment((batch.upserts.len() + batch.deletes.len()) as u64);
-        for u in &batch.upserts {
-            let kind = match &u.object {
-                EdgeObject::Pod(_) => continue,
-                EdgeObject::ConfigMap(_) => "ConfigMap",
-                EdgeObject::Secret(_) => "Secret",
-            };
-            metrics::counter!("skerry_hub_configs_sent_total", "kind" => kind).increment(1);
-        }
-        for d in &batch.deletes {
-            let kind = match d.kind {
-                ObjectKind::Pod => continue,
-                ObjectKind::ConfigMap => "ConfigMap",
-                ObjectKind::Secret => "Secret",
-            };
-            metrics::counter!("skerry_hub_config_deletes_sent_total", "kind" => kind).increment(1);
-        }
-        write_frame(send, &CloudMessage::Sync(batch)).await
-    }
-
-    /// Closes the live session of a node that was just revoked (the node is told why). Its
-    /// reconnects are then refused at Hello.
-    pub async fn revoke_session(&self, node: &str) {
-        if let Some(s) = self.sessions.lock().await.get(node) {
-            s.signals.revoked.notify_one();
-        }
-    }
-
-    /// The revision each connected node has acked, for observability.
-    pub async fn acked_revisions(&self) -> Vec<(String, u64)> {
-        let mut v: Vec<_> = self
-            .sessions
-            .lock()
-            .await
-            .iter()
-            .map(|(n, s)| (n.clone(), s.signals.acked.load(Ordering::Relaxed)))
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -29,14 +29,21 @@
 //! `skerry_scheduler_scheduling_duration_seconds{result}` (from the attempt to the end of its
 //! writes), `skerry_scheduler_pending_pods`, `skerry_scheduler_preemption_victims_total`.
 //!
-//! The loop here is level-triggered (STYLE.md, kube-rs): the cache follows store events, a
-//! lagged subscription or a timer (every [`RESYNC_PERIOD`]) rebuilds it from full listings.
+//! The loop here is level-triggered (STYLE.md, kube-rs): it follows the store through a
+//! [`Feed`], as the controllers' runner does: events update the cache and the queue, and a
+//! lagged subscription or the period ([`RESYNC_PERIOD`]) rebuilds both from full listings. It
+//! is not a per-key reconcile runner, as kube-scheduler is not a controller: pods are placed
+//! one at a time, in the queue's priority order with its back-off, against a cache that
+//! already counts the pods chosen but not yet bound (docs/decisions.md). Each turn takes in
+//! everything already announced, then places the active pods, then waits for the next event,
+//! a write's completion or the queue's next due time.
 //! Every write goes through the API, as kube-scheduler's go through kube-apiserver: a binding
 //! is a `create` of the pod's `binding` subresource with its uid and resourceVersion as
 //! preconditions, so it never overwrites a concurrent change (on conflict the pod is tried
 //! again with its new version); the `PodScheduled` condition and `nominatedNodeName` are
 //! `/status` updates with the same precondition; preemption victims are deleted as a client's
-//! `DELETE` would.
+//! `DELETE` would. A binding answers the pod as written (with its revision), which goes into
+//! the cache without a second read.
 //! Bindings are written concurrently (up to [`MAX_IN_FLIGHT`]) while the next pods are placed
 //! against the cache, which counts a pod on its node as soon as it is chosen.
 //!
@@ -55,12 +62,12 @@ pub mod spread;
 use crate::api::client::{Client, Propagation};
 use crate::api::events::EventType;
 use crate::api::ApiError;
+use crate::controllers::feed::{Feed, FeedItem};
 use crate::store::{Event, ObjectKey, StoreError, Stored};
 use cache::{pod_key, Cache, Preemption, Victim};
 use queue::{Attempt, Queue};
 use serde_json::Value;
 use std::time::Duration;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -178,6 +185,20 @@ impl Scheduler {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Takes in one item of the store feed: an event, or a resync (which, failing, asks the
+    /// feed for another one in a second).
+    async fn take_in(&mut self, item: FeedItem, feed: &mut Feed) {
+        match item {
+            FeedItem::Event(ev) => self.apply(&ev),
+            FeedItem::Resync => {
+                if let Err(e) = self.resync().await {
+                    warn!(error = %e, "scheduler resync failed; retrying");
+                    feed.resync_in(Duration::from_secs(1));
+                }
+            }
         }
     }
 
@@ -324,9 +345,8 @@ impl Scheduler {
     }
 }
 
-/// Binds `pod` (as read at its revision) to `node` through the API, then reads back the pod
-/// as written (the binding answers with a `Status`, the cache wants the object and its
-/// revision).
+/// Binds `pod` (as read at its revision) to `node` through the API; answers the pod as
+/// written, which the cache takes in with its revision.
 async fn bind(
     client: &Client,
     key: &ObjectKey,
@@ -340,8 +360,7 @@ async fn bind(
         .unwrap_or("");
     client
         .bind(&key.namespace, &key.name, uid, pod.revision, node)
-        .await?;
-    read_back(client, key).await
+        .await
 }
 
 /// Writes `next` (the pod with its new scheduling status) as a `/status` update with the pod's
@@ -365,16 +384,6 @@ async fn write_status(
         revision,
         value: written,
     })
-}
-
-async fn read_back(client: &Client, key: &ObjectKey) -> Result<Stored, ApiError> {
-    client
-        .state()
-        .store
-        .get(key)
-        .await
-        .map_err(|e| ApiError::from_store(e, "pods", &key.name))?
-        .ok_or_else(|| ApiError::from_store(StoreError::NotFound(key.clone()), "pods", &key.name))
 }
 
 /// Evicts a preemption victim exactly as a client's `DELETE` would (graceful deletion, with
@@ -411,46 +420,26 @@ async fn evict(
 
 /// Runs the scheduler until the process ends.
 pub async fn run(client: Client) {
-    let mut events = client.state().store.subscribe();
+    let mut feed = Feed::new(client.state().store.subscribe(), RESYNC_PERIOD);
     let mut s = Scheduler::new(client);
-    let mut resync_at = Instant::now();
     info!("scheduler started");
     loop {
-        if Instant::now() >= resync_at {
-            // Events queued before the listing are already in it (or older than it).
-            while !matches!(
-                events.try_recv(),
-                Err(TryRecvError::Empty | TryRecvError::Closed)
-            ) {}
-            if let Err(e) = s.resync().await {
-                warn!(error = %e, "scheduler resync failed; retrying");
-                resync_at = Instant::now() + Duration::from_secs(1);
-            } else {
-                resync_at = Instant::now() + RESYNC_PERIOD;
-            }
-        }
         // Take in everything already announced before placing, so placements see it.
-        loop {
-            match events.try_recv() {
-                Ok(ev) => s.apply(&ev),
-                Err(TryRecvError::Lagged(_)) => resync_at = Instant::now(),
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-            }
+        while let Some(item) = feed.try_next() {
+            s.take_in(item, &mut feed).await;
         }
         let next_due = s.queue.activate_due(Instant::now());
         s.schedule_active();
-        let wake = next_due.map_or(resync_at, |d| d.min(resync_at));
         tokio::select! {
-            ev = events.recv() => match ev {
-                Ok(ev) => s.apply(&ev),
-                Err(RecvError::Lagged(_)) => resync_at = Instant::now(),
-                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            item = feed.next() => match item {
+                Some(item) => s.take_in(item, &mut feed).await,
+                None => std::future::pending::<()>().await,
             },
             Some(done) = s.flights.join_next(), if !s.flights.is_empty() => match done {
                 Ok((key, out, started)) => s.complete(key, out, started).await,
                 Err(e) => warn!(error = %e, "a scheduling write task failed"),
             },
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {}
         }
     }
 }
@@ -571,6 +560,50 @@ mod tests {
         let l = get(&late).await;
         assert_eq!(l["metadata"]["labels"]["touched"], "yes", "{l}");
         assert_eq!(l["spec"]["nodeName"], "a", "{l}");
+    }
+
+    /// The running loop: what it lists at start is placed, and so is what events announce
+    /// later (a pod after its node, and a pod waiting for a node that comes).
+    #[tokio::test]
+    async fn run_places_listed_pods_and_follows_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SledStore::open(dir.path(), crate::projection::shard).unwrap());
+        store
+            .create(&ObjectKey::new("nodes", "", "a"), node("a", json!({})))
+            .await
+            .unwrap();
+        let early = pod("early", json!({}));
+        store.create(&pod_key(&early), early.clone()).await.unwrap();
+        let task = tokio::spawn(run(client(&store)));
+        let bound_to = async |p: &Value| -> String {
+            for _ in 0..500 {
+                let v = store.get(&pod_key(p)).await.unwrap().unwrap().value;
+                if let Some(n) = v["spec"]["nodeName"].as_str() {
+                    return n.to_string();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{} was never bound", p["metadata"]["name"]);
+        };
+        assert_eq!(bound_to(&early).await, "a");
+        let late = pod("late", json!({}));
+        store.create(&pod_key(&late), late.clone()).await.unwrap();
+        assert_eq!(bound_to(&late).await, "a");
+        let waiting = pod("waiting", json!({"nodeSelector": {"zone": "new"}}));
+        store
+            .create(&pod_key(&waiting), waiting.clone())
+            .await
+            .unwrap();
+        store
+            .create(
+                &ObjectKey::new("nodes", "", "b"),
+                node("b", json!({"zone": "new"})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(bound_to(&waiting).await, "b");
+        task.abort();
     }
 
     #[tokio::test]

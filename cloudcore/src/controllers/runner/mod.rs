@@ -20,9 +20,12 @@
 //!   `O(log n)` however many keys wait (1,000 Deployments each asking to be requeued after
 //!   `minReadySeconds` do not make every wake scan them all).
 //!
-//! The runner takes its events as a broadcast receiver, so tests drive it with a channel and
+//! The runner takes its events as a broadcast receiver and follows it through a
+//! [`Feed`](super::feed::Feed) (events in order, every key again on lag and every
+//! [`Options::resync`]), as the scheduler does; tests drive it with a channel and
 //! `tokio::time::pause()` instead of a store.
 
+use super::feed::{Feed, FeedItem};
 use super::ControllerError;
 use crate::store::{Event, ObjectKey};
 use async_trait::async_trait;
@@ -30,7 +33,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -279,41 +282,39 @@ impl Scheduler {
     }
 }
 
+/// Takes in one item of the feed: the keys an event concerns, or every key at a resync.
+async fn take<R: Reconciler>(reconciler: &R, sched: &mut Scheduler, item: FeedItem, now: Instant) {
+    match item {
+        FeedItem::Event(ev) => {
+            for k in reconciler.keys_for_event(&ev).await {
+                sched.schedule(k, now, Cause::Event);
+            }
+        }
+        FeedItem::Resync => {
+            for k in reconciler.all_keys().await {
+                sched.schedule(k, now, Cause::Resync);
+            }
+        }
+    }
+}
+
 /// Runs `reconciler` until `events` closes, resyncing every `options.resync`.
 pub async fn run<R: Reconciler>(
     reconciler: Arc<R>,
-    mut events: broadcast::Receiver<Event>,
+    events: broadcast::Receiver<Event>,
     options: Options,
 ) {
     let name = reconciler.name();
     let concurrency = options.concurrency.max(1);
     let mut sched = Scheduler::default();
-    let mut next_resync = Instant::now();
+    let mut feed = Feed::new(events, options.resync);
     let mut in_flight = FuturesUnordered::new();
-    let mut open = true;
     loop {
         let now = Instant::now();
-        if open && now >= next_resync {
-            for k in reconciler.all_keys().await {
-                sched.schedule(k, now, Cause::Resync);
-            }
-            next_resync = now + options.resync;
-        }
-        // Drain what is already announced, so that a burst is reconciled once.
-        while open {
-            match events.try_recv() {
-                Ok(ev) => {
-                    for k in reconciler.keys_for_event(&ev).await {
-                        sched.schedule(k, now, Cause::Event);
-                    }
-                }
-                Err(TryRecvError::Lagged(_)) => next_resync = now,
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Closed) => open = false,
-            }
-        }
-        if open && next_resync <= now {
-            continue;
+        // Drain what is already announced (and a due resync), so that a burst is reconciled
+        // once.
+        while let Some(item) = feed.try_next() {
+            take(reconciler.as_ref(), &mut sched, item, now).await;
         }
         while let Some(key) = sched.start_next(now, concurrency) {
             let r = reconciler.clone();
@@ -325,14 +326,15 @@ pub async fn run<R: Reconciler>(
         }
         metrics::gauge!("skerry_controller_queue_depth", "controller" => name)
             .set((sched.queue.len() + sched.running.len()) as f64);
+        let open = !feed.is_closed();
         if !open && in_flight.is_empty() {
             return;
         }
         // With every worker busy, a due key waits for a reconcile to end, not for its time
-        // (which has passed: waking for it would spin).
+        // (which has passed: waking for it would spin). The feed wakes for its resync itself.
         let wake_at = match sched.queue.next_due() {
-            Some(due) if sched.running.len() < concurrency => due.min(next_resync),
-            _ => next_resync,
+            Some(due) if open && sched.running.len() < concurrency => Some(due),
+            _ => None,
         };
         tokio::select! {
             done = in_flight.next(), if !in_flight.is_empty() => {
@@ -366,17 +368,12 @@ pub async fn run<R: Reconciler>(
                 metrics::counter!("skerry_controller_reconciles_total", "controller" => name, "result" => label)
                     .increment(1);
             }
-            r = events.recv(), if open => match r {
-                Ok(ev) => {
-                    let now = Instant::now();
-                    for k in reconciler.keys_for_event(&ev).await {
-                        sched.schedule(k, now, Cause::Event);
-                    }
+            item = feed.next(), if open => {
+                if let Some(item) = item {
+                    take(reconciler.as_ref(), &mut sched, item, Instant::now()).await;
                 }
-                Err(RecvError::Lagged(_)) => next_resync = Instant::now(),
-                Err(RecvError::Closed) => open = false,
-            },
-            _ = tokio::time::sleep_until(wake_at), if open => {}
+            }
+            _ = tokio::time::sleep_until(wake_at.unwrap_or(now)), if wake_at.is_some() => {}
         }
     }
 }

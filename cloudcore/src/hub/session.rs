@@ -1,0 +1,338 @@
+//! The session path: one mTLS connection per joined node, streaming its slice of the desired
+//! state.
+//!
+//! It exists apart from the join path because it only ever serves a node that proved its
+//! identity (ALPN `skerry-sync/1`, a node certificate): the Hello is checked against that
+//! certificate and the PKI (version, name, revoked, unknown, superseded), then the session
+//! registers itself where the dispatcher can signal it, and streams batches (from `plan`) after
+//! the revision the edge says it holds, taking acks, until the link ends, the node is revoked or
+//! a newer session replaces it. Why a round reads the cap, the marks and the shard in that order
+//! is in the hub's module docs.
+
+use super::{close_codes, plan, read_frame, write_frame, Hub, SessionError};
+use crate::store::ShardRead;
+use protocol::messages::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Mutex, Notify};
+use tracing::{debug, info, warn};
+
+/// A live session, as the rest of the hub finds it.
+pub(super) struct Session {
+    pub(super) id: u64,
+    pub(super) signals: Arc<Signals>,
+    pub(super) conn: quinn::Connection,
+}
+
+/// What the rest of the hub tells a running session, and what it reports back.
+#[derive(Default)]
+pub(super) struct Signals {
+    /// The node's shard changed, or a config was marked.
+    pub(super) changed: Notify,
+    /// The node was revoked: the session sends Reject and closes.
+    pub(super) revoked: Notify,
+    /// Highest revision the edge acked.
+    pub(super) acked: AtomicU64,
+    /// ConfigMaps and Secrets to send: each only if its store revision is above the value
+    /// (0: always), or as a delete if it does not exist.
+    pub(super) marked: Mutex<HashMap<ObjectRef, u64>>,
+}
+
+impl Signals {
+    /// Marks `config` to be sent if newer than `newer_than` (the lowest bound wins).
+    pub(super) async fn mark(&self, config: ObjectRef, newer_than: u64) {
+        let mut marked = self.marked.lock().await;
+        let bound = marked.entry(config).or_insert(newer_than);
+        *bound = (*bound).min(newer_than);
+    }
+}
+
+impl Hub {
+    pub(super) async fn session(
+        self: Arc<Self>,
+        conn: &quinn::Connection,
+        node: &str,
+        cert_der: &[u8],
+    ) -> Result<(), SessionError> {
+        let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+            .await
+            .map_err(|_| SessionError::Timeout)??;
+        let hello = match tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame::<EdgeMessage>(&mut recv),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout)??
+        {
+            Some(EdgeMessage::Hello(h)) => h,
+            Some(other) => {
+                let reject =
+                    Reject::ProtocolViolation(format!("expected Hello first, got {other:?}"));
+                return self.reject(conn, &mut send, reject).await;
+            }
+            None => return Err(SessionError::Protocol("stream closed before Hello".into())),
+        };
+        let reject = if hello.protocol_version != protocol::PROTOCOL_VERSION {
+            Some(Reject::VersionMismatch {
+                cloud: protocol::PROTOCOL_VERSION,
+                edge: hello.protocol_version,
+            })
+        } else if hello.node_name != node {
+            Some(Reject::NameMismatch {
+                claimed: hello.node_name.clone(),
+                certified: node.to_string(),
+            })
+        } else if self.pki.is_revoked(node) {
+            Some(Reject::Revoked {
+                node: node.to_string(),
+            })
+        } else if !self.pki.is_known(node) {
+            Some(Reject::UnknownNode {
+                node: node.to_string(),
+            })
+        } else if !self.pki.is_current_cert(node, cert_der) {
+            Some(Reject::Superseded {
+                node: node.to_string(),
+            })
+        } else {
+            None
+        };
+        if let Some(reject) = reject {
+            return self.reject(conn, &mut send, reject).await;
+        }
+        write_frame(
+            &mut send,
+            &CloudMessage::Welcome(Welcome {
+                protocol_version: protocol::PROTOCOL_VERSION,
+                node_name: node.to_string(),
+            }),
+        )
+        .await?;
+
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let signals = Arc::new(Signals::default());
+        signals.acked.store(hello.acked_revision, Ordering::Relaxed);
+        if let Some(old) = self.sessions.lock().await.insert(
+            node.to_string(),
+            Session {
+                id,
+                signals: signals.clone(),
+                conn: conn.clone(),
+            },
+        ) {
+            info!("replacing the node's previous session");
+            old.conn
+                .close(close_codes::REPLACED.into(), b"replaced by a newer session");
+        }
+        // A revocation that landed between the checks above and this registration would have
+        // found no session to close; look again now that the session can be found.
+        if self.pki.is_revoked(node) {
+            signals.revoked.notify_one();
+        }
+        // Configs written while the node was away (see the hub's module docs, "Resuming").
+        let configs = self.index.read().await.configs_of(node);
+        for config in configs {
+            signals.mark(config, hello.acked_revision).await;
+        }
+        metrics::gauge!("skerry_hub_connected_nodes").increment(1.0);
+        info!(
+            acked_revision = hello.acked_revision,
+            "node session started"
+        );
+        let result = self
+            .stream(conn, node, &mut send, recv, hello.acked_revision, &signals)
+            .await;
+        metrics::gauge!("skerry_hub_connected_nodes").decrement(1.0);
+        let mut sessions = self.sessions.lock().await;
+        if sessions.get(node).is_some_and(|s| s.id == id) {
+            sessions.remove(node);
+        }
+        result
+    }
+
+    async fn reject(
+        &self,
+        conn: &quinn::Connection,
+        send: &mut quinn::SendStream,
+        reject: Reject,
+    ) -> Result<(), SessionError> {
+        warn!(reason = %reject, "refusing node session");
+        metrics::counter!("skerry_hub_rejects_total").increment(1);
+        write_frame(send, &CloudMessage::Reject(reject.clone())).await?;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        conn.close(close_codes::REJECTED.into(), reject.to_string().as_bytes());
+        Ok(())
+    }
+
+    async fn stream(
+        &self,
+        conn: &quinn::Connection,
+        node: &str,
+        send: &mut quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        from: u64,
+        signals: &Signals,
+    ) -> Result<(), SessionError> {
+        // Reads run in their own task: read_exact is not cancel-safe, so it must not sit in a
+        // select! that may drop it halfway through a frame.
+        let (tx, mut rx) = mpsc::channel::<Result<Option<EdgeMessage>, SessionError>>(16);
+        let reader = tokio::spawn(async move {
+            loop {
+                let msg = read_frame::<EdgeMessage>(&mut recv).await;
+                let end = !matches!(msg, Ok(Some(_)));
+                if tx.send(msg).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        let _abort_reader = AbortOnDrop(reader);
+        let mut sent = from;
+        loop {
+            sent = self.send_pending(node, sent, send, signals).await?;
+            tokio::select! {
+                _ = signals.changed.notified() => {}
+                msg = rx.recv() => match msg {
+                    Some(Ok(Some(EdgeMessage::Ack(a)))) => {
+                        if a.revision > sent {
+                            return Err(SessionError::Protocol(format!("ack of revision {} that was never sent (sent up to {sent})", a.revision)));
+                        }
+                        signals.acked.fetch_max(a.revision, Ordering::Relaxed);
+                        metrics::counter!("skerry_hub_acks_total").increment(1);
+                        debug!(revision = a.revision, "ack");
+                    }
+                    Some(Ok(Some(EdgeMessage::Hello(_)))) => {
+                        return Err(SessionError::Protocol("Hello in the middle of a session".into()));
+                    }
+                    Some(Ok(None)) | None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                },
+                _ = signals.revoked.notified() => {
+                    warn!("node revoked; closing its session");
+                    write_frame(send, &CloudMessage::Reject(Reject::Revoked { node: node.to_string() })).await?;
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                    conn.close(close_codes::REJECTED.into(), b"node revoked");
+                    return Ok(());
+                }
+                reason = conn.closed() => return Err(reason.into()),
+            }
+        }
+    }
+
+    /// Sends everything in the node's shard after `sent`, with the configs its pods reference,
+    /// and the configs marked for the node; returns the new high-water mark.
+    async fn send_pending(
+        &self,
+        node: &str,
+        sent: u64,
+        send: &mut quinn::SendStream,
+        signals: &Signals,
+    ) -> Result<u64, SessionError> {
+        // Order matters (the hub's module docs): the cap, then the marks, then the shard.
+        let cap = self.handled.load(Ordering::SeqCst);
+        let marked = std::mem::take(&mut *signals.marked.lock().await);
+        let (batches, new_sent) = match self.store.read_shard(node, sent).await? {
+            ShardRead::Snapshot { members, upto } => {
+                // A snapshot carries every config its pods reference: the marks are covered.
+                let parts = plan::snapshot(self.store.as_ref(), node, &members, upto).await?;
+                info!(
+                    objects = parts.iter().map(|p| p.upserts.len()).sum::<usize>(),
+                    parts = parts.len(),
+                    revision = upto,
+                    "sending snapshot"
+                );
+                (parts, upto)
+            }
+            ShardRead::Delta { changes, upto } => {
+                let upto = sent.max(upto.min(cap));
+                let marked: Vec<(ObjectRef, u64)> = if marked.is_empty() {
+                    Vec::new()
+                } else {
+                    let index = self.index.read().await;
+                    marked
+                        .into_iter()
+                        .filter(|(c, _)| index.references(node, c))
+                        .collect()
+                };
+                let batches =
+                    plan::delta(self.store.as_ref(), node, sent, upto, &changes, marked).await?;
+                (batches, upto)
+            }
+        };
+        for batch in batches {
+            // What was just read may include writes not yet flushed; never hand a node a
+            // state that a crash could take back.
+            self.store
+                .wait_durable(self.store.assigned_revision())
+                .await?;
+            self.send_batch(send, batch).await?;
+        }
+        Ok(new_sent)
+    }
+
+    async fn send_batch(
+        &self,
+        send: &mut quinn::SendStream,
+        batch: SyncBatch,
+    ) -> Result<(), SessionError> {
+        debug!(
+            revision = batch.revision,
+            upserts = batch.upserts.len(),
+            deletes = batch.deletes.len(),
+            snapshot = batch.snapshot,
+            "sending batch"
+        );
+        metrics::counter!("skerry_hub_batches_total").increment(1);
+        metrics::counter!("skerry_hub_objects_sent_total")
+            .increment((batch.upserts.len() + batch.deletes.len()) as u64);
+        for u in &batch.upserts {
+            let kind = match &u.object {
+                EdgeObject::Pod(_) => continue,
+                EdgeObject::ConfigMap(_) => "ConfigMap",
+                EdgeObject::Secret(_) => "Secret",
+            };
+            metrics::counter!("skerry_hub_configs_sent_total", "kind" => kind).increment(1);
+        }
+        for d in &batch.deletes {
+            let kind = match d.kind {
+                ObjectKind::Pod => continue,
+                ObjectKind::ConfigMap => "ConfigMap",
+                ObjectKind::Secret => "Secret",
+            };
+            metrics::counter!("skerry_hub_config_deletes_sent_total", "kind" => kind).increment(1);
+        }
+        write_frame(send, &CloudMessage::Sync(batch)).await
+    }
+
+    /// Closes the live session of a node that was just revoked (the node is told why). Its
+    /// reconnects are then refused at Hello.
+    pub async fn revoke_session(&self, node: &str) {
+        if let Some(s) = self.sessions.lock().await.get(node) {
+            s.signals.revoked.notify_one();
+        }
+    }
+
+    /// The revision each connected node has acked, for observability.
+    pub async fn acked_revisions(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = self
+            .sessions
+            .lock()
+            .await
+            .iter()
+            .map(|(n, s)| (n.clone(), s.signals.acked.load(Ordering::Relaxed)))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
