@@ -169,15 +169,7 @@ async fn worker(
     while let Some(item) = rx.recv().await {
         let p = &item.publish;
         let started = tokio::time::Instant::now();
-        let mut outcome = apply(&client, &keys, &p.topic, &p.payload).await;
-        // A store failure is retried here rather than left unacked: acks must stay in order, so
-        // one unacked message would hold back every later one.
-        // Six retries, 50 ms to 1.6 s apart.
-        let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        while matches!(outcome, Err(ApplyError::Write(_))) && retry.attempts() < 6 {
-            tokio::time::sleep(retry.next_delay()).await;
-            outcome = apply(&client, &keys, &p.topic, &p.payload).await;
-        }
+        let outcome = until_durable(&p.topic, || apply(&client, &keys, &p.topic, &p.payload)).await;
         metrics::histogram!("skerry_ingest_apply_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(Outcome::Applied) => {
@@ -194,13 +186,43 @@ async fn worker(
                     .increment(1);
             }
             Err(ApplyError::Write(e)) => {
-                // The edge reports again on the next change and with every heartbeat.
-                error!(topic = %p.topic, error = %e, "status report could not be stored after retries; dropped");
+                // `until_durable` returns only what retrying cannot change.
+                error!(topic = %p.topic, error = %e, "status report could not be written; dropped");
                 metrics::counter!("skerry_ingest_reports_total", "result" => "error").increment(1);
             }
         }
         if done.send(item).is_err() {
             return;
+        }
+    }
+}
+
+/// Longest pause between two attempts to write one report.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Applies a report until the outcome is final: written (durable), ignored, or refused as
+/// invalid. A write that failed for a reason that may pass (the store, a conflict that kept
+/// recurring) is retried with back-off for as long as it takes, never acknowledged unwritten:
+/// an ack tells the broker to forget the report, and the status would be lost until the pod
+/// changed. Acks go out in order, so the messages behind it wait too; that is the truth (the
+/// store is not taking writes), which the retry counter and the log say.
+async fn until_durable<F, Fut>(topic: &str, mut apply: F) -> Result<Outcome, ApplyError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Outcome, ApplyError>>,
+{
+    let mut retry = Backoff::new(Duration::from_millis(50), RETRY_MAX);
+    loop {
+        match apply().await {
+            Err(ApplyError::Write(e)) => {
+                metrics::counter!("skerry_ingest_write_retries_total").increment(1);
+                // Once, then about every minute and a half at the longest back-off.
+                if retry.attempts() % 16 == 0 {
+                    warn!(topic, error = %e, attempts = retry.attempts() + 1, "status report not written yet; retrying (it stays unacknowledged until it is)");
+                }
+                tokio::time::sleep(retry.next_delay()).await;
+            }
+            other => return other,
         }
     }
 }
@@ -667,6 +689,34 @@ mod tests {
             .await
             .unwrap();
         uid
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_that_cannot_be_written_is_retried_until_it_is_never_dropped() {
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let outcome = until_durable("t", || async {
+            // Far longer than any fixed retry budget: a minute of store failures.
+            if attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 20 {
+                Err(ApplyError::Write(ApiError::Internal("store down".into())))
+            } else {
+                Ok(Outcome::Applied)
+            }
+        })
+        .await;
+        assert_eq!(outcome.unwrap(), Outcome::Applied);
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 21);
+        // Backed off (up to RETRY_MAX apart), not spun.
+        assert!(started.elapsed() > Duration::from_secs(60));
+        // Final answers are not retried.
+        let once = std::sync::atomic::AtomicU32::new(0);
+        let invalid = until_durable("t", || async {
+            once.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(ApplyError::Invalid("bad".into()))
+        })
+        .await;
+        assert!(matches!(invalid, Err(ApplyError::Invalid(_))));
+        assert_eq!(once.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
