@@ -161,10 +161,16 @@ impl Outbox {
     fn pending(&self, limit: usize, skip: &HashMap<String, u64>) -> Vec<(u64, String, Vec<u8>)> {
         let mut out = Vec::new();
         for item in self.order.iter() {
-            let Ok((seq, topic)) = item else { continue };
+            let Ok((raw_seq, topic)) = item else { continue };
             let topic = String::from_utf8_lossy(&topic).into_owned();
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&seq[..8.min(seq.len())]);
+            let Ok(b) = <[u8; 8]>::try_from(raw_seq.as_ref()) else {
+                // Not a sequence number this code wrote (a torn or foreign key): drop the
+                // index entry; the report itself, if any, is found again by its next `put`.
+                warn!(%topic, key_len = raw_seq.len(), "dropping a corrupt outbox index entry");
+                metrics::counter!("skerry_edge_outbox_corrupt_entries_total").increment(1);
+                let _ = self.order.remove(raw_seq);
+                continue;
+            };
             let seq = u64::from_be_bytes(b);
             if skip.get(&topic) == Some(&seq) {
                 continue;
@@ -427,6 +433,25 @@ pub async fn heartbeat(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_corrupt_outbox_index_key_is_dropped_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let o = Outbox::open(&db, "n1").unwrap();
+        o.put(
+            "t/a",
+            StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")),
+        );
+        // Shorter than a sequence number, and sorting before the real one.
+        o.order.insert([0u8, 1, 2], "t/x".as_bytes()).unwrap();
+        let p = o.pending(10, &HashMap::new());
+        assert_eq!(
+            p.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>(),
+            vec!["t/a"]
+        );
+        assert!(o.order.get([0u8, 1, 2]).unwrap().is_none());
+    }
 
     #[test]
     fn outbox_coalesces_per_topic_in_order_and_survives_reopen() {
