@@ -137,7 +137,7 @@ pub async fn run(
     tokio::spawn(hub.clone().run(endpoint));
     tokio::spawn(watch_revocations(pki.clone(), hub.clone()));
     tokio::spawn(crate::controllers::node_lifecycle::run(
-        api.clone(),
+        crate::api::client::Client::new(api.clone()),
         cfg.node_lifecycle,
     ));
     spawn_workload_controllers(&api);

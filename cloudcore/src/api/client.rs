@@ -238,6 +238,43 @@ impl Client {
         )))
     }
 
+    /// Read-modify-write of an object (everything but its status) through the API, as
+    /// [`Client::update_status_with`] is for the status: `f` gets the current object and returns
+    /// the object to write, or `None` for "no change"; the write is conditional on the revision
+    /// read, so `f` always decides on the value it writes over, and is retried on conflict.
+    /// Returns the object as written, `None` if `f` declined; a missing object is a `NotFound`.
+    pub async fn update_with<F>(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        mut f: F,
+    ) -> Result<Option<Value>, ApiError>
+    where
+        F: FnMut(&Value) -> Option<Value> + Send,
+    {
+        for _ in 0..handlers::UPDATE_ATTEMPTS {
+            let Some(current) = self.get(resource, namespace, name).await? else {
+                return Err(ApiError::from_store(
+                    crate::store::StoreError::NotFound(ObjectKey::new(resource, namespace, name)),
+                    resource,
+                    name,
+                ));
+            };
+            let Some(mut next) = f(&current) else {
+                return Ok(None);
+            };
+            next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            match self.update(resource, namespace, next).await {
+                Err(ApiError::Conflict { .. }) => continue,
+                other => return other.map(Some),
+            }
+        }
+        Err(ApiError::Internal(format!(
+            "{resource} {namespace}/{name} kept changing while it was written; retry later"
+        )))
+    }
+
     /// Writes `status` as the status of `obj` unless it already says exactly that (controllers
     /// compute their status on every pass; an unchanged one is not a write). An object deleted
     /// meanwhile is not an error: there is nothing left to report on.
