@@ -10,10 +10,13 @@
 //! - the **health** it last found for each node: for the `NodeNotReady` event on a change, for
 //!   restoring pods' readiness when a node is back, to tell which pod events matter, and for
 //!   the unreachable-nodes gauge.
-//! - an **index of pods by node** ([`PodIndex`]), kept from store events and rebuilt at each
-//!   resync, so that a reconcile reads the pods of its node only rather than listing every pod
-//!   of the cluster once per node. (The API's `spec.nodeName` field selector would not help:
-//!   it filters a full listing.)
+//! - an **index of pods by node** ([`PodIndex`]), kept from store events and rebuilt from a
+//!   listing at a resync, so that a reconcile reads the pods of its node only rather than
+//!   listing every pod of the cluster once per node. (The API's `spec.nodeName` field selector
+//!   would not help: it filters a full listing.) The rebuild, a listing of every pod, is done
+//!   at the first resync and then only at resyncs that find a node not `Ready`, the only time
+//!   pods are read: with every node healthy, as usual, a resync costs a listing of nodes only.
+//!   An event missed meanwhile costs at most one resync period once pods matter.
 
 use super::decide::{
     decide, health_of, heartbeat_of, marked_not_ready, node_update, restored_ready, status_update,
@@ -69,6 +72,8 @@ impl Heartbeats {
 pub(super) struct PodIndex {
     node_of: HashMap<ObjectKey, String>,
     on_node: HashMap<String, BTreeSet<ObjectKey>>,
+    /// Whether it was ever built from a listing (events alone miss the pods from before).
+    built: bool,
 }
 
 impl PodIndex {
@@ -103,7 +108,10 @@ impl PodIndex {
 
     /// Replaces the whole index with the bindings of `pods`.
     fn replace_all(&mut self, pods: &[Value]) {
-        *self = Self::default();
+        *self = Self {
+            built: true,
+            ..Self::default()
+        };
         for p in pods {
             let key = ObjectKey::new(
                 PODS,
@@ -404,11 +412,17 @@ impl Reconciler for NodeLifecycleController {
         }
     }
 
-    /// Every node; also rebuilds the pod index and drops what is remembered about nodes that
-    /// are gone, so a missed event costs at most one resync period.
+    /// Every node; also drops what is remembered about nodes that are gone and rebuilds the
+    /// pod index when pods matter (see the module doc), so a missed event costs at most one
+    /// resync period.
     async fn all_keys(&self) -> Vec<ObjectKey> {
-        if let Some(pods) = self.client.list_for_resync(PODS).await {
-            self.pods().replace_all(&pods);
+        // One lock at a time: the index's guard is gone before the memory's is taken.
+        let built = self.pods().built;
+        let rebuild = !built || self.memory().health.values().any(|h| *h != Health::Ready);
+        if rebuild {
+            if let Some(pods) = self.client.list_for_resync(PODS).await {
+                self.pods().replace_all(&pods);
+            }
         }
         let Some(nodes) = self.client.list_for_resync(NODES).await else {
             return Vec::new();
