@@ -4,13 +4,13 @@
 //! What it remembers between reconciles lives behind mutexes, since the runner reconciles
 //! different nodes at the same time (never one node twice at once), and no lock is held across
 //! an `await`:
-//! - the **heartbeat observations** ([`Heartbeats`]): when this controller saw each node's
+//! - the **heartbeat observations** (`Heartbeats`): when this controller saw each node's
 //!   `lastHeartbeatTime` change, by its own clock. They are the one thing a restart loses,
 //!   which gives every node a fresh grace period, as in Kubernetes.
 //! - the **health** it last found for each node: for the `NodeNotReady` event on a change, for
 //!   restoring pods' readiness when a node is back, to tell which pod events matter, and for
 //!   the unreachable-nodes gauge.
-//! - an **index of pods by node** ([`PodIndex`]), kept from store events and rebuilt from a
+//! - an **index of pods by node** (`PodIndex`), kept from store events and rebuilt from a
 //!   listing at a resync, so that a reconcile reads the pods of its node only rather than
 //!   listing every pod of the cluster once per node. (The API's `spec.nodeName` field selector
 //!   would not help: it filters a full listing.) The rebuild, a listing of every pod, is done
