@@ -144,7 +144,7 @@ pub async fn run(
     tokio::spawn(hub.clone().run(endpoint));
     tokio::spawn(watch_revocations(pki.clone(), hub.clone()));
     tokio::spawn(crate::controllers::node_lifecycle::run(
-        api.clone(),
+        Client::with_identity(api.clone(), identity::NODE_CONTROLLER),
         cfg.node_lifecycle,
     ));
     spawn_workload_controllers(&api);
