@@ -1,6 +1,6 @@
 //! The `cri` runtime against a real containerd: a private one per test (own socket, root, state
 //! and CNI bridge/subnet) from the harness in `skerry-tests`, with the registry-free images of
-//! `deploy/images/build.sh`. Skipped, with a message, only when containerd is not installed.
+//! `deploy/images/build.sh`. Skipped, with a message, only when containerd is not installed and `CI` is not `true`; under CI a missing containerd fails.
 
 mod support;
 
@@ -199,10 +199,7 @@ impl Drop for Restarted {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cri_runtime_runs_pods_in_containerd() {
-    if !containerd::available() {
-        eprintln!(
-            "SKIPPED: containerd, runc or the CNI plugins are not installed; run deploy/setup.sh"
-        );
+    if !containerd::require() {
         return;
     }
     // Declared first, dropped last: the harness below cleans up through this containerd.
@@ -848,10 +845,7 @@ async fn report<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_workers_restart_and_adopt_containers_over_cri() {
-    if !containerd::available() {
-        eprintln!(
-            "SKIPPED: containerd, runc or the CNI plugins are not installed; run deploy/setup.sh"
-        );
+    if !containerd::require() {
         return;
     }
     let ctrd = Containerd::start().await.expect("containerd starts");
@@ -998,10 +992,7 @@ async fn sandboxes_of(ctrd: &Containerd, uid: &str) -> Vec<(String, u32, bool)> 
 /// IP and their restart counts up by one; the pod's emptyDir keeps its content.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_workers_replace_a_sandbox_that_died_over_cri() {
-    if !containerd::available() {
-        eprintln!(
-            "SKIPPED: containerd, runc or the CNI plugins are not installed; run deploy/setup.sh"
-        );
+    if !containerd::require() {
         return;
     }
     let ctrd = Containerd::start().await.expect("containerd starts");

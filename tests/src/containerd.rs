@@ -78,6 +78,43 @@ pub fn available() -> bool {
     which("containerd") && which("runc") && Path::new("/usr/lib/cni/bridge").exists()
 }
 
+/// Whether a containerd test should run: `true` when the real parts are installed. Without
+/// them a test skips (with a line saying so) on a developer's machine, but under `CI=true` it
+/// fails: CI must never go green with no container run.
+pub fn require() -> bool {
+    match skip_or_fail(available(), std::env::var("CI").is_ok_and(|v| v == "true")) {
+        Ok(run) => run,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+/// [`require`]'s rule: run, skip (`Ok(false)`), or fail with the reason.
+fn skip_or_fail(available: bool, ci: bool) -> Result<bool, String> {
+    const MISSING: &str =
+        "containerd, runc or the CNI plugins are not installed; run deploy/setup.sh";
+    match (available, ci) {
+        (true, _) => Ok(true),
+        (false, true) => Err(format!(
+            "{MISSING} (CI=true: a missing real part is a failure)"
+        )),
+        (false, false) => {
+            eprintln!("SKIPPED: {MISSING}");
+            Ok(false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod require_tests {
+    #[test]
+    fn a_missing_containerd_fails_under_ci_and_skips_elsewhere() {
+        assert_eq!(super::skip_or_fail(true, true), Ok(true));
+        assert_eq!(super::skip_or_fail(true, false), Ok(true));
+        assert_eq!(super::skip_or_fail(false, false), Ok(false));
+        assert!(super::skip_or_fail(false, true).is_err());
+    }
+}
+
 fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn imported_images_run_through_cri_and_damaged_archives_are_refused() {
-    if !containerd::available() {
-        eprintln!("SKIPPED: containerd/runc/CNI plugins not installed; run deploy/setup.sh");
+    if !containerd::require() {
         return;
     }
     let ctrd = Containerd::start().await.expect("containerd starts");

@@ -14,8 +14,7 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_secs(60);
 
 async fn setup(node: &str) -> Result<Option<(Containerd, Cloud, Edge)>> {
-    if !containerd::available() {
-        eprintln!("SKIPPED: containerd/runc/CNI plugins are not installed; run deploy/setup.sh");
+    if !containerd::require() {
         return Ok(None);
     }
     let ctrd = Containerd::start().await?;
