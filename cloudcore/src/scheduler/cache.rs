@@ -147,8 +147,8 @@ fn anti_hints(meta: &PodMeta) -> (Vec<(&str, &str)>, bool) {
         if t.selector.selects_nothing() {
             continue;
         }
-        match t.selector.index_hint() {
-            Some((k, vs)) => hints.extend(vs.into_iter().map(|v| (k, v))),
+        match t.selector.hint() {
+            Some((k, vs)) => hints.extend(vs.iter().map(|v| (k, v.as_str()))),
             None => any = true,
         }
     }
@@ -216,7 +216,7 @@ impl PodView for Cache {
         if selector.selects_nothing() {
             return;
         }
-        match selector.index_hint() {
+        match selector.hint() {
             Some((k, vs)) => {
                 let Some(values) = self.by_label.get(k) else {
                     return;

@@ -399,11 +399,28 @@ pub struct Selector {
     /// (Kubernetes: a nil selector matches no pod, and a term whose selector fails to parse
     /// matches nothing), while an empty selector selects all.
     pub parsed: Option<LabelSelector>,
+    /// [`LabelSelector::index_hint`], worked out once when the pod is parsed so that finding
+    /// a term's candidates allocates nothing per scheduling attempt.
+    hint: Option<(String, Vec<String>)>,
 }
 
 impl Selector {
     /// A selector that selects nothing.
-    pub const NOTHING: Selector = Selector { parsed: None };
+    pub const NOTHING: Selector = Selector {
+        parsed: None,
+        hint: None,
+    };
+
+    /// A selector from a parsed one, with its index hint.
+    pub fn new(sel: LabelSelector) -> Self {
+        let hint = sel
+            .index_hint()
+            .map(|(k, vs)| (k.to_string(), vs.into_iter().map(str::to_string).collect()));
+        Self {
+            parsed: Some(sel),
+            hint,
+        }
+    }
 
     /// Parses a `LabelSelector` object; `None`, `null` or a malformed selector (a
     /// `matchLabels` value that is not a string, an unknown operator, `In` without values)
@@ -428,7 +445,7 @@ impl Selector {
             return Self::NOTHING;
         };
         match LabelSelector::from_meta(sel) {
-            Ok(sel) => Self { parsed: Some(sel) },
+            Ok(sel) => Self::new(sel),
             Err(e) => {
                 tracing::warn!(selector = ?sel, error = %e.problem, "label selector in a pod's scheduling terms does not parse; it selects no pod");
                 Self::NOTHING
@@ -455,6 +472,13 @@ impl Selector {
     /// [`LabelSelector::index_hint`]); `None` when all pods are candidates.
     pub fn index_hint(&self) -> Option<(&str, Vec<&str>)> {
         self.parsed.as_ref()?.index_hint()
+    }
+
+    /// [`Selector::index_hint`] as worked out at parse time, without allocating.
+    pub fn hint(&self) -> Option<(&str, &[String])> {
+        self.hint
+            .as_ref()
+            .map(|(k, vs)| (k.as_str(), vs.as_slice()))
     }
 }
 
