@@ -499,8 +499,10 @@ fn selector_text(obj: &Value) -> Value {
     json!(selector_of(obj).map_or_else(|| "<none>".to_string(), |s| s.to_string()))
 }
 
-fn int_at(obj: &Value, pointer: &str) -> i64 {
-    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+/// `obj` decoded as `T` for the table columns; one that does not decode (the API stores
+/// none such) prints its counts as 0, as missing counts do.
+fn table_typed<T: serde::de::DeserializeOwned + Default>(obj: &Value) -> T {
+    typed(obj).unwrap_or_default()
 }
 
 macro_rules! column {
@@ -713,34 +715,39 @@ impl ResourceHandler for WorkloadHandler {
     fn table_row(&self, obj: &Value, now: i64) -> Vec<Value> {
         let name = obj.pointer("/metadata/name").cloned().unwrap_or(json!(""));
         let (containers, images) = containers_and_images(obj);
-        let ready_of = |ready: &str| {
-            json!(format!(
-                "{}/{}",
-                int_at(obj, ready),
-                int_at(obj, "/spec/replicas")
-            ))
+        let ready_of = |ready: Option<i32>, replicas: Option<i32>| {
+            json!(format!("{}/{}", ready.unwrap_or(0), replicas.unwrap_or(0)))
         };
+        let n = |v: Option<i32>| json!(v.unwrap_or(0));
         match self.0 {
-            Workload::Deployment => vec![
-                name,
-                ready_of("/status/readyReplicas"),
-                json!(int_at(obj, "/status/updatedReplicas")),
-                json!(int_at(obj, "/status/availableReplicas")),
-                age(obj, now),
-                containers,
-                images,
-                selector_text(obj),
-            ],
-            Workload::ReplicaSet => vec![
-                name,
-                json!(int_at(obj, "/spec/replicas")),
-                json!(int_at(obj, "/status/replicas")),
-                json!(int_at(obj, "/status/readyReplicas")),
-                age(obj, now),
-                containers,
-                images,
-                selector_text(obj),
-            ],
+            Workload::Deployment => {
+                let d: Deployment = table_typed(obj);
+                let status = d.status.unwrap_or_default();
+                vec![
+                    name,
+                    ready_of(status.ready_replicas, d.spec.and_then(|s| s.replicas)),
+                    n(status.updated_replicas),
+                    n(status.available_replicas),
+                    age(obj, now),
+                    containers,
+                    images,
+                    selector_text(obj),
+                ]
+            }
+            Workload::ReplicaSet => {
+                let rs: ReplicaSet = table_typed(obj);
+                let status = rs.status.unwrap_or_default();
+                vec![
+                    name,
+                    n(rs.spec.and_then(|s| s.replicas)),
+                    json!(status.replicas),
+                    n(status.ready_replicas),
+                    age(obj, now),
+                    containers,
+                    images,
+                    selector_text(obj),
+                ]
+            }
             Workload::DaemonSet => {
                 let node_selector = obj
                     .pointer("/spec/template/spec/nodeSelector")
@@ -755,13 +762,14 @@ impl ResourceHandler for WorkloadHandler {
                                 .join(",")
                         },
                     );
+                let status = table_typed::<DaemonSet>(obj).status.unwrap_or_default();
                 vec![
                     name,
-                    json!(int_at(obj, "/status/desiredNumberScheduled")),
-                    json!(int_at(obj, "/status/currentNumberScheduled")),
-                    json!(int_at(obj, "/status/numberReady")),
-                    json!(int_at(obj, "/status/updatedNumberScheduled")),
-                    json!(int_at(obj, "/status/numberAvailable")),
+                    json!(status.desired_number_scheduled),
+                    json!(status.current_number_scheduled),
+                    json!(status.number_ready),
+                    n(status.updated_number_scheduled),
+                    n(status.number_available),
                     json!(node_selector),
                     age(obj, now),
                     containers,
@@ -769,13 +777,17 @@ impl ResourceHandler for WorkloadHandler {
                     selector_text(obj),
                 ]
             }
-            Workload::StatefulSet => vec![
-                name,
-                ready_of("/status/readyReplicas"),
-                age(obj, now),
-                containers,
-                images,
-            ],
+            Workload::StatefulSet => {
+                let ss: StatefulSet = table_typed(obj);
+                let ready = ss.status.and_then(|s| s.ready_replicas);
+                vec![
+                    name,
+                    ready_of(ready, ss.spec.and_then(|s| s.replicas)),
+                    age(obj, now),
+                    containers,
+                    images,
+                ]
+            }
         }
     }
 }

@@ -21,10 +21,7 @@
 //! room made for it is not taken by someone else.
 
 use super::filter::{self, FitError, Reason};
-use super::model::{
-    bound_node, nominated_node, pod_meta, priority, terminated, terminating, wants_scheduling,
-    NodeInfo, PodInfo, PodMeta, PodRequests, Resources, Selector,
-};
+use super::model::{NodeInfo, PodFields, PodInfo, PodMeta, PodRequests, Resources, Selector};
 use super::{interpod, score, spread};
 use crate::store::{ObjectKey, Stored};
 use serde_json::Value;
@@ -150,8 +147,8 @@ fn anti_hints(meta: &PodMeta) -> (Vec<(&str, &str)>, bool) {
         if t.selector.selects_nothing() {
             continue;
         }
-        match t.selector.index_hint() {
-            Some((k, vs)) => hints.extend(vs.into_iter().map(|v| (k, v))),
+        match t.selector.hint() {
+            Some((k, vs)) => hints.extend(vs.iter().map(|v| (k, v.as_str()))),
             None => any = true,
         }
     }
@@ -219,7 +216,7 @@ impl PodView for Cache {
         if selector.selects_nothing() {
             return;
         }
-        match selector.index_hint() {
+        match selector.hint() {
             Some((k, vs)) => {
                 let Some(values) = self.by_label.get(k) else {
                     return;
@@ -349,14 +346,15 @@ impl Cache {
     /// bound pod went away or terminated), which can make room for a pod that did not fit.
     pub fn set_pod(&mut self, key: &ObjectKey, revision: u64, value: Option<&Value>) -> bool {
         let assumed = self.pods.get(key).is_some_and(|p| p.assumed);
-        match value.and_then(|v| Some((nominated_node(v)?, v))) {
-            Some((node, v)) if wants_scheduling(v) && !assumed => {
+        let pod = value.map(PodFields::of);
+        match pod.as_ref().and_then(|p| Some((p.nominated_node()?, p))) {
+            Some((node, p)) if p.wants_scheduling() && !assumed => {
                 self.nominees.insert(
                     key.clone(),
                     Nominee {
                         node: node.to_string(),
-                        priority: priority(v),
-                        requests: PodRequests::of(v).fit,
+                        priority: p.priority(),
+                        requests: p.requests().fit,
                     },
                 );
             }
@@ -364,24 +362,24 @@ impl Cache {
                 self.nominees.remove(key);
             }
         }
-        let holds = value.and_then(|v| {
-            let node = bound_node(v)?;
-            (!terminated(v)).then(|| Placed {
+        let holds = pod.as_ref().and_then(|p| {
+            let node = p.bound_node()?;
+            (!p.terminated()).then(|| Placed {
                 node: node.to_string(),
                 revision,
                 assumed: false,
-                requests: PodRequests::of(v),
-                spread: super::model::spread_key(v),
-                meta: Arc::new(pod_meta(v)),
-                priority: priority(v),
-                terminating: terminating(v),
+                requests: p.requests(),
+                spread: p.spread_key(),
+                meta: Arc::new(p.meta()),
+                priority: p.priority(),
+                terminating: p.terminating(),
             })
         });
-        if let (Some(old), Some(v)) = (self.pods.get(key), value) {
+        if let (Some(old), Some(p)) = (self.pods.get(key), &pod) {
             if old.revision > revision {
                 return false; // stale event
             }
-            if old.assumed && bound_node(v).is_none() && !terminated(v) {
+            if old.assumed && p.bound_node().is_none() && !p.terminated() {
                 return false; // the binding write in flight decides
             }
         }

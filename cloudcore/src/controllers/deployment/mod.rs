@@ -40,6 +40,13 @@
 //! revisions and rollback, cleanup beyond `revisionHistoryLimit`) and [`status`] (the
 //! Deployment's status and its `Available`/`Progressing` conditions). This file holds what
 //! they share and the [`Reconciler`] that drives them.
+//!
+//! Every reconcile decodes the Deployment and its ReplicaSets into k8s-openapi types
+//! ([`Obj`]) and decides from typed fields. What is written stays JSON where it must keep what
+//! decoding drops: objects are updated from their stored form, and a new ReplicaSet is stamped
+//! from the Deployment's stored template, which is also what is compared and hashed (as JSON,
+//! so that ReplicaSet names stay the same and an unknown template field still counts as a
+//! change). The status is built typed and written whole.
 
 mod history;
 mod rollout;
@@ -60,13 +67,18 @@ use super::selector_index::SelectorIndex;
 use super::ControllerError;
 use crate::api::client::{Client, Propagation};
 use crate::api::events::{self, EventType};
-use crate::api::table::parse_timestamp;
 use crate::api::workloads::scaled_value;
 use crate::api::ApiError;
 use crate::store::{Event, ObjectKey};
 use async_trait::async_trait;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetStatus,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::Metadata;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 /// Storage resource of Deployments.
@@ -94,47 +106,109 @@ const NOT_COPIED: [&str; 6] = [
     "deprecated.deployment.rollback.to",
 ];
 
-pub(super) fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+/// A stored object and its k8s-openapi decoding. Decisions read `t`; writes send `raw` with
+/// the controller's own changes applied, because decoding drops fields k8s-openapi does not
+/// know (see [`super::decode`]). [`Obj::set_annotation`] keeps the two in step.
+#[derive(Debug, Clone)]
+pub struct Obj<T> {
+    /// The object as stored.
+    pub raw: Value,
+    /// The object decoded.
+    pub t: T,
 }
 
-pub(super) fn int_at(v: &Value, pointer: &str) -> i32 {
-    v.pointer(pointer)
-        .and_then(Value::as_i64)
-        .and_then(|n| i32::try_from(n).ok())
-        .unwrap_or(0)
+/// A ReplicaSet of a Deployment, as stored and decoded.
+pub type Rs = Obj<ReplicaSet>;
+
+impl<T: DeserializeOwned> Obj<T> {
+    /// Decodes `raw`; an object that does not decode is [`ControllerError::Invalid`].
+    pub fn new(raw: Value) -> Result<Self, ControllerError> {
+        Ok(Self {
+            t: typed(&raw)?,
+            raw,
+        })
+    }
+}
+
+impl<T: Metadata<Ty = ObjectMeta>> Obj<T> {
+    /// An annotation of the object.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        annotation(self.t.metadata(), key)
+    }
+
+    /// Sets an annotation in both the stored form and the decoded one.
+    pub fn set_annotation(&mut self, key: &str, value: &str) {
+        if !self.raw["metadata"]["annotations"].is_object() {
+            self.raw["metadata"]["annotations"] = json!({});
+        }
+        self.raw["metadata"]["annotations"][key] = json!(value);
+        self.t
+            .metadata_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(key.to_string(), value.to_string());
+    }
+}
+
+/// Objects with a `spec.replicas` (1 when unset, as defaulted).
+pub trait Replicas {
+    /// `spec.replicas` as stored.
+    fn spec_replicas(&self) -> Option<i32>;
+}
+
+impl Replicas for Deployment {
+    fn spec_replicas(&self) -> Option<i32> {
+        self.spec.as_ref().and_then(|s| s.replicas)
+    }
+}
+
+impl Replicas for ReplicaSet {
+    fn spec_replicas(&self) -> Option<i32> {
+        self.spec.as_ref().and_then(|s| s.replicas)
+    }
 }
 
 /// `spec.replicas` (1 when unset, as defaulted).
-pub(super) fn replicas_of(obj: &Value) -> i32 {
-    obj.pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .and_then(|n| i32::try_from(n).ok())
-        .unwrap_or(1)
+pub fn replicas_of(obj: &impl Replicas) -> i32 {
+    obj.spec_replicas().unwrap_or(1)
 }
 
-pub(super) fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
-    obj.pointer("/metadata/annotations")
-        .and_then(|a| a.get(key))
-        .and_then(Value::as_str)
+/// `metadata.annotations[key]`.
+pub(super) fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
-pub(super) fn set_annotation(obj: &mut Value, key: &str, value: &str) {
-    if !obj["metadata"]["annotations"].is_object() {
-        obj["metadata"]["annotations"] = json!({});
-    }
-    obj["metadata"]["annotations"][key] = json!(value);
+/// `metadata.name`, `metadata.namespace` and `metadata.uid` ("" when unset).
+pub(super) fn name(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or("")
+}
+
+pub(super) fn namespace(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("")
+}
+
+pub(super) fn uid(meta: &ObjectMeta) -> &str {
+    meta.uid.as_deref().unwrap_or("")
+}
+
+/// A ReplicaSet's `status` counts (0 when there is no status yet).
+pub(super) fn rs_status(rs: &ReplicaSet) -> ReplicaSetStatus {
+    rs.status.clone().unwrap_or_default()
 }
 
 /// The revision of a ReplicaSet (0 when missing or malformed).
-pub fn revision_of(rs: &Value) -> i64 {
-    annotation(rs, REVISION)
+pub fn revision_of(rs: &ReplicaSet) -> i64 {
+    annotation(&rs.metadata, REVISION)
         .and_then(|r| r.parse().ok())
         .unwrap_or(0)
 }
 
-pub(super) fn is_rolling(d: &Value) -> bool {
-    str_at(d, "/spec/strategy/type") != "Recreate"
+pub(super) fn is_rolling(d: &Deployment) -> bool {
+    let kind = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.strategy.as_ref()?.type_.as_deref());
+    kind != Some("Recreate")
 }
 
 /// The Deployment [`Reconciler`].
@@ -145,15 +219,20 @@ pub struct DeploymentController {
 
 /// One reconcile's view: the Deployment as last written and its ReplicaSets.
 struct Rollout {
-    d: Value,
-    new: Option<Value>,
+    d: Obj<Deployment>,
+    new: Option<Rs>,
     /// Oldest first.
-    old: Vec<Value>,
+    old: Vec<Rs>,
 }
 
 impl Rollout {
-    fn all(&self) -> Vec<&Value> {
+    fn all(&self) -> Vec<&Rs> {
         self.old.iter().chain(self.new.as_ref()).collect()
+    }
+
+    /// The decoded ReplicaSets, oldest first, the new one last.
+    fn all_typed(&self) -> Vec<&ReplicaSet> {
+        self.all().into_iter().map(|rs| &rs.t).collect()
     }
 }
 
@@ -166,10 +245,10 @@ impl DeploymentController {
         }
     }
 
-    async fn event(&self, d: &Value, reason: &str, message: &str) {
+    async fn event(&self, d: &Obj<Deployment>, reason: &str, message: &str) {
         events::record_best_effort(
             &self.client,
-            d,
+            &d.raw,
             EventType::Normal,
             reason,
             message,
@@ -180,30 +259,35 @@ impl DeploymentController {
 
     /// Sizes `rs` to `size` (and refreshes its replicas annotations); returns whether the size
     /// changed and the ReplicaSet as written.
-    async fn scale(&self, d: &Value, rs: &Value, size: i32) -> Result<(bool, Value), ApiError> {
+    async fn scale(
+        &self,
+        d: &Obj<Deployment>,
+        rs: &Rs,
+        size: i32,
+    ) -> Result<(bool, Rs), ControllerError> {
         let mut updated = rs.clone();
-        let from = replicas_of(rs);
+        let from = replicas_of(&rs.t);
         let resize = from != size;
-        let annotated =
-            set_replicas_annotations(&mut updated, replicas_of(d), replicas_of(d) + max_surge(d));
+        let desired = replicas_of(&d.t);
+        let annotated = set_replicas_annotations(&mut updated, desired, desired + max_surge(&d.t));
         if !resize && !annotated {
             return Ok((false, rs.clone()));
         }
-        updated["spec"]["replicas"] = json!(size);
-        let ns = str_at(d, "/metadata/namespace");
+        updated.raw["spec"]["replicas"] = json!(size);
+        let ns = namespace(&d.t.metadata);
         let written = self
             .client
-            .update(replicaset::RESOURCE, ns, updated)
+            .update(replicaset::RESOURCE, ns, updated.raw)
             .await?;
         if resize {
             let way = if size > from { "up" } else { "down" };
             let msg = format!(
                 "Scaled {way} replica set {} to {size} from {from}",
-                str_at(rs, "/metadata/name")
+                name(&rs.t.metadata)
             );
             self.event(d, "ScalingReplicaSet", &msg).await;
         }
-        Ok((resize, written))
+        Ok((resize, Obj::new(written)?))
     }
 }
 
@@ -272,14 +356,14 @@ impl Reconciler for DeploymentController {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
-        let Some(mut d) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
+        let Some(raw) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
-        let typed_d: Deployment = typed(&d)?;
+        let mut d: Obj<Deployment> = Obj::new(raw)?;
         let selector = owner_selector(
             "Deployment",
-            &typed_d.metadata,
-            typed_d.spec.as_ref().map(|s| &s.selector),
+            &d.t.metadata,
+            d.t.spec.as_ref().map(|s| &s.selector),
         )?;
         let candidates = self
             .client
@@ -288,30 +372,31 @@ impl Reconciler for DeploymentController {
         let owned = claim::claim_all(
             &self.client,
             replicaset::RESOURCE,
-            &typed_d,
+            &d.t,
             &selector,
             candidates,
         )
         .await?;
-        if owned::is_terminating(&typed_d.metadata) {
+        let owned: Vec<Rs> = owned.into_iter().map(Obj::new).collect::<Result<_, _>>()?;
+        if owned::is_terminating(&d.t.metadata) {
             let mut ro = self.split(d, owned, false).await?;
-            return Ok(self.sync_status_only(&mut ro).await?);
+            return self.sync_status_only(&mut ro).await;
         }
         self.check_paused(&mut d).await?;
-        let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
+        let paused = d.t.spec.as_ref().and_then(|s| s.paused) == Some(true);
         let mut ro = self.split(d, owned, false).await?;
         if paused || Self::is_scaling_event(&ro) {
             self.scale_to_spec(&mut ro).await?;
             if paused {
                 self.cleanup(&ro).await?;
             }
-            return Ok(self.sync_status_only(&mut ro).await?);
+            return self.sync_status_only(&mut ro).await;
         }
-        let owned: Vec<Value> = ro.old.into_iter().chain(ro.new).collect();
-        if is_rolling(&ro.d) {
-            Ok(self.rollout_rolling(ro.d, owned).await?)
+        let owned: Vec<Rs> = ro.old.into_iter().chain(ro.new).collect();
+        if is_rolling(&ro.d.t) {
+            self.rollout_rolling(ro.d, owned).await
         } else {
-            Ok(self.rollout_recreate(ro.d, owned).await?)
+            self.rollout_recreate(ro.d, owned).await
         }
     }
 }

@@ -4,28 +4,29 @@
 
 use super::*;
 
-pub(super) fn int_or_percent(v: Option<&Value>) -> IntOrString {
-    match v {
-        Some(Value::Number(n)) => IntOrString::Int(n.as_i64().unwrap_or(0) as i32),
-        Some(Value::String(s)) => IntOrString::String(s.clone()),
-        _ => IntOrString::String("25%".into()),
-    }
+/// A `maxSurge`/`maxUnavailable` bound, `25%` when unset (the API's default).
+pub(super) fn int_or_percent(v: Option<&IntOrString>) -> IntOrString {
+    v.cloned()
+        .unwrap_or_else(|| IntOrString::String("25%".into()))
 }
 
 /// `(maxSurge, maxUnavailable)` of a rolling Deployment resolved against `spec.replicas`:
 /// surge rounds up, unavailability down, and both 0 becomes an unavailability of 1 (upstream's
 /// `ResolveFenceposts`).
-pub fn fenceposts(d: &Value) -> (i32, i32) {
+pub fn fenceposts(d: &Deployment) -> (i32, i32) {
     let replicas = replicas_of(d);
-    let ru = d.pointer("/spec/strategy/rollingUpdate");
+    let ru = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.strategy.as_ref()?.rolling_update.as_ref());
     let surge = scaled_value(
-        &int_or_percent(ru.and_then(|r| r.get("maxSurge"))),
+        &int_or_percent(ru.and_then(|r| r.max_surge.as_ref())),
         replicas,
         true,
     )
     .unwrap_or(0);
     let unavailable = scaled_value(
-        &int_or_percent(ru.and_then(|r| r.get("maxUnavailable"))),
+        &int_or_percent(ru.and_then(|r| r.max_unavailable.as_ref())),
         replicas,
         false,
     )
@@ -38,7 +39,7 @@ pub fn fenceposts(d: &Value) -> (i32, i32) {
 }
 
 /// How many pods above `spec.replicas` a rollout may run (0 for Recreate).
-pub fn max_surge(d: &Value) -> i32 {
+pub fn max_surge(d: &Deployment) -> i32 {
     if is_rolling(d) {
         fenceposts(d).0
     } else {
@@ -47,7 +48,7 @@ pub fn max_surge(d: &Value) -> i32 {
 }
 
 /// How many of `spec.replicas` may be unavailable during a rollout (0 for Recreate).
-pub fn max_unavailable(d: &Value) -> i32 {
+pub fn max_unavailable(d: &Deployment) -> i32 {
     let replicas = replicas_of(d);
     if !is_rolling(d) || replicas == 0 {
         return 0;
@@ -76,10 +77,10 @@ pub struct Sizes {
     pub available: i32,
 }
 
-pub(super) fn sizes_of(rs: &Value) -> Sizes {
+pub(super) fn sizes_of(rs: &Rs) -> Sizes {
     Sizes {
-        replicas: replicas_of(rs),
-        available: int_at(rs, "/status/availableReplicas"),
+        replicas: replicas_of(&rs.t),
+        available: rs_status(&rs.t).available_replicas.unwrap_or(0),
     }
 }
 
@@ -168,30 +169,27 @@ pub fn scale_plan(active: &[i32], new: Option<usize>, allowed: i32) -> Vec<i32> 
 impl DeploymentController {
     /// Whether `spec.replicas` differs from what an active ReplicaSet was last sized for.
     pub(super) fn is_scaling_event(ro: &Rollout) -> bool {
-        let want = replicas_of(&ro.d).to_string();
+        let want = replicas_of(&ro.d.t).to_string();
         ro.all().iter().any(|rs| {
-            replicas_of(rs) > 0 && annotation(rs, DESIRED_REPLICAS).is_some_and(|a| a != want)
+            replicas_of(&rs.t) > 0 && rs.annotation(DESIRED_REPLICAS).is_some_and(|a| a != want)
         })
     }
 
     /// Upstream's `scale`: resizes the active ReplicaSets after `spec.replicas` changed.
-    pub(super) async fn scale_to_spec(&self, ro: &mut Rollout) -> Result<(), ApiError> {
+    pub(super) async fn scale_to_spec(&self, ro: &mut Rollout) -> Result<(), ControllerError> {
         let d = ro.d.clone();
-        let replicas = replicas_of(&d);
-        let new_uid = ro
-            .new
-            .as_ref()
-            .map(|n| str_at(n, "/metadata/uid").to_string());
+        let replicas = replicas_of(&d.t);
+        let new_uid = ro.new.as_ref().map(|n| uid(&n.t.metadata).to_string());
         let saturated = ro.new.as_ref().is_some_and(|n| {
-            annotation(n, DESIRED_REPLICAS) == Some(replicas.to_string().as_str())
-                && int_at(n, "/status/availableReplicas") == replicas
-                && replicas_of(n) == replicas
+            n.annotation(DESIRED_REPLICAS) == Some(replicas.to_string().as_str())
+                && rs_status(&n.t).available_replicas.unwrap_or(0) == replicas
+                && replicas_of(&n.t) == replicas
         });
         // Oldest first, the new one last.
-        let mut all: Vec<Value> = ro.old.drain(..).chain(ro.new.take()).collect();
-        let is_new = |rs: &Value| new_uid.as_deref() == Some(str_at(rs, "/metadata/uid"));
+        let mut all: Vec<Rs> = ro.old.drain(..).chain(ro.new.take()).collect();
+        let is_new = |rs: &Rs| new_uid.as_deref() == Some(uid(&rs.t.metadata));
         let active: Vec<usize> = (0..all.len())
-            .filter(|i| replicas_of(&all[*i]) > 0)
+            .filter(|i| replicas_of(&all[*i].t) > 0)
             .collect();
         let sizes: Vec<(usize, i32)> = if active.len() <= 1 {
             // One active ReplicaSet (or none: the new one, else the newest) takes it all.
@@ -206,10 +204,10 @@ impl DeploymentController {
                 .iter()
                 .map(|&i| (i, if is_new(&all[i]) { replicas } else { 0 }))
                 .collect()
-        } else if is_rolling(&d) {
+        } else if is_rolling(&d.t) {
             let new_index = active.iter().position(|&i| is_new(&all[i]));
-            let current: Vec<i32> = active.iter().map(|&i| replicas_of(&all[i])).collect();
-            let plan = scale_plan(&current, new_index, replicas + max_surge(&d));
+            let current: Vec<i32> = active.iter().map(|&i| replicas_of(&all[i].t)).collect();
+            let plan = scale_plan(&current, new_index, replicas + max_surge(&d.t));
             active.iter().copied().zip(plan).collect()
         } else {
             vec![]
@@ -236,19 +234,19 @@ impl DeploymentController {
 
     pub(super) async fn rollout_rolling(
         &self,
-        d: Value,
-        owned: Vec<Value>,
-    ) -> Result<Requeue, ApiError> {
+        d: Obj<Deployment>,
+        owned: Vec<Rs>,
+    ) -> Result<Requeue, ControllerError> {
         let mut ro = self.split(d, owned, true).await?;
         let d = ro.d.clone();
-        let replicas = replicas_of(&d);
-        let total: i32 = ro.all().iter().map(|rs| replicas_of(rs)).sum();
+        let replicas = replicas_of(&d.t);
+        let total: i32 = ro.all().iter().map(|rs| replicas_of(&rs.t)).sum();
         if let Some(new) = ro.new.clone() {
-            let current = replicas_of(&new);
+            let current = replicas_of(&new.t);
             let target = if current > replicas {
                 replicas
             } else {
-                rolling_new_replicas(replicas, max_surge(&d), total, current)
+                rolling_new_replicas(replicas, max_surge(&d.t), total, current)
             };
             let (scaled, written) = self.scale(&d, &new, target).await?;
             ro.new = Some(written);
@@ -264,10 +262,10 @@ impl DeploymentController {
             sizes_of,
         );
         let old_sizes: Vec<Sizes> = ro.old.iter().map(sizes_of).collect();
-        let targets = scale_down_old(replicas, max_unavailable(&d), new_sizes, &old_sizes);
+        let targets = scale_down_old(replicas, max_unavailable(&d.t), new_sizes, &old_sizes);
         let mut scaled_down = false;
         for (rs, size) in ro.old.iter_mut().zip(targets) {
-            if size != replicas_of(rs) {
+            if size != replicas_of(&rs.t) {
                 let (scaled, written) = self.scale(&d, rs, size).await?;
                 scaled_down |= scaled;
                 *rs = written;
@@ -276,8 +274,9 @@ impl DeploymentController {
         if scaled_down {
             return self.sync_rollout_status(&mut ro).await;
         }
-        let status = calculate_status(&d, &ro.all(), ro.new.as_ref(), "");
-        if deployment_complete(&d, &status) {
+        let new = ro.new.as_ref().map(|n| &n.t);
+        let status = calculate_status(&d.t, &ro.all_typed(), new, now_seconds());
+        if deployment_complete(&d.t, &status) {
             self.cleanup(&ro).await?;
         }
         self.sync_rollout_status(&mut ro).await
@@ -285,13 +284,13 @@ impl DeploymentController {
 
     pub(super) async fn rollout_recreate(
         &self,
-        d: Value,
-        owned: Vec<Value>,
-    ) -> Result<Requeue, ApiError> {
+        d: Obj<Deployment>,
+        owned: Vec<Rs>,
+    ) -> Result<Requeue, ControllerError> {
         let mut ro = self.split(d, owned, false).await?;
         let d = ro.d.clone();
         let mut scaled_down = false;
-        for rs in ro.old.iter_mut().filter(|rs| replicas_of(rs) > 0) {
+        for rs in ro.old.iter_mut().filter(|rs| replicas_of(&rs.t) > 0) {
             let (scaled, written) = self.scale(&d, rs, 0).await?;
             scaled_down |= scaled;
             *rs = written;
@@ -300,35 +299,40 @@ impl DeploymentController {
             return self.sync_rollout_status(&mut ro).await;
         }
         // Wait until no pod of an old ReplicaSet is left, terminating ones included.
-        let old_uids: Vec<&str> = ro
-            .old
-            .iter()
-            .map(|rs| str_at(rs, "/metadata/uid"))
-            .collect();
-        let old_running = ro.old.iter().any(|rs| int_at(rs, "/status/replicas") > 0)
-            || self
+        let old_uids: Vec<&str> = ro.old.iter().map(|rs| uid(&rs.t.metadata)).collect();
+        let mut old_running = ro.old.iter().any(|rs| rs_status(&rs.t).replicas > 0);
+        if !old_running {
+            let pods = self
                 .client
-                .list("pods", Some(str_at(&d, "/metadata/namespace")))
-                .await?
-                .iter()
-                .any(|p| {
-                    controller_of(&meta_of(p)).is_some_and(|r| old_uids.contains(&r.uid.as_str()))
-                        && !matches!(str_at(p, "/status/phase"), "Succeeded" | "Failed")
-                });
+                .list("pods", Some(namespace(&d.t.metadata)))
+                .await?;
+            for p in &pods {
+                let of_old =
+                    controller_of(&meta_of(p)).is_some_and(|r| old_uids.contains(&r.uid.as_str()));
+                if of_old {
+                    let pod: Pod = typed(p)?;
+                    if !matches!(owned::phase(&pod), "Succeeded" | "Failed") {
+                        old_running = true;
+                        break;
+                    }
+                }
+            }
+        }
         if old_running {
             return self.sync_rollout_status(&mut ro).await;
         }
         if ro.new.is_none() {
-            let owned: Vec<Value> = ro.old.clone();
+            let owned: Vec<Rs> = ro.old.clone();
             ro = self.split(d.clone(), owned, true).await?;
         }
         let d = ro.d.clone();
         if let Some(new) = ro.new.clone() {
-            let (_, written) = self.scale(&d, &new, replicas_of(&d)).await?;
+            let (_, written) = self.scale(&d, &new, replicas_of(&d.t)).await?;
             ro.new = Some(written);
         }
-        let status = calculate_status(&d, &ro.all(), ro.new.as_ref(), "");
-        if deployment_complete(&d, &status) {
+        let new = ro.new.as_ref().map(|n| &n.t);
+        let status = calculate_status(&d.t, &ro.all_typed(), new, now_seconds());
+        if deployment_complete(&d.t, &status) {
             self.cleanup(&ro).await?;
         }
         self.sync_rollout_status(&mut ro).await

@@ -4,82 +4,103 @@
 
 use super::*;
 
-/// A Deployment condition as Kubernetes writes it.
-pub(super) fn condition(kind: &str, status: &str, reason: &str, message: &str, now: &str) -> Value {
-    json!({"type": kind, "status": status, "lastUpdateTime": now, "lastTransitionTime": now,
-           "reason": reason, "message": message})
+/// Now, as a condition's time.
+pub(super) fn now_time() -> Time {
+    time_at(now_seconds())
 }
 
-pub(super) fn condition_of<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {
-    status
-        .get("conditions")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|c| c["type"] == kind)
+/// `seconds` since the epoch as a condition's time (the epoch when out of range).
+pub(super) fn time_at(seconds: i64) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(seconds.max(0)).unwrap_or_default())
+}
+
+/// A Deployment condition as Kubernetes writes it.
+pub(super) fn condition(
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: Time,
+) -> DeploymentCondition {
+    DeploymentCondition {
+        type_: kind.to_string(),
+        status: status.to_string(),
+        last_update_time: Some(now.clone()),
+        last_transition_time: Some(now),
+        reason: Some(reason.to_string()),
+        message: Some(message.to_string()),
+    }
+}
+
+pub(super) fn condition_of<'a>(
+    status: &'a DeploymentStatus,
+    kind: &str,
+) -> Option<&'a DeploymentCondition> {
+    status.conditions.as_ref()?.iter().find(|c| c.type_ == kind)
 }
 
 /// Upstream's `SetDeploymentCondition`: the same status and reason change nothing; the same
 /// status keeps its transition time; the condition moves to the end.
-pub(super) fn set_condition(status: &mut Value, mut cond: Value) {
-    if let Some(cur) = condition_of(status, str_at(&cond, "/type")) {
-        if cur["status"] == cond["status"] && cur["reason"] == cond["reason"] {
+pub(super) fn set_condition(status: &mut DeploymentStatus, mut cond: DeploymentCondition) {
+    if let Some(cur) = condition_of(status, &cond.type_) {
+        if cur.status == cond.status && cur.reason == cond.reason {
             return;
         }
-        if cur["status"] == cond["status"] {
-            cond["lastTransitionTime"] = cur["lastTransitionTime"].clone();
+        if cur.status == cond.status {
+            cond.last_transition_time = cur.last_transition_time.clone();
         }
     }
-    remove_condition(status, str_at(&cond, "/type"));
-    if !status["conditions"].is_array() {
-        status["conditions"] = json!([]);
-    }
-    if let Some(cs) = status["conditions"].as_array_mut() {
-        cs.push(cond);
-    }
+    remove_condition(status, &cond.type_);
+    status.conditions.get_or_insert_with(Vec::new).push(cond);
 }
 
-pub(super) fn remove_condition(status: &mut Value, kind: &str) {
-    if let Some(cs) = status.get_mut("conditions").and_then(Value::as_array_mut) {
-        cs.retain(|c| c["type"] != kind);
+pub(super) fn remove_condition(status: &mut DeploymentStatus, kind: &str) {
+    if let Some(cs) = status.conditions.as_mut() {
+        cs.retain(|c| c.type_ != kind);
     }
 }
 
-pub(super) fn has_progress_deadline(d: &Value) -> bool {
-    d.pointer("/spec/progressDeadlineSeconds")
-        .and_then(Value::as_i64)
-        .is_some_and(|s| s != i64::from(i32::MAX))
+pub(super) fn has_progress_deadline(d: &Deployment) -> bool {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.progress_deadline_seconds)
+        .is_some_and(|s| s != i32::MAX)
 }
 
-pub(super) fn sum(rs: &[&Value], pointer: &str) -> i32 {
-    rs.iter().map(|r| int_at(r, pointer)).sum()
+fn sum(rs: &[&ReplicaSet], count: impl Fn(&ReplicaSetStatus) -> i32) -> i32 {
+    rs.iter().map(|r| r.status.as_ref().map_or(0, &count)).sum()
 }
 
 /// Upstream's `calculateStatus`: counts over all ReplicaSets (`updatedReplicas` over the new
-/// one) and the `Available` condition; other conditions are kept.
-pub fn calculate_status(d: &Value, all: &[&Value], new: Option<&Value>, now: &str) -> Value {
-    let available = sum(all, "/status/availableReplicas");
-    let total: i32 = all.iter().map(|r| replicas_of(r)).sum();
-    let mut status = json!({
-        "observedGeneration": d.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0),
-        "replicas": sum(all, "/status/replicas"),
-        "updatedReplicas": new.map_or(0, |n| int_at(n, "/status/replicas")),
-        "readyReplicas": sum(all, "/status/readyReplicas"),
-        "availableReplicas": available,
-        "unavailableReplicas": (total - available).max(0),
-    });
-    if let Some(c) = d.pointer("/status/collisionCount") {
-        status["collisionCount"] = c.clone();
-    }
-    if let Some(cs) = d.pointer("/status/conditions") {
-        status["conditions"] = cs.clone();
-    }
+/// one) and the `Available` condition, set at `now` (seconds since the epoch); other
+/// conditions are kept.
+pub fn calculate_status(
+    d: &Deployment,
+    all: &[&ReplicaSet],
+    new: Option<&ReplicaSet>,
+    now: i64,
+) -> DeploymentStatus {
+    let available = sum(all, |s| s.available_replicas.unwrap_or(0));
+    let total: i32 = all.iter().map(|r| replicas_of(*r)).sum();
+    let stored = d.status.as_ref();
+    let mut status = DeploymentStatus {
+        observed_generation: Some(d.metadata.generation.unwrap_or(0)),
+        replicas: Some(sum(all, |s| s.replicas)),
+        updated_replicas: Some(new.map_or(0, |n| rs_status(n).replicas)),
+        ready_replicas: Some(sum(all, |s| s.ready_replicas.unwrap_or(0))),
+        available_replicas: Some(available),
+        unavailable_replicas: Some((total - available).max(0)),
+        collision_count: stored.and_then(|s| s.collision_count),
+        conditions: stored.and_then(|s| s.conditions.clone()),
+        terminating_replicas: None,
+    };
     let cond = if available >= replicas_of(d) - max_unavailable(d) {
         condition(
             "Available",
             "True",
             "MinimumReplicasAvailable",
             "Deployment has minimum availability.",
-            now,
+            time_at(now),
         )
     } else {
         condition(
@@ -87,7 +108,7 @@ pub fn calculate_status(d: &Value, all: &[&Value], new: Option<&Value>, now: &st
             "False",
             "MinimumReplicasUnavailable",
             "Deployment does not have minimum availability.",
-            now,
+            time_at(now),
         )
     };
     set_condition(&mut status, cond);
@@ -95,36 +116,35 @@ pub fn calculate_status(d: &Value, all: &[&Value], new: Option<&Value>, now: &st
 }
 
 /// Whether the rollout is complete (upstream's `DeploymentComplete`).
-pub fn deployment_complete(d: &Value, status: &Value) -> bool {
-    let r = replicas_of(d);
-    int_at(status, "/updatedReplicas") == r
-        && int_at(status, "/replicas") == r
-        && int_at(status, "/availableReplicas") == r
-        && status["observedGeneration"].as_i64().unwrap_or(0)
-            >= d.pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(0)
+pub fn deployment_complete(d: &Deployment, status: &DeploymentStatus) -> bool {
+    let r = Some(replicas_of(d));
+    status.updated_replicas == r
+        && status.replicas == r
+        && status.available_replicas == r
+        && status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
 }
 
 /// Whether `new` shows progress over the Deployment's current status (upstream's
 /// `DeploymentProgressing`).
-pub(super) fn deployment_progressing(d: &Value, new: &Value) -> bool {
-    let old = d.get("status").cloned().unwrap_or_else(|| json!({}));
-    let old_old = int_at(&old, "/replicas") - int_at(&old, "/updatedReplicas");
-    let new_old = int_at(new, "/replicas") - int_at(new, "/updatedReplicas");
-    int_at(new, "/updatedReplicas") > int_at(&old, "/updatedReplicas")
+pub(super) fn deployment_progressing(d: &Deployment, new: &DeploymentStatus) -> bool {
+    let old = d.status.clone().unwrap_or_default();
+    let n = |v: Option<i32>| v.unwrap_or(0);
+    let old_old = n(old.replicas) - n(old.updated_replicas);
+    let new_old = n(new.replicas) - n(new.updated_replicas);
+    n(new.updated_replicas) > n(old.updated_replicas)
         || new_old < old_old
-        || int_at(new, "/readyReplicas") > int_at(&old, "/readyReplicas")
-        || int_at(new, "/availableReplicas") > int_at(&old, "/availableReplicas")
+        || n(new.ready_replicas) > n(old.ready_replicas)
+        || n(new.available_replicas) > n(old.available_replicas)
 }
 
 /// The `Progressing` condition's last update plus the deadline, in seconds since the epoch.
-pub(super) fn progress_deadline_at(d: &Value, cond: &Value) -> i64 {
-    let from = parse_timestamp(str_at(cond, "/lastUpdateTime")).unwrap_or(0);
-    from + d
-        .pointer("/spec/progressDeadlineSeconds")
-        .and_then(Value::as_i64)
-        .unwrap_or(600)
+pub(super) fn progress_deadline_at(d: &Deployment, cond: &DeploymentCondition) -> i64 {
+    let from = cond
+        .last_update_time
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    let deadline = d.spec.as_ref().and_then(|s| s.progress_deadline_seconds);
+    from + i64::from(deadline.unwrap_or(600))
 }
 
 /// Upstream's `syncRolloutStatus` on top of [`calculate_status`]: sets `Progressing` to
@@ -132,28 +152,27 @@ pub(super) fn progress_deadline_at(d: &Value, cond: &Value) -> i64 {
 /// status and, while a rollout is in progress, the seconds until its deadline should be
 /// checked again.
 pub fn rollout_conditions(
-    d: &Value,
-    all: &[&Value],
-    new: Option<&Value>,
+    d: &Deployment,
+    all: &[&ReplicaSet],
+    new: Option<&ReplicaSet>,
     now: i64,
-) -> (Value, Option<i64>) {
-    let now_text = crate::clock::rfc3339(now.max(0) as u64 * 1000);
-    let mut status = calculate_status(d, all, new, &now_text);
-    let old_status = d.get("status").cloned().unwrap_or_else(|| json!({}));
+) -> (DeploymentStatus, Option<i64>) {
+    let mut status = calculate_status(d, all, new, now);
     if !has_progress_deadline(d) {
         remove_condition(&mut status, "Progressing");
         return (status, None);
     }
-    let current = condition_of(&old_status, "Progressing").cloned();
-    let complete_before = int_at(&status, "/replicas") == int_at(&status, "/updatedReplicas")
+    let current = progressing(d).cloned();
+    let reason_is = |c: &DeploymentCondition, r: &str| c.reason.as_deref() == Some(r);
+    let complete_before = status.replicas.unwrap_or(0) == status.updated_replicas.unwrap_or(0)
         && current
             .as_ref()
-            .is_some_and(|c| c["reason"] == "NewReplicaSetAvailable");
+            .is_some_and(|c| reason_is(c, "NewReplicaSetAvailable"));
     let named = |fallback: String, rs_msg: &dyn Fn(&str) -> String| match new {
-        Some(n) => rs_msg(str_at(n, "/metadata/name")),
+        Some(n) => rs_msg(name(&n.metadata)),
         None => fallback,
     };
-    let name = str_at(d, "/metadata/name");
+    let name = name(&d.metadata);
     if !complete_before {
         if deployment_complete(d, &status) {
             let msg = named(
@@ -167,24 +186,30 @@ pub fn rollout_conditions(
                     "True",
                     "NewReplicaSetAvailable",
                     &msg,
-                    &now_text,
+                    time_at(now),
                 ),
             );
         } else if deployment_progressing(d, &status) {
             let msg = named(format!("Deployment {name:?} is progressing."), &|rs| {
                 format!("ReplicaSet {rs:?} is progressing.")
             });
-            let mut cond = condition("Progressing", "True", "ReplicaSetUpdated", &msg, &now_text);
+            let mut cond = condition(
+                "Progressing",
+                "True",
+                "ReplicaSetUpdated",
+                &msg,
+                time_at(now),
+            );
             if let Some(cur) = &current {
-                if cur["status"] == "True" {
-                    cond["lastTransitionTime"] = cur["lastTransitionTime"].clone();
+                if cur.status == "True" {
+                    cond.last_transition_time = cur.last_transition_time.clone();
                 }
                 remove_condition(&mut status, "Progressing");
             }
             set_condition(&mut status, cond);
         } else if current.as_ref().is_some_and(|c| {
-            c["reason"] == "ProgressDeadlineExceeded"
-                || (c["reason"] != "NewReplicaSetAvailable" && progress_deadline_at(d, c) < now)
+            reason_is(c, "ProgressDeadlineExceeded")
+                || (!reason_is(c, "NewReplicaSetAvailable") && progress_deadline_at(d, c) < now)
         }) {
             let msg = named(
                 format!("Deployment {name:?} has timed out progressing."),
@@ -197,7 +222,7 @@ pub fn rollout_conditions(
                     "False",
                     "ProgressDeadlineExceeded",
                     &msg,
-                    &now_text,
+                    time_at(now),
                 ),
             );
         }
@@ -207,43 +232,54 @@ pub fn rollout_conditions(
     let requeue = condition_of(&status, "Progressing")
         .filter(|c| {
             !deployment_complete(d, &status)
-                && c["reason"] != "ProgressDeadlineExceeded"
-                && c["reason"] != "NewReplicaSetAvailable"
+                && !reason_is(c, "ProgressDeadlineExceeded")
+                && !reason_is(c, "NewReplicaSetAvailable")
         })
         .map(|c| (progress_deadline_at(d, c) - now + 1).max(1));
     (status, requeue)
 }
 
 impl DeploymentController {
-    pub(super) async fn write_status(&self, d: &mut Value, status: Value) -> Result<(), ApiError> {
-        if d.get("status") == Some(&status) {
+    /// Writes `status` unless the stored one is the same.
+    pub(super) async fn write_status(
+        &self,
+        d: &mut Obj<Deployment>,
+        status: DeploymentStatus,
+    ) -> Result<(), ControllerError> {
+        let status = serde_json::to_value(status).map_err(|e| ControllerError::Invalid {
+            key: format!(
+                "Deployment {}/{}",
+                namespace(&d.t.metadata),
+                name(&d.t.metadata)
+            ),
+            reason: format!("the status does not encode: {e}"),
+        })?;
+        if d.raw.get("status") == Some(&status) {
             return Ok(());
         }
-        let mut updated = d.clone();
+        let mut updated = d.raw.clone();
         updated["status"] = status;
-        let ns = str_at(d, "/metadata/namespace").to_string();
-        *d = self.client.update_status(RESOURCE, &ns, updated).await?;
+        let ns = namespace(&d.t.metadata).to_string();
+        *d = Obj::new(self.client.update_status(RESOURCE, &ns, updated).await?)?;
         Ok(())
     }
 
     /// Re-reads the Deployment's ReplicaSets after this pass's writes, for the status.
-    pub(super) async fn refresh(&self, ro: &mut Rollout) -> Result<(), ApiError> {
-        let ns = str_at(&ro.d, "/metadata/namespace");
-        let uid = str_at(&ro.d, "/metadata/uid");
-        let fresh: Vec<Value> = self
+    pub(super) async fn refresh(&self, ro: &mut Rollout) -> Result<(), ControllerError> {
+        let ns = namespace(&ro.d.t.metadata);
+        let d_uid = uid(&ro.d.t.metadata);
+        let fresh: Vec<Rs> = self
             .client
             .list(replicaset::RESOURCE, Some(ns))
             .await?
             .into_iter()
-            .filter(|rs| owned::is_controlled_by(&meta_of(rs), uid))
-            .collect();
-        let new_uid = ro
-            .new
-            .as_ref()
-            .map(|n| str_at(n, "/metadata/uid").to_string());
-        let (new, mut old): (Vec<Value>, Vec<Value>) = fresh
+            .filter(|rs| owned::is_controlled_by(&meta_of(rs), d_uid))
+            .map(Obj::new)
+            .collect::<Result<_, _>>()?;
+        let new_uid = ro.new.as_ref().map(|n| uid(&n.t.metadata).to_string());
+        let (new, mut old): (Vec<Rs>, Vec<Rs>) = fresh
             .into_iter()
-            .partition(|rs| Some(str_at(rs, "/metadata/uid").to_string()) == new_uid);
+            .partition(|rs| Some(uid(&rs.t.metadata)) == new_uid.as_deref());
         old.sort_by_key(created_at);
         ro.new = new.into_iter().next();
         ro.old = old;
@@ -251,10 +287,13 @@ impl DeploymentController {
     }
 
     /// Writes the status with the rollout conditions; returns when to look again.
-    pub(super) async fn sync_rollout_status(&self, ro: &mut Rollout) -> Result<Requeue, ApiError> {
+    pub(super) async fn sync_rollout_status(
+        &self,
+        ro: &mut Rollout,
+    ) -> Result<Requeue, ControllerError> {
         self.refresh(ro).await?;
-        let (status, requeue) =
-            rollout_conditions(&ro.d, &ro.all(), ro.new.as_ref(), now_seconds());
+        let new = ro.new.as_ref().map(|n| &n.t);
+        let (status, requeue) = rollout_conditions(&ro.d.t, &ro.all_typed(), new, now_seconds());
         let mut d = ro.d.clone();
         self.write_status(&mut d, status).await?;
         ro.d = d;
@@ -262,14 +301,13 @@ impl DeploymentController {
     }
 
     /// Writes the status without touching `Progressing` (paused, scaling, deleting).
-    pub(super) async fn sync_status_only(&self, ro: &mut Rollout) -> Result<Requeue, ApiError> {
+    pub(super) async fn sync_status_only(
+        &self,
+        ro: &mut Rollout,
+    ) -> Result<Requeue, ControllerError> {
         self.refresh(ro).await?;
-        let status = calculate_status(
-            &ro.d,
-            &ro.all(),
-            ro.new.as_ref(),
-            &crate::clock::now_rfc3339(),
-        );
+        let new = ro.new.as_ref().map(|n| &n.t);
+        let status = calculate_status(&ro.d.t, &ro.all_typed(), new, now_seconds());
         let mut d = ro.d.clone();
         self.write_status(&mut d, status).await?;
         ro.d = d;
@@ -278,25 +316,27 @@ impl DeploymentController {
 
     /// Upstream's `checkPausedConditions`: `Progressing` says when a Deployment is paused or
     /// resumed (unless it already timed out).
-    pub(super) async fn check_paused(&self, d: &mut Value) -> Result<(), ApiError> {
-        if !has_progress_deadline(d) {
+    pub(super) async fn check_paused(
+        &self,
+        d: &mut Obj<Deployment>,
+    ) -> Result<(), ControllerError> {
+        if !has_progress_deadline(&d.t) {
             return Ok(());
         }
-        let status = d.get("status").cloned().unwrap_or_else(|| json!({}));
-        let cond = condition_of(&status, "Progressing");
-        if cond.is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded") {
+        let cond = progressing(&d.t);
+        let reason = cond.and_then(|c| c.reason.as_deref());
+        if reason == Some("ProgressDeadlineExceeded") {
             return Ok(());
         }
-        let paused_cond = cond.is_some_and(|c| c["reason"] == "DeploymentPaused");
-        let paused = d.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
-        let now = crate::clock::now_rfc3339();
+        let paused_cond = reason == Some("DeploymentPaused");
+        let paused = d.t.spec.as_ref().and_then(|s| s.paused) == Some(true);
         let cond = if paused && !paused_cond {
             condition(
                 "Progressing",
                 "Unknown",
                 "DeploymentPaused",
                 "Deployment is paused",
-                &now,
+                now_time(),
             )
         } else if !paused && paused_cond {
             condition(
@@ -304,12 +344,12 @@ impl DeploymentController {
                 "Unknown",
                 "DeploymentResumed",
                 "Deployment is resumed",
-                &now,
+                now_time(),
             )
         } else {
             return Ok(());
         };
-        let mut status = status;
+        let mut status = d.t.status.clone().unwrap_or_default();
         set_condition(&mut status, cond);
         self.write_status(d, status).await
     }
