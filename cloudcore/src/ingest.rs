@@ -217,7 +217,7 @@ where
             Err(ApplyError::Write(e)) => {
                 metrics::counter!("skerry_ingest_write_retries_total").increment(1);
                 // Once, then about every minute and a half at the longest back-off.
-                if retry.attempts() % 16 == 0 {
+                if retry.attempts().is_multiple_of(16) {
                     warn!(topic, error = %e, attempts = retry.attempts() + 1, "status report not written yet; retrying (it stays unacknowledged until it is)");
                 }
                 tokio::time::sleep(retry.next_delay()).await;

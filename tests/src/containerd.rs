@@ -104,17 +104,6 @@ fn skip_or_fail(available: bool, ci: bool) -> Result<bool, String> {
     }
 }
 
-#[cfg(test)]
-mod require_tests {
-    #[test]
-    fn a_missing_containerd_fails_under_ci_and_skips_elsewhere() {
-        assert_eq!(super::skip_or_fail(true, true), Ok(true));
-        assert_eq!(super::skip_or_fail(true, false), Ok(true));
-        assert_eq!(super::skip_or_fail(false, false), Ok(false));
-        assert!(super::skip_or_fail(false, true).is_err());
-    }
-}
-
 fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
@@ -484,4 +473,15 @@ fn signal_pid(pid: i32, signal: i32) {
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::try_from(signal).ok(),
     );
+}
+
+#[cfg(test)]
+mod require_tests {
+    #[test]
+    fn a_missing_containerd_fails_under_ci_and_skips_elsewhere() {
+        assert_eq!(super::skip_or_fail(true, true), Ok(true));
+        assert_eq!(super::skip_or_fail(true, false), Ok(true));
+        assert_eq!(super::skip_or_fail(false, false), Ok(false));
+        assert!(super::skip_or_fail(false, true).is_err());
+    }
 }
