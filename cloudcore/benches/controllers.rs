@@ -11,6 +11,7 @@
 
 use cloudcore::api::client::Client;
 use cloudcore::api::ApiState;
+use cloudcore::controllers::informer::Informers;
 use cloudcore::controllers::runner::{self, Options};
 use cloudcore::controllers::{deployment::DeploymentController, replicaset::ReplicaSetController};
 use cloudcore::store::{SledStore, Store};
@@ -48,14 +49,15 @@ async fn rollout(n: usize, workers: usize) -> f64 {
             .expect("create deployment");
     }
     let start = Instant::now();
+    let informers = Informers::start(store.clone());
     let options = Options::resync(Duration::from_secs(3600)).with_concurrency(workers);
     let d = tokio::spawn(runner::run(
-        Arc::new(DeploymentController::new(client.clone())),
+        Arc::new(DeploymentController::new(client.clone(), &informers)),
         store.subscribe(),
         options,
     ));
     let r = tokio::spawn(runner::run(
-        Arc::new(ReplicaSetController::new(client.clone())),
+        Arc::new(ReplicaSetController::new(client.clone(), &informers)),
         store.subscribe(),
         options,
     ));

@@ -170,6 +170,7 @@ pub fn spawn_workload_controllers(api: &ApiState) {
     };
     use runner::Options;
     let client = crate::api::client::Client::new(api.clone());
+    let informers = crate::controllers::informer::Informers::start(api.store.clone());
     let events = || api.store.subscribe();
     tokio::spawn(runner::run(
         Arc::new(namespace::NamespaceController::new(client.clone())),
@@ -183,22 +184,31 @@ pub fn spawn_workload_controllers(api: &ApiState) {
         Options::resync(garbage_collector::RESYNC).with_concurrency(20),
     ));
     tokio::spawn(runner::run(
-        Arc::new(replicaset::ReplicaSetController::new(client.clone())),
+        Arc::new(replicaset::ReplicaSetController::new(
+            client.clone(),
+            &informers,
+        )),
         events(),
         Options::resync(CONTROLLER_RESYNC).with_concurrency(5),
     ));
     tokio::spawn(runner::run(
-        Arc::new(deployment::DeploymentController::new(client.clone())),
+        Arc::new(deployment::DeploymentController::new(
+            client.clone(),
+            &informers,
+        )),
         events(),
         Options::resync(CONTROLLER_RESYNC).with_concurrency(5),
     ));
     tokio::spawn(runner::run(
-        Arc::new(daemonset::DaemonSetController::new(client.clone())),
+        Arc::new(daemonset::DaemonSetController::new(
+            client.clone(),
+            &informers,
+        )),
         events(),
         Options::resync(daemonset::RESYNC).with_concurrency(2),
     ));
     tokio::spawn(runner::run(
-        Arc::new(statefulset::StatefulSetController::new(client)),
+        Arc::new(statefulset::StatefulSetController::new(client, &informers)),
         events(),
         Options::resync(statefulset::RESYNC).with_concurrency(5),
     ));

@@ -21,6 +21,7 @@
 //! are tested without a store; [`DaemonSetController::reconcile`] only reads, plans and writes.
 
 use super::decode::typed;
+use super::informer::Informers;
 use super::owned::{self, meta_of, PodName};
 use super::runner::{Reconciler, Requeue};
 use super::ControllerError;
@@ -383,12 +384,16 @@ pub fn new_pod(ds: &DaemonSet, template: &Value, node: &str, hash: &str) -> Valu
 /// The DaemonSet [`Reconciler`].
 pub struct DaemonSetController {
     client: Client,
+    informers: Informers,
 }
 
 impl DaemonSetController {
-    /// A controller writing through `client`.
-    pub fn new(client: Client) -> Self {
-        Self { client }
+    /// A controller writing through `client` and reading pods from `informers`.
+    pub fn new(client: Client, informers: &Informers) -> Self {
+        Self {
+            client,
+            informers: informers.clone(),
+        }
     }
 
     async fn event(&self, ds: &Value, reason: &str, message: &str) {
@@ -444,6 +449,7 @@ impl Reconciler for DaemonSetController {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
+        self.informers.synced().await?;
         let Some(raw) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
@@ -464,12 +470,13 @@ impl Reconciler for DaemonSetController {
             .iter()
             .map(|n| (meta_of(n).name.unwrap_or_default(), node_fit(&probe, n)))
             .collect();
-        let mut own_pods: Vec<Pod> = Vec::new();
-        for p in self.client.list("pods", Some(&key.namespace)).await? {
-            if owned::is_controlled_by(&meta_of(&p), &uid) {
-                own_pods.push(typed(&p)?);
-            }
-        }
+        let own_pods: Vec<Pod> = self
+            .informers
+            .pods
+            .controlled_by(&uid)
+            .iter()
+            .map(|p| typed(p))
+            .collect::<Result<_, _>>()?;
         let pods: Vec<PodView> = own_pods
             .iter()
             .map(|p| PodView::of(p, min_ready, now))

@@ -26,6 +26,17 @@ pub enum ControllerError {
         /// What is wrong with it and what would fix it.
         reason: String,
     },
+    /// The shared cache did not catch up with the store in time (see
+    /// [`super::informer::Informer::synced`]).
+    #[error("the {resource} cache is at revision {have}, behind the store's {want}; retrying")]
+    CacheNotSynced {
+        /// The cached resource.
+        resource: &'static str,
+        /// The revision waited for.
+        want: u64,
+        /// The revision the cache reached.
+        have: u64,
+    },
 }
 
 impl ControllerError {
@@ -38,7 +49,7 @@ impl ControllerError {
             ControllerError::Api(e) => {
                 matches!(e, ApiError::Invalid { .. } | ApiError::BadRequest { .. })
             }
-            ControllerError::Store(_) => false,
+            ControllerError::Store(_) | ControllerError::CacheNotSynced { .. } => false,
             ControllerError::Invalid { .. } => true,
         }
     }

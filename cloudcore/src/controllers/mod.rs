@@ -16,6 +16,7 @@ pub mod deployment;
 pub mod error;
 pub mod feed;
 pub mod garbage_collector;
+pub mod informer;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod owned;

@@ -1,12 +1,13 @@
 //! The ReplicaSet controller: keeps `spec.replicas` active pods matching the selector, as
 //! Kubernetes' `ReplicaSetController` does.
 //!
-//! Each reconcile reads the ReplicaSet and the pods of its namespace from the store, claims
-//! pods ([`super::claim`]: adopt matching orphans, release controlled pods that stopped
-//! matching), then creates or deletes pods and writes the status. Reads are fresh store reads
-//! after the previous reconcile's writes completed, so Kubernetes' "expectations" (which guard
-//! against a lagging informer cache) are not needed: a reconcile never sees fewer pods than it
-//! created.
+//! Each reconcile reads the ReplicaSet from the store and its candidate pods (those it controls
+//! and the namespace's orphans) from the shared pod cache ([`super::informer`]), claims pods
+//! ([`super::claim`]: adopt matching orphans, release controlled pods that stopped matching),
+//! then creates or deletes pods and writes the status. The cache is read only after it caught
+//! up with the store ([`Informers::synced`]), so it holds every write of the previous
+//! reconciles and Kubernetes' "expectations" (which guard against a lagging informer cache) are
+//! not needed: a reconcile never sees fewer pods than it created.
 //!
 //! - **Creation** in slow-start batches (1, 2, 4, ... pods, concurrently within a batch), at
 //!   most [`BURST_REPLICAS`] per reconcile, stopping at the first batch with an error, so a
@@ -24,6 +25,7 @@
 
 use super::claim;
 use super::decode::{owner_selector, typed};
+use super::informer::Informers;
 use super::owned::{self, controller_of, meta_of, PodName};
 use super::runner::{Reconciler, Requeue};
 use super::selector_index::SelectorIndex;
@@ -200,14 +202,16 @@ pub fn replica_set_status(rs: &ReplicaSet, active: &[Pod], now: i64) -> (Value, 
 /// The ReplicaSet [`Reconciler`].
 pub struct ReplicaSetController {
     client: Client,
+    informers: Informers,
     index: SelectorIndex,
 }
 
 impl ReplicaSetController {
-    /// A controller writing through `client`.
-    pub fn new(client: Client) -> Self {
+    /// A controller writing through `client` and reading pods from `informers`.
+    pub fn new(client: Client, informers: &Informers) -> Self {
         Self {
             client,
+            informers: informers.clone(),
             index: SelectorIndex::default(),
         }
     }
@@ -343,6 +347,7 @@ impl Reconciler for ReplicaSetController {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
+        self.informers.synced().await?;
         let Some(raw) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
@@ -352,7 +357,8 @@ impl Reconciler for ReplicaSetController {
             &rs.metadata,
             rs.spec.as_ref().map(|s| &s.selector),
         )?;
-        let candidates = self.client.list("pods", Some(&key.namespace)).await?;
+        let uid = rs.metadata.uid.as_deref().unwrap_or("");
+        let candidates = self.informers.pods.claim_candidates(&key.namespace, uid);
         let pods = claim::claim_all(&self.client, "pods", &rs, &selector, candidates).await?;
         let mut active = Vec::with_capacity(pods.len());
         for p in &pods {

@@ -24,6 +24,7 @@
 //! The decisions are a pure function ([`plan`]) of the pods; the reconcile reads, plans, writes.
 
 use super::decode::typed;
+use super::informer::Informers;
 use super::owned::{self, meta_of, PodName};
 use super::runner::{Reconciler, Requeue};
 use super::ControllerError;
@@ -262,12 +263,16 @@ pub fn new_pod(sts: &StatefulSet, template: &Value, ordinal: usize, revision: &s
 /// The StatefulSet [`Reconciler`].
 pub struct StatefulSetController {
     client: Client,
+    informers: Informers,
 }
 
 impl StatefulSetController {
-    /// A controller writing through `client`.
-    pub fn new(client: Client) -> Self {
-        Self { client }
+    /// A controller writing through `client` and reading pods from `informers`.
+    pub fn new(client: Client, informers: &Informers) -> Self {
+        Self {
+            client,
+            informers: informers.clone(),
+        }
     }
 
     async fn event(&self, sts: &Value, reason: &str, message: &str) {
@@ -311,6 +316,7 @@ impl Reconciler for StatefulSetController {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
+        self.informers.synced().await?;
         let Some(raw) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
@@ -322,12 +328,13 @@ impl Reconciler for StatefulSetController {
         let replicas = usize::try_from(spec.and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(1);
         let template = raw.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let update = owned::template_hash(&template);
-        let mut own_pods: Vec<Pod> = Vec::new();
-        for p in self.client.list("pods", Some(&key.namespace)).await? {
-            if owned::is_controlled_by(&meta_of(&p), &uid) {
-                own_pods.push(typed(&p)?);
-            }
-        }
+        let own_pods: Vec<Pod> = self
+            .informers
+            .pods
+            .controlled_by(&uid)
+            .iter()
+            .map(|p| typed(p))
+            .collect::<Result<_, _>>()?;
         let pods: Vec<PodView> = own_pods
             .iter()
             .filter_map(|p| PodView::of(&key.name, p, min_ready, now))

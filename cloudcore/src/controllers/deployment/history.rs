@@ -335,16 +335,13 @@ impl DeploymentController {
         }
         cleanable.sort_by_key(|rs| (revision_of(&rs.t), created_at(rs)));
         let ns = namespace(&ro.d.t.metadata);
-        let pods = self.client.list("pods", Some(ns)).await?;
         for rs in cleanable.into_iter().take(excess as usize) {
             let rs_uid = uid(&rs.t.metadata);
             let status = rs.t.status.as_ref();
             let busy = status.is_some_and(|s| s.replicas != 0)
                 || replicas_of(&rs.t) != 0
                 || rs.t.metadata.generation > status.and_then(|s| s.observed_generation)
-                || pods
-                    .iter()
-                    .any(|p| owned::is_controlled_by(&meta_of(p), rs_uid));
+                || !self.informers.pods.controlled_by(rs_uid).is_empty();
             if busy {
                 continue;
             }

@@ -60,6 +60,7 @@ pub use status::*;
 
 use super::claim;
 use super::decode::{owner_selector, typed};
+use super::informer::Informers;
 use super::owned::{self, controller_of, controller_ref, meta_of};
 use super::replicaset::{self, now_seconds};
 use super::runner::{Reconciler, Requeue};
@@ -214,6 +215,8 @@ pub(super) fn is_rolling(d: &Deployment) -> bool {
 /// The Deployment [`Reconciler`].
 pub struct DeploymentController {
     client: Client,
+    /// ReplicaSets and pods, read after they caught up with the store.
+    informers: Informers,
     index: SelectorIndex,
 }
 
@@ -237,10 +240,12 @@ impl Rollout {
 }
 
 impl DeploymentController {
-    /// A controller writing through `client`.
-    pub fn new(client: Client) -> Self {
+    /// A controller writing through `client` and reading ReplicaSets and pods from
+    /// `informers`.
+    pub fn new(client: Client, informers: &Informers) -> Self {
         Self {
             client,
+            informers: informers.clone(),
             index: SelectorIndex::default(),
         }
     }
@@ -333,7 +338,7 @@ impl Reconciler for DeploymentController {
                 let pod_meta = event.previous.as_ref().map(meta_of).unwrap_or_default();
                 let rs_ref = controller_of(&pod_meta).filter(|r| r.kind == "ReplicaSet");
                 if let Some(r) = rs_ref {
-                    if let Ok(Some(rs)) = self.client.get(replicaset::RESOURCE, ns, &r.name).await {
+                    if let Some(rs) = self.informers.replicasets.get(ns, &r.name) {
                         let rs_meta = meta_of(&rs);
                         if let Some(d) = controller_of(&rs_meta).filter(|d| d.kind == "Deployment")
                         {
@@ -356,6 +361,7 @@ impl Reconciler for DeploymentController {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
+        self.informers.synced().await?;
         let Some(raw) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
             return Ok(Requeue::No);
         };
@@ -366,9 +372,9 @@ impl Reconciler for DeploymentController {
             d.t.spec.as_ref().map(|s| &s.selector),
         )?;
         let candidates = self
-            .client
-            .list(replicaset::RESOURCE, Some(&key.namespace))
-            .await?;
+            .informers
+            .replicasets
+            .claim_candidates(&key.namespace, uid(&d.t.metadata));
         let owned = claim::claim_all(
             &self.client,
             replicaset::RESOURCE,

@@ -302,19 +302,14 @@ impl DeploymentController {
         let old_uids: Vec<&str> = ro.old.iter().map(|rs| uid(&rs.t.metadata)).collect();
         let mut old_running = ro.old.iter().any(|rs| rs_status(&rs.t).replicas > 0);
         if !old_running {
-            let pods = self
-                .client
-                .list("pods", Some(namespace(&d.t.metadata)))
-                .await?;
-            for p in &pods {
-                let of_old =
-                    controller_of(&meta_of(p)).is_some_and(|r| old_uids.contains(&r.uid.as_str()));
-                if of_old {
-                    let pod: Pod = typed(p)?;
-                    if !matches!(owned::phase(&pod), "Succeeded" | "Failed") {
-                        old_running = true;
-                        break;
-                    }
+            let pods = old_uids
+                .iter()
+                .flat_map(|uid| self.informers.pods.controlled_by(uid));
+            for p in pods {
+                let pod: Pod = typed(&p)?;
+                if !matches!(owned::phase(&pod), "Succeeded" | "Failed") {
+                    old_running = true;
+                    break;
                 }
             }
         }

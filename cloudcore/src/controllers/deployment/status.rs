@@ -264,17 +264,17 @@ impl DeploymentController {
         Ok(())
     }
 
-    /// Re-reads the Deployment's ReplicaSets after this pass's writes, for the status.
+    /// Re-reads the Deployment's ReplicaSets after this pass's writes (from the cache, once
+    /// it caught up with them), for the status.
     pub(super) async fn refresh(&self, ro: &mut Rollout) -> Result<(), ControllerError> {
-        let ns = namespace(&ro.d.t.metadata);
+        self.informers.synced().await?;
         let d_uid = uid(&ro.d.t.metadata);
         let fresh: Vec<Rs> = self
-            .client
-            .list(replicaset::RESOURCE, Some(ns))
-            .await?
-            .into_iter()
-            .filter(|rs| owned::is_controlled_by(&meta_of(rs), d_uid))
-            .map(Obj::new)
+            .informers
+            .replicasets
+            .controlled_by(d_uid)
+            .iter()
+            .map(|rs| Obj::new(Value::clone(rs)))
             .collect::<Result<_, _>>()?;
         let new_uid = ro.new.as_ref().map(|n| uid(&n.t.metadata).to_string());
         let (new, mut old): (Vec<Rs>, Vec<Rs>) = fresh
