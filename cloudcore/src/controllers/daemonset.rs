@@ -470,13 +470,7 @@ impl Reconciler for DaemonSetController {
             .iter()
             .map(|n| (meta_of(n).name.unwrap_or_default(), node_fit(&probe, n)))
             .collect();
-        let own_pods: Vec<Pod> = self
-            .informers
-            .pods
-            .controlled_by(&uid)
-            .iter()
-            .map(|p| typed(p))
-            .collect::<Result<_, _>>()?;
+        let own_pods: Vec<Pod> = self.informers.pods.controlled_by_as(&uid)?;
         let pods: Vec<PodView> = own_pods
             .iter()
             .map(|p| PodView::of(p, min_ready, now))

@@ -328,13 +328,7 @@ impl Reconciler for StatefulSetController {
         let replicas = usize::try_from(spec.and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(1);
         let template = raw.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let update = owned::template_hash(&template);
-        let own_pods: Vec<Pod> = self
-            .informers
-            .pods
-            .controlled_by(&uid)
-            .iter()
-            .map(|p| typed(p))
-            .collect::<Result<_, _>>()?;
+        let own_pods: Vec<Pod> = self.informers.pods.controlled_by_as(&uid)?;
         let pods: Vec<PodView> = own_pods
             .iter()
             .filter_map(|p| PodView::of(&key.name, p, min_ready, now))

@@ -28,6 +28,7 @@
 use super::feed::{Feed, FeedItem};
 use super::ControllerError;
 use crate::store::{Event, Store};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -250,6 +251,18 @@ impl Informer {
             .into_iter()
             .flatten()
             .filter_map(|(ns, name)| cache.get(ns, name))
+            .collect()
+    }
+
+    /// As [`Informer::controlled_by`], decoded (an object that does not decode fails as
+    /// [`ControllerError::Invalid`], naming it and the field).
+    pub fn controlled_by_as<T: DeserializeOwned>(
+        &self,
+        uid: &str,
+    ) -> Result<Vec<T>, ControllerError> {
+        self.controlled_by(uid)
+            .iter()
+            .map(|v| super::decode::typed(v))
             .collect()
     }
 
