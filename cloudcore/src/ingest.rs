@@ -329,16 +329,16 @@ pub async fn apply(
     // sees (clocks of edge and cloud are assumed roughly in sync).
     metrics::histogram!("skerry_ingest_report_age_seconds")
         .record(clock::now_ms().saturating_sub(report.observed_at_ms) as f64 / 1000.0);
-    if report.protocol_version != protocol::PROTOCOL_VERSION {
-        return Err(ApplyError::Invalid(format!(
-            "report of protocol v{}, this cloud speaks v{}",
-            report.protocol_version,
-            protocol::PROTOCOL_VERSION
-        )));
-    }
+    // `open` read the report in its own version's shapes (this one or the one before).
     match (parsed, report.body) {
         (Topic::NodeStatus { node }, StatusBody::Node(status)) if status.node == node => {
-            apply_node(client, &node, report.seq, report.observed_at_ms, &status).await
+            let r = NodeReport {
+                seq: report.seq,
+                observed_ms: report.observed_at_ms,
+                edge_version: report.protocol_version,
+                status: &status,
+            };
+            apply_node(client, &node, r).await
         }
         (
             Topic::PodStatus {
@@ -364,68 +364,121 @@ fn condition_status(b: bool) -> &'static str {
     }
 }
 
-async fn apply_node(
-    client: &Client,
-    node: &str,
+/// The node condition that tells an admin the edge speaks an older protocol than the cloud
+/// (served, but it should be upgraded before the cloud's next upgrade leaves it behind).
+pub const EDGE_VERSION_SKEW: &str = "EdgeVersionSkew";
+
+/// A node report as the ingest applies it.
+struct NodeReport<'a> {
     seq: u64,
     observed_ms: u64,
-    s: &NodeStatus,
-) -> Result<Outcome, ApplyError> {
-    let mut stale = false;
-    let res = client.update_status_with("nodes", "", node, |current| {
-        if seq <= status_seq(current) {
-            stale = true;
-            return None;
-        }
-        let mut v = current.clone();
-        let heartbeat = clock::rfc3339(observed_ms);
-        let status_str = condition_status(s.ready);
-        let old_ready = v.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| {
-            cs.iter().find(|c| c["type"] == "Ready").cloned()
-        });
-        let transition = match &old_ready {
-            Some(c) if c["status"] == status_str => c["lastTransitionTime"].clone(),
+    /// The protocol version the edge reported in.
+    edge_version: u32,
+    status: &'a NodeStatus,
+}
+
+/// The node's conditions after a report: each reported one (keeping its
+/// `lastTransitionTime` while its status stays), the version-skew verdict, and those the
+/// report does not concern (set by others), except the `Unknown`s the node lifecycle
+/// controller wrote while the node was silent, which a fresh report overrides.
+fn node_conditions(old: Option<&Value>, r: &NodeReport<'_>) -> Vec<Value> {
+    let heartbeat = clock::rfc3339(r.observed_ms);
+    let old: Vec<Value> = old.and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut fresh: Vec<(String, &'static str, String, String)> = r
+        .status
+        .conditions
+        .iter()
+        .map(|c| {
+            (
+                c.kind.as_str().to_string(),
+                condition_status(c.status),
+                c.reason.clone(),
+                c.message.clone(),
+            )
+        })
+        .collect();
+    let skew = if r.edge_version < protocol::PROTOCOL_VERSION {
+        (
+            "True",
+            "EdgeProtocolOlder",
+            format!(
+                "edgecore speaks protocol v{}, cloudcore v{}: upgrade edgecore before the next cloudcore upgrade, which will refuse it",
+                r.edge_version,
+                protocol::PROTOCOL_VERSION
+            ),
+        )
+    } else {
+        (
+            "False",
+            "EdgeProtocolCurrent",
+            "edgecore and cloudcore speak the same protocol".to_string(),
+        )
+    };
+    fresh.push((
+        EDGE_VERSION_SKEW.to_string(),
+        skew.0,
+        skew.1.to_string(),
+        skew.2,
+    ));
+    let mut out: Vec<Value> = old
+        .iter()
+        .filter(|c| {
+            c["reason"] != NODE_STATUS_UNKNOWN
+                && !fresh.iter().any(|(t, ..)| c["type"] == t.as_str())
+        })
+        .cloned()
+        .collect();
+    for (kind, status, reason, message) in fresh {
+        let transition = match old.iter().find(|c| c["type"] == kind.as_str()) {
+            Some(c) if c["status"] == status => c["lastTransitionTime"].clone(),
             _ => json!(heartbeat),
         };
-        let ready = json!({
-            "type": "Ready", "status": status_str,
-            "reason": if s.ready { "KubeletReady" } else { "KubeletNotReady" },
-            "message": if s.ready { "edgecore is posting ready status".to_string() } else { s.message.clone() },
+        out.push(json!({
+            "type": kind, "status": status, "reason": reason, "message": message,
             "lastHeartbeatTime": heartbeat, "lastTransitionTime": transition,
-        });
-        // A fresh report replaces the node lifecycle controller's verdict: its Ready is rewritten
-        // below, and the other conditions it marked Unknown (which edgecore does not report)
-        // are dropped rather than left Unknown for ever.
-        let mut conditions: Vec<Value> = v
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .map(|cs| {
-                cs.iter()
-                    .filter(|c| c["type"] != "Ready" && c["reason"] != NODE_STATUS_UNKNOWN)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        conditions.push(ready);
-        let status = v.as_object_mut()?.entry("status").or_insert_with(|| json!({}));
-        if !status.is_object() {
-            *status = json!({});
-        }
-        status["conditions"] = json!(conditions);
-        status["addresses"] = json!(s.addresses.iter().map(|(t, a)| json!({"type": t, "address": a})).collect::<Vec<_>>());
-        status["capacity"] = json!(s.capacity);
-        status["allocatable"] = json!(s.allocatable);
-        status["nodeInfo"] = json!({
-            "machineID": "", "systemUUID": "", "bootID": "",
-            "kernelVersion": s.info.kernel_version, "osImage": s.info.os_image,
-            "containerRuntimeVersion": s.info.container_runtime_version,
-            "kubeletVersion": s.info.agent_version, "kubeProxyVersion": "",
-            "operatingSystem": s.info.operating_system, "architecture": s.info.architecture,
-        });
-        set_status_seq(&mut v, seq);
-        Some(v)
-    })
-    .await;
+        }));
+    }
+    out
+}
+
+async fn apply_node(client: &Client, node: &str, r: NodeReport<'_>) -> Result<Outcome, ApplyError> {
+    let mut stale = false;
+    let s = r.status;
+    let seq = r.seq;
+    let res = client
+        .update_status_with("nodes", "", node, |current| {
+            if seq <= status_seq(current) {
+                stale = true;
+                return None;
+            }
+            let mut v = current.clone();
+            let conditions = node_conditions(v.pointer("/status/conditions"), &r);
+            let status = v
+                .as_object_mut()?
+                .entry("status")
+                .or_insert_with(|| json!({}));
+            if !status.is_object() {
+                *status = json!({});
+            }
+            status["conditions"] = json!(conditions);
+            status["addresses"] = json!(s
+                .addresses
+                .iter()
+                .map(|(t, a)| json!({"type": t, "address": a}))
+                .collect::<Vec<_>>());
+            status["capacity"] = json!(s.capacity);
+            status["allocatable"] = json!(s.allocatable);
+            status["nodeInfo"] = json!({
+                "machineID": "", "systemUUID": "", "bootID": "",
+                "kernelVersion": s.info.kernel_version, "osImage": s.info.os_image,
+                "containerRuntimeVersion": s.info.container_runtime_version,
+                "kubeletVersion": s.info.agent_version, "kubeProxyVersion": "",
+                "operatingSystem": s.info.operating_system, "architecture": s.info.architecture,
+            });
+            set_status_seq(&mut v, seq);
+            Some(v)
+        })
+        .await;
     match res {
         Ok(Some(_)) => Ok(Outcome::Applied),
         Ok(None) if stale => Ok(Outcome::Ignored("stale node report")),
@@ -634,14 +687,19 @@ mod tests {
     }
 
     fn node_report(ready: bool) -> NodeStatus {
+        let (reason, message) = if ready {
+            ("KubeletReady", "")
+        } else {
+            ("RuntimeNotResponding", "runtime down")
+        };
         NodeStatus {
             node: "edge-1".into(),
-            ready,
-            message: if ready {
-                String::new()
-            } else {
-                "runtime down".into()
-            },
+            conditions: vec![NodeCondition::new(
+                NodeConditionKind::Ready,
+                ready,
+                reason,
+                message,
+            )],
             addresses: vec![("InternalIP".into(), "10.0.0.5".into())],
             capacity: BTreeMap::from([("pods".into(), "110".into())]),
             allocatable: BTreeMap::from([("pods".into(), "110".into())]),
@@ -733,14 +791,34 @@ mod tests {
             )
             .await
             .unwrap();
-        let applied = apply_node(&ingest, "edge-1", 5, 1_000, &node_report(true)).await;
+        let applied = apply_node(
+            &ingest,
+            "edge-1",
+            NodeReport {
+                seq: 5,
+                observed_ms: 1_000,
+                edge_version: protocol::PROTOCOL_VERSION,
+                status: &node_report(true),
+            },
+        )
+        .await;
         assert_eq!(applied.unwrap(), Outcome::Applied);
         let node = admin.get("nodes", "", "edge-1").await.unwrap().unwrap();
         assert_eq!(status_seq(&node), 5);
         assert_eq!(node["status"]["conditions"][0]["status"], "True");
         assert_eq!(node["status"]["addresses"][0]["address"], "10.0.0.5");
         // An older report (redelivered after a reconnect) changes nothing.
-        let stale = apply_node(&ingest, "edge-1", 4, 2_000, &node_report(false)).await;
+        let stale = apply_node(
+            &ingest,
+            "edge-1",
+            NodeReport {
+                seq: 4,
+                observed_ms: 2_000,
+                edge_version: protocol::PROTOCOL_VERSION,
+                status: &node_report(false),
+            },
+        )
+        .await;
         assert_eq!(stale.unwrap(), Outcome::Ignored("stale node report"));
         // The API itself refuses to move the guard backwards, whoever computed the write.
         let mut old = admin.get("nodes", "", "edge-1").await.unwrap().unwrap();
@@ -755,16 +833,94 @@ mod tests {
         admin.update_status("nodes", "", old).await.unwrap();
         let node = admin.get("nodes", "", "edge-1").await.unwrap().unwrap();
         assert_eq!(status_seq(&node), 5);
-        let newer = apply_node(&ingest, "edge-1", 6, 3_000, &node_report(false)).await;
+        let newer = apply_node(
+            &ingest,
+            "edge-1",
+            NodeReport {
+                seq: 6,
+                observed_ms: 3_000,
+                edge_version: protocol::PROTOCOL_VERSION,
+                status: &node_report(false),
+            },
+        )
+        .await;
         assert_eq!(newer.unwrap(), Outcome::Applied);
         let node = admin.get("nodes", "", "edge-1").await.unwrap().unwrap();
         assert_eq!(node["status"]["conditions"][0]["status"], "False");
         assert_eq!(node["status"]["conditions"][0]["message"], "runtime down");
-        let gone = apply_node(&ingest, "edge-2", 1, 1, &node_report(true)).await;
+        let gone = apply_node(
+            &ingest,
+            "edge-2",
+            NodeReport {
+                seq: 1,
+                observed_ms: 1,
+                edge_version: protocol::PROTOCOL_VERSION,
+                status: &node_report(true),
+            },
+        )
+        .await;
         assert_eq!(
             gone.unwrap(),
             Outcome::Ignored("node object does not exist (deleted?)")
         );
+    }
+
+    #[test]
+    fn node_conditions_keep_transition_times_drop_unknowns_and_flag_old_edges() {
+        let mut s = node_report(true);
+        s.conditions.push(NodeCondition::new(
+            NodeConditionKind::DiskPressure,
+            true,
+            "KubeletHasDiskPressure",
+            "nodefs.available 3% < 10%",
+        ));
+        let old = json!([
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2025-01-01T00:00:00Z"},
+            {"type": "DiskPressure", "status": "False", "lastTransitionTime": "2025-01-01T00:00:00Z"},
+            {"type": "MemoryPressure", "status": "Unknown", "reason": NODE_STATUS_UNKNOWN},
+            {"type": "example.com/Custom", "status": "True"},
+        ]);
+        let r = NodeReport {
+            seq: 1,
+            observed_ms: 1_735_776_000_000,
+            edge_version: protocol::OLDEST_EDGE_VERSION,
+            status: &s,
+        };
+        let out = node_conditions(Some(&old), &r);
+        let get = |t: &str| out.iter().find(|c| c["type"] == t).cloned();
+        let ready = get("Ready").unwrap();
+        assert_eq!(
+            ready["lastTransitionTime"], "2025-01-01T00:00:00Z",
+            "unchanged"
+        );
+        let disk = get("DiskPressure").unwrap();
+        assert_eq!(disk["status"], "True");
+        assert_eq!(
+            disk["lastTransitionTime"], "2025-01-02T00:00:00Z",
+            "it changed"
+        );
+        assert_eq!(disk["message"], "nodefs.available 3% < 10%");
+        assert!(
+            get("MemoryPressure").is_none(),
+            "the lifecycle controller's Unknown is gone"
+        );
+        assert!(
+            get("example.com/Custom").is_some(),
+            "others' conditions stay"
+        );
+        let skew = get(EDGE_VERSION_SKEW).unwrap();
+        assert_eq!(skew["status"], "True");
+        assert!(skew["message"]
+            .as_str()
+            .unwrap()
+            .contains("upgrade edgecore"));
+        let current = NodeReport {
+            edge_version: protocol::PROTOCOL_VERSION,
+            ..r
+        };
+        let out = node_conditions(Some(&old), &current);
+        let skew = out.iter().find(|c| c["type"] == EDGE_VERSION_SKEW).unwrap();
+        assert_eq!(skew["status"], "False");
     }
 
     #[tokio::test]

@@ -39,6 +39,12 @@ pub struct AgentOptions {
     pub restart_backoff_base: Duration,
     /// The container runtime that runs the pods.
     pub runtime: RuntimeKind,
+    /// Pods and reserved resources the node offers.
+    pub capacity: crate::report::Capacity,
+    /// Thresholds of the pressure conditions.
+    pub thresholds: crate::node_health::Thresholds,
+    /// The image filesystem's directory, when images are not in the data directory.
+    pub image_dir: Option<PathBuf>,
 }
 
 /// Which container runtime runs the pods. One per node: pods started by one are not seen by
@@ -134,7 +140,7 @@ pub async fn run(
             Arc::new(cri)
         }
     };
-    let runtime_version = runtime.version();
+    let health_runtime = runtime.clone();
     let mut pod_config = PodManagerConfig::default();
     pod_config.backoff.base = opts.restart_backoff_base;
     let manager = Arc::new(
@@ -197,11 +203,20 @@ pub async fn run(
             report_key,
         },
     ));
+    let checker = crate::node_health::Checker {
+        runtime: health_runtime,
+        cache: cache.db().clone(),
+        data_dir: opts.data_dir.clone(),
+        image_dir: opts.image_dir.clone(),
+        thresholds: opts.thresholds.clone(),
+        deadline: crate::node_health::CHECK_DEADLINE,
+    };
     tokio::spawn(report::heartbeat(
         outbox.clone(),
+        checker,
         node.clone(),
         host_ip.clone(),
-        runtime_version,
+        opts.capacity,
         opts.heartbeat,
     ));
     tokio::spawn(serve_metrics(opts.metrics_addr, metrics_render, state_rx));

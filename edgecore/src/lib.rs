@@ -12,6 +12,7 @@ pub mod config;
 pub mod identity;
 pub mod images;
 pub mod link;
+pub mod node_health;
 pub mod pods;
 pub mod report;
 pub mod runtime;

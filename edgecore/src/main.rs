@@ -96,6 +96,21 @@ enum Command {
             hide = true
         )]
         restart_backoff_base_ms: u64,
+        /// Most pods this node runs (kubelet's `--max-pods`).
+        #[arg(long, default_value_t = 110)]
+        max_pods: u32,
+        /// Resources held back from pods, kubelet's syntax: `cpu=500m,memory=1Gi`.
+        #[arg(long, default_value = "")]
+        system_reserved: String,
+        /// Pressure thresholds, kubelet's `--eviction-hard` syntax
+        /// (`memory.available<100Mi,nodefs.available<10%,...`).
+        #[arg(long, default_value = edgecore::node_health::DEFAULT_EVICTION_HARD)]
+        eviction_hard: String,
+        /// Directory on the image filesystem, for `imagefs.*` thresholds (containerd's root,
+        /// `/var/lib/containerd`, when it exists and the runtime is cri); the data directory's
+        /// filesystem otherwise.
+        #[arg(long)]
+        image_fs_dir: Option<PathBuf>,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -256,8 +271,27 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             heartbeat_secs,
             idle_timeout_secs,
             restart_backoff_base_ms,
+            max_pods,
+            system_reserved,
+            eviction_hard,
+            image_fs_dir,
             runtime,
         } => {
+            let mut capacity = edgecore::report::Capacity {
+                max_pods,
+                ..Default::default()
+            };
+            capacity
+                .parse_reserved(&system_reserved)
+                .map_err(|e| anyhow::anyhow!("--system-reserved: {e}"))?;
+            let thresholds = edgecore::node_health::Thresholds::parse(&eviction_hard)
+                .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?;
+            let kind = runtime.kind();
+            let image_dir = image_fs_dir.or_else(|| {
+                let default = PathBuf::from("/var/lib/containerd");
+                (matches!(kind, edgecore::agent::RuntimeKind::Cri { .. }) && default.is_dir())
+                    .then_some(default)
+            });
             let mut cfg = EdgeConfig::load(&cli.data_dir)?;
             if let Some(s) = server {
                 cfg.server = s;
@@ -276,7 +310,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 keep_alive: Duration::from_secs(2),
                 idle_timeout: Duration::from_secs(idle_timeout_secs.max(3)),
                 restart_backoff_base: Duration::from_millis(restart_backoff_base_ms.max(10)),
-                runtime: runtime.kind(),
+                runtime: kind,
+                capacity,
+                thresholds,
+                image_dir,
             };
             rt.block_on(agent::run(cfg, opts, render))
         }

@@ -349,13 +349,67 @@ async fn publish_session(
     }
 }
 
-/// Facts about this machine for the node report.
+/// What the node offers pods: `--max-pods` and what `--system-reserved` holds back from the
+/// machine (kubelet's allocatable = capacity - reserved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Most pods the node runs.
+    pub max_pods: u32,
+    /// CPU held back for the system, in millicores.
+    pub reserved_cpu_millis: u64,
+    /// Memory held back for the system, in bytes.
+    pub reserved_memory_bytes: u64,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            max_pods: 110,
+            reserved_cpu_millis: 0,
+            reserved_memory_bytes: 0,
+        }
+    }
+}
+
+impl Capacity {
+    /// Parses kubelet's `--system-reserved` syntax (`cpu=500m,memory=1Gi`).
+    pub fn parse_reserved(&mut self, spec: &str) -> Result<(), String> {
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected RESOURCE=QUANTITY"))?;
+            match name {
+                "cpu" => {
+                    self.reserved_cpu_millis = match value.strip_suffix('m') {
+                        Some(m) => m.parse().ok(),
+                        None => value.parse::<u64>().ok().map(|c| c * 1000),
+                    }
+                    .ok_or_else(|| format!("{part:?}: cpu is cores (2) or millicores (500m)"))?
+                }
+                "memory" => {
+                    self.reserved_memory_bytes = crate::node_health::parse_quantity(value)
+                        .ok_or_else(|| {
+                            format!("{part:?}: memory is a quantity such as 512Mi or 1G")
+                        })?
+                }
+                other => {
+                    return Err(format!(
+                        "{other:?} cannot be reserved; supported: cpu, memory"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Facts about this machine for the node report, with the measured `conditions`.
 pub fn node_status(
     node: &str,
     host_ip: &str,
     runtime_version: &str,
-    ready: bool,
-    message: &str,
+    capacity_cfg: Capacity,
+    conditions: Vec<NodeCondition>,
 ) -> NodeStatus {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -368,10 +422,18 @@ pub fn node_status(
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .unwrap_or(0);
+    let pods = capacity_cfg.max_pods.to_string();
     let capacity = std::collections::BTreeMap::from([
         ("cpu".to_string(), cpus.to_string()),
         ("memory".to_string(), format!("{mem_kib}Ki")),
-        ("pods".to_string(), "110".to_string()),
+        ("pods".to_string(), pods.clone()),
+    ]);
+    let cpu_millis = (cpus as u64 * 1000).saturating_sub(capacity_cfg.reserved_cpu_millis);
+    let mem_alloc_kib = mem_kib.saturating_sub(capacity_cfg.reserved_memory_bytes / 1024);
+    let allocatable = std::collections::BTreeMap::from([
+        ("cpu".to_string(), format!("{cpu_millis}m")),
+        ("memory".to_string(), format!("{mem_alloc_kib}Ki")),
+        ("pods".to_string(), pods),
     ]);
     let read = |p: &str| {
         std::fs::read_to_string(p)
@@ -392,13 +454,12 @@ pub fn node_status(
     };
     NodeStatus {
         node: node.to_string(),
-        ready,
-        message: message.to_string(),
+        conditions,
         addresses: vec![
             ("InternalIP".into(), host_ip.to_string()),
             ("Hostname".into(), node.to_string()),
         ],
-        allocatable: capacity.clone(),
+        allocatable,
         capacity,
         info: NodeInfo {
             operating_system: "linux".into(),
@@ -411,22 +472,39 @@ pub fn node_status(
     }
 }
 
-/// Puts a node heartbeat into the outbox every `period`, forever.
+/// Puts a node heartbeat into the outbox every `period`, forever, with conditions measured
+/// afresh each time ([`crate::node_health`]). A change of `Ready` is logged.
 pub async fn heartbeat(
     outbox: Outbox,
+    checker: crate::node_health::Checker,
     node: String,
     host_ip: String,
-    runtime_version: String,
+    capacity: Capacity,
     period: Duration,
 ) {
     let topic = topics::node_status(&node);
+    let runtime_version = checker.runtime.version();
     let mut tick = tokio::time::interval(period);
+    let mut was_ready = None;
     loop {
         tick.tick().await;
-        outbox.put(
-            &topic,
-            StatusBody::Node(node_status(&node, &host_ip, &runtime_version, true, "")),
-        );
+        let conditions = checker.conditions().await;
+        let status = node_status(&node, &host_ip, &runtime_version, capacity, conditions);
+        let ready = status.is_ready();
+        if was_ready != Some(ready) {
+            let why = status
+                .condition(NodeConditionKind::Ready)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            if ready {
+                info!(%node, "node is Ready");
+            } else {
+                warn!(%node, reason = %why, "node is not Ready");
+            }
+            metrics::gauge!("skerry_edge_node_ready").set(if ready { 1.0 } else { 0.0 });
+            was_ready = Some(ready);
+        }
+        outbox.put(&topic, StatusBody::Node(status));
     }
 }
 
@@ -434,15 +512,46 @@ pub async fn heartbeat(
 mod tests {
     use super::*;
 
+    fn test_node(ready: bool) -> NodeStatus {
+        let message = if ready { "" } else { "down" };
+        let ready = NodeCondition::new(NodeConditionKind::Ready, ready, "Test", message);
+        node_status(
+            "n1",
+            "127.0.0.1",
+            "process://x",
+            Capacity::default(),
+            vec![ready],
+        )
+    }
+
+    #[test]
+    fn allocatable_is_capacity_less_what_is_reserved() {
+        let mut cap = Capacity {
+            max_pods: 20,
+            ..Capacity::default()
+        };
+        cap.parse_reserved("cpu=500m,memory=1Mi").unwrap();
+        let s = node_status("n1", "127.0.0.1", "process://x", cap, vec![]);
+        assert_eq!(s.capacity["pods"], "20");
+        assert_eq!(s.allocatable["pods"], "20");
+        let cpus: u64 = s.capacity["cpu"].parse().unwrap();
+        assert_eq!(s.allocatable["cpu"], format!("{}m", cpus * 1000 - 500));
+        let kib = |q: &str| q.trim_end_matches("Ki").parse::<u64>().unwrap();
+        assert_eq!(
+            kib(&s.capacity["memory"]) - kib(&s.allocatable["memory"]),
+            1024
+        );
+        for bad in ["cpu=lots", "gpu=1", "memory"] {
+            assert!(Capacity::default().parse_reserved(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn a_corrupt_outbox_index_key_is_dropped_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let o = Outbox::open(&db, "n1").unwrap();
-        o.put(
-            "t/a",
-            StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")),
-        );
+        o.put("t/a", StatusBody::Node(test_node(true)));
         // Shorter than a sequence number, and sorting before the real one.
         o.order.insert([0u8, 1, 2], "t/x".as_bytes()).unwrap();
         let p = o.pending(10, &HashMap::new());
@@ -460,18 +569,9 @@ mod tests {
         {
             let db = sled::open(dir.path()).unwrap();
             let o = Outbox::open(&db, "n1").unwrap();
-            o.put(
-                "t/a",
-                StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")),
-            );
-            o.put(
-                "t/b",
-                StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")),
-            );
-            o.put(
-                "t/a",
-                StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", false, "down")),
-            );
+            o.put("t/a", StatusBody::Node(test_node(true)));
+            o.put("t/b", StatusBody::Node(test_node(true)));
+            o.put("t/a", StatusBody::Node(test_node(false)));
             let p = o.pending(10, &HashMap::new());
             assert_eq!(
                 p.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>(),
@@ -491,15 +591,9 @@ mod tests {
         let p = o.pending(10, &HashMap::new());
         assert_eq!(p.len(), 1);
         let report: StatusReport = codec::decode(&p[0].2).unwrap();
-        assert!(matches!(
-            report.body,
-            StatusBody::Node(NodeStatus { ready: false, .. })
-        ));
+        assert!(matches!(&report.body, StatusBody::Node(n) if !n.is_ready()));
         // Sequence numbers keep growing after a restart.
-        o.put(
-            "t/c",
-            StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")),
-        );
+        o.put("t/c", StatusBody::Node(test_node(true)));
         let p = o.pending(10, &HashMap::new());
         assert!(p[1].0 > seqs[1]);
     }
@@ -526,10 +620,7 @@ mod tests {
         };
         o.pod_status(pod("a"));
         o.pod_status(pod("b"));
-        o.put(
-            "t/node",
-            StatusBody::Node(node_status("n1", "127.0.0.1", "process://x", true, "")),
-        );
+        o.put("t/node", StatusBody::Node(test_node(true)));
         for (seq, topic, _) in o.pending(10, &HashMap::new()) {
             o.acked(&topic, seq);
         }

@@ -8,6 +8,7 @@
 
 pub mod assembly;
 pub mod codec;
+pub mod compat;
 pub mod config;
 pub mod join;
 pub mod messages;
@@ -18,10 +19,24 @@ pub mod topics;
 
 /// Version of the edge protocol spoken on the QUIC link and in MQTT payloads.
 ///
-/// Bumped whenever an encoded type changes shape: bincode is not self-describing, so both ends
-/// must agree exactly. A peer with another version is refused with
+/// Bumped whenever an encoded type changes shape: bincode is not self-describing, so each end
+/// must know exactly which shapes it reads. The cloud also reads the previous version
+/// ([`OLDEST_EDGE_VERSION`], Kubernetes' one-minor-version skew for kubelets): an edge may be
+/// upgraded after its cloud. Any other version is refused with
 /// [`messages::Reject::VersionMismatch`] rather than misreading bytes.
-pub const PROTOCOL_VERSION: u32 = 3;
+///
+/// v4: node reports carry their conditions ([`status::NodeCondition`]) instead of one
+/// ready flag ([`compat::v3`] keeps the old shape).
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// The oldest edge version the cloud accepts: one behind its own.
+pub const OLDEST_EDGE_VERSION: u32 = PROTOCOL_VERSION - 1;
+
+/// Whether a cloud speaking [`PROTOCOL_VERSION`] serves an edge speaking `edge`: the same
+/// version or one older. A newer edge is refused (the cloud cannot know its shapes).
+pub fn edge_version_supported(edge: u32) -> bool {
+    (OLDEST_EDGE_VERSION..=PROTOCOL_VERSION).contains(&edge)
+}
 
 /// ALPN protocol id of the mTLS sync link (desired state down, acks up).
 pub const ALPN_SYNC: &[u8] = b"skerry-sync/1";

@@ -34,6 +34,12 @@ pub enum SealError {
     /// The MAC does not match: not made by the node the topic names, or altered.
     #[error("report is not authenticated by the node its topic names (bad MAC); it is forged, altered, or the node's key changed after a new join")]
     BadMac,
+    /// The report is of a protocol version this side cannot read.
+    #[error("report of protocol v{edge}; this cloud reads v{oldest} and v{cloud}: upgrade the edge", oldest = crate::OLDEST_EDGE_VERSION, cloud = crate::PROTOCOL_VERSION)]
+    UnsupportedVersion {
+        /// The version the report claims.
+        edge: u32,
+    },
 }
 
 fn mac_key(key: &[u8]) -> ring::hmac::Key {
@@ -70,7 +76,25 @@ pub fn open(key: &[u8], topic: &str, payload: &[u8]) -> Result<StatusReport, Sea
         &sealed.mac,
     )
     .map_err(|_| SealError::BadMac)?;
-    Ok(crate::codec::decode(&sealed.report)?)
+    decode_report(&sealed.report)
+}
+
+/// Decodes a report of this version or of the previous one ([`crate::compat`]), by the
+/// version it starts with (a little-endian `u32`, the first field of every version's
+/// [`StatusReport`]). The result keeps the sender's `protocol_version`, so the receiver can
+/// tell an old edge apart.
+pub fn decode_report(bytes: &[u8]) -> Result<StatusReport, SealError> {
+    let version = bytes
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    match version {
+        Some(crate::PROTOCOL_VERSION) | None => Ok(crate::codec::decode(bytes)?),
+        Some(v) if v == crate::compat::v3::VERSION => {
+            let old: crate::compat::v3::StatusReport = crate::codec::decode(bytes)?;
+            Ok(old.into())
+        }
+        Some(edge) => Err(SealError::UnsupportedVersion { edge }),
+    }
 }
 
 /// The MQTT password a node logs in with: derived from its report key, so that a password
@@ -113,10 +137,9 @@ pub enum StatusBody {
 pub struct NodeStatus {
     /// Node name.
     pub node: String,
-    /// Whether the node can run pods.
-    pub ready: bool,
-    /// Why not, when not ready.
-    pub message: String,
+    /// What the edge measured, one entry per [`NodeConditionKind`] it checks (`Ready`
+    /// always). A kind left out is one the edge did not check.
+    pub conditions: Vec<NodeCondition>,
     /// `(type, address)` pairs, e.g. `("InternalIP", "10.0.0.5")`, `("Hostname", "rig-7")`.
     pub addresses: Vec<(String, String)>,
     /// Capacity, in Kubernetes quantity strings (`cpu`, `memory`, `pods`).
@@ -125,6 +148,73 @@ pub struct NodeStatus {
     pub allocatable: BTreeMap<String, String>,
     /// Facts about the machine and agent.
     pub info: NodeInfo,
+}
+
+impl NodeStatus {
+    /// Whether the node reports `Ready` (and not `False` or missing).
+    pub fn is_ready(&self) -> bool {
+        self.condition(NodeConditionKind::Ready)
+            .is_some_and(|c| c.status)
+    }
+
+    /// The reported condition of `kind`, if any.
+    pub fn condition(&self, kind: NodeConditionKind) -> Option<&NodeCondition> {
+        self.conditions.iter().find(|c| c.kind == kind)
+    }
+}
+
+/// The node conditions an edge measures, as kubelet does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeConditionKind {
+    /// The node can run pods: the runtime answers and the cache can be written.
+    Ready,
+    /// Available memory is below the eviction threshold.
+    MemoryPressure,
+    /// The data directory's or the image filesystem's free space or inodes are below the
+    /// threshold.
+    DiskPressure,
+    /// Free process ids are below the threshold.
+    PIDPressure,
+    /// Pod networking is not configured (no CNI network).
+    NetworkUnavailable,
+}
+
+impl NodeConditionKind {
+    /// The Kubernetes spelling of the condition type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::MemoryPressure => "MemoryPressure",
+            Self::DiskPressure => "DiskPressure",
+            Self::PIDPressure => "PIDPressure",
+            Self::NetworkUnavailable => "NetworkUnavailable",
+        }
+    }
+}
+
+/// One measured node condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCondition {
+    /// Which condition.
+    pub kind: NodeConditionKind,
+    /// True or false (`Ready=True` is healthy; for the others `False` is).
+    pub status: bool,
+    /// Machine-readable reason (`KubeletReady`, `RuntimeNotResponding`, ...).
+    pub reason: String,
+    /// What was measured, for a person.
+    pub message: String,
+}
+
+impl NodeCondition {
+    /// A condition of `kind`.
+    pub fn new(kind: NodeConditionKind, status: bool, reason: &str, message: &str) -> Self {
+        Self {
+            kind,
+            status,
+            reason: reason.to_string(),
+            message: message.to_string(),
+        }
+    }
 }
 
 /// Static facts about an edge node.
@@ -281,8 +371,12 @@ mod tests {
             observed_at_ms: 1,
             body: StatusBody::Node(NodeStatus {
                 node: "n1".into(),
-                ready: true,
-                message: String::new(),
+                conditions: vec![NodeCondition::new(
+                    NodeConditionKind::Ready,
+                    true,
+                    "KubeletReady",
+                    "",
+                )],
                 addresses: vec![],
                 capacity: BTreeMap::new(),
                 allocatable: BTreeMap::new(),

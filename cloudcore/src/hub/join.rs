@@ -56,7 +56,7 @@ impl Hub {
     }
 
     async fn handle_join(&self, req: JoinRequest) -> Result<JoinResponse, JoinRefusal> {
-        if req.protocol_version != protocol::PROTOCOL_VERSION {
+        if !protocol::edge_version_supported(req.protocol_version) {
             return Err(JoinRefusal::VersionMismatch {
                 cloud: protocol::PROTOCOL_VERSION,
                 edge: req.protocol_version,

@@ -74,7 +74,9 @@ impl Hub {
             }
             None => return Err(SessionError::Protocol("stream closed before Hello".into())),
         };
-        let reject = if hello.protocol_version != protocol::PROTOCOL_VERSION {
+        // Edges one version behind are served: nothing on the link changed from v3 to v4
+        // (`protocol::compat`); the node's `EdgeVersionSkew` condition tells the admin.
+        let reject = if !protocol::edge_version_supported(hello.protocol_version) {
             Some(Reject::VersionMismatch {
                 cloud: protocol::PROTOCOL_VERSION,
                 edge: hello.protocol_version,

@@ -649,6 +649,12 @@ mod tests {
         fn version(&self) -> String {
             "fake://0".into()
         }
+        async fn status(&self) -> Result<crate::runtime::RuntimeStatus, RuntimeError> {
+            Ok(crate::runtime::RuntimeStatus {
+                runtime_ready: Ok(()),
+                network_ready: Ok(()),
+            })
+        }
         async fn run_sandbox(&self, pod: &EdgePod) -> Result<Sandbox, RuntimeError> {
             self.names
                 .lock()

@@ -736,6 +736,12 @@ mod tests {
         fn version(&self) -> String {
             "exec-only://0".into()
         }
+        async fn status(&self) -> Result<crate::runtime::RuntimeStatus, RuntimeError> {
+            Ok(crate::runtime::RuntimeStatus {
+                runtime_ready: Ok(()),
+                network_ready: Ok(()),
+            })
+        }
         async fn run_sandbox(&self, _: &EdgePod) -> Result<Sandbox, RuntimeError> {
             Err(unused())
         }

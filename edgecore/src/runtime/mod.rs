@@ -195,12 +195,27 @@ impl RuntimeError {
     }
 }
 
+/// What the runtime says of itself (CRI's `Status`: `RuntimeReady` and `NetworkReady`). An
+/// `Err` carries the runtime's reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeStatus {
+    /// Whether the runtime can run containers.
+    pub runtime_ready: Result<(), String>,
+    /// Whether pod networking is configured (the CNI network for containerd; always for the
+    /// process runtime, whose pods use the host's network).
+    pub network_ready: Result<(), String>,
+}
+
 /// What every runtime offers the pod workers. All methods are idempotent where Kubernetes'
 /// CRI is: stopping a stopped container or removing a removed pod succeeds.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Runtime name and version for the node's `containerRuntimeVersion` (`process://0.1.0`).
     fn version(&self) -> String;
+
+    /// Asks the runtime how it is, for the node's `Ready` and `NetworkUnavailable`
+    /// conditions. Fails when the runtime does not answer (the caller bounds the wait).
+    async fn status(&self) -> Result<RuntimeStatus, RuntimeError>;
 
     /// Creates the pod's sandbox (directories, network); returns the existing one if the pod
     /// already has a ready sandbox. One that is not ready (see [`Runtime::sandbox_ready`]) is

@@ -253,6 +253,32 @@ impl Runtime for CriRuntime {
         self.version.clone()
     }
 
+    async fn status(&self) -> Result<crate::runtime::RuntimeStatus, RuntimeError> {
+        let response = self
+            .conn
+            .call(self.conn.timeout, true, || {
+                let mut client = self.conn.runtime();
+                async move { client.status(k8s_cri::v1::StatusRequest::default()).await }
+            })
+            .await
+            .map_err(|e| RuntimeError::Internal {
+                op: "Status".into(),
+                message: self.conn.describe("Status", &e),
+            })?;
+        let conditions = response.status.map(|s| s.conditions).unwrap_or_default();
+        let check = |kind: &str| match conditions.iter().find(|c| c.r#type == kind) {
+            Some(c) if c.status => Ok(()),
+            Some(c) => Err(format!("{kind}=false: {} {}", c.reason, c.message)
+                .trim()
+                .to_string()),
+            None => Err(format!("containerd does not report {kind}")),
+        };
+        Ok(crate::runtime::RuntimeStatus {
+            runtime_ready: check("RuntimeReady"),
+            network_ready: check("NetworkReady"),
+        })
+    }
+
     async fn run_sandbox(&self, pod: &EdgePod) -> Result<Sandbox, RuntimeError> {
         self.create_sandbox(pod).await
     }

@@ -212,6 +212,26 @@ impl Runtime for ProcessRuntime {
         format!("process://{}", env!("CARGO_PKG_VERSION"))
     }
 
+    /// Ready while its root directory (where every container's records and logs go) is a
+    /// writable directory and its shim program exists; pods use the host's network.
+    async fn status(&self) -> Result<crate::runtime::RuntimeStatus, RuntimeError> {
+        let probe = self.root.join(".status-probe");
+        let runtime_ready = match tokio::fs::write(&probe, b"ok").await {
+            Ok(()) => match tokio::fs::metadata(&self.shim_program).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!(
+                    "the shim program {} is not there: {e}",
+                    self.shim_program.display()
+                )),
+            },
+            Err(e) => Err(format!("cannot write under {}: {e}", self.root.display())),
+        };
+        Ok(crate::runtime::RuntimeStatus {
+            runtime_ready,
+            network_ready: Ok(()),
+        })
+    }
+
     async fn run_sandbox(&self, pod: &EdgePod) -> Result<Sandbox, RuntimeError> {
         if !is_safe_component(&pod.uid) {
             return Err(internal(
