@@ -176,18 +176,7 @@ impl Containerd {
             })
             .to_string(),
         )?;
-        let log = std::fs::File::create(d.join("containerd.log"))?;
-        let child = {
-            use std::os::unix::process::CommandExt;
-            Command::new("containerd")
-                .arg("--config")
-                .arg(d.join("config.toml"))
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .process_group(0)
-                .spawn()
-                .context("cannot start containerd")?
-        };
+        let child = spawn_daemon(d)?;
         let me = Self {
             child: Some(child),
             dir,
@@ -196,7 +185,42 @@ impl Containerd {
             bridge,
             subnet,
         };
-        let sock = me.socket.clone();
+        me.wait_serving().await?;
+        for image in ["pause.tar", "busybox.tar"] {
+            me.import(&images.join(image))?;
+        }
+        Ok(me)
+    }
+
+    /// Stops the containerd daemon alone (SIGTERM to it, not to its shims), as `systemctl
+    /// stop containerd` does: the containers keep running under their shims.
+    pub fn stop_daemon(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("containerd is not running")?;
+        signal_pid(child.id() as i32, libc::SIGTERM);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < end {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the daemon again on the same root, state and socket, and waits until it serves
+    /// CRI: it finds its shims and containers again.
+    pub async fn start_daemon(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("containerd is already running");
+        }
+        self.child = Some(spawn_daemon(self.dir.path())?);
+        self.wait_serving().await
+    }
+
+    async fn wait_serving(&self) -> Result<()> {
+        let sock = self.socket.clone();
         eventually("containerd to serve CRI", Duration::from_secs(20), || {
             let sock = sock.clone();
             async move {
@@ -211,11 +235,8 @@ impl Containerd {
             }
         })
         .await
-        .map_err(|e| anyhow!("{e}; containerd log:\n{}", me.log_tail()))?;
-        for image in ["pause.tar", "busybox.tar"] {
-            me.import(&images.join(image))?;
-        }
-        Ok(me)
+        .map_err(|e| anyhow!("{e}; containerd log:\n{}", self.log_tail()))?;
+        Ok(())
     }
 
     /// Imports an image archive with `edgecore image import`, as an air-gapped edge would;
@@ -384,6 +405,23 @@ impl Containerd {
             .status();
         let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(&self.network));
     }
+}
+
+/// Starts containerd with the config in `d`, appending to `d/containerd.log`.
+fn spawn_daemon(d: &Path) -> Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(d.join("containerd.log"))?;
+    Command::new("containerd")
+        .arg("--config")
+        .arg(d.join("config.toml"))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start containerd")
 }
 
 impl Drop for Containerd {

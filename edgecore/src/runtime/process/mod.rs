@@ -216,7 +216,11 @@ impl Runtime for ProcessRuntime {
     /// writable directory and its shim program exists; pods use the host's network.
     async fn status(&self) -> Result<crate::runtime::RuntimeStatus, RuntimeError> {
         let probe = self.root.join(".status-probe");
-        let runtime_ready = match tokio::fs::write(&probe, b"ok").await {
+        let write = async {
+            tokio::fs::create_dir_all(&self.root).await?;
+            tokio::fs::write(&probe, b"ok").await
+        };
+        let runtime_ready = match write.await {
             Ok(()) => match tokio::fs::metadata(&self.shim_program).await {
                 Ok(_) => Ok(()),
                 Err(e) => Err(format!(
