@@ -93,7 +93,26 @@ pub(super) fn is_stale(now_ms: u64, probe_ms: u64, grace_ms: u64) -> bool {
 }
 
 pub(super) fn is_lifecycle_taint(t: &Value) -> bool {
-    matches!(t["key"].as_str(), Some(TAINT_UNREACHABLE | TAINT_NOT_READY))
+    let key = t["key"].as_str();
+    matches!(key, Some(TAINT_UNREACHABLE | TAINT_NOT_READY))
+        || super::CONDITION_TAINTS
+            .iter()
+            .any(|(_, taint)| key == Some(taint))
+}
+
+/// The condition taints (`NoSchedule` only) that `node`'s conditions call for.
+fn condition_taints(node: &Value) -> Vec<&'static str> {
+    let conditions = node.pointer("/status/conditions").and_then(Value::as_array);
+    super::CONDITION_TAINTS
+        .iter()
+        .filter(|(kind, _)| {
+            conditions
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == *kind && c["status"] == "True")
+        })
+        .map(|(_, taint)| *taint)
+        .collect()
 }
 
 /// The decision for one node and the pods bound to it, at `now_ms`, for a node whose heartbeat
@@ -169,7 +188,8 @@ pub fn status_update(node: &Value, now_ms: u64, probe_ms: u64, grace_ms: u64) ->
     Some(next)
 }
 
-/// The node with the lifecycle taints its current `Ready` condition calls for (and no other
+/// The node with the lifecycle taints its current `Ready` condition calls for, plus the
+/// `NoSchedule` taint of each pressure or network condition that is `True` (and no other
 /// lifecycle taint; admins' taints are kept), or `None` if it has them: the spec half of
 /// [`node_update`]. Decided on the conditions as they are in `node`, so a writer that sees a
 /// fresh `Ready=True` from the edge removes the taints rather than restoring them.
@@ -185,11 +205,25 @@ pub fn taints_update(node: &Value, now_ms: u64) -> Option<Value> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    let by_condition = condition_taints(node);
     let mut taints: Vec<Value> = before
         .iter()
-        .filter(|t| !is_lifecycle_taint(t) || t["key"].as_str() == wanted)
+        .filter(|t| {
+            let key = t["key"].as_str();
+            !is_lifecycle_taint(t)
+                || key == wanted
+                || (t["effect"] == NO_SCHEDULE && key.is_some_and(|k| by_condition.contains(&k)))
+        })
         .cloned()
         .collect();
+    for key in by_condition {
+        if !taints
+            .iter()
+            .any(|t| t["key"] == key && t["effect"] == NO_SCHEDULE)
+        {
+            taints.push(json!({"key": key, "effect": NO_SCHEDULE}));
+        }
+    }
     if let Some(key) = wanted {
         for effect in [NO_SCHEDULE, NO_EXECUTE] {
             match taints

@@ -16,9 +16,11 @@
 //! `Unknown` (reason [`NODE_STATUS_UNKNOWN`]) and it gets the [`TAINT_UNREACHABLE`] taints
 //! (`NoSchedule`, and `NoExecute` with `timeAdded`). A node that reports `Ready=False` gets the
 //! [`TAINT_NOT_READY`] taints instead. A node that reports `Ready=True` again loses them: the
-//! edge's fresh report replaces the controller's `Unknown` (ingest rewrites the `Ready` condition
-//! and drops the other conditions this controller marked `Unknown`, which the edge does not
-//! report). Both write with optimistic concurrency and each decides on the value it writes over,
+//! edge's fresh report replaces the controller's `Unknown` (ingest rewrites the conditions the
+//! edge measured and drops the other ones this controller marked `Unknown`). A reported
+//! `MemoryPressure`, `DiskPressure`, `PIDPressure` or `NetworkUnavailable` that is `True` adds
+//! its `NoSchedule` taint ([`CONDITION_TAINTS`], Kubernetes' `TaintNodesByCondition`), so new
+//! pods go elsewhere while running ones stay; it goes when the condition does. Both write with optimistic concurrency and each decides on the value it writes over,
 //! so neither clobbers the other.
 //!
 //! **Pods.** Pods on a node that is not `Ready` get their `Ready` condition set to `False` (as
@@ -72,6 +74,18 @@ pub const COMPONENT: &str = "node-controller";
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 /// Taint of a node that reports itself not ready.
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+/// The `NoSchedule` taints of a node condition that is `True` (Kubernetes'
+/// `TaintNodesByCondition`), so new pods that do not tolerate it go elsewhere while the pods
+/// already there keep running.
+pub const CONDITION_TAINTS: [(&str, &str); 4] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    (
+        "NetworkUnavailable",
+        "node.kubernetes.io/network-unavailable",
+    ),
+];
 /// Reason of the conditions the controller sets to `Unknown`.
 pub const NODE_STATUS_UNKNOWN: &str = "NodeStatusUnknown";
 /// Message of the conditions the controller sets to `Unknown` (Kubernetes' wording).

@@ -617,3 +617,45 @@ mod reconciler {
         );
     }
 }
+
+#[test]
+fn true_pressure_and_network_conditions_taint_no_schedule_and_clear_when_they_end() {
+    let mut n = node("True");
+    n["status"]["conditions"][0]["status"] = json!("True");
+    n["status"]["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "NetworkUnavailable", "status": "True"}));
+    let tainted = taints_update(&n, T0).expect("taints added");
+    let mut got = lifecycle_taints(&tainted);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (
+                "node.kubernetes.io/memory-pressure".to_string(),
+                "NoSchedule".to_string()
+            ),
+            (
+                "node.kubernetes.io/network-unavailable".to_string(),
+                "NoSchedule".to_string()
+            ),
+        ]
+    );
+    assert_eq!(
+        tainted["spec"]["taints"][0]["key"], "dedicated",
+        "admin taints kept"
+    );
+    assert!(taints_update(&tainted, T0 + 1).is_none(), "idempotent");
+    // The pressure ends: its taint goes, the other stays.
+    let mut relieved = tainted.clone();
+    relieved["status"]["conditions"][0]["status"] = json!("False");
+    let after = taints_update(&relieved, T0 + 2).expect("one taint removed");
+    assert_eq!(
+        lifecycle_taints(&after),
+        [(
+            "node.kubernetes.io/network-unavailable".to_string(),
+            "NoSchedule".to_string()
+        )]
+    );
+}
