@@ -330,11 +330,22 @@ async fn session(
     .await
     .map_err(|_| LinkError::Timeout("waiting for Welcome"))??
     {
-        Some(CloudMessage::Welcome(w)) => info!(
-            acked_revision = acked,
-            cloud_version = w.protocol_version,
-            "connected to cloud"
-        ),
+        Some(CloudMessage::Welcome(w)) => {
+            info!(
+                acked_revision = acked,
+                cloud_version = w.protocol_version,
+                "connected to cloud"
+            );
+            // The cloud serves edges one version behind it; the next cloud upgrade will not.
+            if w.protocol_version > protocol::PROTOCOL_VERSION {
+                warn!(
+                    cloud_version = w.protocol_version,
+                    edge_version = protocol::PROTOCOL_VERSION,
+                    "the cloud speaks a newer protocol: upgrade edgecore before the cloud's next upgrade"
+                );
+            }
+            metrics::gauge!("skerry_edge_cloud_protocol_version").set(w.protocol_version as f64);
+        }
         Some(CloudMessage::Reject(r)) => return Err(LinkError::Rejected(r)),
         Some(other) => {
             return Err(LinkError::Protocol(format!(

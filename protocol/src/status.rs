@@ -60,7 +60,15 @@ pub fn seal(
     topic: &str,
     report: &StatusReport,
 ) -> Result<Vec<u8>, crate::codec::CodecError> {
-    let bytes = crate::codec::encode(report)?;
+    seal_encoded(key, topic, crate::codec::encode(report)?)
+}
+
+/// Authenticates an already encoded report (of any version: [`crate::compat`]'s shapes too).
+pub fn seal_encoded(
+    key: &[u8],
+    topic: &str,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, crate::codec::CodecError> {
     let mac = ring::hmac::sign(&mac_key(key), &mac_input(topic, &bytes))
         .as_ref()
         .to_vec();

@@ -831,6 +831,23 @@ pub struct SyncClient {
 impl SyncClient {
     /// Opens a session for the node whose identity is in `edge_dir`, claiming `acked`.
     pub async fn connect(cloud: &Cloud, edge_dir: &Path, node: &str, acked: u64) -> Result<Self> {
+        match Self::connect_speaking(cloud, edge_dir, node, acked, protocol::PROTOCOL_VERSION)
+            .await?
+        {
+            Ok(client) => Ok(client),
+            Err(reject) => bail!("expected Welcome, got {reject:?}"),
+        }
+    }
+
+    /// Opens a session whose Hello claims protocol `version`: the session, or the hub's
+    /// refusal.
+    pub async fn connect_speaking(
+        cloud: &Cloud,
+        edge_dir: &Path,
+        node: &str,
+        acked: u64,
+        version: u32,
+    ) -> Result<std::result::Result<Self, protocol::messages::Reject>> {
         use protocol::messages::{CloudMessage, EdgeMessage, Hello};
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
         endpoint.set_default_client_config(node_client_config(edge_dir)?);
@@ -846,14 +863,15 @@ impl SyncClient {
         };
         client
             .write(&EdgeMessage::Hello(Hello {
-                protocol_version: protocol::PROTOCOL_VERSION,
+                protocol_version: version,
                 node_name: node.to_string(),
                 acked_revision: acked,
             }))
             .await?;
         match client.read(Duration::from_secs(10)).await? {
-            CloudMessage::Welcome(_) => Ok(client),
-            other => bail!("expected Welcome, got {other:?}"),
+            CloudMessage::Welcome(_) => Ok(Ok(client)),
+            CloudMessage::Reject(r) => Ok(Err(r)),
+            other => bail!("expected Welcome or Reject, got {other:?}"),
         }
     }
 

@@ -1,0 +1,144 @@
+//! Kubernetes' version skew for edges: a cloud serves an edge one protocol version behind it
+//! (the edge is upgraded after its cloud) on both channels, the QUIC link and the MQTT status
+//! reports, and says so in the node's `EdgeVersionSkew` condition; a newer edge, or one two
+//! versions behind, is refused by name. The old edge is played from a fixture of the previous
+//! version's messages (`protocol::compat::v3`), byte for byte as that version encoded them.
+
+use anyhow::Result;
+use protocol::compat::v3;
+use protocol::messages::Reject;
+use protocol::status::{mqtt_client_id, mqtt_password, seal_encoded, NodeInfo};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use skerry_tests::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn condition<'a>(node: &'a Value, kind: &str) -> Option<&'a Value> {
+    node.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+fn v3_heartbeat(node: &str, seq: u64, version: u32) -> Result<Vec<u8>> {
+    let report = v3::StatusReport {
+        protocol_version: version,
+        seq,
+        observed_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64,
+        body: v3::StatusBody::Node(v3::NodeStatus {
+            node: node.into(),
+            ready: true,
+            message: String::new(),
+            addresses: vec![("InternalIP".into(), "127.0.0.1".into())],
+            capacity: BTreeMap::from([("pods".into(), "7".into())]),
+            allocatable: BTreeMap::from([("pods".into(), "7".into())]),
+            info: NodeInfo::default(),
+        }),
+    };
+    Ok(protocol::codec::encode(&report)?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused() -> Result<()> {
+    let cloud = Cloud::start(CloudOptions::default()).await?;
+    let dir = tempfile::tempdir()?;
+    let (token, hash) = cloud.token("1h")?;
+    let mqtt = cloud.mqtt_url();
+    let (ok, out) = join_raw(
+        dir.path(),
+        &cloud.hub_addr(),
+        &token,
+        &hash,
+        "old-edge",
+        &["--mqtt-url", &mqtt],
+    )?;
+    assert!(ok, "join: {out}");
+
+    // The link: a v3 Hello is welcomed; v5 (newer than the cloud) and v2 are refused.
+    let session = SyncClient::connect_speaking(&cloud, dir.path(), "old-edge", 0, 3).await?;
+    assert!(session.is_ok(), "v3 refused: {:?}", session.err());
+    for version in [
+        protocol::PROTOCOL_VERSION + 1,
+        protocol::OLDEST_EDGE_VERSION - 1,
+    ] {
+        match SyncClient::connect_speaking(&cloud, dir.path(), "old-edge", 0, version).await? {
+            Err(Reject::VersionMismatch { edge, cloud: c }) => {
+                assert_eq!((edge, c), (version, protocol::PROTOCOL_VERSION));
+            }
+            other => panic!(
+                "v{version}: expected VersionMismatch, got {:?}",
+                other.err()
+            ),
+        }
+    }
+
+    // The status channel: a v3 heartbeat, sealed as a v3 edge seals it.
+    let key = std::fs::read(dir.path().join("pki/report.key"))?;
+    let mut opts = MqttOptions::new(mqtt_client_id("old-edge"), "127.0.0.1", cloud.mqtt_port);
+    opts.set_credentials("old-edge", mqtt_password(&key));
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    });
+    let topic = protocol::topics::node_status("old-edge");
+    let sealed = seal_encoded(&key, &topic, v3_heartbeat("old-edge", 1, 3)?)?;
+    client
+        .publish(topic.clone(), QoS::AtLeastOnce, false, sealed)
+        .await?;
+    let node = cloud
+        .wait_for(
+            "the v3 heartbeat applied",
+            "/api/v1/nodes/old-edge",
+            DEADLINE,
+            |n| condition(n, "EdgeVersionSkew").is_some(),
+        )
+        .await?;
+    assert_eq!(condition(&node, "Ready").unwrap()["status"], "True");
+    let skew = condition(&node, "EdgeVersionSkew").unwrap();
+    assert_eq!(skew["status"], "True", "{skew}");
+    assert!(
+        skew["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("v3") && m.contains("upgrade edgecore")),
+        "{skew}"
+    );
+    assert_eq!(node["status"]["allocatable"]["pods"], "7");
+
+    // A report of a version the cloud cannot read is refused, counted, and changes nothing.
+    let before = cloud
+        .metric("skerry_ingest_reports_total{result=\"invalid\"}")
+        .await?
+        .unwrap_or(0.0);
+    let future = seal_encoded(
+        &key,
+        &topic,
+        v3_heartbeat("old-edge", 2, protocol::PROTOCOL_VERSION + 1)?,
+    )?;
+    client
+        .publish(topic, QoS::AtLeastOnce, false, future)
+        .await?;
+    eventually("the future report counted as invalid", DEADLINE, || async {
+        let now = cloud
+            .metric("skerry_ingest_reports_total{result=\"invalid\"}")
+            .await?
+            .unwrap_or(0.0);
+        Ok((now > before).then_some(()))
+    })
+    .await?;
+    let after = cloud.get("/api/v1/nodes/old-edge").await?.unwrap();
+    assert_eq!(
+        after["metadata"]["annotations"], node["metadata"]["annotations"],
+        "the status sequence did not move"
+    );
+    Ok(())
+}
