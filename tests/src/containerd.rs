@@ -209,6 +209,15 @@ impl Containerd {
         Ok(())
     }
 
+    /// Freezes (`true`, SIGSTOP) or thaws (`false`, SIGCONT) the daemon: a hung runtime that
+    /// accepts connections and never answers.
+    pub fn freeze_daemon(&self, frozen: bool) -> Result<()> {
+        let child = self.child.as_ref().context("containerd is not running")?;
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        signal_pid(child.id() as i32, signal);
+        Ok(())
+    }
+
     /// Starts the daemon again on the same root, state and socket, and waits until it serves
     /// CRI: it finds its shims and containers again.
     pub async fn start_daemon(&mut self) -> Result<()> {
