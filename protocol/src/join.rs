@@ -85,4 +85,8 @@ pub enum JoinRefusal {
     /// The cloud failed internally; retrying later may work.
     #[error("the cloud could not complete the join: {0}; retry, and check cloudcore's log if it persists")]
     Internal(String),
+    /// A label the node asked for is malformed or one a node may not set on itself (new in
+    /// v4; a v3 edge gets the reason as [`JoinRefusal::InvalidNodeName`]).
+    #[error("{0}")]
+    InvalidLabels(String),
 }

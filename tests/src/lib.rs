@@ -568,7 +568,8 @@ pub fn join_raw(
 }
 
 impl Edge {
-    /// Joins `cloud` as `name` with `labels` (key=value) and starts the agent.
+    /// Joins `cloud` as `name`, labels the node with `labels` (key=value) as an admin would, and
+    /// starts the agent.
     pub async fn join_and_start(cloud: &Cloud, name: &str, labels: &[&str]) -> Result<Self> {
         Self::join_and_start_with(cloud, name, labels, cloud.token("1h")?).await
     }
@@ -607,15 +608,20 @@ impl Edge {
     ) -> Result<Self> {
         let dir = temp_dir("skerry-edge-")?;
         let mqtt = cloud.mqtt_url();
-        let mut extra = vec!["--mqtt-url", mqtt.as_str()];
-        let label_args: Vec<String> = labels
-            .iter()
-            .flat_map(|l| ["--label".to_string(), l.to_string()])
-            .collect();
-        extra.extend(label_args.iter().map(String::as_str));
+        let extra = vec!["--mqtt-url", mqtt.as_str()];
         let (ok, out) = join_raw(dir.path(), &cloud.hub_addr(), &token, &hash, name, &extra)?;
         if !ok {
             bail!("join of {name} failed: {out}{}", cloud.log_tail());
+        }
+        // Labels that steer workloads are the admin's to set (a node may not claim them at
+        // join), so the harness sets them as an admin does, before the agent starts.
+        if !labels.is_empty() {
+            let mut args = vec!["label", "node", name, "--overwrite"];
+            args.extend(labels.iter().copied());
+            let (ok, out) = cloud.kubectl(&args)?;
+            if !ok {
+                bail!("kubectl label node {name}: {out}");
+            }
         }
         let mut edge = Edge {
             dir,

@@ -66,13 +66,17 @@ impl Hub {
             name: req.node_name.clone(),
             reason,
         })?;
-        for (k, v) in &req.labels {
-            if k.is_empty() || k.len() > 253 || v.len() > 63 {
-                return Err(JoinRefusal::InvalidNodeName {
+        if let Err(reason) = super::node_labels::check(&req.labels) {
+            // A v3 edge does not know `InvalidLabels`: it gets the reason in a refusal it can
+            // decode.
+            return Err(if req.protocol_version < protocol::PROTOCOL_VERSION {
+                JoinRefusal::InvalidNodeName {
                     name: req.node_name.clone(),
-                    reason: format!("label {k:?}={v:?} is not a valid Kubernetes label"),
-                });
-            }
+                    reason,
+                }
+            } else {
+                JoinRefusal::InvalidLabels(reason)
+            });
         }
         self.pki.check_csr(&req.csr_pem)?;
         self.pki.consume_token(&req.token, &req.node_name)?;

@@ -70,6 +70,7 @@
 
 mod dispatch;
 mod join;
+pub mod node_labels;
 mod plan;
 mod session;
 
