@@ -76,11 +76,21 @@ pub fn cert_hash(der: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(der)))
 }
 
+/// Names no node may take: the ingest's MQTT login (a node of that name could log in to the
+/// broker as cloudcore's own ingest) and cloudcore's.
+pub const RESERVED_NODE_NAMES: [&str; 2] = [INGEST_MQTT_USER, "cloudcore"];
+
 /// Whether `name` is a valid node name: a DNS-1123 subdomain of at most 63 characters (it is
-/// used in MQTT topics and file names, so no `/`, `+`, `#` can slip through).
+/// used in MQTT topics and file names, so no `/`, `+`, `#` can slip through), and not one of
+/// the [`RESERVED_NODE_NAMES`].
 pub fn validate_node_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {
         return Err("must be 1 to 63 characters".into());
+    }
+    if RESERVED_NODE_NAMES.contains(&name) {
+        return Err(format!(
+            "{name:?} is reserved for cloudcore itself; choose another name"
+        ));
     }
     let ok_chars = name
         .bytes()

@@ -8,7 +8,7 @@
 use crate::cache::{Cache, DesiredState};
 use crate::identity::{self, IdentityPaths};
 use protocol::codec;
-use protocol::join::{JoinRequest, JoinResponse};
+use protocol::join::{JoinRefusal, JoinRequest, JoinResponse};
 use protocol::messages::*;
 use serde::{de::DeserializeOwned, Serialize};
 use std::net::SocketAddr;
@@ -226,6 +226,50 @@ pub async fn join(paths: &IdentityPaths, params: &JoinParams) -> Result<(), Link
             Ok(())
         }
         JoinResponse::Refused(r) => Err(LinkError::JoinRefused(r)),
+    }
+}
+
+/// Whether a failed join may succeed if tried again: the cloud was busy, unreachable or failed
+/// internally. A refusal of the token, the name or the labels is final.
+fn join_retryable(e: &LinkError) -> bool {
+    use quinn::ConnectionError as C;
+    match e {
+        LinkError::JoinRefused(r) => matches!(r, JoinRefusal::Internal(_)),
+        // Closed by the cloud before answering (busy with other joins), or the path broke.
+        LinkError::Connection(C::ApplicationClosed(_) | C::TimedOut | C::Reset)
+        | LinkError::Read(_)
+        | LinkError::Write(_)
+        | LinkError::Timeout(_)
+        | LinkError::Resolve(_) => true,
+        // A handshake the cloud refused (CA pin mismatch, TLS alert), bad frames, local
+        // identity files: trying again changes nothing.
+        _ => false,
+    }
+}
+
+/// [`join`], tried again with back-off (1 s doubling to 15 s) while it fails for a reason that
+/// may pass ([`join_retryable`]: a cloud busy with other joins, unreachable, or failing
+/// internally) and `total` has not run out. Each try generates a fresh key and CSR.
+pub async fn join_with_retry(
+    paths: &IdentityPaths,
+    params: &JoinParams,
+    total: Duration,
+) -> Result<(), LinkError> {
+    let start = tokio::time::Instant::now();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+    loop {
+        match join(paths, params).await {
+            Ok(()) => return Ok(()),
+            Err(e) if join_retryable(&e) => {
+                let delay = backoff.next_delay();
+                if start.elapsed() + delay > total {
+                    return Err(e);
+                }
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "join failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

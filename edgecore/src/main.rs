@@ -67,6 +67,9 @@ enum Command {
         /// Node label key=value (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// How long to keep trying while the cloud is busy or unreachable, in seconds.
+        #[arg(long, default_value_t = 120)]
+        join_timeout_secs: u64,
     },
     /// Run the agent.
     Run {
@@ -233,6 +236,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             server_name,
             mqtt_url,
             labels,
+            join_timeout_secs,
         } => {
             let node_name = node_name.unwrap_or_else(config::hostname);
             let labels = config::parse_labels(&labels).map_err(anyhow::Error::msg)?;
@@ -247,8 +251,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 node_name: node_name.clone(),
                 labels: labels.clone(),
             };
-            rt.block_on(link::join(&IdentityPaths::new(&cli.data_dir), &params))
-                .context("join failed")?;
+            rt.block_on(link::join_with_retry(
+                &IdentityPaths::new(&cli.data_dir),
+                &params,
+                Duration::from_secs(join_timeout_secs),
+            ))
+            .context("join failed")?;
             EdgeConfig {
                 server,
                 server_name,

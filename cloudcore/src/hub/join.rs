@@ -20,6 +20,51 @@ use tracing::{info, warn};
 /// unauthenticated join connections cannot pile up.
 pub(super) const MAX_CONCURRENT_JOINS: usize = 64;
 
+/// Joins in progress from one client address at once.
+pub(super) const MAX_JOINS_PER_ADDRESS: usize = 4;
+
+/// How long one join connection may take from its handshake to the answer: a client that
+/// opens the join path and says nothing gives its slot back after this.
+pub(super) const JOIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One of an address's join slots, given back on drop.
+pub(super) struct AddressSlot<'a> {
+    hub: &'a Hub,
+    ip: std::net::IpAddr,
+}
+
+impl<'a> AddressSlot<'a> {
+    /// A slot for `ip`, if it has fewer than [`MAX_JOINS_PER_ADDRESS`] joins in progress.
+    pub(super) fn take(hub: &'a Hub, ip: std::net::IpAddr) -> Option<Self> {
+        let mut map = hub
+            .joins_by_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_JOINS_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Self { hub, ip })
+    }
+}
+
+impl Drop for AddressSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .hub
+            .joins_by_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Tries of a node registration that races other writers of the Node (a re-join while ingest
 /// writes its status) before the join is refused with a retryable error.
 const REGISTER_ATTEMPTS: usize = 8;
@@ -79,6 +124,8 @@ impl Hub {
             });
         }
         self.pki.check_csr(&req.csr_pem)?;
+        // From the name check (in `consume_token`) to the registration, one join at a time.
+        let _claim = self.claim.lock().await;
         self.pki.consume_token(&req.token, &req.node_name)?;
         let certificate_pem = self.pki.sign_node(&req.node_name, &req.csr_pem)?;
         // A re-join supersedes the node's old certificate: close a session that still uses it

@@ -134,6 +134,11 @@ pub struct Hub {
     sessions: Mutex<HashMap<String, Session>>,
     next_session: AtomicU64,
     join_slots: tokio::sync::Semaphore,
+    /// Joins in progress per client address: one address cannot take every join slot.
+    joins_by_address: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Held from a join's name check to its registration, so two joins of one new name cannot
+    /// both pass the check (joins are rare; one at a time costs nothing).
+    claim: Mutex<()>,
     /// Which nodes reference which ConfigMaps and Secrets.
     index: RwLock<ConfigIndex>,
     /// Highest store revision whose change event the dispatcher has fully handled (index
@@ -224,6 +229,8 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             join_slots: tokio::sync::Semaphore::new(join::MAX_CONCURRENT_JOINS),
+            joins_by_address: std::sync::Mutex::new(HashMap::new()),
+            claim: Mutex::new(()),
             index: RwLock::new(ConfigIndex::new()),
             handled: AtomicU64::new(0),
         })
@@ -265,17 +272,40 @@ impl Hub {
         match alpn.as_deref() {
             Some(p) if p == protocol::ALPN_JOIN => {
                 let span = info_span!("join", %remote);
+                let Some(_address_slot) = join::AddressSlot::take(&self, remote.ip()) else {
+                    metrics::counter!("skerry_hub_joins_turned_away_total", "reason" => "per_address")
+                        .increment(1);
+                    conn.close(
+                        close_codes::REJECTED.into(),
+                        b"too many joins from this address at once; retry in a few seconds",
+                    );
+                    return;
+                };
                 let Ok(_slot) = self.join_slots.try_acquire() else {
-                    span.in_scope(|| warn!("too many joins at once; turning this one away"));
+                    metrics::counter!("skerry_hub_joins_turned_away_total", "reason" => "global")
+                        .increment(1);
                     conn.close(
                         close_codes::REJECTED.into(),
                         b"cloudcore is busy with other joins; retry in a few seconds",
                     );
                     return;
                 };
-                if let Err(e) = self.join(&conn).instrument(span.clone()).await {
-                    span.in_scope(|| warn!(error = %e, "join connection failed"));
-                    conn.close(close_codes::PROTOCOL.into(), b"protocol error");
+                let joined = tokio::time::timeout(join::JOIN_DEADLINE, self.join(&conn))
+                    .instrument(span.clone())
+                    .await;
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        span.in_scope(|| debug!(error = %e, "join connection failed"));
+                        metrics::counter!("skerry_hub_join_failures_total", "reason" => "protocol")
+                            .increment(1);
+                        conn.close(close_codes::PROTOCOL.into(), b"protocol error");
+                    }
+                    Err(_) => {
+                        metrics::counter!("skerry_hub_join_failures_total", "reason" => "deadline")
+                            .increment(1);
+                        conn.close(close_codes::PROTOCOL.into(), b"join took too long");
+                    }
                 }
             }
             Some(p) if p == protocol::ALPN_SYNC => {
