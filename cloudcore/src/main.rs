@@ -179,6 +179,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Everything cloudcore writes (store, CA, tokens, credentials) is its own: files 0600 and
+    // directories 0700 whatever the caller's umask, in a data directory no one else can enter.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    wire::private_dir::ensure(&cli.data_dir, nix::unistd::geteuid().as_raw())
+        .context("the data directory must be private (--data-dir)")?;
     match cli.command {
         Command::Serve {
             api_addr,

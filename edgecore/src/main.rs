@@ -138,6 +138,13 @@ enum Command {
     Shim(edgecore::runtime::process::ShimArgs),
 }
 
+/// Creates the data directory 0700, or refuses to go on if it is open to others: it holds the
+/// node's key and, in the cache, the node's Secrets.
+fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    wire::private_dir::ensure(dir, nix::unistd::geteuid().as_raw())
+        .context("the data directory must be private (--data-dir)")
+}
+
 /// Which runtime runs (or ran) this node's pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RuntimeName {
@@ -238,6 +245,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             labels,
             join_timeout_secs,
         } => {
+            private_data_dir(&cli.data_dir)?;
             let node_name = node_name.unwrap_or_else(config::hostname);
             let labels = config::parse_labels(&labels).map_err(anyhow::Error::msg)?;
             if let Some(url) = &mqtt_url {
@@ -285,6 +293,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             image_fs_dir,
             runtime,
         } => {
+            private_data_dir(&cli.data_dir)?;
             let mut capacity = edgecore::report::Capacity {
                 max_pods,
                 ..Default::default()

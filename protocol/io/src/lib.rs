@@ -9,3 +9,4 @@
 pub mod backoff;
 pub mod durable;
 pub mod frames;
+pub mod private_dir;
