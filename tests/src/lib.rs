@@ -26,7 +26,8 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn bin(name: &str) -> Result<PathBuf> {
+/// The path of a workspace binary, or an error saying how to build it.
+pub fn bin(name: &str) -> Result<PathBuf> {
     let p = bin_dir().join(name);
     if !p.exists() {
         bail!("{} is missing: run `cargo build --workspace --bins` before the end-to-end tests (deploy/test.sh does)", p.display());
