@@ -13,6 +13,7 @@ pub mod broker;
 pub mod clock;
 pub mod config_index;
 pub mod controllers;
+pub mod credentials;
 pub mod devices;
 pub mod hub;
 pub mod ingest;

@@ -99,6 +99,11 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Manage API users' credentials (kubeconfigs).
+    Credential {
+        #[command(subcommand)]
+        command: CredentialCommand,
+    },
     /// Write a kubeconfig for an API user (client certificate by default, or a bearer token).
     Kubeconfig {
         /// User name (the certificate's CN).
@@ -113,7 +118,7 @@ enum Command {
         /// Use a bearer token instead of a client certificate.
         #[arg(long)]
         token: bool,
-        /// Lifetime of the client certificate, e.g. 30d.
+        /// Lifetime of the client certificate or token, e.g. 12h, 30d.
         #[arg(long, default_value = "365d")]
         ttl: String,
         /// Write to this file (mode 0600) instead of standard output.
@@ -133,6 +138,17 @@ enum TokenCommand {
         /// reinstalling it) or to re-admit a revoked one.
         #[arg(long)]
         node: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialCommand {
+    /// Make every client certificate and token of a user issued until now stop working
+    /// (within a second, no restart); issue a new kubeconfig afterwards if the user stays.
+    Revoke {
+        /// The user (the kubeconfig's `--user`).
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -247,7 +263,11 @@ fn main() -> anyhow::Result<()> {
         } => {
             let pki = Pki::load_or_create(&cli.data_dir, &[])?;
             let credential = if token {
-                cloudcore::kubeconfig::Credential::Token(pki.create_api_token(&user, &groups)?)
+                cloudcore::kubeconfig::Credential::Token(pki.create_api_token(
+                    &user,
+                    &groups,
+                    parse_ttl(&ttl)?,
+                )?)
             } else {
                 let (cert_pem, key_pem) = pki.issue_user_cert(&user, &groups, parse_ttl(&ttl)?)?;
                 cloudcore::kubeconfig::Credential::Certificate { cert_pem, key_pem }
@@ -260,6 +280,14 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => print!("{text}"),
             }
+            Ok(())
+        }
+        Command::Credential {
+            command: CredentialCommand::Revoke { user },
+        } => {
+            let pki = Pki::load_or_create(&cli.data_dir, &[])?;
+            pki.revoke_user(&user)?;
+            println!("every credential of user {user} issued until now is revoked");
             Ok(())
         }
         Command::Node { command } => {

@@ -124,8 +124,10 @@ pub struct Pki {
     /// cost no file system call; [`Pki::refresh_revocations`] picks up `cloudcore node revoke`
     /// run from another process.
     revoked: std::sync::RwLock<std::collections::HashSet<String>>,
-    /// API bearer tokens seen so far: SHA-256 of the token → user.
-    api_tokens: std::sync::RwLock<std::collections::HashMap<String, UserInfo>>,
+    /// API bearer tokens seen so far: SHA-256 of the token → user and expiry.
+    api_tokens: std::sync::RwLock<std::collections::HashMap<String, (UserInfo, Option<u64>)>>,
+    /// Per-user revocation cutoffs of API credentials (`cloudcore credential revoke`).
+    revocations: crate::credentials::Revocations,
 }
 
 impl Pki {
@@ -215,7 +217,6 @@ impl Pki {
         let revoked =
             std::sync::RwLock::new(read_revoked(&dir.join("revoked")).unwrap_or_default());
         Ok(Self {
-            dir,
             ca_cert_der,
             ca_cert_pem,
             ca_key,
@@ -223,6 +224,8 @@ impl Pki {
             server_key_der,
             revoked,
             api_tokens: Default::default(),
+            revocations: crate::credentials::Revocations::new(dir.join("revoked-users")),
+            dir,
         })
     }
 
@@ -525,7 +528,12 @@ impl Pki {
     /// Creates a bearer token for an API user. Only its SHA-256 is kept (in
     /// `pki/api-tokens/`), so a copy of the data directory does not leak usable tokens; the token
     /// itself is shown once.
-    pub fn create_api_token(&self, user: &str, groups: &[String]) -> Result<String, PkiError> {
+    pub fn create_api_token(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<String, PkiError> {
         if user.is_empty() || groups.iter().any(|g| g == NODE_GROUP) {
             return Err(PkiError::Invalid(format!(
                 "user {user:?} with groups {groups:?}: a user needs a name and may not be in {NODE_GROUP}"
@@ -537,6 +545,7 @@ impl Pki {
             user: user.to_string(),
             groups: groups.to_vec(),
             created_at_unix: now_unix(),
+            expires_at_unix: Some(now_unix().saturating_add(ttl.as_secs())),
         };
         let dir = self.dir.join("api-tokens");
         let bytes = serde_json::to_vec(&record).map_err(|e| PkiError::Invalid(e.to_string()))?;
@@ -544,27 +553,50 @@ impl Pki {
         Ok(token)
     }
 
-    /// The user a bearer token belongs to. One small file read per lookup of a token not seen
-    /// before; known tokens are answered from memory. Deleting the token's file (named by its
-    /// SHA-256) revokes it at the next restart.
+    /// The user a bearer token belongs to, while it has not expired. One small file read per
+    /// lookup of a token not seen before; known tokens are answered from memory. Revoking is
+    /// per user ([`Pki::revoke_user`]), checked on every request.
     pub fn api_token_user(&self, token: &str) -> Option<UserInfo> {
         if !token.starts_with("skerry-api.") || token.len() > 128 {
             return None;
         }
         let hash = sha256_hex(token.as_bytes());
-        if let Some(u) = self.api_tokens.read().ok()?.get(&hash) {
-            return Some(u.clone());
-        }
-        let bytes = std::fs::read(self.dir.join("api-tokens").join(&hash)).ok()?;
-        let record: ApiTokenRecord = serde_json::from_slice(&bytes).ok()?;
-        let user = UserInfo {
-            name: record.user,
-            groups: record.groups,
+        let cached = self.api_tokens.read().ok()?.get(&hash).cloned();
+        let (user, expires) = match cached {
+            Some(known) => known,
+            None => {
+                let bytes = std::fs::read(self.dir.join("api-tokens").join(&hash)).ok()?;
+                let record: ApiTokenRecord = serde_json::from_slice(&bytes).ok()?;
+                let user = UserInfo {
+                    name: record.user,
+                    groups: record.groups,
+                    issued_at_unix: record.created_at_unix,
+                };
+                if let Ok(mut cache) = self.api_tokens.write() {
+                    cache.insert(hash, (user.clone(), record.expires_at_unix));
+                }
+                (user, record.expires_at_unix)
+            }
         };
-        if let Ok(mut cache) = self.api_tokens.write() {
-            cache.insert(hash, user.clone());
+        // Tokens made before they had a lifetime carry none: they last until revoked.
+        if expires.is_some_and(|at| now_unix() >= at) {
+            return None;
         }
         Some(user)
+    }
+
+    /// Revokes every API credential (client certificate or bearer token) of `user` issued up
+    /// to now; in force within [`crate::credentials::REFRESH`] in every cloudcore on this data
+    /// directory.
+    pub fn revoke_user(&self, user: &str) -> Result<u64, PkiError> {
+        self.revocations
+            .revoke(user)
+            .map_err(|e| PkiError::Invalid(format!("cannot revoke {user:?}: {e}")))
+    }
+
+    /// Whether `user`'s credential has been revoked since it was issued.
+    pub fn credential_revoked(&self, user: &UserInfo) -> bool {
+        self.revocations.is_revoked(&user.name, user.issued_at_unix)
     }
 
     fn server_chain(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
@@ -661,6 +693,9 @@ pub struct UserInfo {
     pub name: String,
     /// Groups (certificate O values, or the token's groups).
     pub groups: Vec<String>,
+    /// When the credential was issued (seconds since the epoch; 0 for cloudcore's in-process
+    /// identities), for [`Pki::credential_revoked`].
+    pub issued_at_unix: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -668,6 +703,8 @@ struct ApiTokenRecord {
     user: String,
     groups: Vec<String>,
     created_at_unix: u64,
+    #[serde(default)]
+    expires_at_unix: Option<u64>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -690,7 +727,15 @@ pub fn user_from_cert(der: &[u8]) -> Option<UserInfo> {
         .filter_map(|o| o.as_str().ok())
         .map(str::to_string)
         .collect();
-    Some(UserInfo { name, groups })
+    // Certificates are issued with `notBefore` an hour back (clock skew); this is when.
+    let issued_at_unix = u64::try_from(cert.validity().not_before.timestamp())
+        .unwrap_or(0)
+        .saturating_add(HOUR.as_secs());
+    Some(UserInfo {
+        name,
+        groups,
+        issued_at_unix,
+    })
 }
 
 /// Extracts the node name (subject common name) from a verified client certificate.

@@ -43,7 +43,23 @@ fn temp_dir(prefix: &str) -> Result<TempDir> {
     if std::env::var_os("SKERRY_KEEP_DIRS").is_some() {
         b.disable_cleanup(true);
     }
-    Ok(b.tempdir()?)
+    let dir = b.tempdir()?;
+    make_private(dir.path())?;
+    Ok(dir)
+}
+
+/// Mode 0700: the daemons refuse a data directory that others may enter.
+fn make_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+/// A temp dir of mode 0700, fit to be a daemon's `--data-dir`.
+pub fn private_temp_dir() -> Result<TempDir> {
+    let dir = tempfile::tempdir()?;
+    make_private(dir.path())?;
+    Ok(dir)
 }
 
 /// Ports handed to daemons come from below the kernel's ephemeral range (32768 and up on

@@ -102,7 +102,7 @@ async fn rejoin_needs_a_token_for_the_node_and_supersedes_the_old_identity() -> 
         .wait_node_ready("edge-a", Duration::from_secs(30))
         .await?;
     let (token, hash) = cloud.token("1h")?;
-    let dir = tempfile::tempdir()?;
+    let dir = private_temp_dir()?;
     let (ok, out) = join_raw(dir.path(), &cloud.hub_addr(), &token, &hash, "edge-a", &[])?;
     assert!(
         !ok && out.contains("already registered") && out.contains("--node edge-a"),

@@ -77,7 +77,7 @@ async fn held_join_connections_do_not_keep_real_joins_out() -> anyhow::Result<()
     // With every slot of its own address held, `edgecore join` is turned away, retries, and
     // gets in once the deadline frees the slots.
     let (_e2, _held, _) = hold(&cloud, "127.0.0.1", 4).await?;
-    let dir = tempfile::tempdir()?;
+    let dir = private_temp_dir()?;
     let (token, hash) = cloud.token("1h")?;
     let mqtt = cloud.mqtt_url();
     let (ok, out) = join_raw(
@@ -97,7 +97,7 @@ async fn held_join_connections_do_not_keep_real_joins_out() -> anyhow::Result<()
     assert!(turned >= 60.0, "{turned}");
 
     // cloudcore's own names cannot be taken by a node.
-    let dir = tempfile::tempdir()?;
+    let dir = private_temp_dir()?;
     let (token, hash) = cloud.token("1h")?;
     let (ok, out) = join_raw(
         dir.path(),

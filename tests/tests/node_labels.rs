@@ -16,7 +16,7 @@ async fn steering_labels_are_the_admins_and_survive_a_rejoin() -> Result<()> {
         }
         join_raw(dir, &cloud.hub_addr(), &token.0, &token.1, "rig-7", &extra)
     };
-    let dir = tempfile::tempdir()?;
+    let dir = private_temp_dir()?;
     let (ok, out) = join(dir.path(), &cloud.token("1h")?, &["site=factory-7"])?;
     assert!(!ok, "a steering label must be refused: {out}");
     assert!(
@@ -41,7 +41,7 @@ async fn steering_labels_are_the_admins_and_survive_a_rejoin() -> Result<()> {
     assert!(ok, "{out}");
 
     // A re-join (new machine, same name) updates the node's own labels and keeps the admin's.
-    let again = tempfile::tempdir()?;
+    let again = private_temp_dir()?;
     let (ok, out) = join(
         again.path(),
         &cloud.token_for("rig-7")?,

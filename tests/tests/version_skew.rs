@@ -46,7 +46,7 @@ fn v3_heartbeat(node: &str, seq: u64, version: u32) -> Result<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused() -> Result<()> {
     let cloud = Cloud::start(CloudOptions::default()).await?;
-    let dir = tempfile::tempdir()?;
+    let dir = private_temp_dir()?;
     let (token, hash) = cloud.token("1h")?;
     let mqtt = cloud.mqtt_url();
     let (ok, out) = join_raw(

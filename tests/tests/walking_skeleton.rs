@@ -181,7 +181,7 @@ async fn edge_restarted_without_cloud_runs_cached_pods_and_reconnect_restarts_no
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_and_reused_tokens_are_refused_clearly() -> anyhow::Result<()> {
     let cloud = Cloud::start(CloudOptions::default()).await?;
-    let dir = tempfile::tempdir()?;
+    let dir = private_temp_dir()?;
     let (token, hash) = cloud.token("1h")?;
     let (ok, out) = join_raw(
         dir.path(),
@@ -194,7 +194,7 @@ async fn bad_and_reused_tokens_are_refused_clearly() -> anyhow::Result<()> {
     assert!(!ok && out.contains("bootstrap token is not valid"), "{out}");
     let (ok, out) = join_raw(dir.path(), &cloud.hub_addr(), &token, &hash, "n1", &[])?;
     assert!(ok, "{out}");
-    let dir2 = tempfile::tempdir()?;
+    let dir2 = private_temp_dir()?;
     let (ok, out) = join_raw(dir2.path(), &cloud.hub_addr(), &token, &hash, "n2", &[])?;
     assert!(!ok && out.contains("already used"), "{out}");
     let (token3, _) = cloud.token("1h")?;

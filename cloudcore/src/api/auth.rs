@@ -47,9 +47,20 @@ impl Default for GroupAuthorizer {
     }
 }
 
+/// The group that may read `/metrics` and nothing else, so that Prometheus does not need
+/// cluster-admin credentials (`cloudcore kubeconfig --user prometheus --group
+/// system:monitoring`), as Kubernetes' `system:monitoring` role.
+pub const MONITORING_GROUP: &str = "system:monitoring";
+
 impl Authorizer for GroupAuthorizer {
     fn authorize(&self, user: &UserInfo, method: &str, path: &str) -> Result<(), String> {
         if user.groups.iter().any(|g| self.groups.contains(g)) {
+            return Ok(());
+        }
+        if method == "GET"
+            && path == "/metrics"
+            && user.groups.iter().any(|g| g == MONITORING_GROUP)
+        {
             return Ok(());
         }
         Err(format!(
@@ -83,6 +94,15 @@ impl Auth {
             .or_else(|| value.strip_prefix("bearer "))?;
         self.pki.api_token_user(token.trim())
     }
+
+    /// The request's user, unless its credential was revoked since it was issued.
+    fn authenticate(&self, req: &Request) -> Result<UserInfo, &'static str> {
+        let user = self.user_of(req).ok_or("unauthenticated")?;
+        if self.pki.credential_revoked(&user) {
+            return Err("revoked");
+        }
+        Ok(user)
+    }
 }
 
 /// Paths anyone may read, as in Kubernetes.
@@ -97,15 +117,19 @@ pub async fn guard(State(auth): State<Auth>, mut req: Request, next: Next) -> Re
     if is_public(&path) {
         return next.run(req).await;
     }
-    let Some(user) = auth.user_of(&req) else {
-        metrics::counter!("skerry_api_auth_failures_total", "reason" => "unauthenticated")
-            .increment(1);
-        return status(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Unauthorized: present a client certificate issued by cloudcore's CA or a bearer \
-             token (`cloudcore kubeconfig --user admin` writes a kubeconfig with one)",
-        );
+    let user = match auth.authenticate(&req) {
+        Ok(user) => user,
+        Err(reason) => {
+            metrics::counter!("skerry_api_auth_failures_total", "reason" => reason).increment(1);
+            let message = if reason == "revoked" {
+                "Unauthorized: this credential was revoked (`cloudcore credential revoke`); ask \
+                 an admin for a new kubeconfig"
+            } else {
+                "Unauthorized: present a client certificate issued by cloudcore's CA or a bearer \
+                 token (`cloudcore kubeconfig --user admin` writes a kubeconfig with one)"
+            };
+            return status(StatusCode::UNAUTHORIZED, "Unauthorized", message);
+        }
     };
     if let Err(reason) = auth
         .authorizer
@@ -201,6 +225,7 @@ mod tests {
         let node = UserInfo {
             name: "edge-1".into(),
             groups: vec![crate::pki::NODE_GROUP.into()],
+            issued_at_unix: 0,
         };
         assert_eq!(
             call(&app, get_req("/api/v1/pods", None, Some(node)))
@@ -211,6 +236,7 @@ mod tests {
         let admin = UserInfo {
             name: "admin".into(),
             groups: vec!["system:masters".into()],
+            issued_at_unix: 0,
         };
         assert_eq!(
             call(&app, get_req("/api/v1/pods", None, Some(admin)))

@@ -103,6 +103,7 @@ impl Client {
             user: UserInfo {
                 name: name.to_string(),
                 groups: vec![identity::GROUP.to_string()],
+                issued_at_unix: 0,
             },
         }
     }
