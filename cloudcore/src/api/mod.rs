@@ -220,7 +220,7 @@ async fn openapi_v2_doc(State(state): State<ApiState>, headers: HeaderMap) -> Re
     let doc = state.openapi_v2();
     if openapi_v2::wants_protobuf(accept) {
         (
-            [(header::CONTENT_TYPE, openapi_v2::PROTOBUF_MEDIA_TYPE)],
+            [(header::CONTENT_TYPE, openapi_v2::PROTOBUF_CONTENT_TYPE)],
             doc.protobuf.clone(),
         )
             .into_response()

@@ -25,6 +25,12 @@ use serde_json::{json, Map, Value};
 /// The media type client-go asks `/openapi/v2` for.
 pub const PROTOBUF_MEDIA_TYPE: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
 
+/// The `Content-Type` of the protobuf answer: kube-openapi's, with `.` for the `@`, because an
+/// `@` is not a token character and Go's `mime.ParseMediaType` (which client-go runs on every
+/// answer) refuses it.
+pub const PROTOBUF_CONTENT_TYPE: &str =
+    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
 /// Where v3 schemas refer to, and where v2 references must point instead.
 const V3_PREFIX: &str = "#/components/schemas/";
 const V2_PREFIX: &str = "#/definitions/";

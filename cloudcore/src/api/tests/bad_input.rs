@@ -347,7 +347,7 @@ async fn openapi_v2_is_served_as_json_and_as_the_protobuf_kubectl_asks_for() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
         resp.headers()["content-type"],
-        openapi_v2::PROTOBUF_MEDIA_TYPE
+        openapi_v2::PROTOBUF_CONTENT_TYPE
     );
     let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
         .await
