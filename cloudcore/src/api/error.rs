@@ -267,7 +267,7 @@ pub enum ApiError {
         oldest: u64,
     },
     /// A read asked for a resourceVersion newer than any this server has seen, and it did not
-    /// arrive while the read waited (see [`crate::api::handlers`]' freshness wait): 504 with
+    /// arrive while the read waited (reads wait up to 3 s for it): 504 with
     /// reason `Timeout`, a `ResourceVersionTooLarge` cause and a one-second retry hint, as
     /// kube-apiserver's watch cache answers (`storage.NewTooLargeResourceVersionError`), so
     /// clients retry instead of reading a state older than the one they asked for.
