@@ -84,17 +84,34 @@ for _ in $(seq 100); do [ -S "$CTRD/containerd.sock" ] && break; sleep 0.1; done
   --mqtt-listen "127.0.0.1:$MQTT" >"$DEMO/cloudcore.log" 2>&1 &
 echo $! >"$DEMO/cloudcore.pid"
 for _ in $(seq 100); do [ -f "$DEMO/cloud/pki/ca.crt" ] && break; sleep 0.1; done
+if [ ! -f "$DEMO/cloud/pki/ca.crt" ]; then
+  echo "cloudcore did not create its CA within 10 s (cloudcore.log follows):"; tail -20 "$DEMO/cloudcore.log"; exit 1
+fi
 
-# Wait for the API (its /healthz is public), then write an admin kubeconfig with a client
-# certificate from cloudcore's CA: anonymous requests are refused.
+# Wait for the API on its public /readyz with curl, pinning cloudcore's CA. (kubectl is no good
+# here: without credentials kubectl 1.32 prompts for a user name and fails, so such a loop never
+# succeeds.) Once the API serves, its PKI is complete: write an admin kubeconfig with a client
+# certificate from that CA (anonymous requests are refused) and check that it is accepted. An API
+# that never comes up stops the quickstart here, with cloudcore's log.
+api_ready=""
 for _ in $(seq 100); do
-  KUBECONFIG=/dev/null kubectl --server "https://127.0.0.1:$API" --certificate-authority "$DEMO/cloud/pki/ca.crt" \
-    get --raw /healthz >/dev/null 2>&1 && break
-  sleep 0.1
+  if curl -fsS --max-time 2 --cacert "$DEMO/cloud/pki/ca.crt" "https://127.0.0.1:$API/readyz" >/dev/null 2>&1; then
+    api_ready=yes; break
+  fi
+  kill -0 "$(cat "$DEMO/cloudcore.pid")" 2>/dev/null || break
+  sleep 0.2
 done
+if [ -z "$api_ready" ]; then
+  echo "the API at https://127.0.0.1:$API did not become ready (cloudcore.log follows):"
+  tail -20 "$DEMO/cloudcore.log"; exit 1
+fi
 "$BIN/cloudcore" --data-dir "$DEMO/cloud" kubeconfig --user admin --server "https://127.0.0.1:$API" \
   --out "$DEMO/kubeconfig"
 KUBECTL=(kubectl --kubeconfig "$DEMO/kubeconfig")
+if ! "${KUBECTL[@]}" get --raw /readyz </dev/null >/dev/null; then
+  echo "the API refuses the admin kubeconfig $DEMO/kubeconfig (cloudcore.log follows):"
+  tail -20 "$DEMO/cloudcore.log"; exit 1
+fi
 
 if [ ! -f "$DEMO/edge/pki/report.key" ]; then
   # A token made for demo-edge also re-joins it when an older demo left it registered.

@@ -31,6 +31,37 @@ pub enum FieldErrorKind {
     TooLong(usize),
 }
 
+/// The most of an offending value a field error echoes back, in bytes of its JSON form.
+///
+/// Kubernetes quotes the bad value in both the Status message and the cause, so an unbounded
+/// echo turns a 1 MiB label value into a 2 MiB error (and as much in every log line that
+/// prints it). Like apimachinery's field errors, which omit or cut values that are too long to
+/// be useful, a longer value is cut here and marked as such; the field path and the reason stay
+/// whole, which is what a client needs to fix its request.
+pub const MAX_ECHOED_VALUE_BYTES: usize = 256;
+
+/// `value` JSON-encoded for an error message, cut to [`MAX_ECHOED_VALUE_BYTES`].
+fn echoed(value: &Value) -> String {
+    bounded(value.to_string())
+}
+
+/// `text` cut to [`MAX_ECHOED_VALUE_BYTES`] (on a character boundary) with a note of how long
+/// the whole text is; shorter text is left as it is.
+fn bounded(text: String) -> String {
+    if text.len() <= MAX_ECHOED_VALUE_BYTES {
+        return text;
+    }
+    let mut cut = MAX_ECHOED_VALUE_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}...(truncated: the value has {} bytes)",
+        &text[..cut],
+        text.len()
+    )
+}
+
 /// One semantic problem with one field of an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -38,7 +69,8 @@ pub struct FieldError {
     pub kind: FieldErrorKind,
     /// JSON field path as Kubernetes prints it: `spec.containers[0].image`.
     pub field: String,
-    /// The offending value, JSON-encoded (`"Foo"`, `70000`), when there is one to show.
+    /// The offending value, JSON-encoded (`"Foo"`, `70000`), when there is one to show; cut to
+    /// [`MAX_ECHOED_VALUE_BYTES`] by the constructors.
     pub value: Option<String>,
     /// Human explanation, may be empty.
     pub detail: String,
@@ -53,7 +85,8 @@ impl FieldError {
     ) -> Self {
         Self {
             kind,
-            field: field.into(),
+            // A path can carry a client's map key (`metadata.labels[KEY]`): bound it as well.
+            field: bounded(field.into()),
             value,
             detail: detail.into(),
         }
@@ -66,12 +99,7 @@ impl FieldError {
 
     /// A malformed value; `value` is shown JSON-encoded.
     pub fn invalid(field: impl Into<String>, value: &Value, detail: impl Into<String>) -> Self {
-        Self::new(
-            FieldErrorKind::Invalid,
-            field,
-            Some(value.to_string()),
-            detail,
-        )
+        Self::new(FieldErrorKind::Invalid, field, Some(echoed(value)), detail)
     }
 
     /// A value outside an enumeration.
@@ -80,24 +108,19 @@ impl FieldError {
         Self::new(
             FieldErrorKind::NotSupported(supported),
             field,
-            Some(value.to_string()),
+            Some(echoed(value)),
             "",
         )
     }
 
     /// A repeated value that must be unique.
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
-        Self::new(
-            FieldErrorKind::Duplicate,
-            field,
-            Some(value.to_string()),
-            "",
-        )
+        Self::new(FieldErrorKind::Duplicate, field, Some(echoed(value)), "")
     }
 
     /// A reference to something that does not exist.
     pub fn not_found(field: impl Into<String>, value: &Value) -> Self {
-        Self::new(FieldErrorKind::NotFound, field, Some(value.to_string()), "")
+        Self::new(FieldErrorKind::NotFound, field, Some(echoed(value)), "")
     }
 
     /// A change that is not allowed.
@@ -243,6 +266,22 @@ pub enum ApiError {
         /// The oldest revision the history can resume from.
         oldest: u64,
     },
+    /// A read asked for a resourceVersion newer than any this server has seen, and it did not
+    /// arrive while the read waited (reads wait up to 3 s for it): 504 with
+    /// reason `Timeout`, a `ResourceVersionTooLarge` cause and a one-second retry hint, as
+    /// kube-apiserver's watch cache answers (`storage.NewTooLargeResourceVersionError`), so
+    /// clients retry instead of reading a state older than the one they asked for.
+    #[error("Timeout: Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion {
+        /// The revision asked for.
+        requested: u64,
+        /// The newest revision the server has.
+        current: u64,
+    },
+    /// A list cannot be continued from the given `continue` token: 410 `Expired`, on which
+    /// client-go's pager falls back to a full list.
+    #[error("{0}")]
+    ResourceExpired(String),
     /// The resource does not support this verb.
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
@@ -348,7 +387,8 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ApiError::Expired { .. } => StatusCode::GONE,
+            ApiError::Expired { .. } | ApiError::ResourceExpired(_) => StatusCode::GONE,
+            ApiError::TooLargeResourceVersion { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RequestEntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -365,7 +405,8 @@ impl ApiError {
             ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Invalid { .. } | ApiError::PatchNotApplicable(_) => "Invalid",
             ApiError::Forbidden { .. } => "Forbidden",
-            ApiError::Expired { .. } => "Expired",
+            ApiError::Expired { .. } | ApiError::ResourceExpired(_) => "Expired",
+            ApiError::TooLargeResourceVersion { .. } => "Timeout",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::RequestEntityTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
@@ -399,6 +440,13 @@ impl ApiError {
                 (None, json!({"causes": causes}))
             }
             ApiError::Internal(message) => (None, json!({"causes": [{"message": message}]})),
+            ApiError::TooLargeResourceVersion { .. } => (
+                None,
+                json!({
+                    "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                    "retryAfterSeconds": TOO_LARGE_RETRY_AFTER_SECONDS,
+                }),
+            ),
             _ => (None, json!({})),
         };
         let mut details = details;
@@ -423,13 +471,26 @@ impl ApiError {
     }
 }
 
+/// The retry hint of a too-large resourceVersion (kube-apiserver's
+/// `resourceVersionTooHighRetrySeconds`).
+pub const TOO_LARGE_RETRY_AFTER_SECONDS: u64 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
-        if code.is_server_error() {
+        if code.is_server_error() && !matches!(self, ApiError::TooLargeResourceVersion { .. }) {
             tracing::warn!(error = %self, "API request failed");
         }
-        json_response(code, &self.status())
+        let mut resp = json_response(code, &self.status());
+        // kube-apiserver turns a Status' retryAfterSeconds into a Retry-After header, which
+        // client-go honours.
+        if let ApiError::TooLargeResourceVersion { .. } = self {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(TOO_LARGE_RETRY_AFTER_SECONDS),
+            );
+        }
+        resp
     }
 }
 

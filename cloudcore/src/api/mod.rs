@@ -15,7 +15,8 @@
 //!   that empties and removes deleted ones;
 //! - [`table`]: server-side printing for `kubectl get`;
 //! - [`discovery`]: `/api`, `/apis`, `/version`, and a minimal `/openapi/v3` (see
-//!   [`discovery::openapi_v3_group_version`] for why it exists);
+//!   [`discovery::openapi_v3_group_version`] for why it exists); [`openapi_v2`]: the same as
+//!   `/openapi/v2`, which kubectl falls back to for kinds the server does not serve;
 //! - [`selector`], [`validation`], [`quantity`], [`error`]: the pieces those share;
 //! - [`patch`]: JSON patch, strategic merge patch and server-side apply;
 //! - [`protobuf`]: the protobuf bodies kubectl's typed clients send, for every served kind.
@@ -38,6 +39,7 @@ mod handlers;
 pub mod history;
 pub mod namespaces;
 pub mod nodes;
+pub mod openapi_v2;
 pub mod patch;
 pub mod pods;
 pub mod protobuf;
@@ -93,6 +95,8 @@ pub struct ApiState {
     /// The OpenAPI v3 documents of `registry`, built on first use (they carry every kind's
     /// schema, and kubectl fetches the index before most writes).
     openapi: Arc<std::sync::OnceLock<discovery::OpenApiDocs>>,
+    /// The OpenAPI v2 document of `registry`, built on first use of `/openapi/v2`.
+    openapi_v2: Arc<std::sync::OnceLock<openapi_v2::OpenApiV2>>,
 }
 
 impl ApiState {
@@ -116,6 +120,7 @@ impl ApiState {
             registry: Arc::new(Registry::builtin()),
             max_body_bytes: MAX_BODY_BYTES,
             openapi: Arc::default(),
+            openapi_v2: Arc::default(),
         }
     }
 
@@ -125,10 +130,17 @@ impl ApiState {
             .get_or_init(|| discovery::OpenApiDocs::build(&self.registry))
     }
 
+    /// The OpenAPI v2 document of the served resources.
+    fn openapi_v2(&self) -> &openapi_v2::OpenApiV2 {
+        self.openapi_v2
+            .get_or_init(|| openapi_v2::OpenApiV2::build(&self.registry, self.openapi()))
+    }
+
     /// Replaces the registry (tests, or a build serving more resources).
     pub fn with_registry(mut self, registry: Registry) -> Self {
         self.registry = Arc::new(registry);
         self.openapi = Arc::default();
+        self.openapi_v2 = Arc::default();
         self
     }
 }
@@ -141,9 +153,9 @@ pub(crate) struct RequestLabels {
     pub resource: String,
 }
 
-/// The API router: resources under `/api` and `/apis`, discovery, `/version`, `/openapi/v3`,
-/// `/healthz`, `/readyz`, `/livez` and `/metrics`. Every error is a Kubernetes `Status`
-/// (`/openapi/v2` is a 404 Status).
+/// The API router: resources under `/api` and `/apis`, discovery, `/version`, `/openapi/v2`,
+/// `/openapi/v3`, `/healthz`, `/readyz`, `/livez` and `/metrics`. Every error is a Kubernetes
+/// `Status`.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(ok))
@@ -153,6 +165,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/version", get(version))
         .route("/api", get(api_versions))
         .route("/apis", get(api_groups))
+        .route("/openapi/v2", get(openapi_v2_doc))
         .route("/openapi/v3", get(openapi_v3_index))
         .route("/openapi/v3/{*path}", get(openapi_v3_doc))
         .route("/api/{*rest}", any(handlers::dispatch))
@@ -196,6 +209,24 @@ async fn api_versions(State(state): State<ApiState>, headers: HeaderMap) -> Resp
 
 async fn api_groups(State(state): State<ApiState>) -> Response {
     error::json_response(StatusCode::OK, &discovery::api_group_list(&state.registry))
+}
+
+/// `GET /openapi/v2`: protobuf for clients that ask for it (client-go), JSON otherwise.
+async fn openapi_v2_doc(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let doc = state.openapi_v2();
+    if openapi_v2::wants_protobuf(accept) {
+        (
+            [(header::CONTENT_TYPE, openapi_v2::PROTOBUF_CONTENT_TYPE)],
+            doc.protobuf.clone(),
+        )
+            .into_response()
+    } else {
+        error::json_response(StatusCode::OK, &doc.json)
+    }
 }
 
 async fn openapi_v3_index(State(state): State<ApiState>) -> Response {

@@ -462,24 +462,33 @@ fn split_unescaped(s: &str, sep: char) -> Vec<&str> {
     out
 }
 
+/// Unescapes a field selector value as Kubernetes' `fields.UnescapeValue` does: `\\`, `\,` and
+/// `\=` are the escapes; any other escape, and an unescaped `=` (or `,`), is an error rather than
+/// a literal. Without this, `metadata.name===x` would quietly select objects named `=x` where
+/// kube-apiserver answers 400.
 fn unescape(s: &str) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
-        if c == '\\' {
-            match chars.next() {
-                Some(n) => out.push(n),
+        match c {
+            '\\' => match chars.next() {
+                Some(n @ ('\\' | ',' | '=')) => out.push(n),
+                Some(n) => return Err(format!("invalid escape sequence: \\{n}")),
                 None => return Err(format!("{s:?} ends with an unfinished escape")),
+            },
+            '=' | ',' => {
+                return Err(format!(
+                    "unescaped character in value: {c:?} (escape it as \\{c})"
+                ))
             }
-        } else {
-            out.push(c);
+            c => out.push(c),
         }
     }
     Ok(out)
 }
 
 impl FieldSelector {
-    /// Parses `field=value,field!=value` (operators `=`, `==`, `!=`; `\` escapes `,` `=` `!`).
+    /// Parses `field=value,field!=value` (operators `=`, `==`, `!=`; `\` escapes `\`, `,` and `=`).
     pub fn parse(input: &str) -> Result<Self, SelectorError> {
         let err = |problem: String| SelectorError {
             what: "field selector",
@@ -699,6 +708,15 @@ mod tests {
             .to_string()
             .contains("no field name"));
         assert!(FieldSelector::parse("a=x\\").is_err());
+        // As Kubernetes' fields.UnescapeValue: `===` leaves an unescaped `=` in the value.
+        let e = FieldSelector::parse("metadata.name===x").unwrap_err();
+        assert!(
+            e.to_string().contains("unescaped character in value"),
+            "{e}"
+        );
+        assert!(FieldSelector::parse("a=x\\!").is_err());
+        let escaped = FieldSelector::parse("a=x\\=y\\,z\\\\").unwrap();
+        assert_eq!(escaped.requirements[0].value, "x=y,z\\");
         let e = s
             .check_fields(&["metadata.name", "spec.nodeName"])
             .unwrap_err();

@@ -6,7 +6,10 @@
 //!   the listing;
 //! - from `resourceVersion=R`: the retained changes after `R`, then live — so a delete between a
 //!   client's list and its watch is seen. If `R` is older than the history, the stream is a
-//!   single ERROR event with a 410 `Expired` Status and the client re-lists.
+//!   single ERROR event with a 410 `Expired` Status and the client re-lists. If `R` is newer
+//!   than anything the server has, the watch waits up to 3 s for it (as kube-apiserver's watch
+//!   cache does), then the stream is a single ERROR event with the 504 "Too large resource
+//!   version" Status: starting from `R` anyway would skip the events up to it.
 //!
 //! Event types follow kube-apiserver's cache watcher: an event is judged by whether the object
 //! matched the watch's selectors before and after the write. Matched only after → ADDED; both →
@@ -16,7 +19,7 @@
 //! the same 410 as a too-old start, never a silent gap.
 
 use super::error::{json_response, ApiError};
-use super::handlers::{now_seconds, set_type_meta, Call};
+use super::handlers::{now_seconds, parse_resource_version, set_type_meta, wait_fresh, Call};
 use super::history::{History, HistoryEvent, TooOld};
 use super::resource::ResourceHandler;
 use super::selector::{FieldSelector, LabelSelector};
@@ -110,12 +113,16 @@ impl WatchState {
     }
 
     fn expire(&mut self, e: TooOld) {
-        let status = ApiError::Expired {
+        self.fail(ApiError::Expired {
             requested: e.requested,
             oldest: e.oldest,
-        }
-        .status();
-        self.pending.push_back(event_line("ERROR", status));
+        });
+    }
+
+    /// Ends the stream with one ERROR event carrying `e`'s Status: once a watch has been
+    /// accepted, kube-apiserver reports its failures this way, not as an HTTP error.
+    fn fail(&mut self, e: ApiError) {
+        self.pending.push_back(event_line("ERROR", e.status()));
         self.done = true;
     }
 
@@ -252,12 +259,7 @@ fn bookmark_timer(every: Duration) -> tokio::time::Interval {
 pub(super) async fn watch(call: Call) -> Result<Response, ApiError> {
     let info = call.info();
     let (labels, fields) = call.selectors()?;
-    let since = match call.query.get("resourceVersion").map(String::as_str) {
-        None | Some("" | "0") => None,
-        Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("resourceVersion: Invalid value: {rv:?}: must be a resourceVersion this server issued"))
-        })?),
-    };
+    let since = parse_resource_version(call.query.get("resourceVersion").map(String::as_str))?;
     let timeout = match call.query.get("timeoutSeconds") {
         None => None,
         Some(t) => Some(t.parse::<u64>().map_err(|_| {
@@ -288,7 +290,10 @@ pub(super) async fn watch(call: Call) -> Result<Response, ApiError> {
     match since {
         Some(rv) => {
             st.cursor = rv;
-            if let Err(e) = st.history.since(rv) {
+            if let Err(e) = wait_fresh(&call.state, rv).await {
+                // Starting at `rv` anyway would skip every event up to it.
+                st.fail(e);
+            } else if let Err(e) = st.history.since(rv) {
                 st.expire(e);
             }
         }

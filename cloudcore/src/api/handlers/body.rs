@@ -48,17 +48,30 @@ pub(super) fn parse_body(call: &Call, body: &[u8]) -> Result<Value, ApiError> {
     parse_body_as(call, body, &info.api_version(), info.kind)
 }
 
+/// The media types of object bodies (create, update, a subresource's body): what
+/// kube-apiserver negotiates them from the request's `Content-Type`, less YAML, which this
+/// server does not decode (kubectl sends JSON or protobuf).
+const ACCEPTED_BODY_TYPES: [&str; 2] = ["application/json", crate::api::protobuf::CONTENT_TYPE];
+
 /// Parses a body of `api_version`/`kind` (a subresource's own kind: `Scale`, `Binding`,
 /// `DeleteOptions`): JSON, or Kubernetes protobuf (what kubectl's typed clients send), which
-/// becomes the JSON a manifest would give.
+/// becomes the JSON a manifest would give. Any other `Content-Type` is a 415, as kube-apiserver
+/// answers (`NegotiateInputSerializer`): a body declared `text/plain` is not read as JSON
+/// because it happens to parse. No `Content-Type` at all means JSON, as there too.
 pub(in crate::api) fn parse_body_as(
     call: &Call,
     body: &[u8],
     api_version: &str,
     kind: &str,
 ) -> Result<Value, ApiError> {
-    if call.content_type() != crate::api::protobuf::CONTENT_TYPE {
+    let media_type = call.content_type();
+    if media_type.is_empty() || media_type.eq_ignore_ascii_case("application/json") {
         return parse_json(body);
+    }
+    if !media_type.eq_ignore_ascii_case(crate::api::protobuf::CONTENT_TYPE) {
+        return Err(ApiError::UnsupportedMediaType {
+            accepted: ACCEPTED_BODY_TYPES.join(", "),
+        });
     }
     crate::api::protobuf::decode(body, api_version, kind).map_err(|e| match e {
         crate::api::protobuf::ProtobufError::Unsupported { .. } => ApiError::UnsupportedMediaType {
@@ -68,7 +81,11 @@ pub(in crate::api) fn parse_body_as(
     })
 }
 
-/// Checks `apiVersion`/`kind` of a body, with Kubernetes' messages.
+/// Checks `apiVersion`/`kind` of a body, with Kubernetes' messages: a body of another kind or
+/// version than the URL's resource is a 400. A body without them takes the URL's, as on
+/// kube-apiserver: its JSON serializer defaults a missing kind and version from the built-in
+/// type it decodes into (`gvkWithDefaults`); only custom resources, decoded as unstructured,
+/// answer "Object 'Kind' is missing", and this server serves none.
 pub(super) fn check_type_meta(info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     if !obj.is_object() {
         return Err(ApiError::bad_request(format!(

@@ -16,6 +16,7 @@ pub(in crate::api) async fn get_current(call: &Call) -> Result<Stored, ApiError>
 }
 
 pub(super) async fn get(call: &Call) -> Result<Response, ApiError> {
+    call.read_resource_version().await?;
     let mut current = get_current(call).await?;
     set_type_meta(call.info(), &mut current.value);
     Ok(call.object_response(StatusCode::OK, current.value))

@@ -61,6 +61,8 @@ impl Call {
 
 pub(super) async fn list(call: &Call) -> Result<Response, ApiError> {
     let info = call.info();
+    call.check_continue()?;
+    call.read_resource_version().await?;
     let (mut items, rev) = call.selected().await?;
     for v in &mut items {
         set_type_meta(info, v);

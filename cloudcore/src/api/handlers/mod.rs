@@ -8,7 +8,8 @@
 //! One file per step of a request, as in the Kubernetes API server's `endpoints/handlers`:
 //! [`request`] resolves the path and holds the [`Call`], [`body`] decodes what the client sent,
 //! `get`, `list`, `create`, `update`, `patch`, `apply` and `delete` are the verbs,
-//! [`validate`] and [`preconditions`] are what every write checks, [`meta`] stamps system
+//! [`validate`] and [`preconditions`] are what every write checks, [`resource_version`] what
+//! a read's `resourceVersion` and `continue` mean, [`meta`] stamps system
 //! metadata, and [`negotiation`] re-encodes answers for protobuf clients. This file routes.
 
 mod apply;
@@ -22,6 +23,7 @@ mod negotiation;
 mod patch;
 mod preconditions;
 mod request;
+mod resource_version;
 mod update;
 mod validate;
 
@@ -32,6 +34,9 @@ pub(super) use get::get_current;
 pub use meta::new_uid;
 pub(super) use meta::{now_rfc3339, now_seconds, set_type_meta};
 pub(super) use request::{is_true, Call};
+#[cfg(test)]
+pub(super) use resource_version::FRESHNESS_WAIT;
+pub(super) use resource_version::{parse as parse_resource_version, wait_fresh};
 pub(super) use update::{build_update, update, update_loop, UPDATE_ATTEMPTS};
 
 use super::error::{json_response, ApiError};
