@@ -68,6 +68,8 @@ cargo build --release --bins
 deploy/images/build.sh target/images
 stop
 mkdir -p "$DEMO" "$CTRD/cni"
+# The daemons refuse a data directory others may enter; demos of earlier versions made them 0755.
+for d in "$DEMO/cloud" "$DEMO/edge"; do [ -d "$d" ] && chmod 700 "$d"; done
 
 # containerd: the edge node configuration of deploy/containerd/, with private paths.
 sed -e "s#^version = 2#version = 2\nroot = \"$CTRD/root\"\nstate = \"$CTRD/state\"\n[grpc]\n  address = \"$CTRD/containerd.sock\"\n[ttrpc]\n  address = \"$CTRD/containerd.sock.ttrpc\"#" \
@@ -117,8 +119,11 @@ if [ ! -f "$DEMO/edge/pki/report.key" ]; then
   # A token made for demo-edge also re-joins it when an older demo left it registered.
   read -r TOKEN HASH < <("$BIN/cloudcore" --data-dir "$DEMO/cloud" token create --ttl 10m --node demo-edge | awk '/^token:/{t=$2} /^ca-hash:/{h=$2} END{print t, h}')
   "$BIN/edgecore" --data-dir "$DEMO/edge" join --server "127.0.0.1:$HUB" --token "$TOKEN" --ca-hash "$HASH" \
-    --node-name demo-edge --mqtt-url "mqtt://127.0.0.1:$MQTT" --label site=demo
+    --node-name demo-edge --mqtt-url "mqtt://127.0.0.1:$MQTT"
 fi
+# Labels that steer workloads are the admin's (a node may not give itself one at join);
+# hello-pod.yaml selects site=demo.
+"${KUBECTL[@]}" label node demo-edge site=demo --overwrite >/dev/null
 "$BIN/edgecore" --data-dir "$DEMO/edge" run --node-ip 127.0.0.1 \
   --runtime cri --cri-socket "$CTRD/containerd.sock" >"$DEMO/edgecore.log" 2>&1 &
 echo $! >"$DEMO/edgecore.pid"
