@@ -69,7 +69,7 @@ deploy/images/build.sh target/images
 stop
 mkdir -p "$DEMO" "$CTRD/cni"
 # The daemons refuse a data directory others may enter; demos of earlier versions made them 0755.
-for d in "$DEMO/cloud" "$DEMO/edge"; do [ -d "$d" ] && chmod 700 "$d"; done
+for d in "$DEMO/cloud" "$DEMO/edge"; do if [ -d "$d" ]; then chmod 700 "$d"; fi; done
 
 # containerd: the edge node configuration of deploy/containerd/, with private paths.
 sed -e "s#^version = 2#version = 2\nroot = \"$CTRD/root\"\nstate = \"$CTRD/state\"\n[grpc]\n  address = \"$CTRD/containerd.sock\"\n[ttrpc]\n  address = \"$CTRD/containerd.sock.ttrpc\"#" \
