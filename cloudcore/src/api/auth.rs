@@ -161,6 +161,8 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
     use axum::body::Body;
     use axum::routing::get;
     use axum::Router;
@@ -198,9 +200,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Arc::new(Pki::load_or_create(dir.path(), &[]).expect("pki"));
         let token = pki
-            .create_api_token("admin", &["system:masters".into()])
+            .create_api_token("admin", &["system:masters".into()], HOUR)
             .expect("token");
-        let viewer = pki.create_api_token("viewer", &[]).expect("token");
+        let viewer = pki.create_api_token("viewer", &[], HOUR).expect("token");
         let app = app(pki.clone());
 
         assert_eq!(call(&app, get_req("/healthz", None, None)).await.0, 200);
