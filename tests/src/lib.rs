@@ -26,6 +26,51 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs the real kubectl with `kubeconfig`; returns (success, stdout + stderr).
+pub fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> Result<(bool, String)> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .context("cannot run kubectl (it is expected at /usr/bin/kubectl)")?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// The condition of `kind` in an object's `status.conditions`.
+pub fn condition_of<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+/// A QUIC client that trusts the cloud's CA (`ca_path`), presents no certificate and speaks
+/// `alpn`: what an anonymous stranger can open on the hub.
+pub fn anonymous_client_config(ca_path: &Path, alpn: &[u8]) -> Result<quinn::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let ca = std::fs::read(ca_path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(&ca)?)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(quinn::ClientConfig::new(std::sync::Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    )))
+}
+
 /// The path of a workspace binary, or an error saying how to build it.
 pub fn bin(name: &str) -> Result<PathBuf> {
     let p = bin_dir().join(name);
@@ -480,20 +525,22 @@ impl Cloud {
 
     /// Runs the real kubectl against this cloud; returns (success, stdout + stderr).
     pub fn kubectl(&self, args: &[&str]) -> Result<(bool, String)> {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig_path())
-            .args(args)
-            .output()
-            .context("cannot run kubectl (it is expected at /usr/bin/kubectl)")?;
-        Ok((
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
+        kubectl_with(&self.kubeconfig_path(), args)
+    }
+
+    /// `edgecore join` of `name` into `dir` with a fresh token, without starting the agent;
+    /// returns (success, output).
+    pub fn join_only(&self, dir: &Path, name: &str) -> Result<(bool, String)> {
+        let (token, hash) = self.token("1h")?;
+        let mqtt = self.mqtt_url();
+        join_raw(
+            dir,
+            &self.hub_addr(),
+            &token,
+            &hash,
+            name,
+            &["--mqtt-url", &mqtt],
+        )
     }
 
     /// The value of a metric (first sample, labels ignored) from cloudcore's `/metrics`.

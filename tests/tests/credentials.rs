@@ -37,19 +37,7 @@ fn kubeconfig(cloud: &Cloud, dir: &Path, file: &str, extra: &[&str]) -> anyhow::
 }
 
 fn kubectl(config: &Path, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(config)
-        .args(args)
-        .output()?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    kubectl_with(config, args)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,7 +1,6 @@
 //! The hub closes a connection that sends garbage and keeps serving everyone else.
 
 use skerry_tests::*;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -61,21 +60,11 @@ async fn garbage_frames_close_only_that_connection() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_without_certificate_is_refused() -> anyhow::Result<()> {
     let cloud = Cloud::start(CloudOptions::default()).await?;
-    let ca = std::fs::read(cloud.ca_path())?;
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(&ca)?)?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![protocol::ALPN_SYNC.to_vec()];
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
-    )));
+    endpoint.set_default_client_config(anonymous_client_config(
+        &cloud.ca_path(),
+        protocol::ALPN_SYNC,
+    )?);
     let conn = endpoint
         .connect(cloud.hub_addr().parse()?, "127.0.0.1")?
         .await?;

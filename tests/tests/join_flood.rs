@@ -3,26 +3,15 @@
 //! busy, and names reserved for cloudcore are refused.
 
 use skerry_tests::*;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A client that speaks the join ALPN with the cloud's CA and then says nothing.
 fn join_endpoint(cloud: &Cloud, source: &str) -> anyhow::Result<quinn::Endpoint> {
-    let ca = std::fs::read(cloud.ca_path())?;
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(&ca)?)?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![protocol::ALPN_JOIN.to_vec()];
     let mut endpoint = quinn::Endpoint::client(format!("{source}:0").parse()?)?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
-    )));
+    endpoint.set_default_client_config(anonymous_client_config(
+        &cloud.ca_path(),
+        protocol::ALPN_JOIN,
+    )?);
     Ok(endpoint)
 }
 
@@ -78,16 +67,7 @@ async fn held_join_connections_do_not_keep_real_joins_out() -> anyhow::Result<()
     // gets in once the deadline frees the slots.
     let (_e2, _held, _) = hold(&cloud, "127.0.0.1", 4).await?;
     let dir = private_temp_dir()?;
-    let (token, hash) = cloud.token("1h")?;
-    let mqtt = cloud.mqtt_url();
-    let (ok, out) = join_raw(
-        dir.path(),
-        &cloud.hub_addr(),
-        &token,
-        &hash,
-        "edge-b",
-        &["--mqtt-url", &mqtt],
-    )?;
+    let (ok, out) = cloud.join_only(dir.path(), "edge-b")?;
     assert!(ok, "join must retry until a slot is free: {out}");
     assert!(out.contains("retrying"), "it was turned away first: {out}");
     let turned = cloud
@@ -98,15 +78,7 @@ async fn held_join_connections_do_not_keep_real_joins_out() -> anyhow::Result<()
 
     // cloudcore's own names cannot be taken by a node.
     let dir = private_temp_dir()?;
-    let (token, hash) = cloud.token("1h")?;
-    let (ok, out) = join_raw(
-        dir.path(),
-        &cloud.hub_addr(),
-        &token,
-        &hash,
-        "skerry-cloudcore",
-        &["--mqtt-url", &mqtt],
-    )?;
+    let (ok, out) = cloud.join_only(dir.path(), "skerry-cloudcore")?;
     assert!(!ok && out.contains("reserved"), "{out}");
     Ok(())
 }

@@ -3,19 +3,14 @@
 //! containerd is back the node is `Ready` again without restarting its pod.
 
 use anyhow::Result;
-use serde_json::{json, Value};
+use serde_json::json;
 use skerry_tests::containerd::{self, Containerd, BUSYBOX_IMAGE};
 use skerry_tests::{restarts, Cloud, CloudOptions, Edge};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn condition<'a>(node: &'a Value, kind: &str) -> Option<&'a Value> {
-    node.pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-}
+use skerry_tests::condition_of as condition;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_runtime_turns_the_node_not_ready_and_back_without_restarting_pods() -> Result<()>

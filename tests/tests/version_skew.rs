@@ -9,19 +9,13 @@ use protocol::compat::v3;
 use protocol::messages::Reject;
 use protocol::status::{mqtt_client_id, mqtt_password, seal_encoded, NodeInfo};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use serde_json::Value;
 use skerry_tests::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn condition<'a>(node: &'a Value, kind: &str) -> Option<&'a Value> {
-    node.pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-}
+use skerry_tests::condition_of as condition;
 
 fn v3_heartbeat(node: &str, seq: u64, version: u32) -> Result<Vec<u8>> {
     let report = v3::StatusReport {
@@ -47,16 +41,7 @@ fn v3_heartbeat(node: &str, seq: u64, version: u32) -> Result<Vec<u8>> {
 async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused() -> Result<()> {
     let cloud = Cloud::start(CloudOptions::default()).await?;
     let dir = private_temp_dir()?;
-    let (token, hash) = cloud.token("1h")?;
-    let mqtt = cloud.mqtt_url();
-    let (ok, out) = join_raw(
-        dir.path(),
-        &cloud.hub_addr(),
-        &token,
-        &hash,
-        "old-edge",
-        &["--mqtt-url", &mqtt],
-    )?;
+    let (ok, out) = cloud.join_only(dir.path(), "old-edge")?;
     assert!(ok, "join: {out}");
 
     // The link: a v3 Hello is welcomed; v5 (newer than the cloud) and v2 are refused.
