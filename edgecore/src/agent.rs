@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 use wire::backoff::Backoff;
+use wire::supervisor::{Policy, Supervisor};
 
 /// Runtime settings of `edgecore run` (beyond the persistent [`EdgeConfig`]).
 #[derive(Debug, Clone)]
@@ -160,10 +161,14 @@ pub async fn run(
           acked_revision = cache.acked_revision(), %host_ip, "starting pods from the cache");
     manager.sync(cached).await;
 
+    // Every long-running loop runs supervised: one that ends or panics is restarted, counted,
+    // reported by /healthz, and past a bound the process exits for systemd to restart it.
+    let supervisor = Supervisor::new(Policy::default());
     let changed = Arc::new(Notify::new());
     let (state_tx, state_rx) = watch::channel(LinkState::Disconnected);
-    tokio::spawn(link::run(
-        LinkConfig {
+    let state_tx = Arc::new(state_tx);
+    {
+        let link_cfg = LinkConfig {
             server: cfg.server.clone(),
             server_name: cfg.server_name.clone(),
             node_name: node.clone(),
@@ -171,38 +176,54 @@ pub async fn run(
             idle_timeout: opts.idle_timeout,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
-        },
-        IdentityPaths::new(&opts.data_dir),
-        cache.clone(),
-        changed.clone(),
-        state_tx,
-    ));
-
+        };
+        let (paths, cache, changed) = (
+            IdentityPaths::new(&opts.data_dir),
+            cache.clone(),
+            changed.clone(),
+        );
+        supervisor.spawn("link", move || {
+            link::run(
+                link_cfg.clone(),
+                paths.clone(),
+                cache.clone(),
+                changed.clone(),
+                state_tx.clone(),
+            )
+        });
+    }
     {
         let manager = manager.clone();
         let cache = cache.clone();
-        tokio::spawn(async move {
-            loop {
-                // Level-triggered: every wake-up hands the whole cached slice to the manager; the
-                // periodic pass heals anything a missed notification could leave behind.
-                let _ = tokio::time::timeout(Duration::from_secs(10), changed.notified()).await;
-                manager.sync(desired(&cache)).await;
-                metrics::gauge!("skerry_edge_pod_workers").set(manager.worker_count().await as f64);
+        supervisor.spawn("pod-sync", move || {
+            let (manager, cache, changed) = (manager.clone(), cache.clone(), changed.clone());
+            async move {
+                loop {
+                    // Level-triggered: every wake-up hands the whole cached slice to the
+                    // manager; the periodic pass heals anything a missed notification left.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), changed.notified()).await;
+                    manager.sync(desired(&cache)).await;
+                    metrics::gauge!("skerry_edge_pod_workers")
+                        .set(manager.worker_count().await as f64);
+                }
             }
         });
     }
 
     let (mqtt_host, mqtt_port) =
         config::parse_mqtt_url(&cfg.mqtt_url()).map_err(anyhow::Error::msg)?;
-    tokio::spawn(report::publish(
-        outbox.clone(),
-        PublisherConfig {
+    {
+        let outbox = outbox.clone();
+        let publisher = PublisherConfig {
             host: mqtt_host,
             port: mqtt_port,
             node: node.clone(),
             report_key,
-        },
-    ));
+        };
+        supervisor.spawn("publisher", move || {
+            report::publish(outbox.clone(), publisher.clone())
+        });
+    }
     let checker = crate::node_health::Checker {
         runtime: health_runtime,
         cache: cache.db().clone(),
@@ -211,15 +232,26 @@ pub async fn run(
         thresholds: opts.thresholds.clone(),
         deadline: crate::node_health::CHECK_DEADLINE,
     };
-    tokio::spawn(report::heartbeat(
-        outbox.clone(),
-        checker,
-        node.clone(),
-        host_ip.clone(),
-        opts.capacity,
-        opts.heartbeat,
-    ));
-    tokio::spawn(serve_metrics(opts.metrics_addr, metrics_render, state_rx));
+    {
+        let (outbox, node, host_ip) = (outbox.clone(), node.clone(), host_ip.clone());
+        let (capacity, period) = (opts.capacity, opts.heartbeat);
+        supervisor.spawn("heartbeat", move || {
+            report::heartbeat(
+                outbox.clone(),
+                checker.clone(),
+                node.clone(),
+                host_ip.clone(),
+                capacity,
+                period,
+            )
+        });
+    }
+    {
+        let (addr, sup) = (opts.metrics_addr, supervisor.clone());
+        supervisor.spawn("metrics-server", move || {
+            serve_metrics(addr, metrics_render.clone(), state_rx.clone(), sup.clone())
+        });
+    }
 
     shutdown_signal().await;
     info!("stopping edgecore; pods keep running");
@@ -228,11 +260,17 @@ pub async fn run(
     Ok(())
 }
 
+/// Serves `/metrics` and `/healthz`. The health answer is the supervisor's verdict on every
+/// subsystem (kube-apiserver's format; `?verbose` lists each); a node without its cloud is
+/// healthy (it runs on from its cache), so the link state is shown but does not fail it.
 async fn serve_metrics(
     addr: SocketAddr,
     render: Arc<dyn Fn() -> String + Send + Sync>,
     link: watch::Receiver<LinkState>,
+    supervisor: Supervisor,
 ) {
+    use axum::extract::RawQuery;
+    use axum::http::StatusCode;
     use axum::routing::get;
     let app = axum::Router::new()
         .route(
@@ -244,9 +282,21 @@ async fn serve_metrics(
         )
         .route(
             "/healthz",
-            get(move || {
-                let s = *link.borrow();
-                async move { format!("ok (link: {s:?})") }
+            get(move |RawQuery(query): RawQuery| {
+                let verbose = query.is_some_and(|q| {
+                    q.split('&')
+                        .any(|p| p == "verbose" || p.starts_with("verbose="))
+                });
+                let (ok, mut text) = supervisor.render(verbose, &[]);
+                if verbose {
+                    text.push_str(&format!("link: {:?}\n", *link.borrow()));
+                }
+                let code = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                async move { (code, text) }
             }),
         );
     match tokio::net::TcpListener::bind(addr).await {

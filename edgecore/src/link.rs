@@ -315,7 +315,7 @@ pub async fn run(
     paths: IdentityPaths,
     cache: Cache,
     changed: Arc<Notify>,
-    state: watch::Sender<LinkState>,
+    state: Arc<watch::Sender<LinkState>>,
 ) {
     let mut backoff = reconnect_backoff(cfg.backoff_base, cfg.backoff_max);
     loop {

@@ -20,7 +20,7 @@ async fn a_stopped_runtime_turns_the_node_not_ready_and_back_without_restarting_
     }
     let mut ctrd = Containerd::start().await?;
     let cloud = Cloud::start(CloudOptions::default()).await?;
-    let _edge = Edge::join_and_start_cri(&cloud, "cri-health", &ctrd).await?;
+    let edge = Edge::join_and_start_cri(&cloud, "cri-health", &ctrd).await?;
     let _spare = Edge::join_and_start(&cloud, "spare", &[]).await?;
     let node = cloud.wait_node_ready("cri-health", LONG).await?;
     cloud.wait_node_ready("spare", LONG).await?;
@@ -39,6 +39,23 @@ async fn a_stopped_runtime_turns_the_node_not_ready_and_back_without_restarting_
     assert!(node
         .pointer("/status/allocatable/pods")
         .is_some_and(|p| p == "110"));
+    // The edge's own health names each supervised subsystem.
+    let health = reqwest::get(format!(
+        "http://127.0.0.1:{}/healthz?verbose",
+        edge.metrics_port
+    ))
+    .await?;
+    assert_eq!(health.status(), 200);
+    let text = health.text().await?;
+    for subsystem in [
+        "link",
+        "publisher",
+        "heartbeat",
+        "pod-sync",
+        "metrics-server",
+    ] {
+        assert!(text.contains(&format!("[+]{subsystem} ok")), "{text}");
+    }
 
     cloud
         .create_pod(json!({

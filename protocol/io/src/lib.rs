@@ -10,3 +10,4 @@ pub mod backoff;
 pub mod durable;
 pub mod frames;
 pub mod private_dir;
+pub mod supervisor;
