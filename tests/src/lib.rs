@@ -136,6 +136,9 @@ pub struct CloudOptions {
     pub node_monitor_grace_period_secs: Option<u64>,
     /// More `cloudcore serve` flags, e.g. the connection caps and timeouts.
     pub extra_args: Vec<String>,
+    /// Start cloudcore with this open file limit (soft and hard, through `prlimit`), to see
+    /// it live within few descriptors.
+    pub nofile_limit: Option<u64>,
 }
 
 /// A running (or stopped) cloudcore.
@@ -192,7 +195,16 @@ impl Cloud {
 
     /// (Re)starts the process on the same ports and data dir.
     pub async fn launch(&mut self) -> Result<()> {
-        let mut cmd = Command::new(bin("cloudcore")?);
+        let mut cmd = match self.opts.nofile_limit {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("cloudcore")?);
+                c
+            }
+            None => Command::new(bin("cloudcore")?),
+        };
         cmd.arg("--data-dir")
             .arg(self.dir.path())
             .arg("serve")

@@ -277,3 +277,48 @@ async fn silent_connections_are_closed_but_quiet_watches_live_on() -> Result<()>
     admin_get_pods(&cloud)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_never_exhausts_the_descriptors_of_a_cloudcore_with_few() -> Result<()> {
+    // 512 descriptors: the global cap becomes 256, leaving the rest to the store, the broker
+    // and the hub. Before the caps, 600 connections made accept fail with EMFILE and locked
+    // everyone out.
+    let cloud = Cloud::start(CloudOptions {
+        nofile_limit: Some(512),
+        extra_args: ["--handshake-timeout", "5m"].map(String::from).to_vec(),
+        ..CloudOptions::default()
+    })
+    .await?;
+    let flood = Flood::start(spec(&cloud, 40, 3, 200, Mode::Tcp))?;
+    eventually("the flood met the global cap", WAIT, || async {
+        Ok((flood.closed() > 0 && flood.open() + flood.closed() == 600).then_some(()))
+    })
+    .await?;
+    assert!(
+        flood.open() <= 256,
+        "cloudcore holds at most the cap that fits its descriptors: {}",
+        flood.open()
+    );
+    admin_get_pods(&cloud)?;
+    let global = counter(
+        &cloud,
+        "skerry_api_connections_rejected_total{reason=\"global\"}",
+    )
+    .await?;
+    assert!(
+        global >= flood.closed() as f64,
+        "global rejections: {global}"
+    );
+    let metrics = cloud.api("GET", "/metrics", None).await?.1;
+    let text = metrics.as_str().unwrap_or_default();
+    assert!(
+        !text.contains("skerry_api_accept_errors_total"),
+        "accept never failed: {}",
+        text.lines()
+            .filter(|l| l.starts_with("skerry_api_accept_errors_total"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    flood.stop().await;
+    Ok(())
+}
