@@ -637,3 +637,63 @@ async fn shutdown_signal() {
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Activity;
+    use std::time::Duration;
+
+    const FIRST: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(300);
+
+    /// Whether the idle timer fires within `within` (paused time: advanced instantly).
+    async fn fires_within(activity: &Activity, within: Duration) -> Option<&'static str> {
+        tokio::time::timeout(within, activity.idle_expired(FIRST, IDLE))
+            .await
+            .ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_is_closed_after_the_first_request_timeout() {
+        let a = Activity::new();
+        assert_eq!(
+            fires_within(&a, FIRST - Duration::from_millis(1)).await,
+            None
+        );
+        assert_eq!(
+            fires_within(&a, Duration::from_millis(2)).await,
+            Some("before_first_request")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_is_never_idle_and_the_long_timeout_follows_it() {
+        let a = Activity::new();
+        let watch = a.begin();
+        // A watch may run for hours with nothing to send.
+        assert_eq!(fires_within(&a, Duration::from_secs(3 * 3600)).await, None);
+        drop(watch);
+        assert_eq!(fires_within(&a, IDLE - Duration::from_secs(1)).await, None);
+        assert_eq!(
+            fires_within(&a, Duration::from_secs(2)).await,
+            Some("after_request")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_starts_while_the_timer_runs_stops_it() {
+        let a = Activity::new();
+        let timer = a.clone();
+        let fired = tokio::spawn(async move { timer.idle_expired(FIRST, IDLE).await });
+        tokio::time::sleep(FIRST / 2).await;
+        let request = a.begin();
+        tokio::time::sleep(FIRST * 2).await;
+        assert!(
+            !fired.is_finished(),
+            "the timer fired under a request in flight"
+        );
+        drop(request);
+        tokio::time::sleep(IDLE + Duration::from_secs(1)).await;
+        assert_eq!(fired.await.unwrap(), "after_request");
+    }
+}
