@@ -10,6 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// jemalloc rather than glibc's malloc: after a connection flood (issue #10) glibc kept every
+/// page the flood's connections had used (RSS stayed at its peak once they were closed);
+/// jemalloc, built with a background purge thread (`.cargo/config.toml`), gives pages freed
+/// for a second back to the OS.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cloudcore",
