@@ -10,6 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// jemalloc rather than glibc's malloc: after a connection flood (issue #10) glibc kept every
+/// page the flood's connections had used (RSS stayed at its peak once they were closed);
+/// jemalloc, built with a background purge thread (`.cargo/config.toml`), gives pages freed
+/// for a second back to the OS.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cloudcore",
@@ -88,6 +95,30 @@ enum Command {
             env = "SKERRY_SERVICE_NODE_PORT_RANGE"
         )]
         service_node_port_range: cloudcore::api::services::NodePortRange,
+        /// Open API connections one client address (IPv6: one /64) may hold; more are closed
+        /// right after accept. The main defence against one host flooding the API.
+        #[arg(long, default_value_t = cloudcore::api::conn_limits::DEFAULT_PER_ADDRESS as u64,
+              env = "SKERRY_MAX_CONNS_PER_ADDRESS", value_parser = clap::value_parser!(u64).range(1..))]
+        max_conns_per_address: u64,
+        /// Open API connections in all (lowered to fit the open file limit). The last 64 are
+        /// kept for addresses holding fewer than 4 connections, so that a flood from a few
+        /// addresses cannot lock the admin out.
+        #[arg(long, default_value_t = cloudcore::api::conn_limits::DEFAULT_GLOBAL as u64,
+              env = "SKERRY_MAX_CONNS", value_parser = clap::value_parser!(u64).range(65..))]
+        max_conns: u64,
+        /// TLS handshake timeout of API connections, e.g. 10s.
+        #[arg(long, default_value = "10s", value_parser = parse_duration, hide = true)]
+        handshake_timeout: Duration,
+        /// HTTP/1 request header read timeout (also HTTP/1's keep-alive idle timeout).
+        #[arg(long, default_value = "10s", value_parser = parse_duration, hide = true)]
+        header_read_timeout: Duration,
+        /// How long an API connection may stay silent between its TLS handshake and its first
+        /// request.
+        #[arg(long, default_value = "10s", value_parser = parse_duration, hide = true)]
+        first_request_timeout: Duration,
+        /// How long an API connection that has served a request may stay with none in flight.
+        #[arg(long, default_value = "5m", value_parser = parse_duration, hide = true)]
+        conn_idle_timeout: Duration,
     },
     /// Manage bootstrap tokens.
     Token {
@@ -175,6 +206,17 @@ fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
+/// A duration flag: `parse_ttl`'s units, zero refused (a zero timeout would close every
+/// connection at once).
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let d = parse_ttl(s)?;
+    anyhow::ensure!(
+        !d.is_zero(),
+        "a timeout of {s:?} would close every connection; use e.g. 10s"
+    );
+    Ok(d)
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn,quinn=warn"));
@@ -213,6 +255,12 @@ fn main() -> anyhow::Result<()> {
             node_monitor_period,
             service_cluster_ip_range,
             service_node_port_range,
+            max_conns_per_address,
+            max_conns,
+            handshake_timeout,
+            header_read_timeout,
+            first_request_timeout,
+            conn_idle_timeout,
         } => {
             let recorder =
                 metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
@@ -236,6 +284,17 @@ fn main() -> anyhow::Result<()> {
                 services: cloudcore::api::services::ServiceNetwork {
                     cidr: service_cluster_ip_range,
                     node_ports: service_node_port_range,
+                },
+                api_conn_limits: cloudcore::api::conn_limits::Limits {
+                    per_address: usize::try_from(max_conns_per_address).unwrap_or(usize::MAX),
+                    global: usize::try_from(max_conns).unwrap_or(usize::MAX),
+                },
+                api_conn_timeouts: server::ConnTimeouts {
+                    handshake: handshake_timeout,
+                    header_read: header_read_timeout,
+                    first_request: first_request_timeout,
+                    idle: conn_idle_timeout,
+                    ..server::ConnTimeouts::default()
                 },
             };
             tokio::runtime::Runtime::new()?.block_on(server::run(cfg, render))

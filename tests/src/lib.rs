@@ -4,6 +4,7 @@
 //! outlive edgecore by design.
 
 pub mod containerd;
+pub mod flood;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -195,6 +196,11 @@ pub struct CloudOptions {
     /// default of 40 s if unset). Setting it also makes the controller's periodic pass run every
     /// second (`--node-monitor-period 1`).
     pub node_monitor_grace_period_secs: Option<u64>,
+    /// More `cloudcore serve` flags, e.g. the connection caps and timeouts.
+    pub extra_args: Vec<String>,
+    /// Start cloudcore with this open file limit (soft and hard, through `prlimit`), to see
+    /// it live within few descriptors.
+    pub nofile_limit: Option<u64>,
 }
 
 /// A running (or stopped) cloudcore.
@@ -251,7 +257,16 @@ impl Cloud {
 
     /// (Re)starts the process on the same ports and data dir.
     pub async fn launch(&mut self) -> Result<()> {
-        let mut cmd = Command::new(bin("cloudcore")?);
+        let mut cmd = match self.opts.nofile_limit {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("cloudcore")?);
+                c
+            }
+            None => Command::new(bin("cloudcore")?),
+        };
         cmd.arg("--data-dir")
             .arg(self.dir.path())
             .arg("serve")
@@ -269,6 +284,7 @@ impl Cloud {
                 .arg(secs.to_string())
                 .args(["--node-monitor-period", "1"]);
         }
+        cmd.args(&self.opts.extra_args);
         match self.opts.external_mqtt_port {
             Some(p) => cmd.arg("--mqtt-url").arg(format!("mqtt://127.0.0.1:{p}")),
             None => cmd
@@ -553,6 +569,21 @@ impl Cloud {
             (rest.starts_with(' ') || rest.starts_with('{'))
                 .then(|| value.parse().ok())
                 .flatten()
+        }))
+    }
+
+    /// The value of the sample `series` (a metric name with its labels exactly as the exporter
+    /// prints them, e.g. `skerry_api_connections_rejected_total{reason="global"}`), if present.
+    pub async fn metric_series(&self, series: &str) -> Result<Option<f64>> {
+        let (status, body) = self.api("GET", "/metrics", None).await?;
+        if status != 200 {
+            bail!("GET /metrics: {status} {body}");
+        }
+        let text = body.as_str().unwrap_or_default().to_string();
+        Ok(text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')
+                .and_then(|v| v.trim().parse().ok())
         }))
     }
 

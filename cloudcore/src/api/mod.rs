@@ -31,6 +31,7 @@ pub mod auth;
 pub mod binding;
 pub mod client;
 pub mod configmaps;
+pub mod conn_limits;
 pub mod discovery;
 pub mod error;
 pub mod events;
