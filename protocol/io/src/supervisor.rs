@@ -202,12 +202,12 @@ mod tests {
         sup.spawn("flaky", move || {
             let r = r.clone();
             async move {
-                if r.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                if r.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                     panic!("boom");
                 }
             }
         });
-        sup.spawn("steady", || std::future::pending());
+        sup.spawn("steady", std::future::pending);
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         let (ok, text) = sup.render(true, &[]);
