@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 /// Starts rumqttd listening for MQTT 3.1.1 on `listen`, on a thread of its own.
 #[cfg(feature = "embedded-broker")]
-pub fn start(listen: SocketAddr, pki: Arc<Pki>) -> anyhow::Result<()> {
+pub fn start(listen: SocketAddr, pki: Arc<Pki>) -> anyhow::Result<BrokerHealth> {
     use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
     // Every login is checked against the PKI: cloudcore's ingest with its secret, a node with
     // the password derived from its report key and its own client id; revoked nodes are out.
@@ -58,22 +58,53 @@ pub fn start(listen: SocketAddr, pki: Arc<Pki>) -> anyhow::Result<()> {
         prometheus: None,
         metrics: None,
     };
+    let health = BrokerHealth::default();
+    let stopped = health.stopped.clone();
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
             let mut broker = Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded MQTT broker stopped");
-            }
+            // rumqttd's threads cannot be restarted in place: a broker that stops is reported
+            // by /readyz, and the supervisor's bound on the ingest (which then cannot connect)
+            // restarts the process.
+            let why =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| broker.start())) {
+                    Ok(Ok(())) => "returned".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "panicked".to_string(),
+                };
+            tracing::error!(reason = %why, "embedded MQTT broker stopped");
+            *stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
         })?;
     // No readiness probe here: a bare TCP probe makes rumqttd log an error, and the ingest
     // reconnects until the broker accepts anyway. A port that is taken fails `start` above, which
-    // the thread logs.
-    Ok(())
+    // the thread logs and the health check reports.
+    Ok(health)
+}
+
+/// Whether the embedded broker's thread is still running, for `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerHealth {
+    stopped: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl BrokerHealth {
+    /// The check for the health endpoints.
+    pub fn check(&self) -> wire::supervisor::Check {
+        wire::supervisor::Check {
+            name: "mqtt-broker".into(),
+            failure: self
+                .stopped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .map(|why| format!("stopped: {why}")),
+        }
+    }
 }
 
 /// Without the `embedded-broker` feature there is no broker to start.
 #[cfg(not(feature = "embedded-broker"))]
-pub fn start(listen: SocketAddr, _pki: Arc<Pki>) -> anyhow::Result<()> {
+pub fn start(listen: SocketAddr, _pki: Arc<Pki>) -> anyhow::Result<BrokerHealth> {
     anyhow::bail!("this cloudcore was built without the embedded broker; pass --mqtt-url to use an external one (wanted to listen on {listen})")
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
+use wire::supervisor::{Policy, Supervisor};
 
 /// How many revisions of shard history to keep; a node further behind gets a snapshot.
 const SHARD_HISTORY: u64 = 100_000;
@@ -91,10 +92,11 @@ pub async fn run(
     let store: Arc<dyn Store> = Arc::new(sled.clone());
     info!(data_dir = %cfg.data_dir.display(), revision = store.revision(), ca_hash = %pki.ca_hash(), "store and PKI ready");
 
+    let mut broker_health = None;
     let mqtt = match &cfg.mqtt_url {
         Some(url) => MqttTarget::parse(url).map_err(anyhow::Error::msg)?,
         None => {
-            broker::start(cfg.mqtt_listen, pki.clone())?;
+            broker_health = Some(broker::start(cfg.mqtt_listen, pki.clone())?);
             info!(listen = %cfg.mqtt_listen, "embedded MQTT broker started");
             let host = if cfg.mqtt_listen.ip().is_unspecified() {
                 "127.0.0.1".to_string()
@@ -111,7 +113,13 @@ pub async fn run(
     let endpoint = hub::endpoint(&pki, &cfg.hub)?;
     info!(listen = %endpoint.local_addr()?, "hub listening for edge nodes (QUIC)");
 
-    tokio::spawn(compact_periodically(sled));
+    // Every long-running subsystem runs supervised (wire::supervisor): restarted when it
+    // ends or panics, reported by /readyz when it keeps failing, and past a bound the process
+    // exits so that systemd restarts it.
+    let supervisor = Supervisor::new(Policy::default());
+    supervisor.spawn("store-compaction", move || {
+        compact_periodically(sled.clone())
+    });
 
     let tls = Arc::new(pki.api_tls()?);
     let conn_limits = api_conn_limits(cfg.api_conn_limits)?;
@@ -136,40 +144,65 @@ pub async fn run(
         cfg.services,
     )));
     info!(service_cidr = %cfg.services.cidr, node_ports = %cfg.services.node_ports, "Service address pools");
+    let mut health = crate::api::health::Health {
+        supervisor: Some(supervisor.clone()),
+        extra: Vec::new(),
+    };
+    if let Some(b) = broker_health {
+        health.extra.push(Arc::new(move || b.check()));
+    }
     let api = ApiState::with_watch_history(store.clone(), metrics_render, cfg.watch_history)
-        .with_registry(registry);
-    tokio::spawn(ingest::run(
-        api.clone(),
-        pki.clone(),
-        mqtt,
-        format!("skerry-cloudcore-ingest-{}", cfg.api_addr.port()),
-    ));
-    tokio::spawn(scheduler::run(Client::with_identity(
-        api.clone(),
-        identity::SCHEDULER,
-    )));
+        .with_registry(registry)
+        .with_health(health);
+    {
+        let (api, pki) = (api.clone(), pki.clone());
+        let client_id = format!("skerry-cloudcore-ingest-{}", cfg.api_addr.port());
+        supervisor.spawn("ingest", move || {
+            ingest::run(api.clone(), pki.clone(), mqtt.clone(), client_id.clone())
+        });
+    }
+    {
+        let api = api.clone();
+        supervisor.spawn("scheduler", move || {
+            scheduler::run(Client::with_identity(api.clone(), identity::SCHEDULER))
+        });
+    }
     let hub = Hub::new(
         Client::with_identity(api.clone(), identity::HUB),
         pki.clone(),
     );
-    tokio::spawn(hub.clone().run(endpoint));
-    tokio::spawn(watch_revocations(pki.clone(), hub.clone()));
-    tokio::spawn(crate::controllers::node_lifecycle::run(
-        Client::with_identity(api.clone(), identity::NODE_CONTROLLER),
-        cfg.node_lifecycle,
-    ));
-    spawn_workload_controllers(&api);
+    {
+        let hub = hub.clone();
+        supervisor.spawn("hub", move || hub.clone().run(endpoint.clone()));
+    }
+    {
+        let (pki, hub) = (pki.clone(), hub.clone());
+        supervisor.spawn("node-revocations", move || {
+            watch_revocations(pki.clone(), hub.clone())
+        });
+    }
+    {
+        let (api, lifecycle) = (api.clone(), cfg.node_lifecycle);
+        supervisor.spawn("node-lifecycle", move || {
+            crate::controllers::node_lifecycle::run(
+                Client::with_identity(api.clone(), identity::NODE_CONTROLLER),
+                lifecycle,
+            )
+        });
+    }
+    spawn_workload_controllers(&api, &supervisor);
     let app = router(api).layer(axum::middleware::from_fn_with_state(
         auth,
         crate::api::auth::guard,
     ));
-    tokio::spawn(serve_https(
-        listener,
-        tls,
-        app,
-        conn_limits,
-        cfg.api_conn_timeouts,
-    ));
+    // The API server owns its listener and cannot be restarted in place: if it ever ends, the
+    // process goes, for systemd to start a fresh one.
+    let timeouts = cfg.api_conn_timeouts;
+    tokio::spawn(async move {
+        serve_https(listener, tls, app, conn_limits, timeouts).await;
+        tracing::error!("the API server ended; exiting");
+        std::process::exit(1);
+    });
 
     shutdown_signal().await;
     info!("shutting down");
@@ -221,54 +254,73 @@ const CONTROLLER_RESYNC: Duration = Duration::from_secs(30);
 
 /// Starts the controllers that run on the shared runner (namespace, garbage collector and the
 /// workload controllers), writing through the in-process client.
-pub fn spawn_workload_controllers(api: &ApiState) {
+pub fn spawn_workload_controllers(api: &ApiState, supervisor: &Supervisor) {
     use crate::controllers::{
         daemonset, deployment, garbage_collector, namespace, replicaset, runner, statefulset,
     };
-    use runner::Options;
+    use runner::{Options, Reconciler};
     let client = crate::api::client::Client::new(api.clone());
     let informers = crate::controllers::informer::Informers::start(api.store.clone());
-    let events = || api.store.subscribe();
-    tokio::spawn(runner::run(
-        Arc::new(namespace::NamespaceController::new(client.clone())),
-        events(),
+    fn run_on<R: Reconciler>(
+        supervisor: &Supervisor,
+        name: &'static str,
+        api: &ApiState,
+        controller: R,
+        options: Options,
+    ) {
+        let (controller, store) = (Arc::new(controller), api.store.clone());
+        supervisor.spawn(name, move || {
+            runner::run(controller.clone(), store.subscribe(), options)
+        });
+    }
+    let (ns_opts, gc_opts) = (
         Options::resync(namespace::RESYNC).with_concurrency(5),
-    ));
-    // Workers per controller, as kube-controller-manager's defaults (`--concurrent-*-syncs`).
-    tokio::spawn(runner::run(
-        Arc::new(garbage_collector::GarbageCollector::new(client.clone())),
-        events(),
+        // Workers per controller, as kube-controller-manager's defaults (`--concurrent-*-syncs`).
         Options::resync(garbage_collector::RESYNC).with_concurrency(20),
-    ));
-    tokio::spawn(runner::run(
-        Arc::new(replicaset::ReplicaSetController::new(
-            client.clone(),
-            &informers,
-        )),
-        events(),
-        Options::resync(CONTROLLER_RESYNC).with_concurrency(5),
-    ));
-    tokio::spawn(runner::run(
-        Arc::new(deployment::DeploymentController::new(
-            client.clone(),
-            &informers,
-        )),
-        events(),
-        Options::resync(CONTROLLER_RESYNC).with_concurrency(5),
-    ));
-    tokio::spawn(runner::run(
-        Arc::new(daemonset::DaemonSetController::new(
-            client.clone(),
-            &informers,
-        )),
-        events(),
+    );
+    let workload = Options::resync(CONTROLLER_RESYNC).with_concurrency(5);
+    run_on(
+        supervisor,
+        "namespace-controller",
+        api,
+        namespace::NamespaceController::new(client.clone()),
+        ns_opts,
+    );
+    run_on(
+        supervisor,
+        "garbage-collector",
+        api,
+        garbage_collector::GarbageCollector::new(client.clone()),
+        gc_opts,
+    );
+    run_on(
+        supervisor,
+        "replicaset-controller",
+        api,
+        replicaset::ReplicaSetController::new(client.clone(), &informers),
+        workload,
+    );
+    run_on(
+        supervisor,
+        "deployment-controller",
+        api,
+        deployment::DeploymentController::new(client.clone(), &informers),
+        workload,
+    );
+    run_on(
+        supervisor,
+        "daemonset-controller",
+        api,
+        daemonset::DaemonSetController::new(client.clone(), &informers),
         Options::resync(daemonset::RESYNC).with_concurrency(2),
-    ));
-    tokio::spawn(runner::run(
-        Arc::new(statefulset::StatefulSetController::new(client, &informers)),
-        events(),
+    );
+    run_on(
+        supervisor,
+        "statefulset-controller",
+        api,
+        statefulset::StatefulSetController::new(client, &informers),
         Options::resync(statefulset::RESYNC).with_concurrency(5),
-    ));
+    );
 }
 
 /// Picks up `cloudcore node revoke` (run from another process) and closes the revoked nodes'

@@ -37,6 +37,7 @@ pub mod error;
 pub mod events;
 pub mod finalizers;
 mod handlers;
+pub mod health;
 pub mod history;
 pub mod namespaces;
 pub mod nodes;
@@ -98,6 +99,8 @@ pub struct ApiState {
     openapi: Arc<std::sync::OnceLock<discovery::OpenApiDocs>>,
     /// The OpenAPI v2 document of `registry`, built on first use of `/openapi/v2`.
     openapi_v2: Arc<std::sync::OnceLock<openapi_v2::OpenApiV2>>,
+    /// What `/livez`, `/healthz` and `/readyz` consult.
+    pub health: health::Health,
 }
 
 impl ApiState {
@@ -122,7 +125,14 @@ impl ApiState {
             max_body_bytes: MAX_BODY_BYTES,
             openapi: Arc::default(),
             openapi_v2: Arc::default(),
+            health: health::Health::default(),
         }
+    }
+
+    /// Sets what the health endpoints consult.
+    pub fn with_health(mut self, health: health::Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// The OpenAPI v3 documents of the served resources.
@@ -159,9 +169,9 @@ pub(crate) struct RequestLabels {
 /// `Status`.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/healthz", get(ok))
-        .route("/readyz", get(ok))
-        .route("/livez", get(ok))
+        .route("/healthz", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/livez", get(health::livez))
         .route("/metrics", get(metrics_text))
         .route("/version", get(version))
         .route("/api", get(api_versions))
@@ -175,10 +185,6 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(observe))
         .with_state(state)
-}
-
-async fn ok() -> &'static str {
-    "ok"
 }
 
 async fn metrics_text(State(state): State<ApiState>) -> Response {
