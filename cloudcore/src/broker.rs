@@ -64,15 +64,15 @@ pub fn start(listen: SocketAddr, pki: Arc<Pki>) -> anyhow::Result<BrokerHealth> 
         .name("mqtt-broker".into())
         .spawn(move || {
             let mut broker = Broker::new(config);
-            // rumqttd's threads cannot be restarted in place: a broker that stops is reported
-            // by /readyz, and the supervisor's bound on the ingest (which then cannot connect)
-            // restarts the process.
-            let why =
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| broker.start())) {
-                    Ok(Ok(())) => "returned".to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "panicked".to_string(),
-                };
+            // rumqttd cannot be restarted in place (its listeners and router threads stay
+            // behind): a broker that stops makes /readyz fail, naming it, for the operator or
+            // the service manager's health check to act on.
+            let run = std::panic::AssertUnwindSafe(|| broker.start().map_err(|e| e.to_string()));
+            let why = match std::panic::catch_unwind(run) {
+                Ok(Ok(())) => "returned".to_string(),
+                Ok(Err(e)) => e,
+                Err(_) => "panicked".to_string(),
+            };
             tracing::error!(reason = %why, "embedded MQTT broker stopped");
             *stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
         })?;
