@@ -17,10 +17,16 @@ pub fn start(listen: SocketAddr, pki: Arc<Pki>) -> anyhow::Result<BrokerHealth> 
     use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
     // Every login is checked against the PKI: cloudcore's ingest with its secret, a node with
     // the password derived from its report key and its own client id; revoked nodes are out.
+    let refused_log = Arc::new(crate::log_limit::SharedLogLimiter::new(
+        std::time::Duration::from_secs(1),
+    ));
     let auth: rumqttd::AuthHandler = Arc::new(move |client_id, user, pass| {
         let allowed = pki.mqtt_login_allowed(&client_id, &user, &pass);
         if !allowed {
-            tracing::warn!(%client_id, %user, "MQTT login refused: unknown or revoked node, wrong password, or a client id that is not the node's");
+            metrics::counter!("skerry_broker_logins_refused_total").increment(1);
+            if let Some(held_back) = refused_log.allow(user.chars().take(64).collect::<String>()) {
+                tracing::warn!(%client_id, %user, held_back, "MQTT login refused: unknown or revoked node, wrong password, or a client id that is not the node's");
+            }
         }
         Box::pin(async move { allowed })
     });

@@ -42,6 +42,13 @@ pub use crate::annotations::STATUS_SEQ_ANNOTATION;
 /// Number of parallel appliers; reports of one topic always go to the same one, in order.
 const WORKERS: usize = 4;
 
+/// The rate limit of the "invalid report dropped" warning, per node.
+fn dropped_log() -> &'static crate::log_limit::SharedLogLimiter<String> {
+    static LOG: std::sync::OnceLock<crate::log_limit::SharedLogLimiter<String>> =
+        std::sync::OnceLock::new();
+    LOG.get_or_init(|| crate::log_limit::SharedLogLimiter::new(Duration::from_secs(1)))
+}
+
 /// Where the broker is.
 #[derive(Debug, Clone)]
 pub struct MqttTarget {
@@ -181,7 +188,19 @@ async fn worker(
                     .increment(1);
             }
             Err(ApplyError::Invalid(why)) => {
-                warn!(topic = %p.topic, why, "invalid status report dropped");
+                // One line per node a second at most: a node (or a forger) sending garbage
+                // fast costs the counter, not the disk.
+                let source: String = p
+                    .topic
+                    .split('/')
+                    .nth(3)
+                    .unwrap_or("")
+                    .chars()
+                    .take(64)
+                    .collect();
+                if let Some(held_back) = dropped_log().allow(source) {
+                    warn!(topic = %p.topic, why, held_back, "invalid status report dropped");
+                }
                 metrics::counter!("skerry_ingest_reports_total", "result" => "invalid")
                     .increment(1);
             }

@@ -37,7 +37,6 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// Slots at the top of the global cap that only addresses holding fewer than
 /// [`RESERVE_MAX_PER_ADDRESS`] connections may take.
@@ -359,40 +358,7 @@ impl Default for AcceptBackoff {
     }
 }
 
-/// Lets a repeated warning through at most once per interval and counts the ones it held back,
-/// so that a flood costs one log line a second, not one per event, and the line says how many.
-#[derive(Debug, Clone)]
-pub struct LogLimiter {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    /// A limiter that lets one warning through per `interval`.
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Called for each occurrence at `now`: `Some(n)` if it should be logged, `n` being how many
-    /// occurrences were held back since the last logged one; `None` if it is held back.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < self.interval => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
+pub use crate::log_limit::LogLimiter;
 
 #[cfg(test)]
 mod tests {
@@ -554,29 +520,5 @@ mod tests {
         assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         b.succeeded();
         assert_eq!(b.failed(), AcceptBackoff::MIN);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn log_limiter_lets_one_warning_a_second_through_with_the_count_held_back() {
-        let mut l = LogLimiter::new(Duration::from_secs(1));
-        assert_eq!(l.allow(Instant::now()), Some(0), "the first one is logged");
-        let mut held_back = 0;
-        for _ in 0..19 {
-            tokio::time::advance(Duration::from_millis(50)).await;
-            if l.allow(Instant::now()).is_none() {
-                held_back += 1;
-            }
-        }
-        // 950 ms after the first: all held back.
-        assert_eq!(held_back, 19);
-        tokio::time::advance(Duration::from_millis(50)).await;
-        assert_eq!(
-            l.allow(Instant::now()),
-            Some(19),
-            "the next line says how many were held back"
-        );
-        assert_eq!(l.allow(Instant::now()), None);
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(l.allow(Instant::now()), Some(1));
     }
 }

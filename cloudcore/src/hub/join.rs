@@ -88,7 +88,9 @@ impl Hub {
                 resp
             }
             Err(refusal) => {
-                warn!(%node, reason = %refusal, "join refused");
+                if let Some(held_back) = self.join_log.allow(conn.remote_address().ip()) {
+                    warn!(%node, reason = %refusal, held_back, "join refused");
+                }
                 metrics::counter!("skerry_hub_joins_total", "result" => "refused").increment(1);
                 JoinResponse::Refused(refusal)
             }

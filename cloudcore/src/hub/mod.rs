@@ -139,6 +139,8 @@ pub struct Hub {
     /// Held from a join's name check to its registration, so two joins of one new name cannot
     /// both pass the check (joins are rare; one at a time costs nothing).
     claim: Mutex<()>,
+    /// "join refused" warnings, at most one per client address a second.
+    join_log: crate::log_limit::SharedLogLimiter<std::net::IpAddr>,
     /// Which nodes reference which ConfigMaps and Secrets.
     index: RwLock<ConfigIndex>,
     /// Highest store revision whose change event the dispatcher has fully handled (index
@@ -231,6 +233,7 @@ impl Hub {
             join_slots: tokio::sync::Semaphore::new(join::MAX_CONCURRENT_JOINS),
             joins_by_address: std::sync::Mutex::new(HashMap::new()),
             claim: Mutex::new(()),
+            join_log: crate::log_limit::SharedLogLimiter::new(Duration::from_secs(1)),
             index: RwLock::new(ConfigIndex::new()),
             handled: AtomicU64::new(0),
         })
