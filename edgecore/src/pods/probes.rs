@@ -649,6 +649,13 @@ mod tests {
         assert_eq!(t.record(F, now), Some(false));
     }
 
+    /// Seconds since `began`, rounded: a probe's schedule starts from the container's
+    /// wall-clock start, taken a few (real) milliseconds before the probe runs on the paused
+    /// clock, so attempts fall just before the whole second on a loaded machine.
+    fn secs_since(began: Instant) -> u64 {
+        (began.elapsed().as_millis() as u64 + 500) / 1000
+    }
+
     /// Attempts decided by a function of the probe kind and the seconds since the test began,
     /// recorded.
     struct Script {
@@ -660,7 +667,7 @@ mod tests {
     #[async_trait]
     impl Attempts for Script {
         async fn attempt(&self, kind: ProbeKind, _: &ProbeAction, _: Duration) -> Outcome {
-            let secs = self.began.elapsed().as_secs();
+            let secs = secs_since(self.began);
             self.log.lock().await.push((kind, secs));
             (self.decide)(kind, secs)
         }
@@ -697,7 +704,7 @@ mod tests {
         let mut verdicts = Vec::new();
         while verdicts.len() < 3 {
             let v = rx.recv().await.expect("verdict");
-            verdicts.push((v.kind, v.passed, script.began.elapsed().as_secs()));
+            verdicts.push((v.kind, v.passed, secs_since(script.began)));
             assert_eq!((v.index, v.instance.as_str()), (0, "u1/a/0"));
         }
         assert_eq!(
