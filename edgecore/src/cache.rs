@@ -452,6 +452,24 @@ mod tests {
     use protocol::pod::RestartPolicy;
     use protocol::pod::{EnvFromKind, EnvValue, VolumeSource};
 
+    /// Opens the cache in `dir`, waiting (up to 5 s) for a handle dropped just before to
+    /// release sled's file lock: a flush still running on a blocking thread holds the database
+    /// a moment after the `Cache` that started it is gone.
+    fn open(dir: &Path) -> Cache {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Cache::open(dir) {
+                Ok(c) => return c,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     fn pod(name: &str, image: &str) -> EdgePod {
         EdgePod {
             namespace: "default".into(),
@@ -483,7 +501,7 @@ mod tests {
     async fn batches_apply_idempotently_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let c = Cache::open(dir.path()).unwrap();
+            let c = open(dir.path());
             assert_eq!(c.acked_revision(), 0);
             c.apply(&SyncBatch {
                 revision: 5,
@@ -518,7 +536,7 @@ mod tests {
             .await
             .unwrap();
         }
-        let c = Cache::open(dir.path()).unwrap();
+        let c = open(dir.path());
         assert_eq!(c.acked_revision(), 7);
         let pods = c.pods();
         assert_eq!(pods.len(), 1);
@@ -542,7 +560,7 @@ mod tests {
     #[tokio::test]
     async fn corrupt_entries_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Cache::open(dir.path()).unwrap();
+        let c = open(dir.path());
         c.apply(&SyncBatch {
             revision: 1,
             snapshot: false,
@@ -638,7 +656,7 @@ mod tests {
     async fn configs_follow_the_revision_rules_of_pods_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let c = Cache::open(dir.path()).unwrap();
+            let c = open(dir.path());
             c.apply(&batch(
                 4,
                 vec![
@@ -682,7 +700,7 @@ mod tests {
             .unwrap();
             assert_eq!(c.pods().len(), 1);
         }
-        let c = Cache::open(dir.path()).unwrap();
+        let c = open(dir.path());
         assert_eq!(c.acked_revision(), 9);
         let configs = c.configs();
         assert_eq!(configs.len(), 2);
@@ -702,7 +720,7 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_replaces_configs_too() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Cache::open(dir.path()).unwrap();
+        let c = open(dir.path());
         let mut both = consumer("p", "a", "s");
         both.containers[0].env.push(protocol::pod::EnvVar {
             name: "B".into(),
@@ -748,7 +766,7 @@ mod tests {
     #[tokio::test]
     async fn configs_no_pod_references_are_collected_in_the_same_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Cache::open(dir.path()).unwrap();
+        let c = open(dir.path());
         c.apply(&batch(
             5,
             vec![
@@ -814,7 +832,7 @@ mod tests {
     #[tokio::test]
     async fn corrupt_configs_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Cache::open(dir.path()).unwrap();
+        let c = open(dir.path());
         c.apply(&batch(
             2,
             vec![
