@@ -331,26 +331,33 @@ impl Cloud {
         if !self.kubeconfig_path().exists() {
             self.write_kubeconfig(&self.kubeconfig_path(), &["--token"])?;
         }
+        let http = self
+            .admin_client_builder()?
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        self.http = Some(http);
+        Ok(())
+    }
+
+    /// An HTTP client builder for the harness's admin: trusts the cluster CA and sends the
+    /// bearer token of the harness kubeconfig (benches set their own timeouts and pooling).
+    pub fn admin_client_builder(&self) -> Result<reqwest::ClientBuilder> {
         let kubeconfig = std::fs::read_to_string(self.kubeconfig_path())?;
         let token = kubeconfig
             .lines()
             .find_map(|l| l.trim().strip_prefix("token: "))
-            .ok_or_else(|| anyhow!("no token in the harness kubeconfig"))?
-            .to_string();
+            .ok_or_else(|| anyhow!("no token in the harness kubeconfig"))?;
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
             format!("Bearer {token}").parse()?,
         );
-        let http = reqwest::Client::builder()
+        let ca = std::fs::read(self.ca_path())?;
+        Ok(reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
-            .default_headers(headers)
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        self.http = Some(http);
-        Ok(())
+            .default_headers(headers))
     }
 
     /// The admin kubeconfig the harness uses (a bearer token).

@@ -36,10 +36,6 @@ fn kubeconfig(cloud: &Cloud, dir: &Path, file: &str, extra: &[&str]) -> anyhow::
     Ok(path)
 }
 
-fn kubectl(config: &Path, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    kubectl_with(config, args)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn revoked_and_expired_credentials_stop_working_and_monitoring_reads_only_metrics(
 ) -> anyhow::Result<()> {
@@ -53,7 +49,7 @@ async fn revoked_and_expired_credentials_stop_working_and_monitoring_reads_only_
         &["--user", "ops", "--token"],
     )?;
     for c in [&cert, &token] {
-        let (ok, out) = kubectl(c, &["get", "pods"])?;
+        let (ok, out) = kubectl_with(c, &["get", "pods"])?;
         assert!(ok, "{out}");
     }
 
@@ -63,7 +59,7 @@ async fn revoked_and_expired_credentials_stop_working_and_monitoring_reads_only_
             "the revoked credential refused",
             Duration::from_secs(10),
             || async {
-                let (ok, out) = kubectl(c, &["get", "pods"])?;
+                let (ok, out) = kubectl_with(c, &["get", "pods"])?;
                 Ok((!ok && out.contains("Unauthorized")).then_some(()))
             },
         )
@@ -78,7 +74,7 @@ async fn revoked_and_expired_credentials_stop_working_and_monitoring_reads_only_
     let (ok, out) = cloud.kubectl(&["get", "pods"])?;
     assert!(ok, "{out}");
     let fresh = kubeconfig(&cloud, tmp.path(), "ops-new", &["--user", "ops"])?;
-    let (ok, out) = kubectl(&fresh, &["get", "pods"])?;
+    let (ok, out) = kubectl_with(&fresh, &["get", "pods"])?;
     assert!(ok, "a credential issued after the revocation works: {out}");
 
     // A token's lifetime is its --ttl.
@@ -88,10 +84,10 @@ async fn revoked_and_expired_credentials_stop_working_and_monitoring_reads_only_
         "short",
         &["--user", "temp", "--token", "--ttl", "3s"],
     )?;
-    let (ok, out) = kubectl(&short, &["get", "pods"])?;
+    let (ok, out) = kubectl_with(&short, &["get", "pods"])?;
     assert!(ok, "{out}");
     eventually("the token expired", Duration::from_secs(20), || async {
-        let (ok, out) = kubectl(&short, &["get", "pods"])?;
+        let (ok, out) = kubectl_with(&short, &["get", "pods"])?;
         Ok((!ok && out.contains("Unauthorized")).then_some(()))
     })
     .await?;
@@ -109,9 +105,9 @@ async fn revoked_and_expired_credentials_stop_working_and_monitoring_reads_only_
             "--token",
         ],
     )?;
-    let (ok, out) = kubectl(&prom, &["get", "--raw", "/metrics"])?;
+    let (ok, out) = kubectl_with(&prom, &["get", "--raw", "/metrics"])?;
     assert!(ok && out.contains("skerry_"), "{out}");
-    let (ok, out) = kubectl(&prom, &["get", "pods"])?;
+    let (ok, out) = kubectl_with(&prom, &["get", "pods"])?;
     assert!(!ok && out.contains("Forbidden"), "{out}");
     Ok(())
 }

@@ -25,22 +25,8 @@ const TIERS: usize = 10;
 
 /// An HTTP client as the harness's admin: trusts the cluster CA and sends its bearer token.
 fn client(cloud: &Cloud) -> anyhow::Result<reqwest::Client> {
-    let kubeconfig = std::fs::read_to_string(cloud.kubeconfig_path())?;
-    let token = kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .ok_or_else(|| anyhow!("no token in the harness kubeconfig"))?;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse()?,
-    );
-    let ca = std::fs::read(cloud.ca_path())?;
-    Ok(reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
-        .default_headers(headers)
+    Ok(cloud
+        .admin_client_builder()?
         .timeout(Duration::from_secs(120))
         .build()?)
 }

@@ -13,7 +13,7 @@
 //! connection (TCP, TLS, bearer token) for each timed `GET /api/v1/namespaces/default/pods`,
 //! before, during and after the flood, and runs `kubectl get pods` in each phase.
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use skerry_tests::flood::{self, Flood, Mode, Spec};
 use skerry_tests::*;
 use std::time::{Duration, Instant};
@@ -24,22 +24,8 @@ const FIRST_SOURCE: u8 = 10;
 const SAMPLES: usize = 20;
 
 fn admin_client(cloud: &Cloud) -> anyhow::Result<reqwest::Client> {
-    let kubeconfig = std::fs::read_to_string(cloud.kubeconfig_path())?;
-    let token = kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .ok_or_else(|| anyhow!("no token in the harness kubeconfig"))?;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse()?,
-    );
-    let ca = std::fs::read(cloud.ca_path())?;
-    Ok(reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
-        .default_headers(headers)
+    Ok(cloud
+        .admin_client_builder()?
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(30))
         .build()?)
