@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 DEMO=${SKERRY_DEMO_DIR:-/tmp/skerry-demo}
 API=${SKERRY_API_PORT:-6443}
 HUB=${SKERRY_HUB_PORT:-7443}
-MQTT=${SKERRY_MQTT_PORT:-1883}
+MQTT=${SKERRY_MQTT_PORT:-8883}
 CTRD="$DEMO/containerd"
 BRIDGE=skerrydemo0
 NETWORK=skerry-demo
@@ -119,7 +119,7 @@ if [ ! -f "$DEMO/edge/pki/report.key" ]; then
   # A token made for demo-edge also re-joins it when an older demo left it registered.
   read -r TOKEN HASH < <("$BIN/cloudcore" --data-dir "$DEMO/cloud" token create --ttl 10m --node demo-edge | awk '/^token:/{t=$2} /^ca-hash:/{h=$2} END{print t, h}')
   "$BIN/edgecore" --data-dir "$DEMO/edge" join --server "127.0.0.1:$HUB" --token "$TOKEN" --ca-hash "$HASH" \
-    --node-name demo-edge --mqtt-url "mqtt://127.0.0.1:$MQTT"
+    --node-name demo-edge --mqtt-url "mqtts://127.0.0.1:$MQTT"
 fi
 # Labels that steer workloads are the admin's (a node may not give itself one at join);
 # hello-pod.yaml selects site=demo.
@@ -146,7 +146,7 @@ if [ "$ready" != "true" ]; then
 fi
 cat <<TXT
 
-Skerry is running: cloudcore (API https://127.0.0.1:$API, hub udp/$HUB, MQTT $MQTT), containerd
+Skerry is running: cloudcore (API https://127.0.0.1:$API, hub udp/$HUB, MQTT over TLS $MQTT), containerd
 ($CTRD/containerd.sock) and edgecore "demo-edge"; the pod "hello" runs in a busybox container.
 See the pod:    kubectl --kubeconfig $DEMO/kubeconfig get pods -o wide
 Its log:        $BIN/edgecore --data-dir $DEMO/edge logs hello --runtime cri --cri-socket $CTRD/containerd.sock

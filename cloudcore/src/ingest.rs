@@ -1,15 +1,21 @@
 //! Ingest: applies the status that edge nodes publish over MQTT to the store.
 //!
-//! Delivery up is at-least-once end to end: cloudcore subscribes with QoS 1 on a persistent
-//! session and acknowledges a message to the broker only after the store write it caused is
-//! durable, so a crash between the two makes the broker deliver it again. Acks go out in
+//! Delivery up is at-least-once end to end: a report is acknowledged only after the store write
+//! it caused is durable. With the embedded broker the acknowledgement goes back to the edge
+//! itself (the broker's PUBACK waits for it), so a crash of cloudcore at any moment leaves the
+//! report in the edge's outbox; with an external broker cloudcore subscribes with QoS 1 on a
+//! persistent session and acknowledges to the broker, which delivers again after a crash. Acks go out in
 //! receive order (MQTT 3.1.1, 4.6) although several workers apply reports in parallel. Applying is idempotent:
 //! each object remembers the sequence number of the last report applied (annotation
 //! [`STATUS_SEQ_ANNOTATION`]) and older or repeated reports are dropped.
 //!
 //! A report is applied only to the object the reporting node owns: a node's own Node object, or
-//! a pod bound to it with the same uid. (Until the broker enforces per-node topic ACLs, the node
-//! name comes from the topic; see the issue notes.)
+//! a pod bound to it with the same uid. The node is the one the topic names; both brokers let a
+//! node publish only under its own topics (see `broker::acl` and the generated mosquitto ACL),
+//! and the report's MAC under that node's current key proves it once more, end to end.
+//!
+//! Reports are ordered per object by (join epoch, sequence number) ([`StatusSeq`]): a node that
+//! joined again starts a new sequence space, whatever its clock says.
 //!
 //! Every write goes through the in-process API client as [`identity::INGEST`], as kubelet's go
 //! through kube-apiserver: reports are `/status` updates conditional on the revision read (the
@@ -18,7 +24,7 @@
 //! with grace period 0 and a uid precondition, kubelet's final `DELETE`, so the API's own
 //! finalizer rule decides whether it goes now or waits for its finalizers.
 
-use crate::annotations::{set_status_seq, status_seq};
+use crate::annotations::{set_status_seq, status_seq, StatusSeq};
 use crate::api::client::{identity, Client, DeleteOptions};
 use crate::api::ApiError;
 use crate::clock;
@@ -30,7 +36,6 @@ use protocol::status::*;
 use protocol::topics::{self, Topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -49,48 +54,101 @@ fn dropped_log() -> &'static crate::log_limit::SharedLogLimiter<String> {
     LOG.get_or_init(|| crate::log_limit::SharedLogLimiter::new(Duration::from_secs(1)))
 }
 
-/// Where the broker is.
+/// Where the reports come from.
+pub enum Source {
+    /// The embedded broker in this process: each report comes with its own completion, and the
+    /// broker acknowledges it to the edge only once it is final here.
+    Embedded(crate::broker::IntakeReceiver),
+    /// An external broker, subscribed to as an MQTT client over TLS.
+    External(MqttTarget),
+}
+
+/// Where an external broker is.
 #[derive(Debug, Clone)]
 pub struct MqttTarget {
-    /// Host name or IP.
+    /// Host name or IP (also the TLS name its certificate must carry).
     pub host: String,
     /// TCP port.
     pub port: u16,
 }
 
 impl MqttTarget {
-    /// Parses `mqtt://host:port` (or `tcp://`, or bare `host:port`).
+    /// Parses `mqtts://host:port` (see [`topics::parse_broker_url`]).
     pub fn parse(url: &str) -> Result<Self, String> {
         let (host, port) = topics::parse_broker_url(url)?;
         Ok(Self { host, port })
     }
 }
 
-/// Runs the ingest until the process ends: connects (and reconnects) to the broker, subscribes
-/// to every node's status topics and applies what arrives.
-pub async fn run(api: crate::api::ApiState, pki: Arc<Pki>, target: MqttTarget, client_id: String) {
+/// Runs the ingest until the process ends: takes reports from `source` and applies them.
+pub async fn run(api: crate::api::ApiState, pki: Arc<Pki>, source: Arc<Source>, client_id: String) {
     let client = Client::with_identity(api, identity::INGEST);
-    let mut opts = MqttOptions::new(client_id, target.host.clone(), target.port);
-    match pki.ingest_password() {
-        Ok(password) => {
-            opts.set_credentials(crate::pki::INGEST_MQTT_USER, password);
-        }
-        Err(e) => warn!(error = %e, "no ingest MQTT secret; connecting without credentials"),
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Applied>();
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let (tx, rx) = mpsc::channel::<Applied>(1024);
+        tokio::spawn(worker(client.clone(), pki.clone(), rx, done_tx.clone()));
+        workers.push(tx);
     }
-    let keys = Arc::new(KeyRing::new(pki));
+    match source.as_ref() {
+        Source::Embedded(intake) => {
+            drop(done_rx);
+            let mut intake = intake.lock().await;
+            while let Some(d) = intake.recv().await {
+                let item = Applied {
+                    topic: d.topic,
+                    payload: d.payload,
+                    ack: Ack::Embedded {
+                        done: d.done,
+                        _permit: d.permit,
+                    },
+                };
+                if workers[shard(&item.topic)].send(item).await.is_err() {
+                    return;
+                }
+            }
+        }
+        Source::External(target) => {
+            subscribe_external(&pki, target, client_id, &workers, done_rx).await
+        }
+    }
+}
+
+/// The worker a topic's reports go to: always the same one, so they apply in order.
+fn shard(topic: &str) -> usize {
+    topic
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % WORKERS
+}
+
+/// Subscribes to an external broker over TLS with the ingest's certificate, on a persistent
+/// session with manual acknowledgements, and feeds the workers until the process ends.
+async fn subscribe_external(
+    pki: &Pki,
+    target: &MqttTarget,
+    client_id: String,
+    workers: &[mpsc::Sender<Applied>],
+    done_rx: mpsc::UnboundedReceiver<Applied>,
+) {
+    let mut opts = MqttOptions::new(client_id, target.host.clone(), target.port);
+    match pki.ingest_client_tls() {
+        Ok(tls) => {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+            ));
+        }
+        Err(e) => {
+            error!(error = %e, "cannot set up the ingest's TLS identity; status ingest stopped");
+            return;
+        }
+    }
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (mqtt, mut eventloop) = AsyncClient::new(opts, 1024);
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<Applied>();
     tokio::spawn(ack_in_order(mqtt.clone(), done_rx));
-    let mut workers = Vec::new();
-    for _ in 0..WORKERS {
-        let (tx, rx) = mpsc::channel::<Applied>(1024);
-        tokio::spawn(worker(client.clone(), keys.clone(), rx, done_tx.clone()));
-        workers.push(tx);
-    }
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     // Connection generation and per-connection receive index: acks are only valid on the
     // connection that delivered the message, and must follow its receive order.
@@ -110,54 +168,77 @@ pub async fn run(api: crate::api::ApiState, pki: Arc<Pki>, target: MqttTarget, c
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let shard = publish
-                    .topic
-                    .bytes()
-                    .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
-                    % WORKERS;
                 let item = Applied {
-                    generation,
-                    index: next_index,
-                    publish,
+                    topic: publish.topic.clone(),
+                    payload: publish.payload.clone(),
+                    ack: Ack::External {
+                        generation,
+                        index: next_index,
+                        publish,
+                    },
                 };
                 next_index += 1;
-                if workers[shard].send(item).await.is_err() {
+                if workers[shard(&item.topic)].send(item).await.is_err() {
                     return;
                 }
             }
             Ok(_) => {}
             Err(e) => {
-                warn!(error = %e, host = %target.host, port = target.port, "MQTT connection failed; status ingest retries (check that the broker runs and --mqtt-url is right)");
+                warn!(error = %e, host = %target.host, port = target.port, "MQTT connection failed; status ingest retries (check that the broker runs, --mqtt-url is right and the broker's certificate is from the cluster CA)");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
 }
 
-/// A received message, tagged with where it stands in its connection's receive order.
+/// A received report and how to acknowledge it once final.
 struct Applied {
-    generation: u64,
-    index: u64,
-    publish: Publish,
+    topic: String,
+    payload: bytes::Bytes,
+    ack: Ack,
+}
+
+/// How a report is acknowledged.
+enum Ack {
+    /// To the embedded broker, which then sends the edge its PUBACK; the permit is the
+    /// report's share of the broker's in-flight bytes.
+    Embedded {
+        done: tokio::sync::oneshot::Sender<()>,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    /// To an external broker, in its connection's receive order.
+    External {
+        generation: u64,
+        index: u64,
+        publish: Publish,
+    },
 }
 
 /// Sends PUBACKs in the order the messages were received, as MQTT 3.1.1 (4.6) requires: the
-/// workers finish out of order, and a broker may drop a client that acks out of order (rumqttd
-/// does). A message is acked only once it and every message received before it are applied.
+/// workers finish out of order, and a broker may drop a client that acks out of order. A
+/// message is acked only once it and every message received before it are applied.
 async fn ack_in_order(client: AsyncClient, mut done: mpsc::UnboundedReceiver<Applied>) {
     let mut generation = 0u64;
     let mut expected = 0u64;
     let mut finished: std::collections::BTreeMap<u64, Publish> = Default::default();
     while let Some(item) = done.recv().await {
-        if item.generation < generation {
+        let Ack::External {
+            generation: g,
+            index,
+            publish,
+        } = item.ack
+        else {
+            continue;
+        };
+        if g < generation {
             continue; // delivered on a connection that is gone; the broker redelivers it
         }
-        if item.generation > generation {
-            generation = item.generation;
+        if g > generation {
+            generation = g;
             expected = 0;
             finished.clear();
         }
-        finished.insert(item.index, item.publish);
+        finished.insert(index, publish);
         while let Some(p) = finished.remove(&expected) {
             expected += 1;
             if let Err(e) = client.ack(&p).await {
@@ -169,29 +250,28 @@ async fn ack_in_order(client: AsyncClient, mut done: mpsc::UnboundedReceiver<App
 
 async fn worker(
     client: Client,
-    keys: Arc<KeyRing>,
+    pki: Arc<Pki>,
     mut rx: mpsc::Receiver<Applied>,
     done: mpsc::UnboundedSender<Applied>,
 ) {
     while let Some(item) = rx.recv().await {
-        let p = &item.publish;
+        let (topic, payload) = (&item.topic, &item.payload);
         let started = tokio::time::Instant::now();
-        let outcome = until_durable(&p.topic, || apply(&client, &keys, &p.topic, &p.payload)).await;
+        let outcome = until_durable(topic, || apply(&client, &pki, topic, payload)).await;
         metrics::histogram!("skerry_ingest_apply_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(Outcome::Applied) => {
                 metrics::counter!("skerry_ingest_reports_total", "result" => "applied").increment(1)
             }
             Ok(Outcome::Ignored(why)) => {
-                debug!(topic = %p.topic, why, "status report ignored");
+                debug!(%topic, why, "status report ignored");
                 metrics::counter!("skerry_ingest_reports_total", "result" => "ignored")
                     .increment(1);
             }
             Err(ApplyError::Invalid(why)) => {
                 // One line per node a second at most: a node (or a forger) sending garbage
                 // fast costs the counter, not the disk.
-                let source: String = p
-                    .topic
+                let source: String = topic
                     .split('/')
                     .nth(3)
                     .unwrap_or("")
@@ -199,19 +279,30 @@ async fn worker(
                     .take(64)
                     .collect();
                 if let Some(held_back) = dropped_log().allow(source) {
-                    warn!(topic = %p.topic, why, held_back, "invalid status report dropped");
+                    warn!(%topic, why, held_back, "invalid status report dropped");
                 }
                 metrics::counter!("skerry_ingest_reports_total", "result" => "invalid")
                     .increment(1);
             }
             Err(ApplyError::Write(e)) => {
                 // `until_durable` returns only what retrying cannot change.
-                error!(topic = %p.topic, error = %e, "status report could not be written; dropped");
+                error!(%topic, error = %e, "status report could not be written; dropped");
                 metrics::counter!("skerry_ingest_reports_total", "result" => "error").increment(1);
             }
         }
-        if done.send(item).is_err() {
-            return;
+        match item.ack {
+            Ack::Embedded { done, .. } => {
+                let _ = done.send(());
+            }
+            external => {
+                let item = Applied {
+                    ack: external,
+                    ..item
+                };
+                if done.send(item).is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -280,58 +371,39 @@ impl From<ApiError> for ApplyError {
     }
 }
 
-/// The nodes' report keys, cached in memory and re-read from the PKI when a key does not
-/// verify (the node may have joined again and got a new one).
-pub struct KeyRing {
-    pki: Arc<Pki>,
-    cache: tokio::sync::Mutex<HashMap<String, Vec<u8>>>,
-}
-
-impl KeyRing {
-    /// A key ring over `pki`.
-    pub fn new(pki: Arc<Pki>) -> Self {
-        Self {
-            pki,
-            cache: Default::default(),
-        }
+/// Authenticates and decodes a payload that `node`'s topic carried, under the node's current
+/// report key; returns it with the key's epoch. The key is the one the last join issued, held
+/// in memory by the PKI and replaced by the join itself, so a previous life's reports stop
+/// verifying at once.
+pub fn open_report(
+    pki: &Pki,
+    node: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Result<(StatusReport, u64), ApplyError> {
+    if pki.is_revoked(node) {
+        return Err(ApplyError::Invalid(format!(
+            "node {node} is revoked; its reports are refused"
+        )));
     }
-
-    /// Authenticates and decodes a payload that `node`'s topic carried.
-    pub async fn open(
-        &self,
-        node: &str,
-        topic: &str,
-        payload: &[u8],
-    ) -> Result<StatusReport, ApplyError> {
-        if self.pki.is_revoked(node) {
-            return Err(ApplyError::Invalid(format!(
-                "node {node} is revoked; its reports are refused"
-            )));
-        }
-        let cached = self.cache.lock().await.get(node).cloned();
-        if let Some(key) = cached {
-            match seal::open(&key, topic, payload) {
-                Ok(report) => return Ok(report),
-                Err(SealError::BadMac) => {}
-                Err(e) => return Err(ApplyError::Invalid(e.to_string())),
-            }
-        }
-        let key = self.pki.report_key(node).ok_or_else(|| {
-            ApplyError::Invalid(format!(
-                "node {node} has no report key: it never joined this cloud"
-            ))
-        })?;
-        let report =
-            seal::open(&key, topic, payload).map_err(|e| ApplyError::Invalid(e.to_string()))?;
-        self.cache.lock().await.insert(node.to_string(), key);
-        Ok(report)
-    }
+    let creds = pki.node_credentials(node).ok_or_else(|| {
+        ApplyError::Invalid(format!(
+            "node {node} has no report key: it never joined this cloud"
+        ))
+    })?;
+    let report = seal::open(&creds.report_key, topic, payload).map_err(|e| match e {
+        SealError::BadMac => ApplyError::Invalid(format!(
+            "report does not verify under node {node}'s current key (forged, or from before its last join)"
+        )),
+        e => ApplyError::Invalid(e.to_string()),
+    })?;
+    Ok((report, creds.epoch))
 }
 
 /// Applies one MQTT message, after checking that the node its topic names made it.
 pub async fn apply(
     client: &Client,
-    keys: &KeyRing,
+    pki: &Pki,
     topic: &str,
     payload: &[u8],
 ) -> Result<Outcome, ApplyError> {
@@ -343,7 +415,8 @@ pub async fn apply(
     let node = match &parsed {
         Topic::NodeStatus { node } | Topic::PodStatus { node, .. } => node.clone(),
     };
-    let report = keys.open(&node, topic, payload).await?;
+    let (report, epoch) = open_report(pki, &node, topic, payload)?;
+    let seq = StatusSeq::new(epoch, report.seq);
     // How long after the edge observed it a report reaches the store: the status lag an admin
     // sees (clocks of edge and cloud are assumed roughly in sync).
     metrics::histogram!("skerry_ingest_report_age_seconds")
@@ -352,7 +425,7 @@ pub async fn apply(
     match (parsed, report.body) {
         (Topic::NodeStatus { node }, StatusBody::Node(status)) if status.node == node => {
             let r = NodeReport {
-                seq: report.seq,
+                seq,
                 observed_ms: report.observed_at_ms,
                 edge_version: report.protocol_version,
                 status: &status,
@@ -367,7 +440,7 @@ pub async fn apply(
             },
             StatusBody::Pod(status),
         ) if status.node == node && status.namespace == namespace && status.name == name => {
-            apply_pod(client, report.seq, &status).await
+            apply_pod(client, seq, &status).await
         }
         _ => Err(ApplyError::Invalid(
             "report body does not match its topic".into(),
@@ -389,7 +462,7 @@ pub const EDGE_VERSION_SKEW: &str = "EdgeVersionSkew";
 
 /// A node report as the ingest applies it.
 struct NodeReport<'a> {
-    seq: u64,
+    seq: StatusSeq,
     observed_ms: u64,
     /// The protocol version the edge reported in.
     edge_version: u32,
@@ -606,7 +679,7 @@ pub fn pod_status_json(current: &Value, s: &PodStatus) -> Value {
 /// Why a pod report does not apply: the `Err` of what [`apply`] answers, or its `Ok`.
 type NotApplied = Result<Outcome, ApplyError>;
 
-fn pod_report_applies(current: &Value, seq: u64, s: &PodStatus) -> Result<(), NotApplied> {
+fn pod_report_applies(current: &Value, seq: StatusSeq, s: &PodStatus) -> Result<(), NotApplied> {
     if current.pointer("/metadata/uid").and_then(Value::as_str) != Some(s.uid.as_str()) {
         return Err(Ok(Outcome::Ignored(
             "report is for an older pod of the same name",
@@ -624,7 +697,7 @@ fn pod_report_applies(current: &Value, seq: u64, s: &PodStatus) -> Result<(), No
     Ok(())
 }
 
-async fn apply_pod(client: &Client, seq: u64, s: &PodStatus) -> Result<Outcome, ApplyError> {
+async fn apply_pod(client: &Client, seq: StatusSeq, s: &PodStatus) -> Result<Outcome, ApplyError> {
     if s.removed {
         remove_pod(client, seq, s).await
     } else {
@@ -652,7 +725,7 @@ async fn apply_pod(client: &Client, seq: u64, s: &PodStatus) -> Result<Outcome, 
 /// termination is over (grace period 0), and the uid precondition keeps the delete off a
 /// successor of the same name. Finalizers, if any, hold the object with a zero grace period,
 /// and the removal of the last one deletes it (the API's rule, not one of the ingest's own).
-async fn remove_pod(client: &Client, seq: u64, s: &PodStatus) -> Result<Outcome, ApplyError> {
+async fn remove_pod(client: &Client, seq: StatusSeq, s: &PodStatus) -> Result<Outcome, ApplyError> {
     let Some(current) = client.get("pods", &s.namespace, &s.name).await? else {
         return Ok(Outcome::Ignored("pod does not exist (deleted?)"));
     };
@@ -814,7 +887,7 @@ mod tests {
             &ingest,
             "edge-1",
             NodeReport {
-                seq: 5,
+                seq: StatusSeq::new(0, 5),
                 observed_ms: 1_000,
                 edge_version: protocol::PROTOCOL_VERSION,
                 status: &node_report(true),
@@ -823,7 +896,7 @@ mod tests {
         .await;
         assert_eq!(applied.unwrap(), Outcome::Applied);
         let node = admin.get("nodes", "", "edge-1").await.unwrap().unwrap();
-        assert_eq!(status_seq(&node), 5);
+        assert_eq!(status_seq(&node), StatusSeq::new(0, 5));
         assert_eq!(node["status"]["conditions"][0]["status"], "True");
         assert_eq!(node["status"]["addresses"][0]["address"], "10.0.0.5");
         // An older report (redelivered after a reconnect) changes nothing.
@@ -831,7 +904,7 @@ mod tests {
             &ingest,
             "edge-1",
             NodeReport {
-                seq: 4,
+                seq: StatusSeq::new(0, 4),
                 observed_ms: 2_000,
                 edge_version: protocol::PROTOCOL_VERSION,
                 status: &node_report(false),
@@ -841,22 +914,22 @@ mod tests {
         assert_eq!(stale.unwrap(), Outcome::Ignored("stale node report"));
         // The API itself refuses to move the guard backwards, whoever computed the write.
         let mut old = admin.get("nodes", "", "edge-1").await.unwrap().unwrap();
-        set_status_seq(&mut old, 3);
+        set_status_seq(&mut old, StatusSeq::new(0, 3));
         let refused = ingest.update_status("nodes", "", old.clone()).await;
         assert!(
             matches!(refused, Err(ApiError::Conflict { .. })),
             "{refused:?}"
         );
         // Another writer's status write neither moves nor drops it.
-        set_status_seq(&mut old, 99);
+        set_status_seq(&mut old, StatusSeq::new(0, 99));
         admin.update_status("nodes", "", old).await.unwrap();
         let node = admin.get("nodes", "", "edge-1").await.unwrap().unwrap();
-        assert_eq!(status_seq(&node), 5);
+        assert_eq!(status_seq(&node), StatusSeq::new(0, 5));
         let newer = apply_node(
             &ingest,
             "edge-1",
             NodeReport {
-                seq: 6,
+                seq: StatusSeq::new(0, 6),
                 observed_ms: 3_000,
                 edge_version: protocol::PROTOCOL_VERSION,
                 status: &node_report(false),
@@ -871,7 +944,7 @@ mod tests {
             &ingest,
             "edge-2",
             NodeReport {
-                seq: 1,
+                seq: StatusSeq::new(0, 1),
                 observed_ms: 1,
                 edge_version: protocol::PROTOCOL_VERSION,
                 status: &node_report(true),
@@ -900,7 +973,7 @@ mod tests {
             {"type": "example.com/Custom", "status": "True"},
         ]);
         let r = NodeReport {
-            seq: 1,
+            seq: StatusSeq::new(0, 1),
             observed_ms: 1_735_776_000_000,
             edge_version: protocol::OLDEST_EDGE_VERSION,
             status: &s,
@@ -950,7 +1023,7 @@ mod tests {
         let admin = Client::new(state);
         let uid = bound_pod(&admin, json!(["example.com/hold"])).await;
         assert_eq!(
-            apply_pod(&ingest, 10, &pod_report(&uid, false))
+            apply_pod(&ingest, StatusSeq::new(0, 10), &pod_report(&uid, false))
                 .await
                 .unwrap(),
             Outcome::Applied
@@ -959,26 +1032,30 @@ mod tests {
         assert_eq!(pod["status"]["phase"], "Running");
         assert_eq!(pod["status"]["podIP"], "10.1.0.7");
         assert_eq!(
-            apply_pod(&ingest, 9, &pod_report(&uid, false))
+            apply_pod(&ingest, StatusSeq::new(0, 9), &pod_report(&uid, false))
                 .await
                 .unwrap(),
             Outcome::Ignored("stale pod report")
         );
         assert_eq!(
-            apply_pod(&ingest, 11, &pod_report("someone-else", false))
-                .await
-                .unwrap(),
+            apply_pod(
+                &ingest,
+                StatusSeq::new(0, 11),
+                &pod_report("someone-else", false)
+            )
+            .await
+            .unwrap(),
             Outcome::Ignored("report is for an older pod of the same name")
         );
         let mut elsewhere = pod_report(&uid, false);
         elsewhere.node = "edge-2".into();
         assert!(matches!(
-            apply_pod(&ingest, 12, &elsewhere).await,
+            apply_pod(&ingest, StatusSeq::new(0, 12), &elsewhere).await,
             Err(ApplyError::Invalid(_))
         ));
         // "Removed" for a pod nobody deletes is refused.
         assert!(matches!(
-            apply_pod(&ingest, 13, &pod_report(&uid, true)).await,
+            apply_pod(&ingest, StatusSeq::new(0, 13), &pod_report(&uid, true)).await,
             Err(ApplyError::Invalid(_))
         ));
         admin
@@ -987,7 +1064,7 @@ mod tests {
             .unwrap();
         // The edge stopped it: its finalizer holds the object with a zero grace period ...
         assert_eq!(
-            apply_pod(&ingest, 14, &pod_report(&uid, true))
+            apply_pod(&ingest, StatusSeq::new(0, 14), &pod_report(&uid, true))
                 .await
                 .unwrap(),
             Outcome::Applied
@@ -1005,7 +1082,7 @@ mod tests {
             .unwrap();
         assert!(admin.get("pods", "default", "web").await.unwrap().is_none());
         assert_eq!(
-            apply_pod(&ingest, 15, &pod_report(&uid, true))
+            apply_pod(&ingest, StatusSeq::new(0, 15), &pod_report(&uid, true))
                 .await
                 .unwrap(),
             Outcome::Ignored("pod does not exist (deleted?)")
@@ -1025,7 +1102,7 @@ mod tests {
             .unwrap();
         assert!(admin.get("pods", "default", "web").await.unwrap().is_some());
         assert_eq!(
-            apply_pod(&ingest, 1, &pod_report(&uid, true))
+            apply_pod(&ingest, StatusSeq::new(0, 1), &pod_report(&uid, true))
                 .await
                 .unwrap(),
             Outcome::Applied

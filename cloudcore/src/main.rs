@@ -55,11 +55,12 @@ enum Command {
         /// QUIC address edge nodes connect to (UDP).
         #[arg(long, default_value = "0.0.0.0:7443")]
         hub_addr: SocketAddr,
-        /// External MQTT broker (mqtt://HOST:PORT); without it an embedded broker is started.
+        /// External MQTT broker (mqtts://HOST:PORT, set up with `cloudcore mqtt-config`); without it
+        /// the embedded broker is started.
         #[arg(long)]
         mqtt_url: Option<String>,
         /// Address of the embedded MQTT broker.
-        #[arg(long, default_value = "0.0.0.0:1883")]
+        #[arg(long, default_value = "0.0.0.0:8883")]
         mqtt_listen: SocketAddr,
         /// Extra DNS names or IPs for the server certificate (repeatable).
         #[arg(long = "server-name")]
@@ -134,6 +135,20 @@ enum Command {
     Credential {
         #[command(subcommand)]
         command: CredentialCommand,
+    },
+    /// Write what an external mosquitto needs to serve the status channel (TLS with the nodes'
+    /// certificates as identities, an ACL confining each node to its own topics); then run
+    /// `cloudcore serve --mqtt-url mqtts://NAME:PORT`.
+    MqttConfig {
+        /// Directory for mosquitto.conf, acl, ca.crt, broker.crt and broker.key.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// DNS name or IP the edges and cloudcore reach the broker by (repeatable).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Address mosquitto listens on.
+        #[arg(long, default_value = "0.0.0.0:8883")]
+        listen: SocketAddr,
     },
     /// Write a kubeconfig for an API user (client certificate by default, or a bearer token).
     Kubeconfig {
@@ -219,7 +234,7 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn,quinn=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rumqttc=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -339,6 +354,18 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => print!("{text}"),
             }
+            Ok(())
+        }
+        Command::MqttConfig { out, names, listen } => {
+            let pki = Pki::load_or_create(&cli.data_dir, &[])?;
+            let files = pki.write_external_broker(&out, &names, listen)?;
+            println!(
+                "mosquitto files written to {}; run `mosquitto -c {}` (as a user that can read them), then `cloudcore serve --mqtt-url mqtts://{}:{}`",
+                files.dir.display(),
+                files.path("mosquitto.conf").display(),
+                names[0],
+                listen.port()
+            );
             Ok(())
         }
         Command::Credential {

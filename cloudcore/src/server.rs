@@ -59,7 +59,7 @@ impl Default for ServeConfig {
             api_addr: "0.0.0.0:6443".parse().expect("static"),
             hub: HubConfig::default(),
             mqtt_url: None,
-            mqtt_listen: "0.0.0.0:1883".parse().expect("static"),
+            mqtt_listen: "0.0.0.0:8883".parse().expect("static"),
             server_names: vec![],
             watch_history: crate::api::history::DEFAULT_CAPACITY,
             node_lifecycle: crate::controllers::node_lifecycle::Config::default(),
@@ -92,23 +92,19 @@ pub async fn run(
     let store: Arc<dyn Store> = Arc::new(sled.clone());
     info!(data_dir = %cfg.data_dir.display(), revision = store.revision(), ca_hash = %pki.ca_hash(), "store and PKI ready");
 
-    let mut broker_health = None;
-    let mqtt = match &cfg.mqtt_url {
-        Some(url) => MqttTarget::parse(url).map_err(anyhow::Error::msg)?,
+    let mut broker = None;
+    let source = match &cfg.mqtt_url {
+        Some(url) => ingest::Source::External(MqttTarget::parse(url).map_err(anyhow::Error::msg)?),
         None => {
-            broker_health = Some(broker::start(cfg.mqtt_listen, pki.clone())?);
-            info!(listen = %cfg.mqtt_listen, "embedded MQTT broker started");
-            let host = if cfg.mqtt_listen.ip().is_unspecified() {
-                "127.0.0.1".to_string()
-            } else {
-                cfg.mqtt_listen.ip().to_string()
-            };
-            MqttTarget {
-                host,
-                port: cfg.mqtt_listen.port(),
-            }
+            let (tx, rx) = broker::intake();
+            broker = Some(
+                broker::Broker::bind(cfg.mqtt_listen, pki.clone(), tx, broker::Limits::default())
+                    .await?,
+            );
+            ingest::Source::Embedded(rx)
         }
     };
+    let source = Arc::new(source);
 
     let endpoint = hub::endpoint(&pki, &cfg.hub)?;
     info!(listen = %endpoint.local_addr()?, "hub listening for edge nodes (QUIC)");
@@ -144,13 +140,10 @@ pub async fn run(
         cfg.services,
     )));
     info!(service_cidr = %cfg.services.cidr, node_ports = %cfg.services.node_ports, "Service address pools");
-    let mut health = crate::api::health::Health {
+    let health = crate::api::health::Health {
         supervisor: Some(supervisor.clone()),
         extra: Vec::new(),
     };
-    if let Some(b) = broker_health {
-        health.extra.push(Arc::new(move || b.check()));
-    }
     let api = ApiState::with_watch_history(store.clone(), metrics_render, cfg.watch_history)
         .with_registry(registry)
         .with_health(health);
@@ -158,8 +151,13 @@ pub async fn run(
         let (api, pki) = (api.clone(), pki.clone());
         let client_id = format!("skerry-cloudcore-ingest-{}", cfg.api_addr.port());
         supervisor.spawn("ingest", move || {
-            ingest::run(api.clone(), pki.clone(), mqtt.clone(), client_id.clone())
+            ingest::run(api.clone(), pki.clone(), source.clone(), client_id.clone())
         });
+    }
+    if let Some(broker) = broker {
+        // The listener is bound once (a taken port fails the start); a serve loop that ends
+        // is restarted on it by the supervisor.
+        supervisor.spawn("mqtt-broker", move || broker.clone().serve());
     }
     {
         let api = api.clone();

@@ -219,6 +219,9 @@ pub async fn run(
             port: mqtt_port,
             node: node.clone(),
             report_key,
+            tls: std::sync::Arc::new(crate::identity::mqtt_client_tls(&IdentityPaths::new(
+                &opts.data_dir,
+            ))?),
         };
         supervisor.spawn("publisher", move || {
             report::publish(outbox.clone(), publisher.clone())

@@ -18,7 +18,7 @@ pub struct EdgeConfig {
     pub server_name: Option<String>,
     /// This node's name (the certificate's subject).
     pub node_name: String,
-    /// MQTT broker URL; default `mqtt://<server host>:1883`.
+    /// MQTT broker URL; default `mqtts://<server host>:8883`.
     #[serde(default)]
     pub mqtt_url: Option<String>,
     /// Labels given at join.
@@ -74,12 +74,13 @@ impl EdgeConfig {
                 .rsplit_once(':')
                 .map(|(h, _)| h)
                 .unwrap_or(&self.server);
-            format!("mqtt://{host}:1883")
+            format!("mqtts://{host}:{}", protocol::topics::MQTTS_PORT)
         })
     }
 }
 
-/// Parses `mqtt://host:port` into host and port.
+/// Parses `mqtts://host:port` into host and port (plain `mqtt://` is refused: see
+/// [`protocol::topics::parse_broker_url`]).
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
     protocol::topics::parse_broker_url(url)
 }
@@ -120,12 +121,13 @@ mod tests {
             mqtt_url: None,
             labels: Default::default(),
         };
-        assert_eq!(c.mqtt_url(), "mqtt://cloud.example:1883");
+        assert_eq!(c.mqtt_url(), "mqtts://cloud.example:8883");
         assert_eq!(
-            parse_mqtt_url("mqtt://127.0.0.1:1884").unwrap(),
+            parse_mqtt_url("mqtts://127.0.0.1:1884").unwrap(),
             ("127.0.0.1".into(), 1884)
         );
-        assert!(parse_mqtt_url("mqtt://nohost").is_err());
+        assert!(parse_mqtt_url("mqtt://127.0.0.1:1884").is_err());
+        assert!(parse_mqtt_url("mqtts://:1").is_err());
         assert!(parse_labels(&["a=b".into(), "c".into()]).is_err());
     }
 }

@@ -144,6 +144,14 @@ pub fn sync_client_tls(paths: &IdentityPaths) -> Result<rustls::ClientConfig, Id
     Ok(cfg)
 }
 
+/// TLS for the MQTT status channel: the same trust and client certificate as the sync link
+/// (the broker takes the node's identity from it; there is no password), without the sync ALPN.
+pub fn mqtt_client_tls(paths: &IdentityPaths) -> Result<rustls::ClientConfig, IdentityError> {
+    let mut cfg = sync_client_tls(paths)?;
+    cfg.alpn_protocols.clear();
+    Ok(cfg)
+}
+
 /// TLS for the join exchange: no client certificate; the server chain must contain a CA whose
 /// SHA-256 equals `ca_hash` (`sha256:<hex>`), and the server certificate must be valid under it.
 pub fn join_client_tls(ca_hash: &str) -> Result<rustls::ClientConfig, IdentityError> {

@@ -61,7 +61,7 @@ enum Command {
         /// TLS name of the hub if not the host in --server.
         #[arg(long)]
         server_name: Option<String>,
-        /// MQTT broker URL; default mqtt://<server host>:1883.
+        /// MQTT broker URL (TLS only); default mqtts://<server host>:8883.
         #[arg(long)]
         mqtt_url: Option<String>,
         /// Node label key=value (repeatable).

@@ -242,10 +242,13 @@ pub struct PublisherConfig {
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// This node's name: the MQTT user name, and the source of the client id.
+    /// This node's name: the source of the client id (the broker takes the identity itself
+    /// from the certificate).
     pub node: String,
-    /// The report key from the join: seals every report and derives the MQTT password.
+    /// The report key from the join: seals every report.
     pub report_key: Vec<u8>,
+    /// TLS with the node's certificate (see `identity::mqtt_client_tls`).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// Publishes the outbox forever, reconnecting with back-off.
@@ -275,7 +278,9 @@ async fn publish_session(
         cfg.host.clone(),
         cfg.port,
     );
-    opts.set_credentials(cfg.node.clone(), status::mqtt_password(&cfg.report_key));
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(cfg.tls.clone()),
+    ));
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_clean_session(true);
     opts.set_inflight(MAX_IN_FLIGHT as u16);

@@ -105,13 +105,6 @@ pub fn decode_report(bytes: &[u8]) -> Result<StatusReport, SealError> {
     }
 }
 
-/// The MQTT password a node logs in with: derived from its report key, so that a password
-/// sniffed off a plain-TCP broker link does not let anyone forge reports.
-pub fn mqtt_password(key: &[u8]) -> String {
-    let tag = ring::hmac::sign(&mac_key(key), b"skerry mqtt login v1");
-    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The MQTT client id of a node: the embedded broker only accepts this id for that node's
 /// login, so one node cannot take over another's session.
 pub fn mqtt_client_id(node: &str) -> String {
@@ -415,13 +408,5 @@ mod tests {
             open(&key, &topic, b"garbage"),
             Err(SealError::Codec(_))
         ));
-    }
-
-    #[test]
-    fn login_password_is_not_the_key() {
-        let key = [1u8; REPORT_KEY_LEN];
-        let p = mqtt_password(&key);
-        assert_eq!(p.len(), 64);
-        assert_ne!(p, "01".repeat(32));
     }
 }

@@ -27,20 +27,38 @@ pub fn pod_status(node: &str, namespace: &str, name: &str) -> String {
     format!("{PREFIX}/{node}/pods/{namespace}/{name}/status")
 }
 
-/// Parses a broker URL (`mqtt://host:port`, `tcp://host:port` or bare `host:port`) into host
-/// and port. Shared by the cloud's ingest and the edge's reporter so both accept the same forms.
+/// The TCP port of MQTT over TLS (IANA), the default of both ends.
+pub const MQTTS_PORT: u16 = 8883;
+
+/// Parses a broker URL, `mqtts://host[:port]` (or `ssl://`), into host and port. Shared by the
+/// cloud's ingest and the edge's reporter so both accept the same forms. Status goes over TLS
+/// only, with the node's certificate as its MQTT identity: a plain `mqtt://` URL is refused
+/// with the reason rather than connecting in the clear.
 pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url)
-        .trim_end_matches('/');
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("MQTT url {url:?} has no port; expected mqtt://HOST:PORT"))?;
-    let port = port
-        .parse()
-        .map_err(|_| format!("MQTT url {url:?} has an invalid port"))?;
+    let rest = match url.split_once("://") {
+        Some(("mqtts" | "ssl", rest)) => rest,
+        Some(("mqtt" | "tcp", _)) => {
+            return Err(format!(
+                "MQTT url {url:?} is plain MQTT; status reports go over TLS with the node's certificate: use mqtts://HOST:{MQTTS_PORT}"
+            ))
+        }
+        Some((scheme, _)) => {
+            return Err(format!(
+                "MQTT url {url:?} has scheme {scheme:?}; expected mqtts://HOST:PORT"
+            ))
+        }
+        None => url,
+    }
+    .trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        // `[::1]` alone has colons but no port.
+        Some((h, p)) if !p.contains(']') => (
+            h,
+            p.parse()
+                .map_err(|_| format!("MQTT url {url:?} has an invalid port"))?,
+        ),
+        _ => (rest, MQTTS_PORT),
+    };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("MQTT url {url:?} has no host"));
@@ -105,6 +123,32 @@ mod tests {
                 name: "web".into()
             })
         );
+    }
+
+    #[test]
+    fn broker_urls_must_be_tls() {
+        assert_eq!(
+            parse_broker_url("mqtts://cloud.example:1884"),
+            Ok(("cloud.example".into(), 1884))
+        );
+        assert_eq!(
+            parse_broker_url("mqtts://cloud.example"),
+            Ok(("cloud.example".into(), MQTTS_PORT))
+        );
+        assert_eq!(parse_broker_url("ssl://[::1]:9"), Ok(("::1".into(), 9)));
+        assert_eq!(parse_broker_url("[::1]"), Ok(("::1".into(), MQTTS_PORT)));
+        for bad in [
+            "mqtt://h:1883",
+            "tcp://h:1",
+            "http://h:1",
+            "mqtts://:1",
+            "mqtts://h:x",
+        ] {
+            assert!(parse_broker_url(bad).is_err(), "{bad}");
+        }
+        assert!(parse_broker_url("mqtt://h:1883")
+            .unwrap_err()
+            .contains("mqtts://"));
     }
 
     #[test]

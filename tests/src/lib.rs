@@ -5,6 +5,9 @@
 
 pub mod containerd;
 pub mod flood;
+pub mod mqtt;
+
+pub use mqtt::Mosquitto;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -167,7 +170,7 @@ fn kill(child: &mut Child, signal: i32) {
         .status();
 }
 
-fn stop_child(child: &mut Option<Child>, signal: i32) {
+pub(crate) fn stop_child(child: &mut Option<Child>, signal: i32) {
     if let Some(mut c) = child.take() {
         kill(&mut c, signal);
         let end = std::time::SystemTime::now() + Duration::from_secs(10);
@@ -188,8 +191,9 @@ fn stop_child(child: &mut Option<Child>, signal: i32) {
 /// Options for a cloud.
 #[derive(Debug, Clone, Default)]
 pub struct CloudOptions {
-    /// Use this external broker port instead of the embedded broker.
-    pub external_mqtt_port: Option<u16>,
+    /// Use an external mosquitto (set up by `cloudcore mqtt-config`) instead of the embedded
+    /// broker.
+    pub mosquitto: bool,
     /// `--watch-history`: store events kept for resuming watches (cloudcore's default if unset).
     pub watch_history: Option<usize>,
     /// `--node-monitor-grace-period` in seconds: how long a silent node stays Ready (cloudcore's
@@ -214,6 +218,8 @@ pub struct Cloud {
     pub hub_port: u16,
     /// MQTT port (embedded or external).
     pub mqtt_port: u16,
+    /// The external broker, when [`CloudOptions::mosquitto`] asked for one.
+    pub mosquitto: Option<Mosquitto>,
     opts: CloudOptions,
     http: Option<reqwest::Client>,
 }
@@ -227,10 +233,16 @@ impl Cloud {
             child: None,
             api_port: free_tcp_port(),
             hub_port: free_udp_port(),
-            mqtt_port: opts.external_mqtt_port.unwrap_or_else(free_tcp_port),
+            mqtt_port: free_tcp_port(),
+            mosquitto: None,
             opts,
             http: None,
         };
+        if cloud.opts.mosquitto {
+            let broker = Mosquitto::start_for(cloud.dir.path()).await?;
+            cloud.mqtt_port = broker.port;
+            cloud.mosquitto = Some(broker);
+        }
         cloud.launch().await?;
         Ok(cloud)
     }
@@ -242,7 +254,7 @@ impl Cloud {
 
     /// The broker URL edges publish to.
     pub fn mqtt_url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.mqtt_port)
+        format!("mqtts://127.0.0.1:{}", self.mqtt_port)
     }
 
     /// The API base URL.
@@ -285,12 +297,12 @@ impl Cloud {
                 .args(["--node-monitor-period", "1"]);
         }
         cmd.args(&self.opts.extra_args);
-        match self.opts.external_mqtt_port {
-            Some(p) => cmd.arg("--mqtt-url").arg(format!("mqtt://127.0.0.1:{p}")),
-            None => cmd
-                .arg("--mqtt-listen")
-                .arg(format!("127.0.0.1:{}", self.mqtt_port)),
-        };
+        if self.mosquitto.is_some() {
+            cmd.arg("--mqtt-url").arg(self.mqtt_url());
+        } else {
+            cmd.arg("--mqtt-listen")
+                .arg(format!("127.0.0.1:{}", self.mqtt_port));
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -616,6 +628,8 @@ impl Cloud {
 impl Drop for Cloud {
     fn drop(&mut self) {
         stop_child(&mut self.child, 9);
+        // Before the data dir (the first field) goes: the broker's files are in it.
+        self.mosquitto.take();
     }
 }
 
@@ -1048,57 +1062,6 @@ impl SyncClient {
     /// Ends the session as a node going away would.
     pub fn close(self) {
         self.conn.close(0u32.into(), b"test done");
-    }
-}
-
-/// A mosquitto broker on a private port.
-pub struct Mosquitto {
-    child: Option<Child>,
-    /// Port.
-    pub port: u16,
-    _dir: TempDir,
-}
-
-impl Mosquitto {
-    /// Starts mosquitto (Debian's package) on a free loopback port.
-    pub async fn start() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = free_tcp_port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context(
-                "cannot start mosquitto; install Debian's mosquitto package (deploy/setup.sh does)",
-            )?;
-        eventually(
-            "mosquitto to listen",
-            Duration::from_secs(10),
-            || async move {
-                Ok(std::net::TcpStream::connect(("127.0.0.1", port))
-                    .ok()
-                    .map(|_| ()))
-            },
-        )
-        .await?;
-        Ok(Self {
-            child: Some(child),
-            port,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        stop_child(&mut self.child, 9);
     }
 }
 

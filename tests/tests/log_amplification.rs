@@ -1,8 +1,7 @@
 //! Bad input is counted, not logged line by line: a node publishing garbage fast costs the
 //! ingest's counter, and cloudcore's log gets at most about a line a second for it.
 
-use protocol::status::{mqtt_client_id, mqtt_password};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use skerry_tests::*;
 use std::time::Duration;
 
@@ -12,9 +11,7 @@ async fn a_flood_of_bad_reports_is_counted_and_logged_once_a_second() -> anyhow:
     let dir = private_temp_dir()?;
     let (ok, out) = cloud.join_only(dir.path(), "noisy")?;
     assert!(ok, "{out}");
-    let key = std::fs::read(dir.path().join("pki/report.key"))?;
-    let mut opts = MqttOptions::new(mqtt_client_id("noisy"), "127.0.0.1", cloud.mqtt_port);
-    opts.set_credentials("noisy", mqtt_password(&key));
+    let mut opts = skerry_tests::mqtt::node_options(dir.path(), "noisy", cloud.mqtt_port)?;
     opts.set_inflight(100);
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
     tokio::spawn(async move {

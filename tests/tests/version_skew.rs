@@ -7,8 +7,8 @@
 use anyhow::Result;
 use protocol::compat::v3;
 use protocol::messages::Reject;
-use protocol::status::{mqtt_client_id, mqtt_password, seal_encoded, NodeInfo};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use protocol::status::{seal_encoded, NodeInfo};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use skerry_tests::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -64,8 +64,7 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
 
     // The status channel: a v3 heartbeat, sealed as a v3 edge seals it.
     let key = std::fs::read(dir.path().join("pki/report.key"))?;
-    let mut opts = MqttOptions::new(mqtt_client_id("old-edge"), "127.0.0.1", cloud.mqtt_port);
-    opts.set_credentials("old-edge", mqtt_password(&key));
+    let opts = skerry_tests::mqtt::node_options(dir.path(), "old-edge", cloud.mqtt_port)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 10);
     tokio::spawn(async move {
         loop {

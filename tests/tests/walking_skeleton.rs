@@ -59,9 +59,8 @@ async fn pod_runs_on_the_edge_and_delete_stops_it_with_embedded_broker() -> anyh
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_runs_on_the_edge_and_delete_stops_it_with_mosquitto() -> anyhow::Result<()> {
-    let broker = Mosquitto::start().await?;
     let cloud = Cloud::start(CloudOptions {
-        external_mqtt_port: Some(broker.port),
+        mosquitto: true,
         ..CloudOptions::default()
     })
     .await?;
@@ -263,12 +262,34 @@ async fn pod_with_node_selector_is_bound_to_a_matching_ready_node() -> anyhow::R
     Ok(())
 }
 
-/// MQTT 3.1.1 (4.6) wants PUBACKs in receive order, and rumqttd drops a client that breaks it.
-/// The ingest's parallel workers once acked out of order: the embedded broker dropped the
-/// session at every burst and replayed it, and status reached the cloud 20 s late.
+/// MQTT 3.1.1 (4.6) wants PUBACKs in receive order, and brokers and clients may drop a peer
+/// that breaks it. The ingest's parallel workers once acked out of order: the broker dropped
+/// the session at every burst and replayed it, and status reached the cloud 20 s late. The
+/// embedded broker's PUBACKs to the edge wait for the ingest's workers too, in receive order:
+/// a burst of 40 pods' reports keeps the edge's one session.
 #[tokio::test(flavor = "multi_thread")]
-async fn ingest_acks_in_order_so_the_embedded_broker_keeps_its_session() -> anyhow::Result<()> {
-    let cloud = Cloud::start(CloudOptions::default()).await?;
+async fn acks_stay_in_order_so_every_session_survives_a_burst() -> anyhow::Result<()> {
+    burst_keeps_sessions(
+        CloudOptions::default(),
+        "skerry_broker_sessions_opened_total ",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_stay_in_order_so_every_session_survives_a_burst_with_mosquitto() -> anyhow::Result<()>
+{
+    let opts = CloudOptions {
+        mosquitto: true,
+        ..CloudOptions::default()
+    };
+    burst_keeps_sessions(opts, "skerry_ingest_broker_connections_total ").await
+}
+
+/// Runs 40 pods at once and checks that the MQTT session counted by `sessions_metric` was
+/// opened once.
+async fn burst_keeps_sessions(opts: CloudOptions, sessions_metric: &str) -> anyhow::Result<()> {
+    let cloud = Cloud::start(opts).await?;
     let edge = Edge::join_and_start(&cloud, "edge-a", &[]).await?;
     for i in 0..40 {
         let pod = process_pod(&format!("burst-{i}"), "edge-a", &["sleep", "300"]);
@@ -290,13 +311,14 @@ async fn ingest_acks_in_order_so_the_embedded_broker_keeps_its_session() -> anyh
     let text = metrics.as_str().unwrap_or_default();
     let connections = text
         .lines()
-        .find_map(|l| l.strip_prefix("skerry_ingest_broker_connections_total "))
+        .find_map(|l| l.strip_prefix(sessions_metric))
         .unwrap_or("missing");
     assert_eq!(
         connections,
         "1",
-        "the ingest lost its broker session{}",
-        cloud.log_tail()
+        "an MQTT session was lost{}{}",
+        cloud.log_tail(),
+        edge.log_tail()
     );
     Ok(())
 }

@@ -13,6 +13,10 @@
 //! A node's identity is the common name of the certificate the CA signed for it; the sync link
 //! takes it from the verified client certificate and never from anything the node says.
 
+pub mod mqtt;
+
+pub use mqtt::{ExternalBrokerFiles, NodeCredentials};
+
 use protocol::join::JoinRefusal;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
@@ -24,7 +28,8 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// MQTT user name of cloudcore's status ingest.
+/// MQTT identity (certificate common name, and so the user name on a broker that takes the
+/// identity from the certificate) of cloudcore's status ingest.
 pub const INGEST_MQTT_USER: &str = "skerry-cloudcore";
 
 /// Errors of PKI operations.
@@ -128,6 +133,12 @@ pub struct Pki {
     api_tokens: std::sync::RwLock<std::collections::HashMap<String, (UserInfo, Option<u64>)>>,
     /// Per-user revocation cutoffs of API credentials (`cloudcore credential revoke`).
     revocations: crate::credentials::Revocations,
+    /// Report keys and join epochs of the nodes, read once from `nodes/` and replaced in
+    /// memory by a re-join, so that the old key stops verifying at once (see [`mqtt`]).
+    node_credentials: std::sync::RwLock<std::collections::HashMap<String, NodeCredentials>>,
+    /// Bumped whenever a node's credentials change (join, revocation), for the holders of
+    /// live sessions (the embedded broker) to re-check theirs.
+    credential_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Pki {
@@ -182,25 +193,9 @@ impl Pki {
         let current_names = std::fs::read_to_string(&names_file).unwrap_or_default();
         let covered = names.iter().all(|n| current_names.lines().any(|l| l == n));
         if !srv_crt.exists() || !covered {
-            let issuer = Issuer::from_ca_cert_der(&ca_cert_der, &ca_key).map_err(cert_err)?;
-            let key = KeyPair::generate().map_err(cert_err)?;
-            let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-            params.subject_alt_names = names
-                .iter()
-                .map(|n| match n.parse::<std::net::IpAddr>() {
-                    Ok(ip) => Ok(SanType::IpAddress(ip)),
-                    Err(_) => n.clone().try_into().map(SanType::DnsName).map_err(cert_err),
-                })
-                .collect::<Result<_, _>>()?;
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "skerry-cloudcore");
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2124, 1, 1);
-            let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
-            write_atomic(&srv_key, key.serialize_pem().as_bytes(), 0o600)?;
-            write_atomic(&srv_crt, cert.pem().as_bytes(), 0o644)?;
+            let (cert, key) = sign_server_cert(&ca_cert_der, &ca_key, &names, "skerry-cloudcore")?;
+            write_atomic(&srv_key, key.as_bytes(), 0o600)?;
+            write_atomic(&srv_crt, cert.as_bytes(), 0o644)?;
             write_atomic(&names_file, names.join("\n").as_bytes(), 0o644)?;
         }
         let server_cert_der = pem_to_der(&read(&srv_crt)?)?;
@@ -225,6 +220,8 @@ impl Pki {
             revoked,
             api_tokens: Default::default(),
             revocations: crate::credentials::Revocations::new(dir.join("revoked-users")),
+            node_credentials: Default::default(),
+            credential_changes: tokio::sync::watch::Sender::new(0),
             dir,
         })
     }
@@ -237,6 +234,10 @@ impl Pki {
         let mut set = self.revoked.write().unwrap_or_else(|e| e.into_inner());
         let added: Vec<String> = now.difference(&set).cloned().collect();
         *set = now;
+        drop(set);
+        if !added.is_empty() {
+            self.credentials_changed();
+        }
         added
     }
 
@@ -375,61 +376,6 @@ impl Pki {
         Ok(pem)
     }
 
-    /// Issues a fresh report key for `node` (replacing any earlier one: a re-joined node's old
-    /// key stops working) and returns it.
-    pub fn issue_report_key(&self, node: &str) -> Result<Vec<u8>, PkiError> {
-        let key: [u8; protocol::status::REPORT_KEY_LEN] = rand::random();
-        write_atomic(&self.report_key_path(node), &key, 0o600)?;
-        Ok(key.to_vec())
-    }
-
-    /// The report key of `node`, if it has joined.
-    pub fn report_key(&self, node: &str) -> Option<Vec<u8>> {
-        validate_node_name(node).ok()?;
-        std::fs::read(self.report_key_path(node))
-            .ok()
-            .filter(|k| k.len() == protocol::status::REPORT_KEY_LEN)
-    }
-
-    fn report_key_path(&self, node: &str) -> PathBuf {
-        self.dir.join("nodes").join(format!("{node}.report-key"))
-    }
-
-    /// The MQTT password of cloudcore's own ingest client on the embedded broker, created on
-    /// first use.
-    pub fn ingest_password(&self) -> Result<String, PkiError> {
-        let path = self.dir.join("ingest.secret");
-        if let Ok(secret) = std::fs::read_to_string(&path) {
-            if secret.len() == 64 {
-                return Ok(secret);
-            }
-        }
-        let secret: [u8; 32] = rand::random();
-        let secret = hex::encode(secret);
-        write_atomic(&path, secret.as_bytes(), 0o600)?;
-        Ok(secret)
-    }
-
-    /// Decides an MQTT login on the embedded broker: cloudcore's ingest with its own secret, or
-    /// a joined, unrevoked node with the password derived from its report key and its own
-    /// client id.
-    pub fn mqtt_login_allowed(&self, client_id: &str, username: &str, password: &str) -> bool {
-        if username == INGEST_MQTT_USER {
-            return self
-                .ingest_password()
-                .is_ok_and(|p| constant_time_eq(p.as_bytes(), password.as_bytes()));
-        }
-        if self.is_revoked(username) || client_id != protocol::status::mqtt_client_id(username) {
-            return false;
-        }
-        self.report_key(username).is_some_and(|key| {
-            constant_time_eq(
-                protocol::status::mqtt_password(&key).as_bytes(),
-                password.as_bytes(),
-            )
-        })
-    }
-
     fn node_record(&self, node: &str) -> PathBuf {
         self.dir.join("nodes").join(format!("{node}.crt"))
     }
@@ -468,6 +414,7 @@ impl Pki {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(node.to_string());
+        self.credentials_changed();
         Ok(())
     }
 
@@ -504,6 +451,13 @@ impl Pki {
                 "user {user:?} with groups {groups:?}: a user needs a name and may not be in {NODE_GROUP}"
             )));
         }
+        // A broker that takes the MQTT identity from the certificate would let a user called
+        // like the ingest read every node's reports.
+        if RESERVED_NODE_NAMES.contains(&user) {
+            return Err(PkiError::Invalid(format!(
+                "user {user:?} is reserved for cloudcore itself; choose another name"
+            )));
+        }
         let key = KeyPair::generate().map_err(cert_err)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
         params.distinguished_name.push(DnType::CommonName, user);
@@ -537,6 +491,13 @@ impl Pki {
         if user.is_empty() || groups.iter().any(|g| g == NODE_GROUP) {
             return Err(PkiError::Invalid(format!(
                 "user {user:?} with groups {groups:?}: a user needs a name and may not be in {NODE_GROUP}"
+            )));
+        }
+        // A broker that takes the MQTT identity from the certificate would let a user called
+        // like the ingest read every node's reports.
+        if RESERVED_NODE_NAMES.contains(&user) {
+            return Err(PkiError::Invalid(format!(
+                "user {user:?} is reserved for cloudcore itself; choose another name"
             )));
         }
         let secret: [u8; 24] = rand::random();
@@ -661,6 +622,34 @@ fn read_revoked(dir: &Path) -> Option<std::collections::HashSet<String>> {
             .filter(|n| validate_node_name(n).is_ok())
             .collect(),
     )
+}
+
+/// Signs a serving certificate for `names` (DNS names or IP addresses) under the CA; returns
+/// (certificate PEM, key PEM). Used for cloudcore's own endpoints and for an external broker.
+fn sign_server_cert(
+    ca_der: &CertificateDer<'static>,
+    ca_key: &KeyPair,
+    names: &[String],
+    common_name: &str,
+) -> Result<(String, String), PkiError> {
+    let issuer = Issuer::from_ca_cert_der(ca_der, ca_key).map_err(cert_err)?;
+    let key = KeyPair::generate().map_err(cert_err)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+    params.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => n.clone().try_into().map(SanType::DnsName).map_err(cert_err),
+        })
+        .collect::<Result<_, _>>()?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Certificates are valid from an hour ago, for clocks a little behind.
@@ -816,14 +805,8 @@ mod tests {
         assert!(pki.is_known("edge-1"));
         let key = pki.issue_report_key("edge-1").unwrap();
         assert_eq!(pki.report_key("edge-1"), Some(key.clone()));
-        let password = protocol::status::mqtt_password(&key);
-        assert!(pki.mqtt_login_allowed("skerry-edge-edge-1", "edge-1", &password));
-        assert!(!pki.mqtt_login_allowed("skerry-edge-edge-2", "edge-1", &password));
-        assert!(!pki.mqtt_login_allowed("skerry-edge-edge-1", "edge-1", "guess"));
-        let ingest = pki.ingest_password().unwrap();
-        assert!(pki.mqtt_login_allowed("any", INGEST_MQTT_USER, &ingest));
         pki.revoke("edge-1").unwrap();
-        assert!(!pki.mqtt_login_allowed("skerry-edge-edge-1", "edge-1", &password));
+        assert!(pki.is_revoked("edge-1"));
         assert!(!pki.is_known("edge-2"));
         assert!(matches!(
             pki.sign_node("edge-1", "garbage"),
