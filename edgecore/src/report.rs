@@ -349,7 +349,10 @@ async fn publish_session(
                 }
                 _ => {}
             },
-            _ = outbox.wake.notified() => {}
+            // Not while connecting: rumqttc's connect (TCP, TLS handshake, CONNACK) is not
+            // cancel-safe, and a wake-up in the middle of it dropped the half-open connection
+            // and started over (a reset the broker sees at every start with reports queued).
+            _ = outbox.wake.notified(), if connected => {}
         }
     }
 }
