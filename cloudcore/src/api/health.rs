@@ -2,7 +2,7 @@
 //!
 //! A constant "ok" would be a lie the moment the ingest or the scheduler stopped. The answers
 //! come from the [`Supervisor`] that runs every subsystem (one that keeps failing is
-//! `[-]ingest failed: ...`), from extra checks the server adds (the embedded broker's thread),
+//! `[-]ingest failed: ...`; the embedded MQTT broker is one of them), from extra checks a server adds,
 //! and for `/readyz` also from a read of the store within a deadline: a cloudcore whose store
 //! does not answer cannot serve. `?verbose` lists every check; a failure answers 500 with the
 //! failing lines, as kube-apiserver does.

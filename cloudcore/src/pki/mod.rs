@@ -458,9 +458,20 @@ impl Pki {
                 "user {user:?} is reserved for cloudcore itself; choose another name"
             )));
         }
+        self.sign_client_cert(user, groups, ttl)
+    }
+
+    /// Signs a client certificate (CN `name`, one O per group) valid from an hour ago for `ttl`;
+    /// returns (certificate PEM, key PEM).
+    pub(crate) fn sign_client_cert(
+        &self,
+        name: &str,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate().map_err(cert_err)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-        params.distinguished_name.push(DnType::CommonName, user);
+        params.distinguished_name.push(DnType::CommonName, name);
         for g in groups {
             params
                 .distinguished_name

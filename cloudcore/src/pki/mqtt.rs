@@ -16,11 +16,10 @@ use super::{
     cert_err, pem_to_der, sign_server_cert, validate_node_name, write_atomic, Pki, PkiError, HOUR,
     INGEST_MQTT_USER, NODE_GROUP,
 };
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+use rcgen::KeyPair;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 /// What the cloud holds for a joined node's reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +139,11 @@ impl Pki {
     pub fn ingest_client_tls(&self) -> Result<rustls::ClientConfig, PkiError> {
         let (crt, key) = (self.dir.join("ingest.crt"), self.dir.join("ingest.key"));
         if !crt.exists() || !key.exists() {
-            let (cert_pem, key_pem) = self.sign_ingest_cert()?;
+            let (cert_pem, key_pem) = self.sign_client_cert(
+                INGEST_MQTT_USER,
+                &[INGEST_GROUP.to_string()],
+                10 * 365 * 24 * HOUR,
+            )?;
             write_atomic(&key, key_pem.as_bytes(), 0o600)?;
             write_atomic(&crt, cert_pem.as_bytes(), 0o644)?;
         }
@@ -165,24 +168,6 @@ impl Pki {
                 PrivateKeyDer::Pkcs8(key_der.into()),
             )
             .map_err(|e| PkiError::Tls(e.to_string()))
-    }
-
-    fn sign_ingest_cert(&self) -> Result<(String, String), PkiError> {
-        let key = KeyPair::generate().map_err(cert_err)?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, INGEST_MQTT_USER);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, INGEST_GROUP);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let now = SystemTime::now();
-        params.not_before = (now - HOUR).into();
-        params.not_after = (now + 10 * 365 * 24 * HOUR).into();
-        let issuer = Issuer::from_ca_cert_der(&self.ca_cert_der, &self.ca_key).map_err(cert_err)?;
-        let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
-        Ok((cert.pem(), key.serialize_pem()))
     }
 
     /// Writes what an external mosquitto needs to serve Skerry's status channel into `dir`:
