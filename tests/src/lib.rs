@@ -633,6 +633,9 @@ impl Drop for Cloud {
     }
 }
 
+/// The pressure thresholds of the harness's edges (see [`Edge::start`]).
+pub const HARNESS_EVICTION_HARD: &str = "memory.available<100Mi,nodefs.available<1%,nodefs.inodesFree<1%,imagefs.available<1%,imagefs.inodesFree<1%,pid.available<1%";
+
 /// A joined edge node.
 pub struct Edge {
     /// Data dir.
@@ -770,6 +773,11 @@ impl Edge {
                 "--idle-timeout-secs",
                 "4",
             ])
+            // The machine running the tests is not what they test: a build machine's disk can
+            // be 86% full of build output, which kubelet's default `imagefs.available<15%`
+            // reports (truthfully) as DiskPressure, tainting every test node NoSchedule. A full
+            // disk still shows.
+            .args(["--eviction-hard", HARNESS_EVICTION_HARD])
             .args(["--server", &self.server, "--mqtt-url", &self.mqtt_url])
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
