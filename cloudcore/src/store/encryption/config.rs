@@ -322,11 +322,18 @@ impl EncryptionConfig {
 
     /// Reads `path` after checking that only its owner (this process's user) can read it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_text(path).map(|(cfg, _)| cfg)
+    }
+
+    /// [`EncryptionConfig::load`], also returning the text it parsed (for the reload
+    /// watcher's digest of what is in force).
+    pub fn load_text(path: &Path) -> Result<(Self, String), ConfigError> {
         let text = read_private(path)?;
-        Self::parse(&text).map_err(|e| ConfigError::InFile {
+        let cfg = Self::parse(&text).map_err(|e| ConfigError::InFile {
             path: path.to_path_buf(),
             source: Box::new(e),
-        })
+        })?;
+        Ok((cfg, text))
     }
 
     /// The name of the key new writes use, `None` when `identity` is first.

@@ -51,7 +51,17 @@ pub const AESGCM_PREFIX: &str = "k8s:enc:aesgcm:v1:";
 /// The metric of every transformation, labelled as kube-apiserver's
 /// `apiserver_storage_transformation_operations_total`.
 pub const OPERATIONS_METRIC: &str = "skerry_storage_transformation_operations_total";
+/// 1 for the key new writes use (`key="identity"` when they are stored plain), 0 for the
+/// write keys before it: what a rotation waits on before rewriting.
+pub const WRITE_KEY_METRIC: &str = "skerry_encryption_write_key_info";
 const TAG_LEN: usize = 16;
+
+fn write_key_label(active: &Active) -> String {
+    active
+        .write
+        .as_ref()
+        .map_or_else(|| "identity".to_string(), |k| k.name.clone())
+}
 
 /// Why a value cannot be written or read. Messages name keys and providers, never contents.
 #[derive(Debug, thiserror::Error)]
@@ -215,8 +225,10 @@ impl Encryption {
 
     /// The transformer of a parsed configuration.
     pub fn new(cfg: &EncryptionConfig) -> Self {
+        let active = Active::from_config(cfg);
+        metrics::gauge!(WRITE_KEY_METRIC, "key" => write_key_label(&active)).set(1.0);
         Self {
-            active: RwLock::new(Arc::new(Active::from_config(cfg))),
+            active: RwLock::new(Arc::new(active)),
             random: SystemRandom::new(),
         }
     }
@@ -224,7 +236,12 @@ impl Encryption {
     /// Puts `cfg` in force for every read and write that starts after the call.
     pub fn reload(&self, cfg: &EncryptionConfig) {
         let next = Arc::new(Active::from_config(cfg));
+        let (old, new) = (write_key_label(&self.active()), write_key_label(&next));
         *self.active.write().unwrap_or_else(|e| e.into_inner()) = next;
+        if old != new {
+            metrics::gauge!(WRITE_KEY_METRIC, "key" => old).set(0.0);
+        }
+        metrics::gauge!(WRITE_KEY_METRIC, "key" => new).set(1.0);
     }
 
     fn active(&self) -> Arc<Active> {
