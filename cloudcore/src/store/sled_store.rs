@@ -393,6 +393,19 @@ impl SledStore {
             }
         })
     }
+    /// The bytes stored for `key` (revision prefix included), for tests that check what
+    /// reaches the disk.
+    #[cfg(test)]
+    pub(crate) fn raw_for_tests(&self, key: &ObjectKey) -> Vec<u8> {
+        self.inner
+            .objects
+            .get(key.encode())
+            .ok()
+            .flatten()
+            .map(|v| v.to_vec())
+            .unwrap_or_default()
+    }
+
     /// [`Store::read_shard`], synchronously: sled serves the scan from its page cache.
     fn read_shard_now(&self, shard: &str, after: u64) -> Result<ShardRead, StoreError> {
         let upto = self.revision();
