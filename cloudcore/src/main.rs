@@ -125,7 +125,7 @@ enum Command {
         #[arg(long, env = "SKERRY_ENCRYPTION_PROVIDER_CONFIG")]
         encryption_provider_config: Option<PathBuf>,
     },
-    /// Encryption of Secrets at rest: keys and rotation (docs/operations.md).
+    /// Encryption of Secrets at rest: keys and rotation (docs/encryption-at-rest.md).
     Encryption {
         #[command(subcommand)]
         command: EncryptionCommand,
