@@ -210,6 +210,10 @@ enum EncryptionCommand {
         /// Admin kubeconfig (as `cloudcore kubeconfig` writes it).
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: PathBuf,
+        /// The server's EncryptionConfiguration: first wait (up to 30 s) until the server
+        /// writes with this file's write key, so that a rewrite never runs before a reload.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -461,12 +465,25 @@ fn encryption_command(command: EncryptionCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        EncryptionCommand::Rewrite { kubeconfig } => {
+        EncryptionCommand::Rewrite { kubeconfig, config } => {
+            let expected = match &config {
+                Some(path) => Some(
+                    EncryptionConfig::load(path)?
+                        .write_key()
+                        .unwrap_or("identity")
+                        .to_string(),
+                ),
+                None => None,
+            };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let report = rt.block_on(async {
                 let mut api = cloudcore::rewrite::ApiClient::from_kubeconfig(&kubeconfig)?;
+                if let Some(key) = &expected {
+                    cloudcore::rewrite::wait_for_write_key(&mut api, key, Duration::from_secs(30))
+                        .await?;
+                }
                 cloudcore::rewrite::rewrite_secrets(&mut api).await
             })?;
             println!(

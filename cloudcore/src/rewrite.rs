@@ -243,6 +243,39 @@ fn resource_version(obj: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+/// Waits until the server's `/metrics` shows `key` (a key name, or `identity`) as its write
+/// key. A rewrite before the server has reloaded a new key would find every Secret current
+/// and rewrite nothing, and removing the old key afterwards would lose them: this check
+/// turns that mistake into an error.
+pub async fn wait_for_write_key(
+    api: &mut ApiClient,
+    key: &str,
+    deadline: std::time::Duration,
+) -> anyhow::Result<()> {
+    let series = format!(
+        "{}{{key=\"{key}\"}} ",
+        crate::store::encryption::WRITE_KEY_METRIC
+    );
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        let (status, body) = api.request(Method::GET, "/metrics", None).await?;
+        if status != StatusCode::OK {
+            bail!("GET /metrics failed ({status}): {}", message(&body));
+        }
+        let text = body.as_str().unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.strip_prefix(&series).is_some_and(|v| v.trim() == "1"))
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= end {
+            bail!("the server does not write with key {key:?} after {deadline:?}: is it running with this --encryption-provider-config, and did it log \"new encryption provider config refused\"?");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Re-writes every Secret through `api`. A Secret that changes under the rewrite is read
 /// again and retried (its new write went through the current key anyway, but it is checked,
 /// not assumed); one that fails is reported and the others go on.

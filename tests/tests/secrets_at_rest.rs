@@ -195,10 +195,20 @@ async fn secrets_are_ciphertext_on_disk_and_survive_a_key_rotation() -> anyhow::
     // Back to the file in force: the same content as the last good one, so nothing to reload.
     cloudcore_write(&config, &with_both_keys)?;
 
-    // Step 2: rewrite every Secret through the API; a second run finds nothing to do.
+    // Step 2: rewrite every Secret through the API (after checking that the server writes
+    // with the file's write key); a second run finds nothing to do.
     let kubeconfig = cloud.kubeconfig_path();
     let kubeconfig = kubeconfig.to_str().unwrap();
-    let out = encryption(keys.path(), &["rewrite", "--kubeconfig", kubeconfig])?;
+    let out = encryption(
+        keys.path(),
+        &[
+            "rewrite",
+            "--kubeconfig",
+            kubeconfig,
+            "--config",
+            config_arg,
+        ],
+    )?;
     assert!(out.contains("rewrote 1 of 1 Secrets"), "{out}");
     let out = encryption(keys.path(), &["rewrite", "--kubeconfig", kubeconfig])?;
     assert!(
