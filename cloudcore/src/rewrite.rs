@@ -362,3 +362,53 @@ pub async fn rewrite_secrets(api: &mut ApiClient) -> anyhow::Result<Report> {
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubeconfig::{render, Credential};
+
+    #[test]
+    fn kubeconfigs_of_both_credential_kinds_are_understood() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::pki::Pki::load_or_create(dir.path(), &[]).unwrap();
+        let (cert_pem, key_pem) = pki
+            .issue_user_cert(
+                "admin",
+                &["system:masters".to_string()],
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap();
+        let path = dir.path().join("kubeconfig");
+        let cert = Credential::Certificate { cert_pem, key_pem };
+        std::fs::write(
+            &path,
+            render("https://127.0.0.1:6443", pki.ca_pem(), "admin", &cert),
+        )
+        .unwrap();
+        let client = ApiClient::from_kubeconfig(&path).unwrap();
+        assert_eq!((client.host.as_str(), client.port), ("127.0.0.1", 6443));
+        assert!(client.bearer.is_none());
+
+        let token = Credential::Token("skerry-api.x".into());
+        std::fs::write(
+            &path,
+            render("https://[::1]:7000/", pki.ca_pem(), "admin", &token),
+        )
+        .unwrap();
+        let client = ApiClient::from_kubeconfig(&path).unwrap();
+        assert_eq!((client.host.as_str(), client.port), ("::1", 7000));
+        assert_eq!(client.bearer.as_deref(), Some("skerry-api.x"));
+
+        let text = render("https://h:1", pki.ca_pem(), "admin", &token).replace(
+            "    server:",
+            "    insecure-skip-tls-verify: true\n    server:",
+        );
+        std::fs::write(&path, text).unwrap();
+        let err = ApiClient::from_kubeconfig(&path).err().unwrap();
+        assert!(err.to_string().contains("skips TLS verification"), "{err}");
+        std::fs::write(&path, render("http://h:1", pki.ca_pem(), "admin", &token)).unwrap();
+        assert!(ApiClient::from_kubeconfig(&path).is_err());
+    }
+}
