@@ -21,6 +21,7 @@ pub mod kubeconfig;
 pub mod log_limit;
 pub mod pki;
 pub mod projection;
+pub mod rewrite;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -120,6 +120,16 @@ enum Command {
         /// How long an API connection that has served a request may stay with none in flight.
         #[arg(long, default_value = "5m", value_parser = parse_duration, hide = true)]
         conn_idle_timeout: Duration,
+        /// Kubernetes EncryptionConfiguration (apiserver.config.k8s.io/v1) encrypting Secrets
+        /// at rest with aesgcm; must be mode 0600. Re-read every second: a valid new content is
+        /// put in force, a bad one is logged and the last good one stays.
+        #[arg(long, env = "SKERRY_ENCRYPTION_PROVIDER_CONFIG")]
+        encryption_provider_config: Option<PathBuf>,
+    },
+    /// Encryption of Secrets at rest: keys and rotation (docs/encryption-at-rest.md).
+    Encryption {
+        #[command(subcommand)]
+        command: EncryptionCommand,
     },
     /// Manage bootstrap tokens.
     Token {
@@ -184,6 +194,41 @@ enum TokenCommand {
         /// reinstalling it) or to re-admit a revoked one.
         #[arg(long)]
         node: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EncryptionCommand {
+    /// Generate a 32-byte AES-256-GCM key and make it the write key, keeping the others for
+    /// reading (creates the file, aesgcm then identity, if it does not exist). The running
+    /// server picks it up within a second; then run `cloudcore encryption rewrite`.
+    NewKey {
+        /// The EncryptionConfiguration file (written atomically, mode 0600).
+        #[arg(long)]
+        config: PathBuf,
+        /// Name of the new key (default: key<N+1>).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove a key that no stored Secret uses any more (after a rewrite).
+    RemoveKey {
+        /// The EncryptionConfiguration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Name of the key to remove.
+        #[arg(long)]
+        name: String,
+    },
+    /// Re-write every Secret through the API so that each is stored under the current write
+    /// key; prints how many were rewritten.
+    Rewrite {
+        /// Admin kubeconfig (as `cloudcore kubeconfig` writes it).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        /// The server's EncryptionConfiguration: first wait (up to 30 s) until the server
+        /// writes with this file's write key, so that a rewrite never runs before a reload.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -276,6 +321,7 @@ fn main() -> anyhow::Result<()> {
             header_read_timeout,
             first_request_timeout,
             conn_idle_timeout,
+            encryption_provider_config,
         } => {
             let recorder =
                 metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
@@ -311,9 +357,11 @@ fn main() -> anyhow::Result<()> {
                     idle: conn_idle_timeout,
                     ..server::ConnTimeouts::default()
                 },
+                encryption_provider_config,
             };
             tokio::runtime::Runtime::new()?.block_on(server::run(cfg, render))
         }
+        Command::Encryption { command } => encryption_command(command),
         Command::Token {
             command: TokenCommand::Create { ttl, node },
         } => {
@@ -390,6 +438,97 @@ fn main() -> anyhow::Result<()> {
                     );
                 }
             }
+            Ok(())
+        }
+    }
+}
+
+fn encryption_command(command: EncryptionCommand) -> anyhow::Result<()> {
+    use cloudcore::store::encryption::{EncryptionConfig, KeySpec};
+    let save = |path: &std::path::Path, cfg: &EncryptionConfig| -> anyhow::Result<()> {
+        cloudcore::pki::write_atomic(path, cfg.render().as_bytes(), 0o600)?;
+        Ok(())
+    };
+    match command {
+        EncryptionCommand::NewKey { config, name } => {
+            let current = if config.exists() {
+                Some(EncryptionConfig::load(&config)?)
+            } else {
+                None
+            };
+            let name = name.unwrap_or_else(|| {
+                let highest = current
+                    .iter()
+                    .flat_map(|c| c.key_names())
+                    .filter_map(|n| n.strip_prefix("key")?.parse::<u64>().ok())
+                    .max()
+                    .unwrap_or(0);
+                format!("key{}", highest + 1)
+            });
+            let mut secret = vec![0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+            let key = KeySpec::new(&name, secret)?;
+            let next = match &current {
+                Some(c) => c.with_write_key(key)?,
+                None => EncryptionConfig::initial(key),
+            };
+            save(&config, &next)?;
+            println!(
+                "key {name} is now the write key of {} (keys: {}); comments in the file are not kept",
+                config.display(),
+                next.key_names().join(", ")
+            );
+            println!("a server started with --encryption-provider-config {} uses it within a second (log line \"encryption provider config reloaded\"); then run `cloudcore encryption rewrite`", config.display());
+            Ok(())
+        }
+        EncryptionCommand::RemoveKey { config, name } => {
+            let next = EncryptionConfig::load(&config)?.without_key(&name)?;
+            save(&config, &next)?;
+            println!(
+                "key {name} removed from {} (keys: {}); Secrets still stored under it can no longer be read",
+                config.display(),
+                next.key_names().join(", ")
+            );
+            Ok(())
+        }
+        EncryptionCommand::Rewrite { kubeconfig, config } => {
+            let expected = match &config {
+                Some(path) => Some(
+                    EncryptionConfig::load(path)?
+                        .write_key()
+                        .unwrap_or("identity")
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(async {
+                let mut api = cloudcore::rewrite::ApiClient::from_kubeconfig(&kubeconfig)?;
+                if let Some(key) = &expected {
+                    cloudcore::rewrite::wait_for_write_key(&mut api, key, Duration::from_secs(30))
+                        .await?;
+                }
+                cloudcore::rewrite::rewrite_secrets(&mut api).await
+            })?;
+            println!(
+                "rewrote {} of {} Secrets; {} already under the current write key, {} deleted meanwhile, {} failed",
+                report.rewritten,
+                report.listed,
+                report.unchanged,
+                report.gone,
+                report.failed.len()
+            );
+            for (secret, reason) in &report.failed {
+                eprintln!("secret {secret}: {reason}");
+            }
+            anyhow::ensure!(
+                report.failed.is_empty(),
+                "{} Secrets were not rewritten: keep the old keys until they are",
+                report.failed.len()
+            );
             Ok(())
         }
     }

@@ -9,6 +9,7 @@ use crate::api::{router, ApiState};
 use crate::hub::{self, Hub, HubConfig};
 use crate::ingest::{self, MqttTarget};
 use crate::pki::Pki;
+use crate::store::encryption::{self, Encryption, EncryptionConfig};
 use crate::store::{SledStore, Store};
 use crate::{broker, projection, scheduler};
 use anyhow::Context;
@@ -50,6 +51,9 @@ pub struct ServeConfig {
     pub api_conn_limits: Limits,
     /// Timeouts of API connections before and between requests.
     pub api_conn_timeouts: ConnTimeouts,
+    /// Kubernetes `EncryptionConfiguration` for Secrets at rest (`--encryption-provider-config`);
+    /// re-read every second while the server runs. `None`: Secrets are stored unencrypted.
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -66,13 +70,45 @@ impl Default for ServeConfig {
             services: crate::api::services::ServiceNetwork::default(),
             api_conn_limits: Limits::default(),
             api_conn_timeouts: ConnTimeouts::default(),
+            encryption_provider_config: None,
         }
     }
 }
 
-/// Opens the store of a data dir.
-pub fn open_store(data_dir: &std::path::Path) -> anyhow::Result<SledStore> {
-    Ok(SledStore::open(&data_dir.join("store"), projection::shard)?)
+/// Opens the store of a data dir, its Secrets going through `encryption`.
+pub fn open_store(
+    data_dir: &std::path::Path,
+    encryption: Arc<Encryption>,
+) -> anyhow::Result<SledStore> {
+    Ok(SledStore::open_with(
+        &data_dir.join("store"),
+        projection::shard,
+        encryption,
+    )?)
+}
+
+/// The transformer of `--encryption-provider-config` (refusing a bad file, so that the server
+/// never starts writing Secrets in the clear because of a typo), and the digest of the
+/// content in force for the reload watcher.
+fn load_encryption(path: Option<&std::path::Path>) -> anyhow::Result<(Arc<Encryption>, [u8; 32])> {
+    let Some(path) = path else {
+        info!("no --encryption-provider-config: Secrets are stored unencrypted");
+        return Ok((Arc::new(Encryption::none()), [0; 32]));
+    };
+    let (cfg, text) =
+        EncryptionConfig::load_text(path).context("--encryption-provider-config is not usable")?;
+    match cfg.write_key() {
+        Some(key) => {
+            info!(path = %path.display(), write_key = key, keys = ?cfg.key_names(), "Secrets are encrypted at rest (aesgcm)")
+        }
+        None => {
+            warn!(path = %path.display(), keys = ?cfg.key_names(), "identity is the first provider: new Secrets are stored unencrypted")
+        }
+    }
+    Ok((
+        Arc::new(Encryption::new(&cfg)),
+        encryption::reload::digest(text.as_bytes()),
+    ))
 }
 
 /// Runs cloudcore until the process is stopped. `metrics_render` renders the Prometheus text
@@ -88,7 +124,8 @@ pub async fn run(
         )
     })?;
     let pki = Arc::new(Pki::load_or_create(&cfg.data_dir, &cfg.server_names)?);
-    let sled = open_store(&cfg.data_dir)?;
+    let (encryption, applied) = load_encryption(cfg.encryption_provider_config.as_deref())?;
+    let sled = open_store(&cfg.data_dir, encryption.clone())?;
     let store: Arc<dyn Store> = Arc::new(sled.clone());
     info!(data_dir = %cfg.data_dir.display(), revision = store.revision(), ca_hash = %pki.ca_hash(), "store and PKI ready");
 
@@ -116,6 +153,11 @@ pub async fn run(
     supervisor.spawn("store-compaction", move || {
         compact_periodically(sled.clone())
     });
+    if let Some(path) = cfg.encryption_provider_config.clone() {
+        supervisor.spawn("encryption-config-reload", move || {
+            encryption::reload::watch(path.clone(), encryption.clone(), applied)
+        });
+    }
 
     let tls = Arc::new(pki.api_tls()?);
     let conn_limits = api_conn_limits(cfg.api_conn_limits)?;

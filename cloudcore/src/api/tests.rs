@@ -9,6 +9,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 mod bad_input;
+mod encryption;
 
 const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
 

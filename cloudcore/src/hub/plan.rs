@@ -417,6 +417,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_node_gets_its_secret_decrypted_from_an_encrypting_store() {
+        use crate::store::encryption::{Encryption, EncryptionConfig, KeySpec};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = EncryptionConfig::initial(KeySpec::new("key1", vec![9; 32]).unwrap());
+        let store = SledStore::open_with(
+            dir.path(),
+            projection::shard,
+            std::sync::Arc::new(Encryption::new(&cfg)),
+        )
+        .unwrap();
+        let f = Fixture { store, _dir: dir };
+        let start = f.put("secrets", secret("db", 8)).await;
+        let raw = f
+            .store
+            .raw_for_tests(&ObjectKey::new("secrets", "default", "db"));
+        assert!(raw[8..].starts_with(b"k8s:enc:aesgcm:v1:key1:"));
+        f.put("pods", pod("web", "n1", &["db"], &[])).await;
+        let (changes, upto) = f.changes("n1", start).await;
+        let batches = delta(&f.store, "n1", start, upto, &changes, vec![])
+            .await
+            .unwrap();
+        let EdgeObject::Secret(EdgeSecret { data, .. }) = &batches[0].upserts[1].object else {
+            panic!(
+                "expected the pod's Secret second: {:?}",
+                refs_of(&batches[0])
+            )
+        };
+        assert_eq!(data["k"], vec![b's'; 8]);
+    }
+
+    #[tokio::test]
     async fn marked_configs_are_sent_once_only_if_newer_and_deleted_if_gone() {
         let f = fixture();
         let old = f.put("configmaps", config_map("old")).await;

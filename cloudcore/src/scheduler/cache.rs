@@ -788,10 +788,12 @@ mod tests {
             &[Stored {
                 revision: 1,
                 value: node("a", "1"),
+                stale: false,
             }],
             &[Stored {
                 revision: 3,
                 value: p.clone(),
+                stale: false,
             }],
         );
         assert_eq!(c.usage("a").unwrap().pods, 1);

@@ -179,6 +179,7 @@ impl Scheduler {
                         Stored {
                             revision: ev.revision,
                             value: v.clone(),
+                            stale: false,
                         },
                     ),
                     None => self.queue.remove(&ev.key),
@@ -383,6 +384,7 @@ async fn write_status(
     Ok(Stored {
         revision,
         value: written,
+        stale: false,
     })
 }
 

@@ -244,6 +244,7 @@ mod tests {
         Stored {
             revision: rev,
             value: json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"nodeName": node}}),
+            stale: false,
         }
     }
 
@@ -287,6 +288,7 @@ mod tests {
             revision: 1,
             value: json!({"metadata": {"name": name, "namespace": "d"},
                           "spec": {"priority": priority}}),
+            stale: false,
         };
         let mut q = Queue::default();
         for (name, p) in [("low", 0), ("high-1", 100), ("mid", 10), ("high-2", 100)] {

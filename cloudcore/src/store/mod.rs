@@ -33,6 +33,7 @@
 //! one disk read, which is what sled's own API does too; writes are ordered and made durable
 //! by a writer task (see [`sled_store`]).
 
+pub mod encryption;
 pub mod sled_store;
 
 use async_trait::async_trait;
@@ -105,6 +106,10 @@ pub struct Stored {
     pub revision: u64,
     /// The Kubernetes JSON object, with `metadata.resourceVersion` set to `revision`.
     pub value: Value,
+    /// Stored with another provider or key than the current write key (see
+    /// [`encryption`]): the API writes such an object even when an update changes nothing,
+    /// so that rewriting every Secret re-encrypts it.
+    pub stale: bool,
 }
 
 /// Where an object belongs and a digest of what that shard's reader sees of it.
@@ -190,6 +195,16 @@ pub enum StoreError {
     /// The backend failed.
     #[error("store backend failure: {0}")]
     Backend(String),
+    /// A stored value could not be decrypted (key removed from the configuration, corrupt
+    /// ciphertext). Unlike [`StoreError::Corrupt`], a listing fails with it, as kube-apiserver
+    /// does: a list that silently left out Secrets would make controllers act on a wrong view.
+    #[error("cannot decrypt {key}: {reason}")]
+    Undecryptable {
+        /// Object.
+        key: String,
+        /// Why (names the key, never the contents).
+        reason: encryption::TransformError,
+    },
     /// A stored value could not be read back (reported and skipped by listings).
     #[error("corrupt stored value for {key}: {reason}")]
     Corrupt {
@@ -210,7 +225,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &ObjectKey) -> Result<Option<Stored>, StoreError>;
 
     /// Lists a resource, in one namespace or (with `None`) all; returns the objects in key order
-    /// and the revision the listing is consistent with. Corrupt entries are logged and skipped.
+    /// and the revision the listing is consistent with. Corrupt entries are logged and skipped;
+    /// one that cannot be decrypted fails the listing with [`StoreError::Undecryptable`].
     async fn list(
         &self,
         resource: &str,

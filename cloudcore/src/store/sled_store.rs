@@ -7,9 +7,14 @@
 //! - `shard_log`: `shard\0revision(be)` → encoded key, one entry per write that touched the shard;
 //! - `shard_members`: `shard\0encoded key` → revision, the shard's current members.
 //!
+//! Values of Secrets go through [`Encryption`] between the JSON and the revision prefix
+//! (`revision ++ k8s:enc:aesgcm:v1:<key>:...` when encryption is on), with the encoded object
+//! key as associated data. The other trees hold keys and revisions only, never values.
+//!
 //! All trees of one write change in one sled transaction, so a crash leaves either the whole
 //! write or none of it; the write returns only after `flush`, so what a client was told is durable.
 
+use super::encryption::Encryption;
 use super::{Event, ObjectKey, ShardChange, ShardFn, ShardRead, Store, StoreError, Stored};
 use async_trait::async_trait;
 use serde_json::Value;
@@ -34,6 +39,8 @@ struct Inner {
     shard_log: sled::Tree,
     shard_members: sled::Tree,
     shard_of: ShardFn,
+    /// The value transformer (encryption of Secrets at rest).
+    encryption: Arc<Encryption>,
     /// Serialises revision assignment; held only while the transaction runs, not while flushing.
     write_lock: Mutex<()>,
     /// Held by the one writer that is flushing (see [`SledStore::make_durable`]).
@@ -75,11 +82,21 @@ fn floor_key(shard: &str) -> Vec<u8> {
     format!("floor:{shard}").into_bytes()
 }
 
-fn decode_stored(key: &[u8], raw: &[u8]) -> Result<Stored, StoreError> {
+/// The resource part of an encoded key (everything before the first NUL).
+fn resource_of(key: &[u8]) -> &str {
+    let end = key.iter().position(|b| *b == 0).unwrap_or(key.len());
+    std::str::from_utf8(&key[..end]).unwrap_or("")
+}
+
+fn key_name(key: &[u8]) -> String {
+    ObjectKey::decode(key)
+        .map(|k| k.to_string())
+        .unwrap_or_else(|| String::from_utf8_lossy(key).into_owned())
+}
+
+fn decode_stored(encryption: &Encryption, key: &[u8], raw: &[u8]) -> Result<Stored, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
-        key: ObjectKey::decode(key)
-            .map(|k| k.to_string())
-            .unwrap_or_else(|| String::from_utf8_lossy(key).into_owned()),
+        key: key_name(key),
         reason,
     };
     if raw.len() < 8 {
@@ -90,11 +107,18 @@ fn decode_stored(key: &[u8], raw: &[u8]) -> Result<Stored, StoreError> {
     }
     let mut rev = [0u8; 8];
     rev.copy_from_slice(&raw[..8]);
+    let opened = encryption
+        .from_storage(resource_of(key), key, &raw[8..])
+        .map_err(|reason| StoreError::Undecryptable {
+            key: key_name(key),
+            reason,
+        })?;
     let value: Value =
-        serde_json::from_slice(&raw[8..]).map_err(|e| corrupt(format!("invalid JSON: {e}")))?;
+        serde_json::from_slice(&opened.data).map_err(|e| corrupt(format!("invalid JSON: {e}")))?;
     Ok(Stored {
         revision: u64::from_be_bytes(rev),
         value,
+        stale: opened.stale,
     })
 }
 
@@ -116,8 +140,17 @@ enum Write {
 }
 
 impl SledStore {
-    /// Opens (or creates) a store in `dir`.
+    /// Opens (or creates) a store in `dir` that stores every value plain.
     pub fn open(dir: &Path, shard_of: ShardFn) -> Result<Self, StoreError> {
+        Self::open_with(dir, shard_of, Arc::new(Encryption::none()))
+    }
+
+    /// Opens (or creates) a store in `dir` whose Secrets go through `encryption`.
+    pub fn open_with(
+        dir: &Path,
+        shard_of: ShardFn,
+        encryption: Arc<Encryption>,
+    ) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open().map_err(|e| {
             StoreError::Backend(format!(
                 "cannot open store at {}: {e}; is another cloudcore using this data dir?",
@@ -151,6 +184,7 @@ impl SledStore {
                 shard_log,
                 shard_members,
                 shard_of,
+                encryption,
                 write_lock: Mutex::new(()),
                 flush_lock: Mutex::new(()),
                 pending_events: Mutex::new(Default::default()),
@@ -244,7 +278,7 @@ impl SledStore {
         let kbytes = key.encode();
         let guard = inner.write_lock.lock().await;
         let old = match inner.objects.get(&kbytes).map_err(backend)? {
-            Some(raw) => Some(decode_stored(&kbytes, &raw)?),
+            Some(raw) => Some(decode_stored(&inner.encryption, &kbytes, &raw)?),
             None => None,
         };
         let rev = inner.assigned.load(Ordering::SeqCst) + 1;
@@ -271,11 +305,20 @@ impl SledStore {
         };
         let old_shard = old.as_ref().and_then(|o| (inner.shard_of)(key, &o.value));
         let new_shard = new_value.as_ref().and_then(|v| (inner.shard_of)(key, v));
-        let encoded = new_value.as_ref().map(|v| {
-            let mut raw = rev.to_be_bytes().to_vec();
-            raw.extend(serde_json::to_vec(v).unwrap_or_default());
-            raw
-        });
+        let encoded = match &new_value {
+            Some(v) => {
+                let json = serde_json::to_vec(v)
+                    .map_err(|e| backend(format!("cannot encode {key}: {e}")))?;
+                let sealed = inner
+                    .encryption
+                    .to_storage(&key.resource, &kbytes, json)
+                    .map_err(|e| backend(format!("cannot encrypt {key}: {e}")))?;
+                let mut raw = rev.to_be_bytes().to_vec();
+                raw.extend(sealed);
+                Some(raw)
+            }
+            None => None,
+        };
         let mut shards: Vec<String> = Vec::new();
         if old_shard != new_shard {
             for s in [&old_shard, &new_shard].into_iter().flatten() {
@@ -341,6 +384,7 @@ impl SledStore {
             Some(value) => Stored {
                 revision: rev,
                 value,
+                stale: false,
             },
             None => {
                 let mut last = old.expect("delete of an existing object");
@@ -349,6 +393,19 @@ impl SledStore {
             }
         })
     }
+    /// The bytes stored for `key` (revision prefix included), for tests that check what
+    /// reaches the disk.
+    #[cfg(test)]
+    pub(crate) fn raw_for_tests(&self, key: &ObjectKey) -> Vec<u8> {
+        self.inner
+            .objects
+            .get(key.encode())
+            .ok()
+            .flatten()
+            .map(|v| v.to_vec())
+            .unwrap_or_default()
+    }
+
     /// [`Store::read_shard`], synchronously: sled serves the scan from its page cache.
     fn read_shard_now(&self, shard: &str, after: u64) -> Result<ShardRead, StoreError> {
         let upto = self.revision();
@@ -397,7 +454,7 @@ impl Store for SledStore {
     async fn get(&self, key: &ObjectKey) -> Result<Option<Stored>, StoreError> {
         let k = key.encode();
         match self.inner.objects.get(&k).map_err(backend)? {
-            Some(raw) => decode_stored(&k, &raw).map(Some),
+            Some(raw) => decode_stored(&self.inner.encryption, &k, &raw).map(Some),
             None => Ok(None),
         }
     }
@@ -417,8 +474,12 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for entry in self.inner.objects.scan_prefix(&prefix) {
             let (k, v) = entry.map_err(backend)?;
-            match decode_stored(&k, &v) {
+            match decode_stored(&self.inner.encryption, &k, &v) {
                 Ok(s) => out.push(s),
+                Err(e @ StoreError::Undecryptable { .. }) => {
+                    tracing::error!(error = %e, "listing failed: a stored value cannot be decrypted");
+                    return Err(e);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "skipping corrupt object in listing; delete and recreate it")
                 }
@@ -643,5 +704,53 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(c.revision, 3);
+    }
+
+    #[tokio::test]
+    async fn secrets_are_stored_encrypted_and_bound_to_their_key() {
+        use crate::store::encryption::{EncryptionConfig, KeySpec};
+        let dir = tempfile::tempdir().unwrap();
+        let key1 = EncryptionConfig::initial(KeySpec::new("key1", vec![3; 32]).unwrap());
+        let encryption = Arc::new(Encryption::new(&key1));
+        let s = SledStore::open_with(dir.path(), by_node, encryption.clone()).unwrap();
+        let ka = ObjectKey::new("secrets", "default", "a");
+        let kb = ObjectKey::new("secrets", "default", "b");
+        let secret = json!({"metadata": {"name": "a"}, "data": {"k": "c2VjcmV0LXZhbHVl"}});
+        s.create(&ka, secret.clone()).await.unwrap();
+        s.create(&kb, secret.clone()).await.unwrap();
+        let cm = ObjectKey::new("configmaps", "default", "c");
+        s.create(&cm, json!({"data": {"k": "plain"}}))
+            .await
+            .unwrap();
+        let raw = s.inner.objects.get(ka.encode()).unwrap().unwrap();
+        assert!(raw[8..].starts_with(b"k8s:enc:aesgcm:v1:key1:"));
+        assert!(!raw.windows(12).any(|w| w == b"c2VjcmV0LXZh"));
+        let raw_cm = s.inner.objects.get(cm.encode()).unwrap().unwrap();
+        assert_eq!(raw_cm[8], b'{', "other resources stay plain");
+        let read = s.get(&ka).await.unwrap().unwrap();
+        assert_eq!(read.value["data"], secret["data"]);
+        assert!(!read.stale);
+
+        // After a rotation the old value reads, marked stale; rewriting it clears that.
+        let key2 = key1
+            .with_write_key(KeySpec::new("key2", vec![4; 32]).unwrap())
+            .unwrap();
+        encryption.reload(&key2);
+        let old = s.get(&ka).await.unwrap().unwrap();
+        assert!(old.stale);
+        s.update(&ka, old.value, Some(old.revision)).await.unwrap();
+        let raw = s.inner.objects.get(ka.encode()).unwrap().unwrap();
+        assert!(raw[8..].starts_with(b"k8s:enc:aesgcm:v1:key2:"));
+        assert!(!s.get(&ka).await.unwrap().unwrap().stale);
+
+        // A value moved under another Secret's key does not decrypt; the listing fails naming
+        // the object instead of leaving it out.
+        s.inner.objects.insert(kb.encode(), raw).unwrap();
+        let err = s.get(&kb).await.unwrap_err();
+        assert!(matches!(err, StoreError::Undecryptable { .. }), "{err}");
+        assert!(err.to_string().contains("secrets default/b"), "{err}");
+        let err = s.list("secrets", None).await.unwrap_err();
+        assert!(err.to_string().contains("secrets default/b"), "{err}");
+        assert_eq!(s.list("configmaps", None).await.unwrap().0.len(), 1);
     }
 }

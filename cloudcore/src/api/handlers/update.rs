@@ -53,7 +53,10 @@ where
                 .allocate(store, &key, &mut new, Some(&current.value)))
             .await?
         };
-        if new == current.value || dry_run {
+        // An unchanged object is not written, unless it is stored under an old encryption
+        // key or unencrypted: then the write is the rotation's rewrite (as in Kubernetes'
+        // GuaranteedUpdate, which writes when the stored state is stale).
+        if (new == current.value && !current.stale) || dry_run {
             return Ok(call.object_response(StatusCode::OK, new));
         }
         if !call.res.removed_by_controller() && finalizers::removes_on_update(&current.value, &new)
