@@ -839,6 +839,40 @@ impl Edge {
         }
     }
 
+    /// A power cut of the pods: every pod process (shims included) is frozen first, then
+    /// killed, so that no shim lives to record its container's exit, as when the host loses
+    /// power. Returns once none is left.
+    pub fn power_cut_pods(&self) -> Result<()> {
+        let pids = self.pod_pids();
+        for signal in ["-STOP", "-KILL"] {
+            for pid in &pids {
+                let _ = Command::new("kill")
+                    .args([signal, &pid.to_string()])
+                    .status();
+            }
+        }
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.pod_pids().is_empty() {
+            if std::time::Instant::now() > end {
+                bail!("pod processes survived SIGKILL: {:?}", self.pod_pids());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The text of edgecore's `/metrics`.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        Ok(reqwest::get(&url).await?.error_for_status()?.text().await?)
+    }
+
+    /// The value of the sample `series` of edgecore's `/metrics` (a metric name with its labels
+    /// exactly as the exporter prints them), if present.
+    pub async fn metric_series(&self, series: &str) -> Result<Option<f64>> {
+        Ok(sample(&self.metrics_text().await?, series))
+    }
+
     /// The last lines of edgecore's log.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("edgecore.log")).unwrap_or_default();
@@ -849,6 +883,15 @@ impl Edge {
             lines[lines.len().saturating_sub(40)..].join("\n")
         )
     }
+}
+
+/// The value of the sample `series` (name and labels as printed) in a Prometheus text page.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// Processes whose cwd or command line is under `dir`, except `exclude`.
