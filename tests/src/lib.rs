@@ -632,6 +632,9 @@ pub struct Edge {
     pub metrics_port: u16,
     /// Extra arguments of `edgecore run` (the runtime selection).
     run_args: Vec<String>,
+    /// `SKERRY_RESTART_BACKOFF_BASE_MS` of the next start: 300 ms for the tests (so that
+    /// crash-loop tests do not wait 10 s), `None` for kubelet's 10 s (the benches).
+    pub restart_backoff_base_ms: Option<u64>,
 }
 
 /// Runs `edgecore join`; returns (success, combined output).
@@ -733,6 +736,7 @@ impl Edge {
             mqtt_url: cloud.mqtt_url(),
             metrics_port: free_tcp_port(),
             run_args,
+            restart_backoff_base_ms: Some(300),
         };
         edge.start()?;
         Ok(edge)
@@ -744,8 +748,8 @@ impl Edge {
             .create(true)
             .append(true)
             .open(self.dir.path().join("edgecore.log"))?;
-        let child = Command::new(bin("edgecore")?)
-            .arg("--data-dir")
+        let mut cmd = Command::new(bin("edgecore")?);
+        cmd.arg("--data-dir")
             .arg(self.dir.path())
             .args([
                 "run",
@@ -760,11 +764,14 @@ impl Edge {
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
             .args(&self.run_args)
-            .env("SKERRY_RESTART_BACKOFF_BASE_MS", "300")
             .env("RUST_LOG", "info,edgecore=debug")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
+            .stderr(log);
+        match self.restart_backoff_base_ms {
+            Some(ms) => cmd.env("SKERRY_RESTART_BACKOFF_BASE_MS", ms.to_string()),
+            None => cmd.env_remove("SKERRY_RESTART_BACKOFF_BASE_MS"),
+        };
+        let child = cmd.spawn()?;
         self.child = Some(child);
         Ok(())
     }

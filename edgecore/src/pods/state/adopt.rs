@@ -17,13 +17,15 @@
 //!   edgecore was down) exited on its own and counts: as the history starts over it is a first
 //!   exit, restarted at once too; if the new instance exits again, that second exit waits the
 //!   10 s of kubelet's schedule, and so on.
-//! - With containerd, a sandbox gone after a reboot is seen not ready on the first poll: it is
-//!   replaced without back-off (`PodState::SandboxLost`), and the containers restarted above
-//!   start in the new one.
+//! - With containerd, a sandbox that is not ready after a reboot is removed by
+//!   `Runtime::list_pods` (see `runtime::cri`), so nothing of it is adopted: the pod starts
+//!   afresh in a new sandbox, at once, with nothing counted. A sandbox that dies while edgecore
+//!   runs is replaced without back-off too (`PodState::SandboxLost`).
 //! - `restartCount` is the attempt number of the newest instance, which the runtime recorded:
-//!   it survives edgecore restarts and reboots, and every restart adds one, counted or not (as
-//!   kubelet's). `lastState.terminated` is the instance that ended, with the start time the
-//!   runtime recorded for it.
+//!   with the process runtime it survives edgecore restarts and reboots, and every restart adds
+//!   one, counted or not (as kubelet's). `lastState.terminated` is the instance that ended, with
+//!   the start time the runtime recorded for it. With containerd a pod whose sandbox was removed
+//!   at start-up starts again from attempt 0, without a `lastState`.
 
 use super::PodMachine;
 use super::{on_exit, on_not_a_crash, terminated_state, unknown_termination, NotACrash};
