@@ -198,6 +198,8 @@ pub struct CloudOptions {
     pub node_monitor_grace_period_secs: Option<u64>,
     /// More `cloudcore serve` flags, e.g. the connection caps and timeouts.
     pub extra_args: Vec<String>,
+    /// `--idle-timeout-secs` of the hub (4 s, for quick tests, if unset).
+    pub idle_timeout_secs: Option<u64>,
     /// Start cloudcore with this open file limit (soft and hard, through `prlimit`), to see
     /// it live within few descriptors.
     pub nofile_limit: Option<u64>,
@@ -275,7 +277,7 @@ impl Cloud {
             .arg("--hub-addr")
             .arg(format!("127.0.0.1:{}", self.hub_port))
             .arg("--idle-timeout-secs")
-            .arg("4");
+            .arg(self.opts.idle_timeout_secs.unwrap_or(4).to_string());
         if let Some(n) = self.opts.watch_history {
             cmd.arg("--watch-history").arg(n.to_string());
         }
@@ -635,6 +637,8 @@ pub struct Edge {
     /// `SKERRY_RESTART_BACKOFF_BASE_MS` of the next start: 300 ms for the tests (so that
     /// crash-loop tests do not wait 10 s), `None` for kubelet's 10 s (the benches).
     pub restart_backoff_base_ms: Option<u64>,
+    /// `--idle-timeout-secs` of the next start (4 s for quick tests).
+    pub idle_timeout_secs: u64,
 }
 
 /// Runs `edgecore join`; returns (success, combined output).
@@ -737,6 +741,7 @@ impl Edge {
             metrics_port: free_tcp_port(),
             run_args,
             restart_backoff_base_ms: Some(300),
+            idle_timeout_secs: 4,
         };
         edge.start()?;
         Ok(edge)
@@ -758,7 +763,7 @@ impl Edge {
                 "--heartbeat-secs",
                 "1",
                 "--idle-timeout-secs",
-                "4",
+                &self.idle_timeout_secs.to_string(),
             ])
             .args(["--server", &self.server, "--mqtt-url", &self.mqtt_url])
             .arg("--metrics-addr")
