@@ -220,8 +220,9 @@ pub async fn run(
             node: node.clone(),
             report_key,
         };
+        let link = state_rx.clone();
         supervisor.spawn("publisher", move || {
-            report::publish(outbox.clone(), publisher.clone())
+            report::publish(outbox.clone(), publisher.clone(), link.clone())
         });
     }
     let checker = crate::node_health::Checker {

@@ -4,9 +4,11 @@
 //! Right after its API answers again, one new pod per node is created; an edge counts as
 //! resynced when that pod's process runs on it. Two figures per run: from the API answering
 //! (the hub's QUIC endpoint is bound before the API) and from cloudcore's spawn (an upper bound
-//! that includes cloudcore's own start-up).
+//! that includes cloudcore's own start-up). A third figure is the time until every new pod is
+//! `Running` in the API, i.e. until its status came back over MQTT.
 //!
 //! `cargo build --workspace --bins && SKERRY_BIN_DIR=target/debug target/debug/bench_hub_restart [NODES] [RUNS]`
+//! (`SKERRY_BENCH_OUTAGE_SECS=N` keeps the hub down N s before the restart.)
 
 use skerry_tests::*;
 use std::time::{Duration, Instant};
@@ -39,6 +41,12 @@ async fn main() -> anyhow::Result<()> {
         // Let every link settle into its steady keep-alive rhythm first.
         tokio::time::sleep(Duration::from_secs(3)).await;
         cloud.kill9();
+        // `SKERRY_BENCH_OUTAGE_SECS`: how long the hub stays down (0 by default).
+        let outage: u64 = std::env::var("SKERRY_BENCH_OUTAGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(outage)).await;
         let spawned = Instant::now();
         cloud.launch().await?;
         let api_back = Instant::now();
@@ -63,6 +71,13 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // And the statuses back through MQTT: every new pod Running in the API.
+        for i in 0..nodes {
+            cloud
+                .wait_running(&format!("r{run}-{i}"), Duration::from_secs(120))
+                .await?;
+        }
+        let statuses = api_back.elapsed();
         let mut resets = 0.0;
         let mut timeouts = 0.0;
         for e in &edges {
@@ -73,10 +88,10 @@ async fn main() -> anyhow::Result<()> {
                 sample(&text, r#"skerry_edge_link_ends_total{reason="timed_out"}"#).unwrap_or(0.0);
         }
         println!(
-            "| {run} | {} ms | {} ms | {} | {resets} resets, {timeouts} idle timeouts so far |",
+            "| {run} | {} ms | {} ms | {} ms | {resets} resets, {timeouts} idle timeouts so far |",
             slowest.as_millis(),
             (slowest + (api_back - spawned)).as_millis(),
-            nodes
+            statuses.as_millis()
         );
         from_api.push(slowest);
     }
