@@ -223,8 +223,9 @@ pub async fn run(
                 &opts.data_dir,
             ))?),
         };
+        let link = state_rx.clone();
         supervisor.spawn("publisher", move || {
-            report::publish(outbox.clone(), publisher.clone())
+            report::publish(outbox.clone(), publisher.clone(), link.clone())
         });
     }
     let checker = crate::node_health::Checker {

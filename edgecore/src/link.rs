@@ -325,9 +325,14 @@ pub async fn run(
             .await;
         let _ = state.send(LinkState::Disconnected);
         let _span = span.enter();
+        let mut at_once = false;
         match &result {
-            Ok(true) => backoff.reset(),
-            Ok(false) => {}
+            Ok(end) => {
+                backoff.reset();
+                // A stateless reset comes from a hub that is up again (it restarted and lost
+                // the connection): reconnect now, not after even the shortest back-off.
+                at_once = end.reason == EndReason::Reset;
+            }
             Err(LinkError::Rejected(r)) => {
                 error!(reason = %r, "cloud refused this node");
                 let _ = state.send(LinkState::Refused);
@@ -337,21 +342,84 @@ pub async fn run(
         }
         metrics::counter!("skerry_edge_link_reconnects_total").increment(1);
         let attempt = backoff.attempts();
-        let delay = backoff.next_delay();
+        let delay = if at_once {
+            Duration::ZERO
+        } else {
+            backoff.next_delay()
+        };
         debug!(?delay, attempt, "reconnecting after back-off");
         drop(_span);
         tokio::time::sleep(delay).await;
     }
 }
 
-/// One session; `Ok(true)` if it got as far as Welcome (so the back-off resets).
+/// Why an established session ended, as the `reason` label of
+/// `skerry_edge_link_ends_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndReason {
+    /// A stateless reset: the hub restarted (or lost the connection) and told us so.
+    Reset,
+    /// Nothing heard for the idle timeout: the hub or the path is gone, or the hub restarted
+    /// without the reset key of the old connection.
+    TimedOut,
+    /// Closed by the hub (or by us).
+    Closed,
+    /// The cloud broke the protocol.
+    Protocol,
+    /// The cache could not apply a batch.
+    Cache,
+    /// Anything else.
+    Other,
+}
+
+impl EndReason {
+    fn of(e: &LinkError) -> Self {
+        use quinn::ConnectionError as C;
+        let connection = match e {
+            LinkError::Connection(c)
+            | LinkError::Read(quinn::ReadExactError::ReadError(
+                quinn::ReadError::ConnectionLost(c),
+            ))
+            | LinkError::Write(quinn::WriteError::ConnectionLost(c)) => Some(c),
+            _ => None,
+        };
+        match (connection, e) {
+            (Some(C::Reset), _) => EndReason::Reset,
+            (Some(C::TimedOut), _) => EndReason::TimedOut,
+            (Some(C::ApplicationClosed(_) | C::ConnectionClosed(_) | C::LocallyClosed), _) => {
+                EndReason::Closed
+            }
+            (None, LinkError::Protocol(_) | LinkError::Codec(_)) => EndReason::Protocol,
+            (None, LinkError::Cache(_)) => EndReason::Cache,
+            _ => EndReason::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            EndReason::Reset => "reset",
+            EndReason::TimedOut => "timed_out",
+            EndReason::Closed => "closed",
+            EndReason::Protocol => "protocol",
+            EndReason::Cache => "cache",
+            EndReason::Other => "other",
+        }
+    }
+}
+
+/// How a session that got as far as Welcome ended (so the back-off resets).
+struct SessionEnd {
+    reason: EndReason,
+}
+
+/// One session, until it ends; an error before Welcome (or a refusal) is returned as such.
 async fn session(
     cfg: &LinkConfig,
     paths: &IdentityPaths,
     cache: &Cache,
     changed: &Notify,
     state: &watch::Sender<LinkState>,
-) -> Result<bool, LinkError> {
+) -> Result<SessionEnd, LinkError> {
     let (addr, host) = resolve(&cfg.server).await?;
     let tls = identity::sync_client_tls(paths)?;
     let endpoint = client_endpoint(&addr, tls, cfg.keep_alive, cfg.idle_timeout)?;
@@ -445,18 +513,54 @@ async fn session(
     .await;
     metrics::gauge!("skerry_edge_link_connected").set(0.0);
     conn.close(0u32.into(), b"bye");
-    result.map(|()| true).or_else(|e| match e {
-        LinkError::Rejected(_) => Err(e),
-        other => {
-            warn!(error = %other, "session ended");
-            Ok(true)
+    match result {
+        Ok(()) => Ok(SessionEnd {
+            reason: EndReason::Other,
+        }),
+        Err(e @ LinkError::Rejected(_)) => Err(e),
+        Err(other) => {
+            let reason = EndReason::of(&other);
+            warn!(error = %other, reason = reason.label(), "session ended");
+            metrics::counter!("skerry_edge_link_ends_total", "reason" => reason.label())
+                .increment(1);
+            Ok(SessionEnd { reason })
         }
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stateless_reset_is_told_apart_from_a_timeout_however_it_surfaces() {
+        use quinn::ConnectionError as C;
+        let read = |c| {
+            LinkError::Read(quinn::ReadExactError::ReadError(
+                quinn::ReadError::ConnectionLost(c),
+            ))
+        };
+        assert_eq!(EndReason::of(&read(C::Reset)), EndReason::Reset);
+        assert_eq!(
+            EndReason::of(&LinkError::Write(quinn::WriteError::ConnectionLost(
+                C::Reset
+            ))),
+            EndReason::Reset
+        );
+        assert_eq!(
+            EndReason::of(&LinkError::Connection(C::Reset)),
+            EndReason::Reset
+        );
+        assert_eq!(EndReason::of(&read(C::TimedOut)), EndReason::TimedOut);
+        assert_eq!(
+            EndReason::of(&LinkError::Protocol("x".into())),
+            EndReason::Protocol
+        );
+        assert_eq!(
+            EndReason::of(&LinkError::Timeout("waiting")),
+            EndReason::Other
+        );
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {

@@ -251,8 +251,18 @@ pub struct PublisherConfig {
     pub tls: Arc<rustls::ClientConfig>,
 }
 
-/// Publishes the outbox forever, reconnecting with back-off.
-pub async fn publish(outbox: Outbox, cfg: PublisherConfig) {
+/// Publishes the outbox forever, reconnecting with back-off (200 ms doubling to 10 s).
+///
+/// The back-off is cut short when the sync link (`link`) connects anew: the broker usually lives
+/// in cloudcore with the hub, so a hub that is back (after a restart, or at the end of a
+/// partition) most likely means a broker that is back, and the statuses queued meanwhile should
+/// not wait out a back-off step of up to 10 s. Only a new connection wakes the publisher, so a
+/// broker that is down while the link stays up is still retried at the back-off's pace.
+pub async fn publish(
+    outbox: Outbox,
+    cfg: PublisherConfig,
+    mut link: tokio::sync::watch::Receiver<crate::link::LinkState>,
+) {
     let mut backoff =
         crate::link::reconnect_backoff(Duration::from_millis(200), Duration::from_secs(10));
     loop {
@@ -262,7 +272,24 @@ pub async fn publish(outbox: Outbox, cfg: PublisherConfig) {
                 warn!(error = %e, host = %cfg.host, port = cfg.port, queued = outbox.len(), "MQTT broker unreachable; status stays queued in the outbox")
             }
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        link.borrow_and_update();
+        let link_back = async {
+            loop {
+                if link.changed().await.is_err() {
+                    // The link's sender is gone: nothing will wake us.
+                    std::future::pending::<()>().await;
+                }
+                if *link.borrow_and_update() == crate::link::LinkState::Connected {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = link_back => {
+                debug!("the cloud link connected again: reconnecting to the broker now");
+            }
+        }
     }
 }
 

@@ -663,13 +663,22 @@ async fn a_crashing_container_restarts_with_growing_back_off() {
     let p = pod("w-crash", RestartPolicy::Always, vec![sh("main", "exit 1")]);
     m.sync(vec![p]).await;
     let s = rec
-        .status("w-crash", "restart 3", |s| {
-            s.containers[0].restart_count >= 3
+        .status("w-crash", "restart 4", |s| {
+            s.containers[0].restart_count >= 4
         })
         .await;
     assert_eq!(s.phase, PodPhase::Running);
     let statuses = rec.statuses("w-crash");
-    // Back-off messages double: 200ms, 400ms, 800ms.
+    // As kubelet, the first exit is restarted at once: no back-off before restart 1.
+    assert!(
+        !statuses.iter().any(|(_, s)| {
+            let c = &s.containers[0];
+            c.restart_count == 0
+                && matches!(&c.state, ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff")
+        }),
+        "{statuses:#?}"
+    );
+    // Then back-off messages double: 200ms, 400ms, 800ms.
     for delay in ["200ms", "400ms", "800ms"] {
         let want = format!(
             "back-off {delay} restarting failed container=main pod=pod-w-crash_rigs(w-crash)"
@@ -687,7 +696,7 @@ async fn a_crashing_container_restarts_with_growing_back_off() {
         });
         assert!(seen, "no status with {want:?}: {statuses:#?}");
     }
-    // The restarts are spaced by at least the growing delays.
+    // The restarts after the first are spaced by at least the growing delays.
     let first_with = |n: u32| {
         statuses
             .iter()
@@ -695,9 +704,10 @@ async fn a_crashing_container_restarts_with_growing_back_off() {
             .map(|(t, _)| *t)
             .expect("restart seen")
     };
-    let (t1, t2, t3) = (first_with(1), first_with(2), first_with(3));
-    assert!(t2 - t1 >= 2 * BASE, "restart 1 -> 2 after {:?}", t2 - t1);
-    assert!(t3 - t2 >= 4 * BASE, "restart 2 -> 3 after {:?}", t3 - t2);
+    let (t1, t2, t3, t4) = (first_with(1), first_with(2), first_with(3), first_with(4));
+    assert!(t2 - t1 >= BASE, "restart 1 -> 2 after {:?}", t2 - t1);
+    assert!(t3 - t2 >= 2 * BASE, "restart 2 -> 3 after {:?}", t3 - t2);
+    assert!(t4 - t3 >= 4 * BASE, "restart 3 -> 4 after {:?}", t4 - t3);
     // restart_count never goes down.
     let counts: Vec<u32> = statuses
         .iter()

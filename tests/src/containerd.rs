@@ -209,6 +209,30 @@ impl Containerd {
         Ok(())
     }
 
+    /// A power cut and the reboot after it: the daemon, every shim of this containerd and every
+    /// process under them are frozen, then killed (so that none lives to record an exit), and the
+    /// daemon starts again on the same root and state, with no task left, as after a reboot.
+    pub async fn power_cut_and_reboot(&mut self) -> Result<()> {
+        let mut daemon = self.child.take().context("containerd is not running")?;
+        let mut roots = pids_with_cmdline(&self.socket.to_string_lossy());
+        roots.push(daemon.id() as i32);
+        let doomed = with_descendants(&roots);
+        for signal in [libc::SIGSTOP, libc::SIGKILL] {
+            for pid in &doomed {
+                signal_pid(*pid, signal);
+            }
+        }
+        daemon.wait()?;
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while doomed.iter().any(|pid| alive(*pid)) {
+            if std::time::Instant::now() > end {
+                bail!("processes of containerd survived SIGKILL");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.start_daemon().await
+    }
+
     /// Freezes (`true`, SIGSTOP) or thaws (`false`, SIGCONT) the daemon: a hung runtime that
     /// accepts connections and never answers.
     pub fn freeze_daemon(&self, frozen: bool) -> Result<()> {
@@ -513,6 +537,47 @@ fn pids_with_cmdline(needle: &str) -> Vec<i32> {
         }
     }
     out
+}
+
+/// `roots` and every process below them.
+fn with_descendants(roots: &[i32]) -> Vec<i32> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`; comm may hold spaces, so split after its ')'.
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut out: Vec<i32> = roots.to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        for (pid, ppid) in &parents {
+            if *ppid == parent && !out.contains(pid) {
+                out.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 fn signal_pid(pid: i32, signal: i32) {

@@ -202,6 +202,8 @@ pub struct CloudOptions {
     pub node_monitor_grace_period_secs: Option<u64>,
     /// More `cloudcore serve` flags, e.g. the connection caps and timeouts.
     pub extra_args: Vec<String>,
+    /// `--idle-timeout-secs` of the hub (4 s, for quick tests, if unset).
+    pub idle_timeout_secs: Option<u64>,
     /// Start cloudcore with this open file limit (soft and hard, through `prlimit`), to see
     /// it live within few descriptors.
     pub nofile_limit: Option<u64>,
@@ -287,7 +289,7 @@ impl Cloud {
             .arg("--hub-addr")
             .arg(format!("127.0.0.1:{}", self.hub_port))
             .arg("--idle-timeout-secs")
-            .arg("4");
+            .arg(self.opts.idle_timeout_secs.unwrap_or(4).to_string());
         if let Some(n) = self.opts.watch_history {
             cmd.arg("--watch-history").arg(n.to_string());
         }
@@ -649,6 +651,11 @@ pub struct Edge {
     pub metrics_port: u16,
     /// Extra arguments of `edgecore run` (the runtime selection).
     run_args: Vec<String>,
+    /// `SKERRY_RESTART_BACKOFF_BASE_MS` of the next start: 300 ms for the tests (so that
+    /// crash-loop tests do not wait 10 s), `None` for kubelet's 10 s (the benches).
+    pub restart_backoff_base_ms: Option<u64>,
+    /// `--idle-timeout-secs` of the next start (4 s for quick tests).
+    pub idle_timeout_secs: u64,
 }
 
 /// Runs `edgecore join`; returns (success, combined output).
@@ -750,6 +757,8 @@ impl Edge {
             mqtt_url: cloud.mqtt_url(),
             metrics_port: free_tcp_port(),
             run_args,
+            restart_backoff_base_ms: Some(300),
+            idle_timeout_secs: 4,
         };
         edge.start()?;
         Ok(edge)
@@ -761,8 +770,8 @@ impl Edge {
             .create(true)
             .append(true)
             .open(self.dir.path().join("edgecore.log"))?;
-        let child = Command::new(bin("edgecore")?)
-            .arg("--data-dir")
+        let mut cmd = Command::new(bin("edgecore")?);
+        cmd.arg("--data-dir")
             .arg(self.dir.path())
             .args([
                 "run",
@@ -771,7 +780,7 @@ impl Edge {
                 "--heartbeat-secs",
                 "1",
                 "--idle-timeout-secs",
-                "4",
+                &self.idle_timeout_secs.to_string(),
             ])
             // The machine running the tests is not what they test: a build machine's disk can
             // be 86% full of build output, which kubelet's default `imagefs.available<15%`
@@ -782,11 +791,14 @@ impl Edge {
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
             .args(&self.run_args)
-            .env("SKERRY_RESTART_BACKOFF_BASE_MS", "300")
             .env("RUST_LOG", "info,edgecore=debug")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
+            .stderr(log);
+        match self.restart_backoff_base_ms {
+            Some(ms) => cmd.env("SKERRY_RESTART_BACKOFF_BASE_MS", ms.to_string()),
+            None => cmd.env_remove("SKERRY_RESTART_BACKOFF_BASE_MS"),
+        };
+        let child = cmd.spawn()?;
         self.child = Some(child);
         Ok(())
     }
@@ -861,6 +873,40 @@ impl Edge {
         }
     }
 
+    /// A power cut of the pods: every pod process (shims included) is frozen first, then
+    /// killed, so that no shim lives to record its container's exit, as when the host loses
+    /// power. Returns once none is left.
+    pub fn power_cut_pods(&self) -> Result<()> {
+        let pids = self.pod_pids();
+        for signal in ["-STOP", "-KILL"] {
+            for pid in &pids {
+                let _ = Command::new("kill")
+                    .args([signal, &pid.to_string()])
+                    .status();
+            }
+        }
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.pod_pids().is_empty() {
+            if std::time::Instant::now() > end {
+                bail!("pod processes survived SIGKILL: {:?}", self.pod_pids());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The text of edgecore's `/metrics`.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        Ok(reqwest::get(&url).await?.error_for_status()?.text().await?)
+    }
+
+    /// The value of the sample `series` of edgecore's `/metrics` (a metric name with its labels
+    /// exactly as the exporter prints them), if present.
+    pub async fn metric_series(&self, series: &str) -> Result<Option<f64>> {
+        Ok(sample(&self.metrics_text().await?, series))
+    }
+
     /// The last lines of edgecore's log.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("edgecore.log")).unwrap_or_default();
@@ -871,6 +917,15 @@ impl Edge {
             lines[lines.len().saturating_sub(40)..].join("\n")
         )
     }
+}
+
+/// The value of the sample `series` (name and labels as printed) in a Prometheus text page.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// Processes whose cwd or command line is under `dir`, except `exclude`.

@@ -72,6 +72,7 @@ mod dispatch;
 mod join;
 pub mod node_labels;
 mod plan;
+pub mod reset;
 mod session;
 
 use crate::api::client::Client;
@@ -213,12 +214,23 @@ pub fn endpoint(pki: &Pki, cfg: &HubConfig) -> anyhow::Result<quinn::Endpoint> {
     transport.max_concurrent_bidi_streams(4u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     server.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(server, cfg.listen).map_err(|e| {
+    // The stateless-reset secret survives restarts, so that edges still connected to the hub
+    // that died learn it from the first packet they send to the new one (see `reset`).
+    let secret = reset::ResetSecret::load_or_create(pki.dir())?;
+    let socket = std::net::UdpSocket::bind(cfg.listen).map_err(|e| {
         anyhow::anyhow!(
             "cannot listen for edge nodes on udp {}: {e}; pick another --hub-addr",
             cfg.listen
         )
-    })
+    })?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| anyhow::anyhow!("the hub's QUIC endpoint needs a tokio runtime"))?;
+    Ok(quinn::Endpoint::new(
+        secret.endpoint_config(),
+        Some(server),
+        socket,
+        runtime,
+    )?)
 }
 
 impl Hub {

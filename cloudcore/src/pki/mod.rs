@@ -246,6 +246,11 @@ impl Pki {
         &self.ca_cert_pem
     }
 
+    /// The PKI directory (`<data-dir>/pki`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Path of the CA certificate file.
     pub fn ca_path(&self) -> PathBuf {
         self.dir.join("ca.crt")

@@ -1,11 +1,27 @@
 //! Restart back-off, as kubelet's `CrashLoopBackOff`.
 //!
 //! A container that keeps exiting is restarted after a delay that doubles with every consecutive
-//! crash (10 s, 20 s, 40 s, ... by default) up to a cap (5 minutes), so that a broken workload
-//! neither spins the node's CPU nor floods the cloud with status reports. A container that ran
-//! long enough before exiting (10 minutes) is considered healthy again: its next delay starts over.
-//! The same policy spaces retries of failed runtime operations (sandbox creation, a start that
-//! failed, a stop that failed).
+//! crash up to a cap (5 minutes), so that a broken workload neither spins the node's CPU nor
+//! floods the cloud with status reports. As kubelet, the first exit is restarted at once, the
+//! second after 10 s, then 20 s, 40 s, ... ([`BackoffPolicy::restart_delay`]). A container that
+//! ran long enough before exiting (10 minutes) is considered healthy again: its count starts over,
+//! so that exit too is restarted at once.
+//!
+//! kubelet's rule, from `kuberuntime_manager.go` (`doBackOff`) and client-go's
+//! `util/flowcontrol/backoff.go`: before each start of a container whose last instance exited,
+//! kubelet asks `IsInBackOffSince(key, finishedAt)`, which is false when the container has no
+//! back-off entry yet; the start then goes ahead and `Next` creates the entry with the initial
+//! 10 s. Only a later exit finds the entry and waits `backoff` after its `finishedAt`; every
+//! further `Next` doubles it up to `MaxContainerBackOff` (300 s). An entry whose last update is
+//! more than twice the cap (10 minutes) older than the exit is started over (`hasExpired`). So
+//! the delays after consecutive exits are 0, 10, 20, 40, 80, 160, 300, 300 ... s. The entries
+//! live in kubelet's memory only: a kubelet restart (or a node reboot) forgets them, and the
+//! first exit seen afterwards is again restarted at once (see `state::adopt` for edgecore's
+//! rule at start-up).
+//!
+//! The same doubling, from 10 s on the first failure ([`BackoffPolicy::delay`]), spaces retries
+//! of failed runtime operations (sandbox creation, a start that failed, a stop that failed), as
+//! kubelet's image pull back-off does: an operation that just failed is not retried at once.
 
 use std::time::Duration;
 
@@ -33,14 +49,21 @@ impl Default for BackoffPolicy {
 }
 
 impl BackoffPolicy {
-    /// The delay after the `failures`-th consecutive failure (1 for the first): `base * 2^(n-1)`,
-    /// at most `cap`. Zero failures mean no delay.
+    /// The retry delay after the `failures`-th consecutive failure of a runtime operation (1 for
+    /// the first): `base * 2^(n-1)`, at most `cap`. Zero failures mean no delay.
     pub fn delay(&self, failures: u32) -> Duration {
         if failures == 0 {
             return Duration::ZERO;
         }
         let shift = (failures - 1).min(31);
         self.base.saturating_mul(1u32 << shift).min(self.cap)
+    }
+
+    /// The delay before restarting a container after its `crashes`-th consecutive counted exit
+    /// (1 for the first): none for the first (kubelet restarts a first exit at once), then
+    /// `base * 2^(n-2)`, at most `cap`.
+    pub fn restart_delay(&self, crashes: u32) -> Duration {
+        self.delay(crashes.saturating_sub(1))
     }
 
     /// The consecutive-crash count after a container exit, given the count before it and how
@@ -100,6 +123,43 @@ mod tests {
         };
         let ms: Vec<u128> = (1..=5).map(|n| fast.delay(n).as_millis()).collect();
         assert_eq!(ms, [200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn restarts_follow_kubelets_schedule() {
+        let p = BackoffPolicy::default();
+        let secs: Vec<u64> = (1..=9).map(|n| p.restart_delay(n).as_secs()).collect();
+        assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(p.restart_delay(0), Duration::ZERO);
+        assert_eq!(p.restart_delay(u32::MAX), Duration::from_secs(300));
+        // After a long run the count starts over: the exit is a first one, restarted at once.
+        let crashes = p.crashes_after_exit(7, Duration::from_secs(600));
+        assert_eq!(p.restart_delay(crashes), Duration::ZERO);
+    }
+
+    proptest::proptest! {
+        /// For any policy: a first exit never waits, later ones wait at least `base`, the delays
+        /// never shrink with the count and never pass the cap.
+        #[test]
+        fn restart_delays_start_at_zero_grow_and_stay_capped(
+            base_ms in 1u64..100_000,
+            cap_factor in 1u32..64,
+            crashes in 0u32..200,
+        ) {
+            let base = Duration::from_millis(base_ms);
+            let p = BackoffPolicy {
+                base,
+                cap: base * cap_factor,
+                reset_after: Duration::from_secs(600),
+            };
+            let d = p.restart_delay(crashes);
+            proptest::prop_assert!(d <= p.cap);
+            proptest::prop_assert!(p.restart_delay(crashes + 1) >= d);
+            proptest::prop_assert_eq!(d.is_zero(), crashes <= 1);
+            if crashes >= 2 {
+                proptest::prop_assert!(d >= base);
+            }
+        }
     }
 
     #[test]

@@ -1106,14 +1106,20 @@ mod tests {
                 backoff: BackoffPolicy {
                     base: Duration::from_secs(1),
                     cap: Duration::from_secs(2),
-                    reset_after: Duration::from_secs(60),
+                    // The fake's instances all started in 1970: no run may reset the count.
+                    reset_after: Duration::MAX,
                 },
                 ..PodManagerConfig::default()
             },
         );
         m.sync(vec![pod("u1", "a")]).await;
         running_again(&mut rx, "u1", 0).await;
-        // The container exits; while it waits in back-off, nothing is polled, and the sandbox
+        // A first exit is restarted at once.
+        for c in rt.containers.lock().await.iter_mut() {
+            c.2 = false;
+        }
+        running_again(&mut rx, "u1", 1).await;
+        // The second exits waits in back-off; meanwhile nothing is polled, and the sandbox
         // dies.
         for c in rt.containers.lock().await.iter_mut() {
             c.2 = false;
@@ -1125,7 +1131,7 @@ mod tests {
         })
         .await;
         rt.dead.lock().await.insert("u1".into());
-        let after = running_again(&mut rx, "u1", 1).await;
+        let after = running_again(&mut rx, "u1", 2).await;
         assert_eq!(after.pod_ip, "10.0.0.2");
         // The start that found the sandbox dead was not retried in it with back-off: the next
         // start went to the new sandbox.
@@ -1133,6 +1139,7 @@ mod tests {
             *rt.starts.lock().await,
             [
                 ("u1".to_string(), false),
+                ("u1".into(), false),
                 ("u1".into(), true),
                 ("u1".into(), false)
             ]

@@ -290,7 +290,7 @@ impl Worker {
                         }) => {
                             info!(container, %id, exit_code, ?signal, "container exited")
                         }
-                        Ok(ContainerRunState::Unknown { message }) => {
+                        Ok(ContainerRunState::Unknown { message, .. }) => {
                             warn!(container, %id, %message, "container state unknown; counted as a failure")
                         }
                         Ok(_) => {}
@@ -450,6 +450,7 @@ async fn stop_all(
                 Ok(()) => Ok(rt.container_state(&sandbox, &id).await.unwrap_or_else(|e| {
                     ContainerRunState::Unknown {
                         message: e.to_string(),
+                        started_at_ms: None,
                     }
                 })),
                 Err(e) => Err(e),

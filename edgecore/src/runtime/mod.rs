@@ -104,6 +104,9 @@ pub enum ContainerRunState {
     Unknown {
         /// Why.
         message: String,
+        /// When it started, if the runtime recorded it (ms since the epoch): reported as the
+        /// lost instance's `startedAt`.
+        started_at_ms: Option<u64>,
     },
 }
 

@@ -1,9 +1,35 @@
 //! Adoption: after an edgecore restart the runtime may already run a pod's sandbox and
 //! containers. The machine takes them over rather than starting again, so that a restart of the
 //! agent does not restart the workloads.
+//!
+//! # What counts towards `CrashLoopBackOff` after a restart or a reboot
+//!
+//! An edge that lost power comes back with every container dead and, often, no cloud to ask. Its
+//! pods must run again at once: the node's reboot is no fault of theirs. So, as kubelet (whose
+//! back-off entries live in its memory only, see `crate::pods::backoff`):
+//!
+//! - The back-off history starts over at every edgecore start: no adopted container is in
+//!   `CrashLoopBackOff`, whatever its count was before.
+//! - An instance found with no exit recorded (`ContainerRunState::Unknown`: its shim died with
+//!   it, the host rebooted, the sandbox is gone) was lost, it did not crash: it is restarted at
+//!   once and does not count ([`NotACrash::LostWhileDown`]).
+//! - An instance found with an exit code recorded (its shim, or containerd, saw it exit while
+//!   edgecore was down) exited on its own and counts: as the history starts over it is a first
+//!   exit, restarted at once too; if the new instance exits again, that second exit waits the
+//!   10 s of kubelet's schedule, and so on.
+//! - With containerd, a sandbox that is not ready after a reboot is removed by
+//!   `Runtime::list_pods` (see `runtime::cri`), so nothing of it is adopted: the pod starts
+//!   afresh in a new sandbox, at once, with nothing counted. A sandbox that dies while edgecore
+//!   runs is replaced without back-off too (`PodState::SandboxLost`).
+//! - `restartCount` is the attempt number of the newest instance, which the runtime recorded:
+//!   with the process runtime it survives edgecore restarts and reboots, and every restart adds
+//!   one, counted or not (as kubelet's). `lastState.terminated` is the instance that ended, with
+//!   the start time the runtime recorded for it. With containerd a pod whose sandbox was removed
+//!   at start-up starts again from attempt 0, without a `lastState`.
 
 use super::PodMachine;
-use super::{on_exit, terminated_state, unknown_termination, ContainerPhase, ContainerSlot, Now};
+use super::{on_exit, on_not_a_crash, terminated_state, unknown_termination, NotACrash};
+use super::{ContainerPhase, ContainerSlot, Now};
 use super::{PodState, SpecRestart};
 use crate::pods::env::{expand_command, resolve_env, PodFields};
 use crate::pods::probes;
@@ -46,9 +72,8 @@ impl PodMachine {
             slot.ever_started = true;
             slot.restart_count = newest.attempt;
             slot.next_attempt = newest.attempt.saturating_add(1);
-            // The crash count before the restart is not known; the attempt number is the best
-            // estimate (every restart followed a crash).
-            slot.crashes = newest.attempt;
+            // The back-off history starts over at each edgecore start (see the module docs).
+            slot.crashes = 0;
             // An instance started from another spec (changed while edgecore was down) is
             // restarted with the desired one, as after an update; an unknown digest (an
             // instance from before digests were recorded) is taken to match.
@@ -68,21 +93,24 @@ impl PodMachine {
                     probes::reset_for_new_instance(slot, Some(spec));
                     restart_if_stale(slot, stale_spec);
                 }
-                exited => {
-                    if let ContainerRunState::Exited { started_at_ms, .. } = exited {
-                        earliest = Some(earliest.map_or(*started_at_ms, |e| e.min(*started_at_ms)));
+                ended => {
+                    let started = match ended {
+                        ContainerRunState::Exited { started_at_ms, .. } => Some(*started_at_ms),
+                        ContainerRunState::Unknown { started_at_ms, .. } => *started_at_ms,
+                        _ => None,
+                    };
+                    if let Some(started) = started.filter(|s| *s > 0) {
+                        earliest = Some(earliest.map_or(started, |e| e.min(started)));
                     }
-                    let terminated = terminated_state(exited, now)
+                    let terminated = terminated_state(ended, now)
                         .unwrap_or_else(|| unknown_termination(String::new()));
-                    on_exit(
-                        slot,
-                        policy,
-                        backoff,
-                        newest.id.clone(),
-                        newest.attempt,
-                        terminated,
-                        now,
-                    );
+                    let (id, attempt) = (newest.id.clone(), newest.attempt);
+                    if matches!(ended, ContainerRunState::Unknown { .. }) {
+                        let lost = NotACrash::LostWhileDown;
+                        on_not_a_crash(slot, policy, id, attempt, terminated, lost);
+                    } else {
+                        on_exit(slot, policy, backoff, id, attempt, terminated, now);
+                    }
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! One container of a pod as the machine sees it: its phase, its counters, and what an exit
 //! of its instance does to it. Kept apart from the pod machine because these rules (back-off
-//! after a crash, no back-off after a sandbox loss) are per container and do not depend on the
-//! pod's state.
+//! after a crash, no back-off after a sandbox loss or an instance lost while edgecore was down)
+//! are per container and do not depend on the pod's state.
 
 use super::{Now, UNKNOWN_EXIT_CODE};
 use crate::pods::backoff::BackoffPolicy;
@@ -204,19 +204,26 @@ pub(super) fn terminated_state(state: &ContainerRunState, now: Now) -> Option<Co
             started_at_ms: *started_at_ms,
             finished_at_ms: *finished_at_ms,
         }),
-        ContainerRunState::Unknown { message } => Some(ContainerState::Terminated {
+        ContainerRunState::Unknown {
+            message,
+            started_at_ms,
+        } => Some(ContainerState::Terminated {
             exit_code: UNKNOWN_EXIT_CODE,
             signal: None,
             reason: "ContainerStatusUnknown".into(),
             message: message.clone(),
-            started_at_ms: 0,
+            // 0 when not known: reported as no start time.
+            started_at_ms: started_at_ms.unwrap_or(0),
             finished_at_ms: now.wall_ms,
         }),
         ContainerRunState::Created | ContainerRunState::Running { .. } => None,
     }
 }
 
-/// A container instance exited: back off before a restart, or stay exited, per the policy.
+/// A container instance exited on its own (its exit code recorded, or its end not observed while
+/// edgecore watched it): an exit that counts towards `CrashLoopBackOff`. Restarted after
+/// [`BackoffPolicy::restart_delay`] of the new count (at once for a first exit, as kubelet), or
+/// it stays exited, per the policy.
 pub(super) fn on_exit(
     slot: &mut ContainerSlot,
     policy: protocol::pod::RestartPolicy,
@@ -235,20 +242,77 @@ pub(super) fn on_exit(
     else {
         return;
     };
-    if policy.restarts_after(*exit_code) {
-        let ran = Duration::from_millis(finished_at_ms.saturating_sub(*started_at_ms));
-        slot.crashes = backoff.crashes_after_exit(slot.crashes, ran);
-        let delay = backoff.delay(slot.crashes);
-        // Time since the exit counts (it may have happened while edgecore was down).
-        let since_exit = Duration::from_millis(now.wall_ms.saturating_sub(*finished_at_ms));
-        let until = deadline_after(now.mono, delay.saturating_sub(since_exit));
-        slot.last_state = Some(terminated);
-        slot.phase = ContainerPhase::BackOff {
+    if !policy.restarts_after(*exit_code) {
+        slot.phase = ContainerPhase::Exited {
             id,
             attempt,
-            until,
-            delay,
+            terminated,
         };
+        return;
+    }
+    let ran = Duration::from_millis(finished_at_ms.saturating_sub(*started_at_ms));
+    slot.crashes = backoff.crashes_after_exit(slot.crashes, ran);
+    let delay = backoff.restart_delay(slot.crashes);
+    // Time since the exit counts (it may have happened while edgecore was down), as kubelet
+    // measures its back-off from the exit's `finishedAt`.
+    let since_exit = Duration::from_millis(now.wall_ms.saturating_sub(*finished_at_ms));
+    metrics::counter!("skerry_container_exits_total", "counted" => "true", "cause" => "exit")
+        .increment(1);
+    if delay.is_zero() {
+        // A first exit: restarted at once, no `CrashLoopBackOff` to report.
+        restart_now(slot, id, terminated);
+        return;
+    }
+    metrics::counter!("skerry_container_backoffs_total").increment(1);
+    let until = deadline_after(now.mono, delay.saturating_sub(since_exit));
+    slot.last_state = Some(terminated);
+    slot.phase = ContainerPhase::BackOff {
+        id,
+        attempt,
+        until,
+        delay,
+    };
+}
+
+/// Why an instance ended without it being a crash of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotACrash {
+    /// Stopped because its sandbox is not ready any more.
+    SandboxLost,
+    /// Found at edgecore's start with no exit recorded: the runtime lost it (the host rebooted,
+    /// or its shim was killed with it). Its end says nothing about the workload.
+    LostWhileDown,
+}
+
+impl NotACrash {
+    fn label(self) -> &'static str {
+        match self {
+            NotACrash::SandboxLost => "sandbox_lost",
+            NotACrash::LostWhileDown => "lost_while_down",
+        }
+    }
+}
+
+/// A container instance ended through no fault of its own (see [`NotACrash`]), so there is no
+/// back-off and its crash count stays as it was: it starts again (as its next attempt, its
+/// ended instance as its last state, removed once its successor runs) unless the policy keeps an
+/// instance that ended so ended (`Never`; `OnFailure` after a clean exit on SIGTERM).
+pub(super) fn on_not_a_crash(
+    slot: &mut ContainerSlot,
+    policy: protocol::pod::RestartPolicy,
+    id: String,
+    attempt: u32,
+    terminated: ContainerState,
+    why: NotACrash,
+) {
+    let exit_code = match &terminated {
+        ContainerState::Terminated { exit_code, .. } => *exit_code,
+        _ => UNKNOWN_EXIT_CODE,
+    };
+    if policy.restarts_after(exit_code) {
+        metrics::counter!("skerry_container_exits_total", "counted" => "false", "cause" => why.label())
+            .increment(1);
+        restart_now(slot, id, terminated);
     } else {
         slot.phase = ContainerPhase::Exited {
             id,
@@ -258,34 +322,30 @@ pub(super) fn on_exit(
     }
 }
 
-/// A running container was stopped because its sandbox is not ready any more. This was no crash
-/// of its own, so there is no back-off: it starts again in the new sandbox (as its next attempt,
-/// its stopped instance as its last state, removed once its successor runs) unless the policy
-/// keeps an instance that ended so ended (`Never`; `OnFailure` after a clean exit on SIGTERM).
-pub(super) fn on_sandbox_loss(
-    slot: &mut ContainerSlot,
-    policy: protocol::pod::RestartPolicy,
-    id: String,
-    attempt: u32,
-    terminated: ContainerState,
-) {
-    let exit_code = match &terminated {
-        ContainerState::Terminated { exit_code, .. } => *exit_code,
-        _ => UNKNOWN_EXIT_CODE,
+/// The slot waits for its next attempt, to be started at once; the ended instance is its last
+/// state and is removed once its successor runs.
+fn restart_now(slot: &mut ContainerSlot, id: String, terminated: ContainerState) {
+    slot.last_state = Some(terminated);
+    slot.previous_instance = Some(id);
+    slot.phase = ContainerPhase::Waiting {
+        reason: "ContainerCreating".into(),
+        message: String::new(),
+        retry_at: None,
     };
-    if policy.restarts_after(exit_code) {
-        slot.last_state = Some(terminated);
-        slot.previous_instance = Some(id);
-        slot.phase = ContainerPhase::Waiting {
-            reason: "ContainerCreating".into(),
-            message: String::new(),
-            retry_at: None,
-        };
-    } else {
-        slot.phase = ContainerPhase::Exited {
-            id,
-            attempt,
-            terminated,
-        };
+}
+
+/// `terminated` with `started_at_ms` as its start if the runtime did not know it (a lost
+/// instance): the machine knew when the instance it watched started.
+pub(super) fn with_known_start(
+    mut terminated: ContainerState,
+    started_at_ms: u64,
+) -> ContainerState {
+    if let ContainerState::Terminated {
+        started_at_ms: start @ 0,
+        ..
+    } = &mut terminated
+    {
+        *start = started_at_ms;
     }
+    terminated
 }

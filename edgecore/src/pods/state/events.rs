@@ -8,8 +8,9 @@
 //! without reading the machine.
 
 use super::{
-    on_exit, on_sandbox_loss, terminated_state, AfterStop, ContainerPhase, ContainerSlot, Event,
-    Failure, Now, Outcome, PodMachine, PodState, MAX_OBSERVE_ERRORS,
+    on_exit, on_not_a_crash, terminated_state, with_known_start, AfterStop, ContainerPhase,
+    ContainerSlot, Event, Failure, NotACrash, Now, Outcome, PodMachine, PodState,
+    MAX_OBSERVE_ERRORS,
 };
 use crate::pods::probes::{self, ProbeVerdict};
 use crate::runtime::{deadline_after, ContainerInfo, ContainerRunState, Sandbox};
@@ -317,14 +318,22 @@ impl PodMachine {
                     }
                     ContainerRunState::Unknown {
                         message: failure.message,
+                        started_at_ms: None,
                     }
                 }
             };
             match terminated_state(&state, now) {
                 Some(terminated) => {
-                    let ContainerPhase::Running { attempt, .. } = slot.phase else {
+                    let ContainerPhase::Running {
+                        attempt,
+                        started_at_ms,
+                        ..
+                    } = slot.phase
+                    else {
                         continue;
                     };
+                    // A lost instance's start is the one the machine saw.
+                    let terminated = with_known_start(terminated, started_at_ms);
                     on_exit(slot, policy, backoff, id, attempt, terminated, now);
                 }
                 None => {
@@ -422,7 +431,14 @@ impl PodMachine {
                 continue;
             };
             match result.map(|state| terminated_state(&state, now)) {
-                Ok(Some(terminated)) => on_sandbox_loss(slot, policy, id, attempt, terminated),
+                Ok(Some(terminated)) => on_not_a_crash(
+                    slot,
+                    policy,
+                    id,
+                    attempt,
+                    terminated,
+                    NotACrash::SandboxLost,
+                ),
                 // Still running: stop again (with back-off) before a new sandbox.
                 Ok(None) | Err(_) => failed = true,
             }

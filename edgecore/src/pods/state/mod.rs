@@ -50,7 +50,9 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-use container::{on_exit, on_sandbox_loss, terminated_state, unknown_termination};
+use container::{
+    on_exit, on_not_a_crash, terminated_state, unknown_termination, with_known_start, NotACrash,
+};
 pub(crate) use container::{ContainerPhase, ContainerSlot, SpecRestart};
 
 use super::backoff::BackoffPolicy;

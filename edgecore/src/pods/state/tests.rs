@@ -300,6 +300,8 @@ fn a_failed_liveness_probe_kills_with_its_grace_and_restarts_with_back_off() {
     p.containers[0].liveness_probe = Some(liveness);
     p.containers[0].readiness_probe = Some(exec_probe());
     let (mut m, now) = started_pod(p);
+    // The container crashed once before: this kill is its second exit, which backs off.
+    m.slots[0].crashes = 1;
     m.step(verdict(0, "u1/a/0", ProbeKind::Readiness, true), now);
     assert!(ready_condition(&m).status);
 
@@ -420,7 +422,11 @@ fn on_failure_restarts_a_killed_container_that_exited_zero() {
         Event::Stopped(vec![(0, "u1/a/0".into(), Ok(exited(0, 0, 1)))]),
         now,
     );
-    assert!(matches!(m.slots()[0].phase, ContainerPhase::BackOff { .. }));
+    // Restarted (at once: its first exit).
+    assert!(matches!(
+        m.slots()[0].phase,
+        ContainerPhase::Waiting { retry_at: None, .. }
+    ));
     assert_eq!(m.phase(), PodPhase::Running);
 }
 
@@ -484,47 +490,60 @@ fn polling_waits_for_the_period() {
 fn crashes_back_off_exponentially_and_restart_with_the_next_attempt() {
     let (mut m, now) = started(RestartPolicy::Always, &["a"]);
     let mut t = now;
-    for (n, delay_s) in [(1u32, 10u64), (2, 20), (3, 40), (4, 80)] {
+    // kubelet's schedule: a first exit restarts at once, then 10 s, 20 s, 40 s, ...
+    for (n, delay_s) in [(1u32, 0u64), (2, 10), (3, 20), (4, 40), (5, 80)] {
         let attempt = n - 1;
         let id = format!("u1/a/{attempt}");
         let action = m.step(
             Event::Observed(vec![(0, id.clone(), Ok(exited(1, t.wall_ms, t.wall_ms)))]),
             t,
         );
-        assert_eq!(
-            action,
-            Action::Wait(Some(t.mono + Duration::from_secs(delay_s))),
-            "crash {n}"
-        );
         let st = m.status().expect("status");
         assert_eq!(st.phase, PodPhase::Running);
         let c = &st.containers[0];
         assert_eq!(c.restart_count, attempt);
         assert!(!c.ready);
-        match &c.state {
-            ContainerState::Waiting { reason, message } => {
-                assert_eq!(reason, "CrashLoopBackOff");
-                assert_eq!(
-                    message,
-                    &format!(
-                        "back-off {} restarting failed container=a pod=p_rigs(u1)",
-                        go_duration(Duration::from_secs(delay_s))
-                    )
-                );
-            }
-            other => panic!("{other:?}"),
-        }
         assert!(matches!(
             c.last_state,
             Some(ContainerState::Terminated { exit_code: 1, .. })
         ));
-        // Not before the delay.
-        let early = at(t, delay_s * 1000 - 1);
-        assert!(matches!(m.step(Event::Tick, early), Action::Wait(_)));
-        t = at(t, delay_s * 1000);
-        match m.step(Event::Tick, t) {
-            Action::StartContainer { config, .. } => assert_eq!(config.attempt, n),
-            other => panic!("{other:?}"),
+        if delay_s == 0 {
+            // No back-off: started again in the same step, never `CrashLoopBackOff`.
+            match &c.state {
+                ContainerState::Waiting { reason, .. } => assert_eq!(reason, "ContainerCreating"),
+                other => panic!("{other:?}"),
+            }
+            match action {
+                Action::StartContainer { config, .. } => assert_eq!(config.attempt, n),
+                other => panic!("crash {n}: {other:?}"),
+            }
+        } else {
+            assert_eq!(
+                action,
+                Action::Wait(Some(t.mono + Duration::from_secs(delay_s))),
+                "crash {n}"
+            );
+            match &c.state {
+                ContainerState::Waiting { reason, message } => {
+                    assert_eq!(reason, "CrashLoopBackOff");
+                    assert_eq!(
+                        message,
+                        &format!(
+                            "back-off {} restarting failed container=a pod=p_rigs(u1)",
+                            go_duration(Duration::from_secs(delay_s))
+                        )
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            // Not before the delay.
+            let early = at(t, delay_s * 1000 - 1);
+            assert!(matches!(m.step(Event::Tick, early), Action::Wait(_)));
+            t = at(t, delay_s * 1000);
+            match m.step(Event::Tick, t) {
+                Action::StartContainer { config, .. } => assert_eq!(config.attempt, n),
+                other => panic!("{other:?}"),
+            }
         }
         let action = m.step(
             Event::Started {
@@ -556,10 +575,12 @@ fn a_long_run_resets_the_back_off() {
         )]),
         later,
     );
-    assert_eq!(
-        action,
-        Action::Wait(Some(later.mono + Duration::from_secs(10)))
+    // The count starts over: a first exit again, restarted at once.
+    assert!(
+        matches!(action, Action::StartContainer { .. }),
+        "{action:?}"
     );
+    assert_eq!(m.slots[0].crashes, 1);
 }
 
 #[test]
@@ -630,7 +651,17 @@ fn unknown_state_and_repeated_observe_errors_count_as_failures() {
     m.step(Event::Observed(vec![(0, "u1/a/0".into(), err())]), now);
     assert!(matches!(m.slots[0].phase, ContainerPhase::Running { .. }));
     m.step(Event::Observed(vec![(0, "u1/a/0".into(), err())]), now);
-    assert!(matches!(m.slots[0].phase, ContainerPhase::BackOff { .. }));
+    // Lost while edgecore watched it: an exit that counts (a first one, restarted at once), and
+    // its start is the one the machine saw.
+    assert_eq!(m.slots[0].crashes, 1);
+    assert!(matches!(
+        m.slots[0].phase,
+        ContainerPhase::Waiting { retry_at: None, .. }
+    ));
+    assert!(matches!(
+        m.slots[0].last_state,
+        Some(ContainerState::Terminated { started_at_ms, .. }) if started_at_ms == now.wall_ms
+    ));
 
     let (mut m, now) = started(RestartPolicy::Never, &["a"]);
     m.step(
@@ -639,6 +670,7 @@ fn unknown_state_and_repeated_observe_errors_count_as_failures() {
             "u1/a/0".into(),
             Ok(ContainerRunState::Unknown {
                 message: "host rebooted".into(),
+                started_at_ms: None,
             }),
         )]),
         now,
@@ -1339,7 +1371,8 @@ fn adoption_of_an_exited_container_applies_the_policy() {
         name: "p".into(),
         containers: vec![info("a", 1, state)],
     };
-    // Exited 4 s ago under Always: restarts 20 s after the exit, i.e. in 16 s.
+    // Exited 4 s ago under Always, its exit recorded: it counts, but the back-off history
+    // started over with edgecore, so it is a first exit and restarts at once.
     let finished = now.wall_ms - 4000;
     let mut m = PodMachine::new(
         settings(),
@@ -1347,14 +1380,40 @@ fn adoption_of_an_exited_container_applies_the_policy() {
         Some(existing(exited(1, finished - 10, finished))),
         now,
     );
-    assert_eq!(
-        m.step(Event::Tick, now),
-        Action::Wait(Some(now.mono + Duration::from_secs(16)))
-    );
-    match m.step(Event::Tick, at(now, 16_000)) {
+    match m.step(Event::Tick, now) {
         Action::StartContainer { config, .. } => assert_eq!(config.attempt, 2),
         other => panic!("{other:?}"),
     }
+    assert_eq!(m.slots[0].crashes, 1);
+    let c = &m.status().expect("status").containers[0];
+    assert_eq!(c.restart_count, 1);
+    assert!(
+        matches!(&c.state, ContainerState::Waiting { reason, .. } if reason == "ContainerCreating")
+    );
+    assert!(matches!(c.last_state,
+        Some(ContainerState::Terminated { exit_code: 1, started_at_ms, .. }) if started_at_ms == finished - 10));
+    // Its next exit is a second one: the first back-off step, 10 s.
+    let t = at(now, 100);
+    let action = m.step(
+        Event::Started {
+            index: 0,
+            attempt: 2,
+            result: Ok(info("a", 2, running(now.wall_ms))),
+        },
+        t,
+    );
+    assert_eq!(action, Action::RemoveContainers(vec!["u1/a/1".into()]));
+    m.step(Event::ContainersRemoved(vec!["u1/a/1".into()]), t);
+    let action = m.step(
+        Event::Observed(vec![(
+            0,
+            "u1/a/2".into(),
+            Ok(exited(1, now.wall_ms, t.wall_ms)),
+        )]),
+        t,
+    );
+    let action = past_polls(&mut m, action, t);
+    assert_eq!(action, Action::Wait(Some(t.mono + Duration::from_secs(10))));
 
     let mut m = PodMachine::new(
         settings(),
@@ -1364,6 +1423,207 @@ fn adoption_of_an_exited_container_applies_the_policy() {
     );
     assert_eq!(m.step(Event::Tick, now), Action::Wait(None));
     assert_eq!(m.phase(), PodPhase::Succeeded);
+}
+
+/// An instance the runtime lost while edgecore was down (a power cut: shim and process gone,
+/// no exit recorded).
+fn lost_instance(started_at_ms: Option<u64>) -> ContainerRunState {
+    ContainerRunState::Unknown {
+        message: "process 7 is gone and its shim died without recording an exit code".into(),
+        started_at_ms,
+    }
+}
+
+#[test]
+fn containers_lost_in_a_reboot_restart_at_once_and_do_not_count() {
+    let now = t0();
+    let started_at = now.wall_ms - 60_000;
+    // Crash-looping before the reboot (attempt 5), and a second container that ran fine.
+    let existing = ExistingPod {
+        sandbox: sandbox(),
+        namespace: "rigs".into(),
+        name: "p".into(),
+        containers: vec![
+            info("a", 5, lost_instance(Some(started_at))),
+            info("b", 0, lost_instance(Some(started_at))),
+        ],
+    };
+    let mut m = PodMachine::new(
+        settings(),
+        pod(RestartPolicy::Always, &["a", "b"]),
+        Some(existing),
+        now,
+    );
+    // Both start again at once, in order, with their next attempts.
+    let mut action = m.step(Event::Tick, now);
+    for (index, attempt, name) in [(0usize, 6u32, "a"), (1, 1, "b")] {
+        match &action {
+            Action::StartContainer {
+                index: i, config, ..
+            } => assert_eq!((*i, config.attempt), (index, attempt)),
+            other => panic!("{other:?}"),
+        }
+        let st = m.status().expect("status");
+        for c in &st.containers {
+            assert!(
+                !matches!(&c.state, ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff"),
+                "{c:?}"
+            );
+        }
+        action = m.step(
+            Event::Started {
+                index,
+                attempt,
+                result: Ok(info(name, attempt, running(now.wall_ms))),
+            },
+            now,
+        );
+        // The lost instance is removed once its successor runs.
+        let gone = format!("u1/{name}/{}", attempt - 1);
+        assert_eq!(action, Action::RemoveContainers(vec![gone.clone()]));
+        action = m.step(Event::ContainersRemoved(vec![gone]), now);
+    }
+    // Nothing counted: the lost instances were no crashes.
+    assert!(m.slots.iter().all(|s| s.crashes == 0));
+    let st = m.status().expect("status");
+    assert_eq!(st.phase, PodPhase::Running);
+    let a = &st.containers[0];
+    assert_eq!(a.restart_count, 6);
+    match &a.last_state {
+        Some(ContainerState::Terminated {
+            reason,
+            started_at_ms,
+            exit_code,
+            ..
+        }) => {
+            assert_eq!(reason, "ContainerStatusUnknown");
+            assert_eq!(*exit_code, 137);
+            // The start the runtime recorded, not 1970.
+            assert_eq!(*started_at_ms, started_at);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A crash after the reboot is a first exit: restarted at once as well.
+    let action = past_polls(&mut m, action, now);
+    assert!(matches!(action, Action::Wait(_)), "{action:?}");
+    let t = at(now, 1_000);
+    let action = m.step(
+        Event::Observed(vec![(
+            0,
+            "u1/a/6".into(),
+            Ok(exited(1, now.wall_ms, t.wall_ms)),
+        )]),
+        t,
+    );
+    assert!(
+        matches!(action, Action::StartContainer { index: 0, .. }),
+        "{action:?}"
+    );
+}
+
+/// How an adopted instance was found, for the property below.
+fn found_state(kind: u8, started_at_ms: u64, finished_at_ms: u64) -> ContainerRunState {
+    match kind % 4 {
+        0 => lost_instance(Some(started_at_ms)),
+        1 => lost_instance(None),
+        2 => exited(1, started_at_ms, finished_at_ms),
+        _ => exited(0, started_at_ms, finished_at_ms),
+    }
+}
+
+proptest::proptest! {
+    /// Whatever edgecore finds dead at its start (lost in a reboot or exited while it was down,
+    /// after any number of restarts, under any policy), nothing waits in `CrashLoopBackOff`:
+    /// every container its policy restarts runs again without a timer, and only recorded exits
+    /// count.
+    #[test]
+    fn nothing_found_dead_at_start_waits_for_a_back_off(
+        found in proptest::collection::vec((0u8..4, 0u32..40, 0u64..900_000), 1..4),
+        policy in 0u8..3,
+    ) {
+        let now = t0();
+        let policy = [RestartPolicy::Always, RestartPolicy::OnFailure, RestartPolicy::Never]
+            [policy as usize];
+        let names: Vec<String> = (0..found.len()).map(|i| format!("c{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let containers = found
+            .iter()
+            .zip(&names)
+            .map(|((kind, attempt, ago), name)| {
+                let finished = now.wall_ms - ago;
+                info(name, *attempt, found_state(*kind, finished.saturating_sub(5_000), finished))
+            })
+            .collect();
+        let existing = ExistingPod {
+            sandbox: sandbox(),
+            namespace: "rigs".into(),
+            name: "p".into(),
+            containers,
+        };
+        let mut m = PodMachine::new(settings(), pod(policy, &refs), Some(existing), now);
+        let mut action = m.step(Event::Tick, now);
+        for _ in 0..20 {
+            for slot in m.slots() {
+                proptest::prop_assert!(
+                    !matches!(slot.phase, ContainerPhase::BackOff { .. }),
+                    "{slot:?}"
+                );
+            }
+            action = match action {
+                Action::StartContainer { index, config, .. } => m.step(
+                    Event::Started {
+                        index,
+                        attempt: config.attempt,
+                        result: Ok(info(&names[index], config.attempt, running(now.wall_ms))),
+                    },
+                    now,
+                ),
+                Action::RemoveContainers(ids) => m.step(Event::ContainersRemoved(ids), now),
+                other => {
+                    action = other;
+                    break;
+                }
+            };
+        }
+        // Nothing is left waiting for a timer.
+        proptest::prop_assert!(
+            matches!(action, Action::Observe(_) | Action::Wait(None)),
+            "{action:?}"
+        );
+        for (slot, (kind, attempt, _)) in m.slots().iter().zip(&found) {
+            let exit_code = if kind % 4 == 3 { 0 } else { 137 };
+            let restarts = policy.restarts_after(exit_code);
+            if restarts {
+                proptest::prop_assert!(
+                    matches!(slot.phase, ContainerPhase::Running { .. }),
+                    "{slot:?}"
+                );
+                proptest::prop_assert_eq!(slot.restart_count, attempt + 1);
+            }
+            // A lost instance never counts; a recorded exit counts once (a first exit).
+            let counted = u32::from(restarts && kind % 4 >= 2);
+            proptest::prop_assert_eq!(slot.crashes, counted, "{:?}", slot);
+        }
+    }
+}
+
+#[test]
+fn a_lost_container_under_never_stays_ended_and_the_pod_fails() {
+    let now = t0();
+    let existing = ExistingPod {
+        sandbox: sandbox(),
+        namespace: "rigs".into(),
+        name: "p".into(),
+        containers: vec![info("a", 0, lost_instance(None))],
+    };
+    let mut m = PodMachine::new(
+        settings(),
+        pod(RestartPolicy::Never, &["a"]),
+        Some(existing),
+        now,
+    );
+    assert_eq!(m.step(Event::Tick, now), Action::Wait(None));
+    assert_eq!(m.phase(), PodPhase::Failed);
 }
 
 #[test]
@@ -1484,7 +1744,8 @@ fn lost() -> Event {
 #[test]
 fn a_lost_sandbox_is_replaced_and_its_containers_start_again_in_the_new_one() {
     let (mut m, now) = started(RestartPolicy::Always, &["a", "b"]);
-    // b crashed and waits in back-off (10 s) when the sandbox dies.
+    // b crashed (its second exit) and waits in back-off (10 s) when the sandbox dies.
+    m.slots[1].crashes = 1;
     m.step(
         Event::Observed(vec![(
             1,

@@ -375,6 +375,7 @@ impl Runtime for CriRuntime {
         let mut sandboxes = self.sandboxes(OP, None).await?;
         sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         let mut chosen: HashMap<String, cri::PodSandbox> = HashMap::new();
+        let mut dead = Vec::new();
         for sandbox in sandboxes {
             let uid = sandbox
                 .metadata
@@ -389,10 +390,16 @@ impl Runtime for CriRuntime {
             // A dead sandbox (the host rebooted, or its sandbox process died): nothing can run
             // in it. Removing it lets the pod, if still desired, start in a new one.
             info!(sandbox = %sandbox.id, pod_uid = %uid, "removing a sandbox that is not ready");
-            if let Err(e) = self.discard_sandbox(OP, &sandbox.id).await {
-                warn!(sandbox = %sandbox.id, error = %e, "cannot remove a dead sandbox");
-            }
+            dead.push(sandbox.id);
         }
+        // All at once: after a reboot every sandbox is dead, and no pod starts before this
+        // listing returns (each removal tears down a network namespace, ~0.2 s apiece).
+        let removals = dead.iter().map(|id| async move {
+            if let Err(e) = self.discard_sandbox(OP, id).await {
+                warn!(sandbox = %id, error = %e, "cannot remove a dead sandbox");
+            }
+        });
+        futures::future::join_all(removals).await;
         let mut by_sandbox: HashMap<String, Vec<cri::Container>> = HashMap::new();
         for c in self.containers(OP, None, &[]).await? {
             by_sandbox

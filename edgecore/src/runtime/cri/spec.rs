@@ -327,6 +327,7 @@ pub fn run_state(status: &cri::ContainerStatus) -> ContainerRunState {
             } else {
                 status.message.clone()
             },
+            started_at_ms: (status.started_at > 0).then(|| ns_to_ms(status.started_at)),
         },
     }
 }
@@ -639,7 +640,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match run_state(&status(cri::ContainerState::ContainerUnknown, 0, "")) {
-            ContainerRunState::Unknown { message } => assert!(message.contains("c1"), "{message}"),
+            ContainerRunState::Unknown { message, .. } => {
+                assert!(message.contains("c1"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -164,6 +164,7 @@ impl CriRuntime {
                              stopped while starting it)",
                             STALE_CREATED_AFTER.as_secs()
                         ),
+                        started_at_ms: None,
                     }
                 }
                 state => state,
@@ -173,6 +174,7 @@ impl CriRuntime {
                     "container {id} no longer exists in containerd at {}",
                     self.conn.socket().display()
                 ),
+                started_at_ms: None,
             },
         })
     }

@@ -66,6 +66,7 @@ impl ProcessRuntime {
                 warn!(path = %state_path.display(), %message, "corrupt container state file");
                 return ContainerRunState::Unknown {
                     message: format!("state file {} is corrupt: {message}", state_path.display()),
+                    started_at_ms: None,
                 };
             }
         };
@@ -95,6 +96,8 @@ impl ProcessRuntime {
                  (the host rebooted or the shim was killed)",
                 state.pid, state.shim_pid
             ),
+            // The shim recorded the start: the lost instance's `startedAt`.
+            started_at_ms: Some(state.started_at_ms),
         }
     }
 
@@ -207,6 +210,7 @@ pub(super) async fn observe_unstarted(dir: &Path) -> ContainerRunState {
     if let Ok(Some(err)) = read_json::<StartError>(&dir.join(START_ERROR_FILE)).await {
         return ContainerRunState::Unknown {
             message: format!("the process could not be started: {}", err.message),
+            started_at_ms: None,
         };
     }
     let age = tokio::fs::metadata(dir.join(SPEC_FILE))
@@ -225,6 +229,7 @@ pub(super) async fn observe_unstarted(dir: &Path) -> ContainerRunState {
             message: "the shim never reported the process started (edgecore or the shim died \
                       during the start)"
                 .to_string(),
+            started_at_ms: None,
         },
     }
 }
@@ -250,6 +255,7 @@ pub(super) async fn read_exit_state(dir: &Path) -> Option<ContainerRunState> {
             warn!(path = %path.display(), %message, "corrupt exit record");
             Some(ContainerRunState::Unknown {
                 message: format!("exit record {} is corrupt: {message}", path.display()),
+                started_at_ms: None,
             })
         }
     }
