@@ -95,10 +95,20 @@ async fn main() -> anyhow::Result<()> {
     let (client, mut eventloop) = AsyncClient::new(opts, 2000);
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = acked.clone();
-    tokio::spawn(async move {
-        while let Ok(ev) = eventloop.poll().await {
-            if let Event::Incoming(Packet::PubAck(_)) = ev {
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let flood_started = Instant::now();
+    let ended = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return format!(
+                        "ended after {:.1} s: {e}",
+                        flood_started.elapsed().as_secs_f64()
+                    )
+                }
             }
         }
     });
@@ -112,11 +122,10 @@ async fn main() -> anyhow::Result<()> {
         let topic =
             protocol::topics::pod_status("flooder", "default", &format!("q{}", sent % 10_000));
         let publish = client.publish(topic, QoS::AtLeastOnce, false, small.clone());
-        if tokio::time::timeout(Duration::from_millis(200), publish)
-            .await
-            .is_ok()
-        {
-            sent += 1;
+        match tokio::time::timeout(Duration::from_millis(200), publish).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(_)) => break, // the connection is gone
+            Err(_) => {}
         }
         if last_sample.elapsed() > Duration::from_secs(1) {
             peak_b = peak_b.max(rss());
@@ -129,6 +138,12 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .unwrap_or(0.0);
     drop(client);
+    let connection = if ended.is_finished() {
+        ended.await.unwrap_or_else(|e| e.to_string())
+    } else {
+        ended.abort();
+        "open until the end".to_string()
+    };
     tokio::time::sleep(Duration::from_secs(60)).await;
     let settled = rss();
 
@@ -142,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
         "| flood A: 1,000 × 1 MiB ({closed} connections closed by the broker, {a_secs:.1} s): before / peak / after | {before_a:.1} / {peak_a:.1} / {after_a:.1} |"
     );
     println!(
-        "| flood B: 4 KiB reports for {flood_secs} s ({sent} handed to the client, {acked_b} acknowledged, {throttled} throttled): before / peak | {before_b:.1} / {peak_b:.1} |"
+        "| flood B: 4 KiB reports for {flood_secs} s ({sent} queued by the client, {acked_b} acknowledged, {throttled} throttled; client connection {connection}): before / peak | {before_b:.1} / {peak_b:.1} |"
     );
     println!("| a minute after the floods | {settled:.1} |");
     Ok(())
