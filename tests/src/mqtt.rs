@@ -162,3 +162,30 @@ pub async fn connect(opts: MqttOptions) -> Result<(AsyncClient, EventLoop)> {
         Err(e) => anyhow::bail!("connection failed: {e}"),
     }
 }
+
+/// Publishes one message with QoS 1 on a connection of its own (packets up to 2 MiB on the
+/// client's side); `Ok(None)` when it was acknowledged, `Ok(Some(why))` when the broker closed
+/// the connection instead.
+pub async fn publish_alone(
+    opts: MqttOptions,
+    topic: String,
+    payload: Vec<u8>,
+) -> Result<Option<String>> {
+    let mut opts = opts;
+    opts.set_max_packet_size(2 << 20, 2 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+        .await?;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return Ok(None),
+                Ok(_) => {}
+                Err(e) => return Ok(Some(e.to_string())),
+            }
+        }
+    })
+    .await
+    .context("neither acknowledged nor closed within 10 s")?
+}

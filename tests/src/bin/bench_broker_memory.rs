@@ -61,24 +61,11 @@ async fn main() -> anyhow::Result<()> {
     let mut closed = 0;
     let started = Instant::now();
     for i in 0..1000 {
-        let mut opts = mqtt::node_options(dir.path(), "flooder", cloud.mqtt_port)?;
-        opts.set_max_packet_size(2 << 20, 2 << 20);
-        let (client, mut eventloop) = AsyncClient::new(opts, 10);
+        let opts = mqtt::node_options(dir.path(), "flooder", cloud.mqtt_port)?;
         let topic = protocol::topics::pod_status("flooder", "default", &format!("p{i}"));
-        client
-            .publish(topic, QoS::AtLeastOnce, false, big.clone())
-            .await?;
-        let ended = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => return false,
-                    Ok(_) => {}
-                    Err(_) => return true,
-                }
-            }
-        })
-        .await
-        .unwrap_or(false);
+        let ended = mqtt::publish_alone(opts, topic, big.clone())
+            .await?
+            .is_some();
         if ended {
             closed += 1;
         }
