@@ -110,13 +110,17 @@ fn sh(name: &str, script: &str) -> Value {
 async fn logs_containing(cloud: &Cloud, args: &[&str], want: &str) -> Result<String> {
     let mut full = vec!["logs"];
     full.extend_from_slice(args);
-    eventually(&format!("kubectl {full:?} showing {want:?}"), DEADLINE, || {
-        let full = full.clone();
-        async move {
-            let (ok, out) = cloud.kubectl(&full)?;
-            Ok((ok && out.contains(want)).then_some(out))
-        }
-    })
+    eventually(
+        &format!("kubectl {full:?} showing {want:?}"),
+        DEADLINE,
+        || {
+            let full = full.clone();
+            async move {
+                let (ok, out) = cloud.kubectl(&full)?;
+                Ok((ok && out.contains(want)).then_some(out))
+            }
+        },
+    )
     .await
 }
 
@@ -132,7 +136,10 @@ async fn kubectl_logs_through_the_cloud_on_the_process_runtime() -> Result<()> {
         .create_pod(pod(
             "hello",
             "edge-a",
-            json!([sh("main", "for i in 1 2 3 4 5; do echo line $i; done; echo ready; exec sleep 300")]),
+            json!([sh(
+                "main",
+                "for i in 1 2 3 4 5; do echo line $i; done; echo ready; exec sleep 300"
+            )]),
             "Always",
         ))
         .await?;
@@ -140,7 +147,10 @@ async fn kubectl_logs_through_the_cloud_on_the_process_runtime() -> Result<()> {
         .create_pod(pod(
             "duo",
             "edge-a",
-            json!([sh("a", "echo from-a; exec sleep 300"), sh("b", "echo from-b; exec sleep 300")]),
+            json!([
+                sh("a", "echo from-a; exec sleep 300"),
+                sh("b", "echo from-b; exec sleep 300")
+            ]),
             "Always",
         ))
         .await?;
@@ -149,20 +159,36 @@ async fn kubectl_logs_through_the_cloud_on_the_process_runtime() -> Result<()> {
         f = once.display()
     );
     cloud
-        .create_pod(pod("crashy", "edge-a", json!([sh("main", &restart_script)]), "Always"))
+        .create_pod(pod(
+            "crashy",
+            "edge-a",
+            json!([sh("main", &restart_script)]),
+            "Always",
+        ))
         .await?;
     let follow_script = format!(
         "echo first; while [ ! -f {f} ]; do sleep 0.1; done; echo after-start; exec sleep 300",
         f = flag.display()
     );
     cloud
-        .create_pod(pod("ticker", "edge-a", json!([sh("main", &follow_script)]), "Always"))
+        .create_pod(pod(
+            "ticker",
+            "edge-a",
+            json!([sh("main", &follow_script)]),
+            "Always",
+        ))
         .await?;
     cloud
         .create_pod(pod(
             "brief",
             "edge-a",
-            json!([sh("main", &format!("echo one; while [ ! -f {f} ]; do sleep 0.1; done; echo two", f = flag.display()))]),
+            json!([sh(
+                "main",
+                &format!(
+                    "echo one; while [ ! -f {f} ]; do sleep 0.1; done; echo two",
+                    f = flag.display()
+                )
+            )]),
             "Never",
         ))
         .await?;
@@ -170,15 +196,24 @@ async fn kubectl_logs_through_the_cloud_on_the_process_runtime() -> Result<()> {
     // The whole log, exactly, and its tail.
     let all = logs_containing(&cloud, &["hello"], "ready").await?;
     assert_eq!(all, "line 1\nline 2\nline 3\nline 4\nline 5\nready\n");
-    assert_eq!(kubectl_ok(&cloud, &["logs", "hello", "--tail", "2"])?, "line 5\nready\n");
-    assert_eq!(kubectl_ok(&cloud, &["logs", "hello", "--limit-bytes", "9"])?, "line 1\nli");
+    assert_eq!(
+        kubectl_ok(&cloud, &["logs", "hello", "--tail", "2"])?,
+        "line 5\nready\n"
+    );
+    assert_eq!(
+        kubectl_ok(&cloud, &["logs", "hello", "--limit-bytes", "9"])?,
+        "line 1\nli"
+    );
 
     // Two containers: -c picks one; kubectl itself defaults to the first (and says so), the
     // API without a container answers kube-apiserver's 400.
     let b = logs_containing(&cloud, &["duo", "-c", "b"], "from-b").await?;
     assert!(!b.contains("from-a"), "{b}");
     let defaulted = logs_containing(&cloud, &["duo"], "from-a").await?;
-    assert!(defaulted.contains("Defaulted container \"a\" out of: a, b"), "{defaulted}");
+    assert!(
+        defaulted.contains("Defaulted container \"a\" out of: a, b"),
+        "{defaulted}"
+    );
     let (code, status) = cloud
         .api("GET", "/api/v1/namespaces/default/pods/duo/log", None)
         .await?;
@@ -188,9 +223,16 @@ async fn kubectl_logs_through_the_cloud_on_the_process_runtime() -> Result<()> {
         "a container name must be specified for pod duo, choose one of: [a b]"
     );
     let (ok, out) = cloud.kubectl(&["logs", "duo", "-c", "nope"])?;
-    assert!(!ok && out.contains("container nope is not valid for pod duo"), "{out}");
+    assert!(
+        !ok && out.contains("container nope is not valid for pod duo"),
+        "{out}"
+    );
     let (code, status) = cloud
-        .api("GET", "/api/v1/namespaces/default/pods/hello/log?follow=maybe", None)
+        .api(
+            "GET",
+            "/api/v1/namespaces/default/pods/hello/log?follow=maybe",
+            None,
+        )
         .await?;
     assert_eq!(code, 400, "{status}");
     assert_eq!(status["kind"], "Status");
@@ -203,12 +245,18 @@ async fn kubectl_logs_through_the_cloud_on_the_process_runtime() -> Result<()> {
         "{out}"
     );
     logs_containing(&cloud, &["crashy"], "attempt 2").await?;
-    assert_eq!(kubectl_ok(&cloud, &["logs", "crashy", "--previous"])?, "attempt 1\n");
+    assert_eq!(
+        kubectl_ok(&cloud, &["logs", "crashy", "--previous"])?,
+        "attempt 1\n"
+    );
     assert_eq!(kubectl_ok(&cloud, &["logs", "crashy"])?, "attempt 2\n");
 
     // The process runtime records no times: refused, not ignored.
     let (ok, out) = cloud.kubectl(&["logs", "hello", "--timestamps"])?;
-    assert!(!ok && out.contains("does not record when log lines were written"), "{out}");
+    assert!(
+        !ok && out.contains("does not record when log lines were written"),
+        "{out}"
+    );
 
     // -f sees a line written after it started, until the client leaves (which frees the
     // node's stream slot) or the container ends (which ends kubectl).
@@ -221,13 +269,18 @@ async fn kubectl_logs_through_the_cloud_on_the_process_runtime() -> Result<()> {
     std::fs::write(&flag, b"")?;
     follow.wait_line("after-start")?;
     let status = brief.wait_exit()?;
-    assert!(status.success(), "kubectl logs -f of an ended container: {status}");
+    assert!(
+        status.success(),
+        "kubectl logs -f of an ended container: {status}"
+    );
     assert_eq!(brief.seen, ["one", "two"]);
     drop(follow);
     drop(brief);
-    eventually("the edge's log streams to end with their clients", DEADLINE, || async {
-        Ok((cloud.metric("skerry_hub_log_streams").await? == Some(0.0)).then_some(()))
-    })
+    eventually(
+        "the edge's log streams to end with their clients",
+        DEADLINE,
+        || async { Ok((cloud.metric("skerry_hub_log_streams").await? == Some(0.0)).then_some(())) },
+    )
     .await?;
 
     // The node goes away: a clear 503 naming it, and the offline command still works there.
@@ -235,8 +288,14 @@ async fn kubectl_logs_through_the_cloud_on_the_process_runtime() -> Result<()> {
     cloud.wait_hub_sessions(0, DEADLINE).await?;
     let (ok, out) = cloud.kubectl(&["logs", "hello"])?;
     assert!(!ok, "{out}");
-    assert!(out.contains("node \"edge-a\" is not connected to the cloud since "), "{out}");
-    assert!(out.contains("`edgecore logs default/hello -c main`"), "{out}");
+    assert!(
+        out.contains("node \"edge-a\" is not connected to the cloud since "),
+        "{out}"
+    );
+    assert!(
+        out.contains("`edgecore logs default/hello -c main`"),
+        "{out}"
+    );
     let (ok, out) = edge.logs("hello")?;
     assert!(ok && out.contains("ready"), "{out}");
     Ok(())
@@ -275,7 +334,13 @@ async fn kubectl_logs_timestamps_and_since_on_the_cri_runtime() -> Result<()> {
             "not an RFC 3339 time: {time:?}"
         );
     }
-    assert_eq!(kubectl_ok(&cloud, &["logs", "stamped", "--tail", "1"])?, "beta\n");
-    assert_eq!(kubectl_ok(&cloud, &["logs", "stamped", "--since", "1h"])?, "alpha\nbeta\n");
+    assert_eq!(
+        kubectl_ok(&cloud, &["logs", "stamped", "--tail", "1"])?,
+        "beta\n"
+    );
+    assert_eq!(
+        kubectl_ok(&cloud, &["logs", "stamped", "--since", "1h"])?,
+        "alpha\nbeta\n"
+    );
     Ok(())
 }

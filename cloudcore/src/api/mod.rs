@@ -29,7 +29,6 @@
 
 pub mod auth;
 pub mod binding;
-pub mod pod_log;
 pub mod client;
 pub mod configmaps;
 pub mod conn_limits;
@@ -44,6 +43,7 @@ pub mod namespaces;
 pub mod nodes;
 pub mod openapi_v2;
 pub mod patch;
+pub mod pod_log;
 pub mod pods;
 pub mod protobuf;
 pub mod quantity;

@@ -75,7 +75,12 @@ fn parse_bool(name: &str, field: &str, v: Option<&String>) -> Result<bool, ApiEr
     }
 }
 
-fn parse_int(name: &str, field: &str, v: Option<&String>, min: i64) -> Result<Option<u64>, ApiError> {
+fn parse_int(
+    name: &str,
+    field: &str,
+    v: Option<&String>,
+    min: i64,
+) -> Result<Option<u64>, ApiError> {
     let Some(s) = v else { return Ok(None) };
     let n: i64 = s
         .parse()
@@ -150,7 +155,12 @@ pub fn resolve_container(pod: &Value, name: &str, asked: Option<&str>) -> Result
     let ephemeral = names(pod.pointer("/spec/ephemeralContainers"));
     match asked {
         Some(c) => {
-            if containers.iter().chain(&init).chain(&ephemeral).any(|n| n == c) {
+            if containers
+                .iter()
+                .chain(&init)
+                .chain(&ephemeral)
+                .any(|n| n == c)
+            {
                 Ok(c.to_string())
             } else {
                 Err(ApiError::bad_request(format!(
@@ -189,10 +199,7 @@ fn not_connected(node: &str, since: Option<SystemTime>, ns: &str, pod: &str, c: 
                 .duration_since(t)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            format!(
-                " since {} ({ago}s ago)",
-                protocol::timestamp::format(secs)
-            )
+            format!(" since {} ({ago}s ago)", protocol::timestamp::format(secs))
         }
         None => " (not since this cloudcore started)".to_string(),
     };
@@ -214,9 +221,7 @@ pub(super) async fn serve(call: &Call, hub: Option<&Arc<Hub>>) -> Result<Respons
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?
+        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?
         .to_string();
     let user = call
         .user
@@ -339,10 +344,21 @@ mod tests {
                 limit_bytes: Some(100),
             }
         );
-        assert_eq!(parse_options("p", &q(&[])).expect("empty"), LogOptions::default());
+        assert_eq!(
+            parse_options("p", &q(&[])).expect("empty"),
+            LogOptions::default()
+        );
         let t = parse_options("p", &q(&[("sinceTime", "2026-01-02T03:04:05Z")])).expect("time");
-        assert_eq!(t.since, Some(LogSince::UnixNanos(1_767_323_045_000_000_000)));
-        assert_eq!(parse_options("p", &q(&[("tailLines", "0")])).expect("0").tail_lines, Some(0));
+        assert_eq!(
+            t.since,
+            Some(LogSince::UnixNanos(1_767_323_045_000_000_000))
+        );
+        assert_eq!(
+            parse_options("p", &q(&[("tailLines", "0")]))
+                .expect("0")
+                .tail_lines,
+            Some(0)
+        );
     }
 
     #[test]
@@ -351,7 +367,11 @@ mod tests {
             ("follow", "maybe", "follow: Invalid value: \"maybe\""),
             ("tailLines", "-1", "must be greater than or equal to 0"),
             ("tailLines", "ten", "must be an integer"),
-            ("limitBytes", "0", "limitBytes: Invalid value: 0: must be greater than 0"),
+            (
+                "limitBytes",
+                "0",
+                "limitBytes: Invalid value: 0: must be greater than 0",
+            ),
             ("sinceSeconds", "0", "must be greater than 0"),
             ("sinceTime", "yesterday", "must be an RFC 3339 time"),
             ("stream", "Stdout", "only \"All\""),
@@ -378,9 +398,14 @@ mod tests {
             resolve_container(&two, "web", None).expect_err("two").to_string(),
             "a container name must be specified for pod web, choose one of: [a b] or one of the init containers: [init]"
         );
-        assert_eq!(resolve_container(&two, "web", Some("init")).expect("init"), "init");
         assert_eq!(
-            resolve_container(&two, "web", Some("c")).expect_err("bad").to_string(),
+            resolve_container(&two, "web", Some("init")).expect("init"),
+            "init"
+        );
+        assert_eq!(
+            resolve_container(&two, "web", Some("c"))
+                .expect_err("bad")
+                .to_string(),
             "container c is not valid for pod web"
         );
     }

@@ -350,7 +350,10 @@ async fn attempts_in(dir: &Path) -> std::io::Result<Vec<u32>> {
 
 /// Where the last `n` lines of the concatenation of `files` start: (file index, offset). A
 /// newline that ends the last file ends the last line rather than starting an empty one.
-pub(crate) fn tail_start(files: &[PathBuf], n: u64) -> Result<(usize, u64), (PathBuf, std::io::Error)> {
+pub(crate) fn tail_start(
+    files: &[PathBuf],
+    n: u64,
+) -> Result<(usize, u64), (PathBuf, std::io::Error)> {
     use std::io::{Read, Seek, SeekFrom};
     let last = files.len() - 1;
     let mut newlines = 0u64;

@@ -1,7 +1,5 @@
 use super::*;
-use crate::runtime::{
-    ContainerConfig, ContainerInfo, ExecOutput, ExistingPod, RuntimeStatus,
-};
+use crate::runtime::{ContainerConfig, ContainerInfo, ExecOutput, ExistingPod, RuntimeStatus};
 use async_trait::async_trait;
 use protocol::pod::{EdgeContainer, EdgePod};
 use std::sync::Mutex;
@@ -43,7 +41,11 @@ impl Runtime for OnePod {
     ) -> Result<ContainerInfo, RuntimeError> {
         Err(unused())
     }
-    async fn container_state(&self, _: &Sandbox, _: &str) -> Result<ContainerRunState, RuntimeError> {
+    async fn container_state(
+        &self,
+        _: &Sandbox,
+        _: &str,
+    ) -> Result<ContainerRunState, RuntimeError> {
         Ok(if *self.running.lock().expect("lock") {
             ContainerRunState::Running { started_at_ms: 1 }
         } else {
@@ -77,7 +79,12 @@ impl Runtime for OnePod {
     async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError> {
         Ok(vec![self.pod.clone()])
     }
-    async fn read_log(&self, _: &Sandbox, _: &str, _: Option<usize>) -> Result<String, RuntimeError> {
+    async fn read_log(
+        &self,
+        _: &Sandbox,
+        _: &str,
+        _: Option<usize>,
+    ) -> Result<String, RuntimeError> {
         Err(unused())
     }
 }
@@ -155,7 +162,10 @@ const CRI: &str = "2026-01-01T00:00:01.000000001Z stdout F one\n\
 async fn cri_logs_lose_their_prefix_unless_timestamps() {
     let f = fixture(LogFormat::Cri, 0, false);
     std::fs::write(f.dir.join("0.log"), CRI).expect("write");
-    assert_eq!(read(&f, &request()).await.expect("read"), "one\ntwo\nthree\nfour\n");
+    assert_eq!(
+        read(&f, &request()).await.expect("read"),
+        "one\ntwo\nthree\nfour\n"
+    );
     let mut req = request();
     req.timestamps = true;
     assert_eq!(
@@ -175,7 +185,10 @@ async fn tail_since_and_limit_bytes() {
     req.tail_lines = Some(0);
     assert_eq!(read(&f, &req).await.expect("tail 0"), "");
     req.tail_lines = Some(100);
-    assert_eq!(read(&f, &req).await.expect("tail all"), "one\ntwo\nthree\nfour\n");
+    assert_eq!(
+        read(&f, &req).await.expect("tail all"),
+        "one\ntwo\nthree\nfour\n"
+    );
     let mut req = request();
     req.since = Some(LogSince::UnixNanos(
         protocol::timestamp::parse_nanos("2026-01-01T00:00:02.5Z").expect("time"),
@@ -198,7 +211,10 @@ async fn tail_reaches_into_the_rotated_generation() {
     let mut req = request();
     req.tail_lines = Some(2);
     assert_eq!(read(&f, &req).await.expect("tail"), "old2\nnew\n");
-    assert_eq!(read(&f, &request()).await.expect("all"), "old1\nold2\nnew\n");
+    assert_eq!(
+        read(&f, &request()).await.expect("all"),
+        "old1\nold2\nnew\n"
+    );
 }
 
 #[tokio::test]
@@ -306,10 +322,16 @@ fn parses_cri_records() {
             message: b"hello world"
         }
     );
-    assert!(parse_cri(b"2026-01-01T00:00:01Z stderr P part").expect("p").partial);
+    assert!(
+        parse_cri(b"2026-01-01T00:00:01Z stderr P part")
+            .expect("p")
+            .partial
+    );
     // Untagged (older containerd): everything after the stream is the message.
     assert_eq!(
-        parse_cri(b"2026-01-01T00:00:01Z stdout plain text").expect("old").message,
+        parse_cri(b"2026-01-01T00:00:01Z stdout plain text")
+            .expect("old")
+            .message,
         b"plain text"
     );
     assert_eq!(parse_cri(b"not a record"), None);

@@ -47,11 +47,18 @@ async fn main() -> Result<()> {
         .create_pod(process_pod("chatty", "bench-logs", &["sh", "-c", &script]))
         .await?;
     let client = cloud.admin_client_builder()?.build()?;
-    let url = format!("{}/api/v1/namespaces/default/pods/chatty/log", cloud.api_url());
-    eventually("the whole log written", Duration::from_secs(300), || async {
-        let resp = client.get(format!("{url}?tailLines=1")).send().await?;
-        Ok((resp.text().await? == "done\n").then_some(()))
-    })
+    let url = format!(
+        "{}/api/v1/namespaces/default/pods/chatty/log",
+        cloud.api_url()
+    );
+    eventually(
+        "the whole log written",
+        Duration::from_secs(300),
+        || async {
+            let resp = client.get(format!("{url}?tailLines=1")).send().await?;
+            Ok((resp.text().await? == "done\n").then_some(()))
+        },
+    )
     .await?;
     let file = log_file(edge.dir.path())?;
     let size = std::fs::metadata(&file)?.len();
@@ -88,7 +95,10 @@ async fn main() -> Result<()> {
         }
         cloud_mbs.push(got as f64 / 1e6 / t.elapsed().as_secs_f64());
     }
-    println!("| log of {:.0} MB, median of {runs} | MB/s |", size as f64 / 1e6);
+    println!(
+        "| log of {:.0} MB, median of {runs} | MB/s |",
+        size as f64 / 1e6
+    );
     println!("|---|---|");
     println!("| read the file on the node | {:.0} |", median(file_mbs));
     println!("| `edgecore logs` on the node | {:.0} |", median(local_mbs));
