@@ -283,8 +283,19 @@ async fn kubectl_logs_through_the_cloud_on_the_process_runtime() -> Result<()> {
     )
     .await?;
 
-    // The node goes away: a clear 503 naming it, and the offline command still works there.
-    edge.stop();
+    // The link drops mid-stream (the node's edgecore dies without a word): the cloud ends the
+    // response once QUIC declares the link dead, and kubectl returns an error instead of hanging.
+    let mut cut = Streaming::start(&cloud, &["logs", "-f", "hello"])?;
+    cut.wait_line("ready")?;
+    edge.kill9();
+    let status = cut.wait_exit()?;
+    assert!(
+        !status.success(),
+        "kubectl logs -f over a dead link: {status}"
+    );
+    drop(cut);
+
+    // The node is away: a clear 503 naming it, and the offline command still works there.
     cloud.wait_hub_sessions(0, DEADLINE).await?;
     let (ok, out) = cloud.kubectl(&["logs", "hello"])?;
     assert!(!ok, "{out}");
