@@ -329,7 +329,7 @@ async fn kubectl_logs_timestamps_and_since_on_the_cri_runtime() -> Result<()> {
                      "containers": [{"name": "main", "image": BUSYBOX_IMAGE,
                                      "imagePullPolicy": "Never",
                                      "command": ["/bin/sh", "-c",
-                                                 "echo alpha; echo beta >&2; exec sleep 3600"]}]}
+                                                 "echo alpha; echo beta; exec sleep 3600"]}]}
         }))
         .await?;
     let plain = logs_containing(&cloud, &["stamped"], "beta").await?;
