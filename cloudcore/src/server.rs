@@ -231,6 +231,7 @@ pub async fn run(
         });
     }
     spawn_workload_controllers(&api, &supervisor);
+    let api = api.with_hub(hub.clone());
     let app = router(api).layer(axum::middleware::from_fn_with_state(
         auth,
         crate::api::auth::guard,

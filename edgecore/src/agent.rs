@@ -142,6 +142,15 @@ pub async fn run(
         }
     };
     let health_runtime = runtime.clone();
+    let log_format = match &opts.runtime {
+        RuntimeKind::Process => crate::logs::LogFormat::Raw,
+        RuntimeKind::Cri { .. } => crate::logs::LogFormat::Cri,
+    };
+    let streams = crate::logs::serve::StreamServer::new(crate::logs::LogReader::new(
+        runtime.clone(),
+        opts.data_dir.join("pods"),
+        log_format,
+    ));
     let mut pod_config = PodManagerConfig::default();
     pod_config.backoff.base = opts.restart_backoff_base;
     let manager = Arc::new(
@@ -189,6 +198,7 @@ pub async fn run(
                 cache.clone(),
                 changed.clone(),
                 state_tx.clone(),
+                Some(streams.clone()),
             )
         });
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod identity;
 pub mod images;
 pub mod link;
+pub mod logs;
 pub mod node_health;
 pub mod pods;
 pub mod report;

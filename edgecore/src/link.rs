@@ -123,6 +123,12 @@ fn client_endpoint(
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(keep_alive));
+    // Streams the hub opens (logs, see `crate::logs::serve`), with room for ones closing.
+    transport.max_concurrent_bidi_streams(
+        u32::try_from(2 * crate::logs::serve::MAX_LOG_STREAMS)
+            .unwrap_or(32)
+            .into(),
+    );
     transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle).map_err(|e| {
         LinkError::Connect {
             server: addr.to_string(),
@@ -309,18 +315,20 @@ pub fn reconnect_backoff(base: Duration, max: Duration) -> Backoff {
     Backoff::new(base, max).jitter(0.5, rand::random())
 }
 
-/// Runs the sync loop forever. `changed` is notified after every applied batch.
+/// Runs the sync loop forever. `changed` is notified after every applied batch. While a session
+/// is up, `streams` serves the streams the hub opens on the same connection (logs).
 pub async fn run(
     cfg: LinkConfig,
     paths: IdentityPaths,
     cache: Cache,
     changed: Arc<Notify>,
     state: Arc<watch::Sender<LinkState>>,
+    streams: Option<crate::logs::serve::StreamServer>,
 ) {
     let mut backoff = reconnect_backoff(cfg.backoff_base, cfg.backoff_max);
     loop {
         let span = info_span!("link", node = %cfg.node_name, server = %cfg.server);
-        let result = session(&cfg, &paths, &cache, &changed, &state)
+        let result = session(&cfg, &paths, &cache, &changed, &state, streams.as_ref())
             .instrument(span.clone())
             .await;
         let _ = state.send(LinkState::Disconnected);
@@ -419,6 +427,7 @@ async fn session(
     cache: &Cache,
     changed: &Notify,
     state: &watch::Sender<LinkState>,
+    streams: Option<&crate::logs::serve::StreamServer>,
 ) -> Result<SessionEnd, LinkError> {
     let (addr, host) = resolve(&cfg.server).await?;
     let tls = identity::sync_client_tls(paths)?;
@@ -472,6 +481,12 @@ async fn session(
     }
     let _ = state.send(LinkState::Connected);
     metrics::gauge!("skerry_edge_link_connected").set(1.0);
+    // The hub's streams are served beside the sync stream, in their own tasks, so that the
+    // loop below never waits for a log; the acceptor ends with this session.
+    let _acceptor = streams.map(|server| {
+        let (server, conn) = (server.clone(), conn.clone());
+        AbortOnDrop(tokio::spawn(async move { server.accept(conn).await }))
+    });
     let result = async {
         let mut assembler = protocol::assembly::SnapshotAssembler::new();
         loop {
@@ -525,6 +540,15 @@ async fn session(
                 .increment(1);
             Ok(SessionEnd { reason })
         }
+    }
+}
+
+/// Aborts a task when dropped, so that nothing of a session outlives it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

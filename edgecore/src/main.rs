@@ -126,7 +126,16 @@ enum Command {
         container: Option<String>,
         /// Only the last N lines.
         #[arg(long)]
-        tail: Option<usize>,
+        tail: Option<u64>,
+        /// The previous terminated instance's log.
+        #[arg(short = 'p', long)]
+        previous: bool,
+        /// Keep printing appended lines until the container ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Prefix lines with their time (cri runtime).
+        #[arg(long)]
+        timestamps: bool,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -338,18 +347,22 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             pod,
             container,
             tail,
+            previous,
+            follow,
+            timestamps,
             runtime,
         } => {
             let (ns, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
             rt.block_on(async {
-                let runtime: Box<dyn Runtime> = match runtime.kind() {
-                    RuntimeKind::Process => {
-                        Box::new(edgecore::runtime::process::ProcessRuntime::new(
+                let (runtime, format): (Arc<dyn Runtime>, _) = match runtime.kind() {
+                    RuntimeKind::Process => (
+                        Arc::new(edgecore::runtime::process::ProcessRuntime::new(
                             cli.data_dir.join("pods"),
                             std::env::current_exe()?,
                             String::new(),
-                        ))
-                    }
+                        )),
+                        edgecore::logs::LogFormat::Raw,
+                    ),
                     RuntimeKind::Cri { socket } => {
                         let instance = edgecore::runtime::cri::load_instance_id(&cli.data_dir)?;
                         let mut config = edgecore::runtime::cri::CriConfig::new(
@@ -358,7 +371,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                             instance,
                         );
                         config.rpc_timeout = Duration::from_secs(10);
-                        Box::new(edgecore::runtime::cri::CriRuntime::connect(config).await?)
+                        (
+                            Arc::new(edgecore::runtime::cri::CriRuntime::connect(config).await?),
+                            edgecore::logs::LogFormat::Cri,
+                        )
                     }
                 };
                 let pods = runtime.list_pods().await?;
@@ -374,7 +390,23 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                         .map(|c| c.name.clone())
                         .with_context(|| format!("pod {ns}/{name} has no containers yet"))?,
                 };
-                print!("{}", runtime.read_log(&found.sandbox, &c, tail).await?);
+                // The same reader `kubectl logs` goes through (over the link), offline.
+                let reader =
+                    edgecore::logs::LogReader::new(runtime, cli.data_dir.join("pods"), format);
+                let request = protocol::streams::LogRequest {
+                    namespace: ns.to_string(),
+                    pod: name.to_string(),
+                    uid: found.sandbox.pod_uid.clone(),
+                    container: c,
+                    follow,
+                    tail_lines: tail,
+                    since: None,
+                    timestamps,
+                    previous,
+                    limit_bytes: None,
+                };
+                let log = reader.open(&request).await?;
+                reader.copy(log, &mut tokio::io::stdout()).await?;
                 Ok(())
             })
         }

@@ -14,6 +14,7 @@ pub mod join;
 pub mod messages;
 pub mod pod;
 pub mod status;
+pub mod streams;
 pub mod timestamp;
 pub mod topics;
 

@@ -28,6 +28,13 @@ pub fn parse_ms(s: &str) -> Option<u64> {
     u64::try_from(t.as_millisecond()).ok()
 }
 
+/// Nanoseconds since the Unix epoch of an RFC 3339 timestamp (any offset, the fraction kept, as
+/// containerd writes log records), or `None` if it is not one or falls outside `i64`'s range.
+pub fn parse_nanos(s: &str) -> Option<i64> {
+    let t = s.parse::<jiff::Timestamp>().ok()?;
+    i64::try_from(t.as_nanosecond()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +45,11 @@ mod tests {
         assert_eq!(format(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(format(0), "1970-01-01T00:00:00Z");
         assert_eq!(checked_format(i64::MAX), None);
+        assert_eq!(
+            parse_nanos("2023-11-14T22:13:20.000000042Z"),
+            Some(1_700_000_000_000_000_042)
+        );
+        assert_eq!(parse_nanos("stdout"), None);
         assert_eq!(format(i64::MAX), "1970-01-01T00:00:00Z");
     }
 

@@ -314,6 +314,13 @@ pub enum ApiError {
     /// The server failed (store backend error, corrupt object).
     #[error("Internal error occurred: {0}")]
     Internal(String),
+    /// Something the request needs is not reachable now (a node away from the cloud): 503.
+    /// No `Retry-After`: client-go would retry silently instead of showing why.
+    #[error("{0}")]
+    ServiceUnavailable(String),
+    /// A limit on concurrent work was reached: 429, without `Retry-After` for the same reason.
+    #[error("{0}")]
+    TooManyRequests(String),
 }
 
 fn render_field_errors(errors: &[FieldError]) -> String {
@@ -393,6 +400,8 @@ impl ApiError {
             ApiError::RequestEntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -411,6 +420,8 @@ impl ApiError {
             ApiError::RequestEntityTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
             ApiError::Internal(_) => "InternalError",
+            ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
+            ApiError::TooManyRequests(_) => "TooManyRequests",
         }
     }
 
@@ -478,7 +489,12 @@ pub const TOO_LARGE_RETRY_AFTER_SECONDS: u64 = 1;
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
-        if code.is_server_error() && !matches!(self, ApiError::TooLargeResourceVersion { .. }) {
+        if code.is_server_error()
+            && !matches!(
+                self,
+                ApiError::TooLargeResourceVersion { .. } | ApiError::ServiceUnavailable(_)
+            )
+        {
             tracing::warn!(error = %self, "API request failed");
         }
         let mut resp = json_response(code, &self.status());

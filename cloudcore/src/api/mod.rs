@@ -43,6 +43,7 @@ pub mod namespaces;
 pub mod nodes;
 pub mod openapi_v2;
 pub mod patch;
+pub mod pod_log;
 pub mod pods;
 pub mod protobuf;
 pub mod quantity;
@@ -101,6 +102,9 @@ pub struct ApiState {
     openapi_v2: Arc<std::sync::OnceLock<openapi_v2::OpenApiV2>>,
     /// What `/livez`, `/healthz` and `/readyz` consult.
     pub health: health::Health,
+    /// The hub, for what is read on the nodes themselves (`pods/log`); `None` in a server
+    /// without one (tests), which answers those with 503.
+    pub hub: Option<Arc<crate::hub::Hub>>,
 }
 
 impl ApiState {
@@ -126,7 +130,14 @@ impl ApiState {
             openapi: Arc::default(),
             openapi_v2: Arc::default(),
             health: health::Health::default(),
+            hub: None,
         }
+    }
+
+    /// Reaches the nodes through `hub` (`pods/log`).
+    pub fn with_hub(mut self, hub: Arc<crate::hub::Hub>) -> Self {
+        self.hub = Some(hub);
+        self
     }
 
     /// Sets what the health endpoints consult.

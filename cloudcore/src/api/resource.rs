@@ -255,6 +255,12 @@ pub trait ResourceHandler: Send + Sync + 'static {
         false
     }
 
+    /// Whether the kind has a `/log` subresource (pods: a container's log, read on the node;
+    /// see [`super::pod_log`]).
+    fn log_subresource(&self) -> bool {
+        false
+    }
+
     /// Table columns (kubectl's `get` output); priority-1 columns appear with `-o wide`. The
     /// first column should be the name.
     fn columns(&self) -> &'static [Column];

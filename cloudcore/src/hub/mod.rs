@@ -74,6 +74,7 @@ pub mod node_labels;
 mod plan;
 pub mod reset;
 mod session;
+pub mod streams;
 
 use crate::api::client::Client;
 use crate::config_index::ConfigIndex;
@@ -147,6 +148,11 @@ pub struct Hub {
     /// Highest store revision whose change event the dispatcher has fully handled (index
     /// updated, configs marked, sessions woken); rounds claim no more than this.
     handled: AtomicU64,
+    /// When each node's last session ended (removed when it is back), for the 503 of a log
+    /// request to a node that is away.
+    away_since: std::sync::Mutex<HashMap<String, std::time::SystemTime>>,
+    /// Log streams open per node (see [`streams`]).
+    log_streams: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 /// Errors that end one connection (never the hub).
@@ -213,6 +219,12 @@ pub fn endpoint(pki: &Pki, cfg: &HubConfig) -> anyhow::Result<quinn::Endpoint> {
     transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(cfg.idle_timeout)?));
     transport.max_concurrent_bidi_streams(4u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    // What an edge may send on one stream before the hub reads it. Edges send only small
+    // messages on the sync stream (Hello, acks), so this bounds log streams alone: a slow
+    // `kubectl logs` holds at most this much per stream, and the connection's window bounds
+    // all of a node's log streams together (16 × 256 KiB), whatever the clients do.
+    transport.stream_receive_window((256u32 * 1024).into());
+    transport.receive_window((4u32 * 1024 * 1024).into());
     server.transport_config(Arc::new(transport));
     // The stateless-reset secret survives restarts, so that edges still connected to the hub
     // that died learn it from the first packet they send to the new one (see `reset`).
@@ -248,6 +260,8 @@ impl Hub {
             join_log: crate::log_limit::SharedLogLimiter::new(Duration::from_secs(1)),
             index: RwLock::new(ConfigIndex::new()),
             handled: AtomicU64::new(0),
+            away_since: std::sync::Mutex::new(HashMap::new()),
+            log_streams: std::sync::Mutex::new(HashMap::new()),
         })
     }
 

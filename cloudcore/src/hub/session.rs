@@ -138,6 +138,7 @@ impl Hub {
         for config in configs {
             signals.mark(config, hello.acked_revision).await;
         }
+        self.mark_back(node);
         metrics::gauge!("skerry_hub_connected_nodes").increment(1.0);
         info!(
             acked_revision = hello.acked_revision,
@@ -150,6 +151,7 @@ impl Hub {
         let mut sessions = self.sessions.lock().await;
         if sessions.get(node).is_some_and(|s| s.id == id) {
             sessions.remove(node);
+            self.mark_away(node);
         }
         result
     }

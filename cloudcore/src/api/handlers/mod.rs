@@ -100,7 +100,10 @@ async fn handle(
     labels.verb = verb;
     labels.resource = t.res.info().qualified();
     let binding = t.subresource.as_deref() == Some(super::binding::SUBRESOURCE);
+    let log = t.subresource.as_deref() == Some(super::pod_log::SUBRESOURCE);
     let allowed = match (t.subresource.is_some(), verb) {
+        (true, "get") if log => true,
+        (true, _) if log => false,
         (true, "create") => binding,
         (true, _) if binding => false,
         (true, "get" | "update" | "patch") => t.res.info().supports(verb),
@@ -125,6 +128,9 @@ async fn handle(
         headers: parts.headers,
     };
     let limit = state.max_body_bytes;
+    if log {
+        return super::pod_log::serve(&call, state.hub.as_ref()).await;
+    }
     if binding {
         let body = read_body(body, &call.headers, limit).await?;
         return super::binding::create(&call, body).await;

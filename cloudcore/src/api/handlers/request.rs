@@ -99,6 +99,7 @@ pub(super) fn parse_target(state: &ApiState, path: &str) -> Result<Target, ApiEr
             "status" => info.status_subresource,
             "scale" => res.scale_subresource(),
             crate::api::binding::SUBRESOURCE => res.binding_subresource(),
+            crate::api::pod_log::SUBRESOURCE => res.log_subresource(),
             _ => false,
         };
         if !served {

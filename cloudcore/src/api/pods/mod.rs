@@ -101,6 +101,10 @@ impl ResourceHandler for PodHandler {
         true
     }
 
+    fn log_subresource(&self) -> bool {
+        true
+    }
+
     fn info(&self) -> &ResourceInfo {
         &POD_INFO
     }
