@@ -30,12 +30,20 @@ pub struct AgentOptions {
     pub node_ip: Option<String>,
     /// Address of the `/metrics` and `/healthz` endpoint.
     pub metrics_addr: SocketAddr,
-    /// Heartbeat period.
+    /// How often the node's conditions are measured (a change is reported at once).
     pub heartbeat: Duration,
+    /// How often an unchanged node status is reported anyway.
+    pub node_status_report: Duration,
     /// Keep-alive of the QUIC link.
     pub keep_alive: Duration,
     /// Idle timeout of the QUIC link.
     pub idle_timeout: Duration,
+    /// How long the cloud may leave the edge unanswered before it reconnects.
+    pub deaf_after: Duration,
+    /// MQTT keep-alive.
+    pub mqtt_keep_alive: Duration,
+    /// How long a published report may wait for its acknowledgement.
+    pub mqtt_ack_timeout: Duration,
     /// First restart back-off of a failed container (kubelet: 10 s).
     pub restart_backoff_base: Duration,
     /// The container runtime that runs the pods.
@@ -183,6 +191,7 @@ pub async fn run(
             node_name: node.clone(),
             keep_alive: opts.keep_alive,
             idle_timeout: opts.idle_timeout,
+            deaf_after: opts.deaf_after,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
         };
@@ -232,6 +241,8 @@ pub async fn run(
             tls: std::sync::Arc::new(crate::identity::mqtt_client_tls(&IdentityPaths::new(
                 &opts.data_dir,
             ))?),
+            keep_alive: opts.mqtt_keep_alive,
+            ack_timeout: opts.mqtt_ack_timeout,
         };
         let link = state_rx.clone();
         supervisor.spawn("publisher", move || {
@@ -248,7 +259,11 @@ pub async fn run(
     };
     {
         let (outbox, node, host_ip) = (outbox.clone(), node.clone(), host_ip.clone());
-        let (capacity, period) = (opts.capacity, opts.heartbeat);
+        let timing = report::HeartbeatTiming {
+            measure: opts.heartbeat,
+            report: opts.node_status_report,
+        };
+        let (capacity, link) = (opts.capacity, state_rx.clone());
         supervisor.spawn("heartbeat", move || {
             report::heartbeat(
                 outbox.clone(),
@@ -256,7 +271,8 @@ pub async fn run(
                 node.clone(),
                 host_ip.clone(),
                 capacity,
-                period,
+                timing,
+                link.clone(),
             )
         });
     }
