@@ -10,8 +10,9 @@
 //!   is measured every 10 s but sent only on change or every 5 min; MQTT keep-alive 5 min; idle
 //!   timeouts 60 s.
 //!
-//! Each configuration settles for 10 s after its pod runs, then counts for SECS seconds. Run it
-//! for at least 300 s to include a periodic node status report in `after`.
+//! Each configuration settles for 10 s after its pod runs, then counts for SECS seconds (run it
+//! for at least 300 s to include a periodic node status report in `after`); then the edge is
+//! killed with SIGKILL and the time until its node is `Ready=Unknown` printed (grace 40 s).
 //!
 //! `cargo build --workspace --bins && SKERRY_BIN_DIR=target/debug target/debug/bench_idle_bandwidth [SECS]`
 //! (as root: it adds iptables rules, removed at the end).
@@ -116,6 +117,23 @@ async fn main() -> anyhow::Result<()> {
             "",
             node_ready(&node),
             restarts(&pod)
+        );
+        // The other half of the bargain: a node that dies is still found within the grace
+        // period (40 s here, the default) after its last packet.
+        edge.kill9();
+        let killed = std::time::Instant::now();
+        cloud
+            .wait_for(
+                "Ready=Unknown",
+                "/api/v1/nodes/idle-0",
+                Duration::from_secs(120),
+                |n| condition_of(n, "Ready").is_some_and(|c| c["status"] == "Unknown"),
+            )
+            .await?;
+        println!(
+            "{:<8} edge killed -9 → node Ready=Unknown after {:.1} s",
+            "",
+            killed.elapsed().as_secs_f64()
         );
         drop(edge);
         drop(cloud);
