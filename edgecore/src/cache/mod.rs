@@ -261,7 +261,7 @@ impl Cache {
         let marker_path = recovery::marker_path(dir);
         let marker = recovery::read_marker(&marker_path);
         let (cause, reason) = match Self::open_checked(dir, &marker_path, &marker) {
-            Ok(Checked::Good(cache)) => return cache.finish_open(&marker_path, &marker),
+            Ok(Checked::Good(cache)) => return cache.finish_open(&marker),
             Ok(Checked::Lost(reason)) => ("lost", reason),
             Err(recovery::SledFault::Damaged(reason)) => ("damaged", reason),
             Err(recovery::SledFault::Environment(reason)) => {
@@ -366,7 +366,7 @@ impl Cache {
 
     /// Completes the opening of a readable cache: gives it an id and a marker if it has none,
     /// upgrades its layout, and checks every entry decodes.
-    fn finish_open(self, marker_path: &Path, marker: &recovery::Found) -> Result<Self, CacheError> {
+    fn finish_open(self, marker: &recovery::Found) -> Result<Self, CacheError> {
         let id = match self.meta.get(CACHE_ID_KEY).map_err(backend)? {
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
             None => {
