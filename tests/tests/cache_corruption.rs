@@ -1,0 +1,212 @@
+//! Faults of the node itself (issue #11): an edge whose cache is damaged while the cloud is
+//! unreachable keeps its pods running as they are (adopted: the same processes, not killed),
+//! says so (an error line naming the corruption, `skerry_edge_desired_state_known 0`), and once
+//! the cloud is back rebuilds its desired state from the cloud's snapshot: a pod deleted in the
+//! meantime is removed, the others keep running once, with the restart counts they had.
+//!
+//! Each form of damage found by corrupting a cache on purpose has a test: the `db` file
+//! truncated, emptied, overwritten with random bytes, and overwritten in the middle.
+
+use skerry_tests::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const PODS: [&str; 3] = ["keep-a", "keep-b", "gone"];
+
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    Truncate,
+    Empty,
+    Randomise,
+    OverwriteMiddle,
+}
+
+/// Bytes that look random (no `rand` in the harness; a xorshift seeded from the clock).
+fn noise(n: usize) -> Vec<u8> {
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn damage(cache: &Path, how: Damage) -> anyhow::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = cache.join("db");
+    let bytes = std::fs::read(&path)?;
+    let len = bytes.len() as u64;
+    // What sled wrote; the rest of its segment is preallocated zeros.
+    let used = bytes.iter().rposition(|b| *b != 0).map_or(0, |p| p as u64 + 1);
+    anyhow::ensure!(used > 0, "the cache file holds nothing to damage");
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
+    match how {
+        Damage::Truncate => f.set_len(used / 2)?,
+        Damage::Empty => f.set_len(0)?,
+        Damage::Randomise => f.write_all(&noise(len as usize))?,
+        Damage::OverwriteMiddle => {
+            f.seek(SeekFrom::Start(used / 3))?;
+            f.write_all(&noise((used / 3).max(64) as usize))?;
+        }
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The pod each container process belongs to (the process runtime sets `HOSTNAME` to the pod
+/// name), for the `sleep` processes of `edge`.
+fn pids_by_pod(edge: &Edge) -> BTreeMap<String, Vec<u32>> {
+    let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for pid in edge.container_pids("sleep") {
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if let Some(name) = env
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(b"HOSTNAME="))
+        {
+            out.entry(String::from_utf8_lossy(name).into_owned())
+                .or_default()
+                .push(pid);
+        }
+    }
+    out
+}
+
+fn pod_path(name: &str) -> String {
+    format!("/api/v1/namespaces/default/pods/{name}")
+}
+
+async fn a_damaged_cache_keeps_the_pods_until_the_cloud_rebuilds_it(
+    how: Damage,
+    node: &str,
+) -> anyhow::Result<()> {
+    let mut cloud = Cloud::start(CloudOptions::default()).await?;
+    let mut edge = Edge::join_and_start(&cloud, node, &[]).await?;
+    for name in PODS {
+        cloud
+            .create_pod(process_pod(name, node, &["sleep", "3600"]))
+            .await?;
+    }
+    for name in PODS {
+        cloud.wait_running(name, DEADLINE).await?;
+    }
+    // One pod restarts once before the fault: its count must survive the cache.
+    let first = pids_by_pod(&edge);
+    let killed = first.get("keep-a").and_then(|p| p.first().copied());
+    let killed = killed.ok_or_else(|| anyhow::anyhow!("no process of keep-a: {first:?}"))?;
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &killed.to_string()])
+        .status();
+    cloud
+        .wait_for("keep-a restarted once", &pod_path("keep-a"), DEADLINE, |p| {
+            pod_running(p) && restarts(p) == 1
+        })
+        .await?;
+    let before = eventually("one process per pod", DEADLINE, || async {
+        let pids = pids_by_pod(&edge);
+        Ok((pids.len() == PODS.len() && pids.values().all(|p| p.len() == 1)).then_some(pids))
+    })
+    .await?;
+
+    // The cloud is cut, edgecore is killed, and its cache is damaged.
+    cloud.kill9();
+    edge.kill9();
+    damage(&edge.dir.path().join("cache"), how)?;
+    edge.start()?;
+
+    // The edge says what happened, and keeps every pod running as it was.
+    eventually("the held pods counted", DEADLINE, || async {
+        let text = edge.metrics_text().await?;
+        Ok((sample(&text, "skerry_edge_pods_held") == Some(PODS.len() as f64)).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
+    assert_eq!(
+        edge.metric_series("skerry_edge_desired_state_known").await?,
+        Some(0.0)
+    );
+    let log = std::fs::read_to_string(edge.dir.path().join("edgecore.log"))?;
+    assert!(
+        log.contains("EDGE CACHE CORRUPT"),
+        "{how:?}: no error naming the corruption{}",
+        edge.log_tail()
+    );
+    assert!(
+        !log.contains("deleted while edgecore was down"),
+        "{how:?}: a pod was taken for deleted{}",
+        edge.log_tail()
+    );
+    assert_eq!(pids_by_pod(&edge), before, "{how:?}: the pods were not adopted as they ran");
+    let aside = std::fs::read_dir(edge.dir.path())?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cache.corrupt-"))
+        .count();
+    assert_eq!(aside, 1, "{how:?}: the damaged cache is kept for diagnosis");
+
+    // A second crash before the cloud answered: the state is still unknown, nothing removed.
+    edge.kill9();
+    // Meanwhile a pod is deleted for good in the cloud.
+    cloud.launch().await?;
+    let (code, body) = cloud
+        .api("DELETE", &format!("{}?gracePeriodSeconds=0", pod_path("gone")), None)
+        .await?;
+    anyhow::ensure!(code == 200, "force delete answered {code}: {body}");
+    edge.start()?;
+
+    // The snapshot rebuilds the cache: the deleted pod goes, the others run on, once each.
+    eventually("the desired state known again", DEADLINE, || async {
+        Ok((edge.metric_series("skerry_edge_desired_state_known").await? == Some(1.0))
+            .then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
+    let after = eventually("only the deleted pod removed", DEADLINE, || async {
+        let pids = pids_by_pod(&edge);
+        Ok((!pids.contains_key("gone")).then_some(pids))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
+    for name in ["keep-a", "keep-b"] {
+        assert_eq!(after.get(name), before.get(name), "{how:?}: {name} was not kept as it ran");
+        let pod = cloud
+            .wait_for(&format!("{name} reported"), &pod_path(name), DEADLINE, pod_running)
+            .await?;
+        let expected = u64::from(name == "keep-a");
+        assert_eq!(restarts(&pod), expected, "{how:?}: {name}'s restart count: {pod}");
+    }
+    assert_eq!(after.len(), 2, "{how:?}: {after:?}");
+    assert_eq!(edge.metric_series("skerry_edge_pods_held").await?, Some(0.0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_cache() -> anyhow::Result<()> {
+    a_damaged_cache_keeps_the_pods_until_the_cloud_rebuilds_it(Damage::Truncate, "cc-trunc").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emptied_cache() -> anyhow::Result<()> {
+    a_damaged_cache_keeps_the_pods_until_the_cloud_rebuilds_it(Damage::Empty, "cc-empty").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_randomised_cache() -> anyhow::Result<()> {
+    a_damaged_cache_keeps_the_pods_until_the_cloud_rebuilds_it(Damage::Randomise, "cc-random")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_overwritten_in_the_middle() -> anyhow::Result<()> {
+    a_damaged_cache_keeps_the_pods_until_the_cloud_rebuilds_it(Damage::OverwriteMiddle, "cc-mid")
+        .await
+}
