@@ -254,3 +254,135 @@ async fn a_cache_overwritten_in_the_middle() -> anyhow::Result<()> {
     a_damaged_cache_keeps_the_pods_until_the_cloud_rebuilds_it(Damage::OverwriteMiddle, "cc-mid")
         .await
 }
+
+/// The running containers of `ctrd`, by id.
+async fn running_containers(
+    ctrd: &skerry_tests::containerd::Containerd,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    use k8s_cri::v1::{ContainerState, ListContainersRequest};
+    let mut cri = ctrd.cri().await?;
+    Ok(cri
+        .list_containers(ListContainersRequest::default())
+        .await?
+        .into_inner()
+        .containers
+        .into_iter()
+        .filter(|c| c.state == ContainerState::ContainerRunning as i32)
+        .map(|c| c.id)
+        .collect())
+}
+
+fn container_of(pod: &serde_json::Value) -> String {
+    container_id(pod)
+        .trim_start_matches("containerd://")
+        .to_string()
+}
+
+/// The same with containerd: the containers keep running (same ids), `restartCount` comes back
+/// from containerd's `metadata.attempt`, and the pod deleted meantime is removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_randomised_cache_under_containerd() -> anyhow::Result<()> {
+    use skerry_tests::containerd::{self, Containerd, BUSYBOX_IMAGE};
+    if !containerd::require() {
+        return Ok(());
+    }
+    let node = "cc-cri";
+    let ctrd = Containerd::start().await?;
+    let mut cloud = Cloud::start(CloudOptions::default()).await?;
+    let mut edge = Edge::join_and_start_cri(&cloud, node, &ctrd).await?;
+    for name in PODS {
+        // keep-a fails its first run (the emptyDir outlives the container), so that it has a
+        // restart to remember.
+        let script = if name == "keep-a" {
+            "[ -f /data/once ] || { touch /data/once; exit 1; }; exec sleep 3600"
+        } else {
+            "exec sleep 3600"
+        };
+        cloud
+            .create_pod(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name},
+                "spec": {
+                    "nodeName": node,
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": "main", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                        "command": ["/bin/sh", "-c", script],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+                    }],
+                    "volumes": [{"name": "data", "emptyDir": {}}]
+                }
+            }))
+            .await?;
+    }
+    let mut ids = BTreeMap::new();
+    for name in PODS {
+        let pod = cloud
+            .wait_for(&format!("{name} running"), &pod_path(name), DEADLINE, |p| {
+                pod_running(p) && restarts(p) == u64::from(name == "keep-a")
+            })
+            .await?;
+        ids.insert(name, container_of(&pod));
+    }
+    let before = running_containers(&ctrd).await?;
+    assert_eq!(before, ids.values().cloned().collect(), "{ids:?}");
+
+    cloud.kill9();
+    edge.kill9();
+    damage(&edge.dir.path().join("cache"), Damage::Randomise)?;
+    edge.start()?;
+    eventually("the held pods counted", DEADLINE, || async {
+        let text = edge.metrics_text().await?;
+        Ok((sample(&text, "skerry_edge_pods_held") == Some(PODS.len() as f64)).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
+    let log = std::fs::read_to_string(edge.dir.path().join("edgecore.log"))?;
+    assert!(log.contains("EDGE CACHE CORRUPT"), "{}", edge.log_tail());
+    assert_eq!(
+        running_containers(&ctrd).await?,
+        before,
+        "the containers were not kept"
+    );
+
+    cloud.launch().await?;
+    let (code, body) = cloud
+        .api(
+            "DELETE",
+            &format!("{}?gracePeriodSeconds=0", pod_path("gone")),
+            None,
+        )
+        .await?;
+    anyhow::ensure!(code == 200, "force delete answered {code}: {body}");
+    let kept: std::collections::BTreeSet<String> =
+        [ids["keep-a"].clone(), ids["keep-b"].clone()].into();
+    eventually(
+        "only the deleted pod's container removed",
+        DEADLINE,
+        || async { Ok((running_containers(&ctrd).await? == kept).then_some(())) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
+    for name in ["keep-a", "keep-b"] {
+        let pod = cloud
+            .wait_for(
+                &format!("{name} reported"),
+                &pod_path(name),
+                DEADLINE,
+                pod_running,
+            )
+            .await?;
+        assert_eq!(
+            container_of(&pod),
+            ids[name],
+            "{name} was started again: {pod}"
+        );
+        assert_eq!(restarts(&pod), u64::from(name == "keep-a"), "{name}: {pod}");
+    }
+    assert_eq!(
+        edge.metric_series("skerry_edge_desired_state_known")
+            .await?,
+        Some(1.0)
+    );
+    Ok(())
+}
