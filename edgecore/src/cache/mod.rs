@@ -51,6 +51,10 @@ pub enum CacheError {
     /// sled failed.
     #[error("edge cache failure: {0}; check disk space and permissions of the data dir")]
     Backend(String),
+    /// The cache cannot be opened for a reason of the environment (another edgecore holds it,
+    /// permissions, a full or read-only disk); the message says which.
+    #[error("edge cache unusable: {0}")]
+    Unusable(String),
     /// A batch could not be encoded.
     #[error("cannot encode cache entry: {0}")]
     Encode(#[from] codec::CodecError),
@@ -265,7 +269,7 @@ impl Cache {
             Ok(Checked::Lost(reason)) => ("lost", reason),
             Err(recovery::SledFault::Damaged(reason)) => ("damaged", reason),
             Err(recovery::SledFault::Environment(reason)) => {
-                return Err(CacheError::Backend(format!(
+                return Err(CacheError::Unusable(format!(
                     "cannot open the cache {}: {reason}",
                     dir.display()
                 )))

@@ -616,6 +616,12 @@ async fn an_unknown_desired_state_holds_what_runs_and_only_a_known_set_removes_i
     let st = running_again(&mut rx, "u1", 3).await;
     assert_eq!(st.containers[0].restart_count, 3);
     assert_eq!(m.worker_count().await, 1);
+    // Gone from an unknown set (its entry may have become unreadable): still not stopped.
+    m.sync(unknown(vec![])).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(m.worker_count().await, 1);
+    assert!(rt.removed.lock().await.is_empty());
+    assert!(rt.containers.lock().await.iter().all(|c| c.2));
 
     // The cloud's snapshot: b is still wanted (adopted), c is not (removed).
     m.sync(vec![pod("u1", "a"), pod("u2", "b")]).await;
