@@ -27,6 +27,9 @@ struct FakeRuntime {
     hold_removals: AtomicBool,
     /// Sandbox operations in order: `run <uid>`, `remove-start <uid>`, `remove-end <uid>`.
     events: std::sync::Mutex<Vec<String>>,
+    /// Broken ownership seen: a sandbox run while it is being removed, a container started
+    /// beside a running instance of itself.
+    violations: std::sync::Mutex<Vec<String>>,
 }
 
 impl FakeRuntime {
@@ -77,6 +80,19 @@ impl Runtime for FakeRuntime {
         })
     }
     async fn run_sandbox(&self, pod: &EdgePod) -> Result<Sandbox, RuntimeError> {
+        {
+            let events = self.events.lock().unwrap();
+            let count = |what: &str| {
+                let e = format!("{what} {}", pod.uid);
+                events.iter().filter(|x| **x == e).count()
+            };
+            if count("remove-start") > count("remove-end") {
+                self.violations
+                    .lock()
+                    .unwrap()
+                    .push(format!("sandbox of {} run while being removed", pod.uid));
+            }
+        }
         self.event("run", &pod.uid);
         self.names
             .lock()
@@ -113,6 +129,19 @@ impl Runtime for FakeRuntime {
             });
         }
         let id = format!("{}/{}/{}", sandbox.pod_uid, container.name, config.attempt);
+        let prefix = format!("{}/{}/", sandbox.pod_uid, container.name);
+        if self
+            .containers
+            .lock()
+            .await
+            .iter()
+            .any(|c| c.2 && c.1.starts_with(&prefix))
+        {
+            self.violations
+                .lock()
+                .unwrap()
+                .push(format!("{id} started beside a running instance"));
+        }
         self.containers
             .lock()
             .await
@@ -692,4 +721,91 @@ async fn an_orphan_removal_and_a_worker_never_own_the_same_sandbox() {
     );
     wait_ids(&rt, "u1", &["u1/main/0"]).await;
     m.shutdown().await;
+}
+
+/// One step of [`ownership_holds_in_any_interleaving`].
+#[derive(Debug, Clone)]
+enum Step {
+    /// A sync with the pods of the bit mask (u0, u1, u2), known or not.
+    Sync { mask: u8, known: bool },
+    /// Removals in progress stop (graceful stops that take long) or go on.
+    HoldRemovals(bool),
+    /// Time passes (workers poll, removals progress).
+    Settle,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0u8..8, proptest::bool::ANY).prop_map(|(mask, known)| Step::Sync { mask, known }),
+        1 => proptest::bool::ANY.prop_map(Step::HoldRemovals),
+        2 => Just(Step::Settle),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 64,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+    /// Whatever the order of syncs (known or unknown sets), slow removals and time: a sandbox
+    /// is never run while it is being removed, no container runs twice, and once the removals
+    /// may end a known set is what runs, each of its pods once.
+    #[test]
+    fn ownership_holds_in_any_interleaving(
+        running in 0u8..8,
+        slow in proptest::bool::ANY,
+        steps in proptest::collection::vec(step(), 1..10),
+        last in 0u8..8,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let uids = ["u0", "u1", "u2"];
+            let set = |mask: u8| -> Vec<EdgePod> {
+                (0..3)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| pod(uids[i], &format!("p{i}")))
+                    .collect()
+            };
+            let fake = Arc::new(FakeRuntime::default());
+            // What a runtime still ran when edgecore started.
+            for (i, uid) in uids.iter().enumerate() {
+                if running & (1 << i) != 0 {
+                    fake.seed(uid, &format!("p{i}"), 2).await;
+                }
+            }
+            // Removals are slow (graceful stops) from the start, or not.
+            fake.hold_removals.store(slow, Ordering::SeqCst);
+            let (m, _rx) = manager(fake.clone());
+            for step in &steps {
+                match step {
+                    Step::Sync { mask, known: true } => m.sync(set(*mask)).await,
+                    Step::Sync { mask, known: false } => m.sync(unknown(set(*mask))).await,
+                    Step::HoldRemovals(hold) => fake.hold_removals.store(*hold, Ordering::SeqCst),
+                    Step::Settle => tokio::time::sleep(Duration::from_millis(30)).await,
+                }
+            }
+            fake.hold_removals.store(false, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                m.sync(set(last)).await;
+                let containers = fake.containers.lock().await.clone();
+                let converged = (0..3).all(|i| {
+                    let live = containers.iter().filter(|c| c.0 == uids[i] && c.2).count();
+                    live == usize::from(last & (1 << i) != 0)
+                });
+                if converged {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "never converged on {last:#b}: {containers:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            m.shutdown().await;
+            let violations = fake.violations.lock().unwrap().clone();
+            assert!(violations.is_empty(), "{violations:?} after {steps:?}");
+        });
+    }
 }
