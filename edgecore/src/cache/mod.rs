@@ -257,7 +257,7 @@ struct Plan {
 
 impl Cache {
     /// Opens the cache database under `dir`, telling a damaged or lost cache from an empty one
-    /// (see [`recovery`]): a cache found unreadable is moved aside, reported at error level
+    /// (see `cache/recovery.rs`): a cache found unreadable is moved aside, reported at error level
     /// with what to do, and replaced by a fresh one whose desired state is unknown
     /// ([`Cache::unknown_reason`]) until the cloud's next snapshot. Only faults of the
     /// environment (another edgecore holds the lock, permissions, a full disk) are errors.

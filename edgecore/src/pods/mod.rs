@@ -16,6 +16,12 @@
 //! Shutting edgecore down ([`PodManager::shutdown`]) ends the workers but leaves the containers
 //! running, as kubelet does.
 //!
+//! A set whose completeness is unknown ([`Desired::unknown`]: the cache was found damaged and is
+//! being rebuilt from the cloud) removes nothing: sandboxes it does not list are *held* as they
+//! run, a pod it lists is adopted, and only the first known set (after the cloud's snapshot)
+//! removes what it does not list. Each sandbox has one owner at a time, a worker or a claim (see
+//! `Registry`), so that a removal and a worker never act on the same sandbox.
+//!
 //! `sync` also gets the node's ConfigMaps and Secrets ([`Desired::configs`]). Workers read them
 //! from the set of the latest sync, never from a mix of two (environment, configMap and secret
 //! volumes). The manager compares each set with the one before: the workers of pods that use a
