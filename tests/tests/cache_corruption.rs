@@ -128,6 +128,10 @@ async fn a_damaged_cache_keeps_the_pods_until_the_cloud_rebuilds_it(
     })
     .await?;
 
+    // Every process of the pods, shims included.
+    let all_before: std::collections::BTreeSet<u32> = edge.pod_pids().into_iter().collect();
+    anyhow::ensure!(all_before.len() % PODS.len() == 0, "{all_before:?}");
+
     // The cloud is cut, edgecore is killed, and its cache is damaged.
     cloud.kill9();
     edge.kill9();
@@ -227,6 +231,19 @@ async fn a_damaged_cache_keeps_the_pods_until_the_cloud_rebuilds_it(
         );
     }
     assert_eq!(after.len(), 2, "{how:?}: {after:?}");
+    // The deleted pod's shim went with it; nothing else was started or stopped.
+    let per_pod = all_before.len() / PODS.len();
+    let all_after = eventually("the deleted pod's shim gone", DEADLINE, || async {
+        let now: std::collections::BTreeSet<u32> = edge.pod_pids().into_iter().collect();
+        Ok((now.len() == all_before.len() - per_pod).then_some(now))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
+    assert!(
+        all_after.is_subset(&all_before),
+        "{how:?}: new processes {:?}",
+        all_after.difference(&all_before).collect::<Vec<_>>()
+    );
     assert_eq!(
         edge.metric_series("skerry_edge_pods_held").await?,
         Some(0.0)

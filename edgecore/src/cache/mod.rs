@@ -630,7 +630,9 @@ impl Cache {
             );
         result.map_err(|e| backend(format!("{e:?}")))?;
         self.db.flush_async().await.map_err(backend)?;
-        self.marker.record_revision(rev);
+        let marker = self.marker.clone();
+        // A small file written and synced: off the async threads, as sled's flush is.
+        let _ = tokio::task::spawn_blocking(move || marker.record_revision(rev)).await;
         if let Some(reason) = was_unknown {
             tracing::info!(revision = rev, was = %reason,
                 "desired state rebuilt from the cloud's snapshot; pods it does not list are removed now");
