@@ -130,7 +130,10 @@ async fn a_damaged_cache_keeps_the_pods_until_the_cloud_rebuilds_it(
 
     // Every process of the pods, shims included.
     let all_before: std::collections::BTreeSet<u32> = edge.pod_pids().into_iter().collect();
-    anyhow::ensure!(all_before.len() % PODS.len() == 0, "{all_before:?}");
+    anyhow::ensure!(
+        all_before.len().is_multiple_of(PODS.len()),
+        "{all_before:?}"
+    );
 
     // The cloud is cut, edgecore is killed, and its cache is damaged.
     cloud.kill9();
