@@ -757,3 +757,27 @@ fn sled_errors_are_sorted_into_damage_and_the_environment() {
     let eof = sled::Error::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
     assert!(matches!(classify(&eof), SledFault::Damaged(_)));
 }
+
+#[test]
+fn only_the_newest_damaged_copies_are_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("cache");
+    let mut moved = Vec::new();
+    for i in 0..5 {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("db"), format!("copy {i}")).unwrap();
+        moved.push(recovery::move_aside(&dir).unwrap().unwrap());
+    }
+    assert!(!dir.exists());
+    let mut left = corrupt_copies(root.path());
+    left.sort();
+    let mut newest = moved[2..].to_vec();
+    newest.sort();
+    assert_eq!(left, newest);
+    assert_eq!(
+        std::fs::read_to_string(moved[4].join("db")).unwrap(),
+        "copy 4"
+    );
+    // Nothing to move when the directory is gone.
+    assert_eq!(recovery::move_aside(&dir).unwrap(), None);
+}
