@@ -91,9 +91,15 @@ async fn connect_cri(
 /// the cloud, or while some of its pod entries cannot be read (their pods may be running).
 fn desired(cache: &Cache) -> Desired {
     let (pods, corrupt) = cache.pods_checked();
-    let unknown = cache
-        .unknown_reason()
-        .or_else(|| (corrupt > 0).then(|| format!("{corrupt} cached pods cannot be decoded")));
+    let mut unknown = cache.unknown_reason();
+    if unknown.is_none() && corrupt > 0 {
+        // Damage found while running: the cloud's full slice replaces it.
+        let why = format!("{corrupt} cached pods cannot be decoded");
+        if let Err(e) = cache.forget_for_resync(&why) {
+            tracing::error!(error = %e, "cannot ask for a full resync");
+        }
+        unknown = Some(why);
+    }
     Desired {
         pods,
         configs: cache.configs(),

@@ -187,6 +187,9 @@ pub struct Cache {
     meta: sled::Tree,
     /// The marker beside the cache, rewritten with the acked revision after every batch.
     marker: std::sync::Arc<MarkerFile>,
+    /// Notified when the cache forgot its revision for a full resync (see
+    /// [`Cache::forget_for_resync`]); the link ends its session and reconnects.
+    resync: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// The marker file and what it last recorded.
@@ -316,6 +319,7 @@ impl Cache {
             meta: tree("meta")?,
             db: db.clone(),
             marker: MarkerFile::new(marker_path),
+            resync: Default::default(),
         };
         // Every record is read once: sled checks each against its CRC, so damage shows here
         // rather than under a running node.
@@ -467,6 +471,7 @@ impl Cache {
             meta: db.open_tree("meta").map_err(backend)?,
             db,
             marker: MarkerFile::new(marker_path),
+            resync: Default::default(),
         };
         let id = recovery::new_id();
         cache
@@ -504,6 +509,33 @@ impl Cache {
             Ok(v) => v.map(|v| String::from_utf8_lossy(&v).into_owned()),
             Err(e) => Some(format!("cannot read the cache: {e}")),
         }
+    }
+
+    /// Found at run time: `why` (entries that cannot be read) makes the desired state unknown,
+    /// and the acked revision is forgotten so that the link's next session gets the node's
+    /// slice in full; the link is told to start one now. The snapshot then replaces or removes
+    /// the unreadable entries and ends the unknown state.
+    pub fn forget_for_resync(&self, why: &str) -> Result<(), CacheError> {
+        tracing::error!(
+            reason = why,
+            "EDGE CACHE PARTLY CORRUPT: running pods are kept as they are and the node resyncs \
+             its slice in full from the cloud. To do: check the disk (dmesg, SMART)."
+        );
+        metrics::counter!("skerry_edge_cache_recoveries_total", "cause" => "entries").increment(1);
+        self.meta.remove(ACKED_KEY).map_err(backend)?;
+        self.meta
+            .insert(UNKNOWN_KEY, why.as_bytes())
+            .map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        self.marker.record_revision(0);
+        self.publish_state();
+        self.resync.notify_one();
+        Ok(())
+    }
+
+    /// Resolves when the cache asks the link for a full resync.
+    pub async fn resync_wanted(&self) {
+        self.resync.notified().await
     }
 
     /// Sets the `skerry_edge_desired_state_known` gauge.

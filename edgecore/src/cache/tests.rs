@@ -781,3 +781,40 @@ fn only_the_newest_damaged_copies_are_kept() {
     // Nothing to move when the directory is gone.
     assert_eq!(recovery::move_aside(&dir).unwrap(), None);
 }
+
+#[tokio::test]
+async fn damage_found_while_running_asks_the_link_for_a_full_resync() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("cache");
+    a_cache_with_pods(&dir).await;
+    let c = open(&dir);
+    c.pods.insert(b"default/b", b"\xff".to_vec()).unwrap();
+    assert_eq!(c.pods_checked().1, 1);
+    c.forget_for_resync("1 cached pods cannot be decoded")
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), c.resync_wanted())
+        .await
+        .expect("the link is told");
+    assert_eq!(c.acked_revision(), 0);
+    assert!(c.unknown_reason().is_some());
+    // The snapshot the next session gets replaces the damage and ends the unknown state.
+    c.apply(&SyncBatch {
+        revision: 7,
+        snapshot: true,
+        more: false,
+        upserts: vec![up(6, pod("b", "v2"))],
+        deletes: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.unknown_reason(), None);
+    assert_eq!(c.pods_checked().1, 0);
+    assert_eq!(c.pods().len(), 1);
+    // And a restart finds it consistent with its marker.
+    drop(c);
+    wait_closed(&dir);
+    let c = open(&dir);
+    assert_eq!(c.unknown_reason(), None);
+    assert_eq!(c.acked_revision(), 7);
+    assert!(corrupt_copies(root.path()).is_empty());
+}
