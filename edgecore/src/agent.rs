@@ -95,11 +95,23 @@ async fn connect_cri(
     }
 }
 
-/// The cached slice as the pod manager takes it.
+/// The cached slice as the pod manager takes it: unknown while the cache is being rebuilt from
+/// the cloud, or while some of its pod entries cannot be read (their pods may be running).
 fn desired(cache: &Cache) -> Desired {
+    let (pods, corrupt) = cache.pods_checked();
+    let mut unknown = cache.unknown_reason();
+    if unknown.is_none() && corrupt > 0 {
+        // Damage found while running: the cloud's full slice replaces it.
+        let why = format!("{corrupt} cached pods cannot be decoded");
+        if let Err(e) = cache.forget_for_resync(&why) {
+            tracing::error!(error = %e, "cannot ask for a full resync");
+        }
+        unknown = Some(why);
+    }
     Desired {
-        pods: cache.pods(),
+        pods,
         configs: cache.configs(),
+        unknown,
     }
 }
 
@@ -175,7 +187,8 @@ pub async fn run(
     // Offline autonomy: what the cache holds runs now, before any attempt to reach the cloud.
     let cached = desired(&cache);
     info!(%node, pods = cached.pods.len(), configs = cached.configs.len(),
-          acked_revision = cache.acked_revision(), %host_ip, "starting pods from the cache");
+          acked_revision = cache.acked_revision(), %host_ip,
+          desired_state_unknown = ?cached.unknown, "starting pods from the cache");
     manager.sync(cached).await;
 
     // Every long-running loop runs supervised: one that ends or panics is restarted, counted,
@@ -214,13 +227,25 @@ pub async fn run(
     {
         let manager = manager.clone();
         let cache = cache.clone();
+        let wake = manager.wakeups();
         supervisor.spawn("pod-sync", move || {
-            let (manager, cache, changed) = (manager.clone(), cache.clone(), changed.clone());
+            let (manager, cache, changed, wake) = (
+                manager.clone(),
+                cache.clone(),
+                changed.clone(),
+                wake.clone(),
+            );
             async move {
                 loop {
                     // Level-triggered: every wake-up hands the whole cached slice to the
                     // manager; the periodic pass heals anything a missed notification left.
-                    let _ = tokio::time::timeout(Duration::from_secs(10), changed.notified()).await;
+                    let woken = async {
+                        tokio::select! {
+                            _ = changed.notified() => {}
+                            _ = wake.notified() => {}
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(10), woken).await;
                     manager.sync(desired(&cache)).await;
                     metrics::gauge!("skerry_edge_pod_workers")
                         .set(manager.worker_count().await as f64);

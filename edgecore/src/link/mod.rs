@@ -61,6 +61,10 @@ pub enum LinkError {
     /// The cache failed; the batch was not acked.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    /// The cache found entries it cannot read and forgot its revision: the session ends so that
+    /// the next one asks for the node's slice in full.
+    #[error("the cache asks for a full resync (it holds entries it cannot read)")]
+    Resync,
     /// A timeout.
     #[error("timed out: {0}")]
     Timeout(&'static str),
@@ -353,7 +357,8 @@ pub async fn run(
                 backoff.reset();
                 // A stateless reset comes from a hub that is up again (it restarted and lost
                 // the connection): reconnect now, not after even the shortest back-off.
-                at_once = end.reason == EndReason::Reset;
+                // A resync the cache asked for is wanted now too.
+                at_once = matches!(end.reason, EndReason::Reset | EndReason::Resync);
             }
             Err(LinkError::Rejected(r)) => {
                 error!(reason = %r, "cloud refused this node");
@@ -393,6 +398,8 @@ enum EndReason {
     /// The edge heard nothing from the cloud while it was owed an answer ([`hearing`]): the
     /// link is cut towards the edge, or down.
     Deaf,
+    /// The cache asked for a full resync.
+    Resync,
     /// Anything else.
     Other,
 }
@@ -416,6 +423,7 @@ impl EndReason {
             }
             (None, LinkError::Protocol(_) | LinkError::Codec(_)) => EndReason::Protocol,
             (None, LinkError::Cache(_)) => EndReason::Cache,
+            (None, LinkError::Resync) => EndReason::Resync,
             _ => EndReason::Other,
         }
     }
@@ -428,6 +436,7 @@ impl EndReason {
             EndReason::Protocol => "protocol",
             EndReason::Cache => "cache",
             EndReason::Deaf => "deaf",
+            EndReason::Resync => "resync",
             EndReason::Other => "other",
         }
     }
@@ -514,7 +523,11 @@ async fn session(
     let result = async {
         let mut assembler = protocol::assembly::SnapshotAssembler::new();
         loop {
-            match read_frame::<CloudMessage>(&mut recv).await? {
+            let frame = tokio::select! {
+                frame = read_frame::<CloudMessage>(&mut recv) => frame?,
+                _ = cache.resync_wanted() => return Err(LinkError::Resync),
+            };
+            match frame {
                 Some(CloudMessage::Sync(part)) => {
                     let Some(batch) = assembler
                         .push(part)
