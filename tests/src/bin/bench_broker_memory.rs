@@ -6,7 +6,9 @@
 //! `cargo build --workspace --bins && SKERRY_BIN_DIR=target/debug target/debug/bench_broker_memory [EDGES] [IDLE_MINUTES] [FLOOD_SECS]`
 //!
 //! Phases: EDGES real edgecores join and stay idle for IDLE_MINUTES (the harness runs them with
-//! heartbeats every second, ten times the default, and a 4 s link idle timeout),
+//! the tests' timing: conditions measured and keep-alives sent every second, a node status sent
+//! on change, a 4 s link idle timeout; the figures in BENCHMARKS.md were taken before #11, with
+//! a node status every second),
 //! cloudcore's RSS sampled every minute; then one joined node publishes 1,000 messages of 1 MiB
 //! on distinct topics of its own (each is over the payload cap: the broker closes the
 //! connection, and the client reconnects for the next); then it publishes 4 KiB reports on its
