@@ -237,7 +237,7 @@ mod tests {
         let w = shell_words(
             r#"-i lo -p udp -m udp --dport 5 -m comment --comment "skerry-lo-1-2" -j DROP"#,
         );
-        assert_eq!(w[9], "skerry-lo-1-2");
+        assert_eq!(w[11], "skerry-lo-1-2");
         assert_eq!(w.last().unwrap(), "DROP");
     }
 }
