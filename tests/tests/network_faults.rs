@@ -11,6 +11,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use skerry_tests::netns::relay::{Impairment, Relay};
 use skerry_tests::netns::{Host, Net};
 use skerry_tests::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +25,7 @@ const GRACE_SECS: u64 = 8;
 /// first, then the cloud, then the network (namespaces go once nothing runs in them).
 struct Lab {
     edges: Vec<Edge>,
+    relays: Vec<Relay>,
     cloud: Cloud,
     edge_hosts: Vec<Host>,
     cloud_host: Host,
@@ -33,18 +35,44 @@ struct Lab {
 impl Lab {
     /// `None` when the tools are missing outside CI (the reason is printed).
     async fn start(edges: usize) -> Result<Option<Lab>> {
+        Self::start_with(edges, None).await
+    }
+
+    /// With `relay`, the edges reach the hub (UDP) and the broker (TCP) only through relays
+    /// on the test process's side of the network that impair the traffic so.
+    async fn start_with(edges: usize, relay: Option<Impairment>) -> Result<Option<Lab>> {
         if !netns::should_run()? {
             return Ok(None);
         }
         let net = Net::new()?;
         let cloud_host = net.host("cloud")?;
+        let mut place = cloud_host.place();
+        place.server_names.push(net.observer_ip().to_string());
         let cloud = Cloud::start(CloudOptions {
-            place: Some(cloud_host.place()),
+            place: Some(place),
             node_monitor_grace_period_secs: Some(GRACE_SECS),
             ..Default::default()
         })
         .await?;
+        let mut relays = Vec::new();
+        let (mut server, mut mqtt) = (None, None);
+        if let Some(imp) = relay {
+            let front = std::net::SocketAddr::from((net.observer_ip(), 0));
+            let hub = Relay::udp(None, front, cloud.hub_addr().parse()?, imp).await?;
+            let broker = Relay::tcp(
+                None,
+                front,
+                format!("{}:{}", cloud.ip, cloud.mqtt_port).parse()?,
+                imp,
+            )
+            .await?;
+            server = Some(hub.addr.to_string());
+            mqtt = Some(format!("mqtts://{}", broker.addr));
+            relays.push(hub);
+            relays.push(broker);
+        }
         let mut lab = Lab {
+            relays: relays,
             edges: Vec::new(),
             cloud,
             edge_hosts: Vec::new(),
@@ -53,9 +81,14 @@ impl Lab {
         };
         for i in 0..edges {
             let host = lab.net.host(&format!("e{i}"))?;
-            let edge =
-                Edge::join_and_start_in(&lab.cloud, &format!("nf-e{i}"), host.place(), None, None)
-                    .await?;
+            let edge = Edge::join_and_start_in(
+                &lab.cloud,
+                &format!("nf-e{i}"),
+                host.place(),
+                server.clone(),
+                mqtt.clone(),
+            )
+            .await?;
             lab.edge_hosts.push(host);
             lab.edges.push(edge);
         }
@@ -315,4 +348,223 @@ async fn a_60s_partition_with_creates_updates_and_deletes_converges_after_heal()
         "the partition dropped nothing"
     );
     heal_and_report(&lab, "partition 60s", &want, bytes_before).await
+}
+
+/// Three pods on each of `edges` edges, running and recorded as healthy.
+async fn baseline(lab: &Lab, want: &mut Desired) -> Result<()> {
+    for e in 0..lab.edges.len() {
+        for i in 0..3 {
+            create(lab, want, &format!("p{e}-{i}"), &lab.node(e)).await?;
+        }
+    }
+    mark_healthy(lab, want).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_way_cuts_in_each_direction_converge_after_heal() -> Result<()> {
+    let Some(lab) = Lab::start(2).await? else {
+        return Ok(());
+    };
+    let mut want = Desired::default();
+    baseline(&lab, &mut want).await?;
+    let bytes_before = lab.bytes_sent()?;
+    // Edge 0 hears nothing from the cloud (its own INPUT drops), the cloud hears nothing from
+    // edge 1 (the cloud's INPUT drops); both other directions still carry packets.
+    lab.edge_hosts[0].cut_inbound_from(&lab.cloud_host)?;
+    lab.edge_hosts[1].cut_outbound_to(&lab.cloud_host)?;
+    let started = Instant::now();
+    for e in 0..2 {
+        let node = lab.node(e);
+        create(&lab, &mut want, &format!("p{e}-new"), &node).await?;
+        relabel(&lab, &format!("p{e}-0"), "2").await?;
+        delete(&lab, &mut want, &format!("p{e}-1")).await?;
+    }
+    // Longer than both idle timeouts and the node grace period: the links die.
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(started.elapsed())).await;
+    assert!(lab.edge_hosts[0].dropped_packets()? > 0, "cloud -> edge 0 was not cut");
+    assert!(lab.cloud_host.dropped_packets()? > 0, "edge 1 -> cloud was not cut");
+    heal_and_report(&lab, "one-way cuts", &want, bytes_before).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_flapping_2s_up_2s_down_for_a_minute_converges_after_heal() -> Result<()> {
+    let Some(lab) = Lab::start(1).await? else {
+        return Ok(());
+    };
+    let mut want = Desired::default();
+    baseline(&lab, &mut want).await?;
+    let bytes_before = lab.bytes_sent()?;
+    let node = lab.node(0);
+    let mut dropped = 0;
+    for cycle in 0..15 {
+        lab.edge_hosts[0].partition_from(&lab.cloud_host)?;
+        // A change in every other down phase, some in up phases: the link is never long
+        // enough in either state for a sync to be sure to finish.
+        match cycle % 3 {
+            0 => create(&lab, &mut want, &format!("f{cycle}"), &node).await?,
+            1 => relabel(&lab, "p0-0", &cycle.to_string()).await?,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        dropped += lab.edge_hosts[0].dropped_packets()? + lab.cloud_host.dropped_packets()?;
+        lab.net.heal_all()?;
+        if cycle % 5 == 4 {
+            let victim = want
+                .pods
+                .keys()
+                .find(|n| n.starts_with('f'))
+                .cloned()
+                .context("a pod to delete")?;
+            delete(&lab, &mut want, &victim).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(dropped > 0, "the down phases dropped nothing");
+    heal_and_report(&lab, "flapping 2s/2s x 15", &want, bytes_before).await
+}
+
+/// A Deployment's manifest running `sleep` under the process runtime.
+fn deployment(name: &str, replicas: u32) -> Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{"name": "main", "image": "busybox:local", "command": ["sleep", "3600"]}]
+                }
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_20_pod_rollout_under_30_percent_loss_converges() -> Result<()> {
+    let Some(lab) = Lab::start(2).await? else {
+        return Ok(());
+    };
+    let bytes_before = lab.bytes_sent()?;
+    // 30% of the packets lost on arrival everywhere: each direction of each link.
+    lab.cloud_host.loss(30.0)?;
+    for h in &lab.edge_hosts {
+        h.loss(30.0)?;
+    }
+    let (code, body) = lab
+        .cloud
+        .api(
+            "POST",
+            "/apis/apps/v1/namespaces/default/deployments",
+            Some(deployment("roll", 20)),
+        )
+        .await?;
+    if code != 201 {
+        bail!("create deployment: {code} {body}");
+    }
+    // The rollout completes under loss: 20 pods, all running (on any node).
+    let pods = eventually("20 rollout pods running under loss", DEADLINE, || async {
+        let (_, list) = lab
+            .cloud
+            .api("GET", "/api/v1/namespaces/default/pods?labelSelector=app%3Droll", None)
+            .await?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        Ok((items.len() == 20 && items.iter().all(pod_running)).then_some(items))
+    })
+    .await
+    .with_context(|| lab.cloud.log_tail())?;
+    assert!(lab.cloud_host.dropped_packets()? > 0, "no loss happened");
+    let mut want = Desired::default();
+    for p in &pods {
+        let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        want.pods
+            .insert(name.clone(), p["spec"]["nodeName"].as_str().unwrap_or_default().into());
+        want.healthy.insert(name, container_id(p));
+    }
+    heal_and_report(&lab, "30% loss rollout of 20", &want, bytes_before).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_300ms_rtt_with_1_percent_loss_through_the_relay_converges() -> Result<()> {
+    let imp = Impairment {
+        delay: Duration::from_millis(150),
+        loss_percent: 1.0,
+    };
+    let Some(lab) = Lab::start_with(1, Some(imp)).await? else {
+        return Ok(());
+    };
+    let mut want = Desired::default();
+    baseline(&lab, &mut want).await?;
+    let bytes_before = lab.bytes_sent()?;
+    let node = lab.node(0);
+    for i in 0..5 {
+        create(&lab, &mut want, &format!("slow{i}"), &node).await?;
+    }
+    relabel(&lab, "p0-0", "2").await?;
+    delete(&lab, &mut want, "p0-1").await?;
+    // Then a partition of 10 s on the long link, and its heal.
+    for r in &lab.relays {
+        r.set_cut(true);
+    }
+    create(&lab, &mut want, "slow-after", &node).await?;
+    delete(&lab, &mut want, "slow0").await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for r in &lab.relays {
+        r.set_cut(false);
+    }
+    heal_and_report(&lab, "300ms RTT 1% loss relay", &want, bytes_before).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cloudcore_killed_mid_sync_batch_converges_after_restart() -> Result<()> {
+    let Some(mut lab) = Lab::start(1).await? else {
+        return Ok(());
+    };
+    let mut want = Desired::default();
+    baseline(&lab, &mut want).await?;
+    let bytes_before = lab.bytes_sent()?;
+    let node = lab.node(0);
+    for i in 0..20 {
+        create(&lab, &mut want, &format!("b{i}"), &node).await?;
+    }
+    // The hub is streaming those 20 to the node when cloudcore dies: kill -9 as soon as the
+    // node has started at least one, before it runs all.
+    let baseline_pods = 3;
+    eventually("the node applying the batch", DEADLINE, || async {
+        let n = running_by_uid(&lab.edges[0]).len();
+        Ok((n > baseline_pods).then_some(()))
+    })
+    .await?;
+    lab.cloud.kill9();
+    let mid = running_by_uid(&lab.edges[0]).len();
+    lab.cloud.launch().await?;
+    println!("[cloudcore kill -9] node ran {mid} of 23 pods when the cloud died");
+    heal_and_report(&lab, "cloudcore kill -9 mid-batch", &want, bytes_before).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edgecore_killed_while_applying_a_batch_converges_after_restart() -> Result<()> {
+    let Some(mut lab) = Lab::start(1).await? else {
+        return Ok(());
+    };
+    let mut want = Desired::default();
+    baseline(&lab, &mut want).await?;
+    let bytes_before = lab.bytes_sent()?;
+    let node = lab.node(0);
+    for i in 0..20 {
+        create(&lab, &mut want, &format!("a{i}"), &node).await?;
+    }
+    eventually("the node applying the batch", DEADLINE, || async {
+        let n = running_by_uid(&lab.edges[0]).len();
+        Ok((n > 3).then_some(()))
+    })
+    .await?;
+    lab.edges[0].kill9();
+    let mid = running_by_uid(&lab.edges[0]).len();
+    println!("[edgecore kill -9] node ran {mid} of 23 pods when edgecore died");
+    lab.edges[0].start()?;
+    heal_and_report(&lab, "edgecore kill -9 mid-apply", &want, bytes_before).await
 }

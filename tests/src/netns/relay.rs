@@ -10,6 +10,7 @@
 
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,6 +35,17 @@ pub struct Relay {
     /// Where clients connect.
     pub addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    cut: Arc<AtomicBool>,
+}
+
+impl Relay {
+    /// Cuts (`true`) or heals the relayed link. The relay's own packets come from the test
+    /// process's address, which the hosts' fault chains never drop, so a partition of a
+    /// relayed link is made here: UDP datagrams vanish, TCP bytes wait (as segments a real
+    /// partition holds in retransmission) and flow on heal.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Relay {
@@ -123,6 +135,8 @@ impl Relay {
         let front = Arc::new(tokio::net::UdpSocket::from_std(std_sock)?);
         let addr = front.local_addr()?;
         let ns = ns.map(str::to_string);
+        let cut = Arc::new(AtomicBool::new(false));
+        let cut_t = cut.clone();
         let task = tokio::spawn(async move {
             let mut clients: std::collections::HashMap<
                 SocketAddr,
@@ -135,7 +149,7 @@ impl Relay {
                 let Ok((n, from)) = front.recv_from(&mut buf).await else {
                     break;
                 };
-                if coin.lost(imp.loss_percent) {
+                if coin.lost(imp.loss_percent) || cut_t.load(Ordering::SeqCst) {
                     continue;
                 }
                 let due = Instant::now() + imp.delay;
@@ -176,11 +190,12 @@ impl Relay {
                             true
                         })
                     });
+                    let cut_up = cut_t.clone();
                     let t3 = tokio::spawn(async move {
                         let mut coin = Coin::new();
                         let mut buf = vec![0u8; 65_536];
                         while let Ok(n) = up.recv(&mut buf).await {
-                            if coin.lost(imp.loss_percent) {
+                            if coin.lost(imp.loss_percent) || cut_up.load(Ordering::SeqCst) {
                                 continue;
                             }
                             if back_tx
@@ -204,6 +219,7 @@ impl Relay {
         Ok(Relay {
             addr,
             tasks: vec![task],
+            cut,
         })
     }
 
@@ -222,10 +238,13 @@ impl Relay {
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let addr = listener.local_addr()?;
         let ns = ns.map(str::to_string);
+        let cut = Arc::new(AtomicBool::new(false));
+        let cut_t = cut.clone();
         let task = tokio::spawn(async move {
             let mut children = Vec::new();
             while let Ok((client, _)) = listener.accept().await {
                 let ns2 = ns.clone();
+                let cut = cut_t.clone();
                 children.push(AbortOnDrop(tokio::spawn(async move {
                     // The connect happens in the namespace too: a blocking connect on the
                     // namespace's thread, then handed to tokio.
@@ -244,8 +263,8 @@ impl Relay {
                     let _ = up.set_nodelay(true);
                     let (cr, cw) = client.into_split();
                     let (ur, uw) = up.into_split();
-                    let mut a = AbortOnDrop(tokio::spawn(pipe(cr, uw, imp)));
-                    let mut b = AbortOnDrop(tokio::spawn(pipe(ur, cw, imp)));
+                    let mut a = AbortOnDrop(tokio::spawn(pipe(cr, uw, imp, cut.clone())));
+                    let mut b = AbortOnDrop(tokio::spawn(pipe(ur, cw, imp, cut)));
                     // Both directions run until their side closes; aborting this task aborts
                     // them (the guards).
                     let _ = (&mut a.0).await;
@@ -257,6 +276,7 @@ impl Relay {
         Ok(Relay {
             addr,
             tasks: vec![task],
+            cut,
         })
     }
 }
@@ -266,12 +286,17 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     to: tokio::net::tcp::OwnedWriteHalf,
     imp: Impairment,
+    cut: Arc<AtomicBool>,
 ) {
     let to = Arc::new(tokio::sync::Mutex::new(to));
     let to_w = to.clone();
     let (tx, line) = delay_line(move |d: Option<Vec<u8>>| {
         let to = to_w.clone();
+        let cut = cut.clone();
         Box::pin(async move {
+            while cut.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let mut w = to.lock().await;
             match d {
                 Some(bytes) => w.write_all(&bytes).await.is_ok(),
