@@ -28,6 +28,8 @@ const LOCK_DIR: &str = "/run/skerry-netns";
 const SLOTS: u8 = 50;
 /// The chain each host's `INPUT` jumps to; healing flushes it.
 const CHAIN: &str = "SKERRY-FAULTS";
+/// The chain counting what each host receives from each peer (never flushed by healing).
+const ACCT: &str = "SKERRY-ACCT";
 /// The host-side address of the observer veth (the test process's own namespace).
 const OBSERVER_HOST: u8 = 254;
 
@@ -282,6 +284,8 @@ impl Net {
         // to the hosts. Every fault goes in a chain of its own, so healing is one flush.
         let obs = i.addr(OBSERVER_HOST).to_string();
         in_ns(&ns, "iptables", &["-N", CHAIN])?;
+        in_ns(&ns, "iptables", &["-N", ACCT])?;
+        in_ns(&ns, "iptables", &["-A", "INPUT", "-j", ACCT])?;
         in_ns(&ns, "iptables", &["-A", "INPUT", "-s", &obs, "-j", "ACCEPT"])?;
         in_ns(&ns, "iptables", &["-A", "INPUT", "-j", CHAIN])?;
         Ok(Host {
@@ -437,6 +441,30 @@ impl Host {
             tx_bytes: read("tx_bytes")?,
             rx_bytes: read("rx_bytes")?,
         })
+    }
+
+    /// Starts counting what this host receives from `peer` (see [`Host::bytes_from`]).
+    pub fn count_from(&self, peer: &Host) -> Result<()> {
+        in_ns(
+            &self.ns,
+            "iptables",
+            &["-A", ACCT, "-s", &peer.ip.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Bytes (IP packets, headers included) this host received from `peer` since
+    /// [`Host::count_from`], dropped ones included.
+    pub fn bytes_from(&self, peer: &Host) -> Result<u64> {
+        let text = in_ns(&self.ns, "iptables", &["-S", ACCT, "-v"])?;
+        let source = format!("-s {}/32", peer.ip);
+        for line in text.lines().filter(|l| l.contains(&source)) {
+            let mut words = line.split_whitespace().skip_while(|w| *w != "-c").skip(2);
+            if let Some(bytes) = words.next().and_then(|b| b.parse().ok()) {
+                return Ok(bytes);
+            }
+        }
+        bail!("no byte counter for {} in {}: {text}", peer.ip, self.ns)
     }
 
     /// Packets dropped by the faults so far (the fault chain's counters).
