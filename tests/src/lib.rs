@@ -765,8 +765,16 @@ impl Edge {
         mqtt_url: Option<String>,
     ) -> Result<Self> {
         let token = cloud.token("1h")?;
-        let mut edge =
-            Self::join_prepare(cloud, name, &[], token, vec![], Some(place), server, mqtt_url)?;
+        let mut edge = Self::join_prepare(
+            cloud,
+            name,
+            &[],
+            token,
+            vec![],
+            Some(place),
+            server,
+            mqtt_url,
+        )?;
         edge.start()?;
         Ok(edge)
     }

@@ -286,7 +286,11 @@ impl Net {
         in_ns(&ns, "iptables", &["-N", CHAIN])?;
         in_ns(&ns, "iptables", &["-N", ACCT])?;
         in_ns(&ns, "iptables", &["-A", "INPUT", "-j", ACCT])?;
-        in_ns(&ns, "iptables", &["-A", "INPUT", "-s", &obs, "-j", "ACCEPT"])?;
+        in_ns(
+            &ns,
+            "iptables",
+            &["-A", "INPUT", "-s", &obs, "-j", "ACCEPT"],
+        )?;
         in_ns(&ns, "iptables", &["-A", "INPUT", "-j", CHAIN])?;
         Ok(Host {
             inner: self.inner.clone(),

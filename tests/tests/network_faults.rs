@@ -72,7 +72,7 @@ impl Lab {
             relays.push(broker);
         }
         let mut lab = Lab {
-            relays: relays,
+            relays,
             edges: Vec::new(),
             cloud,
             edge_hosts: Vec::new(),
@@ -160,13 +160,9 @@ async fn delete(lab: &Lab, want: &mut Desired, name: &str) -> Result<()> {
 
 /// An update the node must take in without touching the container: a label.
 async fn relabel(lab: &Lab, name: &str, value: &str) -> Result<()> {
-    let (ok, out) = lab.cloud.kubectl(&[
-        "label",
-        "pod",
-        name,
-        &format!("rev={value}"),
-        "--overwrite",
-    ])?;
+    let (ok, out) =
+        lab.cloud
+            .kubectl(&["label", "pod", name, &format!("rev={value}"), "--overwrite"])?;
     if !ok {
         bail!("kubectl label pod {name}: {out}");
     }
@@ -221,7 +217,10 @@ async fn converged(lab: &Lab, want: &Desired) -> Result<Option<Vec<Value>>> {
             return Ok(None);
         }
         uid_node.insert(
-            p["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+            p["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             want.pods[name].clone(),
         );
     }
@@ -381,8 +380,14 @@ async fn one_way_cuts_in_each_direction_converge_after_heal() -> Result<()> {
     }
     // Longer than both idle timeouts and the node grace period: the links die.
     tokio::time::sleep(Duration::from_secs(15).saturating_sub(started.elapsed())).await;
-    assert!(lab.edge_hosts[0].dropped_packets()? > 0, "cloud -> edge 0 was not cut");
-    assert!(lab.cloud_host.dropped_packets()? > 0, "edge 1 -> cloud was not cut");
+    assert!(
+        lab.edge_hosts[0].dropped_packets()? > 0,
+        "cloud -> edge 0 was not cut"
+    );
+    assert!(
+        lab.cloud_host.dropped_packets()? > 0,
+        "edge 1 -> cloud was not cut"
+    );
     heal_and_report(&lab, "one-way cuts", &want, bytes_before).await
 }
 
@@ -469,7 +474,11 @@ async fn a_20_pod_rollout_under_30_percent_loss_converges() -> Result<()> {
     let pods = eventually("20 rollout pods running under loss", DEADLINE, || async {
         let (_, list) = lab
             .cloud
-            .api("GET", "/api/v1/namespaces/default/pods?labelSelector=app%3Droll", None)
+            .api(
+                "GET",
+                "/api/v1/namespaces/default/pods?labelSelector=app%3Droll",
+                None,
+            )
             .await?;
         let items = list["items"].as_array().cloned().unwrap_or_default();
         Ok((items.len() == 20 && items.iter().all(pod_running)).then_some(items))
@@ -479,9 +488,14 @@ async fn a_20_pod_rollout_under_30_percent_loss_converges() -> Result<()> {
     assert!(lab.cloud_host.dropped_packets()? > 0, "no loss happened");
     let mut want = Desired::default();
     for p in &pods {
-        let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        want.pods
-            .insert(name.clone(), p["spec"]["nodeName"].as_str().unwrap_or_default().into());
+        let name = p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        want.pods.insert(
+            name.clone(),
+            p["spec"]["nodeName"].as_str().unwrap_or_default().into(),
+        );
         want.healthy.insert(name, container_id(p));
     }
     heal_and_report(&lab, "30% loss rollout of 20", &want, bytes_before).await

@@ -103,15 +103,8 @@ async fn main() -> Result<()> {
             1 => {
                 let name = format!("n{n}-p{round}");
                 let label = format!("rev={round}");
-                let (ok, out) = cloud.kubectl(&[
-                    "label",
-                    "pod",
-                    &name,
-                    &label,
-                    "--overwrite",
-                    "-o",
-                    "json",
-                ])?;
+                let (ok, out) =
+                    cloud.kubectl(&["label", "pod", &name, &label, "--overwrite", "-o", "json"])?;
                 if !ok {
                     bail!("kubectl label {name}: {out}");
                 }

@@ -138,10 +138,7 @@ impl Relay {
         let cut = Arc::new(AtomicBool::new(false));
         let cut_t = cut.clone();
         let task = tokio::spawn(async move {
-            let mut clients: std::collections::HashMap<
-                SocketAddr,
-                mpsc::UnboundedSender<(Instant, Vec<u8>)>,
-            > = Default::default();
+            let mut clients: std::collections::HashMap<SocketAddr, DelayTx> = Default::default();
             let mut coin = Coin::new();
             let mut buf = vec![0u8; 65_536];
             let mut children = Vec::new();
@@ -153,67 +150,24 @@ impl Relay {
                     continue;
                 }
                 let due = Instant::now() + imp.delay;
-                if !clients.contains_key(&from) {
-                    let ns2 = ns.clone();
-                    let Ok(up) = in_namespace(ns2.as_deref(), move || {
-                        let s = std::net::UdpSocket::bind((
-                            if upstream.is_ipv4() {
-                                std::net::IpAddr::from([0, 0, 0, 0])
-                            } else {
-                                std::net::IpAddr::from([0u16; 8])
-                            },
-                            0,
-                        ))?;
-                        s.connect(upstream)?;
-                        s.set_nonblocking(true)?;
-                        Ok(s)
-                    }) else {
-                        continue;
-                    };
-                    let Ok(up) = tokio::net::UdpSocket::from_std(up) else {
-                        continue;
-                    };
-                    let up = Arc::new(up);
-                    let up_w = up.clone();
-                    let (tx, t1) = delay_line(move |d: Vec<u8>| {
-                        let up = up_w.clone();
-                        Box::pin(async move {
-                            let _ = up.send(&d).await;
-                            true
-                        })
-                    });
-                    let front_w = front.clone();
-                    let (back_tx, t2) = delay_line(move |d: Vec<u8>| {
-                        let f = front_w.clone();
-                        Box::pin(async move {
-                            let _ = f.send_to(&d, from).await;
-                            true
-                        })
-                    });
-                    let cut_up = cut_t.clone();
-                    let t3 = tokio::spawn(async move {
-                        let mut coin = Coin::new();
-                        let mut buf = vec![0u8; 65_536];
-                        while let Ok(n) = up.recv(&mut buf).await {
-                            if coin.lost(imp.loss_percent) || cut_up.load(Ordering::SeqCst) {
-                                continue;
-                            }
-                            if back_tx
-                                .send((Instant::now() + imp.delay, buf[..n].to_vec()))
-                                .is_err()
-                            {
-                                break;
-                            }
-                        }
-                    });
-                    children.push(AbortOnDrop(t1));
-                    children.push(AbortOnDrop(t2));
-                    children.push(AbortOnDrop(t3));
-                    clients.insert(from, tx);
-                }
-                if let Some(tx) = clients.get(&from) {
-                    let _ = tx.send((due, buf[..n].to_vec()));
-                }
+                let entry = match clients.entry(from) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let Some((tx, tasks)) = udp_upstream(
+                            ns.clone(),
+                            upstream,
+                            front.clone(),
+                            from,
+                            imp,
+                            cut_t.clone(),
+                        ) else {
+                            continue;
+                        };
+                        children.extend(tasks);
+                        v.insert(tx)
+                    }
+                };
+                let _ = entry.send((due, buf[..n].to_vec()));
             }
         });
         Ok(Relay {
@@ -249,8 +203,10 @@ impl Relay {
                     // The connect happens in the namespace too: a blocking connect on the
                     // namespace's thread, then handed to tokio.
                     let Ok(up) = in_namespace(ns2.as_deref(), move || {
-                        let s =
-                            std::net::TcpStream::connect_timeout(&upstream, Duration::from_secs(5))?;
+                        let s = std::net::TcpStream::connect_timeout(
+                            &upstream,
+                            Duration::from_secs(5),
+                        )?;
                         s.set_nonblocking(true)?;
                         Ok(s)
                     }) else {
@@ -335,6 +291,71 @@ async fn pipe(
 }
 
 struct AbortOnDrop(JoinHandle<()>);
+
+type DelayTx = mpsc::UnboundedSender<(Instant, Vec<u8>)>;
+/// The upstream side of one UDP client: a socket of its own (in `ns`), a delay line each way
+/// and the task reading replies; `None` if the socket cannot be made.
+fn udp_upstream(
+    ns: Option<String>,
+    upstream: SocketAddr,
+    front: Arc<tokio::net::UdpSocket>,
+    from: SocketAddr,
+    imp: Impairment,
+    cut_t: Arc<AtomicBool>,
+) -> Option<(DelayTx, [AbortOnDrop; 3])> {
+    let Ok(up) = in_namespace(ns.as_deref(), move || {
+        let s = std::net::UdpSocket::bind((
+            if upstream.is_ipv4() {
+                std::net::IpAddr::from([0, 0, 0, 0])
+            } else {
+                std::net::IpAddr::from([0u16; 8])
+            },
+            0,
+        ))?;
+        s.connect(upstream)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    }) else {
+        return None;
+    };
+    let Ok(up) = tokio::net::UdpSocket::from_std(up) else {
+        return None;
+    };
+    let up = Arc::new(up);
+    let up_w = up.clone();
+    let (tx, t1) = delay_line(move |d: Vec<u8>| {
+        let up = up_w.clone();
+        Box::pin(async move {
+            let _ = up.send(&d).await;
+            true
+        })
+    });
+    let front_w = front.clone();
+    let (back_tx, t2) = delay_line(move |d: Vec<u8>| {
+        let f = front_w.clone();
+        Box::pin(async move {
+            let _ = f.send_to(&d, from).await;
+            true
+        })
+    });
+    let cut_up = cut_t.clone();
+    let t3 = tokio::spawn(async move {
+        let mut coin = Coin::new();
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = up.recv(&mut buf).await {
+            if coin.lost(imp.loss_percent) || cut_up.load(Ordering::SeqCst) {
+                continue;
+            }
+            if back_tx
+                .send((Instant::now() + imp.delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    Some((tx, [AbortOnDrop(t1), AbortOnDrop(t2), AbortOnDrop(t3)]))
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
