@@ -176,6 +176,8 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let (state_tx, state_rx) = watch::channel(LinkState::Disconnected);
     let state_tx = Arc::new(state_tx);
+    // The broker's CONNACK wakes the sync link out of its back-off (see `LinkConfig::wake`).
+    let broker_connected = Arc::new(Notify::new());
     {
         let link_cfg = LinkConfig {
             server: cfg.server.clone(),
@@ -185,6 +187,7 @@ pub async fn run(
             idle_timeout: opts.idle_timeout,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
+            wake: broker_connected.clone(),
         };
         let (paths, cache, changed) = (
             IdentityPaths::new(&opts.data_dir),
@@ -232,6 +235,7 @@ pub async fn run(
             tls: std::sync::Arc::new(crate::identity::mqtt_client_tls(&IdentityPaths::new(
                 &opts.data_dir,
             ))?),
+            connected: broker_connected.clone(),
         };
         let link = state_rx.clone();
         supervisor.spawn("publisher", move || {

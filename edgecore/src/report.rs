@@ -249,6 +249,9 @@ pub struct PublisherConfig {
     pub report_key: Vec<u8>,
     /// TLS with the node's certificate (see `identity::mqtt_client_tls`).
     pub tls: Arc<rustls::ClientConfig>,
+    /// Notified at each CONNACK: the sync link's [`crate::link::LinkConfig::wake`], the
+    /// converse of the link waking the publisher.
+    pub connected: Arc<tokio::sync::Notify>,
 }
 
 /// Publishes the outbox forever, reconnecting with back-off (200 ms doubling to 10 s).
@@ -356,6 +359,7 @@ async fn publish_session(
             ev = eventloop.poll() => match ev? {
                 Event::Incoming(Packet::ConnAck(_)) => {
                     let requeued = outbox.requeue_published();
+                    cfg.connected.notify_waiters();
                     info!(host = %cfg.host, port = cfg.port, queued = outbox.len(), requeued, "connected to MQTT broker");
                     connected = true;
                 }
