@@ -83,7 +83,12 @@ fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Result<String> {
 /// Whether the tools this module needs are on the machine. Under `CI=true` their absence is a
 /// failure (the caller bails), elsewhere the tests say why they skip.
 pub fn available() -> Result<()> {
-    for (prog, arg) in [("ip", "-V"), ("iptables", "-V"), ("tc", "-V"), ("nsenter", "-V")] {
+    for (prog, arg) in [
+        ("ip", "-V"),
+        ("iptables", "-V"),
+        ("tc", "-V"),
+        ("nsenter", "-V"),
+    ] {
         run(prog, &[arg]).with_context(|| format!("{prog} is missing"))?;
     }
     if !nix::unistd::geteuid().is_root() {
