@@ -140,6 +140,25 @@ async fn create(lab: &Lab, want: &mut Desired, name: &str, node: &str) -> Result
     Ok(())
 }
 
+/// Creates `prefix{i}` for every `i` of `range` on `node`, all requests in flight at once.
+async fn create_all(
+    lab: &Lab,
+    want: &mut Desired,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+    node: &str,
+) -> Result<()> {
+    let names: Vec<String> = range.map(|i| format!("{prefix}{i}")).collect();
+    let creates = names.iter().map(|n| lab.cloud.create_pod(pod(n, node)));
+    for r in futures::future::join_all(creates).await {
+        r?;
+    }
+    for n in names {
+        want.pods.insert(n, node.to_string());
+    }
+    Ok(())
+}
+
 async fn delete(lab: &Lab, want: &mut Desired, name: &str) -> Result<()> {
     let (code, body) = lab
         .cloud
@@ -541,21 +560,16 @@ async fn cloudcore_killed_mid_sync_batch_converges_after_restart() -> Result<()>
     baseline(&lab, &mut want).await?;
     let bytes_before = lab.bytes_sent()?;
     let node = lab.node(0);
-    for i in 0..20 {
-        create(&lab, &mut want, &format!("b{i}"), &node).await?;
-    }
-    // The hub is streaming those 20 to the node when cloudcore dies: kill -9 as soon as the
-    // node has started at least one, before it runs all.
-    let baseline_pods = 3;
-    eventually("the node applying the batch", DEADLINE, || async {
-        let n = running_by_uid(&lab.edges[0]).len();
-        Ok((n > baseline_pods).then_some(()))
-    })
-    .await?;
+    // The hub is streaming 10 creates made at once to the node when cloudcore dies: kill -9
+    // right after the last one is stored.
+    create_all(&lab, &mut want, "b", 0..10, &node).await?;
     lab.cloud.kill9();
     let mid = running_by_uid(&lab.edges[0]).len();
     lab.cloud.launch().await?;
-    println!("[cloudcore kill -9] node ran {mid} of 23 pods when the cloud died");
+    for i in 10..20 {
+        create(&lab, &mut want, &format!("b{i}"), &node).await?;
+    }
+    println!("[cloudcore kill -9] node ran {mid} of 13 pods when the cloud died");
     heal_and_report(&lab, "cloudcore kill -9 mid-batch", &want, bytes_before).await
 }
 
@@ -568,14 +582,9 @@ async fn edgecore_killed_while_applying_a_batch_converges_after_restart() -> Res
     baseline(&lab, &mut want).await?;
     let bytes_before = lab.bytes_sent()?;
     let node = lab.node(0);
-    for i in 0..20 {
-        create(&lab, &mut want, &format!("a{i}"), &node).await?;
-    }
-    eventually("the node applying the batch", DEADLINE, || async {
-        let n = running_by_uid(&lab.edges[0]).len();
-        Ok((n > 3).then_some(()))
-    })
-    .await?;
+    // 20 creates at once: the node is receiving and starting them when edgecore dies, kill
+    // -9 right after the last one is stored.
+    create_all(&lab, &mut want, "a", 0..20, &node).await?;
     lab.edges[0].kill9();
     let mid = running_by_uid(&lab.edges[0]).len();
     println!("[edgecore kill -9] node ran {mid} of 23 pods when edgecore died");
