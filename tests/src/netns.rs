@@ -486,3 +486,79 @@ impl Host {
             .sum())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a datagram from `from` reaches `to` within 1 s.
+    fn reaches(from: &Host, to: &Host) -> Result<bool> {
+        let (from_ip, to_ip) = (from.ip, to.ip);
+        let rx = relay::in_namespace(Some(&to.ns), move || std::net::UdpSocket::bind((to_ip, 0)))?;
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+        let dest = rx.local_addr()?;
+        let tx = relay::in_namespace(Some(&from.ns), move || {
+            std::net::UdpSocket::bind((from_ip, 0))
+        })?;
+        tx.send_to(b"probe", dest)?;
+        let mut buf = [0u8; 8];
+        Ok(rx.recv_from(&mut buf).is_ok())
+    }
+
+    fn namespaces() -> Vec<String> {
+        std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A crashed run left a lock with a dead pid and a namespace: the next run sweeps both,
+    /// and its own drop leaves nothing behind.
+    #[test]
+    fn a_dead_runs_leftovers_are_swept_and_a_dropped_net_leaves_nothing() -> Result<()> {
+        if !should_run()? {
+            return Ok(());
+        }
+        std::fs::create_dir_all(LOCK_DIR)?;
+        let mut child = Command::new("true").spawn()?;
+        let dead = child.id();
+        child.wait()?;
+        let slot = (0..SLOTS)
+            .find(|s| !std::path::Path::new(&format!("{LOCK_DIR}/{s}.lock")).exists())
+            .expect("a free slot");
+        std::fs::write(format!("{LOCK_DIR}/{slot}.lock"), dead.to_string())?;
+        let leftover = format!("{}leftover", prefix(slot));
+        run("ip", &["netns", "add", &leftover])?;
+
+        let net = Net::new()?;
+        let ours = net.inner.prefix();
+        let a = net.host("a")?;
+        let b = net.host("b")?;
+        assert!(!namespaces().contains(&leftover), "{:?}", namespaces());
+        // The hosts reach each other until one is cut off.
+        assert!(reaches(&a, &b)?);
+        b.cut_inbound_from(&a)?;
+        assert!(!reaches(&a, &b)?);
+        assert!(reaches(&b, &a)?, "the cut is one way");
+        assert!(b.dropped_packets()? > 0);
+        b.heal()?;
+        assert!(reaches(&a, &b)?);
+        a.cut_outbound_to(&b)?;
+        assert!(!reaches(&a, &b)?);
+        net.heal_all()?;
+        assert!(reaches(&a, &b)?);
+        let lock = net.inner.lock.clone();
+        drop((a, b));
+        drop(net);
+        assert!(
+            !namespaces().iter().any(|n| n.starts_with(&ours)),
+            "{:?}",
+            namespaces()
+        );
+        assert!(!lock.exists());
+        Ok(())
+    }
+}

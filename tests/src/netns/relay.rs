@@ -58,7 +58,7 @@ impl Drop for Relay {
 
 /// Runs `f` on a thread of its own that has entered namespace `ns` (sockets stay in the
 /// namespace they were made in), or here if `ns` is `None`.
-fn in_namespace<T: Send + 'static>(
+pub(crate) fn in_namespace<T: Send + 'static>(
     ns: Option<&str>,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T> {
@@ -360,5 +360,93 @@ fn udp_upstream(
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+    /// Sends `msg` through the relay at `to`; the echo, if one comes back within 1 s.
+    async fn round(
+        client: &tokio::net::UdpSocket,
+        to: SocketAddr,
+        msg: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let mut buf = [0u8; 64];
+        client.send_to(msg, to).await?;
+        let got = tokio::time::timeout(Duration::from_secs(1), client.recv(&mut buf)).await;
+        Ok(got.ok().and_then(Result::ok).map(|n| buf[..n].to_vec()))
+    }
+
+    /// Datagrams go through both ways, and none while the link is cut.
+    #[tokio::test]
+    async fn udp_relays_both_ways_and_a_cut_drops() -> Result<()> {
+        let echo = tokio::net::UdpSocket::bind(LOCAL).await?;
+        let upstream = echo.local_addr()?;
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+                let _ = echo.send_to(&buf[..n], from).await;
+            }
+        });
+        let imp = Impairment {
+            delay: Duration::from_millis(20),
+            loss_percent: 0.0,
+        };
+        let relay = Relay::udp(None, LOCAL, upstream, imp).await?;
+        let client = tokio::net::UdpSocket::bind(LOCAL).await?;
+        assert_eq!(
+            round(&client, relay.addr, b"one").await?,
+            Some(b"one".to_vec())
+        );
+        relay.set_cut(true);
+        assert_eq!(round(&client, relay.addr, b"two").await?, None);
+        relay.set_cut(false);
+        assert_eq!(
+            round(&client, relay.addr, b"three").await?,
+            Some(b"three".to_vec())
+        );
+        Ok(())
+    }
+
+    /// A TCP stream arrives whole and in order despite "lost" chunks; a cut holds it back.
+    #[tokio::test]
+    async fn tcp_relays_in_order_under_loss_and_a_cut_holds_bytes_back() -> Result<()> {
+        let listener = tokio::net::TcpListener::bind(LOCAL).await?;
+        let upstream = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let imp = Impairment {
+            delay: Duration::from_millis(5),
+            loss_percent: 30.0,
+        };
+        let relay = Relay::tcp(None, LOCAL, upstream, imp).await?;
+        let mut client = tokio::net::TcpStream::connect(relay.addr).await?;
+        let sent: Vec<u8> = (0..200u32).flat_map(|i| i.to_be_bytes()).collect();
+        for chunk in sent.chunks(40) {
+            client.write_all(chunk).await?;
+        }
+        let mut got = vec![0u8; sent.len()];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got)).await??;
+        assert_eq!(got, sent);
+        relay.set_cut(true);
+        client.write_all(b"held").await?;
+        let mut four = [0u8; 4];
+        let early = tokio::time::timeout(Duration::from_millis(500), client.read_exact(&mut four));
+        assert!(early.await.is_err(), "bytes crossed a cut link");
+        relay.set_cut(false);
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut four)).await??;
+        assert_eq!(&four, b"held");
+        Ok(())
     }
 }
