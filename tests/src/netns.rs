@@ -550,6 +550,18 @@ mod tests {
         assert!(!reaches(&a, &b)?);
         net.heal_all()?;
         assert!(reaches(&a, &b)?);
+        a.isolate()?;
+        assert!(!reaches(&a, &b)? && !reaches(&b, &a)?);
+        net.heal_all()?;
+        b.loss(100.0)?;
+        assert!(!reaches(&a, &b)?);
+        b.heal()?;
+        // A cap slows, it does not cut; healing removes it.
+        a.rate_limit(256)?;
+        assert!(reaches(&a, &b)?);
+        assert!(a.counters()?.tx_bytes > 0);
+        net.heal_all()?;
+        assert!(reaches(&a, &b)?);
         let lock = net.inner.lock.clone();
         drop((a, b));
         drop(net);
