@@ -18,6 +18,7 @@ pub mod devices;
 pub mod hub;
 pub mod ingest;
 pub mod kubeconfig;
+pub mod liveness;
 pub mod log_limit;
 pub mod pki;
 pub mod projection;

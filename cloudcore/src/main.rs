@@ -66,8 +66,16 @@ enum Command {
         #[arg(long = "server-name")]
         server_names: Vec<String>,
         /// Seconds of silence after which an edge link is considered dead.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 60)]
         idle_timeout_secs: u64,
+        /// Seconds a sync batch may go unacknowledged before the node gets `SyncLagging=True`
+        /// (and its NoSchedule taint).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        ack_lag_limit_secs: u64,
+        /// Seconds between the hub's own keep-alives on edge links (none by default: the edges
+        /// keep their links alive). For measuring what they cost.
+        #[arg(long, hide = true)]
+        hub_keepalive_secs: Option<u64>,
         /// Store events kept in memory so that watches resume from a resourceVersion; a watch
         /// from further back gets 410 Gone and its client re-lists.
         #[arg(long, default_value_t = cloudcore::api::history::DEFAULT_CAPACITY as u64, env = "SKERRY_WATCH_HISTORY",
@@ -310,6 +318,8 @@ fn main() -> anyhow::Result<()> {
             mqtt_listen,
             server_names,
             idle_timeout_secs,
+            ack_lag_limit_secs,
+            hub_keepalive_secs,
             watch_history,
             node_monitor_grace_period,
             node_monitor_period,
@@ -332,7 +342,8 @@ fn main() -> anyhow::Result<()> {
                 hub: HubConfig {
                     listen: hub_addr,
                     idle_timeout: Duration::from_secs(idle_timeout_secs.max(2)),
-                    ..HubConfig::default()
+                    ack_lag_limit: Duration::from_secs(ack_lag_limit_secs),
+                    keep_alive: hub_keepalive_secs.map(|s| Duration::from_secs(s.max(1))),
                 },
                 mqtt_url,
                 mqtt_listen,

@@ -210,6 +210,7 @@ pub async fn run(
     let hub = Hub::new(
         Client::with_identity(api.clone(), identity::HUB),
         pki.clone(),
+        &cfg.hub,
     );
     {
         let hub = hub.clone();
@@ -222,11 +223,12 @@ pub async fn run(
         });
     }
     {
-        let (api, lifecycle) = (api.clone(), cfg.node_lifecycle);
+        let (api, lifecycle, liveness) = (api.clone(), cfg.node_lifecycle, hub.liveness());
         supervisor.spawn("node-lifecycle", move || {
             crate::controllers::node_lifecycle::run(
                 Client::with_identity(api.clone(), identity::NODE_CONTROLLER),
                 lifecycle,
+                liveness.clone(),
             )
         });
     }

@@ -30,12 +30,20 @@ pub struct AgentOptions {
     pub node_ip: Option<String>,
     /// Address of the `/metrics` and `/healthz` endpoint.
     pub metrics_addr: SocketAddr,
-    /// Heartbeat period.
+    /// How often the node's conditions are measured (a change is reported at once).
     pub heartbeat: Duration,
+    /// How often an unchanged node status is reported anyway.
+    pub node_status_report: Duration,
     /// Keep-alive of the QUIC link.
     pub keep_alive: Duration,
     /// Idle timeout of the QUIC link.
     pub idle_timeout: Duration,
+    /// How long the cloud may leave the edge unanswered before it reconnects.
+    pub deaf_after: Duration,
+    /// MQTT keep-alive.
+    pub mqtt_keep_alive: Duration,
+    /// How long a published report may wait for its acknowledgement.
+    pub mqtt_ack_timeout: Duration,
     /// First restart back-off of a failed container (kubelet: 10 s).
     pub restart_backoff_base: Duration,
     /// The container runtime that runs the pods.
@@ -87,11 +95,23 @@ async fn connect_cri(
     }
 }
 
-/// The cached slice as the pod manager takes it.
+/// The cached slice as the pod manager takes it: unknown while the cache is being rebuilt from
+/// the cloud, or while some of its pod entries cannot be read (their pods may be running).
 fn desired(cache: &Cache) -> Desired {
+    let (pods, corrupt) = cache.pods_checked();
+    let mut unknown = cache.unknown_reason();
+    if unknown.is_none() && corrupt > 0 {
+        // Damage found while running: the cloud's full slice replaces it.
+        let why = format!("{corrupt} cached pods cannot be decoded");
+        if let Err(e) = cache.forget_for_resync(&why) {
+            tracing::error!(error = %e, "cannot ask for a full resync");
+        }
+        unknown = Some(why);
+    }
     Desired {
-        pods: cache.pods(),
+        pods,
         configs: cache.configs(),
+        unknown,
     }
 }
 
@@ -167,7 +187,8 @@ pub async fn run(
     // Offline autonomy: what the cache holds runs now, before any attempt to reach the cloud.
     let cached = desired(&cache);
     info!(%node, pods = cached.pods.len(), configs = cached.configs.len(),
-          acked_revision = cache.acked_revision(), %host_ip, "starting pods from the cache");
+          acked_revision = cache.acked_revision(), %host_ip,
+          desired_state_unknown = ?cached.unknown, "starting pods from the cache");
     manager.sync(cached).await;
 
     // Every long-running loop runs supervised: one that ends or panics is restarted, counted,
@@ -185,6 +206,7 @@ pub async fn run(
             node_name: node.clone(),
             keep_alive: opts.keep_alive,
             idle_timeout: opts.idle_timeout,
+            deaf_after: opts.deaf_after,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             wake: broker_connected.clone(),
@@ -208,13 +230,25 @@ pub async fn run(
     {
         let manager = manager.clone();
         let cache = cache.clone();
+        let wake = manager.wakeups();
         supervisor.spawn("pod-sync", move || {
-            let (manager, cache, changed) = (manager.clone(), cache.clone(), changed.clone());
+            let (manager, cache, changed, wake) = (
+                manager.clone(),
+                cache.clone(),
+                changed.clone(),
+                wake.clone(),
+            );
             async move {
                 loop {
                     // Level-triggered: every wake-up hands the whole cached slice to the
                     // manager; the periodic pass heals anything a missed notification left.
-                    let _ = tokio::time::timeout(Duration::from_secs(10), changed.notified()).await;
+                    let woken = async {
+                        tokio::select! {
+                            _ = changed.notified() => {}
+                            _ = wake.notified() => {}
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(10), woken).await;
                     manager.sync(desired(&cache)).await;
                     metrics::gauge!("skerry_edge_pod_workers")
                         .set(manager.worker_count().await as f64);
@@ -236,6 +270,8 @@ pub async fn run(
                 &opts.data_dir,
             ))?),
             connected: broker_connected.clone(),
+            keep_alive: opts.mqtt_keep_alive,
+            ack_timeout: opts.mqtt_ack_timeout,
         };
         let link = state_rx.clone();
         supervisor.spawn("publisher", move || {
@@ -252,7 +288,11 @@ pub async fn run(
     };
     {
         let (outbox, node, host_ip) = (outbox.clone(), node.clone(), host_ip.clone());
-        let (capacity, period) = (opts.capacity, opts.heartbeat);
+        let timing = report::HeartbeatTiming {
+            measure: opts.heartbeat,
+            report: opts.node_status_report,
+        };
+        let (capacity, link) = (opts.capacity, state_rx.clone());
         supervisor.spawn("heartbeat", move || {
             report::heartbeat(
                 outbox.clone(),
@@ -260,7 +300,8 @@ pub async fn run(
                 node.clone(),
                 host_ip.clone(),
                 capacity,
-                period,
+                timing,
+                link.clone(),
             )
         });
     }

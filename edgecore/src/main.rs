@@ -85,12 +85,36 @@ enum Command {
         /// Address of /metrics and /healthz.
         #[arg(long, default_value = "127.0.0.1:10350")]
         metrics_addr: SocketAddr,
-        /// Seconds between node heartbeats.
+        /// Seconds between measurements of the node's conditions; a change is reported at once
+        /// (kubelet's nodeStatusUpdateFrequency).
         #[arg(long, default_value_t = 10)]
         heartbeat_secs: u64,
+        /// Seconds after which an unchanged node status is reported again (kubelet's
+        /// nodeStatusReportFrequency). Liveness does not depend on it: the link's keep-alive
+        /// proves the node alive.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+        node_status_report_secs: u64,
+        /// Seconds between keep-alives of the cloud link when it is idle. They hold NAT bindings
+        /// open (UDP mappings often expire after 30 s) and prove the node alive to the cloud,
+        /// whose node-monitor grace period should be at least twice this.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+        keepalive_secs: u64,
         /// Seconds of silence after which the cloud link is considered dead.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 60)]
         idle_timeout_secs: u64,
+        /// Seconds the cloud may leave a keep-alive or a message unanswered before the edge
+        /// judges the link cut towards it and reconnects.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+        deaf_after_secs: u64,
+        /// MQTT keep-alive, in seconds: how long the status connection may stay silent. Status
+        /// reports are durable in the outbox, so a connection a NAT dropped meanwhile costs one
+        /// reconnect at the next report, never a report.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=65535))]
+        mqtt_keepalive_secs: u64,
+        /// Seconds a published status report may wait for the broker's acknowledgement before
+        /// the edge drops the connection and reconnects (a status link cut towards the edge).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        mqtt_ack_timeout_secs: u64,
         /// First restart back-off of a failed container, in ms (kubelet's is 10 s).
         #[arg(
             long,
@@ -294,7 +318,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             node_ip,
             metrics_addr,
             heartbeat_secs,
+            node_status_report_secs,
+            keepalive_secs,
             idle_timeout_secs,
+            deaf_after_secs,
+            mqtt_keepalive_secs,
+            mqtt_ack_timeout_secs,
             restart_backoff_base_ms,
             max_pods,
             system_reserved,
@@ -333,8 +362,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 node_ip,
                 metrics_addr,
                 heartbeat: Duration::from_secs(heartbeat_secs.max(1)),
-                keep_alive: Duration::from_secs(2),
-                idle_timeout: Duration::from_secs(idle_timeout_secs.max(3)),
+                node_status_report: Duration::from_secs(node_status_report_secs),
+                keep_alive: Duration::from_secs(keepalive_secs),
+                // QUIC's idle timeout must outlast a keep-alive interval, or an idle link dies.
+                idle_timeout: Duration::from_secs(idle_timeout_secs.max(keepalive_secs + 2).max(3)),
+                deaf_after: Duration::from_secs(deaf_after_secs),
+                mqtt_keep_alive: Duration::from_secs(mqtt_keepalive_secs),
+                mqtt_ack_timeout: Duration::from_secs(mqtt_ack_timeout_secs),
                 restart_backoff_base: Duration::from_millis(restart_backoff_base_ms.max(10)),
                 runtime: kind,
                 capacity,

@@ -252,6 +252,22 @@ pub struct PublisherConfig {
     /// Notified at each CONNACK: the sync link's [`crate::link::LinkConfig::wake`], the
     /// converse of the link waking the publisher.
     pub connected: Arc<tokio::sync::Notify>,
+    /// MQTT keep-alive: how long the connection may stay silent.
+    pub keep_alive: Duration,
+    /// How long a published report may wait for its PUBACK before the connection is dropped.
+    pub ack_timeout: Duration,
+}
+
+/// Why a broker connection ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error(transparent)]
+    Connection(#[from] rumqttc::ConnectionError),
+    /// A report waited past the deadline for its PUBACK: what we send arrives nowhere, or the
+    /// broker's answers do not reach us (a link cut towards the edge keeps TCP looking alive
+    /// for many minutes).
+    #[error("no acknowledgement of a status report for {0:?}: the status link is cut or the broker stalled")]
+    AckTimeout(Duration),
 }
 
 /// How soon a connect that found no broker at all (a timeout, a refused or unroutable TCP
@@ -282,10 +298,17 @@ pub async fn publish(
         let mut unreachable = false;
         match publish_session(&outbox, &cfg).await {
             Ok(()) => backoff.reset(),
+            Err(e @ SessionEnd::AckTimeout(_)) => {
+                warn!(error = %e, queued = outbox.len(), "reconnecting to the MQTT broker; status stays queued in the outbox");
+                // The connection was up: its back-off step starts over.
+                backoff.reset();
+            }
             Err(e) => {
                 unreachable = matches!(
                     e,
-                    rumqttc::ConnectionError::NetworkTimeout | rumqttc::ConnectionError::Io(_)
+                    SessionEnd::Connection(
+                        rumqttc::ConnectionError::NetworkTimeout | rumqttc::ConnectionError::Io(_)
+                    )
                 );
                 warn!(error = %e, host = %cfg.host, port = cfg.port, queued = outbox.len(), "MQTT broker unreachable; status stays queued in the outbox")
             }
@@ -319,10 +342,7 @@ pub async fn publish(
 /// One broker connection. A fresh client per connection, so nothing stale is re-sent by the
 /// client library behind the outbox's back: after a reconnect the outbox republishes what is
 /// still unacknowledged.
-async fn publish_session(
-    outbox: &Outbox,
-    cfg: &PublisherConfig,
-) -> Result<(), rumqttc::ConnectionError> {
+async fn publish_session(outbox: &Outbox, cfg: &PublisherConfig) -> Result<(), SessionEnd> {
     let mut opts = MqttOptions::new(
         status::mqtt_client_id(&cfg.node),
         cfg.host.clone(),
@@ -331,7 +351,7 @@ async fn publish_session(
     opts.set_transport(rumqttc::Transport::tls_with_config(
         rumqttc::TlsConfiguration::Rustls(cfg.tls.clone()),
     ));
-    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_keep_alive(cfg.keep_alive);
     opts.set_clean_session(true);
     opts.set_inflight(MAX_IN_FLIGHT as u16);
     let (client, mut eventloop) = AsyncClient::new(opts, MAX_IN_FLIGHT * 2);
@@ -339,6 +359,8 @@ async fn publish_session(
     // Publishes handed to the client, waiting for their packet id.
     let mut requested: VecDeque<(String, u64)> = VecDeque::new();
     let mut in_flight: HashMap<u16, (String, u64)> = HashMap::new();
+    // When each in-flight publish went out, oldest first (packet ids are handed out in order).
+    let mut out_since: VecDeque<(u16, tokio::time::Instant)> = VecDeque::new();
     let mut sent: HashMap<String, u64> = HashMap::new();
     loop {
         if connected && requested.len() + in_flight.len() < MAX_IN_FLIGHT {
@@ -386,9 +408,11 @@ async fn publish_session(
                 Event::Outgoing(Outgoing::Publish(pkid)) => {
                     if let Some(entry) = requested.pop_front() {
                         in_flight.insert(pkid, entry);
+                        out_since.push_back((pkid, tokio::time::Instant::now()));
                     }
                 }
                 Event::Incoming(Packet::PubAck(ack)) => {
+                    out_since.retain(|(id, _)| *id != ack.pkid);
                     if let Some((topic, seq)) = in_flight.remove(&ack.pkid) {
                         debug!(%topic, seq, "status report acknowledged");
                         metrics::counter!("skerry_edge_reports_published_total").increment(1);
@@ -404,7 +428,19 @@ async fn publish_session(
             // cancel-safe, and a wake-up in the middle of it dropped the half-open connection
             // and started over (a reset the broker sees at every start with reports queued).
             _ = outbox.wake.notified(), if connected => {}
+            () = ack_deadline(out_since.front().map(|(_, at)| *at + cfg.ack_timeout)) => {
+                metrics::counter!("skerry_edge_mqtt_ack_timeouts_total").increment(1);
+                return Err(SessionEnd::AckTimeout(cfg.ack_timeout));
+            }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when nothing is waiting for an acknowledgement.
+async fn ack_deadline(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -531,24 +567,61 @@ pub fn node_status(
     }
 }
 
-/// Puts a node heartbeat into the outbox every `period`, forever, with conditions measured
-/// afresh each time ([`crate::node_health`]). A change of `Ready` is logged.
+/// How often the heartbeat measures and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatTiming {
+    /// Conditions are measured this often; a status that changed is reported at once.
+    pub measure: Duration,
+    /// An unchanged status is reported again after this long.
+    pub report: Duration,
+}
+
+/// Measures the node's conditions afresh every `timing.measure` ([`crate::node_health`]) and
+/// puts the node status into the outbox when it changed, or when `timing.report` has passed
+/// since it was last put, forever. This is kubelet's split of nodeStatusUpdateFrequency from
+/// nodeStatusReportFrequency: the cloud learns of a change within one measurement, while an
+/// idle node costs one report every few minutes; its liveness comes from the link's keep-alive
+/// (docs/link-economy.md). A change of `Ready` is logged.
+///
+/// The status is also reported each time the cloud link connects anew (`link`): the edge
+/// cannot see the Node object, and after a partition or a cloud restart the cloud may hold
+/// conditions the node lifecycle controller set to `Unknown`, which only a report replaces
+/// (kubelet compares with the Node it reads back for the same reason).
 pub async fn heartbeat(
     outbox: Outbox,
     checker: crate::node_health::Checker,
     node: String,
     host_ip: String,
     capacity: Capacity,
-    period: Duration,
+    timing: HeartbeatTiming,
+    mut link: tokio::sync::watch::Receiver<crate::link::LinkState>,
 ) {
     let topic = topics::node_status(&node);
     let runtime_version = checker.runtime.version();
-    let mut tick = tokio::time::interval(period);
+    let mut tick = tokio::time::interval(timing.measure);
     let mut was_ready = None;
+    let mut last: Option<(NodeStatus, tokio::time::Instant)> = None;
+    let mut link_open = true;
     loop {
-        tick.tick().await;
+        let reconnected = tokio::select! {
+            _ = tick.tick() => false,
+            changed = link.changed(), if link_open => {
+                link_open = changed.is_ok();
+                link_open && *link.borrow_and_update() == crate::link::LinkState::Connected
+            }
+        };
+        if reconnected {
+            last = None;
+        }
         let conditions = checker.conditions().await;
         let status = node_status(&node, &host_ip, &runtime_version, capacity, conditions);
+        let due = match &last {
+            Some((sent, at)) => *sent != status || at.elapsed() >= timing.report,
+            None => true,
+        };
+        if !due {
+            continue;
+        }
         let ready = status.is_ready();
         if was_ready != Some(ready) {
             let why = status
@@ -563,7 +636,9 @@ pub async fn heartbeat(
             metrics::gauge!("skerry_edge_node_ready").set(if ready { 1.0 } else { 0.0 });
             was_ready = Some(ready);
         }
-        outbox.put(&topic, StatusBody::Node(status));
+        outbox.put(&topic, StatusBody::Node(status.clone()));
+        metrics::counter!("skerry_edge_node_status_reports_total").increment(1);
+        last = Some((status, tokio::time::Instant::now()));
     }
 }
 

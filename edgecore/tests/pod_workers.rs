@@ -1506,6 +1506,7 @@ async fn config_map_and_secret_volumes_and_env_follow_the_node_configs() {
     let desired = |pods: Vec<EdgePod>, configs: &ConfigSet| Desired {
         pods,
         configs: configs.clone(),
+        unknown: None,
     };
     m.sync(desired(vec![p.clone(), waiting.clone()], &configs))
         .await;

@@ -44,3 +44,8 @@ pub const ALPN_SYNC: &[u8] = b"skerry-sync/1";
 
 /// ALPN protocol id of the one-shot join exchange (token + CSR for a node certificate).
 pub const ALPN_JOIN: &[u8] = b"skerry-join/1";
+
+/// QUIC application close code of an edge that closes its sync link because it heard nothing
+/// from the cloud while it was owed an answer: its close still reaches a hub whose packets do
+/// not reach it, which tells the hub the link is cut towards the node.
+pub const CLOSE_EDGE_DEAF: u32 = 0x5d;

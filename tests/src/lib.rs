@@ -5,6 +5,7 @@
 
 pub mod containerd;
 pub mod flood;
+pub mod loopback;
 pub mod mqtt;
 pub mod netns;
 
@@ -684,7 +685,21 @@ pub struct Edge {
     /// The namespace edgecore runs in and the address it reports and serves metrics on
     /// (`None`: loopback of the test's own namespace).
     pub place: Option<netns::Place>,
+    /// The heartbeat and link timing flags of the next start ([`TEST_TIMING`] unless a bench
+    /// sets edgecore's own defaults, or others).
+    pub timing_args: Vec<String>,
 }
+
+/// The timing the tests run edges with: test clouds use a node-monitor grace of a few seconds,
+/// so keep-alives (the node's liveness) and condition measurements come every second.
+pub const TEST_TIMING: [&str; 6] = [
+    "--heartbeat-secs",
+    "1",
+    "--keepalive-secs",
+    "1",
+    "--deaf-after-secs",
+    "3",
+];
 
 /// Runs `edgecore join`; returns (success, combined output).
 pub fn join_raw(
@@ -855,6 +870,7 @@ impl Edge {
             restart_backoff_base_ms: Some(300),
             idle_timeout_secs: 4,
             place,
+            timing_args: TEST_TIMING.iter().map(|a| a.to_string()).collect(),
         };
         Ok(edge)
     }
@@ -864,6 +880,19 @@ impl Edge {
         self.place
             .as_ref()
             .map_or_else(|| "127.0.0.1".to_string(), |p| p.ip.to_string())
+    }
+
+    /// Sets one timing flag (`--deaf-after-secs`, ...) of the next start, replacing its value if
+    /// the timing already has it.
+    pub fn set_timing(&mut self, flag: &str, value: &str) {
+        match self.timing_args.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < self.timing_args.len() => {
+                self.timing_args[i + 1] = value.to_string()
+            }
+            _ => self
+                .timing_args
+                .extend([flag.to_string(), value.to_string()]),
+        }
     }
 
     /// Starts (or restarts) the agent.
@@ -883,11 +912,10 @@ impl Edge {
                 "run",
                 "--node-ip",
                 &ip,
-                "--heartbeat-secs",
-                "1",
                 "--idle-timeout-secs",
                 &self.idle_timeout_secs.to_string(),
             ])
+            .args(&self.timing_args)
             // The machine running the tests is not what they test: a build machine's disk can
             // be 86% full of build output, which kubelet's default `imagefs.available<15%`
             // reports (truthfully) as DiskPressure, tainting every test node NoSchedule. A full

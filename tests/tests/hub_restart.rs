@@ -24,6 +24,8 @@ async fn a_restarted_hub_resets_the_old_links_and_changes_after_it_reach_the_edg
     // Again with an idle timeout as long as the hub's (QUIC uses the shorter of the two).
     edge.kill9();
     edge.idle_timeout_secs = IDLE_TIMEOUT_SECS;
+    // Nor by the edge's own hearing rule: what ends the old link here must be the reset.
+    edge.set_timing("--deaf-after-secs", "300");
     edge.start()?;
     cloud
         .create_pod(process_pod("before", "hub-restart", &["sleep", "3600"]))

@@ -9,6 +9,7 @@
 //! a newer session replaces it. Why a round reads the cap, the marks and the shard in that order
 //! is in the hub's module docs.
 
+use super::ack_lag::{AckLag, Transition};
 use super::{close_codes, plan, read_frame, write_frame, Hub, SessionError};
 use crate::store::ShardRead;
 use protocol::messages::*;
@@ -18,6 +19,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Mutex, Notify};
 use tracing::{debug, info, warn};
+
+/// The node condition the hub keeps: `True` while the node does not acknowledge what it is sent
+/// (see [`super::ack_lag`]).
+pub const SYNC_LAGGING: &str = "SyncLagging";
+/// Reason of `SyncLagging=True`.
+pub const SYNC_LAGGING_REASON: &str = "AcksLagging";
+/// Reason of `SyncLagging=True` when the node closed its link for hearing nothing.
+pub const EDGE_DEAF_REASON: &str = "NodeHearsNothing";
+/// Reason of `SyncLagging=False`.
+pub const SYNC_CURRENT_REASON: &str = "AcksCurrent";
 
 /// A live session, as the rest of the hub finds it.
 pub(super) struct Session {
@@ -147,6 +158,14 @@ impl Hub {
         let result = self
             .stream(conn, node, &mut send, recv, hello.acked_revision, &signals)
             .await;
+        if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason() {
+            if close.error_code == quinn::VarInt::from_u32(protocol::CLOSE_EDGE_DEAF) {
+                // Its close reached us, our packets did not reach it: one-way, towards the node.
+                let said = String::from_utf8_lossy(&close.reason).into_owned();
+                warn!(edge_said = %said, "the node closed its link because it hears nothing from the cloud: the link towards it is cut");
+                self.set_sync_lagging(node, Transition::EdgeDeaf(said));
+            }
+        }
         metrics::gauge!("skerry_hub_connected_nodes").decrement(1.0);
         let mut sessions = self.sessions.lock().await;
         if sessions.get(node).is_some_and(|s| s.id == id) {
@@ -194,16 +213,42 @@ impl Hub {
         });
         let _abort_reader = AbortOnDrop(reader);
         let mut sent = from;
+        let limit = u64::try_from(self.ack_lag_limit.as_millis()).unwrap_or(u64::MAX);
+        let mut lag = AckLag::new(limit, from);
+        let mut received = conn.stats().udp_rx.datagrams;
+        self.liveness.heard(node, crate::clock::now_ms());
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            sent = self.send_pending(node, sent, send, signals).await?;
+            let (upto, last_batch) = self.send_pending(node, sent, send, signals).await?;
+            sent = upto;
+            // Only a batch is acknowledged: a round that moved the mark without sending one
+            // (nothing of this node changed) owes nothing.
+            if let Some(revision) = last_batch {
+                lag.sent(revision, crate::clock::now_ms());
+            }
             tokio::select! {
                 _ = signals.changed.notified() => {}
+                _ = tick.tick() => {
+                    // The node is alive as long as its link carries anything to us (its
+                    // keep-alives at the least): the liveness the controller reads.
+                    let now = crate::clock::now_ms();
+                    let rx = conn.stats().udp_rx.datagrams;
+                    if rx > received {
+                        received = rx;
+                        self.liveness.heard(node, now);
+                    }
+                    if let Some(t) = lag.check(now) {
+                        self.set_sync_lagging(node, t);
+                    }
+                }
                 msg = rx.recv() => match msg {
                     Some(Ok(Some(EdgeMessage::Ack(a)))) => {
                         if a.revision > sent {
                             return Err(SessionError::Protocol(format!("ack of revision {} that was never sent (sent up to {sent})", a.revision)));
                         }
                         signals.acked.fetch_max(a.revision, Ordering::Relaxed);
+                        lag.acked(a.revision);
                         metrics::counter!("skerry_hub_acks_total").increment(1);
                         debug!(revision = a.revision, "ack");
                     }
@@ -227,14 +272,15 @@ impl Hub {
     }
 
     /// Sends everything in the node's shard after `sent`, with the configs its pods reference,
-    /// and the configs marked for the node; returns the new high-water mark.
+    /// and the configs marked for the node; returns the new high-water mark and the revision of
+    /// the last batch sent, if any.
     async fn send_pending(
         &self,
         node: &str,
         sent: u64,
         send: &mut quinn::SendStream,
         signals: &Signals,
-    ) -> Result<u64, SessionError> {
+    ) -> Result<(u64, Option<u64>), SessionError> {
         // Order matters (the hub's module docs): the cap, then the marks, then the shard.
         let cap = self.handled.load(Ordering::SeqCst);
         let marked = std::mem::take(&mut *signals.marked.lock().await);
@@ -266,15 +312,17 @@ impl Hub {
                 (batches, upto)
             }
         };
+        let mut last_batch = None;
         for batch in batches {
             // What was just read may include writes not yet flushed; never hand a node a
             // state that a crash could take back.
             self.store
                 .wait_durable(self.store.assigned_revision())
                 .await?;
+            last_batch = Some(batch.revision);
             self.send_batch(send, batch).await?;
         }
-        Ok(new_sent)
+        Ok((new_sent, last_batch))
     }
 
     async fn send_batch(
@@ -309,6 +357,81 @@ impl Hub {
             metrics::counter!("skerry_hub_config_deletes_sent_total", "kind" => kind).increment(1);
         }
         write_frame(send, &CloudMessage::Sync(batch)).await
+    }
+
+    /// Writes the node's `SyncLagging` condition for `t` through the API, in the background: the
+    /// session goes on streaming meanwhile, and a write that fails is logged (the next
+    /// transition, or the next session, writes again).
+    fn set_sync_lagging(&self, node: &str, t: Transition) {
+        let (status, reason, message) = match t {
+            Transition::Lagging {
+                revision,
+                for_ms,
+                acked,
+            } => {
+                warn!(
+                    revision,
+                    acked,
+                    waited_ms = for_ms,
+                    "the node does not acknowledge what it is sent: its link may be cut in one direction"
+                );
+                metrics::counter!("skerry_hub_sync_lagging_total").increment(1);
+                (
+                    "True",
+                    SYNC_LAGGING_REASON,
+                    format!(
+                        "revision {revision} was sent {} s ago and is not acknowledged (acknowledged up to {acked}): the link to the node may be cut in one direction",
+                        for_ms / 1000
+                    ),
+                )
+            }
+            Transition::EdgeDeaf(said) => {
+                metrics::counter!("skerry_hub_sync_lagging_total").increment(1);
+                (
+                    "True",
+                    EDGE_DEAF_REASON,
+                    format!("{said}, so it closed its link; its packets reach the cloud, the cloud's do not reach it: the link towards the node is cut"),
+                )
+            }
+            Transition::Current => (
+                "False",
+                SYNC_CURRENT_REASON,
+                "the node acknowledges what it is sent".to_string(),
+            ),
+        };
+        let (api, node) = (self.api.clone(), node.to_string());
+        tokio::spawn(async move {
+            let now = crate::clock::now_rfc3339();
+            let res = api
+                .update_status_with("nodes", "", &node, |current| {
+                    let conditions = current.pointer("/status/conditions")?.as_array()?;
+                    let old = conditions.iter().find(|c| c["type"] == SYNC_LAGGING);
+                    if old.is_some_and(|c| c["status"] == status && c["reason"] == reason) {
+                        return None;
+                    }
+                    let transition = match old {
+                        Some(c) if c["status"] == status => c["lastTransitionTime"].clone(),
+                        _ => serde_json::json!(now),
+                    };
+                    let mut conditions: Vec<serde_json::Value> = conditions
+                        .iter()
+                        .filter(|c| c["type"] != SYNC_LAGGING)
+                        .cloned()
+                        .collect();
+                    conditions.push(serde_json::json!({
+                        "type": SYNC_LAGGING, "status": status, "reason": reason,
+                        "message": message, "lastHeartbeatTime": now,
+                        "lastTransitionTime": transition,
+                    }));
+                    let mut v = current.clone();
+                    v["status"]["conditions"] = serde_json::json!(conditions);
+                    Some(v)
+                })
+                .await;
+            if let Err(e) = res {
+                warn!(%node, error = %e, "cannot write the node's SyncLagging condition");
+            }
+        });
     }
 
     /// Closes the live session of a node that was just revoked (the node is told why). Its

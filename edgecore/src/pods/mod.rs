@@ -16,6 +16,12 @@
 //! Shutting edgecore down ([`PodManager::shutdown`]) ends the workers but leaves the containers
 //! running, as kubelet does.
 //!
+//! A set whose completeness is unknown ([`Desired::unknown`]: the cache was found damaged and is
+//! being rebuilt from the cloud) removes nothing: sandboxes it does not list are *held* as they
+//! run, a pod it lists is adopted, and only the first known set (after the cloud's snapshot)
+//! removes what it does not list. Each sandbox has one owner at a time, a worker or a claim (see
+//! `Registry`), so that a removal and a worker never act on the same sandbox.
+//!
 //! `sync` also gets the node's ConfigMaps and Secrets ([`Desired::configs`]). Workers read them
 //! from the set of the latest sync, never from a mix of two (environment, configMap and secret
 //! volumes). The manager compares each set with the one before: the workers of pods that use a
@@ -58,20 +64,25 @@ pub trait StatusSink: Send + Sync + 'static {
 }
 
 /// What [`PodManager::sync`] makes reality follow: the node's pods and the ConfigMaps and Secrets
-/// they use. A plain `Vec<EdgePod>` converts into a set without ConfigMaps or Secrets.
+/// they use. A plain `Vec<EdgePod>` converts into a known set without ConfigMaps or Secrets.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
     /// Every pod of the node.
     pub pods: Vec<EdgePod>,
     /// Every ConfigMap and Secret of the node.
     pub configs: ConfigSet,
+    /// Why `pods` may not be every pod of the node, if so (the cache was found unreadable and
+    /// is being rebuilt from the cloud, see `crate::cache`). Then what the runtime runs for
+    /// pods not in `pods` is *held*: left running untouched, never removed, until a sync whose
+    /// set is known (after the cloud's snapshot) says whether it is still wanted.
+    pub unknown: Option<String>,
 }
 
 impl From<Vec<EdgePod>> for Desired {
     fn from(pods: Vec<EdgePod>) -> Self {
         Self {
             pods,
-            configs: ConfigSet::default(),
+            ..Self::default()
         }
     }
 }
@@ -134,19 +145,45 @@ pub(crate) struct Shared {
     pub volumes: Volumes,
     /// The ConfigMaps and Secrets of the latest sync.
     pub configs: watch::Sender<Arc<ConfigSet>>,
+    /// Notified when a sync should run again without a change of the desired set (an orphan
+    /// removal ended, so a worker waiting for it may start); see [`PodManager::wakeups`].
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// The manager's books, by pod uid.
+///
+/// **One owner per sandbox.** What the runtime runs for a pod uid is acted on by exactly one
+/// owner at a time: its worker (in `entries`), or a [`Claim`] (held while the desired state is
+/// unknown, or being removed as an orphan). A uid is never in both maps; both are changed only
+/// under the registry lock, and a worker is started for a uid only once no claim is left on
+/// it. So the start-up orphan removal and a pod worker can never race for the same sandbox
+/// (issue #11: a pod that ran twice, shims of deleted pods left running).
 #[derive(Default)]
 pub(crate) struct Registry {
     /// Every pod the manager knows.
     pub entries: HashMap<String, Entry>,
-    /// Whether the runtime's existing pods were listed (adoption and orphan removal done).
+    /// Sandboxes owned by no worker, by pod uid.
+    claims: HashMap<String, Claim>,
+    /// Whether the runtime's existing pods were listed (adoption done).
     adopted: bool,
+    /// Whether volumes left by pods that no longer exist were swept (done at the first sync
+    /// whose desired set is known).
+    volumes_swept: bool,
     /// Set by `shutdown`: `sync` does nothing any more.
     shut_down: bool,
-    /// Removals of orphaned sandboxes in progress.
+    /// Removals of leftover volumes in progress.
     cleanups: Vec<JoinHandle<()>>,
+}
+
+/// The owner of a sandbox that no worker runs.
+enum Claim {
+    /// Found running while the desired state is unknown: left exactly as it runs.
+    Held {
+        /// `namespace/name` of the pod, for the logs.
+        pod: String,
+    },
+    /// Being removed as an orphan; a worker for the same uid waits until it is done.
+    Removing(JoinHandle<()>),
 }
 
 /// One pod the manager knows.
@@ -232,6 +269,7 @@ impl PodManager {
                 registry: Mutex::new(Registry::default()),
                 volumes: Volumes::without_root(),
                 configs,
+                wake: Arc::new(tokio::sync::Notify::new()),
             }),
             serial: Mutex::new(()),
         }
@@ -247,6 +285,7 @@ impl PodManager {
             registry: Mutex::new(Registry::default()),
             volumes,
             configs: self.shared.configs.clone(),
+            wake: self.shared.wake.clone(),
         });
         Self { shared, ..self }
     }
@@ -261,9 +300,10 @@ impl PodManager {
         let Desired {
             pods: desired,
             configs,
+            unknown,
         } = desired.into();
         let _serial = self.serial.lock().await;
-        let (dead, first) = {
+        let (dead, first, holding, sweep) = {
             let registry = self.shared.registry.lock().await;
             if registry.shut_down {
                 return;
@@ -278,14 +318,25 @@ impl PodManager {
                 .filter(|(_, e)| e.worker.as_ref().is_some_and(|w| w.task.is_finished()))
                 .map(|(uid, _)| uid.clone())
                 .collect();
-            (dead, !registry.adopted)
+            let holding = registry
+                .claims
+                .values()
+                .any(|c| matches!(c, Claim::Held { .. }));
+            (
+                dead,
+                !registry.adopted,
+                holding,
+                !registry.volumes_swept && unknown.is_none(),
+            )
         };
         // Published before any worker is told or started, so that each reads this set.
         let changed_configs = configs.changes_from(&self.shared.configs.borrow());
         if !changed_configs.is_empty() {
             self.shared.configs.send_replace(Arc::new(configs));
         }
-        let list_needed = first || !dead.is_empty();
+        // While sandboxes are held, every sync lists again: a held pod may become desired (and
+        // its worker must adopt it as it runs now) or wanted no more.
+        let list_needed = first || !dead.is_empty() || holding;
         let mut existing: HashMap<String, ExistingPod> = HashMap::new();
         let mut listed = false;
         if list_needed {
@@ -320,7 +371,7 @@ impl PodManager {
         let listed_uids: HashSet<String> = existing.keys().cloned().collect();
         // Volumes of pods that neither run nor are wanted (removed while edgecore was down,
         // after their sandbox was).
-        let leftover_volumes = if listed && first {
+        let leftover_volumes = if listed && sweep {
             self.shared.volumes.pods_with_volumes().await
         } else {
             Vec::new()
@@ -343,6 +394,9 @@ impl PodManager {
         }
         if listed {
             registry.adopted = true;
+            if sweep {
+                registry.volumes_swept = true;
+            }
         }
         for uid in &order {
             let pod = &wanted[uid];
@@ -379,6 +433,24 @@ impl PodManager {
                 },
             };
             if spawn {
+                match registry.claims.get(uid) {
+                    Some(Claim::Removing(_)) => {
+                        // Its previous sandbox is still being removed: the worker starts once
+                        // that is done (the removal wakes a sync), never beside it.
+                        info!(pod = %pod.key(), uid = %pod.uid,
+                              "waiting for the removal of the pod's previous sandbox");
+                        continue;
+                    }
+                    // Held, and the runtime could not say how it runs now: taken over at the
+                    // next sync that lists.
+                    Some(Claim::Held { .. }) if !listed => continue,
+                    Some(Claim::Held { .. }) => {
+                        info!(pod = %pod.key(), uid = %pod.uid,
+                              "a held pod is desired: its worker adopts it as it runs");
+                        registry.claims.remove(uid);
+                    }
+                    None => {}
+                }
                 let adopt = existing.remove(uid);
                 self.spawn_worker(&mut registry, pod.clone(), adopt);
             }
@@ -408,6 +480,9 @@ impl PodManager {
                            "pod worker ended unexpectedly; removing what it ran");
                     true
                 }
+                // While the set is unknown nothing is removed: a pod missing from it may be
+                // one whose cache entry cannot be read. The first known set decides.
+                Some(_) if unknown.is_some() => false,
                 Some(w) => {
                     if !w.forgetting {
                         info!(pod = %entry.pod.key(), uid = %uid, "pod no longer desired; stopping it");
@@ -422,23 +497,60 @@ impl PodManager {
             }
         }
 
-        // Sandboxes of pods nobody wants (deleted while edgecore was down).
+        // Sandboxes of pods nobody wants (deleted while edgecore was down), or, while the
+        // desired set is unknown, that the cache does not list: held, not removed.
         if listed {
-            let known: HashSet<&String> = registry.entries.keys().collect();
             let orphans: Vec<ExistingPod> = existing
                 .into_values()
                 .filter(|p| {
-                    !wanted.contains_key(&p.sandbox.pod_uid) && !known.contains(&p.sandbox.pod_uid)
+                    !wanted.contains_key(&p.sandbox.pod_uid)
+                        && !registry.entries.contains_key(&p.sandbox.pod_uid)
                 })
                 .collect();
-            registry.cleanups.retain(|c| !c.is_finished());
+            // Held sandboxes the runtime no longer has need no owner.
+            let present: HashSet<&String> = orphans.iter().map(|p| &p.sandbox.pod_uid).collect();
+            registry.claims.retain(|uid, claim| match claim {
+                Claim::Held { .. } => present.contains(uid),
+                Claim::Removing(_) => true,
+            });
             for orphan in orphans {
-                let task = self.spawn_orphan_removal(orphan);
-                registry.cleanups.push(task);
+                let uid = orphan.sandbox.pod_uid.clone();
+                match (registry.claims.get(&uid), &unknown) {
+                    (Some(Claim::Removing(_)), _) | (Some(Claim::Held { .. }), Some(_)) => {}
+                    (None, Some(why)) => {
+                        warn!(pod = %format!("{}/{}", orphan.namespace, orphan.name), uid = %uid,
+                              reason = %why,
+                              "keeping a running pod the cache does not list: the desired state is \
+                               unknown until the cloud's snapshot");
+                        registry.claims.insert(
+                            uid,
+                            Claim::Held {
+                                pod: format!("{}/{}", orphan.namespace, orphan.name),
+                            },
+                        );
+                    }
+                    (_, None) => {
+                        if let Some(Claim::Held { pod }) = registry.claims.get(&uid) {
+                            info!(pod = %pod, uid = %uid,
+                                  "the desired state is known again and does not list a held pod");
+                        }
+                        let task = self.spawn_orphan_removal(orphan);
+                        registry.claims.insert(uid, Claim::Removing(task));
+                    }
+                }
             }
+            metrics::gauge!("skerry_edge_pods_held").set(
+                registry
+                    .claims
+                    .values()
+                    .filter(|c| matches!(c, Claim::Held { .. }))
+                    .count() as f64,
+            );
+            registry.cleanups.retain(|c| !c.is_finished());
             for uid in leftover_volumes {
                 if wanted.contains_key(&uid)
                     || registry.entries.contains_key(&uid)
+                    || registry.claims.contains_key(&uid)
                     || listed_uids.contains(&uid)
                 {
                     continue;
@@ -501,7 +613,9 @@ impl PodManager {
         );
     }
 
-    /// Removes an orphaned sandbox in the background, retrying with back-off.
+    /// Removes an orphaned sandbox in the background, retrying with back-off. The caller
+    /// records the task as the sandbox's [`Claim::Removing`] under the registry lock it holds,
+    /// so the task (which gives the claim up under that lock) cannot end before it is recorded.
     fn spawn_orphan_removal(&self, orphan: ExistingPod) -> JoinHandle<()> {
         let runtime = self.runtime.clone();
         let shared = self.shared.clone();
@@ -535,13 +649,23 @@ impl PodManager {
                     }
                 }
                 info!("orphaned pod removed");
-                let registry = shared.registry.lock().await;
+                let mut registry = shared.registry.lock().await;
+                // The claim is given up under the same lock a sync checks it under.
+                registry.claims.remove(&orphan.sandbox.pod_uid);
                 if !registry.name_in_use(None, &orphan.namespace, &orphan.name) {
                     shared.sink.pod_forgotten(&orphan.namespace, &orphan.name);
                 }
+                drop(registry);
+                shared.wake.notify_one();
             }
             .instrument(span),
         )
+    }
+
+    /// Notified when a sync should run although the desired set did not change (the agent's
+    /// sync loop waits on it beside the cache's changes).
+    pub fn wakeups(&self) -> Arc<tokio::sync::Notify> {
+        self.shared.wake.clone()
     }
 
     /// Number of pod workers alive (for metrics).
@@ -568,7 +692,13 @@ impl PodManager {
                     tasks.push(w.task);
                 }
             }
-            (tasks, std::mem::take(&mut registry.cleanups))
+            let mut cleanups = std::mem::take(&mut registry.cleanups);
+            for (_, claim) in registry.claims.drain() {
+                if let Claim::Removing(task) = claim {
+                    cleanups.push(task);
+                }
+            }
+            (tasks, cleanups)
         };
         // An interrupted orphan removal is redone by the next edgecore.
         for cleanup in cleanups {
@@ -593,557 +723,4 @@ impl PodManager {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::runtime::{
-        ContainerConfig, ContainerInfo, ContainerRunState, RuntimeError, Sandbox,
-    };
-    use async_trait::async_trait;
-    use protocol::pod::{EdgeContainer, RestartPolicy};
-    use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use tokio::time::Instant;
-
-    /// An in-memory runtime whose containers run until stopped.
-    #[derive(Default)]
-    struct FakeRuntime {
-        list_fails: AtomicBool,
-        /// Makes `container_state` panic, which ends the worker calling it.
-        state_panics: AtomicBool,
-        /// (uid, container id, running)
-        containers: Mutex<Vec<(String, String, bool)>>,
-        /// Pod names by uid, from `run_sandbox`.
-        names: Mutex<HashMap<String, String>>,
-        removed: Mutex<Vec<String>>,
-        /// Sandboxes made by `run_sandbox`, by pod uid (the n-th has IP 10.0.0.n).
-        sandboxes: Mutex<HashMap<String, u8>>,
-        /// Pod uids whose sandbox died: not ready, and nothing starts in it.
-        dead: Mutex<HashSet<String>>,
-        /// Every start, as (pod uid, result was `SandboxNotReady`).
-        starts: Mutex<Vec<(String, bool)>>,
-    }
-
-    impl FakeRuntime {
-        /// Container ids ever started for pod `uid` and not removed.
-        async fn ids_of(&self, uid: &str) -> Vec<String> {
-            self.containers
-                .lock()
-                .await
-                .iter()
-                .filter(|c| c.0 == uid)
-                .map(|c| c.1.clone())
-                .collect()
-        }
-    }
-
-    fn sandbox_of(uid: &str) -> Sandbox {
-        Sandbox {
-            id: uid.into(),
-            pod_uid: uid.into(),
-            ip: "10.0.0.1".into(),
-        }
-    }
-
-    #[async_trait]
-    impl Runtime for FakeRuntime {
-        fn version(&self) -> String {
-            "fake://0".into()
-        }
-        async fn status(&self) -> Result<crate::runtime::RuntimeStatus, RuntimeError> {
-            Ok(crate::runtime::RuntimeStatus {
-                runtime_ready: Ok(()),
-                network_ready: Ok(()),
-            })
-        }
-        async fn run_sandbox(&self, pod: &EdgePod) -> Result<Sandbox, RuntimeError> {
-            self.names
-                .lock()
-                .await
-                .insert(pod.uid.clone(), pod.name.clone());
-            let mut sandboxes = self.sandboxes.lock().await;
-            let n = sandboxes.entry(pod.uid.clone()).or_insert(0);
-            // A ready one is returned; a dead one is replaced.
-            if *n == 0 || self.dead.lock().await.remove(&pod.uid) {
-                *n += 1;
-            }
-            Ok(Sandbox {
-                ip: format!("10.0.0.{n}"),
-                ..sandbox_of(&pod.uid)
-            })
-        }
-        async fn sandbox_ready(&self, sandbox: &Sandbox) -> Result<bool, RuntimeError> {
-            Ok(!self.dead.lock().await.contains(&sandbox.pod_uid))
-        }
-        async fn start_container(
-            &self,
-            sandbox: &Sandbox,
-            pod: &EdgePod,
-            container: &EdgeContainer,
-            config: &ContainerConfig,
-        ) -> Result<ContainerInfo, RuntimeError> {
-            let dead = self.dead.lock().await.contains(&sandbox.pod_uid);
-            self.starts.lock().await.push((pod.uid.clone(), dead));
-            if dead {
-                return Err(RuntimeError::SandboxNotReady {
-                    sandbox: sandbox.id.clone(),
-                    pod: pod.key(),
-                    message: "killed by the test".into(),
-                });
-            }
-            let id = format!("{}/{}/{}", sandbox.pod_uid, container.name, config.attempt);
-            self.containers
-                .lock()
-                .await
-                .push((sandbox.pod_uid.clone(), id.clone(), true));
-            Ok(ContainerInfo {
-                id,
-                name: container.name.clone(),
-                attempt: config.attempt,
-                state: ContainerRunState::Running { started_at_ms: 1 },
-                spec_digest: None,
-            })
-        }
-        async fn container_state(
-            &self,
-            _sandbox: &Sandbox,
-            id: &str,
-        ) -> Result<ContainerRunState, RuntimeError> {
-            assert!(
-                !self.state_panics.load(Ordering::SeqCst),
-                "simulated crash of the pod worker"
-            );
-            let containers = self.containers.lock().await;
-            match containers.iter().find(|(_, c, _)| c == id) {
-                Some((_, _, true)) => Ok(ContainerRunState::Running { started_at_ms: 1 }),
-                // Exited just now (seen at the first poll after it stopped), so that a restart
-                // waits for its whole back-off.
-                Some(_) => Ok(ContainerRunState::Exited {
-                    exit_code: 143,
-                    signal: Some(15),
-                    reason: "Error".into(),
-                    started_at_ms: 1,
-                    finished_at_ms: state::wall_ms(),
-                }),
-                None => Err(RuntimeError::Internal {
-                    op: "state".into(),
-                    message: format!("no {id}"),
-                }),
-            }
-        }
-        async fn stop_container(
-            &self,
-            _sandbox: &Sandbox,
-            id: &str,
-            _grace: Duration,
-        ) -> Result<(), RuntimeError> {
-            for c in self.containers.lock().await.iter_mut() {
-                if c.1 == id {
-                    c.2 = false;
-                }
-            }
-            Ok(())
-        }
-        async fn remove_container(&self, _sandbox: &Sandbox, id: &str) -> Result<(), RuntimeError> {
-            self.containers.lock().await.retain(|c| c.1 != id);
-            Ok(())
-        }
-        async fn remove_sandbox(
-            &self,
-            sandbox: &Sandbox,
-            _grace: Duration,
-        ) -> Result<(), RuntimeError> {
-            self.containers
-                .lock()
-                .await
-                .retain(|c| c.0 != sandbox.pod_uid);
-            self.removed.lock().await.push(sandbox.pod_uid.clone());
-            Ok(())
-        }
-        async fn exec_sync(
-            &self,
-            _sandbox: &Sandbox,
-            _container_id: &str,
-            _command: &[String],
-            _timeout: Duration,
-        ) -> Result<crate::runtime::ExecOutput, RuntimeError> {
-            Ok(crate::runtime::ExecOutput::default())
-        }
-        async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError> {
-            if self.list_fails.load(Ordering::SeqCst) {
-                return Err(RuntimeError::Internal {
-                    op: "list".into(),
-                    message: "runtime down".into(),
-                });
-            }
-            let names = self.names.lock().await;
-            let mut pods: BTreeMap<String, ExistingPod> = BTreeMap::new();
-            for (uid, id, running) in self.containers.lock().await.iter() {
-                let mut parts = id.split('/').skip(1);
-                let name = parts.next().unwrap_or_default().to_string();
-                let attempt = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0);
-                let state = if *running {
-                    ContainerRunState::Running { started_at_ms: 1 }
-                } else {
-                    ContainerRunState::Exited {
-                        exit_code: 143,
-                        signal: Some(15),
-                        reason: "Error".into(),
-                        started_at_ms: 1,
-                        finished_at_ms: 2,
-                    }
-                };
-                pods.entry(uid.clone())
-                    .or_insert_with(|| ExistingPod {
-                        sandbox: sandbox_of(uid),
-                        namespace: "rigs".into(),
-                        name: names.get(uid).cloned().unwrap_or_default(),
-                        containers: Vec::new(),
-                    })
-                    .containers
-                    .push(ContainerInfo {
-                        id: id.clone(),
-                        name,
-                        attempt,
-                        state,
-                        spec_digest: None,
-                    });
-            }
-            Ok(pods.into_values().collect())
-        }
-        async fn read_log(
-            &self,
-            _sandbox: &Sandbox,
-            _container: &str,
-            _tail: Option<usize>,
-        ) -> Result<String, RuntimeError> {
-            Ok(String::new())
-        }
-    }
-
-    #[derive(Debug)]
-    enum Seen {
-        Status(Box<PodStatus>),
-        Forgotten(String),
-    }
-
-    struct Sink(mpsc::UnboundedSender<Seen>);
-
-    impl StatusSink for Sink {
-        fn pod_status(&self, status: PodStatus) {
-            let _ = self.0.send(Seen::Status(Box::new(status)));
-        }
-        fn pod_forgotten(&self, _namespace: &str, name: &str) {
-            let _ = self.0.send(Seen::Forgotten(name.into()));
-        }
-    }
-
-    fn pod(uid: &str, name: &str) -> EdgePod {
-        EdgePod {
-            namespace: "rigs".into(),
-            name: name.into(),
-            uid: uid.into(),
-            labels: BTreeMap::new(),
-            containers: vec![EdgeContainer {
-                name: "main".into(),
-                image: "local".into(),
-                image_pull_policy: "Never".into(),
-                command: vec!["sleep".into()],
-                ..Default::default()
-            }],
-            restart_policy: RestartPolicy::Always,
-            termination_grace_period_seconds: 1,
-            volumes: vec![],
-            deletion_grace_period_seconds: None,
-        }
-    }
-
-    fn manager(rt: Arc<FakeRuntime>) -> (PodManager, mpsc::UnboundedReceiver<Seen>) {
-        manager_with(
-            rt,
-            PodManagerConfig {
-                poll_interval: Duration::from_millis(10),
-                ..PodManagerConfig::default()
-            },
-        )
-    }
-
-    fn manager_with(
-        rt: Arc<FakeRuntime>,
-        config: PodManagerConfig,
-    ) -> (PodManager, mpsc::UnboundedReceiver<Seen>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let m = PodManager::with_config(
-            rt,
-            Arc::new(Sink(tx)),
-            "n".into(),
-            "10.0.0.1".into(),
-            config,
-        );
-        (m, rx)
-    }
-
-    async fn wait_seen(rx: &mut mpsc::UnboundedReceiver<Seen>, pred: impl Fn(&Seen) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(seen)) if pred(&seen) => return,
-                Ok(Some(_)) => {}
-                other => panic!("not seen: {other:?}"),
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn no_pod_starts_before_the_runtime_can_list_what_runs() {
-        let rt = Arc::new(FakeRuntime::default());
-        rt.list_fails.store(true, Ordering::SeqCst);
-        let (m, mut rx) = manager(rt.clone());
-        m.sync(vec![pod("u1", "a")]).await;
-        assert_eq!(m.worker_count().await, 0);
-        assert!(rt.containers.lock().await.is_empty());
-        rt.list_fails.store(false, Ordering::SeqCst);
-        m.sync(vec![pod("u1", "a")]).await;
-        assert_eq!(m.worker_count().await, 1);
-        wait_seen(
-            &mut rx,
-            |s| matches!(s, Seen::Status(st) if st.phase == protocol::status::PodPhase::Running),
-        )
-        .await;
-        m.shutdown().await;
-        assert_eq!(m.worker_count().await, 0);
-        // Shutdown leaves the containers running.
-        assert!(rt.containers.lock().await.iter().all(|c| c.2));
-        // And a shut-down manager starts nothing.
-        m.sync(vec![pod("u2", "b")]).await;
-        assert_eq!(m.worker_count().await, 0);
-    }
-
-    #[tokio::test]
-    async fn a_recreated_pod_does_not_make_the_sink_forget_its_name() {
-        let rt = Arc::new(FakeRuntime::default());
-        let (m, mut rx) = manager(rt.clone());
-        m.sync(vec![pod("old", "a")]).await;
-        wait_seen(&mut rx, |s| {
-            matches!(s, Seen::Status(st) if st.uid == "old" && st.phase == protocol::status::PodPhase::Running)
-        })
-        .await;
-        // Same name, new uid, in one sync: the old one is stopped, the new one runs.
-        m.sync(vec![pod("new", "a")]).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !rt.removed.lock().await.contains(&"old".to_string()) {
-            assert!(Instant::now() < deadline, "old pod never removed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        wait_seen(&mut rx, |s| {
-            matches!(s, Seen::Status(st) if st.uid == "new" && st.phase == protocol::status::PodPhase::Running)
-        })
-        .await;
-        // Wait until the old worker is gone from the books.
-        while m.worker_count().await != 1 {
-            assert!(Instant::now() < deadline, "old worker never ended");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        while let Ok(seen) = rx.try_recv() {
-            assert!(!matches!(seen, Seen::Forgotten(_)), "{seen:?}");
-        }
-        // Dropping the new one forgets the name.
-        m.sync(vec![]).await;
-        wait_seen(&mut rx, |s| matches!(s, Seen::Forgotten(n) if n == "a")).await;
-    }
-
-    /// Ends the worker of the manager's only pod as a panic would, and waits until it is dead.
-    async fn kill_the_worker(m: &PodManager, rt: &FakeRuntime) {
-        rt.state_panics.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while m.worker_count().await != 0 {
-            assert!(Instant::now() < deadline, "the worker never died");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        rt.state_panics.store(false, Ordering::SeqCst);
-    }
-
-    fn running(uid: &'static str) -> impl Fn(&Seen) -> bool {
-        move |s| {
-            matches!(s, Seen::Status(st)
-                if st.uid == uid && st.phase == protocol::status::PodPhase::Running)
-        }
-    }
-
-    #[tokio::test]
-    async fn a_dead_worker_is_restarted_only_from_a_fresh_listing_of_the_runtime() {
-        let rt = Arc::new(FakeRuntime::default());
-        let (m, mut rx) = manager(rt.clone());
-        let p = pod("u1", "a");
-        m.sync(vec![p.clone()]).await;
-        wait_seen(&mut rx, running("u1")).await;
-        kill_the_worker(&m, &rt).await;
-
-        // The runtime cannot say what the dead worker left running: a worker started now could
-        // not adopt it and would start attempt 0 a second time.
-        rt.list_fails.store(true, Ordering::SeqCst);
-        m.sync(vec![p.clone()]).await;
-        assert_eq!(m.worker_count().await, 0);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(rt.ids_of("u1").await, ["u1/main/0"]);
-
-        // Once it answers, the worker is restarted and adopts the running container.
-        rt.list_fails.store(false, Ordering::SeqCst);
-        m.sync(vec![p.clone()]).await;
-        assert_eq!(m.worker_count().await, 1);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(rt.ids_of("u1").await, ["u1/main/0"]);
-        assert!(rt.containers.lock().await.iter().all(|c| c.2));
-        m.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn what_a_dead_worker_ran_is_removed_once_its_pod_is_no_longer_desired() {
-        let rt = Arc::new(FakeRuntime::default());
-        let (m, mut rx) = manager(rt.clone());
-        m.sync(vec![pod("u1", "a")]).await;
-        wait_seen(&mut rx, running("u1")).await;
-        kill_the_worker(&m, &rt).await;
-
-        // Dropped while the runtime cannot list: nothing can be cleaned up yet, but the pod is
-        // not forgotten either.
-        rt.list_fails.store(true, Ordering::SeqCst);
-        m.sync(vec![]).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(rt.removed.lock().await.is_empty());
-        assert_eq!(rt.ids_of("u1").await, ["u1/main/0"]);
-
-        // The next sync lists again and removes what the dead worker left running.
-        rt.list_fails.store(false, Ordering::SeqCst);
-        m.sync(vec![]).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !rt.removed.lock().await.contains(&"u1".to_string()) {
-            assert!(
-                Instant::now() < deadline,
-                "the dead worker's pod was never removed"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(rt.ids_of("u1").await.is_empty());
-        wait_seen(&mut rx, |s| matches!(s, Seen::Forgotten(n) if n == "a")).await;
-        m.shutdown().await;
-    }
-
-    /// Waits for a status of `uid` whose only container runs as its `restarts`-th restart, and
-    /// returns it.
-    async fn running_again(
-        rx: &mut mpsc::UnboundedReceiver<Seen>,
-        uid: &str,
-        restarts: u32,
-    ) -> PodStatus {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(Seen::Status(st)))
-                    if st.uid == uid
-                        && st.containers[0].restart_count == restarts
-                        && matches!(
-                            st.containers[0].state,
-                            protocol::status::ContainerState::Running { .. }
-                        ) =>
-                {
-                    return *st
-                }
-                Ok(Some(_)) => {}
-                other => panic!("{uid} never ran its restart {restarts}: {other:?}"),
-            }
-        }
-    }
-
-    /// Waits until the fake holds exactly `ids` for pod `uid`.
-    async fn wait_ids(rt: &FakeRuntime, uid: &str, ids: &[&str]) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while rt.ids_of(uid).await != ids {
-            assert!(
-                Instant::now() < deadline,
-                "{uid} holds {:?}, not {ids:?}",
-                rt.ids_of(uid).await
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn a_sandbox_that_dies_under_running_containers_is_replaced() {
-        let rt = Arc::new(FakeRuntime::default());
-        let (m, mut rx) = manager(rt.clone());
-        m.sync(vec![pod("u1", "a")]).await;
-        let before = running_again(&mut rx, "u1", 0).await;
-        assert_eq!(before.pod_ip, "10.0.0.1");
-
-        rt.dead.lock().await.insert("u1".into());
-        let after = running_again(&mut rx, "u1", 1).await;
-        // A new sandbox (found by the poll, not by a failed start), a new IP, the container
-        // stopped in the old one and started again in the new one.
-        assert_eq!(rt.sandboxes.lock().await.get("u1"), Some(&2));
-        assert!(rt.starts.lock().await.iter().all(|(_, dead)| !dead));
-        assert_eq!(after.pod_ip, "10.0.0.2");
-        assert_eq!(after.phase, protocol::status::PodPhase::Running);
-        assert!(matches!(
-            after.containers[0].last_state,
-            Some(protocol::status::ContainerState::Terminated { exit_code: 143, .. })
-        ));
-        wait_ids(&rt, "u1", &["u1/main/1"]).await;
-        // Replacing the sandbox is not removing the pod: no `remove_sandbox` (which would tear
-        // the volumes down too).
-        assert!(rt.removed.lock().await.is_empty());
-        m.sync(vec![]).await;
-        wait_seen(&mut rx, |s| matches!(s, Seen::Forgotten(n) if n == "a")).await;
-        assert_eq!(*rt.removed.lock().await, ["u1"]);
-    }
-
-    #[tokio::test]
-    async fn a_start_into_a_dead_sandbox_replaces_it_instead_of_failing() {
-        let rt = Arc::new(FakeRuntime::default());
-        let (m, mut rx) = manager_with(
-            rt.clone(),
-            PodManagerConfig {
-                poll_interval: Duration::from_millis(10),
-                backoff: BackoffPolicy {
-                    base: Duration::from_secs(1),
-                    cap: Duration::from_secs(2),
-                    // The fake's instances all started in 1970: no run may reset the count.
-                    reset_after: Duration::MAX,
-                },
-                ..PodManagerConfig::default()
-            },
-        );
-        m.sync(vec![pod("u1", "a")]).await;
-        running_again(&mut rx, "u1", 0).await;
-        // A first exit is restarted at once.
-        for c in rt.containers.lock().await.iter_mut() {
-            c.2 = false;
-        }
-        running_again(&mut rx, "u1", 1).await;
-        // The second exits waits in back-off; meanwhile nothing is polled, and the sandbox
-        // dies.
-        for c in rt.containers.lock().await.iter_mut() {
-            c.2 = false;
-        }
-        wait_seen(&mut rx, |s| {
-            matches!(s, Seen::Status(st) if matches!(&st.containers[0].state,
-                protocol::status::ContainerState::Waiting { reason, .. }
-                    if reason == "CrashLoopBackOff"))
-        })
-        .await;
-        rt.dead.lock().await.insert("u1".into());
-        let after = running_again(&mut rx, "u1", 2).await;
-        assert_eq!(after.pod_ip, "10.0.0.2");
-        // The start that found the sandbox dead was not retried in it with back-off: the next
-        // start went to the new sandbox.
-        assert_eq!(
-            *rt.starts.lock().await,
-            [
-                ("u1".to_string(), false),
-                ("u1".into(), false),
-                ("u1".into(), true),
-                ("u1".into(), false)
-            ]
-        );
-        m.shutdown().await;
-    }
-}
+mod tests;

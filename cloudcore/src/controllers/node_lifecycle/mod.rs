@@ -77,7 +77,7 @@ pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
 /// The `NoSchedule` taints of a node condition that is `True` (Kubernetes'
 /// `TaintNodesByCondition`), so new pods that do not tolerate it go elsewhere while the pods
 /// already there keep running.
-pub const CONDITION_TAINTS: [(&str, &str); 4] = [
+pub const CONDITION_TAINTS: [(&str, &str); 5] = [
     ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
     ("DiskPressure", "node.kubernetes.io/disk-pressure"),
     ("PIDPressure", "node.kubernetes.io/pid-pressure"),
@@ -85,6 +85,9 @@ pub const CONDITION_TAINTS: [(&str, &str); 4] = [
         "NetworkUnavailable",
         "node.kubernetes.io/network-unavailable",
     ),
+    // The hub's: the node does not acknowledge what it is sent, so a pod bound to it now
+    // would not reach it (crate::hub::ack_lag).
+    ("SyncLagging", "node.skerry.io/sync-lagging"),
 ];
 /// Reason of the conditions the controller sets to `Unknown`.
 pub const NODE_STATUS_UNKNOWN: &str = "NodeStatusUnknown";
@@ -128,10 +131,12 @@ impl Default for Config {
 }
 
 /// Runs the controller on the shared runner until the store's event stream closes, writing
-/// through `client` and reading the system clock.
-pub async fn run(client: Client, cfg: Config) {
+/// through `client`, reading the system clock, and taking `liveness` (the hub's) as a sign of
+/// life beside the heartbeats.
+pub async fn run(client: Client, cfg: Config, liveness: crate::liveness::Liveness) {
     let events = client.state().store.subscribe();
-    let controller = NodeLifecycleController::new(client, cfg, Arc::new(SystemClock));
+    let controller =
+        NodeLifecycleController::new(client, cfg, Arc::new(SystemClock)).with_liveness(liveness);
     tracing::info!(grace = ?cfg.grace_period, period = ?cfg.monitor_period, "node lifecycle controller started");
     runner::run(
         Arc::new(controller),

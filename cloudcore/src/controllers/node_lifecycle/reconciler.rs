@@ -170,6 +170,9 @@ pub struct NodeLifecycleController {
     grace: Duration,
     memory: Mutex<Memory>,
     pods: Mutex<PodIndex>,
+    /// When the hub last heard each node on its link: a sign of life as good as a heartbeat
+    /// (Kubernetes' node Lease), so that a node whose status is unchanged need not report it.
+    liveness: crate::liveness::Liveness,
 }
 
 impl NodeLifecycleController {
@@ -182,7 +185,24 @@ impl NodeLifecycleController {
             grace: cfg.grace_period,
             memory: Mutex::new(Memory::default()),
             pods: Mutex::new(PodIndex::default()),
+            liveness: crate::liveness::Liveness::new(),
         }
+    }
+
+    /// The controller, taking `liveness` as a sign of life beside the heartbeats.
+    pub fn with_liveness(mut self, liveness: crate::liveness::Liveness) -> Self {
+        self.liveness = liveness;
+        self
+    }
+
+    /// When `node` last showed a sign of life, by this controller's reckoning: a heartbeat it
+    /// saw change, or a packet the hub received on the node's link, whichever is later.
+    fn probe(&self, mem: &mut Memory, name: &str, node: &Value, now_ms: u64) -> u64 {
+        let seen = mem.heartbeats.probe(name, node, now_ms);
+        // A time ahead of this clock (the hub reads the same system clock; only a test's
+        // manual clock can lag it) counts as now.
+        let heard = self.liveness.last_heard(name).map(|t| t.min(now_ms));
+        seen.max(heard.unwrap_or(0))
     }
 
     /// How many nodes the controller last found unreachable (what the gauge shows).
@@ -446,7 +466,7 @@ impl Reconciler for NodeLifecycleController {
         };
         let now = self.clock.now_ms();
         let grace = self.grace_ms();
-        let probe = self.memory().heartbeats.probe(name, &node, now);
+        let probe = self.probe(&mut self.memory(), name, &node, now);
         let Some(node) = self.write_node(name, node, now, probe).await? else {
             self.forget(name);
             return Ok(Requeue::No);
@@ -454,7 +474,7 @@ impl Reconciler for NodeLifecycleController {
         let health = health_of(&node);
         let (probe, previous) = {
             let mut mem = self.memory();
-            let probe = mem.heartbeats.probe(name, &node, now);
+            let probe = self.probe(&mut mem, name, &node, now);
             let previous = mem.health.insert(name.to_string(), health);
             mem.publish_gauge();
             (probe, previous)

@@ -434,6 +434,45 @@ mod reconciler {
     }
 
     #[tokio::test]
+    async fn a_node_heard_on_its_link_stays_ready_without_heartbeats_until_it_goes_quiet() {
+        let mut f = fixture().await;
+        let liveness = crate::liveness::Liveness::new();
+        let cfg = Config {
+            grace_period: Duration::from_millis(GRACE),
+            ..Config::default()
+        };
+        f.ctl = NodeLifecycleController::new(f.client.clone(), cfg, f.clock.clone())
+            .with_liveness(liveness.clone());
+        f.store.create(&node_key(), stored_node()).await.unwrap();
+        f.clock.set(T0 + 1_000);
+        f.ctl.reconcile(&node_key()).await.unwrap();
+        // Long past the grace period since the last heartbeat, but the hub heard the node's
+        // keep-alives all along: the node is alive, nothing is written.
+        for _ in 0..10 {
+            f.clock.advance(Duration::from_millis(GRACE / 2));
+            liveness.heard("edge-1", f.clock.now_ms());
+            f.ctl.reconcile(&node_key()).await.unwrap();
+            let n = f.client.get("nodes", "", "edge-1").await.unwrap().unwrap();
+            assert_eq!(health_of(&n), Health::Ready);
+        }
+        // Its link goes quiet: Unknown once the grace period since the last packet has passed.
+        let last = f.clock.now_ms();
+        f.clock.set(last + GRACE);
+        f.ctl.reconcile(&node_key()).await.unwrap();
+        let n = f.client.get("nodes", "", "edge-1").await.unwrap().unwrap();
+        assert_eq!(
+            health_of(&n),
+            Health::Ready,
+            "not before the grace period is over"
+        );
+        f.clock.set(last + GRACE + 1);
+        f.ctl.reconcile(&node_key()).await.unwrap();
+        let n = f.client.get("nodes", "", "edge-1").await.unwrap().unwrap();
+        assert_eq!(health_of(&n), Health::Unreachable);
+        assert_eq!(f.ctl.unreachable_nodes(), 1);
+    }
+
+    #[tokio::test]
     async fn a_silent_node_goes_unknown_and_tainted_then_evicts_after_the_toleration_by_the_clock()
     {
         let f = fixture().await;

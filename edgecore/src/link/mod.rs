@@ -5,6 +5,8 @@
 //! back-off and jitter; nothing on the edge waits for it. A dead link is noticed by QUIC's idle
 //! timeout (keep-alives every few seconds), not by a pod failing.
 
+pub mod hearing;
+
 use crate::cache::{Cache, DesiredState};
 use crate::identity::{self, IdentityPaths};
 use protocol::codec;
@@ -63,6 +65,10 @@ pub enum LinkError {
     /// The cache failed; the batch was not acked.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    /// The cache found entries it cannot read and forgot its revision: the session ends so that
+    /// the next one asks for the node's slice in full.
+    #[error("the cache asks for a full resync (it holds entries it cannot read)")]
+    Resync,
     /// A timeout.
     #[error("timed out: {0}")]
     Timeout(&'static str),
@@ -126,7 +132,16 @@ fn client_endpoint(
         })?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
+    // The edge alone keeps the link alive (the hub sends no keep-alives of its own): its PING
+    // holds the NAT binding open, proves the node alive to the hub, and its ACK tells the edge
+    // that it still hears the cloud (`hearing`). See docs/link-economy.md for the interval.
     transport.keep_alive_interval(Some(keep_alive));
+    // Path MTU probes are full-size packets; once a search has settled, re-probing every ten
+    // minutes (quinn's default) costs an idle link more than its keep-alives. A changed path is
+    // still found by a black-hole detection or at the next connection.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.interval(Duration::from_secs(6 * 3600));
+    transport.mtu_discovery_config(Some(mtu));
     // Streams the hub opens (logs, see `crate::logs::serve`), with room for ones closing.
     transport.max_concurrent_bidi_streams(
         u32::try_from(2 * crate::logs::serve::MAX_LOG_STREAMS)
@@ -307,6 +322,9 @@ pub struct LinkConfig {
     pub keep_alive: Duration,
     /// Idle timeout after which the link is dead.
     pub idle_timeout: Duration,
+    /// How long requests for an answer may go unanswered before the edge judges the cloud
+    /// unheard and reconnects ([`hearing`]).
+    pub deaf_after: Duration,
     /// First reconnect delay.
     pub backoff_base: Duration,
     /// Longest reconnect delay.
@@ -349,7 +367,8 @@ pub async fn run(
                 backoff.reset();
                 // A stateless reset comes from a hub that is up again (it restarted and lost
                 // the connection): reconnect now, not after even the shortest back-off.
-                at_once = end.reason == EndReason::Reset;
+                // A resync the cache asked for is wanted now too.
+                at_once = matches!(end.reason, EndReason::Reset | EndReason::Resync);
             }
             Err(LinkError::Woken) => {
                 debug!("the cloud answered on another path: connecting afresh now");
@@ -395,6 +414,11 @@ enum EndReason {
     Protocol,
     /// The cache could not apply a batch.
     Cache,
+    /// The edge heard nothing from the cloud while it was owed an answer ([`hearing`]): the
+    /// link is cut towards the edge, or down.
+    Deaf,
+    /// The cache asked for a full resync.
+    Resync,
     /// Anything else.
     Other,
 }
@@ -418,6 +442,7 @@ impl EndReason {
             }
             (None, LinkError::Protocol(_) | LinkError::Codec(_)) => EndReason::Protocol,
             (None, LinkError::Cache(_)) => EndReason::Cache,
+            (None, LinkError::Resync) => EndReason::Resync,
             _ => EndReason::Other,
         }
     }
@@ -429,6 +454,8 @@ impl EndReason {
             EndReason::Closed => "closed",
             EndReason::Protocol => "protocol",
             EndReason::Cache => "cache",
+            EndReason::Deaf => "deaf",
+            EndReason::Resync => "resync",
             EndReason::Other => "other",
         }
     }
@@ -509,10 +536,20 @@ async fn session(
         let (server, conn) = (server.clone(), conn.clone());
         AbortOnDrop(tokio::spawn(async move { server.accept(conn).await }))
     });
+    let deaf = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _hearing = AbortOnDrop(tokio::spawn(watch_hearing(
+        conn.clone(),
+        cfg.deaf_after,
+        deaf.clone(),
+    )));
     let result = async {
         let mut assembler = protocol::assembly::SnapshotAssembler::new();
         loop {
-            match read_frame::<CloudMessage>(&mut recv).await? {
+            let frame = tokio::select! {
+                frame = read_frame::<CloudMessage>(&mut recv) => frame?,
+                _ = cache.resync_wanted() => return Err(LinkError::Resync),
+            };
+            match frame {
                 Some(CloudMessage::Sync(part)) => {
                     let Some(batch) = assembler
                         .push(part)
@@ -556,11 +593,50 @@ async fn session(
         }),
         Err(e @ LinkError::Rejected(_)) => Err(e),
         Err(other) => {
-            let reason = EndReason::of(&other);
+            let reason = if deaf.load(std::sync::atomic::Ordering::Relaxed) {
+                EndReason::Deaf
+            } else {
+                EndReason::of(&other)
+            };
             warn!(error = %other, reason = reason.label(), "session ended");
             metrics::counter!("skerry_edge_link_ends_total", "reason" => reason.label())
                 .increment(1);
             Ok(SessionEnd { reason })
+        }
+    }
+}
+
+/// Samples the connection about once a second and closes it when the edge has gone deaf
+/// ([`hearing`]), which ends the session and starts a reconnect: a new handshake either gets
+/// through (the cut healed, or was of this connection only) or tells plainly that the cloud is
+/// unreachable. `deaf` tells the session why its connection was closed.
+async fn watch_hearing(
+    conn: quinn::Connection,
+    deaf_after: Duration,
+    deaf: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let start = tokio::time::Instant::now();
+    let mut hearing = hearing::Hearing::new(deaf_after, hearing::Sample::of(&conn.stats()));
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(deaf_after));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if let hearing::Verdict::Deaf { unanswered_for } =
+            hearing.observe(now_ms, hearing::Sample::of(&conn.stats()))
+        {
+            warn!(
+                unanswered_ms = unanswered_for.as_millis() as u64,
+                "nothing heard from the cloud although it owes an answer: the link is cut towards this node (or down); reconnecting, pods keep running from the cache"
+            );
+            metrics::counter!("skerry_edge_link_deaf_total").increment(1);
+            deaf.store(true, std::sync::atomic::Ordering::Relaxed);
+            let why = format!(
+                "the edge heard nothing from the cloud for {} s",
+                unanswered_for.as_secs()
+            );
+            conn.close(protocol::CLOSE_EDGE_DEAF.into(), why.as_bytes());
+            return;
         }
     }
 }
