@@ -11,7 +11,8 @@
 //!   that node: cloud -> node (the resync itself) and both directions (with status reports,
 //!   heartbeats and the handshakes of the new sessions).
 //!
-//! Production link settings: idle timeout 20 s on both sides, node grace period 40 s.
+//! Production link settings: idle timeout 20 s on both sides, node grace period 40 s (the
+//! harness's test timing for heartbeats and keep-alives, `TEST_TIMING`).
 //!
 //! `cargo build --workspace --bins && SKERRY_BIN_DIR=target/debug target/debug/bench_partition_heal [NODES] [PODS] [CHANGES]`
 
