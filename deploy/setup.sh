@@ -5,9 +5,10 @@ set -euo pipefail
 
 # containerd + runc + CNI plugins run real containers (the cri runtime); busybox-static is what
 # deploy/images/build.sh builds the registry-free images from; iproute2 for the pod networks;
-# iptables for the tests that count and cut traffic on private ports; curl for the quickstart's
-# wait on the API; make for building jemalloc (cloudcore's allocator).
-packages=(make mosquitto protobuf-compiler ca-certificates procps containerd runc containernetworking-plugins busybox-static iproute2 iptables curl)
+# iptables for the tests that count and cut traffic on private ports and, with util-linux
+# (nsenter), for the fault suite's network namespaces; curl for the quickstart's wait on the API;
+# make for building jemalloc (cloudcore's allocator).
+packages=(make mosquitto protobuf-compiler ca-certificates procps containerd runc containernetworking-plugins busybox-static iproute2 iptables util-linux curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -197,6 +197,8 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let (state_tx, state_rx) = watch::channel(LinkState::Disconnected);
     let state_tx = Arc::new(state_tx);
+    // The broker's CONNACK wakes the sync link out of its back-off (see `LinkConfig::wake`).
+    let broker_connected = Arc::new(Notify::new());
     {
         let link_cfg = LinkConfig {
             server: cfg.server.clone(),
@@ -207,6 +209,7 @@ pub async fn run(
             deaf_after: opts.deaf_after,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
+            wake: broker_connected.clone(),
         };
         let (paths, cache, changed) = (
             IdentityPaths::new(&opts.data_dir),
@@ -266,6 +269,7 @@ pub async fn run(
             tls: std::sync::Arc::new(crate::identity::mqtt_client_tls(&IdentityPaths::new(
                 &opts.data_dir,
             ))?),
+            connected: broker_connected.clone(),
             keep_alive: opts.mqtt_keep_alive,
             ack_timeout: opts.mqtt_ack_timeout,
         };

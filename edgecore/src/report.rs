@@ -249,6 +249,9 @@ pub struct PublisherConfig {
     pub report_key: Vec<u8>,
     /// TLS with the node's certificate (see `identity::mqtt_client_tls`).
     pub tls: Arc<rustls::ClientConfig>,
+    /// Notified at each CONNACK: the sync link's [`crate::link::LinkConfig::wake`], the
+    /// converse of the link waking the publisher.
+    pub connected: Arc<tokio::sync::Notify>,
     /// MQTT keep-alive: how long the connection may stay silent.
     pub keep_alive: Duration,
     /// How long a published report may wait for its PUBACK before the connection is dropped.
@@ -267,7 +270,17 @@ enum SessionEnd {
     AckTimeout(Duration),
 }
 
-/// Publishes the outbox forever, reconnecting with back-off (200 ms doubling to 10 s).
+/// How soon a connect that found no broker at all (a timeout, a refused or unroutable TCP
+/// connect) is tried again. Such a try costs the cloud nothing (its SYNs never arrive, or a
+/// RST answers them), and the try itself already lasts rumqttc's 5 s connect timeout, during
+/// which the kernel resends the SYN after 1 s and 3 s. With a 1 s pause a partition's heal
+/// finds the next SYN within 3 s (1.2 s on average) instead of a back-off step of up to 15 s;
+/// and the CONNACK wakes the sync link (`LinkConfig::wake`). Failures past the TCP connect
+/// (TLS, a refusal) keep the exponential back-off: they cost the broker a handshake each.
+const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
+
+/// Publishes the outbox forever, reconnecting with back-off (200 ms doubling to 10 s; 1 s
+/// after a connect that reached no broker, see [`UNREACHABLE_RETRY`]).
 ///
 /// The back-off is cut short when the sync link (`link`) connects anew: the broker usually lives
 /// in cloudcore with the hub, so a hub that is back (after a restart, or at the end of a
@@ -282,6 +295,7 @@ pub async fn publish(
     let mut backoff =
         crate::link::reconnect_backoff(Duration::from_millis(200), Duration::from_secs(10));
     loop {
+        let mut unreachable = false;
         match publish_session(&outbox, &cfg).await {
             Ok(()) => backoff.reset(),
             Err(e @ SessionEnd::AckTimeout(_)) => {
@@ -290,6 +304,12 @@ pub async fn publish(
                 backoff.reset();
             }
             Err(e) => {
+                unreachable = matches!(
+                    e,
+                    SessionEnd::Connection(
+                        rumqttc::ConnectionError::NetworkTimeout | rumqttc::ConnectionError::Io(_)
+                    )
+                );
                 warn!(error = %e, host = %cfg.host, port = cfg.port, queued = outbox.len(), "MQTT broker unreachable; status stays queued in the outbox")
             }
         }
@@ -305,8 +325,13 @@ pub async fn publish(
                 }
             }
         };
+        let delay = if unreachable {
+            UNREACHABLE_RETRY
+        } else {
+            backoff.next_delay()
+        };
         tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = tokio::time::sleep(delay) => {}
             () = link_back => {
                 debug!("the cloud link connected again: reconnecting to the broker now");
             }
@@ -376,6 +401,7 @@ async fn publish_session(outbox: &Outbox, cfg: &PublisherConfig) -> Result<(), S
             ev = eventloop.poll() => match ev? {
                 Event::Incoming(Packet::ConnAck(_)) => {
                     let requeued = outbox.requeue_published();
+                    cfg.connected.notify_waiters();
                     info!(host = %cfg.host, port = cfg.port, queued = outbox.len(), requeued, "connected to MQTT broker");
                     connected = true;
                 }

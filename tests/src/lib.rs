@@ -7,6 +7,7 @@ pub mod containerd;
 pub mod flood;
 pub mod loopback;
 pub mod mqtt;
+pub mod netns;
 
 pub use mqtt::Mosquitto;
 
@@ -208,6 +209,9 @@ pub struct CloudOptions {
     /// Start cloudcore with this open file limit (soft and hard, through `prlimit`), to see
     /// it live within few descriptors.
     pub nofile_limit: Option<u64>,
+    /// Run cloudcore inside a network namespace of a [`netns::Net`], serving on its address
+    /// (loopback of the test's own namespace if unset).
+    pub place: Option<netns::Place>,
 }
 
 /// A running (or stopped) cloudcore.
@@ -225,13 +229,20 @@ pub struct Cloud {
     pub mosquitto: Option<Mosquitto>,
     opts: CloudOptions,
     http: Option<reqwest::Client>,
+    /// The address cloudcore serves on (`127.0.0.1`, or its namespace's address).
+    pub ip: String,
 }
 
 impl Cloud {
     /// Starts a cloudcore with fresh ports and data dir and waits until its API answers.
     pub async fn start(opts: CloudOptions) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let ip = opts
+            .place
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), |p| p.ip.to_string());
         let mut cloud = Cloud {
+            ip,
             dir: temp_dir("skerry-cloud-")?,
             child: None,
             api_port: free_tcp_port(),
@@ -252,17 +263,17 @@ impl Cloud {
 
     /// The hub address edges join.
     pub fn hub_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.hub_port)
+        format!("{}:{}", self.ip, self.hub_port)
     }
 
     /// The broker URL edges publish to.
     pub fn mqtt_url(&self) -> String {
-        format!("mqtts://127.0.0.1:{}", self.mqtt_port)
+        format!("mqtts://{}:{}", self.ip, self.mqtt_port)
     }
 
     /// The API base URL.
     pub fn api_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.api_port)
+        format!("https://{}:{}", self.ip, self.api_port)
     }
 
     /// Path of the cluster CA.
@@ -275,20 +286,27 @@ impl Cloud {
         let mut cmd = match self.opts.nofile_limit {
             Some(n) => {
                 let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}"))
-                    .arg("--")
-                    .arg(bin("cloudcore")?);
+                c.arg(format!("--nofile={n}:{n}")).arg("--");
+                if let Some(place) = &self.opts.place {
+                    c.arg("nsenter")
+                        .arg(format!("--net=/run/netns/{}", place.ns))
+                        .arg("--");
+                }
+                c.arg(bin("cloudcore")?);
                 c
             }
-            None => Command::new(bin("cloudcore")?),
+            None => match &self.opts.place {
+                Some(place) => place.command(bin("cloudcore")?),
+                None => Command::new(bin("cloudcore")?),
+            },
         };
         cmd.arg("--data-dir")
             .arg(self.dir.path())
             .arg("serve")
             .arg("--api-addr")
-            .arg(format!("127.0.0.1:{}", self.api_port))
+            .arg(format!("{}:{}", self.ip, self.api_port))
             .arg("--hub-addr")
-            .arg(format!("127.0.0.1:{}", self.hub_port))
+            .arg(format!("{}:{}", self.ip, self.hub_port))
             .arg("--idle-timeout-secs")
             .arg(self.opts.idle_timeout_secs.unwrap_or(4).to_string());
         if let Some(n) = self.opts.watch_history {
@@ -304,7 +322,14 @@ impl Cloud {
             cmd.arg("--mqtt-url").arg(self.mqtt_url());
         } else {
             cmd.arg("--mqtt-listen")
-                .arg(format!("127.0.0.1:{}", self.mqtt_port));
+                .arg(format!("{}:{}", self.ip, self.mqtt_port));
+        }
+        if let Some(place) = &self.opts.place {
+            // The serving certificate must name the addresses edges dial: the namespace's own
+            // and any relay's in front of it.
+            for name in &place.server_names {
+                cmd.arg("--server-name").arg(name);
+            }
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -657,6 +682,9 @@ pub struct Edge {
     pub restart_backoff_base_ms: Option<u64>,
     /// `--idle-timeout-secs` of the next start (4 s for quick tests).
     pub idle_timeout_secs: u64,
+    /// The namespace edgecore runs in and the address it reports and serves metrics on
+    /// (`None`: loopback of the test's own namespace).
+    pub place: Option<netns::Place>,
     /// The heartbeat and link timing flags of the next start ([`TEST_TIMING`] unless a bench
     /// sets edgecore's own defaults, or others).
     pub timing_args: Vec<String>,
@@ -682,7 +710,24 @@ pub fn join_raw(
     name: &str,
     extra: &[&str],
 ) -> Result<(bool, String)> {
-    let out = Command::new(bin("edgecore")?)
+    join_raw_in(None, dir, server, token, ca_hash, name, extra)
+}
+
+/// [`join_raw`] from inside `place`'s network namespace.
+pub fn join_raw_in(
+    place: Option<&netns::Place>,
+    dir: &Path,
+    server: &str,
+    token: &str,
+    ca_hash: &str,
+    name: &str,
+    extra: &[&str],
+) -> Result<(bool, String)> {
+    let mut cmd = match place {
+        Some(p) => p.command(bin("edgecore")?),
+        None => Command::new(bin("edgecore")?),
+    };
+    let out = cmd
         .arg("--data-dir")
         .arg(dir)
         .args([
@@ -722,7 +767,31 @@ impl Edge {
         labels: &[&str],
         token: (String, String),
     ) -> Result<Self> {
-        Self::join_and_start_opts(cloud, name, labels, token, vec![]).await
+        Self::join_and_start_opts(cloud, name, labels, token, vec![], None).await
+    }
+
+    /// Joins and starts an agent inside `place`'s network namespace, dialling `server` (the
+    /// hub, `host:port`) and `mqtt_url` (the broker): the cloud's own addresses, or a relay's.
+    pub async fn join_and_start_in(
+        cloud: &Cloud,
+        name: &str,
+        place: netns::Place,
+        server: Option<String>,
+        mqtt_url: Option<String>,
+    ) -> Result<Self> {
+        let token = cloud.token("1h")?;
+        let mut edge = Self::join_prepare(
+            cloud,
+            name,
+            &[],
+            token,
+            vec![],
+            Some(place),
+            server,
+            mqtt_url,
+        )?;
+        edge.start()?;
+        Ok(edge)
     }
 
     /// Joins and starts an agent that runs real containers through `ctrd`'s CRI.
@@ -737,20 +806,46 @@ impl Edge {
             "--cri-socket".to_string(),
             ctrd.socket.to_string_lossy().into_owned(),
         ];
-        Self::join_and_start_opts(cloud, name, &[], cloud.token("1h")?, run_args).await
+        Self::join_and_start_opts(cloud, name, &[], cloud.token("1h")?, run_args, None).await
     }
 
     async fn join_and_start_opts(
         cloud: &Cloud,
         name: &str,
         labels: &[&str],
+        token: (String, String),
+        run_args: Vec<String>,
+        place: Option<netns::Place>,
+    ) -> Result<Self> {
+        let mut edge = Self::join_prepare(cloud, name, labels, token, run_args, place, None, None)?;
+        edge.start()?;
+        Ok(edge)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn join_prepare(
+        cloud: &Cloud,
+        name: &str,
+        labels: &[&str],
         (token, hash): (String, String),
         run_args: Vec<String>,
+        place: Option<netns::Place>,
+        server: Option<String>,
+        mqtt_url: Option<String>,
     ) -> Result<Self> {
         let dir = temp_dir("skerry-edge-")?;
-        let mqtt = cloud.mqtt_url();
+        let server = server.unwrap_or_else(|| cloud.hub_addr());
+        let mqtt = mqtt_url.unwrap_or_else(|| cloud.mqtt_url());
         let extra = vec!["--mqtt-url", mqtt.as_str()];
-        let (ok, out) = join_raw(dir.path(), &cloud.hub_addr(), &token, &hash, name, &extra)?;
+        let (ok, out) = join_raw_in(
+            place.as_ref(),
+            dir.path(),
+            &server,
+            &token,
+            &hash,
+            name,
+            &extra,
+        )?;
         if !ok {
             bail!("join of {name} failed: {out}{}", cloud.log_tail());
         }
@@ -764,20 +859,27 @@ impl Edge {
                 bail!("kubectl label node {name}: {out}");
             }
         }
-        let mut edge = Edge {
+        let edge = Edge {
             dir,
             name: name.into(),
             child: None,
-            server: cloud.hub_addr(),
-            mqtt_url: cloud.mqtt_url(),
+            server,
+            mqtt_url: mqtt,
             metrics_port: free_tcp_port(),
             run_args,
             restart_backoff_base_ms: Some(300),
             idle_timeout_secs: 4,
+            place,
             timing_args: TEST_TIMING.iter().map(|a| a.to_string()).collect(),
         };
-        edge.start()?;
         Ok(edge)
+    }
+
+    /// The address edgecore reports and serves its metrics on.
+    pub fn ip(&self) -> String {
+        self.place
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), |p| p.ip.to_string())
     }
 
     /// Sets one timing flag (`--deaf-after-secs`, ...) of the next start, replacing its value if
@@ -799,13 +901,17 @@ impl Edge {
             .create(true)
             .append(true)
             .open(self.dir.path().join("edgecore.log"))?;
-        let mut cmd = Command::new(bin("edgecore")?);
+        let mut cmd = match &self.place {
+            Some(p) => p.command(bin("edgecore")?),
+            None => Command::new(bin("edgecore")?),
+        };
+        let ip = self.ip();
         cmd.arg("--data-dir")
             .arg(self.dir.path())
             .args([
                 "run",
                 "--node-ip",
-                "127.0.0.1",
+                &ip,
                 "--idle-timeout-secs",
                 &self.idle_timeout_secs.to_string(),
             ])
@@ -817,7 +923,7 @@ impl Edge {
             .args(["--eviction-hard", HARNESS_EVICTION_HARD])
             .args(["--server", &self.server, "--mqtt-url", &self.mqtt_url])
             .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{}", self.metrics_port))
+            .arg(format!("{ip}:{}", self.metrics_port))
             .args(&self.run_args)
             .env("RUST_LOG", "info,edgecore=debug")
             .stdout(Stdio::null())
@@ -925,7 +1031,7 @@ impl Edge {
 
     /// The text of edgecore's `/metrics`.
     pub async fn metrics_text(&self) -> Result<String> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let url = format!("http://{}:{}/metrics", self.ip(), self.metrics_port);
         Ok(reqwest::get(&url).await?.error_for_status()?.text().await?)
     }
 

@@ -49,6 +49,10 @@ pub enum LinkError {
     /// The cloud refused the session.
     #[error("the cloud refused this node: {0}")]
     Rejected(Reject),
+    /// A connect attempt was given up because the cloud answered on another path (see
+    /// [`LinkConfig::wake`]); the next one starts at once.
+    #[error("the cloud answered on another path; connecting afresh")]
+    Woken,
     /// The cloud refused the join.
     #[error("join refused: {0}")]
     JoinRefused(protocol::join::JoinRefusal),
@@ -168,12 +172,28 @@ async fn connect(
         })?;
     tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
-        .map_err(|_| LinkError::Timeout("connecting"))?
-        .map_err(|e| LinkError::Connect {
-            server: addr.to_string(),
-            reason: e.to_string(),
+        .map_err(|_| LinkError::Timeout(CONNECTING))?
+        .map_err(|e| match e {
+            // The hub never answered (quinn's idle timeout ran out first): the same as ours.
+            quinn::ConnectionError::TimedOut => LinkError::Timeout(CONNECTING),
+            e => LinkError::Connect {
+                server: addr.to_string(),
+                reason: e.to_string(),
+            },
         })
 }
+
+/// What [`LinkError::Timeout`] says of a connect attempt the hub never answered.
+const CONNECTING: &str = "connecting";
+
+/// How soon a connect attempt the hub never answered is followed by the next. Such an attempt
+/// costs the hub nothing (its packets never arrive) and has itself lasted up to 10 s, during
+/// which quinn resent its Initial after about 1, 3 and 7 s; the back-off, grown over a long
+/// partition to 15-45 s, would add to that. With a 1 s pause a heal finds the next Initial
+/// within about 4 s (issue #11's fault suite measured 26 s from a 60 s partition's heal to the
+/// link without it, the MQTT connection having stayed up). Answered failures (a refusal, TLS,
+/// a broken session) keep the exponential back-off.
+const UNANSWERED_RETRY: Duration = Duration::from_secs(1);
 
 /// What `join` needs.
 #[derive(Debug, Clone)]
@@ -325,6 +345,12 @@ pub struct LinkConfig {
     pub backoff_base: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// Notified when the cloud answers on another path (the MQTT publisher got a CONNACK).
+    /// It cuts short a back-off step, and a connect attempt still waiting for its handshake:
+    /// after a long partition the back-off has grown to tens of seconds and the QUIC
+    /// handshake's own retransmissions are seconds apart, while the end of the partition is
+    /// what the operator waits for (issue #11 measured 20 s from heal to the link without it).
+    pub wake: Arc<Notify>,
 }
 
 /// Exponential back-off from `base` to `max` with ±50 % jitter, so that a thousand nodes cut off
@@ -352,6 +378,7 @@ pub async fn run(
         let _ = state.send(LinkState::Disconnected);
         let _span = span.enter();
         let mut at_once = false;
+        let mut unanswered = false;
         match &result {
             Ok(end) => {
                 backoff.reset();
@@ -360,23 +387,37 @@ pub async fn run(
                 // A resync the cache asked for is wanted now too.
                 at_once = matches!(end.reason, EndReason::Reset | EndReason::Resync);
             }
+            Err(LinkError::Woken) => {
+                debug!("the cloud answered on another path: connecting afresh now");
+                at_once = true;
+            }
             Err(LinkError::Rejected(r)) => {
                 error!(reason = %r, "cloud refused this node");
                 let _ = state.send(LinkState::Refused);
                 backoff.skip_to(6);
             }
-            Err(e) => warn!(error = %e, "link down; pods keep running from the cache"),
+            Err(e) => {
+                unanswered = matches!(e, LinkError::Timeout(CONNECTING));
+                warn!(error = %e, "link down; pods keep running from the cache")
+            }
         }
         metrics::counter!("skerry_edge_link_reconnects_total").increment(1);
         let attempt = backoff.attempts();
         let delay = if at_once {
             Duration::ZERO
+        } else if unanswered {
+            UNANSWERED_RETRY
         } else {
             backoff.next_delay()
         };
         debug!(?delay, attempt, "reconnecting after back-off");
         drop(_span);
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cfg.wake.notified() => {
+                debug!("the cloud answered on another path: reconnecting now");
+            }
+        }
     }
 }
 
@@ -459,7 +500,10 @@ async fn session(
     let (addr, host) = resolve(&cfg.server).await?;
     let tls = identity::sync_client_tls(paths)?;
     let endpoint = client_endpoint(&addr, tls, cfg.keep_alive, cfg.idle_timeout)?;
-    let conn = connect(&endpoint, addr, cfg.server_name.as_deref().unwrap_or(&host)).await?;
+    let conn = tokio::select! {
+        conn = connect(&endpoint, addr, cfg.server_name.as_deref().unwrap_or(&host)) => conn?,
+        () = cfg.wake.notified() => return Err(LinkError::Woken),
+    };
     let (mut send, mut recv) = conn.open_bi().await?;
     let acked = cache.acked_revision();
     write_frame(
