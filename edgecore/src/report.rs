@@ -268,7 +268,16 @@ enum SessionEnd {
     /// for many minutes).
     #[error("no acknowledgement of a status report for {0:?}: the status link is cut or the broker stalled")]
     AckTimeout(Duration),
+    /// The sync link connected anew while reports waited for their PUBACK: the cloud is back,
+    /// and this TCP connection most likely sits in the retransmission back-off of the cut that
+    /// just healed (seconds between tries by then); a fresh connection is faster.
+    #[error("the cloud is back while status reports wait for their acknowledgement on an old connection")]
+    StaleAfterLinkBack,
 }
+
+/// How old the oldest unacknowledged report must be, when the sync link connects anew, for the
+/// broker connection to be taken as stuck (see [`SessionEnd::StaleAfterLinkBack`]).
+const STALE_AFTER_LINK_BACK: Duration = Duration::from_secs(1);
 
 /// How soon a connect that found no broker at all (a timeout, a refused or unroutable TCP
 /// connect) is tried again. Such a try costs the cloud nothing (its SYNs never arrive, or a
@@ -296,9 +305,9 @@ pub async fn publish(
         crate::link::reconnect_backoff(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let mut unreachable = false;
-        match publish_session(&outbox, &cfg).await {
+        match publish_session(&outbox, &cfg, &mut link).await {
             Ok(()) => backoff.reset(),
-            Err(e @ SessionEnd::AckTimeout(_)) => {
+            Err(e @ (SessionEnd::AckTimeout(_) | SessionEnd::StaleAfterLinkBack)) => {
                 warn!(error = %e, queued = outbox.len(), "reconnecting to the MQTT broker; status stays queued in the outbox");
                 // The connection was up: its back-off step starts over.
                 backoff.reset();
@@ -342,7 +351,13 @@ pub async fn publish(
 /// One broker connection. A fresh client per connection, so nothing stale is re-sent by the
 /// client library behind the outbox's back: after a reconnect the outbox republishes what is
 /// still unacknowledged.
-async fn publish_session(outbox: &Outbox, cfg: &PublisherConfig) -> Result<(), SessionEnd> {
+async fn publish_session(
+    outbox: &Outbox,
+    cfg: &PublisherConfig,
+    link: &mut tokio::sync::watch::Receiver<crate::link::LinkState>,
+) -> Result<(), SessionEnd> {
+    link.borrow_and_update();
+    let mut link_open = true;
     let mut opts = MqttOptions::new(
         status::mqtt_client_id(&cfg.node),
         cfg.host.clone(),
@@ -428,6 +443,14 @@ async fn publish_session(outbox: &Outbox, cfg: &PublisherConfig) -> Result<(), S
             // cancel-safe, and a wake-up in the middle of it dropped the half-open connection
             // and started over (a reset the broker sees at every start with reports queued).
             _ = outbox.wake.notified(), if connected => {}
+            changed = link.changed(), if link_open => {
+                link_open = changed.is_ok();
+                let back = link_open && *link.borrow_and_update() == crate::link::LinkState::Connected;
+                if back && out_since.front().is_some_and(|(_, at)| at.elapsed() >= STALE_AFTER_LINK_BACK) {
+                    metrics::counter!("skerry_edge_mqtt_stale_reconnects_total").increment(1);
+                    return Err(SessionEnd::StaleAfterLinkBack);
+                }
+            }
             () = ack_deadline(out_since.front().map(|(_, at)| *at + cfg.ack_timeout)) => {
                 metrics::counter!("skerry_edge_mqtt_ack_timeouts_total").increment(1);
                 return Err(SessionEnd::AckTimeout(cfg.ack_timeout));
