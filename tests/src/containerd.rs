@@ -329,6 +329,24 @@ impl Containerd {
         connect(&self.socket).await
     }
 
+    /// How many containers this containerd runs now.
+    pub async fn running_containers(&self) -> Result<usize> {
+        let mut client = self.cri().await?;
+        let items = client
+            .list_containers(k8s_cri::v1::ListContainersRequest {
+                filter: Some(k8s_cri::v1::ContainerFilter {
+                    state: Some(k8s_cri::v1::ContainerStateValue {
+                        state: k8s_cri::v1::ContainerState::ContainerRunning as i32,
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner()
+            .containers;
+        Ok(items.len())
+    }
+
     /// What is left in this containerd and on the host: pod sandboxes, containers, network
     /// namespaces of its pods and mounts under its root. Empty when everything started through
     /// it was removed.

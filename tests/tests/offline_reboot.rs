@@ -98,3 +98,54 @@ async fn a_power_cut_with_the_cloud_down_restarts_every_pod_without_back_off() -
     assert_eq!(edge.metric_series(BACKOFFS).await?, None);
     Ok(())
 }
+
+/// The same power cut with containerd: the daemon, its shims and every container die with the
+/// node, containerd starts again as after a reboot (its sandboxes gone), and edgecore comes back
+/// with the cloud unreachable. Every cached pod runs again in a new sandbox, none counted as a
+/// crash, none in back-off.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_power_cut_with_the_cloud_down_restarts_every_container_without_back_off(
+) -> anyhow::Result<()> {
+    if !containerd::require() {
+        return Ok(());
+    }
+    let mut ctrd = containerd::Containerd::start().await?;
+    let mut cloud = Cloud::start(CloudOptions::default()).await?;
+    let mut edge = Edge::join_and_start_cri(&cloud, "reboot-c", &ctrd).await?;
+    for i in 0..PODS {
+        let mut pod = process_pod(&format!("c{i}"), "reboot-c", &["sleep", "3600"]);
+        pod["spec"]["containers"][0]["image"] = containerd::BUSYBOX_IMAGE.into();
+        cloud.create_pod(pod).await?;
+    }
+    for i in 0..PODS {
+        cloud.wait_running(&format!("c{i}"), DEADLINE).await?;
+    }
+
+    edge.kill9();
+    ctrd.power_cut_and_reboot().await?;
+    cloud.kill9();
+    edge.start()?;
+
+    eventually(
+        "every cached pod's container running again with no cloud",
+        DEADLINE,
+        || async { Ok((ctrd.running_containers().await? == PODS).then_some(())) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}{}{}", edge.log_tail(), ctrd.log_tail()))?;
+    let metrics = edge.metrics_text().await?;
+    assert_eq!(sample(&metrics, BACKOFFS), None, "{metrics}");
+    assert_eq!(sample(&metrics, COUNTED), None, "{metrics}");
+
+    // With the cloud back, every pod is Running in the API, and none entered back-off since.
+    cloud.launch().await?;
+    for i in 0..PODS {
+        let path = format!("/api/v1/namespaces/default/pods/c{i}");
+        cloud
+            .wait_for("the pod running again", &path, DEADLINE, pod_running)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}{}", edge.log_tail()))?;
+    }
+    assert_eq!(edge.metric_series(BACKOFFS).await?, None);
+    Ok(())
+}

@@ -8,7 +8,6 @@
 //! `cargo build --release --workspace --bins && SKERRY_BIN_DIR=target/release target/release/bench_offline_reboot [PODS] [RUNS]`
 //! (`SKERRY_BENCH_RUNTIME=cri` for containerd.)
 
-use k8s_cri::v1::{ContainerFilter, ContainerState, ContainerStateValue, ListContainersRequest};
 use skerry_tests::*;
 use std::time::{Duration, Instant};
 
@@ -59,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         edge.start()?;
         loop {
             let running = match &ctrd {
-                Some(c) => running_containers(c).await.unwrap_or(0),
+                Some(c) => c.running_containers().await.unwrap_or(0),
                 None => edge.container_pids("sleep").len(),
             };
             if running >= pods {
@@ -99,22 +98,4 @@ async fn main() -> anyhow::Result<()> {
         figures[figures.len() - 1].as_millis()
     );
     Ok(())
-}
-
-/// Application containers running in the bench's containerd.
-async fn running_containers(ctrd: &containerd::Containerd) -> anyhow::Result<usize> {
-    let mut client = ctrd.cri().await?;
-    let items = client
-        .list_containers(ListContainersRequest {
-            filter: Some(ContainerFilter {
-                state: Some(ContainerStateValue {
-                    state: ContainerState::ContainerRunning as i32,
-                }),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .containers;
-    Ok(items.len())
 }
