@@ -591,3 +591,50 @@ async fn edgecore_killed_while_applying_a_batch_converges_after_restart() -> Res
     lab.edges[0].start()?;
     heal_and_report(&lab, "edgecore kill -9 mid-apply", &want, bytes_before).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_emptied_while_the_cloud_is_cut_keeps_the_pods_and_converges_after_heal(
+) -> Result<()> {
+    let Some(mut lab) = Lab::start(1).await? else {
+        return Ok(());
+    };
+    let mut want = Desired::default();
+    baseline(&lab, &mut want).await?;
+    let bytes_before = lab.bytes_sent()?;
+    let node = lab.node(0);
+    lab.edge_hosts[0].partition_from(&lab.cloud_host)?;
+    // Changes the node cannot hear of yet.
+    create(&lab, &mut want, "c-during", &node).await?;
+    delete(&lab, &mut want, "p0-1").await?;
+    // edgecore dies and its cache is lost (the file emptied) while the cloud is cut off.
+    lab.edges[0].kill9();
+    let db = lab.edges[0].dir.path().join("cache").join("db");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .and_then(|f| f.set_len(0))
+        .with_context(|| format!("emptying {}", db.display()))?;
+    lab.edges[0].start()?;
+    // Offline and with no desired state it can trust, the node keeps what runs: every pod of
+    // before still runs exactly once (nothing is removed as an orphan).
+    let held = eventually("edgecore holding the running pods", DEADLINE, || async {
+        let log = std::fs::read_to_string(lab.edges[0].dir.path().join("edgecore.log"))?;
+        Ok(log.contains("EDGE CACHE CORRUPT").then_some(()))
+    })
+    .await;
+    held.with_context(|| lab.edges[0].log_tail())?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        running_by_uid(&lab.edges[0]).len(),
+        3,
+        "the three pods of before run on, once each{}",
+        lab.edges[0].log_tail()
+    );
+    assert!(
+        lab.edge_hosts[0].dropped_packets()? > 0,
+        "the partition dropped nothing"
+    );
+    // After the heal the cloud's snapshot rebuilds the desired state: the deleted pod goes,
+    // the new one runs, the others were never restarted.
+    heal_and_report(&lab, "cache emptied while cut", &want, bytes_before).await
+}
