@@ -572,6 +572,16 @@ impl Cloud {
         Ok(body)
     }
 
+    /// Deletes pod `default/name` (gracefully: the node confirms); returns the answer's body.
+    pub async fn delete_pod(&self, name: &str) -> Result<Value> {
+        let path = format!("/api/v1/namespaces/default/pods/{name}");
+        let (code, body) = self.api("DELETE", &path, None).await?;
+        if code != 200 && code != 202 {
+            bail!("delete {name}: {code} {body}");
+        }
+        Ok(body)
+    }
+
     /// Waits until pod `default/name` runs (phase Running, first container running).
     pub async fn wait_running(&self, name: &str, deadline: Duration) -> Result<Value> {
         let path = format!("/api/v1/namespaces/default/pods/{name}");

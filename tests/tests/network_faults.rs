@@ -160,17 +160,7 @@ async fn create_all(
 }
 
 async fn delete(lab: &Lab, want: &mut Desired, name: &str) -> Result<()> {
-    let (code, body) = lab
-        .cloud
-        .api(
-            "DELETE",
-            &format!("/api/v1/namespaces/default/pods/{name}"),
-            None,
-        )
-        .await?;
-    if code != 200 && code != 202 {
-        bail!("delete {name}: {code} {body}");
-    }
+    lab.cloud.delete_pod(name).await?;
     want.pods.remove(name);
     want.healthy.remove(name);
     want.deleted.insert(name.to_string());

@@ -114,17 +114,7 @@ async fn main() -> Result<()> {
             _ => {
                 let name = format!("n{n}-p{}", pods - 1 - round);
                 want.remove(&name);
-                let (code, body) = cloud
-                    .api(
-                        "DELETE",
-                        &format!("/api/v1/namespaces/default/pods/{name}"),
-                        None,
-                    )
-                    .await?;
-                if code != 200 && code != 202 {
-                    bail!("delete {name}: {code} {body}");
-                }
-                body
+                cloud.delete_pod(&name).await?
             }
         };
         changed_bytes[n] += size(&body);
