@@ -213,8 +213,10 @@ impl Outbox {
             if out.len() >= limit {
                 break;
             }
-            let Ok((raw_seq, topic)) = item else { continue };
-            let topic = String::from_utf8_lossy(&topic).into_owned();
+            let Ok((raw_seq, raw_topic)) = item else {
+                continue;
+            };
+            let topic = String::from_utf8_lossy(&raw_topic).into_owned();
             let seq = <[u8; 8]>::try_from(raw_seq.as_ref())
                 .ok()
                 .map(u64::from_be_bytes);
@@ -236,11 +238,9 @@ impl Outbox {
                         metrics::counter!("skerry_edge_outbox_corrupt_entries_total").increment(1);
                     }
                     // Only if it is still there as read: never a newer entry's.
-                    let _ = self.order.compare_and_swap(
-                        &raw_seq,
-                        Some(topic.as_bytes()),
-                        None::<&[u8]>,
-                    );
+                    let _ = self
+                        .order
+                        .compare_and_swap(&raw_seq, Some(raw_topic), None::<&[u8]>);
                 }
                 Index::DropCorrupt => {
                     corrupt(&topic, "queued report");
