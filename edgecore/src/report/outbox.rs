@@ -36,7 +36,7 @@ pub struct Outbox {
     pub(super) order: sled::Tree,
     /// topic → the last acknowledged pod [`StatusReport`], re-queued after a reconnect.
     pub(super) published: sled::Tree,
-    meta: sled::Tree,
+    pub(super) meta: sled::Tree,
     node: String,
     pub(super) wake: Arc<Notify>,
 }

@@ -357,3 +357,134 @@ fn unreadable_entries_are_dropped_and_counted_not_a_panic() {
     assert_eq!(o.pending(10, &HashMap::new()).len(), 1);
     assert_eq!(o.order.len(), 1);
 }
+
+const CRASH_CHILD: &str = "SKERRY_OUTBOX_CRASH_CHILD";
+
+/// The child's side of [`a_kill_9_at_any_moment_leaves_the_outbox_whole`]: puts, acks,
+/// removals and reconnects without end, flushing after each and saying so on stdout.
+fn crash_child(dir: &str) -> ! {
+    use std::io::Write as _;
+    let db = sled::open(dir).unwrap();
+    let o = Outbox::open(&db, "n1").unwrap();
+    let mut out = std::io::stdout();
+    for i in 0..200_000usize {
+        let t = i % 7 % 4;
+        match i % 11 {
+            0..=5 => o.put(&model_topic(t), model_body(t, i % 3 == 0)),
+            6..=8 => {
+                for (seq, topic, _) in o.pending(2, &HashMap::new()) {
+                    o.acked(&topic, seq);
+                }
+            }
+            9 => o.forget(&model_topic(t)),
+            _ => {
+                o.requeue_published();
+            }
+        }
+        if i % 3 == 0 {
+            db.flush().unwrap();
+        }
+        writeln!(out, "op {i}").unwrap();
+        out.flush().unwrap();
+    }
+    std::process::exit(0)
+}
+
+/// What must hold on disk whenever the outbox is opened: every index entry names its topic's
+/// queued report at that very sequence number, every queued report has its index entry, every
+/// kept report is a readable pod report, and the sequence counter is past them all.
+fn assert_whole(o: &Outbox) {
+    let mut max_seq = 0;
+    for kv in o.order.iter() {
+        let (k, topic) = kv.unwrap();
+        let seq = u64::from_be_bytes(<[u8; 8]>::try_from(k.as_ref()).unwrap());
+        let entry = o
+            .entries
+            .get(&topic)
+            .unwrap()
+            .expect("an index entry without its report");
+        let r: StatusReport = codec::decode(&entry).unwrap();
+        assert_eq!(r.seq, seq, "an index entry naming another report");
+        max_seq = max_seq.max(seq);
+    }
+    for kv in o.entries.iter() {
+        let (topic, entry) = kv.unwrap();
+        let r: StatusReport = codec::decode(&entry).unwrap();
+        assert_eq!(
+            o.order.get(r.seq.to_be_bytes()).unwrap().as_deref(),
+            Some(topic.as_ref()),
+            "a report without its index entry"
+        );
+    }
+    for kv in o.published.iter() {
+        let (_, kept) = kv.unwrap();
+        let r: StatusReport = codec::decode(&kept).unwrap();
+        assert!(
+            matches!(r.body, StatusBody::Pod(_)),
+            "only pod reports are kept"
+        );
+    }
+    let last = o
+        .meta
+        .get(b"status_seq")
+        .unwrap()
+        .map(|v| u64::from_be_bytes(<[u8; 8]>::try_from(v.as_ref()).unwrap()));
+    assert!(
+        last.unwrap_or(0) >= max_seq,
+        "the sequence counter is behind a queued report"
+    );
+}
+
+/// A real kill -9 of a process working the outbox, at a different moment each round (after a
+/// varying number of operations, mostly between flushes): reopened, the outbox is whole and
+/// keeps working. Before the outbox's writes were one transaction, a kill between two of them
+/// could leave a report without its index entry.
+#[test]
+fn a_kill_9_at_any_moment_leaves_the_outbox_whole() {
+    use std::io::BufRead as _;
+    if let Ok(dir) = std::env::var(CRASH_CHILD) {
+        crash_child(&dir);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    for round in 0..6u64 {
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "report::tests::a_kill_9_at_any_moment_leaves_the_outbox_whole",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_CHILD, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let wanted = 20 + round * 37;
+        let mut seen = 0;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if line.unwrap().starts_with("op ") {
+                seen += 1;
+                if seen >= wanted {
+                    break;
+                }
+            }
+        }
+        assert!(seen >= wanted, "the child stopped early (round {round})");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let o = Outbox::open(&db, "n1").unwrap();
+        assert_whole(&o);
+        let seq = o
+            .put_seq("t/after", StatusBody::Node(test_node(true)))
+            .unwrap();
+        assert!(o
+            .pending(usize::MAX, &HashMap::new())
+            .iter()
+            .any(|(s, _, _)| *s == seq));
+        o.forget("t/after");
+        db.flush().unwrap();
+    }
+}
