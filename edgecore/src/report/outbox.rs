@@ -36,7 +36,7 @@ pub struct Outbox {
     pub(super) order: sled::Tree,
     /// topic → the last acknowledged pod [`StatusReport`], re-queued after a reconnect.
     pub(super) published: sled::Tree,
-    pub(super) meta: sled::Tree,
+    meta: sled::Tree,
     node: String,
     pub(super) wake: Arc<Notify>,
 }
@@ -188,8 +188,9 @@ impl Outbox {
         self.gauge();
     }
 
-    /// Removes `topic`'s entry if it is still the report with `seq` (no newer one replaced it).
-    pub(super) fn acked(&self, topic: &str, seq: u64) {
+    /// The broker acknowledged `topic`'s report `seq`: removes `topic`'s entry if it is still
+    /// that report (no newer one replaced it), keeping it as the pod's last report.
+    pub fn acked(&self, topic: &str, seq: u64) {
         let res = self.transaction(|tx| {
             let queued = tx.0.get(topic.as_bytes())?;
             let writes = rules::acked(stored(queued.as_ref()), seq);
@@ -202,8 +203,9 @@ impl Outbox {
     }
 
     /// Queued entries, oldest first: `(seq, topic, payload)`, leaving out what `skip` says is
-    /// already sent. Unreadable entries and stale index entries are dropped.
-    pub(super) fn pending(
+    /// already sent. Unreadable entries and stale index entries are dropped. The payload is the
+    /// encoded [`StatusReport`], not yet sealed.
+    pub fn pending(
         &self,
         limit: usize,
         skip: &HashMap<String, u64>,
