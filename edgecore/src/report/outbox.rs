@@ -232,30 +232,38 @@ impl Outbox {
                         out.push((seq, topic, payload.to_vec()));
                     }
                 }
-                Index::Drop => {
-                    if seq.is_none() {
-                        // Not a sequence number this code wrote (a torn or foreign key); the
-                        // report itself, if any, is found again by its next `put`.
-                        warn!(%topic, key_len = raw_seq.len(), "dropping a corrupt outbox index entry");
-                        metrics::counter!("skerry_edge_outbox_corrupt_entries_total").increment(1);
-                    }
-                    // Only if it is still there as read: never a newer entry's.
-                    let _ = self
-                        .order
-                        .compare_and_swap(&raw_seq, Some(raw_topic), None::<&[u8]>);
-                }
-                Index::DropCorrupt => {
-                    corrupt(&topic, "queued report");
+                verdict => {
+                    // Decided again inside a transaction: a put may be landing right now, and
+                    // reads outside transactions can see half of one.
                     let res = self.transaction(|tx| {
-                        let queued = tx.0.get(topic.as_bytes())?;
-                        if stored(queued.as_ref()) == Some(Stored::Corrupt) {
-                            apply(tx, &topic, None, None, &[Write::Unqueue])?;
+                        if tx.1.get(&raw_seq)?.as_ref() != Some(&raw_topic) {
+                            return Ok(None);
+                        }
+                        let queued = tx.0.get(raw_topic.as_ref())?;
+                        let verdict = rules::index(seq, stored(queued.as_ref()));
+                        match verdict {
+                            Index::Send => return Ok(None),
+                            Index::Drop => {}
+                            Index::DropCorrupt => {
+                                tx.0.remove(raw_topic.as_ref())?;
+                            }
                         }
                         tx.1.remove(&raw_seq)?;
-                        Ok(())
+                        Ok(Some(verdict))
                     });
-                    if let Err(e) = res {
-                        warn!(%topic, error = %e, "cannot drop an unreadable outbox entry");
+                    match res {
+                        Ok(Some(Index::DropCorrupt)) => corrupt(&topic, "queued report"),
+                        Ok(Some(_)) if seq.is_none() => {
+                            // Not a sequence number this code wrote (a torn or foreign key);
+                            // the report itself, if any, is found again by its next `put`.
+                            warn!(%topic, key_len = raw_seq.len(), "dropping a corrupt outbox index entry");
+                            metrics::counter!("skerry_edge_outbox_corrupt_entries_total")
+                                .increment(1);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(%topic, ?verdict, error = %e, "cannot drop an outbox index entry")
+                        }
                     }
                 }
             }
