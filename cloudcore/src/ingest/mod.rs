@@ -24,12 +24,15 @@
 //! with grace period 0 and a uid precondition, kubelet's final `DELETE`, so the API's own
 //! finalizer rule decides whether it goes now or waits for its finalizers.
 
+mod ack_order;
+
 use crate::annotations::{set_status_seq, status_seq, StatusSeq};
 use crate::api::client::{identity, Client, DeleteOptions};
 use crate::api::ApiError;
 use crate::clock;
 use crate::controllers::node_lifecycle::NODE_STATUS_UNKNOWN;
 use crate::pki::Pki;
+use ack_order::AckOrder;
 use protocol::status as seal;
 use protocol::status::SealError;
 use protocol::status::*;
@@ -216,31 +219,20 @@ enum Ack {
 
 /// Sends PUBACKs in the order the messages were received, as MQTT 3.1.1 (4.6) requires: the
 /// workers finish out of order, and a broker may drop a client that acks out of order. A
-/// message is acked only once it and every message received before it are applied.
+/// message is acked only once it and every message received before it are applied; the rule is
+/// [`AckOrder`]'s.
 async fn ack_in_order(client: AsyncClient, mut done: mpsc::UnboundedReceiver<Applied>) {
-    let mut generation = 0u64;
-    let mut expected = 0u64;
-    let mut finished: std::collections::BTreeMap<u64, Publish> = Default::default();
+    let mut order = AckOrder::default();
     while let Some(item) = done.recv().await {
         let Ack::External {
-            generation: g,
+            generation,
             index,
             publish,
         } = item.ack
         else {
             continue;
         };
-        if g < generation {
-            continue; // delivered on a connection that is gone; the broker redelivers it
-        }
-        if g > generation {
-            generation = g;
-            expected = 0;
-            finished.clear();
-        }
-        finished.insert(index, publish);
-        while let Some(p) = finished.remove(&expected) {
-            expected += 1;
+        for p in order.finished(generation, index, publish) {
             if let Err(e) = client.ack(&p).await {
                 warn!(error = %e, "cannot ack status report");
             }
