@@ -121,13 +121,20 @@ const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
 
 fn pick_port(free: impl Fn(u16) -> bool) -> u16 {
     use std::hash::{BuildHasher, Hasher};
+    // Ports handed out by this process: a port picked for a daemon is only bound when the
+    // daemon starts, so until then it still looks free, and two picks (a cloud's API and broker
+    // ports) once drew the same one.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for attempt in 0u32..10_000 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(attempt);
         h.write_u32(std::process::id());
         let span = u64::from(PORT_RANGE.end - PORT_RANGE.start);
         let port = PORT_RANGE.start + (h.finish() % span) as u16;
-        if free(port) {
+        if !given.contains(&port) && free(port) {
+            given.insert(port);
             return port;
         }
     }
