@@ -163,7 +163,7 @@ impl Hub {
                 // Its close reached us, our packets did not reach it: one-way, towards the node.
                 let said = String::from_utf8_lossy(&close.reason).into_owned();
                 warn!(edge_said = %said, "the node closed its link because it hears nothing from the cloud: the link towards it is cut");
-                self.set_sync_lagging(node, Transition::EdgeDeaf(said));
+                set_sync_lagging(&self.api, node, Transition::EdgeDeaf(said));
             }
         }
         metrics::gauge!("skerry_hub_connected_nodes").decrement(1.0);
@@ -214,41 +214,36 @@ impl Hub {
         let _abort_reader = AbortOnDrop(reader);
         let mut sent = from;
         let limit = u64::try_from(self.ack_lag_limit.as_millis()).unwrap_or(u64::MAX);
-        let mut lag = AckLag::new(limit, from);
-        let mut received = conn.stats().udp_rx.datagrams;
-        self.liveness.heard(node, crate::clock::now_ms());
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lag = Arc::new(std::sync::Mutex::new(AckLag::new(limit, from)));
+        // Liveness and the ack-lag check run beside the stream, not in its loop: a batch write
+        // that waits for flow control (the node does not read, the link is cut towards it)
+        // must not stop either.
+        let _watch = AbortOnDrop(tokio::spawn(watch_link(
+            conn.clone(),
+            node.to_string(),
+            lag.clone(),
+            self.liveness.clone(),
+            self.api.clone(),
+        )));
+        let lag =
+            |f: &mut dyn FnMut(&mut AckLag)| f(&mut lag.lock().unwrap_or_else(|e| e.into_inner()));
         loop {
             let (upto, last_batch) = self.send_pending(node, sent, send, signals).await?;
             sent = upto;
             // Only a batch is acknowledged: a round that moved the mark without sending one
             // (nothing of this node changed) owes nothing.
             if let Some(revision) = last_batch {
-                lag.sent(revision, crate::clock::now_ms());
+                lag(&mut |l| l.sent(revision, crate::clock::now_ms()));
             }
             tokio::select! {
                 _ = signals.changed.notified() => {}
-                _ = tick.tick() => {
-                    // The node is alive as long as its link carries anything to us (its
-                    // keep-alives at the least): the liveness the controller reads.
-                    let now = crate::clock::now_ms();
-                    let rx = conn.stats().udp_rx.datagrams;
-                    if rx > received {
-                        received = rx;
-                        self.liveness.heard(node, now);
-                    }
-                    if let Some(t) = lag.check(now) {
-                        self.set_sync_lagging(node, t);
-                    }
-                }
                 msg = rx.recv() => match msg {
                     Some(Ok(Some(EdgeMessage::Ack(a)))) => {
                         if a.revision > sent {
                             return Err(SessionError::Protocol(format!("ack of revision {} that was never sent (sent up to {sent})", a.revision)));
                         }
                         signals.acked.fetch_max(a.revision, Ordering::Relaxed);
-                        lag.acked(a.revision);
+                        lag(&mut |l| l.acked(a.revision));
                         metrics::counter!("skerry_hub_acks_total").increment(1);
                         debug!(revision = a.revision, "ack");
                     }
@@ -359,81 +354,6 @@ impl Hub {
         write_frame(send, &CloudMessage::Sync(batch)).await
     }
 
-    /// Writes the node's `SyncLagging` condition for `t` through the API, in the background: the
-    /// session goes on streaming meanwhile, and a write that fails is logged (the next
-    /// transition, or the next session, writes again).
-    fn set_sync_lagging(&self, node: &str, t: Transition) {
-        let (status, reason, message) = match t {
-            Transition::Lagging {
-                revision,
-                for_ms,
-                acked,
-            } => {
-                warn!(
-                    revision,
-                    acked,
-                    waited_ms = for_ms,
-                    "the node does not acknowledge what it is sent: its link may be cut in one direction"
-                );
-                metrics::counter!("skerry_hub_sync_lagging_total").increment(1);
-                (
-                    "True",
-                    SYNC_LAGGING_REASON,
-                    format!(
-                        "revision {revision} was sent {} s ago and is not acknowledged (acknowledged up to {acked}): the link to the node may be cut in one direction",
-                        for_ms / 1000
-                    ),
-                )
-            }
-            Transition::EdgeDeaf(said) => {
-                metrics::counter!("skerry_hub_sync_lagging_total").increment(1);
-                (
-                    "True",
-                    EDGE_DEAF_REASON,
-                    format!("{said}, so it closed its link; its packets reach the cloud, the cloud's do not reach it: the link towards the node is cut"),
-                )
-            }
-            Transition::Current => (
-                "False",
-                SYNC_CURRENT_REASON,
-                "the node acknowledges what it is sent".to_string(),
-            ),
-        };
-        let (api, node) = (self.api.clone(), node.to_string());
-        tokio::spawn(async move {
-            let now = crate::clock::now_rfc3339();
-            let res = api
-                .update_status_with("nodes", "", &node, |current| {
-                    let conditions = current.pointer("/status/conditions")?.as_array()?;
-                    let old = conditions.iter().find(|c| c["type"] == SYNC_LAGGING);
-                    if old.is_some_and(|c| c["status"] == status && c["reason"] == reason) {
-                        return None;
-                    }
-                    let transition = match old {
-                        Some(c) if c["status"] == status => c["lastTransitionTime"].clone(),
-                        _ => serde_json::json!(now),
-                    };
-                    let mut conditions: Vec<serde_json::Value> = conditions
-                        .iter()
-                        .filter(|c| c["type"] != SYNC_LAGGING)
-                        .cloned()
-                        .collect();
-                    conditions.push(serde_json::json!({
-                        "type": SYNC_LAGGING, "status": status, "reason": reason,
-                        "message": message, "lastHeartbeatTime": now,
-                        "lastTransitionTime": transition,
-                    }));
-                    let mut v = current.clone();
-                    v["status"]["conditions"] = serde_json::json!(conditions);
-                    Some(v)
-                })
-                .await;
-            if let Err(e) = res {
-                warn!(%node, error = %e, "cannot write the node's SyncLagging condition");
-            }
-        });
-    }
-
     /// Closes the live session of a node that was just revoked (the node is told why). Its
     /// reconnects are then refused at Hello.
     pub async fn revoke_session(&self, node: &str) {
@@ -454,6 +374,112 @@ impl Hub {
         v.sort();
         v
     }
+}
+
+/// Samples a session's connection once a second: a datagram received since the last sample
+/// renews the node's liveness, and the ack-lag rule is checked (its transitions written to the
+/// node). Runs beside the session's stream loop, for as long as the session.
+async fn watch_link(
+    conn: quinn::Connection,
+    node: String,
+    lag: Arc<std::sync::Mutex<AckLag>>,
+    liveness: crate::liveness::Liveness,
+    api: crate::api::client::Client,
+) {
+    let mut received = conn.stats().udp_rx.datagrams;
+    liveness.heard(&node, crate::clock::now_ms());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // The node is alive as long as its link carries anything to us (its keep-alives at
+        // the least): the liveness the controller reads.
+        let now = crate::clock::now_ms();
+        let rx = conn.stats().udp_rx.datagrams;
+        if rx > received {
+            received = rx;
+            liveness.heard(&node, now);
+        }
+        let due = lag.lock().unwrap_or_else(|e| e.into_inner()).check(now);
+        if let Some(t) = due {
+            set_sync_lagging(&api, &node, t);
+        }
+    }
+}
+
+/// Writes the node's `SyncLagging` condition for `t` through the API, in the background: the
+/// session goes on streaming meanwhile, and a write that fails is logged (the next
+/// transition, or the next session, writes again).
+fn set_sync_lagging(api: &crate::api::client::Client, node: &str, t: Transition) {
+    let (status, reason, message) = match t {
+        Transition::Lagging {
+            revision,
+            for_ms,
+            acked,
+        } => {
+            warn!(
+                revision,
+                acked,
+                waited_ms = for_ms,
+                "the node does not acknowledge what it is sent: its link may be cut in one direction"
+            );
+            metrics::counter!("skerry_hub_sync_lagging_total").increment(1);
+            (
+                "True",
+                SYNC_LAGGING_REASON,
+                format!(
+                    "revision {revision} was sent {} s ago and is not acknowledged (acknowledged up to {acked}): the link to the node may be cut in one direction",
+                    for_ms / 1000
+                ),
+            )
+        }
+        Transition::EdgeDeaf(said) => {
+            metrics::counter!("skerry_hub_sync_lagging_total").increment(1);
+            (
+                "True",
+                EDGE_DEAF_REASON,
+                format!("{said}, so it closed its link; its packets reach the cloud, the cloud's do not reach it: the link towards the node is cut"),
+            )
+        }
+        Transition::Current => (
+            "False",
+            SYNC_CURRENT_REASON,
+            "the node acknowledges what it is sent".to_string(),
+        ),
+    };
+    let (api, node) = (api.clone(), node.to_string());
+    tokio::spawn(async move {
+        let now = crate::clock::now_rfc3339();
+        let res = api
+            .update_status_with("nodes", "", &node, |current| {
+                let conditions = current.pointer("/status/conditions")?.as_array()?;
+                let old = conditions.iter().find(|c| c["type"] == SYNC_LAGGING);
+                if old.is_some_and(|c| c["status"] == status && c["reason"] == reason) {
+                    return None;
+                }
+                let transition = match old {
+                    Some(c) if c["status"] == status => c["lastTransitionTime"].clone(),
+                    _ => serde_json::json!(now),
+                };
+                let mut conditions: Vec<serde_json::Value> = conditions
+                    .iter()
+                    .filter(|c| c["type"] != SYNC_LAGGING)
+                    .cloned()
+                    .collect();
+                conditions.push(serde_json::json!({
+                    "type": SYNC_LAGGING, "status": status, "reason": reason,
+                    "message": message, "lastHeartbeatTime": now,
+                    "lastTransitionTime": transition,
+                }));
+                let mut v = current.clone();
+                v["status"]["conditions"] = serde_json::json!(conditions);
+                Some(v)
+            })
+            .await;
+        if let Err(e) = res {
+            warn!(%node, error = %e, "cannot write the node's SyncLagging condition");
+        }
+    });
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
