@@ -92,21 +92,7 @@ fn acknowledged_pod_reports_are_queued_again_after_a_reconnect() {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();
     let o = Outbox::open(&db, "n1").unwrap();
-    let pod = |name: &str| PodStatus {
-        node: "n1".into(),
-        namespace: "default".into(),
-        name: name.into(),
-        uid: format!("uid-{name}"),
-        phase: PodPhase::Running,
-        conditions: vec![],
-        containers: vec![],
-        pod_ip: String::new(),
-        host_ip: String::new(),
-        start_time_ms: 0,
-        reason: String::new(),
-        message: String::new(),
-        removed: false,
-    };
+    let pod = |name: &str| pod_status(name, PodPhase::Running);
     o.pod_status(pod("a"));
     o.pod_status(pod("b"));
     o.put("t/node", StatusBody::Node(test_node(true)));
@@ -189,16 +175,22 @@ fn model_body(t: usize, v: bool) -> StatusBody {
     if t == 3 {
         return StatusBody::Node(test_node(v));
     }
-    StatusBody::Pod(PodStatus {
+    let phase = if v {
+        PodPhase::Running
+    } else {
+        PodPhase::Pending
+    };
+    StatusBody::Pod(pod_status(&format!("p{t}"), phase))
+}
+
+/// A report of pod `name` of node n1 in `phase`, with nothing else set.
+fn pod_status(name: &str, phase: PodPhase) -> PodStatus {
+    PodStatus {
         node: "n1".into(),
         namespace: "default".into(),
-        name: format!("p{t}"),
-        uid: format!("uid-{t}"),
-        phase: if v {
-            PodPhase::Running
-        } else {
-            PodPhase::Pending
-        },
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        phase,
         conditions: vec![],
         containers: vec![],
         pod_ip: String::new(),
@@ -207,7 +199,7 @@ fn model_body(t: usize, v: bool) -> StatusBody {
         reason: String::new(),
         message: String::new(),
         removed: false,
-    })
+    }
 }
 
 /// The outbox holds exactly what the model holds: queued reports in sequence order (sequence
@@ -322,7 +314,7 @@ proptest::proptest! {
                     db.flush().unwrap();
                     drop(o);
                     drop(db);
-                    db = sled::open(dir.path()).unwrap();
+                    db = reopen(dir.path());
                     o = Outbox::open(&db, "n1").unwrap();
                 }
             }
@@ -356,4 +348,20 @@ fn unreadable_entries_are_dropped_and_counted_not_a_panic() {
         .unwrap();
     assert_eq!(o.pending(10, &HashMap::new()).len(), 1);
     assert_eq!(o.order.len(), 1);
+}
+
+/// Opens the sled database at `path` again right after its last handle was dropped. sled
+/// releases its file lock when its background flusher lets go of the database, a moment after
+/// the drop, so an immediate open may find the lock still held: wait for it (bounded).
+fn reopen(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("reopening {}: {e}", path.display()),
+        }
+    }
 }
