@@ -67,12 +67,14 @@ pub fn config_ref_of(key: &ObjectKey) -> Option<ObjectRef> {
     })
 }
 
-/// The store key of a config reference (`None` for pods).
+/// The store key of a config reference (`None` for the other kinds).
 pub fn store_key(r: &ObjectRef) -> Option<ObjectKey> {
     let resource = match r.kind {
         ObjectKind::ConfigMap => CONFIG_MAPS,
         ObjectKind::Secret => SECRETS,
-        ObjectKind::Pod => return None,
+        ObjectKind::Pod | ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network => {
+            return None
+        }
     };
     Some(ObjectKey::new(
         resource,

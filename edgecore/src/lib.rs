@@ -13,6 +13,7 @@ pub mod identity;
 pub mod images;
 pub mod link;
 pub mod logs;
+pub mod network;
 pub mod node_health;
 pub mod pods;
 pub mod report;

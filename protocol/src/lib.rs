@@ -13,6 +13,7 @@ pub mod config;
 pub mod join;
 pub mod messages;
 pub mod pod;
+pub mod service;
 pub mod status;
 pub mod streams;
 pub mod timestamp;
@@ -28,7 +29,10 @@ pub mod topics;
 ///
 /// v4: node reports carry their conditions ([`status::NodeCondition`]) instead of one
 /// ready flag ([`compat::v3`] keeps the old shape).
-pub const PROTOCOL_VERSION: u32 = 4;
+///
+/// v5: the sync link carries Services, EndpointSlices and the node's network settings
+/// ([`service`]); the hub sends none of them to a v4 edge, so a v4 session speaks v4.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The oldest edge version the cloud accepts: one behind its own.
 pub const OLDEST_EDGE_VERSION: u32 = PROTOCOL_VERSION - 1;

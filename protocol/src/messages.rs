@@ -8,6 +8,7 @@
 
 use crate::config::{EdgeConfigMap, EdgeSecret};
 use crate::pod::EdgePod;
+use crate::service::{ClusterNetwork, EdgeEndpointSlice, EdgeService};
 use serde::{Deserialize, Serialize};
 
 /// Edge → cloud.
@@ -120,6 +121,24 @@ pub enum ObjectKind {
     ConfigMap,
     /// A Secret that a pod bound to the node references.
     Secret,
+    /// A Service (every node receives all of them; see [`crate::service`]). Protocol v5.
+    Service,
+    /// An EndpointSlice (every node receives all of them). Protocol v5.
+    EndpointSlice,
+    /// The node's network settings ([`ClusterNetwork`]): one per node, named after the node,
+    /// with an empty namespace. Protocol v5.
+    Network,
+}
+
+impl ObjectKind {
+    /// Whether an edge speaking `version` understands this kind: the hub never sends a kind to
+    /// an edge that cannot decode it.
+    pub fn known_to(self, version: u32) -> bool {
+        match self {
+            ObjectKind::Pod | ObjectKind::ConfigMap | ObjectKind::Secret => true,
+            ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network => version >= 5,
+        }
+    }
 }
 
 /// An object of the slice, in its edge projection.
@@ -131,6 +150,12 @@ pub enum EdgeObject {
     ConfigMap(EdgeConfigMap),
     /// A Secret referenced by one of the node's pods.
     Secret(EdgeSecret),
+    /// A Service.
+    Service(EdgeService),
+    /// An EndpointSlice.
+    EndpointSlice(EdgeEndpointSlice),
+    /// The node's network settings.
+    Network(ClusterNetwork),
 }
 
 impl EdgeObject {
@@ -151,6 +176,21 @@ impl EdgeObject {
                 kind: ObjectKind::Secret,
                 namespace: c.namespace.clone(),
                 name: c.name.clone(),
+            },
+            EdgeObject::Service(s) => ObjectRef {
+                kind: ObjectKind::Service,
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+            },
+            EdgeObject::EndpointSlice(s) => ObjectRef {
+                kind: ObjectKind::EndpointSlice,
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+            },
+            EdgeObject::Network(n) => ObjectRef {
+                kind: ObjectKind::Network,
+                namespace: String::new(),
+                name: n.node.clone(),
             },
         }
     }

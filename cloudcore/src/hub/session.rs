@@ -340,6 +340,9 @@ impl Hub {
                 EdgeObject::Pod(_) => continue,
                 EdgeObject::ConfigMap(_) => "ConfigMap",
                 EdgeObject::Secret(_) => "Secret",
+                EdgeObject::Service(_) => "Service",
+                EdgeObject::EndpointSlice(_) => "EndpointSlice",
+                EdgeObject::Network(_) => "Network",
             };
             metrics::counter!("skerry_hub_configs_sent_total", "kind" => kind).increment(1);
         }
@@ -348,6 +351,9 @@ impl Hub {
                 ObjectKind::Pod => continue,
                 ObjectKind::ConfigMap => "ConfigMap",
                 ObjectKind::Secret => "Secret",
+                ObjectKind::Service => "Service",
+                ObjectKind::EndpointSlice => "EndpointSlice",
+                ObjectKind::Network => "Network",
             };
             metrics::counter!("skerry_hub_config_deletes_sent_total", "kind" => kind).increment(1);
         }

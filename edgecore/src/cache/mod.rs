@@ -18,6 +18,7 @@ use protocol::codec;
 use protocol::config::{EdgeConfigMap, EdgeSecret};
 use protocol::messages::{EdgeObject, ObjectKind, ObjectRef, SyncBatch};
 use protocol::pod::EdgePod;
+use protocol::service::{ClusterNetwork, EdgeEndpointSlice, EdgeService};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -28,7 +29,9 @@ const ACKED_KEY: &[u8] = b"acked_revision";
 /// older edgecore has none, and its acked revision would make the hub skip every config written
 /// before it, so opening such a cache forgets the acked revision and the node resyncs in full.
 const SCHEMA_KEY: &[u8] = b"schema";
-const SCHEMA: u32 = 2;
+/// Version 3 added the network tree (Services, EndpointSlices, the node's network settings),
+/// which a cache of version 2 lacks for the same reason.
+const SCHEMA: u32 = 3;
 /// Random id of this cache, also recorded in the marker beside it (see [`recovery`]).
 const CACHE_ID_KEY: &[u8] = b"cache_id";
 /// Present while the node's desired state is unknown (the value says why); removed in the
@@ -116,7 +119,10 @@ impl ConfigSet {
             ObjectKind::Secret => {
                 self.secrets.remove(&key);
             }
-            ObjectKind::Pod => {}
+            ObjectKind::Pod
+            | ObjectKind::Service
+            | ObjectKind::EndpointSlice
+            | ObjectKind::Network => {}
         }
     }
 
@@ -175,6 +181,20 @@ pub trait DesiredState: Send + Sync + 'static {
     fn pods(&self) -> Vec<EdgePod>;
     /// Every cached ConfigMap and Secret; corrupt entries are logged and skipped.
     fn configs(&self) -> ConfigSet;
+    /// The cached Services, EndpointSlices and network settings; corrupt entries are logged
+    /// and skipped.
+    fn network(&self) -> NetworkSet;
+}
+
+/// The node's Services, EndpointSlices and network settings as cached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkSet {
+    /// The node's network settings, once received.
+    pub network: Option<ClusterNetwork>,
+    /// Every Service.
+    pub services: Vec<EdgeService>,
+    /// Every EndpointSlice.
+    pub slices: Vec<EdgeEndpointSlice>,
 }
 
 /// sled-backed cache. The same database also holds the status outbox (see `crate::report`).
@@ -184,6 +204,8 @@ pub struct Cache {
     pods: sled::Tree,
     config_maps: sled::Tree,
     secrets: sled::Tree,
+    /// Services, EndpointSlices and the network settings, keyed by [`entry_key`].
+    network: sled::Tree,
     meta: sled::Tree,
     /// The marker beside the cache, rewritten with the acked revision after every batch.
     marker: std::sync::Arc<MarkerFile>,
@@ -237,6 +259,27 @@ impl MarkerFile {
 
 fn object_key(namespace: &str, name: &str) -> Vec<u8> {
     format!("{namespace}/{name}").into_bytes()
+}
+
+/// The key of an object in its tree: `namespace/name` in the trees of one kind, prefixed with
+/// the kind in the network tree, which holds three.
+fn entry_key(kind: ObjectKind, namespace: &str, name: &str) -> Vec<u8> {
+    match kind {
+        ObjectKind::Pod | ObjectKind::ConfigMap | ObjectKind::Secret => object_key(namespace, name),
+        ObjectKind::Service => format!("svc:{namespace}/{name}").into_bytes(),
+        ObjectKind::EndpointSlice => format!("eps:{namespace}/{name}").into_bytes(),
+        ObjectKind::Network => format!("net:{namespace}/{name}").into_bytes(),
+    }
+}
+
+/// The kind of a network-tree entry, from its key's prefix.
+fn network_kind(key: &[u8]) -> Option<ObjectKind> {
+    match key.get(..4)? {
+        b"svc:" => Some(ObjectKind::Service),
+        b"eps:" => Some(ObjectKind::EndpointSlice),
+        b"net:" => Some(ObjectKind::Network),
+        _ => None,
+    }
 }
 
 /// What a batch does to one entry.
@@ -316,6 +359,7 @@ impl Cache {
             pods: tree("pods")?,
             config_maps: tree("configmaps")?,
             secrets: tree("secrets")?,
+            network: tree("network")?,
             meta: tree("meta")?,
             db: db.clone(),
             marker: MarkerFile::new(marker_path),
@@ -417,7 +461,8 @@ impl Cache {
         }
         let corrupt = self.pods_checked().1
             + Self::read_all::<EdgeConfigMap>(&self.config_maps, "configmap").1
-            + Self::read_all::<EdgeSecret>(&self.secrets, "secret").1;
+            + Self::read_all::<EdgeSecret>(&self.secrets, "secret").1
+            + Self::read_all::<EdgeObject>(&self.network, "network").1;
         if corrupt > 0 {
             let why = format!("{corrupt} cache entries cannot be decoded");
             tracing::error!(
@@ -468,6 +513,7 @@ impl Cache {
             pods: db.open_tree("pods").map_err(backend)?,
             config_maps: db.open_tree("configmaps").map_err(backend)?,
             secrets: db.open_tree("secrets").map_err(backend)?,
+            network: db.open_tree("network").map_err(backend)?,
             meta: db.open_tree("meta").map_err(backend)?,
             db,
             marker: MarkerFile::new(marker_path),
@@ -554,6 +600,7 @@ impl Cache {
             ObjectKind::Pod => &self.pods,
             ObjectKind::ConfigMap => &self.config_maps,
             ObjectKind::Secret => &self.secrets,
+            ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network => &self.network,
         }
     }
 
@@ -569,6 +616,9 @@ impl Cache {
                 codec::decode::<Cached<EdgeConfigMap>>(&value).map(|c| c.revision)
             }
             ObjectKind::Secret => codec::decode::<Cached<EdgeSecret>>(&value).map(|c| c.revision),
+            ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network => {
+                codec::decode::<Cached<EdgeObject>>(&value).map(|c| c.revision)
+            }
         }
         .ok())
     }
@@ -582,7 +632,7 @@ impl Cache {
         let mut named: HashSet<(ObjectKind, Vec<u8>)> = HashSet::new();
         for up in &batch.upserts {
             let object = up.object.object_ref();
-            let key = object_key(&object.namespace, &object.name);
+            let key = entry_key(object.kind, &object.namespace, &object.name);
             let slot = (object.kind, key.clone());
             named.insert(slot.clone());
             let newer = match plan.accepted.get(&slot) {
@@ -608,12 +658,18 @@ impl Cache {
                     revision: up.revision,
                     object: secret,
                 })?,
+                EdgeObject::Service(_) | EdgeObject::EndpointSlice(_) | EdgeObject::Network(_) => {
+                    codec::encode(&Cached {
+                        revision: up.revision,
+                        object: &up.object,
+                    })?
+                }
             };
             plan.accepted.insert(slot.clone(), up.revision);
             plan.changes.insert(slot, Change::Put(value));
         }
         for del in &batch.deletes {
-            let key = object_key(&del.namespace, &del.name);
+            let key = entry_key(del.kind, &del.namespace, &del.name);
             if del.kind == ObjectKind::Pod {
                 plan.pods.remove(&key);
             }
@@ -628,38 +684,53 @@ impl Cache {
                     }
                 }
             }
+            for entry in self.network.iter().keys() {
+                let key = entry.map_err(backend)?.to_vec();
+                // An entry whose key names no kind is damage: it goes too.
+                let kind = network_kind(&key).unwrap_or(ObjectKind::Service);
+                if !named.contains(&(kind, key.clone())) {
+                    plan.changes.insert((kind, key), Change::Remove);
+                }
+            }
         }
         self.collect_garbage(&mut plan)?;
 
         let rev = batch.revision;
         let snapshot = batch.snapshot;
         let was_unknown = snapshot.then(|| self.unknown_reason()).flatten();
-        let result: Result<(), TransactionError<()>> =
-            (&self.pods, &self.config_maps, &self.secrets, &self.meta).transaction(
-                |(pods, config_maps, secrets, meta)| {
-                    for ((kind, key), change) in &plan.changes {
-                        let tree = match kind {
-                            ObjectKind::Pod => pods,
-                            ObjectKind::ConfigMap => config_maps,
-                            ObjectKind::Secret => secrets,
-                        };
-                        match change {
-                            Change::Put(value) => {
-                                tree.insert(key.as_slice(), value.as_slice())?;
-                            }
-                            Change::Remove => {
-                                tree.remove(key.as_slice())?;
-                            }
+        let result: Result<(), TransactionError<()>> = (
+            &self.pods,
+            &self.config_maps,
+            &self.secrets,
+            &self.network,
+            &self.meta,
+        )
+            .transaction(|(pods, config_maps, secrets, network, meta)| {
+                for ((kind, key), change) in &plan.changes {
+                    let tree = match kind {
+                        ObjectKind::Pod => pods,
+                        ObjectKind::ConfigMap => config_maps,
+                        ObjectKind::Secret => secrets,
+                        ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network => {
+                            network
+                        }
+                    };
+                    match change {
+                        Change::Put(value) => {
+                            tree.insert(key.as_slice(), value.as_slice())?;
+                        }
+                        Change::Remove => {
+                            tree.remove(key.as_slice())?;
                         }
                     }
-                    meta.insert(ACKED_KEY, &rev.to_be_bytes())?;
-                    if snapshot {
-                        // The cloud's full slice: the desired state is known again.
-                        meta.remove(UNKNOWN_KEY)?;
-                    }
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                },
-            );
+                }
+                meta.insert(ACKED_KEY, &rev.to_be_bytes())?;
+                if snapshot {
+                    // The cloud's full slice: the desired state is known again.
+                    meta.remove(UNKNOWN_KEY)?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
         result.map_err(|e| backend(format!("{e:?}")))?;
         self.db.flush_async().await.map_err(backend)?;
         let marker = self.marker.clone();
@@ -779,6 +850,21 @@ impl DesiredState for Cache {
         }
         for secret in Self::read_all::<EdgeSecret>(&self.secrets, "secret").0 {
             set.insert_secret(secret);
+        }
+        set
+    }
+
+    fn network(&self) -> NetworkSet {
+        let mut set = NetworkSet::default();
+        for object in Self::read_all::<EdgeObject>(&self.network, "network").0 {
+            match object {
+                EdgeObject::Service(s) => set.services.push(s),
+                EdgeObject::EndpointSlice(s) => set.slices.push(s),
+                EdgeObject::Network(n) => set.network = Some(n),
+                EdgeObject::Pod(_) | EdgeObject::ConfigMap(_) | EdgeObject::Secret(_) => {
+                    tracing::error!("skipping a misplaced entry in the network tree of the cache")
+                }
+            }
         }
         set
     }

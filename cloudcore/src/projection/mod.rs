@@ -17,6 +17,9 @@ use protocol::config::{EdgeConfigMap, EdgeSecret};
 use protocol::pod::*;
 use serde_json::Value;
 
+pub mod network;
+pub use network::{edge_endpoint_slice, edge_service, NETWORK_SHARD};
+
 /// Why a stored object could not be projected.
 #[derive(Debug, thiserror::Error)]
 #[error("{object} cannot be sent to its node: {reason}")]
@@ -58,9 +61,28 @@ pub fn node_of(key: &crate::store::ObjectKey, value: &Value) -> Option<String> {
 /// The store's shard function: a pod belongs to the node it is bound to, with the digest of its
 /// edge projection, so that only writes that change what the node runs (not status reports)
 /// are logged to the node's shard and sent down.
+///
+/// Services and EndpointSlices belong to the [`NETWORK_SHARD`] that every node reads, with the
+/// digest of their projection likewise.
 pub fn shard(key: &crate::store::ObjectKey, value: &Value) -> Option<crate::store::Shard> {
+    if network::in_network_shard(&key.resource) {
+        let encoded = match key.resource.as_str() {
+            "services" => edge_service(value).map(|s| protocol::codec::encode(&s)),
+            _ => edge_endpoint_slice(value).map(|s| protocol::codec::encode(&s)),
+        };
+        return Some(crate::store::Shard {
+            name: NETWORK_SHARD.to_string(),
+            digest: digest_of(encoded),
+        });
+    }
     let name = node_of(key, value)?;
-    let digest = match edge_pod(value).map(|p| protocol::codec::encode(&p)) {
+    let digest = digest_of(edge_pod(value).map(|p| protocol::codec::encode(&p)));
+    Some(crate::store::Shard { name, digest })
+}
+
+/// The digest of an encoded projection (see [`crate::store::Shard::digest`]).
+fn digest_of<E1, E2>(encoded: Result<Result<Vec<u8>, E1>, E2>) -> u64 {
+    match encoded {
         Ok(Ok(bytes)) => {
             use std::hash::{Hash, Hasher};
             // Compared only within one process (old vs new value of one write): the std hasher
@@ -69,10 +91,9 @@ pub fn shard(key: &crate::store::ObjectKey, value: &Value) -> Option<crate::stor
             bytes.hash(&mut h);
             h.finish()
         }
-        // A pod that cannot be projected is logged on every write, so the hub reports it.
+        // An object that cannot be projected is logged on every write, so the hub reports it.
         _ => rand::random(),
-    };
-    Some(crate::store::Shard { name, digest })
+    }
 }
 
 /// Projects a stored pod.
@@ -332,6 +353,12 @@ pub fn edge_config(
         ObjectKind::ConfigMap => edge_config_map(value).map(EdgeObject::ConfigMap),
         ObjectKind::Secret => edge_secret(value).map(EdgeObject::Secret),
         ObjectKind::Pod => edge_pod(value).map(EdgeObject::Pod),
+        ObjectKind::Service => edge_service(value).map(EdgeObject::Service),
+        ObjectKind::EndpointSlice => edge_endpoint_slice(value).map(EdgeObject::EndpointSlice),
+        ObjectKind::Network => Err(ProjectionError {
+            object: format!("network settings {}", name_of(value)),
+            reason: "are built by the hub, not read from the store".into(),
+        }),
     }
 }
 
