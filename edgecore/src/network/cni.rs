@@ -72,12 +72,10 @@ pub fn ensure(cfg: &CniConfig, pod_cidr: &str) -> std::io::Result<bool> {
     let previous = written_cidr(cfg);
     write_atomically(&path, wanted.as_bytes())?;
     match previous {
-        Some(old) if old != pod_cidr => tracing::warn!(
-            old,
-            new = pod_cidr,
-            "the node's pod CIDR changed (it joined again or the cloud was reset): new pods get \
-             addresses from the new CIDR, running pods keep theirs until they are recreated; \
-             drain the node to move them"
+        Some(old) if old != pod_cidr => tracing::info!(
+            old, new = pod_cidr, file = %path.display(),
+            "CNI configuration rewritten for the node's pod CIDR: new pods get addresses from it, \
+             pods already running keep theirs until they are recreated"
         ),
         _ => tracing::info!(pod_cidr, file = %path.display(), "CNI configuration written"),
     }
