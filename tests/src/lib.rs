@@ -1284,9 +1284,28 @@ impl SyncClient {
         acked: u64,
         version: u32,
     ) -> Result<std::result::Result<Self, protocol::messages::Reject>> {
+        Self::connect_with(cloud, edge_dir, node, acked, version, None).await
+    }
+
+    /// Like [`SyncClient::connect_speaking`], sending QUIC keep-alives every `keep_alive` (a
+    /// session a test holds open for minutes, as a real edge does).
+    pub async fn connect_with(
+        cloud: &Cloud,
+        edge_dir: &Path,
+        node: &str,
+        acked: u64,
+        version: u32,
+        keep_alive: Option<Duration>,
+    ) -> Result<std::result::Result<Self, protocol::messages::Reject>> {
         use protocol::messages::{CloudMessage, EdgeMessage, Hello};
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        endpoint.set_default_client_config(node_client_config(edge_dir)?);
+        let mut config = node_client_config(edge_dir)?;
+        if let Some(every) = keep_alive {
+            let mut transport = quinn::TransportConfig::default();
+            transport.keep_alive_interval(Some(every));
+            config.transport_config(std::sync::Arc::new(transport));
+        }
+        endpoint.set_default_client_config(config);
         let conn = endpoint
             .connect(cloud.hub_addr().parse()?, "127.0.0.1")?
             .await?;
