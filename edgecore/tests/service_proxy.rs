@@ -279,11 +279,50 @@ async fn client_ip_affinity_sends_one_client_to_one_endpoint() {
     let mut applier = Applier::new(tools(&net));
     let mut svc = service(L4Protocol::Tcp);
     svc.client_ip_affinity_secs = Some(600);
-    apply(&mut applier, &view(svc, &net, |_| true), &table).await;
+    let mut v = view(svc, &net, |_| true);
+    apply(&mut applier, &v, &table).await;
     let a = podnet::tcp_names(&net.pods[1].ns, vip(), 20).unwrap();
     assert_eq!(names(&a).len(), 1, "one client, one endpoint: {a:?}");
     let b = podnet::tcp_names(&net.node, vip(), 20).unwrap();
     assert_eq!(names(&b).len(), 1, "{b:?}");
+
+    // Another Service appears: the update leaves this one's affinity sets and their members
+    // alone (a reset would send the client wherever numgen says next).
+    let chosen = a[0].clone();
+    let ip = net.pods.iter().find(|p| p.name == chosen).unwrap().ip;
+    let set = format!("aff-600-default/web/tcp/p__{ip}/{POD_PORT}");
+    let client = net.pods[1].ip.to_string();
+    let members = net.nft(&["list", "set", "ip", &table, &set]).unwrap();
+    assert!(members.contains(&client), "{members}");
+    let mut other = service(L4Protocol::Tcp);
+    other.name = "other".into();
+    other.kind = ServiceKind::ClusterIp(vec![Ipv4Addr::new(10, 96, 0, 21).into()]);
+    other.ports[0].node_port = None;
+    v.services.insert(("default".into(), "other".into()), other);
+    apply(&mut applier, &v, &table).await;
+    let members = net.nft(&["list", "set", "ip", &table, &set]).unwrap();
+    assert!(
+        members.contains(&client),
+        "the update emptied the affinity set: {members}"
+    );
+    let again = podnet::tcp_names(&net.pods[1].ns, vip(), 10).unwrap();
+    assert_eq!(names(&again), [chosen].into(), "{again:?}");
+
+    // Someone deletes the table by hand: the next incremental apply fails, and the one after
+    // it replaces the table whole.
+    net.nft(&["delete", "table", "ip", &table]).unwrap();
+    v.services
+        .remove(&("default".to_string(), "other".to_string()));
+    let err = applier
+        .sync(ruleset(&v, &node_addrs(), &cfg(&table)))
+        .await
+        .expect_err("an incremental apply to a missing table");
+    assert!(err.to_string().contains(&table), "{err}");
+    apply(&mut applier, &v, &table).await;
+    assert_eq!(
+        podnet::tcp_names(&net.pods[1].ns, vip(), 3).unwrap().len(),
+        3
+    );
     applier.remove(&table).await.unwrap();
 }
 

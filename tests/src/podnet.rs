@@ -245,7 +245,7 @@ impl PodNet {
                 }
                 if let Ok(mut c) = conn {
                     std::thread::spawn(move || {
-                        let mut buf = vec![0u8; 1 << 16];
+                        let mut buf = vec![0u8; 1 << 18];
                         let mut total: u64 = 0;
                         while let Ok(n) = c.read(&mut buf) {
                             if n == 0 {

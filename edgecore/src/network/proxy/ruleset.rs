@@ -565,21 +565,26 @@ impl Ruleset {
     /// The canonical text of the table: `table ip NAME { … }`. Two equal rulesets render the
     /// same text, so the applier compares it to skip a no-op apply.
     pub fn render(&self) -> String {
+        self.render_only(|_| true, |_| true)
+    }
+
+    /// The table block with only the sets and chains the filters keep.
+    fn render_only(&self, set: impl Fn(&str) -> bool, chain: impl Fn(&str) -> bool) -> String {
         let mut s = String::with_capacity(4096);
         let _ = writeln!(s, "table ip {} {{", self.table);
-        for (name, def) in &self.sets {
+        for (name, def) in self.sets.iter().filter(|(n, _)| set(n)) {
             let _ = write!(s, "\t{} {name} {{ {}", def.kind, def.decl);
             if !def.elements.is_empty() {
                 let _ = write!(s, " elements = {{ {} }}", def.elements.join(", "));
             }
             let _ = writeln!(s, " }}");
         }
-        for (name, chain) in &self.chains {
+        for (name, c) in self.chains.iter().filter(|(n, _)| chain(n)) {
             let _ = writeln!(s, "\tchain {name} {{");
-            if let Some(hook) = chain.hook {
+            if let Some(hook) = c.hook {
                 let _ = writeln!(s, "\t\t{hook}");
             }
-            for r in &chain.rules {
+            for r in &c.rules {
                 let _ = writeln!(s, "\t\t{r}");
             }
             let _ = writeln!(s, "\t}}");
@@ -590,47 +595,57 @@ impl Ruleset {
 
     /// The `nft -f` input that makes the table equal to this ruleset, in one transaction.
     ///
-    /// With no `previous` (first apply, or after a failure left the table's state unknown) it
-    /// creates the table, deletes it with whatever a crashed run left in it, and defines it
-    /// anew. After a successful apply it flushes the table's rules and the static maps, refills
-    /// them, and deletes the chains and sets that `previous` had and this one has not; the
-    /// affinity sets of endpoints that stay keep their members.
+    /// With no `previous` (first apply, or after a failure) it creates the table, deletes it
+    /// with whatever a crashed run left in it, and defines it anew. After a successful apply
+    /// of `previous` it touches only what differs, as kube-proxy's nftables mode does: a chain
+    /// whose rules changed is flushed and refilled, a static map whose elements changed is
+    /// flushed and refilled, new chains and sets are added, and the chains and sets that are
+    /// gone are deleted last (after whatever referred to them was flushed). The affinity sets
+    /// of endpoints that stay are never touched, so their members survive every update.
     pub fn transaction(&self, previous: Option<&Ruleset>) -> String {
         let t = &self.table;
         let mut s = String::with_capacity(8192);
-        match previous {
-            Some(prev) if prev.table == self.table => {
-                let _ = writeln!(s, "add table ip {t}");
-                // Declare everything (a no-op for what exists), then empty what is refilled.
-                for (name, def) in &self.sets {
-                    let _ = writeln!(s, "add {} ip {t} {name} {{ {} }}", def.kind, def.decl);
-                }
-                for name in self.chains.keys() {
-                    let _ = writeln!(s, "add chain ip {t} {name}");
-                }
-                let _ = writeln!(s, "flush table ip {t}");
-                for (name, def) in &self.sets {
-                    if !def.dynamic {
-                        let _ = writeln!(s, "flush {} ip {t} {name}", def.kind);
-                    }
-                }
-                for name in prev.chains.keys() {
-                    if !self.chains.contains_key(name) {
-                        let _ = writeln!(s, "delete chain ip {t} {name}");
-                    }
-                }
-                for (name, def) in &prev.sets {
-                    if !self.sets.contains_key(name) {
-                        let _ = writeln!(s, "delete {} ip {t} {name}", def.kind);
-                    }
-                }
-            }
-            _ => {
-                let _ = writeln!(s, "add table ip {t}");
-                let _ = writeln!(s, "delete table ip {t}");
+        let Some(prev) = previous.filter(|p| p.table == self.table) else {
+            let _ = writeln!(s, "add table ip {t}");
+            let _ = writeln!(s, "delete table ip {t}");
+            s.push_str(&self.render());
+            return s;
+        };
+        let chain_changed = |name: &str| prev.chains.get(name) != self.chains.get(name);
+        let set_changed = |name: &str| match (prev.sets.get(name), self.sets.get(name)) {
+            // A dynamic set's declaration carries no elements: unchanged if it exists.
+            (Some(a), Some(b)) if b.dynamic => a.decl != b.decl,
+            (a, b) => a != b,
+        };
+        for name in self.chains.keys() {
+            if prev.chains.contains_key(name) && chain_changed(name) {
+                let _ = writeln!(s, "flush chain ip {t} {name}");
             }
         }
-        s.push_str(&self.render());
+        for (name, def) in &self.sets {
+            if prev.sets.contains_key(name) && set_changed(name) {
+                let _ = writeln!(s, "flush {} ip {t} {name}", def.kind);
+            }
+        }
+        let body = self.render_only(|n| set_changed(n), |n| chain_changed(n));
+        s.push_str(&body);
+        // Flush every gone chain before deleting any: one may jump to another.
+        let gone: Vec<&String> = prev
+            .chains
+            .keys()
+            .filter(|n| !self.chains.contains_key(*n))
+            .collect();
+        for name in &gone {
+            let _ = writeln!(s, "flush chain ip {t} {name}");
+        }
+        for name in &gone {
+            let _ = writeln!(s, "delete chain ip {t} {name}");
+        }
+        for (name, def) in &prev.sets {
+            if !self.sets.contains_key(name) {
+                let _ = writeln!(s, "delete {} ip {t} {name}", def.kind);
+            }
+        }
         s
     }
 }

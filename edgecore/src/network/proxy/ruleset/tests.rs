@@ -422,8 +422,14 @@ fn rendering_is_deterministic_and_an_update_deletes_only_what_left() {
         std::fs::write(format!("{dir}/full.nft"), &full).unwrap();
         std::fs::write(format!("{dir}/upd.nft"), &upd).unwrap();
     }
-    assert!(upd.contains("flush table ip skerry"), "{upd}");
-    assert!(upd.contains("flush map ip skerry service-ips"), "{upd}");
+    assert!(
+        upd.contains("flush chain ip skerry svc-default/web/tcp/http\n"),
+        "{upd}"
+    );
+    assert!(!upd.contains("flush table"), "{upd}");
+    // What did not change is not sent again: the base chains, the cluster-IP map.
+    assert!(!upd.contains("nat-prerouting"), "{upd}");
+    assert!(!upd.contains("service-ips"), "{upd}");
     assert!(
         upd.contains("delete chain ip skerry ep-default/web/tcp/http__10.244.1.6/8080"),
         "{upd}"
