@@ -433,6 +433,7 @@ async fn the_nodes_own_failed_probe_takes_a_local_endpoint_out_of_routing() {
         ruleset: cfg(&table),
         tools: tools(&net),
         node_addrs: Some(node_addrs()),
+        resync_interval: Duration::from_millis(300),
         ..ProxyConfig::default()
     };
     let proxy = tokio::spawn(proxy::run(config, rx, async {
@@ -472,6 +473,21 @@ async fn the_nodes_own_failed_probe_takes_a_local_endpoint_out_of_routing() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "pod1 stayed in routing: {n:?}"
+        );
+    }
+
+    // A table deleted by hand comes back whole at the next resync, pod1 still out.
+    net.nft(&["delete", "table", "ip", &table]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(n) = ask(net.clone()).await {
+            if names(&n).len() == 2 && !n.iter().any(|x| x == "pod1") {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deleted table never came back"
         );
     }
 

@@ -129,6 +129,15 @@ impl Tools {
         })
     }
 
+    /// Whether the `ip` table `table` exists (`nft list tables ip`, cheap whatever its size).
+    pub async fn table_exists(&self, table: &str) -> Result<bool, ApplyError> {
+        let ran = self.run(&self.nft, &["list", "tables", "ip"], None).await?;
+        Ok(ran
+            .stdout
+            .lines()
+            .any(|l| l.trim() == format!("table ip {table}")))
+    }
+
     /// The node's global IPv4 addresses, as `ip -4 -o addr show scope global` lists them.
     pub async fn node_ipv4(&self) -> Result<Vec<Ipv4Addr>, ApplyError> {
         let ran = self
@@ -242,6 +251,12 @@ impl Applier {
             }
         }
         Ok(Synced::Applied { conntrack_failures })
+    }
+
+    /// Forgets what was applied, so the next sync replaces the table whole (used when the
+    /// table turned out to be gone or changed behind the proxy's back).
+    pub fn forget(&mut self) {
+        self.applied = None;
     }
 
     /// Removes the table (clean shutdown). A table that is not there is fine.

@@ -42,7 +42,8 @@ pub struct ProxyConfig {
     pub min_sync_interval: Duration,
     /// How long to wait before retrying a failed apply.
     pub retry_interval: Duration,
-    /// A re-render with no view change (node addresses may have changed).
+    /// A re-render with no view change (node addresses may have changed), and a check that
+    /// the table is still there (rebuilt whole if not).
     pub resync_interval: Duration,
 }
 
@@ -130,7 +131,14 @@ pub async fn run(config: ProxyConfig, mut view: ViewReceiver, shutdown: impl Fut
                 }
                 dirty = true;
             }
-            _ = tokio::time::sleep(config.resync_interval) => dirty = true,
+            _ = tokio::time::sleep(config.resync_interval) => {
+                // A table deleted behind our back (a `nft flush ruleset`, say) is rebuilt whole.
+                if let Ok(false) = applier.tools().table_exists(&table).await {
+                    tracing::warn!(%table, "the service proxy's table is gone; rebuilding it");
+                    applier.forget();
+                }
+                dirty = true;
+            }
             _ = &mut shutdown => break,
         }
     }
