@@ -371,5 +371,103 @@ async fn main() -> Result<()> {
         );
     }
     applier.remove(&table).await?;
+    coalescing(&net, &cfg, &tools, &node).await
+}
+
+/// A burst of view changes against the running proxy: how many applies it cost, and how long
+/// after the last change the table showed it.
+async fn coalescing(
+    net: &PodNet,
+    cfg: &RulesetConfig,
+    tools: &Tools,
+    node: &NodeAddrs,
+) -> Result<()> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let applied = || -> u64 {
+        recorder
+            .render()
+            .lines()
+            .find(|l| l.starts_with("skerry_edge_proxy_rules_applied_total"))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let changes = env("CHANGES", 100);
+    let gap = Duration::from_millis(env("GAP_MS", 10) as u64);
+    let base: Vec<_> = (0..100)
+        .map(|i| {
+            let vip = Ipv4Addr::new(10, 98, 0, i as u8 + 1);
+            let ips: Vec<Ipv4Addr> = (0..3)
+                .map(|e| Ipv4Addr::new(10, 248, i as u8, e + 1))
+                .collect();
+            let name = format!("c{i}");
+            (
+                service(&name, vip),
+                vec![slice(&name, &format!("{name}-a"), &ips)],
+            )
+        })
+        .collect();
+    let mut v = view(base);
+    let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(v.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let config = edgecore::network::proxy::ProxyConfig {
+        ruleset: cfg.clone(),
+        tools: tools.clone(),
+        node_addrs: Some(node.clone()),
+        ..Default::default()
+    };
+    let proxy = tokio::spawn(edgecore::network::proxy::run(config, rx, async {
+        let _ = stop_rx.await;
+    }));
+    let wait_for = |needle: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let map = net
+                .nft(&["list", "map", "ip", &cfg.table, "service-ips"])
+                .unwrap_or_default();
+            if map.contains(&needle) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the table never showed {needle}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    wait_for("10.98.0.100".into()).await?;
+    let before = applied();
+    for i in 0..changes {
+        let slice = v.slices.values_mut().nth(i % 100).context("slice")?;
+        if slice.endpoints.len() == 3 {
+            slice.endpoints.pop();
+        } else {
+            let mut e = slice.endpoints[0].clone();
+            e.addresses = vec![Ipv4Addr::new(10, 249, (i % 100) as u8, 9).into()];
+            slice.endpoints.push(e);
+        }
+        if i + 1 == changes {
+            let (s, sl) = (service("last", Ipv4Addr::new(10, 98, 1, 1)), slice_last());
+            v.slices.insert((sl.namespace.clone(), sl.name.clone()), sl);
+            v.services.insert((s.namespace.clone(), s.name.clone()), s);
+        }
+        tx.send(std::sync::Arc::new(v.clone()))?;
+        tokio::time::sleep(gap).await;
+    }
+    let sent = Instant::now();
+    wait_for("10.98.1.1".into()).await?;
+    let live = sent.elapsed();
+    // Let a trailing apply land before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let applies = applied() - before;
+    println!(
+        "\nburst: {changes} view changes {} ms apart (100 Services) -> {applies} applies; the last change in the table {:.0} ms after it was sent",
+        gap.as_millis(),
+        live.as_secs_f64() * 1e3
+    );
+    let _ = stop_tx.send(());
+    proxy.await?;
     Ok(())
+}
+
+fn slice_last() -> EdgeEndpointSlice {
+    slice("last", "last-a", &[Ipv4Addr::new(10, 250, 0, 1)])
 }
