@@ -418,10 +418,6 @@ fn rendering_is_deterministic_and_an_update_deletes_only_what_left() {
     sl2.endpoints.truncate(1);
     let (b, _) = render(&view(vec![s], vec![sl2]));
     let upd = b.transaction(Some(&a));
-    if let Ok(dir) = std::env::var("SKERRY_DUMP") {
-        std::fs::write(format!("{dir}/full.nft"), &full).unwrap();
-        std::fs::write(format!("{dir}/upd.nft"), &upd).unwrap();
-    }
     assert!(
         upd.contains("flush chain ip skerry svc-default/web/tcp/http\n"),
         "{upd}"
