@@ -7,8 +7,9 @@ set -euo pipefail
 # deploy/images/build.sh builds the registry-free images from; iproute2 for the pod networks;
 # iptables for the tests that count and cut traffic on private ports and, with util-linux
 # (nsenter), for the fault suite's network namespaces; curl for the quickstart's wait on the API;
-# make for building jemalloc (cloudcore's allocator).
-packages=(make mosquitto protobuf-compiler ca-certificates procps containerd runc containernetworking-plugins busybox-static iproute2 iptables util-linux curl)
+# make for building jemalloc (cloudcore's allocator); nftables for edgecore's Service proxy and
+# conntrack for its flush of a gone UDP endpoint's flows (both in its netns tests too).
+packages=(make mosquitto protobuf-compiler ca-certificates procps containerd runc containernetworking-plugins busybox-static iproute2 iptables util-linux curl nftables conntrack)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,4 +23,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian package enables a system-wide mosquitto on 1883; tests start their own on private
 # ports, and the quickstart uses cloudcore's embedded broker, so the system one is not needed.
+# The Service proxy's tests fail under CI without these (never a silent skip): say so here first.
+if [ "${CI:-}" = "true" ]; then
+  for tool in nft conntrack; do
+    command -v "$tool" >/dev/null || { echo "setup: $tool is missing after the install"; exit 1; }
+  done
+fi
 command -v cargo >/dev/null || { echo "setup: cargo is required (https://rustup.rs)"; exit 1; }

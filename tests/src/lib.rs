@@ -8,6 +8,7 @@ pub mod flood;
 pub mod loopback;
 pub mod mqtt;
 pub mod netns;
+pub mod podnet;
 
 pub use mqtt::Mosquitto;
 

@@ -8,5 +8,6 @@
 //! that falls behind skips to the newest view, never a queue of stale ones.
 
 pub mod cni;
+pub mod proxy;
 pub mod publish;
 pub mod view;
