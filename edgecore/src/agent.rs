@@ -59,6 +59,8 @@ pub struct AgentOptions {
     /// Where to write the CNI configuration from the node's pod CIDR; `None` leaves the CNI
     /// configuration to the admin.
     pub cni: Option<crate::network::cni::CniConfig>,
+    /// The Service proxy (its nftables table); `None` runs none.
+    pub proxy: Option<crate::network::proxy::ProxyConfig>,
 }
 
 /// Which container runtime runs the pods. One per node: pods started by one are not seen by
@@ -197,7 +199,7 @@ pub async fn run(
     ));
     let mut pod_config = PodManagerConfig::default();
     pod_config.backoff.base = opts.restart_backoff_base;
-    let (view_tx, _view_rx) = crate::network::publish::channel();
+    let (view_tx, view_rx) = crate::network::publish::channel();
     let view_tx = Arc::new(view_tx);
     // The node's own readiness reaches its routing as the prober decides it, cloud or not.
     let statuses = Arc::new(crate::network::publish::ReadinessTap::new(
@@ -333,6 +335,15 @@ pub async fn run(
                 timing,
                 link.clone(),
             )
+        });
+    }
+    if let Some(proxy) = opts.proxy.clone() {
+        // The table outlives edgecore on purpose, as kube-proxy's rules do: Services keep
+        // routing while edgecore restarts or is upgraded, and the next start rebuilds it from
+        // the cache. So the proxy is never asked to shut down here.
+        let view = view_rx.clone();
+        supervisor.spawn("service-proxy", move || {
+            crate::network::proxy::run(proxy.clone(), view.clone(), std::future::pending())
         });
     }
     {

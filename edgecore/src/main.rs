@@ -149,6 +149,14 @@ enum Command {
         /// Bridge device of the written conflist.
         #[arg(long, default_value = "skerry0")]
         cni_bridge: String,
+        /// Run the Service proxy: cluster IPs and node ports routed by one nftables table
+        /// (needs root and Debian's nftables and conntrack).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        service_proxy: bool,
+        /// The proxy's nftables table (family ip). It is left in place when edgecore stops, so
+        /// Services keep routing through a restart; `nft delete table ip NAME` removes it.
+        #[arg(long, default_value = "skerry")]
+        proxy_table: String,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -343,6 +351,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             cni_conf_dir,
             cni_network,
             cni_bridge,
+            service_proxy,
+            proxy_table,
             runtime,
         } => {
             private_data_dir(&cli.data_dir)?;
@@ -392,6 +402,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     conf_dir,
                     network: cni_network,
                     bridge: cni_bridge,
+                }),
+                proxy: service_proxy.then(|| {
+                    let mut proxy = edgecore::network::proxy::ProxyConfig::default();
+                    proxy.ruleset.table = proxy_table;
+                    proxy
                 }),
             };
             rt.block_on(agent::run(cfg, opts, render))
