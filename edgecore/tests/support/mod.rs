@@ -30,6 +30,7 @@ pub fn pod(uid: &str, containers: Vec<EdgeContainer>) -> EdgePod {
         termination_grace_period_seconds: 5,
         volumes: vec![],
         deletion_grace_period_seconds: None,
+        dns: Default::default(),
     }
 }
 
