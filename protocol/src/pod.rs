@@ -111,8 +111,9 @@ impl EdgePod {
 pub struct PodDns {
     /// `dnsPolicy`.
     pub policy: DnsPolicy,
-    /// `dnsConfig`: merged into what the policy gives.
-    pub config: Option<PodDnsConfig>,
+    /// `dnsConfig`: merged into what the policy gives (boxed: most pods have none, and the
+    /// pod is moved around whole).
+    pub config: Option<Box<PodDnsConfig>>,
 }
 
 /// Kubernetes `dnsPolicy`.

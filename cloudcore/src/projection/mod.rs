@@ -150,18 +150,20 @@ fn pod_dns(spec: &core::PodSpec) -> Result<PodDns, String> {
         None | Some("") => DnsPolicy::ClusterFirst,
         Some(p) => DnsPolicy::parse(p).ok_or_else(|| format!("dnsPolicy {p:?}"))?,
     };
-    let config = spec.dns_config.as_ref().map(|c| PodDnsConfig {
-        nameservers: c.nameservers.clone().unwrap_or_default(),
-        searches: c.searches.clone().unwrap_or_default(),
-        options: c
-            .options
-            .iter()
-            .flatten()
-            .map(|o| DnsOption {
-                name: o.name.clone().unwrap_or_default(),
-                value: o.value.clone(),
-            })
-            .collect(),
+    let config = spec.dns_config.as_ref().map(|c| {
+        Box::new(PodDnsConfig {
+            nameservers: c.nameservers.clone().unwrap_or_default(),
+            searches: c.searches.clone().unwrap_or_default(),
+            options: c
+                .options
+                .iter()
+                .flatten()
+                .map(|o| DnsOption {
+                    name: o.name.clone().unwrap_or_default(),
+                    value: o.value.clone(),
+                })
+                .collect(),
+        })
     });
     Ok(PodDns { policy, config })
 }

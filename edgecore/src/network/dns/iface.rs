@@ -3,6 +3,9 @@
 //! kernel delivers packets for it to a socket on this host, and pods, whose default route leads
 //! to the host, reach the edge's own DNS server at the address they were given.
 //!
+//! Where the kernel has no dummy driver, a persistent TUN device that no process reads stands in
+//! for it (only local delivery of packets to the address is needed).
+//!
 //! Driven through iproute2 (`ip`), every step idempotent: creating an interface that exists,
 //! adding an address it has, removing an interface that is gone all succeed. When the address
 //! changes, the old one is removed and the new one added ([`ensure`] leaves exactly one).
@@ -62,6 +65,20 @@ pub async fn ensure(name: &str, addr: IpAddr) -> Result<(), IfaceError> {
             Ok(_) => {}
             // Created by a concurrent call between the check and now.
             Err(e) if e.message.contains("File exists") => {}
+            // A kernel without the dummy driver (some container hosts): a persistent TUN
+            // device that no process reads does the same job, since only packets *to* the
+            // address matter and the kernel delivers those locally.
+            Err(e) if e.message.contains("Unknown device type") => {
+                tracing::info!(
+                    interface = name,
+                    "no dummy interfaces in this kernel; using a TUN device"
+                );
+                match ip(&["tuntap", "add", "dev", name, "mode", "tun"]).await {
+                    Ok(_) => {}
+                    Err(e) if e.message.contains("exists") || e.message.contains("busy") => {}
+                    Err(e) => return Err(e),
+                }
+            }
             Err(e) => return Err(e),
         }
     }
