@@ -2,6 +2,8 @@
 //! every file uses every fixture).
 #![allow(dead_code)]
 
+pub mod dns;
+
 use protocol::pod::{EdgeContainer, EdgePod, RestartPolicy};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
