@@ -113,7 +113,7 @@ pub enum DnsError {
     /// The upstream configuration cannot be read or used.
     #[error("cannot use upstream resolvers from {source_name}: {message}")]
     Upstream {
-        /// The resolv.conf path or `--dns-upstream`.
+        /// The resolv.conf path, or the configured servers.
         source_name: String,
         /// What went wrong.
         message: String,
@@ -195,7 +195,7 @@ fn forwarder(config: &DnsConfig) -> Result<Option<Arc<dyn ZoneHandler>>, DnsErro
                     NameServerConfig::new(a.ip(), true, connections)
                 })
                 .collect();
-            ("--dns-upstream".to_string(), servers)
+            ("the configured upstream servers".to_string(), servers)
         }
     };
     if name_servers.is_empty() {
