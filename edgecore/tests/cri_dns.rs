@@ -49,7 +49,14 @@ fn view(dns: IpAddr) -> ServiceView {
         network: Some(cluster_network(dns)),
         ..ServiceView::default()
     };
+    let ext = EdgeService {
+        name: "ext".into(),
+        kind: ServiceKind::ExternalName("www.example.org".into()),
+        ports: vec![],
+        ..web.clone()
+    };
     v.services.insert(("default".into(), "web".into()), web);
+    v.services.insert(("default".into(), "ext".into()), ext);
     v
 }
 
@@ -190,6 +197,15 @@ async fn pods_resolve_cluster_names_through_the_edges_own_dns_server() {
     // A name outside the cluster domain, forwarded upstream.
     let out = exec(&rt, &sb, &id, &["nslookup", "www.example.org"]).await;
     assert!(out.contains("192.0.2.1"), "nslookup www.example.org: {out}");
+    // An ExternalName Service: the CNAME, followed to its target's address.
+    let out = exec(
+        &rt,
+        &sb,
+        &id,
+        &["nslookup", "ext.default.svc.cluster.local"],
+    )
+    .await;
+    assert!(out.contains("192.0.2.1"), "nslookup ext: {out}");
 
     // None: only what dnsConfig says.
     let none = PodDns {

@@ -207,9 +207,16 @@ async fn answers_the_cluster_zone_over_udp_and_tcp_and_forwards_the_rest() {
         .await;
         assert_eq!(answers(&r), ["SRV 80 web.default.svc.cluster.local."]);
 
-        // ExternalName: the CNAME (hickory does not chase it out of the zone).
+        // ExternalName: the CNAME, and for an address query its target's address too (a
+        // pod's stub resolver does not follow a bare CNAME).
         let r = ask(&mut c, "ext.default.svc.cluster.local.", RecordType::CNAME).await;
         assert_eq!(answers(&r), ["CNAME www.example.org."], "{proto:?}");
+        let r = ask(&mut c, "ext.default.svc.cluster.local.", RecordType::A).await;
+        assert_eq!(
+            answers(&r),
+            ["192.0.2.1", "CNAME www.example.org."],
+            "{proto:?}"
+        );
 
         // NXDOMAIN for a name the zone lacks; NODATA for a type a name lacks, and for the
         // names above the records.
@@ -324,6 +331,9 @@ async fn a_dead_upstream_gives_servfail_not_a_hang() {
     let mut c = client(addr, Proto::Udp).await;
     let r = ask(&mut c, "www.example.org.", RecordType::A).await;
     assert_eq!(r.response_code, ResponseCode::ServFail);
+    // An ExternalName whose target cannot be resolved: its CNAME alone.
+    let r = ask(&mut c, "ext.default.svc.cluster.local.", RecordType::A).await;
+    assert_eq!(answers(&r), ["CNAME www.example.org."]);
     // The cluster zone still answers.
     let r = ask(&mut c, "web.default.svc.cluster.local.", RecordType::A).await;
     assert_eq!(answers(&r), ["10.96.0.20"]);

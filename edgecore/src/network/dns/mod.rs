@@ -27,6 +27,7 @@
 //! Metrics: `skerry_edge_dns_queries_total{rcode}`, `skerry_edge_dns_records`,
 //! `skerry_edge_dns_zone_builds_total` and `skerry_edge_dns_listening` (1 while bound).
 
+mod chase;
 pub mod iface;
 pub mod records;
 #[cfg(test)]
@@ -36,7 +37,10 @@ use super::view::{ServiceView, ViewReceiver};
 use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::{LowerName, Name};
-use hickory_server::resolver::config::{ConnectionConfig, NameServerConfig, ResolverOpts};
+use hickory_server::resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
+};
+use hickory_server::resolver::Resolver;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::forwarder::{ForwardConfig, ForwardZoneHandler};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -166,10 +170,9 @@ fn rcode_label(code: ResponseCode) -> &'static str {
     }
 }
 
-/// The forwarder for names outside the cluster domain; `None` when there is no upstream
-/// (such names are then REFUSED).
-fn forwarder(config: &DnsConfig) -> Result<Option<Arc<dyn ZoneHandler>>, DnsError> {
-    let (source_name, name_servers) = match &config.upstream {
+/// The upstream nameservers, and where they came from (for messages).
+fn upstream_servers(config: &DnsConfig) -> Result<(String, Vec<NameServerConfig>), DnsError> {
+    match &config.upstream {
         Upstream::ResolvConf(path) => {
             let source_name = path.display().to_string();
             let err = |message: String| DnsError::Upstream {
@@ -179,7 +182,7 @@ fn forwarder(config: &DnsConfig) -> Result<Option<Arc<dyn ZoneHandler>>, DnsErro
             let data = std::fs::read(path).map_err(|e| err(e.to_string()))?;
             let (conf, _) = hickory_server::resolver::system_conf::parse_resolv_conf(data)
                 .map_err(|e| err(e.to_string()))?;
-            (source_name, conf.name_servers().to_vec())
+            Ok((source_name, conf.name_servers().to_vec()))
         }
         Upstream::Servers(addrs) => {
             let servers = addrs
@@ -195,31 +198,57 @@ fn forwarder(config: &DnsConfig) -> Result<Option<Arc<dyn ZoneHandler>>, DnsErro
                     NameServerConfig::new(a.ip(), true, connections)
                 })
                 .collect();
-            ("the configured upstream servers".to_string(), servers)
+            Ok(("the configured upstream servers".to_string(), servers))
         }
-    };
+    }
+}
+
+/// What answers names outside the cluster zone, and follows its ExternalName CNAMEs.
+#[derive(Clone, Default)]
+struct Upstreams {
+    /// The forwarder (`None` without nameservers: such names are REFUSED).
+    forwarder: Option<Arc<dyn ZoneHandler>>,
+    /// The resolver that follows ExternalName targets.
+    chase: Option<Arc<Resolver<TokioRuntimeProvider>>>,
+    /// Bound of one chase.
+    timeout: Duration,
+}
+
+fn upstreams(config: &DnsConfig) -> Result<Upstreams, DnsError> {
+    let (source_name, name_servers) = upstream_servers(config)?;
     if name_servers.is_empty() {
         warn!(upstream = %source_name, "no upstream nameserver: names outside the cluster domain are refused");
-        return Ok(None);
+        return Ok(Upstreams::default());
     }
     let mut options = ResolverOpts::default();
     options.timeout = config.upstream_timeout;
     options.attempts = 1;
-    let handler = ForwardZoneHandler::builder_tokio(ForwardConfig {
+    let err = |message: String| DnsError::Upstream {
+        source_name: source_name.clone(),
+        message,
+    };
+    let mut chase = Resolver::builder_with_config(
+        ResolverConfig::from_parts(None, vec![], name_servers.clone()),
+        TokioRuntimeProvider::default(),
+    );
+    *chase.options_mut() = options.clone();
+    let chase = chase.build().map_err(|e| err(e.to_string()))?;
+    let forwarder = ForwardZoneHandler::builder_tokio(ForwardConfig {
         name_servers,
         options: Some(options),
     })
     .build()
-    .map_err(|message| DnsError::Upstream {
-        source_name,
-        message,
-    })?;
-    Ok(Some(Arc::new(handler)))
+    .map_err(err)?;
+    Ok(Upstreams {
+        forwarder: Some(Arc::new(forwarder)),
+        chase: Some(Arc::new(chase)),
+        timeout: config.upstream_timeout,
+    })
 }
 
 /// The catalog for one view: the cluster zone (when the domain is known) and the forwarder
 /// for everything else.
-fn catalog(view: &ServiceView, serial: u32, forwarder: &Option<Arc<dyn ZoneHandler>>) -> Catalog {
+fn catalog(view: &ServiceView, serial: u32, upstreams: &Upstreams) -> Catalog {
     let mut catalog = Catalog::new();
     let mut count = 0;
     if let Some(zone) = records::build(view, serial) {
@@ -231,11 +260,21 @@ fn catalog(view: &ServiceView, serial: u32, forwarder: &Option<Arc<dyn ZoneHandl
             ZoneType::Primary,
             AxfrPolicy::Deny,
         ) {
-            Ok(handler) => catalog.upsert(LowerName::new(&origin), vec![Arc::new(handler)]),
+            Ok(handler) => {
+                let mut handlers: Vec<Arc<dyn ZoneHandler>> = vec![Arc::new(handler)];
+                if let Some(resolver) = &upstreams.chase {
+                    handlers.push(Arc::new(chase::ChaseExternal {
+                        origin: LowerName::new(&origin),
+                        resolver: Resolver::clone(resolver),
+                        timeout: upstreams.timeout,
+                    }));
+                }
+                catalog.upsert(LowerName::new(&origin), handlers)
+            }
             Err(e) => warn!(zone = %origin, error = %e, "cannot load the cluster zone"),
         }
     }
-    if let Some(forwarder) = forwarder {
+    if let Some(forwarder) = &upstreams.forwarder {
         catalog.upsert(LowerName::new(&Name::root()), vec![forwarder.clone()]);
     }
     metrics::gauge!("skerry_edge_dns_records").set(count as f64);
@@ -286,7 +325,7 @@ async fn run_reporting(
     shutdown: impl Future<Output = ()> + Send,
     bound_tx: watch::Sender<Option<SocketAddr>>,
 ) -> Result<(), DnsError> {
-    let forwarder = forwarder(&config)?;
+    let upstreams = upstreams(&config)?;
     let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::new()));
     let handler = ClusterDnsHandler {
         catalog: catalog_rx,
@@ -298,7 +337,7 @@ async fn run_reporting(
     let result = loop {
         let snapshot = view.borrow_and_update().clone();
         serial = serial.wrapping_add(1);
-        catalog_tx.send_replace(Arc::new(catalog(&snapshot, serial, &forwarder)));
+        catalog_tx.send_replace(Arc::new(catalog(&snapshot, serial, &upstreams)));
 
         let want = match &config.listen {
             Listen::Fixed(addr) => Some(*addr),

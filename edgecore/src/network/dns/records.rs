@@ -7,7 +7,7 @@
 //! | `<svc>.<ns>.svc.<domain>` | A/AAAA | the cluster IPs; for a headless Service the addresses of its ready endpoints (all of them with `publishNotReadyAddresses`) |
 //! | `<host>.<svc>.<ns>.svc.<domain>` | A/AAAA | a headless Service's endpoint: `<host>` is its `hostname`, or its address with `.`/`:` turned into `-` |
 //! | `_<port>._<proto>.<svc>.<ns>.svc.<domain>` | SRV | each named port: the Service's name for a cluster IP, each endpoint's own name for a headless Service |
-//! | `<svc>.<ns>.svc.<domain>` | CNAME | an `ExternalName` Service's name |
+//! | `<svc>.<ns>.svc.<domain>` | CNAME | an `ExternalName` Service's name (followed upstream by `chase`) |
 //! | `a-b-c-d.<ns>.pod.<domain>` | A/AAAA | the address of a pod the node knows from an endpoint |
 //! | `dns-version.<domain>` | TXT | `1.1.0` |
 //! | `<domain>` | SOA, NS | the zone's authority (`ns.dns.<domain>`, which has the cluster DNS address) |
