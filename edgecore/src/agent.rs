@@ -82,9 +82,13 @@ pub enum RuntimeKind {
 async fn connect_cri(
     data_dir: &std::path::Path,
     socket: &std::path::Path,
+    cache: &Cache,
 ) -> anyhow::Result<CriRuntime> {
     let instance = cri::load_instance_id(data_dir)?;
-    let config = CriConfig::new(socket.to_path_buf(), data_dir.join("pods"), instance);
+    let mut config = CriConfig::new(socket.to_path_buf(), data_dir.join("pods"), instance);
+    // ClusterFirst pods get the cluster DNS address and domain the cloud sent (cached).
+    let cache = cache.clone();
+    config.network = crate::runtime::dns::NetworkSource::new(move || cache.network().network);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     loop {
         let delay = match CriRuntime::connect(config.clone()).await {
@@ -181,7 +185,7 @@ pub async fn run(
             ))
         }
         RuntimeKind::Cri { socket } => {
-            let cri = connect_cri(&opts.data_dir, socket).await?;
+            let cri = connect_cri(&opts.data_dir, socket, &cache).await?;
             // containerd appends to container logs forever; kubelet's rotation, here.
             cri.spawn_log_rotation(cri::LogRotation::default());
             Arc::new(cri)

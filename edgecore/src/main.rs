@@ -252,8 +252,9 @@ enum ImageCommand {
 }
 
 fn init_tracing(format: LogFormat) {
+    // hickory's DNS server logs every query at info: two lines per pod lookup.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rumqttc=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rumqttc=warn,hickory_server=warn,hickory_resolver=warn,hickory_net=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

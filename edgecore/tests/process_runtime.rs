@@ -316,6 +316,50 @@ async fn unrunnable_commands_are_create_container_errors() {
     assert!(pods[0].containers.is_empty(), "{:?}", pods[0].containers);
 }
 
+/// Native processes use the host's resolver: the DNS policies that need another one are
+/// refused with the reason, never ignored; `ClusterFirst` and `Default` run.
+#[tokio::test]
+async fn dns_policies_the_host_resolver_cannot_honour_are_refused() {
+    use protocol::pod::{DnsPolicy, PodDns, PodDnsConfig};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let with_dns = |uid: &str, policy, config: Option<PodDnsConfig>| EdgePod {
+        dns: PodDns {
+            policy,
+            config: config.map(Box::new),
+        },
+        ..pod(uid, vec![sh("main", "exit 0")])
+    };
+    let servers = PodDnsConfig {
+        nameservers: vec!["192.0.2.1".into()],
+        ..PodDnsConfig::default()
+    };
+    for p in [
+        with_dns("u-dns-none", DnsPolicy::None, Some(servers.clone())),
+        with_dns("u-dns-hostnet", DnsPolicy::ClusterFirstWithHostNet, None),
+        with_dns("u-dns-config", DnsPolicy::ClusterFirst, Some(servers)),
+    ] {
+        let sandbox = rt.run_sandbox(&p).await.expect("sandbox");
+        let err = rt
+            .start_container(&sandbox, &p, &p.containers[0], &config(0))
+            .await
+            .expect_err("refused");
+        match &err {
+            RuntimeError::CreateContainer { message, .. } => {
+                assert!(message.contains("process runtime"), "{message}")
+            }
+            other => panic!("wrong error: {other:?}"),
+        }
+    }
+    for p in [
+        with_dns("u-dns-cf", DnsPolicy::ClusterFirst, None),
+        with_dns("u-dns-default", DnsPolicy::Default, None),
+    ] {
+        let (sandbox, info) = start(&rt, &p).await;
+        wait_exited(&rt, &sandbox, &info.id).await;
+    }
+}
+
 /// The runtime takes the mounts the pod worker prepared, not the pod's volume definitions: a
 /// mount with `subPath` passes the path within its volume.
 #[tokio::test]

@@ -28,6 +28,9 @@ pub struct EdgePod {
     /// Set when the pod is being deleted: the edge stops it (giving each container this many
     /// seconds of grace) and then reports it gone, after which the cloud removes the object.
     pub deletion_grace_period_seconds: Option<u64>,
+    /// How the pod's resolver is set up (`dnsPolicy` and `dnsConfig`); the runtime writes the
+    /// pod's `resolv.conf` from it and the node's cluster DNS settings, as kubelet does.
+    pub dns: PodDns,
 }
 
 impl EdgePod {
@@ -99,6 +102,76 @@ impl EdgePod {
             && self.restart_policy == other.restart_policy
             && self.volumes == other.volumes
     }
+}
+
+/// A pod's `dnsPolicy` and `dnsConfig`, validated by the cloud as Kubernetes validates them
+/// (at most 3 nameservers, each an IP; at most 32 searches of at most 2048 characters in all;
+/// `None` has at least one nameserver), so the edge can apply them without checking again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodDns {
+    /// `dnsPolicy`.
+    pub policy: DnsPolicy,
+    /// `dnsConfig`: merged into what the policy gives (boxed: most pods have none, and the
+    /// pod is moved around whole).
+    pub config: Option<Box<PodDnsConfig>>,
+}
+
+/// Kubernetes `dnsPolicy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsPolicy {
+    /// The cluster DNS first, with the cluster's search path and `ndots:5` (the default). A
+    /// pod on the host's network gets `Default` instead, as in Kubernetes.
+    #[default]
+    ClusterFirst,
+    /// `ClusterFirst`, even for a pod on the host's network.
+    ClusterFirstWithHostNet,
+    /// The node's own resolver configuration (its `/etc/resolv.conf`).
+    Default,
+    /// Only what `dnsConfig` says.
+    None,
+}
+
+impl DnsPolicy {
+    /// Parses the Kubernetes spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ClusterFirst" => Some(Self::ClusterFirst),
+            "ClusterFirstWithHostNet" => Some(Self::ClusterFirstWithHostNet),
+            "Default" => Some(Self::Default),
+            "None" => Some(Self::None),
+            _ => None,
+        }
+    }
+
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterFirst => "ClusterFirst",
+            Self::ClusterFirstWithHostNet => "ClusterFirstWithHostNet",
+            Self::Default => "Default",
+            Self::None => "None",
+        }
+    }
+}
+
+/// Kubernetes `dnsConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodDnsConfig {
+    /// Extra nameservers (IP addresses), after the policy's.
+    pub nameservers: Vec<String>,
+    /// Extra search domains, after the policy's.
+    pub searches: Vec<String>,
+    /// Resolver options; one of the same name as the policy's replaces it.
+    pub options: Vec<DnsOption>,
+}
+
+/// One resolver option (`ndots:5` is `{ name: "ndots", value: Some("5") }`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsOption {
+    /// Name, never empty.
+    pub name: String,
+    /// Value, if it has one.
+    pub value: Option<String>,
 }
 
 /// Kubernetes `restartPolicy`.
@@ -437,6 +510,7 @@ pub(crate) mod tests {
                 },
             }],
             deletion_grace_period_seconds: None,
+            dns: PodDns::default(),
         }
     }
 

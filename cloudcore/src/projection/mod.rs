@@ -117,6 +117,7 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
                 .map_err(|r| err(format!("container {:?}: {r}", c.name)))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let dns = pod_dns(&spec).map_err(err)?;
     let volumes = spec
         .volumes
         .unwrap_or_default()
@@ -139,7 +140,32 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
             as u64,
         volumes,
         deletion_grace_period_seconds: deletion,
+        dns,
     })
+}
+
+/// `dnsPolicy` (default `ClusterFirst`) and `dnsConfig`, as the API validated them.
+fn pod_dns(spec: &core::PodSpec) -> Result<PodDns, String> {
+    let policy = match spec.dns_policy.as_deref() {
+        None | Some("") => DnsPolicy::ClusterFirst,
+        Some(p) => DnsPolicy::parse(p).ok_or_else(|| format!("dnsPolicy {p:?}"))?,
+    };
+    let config = spec.dns_config.as_ref().map(|c| {
+        Box::new(PodDnsConfig {
+            nameservers: c.nameservers.clone().unwrap_or_default(),
+            searches: c.searches.clone().unwrap_or_default(),
+            options: c
+                .options
+                .iter()
+                .flatten()
+                .map(|o| DnsOption {
+                    name: o.name.clone().unwrap_or_default(),
+                    value: o.value.clone(),
+                })
+                .collect(),
+        })
+    });
+    Ok(PodDns { policy, config })
 }
 
 /// A probe port as a number: numbers pass (in range), names are looked up among the
@@ -498,6 +524,35 @@ mod tests {
         // No probes, devices or envFrom asked for: none sent.
         assert_eq!(c.liveness_probe, None);
         assert!(c.devices.is_empty() && c.env_from.is_empty());
+    }
+
+    #[test]
+    fn projects_the_pods_dns_policy_and_config() {
+        let v = json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        assert_eq!(edge_pod(&v).unwrap().dns, PodDns::default());
+        let v = json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"dnsPolicy": "None", "containers": [{"name": "c", "image": "i"}],
+                     "dnsConfig": {"nameservers": ["1.2.3.4"], "searches": ["a.example"],
+                                   "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}}});
+        let dns = edge_pod(&v).unwrap().dns;
+        assert_eq!(dns.policy, DnsPolicy::None);
+        let config = dns.config.unwrap();
+        assert_eq!(config.nameservers, ["1.2.3.4"]);
+        assert_eq!(config.searches, ["a.example"]);
+        assert_eq!(
+            config.options,
+            [
+                DnsOption {
+                    name: "ndots".into(),
+                    value: Some("2".into())
+                },
+                DnsOption {
+                    name: "edns0".into(),
+                    value: None
+                }
+            ]
+        );
     }
 
     fn one_container(

@@ -37,6 +37,7 @@ fn pod(name: &str, image: &str) -> EdgePod {
         termination_grace_period_seconds: 1,
         volumes: vec![],
         deletion_grace_period_seconds: None,
+        dns: Default::default(),
     }
 }
 

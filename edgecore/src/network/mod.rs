@@ -8,6 +8,7 @@
 //! that falls behind skips to the newest view, never a queue of stale ones.
 
 pub mod cni;
+pub mod dns;
 pub mod proxy;
 pub mod publish;
 pub mod view;

@@ -392,6 +392,7 @@ mod tests {
             termination_grace_period_seconds: 30,
             volumes: vec![],
             deletion_grace_period_seconds: None,
+            dns: Default::default(),
         }
     }
 

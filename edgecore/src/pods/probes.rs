@@ -844,6 +844,7 @@ mod tests {
             termination_grace_period_seconds: 1,
             volumes: vec![],
             deletion_grace_period_seconds: None,
+            dns: Default::default(),
         };
         let tmp = tempfile::tempdir().expect("tempdir");
         let runtime = Arc::new(crate::runtime::process::ProcessRuntime::new(

@@ -310,6 +310,7 @@ fn pod(uid: &str, name: &str) -> EdgePod {
         termination_grace_period_seconds: 1,
         volumes: vec![],
         deletion_grace_period_seconds: None,
+        dns: Default::default(),
     }
 }
 

@@ -18,6 +18,7 @@
 //! them as a fact about the sandbox, and the decision stays in the pod state machine.
 
 pub mod cri;
+pub mod dns;
 pub mod process;
 
 use async_trait::async_trait;

@@ -507,6 +507,7 @@ fn pod_with(volumes: Vec<Volume>, mounts: Vec<VolumeMount>) -> EdgePod {
         termination_grace_period_seconds: 1,
         volumes,
         deletion_grace_period_seconds: None,
+        dns: Default::default(),
     }
 }
 

@@ -2,6 +2,8 @@
 //! every file uses every fixture).
 #![allow(dead_code)]
 
+pub mod dns;
+
 use protocol::pod::{EdgeContainer, EdgePod, RestartPolicy};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ pub fn pod(uid: &str, containers: Vec<EdgeContainer>) -> EdgePod {
         termination_grace_period_seconds: 5,
         volumes: vec![],
         deletion_grace_period_seconds: None,
+        dns: Default::default(),
     }
 }
 

@@ -102,6 +102,50 @@ fn validation_reports_each_field() {
 }
 
 #[test]
+fn dns_config_is_validated_as_kubernetes_does() {
+    let c = json!([{"name": "a", "image": "x"}]);
+    let none = fields(PodHandler.validate(&pod(json!({"dnsPolicy": "None", "containers": c}))));
+    assert_eq!(none, [("spec.dnsConfig".to_string(), "FieldValueRequired")]);
+    let empty =
+        pod(json!({"dnsPolicy": "None", "dnsConfig": {"searches": ["a"]}, "containers": c}));
+    assert_eq!(
+        fields(PodHandler.validate(&empty)),
+        [(
+            "spec.dnsConfig.nameservers".to_string(),
+            "FieldValueRequired"
+        )]
+    );
+    let bad = pod(
+        json!({"dnsPolicy": "Defaultish", "containers": c, "dnsConfig": {
+        "nameservers": ["1.1.1.1", "2.2.2.2", "3.3.3.3", "dns.example"],
+        "searches": ["ok.example.", "Bad_Domain", "x".repeat(2048)],
+        "options": [{"name": "ndots", "value": "2"}, {"value": "1"}]}}),
+    );
+    let got = fields(PodHandler.validate(&bad));
+    let want = [
+        ("spec.dnsPolicy", "FieldValueNotSupported"),
+        ("spec.dnsConfig.nameservers", "FieldValueInvalid"),
+        ("spec.dnsConfig.nameservers[3]", "FieldValueInvalid"),
+        ("spec.dnsConfig.searches", "FieldValueInvalid"),
+        ("spec.dnsConfig.searches[1]", "FieldValueInvalid"),
+        ("spec.dnsConfig.searches[2]", "FieldValueInvalid"),
+        ("spec.dnsConfig.options[1]", "FieldValueRequired"),
+    ];
+    let want: Vec<(String, &str)> = want.iter().map(|(f, r)| (f.to_string(), *r)).collect();
+    assert_eq!(got, want);
+    let too_many: Vec<String> = (0..33).map(|i| format!("s{i}.example")).collect();
+    let many = pod(json!({"containers": c, "dnsConfig": {"searches": too_many}}));
+    assert_eq!(
+        fields(PodHandler.validate(&many)),
+        [("spec.dnsConfig.searches".to_string(), "FieldValueInvalid")]
+    );
+    let good = pod(json!({"dnsPolicy": "None", "containers": c, "dnsConfig": {
+        "nameservers": ["10.96.0.10", "2001:db8::1"], "searches": ["ns.svc.cluster.local", "cluster.local."],
+        "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}}));
+    assert!(PodHandler.validate(&good).is_ok());
+}
+
+#[test]
 fn probes_are_defaulted_like_kubernetes() {
     let p = pod(json!({"containers": [{"name": "a", "image": "x",
         "ports": [{"name": "http", "containerPort": 8080}],

@@ -472,6 +472,87 @@ fn validate_container(
     validate_resources(c, path, errs);
 }
 
+/// Kubernetes' limits on `dnsConfig` (`validatePodDNSConfig`): they are libc's resolver limits,
+/// which the edge writes into the pod's `resolv.conf`.
+const MAX_DNS_NAMESERVERS: usize = 3;
+const MAX_DNS_SEARCH_PATHS: usize = 32;
+const MAX_DNS_SEARCH_LIST_CHARS: usize = 2048;
+
+/// `dnsConfig` as `validatePodDNSConfig` checks it: `dnsPolicy: None` needs a `dnsConfig` with a
+/// nameserver; nameservers are at most 3 IP addresses; searches at most 32 subdomains (a
+/// trailing dot allowed) of at most 2048 characters with their spaces; options have names.
+fn validate_dns_config(spec: &PodSpec, path: &str, errs: &mut Vec<FieldError>) {
+    let path = format!("{path}.dnsConfig");
+    let none = spec.dns_policy.as_deref() == Some("None");
+    let Some(config) = &spec.dns_config else {
+        if none {
+            errs.push(FieldError::required(
+                path,
+                "must provide `dnsConfig` when `dnsPolicy` is None",
+            ));
+        }
+        return;
+    };
+    let nameservers = config.nameservers.as_deref().unwrap_or_default();
+    if none && nameservers.is_empty() {
+        errs.push(FieldError::required(
+            format!("{path}.nameservers"),
+            "must provide at least one DNS nameserver when `dnsPolicy` is None",
+        ));
+        return;
+    }
+    if nameservers.len() > MAX_DNS_NAMESERVERS {
+        errs.push(FieldError::invalid(
+            format!("{path}.nameservers"),
+            &json!(nameservers),
+            format!("must not have more than {MAX_DNS_NAMESERVERS} nameservers"),
+        ));
+    }
+    for (i, ns) in nameservers.iter().enumerate() {
+        if ns.parse::<std::net::IpAddr>().is_err() {
+            errs.push(FieldError::invalid(
+                format!("{path}.nameservers[{i}]"),
+                &json!(ns),
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
+        }
+    }
+    let searches = config.searches.as_deref().unwrap_or_default();
+    if searches.len() > MAX_DNS_SEARCH_PATHS {
+        errs.push(FieldError::invalid(
+            format!("{path}.searches"),
+            &json!(searches),
+            format!("must not have more than {MAX_DNS_SEARCH_PATHS} search paths"),
+        ));
+    }
+    if searches.join(" ").len() > MAX_DNS_SEARCH_LIST_CHARS {
+        errs.push(FieldError::invalid(
+            format!("{path}.searches"),
+            &json!(searches),
+            format!(
+                "must not have more than {MAX_DNS_SEARCH_LIST_CHARS} characters (including spaces) in the search list"
+            ),
+        ));
+    }
+    for (i, search) in searches.iter().enumerate() {
+        let search = search.strip_suffix('.').unwrap_or(search);
+        push_invalid(
+            errs,
+            &format!("{path}.searches[{i}]"),
+            search,
+            dns1123_subdomain(search),
+        );
+    }
+    for (i, option) in config.options.iter().flatten().enumerate() {
+        if option.name.as_deref().unwrap_or("").is_empty() {
+            errs.push(FieldError::required(
+                format!("{path}.options[{i}]"),
+                "must not be empty",
+            ));
+        }
+    }
+}
+
 /// Validates a pod spec (`path` is `spec`).
 pub fn validate_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
     let mut errs = Vec::new();
@@ -546,6 +627,7 @@ pub fn validate_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
             ));
         }
     }
+    validate_dns_config(spec, path, &mut errs);
     if let Some(g) = spec.termination_grace_period_seconds {
         if g < 0 {
             errs.push(FieldError::invalid(

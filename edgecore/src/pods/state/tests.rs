@@ -45,6 +45,7 @@ fn pod(policy: RestartPolicy, names: &[&str]) -> EdgePod {
         termination_grace_period_seconds: 30,
         volumes: vec![],
         deletion_grace_period_seconds: None,
+        dns: Default::default(),
     }
 }
 

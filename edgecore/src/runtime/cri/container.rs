@@ -115,6 +115,8 @@ impl CriRuntime {
                     sandbox_attempt,
                     &self.instance,
                     &self.log_dir(&pod.uid),
+                    // Only RunPodSandbox reads it (the resolv.conf is the sandbox's).
+                    None,
                 );
                 let image = self.ensure_image(container, &sandbox_config).await?;
                 let log_dir = self.log_dir(&pod.uid).join(&container.name);

@@ -57,6 +57,7 @@ use sandbox::{ip_of, ready};
 
 use self::conn::{CallError, Conn};
 use self::spec::LABEL_POD_UID;
+use super::dns::NetworkSource;
 use super::{
     ContainerConfig, ContainerInfo, ContainerRunState, ExecOutput, ExistingPod, Runtime,
     RuntimeError, Sandbox,
@@ -66,6 +67,8 @@ use k8s_cri::v1 as cri;
 use protocol::pod::{EdgeContainer, EdgePod};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
 use tracing::{info, warn};
@@ -85,6 +88,9 @@ const EXEC_OUTPUT_LIMIT: usize = 10 * 1024;
 /// cgroup v1 file that exists when the kernel accounts swap per cgroup.
 const MEMSW_FILE: &str = "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes";
 
+/// The host's resolver configuration, as kubelet's `--resolv-conf` defaults.
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// Settings of a [`CriRuntime`].
 #[derive(Debug, Clone)]
 pub struct CriConfig {
@@ -98,6 +104,10 @@ pub struct CriConfig {
     pub rpc_timeout: Duration,
     /// Deadline of one image pull.
     pub pull_timeout: Duration,
+    /// The host's resolver configuration (kubelet's `--resolv-conf`), read for each sandbox.
+    pub resolv_conf: PathBuf,
+    /// The node's cluster DNS settings, for `ClusterFirst` pods.
+    pub network: NetworkSource,
 }
 
 impl CriConfig {
@@ -109,6 +119,8 @@ impl CriConfig {
             instance,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             pull_timeout: DEFAULT_PULL_TIMEOUT,
+            resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
+            network: NetworkSource::none(),
         }
     }
 }
@@ -157,6 +169,12 @@ pub struct CriRuntime {
     pull_timeout: Duration,
     /// Whether swap can be capped per container (cgroup v1 with swap accounting).
     swap_limit: bool,
+    /// See [`CriConfig::resolv_conf`].
+    resolv_conf: PathBuf,
+    /// See [`CriConfig::network`].
+    network: NetworkSource,
+    /// Whether the fall-back to the host's resolver (no cluster DNS settings yet) was logged.
+    dns_fallback_logged: Arc<AtomicBool>,
 }
 
 impl CriRuntime {
@@ -195,6 +213,9 @@ impl CriRuntime {
             version,
             pull_timeout: config.pull_timeout,
             swap_limit: Path::new(MEMSW_FILE).exists(),
+            resolv_conf: config.resolv_conf,
+            network: config.network,
+            dns_fallback_logged: Arc::new(AtomicBool::new(false)),
         })
     }
 

@@ -5,10 +5,12 @@
 
 use super::spec::LABEL_POD_UID;
 use super::{is_safe_component, spec, CriRuntime};
+use crate::runtime::dns::{self, ResolvConf};
 use crate::runtime::{RuntimeError, Sandbox};
 use k8s_cri::v1 as cri;
 use protocol::pod::EdgePod;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -67,7 +69,8 @@ impl CriRuntime {
                     log_dir.display()
                 ),
             })?;
-        let config = spec::sandbox_config(pod, next_attempt, &self.instance, &log_dir);
+        let dns = self.sandbox_dns(pod).await?;
+        let config = spec::sandbox_config(pod, next_attempt, &self.instance, &log_dir, Some(dns));
         let request = cri::RunPodSandboxRequest {
             config: Some(config),
             runtime_handler: String::new(),
@@ -198,6 +201,37 @@ impl CriRuntime {
             })
             .await;
         self.done_if_absent(result, op, "RemovePodSandbox")
+    }
+}
+
+impl CriRuntime {
+    /// The pod's resolver configuration as kubelet builds it (`crate::runtime::dns`): CRI pods
+    /// have a network namespace of their own, so `ClusterFirst` means the cluster DNS.
+    async fn sandbox_dns(&self, pod: &EdgePod) -> Result<cri::DnsConfig, RuntimeError> {
+        let host = match tokio::fs::read_to_string(&self.resolv_conf).await {
+            Ok(text) => ResolvConf::parse(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ResolvConf::default(),
+            Err(e) => {
+                return Err(RuntimeError::Internal {
+                    op: "run sandbox".into(),
+                    message: format!(
+                        "cannot read the host's resolver configuration {}: {e}",
+                        self.resolv_conf.display()
+                    ),
+                })
+            }
+        };
+        let cluster = self.network.get();
+        let (conf, fell_back) = dns::pod_resolv_conf(pod, false, cluster.as_ref(), &host);
+        if fell_back && !self.dns_fallback_logged.swap(true, Ordering::Relaxed) {
+            info!(pod = %pod.key(), resolv_conf = %self.resolv_conf.display(),
+                  "the node has no cluster DNS settings yet: ClusterFirst pods get the host's resolver configuration until the cloud sends them");
+        }
+        Ok(cri::DnsConfig {
+            servers: conf.nameservers,
+            searches: conf.searches,
+            options: conf.options,
+        })
     }
 }
 

@@ -98,6 +98,7 @@ pub fn sandbox_config(
     attempt: u32,
     instance: &str,
     log_dir: &Path,
+    dns_config: Option<cri::DnsConfig>,
 ) -> cri::PodSandboxConfig {
     let mut labels: HashMap<String, String> = sandbox_labels(pod).into_iter().collect();
     labels.insert(LABEL_INSTANCE.to_string(), instance.to_string());
@@ -110,8 +111,8 @@ pub fn sandbox_config(
         }),
         hostname: hostname(&pod.name),
         log_directory: log_dir.to_string_lossy().into_owned(),
-        // None: containerd gives the pod the host's resolv.conf.
-        dns_config: None,
+        // containerd writes the pod's resolv.conf from it (None: a copy of the host's).
+        dns_config,
         port_mappings: port_mappings(pod),
         labels,
         annotations: HashMap::new(),
@@ -375,6 +376,7 @@ mod tests {
             termination_grace_period_seconds: 30,
             volumes: vec![],
             deletion_grace_period_seconds: None,
+            dns: Default::default(),
         }
     }
 
@@ -420,7 +422,13 @@ mod tests {
 
     #[test]
     fn sandbox_config_carries_identity_logs_and_host_ports() {
-        let cfg = sandbox_config(&pod(), 2, "inst-1", Path::new("/data/pods/uid-1/logs"));
+        let cfg = sandbox_config(
+            &pod(),
+            2,
+            "inst-1",
+            Path::new("/data/pods/uid-1/logs"),
+            None,
+        );
         let meta = cfg.metadata.expect("metadata");
         assert_eq!(
             (

@@ -6,6 +6,13 @@
 //! There is no isolation: no namespaces, no cgroup limits, no image (the image reference only
 //! labels the container).
 //!
+//! # DNS
+//!
+//! The processes use the host's `/etc/resolv.conf`: a native process's resolver cannot be set
+//! per pod. `dnsPolicy: Default` is that, and so is `ClusterFirst` (a pod on the host's network
+//! gets `Default` in Kubernetes too); `ClusterFirstWithHostNet`, `None` and a `dnsConfig` are
+//! refused when a container starts (`CreateContainerError`, with the reason), never ignored.
+//!
 //! # Shims
 //!
 //! Like `containerd-shim`, every container instance is supervised by a small process of its own,
@@ -308,6 +315,12 @@ impl Runtime for ProcessRuntime {
         container: &EdgeContainer,
         config: &ContainerConfig,
     ) -> Result<ContainerInfo, RuntimeError> {
+        if let Some(message) = crate::runtime::dns::process_runtime_refusal(pod) {
+            return Err(RuntimeError::CreateContainer {
+                container: container.name.clone(),
+                message,
+            });
+        }
         self.start_instance(sandbox, pod, container, config).await
     }
 
