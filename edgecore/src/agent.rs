@@ -61,6 +61,8 @@ pub struct AgentOptions {
     pub cni: Option<crate::network::cni::CniConfig>,
     /// The Service proxy (its nftables table); `None` runs none.
     pub proxy: Option<crate::network::proxy::ProxyConfig>,
+    /// The cluster DNS server; `None` runs none.
+    pub dns: Option<crate::network::dns::DnsConfig>,
 }
 
 /// Which container runtime runs the pods. One per node: pods started by one are not seen by
@@ -348,6 +350,21 @@ pub async fn run(
         let view = view_rx.clone();
         supervisor.spawn("service-proxy", move || {
             crate::network::proxy::run(proxy.clone(), view.clone(), std::future::pending())
+        });
+    }
+    if let Some(dns) = opts.dns.clone() {
+        let view = view_rx.clone();
+        supervisor.spawn("cluster-dns", move || {
+            let (dns, view) = (dns.clone(), view.clone());
+            async move {
+                // An error (a socket that cannot be bound, an unreadable resolv.conf) ends this
+                // run; the supervisor restarts it with back-off and /healthz reports it.
+                if let Err(e) =
+                    crate::network::dns::run(dns, view, std::future::pending()).await
+                {
+                    tracing::error!(error = %e, "the cluster DNS server stopped");
+                }
+            }
         });
     }
     {

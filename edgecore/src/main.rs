@@ -157,6 +157,13 @@ enum Command {
         /// Services keep routing through a restart; `nft delete table ip NAME` removes it.
         #[arg(long, default_value = "skerry")]
         proxy_table: String,
+        /// Serve the cluster DNS on the node (needs root): pods' `ClusterFirst` nameserver,
+        /// answered from the cache, on the cluster DNS address carried by `--dns-interface`.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        cluster_dns: bool,
+        /// The node-local interface that carries the cluster DNS address.
+        #[arg(long, default_value = edgecore::network::dns::DEFAULT_INTERFACE)]
+        dns_interface: String,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -354,6 +361,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             cni_bridge,
             service_proxy,
             proxy_table,
+            cluster_dns,
+            dns_interface,
             runtime,
         } => {
             private_data_dir(&cli.data_dir)?;
@@ -403,6 +412,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     conf_dir,
                     network: cni_network,
                     bridge: cni_bridge,
+                }),
+                dns: cluster_dns.then(|| edgecore::network::dns::DnsConfig {
+                    listen: edgecore::network::dns::Listen::ClusterDns {
+                        interface: dns_interface,
+                        port: edgecore::network::dns::DNS_PORT,
+                    },
+                    ..Default::default()
                 }),
                 proxy: service_proxy.then(|| {
                     let mut proxy = edgecore::network::proxy::ProxyConfig::default();

@@ -781,7 +781,14 @@ pub struct Edge {
     /// The heartbeat and link timing flags of the next start ([`TEST_TIMING`] unless a bench
     /// sets edgecore's own defaults, or others).
     pub timing_args: Vec<String>,
+    /// The Service proxy's nftables table and the cluster DNS interface of a networked edge
+    /// ([`Edge::join_and_start_cri_networked`]), removed when the edge is dropped: edgecore
+    /// leaves both in place when it stops, on purpose.
+    pub network_owned: Option<(String, String)>,
 }
+
+/// Numbers the names of networked edges' tables and interfaces within one test process.
+static NETWORK_TAG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The timing the tests run edges with: test clouds use a node-monitor grace of a few seconds,
 /// so keep-alives (the node's liveness) and condition measurements come every second.
@@ -903,8 +910,9 @@ impl Edge {
     }
 
     /// Like [`Edge::join_and_start_cri`], with the edge owning the CNI configuration of `ctrd`
-    /// (`--cni-conf-dir`): its pods get addresses from the node's pod CIDR, allocated by the
-    /// cloud. `extra` are more `edgecore run` flags.
+    /// (`--cni-conf-dir`) and running its Service proxy and cluster DNS under names of its own
+    /// (its pods get addresses from the node's pod CIDR, allocated by the cloud). `extra` are
+    /// more `edgecore run` flags.
     pub async fn join_and_start_cri_networked(
         cloud: &Cloud,
         name: &str,
@@ -923,8 +931,25 @@ impl Edge {
             "--cni-bridge".to_string(),
             ctrd.bridge.clone(),
         ];
+        let tag = NETWORK_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (table, iface) = (
+            format!("skt{}x{tag}", std::process::id()),
+            format!("skd{}x{tag}", std::process::id() % 100_000),
+        );
+        run_args.extend([
+            "--service-proxy=true".to_string(),
+            "--proxy-table".to_string(),
+            table.clone(),
+            "--cluster-dns=true".to_string(),
+            "--dns-interface".to_string(),
+            iface.clone(),
+        ]);
         run_args.extend(extra.iter().map(|s| s.to_string()));
-        Self::join_and_start_opts(cloud, name, &[], cloud.token("1h")?, run_args, None).await
+        let mut edge =
+            Self::join_prepare(cloud, name, &[], cloud.token("1h")?, run_args, None, None, None)?;
+        edge.network_owned = Some((table, iface));
+        edge.start()?;
+        Ok(edge)
     }
 
     async fn join_and_start_opts(
@@ -989,6 +1014,7 @@ impl Edge {
             idle_timeout_secs: 4,
             place,
             timing_args: TEST_TIMING.iter().map(|a| a.to_string()).collect(),
+            network_owned: None,
         };
         Ok(edge)
     }
@@ -1040,6 +1066,9 @@ impl Edge {
             // disk still shows.
             .args(["--eviction-hard", HARNESS_EVICTION_HARD])
             .args(["--server", &self.server, "--mqtt-url", &self.mqtt_url])
+            // Off unless a test asks (a networked edge): the proxy and the DNS server program
+            // the machine, and concurrent tests' edges must not share a table or an address.
+            .args(["--service-proxy=false", "--cluster-dns=false"])
             .arg("--metrics-addr")
             .arg(format!("{ip}:{}", self.metrics_port))
             .args(&self.run_args)
@@ -1215,6 +1244,12 @@ impl Drop for Edge {
     fn drop(&mut self) {
         stop_child(&mut self.child, 9);
         self.kill_pods();
+        if let Some((table, iface)) = &self.network_owned {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", table])
+                .output();
+            let _ = Command::new("ip").args(["link", "del", iface]).output();
+        }
     }
 }
 
