@@ -246,3 +246,57 @@ fn table_rows_look_like_kubectl() {
     let headless = svc(json!({"clusterIP": "None"}));
     assert_eq!(h.table_row(&headless, 0)[2], "None");
 }
+
+#[test]
+fn affinity_and_load_balancer_fields_are_checked() {
+    let h = ServiceHandler::new(ServiceNetwork::default());
+    let long = svc(
+        json!({"sessionAffinity": "ClientIP", "ports": [{"port": 80}],
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}),
+    );
+    assert_eq!(
+        fields(h.validate(&long)),
+        ["spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 0: must be greater than 0 and less than 86400"]
+    );
+    let day = svc(
+        json!({"sessionAffinity": "ClientIP", "ports": [{"port": 80}],
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86400}}}),
+    );
+    assert!(h.validate(&day).is_ok());
+    let stray = svc(json!({"ports": [{"port": 80}],
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10}}}));
+    assert_eq!(
+        fields(h.validate(&stray)),
+        ["spec.sessionAffinityConfig: Invalid value: {\"clientIP\":{\"timeoutSeconds\":10}}: must not be set when session affinity is None"]
+    );
+    let lb_fields = svc(
+        json!({"ports": [{"port": 80}], "allocateLoadBalancerNodePorts": true,
+        "loadBalancerSourceRanges": ["10.0.0.0/8"]}),
+    );
+    assert_eq!(
+        fields(h.validate(&lb_fields)),
+        [
+            "spec.allocateLoadBalancerNodePorts: Forbidden: may only be used when `type` is 'LoadBalancer'",
+            "spec.loadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'",
+        ]
+    );
+    let no_ports = svc(
+        json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false,
+        "ports": [{"port": 80}]}),
+    );
+    assert_eq!(
+        h.validate(&no_ports).unwrap_err()[0].field,
+        "spec.allocateLoadBalancerNodePorts"
+    );
+    // A LoadBalancer Service becomes a NodePort one: the defaulted LB field goes with the type.
+    let mut old = svc(json!({"type": "LoadBalancer", "ports": [{"port": 80}]}));
+    assert!(h
+        .assign(&mut old, None, &HashMap::new(), &HashMap::new())
+        .is_empty());
+    assert_eq!(old["spec"]["allocateLoadBalancerNodePorts"], true);
+    let mut np = old.clone();
+    np["spec"]["type"] = json!("NodePort");
+    h.prepare_update(&mut np, &old);
+    assert!(np["spec"].get("allocateLoadBalancerNodePorts").is_none());
+    assert!(h.validate(&np).is_ok(), "{:?}", h.validate(&np));
+}
