@@ -11,18 +11,27 @@ const SLICES: &str =
     "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dweb";
 
 /// Starts both endpoint controllers and the garbage collector over `h`'s store; returns the
-/// Endpoints controller, for direct reconciles.
-fn start_controllers(h: &Harness) -> Arc<EndpointsController> {
+/// two controllers, for direct reconciles.
+fn start_controllers(h: &Harness) -> (Arc<EndpointSliceController>, Arc<EndpointsController>) {
     let client = crate::api::client::Client::new(h.state.clone());
     let informers = crate::controllers::informer::Informers::start(h.state.store.clone());
     let options = runner::Options::resync(Duration::from_secs(30));
     let slices = Arc::new(EndpointSliceController::new(client.clone(), &informers));
     let endpoints = Arc::new(EndpointsController::new(client.clone(), &informers));
     let gc = Arc::new(crate::controllers::garbage_collector::GarbageCollector::new(client));
-    tokio::spawn(runner::run(slices, h.store.subscribe(), options));
+    tokio::spawn(runner::run(slices.clone(), h.store.subscribe(), options));
     tokio::spawn(runner::run(endpoints.clone(), h.store.subscribe(), options));
     tokio::spawn(runner::run(gc, h.store.subscribe(), options));
-    endpoints
+    (slices, endpoints)
+}
+
+fn versions(list: &Value) -> Vec<Value> {
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s["metadata"]["resourceVersion"].clone())
+        .collect()
 }
 
 /// Polls `uri` until `done` holds for its body (10 s at most).
@@ -77,7 +86,7 @@ fn endpoint_count(slices: &Value) -> usize {
 #[tokio::test]
 async fn services_get_slices_and_endpoints_that_follow_their_pods() {
     let h = harness().await;
-    let endpoints = start_controllers(&h);
+    let (slice_controller, endpoints) = start_controllers(&h);
     let (code, svc) = h
         .call(
             Method::POST,
@@ -166,6 +175,27 @@ async fn services_get_slices_and_endpoints_that_follow_their_pods() {
         [json!("IPv4"), json!("8080"), json!("10.244.1.5,10.244.1.6")]
     );
 
+    // Converged: reconciling again writes nothing.
+    let key = crate::store::ObjectKey::new("services", "default", "web");
+    let (_, before) = h.call(Method::GET, SLICES, None).await;
+    let ep_version = ep["metadata"]["resourceVersion"].clone();
+    slice_controller.reconcile(&key).await.unwrap();
+    endpoints.reconcile(&key).await.unwrap();
+    let (_, after) = h.call(Method::GET, SLICES, None).await;
+    assert_eq!(
+        versions(&after),
+        versions(&before),
+        "an unchanged slice was rewritten"
+    );
+    let (_, ep_now) = h
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/endpoints/web",
+            None,
+        )
+        .await;
+    assert_eq!(ep_now["metadata"]["resourceVersion"], ep_version);
+
     // The pod turns ready; then one pod goes.
     let (_, p2) = h
         .call(Method::GET, "/api/v1/namespaces/default/pods/web-2", None)
@@ -212,7 +242,7 @@ async fn services_get_slices_and_endpoints_that_follow_their_pods() {
 #[tokio::test]
 async fn the_endpoints_of_a_service_without_a_selector_are_the_users() {
     let h = harness().await;
-    let endpoints = start_controllers(&h);
+    let (_, endpoints) = start_controllers(&h);
     let (code, v) = h
         .call(
             Method::POST,
