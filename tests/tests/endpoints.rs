@@ -153,6 +153,13 @@ async fn kubectl_shows_endpoints_and_slices_that_follow_pods_readiness_and_scale
         .collect();
     assert_eq!((row[1], row[2]), ("IPv4", "8080"), "{out}");
     assert_eq!(row[3], "10.244.0.11,10.244.0.12,10.244.0.13", "{out}");
+    // `kubectl describe service` reads the endpoints of the Service too.
+    let out = kubectl_ok(&cloud, &["describe", "service", "web"])?;
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("Endpoints:") && l.contains("10.244.0.11:8080")),
+        "{out}"
+    );
     // Both kinds in one call, as `kubectl get endpoints,endpointslices` lists them.
     let out = kubectl_ok(&cloud, &["get", "endpoints,endpointslices"])?;
     assert!(
