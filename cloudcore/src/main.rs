@@ -45,6 +45,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at start: the size of the largest variant (every `serve` flag) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the cloud hub.
@@ -104,6 +106,24 @@ enum Command {
             env = "SKERRY_SERVICE_NODE_PORT_RANGE"
         )]
         service_node_port_range: cloudcore::api::services::NodePortRange,
+        /// IPv4 CIDR nodes get their pod CIDRs from (kube-controller-manager's
+        /// `--cluster-cidr`), each a `/--node-cidr-mask-size` of it.
+        #[arg(long, default_value = "10.244.0.0/16", env = "SKERRY_CLUSTER_CIDR")]
+        cluster_cidr: String,
+        /// Prefix length of each node's pod CIDR.
+        #[arg(long, default_value_t = 24, env = "SKERRY_NODE_CIDR_MASK_SIZE")]
+        node_cidr_mask_size: u8,
+        /// Give each node a pod CIDR from `--cluster-cidr` (kube-controller-manager's
+        /// `--allocate-node-cidrs`); `false` leaves `spec.podCIDR` to the admin.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "SKERRY_ALLOCATE_NODE_CIDRS")]
+        allocate_node_cidrs: bool,
+        /// The address pods get as their nameserver, served by every edge (kubelet's
+        /// `--cluster-dns`); default: the tenth address of the Service CIDR (10.96.0.10).
+        #[arg(long, env = "SKERRY_CLUSTER_DNS")]
+        cluster_dns: Option<std::net::Ipv4Addr>,
+        /// The cluster domain (kubelet's `--cluster-domain`).
+        #[arg(long, default_value = "cluster.local", env = "SKERRY_CLUSTER_DOMAIN")]
+        cluster_domain: String,
         /// Open API connections one client address (IPv6: one /64) may hold; more are closed
         /// right after accept. The main defence against one host flooding the API.
         #[arg(long, default_value_t = cloudcore::api::conn_limits::DEFAULT_PER_ADDRESS as u64,
@@ -325,6 +345,11 @@ fn main() -> anyhow::Result<()> {
             node_monitor_period,
             service_cluster_ip_range,
             service_node_port_range,
+            cluster_cidr,
+            node_cidr_mask_size,
+            allocate_node_cidrs,
+            cluster_dns,
+            cluster_domain,
             max_conns_per_address,
             max_conns,
             handshake_timeout,
@@ -336,14 +361,34 @@ fn main() -> anyhow::Result<()> {
             let recorder =
                 metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
             let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || recorder.render());
+            let node_cidrs = if allocate_node_cidrs {
+                Some(cloudcore::api::node_cidrs::NodeCidrPool::new(
+                    &cluster_cidr,
+                    node_cidr_mask_size,
+                )?)
+            } else {
+                None
+            };
+            let cluster_dns = cluster_dns.unwrap_or_else(|| service_cluster_ip_range.tenth());
+            if !service_cluster_ip_range.contains(cluster_dns) {
+                anyhow::bail!(
+                    "--cluster-dns {cluster_dns} is outside --service-cluster-ip-range {service_cluster_ip_range}"
+                );
+            }
             let cfg = ServeConfig {
                 data_dir: cli.data_dir,
+                node_cidrs,
                 api_addr,
                 hub: HubConfig {
                     listen: hub_addr,
                     idle_timeout: Duration::from_secs(idle_timeout_secs.max(2)),
                     ack_lag_limit: Duration::from_secs(ack_lag_limit_secs),
                     keep_alive: hub_keepalive_secs.map(|s| Duration::from_secs(s.max(1))),
+                    network: cloudcore::hub::NetworkSettings {
+                        service_cidr: service_cluster_ip_range.to_string(),
+                        cluster_dns: cluster_dns.into(),
+                        cluster_domain,
+                    },
                 },
                 mqtt_url,
                 mqtt_listen,

@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub node_lifecycle: crate::controllers::node_lifecycle::Config,
     /// Where Services get cluster IPs and node ports.
     pub services: crate::api::services::ServiceNetwork,
+    /// Where nodes get their pod CIDRs; `None`: not allocated.
+    pub node_cidrs: Option<crate::api::node_cidrs::NodeCidrPool>,
     /// Caps on open API connections (`--max-conns-per-address`, `--max-conns`).
     pub api_conn_limits: Limits,
     /// Timeouts of API connections before and between requests.
@@ -68,6 +70,7 @@ impl Default for ServeConfig {
             watch_history: crate::api::history::DEFAULT_CAPACITY,
             node_lifecycle: crate::controllers::node_lifecycle::Config::default(),
             services: crate::api::services::ServiceNetwork::default(),
+            node_cidrs: Some(crate::api::node_cidrs::NodeCidrPool::default_pool()),
             api_conn_limits: Limits::default(),
             api_conn_timeouts: ConnTimeouts::default(),
             encryption_provider_config: None,
@@ -181,7 +184,11 @@ pub async fn run(
     registry.register(Arc::new(crate::api::services::ServiceHandler::new(
         cfg.services,
     )));
-    info!(service_cidr = %cfg.services.cidr, node_ports = %cfg.services.node_ports, "Service address pools");
+    registry.register(Arc::new(crate::api::nodes::NodeHandler {
+        cidrs: cfg.node_cidrs,
+    }));
+    info!(service_cidr = %cfg.services.cidr, node_ports = %cfg.services.node_ports,
+          node_cidrs = ?cfg.node_cidrs.map(|p| p.to_string()), "address pools");
     let health = crate::api::health::Health {
         supervisor: Some(supervisor.clone()),
         extra: Vec::new(),

@@ -5,6 +5,8 @@ use crate::cache::{Cache, DesiredState};
 use crate::config::{self, EdgeConfig};
 use crate::identity::IdentityPaths;
 use crate::link::{self, LinkConfig, LinkState};
+use crate::network::cni::CniConfig;
+use crate::network::view::ViewSender;
 use crate::pods::{Desired, PodManager, PodManagerConfig};
 use crate::report::{self, Outbox, PublisherConfig};
 use crate::runtime::cri::{self, CriConfig, CriRuntime};
@@ -54,6 +56,9 @@ pub struct AgentOptions {
     pub thresholds: crate::node_health::Thresholds,
     /// The image filesystem's directory, when images are not in the data directory.
     pub image_dir: Option<PathBuf>,
+    /// Where to write the CNI configuration from the node's pod CIDR; `None` leaves the CNI
+    /// configuration to the admin.
+    pub cni: Option<crate::network::cni::CniConfig>,
 }
 
 /// Which container runtime runs the pods. One per node: pods started by one are not seen by
@@ -115,6 +120,25 @@ fn desired(cache: &Cache) -> Desired {
     }
 }
 
+/// Brings the node's network view (and its CNI configuration) up to date with the cache; runs
+/// before the pods of the same cache state are synced, so a sandbox is never made before the
+/// CNI configuration of its node's CIDR is written.
+fn sync_network(cache: &Cache, view: &ViewSender, cni: Option<&CniConfig>) {
+    crate::network::publish::refresh_from_cache(view, cache);
+    let cidr = view
+        .borrow()
+        .network
+        .as_ref()
+        .and_then(|n| n.pod_cidr.clone());
+    if let (Some(cni), Some(cidr)) = (cni, cidr) {
+        if let Err(e) = crate::network::cni::ensure(cni, &cidr) {
+            tracing::error!(error = %e, file = %cni.path().display(),
+                "cannot write the CNI configuration for the node's pod CIDR; pods keep the \
+                 configuration containerd has");
+        }
+    }
+}
+
 /// Detects the address this machine uses to reach `server` (no packet is sent).
 async fn detect_ip(server: &str) -> Option<String> {
     let (addr, _) = link::resolve(server).await.ok()?;
@@ -173,15 +197,16 @@ pub async fn run(
     ));
     let mut pod_config = PodManagerConfig::default();
     pod_config.backoff.base = opts.restart_backoff_base;
+    let (view_tx, _view_rx) = crate::network::publish::channel();
+    let view_tx = Arc::new(view_tx);
+    // The node's own readiness reaches its routing as the prober decides it, cloud or not.
+    let statuses = Arc::new(crate::network::publish::ReadinessTap::new(
+        Arc::new(outbox.clone()),
+        (*view_tx).clone(),
+    ));
     let manager = Arc::new(
-        PodManager::with_config(
-            runtime,
-            Arc::new(outbox.clone()),
-            node.clone(),
-            host_ip.clone(),
-            pod_config,
-        )
-        .with_volumes(Volumes::new(opts.data_dir.join("pods"))),
+        PodManager::with_config(runtime, statuses, node.clone(), host_ip.clone(), pod_config)
+            .with_volumes(Volumes::new(opts.data_dir.join("pods"))),
     );
 
     // Offline autonomy: what the cache holds runs now, before any attempt to reach the cloud.
@@ -189,6 +214,7 @@ pub async fn run(
     info!(%node, pods = cached.pods.len(), configs = cached.configs.len(),
           acked_revision = cache.acked_revision(), %host_ip,
           desired_state_unknown = ?cached.unknown, "starting pods from the cache");
+    sync_network(&cache, &view_tx, opts.cni.as_ref());
     manager.sync(cached).await;
 
     // Every long-running loop runs supervised: one that ends or panics is restarted, counted,
@@ -231,12 +257,15 @@ pub async fn run(
         let manager = manager.clone();
         let cache = cache.clone();
         let wake = manager.wakeups();
+        let (view_tx, cni) = (view_tx.clone(), opts.cni.clone());
         supervisor.spawn("pod-sync", move || {
-            let (manager, cache, changed, wake) = (
+            let (manager, cache, changed, wake, view_tx, cni) = (
                 manager.clone(),
                 cache.clone(),
                 changed.clone(),
                 wake.clone(),
+                view_tx.clone(),
+                cni.clone(),
             );
             async move {
                 loop {
@@ -249,6 +278,7 @@ pub async fn run(
                         }
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(10), woken).await;
+                    sync_network(&cache, &view_tx, cni.as_ref());
                     manager.sync(desired(&cache)).await;
                     metrics::gauge!("skerry_edge_pod_workers")
                         .set(manager.worker_count().await as f64);

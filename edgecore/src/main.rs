@@ -138,6 +138,17 @@ enum Command {
         /// filesystem otherwise.
         #[arg(long)]
         image_fs_dir: Option<PathBuf>,
+        /// containerd's CNI configuration directory: edgecore writes the node's conflist there
+        /// from the pod CIDR the cloud allocated (`spec.podCIDR`), so pod addresses are unique
+        /// across the cluster. Unset: the CNI configuration is left to the admin.
+        #[arg(long)]
+        cni_conf_dir: Option<PathBuf>,
+        /// CNI network name in the written conflist.
+        #[arg(long, default_value = "skerry")]
+        cni_network: String,
+        /// Bridge device of the written conflist.
+        #[arg(long, default_value = "skerry0")]
+        cni_bridge: String,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -329,6 +340,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             system_reserved,
             eviction_hard,
             image_fs_dir,
+            cni_conf_dir,
+            cni_network,
+            cni_bridge,
             runtime,
         } => {
             private_data_dir(&cli.data_dir)?;
@@ -374,6 +388,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 capacity,
                 thresholds,
                 image_dir,
+                cni: cni_conf_dir.map(|conf_dir| edgecore::network::cni::CniConfig {
+                    conf_dir,
+                    network: cni_network,
+                    bridge: cni_bridge,
+                }),
             };
             rt.block_on(agent::run(cfg, opts, render))
         }

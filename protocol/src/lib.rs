@@ -28,7 +28,7 @@ pub mod topics;
 /// [`messages::Reject::VersionMismatch`] rather than misreading bytes.
 ///
 /// v4: node reports carry their conditions ([`status::NodeCondition`]) instead of one
-/// ready flag ([`compat::v3`] keeps the old shape).
+/// ready flag.
 ///
 /// v5: the sync link carries Services, EndpointSlices and the node's network settings
 /// ([`service`]); the hub sends none of them to a v4 edge, so a v4 session speaks v4.

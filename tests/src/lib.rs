@@ -238,6 +238,73 @@ pub struct Cloud {
     http: Option<reqwest::Client>,
     /// The address cloudcore serves on (`127.0.0.1`, or its namespace's address).
     pub ip: String,
+    /// This cloud's Service CIDR (`--service-cluster-ip-range`), a /24 of 10.96.0.0/12 of its
+    /// own: edges program cluster IPs into the machine's tables, so two tests' clouds must
+    /// never hand out the same one.
+    pub service_cidr: String,
+    /// This cloud's cluster CIDR (`--cluster-cidr`, /24s per node), a /20 of 10.112.0.0/12 of
+    /// its own, for the same reason (edges given `--cni-conf-dir` route their pods from it).
+    pub cluster_cidr: String,
+    _slot: CloudSlot,
+}
+
+/// Where test clouds claim their address slots.
+const CLOUD_SLOT_DIR: &str = "/run/skerry-clouds";
+
+/// A test cloud's claim on slot N of 256: Service CIDR `10.96.N.0/24` and cluster CIDR `10.(112+N/16).((N%16)*16).0/20`, so
+/// concurrent tests' clouds never hand out the same cluster IP or pod address (their edges
+/// program them into the machine's tables). The claim is a lock file holding our pid; a
+/// dead owner's slot is taken over.
+pub struct CloudSlot {
+    lock: PathBuf,
+    /// The slot number.
+    pub slot: u16,
+}
+
+impl CloudSlot {
+    fn claim() -> Result<Self> {
+        std::fs::create_dir_all(CLOUD_SLOT_DIR)?;
+        let start = (std::process::id() as u16).wrapping_mul(31) % 256;
+        for i in 0..256u16 {
+            let slot = (start + i) % 256;
+            let lock = PathBuf::from(format!("{CLOUD_SLOT_DIR}/{slot}.lock"));
+            if let Ok(text) = std::fs::read_to_string(&lock) {
+                let owner: u32 = text.trim().parse().unwrap_or(0);
+                if owner > 0 && Path::new(&format!("/proc/{owner}")).exists() {
+                    continue;
+                }
+                let _ = std::fs::remove_file(&lock);
+            }
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    write!(f, "{}", std::process::id())?;
+                    return Ok(Self { lock, slot });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        bail!("no free test cloud slot in {CLOUD_SLOT_DIR} (all 256 held by live runs)")
+    }
+
+    fn service_cidr(&self) -> String {
+        format!("10.96.{}.0/24", self.slot)
+    }
+
+    fn cluster_cidr(&self) -> String {
+        format!("10.{}.{}.0/20", 112 + self.slot / 16, (self.slot % 16) * 16)
+    }
+}
+
+impl Drop for CloudSlot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.lock);
+    }
 }
 
 impl Cloud {
@@ -248,6 +315,7 @@ impl Cloud {
             .place
             .as_ref()
             .map_or_else(|| "127.0.0.1".to_string(), |p| p.ip.to_string());
+        let slot = CloudSlot::claim()?;
         let mut cloud = Cloud {
             ip,
             dir: temp_dir("skerry-cloud-")?,
@@ -258,6 +326,9 @@ impl Cloud {
             mosquitto: None,
             opts,
             http: None,
+            service_cidr: slot.service_cidr(),
+            cluster_cidr: slot.cluster_cidr(),
+            _slot: slot,
         };
         if cloud.opts.mosquitto {
             let broker = Mosquitto::start_for(cloud.dir.path()).await?;
@@ -315,7 +386,11 @@ impl Cloud {
             .arg("--hub-addr")
             .arg(format!("{}:{}", self.ip, self.hub_port))
             .arg("--idle-timeout-secs")
-            .arg(self.opts.idle_timeout_secs.unwrap_or(4).to_string());
+            .arg(self.opts.idle_timeout_secs.unwrap_or(4).to_string())
+            .arg("--service-cluster-ip-range")
+            .arg(&self.service_cidr)
+            .arg("--cluster-cidr")
+            .arg(&self.cluster_cidr);
         if let Some(n) = self.opts.watch_history {
             cmd.arg("--watch-history").arg(n.to_string());
         }
@@ -826,6 +901,31 @@ impl Edge {
         Self::join_and_start_opts(cloud, name, &[], cloud.token("1h")?, run_args, None).await
     }
 
+    /// Like [`Edge::join_and_start_cri`], with the edge owning the CNI configuration of `ctrd`
+    /// (`--cni-conf-dir`): its pods get addresses from the node's pod CIDR, allocated by the
+    /// cloud. `extra` are more `edgecore run` flags.
+    pub async fn join_and_start_cri_networked(
+        cloud: &Cloud,
+        name: &str,
+        ctrd: &containerd::Containerd,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut run_args = vec![
+            "--runtime".to_string(),
+            "cri".to_string(),
+            "--cri-socket".to_string(),
+            ctrd.socket.to_string_lossy().into_owned(),
+            "--cni-conf-dir".to_string(),
+            ctrd.dir().join("cni").to_string_lossy().into_owned(),
+            "--cni-network".to_string(),
+            ctrd.network.clone(),
+            "--cni-bridge".to_string(),
+            ctrd.bridge.clone(),
+        ];
+        run_args.extend(extra.iter().map(|s| s.to_string()));
+        Self::join_and_start_opts(cloud, name, &[], cloud.token("1h")?, run_args, None).await
+    }
+
     async fn join_and_start_opts(
         cloud: &Cloud,
         name: &str,
@@ -1184,9 +1284,28 @@ impl SyncClient {
         acked: u64,
         version: u32,
     ) -> Result<std::result::Result<Self, protocol::messages::Reject>> {
+        Self::connect_with(cloud, edge_dir, node, acked, version, None).await
+    }
+
+    /// Like [`SyncClient::connect_speaking`], sending QUIC keep-alives every `keep_alive` (a
+    /// session a test holds open for minutes, as a real edge does).
+    pub async fn connect_with(
+        cloud: &Cloud,
+        edge_dir: &Path,
+        node: &str,
+        acked: u64,
+        version: u32,
+        keep_alive: Option<Duration>,
+    ) -> Result<std::result::Result<Self, protocol::messages::Reject>> {
         use protocol::messages::{CloudMessage, EdgeMessage, Hello};
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        endpoint.set_default_client_config(node_client_config(edge_dir)?);
+        let mut config = node_client_config(edge_dir)?;
+        if let Some(every) = keep_alive {
+            let mut transport = quinn::TransportConfig::default();
+            transport.keep_alive_interval(Some(every));
+            config.transport_config(std::sync::Arc::new(transport));
+        }
+        endpoint.set_default_client_config(config);
         let conn = endpoint
             .connect(cloud.hub_addr().parse()?, "127.0.0.1")?
             .await?;

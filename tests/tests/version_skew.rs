@@ -1,11 +1,12 @@
 //! Kubernetes' version skew for edges: a cloud serves an edge one protocol version behind it
 //! (the edge is upgraded after its cloud) on both channels, the QUIC link and the MQTT status
 //! reports, and says so in the node's `EdgeVersionSkew` condition; a newer edge, or one two
-//! versions behind, is refused by name. The old edge is played from a fixture of the previous
-//! version's messages (`protocol::compat::v3`), byte for byte as that version encoded them.
+//! versions behind, is refused by name. The old edge is played from the previous version's
+//! messages (`protocol::compat::v4`: the same shapes as today's, with its version number), and
+//! it is never sent an object kind it cannot decode.
 
 use anyhow::Result;
-use protocol::compat::v3;
+use protocol::compat::v4;
 use protocol::messages::Reject;
 use protocol::status::{seal_encoded, NodeInfo};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
@@ -17,17 +18,24 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 use skerry_tests::condition_of as condition;
 
-fn v3_heartbeat(node: &str, seq: u64, version: u32) -> Result<Vec<u8>> {
-    let report = v3::StatusReport {
+fn v4_heartbeat(node: &str, seq: u64, version: u32) -> Result<Vec<u8>> {
+    use protocol::status::{
+        NodeCondition, NodeConditionKind, NodeStatus, StatusBody, StatusReport,
+    };
+    let report = StatusReport {
         protocol_version: version,
         seq,
         observed_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis() as u64,
-        body: v3::StatusBody::Node(v3::NodeStatus {
+        body: StatusBody::Node(NodeStatus {
             node: node.into(),
-            ready: true,
-            message: String::new(),
+            conditions: vec![NodeCondition::new(
+                NodeConditionKind::Ready,
+                true,
+                "KubeletReady",
+                "edgecore is posting ready status",
+            )],
             addresses: vec![("InternalIP".into(), "127.0.0.1".into())],
             capacity: BTreeMap::from([("pods".into(), "7".into())]),
             allocatable: BTreeMap::from([("pods".into(), "7".into())]),
@@ -44,9 +52,10 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
     let (ok, out) = cloud.join_only(dir.path(), "old-edge")?;
     assert!(ok, "join: {out}");
 
-    // The link: a v3 Hello is welcomed; v5 (newer than the cloud) and v2 are refused.
-    let session = SyncClient::connect_speaking(&cloud, dir.path(), "old-edge", 0, 3).await?;
-    assert!(session.is_ok(), "v3 refused: {:?}", session.err());
+    // The link: a v4 Hello is welcomed; v6 (newer than the cloud) and v3 are refused.
+    let session =
+        SyncClient::connect_speaking(&cloud, dir.path(), "old-edge", 0, v4::VERSION).await?;
+    assert!(session.is_ok(), "v4 refused: {:?}", session.err());
     for version in [
         protocol::PROTOCOL_VERSION + 1,
         protocol::OLDEST_EDGE_VERSION - 1,
@@ -62,7 +71,7 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
         }
     }
 
-    // The status channel: a v3 heartbeat, sealed as a v3 edge seals it.
+    // The status channel: a v4 heartbeat, sealed as a v4 edge seals it.
     let key = std::fs::read(dir.path().join("pki/report.key"))?;
     let opts = skerry_tests::mqtt::node_options(dir.path(), "old-edge", cloud.mqtt_port)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 10);
@@ -75,13 +84,13 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
         }
     });
     let topic = protocol::topics::node_status("old-edge");
-    let sealed = seal_encoded(&key, &topic, v3_heartbeat("old-edge", 1, 3)?)?;
+    let sealed = seal_encoded(&key, &topic, v4_heartbeat("old-edge", 1, v4::VERSION)?)?;
     client
         .publish(topic.clone(), QoS::AtLeastOnce, false, sealed)
         .await?;
     let node = cloud
         .wait_for(
-            "the v3 heartbeat applied",
+            "the v4 heartbeat applied",
             "/api/v1/nodes/old-edge",
             DEADLINE,
             |n| condition(n, "EdgeVersionSkew").is_some(),
@@ -93,7 +102,7 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
     assert!(
         skew["message"]
             .as_str()
-            .is_some_and(|m| m.contains("v3") && m.contains("upgrade edgecore")),
+            .is_some_and(|m| m.contains("v4") && m.contains("upgrade edgecore")),
         "{skew}"
     );
     assert_eq!(node["status"]["allocatable"]["pods"], "7");
@@ -106,7 +115,7 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
     let future = seal_encoded(
         &key,
         &topic,
-        v3_heartbeat("old-edge", 2, protocol::PROTOCOL_VERSION + 1)?,
+        v4_heartbeat("old-edge", 2, protocol::PROTOCOL_VERSION + 1)?,
     )?;
     client
         .publish(topic, QoS::AtLeastOnce, false, future)

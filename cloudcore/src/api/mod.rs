@@ -42,6 +42,7 @@ mod handlers;
 pub mod health;
 pub mod history;
 pub mod namespaces;
+pub mod node_cidrs;
 pub mod nodes;
 pub mod openapi_v2;
 pub mod patch;

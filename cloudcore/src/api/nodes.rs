@@ -1,12 +1,15 @@
 //! Nodes: cluster-scoped, created by the join flow (not through this API), edited by admins
 //! (labels, taints, `unschedulable`) and reported on by the edge through the status path.
 
-use super::error::FieldError;
+use super::error::{ApiError, FieldError};
+use super::node_cidrs::NodeCidrPool;
 use super::resource::{
-    decode_as, typed, DecodeError, ResourceHandler, ResourceInfo, SelectableField,
+    decode_as, typed, Allocation, DecodeError, ResourceHandler, ResourceInfo, SelectableField,
 };
 use super::table::{age, Column};
 use super::validation::{push_invalid, qualified_name, NameRule};
+use crate::store::{ObjectKey, Store};
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
 use serde_json::{json, Value};
 
@@ -53,9 +56,22 @@ const COLUMNS: [Column; 9] = [
     Column { name: "Container-Runtime", kind: "string", format: "", description: "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).", priority: 1 },
 ];
 
-/// The node [`ResourceHandler`].
+/// The node [`ResourceHandler`]; with a pool, it gives each node a pod CIDR
+/// ([`super::node_cidrs`]).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct NodeHandler;
+pub struct NodeHandler {
+    /// Where node pod CIDRs come from; `None` leaves them to the admin (or unset).
+    pub cidrs: Option<NodeCidrPool>,
+}
+
+/// Held from the scan of the stored Nodes to the write of the Node given a CIDR.
+static CIDR_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn pod_cidr(node: &Value) -> Option<&str> {
+    node.pointer("/spec/podCIDR")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
 
 /// The STATUS column: `Ready`/`NotReady`/`Unknown` from the Ready condition, plus
 /// `SchedulingDisabled` for cordoned nodes.
@@ -180,6 +196,52 @@ impl ResourceHandler for NodeHandler {
         }
     }
 
+    fn allocate<'a>(
+        &'a self,
+        store: &'a dyn Store,
+        key: &'a ObjectKey,
+        obj: &'a mut Value,
+        old: Option<&'a Value>,
+    ) -> BoxFuture<'a, Result<Allocation, ApiError>> {
+        Box::pin(async move {
+            // Once set, a CIDR never changes (see `validate_update`); only a Node written
+            // without one is given one.
+            let Some(pool) = self.cidrs else {
+                return Ok(Allocation::none());
+            };
+            if pod_cidr(obj).is_some() || old.and_then(pod_cidr).is_some() {
+                return Ok(Allocation::none());
+            }
+            let guard = CIDR_LOCK.lock().await;
+            let (nodes, _) = store
+                .list(&NODE_INFO.storage_resource(), None)
+                .await
+                .map_err(|e| ApiError::from_store(e, &NODE_INFO.qualified(), &key.name))?;
+            let used: Vec<String> = nodes
+                .iter()
+                .filter(|n| {
+                    n.value.pointer("/metadata/name").and_then(Value::as_str) != Some(&key.name)
+                })
+                .filter_map(|n| pod_cidr(&n.value).map(str::to_string))
+                .collect();
+            match pool.first_free(used.iter().map(String::as_str)) {
+                Some(cidr) => {
+                    tracing::info!(node = %key.name, pod_cidr = %cidr, "node given a pod CIDR");
+                    set_pod_cidr(obj, &cidr);
+                    Ok(Allocation::held(guard))
+                }
+                None => {
+                    tracing::error!(node = %key.name, pool = %pool,
+                        "CIDRNotAvailable: the cluster CIDR has no free node subnet; the node \
+                         runs with the CNI configuration it has and its pods are not routed from \
+                         other nodes. Give cloudcore a larger --cluster-cidr.");
+                    metrics::counter!("skerry_node_cidr_exhausted_total").increment(1);
+                    Ok(Allocation::none())
+                }
+            }
+        })
+    }
+
     fn columns(&self) -> &'static [Column] {
         &COLUMNS
     }
@@ -210,6 +272,16 @@ impl ResourceHandler for NodeHandler {
     }
 }
 
+fn set_pod_cidr(obj: &mut Value, cidr: &str) {
+    if let Some(o) = obj.as_object_mut() {
+        let spec = o.entry("spec").or_insert_with(|| json!({}));
+        if let Some(spec) = spec.as_object_mut() {
+            spec.insert("podCIDR".into(), json!(cidr));
+            spec.insert("podCIDRs".into(), json!([cidr]));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,7 +294,7 @@ mod tests {
             "status": {"conditions": [{"type": "Ready", "status": "True"}],
                 "addresses": [{"type": "Hostname", "address": "h"}, {"type": "InternalIP", "address": "192.168.1.9"}],
                 "nodeInfo": {"kubeletVersion": "v1.33.0-skerry", "osImage": "Debian", "kernelVersion": "6.1", "containerRuntimeVersion": "skerry://0.1"}}});
-        let row = NodeHandler.table_row(&node, 1_735_689_600 + 3600);
+        let row = NodeHandler { cidrs: None }.table_row(&node, 1_735_689_600 + 3600);
         assert_eq!(
             row,
             vec![
@@ -238,7 +310,7 @@ mod tests {
             ]
         );
         let bare = json!({"metadata": {"name": "n"}});
-        let row = NodeHandler.table_row(&bare, 0);
+        let row = NodeHandler { cidrs: None }.table_row(&bare, 0);
         assert_eq!(row[1], "Unknown");
         assert_eq!(row[2], "<none>");
         assert_eq!(row[5], "<none>");
@@ -253,13 +325,17 @@ mod tests {
     #[test]
     fn validation() {
         let n = decode_as::<Node>(json!({"metadata": {"name": "n"}, "spec": {"taints": [{"key": "", "effect": "Sometimes"}]}})).unwrap();
-        let errs = NodeHandler.validate(&n).unwrap_err();
+        let errs = NodeHandler { cidrs: None }.validate(&n).unwrap_err();
         assert_eq!(errs.len(), 2);
         let old = json!({"spec": {"podCIDR": "10.0.0.0/24"}});
-        assert!(NodeHandler
+        assert!(NodeHandler { cidrs: None }
             .validate_update(&json!({"spec": {"podCIDR": "10.0.1.0/24"}}), &old)
             .is_err());
-        assert!(NodeHandler.validate_update(&old, &old).is_ok());
-        assert!(NodeHandler.validate_update(&old, &json!({})).is_ok());
+        assert!(NodeHandler { cidrs: None }
+            .validate_update(&old, &old)
+            .is_ok());
+        assert!(NodeHandler { cidrs: None }
+            .validate_update(&old, &json!({}))
+            .is_ok());
     }
 }

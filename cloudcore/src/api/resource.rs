@@ -428,7 +428,7 @@ impl Registry {
         let mut r = Self::new();
         r.register(Arc::new(super::namespaces::NamespaceHandler));
         r.register(Arc::new(super::pods::PodHandler));
-        r.register(Arc::new(super::nodes::NodeHandler));
+        r.register(Arc::new(super::nodes::NodeHandler { cidrs: None }));
         r.register(Arc::new(super::configmaps::ConfigMapHandler));
         r.register(Arc::new(super::secrets::SecretHandler));
         r.register(Arc::new(super::events::EventHandler));

@@ -9,6 +9,7 @@
 
 use super::Hub;
 use crate::config_index::{self, ConfigIndex};
+use crate::projection::NETWORK_SHARD;
 use crate::store::{Event, ObjectKey, StoreError};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
@@ -121,7 +122,12 @@ impl Hub {
                 }
             }
             for shard in &ev.shards {
-                if let Some(s) = sessions.get(shard) {
+                if shard == NETWORK_SHARD {
+                    // Every node routes every Service: all sessions read the network shard.
+                    for s in sessions.values() {
+                        s.signals.changed.notify_one();
+                    }
+                } else if let Some(s) = sessions.get(shard) {
                     s.signals.changed.notify_one();
                 }
             }

@@ -130,6 +130,29 @@ pub struct HubConfig {
     pub idle_timeout: Duration,
     /// How long a batch may go unacknowledged before the node is `SyncLagging` ([`ack_lag`]).
     pub ack_lag_limit: Duration,
+    /// The cluster-wide network settings each node is sent with its pod CIDR.
+    pub network: NetworkSettings,
+}
+
+/// The cluster-wide part of [`protocol::service::ClusterNetwork`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// The Service CIDR.
+    pub service_cidr: String,
+    /// The address pods get as their nameserver (kubelet's `--cluster-dns`).
+    pub cluster_dns: std::net::IpAddr,
+    /// The cluster domain (kubelet's `--cluster-domain`).
+    pub cluster_domain: String,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        Self {
+            service_cidr: "10.96.0.0/12".into(),
+            cluster_dns: "10.96.0.10".parse().expect("static address"),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
 }
 
 impl Default for HubConfig {
@@ -139,6 +162,7 @@ impl Default for HubConfig {
             keep_alive: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             ack_lag_limit: DEFAULT_ACK_LAG_LIMIT,
+            network: NetworkSettings::default(),
         }
     }
 }
@@ -173,6 +197,8 @@ pub struct Hub {
     liveness: crate::liveness::Liveness,
     /// See [`HubConfig::ack_lag_limit`].
     ack_lag_limit: Duration,
+    /// See [`HubConfig::network`].
+    network: NetworkSettings,
 }
 
 /// Errors that end one connection (never the hub).
@@ -289,6 +315,7 @@ impl Hub {
             log_streams: std::sync::Mutex::new(HashMap::new()),
             liveness: crate::liveness::Liveness::new(),
             ack_lag_limit: cfg.ack_lag_limit,
+            network: cfg.network.clone(),
         })
     }
 

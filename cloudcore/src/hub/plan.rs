@@ -196,8 +196,14 @@ pub async fn snapshot(
     node: &str,
     members: &[ObjectKey],
     upto: u64,
+    extra: Vec<Upsert>,
 ) -> Result<Vec<SyncBatch>, StoreError> {
-    let mut upserts = Vec::new();
+    // The network settings and Services first: a pod's sandbox is made with the node's CNI
+    // configuration, which the settings carry.
+    let mut upserts: Vec<(String, Upsert)> = extra
+        .into_iter()
+        .map(|u| (u.object.object_ref().to_string(), u))
+        .collect();
     let mut refs = BTreeSet::new();
     for key in members {
         if let PodRead::Present(u, r) = read_pod(store, node, key).await? {
@@ -248,27 +254,52 @@ fn split_snapshot(upserts: Vec<(String, Upsert)>, upto: u64, budget: usize) -> V
     parts
 }
 
-/// The delta batches of one round for `node`, which has everything up to `sent`: the pod
-/// `changes` up to `upto` with their configs, and the `marked` configs (each sent only if its
-/// revision is above the given one, or deleted if it does not exist). `marked` must hold only
-/// configs the node references.
-pub async fn delta(
-    store: &dyn Store,
-    node: &str,
-    sent: u64,
-    upto: u64,
-    changes: &[ShardChange],
-    marked: Vec<(ObjectRef, u64)>,
-) -> Result<Vec<SyncBatch>, StoreError> {
-    // Latest change per pod, in revision order of that latest change.
+/// One round of deltas for a node.
+pub struct Round<'a> {
+    /// The node.
+    pub node: &'a str,
+    /// It has everything up to here.
+    pub sent: u64,
+    /// The round sends changes up to here, and the last batch claims it.
+    pub upto: u64,
+    /// Changes of the node's shard (its pods).
+    pub changes: &'a [ShardChange],
+    /// Changes of the network shard (Services and EndpointSlices), empty for a v4 edge.
+    pub network_changes: &'a [ShardChange],
+    /// Configs to send, each only if its revision is above the given one, or deleted if it
+    /// does not exist; only configs the node references.
+    pub marked: Vec<(ObjectRef, u64)>,
+    /// Upserts to send first, claiming `sent` (the node's network settings).
+    pub extra: Vec<Upsert>,
+}
+
+/// The latest change per key up to `upto`, in revision order of that latest change.
+fn latest(changes: &[ShardChange], upto: u64) -> Vec<(&ObjectKey, u64)> {
     let mut last: HashMap<&ObjectKey, u64> = HashMap::new();
     for c in changes.iter().filter(|c| c.revision <= upto) {
         last.insert(&c.key, c.revision);
     }
     let mut keys: Vec<(&ObjectKey, u64)> = last.into_iter().collect();
     keys.sort_by_key(|(_, r)| *r);
-    let mut pods = Vec::with_capacity(keys.len());
-    for (key, rev) in keys {
+    keys
+}
+
+/// The delta batches of one round: the pod changes up to `upto` with their configs, the
+/// network changes, and the marked configs. Units go out in the order of the revision they
+/// claim, whatever shard they come from, so that no batch vouches for a change of either
+/// shard that has not been sent.
+pub async fn delta(store: &dyn Store, round: Round<'_>) -> Result<Vec<SyncBatch>, StoreError> {
+    let Round {
+        node,
+        sent,
+        upto,
+        changes,
+        network_changes,
+        marked,
+        extra,
+    } = round;
+    let mut pods = Vec::new();
+    for (key, rev) in latest(changes, upto) {
         pods.push((key, rev, read_pod(store, node, key).await?));
     }
     let with_pods: HashSet<ObjectRef> = pods
@@ -281,6 +312,11 @@ pub async fn delta(
         .collect();
     let mut included: HashSet<ObjectRef> = HashSet::new();
     let mut units = Vec::new();
+    for u in extra {
+        let mut unit = Unit::new(sent, u.object.object_ref().to_string());
+        unit.push(Change::Upsert(u));
+        units.push(unit);
+    }
     let mut marked = marked;
     marked.sort();
     for (r, newer_than) in marked {
@@ -315,7 +351,65 @@ pub async fn delta(
         }
         units.push(unit);
     }
+    for (key, rev) in latest(network_changes, upto) {
+        if let Some(change) = read_network(store, key).await? {
+            let mut unit = Unit::new(rev, key.to_string());
+            unit.push(change);
+            units.push(unit);
+        }
+    }
+    // Stable: the units claiming `sent` stay first, pods keep their order.
+    units.sort_by_key(|u| u.claim);
     Ok(chunk(units, upto))
+}
+
+/// The kind a network-shard key holds.
+fn network_kind(key: &ObjectKey) -> ObjectKind {
+    match key.resource.as_str() {
+        "services" => ObjectKind::Service,
+        _ => ObjectKind::EndpointSlice,
+    }
+}
+
+/// The current state of a Service or EndpointSlice: its upsert, a delete when it is gone, or
+/// nothing when it cannot be projected (reported).
+async fn read_network(store: &dyn Store, key: &ObjectKey) -> Result<Option<Change>, StoreError> {
+    let kind = network_kind(key);
+    let Some(stored) = store.get(key).await? else {
+        return Ok(Some(Change::Delete(ObjectRef {
+            kind,
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        })));
+    };
+    let object = match kind {
+        ObjectKind::Service => projection::edge_service(&stored.value).map(EdgeObject::Service),
+        _ => projection::edge_endpoint_slice(&stored.value).map(EdgeObject::EndpointSlice),
+    };
+    match object {
+        Ok(object) => Ok(Some(Change::Upsert(Upsert {
+            revision: stored.revision,
+            object,
+        }))),
+        Err(e) => {
+            error!(error = %e, "skipping object that cannot be projected; fix or delete it");
+            Ok(None)
+        }
+    }
+}
+
+/// Every Service and EndpointSlice of the network shard's `members`, for a snapshot.
+pub async fn network_upserts(
+    store: &dyn Store,
+    members: &[ObjectKey],
+) -> Result<Vec<Upsert>, StoreError> {
+    let mut out = Vec::with_capacity(members.len());
+    for key in members {
+        if let Some(Change::Upsert(u)) = read_network(store, key).await? {
+            out.push(u);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -324,6 +418,30 @@ mod tests {
     use crate::store::{ShardRead, SledStore};
     use protocol::config::EdgeSecret;
     use serde_json::{json, Value};
+
+    /// A pods-only round, as a v4 edge gets.
+    async fn delta_of(
+        store: &dyn Store,
+        node: &str,
+        sent: u64,
+        upto: u64,
+        changes: &[ShardChange],
+        marked: Vec<(ObjectRef, u64)>,
+    ) -> Result<Vec<SyncBatch>, StoreError> {
+        delta(
+            store,
+            Round {
+                node,
+                sent,
+                upto,
+                changes,
+                network_changes: &[],
+                marked,
+                extra: Vec::new(),
+            },
+        )
+        .await
+    }
 
     struct Fixture {
         store: SledStore,
@@ -395,7 +513,7 @@ mod tests {
         let start = f.put("configmaps", config_map("unrelated")).await;
         f.put("pods", pod("web", "n1", &["db"], &["missing"])).await;
         let (changes, upto) = f.changes("n1", start).await;
-        let batches = delta(&f.store, "n1", start, upto, &changes, vec![])
+        let batches = delta_of(&f.store, "n1", start, upto, &changes, vec![])
             .await
             .unwrap();
         assert_eq!(batches.len(), 1);
@@ -435,7 +553,7 @@ mod tests {
         assert!(raw[8..].starts_with(b"k8s:enc:aesgcm:v1:key1:"));
         f.put("pods", pod("web", "n1", &["db"], &[])).await;
         let (changes, upto) = f.changes("n1", start).await;
-        let batches = delta(&f.store, "n1", start, upto, &changes, vec![])
+        let batches = delta_of(&f.store, "n1", start, upto, &changes, vec![])
             .await
             .unwrap();
         let EdgeObject::Secret(EdgeSecret { data, .. }) = &batches[0].upserts[1].object else {
@@ -460,7 +578,7 @@ mod tests {
             (r(ObjectKind::ConfigMap, "new"), 0),
             (r(ObjectKind::Secret, "gone"), old),
         ];
-        let batches = delta(&f.store, "n1", new, upto, &changes, marked)
+        let batches = delta_of(&f.store, "n1", new, upto, &changes, marked)
             .await
             .unwrap();
         assert_eq!(batches.len(), 1);
@@ -468,7 +586,7 @@ mod tests {
         assert_eq!(refs_of(&batches[0]), [r(ObjectKind::ConfigMap, "new")]);
         assert_eq!(batches[0].deletes, [r(ObjectKind::Secret, "gone")]);
         // Nothing to send: no batch at all.
-        let none = delta(
+        let none = delta_of(
             &f.store,
             "n1",
             new,
@@ -494,7 +612,7 @@ mod tests {
         }
         f.put("pods", pod("user", "n1", &["late"], &[])).await;
         let (changes, upto) = f.changes("n1", start).await;
-        let batches = delta(
+        let batches = delta_of(
             &f.store,
             "n1",
             start,
@@ -538,7 +656,7 @@ mod tests {
             .await;
         }
         let (changes, upto) = f.changes("n1", start).await;
-        let batches = delta(&f.store, "n1", start, upto, &changes, vec![])
+        let batches = delta_of(&f.store, "n1", start, upto, &changes, vec![])
             .await
             .unwrap();
         assert!(batches.len() >= 2, "{} batches", batches.len());
@@ -575,7 +693,7 @@ mod tests {
         let start = f.put("pods", pod("web", "n1", &["mine"], &[])).await;
         f.put("pods", pod("web", "n2", &["mine"], &[])).await;
         let (changes, upto) = f.changes("n1", start).await;
-        let batches = delta(&f.store, "n1", start, upto, &changes, vec![])
+        let batches = delta_of(&f.store, "n1", start, upto, &changes, vec![])
             .await
             .unwrap();
         assert_eq!(batches.len(), 1);
@@ -598,7 +716,9 @@ mod tests {
             ShardRead::Snapshot { members, upto } => (members, upto),
             ShardRead::Delta { .. } => panic!("expected a snapshot"),
         };
-        let parts = snapshot(&f.store, "n1", &members, upto).await.unwrap();
+        let parts = snapshot(&f.store, "n1", &members, upto, vec![])
+            .await
+            .unwrap();
         assert_eq!(parts.len(), 1, "a small slice fits one frame");
         let b = &parts[0];
         assert!(b.snapshot && !b.more);

@@ -11,7 +11,8 @@
 
 use super::ack_lag::{AckLag, Transition};
 use super::{close_codes, plan, read_frame, write_frame, Hub, SessionError};
-use crate::store::ShardRead;
+use crate::projection::NETWORK_SHARD;
+use crate::store::{ShardRead, StoreError};
 use protocol::messages::*;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,20 @@ pub const SYNC_LAGGING_REASON: &str = "AcksLagging";
 pub const EDGE_DEAF_REASON: &str = "NodeHearsNothing";
 /// Reason of `SyncLagging=False`.
 pub const SYNC_CURRENT_REASON: &str = "AcksCurrent";
+
+/// Where a session resumes and what of the slice it sends beyond the node's pods and their
+/// configs.
+pub(super) struct SliceView {
+    /// The revision the edge says it made durable.
+    from: u64,
+    /// The edge speaks v5: it gets every Service and EndpointSlice.
+    network: bool,
+    /// The node's network settings (v5), sent in the session's first round and in every
+    /// snapshot.
+    settings: Option<Upsert>,
+    /// Whether `settings` went out in this session.
+    settings_sent: bool,
+}
 
 /// A live session, as the rest of the hub finds it.
 pub(super) struct Session {
@@ -85,8 +100,9 @@ impl Hub {
             }
             None => return Err(SessionError::Protocol("stream closed before Hello".into())),
         };
-        // Edges one version behind are served: nothing on the link changed from v3 to v4
-        // (`protocol::compat`); the node's `EdgeVersionSkew` condition tells the admin.
+        // Edges one version behind are served: a v4 edge gets today's messages without the
+        // network kinds (`protocol::compat`); the node's `EdgeVersionSkew` condition tells the
+        // admin.
         let reject = if !protocol::edge_version_supported(hello.protocol_version) {
             Some(Reject::VersionMismatch {
                 cloud: protocol::PROTOCOL_VERSION,
@@ -155,8 +171,17 @@ impl Hub {
             acked_revision = hello.acked_revision,
             "node session started"
         );
+        let mut view = SliceView {
+            from: hello.acked_revision,
+            network: hello.protocol_version >= 5,
+            settings: None,
+            settings_sent: false,
+        };
+        if view.network {
+            view.settings = Some(self.network_upsert(node).await?);
+        }
         let result = self
-            .stream(conn, node, &mut send, recv, hello.acked_revision, &signals)
+            .stream(conn, node, &mut send, recv, &signals, view)
             .await;
         if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason() {
             if close.error_code == quinn::VarInt::from_u32(protocol::CLOSE_EDGE_DEAF) {
@@ -196,9 +221,10 @@ impl Hub {
         node: &str,
         send: &mut quinn::SendStream,
         mut recv: quinn::RecvStream,
-        from: u64,
         signals: &Signals,
+        mut view: SliceView,
     ) -> Result<(), SessionError> {
+        let from = view.from;
         // Reads run in their own task: read_exact is not cancel-safe, so it must not sit in a
         // select! that may drop it halfway through a frame.
         let (tx, mut rx) = mpsc::channel::<Result<Option<EdgeMessage>, SessionError>>(16);
@@ -228,7 +254,9 @@ impl Hub {
         let lag =
             |f: &mut dyn FnMut(&mut AckLag)| f(&mut lag.lock().unwrap_or_else(|e| e.into_inner()));
         loop {
-            let (upto, last_batch) = self.send_pending(node, sent, send, signals).await?;
+            let (upto, last_batch) = self
+                .send_pending(node, sent, send, signals, &mut view)
+                .await?;
             sent = upto;
             // Only a batch is acknowledged: a round that moved the mark without sending one
             // (nothing of this node changed) owes nothing.
@@ -266,46 +294,96 @@ impl Hub {
         }
     }
 
-    /// Sends everything in the node's shard after `sent`, with the configs its pods reference,
-    /// and the configs marked for the node; returns the new high-water mark and the revision of
-    /// the last batch sent, if any.
+    /// Sends everything in the node's shard (and, to a v5 edge, the network shard) after
+    /// `sent`, with the configs its pods reference, and the configs marked for the node;
+    /// returns the new high-water mark and the revision of the last batch sent, if any.
+    ///
+    /// The two shards share the store's revisions, so one acked revision covers both: a round
+    /// reads both after `sent` and claims no more than the lower of the two `upto`s (changes
+    /// above it wait for the next round, which their dispatch triggers). When either read is
+    /// a snapshot (fresh node, compacted history), the whole slice goes as one snapshot: the
+    /// edge replaces everything it holds with a snapshot, so it must carry both shards and the
+    /// node's network settings.
     async fn send_pending(
         &self,
         node: &str,
         sent: u64,
         send: &mut quinn::SendStream,
         signals: &Signals,
+        view: &mut SliceView,
     ) -> Result<(u64, Option<u64>), SessionError> {
         // Order matters (the hub's module docs): the cap, then the marks, then the shard.
         let cap = self.handled.load(Ordering::SeqCst);
         let marked = std::mem::take(&mut *signals.marked.lock().await);
-        let (batches, new_sent) = match self.store.read_shard(node, sent).await? {
-            ShardRead::Snapshot { members, upto } => {
-                // A snapshot carries every config its pods reference: the marks are covered.
-                let parts = plan::snapshot(self.store.as_ref(), node, &members, upto).await?;
-                info!(
-                    objects = parts.iter().map(|p| p.upserts.len()).sum::<usize>(),
-                    parts = parts.len(),
-                    revision = upto,
-                    "sending snapshot"
-                );
-                (parts, upto)
+        let pods = self.store.read_shard(node, sent).await?;
+        let network = match view.network {
+            true => Some(self.store.read_shard(NETWORK_SHARD, sent).await?),
+            false => None,
+        };
+        let snapshot = matches!(pods, ShardRead::Snapshot { .. })
+            || matches!(network, Some(ShardRead::Snapshot { .. }));
+        let (batches, new_sent) = if snapshot {
+            let (members, pods_upto) = self.members(node, Some(pods)).await?;
+            let mut network_members = Vec::new();
+            let mut upto = pods_upto;
+            if view.network {
+                let (m, u) = self.members(NETWORK_SHARD, network).await?;
+                network_members = m;
+                upto = upto.min(u);
             }
-            ShardRead::Delta { changes, upto } => {
-                let upto = sent.max(upto.min(cap));
-                let marked: Vec<(ObjectRef, u64)> = if marked.is_empty() {
-                    Vec::new()
-                } else {
-                    let index = self.index.read().await;
-                    marked
-                        .into_iter()
-                        .filter(|(c, _)| index.references(node, c))
-                        .collect()
-                };
-                let batches =
-                    plan::delta(self.store.as_ref(), node, sent, upto, &changes, marked).await?;
-                (batches, upto)
+            // A snapshot carries every config its pods reference: the marks are covered.
+            let extra = view
+                .settings
+                .clone()
+                .into_iter()
+                .chain(plan::network_upserts(self.store.as_ref(), &network_members).await?)
+                .collect();
+            let parts = plan::snapshot(self.store.as_ref(), node, &members, upto, extra).await?;
+            info!(
+                objects = parts.iter().map(|p| p.upserts.len()).sum::<usize>(),
+                parts = parts.len(),
+                revision = upto,
+                "sending snapshot"
+            );
+            view.settings_sent = true;
+            (parts, upto)
+        } else {
+            let ShardRead::Delta { changes, upto } = pods else {
+                return Err(StoreError::Backend("a shard read changed its answer".into()).into());
+            };
+            let (network_changes, network_upto) = match network {
+                Some(ShardRead::Delta { changes, upto }) => (changes, upto),
+                _ => (Vec::new(), u64::MAX),
+            };
+            let upto = sent.max(upto.min(network_upto).min(cap));
+            let marked: Vec<(ObjectRef, u64)> = if marked.is_empty() {
+                Vec::new()
+            } else {
+                let index = self.index.read().await;
+                marked
+                    .into_iter()
+                    .filter(|(c, _)| index.references(node, c))
+                    .collect()
+            };
+            let mut extra = Vec::new();
+            if !view.settings_sent {
+                extra.extend(view.settings.clone());
+                view.settings_sent = true;
             }
+            let batches = plan::delta(
+                self.store.as_ref(),
+                plan::Round {
+                    node,
+                    sent,
+                    upto,
+                    changes: &changes,
+                    network_changes: &network_changes,
+                    marked,
+                    extra,
+                },
+            )
+            .await?;
+            (batches, upto)
         };
         let mut last_batch = None;
         for batch in batches {
@@ -318,6 +396,55 @@ impl Hub {
             self.send_batch(send, batch).await?;
         }
         Ok((new_sent, last_batch))
+    }
+
+    /// The members of `shard` and the revision they are complete up to: from `read` when it is
+    /// a snapshot, else from a fresh snapshot read.
+    async fn members(
+        &self,
+        shard: &str,
+        read: Option<ShardRead>,
+    ) -> Result<(Vec<crate::store::ObjectKey>, u64), StoreError> {
+        if let Some(ShardRead::Snapshot { members, upto }) = read {
+            return Ok((members, upto));
+        }
+        match self.store.read_shard(shard, 0).await? {
+            ShardRead::Snapshot { members, upto } => Ok((members, upto)),
+            ShardRead::Delta { .. } => Err(StoreError::Backend(format!(
+                "the store answered a read of shard {shard} from revision 0 with a delta"
+            ))),
+        }
+    }
+
+    /// The node's network settings as an upsert: its pod CIDR from its Node (with the Node's
+    /// revision, so that a resend is ignored by an edge that has it) and the cluster-wide
+    /// settings of this hub.
+    async fn network_upsert(&self, node: &str) -> Result<Upsert, SessionError> {
+        let stored = self
+            .store
+            .get(&crate::store::ObjectKey::new("nodes", "", node))
+            .await?;
+        let (revision, pod_cidr) = match &stored {
+            Some(s) => (
+                s.revision,
+                s.value
+                    .pointer("/spec/podCIDR")
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string),
+            ),
+            None => (0, None),
+        };
+        Ok(Upsert {
+            revision,
+            object: EdgeObject::Network(protocol::service::ClusterNetwork {
+                node: node.to_string(),
+                pod_cidr,
+                service_cidr: self.network.service_cidr.clone(),
+                cluster_dns: self.network.cluster_dns,
+                cluster_domain: self.network.cluster_domain.clone(),
+            }),
+        })
     }
 
     async fn send_batch(

@@ -818,3 +818,92 @@ async fn damage_found_while_running_asks_the_link_for_a_full_resync() {
     assert_eq!(c.acked_revision(), 7);
     assert!(corrupt_copies(root.path()).is_empty());
 }
+
+fn svc(name: &str, port: u16) -> Upsert {
+    Upsert {
+        revision: 0,
+        object: EdgeObject::Service(protocol::service::EdgeService {
+            namespace: "default".into(),
+            name: name.into(),
+            kind: protocol::service::ServiceKind::ClusterIp(vec!["10.96.0.20".parse().unwrap()]),
+            ports: vec![protocol::service::ServicePort {
+                name: String::new(),
+                protocol: protocol::service::L4Protocol::Tcp,
+                port,
+                node_port: None,
+            }],
+            client_ip_affinity_secs: None,
+            internal_traffic_local: false,
+            external_traffic_local: false,
+            publish_not_ready: false,
+        }),
+    }
+}
+
+fn settings(cidr: &str) -> Upsert {
+    Upsert {
+        revision: 0,
+        object: EdgeObject::Network(protocol::service::ClusterNetwork {
+            node: "n1".into(),
+            pod_cidr: Some(cidr.into()),
+            service_cidr: "10.96.0.0/12".into(),
+            cluster_dns: "10.96.0.10".parse().unwrap(),
+            cluster_domain: "cluster.local".into(),
+        }),
+    }
+}
+
+fn at(rev: u64, mut u: Upsert) -> Upsert {
+    u.revision = rev;
+    u
+}
+
+#[tokio::test]
+async fn services_and_network_settings_are_kept_like_any_object_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    c.apply(&batch(
+        5,
+        vec![
+            at(2, settings("10.244.1.0/24")),
+            at(3, svc("web", 80)),
+            at(4, svc("db", 5432)),
+        ],
+        vec![],
+    ))
+    .await
+    .unwrap();
+    let set = c.network();
+    assert_eq!(set.services.len(), 2);
+    assert_eq!(
+        set.network.as_ref().and_then(|n| n.pod_cidr.as_deref()),
+        Some("10.244.1.0/24")
+    );
+    // An older resend is ignored, a newer change replaces, a delete removes; no Service is
+    // dropped for having no pod (only configs are collected).
+    c.apply(&batch(
+        7,
+        vec![at(1, svc("web", 1)), at(6, svc("db", 5433))],
+        vec![ObjectRef {
+            kind: ObjectKind::Service,
+            namespace: "default".into(),
+            name: "web".into(),
+        }],
+    ))
+    .await
+    .unwrap();
+    drop(c);
+    let c = open(dir.path());
+    let set = c.network();
+    assert_eq!(set.services.len(), 1);
+    assert_eq!(set.services[0].ports[0].port, 5433);
+    assert!(set.network.is_some());
+    // A snapshot without them removes them all.
+    let mut snap = batch(9, vec![at(8, svc("new", 80))], vec![]);
+    snap.snapshot = true;
+    c.apply(&snap).await.unwrap();
+    let set = c.network();
+    assert_eq!(set.services.len(), 1);
+    assert_eq!(set.services[0].name, "new");
+    assert!(set.network.is_none(), "the snapshot did not carry settings");
+}

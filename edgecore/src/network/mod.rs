@@ -7,4 +7,6 @@
 //! readiness changes, and each consumer rebuilds its own state from the latest view. A consumer
 //! that falls behind skips to the newest view, never a queue of stale ones.
 
+pub mod cni;
+pub mod publish;
 pub mod view;

@@ -50,6 +50,11 @@ impl ServiceCidr {
         u32::MAX << (32 - self.prefix)
     }
 
+    /// The tenth address of the range, Kubernetes' usual cluster DNS address (`10.96.0.10`).
+    pub fn tenth(&self) -> Ipv4Addr {
+        self.nth(10)
+    }
+
     pub(super) fn nth(&self, offset: u64) -> Ipv4Addr {
         Ipv4Addr::from(self.network + offset as u32)
     }
