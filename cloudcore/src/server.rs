@@ -306,7 +306,8 @@ const CONTROLLER_RESYNC: Duration = Duration::from_secs(30);
 /// workload controllers), writing through the in-process client.
 pub fn spawn_workload_controllers(api: &ApiState, supervisor: &Supervisor) {
     use crate::controllers::{
-        daemonset, deployment, garbage_collector, namespace, replicaset, runner, statefulset,
+        daemonset, deployment, endpoints, garbage_collector, namespace, replicaset, runner,
+        statefulset,
     };
     use runner::{Options, Reconciler};
     let client = crate::api::client::Client::new(api.clone());
@@ -368,8 +369,24 @@ pub fn spawn_workload_controllers(api: &ApiState, supervisor: &Supervisor) {
         supervisor,
         "statefulset-controller",
         api,
-        statefulset::StatefulSetController::new(client, &informers),
+        statefulset::StatefulSetController::new(client.clone(), &informers),
         Options::resync(statefulset::RESYNC).with_concurrency(5),
+    );
+    // Workers as kube-controller-manager's `--concurrent-service-endpoint-syncs` and
+    // `--concurrent-endpoint-syncs` defaults.
+    run_on(
+        supervisor,
+        "endpointslice-controller",
+        api,
+        endpoints::slice_controller::EndpointSliceController::new(client.clone(), &informers),
+        workload,
+    );
+    run_on(
+        supervisor,
+        "endpoints-controller",
+        api,
+        endpoints::endpoints_controller::EndpointsController::new(client, &informers),
+        workload,
     );
 }
 

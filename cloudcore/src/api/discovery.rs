@@ -316,9 +316,14 @@ mod tests {
                 "secrets",
                 "events",
                 "services",
-                "services/status"
+                "services/status",
+                "endpoints"
             ]
         );
+        assert_eq!(list["resources"][12]["shortNames"], json!(["ep"]));
+        let discovery = resource_list(&r, "discovery.k8s.io", "v1").unwrap();
+        assert_eq!(discovery["resources"][0]["name"], "endpointslices");
+        assert_eq!(discovery["resources"][0]["kind"], "EndpointSlice");
         assert_eq!(list["resources"][7]["shortNames"], json!(["cm"]));
         assert_eq!(list["resources"][2]["shortNames"], json!(["po"]));
         assert_eq!(list["resources"][0]["shortNames"], json!(["ns"]));

@@ -29,6 +29,8 @@ pub enum FieldErrorKind {
     Forbidden,
     /// The value is longer than the limit (in bytes).
     TooLong(usize),
+    /// A list has more items than the limit: (items, limit).
+    TooMany(usize, usize),
 }
 
 /// The most of an offending value a field error echoes back, in bytes of its JSON form.
@@ -133,6 +135,11 @@ impl FieldError {
         Self::new(FieldErrorKind::TooLong(max), field, None, "")
     }
 
+    /// A list of `actual` items over its limit of `max` (`field.TooMany`).
+    pub fn too_many(field: impl Into<String>, actual: usize, max: usize) -> Self {
+        Self::new(FieldErrorKind::TooMany(actual, max), field, None, "")
+    }
+
     /// The `reason` of the Status cause (`FieldValueRequired`, ...).
     pub fn reason(&self) -> &'static str {
         match self.kind {
@@ -143,6 +150,7 @@ impl FieldError {
             FieldErrorKind::NotFound => "FieldValueNotFound",
             FieldErrorKind::Forbidden => "FieldValueForbidden",
             FieldErrorKind::TooLong(_) => "FieldValueTooLong",
+            FieldErrorKind::TooMany(..) => "FieldValueTooMany",
         }
     }
 
@@ -164,6 +172,9 @@ impl FieldError {
             FieldErrorKind::NotFound => format!("Not found: {value}"),
             FieldErrorKind::Forbidden => "Forbidden".to_string(),
             FieldErrorKind::TooLong(max) => format!("Too long: may not be more than {max} bytes"),
+            FieldErrorKind::TooMany(actual, max) => {
+                format!("Too many: {actual}: must have at most {max} items")
+            }
         };
         if !self.detail.is_empty() {
             s.push_str(": ");

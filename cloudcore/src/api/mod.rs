@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`resource`]: the registry ([`ResourceInfo`] + [`ResourceHandler`] per kind);
 //! - [`namespaces`], [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`],
-//!   [`services`], [`workloads`] (apps/v1): the per-kind behaviour;
+//!   [`services`], [`endpoints`] (Endpoints and EndpointSlices), [`workloads`] (apps/v1): the
+//!   per-kind behaviour;
 //! - [`client`]: the in-process client controllers write through, with the HTTP path's semantics;
 //! - `handlers`: generic get/list/create/update/patch/delete/deletecollection/status over the
 //!   [`Store`], with Kubernetes' semantics (defaulting, optimistic concurrency, graceful pod
@@ -33,6 +34,7 @@ pub mod client;
 pub mod configmaps;
 pub mod conn_limits;
 pub mod discovery;
+pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod finalizers;

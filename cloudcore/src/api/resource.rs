@@ -419,8 +419,9 @@ impl Registry {
     }
 
     /// The resources Skerry serves today: namespaces, pods, nodes, ConfigMaps, Secrets,
-    /// events, the apps/v1 workloads, and Services (allocating from the default
-    /// [`ServiceNetwork`]; replace the entry to use another one).
+    /// events, the apps/v1 workloads, Services (allocating from the default
+    /// [`ServiceNetwork`]; replace the entry to use another one), Endpoints and
+    /// EndpointSlices.
     ///
     /// [`ServiceNetwork`]: super::services::ServiceNetwork
     pub fn builtin() -> Self {
@@ -437,6 +438,8 @@ impl Registry {
         r.register(Arc::new(super::services::ServiceHandler::new(
             super::services::ServiceNetwork::default(),
         )));
+        r.register(Arc::new(super::endpoints::EndpointsHandler));
+        r.register(Arc::new(super::endpoints::EndpointSliceHandler));
         r
     }
 

@@ -10,6 +10,7 @@ use tower::ServiceExt;
 
 mod bad_input;
 mod encryption;
+mod endpoints;
 
 const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
 
@@ -2068,7 +2069,7 @@ async fn services_get_cluster_ips_that_never_collide_and_survive_restarts() {
     assert_status(&v, 422, "Invalid");
     assert_eq!(
         v["details"]["causes"][0]["message"],
-        "Invalid value: 30080: provided port is already allocated"
+        "Invalid value: 30080: provided port is already allocated (by Service default/np)"
     );
 
     // Concurrent creates get distinct addresses.

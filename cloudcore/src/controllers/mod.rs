@@ -7,12 +7,14 @@
 //! queue, deduplication, error backoff and resync. Controllers write through
 //! [`crate::api::client::Client`] (or the API's own delete path), so every object they create or
 //! change goes through the same defaulting, validation and graceful deletion as a `kubectl`
-//! request. [`owned`] holds what the workload controllers share about the pods they own.
+//! request. [`owned`] holds what the workload controllers share about the pods they own;
+//! [`endpoints`] keeps the EndpointSlices and Endpoints of Services.
 
 pub mod claim;
 pub mod daemonset;
 pub mod decode;
 pub mod deployment;
+pub mod endpoints;
 pub mod error;
 pub mod feed;
 pub mod garbage_collector;

@@ -16,10 +16,10 @@ use std::net::IpAddr;
 /// names are DNS subdomains), so it can never collide with a node's own shard.
 pub const NETWORK_SHARD: &str = "~network";
 
-/// Whether a stored object of `resource` (the store keys by plural alone) belongs to the
-/// network shard.
+/// Whether a stored object of `resource` (a storage resource: the plural, prefixed with its
+/// group outside the core group) belongs to the network shard.
 pub fn in_network_shard(resource: &str) -> bool {
-    matches!(resource, "services" | "endpointslices")
+    matches!(resource, "services" | "discovery.k8s.io/endpointslices")
 }
 
 /// Projects a stored Service.
@@ -180,6 +180,15 @@ pub fn edge_endpoint_slice(value: &Value) -> Result<EdgeEndpointSlice, Projectio
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_network_shard_holds_what_the_api_stores_services_and_slices_under() {
+        use crate::api::endpoints::ENDPOINT_SLICE_INFO;
+        use crate::api::services::SERVICE_INFO;
+        assert!(in_network_shard(&SERVICE_INFO.storage_resource()));
+        assert!(in_network_shard(&ENDPOINT_SLICE_INFO.storage_resource()));
+        assert!(!in_network_shard("endpoints"));
+    }
 
     #[test]
     fn a_node_port_service_projects_its_ip_ports_and_policies() {

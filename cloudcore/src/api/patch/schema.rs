@@ -89,7 +89,9 @@ pub fn schema_for(group: &str, kind: &str) -> Option<Schema> {
         ("", "Node") => (None, NODE),
         ("", "Service") => (None, SERVICE),
         ("", "Namespace") => (None, CONDITIONS),
-        ("", "ConfigMap" | "Secret" | "Event") | ("events.k8s.io", "Event") => (None, NONE),
+        ("", "ConfigMap" | "Secret" | "Event" | "Endpoints")
+        | ("events.k8s.io", "Event")
+        | ("discovery.k8s.io", "EndpointSlice") => (None, NONE),
         ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") => {
             (Some("spec.template.spec"), CONDITIONS)
         }

@@ -2,10 +2,23 @@
 //! (`pkg/apis/core/v1/defaults.go`, `ValidateService`, `ValidateServiceUpdate`) and the
 //! allocation of cluster IPs and node ports (`pkg/registry/core/service`).
 //!
-//! **Services are stored only.** Nothing routes traffic to them yet: there is no kube-proxy on
-//! the edges, no Endpoints/EndpointSlices and no cluster DNS, and the hub does not send Services
-//! to edges. A Service here is a durable, validated record with a stable cluster IP, ready for
-//! that work.
+//! The endpoints of a Service with a selector are kept by the controllers in
+//! [`crate::controllers::endpoints`] (EndpointSlices and the v1 Endpoints object); the edges
+//! route to them.
+//!
+//! Validation refuses, with a 422 naming the field, what could not work: ports without names
+//! or with duplicate names or (port, protocol) pairs, a `targetPort` that is neither a number
+//! in 1-65535 nor an IANA service name, selector keys and values that are not valid labels, a
+//! `sessionAffinityConfig.clientIP.timeoutSeconds` outside 1-86400, `externalTrafficPolicy` on
+//! a Service without node ports, an `internalTrafficPolicy` other than `Cluster` or `Local`, an
+//! `ExternalName` Service without a valid DNS name. A requested node port or cluster IP that
+//! another Service holds is refused naming that Service.
+//!
+//! **`type: LoadBalancer`** is accepted as what this cluster can make of it: a cluster IP plus
+//! node ports, as a `NodePort` Service. There is no load-balancer implementation, so
+//! `status.loadBalancer` stays empty (kubectl shows `<pending>` as EXTERNAL-IP) and
+//! `allocateLoadBalancerNodePorts: false`, which would leave the Service reachable nowhere, is
+//! refused.
 //!
 //! Allocation guarantees:
 //! - A cluster IP comes from the configured service CIDR ([`ServiceNetwork`], default
@@ -32,19 +45,20 @@ use super::error::{ApiError, FieldError};
 use super::resource::{decode_as, typed, Allocation, DecodeError, ResourceHandler, ResourceInfo};
 use super::table::{age, Column};
 use super::validation::{
-    dns1123_label, dns1123_subdomain, errors_to_result as result, label_value, push_invalid,
-    qualified_name, NameRule,
+    dns1123_subdomain, errors_to_result as result, label_value, push_invalid, qualified_name,
+    NameRule,
 };
 use crate::store::{ObjectKey, Store};
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::Service;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 mod network;
+mod validation;
 pub use network::{NetworkConfigError, NodePortRange, ServiceCidr, ServiceNetwork};
+use validation::{one_of, validate_affinity, validate_load_balancer_fields, validate_port};
 
 /// The Service resource.
 pub const SERVICE_INFO: ResourceInfo = ResourceInfo {
@@ -228,8 +242,8 @@ impl ServiceHandler {
         &self,
         obj: &mut Value,
         old: Option<&Value>,
-        used_ips: &HashSet<Ipv4Addr>,
-        used_ports: &HashSet<i64>,
+        used_ips: &HashMap<Ipv4Addr, String>,
+        used_ports: &HashMap<i64, String>,
     ) -> Vec<FieldError> {
         let mut errs = Vec::new();
         let cidr = self.network.cidr;
@@ -247,7 +261,9 @@ impl ServiceHandler {
                 "None" => None,
                 "" => {
                     let size = cidr.size();
-                    match pick(size, static_band(size), |o| used_ips.contains(&cidr.nth(o))) {
+                    match pick(size, static_band(size), |o| {
+                        used_ips.contains_key(&cidr.nth(o))
+                    }) {
                         Some(o) => Some(cidr.nth(o)),
                         None => {
                             errs.push(FieldError::invalid(
@@ -270,11 +286,14 @@ impl ServiceHandler {
                         ));
                         None
                     }
-                    Ok(ip) if used_ips.contains(&ip) => {
+                    Ok(ip) if used_ips.contains_key(&ip) => {
                         errs.push(FieldError::invalid(
                             "spec.clusterIPs",
                             &json!([s]),
-                            format!("failed to allocate IP {s}: provided IP is already allocated"),
+                            format!(
+                                "failed to allocate IP {s}: provided IP is already allocated (by Service {})",
+                                used_ips[&ip]
+                            ),
                         ));
                         None
                     }
@@ -320,7 +339,7 @@ impl ServiceHandler {
                     let chosen = reuse.or_else(|| {
                         pick(size + 2, static_band(size) + 1, |o| {
                             let n = first + o as i64 - 1;
-                            used_ports.contains(&n) || mine.values().any(|m| *m == n)
+                            used_ports.contains_key(&n) || mine.values().any(|m| *m == n)
                         })
                         .map(|o| first + o as i64 - 1)
                     });
@@ -343,11 +362,11 @@ impl ServiceHandler {
                         &json!(wanted),
                         format!("provided port is not in the valid range. The range of valid ports is {range}"),
                     ));
-                } else if used_ports.contains(&wanted) {
+                } else if let Some(holder) = used_ports.get(&wanted) {
                     errs.push(FieldError::invalid(
                         field,
                         &json!(wanted),
-                        "provided port is already allocated",
+                        format!("provided port is already allocated (by Service {holder})"),
                     ));
                 } else {
                     mine.insert(port, wanted);
@@ -375,64 +394,6 @@ fn takes_something(obj: &Value, old: Option<&Value>) -> bool {
             n == 0 || !old_ports.contains(&n)
         });
     new_ip || new_port
-}
-
-fn is_port_name(n: &str) -> bool {
-    super::pods::is_port_name(n)
-}
-
-fn validate_port(p: &ServicePort, i: usize, many: bool, errs: &mut Vec<FieldError>) {
-    let path = format!("spec.ports[{i}]");
-    match p.name.as_deref().unwrap_or("") {
-        "" if many => errs.push(FieldError::required(format!("{path}.name"), "")),
-        "" => {}
-        name => push_invalid(errs, &format!("{path}.name"), name, dns1123_label(name)),
-    }
-    if !(1..=65535).contains(&p.port) {
-        errs.push(FieldError::invalid(
-            format!("{path}.port"),
-            &json!(p.port),
-            "must be between 1 and 65535, inclusive",
-        ));
-    }
-    let protocol = p.protocol.as_deref().unwrap_or("TCP");
-    if !PROTOCOLS.contains(&protocol) {
-        errs.push(FieldError::not_supported(
-            format!("{path}.protocol"),
-            &json!(protocol),
-            &PROTOCOLS,
-        ));
-    }
-    match &p.target_port {
-        Some(IntOrString::Int(n)) if !(1..=65535).contains(n) => errs.push(FieldError::invalid(
-            format!("{path}.targetPort"),
-            &json!(n),
-            "must be between 1 and 65535, inclusive",
-        )),
-        Some(IntOrString::String(s)) if !is_port_name(s) => errs.push(FieldError::invalid(
-            format!("{path}.targetPort"),
-            &json!(s),
-            super::pods::PORT_NAME_FMT,
-        )),
-        _ => {}
-    }
-    if let Some(n) = p.node_port.filter(|n| *n != 0) {
-        if !(1..=65535).contains(&n) {
-            errs.push(FieldError::invalid(
-                format!("{path}.nodePort"),
-                &json!(n),
-                "must be between 1 and 65535, inclusive",
-            ));
-        }
-    }
-}
-
-fn one_of(field: &str, v: Option<&String>, allowed: &[&str], errs: &mut Vec<FieldError>) {
-    if let Some(v) = v {
-        if !allowed.contains(&v.as_str()) {
-            errs.push(FieldError::not_supported(field, &json!(v), allowed));
-        }
-    }
 }
 
 impl ResourceHandler for ServiceHandler {
@@ -568,6 +529,11 @@ impl ResourceHandler for ServiceHandler {
         }
         if away_from_node_ports && unchanged(spec, "externalTrafficPolicy") {
             spec.remove("externalTrafficPolicy");
+        }
+        let away_from_lb = svc_type(old) == "LoadBalancer"
+            && spec.get("type").and_then(Value::as_str) != Some("LoadBalancer");
+        if away_from_lb && unchanged(spec, "allocateLoadBalancerNodePorts") {
+            spec.remove("allocateLoadBalancerNodePorts");
         }
         let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) else {
             return;
@@ -727,6 +693,8 @@ impl ResourceHandler for ServiceHandler {
             &AFFINITIES,
             &mut errs,
         );
+        validate_affinity(&spec, &mut errs);
+        validate_load_balancer_fields(&spec, ty, &mut errs);
         one_of(
             "spec.internalTrafficPolicy",
             spec.internal_traffic_policy.as_ref(),
@@ -789,8 +757,8 @@ impl ResourceHandler for ServiceHandler {
                 .list(&SERVICE_INFO.storage_resource(), None)
                 .await
                 .map_err(|e| ApiError::from_store(e, &SERVICE_INFO.qualified(), &key.name))?;
-            let mut used_ips = HashSet::new();
-            let mut used_ports = HashSet::new();
+            let mut used_ips = HashMap::new();
+            let mut used_ports = HashMap::new();
             for s in others {
                 let name = s.value.pointer("/metadata/name").and_then(Value::as_str);
                 let ns = s
@@ -801,8 +769,9 @@ impl ResourceHandler for ServiceHandler {
                     continue;
                 }
                 let (ips, ports) = held(&s.value);
-                used_ips.extend(ips);
-                used_ports.extend(ports);
+                let holder = format!("{}/{}", ns.unwrap_or(""), name.unwrap_or(""));
+                used_ips.extend(ips.into_iter().map(|ip| (ip, holder.clone())));
+                used_ports.extend(ports.into_iter().map(|p| (p, holder.clone())));
             }
             let errs = self.assign(obj, old, &used_ips, &used_ports);
             if !errs.is_empty() {
@@ -912,247 +881,4 @@ fn selector_string(obj: &Value) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn svc(spec: Value) -> Value {
-        let mut v = decode_as::<Service>(
-            json!({"metadata": {"name": "web", "namespace": "default"}, "spec": spec}),
-        )
-        .unwrap();
-        ServiceHandler::new(ServiceNetwork::default()).default(&mut v);
-        v
-    }
-
-    fn fields(r: Result<(), Vec<FieldError>>) -> Vec<String> {
-        r.err()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| e.to_string())
-            .collect()
-    }
-
-    #[test]
-    fn defaults_match_kubernetes() {
-        let v = svc(
-            json!({"selector": {"app": "web"}, "ports": [{"port": 80}, {"name": "x", "port": 81, "targetPort": "http"}]}),
-        );
-        let spec = &v["spec"];
-        assert_eq!(spec["type"], "ClusterIP");
-        assert_eq!(spec["sessionAffinity"], "None");
-        assert_eq!(spec["internalTrafficPolicy"], "Cluster");
-        assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
-        assert_eq!(spec["ipFamilies"], json!(["IPv4"]));
-        assert_eq!(spec["ports"][0]["protocol"], "TCP");
-        assert_eq!(spec["ports"][0]["targetPort"], 80);
-        assert_eq!(spec["ports"][1]["targetPort"], "http");
-        assert!(spec.get("externalTrafficPolicy").is_none());
-        let np = svc(json!({"type": "NodePort", "ports": [{"port": 80}]}));
-        assert_eq!(np["spec"]["externalTrafficPolicy"], "Cluster");
-        let ext = svc(json!({"type": "ExternalName", "externalName": "db.example.com"}));
-        assert!(ext["spec"].get("ipFamilies").is_none());
-        assert!(ext["spec"].get("internalTrafficPolicy").is_none());
-        assert!(ServiceHandler::new(ServiceNetwork::default())
-            .validate(&ext)
-            .is_ok());
-        let sticky = svc(json!({"sessionAffinity": "ClientIP", "ports": [{"port": 80}]}));
-        assert_eq!(
-            sticky["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
-            10800
-        );
-    }
-
-    #[test]
-    fn validation_reports_each_field() {
-        let h = ServiceHandler::new(ServiceNetwork::default());
-        assert!(h
-            .validate(&svc(
-                json!({"ports": [{"port": 80}], "selector": {"app": "web"}})
-            ))
-            .is_ok());
-        let bad = svc(json!({"type": "Bogus", "selector": {"-bad": "ok"},
-            "ports": [{"port": 0, "protocol": "ICMP"}, {"name": "Web", "port": 80},
-                      {"name": "a", "port": 81, "nodePort": 30001}, {"name": "a", "port": 81}]}));
-        assert_eq!(
-            fields(h.validate(&bad)),
-            [
-                "spec.type: Unsupported value: \"Bogus\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"",
-                "spec.ports[0].name: Required value",
-                "spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
-                "spec.ports[0].protocol: Unsupported value: \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\"",
-                // Defaulted from the port, as in Kubernetes, so reported too.
-                "spec.ports[0].targetPort: Invalid value: 0: must be between 1 and 65535, inclusive",
-                "spec.ports[1].name: Invalid value: \"Web\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
-                "spec.ports[2].nodePort: Forbidden: may not be used when `type` is 'Bogus'",
-                "spec.ports[3].name: Duplicate value: \"a\"",
-                "spec.ports[3]: Duplicate value: {\"port\":81,\"protocol\":\"TCP\"}",
-                "spec.selector: Invalid value: \"-bad\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
-            ]
-        );
-        let no_ports = svc(json!({}));
-        assert_eq!(
-            fields(h.validate(&no_ports)),
-            ["spec.ports: Required value"]
-        );
-        // A headless Service needs no ports.
-        assert!(h.validate(&svc(json!({"clusterIP": "None"}))).is_ok());
-        let headless_np =
-            svc(json!({"type": "NodePort", "clusterIP": "None", "ports": [{"port": 1}]}));
-        assert_eq!(
-            fields(h.validate(&headless_np)),
-            ["spec.clusterIPs[0]: Invalid value: \"None\": may not be set to 'None' for NodePort services"]
-        );
-        let ext = svc(json!({"type": "ExternalName", "clusterIP": "10.96.0.9"}));
-        assert_eq!(
-            fields(h.validate(&ext)),
-            [
-                "spec.clusterIPs: Forbidden: may not be set for ExternalName services",
-                "spec.externalName: Required value",
-            ]
-        );
-    }
-
-    #[test]
-    fn cidrs_and_ranges_parse_with_clear_errors() {
-        let c: ServiceCidr = "10.96.0.0/12".parse().unwrap();
-        assert_eq!(c, ServiceNetwork::default().cidr);
-        assert!(c.contains("10.96.0.1".parse().unwrap()));
-        assert!(c.contains("10.111.255.254".parse().unwrap()));
-        assert!(!c.contains("10.96.0.0".parse().unwrap()));
-        assert!(!c.contains("10.111.255.255".parse().unwrap()));
-        assert!(!c.contains("10.112.0.1".parse().unwrap()));
-        for bad in [
-            "10.96.0.1/12",
-            "10.96.0.0",
-            "fd00::/108",
-            "10.0.0.0/8",
-            "10.0.0.0/31",
-        ] {
-            assert!(bad.parse::<ServiceCidr>().is_err(), "{bad}");
-        }
-        let r: NodePortRange = "30000-32767".parse().unwrap();
-        assert_eq!(r, ServiceNetwork::default().node_ports);
-        assert!("3-2".parse::<NodePortRange>().is_err());
-        assert_eq!(
-            "x".parse::<NodePortRange>().unwrap_err().to_string(),
-            "invalid node port range \"x\": expected FIRST-LAST, such as 30000-32767"
-        );
-    }
-
-    #[test]
-    fn assignment_never_hands_out_a_held_value() {
-        // A /29 has 6 usable addresses; with 5 held, the sixth is the only answer.
-        let h = ServiceHandler::new(ServiceNetwork {
-            cidr: "10.0.0.0/29".parse().unwrap(),
-            node_ports: "30000-30002".parse().unwrap(),
-        });
-        let used: HashSet<Ipv4Addr> = (1..=5).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
-        let ports: HashSet<i64> = [30000, 30002].into();
-        let mut v = svc(
-            json!({"type": "NodePort", "ports": [{"port": 80}, {"name": "u", "port": 80, "protocol": "UDP"}]}),
-        );
-        assert!(h.assign(&mut v, None, &used, &ports).is_empty());
-        assert_eq!(v["spec"]["clusterIP"], "10.0.0.6");
-        assert_eq!(v["spec"]["clusterIPs"], json!(["10.0.0.6"]));
-        // One port number over TCP and UDP shares its node port, as in Kubernetes.
-        assert_eq!(v["spec"]["ports"][0]["nodePort"], 30001);
-        assert_eq!(v["spec"]["ports"][1]["nodePort"], 30001);
-        let all: HashSet<Ipv4Addr> = (1..=6).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
-        let mut full = svc(json!({"ports": [{"port": 80}]}));
-        let errs = h.assign(&mut full, None, &all, &ports);
-        assert!(errs[0].to_string().contains("range is full"), "{errs:?}");
-        let mut taken = svc(json!({"clusterIP": "10.0.0.5", "ports": [{"port": 80}]}));
-        assert_eq!(
-            h.assign(&mut taken, None, &used, &ports)[0].to_string(),
-            "spec.clusterIPs: Invalid value: [\"10.0.0.5\"]: failed to allocate IP 10.0.0.5: provided IP is already allocated"
-        );
-        let mut outside = svc(
-            json!({"type": "NodePort", "clusterIP": "10.1.0.5", "ports": [{"port": 80, "nodePort": 30002}, {"name": "b", "port": 81, "nodePort": 80}]}),
-        );
-        assert_eq!(
-            fields(result(h.assign(&mut outside, None, &used, &ports))),
-            [
-                "spec.clusterIPs: Invalid value: [\"10.1.0.5\"]: failed to allocate IP 10.1.0.5: the provided IP (10.1.0.5) is not in the valid range. The range of valid IPs is 10.0.0.0/29",
-                "spec.ports[0].nodePort: Invalid value: 30002: provided port is already allocated",
-                "spec.ports[1].nodePort: Invalid value: 80: provided port is not in the valid range. The range of valid ports is 30000-30002",
-            ]
-        );
-        // A headless Service takes nothing.
-        let mut headless = svc(json!({"clusterIP": "None"}));
-        assert!(h.assign(&mut headless, None, &all, &ports).is_empty());
-        assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
-        assert!(!takes_something(&headless, None));
-    }
-
-    #[test]
-    fn updates_keep_what_was_allocated() {
-        let h = ServiceHandler::new(ServiceNetwork::default());
-        let mut old = svc(json!({"type": "NodePort", "ports": [{"port": 80}]}));
-        assert!(h
-            .assign(&mut old, None, &HashSet::new(), &HashSet::new())
-            .is_empty());
-        let ip = old["spec"]["clusterIP"].clone();
-        let np = old["spec"]["ports"][0]["nodePort"].clone();
-        // A replace from the original manifest.
-        let mut new =
-            svc(json!({"type": "NodePort", "ports": [{"port": 80}], "selector": {"a": "b"}}));
-        h.prepare_update(&mut new, &old);
-        assert_eq!(new["spec"]["clusterIP"], ip);
-        assert_eq!(new["spec"]["ports"][0]["nodePort"], np);
-        assert!(h.validate_update(&new, &old).is_ok());
-        assert!(!takes_something(&new, Some(&old)));
-        // Back to ClusterIP: the node ports go, the address stays.
-        let mut back = old.clone();
-        back["spec"]["type"] = json!("ClusterIP");
-        h.prepare_update(&mut back, &old);
-        assert!(back["spec"]["ports"][0].get("nodePort").is_none());
-        assert!(back["spec"].get("externalTrafficPolicy").is_none());
-        assert!(h.validate(&back).is_ok());
-        // To ExternalName: the address goes too.
-        let mut ext = old.clone();
-        ext["spec"]["type"] = json!("ExternalName");
-        ext["spec"]["externalName"] = json!("db.example.com");
-        h.prepare_update(&mut ext, &old);
-        assert!(ext["spec"].get("clusterIP").is_none());
-        assert!(h.validate(&ext).is_ok(), "{:?}", h.validate(&ext));
-        let mut moved = old.clone();
-        moved["spec"]["clusterIP"] = json!("10.96.0.77");
-        moved["spec"]["clusterIPs"] = json!(["10.96.0.77"]);
-        assert_eq!(
-            fields(h.validate_update(&moved, &old)),
-            ["spec.clusterIPs[0]: Invalid value: \"10.96.0.77\": may not change once set"]
-        );
-    }
-
-    #[test]
-    fn table_rows_look_like_kubectl() {
-        let h = ServiceHandler::new(ServiceNetwork::default());
-        let mut v = svc(
-            json!({"type": "NodePort", "clusterIP": "10.96.0.10", "selector": {"b": "2", "a": "1"},
-            "ports": [{"port": 80, "nodePort": 30080}, {"name": "dns", "port": 53, "protocol": "UDP"}]}),
-        );
-        v["metadata"]["creationTimestamp"] = json!("2025-01-01T00:00:00Z");
-        assert_eq!(
-            h.table_row(&v, 1_735_689_600 + 60),
-            vec![
-                json!("web"),
-                json!("NodePort"),
-                json!("10.96.0.10"),
-                json!("<none>"),
-                json!("80:30080/TCP,53/UDP"),
-                json!("60s"),
-                json!("a=1,b=2"),
-            ]
-        );
-        let lb = svc(json!({"type": "LoadBalancer", "ports": [{"port": 443}]}));
-        assert_eq!(external_ip(&lb), "<pending>");
-        let ext = svc(json!({"type": "ExternalName", "externalName": "db.example.com"}));
-        let row = h.table_row(&ext, 0);
-        assert_eq!(
-            (&row[2], &row[3], &row[4]),
-            (&json!("<none>"), &json!("db.example.com"), &json!("<none>"))
-        );
-        let headless = svc(json!({"clusterIP": "None"}));
-        assert_eq!(h.table_row(&headless, 0)[2], "None");
-    }
-}
+mod tests;
