@@ -359,9 +359,7 @@ pub async fn run(
             async move {
                 // An error (a socket that cannot be bound, an unreadable resolv.conf) ends this
                 // run; the supervisor restarts it with back-off and /healthz reports it.
-                if let Err(e) =
-                    crate::network::dns::run(dns, view, std::future::pending()).await
-                {
+                if let Err(e) = crate::network::dns::run(dns, view, std::future::pending()).await {
                     tracing::error!(error = %e, "the cluster DNS server stopped");
                 }
             }

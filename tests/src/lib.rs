@@ -785,6 +785,9 @@ pub struct Edge {
     /// ([`Edge::join_and_start_cri_networked`]), removed when the edge is dropped: edgecore
     /// leaves both in place when it stops, on purpose.
     pub network_owned: Option<(String, String)>,
+    /// The `edgecore run` flags of a networked edge (CNI directory, proxy table, DNS
+    /// interface): `run` only, `edgecore logs` does not take them.
+    network_args: Vec<String>,
 }
 
 /// Numbers the names of networked edges' tables and interfaces within one test process.
@@ -919,35 +922,42 @@ impl Edge {
         ctrd: &containerd::Containerd,
         extra: &[&str],
     ) -> Result<Self> {
-        let mut run_args = vec![
+        let run_args = vec![
             "--runtime".to_string(),
             "cri".to_string(),
             "--cri-socket".to_string(),
             ctrd.socket.to_string_lossy().into_owned(),
-            "--cni-conf-dir".to_string(),
-            ctrd.dir().join("cni").to_string_lossy().into_owned(),
-            "--cni-network".to_string(),
-            ctrd.network.clone(),
-            "--cni-bridge".to_string(),
-            ctrd.bridge.clone(),
         ];
         let tag = NETWORK_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (table, iface) = (
             format!("skt{}x{tag}", std::process::id()),
             format!("skd{}x{tag}", std::process::id() % 100_000),
         );
-        run_args.extend([
-            "--service-proxy=true".to_string(),
+        let mut network_args = vec![
+            "--cni-conf-dir".to_string(),
+            ctrd.dir().join("cni").to_string_lossy().into_owned(),
+            "--cni-network".to_string(),
+            ctrd.network.clone(),
+            "--cni-bridge".to_string(),
+            ctrd.bridge.clone(),
             "--proxy-table".to_string(),
             table.clone(),
-            "--cluster-dns=true".to_string(),
             "--dns-interface".to_string(),
             iface.clone(),
-        ]);
-        run_args.extend(extra.iter().map(|s| s.to_string()));
-        let mut edge =
-            Self::join_prepare(cloud, name, &[], cloud.token("1h")?, run_args, None, None, None)?;
+        ];
+        network_args.extend(extra.iter().map(|s| s.to_string()));
+        let mut edge = Self::join_prepare(
+            cloud,
+            name,
+            &[],
+            cloud.token("1h")?,
+            run_args,
+            None,
+            None,
+            None,
+        )?;
         edge.network_owned = Some((table, iface));
+        edge.network_args = network_args;
         edge.start()?;
         Ok(edge)
     }
@@ -1015,6 +1025,7 @@ impl Edge {
             place,
             timing_args: TEST_TIMING.iter().map(|a| a.to_string()).collect(),
             network_owned: None,
+            network_args: Vec::new(),
         };
         Ok(edge)
     }
@@ -1066,12 +1077,19 @@ impl Edge {
             // disk still shows.
             .args(["--eviction-hard", HARNESS_EVICTION_HARD])
             .args(["--server", &self.server, "--mqtt-url", &self.mqtt_url])
-            // Off unless a test asks (a networked edge): the proxy and the DNS server program
-            // the machine, and concurrent tests' edges must not share a table or an address.
-            .args(["--service-proxy=false", "--cluster-dns=false"])
             .arg("--metrics-addr")
             .arg(format!("{ip}:{}", self.metrics_port))
             .args(&self.run_args)
+            // Off unless a test asks (a networked edge): the proxy and the DNS server program
+            // the machine, and concurrent tests' edges must not share a table or an address.
+            .args(if self.network_args.is_empty() {
+                vec![
+                    "--service-proxy=false".to_string(),
+                    "--cluster-dns=false".to_string(),
+                ]
+            } else {
+                self.network_args.clone()
+            })
             .env("RUST_LOG", "info,edgecore=debug")
             .stdout(Stdio::null())
             .stderr(log);

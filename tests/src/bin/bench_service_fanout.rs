@@ -39,12 +39,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn mark_of(batch: &SyncBatch) -> Option<u32> {
     batch.upserts.iter().find_map(|u| match &u.object {
         EdgeObject::Service(s) if s.name == "fan" => s.ports.first().map(|p| u32::from(p.port)),
-        EdgeObject::EndpointSlice(s) if s.name == "fan-slice" => Some(
-            s.endpoints
-                .iter()
-                .filter(|e| e.ready)
-                .count() as u32,
-        ),
+        EdgeObject::EndpointSlice(s) if s.name == "fan-slice" => {
+            Some(s.endpoints.iter().filter(|e| e.ready).count() as u32)
+        }
         _ => None,
     })
 }
@@ -76,13 +73,17 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    let pid = cloud.pid().ok_or_else(|| anyhow::anyhow!("cloudcore has no pid"))?;
+    let pid = cloud
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("cloudcore has no pid"))?;
     let (code, v) = cloud
         .api(
             "POST",
             "/api/v1/namespaces/default/services",
-            Some(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "fan"},
-                "spec": {"ports": [{"port": 1000, "targetPort": 8080}]}})),
+            Some(
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "fan"},
+                "spec": {"ports": [{"port": 1000, "targetPort": 8080}]}}),
+            ),
         )
         .await?;
     anyhow::ensure!(code == 201, "service: {code} {v}");
@@ -206,6 +207,8 @@ async fn main() -> anyhow::Result<()> {
         cpu_ms * 1e3 / nodes as f64,
         cpu_ms / nodes as f64 * 10_000.0 / 1e3,
     );
-    eprintln!("({nodes} nodes joined and synced in {join_s:.1} s; CPU per change: {cpu_per_change:?})");
+    eprintln!(
+        "({nodes} nodes joined and synced in {join_s:.1} s; CPU per change: {cpu_per_change:?})"
+    );
     Ok(())
 }
