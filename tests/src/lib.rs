@@ -1316,6 +1316,9 @@ pub struct SyncClient {
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    /// The protocol version it speaks: a v4 client reads v4's shapes
+    /// (`protocol::compat::v4`), converted to today's for the tests.
+    version: u32,
 }
 
 impl SyncClient {
@@ -1369,6 +1372,7 @@ impl SyncClient {
             conn,
             send,
             recv,
+            version,
         };
         client
             .write(&EdgeMessage::Hello(Hello {
@@ -1397,10 +1401,44 @@ impl SyncClient {
             recv.read_exact(&mut header).await?;
             let mut payload = vec![0u8; protocol::codec::frame_len(header)?];
             recv.read_exact(&mut payload).await?;
-            Ok::<_, anyhow::Error>(protocol::codec::decode(&payload)?)
+            Ok::<_, anyhow::Error>(payload)
         })
         .await
         .map_err(|_| anyhow!("no message from the hub within {deadline:?}"))?
+        .and_then(|payload| self.decode(&payload))
+    }
+
+    /// Decodes a message in the shapes of the version this client speaks.
+    fn decode(&self, payload: &[u8]) -> Result<protocol::messages::CloudMessage> {
+        use protocol::compat::v4;
+        use protocol::messages::{CloudMessage, EdgeObject, SyncBatch, Upsert};
+        if self.version != v4::VERSION {
+            return Ok(protocol::codec::decode(payload)?);
+        }
+        Ok(
+            match protocol::codec::decode::<v4::CloudMessage>(payload)? {
+                v4::CloudMessage::Welcome(w) => CloudMessage::Welcome(w),
+                v4::CloudMessage::Reject(r) => CloudMessage::Reject(r),
+                v4::CloudMessage::Sync(b) => CloudMessage::Sync(SyncBatch {
+                    revision: b.revision,
+                    snapshot: b.snapshot,
+                    more: b.more,
+                    upserts: b
+                        .upserts
+                        .into_iter()
+                        .map(|u| Upsert {
+                            revision: u.revision,
+                            object: match u.object {
+                                v4::EdgeObject::Pod(p) => EdgeObject::Pod(p.into()),
+                                v4::EdgeObject::ConfigMap(c) => EdgeObject::ConfigMap(c),
+                                v4::EdgeObject::Secret(s) => EdgeObject::Secret(s),
+                            },
+                        })
+                        .collect(),
+                    deletes: b.deletes,
+                }),
+            },
+        )
     }
 
     /// The next batch.

@@ -36,7 +36,7 @@ pub const SYNC_CURRENT_REASON: &str = "AcksCurrent";
 pub(super) struct SliceView {
     /// The revision the edge says it made durable.
     from: u64,
-    /// The edge speaks v5: it gets every Service and EndpointSlice.
+    /// The edge speaks v5: it gets every Service and EndpointSlice, and pods in v5's shape.
     network: bool,
     /// The node's network settings (v5), sent in the session's first round and in every
     /// snapshot.
@@ -393,7 +393,7 @@ impl Hub {
                 .wait_durable(self.store.assigned_revision())
                 .await?;
             last_batch = Some(batch.revision);
-            self.send_batch(send, batch).await?;
+            self.send_batch(send, batch, view.network).await?;
         }
         Ok((new_sent, last_batch))
     }
@@ -447,10 +447,12 @@ impl Hub {
         })
     }
 
+    /// Writes one batch, in v4's shapes unless the edge speaks v5 (`current`).
     async fn send_batch(
         &self,
         send: &mut quinn::SendStream,
         batch: SyncBatch,
+        current: bool,
     ) -> Result<(), SessionError> {
         debug!(
             revision = batch.revision,
@@ -484,7 +486,15 @@ impl Hub {
             };
             metrics::counter!("skerry_hub_config_deletes_sent_total", "kind" => kind).increment(1);
         }
-        write_frame(send, &CloudMessage::Sync(batch)).await
+        if current {
+            return write_frame(send, &CloudMessage::Sync(batch)).await;
+        }
+        match protocol::compat::v4::batch(batch) {
+            Some(old) => write_frame(send, &protocol::compat::v4::CloudMessage::Sync(old)).await,
+            None => Err(SessionError::Protocol(
+                "a batch for a v4 edge holds a kind it cannot decode; this is a hub bug".into(),
+            )),
+        }
     }
 
     /// Closes the live session of a node that was just revoked (the node is told why). Its

@@ -446,6 +446,9 @@ impl Cache {
             .map_err(backend)?
             .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
             .map(u32::from_be_bytes);
+        if schema == Some(2) {
+            self.upgrade_pods_from_v4()?;
+        }
         if schema != Some(SCHEMA) {
             if self.meta.get(ACKED_KEY).map_err(backend)?.is_some() {
                 tracing::info!(
@@ -499,6 +502,35 @@ impl Cache {
         self.marker.write(wanted).map_err(CacheError::Backend)?;
         self.publish_state();
         Ok(self)
+    }
+
+    /// Rewrites the pods of a layout-2 cache (written by a protocol-v4 edgecore, whose pods had
+    /// no DNS settings) in today's shape, so an edge upgraded offline restarts its pods from
+    /// its cache as before. An entry already in today's shape (an upgrade cut short) is kept;
+    /// one that is neither is left for the corruption check to report.
+    fn upgrade_pods_from_v4(&self) -> Result<(), CacheError> {
+        use protocol::compat::v4;
+        let mut upgraded = 0;
+        for entry in self.pods.iter() {
+            let (key, value) = entry.map_err(backend)?;
+            if codec::decode::<Cached<EdgePod>>(&value).is_ok() {
+                continue;
+            }
+            if let Ok(old) = codec::decode::<Cached<v4::EdgePod>>(&value) {
+                let now = Cached {
+                    revision: old.revision,
+                    object: EdgePod::from(old.object),
+                };
+                self.pods
+                    .insert(key, codec::encode(&now)?)
+                    .map_err(backend)?;
+                upgraded += 1;
+            }
+        }
+        if upgraded > 0 {
+            tracing::info!(pods = upgraded, "cached pods upgraded from the v4 layout");
+        }
+        Ok(())
     }
 
     /// Creates a fresh cache in `dir` whose desired state is unknown for `why`.

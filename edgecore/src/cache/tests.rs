@@ -908,3 +908,38 @@ async fn services_and_network_settings_are_kept_like_any_object_and_survive_reop
     assert_eq!(set.services[0].name, "new");
     assert!(set.network.is_none(), "the snapshot did not carry settings");
 }
+
+#[tokio::test]
+async fn pods_cached_by_a_v4_edgecore_run_on_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = open(dir.path());
+        let mut snap = batch(5, vec![up(4, pod("web", "busybox"))], vec![]);
+        snap.snapshot = true;
+        c.apply(&snap).await.unwrap();
+        // What a v4 edgecore left: layout 2, pods without DNS settings.
+        let old = Cached {
+            revision: 4,
+            object: protocol::compat::v4::EdgePod::from(pod("web", "busybox")),
+        };
+        c.pods
+            .insert(b"default/web", codec::encode(&old).unwrap())
+            .unwrap();
+        c.meta.insert(SCHEMA_KEY, &2u32.to_be_bytes()).unwrap();
+        c.db.flush().unwrap();
+    }
+    let c = open(dir.path());
+    let (pods, corrupt) = c.pods_checked();
+    assert_eq!(corrupt, 0, "upgraded, not reported corrupt");
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0], pod("web", "busybox"));
+    assert!(
+        c.unknown_reason().is_none(),
+        "the pods run on from the cache"
+    );
+    assert_eq!(
+        c.acked_revision(),
+        0,
+        "the new layout still resyncs once, for the network tree"
+    );
+}
