@@ -109,6 +109,11 @@ async fn pods_keep_running_while_cloud_is_down_and_status_catches_up() -> anyhow
         .await?;
     let before = cloud.wait_running("steady", DEADLINE).await?;
     let pids = edge.pod_pids();
+    // Read before the outage: after the relaunch the edge may report before the test looks,
+    // and its next report would be minutes away (node status goes out on change or reconnect).
+    let hb_before = cloud.get("/api/v1/nodes/edge-a").await?.unwrap()["status"]["conditions"][0]
+        ["lastHeartbeatTime"]
+        .clone();
     cloud.kill9();
     tokio::time::sleep(Duration::from_secs(2)).await; // the edge notices nothing it must act on
     assert_eq!(
@@ -118,9 +123,6 @@ async fn pods_keep_running_while_cloud_is_down_and_status_catches_up() -> anyhow
     );
     cloud.launch().await?;
     // Status catches up: a fresh heartbeat arrives and the pod is unchanged.
-    let hb_before = cloud.get("/api/v1/nodes/edge-a").await?.unwrap()["status"]["conditions"][0]
-        ["lastHeartbeatTime"]
-        .clone();
     cloud
         .wait_for("a newer heartbeat", "/api/v1/nodes/edge-a", DEADLINE, |n| {
             n["status"]["conditions"][0]["lastHeartbeatTime"] != hb_before
