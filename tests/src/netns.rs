@@ -58,7 +58,7 @@ impl Place {
 }
 
 /// Runs a command of the network tools; an error says what failed and why.
-fn run(prog: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run(prog: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(prog)
         .args(args)
         .output()

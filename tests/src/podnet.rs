@@ -16,10 +16,11 @@
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::netns::run;
 
 /// The node's bridge address (the pods' gateway).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
@@ -47,21 +48,6 @@ pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
         .join()
         .map_err(|_| anyhow::anyhow!("a thread in {ns} panicked"))?
     })
-}
-
-fn run(prog: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {prog}"))?;
-    if !out.status.success() {
-        bail!(
-            "{prog} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `ip netns exec NS prog args…`.
