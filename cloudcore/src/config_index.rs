@@ -72,9 +72,11 @@ pub fn store_key(r: &ObjectRef) -> Option<ObjectKey> {
     let resource = match r.kind {
         ObjectKind::ConfigMap => CONFIG_MAPS,
         ObjectKind::Secret => SECRETS,
-        ObjectKind::Pod | ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network => {
-            return None
-        }
+        ObjectKind::Pod
+        | ObjectKind::Service
+        | ObjectKind::EndpointSlice
+        | ObjectKind::Network
+        | ObjectKind::Overlay => return None,
     };
     Some(ObjectKey::new(
         resource,

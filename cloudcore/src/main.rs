@@ -124,6 +124,11 @@ enum Command {
         /// The cluster domain (kubelet's `--cluster-domain`).
         #[arg(long, default_value = "cluster.local", env = "SKERRY_CLUSTER_DOMAIN")]
         cluster_domain: String,
+        /// Carry pod traffic between nodes: send each node (protocol v6) the routes of
+        /// `--cluster-cidr` and relay pod packets between nodes' links as QUIC datagrams
+        /// (docs/networking.md, "Pod overlay").
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "SKERRY_OVERLAY")]
+        overlay: bool,
         /// Open API connections one client address (IPv6: one /64) may hold; more are closed
         /// right after accept. The main defence against one host flooding the API.
         #[arg(long, default_value_t = cloudcore::api::conn_limits::DEFAULT_PER_ADDRESS as u64,
@@ -350,6 +355,7 @@ fn main() -> anyhow::Result<()> {
             allocate_node_cidrs,
             cluster_dns,
             cluster_domain,
+            overlay,
             max_conns_per_address,
             max_conns,
             handshake_timeout,
@@ -369,6 +375,10 @@ fn main() -> anyhow::Result<()> {
             } else {
                 None
             };
+            if overlay {
+                protocol::overlay::Cidr::parse(&cluster_cidr)
+                    .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+            }
             let cluster_dns = cluster_dns.unwrap_or_else(|| service_cluster_ip_range.tenth());
             if !service_cluster_ip_range.contains(cluster_dns) {
                 anyhow::bail!(
@@ -388,6 +398,10 @@ fn main() -> anyhow::Result<()> {
                         service_cidr: service_cluster_ip_range.to_string(),
                         cluster_dns: cluster_dns.into(),
                         cluster_domain,
+                        overlay_cidrs: match overlay {
+                            true => vec![cluster_cidr.clone()],
+                            false => Vec::new(),
+                        },
                     },
                 },
                 mqtt_url,

@@ -6,144 +6,35 @@
 //! else of the old version is the same type as now. When the version moves on, the module of
 //! the version that falls out of the window is deleted and the one just left is added.
 //!
-//! From v4 to v5: pods gained their DNS settings (`EdgePod::dns`), and the sync link gained
-//! object kinds (Services, EndpointSlices, the node's network settings) which the hub never
-//! sends to a v4 edge ([`crate::messages::ObjectKind::known_to`]). Nothing changed on MQTT, so
-//! a v4 report decodes as today's; the hub writes a v4 session's batches in [`v4`]'s shapes,
-//! and a v4 edge's cache is read through them when the edge is upgraded.
+//! From v5 to v6: no type changed shape; the sync link gained one object kind (the node's
+//! overlay routes), which the hub never sends to a v5 edge
+//! ([`crate::messages::ObjectKind::known_to`]), and the connection gained datagrams, which a v5
+//! edge never sends and the hub never sends it. So a v5 report decodes as today's, and a v5
+//! session's batches are today's batches, checked by [`v5::batch`].
 
-/// Protocol v4: pods without their DNS settings, and no network kinds.
-pub mod v4 {
-    use crate::config::{EdgeConfigMap, EdgeSecret};
-    use crate::messages::{ObjectRef, Reject, Welcome};
-    use crate::pod::{EdgeContainer, RestartPolicy, Volume};
-    use serde::{Deserialize, Serialize};
-    use std::collections::BTreeMap;
+/// Protocol v5: today's shapes without the overlay kind.
+pub mod v5 {
+    use crate::messages::SyncBatch;
 
     /// This module's version.
-    pub const VERSION: u32 = 4;
+    pub const VERSION: u32 = 5;
 
-    /// v4's pod: today's without `dns` (a v4 edge gives every pod the runtime's default
-    /// resolver setup; its `EdgeVersionSkew` condition tells the admin to upgrade it).
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    #[allow(missing_docs)]
-    pub struct EdgePod {
-        pub namespace: String,
-        pub name: String,
-        pub uid: String,
-        pub labels: BTreeMap<String, String>,
-        pub containers: Vec<EdgeContainer>,
-        pub restart_policy: RestartPolicy,
-        pub termination_grace_period_seconds: u64,
-        pub volumes: Vec<Volume>,
-        pub deletion_grace_period_seconds: Option<u64>,
-    }
-
-    impl From<crate::pod::EdgePod> for EdgePod {
-        fn from(p: crate::pod::EdgePod) -> Self {
-            Self {
-                namespace: p.namespace,
-                name: p.name,
-                uid: p.uid,
-                labels: p.labels,
-                containers: p.containers,
-                restart_policy: p.restart_policy,
-                termination_grace_period_seconds: p.termination_grace_period_seconds,
-                volumes: p.volumes,
-                deletion_grace_period_seconds: p.deletion_grace_period_seconds,
-            }
-        }
-    }
-
-    impl From<EdgePod> for crate::pod::EdgePod {
-        /// A pod a v4 edge cached: the default DNS settings (`ClusterFirst`), which is what
-        /// the API gave every pod then.
-        fn from(p: EdgePod) -> Self {
-            Self {
-                namespace: p.namespace,
-                name: p.name,
-                uid: p.uid,
-                labels: p.labels,
-                containers: p.containers,
-                restart_policy: p.restart_policy,
-                termination_grace_period_seconds: p.termination_grace_period_seconds,
-                volumes: p.volumes,
-                deletion_grace_period_seconds: p.deletion_grace_period_seconds,
-                dns: Default::default(),
-            }
-        }
-    }
-
-    /// v4's objects.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    #[allow(missing_docs)]
-    pub enum EdgeObject {
-        Pod(EdgePod),
-        ConfigMap(EdgeConfigMap),
-        Secret(EdgeSecret),
-    }
-
-    /// v4's upsert.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    #[allow(missing_docs)]
-    pub struct Upsert {
-        pub revision: u64,
-        pub object: EdgeObject,
-    }
-
-    /// v4's batch.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    #[allow(missing_docs)]
-    pub struct SyncBatch {
-        pub revision: u64,
-        pub snapshot: bool,
-        pub more: bool,
-        pub upserts: Vec<Upsert>,
-        pub deletes: Vec<ObjectRef>,
-    }
-
-    /// v4's cloud-to-edge message.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    #[allow(missing_docs)]
-    pub enum CloudMessage {
-        Welcome(Welcome),
-        Reject(Reject),
-        Sync(SyncBatch),
-    }
-
-    /// Today's batch as a v4 edge reads it: `None` if it holds a kind v4 does not know (the
-    /// hub never builds one for a v4 session; this is the check that it did not).
-    pub fn batch(b: crate::messages::SyncBatch) -> Option<SyncBatch> {
-        use crate::messages::EdgeObject as Now;
-        let mut upserts = Vec::with_capacity(b.upserts.len());
-        for u in b.upserts {
-            let object = match u.object {
-                Now::Pod(p) => EdgeObject::Pod(p.into()),
-                Now::ConfigMap(c) => EdgeObject::ConfigMap(c),
-                Now::Secret(s) => EdgeObject::Secret(s),
-                Now::Service(_) | Now::EndpointSlice(_) | Now::Network(_) => return None,
-            };
-            upserts.push(Upsert {
-                revision: u.revision,
-                object,
-            });
-        }
-        if b.deletes.iter().any(|d| !d.kind.known_to(VERSION)) {
-            return None;
-        }
-        Some(SyncBatch {
-            revision: b.revision,
-            snapshot: b.snapshot,
-            more: b.more,
-            upserts,
-            deletes: b.deletes,
-        })
+    /// Today's batch as a v5 edge reads it: `None` if it holds a kind v5 does not know (the
+    /// hub never builds one for a v5 session; this is the check that it did not).
+    pub fn batch(b: SyncBatch) -> Option<SyncBatch> {
+        let known = b
+            .upserts
+            .iter()
+            .map(|u| u.object.object_ref().kind)
+            .chain(b.deletes.iter().map(|d| d.kind))
+            .all(|k| k.known_to(VERSION));
+        known.then_some(b)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::messages::ObjectKind;
+    use crate::messages::{EdgeObject, ObjectKind, ObjectRef, SyncBatch, Upsert};
     use crate::status::{self, NodeInfo, NodeStatus, StatusBody, StatusReport};
     use std::collections::BTreeMap;
 
@@ -164,15 +55,15 @@ mod tests {
     }
 
     #[test]
-    fn a_v4_report_decodes_as_todays_and_keeps_its_version() {
-        let bytes = crate::codec::encode(&node_report(super::v4::VERSION)).unwrap();
+    fn a_v5_report_decodes_as_todays_and_keeps_its_version() {
+        let bytes = crate::codec::encode(&node_report(super::v5::VERSION)).unwrap();
         let decoded = status::decode_report(&bytes).unwrap();
-        assert_eq!(decoded, node_report(4));
+        assert_eq!(decoded, node_report(5));
     }
 
     #[test]
     fn versions_outside_the_window_are_refused_by_name() {
-        for v in [3u32, crate::PROTOCOL_VERSION + 1] {
+        for v in [4u32, crate::PROTOCOL_VERSION + 1] {
             let bytes = crate::codec::encode(&node_report(v)).unwrap();
             assert_eq!(
                 status::decode_report(&bytes),
@@ -185,9 +76,15 @@ mod tests {
         assert!(!crate::edge_version_supported(crate::PROTOCOL_VERSION - 2));
     }
 
+    fn overlay() -> EdgeObject {
+        EdgeObject::Overlay(crate::overlay::OverlayNetwork {
+            node: "n".into(),
+            cluster_cidrs: vec!["10.244.0.0/16".into()],
+        })
+    }
+
     #[test]
-    fn a_v4_batch_carries_pods_in_v4_shape_and_nothing_it_cannot_decode() {
-        use crate::messages::{EdgeObject, SyncBatch, Upsert};
+    fn a_v5_batch_is_todays_and_carries_nothing_it_cannot_decode() {
         let pod = crate::pod::tests::sample_pod("web");
         let now = SyncBatch {
             revision: 3,
@@ -195,47 +92,39 @@ mod tests {
             more: false,
             upserts: vec![Upsert {
                 revision: 2,
-                object: EdgeObject::Pod(pod.clone()),
+                object: EdgeObject::Pod(pod),
             }],
             deletes: vec![],
         };
-        let old = super::v4::batch(now.clone()).expect("pods only");
-        let bytes = crate::codec::encode(&old).unwrap();
-        let back: super::v4::SyncBatch = crate::codec::decode(&bytes).unwrap();
-        let super::v4::EdgeObject::Pod(p) = &back.upserts[0].object else {
-            panic!("{back:?}")
-        };
-        assert_eq!(crate::pod::EdgePod::from(p.clone()).name, pod.name);
-        assert!(
-            crate::codec::decode::<SyncBatch>(&bytes).is_err()
-                || crate::codec::decode::<SyncBatch>(&bytes).ok() != Some(now.clone()),
-            "the shapes really differ on the wire"
-        );
-        let mut with_network = now;
-        with_network.upserts.push(Upsert {
+        assert_eq!(super::v5::batch(now.clone()), Some(now.clone()));
+        let mut with_overlay = now.clone();
+        with_overlay.upserts.push(Upsert {
             revision: 1,
-            object: EdgeObject::Network(crate::service::ClusterNetwork {
-                node: "n".into(),
-                pod_cidr: None,
-                service_cidr: "10.96.0.0/12".into(),
-                cluster_dns: "10.96.0.10".parse().unwrap(),
-                cluster_domain: "cluster.local".into(),
-            }),
+            object: overlay(),
         });
-        assert_eq!(super::v4::batch(with_network), None);
+        assert_eq!(super::v5::batch(with_overlay), None);
+        let mut deleting_overlay = now;
+        deleting_overlay.deletes.push(ObjectRef {
+            kind: ObjectKind::Overlay,
+            namespace: String::new(),
+            name: "n".into(),
+        });
+        assert_eq!(super::v5::batch(deleting_overlay), None);
     }
 
     #[test]
-    fn a_v4_edge_knows_only_the_kinds_it_can_decode() {
-        for kind in [ObjectKind::Pod, ObjectKind::ConfigMap, ObjectKind::Secret] {
-            assert!(kind.known_to(4));
-        }
+    fn a_v5_edge_knows_only_the_kinds_it_can_decode() {
         for kind in [
+            ObjectKind::Pod,
+            ObjectKind::ConfigMap,
+            ObjectKind::Secret,
             ObjectKind::Service,
             ObjectKind::EndpointSlice,
             ObjectKind::Network,
         ] {
-            assert!(!kind.known_to(4) && kind.known_to(5));
+            assert!(kind.known_to(5));
         }
+        assert!(!ObjectKind::Overlay.known_to(5) && ObjectKind::Overlay.known_to(6));
+        assert_eq!(overlay().object_ref().kind, ObjectKind::Overlay);
     }
 }

@@ -12,6 +12,7 @@ pub mod compat;
 pub mod config;
 pub mod join;
 pub mod messages;
+pub mod overlay;
 pub mod pod;
 pub mod service;
 pub mod status;
@@ -32,7 +33,11 @@ pub mod topics;
 ///
 /// v5: the sync link carries Services, EndpointSlices and the node's network settings
 /// ([`service`]); the hub sends none of them to a v4 edge, so a v4 session speaks v4.
-pub const PROTOCOL_VERSION: u32 = 5;
+///
+/// v6: the sync link carries the node's overlay routes ([`overlay::OverlayNetwork`]) and the
+/// connection carries pod packets as QUIC datagrams ([`overlay`]). Nothing of v5 changed
+/// shape: a v5 session gets today's messages without the kinds it does not know.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The oldest edge version the cloud accepts: one behind its own.
 pub const OLDEST_EDGE_VERSION: u32 = PROTOCOL_VERSION - 1;

@@ -7,6 +7,7 @@
 //! simply resumes from the last ack.
 
 use crate::config::{EdgeConfigMap, EdgeSecret};
+use crate::overlay::OverlayNetwork;
 use crate::pod::EdgePod;
 use crate::service::{ClusterNetwork, EdgeEndpointSlice, EdgeService};
 use serde::{Deserialize, Serialize};
@@ -128,6 +129,9 @@ pub enum ObjectKind {
     /// The node's network settings ([`ClusterNetwork`]): one per node, named after the node,
     /// with an empty namespace. Protocol v5.
     Network,
+    /// The node's overlay routes ([`OverlayNetwork`]): one per node, named after the node,
+    /// with an empty namespace. Protocol v6.
+    Overlay,
 }
 
 impl ObjectKind {
@@ -137,6 +141,7 @@ impl ObjectKind {
         match self {
             ObjectKind::Pod | ObjectKind::ConfigMap | ObjectKind::Secret => true,
             ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network => version >= 5,
+            ObjectKind::Overlay => version >= 6,
         }
     }
 }
@@ -156,6 +161,8 @@ pub enum EdgeObject {
     EndpointSlice(EdgeEndpointSlice),
     /// The node's network settings.
     Network(ClusterNetwork),
+    /// The node's overlay routes.
+    Overlay(OverlayNetwork),
 }
 
 impl EdgeObject {
@@ -191,6 +198,11 @@ impl EdgeObject {
                 kind: ObjectKind::Network,
                 namespace: String::new(),
                 name: n.node.clone(),
+            },
+            EdgeObject::Overlay(o) => ObjectRef {
+                kind: ObjectKind::Overlay,
+                namespace: String::new(),
+                name: o.node.clone(),
             },
         }
     }

@@ -97,8 +97,8 @@ pub fn decode_report(bytes: &[u8]) -> Result<StatusReport, SealError> {
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     match version {
         Some(crate::PROTOCOL_VERSION) | None => Ok(crate::codec::decode(bytes)?),
-        // v4 reports are today's shape (`crate::compat`).
-        Some(crate::compat::v4::VERSION) => Ok(crate::codec::decode(bytes)?),
+        // v5 reports are today's shape (`crate::compat`).
+        Some(crate::compat::v5::VERSION) => Ok(crate::codec::decode(bytes)?),
         Some(edge) => Err(SealError::UnsupportedVersion { edge }),
     }
 }

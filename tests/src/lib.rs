@@ -1316,8 +1316,8 @@ pub struct SyncClient {
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    /// The protocol version it speaks: a v4 client reads v4's shapes
-    /// (`protocol::compat::v4`), converted to today's for the tests.
+    /// The protocol version it speaks: a v5 client checks it receives only v5's kinds
+    /// (`protocol::compat::v5`).
     version: u32,
 }
 
@@ -1408,37 +1408,23 @@ impl SyncClient {
         .and_then(|payload| self.decode(&payload))
     }
 
-    /// Decodes a message in the shapes of the version this client speaks.
+    /// Decodes a message as the version this client speaks reads it: a v5 client reads
+    /// today's shapes, and a batch holding a kind v5 does not know is an error (the hub must
+    /// never send one; a real v5 edge could not decode it).
     fn decode(&self, payload: &[u8]) -> Result<protocol::messages::CloudMessage> {
-        use protocol::compat::v4;
-        use protocol::messages::{CloudMessage, EdgeObject, SyncBatch, Upsert};
-        if self.version != v4::VERSION {
-            return Ok(protocol::codec::decode(payload)?);
+        use protocol::compat::v5;
+        use protocol::messages::CloudMessage;
+        let msg: CloudMessage = protocol::codec::decode(payload)?;
+        if self.version != v5::VERSION {
+            return Ok(msg);
         }
-        Ok(
-            match protocol::codec::decode::<v4::CloudMessage>(payload)? {
-                v4::CloudMessage::Welcome(w) => CloudMessage::Welcome(w),
-                v4::CloudMessage::Reject(r) => CloudMessage::Reject(r),
-                v4::CloudMessage::Sync(b) => CloudMessage::Sync(SyncBatch {
-                    revision: b.revision,
-                    snapshot: b.snapshot,
-                    more: b.more,
-                    upserts: b
-                        .upserts
-                        .into_iter()
-                        .map(|u| Upsert {
-                            revision: u.revision,
-                            object: match u.object {
-                                v4::EdgeObject::Pod(p) => EdgeObject::Pod(p.into()),
-                                v4::EdgeObject::ConfigMap(c) => EdgeObject::ConfigMap(c),
-                                v4::EdgeObject::Secret(s) => EdgeObject::Secret(s),
-                            },
-                        })
-                        .collect(),
-                    deletes: b.deletes,
-                }),
+        match msg {
+            CloudMessage::Sync(b) => match v5::batch(b.clone()) {
+                Some(b) => Ok(CloudMessage::Sync(b)),
+                None => bail!("the hub sent a v5 session a kind v5 cannot decode: {b:?}"),
             },
-        )
+            other => Ok(other),
+        }
     }
 
     /// The next batch.

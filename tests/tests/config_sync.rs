@@ -84,13 +84,14 @@ async fn a_pod_arrives_with_its_configs_which_then_follow_changes_and_other_node
     let mut b = SyncClient::connect(&cloud, b_dir.path(), "edge-b", 0).await?;
     for node in [&mut a, &mut b] {
         let first = node.next_batch(DEADLINE).await?;
-        // A fresh node's snapshot: its network settings and nothing else.
+        // A fresh node's snapshot: its network settings, its overlay routes and nothing else.
         assert!(
             first.snapshot
+                && first.upserts.len() == 2
                 && first
                     .upserts
                     .iter()
-                    .all(|u| matches!(u.object, EdgeObject::Network(_))),
+                    .all(|u| matches!(u.object, EdgeObject::Network(_) | EdgeObject::Overlay(_))),
             "{first:?}"
         );
         node.ack(first.revision).await?;

@@ -1,6 +1,6 @@
 //! Services, EndpointSlices and the node's network settings on the wire: every v5 node gets
 //! every Service in its snapshot and each change as a delta, with its own pod CIDR; a node
-//! that reconnects gets only what changed while it was away; a v4 node never gets a kind it
+//! that reconnects gets only what changed while it was away; a v5 node never gets a kind it
 //! cannot decode. The node side is a [`SyncClient`], so the tests see every batch as sent.
 
 use protocol::messages::{EdgeObject, ObjectKind, SyncBatch};
@@ -67,6 +67,25 @@ async fn every_node_gets_every_service_with_its_own_pod_cidr_and_resumes_from_it
     );
     assert_eq!(net_a.node, "svc-a");
     assert_eq!(net_a.cluster_domain, "cluster.local");
+    // The overlay routes: the cluster CIDR, which holds the node's own pod CIDR.
+    let overlay = snap
+        .upserts
+        .iter()
+        .find_map(|u| match &u.object {
+            EdgeObject::Overlay(o) => Some(o.clone()),
+            _ => None,
+        })
+        .expect("the node's overlay routes");
+    assert_eq!(overlay.node, "svc-a");
+    let own = net_a.pod_cidr.as_deref().expect("a pod CIDR");
+    let own = protocol::overlay::Cidr::parse(own)?;
+    assert!(
+        overlay.cluster_cidrs.iter().any(|c| {
+            let c = protocol::overlay::Cidr::parse(c).expect("a CIDR");
+            c.prefix() <= own.prefix() && c.contains(own.network())
+        }),
+        "{overlay:?} holds {own}"
+    );
     let web = service(&snap, "web").expect("the Service");
     assert!(matches!(&web.kind, ServiceKind::ClusterIp(ips) if ips.len() == 1));
     assert_eq!(web.ports[0].port, 80);
@@ -141,26 +160,27 @@ async fn every_node_gets_every_service_with_its_own_pod_cidr_and_resumes_from_it
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_v4_node_never_gets_a_kind_it_cannot_decode() -> anyhow::Result<()> {
+async fn a_v5_node_never_gets_a_kind_it_cannot_decode() -> anyhow::Result<()> {
     let cloud = Cloud::start(CloudOptions::default()).await?;
     let dir = private_temp_dir()?;
     let (ok, out) = cloud.join_only(dir.path(), "old")?;
     anyhow::ensure!(ok, "join: {out}");
     create_service(&cloud, "web", 80).await?;
-    let mut old = SyncClient::connect_speaking(&cloud, dir.path(), "old", 0, 4)
+    let mut old = SyncClient::connect_speaking(&cloud, dir.path(), "old", 0, 5)
         .await?
-        .map_err(|r| anyhow::anyhow!("v4 refused: {r}"))?;
+        .map_err(|r| anyhow::anyhow!("v5 refused: {r}"))?;
+    // Services and its network settings, but not the overlay routes (v6).
     let snap = old.next_batch(DEADLINE).await?;
     assert!(snap.snapshot);
     assert!(
         snap.upserts
             .iter()
-            .all(|u| u.object.object_ref().kind.known_to(4)),
+            .all(|u| u.object.object_ref().kind.known_to(5)),
         "{snap:?}"
     );
+    assert!(service(&snap, "web").is_some(), "{snap:?}");
+    assert!(settings(&snap).is_some(), "{snap:?}");
     old.ack(snap.revision).await?;
-    // A Service change after the snapshot sends nothing; a pod of the node still does.
-    create_service(&cloud, "db", 5432).await?;
     cloud
         .create_pod(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "namespace": "default"},
@@ -179,7 +199,7 @@ async fn a_v4_node_never_gets_a_kind_it_cannot_decode() -> anyhow::Result<()> {
                 .iter()
                 .map(|u| u.object.object_ref())
                 .chain(b.deletes.iter().cloned())
-                .all(|r| r.kind.known_to(4)),
+                .all(|r| r.kind.known_to(5)),
             "{b:?}"
         );
     }

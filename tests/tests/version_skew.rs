@@ -2,11 +2,11 @@
 //! (the edge is upgraded after its cloud) on both channels, the QUIC link and the MQTT status
 //! reports, and says so in the node's `EdgeVersionSkew` condition; a newer edge, or one two
 //! versions behind, is refused by name. The old edge is played from the previous version's
-//! messages (`protocol::compat::v4`: the same shapes as today's, with its version number), and
-//! it is never sent an object kind it cannot decode.
+//! messages (`protocol::compat::v5`: the same shapes as today's, with its version number), and
+//! it is never sent an object kind it cannot decode (the node's overlay routes are v6).
 
 use anyhow::Result;
-use protocol::compat::v4;
+use protocol::compat::v5;
 use protocol::messages::Reject;
 use protocol::status::{seal_encoded, NodeInfo};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
@@ -18,7 +18,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 use skerry_tests::condition_of as condition;
 
-fn v4_heartbeat(node: &str, seq: u64, version: u32) -> Result<Vec<u8>> {
+fn old_heartbeat(node: &str, seq: u64, version: u32) -> Result<Vec<u8>> {
     use protocol::status::{
         NodeCondition, NodeConditionKind, NodeStatus, StatusBody, StatusReport,
     };
@@ -52,10 +52,22 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
     let (ok, out) = cloud.join_only(dir.path(), "old-edge")?;
     assert!(ok, "join: {out}");
 
-    // The link: a v4 Hello is welcomed; v6 (newer than the cloud) and v3 are refused.
+    // The link: a v5 Hello is welcomed and gets its network settings but no overlay routes
+    // (the client fails on a kind v5 cannot decode); v7 (newer than the cloud) and v4 are
+    // refused.
     let session =
-        SyncClient::connect_speaking(&cloud, dir.path(), "old-edge", 0, v4::VERSION).await?;
-    assert!(session.is_ok(), "v4 refused: {:?}", session.err());
+        SyncClient::connect_speaking(&cloud, dir.path(), "old-edge", 0, v5::VERSION).await?;
+    let mut session = session.map_err(|e| anyhow::anyhow!("v5 refused: {e:?}"))?;
+    let snapshot = session.next_batch(DEADLINE).await?;
+    assert!(snapshot.snapshot, "{snapshot:?}");
+    assert!(
+        snapshot
+            .upserts
+            .iter()
+            .any(|u| matches!(u.object, protocol::messages::EdgeObject::Network(_))),
+        "{snapshot:?}"
+    );
+    drop(session);
     for version in [
         protocol::PROTOCOL_VERSION + 1,
         protocol::OLDEST_EDGE_VERSION - 1,
@@ -71,7 +83,7 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
         }
     }
 
-    // The status channel: a v4 heartbeat, sealed as a v4 edge seals it.
+    // The status channel: a v5 heartbeat, sealed as a v5 edge seals it.
     let key = std::fs::read(dir.path().join("pki/report.key"))?;
     let opts = skerry_tests::mqtt::node_options(dir.path(), "old-edge", cloud.mqtt_port)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 10);
@@ -84,13 +96,13 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
         }
     });
     let topic = protocol::topics::node_status("old-edge");
-    let sealed = seal_encoded(&key, &topic, v4_heartbeat("old-edge", 1, v4::VERSION)?)?;
+    let sealed = seal_encoded(&key, &topic, old_heartbeat("old-edge", 1, v5::VERSION)?)?;
     client
         .publish(topic.clone(), QoS::AtLeastOnce, false, sealed)
         .await?;
     let node = cloud
         .wait_for(
-            "the v4 heartbeat applied",
+            "the v5 heartbeat applied",
             "/api/v1/nodes/old-edge",
             DEADLINE,
             |n| condition(n, "EdgeVersionSkew").is_some(),
@@ -102,7 +114,7 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
     assert!(
         skew["message"]
             .as_str()
-            .is_some_and(|m| m.contains("v4") && m.contains("upgrade edgecore")),
+            .is_some_and(|m| m.contains("v5") && m.contains("upgrade edgecore")),
         "{skew}"
     );
     assert_eq!(node["status"]["allocatable"]["pods"], "7");
@@ -115,7 +127,7 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
     let future = seal_encoded(
         &key,
         &topic,
-        v4_heartbeat("old-edge", 2, protocol::PROTOCOL_VERSION + 1)?,
+        old_heartbeat("old-edge", 2, protocol::PROTOCOL_VERSION + 1)?,
     )?;
     client
         .publish(topic, QoS::AtLeastOnce, false, future)

@@ -143,6 +143,9 @@ pub struct NetworkSettings {
     pub cluster_dns: std::net::IpAddr,
     /// The cluster domain (kubelet's `--cluster-domain`).
     pub cluster_domain: String,
+    /// The CIDRs all pod CIDRs come from, which nodes route into their overlay; empty: the
+    /// overlay is off (no routes sent, no datagrams relayed).
+    pub overlay_cidrs: Vec<String>,
 }
 
 impl Default for NetworkSettings {
@@ -151,6 +154,7 @@ impl Default for NetworkSettings {
             service_cidr: "10.96.0.0/12".into(),
             cluster_dns: "10.96.0.10".parse().expect("static address"),
             cluster_domain: "cluster.local".into(),
+            overlay_cidrs: vec!["10.244.0.0/16".into()],
         }
     }
 }

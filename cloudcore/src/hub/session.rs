@@ -36,11 +36,13 @@ pub const SYNC_CURRENT_REASON: &str = "AcksCurrent";
 pub(super) struct SliceView {
     /// The revision the edge says it made durable.
     from: u64,
-    /// The edge speaks v5: it gets every Service and EndpointSlice, and pods in v5's shape.
+    /// The protocol version the edge speaks (this one or the previous).
+    version: u32,
+    /// The edge speaks v5 or later: it gets every Service and EndpointSlice.
     network: bool,
-    /// The node's network settings (v5), sent in the session's first round and in every
-    /// snapshot.
-    settings: Option<Upsert>,
+    /// The node's network settings (v5) and overlay routes (v6, when the overlay is on), sent
+    /// in the session's first round and in every snapshot.
+    settings: Vec<Upsert>,
     /// Whether `settings` went out in this session.
     settings_sent: bool,
 }
@@ -100,8 +102,8 @@ impl Hub {
             }
             None => return Err(SessionError::Protocol("stream closed before Hello".into())),
         };
-        // Edges one version behind are served: a v4 edge gets today's messages without the
-        // network kinds (`protocol::compat`); the node's `EdgeVersionSkew` condition tells the
+        // Edges one version behind are served: a v5 edge gets today's messages without the
+        // overlay kind (`protocol::compat`); the node's `EdgeVersionSkew` condition tells the
         // admin.
         let reject = if !protocol::edge_version_supported(hello.protocol_version) {
             Some(Reject::VersionMismatch {
@@ -173,12 +175,13 @@ impl Hub {
         );
         let mut view = SliceView {
             from: hello.acked_revision,
+            version: hello.protocol_version,
             network: hello.protocol_version >= 5,
-            settings: None,
+            settings: Vec::new(),
             settings_sent: false,
         };
         if view.network {
-            view.settings = Some(self.network_upsert(node).await?);
+            view.settings = self.network_upserts(node, view.version).await?;
         }
         let result = self
             .stream(conn, node, &mut send, recv, &signals, view)
@@ -393,7 +396,7 @@ impl Hub {
                 .wait_durable(self.store.assigned_revision())
                 .await?;
             last_batch = Some(batch.revision);
-            self.send_batch(send, batch, view.network).await?;
+            self.send_batch(send, batch, view.version).await?;
         }
         Ok((new_sent, last_batch))
     }
@@ -416,10 +419,10 @@ impl Hub {
         }
     }
 
-    /// The node's network settings as an upsert: its pod CIDR from its Node (with the Node's
+    /// The node's network settings as upserts: its pod CIDR from its Node (with the Node's
     /// revision, so that a resend is ignored by an edge that has it) and the cluster-wide
-    /// settings of this hub.
-    async fn network_upsert(&self, node: &str) -> Result<Upsert, SessionError> {
+    /// settings of this hub; to a v6 edge, when the overlay is on, its overlay routes too.
+    async fn network_upserts(&self, node: &str, version: u32) -> Result<Vec<Upsert>, SessionError> {
         let stored = self
             .store
             .get(&crate::store::ObjectKey::new("nodes", "", node))
@@ -435,7 +438,7 @@ impl Hub {
             ),
             None => (0, None),
         };
-        Ok(Upsert {
+        let mut out = vec![Upsert {
             revision,
             object: EdgeObject::Network(protocol::service::ClusterNetwork {
                 node: node.to_string(),
@@ -444,15 +447,26 @@ impl Hub {
                 cluster_dns: self.network.cluster_dns,
                 cluster_domain: self.network.cluster_domain.clone(),
             }),
-        })
+        }];
+        if ObjectKind::Overlay.known_to(version) && !self.network.overlay_cidrs.is_empty() {
+            out.push(Upsert {
+                revision,
+                object: EdgeObject::Overlay(protocol::overlay::OverlayNetwork {
+                    node: node.to_string(),
+                    cluster_cidrs: self.network.overlay_cidrs.clone(),
+                }),
+            });
+        }
+        Ok(out)
     }
 
-    /// Writes one batch, in v4's shapes unless the edge speaks v5 (`current`).
+    /// Writes one batch for an edge speaking `version` (checked against v5's kinds when the
+    /// edge is one version behind).
     async fn send_batch(
         &self,
         send: &mut quinn::SendStream,
         batch: SyncBatch,
-        current: bool,
+        version: u32,
     ) -> Result<(), SessionError> {
         debug!(
             revision = batch.revision,
@@ -472,6 +486,7 @@ impl Hub {
                 EdgeObject::Service(_) => "Service",
                 EdgeObject::EndpointSlice(_) => "EndpointSlice",
                 EdgeObject::Network(_) => "Network",
+                EdgeObject::Overlay(_) => "Overlay",
             };
             metrics::counter!("skerry_hub_configs_sent_total", "kind" => kind).increment(1);
         }
@@ -483,16 +498,17 @@ impl Hub {
                 ObjectKind::Service => "Service",
                 ObjectKind::EndpointSlice => "EndpointSlice",
                 ObjectKind::Network => "Network",
+                ObjectKind::Overlay => "Overlay",
             };
             metrics::counter!("skerry_hub_config_deletes_sent_total", "kind" => kind).increment(1);
         }
-        if current {
+        if version == protocol::PROTOCOL_VERSION {
             return write_frame(send, &CloudMessage::Sync(batch)).await;
         }
-        match protocol::compat::v4::batch(batch) {
-            Some(old) => write_frame(send, &protocol::compat::v4::CloudMessage::Sync(old)).await,
+        match protocol::compat::v5::batch(batch) {
+            Some(old) => write_frame(send, &CloudMessage::Sync(old)).await,
             None => Err(SessionError::Protocol(
-                "a batch for a v4 edge holds a kind it cannot decode; this is a hub bug".into(),
+                "a batch for a v5 edge holds a kind it cannot decode; this is a hub bug".into(),
             )),
         }
     }

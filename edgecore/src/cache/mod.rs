@@ -38,6 +38,7 @@ const CACHE_ID_KEY: &[u8] = b"cache_id";
 /// transaction that applies a full snapshot.
 const UNKNOWN_KEY: &[u8] = b"desired_unknown";
 
+mod layout2;
 mod recovery;
 
 /// What [`Cache::open_checked`] found.
@@ -122,7 +123,8 @@ impl ConfigSet {
             ObjectKind::Pod
             | ObjectKind::Service
             | ObjectKind::EndpointSlice
-            | ObjectKind::Network => {}
+            | ObjectKind::Network
+            | ObjectKind::Overlay => {}
         }
     }
 
@@ -195,6 +197,8 @@ pub struct NetworkSet {
     pub services: Vec<EdgeService>,
     /// Every EndpointSlice.
     pub slices: Vec<EdgeEndpointSlice>,
+    /// The node's overlay routes, once received (protocol v6, with the overlay on).
+    pub overlay: Option<protocol::overlay::OverlayNetwork>,
 }
 
 /// sled-backed cache. The same database also holds the status outbox (see `crate::report`).
@@ -269,6 +273,7 @@ fn entry_key(kind: ObjectKind, namespace: &str, name: &str) -> Vec<u8> {
         ObjectKind::Service => format!("svc:{namespace}/{name}").into_bytes(),
         ObjectKind::EndpointSlice => format!("eps:{namespace}/{name}").into_bytes(),
         ObjectKind::Network => format!("net:{namespace}/{name}").into_bytes(),
+        ObjectKind::Overlay => format!("ovl:{namespace}/{name}").into_bytes(),
     }
 }
 
@@ -278,6 +283,7 @@ fn network_kind(key: &[u8]) -> Option<ObjectKind> {
         b"svc:" => Some(ObjectKind::Service),
         b"eps:" => Some(ObjectKind::EndpointSlice),
         b"net:" => Some(ObjectKind::Network),
+        b"ovl:" => Some(ObjectKind::Overlay),
         _ => None,
     }
 }
@@ -509,14 +515,13 @@ impl Cache {
     /// its cache as before. An entry already in today's shape (an upgrade cut short) is kept;
     /// one that is neither is left for the corruption check to report.
     fn upgrade_pods_from_v4(&self) -> Result<(), CacheError> {
-        use protocol::compat::v4;
         let mut upgraded = 0;
         for entry in self.pods.iter() {
             let (key, value) = entry.map_err(backend)?;
             if codec::decode::<Cached<EdgePod>>(&value).is_ok() {
                 continue;
             }
-            if let Ok(old) = codec::decode::<Cached<v4::EdgePod>>(&value) {
+            if let Ok(old) = codec::decode::<Cached<layout2::V4Pod>>(&value) {
                 let now = Cached {
                     revision: old.revision,
                     object: EdgePod::from(old.object),
@@ -632,7 +637,10 @@ impl Cache {
             ObjectKind::Pod => &self.pods,
             ObjectKind::ConfigMap => &self.config_maps,
             ObjectKind::Secret => &self.secrets,
-            ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network => &self.network,
+            ObjectKind::Service
+            | ObjectKind::EndpointSlice
+            | ObjectKind::Network
+            | ObjectKind::Overlay => &self.network,
         }
     }
 
@@ -648,7 +656,10 @@ impl Cache {
                 codec::decode::<Cached<EdgeConfigMap>>(&value).map(|c| c.revision)
             }
             ObjectKind::Secret => codec::decode::<Cached<EdgeSecret>>(&value).map(|c| c.revision),
-            ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network => {
+            ObjectKind::Service
+            | ObjectKind::EndpointSlice
+            | ObjectKind::Network
+            | ObjectKind::Overlay => {
                 codec::decode::<Cached<EdgeObject>>(&value).map(|c| c.revision)
             }
         }
@@ -690,12 +701,13 @@ impl Cache {
                     revision: up.revision,
                     object: secret,
                 })?,
-                EdgeObject::Service(_) | EdgeObject::EndpointSlice(_) | EdgeObject::Network(_) => {
-                    codec::encode(&Cached {
-                        revision: up.revision,
-                        object: &up.object,
-                    })?
-                }
+                EdgeObject::Service(_)
+                | EdgeObject::EndpointSlice(_)
+                | EdgeObject::Network(_)
+                | EdgeObject::Overlay(_) => codec::encode(&Cached {
+                    revision: up.revision,
+                    object: &up.object,
+                })?,
             };
             plan.accepted.insert(slot.clone(), up.revision);
             plan.changes.insert(slot, Change::Put(value));
@@ -743,9 +755,10 @@ impl Cache {
                         ObjectKind::Pod => pods,
                         ObjectKind::ConfigMap => config_maps,
                         ObjectKind::Secret => secrets,
-                        ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network => {
-                            network
-                        }
+                        ObjectKind::Service
+                        | ObjectKind::EndpointSlice
+                        | ObjectKind::Network
+                        | ObjectKind::Overlay => network,
                     };
                     match change {
                         Change::Put(value) => {
@@ -893,6 +906,7 @@ impl DesiredState for Cache {
                 EdgeObject::Service(s) => set.services.push(s),
                 EdgeObject::EndpointSlice(s) => set.slices.push(s),
                 EdgeObject::Network(n) => set.network = Some(n),
+                EdgeObject::Overlay(o) => set.overlay = Some(o),
                 EdgeObject::Pod(_) | EdgeObject::ConfigMap(_) | EdgeObject::Secret(_) => {
                     tracing::error!("skipping a misplaced entry in the network tree of the cache")
                 }

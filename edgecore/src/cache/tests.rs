@@ -920,7 +920,7 @@ async fn pods_cached_by_a_v4_edgecore_run_on_after_the_upgrade() {
         // What a v4 edgecore left: layout 2, pods without DNS settings.
         let old = Cached {
             revision: 4,
-            object: protocol::compat::v4::EdgePod::from(pod("web", "busybox")),
+            object: super::layout2::V4Pod::from(pod("web", "busybox")),
         };
         c.pods
             .insert(b"default/web", codec::encode(&old).unwrap())
