@@ -63,6 +63,8 @@ pub struct AgentOptions {
     pub proxy: Option<crate::network::proxy::ProxyConfig>,
     /// The cluster DNS server; `None` runs none.
     pub dns: Option<crate::network::dns::DnsConfig>,
+    /// The pod overlay; `None` runs none.
+    pub overlay: Option<crate::network::overlay::OverlayConfig>,
 }
 
 /// Which container runtime runs the pods. One per node: pods started by one are not seen by
@@ -233,6 +235,9 @@ pub async fn run(
     let state_tx = Arc::new(state_tx);
     // The broker's CONNACK wakes the sync link out of its back-off (see `LinkConfig::wake`).
     let broker_connected = Arc::new(Notify::new());
+    // The link's connection while a session is up, for the overlay's datagrams.
+    let (connection_tx, connection_rx) = watch::channel(None);
+    let connection_tx = Arc::new(connection_tx);
     {
         let link_cfg = LinkConfig {
             server: cfg.server.clone(),
@@ -244,6 +249,7 @@ pub async fn run(
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             wake: broker_connected.clone(),
+            connection: connection_tx.clone(),
         };
         let (paths, cache, changed) = (
             IdentityPaths::new(&opts.data_dir),
@@ -350,6 +356,19 @@ pub async fn run(
         let view = view_rx.clone();
         supervisor.spawn("service-proxy", move || {
             crate::network::proxy::run(proxy.clone(), view.clone(), std::future::pending())
+        });
+    }
+    if let Some(overlay) = opts.overlay.clone() {
+        let (view, link) = (view_rx.clone(), connection_rx.clone());
+        supervisor.spawn("overlay", move || {
+            let (overlay, view, link) = (overlay.clone(), view.clone(), link.clone());
+            async move {
+                // A device that fails mid-way ends this run; the supervisor restarts it with
+                // back-off (the device is made afresh) and /healthz reports it.
+                if let Err(e) = crate::network::overlay::run(overlay, view, link).await {
+                    tracing::error!(error = %e, "the pod overlay stopped");
+                }
+            }
         });
     }
     if let Some(dns) = opts.dns.clone() {

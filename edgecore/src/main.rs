@@ -166,6 +166,18 @@ enum Command {
         /// The node-local interface that carries the cluster DNS address.
         #[arg(long, default_value = edgecore::network::dns::DEFAULT_INTERFACE)]
         dns_interface: String,
+        /// Reach pods on other nodes by their pod IPs through the pod overlay (a TUN device
+        /// carried over the node's QUIC link, relayed by the hub; needs root). Used once the
+        /// cloud sends the node its overlay routes.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        overlay: bool,
+        /// The overlay's TUN device.
+        #[arg(long, default_value = "skerry-ovl0")]
+        overlay_interface: String,
+        /// The overlay's nftables table (family ip; its masquerade rule for host traffic into
+        /// the overlay), left in place when edgecore stops like the proxy's.
+        #[arg(long, default_value = "skerry-overlay")]
+        overlay_table: String,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -363,6 +375,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             cni_bridge,
             service_proxy,
             proxy_table,
+            overlay,
+            overlay_interface,
+            overlay_table,
             cluster_dns,
             dns_interface,
             runtime,
@@ -426,6 +441,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     let mut proxy = edgecore::network::proxy::ProxyConfig::default();
                     proxy.ruleset.table = proxy_table;
                     proxy
+                }),
+                overlay: overlay.then(|| edgecore::network::overlay::OverlayConfig {
+                    interface: overlay_interface,
+                    table: overlay_table,
+                    tools: Default::default(),
                 }),
             };
             rt.block_on(agent::run(cfg, opts, render))

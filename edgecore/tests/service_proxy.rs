@@ -110,6 +110,7 @@ fn view(svc: EdgeService, net: &PodNet, local: impl Fn(usize) -> bool) -> Servic
         services: [(("default".into(), "web".into()), svc)].into(),
         slices: [(("default".into(), "web-1".into()), slice)].into(),
         local_ready: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -38,6 +38,8 @@ pub struct Containerd {
     pub bridge: String,
     /// Pod subnet, e.g. `10.213.7.0/24`.
     pub subnet: String,
+    /// The network namespace the daemon runs in (its pods' bridge lives there), if not ours.
+    netns: Option<String>,
 }
 
 /// Builds the images once per test process; returns the directory holding `busybox.tar` and
@@ -151,6 +153,13 @@ impl Containerd {
     /// Starts containerd and imports the test images. Fails with a clear message when the
     /// packages are missing (tests that need containerd call [`available`] first to skip).
     pub async fn start() -> Result<Self> {
+        Self::start_in(None).await
+    }
+
+    /// Like [`Containerd::start`], with the daemon inside the network namespace `netns`
+    /// (under `/run/netns/`): the CNI plugins it runs put its pods' bridge there, so a test
+    /// "node" in that namespace has a pod network of its own.
+    pub async fn start_in(netns: Option<&str>) -> Result<Self> {
         if !available() {
             bail!("containerd, runc or containernetworking-plugins are not installed; run deploy/setup.sh");
         }
@@ -176,7 +185,7 @@ impl Containerd {
             })
             .to_string(),
         )?;
-        let child = spawn_daemon(d)?;
+        let child = spawn_daemon(d, netns)?;
         let me = Self {
             child: Some(child),
             dir,
@@ -184,6 +193,7 @@ impl Containerd {
             network,
             bridge,
             subnet,
+            netns: netns.map(str::to_string),
         };
         me.wait_serving().await?;
         for image in ["pause.tar", "busybox.tar"] {
@@ -248,7 +258,7 @@ impl Containerd {
         if self.child.is_some() {
             bail!("containerd is already running");
         }
-        self.child = Some(spawn_daemon(self.dir.path())?);
+        self.child = Some(spawn_daemon(self.dir.path(), self.netns.as_deref())?);
         self.wait_serving().await
     }
 
@@ -459,14 +469,24 @@ impl Containerd {
 }
 
 /// Starts containerd with the config in `d`, appending to `d/containerd.log`.
-fn spawn_daemon(d: &Path) -> Result<Child> {
+fn spawn_daemon(d: &Path, netns: Option<&str>) -> Result<Child> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(d.join("containerd.log"))?;
-    Command::new("containerd")
-        .arg("--config")
+    // `nsenter` execs containerd in place, so the child's pid is the daemon's own.
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg("containerd");
+            c
+        }
+        None => Command::new("containerd"),
+    };
+    cmd.arg("--config")
         .arg(d.join("config.toml"))
         .stdout(log.try_clone()?)
         .stderr(log)

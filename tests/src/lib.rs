@@ -922,6 +922,19 @@ impl Edge {
         ctrd: &containerd::Containerd,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::join_and_start_cri_networked_in(cloud, name, ctrd, extra, None).await
+    }
+
+    /// Like [`Edge::join_and_start_cri_networked`], inside `place`'s network namespace (give
+    /// it a containerd started there, [`containerd::Containerd::start_in`]): a node with a
+    /// network of its own, for the overlay between nodes.
+    pub async fn join_and_start_cri_networked_in(
+        cloud: &Cloud,
+        name: &str,
+        ctrd: &containerd::Containerd,
+        extra: &[&str],
+        place: Option<netns::Place>,
+    ) -> Result<Self> {
         let run_args = vec![
             "--runtime".to_string(),
             "cri".to_string(),
@@ -944,6 +957,10 @@ impl Edge {
             table.clone(),
             "--dns-interface".to_string(),
             iface.clone(),
+            "--overlay-interface".to_string(),
+            format!("sko{}x{tag}", std::process::id() % 100_000),
+            "--overlay-table".to_string(),
+            format!("{table}o"),
         ];
         network_args.extend(extra.iter().map(|s| s.to_string()));
         let mut edge = Self::join_prepare(
@@ -952,7 +969,7 @@ impl Edge {
             &[],
             cloud.token("1h")?,
             run_args,
-            None,
+            place,
             None,
             None,
         )?;
@@ -1086,6 +1103,7 @@ impl Edge {
                 vec![
                     "--service-proxy=false".to_string(),
                     "--cluster-dns=false".to_string(),
+                    "--overlay=false".to_string(),
                 ]
             } else {
                 self.network_args.clone()
@@ -1263,9 +1281,12 @@ impl Drop for Edge {
         stop_child(&mut self.child, 9);
         self.kill_pods();
         if let Some((table, iface)) = &self.network_owned {
-            let _ = Command::new("nft")
-                .args(["delete", "table", "ip", table])
-                .output();
+            // In a namespace of its own, the namespace takes them with it.
+            for t in [table.clone(), format!("{table}o")] {
+                let _ = Command::new("nft")
+                    .args(["delete", "table", "ip", &t])
+                    .output();
+            }
             let _ = Command::new("ip").args(["link", "del", iface]).output();
         }
     }

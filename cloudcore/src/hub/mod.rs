@@ -73,6 +73,7 @@ mod dispatch;
 mod join;
 pub mod node_labels;
 mod plan;
+mod relay;
 pub mod reset;
 mod session;
 pub use session::{EDGE_DEAF_REASON, SYNC_CURRENT_REASON, SYNC_LAGGING, SYNC_LAGGING_REASON};
@@ -203,6 +204,8 @@ pub struct Hub {
     ack_lag_limit: Duration,
     /// See [`HubConfig::network`].
     network: NetworkSettings,
+    /// The overlay's routes between connected nodes ([`relay`]).
+    relay: relay::Relay,
 }
 
 /// Errors that end one connection (never the hub).
@@ -320,6 +323,7 @@ impl Hub {
             liveness: crate::liveness::Liveness::new(),
             ack_lag_limit: cfg.ack_lag_limit,
             network: cfg.network.clone(),
+            relay: relay::Relay::default(),
         })
     }
 

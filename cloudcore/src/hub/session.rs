@@ -183,6 +183,29 @@ impl Hub {
         if view.network {
             view.settings = self.network_upserts(node, view.version).await?;
         }
+        // The overlay: a v6 node with a pod CIDR gets its packets relayed while this session
+        // lasts (the routes it was sent say so; see `relay`).
+        let overlay_cidr = view.settings.iter().find_map(|u| match &u.object {
+            EdgeObject::Overlay(_) => view.settings.iter().find_map(|u| match &u.object {
+                EdgeObject::Network(n) => n.pod_cidr.as_deref(),
+                _ => None,
+            }),
+            _ => None,
+        });
+        let overlay_cidr = overlay_cidr.and_then(|c| match protocol::overlay::Cidr::parse(c) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(error = %e, "the node's pod CIDR does not parse: no overlay for it");
+                None
+            }
+        });
+        let _route = overlay_cidr.map(|cidr| self.relay.register(node, cidr, id, conn.clone()));
+        let _relay = overlay_cidr.map(|_| {
+            let (hub, node, conn) = (self.clone(), node.to_string(), conn.clone());
+            AbortOnDrop(tokio::spawn(
+                async move { hub.relay.serve(&node, &conn).await },
+            ))
+        });
         let result = self
             .stream(conn, node, &mut send, recv, &signals, view)
             .await;

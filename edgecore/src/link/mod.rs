@@ -358,6 +358,18 @@ pub struct LinkConfig {
     /// handshake's own retransmissions are seconds apart, while the end of the partition is
     /// what the operator waits for (issue #11 measured 20 s from heal to the link without it).
     pub wake: Arc<Notify>,
+    /// The session's connection while a session is up (`None` between sessions), for what
+    /// else travels on it: the overlay's datagrams (`crate::network::overlay`).
+    pub connection: Arc<watch::Sender<Option<quinn::Connection>>>,
+}
+
+/// Publishes a session's connection while it lasts.
+struct Published<'a>(&'a watch::Sender<Option<quinn::Connection>>);
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(None);
+    }
 }
 
 /// Exponential back-off from `base` to `max` with ±50 % jitter, so that a thousand nodes cut off
@@ -575,6 +587,8 @@ async fn session(
     }
     let _ = state.send(LinkState::Connected);
     metrics::gauge!("skerry_edge_link_connected").set(1.0);
+    cfg.connection.send_replace(Some(conn.clone()));
+    let _published = Published(&cfg.connection);
     // The hub's streams are served beside the sync stream, in their own tasks, so that the
     // loop below never waits for a log; the acceptor ends with this session.
     let _acceptor = streams.map(|server| {

@@ -9,6 +9,7 @@
 
 pub mod cni;
 pub mod dns;
+pub mod overlay;
 pub mod proxy;
 pub mod publish;
 pub mod view;

@@ -9,7 +9,8 @@
 use super::view::{Key, ServiceView, ViewSender};
 use crate::cache::DesiredState;
 use crate::pods::StatusSink;
-use protocol::status::PodStatus;
+use protocol::status::{PodPhase, PodStatus};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// A new view sender holding an empty view.
@@ -27,6 +28,8 @@ pub fn refresh_from_cache(view: &ViewSender, cache: &dyn DesiredState) {
             services: Default::default(),
             slices: Default::default(),
             local_ready: current.local_ready.clone(),
+            overlay: set.overlay.clone(),
+            local_ips: current.local_ips.clone(),
         };
         for s in &set.services {
             next.services
@@ -57,15 +60,22 @@ impl ReadinessTap {
         Self { inner, view }
     }
 
-    fn set(&self, key: Key, ready: Option<bool>) {
+    /// Records a local pod's readiness and address (`None`: the pod is gone).
+    fn set(&self, key: Key, ready: Option<bool>, ip: Option<IpAddr>) {
         self.view.send_if_modified(|current| {
-            if current.local_ready.get(&key).copied() == ready {
+            if current.local_ready.get(&key).copied() == ready
+                && current.local_ips.get(&key).copied() == ip
+            {
                 return false;
             }
             let mut next = (**current).clone();
             match ready {
-                Some(r) => next.local_ready.insert(key, r),
+                Some(r) => next.local_ready.insert(key.clone(), r),
                 None => next.local_ready.remove(&key),
+            };
+            match ip {
+                Some(ip) => next.local_ips.insert(key, ip),
+                None => next.local_ips.remove(&key),
             };
             *current = Arc::new(next);
             true
@@ -85,12 +95,20 @@ pub fn is_ready(status: &PodStatus) -> bool {
 impl StatusSink for ReadinessTap {
     fn pod_status(&self, status: PodStatus) {
         let key = (status.namespace.clone(), status.name.clone());
-        self.set(key, Some(is_ready(&status)));
+        // A pod that stopped (or was removed) holds its address no longer: packets for it
+        // are not admitted, though the runtime may not have freed it yet.
+        let ip = match status.removed
+            || matches!(status.phase, PodPhase::Succeeded | PodPhase::Failed)
+        {
+            true => None,
+            false => status.pod_ip.parse().ok(),
+        };
+        self.set(key, Some(is_ready(&status)), ip);
         self.inner.pod_status(status);
     }
 
     fn pod_forgotten(&self, namespace: &str, name: &str) {
-        self.set((namespace.to_string(), name.to_string()), None);
+        self.set((namespace.to_string(), name.to_string()), None, None);
         self.inner.pod_forgotten(namespace, name);
     }
 }
@@ -98,7 +116,7 @@ impl StatusSink for ReadinessTap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::status::{PodCondition, PodPhase};
+    use protocol::status::PodCondition;
     use std::sync::Mutex;
 
     #[derive(Default)]
@@ -152,11 +170,23 @@ mod tests {
         );
         tap.pod_status(status("web-1", false));
         assert_eq!(rx.borrow_and_update().local_ready.get(&key), Some(&false));
+        assert_eq!(
+            rx.borrow().local_ips.get(&key),
+            Some(&"10.244.0.5".parse().unwrap()),
+            "the pod's address is the node's to host"
+        );
+        let mut stopped = status("web-1", false);
+        stopped.phase = PodPhase::Succeeded;
+        tap.pod_status(stopped);
+        assert!(
+            rx.borrow_and_update().local_ips.is_empty(),
+            "a stopped pod hosts nothing"
+        );
         tap.pod_forgotten("default", "web-1");
         assert!(rx.borrow_and_update().local_ready.is_empty());
         assert_eq!(
             *seen.0.lock().unwrap(),
-            ["web-1", "web-1", "web-1", "-web-1"]
+            ["web-1", "web-1", "web-1", "web-1", "-web-1"]
         );
     }
 }

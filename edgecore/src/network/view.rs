@@ -1,7 +1,9 @@
 //! [`ServiceView`]: one consistent picture of the Services a node routes.
 
+use protocol::overlay::OverlayNetwork;
 use protocol::service::{ClusterNetwork, EdgeEndpointSlice, EdgeService, Endpoint};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// `(namespace, name)`.
@@ -21,6 +23,11 @@ pub struct ServiceView {
     /// Readiness of this node's pods by `(namespace, pod name)`, as its prober sees it. A pod
     /// missing here is judged by what its slice says.
     pub local_ready: BTreeMap<Key, bool>,
+    /// The node's overlay routes, once the cloud has sent them (protocol v6, overlay on).
+    pub overlay: Option<OverlayNetwork>,
+    /// The addresses of this node's pods by `(namespace, pod name)`, as its runtime reports
+    /// them: what the overlay admits packets for.
+    pub local_ips: BTreeMap<Key, IpAddr>,
 }
 
 /// The shared handle: consumers `subscribe` and read the latest view.

@@ -81,6 +81,7 @@ fn view(services: Vec<EdgeService>, slices: Vec<EdgeEndpointSlice>) -> ServiceVi
             .map(|s| ((s.namespace.clone(), s.name.clone()), s))
             .collect(),
         local_ready: Default::default(),
+        ..Default::default()
     }
 }
 
