@@ -1459,6 +1459,20 @@ impl SyncClient {
         }
     }
 
+    /// Sends one QUIC datagram on the session's connection (the overlay's pod packets).
+    pub fn send_datagram(&self, payload: Vec<u8>) -> Result<()> {
+        Ok(self.conn.send_datagram(payload.into())?)
+    }
+
+    /// The next QUIC datagram the hub sends on the session's connection, if one comes
+    /// within `deadline`.
+    pub async fn datagram(&self, deadline: Duration) -> Result<Option<Vec<u8>>> {
+        match tokio::time::timeout(deadline, self.conn.read_datagram()).await {
+            Ok(d) => Ok(Some(d?.to_vec())),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Acks a batch revision, as the edge does once a batch is durable.
     pub async fn ack(&mut self, revision: u64) -> Result<()> {
         self.write(&protocol::messages::EdgeMessage::Ack(
