@@ -1,0 +1,186 @@
+//! The pod overlay against the direct path, in the same run: two edges in network namespaces
+//! of their own (each with its containerd and pod CIDR, so each runs its overlay), a TCP server
+//! in node B's namespace, and from node A's namespace: TCP connection setup (connect and the
+//! server's first byte) p50/p99 over `CONNS` connections, and `MB` megabytes to a sink, once to
+//! B's own address (the direct path: plain routing between the namespaces, the floor) and once
+//! to B's overlay address (through A's TUN, the hub's relay and B's TUN). Also cloudcore's
+//! CPU time for the relayed transfer.
+//!
+//! `cargo build --release --workspace --bins && CONNS=300 MB=100 target/release/bench_overlay`
+//! (as root; both paths run in the same process, one after the other).
+
+use anyhow::{bail, Context, Result};
+use skerry_tests::containerd::Containerd;
+use skerry_tests::netns::Net;
+use skerry_tests::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 9000;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A server in `ns`: answers each connection with one byte at once, then reads to EOF and
+/// answers the byte count.
+fn serve_in(ns: &str) -> Result<()> {
+    let path = format!("/run/netns/{ns}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let setup = || -> Result<TcpListener> {
+            let f = std::fs::File::open(&path)?;
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Ok(TcpListener::bind(("0.0.0.0", PORT))?)
+        };
+        let listener = match setup() {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = conn;
+                if c.write_all(b"!").is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 1 << 16];
+                let mut n = 0usize;
+                while let Ok(k) = c.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    n += k;
+                }
+                let _ = write!(c, "{n}");
+            });
+        }
+    });
+    rx.recv().context("server thread died")?
+}
+
+fn setup_once(addr: SocketAddr) -> Result<f64> {
+    let t = Instant::now();
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connect {addr}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b)?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn transfer(addr: SocketAddr, mb: usize) -> Result<f64> {
+    let chunk = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    c.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut first = [0u8; 1];
+    c.read_exact(&mut first)?;
+    for _ in 0..mb {
+        c.write_all(&chunk)?;
+    }
+    c.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    c.read_to_string(&mut answer)?;
+    let secs = t.elapsed().as_secs_f64();
+    let got: usize = answer.trim().parse().context("sink answer")?;
+    if got != mb << 20 {
+        bail!("the sink at {addr} got {got} bytes of {}", mb << 20);
+    }
+    Ok(mb as f64 * 1.048576 / secs)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Setup p50/p99 (ms) and MB/s to `addr`, from inside `ns`.
+fn measure(ns: &str, addr: SocketAddr, conns: usize, mb: usize) -> Result<(f64, f64, f64)> {
+    skerry_tests::podnet::in_ns(ns, || -> Result<(f64, f64, f64)> {
+        // Warm up (ARP, conntrack, the relay's first packets).
+        for _ in 0..5 {
+            setup_once(addr)?;
+        }
+        let mut times = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            times.push(setup_once(addr)? * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        let rate = transfer(addr, mb)?;
+        Ok((pct(&times, 0.5), pct(&times, 0.99), rate))
+    })?
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    if !containerd::require() || !netns::should_run()? {
+        bail!("bench_overlay needs root, containerd and iproute2");
+    }
+    let (conns, mb) = (env("CONNS", 300), env("MB", 100));
+    let net = Net::new()?;
+    let cloud_host = net.host("cloud")?;
+    let mut place = cloud_host.place();
+    place.server_names.push(net.observer_ip().to_string());
+    let cloud = Cloud::start(CloudOptions {
+        place: Some(place),
+        ..Default::default()
+    })
+    .await?;
+    let (host_a, host_b) = (net.host("a")?, net.host("b")?);
+    let ctrd_a = Containerd::start_in(Some(&host_a.ns)).await?;
+    let ctrd_b = Containerd::start_in(Some(&host_b.ns)).await?;
+    let _a =
+        Edge::join_and_start_cri_networked_in(&cloud, "bo-a", &ctrd_a, &[], Some(host_a.place()))
+            .await?;
+    let _b =
+        Edge::join_and_start_cri_networked_in(&cloud, "bo-b", &ctrd_b, &[], Some(host_b.place()))
+            .await?;
+    cloud.wait_node_ready("bo-a", Duration::from_secs(60)).await?;
+    let node_b = cloud.wait_node_ready("bo-b", Duration::from_secs(60)).await?;
+    let cidr_b =
+        protocol::overlay::Cidr::parse(node_b["spec"]["podCIDR"].as_str().context("podCIDR")?)?;
+    serve_in(&host_b.ns)?;
+    let direct = SocketAddr::from((host_b.ip, PORT));
+    let overlay = SocketAddr::new(cidr_b.first_host(), PORT);
+    // The overlay is up once B's overlay address answers through it.
+    eventually("the overlay carries A to B", Duration::from_secs(60), || async {
+        Ok(skerry_tests::podnet::in_ns(&host_a.ns, || setup_once(overlay).ok())?)
+    })
+    .await?;
+
+    let (d50, d99, drate) = measure(&host_a.ns, direct, conns, mb)?;
+    let pid = cloud.pid().context("cloudcore pid")?;
+    let cpu0 = cpu_seconds(pid).unwrap_or(0.0);
+    let (o50, o99, orate) = measure(&host_a.ns, overlay, conns, mb)?;
+    let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+    let relayed = cloud
+        .metric_series("skerry_hub_overlay_packets_total{result=\"relayed\"}")
+        .await?
+        .unwrap_or(0.0);
+    let too_large = cloud
+        .metric_series("skerry_hub_overlay_packets_total{result=\"too_large\"}")
+        .await?
+        .unwrap_or(0.0);
+    println!("path       connect p50 ms  p99 ms  throughput MB/s ({mb} MB)");
+    println!("direct     {d50:>14.3}  {d99:>6.3}  {drate:>10.1}");
+    println!("overlay    {o50:>14.3}  {o99:>6.3}  {orate:>10.1}");
+    println!(
+        "overlay/direct throughput {:.0}%, added connect p50 {:.3} ms",
+        100.0 * orate / drate,
+        o50 - d50
+    );
+    println!(
+        "hub: {relayed} packets relayed, {too_large} too large; cloudcore CPU {cpu:.2} s for the overlay run ({:.3} s per relayed MB)",
+        cpu / (mb as f64 + conns as f64 * 0.001)
+    );
+    Ok(())
+}
