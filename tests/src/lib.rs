@@ -6,6 +6,7 @@
 pub mod containerd;
 pub mod flood;
 pub mod loopback;
+pub mod measure;
 pub mod mqtt;
 pub mod netns;
 pub mod podnet;
@@ -309,6 +310,20 @@ impl Drop for CloudSlot {
 }
 
 impl Cloud {
+    /// Starts a cloud on a host of its own on `net` (named `cloud`), reachable from the test
+    /// process through the observer link; `opts.place` is set here.
+    pub async fn start_on(net: &netns::Net, opts: CloudOptions) -> Result<(netns::Host, Self)> {
+        let host = net.host("cloud")?;
+        let mut place = host.place();
+        place.server_names.push(net.observer_ip().to_string());
+        let cloud = Self::start(CloudOptions {
+            place: Some(place),
+            ..opts
+        })
+        .await?;
+        Ok((host, cloud))
+    }
+
     /// Starts a cloudcore with fresh ports and data dir and waits until its API answers.
     pub async fn start(opts: CloudOptions) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();

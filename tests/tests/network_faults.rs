@@ -45,14 +45,13 @@ impl Lab {
             return Ok(None);
         }
         let net = Net::new()?;
-        let cloud_host = net.host("cloud")?;
-        let mut place = cloud_host.place();
-        place.server_names.push(net.observer_ip().to_string());
-        let cloud = Cloud::start(CloudOptions {
-            place: Some(place),
-            node_monitor_grace_period_secs: Some(GRACE_SECS),
-            ..Default::default()
-        })
+        let (cloud_host, cloud) = Cloud::start_on(
+            &net,
+            CloudOptions {
+                node_monitor_grace_period_secs: Some(GRACE_SECS),
+                ..Default::default()
+            },
+        )
         .await?;
         let mut relays = Vec::new();
         let (mut server, mut mqtt) = (None, None);

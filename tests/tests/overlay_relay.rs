@@ -96,7 +96,11 @@ async fn the_hub_relays_a_nodes_own_pod_packets_and_drops_the_rest() -> Result<(
         counted(&cloud, "loop").await?,
     );
     a.send_datagram(packet(host(&cidr_b, 9), host(&cidr_b, 7), b"spoof"))?;
-    a.send_datagram(packet(host(&cidr_a, 5), Ipv4Addr::new(192, 0, 2, 1), b"nowhere"))?;
+    a.send_datagram(packet(
+        host(&cidr_a, 5),
+        Ipv4Addr::new(192, 0, 2, 1),
+        b"nowhere",
+    ))?;
     a.send_datagram(vec![0x45, 0, 0])?;
     a.send_datagram(packet(host(&cidr_a, 5), host(&cidr_a, 6), b"loop"))?;
     eventually("the four drops counted", DEADLINE, || async {
@@ -106,8 +110,10 @@ async fn the_hub_relays_a_nodes_own_pod_packets_and_drops_the_rest() -> Result<(
             counted(&cloud, "malformed").await?,
             counted(&cloud, "loop").await?,
         );
-        Ok((now.0 > before.0 && now.1 > before.1 && now.2 > before.2 && now.3 > before.3)
-            .then_some(()))
+        Ok(
+            (now.0 > before.0 && now.1 > before.1 && now.2 > before.2 && now.3 > before.3)
+                .then_some(()),
+        )
     })
     .await?;
     assert_eq!(b.datagram(QUIET).await?, None, "nothing of it reached B");
@@ -119,11 +125,15 @@ async fn the_hub_relays_a_nodes_own_pod_packets_and_drops_the_rest() -> Result<(
     // B's session ends: its route goes with it.
     drop(b);
     let gone = counted(&cloud, "no_route").await?;
-    eventually("packets for B are dropped once B is away", DEADLINE, || async {
-        a.send_datagram(good.clone())?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        Ok((counted(&cloud, "no_route").await? > gone).then_some(()))
-    })
+    eventually(
+        "packets for B are dropped once B is away",
+        DEADLINE,
+        || async {
+            a.send_datagram(good.clone())?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok((counted(&cloud, "no_route").await? > gone).then_some(()))
+        },
+    )
     .await?;
 
     // A v5 session (no overlay routes sent) gets no route either.
@@ -144,9 +154,11 @@ async fn the_hub_relays_a_nodes_own_pod_packets_and_drops_the_rest() -> Result<(
     let to_old = packet(host(&cidr_a, 5), host(&old_cidr, 3), b"old");
     let before = counted(&cloud, "no_route").await?;
     a.send_datagram(to_old)?;
-    eventually("a packet for the v5 node has no route", DEADLINE, || async {
-        Ok((counted(&cloud, "no_route").await? > before).then_some(()))
-    })
+    eventually(
+        "a packet for the v5 node has no route",
+        DEADLINE,
+        || async { Ok((counted(&cloud, "no_route").await? > before).then_some(())) },
+    )
     .await?;
     assert_eq!(old.datagram(QUIET).await?, None);
     Ok(())

@@ -58,14 +58,7 @@ async fn pods_on_nodes_that_cannot_reach_each_other_talk_by_pod_ip_and_service_t
         return Ok(());
     }
     let net = Net::new()?;
-    let cloud_host = net.host("cloud")?;
-    let mut place = cloud_host.place();
-    place.server_names.push(net.observer_ip().to_string());
-    let cloud = Cloud::start(CloudOptions {
-        place: Some(place),
-        ..Default::default()
-    })
-    .await?;
+    let (_cloud_host, cloud) = Cloud::start_on(&net, CloudOptions::default()).await?;
     let (host_a, host_b) = (net.host("a")?, net.host("b")?);
     // A node has a default route (here into the observer, which drops what it is sent): the
     // host's connect to a cluster IP needs a route before the proxy rewrites it.

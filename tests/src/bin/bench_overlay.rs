@@ -11,6 +11,7 @@
 
 use anyhow::{bail, Context, Result};
 use skerry_tests::containerd::Containerd;
+use skerry_tests::measure::{pct, setup_once};
 use skerry_tests::netns::Net;
 use skerry_tests::*;
 use std::io::{Read, Write};
@@ -68,16 +69,6 @@ fn serve_in(ns: &str) -> Result<()> {
     rx.recv().context("server thread died")?
 }
 
-fn setup_once(addr: SocketAddr) -> Result<f64> {
-    let t = Instant::now();
-    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connect {addr}"))?;
-    c.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut b = [0u8; 1];
-    c.read_exact(&mut b)?;
-    Ok(t.elapsed().as_secs_f64())
-}
-
 fn transfer(addr: SocketAddr, mb: usize) -> Result<f64> {
     let chunk = vec![0x5au8; 1 << 20];
     let t = Instant::now();
@@ -97,10 +88,6 @@ fn transfer(addr: SocketAddr, mb: usize) -> Result<f64> {
         bail!("the sink at {addr} got {got} bytes of {}", mb << 20);
     }
     Ok(mb as f64 * 1.048576 / secs)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// Setup p50/p99 (ms) and MB/s to `addr`, from inside `ns`.
@@ -127,14 +114,7 @@ async fn main() -> Result<()> {
     }
     let (conns, mb) = (env("CONNS", 300), env("MB", 100));
     let net = Net::new()?;
-    let cloud_host = net.host("cloud")?;
-    let mut place = cloud_host.place();
-    place.server_names.push(net.observer_ip().to_string());
-    let cloud = Cloud::start(CloudOptions {
-        place: Some(place),
-        ..Default::default()
-    })
-    .await?;
+    let (_cloud_host, cloud) = Cloud::start_on(&net, CloudOptions::default()).await?;
     let (host_a, host_b) = (net.host("a")?, net.host("b")?);
     let ctrd_a = Containerd::start_in(Some(&host_a.ns)).await?;
     let ctrd_b = Containerd::start_in(Some(&host_b.ns)).await?;
@@ -144,17 +124,23 @@ async fn main() -> Result<()> {
     let _b =
         Edge::join_and_start_cri_networked_in(&cloud, "bo-b", &ctrd_b, &[], Some(host_b.place()))
             .await?;
-    cloud.wait_node_ready("bo-a", Duration::from_secs(60)).await?;
-    let node_b = cloud.wait_node_ready("bo-b", Duration::from_secs(60)).await?;
+    cloud
+        .wait_node_ready("bo-a", Duration::from_secs(60))
+        .await?;
+    let node_b = cloud
+        .wait_node_ready("bo-b", Duration::from_secs(60))
+        .await?;
     let cidr_b =
         protocol::overlay::Cidr::parse(node_b["spec"]["podCIDR"].as_str().context("podCIDR")?)?;
     serve_in(&host_b.ns)?;
     let direct = SocketAddr::from((host_b.ip, PORT));
     let overlay = SocketAddr::new(cidr_b.first_host(), PORT);
     // The overlay is up once B's overlay address answers through it.
-    eventually("the overlay carries A to B", Duration::from_secs(60), || async {
-        Ok(skerry_tests::podnet::in_ns(&host_a.ns, || setup_once(overlay).ok())?)
-    })
+    eventually(
+        "the overlay carries A to B",
+        Duration::from_secs(60),
+        || async { skerry_tests::podnet::in_ns(&host_a.ns, || setup_once(overlay).ok()) },
+    )
     .await?;
 
     let (d50, d99, drate) = measure(&host_a.ns, direct, conns, mb)?;

@@ -21,6 +21,7 @@ use protocol::service::{
     AddressType, ClusterNetwork, EdgeEndpointSlice, EdgeService, Endpoint, EndpointPort,
     L4Protocol, ServiceKind, ServicePort,
 };
+use skerry_tests::measure::{pct, setup_once};
 use skerry_tests::podnet::{self, PodNet, GATEWAY, NODE_IP, POD_PORT, SINK_PORT};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -156,17 +157,6 @@ fn start_relay(node_ns: &str, listen: SocketAddr, upstream: SocketAddr) -> Resul
     ready_rx.recv().context("relay thread died")?
 }
 
-/// One connection: connect, read the server's first byte; seconds.
-fn setup_once(addr: SocketAddr) -> Result<f64> {
-    let t = Instant::now();
-    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("connect {addr}"))?;
-    c.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut b = [0u8; 1];
-    c.read_exact(&mut b)?;
-    Ok(t.elapsed().as_secs_f64())
-}
-
 /// `mb` MB to a sink; MB/s.
 fn transfer(addr: SocketAddr, mb: usize) -> Result<f64> {
     let chunk = vec![0x5au8; 1 << 20];
@@ -184,11 +174,6 @@ fn transfer(addr: SocketAddr, mb: usize) -> Result<f64> {
         bail!("the sink at {addr} got {got} bytes of {}", mb << 20);
     }
     Ok(mb as f64 * 1.048576 / secs)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 #[tokio::main(flavor = "current_thread")]
