@@ -3,7 +3,7 @@
 //! containerd, bridge and pod CIDR. A pod on edge A and edge A's host reach the pod on edge B
 //! by its pod IP, and the Service whose only endpoint is on B by its cluster IP and by name,
 //! all through the hub, which relays the packets as QUIC datagrams on the links the nodes
-//! already hold. The hub refuses a packet whose source is not the sending node's own.
+//! already hold, and the pod on B sees the client pod's own address (no NAT between pods).
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -92,7 +92,9 @@ async fn pods_on_nodes_that_cannot_reach_each_other_talk_by_pod_ip_and_service_t
             "spec": {"nodeName": "ov-b", "terminationGracePeriodSeconds": 1, "containers": [{
                 "name": "httpd", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
                 "command": ["/bin/sh", "-c",
-                    "mkdir -p /www && echo srv-on-b > /www/name && exec httpd -f -p 8080 -h /www"],
+                    "mkdir -p /www/cgi-bin && echo srv-on-b > /www/name && \
+                     printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/peer && \
+                     chmod +x /www/cgi-bin/peer && exec httpd -f -p 8080 -h /www"],
                 "ports": [{"name": "http", "containerPort": 8080}],
                 "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}),
     )
@@ -166,7 +168,8 @@ async fn pods_on_nodes_that_cannot_reach_each_other_talk_by_pod_ip_and_service_t
                      for i in $(seq 60); do \
                        a=$(timeout 5 wget -q -O - http://{srv_ip}:8080/name) && \
                        b=$(timeout 5 wget -q -O - http://srv.default.svc.cluster.local/name) && \
-                       echo \"by-ip=$a by-name=$b\" && break; sleep 1; done; sleep 3600")]}]}}),
+                       p=$(timeout 5 wget -q -O - http://{srv_ip}:8080/cgi-bin/peer) && \
+                       echo \"by-ip=$a by-name=$b peer=$p\" && break; sleep 1; done; sleep 3600")]}]}}),
     )
     .await?;
     let log = eventually("the client pod on A reaches B's pod", LONG, || async {
@@ -191,6 +194,13 @@ async fn pods_on_nodes_that_cannot_reach_each_other_talk_by_pod_ip_and_service_t
         .context("client podIP")?
         .parse()?;
     assert!(cidr_a.contains(client_ip), "{client_ip} is in A's {cidr_a}");
+    // No NAT between pods: the server on B saw the client pod's own address (busybox httpd
+    // prints it IPv4-mapped).
+    assert!(
+        log.contains(&format!("peer={client_ip}\n"))
+            || log.contains(&format!("peer=[::ffff:{client_ip}]")),
+        "B's pod sees the client by its pod IP: {log}"
+    );
 
     // The hub carried it.
     let relayed = cloud

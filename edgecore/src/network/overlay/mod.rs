@@ -18,10 +18,8 @@
 //! with the host's own address as source, which is no pod's; one nftables rule masquerades what
 //! leaves through the device with a source outside the node's pod CIDR to the overlay address,
 //! so the reply finds its way back (kube-proxy masquerades off-cluster sources the same way).
-//! Pods' traffic leaves with the pod's address, but the CNI bridge's own `ipMasq` rewrites
-//! traffic from pods to anything outside the node's pod CIDR to the gateway address, so a pod
-//! on another node sees this node's overlay address as the source (docs/networking.md, "Pod
-//! overlay").
+//! Pods' traffic into the device keeps the pod's address: a null source mapping that runs
+//! before the CNI bridge's `ipMasq` takes it out of that masquerade (see [`nat_rules`]).
 
 pub mod tun;
 
@@ -276,16 +274,42 @@ async fn configure(
     }
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| anyhow::anyhow!("cannot switch on IPv4 forwarding: {e}"))?;
-    let rules = format!(
-        "table ip {t}\nflush table ip {t}\ntable ip {t} {{\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{dev}\" ip saddr != {own} masquerade\n  }}\n}}\n",
-        t = cfg.table,
-        own = next.own,
-    );
+    let rules = nat_rules(&cfg.table, dev, next);
     cfg.tools
         .nft_apply(&cfg.table, &rules)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+/// The overlay's nftables table, whole (applied in one transaction).
+///
+/// `keep-pod-source` runs before every other source NAT (the CNI bridge's `ipMasq` among them,
+/// at `srcnat`): a pod's packet for another node's pod gets a null mapping to its own address,
+/// and netfilter runs no later NAT chain for a connection already mapped. So the pod on the
+/// other node sees the real pod IP, as Kubernetes' network model asks (no NAT between pods),
+/// while traffic from pods to the world still goes through the bridge's masquerade.
+/// `host-source` gives host traffic into the device the overlay address, so its reply comes
+/// back through the overlay.
+fn nat_rules(table: &str, dev: &str, s: &Settings) -> String {
+    let cluster = s
+        .cluster
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "table ip {table}\nflush table ip {table}\ntable ip {table} {{\n\
+         \x20 chain keep-pod-source {{\n\
+         \x20   type nat hook postrouting priority srcnat - 10; policy accept;\n\
+         \x20   oifname \"{dev}\" ip saddr {own} ip daddr {{ {cluster} }} snat to ip saddr\n\
+         \x20 }}\n\
+         \x20 chain host-source {{\n\
+         \x20   type nat hook postrouting priority srcnat; policy accept;\n\
+         \x20   oifname \"{dev}\" ip saddr != {own} masquerade\n\
+         \x20 }}\n}}\n",
+        own = s.own,
+    )
 }
 
 #[cfg(test)]
@@ -325,6 +349,20 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["10.244.0.0/16"],
             "a route that does not parse is skipped, not fatal"
+        );
+    }
+
+    #[test]
+    fn pods_keep_their_source_and_the_host_is_masqueraded() {
+        let s = Settings::of(&view(Some("10.244.1.0/24"), true)).unwrap();
+        let rules = nat_rules("skerry-overlay", "ovl0", &s);
+        assert!(rules.starts_with("table ip skerry-overlay\nflush table ip skerry-overlay\n"));
+        assert!(rules.contains(
+            "priority srcnat - 10; policy accept;\n    oifname \"ovl0\" ip saddr 10.244.1.0/24 ip daddr { 10.244.0.0/16 } snat to ip saddr"
+        ), "{rules}");
+        assert!(
+            rules.contains("oifname \"ovl0\" ip saddr != 10.244.1.0/24 masquerade"),
+            "{rules}"
         );
     }
 
