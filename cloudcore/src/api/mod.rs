@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`resource`]: the registry ([`ResourceInfo`] + [`ResourceHandler`] per kind);
 //! - [`namespaces`], [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`],
-//!   [`services`], [`endpoints`] (Endpoints and EndpointSlices), [`workloads`] (apps/v1): the
+//!   [`services`], [`endpoints`] (Endpoints and EndpointSlices), [`ingress`] (Ingresses and
+//!   IngressClasses), [`workloads`] (apps/v1): the
 //!   per-kind behaviour;
 //! - [`client`]: the in-process client controllers write through, with the HTTP path's semantics;
 //! - `handlers`: generic get/list/create/update/patch/delete/deletecollection/status over the
@@ -41,6 +42,7 @@ pub mod finalizers;
 mod handlers;
 pub mod health;
 pub mod history;
+pub mod ingress;
 pub mod namespaces;
 pub mod node_cidrs;
 pub mod nodes;

@@ -420,8 +420,8 @@ impl Registry {
 
     /// The resources Skerry serves today: namespaces, pods, nodes, ConfigMaps, Secrets,
     /// events, the apps/v1 workloads, Services (allocating from the default
-    /// [`ServiceNetwork`]; replace the entry to use another one), Endpoints and
-    /// EndpointSlices.
+    /// [`ServiceNetwork`]; replace the entry to use another one), Endpoints,
+    /// EndpointSlices, Ingresses and IngressClasses.
     ///
     /// [`ServiceNetwork`]: super::services::ServiceNetwork
     pub fn builtin() -> Self {
@@ -440,6 +440,8 @@ impl Registry {
         )));
         r.register(Arc::new(super::endpoints::EndpointsHandler));
         r.register(Arc::new(super::endpoints::EndpointSliceHandler));
+        r.register(Arc::new(super::ingress::IngressHandler));
+        r.register(Arc::new(super::ingress::IngressClassHandler));
         r
     }
 

@@ -19,7 +19,10 @@ const PREFIX: &str = "#/components/schemas/";
 /// The kind's definition name (`io.k8s.api.core.v1.Pod`), registering its schema and every
 /// schema it refers to with `generator`; `None` for a kind without a k8s-openapi type.
 fn register(generator: &mut SchemaGenerator, group: &str, kind: &str) -> Option<String> {
-    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, discovery::v1 as discovery};
+    use k8s_openapi::api::{
+        apps::v1 as apps, core::v1 as core, discovery::v1 as discovery,
+        networking::v1 as networking,
+    };
     fn add<T: JsonSchema>(generator: &mut SchemaGenerator) -> String {
         generator.subschema_for::<T>();
         T::schema_name().into_owned()
@@ -34,6 +37,8 @@ fn register(generator: &mut SchemaGenerator, group: &str, kind: &str) -> Option<
         ("", "Service") => add::<core::Service>(generator),
         ("", "Endpoints") => add::<core::Endpoints>(generator),
         ("discovery.k8s.io", "EndpointSlice") => add::<discovery::EndpointSlice>(generator),
+        ("networking.k8s.io", "Ingress") => add::<networking::Ingress>(generator),
+        ("networking.k8s.io", "IngressClass") => add::<networking::IngressClass>(generator),
         ("apps", "Deployment") => add::<apps::Deployment>(generator),
         ("apps", "ReplicaSet") => add::<apps::ReplicaSet>(generator),
         ("apps", "DaemonSet") => add::<apps::DaemonSet>(generator),

@@ -11,6 +11,7 @@ use tower::ServiceExt;
 mod bad_input;
 mod encryption;
 mod endpoints;
+mod ingress;
 
 const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
 

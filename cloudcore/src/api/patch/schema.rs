@@ -91,7 +91,8 @@ pub fn schema_for(group: &str, kind: &str) -> Option<Schema> {
         ("", "Namespace") => (None, CONDITIONS),
         ("", "ConfigMap" | "Secret" | "Event" | "Endpoints")
         | ("events.k8s.io", "Event")
-        | ("discovery.k8s.io", "EndpointSlice") => (None, NONE),
+        | ("discovery.k8s.io", "EndpointSlice")
+        | ("networking.k8s.io", "Ingress" | "IngressClass") => (None, NONE),
         ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") => {
             (Some("spec.template.spec"), CONDITIONS)
         }

@@ -10,7 +10,7 @@ mod defaults;
 mod resources;
 mod table;
 mod update;
-mod validation;
+pub(in crate::api) mod validation;
 
 pub use defaults::{default_pull_policy, DEFAULT_GRACE_SECONDS, PROBE_DEFAULTS};
 pub use resources::qos_class;
