@@ -306,8 +306,8 @@ const CONTROLLER_RESYNC: Duration = Duration::from_secs(30);
 /// workload controllers), writing through the in-process client.
 pub fn spawn_workload_controllers(api: &ApiState, supervisor: &Supervisor) {
     use crate::controllers::{
-        daemonset, deployment, endpoints, garbage_collector, namespace, replicaset, runner,
-        statefulset,
+        daemonset, deployment, endpoints, garbage_collector, ingress_status, namespace, replicaset,
+        runner, statefulset,
     };
     use runner::{Options, Reconciler};
     let client = crate::api::client::Client::new(api.clone());
@@ -380,6 +380,13 @@ pub fn spawn_workload_controllers(api: &ApiState, supervisor: &Supervisor) {
         api,
         endpoints::slice_controller::EndpointSliceController::new(client.clone(), &informers),
         workload,
+    );
+    run_on(
+        supervisor,
+        "ingress-status-controller",
+        api,
+        ingress_status::IngressStatusController::new(client.clone()),
+        Options::resync(ingress_status::RESYNC).with_concurrency(2),
     );
     run_on(
         supervisor,

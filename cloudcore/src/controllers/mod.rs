@@ -8,7 +8,8 @@
 //! [`crate::api::client::Client`] (or the API's own delete path), so every object they create or
 //! change goes through the same defaulting, validation and graceful deletion as a `kubectl`
 //! request. [`owned`] holds what the workload controllers share about the pods they own;
-//! [`endpoints`] keeps the EndpointSlices and Endpoints of Services.
+//! [`endpoints`] keeps the EndpointSlices and Endpoints of Services; [`ingress_status`] the
+//! addresses of the Ingresses Skerry serves.
 
 pub mod claim;
 pub mod daemonset;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod feed;
 pub mod garbage_collector;
 pub mod informer;
+pub mod ingress_status;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod owned;
