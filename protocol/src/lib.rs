@@ -10,6 +10,7 @@ pub mod assembly;
 pub mod codec;
 pub mod compat;
 pub mod config;
+pub mod ingress;
 pub mod join;
 pub mod messages;
 pub mod overlay;

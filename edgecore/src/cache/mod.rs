@@ -199,6 +199,8 @@ pub struct NetworkSet {
     pub slices: Vec<EdgeEndpointSlice>,
     /// The node's overlay routes, once received (protocol v6, with the overlay on).
     pub overlay: Option<protocol::overlay::OverlayNetwork>,
+    /// The Ingresses the node serves, once received.
+    pub ingresses: Option<protocol::ingress::EdgeIngresses>,
 }
 
 /// sled-backed cache. The same database also holds the status outbox (see `crate::report`).

@@ -1,5 +1,5 @@
-//! Keeps the [`ServiceView`] current from its two sources: the cache (Services, EndpointSlices
-//! and the network settings, after every applied batch) and the pod workers (the readiness of
+//! Keeps the [`ServiceView`] current from its two sources: the cache (Services, EndpointSlices,
+//! the network settings, the node's Ingresses and their TLS Secrets, after every applied batch) and the pod workers (the readiness of
 //! the node's own pods, the moment the prober decides it).
 //!
 //! The readiness path is why routing reacts to a failing local pod within one probe period
@@ -30,7 +30,22 @@ pub fn refresh_from_cache(view: &ViewSender, cache: &dyn DesiredState) {
             local_ready: current.local_ready.clone(),
             overlay: set.overlay.clone(),
             local_ips: current.local_ips.clone(),
+            ingresses: set.ingresses.clone(),
+            tls_secrets: Default::default(),
         };
+        if let Some(ing) = &set.ingresses {
+            let wanted = ing.secret_refs();
+            if !wanted.is_empty() {
+                let configs = cache.configs();
+                next.tls_secrets = wanted
+                    .into_iter()
+                    .filter_map(|(ns, name)| {
+                        let s = configs.secret(&ns, &name)?.clone();
+                        Some(((ns, name), s))
+                    })
+                    .collect();
+            }
+        }
         for s in &set.services {
             next.services
                 .insert((s.namespace.clone(), s.name.clone()), s.clone());

@@ -1,6 +1,8 @@
 //! [`ServiceView`]: one consistent picture of the Services a node routes.
 
 use protocol::overlay::OverlayNetwork;
+use protocol::config::EdgeSecret;
+use protocol::ingress::EdgeIngresses;
 use protocol::service::{ClusterNetwork, EdgeEndpointSlice, EdgeService, Endpoint};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -28,6 +30,11 @@ pub struct ServiceView {
     /// The addresses of this node's pods by `(namespace, pod name)`, as its runtime reports
     /// them: what the overlay admits packets for.
     pub local_ips: BTreeMap<Key, IpAddr>,
+    /// The Ingresses this node serves, once the cloud has sent the set.
+    pub ingresses: Option<EdgeIngresses>,
+    /// The TLS Secrets those Ingresses name, as cached, by `(namespace, name)`. (`Debug` of a
+    /// Secret shows its keys only.)
+    pub tls_secrets: BTreeMap<Key, EdgeSecret>,
 }
 
 /// The shared handle: consumers `subscribe` and read the latest view.
