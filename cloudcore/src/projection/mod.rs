@@ -17,6 +17,7 @@ use protocol::config::{EdgeConfigMap, EdgeSecret};
 use protocol::pod::*;
 use serde_json::Value;
 
+pub mod ingress;
 pub mod network;
 pub use network::{edge_endpoint_slice, edge_service, NETWORK_SHARD};
 
