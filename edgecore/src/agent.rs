@@ -65,6 +65,8 @@ pub struct AgentOptions {
     pub dns: Option<crate::network::dns::DnsConfig>,
     /// The pod overlay; `None` runs none.
     pub overlay: Option<crate::network::overlay::OverlayConfig>,
+    /// The Ingress router (listens once the node serves an Ingress); `None` runs none.
+    pub ingress: Option<crate::network::ingress::RouterConfig>,
 }
 
 /// Which container runtime runs the pods. One per node: pods started by one are not seen by
@@ -380,6 +382,19 @@ pub async fn run(
                 // run; the supervisor restarts it with back-off and /healthz reports it.
                 if let Err(e) = crate::network::dns::run(dns, view, std::future::pending()).await {
                     tracing::error!(error = %e, "the cluster DNS server stopped");
+                }
+            }
+        });
+    }
+    if let Some(ingress) = opts.ingress.clone() {
+        let view = view_rx.clone();
+        supervisor.spawn("ingress-router", move || {
+            let (ingress, view) = (ingress.clone(), view.clone());
+            async move {
+                if let Err(e) =
+                    crate::network::ingress::run(ingress, view, std::future::pending()).await
+                {
+                    tracing::error!(error = %e, "the ingress router stopped");
                 }
             }
         });

@@ -178,6 +178,19 @@ enum Command {
         /// the overlay), left in place when edgecore stops like the proxy's.
         #[arg(long, default_value = "skerry-overlay")]
         overlay_table: String,
+        /// Where the Ingress router listens for HTTP (`off`: no HTTP listener). It opens once
+        /// the node serves an Ingress (an IngressClass of controller skerry.io/edge-ingress
+        /// selects the node), so a node that serves none holds no port.
+        #[arg(long, default_value = "0.0.0.0:80", value_parser = parse_listen)]
+        ingress_http_addr: Listen,
+        /// Where the Ingress router listens for HTTPS (`off`: no HTTPS listener); certificates
+        /// come from the Ingresses' TLS Secrets, chosen by SNI.
+        #[arg(long, default_value = "0.0.0.0:443", value_parser = parse_listen)]
+        ingress_https_addr: Listen,
+        /// Most client connections the Ingress router holds at once; more are closed at
+        /// accept with a log line.
+        #[arg(long, default_value_t = 4096)]
+        ingress_max_connections: usize,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -380,6 +393,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             overlay_table,
             cluster_dns,
             dns_interface,
+            ingress_http_addr,
+            ingress_https_addr,
+            ingress_max_connections,
             runtime,
         } => {
             private_data_dir(&cli.data_dir)?;
@@ -447,6 +463,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     table: overlay_table,
                     tools: Default::default(),
                 }),
+                ingress: (ingress_http_addr.0.is_some() || ingress_https_addr.0.is_some()).then(
+                    || edgecore::network::ingress::RouterConfig {
+                        http: ingress_http_addr.0,
+                        https: ingress_https_addr.0,
+                        max_connections: ingress_max_connections.max(1),
+                        ..Default::default()
+                    },
+                ),
             };
             rt.block_on(agent::run(cfg, opts, render))
         }
@@ -547,4 +571,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Shim(_) => unreachable!("dispatched in main"),
     }
+}
+
+/// A listen address, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+struct Listen(Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|e| format!("{s:?} is not ADDRESS:PORT or off: {e}"))
 }

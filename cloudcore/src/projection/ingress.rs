@@ -151,10 +151,15 @@ mod tests {
         assert_eq!(b.rules[0].paths[0].path, "/");
         assert_eq!(b.rules[0].paths[0].kind, PathMatch::Prefix);
         assert_eq!(b.rules[0].paths[1].kind, PathMatch::Exact);
-        assert_eq!(b.default_backend.as_ref().unwrap().port, BackendPort::Name("http".into()));
+        assert_eq!(
+            b.default_backend.as_ref().unwrap().port,
+            BackendPort::Name("http".into())
+        );
         assert_eq!(b.tls[0].secret, "cert");
         let other = json!({"metadata": {"name": "n2", "labels": {"site": "b"}}});
-        assert!(ingress_set("n2", Some(&other), &serving, &all).ingresses.is_empty());
+        assert!(ingress_set("n2", Some(&other), &serving, &all)
+            .ingresses
+            .is_empty());
         assert!(ingress_set("n3", None, &serving, &all).ingresses.is_empty());
         let bad = json!({"metadata": {"name": "r", "namespace": "default"}, "spec": {"ingressClassName": "edge",
             "defaultBackend": {"resource": {"kind": "K", "name": "x"}}}});
