@@ -76,7 +76,8 @@ pub fn store_key(r: &ObjectRef) -> Option<ObjectKey> {
         | ObjectKind::Service
         | ObjectKind::EndpointSlice
         | ObjectKind::Network
-        | ObjectKind::Overlay => return None,
+        | ObjectKind::Overlay
+        | ObjectKind::Ingress => return None,
     };
     Some(ObjectKey::new(
         resource,

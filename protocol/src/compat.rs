@@ -6,13 +6,13 @@
 //! else of the old version is the same type as now. When the version moves on, the module of
 //! the version that falls out of the window is deleted and the one just left is added.
 //!
-//! From v5 to v6: no type changed shape; the sync link gained one object kind (the node's
-//! overlay routes), which the hub never sends to a v5 edge
+//! From v5 to v6: no type changed shape; the sync link gained two object kinds (the node's
+//! overlay routes and the Ingresses it serves), which the hub never sends to a v5 edge
 //! ([`crate::messages::ObjectKind::known_to`]), and the connection gained datagrams, which a v5
 //! edge never sends and the hub never sends it. So a v5 report decodes as today's, and a v5
 //! session's batches are today's batches, checked by [`v5::batch`].
 
-/// Protocol v5: today's shapes without the overlay kind.
+/// Protocol v5: today's shapes without the overlay and ingress kinds.
 pub mod v5 {
     use crate::messages::SyncBatch;
 
@@ -125,6 +125,7 @@ mod tests {
             assert!(kind.known_to(5));
         }
         assert!(!ObjectKind::Overlay.known_to(5) && ObjectKind::Overlay.known_to(6));
+        assert!(!ObjectKind::Ingress.known_to(5) && ObjectKind::Ingress.known_to(6));
         assert_eq!(overlay().object_ref().kind, ObjectKind::Overlay);
     }
 }

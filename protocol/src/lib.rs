@@ -36,7 +36,7 @@ pub mod topics;
 /// ([`service`]); the hub sends none of them to a v4 edge, so a v4 session speaks v4.
 ///
 /// v6: the sync link carries the node's overlay routes ([`overlay::OverlayNetwork`]) and the
-/// connection carries pod packets as QUIC datagrams ([`overlay`]). Nothing of v5 changed
+/// Ingresses it serves ([`ingress::EdgeIngresses`]), and the connection carries pod packets as QUIC datagrams ([`overlay`]). Nothing of v5 changed
 /// shape: a v5 session gets today's messages without the kinds it does not know.
 pub const PROTOCOL_VERSION: u32 = 6;
 

@@ -7,6 +7,7 @@
 //! simply resumes from the last ack.
 
 use crate::config::{EdgeConfigMap, EdgeSecret};
+use crate::ingress::EdgeIngresses;
 use crate::overlay::OverlayNetwork;
 use crate::pod::EdgePod;
 use crate::service::{ClusterNetwork, EdgeEndpointSlice, EdgeService};
@@ -132,6 +133,9 @@ pub enum ObjectKind {
     /// The node's overlay routes ([`OverlayNetwork`]): one per node, named after the node,
     /// with an empty namespace. Protocol v6.
     Overlay,
+    /// The Ingresses the node serves ([`EdgeIngresses`]): one per node, named after the node,
+    /// with an empty namespace. Protocol v6.
+    Ingress,
 }
 
 impl ObjectKind {
@@ -141,7 +145,7 @@ impl ObjectKind {
         match self {
             ObjectKind::Pod | ObjectKind::ConfigMap | ObjectKind::Secret => true,
             ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network => version >= 5,
-            ObjectKind::Overlay => version >= 6,
+            ObjectKind::Overlay | ObjectKind::Ingress => version >= 6,
         }
     }
 }
@@ -163,6 +167,8 @@ pub enum EdgeObject {
     Network(ClusterNetwork),
     /// The node's overlay routes.
     Overlay(OverlayNetwork),
+    /// The Ingresses the node serves.
+    Ingress(EdgeIngresses),
 }
 
 impl EdgeObject {
@@ -203,6 +209,11 @@ impl EdgeObject {
                 kind: ObjectKind::Overlay,
                 namespace: String::new(),
                 name: o.node.clone(),
+            },
+            EdgeObject::Ingress(i) => ObjectRef {
+                kind: ObjectKind::Ingress,
+                namespace: String::new(),
+                name: i.node.clone(),
             },
         }
     }

@@ -31,6 +31,7 @@ impl Hub {
     /// referenced config written after `since` or missing, and wakes every session.
     async fn resync(&self, since: Option<u64>) -> Result<(), StoreError> {
         let (pods, listed) = self.store.list("pods", None).await?;
+        self.rebuild_ingress_table().await?;
         let mut index = ConfigIndex::new();
         for p in &pods {
             let meta = |f: &str| {
@@ -63,6 +64,18 @@ impl Hub {
                     if let Some(s) = sessions.get(&node) {
                         s.signals.mark(config.clone(), 0).await;
                     }
+                }
+            }
+            // The TLS Secrets of the Ingress sets: any written since may have been missed.
+            for s in sessions.values() {
+                let refs = s
+                    .signals
+                    .ingress_refs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                for r in refs {
+                    s.signals.mark(r, since.unwrap_or(0)).await;
                 }
             }
             for s in sessions.values() {
@@ -120,6 +133,21 @@ impl Hub {
                         s.signals.changed.notify_one();
                     }
                 }
+                if config.kind == protocol::messages::ObjectKind::Secret {
+                    // The TLS Secret of an Ingress a node serves (see `ingress`).
+                    for s in sessions.values() {
+                        let named = s
+                            .signals
+                            .ingress_refs
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(&config);
+                        if named {
+                            s.signals.mark(config.clone(), 0).await;
+                            s.signals.changed.notify_one();
+                        }
+                    }
+                }
             }
             for shard in &ev.shards {
                 if shard == NETWORK_SHARD {
@@ -130,6 +158,17 @@ impl Hub {
                 } else if let Some(s) = sessions.get(shard) {
                     s.signals.changed.notify_one();
                 }
+            }
+        }
+        let (all, node) = self.ingress_event(&ev.key, ev.value.as_ref()).await;
+        if all || node.is_some() {
+            let sessions = self.sessions.lock().await;
+            if all {
+                for s in sessions.values() {
+                    s.signals.changed.notify_one();
+                }
+            } else if let Some(s) = node.and_then(|n| sessions.get(&n)) {
+                s.signals.changed.notify_one();
             }
         }
         self.handled.fetch_max(ev.revision, Ordering::SeqCst);

@@ -70,6 +70,7 @@
 
 pub mod ack_lag;
 mod dispatch;
+mod ingress;
 mod join;
 pub mod node_labels;
 mod plan;
@@ -206,6 +207,11 @@ pub struct Hub {
     network: NetworkSettings,
     /// The overlay's routes between connected nodes ([`relay`]).
     relay: relay::Relay,
+    /// Every Ingress and the classes Skerry serves ([`ingress`]), rebuilt by the dispatcher.
+    ingress_table: std::sync::RwLock<Arc<ingress::IngressTable>>,
+    /// Each node's labels as the dispatcher last saw them: a session is woken for its
+    /// Ingresses only when they change.
+    ingress_node_labels: std::sync::Mutex<HashMap<String, serde_json::Value>>,
 }
 
 /// Errors that end one connection (never the hub).
@@ -324,6 +330,8 @@ impl Hub {
             ack_lag_limit: cfg.ack_lag_limit,
             network: cfg.network.clone(),
             relay: relay::Relay::default(),
+            ingress_table: std::sync::RwLock::default(),
+            ingress_node_labels: std::sync::Mutex::new(HashMap::new()),
         })
     }
 

@@ -197,6 +197,7 @@ pub async fn snapshot(
     members: &[ObjectKey],
     upto: u64,
     extra: Vec<Upsert>,
+    extra_refs: BTreeSet<ObjectRef>,
 ) -> Result<Vec<SyncBatch>, StoreError> {
     // The network settings and Services first: a pod's sandbox is made with the node's CNI
     // configuration, which the settings carry.
@@ -204,7 +205,7 @@ pub async fn snapshot(
         .into_iter()
         .map(|u| (u.object.object_ref().to_string(), u))
         .collect();
-    let mut refs = BTreeSet::new();
+    let mut refs = extra_refs;
     for key in members {
         if let PodRead::Present(u, r) = read_pod(store, node, key).await? {
             upserts.push((key.to_string(), *u));
@@ -271,6 +272,9 @@ pub struct Round<'a> {
     pub marked: Vec<(ObjectRef, u64)>,
     /// Upserts to send first, claiming `sent` (the node's network settings).
     pub extra: Vec<Upsert>,
+    /// The node's Ingress set, when it changed, and the TLS Secrets it names: one unit
+    /// claiming `sent`, each Secret at its current version (or deleted if missing).
+    pub ingress: Option<(Upsert, Vec<ObjectRef>)>,
 }
 
 /// The latest change per key up to `upto`, in revision order of that latest change.
@@ -297,6 +301,7 @@ pub async fn delta(store: &dyn Store, round: Round<'_>) -> Result<Vec<SyncBatch>
         network_changes,
         marked,
         extra,
+        ingress,
     } = round;
     let mut pods = Vec::new();
     for (key, rev) in latest(changes, upto) {
@@ -315,6 +320,18 @@ pub async fn delta(store: &dyn Store, round: Round<'_>) -> Result<Vec<SyncBatch>
     for u in extra {
         let mut unit = Unit::new(sent, u.object.object_ref().to_string());
         unit.push(Change::Upsert(u));
+        units.push(unit);
+    }
+    if let Some((set, refs)) = ingress {
+        let mut unit = Unit::new(sent, set.object.object_ref().to_string());
+        unit.push(Change::Upsert(set));
+        for r in refs {
+            if included.insert(r.clone()) {
+                if let Some(change) = read_config(store, &r, 0).await? {
+                    unit.push(change);
+                }
+            }
+        }
         units.push(unit);
     }
     let mut marked = marked;
@@ -438,6 +455,7 @@ mod tests {
                 network_changes: &[],
                 marked,
                 extra: Vec::new(),
+                ingress: None,
             },
         )
         .await
@@ -716,7 +734,7 @@ mod tests {
             ShardRead::Snapshot { members, upto } => (members, upto),
             ShardRead::Delta { .. } => panic!("expected a snapshot"),
         };
-        let parts = snapshot(&f.store, "n1", &members, upto, vec![])
+        let parts = snapshot(&f.store, "n1", &members, upto, vec![], BTreeSet::new())
             .await
             .unwrap();
         assert_eq!(parts.len(), 1, "a small slice fits one frame");

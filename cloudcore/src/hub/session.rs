@@ -45,6 +45,10 @@ pub(super) struct SliceView {
     settings: Vec<Upsert>,
     /// Whether `settings` went out in this session.
     settings_sent: bool,
+    /// The edge speaks v6: it gets the Ingresses it serves ([`super::ingress`]).
+    ingress: bool,
+    /// The Ingress set last sent in this session (`None`: none yet).
+    ingress_sent: Option<protocol::ingress::EdgeIngresses>,
 }
 
 /// A live session, as the rest of the hub finds it.
@@ -66,6 +70,9 @@ pub(super) struct Signals {
     /// ConfigMaps and Secrets to send: each only if its store revision is above the value
     /// (0: always), or as a delete if it does not exist.
     pub(super) marked: Mutex<HashMap<ObjectRef, u64>>,
+    /// The TLS Secrets of the Ingress set last sent to the node: written by the session,
+    /// read by the dispatcher to mark those Secrets' writes.
+    pub(super) ingress_refs: super::ingress::IngressRefs,
 }
 
 impl Signals {
@@ -179,6 +186,8 @@ impl Hub {
             network: hello.protocol_version >= 5,
             settings: Vec::new(),
             settings_sent: false,
+            ingress: ObjectKind::Ingress.known_to(hello.protocol_version),
+            ingress_sent: None,
         };
         if view.network {
             view.settings = self.network_upserts(node, view.version).await?;
@@ -357,14 +366,28 @@ impl Hub {
                 network_members = m;
                 upto = upto.min(u);
             }
-            // A snapshot carries every config its pods reference: the marks are covered.
-            let extra = view
+            // A snapshot carries every config its pods and its Ingresses reference: the marks
+            // are covered.
+            let mut extra: Vec<Upsert> = view
                 .settings
                 .clone()
                 .into_iter()
                 .chain(plan::network_upserts(self.store.as_ref(), &network_members).await?)
                 .collect();
-            let parts = plan::snapshot(self.store.as_ref(), node, &members, upto, extra).await?;
+            let mut extra_refs = std::collections::BTreeSet::new();
+            if view.ingress {
+                let (upsert, set) = self.ingress_upsert(node).await?;
+                extra.push(upsert);
+                extra_refs = super::ingress::secret_refs(&set);
+                *signals
+                    .ingress_refs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = extra_refs.clone();
+                view.ingress_sent = Some(set);
+            }
+            let parts =
+                plan::snapshot(self.store.as_ref(), node, &members, upto, extra, extra_refs)
+                    .await?;
             info!(
                 objects = parts.iter().map(|p| p.upserts.len()).sum::<usize>(),
                 parts = parts.len(),
@@ -382,13 +405,33 @@ impl Hub {
                 _ => (Vec::new(), u64::MAX),
             };
             let upto = sent.max(upto.min(network_upto).min(cap));
+            // The Ingress set goes when it changed (and in the session's first round), with
+            // the current version of every TLS Secret it names.
+            let mut ingress = None;
+            if view.ingress {
+                let (upsert, set) = self.ingress_upsert(node).await?;
+                if view.ingress_sent.as_ref() != Some(&set) {
+                    let refs = super::ingress::secret_refs(&set);
+                    *signals
+                        .ingress_refs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = refs.clone();
+                    ingress = Some((upsert, refs.into_iter().collect()));
+                    view.ingress_sent = Some(set);
+                }
+            }
             let marked: Vec<(ObjectRef, u64)> = if marked.is_empty() {
                 Vec::new()
             } else {
                 let index = self.index.read().await;
+                let ingress_refs = signals
+                    .ingress_refs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 marked
                     .into_iter()
-                    .filter(|(c, _)| index.references(node, c))
+                    .filter(|(c, _)| index.references(node, c) || ingress_refs.contains(c))
                     .collect()
             };
             let mut extra = Vec::new();
@@ -406,6 +449,7 @@ impl Hub {
                     network_changes: &network_changes,
                     marked,
                     extra,
+                    ingress,
                 },
             )
             .await?;
@@ -510,6 +554,7 @@ impl Hub {
                 EdgeObject::EndpointSlice(_) => "EndpointSlice",
                 EdgeObject::Network(_) => "Network",
                 EdgeObject::Overlay(_) => "Overlay",
+                EdgeObject::Ingress(_) => "Ingress",
             };
             metrics::counter!("skerry_hub_configs_sent_total", "kind" => kind).increment(1);
         }
@@ -522,6 +567,7 @@ impl Hub {
                 ObjectKind::EndpointSlice => "EndpointSlice",
                 ObjectKind::Network => "Network",
                 ObjectKind::Overlay => "Overlay",
+                ObjectKind::Ingress => "Ingress",
             };
             metrics::counter!("skerry_hub_config_deletes_sent_total", "kind" => kind).increment(1);
         }

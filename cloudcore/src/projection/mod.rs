@@ -382,7 +382,7 @@ pub fn edge_config(
         ObjectKind::Pod => edge_pod(value).map(EdgeObject::Pod),
         ObjectKind::Service => edge_service(value).map(EdgeObject::Service),
         ObjectKind::EndpointSlice => edge_endpoint_slice(value).map(EdgeObject::EndpointSlice),
-        ObjectKind::Network | ObjectKind::Overlay => Err(ProjectionError {
+        ObjectKind::Network | ObjectKind::Overlay | ObjectKind::Ingress => Err(ProjectionError {
             object: format!("network settings {}", name_of(value)),
             reason: "are built by the hub, not read from the store".into(),
         }),

@@ -124,7 +124,8 @@ impl ConfigSet {
             | ObjectKind::Service
             | ObjectKind::EndpointSlice
             | ObjectKind::Network
-            | ObjectKind::Overlay => {}
+            | ObjectKind::Overlay
+            | ObjectKind::Ingress => {}
         }
     }
 
@@ -276,6 +277,7 @@ fn entry_key(kind: ObjectKind, namespace: &str, name: &str) -> Vec<u8> {
         ObjectKind::EndpointSlice => format!("eps:{namespace}/{name}").into_bytes(),
         ObjectKind::Network => format!("net:{namespace}/{name}").into_bytes(),
         ObjectKind::Overlay => format!("ovl:{namespace}/{name}").into_bytes(),
+        ObjectKind::Ingress => format!("ing:{namespace}/{name}").into_bytes(),
     }
 }
 
@@ -286,6 +288,7 @@ fn network_kind(key: &[u8]) -> Option<ObjectKind> {
         b"eps:" => Some(ObjectKind::EndpointSlice),
         b"net:" => Some(ObjectKind::Network),
         b"ovl:" => Some(ObjectKind::Overlay),
+        b"ing:" => Some(ObjectKind::Ingress),
         _ => None,
     }
 }
@@ -642,7 +645,8 @@ impl Cache {
             ObjectKind::Service
             | ObjectKind::EndpointSlice
             | ObjectKind::Network
-            | ObjectKind::Overlay => &self.network,
+            | ObjectKind::Overlay
+            | ObjectKind::Ingress => &self.network,
         }
     }
 
@@ -661,7 +665,8 @@ impl Cache {
             ObjectKind::Service
             | ObjectKind::EndpointSlice
             | ObjectKind::Network
-            | ObjectKind::Overlay => {
+            | ObjectKind::Overlay
+            | ObjectKind::Ingress => {
                 codec::decode::<Cached<EdgeObject>>(&value).map(|c| c.revision)
             }
         }
@@ -706,7 +711,8 @@ impl Cache {
                 EdgeObject::Service(_)
                 | EdgeObject::EndpointSlice(_)
                 | EdgeObject::Network(_)
-                | EdgeObject::Overlay(_) => codec::encode(&Cached {
+                | EdgeObject::Overlay(_)
+                | EdgeObject::Ingress(_) => codec::encode(&Cached {
                     revision: up.revision,
                     object: &up.object,
                 })?,
@@ -760,7 +766,8 @@ impl Cache {
                         ObjectKind::Service
                         | ObjectKind::EndpointSlice
                         | ObjectKind::Network
-                        | ObjectKind::Overlay => network,
+                        | ObjectKind::Overlay
+                        | ObjectKind::Ingress => network,
                     };
                     match change {
                         Change::Put(value) => {
@@ -792,7 +799,8 @@ impl Cache {
     }
 
     /// Adds to `plan` the removal of every ConfigMap and Secret that no pod references once the
-    /// plan is applied. A corrupt pod entry references nothing: it does not run either.
+    /// plan is applied, except the TLS Secrets of the Ingresses the node serves. A corrupt pod
+    /// entry references nothing: it does not run either.
     fn collect_garbage(&self, plan: &mut Plan) -> Result<(), CacheError> {
         let mut referenced: HashSet<(ObjectKind, Vec<u8>)> = HashSet::new();
         let mut add_refs = |pod: &EdgePod| {
@@ -810,6 +818,37 @@ impl Cache {
             }
             if let Ok(cached) = codec::decode::<Cached<EdgePod>>(&value) {
                 add_refs(&cached.object);
+            }
+        }
+        // The TLS Secrets of the Ingresses the node serves are kept too: the batch's set if it
+        // writes one, else the cached one.
+        let mut ingress_sets: Vec<Vec<u8>> = plan
+            .changes
+            .iter()
+            .filter(|((k, _), _)| *k == ObjectKind::Ingress)
+            .filter_map(|(_, c)| match c {
+                Change::Put(v) => Some(v.clone()),
+                Change::Remove => None,
+            })
+            .collect();
+        for entry in self.network.scan_prefix(b"ing:") {
+            let (key, value) = entry.map_err(backend)?;
+            if !plan
+                .changes
+                .contains_key(&(ObjectKind::Ingress, key.to_vec()))
+            {
+                ingress_sets.push(value.to_vec());
+            }
+        }
+        for value in ingress_sets {
+            if let Ok(Cached {
+                object: EdgeObject::Ingress(set),
+                ..
+            }) = codec::decode::<Cached<EdgeObject>>(&value)
+            {
+                for (ns, name) in set.secret_refs() {
+                    referenced.insert((ObjectKind::Secret, object_key(&ns, &name)));
+                }
             }
         }
         for kind in [ObjectKind::ConfigMap, ObjectKind::Secret] {
@@ -909,6 +948,7 @@ impl DesiredState for Cache {
                 EdgeObject::EndpointSlice(s) => set.slices.push(s),
                 EdgeObject::Network(n) => set.network = Some(n),
                 EdgeObject::Overlay(o) => set.overlay = Some(o),
+                EdgeObject::Ingress(i) => set.ingresses = Some(i),
                 EdgeObject::Pod(_) | EdgeObject::ConfigMap(_) | EdgeObject::Secret(_) => {
                     tracing::error!("skipping a misplaced entry in the network tree of the cache")
                 }
