@@ -46,7 +46,9 @@ fn apply(cloud: &Cloud, obj: &Value) -> Result<()> {
 
 /// A port nothing listens on now.
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// curl's answer: (status code, body trimmed). `extra` are more curl arguments.
@@ -116,8 +118,8 @@ async fn two_services_behind_one_ingress_by_path_and_host_with_tls_offline_too()
     )?;
     // A self-signed certificate in a kubernetes.io/tls Secret, made by kubectl from files.
     let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["secure.example.com".to_string()])?
-        .self_signed(&key)?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["secure.example.com".to_string()])?.self_signed(&key)?;
     let (crt_file, key_file) = (
         cloud.dir.path().join("tls.crt"),
         cloud.dir.path().join("tls.key"),
@@ -136,9 +138,7 @@ async fn two_services_behind_one_ingress_by_path_and_host_with_tls_offline_too()
     ])?;
     anyhow::ensure!(ok, "{out}");
     let backend = |svc: &str, port: Value| json!({"service": {"name": svc, "port": port}});
-    let prefix = |path: &str, svc: &str, port: Value| {
-        json!({"path": path, "pathType": "Prefix", "backend": backend(svc, port)})
-    };
+    let prefix = |path: &str, svc: &str, port: Value| json!({"path": path, "pathType": "Prefix", "backend": backend(svc, port)});
     // No ingressClassName: the default class is admitted onto it, as in Kubernetes.
     apply(
         &cloud,
@@ -156,14 +156,21 @@ async fn two_services_behind_one_ingress_by_path_and_host_with_tls_offline_too()
     )?;
 
     // kubectl shows the class the admission chose and the node's address.
-    let row = eventually("kubectl get ingress shows the node address", LONG, || async {
-        let (ok, out) = cloud.kubectl(&["get", "ingress", "web"])?;
-        Ok((ok && out.contains(&node_ip)).then_some(out))
-    })
+    let row = eventually(
+        "kubectl get ingress shows the node address",
+        LONG,
+        || async {
+            let (ok, out) = cloud.kubectl(&["get", "ingress", "web"])?;
+            Ok((ok && out.contains(&node_ip)).then_some(out))
+        },
+    )
     .await?;
     assert!(row.contains("edge") && row.contains("80, 443"), "{row}");
     let (ok, classes) = cloud.kubectl(&["get", "ingressclass"])?;
-    assert!(ok && classes.contains("skerry.io/edge-ingress"), "{classes}");
+    assert!(
+        ok && classes.contains("skerry.io/edge-ingress"),
+        "{classes}"
+    );
 
     let base = format!("http://{node_ip}:{http_port}");
     let checks = |label: &'static str| {

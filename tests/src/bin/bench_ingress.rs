@@ -134,8 +134,7 @@ async fn load(target: SocketAddr, workers: usize, secs: u64) -> Result<Vec<f64>>
             let stream = tokio::net::TcpStream::connect(target).await?;
             stream.set_nodelay(true)?;
             let (mut send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await?;
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             let mut lat = Vec::new();
             let end = Instant::now() + Duration::from_secs(secs);
@@ -197,7 +196,9 @@ fn main() -> Result<()> {
             ingress.extend(load(http, workers, secs).await?);
             ingress_secs += t.elapsed().as_secs_f64();
         }
-        println!("{workers} keep-alive connections, {rounds} rounds of {secs} s per path, interleaved");
+        println!(
+            "{workers} keep-alive connections, {rounds} rounds of {secs} s per path, interleaved"
+        );
         println!("| path | requests/s | p50 | p99 |");
         println!("| --- | --- | --- | --- |");
         for (name, mut lat, total) in [
