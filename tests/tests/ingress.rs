@@ -171,6 +171,11 @@ async fn two_services_behind_one_ingress_by_path_and_host_with_tls_offline_too()
         ok && classes.contains("skerry.io/edge-ingress"),
         "{classes}"
     );
+    let (ok, described) = cloud.kubectl(&["describe", "ing", "web"])?;
+    assert!(
+        ok && described.contains("secure.example.com"),
+        "{described}"
+    );
 
     let base = format!("http://{node_ip}:{http_port}");
     let checks = |label: &'static str| {

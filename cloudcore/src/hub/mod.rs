@@ -64,6 +64,7 @@
 //! - `dispatch`: the one task that follows the store's change feed, keeps the config index and
 //!   wakes the sessions.
 //! - `plan`: what goes into each batch.
+//! - `ingress`: which Ingresses each node serves, sent as one set with their TLS Secrets.
 //!
 //! This file holds the [`Hub`] itself, its settings and endpoint, the accept loop and the
 //! choice between the two entrances.
@@ -207,7 +208,7 @@ pub struct Hub {
     network: NetworkSettings,
     /// The overlay's routes between connected nodes ([`relay`]).
     relay: relay::Relay,
-    /// Every Ingress and the classes Skerry serves ([`ingress`]), rebuilt by the dispatcher.
+    /// Every Ingress and the classes Skerry serves (`ingress`), rebuilt by the dispatcher.
     ingress_table: std::sync::RwLock<Arc<ingress::IngressTable>>,
     /// Each node's labels as the dispatcher last saw them: a session is woken for its
     /// Ingresses only when they change.

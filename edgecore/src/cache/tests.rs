@@ -943,3 +943,65 @@ async fn pods_cached_by_a_v4_edgecore_run_on_after_the_upgrade() {
         "the new layout still resyncs once, for the network tree"
     );
 }
+
+fn ingress_set(rev: u64, secrets: &[&str]) -> Upsert {
+    use protocol::ingress::*;
+    Upsert {
+        revision: rev,
+        object: EdgeObject::Ingress(EdgeIngresses {
+            node: "n1".into(),
+            ingresses: vec![EdgeIngress {
+                namespace: "default".into(),
+                name: "web".into(),
+                default_backend: None,
+                rules: vec![],
+                tls: secrets
+                    .iter()
+                    .map(|s| IngressTls {
+                        hosts: vec![],
+                        secret: s.to_string(),
+                    })
+                    .collect(),
+            }],
+        }),
+    }
+}
+
+#[tokio::test]
+async fn the_ingress_sets_tls_secrets_are_kept_while_the_set_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    c.apply(&batch(
+        3,
+        vec![
+            ingress_set(3, &["tls-a"]),
+            secret_up(2, secret("tls-a", b"a")),
+            secret_up(2, secret("stray", b"s")),
+        ],
+        vec![],
+    ))
+    .await
+    .unwrap();
+    assert!(c.configs().secret("default", "tls-a").is_some());
+    assert!(c.configs().secret("default", "stray").is_none());
+    assert_eq!(
+        c.network().ingresses.map(|s| s.ingresses.len()),
+        Some(1),
+        "the set is cached"
+    );
+    // A later batch without the set keeps what the cached set names.
+    c.apply(&batch(4, vec![], vec![])).await.unwrap();
+    assert!(c.configs().secret("default", "tls-a").is_some());
+    // The set stops naming it: it goes in that batch.
+    c.apply(&batch(5, vec![ingress_set(5, &[])], vec![]))
+        .await
+        .unwrap();
+    assert!(c.configs().secret("default", "tls-a").is_none());
+    drop(c);
+    let c = open(dir.path());
+    assert_eq!(
+        c.network().ingresses.map(|s| s.ingresses[0].tls.len()),
+        Some(0),
+        "the newest set survives a reopen"
+    );
+}
