@@ -3,7 +3,8 @@
 //! on the edge's Ingress router; HTTPS with a self-signed certificate from a
 //! `kubernetes.io/tls` Secret chosen by SNI; `kubectl get ingress` shows the node's address
 //! (written by the cloud's ingress-status controller); 404 for what no rule matches, 503 for a
-//! Service without endpoints; and everything still served after the cloud is killed (-9).
+//! Service without endpoints; a node taken out of the class's selector stops serving and
+//! serves again when put back; and everything still served after the cloud is killed (-9).
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -222,6 +223,24 @@ async fn two_services_behind_one_ingress_by_path_and_host_with_tls_offline_too()
         pods.insert(body.lines().nth(1).unwrap_or("").to_string());
     }
     assert_eq!(pods.len(), 2, "{pods:?}");
+
+    // The node leaves the class's selector: it serves nothing (its set is cleared, the
+    // ADDRESS goes); back in, it serves again.
+    let (ok, out) = cloud.kubectl(&["label", "node", "ing-edge", "site-"])?;
+    anyhow::ensure!(ok, "{out}");
+    eventually(
+        "a node out of the selector serves nothing",
+        LONG,
+        || async {
+            let (code, _) = curl(&format!("{base}/alpha/"), &[])?;
+            let (ok, out) = cloud.kubectl(&["get", "ingress", "web"])?;
+            Ok((code == 404 && ok && !out.contains(&node_ip)).then_some(()))
+        },
+    )
+    .await?;
+    let (ok, out) = cloud.kubectl(&["label", "node", "ing-edge", "site=hall-2"])?;
+    anyhow::ensure!(ok, "{out}");
+    checks("served again once selected").await?;
 
     // The cloud dies: the router serves from the node's cache, TLS included.
     let mut cloud = cloud;

@@ -272,9 +272,17 @@ pub struct Round<'a> {
     pub marked: Vec<(ObjectRef, u64)>,
     /// Upserts to send first, claiming `sent` (the node's network settings).
     pub extra: Vec<Upsert>,
-    /// The node's Ingress set, when it changed, and the TLS Secrets it names: one unit
-    /// claiming `sent`, each Secret at its current version (or deleted if missing).
-    pub ingress: Option<(Upsert, Vec<ObjectRef>)>,
+    /// The node's Ingress set, when it changed: one unit claiming `sent`.
+    pub ingress: Option<IngressChange>,
+}
+
+/// What a round sends of the node's Ingress set.
+pub enum IngressChange {
+    /// The set, and the TLS Secrets it names, each at its current version (or deleted if
+    /// missing).
+    Set(Upsert, Vec<ObjectRef>),
+    /// The node serves nothing: a delete of the set it may hold (a no-op if it holds none).
+    Clear(ObjectRef),
 }
 
 /// The latest change per key up to `upto`, in revision order of that latest change.
@@ -322,17 +330,25 @@ pub async fn delta(store: &dyn Store, round: Round<'_>) -> Result<Vec<SyncBatch>
         unit.push(Change::Upsert(u));
         units.push(unit);
     }
-    if let Some((set, refs)) = ingress {
-        let mut unit = Unit::new(sent, set.object.object_ref().to_string());
-        unit.push(Change::Upsert(set));
-        for r in refs {
-            if included.insert(r.clone()) {
-                if let Some(change) = read_config(store, &r, 0).await? {
-                    unit.push(change);
+    match ingress {
+        Some(IngressChange::Set(set, refs)) => {
+            let mut unit = Unit::new(sent, set.object.object_ref().to_string());
+            unit.push(Change::Upsert(set));
+            for r in refs {
+                if included.insert(r.clone()) {
+                    if let Some(change) = read_config(store, &r, 0).await? {
+                        unit.push(change);
+                    }
                 }
             }
+            units.push(unit);
         }
-        units.push(unit);
+        Some(IngressChange::Clear(r)) => {
+            let mut unit = Unit::new(sent, r.to_string());
+            unit.push(Change::Delete(r));
+            units.push(unit);
+        }
+        None => {}
     }
     let mut marked = marked;
     marked.sort();

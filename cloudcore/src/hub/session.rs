@@ -376,8 +376,11 @@ impl Hub {
                 .collect();
             let mut extra_refs = std::collections::BTreeSet::new();
             if view.ingress {
+                // A snapshot replaces everything the edge holds: an empty set needs nothing.
                 let (upsert, set) = self.ingress_upsert(node).await?;
-                extra.push(upsert);
+                if !set.ingresses.is_empty() {
+                    extra.push(upsert);
+                }
                 extra_refs = super::ingress::secret_refs(&set);
                 *signals
                     .ingress_refs
@@ -416,7 +419,11 @@ impl Hub {
                         .ingress_refs
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = refs.clone();
-                    ingress = Some((upsert, refs.into_iter().collect()));
+                    ingress = Some(if set.ingresses.is_empty() {
+                        plan::IngressChange::Clear(upsert.object.object_ref())
+                    } else {
+                        plan::IngressChange::Set(upsert, refs.into_iter().collect())
+                    });
                     view.ingress_sent = Some(set);
                 }
             }
