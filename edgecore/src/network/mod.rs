@@ -9,8 +9,8 @@
 
 pub mod cni;
 pub mod dns;
-pub mod overlay;
 pub mod ingress;
+pub mod overlay;
 pub mod proxy;
 pub mod publish;
 pub mod view;

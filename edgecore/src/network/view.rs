@@ -1,8 +1,8 @@
 //! [`ServiceView`]: one consistent picture of the Services a node routes.
 
-use protocol::overlay::OverlayNetwork;
 use protocol::config::EdgeSecret;
 use protocol::ingress::EdgeIngresses;
+use protocol::overlay::OverlayNetwork;
 use protocol::service::{ClusterNetwork, EdgeEndpointSlice, EdgeService, Endpoint};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
