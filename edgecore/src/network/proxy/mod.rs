@@ -28,6 +28,9 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The longest wait between two attempts of a proxy that keeps failing.
+pub const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The proxy's settings.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -40,7 +43,8 @@ pub struct ProxyConfig {
     pub node_addrs: Option<NodeAddrs>,
     /// At most one apply per this interval; changes within it are coalesced.
     pub min_sync_interval: Duration,
-    /// How long to wait before retrying a failed apply.
+    /// How long to wait before retrying a failed apply (or a failed start-up check); it
+    /// doubles with each failure in a row, up to [`MAX_RETRY_INTERVAL`].
     pub retry_interval: Duration,
     /// A re-render with no view change (node addresses may have changed), and a check that
     /// the table is still there (rebuilt whole if not).
@@ -71,6 +75,44 @@ pub async fn run(config: ProxyConfig, mut view: ViewReceiver, shutdown: impl Fut
     let mut dirty = true;
     let mut next_allowed = Instant::now();
     tracing::info!(%table, "service proxy starting");
+    let mut backoff = wire::backoff::Backoff::new(config.retry_interval, MAX_RETRY_INTERVAL);
+    // Once, up front: a node that cannot run nft at all (not root, no nftables package) says
+    // so in one line and a gauge, then checks again with back-off instead of failing (and
+    // logging) an apply every second.
+    let mut preflight_failed = false;
+    loop {
+        match applier.tools().preflight().await {
+            Ok(()) => break,
+            Err(e) => {
+                metrics::gauge!("skerry_edge_proxy_ready").set(0.0);
+                if !preflight_failed {
+                    tracing::error!(error = %e, %table,
+                        "the service proxy cannot program nftables: Services do not route on this \
+                         node until it can (run edgecore as root with Debian's nftables package, \
+                         or pass --service-proxy=false); checking again with back-off");
+                    preflight_failed = true;
+                } else {
+                    tracing::debug!(error = %e, "the service proxy still cannot program nftables");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = &mut shutdown => return,
+                }
+            }
+        }
+    }
+    backoff.reset();
+    if preflight_failed {
+        tracing::info!(%table, "the service proxy can program nftables now");
+    }
+    metrics::gauge!("skerry_edge_proxy_ready").set(1.0);
+    if !applier.tools().conntrack_present().await {
+        tracing::warn!(
+            "conntrack cannot be run (Debian's conntrack package): when a UDP endpoint \
+                        leaves, its clients' flows stay on it until they idle out"
+        );
+    }
+    let mut last_error: Option<String> = None;
     loop {
         if dirty {
             tokio::select! {
@@ -111,12 +153,27 @@ pub async fn run(config: ProxyConfig, mut view: ViewReceiver, shutdown: impl Fut
                 }
                 Err(e) => {
                     metrics::counter!("skerry_edge_proxy_sync_failures_total").increment(1);
-                    tracing::error!(error = %e, "service proxy apply failed; retrying");
+                    metrics::gauge!("skerry_edge_proxy_ready").set(0.0);
+                    let text = e.to_string();
+                    // The same refusal again is not news: once at error, then at debug.
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        tracing::error!(error = %text, "service proxy apply failed; retrying with back-off");
+                    } else {
+                        tracing::debug!(error = %text, "service proxy apply failed again");
+                    }
+                    last_error = Some(text);
                 }
+            }
+            if !dirty {
+                if last_error.take().is_some() {
+                    tracing::info!(%table, "service proxy applies again");
+                }
+                metrics::gauge!("skerry_edge_proxy_ready").set(1.0);
+                backoff.reset();
             }
             next_allowed = Instant::now()
                 + if dirty {
-                    config.retry_interval
+                    backoff.next_delay()
                 } else {
                     config.min_sync_interval
                 };
