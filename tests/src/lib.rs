@@ -1417,6 +1417,12 @@ pub struct SyncClient {
 }
 
 impl SyncClient {
+    /// The QUIC connection, for its statistics (UDP bytes each way: what the edge link
+    /// carries, headers, acks and keep-alives included).
+    pub fn connection(&self) -> quinn::Connection {
+        self.conn.clone()
+    }
+
     /// Opens a session for the node whose identity is in `edge_dir`, claiming `acked`.
     pub async fn connect(cloud: &Cloud, edge_dir: &Path, node: &str, acked: u64) -> Result<Self> {
         match Self::connect_speaking(cloud, edge_dir, node, acked, protocol::PROTOCOL_VERSION)
