@@ -12,8 +12,15 @@ MQTT=${SKERRY_MQTT_PORT:-8883}
 CTRD="$DEMO/containerd"
 BRIDGE=skerrydemo0
 NETWORK=skerry-demo
-# Pod addresses of the demo network (10.188.0.0/24), to find its leftovers.
-SUBNET_PREFIX=10.188.0.
+# The demo cloud's cluster CIDR: the node's pod CIDR (spec.podCIDR) is a /24 of it, from which
+# edgecore writes the CNI configuration (--cni-conf-dir), so the demo pod gets an address of
+# its node's own range. Its prefix finds the demo's leftovers.
+CLUSTER_CIDR=10.188.0.0/16
+SUBNET_PREFIX=10.188.
+# The demo edge's Service proxy table and cluster DNS interface (left in place when edgecore
+# stops, on purpose; `stop` removes them).
+PROXY_TABLE=skerrydemo
+DNS_IFACE=skerrydemo-dns
 BIN=target/release
 
 stop() {
@@ -50,6 +57,8 @@ stop() {
   done
   ip link del "$BRIDGE" 2>/dev/null || true
   rm -rf "/var/lib/cni/networks/$NETWORK"
+  nft delete table ip "$PROXY_TABLE" 2>/dev/null || true
+  ip link del "$DNS_IFACE" 2>/dev/null || true
 }
 # Stops the process whose pid file is $1 (TERM, then up to 5 s) and removes the file.
 stop_pid() {
@@ -83,7 +92,7 @@ for _ in $(seq 100); do [ -S "$CTRD/containerd.sock" ] && break; sleep 0.1; done
 "$BIN/edgecore" image import --containerd-socket "$CTRD/containerd.sock" target/images/pause.tar target/images/busybox.tar
 
 "$BIN/cloudcore" --data-dir "$DEMO/cloud" serve --api-addr "127.0.0.1:$API" --hub-addr "127.0.0.1:$HUB" \
-  --mqtt-listen "127.0.0.1:$MQTT" >"$DEMO/cloudcore.log" 2>&1 &
+  --mqtt-listen "127.0.0.1:$MQTT" --cluster-cidr "$CLUSTER_CIDR" >"$DEMO/cloudcore.log" 2>&1 &
 echo $! >"$DEMO/cloudcore.pid"
 for _ in $(seq 100); do [ -f "$DEMO/cloud/pki/ca.crt" ] && break; sleep 0.1; done
 if [ ! -f "$DEMO/cloud/pki/ca.crt" ]; then
@@ -125,7 +134,9 @@ fi
 # hello-pod.yaml selects site=demo.
 "${KUBECTL[@]}" label node demo-edge site=demo --overwrite >/dev/null
 "$BIN/edgecore" --data-dir "$DEMO/edge" run --node-ip 127.0.0.1 \
-  --runtime cri --cri-socket "$CTRD/containerd.sock" >"$DEMO/edgecore.log" 2>&1 &
+  --runtime cri --cri-socket "$CTRD/containerd.sock" \
+  --cni-conf-dir "$CTRD/cni" --cni-network "$NETWORK" --cni-bridge "$BRIDGE" \
+  --proxy-table "$PROXY_TABLE" --dns-interface "$DNS_IFACE" >"$DEMO/edgecore.log" 2>&1 &
 echo $! >"$DEMO/edgecore.pid"
 sleep 1
 if ! kill -0 "$(cat "$DEMO/edgecore.pid")" 2>/dev/null; then

@@ -151,6 +151,31 @@ impl Tools {
         }
     }
 
+    /// The value of an integer sysctl (`sysctl -n KEY`), if it can be read.
+    pub async fn sysctl_get(&self, key: &str) -> Option<u64> {
+        let ran = self
+            .run(std::path::Path::new("sysctl"), &["-n", key], None)
+            .await
+            .ok()?;
+        ran.ok.then(|| ran.stdout.trim().parse().ok()).flatten()
+    }
+
+    /// Sets an integer sysctl (`sysctl -w KEY=VALUE`); the error in words.
+    pub async fn sysctl_set(&self, key: &str, value: u64) -> Result<(), String> {
+        let arg = format!("{key}={value}");
+        match self
+            .run(std::path::Path::new("sysctl"), &["-q", "-w", &arg], None)
+            .await
+        {
+            Ok(r) if r.ok => Ok(()),
+            Ok(r) => Err(format!(
+                "sysctl -w {arg} failed ({}): {}",
+                r.status, r.stderr
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Whether `conntrack` can be run (only UDP endpoint changes need it).
     pub async fn conntrack_present(&self) -> bool {
         self.run(&self.conntrack, &["--version"], None)

@@ -17,6 +17,7 @@
 //! [`ServiceView`]: crate::network::view::ServiceView
 
 pub mod apply;
+pub mod conntrack;
 pub mod ruleset;
 
 pub use apply::{Applier, ApplyError, Synced, Tools};
@@ -49,6 +50,8 @@ pub struct ProxyConfig {
     /// A re-render with no view change (node addresses may have changed), and a check that
     /// the table is still there (rebuilt whole if not).
     pub resync_interval: Duration,
+    /// Conntrack bounds set at start (kube-proxy's); `None` leaves conntrack as it is.
+    pub conntrack: Option<conntrack::ConntrackLimits>,
 }
 
 impl Default for ProxyConfig {
@@ -60,6 +63,7 @@ impl Default for ProxyConfig {
             min_sync_interval: Duration::from_millis(100),
             retry_interval: Duration::from_secs(1),
             resync_interval: Duration::from_secs(30),
+            conntrack: Some(conntrack::ConntrackLimits::default()),
         }
     }
 }
@@ -106,6 +110,9 @@ pub async fn run(config: ProxyConfig, mut view: ViewReceiver, shutdown: impl Fut
         tracing::info!(%table, "the service proxy can program nftables now");
     }
     metrics::gauge!("skerry_edge_proxy_ready").set(1.0);
+    if let Some(limits) = &config.conntrack {
+        set_conntrack_limits(applier.tools(), limits).await;
+    }
     if !applier.tools().conntrack_present().await {
         tracing::warn!(
             "conntrack cannot be run (Debian's conntrack package): when a UDP endpoint \
@@ -202,5 +209,33 @@ pub async fn run(config: ProxyConfig, mut view: ViewReceiver, shutdown: impl Fut
     match applier.remove(&table).await {
         Ok(()) => tracing::info!(%table, "service proxy stopped; its table is removed"),
         Err(e) => tracing::error!(error = %e, "service proxy could not remove its table"),
+    }
+}
+
+/// Applies [`conntrack::plan`]: grows the table, shortens the long TCP timeouts. A refusal is
+/// logged (a container host may not let the node change them) and never stops the proxy.
+async fn set_conntrack_limits(tools: &Tools, limits: &conntrack::ConntrackLimits) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let mut current = std::collections::BTreeMap::new();
+    for key in [
+        conntrack::MAX,
+        conntrack::TCP_ESTABLISHED,
+        conntrack::TCP_CLOSE_WAIT,
+    ] {
+        if let Some(v) = tools.sysctl_get(key).await {
+            current.insert(key, v);
+        }
+    }
+    for (key, value) in conntrack::plan(limits, cores, |k| current.get(k).copied()) {
+        match tools.sysctl_set(key, value).await {
+            Ok(()) => tracing::info!(
+                key,
+                was = current.get(key).copied(),
+                now = value,
+                "service proxy bounded connection tracking"
+            ),
+            Err(e) => tracing::warn!(key, error = %e,
+                "cannot bound connection tracking; the kernel's setting stays"),
+        }
     }
 }
