@@ -632,8 +632,9 @@ impl Cache {
         metrics::gauge!("skerry_edge_desired_state_known").set(if known { 1.0 } else { 0.0 });
     }
 
-    /// A number that grows with every applied batch that wrote a Service, an EndpointSlice or
-    /// the network settings (0 for a cache just opened). A reader of [`DesiredState::network`]
+    /// A number that grows with every applied batch that wrote the network tree (a Service,
+    /// an EndpointSlice, the network settings, the overlay's routes; 0 for a cache just
+    /// opened). A reader of [`DesiredState::network`]
     /// that remembers it reads the network tree again only when it moved: the pod-sync pass,
     /// which runs on every wake-up and every 10 s, would otherwise decode every Service and
     /// slice each time.
@@ -792,12 +793,11 @@ impl Cache {
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         result.map_err(|e| backend(format!("{e:?}")))?;
-        let touched_network = plan.changes.keys().any(|(kind, _)| {
-            matches!(
-                kind,
-                ObjectKind::Service | ObjectKind::EndpointSlice | ObjectKind::Network
-            )
-        });
+        // Whatever lives in the network tree counts (the overlay's routes too).
+        let touched_network = plan
+            .changes
+            .keys()
+            .any(|(kind, _)| std::ptr::eq(self.tree(*kind), &self.network));
         if touched_network {
             self.network_generation
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
