@@ -83,7 +83,9 @@ for d in "$DEMO/cloud" "$DEMO/edge"; do if [ -d "$d" ]; then chmod 700 "$d"; fi;
 # containerd: the edge node configuration of deploy/containerd/, with private paths.
 sed -e "s#^version = 2#version = 2\nroot = \"$CTRD/root\"\nstate = \"$CTRD/state\"\n[grpc]\n  address = \"$CTRD/containerd.sock\"\n[ttrpc]\n  address = \"$CTRD/containerd.sock.ttrpc\"#" \
   -e "s#/etc/cni/net.d#$CTRD/cni#" deploy/containerd/config.toml >"$CTRD/config.toml"
-sed -e "s#\"skerry0\"#\"$BRIDGE\"#" -e "s#\"name\": \"skerry\"#\"name\": \"$NETWORK\"#" -e "s#10.88.0.0/16#10.188.0.0/24#" \
+# A fallback until edgecore writes the node's own (the first sync): its range, 10.188.255.0/24,
+# is never a node's pod CIDR here, so the demo pod's address shows which configuration it got.
+sed -e "s#\"skerry0\"#\"$BRIDGE\"#" -e "s#\"name\": \"skerry\"#\"name\": \"$NETWORK\"#" -e "s#10.88.0.0/16#10.188.255.0/24#" \
   deploy/containerd/10-skerry.conflist >"$CTRD/cni/10-skerry.conflist"
 setsid containerd --config "$CTRD/config.toml" >"$DEMO/containerd.log" 2>&1 &
 echo $! >"$DEMO/containerd.pid"
@@ -152,6 +154,7 @@ for _ in $(seq 300); do
   sleep 0.2
 done
 "${KUBECTL[@]}" get pods -o wide
+echo "node demo-edge's pod CIDR: $("${KUBECTL[@]}" get node demo-edge -o jsonpath='{.spec.podCIDR}')"
 if [ "$ready" != "true" ]; then
   echo "the sample pod did not become ready; see $DEMO/edgecore.log and $DEMO/containerd.log"; exit 1
 fi
