@@ -2,8 +2,8 @@
 //! cluster-IP path of `services.rs`:
 //! - node ports reached on the node's own address (not the cluster IP), TCP and UDP, balanced
 //!   over the three pods of a Deployment;
-//! - `externalTrafficPolicy: Local` / `internalTrafficPolicy: Local` refuse the connection on a
-//!   node without a local endpoint, and route once the endpoint is this node's;
+//! - `externalTrafficPolicy: Local` / `internalTrafficPolicy: Local` route to an endpoint on
+//!   this node, and refuse the connection at once when the endpoint is on another node;
 //! - `sessionAffinity: ClientIP` keeps one client on one pod;
 //! - the cluster DNS from inside a pod: a Service name, the short name through the search
 //!   path, a headless StatefulSet pod's name, SRV for named ports, an ExternalName CNAME;
@@ -211,12 +211,14 @@ async fn node_ports_policies_affinity_and_dns_on_real_containers() -> Result<()>
     );
     assert_eq!(stuck.len(), 1, "one client, one pod: {stuck:?}");
 
-    // 3. Local traffic policies on a node without a local endpoint refuse, at once; the same
-    // endpoint under Cluster policies answers, and the Local Service answers once the
-    // endpoint is this node's.
-    let (far_ip_pod, far_ip) = pods[0].clone();
-    for (name, local) in [("far", false), ("far-local", true)] {
-        let (svc, sl) = service_with_slice(name, local, far_ip, "elsewhere");
+    // 3. Local traffic policies. The Local Service first answers with its endpoint on this
+    // node (so its rules are in the table), then, the endpoint said to be on another node, is
+    // refused at once on the node port and the cluster IP, while the same remote endpoint
+    // under Cluster policies still answers.
+    let (far_pod, far_ip) = pods[0].clone();
+    let only_far = BTreeSet::from([far_pod.clone()]);
+    for (name, local, on) in [("far", false, "elsewhere"), ("far-local", true, node)] {
+        let (svc, sl) = service_with_slice(name, local, far_ip, on);
         apply(&cloud, &svc).await?;
         apply(&cloud, &sl).await?;
     }
@@ -226,37 +228,34 @@ async fn node_ports_policies_affinity_and_dns_on_real_containers() -> Result<()>
         node_port(&cloud, "far-local", "http").await?
     );
     let local_vip = format!("{}:80", cluster_ip(&cloud, "far-local").await?);
+    for (what, addr) in [
+        ("the Cluster Service's node port, remote endpoint", &far_np),
+        ("the Local Service's node port, local endpoint", &local_np),
+        ("the Local Service's cluster IP, local endpoint", &local_vip),
+    ] {
+        eventually(&format!("{what} answers"), LONG, || async {
+            Ok((answers(addr, 3).await == only_far).then_some(()))
+        })
+        .await?;
+    }
+    apply(&cloud, &slice("far-local", far_ip, "elsewhere")).await?;
     eventually(
-        "the Cluster-policy Service reaches the remote endpoint",
-        LONG,
-        || async {
-            Ok((answers(&far_np, 3).await == BTreeSet::from([far_ip_pod.clone()])).then_some(()))
-        },
-    )
-    .await?;
-    eventually(
-        "externalTrafficPolicy: Local refuses the node port",
+        "externalTrafficPolicy: Local refuses the node port with only a remote endpoint",
         LONG,
         || async { Ok(refused(&local_np).await.then_some(())) },
     )
     .await?;
     eventually(
-        "internalTrafficPolicy: Local refuses the cluster IP",
+        "internalTrafficPolicy: Local refuses the cluster IP with only a remote endpoint",
         LONG,
         || async { Ok(refused(&local_vip).await.then_some(())) },
     )
     .await?;
-    apply(&cloud, &slice("far-local", far_ip, node)).await?;
-    for (what, addr) in [("node port", &local_np), ("cluster IP", &local_vip)] {
-        eventually(
-            &format!("the Local Service's {what} answers with a local endpoint"),
-            LONG,
-            || async {
-                Ok((answers(addr, 3).await == BTreeSet::from([far_ip_pod.clone()])).then_some(()))
-            },
-        )
-        .await?;
-    }
+    assert_eq!(
+        answers(&far_np, 3).await,
+        only_far,
+        "the same remote endpoint under Cluster policies answers"
+    );
 
     // 4. The cluster DNS from inside a pod.
     eventually("2 ready db endpoints", LONG, || async {
