@@ -12,8 +12,15 @@ MQTT=${SKERRY_MQTT_PORT:-8883}
 CTRD="$DEMO/containerd"
 BRIDGE=skerrydemo0
 NETWORK=skerry-demo
-# Pod addresses of the demo network (10.188.0.0/24), to find its leftovers.
-SUBNET_PREFIX=10.188.0.
+# The demo cloud's cluster CIDR: the node's pod CIDR (spec.podCIDR) is a /24 of it, from which
+# edgecore writes the CNI configuration (--cni-conf-dir), so the demo pod gets an address of
+# its node's own range. Its prefix finds the demo's leftovers.
+CLUSTER_CIDR=10.188.0.0/16
+SUBNET_PREFIX=10.188.
+# The demo edge's Service proxy table and cluster DNS interface (left in place when edgecore
+# stops, on purpose; `stop` removes them).
+PROXY_TABLE=skerrydemo
+DNS_IFACE=skerrydemo-dns
 BIN=target/release
 
 stop() {
@@ -50,6 +57,8 @@ stop() {
   done
   ip link del "$BRIDGE" 2>/dev/null || true
   rm -rf "/var/lib/cni/networks/$NETWORK"
+  nft delete table ip "$PROXY_TABLE" 2>/dev/null || true
+  ip link del "$DNS_IFACE" 2>/dev/null || true
 }
 # Stops the process whose pid file is $1 (TERM, then up to 5 s) and removes the file.
 stop_pid() {
@@ -74,7 +83,9 @@ for d in "$DEMO/cloud" "$DEMO/edge"; do if [ -d "$d" ]; then chmod 700 "$d"; fi;
 # containerd: the edge node configuration of deploy/containerd/, with private paths.
 sed -e "s#^version = 2#version = 2\nroot = \"$CTRD/root\"\nstate = \"$CTRD/state\"\n[grpc]\n  address = \"$CTRD/containerd.sock\"\n[ttrpc]\n  address = \"$CTRD/containerd.sock.ttrpc\"#" \
   -e "s#/etc/cni/net.d#$CTRD/cni#" deploy/containerd/config.toml >"$CTRD/config.toml"
-sed -e "s#\"skerry0\"#\"$BRIDGE\"#" -e "s#\"name\": \"skerry\"#\"name\": \"$NETWORK\"#" -e "s#10.88.0.0/16#10.188.0.0/24#" \
+# A fallback until edgecore writes the node's own (the first sync): its range, 10.188.255.0/24,
+# is never a node's pod CIDR here, so the demo pod's address shows which configuration it got.
+sed -e "s#\"skerry0\"#\"$BRIDGE\"#" -e "s#\"name\": \"skerry\"#\"name\": \"$NETWORK\"#" -e "s#10.88.0.0/16#10.188.255.0/24#" \
   deploy/containerd/10-skerry.conflist >"$CTRD/cni/10-skerry.conflist"
 setsid containerd --config "$CTRD/config.toml" >"$DEMO/containerd.log" 2>&1 &
 echo $! >"$DEMO/containerd.pid"
@@ -83,7 +94,7 @@ for _ in $(seq 100); do [ -S "$CTRD/containerd.sock" ] && break; sleep 0.1; done
 "$BIN/edgecore" image import --containerd-socket "$CTRD/containerd.sock" target/images/pause.tar target/images/busybox.tar
 
 "$BIN/cloudcore" --data-dir "$DEMO/cloud" serve --api-addr "127.0.0.1:$API" --hub-addr "127.0.0.1:$HUB" \
-  --mqtt-listen "127.0.0.1:$MQTT" >"$DEMO/cloudcore.log" 2>&1 &
+  --mqtt-listen "127.0.0.1:$MQTT" --cluster-cidr "$CLUSTER_CIDR" >"$DEMO/cloudcore.log" 2>&1 &
 echo $! >"$DEMO/cloudcore.pid"
 for _ in $(seq 100); do [ -f "$DEMO/cloud/pki/ca.crt" ] && break; sleep 0.1; done
 if [ ! -f "$DEMO/cloud/pki/ca.crt" ]; then
@@ -125,7 +136,9 @@ fi
 # hello-pod.yaml selects site=demo.
 "${KUBECTL[@]}" label node demo-edge site=demo --overwrite >/dev/null
 "$BIN/edgecore" --data-dir "$DEMO/edge" run --node-ip 127.0.0.1 \
-  --runtime cri --cri-socket "$CTRD/containerd.sock" >"$DEMO/edgecore.log" 2>&1 &
+  --runtime cri --cri-socket "$CTRD/containerd.sock" \
+  --cni-conf-dir "$CTRD/cni" --cni-network "$NETWORK" --cni-bridge "$BRIDGE" \
+  --proxy-table "$PROXY_TABLE" --dns-interface "$DNS_IFACE" >"$DEMO/edgecore.log" 2>&1 &
 echo $! >"$DEMO/edgecore.pid"
 sleep 1
 if ! kill -0 "$(cat "$DEMO/edgecore.pid")" 2>/dev/null; then
@@ -141,6 +154,7 @@ for _ in $(seq 300); do
   sleep 0.2
 done
 "${KUBECTL[@]}" get pods -o wide
+echo "node demo-edge's pod CIDR: $("${KUBECTL[@]}" get node demo-edge -o jsonpath='{.spec.podCIDR}')"
 if [ "$ready" != "true" ]; then
   echo "the sample pod did not become ready; see $DEMO/edgecore.log and $DEMO/containerd.log"; exit 1
 fi

@@ -415,6 +415,7 @@ fn main() -> anyhow::Result<()> {
                 services: cloudcore::api::services::ServiceNetwork {
                     cidr: service_cluster_ip_range,
                     node_ports: service_node_port_range,
+                    cluster_dns: Some(cluster_dns),
                 },
                 api_conn_limits: cloudcore::api::conn_limits::Limits {
                     per_address: usize::try_from(max_conns_per_address).unwrap_or(usize::MAX),

@@ -134,9 +134,16 @@ fn desired(cache: &Cache) -> Desired {
 
 /// Brings the node's network view (and its CNI configuration) up to date with the cache; runs
 /// before the pods of the same cache state are synced, so a sandbox is never made before the
-/// CNI configuration of its node's CIDR is written.
-fn sync_network(cache: &Cache, view: &ViewSender, cni: Option<&CniConfig>) {
-    crate::network::publish::refresh_from_cache(view, cache);
+/// CNI configuration of its node's CIDR is written. The view is rebuilt from the cache only
+/// when a batch has written network objects since `seen` (the cache's
+/// [`Cache::network_generation`], updated here); `None` reads it whatever.
+fn sync_network(cache: &Cache, view: &ViewSender, cni: Option<&CniConfig>, seen: &mut Option<u64>) {
+    // Read before the tree: a batch landing in between is read now and again next pass.
+    let generation = cache.network_generation();
+    if *seen != Some(generation) {
+        crate::network::publish::refresh_from_cache(view, cache);
+        *seen = Some(generation);
+    }
     let cidr = view
         .borrow()
         .network
@@ -226,7 +233,8 @@ pub async fn run(
     info!(%node, pods = cached.pods.len(), configs = cached.configs.len(),
           acked_revision = cache.acked_revision(), %host_ip,
           desired_state_unknown = ?cached.unknown, "starting pods from the cache");
-    sync_network(&cache, &view_tx, opts.cni.as_ref());
+    let mut network_seen = None;
+    sync_network(&cache, &view_tx, opts.cni.as_ref(), &mut network_seen);
     manager.sync(cached).await;
 
     // Every long-running loop runs supervised: one that ends or panics is restarted, counted,
@@ -284,6 +292,8 @@ pub async fn run(
                 cni.clone(),
             );
             async move {
+                // A restarted loop reads the tree once more, then only after network batches.
+                let mut network_seen: Option<u64> = None;
                 loop {
                     // Level-triggered: every wake-up hands the whole cached slice to the
                     // manager; the periodic pass heals anything a missed notification left.
@@ -294,7 +304,7 @@ pub async fn run(
                         }
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(10), woken).await;
-                    sync_network(&cache, &view_tx, cni.as_ref());
+                    sync_network(&cache, &view_tx, cni.as_ref(), &mut network_seen);
                     manager.sync(desired(&cache)).await;
                     metrics::gauge!("skerry_edge_pod_workers")
                         .set(manager.worker_count().await as f64);

@@ -10,6 +10,7 @@ pub mod measure;
 pub mod mqtt;
 pub mod netns;
 pub mod podnet;
+pub mod svc;
 
 pub use mqtt::Mosquitto;
 
@@ -221,6 +222,10 @@ pub struct CloudOptions {
     /// Run cloudcore inside a network namespace of a [`netns::Net`], serving on its address
     /// (loopback of the test's own namespace if unset).
     pub place: Option<netns::Place>,
+    /// `--service-node-port-range` of 10 ports that only this cloud hands out
+    /// ([`Cloud::node_port_range`]): for tests whose edges program node ports into the
+    /// machine's tables, where another test's edge would answer the same port.
+    pub own_node_ports: bool,
 }
 
 /// A running (or stopped) cloudcore.
@@ -247,6 +252,9 @@ pub struct Cloud {
     /// This cloud's cluster CIDR (`--cluster-cidr`, /24s per node), a /20 of 10.112.0.0/12 of
     /// its own, for the same reason (edges given `--cni-conf-dir` route their pods from it).
     pub cluster_cidr: String,
+    /// This cloud's node port range with [`CloudOptions::own_node_ports`]: 10 ports of
+    /// 30000-32767 of its own.
+    pub node_port_range: String,
     _slot: CloudSlot,
 }
 
@@ -298,6 +306,11 @@ impl CloudSlot {
         format!("10.96.{}.0/24", self.slot)
     }
 
+    fn node_port_range(&self) -> String {
+        let first = 30000 + self.slot * 10;
+        format!("{first}-{}", first + 9)
+    }
+
     fn cluster_cidr(&self) -> String {
         format!("10.{}.{}.0/20", 112 + self.slot / 16, (self.slot % 16) * 16)
     }
@@ -344,6 +357,7 @@ impl Cloud {
             http: None,
             service_cidr: slot.service_cidr(),
             cluster_cidr: slot.cluster_cidr(),
+            node_port_range: slot.node_port_range(),
             _slot: slot,
         };
         if cloud.opts.mosquitto {
@@ -407,6 +421,10 @@ impl Cloud {
             .arg(&self.service_cidr)
             .arg("--cluster-cidr")
             .arg(&self.cluster_cidr);
+        if self.opts.own_node_ports {
+            cmd.arg("--service-node-port-range")
+                .arg(&self.node_port_range);
+        }
         if let Some(n) = self.opts.watch_history {
             cmd.arg("--watch-history").arg(n.to_string());
         }
@@ -803,6 +821,9 @@ pub struct Edge {
     /// The `edgecore run` flags of a networked edge (CNI directory, proxy table, DNS
     /// interface): `run` only, `edgecore logs` does not take them.
     network_args: Vec<String>,
+    /// The address the edge reports (`--node-ip`) and serves metrics on, when not the
+    /// place's or loopback ([`Edge::join_and_start_process_networked`]).
+    node_ip: Option<String>,
 }
 
 /// Numbers the names of networked edges' tables and interfaces within one test process.
@@ -956,11 +977,6 @@ impl Edge {
             "--cri-socket".to_string(),
             ctrd.socket.to_string_lossy().into_owned(),
         ];
-        let tag = NETWORK_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (table, iface) = (
-            format!("skt{}x{tag}", std::process::id()),
-            format!("skd{}x{tag}", std::process::id() % 100_000),
-        );
         let mut network_args = vec![
             "--cni-conf-dir".to_string(),
             ctrd.dir().join("cni").to_string_lossy().into_owned(),
@@ -968,6 +984,45 @@ impl Edge {
             ctrd.network.clone(),
             "--cni-bridge".to_string(),
             ctrd.bridge.clone(),
+        ];
+        network_args.extend(extra.iter().map(|s| s.to_string()));
+        Self::join_and_start_networked(cloud, name, run_args, network_args, None, place).await
+    }
+
+    /// A process-runtime edge (pods are host processes on the host's network) running its
+    /// Service proxy and cluster DNS under names of its own, reporting `node_ip` (a routable
+    /// address of this machine, so that its pods, whose pod IP is the node's, are endpoints).
+    pub async fn join_and_start_process_networked(
+        cloud: &Cloud,
+        name: &str,
+        node_ip: &str,
+    ) -> Result<Self> {
+        let run_args = vec!["--runtime".to_string(), "process".to_string()];
+        Self::join_and_start_networked(
+            cloud,
+            name,
+            run_args,
+            Vec::new(),
+            Some(node_ip.into()),
+            None,
+        )
+        .await
+    }
+
+    async fn join_and_start_networked(
+        cloud: &Cloud,
+        name: &str,
+        run_args: Vec<String>,
+        mut network_args: Vec<String>,
+        node_ip: Option<String>,
+        place: Option<netns::Place>,
+    ) -> Result<Self> {
+        let tag = NETWORK_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (table, iface) = (
+            format!("skt{}x{tag}", std::process::id()),
+            format!("skd{}x{tag}", std::process::id() % 100_000),
+        );
+        network_args.extend([
             "--proxy-table".to_string(),
             table.clone(),
             "--dns-interface".to_string(),
@@ -976,8 +1031,7 @@ impl Edge {
             format!("sko{}x{tag}", std::process::id() % 100_000),
             "--overlay-table".to_string(),
             format!("{table}o"),
-        ];
-        network_args.extend(extra.iter().map(|s| s.to_string()));
+        ]);
         let mut edge = Self::join_prepare(
             cloud,
             name,
@@ -990,6 +1044,7 @@ impl Edge {
         )?;
         edge.network_owned = Some((table, iface));
         edge.network_args = network_args;
+        edge.node_ip = node_ip;
         edge.start()?;
         Ok(edge)
     }
@@ -1058,12 +1113,16 @@ impl Edge {
             timing_args: TEST_TIMING.iter().map(|a| a.to_string()).collect(),
             network_owned: None,
             network_args: Vec::new(),
+            node_ip: None,
         };
         Ok(edge)
     }
 
     /// The address edgecore reports and serves its metrics on.
     pub fn ip(&self) -> String {
+        if let Some(ip) = &self.node_ip {
+            return ip.clone();
+        }
         self.place
             .as_ref()
             .map_or_else(|| "127.0.0.1".to_string(), |p| p.ip.to_string())
@@ -1358,6 +1417,12 @@ pub struct SyncClient {
 }
 
 impl SyncClient {
+    /// The QUIC connection, for its statistics (UDP bytes each way: what the edge link
+    /// carries, headers, acks and keep-alives included).
+    pub fn connection(&self) -> quinn::Connection {
+        self.conn.clone()
+    }
+
     /// Opens a session for the node whose identity is in `edge_dir`, claiming `acked`.
     pub async fn connect(cloud: &Cloud, edge_dir: &Path, node: &str, acked: u64) -> Result<Self> {
         match Self::connect_speaking(cloud, edge_dir, node, acked, protocol::PROTOCOL_VERSION)

@@ -37,16 +37,21 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `f` on a thread inside the named network namespace; sockets it makes stay there.
 pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let path = format!("/run/netns/{ns}");
+    in_ns_path(&format!("/run/netns/{ns}"), f)
+}
+
+/// Runs `f` on a thread inside the network namespace at `path` (`/run/netns/NAME`, or a
+/// process's `/proc/PID/ns/net`); sockets it makes stay there.
+pub fn in_ns_path<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| -> Result<T> {
-            let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            let file = std::fs::File::open(path).with_context(|| format!("open {path}"))?;
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("setns into {ns}"))?;
+                .with_context(|| format!("setns into {path}"))?;
             Ok(f())
         })
         .join()
-        .map_err(|_| anyhow::anyhow!("a thread in {ns} panicked"))?
+        .map_err(|_| anyhow::anyhow!("a thread in {path} panicked"))?
     })
 }
 

@@ -6,100 +6,14 @@
 //! the others keep serving.
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 use skerry_tests::containerd::{Containerd, BUSYBOX_IMAGE};
+use skerry_tests::svc::{answers, apply, get, ready_endpoints, web};
 use skerry_tests::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// One HTTP/1.0 GET on a fresh connection: the body, or the error (its kind tells a refusal
-/// from a timeout).
-async fn get(addr: &str, path: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut out))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out"))??;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.trim().to_string())
-        .unwrap_or_default())
-}
-
-/// Which pods answer `n` fresh connections to `addr`.
-async fn answers(addr: &str, n: usize) -> BTreeSet<String> {
-    let mut seen = BTreeSet::new();
-    for _ in 0..n {
-        if let Ok(body) = get(addr, "/name").await {
-            seen.insert(body);
-        }
-    }
-    seen
-}
-
-/// The web Deployment: each pod serves its own name at /name, is ready while /www/ready
-/// exists, and a CGI at /cgi-bin/fail removes that file (the test's way to fail one pod's
-/// readiness without exec).
-fn web(replicas: u32) -> Value {
-    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
-          "template": {"metadata": {"labels": {"app": "web"}},
-            "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
-              "name": "httpd", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
-              "command": ["/bin/sh", "-c",
-                "mkdir -p /www/cgi-bin && hostname > /www/name && touch /www/ready && \
-                 printf '#!/bin/sh\\nrm -f /www/ready\\necho Content-Type: text/plain\\necho\\necho failed\\n' > /www/cgi-bin/fail && \
-                 chmod +x /www/cgi-bin/fail && exec httpd -f -p 8080 -h /www"],
-              "ports": [{"name": "http", "containerPort": 8080}],
-              "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"},
-                                 "periodSeconds": 1, "failureThreshold": 1}}]}}}})
-}
-
-async fn apply(cloud: &Cloud, obj: &Value) -> Result<()> {
-    let file = cloud.dir.path().join(format!("{}.json", rand_name()));
-    std::fs::write(&file, obj.to_string())?;
-    let (ok, out) = cloud.kubectl(&["apply", "-f", &file.to_string_lossy()])?;
-    anyhow::ensure!(ok, "kubectl apply: {out}");
-    Ok(())
-}
-
-fn rand_name() -> String {
-    format!(
-        "m{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    )
-}
-
-/// Ready endpoint addresses of the Service's slices, as the cloud has them.
-async fn ready_endpoints(cloud: &Cloud, service: &str) -> Result<BTreeSet<String>> {
-    let list = cloud
-        .get(&format!(
-            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name%3D{service}"
-        ))
-        .await?
-        .context("no slice list")?;
-    let mut out = BTreeSet::new();
-    for s in list["items"].as_array().into_iter().flatten() {
-        for e in s["endpoints"].as_array().into_iter().flatten() {
-            if e["conditions"]["ready"] != json!(false) {
-                if let Some(a) = e["addresses"][0].as_str() {
-                    out.insert(a.to_string());
-                }
-            }
-        }
-    }
-    Ok(out)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_ip_balances_over_ready_pods_from_the_host_and_from_a_pod_by_name() -> Result<()>

@@ -219,6 +219,9 @@ pub struct Cache {
     /// Notified when the cache forgot its revision for a full resync (see
     /// [`Cache::forget_for_resync`]); the link ends its session and reconnects.
     resync: std::sync::Arc<tokio::sync::Notify>,
+    /// Counts the applied batches that wrote the `network` tree (see
+    /// [`Cache::network_generation`]).
+    network_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The marker file and what it last recorded.
@@ -375,6 +378,7 @@ impl Cache {
             db: db.clone(),
             marker: MarkerFile::new(marker_path),
             resync: Default::default(),
+            network_generation: Default::default(),
         };
         // Every record is read once: sled checks each against its CRC, so damage shows here
         // rather than under a running node.
@@ -560,6 +564,7 @@ impl Cache {
             db,
             marker: MarkerFile::new(marker_path),
             resync: Default::default(),
+            network_generation: Default::default(),
         };
         let id = recovery::new_id();
         cache
@@ -630,6 +635,17 @@ impl Cache {
     fn publish_state(&self) {
         let known = self.unknown_reason().is_none();
         metrics::gauge!("skerry_edge_desired_state_known").set(if known { 1.0 } else { 0.0 });
+    }
+
+    /// A number that grows with every applied batch that wrote the network tree (a Service,
+    /// an EndpointSlice, the network settings, the overlay's routes; 0 for a cache just
+    /// opened). A reader of [`DesiredState::network`]
+    /// that remembers it reads the network tree again only when it moved: the pod-sync pass,
+    /// which runs on every wake-up and every 10 s, would otherwise decode every Service and
+    /// slice each time.
+    pub fn network_generation(&self) -> u64 {
+        self.network_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The underlying database, for other trees of the same node (the outbox).
@@ -786,6 +802,15 @@ impl Cache {
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         result.map_err(|e| backend(format!("{e:?}")))?;
+        // Whatever lives in the network tree counts (the overlay's routes too).
+        let touched_network = plan
+            .changes
+            .keys()
+            .any(|(kind, _)| std::ptr::eq(self.tree(*kind), &self.network));
+        if touched_network {
+            self.network_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         self.db.flush_async().await.map_err(backend)?;
         let marker = self.marker.clone();
         // A small file written and synced: off the async threads, as sled's flush is.

@@ -1005,3 +1005,35 @@ async fn the_ingress_sets_tls_secrets_are_kept_while_the_set_names_them() {
         "the newest set survives a reopen"
     );
 }
+
+#[tokio::test]
+async fn the_network_generation_moves_only_with_batches_that_write_network_objects() {
+    let root = tempfile::tempdir().unwrap();
+    let c = open(&root.path().join("cache"));
+    assert_eq!(c.network_generation(), 0);
+    c.apply(&batch(1, vec![up(1, pod("a", "busybox"))], vec![]))
+        .await
+        .unwrap();
+    assert_eq!(c.network_generation(), 0, "a pod-only batch");
+    c.apply(&batch(2, vec![at(2, svc("web", 80))], vec![]))
+        .await
+        .unwrap();
+    assert_eq!(c.network_generation(), 1);
+    // An older version of the same Service (a resend after a reconnect) writes nothing.
+    c.apply(&batch(3, vec![at(1, svc("web", 80))], vec![]))
+        .await
+        .unwrap();
+    assert_eq!(c.network_generation(), 1, "an ignored stale upsert");
+    c.apply(&batch(4, vec![at(4, settings("10.244.1.0/24"))], vec![]))
+        .await
+        .unwrap();
+    assert_eq!(c.network_generation(), 2);
+    c.apply(&batch(5, vec![], vec![del(ObjectKind::Service, "web")]))
+        .await
+        .unwrap();
+    assert_eq!(c.network_generation(), 3, "a delete");
+    c.apply(&batch(6, vec![], vec![del(ObjectKind::Pod, "a")]))
+        .await
+        .unwrap();
+    assert_eq!(c.network_generation(), 3);
+}

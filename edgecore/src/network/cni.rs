@@ -72,10 +72,14 @@ pub fn ensure(cfg: &CniConfig, pod_cidr: &str) -> std::io::Result<bool> {
     let previous = written_cidr(cfg);
     write_atomically(&path, wanted.as_bytes())?;
     match previous {
-        Some(old) if old != pod_cidr => tracing::info!(
+        // Only a node registered anew (a re-join under a new Node, a reset cloud) gets here:
+        // the API refuses to change a live Node's podCIDR. Old addresses may be another
+        // node's now, so the operator is told to drain (docs/networking.md, "Pod CIDRs").
+        Some(old) if old != pod_cidr => tracing::warn!(
             old, new = pod_cidr, file = %path.display(),
-            "CNI configuration rewritten for the node's pod CIDR: new pods get addresses from it, \
-             pods already running keep theirs until they are recreated"
+            "the node's pod CIDR changed: new pods get addresses from the new one, pods already \
+             running keep their old address until they are recreated, and the old range may be \
+             another node's now; drain this node (kubectl drain) to recreate them"
         ),
         _ => tracing::info!(pod_cidr, file = %path.display(), "CNI configuration written"),
     }

@@ -10,7 +10,11 @@
 //! Per change: the time from the API's answer until each node has the batch (p50, p99, last),
 //! the frame bytes each node receives (the sync frame, before QUIC and UDP headers), and
 //! cloudcore's CPU time (utime + stime from /proc) spent for the whole fan-out, from which the
-//! per-node cost and the figure at 10,000 nodes are extrapolated linearly.
+//! per-node cost and the figure at 10,000 nodes are extrapolated linearly. The bytes on the
+//! edge link are the QUIC connections' UDP datagram bytes, both ways, from the write until the
+//! acks are in (300 ms after the last node had it): the frame plus QUIC's headers,
+//! encryption, acknowledgements, the edge's ack frame, and whatever keep-alive (1 s) fell in
+//! that window.
 
 use protocol::messages::{CloudMessage, EdgeObject, SyncBatch};
 use serde_json::{json, Value};
@@ -99,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let (mark_tx, mark_rx) = watch::channel(0u32);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u32, Instant, usize)>();
     let mut dirs = Vec::new();
+    let mut conns = Vec::new();
     for i in 0..nodes {
         let dir = private_temp_dir()?;
         let node = format!("fan-{i}");
@@ -116,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|r| anyhow::anyhow!("{node} refused: {r}"))?;
         let snap = client.next_batch(Duration::from_secs(30)).await?;
         client.ack(snap.revision).await?;
+        conns.push(client.connection());
         let (mut marks, done) = (mark_rx.clone(), done_tx.clone());
         tokio::spawn(async move {
             loop {
@@ -140,9 +146,18 @@ async fn main() -> anyhow::Result<()> {
     let mut lasts = Vec::new();
     let mut bytes = Vec::new();
     let mut cpu_per_change = Vec::new();
+    let (mut wire_down, mut wire_up) = (Vec::new(), Vec::new());
+    // UDP bytes (cloud to edge, edge to cloud) summed over every node's connection.
+    let wire = |conns: &[quinn::Connection]| {
+        conns.iter().fold((0u64, 0u64), |(rx, tx), c| {
+            let s = c.stats();
+            (rx + s.udp_rx.bytes, tx + s.udp_tx.bytes)
+        })
+    };
     for c in 0..changes {
         let mark = (c + 1) as u32;
         let cpu0 = cpu_seconds(pid);
+        let wire0 = wire(&conns);
         let path;
         let body;
         if endpoints == 0 {
@@ -161,7 +176,9 @@ async fn main() -> anyhow::Result<()> {
                 .get(&path)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no slice"))?;
-            let ready = endpoints - 1 - (c % 2).min(endpoints - 1);
+            // One endpoint's readiness flips: all but one ready, then all, and so on (the
+            // slice starts all ready, so every write changes it, with one endpoint too).
+            let ready = if c % 2 == 0 { endpoints - 1 } else { endpoints };
             mark_tx.send_replace(ready as u32);
             let mut next = slice(endpoints, ready);
             next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
@@ -188,6 +205,9 @@ async fn main() -> anyhow::Result<()> {
         // Let the acks land before reading the CPU: they are part of the change's cost.
         tokio::time::sleep(Duration::from_millis(300)).await;
         cpu_per_change.push(cpu_seconds(pid) - cpu0);
+        let wire1 = wire(&conns);
+        wire_down.push((wire1.0 - wire0.0) as f64 / nodes as f64);
+        wire_up.push((wire1.1 - wire0.1) as f64 / nodes as f64);
     }
     let what = if endpoints == 0 {
         "Service port change".to_string()
@@ -195,14 +215,16 @@ async fn main() -> anyhow::Result<()> {
         format!("EndpointSlice of {endpoints} endpoints, one readiness flip")
     };
     let cpu_ms = pct(&cpu_per_change, 0.5) * 1e3;
-    println!("| change | nodes | delivery p50 ms | p99 ms | last node ms (median) | frame bytes per node | cloudcore CPU ms per change (median) | CPU µs per node | extrapolated CPU at 10,000 nodes |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| change | nodes | delivery p50 ms | p99 ms | last node ms (median) | frame bytes per node | UDP bytes per node, cloud→edge / edge→cloud (median) | cloudcore CPU ms per change (median) | CPU µs per node | extrapolated CPU at 10,000 nodes |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {what} | {nodes} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.0} | {:.2} s |",
+        "| {what} | {nodes} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} / {:.0} | {:.1} | {:.0} | {:.2} s |",
         pct(&latencies, 0.5),
         pct(&latencies, 0.99),
         pct(&lasts, 0.5),
         pct(&bytes, 0.5),
+        pct(&wire_down, 0.5),
+        pct(&wire_up, 0.5),
         cpu_ms,
         cpu_ms * 1e3 / nodes as f64,
         cpu_ms / nodes as f64 * 10_000.0 / 1e3,

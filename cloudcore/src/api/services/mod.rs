@@ -30,6 +30,11 @@
 //!   process-wide lock, until the Service carrying it is written (see
 //!   [`ResourceHandler::allocate`]). Deleting a Service frees what it held. This relies on one
 //!   cloudcore writing the store, which holds for the embedded store.
+//! - The cluster DNS address (`--cluster-dns`) is never handed out, and a Service asking for it
+//!   gets a 422, whatever its name (a `kube-system/kube-dns` too): on Skerry no Service backs
+//!   that address, each edge answers it with its own DNS server. kube-apiserver reserves only
+//!   the `kubernetes` Service's address and leaves the DNS one to convention; here the edge
+//!   proxy would otherwise have to choose between the two.
 //! - A requested cluster IP must be in range and free (else 422 `provided IP is already
 //!   allocated`); `clusterIP: None` makes a headless Service and takes nothing. The same holds
 //!   for requested node ports.
@@ -247,6 +252,7 @@ impl ServiceHandler {
     ) -> Vec<FieldError> {
         let mut errs = Vec::new();
         let cidr = self.network.cidr;
+        let reserved = self.network.cluster_dns;
         let (old_ips, old_ports) = old.map(held).unwrap_or_default();
         let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
             return errs;
@@ -262,7 +268,8 @@ impl ServiceHandler {
                 "" => {
                     let size = cidr.size();
                     match pick(size, static_band(size), |o| {
-                        used_ips.contains_key(&cidr.nth(o))
+                        let ip = cidr.nth(o);
+                        used_ips.contains_key(&ip) || reserved == Some(ip)
                     }) {
                         Some(o) => Some(cidr.nth(o)),
                         None => {
@@ -283,6 +290,14 @@ impl ServiceHandler {
                             "spec.clusterIPs",
                             &json!([s]),
                             format!("failed to allocate IP {s}: the provided IP ({s}) is not in the valid range. The range of valid IPs is {cidr}"),
+                        ));
+                        None
+                    }
+                    Ok(ip) if reserved == Some(ip) => {
+                        errs.push(FieldError::invalid(
+                            "spec.clusterIPs",
+                            &json!([s]),
+                            format!("failed to allocate IP {s}: provided IP is reserved for the cluster DNS (cloudcore --cluster-dns), which every edge answers itself; a Service holding it would never reach its endpoints. Leave clusterIP out or pick another address"),
                         ));
                         None
                     }

@@ -148,6 +148,10 @@ pub struct ServiceNetwork {
     pub cidr: ServiceCidr,
     /// Node ports come from here.
     pub node_ports: NodePortRange,
+    /// The cluster DNS address (`--cluster-dns`), a Service-CIDR address that no Service may
+    /// hold: every edge owns it locally for its own DNS server (docs/networking.md, "Cluster
+    /// DNS"), so a Service given it would be answered by that server, never by its endpoints.
+    pub cluster_dns: Option<Ipv4Addr>,
 }
 
 impl Default for ServiceNetwork {
@@ -161,6 +165,7 @@ impl Default for ServiceNetwork {
                 first: 30000,
                 last: 32767,
             },
+            cluster_dns: Some(Ipv4Addr::new(10, 96, 0, 10)),
         }
     }
 }

@@ -137,6 +137,7 @@ fn assignment_never_hands_out_a_held_value() {
     let h = ServiceHandler::new(ServiceNetwork {
         cidr: "10.0.0.0/29".parse().unwrap(),
         node_ports: "30000-30002".parse().unwrap(),
+        cluster_dns: None,
     });
     let used = held_by((1..=5).map(|i| Ipv4Addr::new(10, 0, 0, i)));
     let ports = held_by([30000i64, 30002]);
@@ -174,6 +175,45 @@ fn assignment_never_hands_out_a_held_value() {
     assert!(h.assign(&mut headless, None, &all, &ports).is_empty());
     assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
     assert!(!takes_something(&headless, None));
+}
+
+#[test]
+fn the_cluster_dns_address_is_never_handed_out_nor_granted_on_request() {
+    // A /29 has 6 usable addresses: with 5 held and the sixth the cluster DNS, the range is
+    // full rather than giving pods' nameserver to a Service.
+    let h = ServiceHandler::new(ServiceNetwork {
+        cidr: "10.0.0.0/29".parse().unwrap(),
+        node_ports: "30000-30002".parse().unwrap(),
+        cluster_dns: Some(Ipv4Addr::new(10, 0, 0, 6)),
+    });
+    let none = held_by(std::iter::empty::<Ipv4Addr>());
+    let ports = held_by(std::iter::empty::<i64>());
+    let used = held_by((1..=5).map(|i| Ipv4Addr::new(10, 0, 0, i)));
+    let mut v = svc(json!({"ports": [{"port": 80}]}));
+    let errs = h.assign(&mut v, None, &used, &ports);
+    assert!(errs[0].to_string().contains("range is full"), "{errs:?}");
+    // Over many picks from an empty range, never the reserved one.
+    for _ in 0..200 {
+        let mut v = svc(json!({"ports": [{"port": 80}]}));
+        assert!(h.assign(&mut v, None, &none, &ports).is_empty());
+        assert_ne!(v["spec"]["clusterIP"], "10.0.0.6");
+    }
+    // Asked for by name, even as kube-system/kube-dns: a 422 naming the field.
+    let mut kube_dns = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+        "spec": {"clusterIP": "10.0.0.6", "ports": [{"port": 53, "protocol": "UDP"}]}});
+    let errs = h.assign(&mut kube_dns, None, &none, &ports);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let text = errs[0].to_string();
+    assert!(
+        text.starts_with("spec.clusterIPs: Invalid value: [\"10.0.0.6\"]: failed to allocate IP 10.0.0.6: provided IP is reserved for the cluster DNS"),
+        "{text}"
+    );
+    // A Service that held it before the reservation keeps it across an update (it is not
+    // routed by the edges, whose proxy skips it).
+    let old = json!({"spec": {"clusterIP": "10.0.0.6", "clusterIPs": ["10.0.0.6"], "ports": [{"port": 80}]}});
+    let mut update = svc(json!({"clusterIP": "10.0.0.6", "ports": [{"port": 80}]}));
+    assert!(h.assign(&mut update, Some(&old), &none, &ports).is_empty());
 }
 
 #[test]

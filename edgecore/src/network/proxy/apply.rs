@@ -129,6 +129,60 @@ impl Tools {
         })
     }
 
+    /// Whether this process can program nftables at all: `nft` is there and may list the
+    /// tables (which needs root or CAP_NET_ADMIN). Checked once at start, so that a node that
+    /// cannot route Services says so in one clear line instead of failing every apply.
+    pub async fn preflight(&self) -> Result<(), String> {
+        let uid = nix::unistd::geteuid();
+        let who = if uid.is_root() {
+            String::new()
+        } else {
+            format!(" (edgecore runs as uid {uid}, not root: it needs root or CAP_NET_ADMIN)")
+        };
+        match self.run(&self.nft, &["list", "tables", "ip"], None).await {
+            Ok(r) if r.ok => Ok(()),
+            Ok(r) => Err(format!(
+                "{} list tables failed ({}): {}{who}",
+                self.nft.display(),
+                r.status,
+                r.stderr
+            )),
+            Err(e) => Err(format!("{e}{who}")),
+        }
+    }
+
+    /// The value of an integer sysctl (`sysctl -n KEY`), if it can be read.
+    pub async fn sysctl_get(&self, key: &str) -> Option<u64> {
+        let ran = self
+            .run(std::path::Path::new("sysctl"), &["-n", key], None)
+            .await
+            .ok()?;
+        ran.ok.then(|| ran.stdout.trim().parse().ok()).flatten()
+    }
+
+    /// Sets an integer sysctl (`sysctl -w KEY=VALUE`); the error in words.
+    pub async fn sysctl_set(&self, key: &str, value: u64) -> Result<(), String> {
+        let arg = format!("{key}={value}");
+        match self
+            .run(std::path::Path::new("sysctl"), &["-q", "-w", &arg], None)
+            .await
+        {
+            Ok(r) if r.ok => Ok(()),
+            Ok(r) => Err(format!(
+                "sysctl -w {arg} failed ({}): {}",
+                r.status, r.stderr
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whether `conntrack` can be run (only UDP endpoint changes need it).
+    pub async fn conntrack_present(&self) -> bool {
+        self.run(&self.conntrack, &["--version"], None)
+            .await
+            .is_ok_and(|r| r.ok)
+    }
+
     /// Whether the `ip` table `table` exists (`nft list tables ip`, cheap whatever its size).
     pub async fn table_exists(&self, table: &str) -> Result<bool, ApplyError> {
         let ran = self.run(&self.nft, &["list", "tables", "ip"], None).await?;
@@ -264,5 +318,26 @@ impl Applier {
         self.applied = None;
         let text = format!("add table ip {table}\ndelete table ip {table}\n");
         self.tools.nft_apply(table, &text).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_start_up_check_names_a_missing_nft_and_what_to_install() {
+        let tools = Tools {
+            nft: "/nonexistent/skerry-test/nft".into(),
+            ..Tools::default()
+        };
+        let err = tools.preflight().await.unwrap_err();
+        assert!(err.contains("/nonexistent/skerry-test/nft"), "{err}");
+        assert!(err.contains("nftables"), "{err}");
+        let tools = Tools {
+            conntrack: "/nonexistent/skerry-test/conntrack".into(),
+            ..Tools::default()
+        };
+        assert!(!tools.conntrack_present().await);
     }
 }

@@ -17,6 +17,7 @@
 //! [`ServiceView`]: crate::network::view::ServiceView
 
 pub mod apply;
+pub mod conntrack;
 pub mod ruleset;
 
 pub use apply::{Applier, ApplyError, Synced, Tools};
@@ -27,6 +28,9 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The longest wait between two attempts of a proxy that keeps failing.
+pub const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The proxy's settings.
 #[derive(Debug, Clone)]
@@ -40,11 +44,14 @@ pub struct ProxyConfig {
     pub node_addrs: Option<NodeAddrs>,
     /// At most one apply per this interval; changes within it are coalesced.
     pub min_sync_interval: Duration,
-    /// How long to wait before retrying a failed apply.
+    /// How long to wait before retrying a failed apply (or a failed start-up check); it
+    /// doubles with each failure in a row, up to [`MAX_RETRY_INTERVAL`].
     pub retry_interval: Duration,
     /// A re-render with no view change (node addresses may have changed), and a check that
     /// the table is still there (rebuilt whole if not).
     pub resync_interval: Duration,
+    /// Conntrack bounds set at start (kube-proxy's); `None` leaves conntrack as it is.
+    pub conntrack: Option<conntrack::ConntrackLimits>,
 }
 
 impl Default for ProxyConfig {
@@ -56,6 +63,7 @@ impl Default for ProxyConfig {
             min_sync_interval: Duration::from_millis(100),
             retry_interval: Duration::from_secs(1),
             resync_interval: Duration::from_secs(30),
+            conntrack: Some(conntrack::ConntrackLimits::default()),
         }
     }
 }
@@ -71,6 +79,47 @@ pub async fn run(config: ProxyConfig, mut view: ViewReceiver, shutdown: impl Fut
     let mut dirty = true;
     let mut next_allowed = Instant::now();
     tracing::info!(%table, "service proxy starting");
+    let mut backoff = wire::backoff::Backoff::new(config.retry_interval, MAX_RETRY_INTERVAL);
+    // Once, up front: a node that cannot run nft at all (not root, no nftables package) says
+    // so in one line and a gauge, then checks again with back-off instead of failing (and
+    // logging) an apply every second.
+    let mut preflight_failed = false;
+    loop {
+        match applier.tools().preflight().await {
+            Ok(()) => break,
+            Err(e) => {
+                metrics::gauge!("skerry_edge_proxy_ready").set(0.0);
+                if !preflight_failed {
+                    tracing::error!(error = %e, %table,
+                        "the service proxy cannot program nftables: Services do not route on this \
+                         node until it can (run edgecore as root with Debian's nftables package, \
+                         or pass --service-proxy=false); checking again with back-off");
+                    preflight_failed = true;
+                } else {
+                    tracing::debug!(error = %e, "the service proxy still cannot program nftables");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = &mut shutdown => return,
+                }
+            }
+        }
+    }
+    backoff.reset();
+    if preflight_failed {
+        tracing::info!(%table, "the service proxy can program nftables now");
+    }
+    metrics::gauge!("skerry_edge_proxy_ready").set(1.0);
+    if let Some(limits) = &config.conntrack {
+        set_conntrack_limits(applier.tools(), limits).await;
+    }
+    if !applier.tools().conntrack_present().await {
+        tracing::warn!(
+            "conntrack cannot be run (Debian's conntrack package): when a UDP endpoint \
+                        leaves, its clients' flows stay on it until they idle out"
+        );
+    }
+    let mut last_error: Option<String> = None;
     loop {
         if dirty {
             tokio::select! {
@@ -111,12 +160,27 @@ pub async fn run(config: ProxyConfig, mut view: ViewReceiver, shutdown: impl Fut
                 }
                 Err(e) => {
                     metrics::counter!("skerry_edge_proxy_sync_failures_total").increment(1);
-                    tracing::error!(error = %e, "service proxy apply failed; retrying");
+                    metrics::gauge!("skerry_edge_proxy_ready").set(0.0);
+                    let text = e.to_string();
+                    // The same refusal again is not news: once at error, then at debug.
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        tracing::error!(error = %text, "service proxy apply failed; retrying with back-off");
+                    } else {
+                        tracing::debug!(error = %text, "service proxy apply failed again");
+                    }
+                    last_error = Some(text);
                 }
+            }
+            if !dirty {
+                if last_error.take().is_some() {
+                    tracing::info!(%table, "service proxy applies again");
+                }
+                metrics::gauge!("skerry_edge_proxy_ready").set(1.0);
+                backoff.reset();
             }
             next_allowed = Instant::now()
                 + if dirty {
-                    config.retry_interval
+                    backoff.next_delay()
                 } else {
                     config.min_sync_interval
                 };
@@ -145,5 +209,33 @@ pub async fn run(config: ProxyConfig, mut view: ViewReceiver, shutdown: impl Fut
     match applier.remove(&table).await {
         Ok(()) => tracing::info!(%table, "service proxy stopped; its table is removed"),
         Err(e) => tracing::error!(error = %e, "service proxy could not remove its table"),
+    }
+}
+
+/// Applies [`conntrack::plan`]: grows the table, shortens the long TCP timeouts. A refusal is
+/// logged (a container host may not let the node change them) and never stops the proxy.
+async fn set_conntrack_limits(tools: &Tools, limits: &conntrack::ConntrackLimits) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let mut current = std::collections::BTreeMap::new();
+    for key in [
+        conntrack::MAX,
+        conntrack::TCP_ESTABLISHED,
+        conntrack::TCP_CLOSE_WAIT,
+    ] {
+        if let Some(v) = tools.sysctl_get(key).await {
+            current.insert(key, v);
+        }
+    }
+    for (key, value) in conntrack::plan(limits, cores, |k| current.get(k).copied()) {
+        match tools.sysctl_set(key, value).await {
+            Ok(()) => tracing::info!(
+                key,
+                was = current.get(key).copied(),
+                now = value,
+                "service proxy bounded connection tracking"
+            ),
+            Err(e) => tracing::warn!(key, error = %e,
+                "cannot bound connection tracking; the kernel's setting stays"),
+        }
     }
 }

@@ -215,6 +215,15 @@ impl Builder<'_> {
             );
             return;
         };
+        if view.network.as_ref().map(|n| n.cluster_dns) == Some(IpAddr::V4(vip)) {
+            // The node's own DNS server owns that address (the cloud refuses it to new
+            // Services; one that held it before keeps it there but is not translated).
+            self.skip(
+                svc.key(),
+                format!("its cluster IP {vip} is the cluster DNS address, which this node's DNS server answers"),
+            );
+            return;
+        }
         for port in &svc.ports {
             if port.protocol == L4Protocol::Sctp {
                 self.skip(

@@ -302,6 +302,28 @@ fn client_ip_affinity_uses_bounded_dynamic_sets_with_the_timeout() {
 }
 
 #[test]
+fn a_service_holding_the_cluster_dns_address_is_never_translated() {
+    let (web, web_slice) = web();
+    let dns = svc(
+        "kube-dns",
+        "10.96.0.10",
+        vec![sport("dns", L4Protocol::Udp, 53, None)],
+    );
+    let dns_slice = slice(
+        "kube-dns",
+        "kube-dns-1",
+        vec![eport("dns", L4Protocol::Udp, 53)],
+        vec![ep("10.244.0.53", "n1", "coredns")],
+    );
+    let (rs, text) = render(&view(vec![web, dns], vec![web_slice, dns_slice]));
+    assert!(!text.contains("10.96.0.10"), "{text}");
+    assert!(!text.contains("10.244.0.53"), "{text}");
+    assert!(text.contains("10.96.0.20"), "the others route: {text}");
+    assert_eq!(rs.skipped.len(), 1, "{:?}", rs.skipped);
+    assert!(rs.skipped[0].reason.contains("cluster DNS address"));
+}
+
+#[test]
 fn odd_endpoints_are_skipped_with_a_reason_and_the_rest_still_route() {
     let s = svc(
         "odd",
