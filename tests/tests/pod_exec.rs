@@ -362,3 +362,47 @@ async fn kubectl_exec_and_cp_on_the_cri_runtime() -> Result<()> {
     assert_eq!((code, out.as_str()), (4, "local\n"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_is_refused_clearly_to_old_edges_and_over_spdy() -> Result<()> {
+    let cloud = Cloud::start(CloudOptions::default()).await?;
+    // A node whose edgecore speaks protocol v5 (it would not decode the exec request).
+    let dir = private_temp_dir()?;
+    let (ok, out) = cloud.join_only(dir.path(), "old")?;
+    anyhow::ensure!(ok, "join: {out}");
+    let _old = SyncClient::connect_speaking(&cloud, dir.path(), "old", 0, 5)
+        .await?
+        .map_err(|r| anyhow::anyhow!("v5 refused: {r}"))?;
+    cloud
+        .create_pod(process_pod("legacy", "old", &["sleep", "300"]))
+        .await?;
+    let out = kubectl_run(&cloud, &["exec", "legacy", "--", "true"], b"")?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("runs an edgecore of protocol v5, which cannot run commands for exec"),
+        "{err}"
+    );
+
+    // A node of today, asked over SPDY (kubectl's fallback, forced here): refused, saying what
+    // is served.
+    let _edge = Edge::join_and_start(&cloud, "edge-b", &[]).await?;
+    cloud.wait_node_ready("edge-b", DEADLINE).await?;
+    cloud
+        .create_pod(process_pod("current", "edge-b", &["sleep", "300"]))
+        .await?;
+    cloud.wait_running("current", DEADLINE).await?;
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cloud.kubeconfig_path())
+        .args(["exec", "current", "--", "true"])
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .output()?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("serves exec over WebSocket only"), "{err}");
+    // The same command over the WebSocket runs.
+    let out = kubectl_run(&cloud, &["exec", "current", "--", "true"], b"")?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    Ok(())
+}
