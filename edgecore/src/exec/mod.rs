@@ -68,8 +68,8 @@ pub async fn find_running(
     match instance.state {
         ContainerRunState::Running { .. } => Ok((found.sandbox.clone(), instance.id.clone())),
         _ => Err(ExecError::NotRunning(format!(
-            "unable to upgrade connection: container not found (\"{container}\"): container \
-             \"{container}\" in pod \"{namespace}/{pod}\" is not running"
+            "container \"{container}\" in pod \"{namespace}/{pod}\" is not running; a command \
+             runs only beside a running container"
         ))),
     }
 }
