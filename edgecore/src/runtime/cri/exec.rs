@@ -29,6 +29,9 @@ use tokio::net::unix::pipe;
 use tonic::transport::Channel;
 use tonic::Request;
 
+/// The directory of a pod's exec FIFOs, in its directory under `<data-dir>/pods`.
+pub(super) const EXEC_DIR: &str = "exec";
+
 /// containerd's namespace of CRI-managed containers.
 const CRI_NAMESPACE: &str = "k8s.io";
 /// The type of an OCI process spec in a protobuf `Any`, as containerd's client marshals it.
