@@ -27,6 +27,11 @@ pub enum StreamRequest {
     /// [`ExecEvent`] frames, the last of which is [`ExecEvent::Exited`] or
     /// [`ExecEvent::Failed`].
     Exec(ExecRequest),
+    /// Carry a running container's output from now on (`kubectl attach`, protocol v6): after
+    /// the edge's [`LogHeader::Streaming`], [`ExecEvent::Stdout`] and [`ExecEvent::Stderr`]
+    /// frames, then [`ExecEvent::Exited`] once the container's instance ended. The hub's
+    /// frames are read and dropped (the containers keep no stdin open to attach to).
+    Attach(AttachRequest),
 }
 
 /// The protocol version whose edges understand [`StreamRequest::Exec`].
@@ -38,7 +43,7 @@ impl StreamRequest {
         match self {
             // Log streams came without a version bump (v5 edges serve them).
             StreamRequest::Logs(_) => 5,
-            StreamRequest::Exec(_) => EXEC_SINCE_VERSION,
+            StreamRequest::Exec(_) | StreamRequest::Attach(_) => EXEC_SINCE_VERSION,
         }
     }
 
@@ -46,6 +51,19 @@ impl StreamRequest {
     pub fn known_to(&self, version: u32) -> bool {
         version >= self.since_version()
     }
+}
+
+/// What `GET .../pods/{name}/attach` asked for, after the cloud checked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod UID as the cloud knows it.
+    pub uid: String,
+    /// Container name (the cloud resolved the default).
+    pub container: String,
 }
 
 /// A terminal's size in character cells (`kubectl exec -t`'s resize messages).

@@ -406,3 +406,46 @@ async fn exec_is_refused_clearly_to_old_edges_and_over_spdy() -> Result<()> {
     assert!(out.status.success(), "{}", text(&out.stderr));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_attach_follows_a_containers_output_until_it_ends() -> Result<()> {
+    let cloud = Cloud::start(CloudOptions::default()).await?;
+    let _edge = Edge::join_and_start(&cloud, "edge-c", &[]).await?;
+    cloud.wait_node_ready("edge-c", DEADLINE).await?;
+    let flags = tempfile::tempdir()?;
+    let flag = flags.path().join("go");
+    let script = format!(
+        "while [ ! -f {f} ]; do echo tick; sleep 0.2; done; echo after; sleep 0.5; echo bye",
+        f = flag.display()
+    );
+    let mut pod = process_pod("talker", "edge-c", &["sh", "-c", &script]);
+    pod["spec"]["restartPolicy"] = json!("Never");
+    cloud.create_pod(pod).await?;
+    cloud.wait_running("talker", DEADLINE).await?;
+    // Output from the moment of attaching on: a tick, then what the flag releases, and kubectl
+    // ends with the container.
+    let mut attached = Running::start(&cloud, &["attach", "talker"])?;
+    attached.wait_line("tick")?;
+    std::fs::write(&flag, b"")?;
+    attached.wait_line("after")?;
+    attached.wait_line("bye")?;
+    let (status, err) = attached.wait_exit()?;
+    assert!(
+        status.success(),
+        "kubectl attach of an ended container: {status} {err}"
+    );
+
+    // Input cannot be attached to: refused, saying what is served.
+    let mut pod = process_pod("idle", "edge-c", &["sleep", "300"]);
+    pod["metadata"]["name"] = json!("idle");
+    cloud.create_pod(pod).await?;
+    cloud.wait_running("idle", DEADLINE).await?;
+    let out = kubectl_run(&cloud, &["attach", "-i", "idle"], b"")?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("attach carries the container's output only"),
+        "{err}"
+    );
+    Ok(())
+}

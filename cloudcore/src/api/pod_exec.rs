@@ -1,7 +1,8 @@
 //! `GET /api/v1/namespaces/{ns}/pods/{name}/exec`: a command run in a container on its node,
 //! its standard streams carried over the node's own QUIC link (see [`crate::hub::streams`]),
 //! spoken to kubectl as Kubernetes' WebSocket channel protocol. `kubectl cp` rides on it (it
-//! runs `tar` through exec).
+//! runs `tar` through exec). `.../attach` is the same protocol carrying a running container's
+//! output from now on (its stdin is not kept open on the nodes, so `stdin`/`tty` are refused).
 //!
 //! # What kubectl 1.32 speaks, and what is served
 //!
@@ -40,8 +41,8 @@ use axum::http::Method;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use protocol::streams::{
-    ExecEvent, ExecInput, ExecRequest, LogRefusal, TermSize, EXEC_CHUNK, EXEC_SINCE_VERSION,
-    MAX_EXEC_FRAME,
+    AttachRequest, ExecEvent, ExecInput, ExecRequest, LogRefusal, TermSize, EXEC_CHUNK,
+    EXEC_SINCE_VERSION, MAX_EXEC_FRAME,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +52,10 @@ use tracing::info;
 
 /// The subresource name in paths.
 pub const SUBRESOURCE: &str = "exec";
+
+/// The attach subresource: the same protocol, a running container's output instead of a
+/// command's streams.
+pub const ATTACH_SUBRESOURCE: &str = "attach";
 
 /// The WebSocket subprotocols served, preferred first.
 pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -98,6 +103,43 @@ fn parse_bool(field: &str, v: &str) -> Result<bool, ApiError> {
             format!("Invalid value: {v:?}: must be true or false"),
         )),
     }
+}
+
+/// Checks the query of an attach: output only, since neither runtime keeps a container's stdin
+/// open (the pod API's `stdin` and `tty` are not carried to the node).
+pub fn parse_attach_options(pairs: &[(String, String)]) -> Result<ExecOptions, ApiError> {
+    let mut o = ExecOptions::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "container" if !v.is_empty() => o.container = Some(v.clone()),
+            "stdin" => o.stdin = parse_bool(k, v)?,
+            "stdout" => o.stdout = parse_bool(k, v)?,
+            "stderr" => o.stderr = parse_bool(k, v)?,
+            "tty" => o.tty = parse_bool(k, v)?,
+            _ => {}
+        }
+    }
+    for (field, on) in [("stdin", o.stdin), ("tty", o.tty)] {
+        if on {
+            return Err(ApiError::bad_field(
+                format!(
+                    "PodAttachOptions is invalid: {field}: Unsupported value: true: this \
+                     cluster's nodes keep no container's stdin open, so attach carries the \
+                     container's output only (kubectl attach without -i and -t); use kubectl exec \
+                     -it for a shell"
+                ),
+                field.to_string(),
+                "Unsupported value: true: attach serves output only".into(),
+            ));
+        }
+    }
+    if !(o.stdout || o.stderr) {
+        return Err(ApiError::bad_request(
+            "you must specify at least 1 of stdin, stdout, stderr",
+        ));
+    }
+    o.command = vec![];
+    Ok(o)
 }
 
 /// Checks the query (`command` repeats, so the pairs come in order).
@@ -154,11 +196,16 @@ pub(super) async fn serve(
     method: &Method,
     raw_query: &str,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    attach: bool,
 ) -> Result<Response, ApiError> {
     let name = call.name.clone().unwrap_or_default();
     let ns = call.namespace.clone().unwrap_or_default();
     let pairs: Vec<(String, String)> = serde_urlencoded_pairs(raw_query)?;
-    let opts = parse_options(&pairs)?;
+    let opts = if attach {
+        parse_attach_options(&pairs)?
+    } else {
+        parse_options(&pairs)?
+    };
     let pod = super::handlers::get_current(call).await?.value;
     let container = resolve_container(&pod, &name, opts.container.as_deref())?;
     let node = pod
@@ -230,14 +277,15 @@ pub(super) async fn serve(
             PROTOCOLS.join(", ")
         )));
     };
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let req = ExecRequest {
         namespace: ns.clone(),
         pod: name.clone(),
-        uid: pod
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        uid: uid.clone(),
         container: container.clone(),
         command: opts.command.clone(),
         stdin: opts.stdin,
@@ -245,6 +293,16 @@ pub(super) async fn serve(
         stderr: opts.stderr,
         tty: opts.tty,
         size: None,
+    };
+    let req = if attach {
+        Request::Attach(AttachRequest {
+            namespace: ns.clone(),
+            pod: name.clone(),
+            uid,
+            container: container.clone(),
+        })
+    } else {
+        Request::Exec(req)
     };
     let session = Session {
         user,
@@ -258,6 +316,7 @@ pub(super) async fn serve(
         protocol,
         tty: opts.tty,
         stdin: opts.stdin,
+        what: if attach { "attach" } else { "exec" },
     };
     // What the node says (no such container there, the command cannot start) comes after the
     // upgrade, on the error channel: a refused handshake would make kubectl fall back to SPDY
@@ -275,6 +334,12 @@ fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> 
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))
 }
 
+/// What the node is asked.
+enum Request {
+    Exec(ExecRequest),
+    Attach(AttachRequest),
+}
+
 /// One exec's bridge between the client's WebSocket and the node's stream.
 struct Session {
     user: String,
@@ -288,6 +353,8 @@ struct Session {
     protocol: String,
     tty: bool,
     stdin: bool,
+    /// `exec` or `attach`, for the log.
+    what: &'static str,
 }
 
 /// How the node's side of an exec ended.
@@ -388,7 +455,7 @@ struct Resize {
 }
 
 impl Session {
-    async fn run(self, mut socket: WebSocket, hub: Arc<Hub>, mut req: ExecRequest) {
+    async fn run(self, mut socket: WebSocket, hub: Arc<Hub>, mut req: Request) {
         let (user, pod, container, command, node) = (
             &self.user,
             &self.pod,
@@ -399,7 +466,11 @@ impl Session {
         // kubectl sends its terminal's size as soon as it is connected: the command gets it
         // from its start. Whatever else came meanwhile is replayed after.
         let mut early = Vec::new();
-        if req.tty {
+        let exec_tty = match &mut req {
+            Request::Exec(r) if r.tty => Some(r),
+            _ => None,
+        };
+        if let Some(req) = exec_tty {
             let first_size = async {
                 while let Some(Ok(msg)) = socket.recv().await {
                     if let Message::Binary(data) = &msg {
@@ -425,10 +496,14 @@ impl Session {
                 .ok()
                 .flatten();
         }
-        let stream = match hub.open_exec(node, req).await {
+        let opened = match req {
+            Request::Exec(req) => hub.open_exec(node, req).await,
+            Request::Attach(req) => hub.open_attach(node, req).await,
+        };
+        let stream = match opened {
             Ok(stream) => stream,
             Err(e) => {
-                info!(%user, %pod, %container, ?command, %node, error = %e, "exec refused");
+                info!(what = self.what, %user, %pod, %container, ?command, %node, error = %e, "exec refused");
                 let status = refusal_status(&e);
                 let _ = socket
                     .send(framed(ERROR, status.to_string().as_bytes()))
@@ -437,7 +512,7 @@ impl Session {
                 return;
             }
         };
-        info!(%user, %pod, %container, ?command, %node, tty = self.tty, stdin = self.stdin,
+        info!(what = self.what, %user, %pod, %container, ?command, %node, tty = self.tty, stdin = self.stdin,
               protocol = %self.protocol, "exec started");
         self.bridge(socket, stream, early).await;
     }
@@ -546,15 +621,17 @@ impl Session {
             (&self.user, &self.pod, &self.container, &self.command);
         match &outcome {
             Outcome::Exited(code) => {
-                info!(%user, %pod, %container, ?command, exit_code = code, secs, "exec ended")
+                info!(what = self.what, %user, %pod, %container, ?command, exit_code = code, secs, "exec ended")
             }
             Outcome::Failed(m) | Outcome::Cut(m) => {
-                info!(%user, %pod, %container, ?command, error = %m, secs, "exec failed")
+                info!(what = self.what, %user, %pod, %container, ?command, error = %m, secs, "exec failed")
             }
             Outcome::ClientLeft => {
-                info!(%user, %pod, %container, ?command, secs, "exec client left")
+                info!(what = self.what, %user, %pod, %container, ?command, secs, "exec client left")
             }
-            Outcome::Idle => info!(%user, %pod, %container, ?command, secs, "exec idle, closed"),
+            Outcome::Idle => {
+                info!(what = self.what, %user, %pod, %container, ?command, secs, "exec idle, closed")
+            }
         }
         // Dropping the stream resets the node's side, which ends the command there if it
         // still runs.

@@ -261,8 +261,8 @@ pub trait ResourceHandler: Send + Sync + 'static {
         false
     }
 
-    /// Whether the kind has an `/exec` subresource (pods: a command run on the node; see
-    /// [`super::pod_exec`]).
+    /// Whether the kind has `/exec` and `/attach` subresources (pods: a command run on the
+    /// node, a container's output; see [`super::pod_exec`]).
     fn exec_subresource(&self) -> bool {
         false
     }

@@ -16,7 +16,9 @@
 //! fail to decode the request and never answer.
 
 use super::Hub;
-use protocol::streams::{ExecRequest, LogHeader, LogRefusal, LogRequest, StreamRequest};
+use protocol::streams::{
+    AttachRequest, ExecRequest, LogHeader, LogRefusal, LogRequest, StreamRequest,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -40,7 +42,7 @@ impl StreamKind {
     fn of(req: &StreamRequest) -> Self {
         match req {
             StreamRequest::Logs(_) => StreamKind::Logs,
-            StreamRequest::Exec(_) => StreamKind::Exec,
+            StreamRequest::Exec(_) | StreamRequest::Attach(_) => StreamKind::Exec,
         }
     }
 
@@ -253,6 +255,20 @@ impl Hub {
         req: ExecRequest,
     ) -> Result<ExecStream, StreamError> {
         let (send, recv, slot) = self.open_stream(node, StreamRequest::Exec(req)).await?;
+        Ok(ExecStream {
+            send,
+            recv,
+            _slot: slot,
+        })
+    }
+
+    /// Opens an attach stream to `node` (its frames are an exec stream's).
+    pub async fn open_attach(
+        self: &Arc<Self>,
+        node: &str,
+        req: AttachRequest,
+    ) -> Result<ExecStream, StreamError> {
+        let (send, recv, slot) = self.open_stream(node, StreamRequest::Attach(req)).await?;
         Ok(ExecStream {
             send,
             recv,

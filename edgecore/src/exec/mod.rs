@@ -3,6 +3,7 @@
 //! container the same way ([`find_running`]) and start the command through the runtime's
 //! [`Runtime::exec`], so what runs is the same whichever way it was asked for.
 
+pub mod attach;
 pub mod local;
 pub mod serve;
 

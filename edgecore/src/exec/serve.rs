@@ -56,6 +56,11 @@ impl ExecServer {
         }
     }
 
+    /// The node's exec slots (attach streams take them too).
+    pub fn slots(&self) -> &Arc<Semaphore> {
+        &self.slots
+    }
+
     /// Serves one exec stream whose request was read.
     pub async fn serve(
         &self,

@@ -81,6 +81,10 @@ impl StreamServer {
         let req = match request {
             StreamRequest::Logs(req) => req,
             StreamRequest::Exec(req) => return self.exec.serve(send, recv, req).await,
+            StreamRequest::Attach(req) => {
+                return crate::exec::attach::serve(&self.reader, self.exec.slots(), send, recv, req)
+                    .await
+            }
         };
         let pod = format!("{}/{}", req.namespace, req.pod);
         let Ok(_slot) = self.slots.clone().try_acquire_owned() else {

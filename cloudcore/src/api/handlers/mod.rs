@@ -101,7 +101,8 @@ async fn handle(
     labels.resource = t.res.info().qualified();
     let binding = t.subresource.as_deref() == Some(super::binding::SUBRESOURCE);
     let log = t.subresource.as_deref() == Some(super::pod_log::SUBRESOURCE);
-    let exec = t.subresource.as_deref() == Some(super::pod_exec::SUBRESOURCE);
+    let attach = t.subresource.as_deref() == Some(super::pod_exec::ATTACH_SUBRESOURCE);
+    let exec = attach || t.subresource.as_deref() == Some(super::pod_exec::SUBRESOURCE);
     let allowed = match (t.subresource.is_some(), verb) {
         (true, "get") if log => true,
         (true, _) if log => false,
@@ -149,8 +150,15 @@ async fn handle(
         return super::pod_log::serve(&call, state.hub.as_ref()).await;
     }
     if let Some(upgrade) = upgrade {
-        return super::pod_exec::serve(&call, state.hub.as_ref(), &method, &raw_query, upgrade)
-            .await;
+        return super::pod_exec::serve(
+            &call,
+            state.hub.as_ref(),
+            &method,
+            &raw_query,
+            upgrade,
+            attach,
+        )
+        .await;
     }
     if binding {
         let body = read_body(body, &call.headers, limit).await?;
