@@ -200,13 +200,14 @@ pub(super) async fn serve(
 ) -> Result<Response, ApiError> {
     let name = call.name.clone().unwrap_or_default();
     let ns = call.namespace.clone().unwrap_or_default();
+    // A pod that does not exist is a 404 whatever was asked of it.
+    let pod = super::handlers::get_current(call).await?.value;
     let pairs: Vec<(String, String)> = serde_urlencoded_pairs(raw_query)?;
     let opts = if attach {
         parse_attach_options(&pairs)?
     } else {
         parse_options(&pairs)?
     };
-    let pod = super::handlers::get_current(call).await?.value;
     let container = resolve_container(&pod, &name, opts.container.as_deref())?;
     let node = pod
         .pointer("/spec/nodeName")
