@@ -7,14 +7,10 @@
 //! `cargo build --workspace --bins && SKERRY_BIN_DIR=target/debug target/debug/bench_pod_exec [RUNS]`
 
 use anyhow::{bail, Result};
+use skerry_tests::measure::pct;
 use skerry_tests::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 fn timed(cmd: &mut Command) -> Result<f64> {
     let t = Instant::now();
