@@ -209,11 +209,10 @@ pub async fn run(
         RuntimeKind::Process => crate::logs::LogFormat::Raw,
         RuntimeKind::Cri { .. } => crate::logs::LogFormat::Cri,
     };
-    let streams = crate::logs::serve::StreamServer::new(crate::logs::LogReader::new(
+    let streams = crate::logs::serve::StreamServer::new(
+        crate::logs::LogReader::new(runtime.clone(), opts.data_dir.join("pods"), log_format),
         runtime.clone(),
-        opts.data_dir.join("pods"),
-        log_format,
-    ));
+    );
     let mut pod_config = PodManagerConfig::default();
     pod_config.backoff.base = opts.restart_backoff_base;
     let (view_tx, view_rx) = crate::network::publish::channel();

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cache;
 pub mod config;
+pub mod exec;
 pub mod identity;
 pub mod images;
 pub mod link;

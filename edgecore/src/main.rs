@@ -216,6 +216,26 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Run a command in a pod's container on this node (works offline and without the agent
+    /// running), as `kubectl exec` does through the cloud; exits with the command's code.
+    Exec {
+        /// Pod as NAME or NAMESPACE/NAME.
+        pod: String,
+        /// Container name (default: the pod's only or first container).
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Pass stdin to the command.
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// Run the command on a terminal (when stdin is one).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
     /// Manage container images without a registry.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -485,29 +505,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (ns, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
             rt.block_on(async {
-                let (runtime, format): (Arc<dyn Runtime>, _) = match runtime.kind() {
-                    RuntimeKind::Process => (
-                        Arc::new(edgecore::runtime::process::ProcessRuntime::new(
-                            cli.data_dir.join("pods"),
-                            std::env::current_exe()?,
-                            String::new(),
-                        )),
-                        edgecore::logs::LogFormat::Raw,
-                    ),
-                    RuntimeKind::Cri { socket } => {
-                        let instance = edgecore::runtime::cri::load_instance_id(&cli.data_dir)?;
-                        let mut config = edgecore::runtime::cri::CriConfig::new(
-                            socket,
-                            cli.data_dir.join("pods"),
-                            instance,
-                        );
-                        config.rpc_timeout = Duration::from_secs(10);
-                        (
-                            Arc::new(edgecore::runtime::cri::CriRuntime::connect(config).await?),
-                            edgecore::logs::LogFormat::Cri,
-                        )
-                    }
-                };
+                let (runtime, format) = offline_runtime(&cli.data_dir, &runtime).await?;
                 let pods = runtime.list_pods().await?;
                 let found = pods
                     .iter()
@@ -540,6 +538,43 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 reader.copy(log, &mut tokio::io::stdout()).await?;
                 Ok(())
             })
+        }
+        Command::Exec {
+            pod,
+            container,
+            stdin,
+            tty,
+            command,
+            runtime,
+        } => {
+            let (ns, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
+            let code = rt.block_on(async {
+                let (runtime, _) = offline_runtime(&cli.data_dir, &runtime).await?;
+                let pods = runtime.list_pods().await?;
+                let found = pods
+                    .iter()
+                    .find(|p| p.namespace == ns && p.name == name)
+                    .with_context(|| format!("no pod {ns}/{name} on this node"))?;
+                let container = match container {
+                    Some(c) => c,
+                    None => found
+                        .containers
+                        .first()
+                        .map(|c| c.name.clone())
+                        .with_context(|| format!("pod {ns}/{name} has no containers yet"))?,
+                };
+                let req = edgecore::exec::local::LocalExec {
+                    namespace: ns.to_string(),
+                    pod: name.to_string(),
+                    container,
+                    command,
+                    stdin,
+                    tty,
+                };
+                edgecore::exec::local::run(runtime.as_ref(), &req).await
+            })?;
+            // The command's code is ours, as with kubectl exec.
+            std::process::exit(code);
         }
         Command::Image(ImageCommand::Import {
             files,
@@ -584,4 +619,31 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
     s.parse()
         .map(|a| Listen(Some(a)))
         .map_err(|e| format!("{s:?} is not ADDRESS:PORT or off: {e}"))
+}
+
+/// The runtime of `args`, for the offline commands (`logs`, `exec`), and how it writes logs.
+async fn offline_runtime(
+    data_dir: &std::path::Path,
+    args: &RuntimeArgs,
+) -> anyhow::Result<(Arc<dyn Runtime>, edgecore::logs::LogFormat)> {
+    Ok(match args.kind() {
+        RuntimeKind::Process => (
+            Arc::new(edgecore::runtime::process::ProcessRuntime::new(
+                data_dir.join("pods"),
+                std::env::current_exe()?,
+                String::new(),
+            )),
+            edgecore::logs::LogFormat::Raw,
+        ),
+        RuntimeKind::Cri { socket } => {
+            let instance = edgecore::runtime::cri::load_instance_id(data_dir)?;
+            let mut config =
+                edgecore::runtime::cri::CriConfig::new(socket, data_dir.join("pods"), instance);
+            config.rpc_timeout = Duration::from_secs(10);
+            (
+                Arc::new(edgecore::runtime::cri::CriRuntime::connect(config).await?),
+                edgecore::logs::LogFormat::Cri,
+            )
+        }
+    })
 }

@@ -992,3 +992,136 @@ async fn exec_runs_beside_a_running_container_only() {
         .await
         .expect("remove");
 }
+
+#[tokio::test]
+async fn interactive_exec_carries_stdin_and_a_terminal_and_dies_with_its_caller() {
+    use edgecore::runtime::ExecSpec;
+    use protocol::streams::TermSize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path());
+    let p = pod("interactive", vec![sh("main", "sleep 60")]);
+    let sandbox = rt.run_sandbox(&p).await.expect("run_sandbox");
+    let info = rt
+        .start_container(&sandbox, &p, &p.containers[0], &config(0))
+        .await
+        .expect("start_container");
+    let spec = |command: &str, stdin: bool, tty: bool| ExecSpec {
+        command: vec!["sh".into(), "-c".into(), command.into()],
+        stdin,
+        stdout: true,
+        stderr: !tty,
+        tty,
+        size: tty.then_some(TermSize {
+            width: 91,
+            height: 17,
+        }),
+    };
+
+    // Pipes: stdin read to its end, stdout and stderr apart, the exit code.
+    let mut ex = rt
+        .exec(
+            &sandbox,
+            &info.id,
+            &spec("cat; echo bye >&2; exit 7", true, false),
+        )
+        .await
+        .expect("exec");
+    let mut stdin = ex.stdin.take().expect("stdin");
+    stdin.write_all(b"hello\n").await.expect("write");
+    drop(stdin);
+    let (mut out, mut err) = (String::new(), String::new());
+    ex.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .await
+        .expect("stdout");
+    ex.stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .await
+        .expect("stderr");
+    assert_eq!((out.as_str(), err.as_str()), ("hello\n", "bye\n"));
+    assert_eq!(ex.exit.await.expect("exit"), 7);
+
+    // A terminal of the asked size, resized while the command runs.
+    let mut ex = rt
+        .exec(
+            &sandbox,
+            &info.id,
+            &spec("stty size; read line; stty size", true, true),
+        )
+        .await
+        .expect("exec -t");
+    assert!(ex.stderr.is_none(), "a terminal has one output");
+    let mut stdout = ex.stdout.take().expect("terminal output");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("17 91") {
+        let n = stdout.read(&mut buf).await.expect("read");
+        assert!(n > 0, "ended early: {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    ex.control.resize(TermSize {
+        width: 120,
+        height: 40,
+    });
+    let mut stdin = ex.stdin.take().expect("terminal input");
+    stdin.write_all(b"go\r").await.expect("write");
+    stdin.flush().await.expect("flush");
+    let mut rest = Vec::new();
+    stdout
+        .read_to_end(&mut rest)
+        .await
+        .expect("read to the end");
+    assert!(
+        String::from_utf8_lossy(&rest).contains("40 120"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert_eq!(ex.exit.await.expect("exit"), 0);
+
+    // The caller leaves mid-way: the command and what it started are killed.
+    let marker = tmp.path().join("sleeper.pid");
+    let ex = rt
+        .exec(
+            &sandbox,
+            &info.id,
+            &spec(
+                &format!("sleep 300 & echo $! > {}; wait", marker.display()),
+                false,
+                false,
+            ),
+        )
+        .await
+        .expect("exec");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the command never started");
+        sleep(Duration::from_millis(20)).await;
+    }
+    sleep(Duration::from_millis(50)).await;
+    let pid: i32 = std::fs::read_to_string(&marker)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    drop(ex);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the exec's child {pid} outlived it"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    rt.remove_sandbox(&sandbox, Duration::from_secs(1))
+        .await
+        .expect("remove");
+}

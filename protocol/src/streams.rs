@@ -1,5 +1,6 @@
-//! Streams the hub opens on a node's own connection, beside the sync stream: today the log of a
-//! container (`kubectl logs`).
+//! Streams the hub opens on a node's own connection, beside the sync stream: the log of a
+//! container (`kubectl logs`) and a command run in one (`kubectl exec`, and `kubectl cp`, which
+//! runs `tar` through exec).
 //!
 //! The node opened its connection outward, so the cloud can reach a node behind NAT without any
 //! port open on it: the hub opens one bidirectional QUIC stream per request, writes one
@@ -12,10 +13,129 @@
 use serde::{Deserialize, Serialize};
 
 /// The first frame of a stream the hub opens.
+///
+/// bincode is positional: a variant appended here is undecodable for an edge that predates it,
+/// which then never answers (it resets the stream). So each variant has the protocol version
+/// that introduced it ([`StreamRequest::since_version`]) and the hub sends it only on a session
+/// of that version or newer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamRequest {
     /// Send a container's log.
     Logs(LogRequest),
+    /// Run a command in a container and carry its standard streams (protocol v6). After the
+    /// edge's [`LogHeader::Streaming`], the hub sends [`ExecInput`] frames and the edge
+    /// [`ExecEvent`] frames, the last of which is [`ExecEvent::Exited`] or
+    /// [`ExecEvent::Failed`].
+    Exec(ExecRequest),
+    /// Carry a running container's output from now on (`kubectl attach`, protocol v6): after
+    /// the edge's [`LogHeader::Streaming`], [`ExecEvent::Stdout`] and [`ExecEvent::Stderr`]
+    /// frames, then [`ExecEvent::Exited`] once the container's instance ended. The hub's
+    /// frames are read and dropped (the containers keep no stdin open to attach to).
+    Attach(AttachRequest),
+}
+
+/// The protocol version whose edges understand [`StreamRequest::Exec`].
+pub const EXEC_SINCE_VERSION: u32 = 6;
+
+impl StreamRequest {
+    /// The oldest protocol version whose edges decode this request.
+    pub fn since_version(&self) -> u32 {
+        match self {
+            // Log streams came without a version bump (v5 edges serve them).
+            StreamRequest::Logs(_) => 5,
+            StreamRequest::Exec(_) | StreamRequest::Attach(_) => EXEC_SINCE_VERSION,
+        }
+    }
+
+    /// Whether an edge of protocol `version` can decode this request.
+    pub fn known_to(&self, version: u32) -> bool {
+        version >= self.since_version()
+    }
+}
+
+/// What `GET .../pods/{name}/attach` asked for, after the cloud checked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod UID as the cloud knows it.
+    pub uid: String,
+    /// Container name (the cloud resolved the default).
+    pub container: String,
+}
+
+/// A terminal's size in character cells (`kubectl exec -t`'s resize messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermSize {
+    /// Columns.
+    pub width: u16,
+    /// Rows.
+    pub height: u16,
+}
+
+/// What `POST/GET .../pods/{name}/exec` asked for, after the cloud checked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod UID as the cloud knows it (empty: match by name, as the offline command does).
+    pub uid: String,
+    /// Container name (the cloud resolved the default).
+    pub container: String,
+    /// The command and its arguments (at least one element).
+    pub command: Vec<String>,
+    /// The client sends standard input.
+    pub stdin: bool,
+    /// The client wants standard output.
+    pub stdout: bool,
+    /// The client wants standard error (never with `tty`: a terminal has one output).
+    pub stderr: bool,
+    /// Run the command on a pseudo terminal.
+    pub tty: bool,
+    /// The client's terminal size when it started (with `tty`): the terminal has it from the
+    /// start, so a command that asks at once (`stty size`) does not race the first resize.
+    pub size: Option<TermSize>,
+}
+
+/// Largest payload of one [`ExecInput::Stdin`] or [`ExecEvent`] output frame: both ends cut
+/// their reads to it, so a frame never needs more memory than this to decode.
+pub const EXEC_CHUNK: usize = 32 * 1024;
+
+/// Largest exec frame either end accepts (a chunk plus its framing).
+pub const MAX_EXEC_FRAME: usize = EXEC_CHUNK + 1024;
+
+/// A frame from the hub on an exec stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecInput {
+    /// Bytes for the command's standard input.
+    Stdin(Vec<u8>),
+    /// The client closed standard input: the command reads its end.
+    StdinClosed,
+    /// The client's terminal changed size.
+    Resize(TermSize),
+}
+
+/// A frame from the edge on an exec stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecEvent {
+    /// Bytes the command wrote to standard output (or to its terminal).
+    Stdout(Vec<u8>),
+    /// Bytes the command wrote to standard error.
+    Stderr(Vec<u8>),
+    /// The command ended with this exit code (128 + N for signal N), after all its output.
+    Exited {
+        /// The exit code.
+        code: i32,
+    },
+    /// The command could not be run, or the runtime lost it (the message says which).
+    Failed {
+        /// For the user.
+        message: String,
+    },
 }
 
 /// Where a log starts in time (kubelet's `sinceSeconds` / `sinceTime`).
@@ -54,7 +174,7 @@ pub struct LogRequest {
     pub limit_bytes: Option<u64>,
 }
 
-/// Why the edge refused a log request.
+/// Why the edge refused a log or exec request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogRefusal {
     /// No such pod or container on the node (or it never started): 404 / kubelet's 400.
@@ -68,7 +188,8 @@ pub enum LogRefusal {
     Internal,
 }
 
-/// The edge's first (and only framed) answer on a log stream.
+/// The edge's first answer on a stream: the only framed one of a log stream, the one before
+/// the [`ExecEvent`]s of an exec stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogHeader {
     /// The log's bytes follow until the stream ends.
@@ -110,5 +231,80 @@ mod tests {
         };
         let bytes = codec::encode(&header).expect("encode");
         assert_eq!(codec::decode::<LogHeader>(&bytes).expect("decode"), header);
+        let exec = StreamRequest::Exec(ExecRequest {
+            namespace: "default".into(),
+            pod: "hello".into(),
+            uid: String::new(),
+            container: "main".into(),
+            command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+            size: Some(TermSize {
+                width: 80,
+                height: 24,
+            }),
+        });
+        let bytes = codec::encode(&exec).expect("encode");
+        assert_eq!(
+            codec::decode::<StreamRequest>(&bytes).expect("decode"),
+            exec
+        );
+        for frame in [
+            ExecInput::Stdin(vec![0; EXEC_CHUNK]),
+            ExecInput::StdinClosed,
+            ExecInput::Resize(TermSize {
+                width: 80,
+                height: 24,
+            }),
+        ] {
+            let bytes = codec::encode(&frame).expect("encode");
+            assert!(bytes.len() <= MAX_EXEC_FRAME);
+            assert_eq!(codec::decode::<ExecInput>(&bytes).expect("decode"), frame);
+        }
+        let event = ExecEvent::Stderr(vec![7; EXEC_CHUNK]);
+        let bytes = codec::encode(&event).expect("encode");
+        assert!(bytes.len() <= MAX_EXEC_FRAME);
+        assert_eq!(codec::decode::<ExecEvent>(&bytes).expect("decode"), event);
+    }
+
+    #[test]
+    fn exec_is_only_for_edges_that_know_it() {
+        let logs = StreamRequest::Logs(LogRequest {
+            namespace: String::new(),
+            pod: String::new(),
+            uid: String::new(),
+            container: String::new(),
+            follow: false,
+            tail_lines: None,
+            since: None,
+            timestamps: false,
+            previous: false,
+            limit_bytes: None,
+        });
+        assert!(logs.known_to(5));
+        let exec = StreamRequest::Exec(ExecRequest {
+            namespace: String::new(),
+            pod: String::new(),
+            uid: String::new(),
+            container: String::new(),
+            command: vec!["true".into()],
+            stdin: false,
+            stdout: true,
+            stderr: true,
+            tty: false,
+            size: None,
+        });
+        assert!(!exec.known_to(5));
+        assert!(exec.known_to(EXEC_SINCE_VERSION));
+        // A v5 edge decodes only the variants it knew: the new one is an error, not a misread.
+        let bytes = codec::encode(&exec).expect("encode");
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        enum V5Request {
+            Logs(LogRequest),
+        }
+        assert!(codec::decode::<V5Request>(&bytes).is_err());
     }
 }

@@ -1257,6 +1257,32 @@ impl Edge {
         ))
     }
 
+    /// `edgecore exec ARGS` on this node (ARGS: the pod, flags, `--` and the command), with
+    /// `stdin` as its input: (exit code, stdout, stderr).
+    pub fn exec_local(&self, args: &[&str], stdin: &[u8]) -> Result<(i32, String, String)> {
+        use std::io::Write;
+        let mut child = Command::new(bin("edgecore")?)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("exec")
+            // The runtime selection of `run` (`exec` takes the same flags), before the `--`.
+            .args(&self.run_args)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin)?;
+        }
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// Kills every pod process, as a reboot would.
     pub fn kill_pods(&self) {
         for pid in self.pod_pids() {

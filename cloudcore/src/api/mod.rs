@@ -48,6 +48,7 @@ pub mod node_cidrs;
 pub mod nodes;
 pub mod openapi_v2;
 pub mod patch;
+pub mod pod_exec;
 pub mod pod_log;
 pub mod pods;
 pub mod protobuf;

@@ -187,9 +187,10 @@ pub fn resolve_container(pod: &Value, name: &str, asked: Option<&str>) -> Result
     }
 }
 
-/// The 503 of a node that is away.
-fn not_connected(node: &str, since: Option<SystemTime>, ns: &str, pod: &str, c: &str) -> ApiError {
-    let when = match since {
+/// `" since <time> (<n>s ago)"` for a node away since `since`, or that this cloudcore never saw
+/// it connected.
+pub(super) fn away_since(since: Option<SystemTime>) -> String {
+    match since {
         Some(t) => {
             let secs = t
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -202,7 +203,12 @@ fn not_connected(node: &str, since: Option<SystemTime>, ns: &str, pod: &str, c: 
             format!(" since {} ({ago}s ago)", protocol::timestamp::format(secs))
         }
         None => " (not since this cloudcore started)".to_string(),
-    };
+    }
+}
+
+/// The 503 of a node that is away.
+fn not_connected(node: &str, since: Option<SystemTime>, ns: &str, pod: &str, c: &str) -> ApiError {
+    let when = away_since(since);
     ApiError::ServiceUnavailable(format!(
         "node \"{node}\" is not connected to the cloud{when}, so the log of pod \"{ns}/{pod}\" \
          cannot be read from here; its pods keep running, and on the node itself \
@@ -256,6 +262,7 @@ pub(super) async fn serve(call: &Call, hub: Option<&Arc<Hub>>) -> Result<Respons
                 not_connected(&node, since, &ns, &name, &container)
             }
             StreamError::Busy { .. } => ApiError::TooManyRequests(e.to_string()),
+            StreamError::TooOld { .. } => ApiError::bad_request(e.to_string()),
             StreamError::Refused { kind, message } => match kind {
                 LogRefusal::NotFound | LogRefusal::BadRequest => ApiError::bad_request(message),
                 LogRefusal::Busy => ApiError::TooManyRequests(message),

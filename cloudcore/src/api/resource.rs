@@ -261,6 +261,12 @@ pub trait ResourceHandler: Send + Sync + 'static {
         false
     }
 
+    /// Whether the kind has `/exec` and `/attach` subresources (pods: a command run on the
+    /// node, a container's output; see [`super::pod_exec`]).
+    fn exec_subresource(&self) -> bool {
+        false
+    }
+
     /// Table columns (kubectl's `get` output); priority-1 columns appear with `-o wide`. The
     /// first column should be the name.
     fn columns(&self) -> &'static [Column];

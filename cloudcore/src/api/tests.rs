@@ -363,7 +363,9 @@ async fn error_statuses() {
         "/api/v1/widgets",
         "/api/v2/pods",
         "/apis/batch/v1",
-        "/api/v1/namespaces/default/pods/a/exec",
+        // Served (see `pod_exec`), but the pod does not exist.
+        "/api/v1/namespaces/default/pods/no-such-pod/exec",
+        "/api/v1/namespaces/default/pods/a/portforward",
         // Served (see `pod_log`), but the pod does not exist.
         "/api/v1/namespaces/default/pods/no-such-pod/log",
         "/api/v1/pods/a",

@@ -200,6 +200,8 @@ pub struct Hub {
     away_since: std::sync::Mutex<HashMap<String, std::time::SystemTime>>,
     /// Log streams open per node (see [`streams`]).
     log_streams: std::sync::Mutex<HashMap<String, usize>>,
+    /// Exec streams open per node (see [`streams`]).
+    exec_streams: std::sync::Mutex<HashMap<String, usize>>,
     /// When each node was last heard on its link, for the node lifecycle controller.
     liveness: crate::liveness::Liveness,
     /// See [`HubConfig::ack_lag_limit`].
@@ -327,6 +329,7 @@ impl Hub {
             handled: AtomicU64::new(0),
             away_since: std::sync::Mutex::new(HashMap::new()),
             log_streams: std::sync::Mutex::new(HashMap::new()),
+            exec_streams: std::sync::Mutex::new(HashMap::new()),
             liveness: crate::liveness::Liveness::new(),
             ack_lag_limit: cfg.ack_lag_limit,
             network: cfg.network.clone(),

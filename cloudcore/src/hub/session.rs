@@ -56,6 +56,8 @@ pub(super) struct Session {
     pub(super) id: u64,
     pub(super) signals: Arc<Signals>,
     pub(super) conn: quinn::Connection,
+    /// The protocol version the node said in its Hello: which stream requests it decodes.
+    pub(super) version: u32,
 }
 
 /// What the rest of the hub tells a running session, and what it reports back.
@@ -158,6 +160,7 @@ impl Hub {
                 id,
                 signals: signals.clone(),
                 conn: conn.clone(),
+                version: hello.protocol_version,
             },
         ) {
             info!("replacing the node's previous session");

@@ -142,11 +142,14 @@ fn client_endpoint(
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.interval(Duration::from_secs(6 * 3600));
     transport.mtu_discovery_config(Some(mtu));
-    // Streams the hub opens (logs, see `crate::logs::serve`), with room for ones closing.
+    // Streams the hub opens (logs, see `crate::logs::serve`, and commands, see
+    // `crate::exec::serve`), with room for ones closing.
     transport.max_concurrent_bidi_streams(
-        u32::try_from(2 * crate::logs::serve::MAX_LOG_STREAMS)
-            .unwrap_or(32)
-            .into(),
+        u32::try_from(
+            2 * (crate::logs::serve::MAX_LOG_STREAMS + crate::exec::serve::MAX_EXEC_STREAMS),
+        )
+        .unwrap_or(32)
+        .into(),
     );
     transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle).map_err(|e| {
         LinkError::Connect {

@@ -1,4 +1,5 @@
-//! Serving log streams the hub opens on this node's connection.
+//! Serving the streams the hub opens on this node's connection: logs here, and exec streams
+//! handed to [`crate::exec::serve`].
 //!
 //! The sync stream is the node's lifeline, so log streams give way to it: their send side gets a
 //! lower QUIC priority than the sync stream (quinn sends higher-priority streams' data first),
@@ -29,14 +30,16 @@ const MAX_REQUEST: usize = 16 * 1024;
 pub struct StreamServer {
     reader: LogReader,
     slots: Arc<Semaphore>,
+    exec: crate::exec::serve::ExecServer,
 }
 
 impl StreamServer {
-    /// Serves logs with `reader`.
-    pub fn new(reader: LogReader) -> Self {
+    /// Serves logs with `reader` and commands with `runtime`.
+    pub fn new(reader: LogReader, runtime: Arc<dyn crate::runtime::Runtime>) -> Self {
         Self {
             reader,
             slots: Arc::new(Semaphore::new(MAX_LOG_STREAMS)),
+            exec: crate::exec::serve::ExecServer::new(runtime),
         }
     }
 
@@ -75,7 +78,14 @@ impl StreamServer {
                 return;
             }
         };
-        let StreamRequest::Logs(req) = request;
+        let req = match request {
+            StreamRequest::Logs(req) => req,
+            StreamRequest::Exec(req) => return self.exec.serve(send, recv, req).await,
+            StreamRequest::Attach(req) => {
+                return crate::exec::attach::serve(&self.reader, self.exec.slots(), send, recv, req)
+                    .await
+            }
+        };
         let pod = format!("{}/{}", req.namespace, req.pod);
         let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
             let _ = refuse(

@@ -78,6 +78,53 @@ pub struct ExecOutput {
     pub timed_out: bool,
 }
 
+/// What a command run by [`Runtime::exec`] is connected to (`kubectl exec`'s flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Standard input is given (otherwise it reads `/dev/null`).
+    pub stdin: bool,
+    /// Standard output is wanted.
+    pub stdout: bool,
+    /// Standard error is wanted (never with `tty`).
+    pub stderr: bool,
+    /// Run on a pseudo terminal, which carries input and output.
+    pub tty: bool,
+    /// The terminal's size from the start (with `tty`).
+    pub size: Option<protocol::streams::TermSize>,
+}
+
+/// A byte sink of an exec'd command (its standard input).
+pub type ExecWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+/// A byte source of an exec'd command (its output).
+pub type ExecReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// The terminal and input controls of a command started by [`Runtime::exec`].
+pub trait ExecControl: Send + Sync {
+    /// The client's terminal has this size now (ignored without a terminal).
+    fn resize(&self, size: protocol::streams::TermSize);
+    /// The client closed standard input; called after [`ExecProcess::stdin`] was dropped, for
+    /// runtimes where dropping the writer alone does not reach the command.
+    fn stdin_closed(&self) {}
+}
+
+/// A command started by [`Runtime::exec`]. Dropping it ends the command (and what it
+/// started) if it still runs.
+pub struct ExecProcess {
+    /// Its standard input (or terminal input), if asked for.
+    pub stdin: Option<ExecWriter>,
+    /// Its standard output (or terminal output), if asked for.
+    pub stdout: Option<ExecReader>,
+    /// Its standard error, if asked for (never with a terminal).
+    pub stderr: Option<ExecReader>,
+    /// Resolves to the exit code (128 + N for signal N) when the command ends.
+    pub exit:
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<i32, RuntimeError>> + Send>>,
+    /// Resizes and stdin's end.
+    pub control: Box<dyn ExecControl>,
+}
+
 /// Observed state of one container instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerRunState {
@@ -280,6 +327,24 @@ pub trait Runtime: Send + Sync + 'static {
         command: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, RuntimeError>;
+
+    /// Starts `spec.command` inside a running container with its standard streams connected
+    /// (`kubectl exec`, `kubectl cp`, `edgecore exec`); returns once it runs. A command that
+    /// cannot be started is an error here, not an exit code.
+    async fn exec(
+        &self,
+        _sandbox: &Sandbox,
+        _container_id: &str,
+        _spec: &ExecSpec,
+    ) -> Result<ExecProcess, RuntimeError> {
+        Err(RuntimeError::Internal {
+            op: "exec".into(),
+            message: format!(
+                "the {} runtime cannot run interactive commands",
+                self.version()
+            ),
+        })
+    }
 
     /// Every sandbox this runtime (this edgecore's data) holds, for adoption after a restart.
     async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError>;

@@ -73,7 +73,7 @@ pub(super) async fn dispatch(State(state): State<ApiState>, req: Request) -> Res
 
 async fn handle(
     state: &ApiState,
-    parts: axum::http::request::Parts,
+    mut parts: axum::http::request::Parts,
     body: Body,
     labels: &mut RequestLabels,
 ) -> Result<Response, ApiError> {
@@ -101,9 +101,14 @@ async fn handle(
     labels.resource = t.res.info().qualified();
     let binding = t.subresource.as_deref() == Some(super::binding::SUBRESOURCE);
     let log = t.subresource.as_deref() == Some(super::pod_log::SUBRESOURCE);
+    let attach = t.subresource.as_deref() == Some(super::pod_exec::ATTACH_SUBRESOURCE);
+    let exec = attach || t.subresource.as_deref() == Some(super::pod_exec::SUBRESOURCE);
     let allowed = match (t.subresource.is_some(), verb) {
         (true, "get") if log => true,
         (true, _) if log => false,
+        // GET for the WebSocket upgrade, POST for SPDY (which is answered, not served).
+        (true, "get" | "create") if exec => true,
+        (true, _) if exec => false,
         (true, "create") => binding,
         (true, _) if binding => false,
         (true, "get" | "update" | "patch") => t.res.info().supports(verb),
@@ -117,6 +122,19 @@ async fn handle(
     if !allowed {
         return Err(ApiError::MethodNotAllowed);
     }
+    let upgrade = if exec {
+        Some(
+            <axum::extract::ws::WebSocketUpgrade as axum::extract::FromRequestParts<()>>::from_request_parts(
+                &mut parts,
+                &(),
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    let raw_query = parts.uri.query().unwrap_or_default().to_string();
+    let method = parts.method.clone();
     let call = Call {
         state: state.clone(),
         res: t.res.clone(),
@@ -130,6 +148,17 @@ async fn handle(
     let limit = state.max_body_bytes;
     if log {
         return super::pod_log::serve(&call, state.hub.as_ref()).await;
+    }
+    if let Some(upgrade) = upgrade {
+        return super::pod_exec::serve(
+            &call,
+            state.hub.as_ref(),
+            &method,
+            &raw_query,
+            upgrade,
+            attach,
+        )
+        .await;
     }
     if binding {
         let body = read_body(body, &call.headers, limit).await?;

@@ -100,6 +100,9 @@ pub(super) fn parse_target(state: &ApiState, path: &str) -> Result<Target, ApiEr
             "scale" => res.scale_subresource(),
             crate::api::binding::SUBRESOURCE => res.binding_subresource(),
             crate::api::pod_log::SUBRESOURCE => res.log_subresource(),
+            crate::api::pod_exec::SUBRESOURCE | crate::api::pod_exec::ATTACH_SUBRESOURCE => {
+                res.exec_subresource()
+            }
             _ => false,
         };
         if !served {

@@ -105,6 +105,10 @@ impl ResourceHandler for PodHandler {
         true
     }
 
+    fn exec_subresource(&self) -> bool {
+        true
+    }
+
     fn info(&self) -> &ResourceInfo {
         &POD_INFO
     }

@@ -494,3 +494,20 @@ fn init_containers_are_refused_until_edges_run_them() {
         "spec.initContainers: Forbidden: init containers are not run by Skerry edges yet"
     ));
 }
+
+#[test]
+fn stdin_and_tty_of_containers_are_refused_not_ignored() {
+    let p = pod(json!({"containers": [{"name": "a", "image": "x", "stdin": true, "tty": true}]}));
+    assert_eq!(
+        fields(PodHandler.validate(&p)),
+        [
+            (
+                "spec.containers[0].stdin".to_string(),
+                "FieldValueForbidden"
+            ),
+            ("spec.containers[0].tty".to_string(), "FieldValueForbidden"),
+        ]
+    );
+    let off = pod(json!({"containers": [{"name": "a", "image": "x", "stdin": false}]}));
+    assert!(PodHandler.validate(&off).is_ok());
+}

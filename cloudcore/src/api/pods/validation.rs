@@ -369,6 +369,17 @@ fn validate_container(
             ));
         }
     }
+    // Neither runtime keeps a container's stdin or a terminal open for it, so `kubectl attach
+    // -i` would have nothing to attach to: refused rather than ignored.
+    for (field, on) in [("stdin", c.stdin), ("tty", c.tty)] {
+        if on == Some(true) {
+            errs.push(FieldError::forbidden(
+                format!("{path}.{field}"),
+                "edge nodes keep no container's stdin or terminal open; run an interactive \
+                 command beside it with kubectl exec -it",
+            ));
+        }
+    }
     match c.image.as_deref() {
         None => errs.push(FieldError::required(format!("{path}.image"), "")),
         Some(i) if i.trim().is_empty() => {

@@ -86,6 +86,11 @@ impl Conn {
         &self.socket
     }
 
+    /// The channel itself, for containerd's own services on the same socket.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// A client of CRI's runtime service.
     pub fn runtime(&self) -> RuntimeServiceClient<Channel> {
         RuntimeServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)

@@ -44,6 +44,7 @@ pub mod logs;
 pub mod spec;
 
 mod container;
+mod exec;
 mod image;
 mod rotation;
 mod sandbox;
@@ -389,6 +390,15 @@ impl Runtime for CriRuntime {
             }
             Err(e) => Err(self.internal("exec", "ExecSync", &e)),
         }
+    }
+
+    async fn exec(
+        &self,
+        sandbox: &Sandbox,
+        container_id: &str,
+        spec: &crate::runtime::ExecSpec,
+    ) -> Result<crate::runtime::ExecProcess, RuntimeError> {
+        self.exec_task(sandbox, container_id, spec).await
     }
 
     async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError> {

@@ -152,10 +152,13 @@ impl CriRuntime {
             op: OP.into(),
             message: format!("cannot remove {}: {e}", path.display()),
         };
-        match tokio::fs::remove_dir_all(&logs).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(remove_err(&logs, e)),
+        // The FIFOs of execs (see `super::exec`) are ours too.
+        for ours in [logs, dir.join(super::exec::EXEC_DIR)] {
+            match tokio::fs::remove_dir_all(&ours).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(remove_err(&ours, e)),
+            }
         }
         match tokio::fs::remove_dir(&dir).await {
             Ok(()) => {}

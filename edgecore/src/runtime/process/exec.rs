@@ -23,6 +23,16 @@ impl ProcessRuntime {
         command: &[String],
         timeout: Duration,
     ) -> Result<crate::runtime::ExecOutput, RuntimeError> {
+        let spec = self.running_spec(sandbox, container_id).await?;
+        exec_in_context(&spec, command, timeout).await
+    }
+
+    /// The spec of a running container instance: the context a command beside it gets.
+    pub(super) async fn running_spec(
+        &self,
+        sandbox: &Sandbox,
+        container_id: &str,
+    ) -> Result<ShimSpec, RuntimeError> {
         let id = self.parse_id(sandbox, container_id)?;
         let dir = self.instance_dir(&id);
         if !is_dir(&dir).await {
@@ -45,22 +55,17 @@ impl ProcessRuntime {
                 ))
             }
         }
-        let spec = match read_json::<ShimSpec>(&dir.join(SPEC_FILE)).await {
-            Ok(Some(spec)) => spec,
-            Ok(None) => {
-                return Err(internal(
-                    "exec",
-                    format!("container {id} has no spec.json; its instance directory is damaged"),
-                ))
-            }
-            Err(message) => {
-                return Err(internal(
-                    "exec",
-                    format!("cannot read the spec of container {id}: {message}"),
-                ))
-            }
-        };
-        exec_in_context(&spec, command, timeout).await
+        match read_json::<ShimSpec>(&dir.join(SPEC_FILE)).await {
+            Ok(Some(spec)) => Ok(spec),
+            Ok(None) => Err(internal(
+                "exec",
+                format!("container {id} has no spec.json; its instance directory is damaged"),
+            )),
+            Err(message) => Err(internal(
+                "exec",
+                format!("cannot read the spec of container {id}: {message}"),
+            )),
+        }
     }
 }
 
@@ -191,7 +196,7 @@ pub(super) async fn exec_in_context(
 }
 
 /// SIGKILLs the process group led by the pid it holds when dropped.
-pub(super) struct KillGroupOnDrop(Option<u32>);
+pub(super) struct KillGroupOnDrop(pub(super) Option<u32>);
 
 impl Drop for KillGroupOnDrop {
     fn drop(&mut self) {

@@ -87,6 +87,7 @@
 
 mod env;
 mod exec;
+mod interactive;
 mod layout;
 mod procfs;
 mod record;
@@ -467,6 +468,15 @@ impl Runtime for ProcessRuntime {
     ) -> Result<crate::runtime::ExecOutput, RuntimeError> {
         self.exec_instance(sandbox, container_id, command, timeout)
             .await
+    }
+
+    async fn exec(
+        &self,
+        sandbox: &Sandbox,
+        container_id: &str,
+        spec: &crate::runtime::ExecSpec,
+    ) -> Result<crate::runtime::ExecProcess, RuntimeError> {
+        self.exec_interactive(sandbox, container_id, spec).await
     }
 
     async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError> {
