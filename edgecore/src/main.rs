@@ -506,19 +506,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let (ns, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
             rt.block_on(async {
                 let (runtime, format) = offline_runtime(&cli.data_dir, &runtime).await?;
-                let pods = runtime.list_pods().await?;
-                let found = pods
-                    .iter()
-                    .find(|p| p.namespace == ns && p.name == name)
-                    .with_context(|| format!("no pod {ns}/{name} on this node"))?;
-                let c = match container {
-                    Some(c) => c,
-                    None => found
-                        .containers
-                        .first()
-                        .map(|c| c.name.clone())
-                        .with_context(|| format!("pod {ns}/{name} has no containers yet"))?,
-                };
+                let (found, c) = find_on_node(runtime.as_ref(), ns, name, container).await?;
                 // The same reader `kubectl logs` goes through (over the link), offline.
                 let reader =
                     edgecore::logs::LogReader::new(runtime, cli.data_dir.join("pods"), format);
@@ -550,19 +538,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let (ns, name) = pod.split_once('/').unwrap_or(("default", pod.as_str()));
             let code = rt.block_on(async {
                 let (runtime, _) = offline_runtime(&cli.data_dir, &runtime).await?;
-                let pods = runtime.list_pods().await?;
-                let found = pods
-                    .iter()
-                    .find(|p| p.namespace == ns && p.name == name)
-                    .with_context(|| format!("no pod {ns}/{name} on this node"))?;
-                let container = match container {
-                    Some(c) => c,
-                    None => found
-                        .containers
-                        .first()
-                        .map(|c| c.name.clone())
-                        .with_context(|| format!("pod {ns}/{name} has no containers yet"))?,
-                };
+                let (_, container) = find_on_node(runtime.as_ref(), ns, name, container).await?;
                 let req = edgecore::exec::local::LocalExec {
                     namespace: ns.to_string(),
                     pod: name.to_string(),
@@ -619,6 +595,31 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
     s.parse()
         .map(|a| Listen(Some(a)))
         .map_err(|e| format!("{s:?} is not ADDRESS:PORT or off: {e}"))
+}
+
+/// The pod `ns/name` as the runtime has it on this node, and the container meant (the one
+/// named, or the pod's first), for the offline commands.
+async fn find_on_node(
+    runtime: &dyn Runtime,
+    ns: &str,
+    name: &str,
+    container: Option<String>,
+) -> anyhow::Result<(edgecore::runtime::ExistingPod, String)> {
+    let found = runtime
+        .list_pods()
+        .await?
+        .into_iter()
+        .find(|p| p.namespace == ns && p.name == name)
+        .with_context(|| format!("no pod {ns}/{name} on this node"))?;
+    let container = match container {
+        Some(c) => c,
+        None => found
+            .containers
+            .first()
+            .map(|c| c.name.clone())
+            .with_context(|| format!("pod {ns}/{name} has no containers yet"))?,
+    };
+    Ok((found, container))
 }
 
 /// The runtime of `args`, for the offline commands (`logs`, `exec`), and how it writes logs.

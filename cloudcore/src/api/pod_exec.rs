@@ -209,17 +209,7 @@ pub(super) async fn serve(
         parse_options(&pairs)?
     };
     let container = resolve_container(&pod, &name, opts.container.as_deref())?;
-    let node = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?
-        .to_string();
-    let user = call
-        .user
-        .as_ref()
-        .map(|u| u.name.clone())
-        .unwrap_or_default();
+    let (node, user) = super::pod_log::node_and_user(call, &pod, &name)?;
     let Some(hub) = hub else {
         return Err(ApiError::ServiceUnavailable(
             "this cloudcore runs no hub, so no node can be reached for exec".into(),
@@ -431,6 +421,9 @@ fn outcome_status(command: &[String], outcome: &Outcome) -> Value {
     }
 }
 
+/// How long the hub waits for the client's close after its own.
+const CLOSING_HANDSHAKE: Duration = Duration::from_secs(2);
+
 /// A close with status 1000: client-go takes only that as the clean end of the streams (a
 /// close without a status is an error to it).
 fn normal_close() -> Message {
@@ -616,6 +609,19 @@ impl Session {
             let status = outcome_status(&self.command, &outcome);
             let _ = tx.send(framed(ERROR, status.to_string().as_bytes())).await;
             let _ = tx.send(normal_close()).await;
+            // The closing handshake: read until the client's own close (for at most 2 s). What
+            // the client sent meanwhile (a resize, stdin the command never read) must be read
+            // before the socket closes: a socket closed with unread data is reset by the
+            // kernel, and the reset makes the client's kernel drop the status and close it has
+            // not read yet ("connection reset by peer" instead of the exit code).
+            let _ = tokio::time::timeout(CLOSING_HANDSHAKE, async {
+                while let Some(Ok(msg)) = rx.next().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
         let secs = started.elapsed().as_secs();
         let (user, pod, container, command) =

@@ -217,12 +217,13 @@ fn not_connected(node: &str, since: Option<SystemTime>, ns: &str, pod: &str, c: 
 }
 
 /// Serves the log of pod `call.name`.
-pub(super) async fn serve(call: &Call, hub: Option<&Arc<Hub>>) -> Result<Response, ApiError> {
-    let name = call.name.clone().unwrap_or_default();
-    let ns = call.namespace.clone().unwrap_or_default();
-    let opts = parse_options(&name, &call.query)?;
-    let pod = super::handlers::get_current(call).await?.value;
-    let container = resolve_container(&pod, &name, opts.container.as_deref())?;
+/// The node `pod` is bound to (a 400 in kube-apiserver's words if none) and the caller's user
+/// name, for a request streamed from the pod's node.
+pub(super) fn node_and_user(
+    call: &Call,
+    pod: &Value,
+    name: &str,
+) -> Result<(String, String), ApiError> {
     let node = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -234,6 +235,16 @@ pub(super) async fn serve(call: &Call, hub: Option<&Arc<Hub>>) -> Result<Respons
         .as_ref()
         .map(|u| u.name.clone())
         .unwrap_or_default();
+    Ok((node, user))
+}
+
+pub(super) async fn serve(call: &Call, hub: Option<&Arc<Hub>>) -> Result<Response, ApiError> {
+    let name = call.name.clone().unwrap_or_default();
+    let ns = call.namespace.clone().unwrap_or_default();
+    let opts = parse_options(&name, &call.query)?;
+    let pod = super::handlers::get_current(call).await?.value;
+    let container = resolve_container(&pod, &name, opts.container.as_deref())?;
+    let (node, user) = node_and_user(call, &pod, &name)?;
     let Some(hub) = hub else {
         return Err(ApiError::ServiceUnavailable(
             "this cloudcore runs no hub, so no node can be reached for logs".into(),
