@@ -40,12 +40,9 @@ pub(super) struct Registration<'a> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         let session = self.session;
-        self.relay
-            .routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove_if(&self.node, |l| l.session == session);
-        metrics::gauge!("skerry_hub_overlay_routes").decrement(1.0);
+        let mut routes = self.relay.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.remove_if(&self.node, |l| l.session == session);
+        metrics::gauge!("skerry_hub_overlay_routes").set(routes.len() as f64);
     }
 }
 
@@ -58,11 +55,10 @@ impl Relay {
         session: u64,
         conn: quinn::Connection,
     ) -> Registration<'_> {
-        self.routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(cidr, node, Link { session, conn });
-        metrics::gauge!("skerry_hub_overlay_routes").increment(1.0);
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.insert(cidr, node, Link { session, conn });
+        metrics::gauge!("skerry_hub_overlay_routes").set(routes.len() as f64);
+        drop(routes);
         Registration {
             relay: self,
             node: node.to_string(),
