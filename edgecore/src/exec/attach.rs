@@ -9,6 +9,7 @@
 //! [`ExecEvent::Exited`] once the container's instance stopped, as kubelet ends an attach. The
 //! copy goes through a bounded pipe of one chunk: a slow client holds the log's reads.
 
+use crate::logs::serve::refuse;
 use crate::logs::LogReader;
 use protocol::streams::{
     AttachRequest, ExecEvent, ExecInput, LogHeader, LogRefusal, LogRequest, EXEC_CHUNK,
@@ -107,14 +108,4 @@ pub async fn serve(
         let _ = send.finish();
     }
     debug!(%pod, container = %req.container, outcome = ?last, "attach ended");
-}
-
-async fn refuse(
-    send: &mut quinn::SendStream,
-    kind: LogRefusal,
-    message: String,
-) -> Result<(), wire::frames::FrameError> {
-    wire::frames::write_frame(send, &LogHeader::Refused { kind, message }).await?;
-    let _ = send.finish();
-    Ok(())
 }

@@ -13,6 +13,7 @@
 //! dropping the [`crate::runtime::ExecProcess`] kills it.
 
 use super::find_running;
+use crate::logs::serve::refuse;
 use crate::runtime::{ExecReader, ExecSpec, Runtime};
 use protocol::streams::{
     ExecEvent, ExecInput, ExecRequest, LogHeader, LogRefusal, EXEC_CHUNK, MAX_EXEC_FRAME,
@@ -206,14 +207,4 @@ impl ExecServer {
             }
         }
     }
-}
-
-async fn refuse(
-    send: &mut quinn::SendStream,
-    kind: LogRefusal,
-    message: String,
-) -> Result<(), wire::frames::FrameError> {
-    wire::frames::write_frame(send, &LogHeader::Refused { kind, message }).await?;
-    let _ = send.finish();
-    Ok(())
 }

@@ -143,7 +143,8 @@ fn codec_error_code() -> quinn::VarInt {
     quinn::VarInt::from_u32(2)
 }
 
-async fn refuse(
+/// Answers a stream the hub opened with a refusal and ends it (logs, exec and attach alike).
+pub(crate) async fn refuse(
     send: &mut quinn::SendStream,
     kind: LogRefusal,
     message: String,
