@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config_index;
 pub mod controllers;
 pub mod credentials;
+pub mod cron;
 pub mod devices;
 pub mod hub;
 pub mod ingest;

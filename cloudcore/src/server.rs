@@ -306,8 +306,8 @@ const CONTROLLER_RESYNC: Duration = Duration::from_secs(30);
 /// workload controllers), writing through the in-process client.
 pub fn spawn_workload_controllers(api: &ApiState, supervisor: &Supervisor) {
     use crate::controllers::{
-        daemonset, deployment, endpoints, garbage_collector, ingress_status, namespace, replicaset,
-        runner, statefulset,
+        cronjob, daemonset, deployment, endpoints, garbage_collector, ingress_status, job,
+        namespace, replicaset, runner, statefulset,
     };
     use runner::{Options, Reconciler};
     let client = crate::api::client::Client::new(api.clone());
@@ -353,6 +353,13 @@ pub fn spawn_workload_controllers(api: &ApiState, supervisor: &Supervisor) {
     );
     run_on(
         supervisor,
+        "replication-controller",
+        api,
+        replicaset::ReplicationManager::new(client.clone(), &informers),
+        workload,
+    );
+    run_on(
+        supervisor,
         "deployment-controller",
         api,
         deployment::DeploymentController::new(client.clone(), &informers),
@@ -371,6 +378,27 @@ pub fn spawn_workload_controllers(api: &ApiState, supervisor: &Supervisor) {
         api,
         statefulset::StatefulSetController::new(client.clone(), &informers),
         Options::resync(statefulset::RESYNC).with_concurrency(5),
+    );
+    run_on(
+        supervisor,
+        "job-controller",
+        api,
+        job::JobController::new(
+            client.clone(),
+            &informers,
+            std::sync::Arc::new(crate::clock::SystemClock),
+        ),
+        Options::resync(job::RESYNC).with_concurrency(5),
+    );
+    run_on(
+        supervisor,
+        "cronjob-controller",
+        api,
+        cronjob::CronJobController::new(
+            client.clone(),
+            std::sync::Arc::new(crate::clock::SystemClock),
+        ),
+        Options::resync(cronjob::RESYNC).with_concurrency(2),
     );
     // Workers as kube-controller-manager's `--concurrent-service-endpoint-syncs` and
     // `--concurrent-endpoint-syncs` defaults.

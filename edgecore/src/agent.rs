@@ -74,7 +74,11 @@ pub struct AgentOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeKind {
     /// Native processes supervised by edgecore's shims (no containerd needed).
-    Process,
+    Process {
+        /// Put every container in cgroups of its own with its limits (when the host allows);
+        /// off, a pod with limits is refused.
+        cgroups: bool,
+    },
     /// containerd over CRI, at this socket.
     Cri {
         /// containerd's socket.
@@ -188,14 +192,15 @@ pub async fn run(
             .unwrap_or_else(|| "127.0.0.1".into()),
     };
     let runtime: Arc<dyn Runtime> = match &opts.runtime {
-        RuntimeKind::Process => {
+        RuntimeKind::Process { cgroups } => {
             let shim = std::env::current_exe()
                 .context("cannot find edgecore's own binary for the process shim")?;
-            Arc::new(ProcessRuntime::new(
-                opts.data_dir.join("pods"),
-                shim,
-                host_ip.clone(),
-            ))
+            let runtime = ProcessRuntime::new(opts.data_dir.join("pods"), shim, host_ip.clone());
+            Arc::new(if *cgroups {
+                runtime
+            } else {
+                runtime.without_cgroups()
+            })
         }
         RuntimeKind::Cri { socket } => {
             let cri = connect_cri(&opts.data_dir, socket, &cache).await?;
@@ -206,7 +211,7 @@ pub async fn run(
     };
     let health_runtime = runtime.clone();
     let log_format = match &opts.runtime {
-        RuntimeKind::Process => crate::logs::LogFormat::Raw,
+        RuntimeKind::Process { .. } => crate::logs::LogFormat::Raw,
         RuntimeKind::Cri { .. } => crate::logs::LogFormat::Cri,
     };
     let streams = crate::logs::serve::StreamServer::new(
@@ -367,6 +372,15 @@ pub async fn run(
         let view = view_rx.clone();
         supervisor.spawn("service-proxy", move || {
             crate::network::proxy::run(proxy.clone(), view.clone(), std::future::pending())
+        });
+    }
+    if opts.overlay.is_none() {
+        // No overlay reads the link's datagrams, but the hub still sends its liveness probes
+        // while streams are open (`protocol::overlay::is_link_probe`): read and drop them, so
+        // they do not pile up in the connection's receive queue.
+        let link = connection_rx.clone();
+        supervisor.spawn("link-datagrams", move || {
+            crate::link::drop_datagrams(link.clone())
         });
     }
     if let Some(overlay) = opts.overlay.clone() {

@@ -101,7 +101,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Identity
     })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     use rustls::pki_types::pem::PemObject;
     if !path.exists() {
         return Err(IdentityError::NotJoined(path.to_path_buf()));
@@ -115,7 +115,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError
         })
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

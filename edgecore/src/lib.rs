@@ -17,6 +17,7 @@ pub mod logs;
 pub mod network;
 pub mod node_health;
 pub mod pods;
+pub mod portforward;
 pub mod report;
 pub mod runtime;
 pub mod server_trust;

@@ -178,6 +178,11 @@ enum Command {
         /// the overlay), left in place when edgecore stops like the proxy's.
         #[arg(long, default_value = "skerry-overlay")]
         overlay_table: String,
+        /// Send pod packets straight to the node holding their destination when it can be
+        /// reached (a mTLS QUIC connection between the two nodes, which the hub tells them
+        /// about), and through the hub only when it cannot. `false`: always through the hub.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        overlay_direct: bool,
         /// Where the Ingress router listens for HTTP (`off`: no HTTP listener). It opens once
         /// the node serves an Ingress (an IngressClass of controller skerry.io/edge-ingress
         /// selects the node), so a node that serves none holds no port.
@@ -268,12 +273,19 @@ struct RuntimeArgs {
     /// containerd's socket, for `--runtime cri`.
     #[arg(long, default_value = edgecore::runtime::cri::DEFAULT_SOCKET, env = "SKERRY_CRI_SOCKET")]
     cri_socket: PathBuf,
+    /// For `--runtime process`: put each container in cgroups of its own with its cpu and
+    /// memory limits. `false` where cgroups must not be touched; pods with limits are then
+    /// refused instead of run unlimited.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "SKERRY_PROCESS_CGROUPS")]
+    process_cgroups: bool,
 }
 
 impl RuntimeArgs {
     fn kind(&self) -> RuntimeKind {
         match self.runtime {
-            RuntimeName::Process => RuntimeKind::Process,
+            RuntimeName::Process => RuntimeKind::Process {
+                cgroups: self.process_cgroups,
+            },
             RuntimeName::Cri => RuntimeKind::Cri {
                 socket: self.cri_socket.clone(),
             },
@@ -411,6 +423,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             overlay,
             overlay_interface,
             overlay_table,
+            overlay_direct,
             cluster_dns,
             dns_interface,
             ingress_http_addr,
@@ -444,6 +457,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let recorder =
                 metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
             let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || recorder.render());
+            let identity = IdentityPaths::new(&cli.data_dir);
             let opts = AgentOptions {
                 data_dir: cli.data_dir,
                 node_ip,
@@ -482,6 +496,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     interface: overlay_interface,
                     table: overlay_table,
                     tools: Default::default(),
+                    direct: overlay_direct.then(|| edgecore::network::overlay::DirectConfig {
+                        node: cfg.node_name.clone(),
+                        identity,
+                    }),
                 }),
                 ingress: (ingress_http_addr.0.is_some() || ingress_https_addr.0.is_some()).then(
                     || edgecore::network::ingress::RouterConfig {
@@ -628,7 +646,7 @@ async fn offline_runtime(
     args: &RuntimeArgs,
 ) -> anyhow::Result<(Arc<dyn Runtime>, edgecore::logs::LogFormat)> {
     Ok(match args.kind() {
-        RuntimeKind::Process => (
+        RuntimeKind::Process { .. } => (
             Arc::new(edgecore::runtime::process::ProcessRuntime::new(
                 data_dir.join("pods"),
                 std::env::current_exe()?,

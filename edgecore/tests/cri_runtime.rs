@@ -799,6 +799,9 @@ impl StatusSink for Sink {
     fn pod_forgotten(&self, _namespace: &str, name: &str) {
         let _ = self.0.send(Err(name.to_string()));
     }
+    // These tests follow statuses; the events the workers record are checked by the report
+    // module's tests and the e2e `pod_events` test.
+    fn pod_event(&self, _pod: &edgecore::pods::PodRef, _occ: protocol::events::Occurrence) {}
 }
 
 type Reports = tokio::sync::mpsc::UnboundedReceiver<Result<PodStatus, String>>;

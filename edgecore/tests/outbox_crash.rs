@@ -37,6 +37,7 @@ fn pod(t: usize, running: bool) -> PodStatus {
         reason: String::new(),
         message: String::new(),
         removed: false,
+        init_containers: Vec::new(),
     }
 }
 

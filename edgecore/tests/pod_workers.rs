@@ -50,6 +50,9 @@ impl StatusSink for Sink {
             Record::Forgotten(namespace.into(), name.into()),
         ));
     }
+    // These tests follow statuses; the events the workers record are checked by the report
+    // module's tests and the e2e `pod_events` test.
+    fn pod_event(&self, _pod: &edgecore::pods::PodRef, _occ: protocol::events::Occurrence) {}
 }
 
 /// The records received so far, and the means to wait for more.
@@ -328,7 +331,7 @@ async fn a_sleeping_pod_runs_and_is_ready() {
     assert_eq!((s.pod_ip.as_str(), s.host_ip.as_str()), (HOST_IP, HOST_IP));
     assert!(s.start_time_ms > 0);
     let c = &s.containers[0];
-    assert_eq!(c.container_id, "w-run/main/0");
+    assert_eq!(c.container_id, "process://w-run/main/0");
     assert!(c.ready);
     assert_eq!(c.restart_count, 0);
     // It went through Pending with the container being created.
@@ -578,7 +581,7 @@ mod probes {
                 is_running(&s.containers[0]) && s.containers[0].restart_count == 1
             })
             .await;
-        assert_eq!(s.containers[0].container_id, "w-live/main/1");
+        assert_eq!(s.containers[0].container_id, "process://w-live/main/1");
         assert!(killed_by_probe(&s.containers[0], "liveness"));
         rec.status("w-live", "ready again", |s| {
             s.containers[0].restart_count == 1 && condition(s, "Ready")
@@ -897,7 +900,7 @@ async fn a_pod_whose_directory_was_wiped_starts_again_in_a_new_sandbox() {
         .await;
     assert!(!alive(pid), "the process of the wiped sandbox still runs");
     let c = &s.containers[0];
-    assert_eq!(c.container_id, "w-wiped/main/1");
+    assert_eq!(c.container_id, "process://w-wiped/main/1");
     // Its exit record went with the directory.
     assert!(
         matches!(&c.last_state, Some(ContainerState::Terminated { reason, .. })
@@ -960,7 +963,7 @@ async fn a_restarted_manager_adopts_running_containers() {
             started_at_ms,
         )
     };
-    assert_eq!(id, "w-adopt/main/1");
+    assert_eq!(id, "process://w-adopt/main/1");
     // The manager is gone; the container is not.
     assert!(alive(pid));
 
@@ -1257,7 +1260,7 @@ async fn a_start_slower_than_the_timeout_is_adopted_not_run_twice() {
         &s.containers[0].state,
         ContainerState::Waiting { reason, .. } if reason == "RunContainerError"
     )));
-    assert_eq!(s.containers[0].container_id, "w-slow/main/0");
+    assert_eq!(s.containers[0].container_id, "process://w-slow/main/0");
     assert_eq!(s.containers[0].restart_count, 0);
     let pid = pid_of(&root, "w-slow", "main", 0);
     sleep(5 * POLL).await;
@@ -1324,9 +1327,9 @@ async fn an_image_change_restarts_only_that_container() {
     let (ca, cb) = (&s.containers[0], &s.containers[1]);
     assert_eq!(
         (ca.container_id.as_str(), ca.restart_count),
-        ("w-image/a/0", 0)
+        ("process://w-image/a/0", 0)
     );
-    assert_eq!(cb.container_id, "w-image/b/1");
+    assert_eq!(cb.container_id, "process://w-image/b/1");
     assert_eq!(cb.image, "local/none:v2");
     assert!(matches!(
         cb.last_state,
@@ -1387,7 +1390,7 @@ async fn a_restarted_manager_restarts_containers_whose_spec_changed_meanwhile() 
             s.containers[0].restart_count == 1 && is_running(&s.containers[0])
         })
         .await;
-    assert_eq!(s.containers[0].container_id, "w-respec/main/1");
+    assert_eq!(s.containers[0].container_id, "process://w-respec/main/1");
     assert!(!alive(pid), "the old command still runs");
     let new_pid = pid_of(tmp.path(), "w-respec", "main", 1);
     assert_ne!(new_pid, pid);

@@ -10,6 +10,7 @@ pub mod assembly;
 pub mod codec;
 pub mod compat;
 pub mod config;
+pub mod events;
 pub mod ingress;
 pub mod join;
 pub mod messages;
@@ -38,7 +39,16 @@ pub mod topics;
 /// v6: the sync link carries the node's overlay routes ([`overlay::OverlayNetwork`]) and the
 /// Ingresses it serves ([`ingress::EdgeIngresses`]), and the connection carries pod packets as QUIC datagrams ([`overlay`]). Nothing of v5 changed
 /// shape: a v5 session gets today's messages without the kinds it does not know.
-pub const PROTOCOL_VERSION: u32 = 6;
+///
+/// v7: the hub's streams gain requests a v6 edge cannot decode
+/// ([`streams::StreamRequest::since_version`]), and the hub tells nodes where their overlay
+/// peers are ([`overlay::PeerHint`], on unidirectional streams); the hub opens none of them on
+/// a v6 session.
+///
+/// v8: pods carry init containers ([`pod::EdgePod::init_containers`]) and pod statuses their
+/// init containers' statuses ([`status::PodStatus::init_containers`]); a v7 session gets
+/// pods in v7's shape and never a pod with init containers ([`compat::v7::batch`]).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The oldest edge version the cloud accepts: one behind its own.
 pub const OLDEST_EDGE_VERSION: u32 = PROTOCOL_VERSION - 1;
@@ -54,6 +64,14 @@ pub const ALPN_SYNC: &[u8] = b"skerry-sync/1";
 
 /// ALPN protocol id of the one-shot join exchange (token + CSR for a node certificate).
 pub const ALPN_JOIN: &[u8] = b"skerry-join/1";
+
+/// ALPN protocol id of a direct connection between two nodes for the pod overlay
+/// ([`overlay`]'s direct path), mTLS with both nodes' certificates.
+pub const ALPN_PEER: &[u8] = b"skerry-peer/1";
+
+/// The organisation (O) every node certificate carries and no user certificate may: what
+/// makes a certificate of the cluster CA a node's, for the hub and for a node's peers.
+pub const NODE_GROUP: &str = "skerry:nodes";
 
 /// QUIC application close code of an edge that closes its sync link because it heard nothing
 /// from the cloud while it was owed an answer: its close still reaches a hub whose packets do

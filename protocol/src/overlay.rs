@@ -7,7 +7,8 @@
 //! congestion control instead of running TCP inside a reliable stream (the meltdown of TCP over
 //! TCP). A datagram is one IP packet exactly as the node's TUN device read it: no header of
 //! ours, so every byte of the path MTU is the packet's. (Should another kind of datagram ever
-//! be needed, its first nibble must be neither 4 nor 6.)
+//! be needed, its first nibble must be neither 4 nor 6.) One other kind exists: the empty
+//! datagram is the hub's liveness probe ([`is_link_probe`]).
 //!
 //! What is checked, and where (all of it here, as pure functions, so both daemons apply the
 //! same rules):
@@ -16,10 +17,31 @@
 //!   [`RouteTable::relay`];
 //! - the receiving node writes a packet into its pod network only if its destination is an
 //!   address it really hosts, and its source lies in the cluster's pod CIDRs; see
-//!   [`admit`].
+//!   [`admit`];
+//! - a packet that came straight from another node (the direct path, below) must also come
+//!   from that node's own pod CIDR, since no hub checked it; see [`admit_direct`].
+//!
+//! The direct path (protocol v7): two nodes that can reach each other need not pay the hub's
+//! hop. When the hub relays packets between two nodes it tells both where the other is
+//! ([`PeerHint`], the address it sees the other's link come from, which is the other's NAT
+//! mapping if it has one), and each dials the other on the UDP socket of its own link (so
+//! both send first, which opens a path through most NATs). The peer connection is mTLS with
+//! the node certificates, each end checking that the other's certificate names the node the
+//! hub said ([`ALPN_PEER`](crate::ALPN_PEER)); pod packets then go as datagrams on it, exactly
+//! as on the link. Whenever no direct connection is up, packets go through the hub as before.
 
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Whether a datagram on a node's link is the hub's liveness probe rather than a packet: the
+/// empty datagram, which is no IP packet. While streams to a node are open and its link is
+/// quiet, the hub sends one to make the edge's QUIC stack acknowledge something (a datagram is
+/// ack-eliciting, and quinn exposes no bare PING), so that a link cut by the network is seen
+/// in seconds instead of at the idle timeout. The edge reads and drops it; an edge that
+/// predates it counts it as a malformed packet and drops it too.
+pub fn is_link_probe(datagram: &[u8]) -> bool {
+    datagram.is_empty()
+}
 
 /// What the hub sends a node (protocol v6) when the overlay is on: where the other nodes'
 /// pods are, as far as the node needs to route.
@@ -35,6 +57,50 @@ pub struct OverlayNetwork {
     /// its bridge.
     pub cluster_cidrs: Vec<String>,
 }
+
+/// The protocol version whose edges take [`PeerHint`]s and dial their peers.
+pub const DIRECT_SINCE_VERSION: u32 = 7;
+
+/// The hub's word that `node`, which holds `pod_cidr`, can be dialled at `address`: sent
+/// (protocol v7) on a unidirectional stream of its own, one hint per stream, to both nodes
+/// of a pair whose packets the hub relays, at most once per pair every so often while it
+/// keeps relaying for them. A hint is advice, never needed: a node that cannot dial the peer
+/// (or gets no hints) keeps using the relay.
+///
+/// A hint with an empty address is a withdrawal ([`PeerHint::withdrawal`]): the hub revoked the
+/// peer, and every node closes its direct connections to it and takes none from it until the
+/// hub names it again (a revoked node's certificate is still signed by the CA, so only the hub
+/// can say it no longer counts). The shape is v7's, so no version is needed: a v7 edge reads it
+/// as a hint that does not parse and ignores it, keeping such a connection until it goes
+/// unused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHint {
+    /// The peer's node name: the common name its certificate must carry.
+    pub node: String,
+    /// The peer's pod CIDR: the only sources its packets may have.
+    pub pod_cidr: String,
+    /// The UDP address the hub sees the peer's link come from.
+    pub address: String,
+}
+
+impl PeerHint {
+    /// The withdrawal of `node`.
+    pub fn withdrawal(node: &str) -> Self {
+        Self {
+            node: node.to_string(),
+            pod_cidr: String::new(),
+            address: String::new(),
+        }
+    }
+
+    /// Whether this hint withdraws its node rather than naming it.
+    pub fn is_withdrawal(&self) -> bool {
+        self.address.is_empty()
+    }
+}
+
+/// Largest [`PeerHint`] frame a node reads.
+pub const MAX_HINT_FRAME: usize = 1024;
 
 /// A CIDR block: an address and a prefix length, parsed from `a.b.c.d/n` or `x::/n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -290,6 +356,19 @@ impl<N> RouteTable<N> {
         self.routes.is_empty()
     }
 
+    /// The node holding `dst` (the most specific route), and its link.
+    pub fn lookup(&self, dst: IpAddr) -> Option<(&str, &N)> {
+        self.routes
+            .iter()
+            .find(|(c, _, _)| c.contains(dst))
+            .map(|(_, n, l)| (n.as_str(), l))
+    }
+
+    /// Each node's route, most specific first.
+    pub fn iter(&self) -> impl Iterator<Item = (&Cidr, &str, &N)> {
+        self.routes.iter().map(|(c, n, l)| (c, n.as_str(), l))
+    }
+
     /// Where a packet from `sender` goes: the link of the node holding its destination, after
     /// checking that its source is the sender's own.
     pub fn relay(&self, sender: &str, packet: &[u8]) -> Result<(&str, &N), Refusal> {
@@ -298,15 +377,11 @@ impl<N> RouteTable<N> {
             Some(own) if own.contains(a.src) => {}
             _ => return Err(Refusal::Spoofed(a.src)),
         }
-        let (_, node, link) = self
-            .routes
-            .iter()
-            .find(|(c, _, _)| c.contains(a.dst))
-            .ok_or(Refusal::NoRoute(a.dst))?;
+        let (node, link) = self.lookup(a.dst).ok_or(Refusal::NoRoute(a.dst))?;
         if node == sender {
             return Err(Refusal::Loop(a.dst));
         }
-        Ok((node.as_str(), link))
+        Ok((node, link))
     }
 }
 
@@ -322,6 +397,10 @@ pub enum Inadmissible {
     /// The source is outside the cluster's pod CIDRs.
     #[error("source {0} is outside the cluster's pod CIDRs")]
     Foreign(IpAddr),
+    /// A packet on a direct connection whose source is not the peer's own pod CIDR (or the
+    /// peer's CIDR is not known).
+    #[error("source {0} is not the sending peer's")]
+    NotThePeers(IpAddr),
 }
 
 /// Whether a node takes a packet the hub relayed to it: its destination must be an address
@@ -341,6 +420,23 @@ pub fn admit(
         return Err(Inadmissible::NotHosted(a.dst));
     }
     Ok(a)
+}
+
+/// Whether a node takes a packet that came straight from the peer holding `peer_cidr` (the
+/// direct path): what [`admit`] checks, and first that the source is the peer's own, which
+/// on the relayed path the hub checked. `None`: the node has no hint naming this peer's CIDR
+/// yet, and takes nothing from it.
+pub fn admit_direct(
+    packet: &[u8],
+    peer_cidr: Option<&Cidr>,
+    cluster: &[Cidr],
+    hosted: impl Fn(IpAddr) -> bool,
+) -> Result<Addresses, Inadmissible> {
+    let a = addresses(packet).map_err(Inadmissible::Malformed)?;
+    if !peer_cidr.is_some_and(|c| c.contains(a.src)) {
+        return Err(Inadmissible::NotThePeers(a.src));
+    }
+    admit(packet, cluster, hosted)
 }
 
 #[cfg(test)]
@@ -511,5 +607,48 @@ mod tests {
             let p = v4([10, 1, 0, 1], [10, 244, 4, 3], 0);
             prop_assert_eq!(t.relay("src", &p).unwrap().0, "wide");
         }
+
+        /// A packet on a direct connection is taken only if its source is the peer's own, its
+        /// destination hosted here and its source in the cluster, and never without a CIDR
+        /// for the peer.
+        #[test]
+        fn direct_packets_come_from_the_peer_alone(
+            src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(), known in any::<bool>(), len in 0usize..32,
+        ) {
+            let peer = cidr("10.244.2.0/24");
+            let cluster = [cidr("10.244.0.0/16")];
+            let hosted = |ip: IpAddr| cidr("10.244.1.0/24").contains(ip);
+            let p = v4(src, dst, len);
+            let got = admit_direct(&p, known.then_some(&peer), &cluster, hosted);
+            if got.is_ok() {
+                prop_assert!(known);
+                prop_assert!(peer.contains(IpAddr::from(src)));
+                prop_assert!(hosted(IpAddr::from(dst)));
+            }
+            if known && peer.contains(IpAddr::from(src)) {
+                prop_assert_eq!(got.is_ok(), hosted(IpAddr::from(dst)));
+            }
+        }
+    }
+
+    #[test]
+    fn lookup_finds_the_node_holding_an_address() {
+        let t = table();
+        assert_eq!(t.lookup("10.244.2.9".parse().unwrap()), Some(("b", &2)));
+        assert!(t.lookup("192.0.2.1".parse().unwrap()).is_none());
+        assert_eq!(t.iter().count(), t.len());
+    }
+
+    #[test]
+    fn a_peer_hint_round_trips_and_fits_its_frame() {
+        let hint = PeerHint {
+            node: "n".repeat(253),
+            pod_cidr: "fd00:1234:5678:9abc::/64".into(),
+            address: "[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535".into(),
+        };
+        let bytes = crate::codec::encode_frame(&hint).unwrap();
+        assert!(bytes.len() <= MAX_HINT_FRAME, "{}", bytes.len());
+        let back: PeerHint = crate::codec::decode(&bytes[crate::codec::HEADER_LEN..]).unwrap();
+        assert_eq!(back, hint);
     }
 }

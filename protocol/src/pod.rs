@@ -31,12 +31,44 @@ pub struct EdgePod {
     /// How the pod's resolver is set up (`dnsPolicy` and `dnsConfig`); the runtime writes the
     /// pod's `resolv.conf` from it and the node's cluster DNS settings, as kubelet does.
     pub dns: PodDns,
+    /// `spec.initContainers`, in order (protocol v8): each runs to completion before the next
+    /// starts, and the app containers start once all have; a sidecar one
+    /// ([`EdgeInitContainer::sidecar`]) is started in its turn and keeps running.
+    pub init_containers: Vec<EdgeInitContainer>,
+}
+
+/// One init container (protocol v8).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeInitContainer {
+    /// The container, as any other.
+    pub container: EdgeContainer,
+    /// `restartPolicy: Always` on the init container (Kubernetes 1.29 sidecars): the next init
+    /// container starts once it has started (and passed its startup probe), it runs beside
+    /// the app containers, restarts whenever it exits, and is stopped after them.
+    pub sidecar: bool,
 }
 
 impl EdgePod {
     /// `namespace/name`, the form used in logs and the cache.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Every container of the pod, init containers first (in their order), then the app
+    /// containers: the edge's one numbering of a pod's containers ([`Self::container_at`]).
+    pub fn all_containers(&self) -> impl Iterator<Item = &EdgeContainer> {
+        self.init_containers
+            .iter()
+            .map(|i| &i.container)
+            .chain(self.containers.iter())
+    }
+
+    /// The container at `index` of [`Self::all_containers`].
+    pub fn container_at(&self, index: usize) -> Option<&EdgeContainer> {
+        match index.checked_sub(self.init_containers.len()) {
+            None => self.init_containers.get(index).map(|i| &i.container),
+            Some(app) => self.containers.get(app),
+        }
     }
 
     /// Every ConfigMap and Secret this pod references (env `valueFrom`, `envFrom`, configMap and
@@ -51,7 +83,7 @@ impl EdgePod {
             name: name.to_string(),
         };
         let mut out = std::collections::BTreeSet::new();
-        for container in &self.containers {
+        for container in self.all_containers() {
             for var in &container.env {
                 match &var.value {
                     EnvValue::ConfigMapKey { name, .. } => {
@@ -99,6 +131,7 @@ impl EdgePod {
     pub fn same_runtime_spec(&self, other: &EdgePod) -> bool {
         self.uid == other.uid
             && self.containers == other.containers
+            && self.init_containers == other.init_containers
             && self.restart_policy == other.restart_policy
             && self.volumes == other.volumes
     }
@@ -244,6 +277,14 @@ pub struct EdgeContainer {
     pub readiness_probe: Option<Probe>,
     /// Holds back liveness and readiness probes until it first succeeds.
     pub startup_probe: Option<Probe>,
+    /// Kubernetes `stdin`: the runtime keeps the container's standard input open, for
+    /// `kubectl attach -i` (protocol v7).
+    pub stdin: bool,
+    /// Kubernetes `stdinOnce`: the container's stdin is closed when the first attach that
+    /// carried input ends (protocol v7).
+    pub stdin_once: bool,
+    /// Kubernetes `tty`: the container runs on a terminal of its own (protocol v7).
+    pub tty: bool,
 }
 
 /// One `envFrom` source.
@@ -511,6 +552,7 @@ pub(crate) mod tests {
             }],
             deletion_grace_period_seconds: None,
             dns: PodDns::default(),
+            init_containers: vec![],
         }
     }
 

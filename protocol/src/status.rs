@@ -97,8 +97,10 @@ pub fn decode_report(bytes: &[u8]) -> Result<StatusReport, SealError> {
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     match version {
         Some(crate::PROTOCOL_VERSION) | None => Ok(crate::codec::decode(bytes)?),
-        // v5 reports are today's shape (`crate::compat`).
-        Some(crate::compat::v5::VERSION) => Ok(crate::codec::decode(bytes)?),
+        // v7 reports have v7's pod statuses, without init containers (`crate::compat`).
+        Some(crate::compat::v7::VERSION) => {
+            Ok(crate::codec::decode::<crate::compat::v7::StatusReport>(bytes)?.into())
+        }
         Some(edge) => Err(SealError::UnsupportedVersion { edge }),
     }
 }
@@ -129,6 +131,9 @@ pub enum StatusBody {
     Node(NodeStatus),
     /// A pod's status.
     Pod(PodStatus),
+    /// A pod's event series (since v7; on `topics::pod_events`). Last, so that the variants
+    /// before it kept their positions for v6 decoders.
+    Events(crate::events::PodEvents),
 }
 
 /// Node status: sent periodically as the heartbeat, and on change.
@@ -325,6 +330,10 @@ pub struct ContainerStatus {
     pub state: ContainerState,
     /// Previous state, after a restart.
     pub last_state: Option<ContainerState>,
+    /// The image the instance runs, as its runtime names it (kubelet's `imageID`: CRI's
+    /// `imageRef`, a digest); empty before an instance was created, and for the process
+    /// runtime, which has no images. Since v7 (last, as v6's fields keep their places).
+    pub image_id: String,
 }
 
 /// A pod's status, or the notice that the edge has removed it.
@@ -357,6 +366,9 @@ pub struct PodStatus {
     /// True once the edge has stopped everything of a pod that is being deleted: the cloud may
     /// now remove the object.
     pub removed: bool,
+    /// Per init container, in their order (`initContainerStatuses`; since v8, last so that
+    /// v7's fields keep their places).
+    pub init_containers: Vec<ContainerStatus>,
 }
 
 #[cfg(test)]

@@ -32,10 +32,40 @@ pub enum StreamRequest {
     /// frames, then [`ExecEvent::Exited`] once the container's instance ended. The hub's
     /// frames are read and dropped (the containers keep no stdin open to attach to).
     Attach(AttachRequest),
+    /// Carry one TCP connection to a port of a pod (`kubectl port-forward`, protocol v7): the
+    /// edge connects first (inside the pod's network namespace, to `localhost:port`) and
+    /// answers [`LogHeader::Streaming`] or a refusal; then the stream's bytes are the
+    /// connection's, unframed, each way. A finished side is a half-close; a reset one, a cut.
+    PortForward(PortForwardRequest),
+    /// Attach to a container that was started with `stdin` or `tty` (protocol v7): its own
+    /// standard streams, not its log. The frames are an exec stream's: [`ExecInput`] from the
+    /// hub (stdin, resizes, stdin's close), [`ExecEvent`] from the edge, ended by
+    /// [`ExecEvent::Exited`] when the container's instance ends (code 0: the attach ended, not
+    /// the container's status) or [`ExecEvent::Failed`].
+    AttachIo(AttachIoRequest),
+}
+
+/// The protocol version whose edges understand [`StreamRequest::PortForward`].
+pub const PORT_FORWARD_SINCE_VERSION: u32 = 7;
+
+/// One connection of `.../pods/{name}/portforward`, after the cloud checked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForwardRequest {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod UID as the cloud knows it.
+    pub uid: String,
+    /// The pod's port (1 to 65535).
+    pub port: u16,
 }
 
 /// The protocol version whose edges understand [`StreamRequest::Exec`].
 pub const EXEC_SINCE_VERSION: u32 = 6;
+
+/// The protocol version whose edges understand [`StreamRequest::AttachIo`].
+pub const ATTACH_IO_SINCE_VERSION: u32 = 7;
 
 impl StreamRequest {
     /// The oldest protocol version whose edges decode this request.
@@ -44,6 +74,8 @@ impl StreamRequest {
             // Log streams came without a version bump (v5 edges serve them).
             StreamRequest::Logs(_) => 5,
             StreamRequest::Exec(_) | StreamRequest::Attach(_) => EXEC_SINCE_VERSION,
+            StreamRequest::PortForward(_) => PORT_FORWARD_SINCE_VERSION,
+            StreamRequest::AttachIo(_) => ATTACH_IO_SINCE_VERSION,
         }
     }
 
@@ -64,6 +96,26 @@ pub struct AttachRequest {
     pub uid: String,
     /// Container name (the cloud resolved the default).
     pub container: String,
+}
+
+/// What `GET .../pods/{name}/attach` asked of a container started with `stdin` or `tty`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachIoRequest {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod UID as the cloud knows it.
+    pub uid: String,
+    /// Container name (the cloud resolved the default).
+    pub container: String,
+    /// The client sends input (the container was started with `stdin`; otherwise false).
+    pub stdin: bool,
+    /// The container runs on a terminal (its `tty`, as kubelet takes it: whether a process
+    /// has a terminal cannot change after it started).
+    pub tty: bool,
+    /// The client wants standard error (never with `tty`).
+    pub stderr: bool,
 }
 
 /// A terminal's size in character cells (`kubectl exec -t`'s resize messages).
@@ -306,5 +358,27 @@ mod tests {
             Logs(LogRequest),
         }
         assert!(codec::decode::<V5Request>(&bytes).is_err());
+    }
+
+    #[test]
+    fn port_forward_is_only_for_v7_edges_and_v6_edges_cannot_misread_it() {
+        let pf = StreamRequest::PortForward(PortForwardRequest {
+            namespace: "default".into(),
+            pod: "web".into(),
+            uid: "u-1".into(),
+            port: 8080,
+        });
+        assert!(!pf.known_to(6));
+        assert!(pf.known_to(PORT_FORWARD_SINCE_VERSION));
+        let bytes = codec::encode(&pf).expect("encode");
+        assert_eq!(codec::decode::<StreamRequest>(&bytes).expect("decode"), pf);
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        enum V6Request {
+            Logs(LogRequest),
+            Exec(ExecRequest),
+            Attach(AttachRequest),
+        }
+        assert!(codec::decode::<V6Request>(&bytes).is_err());
     }
 }

@@ -4,7 +4,10 @@
 //! "client X may publish to `skerry/v1/nodes/X/#`" confines each node to its own reports.
 //!
 //! - `skerry/v1/nodes/{node}/status`: [`crate::status::NodeStatus`] reports (heartbeats);
-//! - `skerry/v1/nodes/{node}/pods/{namespace}/{name}/status`: [`crate::status::PodStatus`] reports.
+//! - `skerry/v1/nodes/{node}/pods/{namespace}/{name}/status`: [`crate::status::PodStatus`] reports;
+//! - `skerry/v1/nodes/{node}/pods/{namespace}/{name}/events`: [`crate::events::PodEvents`], the
+//!   pod's event series (a topic of their own, so the outbox coalesces them apart from the
+//!   pod's status, and a burst of events never replaces a status).
 //!
 //! Payloads are [`crate::status::StatusReport`]s encoded with [`crate::codec::encode`].
 
@@ -17,6 +20,9 @@ pub const NODE_STATUS_FILTER: &str = "skerry/v1/nodes/+/status";
 /// Subscription filter for every pod status.
 pub const POD_STATUS_FILTER: &str = "skerry/v1/nodes/+/pods/+/+/status";
 
+/// Subscription filter for every pod's events.
+pub const POD_EVENTS_FILTER: &str = "skerry/v1/nodes/+/pods/+/+/events";
+
 /// Topic of a node's status.
 pub fn node_status(node: &str) -> String {
     format!("{PREFIX}/{node}/status")
@@ -25,6 +31,11 @@ pub fn node_status(node: &str) -> String {
 /// Topic of a pod's status as reported by `node`.
 pub fn pod_status(node: &str, namespace: &str, name: &str) -> String {
     format!("{PREFIX}/{node}/pods/{namespace}/{name}/status")
+}
+
+/// Topic of a pod's events as reported by `node`.
+pub fn pod_events(node: &str, namespace: &str, name: &str) -> String {
+    format!("{PREFIX}/{node}/pods/{namespace}/{name}/events")
 }
 
 /// The TCP port of MQTT over TLS (IANA), the default of both ends.
@@ -83,6 +94,26 @@ pub enum Topic {
         /// Pod name.
         name: String,
     },
+    /// A pod's events.
+    PodEvents {
+        /// Reporting node.
+        node: String,
+        /// Pod namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
+}
+
+impl Topic {
+    /// The node the topic belongs to (the only one that may publish on it).
+    pub fn node(&self) -> &str {
+        match self {
+            Topic::NodeStatus { node }
+            | Topic::PodStatus { node, .. }
+            | Topic::PodEvents { node, .. } => node,
+        }
+    }
 }
 
 /// Parses a topic name; `None` for anything outside the scheme.
@@ -97,6 +128,11 @@ pub fn parse(topic: &str) -> Option<Topic> {
             node: node.to_string(),
         }),
         [node, "pods", ns, name, "status"] => Some(Topic::PodStatus {
+            node: node.to_string(),
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        }),
+        [node, "pods", ns, name, "events"] => Some(Topic::PodEvents {
             node: node.to_string(),
             namespace: ns.to_string(),
             name: name.to_string(),
@@ -118,6 +154,14 @@ mod tests {
         assert_eq!(
             parse(&pod_status("n1", "default", "web")),
             Some(Topic::PodStatus {
+                node: "n1".into(),
+                namespace: "default".into(),
+                name: "web".into()
+            })
+        );
+        assert_eq!(
+            parse(&pod_events("n1", "default", "web")),
+            Some(Topic::PodEvents {
                 node: "n1".into(),
                 namespace: "default".into(),
                 name: "web".into()

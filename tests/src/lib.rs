@@ -909,6 +909,12 @@ impl Edge {
         Self::join_and_start_opts(cloud, name, labels, token, vec![], None).await
     }
 
+    /// Like [`Edge::join_and_start`], with extra arguments for `edgecore run`.
+    pub async fn join_and_start_args(cloud: &Cloud, name: &str, run_args: &[&str]) -> Result<Self> {
+        let args = run_args.iter().map(|a| a.to_string()).collect();
+        Self::join_and_start_opts(cloud, name, &[], cloud.token("1h")?, args, None).await
+    }
+
     /// Joins and starts an agent inside `place`'s network namespace, dialling `server` (the
     /// hub, `host:port`) and `mqtt_url` (the broker): the cloud's own addresses, or a relay's.
     pub async fn join_and_start_in(
@@ -1380,6 +1386,7 @@ impl Drop for Edge {
     fn drop(&mut self) {
         stop_child(&mut self.child, 9);
         self.kill_pods();
+        remove_pod_cgroups(&self.dir.path().join("pods"));
         if let Some((table, iface)) = &self.network_owned {
             // In a namespace of its own, the namespace takes them with it.
             for t in [table.clone(), format!("{table}o")] {
@@ -1388,6 +1395,60 @@ impl Drop for Edge {
                     .output();
             }
             let _ = Command::new("ip").args(["link", "del", iface]).output();
+        }
+    }
+}
+
+/// Removes the cgroups the process runtime made for the pods under `pods_dir` (its shims,
+/// killed with the edge, could not): `skerry-<pod-uid>-*` under this process's cgroups, where
+/// an edgecore it started makes them. A cgroup left behind would outlive the test.
+fn remove_pod_cgroups(pods_dir: &Path) {
+    let uids: Vec<String> = std::fs::read_dir(pods_dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if uids.is_empty() {
+        return;
+    }
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let points: Vec<String> = read("/proc/self/mountinfo")
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup")
+                .then(|| left.split(' ').nth(4).map(str::to_string))?
+        })
+        .collect();
+    let paths: Vec<String> = read("/proc/self/cgroup")
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string))
+        .collect();
+    for point in &points {
+        for path in &paths {
+            let dir = Path::new(point).join(path.trim_start_matches('/'));
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !uids
+                    .iter()
+                    .any(|u| name.starts_with(&format!("skerry-{u}-")))
+                {
+                    continue;
+                }
+                // Its processes were just killed: they leave it as they are reaped.
+                for _ in 0..100 {
+                    if std::fs::remove_dir(e.path()).is_ok() || !e.path().exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
         }
     }
 }
@@ -1437,8 +1498,8 @@ pub struct SyncClient {
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    /// The protocol version it speaks: a v5 client checks it receives only v5's kinds
-    /// (`protocol::compat::v5`).
+    /// The protocol version it speaks: a v7 client reads only v7's shapes
+    /// (`protocol::compat::v7`).
     version: u32,
 }
 
@@ -1535,23 +1596,22 @@ impl SyncClient {
         .and_then(|payload| self.decode(&payload))
     }
 
-    /// Decodes a message as the version this client speaks reads it: a v5 client reads
-    /// today's shapes, and a batch holding a kind v5 does not know is an error (the hub must
-    /// never send one; a real v5 edge could not decode it).
+    /// Decodes a message as the version this client speaks reads it: a v7 client reads v7's
+    /// shapes (pods without init containers; a message in today's shapes fails to decode, as
+    /// it would on a real v7 edge) and gives them in today's.
     fn decode(&self, payload: &[u8]) -> Result<protocol::messages::CloudMessage> {
-        use protocol::compat::v5;
+        use protocol::compat::v7;
         use protocol::messages::CloudMessage;
-        let msg: CloudMessage = protocol::codec::decode(payload)?;
-        if self.version != v5::VERSION {
-            return Ok(msg);
+        if self.version != v7::VERSION {
+            return Ok(protocol::codec::decode(payload)?);
         }
-        match msg {
-            CloudMessage::Sync(b) => match v5::batch(b.clone()) {
-                Some(b) => Ok(CloudMessage::Sync(b)),
-                None => bail!("the hub sent a v5 session a kind v5 cannot decode: {b:?}"),
-            },
-            other => Ok(other),
-        }
+        let msg: v7::CloudMessage = protocol::codec::decode(payload)
+            .context("a v7 edge could not decode the hub's message")?;
+        Ok(match msg {
+            v7::CloudMessage::Welcome(w) => CloudMessage::Welcome(w),
+            v7::CloudMessage::Reject(r) => CloudMessage::Reject(r),
+            v7::CloudMessage::Sync(b) => CloudMessage::Sync(b.into()),
+        })
     }
 
     /// The next batch.
@@ -1615,6 +1675,34 @@ impl SyncClient {
     pub fn close(self) {
         self.conn.close(0u32.into(), b"test done");
     }
+}
+
+/// Creates a process-runtime pod `name` on `node` that writes `bytes` bytes of 64-byte lines
+/// to its log, then `done` on a line of its own, then sleeps; returns, once the whole log is
+/// written (its last line read through the cloud), the URL of its log.
+pub async fn chatty_pod(cloud: &Cloud, name: &str, node: &str, bytes: u64) -> Result<String> {
+    let script = format!(
+        "yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789a | head -c {bytes}; echo; \
+         echo done; exec sleep 3600"
+    );
+    cloud
+        .create_pod(process_pod(name, node, &["sh", "-c", &script]))
+        .await?;
+    let client = cloud.admin_client_builder()?.build()?;
+    let url = format!(
+        "{}/api/v1/namespaces/default/pods/{name}/log",
+        cloud.api_url()
+    );
+    eventually(
+        "the whole log written",
+        Duration::from_secs(300),
+        || async {
+            let resp = client.get(format!("{url}?tailLines=1")).send().await?;
+            Ok((resp.text().await? == "done\n").then_some(()))
+        },
+    )
+    .await?;
+    Ok(url)
 }
 
 /// A pod manifest running `command` as a native process on `node`.

@@ -362,6 +362,22 @@ impl Host {
         }
     }
 
+    /// Gives the host a default route into the observer (which drops what it is sent), as a
+    /// real node has one: a connect to a cluster IP needs a route before the proxy rewrites
+    /// it.
+    pub fn route_default_via_observer(&self) -> Result<()> {
+        let gw = self.inner.addr(OBSERVER_HOST).to_string();
+        let out = Command::new("ip")
+            .args(["-n", &self.ns, "route", "add", "default", "via", &gw])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "default route in {}: {out:?}",
+            self.ns
+        );
+        Ok(())
+    }
+
     /// Packets from `peer` to this host vanish.
     pub fn cut_inbound_from(&self, peer: &Host) -> Result<()> {
         drop_from(&self.ns, &peer.ip.to_string())

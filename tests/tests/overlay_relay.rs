@@ -2,8 +2,7 @@
 //! real QUIC: a pod packet from one node's pod CIDR to another's arrives on the other node's
 //! connection exactly as sent; a packet whose source is not the sender's own, one for a CIDR
 //! no connected node holds, and bytes that are no IP packet are dropped and counted, and the
-//! sender's session goes on; a node whose session ended gets nothing; a v5 session is given no
-//! route.
+//! sender's session goes on; a node whose session ended gets nothing.
 
 use anyhow::{Context, Result};
 use protocol::messages::EdgeObject;
@@ -136,30 +135,5 @@ async fn the_hub_relays_a_nodes_own_pod_packets_and_drops_the_rest() -> Result<(
     )
     .await?;
 
-    // A v5 session (no overlay routes sent) gets no route either.
-    let dir = join_identity(&cloud, "relay-old")?;
-    let mut old = SyncClient::connect_speaking(&cloud, dir.path(), "relay-old", 0, 5)
-        .await?
-        .map_err(|r| anyhow::anyhow!("v5 refused: {r}"))?;
-    let snap = old.next_batch(DEADLINE).await?;
-    let old_cidr = snap
-        .upserts
-        .iter()
-        .find_map(|u| match &u.object {
-            EdgeObject::Network(n) => n.pod_cidr.clone(),
-            _ => None,
-        })
-        .context("v5 settings")?;
-    let old_cidr = Cidr::parse(&old_cidr)?;
-    let to_old = packet(host(&cidr_a, 5), host(&old_cidr, 3), b"old");
-    let before = counted(&cloud, "no_route").await?;
-    a.send_datagram(to_old)?;
-    eventually(
-        "a packet for the v5 node has no route",
-        DEADLINE,
-        || async { Ok((counted(&cloud, "no_route").await? > before).then_some(())) },
-    )
-    .await?;
-    assert_eq!(old.datagram(QUIET).await?, None);
     Ok(())
 }

@@ -1,9 +1,12 @@
 //! The pod overlay, end to end on real containers: two edges in network namespaces of their
-//! own that cannot reach each other (every packet between them dropped), each with its own
-//! containerd, bridge and pod CIDR. A pod on edge A and edge A's host reach the pod on edge B
-//! by its pod IP, and the Service whose only endpoint is on B by its cluster IP and by name,
-//! all through the hub, which relays the packets as QUIC datagrams on the links the nodes
-//! already hold, and the pod on B sees the client pod's own address (no NAT between pods).
+//! own, each with its own containerd, bridge and pod CIDR. While the two nodes reach each other,
+//! pod packets between them go straight from node to node on a mTLS QUIC connection of their
+//! own, which the hub tells both about once it has relayed packets between them; once every
+//! packet between the nodes is dropped, that connection dies and the packets go through the
+//! hub, which relays them as QUIC datagrams on the links the nodes already hold. Either way, a
+//! pod on edge A and edge A's host reach the pod on edge B by its pod IP, and the Service whose
+//! only endpoint is on B by its cluster IP and by name, and the pod on B sees the client pod's
+//! own address (no NAT between pods).
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -52,7 +55,7 @@ fn pod_cidr(node: &Value) -> Result<protocol::overlay::Cidr> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pods_on_nodes_that_cannot_reach_each_other_talk_by_pod_ip_and_service_through_the_hub(
+async fn pods_on_other_nodes_are_reached_directly_and_through_the_hub_once_the_nodes_are_cut_apart(
 ) -> Result<()> {
     if !containerd::require() || !netns::should_run()? {
         return Ok(());
@@ -63,20 +66,14 @@ async fn pods_on_nodes_that_cannot_reach_each_other_talk_by_pod_ip_and_service_t
     // A node has a default route (here into the observer, which drops what it is sent): the
     // host's connect to a cluster IP needs a route before the proxy rewrites it.
     for h in [&host_a, &host_b] {
-        let gw = net.observer_ip().to_string();
-        let out = std::process::Command::new("ip")
-            .args(["-n", &h.ns, "route", "add", "default", "via", &gw])
-            .output()?;
-        anyhow::ensure!(out.status.success(), "default route: {out:?}");
+        h.route_default_via_observer()?;
     }
-    // Nothing passes between the two nodes: whatever reaches B from A came through the hub.
-    host_a.partition_from(&host_b)?;
     let ctrd_a = Containerd::start_in(Some(&host_a.ns)).await?;
     let ctrd_b = Containerd::start_in(Some(&host_b.ns)).await?;
-    let _a =
+    let edge_a =
         Edge::join_and_start_cri_networked_in(&cloud, "ov-a", &ctrd_a, &[], Some(host_a.place()))
             .await?;
-    let _b =
+    let edge_b =
         Edge::join_and_start_cri_networked_in(&cloud, "ov-b", &ctrd_b, &[], Some(host_b.place()))
             .await?;
     let node_a = cloud.wait_node_ready("ov-a", LONG).await?;
@@ -133,9 +130,63 @@ async fn pods_on_nodes_that_cannot_reach_each_other_talk_by_pod_ip_and_service_t
         .context("clusterIP")?
         .to_string();
 
+    let by_ip: std::net::SocketAddr = format!("{srv_ip}:8080").parse()?;
+    let relayed = || async {
+        Ok::<_, anyhow::Error>(
+            cloud
+                .metric("skerry_hub_overlay_packets_total{result=\"relayed\"}")
+                .await?
+                .unwrap_or(0.0),
+        )
+    };
+
+    // While A reaches B: the first packets go through the hub, which then tells both nodes
+    // about each other, and the next go straight from A to B (A counts them sent directly, B
+    // delivered directly), with nothing through the hub.
+    let body = eventually("A's host reaches the pod on B by pod IP", LONG, || async {
+        Ok(host_get(&host_a.ns, by_ip, "/name"))
+    })
+    .await?;
+    assert_eq!(body, "srv-on-b");
+    eventually("A sends pod packets straight to B", LONG, || async {
+        let _ = host_get(&host_a.ns, by_ip, "/name");
+        let direct = edge_a
+            .metric_series("skerry_edge_overlay_packets_total{direction=\"out\",result=\"direct\"}")
+            .await?
+            .unwrap_or(0.0);
+        Ok((direct > 0.0).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}{}{}", edge_a.log_tail(), edge_b.log_tail()))?;
+    eventually(
+        "a GET from A's host to B's pod that the hub does not carry",
+        LONG,
+        || async {
+            let before = relayed().await?;
+            let body = host_get(&host_a.ns, by_ip, "/name");
+            let after = relayed().await?;
+            Ok((body.as_deref() == Some("srv-on-b") && after == before).then_some(()))
+        },
+    )
+    .await?;
+    let delivered = edge_b
+        .metric_series(
+            "skerry_edge_overlay_packets_total{direction=\"in_direct\",result=\"delivered\"}",
+        )
+        .await?
+        .unwrap_or(0.0);
+    assert!(
+        delivered > 0.0,
+        "B delivered packets that came straight from A"
+    );
+
+    // Nothing passes between the two nodes from here on: whatever reaches B from A came
+    // through the hub. The direct connection dies of silence and packets go back to the hub.
+    host_a.partition_from(&host_b)?;
+    let before = relayed().await?;
+
     // From A's host: the pod by its IP, and the Service by its cluster IP (the proxy picks
     // the remote endpoint; the overlay masquerades the host's source).
-    let by_ip: std::net::SocketAddr = format!("{srv_ip}:8080").parse()?;
     let body = eventually("A's host reaches the pod on B by pod IP", LONG, || async {
         Ok(host_get(&host_a.ns, by_ip, "/name"))
     })
@@ -148,7 +199,8 @@ async fn pods_on_nodes_that_cannot_reach_each_other_talk_by_pod_ip_and_service_t
     .await?;
     assert_eq!(body, "srv-on-b");
     // B itself is out of A's reach, directly (B's edgecore serves metrics on its address).
-    let b_metrics: std::net::SocketAddr = format!("{}:{}", host_b.ip, _b.metrics_port).parse()?;
+    let b_metrics: std::net::SocketAddr =
+        format!("{}:{}", host_b.ip, edge_b.metrics_port).parse()?;
     assert_eq!(
         host_get(&host_a.ns, b_metrics, "/metrics"),
         None,
@@ -203,10 +255,43 @@ async fn pods_on_nodes_that_cannot_reach_each_other_talk_by_pod_ip_and_service_t
     );
 
     // The hub carried it.
-    let relayed = cloud
-        .metric("skerry_hub_overlay_packets_total{result=\"relayed\"}")
-        .await?
-        .unwrap_or(0.0);
-    assert!(relayed > 0.0, "the hub relayed the packets");
+    assert!(
+        relayed().await? > before,
+        "the hub relayed the packets once the nodes were cut apart"
+    );
+
+    // Healed, A goes straight to B again; then B is revoked. Its direct connection outlives
+    // its session, and its certificate still passes A's TLS: the hub withdraws it, and A
+    // closes the connection at once instead of when it goes unused.
+    host_a.heal()?;
+    host_b.heal()?;
+    eventually("A sends pod packets straight to B again", LONG, || async {
+        let _ = host_get(&host_a.ns, by_ip, "/name");
+        let peers = edge_a
+            .metric_series("skerry_edge_overlay_direct_peers")
+            .await?
+            .unwrap_or(0.0);
+        Ok((peers >= 1.0).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}{}{}", edge_a.log_tail(), edge_b.log_tail()))?;
+    cloud.revoke("ov-b")?;
+    eventually(
+        "A closes its direct path to the revoked B",
+        LONG,
+        || async {
+            let withdrawn = edge_a
+                .metric_series("skerry_edge_overlay_peers_withdrawn_total")
+                .await?
+                .unwrap_or(0.0);
+            let peers = edge_a
+                .metric_series("skerry_edge_overlay_direct_peers")
+                .await?
+                .unwrap_or(0.0);
+            Ok((withdrawn >= 1.0 && peers == 0.0).then_some(()))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}{}", edge_a.log_tail()))?;
     Ok(())
 }

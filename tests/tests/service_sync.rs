@@ -160,22 +160,25 @@ async fn every_node_gets_every_service_with_its_own_pod_cidr_and_resumes_from_it
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_v5_node_never_gets_a_kind_it_cannot_decode() -> anyhow::Result<()> {
+async fn a_node_one_version_behind_never_gets_a_kind_it_cannot_decode() -> anyhow::Result<()> {
     let cloud = Cloud::start(CloudOptions::default()).await?;
     let dir = private_temp_dir()?;
     let (ok, out) = cloud.join_only(dir.path(), "old")?;
     anyhow::ensure!(ok, "join: {out}");
     create_service(&cloud, "web", 80).await?;
-    let mut old = SyncClient::connect_speaking(&cloud, dir.path(), "old", 0, 5)
-        .await?
-        .map_err(|r| anyhow::anyhow!("v5 refused: {r}"))?;
-    // Services and its network settings, but not the overlay routes (v6).
+    let mut old =
+        SyncClient::connect_speaking(&cloud, dir.path(), "old", 0, protocol::OLDEST_EDGE_VERSION)
+            .await?
+            .map_err(|r| anyhow::anyhow!("v6 refused: {r}"))?;
+    // Services and its network settings, and nothing its version cannot decode.
     let snap = old.next_batch(DEADLINE).await?;
     assert!(snap.snapshot);
     assert!(
-        snap.upserts
-            .iter()
-            .all(|u| u.object.object_ref().kind.known_to(5)),
+        snap.upserts.iter().all(|u| u
+            .object
+            .object_ref()
+            .kind
+            .known_to(protocol::OLDEST_EDGE_VERSION)),
         "{snap:?}"
     );
     assert!(service(&snap, "web").is_some(), "{snap:?}");
@@ -199,7 +202,7 @@ async fn a_v5_node_never_gets_a_kind_it_cannot_decode() -> anyhow::Result<()> {
                 .iter()
                 .map(|u| u.object.object_ref())
                 .chain(b.deletes.iter().cloned())
-                .all(|r| r.kind.known_to(5)),
+                .all(|r| r.kind.known_to(protocol::OLDEST_EDGE_VERSION)),
             "{b:?}"
         );
     }

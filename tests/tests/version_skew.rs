@@ -2,11 +2,11 @@
 //! (the edge is upgraded after its cloud) on both channels, the QUIC link and the MQTT status
 //! reports, and says so in the node's `EdgeVersionSkew` condition; a newer edge, or one two
 //! versions behind, is refused by name. The old edge is played from the previous version's
-//! messages (`protocol::compat::v5`: the same shapes as today's, with its version number), and
-//! it is never sent an object kind it cannot decode (the node's overlay routes are v6).
+//! messages (`protocol::compat::v7`: today's shapes but for pods, which had no init
+//! containers), and it is never sent an object kind or shape it cannot decode.
 
 use anyhow::Result;
-use protocol::compat::v5;
+use protocol::compat::v7;
 use protocol::messages::Reject;
 use protocol::status::{seal_encoded, NodeInfo};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
@@ -52,12 +52,35 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
     let (ok, out) = cloud.join_only(dir.path(), "old-edge")?;
     assert!(ok, "join: {out}");
 
-    // The link: a v5 Hello is welcomed and gets its network settings but no overlay routes
-    // (the client fails on a kind v5 cannot decode); v7 (newer than the cloud) and v4 are
-    // refused.
+    // An ordinary pod: a v7 edge gets it in v7's shape (pods without init containers).
+    cloud
+        .create_pod(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "interactive"},
+            "spec": {"nodeName": "old-edge", "containers": [{
+                "name": "main", "image": "busybox", "command": ["sh"],
+                "stdin": true, "stdinOnce": true, "tty": true}]}
+        }))
+        .await?;
+
+    // A pod with init containers: a v7 edge would run its app container without them, so the
+    // hub withholds it (and counts it) rather than send it.
+    cloud
+        .create_pod(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "flashed"},
+            "spec": {"nodeName": "old-edge",
+                "initContainers": [{"name": "flash", "image": "busybox", "command": ["true"]}],
+                "containers": [{"name": "main", "image": "busybox", "command": ["sh"]}]}
+        }))
+        .await?;
+
+    // The link: a v7 Hello is welcomed and gets its network settings and the pod in v7's
+    // shapes (the client decodes the hub's messages as v7's and fails on anything else);
+    // v9 (newer than the cloud) and v6 are refused.
     let session =
-        SyncClient::connect_speaking(&cloud, dir.path(), "old-edge", 0, v5::VERSION).await?;
-    let mut session = session.map_err(|e| anyhow::anyhow!("v5 refused: {e:?}"))?;
+        SyncClient::connect_speaking(&cloud, dir.path(), "old-edge", 0, v7::VERSION).await?;
+    let mut session = session.map_err(|e| anyhow::anyhow!("v7 refused: {e:?}"))?;
     let snapshot = session.next_batch(DEADLINE).await?;
     assert!(snapshot.snapshot, "{snapshot:?}");
     assert!(
@@ -67,6 +90,27 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
             .any(|u| matches!(u.object, protocol::messages::EdgeObject::Network(_))),
         "{snapshot:?}"
     );
+    let pod = snapshot
+        .upserts
+        .iter()
+        .find_map(|u| match &u.object {
+            protocol::messages::EdgeObject::Pod(p) if p.name == "interactive" => Some(p),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("no pod in the v7 snapshot: {snapshot:?}"))?;
+    let c = &pod.containers[0];
+    assert_eq!((c.name.as_str(), c.image.as_str()), ("main", "busybox"));
+    assert!(c.stdin && c.stdin_once && c.tty, "v7 carries them: {c:?}");
+    assert!(
+        !snapshot.upserts.iter().any(|u| matches!(&u.object,
+            protocol::messages::EdgeObject::Pod(p) if p.name == "flashed")),
+        "a pod with init containers was sent to a v7 edge: {snapshot:?}"
+    );
+    let withheld = cloud
+        .metric("skerry_hub_pods_withheld_total{reason=\"init_containers\"}")
+        .await?
+        .unwrap_or(0.0);
+    assert!(withheld >= 1.0, "withheld pods are counted: {withheld}");
     drop(session);
     for version in [
         protocol::PROTOCOL_VERSION + 1,
@@ -83,7 +127,7 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
         }
     }
 
-    // The status channel: a v5 heartbeat, sealed as a v5 edge seals it.
+    // The status channel: a v7 heartbeat, sealed as a v7 edge seals it.
     let key = std::fs::read(dir.path().join("pki/report.key"))?;
     let opts = skerry_tests::mqtt::node_options(dir.path(), "old-edge", cloud.mqtt_port)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 10);
@@ -96,13 +140,13 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
         }
     });
     let topic = protocol::topics::node_status("old-edge");
-    let sealed = seal_encoded(&key, &topic, old_heartbeat("old-edge", 1, v5::VERSION)?)?;
+    let sealed = seal_encoded(&key, &topic, old_heartbeat("old-edge", 1, v7::VERSION)?)?;
     client
         .publish(topic.clone(), QoS::AtLeastOnce, false, sealed)
         .await?;
     let node = cloud
         .wait_for(
-            "the v5 heartbeat applied",
+            "the v7 heartbeat applied",
             "/api/v1/nodes/old-edge",
             DEADLINE,
             |n| condition(n, "EdgeVersionSkew").is_some(),
@@ -114,7 +158,7 @@ async fn an_edge_one_version_behind_is_served_and_flagged_and_others_are_refused
     assert!(
         skew["message"]
             .as_str()
-            .is_some_and(|m| m.contains("v5") && m.contains("upgrade edgecore")),
+            .is_some_and(|m| m.contains("v7") && m.contains("upgrade edgecore")),
         "{skew}"
     );
     assert_eq!(node["status"]["allocatable"]["pods"], "7");

@@ -315,12 +315,18 @@ mod tests {
                 "configmaps",
                 "secrets",
                 "events",
+                "replicationcontrollers",
+                "replicationcontrollers/status",
+                "replicationcontrollers/scale",
                 "services",
                 "services/status",
                 "endpoints"
             ]
         );
-        assert_eq!(list["resources"][12]["shortNames"], json!(["ep"]));
+        assert_eq!(list["resources"][15]["shortNames"], json!(["ep"]));
+        assert_eq!(list["resources"][10]["shortNames"], json!(["rc"]));
+        assert_eq!(list["resources"][12]["kind"], "Scale");
+        assert_eq!(list["resources"][12]["group"], "autoscaling");
         let discovery = resource_list(&r, "discovery.k8s.io", "v1").unwrap();
         assert_eq!(discovery["resources"][0]["name"], "endpointslices");
         assert_eq!(discovery["resources"][0]["kind"], "EndpointSlice");
@@ -328,8 +334,8 @@ mod tests {
         assert_eq!(list["resources"][2]["shortNames"], json!(["po"]));
         assert_eq!(list["resources"][0]["shortNames"], json!(["ns"]));
         assert_eq!(list["resources"][0]["namespaced"], false);
-        assert_eq!(list["resources"][10]["shortNames"], json!(["svc"]));
-        assert_eq!(list["resources"][10]["categories"], json!(["all"]));
+        assert_eq!(list["resources"][13]["shortNames"], json!(["svc"]));
+        assert_eq!(list["resources"][13]["categories"], json!(["all"]));
         assert!(list["resources"][2]["verbs"]
             .as_array()
             .unwrap()
@@ -344,7 +350,11 @@ mod tests {
             api_group(&r, "apps").unwrap()["preferredVersion"]["groupVersion"],
             "apps/v1"
         );
-        assert!(api_group(&r, "batch").is_none());
+        assert_eq!(
+            api_group(&r, "batch").unwrap()["preferredVersion"]["groupVersion"],
+            "batch/v1"
+        );
+        assert!(api_group(&r, "policy").is_none());
         let apps = resource_list(&r, "apps", "v1").unwrap();
         let names: Vec<&str> = apps["resources"]
             .as_array()
@@ -407,6 +417,7 @@ mod tests {
             .any(|p| p["name"] == "fieldValidation" && p["in"] == "query"));
         assert!(doc["paths"]["/api/v1/nodes/{name}"]["patch"].is_object());
         assert!(openapi_v3_group_version(&r, "apis/apps/v1").is_some());
-        assert!(openapi_v3_group_version(&r, "apis/batch/v1").is_none());
+        assert!(openapi_v3_group_version(&r, "apis/batch/v1").is_some());
+        assert!(openapi_v3_group_version(&r, "apis/policy/v1").is_none());
     }
 }

@@ -258,6 +258,111 @@ pub async fn record(
     )))
 }
 
+/// The name of the Event of a node-reported series about `pod`: a digest of the pod's uid,
+/// the field path, the reason and the message (Kubernetes' aggregation key), so the same
+/// series always lands on the same Event, and a new pod of the same name starts afresh.
+pub fn series_event_name(pod: &Value, s: &protocol::events::EventSeries) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        text(pod, "/metadata/uid"),
+        s.field_path.as_str(),
+        s.reason.as_str(),
+        s.message.as_str(),
+    )
+        .hash(&mut h);
+    let name = text(pod, "/metadata/name");
+    let prefix = name[..name.len().min(236)].trim_end_matches(['.', '-']);
+    format!("{prefix}.{:016x}", h.finish())
+}
+
+/// The `(count, firstTimestamp, lastTimestamp)` an Event holds, as a series.
+fn held(ev: &Value) -> Option<protocol::events::Seen> {
+    let ms = |p: &str| {
+        ev.pointer(p)
+            .and_then(Value::as_str)
+            .and_then(parse_timestamp)
+            .map(|secs| (secs.max(0) as u64) * 1000)
+    };
+    Some(protocol::events::Seen {
+        count: ev
+            .get("count")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .min(u32::MAX as u64) as u32,
+        first_ms: ms("/firstTimestamp")?,
+        last_ms: ms("/lastTimestamp")?,
+    })
+}
+
+/// Writes a series that `node`'s kubelet-equivalent reported about `pod` as its core/v1 Event
+/// (`source.component: kubelet`, `source.host: node`, the container's `fieldPath`): created,
+/// or merged into the existing one by [`protocol::events::merge`] (highest count, widest span),
+/// so a repeated or reordered report changes nothing. Returns whether anything was written.
+pub async fn record_series(
+    client: &Client,
+    pod: &Value,
+    node: &str,
+    s: &protocol::events::EventSeries,
+) -> Result<bool, ApiError> {
+    let name = series_event_name(pod, s);
+    let ns = text(pod, "/metadata/namespace").to_string();
+    let time = |ms: u64| clock::rfc3339(ms);
+    let mut ev = new_event(
+        pod,
+        &name,
+        match s.event_type {
+            protocol::events::EventType::Normal => EventType::Normal,
+            protocol::events::EventType::Warning => EventType::Warning,
+        },
+        &s.reason,
+        &s.message,
+        "kubelet",
+    );
+    ev["involvedObject"]["fieldPath"] = json!(s.field_path);
+    ev["source"]["host"] = json!(node);
+    ev["reportingInstance"] = json!(node);
+    ev["count"] = json!(s.count);
+    ev["firstTimestamp"] = json!(time(s.first_ms));
+    ev["lastTimestamp"] = json!(time(s.last_ms));
+    // Event timestamps have whole seconds: compare in them, so a repeat writes nothing.
+    let reported = protocol::events::Seen {
+        first_ms: s.first_ms / 1000 * 1000,
+        last_ms: s.last_ms / 1000 * 1000,
+        ..protocol::events::Seen::from(s)
+    };
+    for _ in 0..4 {
+        match client.create("events", &ns, ev.clone()).await {
+            Err(ApiError::AlreadyExists { .. }) => {}
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e),
+        }
+        let merged = client
+            .update_with("events", &ns, &name, |cur| {
+                let before = held(cur);
+                let m = protocol::events::merge(before, reported);
+                if before == Some(m) {
+                    return None;
+                }
+                let mut next = cur.clone();
+                next["count"] = json!(m.count);
+                next["firstTimestamp"] = json!(time(m.first_ms));
+                next["lastTimestamp"] = json!(time(m.last_ms));
+                next["involvedObject"]["resourceVersion"] =
+                    json!(text(pod, "/metadata/resourceVersion"));
+                Some(next)
+            })
+            .await;
+        match merged {
+            Ok(written) => return Ok(written.is_some()),
+            Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Internal(format!(
+        "event {ns}/{name} kept appearing and disappearing while recording it; the next attempt retries"
+    )))
+}
+
 /// As [`record`], for callers to whom an event is a courtesy, not part of their work (the
 /// controllers, the node lifecycle): a failure is logged with the object and reason, and
 /// otherwise ignored, since the state the event describes is already in the object.

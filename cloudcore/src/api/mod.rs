@@ -5,7 +5,7 @@
 //! - [`resource`]: the registry ([`ResourceInfo`] + [`ResourceHandler`] per kind);
 //! - [`namespaces`], [`pods`], [`nodes`], [`configmaps`], [`secrets`], [`events`],
 //!   [`services`], [`endpoints`] (Endpoints and EndpointSlices), [`ingress`] (Ingresses and
-//!   IngressClasses), [`workloads`] (apps/v1): the
+//!   IngressClasses), [`workloads`] (apps/v1), [`batch`] (Jobs, CronJobs): the
 //!   per-kind behaviour;
 //! - [`client`]: the in-process client controllers write through, with the HTTP path's semantics;
 //! - `handlers`: generic get/list/create/update/patch/delete/deletecollection/status over the
@@ -30,6 +30,7 @@
 //! sharded by the node they are bound to.
 
 pub mod auth;
+pub mod batch;
 pub mod binding;
 pub mod client;
 pub mod configmaps;
@@ -50,6 +51,7 @@ pub mod openapi_v2;
 pub mod patch;
 pub mod pod_exec;
 pub mod pod_log;
+pub mod pod_portforward;
 pub mod pods;
 pub mod protobuf;
 pub mod quantity;

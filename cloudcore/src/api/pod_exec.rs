@@ -41,8 +41,8 @@ use axum::http::Method;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use protocol::streams::{
-    AttachRequest, ExecEvent, ExecInput, ExecRequest, LogRefusal, TermSize, EXEC_CHUNK,
-    EXEC_SINCE_VERSION, MAX_EXEC_FRAME,
+    AttachIoRequest, AttachRequest, ExecEvent, ExecInput, ExecRequest, LogRefusal, TermSize,
+    EXEC_CHUNK, EXEC_SINCE_VERSION, MAX_EXEC_FRAME,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,8 +105,8 @@ fn parse_bool(field: &str, v: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// Checks the query of an attach: output only, since neither runtime keeps a container's stdin
-/// open (the pod API's `stdin` and `tty` are not carried to the node).
+/// Checks the query of an attach. Whether input and a terminal are carried is the
+/// container's to say (see [`attach_streams`]).
 pub fn parse_attach_options(pairs: &[(String, String)]) -> Result<ExecOptions, ApiError> {
     let mut o = ExecOptions::default();
     for (k, v) in pairs {
@@ -119,27 +119,64 @@ pub fn parse_attach_options(pairs: &[(String, String)]) -> Result<ExecOptions, A
             _ => {}
         }
     }
-    for (field, on) in [("stdin", o.stdin), ("tty", o.tty)] {
-        if on {
-            return Err(ApiError::bad_field(
-                format!(
-                    "PodAttachOptions is invalid: {field}: Unsupported value: true: this \
-                     cluster's nodes keep no container's stdin open, so attach carries the \
-                     container's output only (kubectl attach without -i and -t); use kubectl exec \
-                     -it for a shell"
-                ),
-                field.to_string(),
-                "Unsupported value: true: attach serves output only".into(),
-            ));
-        }
-    }
-    if !(o.stdout || o.stderr) {
+    if !(o.stdin || o.stdout || o.stderr) {
         return Err(ApiError::bad_request(
             "you must specify at least 1 of stdin, stdout, stderr",
         ));
     }
     o.command = vec![];
     Ok(o)
+}
+
+/// A container's `stdin` and `tty` in the stored pod (its `stdinOnce` is the node's to
+/// honour: containerd closes stdin when the first attach ends).
+fn container_io(pod: &Value, container: &str) -> (bool, bool) {
+    let spec = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.get("name").and_then(Value::as_str) == Some(container))
+        });
+    let flag = |name: &str| {
+        spec.and_then(|c| c.get(name))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    (flag("stdin"), flag("tty"))
+}
+
+/// What an attach carries, decided as kubelet decides it: a terminal exactly when the
+/// container has one (whether a process runs on a terminal cannot change after it started,
+/// and kubectl asks for one only then), input only to a container started with `stdin`, and
+/// stderr never beside a terminal. `Ok(None)`: the container keeps no stdin nor terminal, so
+/// the attach is its output, from its log.
+fn attach_streams(
+    opts: &mut ExecOptions,
+    pod: &Value,
+    ns: &str,
+    name: &str,
+    container: &str,
+) -> Result<Option<bool>, ApiError> {
+    let (stdin, tty) = container_io(pod, container);
+    if opts.stdin && !stdin {
+        return Err(ApiError::bad_field(
+            format!(
+                "PodAttachOptions is invalid: stdin: Invalid value: true: container \
+                 \"{container}\" of pod \"{ns}/{name}\" was not started with stdin: true, so \
+                 there is no input to attach to (kubectl run -i sets it; kubectl exec -i runs a \
+                 command with input beside it)"
+            ),
+            "stdin".into(),
+            "Invalid value: true: the container has no stdin".into(),
+        ));
+    }
+    opts.tty = tty;
+    if tty {
+        opts.stderr = false;
+        opts.stdout = true;
+    }
+    Ok((stdin || tty).then_some(tty))
 }
 
 /// Checks the query (`command` repeats, so the pairs come in order).
@@ -188,9 +225,32 @@ fn not_connected(
     ))
 }
 
-/// Serves an exec of pod `call.name`: checks it, starts the command on the node, then
-/// upgrades to the WebSocket and carries the streams.
+/// Serves an exec (or attach) of pod `call.name`: checks it, starts the command on the node,
+/// then upgrades to the WebSocket and carries the streams. A request refused before it
+/// reaches the node is logged with its user and pod here, as the ones that start are later.
 pub(super) async fn serve(
+    call: &Call,
+    hub: Option<&Arc<Hub>>,
+    method: &Method,
+    raw_query: &str,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    attach: bool,
+) -> Result<Response, ApiError> {
+    let served = serve_checked(call, hub, method, raw_query, upgrade, attach).await;
+    if let Err(e) = &served {
+        let user = call.user.as_ref().map(|u| u.name.as_str()).unwrap_or("");
+        let pod = format!(
+            "{}/{}",
+            call.namespace.as_deref().unwrap_or(""),
+            call.name.as_deref().unwrap_or("")
+        );
+        let what = if attach { "attach" } else { "exec" };
+        info!(what, %user, %pod, error = %e, "exec refused");
+    }
+    served
+}
+
+async fn serve_checked(
     call: &Call,
     hub: Option<&Arc<Hub>>,
     method: &Method,
@@ -202,13 +262,19 @@ pub(super) async fn serve(
     let ns = call.namespace.clone().unwrap_or_default();
     // A pod that does not exist is a 404 whatever was asked of it.
     let pod = super::handlers::get_current(call).await?.value;
-    let pairs: Vec<(String, String)> = serde_urlencoded_pairs(raw_query)?;
+    let pairs: Vec<(String, String)> = query_pairs(raw_query)?;
     let opts = if attach {
         parse_attach_options(&pairs)?
     } else {
         parse_options(&pairs)?
     };
+    let mut opts = opts;
     let container = resolve_container(&pod, &name, opts.container.as_deref())?;
+    let io = if attach {
+        attach_streams(&mut opts, &pod, &ns, &name, &container)?
+    } else {
+        None
+    };
     let (node, user) = super::pod_log::node_and_user(call, &pod, &name)?;
     let Some(hub) = hub else {
         return Err(ApiError::ServiceUnavailable(
@@ -285,7 +351,17 @@ pub(super) async fn serve(
         tty: opts.tty,
         size: None,
     };
-    let req = if attach {
+    let req = if let (true, Some(tty)) = (attach, io) {
+        Request::AttachIo(AttachIoRequest {
+            namespace: ns.clone(),
+            pod: name.clone(),
+            uid,
+            container: container.clone(),
+            stdin: opts.stdin,
+            tty,
+            stderr: opts.stderr,
+        })
+    } else if attach {
         Request::Attach(AttachRequest {
             namespace: ns.clone(),
             pod: name.clone(),
@@ -316,7 +392,8 @@ pub(super) async fn serve(
     Ok(upgrade.on_upgrade(move |socket| session.run(socket, hub, req)))
 }
 
-fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
+/// The query's pairs in order (`command` and `ports` repeat).
+pub(super) fn query_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
     let uri: axum::http::Uri = format!("/?{raw}")
         .parse()
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
@@ -329,6 +406,7 @@ fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> 
 enum Request {
     Exec(ExecRequest),
     Attach(AttachRequest),
+    AttachIo(AttachIoRequest),
 }
 
 /// One exec's bridge between the client's WebSocket and the node's stream.
@@ -366,7 +444,7 @@ enum Outcome {
 fn refusal_status(e: &StreamError) -> Value {
     let (reason, code) = match e {
         StreamError::NotConnected { .. } | StreamError::Link { .. } => ("ServiceUnavailable", 503),
-        StreamError::Busy { .. } => ("TooManyRequests", 429),
+        StreamError::Busy { .. } | StreamError::UserBusy { .. } => ("TooManyRequests", 429),
         StreamError::TooOld { .. } => ("BadRequest", 400),
         StreamError::Refused { kind, .. } => match kind {
             LogRefusal::NotFound => ("NotFound", 404),
@@ -491,8 +569,9 @@ impl Session {
                 .flatten();
         }
         let opened = match req {
-            Request::Exec(req) => hub.open_exec(node, req).await,
-            Request::Attach(req) => hub.open_attach(node, req).await,
+            Request::Exec(req) => hub.open_exec(node, user, req).await,
+            Request::Attach(req) => hub.open_attach(node, user, req).await,
+            Request::AttachIo(req) => hub.open_attach_io(node, user, req).await,
         };
         let stream = match opened {
             Ok(stream) => stream,
@@ -528,6 +607,7 @@ impl Session {
         let v5 = self.v5;
         let send = &mut stream.send;
         let recv = &mut stream.recv;
+        let cut = &mut stream.cut;
         let input = async {
             let mut messages = futures::stream::iter(early.into_iter().map(Ok)).chain(&mut rx);
             while let Some(msg) = messages.next().await {
@@ -602,6 +682,7 @@ impl Session {
         };
         let outcome = tokio::select! {
             outcome = output => outcome,
+            cut = cut.wait() => Outcome::Cut(cut),
             () = input => Outcome::ClientLeft,
             () = idle => Outcome::Idle,
         };
@@ -674,7 +755,7 @@ mod tests {
         assert_eq!(o.container.as_deref(), Some("main"));
         assert!(o.stdin && o.stdout && o.tty);
         assert!(!o.stderr, "a terminal has one output");
-        let q = serde_urlencoded_pairs("command=ls&command=-l%20x&stdout=true").expect("query");
+        let q = query_pairs("command=ls&command=-l%20x&stdout=true").expect("query");
         assert_eq!(q[1], ("command".to_string(), "-l x".to_string()));
     }
 

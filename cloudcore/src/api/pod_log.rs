@@ -15,7 +15,7 @@
 
 use super::error::ApiError;
 use super::handlers::Call;
-use crate::hub::streams::StreamError;
+use crate::hub::streams::{LogStream, StreamError};
 use crate::hub::Hub;
 use axum::body::Body;
 use axum::http::{header, StatusCode};
@@ -24,7 +24,7 @@ use protocol::streams::{LogRefusal, LogRequest, LogSince};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tracing::info;
 
 /// The subresource name in paths.
@@ -266,13 +266,15 @@ pub(super) async fn serve(call: &Call, hub: Option<&Arc<Hub>>) -> Result<Respons
         previous: opts.previous,
         limit_bytes: opts.limit_bytes,
     };
-    let stream = hub.open_log(&node, req).await.map_err(|e| {
+    let stream = hub.open_log(&node, &user, req).await.map_err(|e| {
         info!(%user, pod = %format!("{ns}/{name}"), %container, %node, error = %e, "log request refused");
         match e {
             StreamError::NotConnected { node, since } => {
                 not_connected(&node, since, &ns, &name, &container)
             }
-            StreamError::Busy { .. } => ApiError::TooManyRequests(e.to_string()),
+            StreamError::Busy { .. } | StreamError::UserBusy { .. } => {
+                ApiError::TooManyRequests(e.to_string())
+            }
             StreamError::TooOld { .. } => ApiError::bad_request(e.to_string()),
             StreamError::Refused { kind, message } => match kind {
                 LogRefusal::NotFound | LogRefusal::BadRequest => ApiError::bad_request(message),
@@ -289,14 +291,27 @@ pub(super) async fn serve(call: &Call, hub: Option<&Arc<Hub>>) -> Result<Respons
     let pod_ref = format!("{ns}/{name}");
     // One chunk read per poll of the body: a client that stops reading stops the reads, the
     // stream's window closes and the edge waits.
-    let body = futures::stream::unfold(Some((stream, 0u64)), move |state| {
+    let body = futures::stream::unfold(LogBody::Reading(stream, 0), move |state| {
         let (user, pod_ref, container) = (user.clone(), pod_ref.clone(), container.clone());
         async move {
-            let (mut stream, sent) = state?;
-            match stream.recv.read_chunk(64 * 1024, true).await {
+            let (mut stream, sent) = match state {
+                LogBody::Reading(stream, sent) => (stream, sent),
+                LogBody::Failing(reason) => {
+                    // HTTP/2 drops what is still queued on a stream it resets: give the
+                    // reason's line a moment to leave first.
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    return Some((Err(std::io::Error::other(reason)), LogBody::Done));
+                }
+                LogBody::Done => return None,
+            };
+            let read = tokio::select! {
+                read = stream.recv.read_chunk(64 * 1024, true) => read.map_err(|e| e.to_string()),
+                cut = stream.cut.wait() => Err(cut),
+            };
+            match read {
                 Ok(Some(chunk)) => {
                     let sent = sent + chunk.bytes.len() as u64;
-                    Some((Ok(chunk.bytes), Some((stream, sent))))
+                    Some((Ok(chunk.bytes), LogBody::Reading(stream, sent)))
                 }
                 Ok(None) => {
                     info!(%user, pod = %pod_ref, %container, bytes = sent, "container log sent");
@@ -305,12 +320,12 @@ pub(super) async fn serve(call: &Call, hub: Option<&Arc<Hub>>) -> Result<Respons
                 Err(e) => {
                     info!(%user, pod = %pod_ref, %container, bytes = sent, error = %e,
                           "container log cut: the node's stream ended early");
-                    Some((
-                        Err(std::io::Error::other(format!(
-                            "the log stream from the node was cut: {e}"
-                        ))),
-                        None,
-                    ))
+                    // An aborted body reaches kubectl as a bare stream error: the reason goes
+                    // into the log's text first, on a line of its own, then the body fails (so
+                    // kubectl exits non-zero).
+                    let reason = format!("the log stream from the node was cut: {e}");
+                    let line = bytes::Bytes::from(format!("\n[skerry] {reason}\n"));
+                    Some((Ok(line), LogBody::Failing(reason)))
                 }
             }
         }
@@ -320,6 +335,16 @@ pub(super) async fn serve(call: &Call, hub: Option<&Arc<Hub>>) -> Result<Respons
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Body::from_stream(body))
         .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Where a log response's body is.
+enum LogBody {
+    /// Reading the node's stream; the bytes sent so far.
+    Reading(LogStream, u64),
+    /// The stream was cut and the reason written: the body fails next.
+    Failing(String),
+    /// Nothing more.
+    Done,
 }
 
 #[cfg(test)]

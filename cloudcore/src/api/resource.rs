@@ -425,7 +425,7 @@ impl Registry {
     }
 
     /// The resources Skerry serves today: namespaces, pods, nodes, ConfigMaps, Secrets,
-    /// events, the apps/v1 workloads, Services (allocating from the default
+    /// events, the apps/v1 workloads, batch/v1 Jobs and CronJobs, Services (allocating from the default
     /// [`ServiceNetwork`]; replace the entry to use another one), Endpoints,
     /// EndpointSlices, Ingresses and IngressClasses.
     ///
@@ -441,6 +441,8 @@ impl Registry {
         for w in super::workloads::Workload::ALL {
             r.register(Arc::new(super::workloads::WorkloadHandler(w)));
         }
+        r.register(Arc::new(super::batch::JobHandler));
+        r.register(Arc::new(super::batch::CronJobHandler));
         r.register(Arc::new(super::services::ServiceHandler::new(
             super::services::ServiceNetwork::default(),
         )));

@@ -1,4 +1,5 @@
-//! The `/scale` subresource of Deployments, ReplicaSets and StatefulSets: an `autoscaling/v1`
+//! The `/scale` subresource of Deployments, ReplicaSets, StatefulSets and
+//! ReplicationControllers: an `autoscaling/v1`
 //! `Scale` view of the object (its `spec.replicas`, `status.replicas` and selector).
 //!
 //! `kubectl scale` resolves the subresource's kind from discovery (`deployments/scale`, group
@@ -11,11 +12,9 @@
 
 use super::error::{json_response, ApiError, FieldError};
 use super::handlers::{self, parse_body_as, parse_json, Call};
-use super::selector::LabelSelector;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::Response;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as MetaSelector;
 use serde_json::{json, Value};
 
 /// `apiVersion` of the Scale objects this subresource serves.
@@ -36,11 +35,8 @@ pub fn scale_of(obj: &Value) -> Value {
             metadata.insert(field.into(), v);
         }
     }
-    let selector = obj
-        .pointer("/spec/selector")
-        .cloned()
-        .and_then(|s| serde_json::from_value::<MetaSelector>(s).ok())
-        .and_then(|s| LabelSelector::from_meta(&s).ok())
+    // A ReplicationController's label map reads as its matchLabels (`app=web`).
+    let selector = super::workloads::selector_of(obj)
         .map(|s| s.to_string())
         .unwrap_or_default();
     json!({

@@ -20,7 +20,7 @@ const PREFIX: &str = "#/components/schemas/";
 /// schema it refers to with `generator`; `None` for a kind without a k8s-openapi type.
 fn register(generator: &mut SchemaGenerator, group: &str, kind: &str) -> Option<String> {
     use k8s_openapi::api::{
-        apps::v1 as apps, core::v1 as core, discovery::v1 as discovery,
+        apps::v1 as apps, batch::v1 as batch, core::v1 as core, discovery::v1 as discovery,
         networking::v1 as networking,
     };
     fn add<T: JsonSchema>(generator: &mut SchemaGenerator) -> String {
@@ -36,6 +36,7 @@ fn register(generator: &mut SchemaGenerator, group: &str, kind: &str) -> Option<
         ("", "Event") => add::<core::Event>(generator),
         ("", "Service") => add::<core::Service>(generator),
         ("", "Endpoints") => add::<core::Endpoints>(generator),
+        ("", "ReplicationController") => add::<core::ReplicationController>(generator),
         ("discovery.k8s.io", "EndpointSlice") => add::<discovery::EndpointSlice>(generator),
         ("networking.k8s.io", "Ingress") => add::<networking::Ingress>(generator),
         ("networking.k8s.io", "IngressClass") => add::<networking::IngressClass>(generator),
@@ -43,6 +44,8 @@ fn register(generator: &mut SchemaGenerator, group: &str, kind: &str) -> Option<
         ("apps", "ReplicaSet") => add::<apps::ReplicaSet>(generator),
         ("apps", "DaemonSet") => add::<apps::DaemonSet>(generator),
         ("apps", "StatefulSet") => add::<apps::StatefulSet>(generator),
+        ("batch", "Job") => add::<batch::Job>(generator),
+        ("batch", "CronJob") => add::<batch::CronJob>(generator),
         _ => return None,
     })
 }
@@ -171,6 +174,7 @@ mod tests {
         let text = serde_json::to_string(&defs).unwrap();
         assert!(text.contains("\"$ref\":\"#/components/schemas/io.k8s.api.core.v1.PodSpec\""));
         assert!(defs.contains_key("io.k8s.api.apps.v1.Deployment"));
-        assert!(components(&[("batch", "v1", "Job")]).is_empty());
+        assert!(components(&[("batch", "v1", "Job")]).contains_key("io.k8s.api.batch.v1.Job"));
+        assert!(components(&[("policy", "v1", "PodDisruptionBudget")]).is_empty());
     }
 }

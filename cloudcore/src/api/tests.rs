@@ -362,14 +362,14 @@ async fn error_statuses() {
         "/nope",
         "/api/v1/widgets",
         "/api/v2/pods",
-        "/apis/batch/v1",
-        // Served (see `pod_exec`), but the pod does not exist.
+        "/apis/policy/v1",
+        // Served (see `pod_exec`, `pod_portforward`), but the pod does not exist.
         "/api/v1/namespaces/default/pods/no-such-pod/exec",
-        "/api/v1/namespaces/default/pods/a/portforward",
+        "/api/v1/namespaces/default/pods/no-such-pod/portforward",
         // Served (see `pod_log`), but the pod does not exist.
         "/api/v1/namespaces/default/pods/no-such-pod/log",
         "/api/v1/pods/a",
-        "/openapi/v3/apis/batch/v1",
+        "/openapi/v3/apis/policy/v1",
     ] {
         let (code, v) = h.call(Method::GET, path, None).await;
         assert_eq!(code, StatusCode::NOT_FOUND, "{path}");

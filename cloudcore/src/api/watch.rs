@@ -82,7 +82,8 @@ fn key_of(v: &Value) -> Key {
     (m("namespace"), m("name"))
 }
 
-fn event_line(kind: &str, object: Value) -> Vec<u8> {
+fn event_line(kind: &str, mut object: Value) -> Vec<u8> {
+    crate::annotations::hide_system_state(&mut object);
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
     line.push(b'\n');
     line

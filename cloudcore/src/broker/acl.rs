@@ -42,10 +42,7 @@ pub fn may_publish(
         topic: topic.chars().take(128).collect(),
     };
     let parsed = topics::parse(topic).ok_or_else(foreign)?;
-    let owner = match &parsed {
-        Topic::NodeStatus { node } | Topic::PodStatus { node, .. } => node,
-    };
-    if owner == node {
+    if parsed.node() == node {
         Ok(parsed)
     } else {
         Err(foreign())
@@ -111,19 +108,18 @@ mod tests {
             ns in name(),
             pod in name(),
             noise in "[a-z0-9/+#$]{0,30}",
-            pick in 0usize..5,
+            pick in 0usize..6,
         ) {
             let topic = match pick {
                 0 => topics::node_status(&other),
                 1 => topics::pod_status(&other, &ns, &pod),
                 2 => format!("{}/{other}/{noise}", topics::PREFIX),
                 3 => noise.clone(),
+                4 => topics::pod_events(&other, &ns, &pod),
                 _ => topics::pod_status(&node, &ns, &pod),
             };
             let verdict = may_publish(&node, &topic, QoS::AtLeastOnce, false);
-            let expected = topics::parse(&topic).is_some_and(|t| match t {
-                Topic::NodeStatus { node: n } | Topic::PodStatus { node: n, .. } => n == node,
-            });
+            let expected = topics::parse(&topic).is_some_and(|t| t.node() == node);
             prop_assert_eq!(verdict.is_ok(), expected, "{}", topic);
         }
     }

@@ -12,6 +12,7 @@
 //! addresses of the Ingresses Skerry serves.
 
 pub mod claim;
+pub mod cronjob;
 pub mod daemonset;
 pub mod decode;
 pub mod deployment;
@@ -21,6 +22,7 @@ pub mod feed;
 pub mod garbage_collector;
 pub mod informer;
 pub mod ingress_status;
+pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod owned;

@@ -1,5 +1,8 @@
 //! The ReplicaSet controller: keeps `spec.replicas` active pods matching the selector, as
-//! Kubernetes' `ReplicaSetController` does.
+//! Kubernetes' `ReplicaSetController` does. The same code, [`ReplicasController`], serves
+//! ReplicationControllers, as Kubernetes' `ReplicationManager` wraps its ReplicaSet
+//! controller: the two kinds differ only in how their selector is spelled (an RC's is a label
+//! map, read as `matchLabels`), their names and their event component ([`ReplicaOwner`]).
 //!
 //! Each reconcile reads the ReplicaSet from the store and its candidate pods (those it controls
 //! and the namespace's orphans) from the shared pod cache ([`super::informer`]), claims pods
@@ -17,9 +20,12 @@
 //!   on a node first, ready for less time, more restarts, newer.
 //! - **Status** (`replicas`, `fullyLabeledReplicas`, `readyReplicas`, `availableReplicas`,
 //!   `observedGeneration`) is written only when it changed; when a Ready pod will become
-//!   available after `minReadySeconds`, the key is requeued for that moment.
+//!   available after `minReadySeconds`, the key is requeued for that moment. A create or
+//!   delete that fails sets the `ReplicaFailure` condition (reason `FailedCreate` or
+//!   `FailedDelete`, the error as message), which the next successful pass removes
+//!   ([`with_failure_condition`]).
 //! - Events `SuccessfulCreate`, `SuccessfulDelete`, `FailedCreate`, `FailedDelete` from
-//!   `replicaset-controller`.
+//!   `replicaset-controller` (`replication-controller` for RCs).
 //!
 //! Deleting a ReplicaSet's pods with it is the garbage collector's job, not this controller's.
 
@@ -36,15 +42,100 @@ use crate::api::ApiError;
 use crate::store::{Event, ObjectKey};
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as MetaSelector, ObjectMeta};
+use k8s_openapi::{Metadata, Resource};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
 
 /// Storage resource of ReplicaSets.
 pub const RESOURCE: &str = "apps/replicasets";
 /// The component name on Events.
 pub const COMPONENT: &str = "replicaset-controller";
+/// Storage resource of ReplicationControllers.
+pub const RC_RESOURCE: &str = "replicationcontrollers";
+/// The component name on a ReplicationController's Events (Kubernetes' own).
+pub const RC_COMPONENT: &str = "replication-controller";
+
+/// What [`ReplicasController`] reads of the kind it keeps at `spec.replicas` pods.
+pub trait ReplicaOwner:
+    Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Send + Sync + 'static
+{
+    /// Storage resource of the kind.
+    const RESOURCE: &'static str;
+    /// The component on its Events.
+    const COMPONENT: &'static str;
+    /// The reconciler's name.
+    const NAME: &'static str;
+    /// `spec.replicas` (defaulted to 1 by the API).
+    fn replicas(&self) -> i32;
+    /// `spec.minReadySeconds`.
+    fn min_ready_seconds(&self) -> i32;
+    /// The template's labels (what `fullyLabeledReplicas` counts against).
+    fn template_labels(&self) -> Option<&BTreeMap<String, String>>;
+    /// The selector as a label selector.
+    fn selector(&self) -> Option<MetaSelector>;
+}
+
+impl ReplicaOwner for ReplicaSet {
+    const RESOURCE: &'static str = RESOURCE;
+    const COMPONENT: &'static str = COMPONENT;
+    const NAME: &'static str = "replicaset";
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+    fn template_labels(&self) -> Option<&BTreeMap<String, String>> {
+        self.spec
+            .as_ref()?
+            .template
+            .as_ref()?
+            .metadata
+            .as_ref()?
+            .labels
+            .as_ref()
+    }
+    fn selector(&self) -> Option<MetaSelector> {
+        self.spec.as_ref().map(|s| s.selector.clone())
+    }
+}
+
+impl ReplicaOwner for ReplicationController {
+    const RESOURCE: &'static str = RC_RESOURCE;
+    const COMPONENT: &'static str = RC_COMPONENT;
+    const NAME: &'static str = "replicationcontroller";
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+    fn template_labels(&self) -> Option<&BTreeMap<String, String>> {
+        self.spec
+            .as_ref()?
+            .template
+            .as_ref()?
+            .metadata
+            .as_ref()?
+            .labels
+            .as_ref()
+    }
+    fn selector(&self) -> Option<MetaSelector> {
+        let labels = self.spec.as_ref().and_then(|s| s.selector.as_ref());
+        Some(crate::api::workloads::equality_selector(labels))
+    }
+}
 /// Most pods created or deleted in one reconcile (Kubernetes' `BurstReplicas`).
 pub const BURST_REPLICAS: usize = 500;
 
@@ -153,18 +244,17 @@ pub fn pods_to_delete(active: &[Pod], n: usize) -> Vec<&Pod> {
     ranked.into_iter().take(n).map(|(p, _)| p).collect()
 }
 
-/// The status of `rs` given its active pods at `now` (without `conditions`, which the
-/// controller copies from the stored object), and the seconds after which a Ready pod becomes
-/// available (when to look again), if any.
-pub fn replica_set_status(rs: &ReplicaSet, active: &[Pod], now: i64) -> (Value, Option<i64>) {
-    let spec = rs.spec.as_ref();
-    let min_ready = i64::from(spec.and_then(|s| s.min_ready_seconds).unwrap_or(0));
+/// The status of `rs` given its active pods at `now` (without `conditions`, see
+/// [`with_failure_condition`]), and the seconds after which a Ready pod becomes available
+/// (when to look again), if any.
+pub fn replica_set_status<K: ReplicaOwner>(
+    rs: &K,
+    active: &[Pod],
+    now: i64,
+) -> (Value, Option<i64>) {
+    let min_ready = i64::from(rs.min_ready_seconds());
     let no_labels = Default::default();
-    let template_labels = spec
-        .and_then(|s| s.template.as_ref())
-        .and_then(|t| t.metadata.as_ref())
-        .and_then(|m| m.labels.as_ref())
-        .unwrap_or(&no_labels);
+    let template_labels = rs.template_labels().unwrap_or(&no_labels);
     let fully_labeled = active
         .iter()
         .filter(|p| {
@@ -194,38 +284,77 @@ pub fn replica_set_status(rs: &ReplicaSet, active: &[Pod], now: i64) -> (Value, 
     }
     status.insert(
         "observedGeneration".into(),
-        json!(rs.metadata.generation.unwrap_or(0)),
+        json!(rs.metadata().generation.unwrap_or(0)),
     );
     (Value::Object(status), next)
 }
 
-/// The ReplicaSet [`Reconciler`].
-pub struct ReplicaSetController {
+/// The condition a failed pass leaves, as Kubernetes' `calculateStatus`: after a failed create
+/// (`creating`) or delete, `conditions` (as stored) gains a `ReplicaFailure` condition unless
+/// one is there; after a successful pass it loses it. `None` when the conditions are
+/// unchanged.
+pub fn with_failure_condition(
+    stored: Option<&Value>,
+    failure: Option<(&ApiError, bool)>,
+    now: &str,
+) -> Option<Value> {
+    let mut conditions = stored
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let present = conditions.iter().any(|c| c["type"] == "ReplicaFailure");
+    match failure {
+        Some((error, creating)) if !present => {
+            let (reason, verb) = if creating {
+                ("FailedCreate", "creating")
+            } else {
+                ("FailedDelete", "deleting")
+            };
+            conditions.push(json!({"type": "ReplicaFailure", "status": "True",
+                "lastTransitionTime": now, "reason": reason,
+                "message": format!("Error {verb} pods: {error}")}));
+        }
+        None if present => conditions.retain(|c| c["type"] != "ReplicaFailure"),
+        _ => return None,
+    }
+    Some(json!(conditions))
+}
+
+/// The [`Reconciler`] of ReplicaSets and ReplicationControllers (`K`).
+pub struct ReplicasController<K> {
     client: Client,
     informers: Informers,
     index: SelectorIndex,
+    kind: PhantomData<fn() -> K>,
 }
 
-impl ReplicaSetController {
+/// The ReplicaSet controller.
+pub type ReplicaSetController = ReplicasController<ReplicaSet>;
+/// The ReplicationController controller (Kubernetes' `ReplicationManager`).
+pub type ReplicationManager = ReplicasController<ReplicationController>;
+
+impl<K: ReplicaOwner> ReplicasController<K> {
     /// A controller writing through `client` and reading pods from `informers`.
     pub fn new(client: Client, informers: &Informers) -> Self {
         Self {
             client,
             informers: informers.clone(),
             index: SelectorIndex::default(),
+            kind: PhantomData,
         }
     }
 
     async fn event(&self, raw: &Value, kind: EventType, reason: &str, message: &str) {
-        events::record_best_effort(&self.client, raw, kind, reason, message, COMPONENT).await;
+        events::record_best_effort(&self.client, raw, kind, reason, message, K::COMPONENT).await;
     }
 
     /// Creates or deletes pods so that `active` reaches `spec.replicas`. `raw` is the stored
-    /// ReplicaSet, whose template is copied verbatim into new pods.
-    async fn manage(&self, raw: &Value, rs: &ReplicaSet, active: &[Pod]) -> Result<(), ApiError> {
-        let ns = rs.metadata.namespace.as_deref().unwrap_or("");
-        let name = rs.metadata.name.as_deref().unwrap_or("");
-        let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    /// owner, whose template is copied verbatim into new pods.
+    async fn manage(&self, raw: &Value, rs: &K, active: &[Pod]) -> Result<(), ApiError> {
+        let meta = rs.metadata();
+        let ns = meta.namespace.as_deref().unwrap_or("");
+        let name = meta.name.as_deref().unwrap_or("");
+        let replicas = rs.replicas();
         let want = usize::try_from(replicas).unwrap_or(0);
         if active.len() < want {
             let missing = (want - active.len()).min(BURST_REPLICAS);
@@ -300,18 +429,18 @@ impl ReplicaSetController {
 }
 
 #[async_trait]
-impl Reconciler for ReplicaSetController {
+impl<K: ReplicaOwner> Reconciler for ReplicasController<K> {
     fn name(&self) -> &'static str {
-        "replicaset"
+        K::NAME
     }
 
     async fn on_permanent_error(&self, key: &ObjectKey, error: &ControllerError) {
-        owned::report_permanent_error(&self.client, key, error, COMPONENT).await;
+        owned::report_permanent_error(&self.client, key, error, K::COMPONENT).await;
     }
 
     async fn keys_for_event(&self, event: &Event) -> Vec<ObjectKey> {
         match event.key.resource.as_str() {
-            RESOURCE => {
+            r if r == K::RESOURCE => {
                 self.index.observe(event);
                 vec![event.key.clone()]
             }
@@ -321,12 +450,12 @@ impl Reconciler for ReplicaSetController {
                 for pod in [&event.value, &event.previous].into_iter().flatten() {
                     let meta = meta_of(pod);
                     let names = match controller_of(&meta) {
-                        Some(r) if r.kind == "ReplicaSet" => vec![r.name.clone()],
+                        Some(r) if r.kind == K::KIND => vec![r.name.clone()],
                         Some(_) => vec![],
                         None => self.index.matching(ns, pod),
                     };
                     for n in names {
-                        let k = ObjectKey::new(RESOURCE, ns.as_str(), &n);
+                        let k = ObjectKey::new(K::RESOURCE, ns.as_str(), &n);
                         if !keys.contains(&k) {
                             keys.push(k);
                         }
@@ -339,25 +468,25 @@ impl Reconciler for ReplicaSetController {
     }
 
     async fn all_keys(&self) -> Vec<ObjectKey> {
-        let Some(all) = self.client.list_for_resync(RESOURCE).await else {
+        let Some(all) = self.client.list_for_resync(K::RESOURCE).await else {
             return Vec::new();
         };
         self.index.replace_all(&all);
-        owned::keys_of(RESOURCE, &all)
+        owned::keys_of(K::RESOURCE, &all)
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Requeue, ControllerError> {
         self.informers.synced().await?;
-        let Some(raw) = self.client.get(RESOURCE, &key.namespace, &key.name).await? else {
+        let Some(raw) = self
+            .client
+            .get(K::RESOURCE, &key.namespace, &key.name)
+            .await?
+        else {
             return Ok(Requeue::No);
         };
-        let rs: ReplicaSet = typed(&raw)?;
-        let selector = owner_selector(
-            "ReplicaSet",
-            &rs.metadata,
-            rs.spec.as_ref().map(|s| &s.selector),
-        )?;
-        let uid = rs.metadata.uid.as_deref().unwrap_or("");
+        let rs: K = typed(&raw)?;
+        let selector = owner_selector(K::KIND, rs.metadata(), rs.selector().as_ref())?;
+        let uid = rs.metadata().uid.as_deref().unwrap_or("");
         let candidates = self.informers.pods.claim_candidates(&key.namespace, uid);
         let pods = claim::claim_all(&self.client, "pods", &rs, &selector, candidates).await?;
         let mut active = Vec::with_capacity(pods.len());
@@ -367,17 +496,22 @@ impl Reconciler for ReplicaSetController {
                 active.push(pod);
             }
         }
-        let managed = if owned::is_terminating(&rs.metadata) {
+        let managed = if owned::is_terminating(rs.metadata()) {
             Ok(())
         } else {
             self.manage(&raw, &rs, &active).await
         };
         let (mut status, next) = replica_set_status(&rs, &active, now_seconds());
-        if let Some(c) = raw.pointer("/status/conditions") {
-            status["conditions"] = c.clone();
+        let stored = raw.pointer("/status/conditions");
+        let creating = usize::try_from(rs.replicas()).unwrap_or(0) > active.len();
+        let failure = managed.as_ref().err().map(|e| (e, creating));
+        let now = crate::clock::now_rfc3339();
+        match with_failure_condition(stored, failure, &now).or_else(|| stored.cloned()) {
+            Some(c) if c.as_array().is_some_and(|a| !a.is_empty()) => status["conditions"] = c,
+            _ => {}
         }
         self.client
-            .write_status_if_changed(RESOURCE, &raw, status)
+            .write_status_if_changed(K::RESOURCE, &raw, status)
             .await?;
         managed?;
         Ok(Requeue::after_seconds(next))
@@ -411,6 +545,62 @@ mod tests {
 
     fn names(v: &[&Pod]) -> Vec<String> {
         v.iter().map(|p| pod_name(p).to_string()).collect()
+    }
+
+    #[test]
+    fn a_failed_pass_sets_replica_failure_and_a_good_one_clears_it() {
+        let quota = ApiError::Forbidden {
+            resource: "pods".into(),
+            name: "web-x".into(),
+            reason: "exceeded quota".into(),
+        };
+        let now = "2025-01-01T00:00:00Z";
+        let set = with_failure_condition(None, Some((&quota, true)), now).unwrap();
+        assert_eq!(
+            set,
+            json!([{"type": "ReplicaFailure", "status": "True", "lastTransitionTime": now,
+                "reason": "FailedCreate", "message": format!("Error creating pods: {quota}")}])
+        );
+        // Already there: unchanged (its transition time stays the first failure's).
+        assert_eq!(
+            with_failure_condition(Some(&set), Some((&quota, false)), "later"),
+            None
+        );
+        assert_eq!(
+            with_failure_condition(Some(&set), None, now),
+            Some(json!([]))
+        );
+        assert_eq!(with_failure_condition(None, None, now), None);
+        let deleting = with_failure_condition(None, Some((&quota, false)), now).unwrap();
+        assert_eq!(deleting[0]["reason"], "FailedDelete");
+    }
+
+    #[test]
+    fn replication_controllers_select_by_their_label_map() {
+        let rc: ReplicationController =
+            typed(&json!({"metadata": {"name": "web", "generation": 2},
+            "spec": {"selector": {"app": "web"}, "minReadySeconds": 5,
+                "template": {"metadata": {"labels": {"app": "web", "v": "1"}}}}}))
+            .unwrap();
+        assert_eq!(rc.replicas(), 1);
+        assert_eq!(rc.min_ready_seconds(), 5);
+        let sel = owner_selector(
+            "ReplicationController",
+            rc.metadata(),
+            rc.selector().as_ref(),
+        )
+        .unwrap();
+        assert!(sel.matches(&pod_json("a", "n1", "Running", None)));
+        let (status, _) = replica_set_status(&rc, &[pod("a", "n1", "Running", None)], 0);
+        assert_eq!(status, json!({"replicas": 1, "observedGeneration": 2}));
+        let empty: ReplicationController =
+            typed(&json!({"metadata": {"name": "web"}, "spec": {"selector": {}}})).unwrap();
+        assert!(owner_selector(
+            "ReplicationController",
+            empty.metadata(),
+            empty.selector().as_ref()
+        )
+        .is_err());
     }
 
     #[test]

@@ -73,11 +73,13 @@ pub mod ack_lag;
 mod dispatch;
 mod ingress;
 mod join;
+pub mod link_watch;
 pub mod node_labels;
 mod plan;
 mod relay;
 pub mod reset;
 mod session;
+mod slots;
 pub use session::{EDGE_DEAF_REASON, SYNC_CURRENT_REASON, SYNC_LAGGING, SYNC_LAGGING_REASON};
 pub mod streams;
 
@@ -198,10 +200,8 @@ pub struct Hub {
     /// When each node's last session ended (removed when it is back), for the 503 of a log
     /// request to a node that is away.
     away_since: std::sync::Mutex<HashMap<String, std::time::SystemTime>>,
-    /// Log streams open per node (see [`streams`]).
-    log_streams: std::sync::Mutex<HashMap<String, usize>>,
-    /// Exec streams open per node (see [`streams`]).
-    exec_streams: std::sync::Mutex<HashMap<String, usize>>,
+    /// The streams to nodes open now, per node, user and kind, for their limits ([`slots`]).
+    stream_slots: std::sync::Mutex<slots::Slots>,
     /// When each node was last heard on its link, for the node lifecycle controller.
     liveness: crate::liveness::Liveness,
     /// See [`HubConfig::ack_lag_limit`].
@@ -328,8 +328,7 @@ impl Hub {
             index: RwLock::new(ConfigIndex::new()),
             handled: AtomicU64::new(0),
             away_since: std::sync::Mutex::new(HashMap::new()),
-            log_streams: std::sync::Mutex::new(HashMap::new()),
-            exec_streams: std::sync::Mutex::new(HashMap::new()),
+            stream_slots: std::sync::Mutex::new(slots::Slots::default()),
             liveness: crate::liveness::Liveness::new(),
             ack_lag_limit: cfg.ack_lag_limit,
             network: cfg.network.clone(),

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Mutex, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// The node condition the hub keeps: `True` while the node does not acknowledge what it is sent
 /// (see [`super::ack_lag`]).
@@ -211,7 +211,10 @@ impl Hub {
                 None
             }
         });
-        let _route = overlay_cidr.map(|cidr| self.relay.register(node, cidr, id, conn.clone()));
+        let _route = overlay_cidr.map(|cidr| {
+            self.relay
+                .register(node, cidr, id, conn.clone(), hello.protocol_version)
+        });
         let _relay = overlay_cidr.map(|_| {
             let (hub, node, conn) = (self.clone(), node.to_string(), conn.clone());
             AbortOnDrop(tokio::spawn(
@@ -537,8 +540,8 @@ impl Hub {
         Ok(out)
     }
 
-    /// Writes one batch for an edge speaking `version` (checked against v5's kinds when the
-    /// edge is one version behind).
+    /// Writes one batch for an edge speaking `version` (in v7's shapes when the edge is one
+    /// version behind, without the pods it cannot run).
     async fn send_batch(
         &self,
         send: &mut quinn::SendStream,
@@ -584,20 +587,37 @@ impl Hub {
         if version == protocol::PROTOCOL_VERSION {
             return write_frame(send, &CloudMessage::Sync(batch)).await;
         }
-        match protocol::compat::v5::batch(batch) {
-            Some(old) => write_frame(send, &CloudMessage::Sync(old)).await,
+        match protocol::compat::v7::batch(batch) {
+            Some(old) => {
+                for pod in &old.withheld {
+                    // A v7 edge would run the app containers without the init containers
+                    // (`protocol::compat`): the pod waits, Pending, for the node's upgrade.
+                    error!(
+                        pod = %format!("{}/{}", pod.namespace, pod.name),
+                        edge_version = version,
+                        "pod has init containers, which this node's edgecore (protocol v7) \
+                         cannot run: not sent to it; it stays Pending until the node is \
+                         upgraded (the node's EdgeVersionSkew condition says so)"
+                    );
+                    metrics::counter!("skerry_hub_pods_withheld_total", "reason" => "init_containers")
+                        .increment(1);
+                }
+                write_frame(send, &protocol::compat::v7::CloudMessage::Sync(old.batch)).await
+            }
             None => Err(SessionError::Protocol(
-                "a batch for a v5 edge holds a kind it cannot decode; this is a hub bug".into(),
+                "a batch for a v7 edge holds a kind it cannot decode; this is a hub bug".into(),
             )),
         }
     }
 
-    /// Closes the live session of a node that was just revoked (the node is told why). Its
-    /// reconnects are then refused at Hello.
+    /// Closes the live session of a node that was just revoked (the node is told why), and
+    /// has its peers close their direct overlay connections to it, which outlive its session.
+    /// Its reconnects are then refused at Hello.
     pub async fn revoke_session(&self, node: &str) {
         if let Some(s) = self.sessions.lock().await.get(node) {
             s.signals.revoked.notify_one();
         }
+        self.relay.withdraw(node);
     }
 
     /// The revision each connected node has acked, for observability.

@@ -25,6 +25,7 @@
 //! finalizer rule decides whether it goes now or waits for its finalizers.
 
 mod ack_order;
+mod events;
 
 use crate::annotations::{set_status_seq, status_seq, StatusSeq};
 use crate::api::client::{identity, Client, DeleteOptions};
@@ -117,9 +118,12 @@ pub async fn run(api: crate::api::ApiState, pki: Arc<Pki>, source: Arc<Source>, 
     }
 }
 
-/// The worker a topic's reports go to: always the same one, so they apply in order.
+/// The worker a topic's reports go to: always the same one, so they apply in order. A pod's
+/// status and events go to the same worker (the shard is the topic without its last part), so
+/// events recorded before a pod's final status are written before it deletes the pod.
 fn shard(topic: &str) -> usize {
-    topic
+    let object = topic.rsplit_once('/').map_or(topic, |(object, _)| object);
+    object
         .bytes()
         .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
         % WORKERS
@@ -164,7 +168,11 @@ async fn subscribe_external(
                 backoff.reset();
                 generation += 1;
                 next_index = 0;
-                for filter in [topics::NODE_STATUS_FILTER, topics::POD_STATUS_FILTER] {
+                for filter in [
+                    topics::NODE_STATUS_FILTER,
+                    topics::POD_STATUS_FILTER,
+                    topics::POD_EVENTS_FILTER,
+                ] {
                     if let Err(e) = mqtt.subscribe(filter, QoS::AtLeastOnce).await {
                         warn!(error = %e, filter, "cannot subscribe");
                     }
@@ -404,9 +412,7 @@ pub async fn apply(
             "topic {topic:?} is outside the skerry scheme"
         )));
     };
-    let node = match &parsed {
-        Topic::NodeStatus { node } | Topic::PodStatus { node, .. } => node.clone(),
-    };
+    let node = parsed.node().to_string();
     let (report, epoch) = open_report(pki, &node, topic, payload)?;
     let seq = StatusSeq::new(epoch, report.seq);
     // How long after the edge observed it a report reaches the store: the status lag an admin
@@ -433,6 +439,16 @@ pub async fn apply(
             StatusBody::Pod(status),
         ) if status.node == node && status.namespace == namespace && status.name == name => {
             apply_pod(client, seq, &status).await
+        }
+        (
+            Topic::PodEvents {
+                node,
+                namespace,
+                name,
+            },
+            StatusBody::Events(ev),
+        ) if ev.node == node && ev.namespace == namespace && ev.name == name => {
+            events::apply_events(client, &node, &ev).await
         }
         _ => Err(ApplyError::Invalid(
             "report body does not match its topic".into(),
@@ -630,11 +646,10 @@ pub fn pod_status_json(current: &Value, s: &PodStatus) -> Value {
     }
     status.insert("phase".into(), json!(s.phase.as_str()));
     status.insert("conditions".into(), json!(conditions));
-    status.insert(
-        "containerStatuses".into(),
-        json!(s.containers.iter().map(|c| {
+    let statuses = |list: &[protocol::status::ContainerStatus]| {
+        json!(list.iter().map(|c| {
             let mut cs = json!({
-                "name": c.name, "image": c.image, "imageID": "", "containerID": c.container_id,
+                "name": c.name, "image": c.image, "imageID": c.image_id, "containerID": c.container_id,
                 "ready": c.ready, "started": matches!(c.state, ContainerState::Running { .. }),
                 "restartCount": c.restart_count, "state": container_state(&c.state, &c.container_id),
                 "lastState": {},
@@ -643,8 +658,16 @@ pub fn pod_status_json(current: &Value, s: &PodStatus) -> Value {
                 cs["lastState"] = container_state(last, "");
             }
             cs
-        }).collect::<Vec<_>>()),
-    );
+        }).collect::<Vec<_>>())
+    };
+    status.insert("containerStatuses".into(), statuses(&s.containers));
+    // `initContainerStatuses` (what `kubectl get pod` reads for `Init:x/y`), only for a pod
+    // that has init containers, as Kubernetes writes it.
+    if s.init_containers.is_empty() {
+        status.remove("initContainerStatuses");
+    } else {
+        status.insert("initContainerStatuses".into(), statuses(&s.init_containers));
+    }
     if !s.pod_ip.is_empty() {
         status.insert("podIP".into(), json!(s.pod_ip));
         status.insert("podIPs".into(), json!([{"ip": s.pod_ip}]));

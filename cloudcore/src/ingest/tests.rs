@@ -50,6 +50,7 @@ fn pod_report(uid: &str, removed: bool) -> PodStatus {
         reason: String::new(),
         message: String::new(),
         removed,
+        init_containers: vec![],
     }
 }
 

@@ -689,7 +689,7 @@ pub fn hostname() -> Option<String> {
 }
 
 /// The organisation every node certificate carries.
-pub const NODE_GROUP: &str = "skerry:nodes";
+pub const NODE_GROUP: &str = protocol::NODE_GROUP;
 
 /// An authenticated API user, as Kubernetes' authenticators describe one.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 pub mod ingress;
 pub mod network;
+pub mod support;
 pub use network::{edge_endpoint_slice, edge_service, NETWORK_SHARD};
 
 /// Why a stored object could not be projected.
@@ -106,6 +107,10 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
     let pod: core::Pod = serde_json::from_value(value.clone()).map_err(|e| err(e.to_string()))?;
     let meta = pod.metadata;
     let spec = pod.spec.ok_or_else(|| err("no spec".into()))?;
+    // The API refused these (the same check); a stored object that has one predates it.
+    if let Some(u) = support::unsupported(&spec, "spec").first() {
+        return Err(err(u.to_string()));
+    }
     let restart_policy = match spec.restart_policy.as_deref() {
         None => RestartPolicy::Always,
         Some(p) => RestartPolicy::parse(p).ok_or_else(|| err(format!("restartPolicy {p:?}")))?,
@@ -116,6 +121,18 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
         .map(|c| {
             container(c, meta.annotations.as_ref())
                 .map_err(|r| err(format!("container {:?}: {r}", c.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let init_containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| {
+            Ok(EdgeInitContainer {
+                container: container(c, meta.annotations.as_ref())
+                    .map_err(|r| err(format!("init container {:?}: {r}", c.name)))?,
+                sidecar: c.restart_policy.as_deref() == Some("Always"),
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let dns = pod_dns(&spec).map_err(err)?;
@@ -142,6 +159,7 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
         volumes,
         deletion_grace_period_seconds: deletion,
         dns,
+        init_containers,
     })
 }
 
@@ -367,6 +385,9 @@ fn container(
             .as_ref()
             .map(|p| probe(p, c).map_err(|e| format!("startupProbe: {e}")))
             .transpose()?,
+        stdin: c.stdin.unwrap_or(false),
+        stdin_once: c.stdin_once.unwrap_or(false),
+        tty: c.tty.unwrap_or(false),
     })
 }
 

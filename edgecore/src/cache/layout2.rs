@@ -1,9 +1,11 @@
 //! The one shape of cache layout 2 (written by a protocol-v4 edgecore) that differs from
 //! today's: its pods had no DNS settings. Kept here, not in `protocol::compat`, because only
 //! the cache still reads it: the cloud no longer serves v4 edges, but a node upgraded offline
-//! from that version must still restart its pods from what it cached.
+//! from that version must still restart its pods from what it cached. Its containers are
+//! v6's (protocol v7 gave them `stdin`, `stdin_once` and `tty`; see `super::layout3`).
 
-use protocol::pod::{EdgeContainer, EdgePod, RestartPolicy, Volume};
+use super::layout3::V6Container as EdgeContainer;
+use protocol::pod::{EdgePod, RestartPolicy, Volume};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -30,12 +32,13 @@ impl From<V4Pod> for EdgePod {
             name: p.name,
             uid: p.uid,
             labels: p.labels,
-            containers: p.containers,
+            containers: p.containers.into_iter().map(Into::into).collect(),
             restart_policy: p.restart_policy,
             termination_grace_period_seconds: p.termination_grace_period_seconds,
             volumes: p.volumes,
             deletion_grace_period_seconds: p.deletion_grace_period_seconds,
             dns: Default::default(),
+            init_containers: Vec::new(),
         }
     }
 }
@@ -48,7 +51,7 @@ impl From<EdgePod> for V4Pod {
             name: p.name,
             uid: p.uid,
             labels: p.labels,
-            containers: p.containers,
+            containers: p.containers.into_iter().map(Into::into).collect(),
             restart_policy: p.restart_policy,
             termination_grace_period_seconds: p.termination_grace_period_seconds,
             volumes: p.volumes,

@@ -30,8 +30,12 @@ const ACKED_KEY: &[u8] = b"acked_revision";
 /// before it, so opening such a cache forgets the acked revision and the node resyncs in full.
 const SCHEMA_KEY: &[u8] = b"schema";
 /// Version 3 added the network tree (Services, EndpointSlices, the node's network settings),
-/// which a cache of version 2 lacks for the same reason.
-const SCHEMA: u32 = 3;
+/// which a cache of version 2 lacks for the same reason. Version 4 (protocol v7): containers
+/// gained `stdin`, `stdin_once` and `tty`; layout 3's pods are rewritten in today's shape.
+/// Version 5 (protocol v8): pods gained init containers; layout 4's pods (`compat::v7`'s
+/// shape) are rewritten in today's, and the full resync once after the upgrade brings the pods
+/// with init containers that the hub withheld from the v7 edge.
+const SCHEMA: u32 = 5;
 /// Random id of this cache, also recorded in the marker beside it (see [`recovery`]).
 const CACHE_ID_KEY: &[u8] = b"cache_id";
 /// Present while the node's desired state is unknown (the value says why); removed in the
@@ -39,6 +43,7 @@ const CACHE_ID_KEY: &[u8] = b"cache_id";
 const UNKNOWN_KEY: &[u8] = b"desired_unknown";
 
 mod layout2;
+pub(crate) mod layout3;
 mod recovery;
 
 /// What [`Cache::open_checked`] found.
@@ -461,8 +466,11 @@ impl Cache {
             .map_err(backend)?
             .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
             .map(u32::from_be_bytes);
-        if schema == Some(2) {
-            self.upgrade_pods_from_v4()?;
+        match schema {
+            Some(2) => self.upgrade_pods::<layout2::V4Pod>("v4")?,
+            Some(3) => self.upgrade_pods::<layout3::V6Pod>("v6")?,
+            Some(4) => self.upgrade_pods::<protocol::compat::v7::EdgePod>("v7")?,
+            _ => {}
         }
         if schema != Some(SCHEMA) {
             if self.meta.get(ACKED_KEY).map_err(backend)?.is_some() {
@@ -519,21 +527,25 @@ impl Cache {
         Ok(self)
     }
 
-    /// Rewrites the pods of a layout-2 cache (written by a protocol-v4 edgecore, whose pods had
-    /// no DNS settings) in today's shape, so an edge upgraded offline restarts its pods from
-    /// its cache as before. An entry already in today's shape (an upgrade cut short) is kept;
-    /// one that is neither is left for the corruption check to report.
-    fn upgrade_pods_from_v4(&self) -> Result<(), CacheError> {
+    /// Rewrites the pods of an older layout in today's shape (`Old`, written by an edgecore of
+    /// protocol `from`: layout 2 by v4, whose pods had no DNS settings; layout 3 by v5 and v6,
+    /// whose containers had no stdin nor tty), so an edge upgraded offline restarts its pods
+    /// from its cache as before. An entry already in today's shape (an upgrade cut short) is
+    /// kept; one that is neither is left for the corruption check to report.
+    fn upgrade_pods<Old>(&self, from: &str) -> Result<(), CacheError>
+    where
+        Old: serde::de::DeserializeOwned + Into<EdgePod>,
+    {
         let mut upgraded = 0;
         for entry in self.pods.iter() {
             let (key, value) = entry.map_err(backend)?;
             if codec::decode::<Cached<EdgePod>>(&value).is_ok() {
                 continue;
             }
-            if let Ok(old) = codec::decode::<Cached<layout2::V4Pod>>(&value) {
+            if let Ok(old) = codec::decode::<Cached<Old>>(&value) {
                 let now = Cached {
                     revision: old.revision,
-                    object: EdgePod::from(old.object),
+                    object: old.object.into(),
                 };
                 self.pods
                     .insert(key, codec::encode(&now)?)
@@ -542,7 +554,11 @@ impl Cache {
             }
         }
         if upgraded > 0 {
-            tracing::info!(pods = upgraded, "cached pods upgraded from the v4 layout");
+            tracing::info!(
+                pods = upgraded,
+                from,
+                "cached pods upgraded from an older layout"
+            );
         }
         Ok(())
     }

@@ -38,6 +38,7 @@ fn pod(name: &str, image: &str) -> EdgePod {
         volumes: vec![],
         deletion_grace_period_seconds: None,
         dns: Default::default(),
+        init_containers: Vec::new(),
     }
 }
 
@@ -942,6 +943,73 @@ async fn pods_cached_by_a_v4_edgecore_run_on_after_the_upgrade() {
         0,
         "the new layout still resyncs once, for the network tree"
     );
+}
+
+#[tokio::test]
+async fn pods_cached_by_a_v6_edgecore_run_on_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = open(dir.path());
+        let mut snap = batch(5, vec![up(4, pod("web", "busybox"))], vec![]);
+        snap.snapshot = true;
+        c.apply(&snap).await.unwrap();
+        // What a v6 edgecore left: layout 3, containers without stdin and tty.
+        let old = Cached {
+            revision: 4,
+            object: super::layout3::V6Pod::from(pod("web", "busybox")),
+        };
+        c.pods
+            .insert(b"default/web", codec::encode(&old).unwrap())
+            .unwrap();
+        c.meta.insert(SCHEMA_KEY, &3u32.to_be_bytes()).unwrap();
+        c.db.flush().unwrap();
+    }
+    let c = open(dir.path());
+    let (pods, corrupt) = c.pods_checked();
+    assert_eq!(corrupt, 0, "upgraded, not reported corrupt");
+    assert_eq!(pods, vec![pod("web", "busybox")]);
+    assert!(
+        c.unknown_reason().is_none(),
+        "the pods run on from the cache"
+    );
+    let schema = c.meta.get(SCHEMA_KEY).unwrap().unwrap();
+    assert_eq!(schema.as_ref(), &SCHEMA.to_be_bytes());
+}
+
+#[tokio::test]
+async fn pods_cached_by_a_v7_edgecore_run_on_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = open(dir.path());
+        let mut snap = batch(5, vec![up(4, pod("web", "busybox"))], vec![]);
+        snap.snapshot = true;
+        c.apply(&snap).await.unwrap();
+        // What a v7 edgecore left: layout 4, pods without init containers.
+        let old = Cached {
+            revision: 4,
+            object: protocol::compat::v7::EdgePod::try_from(pod("web", "busybox")).unwrap(),
+        };
+        c.pods
+            .insert(b"default/web", codec::encode(&old).unwrap())
+            .unwrap();
+        c.meta.insert(SCHEMA_KEY, &4u32.to_be_bytes()).unwrap();
+        c.db.flush().unwrap();
+    }
+    let c = open(dir.path());
+    let (pods, corrupt) = c.pods_checked();
+    assert_eq!(corrupt, 0, "upgraded, not reported corrupt");
+    assert_eq!(pods, vec![pod("web", "busybox")]);
+    assert!(
+        c.unknown_reason().is_none(),
+        "the pods run on from the cache"
+    );
+    assert_eq!(
+        c.acked_revision(),
+        0,
+        "the new layout resyncs once: the hub withheld pods with init containers from v7"
+    );
+    let schema = c.meta.get(SCHEMA_KEY).unwrap().unwrap();
+    assert_eq!(schema.as_ref(), &SCHEMA.to_be_bytes());
 }
 
 fn ingress_set(rev: u64, secrets: &[&str]) -> Upsert {

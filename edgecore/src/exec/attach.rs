@@ -1,8 +1,9 @@
-//! Serving attach streams (`kubectl attach`): a running container's output from now on.
+//! Serving attach streams (`kubectl attach`) to a container started without `stdin` or `tty`:
+//! its output from now on. (One started with either is attached to through the runtime's own
+//! streams instead: [`super::serve::ExecServer::serve_attach`].)
 //!
-//! Neither runtime keeps a container's stdin open (the pod API's `stdin`/`tty` are not carried to
-//! the node), so there is nothing to attach input to; what attach gives is the container's
-//! output as it is written, which both runtimes already put in the container's log. So attach is
+//! Such a container has no input to attach to, and its output as it is written is what both
+//! runtimes already put in the container's log. So attach is
 //! the log reader's `follow` from the log's current end, framed as an exec stream's output
 //! ([`ExecEvent::Stdout`]; the process runtime's log does not tell stdout from stderr, and the
 //! log reader gives the CRI one's lines as they were, so all of it is stdout here), ended with

@@ -16,7 +16,8 @@ use super::find_running;
 use crate::logs::serve::refuse;
 use crate::runtime::{ExecReader, ExecSpec, Runtime};
 use protocol::streams::{
-    ExecEvent, ExecInput, ExecRequest, LogHeader, LogRefusal, EXEC_CHUNK, MAX_EXEC_FRAME,
+    AttachIoRequest, ExecEvent, ExecInput, ExecRequest, LogHeader, LogRefusal, EXEC_CHUNK,
+    MAX_EXEC_FRAME,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,22 @@ async fn read_some(r: &mut Option<ExecReader>, buf: &mut [u8]) -> std::io::Resul
 }
 
 impl ExecServer {
+    /// The running container `[namespace, pod, uid, container]` names, or its refusal
+    /// written on `send` (then `None`).
+    async fn running_or_refuse(
+        &self,
+        send: &mut quinn::SendStream,
+        [namespace, pod, uid, container]: [&str; 4],
+    ) -> Option<(crate::runtime::Sandbox, String)> {
+        match find_running(self.runtime.as_ref(), namespace, pod, uid, container).await {
+            Ok(found) => Some(found),
+            Err(e) => {
+                let _ = refuse(send, e.refusal(), e.to_string()).await;
+                None
+            }
+        }
+    }
+
     /// Runs commands with `runtime`.
     pub fn new(runtime: Arc<dyn Runtime>) -> Self {
         Self {
@@ -66,7 +83,7 @@ impl ExecServer {
     pub async fn serve(
         &self,
         mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
+        recv: quinn::RecvStream,
         req: ExecRequest,
     ) {
         let _ = send.set_priority(EXEC_STREAM_PRIORITY);
@@ -80,20 +97,14 @@ impl ExecServer {
             .await;
             return;
         };
-        let found = find_running(
-            self.runtime.as_ref(),
-            &req.namespace,
-            &req.pod,
-            &req.uid,
-            &req.container,
-        )
-        .await;
-        let (sandbox, id) = match found {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = refuse(&mut send, e.refusal(), e.to_string()).await;
-                return;
-            }
+        let Some((sandbox, id)) = self
+            .running_or_refuse(
+                &mut send,
+                [&req.namespace, &req.pod, &req.uid, &req.container],
+            )
+            .await
+        else {
+            return;
         };
         let spec = ExecSpec {
             command: req.command.clone(),
@@ -120,6 +131,78 @@ impl ExecServer {
         // The command line is the admin's; its bytes never reach the log.
         info!(%pod, container = %req.container, command = ?req.command, tty = req.tty,
               stdin = req.stdin, "running a command for the cloud");
+        carry("exec", &pod, &req.container, process, send, recv).await;
+    }
+
+    /// Serves one attach stream to a container started with `stdin` or `tty`, in one of the
+    /// node's exec slots: the container's own streams through [`Runtime::attach`], carried as
+    /// an exec's.
+    pub async fn serve_attach(
+        &self,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        req: AttachIoRequest,
+    ) {
+        let _ = send.set_priority(EXEC_STREAM_PRIORITY);
+        let pod = format!("{}/{}", req.namespace, req.pod);
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            let _ = refuse(
+                &mut send,
+                LogRefusal::Busy,
+                format!(
+                    "node serves {MAX_EXEC_STREAMS} exec and attach streams at once; try again"
+                ),
+            )
+            .await;
+            return;
+        };
+        let Some((sandbox, id)) = self
+            .running_or_refuse(
+                &mut send,
+                [&req.namespace, &req.pod, &req.uid, &req.container],
+            )
+            .await
+        else {
+            return;
+        };
+        let spec = ExecSpec {
+            command: Vec::new(),
+            stdin: req.stdin,
+            stdout: true,
+            stderr: req.stderr,
+            tty: req.tty,
+            size: None,
+        };
+        let process = match self.runtime.attach(&sandbox, &id, &spec).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = refuse(&mut send, LogRefusal::BadRequest, e.to_string()).await;
+                return;
+            }
+        };
+        if wire::frames::write_frame(&mut send, &LogHeader::Streaming)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        info!(%pod, container = %req.container, tty = req.tty, stdin = req.stdin,
+              "attached to a container's streams for the cloud");
+        carry("attach", &pod, &req.container, process, send, recv).await;
+    }
+}
+
+/// Carries a started command's (or an attach's) streams over the hub's stream until it ends or
+/// the hub's side goes away.
+async fn carry(
+    what: &'static str,
+    pod: &str,
+    container: &str,
+    process: crate::runtime::ExecProcess,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    {
         let crate::runtime::ExecProcess {
             stdin,
             mut stdout,
@@ -199,11 +282,11 @@ impl ExecServer {
         };
         tokio::select! {
             ended = output => match ended {
-                Ok(last) => info!(%pod, container = %req.container, outcome = ?last, "command for the cloud ended"),
-                Err(e) => debug!(%pod, container = %req.container, error = %e, "exec stream cut"),
+                Ok(last) => info!(what, %pod, %container, outcome = ?last, "exec or attach for the cloud ended"),
+                Err(e) => debug!(what, %pod, %container, error = %e, "exec stream cut"),
             },
             () = input => {
-                info!(%pod, container = %req.container, "the cloud's side of an exec ended: command stopped");
+                info!(what, %pod, %container, "the cloud's side of an exec or attach ended: command stopped or detached");
             }
         }
     }

@@ -151,6 +151,8 @@ fn client_endpoint(
         .unwrap_or(32)
         .into(),
     );
+    // The hub's overlay hints, one per unidirectional stream (`crate::network::overlay`).
+    transport.max_concurrent_uni_streams(8u32.into());
     transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle).map_err(|e| {
         LinkError::Connect {
             server: addr.to_string(),
@@ -362,12 +364,43 @@ pub struct LinkConfig {
     /// what the operator waits for (issue #11 measured 20 s from heal to the link without it).
     pub wake: Arc<Notify>,
     /// The session's connection while a session is up (`None` between sessions), for what
-    /// else travels on it: the overlay's datagrams (`crate::network::overlay`).
-    pub connection: Arc<watch::Sender<Option<quinn::Connection>>>,
+    /// else travels on it: the overlay's datagrams and its peers' hints
+    /// (`crate::network::overlay`).
+    pub connection: Arc<watch::Sender<Option<Current>>>,
+}
+
+/// A session's connection and the endpoint (UDP socket) it runs on: the overlay's direct path
+/// takes peers' connections on that endpoint and dials them from it, so peers reach this node
+/// at the address the hub sees for its link (`crate::network::overlay::peers`).
+#[derive(Debug, Clone)]
+pub struct Current {
+    /// The session's connection.
+    pub conn: quinn::Connection,
+    /// Its endpoint.
+    pub endpoint: quinn::Endpoint,
+}
+
+/// Reads and drops every datagram of the link's connections, for a node without an overlay:
+/// the only ones it gets are the hub's liveness probes, and QUIC acknowledged them on arrival.
+/// Runs until the link's sender is gone (the agent stopping).
+pub async fn drop_datagrams(mut link: watch::Receiver<Option<Current>>) {
+    loop {
+        let conn = link.borrow_and_update().as_ref().map(|c| c.conn.clone());
+        if let Some(conn) = conn {
+            tokio::select! {
+                _ = async { while conn.read_datagram().await.is_ok() {} } => {}
+                changed = link.changed() => if changed.is_err() { break },
+            }
+        } else if link.changed().await.is_err() {
+            break;
+        }
+    }
+    // Nothing more will come: stay put rather than look to the supervisor like a crash.
+    std::future::pending::<()>().await
 }
 
 /// Publishes a session's connection while it lasts.
-struct Published<'a>(&'a watch::Sender<Option<quinn::Connection>>);
+struct Published<'a>(&'a watch::Sender<Option<Current>>);
 
 impl Drop for Published<'_> {
     fn drop(&mut self) {
@@ -590,7 +623,10 @@ async fn session(
     }
     let _ = state.send(LinkState::Connected);
     metrics::gauge!("skerry_edge_link_connected").set(1.0);
-    cfg.connection.send_replace(Some(conn.clone()));
+    cfg.connection.send_replace(Some(Current {
+        conn: conn.clone(),
+        endpoint: endpoint.clone(),
+    }));
     let _published = Published(&cfg.connection);
     // The hub's streams are served beside the sync stream, in their own tasks, so that the
     // loop below never waits for a log; the acceptor ends with this session.

@@ -31,6 +31,7 @@ pub struct StreamServer {
     reader: LogReader,
     slots: Arc<Semaphore>,
     exec: crate::exec::serve::ExecServer,
+    forward: crate::portforward::PortForwarder,
 }
 
 impl StreamServer {
@@ -39,6 +40,7 @@ impl StreamServer {
         Self {
             reader,
             slots: Arc::new(Semaphore::new(MAX_LOG_STREAMS)),
+            forward: crate::portforward::PortForwarder::new(runtime.clone()),
             exec: crate::exec::serve::ExecServer::new(runtime),
         }
     }
@@ -81,10 +83,12 @@ impl StreamServer {
         let req = match request {
             StreamRequest::Logs(req) => req,
             StreamRequest::Exec(req) => return self.exec.serve(send, recv, req).await,
+            StreamRequest::AttachIo(req) => return self.exec.serve_attach(send, recv, req).await,
             StreamRequest::Attach(req) => {
                 return crate::exec::attach::serve(&self.reader, self.exec.slots(), send, recv, req)
                     .await
             }
+            StreamRequest::PortForward(req) => return self.forward.serve(send, recv, req).await,
         };
         let pod = format!("{}/{}", req.namespace, req.pod);
         let Ok(_slot) = self.slots.clone().try_acquire_owned() else {

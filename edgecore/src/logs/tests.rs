@@ -20,6 +20,10 @@ fn unused() -> RuntimeError {
 
 #[async_trait]
 impl Runtime for OnePod {
+    fn check_runnable(&self, _pod: &EdgePod) -> Result<(), String> {
+        Ok(())
+    }
+
     fn version(&self) -> String {
         "test".into()
     }
@@ -117,6 +121,8 @@ fn fixture(format: LogFormat, attempt: u32, running: bool) -> Fixture {
                 attempt,
                 state: ContainerRunState::Running { started_at_ms: 1 },
                 spec_digest: None,
+                image_pull: None,
+                image_id: None,
             }],
         },
         running: Mutex::new(running),

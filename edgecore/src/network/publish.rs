@@ -126,6 +126,10 @@ impl StatusSink for ReadinessTap {
         self.set((namespace.to_string(), name.to_string()), None, None);
         self.inner.pod_forgotten(namespace, name);
     }
+
+    fn pod_event(&self, pod: &crate::pods::PodRef, occ: protocol::events::Occurrence) {
+        self.inner.pod_event(pod, occ);
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +146,9 @@ mod tests {
         }
         fn pod_forgotten(&self, _: &str, name: &str) {
             self.0.lock().unwrap().push(format!("-{name}"));
+        }
+        fn pod_event(&self, _: &crate::pods::PodRef, occ: protocol::events::Occurrence) {
+            self.0.lock().unwrap().push(format!("!{}", occ.reason));
         }
     }
 
@@ -166,6 +173,7 @@ mod tests {
             reason: String::new(),
             message: String::new(),
             removed: false,
+            init_containers: Vec::new(),
         }
     }
 

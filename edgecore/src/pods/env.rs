@@ -393,6 +393,7 @@ mod tests {
             volumes: vec![],
             deletion_grace_period_seconds: None,
             dns: Default::default(),
+            init_containers: Vec::new(),
         }
     }
 

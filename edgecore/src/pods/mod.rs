@@ -35,6 +35,7 @@ mod backoff;
 mod env;
 mod prober;
 mod probes;
+mod recorder;
 mod state;
 mod worker;
 
@@ -59,8 +60,34 @@ pub trait StatusSink: Send + Sync + 'static {
     /// The latest status of a pod (called on every change; the sink coalesces).
     fn pod_status(&self, status: PodStatus);
     /// The pod is gone from this node for good (removed from the desired set): drop anything
-    /// queued for it.
+    /// queued for it (its status and its events).
     fn pod_forgotten(&self, namespace: &str, name: &str);
+    /// Something kubelet would record an Event for happened to `pod` (`Pulled`, `Started`,
+    /// `BackOff`, ...). Counted into the pod's event series (`protocol::events`) and sent on
+    /// the pod's events topic; never blocks, never replaces the pod's status.
+    fn pod_event(&self, pod: &PodRef, occ: protocol::events::Occurrence);
+}
+
+/// Which pod an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Uid.
+    pub uid: String,
+}
+
+impl PodRef {
+    /// The reference of `pod`.
+    pub fn of(pod: &EdgePod) -> Self {
+        Self {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+        }
+    }
 }
 
 /// What [`PodManager::sync`] makes reality follow: the node's pods and the ConfigMaps and Secrets
@@ -421,7 +448,7 @@ impl PodManager {
                             w.forgetting = false;
                             entry.pod = pod.clone();
                             // A closed channel means the worker is ending; the next sync sees it.
-                            let _ = w.tx.send(Command::Update(pod.clone()));
+                            let _ = w.tx.send(Command::Update(Box::new(pod.clone())));
                         }
                         if !changed_configs.is_empty()
                             && config_refs(pod).iter().any(|r| changed_configs.contains(r))

@@ -733,6 +733,10 @@ mod tests {
 
     #[async_trait]
     impl Runtime for ExecOnly {
+        fn check_runnable(&self, _pod: &EdgePod) -> Result<(), String> {
+            Ok(())
+        }
+
         fn version(&self) -> String {
             "exec-only://0".into()
         }

@@ -219,7 +219,7 @@ pub(crate) fn apply_verdict(
     verdict: &ProbeVerdict,
     may_kill: bool,
 ) {
-    let Some(spec) = pod.containers.get(verdict.index) else {
+    let Some(spec) = pod.container_at(verdict.index) else {
         return;
     };
     let ContainerPhase::Running {
@@ -298,6 +298,11 @@ impl Attempts for Target {
     }
 }
 
+/// Told of every failed probe attempt (not only of verdicts): the container's name, the probe
+/// and its output. The pod worker records kubelet's `Unhealthy` event with it, as kubelet does
+/// for each failed attempt (the event series counts them).
+pub(crate) type FailureTap = Arc<dyn Fn(&str, ProbeKind, &str) + Send + Sync>;
+
 /// One instance's probes: startup first, then liveness and readiness side by side. Ends when
 /// nothing is left to probe (a liveness or startup failure, or no probes); readiness probes
 /// otherwise run until the task is aborted.
@@ -308,13 +313,15 @@ async fn probe_instance<A: Attempts>(
     instance: String,
     started_at_ms: u64,
     tx: UnboundedSender<ProbeVerdict>,
+    tap: FailureTap,
 ) {
     let run = |kind: ProbeKind| {
-        let (attempts, container, instance, tx) = (
+        let (attempts, container, instance, tx, tap) = (
             attempts.clone(),
             container.clone(),
             instance.clone(),
             tx.clone(),
+            tap.clone(),
         );
         async move {
             let Some(probe) = kind.of(&container) else {
@@ -329,7 +336,16 @@ async fn probe_instance<A: Attempts>(
                     message: message.to_string(),
                 });
             };
-            run_probe(attempts.as_ref(), kind, probe, started_at_ms, report).await
+            let failed = |output: &str| tap(&container.name, kind, output);
+            run_probe(
+                attempts.as_ref(),
+                kind,
+                probe,
+                started_at_ms,
+                report,
+                failed,
+            )
+            .await
         }
     };
     if !run(ProbeKind::Startup).await {
@@ -346,6 +362,7 @@ async fn run_probe<A: Attempts + ?Sized>(
     probe: &Probe,
     started_at_ms: u64,
     report: impl Fn(bool, &str),
+    failed: impl Fn(&str),
 ) -> bool {
     let mut tracker = ProbeTracker::new(kind, probe, started_at_ms, Now::current());
     while let Some(at) = tracker.due() {
@@ -362,7 +379,8 @@ async fn run_probe<A: Attempts + ?Sized>(
         match &outcome {
             Outcome::Success(_) => debug!(probe = kind.as_str(), "probe passed"),
             Outcome::Failure(output) => {
-                info!(probe = kind.as_str(), %output, "probe failed")
+                info!(probe = kind.as_str(), %output, "probe failed");
+                failed(output);
             }
             Outcome::Unknown(why) => {
                 warn!(probe = kind.as_str(), %why, "probe could not be run; result ignored")
@@ -414,17 +432,21 @@ pub(crate) struct ProbeSupervisor {
     rx: UnboundedReceiver<ProbeVerdict>,
     /// By slot index: the instance probed and its task.
     tasks: HashMap<usize, (String, AbortOnDrop)>,
+    /// Told of each failed attempt.
+    tap: FailureTap,
 }
 
 impl ProbeSupervisor {
-    /// A supervisor whose exec probes run through `runtime`.
-    pub fn new(runtime: Arc<dyn Runtime>) -> Self {
+    /// A supervisor whose exec probes run through `runtime`, telling `tap` of each failed
+    /// attempt.
+    pub fn new(runtime: Arc<dyn Runtime>, tap: FailureTap) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
             runtime,
             tx,
             rx,
             tasks: HashMap::new(),
+            tap,
         }
     }
 
@@ -441,7 +463,7 @@ impl ProbeSupervisor {
                 else {
                     continue;
                 };
-                let probed = machine.pod().containers.get(index).is_some_and(|c| {
+                let probed = machine.pod().container_at(index).is_some_and(|c| {
                     c.startup_probe.is_some()
                         || c.liveness_probe.is_some()
                         || c.readiness_probe.is_some()
@@ -465,7 +487,7 @@ impl ProbeSupervisor {
             if self.tasks.contains_key(&index) {
                 continue;
             }
-            let Some(spec) = machine.pod().containers.get(index) else {
+            let Some(spec) = machine.pod().container_at(index) else {
                 continue;
             };
             let target = Target {
@@ -490,6 +512,7 @@ impl ProbeSupervisor {
                     id.to_string(),
                     started_at_ms,
                     self.tx.clone(),
+                    self.tap.clone(),
                 )
                 .instrument(span),
             );
@@ -700,6 +723,7 @@ mod tests {
             "u1/a/0".into(),
             super::super::state::wall_ms(),
             tx,
+            Arc::new(|_: &str, _: ProbeKind, _: &str| {}),
         )));
         let mut verdicts = Vec::new();
         while verdicts.len() < 3 {
@@ -761,6 +785,7 @@ mod tests {
             "u1/a/0".into(),
             super::super::state::wall_ms(),
             tx,
+            Arc::new(|_: &str, _: ProbeKind, _: &str| {}),
         )
         .await;
         let v = rx.recv().await.expect("verdict");
@@ -799,6 +824,8 @@ mod tests {
                 started_at_ms: now.wall_ms,
             },
             spec_digest: None,
+            image_pull: None,
+            image_id: None,
         };
         m.step(
             Event::Started {
@@ -845,6 +872,7 @@ mod tests {
             volumes: vec![],
             deletion_grace_period_seconds: None,
             dns: Default::default(),
+            init_containers: Vec::new(),
         };
         let tmp = tempfile::tempdir().expect("tempdir");
         let runtime = Arc::new(crate::runtime::process::ProcessRuntime::new(
@@ -852,7 +880,7 @@ mod tests {
             "/nonexistent".into(),
             "127.0.0.1".into(),
         ));
-        let mut sup = ProbeSupervisor::new(runtime);
+        let mut sup = ProbeSupervisor::new(runtime, Arc::new(|_: &str, _: ProbeKind, _: &str| {}));
         let mut m = PodMachine::new(settings(), pod, None, Now::current());
         assert_eq!(m.step(Event::Tick, Now::current()), Action::CreateSandbox);
         sup.sync(&m);

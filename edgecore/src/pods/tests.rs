@@ -70,6 +70,10 @@ fn sandbox_of(uid: &str) -> Sandbox {
 
 #[async_trait]
 impl Runtime for FakeRuntime {
+    fn check_runnable(&self, _pod: &EdgePod) -> Result<(), String> {
+        Ok(())
+    }
+
     fn version(&self) -> String {
         "fake://0".into()
     }
@@ -152,6 +156,8 @@ impl Runtime for FakeRuntime {
             attempt: config.attempt,
             state: ContainerRunState::Running { started_at_ms: 1 },
             spec_digest: None,
+            image_pull: None,
+            image_id: None,
         })
     }
     async fn container_state(
@@ -262,6 +268,8 @@ impl Runtime for FakeRuntime {
                     attempt,
                     state,
                     spec_digest: None,
+                    image_pull: None,
+                    image_id: None,
                 });
         }
         Ok(pods.into_values().collect())
@@ -291,6 +299,9 @@ impl StatusSink for Sink {
     fn pod_forgotten(&self, _namespace: &str, name: &str) {
         let _ = self.0.send(Seen::Forgotten(name.into()));
     }
+    // These tests follow statuses; the events the workers record are checked by the report
+    // module's tests and the e2e `pod_events` test.
+    fn pod_event(&self, _pod: &crate::pods::PodRef, _occ: protocol::events::Occurrence) {}
 }
 
 fn pod(uid: &str, name: &str) -> EdgePod {
@@ -311,6 +322,7 @@ fn pod(uid: &str, name: &str) -> EdgePod {
         volumes: vec![],
         deletion_grace_period_seconds: None,
         dns: Default::default(),
+        init_containers: Vec::new(),
     }
 }
 

@@ -15,10 +15,12 @@
 //! the pod's objects changed (and once when it starts, for an adopted pod whose objects changed
 //! while edgecore was down).
 
-use super::probes::ProbeSupervisor;
-use super::state::{Action, Event, Failure, Now, Outcome, PodMachine};
-use super::Shared;
+use super::probes::{FailureTap, ProbeKind, ProbeSupervisor};
+use super::recorder;
+use super::state::{wall_ms, Action, Event, Failure, Now, Outcome, PodMachine};
+use super::{PodRef, Shared};
 use crate::runtime::{ContainerConfig, ContainerRunState, Runtime, RuntimeError, Sandbox};
+use protocol::events::Occurrence;
 use protocol::pod::EdgePod;
 use protocol::status::PodStatus;
 use std::sync::Arc;
@@ -26,11 +28,15 @@ use std::time::Duration;
 use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver};
 use tracing::{debug, info, warn};
 
+/// The waiting reason of a container whose pod the runtime cannot honour
+/// ([`Runtime::check_runnable`]): kubelet's for a container it will not create as configured.
+const NOT_RUNNABLE: &str = "CreateContainerConfigError";
+
 /// What the manager tells a worker.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// A new version of the desired pod (same uid).
-    Update(EdgePod),
+    /// A new version of the desired pod (same uid), boxed: a pod is large beside the other commands.
+    Update(Box<EdgePod>),
     /// The pod left the desired set: stop it and forget it.
     Forget,
     /// A ConfigMap or Secret the pod uses changed (or arrived, or went).
@@ -58,6 +64,11 @@ pub(crate) struct Worker {
     probes: ProbeSupervisor,
     /// The pod's configMap and secret volumes may be out of date.
     volumes_stale: bool,
+    /// The pod its events are about.
+    pod_ref: PodRef,
+    /// The runtime's name, the scheme of the container IDs reported (`containerd://<id>`, as
+    /// kubelet's `<runtime>://<id>`; `process://<pod-uid>/<container>/<attempt>`).
+    id_scheme: String,
 }
 
 impl Worker {
@@ -68,14 +79,38 @@ impl Worker {
         shared: Arc<Shared>,
         rx: UnboundedReceiver<Command>,
     ) -> Self {
+        let pod_ref = PodRef::of(machine.pod());
+        let tap: FailureTap = {
+            let (sink, pod_ref) = (shared.sink.clone(), pod_ref.clone());
+            Arc::new(move |container: &str, kind: ProbeKind, output: &str| {
+                sink.pod_event(
+                    &pod_ref,
+                    recorder::unhealthy(container, kind, output, wall_ms()),
+                )
+            })
+        };
+        let version = runtime.version();
+        let id_scheme = match version.split_once("://") {
+            Some((name, _)) if !name.is_empty() => name.to_string(),
+            _ => "process".to_string(),
+        };
         Self {
-            probes: ProbeSupervisor::new(runtime.clone()),
+            id_scheme,
+            probes: ProbeSupervisor::new(runtime.clone(), tap),
             machine,
             runtime,
             shared,
             rx,
             last_sent: None,
             volumes_stale: true,
+            pod_ref,
+        }
+    }
+
+    /// Records what happened as events of the pod (see `super::recorder`).
+    fn record(&self, occurrences: impl IntoIterator<Item = Occurrence>) {
+        for occ in occurrences {
+            self.shared.sink.pod_event(&self.pod_ref, occ);
         }
     }
 
@@ -91,7 +126,7 @@ impl Worker {
                         debug!("pod worker stopped; the containers keep running");
                         return;
                     }
-                    Ok(Command::Update(pod)) => events.push(Event::Update(pod)),
+                    Ok(Command::Update(pod)) => events.push(Event::Update(*pod)),
                     Ok(Command::Forget) => events.push(Event::Forget),
                     Ok(Command::ConfigChanged) => {
                         self.volumes_stale = true;
@@ -149,9 +184,18 @@ impl Worker {
 
     /// Sends the status if it changed since the last report.
     fn report(&mut self) {
-        let Some(status) = self.machine.status() else {
+        let Some(mut status) = self.machine.status() else {
             return;
         };
+        for c in status
+            .containers
+            .iter_mut()
+            .chain(&mut status.init_containers)
+        {
+            if !c.container_id.is_empty() {
+                c.container_id = format!("{}://{}", self.id_scheme, c.container_id);
+            }
+        }
         if self.last_sent.as_ref() != Some(&status) {
             debug!(
                 phase = status.phase.as_str(),
@@ -159,6 +203,14 @@ impl Worker {
                 "pod status changed"
             );
             self.shared.sink.pod_status(status.clone());
+            let pod = self.machine.pod();
+            let label = format!("{}_{}({})", pod.name, pod.namespace, pod.uid);
+            self.record(recorder::status_changed(
+                self.last_sent.as_ref(),
+                &status,
+                &label,
+                wall_ms(),
+            ));
             self.last_sent = Some(status);
         }
     }
@@ -171,7 +223,7 @@ impl Worker {
         loop {
             match self.rx.try_recv() {
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return None,
-                Ok(Command::Update(pod)) => events.push(Event::Update(pod)),
+                Ok(Command::Update(pod)) => events.push(Event::Update(*pod)),
                 Ok(Command::Forget) => events.push(Event::Forget),
                 // The pod is done: its volumes are gone or going.
                 Ok(Command::ConfigChanged) => {}
@@ -203,6 +255,7 @@ impl Worker {
                 let result = rt.run_sandbox(self.machine.pod()).await;
                 if let Err(e) = &result {
                     warn!(error = %e, "cannot create the pod sandbox; retrying with back-off");
+                    self.record([recorder::sandbox_failed(&e.to_string(), wall_ms())]);
                 }
                 Event::SandboxCreated(result.map_err(|e| Failure::from(&e)))
             }
@@ -215,6 +268,25 @@ impl Worker {
                     return Some(Event::Tick);
                 };
                 let attempt = config.attempt;
+                // What the runtime cannot honour is refused, never run without a word.
+                if let Err(message) = rt.check_runnable(self.machine.pod()) {
+                    warn!(container = %container.name, attempt, %message,
+                          "the runtime cannot honour the pod; not starting it");
+                    self.record([recorder::prepare_failed(
+                        &container.name,
+                        NOT_RUNNABLE,
+                        &message,
+                        wall_ms(),
+                    )]);
+                    return Some(Event::Started {
+                        index,
+                        attempt,
+                        result: Err(Failure {
+                            reason: NOT_RUNNABLE.to_string(),
+                            message,
+                        }),
+                    });
+                }
                 let configs = self.shared.configs.borrow().clone();
                 let config = match self
                     .shared
@@ -226,6 +298,12 @@ impl Worker {
                     Err(e) => {
                         warn!(container = %container.name, attempt, error = %e,
                               "cannot prepare the container's volumes; retrying with back-off");
+                        self.record([recorder::prepare_failed(
+                            &container.name,
+                            e.waiting_reason(),
+                            &e.to_string(),
+                            wall_ms(),
+                        )]);
                         return Some(Event::Started {
                             index,
                             attempt,
@@ -241,7 +319,13 @@ impl Worker {
                     .await;
                 match &result {
                     Ok(c) => {
-                        info!(container = %container.name, attempt, id = %c.id, "container started")
+                        info!(container = %container.name, attempt, id = %c.id, "container started");
+                        self.record(recorder::started(
+                            &container.name,
+                            &container.image,
+                            c,
+                            wall_ms(),
+                        ));
                     }
                     // Not the container's failure: the pod needs a new sandbox first.
                     Err(e @ RuntimeError::SandboxNotReady { .. }) => {
@@ -251,8 +335,16 @@ impl Worker {
                             sandbox_id: sandbox.id,
                         });
                     }
-                    Err(e) => warn!(container = %container.name, attempt, error = %e,
-                                    "container failed to start; retrying with back-off"),
+                    Err(e) => {
+                        warn!(container = %container.name, attempt, error = %e,
+                              "container failed to start; retrying with back-off");
+                        self.record(recorder::start_failed(
+                            &container.name,
+                            &container.image,
+                            e,
+                            wall_ms(),
+                        ));
+                    }
                 }
                 Event::Started {
                     index,
@@ -322,6 +414,13 @@ impl Worker {
                     grace_ms = grace.as_millis() as u64,
                     "stopping containers"
                 );
+                let at = wall_ms();
+                self.record(
+                    targets
+                        .iter()
+                        .map(|(index, _)| recorder::killing(self.container_name(*index), at))
+                        .collect::<Vec<_>>(),
+                );
                 // A stop may take the whole grace: the manager's commands are heard meanwhile,
                 // and one that shortens the grace (a forced deletion during a graceful one)
                 // restarts the stop with the shorter grace. Dropping a stop in progress only
@@ -333,7 +432,7 @@ impl Worker {
                         stopped = &mut stop => break stopped,
                         command = self.rx.recv() => {
                             let event = match command {
-                                Some(Command::Update(pod)) => Event::Update(pod),
+                                Some(Command::Update(pod)) => Event::Update(*pod),
                                 Some(Command::Forget) => Event::Forget,
                                 Some(Command::ConfigChanged) => {
                                     self.volumes_stale = true;
@@ -407,7 +506,7 @@ impl Worker {
                 };
                 tokio::select! {
                     command = self.rx.recv() => match command {
-                        Some(Command::Update(pod)) => Event::Update(pod),
+                        Some(Command::Update(pod)) => Event::Update(*pod),
                         Some(Command::Forget) => Event::Forget,
                         Some(Command::ConfigChanged) => {
                             self.volumes_stale = true;

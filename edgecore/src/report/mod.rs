@@ -203,6 +203,13 @@ async fn publish_session(
                         continue;
                     }
                 };
+                let kind = if topic.ends_with("/events") {
+                    "events"
+                } else {
+                    "status"
+                };
+                metrics::counter!("skerry_edge_report_bytes_total", "kind" => kind)
+                    .increment(payload.len() as u64);
                 if client
                     .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
                     .is_err()
@@ -240,11 +247,14 @@ async fn publish_session(
                 }
                 _ => {}
             },
-            // Not while connecting: rumqttc's connect (TCP, TLS handshake, CONNACK) is not
-            // cancel-safe, and a wake-up in the middle of it dropped the half-open connection
-            // and started over (a reset the broker sees at every start with reports queued).
+            // Neither wake-up while connecting: rumqttc's connect (TCP, TLS handshake, CONNACK)
+            // is not cancel-safe, and a wake-up in the middle of it dropped the half-open
+            // connection and started over (a reset the broker sees at every start with reports
+            // queued, or when the cloud link comes up in the same milliseconds). A link change
+            // seen late loses nothing: it only matters for publishes in flight, and there are
+            // none before CONNACK.
             _ = outbox.wake.notified(), if connected => {}
-            changed = link.changed(), if link_open => {
+            changed = link.changed(), if link_open && connected => {
                 link_open = changed.is_ok();
                 let back = link_open && *link.borrow_and_update() == crate::link::LinkState::Connected;
                 if back && out_since.front().is_some_and(|(_, at)| at.elapsed() >= STALE_AFTER_LINK_BACK) {

@@ -1,9 +1,10 @@
 //! The sled-backed outbox: [`outbox_rules`](super::outbox_rules) applied to four trees, each
 //! event in one transaction across them.
 
-use super::outbox_rules::{self as rules, Index, Requeue, Stored, Write};
-use crate::pods::StatusSink;
+use super::outbox_rules::{self as rules, Index, Kind, Requeue, Stored, Write};
+use crate::pods::{PodRef, StatusSink};
 use protocol::codec;
+use protocol::events::{self, Occurrence, PodEvents, Recorded};
 use protocol::status::{PodStatus, StatusBody, StatusReport};
 use protocol::topics;
 use sled::transaction::{
@@ -46,7 +47,11 @@ fn stored(bytes: Option<&IVec>) -> Option<Stored> {
     bytes.map(|b| match codec::decode::<StatusReport>(b) {
         Ok(r) => Stored::Report {
             seq: r.seq,
-            pod: matches!(r.body, StatusBody::Pod(_)),
+            kind: match r.body {
+                StatusBody::Node(_) => Kind::Node,
+                StatusBody::Pod(_) => Kind::Pod,
+                StatusBody::Events(_) => Kind::Events,
+            },
         },
         Err(_) => Stored::Corrupt,
     })
@@ -175,6 +180,46 @@ impl Outbox {
         }
     }
 
+    /// Counts `occ` in the event series of `pod` on its events `topic`, and queues the pod's
+    /// series anew (replacing what is queued). The series counted on are the queued report's,
+    /// or else the last acknowledged one's (kept for this), so counts survive acks and
+    /// restarts; series of another uid (an older pod of the same name) start over. One
+    /// transaction: a crash leaves the occurrence counted, or not, never half.
+    pub fn record_event(
+        &self,
+        topic: &str,
+        pod: &PodRef,
+        occ: Occurrence,
+    ) -> Result<Recorded, String> {
+        let recorded = self.transaction(|tx| {
+            let key = topic.as_bytes();
+            let base = match tx.0.get(key)? {
+                Some(q) => Some(q),
+                None => tx.2.get(key)?,
+            };
+            let mut series = base
+                .and_then(|b| codec::decode::<StatusReport>(&b).ok())
+                .and_then(|r| match r.body {
+                    StatusBody::Events(e) if e.uid == pod.uid => Some(e.series),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let recorded = events::record(&mut series, occ.clone());
+            let body = StatusBody::Events(PodEvents {
+                node: self.node.clone(),
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+                series,
+            });
+            put_tx(tx, topic, &body)?;
+            Ok(recorded)
+        })?;
+        self.gauge();
+        self.wake.notify_one();
+        Ok(recorded)
+    }
+
     /// Drops whatever is queued for `topic`, and its last acknowledged report.
     pub fn forget(&self, topic: &str) {
         let res = self.transaction(|tx| {
@@ -203,14 +248,16 @@ impl Outbox {
     }
 
     /// Queued entries, oldest first: `(seq, topic, payload)`, leaving out what `skip` says is
-    /// already sent. Unreadable entries and stale index entries are dropped. The payload is the
-    /// encoded [`StatusReport`], not yet sealed.
+    /// already sent; statuses before events (a burst of events never delays a status: events
+    /// fill what room `limit` leaves). Unreadable entries and stale index entries are dropped.
+    /// The payload is the encoded [`StatusReport`], not yet sealed.
     pub fn pending(
         &self,
         limit: usize,
         skip: &HashMap<String, u64>,
     ) -> Vec<(u64, String, Vec<u8>)> {
         let mut out = Vec::new();
+        let mut events = Vec::new();
         for item in self.order.iter() {
             if out.len() >= limit {
                 break;
@@ -229,7 +276,13 @@ impl Outbox {
             match rules::index(seq, stored(queued.as_ref())) {
                 Index::Send => {
                     if let (Some(seq), Some(payload)) = (seq, queued) {
-                        out.push((seq, topic, payload.to_vec()));
+                        if topics::parse(&topic)
+                            .is_some_and(|t| matches!(t, topics::Topic::PodEvents { .. }))
+                        {
+                            events.push((seq, topic, payload.to_vec()));
+                        } else {
+                            out.push((seq, topic, payload.to_vec()));
+                        }
                     }
                 }
                 verdict => {
@@ -268,6 +321,8 @@ impl Outbox {
                 }
             }
         }
+        let room = limit.saturating_sub(out.len());
+        out.extend(events.into_iter().take(room));
         out
     }
 
@@ -329,5 +384,23 @@ impl StatusSink for Outbox {
 
     fn pod_forgotten(&self, namespace: &str, name: &str) {
         self.forget(&topics::pod_status(&self.node, namespace, name));
+        self.forget(&topics::pod_events(&self.node, namespace, name));
+    }
+
+    fn pod_event(&self, pod: &PodRef, occ: Occurrence) {
+        let topic = topics::pod_events(&self.node, &pod.namespace, &pod.name);
+        let (reason, event_type) = (occ.reason.clone(), occ.event_type);
+        match self.record_event(&topic, pod, occ) {
+            Ok(Recorded::NewDropping(dropped)) => {
+                metrics::counter!("skerry_edge_events_dropped_total")
+                    .increment(dropped.len() as u64);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics::counter!("skerry_edge_events_dropped_total").increment(1);
+                warn!(%topic, reason, error = %e, "cannot record a pod event; it is dropped");
+            }
+        }
+        metrics::counter!("skerry_edge_events_total", "type" => event_type.as_str()).increment(1);
     }
 }

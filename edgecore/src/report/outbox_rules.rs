@@ -14,19 +14,40 @@
 //! - an acknowledged pod report is kept as the pod's last report and queued again (with a fresh
 //!   sequence number) after a reconnect, unless something newer is queued; node reports are
 //!   periodic and not kept;
+//! - an acknowledged events report (a pod's event series, `protocol::events`) is kept too, as
+//!   the base the next occurrence is counted on, but never queued again by a reconnect: the
+//!   cloud does not rewrite events, and resending old series would recreate Events that expired;
 //! - a forgotten pod has nothing queued and nothing kept, so it is never reported again;
 //! - an entry that cannot be read is dropped (and counted by the caller), never a panic.
 
-/// What the rules see of a stored report: its sequence number and whether it is a pod's, or
-/// that it cannot be decoded.
+/// What a report is about, as far as the rules care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The node's status: periodic, not kept after the ack.
+    Node,
+    /// A pod's status: kept after the ack, queued again after a reconnect.
+    Pod,
+    /// A pod's event series: kept after the ack, not queued again.
+    Events,
+}
+
+impl Kind {
+    /// Whether an acknowledged report of this kind is kept.
+    pub fn kept(self) -> bool {
+        matches!(self, Kind::Pod | Kind::Events)
+    }
+}
+
+/// What the rules see of a stored report: its sequence number and kind, or that it cannot be
+/// decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
     /// A readable report.
     Report {
         /// Its sequence number.
         seq: u64,
-        /// Whether it reports a pod (kept after the ack) rather than the node.
-        pod: bool,
+        /// What it reports.
+        kind: Kind,
     },
     /// Bytes that do not decode as a report.
     Corrupt,
@@ -72,9 +93,9 @@ pub fn put(queued: Option<Stored>, seq: u64) -> Vec<Write> {
 /// The broker acknowledged the topic's report with sequence number `seq`.
 pub fn acked(queued: Option<Stored>, seq: u64) -> Vec<Write> {
     match queued {
-        Some(Stored::Report { seq: cur, pod }) if cur == seq => {
+        Some(Stored::Report { seq: cur, kind }) if cur == seq => {
             let mut w = Vec::with_capacity(3);
-            if pod {
+            if kind.kept() {
                 w.push(Write::KeepAcked);
             }
             w.extend([Write::Unqueue, Write::Unindex(seq)]);
@@ -112,7 +133,15 @@ pub enum Requeue {
 /// A reconnect, for a topic with `queued` and last acknowledged report `kept`.
 pub fn requeue(queued: Option<Stored>, kept: Option<Stored>) -> Requeue {
     match (queued, kept) {
-        (Some(_), _) | (None, None) => Requeue::Nothing,
+        (Some(_), _)
+        | (None, None)
+        | (
+            None,
+            Some(Stored::Report {
+                kind: Kind::Events | Kind::Node,
+                ..
+            }),
+        ) => Requeue::Nothing,
         (None, Some(Stored::Report { .. })) => Requeue::Again,
         (None, Some(Stored::Corrupt)) => Requeue::DropCorrupt,
     }
@@ -145,8 +174,24 @@ pub fn index(seq: Option<u64>, queued: Option<Stored>) -> Index {
 mod tests {
     use super::*;
 
-    const POD: fn(u64) -> Option<Stored> = |seq| Some(Stored::Report { seq, pod: true });
-    const NODE: fn(u64) -> Option<Stored> = |seq| Some(Stored::Report { seq, pod: false });
+    const POD: fn(u64) -> Option<Stored> = |seq| {
+        Some(Stored::Report {
+            seq,
+            kind: Kind::Pod,
+        })
+    };
+    const NODE: fn(u64) -> Option<Stored> = |seq| {
+        Some(Stored::Report {
+            seq,
+            kind: Kind::Node,
+        })
+    };
+    const EVENTS: fn(u64) -> Option<Stored> = |seq| {
+        Some(Stored::Report {
+            seq,
+            kind: Kind::Events,
+        })
+    };
 
     #[test]
     fn a_put_replaces_the_queued_report_and_its_index_entry() {
@@ -165,6 +210,10 @@ mod tests {
             vec![Write::KeepAcked, Write::Unqueue, Write::Unindex(4)]
         );
         assert_eq!(acked(NODE(4), 4), vec![Write::Unqueue, Write::Unindex(4)]);
+        assert_eq!(
+            acked(EVENTS(4), 4),
+            vec![Write::KeepAcked, Write::Unqueue, Write::Unindex(4)]
+        );
         assert_eq!(acked(POD(5), 4), vec![Write::Unindex(4)]);
         assert_eq!(acked(None, 4), vec![Write::Unindex(4)]);
     }
@@ -174,6 +223,7 @@ mod tests {
         assert_eq!(requeue(None, POD(1)), Requeue::Again);
         assert_eq!(requeue(POD(2), POD(1)), Requeue::Nothing);
         assert_eq!(requeue(None, None), Requeue::Nothing);
+        assert_eq!(requeue(None, EVENTS(1)), Requeue::Nothing);
         assert_eq!(requeue(None, Some(Stored::Corrupt)), Requeue::DropCorrupt);
     }
 

@@ -145,6 +145,8 @@ enum Op {
     AckAny { i: usize },
     /// The broker connection is up again.
     Reconnect,
+    /// An event of pod p0, one of a few messages (`m`), counted into its series (topic 4).
+    Event { m: u8, uid: bool },
     /// The pod behind topic `t` is removed for good.
     Forget { t: usize },
     /// kill -9 after the last flush: reopen from disk.
@@ -158,13 +160,16 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         3 => any::<usize>().prop_map(|i| Op::AckPending { i }),
         2 => any::<usize>().prop_map(|i| Op::AckAny { i }),
         1 => Just(Op::Reconnect),
-        1 => (0..4usize).prop_map(|t| Op::Forget { t }),
+        2 => (0..3u8, proptest::bool::weighted(0.9)).prop_map(|(m, uid)| Op::Event { m, uid }),
+        1 => (0..5usize).prop_map(|t| Op::Forget { t }),
         1 => Just(Op::Crash),
     ]
 }
 
 fn model_topic(t: usize) -> String {
-    if t == 3 {
+    if t == 4 {
+        topics::pod_events("n1", "default", "p0")
+    } else if t == 3 {
         topics::node_status("n1")
     } else {
         topics::pod_status("n1", "default", &format!("p{t}"))
@@ -199,11 +204,39 @@ fn pod_status(name: &str, phase: PodPhase) -> PodStatus {
         reason: String::new(),
         message: String::new(),
         removed: false,
+        init_containers: Vec::new(),
     }
 }
 
 /// The outbox holds exactly what the model holds: queued reports in sequence order (sequence
 /// numbers and bodies alike), and the kept reports.
+/// The model's events series of pod p0 after `occ` (uid `uid`): counted on the queued report,
+/// else the kept one, of the same uid.
+fn model_event(m: &Model, uid: &str, occ: protocol::events::Occurrence) -> StatusBody {
+    let topic = model_topic(4);
+    let base = m
+        .queued
+        .get(&topic)
+        .map(|(_, b)| b)
+        .or_else(|| m.kept.get(&topic));
+    let mut series = match base {
+        Some(StatusBody::Events(e)) if e.uid == uid => e.series.clone(),
+        _ => vec![],
+    };
+    protocol::events::record(&mut series, occ);
+    StatusBody::Events(protocol::events::PodEvents {
+        node: "n1".into(),
+        namespace: "default".into(),
+        name: "p0".into(),
+        uid: uid.into(),
+        series,
+    })
+}
+
+fn is_events(topic: &str) -> bool {
+    topic.ends_with("/events")
+}
+
 fn assert_matches(o: &Outbox, m: &Model) {
     let pending: Vec<(u64, String, StatusBody)> = o
         .pending(usize::MAX, &HashMap::new())
@@ -219,7 +252,8 @@ fn assert_matches(o: &Outbox, m: &Model) {
         .iter()
         .map(|(t, (s, b))| (*s, t.clone(), b.clone()))
         .collect();
-    want.sort_by_key(|(s, _, _)| *s);
+    // Statuses first, then events, each in sequence order.
+    want.sort_by_key(|(s, t, _)| (is_events(t), *s));
     assert_eq!(pending, want);
     assert_eq!(o.len(), m.queued.len());
     assert_eq!(
@@ -243,7 +277,7 @@ fn ack(o: &Outbox, m: &mut Model, topic: &str, seq: u64) {
     o.acked(topic, seq);
     if m.queued.get(topic).map(|(s, _)| *s) == Some(seq) {
         let (_, body) = m.queued.remove(topic).unwrap();
-        if matches!(body, StatusBody::Pod(_)) {
+        if matches!(body, StatusBody::Pod(_) | StatusBody::Events(_)) {
             m.kept.insert(topic.to_string(), body);
         }
     }
@@ -289,9 +323,9 @@ proptest::proptest! {
                     let n = o.requeue_published();
                     let again: Vec<String> = m
                         .kept
-                        .keys()
-                        .filter(|t| !m.queued.contains_key(*t))
-                        .cloned()
+                        .iter()
+                        .filter(|(t, b)| !m.queued.contains_key(*t) && matches!(b, StatusBody::Pod(_)))
+                        .map(|(t, _)| t.clone())
                         .collect();
                     proptest::prop_assert_eq!(n, again.len());
                     // Fresh sequence numbers, learnt from the outbox and checked to be new.
@@ -303,6 +337,33 @@ proptest::proptest! {
                         m.queued.insert(topic.clone(), (*seq, m.kept[&topic].clone()));
                     }
                     last_seq = m.queued.values().map(|(s, _)| *s).max().unwrap_or(0).max(last_seq);
+                }
+                Op::Event { m: msg, uid } => {
+                    let uid = if uid { "uid-p0" } else { "uid-p0-new" };
+                    let occ = protocol::events::Occurrence::new(
+                        protocol::events::EventType::Warning,
+                        "BackOff",
+                        format!("m{msg}"),
+                        Some("app"),
+                        1_000 + last_seq % 1_000,
+                    );
+                    let topic = model_topic(4);
+                    let want = model_event(&m, uid, occ.clone());
+                    let pod = crate::pods::PodRef {
+                        namespace: "default".into(),
+                        name: "p0".into(),
+                        uid: uid.into(),
+                    };
+                    o.record_event(&topic, &pod, occ).unwrap();
+                    let seq = o.pending(usize::MAX, &HashMap::new())
+                        .into_iter()
+                        .find(|(_, t, _)| *t == topic)
+                        .map(|(s, _, _)| s)
+                        .unwrap();
+                    proptest::prop_assert!(seq > last_seq, "sequence numbers grow");
+                    last_seq = seq;
+                    m.sent.push((topic.clone(), seq));
+                    m.queued.insert(topic, (seq, want));
                 }
                 Op::Forget { t } => {
                     let topic = model_topic(t);

@@ -222,6 +222,7 @@ mod tests {
                 policy,
                 config: config.map(Box::new),
             },
+            init_containers: vec![],
         }
     }
 

@@ -19,6 +19,7 @@
 
 pub mod cri;
 pub mod dns;
+pub mod port;
 pub mod process;
 
 use async_trait::async_trait;
@@ -173,6 +174,27 @@ pub struct ContainerInfo {
     /// [`container_digest`] computes it; `None` when the runtime does not know it
     /// (an instance started before digests were recorded): taken to match the desired spec.
     pub spec_digest: Option<String>,
+    /// What the start did about the image, when it created the instance (kubelet's `Pulling`
+    /// and `Pulled` events): `None` for a runtime without images, or an instance found again.
+    pub image_pull: Option<ImagePull>,
+    /// The image the instance runs, as the runtime names it: CRI's `imageRef` (the repo
+    /// digest, or the image's own ID), which kubelet reports as `imageID`. `None` for a
+    /// runtime without images.
+    pub image_id: Option<String>,
+}
+
+/// How a start came by its container's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImagePull {
+    /// The image was on the node already (and the pull policy did not ask for a pull).
+    Present,
+    /// The image was pulled, in this long.
+    Pulled {
+        /// Milliseconds the pull took.
+        ms: u64,
+    },
+    /// A pull was asked for and failed, and the copy already on the node is used.
+    PullFailedUsedPresent,
 }
 
 /// A sandbox found by [`Runtime::list_pods`], with its containers.
@@ -268,6 +290,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// conditions. Fails when the runtime does not answer (the caller bounds the wait).
     async fn status(&self) -> Result<RuntimeStatus, RuntimeError>;
 
+    /// What of `pod` this runtime cannot honour on this host (Krustlet's
+    /// `validate_pod_runnable`): `Err` with a message naming the container and the field, and
+    /// saying why. The pod worker asks before it starts a container and refuses the start
+    /// with it (`CreateContainerConfigError` in the container's status, and an event), so that
+    /// no pod runs without what it asked for (limits, read-only mounts) without a word.
+    fn check_runnable(&self, pod: &EdgePod) -> Result<(), String>;
+
     /// Creates the pod's sandbox (directories, network); returns the existing one if the pod
     /// already has a ready sandbox. One that is not ready (see [`Runtime::sandbox_ready`]) is
     /// replaced: it goes with its containers, but not with their logs nor the pod's volumes,
@@ -346,6 +375,42 @@ pub trait Runtime: Send + Sync + 'static {
         })
     }
 
+    /// Connects to `port` on the pod's own `localhost` (`kubectl port-forward`), as kubelet and
+    /// containerd do: inside the pod's network namespace, so a server bound to 127.0.0.1 in the
+    /// pod is reached. The error says what was tried (refused on IPv4 and IPv6, ...).
+    async fn connect_port(
+        &self,
+        _sandbox: &Sandbox,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, RuntimeError> {
+        Err(RuntimeError::Internal {
+            op: "port-forward".into(),
+            message: format!(
+                "the {} runtime cannot forward ports (port {port})",
+                self.version()
+            ),
+        })
+    }
+
+    /// Attaches to the standard streams of a running container started with `stdin` or `tty`
+    /// (`kubectl attach -i/-t`): `spec.command` is unused, `spec.tty` must be the container's.
+    /// The exit future resolves when the attach ends (the container ended, or the runtime let
+    /// go): 0, or an error. Dropping the process detaches; the container runs on.
+    async fn attach(
+        &self,
+        _sandbox: &Sandbox,
+        _container_id: &str,
+        _spec: &ExecSpec,
+    ) -> Result<ExecProcess, RuntimeError> {
+        Err(RuntimeError::Internal {
+            op: "attach".into(),
+            message: format!(
+                "the {} runtime keeps no container's stdin or terminal to attach to",
+                self.version()
+            ),
+        })
+    }
+
     /// Every sandbox this runtime (this edgecore's data) holds, for adoption after a restart.
     async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError>;
 
@@ -380,7 +445,14 @@ pub(crate) fn deadline_after(from: Instant, after: Duration) -> Instant {
 pub fn container_digest(container: &EdgeContainer) -> String {
     use sha2::{Digest, Sha256};
     // Serializing plain structs and vectors cannot fail; an empty input would still be stable.
-    let json = serde_json::to_vec(container).unwrap_or_default();
+    let mut json = serde_json::to_vec(container).unwrap_or_default();
+    // The fields protocol v7 added (the last ones) are left out while all off, so that the
+    // containers an older edgecore started keep their digest: the upgrade restarts none.
+    const V7_OFF: &[u8] = br#","stdin":false,"stdin_once":false,"tty":false}"#;
+    if json.ends_with(V7_OFF) {
+        json.truncate(json.len() - V7_OFF.len());
+        json.push(b'}');
+    }
     hex::encode(Sha256::digest(&json))
 }
 
@@ -424,6 +496,30 @@ pub fn sandbox_labels(pod: &EdgePod) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_containers_digest_is_its_v6_one_while_stdin_and_tty_are_off() {
+        use sha2::{Digest, Sha256};
+        let c = EdgeContainer {
+            name: "web".into(),
+            image: "busybox".into(),
+            command: vec!["sleep".into(), "1".into()],
+            ..EdgeContainer::default()
+        };
+        let v6 = crate::cache::layout3::V6Container::from(c.clone());
+        let old = hex::encode(Sha256::digest(serde_json::to_vec(&v6).unwrap()));
+        assert_eq!(
+            container_digest(&c),
+            old,
+            "an upgrade must not restart what runs"
+        );
+        let tty = EdgeContainer {
+            stdin: true,
+            tty: true,
+            ..c
+        };
+        assert_ne!(container_digest(&tty), old);
+    }
 
     #[test]
     fn deadlines_saturate_instead_of_panicking() {

@@ -508,6 +508,7 @@ fn pod_with(volumes: Vec<Volume>, mounts: Vec<VolumeMount>) -> EdgePod {
         volumes,
         deletion_grace_period_seconds: None,
         dns: Default::default(),
+        init_containers: Vec::new(),
     }
 }
 

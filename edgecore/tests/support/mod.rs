@@ -33,6 +33,7 @@ pub fn pod(uid: &str, containers: Vec<EdgeContainer>) -> EdgePod {
         volumes: vec![],
         deletion_grace_period_seconds: None,
         dns: Default::default(),
+        init_containers: vec![],
     }
 }
 

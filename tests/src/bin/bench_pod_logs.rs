@@ -39,27 +39,8 @@ async fn main() -> Result<()> {
         .wait_node_ready("bench-logs", Duration::from_secs(60))
         .await?;
     // 64-byte lines (63 characters and a newline), then a marker.
-    let script = format!(
-        "yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789a | head -c {bytes}; echo; \
-         echo done; exec sleep 3600"
-    );
-    cloud
-        .create_pod(process_pod("chatty", "bench-logs", &["sh", "-c", &script]))
-        .await?;
+    let url = chatty_pod(&cloud, "chatty", "bench-logs", bytes).await?;
     let client = cloud.admin_client_builder()?.build()?;
-    let url = format!(
-        "{}/api/v1/namespaces/default/pods/chatty/log",
-        cloud.api_url()
-    );
-    eventually(
-        "the whole log written",
-        Duration::from_secs(300),
-        || async {
-            let resp = client.get(format!("{url}?tailLines=1")).send().await?;
-            Ok((resp.text().await? == "done\n").then_some(()))
-        },
-    )
-    .await?;
     let file = log_file(edge.dir.path())?;
     let size = std::fs::metadata(&file)?.len();
 

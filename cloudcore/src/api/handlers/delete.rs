@@ -97,6 +97,7 @@ pub(super) async fn delete_collection(call: &Call, body: Bytes) -> Result<Respon
     }
     for v in &mut deleted {
         set_type_meta(info, v);
+        crate::annotations::hide_system_state(v);
     }
     tracing::info!(resource = %info.plural, namespace = ?call.namespace, count = deleted.len(), dry_run = req.dry_run, "deleted collection");
     Ok(json_response(

@@ -66,6 +66,7 @@ pub(super) async fn list(call: &Call) -> Result<Response, ApiError> {
     let (mut items, rev) = call.selected().await?;
     for v in &mut items {
         set_type_meta(info, v);
+        crate::annotations::hide_system_state(v);
     }
     if let Some(t) = call.table() {
         let now = now_seconds();

@@ -103,12 +103,16 @@ async fn handle(
     let log = t.subresource.as_deref() == Some(super::pod_log::SUBRESOURCE);
     let attach = t.subresource.as_deref() == Some(super::pod_exec::ATTACH_SUBRESOURCE);
     let exec = attach || t.subresource.as_deref() == Some(super::pod_exec::SUBRESOURCE);
+    let portforward = t.subresource.as_deref() == Some(super::pod_portforward::SUBRESOURCE);
     let allowed = match (t.subresource.is_some(), verb) {
         (true, "get") if log => true,
         (true, _) if log => false,
         // GET for the WebSocket upgrade, POST for SPDY (which is answered, not served).
         (true, "get" | "create") if exec => true,
         (true, _) if exec => false,
+        // GET for the WebSocket tunnel, POST for the SPDY upgrade (both served).
+        (true, "get" | "create") if portforward => true,
+        (true, _) if portforward => false,
         (true, "create") => binding,
         (true, _) if binding => false,
         (true, "get" | "update" | "patch") => t.res.info().supports(verb),
@@ -122,7 +126,14 @@ async fn handle(
     if !allowed {
         return Err(ApiError::MethodNotAllowed);
     }
-    let upgrade = if exec {
+    // A SPDY upgrade (a POST) is hyper's own upgrade; a WebSocket takes it too, so only one
+    // of the two is taken.
+    let spdy_upgrade = if portforward && parts.method == Method::POST {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    let upgrade = if exec || (portforward && parts.method == Method::GET) {
         Some(
             <axum::extract::ws::WebSocketUpgrade as axum::extract::FromRequestParts<()>>::from_request_parts(
                 &mut parts,
@@ -148,6 +159,17 @@ async fn handle(
     let limit = state.max_body_bytes;
     if log {
         return super::pod_log::serve(&call, state.hub.as_ref()).await;
+    }
+    if portforward {
+        return super::pod_portforward::serve(
+            &call,
+            state.hub.as_ref(),
+            &method,
+            &raw_query,
+            upgrade,
+            spdy_upgrade,
+        )
+        .await;
     }
     if let Some(upgrade) = upgrade {
         return super::pod_exec::serve(

@@ -100,9 +100,9 @@ pub(super) fn parse_target(state: &ApiState, path: &str) -> Result<Target, ApiEr
             "scale" => res.scale_subresource(),
             crate::api::binding::SUBRESOURCE => res.binding_subresource(),
             crate::api::pod_log::SUBRESOURCE => res.log_subresource(),
-            crate::api::pod_exec::SUBRESOURCE | crate::api::pod_exec::ATTACH_SUBRESOURCE => {
-                res.exec_subresource()
-            }
+            crate::api::pod_exec::SUBRESOURCE
+            | crate::api::pod_exec::ATTACH_SUBRESOURCE
+            | crate::api::pod_portforward::SUBRESOURCE => res.exec_subresource(),
             _ => false,
         };
         if !served {
@@ -194,7 +194,8 @@ impl Call {
     }
 
     /// Renders one object or a table of one row.
-    pub(super) fn object_response(&self, code: StatusCode, obj: Value) -> Response {
+    pub(super) fn object_response(&self, code: StatusCode, mut obj: Value) -> Response {
+        crate::annotations::hide_system_state(&mut obj);
         match self.table() {
             Some(t) => {
                 let now = now_seconds();

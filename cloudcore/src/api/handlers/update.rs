@@ -129,7 +129,8 @@ pub(in crate::api) fn build_update(
         }
     }
     // The ingest's replay guard is system state, like the fields above: a client that drops or
-    // edits it must not make old status reports applicable again, or stall new ones.
+    // edits it must not make old status reports applicable again, or stall new ones. (An
+    // object stored before the system state keeps its annotation the same way.)
     let seq = current
         .get("metadata")
         .and_then(|m| m.get("annotations"))
@@ -145,6 +146,7 @@ pub(in crate::api) fn build_update(
             meta.remove("annotations");
         }
     }
+    crate::annotations::keep_system_state(&mut new, current);
     if info.status_subresource {
         if let Some(o) = new.as_object_mut() {
             match current.get("status") {
@@ -216,7 +218,7 @@ pub(super) fn build_status_update(
     };
     match seq {
         SeqWrite::Keep => {}
-        SeqWrite::Advance(seq) => annotations::set_status_seq(&mut new, seq),
+        SeqWrite::Advance(seq) => annotations::store_status_seq(&mut new, seq),
         SeqWrite::Stale { written, applied } => {
             return Err(ApiError::Conflict {
                 resource: call.info().qualified(),

@@ -93,9 +93,10 @@ pub fn schema_for(group: &str, kind: &str) -> Option<Schema> {
         | ("events.k8s.io", "Event")
         | ("discovery.k8s.io", "EndpointSlice")
         | ("networking.k8s.io", "Ingress" | "IngressClass") => (None, NONE),
-        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") => {
-            (Some("spec.template.spec"), CONDITIONS)
-        }
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet")
+        | ("", "ReplicationController")
+        | ("batch", "Job") => (Some("spec.template.spec"), CONDITIONS),
+        ("batch", "CronJob") => (Some("spec.jobTemplate.spec.template.spec"), NONE),
         _ => return None,
     };
     Some(Schema { pod_spec, lists })

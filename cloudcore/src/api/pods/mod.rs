@@ -251,20 +251,9 @@ impl ResourceHandler for PodHandler {
     }
 
     fn table_row(&self, pod: &Value, now: i64) -> Vec<Value> {
-        let total = pod
-            .pointer("/spec/containers")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
-        let ready = pod
-            .pointer("/status/containerStatuses")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|cs| cs.get("ready").and_then(Value::as_bool) == Some(true))
-            .count();
         vec![
             pod.pointer("/metadata/name").cloned().unwrap_or(json!("")),
-            json!(format!("{ready}/{total}")),
+            json!(table::ready(pod)),
             json!(display_status(pod)),
             json!(restarts(pod, now)),
             age(pod, now),

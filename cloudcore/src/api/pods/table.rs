@@ -63,8 +63,21 @@ pub fn display_status(pod: &Value) -> String {
         .pointer("/spec/initContainers")
         .and_then(Value::as_array)
         .map_or(0, Vec::len);
+    // Sidecars (init containers with `restartPolicy: Always`), by name.
+    let sidecars: Vec<&str> = pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("restartPolicy").and_then(Value::as_str) == Some("Always"))
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .collect();
     let mut initializing = false;
     for (i, cs) in init_statuses.iter().enumerate() {
+        let name = cs.get("name").and_then(Value::as_str).unwrap_or("");
+        if sidecars.contains(&name) && cs.get("started").and_then(Value::as_bool) == Some(true) {
+            continue;
+        }
         let terminated = cs.pointer("/state/terminated");
         if terminated
             .and_then(|t| t.get("exitCode"))
@@ -89,7 +102,13 @@ pub fn display_status(pod: &Value) -> String {
         initializing = true;
         break;
     }
-    if !initializing {
+    let initialized = status
+        .and_then(|s| s.get("conditions"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Initialized" && c["status"] == "True");
+    if !initializing || initialized {
         let statuses = status
             .and_then(|s| s.get("containerStatuses"))
             .and_then(Value::as_array)
@@ -121,15 +140,48 @@ pub fn display_status(pod: &Value) -> String {
     reason
 }
 
-pub(super) fn restarts(pod: &Value, now: i64) -> String {
-    let mut count = 0;
-    let mut last: Option<i64> = None;
-    for cs in pod
-        .pointer("/status/containerStatuses")
+/// The READY column, `ready/total` as kubectl counts: the app containers and the sidecars
+/// (init containers with `restartPolicy: Always`).
+pub(super) fn ready(pod: &Value) -> String {
+    let sidecars: Vec<&str> = pod
+        .pointer("/spec/initContainers")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-    {
+        .filter(|c| c.get("restartPolicy").and_then(Value::as_str) == Some("Always"))
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .collect();
+    let total = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len)
+        + sidecars.len();
+    let is_ready = |cs: &&Value| cs.get("ready").and_then(Value::as_bool) == Some(true);
+    let list = |field: &str| {
+        pod.pointer(&format!("/status/{field}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    };
+    let ready = list("containerStatuses").filter(is_ready).count()
+        + list("initContainerStatuses")
+            .filter(|cs| sidecars.contains(&cs.get("name").and_then(Value::as_str).unwrap_or("")))
+            .filter(is_ready)
+            .count();
+    format!("{ready}/{total}")
+}
+
+pub(super) fn restarts(pod: &Value, now: i64) -> String {
+    let mut count = 0;
+    let mut last: Option<i64> = None;
+    // As kubectl: init containers' restarts count too.
+    let list = |field: &str| {
+        pod.pointer(&format!("/status/{field}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    };
+    for cs in list("initContainerStatuses").chain(list("containerStatuses")) {
         count = cs
             .get("restartCount")
             .and_then(Value::as_i64)

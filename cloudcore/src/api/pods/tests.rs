@@ -252,16 +252,17 @@ fn config_references_are_checked() {
             "spec.containers[0].env[0].valueFrom.configMapKeyRef.key",
             "FieldValueInvalid",
         ),
-        (
-            "spec.containers[0].env[1].valueFrom.resourceFieldRef",
-            "FieldValueForbidden",
-        ),
         ("spec.containers[0].env[2].valueFrom", "FieldValueInvalid"),
         ("spec.containers[0].envFrom[0]", "FieldValueInvalid"),
         ("spec.containers[0].envFrom[1]", "FieldValueForbidden"),
         (
             "spec.containers[0].envFrom[2].secretRef.name",
             "FieldValueInvalid",
+        ),
+        // What the edge cannot run comes last (`projection::support`).
+        (
+            "spec.containers[0].env[1].valueFrom.resourceFieldRef",
+            "FieldValueForbidden",
         ),
     ];
     let want: Vec<(String, &str)> = want.iter().map(|(f, r)| (f.to_string(), *r)).collect();
@@ -485,29 +486,159 @@ fn table_rows() {
 }
 
 #[test]
-fn init_containers_are_refused_until_edges_run_them() {
-    let v = pod(json!({"initContainers": [{"name": "i", "image": "x"}],
-        "containers": [{"name": "a", "image": "x"}]}));
-    let errs = PodHandler.validate(&v).unwrap_err();
-    assert_eq!(errs.len(), 1);
-    assert!(errs[0].to_string().starts_with(
-        "spec.initContainers: Forbidden: init containers are not run by Skerry edges yet"
-    ));
+fn init_container_statuses_print_as_kubectl_prints_them() {
+    let two = pod(
+        json!({"initContainers": [{"name": "i", "image": "x"}, {"name": "j", "image": "x"},
+            {"name": "s", "image": "x", "restartPolicy": "Always"}],
+        "containers": [{"name": "a", "image": "x"}]}),
+    );
+    let done = json!({"state": {"terminated": {"exitCode": 0, "reason": "Completed"}}});
+    let with = |init: Value, apps: Value, initialized: bool| {
+        let mut p = two.clone();
+        p["status"] = json!({"phase": "Pending", "initContainerStatuses": init, "containerStatuses": apps,
+            "conditions": [{"type": "Initialized", "status": if initialized {"True"} else {"False"}}]});
+        p
+    };
+    let waiting = |r: &str| json!({"name": "a", "state": {"waiting": {"reason": r}}});
+    let cases = [
+        (
+            json!([{"name": "i", "state": {"waiting": {"reason": "ContainerCreating"}}}]),
+            false,
+            "Init:ContainerCreating",
+        ),
+        (
+            json!([done, {"name": "j", "state": {"running": {}}}]),
+            false,
+            "Init:1/3",
+        ),
+        (
+            json!([{"name": "i", "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]),
+            false,
+            "Init:CrashLoopBackOff",
+        ),
+        (
+            json!([{"name": "i", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]),
+            false,
+            "Init:Error",
+        ),
+        (
+            json!([{"name": "i", "state": {"terminated": {"exitCode": 3}}}]),
+            false,
+            "Init:ExitCode:3",
+        ),
+        // A started sidecar does not hold the count; then the app containers speak.
+        (
+            json!([done, done, {"name": "s", "started": true, "state": {"running": {}}}]),
+            true,
+            "PodInitializing",
+        ),
+    ];
+    for (init, initialized, want) in cases {
+        let p = with(init, json!([waiting("PodInitializing")]), initialized);
+        assert_eq!(display_status(&p), want);
+    }
+    // READY counts the sidecars, as kubectl does.
+    let sidecar = json!({"name": "s", "started": true, "ready": true, "state": {"running": {}}});
+    let running = json!({"name": "a", "ready": true, "state": {"running": {}}});
+    let p = with(json!([done, done, sidecar]), json!([running]), true);
+    assert_eq!(super::table::ready(&p), "2/2");
+    assert_eq!(
+        display_status(&p),
+        "Pending",
+        "the phase, once every container runs"
+    );
+    let crashing = with(
+        json!([{"name": "i", "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]),
+        json!([waiting("PodInitializing")]),
+        false,
+    );
+    assert_eq!(
+        super::table::restarts(&crashing, 0),
+        "4",
+        "init restarts count"
+    );
 }
 
 #[test]
-fn stdin_and_tty_of_containers_are_refused_not_ignored() {
-    let p = pod(json!({"containers": [{"name": "a", "image": "x", "stdin": true, "tty": true}]}));
+fn init_containers_are_validated_as_kubernetes_does_and_carried_to_the_edge() {
+    let p = pod(json!({"initContainers": [
+            {"name": "flash", "image": "x"},
+            {"name": "proxy", "image": "x", "restartPolicy": "Always",
+             "startupProbe": {"exec": {"command": ["true"]}}}],
+        "containers": [{"name": "a", "image": "x"}]}));
+    assert!(
+        PodHandler.validate(&p).is_ok(),
+        "{:?}",
+        PodHandler.validate(&p)
+    );
+    let mut stored = p.clone();
+    stored["metadata"]["uid"] = json!("u-1");
+    stored["spec"]["nodeName"] = json!("n1");
+    let edge = crate::projection::edge_pod(&stored).expect("projects");
+    let init: Vec<(&str, bool)> = edge
+        .init_containers
+        .iter()
+        .map(|i| (i.container.name.as_str(), i.sidecar))
+        .collect();
+    assert_eq!(init, vec![("flash", false), ("proxy", true)]);
+    assert!(edge.init_containers[1].container.startup_probe.is_some());
+    assert_eq!(edge.containers.len(), 1);
+
+    let bad = pod(json!({"initContainers": [
+            {"name": "a", "image": "x"},
+            {"name": "p", "image": "x", "readinessProbe": {"exec": {"command": ["true"]}}},
+            {"name": "q", "image": "x", "restartPolicy": "OnFailure"}],
+        "containers": [{"name": "a", "image": "x", "restartPolicy": "Always"}]}));
+    let errs: Vec<String> = PodHandler
+        .validate(&bad)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(
-        fields(PodHandler.validate(&p)),
-        [
-            (
-                "spec.containers[0].stdin".to_string(),
-                "FieldValueForbidden"
-            ),
-            ("spec.containers[0].tty".to_string(), "FieldValueForbidden"),
+        errs,
+        vec![
+            "spec.initContainers[1].readinessProbe: Forbidden: may not be set for init containers without restartPolicy=Always".to_string(),
+            r#"spec.initContainers[2].restartPolicy: Unsupported value: "OnFailure": supported values: "Always""#.to_string(),
+            r#"spec.containers[0].name: Duplicate value: "a""#.to_string(),
+            "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers".to_string(),
         ]
     );
-    let off = pod(json!({"containers": [{"name": "a", "image": "x", "stdin": false}]}));
-    assert!(PodHandler.validate(&off).is_ok());
+}
+
+#[test]
+fn what_the_edge_cannot_run_is_refused_by_the_api_naming_the_field() {
+    let v = pod(json!({"containers": [{"name": "a", "image": "x"}],
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}]}));
+    let errs = PodHandler.validate(&v).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(
+        errs[0].to_string(),
+        r#"spec.volumes[0].persistentVolumeClaim: Unsupported value: "persistentVolumeClaim": supported values: "configMap", "emptyDir", "hostPath", "secret""#
+    );
+    // The projection makes the same check: a stored pod that predates it is not sent.
+    let mut stored = v;
+    stored["metadata"]["uid"] = json!("u-1");
+    let e = crate::projection::edge_pod(&stored).unwrap_err();
+    assert!(
+        e.reason
+            .starts_with("spec.volumes[0].persistentVolumeClaim: Unsupported value"),
+        "{e}"
+    );
+}
+
+#[test]
+fn stdin_stdin_once_and_tty_of_containers_are_accepted_and_carried_to_the_edge() {
+    let p = pod(json!({"containers": [
+        {"name": "a", "image": "x", "stdin": true, "stdinOnce": true, "tty": true},
+        {"name": "b", "image": "x", "stdin": false}
+    ]}));
+    assert!(PodHandler.validate(&p).is_ok());
+    let mut stored = p.clone();
+    stored["metadata"]["uid"] = json!("u-1");
+    stored["spec"]["nodeName"] = json!("n1");
+    let edge = crate::projection::edge_pod(&stored).expect("projects");
+    let (a, b) = (&edge.containers[0], &edge.containers[1]);
+    assert!(a.stdin && a.stdin_once && a.tty, "{a:?}");
+    assert!(!b.stdin && !b.stdin_once && !b.tty, "{b:?}");
 }

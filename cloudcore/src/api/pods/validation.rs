@@ -5,6 +5,7 @@ use super::resources::validate_resources;
 use crate::api::error::FieldError;
 use crate::api::validation::{config_key, dns1123_label, dns1123_subdomain, push_invalid};
 use crate::devices;
+use crate::projection::support::Refusal;
 use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
@@ -239,12 +240,6 @@ fn validate_env_sources(c: &Container, path: &str, errs: &mut Vec<FieldError>) {
                 "may not have more than one field specified at a time",
             )),
         }
-        if from.resource_field_ref.is_some() {
-            errs.push(FieldError::forbidden(
-                format!("{fp}.resourceFieldRef"),
-                "resourceFieldRef is not supported on edge nodes; use fieldRef, configMapKeyRef or secretKeyRef",
-            ));
-        }
         if let Some(k) = &from.config_map_key_ref {
             validate_key_ref(&k.name, &k.key, &format!("{fp}.configMapKeyRef"), errs);
         }
@@ -369,17 +364,6 @@ fn validate_container(
             ));
         }
     }
-    // Neither runtime keeps a container's stdin or a terminal open for it, so `kubectl attach
-    // -i` would have nothing to attach to: refused rather than ignored.
-    for (field, on) in [("stdin", c.stdin), ("tty", c.tty)] {
-        if on == Some(true) {
-            errs.push(FieldError::forbidden(
-                format!("{path}.{field}"),
-                "edge nodes keep no container's stdin or terminal open; run an interactive \
-                 command beside it with kubectl exec -it",
-            ));
-        }
-    }
     match c.image.as_deref() {
         None => errs.push(FieldError::required(format!("{path}.image"), "")),
         Some(i) if i.trim().is_empty() => {
@@ -481,6 +465,39 @@ fn validate_container(
         }
     }
     validate_resources(c, path, errs);
+}
+
+/// Kubernetes' rules for an init container: `restartPolicy` only `Always` (a sidecar), and
+/// no probes unless it is a sidecar (an init container that runs to completion is never
+/// ready or live; it just ends).
+fn validate_init_container(c: &Container, path: &str, errs: &mut Vec<FieldError>) {
+    let sidecar = match c.restart_policy.as_deref() {
+        None => false,
+        Some("Always") => true,
+        Some(p) => {
+            errs.push(FieldError::not_supported(
+                format!("{path}.restartPolicy"),
+                &json!(p),
+                &["Always"],
+            ));
+            false
+        }
+    };
+    if sidecar {
+        return;
+    }
+    for (which, set) in [
+        ("livenessProbe", c.liveness_probe.is_some()),
+        ("readinessProbe", c.readiness_probe.is_some()),
+        ("startupProbe", c.startup_probe.is_some()),
+    ] {
+        if set {
+            errs.push(FieldError::forbidden(
+                format!("{path}.{which}"),
+                "may not be set for init containers without restartPolicy=Always",
+            ));
+        }
+    }
 }
 
 /// Kubernetes' limits on `dnsConfig` (`validatePodDNSConfig`): they are libc's resolver limits,
@@ -593,32 +610,32 @@ pub fn validate_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
     if spec.containers.is_empty() {
         errs.push(FieldError::required(format!("{path}.containers"), ""));
     }
-    // Refused rather than dropped: the edge would start the main containers without the steps
-    // they depend on, and the user would find out only from broken pods.
-    if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
-        errs.push(FieldError::forbidden(
-            format!("{path}.initContainers"),
-            "init containers are not run by Skerry edges yet; run the step at the start of a container's command instead",
-        ));
-    }
+    // Names are unique across init and app containers (one numbering on the edge, one
+    // `kubectl logs -c`).
     let mut names = HashSet::new();
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
-        validate_container(
-            c,
-            &format!("{path}.initContainers[{i}]"),
-            &volumes,
-            &mut names,
-            &mut errs,
-        );
+        let cp = format!("{path}.initContainers[{i}]");
+        validate_container(c, &cp, &volumes, &mut names, &mut errs);
+        validate_init_container(c, &cp, &mut errs);
     }
     for (i, c) in spec.containers.iter().enumerate() {
-        validate_container(
-            c,
-            &format!("{path}.containers[{i}]"),
-            &volumes,
-            &mut names,
-            &mut errs,
-        );
+        let cp = format!("{path}.containers[{i}]");
+        validate_container(c, &cp, &volumes, &mut names, &mut errs);
+        if c.restart_policy.is_some() {
+            errs.push(FieldError::forbidden(
+                format!("{cp}.restartPolicy"),
+                "may not be set for non-init containers",
+            ));
+        }
+    }
+    // What the edge cannot run, refused by name: the check the projection makes too.
+    for u in crate::projection::support::unsupported(spec, path) {
+        errs.push(match u.refusal {
+            Refusal::Value { value, supported } => {
+                FieldError::not_supported(u.field, &json!(value), supported)
+            }
+            Refusal::Forbidden(why) => FieldError::forbidden(u.field, why),
+        });
     }
     if let Some(p) = &spec.restart_policy {
         if !RESTART_POLICIES.contains(&p.as_str()) {

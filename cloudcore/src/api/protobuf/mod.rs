@@ -25,7 +25,9 @@ mod schema;
 mod wire;
 
 use json::{FieldError, FromJson, ToJson, Wire};
-use k8s_pb::api::{apps::v1 as apps, autoscaling::v1 as autoscaling, core::v1 as core};
+use k8s_pb::api::{
+    apps::v1 as apps, autoscaling::v1 as autoscaling, batch::v1 as batch, core::v1 as core,
+};
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
 use prost::Message;
@@ -112,6 +114,8 @@ kinds! {
     "apps/v1", "ReplicaSet" => apps::ReplicaSet;
     "apps/v1", "DaemonSet" => apps::DaemonSet;
     "apps/v1", "StatefulSet" => apps::StatefulSet;
+    "batch/v1", "Job" => batch::Job;
+    "batch/v1", "CronJob" => batch::CronJob;
     "autoscaling/v1", "Scale" => autoscaling::Scale;
     _, "DeleteOptions" => meta::DeleteOptions;
     "v1", "NamespaceList" => core::NamespaceList;
@@ -125,6 +129,8 @@ kinds! {
     "apps/v1", "ReplicaSetList" => apps::ReplicaSetList;
     "apps/v1", "DaemonSetList" => apps::DaemonSetList;
     "apps/v1", "StatefulSetList" => apps::StatefulSetList;
+    "batch/v1", "JobList" => batch::JobList;
+    "batch/v1", "CronJobList" => batch::CronJobList;
     "v1", "Status" => meta::Status;
 }
 

@@ -16,6 +16,7 @@ GO = {
     'api/core/v1': (API, 'core/v1'),
     'api/apps/v1': (API, 'apps/v1'),
     'api/autoscaling/v1': (API, 'autoscaling/v1'),
+    'api/batch/v1': (API, 'batch/v1'),
     'api/policy/v1': (API, 'policy/v1'),
     'apimachinery/pkg/apis/meta/v1': (MACHINERY, 'pkg/apis/meta/v1'),
 }
@@ -28,11 +29,13 @@ SPECIAL = {
 ROOTS = [('api/core/v1', k) for k in
          ['Namespace', 'Node', 'Pod', 'ConfigMap', 'Secret', 'Service', 'Event', 'Binding']]
 ROOTS += [('api/apps/v1', k) for k in ['Deployment', 'ReplicaSet', 'DaemonSet', 'StatefulSet']]
+ROOTS += [('api/batch/v1', k) for k in ['Job', 'CronJob']]
 ROOTS += [('api/autoscaling/v1', 'Scale'), ('apimachinery/pkg/apis/meta/v1', 'DeleteOptions')]
 # What responses carry: the lists of the served kinds, and Status.
 ROOTS += [('api/core/v1', k + 'List') for k in
           ['Namespace', 'Node', 'Pod', 'ConfigMap', 'Secret', 'Service', 'Event']]
 ROOTS += [('api/apps/v1', k + 'List') for k in ['Deployment', 'ReplicaSet', 'DaemonSet', 'StatefulSet']]
+ROOTS += [('api/batch/v1', k + 'List') for k in ['Job', 'CronJob']]
 ROOTS += [('apimachinery/pkg/apis/meta/v1', 'Status')]
 ROOTS += [(m, k) for m, k in (a.split(':') for a in sys.argv[4:])]
 

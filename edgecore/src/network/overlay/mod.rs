@@ -8,11 +8,14 @@
 //! edgecore exactly the packets for other nodes' pods, whether a pod sent them, the host, or
 //! the Service proxy after it picked a remote endpoint.
 //!
-//! Out: a packet read from the device goes as one datagram on the current connection, if its
-//! source is the node's own (a pod, or the overlay address after masquerade, below); with no
-//! connection it is dropped: there is no path, and the pods' TCP retransmits once there is.
+//! Out: a packet read from the device goes as one datagram, if its source is the node's own (a
+//! pod, or the overlay address after masquerade, below): on a direct connection to the node
+//! holding its destination if one is up ([`peers`]), else on the link, for the hub to relay;
+//! with neither it is dropped: there is no path, and the pods' TCP retransmits once there is.
 //! In: a datagram is written into the device only if [`protocol::overlay::admit`] says so
-//! (the destination is one of this node's running pods or its overlay address).
+//! (the destination is one of this node's running pods or its overlay address), and one from a
+//! direct connection only if its source is also that peer's
+//! ([`protocol::overlay::admit_direct`]).
 //!
 //! Host traffic: a connection from the host to a cluster IP whose endpoint is remote leaves
 //! with the host's own address as source, which is no pod's; one nftables rule masquerades what
@@ -21,9 +24,13 @@
 //! Pods' traffic into the device keeps the pod's address: a null source mapping that runs
 //! before the CNI bridge's `ipMasq` takes it out of that masquerade (see [`nat_rules`]).
 
+pub mod peer_tls;
+pub mod peers;
 pub mod tun;
 
 use super::view::{ServiceView, ViewReceiver};
+use crate::identity::IdentityPaths;
+use crate::link::Current;
 use crate::network::proxy::apply::Tools;
 use protocol::overlay::{self as wire, Cidr};
 use std::collections::HashSet;
@@ -48,6 +55,17 @@ pub struct OverlayConfig {
     pub table: String,
     /// How nft runs (and in which namespace, for tests of the proxy's tools).
     pub tools: Tools,
+    /// The direct path to peers ([`peers`]); `None`: every packet goes through the hub.
+    pub direct: Option<DirectConfig>,
+}
+
+/// Settings of the direct path.
+#[derive(Debug, Clone)]
+pub struct DirectConfig {
+    /// This node's name (a hint naming it is ignored).
+    pub node: String,
+    /// The node's identity, for mTLS with peers.
+    pub identity: IdentityPaths,
 }
 
 /// What the overlay acts on, from the view.
@@ -99,7 +117,7 @@ fn hosted(view: &ServiceView, settings: &Settings) -> HashSet<IpAddr> {
 pub async fn run(
     cfg: OverlayConfig,
     mut view: ViewReceiver,
-    mut link: watch::Receiver<Option<quinn::Connection>>,
+    mut link: watch::Receiver<Option<Current>>,
 ) -> anyhow::Result<()> {
     metrics::gauge!("skerry_edge_overlay_up").set(0.0);
     let mut reported = false;
@@ -126,27 +144,78 @@ pub async fn run(
           "overlay up");
     metrics::gauge!("skerry_edge_overlay_up").set(1.0);
     let mut hosts = hosted(&view.borrow(), &settings);
-    let mut conn = link.borrow_and_update().clone();
+    let (mut peers, inbox) = match &cfg.direct {
+        None => (None, None),
+        Some(d) => match peer_tls::PeerTls::load(&d.identity, peers::transport()) {
+            Ok(tls) => {
+                let (p, i) = peers::Peers::new(d.node.clone(), tls);
+                (Some(p), Some(i))
+            }
+            Err(e) => {
+                warn!(error = %e, "no direct overlay path (every packet goes through the hub)");
+                (None, None)
+            }
+        },
+    };
+    let (mut events, mut packets) = match inbox {
+        Some(i) => (Some(i.events), Some(i.packets)),
+        None => (None, None),
+    };
+    // The link's connection now, and the direct path's tasks on it (serving peers on its
+    // endpoint, reading the hub's hints), which end with it.
+    let mut current: Option<Current> = None;
+    let mut tasks = LinkTasks::default();
+    let mut link_changed = true;
     let mut buf = vec![0u8; usize::from(u16::MAX)];
+    let mut prune = tokio::time::interval(Duration::from_secs(30));
     loop {
+        if link_changed {
+            link_changed = false;
+            current = link.borrow_and_update().clone();
+            tasks.replace(peers.as_ref(), current.as_ref());
+        }
+        let hub = current.as_ref().map(|c| &c.conn);
         tokio::select! {
             read = device.recv(&mut buf) => {
                 let n = read?;
-                outbound(&buf[..n], &settings, conn.as_ref());
+                outbound(&buf[..n], &settings, peers.as_mut(), hub);
             }
             datagram = async {
-                match &conn {
+                match hub {
                     Some(c) => c.read_datagram().await.ok(),
                     None => std::future::pending().await,
                 }
             } => match datagram {
-                Some(d) => inbound(&d, &settings, &hosts, &device).await,
+                // The hub asking for an acknowledgement while a stream is open: QUIC has given it.
+                Some(d) if protocol::overlay::is_link_probe(&d) => {}
+                Some(d) => inbound(&d, None, &settings, &hosts, &device).await,
                 // The connection ended: nothing to read until the link has the next one.
-                None => conn = None,
+                None => {
+                    current = None;
+                    tasks.replace(peers.as_ref(), None);
+                }
             },
+            event = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => if let (Some(e), Some(p)) = (event, peers.as_mut()) {
+                p.on_event(e, current.as_ref().map(|c| &c.endpoint));
+            },
+            packet = async {
+                match packets.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => if let (Some((peer, d)), Some(p)) = (packet, peers.as_mut()) {
+                let cidr = p.cidr_of(&peer);
+                inbound(&d, Some(cidr.as_ref()), &settings, &hosts, &device).await;
+            },
+            _ = prune.tick() => if let Some(p) = peers.as_mut() { p.prune() },
             changed = link.changed() => {
                 if changed.is_err() { return Ok(()) }
-                conn = link.borrow_and_update().clone();
+                link_changed = true;
             }
             changed = view.changed() => {
                 if changed.is_err() { return Ok(()) }
@@ -167,51 +236,116 @@ pub async fn run(
     }
 }
 
+/// The direct path's tasks on one link connection: they end when the link moves on.
+#[derive(Default)]
+struct LinkTasks {
+    serving: Option<(quinn::Endpoint, tokio::task::JoinHandle<()>)>,
+    hints: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LinkTasks {
+    /// Stops the tasks of the previous connection and starts them on `next`'s. The previous
+    /// endpoint stops taking peers' handshakes; connections already up on it carry on.
+    fn replace(&mut self, peers: Option<&peers::Peers>, next: Option<&Current>) {
+        if let Some((endpoint, task)) = self.serving.take() {
+            task.abort();
+            endpoint.set_server_config(None);
+        }
+        if let Some(task) = self.hints.take() {
+            task.abort();
+        }
+        if let (Some(p), Some(c)) = (peers, next) {
+            self.serving = Some((c.endpoint.clone(), p.serve(&c.endpoint)));
+            self.hints = Some(p.hints_from(c.conn.clone()));
+        }
+    }
+}
+
+impl Drop for LinkTasks {
+    fn drop(&mut self) {
+        self.replace(None, None);
+    }
+}
+
 fn count(direction: &'static str, result: &'static str) {
     metrics::counter!("skerry_edge_overlay_packets_total", "direction" => direction, "result" => result)
         .increment(1);
 }
 
-fn outbound(packet: &[u8], settings: &Settings, conn: Option<&quinn::Connection>) {
+fn outbound(
+    packet: &[u8],
+    settings: &Settings,
+    peers: Option<&mut peers::Peers>,
+    conn: Option<&quinn::Connection>,
+) {
     let result = match wire::addresses(packet) {
         Err(_) => "malformed",
         Ok(a) if !settings.own.contains(a.src) => "foreign_source",
-        Ok(_) => match conn {
-            None => "no_link",
-            Some(c) => match c.send_datagram(bytes::Bytes::copy_from_slice(packet)) {
-                Ok(()) => {
-                    metrics::counter!("skerry_edge_overlay_bytes_total", "direction" => "out")
-                        .increment(packet.len() as u64);
-                    "sent"
-                }
-                Err(quinn::SendDatagramError::TooLarge) => "too_large",
-                Err(_) => "no_link",
-            },
+        Ok(a) => match peers
+            .and_then(|p| p.route(a.dst))
+            .map(|direct| direct.send_datagram(bytes::Bytes::copy_from_slice(packet)))
+        {
+            // Straight to the peer; on a direct connection that just failed, through the hub.
+            Some(Ok(())) => {
+                metrics::counter!("skerry_edge_overlay_bytes_total", "direction" => "out_direct")
+                    .increment(packet.len() as u64);
+                "direct"
+            }
+            Some(Err(_)) | None => relay(packet, conn),
         },
     };
     count("out", result);
 }
 
-async fn inbound(packet: &[u8], settings: &Settings, hosts: &HashSet<IpAddr>, device: &tun::Tun) {
-    let result = match wire::admit(packet, &settings.cluster, |ip| hosts.contains(&ip)) {
+/// Sends a packet on the link, for the hub to relay.
+fn relay(packet: &[u8], conn: Option<&quinn::Connection>) -> &'static str {
+    let Some(c) = conn else { return "no_link" };
+    match c.send_datagram(bytes::Bytes::copy_from_slice(packet)) {
+        Ok(()) => {
+            metrics::counter!("skerry_edge_overlay_bytes_total", "direction" => "out")
+                .increment(packet.len() as u64);
+            "sent"
+        }
+        Err(quinn::SendDatagramError::TooLarge) => "too_large",
+        Err(_) => "no_link",
+    }
+}
+
+/// Writes a packet from the overlay into the device if it is admitted: `direct` is `None` for
+/// a packet the hub relayed, else the pod CIDR of the peer it came from (if known).
+async fn inbound(
+    packet: &[u8],
+    direct: Option<Option<&Cidr>>,
+    settings: &Settings,
+    hosts: &HashSet<IpAddr>,
+    device: &tun::Tun,
+) {
+    let hosted = |ip| hosts.contains(&ip);
+    let admitted = match direct {
+        None => wire::admit(packet, &settings.cluster, hosted),
+        Some(peer) => wire::admit_direct(packet, peer, &settings.cluster, hosted),
+    };
+    let direction = if direct.is_some() { "in_direct" } else { "in" };
+    let result = match admitted {
         Err(refused) => {
             debug!(%refused, "overlay packet refused");
             match refused {
                 wire::Inadmissible::Malformed(_) => "malformed",
                 wire::Inadmissible::NotHosted(_) => "not_hosted",
                 wire::Inadmissible::Foreign(_) => "foreign_source",
+                wire::Inadmissible::NotThePeers(_) => "not_the_peers",
             }
         }
         Ok(_) => match device.send(packet).await {
             Ok(()) => {
-                metrics::counter!("skerry_edge_overlay_bytes_total", "direction" => "in")
+                metrics::counter!("skerry_edge_overlay_bytes_total", "direction" => direction)
                     .increment(packet.len() as u64);
                 "delivered"
             }
             Err(_) => "device_error",
         },
     };
-    count("in", result);
+    count(direction, result);
 }
 
 /// Opens the device and gives it its address, routes and masquerade rule.

@@ -40,7 +40,7 @@ use std::collections::HashMap;
 impl PodMachine {
     /// Takes over what the runtime runs for this pod.
     pub(super) fn adopt(&mut self, existing: ExistingPod, now: Now) {
-        let policy = self.pod.restart_policy;
+        let policies = self.slot_policies();
         let backoff = self.settings.backoff;
         self.sandbox = Some(existing.sandbox);
         self.state = PodState::Running;
@@ -58,8 +58,14 @@ impl PodMachine {
         let desired: Vec<Option<String>> = (0..self.slots.len())
             .map(|index| self.desired_digest(index))
             .collect();
-        for ((slot, desired), spec) in self.slots.iter_mut().zip(desired).zip(&self.pod.containers)
+        for (index, ((slot, desired), spec)) in self
+            .slots
+            .iter_mut()
+            .zip(desired)
+            .zip(self.pod.all_containers())
+            .enumerate()
         {
+            let policy = policies[index];
             let Some(mut instances) = by_name.remove(&slot.name) else {
                 continue;
             };
@@ -72,6 +78,7 @@ impl PodMachine {
             slot.ever_started = true;
             slot.restart_count = newest.attempt;
             slot.next_attempt = newest.attempt.saturating_add(1);
+            slot.image_id = newest.image_id.clone().unwrap_or_default();
             // The back-off history starts over at each edgecore start (see the module docs).
             slot.crashes = 0;
             // An instance started from another spec (changed while edgecore was down) is
@@ -117,6 +124,14 @@ impl PodMachine {
         if let Some(first) = self.slots.first_mut() {
             first.garbage.extend(strays);
         }
+        // An app container that ran in this sandbox means its init containers were done.
+        if self
+            .slots
+            .iter()
+            .any(|s| s.kind == super::SlotKind::App && s.ever_started)
+        {
+            self.initialized = true;
+        }
         self.start_time_ms = Some(earliest.unwrap_or(now.wall_ms));
         self.settle();
     }
@@ -125,7 +140,7 @@ impl PodMachine {
     /// `$(VAR)` expanded), to compare with [`ContainerInfo::spec_digest`]; `None` if its
     /// environment cannot be resolved now.
     fn desired_digest(&self, index: usize) -> Option<String> {
-        let spec = self.pod.containers.get(index)?;
+        let spec = self.pod.container_at(index)?;
         let sandbox_ip = self
             .sandbox
             .as_ref()

@@ -7,7 +7,7 @@ use super::{Now, UNKNOWN_EXIT_CODE};
 use crate::pods::backoff::BackoffPolicy;
 use crate::pods::probes::ProbeKill;
 use crate::runtime::{deadline_after, ContainerRunState};
-use protocol::pod::EdgeContainer;
+use protocol::pod::{EdgeContainer, RestartPolicy};
 use protocol::status::ContainerState;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -79,13 +79,31 @@ impl ContainerPhase {
     }
 }
 
+/// Which of the pod's lists a container comes from, which decides when it may start and what
+/// its exit does (see [`ContainerSlot::policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotKind {
+    /// An init container: runs to completion (exit 0) before the next one starts.
+    Init,
+    /// An init container with `restartPolicy: Always`: started in its turn, then runs beside
+    /// the app containers.
+    Sidecar,
+    /// An app container (`spec.containers`): starts once every init container is done.
+    App,
+}
+
 /// One container of the pod and everything the worker knows about it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ContainerSlot {
     /// Container name.
     pub name: String,
+    /// Init, sidecar or app container.
+    pub kind: SlotKind,
     /// Image, as reported.
     pub image: String,
+    /// The image the newest instance runs, as its runtime named it (`imageID`); empty until
+    /// one was created, and for a runtime without images.
+    pub image_id: String,
     /// Current state.
     pub phase: ContainerPhase,
     /// Attempt number of the next instance to start.
@@ -119,10 +137,13 @@ pub(crate) struct SpecRestart {
 }
 
 impl ContainerSlot {
-    pub(super) fn new(c: &EdgeContainer) -> Self {
+    /// A slot for a container of `kind` that has not run yet.
+    pub(super) fn new(c: &EdgeContainer, kind: SlotKind) -> Self {
         Self {
             name: c.name.clone(),
+            kind,
             image: c.image.clone(),
+            image_id: String::new(),
             phase: ContainerPhase::Waiting {
                 reason: "ContainerCreating".into(),
                 message: String::new(),
@@ -138,6 +159,23 @@ impl ContainerSlot {
             previous_instance: None,
             garbage: Vec::new(),
         }
+    }
+
+    /// The restart policy of this container, from the pod's: an init container that exits 0
+    /// is done, and one that fails restarts unless the pod's policy is `Never` (kubelet's
+    /// `OnFailure` for init containers); a sidecar restarts whenever it exits.
+    pub(super) fn policy(&self, pod: RestartPolicy) -> RestartPolicy {
+        match self.kind {
+            SlotKind::App => pod,
+            SlotKind::Init if pod == RestartPolicy::Never => RestartPolicy::Never,
+            SlotKind::Init => RestartPolicy::OnFailure,
+            SlotKind::Sidecar => RestartPolicy::Always,
+        }
+    }
+
+    /// Whether an init container finished its work: exited 0 for good.
+    pub(super) fn succeeded(&self) -> bool {
+        self.final_exit_code() == Some(0)
     }
 
     /// Whether it counts as ready: running and passing readiness (if probed).

@@ -36,6 +36,8 @@ impl PodMachine {
                     )
                 });
                 if to_run {
+                    // The init containers run again in the new sandbox (see `init`).
+                    self.rerun_init();
                     for slot in &mut self.slots {
                         // A start that failed may have failed for the dead sandbox: the new one
                         // is tried at once. (Crash back-offs stand.)
@@ -62,7 +64,13 @@ impl PodMachine {
                 if let Some(at) = retry_at.filter(|at| *at > now.mono) {
                     return Action::Wait(Some(at));
                 }
+                // The app containers first, then the sidecars (they serve the app containers
+                // to the end, as kubelet stops them).
                 let targets = self.running_targets();
+                let (sidecars, others): (Vec<_>, Vec<_>) = targets
+                    .into_iter()
+                    .partition(|(i, _)| self.slots[*i].kind == super::SlotKind::Sidecar);
+                let targets = if others.is_empty() { sidecars } else { others };
                 if !targets.is_empty() {
                     return Action::StopContainers { targets, grace };
                 }
@@ -142,6 +150,20 @@ impl PodMachine {
             if let Some(grace) = kill_grace {
                 return Action::StopContainers { targets, grace };
             }
+            // The sidecars of a pod whose work is over (see `init`).
+            let sidecars = self.sidecars_to_stop();
+            if !sidecars.is_empty() {
+                match self.sidecar_stop.retry_at {
+                    Some(at) if at > now.mono => earliest(at),
+                    _ => {
+                        return Action::StopContainers {
+                            targets: sidecars,
+                            grace: Duration::from_secs(self.pod.termination_grace_period_seconds),
+                        }
+                    }
+                }
+            }
+            self.check_initialized();
             let sandbox_ip = self
                 .sandbox
                 .as_ref()
@@ -166,10 +188,12 @@ impl PodMachine {
                     }
                     _ => false,
                 };
-                if !due {
+                if !due || !self.may_start(index) {
                     continue;
                 }
-                let spec = &self.pod.containers[index];
+                let Some(spec) = self.pod.container_at(index) else {
+                    continue;
+                };
                 let fields = PodFields {
                     pod: &self.pod,
                     node_name: &self.settings.node_name,

@@ -9,7 +9,7 @@
 
 use super::{
     on_exit, on_not_a_crash, terminated_state, with_known_start, AfterStop, ContainerPhase,
-    ContainerSlot, Event, Failure, NotACrash, Now, Outcome, PodMachine, PodState,
+    ContainerSlot, Event, Failure, NotACrash, Now, Outcome, PodMachine, PodState, SpecRestart,
     MAX_OBSERVE_ERRORS,
 };
 use crate::pods::probes::{self, ProbeVerdict};
@@ -235,9 +235,9 @@ impl PodMachine {
         result: Result<ContainerInfo, Failure>,
         now: Now,
     ) {
-        let policy = self.pod.restart_policy;
+        let policy = self.slot_policy(index);
         let backoff = self.settings.backoff;
-        let spec = self.pod.containers.get(index);
+        let spec = self.pod.container_at(index);
         let slot = &mut self.slots[index];
         match result {
             Ok(info) => {
@@ -246,6 +246,7 @@ impl PodMachine {
                 slot.ever_started = true;
                 slot.restart_count = info.attempt;
                 slot.next_attempt = info.attempt.saturating_add(1);
+                slot.image_id = info.image_id.clone().unwrap_or_default();
                 if let Some(previous) = slot.previous_instance.take() {
                     if previous != info.id {
                         slot.garbage.push(previous);
@@ -296,7 +297,7 @@ impl PodMachine {
     /// `Observed`: exits become back-offs or final exits; repeated read failures, a lost
     /// instance.
     fn observed(&mut self, results: RunStates, now: Now) {
-        let policy = self.pod.restart_policy;
+        let policies = self.slot_policies();
         let backoff = self.settings.backoff;
         self.next_poll = deadline_after(now.mono, self.settings.poll_interval);
         for (index, id, result) in results {
@@ -334,7 +335,7 @@ impl PodMachine {
                     };
                     // A lost instance's start is the one the machine saw.
                     let terminated = with_known_start(terminated, started_at_ms);
-                    on_exit(slot, policy, backoff, id, attempt, terminated, now);
+                    on_exit(slot, policies[index], backoff, id, attempt, terminated, now);
                 }
                 None => {
                     if let (
@@ -355,12 +356,40 @@ impl PodMachine {
     /// `Running` + `Stopped`: the instances were stopped to be restarted, for a failed probe
     /// (an exit like any other, with back-off) or a changed spec (no back-off, new spec).
     fn stopped_for_restart(&mut self, results: RunStates, now: Now) {
-        let policy = self.pod.restart_policy;
+        let policies = self.slot_policies();
+        let finishing = self.finishing();
         let backoff = self.settings.backoff;
         for (index, id, result) in results {
+            // A sidecar of a pod whose work is over, stopped for good (see `init`).
+            let sidecar = self
+                .slots
+                .get(index)
+                .is_some_and(|s| s.kind == super::SlotKind::Sidecar);
+            if finishing && sidecar {
+                if let Some((slot, attempt)) = running_instance(&mut self.slots, index, &id) {
+                    match result.map(|state| terminated_state(&state, now)) {
+                        Ok(Some(terminated)) => {
+                            self.sidecar_stop = SpecRestart::default();
+                            slot.phase = ContainerPhase::Exited {
+                                id,
+                                attempt,
+                                terminated,
+                            };
+                        }
+                        Ok(None) | Err(_) => {
+                            let stop = &mut self.sidecar_stop;
+                            stop.failures = stop.failures.saturating_add(1);
+                            stop.retry_at =
+                                Some(deadline_after(now.mono, backoff.delay(stop.failures)));
+                        }
+                    }
+                }
+                continue;
+            }
             let Some(slot) = self.slots.get_mut(index) else {
                 continue;
             };
+            let policy = policies[index];
             let ContainerPhase::Running {
                 id: running,
                 attempt,
@@ -424,7 +453,7 @@ impl PodMachine {
     /// `SandboxLost` + `Stopped`: each stopped instance starts again in the new sandbox (unless
     /// its policy keeps it ended); one still running is stopped again, with back-off.
     fn stopped_for_new_sandbox(&mut self, results: RunStates, now: Now) {
-        let policy = self.pod.restart_policy;
+        let policies = self.slot_policies();
         let mut failed = false;
         for (index, id, result) in results {
             let Some((slot, attempt)) = running_instance(&mut self.slots, index, &id) else {
@@ -433,7 +462,7 @@ impl PodMachine {
             match result.map(|state| terminated_state(&state, now)) {
                 Ok(Some(terminated)) => on_not_a_crash(
                     slot,
-                    policy,
+                    policies[index],
                     id,
                     attempt,
                     terminated,

@@ -45,6 +45,9 @@ mod adopt;
 mod container;
 mod decide;
 mod events;
+mod init;
+#[cfg(test)]
+mod init_tests;
 mod spec_change;
 mod status;
 #[cfg(test)]
@@ -53,7 +56,7 @@ mod tests;
 use container::{
     on_exit, on_not_a_crash, terminated_state, unknown_termination, with_known_start, NotACrash,
 };
-pub(crate) use container::{ContainerPhase, ContainerSlot, SpecRestart};
+pub(crate) use container::{ContainerPhase, ContainerSlot, SlotKind, SpecRestart};
 
 use super::backoff::BackoffPolicy;
 use super::env::ConfigLookup;
@@ -308,6 +311,10 @@ pub(crate) struct PodMachine {
     conditions: Vec<PodCondition>,
     /// When to read the running containers' states next.
     next_poll: Instant,
+    /// Whether every init container is done (see `init`): the app containers may start.
+    initialized: bool,
+    /// The stop of a finishing pod's sidecars, when it failed (retried with back-off).
+    sidecar_stop: SpecRestart,
 }
 
 impl PodMachine {
@@ -332,7 +339,8 @@ impl PodMachine {
     }
 
     fn fresh(settings: Arc<Settings>, pod: EdgePod, now: Now) -> Self {
-        let slots = pod.containers.iter().map(ContainerSlot::new).collect();
+        let slots = init::slots_of(&pod);
+        let initialized = pod.init_containers.is_empty();
         Self {
             settings,
             pod,
@@ -346,6 +354,8 @@ impl PodMachine {
             start_time_ms: None,
             conditions: Vec::new(),
             next_poll: now.mono,
+            initialized,
+            sidecar_stop: SpecRestart::default(),
         }
     }
 
@@ -401,16 +411,30 @@ impl PodMachine {
         };
     }
 
-    /// `Running` becomes `Completed` once no container will run again.
+    /// `Running` becomes `Completed` once no container will run again: every app container
+    /// exited for good (or an init container did, failing) and nothing runs any more.
     fn settle(&mut self) {
-        if self.state == PodState::Running
-            && !self.slots.is_empty()
-            && self
-                .slots
-                .iter()
-                .all(|s| matches!(s.phase, ContainerPhase::Exited { .. }))
+        if self.state != PodState::Running
+            || self.slots.is_empty()
+            || !self.finishing()
+            || !self.running_targets().is_empty()
         {
-            self.state = PodState::Completed;
+            return;
         }
+        for slot in &mut self.slots {
+            // A sidecar waiting to restart will not.
+            if let (SlotKind::Sidecar, ContainerPhase::BackOff { id, attempt, .. }) =
+                (slot.kind, &slot.phase)
+            {
+                if let Some(terminated) = slot.last_state.take() {
+                    slot.phase = ContainerPhase::Exited {
+                        id: id.clone(),
+                        attempt: *attempt,
+                        terminated,
+                    };
+                }
+            }
+        }
+        self.state = PodState::Completed;
     }
 }

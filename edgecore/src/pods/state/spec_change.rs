@@ -12,7 +12,7 @@ use std::time::Duration;
 pub(crate) enum SpecChange {
     /// Nothing the runtime sees (labels, grace periods).
     Same,
-    /// Only the fields of these containers (slot indices) changed: restart just them, as
+    /// Only the fields of these app containers (slot indices) changed: restart just them, as
     /// kubelet does for a changed `image` (the only change the Kubernetes API allows).
     Containers(Vec<usize>),
     /// Containers added, removed, renamed or reordered, or volumes or the restart policy
@@ -28,6 +28,8 @@ pub(crate) fn spec_change(old: &EdgePod, new: &EdgePod) -> SpecChange {
     let same_shape = old.uid == new.uid
         && old.restart_policy == new.restart_policy
         && old.volumes == new.volumes
+        // Init containers ran before the app containers: a change to them replaces the pod.
+        && old.init_containers == new.init_containers
         && old.containers.len() == new.containers.len()
         && old
             .containers
@@ -43,7 +45,7 @@ pub(crate) fn spec_change(old: &EdgePod, new: &EdgePod) -> SpecChange {
             .zip(&new.containers)
             .enumerate()
             .filter(|(_, (a, b))| a != b)
-            .map(|(i, _)| i)
+            .map(|(i, _)| i + old.init_containers.len())
             .collect(),
     )
 }

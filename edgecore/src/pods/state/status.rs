@@ -1,7 +1,9 @@
 //! What a pod reports: its phase, its conditions and each container's status, derived from
 //! the machine's state (every state knows the status it reports).
 
-use super::{unknown_termination, AfterStop, ContainerPhase, ContainerSlot, Now, Outcome};
+use super::{
+    unknown_termination, AfterStop, ContainerPhase, ContainerSlot, Now, Outcome, SlotKind,
+};
 use super::{PodMachine, PodState};
 use crate::pods::backoff::go_duration;
 use protocol::status::{ContainerState, ContainerStatus, PodCondition, PodPhase, PodStatus};
@@ -54,6 +56,7 @@ impl ContainerSlot {
         ContainerStatus {
             name: self.name.clone(),
             image: self.image.clone(),
+            image_id: self.image_id.clone(),
             container_id,
             ready: self.ready(),
             restart_count: self.restart_count,
@@ -81,12 +84,36 @@ impl PodMachine {
     pub(super) fn refresh_conditions(&mut self, now: Now) {
         let since = self.start_time_ms.unwrap_or(now.wall_ms);
         let running_state = matches!(self.state, PodState::Running);
+        // Readiness is the app containers' and the sidecars' (an init container that ran to
+        // completion is neither ready nor in the way), as kubelet computes it.
         let unready: Vec<&str> = self
             .slots
             .iter()
-            .filter(|s| !s.ready())
+            .filter(|s| s.kind != SlotKind::Init && !s.ready())
             .map(|s| s.name.as_str())
             .collect();
+        let incomplete: Vec<&str> = self
+            .slots
+            .iter()
+            .filter(|s| match s.kind {
+                SlotKind::Init => !s.succeeded(),
+                SlotKind::Sidecar => !s.ever_started,
+                SlotKind::App => false,
+            })
+            .map(|s| s.name.as_str())
+            .collect();
+        let initialized = self.initialized;
+        let (init_reason, init_message) = if initialized {
+            (String::new(), String::new())
+        } else {
+            (
+                "ContainersNotInitialized".to_string(),
+                format!(
+                    "containers with incomplete status: [{}]",
+                    incomplete.join(" ")
+                ),
+            )
+        };
         let ready = running_state && unready.is_empty();
         let (reason, message) = if ready {
             (String::new(), String::new())
@@ -99,7 +126,7 @@ impl PodMachine {
             )
         };
         let wanted = [
-            ("Initialized", true, String::new(), String::new()),
+            ("Initialized", initialized, init_reason, init_message),
             ("ContainersReady", ready, reason.clone(), message.clone()),
             ("Ready", ready, reason, message),
             ("PodScheduled", true, String::new(), String::new()),
@@ -142,11 +169,17 @@ impl PodMachine {
             _ => (false, false),
         };
         let pod_label = format!("{}_{}({})", self.pod.name, self.pod.namespace, self.pod.uid);
-        let containers = self
+        let (init_containers, containers): (Vec<_>, Vec<_>) = self
             .slots
             .iter()
-            .map(|slot| slot.status(pod_gone, &pod_label))
-            .collect();
+            .partition(|slot| slot.kind != SlotKind::App);
+        let status_of = |slots: Vec<&ContainerSlot>| {
+            slots
+                .into_iter()
+                .map(|slot| slot.status(pod_gone, &pod_label))
+                .collect()
+        };
+        let (init_containers, containers) = (status_of(init_containers), status_of(containers));
         let message = match &self.state {
             PodState::Creating {
                 error: Some(failure),
@@ -172,18 +205,29 @@ impl PodMachine {
             reason: String::new(),
             message,
             removed,
+            init_containers,
         })
     }
 }
 
-/// Phase from the containers: `Pending` until each ran once, `Running` while any runs or will
-/// run again, then `Succeeded` if all exited 0, else `Failed`.
+/// Phase from the containers: `Failed` once an init container failed for good; else, from
+/// the app containers, `Pending` until each ran once, `Running` while any runs or will run
+/// again, then `Succeeded` if all exited 0, else `Failed` (sidecars, stopped at the end, do not
+/// count, as in Kubernetes).
 pub(crate) fn containers_phase(slots: &[ContainerSlot]) -> PodPhase {
-    if slots.iter().any(|s| !s.ever_started) {
+    if slots.iter().any(|s| {
+        s.kind == SlotKind::Init
+            && matches!(s.phase, ContainerPhase::Exited { .. })
+            && !s.succeeded()
+    }) {
+        return PodPhase::Failed;
+    }
+    let apps = || slots.iter().filter(|s| s.kind == SlotKind::App);
+    if apps().any(|s| !s.ever_started) {
         return PodPhase::Pending;
     }
     let mut all_zero = true;
-    for slot in slots {
+    for slot in apps() {
         match slot.final_exit_code() {
             None => return PodPhase::Running,
             Some(code) => all_zero &= code == 0,

@@ -10,7 +10,7 @@ use protocol::pod::{EnvValue, EnvVar, RestartPolicy};
 use protocol::status::ContainerState;
 use std::collections::BTreeMap;
 
-fn settings() -> Arc<Settings> {
+pub(super) fn settings() -> Arc<Settings> {
     Arc::new(Settings {
         node_name: "rig-7".into(),
         host_ip: "192.0.2.7".into(),
@@ -24,7 +24,7 @@ fn settings() -> Arc<Settings> {
     })
 }
 
-fn container(name: &str) -> EdgeContainer {
+pub(super) fn container(name: &str) -> EdgeContainer {
     EdgeContainer {
         name: name.into(),
         image: "local".into(),
@@ -34,7 +34,7 @@ fn container(name: &str) -> EdgeContainer {
     }
 }
 
-fn pod(policy: RestartPolicy, names: &[&str]) -> EdgePod {
+pub(super) fn pod(policy: RestartPolicy, names: &[&str]) -> EdgePod {
     EdgePod {
         namespace: "rigs".into(),
         name: "p".into(),
@@ -46,10 +46,11 @@ fn pod(policy: RestartPolicy, names: &[&str]) -> EdgePod {
         volumes: vec![],
         deletion_grace_period_seconds: None,
         dns: Default::default(),
+        init_containers: Vec::new(),
     }
 }
 
-fn sandbox() -> Sandbox {
+pub(super) fn sandbox() -> Sandbox {
     Sandbox {
         id: "u1".into(),
         pod_uid: "u1".into(),
@@ -57,21 +58,23 @@ fn sandbox() -> Sandbox {
     }
 }
 
-fn info(name: &str, attempt: u32, state: ContainerRunState) -> ContainerInfo {
+pub(super) fn info(name: &str, attempt: u32, state: ContainerRunState) -> ContainerInfo {
     ContainerInfo {
         id: format!("u1/{name}/{attempt}"),
         name: name.into(),
         attempt,
         state,
         spec_digest: None,
+        image_pull: None,
+        image_id: None,
     }
 }
 
-fn running(started_at_ms: u64) -> ContainerRunState {
+pub(super) fn running(started_at_ms: u64) -> ContainerRunState {
     ContainerRunState::Running { started_at_ms }
 }
 
-fn exited(code: i32, started_at_ms: u64, finished_at_ms: u64) -> ContainerRunState {
+pub(super) fn exited(code: i32, started_at_ms: u64, finished_at_ms: u64) -> ContainerRunState {
     ContainerRunState::Exited {
         exit_code: code,
         signal: None,
@@ -81,7 +84,7 @@ fn exited(code: i32, started_at_ms: u64, finished_at_ms: u64) -> ContainerRunSta
     }
 }
 
-fn at(base: Now, ms: u64) -> Now {
+pub(super) fn at(base: Now, ms: u64) -> Now {
     Now {
         mono: base.mono + Duration::from_millis(ms),
         wall_ms: base.wall_ms + ms,
@@ -102,7 +105,7 @@ fn clone_settings(s: &Settings) -> Settings {
     }
 }
 
-fn t0() -> Now {
+pub(super) fn t0() -> Now {
     Now {
         mono: Instant::now(),
         wall_ms: 1_000_000,
@@ -174,7 +177,7 @@ fn probe(action: protocol::pod::ProbeAction) -> protocol::pod::Probe {
     }
 }
 
-fn exec_probe() -> protocol::pod::Probe {
+pub(super) fn exec_probe() -> protocol::pod::Probe {
     probe(protocol::pod::ProbeAction::Exec {
         command: vec!["true".into()],
     })
@@ -201,7 +204,7 @@ fn started_pod(p: EdgePod) -> (PodMachine, Now) {
     (m, now)
 }
 
-fn verdict(index: usize, instance: &str, kind: ProbeKind, passed: bool) -> Event {
+pub(super) fn verdict(index: usize, instance: &str, kind: ProbeKind, passed: bool) -> Event {
     Event::Probe(ProbeVerdict {
         index,
         instance: instance.into(),
@@ -224,7 +227,7 @@ use crate::pods::probes::ProbeKind;
 
 /// Answers polls of running containers (all still running) until the machine wants
 /// something else.
-fn past_polls(m: &mut PodMachine, mut action: Action, t: Now) -> Action {
+pub(super) fn past_polls(m: &mut PodMachine, mut action: Action, t: Now) -> Action {
     while let Action::Observe(targets) = action {
         let results = targets
             .into_iter()
@@ -1677,7 +1680,7 @@ fn conditions_keep_their_transition_times() {
 
 #[test]
 fn phase_follows_the_containers() {
-    let mut a = ContainerSlot::new(&container("a"));
+    let mut a = ContainerSlot::new(&container("a"), SlotKind::App);
     assert_eq!(
         containers_phase(std::slice::from_ref(&a)),
         PodPhase::Pending
@@ -1720,7 +1723,7 @@ fn phase_follows_the_containers() {
 }
 
 /// The sandbox made to replace a dead one.
-fn new_sandbox() -> Sandbox {
+pub(super) fn new_sandbox() -> Sandbox {
     Sandbox {
         id: "u1-attempt-1".into(),
         pod_uid: "u1".into(),
@@ -1736,7 +1739,7 @@ fn dead_sandbox() -> Sandbox {
     }
 }
 
-fn lost() -> Event {
+pub(super) fn lost() -> Event {
     Event::SandboxNotReady {
         sandbox_id: sandbox().id,
     }

@@ -68,13 +68,14 @@ impl CriRuntime {
                 ],
             )
             .await?;
-        let mut created: Option<(String, HashMap<String, String>)> = None;
+        let mut created: Option<(String, HashMap<String, String>, String)> = None;
+        let mut image_pull = None;
         for found in existing {
             match self.observe(OP, &found.id).await? {
                 ContainerRunState::Created if created.is_none() => {
                     info!(pod = %pod.key(), container = %container.name, attempt = config.attempt,
                           "container instance created earlier; starting it");
-                    created = Some((found.id, found.labels));
+                    created = Some((found.id, found.labels, found.image_ref));
                 }
                 state @ ContainerRunState::Running { .. } => {
                     info!(pod = %pod.key(), container = %container.name, attempt = config.attempt,
@@ -83,6 +84,7 @@ impl CriRuntime {
                         &found.id,
                         found.metadata.as_ref(),
                         &found.labels,
+                        &found.image_ref,
                         state,
                     ));
                 }
@@ -95,6 +97,7 @@ impl CriRuntime {
                         &found.id,
                         found.metadata.as_ref(),
                         &found.labels,
+                        &found.image_ref,
                         state,
                     ));
                 }
@@ -107,7 +110,7 @@ impl CriRuntime {
         }
 
         let started = Instant::now();
-        let (id, labels) = match created {
+        let (id, labels, image_ref) = match created {
             Some(found) => found,
             None => {
                 let sandbox_config = spec::sandbox_config(
@@ -118,7 +121,8 @@ impl CriRuntime {
                     // Only RunPodSandbox reads it (the resolv.conf is the sandbox's).
                     None,
                 );
-                let image = self.ensure_image(container, &sandbox_config).await?;
+                let (image, pull) = self.ensure_image(container, &sandbox_config).await?;
+                image_pull = Some(pull);
                 let log_dir = self.log_dir(&pod.uid).join(&container.name);
                 tokio::fs::create_dir_all(&log_dir)
                     .await
@@ -149,7 +153,7 @@ impl CriRuntime {
                     })
                     .await;
                 match response {
-                    Ok(response) => (response.container_id, labels),
+                    Ok(response) => (response.container_id, labels, image.clone()),
                     Err(CallError::Status(status))
                         if !matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) =>
                     {
@@ -170,7 +174,10 @@ impl CriRuntime {
             name: container.name.clone(),
             attempt: config.attempt,
         };
-        Ok(Self::info(&id, Some(&metadata), &labels, state))
+        Ok(ContainerInfo {
+            image_pull,
+            ..Self::info(&id, Some(&metadata), &labels, &image_ref, state)
+        })
     }
 
     /// Starts a created container; on failure it is removed (so that a retry creates it

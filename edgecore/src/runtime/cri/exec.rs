@@ -37,7 +37,7 @@ const CRI_NAMESPACE: &str = "k8s.io";
 /// The type of an OCI process spec in a protobuf `Any`, as containerd's client marshals it.
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
-fn request<T>(msg: T, timeout: Option<Duration>) -> Request<T> {
+pub(super) fn request<T>(msg: T, timeout: Option<Duration>) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut().insert(
         "containerd-namespace",
@@ -49,7 +49,7 @@ fn request<T>(msg: T, timeout: Option<Duration>) -> Request<T> {
     req
 }
 
-fn failed(op: &str, e: impl std::fmt::Display) -> RuntimeError {
+pub(super) fn failed(op: &str, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Internal {
         op: op.to_string(),
         message: e.to_string(),

@@ -4,7 +4,7 @@
 use super::conn::CallError;
 use super::spec::PullPolicy;
 use super::CriRuntime;
-use crate::runtime::RuntimeError;
+use crate::runtime::{ImagePull, RuntimeError};
 use k8s_cri::v1 as cri;
 use protocol::pod::EdgeContainer;
 use tokio::time::Instant;
@@ -37,7 +37,7 @@ impl CriRuntime {
         &self,
         image: &str,
         sandbox_config: &cri::PodSandboxConfig,
-    ) -> Result<String, CallError> {
+    ) -> Result<(String, ImagePull), CallError> {
         let request = cri::PullImageRequest {
             image: Some(cri::ImageSpec {
                 image: image.to_string(),
@@ -55,18 +55,19 @@ impl CriRuntime {
                 async move { client.pull_image(request).await }
             })
             .await?;
-        info!(%image, image_ref = %response.image_ref,
-              ms = started.elapsed().as_millis() as u64, "image pulled");
-        Ok(response.image_ref)
+        let ms = started.elapsed().as_millis() as u64;
+        info!(%image, image_ref = %response.image_ref, ms, "image pulled");
+        Ok((response.image_ref, ImagePull::Pulled { ms }))
     }
 
     /// Makes sure `container`'s image is present as its pull policy says; returns the image
-    /// reference to create the container from.
+    /// reference to create the container from, and whether it was pulled.
     pub(super) async fn ensure_image(
         &self,
         container: &EdgeContainer,
         sandbox_config: &cri::PodSandboxConfig,
-    ) -> Result<String, RuntimeError> {
+    ) -> Result<(String, ImagePull), RuntimeError> {
+        let present = |id: String| (id, ImagePull::Present);
         let image = container.image.as_str();
         let policy =
             PullPolicy::of(container).map_err(|message| RuntimeError::CreateContainer {
@@ -84,20 +85,22 @@ impl CriRuntime {
             ),
         };
         match policy {
-            PullPolicy::Never => self
-                .image_id(image)
-                .await?
-                .ok_or_else(|| RuntimeError::Image {
-                    image: image.to_string(),
-                    reason: "ErrImageNeverPull".into(),
-                    message: format!(
+            PullPolicy::Never => {
+                self.image_id(image)
+                    .await?
+                    .map(present)
+                    .ok_or_else(|| RuntimeError::Image {
+                        image: image.to_string(),
+                        reason: "ErrImageNeverPull".into(),
+                        message: format!(
                         "the image is not on this node and imagePullPolicy is Never; load it with \
                      `edgecore image import <image.tar>` (containerd at {})",
                         self.conn.socket().display()
                     ),
-                }),
+                    })
+            }
             PullPolicy::IfNotPresent => match self.image_id(image).await? {
-                Some(id) => Ok(id),
+                Some(id) => Ok(present(id)),
                 None => self
                     .pull(image, sandbox_config)
                     .await
@@ -109,7 +112,7 @@ impl CriRuntime {
                     Some(id) => {
                         warn!(%image, error = %self.conn.describe("PullImage", &e),
                               "pull failed; running the image already on this node");
-                        Ok(id)
+                        Ok((id, ImagePull::PullFailedUsedPresent))
                     }
                     None => Err(pull_error(&e)),
                 },

@@ -43,9 +43,11 @@ pub mod conn;
 pub mod logs;
 pub mod spec;
 
+mod attach;
 mod container;
 mod exec;
 mod image;
+mod portforward;
 mod rotation;
 mod sandbox;
 mod status;
@@ -275,6 +277,12 @@ impl Runtime for CriRuntime {
         self.version.clone()
     }
 
+    /// containerd honours what the CRI spec carries (limits, read-only mounts, see
+    /// `spec`); what the cri runtime cannot do is refused by the API or at container creation.
+    fn check_runnable(&self, _pod: &EdgePod) -> Result<(), String> {
+        Ok(())
+    }
+
     async fn status(&self) -> Result<crate::runtime::RuntimeStatus, RuntimeError> {
         let response = self
             .conn
@@ -401,6 +409,23 @@ impl Runtime for CriRuntime {
         self.exec_task(sandbox, container_id, spec).await
     }
 
+    async fn connect_port(
+        &self,
+        sandbox: &Sandbox,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, RuntimeError> {
+        self.connect_in_sandbox(sandbox, port).await
+    }
+
+    async fn attach(
+        &self,
+        _sandbox: &Sandbox,
+        container_id: &str,
+        spec: &crate::runtime::ExecSpec,
+    ) -> Result<crate::runtime::ExecProcess, RuntimeError> {
+        self.attach_streams(container_id, spec).await
+    }
+
     async fn list_pods(&self) -> Result<Vec<ExistingPod>, RuntimeError> {
         const OP: &str = "list pods";
         let mut sandboxes = self.sandboxes(OP, None).await?;
@@ -446,7 +471,13 @@ impl Runtime for CriRuntime {
             let mut containers = Vec::new();
             for c in by_sandbox.remove(&sandbox.id).unwrap_or_default() {
                 let state = self.observe(OP, &c.id).await?;
-                containers.push(Self::info(&c.id, c.metadata.as_ref(), &c.labels, state));
+                containers.push(Self::info(
+                    &c.id,
+                    c.metadata.as_ref(),
+                    &c.labels,
+                    &c.image_ref,
+                    state,
+                ));
             }
             containers.sort_by(|a, b| (&a.name, a.attempt).cmp(&(&b.name, b.attempt)));
             let metadata = sandbox.metadata.unwrap_or_default();

@@ -236,9 +236,11 @@ pub fn container_config(
         labels: container_labels(instance, pod, container, config.attempt),
         annotations: HashMap::new(),
         log_path: log_path(&container.name, config.attempt),
-        stdin: false,
-        stdin_once: false,
-        tty: false,
+        // The container keeps what `kubectl attach -i/-t` attaches to; containerd closes
+        // stdin after the first attach with `stdin_once`, as kubelet asks of it.
+        stdin: container.stdin,
+        stdin_once: container.stdin_once,
+        tty: container.tty,
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(linux_resources(&container.resources, swap_limit)),
             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -377,6 +379,7 @@ mod tests {
             volumes: vec![],
             deletion_grace_period_seconds: None,
             dns: Default::default(),
+            init_containers: Vec::new(),
         }
     }
 

@@ -133,9 +133,11 @@ impl CriRuntime {
         id: &str,
         metadata: Option<&cri::ContainerMetadata>,
         labels: &HashMap<String, String>,
+        image_ref: &str,
         state: ContainerRunState,
     ) -> ContainerInfo {
         ContainerInfo {
+            image_id: (!image_ref.is_empty()).then(|| image_ref.to_string()),
             id: id.to_string(),
             name: metadata
                 .map(|m| m.name.clone())
@@ -144,6 +146,7 @@ impl CriRuntime {
             attempt: metadata.map(|m| m.attempt).unwrap_or(0),
             state,
             spec_digest: labels.get(LABEL_DIGEST).cloned(),
+            image_pull: None,
         }
     }
 

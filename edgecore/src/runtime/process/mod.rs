@@ -3,8 +3,20 @@
 //! It exists for hardware-in-the-loop rigs and small machines without containerd: the workload is a
 //! program installed on the node, started with the pod's environment and arguments, supervised
 //! like a container (state, exit codes, logs, graceful stop, adoption after an edgecore restart).
-//! There is no isolation: no namespaces, no cgroup limits, no image (the image reference only
-//! labels the container).
+//! There is little isolation: no network or pid namespace, no image (the image reference only
+//! labels the container). What it does honour or refuses:
+//!
+//! - **Limits**: every instance of a container with limits runs in cgroups of its own under
+//!   edgecore's cgroup, with the container's cpu and memory limits applied (cgroup v1 and v2, see [`cgroup`]); an instance
+//!   the kernel's OOM killer hit exits with reason `OOMKilled`. Where limits cannot be applied
+//!   (edgecore not root, no memory or cpu controller), a pod with limits is refused before it
+//!   starts ([`Runtime::check_runnable`]), never run unlimited.
+//! - **Read-only mounts**: run as root, the program gets a mount namespace of its own in which
+//!   the host paths of its read-only mounts (`readOnly: true`, and every configMap and secret
+//!   volume) are read-only bind mounts; writes there fail with `EROFS`. Not root, a pod with a
+//!   `readOnly` mount is refused before it starts; its configMap and secret volumes (read-only
+//!   in Kubernetes without the pod asking) stay writable to the program then.
+//! - `kubectl exec` runs its command outside the container's cgroups and mount namespace.
 //!
 //! # DNS
 //!
@@ -85,6 +97,8 @@
 //! ignored (nothing stops the process from writing, as it runs with edgecore's rights). A volume
 //! mounted twice must be mounted at the same host path, since it gets one variable.
 
+pub(crate) mod cgroup;
+mod enter;
 mod env;
 mod exec;
 mod interactive;
@@ -117,6 +131,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
+/// How old an empty instance cgroup must be to be taken for one a killed shim left.
+const STALE_CGROUP_AGE: Duration = Duration::from_secs(60);
+
 /// How long `start_container` waits for the shim to report that the process runs. Generous,
 /// because the shim is a fresh process that may be slow to start on a loaded two-core node.
 const SHIM_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,6 +159,10 @@ pub struct ProcessRuntime {
     /// written, so a poll only has to look for `exit.json` and at `/proc`. An entry is dropped
     /// whenever this runtime removes the instance's directory (the id may then be reused).
     states: Arc<Mutex<HashMap<String, ShimState>>>,
+    /// What the host offers for the instances' cgroups, read once at start.
+    cgroups: cgroup::CgroupHost,
+    /// Whether shims can make mount namespaces (edgecore runs as root) for read-only mounts.
+    can_mount: bool,
 }
 
 impl ProcessRuntime {
@@ -150,13 +171,67 @@ impl ProcessRuntime {
     /// subcommand calls [`shim_main`]), and reporting `host_ip` as every pod's IP, since processes
     /// share the host's network.
     pub fn new(root: PathBuf, shim_program: PathBuf, host_ip: String) -> Self {
+        let cgroups = cgroup::CgroupHost::detect();
+        let swept = cgroups.sweep_stale(STALE_CGROUP_AGE);
+        if swept > 0 {
+            info!(
+                swept,
+                "removed cgroups left by containers whose shim was killed"
+            );
+        }
         Self {
             root,
             shim_program,
             host_ip,
             start_timeout: SHIM_START_TIMEOUT,
             states: Arc::new(Mutex::new(HashMap::new())),
+            cgroups,
+            can_mount: nix::unistd::geteuid().is_root(),
         }
+    }
+
+    /// [`Runtime::check_runnable`]: what of `pod` this host cannot honour, first problem
+    /// first.
+    pub(super) fn check_pod(&self, pod: &EdgePod) -> Result<(), String> {
+        for c in &pod.containers {
+            self.cgroups
+                .container_spec("check", &c.resources)
+                .map_err(|e| format!("container {:?}: {e}", c.name))?;
+            if let Some(m) = c.volume_mounts.iter().find(|m| m.read_only) {
+                if !self.can_mount {
+                    return Err(format!(
+                        "container {:?}: its mount of volume {:?} is readOnly, which the process runtime can honour only when edgecore runs as root (a read-only bind mount in the container's own mount namespace)",
+                        c.name, m.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroups recorded in an instance's spec.json (the shim removes them when
+    /// the program exits; this covers a shim that died first).
+    async fn remove_instance_cgroups(dir: &Path) -> Result<(), RuntimeError> {
+        let spec = read_json::<record::ShimSpec>(&dir.join(record::SPEC_FILE))
+            .await
+            .ok()
+            .flatten();
+        let Some(cgroup) = spec.and_then(|s| s.cgroup) else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || cgroup.remove())
+            .await
+            .map_err(|e| internal("remove container", e.to_string()))?
+            .map_err(|e| internal("remove container", e))
+    }
+
+    /// Gives the containers no cgroups (`--process-cgroups=false`): a pod with limits is
+    /// refused, saying so.
+    pub fn without_cgroups(mut self) -> Self {
+        self.cgroups = cgroup::CgroupHost::disabled(
+            "cgroups are turned off on this node (edgecore --process-cgroups=false)",
+        );
+        self
     }
 
     /// Sets how long `start_container` waits for a freshly spawned shim to report the process
@@ -309,6 +384,10 @@ impl Runtime for ProcessRuntime {
         })
     }
 
+    fn check_runnable(&self, pod: &EdgePod) -> Result<(), String> {
+        self.check_pod(pod)
+    }
+
     async fn start_container(
         &self,
         sandbox: &Sandbox,
@@ -376,6 +455,7 @@ impl Runtime for ProcessRuntime {
         ) {
             self.stop_instance(&id, &dir, Duration::ZERO).await?;
         }
+        Self::remove_instance_cgroups(&dir).await?;
         remove_dir_all_idempotent(&dir)
             .await
             .map_err(|e| internal("remove container", e))?;
@@ -402,6 +482,9 @@ impl Runtime for ProcessRuntime {
         for result in futures::future::join_all(stops).await {
             // Keep the directory while something may still run: it is how we find it again.
             result?;
+        }
+        for (_, dir) in &instances {
+            Self::remove_instance_cgroups(dir).await?;
         }
         // Everything but the volumes, which the pod worker tears down (they may be mounts);
         // the pod record last, so that an interrupted removal is found and redone.
@@ -470,6 +553,20 @@ impl Runtime for ProcessRuntime {
             .await
     }
 
+    /// Pods of this runtime share the host's network: the host's `localhost`.
+    async fn connect_port(
+        &self,
+        _sandbox: &Sandbox,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, RuntimeError> {
+        crate::runtime::port::connect_localhost(None, port)
+            .await
+            .map_err(|message| RuntimeError::Internal {
+                op: "port-forward".into(),
+                message,
+            })
+    }
+
     async fn exec(
         &self,
         sandbox: &Sandbox,
@@ -517,6 +614,8 @@ impl Runtime for ProcessRuntime {
                     attempt: id.attempt,
                     state,
                     spec_digest: recorded_digest(&instance_dir).await,
+                    image_pull: None,
+                    image_id: None,
                 });
             }
             pods.push(ExistingPod {

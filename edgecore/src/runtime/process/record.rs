@@ -2,6 +2,7 @@
 //! `exit.json`, `start-error.json`) and how they are read and written: atomically (temporary
 //! file, fsync, rename, fsync of the directory), so that a crash never leaves half a record.
 
+use super::cgroup::CgroupSpec;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -39,6 +40,14 @@ pub(super) struct ShimSpec {
     /// spec.json of instances started before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) spec_digest: Option<String>,
+    /// The instance's cgroups and limits (see `super::cgroup`); absent when the host offers no
+    /// cgroup and the container sets no limit, and in older spec.json files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) cgroup: Option<CgroupSpec>,
+    /// Host paths the program sees read-only (its `readOnly` mounts, and configMap and secret
+    /// volumes), through read-only bind mounts in a mount namespace of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) read_only_paths: Vec<PathBuf>,
 }
 
 /// Re-exported from [`super::container_digest`], where it moved when a second runtime needed it.
@@ -69,6 +78,10 @@ pub(super) struct ShimState {
 pub(super) struct ExitRecord {
     pub(super) exit_code: i32,
     pub(super) signal: Option<i32>,
+    /// The kernel's OOM killer killed a process of the instance's cgroup (reported as the
+    /// `OOMKilled` reason).
+    #[serde(default)]
+    pub(super) oom_killed: bool,
     pub(super) started_at_ms: u64,
     pub(super) finished_at_ms: u64,
 }

@@ -32,6 +32,10 @@ pub struct ShimArgs {
     /// written there.
     #[arg(long)]
     pub container_dir: PathBuf,
+    /// Run as the container's process instead: join the instance's cgroups and read-only
+    /// mounts, then execute its program (what a shim starts when it needs them).
+    #[arg(long)]
+    pub enter: bool,
 }
 
 /// Why the shim could not do its job; written to its stderr (the instance's `shim.log`).
@@ -61,6 +65,9 @@ pub enum ShimError {
 /// it blocks until the container exits. Exit status: 0 when the exit was recorded, 127 when the
 /// program could not be started (`start-error.json` says why), 1 on any other failure.
 pub fn shim_main(args: ShimArgs) -> ExitCode {
+    if args.enter {
+        return super::enter::enter_main(&args.container_dir);
+    }
     match run_shim(&args.container_dir) {
         Ok(code) => code,
         Err(e) => {
@@ -121,9 +128,25 @@ fn run_shim(dir: &Path) -> Result<ExitCode, ShimError> {
         .map_err(io_err("open the container log"))?;
     let log_err = log.try_clone().map_err(io_err("open the container log"))?;
 
-    let mut command = std::process::Command::new(&spec.program);
+    // With cgroups or read-only mounts, the process is this binary in `--enter` mode first
+    // (see `super::enter`): it joins the cgroups and mounts, then executes the program, so
+    // that the program never runs a moment outside them.
+    let isolated = spec.cgroup.is_some() || !spec.read_only_paths.is_empty();
+    let mut command = if isolated {
+        if let Err(e) = super::enter::prepare(&spec) {
+            return record_start_error(dir, &spec, &e);
+        }
+        let mut c = std::process::Command::new(
+            std::env::current_exe().map_err(io_err("find the shim's own program"))?,
+        );
+        c.arg("shim").arg("--container-dir").arg(dir).arg("--enter");
+        c
+    } else {
+        let mut c = std::process::Command::new(&spec.program);
+        c.args(&spec.args);
+        c
+    };
     command
-        .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)
@@ -133,23 +156,7 @@ fn run_shim(dir: &Path) -> Result<ExitCode, ShimError> {
         .process_group(0);
     let mut child = match command.spawn() {
         Ok(child) => child,
-        Err(e) => {
-            let record = StartError {
-                message: e.to_string(),
-                not_found: e.kind() == io::ErrorKind::NotFound,
-            };
-            // Tell whoever reads the log, too.
-            if let Ok(mut log) = OpenOptions::new().append(true).open(&spec.log_path) {
-                let _ = writeln!(
-                    log,
-                    "skerry: cannot start {:?} for container {:?}: {e}",
-                    spec.program, spec.container
-                );
-            }
-            write_json_atomic(&dir.join(START_ERROR_FILE), &record, 0o644)
-                .map_err(io_err("write start-error.json"))?;
-            return Ok(ExitCode::from(127));
-        }
+        Err(e) => return record_start_error(dir, &spec, &e),
     };
     let pid = child.id();
     let started_at_ms = now_ms();
@@ -183,6 +190,14 @@ fn run_shim(dir: &Path) -> Result<ExitCode, ShimError> {
             now_ms()
         ),
     }
+    // Read before the cgroup goes; the rest of the cgroup (processes that left the group)
+    // is killed with it.
+    let oom_killed = spec.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+    if let Some(cgroup) = &spec.cgroup {
+        if let Err(e) = cgroup.remove() {
+            eprintln!("[{}] skerry shim: {e}", now_ms());
+        }
+    }
     let signal = status.signal();
     let exit_code = match (status.code(), signal) {
         (Some(code), _) => code,
@@ -192,11 +207,39 @@ fn run_shim(dir: &Path) -> Result<ExitCode, ShimError> {
     let record = ExitRecord {
         exit_code,
         signal,
+        oom_killed,
         started_at_ms,
         finished_at_ms,
     };
     write_json_atomic(&dir.join(EXIT_FILE), &record, 0o644).map_err(io_err("write exit.json"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Records that the program could not be started (`start-error.json`, and a line in its log);
+/// the shim then exits 127.
+fn record_start_error(dir: &Path, spec: &ShimSpec, e: &io::Error) -> Result<ExitCode, ShimError> {
+    let record = StartError {
+        message: e.to_string(),
+        not_found: e.kind() == io::ErrorKind::NotFound,
+    };
+    // Tell whoever reads the log, too.
+    if let Ok(mut log) = OpenOptions::new().append(true).open(&spec.log_path) {
+        let _ = writeln!(
+            log,
+            "skerry: cannot start {:?} for container {:?}: {e}",
+            spec.program, spec.container
+        );
+    }
+    if let Some(cgroup) = &spec.cgroup {
+        let _ = cgroup.remove();
+    }
+    write_json_atomic(&dir.join(START_ERROR_FILE), &record, 0o644).map_err(|source| {
+        ShimError::Io {
+            op: "write start-error.json".into(),
+            source,
+        }
+    })?;
+    Ok(ExitCode::from(127))
 }
 
 /// Whether a shim holds the instance's lock (it is alive).

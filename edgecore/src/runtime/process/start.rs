@@ -2,6 +2,7 @@
 //! to report the process running (or adopting what an earlier, slow shim of the same attempt
 //! reports). Apart from the rest because a start is the one multi-step protocol with the shim.
 
+use super::cgroup::instance_name;
 use super::env::{build_env, volume_vars};
 use super::layout::{exists, is_safe_component, remove_dir_all_idempotent, InstanceId};
 use super::record::{
@@ -40,6 +41,17 @@ impl ProcessRuntime {
                 "the container name is not usable as a directory name".to_string(),
             ));
         }
+        // The shim gives a container /dev/null for stdin and its log for output, and keeps
+        // nothing a later `kubectl attach -i/-t` could join: a container asking for either is
+        // refused here, in its status, rather than run without what it asked for.
+        if container.stdin || container.tty {
+            return Err(create_err(
+                "the process runtime cannot keep a container's stdin or terminal open \
+                 (stdin/tty); run it on a node with the cri runtime, or use kubectl exec -it \
+                 beside it"
+                    .to_string(),
+            ));
+        }
         let id = InstanceId {
             pod_uid: sandbox.pod_uid.clone(),
             container: container.name.clone(),
@@ -71,6 +83,8 @@ impl ProcessRuntime {
                         attempt: id.attempt,
                         state: ContainerRunState::Running { started_at_ms },
                         spec_digest: recorded_digest(&dir).await,
+                        image_pull: None,
+                        image_id: None,
                     });
                 }
                 exited @ ContainerRunState::Exited { .. } => {
@@ -84,6 +98,8 @@ impl ProcessRuntime {
                         attempt: id.attempt,
                         state: exited,
                         spec_digest: recorded_digest(&dir).await,
+                        image_pull: None,
+                        image_id: None,
                     });
                 }
                 ContainerRunState::Created => {
@@ -190,7 +206,18 @@ impl ProcessRuntime {
                 )
             })?;
         }
+        // cgroups and read-only mounts (see `super::cgroup` and the module docs).
+        let cgroup = self
+            .cgroups
+            .container_spec(
+                &instance_name(&id.pod_uid, &id.container, id.attempt),
+                &container.resources,
+            )
+            .map_err(create_err)?;
+        let read_only_paths = read_only_paths(&config.mounts, self.can_mount);
         let spec = ShimSpec {
+            cgroup,
+            read_only_paths,
             pod_uid: id.pod_uid.clone(),
             container: id.container.clone(),
             attempt: id.attempt,
@@ -360,6 +387,8 @@ impl ProcessRuntime {
                         started_at_ms: state.started_at_ms,
                     },
                     spec_digest: recorded_digest(dir).await,
+                    image_pull: None,
+                    image_id: None,
                 })
             }
             StartWait::Failed(err) => {
@@ -409,4 +438,20 @@ pub(super) fn start_error_message(err: &StartError, program: &str, path_var: &st
     } else {
         format!("cannot start program {program:?}: {}", err.message)
     }
+}
+
+/// The host paths of `mounts` a container sees read-only: all read-only ones when edgecore can
+/// make mount namespaces (`can_mount`, as root); else none (a pod asking for `readOnly` is
+/// refused before it starts, see [`ProcessRuntime::check_pod`]).
+pub(super) fn read_only_paths(
+    mounts: &[crate::runtime::Mount],
+    can_mount: bool,
+) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<std::path::PathBuf> = Vec::new();
+    for m in mounts.iter().filter(|m| m.read_only && can_mount) {
+        if !out.contains(&m.host_path) {
+            out.push(m.host_path.clone());
+        }
+    }
+    out
 }

@@ -241,7 +241,9 @@ pub(super) async fn read_exit_state(dir: &Path) -> Option<ContainerRunState> {
         Ok(Some(exit)) => Some(ContainerRunState::Exited {
             exit_code: exit.exit_code,
             signal: exit.signal,
-            reason: if exit.exit_code == 0 {
+            reason: if exit.oom_killed {
+                "OOMKilled"
+            } else if exit.exit_code == 0 {
                 "Completed"
             } else {
                 "Error"

@@ -85,6 +85,8 @@ fn exec_spec(cwd: &Path, env: &[(&str, &str)]) -> ShimSpec {
         cwd: cwd.to_path_buf(),
         log_path: cwd.join("log"),
         spec_digest: None,
+        cgroup: None,
+        read_only_paths: vec![],
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod apps_v1;
 mod autoscaling_v1;
+mod batch_v1;
 mod core_v1;
 mod core_v1_volumes;
 mod meta_v1;

@@ -1,6 +1,7 @@
-//! The apps/v1 workload kinds: Deployment, ReplicaSet, DaemonSet and StatefulSet.
+//! The workload kinds: apps/v1 Deployment, ReplicaSet, DaemonSet and StatefulSet, and the core
+//! v1 ReplicationController (ReplicaSet's predecessor, with an equality-based selector).
 //!
-//! All four own pods through a pod template and a label selector, so they share one handler
+//! All five own pods through a pod template and a label selector, so they share one handler
 //! ([`WorkloadHandler`]) parameterised by [`Workload`]: the same template defaulting (the pod
 //! handler's own defaults, so a pod a controller stamps out compares equal to its template),
 //! the same template validation (the pod spec rules, `restartPolicy: Always`, and a selector
@@ -8,16 +9,26 @@
 //! selector would create pods forever), and kind-specific defaults, rules and table columns
 //! following `pkg/apis/apps` (defaults, validation) and the printers of Kubernetes.
 //!
+//! A ReplicationController's `spec.selector` is a plain label map; everywhere a selector is
+//! read ([`selector_of`], template validation, the controller) it is taken as the
+//! `matchLabels` of a label selector, so one set of rules serves both kinds. As in Kubernetes,
+//! an RC without a selector selects its template's labels, and its selector may change (the
+//! apps/v1 ones are immutable).
+//!
 //! The controllers that act on these objects live in [`crate::controllers`].
+
+mod columns;
+#[cfg(test)]
+mod tests;
 
 use super::error::FieldError;
 use super::pods::{validate_spec, PodHandler};
 use super::resource::{decode_as, typed, DecodeError, ResourceHandler, ResourceInfo};
 use super::selector::LabelSelector;
-use super::table::{age, Column, AGE_COLUMN, NAME_COLUMN};
+use super::table::Column;
 use super::validation::{errors_to_result, label_value, push_invalid, qualified_name, NameRule};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as MetaSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Map, Value};
@@ -56,6 +67,19 @@ pub const DAEMON_SET_INFO: ResourceInfo = info("daemonsets", "daemonset", "Daemo
 pub const STATEFUL_SET_INFO: ResourceInfo =
     info("statefulsets", "statefulset", "StatefulSet", &["sts"]);
 
+/// The core v1 ReplicationController resource.
+pub const REPLICATION_CONTROLLER_INFO: ResourceInfo = ResourceInfo {
+    group: "",
+    plural: "replicationcontrollers",
+    singular: "replicationcontroller",
+    kind: "ReplicationController",
+    short_names: &["rc"],
+    ..info("", "", "", &[])
+};
+
+/// Why `spec.volumeClaimTemplates` of a StatefulSet is refused, and what to use instead.
+pub const VOLUME_CLAIM_TEMPLATES_UNSUPPORTED: &str = "PersistentVolumeClaims are not supported on edge nodes (there is no volume provisioner); declare emptyDir, hostPath, configMap or secret volumes in spec.template.spec.volumes instead";
+
 /// Which workload kind a [`WorkloadHandler`] serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
@@ -67,15 +91,18 @@ pub enum Workload {
     DaemonSet,
     /// apps/v1 StatefulSet.
     StatefulSet,
+    /// core v1 ReplicationController.
+    ReplicationController,
 }
 
 impl Workload {
     /// Every workload kind, in registration order.
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 5] = [
         Workload::Deployment,
         Workload::ReplicaSet,
         Workload::DaemonSet,
         Workload::StatefulSet,
+        Workload::ReplicationController,
     ];
 
     /// The resource description.
@@ -85,6 +112,7 @@ impl Workload {
             Workload::ReplicaSet => &REPLICA_SET_INFO,
             Workload::DaemonSet => &DAEMON_SET_INFO,
             Workload::StatefulSet => &STATEFUL_SET_INFO,
+            Workload::ReplicationController => &REPLICATION_CONTROLLER_INFO,
         }
     }
 
@@ -184,10 +212,31 @@ fn non_negative(v: Option<i32>, field: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// A ReplicationController's equality selector as the label selector it means (its
+/// `matchLabels`). An empty map stays "no selector" (`Required`, not "selects everything").
+pub fn equality_selector(
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> MetaSelector {
+    MetaSelector {
+        match_labels: labels.filter(|l| !l.is_empty()).cloned(),
+        match_expressions: None,
+    }
+}
+
+/// The `spec.selector` of a stored workload as a label selector: a ReplicationController's
+/// label map as its `matchLabels`, the others' as they are; `None` when it does not decode.
+pub fn meta_selector_of(obj: &Value) -> Option<MetaSelector> {
+    let raw = obj.pointer("/spec/selector")?.clone();
+    if obj.get("kind").and_then(Value::as_str) == Some(REPLICATION_CONTROLLER_INFO.kind) {
+        let labels = serde_json::from_value(raw).ok()?;
+        return Some(equality_selector(Some(&labels)));
+    }
+    serde_json::from_value(raw).ok()
+}
+
 /// The selector of a workload as a parsed selector, if it is valid and not empty.
 pub fn selector_of(obj: &Value) -> Option<LabelSelector> {
-    let sel: MetaSelector = serde_json::from_value(obj.pointer("/spec/selector")?.clone()).ok()?;
-    LabelSelector::from_meta(&sel)
+    LabelSelector::from_meta(&meta_selector_of(obj)?)
         .ok()
         .filter(|s| !s.is_empty())
 }
@@ -253,9 +302,14 @@ fn validate_selector_and_template(
                 ));
             }
             if spec.active_deadline_seconds.is_some() {
+                // Kubernetes names the ReplicaSet for every apps/v1 kind.
+                let owner = match kind {
+                    Workload::ReplicationController => "ReplicationController",
+                    _ => "ReplicaSet",
+                };
                 errs.push(FieldError::forbidden(
                     "spec.template.spec.activeDeadlineSeconds",
-                    "activeDeadlineSeconds in ReplicaSet is not Supported",
+                    format!("activeDeadlineSeconds in {owner} is not Supported"),
                 ));
             }
         }
@@ -369,6 +423,48 @@ impl WorkloadHandler {
         Ok(())
     }
 
+    fn validate_replication_controller(
+        obj: &Value,
+        errs: &mut Vec<FieldError>,
+    ) -> Result<(), Vec<FieldError>> {
+        let rc: ReplicationController = typed(obj)?;
+        let spec = rc.spec.unwrap_or_default();
+        non_negative(spec.replicas, "spec.replicas", errs);
+        non_negative(spec.min_ready_seconds, "spec.minReadySeconds", errs);
+        match spec.template {
+            // Kubernetes requires the template itself (a pointer), not just its spec.
+            None => errs.push(FieldError::required("spec.template", "")),
+            Some(template) => validate_selector_and_template(
+                Workload::ReplicationController,
+                &equality_selector(spec.selector.as_ref()),
+                &template,
+                errs,
+            ),
+        }
+        Ok(())
+    }
+
+    /// Kubernetes' `SetDefaults_ReplicationController`: a missing or empty selector and
+    /// missing or empty labels are the template's labels.
+    fn default_replication_controller(obj: &mut Value) {
+        let Some(labels) = obj
+            .pointer("/spec/template/metadata/labels")
+            .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
+            .cloned()
+        else {
+            return;
+        };
+        let empty = |v: Option<&Value>| v.and_then(Value::as_object).is_none_or(Map::is_empty);
+        if empty(obj.pointer("/spec/selector")) {
+            obj["spec"]["selector"] = labels.clone();
+        }
+        if empty(obj.pointer("/metadata/labels")) {
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("labels".into(), labels);
+            }
+        }
+    }
+
     fn validate_daemon_set(obj: &Value, errs: &mut Vec<FieldError>) -> Result<(), Vec<FieldError>> {
         let ds: DaemonSet = typed(obj)?;
         let spec = ds.spec.unwrap_or_default();
@@ -465,6 +561,18 @@ impl WorkloadHandler {
                 &["OnDelete", "RollingUpdate"],
             )),
         }
+        // The edge has no PersistentVolumeClaims (no provisioner, no PVC objects): a claim
+        // template would leave every pod Pending for ever, so it is refused here.
+        if spec
+            .volume_claim_templates
+            .as_ref()
+            .is_some_and(|t| !t.is_empty())
+        {
+            errs.push(FieldError::forbidden(
+                "spec.volumeClaimTemplates",
+                VOLUME_CLAIM_TEMPLATES_UNSUPPORTED,
+            ));
+        }
         if let Some(name) = spec.service_name.as_deref().filter(|n| !n.is_empty()) {
             push_invalid(
                 errs,
@@ -477,113 +585,6 @@ impl WorkloadHandler {
     }
 }
 
-/// The pod template's container names and images, comma-joined (the wide columns).
-fn containers_and_images(obj: &Value) -> (Value, Value) {
-    let containers = obj
-        .pointer("/spec/template/spec/containers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let join = |field: &str| {
-        json!(containers
-            .iter()
-            .map(|c| c.get(field).and_then(Value::as_str).unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join(","))
-    };
-    (join("name"), join("image"))
-}
-
-/// The selector as kubectl prints it (`app=web`), `<none>` when absent.
-fn selector_text(obj: &Value) -> Value {
-    json!(selector_of(obj).map_or_else(|| "<none>".to_string(), |s| s.to_string()))
-}
-
-/// `obj` decoded as `T` for the table columns; one that does not decode (the API stores
-/// none such) prints its counts as 0, as missing counts do.
-fn table_typed<T: serde::de::DeserializeOwned + Default>(obj: &Value) -> T {
-    typed(obj).unwrap_or_default()
-}
-
-macro_rules! column {
-    ($name:expr, $kind:expr, $desc:expr) => {
-        Column {
-            name: $name,
-            kind: $kind,
-            format: "",
-            description: $desc,
-            priority: 0,
-        }
-    };
-    ($name:expr, $kind:expr, $desc:expr, wide) => {
-        Column {
-            name: $name,
-            kind: $kind,
-            format: "",
-            description: $desc,
-            priority: 1,
-        }
-    };
-}
-
-const CONTAINERS: Column = column!(
-    "Containers",
-    "string",
-    "Names of each container in the template.",
-    wide
-);
-const IMAGES: Column = column!(
-    "Images",
-    "string",
-    "Images referenced by each container in the template.",
-    wide
-);
-const SELECTOR: Column = column!("Selector", "string", "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.", wide);
-
-const DEPLOYMENT_COLUMNS: [Column; 8] = [
-    NAME_COLUMN,
-    column!("Ready", "string", "Number of the pod with ready state"),
-    column!("Up-to-date", "integer", "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
-    column!("Available", "integer", "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
-    AGE_COLUMN,
-    CONTAINERS,
-    IMAGES,
-    SELECTOR,
-];
-
-const REPLICA_SET_COLUMNS: [Column; 8] = [
-    NAME_COLUMN,
-    column!("Desired", "integer", "Number of desired pods. This is a pointer to distinguish between explicit zero and unspecified."),
-    column!("Current", "integer", "Replicas is the most recently observed number of replicas."),
-    column!("Ready", "integer", "The number of ready replicas for this replica set."),
-    AGE_COLUMN,
-    CONTAINERS,
-    IMAGES,
-    SELECTOR,
-];
-
-const DAEMON_SET_COLUMNS: [Column; 11] = [
-    NAME_COLUMN,
-    column!("Desired", "integer", "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod)."),
-    column!("Current", "integer", "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod."),
-    column!("Ready", "integer", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready."),
-    column!("Up-to-date", "integer", "The total number of nodes that are running updated daemon pod"),
-    column!("Available", "integer", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)"),
-    column!("Node Selector", "string", "NodeSelector is a selector which must be true for the pod to fit on a node."),
-    AGE_COLUMN,
-    CONTAINERS,
-    IMAGES,
-    SELECTOR,
-];
-
-const STATEFUL_SET_COLUMNS: [Column; 5] = [
-    NAME_COLUMN,
-    column!("Ready", "string", "Number of the pod with ready state"),
-    AGE_COLUMN,
-    CONTAINERS,
-    IMAGES,
-];
-
 impl ResourceHandler for WorkloadHandler {
     fn info(&self) -> &ResourceInfo {
         self.0.info()
@@ -595,10 +596,14 @@ impl ResourceHandler for WorkloadHandler {
             Workload::ReplicaSet => decode_as::<ReplicaSet>(obj),
             Workload::DaemonSet => decode_as::<DaemonSet>(obj),
             Workload::StatefulSet => decode_as::<StatefulSet>(obj),
+            Workload::ReplicationController => decode_as::<ReplicationController>(obj),
         }
     }
 
     fn default(&self, obj: &mut Value) {
+        if self.0 == Workload::ReplicationController {
+            Self::default_replication_controller(obj);
+        }
         let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
             return;
         };
@@ -616,7 +621,7 @@ impl ResourceHandler for WorkloadHandler {
                     &[("maxUnavailable", json!("25%")), ("maxSurge", json!("25%"))],
                 );
             }
-            Workload::ReplicaSet => {}
+            Workload::ReplicaSet | Workload::ReplicationController => {}
             Workload::DaemonSet => {
                 default_field(spec, "revisionHistoryLimit", json!(10));
                 default_strategy(
@@ -652,14 +657,21 @@ impl ResourceHandler for WorkloadHandler {
             Workload::ReplicaSet => Self::validate_replica_set(obj, &mut errs)?,
             Workload::DaemonSet => Self::validate_daemon_set(obj, &mut errs)?,
             Workload::StatefulSet => Self::validate_stateful_set(obj, &mut errs)?,
+            Workload::ReplicationController => {
+                Self::validate_replication_controller(obj, &mut errs)?
+            }
         }
         errors_to_result(errs)
     }
 
     fn validate_update(&self, new: &Value, old: &Value) -> Result<(), Vec<FieldError>> {
         let mut errs = Vec::new();
-        // apps/v1 selectors are immutable: changing one would orphan the running pods.
-        if new.pointer("/spec/selector") != old.pointer("/spec/selector") {
+        // apps/v1 selectors are immutable: changing one would orphan the running pods. A
+        // ReplicationController's may change (its controller releases and adopts), as in
+        // Kubernetes.
+        if self.0 != Workload::ReplicationController
+            && new.pointer("/spec/selector") != old.pointer("/spec/selector")
+        {
             errs.push(FieldError::invalid(
                 "spec.selector",
                 new.pointer("/spec/selector").unwrap_or(&Value::Null),
@@ -704,255 +716,10 @@ impl ResourceHandler for WorkloadHandler {
     }
 
     fn columns(&self) -> &'static [Column] {
-        match self.0 {
-            Workload::Deployment => &DEPLOYMENT_COLUMNS,
-            Workload::ReplicaSet => &REPLICA_SET_COLUMNS,
-            Workload::DaemonSet => &DAEMON_SET_COLUMNS,
-            Workload::StatefulSet => &STATEFUL_SET_COLUMNS,
-        }
+        columns::columns(self.0)
     }
 
     fn table_row(&self, obj: &Value, now: i64) -> Vec<Value> {
-        let name = obj.pointer("/metadata/name").cloned().unwrap_or(json!(""));
-        let (containers, images) = containers_and_images(obj);
-        let ready_of = |ready: Option<i32>, replicas: Option<i32>| {
-            json!(format!("{}/{}", ready.unwrap_or(0), replicas.unwrap_or(0)))
-        };
-        let n = |v: Option<i32>| json!(v.unwrap_or(0));
-        match self.0 {
-            Workload::Deployment => {
-                let d: Deployment = table_typed(obj);
-                let status = d.status.unwrap_or_default();
-                vec![
-                    name,
-                    ready_of(status.ready_replicas, d.spec.and_then(|s| s.replicas)),
-                    n(status.updated_replicas),
-                    n(status.available_replicas),
-                    age(obj, now),
-                    containers,
-                    images,
-                    selector_text(obj),
-                ]
-            }
-            Workload::ReplicaSet => {
-                let rs: ReplicaSet = table_typed(obj);
-                let status = rs.status.unwrap_or_default();
-                vec![
-                    name,
-                    n(rs.spec.and_then(|s| s.replicas)),
-                    json!(status.replicas),
-                    n(status.ready_replicas),
-                    age(obj, now),
-                    containers,
-                    images,
-                    selector_text(obj),
-                ]
-            }
-            Workload::DaemonSet => {
-                let node_selector = obj
-                    .pointer("/spec/template/spec/nodeSelector")
-                    .and_then(Value::as_object)
-                    .filter(|m| !m.is_empty())
-                    .map_or_else(
-                        || "<none>".to_string(),
-                        |m| {
-                            m.iter()
-                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        },
-                    );
-                let status = table_typed::<DaemonSet>(obj).status.unwrap_or_default();
-                vec![
-                    name,
-                    json!(status.desired_number_scheduled),
-                    json!(status.current_number_scheduled),
-                    json!(status.number_ready),
-                    n(status.updated_number_scheduled),
-                    n(status.number_available),
-                    json!(node_selector),
-                    age(obj, now),
-                    containers,
-                    images,
-                    selector_text(obj),
-                ]
-            }
-            Workload::StatefulSet => {
-                let ss: StatefulSet = table_typed(obj);
-                let ready = ss.status.and_then(|s| s.ready_replicas);
-                vec![
-                    name,
-                    ready_of(ready, ss.spec.and_then(|s| s.replicas)),
-                    age(obj, now),
-                    containers,
-                    images,
-                ]
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn deployment(spec: Value) -> Value {
-        let mut v = json!({"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {"metadata": {"labels": {"app": "web", "tier": "fe"}},
-                    "spec": {"containers": [{"name": "nginx", "image": "nginx:1.25"}]}}}});
-        if let (Some(s), Some(extra)) = (v["spec"].as_object_mut(), spec.as_object()) {
-            s.extend(extra.clone());
-        }
-        let h = WorkloadHandler(Workload::Deployment);
-        let mut v = h.decode(v).unwrap();
-        h.default(&mut v);
-        v
-    }
-
-    fn errors(h: WorkloadHandler, v: &Value) -> Vec<String> {
-        h.validate(v)
-            .err()
-            .unwrap_or_default()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
-    }
-
-    #[test]
-    fn deployments_get_kubernetes_defaults() {
-        let d = deployment(json!({}));
-        assert_eq!(d["spec"]["replicas"], 1);
-        assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
-        assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
-        assert_eq!(
-            d["spec"]["strategy"],
-            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
-        );
-        let pod = &d["spec"]["template"]["spec"];
-        assert_eq!(pod["restartPolicy"], "Always");
-        assert_eq!(pod["containers"][0]["imagePullPolicy"], "IfNotPresent");
-        assert!(errors(WorkloadHandler(Workload::Deployment), &d).is_empty());
-        let recreate = deployment(json!({"strategy": {"type": "Recreate"}}));
-        assert_eq!(recreate["spec"]["strategy"], json!({"type": "Recreate"}));
-    }
-
-    #[test]
-    fn selectors_must_match_template_labels() {
-        let h = WorkloadHandler(Workload::Deployment);
-        let bad = deployment(json!({"selector": {"matchLabels": {"app": "other"}}}));
-        assert_eq!(
-            errors(h, &bad),
-            [
-                r#"spec.template.metadata.labels: Invalid value: {"app":"web","tier":"fe"}: `selector` does not match template `labels`"#
-            ]
-        );
-        let set_based = deployment(json!({"selector": {"matchExpressions": [
-            {"key": "tier", "operator": "In", "values": ["fe", "be"]}]}}));
-        assert!(errors(h, &set_based).is_empty());
-        let empty = deployment(json!({"selector": {}}));
-        assert_eq!(errors(h, &empty), ["spec.selector: Required value"]);
-        let bad_op = deployment(json!({"selector": {"matchExpressions": [
-            {"key": "tier", "operator": "Near"}]}}));
-        assert!(errors(h, &bad_op)[0].contains("Unsupported value: \"Near\""));
-    }
-
-    #[test]
-    fn templates_are_validated_as_pods_that_always_restart() {
-        let h = WorkloadHandler(Workload::Deployment);
-        let mut d = deployment(json!({}));
-        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("");
-        d["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
-        d["spec"]["replicas"] = json!(-1);
-        assert_eq!(
-            errors(h, &d),
-            [
-                "spec.replicas: Invalid value: -1: must be greater than or equal to 0",
-                "spec.template.spec.containers[0].image: Required value",
-                r#"spec.template.spec.restartPolicy: Unsupported value: "Never": supported values: "Always""#,
-            ]
-        );
-    }
-
-    #[test]
-    fn rolling_update_bounds_are_checked() {
-        let h = WorkloadHandler(Workload::Deployment);
-        let zero = deployment(json!({"strategy": {"type": "RollingUpdate",
-            "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}}}));
-        assert_eq!(
-            errors(h, &zero),
-            [
-                r#"spec.strategy.rollingUpdate.maxUnavailable: Invalid value: "0%": may not be 0 when `maxSurge` is 0"#
-            ]
-        );
-        let over = deployment(json!({"strategy": {"rollingUpdate": {"maxUnavailable": "150%"}}}));
-        assert!(errors(h, &over)[0].contains("must not be greater than 100%"));
-        let recreate = deployment(json!({"strategy": {"type": "Recreate", "rollingUpdate": {}}}));
-        assert!(errors(h, &recreate)[0]
-            .contains("may not be specified when strategy `type` is 'Recreate'"));
-    }
-
-    #[test]
-    fn percentages_round_as_kubernetes_does() {
-        let pct = |s: &str| IntOrString::String(s.into());
-        assert_eq!(scaled_value(&pct("25%"), 3, true), Ok(1));
-        assert_eq!(scaled_value(&pct("25%"), 3, false), Ok(0));
-        assert_eq!(scaled_value(&pct("50%"), 10, false), Ok(5));
-        assert_eq!(scaled_value(&IntOrString::Int(2), 10, true), Ok(2));
-        assert!(scaled_value(&pct("x"), 10, true).is_err());
-    }
-
-    #[test]
-    fn selectors_are_immutable_and_statefulset_specs_mostly_so() {
-        let h = WorkloadHandler(Workload::Deployment);
-        let old = deployment(json!({}));
-        let mut new = old.clone();
-        new["spec"]["replicas"] = json!(5);
-        assert!(h.validate_update(&new, &old).is_ok());
-        new["spec"]["selector"] = json!({"matchLabels": {"app": "web", "tier": "fe"}});
-        assert!(h.validate_update(&new, &old).unwrap_err()[0]
-            .to_string()
-            .ends_with("field is immutable"));
-
-        let s = WorkloadHandler(Workload::StatefulSet);
-        let mut old = deployment(json!({}));
-        old["kind"] = json!("StatefulSet");
-        let mut old = s.decode(old).unwrap();
-        s.default(&mut old);
-        assert!(errors(s, &old).is_empty(), "{:?}", errors(s, &old));
-        assert_eq!(old["spec"]["podManagementPolicy"], "OrderedReady");
-        let mut new = old.clone();
-        new["spec"]["replicas"] = json!(3);
-        assert!(s.validate_update(&new, &old).is_ok());
-        new["spec"]["podManagementPolicy"] = json!("Parallel");
-        assert!(s.validate_update(&new, &old).is_err());
-    }
-
-    #[test]
-    fn table_rows_show_the_usual_columns() {
-        let h = WorkloadHandler(Workload::Deployment);
-        let mut d = deployment(json!({"replicas": 3}));
-        d["status"] = json!({"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2});
-        d["metadata"]["creationTimestamp"] = json!("2025-01-01T00:00:00Z");
-        assert_eq!(
-            h.table_row(&d, 1_735_689_600 + 60),
-            vec![
-                json!("web"),
-                json!("2/3"),
-                json!(3),
-                json!(2),
-                json!("60s"),
-                json!("nginx"),
-                json!("nginx:1.25"),
-                json!("app=web")
-            ]
-        );
-        assert_eq!(h.columns().len(), h.table_row(&d, 0).len());
-        for w in Workload::ALL {
-            let h = WorkloadHandler(w);
-            assert_eq!(h.columns().len(), h.table_row(&d, 0).len(), "{w:?}");
-        }
+        columns::row(self.0, obj, now)
     }
 }

@@ -1,0 +1,418 @@
+//! What an edge can run: the one check, shared by the API (which refuses a pod, or a
+//! workload's pod template, with a 422 naming each field) and the projection (which cannot
+//! carry what it lists), so that the two never disagree again. Before it, a pod with a
+//! `persistentVolumeClaim` volume passed the API and sat `Pending` for ever, because the hub
+//! could not project it.
+//!
+//! Everything of a pod spec that is not carried to the edge and honoured there is listed here
+//! until it is: volume kinds other than emptyDir, hostPath, configMap and secret; lifecycle
+//! hooks; `securityContext` fields (pod and container); the host namespaces; ephemeral
+//! containers; env `resourceFieldRef`; block devices; `subPathExpr` and mount propagation;
+//! priority classes that do not exist (Skerry has no PriorityClass objects, only the two
+//! built-in ones); and a few pod fields the edge would silently ignore (`hostAliases`,
+//! `shareProcessNamespace`, `runtimeClassName`, `hostUsers`, `os: windows`). Fields the API
+//! defaults itself (`terminationMessagePath`, `schedulerName`, an empty `securityContext`) are
+//! not refused.
+
+use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
+use std::fmt;
+
+/// The volume kinds the edge mounts.
+pub const VOLUME_KINDS: [&str; 4] = ["configMap", "emptyDir", "hostPath", "secret"];
+/// The priority classes that exist: Kubernetes' two built-in ones.
+pub const PRIORITY_CLASSES: [&str; 2] = ["system-cluster-critical", "system-node-critical"];
+/// emptyDir media the edge honours (disk, or tmpfs).
+pub const EMPTY_DIR_MEDIA: [&str; 2] = ["", "Memory"];
+
+/// Why a field cannot be run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The value is not one the edge supports (`Unsupported value`).
+    Value {
+        /// The value given.
+        value: String,
+        /// What is supported.
+        supported: &'static [&'static str],
+    },
+    /// The field may not be set (`Forbidden`), and why.
+    Forbidden(String),
+}
+
+/// One field of a pod spec that the edge cannot run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    /// Its path (`spec.volumes[0].persistentVolumeClaim`).
+    pub field: String,
+    /// Why.
+    pub refusal: Refusal,
+}
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.refusal {
+            Refusal::Value { value, supported } => write!(
+                f,
+                "{}: Unsupported value: {value:?}: supported values: {}",
+                self.field,
+                supported
+                    .iter()
+                    .map(|s| format!("{s:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Refusal::Forbidden(why) => write!(f, "{}: Forbidden: {why}", self.field),
+        }
+    }
+}
+
+/// Every field of `spec` (at `path`, e.g. `spec` or `spec.template.spec`) that the edge cannot
+/// run; empty when it can run the pod.
+pub fn unsupported(spec: &PodSpec, path: &str) -> Vec<Unsupported> {
+    let mut out = Vec::new();
+    let mut forbid = |field: String, why: &str| {
+        out.push(Unsupported {
+            field,
+            refusal: Refusal::Forbidden(why.to_string()),
+        })
+    };
+    for (field, set) in [
+        ("hostNetwork", spec.host_network),
+        ("hostPID", spec.host_pid),
+        ("hostIPC", spec.host_ipc),
+        ("shareProcessNamespace", spec.share_process_namespace),
+    ] {
+        if set == Some(true) {
+            forbid(
+                format!("{path}.{field}"),
+                "is not supported on Skerry edges yet: pods run in their own namespaces",
+            );
+        }
+    }
+    if spec.host_users == Some(false) {
+        forbid(
+            format!("{path}.hostUsers"),
+            "user namespaces are not supported on Skerry edges",
+        );
+    }
+    if spec
+        .ephemeral_containers
+        .as_ref()
+        .is_some_and(|c| !c.is_empty())
+    {
+        forbid(
+            format!("{path}.ephemeralContainers"),
+            "ephemeral containers are not supported on Skerry edges; use kubectl exec",
+        );
+    }
+    if spec.host_aliases.as_ref().is_some_and(|h| !h.is_empty()) {
+        forbid(
+            format!("{path}.hostAliases"),
+            "is not written into pods' /etc/hosts on Skerry edges yet",
+        );
+    }
+    if spec
+        .runtime_class_name
+        .as_ref()
+        .is_some_and(|r| !r.is_empty())
+    {
+        forbid(
+            format!("{path}.runtimeClassName"),
+            "Skerry edges have one runtime each (no RuntimeClass objects)",
+        );
+    }
+    if spec.os.as_ref().is_some_and(|o| o.name != "linux") {
+        out.push(Unsupported {
+            field: format!("{path}.os.name"),
+            refusal: Refusal::Value {
+                value: spec.os.as_ref().map(|o| o.name.clone()).unwrap_or_default(),
+                supported: &["linux"],
+            },
+        });
+    }
+    if let Some(p) = spec
+        .priority_class_name
+        .as_deref()
+        .filter(|p| !p.is_empty() && !PRIORITY_CLASSES.contains(p))
+    {
+        out.push(Unsupported {
+            field: format!("{path}.priorityClassName"),
+            refusal: Refusal::Value {
+                value: p.to_string(),
+                supported: &PRIORITY_CLASSES,
+            },
+        });
+    }
+    if let Some(sc) = &spec.security_context {
+        let set = serde_json::to_value(sc).unwrap_or_default();
+        for field in set.as_object().into_iter().flat_map(|o| o.keys()) {
+            out.push(Unsupported {
+                field: format!("{path}.securityContext.{field}"),
+                refusal: Refusal::Forbidden(
+                    "pod securityContext is not applied on Skerry edges yet".into(),
+                ),
+            });
+        }
+    }
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        volume(v, &format!("{path}.volumes[{i}]"), &mut out);
+    }
+    for (list, containers) in [
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+        ("containers", spec.containers.as_slice()),
+    ] {
+        for (i, c) in containers.iter().enumerate() {
+            container(c, &format!("{path}.{list}[{i}]"), &mut out);
+        }
+    }
+    out
+}
+
+/// The kind of a volume (its one source field), as the API spells it.
+fn volume_kind(v: &Volume) -> Option<String> {
+    let value = serde_json::to_value(v).ok()?;
+    value
+        .as_object()?
+        .keys()
+        .find(|k| k.as_str() != "name")
+        .cloned()
+}
+
+fn volume(v: &Volume, path: &str, out: &mut Vec<Unsupported>) {
+    let Some(kind) = volume_kind(v) else {
+        // No source at all: the API's own validation says a type is required.
+        return;
+    };
+    if !VOLUME_KINDS.contains(&kind.as_str()) {
+        out.push(Unsupported {
+            field: format!("{path}.{kind}"),
+            refusal: Refusal::Value {
+                value: kind,
+                supported: &VOLUME_KINDS,
+            },
+        });
+        return;
+    }
+    if let Some(medium) = v.empty_dir.as_ref().and_then(|e| e.medium.as_deref()) {
+        if !EMPTY_DIR_MEDIA.contains(&medium) {
+            out.push(Unsupported {
+                field: format!("{path}.emptyDir.medium"),
+                refusal: Refusal::Value {
+                    value: medium.to_string(),
+                    supported: &EMPTY_DIR_MEDIA,
+                },
+            });
+        }
+    }
+}
+
+fn container(c: &Container, path: &str, out: &mut Vec<Unsupported>) {
+    let mut forbid = |field: String, why: &str| {
+        out.push(Unsupported {
+            field,
+            refusal: Refusal::Forbidden(why.to_string()),
+        })
+    };
+    if c.lifecycle.is_some() {
+        forbid(
+            format!("{path}.lifecycle"),
+            "postStart and preStop hooks are not run on Skerry edges yet",
+        );
+    }
+    if let Some(sc) = &c.security_context {
+        let set = serde_json::to_value(sc).unwrap_or_default();
+        for field in set.as_object().into_iter().flat_map(|o| o.keys()) {
+            forbid(
+                format!("{path}.securityContext.{field}"),
+                "container securityContext is not applied on Skerry edges yet",
+            );
+        }
+    }
+    if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
+        forbid(
+            format!("{path}.volumeDevices"),
+            "block volumes are not supported on Skerry edges; host devices are given with the devices.skerry.io/<container> annotation",
+        );
+    }
+    for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
+        if m.sub_path_expr.as_ref().is_some_and(|s| !s.is_empty()) {
+            forbid(
+                format!("{path}.volumeMounts[{i}].subPathExpr"),
+                "is not expanded on Skerry edges; use subPath",
+            );
+        }
+        if m.mount_propagation.as_deref().is_some_and(|p| p != "None") {
+            forbid(
+                format!("{path}.volumeMounts[{i}].mountPropagation"),
+                "mount propagation is not supported on Skerry edges",
+            );
+        }
+    }
+    for (i, e) in c.env.iter().flatten().enumerate() {
+        if e.value_from
+            .as_ref()
+            .is_some_and(|f| f.resource_field_ref.is_some())
+        {
+            forbid(
+                format!("{path}.env[{i}].valueFrom.resourceFieldRef"),
+                "resourceFieldRef is not supported on edge nodes; use fieldRef, configMapKeyRef or secretKeyRef",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: serde_json::Value) -> PodSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn messages(v: serde_json::Value) -> Vec<String> {
+        unsupported(&spec(v), "spec")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_pod_the_edge_runs_has_nothing_unsupported() {
+        let ok = json!({
+            "containers": [{"name": "a", "image": "x", "securityContext": {},
+                "volumeMounts": [{"name": "d", "mountPath": "/d", "mountPropagation": "None"}],
+                "terminationMessagePath": "/dev/termination-log"}],
+            "volumes": [{"name": "d", "emptyDir": {"medium": "Memory"}},
+                {"name": "h", "hostPath": {"path": "/tmp"}}],
+            "securityContext": {}, "hostNetwork": false,
+            "priorityClassName": "system-node-critical", "os": {"name": "linux"}
+        });
+        assert_eq!(messages(ok), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_field_the_edge_cannot_run_is_named_with_what_is_supported() {
+        let cases = [
+            (
+                json!({"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}]}),
+                r#"spec.volumes[0].persistentVolumeClaim: Unsupported value: "persistentVolumeClaim": supported values: "configMap", "emptyDir", "hostPath", "secret""#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "projected": {"sources": []}}]}),
+                r#"spec.volumes[0].projected: Unsupported value: "projected": supported values: "configMap", "emptyDir", "hostPath", "secret""#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "downwardAPI": {}}]}),
+                r#"spec.volumes[0].downwardAPI: Unsupported value: "downwardAPI": supported values: "configMap", "emptyDir", "hostPath", "secret""#,
+            ),
+            (
+                json!({"volumes": [{"name": "v", "emptyDir": {"medium": "HugePages"}}]}),
+                r#"spec.volumes[0].emptyDir.medium: Unsupported value: "HugePages": supported values: "", "Memory""#,
+            ),
+            (
+                json!({"hostNetwork": true}),
+                "spec.hostNetwork: Forbidden: is not supported on Skerry edges yet: pods run in their own namespaces",
+            ),
+            (
+                json!({"hostPID": true}),
+                "spec.hostPID: Forbidden: is not supported on Skerry edges yet: pods run in their own namespaces",
+            ),
+            (
+                json!({"hostIPC": true}),
+                "spec.hostIPC: Forbidden: is not supported on Skerry edges yet: pods run in their own namespaces",
+            ),
+            (
+                json!({"shareProcessNamespace": true}),
+                "spec.shareProcessNamespace: Forbidden: is not supported on Skerry edges yet: pods run in their own namespaces",
+            ),
+            (
+                json!({"hostUsers": false}),
+                "spec.hostUsers: Forbidden: user namespaces are not supported on Skerry edges",
+            ),
+            (
+                json!({"ephemeralContainers": [{"name": "dbg", "image": "x"}]}),
+                "spec.ephemeralContainers: Forbidden: ephemeral containers are not supported on Skerry edges; use kubectl exec",
+            ),
+            (
+                json!({"hostAliases": [{"ip": "10.0.0.1", "hostnames": ["a"]}]}),
+                "spec.hostAliases: Forbidden: is not written into pods' /etc/hosts on Skerry edges yet",
+            ),
+            (
+                json!({"runtimeClassName": "kata"}),
+                "spec.runtimeClassName: Forbidden: Skerry edges have one runtime each (no RuntimeClass objects)",
+            ),
+            (
+                json!({"os": {"name": "windows"}}),
+                r#"spec.os.name: Unsupported value: "windows": supported values: "linux""#,
+            ),
+            (
+                json!({"priorityClassName": "high"}),
+                r#"spec.priorityClassName: Unsupported value: "high": supported values: "system-cluster-critical", "system-node-critical""#,
+            ),
+            (
+                json!({"securityContext": {"runAsUser": 1000}}),
+                "spec.securityContext.runAsUser: Forbidden: pod securityContext is not applied on Skerry edges yet",
+            ),
+            (
+                json!({"securityContext": {"fsGroup": 2000}}),
+                "spec.securityContext.fsGroup: Forbidden: pod securityContext is not applied on Skerry edges yet",
+            ),
+        ];
+        for (extra, want) in cases {
+            let mut v = json!({"containers": [{"name": "a", "image": "x"}]});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            assert_eq!(messages(v), vec![want.to_string()]);
+        }
+    }
+
+    #[test]
+    fn container_fields_the_edge_cannot_run_are_named_in_app_and_init_containers() {
+        let cases = [
+            (
+                json!({"lifecycle": {"preStop": {"exec": {"command": ["true"]}}}}),
+                "lifecycle: Forbidden: postStart and preStop hooks are not run on Skerry edges yet",
+            ),
+            (
+                json!({"securityContext": {"privileged": true}}),
+                "securityContext.privileged: Forbidden: container securityContext is not applied on Skerry edges yet",
+            ),
+            (
+                json!({"securityContext": {"readOnlyRootFilesystem": true}}),
+                "securityContext.readOnlyRootFilesystem: Forbidden: container securityContext is not applied on Skerry edges yet",
+            ),
+            (
+                json!({"volumeDevices": [{"name": "b", "devicePath": "/dev/xvda"}]}),
+                "volumeDevices: Forbidden: block volumes are not supported on Skerry edges; host devices are given with the devices.skerry.io/<container> annotation",
+            ),
+            (
+                json!({"volumeMounts": [{"name": "d", "mountPath": "/d", "subPathExpr": "$(POD)"}]}),
+                "volumeMounts[0].subPathExpr: Forbidden: is not expanded on Skerry edges; use subPath",
+            ),
+            (
+                json!({"volumeMounts": [{"name": "d", "mountPath": "/d", "mountPropagation": "Bidirectional"}]}),
+                "volumeMounts[0].mountPropagation: Forbidden: mount propagation is not supported on Skerry edges",
+            ),
+            (
+                json!({"env": [{"name": "M", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}}]}),
+                "env[0].valueFrom.resourceFieldRef: Forbidden: resourceFieldRef is not supported on edge nodes; use fieldRef, configMapKeyRef or secretKeyRef",
+            ),
+        ];
+        for (extra, want) in cases {
+            let mut c = json!({"name": "a", "image": "x"});
+            for (k, x) in extra.as_object().unwrap() {
+                c[k] = x.clone();
+            }
+            let app = json!({"containers": [c.clone()]});
+            assert_eq!(messages(app), vec![format!("spec.containers[0].{want}")]);
+            let mut init = c;
+            init["name"] = json!("i");
+            let v = json!({"initContainers": [init], "containers": [{"name": "a", "image": "x"}]});
+            assert_eq!(messages(v), vec![format!("spec.initContainers[0].{want}")]);
+        }
+    }
+}
