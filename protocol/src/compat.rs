@@ -7,10 +7,11 @@
 //! the version that falls out of the window is deleted and the one just left is added.
 //!
 //! From v7 to v8: pods gained init containers ([`crate::pod::EdgePod::init_containers`]) and
-//! pod statuses their init containers' statuses ([`crate::status::PodStatus::init_containers`]).
-//! The hub writes a v7 session's batches in [`v7`]'s shapes; a pod with init containers is
-//! *withheld* from a v7 edge ([`v7::batch`] leaves it out and names it), because a v7 edge
-//! would run its app containers without them: the pod stays `Pending` on that node, the hub
+//! their names ([`crate::pod::EdgePod::hosts`]), and pod statuses their init containers'
+//! statuses ([`crate::status::PodStatus::init_containers`]). The hub writes a v7 session's
+//! batches in [`v7`]'s shapes; a pod with init containers, or one a v7 edge would misname
+//! ([`v7::v8_only`]), is *withheld* from a v7 edge ([`v7::batch`] leaves it out and names
+//! it), because a v7 edge would run it otherwise than asked: the pod stays `Pending` on that node, the hub
 //! logs it and counts it in `skerry_hub_pods_withheld_total`, and the node's `EdgeVersionSkew`
 //! condition says to upgrade the node (an upgraded edge changes cache layout, so it resyncs in
 //! full and gets the pod). A v7 report is decoded in [`v7::StatusReport`]'s shape and
@@ -129,7 +130,41 @@ pub mod v7 {
         }
     }
 
-    /// v7's pod: today's without `init_containers`.
+    /// What of `pod` a v7 edge would run otherwise than asked, if anything: it has init
+    /// containers (a v7 edge would run the app containers without them), a hostname other
+    /// than its name, aliases, or `setHostnameAsFQDN` (a v7 edge names every pod by its name
+    /// and gives it the host's `/etc/hosts`), downward API or projected volumes (v7 has no
+    /// such kinds), or annotations it reads (v7 resolves no annotation `fieldRef`). A subdomain alone is not: a StatefulSet's pods
+    /// have one, a v7 edge runs them as it always did, and their fully qualified names
+    /// resolve through the cluster DNS, only not from the pod's own `/etc/hosts`.
+    pub fn v8_only(pod: &crate::pod::EdgePod) -> Option<&'static str> {
+        if !pod.init_containers.is_empty() {
+            Some("init_containers")
+        } else if pod.hosts.hostname(&pod.name)
+            != crate::pod::PodHosts::default().hostname(&pod.name)
+        {
+            Some("hostname")
+        } else if !pod.hosts.aliases.is_empty() {
+            Some("host_aliases")
+        } else if pod.hosts.hostname_as_fqdn && pod.hosts.subdomain.is_some() {
+            Some("hostname_as_fqdn")
+        } else if pod.volumes.iter().any(|v| {
+            matches!(
+                v.source,
+                crate::pod::VolumeSource::DownwardApi { .. }
+                    | crate::pod::VolumeSource::Projected { .. }
+            )
+        }) {
+            // A v7 edge cannot even decode these volume kinds.
+            Some("downward_api_volumes")
+        } else if !pod.annotations.is_empty() {
+            Some("annotations")
+        } else {
+            None
+        }
+    }
+
+    /// v7's pod: today's without `init_containers` and `hosts`.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[allow(missing_docs)]
     pub struct EdgePod {
@@ -150,7 +185,7 @@ pub mod v7 {
         type Error = Box<crate::pod::EdgePod>;
 
         fn try_from(p: crate::pod::EdgePod) -> Result<Self, Self::Error> {
-            if !p.init_containers.is_empty() {
+            if v8_only(&p).is_some() {
                 return Err(Box::new(p));
             }
             Ok(Self {
@@ -183,6 +218,8 @@ pub mod v7 {
                 deletion_grace_period_seconds: p.deletion_grace_period_seconds,
                 dns: p.dns,
                 init_containers: Vec::new(),
+                hosts: Default::default(),
+                annotations: BTreeMap::new(),
             }
         }
     }
@@ -234,9 +271,9 @@ pub mod v7 {
     pub struct Converted {
         /// The batch in v7's shapes.
         pub batch: SyncBatch,
-        /// Pods left out because they have init containers, which a v7 edge would not run
-        /// (see the module docs): the hub reports them.
-        pub withheld: Vec<ObjectRef>,
+        /// Pods left out because a v7 edge would not run them as asked ([`v8_only`], whose
+        /// reason each comes with; see the module docs): the hub reports them.
+        pub withheld: Vec<(ObjectRef, &'static str)>,
     }
 
     /// Today's batch as a v7 edge reads it, without the pods it cannot run as asked (init
@@ -258,11 +295,15 @@ pub mod v7 {
                 Now::Pod(p) => match EdgePod::try_from(p) {
                     Ok(p) => EdgeObject::Pod(p),
                     Err(p) => {
-                        withheld.push(ObjectRef {
-                            kind: ObjectKind::Pod,
-                            namespace: p.namespace,
-                            name: p.name,
-                        });
+                        let reason = v8_only(&p).unwrap_or("init_containers");
+                        withheld.push((
+                            ObjectRef {
+                                kind: ObjectKind::Pod,
+                                namespace: p.namespace,
+                                name: p.name,
+                            },
+                            reason,
+                        ));
                         continue;
                     }
                 },
@@ -433,17 +474,60 @@ mod tests {
         let old = v7::batch(now).expect("every kind is v7's");
         assert_eq!(
             old.withheld,
-            vec![ObjectRef {
-                kind: ObjectKind::Pod,
-                namespace: "default".into(),
-                name: "init".into(),
-            }]
+            vec![(
+                ObjectRef {
+                    kind: ObjectKind::Pod,
+                    namespace: "default".into(),
+                    name: "init".into(),
+                },
+                "init_containers"
+            )]
         );
         let back = SyncBatch::from(old.batch);
         assert_eq!(back.upserts.len(), 1);
         assert_eq!(back.upserts[0].object, EdgeObject::Pod(plain));
         // The batch still claims its revision: the v7 edge is up to date with what it can run.
         assert_eq!(back.revision, 4);
+    }
+
+    #[test]
+    fn a_pod_a_v7_edge_would_misname_is_withheld_but_a_statefulsets_is_not() {
+        use crate::pod::{HostAlias, PodHosts};
+        let with = |hosts: PodHosts| {
+            let mut p = crate::pod::tests::sample_pod("web-0");
+            p.hosts = Box::new(hosts);
+            p
+        };
+        let sts = with(PodHosts {
+            hostname: Some("web-0".into()),
+            subdomain: Some("web".into()),
+            ..PodHosts::default()
+        });
+        let indexed = with(PodHosts {
+            hostname: Some("sq-3".into()),
+            ..PodHosts::default()
+        });
+        let aliased = with(PodHosts {
+            aliases: vec![HostAlias {
+                ip: "10.0.0.1".into(),
+                hostnames: vec!["a".into()],
+            }],
+            ..PodHosts::default()
+        });
+        let fqdn = with(PodHosts {
+            subdomain: Some("web".into()),
+            hostname_as_fqdn: true,
+            ..PodHosts::default()
+        });
+        assert_eq!(v7::v8_only(&sts), None);
+        assert_eq!(v7::v8_only(&indexed), Some("hostname"));
+        assert_eq!(v7::v8_only(&aliased), Some("host_aliases"));
+        assert_eq!(v7::v8_only(&fqdn), Some("hostname_as_fqdn"));
+        let old = v7::batch(pod_batch(sts)).unwrap();
+        assert!(old.withheld.is_empty());
+        let old = v7::batch(pod_batch(indexed)).unwrap();
+        assert_eq!(old.withheld[0].1, "hostname");
+        assert!(old.batch.upserts.is_empty());
     }
 
     #[test]

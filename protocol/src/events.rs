@@ -127,6 +127,25 @@ impl Occurrence {
     }
 }
 
+impl Occurrence {
+    /// The container the occurrence is about, if any.
+    pub fn container(&self) -> Option<&str> {
+        self.field_path
+            .strip_prefix("spec.containers{")
+            .or_else(|| self.field_path.strip_prefix("spec.initContainers{"))
+            .and_then(|rest| rest.strip_suffix('}'))
+    }
+
+    /// The same occurrence, about an init container: kubelet names those
+    /// `spec.initContainers{name}`, which `kubectl describe` prints in the event's "From".
+    pub fn in_init_container(mut self) -> Self {
+        if let Some(name) = self.field_path.strip_prefix("spec.containers{") {
+            self.field_path = format!("spec.initContainers{{{name}");
+        }
+        self
+    }
+}
+
 /// What [`record`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -241,6 +260,14 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].count, s[0].first_ms, s[0].last_ms), (3, 10, 30));
         assert_eq!(s[0].field_path, "spec.containers{app}");
+        let started = Occurrence::new(EventType::Normal, "Started", "x", Some("flash"), 1);
+        assert_eq!(started.container(), Some("flash"));
+        let init = started.in_init_container();
+        assert_eq!(init.field_path, "spec.initContainers{flash}");
+        assert_eq!(init.container(), Some("flash"));
+        let pod_event = Occurrence::new(EventType::Normal, "Scheduled", "x", None, 1);
+        assert_eq!(pod_event.container(), None);
+        assert_eq!(pod_event.in_init_container().field_path, "");
         record(&mut s, occ("BackOff", "other", 40));
         assert_eq!(s.len(), 2);
     }

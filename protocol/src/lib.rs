@@ -10,7 +10,9 @@ pub mod assembly;
 pub mod codec;
 pub mod compat;
 pub mod config;
+pub mod downward;
 pub mod events;
+pub mod hosts;
 pub mod ingress;
 pub mod join;
 pub mod messages;
@@ -46,8 +48,9 @@ pub mod topics;
 /// a v6 session.
 ///
 /// v8: pods carry init containers ([`pod::EdgePod::init_containers`]) and pod statuses their
-/// init containers' statuses ([`status::PodStatus::init_containers`]); a v7 session gets
-/// pods in v7's shape and never a pod with init containers ([`compat::v7::batch`]).
+/// init containers' statuses ([`status::PodStatus::init_containers`]), and pods carry their
+/// names ([`pod::EdgePod::hosts`]); a v7 session gets pods in v7's shape and never a pod
+/// that a v7 edge would run otherwise than asked ([`compat::v7::batch`]).
 pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The oldest edge version the cloud accepts: one behind its own.

@@ -2,6 +2,7 @@
 //! more. The cloud converts from the full Kubernetes object (see `cloudcore::projection`); the edge
 //! never sees managed fields, scheduling constraints or status.
 
+pub use crate::hosts::{HostAlias, PodHosts};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -35,6 +36,14 @@ pub struct EdgePod {
     /// starts, and the app containers start once all have; a sidecar one
     /// ([`EdgeInitContainer::sidecar`]) is started in its turn and keeps running.
     pub init_containers: Vec<EdgeInitContainer>,
+    /// `spec.hostname`, `spec.subdomain`, `spec.setHostnameAsFQDN` and `spec.hostAliases`
+    /// (protocol v8): the pod's hostname and the lines of its `/etc/hosts` (boxed: most pods
+    /// set none, and the pod is moved around whole).
+    pub hosts: Box<PodHosts>,
+    /// The pod's annotations that its downward API files and env `fieldRef`s read (protocol
+    /// v8), and no others: most pods read none, and `kubectl apply` keeps a whole copy of the
+    /// manifest in one, which no edge needs.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// One init container (protocol v8).
@@ -114,7 +123,22 @@ impl EdgePod {
                 VolumeSource::Secret { name, .. } => {
                     out.insert(reference(ObjectKind::Secret, name));
                 }
-                VolumeSource::EmptyDir { .. } | VolumeSource::HostPath { .. } => {}
+                VolumeSource::Projected { sources, .. } => {
+                    for source in sources {
+                        match source {
+                            ProjectedSource::ConfigMap { name, .. } => {
+                                out.insert(reference(ObjectKind::ConfigMap, name));
+                            }
+                            ProjectedSource::Secret { name, .. } => {
+                                out.insert(reference(ObjectKind::Secret, name));
+                            }
+                            ProjectedSource::DownwardApi { .. } => {}
+                        }
+                    }
+                }
+                VolumeSource::EmptyDir { .. }
+                | VolumeSource::HostPath { .. }
+                | VolumeSource::DownwardApi { .. } => {}
             }
         }
         out
@@ -134,6 +158,7 @@ impl EdgePod {
             && self.init_containers == other.init_containers
             && self.restart_policy == other.restart_policy
             && self.volumes == other.volumes
+            && self.hosts == other.hosts
     }
 }
 
@@ -493,6 +518,70 @@ pub enum VolumeSource {
         /// A missing secret is not an error.
         optional: bool,
     },
+    /// Files holding fields of the pod itself (protocol v8), rewritten when its labels or
+    /// annotations change.
+    DownwardApi {
+        /// The files.
+        items: Vec<DownwardFile>,
+        /// File mode, default 0644.
+        default_mode: Option<u32>,
+    },
+    /// ConfigMap, Secret and downward API files in one directory (protocol v8), in the order
+    /// of the sources (a later file of the same path replaces an earlier one, as kubelet).
+    Projected {
+        /// The sources.
+        sources: Vec<ProjectedSource>,
+        /// File mode, default 0644.
+        default_mode: Option<u32>,
+    },
+}
+
+impl VolumeSource {
+    /// Whether the edge writes the volume's files itself (ConfigMap, Secret, downward API and
+    /// projected volumes): they are read-only in the containers and rewritten atomically when
+    /// what they hold changes.
+    pub fn is_payload(&self) -> bool {
+        !matches!(self, Self::EmptyDir { .. } | Self::HostPath { .. })
+    }
+}
+
+/// One file of a downward API volume or projection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownwardFile {
+    /// Relative file path in the volume.
+    pub path: String,
+    /// What it holds.
+    pub field: crate::downward::PodField,
+    /// File mode for this file.
+    pub mode: Option<u32>,
+}
+
+/// One source of a projected volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProjectedSource {
+    /// Keys of a ConfigMap.
+    ConfigMap {
+        /// ConfigMap name.
+        name: String,
+        /// Selected keys and their file paths; empty means every key under its own name.
+        items: Vec<KeyToPath>,
+        /// A missing map is not an error.
+        optional: bool,
+    },
+    /// Keys of a Secret.
+    Secret {
+        /// Secret name.
+        name: String,
+        /// Selected keys and their file paths; empty means every key under its own name.
+        items: Vec<KeyToPath>,
+        /// A missing secret is not an error.
+        optional: bool,
+    },
+    /// Fields of the pod.
+    DownwardApi {
+        /// The files.
+        items: Vec<DownwardFile>,
+    },
 }
 
 /// One projected key of a ConfigMap or Secret volume.
@@ -553,6 +642,8 @@ pub(crate) mod tests {
             deletion_grace_period_seconds: None,
             dns: PodDns::default(),
             init_containers: vec![],
+            hosts: Default::default(),
+            annotations: BTreeMap::new(),
         }
     }
 

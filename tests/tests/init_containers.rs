@@ -126,6 +126,29 @@ async fn init_containers_run_in_order_on_containerd_and_a_sidecar_runs_beside_th
     let (ok, out) = cloud.kubectl(&["logs", "flashed", "-c", "second"])?;
     assert!(ok && out.contains("second saw a"), "{out}");
     assert_eq!(kubectl_status(&cloud, "flashed")?, "Running");
+    // Events about an init container name it in spec.initContainers, as kubelet's do.
+    let started = cloud
+        .wait_for(
+            "Started events of the pod's containers",
+            "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dflashed",
+            LONG,
+            |list| {
+                let paths: Vec<&str> = list["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["reason"] == "Started")
+                    .filter_map(|e| e["involvedObject"]["fieldPath"].as_str())
+                    .collect();
+                paths.contains(&"spec.initContainers{first}")
+                    && paths.contains(&"spec.containers{app}")
+            },
+        )
+        .await?;
+    assert!(
+        !started.to_string().contains("spec.containers{first}"),
+        "{started}"
+    );
     let (ok, out) = cloud.kubectl(&["get", "pod", "flashed", "--no-headers"])?;
     assert!(
         ok && out.split_whitespace().nth(1) == Some("2/2"),
@@ -226,7 +249,7 @@ async fn kubectl_apply_of_what_the_edge_cannot_run_gets_a_422_naming_the_field()
     assert!(!ok, "{out}");
     assert!(out.contains(r#"The Pod "db" is invalid"#), "{out}");
     assert!(
-        out.contains(r#"spec.volumes[0].persistentVolumeClaim: Unsupported value: "persistentVolumeClaim": supported values: "configMap", "emptyDir", "hostPath", "secret""#),
+        out.contains(r#"spec.volumes[0].persistentVolumeClaim: Unsupported value: "persistentVolumeClaim": supported values: "configMap", "downwardAPI", "emptyDir", "hostPath", "projected", "secret""#),
         "{out}"
     );
     // A workload's template gets the same check.

@@ -280,7 +280,7 @@ pub struct Round<'a> {
 pub enum IngressChange {
     /// The set, and the TLS Secrets it names, each at its current version (or deleted if
     /// missing).
-    Set(Upsert, Vec<ObjectRef>),
+    Set(Box<Upsert>, Vec<ObjectRef>),
     /// The node serves nothing: a delete of the set it may hold (a no-op if it holds none).
     Clear(ObjectRef),
 }
@@ -333,7 +333,7 @@ pub async fn delta(store: &dyn Store, round: Round<'_>) -> Result<Vec<SyncBatch>
     match ingress {
         Some(IngressChange::Set(set, refs)) => {
             let mut unit = Unit::new(sent, set.object.object_ref().to_string());
-            unit.push(Change::Upsert(set));
+            unit.push(Change::Upsert(*set));
             for r in refs {
                 if included.insert(r.clone()) {
                     if let Some(change) = read_config(store, &r, 0).await? {

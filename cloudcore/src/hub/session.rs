@@ -428,7 +428,7 @@ impl Hub {
                     ingress = Some(if set.ingresses.is_empty() {
                         plan::IngressChange::Clear(upsert.object.object_ref())
                     } else {
-                        plan::IngressChange::Set(upsert, refs.into_iter().collect())
+                        plan::IngressChange::Set(Box::new(upsert), refs.into_iter().collect())
                     });
                     view.ingress_sent = Some(set);
                 }
@@ -589,17 +589,19 @@ impl Hub {
         }
         match protocol::compat::v7::batch(batch) {
             Some(old) => {
-                for pod in &old.withheld {
-                    // A v7 edge would run the app containers without the init containers
-                    // (`protocol::compat`): the pod waits, Pending, for the node's upgrade.
+                for (pod, reason) in &old.withheld {
+                    // A v7 edge would run it otherwise than asked (`protocol::compat`): the
+                    // pod waits, Pending, for the node's upgrade.
                     error!(
                         pod = %format!("{}/{}", pod.namespace, pod.name),
                         edge_version = version,
-                        "pod has init containers, which this node's edgecore (protocol v7) \
-                         cannot run: not sent to it; it stays Pending until the node is \
-                         upgraded (the node's EdgeVersionSkew condition says so)"
+                        reason,
+                        "pod uses what this node's edgecore (protocol v7) cannot honour \
+                         (init containers, a hostname other than its name, hostAliases or \
+                         setHostnameAsFQDN): not sent to it; it stays Pending until the node \
+                         is upgraded (the node's EdgeVersionSkew condition says so)"
                     );
-                    metrics::counter!("skerry_hub_pods_withheld_total", "reason" => "init_containers")
+                    metrics::counter!("skerry_hub_pods_withheld_total", "reason" => *reason)
                         .increment(1);
                 }
                 write_frame(send, &protocol::compat::v7::CloudMessage::Sync(old.batch)).await

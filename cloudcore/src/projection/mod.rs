@@ -14,8 +14,10 @@ use crate::devices;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use protocol::config::{EdgeConfigMap, EdgeSecret};
+use protocol::downward::PodField;
 use protocol::pod::*;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 pub mod ingress;
 pub mod network;
@@ -147,7 +149,13 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
             .unwrap_or(spec.termination_grace_period_seconds.unwrap_or(30))
             .max(0) as u64
     });
-    Ok(EdgePod {
+    let service_account = spec
+        .service_account_name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let all_annotations = meta.annotations.clone().unwrap_or_default();
+    let mut pod = EdgePod {
         namespace: meta.namespace.unwrap_or_else(|| "default".into()),
         name: meta.name.unwrap_or_default(),
         uid: meta.uid.unwrap_or_default(),
@@ -160,7 +168,43 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
         deletion_grace_period_seconds: deletion,
         dns,
         init_containers,
-    })
+        annotations: BTreeMap::new(),
+        hosts: Box::new(PodHosts {
+            hostname: spec.hostname.filter(|h| !h.is_empty()),
+            subdomain: spec.subdomain.filter(|s| !s.is_empty()),
+            hostname_as_fqdn: spec.set_hostname_as_fqdn == Some(true),
+            aliases: spec
+                .host_aliases
+                .into_iter()
+                .flatten()
+                .map(|a| HostAlias {
+                    ip: a.ip,
+                    hostnames: a.hostnames.unwrap_or_default(),
+                })
+                .collect(),
+        }),
+    };
+    // Only the annotations the pod reads travel (see `EdgePod::annotations`).
+    pod.annotations = match annotations_read(&pod) {
+        None => all_annotations,
+        Some(keys) => all_annotations
+            .into_iter()
+            .filter(|(k, _)| keys.contains(k))
+            .collect(),
+    };
+    // The service account never changes on a pod: the edge gets its name as a literal.
+    for c in pod
+        .containers
+        .iter_mut()
+        .chain(pod.init_containers.iter_mut().map(|i| &mut i.container))
+    {
+        for var in &mut c.env {
+            if var.value == EnvValue::FieldRef("spec.serviceAccountName".into()) {
+                var.value = EnvValue::Literal(service_account.clone());
+            }
+        }
+    }
+    Ok(pod)
 }
 
 /// `dnsPolicy` (default `ClusterFirst`) and `dnsConfig`, as the API validated them.
@@ -502,11 +546,47 @@ fn volume(v: &core::Volume) -> Result<Volume, String> {
             default_mode: s.default_mode.map(|m| m as u32),
             optional: s.optional.unwrap_or(false),
         }
+    } else if let Some(d) = &v.downward_api {
+        VolumeSource::DownwardApi {
+            items: downward_items(&d.items)?,
+            default_mode: d.default_mode.map(|m| m as u32),
+        }
+    } else if let Some(p) = &v.projected {
+        let sources = p
+            .sources
+            .iter()
+            .flatten()
+            .map(|s| {
+                if let Some(c) = &s.config_map {
+                    Ok(ProjectedSource::ConfigMap {
+                        name: c.name.clone(),
+                        items: items(&c.items),
+                        optional: c.optional.unwrap_or(false),
+                    })
+                } else if let Some(c) = &s.secret {
+                    Ok(ProjectedSource::Secret {
+                        name: c.name.clone(),
+                        items: items(&c.items),
+                        optional: c.optional.unwrap_or(false),
+                    })
+                } else if let Some(d) = &s.downward_api {
+                    Ok(ProjectedSource::DownwardApi {
+                        items: downward_items(&d.items)?,
+                    })
+                } else {
+                    Err("projected sources other than configMap, secret and downwardAPI are not supported on the edge".to_string())
+                }
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        VolumeSource::Projected {
+            sources,
+            default_mode: p.default_mode.map(|m| m as u32),
+        }
     } else {
-        return Err(
-            "only emptyDir, hostPath, configMap and secret volumes are supported on the edge"
-                .into(),
-        );
+        return Err(format!(
+            "only {} volumes are supported on the edge",
+            support::VOLUME_KINDS.join(", ")
+        ));
     };
     Ok(Volume {
         name: v.name.clone(),
@@ -514,10 +594,122 @@ fn volume(v: &core::Volume) -> Result<Volume, String> {
     })
 }
 
+/// The files of a downwardAPI volume or projection (the API refused what is not listed in
+/// `protocol::downward::VOLUME_PATHS`).
+fn downward_items(
+    items: &Option<Vec<core::DownwardAPIVolumeFile>>,
+) -> Result<Vec<DownwardFile>, String> {
+    items
+        .iter()
+        .flatten()
+        .map(|i| {
+            let path = i
+                .field_ref
+                .as_ref()
+                .map(|f| f.field_path.as_str())
+                .ok_or_else(|| {
+                    format!("downwardAPI file {:?}: only fieldRef is supported", i.path)
+                })?;
+            let field = PodField::parse(path)
+                .ok_or_else(|| format!("downwardAPI file {:?}: fieldPath {path:?}", i.path))?;
+            Ok(DownwardFile {
+                path: i.path.clone(),
+                field,
+                mode: i.mode.map(|m| m as u32),
+            })
+        })
+        .collect()
+}
+
+/// The annotation keys the pod's downward API files and env `fieldRef`s read: `None` for
+/// every one (a file of `metadata.annotations`).
+fn annotations_read(pod: &EdgePod) -> Option<std::collections::BTreeSet<String>> {
+    let mut keys = std::collections::BTreeSet::new();
+    let files = pod.volumes.iter().flat_map(|v| match &v.source {
+        VolumeSource::DownwardApi { items, .. } => items.iter().collect::<Vec<_>>(),
+        VolumeSource::Projected { sources, .. } => sources
+            .iter()
+            .flat_map(|s| match s {
+                ProjectedSource::DownwardApi { items } => items.iter().collect(),
+                _ => Vec::new(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    });
+    for file in files {
+        keys.extend(file.field.annotations_read()?.into_iter().map(String::from));
+    }
+    for var in pod.all_containers().flat_map(|c| &c.env) {
+        if let EnvValue::FieldRef(path) = &var.value {
+            if let Some(k) = protocol::downward::subscript(path, "metadata.annotations") {
+                keys.insert(k.to_string());
+            }
+        }
+    }
+    Some(keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn downward_files_travel_with_only_the_annotations_they_read() {
+        let v = json!({
+            "metadata": {"name": "self", "namespace": "default", "uid": "u1",
+                "annotations": {"team": "rail", "kubectl.kubernetes.io/last-applied-configuration": "{...}"}},
+            "spec": {"serviceAccountName": "builder", "containers": [{
+                "name": "main", "image": "busybox",
+                "env": [{"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                        {"name": "T", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['team']"}}}]
+            }], "volumes": [
+                {"name": "d", "downwardAPI": {"items": [{"path": "l", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+                {"name": "p", "projected": {"defaultMode": 0o440, "sources": [
+                    {"secret": {"name": "s"}},
+                    {"downwardAPI": {"items": [{"path": "n", "fieldRef": {"fieldPath": "metadata.name"}}]}}]}}
+            ]}
+        });
+        let p = edge_pod(&v).unwrap();
+        assert_eq!(
+            p.annotations,
+            BTreeMap::from([("team".to_string(), "rail".to_string())])
+        );
+        assert_eq!(
+            p.containers[0].env[0].value,
+            EnvValue::Literal("builder".into())
+        );
+        assert_eq!(
+            p.volumes[0].source,
+            VolumeSource::DownwardApi {
+                items: vec![DownwardFile {
+                    path: "l".into(),
+                    field: PodField::Labels,
+                    mode: None
+                }],
+                default_mode: None
+            }
+        );
+        let VolumeSource::Projected {
+            sources,
+            default_mode,
+        } = &p.volumes[1].source
+        else {
+            panic!("{:?}", p.volumes[1]);
+        };
+        assert_eq!(*default_mode, Some(0o440));
+        assert_eq!(sources.len(), 2);
+        // The projected Secret is one the node may read.
+        assert!(p
+            .config_refs()
+            .iter()
+            .any(|r| r.kind == protocol::messages::ObjectKind::Secret && r.name == "s"));
+        // A file of every annotation carries them all.
+        let mut all = v.clone();
+        all["spec"]["volumes"][0]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] =
+            json!("metadata.annotations");
+        assert_eq!(edge_pod(&all).unwrap().annotations.len(), 2);
+    }
 
     #[test]
     fn projects_what_the_edge_needs() {

@@ -5,12 +5,14 @@
 //! could not project it.
 //!
 //! Everything of a pod spec that is not carried to the edge and honoured there is listed here
-//! until it is: volume kinds other than emptyDir, hostPath, configMap and secret; lifecycle
+//! until it is: volume kinds other than emptyDir, hostPath, configMap, secret, downwardAPI
+//! and projected (and projected sources other than configMap, secret and downwardAPI, and
+//! downward API `resourceFieldRef`s); lifecycle
 //! hooks; `securityContext` fields (pod and container); the host namespaces; ephemeral
 //! containers; env `resourceFieldRef`; block devices; `subPathExpr` and mount propagation;
 //! priority classes that do not exist (Skerry has no PriorityClass objects, only the two
-//! built-in ones); and a few pod fields the edge would silently ignore (`hostAliases`,
-//! `shareProcessNamespace`, `runtimeClassName`, `hostUsers`, `os: windows`). Fields the API
+//! built-in ones); and a few pod fields the edge would silently ignore
+//! (`shareProcessNamespace`, `runtimeClassName`, `hostUsers`, `os: windows`). Fields the API
 //! defaults itself (`terminationMessagePath`, `schedulerName`, an empty `securityContext`) are
 //! not refused.
 
@@ -18,7 +20,16 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
 use std::fmt;
 
 /// The volume kinds the edge mounts.
-pub const VOLUME_KINDS: [&str; 4] = ["configMap", "emptyDir", "hostPath", "secret"];
+pub const VOLUME_KINDS: [&str; 6] = [
+    "configMap",
+    "downwardAPI",
+    "emptyDir",
+    "hostPath",
+    "projected",
+    "secret",
+];
+/// The sources of a projected volume the edge writes.
+pub const PROJECTED_SOURCES: [&str; 3] = ["configMap", "downwardAPI", "secret"];
 /// The priority classes that exist: Kubernetes' two built-in ones.
 pub const PRIORITY_CLASSES: [&str; 2] = ["system-cluster-critical", "system-node-critical"];
 /// emptyDir media the edge honours (disk, or tmpfs).
@@ -102,12 +113,6 @@ pub fn unsupported(spec: &PodSpec, path: &str) -> Vec<Unsupported> {
         forbid(
             format!("{path}.ephemeralContainers"),
             "ephemeral containers are not supported on Skerry edges; use kubectl exec",
-        );
-    }
-    if spec.host_aliases.as_ref().is_some_and(|h| !h.is_empty()) {
-        forbid(
-            format!("{path}.hostAliases"),
-            "is not written into pods' /etc/hosts on Skerry edges yet",
         );
     }
     if spec
@@ -194,6 +199,48 @@ fn volume(v: &Volume, path: &str, out: &mut Vec<Unsupported>) {
             },
         });
         return;
+    }
+    let downward = v
+        .downward_api
+        .iter()
+        .flat_map(|d| d.items.iter().flatten().enumerate())
+        .map(|(i, f)| (format!("{path}.downwardAPI.items[{i}]"), f))
+        .collect::<Vec<_>>();
+    let mut projected_files = Vec::new();
+    for (i, source) in v
+        .projected
+        .iter()
+        .flat_map(|p| p.sources.iter().flatten())
+        .enumerate()
+    {
+        let sp = format!("{path}.projected.sources[{i}]");
+        let value = serde_json::to_value(source).unwrap_or_default();
+        for kind in value.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !PROJECTED_SOURCES.contains(&kind.as_str()) {
+                out.push(Unsupported {
+                    field: format!("{sp}.{kind}"),
+                    refusal: Refusal::Value {
+                        value: kind.clone(),
+                        supported: &PROJECTED_SOURCES,
+                    },
+                });
+            }
+        }
+        if let Some(d) = &source.downward_api {
+            for (j, f) in d.items.iter().flatten().enumerate() {
+                projected_files.push((format!("{sp}.downwardAPI.items[{j}]"), f));
+            }
+        }
+    }
+    for (fp, file) in downward.into_iter().chain(projected_files) {
+        if file.resource_field_ref.is_some() {
+            out.push(Unsupported {
+                field: format!("{fp}.resourceFieldRef"),
+                refusal: Refusal::Forbidden(
+                    "is not resolved on Skerry edges yet; use fieldRef".into(),
+                ),
+            });
+        }
     }
     if let Some(medium) = v.empty_dir.as_ref().and_then(|e| e.medium.as_deref()) {
         if !EMPTY_DIR_MEDIA.contains(&medium) {
@@ -298,15 +345,18 @@ mod tests {
         let cases = [
             (
                 json!({"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}]}),
-                r#"spec.volumes[0].persistentVolumeClaim: Unsupported value: "persistentVolumeClaim": supported values: "configMap", "emptyDir", "hostPath", "secret""#,
+                r#"spec.volumes[0].persistentVolumeClaim: Unsupported value: "persistentVolumeClaim": supported values: "configMap", "downwardAPI", "emptyDir", "hostPath", "projected", "secret""#,
             ),
             (
-                json!({"volumes": [{"name": "v", "projected": {"sources": []}}]}),
-                r#"spec.volumes[0].projected: Unsupported value: "projected": supported values: "configMap", "emptyDir", "hostPath", "secret""#,
+                json!({"volumes": [{"name": "v", "projected": {"sources": [
+                    {"configMap": {"name": "c"}},
+                    {"serviceAccountToken": {"path": "token"}}]}}]}),
+                r#"spec.volumes[0].projected.sources[1].serviceAccountToken: Unsupported value: "serviceAccountToken": supported values: "configMap", "downwardAPI", "secret""#,
             ),
             (
-                json!({"volumes": [{"name": "v", "downwardAPI": {}}]}),
-                r#"spec.volumes[0].downwardAPI: Unsupported value: "downwardAPI": supported values: "configMap", "emptyDir", "hostPath", "secret""#,
+                json!({"volumes": [{"name": "v", "downwardAPI": {"items": [
+                    {"path": "cpu", "resourceFieldRef": {"resource": "limits.cpu"}}]}}]}),
+                "spec.volumes[0].downwardAPI.items[0].resourceFieldRef: Forbidden: is not resolved on Skerry edges yet; use fieldRef",
             ),
             (
                 json!({"volumes": [{"name": "v", "emptyDir": {"medium": "HugePages"}}]}),
@@ -335,10 +385,6 @@ mod tests {
             (
                 json!({"ephemeralContainers": [{"name": "dbg", "image": "x"}]}),
                 "spec.ephemeralContainers: Forbidden: ephemeral containers are not supported on Skerry edges; use kubectl exec",
-            ),
-            (
-                json!({"hostAliases": [{"ip": "10.0.0.1", "hostnames": ["a"]}]}),
-                "spec.hostAliases: Forbidden: is not written into pods' /etc/hosts on Skerry edges yet",
             ),
             (
                 json!({"runtimeClassName": "kata"}),

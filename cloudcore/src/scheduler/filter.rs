@@ -28,6 +28,9 @@ pub enum Reason {
     },
     /// nodeSelector or required node affinity does not match.
     NodeAffinity,
+    /// The node's edgecore is one protocol version behind and would not run the pod as asked
+    /// (it has init containers, say), so the hub would never send it there.
+    OlderEdge(&'static str),
     /// The node already runs as many pods as it allows.
     TooManyPods,
     /// Not enough of a resource left (`cpu`, `memory`, an extended resource).
@@ -69,6 +72,11 @@ impl fmt::Display for Reason {
                 write!(f, "node(s) had untolerated taint {{{key}: {value}}}")
             }
             Self::NodeAffinity => f.write_str("node(s) didn't match Pod's node affinity/selector"),
+            Self::OlderEdge(what) => write!(
+                f,
+                "node(s) had an edgecore too old for the pod's {} (upgrade the node)",
+                what.replace('_', " ")
+            ),
             Self::TooManyPods => f.write_str("Too many pods"),
             Self::Insufficient(r) => write!(f, "Insufficient {r}"),
             Self::SpreadMissingLabel => f.write_str(
@@ -104,6 +112,9 @@ pub fn check(pod: &PodInfo, node: &NodeInfo, usage: &Usage) -> Result<(), Vec<Re
     }
     if !matches_node_affinity(pod, node) {
         return Err(vec![Reason::NodeAffinity]);
+    }
+    if let Some(what) = pod.needs_current_edge.filter(|_| node.older_edge) {
+        return Err(vec![Reason::OlderEdge(what)]);
     }
     fits_resources(pod, node, usage)
 }
@@ -272,6 +283,37 @@ mod tests {
         let both = pod(json!({"nodeSelector": {"zone": "south"},
             "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "Exists"}]}]}}}}));
         assert_eq!(run(&both, &n), Err(vec![Reason::NodeAffinity]));
+    }
+
+    #[test]
+    fn a_pod_an_older_edge_cannot_run_goes_to_current_edges_only() {
+        let older = node(
+            json!({"status": {"conditions": [{"type": "Ready", "status": "True"},
+                {"type": "EdgeVersionSkew", "status": "True"}]}}),
+        );
+        let current = node(json!({}));
+        let init = pod(json!({"initContainers": [{"name": "i", "image": "x"}],
+            "containers": [{"name": "c", "image": "x"}]}));
+        assert_eq!(init.needs_current_edge, Some("init_containers"));
+        assert_eq!(
+            run(&init, &older),
+            Err(vec![Reason::OlderEdge("init_containers")])
+        );
+        assert!(run(&init, &current).is_ok());
+        // A plain pod goes anywhere.
+        let plain = pod(json!({"containers": [{"name": "c", "image": "x"}]}));
+        assert!(run(&plain, &older).is_ok());
+        let mut e = FitError {
+            nodes: 2,
+            ..FitError::default()
+        };
+        e.add(vec![Reason::OlderEdge("init_containers")]);
+        e.add(vec![Reason::NotReady]);
+        assert_eq!(
+            e.to_string(),
+            "0/2 nodes are available: 1 node(s) had an edgecore too old for the pod's init containers (upgrade the node), 1 node(s) were not ready."
+        );
+        assert!(!Reason::OlderEdge("x").resolvable_by_preemption());
     }
 
     #[test]

@@ -113,6 +113,8 @@ impl From<V6Pod> for EdgePod {
             deletion_grace_period_seconds: p.deletion_grace_period_seconds,
             dns: p.dns,
             init_containers: Vec::new(),
+            hosts: Default::default(),
+            annotations: Default::default(),
         }
     }
 }

@@ -39,6 +39,8 @@ fn pod(name: &str, image: &str) -> EdgePod {
         deletion_grace_period_seconds: None,
         dns: Default::default(),
         init_containers: Vec::new(),
+        hosts: Default::default(),
+        annotations: Default::default(),
     }
 }
 

@@ -12,6 +12,7 @@
 //! object arrives. Messages name the object and key, never a value.
 
 use crate::cache::ConfigSet;
+use protocol::downward::subscript;
 use protocol::pod::{EdgeContainer, EdgePod, EnvFromKind, EnvValue};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -136,30 +137,26 @@ impl PodFields<'_> {
             "metadata.namespace" => Ok(self.pod.namespace.clone()),
             "metadata.uid" => Ok(self.pod.uid.clone()),
             "spec.nodeName" => Ok(self.node_name.to_string()),
-            "status.podIP" => Ok(self.pod_ip.to_string()),
-            "status.hostIP" => Ok(self.host_ip.to_string()),
+            // Single-stack: the lists hold the one address.
+            "status.podIP" | "status.podIPs" => Ok(self.pod_ip.to_string()),
+            "status.hostIP" | "status.hostIPs" => Ok(self.host_ip.to_string()),
             _ => {
-                if let Some(key) = label_key(path) {
-                    // Kubernetes resolves a missing label to the empty string.
+                // Kubernetes resolves a missing label or annotation to the empty string.
+                if let Some(key) = subscript(path, "metadata.labels") {
                     return Ok(self.pod.labels.get(key).cloned().unwrap_or_default());
                 }
+                if let Some(key) = subscript(path, "metadata.annotations") {
+                    return Ok(self.pod.annotations.get(key).cloned().unwrap_or_default());
+                }
+                // The API refuses every other path; `spec.serviceAccountName` arrives as a
+                // literal.
                 Err(format!(
-                    "fieldRef {path:?} is not supported on edge nodes; use metadata.name, \
-                     metadata.namespace, metadata.uid, metadata.labels['<key>'], spec.nodeName, \
-                     status.podIP or status.hostIP"
+                    "fieldRef {path:?} is not supported on edge nodes; use one of {}",
+                    protocol::downward::ENV_PATHS.join(", ")
                 ))
             }
         }
     }
-}
-
-/// The key of a `metadata.labels['key']` path.
-fn label_key(path: &str) -> Option<&str> {
-    let inner = path.strip_prefix("metadata.labels[")?.strip_suffix(']')?;
-    inner
-        .strip_prefix('\'')
-        .and_then(|s| s.strip_suffix('\''))
-        .or_else(|| inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')))
 }
 
 /// Resolves `container`'s environment, in order: every `envFrom` source, then `env` (a name
@@ -394,6 +391,8 @@ mod tests {
             deletion_grace_period_seconds: None,
             dns: Default::default(),
             init_containers: Vec::new(),
+            hosts: Default::default(),
+            annotations: Default::default(),
         }
     }
 

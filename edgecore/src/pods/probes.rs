@@ -873,6 +873,8 @@ mod tests {
             deletion_grace_period_seconds: None,
             dns: Default::default(),
             init_containers: Vec::new(),
+            hosts: Default::default(),
+            annotations: Default::default(),
         };
         let tmp = tempfile::tempdir().expect("tempdir");
         let runtime = Arc::new(crate::runtime::process::ProcessRuntime::new(

@@ -64,6 +64,8 @@ pub(crate) struct Worker {
     probes: ProbeSupervisor,
     /// The pod's configMap and secret volumes may be out of date.
     volumes_stale: bool,
+    /// The pod's labels or annotations changed: its downward API files may be out of date.
+    downward_stale: bool,
     /// The pod its events are about.
     pod_ref: PodRef,
     /// The runtime's name, the scheme of the container IDs reported (`containerd://<id>`, as
@@ -103,6 +105,7 @@ impl Worker {
             rx,
             last_sent: None,
             volumes_stale: true,
+            downward_stale: false,
             pod_ref,
         }
     }
@@ -110,6 +113,15 @@ impl Worker {
     /// Records what happened as events of the pod (see `super::recorder`).
     fn record(&self, occurrences: impl IntoIterator<Item = Occurrence>) {
         for occ in occurrences {
+            // The recorder names containers alone; which list one is in is the pod's.
+            let init = occ.container().is_some_and(|c| {
+                self.machine
+                    .pod()
+                    .init_containers
+                    .iter()
+                    .any(|i| i.container.name == c)
+            });
+            let occ = if init { occ.in_init_container() } else { occ };
             self.shared.sink.pod_event(&self.pod_ref, occ);
         }
     }
@@ -126,12 +138,7 @@ impl Worker {
                         debug!("pod worker stopped; the containers keep running");
                         return;
                     }
-                    Ok(Command::Update(pod)) => events.push(Event::Update(*pod)),
-                    Ok(Command::Forget) => events.push(Event::Forget),
-                    Ok(Command::ConfigChanged) => {
-                        self.volumes_stale = true;
-                        events.push(Event::ConfigChanged);
-                    }
+                    Ok(command) => events.extend(self.command_event(command)),
                     Err(TryRecvError::Empty) => break,
                 }
             }
@@ -155,6 +162,14 @@ impl Worker {
             let after = self.machine.state().name();
             if before != after {
                 info!(from = before, to = after, "pod state changed");
+            }
+            if std::mem::take(&mut self.downward_stale) {
+                // After the step: the machine holds the updated pod now.
+                let configs = self.shared.configs.borrow().clone();
+                self.shared
+                    .volumes
+                    .refresh(self.machine.pod(), configs)
+                    .await;
             }
             self.report();
             self.probes.sync(&self.machine);
@@ -431,15 +446,7 @@ impl Worker {
                     tokio::select! {
                         stopped = &mut stop => break stopped,
                         command = self.rx.recv() => {
-                            let event = match command {
-                                Some(Command::Update(pod)) => Event::Update(*pod),
-                                Some(Command::Forget) => Event::Forget,
-                                Some(Command::ConfigChanged) => {
-                                    self.volumes_stale = true;
-                                    Event::ConfigChanged
-                                }
-                                Some(Command::Shutdown) | None => return None,
-                            };
+                            let event = command.and_then(|c| self.command_event(c))?;
                             // The machine still stops these containers (a deletion during a
                             // restart or a sandbox replacement makes it `Terminating`): its next
                             // action is this stop again, possibly with a shorter grace.
@@ -505,14 +512,9 @@ impl Worker {
                     }
                 };
                 tokio::select! {
-                    command = self.rx.recv() => match command {
-                        Some(Command::Update(pod)) => Event::Update(*pod),
-                        Some(Command::Forget) => Event::Forget,
-                        Some(Command::ConfigChanged) => {
-                            self.volumes_stale = true;
-                            Event::ConfigChanged
-                        }
-                        Some(Command::Shutdown) | None => return None,
+                    command = self.rx.recv() => match command.and_then(|c| self.command_event(c)) {
+                        Some(event) => event,
+                        None => return None,
                     },
                     verdict = self.probes.next() => Event::Probe(verdict),
                     () = timer => Event::Tick,
@@ -521,6 +523,26 @@ impl Worker {
             Action::Finish(_) => Event::Tick,
         };
         Some(event)
+    }
+
+    /// The machine's event for a command (`None`: shut down), noting on the way what the
+    /// command makes stale: every volume after a config change, the downward API files after
+    /// a change of the pod's labels or annotations.
+    fn command_event(&mut self, command: Command) -> Option<Event> {
+        match command {
+            Command::Update(pod) => {
+                let now = self.machine.pod();
+                self.downward_stale |=
+                    pod.labels != now.labels || pod.annotations != now.annotations;
+                Some(Event::Update(*pod))
+            }
+            Command::Forget => Some(Event::Forget),
+            Command::ConfigChanged => {
+                self.volumes_stale = true;
+                Some(Event::ConfigChanged)
+            }
+            Command::Shutdown => None,
+        }
     }
 
     fn container_name(&self, index: usize) -> &str {

@@ -223,6 +223,8 @@ mod tests {
                 config: config.map(Box::new),
             },
             init_containers: vec![],
+            hosts: Default::default(),
+            annotations: Default::default(),
         }
     }
 

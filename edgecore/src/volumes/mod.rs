@@ -69,7 +69,7 @@ mod tests;
 use atomic::{has_payload, write_atomic};
 use mounts::{is_mount_point, mount_points_under, unmount};
 use paths::{check_host_path, is_safe_component, sub_path};
-use payload::volume_payload;
+use payload::pod_volume_payload;
 
 use crate::cache::ConfigSet;
 use crate::runtime::Mount;
@@ -262,12 +262,7 @@ impl Volumes {
     /// (atomically; an unchanged payload is left alone). Volumes not prepared yet are left for
     /// the container start that needs them. Failures are logged: the old payload stays.
     pub async fn refresh(&self, pod: &EdgePod, configs: Arc<ConfigSet>) {
-        if !pod.volumes.iter().any(|v| {
-            matches!(
-                v.source,
-                VolumeSource::ConfigMap { .. } | VolumeSource::Secret { .. }
-            )
-        }) {
+        if !pod.volumes.iter().any(|v| v.source.is_payload()) {
             return;
         }
         let this = self.clone();
@@ -374,10 +369,7 @@ impl Volumes {
                     path
                 }
             };
-            let managed = matches!(
-                volume.source,
-                VolumeSource::ConfigMap { .. } | VolumeSource::Secret { .. }
-            );
+            let managed = volume.source.is_payload();
             let host_path = if mount.sub_path.is_empty() {
                 base
             } else {
@@ -425,9 +417,12 @@ impl Volumes {
                 }
                 Ok(dir)
             }
-            VolumeSource::ConfigMap { .. } | VolumeSource::Secret { .. } => {
+            VolumeSource::ConfigMap { .. }
+            | VolumeSource::Secret { .. }
+            | VolumeSource::DownwardApi { .. }
+            | VolumeSource::Projected { .. } => {
                 let dir = self.volume_dir(&pod.uid, &volume.name)?;
-                let payload = match volume_payload(&pod.namespace, volume, configs) {
+                let payload = match pod_volume_payload(pod, volume, configs) {
                     Ok(payload) => payload,
                     // A volume that has a payload keeps it when its object disappears.
                     Err(e @ VolumeError::MissingObject { .. }) if has_payload(&dir) => {
@@ -437,7 +432,11 @@ impl Volumes {
                     }
                     Err(e) => return Err(e),
                 };
-                if matches!(volume.source, VolumeSource::Secret { .. }) {
+                // Projections may hold secrets: kubelet backs them with memory too.
+                if matches!(
+                    volume.source,
+                    VolumeSource::Secret { .. } | VolumeSource::Projected { .. }
+                ) {
                     self.memory_dir(
                         &volume.name,
                         &dir,
@@ -495,10 +494,7 @@ impl Volumes {
 
     fn refresh_sync(&self, pod: &EdgePod, configs: &ConfigSet) {
         for volume in &pod.volumes {
-            if !matches!(
-                volume.source,
-                VolumeSource::ConfigMap { .. } | VolumeSource::Secret { .. }
-            ) {
+            if !volume.source.is_payload() {
                 continue;
             }
             let Ok(dir) = self.volume_dir(&pod.uid, &volume.name) else {
@@ -507,7 +503,7 @@ impl Volumes {
             if !has_payload(&dir) {
                 continue;
             }
-            let payload = match volume_payload(&pod.namespace, volume, configs) {
+            let payload = match pod_volume_payload(pod, volume, configs) {
                 Ok(payload) => payload,
                 Err(e) => {
                     warn!(volume = %volume.name, error = %e,

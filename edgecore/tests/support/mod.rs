@@ -34,6 +34,8 @@ pub fn pod(uid: &str, containers: Vec<EdgeContainer>) -> EdgePod {
         deletion_grace_period_seconds: None,
         dns: Default::default(),
         init_containers: vec![],
+        hosts: Default::default(),
+        annotations: Default::default(),
     }
 }
 

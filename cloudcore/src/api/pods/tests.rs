@@ -614,7 +614,7 @@ fn what_the_edge_cannot_run_is_refused_by_the_api_naming_the_field() {
     assert_eq!(errs.len(), 1);
     assert_eq!(
         errs[0].to_string(),
-        r#"spec.volumes[0].persistentVolumeClaim: Unsupported value: "persistentVolumeClaim": supported values: "configMap", "emptyDir", "hostPath", "secret""#
+        r#"spec.volumes[0].persistentVolumeClaim: Unsupported value: "persistentVolumeClaim": supported values: "configMap", "downwardAPI", "emptyDir", "hostPath", "projected", "secret""#
     );
     // The projection makes the same check: a stored pod that predates it is not sent.
     let mut stored = v;

@@ -240,6 +240,15 @@ fn validate_env_sources(c: &Container, path: &str, errs: &mut Vec<FieldError>) {
                 "may not have more than one field specified at a time",
             )),
         }
+        if let Some(f) = &from.field_ref {
+            if !protocol::downward::is_env_path(&f.field_path) {
+                errs.push(FieldError::not_supported(
+                    format!("{fp}.fieldRef.fieldPath"),
+                    &json!(f.field_path),
+                    &protocol::downward::ENV_PATHS,
+                ));
+            }
+        }
         if let Some(k) = &from.config_map_key_ref {
             validate_key_ref(&k.name, &k.key, &format!("{fp}.configMapKeyRef"), errs);
         }
@@ -268,6 +277,68 @@ fn validate_env_sources(c: &Container, path: &str, errs: &mut Vec<FieldError>) {
             )),
             (Some(r), None) => validate_ref_name(&r.name, format!("{fp}.configMapRef.name"), errs),
             (None, Some(r)) => validate_ref_name(&r.name, format!("{fp}.secretRef.name"), errs),
+        }
+    }
+}
+
+/// A relative file path in a volume: not absolute, no `..` (as upstream's
+/// `validateLocalDescendingPath`).
+fn validate_file_path(file: &str, path: String, errs: &mut Vec<FieldError>) {
+    if file.is_empty() {
+        errs.push(FieldError::required(path, ""));
+    } else if file.starts_with('/') {
+        errs.push(FieldError::invalid(
+            path,
+            &json!(file),
+            "must be a relative path",
+        ));
+    } else if file.split('/').any(|c| c == "..") {
+        errs.push(FieldError::invalid(
+            path,
+            &json!(file),
+            "must not contain '..'",
+        ));
+    }
+}
+
+/// The files of a downwardAPI volume or projection: a relative path each, one `fieldRef`
+/// (or `resourceFieldRef`, which the support check refuses) naming a field a file can hold,
+/// a mode within 0777.
+fn validate_downward_files(
+    files: &Option<Vec<k8s_openapi::api::core::v1::DownwardAPIVolumeFile>>,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    for (i, f) in files.iter().flatten().enumerate() {
+        let ip = format!("{path}.items[{i}]");
+        validate_file_path(&f.path, format!("{ip}.path"), errs);
+        match (&f.field_ref, &f.resource_field_ref) {
+            (Some(r), None) => {
+                if protocol::downward::PodField::parse(&r.field_path).is_none() {
+                    errs.push(FieldError::not_supported(
+                        format!("{ip}.fieldRef.fieldPath"),
+                        &json!(r.field_path),
+                        &protocol::downward::VOLUME_PATHS,
+                    ));
+                }
+            }
+            (None, Some(_)) => {}
+            (None, None) => errs.push(FieldError::required(
+                ip.clone(),
+                "must specify one of: `fieldRef` or `resourceFieldRef`",
+            )),
+            (Some(_), Some(_)) => errs.push(FieldError::invalid(
+                ip.clone(),
+                &json!("resource"),
+                "fieldRef and resourceFieldRef can not be specified simultaneously",
+            )),
+        }
+        if let Some(mode) = f.mode.filter(|m| !(0..=0o777).contains(m)) {
+            errs.push(FieldError::invalid(
+                format!("{ip}.mode"),
+                &json!(mode),
+                "must be a number between 0 and 0777 (octal), both inclusive",
+            ));
         }
     }
 }
@@ -606,6 +677,29 @@ pub fn validate_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
             validate_ref_name(name, format!("{sp}.secretName"), &mut errs);
             validate_items(&secret.items, &sp, &mut errs);
         }
+        if let Some(d) = &v.downward_api {
+            let dp = format!("{path}.volumes[{i}].downwardAPI");
+            validate_downward_files(&d.items, &dp, &mut errs);
+        }
+        for (j, source) in v
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+            .enumerate()
+        {
+            let sp = format!("{path}.volumes[{i}].projected.sources[{j}]");
+            if let Some(cm) = &source.config_map {
+                validate_ref_name(&cm.name, format!("{sp}.configMap.name"), &mut errs);
+                validate_items(&cm.items, &format!("{sp}.configMap"), &mut errs);
+            }
+            if let Some(secret) = &source.secret {
+                validate_ref_name(&secret.name, format!("{sp}.secret.name"), &mut errs);
+                validate_items(&secret.items, &format!("{sp}.secret"), &mut errs);
+            }
+            if let Some(d) = &source.downward_api {
+                validate_downward_files(&d.items, &format!("{sp}.downwardAPI"), &mut errs);
+            }
+        }
     }
     if spec.containers.is_empty() {
         errs.push(FieldError::required(format!("{path}.containers"), ""));
@@ -682,5 +776,35 @@ pub fn validate_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
             dns1123_subdomain(n),
         );
     }
+    validate_names(spec, path, &mut errs);
     errs
+}
+
+/// `hostname` and `subdomain` are DNS labels, each `hostAliases` entry an IP address with
+/// names that are DNS subdomains, as upstream validates them: the edge writes them into the
+/// pod's UTS namespace and `/etc/hosts` as they are.
+fn validate_names(spec: &PodSpec, path: &str, errs: &mut Vec<FieldError>) {
+    for (field, value) in [("hostname", &spec.hostname), ("subdomain", &spec.subdomain)] {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            push_invalid(errs, &format!("{path}.{field}"), v, dns1123_label(v));
+        }
+    }
+    for (i, alias) in spec.host_aliases.iter().flatten().enumerate() {
+        let ap = format!("{path}.hostAliases[{i}]");
+        if alias.ip.parse::<std::net::IpAddr>().is_err() {
+            errs.push(FieldError::invalid(
+                format!("{ap}.ip"),
+                &json!(alias.ip),
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
+        }
+        for name in alias.hostnames.iter().flatten() {
+            push_invalid(
+                errs,
+                &format!("{ap}.hostnames"),
+                name,
+                dns1123_subdomain(name),
+            );
+        }
+    }
 }

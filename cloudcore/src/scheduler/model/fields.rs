@@ -311,6 +311,7 @@ impl PodFields {
             spread_constraints: spread_constraints(&self.spec.topology_spread_constraints),
             priority: self.priority(),
             preempts: self.spec.preemption_policy != "Never",
+            needs_current_edge: None,
         }
     }
 }
@@ -451,6 +452,7 @@ impl NodeInfo {
                     unschedulable: false,
                     allocatable: Resources::default(),
                     max_pods: 0,
+                    older_edge: false,
                 }
             }
         }
@@ -480,7 +482,13 @@ impl NodeInfo {
             .and_then(|Quantity(q)| parse_memory_bytes(q).ok())
             .unwrap_or(0);
         let ready = node.ready_condition() && !tainted_not_ready;
+        let older_edge = node
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.kind == crate::ingest::EDGE_VERSION_SKEW && c.status == "True");
         Self {
+            older_edge,
             unschedulable: node.spec.unschedulable == Some(true),
             name: node.metadata.name,
             labels: node.metadata.labels,
@@ -526,7 +534,12 @@ pub(super) fn tolerations(ts: &[PodToleration]) -> Vec<Toleration> {
 impl PodInfo {
     /// Parses a Pod object (see [`PodFields::of`] for one that does not decode).
     pub fn of(pod: &Value) -> Self {
-        PodFields::of(pod).info()
+        let mut info = PodFields::of(pod).info();
+        // The hub's own test, on the pod as the hub would send it.
+        info.needs_current_edge = crate::projection::edge_pod(pod)
+            .ok()
+            .and_then(|p| protocol::compat::v7::v8_only(&p));
+        info
     }
 }
 

@@ -348,6 +348,9 @@ pub struct NodeInfo {
     pub allocatable: Resources,
     /// `status.allocatable.pods`: how many pods the node takes.
     pub max_pods: u64,
+    /// Its edgecore speaks the previous protocol (its `EdgeVersionSkew` condition is True):
+    /// it is not sent pods that need today's ([`PodInfo::needs_current_edge`]).
+    pub older_edge: bool,
 }
 
 /// A pod waiting for a node, as the filters and scores see it.
@@ -373,6 +376,10 @@ pub struct PodInfo {
     pub priority: i32,
     /// Whether the pod may preempt lower-priority pods (`preemptionPolicy` is not `Never`).
     pub preempts: bool,
+    /// What of the pod an edge one protocol version behind would not run as asked
+    /// (`protocol::compat::v7::v8_only`): the hub withholds such a pod from those edges, so
+    /// the scheduler does not place it there.
+    pub needs_current_edge: Option<&'static str>,
 }
 
 /// What the inter-pod plugins need of a pod, placed or pending: shared behind an `Arc` between

@@ -113,8 +113,10 @@ impl CriRuntime {
         let (id, labels, image_ref) = match created {
             Some(found) => found,
             None => {
+                let hostname = self.pod_hostname(pod).map_err(&create_err)?;
                 let sandbox_config = spec::sandbox_config(
                     pod,
+                    hostname,
                     sandbox_attempt,
                     &self.instance,
                     &self.log_dir(&pod.uid),
@@ -137,6 +139,7 @@ impl CriRuntime {
                     config,
                     &image,
                     self.swap_limit,
+                    &self.hosts_path(&pod.uid),
                 );
                 let labels = container_config.labels.clone();
                 let request = cri::CreateContainerRequest {

@@ -46,6 +46,7 @@ pub mod spec;
 mod attach;
 mod container;
 mod exec;
+mod hosts;
 mod image;
 mod portforward;
 mod rotation;

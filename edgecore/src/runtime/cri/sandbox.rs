@@ -48,10 +48,14 @@ impl CriRuntime {
             if let Some(status) = self.sandbox_status(OP, &sandbox.id).await? {
                 if status.state == cri::PodSandboxState::SandboxReady as i32 {
                     debug!(pod = %pod.key(), sandbox = %sandbox.id, "sandbox already runs");
+                    let ip = ip_of(&status);
+                    // Containers still to be made mount it (and it is gone if the pod's
+                    // directory was).
+                    self.write_hosts_file(pod, &ip).await?;
                     return Ok(Sandbox {
                         id: sandbox.id,
                         pod_uid: pod.uid.clone(),
-                        ip: ip_of(&status),
+                        ip,
                     });
                 }
             }
@@ -70,7 +74,20 @@ impl CriRuntime {
                 ),
             })?;
         let dns = self.sandbox_dns(pod).await?;
-        let config = spec::sandbox_config(pod, next_attempt, &self.instance, &log_dir, Some(dns));
+        let hostname = self
+            .pod_hostname(pod)
+            .map_err(|message| RuntimeError::Internal {
+                op: OP.into(),
+                message,
+            })?;
+        let config = spec::sandbox_config(
+            pod,
+            hostname,
+            next_attempt,
+            &self.instance,
+            &log_dir,
+            Some(dns),
+        );
         let request = cri::RunPodSandboxRequest {
             config: Some(config),
             runtime_handler: String::new(),
@@ -96,6 +113,8 @@ impl CriRuntime {
                 message: format!("sandbox {id} vanished right after containerd created it"),
             })?;
         let ip = ip_of(&status);
+        // Needs the address, which only the sandbox's network gives.
+        self.write_hosts_file(pod, &ip).await?;
         info!(pod = %pod.key(), uid = %pod.uid, sandbox = %id, %ip, attempt = next_attempt,
               ms = started.elapsed().as_millis() as u64, "sandbox created");
         Ok(Sandbox {
@@ -159,6 +178,12 @@ impl CriRuntime {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(remove_err(&ours, e)),
             }
+        }
+        let hosts = self.hosts_path(&sandbox.pod_uid);
+        match tokio::fs::remove_file(&hosts).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(remove_err(&hosts, e)),
         }
         match tokio::fs::remove_dir(&dir).await {
             Ok(()) => {}

@@ -71,13 +71,6 @@ fn is_latest(image: &str) -> bool {
     }
 }
 
-/// The pod's hostname as Kubernetes derives it: the pod name, cut to 63 characters without a
-/// trailing `-` or `.`.
-pub fn hostname(pod_name: &str) -> String {
-    let cut: String = pod_name.chars().take(63).collect();
-    cut.trim_end_matches(['-', '.']).to_string()
-}
-
 /// Namespaces of a pod as kubelet sets them by default: one network and IPC namespace for the
 /// pod, a PID namespace per container (so that each container's process is its PID 1 and gets
 /// signals as in Kubernetes).
@@ -91,10 +84,12 @@ fn namespace_options() -> cri::NamespaceOption {
 }
 
 /// The sandbox config of `pod`. The same config goes with every `CreateContainer` of the pod
-/// (CRI wants it there too), so it must be a pure function of the pod, the sandbox attempt and
-/// this edgecore's identity.
+/// (CRI wants it there too), so it must be a pure function of the pod, its hostname
+/// ([`protocol::hosts::PodHosts::kernel_hostname`]), the sandbox attempt and this
+/// edgecore's identity.
 pub fn sandbox_config(
     pod: &EdgePod,
+    hostname: String,
     attempt: u32,
     instance: &str,
     log_dir: &Path,
@@ -109,7 +104,7 @@ pub fn sandbox_config(
             namespace: pod.namespace.clone(),
             attempt,
         }),
-        hostname: hostname(&pod.name),
+        hostname,
         log_directory: log_dir.to_string_lossy().into_owned(),
         // containerd writes the pod's resolv.conf from it (None: a copy of the host's).
         dns_config,
@@ -170,9 +165,15 @@ pub fn container_labels(
     ])
 }
 
+/// Where a container sees its pod's hosts file.
+pub const ETC_HOSTS: &str = "/etc/hosts";
+
 /// The CRI config of one container instance. `image` is the reference to run (the image id
 /// that `ImageStatus` or `PullImage` returned, so that a tag moved meanwhile cannot change what
-/// runs); `swap_limit` says whether the node can limit swap (cgroup v1 with swap accounting).
+/// runs); `swap_limit` says whether the node can limit swap (cgroup v1 with swap accounting);
+/// `etc_hosts` is the pod's hosts file, mounted at `/etc/hosts` unless the container mounts a
+/// volume there itself (as kubelet does; containerd then does not mount its copy of the
+/// host's).
 pub fn container_config(
     instance: &str,
     pod: &EdgePod,
@@ -180,7 +181,17 @@ pub fn container_config(
     config: &ContainerConfig,
     image: &str,
     swap_limit: bool,
+    etc_hosts: &Path,
 ) -> cri::ContainerConfig {
+    let own_hosts = !config.mounts.iter().any(|m| m.container_path == ETC_HOSTS);
+    let hosts_mount = own_hosts.then(|| cri::Mount {
+        container_path: ETC_HOSTS.to_string(),
+        host_path: etc_hosts.to_string_lossy().into_owned(),
+        readonly: false,
+        selinux_relabel: false,
+        propagation: cri::MountPropagation::PropagationPrivate as i32,
+        ..Default::default()
+    });
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: container.name.clone(),
@@ -215,6 +226,7 @@ pub fn container_config(
                 propagation: cri::MountPropagation::PropagationPrivate as i32,
                 ..Default::default()
             })
+            .chain(hosts_mount)
             .collect(),
         devices: container
             .devices
@@ -380,6 +392,8 @@ mod tests {
             deletion_grace_period_seconds: None,
             dns: Default::default(),
             init_containers: Vec::new(),
+            hosts: Default::default(),
+            annotations: Default::default(),
         }
     }
 
@@ -417,16 +431,10 @@ mod tests {
     }
 
     #[test]
-    fn hostname_is_cut_like_kubernetes() {
-        assert_eq!(hostname("web"), "web");
-        let long = format!("{}-{}", "a".repeat(62), "b");
-        assert_eq!(hostname(&long), "a".repeat(62));
-    }
-
-    #[test]
     fn sandbox_config_carries_identity_logs_and_host_ports() {
         let cfg = sandbox_config(
             &pod(),
+            "web".into(),
             2,
             "inst-1",
             Path::new("/data/pods/uid-1/logs"),
@@ -553,7 +561,19 @@ mod tests {
                 read_only: true,
             }],
         };
-        let c = container_config("inst", &pod, &container, &config, "sha256:abc", true);
+        let hosts = Path::new("/data/pods/uid-1/etc-hosts");
+        let c = container_config("inst", &pod, &container, &config, "sha256:abc", true, hosts);
+        // The pod's hosts file last, unless a volume is mounted at /etc/hosts.
+        let last = c.mounts.last().expect("mounts");
+        assert_eq!(
+            (last.container_path.as_str(), last.host_path.as_str()),
+            (ETC_HOSTS, "/data/pods/uid-1/etc-hosts")
+        );
+        let mut own = config.clone();
+        own.mounts[0].container_path = ETC_HOSTS.into();
+        let mine = container_config("inst", &pod, &container, &own, "sha256:abc", true, hosts);
+        assert_eq!(mine.mounts.len(), 1);
+        assert_eq!(mine.mounts[0].host_path, "/data/pods/uid-1/volumes/data");
         assert_eq!(c.metadata.as_ref().map(|m| m.attempt), Some(3));
         let image = c.image.as_ref().expect("image");
         assert_eq!(image.image, "sha256:abc");

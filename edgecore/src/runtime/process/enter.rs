@@ -1,8 +1,9 @@
 //! The container's process before it is the container's program: `<edgecore> shim
 //! --container-dir <dir> --enter`, started by the shim in place of the program when the
-//! instance has cgroups or read-only mounts. It moves itself into the cgroups (writing `0` to
-//! each `cgroup.procs`), makes a mount namespace of its own in which the read-only paths are
-//! read-only bind mounts, and executes the program: the program keeps the pid, the process
+//! instance has cgroups, read-only mounts or a hosts file of its pod's. It moves itself into
+//! the cgroups (writing `0` to each `cgroup.procs`), makes a mount namespace of its own in
+//! which the read-only paths are read-only bind mounts (and the pod's hosts file is
+//! `/etc/hosts`), and executes the program: the program keeps the pid, the process
 //! group, the environment and the working directory the shim gave, and never runs outside its
 //! cgroups.
 //!
@@ -17,6 +18,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// Where the program sees its pod's hosts file.
+const ETC_HOSTS: &str = "/etc/hosts";
 
 /// Where `program` is found: as given when it holds a `/` (relative to `cwd`), else the first
 /// executable file of that name in `path_var`'s directories.
@@ -80,7 +84,7 @@ fn enter(dir: &Path) -> io::Result<std::convert::Infallible> {
             })?;
         }
     }
-    if !spec.read_only_paths.is_empty() {
+    if !spec.read_only_paths.is_empty() || spec.hosts_file.is_some() {
         let errno =
             |what: String| move |e: nix::errno::Errno| io::Error::other(format!("{what}: {e}"));
         unshare(CloneFlags::CLONE_NEWNS).map_err(errno("cannot make a mount namespace".into()))?;
@@ -93,11 +97,19 @@ fn enter(dir: &Path) -> io::Result<std::convert::Infallible> {
             None::<&str>,
         )
         .map_err(errno("cannot make the mount namespace private".into()))?;
-        for p in &spec.read_only_paths {
+        let hosts = spec
+            .hosts_file
+            .as_deref()
+            .map(|h| (h, Path::new(ETC_HOSTS)));
+        let read_only = spec
+            .read_only_paths
+            .iter()
+            .map(|p| (p.as_path(), p.as_path()));
+        for (source, p) in read_only.chain(hosts) {
             let what = format!("cannot make {} read-only", p.display());
             mount(
-                Some(p.as_path()),
-                p.as_path(),
+                Some(source),
+                p,
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None::<&str>,
@@ -105,7 +117,7 @@ fn enter(dir: &Path) -> io::Result<std::convert::Infallible> {
             .map_err(errno(what.clone()))?;
             mount(
                 None::<&str>,
-                p.as_path(),
+                p,
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None::<&str>,

@@ -193,7 +193,10 @@ impl ProcessRuntime {
     /// [`Runtime::check_runnable`]: what of `pod` this host cannot honour, first problem
     /// first.
     pub(super) fn check_pod(&self, pod: &EdgePod) -> Result<(), String> {
-        for c in &pod.containers {
+        if !pod.hosts.aliases.is_empty() && !self.can_mount {
+            return Err("the pod has hostAliases, which the process runtime can honour only when edgecore runs as root (the pod's hosts file bound over /etc/hosts in the container's own mount namespace)".into());
+        }
+        for c in pod.all_containers() {
             self.cgroups
                 .container_spec("check", &c.resources)
                 .map_err(|e| format!("container {:?}: {e}", c.name))?;

@@ -48,6 +48,11 @@ pub(super) struct ShimSpec {
     /// volumes), through read-only bind mounts in a mount namespace of its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) read_only_paths: Vec<PathBuf>,
+    /// The pod's hosts file (the host's with the pod's `hostAliases`), which the program sees
+    /// read-only at `/etc/hosts` in its mount namespace; absent for a pod without aliases,
+    /// which sees the host's file itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) hosts_file: Option<PathBuf>,
 }
 
 /// Re-exported from [`super::container_digest`], where it moved when a second runtime needed it.

@@ -189,7 +189,7 @@ impl ProcessRuntime {
 
         // Environment.
         let volume_vars = volume_vars(&config.mounts).map_err(create_err)?;
-        let env = build_env(&config.env, volume_vars, &pod.name);
+        let env = build_env(&config.env, volume_vars, &pod.hosts.hostname(&pod.name));
         let path_var = env
             .iter()
             .find(|(k, _)| k == "PATH")
@@ -215,9 +215,11 @@ impl ProcessRuntime {
             )
             .map_err(create_err)?;
         let read_only_paths = read_only_paths(&config.mounts, self.can_mount);
+        let hosts_file = self.write_hosts_file(pod, &pod_dir).await?;
         let spec = ShimSpec {
             cgroup,
             read_only_paths,
+            hosts_file,
             pod_uid: id.pod_uid.clone(),
             container: id.container.clone(),
             attempt: id.attempt,
@@ -439,6 +441,47 @@ pub(super) fn start_error_message(err: &StartError, program: &str, path_var: &st
         format!("cannot start program {program:?}: {}", err.message)
     }
 }
+
+impl ProcessRuntime {
+    /// Writes `<pod dir>/etc-hosts` for a pod with `hostAliases`: the host's `/etc/hosts`
+    /// (pods of this runtime are on the host's network and have its names, as host-network
+    /// pods have in Kubernetes) followed by the aliases, read afresh at each start. `None`
+    /// for a pod without aliases, whose program sees the host's file itself.
+    async fn write_hosts_file(
+        &self,
+        pod: &EdgePod,
+        pod_dir: &std::path::Path,
+    ) -> Result<Option<std::path::PathBuf>, RuntimeError> {
+        if pod.hosts.aliases.is_empty() {
+            return Ok(None);
+        }
+        let host = match tokio::fs::read_to_string(HOST_HOSTS).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(internal(
+                    "start container",
+                    format!("cannot read the host's {HOST_HOSTS}: {e}"),
+                ))
+            }
+        };
+        let path = pod_dir.join(HOSTS_FILE);
+        let text = pod.hosts.host_network_hosts_file(&host);
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || {
+            wire::durable::write_atomic_existing_dir(&target, text.as_bytes(), 0o644)
+        })
+        .await
+        .map_err(|e| internal("start container", e.to_string()))?
+        .map_err(|e| internal("start container", e.to_string()))?;
+        Ok(Some(path))
+    }
+}
+
+/// The host's hosts file, the base of a process pod's.
+const HOST_HOSTS: &str = "/etc/hosts";
+/// A process pod's hosts file, in its pod directory.
+const HOSTS_FILE: &str = "etc-hosts";
 
 /// The host paths of `mounts` a container sees read-only: all read-only ones when edgecore can
 /// make mount namespaces (`can_mount`, as root); else none (a pod asking for `readOnly` is

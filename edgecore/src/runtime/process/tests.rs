@@ -87,6 +87,7 @@ fn exec_spec(cwd: &Path, env: &[(&str, &str)]) -> ShimSpec {
         spec_digest: None,
         cgroup: None,
         read_only_paths: vec![],
+        hosts_file: None,
     }
 }
 
