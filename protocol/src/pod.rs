@@ -35,6 +35,10 @@ pub struct EdgePod {
     /// starts, and the app containers start once all have; a sidecar one
     /// ([`EdgeInitContainer::sidecar`]) is started in its turn and keeps running.
     pub init_containers: Vec<EdgeInitContainer>,
+    /// The pod-wide part of `spec.securityContext` (protocol v8): `fsGroup` for the volumes,
+    /// `sysctls` and the sandbox's user; `None` when none is set (boxed: most pods have none).
+    /// The containers' effective settings are in [`EdgeContainer::security`].
+    pub security: Option<Box<crate::security::PodSecurity>>,
 }
 
 /// One init container (protocol v8).
@@ -134,6 +138,7 @@ impl EdgePod {
             && self.init_containers == other.init_containers
             && self.restart_policy == other.restart_policy
             && self.volumes == other.volumes
+            && self.security == other.security
     }
 }
 
@@ -285,6 +290,9 @@ pub struct EdgeContainer {
     pub stdin_once: bool,
     /// Kubernetes `tty`: the container runs on a terminal of its own (protocol v7).
     pub tty: bool,
+    /// The container's effective `securityContext`, the pod's merged in (protocol v8); `None`
+    /// when nothing is set.
+    pub security: Option<Box<crate::security::SecurityContext>>,
 }
 
 /// One `envFrom` source.
@@ -553,6 +561,7 @@ pub(crate) mod tests {
             deletion_grace_period_seconds: None,
             dns: PodDns::default(),
             init_containers: vec![],
+            security: None,
         }
     }
 

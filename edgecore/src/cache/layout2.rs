@@ -39,6 +39,7 @@ impl From<V4Pod> for EdgePod {
             deletion_grace_period_seconds: p.deletion_grace_period_seconds,
             dns: Default::default(),
             init_containers: Vec::new(),
+            security: None,
         }
     }
 }

@@ -78,6 +78,7 @@ impl From<V6Container> for EdgeContainer {
             stdin: false,
             stdin_once: false,
             tty: false,
+            security: None,
         }
     }
 }
@@ -113,6 +114,7 @@ impl From<V6Pod> for EdgePod {
             deletion_grace_period_seconds: p.deletion_grace_period_seconds,
             dns: p.dns,
             init_containers: Vec::new(),
+            security: None,
         }
     }
 }

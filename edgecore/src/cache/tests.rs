@@ -39,6 +39,7 @@ fn pod(name: &str, image: &str) -> EdgePod {
         deletion_grace_period_seconds: None,
         dns: Default::default(),
         init_containers: Vec::new(),
+        security: None,
     }
 }
 

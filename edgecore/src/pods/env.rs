@@ -394,6 +394,7 @@ mod tests {
             deletion_grace_period_seconds: None,
             dns: Default::default(),
             init_containers: Vec::new(),
+            security: None,
         }
     }
 

@@ -873,6 +873,7 @@ mod tests {
             deletion_grace_period_seconds: None,
             dns: Default::default(),
             init_containers: Vec::new(),
+            security: None,
         };
         let tmp = tempfile::tempdir().expect("tempdir");
         let runtime = Arc::new(crate::runtime::process::ProcessRuntime::new(

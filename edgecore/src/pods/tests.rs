@@ -323,6 +323,7 @@ fn pod(uid: &str, name: &str) -> EdgePod {
         deletion_grace_period_seconds: None,
         dns: Default::default(),
         init_containers: Vec::new(),
+        security: None,
     }
 }
 

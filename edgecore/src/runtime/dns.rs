@@ -223,6 +223,7 @@ mod tests {
                 config: config.map(Box::new),
             },
             init_containers: vec![],
+            security: None,
         }
     }
 

@@ -509,6 +509,7 @@ fn pod_with(volumes: Vec<Volume>, mounts: Vec<VolumeMount>) -> EdgePod {
         deletion_grace_period_seconds: None,
         dns: Default::default(),
         init_containers: Vec::new(),
+        security: None,
     }
 }
 

@@ -34,6 +34,7 @@ pub fn pod(uid: &str, containers: Vec<EdgeContainer>) -> EdgePod {
         deletion_grace_period_seconds: None,
         dns: Default::default(),
         init_containers: vec![],
+        security: None,
     }
 }
 

@@ -47,6 +47,7 @@ pub(super) fn pod(policy: RestartPolicy, names: &[&str]) -> EdgePod {
         deletion_grace_period_seconds: None,
         dns: Default::default(),
         init_containers: Vec::new(),
+        security: None,
     }
 }
 
