@@ -560,7 +560,10 @@ mod tests {
             ..Default::default()
         }));
         assert_eq!(v7::v8_only(&sysctl), Some("security_context"));
-        assert_eq!(v7::v8_only(&with_init(user.clone())), Some("init_containers"));
+        assert_eq!(
+            v7::v8_only(&with_init(user.clone())),
+            Some("init_containers")
+        );
         let old = v7::batch(pod_batch(user)).expect("every kind is v7's");
         assert_eq!(old.withheld.len(), 1);
         assert!(old.batch.upserts.is_empty());

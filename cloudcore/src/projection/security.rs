@@ -136,12 +136,7 @@ pub fn unsupported_pod(sc: &core::PodSecurityContext, path: &str, out: &mut Vec<
             "sysctls" => {
                 for (i, s) in sc.sysctls.iter().flatten().enumerate() {
                     if !SAFE_SYSCTLS.contains(&s.name.as_str()) {
-                        value(
-                            out,
-                            format!("{at}[{i}].name"),
-                            &s.name,
-                            &SAFE_SYSCTLS,
-                        );
+                        value(out, format!("{at}[{i}].name"), &s.name, &SAFE_SYSCTLS);
                     }
                 }
             }
@@ -320,9 +315,11 @@ mod tests {
 
     #[test]
     fn container_settings_override_the_pods_and_groups_add_up() {
-        let p = pod(json!({"runAsUser": 1000, "runAsGroup": 3000, "runAsNonRoot": true,
+        let p = pod(
+            json!({"runAsUser": 1000, "runAsGroup": 3000, "runAsNonRoot": true,
             "supplementalGroups": [4000, 2000], "fsGroup": 2000,
-            "seccompProfile": {"type": "RuntimeDefault"}}));
+            "seccompProfile": {"type": "RuntimeDefault"}}),
+        );
         let c = container(json!({"runAsUser": 1001, "readOnlyRootFilesystem": true,
             "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
@@ -352,9 +349,15 @@ mod tests {
         assert!(!only_pod.no_new_privs);
         // runAsNonRoot: false on the container wins over the pod's true.
         let c = container(json!({"runAsNonRoot": false}));
-        assert!(!container_security(Some(&p), Some(&c)).unwrap().run_as_non_root);
-        let fs = pod(json!({"fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch",
-            "sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}));
+        assert!(
+            !container_security(Some(&p), Some(&c))
+                .unwrap()
+                .run_as_non_root
+        );
+        let fs = pod(
+            json!({"fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch",
+            "sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
+        );
         let ps = pod_security(Some(&fs)).unwrap();
         assert_eq!(ps.fs_group, Some(2000));
         assert!(ps.fs_group_on_root_mismatch);
@@ -370,8 +373,10 @@ mod tests {
         assert_eq!(container_security(None, None), None);
         assert_eq!(pod_security(None), None);
         let empty = pod(json!({}));
-        let c = container(json!({"allowPrivilegeEscalation": true, "privileged": false,
-            "runAsNonRoot": false, "capabilities": {}}));
+        let c = container(
+            json!({"allowPrivilegeEscalation": true, "privileged": false,
+            "runAsNonRoot": false, "capabilities": {}}),
+        );
         assert_eq!(container_security(Some(&empty), Some(&c)), None);
         assert_eq!(pod_security(Some(&empty)), None);
     }

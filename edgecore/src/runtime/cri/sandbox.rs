@@ -70,7 +70,14 @@ impl CriRuntime {
                 ),
             })?;
         let dns = self.sandbox_dns(pod).await?;
-        let config = spec::sandbox_config(pod, next_attempt, &self.instance, &log_dir, Some(dns));
+        let config = spec::sandbox_config(
+            pod,
+            next_attempt,
+            &self.instance,
+            &log_dir,
+            Some(dns),
+            &self.seccomp_root(),
+        );
         let request = cri::RunPodSandboxRequest {
             config: Some(config),
             runtime_handler: String::new(),
