@@ -128,10 +128,11 @@ fn run_shim(dir: &Path) -> Result<ExitCode, ShimError> {
         .map_err(io_err("open the container log"))?;
     let log_err = log.try_clone().map_err(io_err("open the container log"))?;
 
-    // With cgroups or read-only mounts, the process is this binary in `--enter` mode first
-    // (see `super::enter`): it joins the cgroups and mounts, then executes the program, so
-    // that the program never runs a moment outside them.
-    let isolated = spec.cgroup.is_some() || !spec.read_only_paths.is_empty();
+    // With cgroups, read-only mounts or a user of its own, the process is this binary in
+    // `--enter` mode first (see `super::enter`): it joins the cgroups and mounts and becomes
+    // the user, then executes the program, so that the program never runs a moment outside
+    // them.
+    let isolated = spec.enters();
     let mut command = if isolated {
         if let Err(e) = super::enter::prepare(&spec) {
             return record_start_error(dir, &spec, &e);

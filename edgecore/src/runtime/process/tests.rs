@@ -87,6 +87,8 @@ fn exec_spec(cwd: &Path, env: &[(&str, &str)]) -> ShimSpec {
         spec_digest: None,
         cgroup: None,
         read_only_paths: vec![],
+        user: None,
+        no_new_privs: false,
     }
 }
 
