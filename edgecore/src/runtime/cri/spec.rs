@@ -147,7 +147,12 @@ pub fn sandbox_security(pod: &EdgePod, seccomp_root: &Path) -> cri::LinuxSandbox
     };
     if let Some(s) = pod.security.as_deref() {
         out.run_as_user = s.run_as_user.map(|value| cri::Int64Value { value });
-        out.run_as_group = s.run_as_group.map(|value| cri::Int64Value { value });
+        // containerd refuses a sandbox group without a user ("user group is specified
+        // without user"): the sandbox's image user is not known here, so the group goes only
+        // with a user (the containers get theirs with the image's user, see below).
+        if s.run_as_user.is_some() {
+            out.run_as_group = s.run_as_group.map(|value| cri::Int64Value { value });
+        }
         out.supplemental_groups = s.supplemental_groups.clone();
         out.seccomp = s.seccomp.as_ref().map(|p| profile(p, seccomp_root));
     }
