@@ -1,6 +1,7 @@
 //! `securityContext` end to end (issue #14): on the CRI runtime with a private containerd
 //! (users and groups, `fsGroup` on an emptyDir, a safe sysctl, `readOnlyRootFilesystem`,
-//! `capabilities.drop`, `runAsNonRoot` against a root image), on the process runtime
+//! `capabilities.drop`, `allowPrivilegeEscalation: false`, seccomp `RuntimeDefault`,
+//! `runAsNonRoot` against a root image), on the process runtime
 //! (`runAsUser` and groups, and the refusal of what a native process cannot have), and what
 //! stays refused: a 422 from `kubectl apply` naming the field. Real cloudcore, edgecore,
 //! containerd and kubectl 1.32; the pods' own output is read back with `kubectl logs`.
@@ -130,7 +131,7 @@ async fn a_read_only_root_filesystem_and_dropped_capabilities_are_enforced() -> 
     let script = |name: &str| {
         format!(
             "touch /work/{name}-f; {}; {}; echo y > /work/{name}-y && echo VOLUME-WRITTEN; \
-             echo done; exec sleep 600",
+             grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; echo done; exec sleep 600",
             root_write.replace("/written", &format!("/{name}-written")),
             chown.replace("$HOSTNAME", name)
         )
@@ -145,7 +146,8 @@ async fn a_read_only_root_filesystem_and_dropped_capabilities_are_enforced() -> 
                     "locked",
                     &script("locked"),
                     json!({"readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
-                        "allowPrivilegeEscalation": false}),
+                        "allowPrivilegeEscalation": false,
+                        "seccompProfile": {"type": "RuntimeDefault"}}),
                 ),
                 // The same commands as root with the runtime's default capabilities.
                 busybox("control", &script("control"), json!({})),
@@ -160,9 +162,35 @@ async fn a_read_only_root_filesystem_and_dropped_capabilities_are_enforced() -> 
         locked.contains("VOLUME-WRITTEN"),
         "volumes stay writable: {locked}"
     );
+    // allowPrivilegeEscalation: false is no_new_privs; RuntimeDefault a seccomp filter (2).
+    let status = |out: &str, key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+    };
+    assert_eq!(
+        status(&locked, "NoNewPrivs:").as_deref(),
+        Some("1"),
+        "{locked}"
+    );
+    assert_eq!(
+        status(&locked, "Seccomp:").as_deref(),
+        Some("2"),
+        "{locked}"
+    );
     let control = logs_once(&cloud, "locked", "control", "done").await?;
     assert!(control.contains("ROOT-ALLOWED"), "{control}");
     assert!(control.contains("CHOWN-ALLOWED"), "{control}");
+    assert_eq!(
+        status(&control, "NoNewPrivs:").as_deref(),
+        Some("0"),
+        "{control}"
+    );
+    assert_eq!(
+        status(&control, "Seccomp:").as_deref(),
+        Some("0"),
+        "{control}"
+    );
     Ok(())
 }
 
