@@ -7,11 +7,14 @@
 //! the version that falls out of the window is deleted and the one just left is added.
 //!
 //! From v7 to v8: pods gained init containers ([`crate::pod::EdgePod::init_containers`]) and
-//! their names ([`crate::pod::EdgePod::hosts`]), and pod statuses their init containers'
+//! their names ([`crate::pod::EdgePod::hosts`]), the annotations they read
+//! ([`crate::pod::EdgePod::annotations`]), downward API and projected volumes, and their
+//! security settings ([`crate::pod::EdgePod::security`],
+//! [`crate::pod::EdgeContainer::security`]); pod statuses gained their init containers'
 //! statuses ([`crate::status::PodStatus::init_containers`]). The hub writes a v7 session's
-//! batches in [`v7`]'s shapes; a pod with init containers, or one a v7 edge would misname
-//! ([`v7::v8_only`]), is *withheld* from a v7 edge ([`v7::batch`] leaves it out and names
-//! it), because a v7 edge would run it otherwise than asked: the pod stays `Pending` on that node, the hub
+//! batches in [`v7`]'s shapes; a pod a v7 edge would run otherwise than asked
+//! ([`v7::v8_only`] says why) is *withheld* from a v7 edge ([`v7::batch`] leaves it out and
+//! names it): the pod stays `Pending` on that node, the hub
 //! logs it and counts it in `skerry_hub_pods_withheld_total`, and the node's `EdgeVersionSkew`
 //! condition says to upgrade the node (an upgraded edge changes cache layout, so it resyncs in
 //! full and gets the pod). A v7 report is decoded in [`v7::StatusReport`]'s shape and
@@ -26,7 +29,10 @@ pub mod v7 {
     use crate::ingress::EdgeIngresses;
     use crate::messages::{ObjectKind, ObjectRef, Reject, Welcome};
     use crate::overlay::OverlayNetwork;
-    use crate::pod::{EdgeContainer, PodDns, RestartPolicy, Volume};
+    use crate::pod::{
+        ContainerPort, DeviceMapping, EnvFromSource, EnvVar, PodDns, Probe, Resources,
+        RestartPolicy, Volume, VolumeMount,
+    };
     use crate::service::{ClusterNetwork, EdgeEndpointSlice, EdgeService};
     use serde::{Deserialize, Serialize};
     use std::collections::BTreeMap;
@@ -130,8 +136,10 @@ pub mod v7 {
         }
     }
 
-    /// What of `pod` a v7 edge would run otherwise than asked, if anything: it has init
-    /// containers (a v7 edge would run the app containers without them), a hostname other
+    /// What of `pod` a v7 edge would run otherwise than asked, if anything (the reason the
+    /// hub counts it under): it has init containers (a v7 edge would run the app containers
+    /// without them), a `securityContext` (a v7 edge would run every container as the image's
+    /// user, with the runtime's default privileges and no `fsGroup` or `sysctls`), a hostname other
     /// than its name, aliases, or `setHostnameAsFQDN` (a v7 edge names every pod by its name
     /// and gives it the host's `/etc/hosts`), downward API or projected volumes (v7 has no
     /// such kinds), or annotations it reads (v7 resolves no annotation `fieldRef`). A subdomain alone is not: a StatefulSet's pods
@@ -140,6 +148,8 @@ pub mod v7 {
     pub fn v8_only(pod: &crate::pod::EdgePod) -> Option<&'static str> {
         if !pod.init_containers.is_empty() {
             Some("init_containers")
+        } else if pod.security.is_some() || pod.containers.iter().any(|c| c.security.is_some()) {
+            Some("security_context")
         } else if pod.hosts.hostname(&pod.name)
             != crate::pod::PodHosts::default().hostname(&pod.name)
         {
@@ -164,7 +174,85 @@ pub mod v7 {
         }
     }
 
-    /// v7's pod: today's without `init_containers` and `hosts`.
+    /// v7's container: today's without `security`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct EdgeContainer {
+        pub name: String,
+        pub image: String,
+        pub image_pull_policy: String,
+        pub command: Vec<String>,
+        pub args: Vec<String>,
+        pub working_dir: String,
+        pub env: Vec<EnvVar>,
+        pub ports: Vec<ContainerPort>,
+        pub resources: Resources,
+        pub volume_mounts: Vec<VolumeMount>,
+        pub env_from: Vec<EnvFromSource>,
+        pub devices: Vec<DeviceMapping>,
+        pub liveness_probe: Option<Probe>,
+        pub readiness_probe: Option<Probe>,
+        pub startup_probe: Option<Probe>,
+        pub stdin: bool,
+        pub stdin_once: bool,
+        pub tty: bool,
+    }
+
+    impl From<crate::pod::EdgeContainer> for EdgeContainer {
+        /// Only for a container [`v8_only`] let through: it has no `security`.
+        fn from(c: crate::pod::EdgeContainer) -> Self {
+            Self {
+                name: c.name,
+                image: c.image,
+                image_pull_policy: c.image_pull_policy,
+                command: c.command,
+                args: c.args,
+                working_dir: c.working_dir,
+                env: c.env,
+                ports: c.ports,
+                resources: c.resources,
+                volume_mounts: c.volume_mounts,
+                env_from: c.env_from,
+                devices: c.devices,
+                liveness_probe: c.liveness_probe,
+                readiness_probe: c.readiness_probe,
+                startup_probe: c.startup_probe,
+                stdin: c.stdin,
+                stdin_once: c.stdin_once,
+                tty: c.tty,
+            }
+        }
+    }
+
+    impl From<EdgeContainer> for crate::pod::EdgeContainer {
+        /// A container a v7 edge cached or decoded: no `security` (none could be sent to it).
+        fn from(c: EdgeContainer) -> Self {
+            Self {
+                name: c.name,
+                image: c.image,
+                image_pull_policy: c.image_pull_policy,
+                command: c.command,
+                args: c.args,
+                working_dir: c.working_dir,
+                env: c.env,
+                ports: c.ports,
+                resources: c.resources,
+                volume_mounts: c.volume_mounts,
+                env_from: c.env_from,
+                devices: c.devices,
+                liveness_probe: c.liveness_probe,
+                readiness_probe: c.readiness_probe,
+                startup_probe: c.startup_probe,
+                stdin: c.stdin,
+                stdin_once: c.stdin_once,
+                tty: c.tty,
+                security: None,
+            }
+        }
+    }
+
+    /// v7's pod: today's without `init_containers`, `hosts`, `annotations` and `security`, with
+    /// v7's containers.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[allow(missing_docs)]
     pub struct EdgePod {
@@ -181,7 +269,7 @@ pub mod v7 {
     }
 
     impl TryFrom<crate::pod::EdgePod> for EdgePod {
-        /// The pod itself, back: it has init containers, which v7 cannot carry.
+        /// The pod itself, back: it has what v7 cannot carry ([`v8_only`]).
         type Error = Box<crate::pod::EdgePod>;
 
         fn try_from(p: crate::pod::EdgePod) -> Result<Self, Self::Error> {
@@ -193,7 +281,7 @@ pub mod v7 {
                 name: p.name,
                 uid: p.uid,
                 labels: p.labels,
-                containers: p.containers,
+                containers: p.containers.into_iter().map(EdgeContainer::from).collect(),
                 restart_policy: p.restart_policy,
                 termination_grace_period_seconds: p.termination_grace_period_seconds,
                 volumes: p.volumes,
@@ -211,7 +299,7 @@ pub mod v7 {
                 name: p.name,
                 uid: p.uid,
                 labels: p.labels,
-                containers: p.containers,
+                containers: p.containers.into_iter().map(Into::into).collect(),
                 restart_policy: p.restart_policy,
                 termination_grace_period_seconds: p.termination_grace_period_seconds,
                 volumes: p.volumes,
@@ -220,6 +308,7 @@ pub mod v7 {
                 init_containers: Vec::new(),
                 hosts: Default::default(),
                 annotations: BTreeMap::new(),
+                security: None,
             }
         }
     }
@@ -527,6 +616,31 @@ mod tests {
         assert!(old.withheld.is_empty());
         let old = v7::batch(pod_batch(indexed)).unwrap();
         assert_eq!(old.withheld[0].1, "hostname");
+        assert!(old.batch.upserts.is_empty());
+    }
+
+    #[test]
+    fn a_pod_with_a_security_context_is_withheld_from_a_v7_edge() {
+        let plain = crate::pod::tests::sample_pod("plain");
+        assert_eq!(v7::v8_only(&plain), None);
+        let mut user = plain.clone();
+        user.containers[0].security = Some(Box::new(crate::security::SecurityContext {
+            run_as_user: Some(1000),
+            ..Default::default()
+        }));
+        assert_eq!(v7::v8_only(&user), Some("security_context"));
+        let mut sysctl = plain.clone();
+        sysctl.security = Some(Box::new(crate::security::PodSecurity {
+            sysctls: vec![("net.ipv4.tcp_syncookies".into(), "1".into())],
+            ..Default::default()
+        }));
+        assert_eq!(v7::v8_only(&sysctl), Some("security_context"));
+        assert_eq!(
+            v7::v8_only(&with_init(user.clone())),
+            Some("init_containers")
+        );
+        let old = v7::batch(pod_batch(user)).expect("every kind is v7's");
+        assert_eq!(old.withheld.len(), 1);
         assert!(old.batch.upserts.is_empty());
     }
 

@@ -18,6 +18,7 @@ pub mod join;
 pub mod messages;
 pub mod overlay;
 pub mod pod;
+pub mod security;
 pub mod service;
 pub mod status;
 pub mod streams;

@@ -44,6 +44,10 @@ pub struct EdgePod {
     /// v8), and no others: most pods read none, and `kubectl apply` keeps a whole copy of the
     /// manifest in one, which no edge needs.
     pub annotations: BTreeMap<String, String>,
+    /// The pod-wide part of `spec.securityContext` (protocol v8): `fsGroup` for the volumes,
+    /// `sysctls` and the sandbox's user; `None` when none is set (boxed: most pods have none).
+    /// The containers' effective settings are in [`EdgeContainer::security`].
+    pub security: Option<Box<crate::security::PodSecurity>>,
 }
 
 /// One init container (protocol v8).
@@ -159,6 +163,7 @@ impl EdgePod {
             && self.restart_policy == other.restart_policy
             && self.volumes == other.volumes
             && self.hosts == other.hosts
+            && self.security == other.security
     }
 }
 
@@ -310,6 +315,9 @@ pub struct EdgeContainer {
     pub stdin_once: bool,
     /// Kubernetes `tty`: the container runs on a terminal of its own (protocol v7).
     pub tty: bool,
+    /// The container's effective `securityContext`, the pod's merged in (protocol v8); `None`
+    /// when nothing is set.
+    pub security: Option<Box<crate::security::SecurityContext>>,
 }
 
 /// One `envFrom` source.
@@ -644,6 +652,7 @@ pub(crate) mod tests {
             init_containers: vec![],
             hosts: Default::default(),
             annotations: BTreeMap::new(),
+            security: None,
         }
     }
 

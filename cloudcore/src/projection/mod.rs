@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 
 pub mod ingress;
 pub mod network;
+pub mod security;
 pub mod support;
 pub use network::{edge_endpoint_slice, edge_service, NETWORK_SHARD};
 
@@ -117,11 +118,12 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
         None => RestartPolicy::Always,
         Some(p) => RestartPolicy::parse(p).ok_or_else(|| err(format!("restartPolicy {p:?}")))?,
     };
+    let pod_sc = spec.security_context.as_ref();
     let containers = spec
         .containers
         .iter()
         .map(|c| {
-            container(c, meta.annotations.as_ref())
+            container(c, meta.annotations.as_ref(), pod_sc)
                 .map_err(|r| err(format!("container {:?}: {r}", c.name)))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -131,7 +133,7 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
         .flatten()
         .map(|c| {
             Ok(EdgeInitContainer {
-                container: container(c, meta.annotations.as_ref())
+                container: container(c, meta.annotations.as_ref(), pod_sc)
                     .map_err(|r| err(format!("init container {:?}: {r}", c.name)))?,
                 sidecar: c.restart_policy.as_deref() == Some("Always"),
             })
@@ -169,6 +171,7 @@ pub fn edge_pod(value: &Value) -> Result<EdgePod, ProjectionError> {
         dns,
         init_containers,
         annotations: BTreeMap::new(),
+        security: security::pod_security(pod_sc),
         hosts: Box::new(PodHosts {
             hostname: spec.hostname.filter(|h| !h.is_empty()),
             subdomain: spec.subdomain.filter(|s| !s.is_empty()),
@@ -322,6 +325,7 @@ fn env_from(e: &core::EnvFromSource) -> Result<EnvFromSource, String> {
 fn container(
     c: &core::Container,
     annotations: Option<&std::collections::BTreeMap<String, String>>,
+    pod_security: Option<&core::PodSecurityContext>,
 ) -> Result<EdgeContainer, String> {
     let mut resources = Resources::default();
     if let Some(r) = &c.resources {
@@ -432,6 +436,7 @@ fn container(
         stdin: c.stdin.unwrap_or(false),
         stdin_once: c.stdin_once.unwrap_or(false),
         tty: c.tty.unwrap_or(false),
+        security: security::container_security(pod_security, c.security_context.as_ref()),
     })
 }
 
@@ -776,6 +781,42 @@ mod tests {
         let v = json!({"metadata": {"name": "p", "namespace": "default", "annotations": annotations},
             "spec": {"nodeName": "n1", "containers": [container]}});
         edge_pod(&v).unwrap().containers.remove(0)
+    }
+
+    #[test]
+    fn security_contexts_are_projected_merged_per_container() {
+        let v = json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000,
+                    "supplementalGroups": [4000]},
+                "initContainers": [{"name": "init", "image": "i"}],
+                "containers": [{"name": "c", "image": "i",
+                    "securityContext": {"runAsUser": 0, "capabilities": {"drop": ["ALL"]}}},
+                    {"name": "plain", "image": "i"}]}});
+        let p = edge_pod(&v).unwrap();
+        let pod = p.security.as_deref().unwrap();
+        assert_eq!(
+            (pod.fs_group, pod.run_as_user, &pod.supplemental_groups),
+            (Some(2000), Some(1000), &vec![4000, 2000])
+        );
+        let c = p.containers[0].security.as_deref().unwrap();
+        assert_eq!((c.run_as_user, c.run_as_group), (Some(0), Some(3000)));
+        assert_eq!(c.capabilities_drop, ["ALL"]);
+        assert_eq!(c.supplemental_groups, [4000, 2000]);
+        let plain = p.containers[1].security.as_deref().unwrap();
+        assert_eq!(plain.run_as_user, Some(1000));
+        let init = p.init_containers[0].container.security.as_deref().unwrap();
+        assert_eq!(init.run_as_group, Some(3000));
+        // An empty securityContext (what the API defaults) sends nothing.
+        let v = json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"securityContext": {}, "containers": [{"name": "c", "image": "i",
+                "securityContext": {}}]}});
+        let p = edge_pod(&v).unwrap();
+        assert_eq!((p.security, &p.containers[0].security), (None, &None));
+        // What the edge cannot honour is a projection error, as at the API.
+        let v = json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "securityContext": {"seLinuxOptions": {"level": "s0"}}}]}});
+        assert!(edge_pod(&v).unwrap_err().reason.contains("seLinuxOptions"));
     }
 
     #[test]

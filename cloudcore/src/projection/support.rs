@@ -8,7 +8,7 @@
 //! until it is: volume kinds other than emptyDir, hostPath, configMap, secret, downwardAPI
 //! and projected (and projected sources other than configMap, secret and downwardAPI, and
 //! downward API `resourceFieldRef`s); lifecycle
-//! hooks; `securityContext` fields (pod and container); the host namespaces; ephemeral
+//! hooks; the `securityContext` fields [`super::security`] lists; the host namespaces; ephemeral
 //! containers; env `resourceFieldRef`; block devices; `subPathExpr` and mount propagation;
 //! priority classes that do not exist (Skerry has no PriorityClass objects, only the two
 //! built-in ones); and a few pod fields the edge would silently ignore
@@ -148,15 +148,7 @@ pub fn unsupported(spec: &PodSpec, path: &str) -> Vec<Unsupported> {
         });
     }
     if let Some(sc) = &spec.security_context {
-        let set = serde_json::to_value(sc).unwrap_or_default();
-        for field in set.as_object().into_iter().flat_map(|o| o.keys()) {
-            out.push(Unsupported {
-                field: format!("{path}.securityContext.{field}"),
-                refusal: Refusal::Forbidden(
-                    "pod securityContext is not applied on Skerry edges yet".into(),
-                ),
-            });
-        }
+        super::security::unsupported_pod(sc, &format!("{path}.securityContext"), &mut out);
     }
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
         volume(v, &format!("{path}.volumes[{i}]"), &mut out);
@@ -256,6 +248,9 @@ fn volume(v: &Volume, path: &str, out: &mut Vec<Unsupported>) {
 }
 
 fn container(c: &Container, path: &str, out: &mut Vec<Unsupported>) {
+    if let Some(sc) = &c.security_context {
+        super::security::unsupported_container(sc, &format!("{path}.securityContext"), out);
+    }
     let mut forbid = |field: String, why: &str| {
         out.push(Unsupported {
             field,
@@ -267,15 +262,6 @@ fn container(c: &Container, path: &str, out: &mut Vec<Unsupported>) {
             format!("{path}.lifecycle"),
             "postStart and preStop hooks are not run on Skerry edges yet",
         );
-    }
-    if let Some(sc) = &c.security_context {
-        let set = serde_json::to_value(sc).unwrap_or_default();
-        for field in set.as_object().into_iter().flat_map(|o| o.keys()) {
-            forbid(
-                format!("{path}.securityContext.{field}"),
-                "container securityContext is not applied on Skerry edges yet",
-            );
-        }
     }
     if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
         forbid(
@@ -399,12 +385,41 @@ mod tests {
                 r#"spec.priorityClassName: Unsupported value: "high": supported values: "system-cluster-critical", "system-node-critical""#,
             ),
             (
-                json!({"securityContext": {"runAsUser": 1000}}),
-                "spec.securityContext.runAsUser: Forbidden: pod securityContext is not applied on Skerry edges yet",
+                json!({"securityContext": {"seLinuxOptions": {"level": "s0:c1"}}}),
+                "spec.securityContext.seLinuxOptions: Forbidden: SELinux is not enabled on Skerry edges",
             ),
             (
-                json!({"securityContext": {"fsGroup": 2000}}),
-                "spec.securityContext.fsGroup: Forbidden: pod securityContext is not applied on Skerry edges yet",
+                json!({"securityContext": {"seLinuxChangePolicy": "MountOption"}}),
+                "spec.securityContext.seLinuxChangePolicy: Forbidden: SELinux is not enabled on Skerry edges",
+            ),
+            (
+                json!({"securityContext": {"windowsOptions": {"runAsUserName": "x"}}}),
+                "spec.securityContext.windowsOptions: Forbidden: Skerry edges run Linux pods only",
+            ),
+            (
+                json!({"securityContext": {"runAsUser": -1}}),
+                "spec.securityContext.runAsUser: Forbidden: -1 must be between 0 and 2147483647, inclusive",
+            ),
+            (
+                json!({"securityContext": {"supplementalGroupsPolicy": "Strict"}}),
+                r#"spec.securityContext.supplementalGroupsPolicy: Unsupported value: "Strict": supported values: "Merge""#,
+            ),
+            (
+                json!({"securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"},
+                    {"name": "kernel.msgmax", "value": "65536"}]}}),
+                r#"spec.securityContext.sysctls[1].name: Unsupported value: "kernel.msgmax": supported values: "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_local_reserved_ports", "net.ipv4.ip_unprivileged_port_start", "net.ipv4.ping_group_range", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_rmem", "net.ipv4.tcp_syncookies", "net.ipv4.tcp_wmem""#,
+            ),
+            (
+                json!({"securityContext": {"appArmorProfile": {"type": "RuntimeDefault"}}}),
+                r#"spec.securityContext.appArmorProfile.type: Unsupported value: "RuntimeDefault": supported values: "Unconfined""#,
+            ),
+            (
+                json!({"securityContext": {"seccompProfile": {"type": "Localhost"}}}),
+                "spec.securityContext.seccompProfile.localhostProfile: Forbidden: is required when type is Localhost",
+            ),
+            (
+                json!({"securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "../etc/x.json"}}}),
+                "spec.securityContext.seccompProfile.localhostProfile: Forbidden: must be a relative path (under the edge's <data-dir>/seccomp) without '..'",
             ),
         ];
         for (extra, want) in cases {
@@ -417,6 +432,29 @@ mod tests {
     }
 
     #[test]
+    fn the_security_settings_the_edge_honours_are_accepted() {
+        let ok = json!({
+            "securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "runAsNonRoot": true,
+                "supplementalGroups": [4000], "supplementalGroupsPolicy": "Merge",
+                "fsGroup": 2000, "fsGroupChangePolicy": "OnRootMismatch",
+                "seccompProfile": {"type": "RuntimeDefault"},
+                "appArmorProfile": {"type": "Unconfined"},
+                "sysctls": [{"name": "kernel.shm_rmid_forced", "value": "1"},
+                    {"name": "net.ipv4.ip_unprivileged_port_start", "value": "80"}]},
+            "initContainers": [{"name": "i", "image": "x",
+                "securityContext": {"runAsUser": 0, "privileged": true}}],
+            "containers": [{"name": "a", "image": "x", "securityContext": {
+                "runAsUser": 1001, "runAsGroup": 1001, "runAsNonRoot": true,
+                "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+                "privileged": false, "procMount": "Default",
+                "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+                "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/audit.json"},
+                "appArmorProfile": {"type": "Unconfined"}}}]
+        });
+        assert_eq!(messages(ok), Vec::<String>::new());
+    }
+
+    #[test]
     fn container_fields_the_edge_cannot_run_are_named_in_app_and_init_containers() {
         let cases = [
             (
@@ -424,12 +462,32 @@ mod tests {
                 "lifecycle: Forbidden: postStart and preStop hooks are not run on Skerry edges yet",
             ),
             (
-                json!({"securityContext": {"privileged": true}}),
-                "securityContext.privileged: Forbidden: container securityContext is not applied on Skerry edges yet",
+                json!({"securityContext": {"procMount": "Unmasked"}}),
+                r#"securityContext.procMount: Unsupported value: "Unmasked": supported values: "Default""#,
             ),
             (
-                json!({"securityContext": {"readOnlyRootFilesystem": true}}),
-                "securityContext.readOnlyRootFilesystem: Forbidden: container securityContext is not applied on Skerry edges yet",
+                json!({"securityContext": {"seLinuxOptions": {"type": "spc_t"}}}),
+                "securityContext.seLinuxOptions: Forbidden: SELinux is not enabled on Skerry edges",
+            ),
+            (
+                json!({"securityContext": {"windowsOptions": {"hostProcess": true}}}),
+                "securityContext.windowsOptions: Forbidden: Skerry edges run Linux pods only",
+            ),
+            (
+                json!({"securityContext": {"appArmorProfile": {"type": "Localhost", "localhostProfile": "p"}}}),
+                r#"securityContext.appArmorProfile.type: Unsupported value: "Localhost": supported values: "Unconfined""#,
+            ),
+            (
+                json!({"securityContext": {"seccompProfile": {"type": "Strict"}}}),
+                r#"securityContext.seccompProfile.type: Unsupported value: "Strict": supported values: "Localhost", "RuntimeDefault", "Unconfined""#,
+            ),
+            (
+                json!({"securityContext": {"privileged": true, "allowPrivilegeEscalation": false}}),
+                "securityContext.allowPrivilegeEscalation: Forbidden: cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
+            ),
+            (
+                json!({"securityContext": {"runAsGroup": 4294967296i64}}),
+                "securityContext.runAsGroup: Forbidden: 4294967296 must be between 0 and 2147483647, inclusive",
             ),
             (
                 json!({"volumeDevices": [{"name": "b", "devicePath": "/dev/xvda"}]}),

@@ -41,6 +41,7 @@ impl From<V4Pod> for EdgePod {
             init_containers: Vec::new(),
             hosts: Default::default(),
             annotations: Default::default(),
+            security: None,
         }
     }
 }

@@ -78,6 +78,7 @@ impl From<V6Container> for EdgeContainer {
             stdin: false,
             stdin_once: false,
             tty: false,
+            security: None,
         }
     }
 }
@@ -115,6 +116,7 @@ impl From<V6Pod> for EdgePod {
             init_containers: Vec::new(),
             hosts: Default::default(),
             annotations: Default::default(),
+            security: None,
         }
     }
 }

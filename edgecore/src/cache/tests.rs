@@ -41,6 +41,7 @@ fn pod(name: &str, image: &str) -> EdgePod {
         init_containers: Vec::new(),
         hosts: Default::default(),
         annotations: Default::default(),
+        security: None,
     }
 }
 

@@ -393,6 +393,7 @@ mod tests {
             init_containers: Vec::new(),
             hosts: Default::default(),
             annotations: Default::default(),
+            security: None,
         }
     }
 

@@ -875,6 +875,7 @@ mod tests {
             init_containers: Vec::new(),
             hosts: Default::default(),
             annotations: Default::default(),
+            security: None,
         };
         let tmp = tempfile::tempdir().expect("tempdir");
         let runtime = Arc::new(crate::runtime::process::ProcessRuntime::new(

@@ -325,6 +325,7 @@ fn pod(uid: &str, name: &str) -> EdgePod {
         init_containers: Vec::new(),
         hosts: Default::default(),
         annotations: Default::default(),
+        security: None,
     }
 }
 

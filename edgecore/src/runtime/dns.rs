@@ -225,6 +225,7 @@ mod tests {
             init_containers: vec![],
             hosts: Default::default(),
             annotations: Default::default(),
+            security: None,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod cri;
 pub mod dns;
 pub mod port;
 pub mod process;
+pub mod security;
 
 use async_trait::async_trait;
 use protocol::pod::{EdgeContainer, EdgePod};
@@ -222,6 +223,15 @@ pub enum RuntimeError {
         /// What is wrong and what to fix.
         message: String,
     },
+    /// The container cannot be created as its configuration asks (`runAsNonRoot` with a user
+    /// that is, or may be, root): kubelet's `CreateContainerConfigError`, with its message.
+    #[error("{message}")]
+    CreateContainerConfig {
+        /// The container.
+        container: String,
+        /// What is wrong, as kubelet says it.
+        message: String,
+    },
     /// The image is not available and cannot be obtained.
     #[error("image {image:?} is not available: {message}")]
     Image {
@@ -260,6 +270,7 @@ impl RuntimeError {
     pub fn waiting_reason(&self) -> &str {
         match self {
             RuntimeError::CreateContainer { .. } => "CreateContainerError",
+            RuntimeError::CreateContainerConfig { .. } => "CreateContainerConfigError",
             RuntimeError::Image { reason, .. } => reason,
             RuntimeError::SandboxNotReady { .. } | RuntimeError::Internal { .. } => {
                 "RunContainerError"
@@ -446,11 +457,21 @@ pub fn container_digest(container: &EdgeContainer) -> String {
     use sha2::{Digest, Sha256};
     // Serializing plain structs and vectors cannot fail; an empty input would still be stable.
     let mut json = serde_json::to_vec(container).unwrap_or_default();
-    // The fields protocol v7 added (the last ones) are left out while all off, so that the
-    // containers an older edgecore started keep their digest: the upgrade restarts none.
-    const V7_OFF: &[u8] = br#","stdin":false,"stdin_once":false,"tty":false}"#;
-    if json.ends_with(V7_OFF) {
-        json.truncate(json.len() - V7_OFF.len());
+    // The fields later protocols added (the last ones) are left out while off, newest first,
+    // so that the containers an older edgecore started keep their digest: the upgrade
+    // restarts none.
+    const ADDED_OFF: [&[u8]; 2] = [
+        // v8.
+        br#","security":null"#,
+        // v7.
+        br#","stdin":false,"stdin_once":false,"tty":false"#,
+    ];
+    if json.pop() == Some(b'}') {
+        for off in ADDED_OFF {
+            if json.ends_with(off) {
+                json.truncate(json.len() - off.len());
+            }
+        }
         json.push(b'}');
     }
     hex::encode(Sha256::digest(&json))
@@ -516,9 +537,17 @@ mod tests {
         let tty = EdgeContainer {
             stdin: true,
             tty: true,
-            ..c
+            ..c.clone()
         };
         assert_ne!(container_digest(&tty), old);
+        let user = EdgeContainer {
+            security: Some(Box::new(protocol::security::SecurityContext {
+                run_as_user: Some(1000),
+                ..Default::default()
+            })),
+            ..c
+        };
+        assert_ne!(container_digest(&user), old);
     }
 
     #[test]

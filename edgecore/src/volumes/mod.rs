@@ -29,6 +29,16 @@
 //!   never reach the disk; otherwise a plain directory of mode 0700, with a warning. Both are
 //!   mounted read-only, as in Kubernetes.
 //!
+//! # fsGroup
+//!
+//! A pod with `securityContext.fsGroup` gets its emptyDir, configMap and secret volumes given
+//! to that group as kubelet does ([`ownership`]): group ownership, group read and write (read
+//! only for configMap and secret volumes), setgid directories. An emptyDir is changed once per
+//! pod and edgecore run (kubelet: once per volume set-up), so a container's restart leaves
+//! what the pod wrote alone; configMap and secret volumes each time their payload is written.
+//! `fsGroupChangePolicy: OnRootMismatch` skips a volume whose root is right already. hostPath
+//! volumes are left as they are, as in Kubernetes.
+//!
 //! # Updates
 //!
 //! ConfigMap and secret files are written as kubelet's atomic writer does: the payload goes to a
@@ -61,6 +71,7 @@
 
 mod atomic;
 mod mounts;
+mod ownership;
 mod paths;
 mod payload;
 #[cfg(test)]
@@ -200,6 +211,10 @@ struct Inner {
     root: Option<PathBuf>,
     /// Whether tmpfs mounts are attempted (edgecore runs as root).
     tmpfs: bool,
+    /// emptyDirs (`<pod-uid>/<volume>`) given to their pod's `fsGroup` since this edgecore
+    /// started: once per pod and edgecore, as kubelet does it once per volume set-up (a
+    /// container's restart does not change what its pod wrote meanwhile).
+    owned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Volumes {
@@ -210,6 +225,7 @@ impl Volumes {
             inner: Arc::new(Inner {
                 root: Some(root),
                 tmpfs: nix::unistd::geteuid().is_root(),
+                owned: Default::default(),
             }),
         }
     }
@@ -221,6 +237,7 @@ impl Volumes {
             inner: Arc::new(Inner {
                 root: None,
                 tmpfs: false,
+                owned: Default::default(),
             }),
         }
     }
@@ -232,6 +249,7 @@ impl Volumes {
             inner: Arc::new(Inner {
                 root: self.inner.root.clone(),
                 tmpfs,
+                owned: Default::default(),
             }),
         }
     }
@@ -415,6 +433,20 @@ impl Volumes {
                 } else {
                     make_dir(&volume.name, &dir, EMPTY_DIR_MODE)?;
                 }
+                let key = format!("{}/{}", pod.uid, volume.name);
+                let owned = |inner: &Inner| {
+                    inner
+                        .owned
+                        .lock()
+                        .map(|o| o.contains(&key))
+                        .unwrap_or(false)
+                };
+                if !owned(&self.inner) {
+                    apply_fs_group(pod, &volume.name, &dir, false)?;
+                    if let Ok(mut o) = self.inner.owned.lock() {
+                        o.insert(key);
+                    }
+                }
                 Ok(dir)
             }
             VolumeSource::ConfigMap { .. }
@@ -447,6 +479,7 @@ impl Volumes {
                     make_dir(&volume.name, &dir, CONFIG_DIR_MODE)?;
                 }
                 write_atomic(&dir, &payload).map_err(io_err(&volume.name, "write", &dir))?;
+                apply_fs_group(pod, &volume.name, &dir, true)?;
                 Ok(dir)
             }
         }
@@ -512,7 +545,13 @@ impl Volumes {
                 }
             };
             match write_atomic(&dir, &payload) {
-                Ok(true) => info!(volume = %volume.name, "volume updated"),
+                Ok(true) => {
+                    info!(volume = %volume.name, "volume updated");
+                    if let Err(e) = apply_fs_group(pod, &volume.name, &dir, true) {
+                        warn!(volume = %volume.name, error = %e,
+                              "cannot give the updated volume to the pod's fsGroup");
+                    }
+                }
                 Ok(false) => {}
                 Err(e) => warn!(volume = %volume.name, path = %dir.display(), error = %e,
                                 "cannot update the volume; it keeps its last contents"),
@@ -521,6 +560,9 @@ impl Volumes {
     }
 
     fn teardown_sync(&self, pod_uid: &str) -> Result<(), VolumeError> {
+        if let Ok(mut o) = self.inner.owned.lock() {
+            o.retain(|k| !k.starts_with(&format!("{pod_uid}/")));
+        }
         // Without a root, or for a uid that is no directory name, nothing was ever made.
         if self.inner.root.is_none() || !is_safe_component(pod_uid) {
             return Ok(());
@@ -567,6 +609,34 @@ impl Volumes {
     }
 }
 
+/// Gives the volume at `dir` to the pod's `fsGroup`, if it has one (see [`ownership`]);
+/// `read_only` for configMap and secret volumes (group read, not write).
+fn apply_fs_group(
+    pod: &EdgePod,
+    volume: &str,
+    dir: &Path,
+    read_only: bool,
+) -> Result<(), VolumeError> {
+    let Some(security) = pod.security.as_deref() else {
+        return Ok(());
+    };
+    let Some(gid) = security.fs_group.and_then(|g| u32::try_from(g).ok()) else {
+        return Ok(());
+    };
+    if security.fs_group_on_root_mismatch
+        && !ownership::needs_change(dir, gid, read_only).map_err(io_err(volume, "inspect", dir))?
+    {
+        return Ok(());
+    }
+    ownership::set_ownership(dir, gid, read_only).map_err(io_err(
+        volume,
+        "give the pod's fsGroup",
+        dir,
+    ))?;
+    debug!(volume, gid, "volume given to the pod's fsGroup");
+    Ok(())
+}
+
 /// Runs blocking file-system work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, VolumeError> + Send + 'static,
@@ -589,7 +659,8 @@ fn make_dir(volume: &str, dir: &Path, mode: u32) -> Result<(), VolumeError> {
         .permissions()
         .mode()
         & 0o7777;
-    if current != mode {
+    // The setgid bit is the pod's fsGroup's (see `ownership`), not a drift to undo.
+    if current & !0o2000 != mode {
         fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(io_err(
             volume,
             "set the mode of",

@@ -511,6 +511,7 @@ fn pod_with(volumes: Vec<Volume>, mounts: Vec<VolumeMount>) -> EdgePod {
         init_containers: Vec::new(),
         hosts: Default::default(),
         annotations: Default::default(),
+        security: None,
     }
 }
 
@@ -779,4 +780,77 @@ async fn teardown_keeps_what_the_runtime_still_has_in_the_pod_directory() {
     assert!(!tmp.path().join("uid-1/volumes").exists());
     assert!(tmp.path().join("uid-1/pod.json").exists());
     assert!(volumes.pods_with_volumes().await.is_empty());
+}
+
+#[tokio::test]
+async fn fs_group_gives_empty_dir_config_map_and_secret_volumes_to_the_group_but_not_host_paths() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("pods");
+    let volumes = Volumes::new(root.clone()).with_tmpfs(false);
+    let host = tmp.path().join("host");
+    fs::create_dir(&host).unwrap();
+    let host_gid = fs::metadata(&host).unwrap().gid();
+    // As root any group can be given; otherwise only one of ours.
+    let gid = if nix::unistd::geteuid().is_root() {
+        2000
+    } else {
+        nix::unistd::getegid().as_raw()
+    };
+    let mut p = pod_with(
+        vec![
+            config_volume(
+                "scratch",
+                VolumeSource::EmptyDir {
+                    memory: false,
+                    size_limit_bytes: None,
+                },
+            ),
+            config_volume("cfg", cm_source("app", vec![], None, false)),
+            config_volume("creds", secret_source("creds", vec![], false)),
+            config_volume(
+                "host",
+                VolumeSource::HostPath {
+                    path: host.to_string_lossy().into_owned(),
+                    kind: String::new(),
+                },
+            ),
+        ],
+        vec![
+            mount("scratch", ""),
+            mount("cfg", ""),
+            mount("creds", ""),
+            mount("host", ""),
+        ],
+    );
+    p.security = Some(Box::new(protocol::security::PodSecurity {
+        fs_group: Some(i64::from(gid)),
+        ..Default::default()
+    }));
+    volumes
+        .prepare(&p, &p.containers[0], Arc::new(configs()))
+        .await
+        .expect("prepare");
+    let vdir = root.join("uid-1/volumes");
+    let meta = |p: &Path| fs::metadata(p).unwrap();
+    assert_eq!(meta(&vdir.join("scratch")).gid(), gid);
+    assert_eq!(mode_of(&vdir.join("scratch")), 0o2777);
+    assert_eq!(meta(&vdir.join("cfg/app.conf")).gid(), gid);
+    assert_eq!(mode_of(&vdir.join("cfg/app.conf")), 0o644);
+    // A secret's 0600 file becomes readable by the group (not writable: the volume is
+    // read-only), and its directory searchable.
+    assert_eq!(meta(&vdir.join("creds/password")).gid(), gid);
+    assert_eq!(mode_of(&vdir.join("creds/password")), 0o640);
+    assert_eq!(mode_of(&vdir.join("creds")), 0o2750);
+    // hostPath volumes are the host's: kubelet does not change them either.
+    assert_eq!(meta(&host).gid(), host_gid);
+    // A file a container made meanwhile is not changed by the next container's start.
+    fs::write(vdir.join("scratch/mine"), b"x").unwrap();
+    fs::set_permissions(vdir.join("scratch/mine"), fs::Permissions::from_mode(0o600)).unwrap();
+    volumes
+        .prepare(&p, &p.containers[0], Arc::new(configs()))
+        .await
+        .expect("prepare again");
+    assert_eq!(mode_of(&vdir.join("scratch/mine")), 0o600);
+    assert_eq!(mode_of(&vdir.join("scratch")), 0o2777);
 }

@@ -36,6 +36,7 @@ pub fn pod(uid: &str, containers: Vec<EdgeContainer>) -> EdgePod {
         init_containers: vec![],
         hosts: Default::default(),
         annotations: Default::default(),
+        security: None,
     }
 }
 

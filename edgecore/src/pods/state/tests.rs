@@ -49,6 +49,7 @@ pub(super) fn pod(policy: RestartPolicy, names: &[&str]) -> EdgePod {
         init_containers: Vec::new(),
         hosts: Default::default(),
         annotations: Default::default(),
+        security: None,
     }
 }
 

@@ -4,6 +4,7 @@
 use super::conn::CallError;
 use super::spec::{LABEL_CONTAINER_NAME, LABEL_POD_UID};
 use super::{conn, is_safe_component, spec, whole_seconds, CriRuntime};
+use crate::runtime::security::{verify_run_as_non_root, DefaultUser};
 use crate::runtime::{ContainerConfig, ContainerInfo, ContainerRunState, RuntimeError, Sandbox};
 use k8s_cri::v1 as cri;
 use protocol::pod::{EdgeContainer, EdgePod};
@@ -122,9 +123,22 @@ impl CriRuntime {
                     &self.log_dir(&pod.uid),
                     // Only RunPodSandbox reads it (the resolv.conf is the sandbox's).
                     None,
+                    &self.seccomp_root(),
                 );
                 let (image, pull) = self.ensure_image(container, &sandbox_config).await?;
                 image_pull = Some(pull);
+                // The image's user matters only to a container that sets a securityContext
+                // (kubelet asks ImageStatus for it on every create).
+                let image_user = match container.security {
+                    Some(_) => self.image_user(&image).await?,
+                    None => DefaultUser::default(),
+                };
+                verify_run_as_non_root(pod, container, &image_user).map_err(|message| {
+                    RuntimeError::CreateContainerConfig {
+                        container: container.name.clone(),
+                        message,
+                    }
+                })?;
                 let log_dir = self.log_dir(&pod.uid).join(&container.name);
                 tokio::fs::create_dir_all(&log_dir)
                     .await
@@ -140,6 +154,11 @@ impl CriRuntime {
                     &image,
                     self.swap_limit,
                     &self.hosts_path(&pod.uid),
+                    spec::container_security(
+                        container.security.as_deref(),
+                        &image_user,
+                        &self.seccomp_root(),
+                    ),
                 );
                 let labels = container_config.labels.clone();
                 let request = cri::CreateContainerRequest {

@@ -4,6 +4,7 @@
 use super::conn::CallError;
 use super::spec::PullPolicy;
 use super::CriRuntime;
+use crate::runtime::security::DefaultUser;
 use crate::runtime::{ImagePull, RuntimeError};
 use k8s_cri::v1 as cri;
 use protocol::pod::EdgeContainer;
@@ -30,6 +31,32 @@ impl CriRuntime {
             .await
             .map_err(|e| self.internal("start container", "ImageStatus", &e))?;
         Ok(response.image.map(|i| i.id))
+    }
+
+    /// The user `image` runs as (CRI `ImageStatus`'s `uid` or `username`), read as kubelet
+    /// does: an image that names none runs as root.
+    pub(super) async fn image_user(&self, image: &str) -> Result<DefaultUser, RuntimeError> {
+        let request = cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            verbose: false,
+        };
+        let response = self
+            .conn
+            .call(self.conn.timeout, true, || {
+                let mut client = self.conn.images();
+                let request = request.clone();
+                async move { client.image_status(request).await }
+            })
+            .await
+            .map_err(|e| self.internal("start container", "ImageStatus", &e))?;
+        let image = response.image.unwrap_or_default();
+        Ok(DefaultUser::of_image(
+            image.uid.map(|u| u.value),
+            &image.username,
+        ))
     }
 
     /// Pulls `image`; returns the reference containerd resolved it to.

@@ -272,6 +272,17 @@ fn truncated(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
+impl CriRuntime {
+    /// Where `Localhost` seccomp profiles are read from: `<data-dir>/seccomp` (kubelet's
+    /// `<root-dir>/seccomp`).
+    fn seccomp_root(&self) -> PathBuf {
+        self.pods_root
+            .parent()
+            .unwrap_or(&self.pods_root)
+            .join("seccomp")
+    }
+}
+
 #[async_trait]
 impl Runtime for CriRuntime {
     fn version(&self) -> String {

@@ -87,6 +87,7 @@ impl CriRuntime {
             &self.instance,
             &log_dir,
             Some(dns),
+            &self.seccomp_root(),
         );
         let request = cri::RunPodSandboxRequest {
             config: Some(config),

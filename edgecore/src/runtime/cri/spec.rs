@@ -3,9 +3,11 @@
 //! states it reads back. Nothing here does I/O, so every rule (Kubernetes' resource arithmetic,
 //! pull-policy defaulting, exit reasons) is unit-tested on its own.
 
+use crate::runtime::security::DefaultUser;
 use crate::runtime::{container_digest, sandbox_labels, ContainerConfig, ContainerRunState};
 use k8s_cri::v1 as cri;
 use protocol::pod::{EdgeContainer, EdgePod, Resources};
+use protocol::security::{SecurityContext, SecurityProfile};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -94,6 +96,7 @@ pub fn sandbox_config(
     instance: &str,
     log_dir: &Path,
     dns_config: Option<cri::DnsConfig>,
+    seccomp_root: &Path,
 ) -> cri::PodSandboxConfig {
     let mut labels: HashMap<String, String> = sandbox_labels(pod).into_iter().collect();
     labels.insert(LABEL_INSTANCE.to_string(), instance.to_string());
@@ -114,14 +117,101 @@ pub fn sandbox_config(
         linux: Some(cri::LinuxPodSandboxConfig {
             // Unset: containerd's default parent. edgecore manages no pod-level cgroups yet.
             cgroup_parent: String::new(),
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(namespace_options()),
-                ..Default::default()
-            }),
+            security_context: Some(sandbox_security(pod, seccomp_root)),
+            sysctls: pod
+                .security
+                .iter()
+                .flat_map(|s| s.sysctls.iter().cloned())
+                .collect(),
             ..Default::default()
         }),
         windows: None,
     }
+}
+
+/// The sandbox's security context as kubelet builds it: the pod's own user, group, groups
+/// (with `fsGroup`) and seccomp profile, and privileged when any container is (containerd
+/// refuses a privileged container in a sandbox that is not).
+pub fn sandbox_security(pod: &EdgePod, seccomp_root: &Path) -> cri::LinuxSandboxSecurityContext {
+    let mut out = cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(namespace_options()),
+        privileged: pod
+            .all_containers()
+            .any(|c| c.security.as_ref().is_some_and(|s| s.privileged)),
+        ..Default::default()
+    };
+    if let Some(s) = pod.security.as_deref() {
+        out.run_as_user = s.run_as_user.map(|value| cri::Int64Value { value });
+        // containerd refuses a sandbox group without a user ("user group is specified
+        // without user"): the sandbox's image user is not known here, so the group goes only
+        // with a user (the containers get theirs with the image's user, see below).
+        if s.run_as_user.is_some() {
+            out.run_as_group = s.run_as_group.map(|value| cri::Int64Value { value });
+        }
+        out.supplemental_groups = s.supplemental_groups.clone();
+        out.seccomp = s.seccomp.as_ref().map(|p| profile(p, seccomp_root));
+    }
+    out
+}
+
+/// A CRI profile; a Localhost seccomp profile is a file under `seccomp_root`, as kubelet
+/// sends `<root-dir>/seccomp/<localhostProfile>`.
+fn profile(p: &SecurityProfile, seccomp_root: &Path) -> cri::SecurityProfile {
+    use cri::security_profile::ProfileType;
+    match p {
+        SecurityProfile::RuntimeDefault => cri::SecurityProfile {
+            profile_type: ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        },
+        SecurityProfile::Unconfined => cri::SecurityProfile {
+            profile_type: ProfileType::Unconfined as i32,
+            localhost_ref: String::new(),
+        },
+        SecurityProfile::Localhost(path) => cri::SecurityProfile {
+            profile_type: ProfileType::Localhost as i32,
+            localhost_ref: seccomp_root.join(path).to_string_lossy().into_owned(),
+        },
+    }
+}
+
+/// A container's security context as kubelet converts it
+/// (`convertToRuntimeSecurityContext`): with no `runAsUser`, the image's user (its uid, else
+/// its name), so that a `runAsGroup` has a user to go with; capabilities as given (containerd
+/// reads `ALL` and adds the `CAP_` prefix); `no_new_privs` for `allowPrivilegeEscalation:
+/// false`. Masked and read-only paths are left to containerd's defaults (`procMount: Default`).
+pub fn container_security(
+    sc: Option<&SecurityContext>,
+    image_user: &DefaultUser,
+    seccomp_root: &Path,
+) -> cri::LinuxContainerSecurityContext {
+    let mut out = cri::LinuxContainerSecurityContext {
+        namespace_options: Some(namespace_options()),
+        ..Default::default()
+    };
+    let Some(sc) = sc else {
+        return out;
+    };
+    match (sc.run_as_user, image_user.uid) {
+        (Some(value), _) | (None, Some(value)) => {
+            out.run_as_user = Some(cri::Int64Value { value });
+        }
+        (None, None) => out.run_as_username = image_user.username.clone(),
+    }
+    out.run_as_group = sc.run_as_group.map(|value| cri::Int64Value { value });
+    out.supplemental_groups = sc.supplemental_groups.clone();
+    out.privileged = sc.privileged;
+    out.readonly_rootfs = sc.read_only_root_filesystem;
+    out.no_new_privs = sc.no_new_privs;
+    if !sc.capabilities_add.is_empty() || !sc.capabilities_drop.is_empty() {
+        out.capabilities = Some(cri::Capability {
+            add_capabilities: sc.capabilities_add.clone(),
+            drop_capabilities: sc.capabilities_drop.clone(),
+            add_ambient_capabilities: Vec::new(),
+        });
+    }
+    out.seccomp = sc.seccomp.as_ref().map(|p| profile(p, seccomp_root));
+    out.apparmor = sc.app_armor.as_ref().map(|p| profile(p, seccomp_root));
+    out
 }
 
 /// Host port mappings of every container port that asks for one.
@@ -174,6 +264,7 @@ pub const ETC_HOSTS: &str = "/etc/hosts";
 /// `etc_hosts` is the pod's hosts file, mounted at `/etc/hosts` unless the container mounts a
 /// volume there itself (as kubelet does; containerd then does not mount its copy of the
 /// host's).
+/// `security` is [`container_security`]'s.
 pub fn container_config(
     instance: &str,
     pod: &EdgePod,
@@ -182,6 +273,7 @@ pub fn container_config(
     image: &str,
     swap_limit: bool,
     etc_hosts: &Path,
+    security: cri::LinuxContainerSecurityContext,
 ) -> cri::ContainerConfig {
     let own_hosts = !config.mounts.iter().any(|m| m.container_path == ETC_HOSTS);
     let hosts_mount = own_hosts.then(|| cri::Mount {
@@ -255,10 +347,7 @@ pub fn container_config(
         tty: container.tty,
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(linux_resources(&container.resources, swap_limit)),
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(namespace_options()),
-                ..Default::default()
-            }),
+            security_context: Some(security),
         }),
         windows: None,
         cdi_devices: Vec::new(),
@@ -394,6 +483,7 @@ mod tests {
             init_containers: Vec::new(),
             hosts: Default::default(),
             annotations: Default::default(),
+            security: None,
         }
     }
 
@@ -439,6 +529,7 @@ mod tests {
             "inst-1",
             Path::new("/data/pods/uid-1/logs"),
             None,
+            Path::new("/data/seccomp"),
         );
         let meta = cfg.metadata.expect("metadata");
         assert_eq!(
@@ -562,7 +653,20 @@ mod tests {
             }],
         };
         let hosts = Path::new("/data/pods/uid-1/etc-hosts");
-        let c = container_config("inst", &pod, &container, &config, "sha256:abc", true, hosts);
+        let security = || container_security(None, &DefaultUser::default(), Path::new("/s"));
+        let build = |config: &ContainerConfig| {
+            container_config(
+                "inst",
+                &pod,
+                &container,
+                config,
+                "sha256:abc",
+                true,
+                hosts,
+                security(),
+            )
+        };
+        let c = build(&config);
         // The pod's hosts file last, unless a volume is mounted at /etc/hosts.
         let last = c.mounts.last().expect("mounts");
         assert_eq!(
@@ -571,7 +675,7 @@ mod tests {
         );
         let mut own = config.clone();
         own.mounts[0].container_path = ETC_HOSTS.into();
-        let mine = container_config("inst", &pod, &container, &own, "sha256:abc", true, hosts);
+        let mine = build(&own);
         assert_eq!(mine.mounts.len(), 1);
         assert_eq!(mine.mounts[0].host_path, "/data/pods/uid-1/volumes/data");
         assert_eq!(c.metadata.as_ref().map(|m| m.attempt), Some(3));
@@ -613,6 +717,108 @@ mod tests {
             .and_then(|s| s.namespace_options)
             .expect("namespaces");
         assert_eq!(ns.pid, cri::NamespaceMode::Container as i32);
+    }
+
+    #[test]
+    fn security_contexts_map_to_cri_as_kubelet_does() {
+        use cri::security_profile::ProfileType;
+        let seccomp_root = Path::new("/data/seccomp");
+        let sc = SecurityContext {
+            run_as_user: Some(1000),
+            run_as_group: Some(3000),
+            supplemental_groups: vec![4000, 2000],
+            read_only_root_filesystem: true,
+            no_new_privs: true,
+            capabilities_add: vec!["NET_ADMIN".into()],
+            capabilities_drop: vec!["ALL".into()],
+            seccomp: Some(SecurityProfile::Localhost("audit.json".into())),
+            app_armor: Some(SecurityProfile::Unconfined),
+            ..Default::default()
+        };
+        let image = DefaultUser::of_image(Some(65534), "");
+        let c = container_security(Some(&sc), &image, seccomp_root);
+        assert_eq!(c.run_as_user.as_ref().map(|u| u.value), Some(1000));
+        assert_eq!(c.run_as_group.as_ref().map(|g| g.value), Some(3000));
+        assert_eq!(c.supplemental_groups, [4000, 2000]);
+        assert!(c.readonly_rootfs && c.no_new_privs && !c.privileged);
+        let caps = c.capabilities.as_ref().expect("capabilities");
+        assert_eq!(
+            (&caps.add_capabilities[..], &caps.drop_capabilities[..]),
+            (&["NET_ADMIN".to_string()][..], &["ALL".to_string()][..])
+        );
+        let seccomp = c.seccomp.as_ref().expect("seccomp");
+        assert_eq!(seccomp.profile_type, ProfileType::Localhost as i32);
+        assert_eq!(seccomp.localhost_ref, "/data/seccomp/audit.json");
+        assert_eq!(
+            c.apparmor.as_ref().map(|p| p.profile_type),
+            Some(ProfileType::Unconfined as i32)
+        );
+        assert!(c.masked_paths.is_empty(), "containerd's defaults stay");
+        assert!(c.namespace_options.is_some());
+
+        // A group without a user: the image's user goes with it (its uid, else its name).
+        let group_only = SecurityContext {
+            run_as_group: Some(3000),
+            ..Default::default()
+        };
+        let c = container_security(Some(&group_only), &image, seccomp_root);
+        assert_eq!(c.run_as_user.map(|u| u.value), Some(65534));
+        let named = DefaultUser::of_image(None, "daemon");
+        let c = container_security(Some(&group_only), &named, seccomp_root);
+        assert_eq!(
+            (c.run_as_user, c.run_as_username.as_str()),
+            (None, "daemon")
+        );
+        // Nothing asked: nothing set but the namespaces; capabilities untouched.
+        let c = container_security(None, &image, seccomp_root);
+        assert_eq!(c.run_as_user, None);
+        assert_eq!(c.capabilities, None);
+        assert_eq!(c.seccomp, None);
+
+        // The sandbox: the pod's own user, groups, sysctls; privileged when a container is.
+        let mut p = pod();
+        p.security = Some(Box::new(protocol::security::PodSecurity {
+            run_as_user: Some(1000),
+            supplemental_groups: vec![2000],
+            fs_group: Some(2000),
+            sysctls: vec![("net.ipv4.tcp_syncookies".into(), "1".into())],
+            seccomp: Some(SecurityProfile::RuntimeDefault),
+            ..Default::default()
+        }));
+        p.containers[0].security = Some(Box::new(SecurityContext {
+            privileged: true,
+            ..Default::default()
+        }));
+        let cfg = sandbox_config(
+            &p,
+            "web".into(),
+            0,
+            "i",
+            Path::new("/l"),
+            None,
+            seccomp_root,
+        );
+        let linux = cfg.linux.expect("linux");
+        assert_eq!(linux.sysctls["net.ipv4.tcp_syncookies"], "1");
+        let s = linux.security_context.expect("security");
+        assert!(s.privileged);
+        assert_eq!(s.run_as_user.map(|u| u.value), Some(1000));
+        assert_eq!(s.supplemental_groups, [2000]);
+        assert_eq!(
+            s.seccomp.map(|p| p.profile_type),
+            Some(ProfileType::RuntimeDefault as i32)
+        );
+        let plain = sandbox_config(
+            &pod(),
+            "web".into(),
+            0,
+            "i",
+            Path::new("/l"),
+            None,
+            seccomp_root,
+        );
+        let s = plain.linux.unwrap().security_context.unwrap();
+        assert!(!s.privileged && s.run_as_user.is_none() && s.seccomp.is_none());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The container's process before it is the container's program: `<edgecore> shim
 //! --container-dir <dir> --enter`, started by the shim in place of the program when the
-//! instance has cgroups, read-only mounts or a hosts file of its pod's. It moves itself into
-//! the cgroups (writing `0` to each `cgroup.procs`), makes a mount namespace of its own in
-//! which the read-only paths are read-only bind mounts (and the pod's hosts file is
-//! `/etc/hosts`), and executes the program: the program keeps the pid, the process
+//! instance has cgroups, read-only mounts, a hosts file of its pod's, a user or
+//! `no_new_privs` ([`ShimSpec::enters`]). It moves itself into the cgroups (writing `0` to
+//! each `cgroup.procs`), makes a mount namespace of its own in which the read-only paths are
+//! read-only bind mounts (and the pod's hosts file is `/etc/hosts`), becomes the container's
+//! user (groups, then gid, then uid: `setuid` last, as it gives up the right to the others),
+//! sets `no_new_privs`, and executes the program: the program keeps the pid, the process
 //! group, the environment and the working directory the shim gave, and never runs outside its
 //! cgroups.
 //!
@@ -124,6 +126,20 @@ fn enter(dir: &Path) -> io::Result<std::convert::Infallible> {
             )
             .map_err(errno(what))?;
         }
+    }
+    // The user last: joining cgroups and mounting need root.
+    if let Some(user) = &spec.user {
+        use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+        let errno =
+            |what: String| move |e: nix::errno::Errno| io::Error::other(format!("{what}: {e}"));
+        let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        setgroups(&groups).map_err(errno(format!("cannot set groups {:?}", user.groups)))?;
+        setgid(Gid::from_raw(user.gid)).map_err(errno(format!("cannot set gid {}", user.gid)))?;
+        setuid(Uid::from_raw(user.uid)).map_err(errno(format!("cannot set uid {}", user.uid)))?;
+    }
+    if spec.no_new_privs {
+        nix::sys::prctl::set_no_new_privs()
+            .map_err(|e| io::Error::other(format!("cannot set no_new_privs: {e}")))?;
     }
     // The environment and working directory are already the container's (the shim set them).
     Err(std::process::Command::new(&spec.program)

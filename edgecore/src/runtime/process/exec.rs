@@ -111,6 +111,7 @@ pub(super) async fn exec_in_context(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    super::security::as_user(&mut cmd, spec.user.as_ref());
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {

@@ -83,8 +83,8 @@ fn on_pipes(context: &ShimSpec, spec: &ExecSpec) -> Result<ExecProcess, RuntimeE
             Stdio::null()
         }
     };
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
         .env_clear()
         .envs(context.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&context.cwd)
@@ -92,9 +92,9 @@ fn on_pipes(context: &ShimSpec, spec: &ExecSpec) -> Result<ExecProcess, RuntimeE
         .stdout(piped(spec.stdout))
         .stderr(piped(spec.stderr))
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| cannot_run(context, program, e))?;
+        .kill_on_drop(true);
+    super::security::as_user(&mut cmd, context.user.as_ref());
+    let mut child = cmd.spawn().map_err(|e| cannot_run(context, program, e))?;
     let group = KillGroupOnDrop(child.id());
     let stdin = child
         .stdin
@@ -207,6 +207,7 @@ fn on_terminal(context: &ShimSpec, spec: &ExecSpec) -> Result<ExecProcess, Runti
         .stdout(Stdio::from(slave_out))
         .stderr(Stdio::from(slave_err))
         .kill_on_drop(true);
+    super::security::as_user(&mut cmd, context.user.as_ref());
     let mut child = cmd
         .spawn()
         .map_err(|e| cannot_run(context, &spec.command[0], e))?;

@@ -16,7 +16,14 @@
 //!   volume) are read-only bind mounts; writes there fail with `EROFS`. Not root, a pod with a
 //!   `readOnly` mount is refused before it starts; its configMap and secret volumes (read-only
 //!   in Kubernetes without the pod asking) stay writable to the program then.
-//! - `kubectl exec` runs its command outside the container's cgroups and mount namespace.
+//! - **securityContext** (see [`security`]): `runAsUser`, `runAsGroup`, `supplementalGroups`
+//!   and `fsGroup` are honoured when edgecore runs as root (the enter step switches to them),
+//!   `allowPrivilegeEscalation: false` always (`no_new_privs`), `runAsNonRoot` is checked
+//!   against the user the program runs as; `privileged`, `capabilities`,
+//!   `readOnlyRootFilesystem`, seccomp and AppArmor profiles other than `Unconfined`, and
+//!   `sysctls` are refused before the pod starts ([`Runtime::check_runnable`]).
+//! - `kubectl exec` runs its command outside the container's cgroups and mount namespace (as
+//!   the container's uid and gid).
 //!
 //! # DNS
 //!
@@ -105,6 +112,7 @@ mod interactive;
 mod layout;
 mod procfs;
 mod record;
+mod security;
 mod shim;
 mod start;
 mod supervise;
@@ -195,6 +203,12 @@ impl ProcessRuntime {
     pub(super) fn check_pod(&self, pod: &EdgePod) -> Result<(), String> {
         if !pod.hosts.aliases.is_empty() && !self.can_mount {
             return Err("the pod has hostAliases, which the process runtime can honour only when edgecore runs as root (the pod's hosts file bound over /etc/hosts in the container's own mount namespace)".into());
+        }
+        let me = security::Identity::current();
+        for c in pod.all_containers() {
+            if let Some(message) = security::refusal(pod, c, me) {
+                return Err(message);
+            }
         }
         for c in pod.all_containers() {
             self.cgroups

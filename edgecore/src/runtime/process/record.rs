@@ -53,6 +53,25 @@ pub(super) struct ShimSpec {
     /// which sees the host's file itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) hosts_file: Option<PathBuf>,
+    /// The user and groups the program runs as (`runAsUser`, `runAsGroup`,
+    /// `supplementalGroups`, `fsGroup`), switched to by the enter step; absent: the shim's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) user: Option<super::security::ProcessUser>,
+    /// `allowPrivilegeEscalation: false`: the enter step sets `no_new_privs`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) no_new_privs: bool,
+}
+
+impl ShimSpec {
+    /// Whether the program starts through the enter step (see `super::enter`): it has
+    /// cgroups, read-only mounts, a hosts file, a user to switch to or `no_new_privs` to set.
+    pub(super) fn enters(&self) -> bool {
+        self.cgroup.is_some()
+            || !self.read_only_paths.is_empty()
+            || self.hosts_file.is_some()
+            || self.user.is_some()
+            || self.no_new_privs
+    }
 }
 
 /// Re-exported from [`super::container_digest`], where it moved when a second runtime needed it.

@@ -128,11 +128,11 @@ fn run_shim(dir: &Path) -> Result<ExitCode, ShimError> {
         .map_err(io_err("open the container log"))?;
     let log_err = log.try_clone().map_err(io_err("open the container log"))?;
 
-    // With cgroups, read-only mounts or a hosts file, the process is this binary in `--enter`
-    // mode first (see `super::enter`): it joins the cgroups and mounts, then executes the
-    // program, so that the program never runs a moment outside them.
-    let isolated =
-        spec.cgroup.is_some() || !spec.read_only_paths.is_empty() || spec.hosts_file.is_some();
+    // With cgroups, read-only mounts, a hosts file or a user of its own, the process is this
+    // binary in `--enter` mode first (see `super::enter`): it joins the cgroups and mounts and
+    // becomes the user, then executes the program, so that the program never runs a moment
+    // outside them.
+    let isolated = spec.enters();
     let mut command = if isolated {
         if let Err(e) = super::enter::prepare(&spec) {
             return record_start_error(dir, &spec, &e);

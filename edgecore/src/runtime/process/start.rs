@@ -220,6 +220,8 @@ impl ProcessRuntime {
             cgroup,
             read_only_paths,
             hosts_file,
+            user: super::security::process_user(container, super::security::Identity::current()),
+            no_new_privs: container.security.as_ref().is_some_and(|s| s.no_new_privs),
             pod_uid: id.pod_uid.clone(),
             container: id.container.clone(),
             attempt: id.attempt,

@@ -88,6 +88,8 @@ fn exec_spec(cwd: &Path, env: &[(&str, &str)]) -> ShimSpec {
         cgroup: None,
         read_only_paths: vec![],
         hosts_file: None,
+        user: None,
+        no_new_privs: false,
     }
 }
 
