@@ -10,7 +10,8 @@
 //! pod statuses their init containers' statuses ([`crate::status::PodStatus::init_containers`]).
 //! The hub writes a v7 session's batches in [`v7`]'s shapes; a pod with init containers is
 //! *withheld* from a v7 edge ([`v7::batch`] leaves it out and names it), because a v7 edge
-//! would run its app containers without them: the pod stays `Pending` on that node, the hub
+//! would run its app containers without them (so is a pod with lifecycle hooks,
+//! [`crate::pod::EdgeContainer::lifecycle`], which a v7 edge would not run): the pod stays `Pending` on that node, the hub
 //! logs it and counts it in `skerry_hub_pods_withheld_total`, and the node's `EdgeVersionSkew`
 //! condition says to upgrade the node (an upgraded edge changes cache layout, so it resyncs in
 //! full and gets the pod). A v7 report is decoded in [`v7::StatusReport`]'s shape and
@@ -25,7 +26,10 @@ pub mod v7 {
     use crate::ingress::EdgeIngresses;
     use crate::messages::{ObjectKind, ObjectRef, Reject, Welcome};
     use crate::overlay::OverlayNetwork;
-    use crate::pod::{EdgeContainer, PodDns, RestartPolicy, Volume};
+    use crate::pod::{
+        ContainerPort, DeviceMapping, EnvFromSource, EnvVar, PodDns, Probe, Resources,
+        RestartPolicy, Volume, VolumeMount,
+    };
     use crate::service::{ClusterNetwork, EdgeEndpointSlice, EdgeService};
     use serde::{Deserialize, Serialize};
     use std::collections::BTreeMap;
@@ -129,6 +133,84 @@ pub mod v7 {
         }
     }
 
+    /// v7's container: today's without `lifecycle` (a v7 edge runs no hooks, so a pod with
+    /// any is withheld from it, see [`EdgePod`]'s `TryFrom`).
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct EdgeContainer {
+        pub name: String,
+        pub image: String,
+        pub image_pull_policy: String,
+        pub command: Vec<String>,
+        pub args: Vec<String>,
+        pub working_dir: String,
+        pub env: Vec<EnvVar>,
+        pub ports: Vec<ContainerPort>,
+        pub resources: Resources,
+        pub volume_mounts: Vec<VolumeMount>,
+        pub env_from: Vec<EnvFromSource>,
+        pub devices: Vec<DeviceMapping>,
+        pub liveness_probe: Option<Probe>,
+        pub readiness_probe: Option<Probe>,
+        pub startup_probe: Option<Probe>,
+        pub stdin: bool,
+        pub stdin_once: bool,
+        pub tty: bool,
+    }
+
+    impl From<crate::pod::EdgeContainer> for EdgeContainer {
+        /// Today's container without its hooks (the caller checked it has none).
+        fn from(c: crate::pod::EdgeContainer) -> Self {
+            Self {
+                name: c.name,
+                image: c.image,
+                image_pull_policy: c.image_pull_policy,
+                command: c.command,
+                args: c.args,
+                working_dir: c.working_dir,
+                env: c.env,
+                ports: c.ports,
+                resources: c.resources,
+                volume_mounts: c.volume_mounts,
+                env_from: c.env_from,
+                devices: c.devices,
+                liveness_probe: c.liveness_probe,
+                readiness_probe: c.readiness_probe,
+                startup_probe: c.startup_probe,
+                stdin: c.stdin,
+                stdin_once: c.stdin_once,
+                tty: c.tty,
+            }
+        }
+    }
+
+    impl From<EdgeContainer> for crate::pod::EdgeContainer {
+        /// A container a v7 edge cached or decoded: no hooks (none could be sent to it).
+        fn from(c: EdgeContainer) -> Self {
+            Self {
+                name: c.name,
+                image: c.image,
+                image_pull_policy: c.image_pull_policy,
+                command: c.command,
+                args: c.args,
+                working_dir: c.working_dir,
+                env: c.env,
+                ports: c.ports,
+                resources: c.resources,
+                volume_mounts: c.volume_mounts,
+                env_from: c.env_from,
+                devices: c.devices,
+                liveness_probe: c.liveness_probe,
+                readiness_probe: c.readiness_probe,
+                startup_probe: c.startup_probe,
+                stdin: c.stdin,
+                stdin_once: c.stdin_once,
+                tty: c.tty,
+                lifecycle: crate::pod::Lifecycle::default(),
+            }
+        }
+    }
+
     /// v7's pod: today's without `init_containers`.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[allow(missing_docs)]
@@ -146,11 +228,13 @@ pub mod v7 {
     }
 
     impl TryFrom<crate::pod::EdgePod> for EdgePod {
-        /// The pod itself, back: it has init containers, which v7 cannot carry.
+        /// The pod itself, back: it has init containers or lifecycle hooks, which v7 cannot
+        /// carry (a v7 edge would run its containers without them).
         type Error = Box<crate::pod::EdgePod>;
 
         fn try_from(p: crate::pod::EdgePod) -> Result<Self, Self::Error> {
-            if !p.init_containers.is_empty() {
+            if !p.init_containers.is_empty() || p.containers.iter().any(|c| !c.lifecycle.is_empty())
+            {
                 return Err(Box::new(p));
             }
             Ok(Self {
@@ -158,7 +242,7 @@ pub mod v7 {
                 name: p.name,
                 uid: p.uid,
                 labels: p.labels,
-                containers: p.containers,
+                containers: p.containers.into_iter().map(Into::into).collect(),
                 restart_policy: p.restart_policy,
                 termination_grace_period_seconds: p.termination_grace_period_seconds,
                 volumes: p.volumes,
@@ -176,7 +260,7 @@ pub mod v7 {
                 name: p.name,
                 uid: p.uid,
                 labels: p.labels,
-                containers: p.containers,
+                containers: p.containers.into_iter().map(Into::into).collect(),
                 restart_policy: p.restart_policy,
                 termination_grace_period_seconds: p.termination_grace_period_seconds,
                 volumes: p.volumes,
@@ -444,6 +528,17 @@ mod tests {
         assert_eq!(back.upserts[0].object, EdgeObject::Pod(plain));
         // The batch still claims its revision: the v7 edge is up to date with what it can run.
         assert_eq!(back.revision, 4);
+    }
+
+    #[test]
+    fn a_pod_with_a_lifecycle_hook_is_withheld_from_a_v7_edge() {
+        let mut hooked = crate::pod::tests::sample_pod("hooked");
+        hooked.containers[0].lifecycle.pre_stop =
+            Some(crate::pod::LifecycleHandler::Sleep { seconds: 1 });
+        let old = v7::batch(pod_batch(hooked)).expect("every kind is v7's");
+        assert_eq!(old.withheld.len(), 1, "{old:?}");
+        assert_eq!(old.withheld[0].name, "hooked");
+        assert!(old.batch.upserts.is_empty());
     }
 
     #[test]

@@ -446,6 +446,12 @@ pub fn container_digest(container: &EdgeContainer) -> String {
     use sha2::{Digest, Sha256};
     // Serializing plain structs and vectors cannot fail; an empty input would still be stable.
     let mut json = serde_json::to_vec(container).unwrap_or_default();
+    // Likewise the hooks protocol v8 added (the last field), while there are none.
+    const V8_OFF: &[u8] = br#","lifecycle":{"post_start":null,"pre_stop":null}}"#;
+    if json.ends_with(V8_OFF) {
+        json.truncate(json.len() - V8_OFF.len());
+        json.push(b'}');
+    }
     // The fields protocol v7 added (the last ones) are left out while all off, so that the
     // containers an older edgecore started keep their digest: the upgrade restarts none.
     const V7_OFF: &[u8] = br#","stdin":false,"stdin_once":false,"tty":false}"#;
