@@ -522,9 +522,13 @@ mod tests {
         let tty = EdgeContainer {
             stdin: true,
             tty: true,
-            ..c
+            ..c.clone()
         };
         assert_ne!(container_digest(&tty), old);
+        // Hooks change it too (they are part of what the instance was started with).
+        let mut hooked = c;
+        hooked.lifecycle.pre_stop = Some(protocol::pod::LifecycleHandler::Sleep { seconds: 1 });
+        assert_ne!(container_digest(&hooked), old);
     }
 
     #[test]

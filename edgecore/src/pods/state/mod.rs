@@ -47,6 +47,8 @@ mod container;
 mod decide;
 mod events;
 pub(crate) mod hooks;
+#[cfg(test)]
+mod hooks_tests;
 mod init;
 #[cfg(test)]
 mod init_tests;
