@@ -23,13 +23,8 @@ const LONG: Duration = Duration::from_secs(90);
 
 /// Which runtime a scenario runs on, and what it needs of it.
 enum Node {
-    Cri {
-        _ctrd: Containerd,
-        _edge: Edge,
-    },
-    Process {
-        _edge: Edge,
-    },
+    Cri { _ctrd: Containerd, _edge: Edge },
+    Process { _edge: Edge },
 }
 
 /// A cluster of one node, and the directory the pods write into (`host` on the host; `inside`
@@ -143,14 +138,9 @@ impl Rig {
     /// The pod's events of `reason`, through `kubectl get events` as an admin would ask.
     fn events(&self, pod: &str, reason: &str) -> Result<Vec<Value>> {
         let selector = format!("involvedObject.name={pod},reason={reason}");
-        let (ok, out) = self.cloud.kubectl(&[
-            "get",
-            "events",
-            "--field-selector",
-            &selector,
-            "-o",
-            "json",
-        ])?;
+        let (ok, out) =
+            self.cloud
+                .kubectl(&["get", "events", "--field-selector", &selector, "-o", "json"])?;
         if !ok {
             bail!("kubectl get events: {out}");
         }
@@ -191,7 +181,9 @@ async fn post_start_holds_the_pod_and_pre_stop_runs_before_sigterm(rig: Rig) -> 
         "{pod}"
     );
     assert_eq!(status["ready"], false, "{pod}");
-    let (ok, out) = rig.cloud.kubectl(&["get", "pod", "hooked", "--no-headers"])?;
+    let (ok, out) = rig
+        .cloud
+        .kubectl(&["get", "pod", "hooked", "--no-headers"])?;
     assert!(ok && out.contains("ContainerCreating"), "{out}");
     std::fs::write(rig.file("go"), "go")?;
     let pod = rig.cloud.wait_running("hooked", LONG).await?;
@@ -209,7 +201,10 @@ async fn post_start_holds_the_pod_and_pre_stop_runs_before_sigterm(rig: Rig) -> 
         .kubectl(&["delete", "pod", "hooked", "--timeout=80s"])?;
     assert!(ok, "{out}");
     let order = read(&rig.file("order"));
-    assert_eq!(order, "prestop\nterm-after-prestop\n", "order of preStop and TERM");
+    assert_eq!(
+        order, "prestop\nterm-after-prestop\n",
+        "order of preStop and TERM"
+    );
     Ok(())
 }
 
@@ -220,7 +215,10 @@ async fn a_failing_post_start_hook_is_an_event_and_a_restart(rig: Rig) -> Result
     app["lifecycle"] = json!({"postStart": rig.exec("echo the hook broke; exit 3")});
     rig.create("broken", 1, vec![app]).await?;
     let event = eventually("a FailedPostStartHook event", LONG, || async {
-        Ok(rig.events("broken", "FailedPostStartHook")?.into_iter().next())
+        Ok(rig
+            .events("broken", "FailedPostStartHook")?
+            .into_iter()
+            .next())
     })
     .await?;
     assert_eq!(event["type"], "Warning", "{event}");
@@ -374,8 +372,8 @@ async fn pre_stop_http_get_and_sleep_run_before_sigterm_on_the_process_runtime()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn kubectl_apply_of_a_tcp_socket_hook_or_a_hook_on_an_init_container_gets_a_422(
-) -> Result<()> {
+async fn kubectl_apply_of_a_tcp_socket_hook_or_a_hook_on_an_init_container_gets_a_422() -> Result<()>
+{
     let cloud = Cloud::start(CloudOptions::default()).await?;
     let dir = tempfile::tempdir()?;
     let tcp = dir.path().join("tcp.yaml");

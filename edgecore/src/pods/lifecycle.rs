@@ -62,12 +62,10 @@ pub(crate) async fn run(
                     target.container, target.pod_label
                 )
             };
-            let call = target.runtime.exec_sync(
-                target.sandbox,
-                target.container_id,
-                command,
-                limit,
-            );
+            let call =
+                target
+                    .runtime
+                    .exec_sync(target.sandbox, target.container_id, command, limit);
             match tokio::time::timeout(limit.saturating_add(EXEC_ANSWER_SLACK), call).await {
                 Err(_) => Err(failed(
                     format!("the runtime did not finish the command within {limit:?}"),

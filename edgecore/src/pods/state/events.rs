@@ -77,7 +77,9 @@ impl PodMachine {
                     slot.garbage.retain(|g| !ids.contains(g));
                 }
             }
-            (_, Event::PostStartDone { index, id, result }) if self.post_start_current(index, &id) => {
+            (_, Event::PostStartDone { index, id, result })
+                if self.post_start_current(index, &id) =>
+            {
                 self.post_start_done(index, result)
             }
 

@@ -48,12 +48,7 @@ impl PodMachine {
             if !slot.post_start_pending() {
                 return None;
             }
-            let handler = self
-                .pod
-                .container_at(index)?
-                .lifecycle
-                .post_start
-                .clone()?;
+            let handler = self.pod.container_at(index)?.lifecycle.post_start.clone()?;
             Some(Action::PostStart {
                 index,
                 id: slot.running_id()?.to_string(),

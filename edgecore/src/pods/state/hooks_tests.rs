@@ -3,7 +3,9 @@
 //! failed hook kills and restarts it, and preStop hooks are asked for exactly where kubelet runs
 //! them.
 
-use super::tests::{container, exec_probe, exited, info, lost, pod, running, sandbox, settings, t0};
+use super::tests::{
+    container, exec_probe, exited, info, lost, pod, running, sandbox, settings, t0,
+};
 use super::*;
 use protocol::pod::{EdgeInitContainer, LifecycleHandler, RestartPolicy};
 use protocol::status::ContainerState;
@@ -109,7 +111,11 @@ fn a_failed_post_start_hook_kills_the_container_with_the_pods_grace_and_it_resta
     );
     let t = super::tests::at(now, 1_000);
     let action = m.step(
-        Event::Stopped(vec![(0, "u1/a/0".into(), Ok(exited(137, now.wall_ms, t.wall_ms)))]),
+        Event::Stopped(vec![(
+            0,
+            "u1/a/0".into(),
+            Ok(exited(137, now.wall_ms, t.wall_ms)),
+        )]),
         t,
     );
     // A first exit restarts at once, with the hook's failure as the last state's message.
@@ -133,9 +139,16 @@ fn with_restart_policy_never_a_failed_post_start_hook_fails_the_pod() {
     p.containers[0].lifecycle.post_start = Some(touch());
     let (mut m, now) = a_started(p);
     let action = m.step(done("u1/a/0", Err("exit 1".into())), now);
-    assert!(matches!(action, Action::StopContainers { .. }), "{action:?}");
+    assert!(
+        matches!(action, Action::StopContainers { .. }),
+        "{action:?}"
+    );
     let action = m.step(
-        Event::Stopped(vec![(0, "u1/a/0".into(), Ok(exited(137, now.wall_ms, now.wall_ms)))]),
+        Event::Stopped(vec![(
+            0,
+            "u1/a/0".into(),
+            Ok(exited(137, now.wall_ms, now.wall_ms)),
+        )]),
         now,
     );
     assert_eq!(action, Action::Wait(None));
@@ -149,7 +162,11 @@ fn a_container_that_exits_during_its_post_start_hook_counts_as_started_and_the_l
     p.containers[0].lifecycle.post_start = Some(touch());
     let (mut m, now) = a_started(p);
     m.step(
-        Event::Observed(vec![(0, "u1/a/0".into(), Ok(exited(0, now.wall_ms, now.wall_ms)))]),
+        Event::Observed(vec![(
+            0,
+            "u1/a/0".into(),
+            Ok(exited(0, now.wall_ms, now.wall_ms)),
+        )]),
         now,
     );
     assert_eq!(m.status().expect("status").phase, PodPhase::Succeeded);
@@ -160,8 +177,7 @@ fn a_container_that_exits_during_its_post_start_hook_counts_as_started_and_the_l
 }
 
 #[test]
-fn a_deletion_during_a_post_start_hook_stops_the_container_and_the_hooks_end_kills_nothing_more()
-{
+fn a_deletion_during_a_post_start_hook_stops_the_container_and_the_hooks_end_kills_nothing_more() {
     let (mut m, now) = a_started(hooked_pod(RestartPolicy::Always));
     let mut deleted = hooked_pod(RestartPolicy::Always);
     deleted.deletion_grace_period_seconds = Some(10);
@@ -244,7 +260,10 @@ fn pre_stop_hooks_are_run_for_stops_with_a_grace_but_not_for_a_dead_sandbox() {
     assert_eq!(m.pre_stop_hook(0, Duration::ZERO), None);
     // Nothing to run it in once the sandbox died.
     let action = m.step(lost(), now);
-    assert!(matches!(action, Action::StopContainers { .. }), "{action:?}");
+    assert!(
+        matches!(action, Action::StopContainers { .. }),
+        "{action:?}"
+    );
     assert_eq!(m.pre_stop_hook(0, grace), None);
 }
 
