@@ -654,6 +654,10 @@ impl Worker {
     }
 }
 
+/// One instance to stop: slot index, instance id, and its preStop hook with the container's
+/// name if it is to run one.
+type StopTarget = (usize, String, Option<(LifecycleHandler, String)>);
+
 /// What the preStop hooks of a stop need besides the runtime.
 #[derive(Clone)]
 struct HookRun {
@@ -669,7 +673,7 @@ struct HookRun {
 async fn stop_all(
     rt: Arc<dyn Runtime>,
     sandbox: Sandbox,
-    targets: Vec<(usize, String, Option<(LifecycleHandler, String)>)>,
+    targets: Vec<StopTarget>,
     grace: Duration,
     hooks: HookRun,
 ) -> Vec<(usize, String, Result<ContainerRunState, RuntimeError>)> {
