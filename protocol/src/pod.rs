@@ -320,7 +320,7 @@ pub enum LifecycleHandler {
         /// The command.
         command: Vec<String>,
     },
-    /// Sends an HTTP GET; a status outside 200 to 399 fails the hook.
+    /// Sends an HTTP GET; as kubelet, any response passes (only none fails the hook).
     HttpGet {
         /// Host; empty means the pod IP.
         host: String,

@@ -268,6 +268,34 @@ fn pre_stop_hooks_are_run_for_stops_with_a_grace_but_not_for_a_dead_sandbox() {
 }
 
 #[test]
+fn a_failed_liveness_probe_stops_the_container_through_its_pre_stop_hook() {
+    let mut p = pod(RestartPolicy::Always, &["a"]);
+    p.containers[0].lifecycle.pre_stop = Some(touch());
+    p.containers[0].liveness_probe = Some(exec_probe());
+    let now = t0();
+    let mut m = PodMachine::new(settings(), p, None, now);
+    m.step(Event::Tick, now);
+    m.step(Event::SandboxCreated(Ok(sandbox())), now);
+    m.step(
+        Event::Started {
+            index: 0,
+            attempt: 0,
+            result: Ok(info("a", 0, running(now.wall_ms))),
+        },
+        now,
+    );
+    let action = m.step(
+        super::tests::verdict(0, "u1/a/0", crate::pods::probes::ProbeKind::Liveness, false),
+        now,
+    );
+    let Action::StopContainers { targets, grace } = action else {
+        panic!("{action:?}")
+    };
+    assert_eq!(targets, vec![(0, "u1/a/0".to_string())]);
+    assert_eq!(m.pre_stop_hook(0, grace), Some(&touch()));
+}
+
+#[test]
 fn a_container_without_hooks_starts_and_runs_as_before() {
     let (m, _) = {
         let now = t0();
