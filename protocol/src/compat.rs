@@ -8,8 +8,8 @@
 //!
 //! From v7 to v8: pods gained init containers ([`crate::pod::EdgePod::init_containers`]) and
 //! their names ([`crate::pod::EdgePod::hosts`]), the annotations they read
-//! ([`crate::pod::EdgePod::annotations`]), downward API and projected volumes, and their
-//! security settings ([`crate::pod::EdgePod::security`],
+//! ([`crate::pod::EdgePod::annotations`]), downward API and projected volumes, their lifecycle hooks
+//! ([`crate::pod::EdgeContainer::lifecycle`]) and their security settings ([`crate::pod::EdgePod::security`],
 //! [`crate::pod::EdgeContainer::security`]); pod statuses gained their init containers'
 //! statuses ([`crate::status::PodStatus::init_containers`]). The hub writes a v7 session's
 //! batches in [`v7`]'s shapes; a pod a v7 edge would run otherwise than asked
@@ -138,7 +138,7 @@ pub mod v7 {
 
     /// What of `pod` a v7 edge would run otherwise than asked, if anything (the reason the
     /// hub counts it under): it has init containers (a v7 edge would run the app containers
-    /// without them), a `securityContext` (a v7 edge would run every container as the image's
+    /// without them), lifecycle hooks (it would run none), a `securityContext` (a v7 edge would run every container as the image's
     /// user, with the runtime's default privileges and no `fsGroup` or `sysctls`), a hostname other
     /// than its name, aliases, or `setHostnameAsFQDN` (a v7 edge names every pod by its name
     /// and gives it the host's `/etc/hosts`), downward API or projected volumes (v7 has no
@@ -150,6 +150,8 @@ pub mod v7 {
             Some("init_containers")
         } else if pod.security.is_some() || pod.containers.iter().any(|c| c.security.is_some()) {
             Some("security_context")
+        } else if pod.containers.iter().any(|c| !c.lifecycle.is_empty()) {
+            Some("lifecycle")
         } else if pod.hosts.hostname(&pod.name)
             != crate::pod::PodHosts::default().hostname(&pod.name)
         {
@@ -174,8 +176,8 @@ pub mod v7 {
         }
     }
 
-    /// v7's container: today's without `security`.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    /// v7's container: today's without `security` and `lifecycle`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
     #[allow(missing_docs)]
     pub struct EdgeContainer {
         pub name: String,
@@ -199,7 +201,7 @@ pub mod v7 {
     }
 
     impl From<crate::pod::EdgeContainer> for EdgeContainer {
-        /// Only for a container [`v8_only`] let through: it has no `security`.
+        /// Only for a container [`v8_only`] let through: it has no `security` and no hooks.
         fn from(c: crate::pod::EdgeContainer) -> Self {
             Self {
                 name: c.name,
@@ -225,7 +227,8 @@ pub mod v7 {
     }
 
     impl From<EdgeContainer> for crate::pod::EdgeContainer {
-        /// A container a v7 edge cached or decoded: no `security` (none could be sent to it).
+        /// A container a v7 edge cached or decoded: no `security`, no hooks (none could be sent
+        /// to it).
         fn from(c: EdgeContainer) -> Self {
             Self {
                 name: c.name,
@@ -247,6 +250,7 @@ pub mod v7 {
                 stdin_once: c.stdin_once,
                 tty: c.tty,
                 security: None,
+                lifecycle: crate::pod::Lifecycle::default(),
             }
         }
     }
@@ -641,6 +645,17 @@ mod tests {
         );
         let old = v7::batch(pod_batch(user)).expect("every kind is v7's");
         assert_eq!(old.withheld.len(), 1);
+    }
+
+    #[test]
+    fn a_pod_with_a_lifecycle_hook_is_withheld_from_a_v7_edge() {
+        let mut hooked = crate::pod::tests::sample_pod("hooked");
+        hooked.containers[0].lifecycle.pre_stop =
+            Some(crate::pod::LifecycleHandler::Sleep { seconds: 1 });
+        let old = v7::batch(pod_batch(hooked)).expect("every kind is v7's");
+        assert_eq!(old.withheld.len(), 1, "{old:?}");
+        assert_eq!(old.withheld[0].0.name, "hooked");
+        assert_eq!(old.withheld[0].1, "lifecycle");
         assert!(old.batch.upserts.is_empty());
     }
 

@@ -318,6 +318,59 @@ pub struct EdgeContainer {
     /// The container's effective `securityContext`, the pod's merged in (protocol v8); `None`
     /// when nothing is set.
     pub security: Option<Box<crate::security::SecurityContext>>,
+    /// `lifecycle`: the postStart and preStop hooks (protocol v8). A v7 edge would not run
+    /// them, so a pod with hooks is withheld from it (see `compat::v7`).
+    pub lifecycle: Lifecycle,
+}
+
+/// A container's lifecycle hooks (Kubernetes `lifecycle`), as kubelet runs them: `post_start`
+/// right after the container started (the container counts as started, and is probed, only
+/// once it returned; if it fails the container is killed and restarted by the restart policy),
+/// `pre_stop` before the container is sent SIGTERM whenever the edge stops it, within the
+/// termination grace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// `postStart`.
+    pub post_start: Option<LifecycleHandler>,
+    /// `preStop`.
+    pub pre_stop: Option<LifecycleHandler>,
+}
+
+impl Lifecycle {
+    /// Whether neither hook is set.
+    pub fn is_empty(&self) -> bool {
+        self.post_start.is_none() && self.pre_stop.is_none()
+    }
+}
+
+/// What a lifecycle hook does (Kubernetes `LifecycleHandler`, one of its handlers; `tcpSocket`,
+/// which kubelet accepts but never runs, is refused by the cloud). The port is resolved to a
+/// number by the cloud, as a probe's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LifecycleHandler {
+    /// Runs a command in the container (not through a shell); a non-zero exit fails the hook.
+    Exec {
+        /// The command.
+        command: Vec<String>,
+    },
+    /// Sends an HTTP GET; as kubelet, any response passes (only none fails the hook).
+    HttpGet {
+        /// Host; empty means the pod IP.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Path, starting with `/`.
+        path: String,
+        /// `HTTP` or `HTTPS` (HTTPS does not verify certificates, as kubelet).
+        scheme: String,
+        /// Extra request headers.
+        headers: Vec<(String, String)>,
+    },
+    /// Waits this long (Kubernetes 1.30 `sleep`), without entering the container.
+    Sleep {
+        /// Seconds.
+        seconds: u64,
+    },
 }
 
 /// One `envFrom` source.

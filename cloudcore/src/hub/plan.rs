@@ -34,9 +34,9 @@ pub const MAX_BATCH_BYTES: usize = 3 * 1024 * 1024;
 /// all (they must share one frame).
 const FRAME_HEADROOM: usize = 64 * 1024;
 
-/// One object to send.
+/// One object to send (boxed: a pod's projection is large beside a reference).
 enum Change {
-    Upsert(Upsert),
+    Upsert(Box<Upsert>),
     Delete(ObjectRef),
 }
 
@@ -90,10 +90,10 @@ async fn read_config(
         None => Ok(Some(Change::Delete(r.clone()))),
         Some(s) if s.revision <= newer_than => Ok(None),
         Some(s) => match projection::edge_config(r.kind, &s.value) {
-            Ok(object) => Ok(Some(Change::Upsert(Upsert {
+            Ok(object) => Ok(Some(Change::Upsert(Box::new(Upsert {
                 revision: s.revision,
                 object,
-            }))),
+            })))),
             Err(e) => {
                 error!(error = %e, "skipping object that cannot be projected; fix or delete it");
                 Ok(None)
@@ -129,8 +129,8 @@ impl Unit {
                 // An upsert too large to encode can never travel: count it as over any limit.
                 self.bytes = self
                     .bytes
-                    .saturating_add(codec::encode(&u).map_or(usize::MAX, |b| b.len()));
-                self.upserts.push(u);
+                    .saturating_add(codec::encode(&*u).map_or(usize::MAX, |b| b.len()));
+                self.upserts.push(*u);
             }
             Change::Delete(r) => {
                 self.bytes += r.namespace.len() + r.name.len() + 32;
@@ -214,7 +214,7 @@ pub async fn snapshot(
     }
     for r in &refs {
         if let Some(Change::Upsert(u)) = read_config(store, r, 0).await? {
-            upserts.push((format!("{r:?}"), u));
+            upserts.push((format!("{r:?}"), *u));
         }
     }
     Ok(split_snapshot(upserts, upto, MAX_BATCH_BYTES))
@@ -327,13 +327,13 @@ pub async fn delta(store: &dyn Store, round: Round<'_>) -> Result<Vec<SyncBatch>
     let mut units = Vec::new();
     for u in extra {
         let mut unit = Unit::new(sent, u.object.object_ref().to_string());
-        unit.push(Change::Upsert(u));
+        unit.push(Change::Upsert(Box::new(u)));
         units.push(unit);
     }
     match ingress {
         Some(IngressChange::Set(set, refs)) => {
             let mut unit = Unit::new(sent, set.object.object_ref().to_string());
-            unit.push(Change::Upsert(*set));
+            unit.push(Change::Upsert(set));
             for r in refs {
                 if included.insert(r.clone()) {
                     if let Some(change) = read_config(store, &r, 0).await? {
@@ -366,7 +366,7 @@ pub async fn delta(store: &dyn Store, round: Round<'_>) -> Result<Vec<SyncBatch>
         let mut unit = Unit::new(rev, format!("pod {}/{}", key.namespace, key.name));
         match read {
             PodRead::Present(upsert, refs) => {
-                unit.push(Change::Upsert(*upsert));
+                unit.push(Change::Upsert(upsert));
                 for r in refs {
                     if included.insert(r.clone()) {
                         if let Some(change) = read_config(store, &r, 0).await? {
@@ -420,10 +420,10 @@ async fn read_network(store: &dyn Store, key: &ObjectKey) -> Result<Option<Chang
         _ => projection::edge_endpoint_slice(&stored.value).map(EdgeObject::EndpointSlice),
     };
     match object {
-        Ok(object) => Ok(Some(Change::Upsert(Upsert {
+        Ok(object) => Ok(Some(Change::Upsert(Box::new(Upsert {
             revision: stored.revision,
             object,
-        }))),
+        })))),
         Err(e) => {
             error!(error = %e, "skipping object that cannot be projected; fix or delete it");
             Ok(None)
@@ -439,7 +439,7 @@ pub async fn network_upserts(
     let mut out = Vec::with_capacity(members.len());
     for key in members {
         if let Some(Change::Upsert(u)) = read_network(store, key).await? {
-            out.push(u);
+            out.push(*u);
         }
     }
     Ok(out)

@@ -597,9 +597,9 @@ impl Hub {
                         edge_version = version,
                         reason,
                         "pod uses what this node's edgecore (protocol v7) cannot honour \
-                         (init containers, a hostname other than its name, hostAliases or \
-                         setHostnameAsFQDN): not sent to it; it stays Pending until the node \
-                         is upgraded (the node's EdgeVersionSkew condition says so)"
+                         (the reason says what: init containers, hooks, a security context, \
+                         its names, downward API volumes...): not sent to it; it stays Pending \
+                         until the node is upgraded (the node's EdgeVersionSkew condition says so)"
                     );
                     metrics::counter!("skerry_hub_pods_withheld_total", "reason" => *reason)
                         .increment(1);

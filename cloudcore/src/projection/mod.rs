@@ -437,7 +437,57 @@ fn container(
         stdin_once: c.stdin_once.unwrap_or(false),
         tty: c.tty.unwrap_or(false),
         security: security::container_security(pod_security, c.security_context.as_ref()),
+        lifecycle: Lifecycle {
+            post_start: hook(c, |l| l.post_start.as_ref())
+                .map_err(|e| format!("lifecycle.postStart: {e}"))?,
+            pre_stop: hook(c, |l| l.pre_stop.as_ref())
+                .map_err(|e| format!("lifecycle.preStop: {e}"))?,
+        },
     })
+}
+
+/// A lifecycle hook of `c` (the one `which` picks), its port resolved as a probe's and the
+/// httpGet defaults applied; tcpSocket, which kubelet does not run, is refused (as the API
+/// refuses it, see `support`).
+fn hook(
+    c: &core::Container,
+    which: impl Fn(&core::Lifecycle) -> Option<&core::LifecycleHandler>,
+) -> Result<Option<LifecycleHandler>, String> {
+    let Some(h) = c.lifecycle.as_ref().and_then(which) else {
+        return Ok(None);
+    };
+    let handler = if let Some(e) = &h.exec {
+        LifecycleHandler::Exec {
+            command: e.command.clone().unwrap_or_default(),
+        }
+    } else if let Some(g) = &h.http_get {
+        let or_default = |v: &Option<String>, d: &str| {
+            v.clone()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| d.to_string())
+        };
+        LifecycleHandler::HttpGet {
+            host: g.host.clone().unwrap_or_default(),
+            port: probe_port(&g.port, c)?,
+            path: or_default(&g.path, "/"),
+            scheme: or_default(&g.scheme, "HTTP"),
+            headers: g
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+        }
+    } else if let Some(s) = &h.sleep {
+        LifecycleHandler::Sleep {
+            seconds: s.seconds.max(0) as u64,
+        }
+    } else if h.tcp_socket.is_some() {
+        return Err("tcpSocket hooks are not run; use exec, httpGet or sleep".into());
+    } else {
+        return Err("hook has no handler".into());
+    };
+    Ok(Some(handler))
 }
 
 /// Projects a stored ConfigMap or Secret (`kind` says which) into what goes in an upsert.
@@ -817,6 +867,46 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i",
                 "securityContext": {"seLinuxOptions": {"level": "s0"}}}]}});
         assert!(edge_pod(&v).unwrap_err().reason.contains("seLinuxOptions"));
+    }
+
+    #[test]
+    fn lifecycle_hooks_are_projected_with_named_ports_resolved() {
+        let c = one_container(
+            json!({"name": "web", "image": "x",
+                "ports": [{"name": "admin", "containerPort": 9000}],
+                "lifecycle": {
+                    "postStart": {"exec": {"command": ["touch", "/ready"]}},
+                    "preStop": {"httpGet": {"port": "admin", "path": "/quit",
+                        "httpHeaders": [{"name": "X-Why", "value": "stop"}]}}}}),
+            json!({}),
+        );
+        assert_eq!(
+            c.lifecycle,
+            Lifecycle {
+                post_start: Some(LifecycleHandler::Exec {
+                    command: vec!["touch".into(), "/ready".into()]
+                }),
+                pre_stop: Some(LifecycleHandler::HttpGet {
+                    host: String::new(),
+                    port: 9000,
+                    path: "/quit".into(),
+                    scheme: "HTTP".into(),
+                    headers: vec![("X-Why".into(), "stop".into())],
+                }),
+            }
+        );
+        let sleep = one_container(
+            json!({"name": "web", "image": "x",
+                "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}}),
+            json!({}),
+        );
+        assert_eq!(
+            sleep.lifecycle.pre_stop,
+            Some(LifecycleHandler::Sleep { seconds: 5 })
+        );
+        assert_eq!(sleep.lifecycle.post_start, None);
+        let plain = one_container(json!({"name": "web", "image": "x"}), json!({}));
+        assert!(plain.lifecycle.is_empty());
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! Everything of a pod spec that is not carried to the edge and honoured there is listed here
 //! until it is: volume kinds other than emptyDir, hostPath, configMap, secret, downwardAPI
 //! and projected (and projected sources other than configMap, secret and downwardAPI, and
-//! downward API `resourceFieldRef`s); lifecycle
-//! hooks; the `securityContext` fields [`super::security`] lists; the host namespaces; ephemeral
+//! downward API `resourceFieldRef`s); tcpSocket lifecycle hooks (kubelet does not run them)
+//! and `lifecycle.stopSignal`; the `securityContext` fields [`super::security`] lists; the
+//! host namespaces; ephemeral
 //! containers; env `resourceFieldRef`; block devices; `subPathExpr` and mount propagation;
 //! priority classes that do not exist (Skerry has no PriorityClass objects, only the two
 //! built-in ones); and a few pod fields the edge would silently ignore
@@ -257,11 +258,23 @@ fn container(c: &Container, path: &str, out: &mut Vec<Unsupported>) {
             refusal: Refusal::Forbidden(why.to_string()),
         })
     };
-    if c.lifecycle.is_some() {
-        forbid(
-            format!("{path}.lifecycle"),
-            "postStart and preStop hooks are not run on Skerry edges yet",
-        );
+    if let Some(l) = &c.lifecycle {
+        // Kubernetes accepts a tcpSocket hook (deprecated, for compatibility) and kubelet fails
+        // it every time it would run: refused here rather than accepted to fail on the edge.
+        for (which, hook) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
+            if hook.as_ref().is_some_and(|h| h.tcp_socket.is_some()) {
+                forbid(
+                    format!("{path}.lifecycle.{which}.tcpSocket"),
+                    "tcpSocket hooks are not run (kubelet does not run them either); use exec, httpGet or sleep",
+                );
+            }
+        }
+        if l.stop_signal.is_some() {
+            forbid(
+                format!("{path}.lifecycle.stopSignal"),
+                "is not supported on Skerry edges yet: containers are stopped with SIGTERM, then SIGKILL",
+            );
+        }
     }
     if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
         forbid(
@@ -316,6 +329,8 @@ mod tests {
     fn a_pod_the_edge_runs_has_nothing_unsupported() {
         let ok = json!({
             "containers": [{"name": "a", "image": "x", "securityContext": {},
+                "lifecycle": {"postStart": {"exec": {"command": ["true"]}},
+                    "preStop": {"sleep": {"seconds": 1}}},
                 "volumeMounts": [{"name": "d", "mountPath": "/d", "mountPropagation": "None"}],
                 "terminationMessagePath": "/dev/termination-log"}],
             "volumes": [{"name": "d", "emptyDir": {"medium": "Memory"}},
@@ -458,8 +473,12 @@ mod tests {
     fn container_fields_the_edge_cannot_run_are_named_in_app_and_init_containers() {
         let cases = [
             (
-                json!({"lifecycle": {"preStop": {"exec": {"command": ["true"]}}}}),
-                "lifecycle: Forbidden: postStart and preStop hooks are not run on Skerry edges yet",
+                json!({"lifecycle": {"preStop": {"tcpSocket": {"port": 80}}}}),
+                "lifecycle.preStop.tcpSocket: Forbidden: tcpSocket hooks are not run (kubelet does not run them either); use exec, httpGet or sleep",
+            ),
+            (
+                json!({"lifecycle": {"stopSignal": "SIGUSR1"}}),
+                "lifecycle.stopSignal: Forbidden: is not supported on Skerry edges yet: containers are stopped with SIGTERM, then SIGKILL",
             ),
             (
                 json!({"securityContext": {"procMount": "Unmasked"}}),

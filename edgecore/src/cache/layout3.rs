@@ -1,5 +1,6 @@
 //! The shapes of cache layout 3 (written by a protocol-v6 edgecore) that differ from today's:
-//! its containers had no `stdin`, `stdin_once` and `tty`, and its pods no init containers.
+//! its containers had no `stdin`, `stdin_once` and `tty` (nor lifecycle hooks), and its pods no
+//! init containers.
 //! Kept here, not in `protocol::compat`, because only the cache still reads them: the cloud no
 //! longer serves v6 edges (v8 dropped them), but a node upgraded offline from that version
 //! must still restart its pods from what it cached. Layout 2's pods (`super::layout2`) have
@@ -79,6 +80,7 @@ impl From<V6Container> for EdgeContainer {
             stdin_once: false,
             tty: false,
             security: None,
+            lifecycle: Default::default(),
         }
     }
 }

@@ -33,6 +33,7 @@
 
 mod backoff;
 mod env;
+mod lifecycle;
 mod prober;
 mod probes;
 mod recorder;

@@ -304,11 +304,39 @@ struct Response {
 
 /// An `httpGet` probe: passes on a status from 200 to 399 received within `timeout`.
 pub(crate) async fn http_get(probe: &HttpProbe<'_>, timeout: Duration) -> Outcome {
+    match fetch(probe, timeout).await {
+        Err(e) => Outcome::Failure(e),
+        Ok(response) => {
+            let body = excerpt(&response.body);
+            if (200..400).contains(&response.status) {
+                Outcome::Success(body)
+            } else if body.is_empty() {
+                Outcome::Failure(format!(
+                    "HTTP probe failed with statuscode: {}",
+                    response.status
+                ))
+            } else {
+                Outcome::Failure(format!(
+                    "HTTP probe failed with statuscode: {}: {body}",
+                    response.status
+                ))
+            }
+        }
+    }
+}
+
+/// An `httpGet` lifecycle hook: whether any HTTP response came within `timeout` (kubelet does
+/// not look at a hook's status code: the request itself is the hook); `Err` says why not.
+pub(crate) async fn http_hook(probe: &HttpProbe<'_>, timeout: Duration) -> Result<u16, String> {
+    fetch(probe, timeout).await.map(|r| r.status)
+}
+
+/// Sends the GET and reads the response head within `timeout`; `Err` in Go's words.
+async fn fetch(probe: &HttpProbe<'_>, timeout: Duration) -> Result<Response, String> {
     let url = probe.url();
-    let request = match probe.request() {
-        Ok(request) => request,
-        Err(e) => return Outcome::Failure(format!("cannot send GET {url:?}: {e}")),
-    };
+    let request = probe
+        .request()
+        .map_err(|e| format!("cannot send GET {url:?}: {e}"))?;
     let exchange = async {
         let tcp = TcpStream::connect((probe.host, probe.port))
             .await
@@ -328,27 +356,12 @@ pub(crate) async fn http_get(probe: &HttpProbe<'_>, timeout: Duration) -> Outcom
         }
     };
     match tokio::time::timeout(timeout, exchange).await {
-        Err(_) => Outcome::Failure(format!(
+        Err(_) => Err(format!(
             "Get {url:?}: no response within {}s",
             timeout.as_secs_f32()
         )),
-        Ok(Err(e)) => Outcome::Failure(format!("Get {url:?}: {e}")),
-        Ok(Ok(response)) => {
-            let body = excerpt(&response.body);
-            if (200..400).contains(&response.status) {
-                Outcome::Success(body)
-            } else if body.is_empty() {
-                Outcome::Failure(format!(
-                    "HTTP probe failed with statuscode: {}",
-                    response.status
-                ))
-            } else {
-                Outcome::Failure(format!(
-                    "HTTP probe failed with statuscode: {}: {body}",
-                    response.status
-                ))
-            }
-        }
+        Ok(Err(e)) => Err(format!("Get {url:?}: {e}")),
+        Ok(Ok(response)) => Ok(response),
     }
 }
 

@@ -457,8 +457,12 @@ impl ProbeSupervisor {
         let mut wanted: HashMap<usize, (&str, u64)> = HashMap::new();
         if *machine.state() == PodState::Running && machine.sandbox().is_some() {
             for (index, slot) in machine.slots().iter().enumerate() {
+                // Not before its postStart hook returned, as kubelet.
                 let ContainerPhase::Running {
-                    id, started_at_ms, ..
+                    id,
+                    started_at_ms,
+                    post_start: false,
+                    ..
                 } = &slot.phase
                 else {
                     continue;

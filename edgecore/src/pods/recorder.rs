@@ -91,6 +91,21 @@ pub(crate) fn started(
     out
 }
 
+/// A lifecycle hook failed: kubelet's `FailedPostStartHook` or `FailedPreStopHook`, with the
+/// hook's failure message.
+pub(crate) fn hook_failed(
+    container: &str,
+    hook: super::lifecycle::Hook,
+    message: &str,
+    at_ms: u64,
+) -> Occurrence {
+    let reason = match hook {
+        super::lifecycle::Hook::PostStart => "FailedPostStartHook",
+        super::lifecycle::Hook::PreStop => "FailedPreStopHook",
+    };
+    warning(reason, message.to_string(), container, at_ms)
+}
+
 /// A start failed (not for want of a sandbox): kubelet's `Failed` events.
 pub(crate) fn start_failed(
     container: &str,

@@ -15,13 +15,15 @@
 //! the pod's objects changed (and once when it starts, for an adopted pod whose objects changed
 //! while edgecore was down).
 
+use super::lifecycle::{self, Hook, HookTarget, POST_START_LIMIT};
 use super::probes::{FailureTap, ProbeKind, ProbeSupervisor};
 use super::recorder;
+use super::state::hooks::{StopSequence, StopStep};
 use super::state::{wall_ms, Action, Event, Failure, Now, Outcome, PodMachine};
 use super::{PodRef, Shared};
 use crate::runtime::{ContainerConfig, ContainerRunState, Runtime, RuntimeError, Sandbox};
 use protocol::events::Occurrence;
-use protocol::pod::EdgePod;
+use protocol::pod::{EdgePod, LifecycleHandler};
 use protocol::status::PodStatus;
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,8 +220,7 @@ impl Worker {
                 "pod status changed"
             );
             self.shared.sink.pod_status(status.clone());
-            let pod = self.machine.pod();
-            let label = format!("{}_{}({})", pod.name, pod.namespace, pod.uid);
+            let label = self.pod_label();
             self.record(recorder::status_changed(
                 self.last_sent.as_ref(),
                 &status,
@@ -228,6 +229,73 @@ impl Worker {
             ));
             self.last_sent = Some(status);
         }
+    }
+
+    /// The pod as kubelet names it in messages: `name_namespace(uid)`.
+    fn pod_label(&self) -> String {
+        let pod = self.machine.pod();
+        format!("{}_{}({})", pod.name, pod.namespace, pod.uid)
+    }
+
+    /// Runs the postStart hook of slot `index`'s instance `id`. The manager's commands are
+    /// heard meanwhile: once the machine no longer waits for this hook (the pod is being
+    /// deleted, the spec changed), the hook is dropped and the machine goes on. `None` when
+    /// edgecore is shutting down.
+    async fn post_start(
+        &mut self,
+        index: usize,
+        id: String,
+        handler: LifecycleHandler,
+    ) -> Option<Event> {
+        let Some(sandbox) = self.machine.sandbox().cloned() else {
+            return Some(Event::Tick);
+        };
+        let container = self.container_name(index).to_string();
+        let pod_label = self.pod_label();
+        info!(container, %id, "running the postStart hook");
+        let result = {
+            let target = HookTarget {
+                runtime: self.runtime.clone(),
+                sandbox: &sandbox,
+                container_id: &id,
+                container: &container,
+                pod_label: &pod_label,
+            };
+            let hook = lifecycle::run(&target, &handler, POST_START_LIMIT);
+            tokio::pin!(hook);
+            loop {
+                tokio::select! {
+                    result = &mut hook => break Some(result),
+                    command = self.rx.recv() => {
+                        let event = command.and_then(|c| self.command_event(c))?;
+                        let next = self.machine.step(event, Now::current());
+                        self.report();
+                        if !matches!(&next, Action::PostStart { index: i, id: j, .. }
+                                     if *i == index && *j == id)
+                        {
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        let Some(result) = result else {
+            info!(container, %id, "postStart hook dropped: the pod moved on");
+            return Some(Event::Tick);
+        };
+        match &result {
+            Ok(()) => info!(container, %id, "postStart hook returned"),
+            Err(message) => {
+                warn!(container, %id, %message, "postStart hook failed; killing the container");
+                self.record([recorder::hook_failed(
+                    &container,
+                    Hook::PostStart,
+                    message,
+                    wall_ms(),
+                )]);
+            }
+        }
+        Some(Event::PostStartDone { index, id, result })
     }
 
     /// Ends the worker's job in the manager's books, unless commands arrived meanwhile.
@@ -420,10 +488,38 @@ impl Worker {
                 }
                 Event::ContainersRemoved(ids)
             }
+            Action::PostStart { index, id, handler } => {
+                return self.post_start(index, id, handler).await
+            }
             Action::StopContainers { targets, grace } => {
                 let Some(sandbox) = self.machine.sandbox().cloned() else {
                     return Some(Event::Tick);
                 };
+                // Each instance's preStop hook, as the machine says (see `state::hooks`).
+                let hooks = HookRun {
+                    pod_label: self.pod_label(),
+                    record: {
+                        let (sink, pod_ref) = (self.shared.sink.clone(), self.pod_ref.clone());
+                        Arc::new(move |occ| sink.pod_event(&pod_ref, occ))
+                    },
+                };
+                let with_hooks = |targets: Vec<(usize, String)>, grace, m: &PodMachine| {
+                    targets
+                        .into_iter()
+                        .map(|(index, id)| {
+                            let hook = m.pre_stop_hook(index, grace).cloned().map(|h| {
+                                let name = m
+                                    .slots()
+                                    .get(index)
+                                    .map(|s| s.name.clone())
+                                    .unwrap_or_default();
+                                (h, name)
+                            });
+                            (index, id, hook)
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let targets = with_hooks(targets, grace, &self.machine);
                 info!(
                     containers = targets.len(),
                     grace_ms = grace.as_millis() as u64,
@@ -433,7 +529,7 @@ impl Worker {
                 self.record(
                     targets
                         .iter()
-                        .map(|(index, _)| recorder::killing(self.container_name(*index), at))
+                        .map(|(index, _, _)| recorder::killing(self.container_name(*index), at))
                         .collect::<Vec<_>>(),
                 );
                 // A stop may take the whole grace: the manager's commands are heard meanwhile,
@@ -441,7 +537,13 @@ impl Worker {
                 // restarts the stop with the shorter grace. Dropping a stop in progress only
                 // stops waiting for it; the new one signals again.
                 let mut current = grace;
-                let mut stop = Box::pin(stop_all(rt.clone(), sandbox.clone(), targets, grace));
+                let mut stop = Box::pin(stop_all(
+                    rt.clone(),
+                    sandbox.clone(),
+                    targets,
+                    grace,
+                    hooks.clone(),
+                ));
                 let stopped = loop {
                     tokio::select! {
                         stopped = &mut stop => break stopped,
@@ -460,11 +562,17 @@ impl Worker {
                                         "grace period shortened; stopping containers again"
                                     );
                                     current = grace;
+                                    // The preStop hooks ran or run already: not again.
+                                    let targets = targets
+                                        .into_iter()
+                                        .map(|(index, id)| (index, id, None))
+                                        .collect();
                                     stop = Box::pin(stop_all(
                                         rt.clone(),
                                         sandbox.clone(),
                                         targets,
                                         grace,
+                                        hooks.clone(),
                                     ));
                                 }
                             }
@@ -554,18 +662,73 @@ impl Worker {
     }
 }
 
-/// Stops `targets` in parallel, each with `grace`, and reads the state each ended in.
+/// One instance to stop: slot index, instance id, and its preStop hook with the container's
+/// name if it is to run one.
+type StopTarget = (usize, String, Option<(LifecycleHandler, String)>);
+
+/// What the preStop hooks of a stop need besides the runtime.
+#[derive(Clone)]
+struct HookRun {
+    /// The pod as kubelet names it in messages.
+    pod_label: String,
+    /// Records an event of the pod.
+    record: Arc<dyn Fn(Occurrence) + Send + Sync>,
+}
+
+/// Stops `targets` (slot index, instance id, its preStop hook and container name, if it is to
+/// run one) in parallel, each with `grace`: the hook first, then SIGTERM with what is left of
+/// the grace ([`StopSequence`]). Reads the state each ended in.
 async fn stop_all(
     rt: Arc<dyn Runtime>,
     sandbox: Sandbox,
-    targets: Vec<(usize, String)>,
+    targets: Vec<StopTarget>,
     grace: Duration,
+    hooks: HookRun,
 ) -> Vec<(usize, String, Result<ContainerRunState, RuntimeError>)> {
-    let stops = targets.into_iter().map(|(index, id)| {
+    let stops = targets.into_iter().map(|(index, id, hook)| {
         let rt = rt.clone();
         let sandbox = sandbox.clone();
+        let hooks = hooks.clone();
         async move {
-            let result = match rt.stop_container(&sandbox, &id, grace).await {
+            let mut sequence =
+                StopSequence::new(grace, hook.is_some(), tokio::time::Instant::now());
+            if let (StopStep::PreStop { deadline }, Some((handler, container))) =
+                (sequence.step(), &hook)
+            {
+                info!(container, %id, "running the preStop hook");
+                let target = HookTarget {
+                    runtime: rt.clone(),
+                    sandbox: &sandbox,
+                    container_id: &id,
+                    container,
+                    pod_label: &hooks.pod_label,
+                };
+                let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout_at(deadline, lifecycle::run(&target, handler, limit))
+                    .await
+                {
+                    Ok(Ok(())) => info!(container, %id, "preStop hook returned"),
+                    Ok(Err(message)) => {
+                        warn!(container, %id, %message, "preStop hook failed; stopping the container");
+                        metrics::counter!("skerry_container_hook_failures_total", "hook" => "preStop")
+                            .increment(1);
+                        (hooks.record)(recorder::hook_failed(
+                            container,
+                            Hook::PreStop,
+                            &message,
+                            wall_ms(),
+                        ));
+                    }
+                    Err(_) => warn!(container, %id,
+                                    "preStop hook did not return within the grace period; stopping the container"),
+                }
+                sequence.hook_ended(tokio::time::Instant::now());
+            }
+            let term = match sequence.step() {
+                StopStep::Terminate { grace } => grace,
+                StopStep::PreStop { .. } => grace,
+            };
+            let result = match rt.stop_container(&sandbox, &id, term).await {
                 // Stopped: its state says how it ended; if it cannot be read any more, the
                 // container is gone all the same.
                 Ok(()) => Ok(rt.container_state(&sandbox, &id).await.unwrap_or_else(|e| {

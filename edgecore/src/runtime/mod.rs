@@ -460,8 +460,9 @@ pub fn container_digest(container: &EdgeContainer) -> String {
     // The fields later protocols added (the last ones) are left out while off, newest first,
     // so that the containers an older edgecore started keep their digest: the upgrade
     // restarts none.
-    const ADDED_OFF: [&[u8]; 2] = [
-        // v8.
+    const ADDED_OFF: [&[u8]; 3] = [
+        // v8: hooks, then the security context.
+        br#","lifecycle":{"post_start":null,"pre_stop":null}"#,
         br#","security":null"#,
         // v7.
         br#","stdin":false,"stdin_once":false,"tty":false"#,
@@ -545,9 +546,13 @@ mod tests {
                 run_as_user: Some(1000),
                 ..Default::default()
             })),
-            ..c
+            ..c.clone()
         };
         assert_ne!(container_digest(&user), old);
+        // Hooks change it too (they are part of what the instance was started with).
+        let mut hooked = c;
+        hooked.lifecycle.pre_stop = Some(protocol::pod::LifecycleHandler::Sleep { seconds: 1 });
+        assert_ne!(container_digest(&hooked), old);
     }
 
     #[test]

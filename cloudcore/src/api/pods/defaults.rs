@@ -68,6 +68,16 @@ pub(super) fn default_container(c: &mut Value) {
             default_probe(p);
         }
     }
+    for hook in ["postStart", "preStop"] {
+        if let Some(h) = c
+            .get_mut("lifecycle")
+            .and_then(|l| l.get_mut(hook))
+            .and_then(|h| h.get_mut("httpGet"))
+            .and_then(Value::as_object_mut)
+        {
+            default_http_get(h);
+        }
+    }
 }
 
 /// Kubernetes' probe defaulting: thresholds and timings that are missing or zero take their
@@ -79,14 +89,19 @@ fn default_probe(p: &mut serde_json::Map<String, Value>) {
         }
     }
     if let Some(h) = p.get_mut("httpGet").and_then(Value::as_object_mut) {
-        for (field, default) in [("path", "/"), ("scheme", "HTTP")] {
-            if h.get(field)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .is_empty()
-            {
-                h.insert(field.into(), json!(default));
-            }
+        default_http_get(h);
+    }
+}
+
+/// `SetDefaults_HTTPGetAction`: path `/` and scheme `HTTP`, for probes and lifecycle hooks.
+fn default_http_get(h: &mut serde_json::Map<String, Value>) {
+    for (field, default) in [("path", "/"), ("scheme", "HTTP")] {
+        if h.get(field)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
+            h.insert(field.into(), json!(default));
         }
     }
 }

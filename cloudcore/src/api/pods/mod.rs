@@ -7,6 +7,7 @@
 //! [`validation`] of a spec, [`update`] rules, and the [`table`] kubectl prints.
 
 mod defaults;
+mod lifecycle;
 mod resources;
 mod table;
 mod update;

@@ -6,7 +6,7 @@ use crate::api::error::FieldError;
 use crate::api::validation::{config_key, dns1123_label, dns1123_subdomain, push_invalid};
 use crate::devices;
 use crate::projection::support::Refusal;
-use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, PodSpec, Probe};
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, KeyToPath, Pod, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
@@ -40,7 +40,7 @@ pub(in crate::api) const PORT_NAME_FMT: &str = "must be no more than 15 characte
 
 /// A probe's port: a number in range, or the name of one of the container's ports (the edge
 /// gets the number; the projection resolves names, so an unknown name must not get stored).
-fn validate_probe_port(
+pub(super) fn validate_probe_port(
     port: &IntOrString,
     field: String,
     c: &Container,
@@ -69,6 +69,39 @@ fn validate_probe_port(
                     "must be the name of one of the container's ports",
                 ));
             }
+        }
+    }
+}
+
+/// An `httpGet` action (of a probe or a lifecycle hook) at `path`: its port, path, scheme and
+/// header names, as `validateHTTPGetAction` checks them.
+pub(super) fn validate_http_get(
+    h: &HTTPGetAction,
+    path: &str,
+    c: &Container,
+    errs: &mut Vec<FieldError>,
+) {
+    validate_probe_port(&h.port, format!("{path}.port"), c, errs);
+    if h.path.as_deref().unwrap_or("").is_empty() {
+        errs.push(FieldError::required(format!("{path}.path"), ""));
+    }
+    if let Some(scheme) = h.scheme.as_deref() {
+        if !PROBE_SCHEMES.contains(&scheme) {
+            errs.push(FieldError::not_supported(
+                format!("{path}.scheme"),
+                &json!(scheme),
+                &PROBE_SCHEMES,
+            ));
+        }
+    }
+    for (i, header) in h.http_headers.iter().flatten().enumerate() {
+        let n = &header.name;
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            errs.push(FieldError::invalid(
+                format!("{path}.httpHeaders[{i}].name"),
+                &json!(n),
+                HEADER_NAME_FMT,
+            ));
         }
     }
 }
@@ -111,29 +144,7 @@ fn validate_probe(
         }
     }
     if let Some(h) = &probe.http_get {
-        validate_probe_port(&h.port, format!("{path}.httpGet.port"), c, errs);
-        if h.path.as_deref().unwrap_or("").is_empty() {
-            errs.push(FieldError::required(format!("{path}.httpGet.path"), ""));
-        }
-        if let Some(scheme) = h.scheme.as_deref() {
-            if !PROBE_SCHEMES.contains(&scheme) {
-                errs.push(FieldError::not_supported(
-                    format!("{path}.httpGet.scheme"),
-                    &json!(scheme),
-                    &PROBE_SCHEMES,
-                ));
-            }
-        }
-        for (i, header) in h.http_headers.iter().flatten().enumerate() {
-            let n = &header.name;
-            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                errs.push(FieldError::invalid(
-                    format!("{path}.httpGet.httpHeaders[{i}].name"),
-                    &json!(n),
-                    HEADER_NAME_FMT,
-                ));
-            }
-        }
+        validate_http_get(h, &format!("{path}.httpGet"), c, errs);
     }
     if let Some(t) = &probe.tcp_socket {
         validate_probe_port(&t.port, format!("{path}.tcpSocket.port"), c, errs);
@@ -539,7 +550,7 @@ fn validate_container(
 }
 
 /// Kubernetes' rules for an init container: `restartPolicy` only `Always` (a sidecar), and
-/// no probes unless it is a sidecar (an init container that runs to completion is never
+/// no lifecycle hooks nor probes unless it is a sidecar (an init container that runs to completion is never
 /// ready or live; it just ends).
 fn validate_init_container(c: &Container, path: &str, errs: &mut Vec<FieldError>) {
     let sidecar = match c.restart_policy.as_deref() {
@@ -558,6 +569,7 @@ fn validate_init_container(c: &Container, path: &str, errs: &mut Vec<FieldError>
         return;
     }
     for (which, set) in [
+        ("lifecycle", c.lifecycle.is_some()),
         ("livenessProbe", c.liveness_probe.is_some()),
         ("readinessProbe", c.readiness_probe.is_some()),
         ("startupProbe", c.startup_probe.is_some()),
@@ -707,14 +719,20 @@ pub fn validate_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
     // Names are unique across init and app containers (one numbering on the edge, one
     // `kubectl logs -c`).
     let mut names = HashSet::new();
+    // As the API server sees it after defaulting.
+    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         let cp = format!("{path}.initContainers[{i}]");
         validate_container(c, &cp, &volumes, &mut names, &mut errs);
         validate_init_container(c, &cp, &mut errs);
+        if c.restart_policy.as_deref() == Some("Always") {
+            super::lifecycle::validate_lifecycle(c, &cp, grace, &mut errs);
+        }
     }
     for (i, c) in spec.containers.iter().enumerate() {
         let cp = format!("{path}.containers[{i}]");
         validate_container(c, &cp, &volumes, &mut names, &mut errs);
+        super::lifecycle::validate_lifecycle(c, &cp, grace, &mut errs);
         if c.restart_policy.is_some() {
             errs.push(FieldError::forbidden(
                 format!("{cp}.restartPolicy"),

@@ -42,6 +42,9 @@ pub(crate) enum ContainerPhase {
         /// Set while the instance is to be restarted because its spec changed (only the
         /// container's fields did; see [`super::spec_change`]).
         spec_restart: Option<SpecRestart>,
+        /// Set while its postStart hook has not returned (see [`super::hooks`]): it is reported
+        /// as still being created, is not ready, is not probed, and nothing after it starts.
+        post_start: bool,
     },
     /// Exited and restarts at `until` (`CrashLoopBackOff`).
     BackOff {
@@ -75,6 +78,7 @@ impl ContainerPhase {
             readiness: None,
             probe_kill: None,
             spec_restart: None,
+            post_start: false,
         }
     }
 }
@@ -178,9 +182,21 @@ impl ContainerSlot {
         self.final_exit_code() == Some(0)
     }
 
-    /// Whether it counts as ready: running and passing readiness (if probed).
+    /// Whether it counts as ready: running, its postStart hook returned, and passing readiness
+    /// (if probed).
     pub fn ready(&self) -> bool {
-        matches!(self.phase, ContainerPhase::Running { readiness, .. } if readiness.unwrap_or(true))
+        matches!(self.phase, ContainerPhase::Running { readiness, post_start: false, .. } if readiness.unwrap_or(true))
+    }
+
+    /// Whether the running instance's postStart hook has not returned yet.
+    pub fn post_start_pending(&self) -> bool {
+        matches!(
+            self.phase,
+            ContainerPhase::Running {
+                post_start: true,
+                ..
+            }
+        )
     }
 
     /// The kill pending for a failed probe of the running instance, if any.
@@ -280,6 +296,8 @@ pub(super) fn on_exit(
     else {
         return;
     };
+    // It ran, even if it ended before its postStart hook returned.
+    slot.ever_started = true;
     if !policy.restarts_after(*exit_code) {
         slot.phase = ContainerPhase::Exited {
             id,

@@ -163,6 +163,11 @@ impl PodMachine {
                     }
                 }
             }
+            // A container that started runs its postStart hook before anything else starts
+            // (kubelet starts containers one by one, each after its hook returned).
+            if let Some(hook) = self.post_start_due() {
+                return hook;
+            }
             self.check_initialized();
             let sandbox_ip = self
                 .sandbox

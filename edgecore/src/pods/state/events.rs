@@ -30,6 +30,7 @@ impl Event {
             Event::Started { .. } => "Started",
             Event::Observed(_) => "Observed",
             Event::ContainersRemoved(_) => "ContainersRemoved",
+            Event::PostStartDone { .. } => "PostStartDone",
             Event::Stopped(_) => "Stopped",
             Event::SandboxRemoved(_) => "SandboxRemoved",
             Event::Update(_) => "Update",
@@ -75,6 +76,11 @@ impl PodMachine {
                 for slot in &mut self.slots {
                     slot.garbage.retain(|g| !ids.contains(g));
                 }
+            }
+            (_, Event::PostStartDone { index, id, result })
+                if self.post_start_current(index, &id) =>
+            {
+                self.post_start_done(index, result)
             }
 
             // Stops: what a stop leads to depends on why the machine stopped.
@@ -239,11 +245,13 @@ impl PodMachine {
         let backoff = self.settings.backoff;
         let spec = self.pod.container_at(index);
         let slot = &mut self.slots[index];
+        let post_start = spec.is_some_and(|c| c.lifecycle.post_start.is_some());
         match result {
             Ok(info) => {
                 slot.start_failures = 0;
                 slot.observe_errors = 0;
-                slot.ever_started = true;
+                // With a postStart hook, once it returned (see `hooks`).
+                slot.ever_started |= !post_start;
                 slot.restart_count = info.attempt;
                 slot.next_attempt = info.attempt.saturating_add(1);
                 slot.image_id = info.image_id.clone().unwrap_or_default();
@@ -258,6 +266,9 @@ impl PodMachine {
                     _ => now.wall_ms,
                 };
                 slot.phase = ContainerPhase::running(info.id.clone(), info.attempt, started_at_ms);
+                if let ContainerPhase::Running { post_start: p, .. } = &mut slot.phase {
+                    *p = post_start;
+                }
                 probes::reset_for_new_instance(slot, spec);
                 if let Some(terminated) = terminated_state(&info.state, now) {
                     on_exit(

@@ -30,7 +30,9 @@ impl PodMachine {
                     .pod
                     .container_at(index)
                     .is_some_and(|c| c.startup_probe.is_some());
-                slot.running_id().is_some() && (!probed || slot.ready())
+                slot.running_id().is_some()
+                    && !slot.post_start_pending()
+                    && (!probed || slot.ready())
             }
             SlotKind::App => true,
         }

@@ -38,13 +38,17 @@
 //!
 //! A step is `events` (apply: one match over every legal (state, event) pair, anything else
 //! ignored and counted) then `decide` (the next [`Action`]) then `status` (conditions). What a
-//! container's exit does is in `container`, how an update is taken in is in `spec_change`, and
-//! taking over what the runtime already runs is in `adopt`.
+//! container's exit does is in `container`, how an update is taken in is in `spec_change`,
+//! taking over what the runtime already runs is in `adopt`, and when lifecycle hooks run (and
+//! how a preStop hook and the SIGTERM share the grace) in `hooks`.
 
 mod adopt;
 mod container;
 mod decide;
 mod events;
+pub(crate) mod hooks;
+#[cfg(test)]
+mod hooks_tests;
 mod init;
 #[cfg(test)]
 mod init_tests;
@@ -62,7 +66,7 @@ use super::backoff::BackoffPolicy;
 use super::env::ConfigLookup;
 use super::probes::ProbeVerdict;
 use crate::runtime::{ContainerConfig, ContainerInfo, ContainerRunState, ExistingPod, Sandbox};
-use protocol::pod::{EdgeContainer, EdgePod};
+use protocol::pod::{EdgeContainer, EdgePod, LifecycleHandler};
 use protocol::status::{PodCondition, PodPhase};
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,6 +241,16 @@ pub(crate) enum Action {
     Observe(Vec<(usize, String)>),
     /// `remove_container` of these instances.
     RemoveContainers(Vec<String>),
+    /// Run the postStart hook of slot `index`'s instance `id` (see [`hooks`]), then feed
+    /// [`Event::PostStartDone`].
+    PostStart {
+        /// Slot index.
+        index: usize,
+        /// The instance that just started.
+        id: String,
+        /// The hook.
+        handler: LifecycleHandler,
+    },
     /// `stop_container` of these (in parallel, each with `grace`), then `container_state`.
     StopContainers {
         /// (slot index, instance id).
@@ -284,6 +298,16 @@ pub(crate) enum Event {
     /// `remove_container` of these ids was done (failures were logged; the sandbox removal
     /// cleans up eventually).
     ContainersRemoved(Vec<String>),
+    /// The postStart hook of slot `index`'s instance `id` returned: `Err` with kubelet's
+    /// message when it failed.
+    PostStartDone {
+        /// Slot index.
+        index: usize,
+        /// The instance it ran for.
+        id: String,
+        /// How it went.
+        result: Result<(), String>,
+    },
     /// Results of stopping: (slot index, instance id, state after the stop).
     Stopped(Vec<(usize, String, Result<ContainerRunState, Failure>)>),
     /// Result of `remove_sandbox`.

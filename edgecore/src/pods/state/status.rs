@@ -32,6 +32,19 @@ impl ContainerSlot {
                 };
                 (String::new(), state)
             }
+            // Not running yet for Kubernetes while its postStart hook runs (kubelet reports
+            // the container once the hook returned).
+            ContainerPhase::Running {
+                id,
+                post_start: true,
+                ..
+            } => (
+                id.clone(),
+                ContainerState::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: String::new(),
+                },
+            ),
             ContainerPhase::Running {
                 id, started_at_ms, ..
             } => (

@@ -151,14 +151,16 @@ impl CriRuntime {
                     pod,
                     container,
                     config,
-                    &image,
                     self.swap_limit,
-                    &self.hosts_path(&pod.uid),
-                    spec::container_security(
-                        container.security.as_deref(),
-                        &image_user,
-                        &self.seccomp_root(),
-                    ),
+                    spec::Resolved {
+                        image: &image,
+                        etc_hosts: &self.hosts_path(&pod.uid),
+                        security: spec::container_security(
+                            container.security.as_deref(),
+                            &image_user,
+                            &self.seccomp_root(),
+                        ),
+                    },
                 );
                 let labels = container_config.labels.clone();
                 let request = cri::CreateContainerRequest {

@@ -258,23 +258,33 @@ pub fn container_labels(
 /// Where a container sees its pod's hosts file.
 pub const ETC_HOSTS: &str = "/etc/hosts";
 
-/// The CRI config of one container instance. `image` is the reference to run (the image id
-/// that `ImageStatus` or `PullImage` returned, so that a tag moved meanwhile cannot change what
-/// runs); `swap_limit` says whether the node can limit swap (cgroup v1 with swap accounting);
-/// `etc_hosts` is the pod's hosts file, mounted at `/etc/hosts` unless the container mounts a
-/// volume there itself (as kubelet does; containerd then does not mount its copy of the
-/// host's).
-/// `security` is [`container_security`]'s.
+/// What the node resolved for one container instance, beside its spec.
+pub struct Resolved<'a> {
+    /// The reference to run: the image id that `ImageStatus` or `PullImage` returned, so that
+    /// a tag moved meanwhile cannot change what runs.
+    pub image: &'a str,
+    /// The pod's hosts file, mounted at `/etc/hosts` unless the container mounts a volume
+    /// there itself (as kubelet does; containerd then does not mount its copy of the host's).
+    pub etc_hosts: &'a Path,
+    /// [`container_security`]'s.
+    pub security: cri::LinuxContainerSecurityContext,
+}
+
+/// The CRI config of one container instance. `swap_limit` says whether the node can limit
+/// swap (cgroup v1 with swap accounting).
 pub fn container_config(
     instance: &str,
     pod: &EdgePod,
     container: &EdgeContainer,
     config: &ContainerConfig,
-    image: &str,
     swap_limit: bool,
-    etc_hosts: &Path,
-    security: cri::LinuxContainerSecurityContext,
+    resolved: Resolved<'_>,
 ) -> cri::ContainerConfig {
+    let Resolved {
+        image,
+        etc_hosts,
+        security,
+    } = resolved;
     let own_hosts = !config.mounts.iter().any(|m| m.container_path == ETC_HOSTS);
     let hosts_mount = own_hosts.then(|| cri::Mount {
         container_path: ETC_HOSTS.to_string(),
@@ -660,10 +670,12 @@ mod tests {
                 &pod,
                 &container,
                 config,
-                "sha256:abc",
                 true,
-                hosts,
-                security(),
+                Resolved {
+                    image: "sha256:abc",
+                    etc_hosts: hosts,
+                    security: security(),
+                },
             )
         };
         let c = build(&config);
