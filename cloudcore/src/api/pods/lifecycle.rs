@@ -39,23 +39,16 @@ fn validate_handler(
     grace: i64,
     errs: &mut Vec<FieldError>,
 ) {
-    let handlers: Vec<&str> = [
-        ("exec", h.exec.is_some()),
-        ("httpGet", h.http_get.is_some()),
-        ("tcpSocket", h.tcp_socket.is_some()),
-        ("sleep", h.sleep.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
-    match handlers.as_slice() {
-        [] => errs.push(FieldError::required(path, "must specify a handler type")),
-        [_] => {}
-        [_, second, ..] => errs.push(FieldError::forbidden(
-            format!("{path}.{second}"),
-            "may not specify more than 1 handler type",
-        )),
-    }
+    super::validation::one_handler(
+        path,
+        &[
+            ("exec", h.exec.is_some()),
+            ("httpGet", h.http_get.is_some()),
+            ("tcpSocket", h.tcp_socket.is_some()),
+            ("sleep", h.sleep.is_some()),
+        ],
+        errs,
+    );
     if let Some(e) = &h.exec {
         if e.command.as_ref().is_none_or(Vec::is_empty) {
             errs.push(FieldError::required(format!("{path}.exec.command"), ""));

@@ -106,6 +106,23 @@ pub(super) fn validate_http_get(
     }
 }
 
+/// Exactly one of a probe's or a hook's handlers is set (`handlers`: each name and whether
+/// it is), in upstream's words.
+pub(super) fn one_handler(path: &str, handlers: &[(&str, bool)], errs: &mut Vec<FieldError>) {
+    let set: Vec<&str> = handlers
+        .iter()
+        .filter_map(|(name, set)| set.then_some(*name))
+        .collect();
+    match set.as_slice() {
+        [] => errs.push(FieldError::required(path, "must specify a handler type")),
+        [_] => {}
+        [_, second, ..] => errs.push(FieldError::forbidden(
+            format!("{path}.{second}"),
+            "may not specify more than 1 handler type",
+        )),
+    }
+}
+
 /// Kubernetes' probe rules (one handler, non-negative numbers, `successThreshold` 1 for
 /// liveness and startup) plus what the edge cannot run (grpc).
 fn validate_probe(
@@ -115,23 +132,16 @@ fn validate_probe(
     c: &Container,
     errs: &mut Vec<FieldError>,
 ) {
-    let handlers: Vec<&str> = [
-        ("exec", probe.exec.is_some()),
-        ("httpGet", probe.http_get.is_some()),
-        ("tcpSocket", probe.tcp_socket.is_some()),
-        ("grpc", probe.grpc.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
-    match handlers.as_slice() {
-        [] => errs.push(FieldError::required(path, "must specify a handler type")),
-        [_] => {}
-        [_, second, ..] => errs.push(FieldError::forbidden(
-            format!("{path}.{second}"),
-            "may not specify more than 1 handler type",
-        )),
-    }
+    one_handler(
+        path,
+        &[
+            ("exec", probe.exec.is_some()),
+            ("httpGet", probe.http_get.is_some()),
+            ("tcpSocket", probe.tcp_socket.is_some()),
+            ("grpc", probe.grpc.is_some()),
+        ],
+        errs,
+    );
     if probe.grpc.is_some() {
         errs.push(FieldError::forbidden(
             format!("{path}.grpc"),

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 impl CriRuntime {
-    /// The id of `image` if containerd has it.
-    pub(super) async fn image_id(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+    /// containerd's `ImageStatus` of `image`: `None` if it does not have it.
+    async fn image_status(&self, image: &str) -> Result<Option<cri::Image>, RuntimeError> {
         let request = cri::ImageStatusRequest {
             image: Some(cri::ImageSpec {
                 image: image.to_string(),
@@ -30,29 +30,18 @@ impl CriRuntime {
             })
             .await
             .map_err(|e| self.internal("start container", "ImageStatus", &e))?;
-        Ok(response.image.map(|i| i.id))
+        Ok(response.image)
+    }
+
+    /// The id of `image` if containerd has it.
+    pub(super) async fn image_id(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        Ok(self.image_status(image).await?.map(|i| i.id))
     }
 
     /// The user `image` runs as (CRI `ImageStatus`'s `uid` or `username`), read as kubelet
     /// does: an image that names none runs as root.
     pub(super) async fn image_user(&self, image: &str) -> Result<DefaultUser, RuntimeError> {
-        let request = cri::ImageStatusRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_string(),
-                ..Default::default()
-            }),
-            verbose: false,
-        };
-        let response = self
-            .conn
-            .call(self.conn.timeout, true, || {
-                let mut client = self.conn.images();
-                let request = request.clone();
-                async move { client.image_status(request).await }
-            })
-            .await
-            .map_err(|e| self.internal("start container", "ImageStatus", &e))?;
-        let image = response.image.unwrap_or_default();
+        let image = self.image_status(image).await?.unwrap_or_default();
         Ok(DefaultUser::of_image(
             image.uid.map(|u| u.value),
             &image.username,
