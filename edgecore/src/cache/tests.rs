@@ -1,5 +1,5 @@
 use super::*;
-use protocol::messages::Upsert;
+use protocol::messages::{ObjectRef, Upsert};
 use protocol::pod::RestartPolicy;
 use protocol::pod::{EnvFromKind, EnvValue, VolumeSource};
 use std::path::PathBuf;
